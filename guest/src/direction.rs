@@ -1,0 +1,74 @@
+//! Transfer direction and mapping attributes.
+
+/// Which way data moves for a streaming mapping. The direction decides what the bounce layer copies
+/// (and, with an IOMMU, which permission a device gets), so a mapping made for one direction never
+/// hands the device more than it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DmaDirection {
+    /// The device reads guest data (`DMA_TO_DEVICE`).
+    ToDevice = 1,
+    /// The device writes data for the guest (`DMA_FROM_DEVICE`).
+    FromDevice = 2,
+    /// Both.
+    Bidirectional = 3,
+}
+
+impl DmaDirection {
+    /// True when the device may read the buffer (data goes guest -> device).
+    pub const fn device_reads(self) -> bool {
+        matches!(self, DmaDirection::ToDevice | DmaDirection::Bidirectional)
+    }
+    /// True when the device may write the buffer (data comes device -> guest).
+    pub const fn device_writes(self) -> bool {
+        matches!(self, DmaDirection::FromDevice | DmaDirection::Bidirectional)
+    }
+    pub(crate) const fn from_bits(v: u8) -> Option<DmaDirection> {
+        match v {
+            1 => Some(DmaDirection::ToDevice),
+            2 => Some(DmaDirection::FromDevice),
+            3 => Some(DmaDirection::Bidirectional),
+            _ => None,
+        }
+    }
+}
+
+/// Attributes of one mapping (a small bit set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DmaAttrs(u8);
+
+impl DmaAttrs {
+    /// No attributes.
+    pub const NONE: DmaAttrs = DmaAttrs(0);
+    /// Skip the CPU copies at map/unmap (`DMA_ATTR_SKIP_CPU_SYNC`): the caller syncs explicitly.
+    pub const SKIP_CPU_SYNC: DmaAttrs = DmaAttrs(1);
+    /// For `FromDevice` mappings, initialise the slot with the original buffer instead of zeroes, so bytes
+    /// the device does not write come back unchanged (what Linux does). Costs a copy of the original
+    /// into shared memory, so private bytes of that buffer become visible to the host: only for buffers
+    /// whose contents are not secret.
+    pub const PRESERVE_UNWRITTEN: DmaAttrs = DmaAttrs(2);
+    /// Do not log a warning when this mapping fails (the caller handles it, e.g. retries later).
+    pub const NO_WARN: DmaAttrs = DmaAttrs(4);
+
+    /// True when every bit of `other` is set.
+    pub const fn contains(self, other: DmaAttrs) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// Union.
+    pub const fn union(self, other: DmaAttrs) -> DmaAttrs {
+        DmaAttrs(self.0 | other.0)
+    }
+    pub(crate) const fn bits(self) -> u8 {
+        self.0
+    }
+    pub(crate) const fn from_bits_truncate(v: u8) -> DmaAttrs {
+        DmaAttrs(v & 7)
+    }
+}
+
+impl core::ops::BitOr for DmaAttrs {
+    type Output = DmaAttrs;
+    fn bitor(self, rhs: DmaAttrs) -> DmaAttrs {
+        self.union(rhs)
+    }
+}

@@ -1,0 +1,199 @@
+//! The crate's one error type. Variants say what a caller can act on.
+
+use core::fmt;
+
+use crate::addr::{BusAddr, DmaMask, PhysAddr};
+
+/// Why a sharing or unsharing call failed (as reported by the platform).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharingErrorKind {
+    /// The hypervisor/ultravisor returned an error code.
+    Hypervisor(i64),
+    /// Retries without progress exceeded the bound (TDX `MapGPA` RETRY loop).
+    NoProgress,
+    /// The call claimed progress it cannot have made (resume address outside the request).
+    BadResume,
+    /// The page must be accepted after conversion to private and accepting failed.
+    AcceptFailed,
+}
+
+/// Every error the layer returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaError {
+    /// A DMA mask with too few bits (cannot hold one page) or more than 64.
+    InvalidMask {
+        /// The requested bit count (0 when given as a malformed value).
+        bits: u32,
+    },
+    /// A configuration value that is not usable (slot size not a power of two, zero areas, ...).
+    InvalidConfig(&'static str),
+    /// The caller-provided metadata storage is too small for the pool.
+    MetadataTooSmall {
+        /// Slots the pool needs.
+        needed: usize,
+        /// Slots the storage holds.
+        provided: usize,
+    },
+    /// No more pools can be added.
+    TooManyPools,
+    /// A pool range that overlaps another pool or is not page aligned.
+    BadPoolRange(PhysAddr),
+    /// The platform has no CPU mapping for a physical range.
+    NoCpuMapping(PhysAddr),
+    /// Sharing pages with the hypervisor failed; everything shared by this call was rolled back
+    /// (or quarantined when rolling back failed too).
+    SharingFailed {
+        /// The first page of the request.
+        phys: PhysAddr,
+        /// Pages the request covered.
+        pages: u64,
+        /// Pages that could not be made private again and are quarantined.
+        quarantined: u64,
+        /// What the platform reported.
+        kind: SharingErrorKind,
+    },
+    /// Making pages private again failed; they are quarantined (never reused).
+    UnsharingFailed {
+        /// The first page of the request.
+        phys: PhysAddr,
+        /// Pages quarantined.
+        quarantined: u64,
+        /// What the platform reported.
+        kind: SharingErrorKind,
+    },
+    /// No path lets this device reach a pool (or memory): attach failed.
+    NoPath {
+        /// The device's DMA mask.
+        mask: DmaMask,
+        /// Number of pools the layer has.
+        pools: usize,
+        /// Bus end (exclusive) of the lowest pool, 0 when there is none.
+        lowest_pool_bus_end: u64,
+    },
+    /// A zero-length mapping.
+    ZeroLength,
+    /// The mapping is longer than the largest run of slots (or the device's max segment).
+    TooLarge {
+        /// Requested bytes.
+        len: usize,
+        /// Largest mapping possible.
+        max: usize,
+    },
+    /// No pool reachable by the device had a free run of the needed size.
+    PoolExhausted {
+        /// Bytes requested.
+        len: usize,
+    },
+    /// A buffer the layer needs to address physically has no physical address (not guest RAM).
+    NotTranslatable,
+    /// The device cannot reach the buffer and it cannot be bounced (direct path).
+    BeyondMask {
+        /// First address of the buffer.
+        addr: u64,
+        /// The device mask.
+        mask: DmaMask,
+    },
+    /// A bus address that is not the start of a live mapping of this layer.
+    UnknownMapping(BusAddr),
+    /// A live mapping was named with a size that differs from the one it was mapped with.
+    SizeMismatch {
+        /// Bytes recorded at map time.
+        mapped: usize,
+        /// Bytes given now.
+        given: usize,
+    },
+    /// A live mapping was named with another direction than it was mapped with.
+    DirectionMismatch {
+        /// Direction recorded at map time.
+        mapped: crate::direction::DmaDirection,
+        /// Direction given now.
+        given: crate::direction::DmaDirection,
+    },
+    /// A sync range outside the mapping.
+    OutOfRange {
+        /// Offset given.
+        offset: usize,
+        /// Length given.
+        len: usize,
+        /// Mapping length.
+        mapped: usize,
+    },
+    /// The operation is not valid for this direction (e.g. syncing a to-device mapping for the CPU).
+    WrongDirection,
+    /// The device belongs to another layer instance or was never attached.
+    NotAttached,
+    /// An IOMMU operation failed; nothing it did is left behind.
+    Iommu(crate::error::IommuError),
+}
+
+/// Why an IOMMU (TCE) operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuError {
+    /// The hypervisor returned this code.
+    Hcall(i64),
+    /// The hypervisor kept answering busy beyond the retry bound.
+    Busy,
+    /// Read-back found an entry other than the one written.
+    Verify {
+        /// Bus address of the entry.
+        bus: BusAddr,
+    },
+    /// No bus range of the needed size below the device's mask.
+    BusSpaceExhausted,
+    /// A reservation overlaps a live mapping.
+    ReservationConflict,
+    /// The window cannot be created.
+    NoWindow,
+}
+
+impl fmt::Display for DmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DmaError::InvalidMask { bits } => write!(f, "invalid DMA mask of {bits} bits"),
+            DmaError::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            DmaError::MetadataTooSmall { needed, provided } => {
+                write!(f, "slot metadata holds {provided} slots, pool needs {needed}")
+            }
+            DmaError::TooManyPools => write!(f, "no room for another pool"),
+            DmaError::BadPoolRange(p) => write!(f, "pool range at {p} unaligned or overlapping"),
+            DmaError::NoCpuMapping(p) => write!(f, "no CPU mapping for {p}"),
+            DmaError::SharingFailed { phys, pages, quarantined, kind } => write!(
+                f,
+                "sharing {pages} pages at {phys} failed ({kind:?}); rolled back, {quarantined} quarantined"
+            ),
+            DmaError::UnsharingFailed { phys, quarantined, kind } => {
+                write!(f, "unsharing at {phys} failed ({kind:?}); {quarantined} pages quarantined")
+            }
+            DmaError::NoPath { mask, pools, lowest_pool_bus_end } => write!(
+                f,
+                "no DMA path for mask {mask}: {pools} pools, lowest ends at bus {lowest_pool_bus_end:#x}"
+            ),
+            DmaError::ZeroLength => write!(f, "zero-length mapping"),
+            DmaError::TooLarge { len, max } => write!(f, "mapping of {len} bytes exceeds {max}"),
+            DmaError::PoolExhausted { len } => write!(f, "bounce pool exhausted ({len} bytes)"),
+            DmaError::NotTranslatable => write!(f, "buffer has no guest physical address"),
+            DmaError::BeyondMask { addr, mask } => {
+                write!(f, "buffer at {addr:#x} beyond mask {mask}")
+            }
+            DmaError::UnknownMapping(b) => write!(f, "{b} is not a live mapping"),
+            DmaError::SizeMismatch { mapped, given } => {
+                write!(f, "mapping has {mapped} bytes, caller said {given}")
+            }
+            DmaError::DirectionMismatch { mapped, given } => {
+                write!(f, "mapping is {mapped:?}, caller said {given:?}")
+            }
+            DmaError::OutOfRange { offset, len, mapped } => {
+                write!(f, "range {offset}+{len} outside mapping of {mapped} bytes")
+            }
+            DmaError::WrongDirection => write!(f, "operation not valid for the mapping's direction"),
+            DmaError::NotAttached => write!(f, "device not attached to this layer"),
+            DmaError::Iommu(e) => write!(f, "IOMMU: {e:?}"),
+        }
+    }
+}
+
+impl From<IommuError> for DmaError {
+    fn from(e: IommuError) -> DmaError {
+        DmaError::Iommu(e)
+    }
+}

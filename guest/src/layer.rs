@@ -1,0 +1,587 @@
+//! `DmaLayer`: one instance per guest, shared by every CPU. Owns the pools, attaches devices, and
+//! implements the streaming API (the raw face; the safe face in [`crate::mapping`] builds on it).
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::addr::{pages_spanned, BusAddr, PhysAddr, PAGE_SIZE};
+use crate::device::{DeviceConfig, DmaPath};
+use crate::direction::{DmaAttrs, DmaDirection};
+use crate::error::DmaError;
+use crate::platform::Platform;
+use crate::pool::{BouncePool, PoolConfig, RunRequest, SlotMeta, SlotRecord};
+use crate::stats::{should_warn, FailureKind, Stats, StatsSnapshot};
+
+/// Most pools one layer can have.
+pub const MAX_POOLS: usize = 8;
+
+static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
+
+/// Pools a device may use, best first (highest bus range first, so wide devices leave low pools to the
+/// devices that can use nothing else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolOrder {
+    idx: [u8; MAX_POOLS],
+    len: u8,
+}
+
+impl PoolOrder {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.idx[..self.len as usize].iter().map(|&i| i as usize)
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A device attached to a layer: its configuration and the path chosen for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Device {
+    config: DeviceConfig,
+    path: DmaPath,
+    pools: PoolOrder,
+    layer: u32,
+}
+
+impl Device {
+    /// The configuration given at attach.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+    /// The path chosen at attach.
+    pub fn path(&self) -> DmaPath {
+        self.path
+    }
+    /// Indices of the pools this device maps from, in the order they are tried.
+    pub fn pool_indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.pools.iter()
+    }
+}
+
+/// Where a mapping's original data lives.
+#[derive(Clone, Copy)]
+pub(crate) struct Original {
+    pub cpu: *mut u8,
+    pub phys: Option<PhysAddr>,
+}
+
+/// The DMA layer: pools, devices, statistics.
+pub struct DmaLayer<'m, P: Platform> {
+    platform: P,
+    pools: [Option<BouncePool<'m>>; MAX_POOLS],
+    pool_bus: [BusAddr; MAX_POOLS],
+    npools: usize,
+    stats: Stats,
+    id: u32,
+}
+
+impl<'m, P: Platform> DmaLayer<'m, P> {
+    /// A layer with no pools yet.
+    pub fn new(platform: P) -> Self {
+        DmaLayer {
+            platform,
+            pools: core::array::from_fn(|_| None),
+            pool_bus: [BusAddr(0); MAX_POOLS],
+            npools: 0,
+            stats: Stats::default(),
+            id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// Add a pool over `[phys, phys + len)` with metadata in `meta` (at least `cfg.slots_for(len)`
+    /// entries). In a confidential guest the memory is shared here; if sharing fails part way, what was
+    /// shared is made private again (or quarantined) and the error says so.
+    ///
+    /// # Safety
+    /// The range must be guest RAM that nothing else uses for as long as the layer lives: the layer
+    /// hands it to devices and overwrites it.
+    pub unsafe fn add_pool(
+        &mut self,
+        phys: PhysAddr,
+        len: usize,
+        meta: &'m mut [SlotMeta],
+        cfg: PoolConfig,
+    ) -> Result<usize, DmaError> {
+        if self.npools == MAX_POOLS {
+            return Err(DmaError::TooManyPools);
+        }
+        cfg.validate()?;
+        let end = phys.0.checked_add(len as u64).ok_or(DmaError::BadPoolRange(phys))?;
+        if !phys.is_page_aligned() || len == 0 || len as u64 % PAGE_SIZE != 0 {
+            return Err(DmaError::BadPoolRange(phys));
+        }
+        if self.pools().any(|p| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end) {
+            return Err(DmaError::BadPoolRange(phys));
+        }
+        let needed = cfg.slots_for(len);
+        if meta.len() < needed {
+            return Err(DmaError::MetadataTooSmall { needed, provided: meta.len() });
+        }
+        let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NoCpuMapping(phys))?;
+        let pages = len as u64 / PAGE_SIZE;
+        if self.platform.is_confidential() {
+            self.share_pages(phys, pages)?;
+        }
+        // SAFETY: the caller guarantees the range is ours for 'm; the platform gave its CPU mapping.
+        match unsafe { BouncePool::new(phys, cpu, len, meta, cfg) } {
+            Ok(pool) => {
+                let i = self.npools;
+                self.pool_bus[i] = self.platform.shared_bus_addr(phys);
+                self.pools[i] = Some(pool);
+                self.npools += 1;
+                log::debug!("ccdma: pool {i}: {len:#x} bytes at {phys}, bus {}", self.pool_bus[i]);
+                Ok(i)
+            }
+            Err(e) => {
+                if self.platform.is_confidential() {
+                    // Config errors were checked above, so this is unreachable in practice; still give
+                    // the pages back.
+                    let _ = self.unshare_pages(phys, pages);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Tear down every pool: unshare its memory (quarantining pages that cannot be made private).
+    /// Fails with nothing changed while any mapping is live.
+    pub fn release_pools(&mut self) -> Result<(), DmaError> {
+        if self.pools().any(|p| p.slots_in_use() != 0) {
+            return Err(DmaError::InvalidConfig("pools still have live mappings"));
+        }
+        let mut result = Ok(());
+        for i in 0..self.npools {
+            if let Some(pool) = self.pools[i].take() {
+                if self.platform.is_confidential() {
+                    let pages = pool.len() as u64 / PAGE_SIZE;
+                    if let Err(e) = self.unshare_pages(pool.phys(), pages) {
+                        result = Err(e);
+                    }
+                }
+            }
+        }
+        self.npools = 0;
+        result
+    }
+
+    /// The pools, in the order they were added.
+    pub fn pools(&self) -> impl Iterator<Item = &BouncePool<'m>> + '_ {
+        self.pools[..self.npools].iter().flatten()
+    }
+
+    /// Pool `i` and its bus base (for devices without IOMMU).
+    pub fn pool(&self, i: usize) -> Option<(&BouncePool<'m>, BusAddr)> {
+        self.pools.get(i)?.as_ref().map(|p| (p, self.pool_bus[i]))
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut s = self.stats.snapshot();
+        for p in self.pools() {
+            s.slots_in_use += p.slots_in_use() as u64;
+            s.slots_high_water += p.high_water() as u64;
+        }
+        s
+    }
+
+    /// Share pages; on failure roll back what was shared and quarantine what cannot be rolled back.
+    pub(crate) fn share_pages(&self, phys: PhysAddr, pages: u64) -> Result<(), DmaError> {
+        match self.platform.share(phys, pages) {
+            Ok(()) => {
+                self.stats.shared(pages);
+                Ok(())
+            }
+            Err(partial) => {
+                self.stats.fail(FailureKind::Sharing);
+                let done = partial.pages_done.min(pages);
+                let mut quarantined = 0;
+                if done > 0 {
+                    if let Err(back) = self.platform.unshare(phys, done) {
+                        quarantined = done - back.pages_done.min(done);
+                        self.stats.shared(quarantined);
+                        self.stats.quarantine(quarantined);
+                    }
+                }
+                log::warn!(
+                    "ccdma: sharing {pages} pages at {phys} failed ({:?}); {quarantined} quarantined",
+                    partial.kind
+                );
+                Err(DmaError::SharingFailed { phys, pages, quarantined, kind: partial.kind })
+            }
+        }
+    }
+
+    /// Make pages private again; what cannot be is quarantined (counted, never reused).
+    pub(crate) fn unshare_pages(&self, phys: PhysAddr, pages: u64) -> Result<(), DmaError> {
+        match self.platform.unshare(phys, pages) {
+            Ok(()) => {
+                self.stats.unshared(pages);
+                Ok(())
+            }
+            Err(partial) => {
+                self.stats.fail(FailureKind::Sharing);
+                let done = partial.pages_done.min(pages);
+                let quarantined = pages - done;
+                self.stats.unshared(done);
+                self.stats.quarantine(quarantined);
+                log::warn!(
+                    "ccdma: unsharing {pages} pages at {phys} failed ({:?}); {quarantined} quarantined",
+                    partial.kind
+                );
+                Err(DmaError::UnsharingFailed { phys, quarantined, kind: partial.kind })
+            }
+        }
+    }
+
+    /// Attach a device: choose its path, or fail naming its mask and the pools.
+    pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+        let m = config.min_align_mask;
+        if m != 0 && (m & m.wrapping_add(1) != 0) {
+            return Err(DmaError::InvalidConfig("min_align_mask must be 2^n - 1"));
+        }
+        let confidential = self.platform.is_confidential();
+        let ram_end = self.platform.ram_end().0;
+        let path = if !confidential && config.dma_mask.covers(0, ram_end.max(1)) {
+            DmaPath::Direct
+        } else if !confidential {
+            DmaPath::BounceAboveMask
+        } else {
+            DmaPath::BounceAlways
+        };
+        let pools = self.reachable_pools(&config);
+        if path != DmaPath::Direct && pools.is_empty() {
+            self.stats.fail(FailureKind::NoPath);
+            let err = DmaError::NoPath {
+                mask: config.dma_mask,
+                pools: self.npools,
+                lowest_pool_bus_end: self.lowest_pool_bus_end(),
+            };
+            log::warn!("ccdma: attach of device {:#x} failed: {err}", config.id);
+            return Err(err);
+        }
+        log::debug!("ccdma: device {:#x} ({}) -> {}", config.id, config.dma_mask, path.name());
+        Ok(Device { config, path, pools, layer: self.id })
+    }
+
+    fn lowest_pool_bus_end(&self) -> u64 {
+        (0..self.npools).map(|i| self.pool_bus[i].0 + self.pools[i].as_ref().map_or(0, |p| p.len() as u64)).min().unwrap_or(0)
+    }
+
+    fn reachable_pools(&self, config: &DeviceConfig) -> PoolOrder {
+        let mut order = PoolOrder { idx: [0; MAX_POOLS], len: 0 };
+        for i in 0..self.npools {
+            if let Some(p) = &self.pools[i] {
+                if config.dma_mask.covers(self.pool_bus[i].0, p.len() as u64) {
+                    order.idx[order.len as usize] = i as u8;
+                    order.len += 1;
+                }
+            }
+        }
+        let n = order.len as usize;
+        let bus = &self.pool_bus;
+        order.idx[..n].sort_unstable_by(|a, b| bus[*b as usize].cmp(&bus[*a as usize]));
+        order
+    }
+
+    fn check_device(&self, dev: &Device) -> Result<(), DmaError> {
+        if dev.layer != self.id {
+            return Err(DmaError::NotAttached);
+        }
+        Ok(())
+    }
+
+    /// Map by physical address (raw face). Returns the bus address for the device.
+    pub fn map_phys(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        self.check_device(dev)?;
+        if len == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NotTranslatable)?;
+        self.map_original(dev, Original { cpu: cpu.as_ptr(), phys: Some(phys) }, len, dir, attrs)
+    }
+
+    /// Map a CPU buffer (raw face, for HALs such as virtio-drivers').
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads (and, unless `dir` is `ToDevice`, writes) of `len` bytes until the
+    /// mapping is unmapped, and the caller must not touch it meanwhile except between `sync_for_cpu`
+    /// and `sync_for_device`.
+    pub unsafe fn map_ptr(
+        &self,
+        dev: &Device,
+        ptr: *mut u8,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        self.check_device(dev)?;
+        let phys = match dev.path {
+            DmaPath::BounceAlways => None,
+            _ => self.platform.virt_to_phys(ptr, len),
+        };
+        self.map_original(dev, Original { cpu: ptr, phys }, len, dir, attrs)
+    }
+
+    pub(crate) fn map_original_checked(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        self.check_device(dev)?;
+        self.map_original(dev, orig, len, dir, attrs)
+    }
+
+    fn map_original(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        if len == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        let mask = dev.config.dma_mask;
+        match (dev.path, orig.phys) {
+            (DmaPath::Direct, None) => {
+                self.stats.fail(FailureKind::Invalid);
+                Err(DmaError::NotTranslatable)
+            }
+            (DmaPath::Direct | DmaPath::BounceAboveMask, Some(p)) if mask.covers(p.0, len as u64) => {
+                self.stats.mapped(false);
+                Ok(BusAddr(p.0))
+            }
+            (DmaPath::Direct, Some(p)) => {
+                self.stats.fail(FailureKind::BeyondMask);
+                Err(DmaError::BeyondMask { addr: p.0, mask })
+            }
+            _ => self.bounce_map(dev, orig, len, dir, attrs),
+        }
+    }
+
+    fn bounce_map(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        let min_align = dev.config.min_align_mask;
+        let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
+        let mut largest = 0;
+        for i in dev.pools.iter() {
+            let Some(pool) = &self.pools[i] else { continue };
+            let slot = pool.slot_size() as u64;
+            let offset = (orig_addr & min_align & (slot - 1)) as usize;
+            largest = largest.max(pool.max_mapping() - offset);
+            let Some(total) = offset.checked_add(len) else { continue };
+            let nslots = total.div_ceil(slot as usize);
+            if nslots * slot as usize > pool.max_mapping() {
+                continue;
+            }
+            // Mappings of a page or more start on a page (as SWIOTLB does), except for the bits the
+            // device needs preserved.
+            let page_bits = if len as u64 >= PAGE_SIZE { PAGE_SIZE - 1 } else { 0 };
+            let align_mask = (min_align | page_bits) & !(slot - 1);
+            let req = RunRequest { nslots, align_mask, align_bits: orig_addr & min_align & align_mask };
+            let Some(index) = pool.alloc(req, offset, len, dir, attrs, orig.cpu) else { continue };
+            let off = (index << pool.slot_size().trailing_zeros()) + offset;
+            self.fill_slot(pool.cpu_at(off), orig.cpu, len, dir, attrs);
+            self.stats.mapped(true);
+            return Ok(BusAddr(self.pool_bus[i].0 + off as u64));
+        }
+        if largest < len {
+            self.stats.fail(FailureKind::TooLarge);
+            return Err(DmaError::TooLarge { len, max: largest });
+        }
+        let n = self.stats.fail(FailureKind::PoolExhausted);
+        if !attrs.contains(DmaAttrs::NO_WARN) && should_warn(n) {
+            log::warn!(
+                "ccdma: bounce pool exhausted mapping {len} bytes for device {:#x} ({n} failures so far)",
+                dev.config.id
+            );
+        }
+        Err(DmaError::PoolExhausted { len })
+    }
+
+    /// Initialise a freshly allocated slot run: the original for data going to the device, zeroes (or
+    /// the original, on request) for data coming from it, so neither stale pool data can reach the guest
+    /// nor private bytes the host.
+    fn fill_slot(&self, slot: *mut u8, orig: *mut u8, len: usize, dir: DmaDirection, attrs: DmaAttrs) {
+        let copy = if dir.device_reads() {
+            !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
+        } else {
+            attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN) && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
+        };
+        if copy {
+            // SAFETY: `orig` is valid for `len` bytes (map contract); the slot run is ours alone and
+            // holds `len` bytes from `slot`; pool memory never overlaps a caller's buffer.
+            unsafe { core::ptr::copy_nonoverlapping(orig, slot, len) };
+            self.stats.to_device(len);
+        } else {
+            // SAFETY: as above, for the slot run.
+            unsafe { core::ptr::write_bytes(slot, 0, len) };
+        }
+    }
+
+    /// Find the pool holding bus address `bus` for this device and the pool offset.
+    fn locate(&self, dev: &Device, bus: BusAddr) -> Option<(usize, u64)> {
+        dev.pools.iter().find_map(|i| {
+            let pool = self.pools[i].as_ref()?;
+            let off = bus.0.checked_sub(self.pool_bus[i].0)?;
+            (off < pool.len() as u64).then_some((i, off))
+        })
+    }
+
+    /// Find the live mapping at `bus`, optionally claiming it for release.
+    fn record(&self, dev: &Device, bus: BusAddr, release: bool) -> Result<Option<(usize, SlotRecord)>, DmaError> {
+        match self.locate(dev, bus) {
+            Some((i, off)) => {
+                let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+                match pool.lookup(off, release) {
+                    Some(rec) => Ok(Some((i, rec))),
+                    None => {
+                        self.stats.fail(FailureKind::UnknownMapping);
+                        Err(DmaError::UnknownMapping(bus))
+                    }
+                }
+            }
+            // Not in any pool: a direct mapping on a path that has them (nothing to undo), else junk.
+            None if matches!(dev.path, DmaPath::Direct | DmaPath::BounceAboveMask) => Ok(None),
+            None => {
+                self.stats.fail(FailureKind::UnknownMapping);
+                Err(DmaError::UnknownMapping(bus))
+            }
+        }
+    }
+
+    fn check_record(&self, rec: &SlotRecord, len: usize, dir: DmaDirection) -> Result<(), DmaError> {
+        if rec.len != len {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::SizeMismatch { mapped: rec.len, given: len });
+        }
+        if rec.dir != dir {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::DirectionMismatch { mapped: rec.dir, given: dir });
+        }
+        Ok(())
+    }
+
+    /// Unmap (raw face). `len` and `dir` must be those given at map time; the copy back uses the
+    /// guest's own record. A wrong size, direction, or an address that is not a live mapping is an
+    /// error and changes nothing.
+    pub fn unmap(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        self.check_device(dev)?;
+        let Some((i, rec)) = self.record(dev, bus, true)? else {
+            self.stats.unmapped();
+            return Ok(());
+        };
+        let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+        if let Err(e) = self.check_record(&rec, len, dir) {
+            pool.unrelease(rec.index);
+            return Err(e);
+        }
+        if rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
+            self.copy_to_original(pool, &rec, 0, rec.len);
+        }
+        pool.free(rec.index, rec.nslots);
+        self.stats.unmapped();
+        Ok(())
+    }
+
+    /// Make device writes in `[offset, offset + len)` of the mapping visible to the CPU.
+    pub fn sync_for_cpu(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        self.sync(dev, bus, offset, len, dir, true)
+    }
+
+    /// Make CPU writes in `[offset, offset + len)` of the original visible to the device.
+    pub fn sync_for_device(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        self.sync(dev, bus, offset, len, dir, false)
+    }
+
+    fn sync(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+        for_cpu: bool,
+    ) -> Result<(), DmaError> {
+        self.check_device(dev)?;
+        let Some((i, rec)) = self.record(dev, bus, false)? else { return Ok(()) };
+        let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+        if rec.dir != dir {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::DirectionMismatch { mapped: rec.dir, given: dir });
+        }
+        if offset.checked_add(len).is_none_or(|end| end > rec.len) {
+            self.stats.fail(FailureKind::OutOfRange);
+            return Err(DmaError::OutOfRange { offset, len, mapped: rec.len });
+        }
+        if for_cpu {
+            if rec.dir.device_writes() {
+                self.copy_to_original(pool, &rec, offset, len);
+            }
+        } else if rec.dir.device_reads() || rec.attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN) {
+            let slot = pool.cpu_at((rec.index << pool.slot_size().trailing_zeros()) + rec.offset + offset);
+            // SAFETY: the record says the original holds `rec.len` bytes and the run holds them too;
+            // `offset + len <= rec.len` was checked.
+            unsafe { core::ptr::copy_nonoverlapping(rec.orig.add(offset), slot, len) };
+            self.stats.to_device(len);
+        }
+        Ok(())
+    }
+
+    /// Copy `[offset, offset + len)` of a mapping from shared memory to the original: one pass, so
+    /// the guest reads each shared byte once, whatever the device does meanwhile.
+    fn copy_to_original(&self, pool: &BouncePool<'_>, rec: &SlotRecord, offset: usize, len: usize) {
+        let slot = pool.cpu_at((rec.index << pool.slot_size().trailing_zeros()) + rec.offset + offset);
+        // SAFETY: the original is valid for writes of `rec.len` bytes until unmap (map contract) and
+        // `offset + len <= rec.len`; the run is live and ours.
+        unsafe { core::ptr::copy_nonoverlapping(slot, rec.orig.add(offset), len) };
+        self.stats.from_device(len);
+    }
+}
+
+/// Number of pages a physical range spans (re-exported for platform code).
+pub fn span_pages(phys: PhysAddr, len: usize) -> u64 {
+    pages_spanned(phys.0, len as u64)
+}

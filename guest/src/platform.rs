@@ -1,0 +1,96 @@
+//! The platform as the layer sees it: the only way guest logic reaches hypervisor or hardware.
+//!
+//! `hv-model` implements these traits on the host, the QEMU test kernel implements them on real
+//! (emulated) hardware, guest firmware implements them with real ultracalls/TDCALLs. Nothing else in
+//! the crate knows where it runs.
+
+use core::ptr::NonNull;
+
+use crate::addr::{BusAddr, PhysAddr};
+use crate::error::SharingErrorKind;
+
+/// A sharing call that did not complete: `pages_done` pages from the start of the request were
+/// converted before it stopped (the caller rolls them back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartialSharing {
+    /// Pages from the start of the request that did change state.
+    pub pages_done: u64,
+    /// Why it stopped.
+    pub kind: SharingErrorKind,
+}
+
+/// Making guest pages reachable (shared) or unreachable (private) for the hypervisor and devices.
+///
+/// Both calls work on whole 4 KiB pages and report partial progress; the layer rolls back what a
+/// failed share did and quarantines what a failed unshare left shared.
+pub trait MemorySharing {
+    /// Make `pages` pages starting at `phys` (page aligned) shared.
+    fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing>;
+    /// Make `pages` pages starting at `phys` private again (including any accept step).
+    fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing>;
+}
+
+/// CPU access to guest physical memory and the reverse translation.
+pub trait PhysMemory {
+    /// A CPU pointer through which `[phys, phys + len)` can be read and written, or `None` if the range
+    /// is not (contiguously) mapped. The pointer stays valid for as long as the platform lives.
+    fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>>;
+    /// The guest physical address of a CPU buffer, when it is contiguous guest RAM.
+    fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr>;
+    /// One past the highest guest RAM address (decides whether a mask "covers all RAM").
+    fn ram_end(&self) -> PhysAddr;
+}
+
+/// Everything the layer needs from one platform.
+pub trait Platform: MemorySharing + PhysMemory + Sync {
+    /// True in a confidential guest: devices reach only shared memory, so streaming DMA is bounced.
+    fn is_confidential(&self) -> bool;
+    /// The bus address a device (without IOMMU) uses for shared memory at `phys`.
+    ///
+    /// Identity for pseries and TDX (the shared bit is not part of the DMA address as seen here); for
+    /// SEV the encryption bit is cleared. See [`BusEncoding`].
+    fn shared_bus_addr(&self, phys: PhysAddr) -> BusAddr {
+        BusAddr(phys.0)
+    }
+    /// The inverse of [`Platform::shared_bus_addr`].
+    fn shared_phys_addr(&self, bus: BusAddr) -> PhysAddr {
+        PhysAddr(bus.0)
+    }
+}
+
+/// How a platform without IOMMU turns a shared physical address into a bus address: some bits set,
+/// some cleared (SEV clears the C-bit; identity elsewhere). Platforms use it to implement
+/// [`Platform::shared_bus_addr`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BusEncoding {
+    /// Bits set in every bus address.
+    pub set: u64,
+    /// Bits cleared in every bus address.
+    pub clear: u64,
+}
+
+impl BusEncoding {
+    /// The identity encoding.
+    pub const IDENTITY: BusEncoding = BusEncoding { set: 0, clear: 0 };
+    /// SEV: the C-bit at `bit` is cleared in DMA addresses.
+    pub const fn sev(c_bit: u32) -> BusEncoding {
+        BusEncoding { set: 0, clear: 1 << c_bit }
+    }
+    /// Encode.
+    pub const fn bus(self, phys: PhysAddr) -> BusAddr {
+        BusAddr((phys.0 | self.set) & !self.clear)
+    }
+    /// Decode.
+    pub const fn phys(self, bus: BusAddr) -> PhysAddr {
+        PhysAddr(bus.0 & !self.set & !self.clear)
+    }
+}
+
+impl<T: MemorySharing + ?Sized> MemorySharing for &T {
+    fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+        (**self).share(phys, pages)
+    }
+    fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+        (**self).unshare(phys, pages)
+    }
+}

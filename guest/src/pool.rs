@@ -1,0 +1,420 @@
+//! `BouncePool`: shared memory carved into slots, handed out as contiguous runs.
+//!
+//! The pool's memory and its per-slot metadata both come from the caller, so the layer needs no
+//! allocator. Slots are split into areas, each behind its own spin lock, so CPUs mapping at the same time
+//! mostly take different locks. Within an area, allocation follows the SWIOTLB scheme: every slot records
+//! how many free slots follow it up to the end of its segment (a segment is `max_run_slots` long and no
+//! run crosses one), so finding a run is one comparison per candidate and freeing touches at most one
+//! segment.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use spin::Mutex;
+
+use crate::addr::{PhysAddr, PAGE_SIZE};
+use crate::direction::{DmaAttrs, DmaDirection};
+use crate::error::DmaError;
+
+/// Most areas one pool can have.
+pub const MAX_AREAS: usize = 16;
+
+/// Slot state, kept in [`SlotMeta`].
+const FREE: u8 = 0;
+const HEAD: u8 = 1;
+const TAIL: u8 = 2;
+/// A head whose unmap is in progress: no second unmap or sync may use it.
+const RELEASING: u8 = 3;
+
+/// Per-slot metadata, in caller-provided storage (`[SlotMeta::EMPTY; N]`). The head slot of a run
+/// holds the guest's own record of the mapping: lengths and directions are taken from here, never from
+/// what a device or caller alleges later.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotMeta {
+    free_run: u16,
+    state: u8,
+    dir: u8,
+    attrs: u8,
+    nslots: u16,
+    offset: u32,
+    len: u32,
+    orig: usize,
+}
+
+impl SlotMeta {
+    /// An unused entry, for initialising storage.
+    pub const EMPTY: SlotMeta =
+        SlotMeta { free_run: 0, state: FREE, dir: 0, attrs: 0, nslots: 0, offset: 0, len: 0, orig: 0 };
+}
+
+impl Default for SlotMeta {
+    fn default() -> Self {
+        SlotMeta::EMPTY
+    }
+}
+
+/// Geometry of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Bytes per slot (power of two, 512..=65536). Default 2 KiB.
+    pub slot_size: usize,
+    /// Longest run of slots one mapping may take (<= 4096). Default 128 (256 KiB with 2 KiB slots).
+    pub max_run_slots: usize,
+    /// Number of independently locked areas (1..=[`MAX_AREAS`]). Default 4.
+    pub areas: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { slot_size: 2048, max_run_slots: 128, areas: 4 }
+    }
+}
+
+impl PoolConfig {
+    /// Slots needed for `len` bytes of pool memory (the size of the metadata storage to provide).
+    pub const fn slots_for(&self, len: usize) -> usize {
+        len / self.slot_size
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), DmaError> {
+        if !self.slot_size.is_power_of_two() || self.slot_size < 512 || self.slot_size > 65536 {
+            return Err(DmaError::InvalidConfig("slot size must be a power of two in 512..=65536"));
+        }
+        if self.max_run_slots == 0 || self.max_run_slots > 4096 {
+            return Err(DmaError::InvalidConfig("max run must be 1..=4096 slots"));
+        }
+        if self.areas == 0 || self.areas > MAX_AREAS {
+            return Err(DmaError::InvalidConfig("areas must be 1..=16"));
+        }
+        Ok(())
+    }
+}
+
+/// The guest's record of one live bounced mapping (copied out of the head slot).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotRecord {
+    /// Global index of the head slot.
+    pub index: usize,
+    pub nslots: usize,
+    /// Offset of the data inside the run (preserves `min_align_mask` bits).
+    pub offset: usize,
+    pub len: usize,
+    pub dir: DmaDirection,
+    pub attrs: DmaAttrs,
+    /// CPU address of the original buffer.
+    pub orig: *mut u8,
+}
+
+/// What a new run must satisfy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RunRequest {
+    pub nslots: usize,
+    /// Slot addresses must satisfy `addr & align_mask == align_bits` (both multiples of the slot size).
+    pub align_mask: u64,
+    pub align_bits: u64,
+}
+
+struct AreaState<'m> {
+    meta: &'m mut [SlotMeta],
+    /// Where the next search starts (index inside the area).
+    hint: usize,
+    used: usize,
+}
+
+/// A pool of shared bounce memory.
+pub struct BouncePool<'m> {
+    phys: PhysAddr,
+    cpu: NonNull<u8>,
+    len: usize,
+    nslots: usize,
+    slot_shift: u32,
+    max_run: usize,
+    area_slots: usize,
+    area_count: usize,
+    areas: [Mutex<AreaState<'m>>; MAX_AREAS],
+    next_area: AtomicUsize,
+    in_use: AtomicUsize,
+    high_water: AtomicUsize,
+}
+
+// SAFETY: the CPU pointer names memory the pool owns for its whole life (the caller handed it over at
+// construction); every slot run is written by the one holder of its allocation, and the metadata is
+// behind the area locks.
+unsafe impl Send for BouncePool<'_> {}
+// SAFETY: as above; shared access goes through the area locks and atomics.
+unsafe impl Sync for BouncePool<'_> {}
+
+impl<'m> BouncePool<'m> {
+    /// Build a pool over memory the caller has already shared (see `DmaLayer::add_pool`, which shares).
+    ///
+    /// # Safety
+    /// `cpu` must point to `len` bytes that stay valid, and are used by nothing else, for `'m`.
+    pub(crate) unsafe fn new(
+        phys: PhysAddr,
+        cpu: NonNull<u8>,
+        len: usize,
+        meta: &'m mut [SlotMeta],
+        cfg: PoolConfig,
+    ) -> Result<BouncePool<'m>, DmaError> {
+        cfg.validate()?;
+        if !phys.is_page_aligned() || len == 0 || len as u64 % PAGE_SIZE != 0 {
+            return Err(DmaError::BadPoolRange(phys));
+        }
+        let nslots = len / cfg.slot_size;
+        if meta.len() < nslots {
+            return Err(DmaError::MetadataTooSmall { needed: nslots, provided: meta.len() });
+        }
+        let meta = &mut meta[..nslots];
+        // Areas are whole segments so no run crosses an area either.
+        let segs = nslots.div_ceil(cfg.max_run_slots);
+        let area_count = cfg.areas.min(segs);
+        let area_slots = segs.div_ceil(area_count) * cfg.max_run_slots;
+        let mut areas: [Mutex<AreaState<'m>>; MAX_AREAS] =
+            core::array::from_fn(|_| Mutex::new(AreaState { meta: &mut [], hint: 0, used: 0 }));
+        let mut rest = meta;
+        let mut count = 0;
+        while !rest.is_empty() {
+            let take = area_slots.min(rest.len());
+            let (head, tail) = core::mem::take(&mut rest).split_at_mut(take);
+            rest = tail;
+            for (i, m) in head.iter_mut().enumerate() {
+                *m = SlotMeta::EMPTY;
+                m.free_run = (cfg.max_run_slots - i % cfg.max_run_slots).min(take - i) as u16;
+            }
+            *areas[count].get_mut() = AreaState { meta: head, hint: 0, used: 0 };
+            count += 1;
+        }
+        Ok(BouncePool {
+            phys,
+            cpu,
+            len,
+            nslots,
+            slot_shift: cfg.slot_size.trailing_zeros(),
+            max_run: cfg.max_run_slots,
+            area_slots,
+            area_count: count,
+            areas,
+            next_area: AtomicUsize::new(0),
+            in_use: AtomicUsize::new(0),
+            high_water: AtomicUsize::new(0),
+        })
+    }
+
+    /// First physical address.
+    pub fn phys(&self) -> PhysAddr {
+        self.phys
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Always false: a pool has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    /// Bytes per slot.
+    pub fn slot_size(&self) -> usize {
+        1 << self.slot_shift
+    }
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.nslots
+    }
+    /// Largest run one mapping can take, in bytes.
+    pub fn max_mapping(&self) -> usize {
+        self.max_run << self.slot_shift
+    }
+    /// Slots allocated now.
+    pub fn slots_in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+    /// Most slots ever allocated at once.
+    pub fn high_water(&self) -> usize {
+        self.high_water.load(Ordering::Relaxed)
+    }
+    /// Number of areas (locks).
+    pub fn areas(&self) -> usize {
+        self.area_count
+    }
+    /// True when `[phys, phys + len)` lies inside the pool.
+    pub fn contains_phys(&self, phys: PhysAddr, len: usize) -> bool {
+        phys.0 >= self.phys.0 && phys.0 - self.phys.0 <= (self.len - len.min(self.len)) as u64
+    }
+
+    pub(crate) fn slot_phys(&self, index: usize) -> PhysAddr {
+        PhysAddr(self.phys.0 + ((index as u64) << self.slot_shift))
+    }
+
+    /// CPU pointer to byte `off` of the pool.
+    pub(crate) fn cpu_at(&self, off: usize) -> *mut u8 {
+        debug_assert!(off <= self.len);
+        // SAFETY: `off` is inside the pool (callers derive it from a live run), so the result stays in
+        // the allocation the pointer came from.
+        unsafe { self.cpu.as_ptr().add(off) }
+    }
+
+    pub(crate) fn index_of_offset(&self, off: u64) -> usize {
+        (off >> self.slot_shift) as usize
+    }
+
+    /// Allocate a run and record the mapping in its head slot. Returns the head's global index.
+    pub(crate) fn alloc(
+        &self,
+        req: RunRequest,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        orig: *mut u8,
+    ) -> Option<usize> {
+        if req.nslots == 0 || req.nslots > self.max_run {
+            return None;
+        }
+        let start = self.next_area.fetch_add(1, Ordering::Relaxed) % self.area_count;
+        // First pass skips areas another CPU holds; the second waits.
+        for pass in 0..2 {
+            for k in 0..self.area_count {
+                let a = (start + k) % self.area_count;
+                let guard = if pass == 0 { self.areas[a].try_lock() } else { Some(self.areas[a].lock()) };
+                let Some(mut area) = guard else { continue };
+                let base = a * self.area_slots;
+                if let Some(i) = self.find_run(&area, base, req) {
+                    take_run(&mut area.meta, i, req.nslots, self.max_run);
+                    let head = &mut area.meta[i];
+                    head.state = HEAD;
+                    head.nslots = req.nslots as u16;
+                    head.offset = offset as u32;
+                    head.len = len as u32;
+                    head.dir = dir as u8;
+                    head.attrs = attrs.bits();
+                    head.orig = orig as usize;
+                    for t in &mut area.meta[i + 1..i + req.nslots] {
+                        t.state = TAIL;
+                    }
+                    area.hint = (i + req.nslots) % area.meta.len();
+                    area.used += req.nslots;
+                    drop(area);
+                    let now = self.in_use.fetch_add(req.nslots, Ordering::Relaxed) + req.nslots;
+                    self.high_water.fetch_max(now, Ordering::Relaxed);
+                    return Some(base + i);
+                }
+            }
+        }
+        None
+    }
+
+    fn find_run(&self, area: &AreaState<'_>, base: usize, req: RunRequest) -> Option<usize> {
+        let n = area.meta.len();
+        if n < req.nslots {
+            return None;
+        }
+        // Candidate indices are those whose address matches the alignment bits: an arithmetic
+        // progression with a stride of (align_mask + 1) / slot_size slots.
+        let period = (req.align_mask + (1 << self.slot_shift)) >> self.slot_shift;
+        let period = period.max(1) as usize;
+        let area_phys = self.phys.0 + ((base as u64) << self.slot_shift);
+        let want = req.align_bits;
+        // Index (inside the area) of the first candidate.
+        let span = (period as u64) << self.slot_shift;
+        let first_addr = area_phys - (area_phys % span) + want;
+        let first_addr = if first_addr < area_phys { first_addr + span } else { first_addr };
+        let first = ((first_addr - area_phys) >> self.slot_shift) as usize;
+        if first >= n {
+            return None;
+        }
+        let candidates = (n - first).div_ceil(period);
+        let hint_c = if area.hint > first { (area.hint - first).div_ceil(period) % candidates } else { 0 };
+        for c in 0..candidates {
+            let i = first + ((hint_c + c) % candidates) * period;
+            if i + req.nslots <= n && area.meta[i].free_run as usize >= req.nslots {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Look up the live mapping whose head is at global slot `index` and whose data starts at pool
+    /// offset `off`; with `release` the head is marked so no other caller can unmap or sync it.
+    pub(crate) fn lookup(&self, off: u64, release: bool) -> Option<SlotRecord> {
+        let index = self.index_of_offset(off);
+        if index >= self.nslots {
+            return None;
+        }
+        let a = index / self.area_slots;
+        let i = index % self.area_slots;
+        let mut area = self.areas[a].lock();
+        let head = &mut area.meta[i];
+        if head.state != HEAD || ((index as u64) << self.slot_shift) + head.offset as u64 != off {
+            return None;
+        }
+        let rec = SlotRecord {
+            index,
+            nslots: head.nslots as usize,
+            offset: head.offset as usize,
+            len: head.len as usize,
+            dir: DmaDirection::from_bits(head.dir)?,
+            attrs: DmaAttrs::from_bits_truncate(head.attrs),
+            orig: head.orig as *mut u8,
+        };
+        if release {
+            head.state = RELEASING;
+        }
+        Some(rec)
+    }
+
+    /// Undo a `lookup(.., true)` that the caller decided not to complete.
+    pub(crate) fn unrelease(&self, index: usize) {
+        let mut area = self.areas[index / self.area_slots].lock();
+        let head = &mut area.meta[index % self.area_slots];
+        if head.state == RELEASING {
+            head.state = HEAD;
+        }
+    }
+
+    /// Free a run previously returned by `alloc` (its head released by `lookup`).
+    pub(crate) fn free(&self, index: usize, nslots: usize) {
+        let a = index / self.area_slots;
+        let i = index % self.area_slots;
+        let mut area = self.areas[a].lock();
+        for m in &mut area.meta[i..i + nslots] {
+            m.state = FREE;
+            m.orig = 0;
+            m.len = 0;
+        }
+        give_run(&mut area.meta, i, nslots, self.max_run);
+        area.used -= nslots;
+        drop(area);
+        self.in_use.fetch_sub(nslots, Ordering::Relaxed);
+    }
+}
+
+/// Mark `[i, i + n)` used and shorten the free counts of the free slots before it in its segment.
+fn take_run(meta: &mut [SlotMeta], i: usize, n: usize, seg: usize) {
+    for m in &mut meta[i..i + n] {
+        m.free_run = 0;
+    }
+    let seg_start = i - i % seg;
+    let mut k = i;
+    while k > seg_start && meta[k - 1].free_run != 0 {
+        k -= 1;
+        meta[k].free_run = (i - k) as u16;
+    }
+}
+
+/// Mark `[i, i + n)` free and merge the free counts with its neighbours in the segment.
+fn give_run(meta: &mut [SlotMeta], i: usize, n: usize, seg: usize) {
+    let end = i + n;
+    let seg_end = ((i / seg) + 1) * seg;
+    let mut count = if end < seg_end.min(meta.len()) { meta[end].free_run as usize } else { 0 };
+    for k in (i..end).rev() {
+        count += 1;
+        meta[k].free_run = count as u16;
+    }
+    let seg_start = i - i % seg;
+    let mut k = i;
+    while k > seg_start && meta[k - 1].free_run != 0 {
+        k -= 1;
+        count += 1;
+        meta[k].free_run = count as u16;
+    }
+}

@@ -1,0 +1,99 @@
+//! Intel TDX: `TDG.VP.VMCALL<MapGPA>` with RETRY and a resume address, and `TDG.MEM.PAGE.ACCEPT` on the
+//! way back to private.
+
+use crate::addr::{PhysAddr, PAGE_SIZE};
+use crate::error::SharingErrorKind;
+use crate::platform::{MemorySharing, PartialSharing};
+
+/// What one `MapGPA` call answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapGpaStatus {
+    /// The whole range was converted.
+    Success,
+    /// The VMM stopped early and asks the guest to call again from `resume` (an allegation: the guest
+    /// checks it lies inside the request and after the previous start).
+    Retry {
+        /// Address to resume from.
+        resume: u64,
+    },
+    /// Failure with the VMM's code.
+    Error(i64),
+}
+
+/// The raw TDX calls.
+pub trait TdxCalls {
+    /// `MapGPA(gpa, len)` to shared (`shared == true`) or private.
+    fn map_gpa(&self, gpa: u64, len: u64, shared: bool) -> MapGpaStatus;
+    /// Accept one 4 KiB page after conversion to private; returns the TDX module's code (0 = success).
+    fn accept_page(&self, gpa: u64) -> i64;
+}
+
+/// Retries of `MapGPA` allowed without progress before the conversion is abandoned.
+pub const MAX_RETRIES_WITHOUT_PROGRESS: u32 = 8;
+
+/// [`MemorySharing`] over `MapGPA`.
+#[derive(Debug)]
+pub struct TdxSharing<T> {
+    calls: T,
+}
+
+impl<T: TdxCalls> TdxSharing<T> {
+    /// Wrap the raw calls.
+    pub const fn new(calls: T) -> Self {
+        TdxSharing { calls }
+    }
+    /// The raw calls.
+    pub fn calls(&self) -> &T {
+        &self.calls
+    }
+
+    /// Convert `[start, start + pages)` and return how far the VMM got on failure.
+    fn convert(&self, start: u64, pages: u64, shared: bool) -> Result<(), PartialSharing> {
+        let end = start + pages * PAGE_SIZE;
+        let mut cur = start;
+        let mut stalls = 0u32;
+        let fail = |cur: u64, kind| PartialSharing { pages_done: (cur - start) / PAGE_SIZE, kind };
+        while cur < end {
+            match self.calls.map_gpa(cur, end - cur, shared) {
+                MapGpaStatus::Success => cur = end,
+                MapGpaStatus::Error(rc) => return Err(fail(cur, SharingErrorKind::Hypervisor(rc))),
+                MapGpaStatus::Retry { resume } => {
+                    // The resume address is an allegation: it must be page aligned, inside the
+                    // request, and not behind where this call started.
+                    if resume < cur || resume > end || resume % PAGE_SIZE != 0 {
+                        return Err(fail(cur, SharingErrorKind::BadResume));
+                    }
+                    if resume == cur {
+                        stalls += 1;
+                        if stalls > MAX_RETRIES_WITHOUT_PROGRESS {
+                            return Err(fail(cur, SharingErrorKind::NoProgress));
+                        }
+                    } else {
+                        stalls = 0;
+                        cur = resume;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: TdxCalls> MemorySharing for TdxSharing<T> {
+    fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+        self.convert(phys.0, pages, true)
+    }
+
+    fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+        self.convert(phys.0, pages, false)?;
+        // Converted pages are unusable as private memory until accepted. A page whose accept fails
+        // stays unusable; report progress up to it so the caller quarantines the rest.
+        for i in 0..pages {
+            let rc = self.calls.accept_page(phys.0 + i * PAGE_SIZE);
+            if rc != 0 {
+                return Err(PartialSharing { pages_done: i, kind: SharingErrorKind::AcceptFailed });
+            }
+        }
+        Ok(())
+    }
+}
