@@ -94,3 +94,27 @@ impl<T: MemorySharing + ?Sized> MemorySharing for &T {
         (**self).unshare(phys, pages)
     }
 }
+
+impl<T: PhysMemory + ?Sized> PhysMemory for &T {
+    fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
+        (**self).cpu_ptr(phys, len)
+    }
+    fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr> {
+        (**self).virt_to_phys(ptr, len)
+    }
+    fn ram_end(&self) -> PhysAddr {
+        (**self).ram_end()
+    }
+}
+
+impl<T: Platform + ?Sized> Platform for &T {
+    fn is_confidential(&self) -> bool {
+        (**self).is_confidential()
+    }
+    fn shared_bus_addr(&self, phys: PhysAddr) -> BusAddr {
+        (**self).shared_bus_addr(phys)
+    }
+    fn shared_phys_addr(&self, bus: BusAddr) -> PhysAddr {
+        (**self).shared_phys_addr(bus)
+    }
+}

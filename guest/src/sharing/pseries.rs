@@ -54,3 +54,12 @@ impl<U: Ultracalls> MemorySharing for UltravisorSharing<U> {
         }
     }
 }
+
+impl<U: Ultracalls + ?Sized> Ultracalls for &U {
+    fn uv_share_page(&self, gfn: u64, npages: u64) -> i64 {
+        (**self).uv_share_page(gfn, npages)
+    }
+    fn uv_unshare_page(&self, gfn: u64, npages: u64) -> i64 {
+        (**self).uv_unshare_page(gfn, npages)
+    }
+}

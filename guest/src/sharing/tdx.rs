@@ -97,3 +97,12 @@ impl<T: TdxCalls> MemorySharing for TdxSharing<T> {
         Ok(())
     }
 }
+
+impl<T: TdxCalls + ?Sized> TdxCalls for &T {
+    fn map_gpa(&self, gpa: u64, len: u64, shared: bool) -> MapGpaStatus {
+        (**self).map_gpa(gpa, len, shared)
+    }
+    fn accept_page(&self, gpa: u64) -> i64 {
+        (**self).accept_page(gpa)
+    }
+}

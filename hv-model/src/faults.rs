@@ -1,0 +1,48 @@
+//! The fault log: every device access the model refused, with why. Tests assert on it.
+
+use std::fmt;
+
+/// Read or write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AccessKind {
+    /// The device read memory (data going to the device).
+    Read,
+    /// The device wrote memory.
+    Write,
+}
+
+/// Why an access was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultReason {
+    /// The bus address (or the access's last byte) is above the device's DMA mask.
+    AboveMask,
+    /// No translation entry (IOMMU) for the bus address, or outside every window.
+    NoEntry,
+    /// The entry exists but lacks the permission for this access.
+    Permission,
+    /// The target is private guest memory.
+    PrivateTarget,
+    /// The target is not guest RAM.
+    OutsideRam,
+    /// The bus address is in a reserved range.
+    ReservedRange,
+}
+
+/// One refused access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// Device id.
+    pub device: u32,
+    /// Bus address of the refused page (or of the access start).
+    pub bus: u64,
+    /// Read or write.
+    pub kind: AccessKind,
+    /// Why.
+    pub reason: FaultReason,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "device {:#x} {:?} at bus {:#x}: {:?}", self.device, self.kind, self.bus, self.reason)
+    }
+}
