@@ -268,7 +268,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     fn lowest_pool_bus_end(&self) -> u64 {
-        (0..self.npools).map(|i| self.pool_bus[i].0 + self.pools[i].as_ref().map_or(0, |p| p.len() as u64)).min().unwrap_or(0)
+        (0..self.npools)
+            .map(|i| self.pool_bus[i].0 + self.pools[i].as_ref().map_or(0, |p| p.len() as u64))
+            .min()
+            .unwrap_or(0)
     }
 
     fn reachable_pools(&self, config: &DeviceConfig) -> PoolOrder {
@@ -450,7 +453,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     /// Find the live mapping at `bus`, optionally claiming it for release.
-    fn record(&self, dev: &Device, bus: BusAddr, release: bool) -> Result<Option<(usize, SlotRecord)>, DmaError> {
+    fn record(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        release: bool,
+    ) -> Result<Option<(usize, SlotRecord)>, DmaError> {
         match self.locate(dev, bus) {
             Some((i, off)) => {
                 let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;

@@ -32,7 +32,8 @@ pub enum CallKind {
 
 impl CallKind {
     /// Sharing-related calls.
-    pub const SHARING: [CallKind; 4] = [CallKind::UvShare, CallKind::UvUnshare, CallKind::MapGpa, CallKind::Accept];
+    pub const SHARING: [CallKind; 4] =
+        [CallKind::UvShare, CallKind::UvUnshare, CallKind::MapGpa, CallKind::Accept];
 }
 
 /// What an injected fault does to one call.

@@ -155,7 +155,12 @@ impl Hypervisor {
     }
 
     /// Add a device whose accesses go through `translate` (e.g. a TCE window).
-    pub fn add_device_with(&self, id: u32, mask_bits: u32, translate: Arc<dyn BusTranslate>) -> DeviceRef<'_> {
+    pub fn add_device_with(
+        &self,
+        id: u32,
+        mask_bits: u32,
+        translate: Arc<dyn BusTranslate>,
+    ) -> DeviceRef<'_> {
         self.devices.lock().unwrap().insert(id, device::DeviceState { mask_bits, translate });
         DeviceRef { hv: self, id }
     }

@@ -50,7 +50,8 @@ impl Ultracalls for Hypervisor {
 impl TdxCalls for Hypervisor {
     fn map_gpa(&self, gpa: u64, len: u64, shared: bool) -> MapGpaStatus {
         let inj = self.calls.enter(CallKind::MapGpa);
-        if self.config().personality != Personality::Tdx || len % PAGE != 0 || !self.pages_ok(gpa, len / PAGE) {
+        if self.config().personality != Personality::Tdx || len % PAGE != 0 || !self.pages_ok(gpa, len / PAGE)
+        {
             return MapGpaStatus::Error(TDX_INVALID_OPERAND);
         }
         let pages = len / PAGE;
