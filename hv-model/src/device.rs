@@ -72,7 +72,8 @@ impl<'h> DeviceRef<'h> {
             if !self.hv.mem.contains(phys, chunk as u64) {
                 return Err(fault(cur, FaultReason::OutsideRam));
             }
-            if self.hv.mem.state(phys) != PageState::Shared {
+            // Outside a confidential guest every page is reachable; inside, only shared ones.
+            if self.hv.config().confidential && self.hv.mem.state(phys) != PageState::Shared {
                 return Err(fault(cur, FaultReason::PrivateTarget));
             }
             pieces.push((phys, chunk));

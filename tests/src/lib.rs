@@ -62,3 +62,56 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The layer type every test uses.
+pub type Layer = DmaLayer<'static, &'static Hypervisor>;
+
+/// A model with `pools` (address, length) added with the default pool configuration.
+pub fn guest(cfg: HvConfig, pools: &[(u64, u64)]) -> (&'static Hypervisor, Layer) {
+    let hv = model(cfg);
+    let mut layer = DmaLayer::new(hv);
+    for &(phys, len) in pools {
+        add_pool(&mut layer, phys, len, PoolConfig::default()).expect("pool");
+    }
+    (hv, layer)
+}
+
+/// Counters that must return to their baseline after any sequence of operations that ends with
+/// nothing mapped (invariant 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Baseline {
+    /// Slots allocated in every pool.
+    pub slots_in_use: u64,
+    /// Pages shared according to the model.
+    pub shared_pages: u64,
+    /// Pages the layer believes are shared.
+    pub layer_shared_pages: u64,
+    /// Private-memory faults in the model's log.
+    pub private_faults: usize,
+}
+
+impl Baseline {
+    /// Read the counters now.
+    pub fn take(hv: &Hypervisor, layer: &Layer) -> Baseline {
+        let s = layer.stats();
+        Baseline {
+            slots_in_use: s.slots_in_use,
+            shared_pages: hv.shared_pages(),
+            layer_shared_pages: s.shared_pages,
+            private_faults: hv.private_faults(),
+        }
+    }
+
+    /// Assert the counters are back where they were.
+    #[track_caller]
+    pub fn assert_same(&self, hv: &Hypervisor, layer: &Layer) {
+        assert_eq!(*self, Baseline::take(hv, layer), "counters did not return to baseline");
+    }
+}
+
+/// True when `bus..bus+len` lies inside one of the layer's pools as the device sees it.
+pub fn in_some_pool(layer: &Layer, bus: u64, len: usize) -> bool {
+    (0..ccdma::MAX_POOLS)
+        .filter_map(|i| layer.pool(i))
+        .any(|(p, b)| bus >= b.0 && bus + len as u64 <= b.0 + p.len() as u64)
+}
