@@ -47,26 +47,26 @@ impl<T: TdxCalls> TdxSharing<T> {
         &self.calls
     }
 
-    /// Convert `[start, start + pages)` and return how far the VMM got on failure.
-    fn convert(&self, start: u64, pages: u64, shared: bool) -> Result<(), PartialSharing> {
+    /// Convert `[start, start + pages)`; on failure return the address up to which the VMM confirmed
+    /// progress and why it stopped.
+    fn convert(&self, start: u64, pages: u64, shared: bool) -> Result<(), (u64, SharingErrorKind)> {
         let end = start + pages * PAGE_SIZE;
         let mut cur = start;
         let mut stalls = 0u32;
-        let fail = |cur: u64, kind| PartialSharing { pages_done: (cur - start) / PAGE_SIZE, kind };
         while cur < end {
             match self.calls.map_gpa(cur, end - cur, shared) {
                 MapGpaStatus::Success => cur = end,
-                MapGpaStatus::Error(rc) => return Err(fail(cur, SharingErrorKind::Hypervisor(rc))),
+                MapGpaStatus::Error(rc) => return Err((cur, SharingErrorKind::Hypervisor(rc))),
                 MapGpaStatus::Retry { resume } => {
                     // The resume address is an allegation: it must be page aligned, inside the
                     // request, and not behind where this call started.
                     if resume < cur || resume > end || resume % PAGE_SIZE != 0 {
-                        return Err(fail(cur, SharingErrorKind::BadResume));
+                        return Err((cur, SharingErrorKind::BadResume));
                     }
                     if resume == cur {
                         stalls += 1;
                         if stalls > MAX_RETRIES_WITHOUT_PROGRESS {
-                            return Err(fail(cur, SharingErrorKind::NoProgress));
+                            return Err((cur, SharingErrorKind::NoProgress));
                         }
                     } else {
                         stalls = 0;
@@ -81,20 +81,29 @@ impl<T: TdxCalls> TdxSharing<T> {
 
 impl<T: TdxCalls> MemorySharing for TdxSharing<T> {
     fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
-        self.convert(phys.0, pages, true)
+        // After a failed call the VMM may have converted more than it confirmed (an error return says
+        // nothing about the pages of that call), so report the whole request as possibly shared: the
+        // caller makes all of it private again. Converting a private page to private is harmless.
+        self.convert(phys.0, pages, true).map_err(|(_, kind)| PartialSharing { pages_done: pages, kind })
     }
 
     fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
-        self.convert(phys.0, pages, false)?;
+        // Only confirmed progress counts; the rest of the request is quarantined by the caller.
+        let (confirmed, failure) = match self.convert(phys.0, pages, false) {
+            Ok(()) => (pages, None),
+            Err((cur, kind)) => ((cur - phys.0) / PAGE_SIZE, Some(kind)),
+        };
         // Converted pages are unusable as private memory until accepted. A page whose accept fails
-        // stays unusable; report progress up to it so the caller quarantines the rest.
-        for i in 0..pages {
-            let rc = self.calls.accept_page(phys.0 + i * PAGE_SIZE);
-            if rc != 0 {
+        // stays unusable: report progress up to it so the caller quarantines the rest.
+        for i in 0..confirmed {
+            if self.calls.accept_page(phys.0 + i * PAGE_SIZE) != 0 {
                 return Err(PartialSharing { pages_done: i, kind: SharingErrorKind::AcceptFailed });
             }
         }
-        Ok(())
+        match failure {
+            None => Ok(()),
+            Some(kind) => Err(PartialSharing { pages_done: confirmed, kind }),
+        }
     }
 }
 
