@@ -1,7 +1,8 @@
 //! ccdma test kernel: a freestanding x86_64 kernel that QEMU boots through PVH, used to drive real
 //! virtio devices through a virtio-iommu.
 //!
-//! It runs a fixed list of checks, prints one `PASS`/`FAIL` line per check and a closing
+//! It runs the checks in [`scenario`] for the configuration named on its command line
+//! (`config=<name>`, see [`config`]), prints one `PASS`/`FAIL` line per check and a closing
 //! `N passed, M failed` line, then leaves QEMU through `isa-debug-exit` with a status that says
 //! whether everything passed.
 
@@ -9,20 +10,63 @@
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+mod blk;
 mod boot;
+mod config;
+mod exceptions;
 mod exit;
+mod hal;
 mod mem;
+mod memory;
+mod pci;
+mod report;
+mod scenario;
 mod serial;
+mod start_info;
+mod time;
+mod transport;
+// The driver exposes its whole API (detach, permissions per direction, fault access kinds) for
+// the ccdma platform layer even where the phase-1 checks do not use all of it yet.
+#[allow(dead_code)]
+mod virtio_iommu;
 
 use core::panic::PanicInfo;
 use exit::{exit_qemu, ExitCode};
+use report::Report;
+use start_info::StartInfo;
 
 /// Rust entry point, called by the boot trampoline on the boot stack with paging and SSE on.
 #[no_mangle]
 extern "C" fn kmain(start_info_phys: u32) -> ! {
     serial::init(log::LevelFilter::Info);
-    println!("ccdma test kernel: start_info at {start_info_phys:#x}, identity map {} GiB", boot::identity_map_limit() >> 30);
-    exit_qemu(ExitCode::Success)
+    exceptions::init();
+    println!("ccdma test kernel");
+
+    let mut report = Report::default();
+    let start_info = match StartInfo::parse(u64::from(start_info_phys)) {
+        Ok(start_info) => start_info,
+        Err(error) => {
+            report.fail("boot.start_info", error);
+            report.finish();
+        }
+    };
+    let cmdline = start_info.cmdline();
+    if let Some(level) = config::cmdline_value(cmdline, "log").and_then(|level| level.parse().ok()) {
+        log::set_max_level(level);
+    }
+    report.pass("boot.start_info", format_args!("command line {cmdline:?}"));
+    let config = match config::from_cmdline(cmdline) {
+        Ok(config) => config,
+        Err(name) => {
+            report.fail("boot.config", format_args!("unknown configuration {name:?}"));
+            report.finish();
+        }
+    };
+    report.pass("boot.config", format_args!("configuration {}", config.name));
+
+    // The devices stay alive until the machine stops: see `scenario::Machine`.
+    let _machine = scenario::run(&mut report, &start_info, &config);
+    report.finish()
 }
 
 #[panic_handler]

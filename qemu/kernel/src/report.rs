@@ -1,0 +1,56 @@
+//! Check results in the format the runner parses.
+//!
+//! One line per check: `PASS <name>: <detail>`, `FAIL <name>: <why>` or `SKIP <name>: <why>`,
+//! then a closing `N passed, M failed`. The runner fails the configuration on any `FAIL` line or
+//! if the closing line is missing or reports failures.
+
+use core::fmt::Display;
+
+use crate::exit::{exit_qemu, ExitCode};
+use crate::println;
+
+/// Running tally of checks.
+#[derive(Default)]
+pub struct Report {
+    passed: u32,
+    failed: u32,
+}
+
+impl Report {
+    /// Records a passed check.
+    pub fn pass(&mut self, name: &str, detail: impl Display) {
+        self.passed += 1;
+        println!("PASS {name}: {detail}");
+    }
+
+    /// Records a failed check.
+    pub fn fail(&mut self, name: &str, why: impl Display) {
+        self.failed += 1;
+        println!("FAIL {name}: {why}");
+    }
+
+    /// Notes a check that does not apply to this configuration. Not counted.
+    pub fn skip(&mut self, name: &str, why: impl Display) {
+        println!("SKIP {name}: {why}");
+    }
+
+    /// Records a pass if `ok`, a failure otherwise, with the same description either way.
+    pub fn expect(&mut self, name: &str, ok: bool, detail: impl Display) -> bool {
+        if ok {
+            self.pass(name, detail);
+        } else {
+            self.fail(name, detail);
+        }
+        ok
+    }
+
+    /// Prints the closing line and leaves QEMU with the matching exit status.
+    pub fn finish(&self) -> ! {
+        println!("{} passed, {} failed", self.passed, self.failed);
+        if self.failed == 0 && self.passed > 0 {
+            exit_qemu(ExitCode::Success)
+        } else {
+            exit_qemu(ExitCode::Failure)
+        }
+    }
+}
