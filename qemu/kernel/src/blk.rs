@@ -56,8 +56,7 @@ impl BlkRequest {
         Ok(Self {
             header: memory::leak_value(BlkReq::default()).ok_or(BlkIoError::OutOfMemory)?,
             status: memory::leak_value(BlkResp::default()).ok_or(BlkIoError::OutOfMemory)?,
-            data: memory::leak_bytes(sectors * SECTOR_SIZE, SECTOR_SIZE)
-                .ok_or(BlkIoError::OutOfMemory)?,
+            data: memory::leak_bytes(sectors * SECTOR_SIZE, SECTOR_SIZE).ok_or(BlkIoError::OutOfMemory)?,
         })
     }
 
@@ -125,34 +124,34 @@ pub fn start_read(blk: &mut Blk, request: BlkRequest, sector: usize) -> Result<I
     let BlkRequest { header, status, data } = request;
     // SAFETY: the buffers are leaked and exclusively ours; `InFlight` keeps them untouched until
     // the request completes, and if it never does they are never used again.
-    let token = unsafe { blk.read_blocks_nb(sector, header, data, status) }
-        .map_err(BlkIoError::Submit)?;
-    Ok(InFlight {
-        token,
-        direction: Direction::Read,
-        request: BlkRequest { header, status, data },
-    })
+    let token = unsafe { blk.read_blocks_nb(sector, header, data, status) }.map_err(BlkIoError::Submit)?;
+    Ok(InFlight { token, direction: Direction::Read, request: BlkRequest { header, status, data } })
 }
 
 /// Submits a write of `request.data()` to `sector`, without waiting.
 pub fn start_write(blk: &mut Blk, request: BlkRequest, sector: usize) -> Result<InFlight, BlkIoError> {
     let BlkRequest { header, status, data } = request;
     // SAFETY: as in `start_read`.
-    let token = unsafe { blk.write_blocks_nb(sector, header, data, status) }
-        .map_err(BlkIoError::Submit)?;
-    Ok(InFlight {
-        token,
-        direction: Direction::Write,
-        request: BlkRequest { header, status, data },
-    })
+    let token = unsafe { blk.write_blocks_nb(sector, header, data, status) }.map_err(BlkIoError::Submit)?;
+    Ok(InFlight { token, direction: Direction::Write, request: BlkRequest { header, status, data } })
 }
 
 /// Reads from `sector` into `request.data()`, waiting at most `timeout`.
-pub fn read(blk: &mut Blk, request: BlkRequest, sector: usize, timeout: Duration) -> Result<BlkRequest, BlkIoError> {
+pub fn read(
+    blk: &mut Blk,
+    request: BlkRequest,
+    sector: usize,
+    timeout: Duration,
+) -> Result<BlkRequest, BlkIoError> {
     start_read(blk, request, sector)?.finish(blk, timeout)
 }
 
 /// Writes `request.data()` to `sector`, waiting at most `timeout`.
-pub fn write(blk: &mut Blk, request: BlkRequest, sector: usize, timeout: Duration) -> Result<BlkRequest, BlkIoError> {
+pub fn write(
+    blk: &mut Blk,
+    request: BlkRequest,
+    sector: usize,
+    timeout: Duration,
+) -> Result<BlkRequest, BlkIoError> {
     start_write(blk, request, sector)?.finish(blk, timeout)
 }

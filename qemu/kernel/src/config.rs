@@ -14,16 +14,8 @@ pub struct TestConfig {
 }
 
 /// Every configuration the runner knows.
-pub const CONFIGS: &[TestConfig] = &[
-    TestConfig {
-        name: "iommu",
-        iommu: true,
-    },
-    TestConfig {
-        name: "no-iommu",
-        iommu: false,
-    },
-];
+pub const CONFIGS: &[TestConfig] =
+    &[TestConfig { name: "iommu", iommu: true }, TestConfig { name: "no-iommu", iommu: false }];
 
 /// Configuration used when the command line names none.
 pub const DEFAULT_CONFIG: &str = "iommu";
@@ -31,11 +23,7 @@ pub const DEFAULT_CONFIG: &str = "iommu";
 /// Looks up `config=<name>` in `cmdline`. `Err` carries the unknown name.
 pub fn from_cmdline(cmdline: &str) -> Result<TestConfig, &str> {
     let name = cmdline_value(cmdline, "config").unwrap_or(DEFAULT_CONFIG);
-    CONFIGS
-        .iter()
-        .find(|config| config.name == name)
-        .copied()
-        .ok_or(name)
+    CONFIGS.iter().find(|config| config.name == name).copied().ok_or(name)
 }
 
 /// The value of `key=value` in a space-separated command line.

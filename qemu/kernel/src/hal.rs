@@ -22,8 +22,7 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 const DIRECT_POOL_PAGES: usize = 64;
 
 static DIRECT_POOL: StaticRegion<{ DIRECT_POOL_PAGES * PAGE_SIZE }> = StaticRegion::new();
-static DIRECT_PAGES: Mutex<SlotBitmap<{ DIRECT_POOL_PAGES / 64 }>> =
-    Mutex::new(SlotBitmap::new());
+static DIRECT_PAGES: Mutex<SlotBitmap<{ DIRECT_POOL_PAGES / 64 }>> = Mutex::new(SlotBitmap::new());
 
 /// Size of the bounce area: 1 MiB, 2048 slots of 512 bytes.
 pub const BOUNCE_AREA_SIZE: usize = 1024 * 1024;
@@ -132,8 +131,7 @@ impl BounceHal {
     /// Bounce slot holding physical address `phys`, if it is inside the bounce area.
     fn slot_of(phys: u64) -> Option<usize> {
         let area = Self::area_phys();
-        area.contains(&phys)
-            .then(|| ((phys - area.start) as usize) / BOUNCE_SLOT_SIZE)
+        area.contains(&phys).then(|| ((phys - area.start) as usize) / BOUNCE_SLOT_SIZE)
     }
 }
 
@@ -157,9 +155,7 @@ unsafe impl Hal for BounceHal {
     unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
         let first = Self::slot_of(memory::phys_of(vaddr.as_ptr()))
             .expect("dma_dealloc of memory outside the bounce area");
-        BOUNCE_SLOTS_USED
-            .lock()
-            .free(first, pages * SLOTS_PER_PAGE);
+        BOUNCE_SLOTS_USED.lock().free(first, pages * SLOTS_PER_PAGE);
         0
     }
 
@@ -203,8 +199,6 @@ unsafe impl Hal for BounceHal {
             // not accessed concurrently.
             unsafe { core::ptr::copy_nonoverlapping(Self::slot_ptr(first), buffer.as_ptr().cast(), len) };
         }
-        BOUNCE_SLOTS_USED
-            .lock()
-            .free(first, len.div_ceil(BOUNCE_SLOT_SIZE));
+        BOUNCE_SLOTS_USED.lock().free(first, len.div_ceil(BOUNCE_SLOT_SIZE));
     }
 }

@@ -26,9 +26,7 @@ pub struct RequesterId(pub u16);
 impl From<DeviceFunction> for RequesterId {
     fn from(function: DeviceFunction) -> Self {
         RequesterId(
-            u16::from(function.bus) << 8
-                | u16::from(function.device) << 3
-                | u16::from(function.function),
+            u16::from(function.bus) << 8 | u16::from(function.device) << 3 | u16::from(function.function),
         )
     }
 }
@@ -50,9 +48,7 @@ impl PciBus {
         // SAFETY: on q35 the 256 MiB at Q35_ECAM_BASE are the MCFG window, identity-mapped
         // uncached by the trampoline and reached only through this `PciRoot`.
         let cam = unsafe { MmioCam::new(Q35_ECAM_BASE as *mut u8, Cam::Ecam) };
-        Self {
-            root: PciRoot::new(cam),
-        }
+        Self { root: PciRoot::new(cam) }
     }
 
     /// Every function on bus 0.
@@ -61,11 +57,7 @@ impl PciBus {
     }
 
     /// Every function on bus 0 with the given IDs, in slot order.
-    pub fn find(
-        &self,
-        vendor_id: u16,
-        device_id: u16,
-    ) -> impl Iterator<Item = DeviceFunction> + '_ {
+    pub fn find(&self, vendor_id: u16, device_id: u16) -> impl Iterator<Item = DeviceFunction> + '_ {
         self.functions()
             .filter(move |(_, info)| info.vendor_id == vendor_id && info.device_id == device_id)
             .map(|(function, _)| function)
@@ -75,18 +67,12 @@ impl PciBus {
     /// devices it did not use itself (the virtio-iommu among them).
     pub fn enable_memory_and_dma(&mut self, function: DeviceFunction) {
         let (_, command) = self.root.get_status_command(function);
-        self.root.set_command(
-            function,
-            command | Command::MEMORY_SPACE | Command::BUS_MASTER,
-        );
+        self.root.set_command(function, command | Command::MEMORY_SPACE | Command::BUS_MASTER);
     }
 
     /// Enables `function` and opens its virtio PCI transport (BARs as assigned by firmware, reached
     /// through the identity map).
-    pub fn virtio_transport(
-        &mut self,
-        function: DeviceFunction,
-    ) -> Result<PciTransport, VirtioPciError> {
+    pub fn virtio_transport(&mut self, function: DeviceFunction) -> Result<PciTransport, VirtioPciError> {
         self.enable_memory_and_dma(function);
         PciTransport::new::<DirectHal, _>(&mut self.root, function)
     }

@@ -17,7 +17,9 @@ use crate::pci::{PciBus, RequesterId, VIRTIO_BLK_MODERN, VIRTIO_IOMMU, VIRTIO_VE
 use crate::report::Report;
 use crate::start_info::StartInfo;
 use crate::transport::PlatformAccessTransport;
-use crate::virtio_iommu::{Domain, FaultReason, IommuError, Permissions, RequestKind, RequestStatus, VirtioIommu};
+use crate::virtio_iommu::{
+    Domain, FaultReason, IommuError, Permissions, RequestKind, RequestStatus, VirtioIommu,
+};
 use crate::{boot, memory, time};
 
 /// The IOMMU as this kernel drives it: its own DMA untranslated, over PCI.
@@ -175,10 +177,8 @@ fn check_memory(report: &mut Report, start_info: &StartInfo) {
     };
     let limit = boot::identity_map_limit();
     let Some(probe) = memory::ptr_of(top - 8, 8) else {
-        report.fail(
-            "boot.high_ram",
-            format_args!("RAM ends at {top:#x}, identity map only covers {limit:#x}"),
-        );
+        report
+            .fail("boot.high_ram", format_args!("RAM ends at {top:#x}, identity map only covers {limit:#x}"));
         return;
     };
     let pattern = 0x5a5a_c3c3_0f0f_f0f0 ^ top;
@@ -280,11 +280,7 @@ fn check_request_errors(report: &mut Report, iommu: &mut Iommu, domain: Domain) 
     let missing = iommu.map(Domain::from_raw(UNUSED_DOMAIN), SCRATCH_IOVA, phys, page, Permissions::READ);
     report.expect(
         "iommu.map_unknown_domain",
-        missing
-            == Err(IommuError::Request {
-                kind: RequestKind::Map,
-                status: RequestStatus::NoEntry,
-            }),
+        missing == Err(IommuError::Request { kind: RequestKind::Map, status: RequestStatus::NoEntry }),
         format_args!("MAP into domain {UNUSED_DOMAIN:#x}: {missing:?}"),
     );
 
@@ -304,7 +300,12 @@ fn check_request_errors(report: &mut Report, iommu: &mut Iommu, domain: Domain) 
     );
 }
 
-fn init_blk(report: &mut Report, pci: &mut PciBus, function: DeviceFunction, config: &TestConfig) -> Option<Blk> {
+fn init_blk(
+    report: &mut Report,
+    pci: &mut PciBus,
+    function: DeviceFunction,
+    config: &TestConfig,
+) -> Option<Blk> {
     let transport = match pci.virtio_transport(function) {
         Ok(transport) => transport,
         Err(error) => {
@@ -321,10 +322,7 @@ fn init_blk(report: &mut Report, pci: &mut PciBus, function: DeviceFunction, con
     );
     match VirtIOBlk::new(transport) {
         Ok(blk) => {
-            report.pass(
-                "blk.init",
-                format_args!("{} sectors, queues in the bounce area", blk.capacity()),
-            );
+            report.pass("blk.init", format_args!("{} sectors, queues in the bounce area", blk.capacity()));
             Some(blk)
         }
         Err(error) => {
@@ -399,7 +397,12 @@ fn check_no_stray_faults(report: &mut Report, iommu: &mut Iommu) {
 /// addresses, which the domain does not map). The request must not complete, and the IOMMU must
 /// report a mapping fault from the blk's endpoint at one of those addresses. The blk device is
 /// unusable afterwards (QEMU marks it broken), so this runs last.
-fn check_fault_on_unmapped_buffer(report: &mut Report, iommu: &mut Iommu, blk: &mut Blk, endpoint: RequesterId) {
+fn check_fault_on_unmapped_buffer(
+    report: &mut Report,
+    iommu: &mut Iommu,
+    blk: &mut Blk,
+    endpoint: RequesterId,
+) {
     const NAME: &str = "iommu.fault_on_unmapped_buffer";
     let request = match BlkRequest::new(1) {
         Ok(request) => request,
@@ -423,9 +426,7 @@ fn check_fault_on_unmapped_buffer(report: &mut Report, iommu: &mut Iommu, blk: &
     };
     let page = memory::PAGE_SIZE as u64;
     let in_private_buffer = fault.address.is_some_and(|address| {
-        private
-            .iter()
-            .any(|range| (range.start & !(page - 1)..range.end).contains(&address))
+        private.iter().any(|range| (range.start & !(page - 1)..range.end).contains(&address))
     });
     let blocked = matches!(completion, Err(BlkIoError::Timeout));
     let mut extra = 0;

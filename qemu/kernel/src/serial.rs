@@ -51,12 +51,7 @@ impl log::Log for ConsoleLogger {
 
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
-            write_fmt(format_args!(
-                "[{:<5} {}] {}\n",
-                record.level(),
-                record.target(),
-                record.args()
-            ));
+            write_fmt(format_args!("[{:<5} {}] {}\n", record.level(), record.target(), record.args()));
         }
     }
 

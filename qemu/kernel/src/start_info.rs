@@ -119,10 +119,8 @@ impl StartInfo {
                     break;
                 };
                 if entry.entry_type == MEMMAP_TYPE_RAM && info.ram_len < MAX_RAM_RANGES {
-                    info.ram[info.ram_len] = RamRange {
-                        start: entry.addr,
-                        end: entry.addr.saturating_add(entry.size),
-                    };
+                    info.ram[info.ram_len] =
+                        RamRange { start: entry.addr, end: entry.addr.saturating_add(entry.size) };
                     info.ram_len += 1;
                 }
             }
@@ -142,9 +140,6 @@ impl StartInfo {
 
     /// Bytes of usable RAM at or above `address`.
     pub fn ram_above(&self, address: u64) -> u64 {
-        self.ram()
-            .iter()
-            .map(|range| range.end.saturating_sub(range.start.max(address)))
-            .sum()
+        self.ram().iter().map(|range| range.end.saturating_sub(range.start.max(address))).sum()
     }
 }

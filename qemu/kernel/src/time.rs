@@ -73,9 +73,7 @@ impl Deadline {
     pub fn after(timeout: Duration) -> Self {
         let kind = match now() {
             Some(now) => DeadlineKind::At(now + timeout),
-            None => DeadlineKind::PollsLeft(
-                (timeout.as_millis() as u64).max(1) * FALLBACK_POLLS_PER_MS,
-            ),
+            None => DeadlineKind::PollsLeft((timeout.as_millis() as u64).max(1) * FALLBACK_POLLS_PER_MS),
         };
         Self { kind }
     }

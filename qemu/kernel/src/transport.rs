@@ -79,8 +79,7 @@ impl<T: Transport> Transport for PlatformAccessTransport<T> {
         driver_area: PhysAddr,
         device_area: PhysAddr,
     ) {
-        self.inner
-            .queue_set(queue, size, descriptors, driver_area, device_area)
+        self.inner.queue_set(queue, size, descriptors, driver_area, device_area)
     }
 
     fn queue_unset(&mut self, queue: u16) {
@@ -103,11 +102,7 @@ impl<T: Transport> Transport for PlatformAccessTransport<T> {
         self.inner.read_config_space(offset)
     }
 
-    fn write_config_space<V: IntoBytes + Immutable>(
-        &mut self,
-        offset: usize,
-        value: V,
-    ) -> Result<()> {
+    fn write_config_space<V: IntoBytes + Immutable>(&mut self, offset: usize, value: V) -> Result<()> {
         self.inner.write_config_space(offset, value)
     }
 }

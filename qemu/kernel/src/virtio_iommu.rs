@@ -81,10 +81,7 @@ struct RequestHead {
 
 impl RequestHead {
     fn new(request_type: u8) -> Self {
-        Self {
-            request_type,
-            reserved: [0; 3],
-        }
+        Self { request_type, reserved: [0; 3] }
     }
 }
 
@@ -408,11 +405,7 @@ impl<H: Hal> DmaPage<H> {
         if bus_address == 0 {
             return Err(IommuError::Virtio(virtio_drivers::Error::DmaError));
         }
-        Ok(Self {
-            bus_address,
-            ptr,
-            _hal: PhantomData,
-        })
+        Ok(Self { bus_address, ptr, _hal: PhantomData })
     }
 
     /// Bytes `offset..offset + len` of the page.
@@ -482,9 +475,7 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
         for index in 0..EVENT_BUFFERS {
             iommu.post_event_buffer(index)?;
         }
-        iommu
-            .transport
-            .set_status(features_ok | DeviceStatus::DRIVER_OK);
+        iommu.transport.set_status(features_ok | DeviceStatus::DRIVER_OK);
         // Buffers may be posted before DRIVER_OK but the device may only be notified after it.
         iommu.transport.notify(EVENT_QUEUE);
         Ok(iommu)
@@ -514,8 +505,7 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
         if !self.config.bypass_configurable {
             return Err(IommuError::BypassNotConfigurable);
         }
-        self.transport
-            .write_config_space::<u8>(CONFIG_BYPASS, u8::from(bypass))?;
+        self.transport.write_config_space::<u8>(CONFIG_BYPASS, u8::from(bypass))?;
         if self.bypass()? != bypass {
             return Err(IommuError::BypassNotApplied);
         }
@@ -570,7 +560,7 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
         permissions: Permissions,
     ) -> Result<(), IommuError> {
         let iova_end = self.check_range(iova, len)?;
-        if phys % self.config.granule() != 0 {
+        if !phys.is_multiple_of(self.config.granule()) {
             return Err(IommuError::Unaligned);
         }
         phys.checked_add(len - 1).ok_or(IommuError::OutOfRange)?;
@@ -663,7 +653,7 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
     /// Checks alignment and bounds of `iova..iova + len`; returns the inclusive end.
     fn check_range(&self, iova: u64, len: u64) -> Result<u64, IommuError> {
         let granule = self.config.granule();
-        if iova % granule != 0 || len % granule != 0 {
+        if !iova.is_multiple_of(granule) || !len.is_multiple_of(granule) {
             return Err(IommuError::Unaligned);
         }
         if len == 0 {
@@ -699,10 +689,7 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
         // driver broken), so the request and tail areas are ours; they do not overlap each other
         // or the event buffers.
         let (payload, tail) = unsafe {
-            (
-                self.buffers.bytes(REQUEST_OFFSET, request.len()),
-                self.buffers.bytes(TAIL_OFFSET, TAIL_LEN),
-            )
+            (self.buffers.bytes(REQUEST_OFFSET, request.len()), self.buffers.bytes(TAIL_OFFSET, TAIL_LEN))
         };
         payload.copy_from_slice(request);
         // A status the device never wrote must not read as success (0 = OK).
