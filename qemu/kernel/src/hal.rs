@@ -99,6 +99,11 @@ impl BounceHal {
         BOUNCE_BUS_OFFSET.store(offset, Ordering::Relaxed);
     }
 
+    /// Bus address at which devices see the start of the bounce area.
+    pub fn bus_base() -> u64 {
+        Self::phys_to_bus(Self::area_phys().start)
+    }
+
     /// Test knob for provoking IOMMU faults: while on, buffers are not bounced and the device is
     /// given their private physical address, which is not mapped in its IOMMU domain.
     pub fn set_passthrough(on: bool) {

@@ -322,7 +322,14 @@ fn init_blk(
     );
     match VirtIOBlk::new(transport) {
         Ok(blk) => {
-            report.pass("blk.init", format_args!("{} sectors, queues in the bounce area", blk.capacity()));
+            report.pass(
+                "blk.init",
+                format_args!(
+                    "{} sectors; queues and buffers in the bounce area at bus {:#x}",
+                    blk.capacity(),
+                    BounceHal::bus_base()
+                ),
+            );
             Some(blk)
         }
         Err(error) => {

@@ -9,8 +9,8 @@
 //! hypercalls.
 //!
 //! Every request waits for the device with a deadline. When one expires, the request's buffers
-//! still belong to the device, so the driver marks itself broken and refuses further requests
-//! rather than reuse them.
+//! still belong to the device, so the driver marks its request queue broken and refuses further
+//! requests rather than reuse them. Fault reporting goes on independently, on its own queue.
 //!
 //! Keep the driver alive for as long as any endpoint needs its translations: dropping it drops the
 //! transport, which resets the device. A reset deletes every domain and restores the device's
@@ -349,9 +349,9 @@ pub enum IommuError {
         /// The length the device reported.
         len: u32,
     },
-    /// The device did not complete a request in time; the driver is now broken.
+    /// The device did not complete a request in time; no further requests will be sent.
     Timeout(RequestKind),
-    /// An earlier timeout or protocol error left request buffers with the device.
+    /// An earlier timeout or protocol error left buffers of this queue with the device.
     Broken,
     /// Address or length not a multiple of the granule.
     Unaligned,
@@ -389,7 +389,10 @@ pub struct VirtioIommu<H: Hal, T: Transport> {
     config: IommuConfig,
     negotiated: u64,
     next_domain: u64,
-    broken: bool,
+    /// A request timed out or completed out of order: its buffers may still be with the device.
+    requests_broken: bool,
+    /// The device returned an event buffer we never posted.
+    events_broken: bool,
 }
 
 /// One page from `H::dma_alloc`, returned on drop. (virtio-drivers keeps its own `Dma` private.)
@@ -470,7 +473,8 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
             config,
             negotiated,
             next_domain: u64::from(config.domain_start),
-            broken: false,
+            requests_broken: false,
+            events_broken: false,
         };
         for index in 0..EVENT_BUFFERS {
             iommu.post_event_buffer(index)?;
@@ -595,7 +599,7 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
     /// Takes the next fault report off the event queue, if the device has written one, and
     /// gives the buffer back to the device. Never waits.
     pub fn poll_fault(&mut self) -> Result<Option<Fault>, IommuError> {
-        if self.broken {
+        if self.events_broken {
             return Err(IommuError::Broken);
         }
         let Some(token) = self.events.peek_used() else {
@@ -603,7 +607,7 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
         };
         let Some(index) = self.event_tokens.iter().position(|&t| t == Some(token)) else {
             // The device named a descriptor chain we never posted.
-            self.broken = true;
+            self.events_broken = true;
             return Err(IommuError::Virtio(virtio_drivers::Error::WrongToken));
         };
         // SAFETY: event buffer `index` was posted under `token`, which the device has returned;
@@ -681,12 +685,12 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
 
     /// Sends one request and waits, bounded, for its status.
     fn submit(&mut self, kind: RequestKind, request: &[u8]) -> Result<(), IommuError> {
-        if self.broken {
+        if self.requests_broken {
             return Err(IommuError::Broken);
         }
         assert!(request.len() <= REQUEST_CAPACITY);
         // SAFETY: no request is in flight (each `submit` either pops its request or marks the
-        // driver broken), so the request and tail areas are ours; they do not overlap each other
+        // request queue broken), so the request and tail areas are ours; they do not overlap each other
         // or the event buffers.
         let (payload, tail) = unsafe {
             (self.buffers.bytes(REQUEST_OFFSET, request.len()), self.buffers.bytes(TAIL_OFFSET, TAIL_LEN))
@@ -696,14 +700,14 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
         tail.fill(0xff);
 
         // SAFETY: both buffers stay valid until the driver is dropped and are not touched again
-        // until popped; on timeout the driver is marked broken and never reuses them.
+        // until popped; on timeout the request queue is marked broken and they are never reused.
         let token = unsafe { self.requests.add(&[&*payload], &mut [&mut *tail]) }?;
         if self.requests.should_notify() {
             self.transport.notify(REQUEST_QUEUE);
         }
         let requests = &self.requests;
         if time::poll_until(REQUEST_TIMEOUT, || requests.can_pop().then_some(())).is_none() {
-            self.broken = true;
+            self.requests_broken = true;
             return Err(IommuError::Timeout(kind));
         }
         // SAFETY: the same buffers that were added under `token`.
@@ -711,7 +715,7 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
             Ok(written) => written,
             Err(error) => {
                 // The device completed something else: our buffers may still be in flight.
-                self.broken = true;
+                self.requests_broken = true;
                 return Err(error.into());
             }
         };
