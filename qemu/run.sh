@@ -147,7 +147,7 @@ main() {
         --list) printf '%s\n' "${CONFIGS[@]}"; return 0 ;;
         -v | --verbose) verbose=yes ;;
         --no-build) build=no ;;
-        -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
+        -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
         -*) die "unknown option $1" ;;
         *) selected+=("$1") ;;
         esac
