@@ -124,6 +124,28 @@ pub enum DmaError {
     NotAttached,
     /// An IOMMU operation failed; nothing it did is left behind.
     Iommu(crate::error::IommuError),
+    /// A peer-to-peer segment the client cannot reach: the PCI topology says P2P between this
+    /// provider and client is not supported. Nothing of the list stays mapped.
+    P2pUnsupported {
+        /// The device whose BAR holds the segment.
+        provider: u32,
+        /// The device that was to reach it.
+        client: u32,
+    },
+    /// A scatter-gather input segment that no DMA segment of this device can hold: longer than its
+    /// max segment size, or (when it cannot be bounced) crossing its segment boundary.
+    SegmentLimit {
+        /// Index of the segment in the list.
+        index: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// A scatter-gather list in the wrong state: mapping a list that is mapped (`mapped: true`), or
+    /// unmapping/syncing one that is not, or not as this layer mapped it (`mapped: false`).
+    SgListState {
+        /// Whether the list was found mapped.
+        mapped: bool,
+    },
 }
 
 /// Why an IOMMU (TCE) operation failed.
@@ -188,6 +210,16 @@ impl fmt::Display for DmaError {
             DmaError::WrongDirection => write!(f, "operation not valid for the mapping's direction"),
             DmaError::NotAttached => write!(f, "device not attached to this layer"),
             DmaError::Iommu(e) => write!(f, "IOMMU: {e:?}"),
+            DmaError::P2pUnsupported { provider, client } => {
+                write!(f, "peer-to-peer from device {provider:#x} to {client:#x} not supported")
+            }
+            DmaError::SegmentLimit { index, len } => {
+                write!(f, "segment {index} ({len} bytes) exceeds the device's segment limits")
+            }
+            DmaError::SgListState { mapped: true } => write!(f, "scatter-gather list already mapped"),
+            DmaError::SgListState { mapped: false } => {
+                write!(f, "scatter-gather list not mapped (or not as this layer mapped it)")
+            }
         }
     }
 }

@@ -178,6 +178,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         self.pools.get(i)?.as_ref().map(|p| (p, self.pool_bus[i]))
     }
 
+    /// The live counters, for other modules of the crate (scatter-gather) that map and unmap.
+    pub(crate) fn counters(&self) -> &Stats {
+        &self.stats
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> StatsSnapshot {
         let mut s = self.stats.snapshot();
@@ -290,7 +295,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         order
     }
 
-    fn check_device(&self, dev: &Device) -> Result<(), DmaError> {
+    pub(crate) fn check_device(&self, dev: &Device) -> Result<(), DmaError> {
         if dev.layer != self.id {
             return Err(DmaError::NotAttached);
         }

@@ -17,6 +17,7 @@ pub mod layer;
 pub mod mapping;
 pub mod platform;
 pub mod pool;
+pub mod sg;
 pub mod sharing;
 pub mod stats;
 

@@ -25,6 +25,10 @@ const HEAD: u8 = 1;
 const TAIL: u8 = 2;
 /// A head whose unmap is in progress: no second unmap or sync may use it.
 const RELEASING: u8 = 3;
+/// Head `attrs` bit (above the `DmaAttrs` bits) marking a scatter-gather run: several originals
+/// packed in one run, described by the list (see `sg.rs`), not by the head's one `orig`. The
+/// single-mapping face must never unmap or sync such a run, nor the list face a single mapping.
+const SG_RUN: u8 = 0x80;
 
 /// Per-slot metadata, in caller-provided storage (`[SlotMeta::EMPTY; N]`). The head slot of a run
 /// holds the guest's own record of the mapping: lengths and directions are taken from here, never from
@@ -267,6 +271,31 @@ impl<'m> BouncePool<'m> {
         attrs: DmaAttrs,
         orig: *mut u8,
     ) -> Option<usize> {
+        self.alloc_tagged(req, offset, len, dir, attrs.bits(), orig)
+    }
+
+    /// [`Self::alloc`] for a scatter-gather run: `offset`/`len` span the packed segments; the
+    /// originals are recorded in the list itself.
+    pub(crate) fn alloc_sg(
+        &self,
+        req: RunRequest,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Option<usize> {
+        self.alloc_tagged(req, offset, len, dir, attrs.bits() | SG_RUN, core::ptr::null_mut())
+    }
+
+    fn alloc_tagged(
+        &self,
+        req: RunRequest,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+        attr_bits: u8,
+        orig: *mut u8,
+    ) -> Option<usize> {
         if req.nslots == 0 || req.nslots > self.max_run {
             return None;
         }
@@ -286,7 +315,7 @@ impl<'m> BouncePool<'m> {
                     head.offset = offset as u32;
                     head.len = len as u32;
                     head.dir = dir as u8;
-                    head.attrs = attrs.bits();
+                    head.attrs = attr_bits;
                     head.orig = orig as usize;
                     for t in &mut area.meta[i + 1..i + req.nslots] {
                         t.state = TAIL;
@@ -336,6 +365,15 @@ impl<'m> BouncePool<'m> {
     /// Look up the live mapping whose head is at global slot `index` and whose data starts at pool
     /// offset `off`; with `release` the head is marked so no other caller can unmap or sync it.
     pub(crate) fn lookup(&self, off: u64, release: bool) -> Option<SlotRecord> {
+        self.lookup_tagged(off, release, false)
+    }
+
+    /// [`Self::lookup`] for a scatter-gather run (see [`Self::alloc_sg`]).
+    pub(crate) fn lookup_sg(&self, off: u64, release: bool) -> Option<SlotRecord> {
+        self.lookup_tagged(off, release, true)
+    }
+
+    fn lookup_tagged(&self, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {
         let index = self.index_of_offset(off);
         if index >= self.nslots {
             return None;
@@ -344,7 +382,10 @@ impl<'m> BouncePool<'m> {
         let i = index % self.area_slots;
         let mut area = self.areas[a].lock();
         let head = &mut area.meta[i];
-        if head.state != HEAD || ((index as u64) << self.slot_shift) + head.offset as u64 != off {
+        if head.state != HEAD
+            || ((index as u64) << self.slot_shift) + head.offset as u64 != off
+            || (head.attrs & SG_RUN != 0) != sg
+        {
             return None;
         }
         let rec = SlotRecord {
