@@ -26,6 +26,7 @@
 //! pool's record of each run): a length never comes from the device.
 
 use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{BusAddr, DmaMask, PhysAddr};
 use crate::device::{DeviceConfig, DmaPath};
@@ -153,6 +154,9 @@ pub struct SgEntry<'a> {
     src: Source,
     place: Place,
     out: Option<DmaSegment>,
+    /// Which mapped list this entry belongs to, and where in it: a list is unmapped or synced only
+    /// whole, in the order it was mapped.
+    tag: ListTag,
     _buf: PhantomData<&'a mut [u8]>,
 }
 
@@ -164,7 +168,7 @@ unsafe impl Sync for SgEntry<'_> {}
 
 impl<'a> SgEntry<'a> {
     fn with(src: Source) -> Self {
-        SgEntry { src, place: Place::Unmapped, out: None, _buf: PhantomData }
+        SgEntry { src, place: Place::Unmapped, out: None, tag: ListTag::NONE, _buf: PhantomData }
     }
     /// A buffer the device may read and write.
     pub fn new(buf: &'a mut [u8]) -> Self {
@@ -224,6 +228,22 @@ impl<'a> SgEntry<'a> {
         matches!(self.place, Place::Bounced { .. })
     }
 }
+
+/// Identity of a mapped list, recorded in each of its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ListTag {
+    /// Unique per `map_sg` call (0: none).
+    list: u64,
+    index: usize,
+    count: usize,
+}
+
+impl ListTag {
+    const NONE: ListTag = ListTag { list: 0, index: 0, count: 0 };
+}
+
+/// Source of list identities (never 0).
+static NEXT_LIST: AtomicU64 = AtomicU64::new(1);
 
 /// The DMA segments of a mapped list, in order.
 pub fn dma_segments<'s>(list: &'s [SgEntry<'_>]) -> impl Iterator<Item = DmaSegment> + 's {
@@ -372,6 +392,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         match self.build_sg(dev, list, dir, attrs, opts) {
             Ok(n) => {
+                let id = NEXT_LIST.fetch_add(1, Ordering::Relaxed);
+                let count = list.len();
+                for (index, e) in list.iter_mut().enumerate() {
+                    e.tag = ListTag { list: id, index, count };
+                }
                 for e in list.iter() {
                     match e.place {
                         Place::Direct { .. } | Place::P2pBus { .. } => self.counters().mapped(false),
@@ -833,7 +858,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         };
         let mut run: Option<Cursor> = None;
         let mut preserve = false;
+        let id = list.first().map_or(0, |e| e.tag.list);
         for (i, e) in list.iter().enumerate() {
+            if id == 0 || e.tag != (ListTag { list: id, index: i, count: list.len() }) {
+                return Err(DmaError::SgListState { mapped: false });
+            }
             let len = e.src.len() as u64;
             match e.place {
                 Place::Unmapped | Place::Pending { .. } => {
@@ -905,6 +934,7 @@ fn run_alignment(lim: &Limits, bits: u64, len: u64, pool_bus: u64, pool_len: u64
 fn reset(list: &mut [SgEntry<'_>]) {
     for e in list {
         e.place = Place::Unmapped;
+        e.tag = ListTag::NONE;
         e.out = None;
     }
 }

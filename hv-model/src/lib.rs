@@ -11,6 +11,7 @@ pub mod calls;
 pub mod device;
 pub mod faults;
 pub mod memory;
+pub mod p2p;
 mod platform;
 mod sharing;
 
