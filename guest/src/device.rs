@@ -76,6 +76,18 @@ pub enum DmaPath {
     BounceAboveMask,
     /// Confidential without IOMMU: everything is bounced; the bus address is the pool's shared address.
     BounceAlways,
+    /// Confidential with IOMMU, 64-bit device: everything is bounced; the pools (only) are entered once
+    /// into a dynamic DMA window with large IOMMU pages, so a map costs no hypercall.
+    IommuDdw,
+    /// Confidential with IOMMU: everything is bounced; the pools (only) are entered once into the
+    /// default window below the device's mask.
+    IommuPremapped,
+    /// Confidential with IOMMU: everything is bounced; each mapping gets its own entries, with the
+    /// direction's permission, below the device's mask, cleared at unmap.
+    IommuStrict,
+    /// Behind an IOMMU, attach deferred to the first map or allocation (the layer's `path_of` tells
+    /// the path once it is chosen).
+    IommuDeferred,
 }
 
 impl DmaPath {
@@ -85,6 +97,15 @@ impl DmaPath {
             DmaPath::Direct => "direct",
             DmaPath::BounceAboveMask => "bounce-above-mask",
             DmaPath::BounceAlways => "bounce-always",
+            DmaPath::IommuDdw => "iommu-ddw-premapped",
+            DmaPath::IommuPremapped => "iommu-premapped",
+            DmaPath::IommuStrict => "iommu-strict",
+            DmaPath::IommuDeferred => "iommu-deferred",
         }
+    }
+    /// True on paths where every mapping is bounced (the buffer's own address never reaches the
+    /// device, so it need not be translated).
+    pub const fn bounces_everything(self) -> bool {
+        !matches!(self, DmaPath::Direct | DmaPath::BounceAboveMask)
     }
 }

@@ -124,6 +124,17 @@ pub enum DmaError {
     NotAttached,
     /// An IOMMU operation failed; nothing it did is left behind.
     Iommu(crate::error::IommuError),
+    /// A device behind an IOMMU for which no window can serve: attach failed.
+    NoIommuPath {
+        /// The device's DMA mask.
+        mask: DmaMask,
+        /// Number of pools the layer has.
+        pools: usize,
+        /// The default window `[start, end)` (both 0 when the device has none).
+        window: (u64, u64),
+        /// Why no dynamic window was used.
+        ddw: crate::iommu::DdwOutcome,
+    },
     /// A peer-to-peer segment the client cannot reach: the PCI topology says P2P between this
     /// provider and client is not supported. Nothing of the list stays mapped.
     P2pUnsupported {
@@ -166,6 +177,13 @@ pub enum IommuError {
     ReservationConflict,
     /// The window cannot be created.
     NoWindow,
+    /// Entries could not be written and then not cleared either: the bus range, and the memory it
+    /// names, are quarantined (never reused). For a coherent buffer its pages stay shared: the caller
+    /// must never use them again.
+    Quarantined {
+        /// First bus address of the quarantined range.
+        bus: BusAddr,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -210,6 +228,11 @@ impl fmt::Display for DmaError {
             DmaError::WrongDirection => write!(f, "operation not valid for the mapping's direction"),
             DmaError::NotAttached => write!(f, "device not attached to this layer"),
             DmaError::Iommu(e) => write!(f, "IOMMU: {e:?}"),
+            DmaError::NoIommuPath { mask, pools, window, ddw } => write!(
+                f,
+                "no IOMMU path for mask {mask}: {pools} pools, default window [{:#x}, {:#x}), {ddw}",
+                window.0, window.1
+            ),
             DmaError::P2pUnsupported { provider, client } => {
                 write!(f, "peer-to-peer from device {provider:#x} to {client:#x} not supported")
             }

@@ -7,6 +7,7 @@ use crate::addr::{pages_spanned, BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{DeviceConfig, DmaPath};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
+use crate::iommu::domain::{DomainRef, Iommu, IommuCounters};
 use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, RunRequest, SlotMeta, SlotRecord};
 use crate::stats::{should_warn, FailureKind, Stats, StatsSnapshot};
@@ -31,15 +32,29 @@ impl PoolOrder {
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
+    pub(crate) const EMPTY: PoolOrder = PoolOrder { idx: [0; MAX_POOLS], len: 0 };
+    pub(crate) fn push(&mut self, pool: usize) {
+        if (self.len as usize) < MAX_POOLS {
+            self.idx[self.len as usize] = pool as u8;
+            self.len += 1;
+        }
+    }
+    /// Sort best first: highest bus base first.
+    pub(crate) fn sort_by_bus(&mut self, bus: &[BusAddr; MAX_POOLS]) {
+        let n = self.len as usize;
+        self.idx[..n].sort_unstable_by(|a, b| bus[*b as usize].cmp(&bus[*a as usize]));
+    }
 }
 
 /// A device attached to a layer: its configuration and the path chosen for it.
 #[derive(Clone, Copy, Debug)]
 pub struct Device {
-    config: DeviceConfig,
-    path: DmaPath,
-    pools: PoolOrder,
-    layer: u32,
+    pub(crate) config: DeviceConfig,
+    pub(crate) path: DmaPath,
+    pub(crate) pools: PoolOrder,
+    pub(crate) layer: u32,
+    /// The device's IOMMU domain, on IOMMU paths.
+    pub(crate) domain: Option<DomainRef>,
 }
 
 impl Device {
@@ -64,14 +79,33 @@ pub(crate) struct Original {
     pub phys: Option<PhysAddr>,
 }
 
+/// A slot run just allocated and filled by `bounce_alloc`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BounceRun {
+    /// Pool index.
+    pub pool: usize,
+    /// Global index of the head slot.
+    pub index: usize,
+    /// Pool offset of the run.
+    pub run_off: usize,
+    /// Offset of the data inside the run.
+    pub data_off: usize,
+    /// Bytes of the run.
+    pub run_len: usize,
+}
+
 /// The DMA layer: pools, devices, statistics.
 pub struct DmaLayer<'m, P: Platform> {
-    platform: P,
-    pools: [Option<BouncePool<'m>>; MAX_POOLS],
-    pool_bus: [BusAddr; MAX_POOLS],
-    npools: usize,
-    stats: Stats,
-    id: u32,
+    pub(crate) platform: P,
+    pub(crate) pools: [Option<BouncePool<'m>>; MAX_POOLS],
+    pub(crate) pool_bus: [BusAddr; MAX_POOLS],
+    pub(crate) npools: usize,
+    pub(crate) stats: Stats,
+    pub(crate) id: u32,
+    /// The IOMMU path, once enabled (`enable_iommu`).
+    pub(crate) iommu: Option<Iommu<'m>>,
+    /// Counters of the IOMMU path and coherent buffers.
+    pub(crate) iommu_counters: IommuCounters,
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -84,6 +118,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             npools: 0,
             stats: Stats::default(),
             id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
+            iommu: None,
+            iommu_counters: IommuCounters::default(),
         }
     }
 
@@ -152,6 +188,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub fn release_pools(&mut self) -> Result<(), DmaError> {
         if self.pools().any(|p| p.slots_in_use() != 0) {
             return Err(DmaError::InvalidConfig("pools still have live mappings"));
+        }
+        // A device window may still translate to the pools: they must stay shared until it is gone.
+        if self.iommu_in_use() {
+            return Err(DmaError::InvalidConfig("devices still attached to IOMMU domains"));
         }
         let mut result = Ok(());
         for i in 0..self.npools {
@@ -249,6 +289,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::InvalidConfig("min_align_mask must be 2^n - 1"));
         }
         let confidential = self.platform.is_confidential();
+        if confidential && self.platform.tce().is_some_and(|t| t.default_window(config.id).is_some()) {
+            return self.attach_iommu(config);
+        }
         let ram_end = self.platform.ram_end().0;
         let path = if !confidential && config.dma_mask.covers(0, ram_end.max(1)) {
             DmaPath::Direct
@@ -269,7 +312,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(err);
         }
         log::debug!("ccdma: device {:#x} ({}) -> {}", config.id, config.dma_mask, path.name());
-        Ok(Device { config, path, pools, layer: self.id })
+        Ok(Device { config, path, pools, layer: self.id, domain: None })
     }
 
     fn lowest_pool_bus_end(&self) -> u64 {
@@ -364,6 +407,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if len == 0 {
             return Err(DmaError::ZeroLength);
         }
+        if dev.domain.is_some() {
+            return self.iommu_map(dev, orig, len, dir, attrs);
+        }
         let mask = dev.config.dma_mask;
         match (dev.path, orig.phys) {
             (DmaPath::Direct, None) => {
@@ -378,41 +424,92 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 self.stats.fail(FailureKind::BeyondMask);
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
-            _ => self.bounce_map(dev, orig, len, dir, attrs),
+            _ => self.bounce_map(dev, &dev.pools, &self.pool_bus, orig, len, dir, attrs),
         }
     }
 
-    fn bounce_map(
+    /// Bounce into one of `order`'s pools, each of which sits at `bus[i]` on the device's bus.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bounce_map(
         &self,
         dev: &Device,
+        order: &PoolOrder,
+        bus: &[BusAddr; MAX_POOLS],
         orig: Original,
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<BusAddr, DmaError> {
+        let run = self.bounce_alloc(dev, order, orig, len, dir, attrs, 0)?;
+        self.stats.mapped(true);
+        Ok(BusAddr(bus[run.pool].0 + (run.run_off + run.data_off) as u64))
+    }
+
+    /// Allocate a slot run in the first of `order`'s pools that has one and fill it per direction.
+    ///
+    /// With `iommu_page` (non-zero: strict IOMMU mappings) the run starts on an IOMMU page and covers
+    /// whole IOMMU pages, the bytes around the data zeroed, so no page the device can reach holds
+    /// another mapping's bytes or stale pool data.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bounce_alloc(
+        &self,
+        dev: &Device,
+        order: &PoolOrder,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        iommu_page: u64,
+    ) -> Result<BounceRun, DmaError> {
         let min_align = dev.config.min_align_mask;
         let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
         let mut largest = 0;
-        for i in dev.pools.iter() {
+        for i in order.iter() {
             let Some(pool) = &self.pools[i] else { continue };
             let slot = pool.slot_size() as u64;
-            let offset = (orig_addr & min_align & (slot - 1)) as usize;
-            largest = largest.max(pool.max_mapping() - offset);
+            let unit = slot.max(iommu_page);
+            let offset = (orig_addr & min_align & (unit - 1)) as usize;
+            let max_run = if iommu_page > 0 {
+                pool.max_mapping() & !(iommu_page as usize - 1)
+            } else {
+                pool.max_mapping()
+            };
+            largest = largest.max(max_run.saturating_sub(offset));
             let Some(total) = offset.checked_add(len) else { continue };
-            let nslots = total.div_ceil(slot as usize);
-            if nslots * slot as usize > pool.max_mapping() {
+            let run_bytes = if iommu_page > 0 { total.next_multiple_of(iommu_page as usize) } else { total };
+            let nslots = run_bytes.div_ceil(slot as usize);
+            if nslots * slot as usize > max_run.max(slot as usize) || total > max_run {
                 continue;
             }
             // Mappings of a page or more start on a page (as SWIOTLB does), except for the bits the
-            // device needs preserved.
-            let page_bits = if len as u64 >= PAGE_SIZE { PAGE_SIZE - 1 } else { 0 };
+            // device needs preserved; strict mappings always start on an IOMMU page, the preserved bits
+            // below it going into the offset.
+            let page_bits = if iommu_page > 0 {
+                unit - 1
+            } else if len as u64 >= PAGE_SIZE {
+                PAGE_SIZE - 1
+            } else {
+                0
+            };
             let align_mask = (min_align | page_bits) & !(slot - 1);
-            let req = RunRequest { nslots, align_mask, align_bits: orig_addr & min_align & align_mask };
+            let align_bits = if iommu_page > 0 {
+                orig_addr & min_align & align_mask & !(unit - 1)
+            } else {
+                orig_addr & min_align & align_mask
+            };
+            let req = RunRequest { nslots, align_mask, align_bits };
             let Some(index) = pool.alloc(req, offset, len, dir, attrs, orig.cpu) else { continue };
-            let off = (index << pool.slot_size().trailing_zeros()) + offset;
-            self.fill_slot(pool.cpu_at(off), orig.cpu, len, dir, attrs);
-            self.stats.mapped(true);
-            return Ok(BusAddr(self.pool_bus[i].0 + off as u64));
+            let run_off = index << pool.slot_size().trailing_zeros();
+            let run_len = nslots * slot as usize;
+            self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs);
+            if iommu_page > 0 {
+                // SAFETY: `[run_off, run_off + run_len)` is the run just allocated, ours alone.
+                unsafe {
+                    core::ptr::write_bytes(pool.cpu_at(run_off), 0, offset);
+                    core::ptr::write_bytes(pool.cpu_at(run_off + offset + len), 0, run_len - offset - len);
+                }
+            }
+            return Ok(BounceRun { pool: i, index, run_off, data_off: offset, run_len });
         }
         if largest < len {
             self.stats.fail(FailureKind::TooLarge);
@@ -450,11 +547,24 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Find the pool holding bus address `bus` for this device and the pool offset.
     fn locate(&self, dev: &Device, bus: BusAddr) -> Option<(usize, u64)> {
-        dev.pools.iter().find_map(|i| {
+        let (order, bases) = self.pool_view(dev)?;
+        order.iter().find_map(|i| {
             let pool = self.pools[i].as_ref()?;
-            let off = bus.0.checked_sub(self.pool_bus[i].0)?;
+            let off = bus.0.checked_sub(bases[i].0)?;
             (off < pool.len() as u64).then_some((i, off))
         })
+    }
+
+    /// The pools a device maps from and where each starts on its bus (per device when the pools are
+    /// premapped into its IOMMU window). `None` for a domain that is not set up (never attached).
+    pub(crate) fn pool_view<'a>(
+        &'a self,
+        dev: &'a Device,
+    ) -> Option<(&'a PoolOrder, &'a [BusAddr; MAX_POOLS])> {
+        match dev.domain {
+            None => Some((&dev.pools, &self.pool_bus)),
+            Some(d) => self.domain_info(d).map(|i| (&i.pools, &i.pool_bus)),
+        }
     }
 
     /// Find the live mapping at `bus`, optionally claiming it for release.
@@ -484,7 +594,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
     }
 
-    fn check_record(&self, rec: &SlotRecord, len: usize, dir: DmaDirection) -> Result<(), DmaError> {
+    pub(crate) fn check_record(
+        &self,
+        rec: &SlotRecord,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
         if rec.len != len {
             self.stats.fail(FailureKind::Mismatch);
             return Err(DmaError::SizeMismatch { mapped: rec.len, given: len });
@@ -508,6 +623,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
+        if self.strict_domain(dev, bus)?.is_some() {
+            return self.strict_unmap(dev, bus, len, dir, attrs);
+        }
         let Some((i, rec)) = self.record(dev, bus, true)? else {
             self.stats.unmapped();
             return Ok(());
@@ -521,6 +639,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             self.copy_to_original(pool, &rec, 0, rec.len);
         }
         pool.free(rec.index, rec.nslots);
+        if dev.domain.is_some() {
+            self.iommu_unmapped(dev);
+        }
         self.stats.unmapped();
         Ok(())
     }
@@ -559,7 +680,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         for_cpu: bool,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
-        let Some((i, rec)) = self.record(dev, bus, false)? else { return Ok(()) };
+        let found = match self.strict_domain(dev, bus)? {
+            Some(info) => self.strict_record(dev, info, bus, false).map(|(i, rec, _)| Some((i, rec)))?,
+            None => self.record(dev, bus, false)?,
+        };
+        let Some((i, rec)) = found else { return Ok(()) };
         let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
         if rec.dir != dir {
             self.stats.fail(FailureKind::Mismatch);
@@ -585,7 +710,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Copy `[offset, offset + len)` of a mapping from shared memory to the original: one pass, so
     /// the guest reads each shared byte once, whatever the device does meanwhile.
-    fn copy_to_original(&self, pool: &BouncePool<'_>, rec: &SlotRecord, offset: usize, len: usize) {
+    pub(crate) fn copy_to_original(
+        &self,
+        pool: &BouncePool<'_>,
+        rec: &SlotRecord,
+        offset: usize,
+        len: usize,
+    ) {
         let slot = pool.cpu_at((rec.index << pool.slot_size().trailing_zeros()) + rec.offset + offset);
         // SAFETY: the original is valid for writes of `rec.len` bytes until unmap (map contract) and
         // `offset + len <= rec.len`; the run is live and ours.

@@ -10,9 +10,11 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
 
 pub mod addr;
+pub mod coherent;
 pub mod device;
 pub mod direction;
 pub mod error;
+pub mod iommu;
 pub mod layer;
 pub mod mapping;
 pub mod platform;
@@ -22,9 +24,11 @@ pub mod sharing;
 pub mod stats;
 
 pub use addr::{BusAddr, DmaMask, PhysAddr, PAGE_SIZE};
+pub use coherent::CoherentBuffer;
 pub use device::{DeviceConfig, DmaPath};
 pub use direction::{DmaAttrs, DmaDirection};
 pub use error::{DmaError, IommuError, SharingErrorKind};
+pub use iommu::{IommuConfig, IommuPolicy, IommuStatsSnapshot, PathReason, TceCalls, VerifyPolicy};
 pub use layer::{Device, DmaLayer, MAX_POOLS};
 pub use mapping::Mapping;
 pub use platform::{BusEncoding, MemorySharing, PartialSharing, PhysMemory, Platform};

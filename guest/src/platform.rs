@@ -8,6 +8,7 @@ use core::ptr::NonNull;
 
 use crate::addr::{BusAddr, PhysAddr};
 use crate::error::SharingErrorKind;
+use crate::iommu::TceCalls;
 
 /// A sharing call that did not complete: `pages_done` pages from the start of the request were
 /// converted before it stopped (the caller rolls them back).
@@ -55,6 +56,11 @@ pub trait Platform: MemorySharing + PhysMemory + Sync {
     /// The inverse of [`Platform::shared_bus_addr`].
     fn shared_phys_addr(&self, bus: BusAddr) -> PhysAddr {
         PhysAddr(bus.0)
+    }
+    /// The IOMMU (TCE) interface, when devices sit behind one. `None` (the default): devices reach
+    /// memory by [`Platform::shared_bus_addr`].
+    fn tce(&self) -> Option<&dyn TceCalls> {
+        None
     }
 }
 
@@ -116,5 +122,8 @@ impl<T: Platform + ?Sized> Platform for &T {
     }
     fn shared_phys_addr(&self, bus: BusAddr) -> PhysAddr {
         (**self).shared_phys_addr(bus)
+    }
+    fn tce(&self) -> Option<&dyn TceCalls> {
+        (**self).tce()
     }
 }

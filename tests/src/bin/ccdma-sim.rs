@@ -260,6 +260,8 @@ fn path_reason(path: DmaPath, mask: DmaMask, ram_end: u64) -> String {
         DmaPath::BounceAlways => "confidential guest without IOMMU: a device reaches only shared memory, so \
              every buffer is bounced through a shared pool below the mask; bus address = pool address"
             .to_string(),
+        // IOMMU paths carry their own reason: `DmaLayer::path_reason`.
+        other => format!("IOMMU path {}", other.name()),
     }
 }
 

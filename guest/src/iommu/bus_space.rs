@@ -1,0 +1,325 @@
+//! A bus-address allocator for one device's windows, without an allocator: a sorted array of the
+//! ranges in use, in caller-provided storage.
+//!
+//! Every range is its own entry and is never merged with a neighbour, so freeing frees exactly what was
+//! allocated and nothing of a reservation next to it. Reserved ranges (MSI doorbells, host-bridge
+//! windows, firmware) are entries too: allocation skips them like any other used range, and a
+//! reservation added at run time is refused if a live range overlaps it.
+
+use crate::error::IommuError;
+
+/// What a used bus range holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeKind {
+    /// Never handed out.
+    Reserved,
+    /// Pool `pool` entered once into the window (premapped policy).
+    Premap {
+        /// Index of the pool in the layer.
+        pool: u8,
+    },
+    /// One streaming mapping (strict policy).
+    Mapping,
+    /// One coherent buffer.
+    Coherent,
+    /// Entries that could not be cleared: the range stays used forever so it is never reused.
+    Quarantined,
+}
+
+/// One used range of bus addresses and the guest's record of what it maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusRange {
+    /// First bus address.
+    pub start: u64,
+    /// Bytes (whole IOMMU pages for mappings).
+    pub len: u64,
+    /// What it holds.
+    pub kind: RangeKind,
+    /// Guest physical address of the first IOMMU page it maps (0 for reservations).
+    pub phys: u64,
+}
+
+impl BusRange {
+    /// An unused entry, for initialising storage (`[BusRange::EMPTY; N]`).
+    pub const EMPTY: BusRange = BusRange { start: 0, len: 0, kind: RangeKind::Reserved, phys: 0 };
+
+    /// One past the last byte.
+    pub const fn end(&self) -> u64 {
+        self.start + self.len
+    }
+    /// True when `[start, start + len)` overlaps this range.
+    pub const fn overlaps(&self, start: u64, len: u64) -> bool {
+        start < self.end() && self.start < start + len
+    }
+}
+
+impl Default for BusRange {
+    fn default() -> Self {
+        BusRange::EMPTY
+    }
+}
+
+/// The used ranges of one device's bus space, sorted by start, never overlapping.
+pub struct BusSpace<'m> {
+    ranges: &'m mut [BusRange],
+    used: usize,
+    /// Where the next search starts (next fit: recently freed addresses are not reused at once, so a
+    /// late device access to a just-unmapped address meets an empty entry rather than new data).
+    hint: u64,
+}
+
+impl<'m> BusSpace<'m> {
+    /// An empty space over `storage` (its length bounds the ranges live at once, reservations
+    /// included).
+    pub fn new(storage: &'m mut [BusRange]) -> BusSpace<'m> {
+        BusSpace { ranges: storage, used: 0, hint: 0 }
+    }
+
+    /// Ranges the storage holds at most.
+    pub fn capacity(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// The used ranges, sorted by start.
+    pub fn ranges(&self) -> &[BusRange] {
+        &self.ranges[..self.used]
+    }
+
+    /// Used ranges that are not reservations or quarantined (what must be gone at detach).
+    pub fn live(&self) -> usize {
+        self.ranges()
+            .iter()
+            .filter(|r| !matches!(r.kind, RangeKind::Reserved | RangeKind::Quarantined))
+            .count()
+    }
+
+    /// Forget every range (the domain is being torn down).
+    pub fn clear(&mut self) {
+        self.used = 0;
+        self.hint = 0;
+    }
+
+    /// Index of the first range that ends after `addr`.
+    fn first_ending_after(&self, addr: u64) -> usize {
+        self.ranges().partition_point(|r| r.end() <= addr)
+    }
+
+    fn insert_at(&mut self, i: usize, r: BusRange) -> Result<(), IommuError> {
+        if self.used == self.ranges.len() {
+            return Err(IommuError::BusSpaceExhausted);
+        }
+        self.ranges.copy_within(i..self.used, i + 1);
+        self.ranges[i] = r;
+        self.used += 1;
+        Ok(())
+    }
+
+    fn remove_at(&mut self, i: usize) -> BusRange {
+        let r = self.ranges[i];
+        self.ranges.copy_within(i + 1..self.used, i);
+        self.used -= 1;
+        r
+    }
+
+    /// Reserve `[start, start + len)`: it is never handed out. Overlapping reservations merge; a
+    /// reservation overlapping anything live fails with [`IommuError::ReservationConflict`] and
+    /// changes nothing.
+    pub fn reserve(&mut self, start: u64, len: u64) -> Result<(), IommuError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = start.checked_add(len).ok_or(IommuError::ReservationConflict)?;
+        let first = self.first_ending_after(start);
+        let mut last = first;
+        let (mut lo, mut hi) = (start, end);
+        while last < self.used && self.ranges[last].start < end {
+            let r = self.ranges[last];
+            if r.kind != RangeKind::Reserved {
+                return Err(IommuError::ReservationConflict);
+            }
+            lo = lo.min(r.start);
+            hi = hi.max(r.end());
+            last += 1;
+        }
+        let merged = BusRange { start: lo, len: hi - lo, kind: RangeKind::Reserved, phys: 0 };
+        if last > first {
+            // Replace the overlapped reservations by their union (no slot needed).
+            self.ranges[first] = merged;
+            for _ in first + 1..last {
+                self.remove_at(first + 1);
+            }
+            Ok(())
+        } else {
+            self.insert_at(first, merged)
+        }
+    }
+
+    /// Would [`Self::reserve`] succeed? (Checks overlap with live ranges and room for one more entry.)
+    pub fn check_reserve(&self, start: u64, len: u64) -> Result<(), IommuError> {
+        let end = start.checked_add(len).ok_or(IommuError::ReservationConflict)?;
+        let first = self.first_ending_after(start);
+        let overlapping = self.ranges()[first..].iter().take_while(|r| r.start < end);
+        if overlapping.clone().any(|r| r.kind != RangeKind::Reserved) {
+            return Err(IommuError::ReservationConflict);
+        }
+        if overlapping.count() == 0 && self.used == self.ranges.len() {
+            return Err(IommuError::BusSpaceExhausted);
+        }
+        Ok(())
+    }
+
+    /// Allocate `len` bytes inside `[lo, hi)` at an address `a` with `a % align == phase` (`align` a
+    /// power of two), recording `kind` and `phys`. Next fit from the last allocation, wrapping once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn alloc(
+        &mut self,
+        len: u64,
+        align: u64,
+        phase: u64,
+        lo: u64,
+        hi: u64,
+        kind: RangeKind,
+        phys: u64,
+    ) -> Result<u64, IommuError> {
+        if len == 0 || !align.is_power_of_two() || phase >= align || lo >= hi {
+            return Err(IommuError::BusSpaceExhausted);
+        }
+        let from = if self.hint > lo && self.hint < hi { self.hint } else { lo };
+        let found = match self.find_gap(len, align, phase, from, hi) {
+            Some(a) => Some(a),
+            None if from > lo => self.find_gap(len, align, phase, lo, hi),
+            None => None,
+        };
+        let start = found.ok_or(IommuError::BusSpaceExhausted)?;
+        let i = self.first_ending_after(start);
+        self.insert_at(i, BusRange { start, len, kind, phys })?;
+        self.hint = start + len;
+        Ok(start)
+    }
+
+    /// The first `a >= from` with `a % align == phase` such that `[a, a + len)` is free and below `hi`.
+    fn find_gap(&self, len: u64, align: u64, phase: u64, from: u64, hi: u64) -> Option<u64> {
+        let place = |g: u64| -> Option<u64> {
+            let base = g & !(align - 1);
+            let a = base.checked_add(phase)?;
+            if a >= g {
+                Some(a)
+            } else {
+                a.checked_add(align)
+            }
+        };
+        let mut gap = from;
+        for r in &self.ranges()[self.first_ending_after(from)..] {
+            let gap_end = r.start.min(hi);
+            if let Some(a) = place(gap) {
+                if a.checked_add(len).is_some_and(|e| e <= gap_end) {
+                    return Some(a);
+                }
+            }
+            gap = gap.max(r.end());
+            if gap >= hi {
+                return None;
+            }
+        }
+        let a = place(gap)?;
+        a.checked_add(len).is_some_and(|e| e <= hi).then_some(a)
+    }
+
+    /// The used range containing `bus`.
+    pub fn find(&self, bus: u64) -> Option<BusRange> {
+        let i = self.first_ending_after(bus);
+        self.ranges().get(i).filter(|r| r.start <= bus).copied()
+    }
+
+    /// Free exactly the range starting at `start` of `len` bytes and kind `kind`; anything else (a
+    /// reservation, a range of another size, nothing) is refused and changes nothing.
+    pub fn free(&mut self, start: u64, len: u64, kind: RangeKind) -> Option<BusRange> {
+        let i = self.first_ending_after(start);
+        let r = *self.ranges().get(i)?;
+        if r.start != start || r.len != len || r.kind != kind || kind == RangeKind::Reserved {
+            return None;
+        }
+        Some(self.remove_at(i))
+    }
+
+    /// Mark the range starting at `start` quarantined: it stays used and is never freed.
+    pub fn quarantine(&mut self, start: u64) {
+        let i = self.first_ending_after(start);
+        if let Some(r) = self.ranges.get_mut(i).filter(|r| r.start == start) {
+            r.kind = RangeKind::Quarantined;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space(n: usize) -> BusSpace<'static> {
+        extern crate std;
+        BusSpace::new(std::vec![BusRange::EMPTY; n].leak())
+    }
+
+    #[test]
+    fn alloc_skips_reservations_and_frees_exactly() {
+        let mut s = space(16);
+        s.reserve(0x1000, 0x1000).unwrap();
+        let a = s.alloc(0x2000, 0x1000, 0, 0, 0x10000, RangeKind::Mapping, 7).unwrap();
+        assert!(a >= 0x2000 || a + 0x2000 <= 0x1000, "overlaps reservation: {a:#x}");
+        assert_eq!(s.find(a + 5).unwrap().phys, 7);
+        // A free of the wrong size or of the reservation changes nothing.
+        assert!(s.free(a, 0x1000, RangeKind::Mapping).is_none());
+        assert!(s.free(0x1000, 0x1000, RangeKind::Reserved).is_none());
+        assert!(s.free(a, 0x2000, RangeKind::Coherent).is_none());
+        assert!(s.free(a, 0x2000, RangeKind::Mapping).is_some());
+        assert_eq!(s.ranges().len(), 1);
+        assert_eq!(s.ranges()[0].kind, RangeKind::Reserved);
+    }
+
+    #[test]
+    fn reservation_conflicts_with_live_ranges_and_merges_with_reservations() {
+        let mut s = space(16);
+        let a = s.alloc(0x1000, 0x1000, 0, 0x4000, 0x8000, RangeKind::Mapping, 0).unwrap();
+        assert_eq!(s.reserve(a, 1), Err(IommuError::ReservationConflict));
+        s.reserve(0, 0x1000).unwrap();
+        s.reserve(0x800, 0x1000).unwrap();
+        s.reserve(0x2000, 0x100).unwrap();
+        s.reserve(0x1000, 0x1000).unwrap();
+        // Overlapping reservations merged; the adjacent one stays its own entry.
+        assert_eq!(s.ranges()[0], BusRange { start: 0, len: 0x2000, kind: RangeKind::Reserved, phys: 0 });
+        assert_eq!(s.ranges()[1].start, 0x2000);
+        assert_eq!(s.ranges().len(), 3);
+        assert_eq!(s.live(), 1);
+    }
+
+    #[test]
+    fn alignment_phase_and_bounds() {
+        let mut s = space(64);
+        let a = s.alloc(0x1000, 0x10000, 0x3000, 0, 1 << 20, RangeKind::Mapping, 0).unwrap();
+        assert_eq!(a % 0x10000, 0x3000);
+        // Fill the space below 64 KiB with 4 KiB ranges, then it is exhausted.
+        let mut s = space(64);
+        for _ in 0..16 {
+            s.alloc(0x1000, 0x1000, 0, 0, 0x10000, RangeKind::Mapping, 0).unwrap();
+        }
+        assert_eq!(
+            s.alloc(0x1000, 0x1000, 0, 0, 0x10000, RangeKind::Mapping, 0),
+            Err(IommuError::BusSpaceExhausted)
+        );
+        // Next fit wraps to a freed hole.
+        s.free(0x5000, 0x1000, RangeKind::Mapping).unwrap();
+        assert_eq!(s.alloc(0x1000, 0x1000, 0, 0, 0x10000, RangeKind::Mapping, 0), Ok(0x5000));
+    }
+
+    #[test]
+    fn storage_full_is_an_error() {
+        let mut s = space(2);
+        s.reserve(0, 0x1000).unwrap();
+        s.alloc(0x1000, 0x1000, 0, 0, 1 << 30, RangeKind::Mapping, 0).unwrap();
+        assert_eq!(
+            s.alloc(0x1000, 0x1000, 0, 0, 1 << 30, RangeKind::Mapping, 0),
+            Err(IommuError::BusSpaceExhausted)
+        );
+        assert_eq!(s.reserve(1 << 20, 1), Err(IommuError::BusSpaceExhausted));
+    }
+}

@@ -1,0 +1,182 @@
+//! Streaming mappings on the IOMMU paths. Premapped: a bounce into a pool the device's window already
+//! holds (no hypercall). Strict: a bounce run aligned to whole IOMMU pages, a bus range below the
+//! device's mask, entries with the direction's permission; unmap clears the entries before the data
+//! is copied back and before the slots or bus range can be reused.
+
+use core::sync::atomic::Ordering;
+
+use super::attach::{tce_perm, window_below};
+use super::bus_space::{BusRange, RangeKind};
+use super::domain::DomainInfo;
+use crate::addr::BusAddr;
+use crate::device::DmaPath;
+use crate::direction::{DmaAttrs, DmaDirection};
+use crate::error::{DmaError, IommuError};
+use crate::layer::{Device, DmaLayer, Original};
+use crate::platform::Platform;
+use crate::pool::SlotRecord;
+use crate::stats::FailureKind;
+
+impl<'m, P: Platform> DmaLayer<'m, P> {
+    /// Map on an IOMMU path (attaching a deferred device first).
+    pub(crate) fn iommu_map(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        let info = self.ensure_attached(dev)?;
+        let bus = match info.path {
+            DmaPath::IommuStrict => self.strict_map(dev, info, orig, len, dir, attrs)?,
+            _ => self.bounce_map(dev, &info.pools, &info.pool_bus, orig, len, dir, attrs)?,
+        };
+        if let Some(slot) = dev.domain.and_then(|d| self.slot(d)) {
+            slot.live_mappings.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(bus)
+    }
+
+    /// A premapped mapping of this device ended.
+    pub(crate) fn iommu_unmapped(&self, dev: &Device) {
+        if let Some(slot) = dev.domain.and_then(|d| self.slot(d)) {
+            slot.live_mappings.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The device's domain info when it maps strictly; `Ok(None)` off the strict path; an error when
+    /// the device has a domain that is not set up (unmap and sync never attach).
+    pub(crate) fn strict_domain(&self, dev: &Device, bus: BusAddr) -> Result<Option<&DomainInfo>, DmaError> {
+        let Some(d) = dev.domain else { return Ok(None) };
+        match self.domain_info(d) {
+            Some(i) if i.path == DmaPath::IommuStrict => Ok(Some(i)),
+            Some(_) => Ok(None),
+            None => {
+                self.stats.fail(FailureKind::UnknownMapping);
+                Err(DmaError::UnknownMapping(bus))
+            }
+        }
+    }
+
+    fn strict_map(
+        &self,
+        dev: &Device,
+        info: &DomainInfo,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
+        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let page = win.page_size();
+        let run = self.bounce_alloc(dev, &info.pools, orig, len, dir, attrs, page)?;
+        let pool = self.pools[run.pool].as_ref().ok_or(DmaError::NotAttached)?;
+        let slot_size = pool.slot_size();
+        let nslots = run.run_len / slot_size;
+        let run_phys = pool.phys().0 + run.run_off as u64;
+        let npages = (run.run_len as u64).div_ceil(page);
+        // The bus address keeps the bits the device needs preserved: those below the IOMMU page are in
+        // the data offset, those above select the bus range's alignment phase.
+        let min_align = dev.config.min_align_mask;
+        let unit = page.max(slot_size as u64);
+        let align = unit.max(min_align.wrapping_add(1));
+        let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
+        let phase = orig_addr & min_align & !(unit - 1) & (align - 1);
+        let (lo, hi) = window_below(&win, dev.config.dma_mask);
+        let placed =
+            slot.space.lock().alloc(npages * page, align, phase, lo, hi, RangeKind::Mapping, run_phys);
+        let bus = match placed {
+            Ok(b) => b,
+            Err(e) => {
+                pool.free(run.index, nslots);
+                self.stats.fail(FailureKind::Iommu);
+                return Err(DmaError::Iommu(e));
+            }
+        };
+        if let Err(f) = self.tce_writer(tce).put(&win, bus, run_phys, npages, tce_perm(dir)) {
+            if f.clean {
+                slot.space.lock().free(bus, npages * page, RangeKind::Mapping);
+                pool.free(run.index, nslots);
+            } else {
+                // Entries may still point at the run: neither the bus range nor the slots are ever
+                // reused (the slots stay allocated, the range is quarantined).
+                slot.space.lock().quarantine(bus);
+                self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats.fail(FailureKind::Iommu);
+            return Err(DmaError::Iommu(f.err));
+        }
+        self.iommu_counters.strict_maps.fetch_add(1, Ordering::Relaxed);
+        self.stats.mapped(true);
+        Ok(BusAddr(bus + run.data_off as u64))
+    }
+
+    /// Find the strict mapping at `bus` from the guest's own records (the bus range, then the slot
+    /// run), optionally claiming it for release. Both lookups happen under the domain's lock so a
+    /// concurrent unmap cannot free the range in between.
+    pub(crate) fn strict_record(
+        &self,
+        dev: &Device,
+        info: &DomainInfo,
+        bus: BusAddr,
+        release: bool,
+    ) -> Result<(usize, SlotRecord, BusRange), DmaError> {
+        let unknown = || {
+            self.stats.fail(FailureKind::UnknownMapping);
+            DmaError::UnknownMapping(bus)
+        };
+        let slot = dev.domain.and_then(|d| self.slot(d)).ok_or_else(unknown)?;
+        let space = slot.space.lock();
+        let r = space.find(bus.0).filter(|r| r.kind == RangeKind::Mapping).ok_or_else(unknown)?;
+        let phys = r.phys + (bus.0 - r.start);
+        let found = info.pools.iter().find_map(|i| {
+            let pool = self.pools[i].as_ref()?;
+            let off = phys.checked_sub(pool.phys().0)?;
+            (off < pool.len() as u64).then_some((i, pool, off))
+        });
+        let (i, pool, off) = found.ok_or_else(unknown)?;
+        let rec = pool.lookup(off, release).ok_or_else(unknown)?;
+        drop(space);
+        Ok((i, rec, r))
+    }
+
+    pub(crate) fn strict_unmap(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        let info = self.strict_domain(dev, bus)?.ok_or(DmaError::UnknownMapping(bus))?;
+        let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let (i, rec, r) = self.strict_record(dev, info, bus, true)?;
+        let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+        if let Err(e) = self.check_record(&rec, len, dir) {
+            pool.unrelease(rec.index);
+            return Err(e);
+        }
+        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        // Entries go first: from here on the device cannot touch the run, so the copy back reads what
+        // it left, and the slots can be reused safely.
+        if let Err(e) = self.tce_writer(tce).clear(&win, r.start, r.len >> win.page_shift) {
+            pool.unrelease(rec.index);
+            self.stats.fail(FailureKind::Iommu);
+            log::warn!("ccdma: unmap of {bus} failed clearing its entries ({e:?}); mapping kept");
+            return Err(DmaError::Iommu(e));
+        }
+        if rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
+            self.copy_to_original(pool, &rec, 0, rec.len);
+        }
+        if let Some(slot) = dev.domain.and_then(|d| self.slot(d)) {
+            slot.space.lock().free(r.start, r.len, RangeKind::Mapping);
+            slot.live_mappings.fetch_sub(1, Ordering::Relaxed);
+        }
+        pool.free(rec.index, rec.nslots);
+        self.stats.unmapped();
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! Writing and clearing translation entries: batched through one shared list page when the platform
+//! has `H_PUT_TCE_INDIRECT`, one `H_PUT_TCE` per entry otherwise; busy answers retried a bounded number
+//! of times; entries read back where the [`VerifyPolicy`] asks, because a hypervisor may report
+//! success without acting.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use spin::Mutex;
+
+use super::domain::IommuCounters;
+use super::hcall::{is_busy, H_SUCCESS};
+use super::{TceCalls, VerifyPolicy, WindowGeometry, TCE_LIST_ENTRIES, TCE_STUFF_BATCH};
+use crate::addr::PhysAddr;
+use crate::error::IommuError;
+
+/// Busy answers retried per call before giving up with [`IommuError::Busy`].
+pub const MAX_BUSY_RETRIES: u32 = 16;
+
+/// The one page of `H_PUT_TCE_INDIRECT` entries, shared with the hypervisor once at set-up. One lock
+/// serialises its users: a batch of up to 512 entries is written and handed over under it.
+pub(crate) struct ListPage {
+    pub phys: PhysAddr,
+    cpu: NonNull<u8>,
+    lock: Mutex<()>,
+}
+
+// SAFETY: the page belongs to the layer for its whole life (the caller handed it over at
+// `enable_iommu`); every write to it happens under `lock`.
+unsafe impl Send for ListPage {}
+// SAFETY: as above.
+unsafe impl Sync for ListPage {}
+
+impl ListPage {
+    /// # Safety
+    /// `cpu` must point to a 4 KiB page the layer owns alone for as long as the `ListPage` lives.
+    pub(crate) unsafe fn new(phys: PhysAddr, cpu: NonNull<u8>) -> ListPage {
+        ListPage { phys, cpu, lock: Mutex::new(()) }
+    }
+}
+
+/// A failed write of a range of entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PutFailure {
+    /// What went wrong first.
+    pub err: IommuError,
+    /// True when every entry of the range is known clear again (the rollback worked); false when some
+    /// may still translate, so the bus range and its target must be quarantined.
+    pub clean: bool,
+}
+
+/// Entry programming for one call site: the platform's calls, the optional list page, the policy.
+pub(crate) struct TceWriter<'a> {
+    pub calls: &'a dyn TceCalls,
+    pub list: Option<&'a ListPage>,
+    pub verify: VerifyPolicy,
+    pub counters: &'a IommuCounters,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl TceWriter<'_> {
+    /// Run one call, retrying busy answers.
+    fn retry(&self, counter: &AtomicU64, mut call: impl FnMut() -> i64) -> Result<(), IommuError> {
+        let mut attempt = 0;
+        loop {
+            bump(counter, 1);
+            let rc = call();
+            if rc == H_SUCCESS {
+                return Ok(());
+            }
+            if !is_busy(rc) {
+                return Err(IommuError::Hcall(rc));
+            }
+            attempt += 1;
+            bump(&self.counters.busy_retries, 1);
+            if attempt > MAX_BUSY_RETRIES {
+                return Err(IommuError::Busy);
+            }
+            self.calls.backoff(rc, attempt);
+        }
+    }
+
+    /// Read back entries `[first, first + n)` of the batch starting at `ioba`, as the policy says, and
+    /// compare with `expect(i)`.
+    fn check(
+        &self,
+        win: &WindowGeometry,
+        ioba: u64,
+        n: u64,
+        expect: impl Fn(u64) -> u64,
+    ) -> Result<(), IommuError> {
+        let read = |i: u64| -> Result<(), IommuError> {
+            let at = ioba + (i << win.page_shift);
+            let mut got = 0;
+            self.retry(&self.counters.get_tce, || {
+                let (rc, v) = self.calls.h_get_tce(win.liobn, at);
+                got = v;
+                rc
+            })?;
+            // Compare what the entry means (address and permission), not bits the platform may add.
+            let meaning = !(win.page_size() - 1) | super::TCE_PCI_READ | super::TCE_PCI_WRITE;
+            if got & meaning != expect(i) {
+                bump(&self.counters.verify_failures, 1);
+                return Err(IommuError::Verify { bus: crate::addr::BusAddr(at) });
+            }
+            Ok(())
+        };
+        match self.verify {
+            VerifyPolicy::Off => Ok(()),
+            VerifyPolicy::Ends => {
+                read(0)?;
+                if n > 1 {
+                    read(n - 1)?;
+                }
+                Ok(())
+            }
+            VerifyPolicy::All => (0..n).try_for_each(read),
+        }
+    }
+
+    /// Enter `npages` IOMMU pages from `ioba` mapping `phys` onwards with permission bits `perm`. On
+    /// failure the whole range is cleared again (best effort; [`PutFailure::clean`] says whether it
+    /// worked).
+    pub fn put(
+        &self,
+        win: &WindowGeometry,
+        ioba: u64,
+        phys: u64,
+        npages: u64,
+        perm: u64,
+    ) -> Result<(), PutFailure> {
+        let entry = |i: u64| (phys + (i << win.page_shift)) | perm;
+        let mut done = 0;
+        let result = self.put_batches(win, ioba, npages, &entry, &mut done);
+        match result {
+            Ok(()) => {
+                bump(&self.counters.entries_written, npages);
+                bump(&self.counters.live_tces, npages);
+                Ok(())
+            }
+            Err(err) => {
+                log::warn!(
+                    "ccdma: writing {npages} TCEs at {ioba:#x} (liobn {:#x}) failed: {err:?}; clearing",
+                    win.liobn
+                );
+                let clean = self.clear_entries(win, ioba, npages).is_ok();
+                if !clean {
+                    // The rollback failed: count the range as live, as the hypervisor may have it so.
+                    bump(&self.counters.live_tces, npages);
+                }
+                Err(PutFailure { err, clean })
+            }
+        }
+    }
+
+    fn put_batches(
+        &self,
+        win: &WindowGeometry,
+        ioba: u64,
+        npages: u64,
+        entry: &dyn Fn(u64) -> u64,
+        done: &mut u64,
+    ) -> Result<(), IommuError> {
+        let list = self.list.filter(|_| npages > 1 && self.calls.indirect_available());
+        while *done < npages {
+            let at = ioba + (*done << win.page_shift);
+            let base = *done;
+            match list {
+                Some(list) => {
+                    let n = (npages - base).min(TCE_LIST_ENTRIES as u64);
+                    let guard = list.lock.lock();
+                    for i in 0..n {
+                        let p = list.cpu.as_ptr().cast::<u64>();
+                        // SAFETY: the list page is ours (ListPage::new contract), 4 KiB aligned, and
+                        // `i < 512`; we hold its lock. Volatile: the hypervisor reads it.
+                        unsafe { p.add(i as usize).write_volatile(entry(base + i).to_be()) };
+                    }
+                    let r = self.retry(&self.counters.put_indirect, || {
+                        self.calls.h_put_tce_indirect(win.liobn, at, list.phys, n)
+                    });
+                    drop(guard);
+                    r?;
+                    self.check(win, at, n, |i| entry(base + i))?;
+                    *done += n;
+                }
+                None => {
+                    let v = entry(base);
+                    self.retry(&self.counters.put_tce, || self.calls.h_put_tce(win.liobn, at, v))?;
+                    self.check(win, at, 1, |_| v)?;
+                    *done += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Clear `npages` live entries from `ioba` with `H_STUFF_TCE`, then read back as the policy says.
+    /// On failure nothing is counted cleared: the caller keeps the range live and may retry.
+    pub fn clear(&self, win: &WindowGeometry, ioba: u64, npages: u64) -> Result<(), IommuError> {
+        self.clear_entries(win, ioba, npages)?;
+        self.counters.live_tces.fetch_sub(npages, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Clear entries without touching the live count (rollback of a write that was never counted).
+    fn clear_entries(&self, win: &WindowGeometry, ioba: u64, npages: u64) -> Result<(), IommuError> {
+        let mut done = 0;
+        while done < npages {
+            let n = (npages - done).min(TCE_STUFF_BATCH);
+            let at = ioba + (done << win.page_shift);
+            self.retry(&self.counters.stuff_tce, || self.calls.h_stuff_tce(win.liobn, at, 0, n))?;
+            self.check(win, at, n, |_| 0)?;
+            done += n;
+        }
+        bump(&self.counters.entries_cleared, npages);
+        Ok(())
+    }
+}
