@@ -228,13 +228,26 @@ pub fn run_list(
     coalesce: bool,
     seed: u64,
 ) -> Result<usize, DmaError> {
+    let inputs = lay_out(env.hv, specs, seed);
+    run_inputs(env, cfg, &inputs, dir, attrs, coalesce, seed)
+}
+
+/// [`run_list`] over inputs already laid out (and filled) by [`lay_out`].
+pub fn run_inputs(
+    env: &Env,
+    cfg: DeviceConfig,
+    inputs: &[Input],
+    dir: DmaDirection,
+    attrs: DmaAttrs,
+    coalesce: bool,
+    seed: u64,
+) -> Result<usize, DmaError> {
     let (hv, layer) = (env.hv, env.layer);
     let base = Baseline::take(hv, layer);
     let calls = hv.calls().counts();
-    let inputs = lay_out(hv, specs, seed);
-    let before = guest_stream(hv, &inputs);
+    let before = guest_stream(hv, inputs);
     let dev = env.attach(cfg);
-    let mut list = entries(hv, &inputs);
+    let mut list = entries(hv, inputs);
     let opts = SgOptions { coalesce, p2p: None };
     let n = match layer.map_sg_with(&dev, &mut list, dir, attrs, &opts) {
         Ok(n) => n,
@@ -244,21 +257,21 @@ pub fn run_list(
                 "list changed by a failed map"
             );
             drop(list);
-            assert_eq!(guest_stream(hv, &inputs), before, "a failed map changed the originals");
+            assert_eq!(guest_stream(hv, inputs), before, "a failed map changed the originals");
             base.assert_same(hv, layer);
             assert_no_faults(hv);
             return Err(e);
         }
     };
     let segs = checked_segments(&list, n, &cfg);
-    check_layout(env, &list, &inputs, &segs, cfg.min_align_mask);
+    check_layout(env, &list, inputs, &segs, cfg.min_align_mask);
     if !coalesce {
         assert_eq!(n, list.len(), "without coalescing every input is its own segment");
     }
     // What the device must see: the originals, except zeroes where a from-device mapping bounced.
     let expect: Vec<u8> = list
         .iter()
-        .zip(&inputs)
+        .zip(inputs)
         .scan(0usize, |at, (e, inp)| {
             let bytes = &before[*at..*at + inp.len];
             *at += inp.len;
@@ -285,7 +298,7 @@ pub fn run_list(
     layer.unmap_sg(&dev, &mut list, dir, attrs).unwrap();
     assert!(list.iter().all(|e| !e.is_mapped() && e.dma_segment().is_none()));
     drop(list);
-    let after = guest_stream(hv, &inputs);
+    let after = guest_stream(hv, inputs);
     if dir.device_writes() {
         assert_eq!(after, written, "device data did not come back exactly");
     } else {
