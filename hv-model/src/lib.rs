@@ -14,6 +14,7 @@ pub mod memory;
 pub mod p2p;
 mod platform;
 mod sharing;
+pub mod tce;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ pub use device::{BusTranslate, DeviceRef, DirectTranslate};
 pub use faults::{AccessKind, Fault, FaultReason};
 pub use memory::{GuestMemory, PageState, PAGE};
 pub use sharing::{TDX_INVALID_OPERAND, U_PARAMETER};
+pub use tce::{Reach, TableInfo, TceConfig, TceCounters};
 
 use ccdma::BusEncoding;
 
@@ -83,6 +85,8 @@ pub struct Hypervisor {
     pub(crate) device_bytes_written: AtomicU64,
     alloc_low: AtomicU64,
     alloc_high: AtomicU64,
+    /// The IOMMU (TCE tables), off until `enable_iommu`.
+    pub(crate) iommu: tce::IommuModel,
 }
 
 /// Where [`Hypervisor::alloc`] places guest buffers.
@@ -112,6 +116,7 @@ impl Hypervisor {
             device_bytes_written: AtomicU64::new(0),
             alloc_low: AtomicU64::new(ALLOC_LOW_START),
             alloc_high: AtomicU64::new(ALLOC_HIGH_START),
+            iommu: Default::default(),
         }
     }
 

@@ -45,4 +45,7 @@ impl Platform for Hypervisor {
     fn shared_phys_addr(&self, bus: BusAddr) -> PhysAddr {
         self.config().bus_encoding.phys(bus)
     }
+    fn tce(&self) -> Option<&dyn ccdma::TceCalls> {
+        self.iommu.enabled().then_some(self as &dyn ccdma::TceCalls)
+    }
 }

@@ -1,0 +1,556 @@
+//! The IOMMU as a pseries hypervisor offers it: one TCE table per LIOBN, a default window per device
+//! (partitionable endpoint), dynamic DMA windows created on request, the TCE hypercalls with PAPR
+//! return codes, and a [`BusTranslate`] that puts the tables between each device and memory.
+//!
+//! Every call goes through the [`CallLog`](crate::CallLog), so it is counted and can be made to fail,
+//! partially succeed, answer busy, or report success without acting.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ccdma::iommu::hcall::{H_FUNCTION, H_NOT_ENOUGH_RESOURCES, H_PARAMETER, H_SUCCESS};
+use ccdma::iommu::{DdwQuery, TceCalls, WindowGeometry, DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
+use ccdma::PhysAddr;
+use zerocopy::byteorder::big_endian::U64;
+use zerocopy::{FromBytes, Immutable, KnownLayout};
+
+use crate::calls::{CallKind, Injection};
+use crate::device::{BusTranslate, DeviceRef};
+use crate::faults::{AccessKind, FaultReason};
+use crate::memory::{PageState, PAGE};
+use crate::Hypervisor;
+
+/// RTAS "parameter error / not supported" status.
+pub const RTAS_PARAMETER_ERROR: i64 = -3;
+/// RTAS "hardware error" status.
+pub const RTAS_HARDWARE_ERROR: i64 = -1;
+
+/// The `H_PUT_TCE_INDIRECT` list page as the hypervisor reads it: 512 big-endian entries.
+#[derive(FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct TceList {
+    /// The entries.
+    pub entries: [U64; 512],
+}
+
+/// Geometry and behaviour of the modelled IOMMU.
+#[derive(Clone, Debug)]
+pub struct TceConfig {
+    /// First bus address of every device's default window.
+    pub default_start: u64,
+    /// Size of the default window.
+    pub default_size: u64,
+    /// IOMMU page shift of the default window.
+    pub default_page_shift: u32,
+    /// Bus ranges of every device's windows that are reserved (MSI doorbells, host-bridge windows,
+    /// firmware): reported to the guest, refused as TCE targets, faulted on device access.
+    pub reserved: Vec<(u64, u64)>,
+    /// `H_PUT_TCE_INDIRECT` available (firmware feature `hcall-multi-tce`).
+    pub indirect: bool,
+    /// Dynamic DMA windows available at all.
+    pub ddw: bool,
+    /// Where a created DDW starts.
+    pub ddw_start: u64,
+    /// Supported DDW page sizes (`DDW_PAGE_SIZES` bits).
+    pub ddw_page_sizes: u32,
+    /// Largest block of TCEs a DDW may have.
+    pub ddw_largest_block: u64,
+    /// DDWs one device may have at once.
+    pub ddw_windows: u32,
+    /// Most live entries one table holds (then `H_NOT_ENOUGH_RESOURCES`); `None`: no limit.
+    pub max_entries_per_table: Option<u64>,
+}
+
+impl Default for TceConfig {
+    /// A 2 GiB default window at 0 with 4 KiB pages; DDW at `1 << 59` with 4 KiB, 64 KiB, 2 MiB and
+    /// 16 MiB pages; indirect calls on.
+    fn default() -> Self {
+        TceConfig {
+            default_start: 0,
+            default_size: 2 << 30,
+            default_page_shift: 12,
+            reserved: Vec::new(),
+            indirect: true,
+            ddw: true,
+            ddw_start: 1 << 59,
+            ddw_page_sizes: 0x01 | 0x02 | 0x100 | 0x04,
+            ddw_largest_block: 1 << 24,
+            ddw_windows: 1,
+            max_entries_per_table: None,
+        }
+    }
+}
+
+/// One TCE table (one window).
+#[derive(Clone, Debug)]
+struct Table {
+    device: u32,
+    geometry: WindowGeometry,
+    ddw: bool,
+    entries: HashMap<u64, u64>,
+}
+
+impl Table {
+    fn index(&self, ioba: u64) -> Option<u64> {
+        let g = &self.geometry;
+        (ioba >= g.start && ioba < g.end() && ioba % g.page_size() == 0)
+            .then(|| (ioba - g.start) >> g.page_shift)
+    }
+    fn contains(&self, bus: u64) -> bool {
+        bus >= self.geometry.start && bus < self.geometry.end()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Pe {
+    default: u32,
+    ddw: Option<u32>,
+    ddw_disabled: bool,
+}
+
+/// Counters of the modelled IOMMU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TceCounters {
+    /// Entries set to a non-zero value by any call.
+    pub entries_written: u64,
+    /// Entries set to zero by any call (whether they were live or not).
+    pub entries_cleared: u64,
+    /// Entries live now over all tables.
+    pub live_entries: u64,
+    /// Tables (windows) existing now.
+    pub tables: usize,
+    /// DDWs existing now.
+    pub ddws: usize,
+}
+
+/// A window as the model reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Owning device.
+    pub device: u32,
+    /// Geometry.
+    pub geometry: WindowGeometry,
+    /// A dynamic window.
+    pub ddw: bool,
+    /// Live entries.
+    pub live: u64,
+}
+
+/// One live entry as a device can use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reach {
+    /// First bus address of the IOMMU page.
+    pub bus: u64,
+    /// Guest physical address it translates to.
+    pub phys: u64,
+    /// Bytes (the IOMMU page size).
+    pub len: u64,
+    /// The device may read.
+    pub read: bool,
+    /// The device may write.
+    pub write: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct IommuState {
+    cfg: TceConfig,
+    tables: HashMap<u32, Table>,
+    pes: HashMap<u32, Pe>,
+    next_liobn: u32,
+    entries_written: u64,
+    entries_cleared: u64,
+}
+
+/// The IOMMU part of the model (off until [`Hypervisor::enable_iommu`]).
+#[derive(Default)]
+pub(crate) struct IommuModel {
+    enabled: AtomicBool,
+    state: Arc<Mutex<IommuState>>,
+}
+
+impl IommuModel {
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+}
+
+/// The translation a device behind the IOMMU sees: its tables, looked up at every access.
+pub struct TceTranslate {
+    state: Arc<Mutex<IommuState>>,
+}
+
+impl BusTranslate for TceTranslate {
+    fn translate(&self, device: u32, bus: u64, kind: AccessKind) -> Result<u64, FaultReason> {
+        let st = self.state.lock().unwrap();
+        if st.cfg.reserved.iter().any(|&(s, l)| bus >= s && bus - s < l) {
+            return Err(FaultReason::ReservedRange);
+        }
+        let pe = st.pes.get(&device).ok_or(FaultReason::NoEntry)?;
+        let table = [Some(pe.default), pe.ddw]
+            .into_iter()
+            .flatten()
+            .filter_map(|l| st.tables.get(&l))
+            .find(|t| t.contains(bus))
+            .ok_or(FaultReason::NoEntry)?;
+        let g = table.geometry;
+        let idx = (bus - g.start) >> g.page_shift;
+        let tce = *table.entries.get(&idx).ok_or(FaultReason::NoEntry)?;
+        let need = match kind {
+            AccessKind::Read => TCE_PCI_READ,
+            AccessKind::Write => TCE_PCI_WRITE,
+        };
+        if tce & need == 0 {
+            return Err(FaultReason::Permission);
+        }
+        Ok((tce & !(g.page_size() - 1)) + (bus & (g.page_size() - 1)))
+    }
+}
+
+impl IommuState {
+    fn table_of(&mut self, liobn: u32) -> Option<&mut Table> {
+        self.tables.get_mut(&liobn)
+    }
+
+    fn reserved_overlap(&self, start: u64, len: u64) -> bool {
+        self.cfg.reserved.iter().any(|&(s, l)| start < s + l && s < start + len)
+    }
+
+    /// Validate one entry for `table` at `ioba`: `Ok(Some(idx))` to write.
+    fn check_entry(&self, table: &Table, ioba: u64, tce: u64, ram: u64) -> Result<u64, i64> {
+        let idx = table.index(ioba).ok_or(H_PARAMETER)?;
+        let page = table.geometry.page_size();
+        if tce & (TCE_PCI_READ | TCE_PCI_WRITE) != 0 {
+            if self.reserved_overlap(ioba, page) {
+                return Err(H_PARAMETER);
+            }
+            let real = tce & !(page - 1);
+            if real.checked_add(page).is_none_or(|e| e > ram) {
+                return Err(H_PARAMETER);
+            }
+        }
+        Ok(idx)
+    }
+
+    fn set(&mut self, liobn: u32, idx: u64, tce: u64) -> i64 {
+        let max = self.cfg.max_entries_per_table;
+        let Some(t) = self.tables.get_mut(&liobn) else { return H_PARAMETER };
+        if tce & (TCE_PCI_READ | TCE_PCI_WRITE) == 0 {
+            t.entries.remove(&idx);
+            self.entries_cleared += 1;
+        } else {
+            if !t.entries.contains_key(&idx) && max.is_some_and(|m| t.entries.len() as u64 >= m) {
+                return H_NOT_ENOUGH_RESOURCES;
+            }
+            t.entries.insert(idx, tce);
+            self.entries_written += 1;
+        }
+        H_SUCCESS
+    }
+}
+
+impl Hypervisor {
+    /// Put devices behind the modelled IOMMU (before adding them with [`Hypervisor::add_iommu_device`]).
+    pub fn enable_iommu(&self, cfg: TceConfig) {
+        let mut st = self.iommu.state.lock().unwrap();
+        st.cfg = cfg;
+        st.next_liobn = st.next_liobn.max(1);
+        self.iommu.enabled.store(true, Ordering::Release);
+    }
+
+    /// Add a device behind the IOMMU: its default window (a table of its own) and a translation through
+    /// its tables.
+    pub fn add_iommu_device(&self, id: u32, mask_bits: u32) -> DeviceRef<'_> {
+        assert!(self.iommu.enabled(), "enable_iommu first");
+        {
+            let mut st = self.iommu.state.lock().unwrap();
+            let liobn = st.next_liobn;
+            st.next_liobn += 1;
+            let geometry = WindowGeometry {
+                liobn,
+                start: st.cfg.default_start,
+                size: st.cfg.default_size,
+                page_shift: st.cfg.default_page_shift,
+            };
+            st.tables.insert(liobn, Table { device: id, geometry, ddw: false, entries: HashMap::new() });
+            st.pes.insert(id, Pe { default: liobn, ddw: None, ddw_disabled: false });
+        }
+        self.add_device_with(id, mask_bits, Arc::new(TceTranslate { state: self.iommu.state.clone() }))
+    }
+
+    /// Refuse DDW queries for one device (like booting with `disable_ddw`, or firmware without DDW for
+    /// this slot).
+    pub fn set_ddw_disabled(&self, device: u32, disabled: bool) {
+        if let Some(pe) = self.iommu.state.lock().unwrap().pes.get_mut(&device) {
+            pe.ddw_disabled = disabled;
+        }
+    }
+
+    /// Turn the indirect call on or off (firmware with or without `hcall-multi-tce`).
+    pub fn set_indirect(&self, on: bool) {
+        self.iommu.state.lock().unwrap().cfg.indirect = on;
+    }
+
+    /// Counters of the modelled IOMMU.
+    pub fn tce_counters(&self) -> TceCounters {
+        let st = self.iommu.state.lock().unwrap();
+        TceCounters {
+            entries_written: st.entries_written,
+            entries_cleared: st.entries_cleared,
+            live_entries: st.tables.values().map(|t| t.entries.len() as u64).sum(),
+            tables: st.tables.len(),
+            ddws: st.tables.values().filter(|t| t.ddw).count(),
+        }
+    }
+
+    /// Every table, sorted by LIOBN.
+    pub fn tce_tables(&self) -> Vec<TableInfo> {
+        let st = self.iommu.state.lock().unwrap();
+        let mut v: Vec<TableInfo> = st
+            .tables
+            .values()
+            .map(|t| TableInfo {
+                device: t.device,
+                geometry: t.geometry,
+                ddw: t.ddw,
+                live: t.entries.len() as u64,
+            })
+            .collect();
+        v.sort_by_key(|t| t.geometry.liobn);
+        v
+    }
+
+    /// Every live entry of a device's tables, sorted by bus address: what the device can reach.
+    pub fn reachable(&self, device: u32) -> Vec<Reach> {
+        let st = self.iommu.state.lock().unwrap();
+        let mut v: Vec<Reach> = st
+            .tables
+            .values()
+            .filter(|t| t.device == device)
+            .flat_map(|t| {
+                let g = t.geometry;
+                t.entries.iter().map(move |(&idx, &tce)| Reach {
+                    bus: g.start + (idx << g.page_shift),
+                    phys: tce & !(g.page_size() - 1),
+                    len: g.page_size(),
+                    read: tce & TCE_PCI_READ != 0,
+                    write: tce & TCE_PCI_WRITE != 0,
+                })
+            })
+            .collect();
+        v.sort_by_key(|r| r.bus);
+        v
+    }
+
+    /// Live entries (of any device) whose target is not entirely shared memory: a device could aim at
+    /// private memory through them. Invariant 1 wants none, ever.
+    pub fn tces_to_private(&self) -> usize {
+        let devices: Vec<u32> = self.iommu.state.lock().unwrap().pes.keys().copied().collect();
+        devices
+            .into_iter()
+            .flat_map(|d| self.reachable(d))
+            .filter(|r| (0..r.len / PAGE).any(|i| self.mem.state(r.phys + i * PAGE) != PageState::Shared))
+            .count()
+    }
+
+    fn tce_enter(&self, kind: CallKind) -> Option<Injection> {
+        self.calls.enter(kind)
+    }
+}
+
+impl TceCalls for Hypervisor {
+    fn default_window(&self, device: u32) -> Option<WindowGeometry> {
+        if !self.iommu.enabled() {
+            return None;
+        }
+        let st = self.iommu.state.lock().unwrap();
+        let pe = st.pes.get(&device)?;
+        st.tables.get(&pe.default).map(|t| t.geometry)
+    }
+
+    fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
+        let st = self.iommu.state.lock().unwrap();
+        st.pes.get(&device)?;
+        st.cfg.reserved.get(index).copied()
+    }
+
+    fn indirect_available(&self) -> bool {
+        self.iommu.state.lock().unwrap().cfg.indirect
+    }
+
+    fn h_put_tce(&self, liobn: u32, ioba: u64, tce: u64) -> i64 {
+        let inj = self.tce_enter(CallKind::PutTce);
+        let mut st = self.iommu.state.lock().unwrap();
+        let ram = self.mem.size();
+        let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
+        let idx = match st.check_entry(table, ioba, tce, ram) {
+            Ok(i) => i,
+            Err(rc) => return rc,
+        };
+        match inj {
+            Some(Injection::Fail(c))
+            | Some(Injection::Busy(c))
+            | Some(Injection::Partial { code: c, .. }) => c,
+            Some(Injection::LieSuccess) => H_SUCCESS,
+            _ => st.set(liobn, idx, tce),
+        }
+    }
+
+    fn h_get_tce(&self, liobn: u32, ioba: u64) -> (i64, u64) {
+        let inj = self.tce_enter(CallKind::GetTce);
+        let mut st = self.iommu.state.lock().unwrap();
+        let Some(table) = st.table_of(liobn) else { return (H_PARAMETER, 0) };
+        let Some(idx) = table.index(ioba) else { return (H_PARAMETER, 0) };
+        let v = table.entries.get(&idx).copied().unwrap_or(0);
+        match inj {
+            Some(Injection::Fail(c))
+            | Some(Injection::Busy(c))
+            | Some(Injection::Partial { code: c, .. }) => (c, 0),
+            // A lying read-back: success with an empty entry.
+            Some(Injection::LieSuccess) => (H_SUCCESS, 0),
+            _ => (H_SUCCESS, v),
+        }
+    }
+
+    fn h_put_tce_indirect(&self, liobn: u32, ioba: u64, list: PhysAddr, count: u64) -> i64 {
+        let inj = self.tce_enter(CallKind::PutTceIndirect);
+        let mut st = self.iommu.state.lock().unwrap();
+        if !st.cfg.indirect {
+            return H_FUNCTION;
+        }
+        if count == 0 || count > 512 || list.0 % PAGE != 0 || !self.mem.contains(list.0, PAGE) {
+            return H_PARAMETER;
+        }
+        // In a secure guest the hypervisor can read only shared pages.
+        if self.config().confidential && self.mem.state(list.0) != PageState::Shared {
+            return H_PARAMETER;
+        }
+        let bytes = self.mem.read(list.0, PAGE as usize);
+        let Ok(entries) = TceList::ref_from_bytes(&bytes[..]) else { return H_PARAMETER };
+        let ram = self.mem.size();
+        let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
+        let page = table.geometry.page_size();
+        let mut todo = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let tce = entries.entries[i as usize].get();
+            match st.check_entry(table, ioba + i * page, tce, ram) {
+                Ok(idx) => todo.push((idx, tce)),
+                Err(rc) => return rc,
+            }
+        }
+        let (n, rc) = match inj {
+            Some(Injection::Fail(c)) | Some(Injection::Busy(c)) => (0, c),
+            Some(Injection::Partial { pages, code }) => (pages.min(count), code),
+            Some(Injection::LieSuccess) => (0, H_SUCCESS),
+            _ => (count, H_SUCCESS),
+        };
+        for &(idx, tce) in &todo[..n as usize] {
+            let r = st.set(liobn, idx, tce);
+            if r != H_SUCCESS {
+                return r;
+            }
+        }
+        rc
+    }
+
+    fn h_stuff_tce(&self, liobn: u32, ioba: u64, value: u64, count: u64) -> i64 {
+        let inj = self.tce_enter(CallKind::StuffTce);
+        let mut st = self.iommu.state.lock().unwrap();
+        let ram = self.mem.size();
+        let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
+        let page = table.geometry.page_size();
+        let mut idxs = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let Some(at) = ioba.checked_add(i * page) else { return H_PARAMETER };
+            match st.check_entry(table, at, value, ram) {
+                Ok(idx) => idxs.push(idx),
+                Err(rc) => return rc,
+            }
+        }
+        let (n, rc) = match inj {
+            Some(Injection::Fail(c)) | Some(Injection::Busy(c)) => (0, c),
+            Some(Injection::Partial { pages, code }) => (pages.min(count), code),
+            Some(Injection::LieSuccess) => (0, H_SUCCESS),
+            _ => (count, H_SUCCESS),
+        };
+        for &idx in &idxs[..n as usize] {
+            let r = st.set(liobn, idx, value);
+            if r != H_SUCCESS {
+                return r;
+            }
+        }
+        rc
+    }
+
+    fn ddw_query(&self, device: u32) -> Result<DdwQuery, i64> {
+        let inj = self.tce_enter(CallKind::DdwQuery);
+        let st = self.iommu.state.lock().unwrap();
+        match inj {
+            Some(Injection::Fail(c))
+            | Some(Injection::Busy(c))
+            | Some(Injection::Partial { code: c, .. }) => return Err(c),
+            _ => {}
+        }
+        let pe = st.pes.get(&device).ok_or(RTAS_PARAMETER_ERROR)?;
+        if !st.cfg.ddw || pe.ddw_disabled {
+            return Err(RTAS_PARAMETER_ERROR);
+        }
+        let used = u32::from(pe.ddw.is_some());
+        Ok(DdwQuery {
+            windows_available: st.cfg.ddw_windows.saturating_sub(used),
+            largest_block: st.cfg.ddw_largest_block,
+            page_sizes: st.cfg.ddw_page_sizes,
+        })
+    }
+
+    fn ddw_create(&self, device: u32, page_shift: u32, window_shift: u32) -> Result<WindowGeometry, i64> {
+        let inj = self.tce_enter(CallKind::DdwCreate);
+        let mut st = self.iommu.state.lock().unwrap();
+        match inj {
+            Some(Injection::Fail(c))
+            | Some(Injection::Busy(c))
+            | Some(Injection::Partial { code: c, .. }) => return Err(c),
+            _ => {}
+        }
+        let cfg = st.cfg.clone();
+        let pe = st.pes.get(&device).ok_or(RTAS_PARAMETER_ERROR)?;
+        let supported =
+            DDW_PAGE_SIZES.iter().any(|&(bit, s)| s == page_shift && cfg.ddw_page_sizes & bit != 0);
+        if !cfg.ddw
+            || pe.ddw_disabled
+            || pe.ddw.is_some()
+            || !supported
+            || window_shift < page_shift
+            || window_shift >= 64
+            || (1u64 << (window_shift - page_shift)) > cfg.ddw_largest_block
+        {
+            return Err(RTAS_PARAMETER_ERROR);
+        }
+        let liobn = st.next_liobn;
+        st.next_liobn += 1;
+        let geometry = WindowGeometry { liobn, start: cfg.ddw_start, size: 1 << window_shift, page_shift };
+        st.tables.insert(liobn, Table { device, geometry, ddw: true, entries: HashMap::new() });
+        st.pes.get_mut(&device).ok_or(RTAS_HARDWARE_ERROR)?.ddw = Some(liobn);
+        Ok(geometry)
+    }
+
+    fn ddw_remove(&self, device: u32, liobn: u32) -> i64 {
+        let inj = self.tce_enter(CallKind::DdwRemove);
+        let mut st = self.iommu.state.lock().unwrap();
+        match inj {
+            Some(Injection::Fail(c))
+            | Some(Injection::Busy(c))
+            | Some(Injection::Partial { code: c, .. }) => return c,
+            Some(Injection::LieSuccess) => return 0,
+            _ => {}
+        }
+        if st.pes.get(&device).and_then(|p| p.ddw) != Some(liobn) {
+            return RTAS_PARAMETER_ERROR;
+        }
+        st.tables.remove(&liobn);
+        if let Some(pe) = st.pes.get_mut(&device) {
+            pe.ddw = None;
+        }
+        0
+    }
+}
