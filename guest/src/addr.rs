@@ -149,14 +149,6 @@ impl fmt::Display for DmaMask {
     }
 }
 
-/// Round `v` up to a multiple of `align` (a power of two), `None` on overflow.
-pub(crate) const fn align_up(v: u64, align: u64) -> Option<u64> {
-    match v.checked_add(align - 1) {
-        Some(x) => Some(x & !(align - 1)),
-        None => None,
-    }
-}
-
 /// Number of pages spanned by `[phys, phys + len)`.
 pub(crate) const fn pages_spanned(phys: u64, len: u64) -> u64 {
     if len == 0 {

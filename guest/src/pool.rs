@@ -245,10 +245,6 @@ impl<'m> BouncePool<'m> {
         phys.0 >= self.phys.0 && phys.0 - self.phys.0 <= (self.len - len.min(self.len)) as u64
     }
 
-    pub(crate) fn slot_phys(&self, index: usize) -> PhysAddr {
-        PhysAddr(self.phys.0 + ((index as u64) << self.slot_shift))
-    }
-
     /// CPU pointer to byte `off` of the pool.
     pub(crate) fn cpu_at(&self, off: usize) -> *mut u8 {
         debug_assert!(off <= self.len);
@@ -308,7 +304,7 @@ impl<'m> BouncePool<'m> {
                 let Some(mut area) = guard else { continue };
                 let base = a * self.area_slots;
                 if let Some(i) = self.find_run(&area, base, req) {
-                    take_run(&mut area.meta, i, req.nslots, self.max_run);
+                    take_run(area.meta, i, req.nslots, self.max_run);
                     let head = &mut area.meta[i];
                     head.state = HEAD;
                     head.nslots = req.nslots as u16;
@@ -422,7 +418,7 @@ impl<'m> BouncePool<'m> {
             m.orig = 0;
             m.len = 0;
         }
-        give_run(&mut area.meta, i, nslots, self.max_run);
+        give_run(area.meta, i, nslots, self.max_run);
         area.used -= nslots;
         drop(area);
         self.in_use.fetch_sub(nslots, Ordering::Relaxed);

@@ -95,6 +95,8 @@ impl Stats {
     pub(crate) fn to_device(&self, bytes: usize) {
         self.bytes_to_device.fetch_add(bytes as u64, Ordering::Relaxed);
     }
+    // Named after the direction the bytes moved, like `to_device`; not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     pub(crate) fn from_device(&self, bytes: usize) {
         self.bytes_from_device.fetch_add(bytes as u64, Ordering::Relaxed);
     }

@@ -19,6 +19,7 @@ fn bounce_round_trip() {
     let m = layer.map_to_device(&dev, buf, DmaAttrs::NONE).unwrap();
     assert_eq!(d.read(m.bus_addr().0, 8192).unwrap(), data);
     m.unmap().unwrap();
+    // SAFETY: the previous slice's mapping has ended; this is the only live slice of the buffer.
     let buf = unsafe { hv.slice_mut(phys, 8192) };
     let mut m = layer.map(&dev, buf, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
     assert_eq!(d.read(m.bus_addr().0, 8192).unwrap(), vec![0; 8192]);
