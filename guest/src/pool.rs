@@ -369,8 +369,18 @@ impl<'m> BouncePool<'m> {
         self.lookup_tagged(off, release, true)
     }
 
+    /// [`Self::lookup`] for a run whose data may start a slot or more into it (strict IOMMU runs
+    /// start on an IOMMU page, the preserved `min_align_mask` bits below it going into the offset):
+    /// the head is the slot at `run_off`.
+    pub(crate) fn lookup_run(&self, run_off: u64, data_off: u64, release: bool) -> Option<SlotRecord> {
+        self.lookup_at(self.index_of_offset(run_off), run_off.checked_add(data_off)?, release, false)
+    }
+
     fn lookup_tagged(&self, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {
-        let index = self.index_of_offset(off);
+        self.lookup_at(self.index_of_offset(off), off, release, sg)
+    }
+
+    fn lookup_at(&self, index: usize, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {
         if index >= self.nslots {
             return None;
         }

@@ -288,7 +288,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         if let Some(win) = default {
             let (lo, hi) = window_below(&win, mask);
-            if hi > lo && hi - lo >= win.page_size() {
+            if slot.space.lock().has_room(win.page_size(), win.page_size(), lo, hi) {
                 let mut pools = PoolOrder::EMPTY;
                 for i in 0..self.npools {
                     pools.push(i);

@@ -22,6 +22,9 @@ pub enum RangeKind {
     Mapping,
     /// One coherent buffer.
     Coherent,
+    /// One scatter-gather list: its bounce runs (strict policy) and host-bridge P2P ranges, with
+    /// unmapped holes between them where alignment asked for them.
+    SgList,
     /// Entries that could not be cleared: the range stays used forever so it is never reused.
     Quarantined,
 }
@@ -223,6 +226,11 @@ impl<'m> BusSpace<'m> {
         }
         let a = place(gap)?;
         a.checked_add(len).is_some_and(|e| e <= hi).then_some(a)
+    }
+
+    /// True when `len` bytes aligned to `align` are free somewhere in `[lo, hi)`.
+    pub fn has_room(&self, len: u64, align: u64, lo: u64, hi: u64) -> bool {
+        len > 0 && align.is_power_of_two() && lo < hi && self.find_gap(len, align, 0, lo, hi).is_some()
     }
 
     /// The used range containing `bus`.

@@ -131,14 +131,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or_else(unknown)?;
         let space = slot.space.lock();
         let r = space.find(bus.0).filter(|r| r.kind == RangeKind::Mapping).ok_or_else(unknown)?;
-        let phys = r.phys + (bus.0 - r.start);
+        // The run starts at the range's first page; the data `bus - start` into it.
         let found = info.pools.iter().find_map(|i| {
             let pool = self.pools[i].as_ref()?;
-            let off = phys.checked_sub(pool.phys().0)?;
+            let off = r.phys.checked_sub(pool.phys().0)?;
             (off < pool.len() as u64).then_some((i, pool, off))
         });
-        let (i, pool, off) = found.ok_or_else(unknown)?;
-        let rec = pool.lookup(off, release).ok_or_else(unknown)?;
+        let (i, pool, run_off) = found.ok_or_else(unknown)?;
+        let rec = pool.lookup_run(run_off, bus.0 - r.start, release).ok_or_else(unknown)?;
         drop(space);
         Ok((i, rec, r))
     }
