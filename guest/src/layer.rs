@@ -218,11 +218,6 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         self.pools.get(i)?.as_ref().map(|p| (p, self.pool_bus[i]))
     }
 
-    /// The live counters, for other modules of the crate (scatter-gather) that map and unmap.
-    pub(crate) fn counters(&self) -> &Stats {
-        &self.stats
-    }
-
     /// A snapshot of the counters.
     pub fn stats(&self) -> StatsSnapshot {
         let mut s = self.stats.snapshot();

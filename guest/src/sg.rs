@@ -21,20 +21,33 @@
 //! unmap skips it), through the host bridge (mapped like any physical range), or not at all: then the
 //! whole call fails with [`DmaError::P2pUnsupported`].
 //!
+//! Behind an IOMMU (pseries TCE windows):
+//! - premapped paths bounce into pools the device's window already holds, as above;
+//! - the strict path bounces into runs of whole IOMMU pages, then makes *one* bus allocation for the
+//!   whole list, lays the runs out in it (holes where `min_align_mask` or the boundary ask for them)
+//!   and enters all their entries in one batch; runs that end and start on an IOMMU page merge;
+//! - host-bridge P2P segments get entries in the same kind of list allocation on every IOMMU path.
+//!
 //! Every failure leaves nothing mapped and the list as it was. At unmap and sync the layer uses only
 //! its own record (in the entries, whose fields only this module can write, checked against the
-//! pool's record of each run): a length never comes from the device.
+//! pool's record of each run and the domain's record of the list's bus range): a length never comes
+//! from the device.
 
+use core::cell::Cell;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{BusAddr, DmaMask, PhysAddr};
 use crate::device::{DeviceConfig, DmaPath};
 use crate::direction::{DmaAttrs, DmaDirection};
-use crate::error::DmaError;
-use crate::layer::{Device, DmaLayer};
+use crate::error::{DmaError, IommuError};
+use crate::iommu::attach::{tce_perm, window_below};
+use crate::iommu::bus_space::RangeKind;
+use crate::iommu::domain::DomainRef;
+use crate::iommu::WindowGeometry;
+use crate::layer::{Device, DmaLayer, PoolOrder, MAX_POOLS};
 use crate::platform::Platform;
-use crate::pool::{BouncePool, RunRequest};
+use crate::pool::RunRequest;
 use crate::stats::{should_warn, FailureKind};
 
 /// How a client device reaches memory in a provider device's BAR, as the PCI topology decides.
@@ -116,6 +129,26 @@ impl Source {
             Source::P2p(s) => s.len,
         }
     }
+
+    /// The address whose low bits a bounced copy keeps on paths that bounce everything (they do not
+    /// translate CPU buffers, as the single-mapping face does not).
+    fn untranslated_addr(&self) -> u64 {
+        match *self {
+            Source::Cpu { ptr, .. } => ptr as u64,
+            Source::Phys { phys, .. } => phys.0,
+            Source::P2p(s) => s.bar.0,
+        }
+    }
+}
+
+/// What the first entry of a bounce run records about the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RunHead {
+    /// Slots of the run.
+    nslots: u16,
+    /// Bytes of the run before the first entry's data: the pool records the run from its first slot,
+    /// `lead + data` bytes long.
+    lead: u32,
 }
 
 /// Where one input segment went: the guest's own record, written only by this module.
@@ -126,8 +159,8 @@ enum Place {
     Pending {
         cpu: *mut u8,
     },
-    /// The device uses the memory itself at `bus` (direct, or P2P through the host bridge): nothing to
-    /// undo at unmap.
+    /// The device uses the memory itself at `bus` (direct, or P2P through the host bridge without an
+    /// IOMMU): nothing to undo at unmap.
     Direct {
         bus: BusAddr,
     },
@@ -135,14 +168,18 @@ enum Place {
     P2pBus {
         bus: BusAddr,
     },
-    /// Bounced: the bytes sit at `bus` in pool `pool`. `first` opens a run (its `bus` is where the
-    /// pool recorded the run's data, and `nslots` the run's size); the entries that follow with
-    /// `first: false` are packed behind it, back to back.
+    /// P2P through the host bridge behind an IOMMU: `phys` entered into the list's window range.
+    Window {
+        bus: BusAddr,
+        phys: PhysAddr,
+    },
+    /// Bounced: the bytes sit at `pool_off` in pool `pool`, the device finds them at `bus`. `run`
+    /// opens a run; the entries that follow with `run: None` are packed behind it, back to back.
     Bounced {
         bus: BusAddr,
         pool: u8,
-        first: bool,
-        nslots: u16,
+        pool_off: u64,
+        run: Option<RunHead>,
         cpu: *mut u8,
     },
 }
@@ -215,7 +252,10 @@ impl<'a> SgEntry<'a> {
     /// After mapping, the bus address at which the device finds this entry's first byte.
     pub fn mapped_at(&self) -> Option<BusAddr> {
         match self.place {
-            Place::Direct { bus } | Place::P2pBus { bus } | Place::Bounced { bus, .. } => Some(bus),
+            Place::Direct { bus }
+            | Place::P2pBus { bus }
+            | Place::Window { bus, .. }
+            | Place::Bounced { bus, .. } => Some(bus),
             Place::Unmapped | Place::Pending { .. } => None,
         }
     }
@@ -236,10 +276,12 @@ struct ListTag {
     list: u64,
     index: usize,
     count: usize,
+    /// The list's bus range in the device's IOMMU window (start, bytes), if it has one.
+    range: Option<(u64, u64)>,
 }
 
 impl ListTag {
-    const NONE: ListTag = ListTag { list: 0, index: 0, count: 0 };
+    const NONE: ListTag = ListTag { list: 0, index: 0, count: 0, range: None };
 }
 
 /// Source of list identities (never 0).
@@ -303,6 +345,7 @@ enum Class {
     Direct,
     P2pBus,
     Bounce,
+    Window,
 }
 
 /// The DMA segments written so far, plus the one still open for merging.
@@ -331,7 +374,7 @@ impl Outputs {
     }
 
     /// Write the open segment at index `n`. Every segment starts at a distinct input entry, so `n`
-    /// never passes the entry being classified and the write never lands outside the list.
+    /// never passes the entry being emitted and the write never lands outside the list.
     fn close(&mut self, list: &mut [SgEntry<'_>]) {
         if let Some((o, _)) = self.open.take() {
             if let Some(e) = list.get_mut(self.n) {
@@ -356,7 +399,57 @@ struct Group {
 #[derive(Clone, Copy)]
 struct PoolSpan {
     max_run: u64,
-    max_slot: u64,
+    /// Largest alignment unit of a run's start (slot, or IOMMU page on the strict path).
+    max_unit: u64,
+}
+
+/// How one device reaches the pools, and on IOMMU paths the window for per-list entries.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    path: DmaPath,
+    pools: PoolOrder,
+    /// Where each pool starts on the device's bus (premapped or shared address).
+    pool_bus: &'a [BusAddr; MAX_POOLS],
+    /// The window strict runs and host-bridge P2P ranges are entered into.
+    window: Option<WindowGeometry>,
+    domain: Option<DomainRef>,
+}
+
+impl View<'_> {
+    fn strict(&self) -> bool {
+        self.path == DmaPath::IommuStrict
+    }
+    /// The IOMMU page strict runs cover whole (0 off the strict path).
+    fn run_page(&self) -> u64 {
+        if self.strict() {
+            self.window.map_or(0, |w| w.page_size())
+        } else {
+            0
+        }
+    }
+}
+
+/// One range of a list's window allocation: a strict bounce run or a host-bridge P2P segment.
+#[derive(Clone, Copy)]
+struct Item {
+    /// Index of its first entry.
+    first: usize,
+    /// Physical address of the IOMMU page holding its first byte.
+    phys: u64,
+    /// Offset of the first byte in that page.
+    d: u64,
+    /// Data bytes.
+    len: u64,
+    /// `min_align` bits the device must find its first byte at.
+    bits: u64,
+    /// Pool offset of the first entry's bytes (runs).
+    key: u64,
+}
+
+impl Item {
+    fn npages(&self, page: u64) -> u64 {
+        (self.d + self.len).div_ceil(page)
+    }
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -373,7 +466,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         self.map_sg_with(dev, list, dir, attrs, &SgOptions::default())
     }
 
-    /// Map a scatter-gather list. On error nothing stays mapped and the list is as it was.
+    /// Map a scatter-gather list. On error nothing stays mapped and the list is as it was. A device
+    /// whose IOMMU attach was deferred is attached here.
     pub fn map_sg_with(
         &self,
         dev: &Device,
@@ -387,22 +481,37 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::ZeroLength);
         }
         if list.iter().any(|e| e.place != Place::Unmapped || e.out.is_some()) {
-            self.counters().fail(FailureKind::Invalid);
+            self.stats.fail(FailureKind::Invalid);
             return Err(DmaError::SgListState { mapped: true });
         }
-        match self.build_sg(dev, list, dir, attrs, opts) {
-            Ok(n) => {
-                let id = NEXT_LIST.fetch_add(1, Ordering::Relaxed);
-                let count = list.len();
-                for (index, e) in list.iter_mut().enumerate() {
-                    e.tag = ListTag { list: id, index, count };
+        let view = match dev.domain {
+            None => self.plain_view(dev),
+            Some(d) => {
+                let info = self.ensure_attached(dev)?;
+                View {
+                    path: info.path,
+                    pools: info.pools,
+                    pool_bus: &info.pool_bus,
+                    window: info.dynamic,
+                    domain: Some(d),
                 }
-                for e in list.iter() {
-                    match e.place {
-                        Place::Direct { .. } | Place::P2pBus { .. } => self.counters().mapped(false),
-                        Place::Bounced { first: true, .. } => self.counters().mapped(true),
-                        _ => {}
-                    }
+            }
+        };
+        match self.build_sg(dev, &view, list, dir, attrs, opts) {
+            Ok((n, range)) => {
+                let tag = ListTag {
+                    list: NEXT_LIST.fetch_add(1, Ordering::Relaxed),
+                    index: 0,
+                    count: list.len(),
+                    range,
+                };
+                for (index, e) in list.iter_mut().enumerate() {
+                    e.tag = ListTag { index, ..tag };
+                }
+                self.count_segments(list, true);
+                if let Some(slot) = view.domain.and_then(|d| self.slot(d)) {
+                    // Detach waits for the list like for any mapping.
+                    slot.live_mappings.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(n)
             }
@@ -414,18 +523,58 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
     }
 
+    fn plain_view<'a>(&'a self, dev: &Device) -> View<'a> {
+        View { path: dev.path, pools: dev.pools, pool_bus: &self.pool_bus, window: None, domain: None }
+    }
+
+    /// The view of a device whose list is already mapped: never attaches.
+    fn settled_view<'a>(&'a self, dev: &Device) -> Result<View<'a>, DmaError> {
+        match dev.domain {
+            None => Ok(self.plain_view(dev)),
+            Some(d) => match self.domain_info(d) {
+                Some(info) => Ok(View {
+                    path: info.path,
+                    pools: info.pools,
+                    pool_bus: &info.pool_bus,
+                    window: info.dynamic,
+                    domain: Some(d),
+                }),
+                None => {
+                    self.stats.fail(FailureKind::UnknownMapping);
+                    Err(DmaError::SgListState { mapped: false })
+                }
+            },
+        }
+    }
+
+    /// Map/unmap counters: one per DMA-visible piece (a run, a direct or P2P entry).
+    fn count_segments(&self, list: &[SgEntry<'_>], map: bool) {
+        for e in list {
+            let counted = match e.place {
+                Place::Direct { .. } | Place::P2pBus { .. } | Place::Window { .. } => Some(false),
+                Place::Bounced { run: Some(_), .. } => Some(true),
+                _ => None,
+            };
+            match counted {
+                Some(bounced) if map => self.stats.mapped(bounced),
+                Some(_) => self.stats.unmapped(),
+                None => {}
+            }
+        }
+    }
+
+    /// Classify and place every entry, lay out the window range (IOMMU paths), emit the segments.
     fn build_sg(
         &self,
         dev: &Device,
+        view: &View<'_>,
         list: &mut [SgEntry<'_>],
         dir: DmaDirection,
         attrs: DmaAttrs,
         opts: &SgOptions<'_>,
-    ) -> Result<usize, DmaError> {
+    ) -> Result<(usize, Option<(u64, u64)>), DmaError> {
         let lim = Limits::of(dev.config())?;
-        let path = dev.path();
-        let span = self.pool_span(dev);
-        let mut out = Outputs { n: 0, open: None, coalesce: opts.coalesce };
+        let span = self.pool_span(view);
         let mut group: Option<Group> = None;
         for i in 0..list.len() {
             let src = list[i].src;
@@ -434,68 +583,66 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 return Err(DmaError::ZeroLength);
             }
             if len as u64 > lim.max_seg {
-                self.counters().fail(FailureKind::TooLarge);
+                self.stats.fail(FailureKind::TooLarge);
                 return Err(DmaError::SegmentLimit { index: i, len });
             }
             let (cpu, phys) = match src {
                 Source::P2p(seg) => {
                     if let Some(g) = group.take() {
-                        self.place_group(dev, list, g, &lim, dir, attrs, &mut out)?;
+                        self.place_group(dev, view, list, g, &lim, dir, attrs)?;
                     }
-                    self.map_p2p(dev, list, i, seg, &lim, opts, &mut out)?;
+                    self.place_p2p(dev, view, list, i, seg, &lim, opts)?;
                     continue;
                 }
                 Source::Cpu { ptr, writable, .. } => {
                     if dir.device_writes() && !writable {
-                        self.counters().fail(FailureKind::Invalid);
+                        self.stats.fail(FailureKind::Invalid);
                         return Err(DmaError::WrongDirection);
                     }
-                    let phys = match path {
-                        DmaPath::BounceAlways => None,
-                        _ => self.platform().virt_to_phys(ptr, len),
+                    let phys = if view.path.bounces_everything() {
+                        None
+                    } else {
+                        self.platform.virt_to_phys(ptr, len)
                     };
                     (Some(ptr), phys)
                 }
                 Source::Phys { phys, .. } => (None, Some(phys)),
             };
-            let direct = match path {
+            let direct = match view.path {
                 DmaPath::Direct => {
                     let Some(p) = phys else {
-                        self.counters().fail(FailureKind::Invalid);
+                        self.stats.fail(FailureKind::Invalid);
                         return Err(DmaError::NotTranslatable);
                     };
                     if !lim.mask.covers(p.0, len as u64) {
-                        self.counters().fail(FailureKind::BeyondMask);
+                        self.stats.fail(FailureKind::BeyondMask);
                         return Err(DmaError::BeyondMask { addr: p.0, mask: lim.mask });
                     }
                     if !lim.within_boundary(p.0, len as u64) {
-                        self.counters().fail(FailureKind::TooLarge);
+                        self.stats.fail(FailureKind::TooLarge);
                         return Err(DmaError::SegmentLimit { index: i, len });
                     }
                     Some(p)
                 }
                 // Below the mask and inside a boundary block: the device can use it as it is.
                 DmaPath::BounceAboveMask => phys.filter(|p| lim.direct_ok(p.0, len as u64)),
-                DmaPath::BounceAlways => None,
-                #[allow(unreachable_patterns)]
-                _ => return Err(DmaError::InvalidConfig("scatter-gather does not support this path yet")),
+                // Every other path bounces everything.
+                _ => None,
             };
             if let Some(p) = direct {
                 if let Some(g) = group.take() {
-                    self.place_group(dev, list, g, &lim, dir, attrs, &mut out)?;
+                    self.place_group(dev, view, list, g, &lim, dir, attrs)?;
                 }
                 list[i].place = Place::Direct { bus: BusAddr(p.0) };
-                let seg = DmaSegment { addr: BusAddr(p.0), len, p2p_bus_address: false };
-                out.push(list, &lim, seg, Class::Direct);
                 continue;
             }
             // Bounce: the CPU side of the original, and the address whose low bits the device needs.
             let cpu = match (cpu, phys) {
                 (Some(c), _) => c,
-                (None, Some(p)) => match self.platform().cpu_ptr(p, len) {
+                (None, Some(p)) => match self.platform.cpu_ptr(p, len) {
                     Some(c) => c.as_ptr(),
                     None => {
-                        self.counters().fail(FailureKind::Invalid);
+                        self.stats.fail(FailureKind::Invalid);
                         return Err(DmaError::NotTranslatable);
                     }
                 },
@@ -511,136 +658,185 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 }
             }
             if let Some(g) = group.take() {
-                self.place_group(dev, list, g, &lim, dir, attrs, &mut out)?;
+                self.place_group(dev, view, list, g, &lim, dir, attrs)?;
             }
             if !lim.boundary_allows(orig & lim.min_align, len as u64) {
-                self.counters().fail(FailureKind::TooLarge);
+                self.stats.fail(FailureKind::TooLarge);
                 return Err(DmaError::SegmentLimit { index: i, len });
             }
             group = Some(Group { start: i, count: 1, orig0: orig, len: len as u64 });
         }
         if let Some(g) = group.take() {
-            self.place_group(dev, list, g, &lim, dir, attrs, &mut out)?;
+            self.place_group(dev, view, list, g, &lim, dir, attrs)?;
+        }
+        let range = self.window_layout(view, list, &lim, dir)?;
+        Ok((self.emit_segments(view, list, &lim, opts.coalesce), range))
+    }
+
+    /// Write the DMA segments into the list, in list order, merging what may be merged.
+    fn emit_segments(
+        &self,
+        view: &View<'_>,
+        list: &mut [SgEntry<'_>],
+        lim: &Limits,
+        coalesce: bool,
+    ) -> usize {
+        let mut out = Outputs { n: 0, open: None, coalesce };
+        for i in 0..list.len() {
+            let len = list[i].src.len();
+            let (bus, class) = match list[i].place {
+                Place::Direct { bus } => (bus, Class::Direct),
+                Place::P2pBus { bus } => (bus, Class::P2pBus),
+                Place::Window { bus, .. } => (bus, Class::Window),
+                Place::Bounced { bus, .. } if view.strict() => (bus, Class::Window),
+                Place::Bounced { bus, .. } => (bus, Class::Bounce),
+                Place::Unmapped | Place::Pending { .. } => continue,
+            };
+            let seg = DmaSegment { addr: bus, len, p2p_bus_address: class == Class::P2pBus };
+            out.push(list, lim, seg, class);
         }
         out.close(list);
-        Ok(out.n)
+        out.n
     }
 
     /// Resolve and place one peer-to-peer segment. P2P memory is never bounced.
     #[allow(clippy::too_many_arguments)]
-    fn map_p2p(
+    fn place_p2p(
         &self,
         dev: &Device,
+        view: &View<'_>,
         list: &mut [SgEntry<'_>],
         i: usize,
         seg: P2pSegment,
         lim: &Limits,
         opts: &SgOptions<'_>,
-        out: &mut Outputs,
     ) -> Result<(), DmaError> {
         let client = dev.config().id;
         let route = match opts.p2p {
             Some(t) => t.p2p_route(seg.provider, client, seg.bar, seg.len),
             None => P2pRoute::NotSupported,
         };
-        let (bus, place, class) = match route {
+        let (bus, place) = match route {
             P2pRoute::NotSupported => {
-                self.counters().fail(FailureKind::Invalid);
+                self.stats.fail(FailureKind::Invalid);
                 return Err(DmaError::P2pUnsupported { provider: seg.provider, client });
             }
-            P2pRoute::BusAddress(bus) => (bus, Place::P2pBus { bus }, Class::P2pBus),
-            // Without an IOMMU the host bridge routes the BAR's CPU physical address itself.
-            P2pRoute::ThroughHostBridge => {
-                let bus = BusAddr(seg.bar.0);
-                (bus, Place::Direct { bus }, Class::Direct)
+            P2pRoute::BusAddress(bus) => (bus, Place::P2pBus { bus }),
+            // Behind an IOMMU the range gets entries like any mapping (in the list's window range).
+            P2pRoute::ThroughHostBridge if view.window.is_some() => {
+                list[i].place = Place::Window { bus: BusAddr(0), phys: seg.bar };
+                return Ok(());
             }
+            // Without an IOMMU the host bridge routes the BAR's CPU physical address itself.
+            P2pRoute::ThroughHostBridge => (BusAddr(seg.bar.0), Place::Direct { bus: BusAddr(seg.bar.0) }),
         };
         if !lim.mask.covers(bus.0, seg.len as u64) {
-            self.counters().fail(FailureKind::BeyondMask);
+            self.stats.fail(FailureKind::BeyondMask);
             return Err(DmaError::BeyondMask { addr: bus.0, mask: lim.mask });
         }
         if !lim.within_boundary(bus.0, seg.len as u64) {
-            self.counters().fail(FailureKind::TooLarge);
+            self.stats.fail(FailureKind::TooLarge);
             return Err(DmaError::SegmentLimit { index: i, len: seg.len });
         }
         list[i].place = place;
-        out.push(
-            list,
-            lim,
-            DmaSegment { addr: bus, len: seg.len, p2p_bus_address: class == Class::P2pBus },
-            class,
-        );
         Ok(())
     }
 
-    fn pool_span(&self, dev: &Device) -> PoolSpan {
-        let mut span = PoolSpan { max_run: 0, max_slot: 1 };
-        for i in dev.pool_indices() {
-            if let Some((pool, _)) = self.pool(i) {
-                span.max_run = span.max_run.max(pool.max_mapping() as u64);
-                span.max_slot = span.max_slot.max(pool.slot_size() as u64);
+    fn pool_span(&self, view: &View<'_>) -> PoolSpan {
+        let page = view.run_page();
+        let mut span = PoolSpan { max_run: 0, max_unit: 1 };
+        for i in view.pools.iter() {
+            if let Some(pool) = self.pools.get(i).and_then(|p| p.as_ref()) {
+                let max = pool.max_mapping() as u64;
+                span.max_run = span.max_run.max(if page > 0 { max & !(page - 1) } else { max });
+                span.max_unit = span.max_unit.max((pool.slot_size() as u64).max(page));
             }
         }
         span
     }
 
-    /// Allocate one run for a group, copy (or clear) its bytes, record every entry's place and emit
-    /// the group's DMA segment.
+    /// Allocate one run for a group, copy (or clear) its bytes and record every entry's place.
     #[allow(clippy::too_many_arguments)]
     fn place_group(
         &self,
         dev: &Device,
+        view: &View<'_>,
         list: &mut [SgEntry<'_>],
         g: Group,
         lim: &Limits,
         dir: DmaDirection,
         attrs: DmaAttrs,
-        out: &mut Outputs,
     ) -> Result<(), DmaError> {
         // The segment's first byte keeps the first original's `min_align` bits; the later entries keep
-        // theirs because the group only took entries whose bits follow on (see `can_join`).
+        // theirs because the group only took entries whose bits follow on (see `can_join`). Bits
+        // below the run's alignment unit go into the lead; those above come from the run's pool
+        // alignment (or, strict, from where the window layout puts the run).
         let bits = g.orig0 & lim.min_align;
+        let page = view.run_page();
         let mut largest = 0u64;
-        for pi in dev.pool_indices() {
-            let Some((pool, pool_bus)) = self.pool(pi) else { continue };
+        for pi in view.pools.iter() {
+            let Some(pool) = self.pools.get(pi).and_then(|p| p.as_ref()) else { continue };
             let slot = pool.slot_size() as u64;
-            let offset = bits & (slot - 1);
-            let max = pool.max_mapping() as u64;
-            largest = largest.max(max - offset);
-            let run = offset + g.len;
-            let nslots = run.div_ceil(slot);
-            if nslots * slot > max {
+            let unit = slot.max(page);
+            let lead = bits & (unit - 1);
+            let max =
+                if page > 0 { pool.max_mapping() as u64 & !(page - 1) } else { pool.max_mapping() as u64 };
+            largest = largest.max(max.saturating_sub(lead));
+            let data_end = lead + g.len;
+            // Strict runs cover whole IOMMU pages, so no page the device reaches holds other data.
+            let run_len = if page > 0 { data_end.next_multiple_of(page) } else { data_end };
+            let nslots = run_len.div_ceil(slot);
+            if nslots * slot > pool.max_mapping() as u64 || data_end > max {
                 continue;
             }
-            let Some(align) = run_alignment(lim, bits, g.len, pool_bus.0, pool.len() as u64) else {
-                continue;
+            let req = if page > 0 {
+                RunRequest { nslots: nslots as usize, align_mask: (unit - 1) & !(slot - 1), align_bits: 0 }
+            } else {
+                let Some(align) = run_alignment(lim, bits, g.len, view.pool_bus[pi].0, pool.len() as u64)
+                else {
+                    continue;
+                };
+                let align_mask = (align - 1) & !(slot - 1);
+                RunRequest { nslots: nslots as usize, align_mask, align_bits: bits & align_mask }
             };
-            let align_mask = (align - 1) & !(slot - 1);
-            let req = RunRequest { nslots: nslots as usize, align_mask, align_bits: bits & align_mask };
-            let Some(index) = pool.alloc_sg(req, offset as usize, g.len as usize, dir, attrs) else {
-                continue;
-            };
+            let Some(index) = pool.alloc_sg(req, 0, data_end as usize, dir, attrs) else { continue };
             let run_off = (index as u64) << slot.trailing_zeros();
-            let start = pool_bus.0 + run_off + offset;
-            if start & lim.min_align != bits
-                || !lim.within_boundary(start, g.len)
-                || !lim.mask.covers(start, g.len)
-            {
-                // Only possible if the pool's bus encoding changes low address bits: give the run
-                // back and try another pool.
+            let start = view.pool_bus[pi].0 + run_off + lead;
+            let misplaced = if page > 0 {
+                (pool.phys().0 + run_off) % page != 0
+            } else {
+                start & lim.min_align != bits
+                    || !lim.within_boundary(start, g.len)
+                    || !lim.mask.covers(start, g.len)
+            };
+            if misplaced {
+                // Only possible if a pool's placement changes low address bits (bus encoding, or a
+                // pool not aligned to the IOMMU page): give the run back and try another pool.
                 pool.free(index, nslots as usize);
                 continue;
             }
-            self.fill_group(list, g, pool, pi, pool_bus, run_off + offset, nslots as u16, dir, attrs);
-            let seg = DmaSegment { addr: BusAddr(start), len: g.len as usize, p2p_bus_address: false };
-            out.push(list, lim, seg, Class::Bounce);
+            if page > 0 {
+                // SAFETY: the run was just allocated for us: `nslots * slot` bytes from `run_off`.
+                unsafe {
+                    core::ptr::write_bytes(pool.cpu_at(run_off as usize), 0, lead as usize);
+                    let tail = run_off + data_end;
+                    core::ptr::write_bytes(
+                        pool.cpu_at(tail as usize),
+                        0,
+                        (nslots * slot - data_end) as usize,
+                    );
+                }
+            }
+            let head = RunHead { nslots: nslots as u16, lead: lead as u32 };
+            let bus_base = if page > 0 { None } else { Some(view.pool_bus[pi].0) };
+            self.fill_group(list, g, pool, pi, bus_base, run_off + lead, head, dir, attrs);
             return Ok(());
         }
         if largest < g.len {
-            self.counters().fail(FailureKind::TooLarge);
+            self.stats.fail(FailureKind::TooLarge);
             return Err(DmaError::TooLarge { len: g.len as usize, max: largest as usize });
         }
-        let n = self.counters().fail(FailureKind::PoolExhausted);
+        let n = self.stats.fail(FailureKind::PoolExhausted);
         if !attrs.contains(DmaAttrs::NO_WARN) && should_warn(n) {
             log::warn!(
                 "ccdma: bounce pool exhausted mapping a {}-byte scatter-gather run for device {:#x} \
@@ -653,17 +849,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     /// Initialise a new run: originals copied in for data going to the device, zeroes otherwise (or
-    /// the originals on request), exactly as a single bounced mapping.
+    /// the originals on request), exactly as a single bounced mapping; record each entry's place.
     #[allow(clippy::too_many_arguments)]
     fn fill_group(
         &self,
         list: &mut [SgEntry<'_>],
         g: Group,
-        pool: &BouncePool<'_>,
+        pool: &crate::pool::BouncePool<'_>,
         pi: usize,
-        pool_bus: BusAddr,
+        bus_base: Option<u64>,
         data_off: u64,
-        nslots: u16,
+        head: RunHead,
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) {
@@ -678,41 +874,215 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             let Some(e) = list.get_mut(k) else { break };
             let Place::Pending { cpu } = e.place else { continue };
             let len = e.src.len();
+            let pool_off = data_off + pos;
             if copy {
                 // SAFETY: the original is valid for `len` bytes (entry contract); the run is ours and
                 // holds `[pos, pos + len)` of the group's stream; pool memory never overlaps a caller's
                 // buffer.
-                unsafe { core::ptr::copy_nonoverlapping(cpu, pool.cpu_at((data_off + pos) as usize), len) };
-                self.counters().to_device(len);
+                unsafe { core::ptr::copy_nonoverlapping(cpu, pool.cpu_at(pool_off as usize), len) };
+                self.stats.to_device(len);
             }
-            let first = k == g.start;
             e.place = Place::Bounced {
-                bus: BusAddr(pool_bus.0 + data_off + pos),
+                // Strict runs get their bus address from the window layout.
+                bus: BusAddr(bus_base.map_or(0, |b| b + pool_off)),
                 pool: pi as u8,
-                first,
-                nslots: if first { nslots } else { 0 },
+                pool_off,
+                run: (k == g.start).then_some(head),
                 cpu,
             };
             pos += len as u64;
         }
     }
 
-    /// Free the runs a failed `map_sg` allocated (entries not yet reset).
+    /// The next window item at or after entry `from`, and the index after its entries.
+    fn next_item(
+        &self,
+        list: &[SgEntry<'_>],
+        from: usize,
+        strict: bool,
+        page: u64,
+        lim: &Limits,
+    ) -> Option<(Item, usize)> {
+        let mut i = from;
+        while let Some(e) = list.get(i) {
+            match e.place {
+                Place::Bounced { pool, pool_off, run: Some(_), .. } if strict => {
+                    let data_phys = self.pools.get(pool as usize)?.as_ref()?.phys().0 + pool_off;
+                    let d = data_phys & (page - 1);
+                    let mut len = e.src.len() as u64;
+                    let mut j = i + 1;
+                    while let Some(n) =
+                        list.get(j).filter(|n| matches!(n.place, Place::Bounced { run: None, .. }))
+                    {
+                        len += n.src.len() as u64;
+                        j += 1;
+                    }
+                    let bits = e.src.untranslated_addr() & lim.min_align;
+                    return Some((Item { first: i, phys: data_phys - d, d, len, bits, key: pool_off }, j));
+                }
+                Place::Window { phys, .. } => {
+                    let d = phys.0 & (page - 1);
+                    let len = e.src.len() as u64;
+                    let bits = phys.0 & lim.min_align;
+                    return Some((Item { first: i, phys: phys.0 - d, d, len, bits, key: 0 }, i + 1));
+                }
+                _ => i += 1,
+            }
+        }
+        None
+    }
+
+    /// IOMMU paths: one bus range for every strict run and host-bridge P2P segment of the list, their
+    /// entries written in one batch. `Ok(None)` when the list has nothing for the window (no
+    /// allocation, no hypercall).
+    fn window_layout(
+        &self,
+        view: &View<'_>,
+        list: &mut [SgEntry<'_>],
+        lim: &Limits,
+        dir: DmaDirection,
+    ) -> Result<Option<(u64, u64)>, DmaError> {
+        let Some(win) = view.window else { return Ok(None) };
+        let page = win.page_size();
+        let strict = view.strict();
+        // Where each item goes, as offsets from the range's start.
+        let mut cursor = 0u64;
+        let mut first_phys = None;
+        let mut at = 0;
+        while let Some((item, next)) = self.next_item(list, at, strict, page, lim) {
+            let Some(p) = place_item(cursor, &item, lim, page) else {
+                self.stats.fail(FailureKind::TooLarge);
+                return Err(DmaError::SegmentLimit { index: item.first, len: item.len as usize });
+            };
+            first_phys.get_or_insert(item.phys);
+            cursor = p + item.npages(page) * page;
+            at = next;
+        }
+        let Some(first_phys) = first_phys else { return Ok(None) };
+        let span = cursor;
+        let (lo, hi) = window_below(&win, lim.mask);
+        // The range starts aligned so that offsets keep their meaning: the `min_align` bits above the
+        // page, and (only where the window crosses a boundary) the boundary blocks.
+        let mut align = page;
+        if lim.min_align >= page {
+            align = align.max(lim.min_align.checked_add(1).ok_or(DmaError::InvalidConfig("min_align_mask"))?);
+        }
+        if lo < hi && !lim.within_boundary(lo, hi - lo) {
+            let need = span.checked_next_power_of_two().unwrap_or(1 << 63);
+            align = align.max(need.min(lim.boundary.saturating_add(1)));
+        }
+        let slot = view.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
+        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let placed = slot.space.lock().alloc(span, align, 0, lo, hi, RangeKind::SgList, first_phys);
+        let base = match placed {
+            Ok(b) => b,
+            Err(e) => {
+                self.stats.fail(FailureKind::Iommu);
+                return Err(DmaError::Iommu(e));
+            }
+        };
+        // Every entry's bus address, from the same layout.
+        let mut cursor = 0u64;
+        let mut at = 0;
+        while let Some((item, next)) = self.next_item(list, at, strict, page, lim) {
+            let p = place_item(cursor, &item, lim, page).unwrap_or(cursor);
+            let data_bus = base + p + item.d;
+            for e in list[item.first..next].iter_mut() {
+                match &mut e.place {
+                    Place::Bounced { bus, pool_off, .. } => *bus = BusAddr(data_bus + (*pool_off - item.key)),
+                    Place::Window { bus, .. } => *bus = BusAddr(data_bus),
+                    _ => {}
+                }
+            }
+            cursor = p + item.npages(page) * page;
+            at = next;
+        }
+        let perm = tce_perm(dir);
+        let hint = Cell::new(0usize);
+        let settled: &[SgEntry<'_>] = list;
+        // Holes between items get empty entries: the device faults there.
+        let entry = |k: u64| {
+            self.window_entry(settled, &hint, base + (k << win.page_shift), strict, page, lim)
+                .map_or(0, |phys| phys | perm)
+        };
+        if let Err(f) = self.tce_writer(tce).put_entries(&win, base, span >> win.page_shift, &entry) {
+            self.stats.fail(FailureKind::Iommu);
+            if f.clean {
+                slot.space.lock().free(base, span, RangeKind::SgList);
+            } else {
+                // Entries may still point at the runs: neither they nor the range are ever reused
+                // (the runs stay allocated, forgotten by the list; the range is quarantined).
+                slot.space.lock().quarantine(base);
+                self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
+                for e in list.iter_mut() {
+                    if matches!(e.place, Place::Bounced { .. }) {
+                        e.place = Place::Unmapped;
+                    }
+                }
+            }
+            return Err(DmaError::Iommu(f.err));
+        }
+        Ok(Some((base, span)))
+    }
+
+    /// The physical page the list maps at bus page `bus` (`None` for a hole).
+    fn window_entry(
+        &self,
+        list: &[SgEntry<'_>],
+        hint: &Cell<usize>,
+        bus: u64,
+        strict: bool,
+        page: u64,
+        lim: &Limits,
+    ) -> Option<u64> {
+        // Items lie in increasing bus order; entries are asked for mostly in order, so start at the
+        // last item found and fall back to the start once.
+        for start in [hint.get(), 0] {
+            let mut at = start;
+            while let Some((item, next)) = self.next_item(list, at, strict, page, lim) {
+                let first_page = list[item.first].mapped_at()?.0 - item.d;
+                if bus < first_page {
+                    break;
+                }
+                if bus < first_page + item.npages(page) * page {
+                    hint.set(item.first);
+                    return Some(item.phys + (bus - first_page));
+                }
+                at = next;
+            }
+            if start == 0 {
+                break;
+            }
+        }
+        None
+    }
+
+    /// Free the runs a list holds (entries not yet reset).
     fn release_runs(&self, list: &[SgEntry<'_>]) {
         for e in list {
-            if let Place::Bounced { bus, pool, first: true, nslots, .. } = e.place {
-                if let Some((p, pool_bus)) = self.pool(pool as usize) {
-                    let index = p.index_of_offset(bus.0 - pool_bus.0);
-                    p.free(index, nslots as usize);
+            if let Place::Bounced { pool, pool_off, run: Some(h), .. } = e.place {
+                if let Some(p) = self.pools.get(pool as usize).and_then(|p| p.as_ref()) {
+                    p.free(p.index_of_offset(pool_off - h.lead as u64), h.nslots as usize);
                 }
             }
         }
     }
 
-    /// Unmap a list mapped by [`Self::map_sg`]: device writes copied back per the guest's own record
-    /// of each entry (never per a length from the device), runs freed, P2P bus-address and direct
-    /// entries skipped. `dir` must be the mapping's. A list that is not mapped as this layer mapped it
-    /// is an error and changes nothing.
+    /// Undo the claims `check_runs` made on the runs of `list[..upto]`.
+    fn unclaim(&self, list: &[SgEntry<'_>], upto: usize) {
+        for e in list.iter().take(upto) {
+            if let Place::Bounced { pool, pool_off, run: Some(h), .. } = e.place {
+                if let Some(p) = self.pools.get(pool as usize).and_then(|p| p.as_ref()) {
+                    p.unrelease(p.index_of_offset(pool_off - h.lead as u64));
+                }
+            }
+        }
+    }
+
+    /// Unmap a list mapped by [`Self::map_sg`]: IOMMU entries cleared first, then device writes copied
+    /// back per the guest's own record of each entry (never per a length from the device), runs and
+    /// bus range freed; P2P bus-address and direct entries skipped. `dir` must be the mapping's. A
+    /// list that is not mapped as this layer mapped it is an error and changes nothing.
     pub fn unmap_sg(
         &self,
         dev: &Device,
@@ -721,16 +1091,34 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
-        self.check_runs(dev, list, dir, true)?;
+        let view = self.settled_view(dev)?;
+        self.check_runs(&view, list, dir, true)?;
+        let range = list.first().and_then(|e| e.tag.range);
+        if let (Some((start, len)), Some(win)) = (range, view.window) {
+            // Entries go first: from here on the device cannot touch the runs, so the copy back reads
+            // what it left, and the slots and range can be reused safely.
+            let cleared = match self.platform.tce() {
+                Some(tce) => self.tce_writer(tce).clear(&win, start, len >> win.page_shift),
+                None => Err(IommuError::NoWindow),
+            };
+            if let Err(e) = cleared {
+                self.unclaim(list, list.len());
+                self.stats.fail(FailureKind::Iommu);
+                log::warn!(
+                    "ccdma: unmap of a scatter-gather list at {start:#x} failed clearing ({e:?}); kept"
+                );
+                return Err(DmaError::Iommu(e));
+            }
+        }
         if dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
             self.copy_back(list);
         }
-        for e in list.iter() {
-            match e.place {
-                Place::Direct { .. } | Place::P2pBus { .. } => self.counters().unmapped(),
-                Place::Bounced { first: true, .. } => self.counters().unmapped(),
-                _ => {}
+        self.count_segments(list, false);
+        if let Some(slot) = view.domain.and_then(|d| self.slot(d)) {
+            if let Some((start, len)) = range {
+                slot.space.lock().free(start, len, RangeKind::SgList);
             }
+            slot.live_mappings.fetch_sub(1, Ordering::Relaxed);
         }
         self.release_runs(list);
         reset(list);
@@ -745,7 +1133,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
-        self.check_runs(dev, list, dir, false)?;
+        let view = self.settled_view(dev)?;
+        self.check_runs(&view, list, dir, false)?;
         if dir.device_writes() {
             self.copy_back(list);
         }
@@ -761,20 +1150,19 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
-        let preserve = self.check_runs(dev, list, dir, false)?;
+        let view = self.settled_view(dev)?;
+        let preserve = self.check_runs(&view, list, dir, false)?;
         if !(dir.device_reads() || preserve) {
             return Ok(());
         }
         for e in list.iter() {
-            if let Place::Bounced { bus, pool, cpu, .. } = e.place {
-                if let Some((p, pool_bus)) = self.pool(pool as usize) {
+            if let Place::Bounced { pool, pool_off, cpu, .. } = e.place {
+                if let Some(p) = self.pools.get(pool as usize).and_then(|p| p.as_ref()) {
                     let len = e.src.len();
-                    // SAFETY: `check_runs` proved `[bus, bus + len)` lies in a live run of this list;
-                    // the original is valid for `len` bytes while the entry is mapped.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(cpu, p.cpu_at((bus.0 - pool_bus.0) as usize), len)
-                    };
-                    self.counters().to_device(len);
+                    // SAFETY: `check_runs` proved `[pool_off, pool_off + len)` lies in a live run of
+                    // this list; the original is valid for `len` bytes while the entry is mapped.
+                    unsafe { core::ptr::copy_nonoverlapping(cpu, p.cpu_at(pool_off as usize), len) };
+                    self.stats.to_device(len);
                 }
             }
         }
@@ -785,51 +1173,41 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// once, lengths from the entry (the guest's record), never from the device.
     fn copy_back(&self, list: &[SgEntry<'_>]) {
         for e in list {
-            if let Place::Bounced { bus, pool, cpu, .. } = e.place {
-                if let Some((p, pool_bus)) = self.pool(pool as usize) {
+            if let Place::Bounced { pool, pool_off, cpu, .. } = e.place {
+                if let Some(p) = self.pools.get(pool as usize).and_then(|p| p.as_ref()) {
                     let len = e.src.len();
-                    // SAFETY: `check_runs` proved `[bus, bus + len)` lies in a live run of this list;
-                    // the original is valid for writes of `len` bytes while the entry is mapped.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(p.cpu_at((bus.0 - pool_bus.0) as usize), cpu, len)
-                    };
-                    self.counters().from_device(len);
+                    // SAFETY: `check_runs` proved `[pool_off, pool_off + len)` lies in a live run of
+                    // this list; the original is valid for writes of `len` bytes while it is mapped.
+                    unsafe { core::ptr::copy_nonoverlapping(p.cpu_at(pool_off as usize), cpu, len) };
+                    self.stats.from_device(len);
                 }
             }
         }
     }
 
-    /// Check that `list` is mapped exactly as this layer mapped it for `dev` and `dir`: every entry
-    /// placed, every run live in the pool with this direction, its entries back to back filling it
-    /// exactly. With `claim` every run is also marked for release, so nobody else can unmap it; on
-    /// error every claim is undone. Returns whether the runs were mapped with `PRESERVE_UNWRITTEN`.
+    /// Check that `list` is mapped exactly as this layer mapped it for the device and `dir`: the whole
+    /// list in order, its bus range (if any) live in the device's domain, every run live in the pool
+    /// with this direction and its entries back to back filling it exactly. With `claim` every run is
+    /// also marked for release, so nobody else can unmap it; on error every claim is undone. Returns
+    /// whether the runs were mapped with `PRESERVE_UNWRITTEN`.
     fn check_runs(
         &self,
-        dev: &Device,
+        view: &View<'_>,
         list: &[SgEntry<'_>],
         dir: DmaDirection,
         claim: bool,
     ) -> Result<bool, DmaError> {
-        if list.is_empty() {
-            return Err(DmaError::SgListState { mapped: false });
-        }
         let mut claimed = 0; // entries [0, claimed) hold every claim made
-        let result = self.walk_runs(dev, list, dir, claim, &mut claimed);
+        let result = self.walk_runs(view, list, dir, claim, &mut claimed);
         if result.is_err() {
             if claim {
-                for e in &list[..claimed] {
-                    if let Place::Bounced { bus, pool, first: true, .. } = e.place {
-                        if let Some((p, pool_bus)) = self.pool(pool as usize) {
-                            p.unrelease(p.index_of_offset(bus.0 - pool_bus.0));
-                        }
-                    }
-                }
+                self.unclaim(list, claimed);
             }
             match result {
                 Err(DmaError::SgListState { .. }) | Err(DmaError::UnknownMapping(_)) => {
-                    self.counters().fail(FailureKind::UnknownMapping)
+                    self.stats.fail(FailureKind::UnknownMapping)
                 }
-                _ => self.counters().fail(FailureKind::Mismatch),
+                _ => self.stats.fail(FailureKind::Mismatch),
             };
         }
         result
@@ -837,13 +1215,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     fn walk_runs(
         &self,
-        dev: &Device,
+        view: &View<'_>,
         list: &[SgEntry<'_>],
         dir: DmaDirection,
         claim: bool,
         claimed: &mut usize,
     ) -> Result<bool, DmaError> {
-        /// The run being walked: where its next entry must start and where it ends.
+        /// The run being walked: where its next entry must start and where it ends (pool offsets).
         struct Cursor {
             pool: u8,
             next: u64,
@@ -856,45 +1234,55 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             }
             _ => Ok(()),
         };
+        let not_mapped = DmaError::SgListState { mapped: false };
+        let Some(tag) = list.first().map(|e| e.tag) else { return Err(not_mapped) };
+        if tag.list == 0 || tag.count != list.len() {
+            return Err(not_mapped);
+        }
+        if let Some((start, len)) = tag.range {
+            let slot = view.domain.and_then(|d| self.slot(d)).ok_or(not_mapped)?;
+            let found = slot.space.lock().find(start);
+            if !found.is_some_and(|r| r.start == start && r.len == len && r.kind == RangeKind::SgList) {
+                return Err(DmaError::UnknownMapping(BusAddr(start)));
+            }
+        }
         let mut run: Option<Cursor> = None;
         let mut preserve = false;
-        let id = list.first().map_or(0, |e| e.tag.list);
         for (i, e) in list.iter().enumerate() {
-            if id == 0 || e.tag != (ListTag { list: id, index: i, count: list.len() }) {
-                return Err(DmaError::SgListState { mapped: false });
+            if e.tag != (ListTag { index: i, ..tag }) {
+                return Err(not_mapped);
             }
             let len = e.src.len() as u64;
             match e.place {
-                Place::Unmapped | Place::Pending { .. } => {
-                    return Err(DmaError::SgListState { mapped: false })
-                }
-                Place::Direct { .. } | Place::P2pBus { .. } => close(&mut run)?,
-                Place::Bounced { bus, pool, first: true, nslots, .. } => {
+                Place::Unmapped | Place::Pending { .. } => return Err(not_mapped),
+                Place::Direct { .. } | Place::P2pBus { .. } | Place::Window { .. } => close(&mut run)?,
+                Place::Bounced { bus, pool, pool_off, run: Some(head), .. } => {
                     close(&mut run)?;
-                    if !dev.pool_indices().any(|p| p == pool as usize) {
+                    if !view.pools.iter().any(|p| p == pool as usize) {
                         return Err(DmaError::UnknownMapping(bus));
                     }
-                    let (p, pool_bus) = self.pool(pool as usize).ok_or(DmaError::UnknownMapping(bus))?;
-                    let off = bus.0.checked_sub(pool_bus.0).ok_or(DmaError::UnknownMapping(bus))?;
-                    let rec = p.lookup_sg(off, claim).ok_or(DmaError::UnknownMapping(bus))?;
+                    let p = self.pools.get(pool as usize).and_then(|p| p.as_ref()).ok_or(not_mapped)?;
+                    let key = pool_off.checked_sub(head.lead as u64).ok_or(not_mapped)?;
+                    let rec = p.lookup_sg(key, claim).ok_or(DmaError::UnknownMapping(bus))?;
                     if claim {
                         *claimed = i + 1;
                     }
                     if rec.dir != dir {
                         return Err(DmaError::DirectionMismatch { mapped: rec.dir, given: dir });
                     }
-                    if rec.nslots != nslots as usize {
-                        return Err(DmaError::SgListState { mapped: false });
+                    if rec.nslots != head.nslots as usize || rec.len < head.lead as usize {
+                        return Err(not_mapped);
+                    }
+                    let data = rec.len - head.lead as usize;
+                    if len > data as u64 {
+                        return Err(DmaError::SizeMismatch { mapped: data, given: len as usize });
                     }
                     preserve |= rec.attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN);
-                    if len > rec.len as u64 {
-                        return Err(DmaError::SizeMismatch { mapped: rec.len, given: len as usize });
-                    }
-                    run = Some(Cursor { pool, next: bus.0 + len, end: bus.0 + rec.len as u64, len: rec.len });
+                    run = Some(Cursor { pool, next: pool_off + len, end: key + rec.len as u64, len: data });
                 }
-                Place::Bounced { bus, pool, first: false, .. } => match &mut run {
-                    Some(c) if c.pool == pool && c.next == bus.0 && c.next + len <= c.end => c.next += len,
-                    _ => return Err(DmaError::SgListState { mapped: false }),
+                Place::Bounced { pool, pool_off, run: None, .. } => match &mut run {
+                    Some(c) if c.pool == pool && c.next == pool_off && c.next + len <= c.end => c.next += len,
+                    _ => return Err(not_mapped),
                 },
             }
         }
@@ -912,7 +1300,7 @@ fn can_join(g: &Group, orig: u64, len: u64, lim: &Limits, span: PoolSpan) -> boo
     g.orig0.wrapping_add(g.len) & lim.min_align == orig & lim.min_align
         && new_len <= lim.max_seg
         && lim.boundary_allows(bits, new_len)
-        && (bits & (span.max_slot - 1)) + new_len <= span.max_run
+        && (bits & (span.max_unit - 1)) + new_len <= span.max_run
 }
 
 /// The alignment the segment's first byte needs in a pool at `[pool_bus, pool_bus + pool_len)`: its
@@ -930,11 +1318,44 @@ fn run_alignment(lim: &Limits, bits: u64, len: u64, pool_bus: u64, pool_len: u64
     Some(align)
 }
 
+/// Where an item goes in the list's window range: the first IOMMU-page offset at or after `cursor`
+/// that gives its first byte the `min_align` bits it needs (the range's start is aligned to keep
+/// them) and keeps it inside one boundary block. `None` when no place can.
+fn place_item(cursor: u64, item: &Item, lim: &Limits, page: u64) -> Option<u64> {
+    let a = lim.min_align.checked_add(1)?;
+    let high = lim.min_align & !(page - 1);
+    let phase = item.bits & high;
+    let fit = |p: u64| -> Option<u64> {
+        if high == 0 {
+            return Some(p);
+        }
+        let b = (p - p % a).checked_add(phase)?;
+        if b < p {
+            b.checked_add(a)
+        } else {
+            Some(b)
+        }
+    };
+    let mut p = fit(cursor)?;
+    if !lim.within_boundary(p + item.d, item.len) {
+        // Start over at the next boundary block (a block smaller than a page cannot help).
+        let block = lim.boundary.checked_add(1)?;
+        if block < page {
+            return None;
+        }
+        p = fit(((p + item.d) | lim.boundary).checked_add(1)?)?;
+        if !lim.within_boundary(p + item.d, item.len) {
+            return None;
+        }
+    }
+    Some(p)
+}
+
 /// Put every entry back to unmapped.
 fn reset(list: &mut [SgEntry<'_>]) {
     for e in list {
         e.place = Place::Unmapped;
-        e.tag = ListTag::NONE;
         e.out = None;
+        e.tag = ListTag::NONE;
     }
 }

@@ -133,8 +133,20 @@ impl TceWriter<'_> {
         perm: u64,
     ) -> Result<(), PutFailure> {
         let entry = |i: u64| (phys + (i << win.page_shift)) | perm;
+        self.put_entries(win, ioba, npages, &entry)
+    }
+
+    /// [`Self::put`] with entry `i` given by `entry(i)` (a scatter-gather list maps several runs, and
+    /// holes between them, behind one bus range: one batch of calls for all of them).
+    pub(crate) fn put_entries(
+        &self,
+        win: &WindowGeometry,
+        ioba: u64,
+        npages: u64,
+        entry: &dyn Fn(u64) -> u64,
+    ) -> Result<(), PutFailure> {
         let mut done = 0;
-        let result = self.put_batches(win, ioba, npages, &entry, &mut done);
+        let result = self.put_batches(win, ioba, npages, entry, &mut done);
         match result {
             Ok(()) => {
                 bump(&self.counters.entries_written, npages);
