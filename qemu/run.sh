@@ -21,8 +21,8 @@ QEMU=qemu-system-x86_64
 TIMEOUT=${QEMU_TIMEOUT:-60}
 SUCCESS_STATUS=33 # kernel writes 0x10 to isa-debug-exit: QEMU exits with (0x10 << 1) | 1
 
-CONFIGS=(iommu no-iommu)
-DEFAULT_CONFIG=iommu
+CONFIGS=(no-iommu no-iommu-low iommu)
+DEFAULT_CONFIG=no-iommu
 
 # What the runner writes at the start of the disk and what the kernel writes at sector 1; both
 # must match qemu/kernel/src/scenario.rs.
@@ -46,28 +46,63 @@ build_kernel() {
     (cd "$KERNEL_DIR" && cargo build --release --quiet) || die "kernel build failed"
 }
 
-# Creates a small raw disk whose first bytes are the signature the kernel checks for.
+# Creates a sparse raw disk of $2 MiB whose first bytes are the signature the kernel checks for.
 make_disk() {
-    local image=$1
-    truncate -s 1M "$image"
+    local image=$1 mib=$2
+    truncate -s "${mib}M" "$image"
     printf '%s\n' "$DISK_SIGNATURE" | dd of="$image" conv=notrunc status=none
 }
 
-# Sets MACHINE_ARGS (QEMU arguments specific to configuration $1) and CHECK_DISK.
+# Device arguments, appended to MACHINE_ARGS. Every device sits at the PCI slot
+# qemu/kernel/src/config.rs (`slot`) names, so the kernel knows its role. Devices ccdma manages
+# are modern-only and translated by the platform (iommu_platform=on): behind the virtio-iommu
+# when there is one.
+MANAGED=disable-legacy=on,iommu_platform=on
+add_iommu() { MACHINE_ARGS+=(-device virtio-iommu-pci,addr=0x03); }
+add_blk() { # slot image id
+    MACHINE_ARGS+=(-drive "file=$2,format=raw,if=none,id=$3" -device "virtio-blk-pci,drive=$3,addr=$1,$MANAGED")
+}
+add_rng() { MACHINE_ARGS+=(-device "virtio-rng-pci,addr=0x06,$MANAGED"); }
+add_nics() { # two NICs on one hub
+    MACHINE_ARGS+=(-netdev hubport,id=n1,hubid=0
+        -device "virtio-net-pci,netdev=n1,mac=52:54:00:cc:d0:01,addr=0x07,$MANAGED"
+        -netdev hubport,id=n2,hubid=0
+        -device "virtio-net-pci,netdev=n2,mac=52:54:00:cc:d0:02,addr=0x08,$MANAGED")
+}
+add_bench() { # image; the benchmark's baseline, outside the IOMMU (no iommu_platform)
+    MACHINE_ARGS+=(-drive "file=$1,format=raw,if=none,id=bench"
+        -device virtio-blk-pci,drive=bench,addr=0x09,disable-legacy=on)
+}
+
+# Sets MACHINE_ARGS (QEMU arguments specific to configuration $1, disks in directory $2) and
+# CHECK_DISK (the image whose sector 1 must hold the kernel's marker afterwards).
 configure() {
-    local name=$1 disk=$2
-    MACHINE_ARGS=(-m 512M -cpu max)
-    CHECK_DISK=yes
-    local blk=(-drive "file=$disk,format=raw,if=none,id=disk0")
+    local name=$1 dir=$2
+    MACHINE_ARGS=(-cpu max)
+    CHECK_DISK=$dir/disk.img
+    make_disk "$CHECK_DISK" 16
     case $name in
-    iommu)
-        # virtio-iommu keeps its default boot-bypass=on (firmware needs it); the kernel clears
-        # bypass itself. Devices behind it need iommu_platform=on.
-        MACHINE_ARGS+=(-device virtio-iommu-pci "${blk[@]}"
-            -device virtio-blk-pci,drive=disk0,disable-legacy=on,iommu_platform=on)
-        ;;
     no-iommu)
-        MACHINE_ARGS+=("${blk[@]}" -device virtio-blk-pci,drive=disk0,disable-legacy=on)
+        # RAM above 4 GiB (q35 puts 2 GiB below, 3 GiB above); TDX-style: no IOMMU.
+        make_disk "$dir/bench.img" 16
+        MACHINE_ARGS+=(-m 5G)
+        add_blk 0x04 "$CHECK_DISK" disk0
+        add_rng
+        add_nics
+        add_bench "$dir/bench.img"
+        ;;
+    no-iommu-low)
+        MACHINE_ARGS+=(-m 512M)
+        add_blk 0x04 "$CHECK_DISK" disk0
+        add_rng
+        add_nics
+        ;;
+    iommu)
+        # Phase 1: virtio-iommu keeps its default boot-bypass=on (firmware needs it); the kernel
+        # clears bypass itself.
+        MACHINE_ARGS+=(-m 512M)
+        add_iommu
+        add_blk 0x04 "$CHECK_DISK" disk0
         ;;
     *) die "unknown configuration '$name' (known: ${CONFIGS[*]})" ;;
     esac
@@ -78,9 +113,8 @@ run_config() {
     local name=$1 show_report=$2
     local dir=$WORK_DIR/$name
     mkdir -p "$dir"
-    local disk=$dir/disk.img serial=$dir/serial.log qemu_err=$dir/qemu.stderr
-    make_disk "$disk"
-    configure "$name" "$disk"
+    local serial=$dir/serial.log qemu_err=$dir/qemu.stderr
+    configure "$name" "$dir"
 
     local append="config=$name"
     [[ -n ${KERNEL_LOG:-} ]] && append+=" log=$KERNEL_LOG"
@@ -116,9 +150,9 @@ run_config() {
     elif [[ ! $summary =~ \ 0\ failed$ ]]; then
         problems+=("report says: $summary")
     fi
-    if [[ $CHECK_DISK == yes && ${#problems[@]} -eq 0 ]]; then
+    if [[ -n $CHECK_DISK && ${#problems[@]} -eq 0 ]]; then
         local marker
-        marker=$(dd if="$disk" bs=512 skip=1 count=1 status=none | head -c ${#WRITE_MARKER})
+        marker=$(dd if="$CHECK_DISK" bs=512 skip=1 count=1 status=none | head -c ${#WRITE_MARKER})
         [[ $marker == "$WRITE_MARKER" ]] || problems+=("disk image lacks the kernel's write at sector 1")
     fi
 

@@ -22,6 +22,8 @@ pub mod pool;
 pub mod sg;
 pub mod sharing;
 pub mod stats;
+#[cfg(feature = "virtio-hal")]
+pub mod virtio_hal;
 
 pub use addr::{BusAddr, DmaMask, PhysAddr, PAGE_SIZE};
 pub use coherent::CoherentBuffer;

@@ -10,20 +10,22 @@ use core::fmt;
 use core::time::Duration;
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
 use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::Hal;
 
-use crate::hal::BounceHal;
 use crate::memory;
 use crate::time;
 use crate::transport::PlatformAccessTransport;
 
-/// The virtio-blk driver as this kernel uses it: bounced DMA, `ACCESS_PLATFORM` acknowledged.
-pub type Blk = VirtIOBlk<BounceHal, PlatformAccessTransport<PciTransport>>;
+/// The virtio-blk driver as this kernel uses it: DMA through `H`, `ACCESS_PLATFORM` acknowledged.
+pub type Blk<H> = VirtIOBlk<H, PlatformAccessTransport<PciTransport>>;
 
-/// The buffers of one request.
+/// The buffers of one request. The data buffer can be larger than one transfer: the transfer
+/// uses `buffer[range]`, so one buffer serves requests of many sizes and alignments.
 pub struct BlkRequest {
     header: &'static mut BlkReq,
     status: &'static mut BlkResp,
-    data: &'static mut [u8],
+    buffer: &'static mut [u8],
+    range: core::ops::Range<usize>,
 }
 
 /// Why a sector transfer failed.
@@ -53,16 +55,31 @@ impl fmt::Display for BlkIoError {
 impl BlkRequest {
     /// Buffers for a transfer of `sectors` sectors.
     pub fn new(sectors: usize) -> Result<Self, BlkIoError> {
+        let buffer = memory::leak_bytes(sectors * SECTOR_SIZE, SECTOR_SIZE).ok_or(BlkIoError::OutOfMemory)?;
+        Self::with_buffer(buffer)
+    }
+
+    /// Buffers for transfers within `buffer` (the whole of it to start with).
+    pub fn with_buffer(buffer: &'static mut [u8]) -> Result<Self, BlkIoError> {
         Ok(Self {
             header: memory::leak_value(BlkReq::default()).ok_or(BlkIoError::OutOfMemory)?,
             status: memory::leak_value(BlkResp::default()).ok_or(BlkIoError::OutOfMemory)?,
-            data: memory::leak_bytes(sectors * SECTOR_SIZE, SECTOR_SIZE).ok_or(BlkIoError::OutOfMemory)?,
+            range: 0..buffer.len(),
+            buffer,
         })
     }
 
-    /// The data buffer.
+    /// Makes the next transfer use `len` bytes at `offset` of the buffer. `None` if that is not
+    /// inside the buffer.
+    pub fn select(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
+        let end = offset.checked_add(len).filter(|&end| end <= self.buffer.len())?;
+        self.range = offset..end;
+        Some(&mut self.buffer[offset..end])
+    }
+
+    /// The data of the next (or last) transfer.
     pub fn data(&mut self) -> &mut [u8] {
-        self.data
+        &mut self.buffer[self.range.clone()]
     }
 
     /// Physical addresses of the header, data and status buffers, in that order.
@@ -73,7 +90,7 @@ impl BlkRequest {
         };
         [
             range((&raw const *self.header).cast(), size_of::<BlkReq>()),
-            range(self.data.as_ptr(), self.data.len()),
+            range(self.buffer[self.range.clone()].as_ptr(), self.range.len()),
             range((&raw const *self.status).cast(), size_of::<BlkResp>()),
         ]
     }
@@ -102,11 +119,12 @@ impl InFlight {
 
     /// Waits, bounded, for the device to complete the request and collects its result.
     /// On timeout the buffers are abandoned to the device.
-    pub fn finish(self, blk: &mut Blk, timeout: Duration) -> Result<BlkRequest, BlkIoError> {
+    pub fn finish<H: Hal>(self, blk: &mut Blk<H>, timeout: Duration) -> Result<BlkRequest, BlkIoError> {
         let token = self.token;
         time::poll_until(timeout, || (blk.peek_used() == Some(token)).then_some(()))
             .ok_or(BlkIoError::Timeout)?;
-        let BlkRequest { header, status, data } = self.request;
+        let BlkRequest { header, status, buffer, range } = self.request;
+        let data = &mut buffer[range.clone()];
         // SAFETY: the same buffers as were passed to `*_blocks_nb` for `token`.
         let result = unsafe {
             match self.direction {
@@ -115,30 +133,40 @@ impl InFlight {
             }
         };
         result.map_err(BlkIoError::Device)?;
-        Ok(BlkRequest { header, status, data })
+        Ok(BlkRequest { header, status, buffer, range })
     }
 }
 
 /// Submits a read of `request.data().len()` bytes from `sector`, without waiting.
-pub fn start_read(blk: &mut Blk, request: BlkRequest, sector: usize) -> Result<InFlight, BlkIoError> {
-    let BlkRequest { header, status, data } = request;
+pub fn start_read<H: Hal>(
+    blk: &mut Blk<H>,
+    request: BlkRequest,
+    sector: usize,
+) -> Result<InFlight, BlkIoError> {
+    let BlkRequest { header, status, buffer, range } = request;
     // SAFETY: the buffers are leaked and exclusively ours; `InFlight` keeps them untouched until
     // the request completes, and if it never does they are never used again.
-    let token = unsafe { blk.read_blocks_nb(sector, header, data, status) }.map_err(BlkIoError::Submit)?;
-    Ok(InFlight { token, direction: Direction::Read, request: BlkRequest { header, status, data } })
+    let token = unsafe { blk.read_blocks_nb(sector, header, &mut buffer[range.clone()], status) }
+        .map_err(BlkIoError::Submit)?;
+    Ok(InFlight { token, direction: Direction::Read, request: BlkRequest { header, status, buffer, range } })
 }
 
 /// Submits a write of `request.data()` to `sector`, without waiting.
-pub fn start_write(blk: &mut Blk, request: BlkRequest, sector: usize) -> Result<InFlight, BlkIoError> {
-    let BlkRequest { header, status, data } = request;
+pub fn start_write<H: Hal>(
+    blk: &mut Blk<H>,
+    request: BlkRequest,
+    sector: usize,
+) -> Result<InFlight, BlkIoError> {
+    let BlkRequest { header, status, buffer, range } = request;
     // SAFETY: as in `start_read`.
-    let token = unsafe { blk.write_blocks_nb(sector, header, data, status) }.map_err(BlkIoError::Submit)?;
-    Ok(InFlight { token, direction: Direction::Write, request: BlkRequest { header, status, data } })
+    let token = unsafe { blk.write_blocks_nb(sector, header, &buffer[range.clone()], status) }
+        .map_err(BlkIoError::Submit)?;
+    Ok(InFlight { token, direction: Direction::Write, request: BlkRequest { header, status, buffer, range } })
 }
 
 /// Reads from `sector` into `request.data()`, waiting at most `timeout`.
-pub fn read(
-    blk: &mut Blk,
+pub fn read<H: Hal>(
+    blk: &mut Blk<H>,
     request: BlkRequest,
     sector: usize,
     timeout: Duration,
@@ -147,8 +175,8 @@ pub fn read(
 }
 
 /// Writes `request.data()` to `sector`, waiting at most `timeout`.
-pub fn write(
-    blk: &mut Blk,
+pub fn write<H: Hal>(
+    blk: &mut Blk<H>,
     request: BlkRequest,
     sector: usize,
     timeout: Duration,

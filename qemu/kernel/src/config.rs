@@ -1,24 +1,76 @@
 //! Which machine the kernel is running on, from `config=<name>` on the command line.
 //!
 //! The runner (`qemu/run.sh`) builds a different QEMU machine for each configuration and passes
-//! its name here, so the kernel knows what to expect (e.g. whether an IOMMU must be present).
-//! To add a configuration: add an entry to [`CONFIGS`] here and a matching case in `run.sh`.
+//! its name here, so the kernel knows what to expect. Devices sit at fixed PCI slots (the runner
+//! passes `addr=`), so the kernel knows each device's role without probing it. To add a
+//! configuration: add an entry to [`CONFIGS`] here and a matching case in `run.sh`.
+
+/// How devices reach memory.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum IommuMode {
+    /// No IOMMU (TDX-style): everything bounced, bus address = pool address.
+    None,
+    /// virtio-iommu, driven by the phase-1 stand-in HAL (one blk, bounce area mapped by hand).
+    Phase1,
+}
+
+impl IommuMode {
+    /// Whether a virtio-iommu is on the machine.
+    pub fn present(self) -> bool {
+        self != Self::None
+    }
+
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none (bounce everything, bus = pool address)",
+            Self::Phase1 => "virtio-iommu, phase-1 stand-in HAL",
+        }
+    }
+}
 
 /// What a configuration promises about the machine.
 #[derive(Clone, Copy, Debug)]
 pub struct TestConfig {
     /// Name used by the runner.
     pub name: &'static str,
-    /// A virtio-iommu is present and the virtio-blk sits behind it.
-    pub iommu: bool,
+    /// The IOMMU and how it is used.
+    pub iommu: IommuMode,
+    /// Guest RAM extends above 4 GiB; the main pool is placed there.
+    pub high_ram: bool,
+    /// All devices (two blk, rng, two NICs, the benchmark blk); otherwise blk, rng and NICs.
+    pub full: bool,
+    /// Run the blk benchmark (needs the benchmark blk device).
+    pub bench: bool,
 }
 
 /// Every configuration the runner knows.
-pub const CONFIGS: &[TestConfig] =
-    &[TestConfig { name: "iommu", iommu: true }, TestConfig { name: "no-iommu", iommu: false }];
+pub const CONFIGS: &[TestConfig] = &[
+    TestConfig { name: "no-iommu", iommu: IommuMode::None, high_ram: true, full: true, bench: true },
+    TestConfig { name: "no-iommu-low", iommu: IommuMode::None, high_ram: false, full: false, bench: false },
+    TestConfig { name: "iommu", iommu: IommuMode::Phase1, high_ram: false, full: false, bench: false },
+];
 
 /// Configuration used when the command line names none.
-pub const DEFAULT_CONFIG: &str = "iommu";
+pub const DEFAULT_CONFIG: &str = "no-iommu";
+
+/// Fixed PCI device numbers (bus 0) of each role; `run.sh` places devices with `addr=`.
+pub mod slot {
+    /// The virtio-iommu.
+    pub const IOMMU: u8 = 0x03;
+    /// virtio-blk for data patterns (managed by ccdma).
+    pub const BLK: u8 = 0x04;
+    /// virtio-blk for the containment check (managed by ccdma; dies when the IOMMU blocks it).
+    pub const BLK_FAULT: u8 = 0x05;
+    /// virtio-rng (managed by ccdma).
+    pub const RNG: u8 = 0x06;
+    /// First virtio-net (managed by ccdma).
+    pub const NET_A: u8 = 0x07;
+    /// Second virtio-net, on the same hub (managed by ccdma).
+    pub const NET_B: u8 = 0x08;
+    /// virtio-blk without `iommu_platform`: the benchmark's no-bounce, no-IOMMU baseline.
+    pub const BLK_BENCH: u8 = 0x09;
+}
 
 /// Looks up `config=<name>` in `cmdline`. `Err` carries the unknown name.
 pub fn from_cmdline(cmdline: &str) -> Result<TestConfig, &str> {

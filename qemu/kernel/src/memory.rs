@@ -128,9 +128,10 @@ impl<const WORDS: usize> SlotBitmap<WORDS> {
 /// Private memory for request headers and data buffers handed to devices.
 ///
 /// Buffers are leaked on purpose (`&'static mut`): a request that times out leaves its buffers
-/// with the device, and the only safe thing to do with them is to never touch them again. 1 MiB
-/// is plenty for the test kernel's requests.
-static LEAKED_REGION: StaticRegion<{ 1024 * 1024 }> = StaticRegion::new();
+/// with the device, and the only safe thing to do with them is to never touch them again. Buffers
+/// that come back are reused by their owner, so 8 MiB holds every buffer the checks use.
+const LEAKED_SIZE: usize = 8 << 20;
+static LEAKED_REGION: StaticRegion<LEAKED_SIZE> = StaticRegion::new();
 static LEAKED_NEXT: Mutex<usize> = Mutex::new(0);
 
 /// Takes `len` zeroed bytes aligned to `align` (a power of two) out of the leaked region.
@@ -140,7 +141,7 @@ pub fn leak_bytes(len: usize, align: usize) -> Option<&'static mut [u8]> {
     let mut next = LEAKED_NEXT.lock();
     let start = (base as usize + *next).next_multiple_of(align) - base as usize;
     let end = start.checked_add(len)?;
-    if end > size_of::<StaticRegion<{ 1024 * 1024 }>>() {
+    if end > LEAKED_SIZE {
         return None;
     }
     *next = end;

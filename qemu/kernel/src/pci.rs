@@ -17,6 +17,21 @@ pub const VIRTIO_VENDOR: u16 = 0x1af4;
 pub const VIRTIO_BLK_MODERN: u16 = 0x1042;
 /// virtio-iommu: 0x1040 + device type 23 (there is no legacy ID).
 pub const VIRTIO_IOMMU: u16 = 0x1057;
+/// Modern virtio-net: 0x1040 + device type 1.
+pub const VIRTIO_NET_MODERN: u16 = 0x1041;
+/// Modern virtio-rng: 0x1040 + device type 4.
+pub const VIRTIO_RNG_MODERN: u16 = 0x1044;
+
+/// A short name for a virtio PCI device ID, for reports.
+pub fn virtio_name(device_id: u16) -> &'static str {
+    match device_id {
+        VIRTIO_BLK_MODERN => "virtio-blk",
+        VIRTIO_IOMMU => "virtio-iommu",
+        VIRTIO_NET_MODERN => "virtio-net",
+        VIRTIO_RNG_MODERN => "virtio-rng",
+        _ => "other",
+    }
+}
 
 /// A PCI function's requester ID (`bus << 8 | device << 3 | function`): what a virtio-iommu calls
 /// the endpoint ID of a PCI device.
@@ -61,6 +76,11 @@ impl PciBus {
         self.functions()
             .filter(move |(_, info)| info.vendor_id == vendor_id && info.device_id == device_id)
             .map(|(function, _)| function)
+    }
+
+    /// Function 0 of device `slot` on bus 0, if something is there.
+    pub fn at_slot(&self, slot: u8) -> Option<(DeviceFunction, DeviceFunctionInfo)> {
+        self.functions().find(|(function, _)| function.device == slot && function.function == 0)
     }
 
     /// Lets `function` decode its memory BARs and master DMA. Firmware leaves bus mastering off on

@@ -1,4 +1,4 @@
-//! The checks the kernel runs, in order. Each prints one report line.
+//! The phase-1 checks (configuration `iommu`), kept until ccdma's IOMMU path replaces them.
 //!
 //! Phase 1 uses [`BounceHal`] as a stand-in for ccdma: a bounce area in `.bss`, mapped into the
 //! virtio-blk's IOMMU domain at an IOVA different from its physical address. Nothing else is
@@ -10,20 +10,24 @@ use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 use virtio_drivers::transport::pci::PciTransport;
 
-use crate::blk::{self, Blk, BlkIoError, BlkRequest};
+use crate::blk::{self, BlkIoError, BlkRequest};
 use crate::config::TestConfig;
 use crate::hal::{BounceHal, DirectHal};
+use crate::memory;
 use crate::pci::{PciBus, RequesterId, VIRTIO_BLK_MODERN, VIRTIO_IOMMU, VIRTIO_VENDOR};
 use crate::report::Report;
+use crate::scenario::{check_memory, check_timer};
 use crate::start_info::StartInfo;
 use crate::transport::PlatformAccessTransport;
 use crate::virtio_iommu::{
     Domain, FaultReason, IommuError, Permissions, RequestKind, RequestStatus, VirtioIommu,
 };
-use crate::{boot, memory, time};
 
 /// The IOMMU as this kernel drives it: its own DMA untranslated, over PCI.
 pub type Iommu = VirtioIommu<DirectHal, PciTransport>;
+
+/// The blk as phase 1 drives it: through the stand-in HAL.
+type Blk = blk::Blk<BounceHal>;
 
 /// IOVA of the bounce area in the blk's domain: 64 GiB, which is not RAM in any configuration,
 /// so a device that bypassed translation would hit nothing instead of silently reaching the
@@ -75,11 +79,11 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
     let iommu_function = pci.find(VIRTIO_VENDOR, VIRTIO_IOMMU).next();
     report.expect(
         "pci.virtio_iommu",
-        iommu_function.is_some() == config.iommu,
+        iommu_function.is_some() == config.iommu.present(),
         format_args!(
             "virtio-iommu {} (expected {})",
             present(iommu_function),
-            if config.iommu { "present" } else { "absent" }
+            if config.iommu.present() { "present" } else { "absent" }
         ),
     );
     let blk_function = pci.find(VIRTIO_VENDOR, VIRTIO_BLK_MODERN).next();
@@ -97,7 +101,7 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
 
     // Decide where the device sees the bounce area before the blk driver allocates its queues.
     let bounce = BounceHal::area_phys();
-    if config.iommu {
+    if config.iommu.present() {
         let Some(function) = iommu_function else {
             return machine;
         };
@@ -152,54 +156,6 @@ fn present<T>(found: Option<T>) -> &'static str {
         "present"
     } else {
         "absent"
-    }
-}
-
-/// RAM layout from firmware; RAM above 4 GiB, if any, must be reachable through the boot map.
-fn check_memory(report: &mut Report, start_info: &StartInfo) {
-    const FOUR_GIB: u64 = 1 << 32;
-    let total: u64 = start_info.ram().iter().map(|range| range.end - range.start).sum();
-    let above = start_info.ram_above(FOUR_GIB);
-    report.expect(
-        "boot.memory_map",
-        total > 0,
-        format_args!(
-            "{} RAM ranges, {} MiB, {} MiB above 4 GiB (start_info v{})",
-            start_info.ram().len(),
-            total >> 20,
-            above >> 20,
-            start_info.version
-        ),
-    );
-    let Some(top) = start_info.ram().iter().map(|range| range.end).max().filter(|&end| end > FOUR_GIB) else {
-        report.skip("boot.high_ram", "no RAM above 4 GiB");
-        return;
-    };
-    let limit = boot::identity_map_limit();
-    let Some(probe) = memory::ptr_of(top - 8, 8) else {
-        report
-            .fail("boot.high_ram", format_args!("RAM ends at {top:#x}, identity map only covers {limit:#x}"));
-        return;
-    };
-    let pattern = 0x5a5a_c3c3_0f0f_f0f0 ^ top;
-    let probe = probe.as_ptr().cast::<u64>();
-    // SAFETY: firmware reports the last 8 bytes below `top` as RAM, `ptr_of` checked they are
-    // identity-mapped, and nothing in the kernel uses memory above 4 GiB (it lives at 1 MiB).
-    let read_back = unsafe {
-        probe.write_volatile(pattern);
-        probe.read_volatile()
-    };
-    report.expect(
-        "boot.high_ram",
-        read_back == pattern,
-        format_args!("wrote and read back {:#x} (top of RAM, map covers {} GiB)", top - 8, limit >> 30),
-    );
-}
-
-fn check_timer(report: &mut Report) {
-    match time::init() {
-        Some(period_fs) => report.pass("time.hpet", format_args!("HPET period {period_fs} fs")),
-        None => report.fail("time.hpet", "no usable HPET: deadlines fall back to poll counts"),
     }
 }
 
@@ -317,8 +273,8 @@ fn init_blk(
     let offered = transport.offers_access_platform();
     report.expect(
         "blk.access_platform",
-        offered == config.iommu,
-        format_args!("VIRTIO_F_ACCESS_PLATFORM offered: {offered} (expected {})", config.iommu),
+        offered == config.iommu.present(),
+        format_args!("VIRTIO_F_ACCESS_PLATFORM offered: {offered} (expected {})", config.iommu.present()),
     );
     match VirtIOBlk::new(transport) {
         Ok(blk) => {

@@ -18,24 +18,24 @@ pub struct Report {
 
 impl Report {
     /// Records a passed check.
-    pub fn pass(&mut self, name: &str, detail: impl Display) {
+    pub fn pass(&mut self, name: impl Display, detail: impl Display) {
         self.passed += 1;
         println!("PASS {name}: {detail}");
     }
 
     /// Records a failed check.
-    pub fn fail(&mut self, name: &str, why: impl Display) {
+    pub fn fail(&mut self, name: impl Display, why: impl Display) {
         self.failed += 1;
         println!("FAIL {name}: {why}");
     }
 
     /// Notes a check that does not apply to this configuration. Not counted.
-    pub fn skip(&mut self, name: &str, why: impl Display) {
+    pub fn skip(&mut self, name: impl Display, why: impl Display) {
         println!("SKIP {name}: {why}");
     }
 
     /// Records a pass if `ok`, a failure otherwise, with the same description either way.
-    pub fn expect(&mut self, name: &str, ok: bool, detail: impl Display) -> bool {
+    pub fn expect(&mut self, name: impl Display, ok: bool, detail: impl Display) -> bool {
         if ok {
             self.pass(name, detail);
         } else {

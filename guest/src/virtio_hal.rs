@@ -1,0 +1,335 @@
+//! [`virtio_drivers::Hal`] over ccdma, so any virtio-drivers user adopts the layer by naming a type
+//! (feature `virtio-hal`).
+//!
+//! virtio-drivers calls its HAL through associated functions (`H::share(..)`), never through a
+//! value, so the HAL cannot carry a reference to a layer or a device. The user names both through a
+//! [`HalBinding`], one per device: `CcdmaHal<MyBlkBinding>` is the HAL of that one device.
+//!
+//! What each call does:
+//!
+//! | `Hal` call | ccdma |
+//! |---|---|
+//! | `share(buf, dir)` | streaming map of the CPU buffer ([`DmaLayer::map_ptr`]): bounced on every confidential path, copy in for `DriverToDevice`/`Both`, zero-filled slot for `DeviceToDriver` |
+//! | `unshare(bus, buf, dir)` | [`DmaLayer::unmap`] with the same length and direction: copy back for `DeviceToDriver`/`Both`, from the guest's own record |
+//! | `dma_alloc(pages, dir)` | pages from the binding ([`HalBinding::alloc_pages`]) made a coherent buffer ([`DmaLayer::alloc_coherent`]: zeroed, shared, entered into the device's window below its coherent mask), recorded in the binding's [`CoherentSlot`]s |
+//! | `dma_dealloc(..)` | [`DmaLayer::free_coherent`] of the recorded buffer, then the pages go back to the binding |
+//!
+//! Directions: `DriverToDevice` -> [`DmaDirection::ToDevice`], `DeviceToDriver` ->
+//! [`DmaDirection::FromDevice`], `Both` -> [`DmaDirection::Bidirectional`].
+//!
+//! Coherent buffers are read and written by the device whatever `dma_alloc`'s direction says
+//! (virtio rings have parts each side writes), so the direction is not used.
+//!
+//! ## When releasing coherent memory fails
+//!
+//! virtio-drivers panics when `dma_dealloc` returns anything but 0, so it always returns 0. If the
+//! layer cannot release the buffer (its window entries could not be cleared, or its pages could not
+//! be made private again), the pages are not given back to the binding: they stay out of use for
+//! good (quarantined, as the layer counts them), and [`HalBinding::failed`] hears about it.
+//!
+//! ## When `share` cannot map
+//!
+//! `Hal::share` has no error return. When the layer refuses a mapping (pool exhausted, buffer
+//! larger than a slot run, device detached), `share` reports the error through
+//! [`HalBinding::failed`] and returns [`HalBinding::unreachable_bus_addr`]: a bus address the
+//! binding guarantees the device cannot reach (outside every IOMMU window; with no IOMMU, an
+//! address that decodes to nothing). The device's access to it then fails at the bus (an IOMMU
+//! fault, or a decode error) instead of touching memory, and virtio devices treat an unmappable
+//! descriptor as a broken request. `unshare` recognises the address and does nothing: there is no
+//! slot to free and nothing to copy back, so the caller's buffer keeps its contents.
+//!
+//! Why not stop the machine: exhaustion is a load condition, not corruption. Stopping is a policy
+//! the binding can still choose, by diverging in [`HalBinding::failed`]. Why not hand out any
+//! other address: every other address is either private memory or somebody else's live mapping.
+//! The cost of the chosen behaviour is that one request fails at the device (and a virtio device
+//! usually stops until reset); the driver sees a timeout or an I/O error, never wrong data.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use virtio_drivers::{BufferDirection, Hal, PhysAddr as VirtioAddr};
+
+use spin::Mutex;
+
+use crate::addr::{BusAddr, PhysAddr};
+use crate::coherent::CoherentBuffer;
+use crate::direction::{DmaAttrs, DmaDirection};
+use crate::error::DmaError;
+use crate::error::IommuError;
+use crate::layer::{Device, DmaLayer};
+use crate::platform::Platform;
+
+/// A request the HAL could not serve. Reported to [`HalBinding::failed`]; what virtio-drivers sees
+/// instead is documented per variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HalFailure {
+    /// `share` could not map a buffer; the device was given the binding's unreachable address.
+    Share {
+        /// What the layer said.
+        error: DmaError,
+        /// The buffer's length.
+        len: usize,
+        /// The mapping's direction.
+        direction: DmaDirection,
+    },
+    /// `unshare` of a bus address the layer does not know, or with another length or direction than
+    /// it was mapped with. Nothing was copied or freed.
+    Unshare {
+        /// What the layer said.
+        error: DmaError,
+        /// The bus address given.
+        bus: BusAddr,
+        /// The length given.
+        len: usize,
+    },
+    /// `dma_alloc` could not allocate; virtio-drivers saw address 0 (its `Error::DmaError`).
+    Alloc {
+        /// Why: [`AllocFailure`].
+        cause: AllocFailure,
+        /// Pages requested.
+        pages: usize,
+    },
+    /// `dma_dealloc` of memory that is not a live coherent buffer of this device, or whose release
+    /// failed. virtio-drivers was told it succeeded (it panics otherwise); a buffer the layer could
+    /// not release is kept out of use for good.
+    Dealloc {
+        /// What the layer said (`UnknownMapping` when no record matches).
+        error: DmaError,
+        /// The bus address given.
+        bus: BusAddr,
+        /// Pages given.
+        pages: usize,
+    },
+}
+
+/// Why `dma_alloc` failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocFailure {
+    /// [`HalBinding::alloc_pages`] had no pages.
+    NoPages,
+    /// The layer refused the coherent buffer.
+    Layer(DmaError),
+    /// Every [`CoherentSlot`] of the binding holds a live buffer.
+    NoRecord,
+    /// The layer gave the buffer bus address 0, which virtio-drivers reads as failure. A binding
+    /// avoids this by reserving bus page 0 ([`DmaLayer::reserve_bus_range`]).
+    AtBusZero,
+}
+
+/// The record of one live coherent buffer of a binding (see [`HalBinding::coherent_slots`]).
+pub struct CoherentSlot(Mutex<Option<CoherentBuffer>>);
+
+impl CoherentSlot {
+    /// An empty record.
+    pub const fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl Default for CoherentSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Ties a [`CcdmaHal`] to one layer and one attached device. Implement it on a unit type per
+/// device; the functions are called on every DMA operation, so they should be cheap (a static).
+pub trait HalBinding: 'static {
+    /// The platform of the layer.
+    type Platform: Platform + 'static;
+
+    /// The layer the device is attached to.
+    fn layer() -> &'static DmaLayer<'static, Self::Platform>;
+
+    /// The device as returned by [`DmaLayer::attach`].
+    fn device() -> &'static Device;
+
+    /// A bus address this device can never reach: outside every IOMMU window of the device, or, with
+    /// no IOMMU, an address at which nothing (no RAM, no MMIO) decodes. Never a bus address the layer
+    /// hands out. Given to the device when `share` cannot map (see the module documentation).
+    fn unreachable_bus_addr() -> BusAddr;
+
+    /// A CPU pointer to the MMIO range `[paddr, paddr + size)` of a BAR (PCI transport set-up).
+    ///
+    /// # Safety
+    ///
+    /// As `Hal::mmio_phys_to_virt`: the range is a valid MMIO region of the device.
+    unsafe fn mmio_phys_to_virt(paddr: u64, size: usize) -> NonNull<u8>;
+
+    /// `pages` page-aligned pages of guest RAM that the binding owns and nothing uses, for a
+    /// coherent buffer; `None` when there are none. The layer zeroes and shares them. With no IOMMU
+    /// they must lie below the device's coherent mask (the device uses their shared address);
+    /// behind an IOMMU they may be anywhere (the window gives them a bus address below the mask).
+    fn alloc_pages(pages: usize) -> Option<PhysAddr>;
+
+    /// Takes back pages [`HalBinding::alloc_pages`] gave out, once they are private again.
+    ///
+    /// # Safety
+    ///
+    /// `phys` and `pages` are exactly what one `alloc_pages` returned and was asked for, and
+    /// nothing uses the pages any more.
+    unsafe fn free_pages(phys: PhysAddr, pages: usize);
+
+    /// Records of the device's live coherent buffers (virtio-drivers hands back only addresses;
+    /// the layer frees by its own handle). One per virtqueue ring allocation is needed: two per
+    /// queue with virtio-drivers 0.13. A `static [CoherentSlot; N]` initialised with
+    /// `[const { CoherentSlot::new() }; N]`.
+    fn coherent_slots() -> &'static [CoherentSlot];
+
+    /// Called for every request the HAL could not serve, before it answers as [`HalFailure`] says.
+    /// The default does nothing (the layer has already counted and, rate-limited, logged the
+    /// failure). A binding that prefers to stop the machine diverges here.
+    fn failed(failure: HalFailure) {
+        let _ = failure;
+    }
+}
+
+/// The `virtio_drivers::Hal` of the device named by `B`.
+pub struct CcdmaHal<B: HalBinding>(PhantomData<B>);
+
+/// True when the pages behind a failed allocation or release may be used again: nothing left them
+/// shared or named by a window entry.
+fn pages_reusable(error: &DmaError) -> bool {
+    match error {
+        DmaError::SharingFailed { quarantined, .. } => *quarantined == 0,
+        DmaError::UnsharingFailed { .. } | DmaError::Iommu(IommuError::Quarantined { .. }) => false,
+        _ => true,
+    }
+}
+
+/// A coherent buffer of `pages` pages for `B`'s device, recorded in one of its slots.
+fn alloc<B: HalBinding>(pages: usize) -> Result<CoherentBuffer, AllocFailure> {
+    let layer = B::layer();
+    let device = B::device();
+    // Claim a record first: running out of records must not cost a sharing call.
+    let slot = B::coherent_slots().iter().find_map(|slot| {
+        let record = slot.0.try_lock()?;
+        record.is_none().then_some(record)
+    });
+    let Some(mut record) = slot else {
+        return Err(AllocFailure::NoRecord);
+    };
+    let phys = B::alloc_pages(pages).ok_or(AllocFailure::NoPages)?;
+    // SAFETY: the binding hands these pages over for the buffer's life (`alloc_pages` contract);
+    // they go back to it only after `free_coherent` made them private again.
+    let buffer = match unsafe { layer.alloc_coherent(device, phys, pages as u64) } {
+        Ok(buffer) => buffer,
+        Err(error) => {
+            if pages_reusable(&error) {
+                // SAFETY: exactly what `alloc_pages` returned; the layer left them private.
+                unsafe { B::free_pages(phys, pages) };
+            }
+            return Err(AllocFailure::Layer(error));
+        }
+    };
+    if buffer.bus_addr().0 == 0 {
+        if layer.free_coherent(device, buffer).is_ok() {
+            // SAFETY: as above: private again, unused.
+            unsafe { B::free_pages(phys, pages) };
+        }
+        return Err(AllocFailure::AtBusZero);
+    }
+    *record = Some(buffer);
+    Ok(buffer)
+}
+
+/// Releases the recorded coherent buffer at `bus`/`cpu` of `pages` pages.
+fn free<B: HalBinding>(bus: BusAddr, cpu: NonNull<u8>, pages: usize) -> Result<(), DmaError> {
+    let buffer = B::coherent_slots().iter().find_map(|slot| {
+        let mut record = slot.0.lock();
+        let matches =
+            record.is_some_and(|b| b.bus_addr() == bus && b.cpu_ptr() == cpu && b.pages() == pages as u64);
+        if matches {
+            record.take()
+        } else {
+            None
+        }
+    });
+    let buffer = buffer.ok_or(DmaError::UnknownMapping(bus))?;
+    match B::layer().free_coherent(B::device(), buffer) {
+        Ok(()) => {
+            // SAFETY: the pages came from `alloc_pages` for this buffer, are private again and no
+            // longer used by anyone (virtio-drivers' `dma_dealloc` contract).
+            unsafe { B::free_pages(buffer.phys(), pages) };
+            Ok(())
+        }
+        // Not released: keep the pages out of use for good (still shared, or still in a window).
+        Err(error) => Err(error),
+    }
+}
+
+/// The layer's direction for a virtio buffer direction.
+pub const fn dma_direction(direction: BufferDirection) -> DmaDirection {
+    match direction {
+        BufferDirection::DriverToDevice => DmaDirection::ToDevice,
+        BufferDirection::DeviceToDriver => DmaDirection::FromDevice,
+        BufferDirection::Both => DmaDirection::Bidirectional,
+    }
+}
+
+// SAFETY: `dma_alloc` returns a coherent buffer the layer zeroed over pages the binding handed over
+// for its life (page-aligned, owned by nobody else until `dma_dealloc`), or address 0 on failure;
+// `mmio_phys_to_virt` is the binding's; `share` returns either a bus address of a fresh bounce slot
+// run that holds a copy of (or zeroes for) the buffer and that no one else uses until `unshare`, or
+// the binding's unreachable address, which no device access can turn into a memory access; `unshare`
+// copies back only through the layer's own record of a mapping of the same length and direction.
+unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (VirtioAddr, NonNull<u8>) {
+        match alloc::<B>(pages) {
+            Ok(buffer) => (buffer.bus_addr().0, buffer.cpu_ptr()),
+            Err(cause) => {
+                B::failed(HalFailure::Alloc { cause, pages });
+                (0, NonNull::dangling())
+            }
+        }
+    }
+
+    unsafe fn dma_dealloc(paddr: VirtioAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        let bus = BusAddr(paddr);
+        if let Err(error) = free::<B>(bus, vaddr, pages) {
+            B::failed(HalFailure::Dealloc { error, bus, pages });
+        }
+        // Always 0: virtio-drivers panics on anything else (see the module documentation).
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: VirtioAddr, size: usize) -> NonNull<u8> {
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { B::mmio_phys_to_virt(paddr, size) }
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> VirtioAddr {
+        let direction = dma_direction(direction);
+        let len = buffer.len();
+        // SAFETY: virtio-drivers guarantees the buffer is valid and untouched by others from `share`
+        // until the matching `unshare` (it is a descriptor of an in-flight request), which is the
+        // layer's contract for a streaming mapping. `DriverToDevice` buffers are never written: the
+        // layer writes the original only for directions in which the device writes.
+        let mapped = unsafe {
+            B::layer().map_ptr(B::device(), buffer.as_ptr().cast::<u8>(), len, direction, DmaAttrs::NONE)
+        };
+        match mapped {
+            Ok(bus) => bus.0,
+            Err(error) => {
+                B::failed(HalFailure::Share { error, len, direction });
+                B::unreachable_bus_addr().0
+            }
+        }
+    }
+
+    unsafe fn unshare(paddr: VirtioAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
+        let bus = BusAddr(paddr);
+        if bus == B::unreachable_bus_addr() {
+            // `share` failed for this buffer: nothing was mapped, nothing to copy back.
+            return;
+        }
+        let len = buffer.len();
+        // The copy back goes to the original recorded at map time, which is this buffer
+        // (virtio-drivers passes the same one); the layer checks length and direction against its
+        // record and changes nothing if they differ.
+        if let Err(error) = B::layer().unmap(B::device(), bus, len, dma_direction(direction), DmaAttrs::NONE)
+        {
+            B::failed(HalFailure::Unshare { error, bus, len });
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The kernel's ccdma instance: one [`DmaLayer`] over [`PLATFORM`], its pools, and one
+//! `virtio_drivers::Hal` per managed device.
+//!
+//! Each managed device gets a binding type (see [`dma_binding!`]) that names the layer and the
+//! device's [`Device`] handle; its HAL is [`Observed`]`<Binding>`, which is ccdma's
+//! [`CcdmaHal`] plus bookkeeping for the report: bytes each way, the range of bus addresses the
+//! device was given, and a check of every such address against the page ledger.
+
+use ccdma::virtio_hal::{dma_direction, CcdmaHal, HalBinding, HalFailure};
+use ccdma::{BusAddr, Device, DmaError, DmaLayer, PhysAddr, PoolConfig, SlotMeta};
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::{Mutex, Once};
+use virtio_drivers::{BufferDirection, Hal, PhysAddr as VirtioAddr};
+
+use crate::memory::{self, SlotBitmap, StaticRegion, PAGE_SIZE};
+use crate::platform::{QemuPlatform, PLATFORM};
+
+/// The layer type of this kernel.
+pub type Layer = DmaLayer<'static, &'static QemuPlatform>;
+
+/// A bus address no device can reach: far above RAM and every BAR, and outside every IOMMU window
+/// this kernel creates. `share` hands it out when ccdma refuses a mapping (see `ccdma::virtio_hal`).
+pub const UNREACHABLE_BUS: BusAddr = BusAddr(0x0000_dead_0000_0000);
+
+/// Bytes per pool.
+pub const POOL_SIZE: usize = 4 << 20;
+/// Slot metadata entries per pool.
+const POOL_SLOTS: usize = POOL_SIZE / 2048;
+
+static LAYER: Once<Layer> = Once::new();
+
+/// A value in `.bss` that can be borrowed mutably exactly once, for the kernel's lifetime (pool
+/// metadata, which the layer keeps `&'static mut`).
+pub struct TakeOnce<T> {
+    taken: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is only reached through `take`, which hands out one `&mut` ever.
+unsafe impl<T: Send> Sync for TakeOnce<T> {}
+
+impl<T> TakeOnce<T> {
+    /// Wraps `value`.
+    pub const fn new(value: T) -> Self {
+        Self { taken: AtomicBool::new(false), value: UnsafeCell::new(value) }
+    }
+
+    /// The value, the first time; `None` after.
+    // The `&mut` comes out of the `UnsafeCell`, handed out once (the flag), not out of `&self`.
+    #[allow(clippy::mut_from_ref)]
+    pub fn take(&'static self) -> Option<&'static mut T> {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: the flag was clear, so this is the only reference ever created, and `self` is
+        // `'static`.
+        Some(unsafe { &mut *self.value.get() })
+    }
+}
+
+/// Pool memory below 4 GiB (in `.bss`).
+static LOW_POOL: StaticRegion<POOL_SIZE> = StaticRegion::new();
+static LOW_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EMPTY; POOL_SLOTS]);
+static HIGH_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EMPTY; POOL_SLOTS]);
+
+/// Where pools go.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum PoolPlacement {
+    /// One pool below 4 GiB.
+    Low,
+    /// One pool at the top of RAM above 4 GiB, and one below 4 GiB for devices that cannot reach
+    /// it (without an IOMMU, a 32-bit device needs memory below 4 GiB).
+    HighAndLow,
+}
+
+/// A pool as set up, for the report.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolInfo {
+    /// Physical start.
+    pub phys: u64,
+    /// Bytes.
+    pub len: usize,
+}
+
+/// Why the layer could not be set up.
+#[derive(Debug)]
+pub enum SetupError {
+    /// No RAM above 4 GiB (or not identity-mapped) for the high pool.
+    NoHighRam,
+    /// The layer refused a pool.
+    Pool(DmaError),
+    /// `init` ran twice.
+    AlreadyInitialised,
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Self::NoHighRam => write!(f, "no identity-mapped RAM above 4 GiB for the high pool"),
+            Self::Pool(error) => write!(f, "pool refused: {error}"),
+            Self::AlreadyInitialised => write!(f, "layer already set up"),
+        }
+    }
+}
+
+/// Builds the layer and its pools. The pools' pages become shared (ledger) here.
+pub fn init(placement: PoolPlacement) -> Result<([Option<PoolInfo>; 2], &'static Layer), SetupError> {
+    let mut layer = Layer::new(&PLATFORM);
+    let mut pools = [None, None];
+    if placement == PoolPlacement::HighAndLow {
+        let top = PLATFORM.ledger().ram_end();
+        let phys = top.saturating_sub(POOL_SIZE as u64) & !((2 << 20) - 1);
+        if phys < 1 << 32 || memory::ptr_of(phys, POOL_SIZE).is_none() {
+            return Err(SetupError::NoHighRam);
+        }
+        let meta = HIGH_META.take().ok_or(SetupError::AlreadyInitialised)?;
+        // SAFETY: the top of RAM above 4 GiB is used by nothing else in this kernel (code, data,
+        // stacks and every static live below 4 GiB) and the layer lives for the rest of the run.
+        unsafe { layer.add_pool(PhysAddr(phys), POOL_SIZE, meta, PoolConfig::default()) }
+            .map_err(SetupError::Pool)?;
+        pools[0] = Some(PoolInfo { phys, len: POOL_SIZE });
+    }
+    let low = LOW_POOL.phys_range().start;
+    let meta = LOW_META.take().ok_or(SetupError::AlreadyInitialised)?;
+    // SAFETY: LOW_POOL is used by nothing but the layer (it is private to this module and handed
+    // over once, guarded by LOW_META's take-once flag).
+    unsafe { layer.add_pool(PhysAddr(low), POOL_SIZE, meta, PoolConfig::default()) }
+        .map_err(SetupError::Pool)?;
+    pools[1] = Some(PoolInfo { phys: low, len: POOL_SIZE });
+    let mut fresh = false;
+    let layer = LAYER.call_once(|| {
+        fresh = true;
+        layer
+    });
+    if !fresh {
+        return Err(SetupError::AlreadyInitialised);
+    }
+    Ok((pools, layer))
+}
+
+/// The layer; panics if [`init`] has not run (a kernel bug: devices are only set up after it).
+pub fn layer() -> &'static Layer {
+    LAYER.get().expect("DMA layer used before dma::init")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages for coherent buffers (virtqueues).
+//
+// ccdma makes coherent buffers out of pages the caller owns: these come from a `.bss` area below
+// 4 GiB (so they suit 32-bit devices without an IOMMU too). ccdma zeroes and shares them and,
+// behind an IOMMU, enters them into the device's window.
+
+const COHERENT_PAGES: usize = 128;
+static COHERENT_AREA: StaticRegion<{ COHERENT_PAGES * PAGE_SIZE }> = StaticRegion::new();
+static COHERENT_USED: Mutex<SlotBitmap<{ COHERENT_PAGES / 64 }>> = Mutex::new(SlotBitmap::new());
+
+/// `pages` free pages of the coherent area.
+pub fn alloc_pages(pages: usize) -> Option<PhysAddr> {
+    let first = COHERENT_USED.lock().alloc(pages, 1)?;
+    Some(PhysAddr(memory::phys_of(COHERENT_AREA.base().wrapping_add(first * PAGE_SIZE))))
+}
+
+/// Gives pages back to the coherent area.
+pub fn free_pages(phys: PhysAddr, pages: usize) {
+    let first = (phys.0 - COHERENT_AREA.phys_range().start) as usize / PAGE_SIZE;
+    COHERENT_USED.lock().free(first, pages);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-device bindings and their bookkeeping.
+
+/// What one device's HAL did, for the report.
+pub struct DeviceStats {
+    /// Streaming maps (`share`).
+    pub maps: AtomicU64,
+    /// Bytes of buffers the device reads (`DriverToDevice`, `Both`).
+    pub bytes_to_device: AtomicU64,
+    /// Bytes of buffers the device writes (`DeviceToDriver`, `Both`).
+    pub bytes_from_device: AtomicU64,
+    /// Lowest bus address handed to the device (maps and coherent memory).
+    pub min_bus: AtomicU64,
+    /// Highest bus address (last byte) handed to the device.
+    pub max_bus: AtomicU64,
+    /// Coherent pages allocated (virtqueues).
+    pub coherent_pages: AtomicU64,
+    /// Requests ccdma refused (the device got [`UNREACHABLE_BUS`]).
+    pub refused: AtomicU64,
+    /// Addresses given to the device that were not shared memory.
+    pub unshared_given: AtomicU64,
+    /// Test knob: hand the device the private buffer itself instead of mapping it.
+    pub passthrough: AtomicBool,
+    /// The last HAL failure.
+    pub last_failure: Mutex<Option<HalFailure>>,
+}
+
+impl DeviceStats {
+    /// Nothing recorded.
+    pub const fn new() -> Self {
+        Self {
+            maps: AtomicU64::new(0),
+            bytes_to_device: AtomicU64::new(0),
+            bytes_from_device: AtomicU64::new(0),
+            min_bus: AtomicU64::new(u64::MAX),
+            max_bus: AtomicU64::new(0),
+            coherent_pages: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            unshared_given: AtomicU64::new(0),
+            passthrough: AtomicBool::new(false),
+            last_failure: Mutex::new(None),
+        }
+    }
+
+    fn saw_bus(&self, bus: u64, len: usize) {
+        self.min_bus.fetch_min(bus, Ordering::Relaxed);
+        self.max_bus.fetch_max(bus + len as u64 - 1, Ordering::Relaxed);
+    }
+
+    /// Lowest and highest bus address handed out, if any.
+    pub fn bus_range(&self) -> Option<(u64, u64)> {
+        let min = self.min_bus.load(Ordering::Relaxed);
+        (min != u64::MAX).then(|| (min, self.max_bus.load(Ordering::Relaxed)))
+    }
+}
+
+/// A [`HalBinding`] with the kernel's bookkeeping.
+pub trait KernelBinding: HalBinding<Platform = &'static QemuPlatform> {
+    /// Short name for reports.
+    const NAME: &'static str;
+    /// The device's bookkeeping.
+    fn stats() -> &'static DeviceStats;
+    /// Where the binding keeps its device handle.
+    fn slot() -> &'static Once<Device>;
+}
+
+/// Declares a binding type `$name` for one device, reported as `$label`.
+macro_rules! dma_binding {
+    ($(#[$meta:meta])* $name:ident, $label:literal) => {
+        $(#[$meta])*
+        pub struct $name;
+
+        const _: () = {
+            static DEVICE: ::spin::Once<::ccdma::Device> = ::spin::Once::new();
+            static STATS: $crate::dma::DeviceStats = $crate::dma::DeviceStats::new();
+            static COHERENT: [::ccdma::virtio_hal::CoherentSlot; 8] =
+                [const { ::ccdma::virtio_hal::CoherentSlot::new() }; 8];
+
+            impl ::ccdma::virtio_hal::HalBinding for $name {
+                type Platform = &'static $crate::platform::QemuPlatform;
+
+                fn layer() -> &'static $crate::dma::Layer {
+                    $crate::dma::layer()
+                }
+
+                fn device() -> &'static ::ccdma::Device {
+                    DEVICE.get().expect(concat!($label, ": HAL used before the device was attached"))
+                }
+
+                fn unreachable_bus_addr() -> ::ccdma::BusAddr {
+                    $crate::dma::UNREACHABLE_BUS
+                }
+
+                unsafe fn mmio_phys_to_virt(paddr: u64, size: usize) -> ::core::ptr::NonNull<u8> {
+                    $crate::dma::mmio_identity(paddr, size)
+                }
+
+                fn alloc_pages(pages: usize) -> Option<::ccdma::PhysAddr> {
+                    $crate::dma::alloc_pages(pages)
+                }
+
+                unsafe fn free_pages(phys: ::ccdma::PhysAddr, pages: usize) {
+                    $crate::dma::free_pages(phys, pages)
+                }
+
+                fn coherent_slots() -> &'static [::ccdma::virtio_hal::CoherentSlot] {
+                    &COHERENT
+                }
+
+                fn failed(failure: ::ccdma::virtio_hal::HalFailure) {
+                    $crate::dma::record_failure(&STATS, $label, failure)
+                }
+            }
+
+            impl $crate::dma::KernelBinding for $name {
+                const NAME: &'static str = $label;
+
+                fn stats() -> &'static $crate::dma::DeviceStats {
+                    &STATS
+                }
+
+                fn slot() -> &'static ::spin::Once<::ccdma::Device> {
+                    &DEVICE
+                }
+            }
+        };
+    };
+}
+pub(crate) use dma_binding;
+
+/// Identity mapping of a BAR range (every BAR sits below the identity map's limit).
+pub fn mmio_identity(paddr: u64, size: usize) -> NonNull<u8> {
+    memory::ptr_of(paddr, size)
+        .unwrap_or_else(|| panic!("MMIO region {paddr:#x}+{size:#x} is outside the identity map"))
+}
+
+/// Records a HAL failure of one device (and logs it: a refused request is worth a line).
+pub fn record_failure(stats: &DeviceStats, label: &str, failure: HalFailure) {
+    if matches!(failure, HalFailure::Share { .. }) {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    log::warn!("{label}: HAL request refused: {failure:?}");
+    *stats.last_failure.lock() = Some(failure);
+}
+
+/// Attaches the device of binding `B` to the layer with `config` and records its handle.
+pub fn attach<B: KernelBinding>(config: ccdma::DeviceConfig) -> Result<&'static Device, DmaError> {
+    let device = layer().attach(config)?;
+    Ok(B::slot().call_once(|| device))
+}
+
+/// The HAL of binding `B`'s device: ccdma's [`CcdmaHal`] plus the kernel's bookkeeping and its
+/// check that every bus address given to the device reaches only shared memory.
+pub struct Observed<B: KernelBinding>(core::marker::PhantomData<B>);
+
+impl<B: KernelBinding> Observed<B> {
+    fn device_id() -> u32 {
+        B::device().config().id
+    }
+}
+
+// SAFETY: every call is forwarded to `CcdmaHal<B>`, whose guarantees carry over unchanged; the
+// bookkeeping only reads addresses and lengths. The passthrough knob (tests of IOMMU containment
+// only) hands the device the buffer's own physical address, which is valid memory of the buffer
+// that virtio-drivers owns until `unshare`.
+unsafe impl<B: KernelBinding> Hal for Observed<B> {
+    fn dma_alloc(pages: usize, direction: BufferDirection) -> (VirtioAddr, NonNull<u8>) {
+        let (bus, cpu) = CcdmaHal::<B>::dma_alloc(pages, direction);
+        if bus != 0 {
+            let stats = B::stats();
+            stats.coherent_pages.fetch_add(pages as u64, Ordering::Relaxed);
+            stats.saw_bus(bus, pages * PAGE_SIZE);
+            if !PLATFORM.check_device_address(Self::device_id(), BusAddr(bus), pages * PAGE_SIZE) {
+                stats.unshared_given.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        (bus, cpu)
+    }
+
+    unsafe fn dma_dealloc(paddr: VirtioAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        B::stats().coherent_pages.fetch_sub(pages as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { CcdmaHal::<B>::dma_dealloc(paddr, vaddr, pages) }
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: VirtioAddr, size: usize) -> NonNull<u8> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { CcdmaHal::<B>::mmio_phys_to_virt(paddr, size) }
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> VirtioAddr {
+        let stats = B::stats();
+        let len = buffer.len();
+        if stats.passthrough.load(Ordering::Relaxed) {
+            return memory::phys_of(buffer.as_ptr().cast());
+        }
+        // SAFETY: the caller's contract, passed on.
+        let bus = unsafe { CcdmaHal::<B>::share(buffer, direction) };
+        if bus == UNREACHABLE_BUS.0 {
+            return bus;
+        }
+        stats.maps.fetch_add(1, Ordering::Relaxed);
+        let direction = dma_direction(direction);
+        if direction.device_reads() {
+            stats.bytes_to_device.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        if direction.device_writes() {
+            stats.bytes_from_device.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        stats.saw_bus(bus, len);
+        if !PLATFORM.check_device_address(Self::device_id(), BusAddr(bus), len) {
+            stats.unshared_given.fetch_add(1, Ordering::Relaxed);
+        }
+        bus
+    }
+
+    unsafe fn unshare(paddr: VirtioAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
+        if paddr == memory::phys_of(buffer.as_ptr().cast()) && B::stats().passthrough.load(Ordering::Relaxed)
+        {
+            // Handed out by the passthrough knob: nothing was mapped.
+            return;
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { CcdmaHal::<B>::unshare(paddr, buffer, direction) }
+    }
+}

@@ -1,0 +1,942 @@
+//! The checks the kernel runs with ccdma, in order, and the closing report.
+//!
+//! Every managed device (data blk, containment blk, rng, two NICs) is attached to the one
+//! [`dma::Layer`] and driven by virtio-drivers through its own `CcdmaHal` binding. The benchmark
+//! blk is the exception on purpose: it sits outside the IOMMU and uses its private buffers
+//! directly, as the no-bounce, no-IOMMU baseline.
+
+use ccdma::{DeviceConfig, DmaMask, DmaPath};
+use core::fmt;
+use core::sync::atomic::Ordering;
+use core::time::Duration;
+use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::pci::bus::DeviceFunction;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::Hal;
+
+use crate::blk::{self, Blk, BlkIoError, BlkRequest};
+use crate::config::{slot, IommuMode, TestConfig};
+use crate::dma::{self, dma_binding, KernelBinding, Observed, PoolPlacement};
+use crate::hal::DirectHal;
+use crate::net::{Nic, MAX_FRAME};
+use crate::pci::{self, PciBus, RequesterId, VIRTIO_VENDOR};
+use crate::platform::PLATFORM;
+use crate::report::Report;
+use crate::rng::VirtioRng;
+use crate::start_info::StartInfo;
+use crate::transport::PlatformAccessTransport;
+use crate::{boot, memory, patterns, phase1, println, time};
+
+dma_binding!(
+    /// The data virtio-blk.
+    BlkBinding,
+    "blk"
+);
+dma_binding!(
+    /// The virtio-rng.
+    RngBinding,
+    "rng"
+);
+dma_binding!(
+    /// The first virtio-net.
+    NetABinding,
+    "net-a"
+);
+dma_binding!(
+    /// The second virtio-net.
+    NetBBinding,
+    "net-b"
+);
+
+type Transport = PlatformAccessTransport<PciTransport>;
+type DataBlk = Blk<Observed<BlkBinding>>;
+type BenchBlk = Blk<DirectHal>;
+type Rng = VirtioRng<Observed<RngBinding>, Transport>;
+
+const FOUR_GIB: u64 = 1 << 32;
+/// A sector transfer takes microseconds; this only bounds a broken device.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound for one frame to arrive.
+const NET_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The runner writes this at the start of the data disk; reading it proves data comes from the
+/// disk, not from stale memory.
+const DISK_SIGNATURE: &[u8] = b"CCDMA-DISK-SIGNATURE";
+/// Written at the start of sector [`WRITE_SECTOR`]; the runner looks for it in the image after
+/// QEMU exits, which proves the write reached the disk.
+const WRITE_MARKER: &[u8] = b"CCDMA-WRITE-CHECK";
+const WRITE_SECTOR: usize = 1;
+
+/// Block patterns: (sectors, byte offset of the buffer from a 4 KiB boundary). Sizes from one
+/// sector to the largest mapping a pool run holds (256 KiB); offsets make buffers start inside a
+/// page and cross page boundaries.
+const BLK_PATTERNS: &[(usize, usize)] = &[
+    (1, 0),
+    (1, 8),
+    (2, 512),
+    (3, 24),
+    (7, 0),
+    (8, 0),
+    (8, 2048),
+    (16, 8),
+    (31, 64),
+    (64, 0),
+    (100, 512),
+    (128, 0),
+    (255, 8),
+    (512, 0),
+];
+/// First sector the patterns use (the signature and marker live below).
+const PATTERN_FIRST_SECTOR: usize = 64;
+
+/// virtio-rng buffer sizes.
+const RNG_SIZES: &[usize] = &[1, 16, 63, 512, 4096, 16384, 65536];
+/// Frame sizes (Ethernet header included, FCS excluded).
+const FRAME_SIZES: &[usize] = &[60, 61, 128, 333, 1000, 1500, MAX_FRAME];
+/// Ethertype for the test frames (IEEE local experimental).
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+
+/// Benchmark: bytes written and read per device, in requests of [`BENCH_CHUNK`].
+const BENCH_BYTES: usize = 8 << 20;
+const BENCH_CHUNK: usize = 128 << 10;
+const BENCH_FIRST_SECTOR: usize = 4096;
+
+/// Everything that must stay alive until the machine stops (dropping a virtio driver resets its
+/// device; dropping the IOMMU deletes every domain). Held, never read.
+#[allow(dead_code, clippy::large_enum_variant)]
+pub enum Machine {
+    /// Phase-1 configuration.
+    Phase1(phase1::Machine),
+    /// ccdma configurations.
+    Ccdma(Devices),
+}
+
+/// The ccdma configurations' devices.
+#[derive(Default)]
+pub struct Devices {
+    blk: Option<DataBlk>,
+    rng: Option<Rng>,
+    net_a: Option<Nic<Observed<NetABinding>>>,
+    net_b: Option<Nic<Observed<NetBBinding>>>,
+    bench: Option<BenchBlk>,
+}
+
+/// Runs every check for `config`.
+pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> Machine {
+    if config.iommu == IommuMode::Phase1 {
+        return Machine::Phase1(phase1::run(report, start_info, config));
+    }
+    let mut devices = Devices::default();
+    check_memory(report, start_info);
+    check_timer(report);
+    PLATFORM.ledger().set_ram(start_info.ram());
+
+    let mut pci = PciBus::q35();
+    let found = survey(report, &pci, config);
+
+    let placement = if config.high_ram { PoolPlacement::HighAndLow } else { PoolPlacement::Low };
+    match dma::init(placement) {
+        Ok((pools, _)) => {
+            let pools = pools.iter().flatten();
+            let count = pools.clone().count();
+            let high = pools.clone().any(|pool| pool.phys >= FOUR_GIB);
+            report.expect(
+                "ccdma.pools",
+                high == config.high_ram,
+                format_args!(
+                    "{count} pool(s) shared: {}",
+                    PoolList(pools.clone().map(|pool| (pool.phys, pool.len)).collect_array())
+                ),
+            );
+        }
+        Err(error) => {
+            report.fail("ccdma.pools", error);
+            return Machine::Ccdma(devices);
+        }
+    }
+    report.skip("iommu", "no IOMMU in this configuration: containment is the hardware's job (TDX)");
+
+    let mask32 = DmaMask::BITS_32;
+    let mask64 = DmaMask::BITS_64;
+    if let Some(function) = found.blk {
+        devices.blk = open_managed::<BlkBinding, _, _>(report, &mut pci, function, mask64, VirtIOBlk::new);
+    }
+    if let Some(function) = found.rng {
+        devices.rng = open_managed::<RngBinding, _, _>(report, &mut pci, function, mask32, VirtioRng::new);
+    }
+    if let Some(function) = found.net_a {
+        devices.net_a = open_managed::<NetABinding, _, _>(report, &mut pci, function, mask32, |t| {
+            VirtIONetRaw::new(t).map_err(crate::net::NetError::from).and_then(Nic::new)
+        });
+    }
+    if let Some(function) = found.net_b {
+        devices.net_b = open_managed::<NetBBinding, _, _>(report, &mut pci, function, mask64, |t| {
+            VirtIONetRaw::new(t).map_err(crate::net::NetError::from).and_then(Nic::new)
+        });
+    }
+    if let Some(function) = found.bench {
+        devices.bench = open_bench(report, &mut pci, function);
+    }
+
+    if let Some(blk) = devices.blk.as_mut() {
+        check_disk_signature(report, blk);
+        check_write_marker(report, blk);
+        check_blk_patterns(report, blk);
+    }
+    if let Some(rng) = devices.rng.as_mut() {
+        check_rng(report, rng);
+    }
+    if let (Some(a), Some(b)) = (devices.net_a.as_mut(), devices.net_b.as_mut()) {
+        check_net(report, a, b);
+    }
+    check_masks(report, config);
+    if config.bench {
+        match (devices.blk.as_mut(), devices.bench.as_mut()) {
+            (Some(managed), Some(baseline)) => run_bench(report, managed, baseline, config),
+            _ => report.fail("bench.blk", "benchmark needs the data blk and the baseline blk"),
+        }
+    }
+    check_ledger(report, &devices);
+    print_summary(config, &found, &devices);
+    Machine::Ccdma(devices)
+}
+
+/// Up to two pools (address, length), for a report line.
+struct PoolList([Option<(u64, usize)>; 2]);
+
+impl fmt::Display for PoolList {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let mut first = true;
+        for &(phys, len) in self.0.iter().flatten() {
+            if !first {
+                write!(f, ", ")?;
+            }
+            first = false;
+            let side = if phys >= FOUR_GIB { "above" } else { "below" };
+            write!(f, "{} KiB at phys {phys:#x} ({side} 4 GiB)", len >> 10)?;
+        }
+        Ok(())
+    }
+}
+
+trait CollectArray<T> {
+    fn collect_array(self) -> [Option<T>; 2];
+}
+
+impl<T: Copy, I: Iterator<Item = T>> CollectArray<T> for I {
+    fn collect_array(self) -> [Option<T>; 2] {
+        let mut out = [None; 2];
+        for (slot, value) in out.iter_mut().zip(self) {
+            *slot = Some(value);
+        }
+        out
+    }
+}
+
+/// RAM layout from firmware; RAM above 4 GiB, if any, must be reachable through the boot map.
+pub fn check_memory(report: &mut Report, start_info: &StartInfo) {
+    let total: u64 = start_info.ram().iter().map(|range| range.end - range.start).sum();
+    let above = start_info.ram_above(FOUR_GIB);
+    report.expect(
+        "boot.memory_map",
+        total > 0,
+        format_args!(
+            "{} RAM ranges, {} MiB, {} MiB above 4 GiB (start_info v{})",
+            start_info.ram().len(),
+            total >> 20,
+            above >> 20,
+            start_info.version
+        ),
+    );
+    let Some(top) = start_info.ram().iter().map(|range| range.end).max().filter(|&end| end > FOUR_GIB) else {
+        report.skip("boot.high_ram", "no RAM above 4 GiB");
+        return;
+    };
+    let limit = boot::identity_map_limit();
+    let Some(probe) = memory::ptr_of(top - 8, 8) else {
+        report
+            .fail("boot.high_ram", format_args!("RAM ends at {top:#x}, identity map only covers {limit:#x}"));
+        return;
+    };
+    let pattern = 0x5a5a_c3c3_0f0f_f0f0 ^ top;
+    let probe = probe.as_ptr().cast::<u64>();
+    // SAFETY: firmware reports the last 8 bytes below `top` as RAM, `ptr_of` checked they are
+    // identity-mapped, and nothing uses that memory yet (the high pool is set up later).
+    let read_back = unsafe {
+        probe.write_volatile(pattern);
+        probe.read_volatile()
+    };
+    report.expect(
+        "boot.high_ram",
+        read_back == pattern,
+        format_args!("wrote and read back {:#x} (top of RAM, map covers {} GiB)", top - 8, limit >> 30),
+    );
+}
+
+/// Starts the HPET, which bounds every wait.
+pub fn check_timer(report: &mut Report) {
+    match time::init() {
+        Some(period_fs) => report.pass("time.hpet", format_args!("HPET period {period_fs} fs")),
+        None => report.fail("time.hpet", "no usable HPET: deadlines fall back to poll counts"),
+    }
+}
+
+/// The PCI functions of each role, where present.
+#[derive(Default)]
+struct Found {
+    iommu: Option<DeviceFunction>,
+    blk: Option<DeviceFunction>,
+    blk_fault: Option<DeviceFunction>,
+    rng: Option<DeviceFunction>,
+    net_a: Option<DeviceFunction>,
+    net_b: Option<DeviceFunction>,
+    bench: Option<DeviceFunction>,
+}
+
+/// Lists bus 0 and finds each role at its slot, checking the device there is what the
+/// configuration promised.
+fn survey(report: &mut Report, pci: &PciBus, config: &TestConfig) -> Found {
+    println!("devices on PCI bus 0:");
+    for (function, info) in pci.functions() {
+        if info.vendor_id == VIRTIO_VENDOR {
+            println!(
+                "  {function} {} ({:04x}:{:04x})",
+                pci::virtio_name(info.device_id),
+                info.vendor_id,
+                info.device_id
+            );
+        }
+    }
+    let mut found = Found::default();
+    let roles: [(&str, u8, u16, bool, &mut Option<DeviceFunction>); 7] = [
+        ("virtio-iommu", slot::IOMMU, pci::VIRTIO_IOMMU, config.iommu.present(), &mut found.iommu),
+        ("blk", slot::BLK, pci::VIRTIO_BLK_MODERN, true, &mut found.blk),
+        (
+            "blk-fault",
+            slot::BLK_FAULT,
+            pci::VIRTIO_BLK_MODERN,
+            config.full && config.iommu.present(),
+            &mut found.blk_fault,
+        ),
+        ("rng", slot::RNG, pci::VIRTIO_RNG_MODERN, true, &mut found.rng),
+        ("net-a", slot::NET_A, pci::VIRTIO_NET_MODERN, true, &mut found.net_a),
+        ("net-b", slot::NET_B, pci::VIRTIO_NET_MODERN, true, &mut found.net_b),
+        ("bench-blk", slot::BLK_BENCH, pci::VIRTIO_BLK_MODERN, config.bench, &mut found.bench),
+    ];
+    let mut missing = 0;
+    let mut present = 0;
+    for (name, slot, device_id, expected, out) in roles {
+        let at = pci
+            .at_slot(slot)
+            .filter(|(_, info)| info.vendor_id == VIRTIO_VENDOR && info.device_id == device_id);
+        match (at, expected) {
+            (Some((function, _)), true) => {
+                present += 1;
+                *out = Some(function);
+            }
+            (None, false) => {}
+            (Some(_), false) => {
+                missing += 1;
+                println!("  unexpected {name} at slot {slot:#04x}");
+            }
+            (None, true) => {
+                missing += 1;
+                println!("  missing {name} at slot {slot:#04x}");
+            }
+        }
+    }
+    report.expect(
+        "pci.devices",
+        missing == 0,
+        format_args!("{present} devices where the configuration puts them, {missing} missing or unexpected"),
+    );
+    found
+}
+
+/// Opens the transport of a managed device, attaches it to the layer with `mask` and creates its
+/// driver with `init`. Reports the path ccdma chose.
+fn open_managed<B, D, E>(
+    report: &mut Report,
+    pci: &mut PciBus,
+    function: DeviceFunction,
+    mask: DmaMask,
+    init: impl FnOnce(Transport) -> Result<D, E>,
+) -> Option<D>
+where
+    B: KernelBinding,
+    E: fmt::Display,
+{
+    let transport = match pci.virtio_transport(function) {
+        Ok(transport) => transport,
+        Err(error) => {
+            report.fail(format_args!("{}.init", B::NAME), format_args!("PCI transport: {error}"));
+            return None;
+        }
+    };
+    let mut transport = PlatformAccessTransport::new(transport);
+    if !transport.offers_access_platform() {
+        report.fail(
+            format_args!("{}.init", B::NAME),
+            "device does not offer VIRTIO_F_ACCESS_PLATFORM (iommu_platform=on missing)",
+        );
+        return None;
+    }
+    let id = u32::from(RequesterId::from(function).0);
+    let device = match dma::attach::<B>(DeviceConfig::new(id, mask)) {
+        Ok(device) => device,
+        Err(error) => {
+            report.fail(format_args!("{}.attach", B::NAME), error);
+            return None;
+        }
+    };
+    report.expect(
+        format_args!("{}.attach", B::NAME),
+        !matches!(device.path(), DmaPath::Direct | DmaPath::BounceAboveMask),
+        format_args!(
+            "{function}, {mask} mask: path {} ({})",
+            device.path().name(),
+            PathReason(device.path())
+        ),
+    );
+    match init(transport) {
+        Ok(driver) => {
+            let stats = B::stats();
+            report.pass(
+                format_args!("{}.init", B::NAME),
+                format_args!(
+                    "driver up, {} coherent page(s) for its queues",
+                    stats.coherent_pages.load(Ordering::Relaxed),
+                ),
+            );
+            Some(driver)
+        }
+        Err(error) => {
+            report.fail(format_args!("{}.init", B::NAME), error);
+            None
+        }
+    }
+}
+
+/// Why ccdma chose a path, in words.
+struct PathReason(DmaPath);
+
+impl fmt::Display for PathReason {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            DmaPath::BounceAlways => write!(
+                f,
+                "confidential guest without IOMMU: every buffer bounced through a pool below the mask, bus address = pool address"
+            ),
+            DmaPath::Direct => write!(f, "not confidential and the mask covers all RAM"),
+            DmaPath::BounceAboveMask => write!(f, "not confidential, buffers above the mask bounced"),
+            #[allow(unreachable_patterns)]
+            other => write!(f, "{}", other.name()),
+        }
+    }
+}
+
+/// A bus address range for reports.
+struct BusRange(Option<(u64, u64)>);
+
+impl fmt::Display for BusRange {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            Some((low, high)) => write!(f, "{low:#x}..={high:#x}"),
+            None => write!(f, "(none)"),
+        }
+    }
+}
+
+fn open_bench(report: &mut Report, pci: &mut PciBus, function: DeviceFunction) -> Option<BenchBlk> {
+    let transport = match pci.virtio_transport(function) {
+        Ok(transport) => PlatformAccessTransport::new(transport),
+        Err(error) => {
+            report.fail("bench-blk.init", format_args!("PCI transport: {error}"));
+            return None;
+        }
+    };
+    match VirtIOBlk::new(transport) {
+        Ok(blk) => {
+            report.pass(
+                "bench-blk.init",
+                format_args!("{function}: outside the IOMMU, buffers used in place (baseline, not ccdma)"),
+            );
+            Some(blk)
+        }
+        Err(error) => {
+            report.fail("bench-blk.init", error);
+            None
+        }
+    }
+}
+
+fn check_disk_signature<H: Hal>(report: &mut Report, blk: &mut Blk<H>) {
+    let result = BlkRequest::new(1).and_then(|request| blk::read(blk, request, 0, IO_TIMEOUT));
+    match result {
+        Ok(mut request) => {
+            let found = request.data().starts_with(DISK_SIGNATURE);
+            report.expect(
+                "blk.read_signature",
+                found,
+                format_args!("sector 0 starts with the runner's signature: {found}"),
+            );
+        }
+        Err(error) => report.fail("blk.read_signature", error),
+    }
+}
+
+/// Writes the marker the runner finds in the image after QEMU exits.
+fn check_write_marker<H: Hal>(report: &mut Report, blk: &mut Blk<H>) {
+    let result = BlkRequest::new(1).and_then(|mut request| {
+        let data = request.data();
+        data.fill(0);
+        data[..WRITE_MARKER.len()].copy_from_slice(WRITE_MARKER);
+        blk::write(blk, request, WRITE_SECTOR, IO_TIMEOUT)
+    });
+    match result {
+        Ok(_) => report.pass(
+            "blk.write_marker",
+            format_args!("marker written at sector {WRITE_SECTOR}; the runner checks the image"),
+        ),
+        Err(error) => report.fail("blk.write_marker", error),
+    }
+}
+
+/// Writes every pattern of [`BLK_PATTERNS`], then reads each back and compares every byte.
+fn check_blk_patterns(report: &mut Report, blk: &mut DataBlk) {
+    const NAME: &str = "blk.patterns";
+    let largest =
+        BLK_PATTERNS.iter().map(|&(sectors, offset)| sectors * SECTOR_SIZE + offset).max().unwrap_or(0);
+    let (Some(write_buffer), Some(read_buffer), Some(scratch)) = (
+        memory::leak_bytes(largest, 4096),
+        memory::leak_bytes(largest, 4096),
+        memory::leak_bytes(largest, 4096),
+    ) else {
+        return report.fail(NAME, "no memory for buffers");
+    };
+    let (mut writer, mut reader) =
+        match (BlkRequest::with_buffer(write_buffer), BlkRequest::with_buffer(read_buffer)) {
+            (Ok(writer), Ok(reader)) => (writer, reader),
+            _ => return report.fail(NAME, "no memory for request headers"),
+        };
+    let stats = BlkBinding::stats();
+    let to_before = stats.bytes_to_device.load(Ordering::Relaxed);
+    let from_before = stats.bytes_from_device.load(Ordering::Relaxed);
+
+    let mut sector = PATTERN_FIRST_SECTOR;
+    let mut bytes = 0;
+    for &(sectors, offset) in BLK_PATTERNS {
+        let len = sectors * SECTOR_SIZE;
+        let Some(data) = writer.select(offset, len) else {
+            return report.fail(NAME, "pattern outside its buffer");
+        };
+        patterns::fill(data, sector as u64);
+        writer = match blk::write(blk, writer, sector, IO_TIMEOUT) {
+            Ok(writer) => writer,
+            Err(error) => {
+                return report.fail(NAME, format_args!("write of {sectors} sectors at {sector}: {error}"))
+            }
+        };
+        sector += sectors + 3;
+        bytes += len;
+    }
+    let mut sector = PATTERN_FIRST_SECTOR;
+    for &(sectors, offset) in BLK_PATTERNS {
+        let len = sectors * SECTOR_SIZE;
+        let Some(data) = reader.select(offset, len) else {
+            return report.fail(NAME, "pattern outside its buffer");
+        };
+        data.fill(0xee);
+        reader = match blk::read(blk, reader, sector, IO_TIMEOUT) {
+            Ok(reader) => reader,
+            Err(error) => {
+                return report.fail(NAME, format_args!("read of {sectors} sectors at {sector}: {error}"))
+            }
+        };
+        if let Some(at) = patterns::check(reader.data(), sector as u64, scratch) {
+            return report.fail(
+                NAME,
+                format_args!(
+                    "{sectors} sectors at sector {sector} (buffer offset {offset}): first wrong byte at {at}"
+                ),
+            );
+        }
+        sector += sectors + 3;
+    }
+    let to_device = stats.bytes_to_device.load(Ordering::Relaxed) - to_before;
+    let from_device = stats.bytes_from_device.load(Ordering::Relaxed) - from_before;
+    report.expect(
+        NAME,
+        to_device >= bytes as u64 && from_device >= bytes as u64,
+        format_args!(
+            "{} transfers of 1..={} sectors at buffer offsets 0..=2048: {} KiB written, read back, every byte identical; bounced {} KiB to and {} KiB from the device",
+            BLK_PATTERNS.len(),
+            BLK_PATTERNS.iter().map(|&(sectors, _)| sectors).max().unwrap_or(0),
+            bytes >> 10,
+            to_device >> 10,
+            from_device >> 10
+        ),
+    );
+}
+
+/// Buffers of several sizes arrive filled by the device.
+fn check_rng(report: &mut Report, rng: &mut Rng) {
+    const NAME: &str = "rng.sizes";
+    let mut total = 0;
+    for &size in RNG_SIZES {
+        let Some(buffer) = memory::leak_bytes(size, 8) else {
+            return report.fail(NAME, "no memory for buffers");
+        };
+        buffer.fill(0xaa);
+        let (written, buffer) = match rng.fill(buffer, IO_TIMEOUT) {
+            Ok(result) => result,
+            Err(error) => return report.fail(NAME, format_args!("{size}-byte buffer: {error}")),
+        };
+        let data = &buffer[..written];
+        let distinct = patterns::distinct_bytes(data);
+        // A buffer still all 0xaa never reached the device's data; all zeroes would be the
+        // bounce slot's initial fill coming back. Random data of 4 KiB or more has nearly all
+        // 256 byte values.
+        let untouched = data.iter().all(|&b| b == 0xaa) || (size >= 16 && data.iter().all(|&b| b == 0));
+        let varied = size < 4096 || distinct > 200;
+        if written == 0 || untouched || !varied {
+            return report.fail(
+                NAME,
+                format_args!("{size}-byte buffer: device wrote {written} bytes, {distinct} distinct values"),
+            );
+        }
+        total += written;
+    }
+    report.pass(
+        NAME,
+        format_args!(
+            "{} buffers of {:?} bytes filled with random data ({total} bytes)",
+            RNG_SIZES.len(),
+            RNG_SIZES
+        ),
+    );
+}
+
+/// Frames of every size in [`FRAME_SIZES`] go from each NIC to the other and arrive intact.
+fn check_net<HA: Hal, HB: Hal>(report: &mut Report, a: &mut Nic<HA>, b: &mut Nic<HB>) {
+    const NAME: &str = "net.exchange";
+    let (Some(frame), Some(received)) = (memory::leak_bytes(MAX_FRAME, 8), memory::leak_bytes(2048, 8))
+    else {
+        return report.fail(NAME, "no memory for buffers");
+    };
+    let (mac_a, mac_b) = (a.mac(), b.mac());
+    let mut frames = 0;
+    let mut bytes = 0;
+    for (index, &size) in FRAME_SIZES.iter().enumerate() {
+        for a_to_b in [true, false] {
+            let (dst, src) = if a_to_b { (mac_b, mac_a) } else { (mac_a, mac_b) };
+            let seed = (index as u64) << 1 | u64::from(a_to_b);
+            let frame = &mut frame[..size];
+            frame[0..6].copy_from_slice(&dst);
+            frame[6..12].copy_from_slice(&src);
+            frame[12..14].copy_from_slice(&ETHERTYPE);
+            patterns::fill(&mut frame[14..], seed);
+            let sent = if a_to_b { a.send(frame, NET_TIMEOUT) } else { b.send(frame, NET_TIMEOUT) };
+            let direction = if a_to_b { "net-a -> net-b" } else { "net-b -> net-a" };
+            if let Err(error) = sent {
+                return report.fail(NAME, format_args!("{direction}, {size} bytes: send: {error}"));
+            }
+            let got =
+                if a_to_b { b.receive(received, NET_TIMEOUT) } else { a.receive(received, NET_TIMEOUT) };
+            match got {
+                Ok(len) if len == size && patterns::first_difference(&received[..len], frame).is_none() => {
+                    frames += 1;
+                    bytes += size;
+                }
+                Ok(len) => {
+                    return report.fail(
+                        NAME,
+                        format_args!(
+                            "{direction}: sent {size} bytes, received {len}, first difference at {:?}",
+                            patterns::first_difference(&received[..len.min(2048)], frame)
+                        ),
+                    )
+                }
+                Err(error) => {
+                    return report.fail(NAME, format_args!("{direction}, {size} bytes: receive: {error}"))
+                }
+            }
+        }
+    }
+    report.pass(
+        NAME,
+        format_args!(
+            "{frames} frames of {:?} bytes, each way between {} and {}, arrived intact ({bytes} bytes)",
+            FRAME_SIZES,
+            Mac(mac_a),
+            Mac(mac_b)
+        ),
+    );
+}
+
+struct Mac([u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+/// Every bus address a device was given is within its DMA mask; with a pool above 4 GiB a 64-bit
+/// device is given high addresses and a 32-bit one low addresses.
+fn check_masks(report: &mut Report, config: &TestConfig) {
+    fn one<B: KernelBinding>(report: &mut Report, config: &TestConfig) {
+        let Some(device) = B::slot().get() else {
+            return;
+        };
+        let mask = device.config().dma_mask;
+        let Some((low, high)) = B::stats().bus_range() else {
+            return report.fail(format_args!("dma.mask.{}", B::NAME), "device was never given an address");
+        };
+        let within = high <= mask.max_addr();
+        // Coherent memory (the virtqueues) sits below 4 GiB for every device; streaming maps of a
+        // 64-bit device come from the highest pool it reaches.
+        let wants_high = config.high_ram && mask.bits() == 64;
+        let ok = within && (!wants_high || high >= FOUR_GIB);
+        report.expect(
+            format_args!("dma.mask.{}", B::NAME),
+            ok,
+            format_args!(
+                "{mask} mask, given bus addresses {low:#x}..={high:#x}{}",
+                if wants_high { " (streaming above 4 GiB, from the high pool)" } else { "" }
+            ),
+        );
+    }
+    one::<BlkBinding>(report, config);
+    one::<RngBinding>(report, config);
+    one::<NetABinding>(report, config);
+    one::<NetBBinding>(report, config);
+}
+
+/// Times the same I/O (write then read [`BENCH_BYTES`] in [`BENCH_CHUNK`] requests) on the data
+/// blk through ccdma and on the baseline blk that uses its buffers in place.
+fn run_bench(report: &mut Report, managed: &mut DataBlk, baseline: &mut BenchBlk, config: &TestConfig) {
+    const NAME: &str = "bench.blk";
+    let (Some(buffer), Some(scratch)) =
+        (memory::leak_bytes(BENCH_CHUNK, 4096), memory::leak_bytes(BENCH_CHUNK, 4096))
+    else {
+        return report.fail(NAME, "no memory for buffers");
+    };
+    let request = match BlkRequest::with_buffer(buffer) {
+        Ok(request) => request,
+        Err(error) => return report.fail(NAME, error),
+    };
+    let (request, managed_time) = match time_io(managed, request, scratch) {
+        Ok(result) => result,
+        Err(error) => return report.fail(NAME, format_args!("through ccdma: {error}")),
+    };
+    let (_, baseline_time) = match time_io(baseline, request, scratch) {
+        Ok(result) => result,
+        Err(error) => return report.fail(NAME, format_args!("baseline: {error}")),
+    };
+    let mbps = |time: Duration| (2 * BENCH_BYTES) as f64 / 1e6 / time.as_secs_f64().max(1e-9);
+    let (managed_mbps, baseline_mbps) = (mbps(managed_time), mbps(baseline_time));
+    let path = if config.iommu.present() { "bounce + IOMMU" } else { "bounce, no IOMMU" };
+    report.pass(
+        NAME,
+        format_args!(
+            "{} MiB written + read in {} KiB requests: {path} {:.1} MB/s, no bounce + no IOMMU {:.1} MB/s, ratio {:.2}",
+            BENCH_BYTES >> 20,
+            BENCH_CHUNK >> 10,
+            managed_mbps,
+            baseline_mbps,
+            managed_mbps / baseline_mbps
+        ),
+    );
+}
+
+/// Writes then reads [`BENCH_BYTES`]; checks the last chunk read back. Returns the elapsed time.
+fn time_io<H: Hal>(
+    blk: &mut Blk<H>,
+    mut request: BlkRequest,
+    scratch: &mut [u8],
+) -> Result<(BlkRequest, Duration), BenchError> {
+    let chunks = BENCH_BYTES / BENCH_CHUNK;
+    let sectors = BENCH_CHUNK / SECTOR_SIZE;
+    patterns::fill(request.select(0, BENCH_CHUNK).ok_or(BenchError::Buffer)?, 42);
+    let start = time::now().ok_or(BenchError::NoClock)?;
+    for chunk in 0..chunks {
+        request = blk::write(blk, request, BENCH_FIRST_SECTOR + chunk * sectors, IO_TIMEOUT)?;
+    }
+    for chunk in 0..chunks {
+        request = blk::read(blk, request, BENCH_FIRST_SECTOR + chunk * sectors, IO_TIMEOUT)?;
+    }
+    let elapsed = time::now().ok_or(BenchError::NoClock)? - start;
+    if let Some(at) = patterns::check(request.data(), 42, scratch) {
+        return Err(BenchError::Mismatch(at));
+    }
+    Ok((request, elapsed))
+}
+
+enum BenchError {
+    Buffer,
+    NoClock,
+    Io(BlkIoError),
+    Mismatch(usize),
+}
+
+impl From<BlkIoError> for BenchError {
+    fn from(error: BlkIoError) -> Self {
+        Self::Io(error)
+    }
+}
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Self::Buffer => write!(f, "buffer too small"),
+            Self::NoClock => write!(f, "no HPET"),
+            Self::Io(error) => write!(f, "{error}"),
+            Self::Mismatch(at) => write!(f, "data read back differs at byte {at}"),
+        }
+    }
+}
+
+/// The ledger agrees with ccdma: no violation, every shared page accounted for, and no device
+/// was ever given an address outside shared memory.
+fn check_ledger(report: &mut Report, devices: &Devices) {
+    let ledger = PLATFORM.ledger().stats();
+    let layer = dma::layer().stats();
+    let coherent = dma::layer().iommu_stats().coherent_pages;
+    report.expect(
+        "ledger.consistent",
+        ledger.violations == 0 && ledger.shared_pages == layer.shared_pages,
+        format_args!(
+            "{} pages shared = {} ccdma says it shares (pools and {coherent} pages of queues); {} share / {} unshare calls; {} violations{}",
+            ledger.shared_pages,
+            layer.shared_pages,
+            ledger.share_calls,
+            ledger.unshare_calls,
+            ledger.violations,
+            ViolationNote(PLATFORM.ledger().first_violation())
+        ),
+    );
+    // Receive buffers posted on the NICs are live mappings; everything else was unmapped.
+    let posted = [devices.net_a.is_some(), devices.net_b.is_some()].iter().filter(|&&up| up).count() as u64
+        * crate::net::RX_BUFFERS as u64;
+    report.expect(
+        "ccdma.no_leaks",
+        layer.maps - layer.unmaps == posted && layer.total_failures() == 0,
+        format_args!(
+            "{} maps, {} unmaps, {posted} receive buffers still posted, {} failures",
+            layer.maps,
+            layer.unmaps,
+            layer.total_failures()
+        ),
+    );
+}
+
+struct ViolationNote(Option<crate::ledger::Violation>);
+
+impl fmt::Display for ViolationNote {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            Some(violation) => write!(f, " (first: {violation})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Bytes in human units.
+struct Bytes(u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            b if b >= 10 << 20 => write!(f, "{} MiB", b >> 20),
+            b if b >= 10 << 10 => write!(f, "{} KiB", b >> 10),
+            b => write!(f, "{b} B"),
+        }
+    }
+}
+
+fn print_summary(config: &TestConfig, found: &Found, devices: &Devices) {
+    fn device_line<B: KernelBinding>(function: Option<DeviceFunction>) {
+        let (Some(function), Some(device)) = (function, B::slot().get()) else {
+            return;
+        };
+        let stats = B::stats();
+        println!(
+            "  {:<6} {function}  {:<2}-bit  path {:<14} to device {:>8}, from device {:>8}, {} maps, bus {}, refused {}",
+            B::NAME,
+            device.config().dma_mask.bits(),
+            device.path().name(),
+            Bytes(stats.bytes_to_device.load(Ordering::Relaxed)).to_padded(),
+            Bytes(stats.bytes_from_device.load(Ordering::Relaxed)).to_padded(),
+            stats.maps.load(Ordering::Relaxed),
+            BusRange(stats.bus_range()),
+            stats.refused.load(Ordering::Relaxed),
+        );
+    }
+    let _ = devices;
+    println!("--- ccdma report: configuration {} ---", config.name);
+    println!("IOMMU: {}", config.iommu.name());
+    println!("devices managed by ccdma (path chosen at attach; bytes through the bounce pool):");
+    device_line::<BlkBinding>(found.blk);
+    device_line::<RngBinding>(found.rng);
+    device_line::<NetABinding>(found.net_a);
+    device_line::<NetBBinding>(found.net_b);
+    if let Some(function) = found.bench {
+        println!("  bench  {function}  baseline outside ccdma and the IOMMU (benchmark only)");
+    }
+    let s = dma::layer().stats();
+    println!(
+        "ccdma: {} maps ({} bounced), {} unmaps; {} copied to devices, {} copied back; {} pages shared; slots in use {} (high water {}); {} failures",
+        s.maps,
+        s.bounced_maps,
+        s.unmaps,
+        Bytes(s.bytes_to_device),
+        Bytes(s.bytes_from_device),
+        s.shared_pages,
+        s.slots_in_use,
+        s.slots_high_water,
+        s.total_failures()
+    );
+    let l = PLATFORM.ledger().stats();
+    println!(
+        "ledger: {} pages shared now, {} share and {} unshare calls, {} violations",
+        l.shared_pages, l.share_calls, l.unshare_calls, l.violations
+    );
+    println!("IOMMU requests: none (no IOMMU); faults caught: none possible");
+}
+
+impl Bytes {
+    fn to_padded(&self) -> PaddedBytes {
+        PaddedBytes(self.0)
+    }
+}
+
+/// [`Bytes`] that honours width and alignment flags.
+struct PaddedBytes(u64);
+
+impl fmt::Display for PaddedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let mut buffer = [0u8; 32];
+        let mut writer = SliceWriter { buffer: &mut buffer, len: 0 };
+        let _ = fmt::write(&mut writer, format_args!("{}", Bytes(self.0)));
+        let len = writer.len;
+        f.pad(core::str::from_utf8(&buffer[..len]).unwrap_or("?"))
+    }
+}
+
+struct SliceWriter<'a> {
+    buffer: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = (self.len + s.len()).min(self.buffer.len());
+        let n = end - self.len;
+        self.buffer[self.len..end].copy_from_slice(&s.as_bytes()[..n]);
+        self.len = end;
+        Ok(())
+    }
+}
