@@ -14,11 +14,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use ccdma::iommu::BusRange;
 use ccdma::{
-    Device, DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, DmaPath, PhysAddr, PoolConfig,
-    StatsSnapshot,
+    Device, DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, DmaPath, IommuConfig,
+    IommuPolicy, PhysAddr, PoolConfig, StatsSnapshot,
 };
-use ccdma_hv_model::{CallKind, DeviceRef, Fault, HvConfig, Hypervisor, Personality, Region};
+use ccdma_hv_model::{
+    CallKind, DeviceRef, Fault, FaultReason, HvConfig, Hypervisor, Personality, Region, TceConfig,
+};
 use ccdma_tests::{meta_for, model, pattern, GIB, HIGH_POOL, LOW_POOL, MIB};
 
 const USAGE: &str = "\
@@ -31,6 +34,10 @@ Platform:
   --plain                   not confidential: devices reach all RAM
   --personality pseries|tdx sharing interface (default pseries; --pseries / --tdx also work)
   --tdx-pages-per-call N    TDX: MapGPA converts at most N pages per call, then answers RETRY
+  --iommu premapped|strict  pseries TCE IOMMU in front of every device (default: none); premapped
+                            enters the pools once per device window, strict writes entries per mapping
+  --no-ddw                  the IOMMU offers no dynamic DMA window (only the 2 GiB default window)
+  --reserve ADDR:SIZE       a reserved bus range in every window (MSI doorbell, bridge; repeatable)
 Devices:
   --device NAME:BITS        a device with a DMA mask of BITS bits (repeatable;
                             default old:24 legacy:32 wide:40 nic:64)
@@ -62,6 +69,9 @@ struct Options {
     confidential: bool,
     personality: Personality,
     tdx_pages_per_call: Option<u64>,
+    iommu: Option<IommuPolicy>,
+    ddw: bool,
+    reserved: Vec<(u64, u64)>,
     devices: Vec<DeviceSpec>,
     sizes: Vec<usize>,
     rounds: u32,
@@ -77,6 +87,9 @@ impl Default for Options {
             confidential: true,
             personality: Personality::Pseries,
             tdx_pages_per_call: None,
+            iommu: None,
+            ddw: true,
+            reserved: Vec::new(),
             devices: Vec::new(),
             sizes: vec![64, 1500, 4096, 64 << 10, 256 << 10],
             rounds: 4,
@@ -183,6 +196,16 @@ fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
                 }
                 o.tdx_pages_per_call = Some(n);
             }
+            "--iommu" => {
+                o.iommu = match value("--iommu")?.as_str() {
+                    "premapped" => Some(IommuPolicy::Premapped),
+                    "strict" => Some(IommuPolicy::Strict),
+                    "none" => None,
+                    other => return Err(format!("--iommu: `{other}` is not premapped, strict or none")),
+                }
+            }
+            "--no-ddw" => o.ddw = false,
+            "--reserve" => o.reserved.push(parse_pool(&value("--reserve")?)?),
             "--sizes" => {
                 let list = value("--sizes")?;
                 o.sizes = list
@@ -214,6 +237,9 @@ fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
     }
     if o.ram == 0 || o.ram % ccdma_hv_model::PAGE != 0 {
         return Err(format!("--ram {:#x}: must be a positive multiple of 4 KiB", o.ram));
+    }
+    if o.iommu.is_some() && (!o.confidential || o.personality != Personality::Pseries) {
+        return Err("--iommu models the pseries TCE IOMMU: it needs a confidential pseries guest".into());
     }
     o.fill_defaults();
     Ok(Some(o))
@@ -260,8 +286,17 @@ fn path_reason(path: DmaPath, mask: DmaMask, ram_end: u64) -> String {
         DmaPath::BounceAlways => "confidential guest without IOMMU: a device reaches only shared memory, so \
              every buffer is bounced through a shared pool below the mask; bus address = pool address"
             .to_string(),
-        // IOMMU paths carry their own reason: `DmaLayer::path_reason`.
-        other => format!("IOMMU path {}", other.name()),
+        // The IOMMU paths: the layer's own reason (`DmaLayer::path_reason`) is appended by the caller.
+        DmaPath::IommuDdw => "everything bounces; the pools alone are entered once into a 64-bit dynamic DMA \
+             window with large IOMMU pages, so a map costs no hypercall"
+            .to_string(),
+        DmaPath::IommuPremapped => "everything bounces; the pools alone are entered once into the default \
+             window below the mask, so a map costs no hypercall"
+            .to_string(),
+        DmaPath::IommuStrict => "everything bounces; each mapping gets its own entries below the mask with \
+             its direction's permission, cleared at unmap"
+            .to_string(),
+        DmaPath::IommuDeferred => "behind the IOMMU, attach deferred to the first map".to_string(),
     }
 }
 
@@ -290,6 +325,9 @@ fn calls_delta(before: &BTreeMap<CallKind, u64>, after: &BTreeMap<CallKind, u64>
 #[derive(Default)]
 struct DeviceReport {
     transfers: u64,
+    /// Strict IOMMU: device reads of from-device mappings refused for lack of read permission, as
+    /// they must be (DESIGN.md invariant 2).
+    permission_refusals: u64,
     verified: u64,
     /// Payload the device was meant to read (to-device and bidirectional mappings).
     payload_to_device: u64,
@@ -326,11 +364,13 @@ struct Sim<'o> {
 }
 
 impl Sim<'_> {
-    /// True when `bus..bus+len` lies in a pool's bus range (the mapping was bounced).
+    /// True when the mapping at `bus` was bounced: always in a confidential guest, else when
+    /// `bus..bus+len` lies in a pool's bus range.
     fn bounced(&self, bus: u64, len: usize) -> bool {
-        (0..ccdma::MAX_POOLS).filter_map(|i| self.layer.pool(i)).any(|(p, b)| {
-            bus >= b.0 && bus - b.0 < p.len() as u64 && bus - b.0 + len as u64 <= p.len() as u64
-        })
+        self.opts.confidential
+            || (0..ccdma::MAX_POOLS).filter_map(|i| self.layer.pool(i)).any(|(p, b)| {
+                bus >= b.0 && bus - b.0 < p.len() as u64 && bus - b.0 + len as u64 <= p.len() as u64
+            })
     }
 
     /// One transfer: map, let the model's device do its part and check every byte, unmap, check the
@@ -366,13 +406,22 @@ impl Sim<'_> {
                 let mut m = self.layer.map(dev, buf, dir, DmaAttrs::NONE)?;
                 let bus = m.bus_addr().0;
                 // What the device finds before it writes: the original for bidirectional mappings,
-                // zeroes for a bounced from-device one (no stale pool data, no private bytes).
+                // zeroes for a bounced from-device one (no stale pool data, no private bytes). Under a
+                // strict IOMMU a from-device mapping is write-only: the read must be refused instead.
+                let write_only =
+                    dir == DmaDirection::FromDevice && self.layer.path_of(dev) == DmaPath::IommuStrict;
                 let expect_before = match dir {
                     DmaDirection::Bidirectional => Some(&outgoing[..]),
                     _ if self.bounced(bus, len) => None,
                     _ => Some(&outgoing[..]),
                 };
                 match dref.read(bus, len) {
+                    Ok(_) if write_only => {
+                        problems.push(what("device read a from-device mapping under a strict IOMMU"))
+                    }
+                    Err(f) if write_only && f.reason == FaultReason::Permission => {
+                        report.permission_refusals += 1
+                    }
                     Ok(got) => {
                         let ok = match expect_before {
                             Some(exp) => got == exp,
@@ -417,8 +466,8 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn run_device(&self, spec: &DeviceSpec, id: u32, dev: &Device, buf_phys: u64) -> DeviceReport {
-        let ep = Endpoint { dev, dref: self.hv.add_device(id, spec.mask_bits), buf_phys };
+    fn run_device(&self, id: u32, dev: &Device, dref: DeviceRef<'static>, buf_phys: u64) -> DeviceReport {
+        let ep = Endpoint { dev, dref, buf_phys };
         let mut report = DeviceReport::default();
         let slots_before = self.layer.stats().slots_in_use;
         let mut seed = u64::from(id) << 32;
@@ -436,8 +485,19 @@ impl Sim<'_> {
             }
         }
         report.leaked_slots = self.layer.stats().slots_in_use.saturating_sub(slots_before);
-        let faults: Vec<Fault> = self.hv.faults().into_iter().filter(|f| f.device == id).collect();
-        report.unexpected_faults = faults;
+        // Every fault of this device is unexpected except the permission refusals counted above.
+        let mut permission_expected = report.permission_refusals;
+        report.unexpected_faults = self
+            .hv
+            .faults()
+            .into_iter()
+            .filter(|f| f.device == id)
+            .filter(|f| {
+                let expected = f.reason == FaultReason::Permission && permission_expected > 0;
+                permission_expected -= u64::from(expected);
+                !expected
+            })
+            .collect();
         if self.opts.probe && self.opts.confidential {
             // A hostile device aims at the guest's private buffer itself: the model must refuse it.
             report.probe = Some(match ep.dref.read(buf_phys, 64) {
@@ -486,7 +546,15 @@ fn run(opts: &Options) -> Result<bool, String> {
             }
         }
     };
-    let _ = writeln!(out, "ccdma-sim: {kind}, {} RAM, no IOMMU", human(opts.ram));
+    let iommu_desc = match opts.iommu {
+        None => "no IOMMU".to_string(),
+        Some(p) => format!(
+            "TCE IOMMU ({} policy, {})",
+            if p == IommuPolicy::Strict { "strict" } else { "premapped" },
+            if opts.ddw { "DDW offered" } else { "no DDW" }
+        ),
+    };
+    let _ = writeln!(out, "ccdma-sim: {kind}, {} RAM, {iommu_desc}", human(opts.ram));
 
     // The guest's own buffers first, so pools can be checked against them.
     let max_len = opts.sizes.iter().copied().max().unwrap_or(4096) as u64;
@@ -502,12 +570,19 @@ fn run(opts: &Options) -> Result<bool, String> {
     }
     let buffers: Vec<u64> = opts.devices.iter().map(|_| hv.alloc(max_len, opts.buffers)).collect();
     let buf_len = max_len.div_ceil(ccdma_hv_model::PAGE) * ccdma_hv_model::PAGE;
+    // The H_PUT_TCE_INDIRECT list page: private guest memory the layer shares once.
+    let list_page = opts.iommu.map(|_| hv.alloc(ccdma_hv_model::PAGE, Region::Low));
+    let taken: Vec<(u64, u64)> =
+        buffers.iter().map(|&b| (b, buf_len)).chain(list_page.map(|p| (p, ccdma_hv_model::PAGE))).collect();
+    if opts.iommu.is_some() {
+        hv.enable_iommu(TceConfig { reserved: opts.reserved.clone(), ddw: opts.ddw, ..TceConfig::default() });
+    }
 
     let mut layer = DmaLayer::new(hv);
     let _ = writeln!(out, "pools:");
     let calls_at_start = call_counts(hv);
     for (n, &(phys, len)) in opts.pools.iter().enumerate() {
-        if let Some(b) = buffers.iter().find(|&&b| phys < b + buf_len && b < phys.saturating_add(len)) {
+        if let Some((b, _)) = taken.iter().find(|&&(b, l)| phys < b + l && b < phys.saturating_add(len)) {
             let _ = writeln!(
                 out,
                 "  pool {n} at {phys:#x} ({}): NOT ADDED: overlaps the workload buffer at {b:#x} \
@@ -532,9 +607,14 @@ fn run(opts: &Options) -> Result<bool, String> {
                 let (p, bus) = layer.pool(i).expect("pool just added");
                 let _ = writeln!(
                     out,
-                    "  #{i}  phys {phys:#x}..{:#x} ({}), bus {bus}, {} slots of {}, largest mapping {}{}",
+                    "  #{i}  phys {phys:#x}..{:#x} ({}), {}, {} slots of {}, largest mapping {}{}",
                     phys + len,
                     human(len),
+                    if opts.iommu.is_some() {
+                        "bus per device window".to_string()
+                    } else {
+                        format!("bus {bus}")
+                    },
                     p.slots(),
                     human(p.slot_size() as u64),
                     human(p.max_mapping() as u64),
@@ -546,6 +626,14 @@ fn run(opts: &Options) -> Result<bool, String> {
                 let _ = writeln!(out, "  pool {n} at {phys:#x} ({}): NOT ADDED: {e}{hint}", human(len));
             }
         }
+    }
+    if let (Some(policy), Some(page)) = (opts.iommu, list_page) {
+        let cfg = IommuConfig { policy, ..IommuConfig::premapped() }.with_list_page(PhysAddr(page));
+        let ranges = vec![BusRange::EMPTY; 8 * 512].leak();
+        // SAFETY: the list page is a fresh allocation from the model that nothing else uses, and the
+        // model (leaked) outlives the layer.
+        unsafe { layer.enable_iommu(cfg, ranges) }.map_err(|e| format!("enabling the IOMMU failed: {e}"))?;
+        let _ = writeln!(out, "  IOMMU list page at {page:#x} (shared once for H_PUT_TCE_INDIRECT)");
     }
     let setup = layer.stats();
     let _ = writeln!(
@@ -572,6 +660,7 @@ fn run(opts: &Options) -> Result<bool, String> {
     let sim = Sim { opts, hv, layer };
     let mut all_clean = true;
     let (mut attached, mut refused, mut transfers, mut verified) = (0, 0, 0, 0);
+    let mut attached_devices: Vec<Device> = Vec::new();
     for (k, spec) in opts.devices.iter().enumerate() {
         let id = k as u32 + 1;
         let mut out = String::new();
@@ -582,6 +671,12 @@ fn run(opts: &Options) -> Result<bool, String> {
             spec.name,
             mask.map_or_else(|_| format!("{} bits", spec.mask_bits), |m| m.to_string())
         );
+        // The model's device exists first (behind the IOMMU, attach programs its windows).
+        let dref = match opts.iommu {
+            Some(_) => hv.add_iommu_device(id, spec.mask_bits),
+            None => hv.add_device(id, spec.mask_bits),
+        };
+        let calls_before = call_counts(hv);
         let dev = match mask.and_then(|m| sim.layer.attach(DeviceConfig::new(id, m))) {
             Ok(dev) => dev,
             Err(e) => {
@@ -603,26 +698,46 @@ fn run(opts: &Options) -> Result<bool, String> {
             }
         };
         attached += 1;
+        attached_devices.push(dev);
+        let calls_attach = call_counts(hv);
+        let path = sim.layer.path_of(&dev);
+        let layer_reason = sim.layer.path_reason(&dev).map_or(String::new(), |r| format!(" [layer: {r}]"));
         let _ = writeln!(
             out,
-            "  path      {}: {}",
-            dev.path().name(),
-            path_reason(dev.path(), dev.config().dma_mask, opts.ram)
+            "  path      {}: {}{layer_reason}",
+            path.name(),
+            path_reason(path, dev.config().dma_mask, opts.ram)
         );
         let pools: Vec<String> = dev
             .pool_indices()
             .map(|i| {
                 let (p, b) = sim.layer.pool(i).expect("attached pool");
-                format!("#{i} (bus {b}, {})", human(p.len() as u64))
+                let bus = match path {
+                    DmaPath::IommuStrict => "bus per mapping".to_string(),
+                    _ => format!("bus {}", sim.layer.pool_bus_of(&dev, i).unwrap_or(b)),
+                };
+                format!("#{i} ({bus}, {})", human(p.len() as u64))
             })
             .collect();
         if !pools.is_empty() {
             let _ = writeln!(out, "  pools     {} (in the order tried)", pools.join(", "));
         }
+        let (window, ddw) = sim.layer.windows_of(&dev);
+        for (what, w) in [("window", window), ("DDW", ddw)] {
+            if let Some(w) = w {
+                let _ = writeln!(
+                    out,
+                    "  {what:<9} LIOBN {:#x}: bus {:#x}..{:#x}, {} IOMMU pages",
+                    w.liobn,
+                    w.start,
+                    w.start.saturating_add(w.size),
+                    human(w.page_size())
+                );
+            }
+        }
         let stats_before = sim.layer.stats();
-        let calls_before = call_counts(hv);
         let dev_bytes_before = hv.device_bytes();
-        let report = sim.run_device(spec, id, &dev, buffers[k]);
+        let report = sim.run_device(id, &dev, dref, buffers[k]);
         let stats_after = sim.layer.stats();
         let dev_bytes_after = hv.device_bytes();
         let (maps, bounced, copied_in, copied_out) = stats_line(&stats_before, &stats_after);
@@ -643,15 +758,19 @@ fn run(opts: &Options) -> Result<bool, String> {
         );
         let _ = writeln!(
             out,
-            "  calls     {}{}",
-            calls_delta(&calls_before, &call_counts(hv)),
-            if calls_before == call_counts(hv) {
-                " (pools were shared once at set-up; no IOMMU to program)"
-            } else {
-                ""
-            }
+            "  calls     at attach: {}; during the workload: {}",
+            calls_delta(&calls_before, &calls_attach),
+            calls_delta(&calls_attach, &call_counts(hv))
         );
-        let _ = writeln!(out, "  faults    {} during the workload", report.unexpected_faults.len());
+        let _ =
+            writeln!(out, "  faults    {} unexpected during the workload", report.unexpected_faults.len());
+        if report.permission_refusals > 0 {
+            let _ = writeln!(
+                out,
+                "            + {} expected: device reads of write-only (from-device) mappings refused: Permission",
+                report.permission_refusals
+            );
+        }
         for f in report.unexpected_faults.iter().take(5) {
             let _ = writeln!(out, "            UNEXPECTED {f}");
         }
@@ -690,6 +809,19 @@ fn run(opts: &Options) -> Result<bool, String> {
     let Sim { mut layer, .. } = sim;
     let calls_before = call_counts(hv);
     let end = layer.stats();
+    // Detach every device (its windows are cleared and removed), then the IOMMU, then the pools.
+    let mut teardown_errors = Vec::new();
+    for dev in &attached_devices {
+        if let Err(e) = layer.detach(dev) {
+            teardown_errors.push(format!("detach of device {:#x}: {e}", dev.config().id));
+        }
+    }
+    if let Err(e) = layer.disable_iommu() {
+        teardown_errors.push(format!("disabling the IOMMU: {e}"));
+    }
+    for e in &teardown_errors {
+        println!("\nTEARDOWN ERROR: {e}");
+    }
     let released = layer.release_pools();
     let after = layer.stats();
     println!(
@@ -702,7 +834,16 @@ fn run(opts: &Options) -> Result<bool, String> {
         hv.shared_pages(),
         after.quarantined_pages
     );
-    all_clean &= released.is_ok() && hv.shared_pages() == 0 && end.slots_in_use == 0;
+    if opts.iommu.is_some() {
+        let tce = hv.tce_counters();
+        println!(
+            "IOMMU after teardown: {} live entries, {} DDWs (entries written {}, cleared {})",
+            tce.live_entries, tce.ddws, tce.entries_written, tce.entries_cleared
+        );
+        all_clean &= tce.live_entries == 0 && tce.ddws == 0;
+    }
+    all_clean &=
+        teardown_errors.is_empty() && released.is_ok() && hv.shared_pages() == 0 && end.slots_in_use == 0;
     println!(
         "summary: {attached} devices attached, {refused} refused; {verified}/{transfers} transfers exact; \
          {} failures counted by the layer; {}",
@@ -766,6 +907,11 @@ mod tests {
         assert_eq!(o.devices.len(), 1);
         assert_eq!(o.personality, Personality::Tdx);
         assert!(parse_args(vec!["--bogus".into()]).is_err());
+        // The TCE IOMMU is pseries-only and needs a confidential guest.
+        let iommu = |extra: &str| parse_args(["--iommu", "strict", extra].map(String::from).to_vec());
+        assert_eq!(iommu("--pseries").unwrap().unwrap().iommu, Some(IommuPolicy::Strict));
+        assert!(iommu("--tdx").is_err());
+        assert!(iommu("--plain").is_err());
         assert!(parse_args(vec!["--pool".into()]).is_err());
     }
 }
