@@ -106,11 +106,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
     }
 
-    /// True when some device holds an IOMMU domain (pools must stay shared while one does).
+    /// True when some device holds an IOMMU domain, or entries that could not be cleared may still
+    /// name pool pages (pools must stay shared while either is so).
     pub(crate) fn iommu_in_use(&self) -> bool {
-        self.iommu
-            .as_ref()
-            .is_some_and(|i| i.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE))
+        self.iommu_counters.pools_pinned.load(Ordering::Relaxed)
+            || self
+                .iommu
+                .as_ref()
+                .is_some_and(|i| i.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE))
     }
 
     pub(crate) fn slot(&self, d: DomainRef) -> Option<&DomainSlot<'m>> {
@@ -346,15 +349,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             let kind = RangeKind::Premap { pool: i as u8 };
             let Ok(bus) = slot.space.lock().alloc(len, page, 0, lo, hi, kind, phys) else { continue };
             if let Err(f) = writer.put(&win, bus, phys, len / page, TCE_PCI_READ | TCE_PCI_WRITE) {
-                let mut space = slot.space.lock();
                 if f.clean {
-                    space.free(bus, len, kind);
-                } else {
-                    space.quarantine(bus);
-                    self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
+                    slot.space.lock().free(bus, len, kind);
                 }
-                drop(space);
-                self.unwind_premaps(slot, tce, Some(win), None);
+                // Unclean, the range stays recorded as premapped and the unwinding below retries it.
+                if self.unwind_premaps(slot, tce, Some(win), None).is_err() {
+                    self.pin_pools(slot);
+                }
                 self.stats.fail(FailureKind::Iommu);
                 return Err(DmaError::Iommu(f.err));
             }
@@ -375,17 +376,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }))
     }
 
-    /// Clear and forget every premapped range of a domain (set-up failed or detach). Ranges whose
-    /// clearing fails are quarantined. Returns false when any clearing failed.
+    /// Clear and forget the premapped ranges of a domain (set-up failed, or detach), one by one. Stops
+    /// at the first range whose clearing fails, leaving it (and those after it) recorded, so a retry
+    /// continues where this one stopped.
     fn unwind_premaps(
         &self,
         slot: &DomainSlot<'m>,
         tce: &dyn TceCalls,
         default: Option<WindowGeometry>,
         ddw: Option<WindowGeometry>,
-    ) -> bool {
+    ) -> Result<(), IommuError> {
         let writer = self.tce_writer(tce);
-        let mut ok = true;
         loop {
             let next = slot
                 .space
@@ -396,20 +397,22 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 .find(|r| matches!(r.kind, RangeKind::Premap { .. }));
             let Some(r) = next else { break };
             let win = [ddw, default].into_iter().flatten().find(|w| r.start >= w.start && r.end() <= w.end());
-            let cleared = match win {
-                Some(w) => writer.clear(&w, r.start, r.len >> w.page_shift).is_ok(),
-                None => false,
-            };
-            let mut space = slot.space.lock();
-            if cleared {
-                space.free(r.start, r.len, r.kind);
-            } else {
-                space.quarantine(r.start);
-                self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
-                ok = false;
-            }
+            let w = win.ok_or(IommuError::NoWindow)?;
+            writer.clear(&w, r.start, r.len >> w.page_shift)?;
+            slot.space.lock().free(r.start, r.len, r.kind);
         }
-        ok
+        Ok(())
+    }
+
+    /// Premapped entries of a domain whose set-up failed could not be cleared: they may name pool
+    /// pages for good, so the ranges are counted quarantined and the pools can never be made private
+    /// again (`release_pools` refuses).
+    fn pin_pools(&self, slot: &DomainSlot<'m>) {
+        let stuck =
+            slot.space.lock().ranges().iter().filter(|r| matches!(r.kind, RangeKind::Premap { .. })).count();
+        self.iommu_counters.quarantined_ranges.fetch_add(stuck as u64, Ordering::Relaxed);
+        self.iommu_counters.pools_pinned.store(true, Ordering::Relaxed);
+        log::error!("ccdma: {stuck} premapped ranges could not be cleared; the pools stay shared for good");
     }
 
     /// Create a DDW holding only the pools (largest IOMMU page their alignment allows) and enter them.
@@ -472,12 +475,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             let result = match placed {
                 Ok(_) => {
                     writer.put(&win, bus, phys, len >> shift, TCE_PCI_READ | TCE_PCI_WRITE).map_err(|f| {
-                        let mut space = slot.space.lock();
+                        // Unclean, the range stays recorded as premapped for the unwinding below.
                         if f.clean {
-                            space.free(bus, len, kind);
-                        } else {
-                            space.quarantine(bus);
-                            c.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
+                            slot.space.lock().free(bus, len, kind);
                         }
                         f.err
                     })
@@ -485,8 +485,30 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                self.unwind_premaps(slot, tce, None, Some(win));
-                return Err(remove(DdwOutcome::PremapFailed(e)));
+                // Removing the window destroys its table; only if that fails are the entries cleared
+                // one by one (and if that fails too, they may stay for good).
+                let entries: u64 = slot
+                    .space
+                    .lock()
+                    .ranges()
+                    .iter()
+                    .filter(|r| matches!(r.kind, RangeKind::Premap { .. }))
+                    .map(|r| r.len >> shift)
+                    .sum();
+                let leaked = c.leaked_windows.load(Ordering::Relaxed);
+                let outcome = remove(DdwOutcome::PremapFailed(e));
+                if c.leaked_windows.load(Ordering::Relaxed) == leaked {
+                    c.live_tces.fetch_sub(entries, Ordering::Relaxed);
+                    let mut space = slot.space.lock();
+                    while let Some(r) =
+                        space.ranges().iter().copied().find(|r| matches!(r.kind, RangeKind::Premap { .. }))
+                    {
+                        space.free(r.start, r.len, r.kind);
+                    }
+                } else if self.unwind_premaps(slot, tce, None, Some(win)).is_err() {
+                    self.pin_pools(slot);
+                }
+                return Err(outcome);
             }
             pools.push(i);
             pool_bus[i] = BusAddr(bus);
@@ -538,11 +560,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         let info = slot.info_unchecked();
         let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
-        if !self.unwind_premaps(slot, tce, info.dynamic, info.ddw) {
-            log::warn!(
-                "ccdma: detach of device {:#x}: some premapped entries could not be cleared",
-                dev.config.id
-            );
+        if let Err(e) = self.unwind_premaps(slot, tce, info.dynamic, info.ddw) {
+            // Nothing is given up: the device stays attached (with what is left of its window) and
+            // detach can be retried.
+            slot.state.store(READY, Ordering::Release);
+            self.stats.fail(FailureKind::Iommu);
+            log::warn!("ccdma: detach of device {:#x} failed clearing its window ({e:?})", dev.config.id);
+            return Err(DmaError::Iommu(e));
         }
         if let Some(win) = info.ddw {
             self.iommu_counters.ddw_remove.fetch_add(1, Ordering::Relaxed);

@@ -102,6 +102,8 @@ pub(crate) struct IommuCounters {
     pub coherent_buffers: AtomicU64,
     pub coherent_pages: AtomicU64,
     pub deferred_attaches: AtomicU64,
+    /// Entries that could not be cleared may name pool pages: the pools must stay shared for good.
+    pub pools_pinned: core::sync::atomic::AtomicBool,
 }
 
 /// A copy of the IOMMU counters.

@@ -105,6 +105,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 // reused (the slots stay allocated, the range is quarantined).
                 slot.space.lock().quarantine(bus);
                 self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
+                self.iommu_counters.pools_pinned.store(true, Ordering::Relaxed);
             }
             self.stats.fail(FailureKind::Iommu);
             return Err(DmaError::Iommu(f.err));
