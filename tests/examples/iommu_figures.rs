@@ -42,6 +42,17 @@ fn fixture(
     indirect: bool,
     verify: VerifyPolicy,
 ) -> Fixture {
+    fixture_with(policy, pool_len, bits, indirect, verify, false)
+}
+
+fn fixture_with(
+    policy: Option<IommuPolicy>,
+    pool_len: u64,
+    bits: u32,
+    indirect: bool,
+    verify: VerifyPolicy,
+    deferred: bool,
+) -> Fixture {
     let hv = model(HvConfig::pseries(6 * GIB));
     let mut layer = DmaLayer::new(hv);
     add_pool(&mut layer, MID_POOL, pool_len, PoolConfig::default()).expect("pool");
@@ -56,7 +67,8 @@ fn fixture(
     } else {
         hv.add_device(1, bits);
     }
-    let dev = layer.attach(DeviceConfig::new(1, DmaMask::new(bits).unwrap())).expect("attach");
+    let cfg = DeviceConfig::new(1, DmaMask::new(bits).unwrap()).with_deferred_attach(deferred);
+    let dev = layer.attach(cfg).expect("attach");
     let buf = hv.alloc(MIB, Region::High);
     Fixture { hv, layer, dev, buf }
 }
@@ -158,16 +170,21 @@ fn timing() {
         "## map+unmap of 4 KiB to-device, ns (host time on the model; a model hypercall is a lock and a"
     );
     println!("## hash-map update, far cheaper than a real one)");
-    let cases: [(&str, Option<IommuPolicy>, u32, bool, VerifyPolicy); 6] = [
-        ("bounce only (no IOMMU)", None, 64, true, VerifyPolicy::Ends),
-        ("premapped, DDW", Some(IommuPolicy::Premapped), 64, true, VerifyPolicy::Ends),
-        ("premapped, default window", Some(IommuPolicy::Premapped), 32, true, VerifyPolicy::Ends),
-        ("strict, verify ends", Some(IommuPolicy::Strict), 32, true, VerifyPolicy::Ends),
-        ("strict, verify off", Some(IommuPolicy::Strict), 32, true, VerifyPolicy::Off),
-        ("strict, no indirect, verify off", Some(IommuPolicy::Strict), 32, false, VerifyPolicy::Off),
+    let p = Some(IommuPolicy::Premapped);
+    let s = Some(IommuPolicy::Strict);
+    let (ends, off) = (VerifyPolicy::Ends, VerifyPolicy::Off);
+    let cases: [(&str, Option<IommuPolicy>, u32, bool, VerifyPolicy, bool); 8] = [
+        ("bounce only (no IOMMU)", None, 64, true, ends, false),
+        ("premapped, DDW", p, 64, true, ends, false),
+        ("premapped, default window", p, 32, true, ends, false),
+        ("premapped, DDW, deferred attach", p, 64, true, ends, true),
+        ("premapped, window, deferred attach", p, 32, true, ends, true),
+        ("strict, verify ends", s, 32, true, ends, false),
+        ("strict, verify off", s, 32, true, off, false),
+        ("strict, no indirect, verify off", s, 32, false, off, false),
     ];
-    for (name, policy, bits, indirect, verify) in cases {
-        let f = fixture(policy, 16 * MIB, bits, indirect, verify);
+    for (name, policy, bits, indirect, verify, deferred) in cases {
+        let f = fixture_with(policy, 16 * MIB, bits, indirect, verify, deferred);
         for _ in 0..2000 {
             f.map_unmap(4096);
         }
