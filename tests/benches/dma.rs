@@ -119,13 +119,15 @@ impl Bench {
     }
 
     fn print(&self) {
-        println!("{:<40} {:>7} {:>11} {:>21} {:>8}", "case", "size", "median ns", "min..max ns", "x memcpy");
+        // The case column is as wide as the longest case, so new rows never break the alignment.
+        let w = self.rows.iter().map(|r| r.case.len()).max().unwrap_or(0).max(4);
+        println!("{:<w$} {:>7} {:>11} {:>21} {:>8}", "case", "size", "median ns", "min..max ns", "x memcpy");
         let mut rows: Vec<&Row> = self.rows.iter().collect();
         // memcpy first within each size, the rest in the order they were measured.
         rows.sort_by_key(|r| (r.bytes, r.case != "memcpy"));
         for r in rows {
             println!(
-                "{:<40} {:>7} {:>11.1} {:>21} {:>8.2}",
+                "{:<w$} {:>7} {:>11.1} {:>21} {:>8.2}",
                 r.case,
                 size_label(r.bytes),
                 r.sample.median,
