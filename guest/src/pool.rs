@@ -295,8 +295,10 @@ impl<'m> BouncePool<'m> {
         if req.nslots == 0 || req.nslots > self.max_run {
             return None;
         }
-        let start = self.next_area.fetch_add(1, Ordering::Relaxed) % self.area_count;
-        // First pass skips areas another CPU holds; the second waits.
+        // Start where the last allocation succeeded: a lone CPU keeps reusing the same (cache-hot)
+        // area; CPUs that collide move on to other areas and record where they found room. The first
+        // pass skips areas another CPU holds; the second waits.
+        let start = self.next_area.load(Ordering::Relaxed) % self.area_count;
         for pass in 0..2 {
             for k in 0..self.area_count {
                 let a = (start + k) % self.area_count;
@@ -319,6 +321,9 @@ impl<'m> BouncePool<'m> {
                     area.hint = (i + req.nslots) % area.meta.len();
                     area.used += req.nslots;
                     drop(area);
+                    if a != start {
+                        self.next_area.store(a, Ordering::Relaxed);
+                    }
                     let now = self.in_use.fetch_add(req.nslots, Ordering::Relaxed) + req.nslots;
                     self.high_water.fetch_max(now, Ordering::Relaxed);
                     return Some(base + i);
@@ -430,6 +435,11 @@ impl<'m> BouncePool<'m> {
         }
         give_run(area.meta, i, nslots, self.max_run);
         area.used -= nslots;
+        // Reuse the lowest freed run first: its slots are cache-hot, and allocating where the free
+        // slots before it are few keeps `take_run`'s walk back short.
+        if i < area.hint {
+            area.hint = i;
+        }
         drop(area);
         self.in_use.fetch_sub(nslots, Ordering::Relaxed);
     }
