@@ -26,6 +26,8 @@ use ccdma::{
 use ccdma_hv_model::{HvConfig, Hypervisor, Region, TceConfig};
 use ccdma_tests::{add_pool, model, pattern, GIB, HIGH_POOL, MIB, MID_POOL};
 
+mod sg_rows;
+
 /// Batches per measurement; the median is reported.
 const BATCHES: usize = 15;
 /// Warm-up before calibration (caches, branch predictors, lazily backed model pages).
@@ -277,6 +279,8 @@ fn main() {
         f.check_clean();
     }
 
+    let sg_notes = sg_rows::rows(&mut bench);
+
     bounce.check_clean();
     println!("ccdma streaming DMA: bounce path (confidential pseries model, BounceAlways, 2 KiB slots)");
     bench.print();
@@ -285,6 +289,9 @@ fn main() {
          the default window: no hypercall per map; strict: entries written and cleared per map, a model \
          hypercall being far cheaper than a real one)"
     );
+    for note in sg_notes {
+        println!("{note}");
+    }
     if let Some(r) = aim {
         println!(
             "aim: 4 KiB to-device map+unmap within 2x of a 4 KiB memcpy: {r:.2}x -> {}",
