@@ -21,8 +21,8 @@ QEMU=qemu-system-x86_64
 TIMEOUT=${QEMU_TIMEOUT:-60}
 SUCCESS_STATUS=33 # kernel writes 0x10 to isa-debug-exit: QEMU exits with (0x10 << 1) | 1
 
-CONFIGS=(no-iommu no-iommu-low iommu)
-DEFAULT_CONFIG=no-iommu
+CONFIGS=(iommu iommu-strict iommu-low no-iommu no-iommu-low)
+DEFAULT_CONFIG=iommu
 
 # What the runner writes at the start of the disk and what the kernel writes at sector 1; both
 # must match qemu/kernel/src/scenario.rs.
@@ -80,31 +80,30 @@ configure() {
     local name=$1 dir=$2
     MACHINE_ARGS=(-cpu max)
     CHECK_DISK=$dir/disk.img
-    make_disk "$CHECK_DISK" 16
+    make_disk "$CHECK_DISK" 24
+    # RAM above 4 GiB: q35 puts 2 GiB below 4 GiB and the rest above.
     case $name in
-    no-iommu)
-        # RAM above 4 GiB (q35 puts 2 GiB below, 3 GiB above); TDX-style: no IOMMU.
-        make_disk "$dir/bench.img" 16
-        MACHINE_ARGS+=(-m 5G)
-        add_blk 0x04 "$CHECK_DISK" disk0
-        add_rng
-        add_nics
+    iommu | iommu-strict | no-iommu) MACHINE_ARGS+=(-m 5G) ;;
+    iommu-low | no-iommu-low) MACHINE_ARGS+=(-m 512M) ;;
+    *) die "unknown configuration '$name' (known: ${CONFIGS[*]})" ;;
+    esac
+    # With an IOMMU: the virtio-iommu keeps its default boot-bypass=on (the firmware needs it; the
+    # kernel clears bypass), and a second blk exists to be blocked by it (containment check).
+    case $name in
+    iommu*)
+        add_iommu
+        make_disk "$dir/fault.img" 1
+        add_blk 0x05 "$dir/fault.img" fault
+        ;;
+    esac
+    add_blk 0x04 "$CHECK_DISK" disk0
+    add_rng
+    add_nics
+    case $name in
+    iommu | iommu-strict | no-iommu)
+        make_disk "$dir/bench.img" 24
         add_bench "$dir/bench.img"
         ;;
-    no-iommu-low)
-        MACHINE_ARGS+=(-m 512M)
-        add_blk 0x04 "$CHECK_DISK" disk0
-        add_rng
-        add_nics
-        ;;
-    iommu)
-        # Phase 1: virtio-iommu keeps its default boot-bypass=on (firmware needs it); the kernel
-        # clears bypass itself.
-        MACHINE_ARGS+=(-m 512M)
-        add_iommu
-        add_blk 0x04 "$CHECK_DISK" disk0
-        ;;
-    *) die "unknown configuration '$name' (known: ${CONFIGS[*]})" ;;
     esac
 }
 

@@ -81,19 +81,6 @@ impl BlkRequest {
     pub fn data(&mut self) -> &mut [u8] {
         &mut self.buffer[self.range.clone()]
     }
-
-    /// Physical addresses of the header, data and status buffers, in that order.
-    pub fn phys_ranges(&self) -> [core::ops::Range<u64>; 3] {
-        let range = |ptr: *const u8, len: usize| {
-            let start = memory::phys_of(ptr);
-            start..start + len as u64
-        };
-        [
-            range((&raw const *self.header).cast(), size_of::<BlkReq>()),
-            range(self.buffer[self.range.clone()].as_ptr(), self.range.len()),
-            range((&raw const *self.status).cast(), size_of::<BlkResp>()),
-        ]
-    }
 }
 
 /// Which way a request moves data.
@@ -112,11 +99,6 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// Physical addresses of the request's header, data and status buffers.
-    pub fn phys_ranges(&self) -> [core::ops::Range<u64>; 3] {
-        self.request.phys_ranges()
-    }
-
     /// Waits, bounded, for the device to complete the request and collects its result.
     /// On timeout the buffers are abandoned to the device.
     pub fn finish<H: Hal>(self, blk: &mut Blk<H>, timeout: Duration) -> Result<BlkRequest, BlkIoError> {

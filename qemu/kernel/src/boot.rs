@@ -174,6 +174,10 @@ boot_stack_top:
     .global boot_identity_map_gib
 boot_identity_map_gib:
     .skip 4
+
+    /* Back to .text: global_asm blocks may be emitted one after another into one assembly
+       file, and the next must not land in this nobits section. */
+    .text
     "#,
     options(att_syntax)
 );

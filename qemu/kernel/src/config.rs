@@ -10,8 +10,12 @@
 pub enum IommuMode {
     /// No IOMMU (TDX-style): everything bounced, bus address = pool address.
     None,
-    /// virtio-iommu, driven by the phase-1 stand-in HAL (one blk, bounce area mapped by hand).
-    Phase1,
+    /// virtio-iommu, ccdma's premapped policy: the pools are entered into each device's window
+    /// once (a dynamic window for 64-bit devices, the default window below 4 GiB otherwise).
+    Premapped,
+    /// virtio-iommu, ccdma's strict policy: entries per mapping, with the direction's permission,
+    /// cleared at unmap.
+    Strict,
 }
 
 impl IommuMode {
@@ -20,11 +24,23 @@ impl IommuMode {
         self != Self::None
     }
 
+    /// ccdma's IOMMU configuration for this mode. Entries are never read back: the "hypervisor"
+    /// is this kernel's own shadow of the windows, so reading it back would prove nothing.
+    pub fn ccdma_config(self) -> Option<ccdma::IommuConfig> {
+        let config = match self {
+            Self::None => return None,
+            Self::Premapped => ccdma::IommuConfig::premapped(),
+            Self::Strict => ccdma::IommuConfig::strict(),
+        };
+        Some(config.with_verify(ccdma::VerifyPolicy::Off))
+    }
+
     /// Name for reports.
     pub fn name(self) -> &'static str {
         match self {
-            Self::None => "none (bounce everything, bus = pool address)",
-            Self::Phase1 => "virtio-iommu, phase-1 stand-in HAL",
+            Self::None => "none (TDX-style: bounce everything, bus address = pool address)",
+            Self::Premapped => "virtio-iommu, premapped (pools entered once per device window)",
+            Self::Strict => "virtio-iommu, strict (entries per mapping, cleared at unmap)",
         }
     }
 }
@@ -34,25 +50,25 @@ impl IommuMode {
 pub struct TestConfig {
     /// Name used by the runner.
     pub name: &'static str,
-    /// The IOMMU and how it is used.
+    /// The IOMMU and how ccdma uses it. With an IOMMU there is also the containment blk.
     pub iommu: IommuMode,
-    /// Guest RAM extends above 4 GiB; the main pool is placed there.
+    /// Guest RAM extends above 4 GiB; a pool is placed there (and one below).
     pub high_ram: bool,
-    /// All devices (two blk, rng, two NICs, the benchmark blk); otherwise blk, rng and NICs.
-    pub full: bool,
-    /// Run the blk benchmark (needs the benchmark blk device).
+    /// Run the blk benchmark (with the baseline blk device).
     pub bench: bool,
 }
 
 /// Every configuration the runner knows.
 pub const CONFIGS: &[TestConfig] = &[
-    TestConfig { name: "no-iommu", iommu: IommuMode::None, high_ram: true, full: true, bench: true },
-    TestConfig { name: "no-iommu-low", iommu: IommuMode::None, high_ram: false, full: false, bench: false },
-    TestConfig { name: "iommu", iommu: IommuMode::Phase1, high_ram: false, full: false, bench: false },
+    TestConfig { name: "iommu", iommu: IommuMode::Premapped, high_ram: true, bench: true },
+    TestConfig { name: "iommu-strict", iommu: IommuMode::Strict, high_ram: true, bench: true },
+    TestConfig { name: "iommu-low", iommu: IommuMode::Premapped, high_ram: false, bench: false },
+    TestConfig { name: "no-iommu", iommu: IommuMode::None, high_ram: true, bench: true },
+    TestConfig { name: "no-iommu-low", iommu: IommuMode::None, high_ram: false, bench: false },
 ];
 
 /// Configuration used when the command line names none.
-pub const DEFAULT_CONFIG: &str = "no-iommu";
+pub const DEFAULT_CONFIG: &str = "iommu";
 
 /// Fixed PCI device numbers (bus 0) of each role; `run.sh` places devices with `addr=`.
 pub mod slot {

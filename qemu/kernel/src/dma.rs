@@ -6,12 +6,13 @@
 //! [`CcdmaHal`] plus bookkeeping for the report: bytes each way, the range of bus addresses the
 //! device was given, and a check of every such address against the page ledger.
 
+use ccdma::iommu::BusRange;
 use ccdma::virtio_hal::{dma_direction, CcdmaHal, HalBinding, HalFailure};
-use ccdma::{BusAddr, Device, DmaError, DmaLayer, PhysAddr, PoolConfig, SlotMeta};
+use ccdma::{BusAddr, Device, DmaError, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
 use core::cell::UnsafeCell;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use spin::{Mutex, Once};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr as VirtioAddr};
 
@@ -61,8 +62,20 @@ impl<T> TakeOnce<T> {
     }
 }
 
-/// Pool memory below 4 GiB (in `.bss`).
-static LOW_POOL: StaticRegion<POOL_SIZE> = StaticRegion::new();
+/// Pool memory below 4 GiB (in `.bss`), 2 MiB aligned like the high pool so a dynamic window
+/// can map both with 2 MiB entries.
+#[repr(C, align(2097152))]
+struct PoolRegion(UnsafeCell<[u8; POOL_SIZE]>);
+
+// SAFETY: reached only through raw pointers, handed to the layer once (see `init`).
+unsafe impl Sync for PoolRegion {}
+
+static LOW_POOL: PoolRegion = PoolRegion(UnsafeCell::new([0; POOL_SIZE]));
+/// Bus-range storage of the IOMMU path (split between the domains).
+static BUS_RANGES: TakeOnce<[BusRange; 8 * 256]> = TakeOnce::new([BusRange::EMPTY; 8 * 256]);
+/// The page ccdma shares once and hands entries over in (`H_PUT_TCE_INDIRECT` list).
+static LIST_PAGE: StaticRegion<PAGE_SIZE> = StaticRegion::new();
+static LIST_PAGE_TAKEN: AtomicBool = AtomicBool::new(false);
 static LOW_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EMPTY; POOL_SLOTS]);
 static HIGH_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EMPTY; POOL_SLOTS]);
 
@@ -90,7 +103,7 @@ pub struct PoolInfo {
 pub enum SetupError {
     /// No RAM above 4 GiB (or not identity-mapped) for the high pool.
     NoHighRam,
-    /// The layer refused a pool.
+    /// The layer refused a pool or the IOMMU configuration.
     Pool(DmaError),
     /// `init` ran twice.
     AlreadyInitialised,
@@ -106,8 +119,12 @@ impl fmt::Display for SetupError {
     }
 }
 
-/// Builds the layer and its pools. The pools' pages become shared (ledger) here.
-pub fn init(placement: PoolPlacement) -> Result<([Option<PoolInfo>; 2], &'static Layer), SetupError> {
+/// Builds the layer and its pools, and turns its IOMMU path on when `iommu` is given. The pools'
+/// pages become shared (ledger) here.
+pub fn init(
+    placement: PoolPlacement,
+    iommu: Option<IommuConfig>,
+) -> Result<([Option<PoolInfo>; 2], &'static Layer), SetupError> {
     let mut layer = Layer::new(&PLATFORM);
     let mut pools = [None, None];
     if placement == PoolPlacement::HighAndLow {
@@ -123,13 +140,22 @@ pub fn init(placement: PoolPlacement) -> Result<([Option<PoolInfo>; 2], &'static
             .map_err(SetupError::Pool)?;
         pools[0] = Some(PoolInfo { phys, len: POOL_SIZE });
     }
-    let low = LOW_POOL.phys_range().start;
+    let low = memory::phys_of(LOW_POOL.0.get().cast());
     let meta = LOW_META.take().ok_or(SetupError::AlreadyInitialised)?;
     // SAFETY: LOW_POOL is used by nothing but the layer (it is private to this module and handed
     // over once, guarded by LOW_META's take-once flag).
     unsafe { layer.add_pool(PhysAddr(low), POOL_SIZE, meta, PoolConfig::default()) }
         .map_err(SetupError::Pool)?;
     pools[1] = Some(PoolInfo { phys: low, len: POOL_SIZE });
+    if let Some(config) = iommu {
+        let ranges = BUS_RANGES.take().ok_or(SetupError::AlreadyInitialised)?;
+        if LIST_PAGE_TAKEN.swap(true, Ordering::AcqRel) {
+            return Err(SetupError::AlreadyInitialised);
+        }
+        let list = PhysAddr(LIST_PAGE.phys_range().start);
+        // SAFETY: LIST_PAGE is used by nothing but the layer, handed over once (the flag above).
+        unsafe { layer.enable_iommu(config.with_list_page(list), ranges) }.map_err(SetupError::Pool)?;
+    }
     let mut fresh = false;
     let layer = LAYER.call_once(|| {
         fresh = true;
@@ -163,6 +189,11 @@ pub fn alloc_pages(pages: usize) -> Option<PhysAddr> {
     Some(PhysAddr(memory::phys_of(COHERENT_AREA.base().wrapping_add(first * PAGE_SIZE))))
 }
 
+/// Physical range of the coherent area.
+pub fn coherent_area() -> core::ops::Range<u64> {
+    COHERENT_AREA.phys_range()
+}
+
 /// Gives pages back to the coherent area.
 pub fn free_pages(phys: PhysAddr, pages: usize) {
     let first = (phys.0 - COHERENT_AREA.phys_range().start) as usize / PAGE_SIZE;
@@ -190,8 +221,11 @@ pub struct DeviceStats {
     pub refused: AtomicU64,
     /// Addresses given to the device that were not shared memory.
     pub unshared_given: AtomicU64,
-    /// Test knob: hand the device the private buffer itself instead of mapping it.
-    pub passthrough: AtomicBool,
+    /// Test knob: buffers of exactly this length (0: none) are not mapped; the device is handed
+    /// the private buffer's own physical address (containment checks).
+    pub passthrough_len: AtomicUsize,
+    /// The address the knob last handed out, so its `unshare` is recognised later.
+    passthrough_given: AtomicU64,
     /// The last HAL failure.
     pub last_failure: Mutex<Option<HalFailure>>,
 }
@@ -208,7 +242,8 @@ impl DeviceStats {
             coherent_pages: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             unshared_given: AtomicU64::new(0),
-            passthrough: AtomicBool::new(false),
+            passthrough_len: AtomicUsize::new(0),
+            passthrough_given: AtomicU64::new(u64::MAX),
             last_failure: Mutex::new(None),
         }
     }
@@ -314,7 +349,8 @@ pub fn record_failure(stats: &DeviceStats, label: &str, failure: HalFailure) {
     *stats.last_failure.lock() = Some(failure);
 }
 
-/// Attaches the device of binding `B` to the layer with `config` and records its handle.
+/// Attaches the device of binding `B` to the layer with `config` and records its handle. A
+/// device behind the IOMMU must be registered with the platform first.
 pub fn attach<B: KernelBinding>(config: ccdma::DeviceConfig) -> Result<&'static Device, DmaError> {
     let device = layer().attach(config)?;
     Ok(B::slot().call_once(|| device))
@@ -362,8 +398,10 @@ unsafe impl<B: KernelBinding> Hal for Observed<B> {
     unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> VirtioAddr {
         let stats = B::stats();
         let len = buffer.len();
-        if stats.passthrough.load(Ordering::Relaxed) {
-            return memory::phys_of(buffer.as_ptr().cast());
+        if len == stats.passthrough_len.load(Ordering::Relaxed) {
+            let phys = memory::phys_of(buffer.as_ptr().cast());
+            stats.passthrough_given.store(phys, Ordering::Relaxed);
+            return phys;
         }
         // SAFETY: the caller's contract, passed on.
         let bus = unsafe { CcdmaHal::<B>::share(buffer, direction) };
@@ -386,9 +424,10 @@ unsafe impl<B: KernelBinding> Hal for Observed<B> {
     }
 
     unsafe fn unshare(paddr: VirtioAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
-        if paddr == memory::phys_of(buffer.as_ptr().cast()) && B::stats().passthrough.load(Ordering::Relaxed)
-        {
+        let given = &B::stats().passthrough_given;
+        if paddr == given.load(Ordering::Relaxed) && paddr == memory::phys_of(buffer.as_ptr().cast()) {
             // Handed out by the passthrough knob: nothing was mapped.
+            given.store(u64::MAX, Ordering::Relaxed);
             return;
         }
         // SAFETY: the caller's contract, passed on.

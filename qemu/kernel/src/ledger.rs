@@ -29,6 +29,13 @@ pub enum Violation {
     NotShared(u64),
     /// A page that is not RAM (or beyond [`LEDGER_LIMIT`]).
     NotRam(u64),
+    /// A device behind the IOMMU was handed a bus address no entry of its windows translates.
+    DeviceGivenUnmapped {
+        /// PCI requester ID of the device.
+        device: u32,
+        /// The bus address.
+        bus: u64,
+    },
     /// A device was handed an address whose memory is not shared.
     DeviceGivenPrivate {
         /// PCI requester ID of the device.
@@ -44,6 +51,9 @@ impl fmt::Display for Violation {
             Self::AlreadyShared(page) => write!(f, "page {page:#x} shared twice"),
             Self::NotShared(page) => write!(f, "private page {page:#x} unshared"),
             Self::NotRam(page) => write!(f, "page {page:#x} is not RAM"),
+            Self::DeviceGivenUnmapped { device, bus } => {
+                write!(f, "device {device:#06x} given bus address {bus:#x}, which its windows do not map")
+            }
             Self::DeviceGivenPrivate { device, page } => {
                 write!(f, "device {device:#06x} given private page {page:#x}")
             }

@@ -17,13 +17,13 @@ mod dma;
 mod exceptions;
 mod exit;
 mod hal;
+mod iommu;
 mod ledger;
 mod mem;
 mod memory;
 mod net;
 mod patterns;
 mod pci;
-mod phase1;
 mod platform;
 mod report;
 mod rng;
@@ -32,8 +32,8 @@ mod serial;
 mod start_info;
 mod time;
 mod transport;
-// The driver exposes its whole API (detach, permissions per direction, fault access kinds) for
-// the ccdma platform layer even where the phase-1 checks do not use all of it yet.
+// The driver exposes its whole API (detach, permissions per direction, fault access kinds) even
+// where the kernel does not use all of it.
 #[allow(dead_code)]
 mod virtio_iommu;
 

@@ -118,11 +118,6 @@ impl<const WORDS: usize> SlotBitmap<WORDS> {
         );
         self.set(slots, false);
     }
-
-    /// Number of slots currently in use.
-    pub fn used_count(&self) -> usize {
-        self.used.iter().map(|word| word.count_ones() as usize).sum()
-    }
 }
 
 /// Private memory for request headers and data buffers handed to devices.

@@ -71,13 +71,6 @@ impl PciBus {
         self.root.enumerate_bus(0)
     }
 
-    /// Every function on bus 0 with the given IDs, in slot order.
-    pub fn find(&self, vendor_id: u16, device_id: u16) -> impl Iterator<Item = DeviceFunction> + '_ {
-        self.functions()
-            .filter(move |(_, info)| info.vendor_id == vendor_id && info.device_id == device_id)
-            .map(|(function, _)| function)
-    }
-
     /// Function 0 of device `slot` on bus 0, if something is there.
     pub fn at_slot(&self, slot: u8) -> Option<(DeviceFunction, DeviceFunctionInfo)> {
         self.functions().find(|(function, _)| function.device == slot && function.function == 0)

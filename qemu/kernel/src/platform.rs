@@ -4,13 +4,15 @@
 //! the private/shared state of every page and refuses inconsistent calls, and every address the
 //! kernel hands to a device is checked against it ([`QemuPlatform::check_device_address`]).
 //! Memory is identity-mapped (see [`crate::memory`]), so CPU pointers and physical addresses are
-//! the same numbers. Without an IOMMU a device's bus address is the physical address (TDX-style).
+//! the same numbers. Without an IOMMU a device's bus address is the physical address (TDX-style);
+//! behind the virtio-iommu it is whatever the device's windows map ([`IommuBackend`]).
 
 use ccdma::{BusAddr, MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform, SharingErrorKind};
 use core::ptr::NonNull;
 
+use crate::iommu::IommuBackend;
 use crate::ledger::{PageLedger, Violation};
-use crate::memory;
+use crate::memory::{self, PAGE_SIZE};
 
 /// The status a refused sharing call reports (an ultravisor's `U_PARAMETER`-like refusal).
 const REFUSED: i64 = -4;
@@ -18,10 +20,11 @@ const REFUSED: i64 = -4;
 /// This machine as ccdma sees it.
 pub struct QemuPlatform {
     ledger: PageLedger,
+    iommu: IommuBackend,
 }
 
 /// The one platform instance; the ledger covers all of RAM.
-pub static PLATFORM: QemuPlatform = QemuPlatform { ledger: PageLedger::new() };
+pub static PLATFORM: QemuPlatform = QemuPlatform { ledger: PageLedger::new(), iommu: IommuBackend::new() };
 
 impl QemuPlatform {
     /// The page ledger.
@@ -29,17 +32,35 @@ impl QemuPlatform {
         &self.ledger
     }
 
-    /// Checks that bus range `[bus, bus + len)` given to `device` reaches only shared memory.
-    /// Records a ledger violation and returns `false` otherwise.
+    /// The virtio-iommu half (empty in configurations without one).
+    pub fn iommu(&self) -> &IommuBackend {
+        &self.iommu
+    }
+
+    /// Checks that bus range `[bus, bus + len)` given to `device` reaches only shared memory:
+    /// directly, or through the device's IOMMU windows page by page. Records a ledger violation
+    /// and returns `false` otherwise.
     pub fn check_device_address(&self, device: u32, bus: BusAddr, len: usize) -> bool {
-        let phys = self.shared_phys_addr(bus).0;
-        match self.ledger.all_shared(phys, len as u64) {
-            Ok(()) => true,
-            Err(page) => {
+        let page = PAGE_SIZE as u64;
+        let end = bus.0 + len.max(1) as u64;
+        let mut at = bus.0;
+        while at < end {
+            let piece = (page - at % page).min(end - at);
+            let phys = match self.iommu.translate(device, at) {
+                None => self.shared_phys_addr(BusAddr(at)).0,
+                Some(Some(phys)) => phys,
+                Some(None) => {
+                    self.ledger.violation(Violation::DeviceGivenUnmapped { device, bus: at });
+                    return false;
+                }
+            };
+            if let Err(page) = self.ledger.all_shared(phys, piece) {
                 self.ledger.violation(Violation::DeviceGivenPrivate { device, page });
-                false
+                return false;
             }
+            at += piece;
         }
+        true
     }
 }
 
@@ -80,5 +101,9 @@ impl PhysMemory for QemuPlatform {
 impl Platform for QemuPlatform {
     fn is_confidential(&self) -> bool {
         true
+    }
+
+    fn tce(&self) -> Option<&dyn ccdma::TceCalls> {
+        self.iommu.present().then_some(&self.iommu as &dyn ccdma::TceCalls)
     }
 }
