@@ -281,3 +281,24 @@ fn many_cpus_map_strictly_at_once() {
     assert_eq!(layer.stats().slots_in_use, 0);
     assert_eq!(hv.faults().len(), 0);
 }
+
+#[test]
+fn bus_address_zero_is_never_handed_out() {
+    // The default window starts at bus 0; a premapped pool, strict mappings and coherent buffers all
+    // land above the first IOMMU page (drivers and virtio rings read 0 as "no address").
+    for policy in [IommuPolicy::Premapped, IommuPolicy::Strict] {
+        let mut o = Opts::new(policy);
+        o.ddw = false;
+        o.reserved = &[];
+        let g = iommu_guest(o);
+        let dev = g.device(1, 32);
+        if policy == IommuPolicy::Premapped {
+            assert_ne!(g.layer.pool_bus_of(&dev, 0).unwrap().0, 0);
+        }
+        let p = g.hv.alloc(4096, Region::Low);
+        let bus = g.layer.map_phys(&dev, PhysAddr(p), 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        assert!(bus.0 >= 4096, "{policy:?}: mapped at {bus}");
+        g.layer.unmap(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        assert!(g.hv.reachable(1).iter().all(|r| r.bus >= 4096), "{policy:?}: page 0 reachable");
+    }
+}

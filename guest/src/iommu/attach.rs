@@ -313,6 +313,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// Start a domain's bus space: the platform's reserved ranges and the layer-wide reservations.
     fn init_space(&self, space: &mut BusSpace<'m>, tce: &dyn TceCalls, id: u32) -> Result<(), DmaError> {
         space.clear();
+        // Bus address 0 is never handed out: many drivers (and virtio rings) read 0 as "no address".
+        space.reserve(0, crate::addr::PAGE_SIZE)?;
         let mut i = 0;
         while let Some((start, len)) = tce.reserved_range(id, i) {
             space.reserve(start, len)?;

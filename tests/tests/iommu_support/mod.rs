@@ -25,6 +25,8 @@ pub struct Opts {
     pub pool_at: u64,
     pub verify: VerifyPolicy,
     pub ram: u64,
+    /// Bus ranges the platform reserves in every window.
+    pub reserved: &'static [(u64, u64)],
 }
 
 impl Opts {
@@ -37,6 +39,7 @@ impl Opts {
             pool_at: MID_POOL,
             verify: VerifyPolicy::Ends,
             ram: 6 * GIB,
+            reserved: &RESERVED,
         }
     }
 }
@@ -51,7 +54,12 @@ pub struct IommuGuest {
 
 /// The model's IOMMU configuration for `opts`.
 pub fn tce_config(opts: &Opts) -> TceConfig {
-    TceConfig { reserved: RESERVED.to_vec(), indirect: opts.indirect, ddw: opts.ddw, ..TceConfig::default() }
+    TceConfig {
+        reserved: opts.reserved.to_vec(),
+        indirect: opts.indirect,
+        ddw: opts.ddw,
+        ..TceConfig::default()
+    }
 }
 
 /// Build the guest: IOMMU on in the model and the layer, one pool.
