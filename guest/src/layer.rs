@@ -372,23 +372,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         attrs: DmaAttrs,
     ) -> Result<BusAddr, DmaError> {
         self.check_device(dev)?;
+        // Bounce-always needs the physical address only for `min_align_mask` bits above the page
+        // offset (the page offset is the same in the virtual address); skip the translation otherwise.
         let phys = match dev.path {
-            DmaPath::BounceAlways => None,
+            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE => None,
             _ => self.platform.virt_to_phys(ptr, len),
         };
         self.map_original(dev, Original { cpu: ptr, phys }, len, dir, attrs)
-    }
-
-    pub(crate) fn map_original_checked(
-        &self,
-        dev: &Device,
-        orig: Original,
-        len: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-    ) -> Result<BusAddr, DmaError> {
-        self.check_device(dev)?;
-        self.map_original(dev, orig, len, dir, attrs)
     }
 
     fn map_original(

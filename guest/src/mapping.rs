@@ -6,7 +6,7 @@ use core::marker::PhantomData;
 use crate::addr::BusAddr;
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
-use crate::layer::{Device, DmaLayer, Original};
+use crate::layer::{Device, DmaLayer};
 use crate::platform::Platform;
 
 /// A live streaming mapping of a borrowed buffer.
@@ -54,11 +54,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<Mapping<'a, 'm, P>, DmaError> {
-        let phys = match dev.path() {
-            crate::device::DmaPath::BounceAlways => None,
-            _ => self.platform().virt_to_phys(ptr, len),
-        };
-        let bus = self.map_original_checked(dev, Original { cpu: ptr, phys }, len, dir, attrs)?;
+        // SAFETY: the buffer is borrowed for 'a by the returned mapping, which unmaps (on `unmap` or
+        // drop) before the borrow ends; to-device mappings never write through `ptr`.
+        let bus = unsafe { self.map_ptr(dev, ptr, len, dir, attrs)? };
         Ok(Mapping { layer: self, dev, bus, buf: ptr, len, dir, attrs, live: true, _buf: PhantomData })
     }
 }
