@@ -37,7 +37,7 @@ use core::cell::Cell;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::addr::{BusAddr, DmaMask, PhysAddr};
+use crate::addr::{BusAddr, DmaMask, PhysAddr, PAGE_SIZE};
 use crate::device::{DeviceConfig, DmaPath};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::{DmaError, IommuError};
@@ -127,16 +127,6 @@ impl Source {
         match *self {
             Source::Cpu { len, .. } | Source::Phys { len, .. } => len,
             Source::P2p(s) => s.len,
-        }
-    }
-
-    /// The address whose low bits a bounced copy keeps on paths that bounce everything (they do not
-    /// translate CPU buffers, as the single-mapping face does not).
-    fn untranslated_addr(&self) -> u64 {
-        match *self {
-            Source::Cpu { ptr, .. } => ptr as u64,
-            Source::Phys { phys, .. } => phys.0,
-            Source::P2p(s) => s.bar.0,
         }
     }
 }
@@ -599,11 +589,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                         self.stats.fail(FailureKind::Invalid);
                         return Err(DmaError::WrongDirection);
                     }
-                    let phys = if view.path.bounces_everything() {
-                        None
-                    } else {
-                        self.platform.virt_to_phys(ptr, len)
-                    };
+                    let phys = self.cpu_phys(view, &lim, ptr, len);
                     (Some(ptr), phys)
                 }
                 Source::Phys { phys, .. } => (None, Some(phys)),
@@ -671,6 +657,27 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         let range = self.window_layout(view, list, &lim, dir)?;
         Ok((self.emit_segments(view, list, &lim, opts.coalesce), range))
+    }
+
+    /// The physical address of a CPU buffer, where the path needs it: to use it directly, or for
+    /// `min_align_mask` bits above the page offset (the page offset is the same in the virtual address,
+    /// so paths that bounce everything skip the translation otherwise, as the single-mapping face
+    /// does).
+    fn cpu_phys(&self, view: &View<'_>, lim: &Limits, ptr: *mut u8, len: usize) -> Option<PhysAddr> {
+        if view.path.bounces_everything() && lim.min_align < PAGE_SIZE {
+            None
+        } else {
+            self.platform.virt_to_phys(ptr, len)
+        }
+    }
+
+    /// The address whose `min_align_mask` bits a bounced copy keeps (as `build_sg` chose it).
+    fn orig_addr(&self, view: &View<'_>, lim: &Limits, src: &Source) -> u64 {
+        match *src {
+            Source::Cpu { ptr, len, .. } => self.cpu_phys(view, lim, ptr, len).map_or(ptr as u64, |p| p.0),
+            Source::Phys { phys, .. } => phys.0,
+            Source::P2p(s) => s.bar.0,
+        }
     }
 
     /// Write the DMA segments into the list, in list order, merging what may be merged.
@@ -899,10 +906,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         &self,
         list: &[SgEntry<'_>],
         from: usize,
-        strict: bool,
+        view: &View<'_>,
         page: u64,
         lim: &Limits,
     ) -> Option<(Item, usize)> {
+        let strict = view.strict();
         let mut i = from;
         while let Some(e) = list.get(i) {
             match e.place {
@@ -917,7 +925,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                         len += n.src.len() as u64;
                         j += 1;
                     }
-                    let bits = e.src.untranslated_addr() & lim.min_align;
+                    let bits = self.orig_addr(view, lim, &e.src) & lim.min_align;
                     return Some((Item { first: i, phys: data_phys - d, d, len, bits, key: pool_off }, j));
                 }
                 Place::Window { phys, .. } => {
@@ -944,12 +952,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     ) -> Result<Option<(u64, u64)>, DmaError> {
         let Some(win) = view.window else { return Ok(None) };
         let page = win.page_size();
-        let strict = view.strict();
         // Where each item goes, as offsets from the range's start.
         let mut cursor = 0u64;
         let mut first_phys = None;
         let mut at = 0;
-        while let Some((item, next)) = self.next_item(list, at, strict, page, lim) {
+        while let Some((item, next)) = self.next_item(list, at, view, page, lim) {
             let Some(p) = place_item(cursor, &item, lim, page) else {
                 self.stats.fail(FailureKind::TooLarge);
                 return Err(DmaError::SegmentLimit { index: item.first, len: item.len as usize });
@@ -984,7 +991,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         // Every entry's bus address, from the same layout.
         let mut cursor = 0u64;
         let mut at = 0;
-        while let Some((item, next)) = self.next_item(list, at, strict, page, lim) {
+        while let Some((item, next)) = self.next_item(list, at, view, page, lim) {
             let p = place_item(cursor, &item, lim, page).unwrap_or(cursor);
             let data_bus = base + p + item.d;
             for e in list[item.first..next].iter_mut() {
@@ -1002,7 +1009,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let settled: &[SgEntry<'_>] = list;
         // Holes between items get empty entries: the device faults there.
         let entry = |k: u64| {
-            self.window_entry(settled, &hint, base + (k << win.page_shift), strict, page, lim)
+            self.window_entry(settled, &hint, base + (k << win.page_shift), view, page, lim)
                 .map_or(0, |phys| phys | perm)
         };
         if let Err(f) = self.tce_writer(tce).put_entries(&win, base, span >> win.page_shift, &entry) {
@@ -1031,7 +1038,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         list: &[SgEntry<'_>],
         hint: &Cell<usize>,
         bus: u64,
-        strict: bool,
+        view: &View<'_>,
         page: u64,
         lim: &Limits,
     ) -> Option<u64> {
@@ -1039,7 +1046,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         // last item found and fall back to the start once.
         for start in [hint.get(), 0] {
             let mut at = start;
-            while let Some((item, next)) = self.next_item(list, at, strict, page, lim) {
+            while let Some((item, next)) = self.next_item(list, at, view, page, lim) {
                 let first_page = list[item.first].mapped_at()?.0 - item.d;
                 if bus < first_page {
                     break;

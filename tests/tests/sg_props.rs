@@ -100,7 +100,7 @@ fn first_violation(env: &Env, case: &Case, inputs: &[Input]) -> Option<usize> {
         }
         let direct_ok = cfg.dma_mask.covers(inp.phys, len) && !crosses(case.boundary, inp.phys, len);
         let bounce_ok = || {
-            let bits = orig_addr(env, inp) & case.min_align & case.boundary;
+            let bits = orig_addr(env, inp, case.min_align) & case.min_align & case.boundary;
             bits as u128 + len as u128 <= case.boundary as u128 + 1
         };
         match env.kind {

@@ -229,10 +229,11 @@ pub fn entries(hv: &'static Hypervisor, inputs: &[Input]) -> Vec<SgEntry<'static
         .collect()
 }
 
-/// The address whose low bits a bounced input keeps: its physical address, or on paths that bounce
-/// everything its CPU address for CPU buffers (the layer does not translate those there).
-pub fn orig_addr(env: &Env, inp: &Input) -> u64 {
-    if env.kind.bounces_everything() && !inp.as_phys {
+/// The address whose low bits a bounced input keeps under `min_align`: its physical address, or on
+/// paths that bounce everything its CPU address for CPU buffers when only page-offset bits are kept
+/// (the layer does not translate those there; the page offset is the same).
+pub fn orig_addr(env: &Env, inp: &Input, min_align: u64) -> u64 {
+    if env.kind.bounces_everything() && !inp.as_phys && min_align < 4096 {
         env.hv.memory().ptr(inp.phys, inp.len as u64).unwrap().as_ptr() as u64
     } else {
         inp.phys
@@ -279,7 +280,7 @@ pub fn check_layout(
         assert_eq!(at, segs[seg].addr.0 + seg_off as u64, "entry {k} is not where the stream puts it");
         if e.is_bounced() {
             assert!(env.bounce_target_ok(dev, at, inp.len), "bounced entry {k} outside the pools");
-            assert_eq!(at & mam, orig_addr(env, inp) & mam, "entry {k} lost its min_align bits");
+            assert_eq!(at & mam, orig_addr(env, inp, mam) & mam, "entry {k} lost its min_align bits");
         } else {
             assert_eq!(at, inp.phys, "direct entry {k} not at its own address");
         }
