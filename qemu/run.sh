@@ -36,7 +36,10 @@ ensure_qemu() {
     echo "run.sh: $QEMU not found, installing qemu-system-x86" >&2
     local sudo=()
     [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    "${sudo[@]}" apt-get install -y qemu-system-x86 >&2 || die "could not install qemu-system-x86"
+    # A fresh machine may have no package lists yet.
+    "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >&2 ||
+        die "could not install qemu-system-x86"
     command -v "$QEMU" >/dev/null || die "$QEMU still missing after install"
 }
 

@@ -226,6 +226,11 @@ pub struct DeviceStats {
     pub passthrough_len: AtomicUsize,
     /// The address the knob last handed out, so its `unshare` is recognised later.
     passthrough_given: AtomicU64,
+    /// Test knob: buffers of exactly this length (0: none) are mapped `DriverToDevice` whatever
+    /// the driver asked (a driver that gets the direction wrong; strict-mode permission checks).
+    pub to_device_len: AtomicUsize,
+    /// The bus address of the last such mapping, so its `unshare` uses the same direction.
+    pub to_device_given: AtomicU64,
     /// The last HAL failure.
     pub last_failure: Mutex<Option<HalFailure>>,
 }
@@ -244,6 +249,8 @@ impl DeviceStats {
             unshared_given: AtomicU64::new(0),
             passthrough_len: AtomicUsize::new(0),
             passthrough_given: AtomicU64::new(u64::MAX),
+            to_device_len: AtomicUsize::new(0),
+            to_device_given: AtomicU64::new(u64::MAX),
             last_failure: Mutex::new(None),
         }
     }
@@ -369,7 +376,8 @@ impl<B: KernelBinding> Observed<B> {
 // SAFETY: every call is forwarded to `CcdmaHal<B>`, whose guarantees carry over unchanged; the
 // bookkeeping only reads addresses and lengths. The passthrough knob (tests of IOMMU containment
 // only) hands the device the buffer's own physical address, which is valid memory of the buffer
-// that virtio-drivers owns until `unshare`.
+// that virtio-drivers owns until `unshare`; the to-device knob asks for a mapping that gives the
+// device less than the driver wanted, never more.
 unsafe impl<B: KernelBinding> Hal for Observed<B> {
     fn dma_alloc(pages: usize, direction: BufferDirection) -> (VirtioAddr, NonNull<u8>) {
         let (bus, cpu) = CcdmaHal::<B>::dma_alloc(pages, direction);
@@ -403,10 +411,15 @@ unsafe impl<B: KernelBinding> Hal for Observed<B> {
             stats.passthrough_given.store(phys, Ordering::Relaxed);
             return phys;
         }
-        // SAFETY: the caller's contract, passed on.
+        let lie = len == stats.to_device_len.load(Ordering::Relaxed);
+        let direction = if lie { BufferDirection::DriverToDevice } else { direction };
+        // SAFETY: the caller's contract, passed on (a to-device mapping only reads the buffer).
         let bus = unsafe { CcdmaHal::<B>::share(buffer, direction) };
         if bus == UNREACHABLE_BUS.0 {
             return bus;
+        }
+        if lie {
+            stats.to_device_given.store(bus, Ordering::Relaxed);
         }
         stats.maps.fetch_add(1, Ordering::Relaxed);
         let direction = dma_direction(direction);
@@ -430,6 +443,13 @@ unsafe impl<B: KernelBinding> Hal for Observed<B> {
             given.store(u64::MAX, Ordering::Relaxed);
             return;
         }
+        let lied = &B::stats().to_device_given;
+        let direction = if paddr == lied.load(Ordering::Relaxed) {
+            lied.store(u64::MAX, Ordering::Relaxed);
+            BufferDirection::DriverToDevice
+        } else {
+            direction
+        };
         // SAFETY: the caller's contract, passed on.
         unsafe { CcdmaHal::<B>::unshare(paddr, buffer, direction) }
     }

@@ -98,8 +98,12 @@ struct Backend {
     shadow: &'static mut [u32],
     shadow_used: usize,
     counters: IommuCounters,
-    faults: [Option<Fault>; 8],
+    /// The last [`FAULT_LOG`] fault reports, by sequence number (`counters.faults` before each).
+    faults: [Option<(u64, Fault)>; FAULT_LOG],
 }
+
+/// Fault reports kept for inspection.
+pub const FAULT_LOG: usize = 16;
 
 /// Lets the backend live in a static.
 struct SendBackend(Backend);
@@ -163,7 +167,7 @@ impl IommuBackend {
             shadow,
             shadow_used: 0,
             counters: IommuCounters::default(),
-            faults: [None; 8],
+            faults: [None; FAULT_LOG],
         }));
         Ok(())
     }
@@ -200,18 +204,27 @@ impl IommuBackend {
         let mut taken = 0;
         while let Ok(Some(fault)) = backend.driver.poll_fault() {
             log::info!("iommu: {fault}");
-            if let Some(slot) = backend.faults.iter_mut().find(|slot| slot.is_none()) {
-                *slot = Some(fault);
-            }
+            let seq = backend.counters.faults;
+            backend.faults[(seq % FAULT_LOG as u64) as usize] = Some((seq, fault));
             backend.counters.faults += 1;
             taken += 1;
         }
         taken
     }
 
-    /// Fault reports seen so far (the first few).
-    pub fn faults(&self) -> [Option<Fault>; 8] {
-        self.state.lock().as_ref().map_or([None; 8], |backend| backend.0.faults)
+    /// The fault reports numbered `since` and later (sequence numbers count from 0, as
+    /// [`IommuCounters::faults`] does), as far as the log still holds them.
+    pub fn faults_since(&self, since: u64) -> [Option<Fault>; FAULT_LOG] {
+        let mut out = [None; FAULT_LOG];
+        if let Some(SendBackend(backend)) = self.state.lock().as_ref() {
+            let mut recent = backend.faults;
+            recent.sort_unstable_by_key(|entry| entry.map_or(u64::MAX, |(seq, _)| seq));
+            let kept = recent.iter().flatten().filter(|(seq, _)| *seq >= since).map(|&(_, fault)| fault);
+            for (slot, fault) in out.iter_mut().zip(kept) {
+                *slot = Some(fault);
+            }
+        }
+        out
     }
 
     /// The counters.
