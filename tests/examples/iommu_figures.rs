@@ -173,7 +173,9 @@ fn timing() {
     let p = Some(IommuPolicy::Premapped);
     let s = Some(IommuPolicy::Strict);
     let (ends, off) = (VerifyPolicy::Ends, VerifyPolicy::Off);
-    let cases: [(&str, Option<IommuPolicy>, u32, bool, VerifyPolicy, bool); 8] = [
+    // (name, policy, mask bits, indirect call, read-back, deferred attach)
+    type Case = (&'static str, Option<IommuPolicy>, u32, bool, VerifyPolicy, bool);
+    let cases: [Case; 8] = [
         ("bounce only (no IOMMU)", None, 64, true, ends, false),
         ("premapped, DDW", p, 64, true, ends, false),
         ("premapped, default window", p, 32, true, ends, false),
