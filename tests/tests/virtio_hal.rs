@@ -309,7 +309,7 @@ fn dealloc_of_an_unknown_buffer_is_reported_frees_nothing_and_returns_zero() {
     let ctx = UnknownDealloc::install(hv, layer, device, 4);
     let (bus, cpu) = UnknownDealloc::dma_alloc_for_test(1);
     let shared = hv.shared_pages();
-    // SAFETY (for the test): a wrong page count; the HAL must match nothing and free nothing.
+    // SAFETY: a wrong page count on purpose: the HAL must match no record and free nothing.
     assert_eq!(unsafe { CcdmaHal::<UnknownDealloc>::dma_dealloc(bus, cpu, 2) }, 0);
     assert_eq!(
         ctx.failures(),
