@@ -352,7 +352,7 @@ pub fn record_failure(stats: &DeviceStats, label: &str, failure: HalFailure) {
     if matches!(failure, HalFailure::Share { .. }) {
         stats.refused.fetch_add(1, Ordering::Relaxed);
     }
-    log::warn!("{label}: HAL request refused: {failure:?}");
+    log::info!("{label}: HAL request refused: {failure:?}");
     *stats.last_failure.lock() = Some(failure);
 }
 

@@ -45,7 +45,7 @@ use start_info::StartInfo;
 /// Rust entry point, called by the boot trampoline on the boot stack with paging and SSE on.
 #[no_mangle]
 extern "C" fn kmain(start_info_phys: u32) -> ! {
-    serial::init(log::LevelFilter::Info);
+    serial::init(log::LevelFilter::Warn);
     exceptions::init();
     println!("ccdma test kernel");
 
