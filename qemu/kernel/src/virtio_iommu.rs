@@ -32,8 +32,10 @@ use crate::time;
 const REQUEST_QUEUE: u16 = 0;
 /// Queue 1: buffers the device fills with fault reports.
 const EVENT_QUEUE: u16 = 1;
-/// Descriptors per queue. A request takes two; one event buffer takes one.
-const QUEUE_SIZE: usize = 8;
+/// Descriptors per queue. A request takes two; one event buffer takes one. QEMU reports a
+/// blocked access once per piece it tries (4 bytes at a time for some), and drops reports while
+/// no event buffer is posted, so there are plenty.
+const QUEUE_SIZE: usize = 32;
 /// Event buffers kept posted. A fault arriving while none is posted is dropped by the device.
 const EVENT_BUFFERS: usize = QUEUE_SIZE;
 
