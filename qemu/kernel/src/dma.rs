@@ -82,11 +82,15 @@ static HIGH_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EM
 /// Where pools go.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum PoolPlacement {
-    /// One pool below 4 GiB.
+    /// One pool below 4 GiB; coherent pages below 4 GiB.
     Low,
     /// One pool at the top of RAM above 4 GiB, and one below 4 GiB for devices that cannot reach
-    /// it (without an IOMMU, a 32-bit device needs memory below 4 GiB).
+    /// it (without an IOMMU, a 32-bit device needs memory below 4 GiB); coherent pages below
+    /// 4 GiB for the same reason.
     HighAndLow,
+    /// Behind an IOMMU: everything above 4 GiB, one pool at the top of RAM and the coherent pages
+    /// just below it. The windows give every device bus addresses below its mask.
+    High,
 }
 
 /// A pool as set up, for the report.
@@ -127,10 +131,11 @@ pub fn init(
 ) -> Result<([Option<PoolInfo>; 2], &'static Layer), SetupError> {
     let mut layer = Layer::new(&PLATFORM);
     let mut pools = [None, None];
-    if placement == PoolPlacement::HighAndLow {
+    if placement != PoolPlacement::Low {
         let top = PLATFORM.ledger().ram_end();
         let phys = top.saturating_sub(POOL_SIZE as u64) & !((2 << 20) - 1);
-        if phys < 1 << 32 || memory::ptr_of(phys, POOL_SIZE).is_none() {
+        let coherent = phys - COHERENT_BYTES as u64;
+        if coherent < 1 << 32 || memory::ptr_of(coherent, POOL_SIZE + COHERENT_BYTES).is_none() {
             return Err(SetupError::NoHighRam);
         }
         let meta = HIGH_META.take().ok_or(SetupError::AlreadyInitialised)?;
@@ -139,14 +144,20 @@ pub fn init(
         unsafe { layer.add_pool(PhysAddr(phys), POOL_SIZE, meta, PoolConfig::default()) }
             .map_err(SetupError::Pool)?;
         pools[0] = Some(PoolInfo { phys, len: POOL_SIZE });
+        if placement == PoolPlacement::High {
+            // Also unused by anything else (see above); handed out page by page by `alloc_pages`.
+            COHERENT_BASE.store(coherent, Ordering::Relaxed);
+        }
     }
-    let low = memory::phys_of(LOW_POOL.0.get().cast());
-    let meta = LOW_META.take().ok_or(SetupError::AlreadyInitialised)?;
-    // SAFETY: LOW_POOL is used by nothing but the layer (it is private to this module and handed
-    // over once, guarded by LOW_META's take-once flag).
-    unsafe { layer.add_pool(PhysAddr(low), POOL_SIZE, meta, PoolConfig::default()) }
-        .map_err(SetupError::Pool)?;
-    pools[1] = Some(PoolInfo { phys: low, len: POOL_SIZE });
+    if placement != PoolPlacement::High {
+        let low = memory::phys_of(LOW_POOL.0.get().cast());
+        let meta = LOW_META.take().ok_or(SetupError::AlreadyInitialised)?;
+        // SAFETY: LOW_POOL is used by nothing but the layer (it is private to this module and
+        // handed over once, guarded by LOW_META's take-once flag).
+        unsafe { layer.add_pool(PhysAddr(low), POOL_SIZE, meta, PoolConfig::default()) }
+            .map_err(SetupError::Pool)?;
+        pools[1] = Some(PoolInfo { phys: low, len: POOL_SIZE });
+    }
     if let Some(config) = iommu {
         let ranges = BUS_RANGES.take().ok_or(SetupError::AlreadyInitialised)?;
         if LIST_PAGE_TAKEN.swap(true, Ordering::AcqRel) {
@@ -180,23 +191,35 @@ pub fn layer() -> &'static Layer {
 // behind an IOMMU, enters them into the device's window.
 
 const COHERENT_PAGES: usize = 128;
-static COHERENT_AREA: StaticRegion<{ COHERENT_PAGES * PAGE_SIZE }> = StaticRegion::new();
+const COHERENT_BYTES: usize = COHERENT_PAGES * PAGE_SIZE;
+static COHERENT_AREA: StaticRegion<COHERENT_BYTES> = StaticRegion::new();
 static COHERENT_USED: Mutex<SlotBitmap<{ COHERENT_PAGES / 64 }>> = Mutex::new(SlotBitmap::new());
+/// Physical start of the coherent area: `COHERENT_AREA` (below 4 GiB) unless `init` placed it
+/// above 4 GiB ([`PoolPlacement::High`]).
+static COHERENT_BASE: AtomicU64 = AtomicU64::new(0);
+
+fn coherent_base() -> u64 {
+    match COHERENT_BASE.load(Ordering::Relaxed) {
+        0 => COHERENT_AREA.phys_range().start,
+        base => base,
+    }
+}
 
 /// `pages` free pages of the coherent area.
 pub fn alloc_pages(pages: usize) -> Option<PhysAddr> {
     let first = COHERENT_USED.lock().alloc(pages, 1)?;
-    Some(PhysAddr(memory::phys_of(COHERENT_AREA.base().wrapping_add(first * PAGE_SIZE))))
+    Some(PhysAddr(coherent_base() + (first * PAGE_SIZE) as u64))
 }
 
 /// Physical range of the coherent area.
 pub fn coherent_area() -> core::ops::Range<u64> {
-    COHERENT_AREA.phys_range()
+    let base = coherent_base();
+    base..base + COHERENT_BYTES as u64
 }
 
 /// Gives pages back to the coherent area.
 pub fn free_pages(phys: PhysAddr, pages: usize) {
-    let first = (phys.0 - COHERENT_AREA.phys_range().start) as usize / PAGE_SIZE;
+    let first = (phys.0 - coherent_base()) as usize / PAGE_SIZE;
     COHERENT_USED.lock().free(first, pages);
 }
 
@@ -215,6 +238,10 @@ pub struct DeviceStats {
     pub min_bus: AtomicU64,
     /// Highest bus address (last byte) handed to the device.
     pub max_bus: AtomicU64,
+    /// Lowest physical address behind those bus addresses (first page of each).
+    pub min_phys: AtomicU64,
+    /// Highest physical address behind them (first page of each).
+    pub max_phys: AtomicU64,
     /// Coherent pages allocated (virtqueues).
     pub coherent_pages: AtomicU64,
     /// Requests ccdma refused (the device got [`UNREACHABLE_BUS`]).
@@ -244,6 +271,8 @@ impl DeviceStats {
             bytes_from_device: AtomicU64::new(0),
             min_bus: AtomicU64::new(u64::MAX),
             max_bus: AtomicU64::new(0),
+            min_phys: AtomicU64::new(u64::MAX),
+            max_phys: AtomicU64::new(0),
             coherent_pages: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             unshared_given: AtomicU64::new(0),
@@ -255,9 +284,20 @@ impl DeviceStats {
         }
     }
 
-    fn saw_bus(&self, bus: u64, len: usize) {
+    fn saw_bus(&self, device: u32, bus: u64, len: usize) {
         self.min_bus.fetch_min(bus, Ordering::Relaxed);
         self.max_bus.fetch_max(bus + len as u64 - 1, Ordering::Relaxed);
+        // Behind the IOMMU the window says where the memory is; without, the bus address is it.
+        if let Some(phys) = PLATFORM.iommu().translate(device, bus).unwrap_or(Some(bus)) {
+            self.min_phys.fetch_min(phys, Ordering::Relaxed);
+            self.max_phys.fetch_max(phys, Ordering::Relaxed);
+        }
+    }
+
+    /// Lowest and highest physical address behind the bus addresses handed out, if any.
+    pub fn phys_range(&self) -> Option<(u64, u64)> {
+        let min = self.min_phys.load(Ordering::Relaxed);
+        (min != u64::MAX).then(|| (min, self.max_phys.load(Ordering::Relaxed)))
     }
 
     /// Lowest and highest bus address handed out, if any.
@@ -384,7 +424,7 @@ unsafe impl<B: KernelBinding> Hal for Observed<B> {
         if bus != 0 {
             let stats = B::stats();
             stats.coherent_pages.fetch_add(pages as u64, Ordering::Relaxed);
-            stats.saw_bus(bus, pages * PAGE_SIZE);
+            stats.saw_bus(Self::device_id(), bus, pages * PAGE_SIZE);
             if !PLATFORM.check_device_address(Self::device_id(), BusAddr(bus), pages * PAGE_SIZE) {
                 stats.unshared_given.fetch_add(1, Ordering::Relaxed);
             }
@@ -429,7 +469,7 @@ unsafe impl<B: KernelBinding> Hal for Observed<B> {
         if direction.device_writes() {
             stats.bytes_from_device.fetch_add(len as u64, Ordering::Relaxed);
         }
-        stats.saw_bus(bus, len);
+        stats.saw_bus(Self::device_id(), bus, len);
         if !PLATFORM.check_device_address(Self::device_id(), BusAddr(bus), len) {
             stats.unshared_given.fetch_add(1, Ordering::Relaxed);
         }

@@ -157,7 +157,11 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
         report.skip("iommu", "no IOMMU in this configuration: containment is the hardware's job (TDX)");
     }
 
-    let placement = if config.high_ram { PoolPlacement::HighAndLow } else { PoolPlacement::Low };
+    let placement = match (config.high_ram, config.iommu.present()) {
+        (false, _) => PoolPlacement::Low,
+        (true, false) => PoolPlacement::HighAndLow,
+        (true, true) => PoolPlacement::High,
+    };
     match dma::init(placement, config.iommu.ccdma_config()) {
         Ok((pools, _)) => {
             let pools = pools.iter().flatten();
@@ -1176,20 +1180,23 @@ fn check_masks(report: &mut Report, config: &TestConfig) {
                 IommuMode::Premapped => true,
                 IommuMode::Strict => false,
             };
-        let ok = within && (!wants_high || high >= FOUR_GIB);
+        // Behind the IOMMU with all memory above 4 GiB, a 32-bit device reaches it only through
+        // its window: every page it was given lies above 4 GiB, every bus address below.
+        let (phys_low, phys_high) = B::stats().phys_range().unwrap_or((0, 0));
+        let remapped = config.iommu.present() && config.high_ram && mask.bits() == 32;
+        let ok = within && (!wants_high || high >= FOUR_GIB) && (!remapped || phys_low >= FOUR_GIB);
         report.expect(
             format_args!("dma.mask.{}", B::NAME),
             ok,
             format_args!(
-                "{mask} mask, given bus addresses {low:#x}..={high:#x}{}",
+                "{mask} mask, given bus addresses {low:#x}..={high:#x} for memory at {phys_low:#x}..={phys_high:#x}{}",
                 match (wants_high, config.iommu) {
                     (true, IommuMode::None) => " (streaming from the pool above 4 GiB)",
                     (true, _) => " (streaming through the dynamic window)",
                     (false, _) if !streams => " (queues only so far)",
                     (false, IommuMode::None) if config.high_ram => " (the pool below 4 GiB)",
                     (false, IommuMode::None) => "",
-                    (false, _) if config.high_ram =>
-                        " (IOMMU default window below 4 GiB; pool memory above it)",
+                    (false, _) if remapped => " (memory above 4 GiB through the default window below 4 GiB)",
                     (false, _) => " (IOMMU default window)",
                 }
             ),
