@@ -34,15 +34,20 @@
 //! [`HalBinding::failed`] and returns [`HalBinding::unreachable_bus_addr`]: a bus address the
 //! binding guarantees the device cannot reach (outside every IOMMU window; with no IOMMU, an
 //! address that decodes to nothing). The device's access to it then fails at the bus (an IOMMU
-//! fault, or a decode error) instead of touching memory, and virtio devices treat an unmappable
-//! descriptor as a broken request. `unshare` recognises the address and does nothing: there is no
-//! slot to free and nothing to copy back, so the caller's buffer keeps its contents.
+//! fault, or a decode error) instead of touching memory. `unshare` recognises the address and
+//! does nothing: there is no slot to free and nothing to copy back, so the caller's buffer keeps
+//! its contents.
 //!
 //! Why not stop the machine: exhaustion is a load condition, not corruption. Stopping is a policy
 //! the binding can still choose, by diverging in [`HalBinding::failed`]. Why not hand out any
 //! other address: every other address is either private memory or somebody else's live mapping.
-//! The cost of the chosen behaviour is that one request fails at the device (and a virtio device
-//! usually stops until reset); the driver sees a timeout or an I/O error, never wrong data.
+//!
+//! The cost: what the device makes of the failed access is up to the device. Under QEMU, a
+//! virtio-blk request whose header is unreachable never completes (the driver's bounded wait
+//! expires), but one whose *data* buffer is unreachable can complete with a success status while
+//! the data went nowhere. No byte reaches or leaves the wrong memory either way, but the request's
+//! status alone cannot be trusted after a refusal: [`HalBinding::failed`] is the signal, and a
+//! driver stack that can act on it (fail the request, reset the device) should.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
