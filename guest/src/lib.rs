@@ -22,17 +22,18 @@ pub mod pool;
 pub mod sg;
 pub mod sharing;
 pub mod stats;
+pub mod tracker;
 #[cfg(feature = "virtio-hal")]
 pub mod virtio_hal;
 
 pub use addr::{BusAddr, DmaMask, PhysAddr, PAGE_SIZE};
-pub use coherent::CoherentBuffer;
+pub use coherent::{CoherentBuffer, FreeError};
 pub use device::{DeviceConfig, DmaPath};
 pub use direction::{DmaAttrs, DmaDirection};
-pub use error::{DmaError, IommuError, SharingErrorKind};
+pub use error::{DmaError, IommuError, Refused, SharingErrorKind};
 pub use iommu::{IommuConfig, IommuPolicy, IommuStatsSnapshot, PathReason, TceCalls, VerifyPolicy};
 pub use layer::{Device, DmaLayer, MAX_POOLS};
 pub use mapping::Mapping;
 pub use platform::{BusEncoding, MemorySharing, PartialSharing, PhysMemory, Platform};
-pub use pool::{BouncePool, PoolConfig, SlotMeta};
+pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
 pub use stats::{FailureKind, StatsSnapshot};
