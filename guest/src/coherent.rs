@@ -268,7 +268,11 @@ impl<P: Platform> DmaLayer<'_, P> {
 
     /// Take a coherent buffer out of its device's window (a buffer of this device: the window holds
     /// its range, checked against the domain's record all the same).
-    fn coherent_leave(&self, d: crate::iommu::domain::DomainRef, buf: &CoherentBuffer) -> Result<(), DmaError> {
+    fn coherent_leave(
+        &self,
+        d: crate::iommu::domain::DomainRef,
+        buf: &CoherentBuffer,
+    ) -> Result<(), DmaError> {
         let bytes = buf.pages * PAGE_SIZE;
         let unknown = || {
             self.stats.fail(FailureKind::UnknownMapping);
@@ -288,5 +292,11 @@ impl<P: Platform> DmaLayer<'_, P> {
         }
         slot.space.lock().free(r.start, r.len, RangeKind::Coherent);
         Ok(())
+    }
+}
+
+impl From<FreeError> for DmaError {
+    fn from(e: FreeError) -> DmaError {
+        *e.error()
     }
 }

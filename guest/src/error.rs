@@ -305,7 +305,9 @@ impl fmt::Display for DmaError {
             DmaError::WrongDevice { owner, given } => {
                 write!(f, "mapping belongs to device #{owner}, named through device #{given}")
             }
-            DmaError::OwnedByMapping(b) => write!(f, "{b} is owned by a Mapping; the raw face may not touch it"),
+            DmaError::OwnedByMapping(b) => {
+                write!(f, "{b} is owned by a Mapping; the raw face may not touch it")
+            }
             DmaError::BadWindowGeometry { start, size, page_shift } => write!(
                 f,
                 "hypervisor window [{start:#x} +{size:#x}] with page shift {page_shift} is unusable"
@@ -423,3 +425,11 @@ impl<T> fmt::Display for Refused<T> {
 }
 
 impl<T> core::error::Error for Refused<T> {}
+
+/// `?` on a refused call keeps the error; the value is dropped (a dropped `Mapping` still unmaps or
+/// gives up its slots safely, a dropped `Device` or `CoherentBuffer` leaks safely).
+impl<T> From<Refused<T>> for DmaError {
+    fn from(r: Refused<T>) -> DmaError {
+        r.error
+    }
+}

@@ -62,8 +62,17 @@ pub struct SlotMeta {
 
 impl SlotMeta {
     /// An unused entry, for initialising storage.
-    pub const EMPTY: SlotMeta =
-        SlotMeta { free_run: 0, state: FREE, dir: 0, attrs: 0, nslots: 0, offset: 0, len: 0, owner: 0, orig: 0 };
+    pub const EMPTY: SlotMeta = SlotMeta {
+        free_run: 0,
+        state: FREE,
+        dir: 0,
+        attrs: 0,
+        nslots: 0,
+        offset: 0,
+        len: 0,
+        owner: 0,
+        orig: 0,
+    };
 }
 
 impl Default for SlotMeta {

@@ -815,7 +815,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 let align_mask = (align - 1) & !(slot - 1);
                 RunRequest { nslots: nslots as usize, align_mask, align_bits: bits & align_mask }
             };
-            let Some(index) = pool.alloc_sg(req, 0, data_end as usize, dir, attrs, dev.serial) else { continue };
+            let Some(index) = pool.alloc_sg(req, 0, data_end as usize, dir, attrs, dev.serial) else {
+                continue;
+            };
             let run_off = (index as u64) << slot.trailing_zeros();
             let start = view.pool_bus[pi].0 + run_off + lead;
             let misplaced = if page > 0 {
@@ -981,7 +983,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         // page, and (only where the window crosses a boundary) the boundary blocks.
         let mut align = page;
         if lim.min_align >= page {
-            align = align.max(lim.min_align.checked_add(1).ok_or(DmaError::InvalidMinAlignMask(lim.min_align))?);
+            align =
+                align.max(lim.min_align.checked_add(1).ok_or(DmaError::InvalidMinAlignMask(lim.min_align))?);
         }
         if lo < hi && !lim.within_boundary(lo, hi - lo) {
             let need = span.checked_next_power_of_two().unwrap_or(1 << 63);

@@ -158,10 +158,18 @@ mod enabled {
         }
 
         /// Remove the live entry of `kind` at `bus` of device `serial`, remembering it as recent.
-        pub(super) fn remove(&self, kind: TrackedKind, serial: u32, bus: BusAddr, site: &'static Location<'static>) {
+        pub(super) fn remove(
+            &self,
+            kind: TrackedKind,
+            serial: u32,
+            bus: BusAddr,
+            site: &'static Location<'static>,
+        ) {
             let mut s = self.0.lock();
-            if let Some(x) =
-                s.live.iter_mut().find(|x| x.is_some_and(|e| e.kind == kind && e.device == serial && e.bus == bus))
+            if let Some(x) = s
+                .live
+                .iter_mut()
+                .find(|x| x.is_some_and(|e| e.kind == kind && e.device == serial && e.bus == bus))
             {
                 *x = None;
             }
@@ -174,7 +182,11 @@ mod enabled {
             self.0.lock().live.iter().flatten().find(|e| e.bus == bus).copied()
         }
 
-        pub(super) fn recently_unmapped(&self, serial: u32, bus: BusAddr) -> Option<&'static Location<'static>> {
+        pub(super) fn recently_unmapped(
+            &self,
+            serial: u32,
+            bus: BusAddr,
+        ) -> Option<&'static Location<'static>> {
             let s = self.0.lock();
             s.recent.iter().flatten().find(|r| r.0 == serial && r.1 == bus).map(|r| r.2)
         }
@@ -203,7 +215,6 @@ mod enabled {
             s.reports_total += 1;
         }
     }
-
 }
 
 #[cfg(feature = "debug-tracker")]
@@ -268,7 +279,13 @@ pub(crate) fn unmapped<P: Platform>(
                 | DmaError::OwnedByMapping(_)),
             ) => {
                 let mapped_at = t.find(bus).map(|e| e.site);
-                t.report(MisuseReport { kind: MisuseKind::Mismatch(*e), device: dev.serial, bus, site, mapped_at });
+                t.report(MisuseReport {
+                    kind: MisuseKind::Mismatch(*e),
+                    device: dev.serial,
+                    bus,
+                    site,
+                    mapped_at,
+                });
             }
             Err(_) => {}
         }
@@ -292,9 +309,9 @@ pub(crate) fn synced<P: Platform>(
         let kind = match e {
             DmaError::OutOfRange { .. } => MisuseKind::SyncOutside(*e),
             DmaError::UnknownMapping(_) => MisuseKind::UnknownAddress,
-            DmaError::DirectionMismatch { .. } | DmaError::WrongDevice { .. } | DmaError::OwnedByMapping(_) => {
-                MisuseKind::Mismatch(*e)
-            }
+            DmaError::DirectionMismatch { .. }
+            | DmaError::WrongDevice { .. }
+            | DmaError::OwnedByMapping(_) => MisuseKind::Mismatch(*e),
             _ => return,
         };
         let mapped_at = t.find(bus).map(|e| e.site);
@@ -307,7 +324,12 @@ pub(crate) fn synced<P: Platform>(
 /// A coherent buffer was made.
 #[inline(always)]
 #[track_caller]
-pub(crate) fn coherent_allocated<P: Platform>(layer: &DmaLayer<'_, P>, dev: &Device, bus: BusAddr, pages: u64) {
+pub(crate) fn coherent_allocated<P: Platform>(
+    layer: &DmaLayer<'_, P>,
+    dev: &Device,
+    bus: BusAddr,
+    pages: u64,
+) {
     let len = usize::try_from(pages.saturating_mul(crate::addr::PAGE_SIZE)).unwrap_or(usize::MAX);
     mapped(layer, dev, bus, len, DmaDirection::Bidirectional, TrackedKind::Coherent, Location::caller());
 }

@@ -7,8 +7,8 @@ use spin::Mutex;
 
 use super::bus_space::{BusRange, BusSpace, RangeKind};
 use super::domain::{
-    DdwOutcome, DomainInfo, DomainRef, DomainSlot, Iommu, IommuStatsSnapshot, PathReason, CLAIMED,
-    DETACHING, FREE, READY, SETUP,
+    DdwOutcome, DomainInfo, DomainRef, DomainSlot, Iommu, IommuStatsSnapshot, PathReason, CLAIMED, DETACHING,
+    FREE, READY, SETUP,
 };
 use super::tce::{ListPage, TceWriter};
 use super::{
@@ -50,7 +50,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         let per = ranges.len() / cfg.max_domains;
         if per < 4 {
-            return Err(DmaError::RangeStorageTooSmall { needed: 4 * cfg.max_domains, provided: ranges.len() });
+            return Err(DmaError::RangeStorageTooSmall {
+                needed: 4 * cfg.max_domains,
+                provided: ranges.len(),
+            });
         }
         let list = match cfg.list_page {
             None => None,

@@ -119,7 +119,11 @@ impl WindowGeometry {
         if ok {
             Ok(())
         } else {
-            Err(DmaError::BadWindowGeometry { start: self.start, size: self.size, page_shift: self.page_shift })
+            Err(DmaError::BadWindowGeometry {
+                start: self.start,
+                size: self.size,
+                page_shift: self.page_shift,
+            })
         }
     }
     /// One past the last bus address (saturating).
