@@ -24,7 +24,7 @@ use crate::stats::FailureKind;
 /// with the buffer handed back. Dropping it without freeing leaks the pages (shared, in the window)
 /// and keeps the device busy, which is safe.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0382
 /// fn free_twice<P: ccdma::Platform>(l: &ccdma::DmaLayer<'_, P>, d: &ccdma::Device, b: ccdma::CoherentBuffer) {
 ///     let _ = l.free_coherent(d, b);
 ///     let _ = l.free_coherent(d, b); // error: use of moved value `b`

@@ -122,8 +122,6 @@ pub enum DmaError {
     },
     /// No more pools can be added.
     TooManyPools,
-    /// A pool range that overlaps another pool or is not page aligned.
-    BadPoolRange(PhysAddr),
     /// The platform has no CPU mapping for a physical range.
     NoCpuMapping(PhysAddr),
     /// Sharing pages with the hypervisor failed; everything shared by this call was rolled back
@@ -319,7 +317,6 @@ impl fmt::Display for DmaError {
                 write!(f, "slot metadata holds {provided} slots, pool needs {needed}")
             }
             DmaError::TooManyPools => write!(f, "no room for another pool"),
-            DmaError::BadPoolRange(p) => write!(f, "pool range at {p} unaligned or overlapping"),
             DmaError::NoCpuMapping(p) => write!(f, "no CPU mapping for {p}"),
             DmaError::SharingFailed { phys, pages, quarantined, kind } => write!(
                 f,

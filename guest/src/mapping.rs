@@ -33,7 +33,7 @@
 //!
 //! The buffer cannot be touched while it is mapped:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0506
 //! # use ccdma::*;
 //! # use ccdma_hv_model::{HvConfig, Hypervisor};
 //! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(1 << 30))));

@@ -222,7 +222,7 @@ impl<'m> BouncePool<'m> {
     ) -> Result<BouncePool<'m>, DmaError> {
         cfg.validate()?;
         if !phys.is_page_aligned() || len == 0 || len as u64 % PAGE_SIZE != 0 {
-            return Err(DmaError::BadPoolRange(phys));
+            return Err(DmaError::Unaligned { addr: phys.0 | len as u64, align: PAGE_SIZE });
         }
         let nslots = len / cfg.slot_size;
         if nslots == 0 {

@@ -256,11 +256,11 @@ fn pool_configuration_errors() {
     }
     assert!(matches!(
         add_pool(&mut layer, LOW_POOL + 1, MIB, PoolConfig::default()),
-        Err(DmaError::BadPoolRange(_))
+        Err(DmaError::Unaligned { align: 4096, .. })
     ));
     assert!(matches!(
         add_pool(&mut layer, LOW_POOL, 100, PoolConfig::default()),
-        Err(DmaError::BadPoolRange(_))
+        Err(DmaError::Unaligned { align: 4096, .. })
     ));
     assert!(matches!(
         add_pool(&mut layer, 7 * GIB, MIB, PoolConfig::default()),
@@ -275,7 +275,7 @@ fn pool_configuration_errors() {
     add_pool(&mut layer, LOW_POOL, MIB, PoolConfig::default()).unwrap();
     assert!(matches!(
         add_pool(&mut layer, LOW_POOL + 4096, MIB, PoolConfig::default()),
-        Err(DmaError::BadPoolRange(_))
+        Err(DmaError::PoolOverlap { pool: 0 })
     ));
     assert_eq!(hv.shared_pages(), 256);
     for i in 1..ccdma::MAX_POOLS as u64 {

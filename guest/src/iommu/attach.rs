@@ -59,7 +59,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             None => None,
             Some(phys) => {
                 if !phys.is_page_aligned() {
-                    return Err(DmaError::BadPoolRange(phys));
+                    return Err(DmaError::Unaligned { addr: phys.0, align: PAGE_SIZE });
                 }
                 let cpu =
                     self.platform.cpu_ptr(phys, PAGE_SIZE as usize).ok_or(DmaError::NoCpuMapping(phys))?;
