@@ -41,6 +41,19 @@ pub struct CoherentBuffer {
     layer: u32,
 }
 
+impl Drop for CoherentBuffer {
+    /// A buffer dropped without [`DmaLayer::free_coherent`] leaks its pages (still shared, still in the
+    /// window) and keeps its device busy: safe, but almost always a driver bug, so it is logged.
+    fn drop(&mut self) {
+        log::warn!(
+            "ccdma: coherent buffer at {} ({} pages) of device #{} dropped without free: leaked",
+            self.phys,
+            self.pages,
+            self.device
+        );
+    }
+}
+
 /// Why [`DmaLayer::free_coherent`] did not simply succeed.
 #[derive(Debug)]
 pub enum FreeError {
@@ -126,6 +139,7 @@ impl<P: Platform> DmaLayer<'_, P> {
     /// # Safety
     /// `[phys, phys + pages * 4 KiB)` must be guest RAM that the caller owns and does not otherwise use
     /// until `free_coherent` succeeds (forever if it reports the pages quarantined).
+    #[track_caller]
     pub unsafe fn alloc_coherent(
         &self,
         dev: &Device,
@@ -241,6 +255,7 @@ impl<P: Platform> DmaLayer<'_, P> {
     /// Refused with the buffer handed back ([`FreeError::Refused`]) when it belongs to another device
     /// or layer, or when clearing fails (retry later); if unsharing fails the buffer is gone and its
     /// pages are quarantined ([`FreeError::Quarantined`]: never reuse them).
+    #[track_caller]
     pub fn free_coherent(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
         let refuse = |buf, error| Err(FreeError::Refused(Refused { value: buf, error }));
         if let Err(e) = self.check_device(dev) {
@@ -260,8 +275,11 @@ impl<P: Platform> DmaLayer<'_, P> {
         self.iommu_counters.coherent_pages.fetch_sub(buf.pages, Ordering::Relaxed);
         dev.live_dec();
         crate::tracker::coherent_freed(self, dev, buf.bus);
+        // Freed: the value has done its job (its Drop only reports leaks).
+        let (phys, pages) = (buf.phys, buf.pages);
+        core::mem::forget(buf);
         if self.platform.is_confidential() {
-            self.unshare_pages(buf.phys, buf.pages).map_err(FreeError::Quarantined)?;
+            self.unshare_pages(phys, pages).map_err(FreeError::Quarantined)?;
         }
         Ok(())
     }

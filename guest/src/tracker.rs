@@ -89,8 +89,9 @@ pub struct MisuseReport {
     pub bus: BusAddr,
     /// Where the offending call was made (for `Leaked`: where the leaked object was made).
     pub site: &'static Location<'static>,
-    /// For mismatches and double unmaps: where the mapping was made (or last unmapped), when known.
-    pub mapped_at: Option<&'static Location<'static>>,
+    /// Where the mapping was made (mismatches, syncs), or where it was first unmapped (double
+    /// unmap), when known.
+    pub earlier: Option<&'static Location<'static>>,
 }
 
 #[cfg(feature = "debug-tracker")]
@@ -192,9 +193,9 @@ mod enabled {
         }
 
         pub(super) fn report(&self, r: MisuseReport) {
-            match r.mapped_at {
+            match r.earlier {
                 Some(m) => log::error!(
-                    "ccdma dma-debug: {:?} by device #{} at {} (call at {}; mapping made at {m})",
+                    "ccdma dma-debug: {:?} by device #{} at {} (call at {}; earlier call at {m})",
                     r.kind,
                     r.device,
                     r.bus,
@@ -266,11 +267,11 @@ pub(crate) fn unmapped<P: Platform>(
         match result {
             Ok(()) => t.remove(kind, dev.serial, bus, site),
             Err(DmaError::UnknownMapping(_) | DmaError::SgListState { mapped: false }) => {
-                let (kind, mapped_at) = match t.recently_unmapped(dev.serial, bus) {
+                let (kind, earlier) = match t.recently_unmapped(dev.serial, bus) {
                     Some(at) => (MisuseKind::DoubleUnmap, Some(at)),
                     None => (MisuseKind::UnknownAddress, None),
                 };
-                t.report(MisuseReport { kind, device: dev.serial, bus, site, mapped_at });
+                t.report(MisuseReport { kind, device: dev.serial, bus, site, earlier });
             }
             Err(
                 e @ (DmaError::SizeMismatch { .. }
@@ -278,13 +279,13 @@ pub(crate) fn unmapped<P: Platform>(
                 | DmaError::WrongDevice { .. }
                 | DmaError::OwnedByMapping(_)),
             ) => {
-                let mapped_at = t.find(bus).map(|e| e.site);
+                let earlier = t.find(bus).map(|e| e.site);
                 t.report(MisuseReport {
                     kind: MisuseKind::Mismatch(*e),
                     device: dev.serial,
                     bus,
                     site,
-                    mapped_at,
+                    earlier,
                 });
             }
             Err(_) => {}
@@ -314,8 +315,8 @@ pub(crate) fn synced<P: Platform>(
             | DmaError::OwnedByMapping(_) => MisuseKind::Mismatch(*e),
             _ => return,
         };
-        let mapped_at = t.find(bus).map(|e| e.site);
-        t.report(MisuseReport { kind, device: dev.serial, bus, site, mapped_at });
+        let earlier = t.find(bus).map(|e| e.site);
+        t.report(MisuseReport { kind, device: dev.serial, bus, site, earlier });
     }
     #[cfg(not(feature = "debug-tracker"))]
     let _ = (layer, dev, bus, result, site);
@@ -370,7 +371,7 @@ pub(crate) fn report_leaks<P: Platform>(layer: &DmaLayer<'_, P>, dev: &Device) {
                 device: dev.serial,
                 bus: e.bus,
                 site: e.site,
-                mapped_at: None,
+                earlier: None,
             });
         }
     }
