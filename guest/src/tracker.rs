@@ -10,7 +10,7 @@
 //! - at a refused detach, everything the driver leaked, each with the call site that mapped it.
 //!
 //! Reports go to the log (`error` level) and into a small ring that tools and tests read through
-//! [`crate::DmaLayer::tracker`]. The layer's own checks stay exactly as they are: the tracker only
+//! `DmaLayer::tracker`. The layer's own checks stay exactly as they are: the tracker only
 //! adds who and where. Without the feature every hook below is an empty inline function and the
 //! layer holds no tracker state.
 //!

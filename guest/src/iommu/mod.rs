@@ -7,7 +7,7 @@
 //!
 //! Pieces: [`bus_space`] (a bus-address allocator per device with exact reservations), [`tce`] (entry
 //! programming: batching through one shared list page, bounded busy retry, read-back verification),
-//! [`domain`] (per-device windows and their set-up), and the layer integration in `attach`/`map`.
+//! `domain` (per-device windows and their set-up), and the layer integration in `attach`/`map`.
 
 pub mod bus_space;
 pub(crate) mod domain;
