@@ -139,7 +139,15 @@ impl Default for CoherentSlot {
 
 /// Ties a [`CcdmaHal`] to one layer and one attached device. Implement it on a unit type per
 /// device; the functions are called on every DMA operation, so they should be cheap (a static).
-pub trait HalBinding: 'static {
+///
+/// # Safety
+///
+/// The HAL zeroes, shares and hands to the device the pages [`HalBinding::alloc_pages`] returns, so
+/// an implementation guarantees that they are exactly what its documentation says: page-aligned guest
+/// RAM that the binding owns and that nothing else uses until [`HalBinding::free_pages`] takes them
+/// back. [`HalBinding::unreachable_bus_addr`] must be an address no device access can turn into a
+/// memory access.
+pub unsafe trait HalBinding: 'static {
     /// The platform of the layer.
     type Platform: Platform + 'static;
 

@@ -329,7 +329,10 @@ macro_rules! dma_binding {
             static COHERENT: [::ccdma::virtio_hal::CoherentSlot; 8] =
                 [const { ::ccdma::virtio_hal::CoherentSlot::new() }; 8];
 
-            impl ::ccdma::virtio_hal::HalBinding for $name {
+            // SAFETY: `alloc_pages` hands out pages of the kernel's coherent-page bitmap, owned by
+            // nobody else until `free_pages` returns them; the unreachable address lies outside every
+            // window and all RAM (see `UNREACHABLE_BUS`).
+            unsafe impl ::ccdma::virtio_hal::HalBinding for $name {
                 type Platform = &'static $crate::platform::QemuPlatform;
 
                 fn layer() -> &'static $crate::dma::Layer {
