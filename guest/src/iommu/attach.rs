@@ -463,9 +463,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             outcome
         };
         // The window's geometry is an allegation: it must be what was asked for and below the mask.
+        let overlaps_default = default.is_some_and(|d| win.start < d.end() && d.start < win.end());
         if win.page_shift != shift
+            || win.check().is_err()
             || win.size < total
-            || win.start % win.page_size() != 0
+            || overlaps_default
             || !config.dma_mask.covers(win.start, total)
         {
             return Err(remove(DdwOutcome::BadWindow));
