@@ -37,7 +37,6 @@ const FIXED_MIN_ALIGN_ALL_ONES: bool = false;
 /// `add_pool` with a pool smaller than one slot (division by zero in `BouncePool::new`).
 const FIXED_POOL_SMALLER_THAN_SLOT: bool = false;
 /// A window page shift of 64 or more (`1 << page_shift`).
-#[allow(dead_code)] // consulted by `window_geometry` once written
 const FIXED_PAGE_SHIFT_64: bool = false;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1109,5 +1108,237 @@ fn run_hv(kind: Kind, case: &HvCase) -> Result<(), TestCaseError> {
 fn arbitrary_hypervisor_answers() {
     for kind in KINDS {
         runner(128).run(&hv_case(), |case| run_hv(kind, &case)).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Property 3: arbitrary window geometry and DDW answers (as the platform reports them).
+
+#[derive(Clone, Debug)]
+struct GeoCase {
+    strict: bool,
+    default: (u64, u64, u32),
+    reserved: Vec<(u64, u64)>,
+    ddw: bool,
+    ddw_start: u64,
+    ddw_page_sizes: u32,
+    ddw_largest_block: u64,
+    ddw_windows: u32,
+    ddw_reported: Option<(u64, u64, u32)>,
+    max_entries: Option<u64>,
+    indirect: bool,
+    devices: Vec<(u32, u64)>,
+    maps: Vec<(usize, u64, u8)>,
+}
+
+fn shift_strategy() -> BoxedStrategy<u32> {
+    let sane = prop::sample::select(vec![11u32, 12, 16, 21, 24, 30, 34, 40, 63]);
+    if FIXED_PAGE_SHIFT_64 {
+        prop_oneof![4 => sane, 1 => 64u32..200].boxed()
+    } else {
+        sane.boxed()
+    }
+}
+
+fn geo_case() -> impl Strategy<Value = GeoCase> {
+    let start = prop::sample::select(vec![
+        0u64,
+        4096,
+        1 << 20,
+        1 << 31,
+        1 << 40,
+        1 << 59,
+        1 << 63,
+        u64::MAX - (4 << 30) + 1,
+    ]);
+    let size = prop::sample::select(vec![0u64, 4096, 16 << 20, 1 << 31, 1 << 40, u64::MAX]);
+    (
+        any::<bool>(),
+        (start.clone(), size.clone(), shift_strategy()),
+        prop::collection::vec((start.clone(), size.clone()), 0..3),
+        (any::<bool>(), start.clone(), any::<u32>(), prop_oneof![Just(1u64 << 24), any::<u64>()], 0u32..3),
+        prop::option::of((start, size, shift_strategy())),
+        prop::option::of(0u64..5000),
+        any::<bool>(),
+        prop::collection::vec(
+            (prop::sample::select(vec![24u32, 32, 40, 64]), prop::sample::select(vec![0u64, 0xFFF, 0x1FFF])),
+            1..3,
+        ),
+        prop::collection::vec((1usize..70_000, 0u64..8192, any::<u8>()), 1..6),
+    )
+        .prop_map(
+            |(
+                strict,
+                default,
+                reserved,
+                (ddw, ddw_start, ddw_page_sizes, ddw_largest_block, ddw_windows),
+                ddw_reported,
+                max_entries,
+                indirect,
+                devices,
+                maps,
+            )| {
+                GeoCase {
+                    strict,
+                    default,
+                    // The model adds `start + len`: keep each reservation inside the address space.
+                    reserved: reserved.into_iter().map(|(s, l)| (s, l.min(u64::MAX - s))).collect(),
+                    ddw,
+                    ddw_start,
+                    ddw_page_sizes,
+                    ddw_largest_block,
+                    ddw_windows,
+                    ddw_reported,
+                    max_entries,
+                    indirect,
+                    devices,
+                    maps,
+                }
+            },
+        )
+}
+
+/// A DDW overlapping the default window is accepted today (pinned by
+/// `ddw_overlapping_the_default_window_is_refused`); set once fixed.
+const FIXED_DDW_OVERLAP: bool = false;
+/// A default window whose start is not a multiple of its page size is accepted today (pinned by
+/// `default_window_unaligned_to_its_page_is_refused`); set once fixed.
+const FIXED_DEFAULT_WINDOW_ALIGN: bool = false;
+
+fn run_geo(case: &GeoCase) -> Result<(), TestCaseError> {
+    let kind = if case.strict { Kind::Strict } else { Kind::Premapped };
+    let (ds, de) = (case.default.0, case.default.0.saturating_add(case.default.1));
+    let (ws, we) = match case.ddw_reported {
+        Some((s, l, _)) => (s, s.saturating_add(l)),
+        None => (case.ddw_start, case.ddw_start.saturating_add(1 << 35)),
+    };
+    if !FIXED_DDW_OVERLAP && case.ddw && !case.strict && ds < we && ws < de {
+        return Ok(());
+    }
+    if !FIXED_DEFAULT_WINDOW_ALIGN && case.default.0 % (1u64 << case.default.2.min(63)) != 0 {
+        return Ok(());
+    }
+    let tce = TceConfig {
+        default_start: case.default.0,
+        default_size: case.default.1,
+        default_page_shift: case.default.2,
+        reserved: case.reserved.clone(),
+        indirect: case.indirect,
+        ddw: case.ddw,
+        ddw_start: case.ddw_start,
+        ddw_page_sizes: case.ddw_page_sizes,
+        ddw_largest_block: case.ddw_largest_block,
+        ddw_windows: case.ddw_windows,
+        max_entries_per_table: case.max_entries,
+        ddw_reported: case.ddw_reported,
+    };
+    let g = guest_with(kind, tce, VerifyPolicy::Ends);
+    let b0 = base(&g);
+    let shared0 = g.hv.shared_pages();
+    let mut devs = Vec::new();
+    for (k, &(bits, min_align)) in case.devices.iter().enumerate() {
+        if let Ok(d) = g.attach(k as u32 + 1, bits, min_align) {
+            devs.push((k as u32 + 1, d));
+        }
+    }
+    for &(id, ref d) in &devs {
+        for &(len, off, dir) in &case.maps {
+            let dir = dir_of(dir);
+            let phys = g.buf + off;
+            let data = vec![(off as u8) | 1; len];
+            g.hv.memory().write(phys, &data);
+            // SAFETY: the guest buffer is this case's; one mapping at a time.
+            let r = unsafe { api::map_phys(&g.layer, d, phys, len, dir, DmaAttrs::NONE) };
+            let Ok(bus) = r else { continue };
+            // A mapping the layer hands out works exactly, whatever the geometry.
+            let dev = g.hv.device(id);
+            if dir.device_reads() {
+                let seen = dev.read(bus.0, len);
+                prop_assert!(
+                    seen.as_ref().is_ok_and(|v| *v == data),
+                    "device does not see the data: {:?}",
+                    seen.err()
+                );
+            }
+            let back = vec![0xC3u8; len];
+            if dir.device_writes() {
+                prop_assert!(dev.write(bus.0, &back).is_ok(), "device cannot write its mapping");
+            }
+            for r in g.hv.reachable(id) {
+                let in_pool = POOLS.iter().any(|&(p, l)| r.phys >= p && r.phys + r.len <= p + l);
+                prop_assert!(in_pool, "device reaches {:x?} outside the pools", r);
+            }
+            // SAFETY: the mapping just made.
+            let r = unsafe { api::unmap(&g.layer, d, bus, len, dir, DmaAttrs::NONE) };
+            prop_assert!(r.is_ok(), "unmap: {:?}", r);
+            let now = g.hv.memory().read(phys, len);
+            prop_assert!(now == if dir.device_writes() { back } else { data }, "bytes after unmap");
+        }
+    }
+    for (id, d) in devs {
+        let r = api::detach(&g.layer, d).map_err(|(_, e)| e);
+        prop_assert!(r.is_ok(), "detach: {:?}", r);
+        prop_assert!(g.hv.reachable(id).is_empty(), "a detached device still reaches memory");
+    }
+    prop_assert_eq!(b0, base(&g));
+    prop_assert_eq!(g.hv.shared_pages(), shared0);
+    prop_assert_eq!(g.hv.tce_counters().live_entries, 0);
+    prop_assert_eq!(g.hv.tce_counters().ddws, 0);
+    prop_assert!(g.hv.faults().is_empty(), "faults: {:?}", g.hv.faults());
+    Ok(())
+}
+
+#[test]
+fn arbitrary_window_geometry() {
+    runner(256).run(&geo_case(), |case| run_geo(&case)).unwrap();
+}
+
+#[test]
+#[ignore = "found by api_props: a DDW overlapping the default window is accepted; maps succeed and the device faults"]
+fn ddw_overlapping_the_default_window_is_refused() {
+    // Firmware creates the DDW where the default window already is. The layer must not premap the
+    // pools there (or must not use the default window), else a mapping it returns cannot be reached.
+    let tce = TceConfig { default_start: 1 << 59, ddw_start: 1 << 59, ..tce_for(Kind::Premapped) };
+    let g = guest_with(Kind::Premapped, tce, VerifyPolicy::Ends);
+    let dev = g.attach(1, 64, 0).unwrap();
+    let data = vec![0x77u8; 100];
+    g.hv.memory().write(g.buf, &data);
+    // SAFETY: the guest buffer is ours.
+    let r = unsafe { api::map_phys(&g.layer, &dev, g.buf, 100, DmaDirection::ToDevice, DmaAttrs::NONE) };
+    if let Ok(bus) = r {
+        let seen = g.hv.device(1).read(bus.0, 100);
+        assert_eq!(
+            seen.ok(),
+            Some(data),
+            "a mapping the layer returned is unreachable ({:?})",
+            api::path_of(&g.layer, &dev)
+        );
+        // SAFETY: the mapping just made.
+        unsafe { api::unmap(&g.layer, &dev, bus, 100, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    }
+    detach(&g, dev);
+}
+
+#[test]
+#[ignore = "found by api_props: a default window whose start is not a multiple of its page size is accepted; the device then reads other bytes"]
+fn default_window_unaligned_to_its_page_is_refused() {
+    // The default window starts at 4 KiB with 64 KiB TCE pages: the layer must refuse the window
+    // (as it does for a DDW) or place entries so the device reaches exactly the mapping.
+    for kind in [Kind::PremappedNoDdw, Kind::Strict] {
+        let tce =
+            TceConfig { default_start: 4096, default_page_shift: 16, reserved: vec![], ..tce_for(kind) };
+        let g = guest_with(kind, tce, VerifyPolicy::Ends);
+        let Ok(dev) = g.attach(1, 24, 0) else { continue };
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        g.hv.memory().write(g.buf, &data);
+        // SAFETY: the guest buffer is ours.
+        let r = unsafe { api::map_phys(&g.layer, &dev, g.buf, 5000, DmaDirection::ToDevice, DmaAttrs::NONE) };
+        if let Ok(bus) = r {
+            let seen = g.hv.device(1).read(bus.0, 5000).ok();
+            assert!(seen == Some(data), "{kind:?}: the device reads other bytes than the mapping's at {bus}");
+            // SAFETY: the mapping just made.
+            unsafe { api::unmap(&g.layer, &dev, bus, 5000, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+        }
+        detach(&g, dev);
     }
 }
