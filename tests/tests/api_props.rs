@@ -1369,3 +1369,137 @@ fn sg_with_min_align_above_page_on_premapped_pool_at_bus_0x1000() {
     let r = sg_on_idle_pool(vec![], 0x1FFF);
     assert!(r.is_ok(), "{r:?}");
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Property 4: construction with arbitrary values (masks, pools, pool geometry, IOMMU configuration).
+
+#[derive(Clone, Debug)]
+struct BuildCase {
+    kind: usize,
+    mask_bits: u32,
+    mask_value: u64,
+    pools: Vec<(u64, usize, usize, usize, usize, usize)>,
+    max_domains: usize,
+    ranges: usize,
+    list_page: Option<u64>,
+    devices: Vec<(u32, u64)>,
+}
+
+fn build_case() -> impl Strategy<Value = BuildCase> {
+    let phys = prop_oneof![
+        3 => (0u64..64).prop_map(|k| 0x0080_0000 + k * 0x10_0000),
+        1 => (0u64..64).prop_map(|k| 0x0080_0000 + k * 0x10_0000 + 0x800),
+        1 => any::<u64>(),
+        1 => (0u64..4096).prop_map(|k| u64::MAX - k),
+    ];
+    let len = prop_oneof![
+        3 => (1usize..=64).prop_map(|p| p * 4096),
+        1 => 0usize..70_000,
+        1 => (0usize..4096).prop_map(|k| usize::MAX - k),
+        1 => any::<usize>(),
+    ];
+    let slot =
+        prop_oneof![3 => Just(2048usize), 1 => (0u32..20).prop_map(|k| 1usize << k), 1 => any::<usize>()];
+    let pool = (
+        phys,
+        len,
+        slot,
+        prop_oneof![Just(128usize), 0usize..5000],
+        prop_oneof![Just(4usize), 0usize..20],
+        0usize..3,
+    )
+        .prop_map(|(p, l, s, r, a, m)| (p, l, s, r, a, m));
+    (
+        0usize..6,
+        any::<u32>(),
+        any::<u64>(),
+        prop::collection::vec(pool, 0..4),
+        prop_oneof![Just(8usize), 0usize..20],
+        prop_oneof![Just(2048usize), 0usize..200],
+        prop::option::of(prop_oneof![Just(0x4000_0000u64), any::<u64>()]),
+        prop::collection::vec((0u32..70, min_align_strategy()), 0..4),
+    )
+        .prop_map(|(kind, mask_bits, mask_value, pools, max_domains, ranges, list_page, devices)| {
+            BuildCase { kind, mask_bits, mask_value, pools, max_domains, ranges, list_page, devices }
+        })
+}
+
+fn run_build(case: &BuildCase) -> Result<(), TestCaseError> {
+    // Masks: valid exactly for 13..=64 bits, or 2^n - 1 values of such n.
+    let m = DmaMask::new(case.mask_bits);
+    prop_assert_eq!(m.is_ok(), (13..=64).contains(&case.mask_bits));
+    let v = case.mask_value;
+    let fv = DmaMask::from_value(v);
+    let pow = v != 0 && v & v.wrapping_add(1) == 0;
+    prop_assert_eq!(fv.is_ok(), pow && (13..=64).contains(&(64 - v.leading_zeros())));
+    let kind = KINDS[case.kind];
+    let hv = hv_for(kind);
+    let mut layer = api::new_layer(hv);
+    let mut shared = 0u64;
+    for &(phys, len, slot_size, max_run_slots, areas, meta_sel) in &case.pools {
+        let cfg = PoolConfig { slot_size, max_run_slots, areas };
+        if !FIXED_POOL_SMALLER_THAN_SLOT && len < slot_size {
+            continue;
+        }
+        // Pools stay below the buffers the other properties use and away from the list page.
+        if phys.checked_add(len as u64).is_none_or(|e| e > 0x3000_0000) && phys < 6 * GIB {
+            continue;
+        }
+        let slots = len.checked_div(slot_size).unwrap_or(0);
+        let meta = [slots, slots / 2, 0][meta_sel].min(1 << 20);
+        let before = layer.stats().shared_pages;
+        // SAFETY: ranges below 768 MiB nothing else in this case uses (or outside RAM, which the
+        // layer must refuse).
+        match unsafe { api::add_pool(&mut layer, phys, len, meta, cfg) } {
+            Ok(_) => {
+                if kind != Kind::Plain {
+                    shared += len as u64 / PAGE;
+                }
+            }
+            Err(_) => prop_assert_eq!(layer.stats().shared_pages, before, "a refused pool left pages shared"),
+        }
+        prop_assert_eq!(layer.stats().shared_pages, shared);
+        prop_assert_eq!(hv.shared_pages(), shared);
+    }
+    if kind.iommu() {
+        hv.enable_iommu(tce_for(kind));
+        let cfg = IommuConfig {
+            max_domains: case.max_domains,
+            list_page: case.list_page.map(ccdma::PhysAddr),
+            ..if kind == Kind::Strict { IommuConfig::strict() } else { IommuConfig::premapped() }
+        };
+        // SAFETY: the list page is 0x4000_0000 (RAM nothing else uses here) or arbitrary (outside
+        // RAM, or RAM this case does not use; the layer zeroes and shares it).
+        if unsafe { api::enable_iommu(&mut layer, cfg, case.ranges) }.is_ok() && case.list_page.is_some() {
+            shared += u64::from(kind != Kind::Plain);
+        }
+    }
+    let mut devs = Vec::new();
+    for (k, &(bits, min_align)) in case.devices.iter().enumerate() {
+        let Ok(mask) = DmaMask::new(bits) else { continue };
+        let id = k as u32 + 1;
+        if kind.iommu() {
+            hv.add_iommu_device(id, bits);
+        } else {
+            hv.add_device(id, bits);
+        }
+        if let Ok(d) = api::attach(&layer, DeviceConfig::new(id, mask).with_min_align_mask(min_align)) {
+            devs.push(d);
+        }
+    }
+    for d in devs {
+        let r = api::detach(&layer, d).map_err(|(_, e)| e);
+        prop_assert!(r.is_ok(), "detach: {:?}", r);
+    }
+    prop_assert_eq!(layer.stats().shared_pages, shared);
+    prop_assert_eq!(layer.stats().slots_in_use, 0);
+    if kind.iommu() {
+        prop_assert_eq!(hv.tce_counters().live_entries, 0);
+    }
+    Ok(())
+}
+
+#[test]
+fn construction_with_arbitrary_values() {
+    runner(512).run(&build_case(), |case| run_build(&case)).unwrap();
+}
