@@ -1505,3 +1505,28 @@ fn run_build(case: &BuildCase) -> Result<(), TestCaseError> {
 fn construction_with_arbitrary_values() {
     runner(512).run(&build_case(), |case| run_build(&case)).unwrap();
 }
+
+#[test]
+#[ignore = "issue 8: the raw face unmaps (and copies back into) a mapping made by the safe face"]
+fn raw_unmap_refuses_a_safe_face_mapping() {
+    for kind in KINDS {
+        let g: &'static G = Box::leak(Box::new(guest(kind)));
+        let layer: &'static Layer = &g.layer;
+        let dev: &'static Device = Box::leak(Box::new(g.attach(1, 32, 0).unwrap()));
+        // SAFETY: guest RAM of this test, leaked: it stays valid whatever the layer does.
+        let buf: &'static mut [u8] = unsafe { g.hv.slice_mut(g.buf + 0x100, 3000) };
+        let m = api::map_safe(layer, dev, buf, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+        let bus = api::safe_bus(&m);
+        let before = base(g);
+        // The mapping is forgotten, not ended: its buffer could be gone by now.
+        std::mem::forget(m);
+        // SAFETY: deliberately naming a safe-face mapping; the memory is leaked guest RAM, so even a
+        // wrongful copy back stays in bounds. Issue 8: the raw face must refuse it.
+        let r = unsafe { api::unmap(layer, dev, bus, 3000, DmaDirection::FromDevice, DmaAttrs::NONE) };
+        let direct = api::path_of(layer, dev) == DmaPath::Direct || bus.0 == g.buf + 0x100;
+        if !direct {
+            assert!(r.is_err(), "{kind:?}: the raw face unmapped a safe-face mapping");
+            assert_eq!(before, base(g));
+        }
+    }
+}

@@ -29,6 +29,8 @@ pub const FIXED_DETACH_BUSY_WITHOUT_IOMMU: bool = false;
 /// Paths without an IOMMU keep a record of coherent buffers and refuse a free through the wrong
 /// device or a second free (today both return `Ok` and unshare the pages).
 pub const FIXED_COHERENT_RECORDS_WITHOUT_IOMMU: bool = false;
+/// The raw face refuses to unmap a mapping made by the safe face (today it unmaps it).
+pub const FIXED_RAW_REFUSES_SAFE: bool = false;
 /// The premapped default window keeps `min_align_mask` bits above 4 KiB (today it loses them, and
 /// `map_sg` fails with `PoolExhausted` on an idle pool whose bus base is not aligned to the mask).
 pub const FIXED_PREMAPPED_MIN_ALIGN: bool = false;
@@ -1724,6 +1726,16 @@ impl Runner {
     fn op_wrong_unmap(&mut self, size: bool) {
         let Some(i) = self.pick_map() else { return };
         if matches!(self.maps[i].face, Face::Safe(_)) {
+            if FIXED_RAW_REFUSES_SAFE && self.maps[i].bounced {
+                // A safe-face mapping named through the raw face, exactly: refused, nothing changed.
+                let m = &self.maps[i];
+                let (bus, len, dir, attrs, slot) = (m.bus, m.len, m.dir, m.attrs, m.dev);
+                let before = self.snap();
+                // SAFETY: the original is a live cell of ours; the call must refuse.
+                let r = unsafe { api::unmap(self.layer, &self.dev(slot).dev, BusAddr(bus), len, dir, attrs) };
+                self.expect_err(r, "raw unmap of a safe-face mapping");
+                assert_eq!(before, self.snap(), "a refused raw unmap of a safe mapping changed something");
+            }
             return;
         }
         let m = &self.maps[i];
