@@ -289,3 +289,8 @@ pub fn live_bus_ranges_of(layer: &Layer, dev: &Device) -> usize {
         .filter(|r| !matches!(r.kind, RangeKind::Reserved | RangeKind::Premap { .. }))
         .count()
 }
+
+/// The id a device was attached with (the model's device id).
+pub fn device_id(dev: &Device) -> u32 {
+    dev.config().id
+}
