@@ -567,17 +567,6 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             } else {
                 pool.max_mapping()
             };
-            largest = largest.max(max_run.saturating_sub(offset));
-            // Longer than any run of this pool: skip before any arithmetic on `len` can overflow.
-            if len > max_run {
-                continue;
-            }
-            let Some(total) = offset.checked_add(len) else { continue };
-            let run_bytes = if iommu_page > 0 { total.next_multiple_of(iommu_page as usize) } else { total };
-            let nslots = run_bytes.div_ceil(slot as usize);
-            if nslots * slot as usize > max_run.max(slot as usize) || total > max_run {
-                continue;
-            }
             // Mappings of a page or more start on a page (as SWIOTLB does), except for the bits the
             // device needs preserved; strict mappings always start on an IOMMU page, the preserved bits
             // below it going into the offset.
@@ -594,6 +583,28 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             } else {
                 orig_addr & min_align & align_mask
             };
+            // No run crosses a segment (`max_mapping` bytes from the pool's start), so a run whose
+            // alignment puts its first candidate `phase` bytes into every segment has that much less
+            // room: a request that can never fit is `TooLarge`, not a transient exhaustion.
+            let span = align_mask + slot;
+            let seg = pool.max_mapping() as u64;
+            let phase = if span <= seg && seg % span == 0 {
+                (align_bits.wrapping_sub(pool.phys().0) & (span - 1)) as usize
+            } else {
+                0
+            };
+            let max_run = max_run.saturating_sub(phase);
+            largest = largest.max(max_run.saturating_sub(offset));
+            // Longer than any run of this pool: skip before any arithmetic on `len` can overflow.
+            if len > max_run {
+                continue;
+            }
+            let Some(total) = offset.checked_add(len) else { continue };
+            let run_bytes = if iommu_page > 0 { total.next_multiple_of(iommu_page as usize) } else { total };
+            let nslots = run_bytes.div_ceil(slot as usize);
+            if nslots * slot as usize > max_run.max(slot as usize) || total > max_run {
+                continue;
+            }
             let req = RunRequest { nslots, align_mask, align_bits };
             let owner = Owner { device: dev.serial, safe: orig.safe };
             let head = NewHead { offset, len, dir, attrs, orig: orig.cpu, owner };

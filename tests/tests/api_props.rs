@@ -31,13 +31,13 @@ const POOLS: [(u64, u64); 2] = [(0x0080_0000, 4 * MIB), (0x1000_0000, 4 * MIB)];
 // the ignored tests below pin them. Set to `true` once the fix lands.
 
 /// `map_ptr` with a length near `usize::MAX` (overflow in `bounce_alloc`).
-const FIXED_HUGE_MAP_PTR: bool = false;
+const FIXED_HUGE_MAP_PTR: bool = true;
 /// `min_align_mask` of all ones (overflow in the run search).
-const FIXED_MIN_ALIGN_ALL_ONES: bool = false;
+const FIXED_MIN_ALIGN_ALL_ONES: bool = true;
 /// `add_pool` with a pool smaller than one slot (division by zero in `BouncePool::new`).
-const FIXED_POOL_SMALLER_THAN_SLOT: bool = false;
+const FIXED_POOL_SMALLER_THAN_SLOT: bool = true;
 /// A window page shift of 64 or more (`1 << page_shift`).
-const FIXED_PAGE_SHIFT_64: bool = false;
+const FIXED_PAGE_SHIFT_64: bool = true;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -187,7 +187,6 @@ fn huge_map_ptr(kind: Kind, len: usize, min_align: u64) {
 }
 
 #[test]
-#[ignore = "issue 8: map_ptr with a length near usize::MAX overflows in bounce_alloc"]
 fn map_ptr_len_near_usize_max_is_refused() {
     for kind in KINDS {
         for k in [0usize, 1, 2047, 2048, 4095] {
@@ -218,7 +217,6 @@ fn min_align_all_ones(kind: Kind, mask: u64) {
 }
 
 #[test]
-#[ignore = "issue 8: min_align_mask = u64::MAX overflows in the run search"]
 fn min_align_mask_all_ones_does_not_panic() {
     for kind in KINDS {
         min_align_all_ones(kind, u64::MAX);
@@ -239,7 +237,6 @@ fn small_pool(kind: Kind, len: usize, slot_size: usize) {
 }
 
 #[test]
-#[ignore = "issue 8: add_pool with a pool smaller than one slot divides by zero in BouncePool::new"]
 fn add_pool_smaller_than_a_slot_is_refused() {
     for kind in [Kind::Plain, Kind::Pseries, Kind::Tdx] {
         small_pool(kind, 4096, 8192);
@@ -270,7 +267,6 @@ fn absurd_default_window(kind: Kind, page_shift: u32) {
 }
 
 #[test]
-#[ignore = "issue 8: a window page_shift >= 64 reaches `1 << page_shift` unchecked"]
 fn window_page_shift_64_is_refused() {
     for kind in [Kind::Premapped, Kind::PremappedNoDdw, Kind::Strict] {
         for shift in [64, 65, 100, u32::MAX] {
@@ -315,7 +311,6 @@ fn absurd_ddw_geometry_is_refused() {
 }
 
 #[test]
-#[ignore = "issue 8: detach returns Ok with live mappings on paths without an IOMMU"]
 fn detach_refused_while_busy_without_iommu() {
     for kind in [Kind::Plain, Kind::Pseries, Kind::Tdx] {
         let g = guest(kind);
@@ -336,7 +331,6 @@ fn detach_refused_while_busy_without_iommu() {
 }
 
 #[test]
-#[ignore = "issue 8: paths without an IOMMU keep no record of coherent buffers (wrong-device and double free return Ok)"]
 fn coherent_free_refusals_without_iommu() {
     for kind in [Kind::Plain, Kind::Pseries, Kind::Tdx] {
         let g = guest(kind);
@@ -347,7 +341,7 @@ fn coherent_free_refusals_without_iommu() {
         let before = base(&g);
         let buf = match api::free_coherent(&g.layer, &b, buf) {
             Ok(()) => panic!("{kind:?}: free through the wrong device succeeded"),
-            Err((buf, _)) => buf,
+            Err((buf, _)) => buf.expect("a wrong-device free hands the buffer back"),
         };
         assert_eq!(before, base(&g));
         let dup: Option<CoherentBuffer> = api::coherent_duplicate(&buf);
@@ -363,7 +357,6 @@ fn coherent_free_refusals_without_iommu() {
 }
 
 #[test]
-#[ignore = "issue 8: the premapped default window loses min_align_mask bits above 4 KiB"]
 fn premapped_default_window_keeps_min_align_bits() {
     for kind in [Kind::Premapped, Kind::PremappedNoDdw] {
         // No platform reservation: the pool lands at bus 0x1000 (bus 0 is never handed out).
@@ -382,7 +375,6 @@ fn premapped_default_window_keeps_min_align_bits() {
 }
 
 #[test]
-#[ignore = "found by the random test: a run min_align_mask can never place is reported as PoolExhausted on an idle pool"]
 fn a_run_that_can_never_fit_is_too_large_not_exhaustion() {
     // min_align_mask 0x1FFF preserves bits above the 2 KiB slot: data at ...1A00 must start 3 slots
     // into an 8 KiB block, so a run of 128 slots (the longest) cannot be placed in any segment. The
@@ -719,7 +711,7 @@ fn run_arbitrary(kind: Kind, case: &ArbCase) -> Result<(), TestCaseError> {
                     let b = live.cohs.remove(i);
                     if let Err((b, e)) = api::free_coherent(&g.layer, d, b) {
                         prop_assert!(false, "free_coherent of a live buffer: {e}");
-                        live.cohs.push(b);
+                        live.cohs.extend(b);
                     }
                 }
             }
@@ -1020,10 +1012,9 @@ fn run_hv(kind: Kind, case: &HvCase) -> Result<(), TestCaseError> {
                 }
                 let i = pick % live.cohs.len();
                 let (di, b, pages) = live.cohs.remove(i);
-                if let Err((b, e)) = api::free_coherent(&g.layer, &live.devs[di], b) {
-                    if kept(&e) {
-                        live.cohs.push((di, b, pages));
-                    }
+                if let Err((Some(b), e)) = api::free_coherent(&g.layer, &live.devs[di], b) {
+                    prop_assert!(kept(&e), "a free refused for {e} handed the buffer back");
+                    live.cohs.push((di, b, pages));
                 }
             }
             Work::Detach { pick } => {
@@ -1221,10 +1212,10 @@ fn geo_case() -> impl Strategy<Value = GeoCase> {
 
 /// A DDW overlapping the default window is accepted today (pinned by
 /// `ddw_overlapping_the_default_window_is_refused`); set once fixed.
-const FIXED_DDW_OVERLAP: bool = false;
+const FIXED_DDW_OVERLAP: bool = true;
 /// A default window whose start is not a multiple of its page size is accepted today (pinned by
 /// `default_window_unaligned_to_its_page_is_refused`); set once fixed.
-const FIXED_DEFAULT_WINDOW_ALIGN: bool = false;
+const FIXED_DEFAULT_WINDOW_ALIGN: bool = true;
 
 fn run_geo(case: &GeoCase) -> Result<(), TestCaseError> {
     let kind = if case.strict { Kind::Strict } else { Kind::Premapped };
@@ -1315,7 +1306,6 @@ fn arbitrary_window_geometry() {
 }
 
 #[test]
-#[ignore = "found by api_props: a DDW overlapping the default window is accepted; maps succeed and the device faults"]
 fn ddw_overlapping_the_default_window_is_refused() {
     // Firmware creates the DDW where the default window already is. The layer must not premap the
     // pools there (or must not use the default window), else a mapping it returns cannot be reached.
@@ -1341,7 +1331,6 @@ fn ddw_overlapping_the_default_window_is_refused() {
 }
 
 #[test]
-#[ignore = "found by api_props: a default window whose start is not a multiple of its page size is accepted; the device then reads other bytes"]
 fn default_window_unaligned_to_its_page_is_refused() {
     // The default window starts at 4 KiB with 64 KiB TCE pages: the layer must refuse the window
     // (as it does for a DDW) or place entries so the device reaches exactly the mapping.
@@ -1383,7 +1372,6 @@ fn sg_on_idle_pool(reserved: Vec<(u64, u64)>, min_align: u64) -> Result<usize, D
 }
 
 #[test]
-#[ignore = "found by the random test (with issue 8's premapped min_align defect): map_sg fails with PoolExhausted on an idle pool whose bus base is not aligned to min_align_mask + 1"]
 fn sg_with_min_align_above_page_on_premapped_pool_at_bus_0x1000() {
     // No platform reservation: the pool sits at bus 0x1000 in the default window. A 4-entry list
     // of 19,702 bytes for a device with min_align_mask 0x1FFF must map on an idle pool.
@@ -1526,7 +1514,6 @@ fn construction_with_arbitrary_values() {
 }
 
 #[test]
-#[ignore = "issue 8: the raw face unmaps (and copies back into) a mapping made by the safe face"]
 fn raw_unmap_refuses_a_safe_face_mapping() {
     for kind in KINDS {
         let g: &'static G = Box::leak(Box::new(guest(kind)));
@@ -1581,7 +1568,6 @@ fn detach_failing_part_way(kind: Kind, verify: VerifyPolicy, at: u64) -> Result<
 }
 
 #[test]
-#[ignore = "issue 8: a detach that fails part-way (H_GET_TCE read-back failing) leaves the device attached with a pool missing from its window"]
 fn refused_detach_leaves_the_device_working() {
     for kind in [Kind::Premapped, Kind::PremappedNoDdw] {
         for verify in [VerifyPolicy::Ends, VerifyPolicy::All] {

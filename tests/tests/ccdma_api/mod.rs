@@ -60,7 +60,7 @@ pub fn attach(layer: &Layer, cfg: DeviceConfig) -> Result<Device, DmaError> {
 
 /// Detach a device, consuming it; refused detaches hand it back.
 pub fn detach(layer: &Layer, dev: Device) -> Result<(), (Device, DmaError)> {
-    layer.detach(&dev).map_err(|e| (dev, e))
+    layer.detach(dev).map_err(|r| (r.value, r.error))
 }
 
 /// The path of a device now.
@@ -82,10 +82,9 @@ pub fn map_safe(
     }
 }
 
-/// Safe face: end a mapping. A refused unmap hands the mapping back (issue 8 shape); today a refused
-/// unmap ends the borrow, so `None` comes back.
+/// Safe face: end a mapping. A refused unmap hands the mapping back.
 pub fn unmap_safe(m: SafeMapping) -> Result<(), (Option<SafeMapping>, DmaError)> {
-    m.unmap().map_err(|e| (None, e))
+    m.unmap().map_err(|r| (Some(r.value), r.error))
 }
 
 /// Safe face: sync for the CPU.
@@ -137,7 +136,8 @@ pub unsafe fn map_phys(
     dir: DmaDirection,
     attrs: DmaAttrs,
 ) -> Result<BusAddr, DmaError> {
-    layer.map_phys(dev, PhysAddr(phys), len, dir, attrs)
+    // SAFETY: forwarded from the caller.
+    unsafe { layer.map_phys(dev, PhysAddr(phys), len, dir, attrs) }
 }
 
 /// Raw face: unmap by bus address (an `unsafe fn` after issue 8).
@@ -152,7 +152,8 @@ pub unsafe fn unmap(
     dir: DmaDirection,
     attrs: DmaAttrs,
 ) -> Result<(), DmaError> {
-    layer.unmap(dev, bus, len, dir, attrs)
+    // SAFETY: forwarded from the caller.
+    unsafe { layer.unmap(dev, bus, len, dir, attrs) }
 }
 
 /// Raw face: sync for the CPU (an `unsafe fn` after issue 8).
@@ -167,7 +168,8 @@ pub unsafe fn sync_for_cpu(
     len: usize,
     dir: DmaDirection,
 ) -> Result<(), DmaError> {
-    layer.sync_for_cpu(dev, bus, offset, len, dir)
+    // SAFETY: forwarded from the caller.
+    unsafe { layer.sync_for_cpu(dev, bus, offset, len, dir) }
 }
 
 /// Raw face: sync for the device (an `unsafe fn` after issue 8).
@@ -182,7 +184,8 @@ pub unsafe fn sync_for_device(
     len: usize,
     dir: DmaDirection,
 ) -> Result<(), DmaError> {
-    layer.sync_for_device(dev, bus, offset, len, dir)
+    // SAFETY: forwarded from the caller.
+    unsafe { layer.sync_for_device(dev, bus, offset, len, dir) }
 }
 
 /// A scatter-gather entry over a borrowed buffer.
@@ -195,7 +198,8 @@ pub fn sg_entry(buf: &'static mut [u8]) -> SgEntry<'static> {
 /// # Safety
 /// As [`map_phys`], for as long as the entry is mapped.
 pub unsafe fn sg_phys(phys: u64, len: usize) -> SgEntry<'static> {
-    SgEntry::phys(PhysAddr(phys), len)
+    // SAFETY: forwarded from the caller.
+    unsafe { SgEntry::phys(PhysAddr(phys), len) }
 }
 
 /// Map a list.
@@ -255,27 +259,29 @@ pub unsafe fn alloc_coherent(
     unsafe { layer.alloc_coherent(dev, PhysAddr(phys), pages) }
 }
 
-/// Free a coherent buffer, consuming it; a refused free hands it back.
+/// Free a coherent buffer, consuming it; a refused free hands it back (`Some`), a free that
+/// quarantined the pages does not (`None`: the buffer is gone).
 pub fn free_coherent(
     layer: &Layer,
     dev: &Device,
     buf: CoherentBuffer,
-) -> Result<(), (CoherentBuffer, DmaError)> {
-    layer.free_coherent(dev, buf).map_err(|e| (buf, e))
+) -> Result<(), (Option<CoherentBuffer>, DmaError)> {
+    layer.free_coherent(dev, buf).map_err(|e| match e {
+        ccdma::FreeError::Refused(r) => (Some(r.value), r.error),
+        ccdma::FreeError::Quarantined(e) => (None, e),
+    })
 }
 
-/// A second handle to a coherent buffer, where the type allows one (today it is `Copy`; after
-/// issue 8 it is move-only and this returns `None`, so the double-free case goes away).
+/// A second handle to a coherent buffer: none, `CoherentBuffer` is move-only (a double free does not
+/// compile).
 pub fn coherent_duplicate(buf: &CoherentBuffer) -> Option<CoherentBuffer> {
-    Some(*buf)
+    let _ = buf;
+    None
 }
 
 /// True when the error is a refusal because the device still has live mappings or buffers.
 pub fn is_busy(e: &DmaError) -> bool {
-    // Today `InvalidConfig`; after issue 8 a specific variant. Any error is a refusal, and the suites
-    // check separately that nothing changed.
-    let _ = e;
-    true
+    matches!(e, DmaError::Busy { .. })
 }
 
 /// Bus ranges of a device's windows that hold mappings, lists, coherent buffers or quarantined

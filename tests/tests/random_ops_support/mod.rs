@@ -25,15 +25,15 @@ use crate::ccdma_api::{Hv, Layer, SafeMapping};
 
 /// Paths without an IOMMU refuse `detach` while the device has live mappings or buffers
 /// (today they return `Ok`).
-pub const FIXED_DETACH_BUSY_WITHOUT_IOMMU: bool = false;
+pub const FIXED_DETACH_BUSY_WITHOUT_IOMMU: bool = true;
 /// Paths without an IOMMU keep a record of coherent buffers and refuse a free through the wrong
 /// device or a second free (today both return `Ok` and unshare the pages).
-pub const FIXED_COHERENT_RECORDS_WITHOUT_IOMMU: bool = false;
+pub const FIXED_COHERENT_RECORDS_WITHOUT_IOMMU: bool = true;
 /// The raw face refuses to unmap a mapping made by the safe face (today it unmaps it).
-pub const FIXED_RAW_REFUSES_SAFE: bool = false;
+pub const FIXED_RAW_REFUSES_SAFE: bool = true;
 /// The premapped default window keeps `min_align_mask` bits above 4 KiB (today it loses them, and
 /// `map_sg` fails with `PoolExhausted` on an idle pool whose bus base is not aligned to the mask).
-pub const FIXED_PREMAPPED_MIN_ALIGN: bool = false;
+pub const FIXED_PREMAPPED_MIN_ALIGN: bool = true;
 
 // ---------------------------------------------------------------------------------------------------
 
@@ -1706,7 +1706,9 @@ impl Runner {
         let taken = self.maps.iter().any(|m| {
             (s.data_phys.is_some() && m.data_phys == s.data_phys) || (m.dev == slot && m.bus == s.bus)
         });
-        if taken {
+        // A direct mapping leaves no record to refuse by: naming it again breaks the raw face's
+        // contract in a way the layer cannot see (the debug tracker reports it), so it is not tried.
+        if taken || !s.bounced {
             return;
         }
         let before = self.snap();
@@ -1752,6 +1754,10 @@ impl Runner {
         };
         let before = self.snap();
         let (bus, bounced, slot) = (m.bus, m.bounced, m.dev);
+        if !bounced {
+            // No record to check against on a direct mapping (see `op_double_unmap`).
+            return;
+        }
         // SAFETY: a live raw mapping of ours; the call must refuse (or, direct, do nothing).
         let r =
             unsafe { api::unmap(self.layer, &self.dev(slot).dev, BusAddr(bus), len, dir, DmaAttrs::NONE) };
@@ -1797,6 +1803,11 @@ impl Runner {
             return;
         }
         let in_pool = self.data_phys(slot, bus).is_some();
+        if !(path.bounces_everything() || in_pool) {
+            // Outside every pool on a path with direct mappings: indistinguishable from a direct
+            // mapping (see `op_double_unmap`).
+            return;
+        }
         let before = self.snap();
         let len = self.rng.len();
         let dir = self.rng.pick(&DIRS);
