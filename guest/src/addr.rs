@@ -6,12 +6,26 @@
 
 use core::fmt;
 
-use crate::error::DmaError;
-
 /// The CPU page size the layer shares and unshares in (4 KiB on every supported platform).
 pub const PAGE_SIZE: u64 = 4096;
 /// log2 of [`PAGE_SIZE`].
 pub const PAGE_SHIFT: u32 = 12;
+
+/// A DMA mask with too few bits (cannot hold one page) or more than 64 (`bits` 0: a value that is not
+/// `2^n - 1`). Converts into [`crate::DmaError::InvalidMask`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidMask {
+    /// The bit count asked for.
+    pub bits: u32,
+}
+
+impl fmt::Display for InvalidMask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid DMA mask of {} bits", self.bits)
+    }
+}
+
+impl core::error::Error for InvalidMask {}
 
 /// A guest physical address (GPA).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -97,17 +111,17 @@ impl DmaMask {
     pub const BITS_32: DmaMask = DmaMask { bits: 32 };
 
     /// A mask of `bits` address bits.
-    pub const fn new(bits: u32) -> Result<DmaMask, DmaError> {
+    pub const fn new(bits: u32) -> Result<DmaMask, InvalidMask> {
         if bits > 64 || bits <= PAGE_SHIFT {
-            return Err(DmaError::InvalidMask { bits });
+            return Err(InvalidMask { bits });
         }
         Ok(DmaMask { bits: bits as u8 })
     }
 
     /// A mask given as its value (`DMA_BIT_MASK(n)` style); the value must be `2^n - 1`.
-    pub const fn from_value(value: u64) -> Result<DmaMask, DmaError> {
+    pub const fn from_value(value: u64) -> Result<DmaMask, InvalidMask> {
         if value == 0 || value & value.wrapping_add(1) != 0 {
-            return Err(DmaError::InvalidMask { bits: 0 });
+            return Err(InvalidMask { bits: 0 });
         }
         DmaMask::new(64 - value.leading_zeros())
     }

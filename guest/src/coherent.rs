@@ -8,11 +8,12 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
+use crate::device::Device;
 use crate::error::{DmaError, IommuError, Refused};
-use crate::iommu::attach::window_below;
 use crate::iommu::bus_space::RangeKind;
-use crate::iommu::{TCE_PCI_READ, TCE_PCI_WRITE};
-use crate::layer::{Device, DmaLayer};
+use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
+use crate::iommu::window::window_below;
+use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::stats::FailureKind;
 
@@ -212,7 +213,7 @@ impl<P: Platform> DmaLayer<'_, P> {
         self.iommu_counters.coherent_buffers.fetch_add(1, Ordering::Relaxed);
         self.iommu_counters.coherent_pages.fetch_add(pages, Ordering::Relaxed);
         dev.live_inc();
-        crate::tracker::coherent_allocated(self, dev, bus, pages);
+        crate::tracker::coherent_allocated(&self.tracker, dev, bus, pages);
         Ok(CoherentBuffer { phys, cpu, bus, pages, device: dev.serial, layer: self.id })
     }
 
@@ -274,7 +275,7 @@ impl<P: Platform> DmaLayer<'_, P> {
         self.iommu_counters.coherent_buffers.fetch_sub(1, Ordering::Relaxed);
         self.iommu_counters.coherent_pages.fetch_sub(buf.pages, Ordering::Relaxed);
         dev.live_dec();
-        crate::tracker::coherent_freed(self, dev, buf.bus);
+        crate::tracker::coherent_freed(&self.tracker, dev, buf.bus);
         // Freed: the value has done its job (its Drop only reports leaks).
         let (phys, pages) = (buf.phys, buf.pages);
         core::mem::forget(buf);

@@ -1,6 +1,11 @@
-//! What the layer knows about a device, and the path chosen for it at attach.
+//! A device: what its driver declares ([`DeviceConfig`]) and its attachment to a layer ([`Device`]).
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::DmaMask;
+use crate::iommu::domain::DomainRef;
+use crate::path::DmaPath;
+use crate::pool_set::PoolOrder;
 
 /// A device's DMA limits and trust, as its driver declares them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,46 +71,55 @@ impl DeviceConfig {
     }
 }
 
-/// How streaming DMA reaches a device, decided at attach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DmaPath {
-    /// Not confidential, the mask covers all RAM: the device uses the buffer itself.
-    Direct,
-    /// Not confidential, the mask is smaller than RAM: buffers above the mask are bounced through a
-    /// pool below it, the rest are used directly.
-    BounceAboveMask,
-    /// Confidential without IOMMU: everything is bounced; the bus address is the pool's shared address.
-    BounceAlways,
-    /// Confidential with IOMMU, 64-bit device: everything is bounced; the pools (only) are entered once
-    /// into a dynamic DMA window with large IOMMU pages, so a map costs no hypercall.
-    IommuDdw,
-    /// Confidential with IOMMU: everything is bounced; the pools (only) are entered once into the
-    /// default window below the device's mask.
-    IommuPremapped,
-    /// Confidential with IOMMU: everything is bounced; each mapping gets its own entries, with the
-    /// direction's permission, below the device's mask, cleared at unmap.
-    IommuStrict,
-    /// Behind an IOMMU, attach deferred to the first map or allocation (the layer's `path_of` tells
-    /// the path once it is chosen).
-    IommuDeferred,
+/// A device attached to a layer: its configuration, the path chosen for it, and how many of its
+/// mappings, scatter-gather lists and coherent buffers are live.
+///
+/// Move-only: the one value stands for the attachment. Drivers share it as `&Device` (mappings
+/// borrow it), and [`DmaLayer::detach`] consumes it, so the borrow checker proves that no map, unmap
+/// or allocation of the device runs while it is detached, on any CPU: the domain it names cannot be
+/// republished under a live user.
+#[derive(Debug)]
+pub struct Device {
+    pub(crate) config: DeviceConfig,
+    pub(crate) path: DmaPath,
+    pub(crate) pools: PoolOrder,
+    pub(crate) layer: u32,
+    /// Unique per attach within the layer; recorded in every mapping so another device cannot
+    /// unmap or sync it.
+    pub(crate) serial: u32,
+    /// The device's IOMMU domain, on IOMMU paths.
+    pub(crate) domain: Option<DomainRef>,
+    /// Live mappings, lists and coherent buffers (detach refuses while non-zero).
+    pub(crate) live: AtomicU64,
 }
 
-impl DmaPath {
-    /// A short name for reports.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DmaPath::Direct => "direct",
-            DmaPath::BounceAboveMask => "bounce-above-mask",
-            DmaPath::BounceAlways => "bounce-always",
-            DmaPath::IommuDdw => "iommu-ddw-premapped",
-            DmaPath::IommuPremapped => "iommu-premapped",
-            DmaPath::IommuStrict => "iommu-strict",
-            DmaPath::IommuDeferred => "iommu-deferred",
-        }
+impl Device {
+    /// The layer's serial number for this attach (mappings record it; errors name it).
+    pub fn serial(&self) -> u32 {
+        self.serial
     }
-    /// True on paths where every mapping is bounced (the buffer's own address never reaches the
-    /// device, so it need not be translated).
-    pub const fn bounces_everything(self) -> bool {
-        !matches!(self, DmaPath::Direct | DmaPath::BounceAboveMask)
+    /// Mappings, scatter-gather lists and coherent buffers of this device live now.
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::Acquire)
+    }
+    pub(crate) fn live_inc(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+    /// One live object ended. Saturating: a raw-face caller that breaks its contract on a path
+    /// without records (direct) must not wrap the count and hide live mappings.
+    pub(crate) fn live_dec(&self) {
+        let _ = self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+    /// The configuration given at attach.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+    /// The path chosen at attach.
+    pub fn path(&self) -> DmaPath {
+        self.path
+    }
+    /// Indices of the pools this device maps from, in the order they are tried.
+    pub fn pool_indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.pools.iter()
     }
 }

@@ -2,7 +2,9 @@
 
 use core::fmt;
 
-use crate::addr::{BusAddr, DmaMask, PhysAddr};
+use crate::addr::{BusAddr, DmaMask, InvalidMask, PhysAddr};
+pub use crate::iommu::error::IommuError;
+use crate::path::DdwOutcome;
 
 /// Why a sharing or unsharing call failed (as reported by the platform).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,7 +209,7 @@ pub enum DmaError {
     /// The device belongs to another layer instance or was never attached.
     NotAttached,
     /// An IOMMU operation failed; nothing it did is left behind.
-    Iommu(crate::error::IommuError),
+    Iommu(IommuError),
     /// A device behind an IOMMU for which no window can serve: attach failed.
     NoIommuPath {
         /// The device's DMA mask.
@@ -217,7 +219,7 @@ pub enum DmaError {
         /// The default window `[start, end)` (both 0 when the device has none).
         window: (u64, u64),
         /// Why no dynamic window was used.
-        ddw: crate::iommu::DdwOutcome,
+        ddw: DdwOutcome,
     },
     /// A peer-to-peer segment the client cannot reach: the PCI topology says P2P between this
     /// provider and client is not supported. Nothing of the list stays mapped.
@@ -240,33 +242,6 @@ pub enum DmaError {
     SgListState {
         /// Whether the list was found mapped.
         mapped: bool,
-    },
-}
-
-/// Why an IOMMU (TCE) operation failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IommuError {
-    /// The hypervisor returned this code.
-    Hcall(i64),
-    /// The hypervisor kept answering busy beyond the retry bound.
-    Busy,
-    /// Read-back found an entry other than the one written.
-    Verify {
-        /// Bus address of the entry.
-        bus: BusAddr,
-    },
-    /// No bus range of the needed size below the device's mask.
-    BusSpaceExhausted,
-    /// A reservation overlaps a live mapping.
-    ReservationConflict,
-    /// The window cannot be created.
-    NoWindow,
-    /// Entries could not be written and then not cleared either: the bus range, and the memory it
-    /// names, are quarantined (never reused). For a coherent buffer its pages stay shared: the caller
-    /// must never use them again.
-    Quarantined {
-        /// First bus address of the quarantined range.
-        bus: BusAddr,
     },
 }
 
@@ -370,22 +345,6 @@ impl fmt::Display for DmaError {
 
 impl core::error::Error for DmaError {}
 
-impl fmt::Display for IommuError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IommuError::Hcall(rc) => write!(f, "hypercall returned {rc}"),
-            IommuError::Busy => write!(f, "hypervisor stayed busy beyond the retry bound"),
-            IommuError::Verify { bus } => write!(f, "read-back of the entry at {bus} differs"),
-            IommuError::BusSpaceExhausted => write!(f, "no free bus range below the mask"),
-            IommuError::ReservationConflict => write!(f, "reservation overlaps a live mapping"),
-            IommuError::NoWindow => write!(f, "no window"),
-            IommuError::Quarantined { bus } => write!(f, "entries at {bus} stuck; range quarantined"),
-        }
-    }
-}
-
-impl core::error::Error for IommuError {}
-
 impl From<IommuError> for DmaError {
     fn from(e: IommuError) -> DmaError {
         DmaError::Iommu(e)
@@ -428,5 +387,11 @@ impl<T> core::error::Error for Refused<T> {}
 impl<T> From<Refused<T>> for DmaError {
     fn from(r: Refused<T>) -> DmaError {
         r.error
+    }
+}
+
+impl From<InvalidMask> for DmaError {
+    fn from(e: InvalidMask) -> DmaError {
+        DmaError::InvalidMask { bits: e.bits }
     }
 }

@@ -54,10 +54,12 @@ use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 
 use crate::addr::BusAddr;
+use crate::device::Device;
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::{DmaError, Refused};
-use crate::layer::{Device, DmaLayer, Original};
+use crate::layer::DmaLayer;
 use crate::platform::Platform;
+use crate::stream::Original;
 
 /// A live streaming mapping of a borrowed buffer.
 pub struct Mapping<'a, 'm, P: Platform> {

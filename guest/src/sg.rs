@@ -38,16 +38,18 @@ use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{BusAddr, DmaMask, PhysAddr, PAGE_SIZE};
-use crate::device::{DeviceConfig, DmaPath};
+use crate::device::{Device, DeviceConfig};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::{DmaError, IommuError};
-use crate::iommu::attach::{tce_perm, window_below};
 use crate::iommu::bus_space::RangeKind;
+use crate::iommu::calls::tce_perm;
 use crate::iommu::domain::DomainRef;
-use crate::iommu::WindowGeometry;
-use crate::layer::{Device, DmaLayer, PoolOrder, MAX_POOLS};
+use crate::iommu::window::{window_below, WindowGeometry};
+use crate::layer::DmaLayer;
+use crate::path::DmaPath;
 use crate::platform::Platform;
 use crate::pool::RunRequest;
+use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::{should_warn, FailureKind};
 
 /// How a client device reaches memory in a provider device's BAR, as the PCI topology decides.

@@ -20,10 +20,9 @@
 use core::panic::Location;
 
 use crate::addr::BusAddr;
+use crate::device::Device;
 use crate::direction::DmaDirection;
 use crate::error::DmaError;
-use crate::layer::{Device, DmaLayer};
-use crate::platform::Platform;
 
 /// Live entries the tracker holds (further ones are counted as untracked).
 pub const TRACK_CAPACITY: usize = 256;
@@ -96,6 +95,11 @@ pub struct MisuseReport {
 
 #[cfg(feature = "debug-tracker")]
 pub use enabled::Tracker;
+
+/// Without the feature the layer's tracker is an empty value and every hook compiles to nothing.
+#[cfg(not(feature = "debug-tracker"))]
+#[derive(Default)]
+pub struct Tracker(());
 
 #[cfg(feature = "debug-tracker")]
 mod enabled {
@@ -218,18 +222,10 @@ mod enabled {
     }
 }
 
-#[cfg(feature = "debug-tracker")]
-impl<P: Platform> DmaLayer<'_, P> {
-    /// The misuse tracker (feature `debug-tracker`).
-    pub fn tracker(&self) -> &Tracker {
-        &self.tracker
-    }
-}
-
 /// A mapping (or list) was made.
 #[inline(always)]
-pub(crate) fn mapped<P: Platform>(
-    layer: &DmaLayer<'_, P>,
+pub(crate) fn mapped(
+    t: &Tracker,
     dev: &Device,
     bus: BusAddr,
     len: usize,
@@ -238,23 +234,15 @@ pub(crate) fn mapped<P: Platform>(
     site: &'static Location<'static>,
 ) {
     #[cfg(feature = "debug-tracker")]
-    layer.tracker.add(TrackedEntry {
-        kind,
-        device: dev.serial,
-        device_id: dev.config.id,
-        bus,
-        len,
-        dir,
-        site,
-    });
+    t.add(TrackedEntry { kind, device: dev.serial, device_id: dev.config.id, bus, len, dir, site });
     #[cfg(not(feature = "debug-tracker"))]
-    let _ = (layer, dev, bus, len, dir, kind, site);
+    let _ = (t, dev, bus, len, dir, kind, site);
 }
 
 /// An unmap (of a mapping or list) returned `result`.
 #[inline(always)]
-pub(crate) fn unmapped<P: Platform>(
-    layer: &DmaLayer<'_, P>,
+pub(crate) fn unmapped(
+    t: &Tracker,
     dev: &Device,
     bus: BusAddr,
     kind: TrackedKind,
@@ -263,7 +251,6 @@ pub(crate) fn unmapped<P: Platform>(
 ) {
     #[cfg(feature = "debug-tracker")]
     {
-        let t = &layer.tracker;
         match result {
             Ok(()) => t.remove(kind, dev.serial, bus, site),
             Err(DmaError::UnknownMapping(_) | DmaError::SgListState { mapped: false }) => {
@@ -292,13 +279,13 @@ pub(crate) fn unmapped<P: Platform>(
         }
     }
     #[cfg(not(feature = "debug-tracker"))]
-    let _ = (layer, dev, bus, kind, result, site);
+    let _ = (t, dev, bus, kind, result, site);
 }
 
 /// A sync returned `result`.
 #[inline(always)]
-pub(crate) fn synced<P: Platform>(
-    layer: &DmaLayer<'_, P>,
+pub(crate) fn synced(
+    t: &Tracker,
     dev: &Device,
     bus: BusAddr,
     result: &Result<(), DmaError>,
@@ -306,7 +293,6 @@ pub(crate) fn synced<P: Platform>(
 ) {
     #[cfg(feature = "debug-tracker")]
     if let Err(e) = result {
-        let t = &layer.tracker;
         let kind = match e {
             DmaError::OutOfRange { .. } => MisuseKind::SyncOutside(*e),
             DmaError::UnknownMapping(_) => MisuseKind::UnknownAddress,
@@ -319,37 +305,32 @@ pub(crate) fn synced<P: Platform>(
         t.report(MisuseReport { kind, device: dev.serial, bus, site, earlier });
     }
     #[cfg(not(feature = "debug-tracker"))]
-    let _ = (layer, dev, bus, result, site);
+    let _ = (t, dev, bus, result, site);
 }
 
 /// A coherent buffer was made.
 #[inline(always)]
 #[track_caller]
-pub(crate) fn coherent_allocated<P: Platform>(
-    layer: &DmaLayer<'_, P>,
-    dev: &Device,
-    bus: BusAddr,
-    pages: u64,
-) {
+pub(crate) fn coherent_allocated(t: &Tracker, dev: &Device, bus: BusAddr, pages: u64) {
     let len = usize::try_from(pages.saturating_mul(crate::addr::PAGE_SIZE)).unwrap_or(usize::MAX);
-    mapped(layer, dev, bus, len, DmaDirection::Bidirectional, TrackedKind::Coherent, Location::caller());
+    mapped(t, dev, bus, len, DmaDirection::Bidirectional, TrackedKind::Coherent, Location::caller());
 }
 
 /// A coherent buffer was freed.
 #[inline(always)]
 #[track_caller]
-pub(crate) fn coherent_freed<P: Platform>(layer: &DmaLayer<'_, P>, dev: &Device, bus: BusAddr) {
-    unmapped(layer, dev, bus, TrackedKind::Coherent, &Ok(()), Location::caller());
+pub(crate) fn coherent_freed(t: &Tracker, dev: &Device, bus: BusAddr) {
+    unmapped(t, dev, bus, TrackedKind::Coherent, &Ok(()), Location::caller());
 }
 
 /// A detach was refused because `dev` still has live objects: report each, with where it was made.
 #[inline(always)]
-pub(crate) fn report_leaks<P: Platform>(layer: &DmaLayer<'_, P>, dev: &Device) {
+pub(crate) fn report_leaks(t: &Tracker, dev: &Device) {
     #[cfg(feature = "debug-tracker")]
     {
         let mut leaked = [None; REPORT_CAPACITY];
         let mut n = 0;
-        layer.tracker.for_each_live(Some(dev.serial), |e| {
+        t.for_each_live(Some(dev.serial), |e| {
             if n < leaked.len() {
                 leaked[n] = Some(*e);
                 n += 1;
@@ -366,7 +347,7 @@ pub(crate) fn report_leaks<P: Platform>(layer: &DmaLayer<'_, P>, dev: &Device) {
                 e.bus,
                 e.site
             );
-            layer.tracker.report(MisuseReport {
+            t.report(MisuseReport {
                 kind: MisuseKind::Leaked,
                 device: dev.serial,
                 bus: e.bus,
@@ -376,5 +357,5 @@ pub(crate) fn report_leaks<P: Platform>(layer: &DmaLayer<'_, P>, dev: &Device) {
         }
     }
     #[cfg(not(feature = "debug-tracker"))]
-    let _ = (layer, dev);
+    let _ = (t, dev);
 }

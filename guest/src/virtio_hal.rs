@@ -58,10 +58,11 @@ use spin::Mutex;
 
 use crate::addr::{BusAddr, PhysAddr};
 use crate::coherent::CoherentBuffer;
+use crate::device::Device;
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
 use crate::error::IommuError;
-use crate::layer::{Device, DmaLayer};
+use crate::layer::DmaLayer;
 use crate::platform::Platform;
 
 /// A request the HAL could not serve. Reported to [`HalBinding::failed`]; what virtio-drivers sees

@@ -12,7 +12,8 @@ use ccdma_tests::*;
 #[test]
 fn masks_too_small_or_too_large_are_rejected() {
     for bits in [0, 1, 8, 12, 65, 100] {
-        assert_eq!(DmaMask::new(bits), Err(DmaError::InvalidMask { bits }), "{bits}");
+        assert_eq!(DmaMask::new(bits), Err(ccdma::InvalidMask { bits }), "{bits}");
+        assert_eq!(DmaError::from(ccdma::InvalidMask { bits }), DmaError::InvalidMask { bits });
     }
     assert_eq!(DmaMask::new(13).unwrap().max_addr(), 0x1fff);
     assert_eq!(DmaMask::from_value(0xffff_ffff).unwrap(), DmaMask::BITS_32);

@@ -8,11 +8,13 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
-use super::domain::IommuCounters;
-use super::hcall::{is_busy, H_SUCCESS};
-use super::{TceCalls, VerifyPolicy, WindowGeometry, TCE_LIST_ENTRIES, TCE_STUFF_BATCH};
+use super::calls::hcall::{is_busy, H_SUCCESS};
+use super::calls::{TceCalls, TCE_LIST_ENTRIES, TCE_STUFF_BATCH};
+use super::config::VerifyPolicy;
+use super::counters::IommuCounters;
+use super::error::IommuError;
+use super::window::WindowGeometry;
 use crate::addr::PhysAddr;
-use crate::error::IommuError;
 
 /// Busy answers retried per call before giving up with [`IommuError::Busy`].
 pub const MAX_BUSY_RETRIES: u32 = 16;

@@ -677,7 +677,8 @@ fn run(opts: &Options) -> Result<bool, String> {
             None => hv.add_device(id, spec.mask_bits),
         };
         let calls_before = call_counts(hv);
-        let dev = match mask.and_then(|m| sim.layer.attach(DeviceConfig::new(id, m))) {
+        let dev = match mask.map_err(DmaError::from).and_then(|m| sim.layer.attach(DeviceConfig::new(id, m)))
+        {
             Ok(dev) => dev,
             Err(e) => {
                 refused += 1;

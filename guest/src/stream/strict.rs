@@ -5,14 +5,18 @@
 
 use core::sync::atomic::Ordering;
 
-use super::attach::{tce_perm, window_below};
-use super::bus_space::{BusRange, RangeKind};
-use super::domain::DomainInfo;
+use super::Original;
 use crate::addr::BusAddr;
-use crate::device::DmaPath;
+use crate::device::Device;
 use crate::direction::{DmaAttrs, DmaDirection};
-use crate::error::{DmaError, IommuError};
-use crate::layer::{Device, DmaLayer, Original};
+use crate::error::DmaError;
+use crate::iommu::bus_space::{BusRange, RangeKind};
+use crate::iommu::calls::tce_perm;
+use crate::iommu::domain::DomainInfo;
+use crate::iommu::error::IommuError;
+use crate::iommu::window::window_below;
+use crate::layer::DmaLayer;
+use crate::path::DmaPath;
 use crate::platform::Platform;
 use crate::pool::SlotRecord;
 use crate::stats::FailureKind;

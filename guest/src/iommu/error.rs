@@ -1,0 +1,48 @@
+//! Why an IOMMU (TCE) operation failed.
+
+use core::fmt;
+
+use crate::addr::BusAddr;
+
+/// Why an IOMMU (TCE) operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuError {
+    /// The hypervisor returned this code.
+    Hcall(i64),
+    /// The hypervisor kept answering busy beyond the retry bound.
+    Busy,
+    /// Read-back found an entry other than the one written.
+    Verify {
+        /// Bus address of the entry.
+        bus: BusAddr,
+    },
+    /// No bus range of the needed size below the device's mask.
+    BusSpaceExhausted,
+    /// A reservation overlaps a live mapping.
+    ReservationConflict,
+    /// The window cannot be created.
+    NoWindow,
+    /// Entries could not be written and then not cleared either: the bus range, and the memory it
+    /// names, are quarantined (never reused). For a coherent buffer its pages stay shared: the caller
+    /// must never use them again.
+    Quarantined {
+        /// First bus address of the quarantined range.
+        bus: BusAddr,
+    },
+}
+
+impl fmt::Display for IommuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IommuError::Hcall(rc) => write!(f, "hypercall returned {rc}"),
+            IommuError::Busy => write!(f, "hypervisor stayed busy beyond the retry bound"),
+            IommuError::Verify { bus } => write!(f, "read-back of the entry at {bus} differs"),
+            IommuError::BusSpaceExhausted => write!(f, "no free bus range below the mask"),
+            IommuError::ReservationConflict => write!(f, "reservation overlaps a live mapping"),
+            IommuError::NoWindow => write!(f, "no window"),
+            IommuError::Quarantined { bus } => write!(f, "entries at {bus} stuck; range quarantined"),
+        }
+    }
+}
+
+impl core::error::Error for IommuError {}

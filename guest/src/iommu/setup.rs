@@ -1,0 +1,315 @@
+//! Setting a device's windows up (DESIGN.md section 6, IOMMU rows): ask [`crate::path`] which window
+//! the facts allow, then program it: the pools alone in a DDW with the largest IOMMU page their
+//! alignment allows, or in the default window below the mask, or nothing premapped (strict). Every
+//! failure unwinds what it entered; entries that cannot be cleared pin the pools.
+
+use core::sync::atomic::Ordering;
+
+use super::bus_space::{BusSpace, RangeKind};
+use super::calls::{TceCalls, DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
+use super::config::IommuPolicy;
+use super::domain::{DomainInfo, DomainSlot};
+use super::error::IommuError;
+use super::window::{window_below, WindowGeometry};
+use crate::addr::BusAddr;
+use crate::device::DeviceConfig;
+use crate::error::DmaError;
+use crate::layer::DmaLayer;
+use crate::path::{DdwOutcome, DmaPath, PathReason};
+use crate::platform::Platform;
+use crate::pool_set::{PoolOrder, MAX_POOLS};
+use crate::stats::FailureKind;
+
+impl<'m, P: Platform> DmaLayer<'m, P> {
+    /// Choose the path and program the windows. Runs with the slot held in SETUP.
+    pub(crate) fn setup_domain(
+        &self,
+        slot: &DomainSlot<'m>,
+        config: &DeviceConfig,
+    ) -> Result<DomainInfo, DmaError> {
+        let iommu = self.iommu.as_ref().ok_or(DmaError::NotAttached)?;
+        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let id = config.id;
+        let default = tce.default_window(id);
+        if let Some(win) = &default {
+            if !win.is_usable() {
+                let (start, size, page_shift) = (win.start, win.size, win.page_shift);
+                return Err(DmaError::BadWindowGeometry { start, size, page_shift });
+            }
+        }
+        self.init_space(&mut slot.space.lock(), tce, id)?;
+        let mask = config.dma_mask;
+        let mut ddw = DdwOutcome::NotTried;
+        let mut reason = PathReason::StrictPolicy;
+        if iommu.cfg.policy == IommuPolicy::Premapped {
+            if iommu.cfg.use_ddw && mask.bits() == 64 && self.npools > 0 {
+                match self.setup_ddw(slot, tce, config, default) {
+                    Ok(info) => return Ok(info),
+                    Err(outcome) => {
+                        log::info!("ccdma: device {id:#x}: {outcome}; falling back to the default window");
+                        ddw = outcome;
+                    }
+                }
+            }
+            if let Some(win) = default {
+                if let Some(info) = self.premap_default(slot, tce, config, win, ddw)? {
+                    return Ok(info);
+                }
+                log::info!(
+                    "ccdma: device {id:#x}: no pool fits the default window [{:#x}, {:#x}) below mask {mask}; \
+                     strict mappings",
+                    win.start,
+                    win.end()
+                );
+            }
+            reason = PathReason::PoolsDoNotFit(ddw);
+        }
+        if let Some(win) = default {
+            let (lo, hi) = window_below(&win, mask);
+            if slot.space.lock().has_room(win.page_size(), win.page_size(), lo, hi) {
+                let mut pools = PoolOrder::EMPTY;
+                for i in 0..self.npools {
+                    pools.push(i);
+                }
+                return Ok(DomainInfo {
+                    path: DmaPath::IommuStrict,
+                    reason,
+                    ddw: None,
+                    dynamic: Some(win),
+                    pools,
+                    pool_bus: [BusAddr(0); MAX_POOLS],
+                });
+            }
+        }
+        let window = default.map_or((0, 0), |w| (w.start, w.end()));
+        Err(DmaError::NoIommuPath { mask, pools: self.npools, window, ddw })
+    }
+
+    /// Start a domain's bus space: the platform's reserved ranges and the layer-wide reservations.
+    pub(crate) fn init_space(
+        &self,
+        space: &mut BusSpace<'m>,
+        tce: &dyn TceCalls,
+        id: u32,
+    ) -> Result<(), DmaError> {
+        space.clear();
+        // Bus address 0 is never handed out: many drivers (and virtio rings) read 0 as "no address".
+        space.reserve(0, crate::addr::PAGE_SIZE)?;
+        let mut i = 0;
+        while let Some((start, len)) = tce.reserved_range(id, i) {
+            space.reserve(start, len)?;
+            i += 1;
+        }
+        if let Some(iommu) = &self.iommu {
+            let g = iommu.reservations.lock();
+            for &(start, len) in &g.0[..g.1] {
+                space.reserve(start, len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enter each pool that fits below the mask into the default window. `Ok(None)`: none fits.
+    pub(crate) fn premap_default(
+        &self,
+        slot: &DomainSlot<'m>,
+        tce: &dyn TceCalls,
+        config: &DeviceConfig,
+        win: WindowGeometry,
+        ddw: DdwOutcome,
+    ) -> Result<Option<DomainInfo>, DmaError> {
+        let (lo, hi) = window_below(&win, config.dma_mask);
+        let writer = self.tce_writer(tce);
+        let page = win.page_size();
+        let mut pools = PoolOrder::EMPTY;
+        let mut pool_bus = [BusAddr(0); MAX_POOLS];
+        for (i, pool) in self.pools().enumerate() {
+            let (phys, len) = (pool.phys().0, pool.len() as u64);
+            if phys % page != 0 || len % page != 0 || lo >= hi {
+                continue;
+            }
+            let kind = RangeKind::Premap { pool: i as u8 };
+            // The pool's bus base keeps every `min_align_mask` bit of its physical address (slots are
+            // placed by physical address), so a mapping's bus address keeps the bits the device needs.
+            let align = page.max(config.min_align_mask + 1);
+            let phase = phys & (align - 1) & !(page - 1);
+            let Ok(bus) = slot.space.lock().alloc(len, align, phase, lo, hi, kind, phys) else { continue };
+            if let Err(f) = writer.put(&win, bus, phys, len / page, TCE_PCI_READ | TCE_PCI_WRITE) {
+                if f.clean {
+                    slot.space.lock().free(bus, len, kind);
+                }
+                // Unclean, the range stays recorded as premapped and the unwinding below retries it.
+                if self.unwind_premaps(slot, tce, Some(win), None).is_err() {
+                    self.pin_pools(slot);
+                }
+                self.stats.fail(FailureKind::Iommu);
+                return Err(DmaError::Iommu(f.err));
+            }
+            pools.push(i);
+            pool_bus[i] = BusAddr(bus);
+        }
+        if pools.is_empty() {
+            return Ok(None);
+        }
+        pools.sort_by_bus(&pool_bus);
+        Ok(Some(DomainInfo {
+            path: DmaPath::IommuPremapped,
+            reason: PathReason::DefaultWindow(ddw),
+            ddw: None,
+            dynamic: Some(win),
+            pools,
+            pool_bus,
+        }))
+    }
+
+    /// Clear and forget the premapped ranges of a domain (set-up failed, or detach), one by one. Stops
+    /// at the first range whose clearing fails, leaving it (and those after it) recorded, so a retry
+    /// continues where this one stopped.
+    pub(crate) fn unwind_premaps(
+        &self,
+        slot: &DomainSlot<'m>,
+        tce: &dyn TceCalls,
+        default: Option<WindowGeometry>,
+        ddw: Option<WindowGeometry>,
+    ) -> Result<(), IommuError> {
+        let writer = self.tce_writer(tce);
+        loop {
+            let next = slot
+                .space
+                .lock()
+                .ranges()
+                .iter()
+                .copied()
+                .find(|r| matches!(r.kind, RangeKind::Premap { .. }));
+            let Some(r) = next else { break };
+            let win = [ddw, default].into_iter().flatten().find(|w| r.start >= w.start && r.end() <= w.end());
+            let w = win.ok_or(IommuError::NoWindow)?;
+            writer.clear(&w, r.start, r.len >> w.page_shift)?;
+            slot.space.lock().free(r.start, r.len, r.kind);
+        }
+        Ok(())
+    }
+
+    /// Premapped entries of a domain whose set-up failed could not be cleared: they may name pool
+    /// pages for good, so the ranges are counted quarantined and the pools can never be made private
+    /// again (`release_pools` refuses).
+    pub(crate) fn pin_pools(&self, slot: &DomainSlot<'m>) {
+        let stuck =
+            slot.space.lock().ranges().iter().filter(|r| matches!(r.kind, RangeKind::Premap { .. })).count();
+        self.iommu_counters.quarantined_ranges.fetch_add(stuck as u64, Ordering::Relaxed);
+        self.iommu_counters.pools_pinned.store(true, Ordering::Relaxed);
+        log::error!("ccdma: {stuck} premapped ranges could not be cleared; the pools stay shared for good");
+    }
+
+    /// Create a DDW holding only the pools (largest IOMMU page their alignment allows) and enter them.
+    pub(crate) fn setup_ddw(
+        &self,
+        slot: &DomainSlot<'m>,
+        tce: &dyn TceCalls,
+        config: &DeviceConfig,
+        default: Option<WindowGeometry>,
+    ) -> Result<DomainInfo, DdwOutcome> {
+        let id = config.id;
+        let c = &self.iommu_counters;
+        c.ddw_query.fetch_add(1, Ordering::Relaxed);
+        let q = tce.ddw_query(id).map_err(DdwOutcome::QueryFailed)?;
+        if q.windows_available == 0 {
+            return Err(DdwOutcome::NoneAvailable);
+        }
+        // The largest page every pool's start and length are multiples of.
+        let align =
+            self.pools().map(|p| p.phys().0.trailing_zeros().min((p.len() as u64).trailing_zeros())).min();
+        let align = align.unwrap_or(0);
+        let shift = DDW_PAGE_SIZES
+            .iter()
+            .map(|&(_, s)| s)
+            .filter(|&s| s <= align && q.supports_shift(s))
+            .max()
+            .ok_or(DdwOutcome::NoPageSize)?;
+        let total: u64 = self.pools().map(|p| p.len() as u64).sum();
+        let window_shift = total.next_power_of_two().trailing_zeros().max(shift);
+        if (1u64 << (window_shift - shift)) > q.largest_block {
+            return Err(DdwOutcome::TooSmall);
+        }
+        c.ddw_create.fetch_add(1, Ordering::Relaxed);
+        let win = tce.ddw_create(id, shift, window_shift).map_err(DdwOutcome::CreateFailed)?;
+        let remove = |outcome: DdwOutcome| {
+            c.ddw_remove.fetch_add(1, Ordering::Relaxed);
+            if tce.ddw_remove(id, win.liobn) != 0 {
+                c.leaked_windows.fetch_add(1, Ordering::Relaxed);
+                log::warn!("ccdma: removing DDW {:#x} of device {id:#x} failed", win.liobn);
+            }
+            outcome
+        };
+        // The window's geometry is an allegation: it must be what was asked for and below the mask.
+        let overlaps_default = default.is_some_and(|d| win.start < d.end() && d.start < win.end());
+        if win.page_shift != shift
+            || !win.is_usable()
+            || win.size < total
+            || overlaps_default
+            || !config.dma_mask.covers(win.start, total)
+        {
+            return Err(remove(DdwOutcome::BadWindow));
+        }
+        let writer = self.tce_writer(tce);
+        let mut pools = PoolOrder::EMPTY;
+        let mut pool_bus = [BusAddr(0); MAX_POOLS];
+        let mut off = 0;
+        for (i, pool) in self.pools().enumerate() {
+            let (phys, len) = (pool.phys().0, pool.len() as u64);
+            let bus = win.start + off;
+            let kind = RangeKind::Premap { pool: i as u8 };
+            let placed = slot.space.lock().alloc(len, win.page_size(), 0, bus, bus + len, kind, phys);
+            let result = match placed {
+                Ok(_) => {
+                    writer.put(&win, bus, phys, len >> shift, TCE_PCI_READ | TCE_PCI_WRITE).map_err(|f| {
+                        // Unclean, the range stays recorded as premapped for the unwinding below.
+                        if f.clean {
+                            slot.space.lock().free(bus, len, kind);
+                        }
+                        f.err
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                // Removing the window destroys its table; only if that fails are the entries cleared
+                // one by one (and if that fails too, they may stay for good).
+                let entries: u64 = slot
+                    .space
+                    .lock()
+                    .ranges()
+                    .iter()
+                    .filter(|r| matches!(r.kind, RangeKind::Premap { .. }))
+                    .map(|r| r.len >> shift)
+                    .sum();
+                let leaked = c.leaked_windows.load(Ordering::Relaxed);
+                let outcome = remove(DdwOutcome::PremapFailed(e));
+                if c.leaked_windows.load(Ordering::Relaxed) == leaked {
+                    c.live_tces.fetch_sub(entries, Ordering::Relaxed);
+                    let mut space = slot.space.lock();
+                    while let Some(r) =
+                        space.ranges().iter().copied().find(|r| matches!(r.kind, RangeKind::Premap { .. }))
+                    {
+                        space.free(r.start, r.len, r.kind);
+                    }
+                } else if self.unwind_premaps(slot, tce, None, Some(win)).is_err() {
+                    self.pin_pools(slot);
+                }
+                return Err(outcome);
+            }
+            pools.push(i);
+            pool_bus[i] = BusAddr(bus);
+            off += len;
+        }
+        pools.sort_by_bus(&pool_bus);
+        Ok(DomainInfo {
+            path: DmaPath::IommuDdw,
+            reason: PathReason::Ddw,
+            ddw: Some(win),
+            dynamic: default,
+            pools,
+            pool_bus,
+        })
+    }
+}

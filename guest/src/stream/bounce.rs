@@ -1,0 +1,188 @@
+//! Bounce runs: a run of pool slots placed so the bits the device needs are preserved, filled per
+//! direction at map, copied back once at unmap.
+
+use crate::addr::{BusAddr, PAGE_SIZE};
+use crate::device::Device;
+use crate::direction::{DmaAttrs, DmaDirection};
+use crate::error::DmaError;
+use crate::layer::DmaLayer;
+use crate::platform::Platform;
+use crate::pool::{BouncePool, NewHead, Owner, RunRequest, SlotRecord};
+use crate::pool_set::{PoolOrder, MAX_POOLS};
+use crate::stats::{should_warn, FailureKind};
+
+use super::Original;
+
+/// A slot run just allocated and filled by `bounce_alloc`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BounceRun {
+    /// Pool index.
+    pub pool: usize,
+    /// Global index of the head slot.
+    pub index: usize,
+    /// Pool offset of the run.
+    pub run_off: usize,
+    /// Offset of the data inside the run.
+    pub data_off: usize,
+    /// Bytes of the run.
+    pub run_len: usize,
+}
+
+impl<'m, P: Platform> DmaLayer<'m, P> {
+    /// Bounce into one of `order`'s pools, each of which sits at `bus[i]` on the device's bus.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bounce_map(
+        &self,
+        dev: &Device,
+        order: &PoolOrder,
+        bus: &[BusAddr; MAX_POOLS],
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        let run = self.bounce_alloc(dev, order, orig, len, dir, attrs, 0)?;
+        self.stats.mapped(true);
+        Ok(BusAddr(bus[run.pool].0 + (run.run_off + run.data_off) as u64))
+    }
+
+    /// Allocate a slot run in the first of `order`'s pools that has one and fill it per direction.
+    ///
+    /// With `iommu_page` (non-zero: strict IOMMU mappings) the run starts on an IOMMU page and covers
+    /// whole IOMMU pages, the bytes around the data zeroed, so no page the device can reach holds
+    /// another mapping's bytes or stale pool data.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bounce_alloc(
+        &self,
+        dev: &Device,
+        order: &PoolOrder,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        iommu_page: u64,
+    ) -> Result<BounceRun, DmaError> {
+        let min_align = dev.config.min_align_mask;
+        let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
+        let mut largest = 0;
+        for i in order.iter() {
+            let Some(pool) = &self.pools[i] else { continue };
+            let slot = pool.slot_size() as u64;
+            let unit = slot.max(iommu_page);
+            let offset = (orig_addr & min_align & (unit - 1)) as usize;
+            let max_run = if iommu_page > 0 {
+                pool.max_mapping() & !(iommu_page as usize - 1)
+            } else {
+                pool.max_mapping()
+            };
+            // Mappings of a page or more start on a page (as SWIOTLB does), except for the bits the
+            // device needs preserved; strict mappings always start on an IOMMU page, the preserved bits
+            // below it going into the offset.
+            let page_bits = if iommu_page > 0 {
+                unit - 1
+            } else if len as u64 >= PAGE_SIZE {
+                PAGE_SIZE - 1
+            } else {
+                0
+            };
+            let align_mask = (min_align | page_bits) & !(slot - 1);
+            let align_bits = if iommu_page > 0 {
+                orig_addr & min_align & align_mask & !(unit - 1)
+            } else {
+                orig_addr & min_align & align_mask
+            };
+            // No run crosses a segment (`max_mapping` bytes from the pool's start), so a run whose
+            // alignment puts its first candidate `phase` bytes into every segment has that much less
+            // room: a request that can never fit is `TooLarge`, not a transient exhaustion.
+            let span = align_mask + slot;
+            let seg = pool.max_mapping() as u64;
+            let phase = if span <= seg && seg % span == 0 {
+                (align_bits.wrapping_sub(pool.phys().0) & (span - 1)) as usize
+            } else {
+                0
+            };
+            let max_run = max_run.saturating_sub(phase);
+            largest = largest.max(max_run.saturating_sub(offset));
+            // Longer than any run of this pool: skip before any arithmetic on `len` can overflow.
+            if len > max_run {
+                continue;
+            }
+            let Some(total) = offset.checked_add(len) else { continue };
+            let run_bytes = if iommu_page > 0 { total.next_multiple_of(iommu_page as usize) } else { total };
+            let nslots = run_bytes.div_ceil(slot as usize);
+            if nslots * slot as usize > max_run.max(slot as usize) || total > max_run {
+                continue;
+            }
+            let req = RunRequest { nslots, align_mask, align_bits };
+            let owner = Owner { device: dev.serial, safe: orig.safe };
+            let head = NewHead { offset, len, dir, attrs, orig: orig.cpu, owner };
+            let Some(index) = pool.alloc(req, head) else { continue };
+            let run_off = index << pool.slot_size().trailing_zeros();
+            let run_len = nslots * slot as usize;
+            self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs);
+            if iommu_page > 0 {
+                // SAFETY: `[run_off, run_off + run_len)` is the run just allocated, ours alone.
+                unsafe {
+                    core::ptr::write_bytes(pool.cpu_at(run_off), 0, offset);
+                    core::ptr::write_bytes(pool.cpu_at(run_off + offset + len), 0, run_len - offset - len);
+                }
+            }
+            return Ok(BounceRun { pool: i, index, run_off, data_off: offset, run_len });
+        }
+        if largest < len {
+            self.stats.fail(FailureKind::TooLarge);
+            return Err(DmaError::TooLarge { len, max: largest });
+        }
+        let n = self.stats.fail(FailureKind::PoolExhausted);
+        if !attrs.contains(DmaAttrs::NO_WARN) && should_warn(n) {
+            log::warn!(
+                "ccdma: bounce pool exhausted mapping {len} bytes for device {:#x} ({n} failures so far)",
+                dev.config.id
+            );
+        }
+        Err(DmaError::PoolExhausted { len })
+    }
+
+    /// Initialise a freshly allocated slot run: the original for data going to the device, zeroes (or
+    /// the original, on request) for data coming from it, so neither stale pool data can reach the guest
+    /// nor private bytes the host.
+    pub(crate) fn fill_slot(
+        &self,
+        slot: *mut u8,
+        orig: *mut u8,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) {
+        let copy = if dir.device_reads() {
+            !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
+        } else {
+            attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN) && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
+        };
+        if copy {
+            // SAFETY: `orig` is valid for `len` bytes (map contract); the slot run is ours alone and
+            // holds `len` bytes from `slot`; pool memory never overlaps a caller's buffer.
+            unsafe { core::ptr::copy_nonoverlapping(orig, slot, len) };
+            self.stats.to_device(len);
+        } else {
+            // SAFETY: as above, for the slot run.
+            unsafe { core::ptr::write_bytes(slot, 0, len) };
+        }
+    }
+
+    /// Copy `[offset, offset + len)` of a mapping from shared memory to the original: one pass, so
+    /// the guest reads each shared byte once, whatever the device does meanwhile.
+    pub(crate) fn copy_to_original(
+        &self,
+        pool: &BouncePool<'_>,
+        rec: &SlotRecord,
+        offset: usize,
+        len: usize,
+    ) {
+        let slot = pool.cpu_at((rec.index << pool.slot_size().trailing_zeros()) + rec.offset + offset);
+        // SAFETY: the original is valid for writes of `rec.len` bytes until unmap (map contract) and
+        // `offset + len <= rec.len`; the run is live and ours.
+        unsafe { core::ptr::copy_nonoverlapping(slot, rec.orig.add(offset), len) };
+        self.stats.from_device(len);
+    }
+}

@@ -1,0 +1,334 @@
+//! Streaming DMA of one buffer, top to bottom: the raw face by address (`unsafe`, for HALs and C),
+//! the entry points the safe face ([`crate::mapping`]) uses, and the routing to the path's mechanism:
+//! direct use of the buffer, a bounce through a pool ([`bounce`]), or a bounce into a run with its own
+//! IOMMU entries ([`strict`]). The guest's own record of each mapping ([`record`]) is what unmap and
+//! sync trust; nothing a device or caller alleges later.
+//!
+//! One map: `map_ptr`/`Mapping` -> `map_original` (live count, tracker) -> `map_route` (path) ->
+//! `bounce_map` / `strict_map` -> `bounce_alloc` (pool run, fill) -> bus address.
+//! One unmap: `unmap`/`Mapping::unmap` -> `unmap_as` -> `unmap_route` -> `record` (claim) ->
+//! `check_record` -> copy back -> `BouncePool::free` (strict: entries cleared first).
+
+pub(crate) mod bounce;
+pub(crate) mod record;
+pub(crate) mod strict;
+
+use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
+use crate::device::Device;
+use crate::direction::{DmaAttrs, DmaDirection};
+use crate::error::DmaError;
+use crate::layer::DmaLayer;
+use crate::path::DmaPath;
+use crate::platform::Platform;
+use crate::stats::FailureKind;
+use crate::tracker::TrackedKind;
+
+/// Where a mapping's original data lives.
+#[derive(Clone, Copy)]
+pub(crate) struct Original {
+    pub cpu: *mut u8,
+    pub phys: Option<PhysAddr>,
+    /// True when a [`crate::Mapping`] owns the mapping (the raw face then refuses it).
+    pub safe: bool,
+}
+
+impl<'m, P: Platform> DmaLayer<'m, P> {
+    /// Map by physical address (raw face). Returns the bus address for the device.
+    ///
+    /// # Safety
+    /// `[phys, phys + len)` must be guest RAM that the caller owns: valid for reads (and, unless `dir`
+    /// is `ToDevice`, writes) until the mapping is unmapped with [`Self::unmap`], and not used
+    /// otherwise meanwhile except between [`Self::sync_for_cpu`] and [`Self::sync_for_device`]. The
+    /// layer writes device data there at unmap and sync.
+    #[track_caller]
+    pub unsafe fn map_phys(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        self.check_device(dev)?;
+        if len == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NotTranslatable)?;
+        self.map_original(dev, Original { cpu: cpu.as_ptr(), phys: Some(phys), safe: false }, len, dir, attrs)
+    }
+
+    /// Map a CPU buffer (raw face, for HALs such as virtio-drivers').
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads (and, unless `dir` is `ToDevice`, writes) of `len` bytes until the
+    /// mapping is unmapped with [`Self::unmap`], and the caller must not touch it meanwhile except
+    /// between `sync_for_cpu` and `sync_for_device`.
+    #[track_caller]
+    pub unsafe fn map_ptr(
+        &self,
+        dev: &Device,
+        ptr: *mut u8,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        self.check_device(dev)?;
+        let phys = self.translate_for(dev, ptr, len);
+        self.map_original(dev, Original { cpu: ptr, phys, safe: false }, len, dir, attrs)
+    }
+
+    /// The physical address of a CPU buffer, when the device's path needs it. Bounce-always needs it
+    /// only for `min_align_mask` bits above the page offset (the page offset is the same in the
+    /// virtual address), so the translation is skipped otherwise.
+    pub(crate) fn translate_for(&self, dev: &Device, ptr: *mut u8, len: usize) -> Option<PhysAddr> {
+        match dev.path {
+            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE => None,
+            _ => self.platform.virt_to_phys(ptr, len),
+        }
+    }
+
+    /// Map an original for the safe or raw face; counts the device's live mappings and tells the
+    /// tracker (feature `debug-tracker`).
+    #[track_caller]
+    pub(crate) fn map_original(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        let bus = self.map_route(dev, orig, len, dir, attrs)?;
+        dev.live_inc();
+        let site = core::panic::Location::caller();
+        crate::tracker::mapped(&self.tracker, dev, bus, len, dir, TrackedKind::Mapping, site);
+        Ok(bus)
+    }
+
+    fn map_route(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        if len == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        if dev.domain.is_some() {
+            return self.iommu_map(dev, orig, len, dir, attrs);
+        }
+        let mask = dev.config.dma_mask;
+        match (dev.path, orig.phys) {
+            (DmaPath::Direct, None) => {
+                self.stats.fail(FailureKind::Invalid);
+                Err(DmaError::NotTranslatable)
+            }
+            (DmaPath::Direct | DmaPath::BounceAboveMask, Some(p)) if mask.covers(p.0, len as u64) => {
+                self.stats.mapped(false);
+                Ok(BusAddr(p.0))
+            }
+            (DmaPath::Direct, Some(p)) => {
+                self.stats.fail(FailureKind::BeyondMask);
+                Err(DmaError::BeyondMask { addr: p.0, mask })
+            }
+            _ => self.bounce_map(dev, &dev.pools, &self.pool_bus, orig, len, dir, attrs),
+        }
+    }
+
+    /// Unmap (raw face). `len` and `dir` must be those given at map time; the copy back uses the
+    /// guest's own record. A wrong size, direction or device, a mapping owned by a [`crate::Mapping`],
+    /// or an address that is not a live mapping is an error and changes nothing.
+    ///
+    /// # Safety
+    /// `bus` must name a mapping this caller made with [`Self::map_ptr`] or [`Self::map_phys`] on
+    /// `dev` (or one whose ownership it was handed), so that the memory the copy back writes is
+    /// still the one that map's contract lent, and no other CPU unmaps or syncs it at the same time.
+    /// The checks above catch honest mistakes; they cannot tell two raw callers apart.
+    #[track_caller]
+    pub unsafe fn unmap(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        self.unmap_as(dev, bus, len, dir, attrs, false)
+    }
+
+    /// Unmap for the safe (`safe`) or raw face.
+    #[track_caller]
+    pub(crate) fn unmap_as(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        safe: bool,
+    ) -> Result<(), DmaError> {
+        let result = self.unmap_route(dev, bus, len, dir, attrs, safe);
+        let site = core::panic::Location::caller();
+        crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
+        if result.is_ok() {
+            dev.live_dec();
+        }
+        result
+    }
+
+    fn unmap_route(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        safe: bool,
+    ) -> Result<(), DmaError> {
+        self.check_device(dev)?;
+        if self.strict_domain(dev, bus)?.is_some() {
+            return self.strict_unmap(dev, bus, len, dir, attrs, safe);
+        }
+        let Some((i, rec)) = self.record(dev, bus, true)? else {
+            self.stats.unmapped();
+            return Ok(());
+        };
+        let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+        if let Err(e) = self.check_record(dev, bus, safe, &rec, len, dir) {
+            pool.unrelease(rec.index);
+            return Err(e);
+        }
+        if rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
+            self.copy_to_original(pool, &rec, 0, rec.len);
+        }
+        pool.free(rec.index, rec.nslots);
+        if dev.domain.is_some() {
+            self.iommu_unmapped(dev);
+        }
+        self.stats.unmapped();
+        Ok(())
+    }
+
+    /// A `Mapping` is gone but its unmap could not complete (strict entries that would not clear):
+    /// forget its original so no later call writes the buffer whose borrow just ended. The run (and
+    /// its entries, which name only pool memory) stay allocated for good and the device stays busy.
+    pub(crate) fn orphan(&self, dev: &Device, bus: BusAddr) {
+        let found = match self.strict_domain(dev, bus) {
+            Ok(Some(info)) => self.strict_record(dev, info, bus, true).ok().map(|(i, rec, _)| (i, rec)),
+            Ok(None) => self.record(dev, bus, true).ok().flatten(),
+            Err(_) => None,
+        };
+        if let Some((i, rec)) = found {
+            if let Some(pool) = &self.pools[i] {
+                pool.orphan(rec.index);
+            }
+        }
+        self.stats.fail(FailureKind::Iommu);
+        log::error!(
+            "ccdma: mapping {bus} of device {:#x} dropped while its unmap failed: its slots and entries stay \
+             reserved for good, the buffer is never written again",
+            dev.config.id
+        );
+    }
+
+    /// Make device writes in `[offset, offset + len)` of the mapping visible to the CPU (raw face).
+    ///
+    /// # Safety
+    /// As for [`Self::unmap`]: `bus` is a live raw mapping of this caller on `dev`, and nothing reads
+    /// or writes `[offset, offset + len)` of its original while this runs.
+    #[track_caller]
+    pub unsafe fn sync_for_cpu(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        self.sync(dev, bus, offset, len, dir, true, false)
+    }
+
+    /// Make CPU writes in `[offset, offset + len)` of the original visible to the device (raw face).
+    ///
+    /// # Safety
+    /// As for [`Self::sync_for_cpu`].
+    #[track_caller]
+    pub unsafe fn sync_for_device(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        self.sync(dev, bus, offset, len, dir, false, false)
+    }
+
+    /// Sync for the safe (`safe`) or raw face.
+    #[allow(clippy::too_many_arguments)]
+    #[track_caller]
+    pub(crate) fn sync(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+        for_cpu: bool,
+        safe: bool,
+    ) -> Result<(), DmaError> {
+        let result = self.sync_route(dev, bus, offset, len, dir, for_cpu, safe);
+        crate::tracker::synced(&self.tracker, dev, bus, &result, core::panic::Location::caller());
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sync_route(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+        for_cpu: bool,
+        safe: bool,
+    ) -> Result<(), DmaError> {
+        self.check_device(dev)?;
+        let found = match self.strict_domain(dev, bus)? {
+            Some(info) => self.strict_record(dev, info, bus, false).map(|(i, rec, _)| Some((i, rec)))?,
+            None => self.record(dev, bus, false)?,
+        };
+        let Some((i, rec)) = found else { return Ok(()) };
+        let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+        if rec.owner.device != dev.serial {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::WrongDevice { owner: rec.owner.device, given: dev.serial });
+        }
+        if rec.owner.safe != safe {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::OwnedByMapping(bus));
+        }
+        if rec.dir != dir {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::DirectionMismatch { mapped: rec.dir, given: dir });
+        }
+        if offset.checked_add(len).is_none_or(|end| end > rec.len) {
+            self.stats.fail(FailureKind::OutOfRange);
+            return Err(DmaError::OutOfRange { offset, len, mapped: rec.len });
+        }
+        if for_cpu {
+            if rec.dir.device_writes() {
+                self.copy_to_original(pool, &rec, offset, len);
+            }
+        } else if rec.dir.device_reads() || rec.attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN) {
+            let slot = pool.cpu_at((rec.index << pool.slot_size().trailing_zeros()) + rec.offset + offset);
+            // SAFETY: the record says the original holds `rec.len` bytes and the run holds them too;
+            // `offset + len <= rec.len` was checked.
+            unsafe { core::ptr::copy_nonoverlapping(rec.orig.add(offset), slot, len) };
+            self.stats.to_device(len);
+        }
+        Ok(())
+    }
+}
