@@ -1,0 +1,179 @@
+//! Building a mapped list: classify each input (direct, P2P, bounced), group what can be packed,
+//! lay the list out in the window (strict), and emit the DMA segments.
+
+use super::pack::can_join;
+use super::*;
+
+impl<'m, P: Platform> DmaLayer<'m, P> {
+    /// Classify and place every entry, lay out the window range (IOMMU paths), emit the segments.
+    pub(super) fn build_sg(
+        &self,
+        dev: &Device,
+        view: &View<'_>,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        opts: &SgOptions<'_>,
+    ) -> Result<(usize, Option<(u64, u64)>), DmaError> {
+        let lim = Limits::of(dev.config())?;
+        let span = self.pool_span(view);
+        let mut group: Option<Group> = None;
+        for i in 0..list.len() {
+            let src = list[i].src;
+            let len = src.len();
+            if len == 0 {
+                return Err(DmaError::ZeroLength);
+            }
+            if len as u64 > lim.max_seg {
+                self.stats.fail(FailureKind::TooLarge);
+                return Err(DmaError::SegmentLimit { index: i, len });
+            }
+            let (cpu, phys) = match src {
+                Source::P2p(seg) => {
+                    if let Some(g) = group.take() {
+                        self.place_group(dev, view, list, g, &lim, dir, attrs)?;
+                    }
+                    self.place_p2p(dev, view, list, i, seg, &lim, opts)?;
+                    continue;
+                }
+                Source::Cpu { ptr, writable, .. } => {
+                    if dir.device_writes() && !writable {
+                        self.stats.fail(FailureKind::Invalid);
+                        return Err(DmaError::WrongDirection);
+                    }
+                    let phys = self.cpu_phys(view, &lim, ptr, len);
+                    (Some(ptr), phys)
+                }
+                Source::Phys { phys, .. } => (None, Some(phys)),
+            };
+            let direct = match view.path {
+                DmaPath::Direct => {
+                    let Some(p) = phys else {
+                        self.stats.fail(FailureKind::Invalid);
+                        return Err(DmaError::NotTranslatable);
+                    };
+                    if !lim.mask.covers(p.0, len as u64) {
+                        self.stats.fail(FailureKind::BeyondMask);
+                        return Err(DmaError::BeyondMask { addr: p.0, mask: lim.mask });
+                    }
+                    if !lim.within_boundary(p.0, len as u64) {
+                        self.stats.fail(FailureKind::TooLarge);
+                        return Err(DmaError::SegmentLimit { index: i, len });
+                    }
+                    Some(p)
+                }
+                // Below the mask and inside a boundary block: the device can use it as it is.
+                DmaPath::BounceAboveMask => phys.filter(|p| lim.direct_ok(p.0, len as u64)),
+                // Every other path bounces everything.
+                _ => None,
+            };
+            if let Some(p) = direct {
+                if let Some(g) = group.take() {
+                    self.place_group(dev, view, list, g, &lim, dir, attrs)?;
+                }
+                list[i].place = Place::Direct { bus: BusAddr(p.0) };
+                continue;
+            }
+            // Bounce: the CPU side of the original, and the address whose low bits the device needs.
+            let cpu = match (cpu, phys) {
+                (Some(c), _) => c,
+                (None, Some(p)) => match self.platform.cpu_ptr(p, len) {
+                    Some(c) => c.as_ptr(),
+                    None => {
+                        self.stats.fail(FailureKind::Invalid);
+                        return Err(DmaError::NotTranslatable);
+                    }
+                },
+                (None, None) => return Err(DmaError::NotTranslatable),
+            };
+            let orig = phys.map_or(cpu as u64, |p| p.0);
+            list[i].place = Place::Pending { cpu };
+            if let Some(g) = &mut group {
+                if opts.coalesce && can_join(g, orig, len as u64, &lim, span) {
+                    g.count += 1;
+                    g.len += len as u64;
+                    continue;
+                }
+            }
+            if let Some(g) = group.take() {
+                self.place_group(dev, view, list, g, &lim, dir, attrs)?;
+            }
+            if !lim.boundary_allows(orig & lim.min_align, len as u64) {
+                self.stats.fail(FailureKind::TooLarge);
+                return Err(DmaError::SegmentLimit { index: i, len });
+            }
+            group = Some(Group { start: i, count: 1, orig0: orig, len: len as u64 });
+        }
+        if let Some(g) = group.take() {
+            self.place_group(dev, view, list, g, &lim, dir, attrs)?;
+        }
+        let range = self.window_layout(view, list, &lim, dir)?;
+        Ok((self.emit_segments(view, list, &lim, opts.coalesce), range))
+    }
+
+    /// The physical address of a CPU buffer, where the path needs it: to use it directly, or for
+    /// `min_align_mask` bits above the page offset (the page offset is the same in the virtual address,
+    /// so paths that bounce everything skip the translation otherwise, as the single-mapping face
+    /// does).
+    pub(super) fn cpu_phys(
+        &self,
+        view: &View<'_>,
+        lim: &Limits,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Option<PhysAddr> {
+        if view.path.bounces_everything() && lim.min_align < PAGE_SIZE {
+            None
+        } else {
+            self.platform.virt_to_phys(ptr, len)
+        }
+    }
+
+    /// The address whose `min_align_mask` bits a bounced copy keeps (as `build_sg` chose it).
+    pub(super) fn orig_addr(&self, view: &View<'_>, lim: &Limits, src: &Source) -> u64 {
+        match *src {
+            Source::Cpu { ptr, len, .. } => self.cpu_phys(view, lim, ptr, len).map_or(ptr as u64, |p| p.0),
+            Source::Phys { phys, .. } => phys.0,
+            Source::P2p(s) => s.bar.0,
+        }
+    }
+
+    /// Write the DMA segments into the list, in list order, merging what may be merged.
+    pub(super) fn emit_segments(
+        &self,
+        view: &View<'_>,
+        list: &mut [SgEntry<'_>],
+        lim: &Limits,
+        coalesce: bool,
+    ) -> usize {
+        let mut out = Outputs { n: 0, open: None, coalesce };
+        for i in 0..list.len() {
+            let len = list[i].src.len();
+            let (bus, class) = match list[i].place {
+                Place::Direct { bus } => (bus, Class::Direct),
+                Place::P2pBus { bus } => (bus, Class::P2pBus),
+                Place::Window { bus, .. } => (bus, Class::Window),
+                Place::Bounced { bus, .. } if view.strict() => (bus, Class::Window),
+                Place::Bounced { bus, .. } => (bus, Class::Bounce),
+                Place::Unmapped | Place::Pending { .. } => continue,
+            };
+            let seg = DmaSegment { addr: bus, len, p2p_bus_address: class == Class::P2pBus };
+            out.push(list, lim, seg, class);
+        }
+        out.close(list);
+        out.n
+    }
+
+    pub(super) fn pool_span(&self, view: &View<'_>) -> PoolSpan {
+        let page = view.run_page();
+        let mut span = PoolSpan { max_run: 0, max_unit: 1 };
+        for i in view.pools.iter() {
+            if let Some(pool) = self.pools.get(i).and_then(|p| p.as_ref()) {
+                let max = pool.max_mapping() as u64;
+                span.max_run = span.max_run.max(if page > 0 { max & !(page - 1) } else { max });
+                span.max_unit = span.max_unit.max((pool.slot_size() as u64).max(page));
+            }
+        }
+        span
+    }
+}
