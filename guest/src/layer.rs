@@ -8,7 +8,7 @@ use crate::device::{Device, DeviceConfig};
 use crate::error::{DmaError, Refused};
 use crate::iommu::counters::IommuCounters;
 use crate::iommu::domain::{DomainRef, Iommu};
-use crate::path::DmaPath;
+use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, SlotMeta};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
@@ -230,15 +230,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return self.attach_iommu(config);
         }
         let ram_end = self.platform.ram_end().0;
-        let path = if !confidential && config.dma_mask.covers(0, ram_end.max(1)) {
-            DmaPath::Direct
-        } else if !confidential {
-            DmaPath::BounceAboveMask
-        } else {
-            DmaPath::BounceAlways
-        };
         let pools = self.reachable_pools(&config);
-        if path != DmaPath::Direct && pools.is_empty() {
+        let facts = PathFacts {
+            confidential,
+            mask_covers_ram: config.dma_mask.covers(0, ram_end.max(1)),
+            reachable_pools: pools.iter().count(),
+            iommu: None,
+        };
+        let PathChoice::Plain(path) = path::choose(&facts) else {
             self.stats.fail(FailureKind::NoPath);
             let err = DmaError::NoPath {
                 mask: config.dma_mask,
@@ -247,7 +246,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             };
             log::warn!("ccdma: attach of device {:#x} failed: {err}", config.id);
             return Err(err);
-        }
+        };
         log::debug!("ccdma: device {:#x} ({}) -> {}", config.id, config.dma_mask, path.name());
         Ok(self.new_device(config, path, pools, None))
     }

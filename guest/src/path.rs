@@ -112,3 +112,181 @@ impl fmt::Display for PathReason {
         }
     }
 }
+
+/// What a path decision rests on: facts about the platform, the device and the pools, gathered by the
+/// layer (and, behind an IOMMU, by asking the hypervisor) before anything is programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathFacts {
+    /// Guest memory is private: devices reach only shared memory.
+    pub confidential: bool,
+    /// The device's streaming mask covers all of guest RAM.
+    pub mask_covers_ram: bool,
+    /// Pools the device's mask covers at their shared bus address (paths without an IOMMU).
+    pub reachable_pools: usize,
+    /// The device sits behind an IOMMU the layer uses (confidential guests with TCE windows).
+    pub iommu: Option<IommuFacts>,
+}
+
+/// The IOMMU half of [`PathFacts`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IommuFacts {
+    /// The layer's policy is premapped (else strict).
+    pub premapped: bool,
+    /// What became of a dynamic window: [`DdwOutcome::NotTried`] until one is tried; the decision
+    /// asks for one ([`PathChoice::TryDdw`]) when `ddw_wanted` and nothing was tried yet.
+    pub ddw: DdwOutcome,
+    /// DDW use is on, the device is 64-bit and there is a pool to enter.
+    pub ddw_wanted: bool,
+    /// Some pool can be entered into the default window below the device's mask.
+    pub pool_fits_default: bool,
+    /// The default window has a free IOMMU page below the mask (strict mappings can be placed).
+    pub default_has_room: bool,
+}
+
+/// What to do: a path, or (behind an IOMMU) the next step towards one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathChoice {
+    /// A path without IOMMU: the buffer itself, or bounces through reachable pools.
+    Plain(DmaPath),
+    /// Create a dynamic window and enter the pools; if that fails, decide again with its outcome.
+    TryDdw,
+    /// Enter the pools that fit into the default window below the mask.
+    DefaultWindow(PathReason),
+    /// Entries per mapping in the default window.
+    Strict(PathReason),
+    /// No path: attach fails.
+    NoPath,
+}
+
+/// DESIGN.md's path table as one function: the same facts always give the same choice.
+pub fn choose(f: &PathFacts) -> PathChoice {
+    let Some(io) = f.iommu.filter(|_| f.confidential) else {
+        return match (f.confidential, f.mask_covers_ram, f.reachable_pools) {
+            (false, true, _) => PathChoice::Plain(DmaPath::Direct),
+            (_, _, 0) => PathChoice::NoPath,
+            (false, false, _) => PathChoice::Plain(DmaPath::BounceAboveMask),
+            (true, _, _) => PathChoice::Plain(DmaPath::BounceAlways),
+        };
+    };
+    if io.premapped {
+        if io.ddw_wanted && io.ddw == DdwOutcome::NotTried {
+            return PathChoice::TryDdw;
+        }
+        if io.pool_fits_default {
+            return PathChoice::DefaultWindow(PathReason::DefaultWindow(io.ddw));
+        }
+    }
+    let reason = if io.premapped { PathReason::PoolsDoNotFit(io.ddw) } else { PathReason::StrictPolicy };
+    if io.default_has_room {
+        PathChoice::Strict(reason)
+    } else {
+        PathChoice::NoPath
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_IOMMU: PathFacts =
+        PathFacts { confidential: false, mask_covers_ram: true, reachable_pools: 1, iommu: None };
+    const IOMMU: IommuFacts = IommuFacts {
+        premapped: true,
+        ddw: DdwOutcome::NotTried,
+        ddw_wanted: false,
+        pool_fits_default: true,
+        default_has_room: true,
+    };
+
+    fn with(io: IommuFacts) -> PathFacts {
+        PathFacts { confidential: true, mask_covers_ram: false, reachable_pools: 0, iommu: Some(io) }
+    }
+
+    /// One line per row of DESIGN.md's path table (the accepted-device row belongs to issue 14).
+    #[test]
+    fn every_row_of_the_path_table() {
+        use DmaPath::*;
+        let failed = DdwOutcome::CreateFailed(-3);
+        let rows: &[(&str, PathFacts, PathChoice)] = &[
+            ("plain, mask covers RAM", NO_IOMMU, PathChoice::Plain(Direct)),
+            (
+                "plain, mask covers RAM, no pool",
+                PathFacts { reachable_pools: 0, ..NO_IOMMU },
+                PathChoice::Plain(Direct),
+            ),
+            (
+                "plain, smaller mask",
+                PathFacts { mask_covers_ram: false, ..NO_IOMMU },
+                PathChoice::Plain(BounceAboveMask),
+            ),
+            (
+                "plain, smaller mask, no pool below it",
+                PathFacts { mask_covers_ram: false, reachable_pools: 0, ..NO_IOMMU },
+                PathChoice::NoPath,
+            ),
+            (
+                "confidential, no IOMMU, a pool reachable",
+                PathFacts { confidential: true, ..NO_IOMMU },
+                PathChoice::Plain(BounceAlways),
+            ),
+            (
+                "confidential, no IOMMU, even a 64-bit mask bounces",
+                PathFacts { confidential: true, mask_covers_ram: true, reachable_pools: 2, iommu: None },
+                PathChoice::Plain(BounceAlways),
+            ),
+            (
+                "confidential, no IOMMU, no pool reachable",
+                PathFacts { confidential: true, reachable_pools: 0, ..NO_IOMMU },
+                PathChoice::NoPath,
+            ),
+            (
+                "plain guest: an IOMMU is not used",
+                PathFacts { confidential: false, iommu: Some(IOMMU), ..NO_IOMMU },
+                PathChoice::Plain(Direct),
+            ),
+            (
+                "IOMMU, 64-bit, DDW creatable: try it",
+                with(IommuFacts { ddw_wanted: true, ..IOMMU }),
+                PathChoice::TryDdw,
+            ),
+            (
+                "IOMMU, 64-bit, DDW failed: default window",
+                with(IommuFacts { ddw_wanted: true, ddw: failed, ..IOMMU }),
+                PathChoice::DefaultWindow(PathReason::DefaultWindow(failed)),
+            ),
+            (
+                "IOMMU, below 64-bit: default window below the mask",
+                with(IOMMU),
+                PathChoice::DefaultWindow(PathReason::DefaultWindow(DdwOutcome::NotTried)),
+            ),
+            (
+                "IOMMU, pools do not fit below the mask: strict",
+                with(IommuFacts { pool_fits_default: false, ..IOMMU }),
+                PathChoice::Strict(PathReason::PoolsDoNotFit(DdwOutcome::NotTried)),
+            ),
+            (
+                "IOMMU, DDW failed and pools do not fit: strict, saying why",
+                with(IommuFacts { ddw_wanted: true, ddw: failed, pool_fits_default: false, ..IOMMU }),
+                PathChoice::Strict(PathReason::PoolsDoNotFit(failed)),
+            ),
+            (
+                "IOMMU, strict policy",
+                with(IommuFacts { premapped: false, ddw_wanted: true, ..IOMMU }),
+                PathChoice::Strict(PathReason::StrictPolicy),
+            ),
+            (
+                "IOMMU, nothing fits and no room below the mask",
+                with(IommuFacts { pool_fits_default: false, default_has_room: false, ..IOMMU }),
+                PathChoice::NoPath,
+            ),
+            (
+                "IOMMU, strict policy, no room below the mask",
+                with(IommuFacts { premapped: false, default_has_room: false, ..IOMMU }),
+                PathChoice::NoPath,
+            ),
+        ];
+        for (row, facts, want) in rows {
+            assert_eq!(choose(facts), *want, "{row}");
+        }
+    }
+}

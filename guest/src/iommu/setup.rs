@@ -15,7 +15,7 @@ use crate::addr::BusAddr;
 use crate::device::DeviceConfig;
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
-use crate::path::{DdwOutcome, DmaPath, PathReason};
+use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts, PathReason};
 use crate::platform::Platform;
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;
@@ -39,50 +39,65 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         self.init_space(&mut slot.space.lock(), tce, id)?;
         let mask = config.dma_mask;
-        let mut ddw = DdwOutcome::NotTried;
-        let mut reason = PathReason::StrictPolicy;
-        if iommu.cfg.policy == IommuPolicy::Premapped {
-            if iommu.cfg.use_ddw && mask.bits() == 64 && self.npools > 0 {
-                match self.setup_ddw(slot, tce, config, default) {
+        // The facts a decision needs; attempts (a DDW, entering the pools) turn into facts too.
+        let room = default.is_some_and(|win| {
+            let (lo, hi) = window_below(&win, mask);
+            slot.space.lock().has_room(win.page_size(), win.page_size(), lo, hi)
+        });
+        let mut facts = IommuFacts {
+            premapped: iommu.cfg.policy == IommuPolicy::Premapped,
+            ddw: DdwOutcome::NotTried,
+            ddw_wanted: iommu.cfg.use_ddw && mask.bits() == 64 && self.npools > 0,
+            pool_fits_default: default.is_some(),
+            default_has_room: room,
+        };
+        loop {
+            let all = PathFacts {
+                confidential: true,
+                mask_covers_ram: false,
+                reachable_pools: 0,
+                iommu: Some(facts),
+            };
+            match (path::choose(&all), default) {
+                (PathChoice::TryDdw, _) => match self.setup_ddw(slot, tce, config, default) {
                     Ok(info) => return Ok(info),
                     Err(outcome) => {
                         log::info!("ccdma: device {id:#x}: {outcome}; falling back to the default window");
-                        ddw = outcome;
+                        facts.ddw = outcome;
                     }
+                },
+                (PathChoice::DefaultWindow(_), Some(win)) => {
+                    if let Some(info) = self.premap_default(slot, tce, config, win, facts.ddw)? {
+                        return Ok(info);
+                    }
+                    log::info!(
+                        "ccdma: device {id:#x}: no pool fits the default window [{:#x}, {:#x}) below mask {mask}; \
+                         strict mappings",
+                        win.start,
+                        win.end()
+                    );
+                    facts.pool_fits_default = false;
+                }
+                (PathChoice::Strict(reason), Some(win)) => {
+                    let mut pools = PoolOrder::EMPTY;
+                    for i in 0..self.npools {
+                        pools.push(i);
+                    }
+                    return Ok(DomainInfo {
+                        path: DmaPath::IommuStrict,
+                        reason,
+                        ddw: None,
+                        dynamic: Some(win),
+                        pools,
+                        pool_bus: [BusAddr(0); MAX_POOLS],
+                    });
+                }
+                _ => {
+                    let window = default.map_or((0, 0), |w| (w.start, w.end()));
+                    return Err(DmaError::NoIommuPath { mask, pools: self.npools, window, ddw: facts.ddw });
                 }
             }
-            if let Some(win) = default {
-                if let Some(info) = self.premap_default(slot, tce, config, win, ddw)? {
-                    return Ok(info);
-                }
-                log::info!(
-                    "ccdma: device {id:#x}: no pool fits the default window [{:#x}, {:#x}) below mask {mask}; \
-                     strict mappings",
-                    win.start,
-                    win.end()
-                );
-            }
-            reason = PathReason::PoolsDoNotFit(ddw);
         }
-        if let Some(win) = default {
-            let (lo, hi) = window_below(&win, mask);
-            if slot.space.lock().has_room(win.page_size(), win.page_size(), lo, hi) {
-                let mut pools = PoolOrder::EMPTY;
-                for i in 0..self.npools {
-                    pools.push(i);
-                }
-                return Ok(DomainInfo {
-                    path: DmaPath::IommuStrict,
-                    reason,
-                    ddw: None,
-                    dynamic: Some(win),
-                    pools,
-                    pool_bus: [BusAddr(0); MAX_POOLS],
-                });
-            }
-        }
-        let window = default.map_or((0, 0), |w| (w.start, w.end()));
-        Err(DmaError::NoIommuPath { mask, pools: self.npools, window, ddw })
     }
 
     /// Start a domain's bus space: the platform's reserved ranges and the layer-wide reservations.
