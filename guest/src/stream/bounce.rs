@@ -13,6 +13,16 @@ use crate::stats::{should_warn, FailureKind};
 
 use super::Original;
 
+/// How a bounce run is placed in its pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunAlign {
+    /// In slots; a mapping of a page or more starts on a page (as SWIOTLB does).
+    Slots,
+    /// Strict IOMMU mappings: whole IOMMU pages of this size, the padding around the data zeroed, so
+    /// no page the device can reach holds another mapping's bytes.
+    IommuPages(u64),
+}
+
 /// A slot run just allocated and filled by `bounce_alloc`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BounceRun {
@@ -41,14 +51,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<BusAddr, DmaError> {
-        let run = self.bounce_alloc(dev, order, orig, len, dir, attrs, 0)?;
+        let run = self.bounce_alloc(dev, order, orig, len, dir, attrs, RunAlign::Slots)?;
         self.stats.mapped(true);
         Ok(BusAddr(bus[run.pool].0 + (run.run_off + run.data_off) as u64))
     }
 
     /// Allocate a slot run in the first of `order`'s pools that has one and fill it per direction.
     ///
-    /// With `iommu_page` (non-zero: strict IOMMU mappings) the run starts on an IOMMU page and covers
+    /// With [`RunAlign::IommuPages`] (strict IOMMU mappings) the run starts on an IOMMU page and covers
     /// whole IOMMU pages, the bytes around the data zeroed, so no page the device can reach holds
     /// another mapping's bytes or stale pool data.
     #[allow(clippy::too_many_arguments)]
@@ -60,25 +70,28 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-        iommu_page: u64,
+        align: RunAlign,
     ) -> Result<BounceRun, DmaError> {
+        let iommu_page = match align {
+            RunAlign::Slots => None,
+            RunAlign::IommuPages(page) => Some(page),
+        };
         let min_align = dev.config.min_align_mask;
         let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
         let mut largest = 0;
         for i in order.iter() {
             let Some(pool) = &self.pools[i] else { continue };
             let slot = pool.slot_size() as u64;
-            let unit = slot.max(iommu_page);
+            let unit = slot.max(iommu_page.unwrap_or(0));
             let offset = (orig_addr & min_align & (unit - 1)) as usize;
-            let max_run = if iommu_page > 0 {
-                pool.max_mapping() & !(iommu_page as usize - 1)
-            } else {
-                pool.max_mapping()
+            let max_run = match iommu_page {
+                Some(page) => pool.max_mapping() & !(page as usize - 1),
+                None => pool.max_mapping(),
             };
             // Mappings of a page or more start on a page (as SWIOTLB does), except for the bits the
             // device needs preserved; strict mappings always start on an IOMMU page, the preserved bits
             // below it going into the offset.
-            let page_bits = if iommu_page > 0 {
+            let page_bits = if iommu_page.is_some() {
                 unit - 1
             } else if len as u64 >= PAGE_SIZE {
                 PAGE_SIZE - 1
@@ -86,7 +99,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 0
             };
             let align_mask = (min_align | page_bits) & !(slot - 1);
-            let align_bits = if iommu_page > 0 {
+            let align_bits = if iommu_page.is_some() {
                 orig_addr & min_align & align_mask & !(unit - 1)
             } else {
                 orig_addr & min_align & align_mask
@@ -108,7 +121,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 continue;
             }
             let Some(total) = offset.checked_add(len) else { continue };
-            let run_bytes = if iommu_page > 0 { total.next_multiple_of(iommu_page as usize) } else { total };
+            let run_bytes = match iommu_page {
+                Some(page) => total.next_multiple_of(page as usize),
+                None => total,
+            };
             let nslots = run_bytes.div_ceil(slot as usize);
             if nslots * slot as usize > max_run.max(slot as usize) || total > max_run {
                 continue;
@@ -120,7 +136,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             let run_off = index << pool.slot_size().trailing_zeros();
             let run_len = nslots * slot as usize;
             self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs);
-            if iommu_page > 0 {
+            if iommu_page.is_some() {
                 // SAFETY: `[run_off, run_off + run_len)` is the run just allocated, ours alone.
                 unsafe {
                     core::ptr::write_bytes(pool.cpu_at(run_off), 0, offset);

@@ -5,6 +5,7 @@
 
 use core::sync::atomic::Ordering;
 
+use super::bounce::RunAlign;
 use super::Original;
 use crate::addr::BusAddr;
 use crate::device::Device;
@@ -76,7 +77,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
         let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let page = win.page_size();
-        let run = self.bounce_alloc(dev, &info.pools, orig, len, dir, attrs, page)?;
+        let run = self.bounce_alloc(dev, &info.pools, orig, len, dir, attrs, RunAlign::IommuPages(page))?;
         let pool = self.pools[run.pool].as_ref().ok_or(DmaError::NotAttached)?;
         let slot_size = pool.slot_size();
         let nslots = run.run_len / slot_size;
