@@ -52,6 +52,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     rustup component add rustfmt clippy
 fi
 command -v cc >/dev/null || apt_install gcc libc6-dev
+command -v python3 >/dev/null || apt_install python3
 if [[ $RUN_QEMU == yes && -f qemu/run.sh ]] && ! command -v qemu-system-x86_64 >/dev/null; then
     echo "qemu-system-x86_64 not found: installing qemu-system-x86"
     apt_install qemu-system-x86
@@ -64,6 +65,9 @@ cargo fmt --all -- --check
 if [[ $RUN_QEMU == yes && -f qemu/kernel/Cargo.toml ]]; then
     (cd qemu/kernel && cargo fmt -- --check)
 fi
+
+step "no import cycle between the library's files"
+python3 scripts/import-cycles.py
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy "${LOCKED[@]}" --workspace --all-targets -- -D warnings
