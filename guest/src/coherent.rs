@@ -8,7 +8,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
-use crate::device::Device;
+use crate::device::{Device, LiveKind};
 use crate::error::{DmaError, IommuError, Refused};
 use crate::iommu::bus_space::RangeKind;
 use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
@@ -212,7 +212,7 @@ impl<P: Platform> DmaLayer<'_, P> {
         };
         self.iommu_counters.coherent_buffers.fetch_add(1, Ordering::Relaxed);
         self.iommu_counters.coherent_pages.fetch_add(pages, Ordering::Relaxed);
-        dev.live_inc();
+        dev.live_inc(LiveKind::Coherent);
         crate::tracker::coherent_allocated(&self.tracker, dev, bus, pages);
         Ok(CoherentBuffer { phys, cpu, bus, pages, device: dev.serial, layer: self.id })
     }
@@ -274,7 +274,7 @@ impl<P: Platform> DmaLayer<'_, P> {
         }
         self.iommu_counters.coherent_buffers.fetch_sub(1, Ordering::Relaxed);
         self.iommu_counters.coherent_pages.fetch_sub(buf.pages, Ordering::Relaxed);
-        dev.live_dec();
+        dev.live_dec(LiveKind::Coherent);
         crate::tracker::coherent_freed(&self.tracker, dev, buf.bus);
         // Freed: the value has done its job (its Drop only reports leaks).
         let (phys, pages) = (buf.phys, buf.pages);

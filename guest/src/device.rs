@@ -90,7 +90,7 @@ pub struct Device {
     /// The device's IOMMU domain, on IOMMU paths.
     pub(crate) domain: Option<DomainRef>,
     /// Live mappings, lists and coherent buffers (detach refuses while non-zero).
-    pub(crate) live: AtomicU64,
+    pub(crate) live: [AtomicU64; 3],
 }
 
 impl Device {
@@ -100,15 +100,25 @@ impl Device {
     }
     /// Mappings, scatter-gather lists and coherent buffers of this device live now.
     pub fn live(&self) -> u64 {
-        self.live.load(Ordering::Acquire)
+        self.live.iter().map(|c| c.load(Ordering::Acquire)).sum()
     }
-    pub(crate) fn live_inc(&self) {
-        self.live.fetch_add(1, Ordering::AcqRel);
+    /// The same, by kind.
+    pub fn live_counts(&self) -> LiveCounts {
+        let n = |k: LiveKind| self.live[k as usize].load(Ordering::Acquire);
+        LiveCounts {
+            mappings: n(LiveKind::Mapping),
+            lists: n(LiveKind::List),
+            coherent: n(LiveKind::Coherent),
+        }
+    }
+    pub(crate) fn live_inc(&self, kind: LiveKind) {
+        self.live[kind as usize].fetch_add(1, Ordering::AcqRel);
     }
     /// One live object ended. Saturating: a raw-face caller that breaks its contract on a path
     /// without records (direct) must not wrap the count and hide live mappings.
-    pub(crate) fn live_dec(&self) {
-        let _ = self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    pub(crate) fn live_dec(&self, kind: LiveKind) {
+        let _ =
+            self.live[kind as usize].fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
     /// The configuration given at attach.
     pub fn config(&self) -> &DeviceConfig {
@@ -122,4 +132,23 @@ impl Device {
     pub fn pool_indices(&self) -> impl Iterator<Item = usize> + '_ {
         self.pools.iter()
     }
+}
+
+/// What a [`Device`] has live, by kind ([`Device::live_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveCounts {
+    /// Streaming mappings (safe and raw face, including forgotten and orphaned ones).
+    pub mappings: u64,
+    /// Mapped scatter-gather lists.
+    pub lists: u64,
+    /// Coherent buffers.
+    pub coherent: u64,
+}
+
+/// Index into [`Device`]'s live counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LiveKind {
+    Mapping = 0,
+    List = 1,
+    Coherent = 2,
 }

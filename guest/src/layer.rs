@@ -1,7 +1,7 @@
 //! `DmaLayer`: one instance per guest, shared by every CPU. Owns the pools, attaches devices, and
 //! implements the streaming API (the raw face; the safe face in [`crate::mapping`] builds on it).
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::addr::{pages_spanned, BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, DeviceConfig};
@@ -259,7 +259,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         domain: Option<DomainRef>,
     ) -> Device {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
-        Device { config, path, pools, layer: self.id, serial, domain, live: AtomicU64::new(0) }
+        Device { config, path, pools, layer: self.id, serial, domain, live: Default::default() }
     }
 
     /// Detach a device. Refused while it has live mappings, lists or coherent buffers

@@ -71,7 +71,7 @@ pub mod virtio_hal;
 
 pub use addr::{BusAddr, DmaMask, InvalidMask, PhysAddr, PAGE_SIZE};
 pub use coherent::{CoherentBuffer, FreeError};
-pub use device::{Device, DeviceConfig};
+pub use device::{Device, DeviceConfig, LiveCounts};
 pub use direction::{DmaAttrs, DmaDirection};
 pub use error::{DmaError, IommuError, Refused, SharingErrorKind};
 pub use iommu::{IommuConfig, IommuPolicy, IommuStatsSnapshot, TceCalls, VerifyPolicy};

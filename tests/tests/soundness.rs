@@ -130,7 +130,7 @@ fn coherent_buffers_are_owned_values_on_every_path() {
         // SAFETY: fresh pages handed to the layer.
         let buf = unsafe { layer.alloc_coherent(&a, PhysAddr(coh), 2) }.unwrap();
         let before = layer.iommu_stats();
-        assert_eq!(a.live(), 1);
+        assert_eq!(a.live_counts(), ccdma::LiveCounts { mappings: 0, lists: 0, coherent: 1 });
         // Through the wrong device: refused, handed back, nothing changed.
         let Err(FreeError::Refused(r)) = layer.free_coherent(&b, buf) else { panic!("wrong-device free") };
         assert_eq!(r.error, DmaError::WrongDevice { owner: a.serial(), given: b.serial() });

@@ -38,7 +38,7 @@ use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{BusAddr, DmaMask, PhysAddr, PAGE_SIZE};
-use crate::device::{Device, DeviceConfig};
+use crate::device::{Device, DeviceConfig, LiveKind};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::{DmaError, IommuError};
 use crate::iommu::bus_space::RangeKind;
@@ -483,7 +483,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     // Detach waits for the list like for any mapping.
                     slot.live_mappings.fetch_add(1, Ordering::Relaxed);
                 }
-                dev.live_inc();
+                dev.live_inc(LiveKind::List);
                 Ok(n)
             }
             Err(e) => {

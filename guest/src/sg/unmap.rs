@@ -70,7 +70,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         self.release_runs(list);
         reset(list);
-        dev.live_dec();
+        dev.live_dec(LiveKind::List);
         Ok(())
     }
 

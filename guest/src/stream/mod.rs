@@ -14,7 +14,7 @@ pub(crate) mod record;
 pub(crate) mod strict;
 
 use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
-use crate::device::Device;
+use crate::device::{Device, LiveKind};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
@@ -99,7 +99,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         attrs: DmaAttrs,
     ) -> Result<BusAddr, DmaError> {
         let bus = self.map_route(dev, orig, len, dir, attrs)?;
-        dev.live_inc();
+        dev.live_inc(LiveKind::Mapping);
         let site = core::panic::Location::caller();
         crate::tracker::mapped(&self.tracker, dev, bus, len, dir, TrackedKind::Mapping, site);
         Ok(bus)
@@ -173,7 +173,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let site = core::panic::Location::caller();
         crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
         if result.is_ok() {
-            dev.live_dec();
+            dev.live_dec(LiveKind::Mapping);
         }
         result
     }
