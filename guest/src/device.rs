@@ -1,6 +1,6 @@
 //! A device: what its driver declares ([`DeviceConfig`]) and its attachment to a layer ([`Device`]).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::addr::DmaMask;
 use crate::iommu::domain::DomainRef;
@@ -90,7 +90,7 @@ pub struct Device {
     /// The device's IOMMU domain, on IOMMU paths.
     pub(crate) domain: Option<DomainRef>,
     /// Live mappings, lists and coherent buffers (detach refuses while non-zero).
-    pub(crate) live: [AtomicU64; 3],
+    pub(crate) live: [AtomicU32; 3],
 }
 
 impl Device {
@@ -100,11 +100,11 @@ impl Device {
     }
     /// Mappings, scatter-gather lists and coherent buffers of this device live now.
     pub fn live(&self) -> u64 {
-        self.live.iter().map(|c| c.load(Ordering::Acquire)).sum()
+        self.live.iter().map(|c| u64::from(c.load(Ordering::Acquire))).sum()
     }
     /// The same, by kind.
     pub fn live_counts(&self) -> LiveCounts {
-        let n = |k: LiveKind| self.live[k as usize].load(Ordering::Acquire);
+        let n = |k: LiveKind| u64::from(self.live[k as usize].load(Ordering::Acquire));
         LiveCounts {
             mappings: n(LiveKind::Mapping),
             lists: n(LiveKind::List),

@@ -266,8 +266,6 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// ([`DmaError::Busy`]), or when its IOMMU entries cannot be cleared: the device comes back in
     /// the error, still attached, and detach can be retried. A detach that failed part way leaves the
     /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes.
-    // The refused device comes back by value: that is the point, and there is no allocator to box it.
-    #[allow(clippy::result_large_err)]
     pub fn detach(&self, dev: Device) -> Result<(), Refused<Device>> {
         if let Err(error) = self.check_device(&dev) {
             return Err(Refused { value: dev, error });

@@ -59,7 +59,6 @@ pub fn attach(layer: &Layer, cfg: DeviceConfig) -> Result<Device, DmaError> {
 }
 
 /// Detach a device, consuming it; refused detaches hand it back.
-#[allow(clippy::result_large_err)] // the device comes back by value, as the layer hands it back
 pub fn detach(layer: &Layer, dev: Device) -> Result<(), (Device, DmaError)> {
     layer.detach(dev).map_err(|r| (r.value, r.error))
 }
