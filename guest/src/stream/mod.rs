@@ -302,14 +302,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         };
         let Some((i, rec)) = found else { return Ok(()) };
         let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
-        if rec.owner.device != dev.serial {
-            self.stats.fail(FailureKind::Mismatch);
-            return Err(DmaError::WrongDevice { owner: rec.owner.device, given: dev.serial });
-        }
-        if rec.owner.safe != safe {
-            self.stats.fail(FailureKind::Mismatch);
-            return Err(DmaError::OwnedByMapping(bus));
-        }
+        self.check_owner(dev, bus, safe, &rec)?;
         if rec.dir != dir {
             self.stats.fail(FailureKind::Mismatch);
             return Err(DmaError::DirectionMismatch { mapped: rec.dir, given: dir });

@@ -62,6 +62,26 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
     }
 
+    /// The mapping belongs to `dev` and to the caller's face (the raw face never touches what a
+    /// `Mapping` owns).
+    pub(crate) fn check_owner(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        safe: bool,
+        rec: &SlotRecord,
+    ) -> Result<(), DmaError> {
+        if rec.owner.device != dev.serial {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::WrongDevice { owner: rec.owner.device, given: dev.serial });
+        }
+        if rec.owner.safe != safe {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::OwnedByMapping(bus));
+        }
+        Ok(())
+    }
+
     /// Check a caller's claim on a mapping against the guest's record: its device, its face (the raw
     /// face never touches what a `Mapping` owns), then size and direction.
     pub(crate) fn check_record(
@@ -73,14 +93,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         len: usize,
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
-        if rec.owner.device != dev.serial {
-            self.stats.fail(FailureKind::Mismatch);
-            return Err(DmaError::WrongDevice { owner: rec.owner.device, given: dev.serial });
-        }
-        if rec.owner.safe != safe {
-            self.stats.fail(FailureKind::Mismatch);
-            return Err(DmaError::OwnedByMapping(bus));
-        }
+        self.check_owner(dev, bus, safe, rec)?;
         if rec.len != len {
             self.stats.fail(FailureKind::Mismatch);
             return Err(DmaError::SizeMismatch { mapped: rec.len, given: len });
