@@ -1,0 +1,427 @@
+//! The workload: build the modelled platform, add the pools, attach the devices, run transfers the
+//! model's device checks byte for byte, tear down. What it finds goes to `report` for printing.
+
+use std::collections::BTreeMap;
+
+use ccdma::iommu::BusRange;
+use ccdma::{
+    Device, DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, DmaPath, IommuConfig,
+    PhysAddr, PoolConfig,
+};
+use ccdma_hv_model::{
+    CallKind, DeviceRef, Fault, FaultReason, HvConfig, Hypervisor, Region, TceConfig, PAGE,
+};
+use ccdma_tests::{meta_for, model, pattern};
+
+use crate::args::Options;
+use crate::report::{self, emit, DeviceRow, Verdict};
+
+/// Hypervisor-call counters, ordered.
+pub type Calls = BTreeMap<CallKind, u64>;
+
+pub fn call_counts(hv: &Hypervisor) -> Calls {
+    hv.calls().counts().into_iter().collect()
+}
+
+/// What happened to one attached device.
+#[derive(Default)]
+pub struct DeviceReport {
+    pub transfers: u64,
+    /// Strict IOMMU: device reads of from-device mappings refused for lack of read permission, as they
+    /// must be (DESIGN.md invariant 2).
+    pub permission_refusals: u64,
+    pub verified: u64,
+    /// Payload the device was meant to read (to-device and bidirectional mappings).
+    pub payload_to_device: u64,
+    /// Payload the device wrote for the guest (from-device and bidirectional mappings).
+    pub payload_from_device: u64,
+    pub mismatches: Vec<String>,
+    /// Layer errors by text, with how often each came.
+    pub map_errors: BTreeMap<String, u64>,
+    pub unexpected_faults: Vec<Fault>,
+    pub probe: Option<Result<Fault, String>>,
+    pub leaked_slots: u64,
+}
+
+impl DeviceReport {
+    pub fn clean(&self) -> bool {
+        self.mismatches.is_empty()
+            && self.map_errors.is_empty()
+            && self.unexpected_faults.is_empty()
+            && self.leaked_slots == 0
+            && !matches!(self.probe, Some(Err(_)))
+            && self.transfers > 0
+    }
+}
+
+struct Sim<'o> {
+    opts: &'o Options,
+    hv: &'static Hypervisor,
+    layer: DmaLayer<'static, &'static Hypervisor>,
+}
+
+pub fn dir_name(dir: DmaDirection) -> &'static str {
+    match dir {
+        DmaDirection::ToDevice => "to-device",
+        DmaDirection::FromDevice => "from-device",
+        DmaDirection::Bidirectional => "bidirectional",
+    }
+}
+
+impl Sim<'_> {
+    /// True when the mapping at `bus` was bounced: always in a confidential guest, else when
+    /// `bus..bus+len` lies in a pool's bus range.
+    fn bounced(&self, bus: u64, len: usize) -> bool {
+        self.opts.confidential
+            || (0..ccdma::MAX_POOLS).filter_map(|i| self.layer.pool(i)).any(|(p, b)| {
+                bus >= b.0 && bus - b.0 < p.len() as u64 && bus - b.0 + len as u64 <= p.len() as u64
+            })
+    }
+
+    /// One transfer: map, let the model's device do its part and check every byte, unmap, check the
+    /// guest's copy. Mismatches go to `report`; a layer error is returned.
+    fn transfer(
+        &self,
+        dev: &Device,
+        dref: &DeviceRef<'_>,
+        buf_phys: u64,
+        (len, dir, seed): (usize, DmaDirection, u64),
+        report: &mut DeviceReport,
+    ) -> Result<(), DmaError> {
+        let hv = self.hv;
+        let outgoing = pattern(len, seed);
+        let incoming = pattern(len, seed ^ 0x5eed);
+        // SAFETY: `buf_phys` is this device's own buffer from `hv.alloc` (never handed out twice) and no
+        // other slice of it is alive: each transfer makes and drops its own.
+        let buf = unsafe { hv.slice_mut(buf_phys, len) };
+        buf.copy_from_slice(&outgoing);
+        let what = |msg: &str| format!("{} {len} B: {msg}", dir_name(dir));
+        let mut problems = Vec::new();
+        if dir == DmaDirection::ToDevice {
+            let m = self.layer.map_to_device(dev, buf, DmaAttrs::NONE)?;
+            match dref.read(m.bus_addr().0, len) {
+                Ok(got) if got == outgoing => {}
+                Ok(_) => problems.push(what("device read other bytes than the guest mapped")),
+                Err(f) => problems.push(what(&format!("device read refused: {f}"))),
+            }
+            m.unmap()?;
+        } else {
+            let mut m = self.layer.map(dev, buf, dir, DmaAttrs::NONE)?;
+            let bus = m.bus_addr().0;
+            // What the device finds before it writes: the original for bidirectional mappings, zeroes
+            // for a bounced from-device one (no stale pool data, no private bytes). Under a strict
+            // IOMMU a from-device mapping is write-only: the read must be refused instead.
+            let write_only =
+                dir == DmaDirection::FromDevice && self.layer.path_of(dev) == DmaPath::IommuStrict;
+            let expect_before = match dir {
+                DmaDirection::Bidirectional => Some(&outgoing[..]),
+                _ if self.bounced(bus, len) => None,
+                _ => Some(&outgoing[..]),
+            };
+            match dref.read(bus, len) {
+                Ok(_) if write_only => {
+                    problems.push(what("device read a from-device mapping under a strict IOMMU"))
+                }
+                Err(f) if write_only && f.reason == FaultReason::Permission => {
+                    report.permission_refusals += 1
+                }
+                Ok(got) => {
+                    let ok = match expect_before {
+                        Some(exp) => got == exp,
+                        None => got.iter().all(|&b| b == 0),
+                    };
+                    if !ok {
+                        problems.push(what("device found unexpected bytes in the mapping before writing"));
+                    }
+                }
+                Err(f) => problems.push(what(&format!("device read refused: {f}"))),
+            }
+            if let Err(f) = dref.write(bus, &incoming) {
+                problems.push(what(&format!("device write refused: {f}")));
+            }
+            // A sub-range sync: the first half must reach the guest before unmap.
+            let half = len / 2;
+            if half > 0 {
+                m.sync_for_cpu(0, half)?;
+                if m.buffer()[..half] != incoming[..half] {
+                    problems.push(what("sync_for_cpu of the first half did not deliver the device's bytes"));
+                }
+            }
+            m.unmap()?;
+            if hv.memory().read(buf_phys, len) != incoming {
+                problems.push(what("guest buffer differs from what the device wrote"));
+            }
+        }
+        report.transfers += 1;
+        if dir.device_reads() {
+            report.payload_to_device += len as u64;
+        }
+        if dir.device_writes() {
+            report.payload_from_device += len as u64;
+        }
+        if problems.is_empty() {
+            report.verified += 1;
+        }
+        report.mismatches.extend(problems);
+        Ok(())
+    }
+
+    fn run_device(&self, id: u32, dev: &Device, dref: &DeviceRef<'static>, buf_phys: u64) -> DeviceReport {
+        let mut report = DeviceReport::default();
+        let slots_before = self.layer.stats().slots_in_use;
+        let mut seed = u64::from(id) << 32;
+        for _ in 0..self.opts.rounds {
+            for &len in &self.opts.sizes {
+                for dir in [DmaDirection::ToDevice, DmaDirection::FromDevice, DmaDirection::Bidirectional] {
+                    seed += 1;
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    if let Err(e) = self.transfer(dev, dref, buf_phys, (len, dir, seed), &mut report) {
+                        let key = format!("{} {}: {e}", dir_name(dir), crate::num::size_label(len as u64));
+                        *report.map_errors.entry(key).or_default() += 1;
+                    }
+                }
+            }
+        }
+        report.leaked_slots = self.layer.stats().slots_in_use.saturating_sub(slots_before);
+        // Every fault of this device is unexpected except the permission refusals counted above.
+        let mut permission_expected = report.permission_refusals;
+        report.unexpected_faults = self
+            .hv
+            .faults()
+            .into_iter()
+            .filter(|f| f.device == id)
+            .filter(|f| {
+                let expected = f.reason == FaultReason::Permission && permission_expected > 0;
+                permission_expected -= u64::from(expected);
+                !expected
+            })
+            .collect();
+        if self.opts.probe && self.opts.confidential {
+            // A hostile device aims at the guest's private buffer itself: the model must refuse it.
+            report.probe = Some(match dref.read(buf_phys, 64) {
+                Ok(_) => Err(format!("device read private memory at {buf_phys:#x}: containment broken")),
+                Err(f) => Ok(f),
+            });
+        }
+        report
+    }
+}
+
+/// The used bus ranges of a device's windows, as the layer keeps them.
+pub fn bus_ranges(layer: &DmaLayer<'static, &'static Hypervisor>, dev: &Device) -> Vec<BusRange> {
+    let mut out = vec![BusRange::EMPTY; 256];
+    let n = layer.bus_ranges_of(dev, &mut out);
+    if n > out.len() {
+        out = vec![BusRange::EMPTY; n];
+        layer.bus_ranges_of(dev, &mut out);
+    }
+    out.truncate(n);
+    out
+}
+
+/// Run everything; `Ok(true)` when every check passed, `Err` when the configuration cannot run.
+pub fn run(opts: &Options) -> Result<bool, String> {
+    let cfg = HvConfig {
+        confidential: opts.confidential,
+        personality: opts.personality,
+        tdx_pages_per_call: opts.tdx_pages_per_call,
+        ..HvConfig::pseries(opts.ram)
+    };
+    let hv = model(cfg);
+    let mut failures: Vec<String> = Vec::new();
+
+    // The guest's own buffers first, so pools can be checked against them.
+    let max_len = opts.sizes.iter().copied().max().unwrap_or(PAGE);
+    let high_ok = opts.buffers == Region::Low || opts.ram > ccdma_hv_model::ALLOC_HIGH_START + max_len;
+    let buf_len = max_len.div_ceil(PAGE).checked_mul(PAGE).ok_or("--sizes: a size is too large")?;
+    let needed = buf_len.saturating_mul(opts.devices.len() as u64);
+    let (start, limit) = if opts.buffers == Region::High && high_ok {
+        (ccdma_hv_model::ALLOC_HIGH_START, opts.ram)
+    } else {
+        (ccdma_hv_model::ALLOC_LOW_START, opts.ram.min(1 << 32))
+    };
+    if start.saturating_add(needed) > limit {
+        return Err(format!(
+            "RAM of {} leaves no room for {} workload buffers of {} (the model places them from {start:#x})",
+            crate::num::human(opts.ram),
+            opts.devices.len(),
+            crate::num::human(buf_len)
+        ));
+    }
+    let region = if high_ok { opts.buffers } else { Region::Low };
+    let buffers: Vec<u64> = opts.devices.iter().map(|_| hv.alloc(max_len, region)).collect();
+    // The H_PUT_TCE_INDIRECT list page: private guest memory the layer shares once.
+    let list_page = opts.iommu.map(|_| hv.alloc(PAGE, Region::Low));
+    for (n, &(phys, len)) in opts.pools.iter().enumerate() {
+        let hits = |b: u64, l: u64| phys < b + l && b < phys.saturating_add(len);
+        let owner = opts.devices.iter().zip(&buffers).find(|&(_, &b)| hits(b, buf_len));
+        if let Some((d, &b)) = owner {
+            return Err(format!(
+                "pool {n} ({phys:#x}:{}) overlaps the guest buffer of device {} at {b:#x}..{:#x}; the model \
+                 hands out buffers from {:#x} (below 4 GiB) and {:#x} (above)",
+                crate::num::size_label(len),
+                d.name,
+                b + buf_len,
+                ccdma_hv_model::ALLOC_LOW_START,
+                ccdma_hv_model::ALLOC_HIGH_START
+            ));
+        }
+        if let Some(p) = list_page.filter(|&p| hits(p, PAGE)) {
+            return Err(format!(
+                "pool {n} ({phys:#x}:{}) overlaps the IOMMU list page at {p:#x}",
+                crate::num::size_label(len)
+            ));
+        }
+    }
+    if opts.iommu.is_some() {
+        hv.enable_iommu(TceConfig { reserved: opts.reserved.clone(), ddw: opts.ddw, ..TceConfig::default() });
+    }
+
+    emit(&report::header(opts));
+    let mut layer = DmaLayer::new(hv);
+    let calls_at_start = call_counts(hv);
+    // Which command-line pool each layer pool is (the layer's errors name its own indices).
+    let mut arg_of_layer: BTreeMap<usize, usize> = BTreeMap::new();
+    for (n, &(phys, len)) in opts.pools.iter().enumerate() {
+        let pcfg = PoolConfig::default();
+        let added = match usize::try_from(len) {
+            Err(_) => Err("size does not fit this host".to_string()),
+            Ok(len_usize) => {
+                let meta = meta_for(len, &pcfg);
+                // SAFETY: the range was checked above not to overlap any workload buffer or the list
+                // page, the model hands out no other memory, and `add_pool` refuses ranges that overlap
+                // another pool or leave RAM. The model is leaked, so the memory outlives the layer.
+                unsafe { layer.add_pool(PhysAddr(phys), len_usize, meta, pcfg) }
+                    .map_err(|e| report::pool_error(&e, phys, len, opts.ram, &arg_of_layer, &opts.pools))
+            }
+        };
+        match added {
+            Ok(i) => {
+                arg_of_layer.insert(i, n);
+                emit(&report::pool_added(&layer, i, n, opts));
+            }
+            Err(e) => {
+                emit(&report::pool_refused(n, phys, len, &e));
+                failures.push(format!("pool {n} not added"));
+            }
+        }
+    }
+    if let (Some(policy), Some(page)) = (opts.iommu, list_page) {
+        let cfg = IommuConfig { policy, ..IommuConfig::premapped() }.with_list_page(PhysAddr(page));
+        let ranges = vec![BusRange::EMPTY; 8 * 512].leak();
+        // SAFETY: the list page is a fresh allocation from the model that nothing else uses, and the
+        // model (leaked) outlives the layer.
+        unsafe { layer.enable_iommu(cfg, ranges) }.map_err(|e| format!("enabling the IOMMU failed: {e}"))?;
+        emit(&format!("  IOMMU list page at {page:#x} (shared once for H_PUT_TCE_INDIRECT)\n"));
+    }
+    emit(&report::setup(hv, &calls_at_start, &layer.stats()));
+    emit(&report::workload_line(opts, region));
+
+    let sim = Sim { opts, hv, layer };
+    let mut rows: Vec<DeviceRow> = Vec::new();
+    let mut attached_devices: Vec<Device> = Vec::new();
+    let mut drawings = Vec::new();
+    for (k, spec) in opts.devices.iter().enumerate() {
+        let id = k as u32 + 1;
+        let expected_refusal = opts.expect_refused.contains(&spec.name);
+        let mask = DmaMask::new(spec.mask_bits);
+        let mut out = report::device_header(spec, id, mask);
+        // The model's device exists first (behind the IOMMU, attach programs its windows).
+        let dref = match opts.iommu {
+            Some(_) => hv.add_iommu_device(id, spec.mask_bits),
+            None => hv.add_device(id, spec.mask_bits),
+        };
+        let calls_before = call_counts(hv);
+        let dev = match mask.and_then(|m| sim.layer.attach(DeviceConfig::new(id, m))) {
+            Ok(dev) => dev,
+            Err(e) => {
+                let verdict = if expected_refusal { Verdict::RefusedAsExpected } else { Verdict::Failed };
+                out += &report::refused(&sim.layer, &e, verdict);
+                if !expected_refusal {
+                    failures.push(format!("device {} refused", spec.name));
+                }
+                rows.push(DeviceRow::refused(spec, &e, verdict));
+                emit(&out);
+                continue;
+            }
+        };
+        attached_devices.push(dev);
+        let dev = attached_devices.last().expect("just pushed");
+        let calls_attach = call_counts(hv);
+        out += &report::attached(&sim.layer, dev);
+        let ranges = bus_ranges(&sim.layer, dev);
+        if opts.svg.is_some() {
+            drawings.push(crate::svg::DeviceDrawing::capture(&sim.layer, dev, &spec.name, &ranges));
+        }
+        let stats_before = sim.layer.stats();
+        let dev_bytes_before = hv.device_bytes();
+        let result = sim.run_device(id, dev, &dref, buffers[k]);
+        let bytes = (hv.device_bytes().0 - dev_bytes_before.0, hv.device_bytes().1 - dev_bytes_before.1);
+        let calls = (calls_before, calls_attach, call_counts(hv));
+        out += &report::device_result(&result, &stats_before, &sim.layer.stats(), bytes, &calls, buffers[k]);
+        let mut verdict = if result.clean() { Verdict::Ok } else { Verdict::Failed };
+        if verdict == Verdict::Failed {
+            failures.push(format!("device {}: a check failed", spec.name));
+        }
+        if expected_refusal {
+            out += "  expected  refused (--expect-refused), but it attached\n";
+            failures.push(format!("device {}: attached, but expected refused", spec.name));
+            verdict = Verdict::Failed;
+        }
+        out += &format!("  result    {}\n", verdict.word());
+        let mut row = DeviceRow::attached(spec, sim.layer.path_of(dev), &result, verdict);
+        if expected_refusal {
+            if !row.note.is_empty() {
+                row.note += "; ";
+            }
+            row.note += "attached, but expected refused";
+        }
+        rows.push(row);
+        emit(&out);
+    }
+
+    // Tear down: detach every device (its windows are cleared and removed), then the IOMMU, then the
+    // pools; every pool page goes back to private, and the counters show it.
+    let Sim { mut layer, .. } = sim;
+    let calls_before = call_counts(hv);
+    let end = layer.stats();
+    let mut teardown_errors = Vec::new();
+    for dev in attached_devices {
+        let id = dev.config().id;
+        if let Err(e) = layer.detach(dev) {
+            teardown_errors.push(format!("detach of device {id:#x}: {}", e.error));
+        }
+    }
+    if let Err(e) = layer.disable_iommu() {
+        teardown_errors.push(format!("disabling the IOMMU: {e}"));
+    }
+    let released = layer.release_pools().map_err(|e| e.to_string());
+    if let Err(e) = &released {
+        teardown_errors.push(format!("releasing the pools: {e}"));
+    }
+    emit(&report::teardown(
+        hv,
+        &calls_before,
+        &teardown_errors,
+        layer.stats().quarantined_pages,
+        opts.iommu.is_some(),
+    ));
+    let tce = hv.tce_counters();
+    if opts.iommu.is_some() && (tce.live_entries != 0 || tce.ddws != 0) {
+        failures.push("IOMMU entries or DDWs left after teardown".into());
+    }
+    if !teardown_errors.is_empty() || hv.shared_pages() != 0 || end.slots_in_use != 0 {
+        failures.push("teardown".into());
+    }
+    if let Some(path) = &opts.svg {
+        let svg = crate::svg::render(&drawings);
+        std::fs::write(path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        emit(&format!("svg: {} device(s) drawn into {}\n", drawings.len(), path.display()));
+    }
+    if rows.iter().all(|r| r.transfers == 0) && !rows.iter().all(|r| r.verdict == Verdict::RefusedAsExpected)
+    {
+        failures.push("no transfer ran".into());
+    }
+    emit(&report::summary(&rows, end.total_failures(), &failures));
+    Ok(failures.is_empty())
+}
