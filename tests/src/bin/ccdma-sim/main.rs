@@ -15,13 +15,16 @@
 //! - 2: bad arguments or config file, or a configuration the model cannot run.
 //!
 //! Files: `args` (command line and config file), `num` (the number parser), `workload` (platform,
-//! devices, transfers), `report` (every printed line), `svg` (the bus address map).
+//! pools, devices, teardown), `transfer` (one device's byte-checked transfers), `report` (the lines
+//! printed per pool and device), `table` (the closing table and verdict), `svg` (the bus address map).
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod args;
 mod num;
 mod report;
 mod svg;
+mod table;
+mod transfer;
 mod workload;
 
 use std::process::ExitCode;
