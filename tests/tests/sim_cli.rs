@@ -213,3 +213,23 @@ fn faults_are_summarised_by_kind() {
         stdout(&o).contains("expected: Read Permission x2 (device reads of write-only from-device mappings)")
     );
 }
+
+#[test]
+fn svg_draws_every_device_with_its_windows() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sim_cli").join("map.svg");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let o = quick(&["--iommu", "premapped", "--svg", path.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+    assert_eq!(svg.matches("class=\"device\"").count(), 4);
+    // Four default windows, one DDW (the 64-bit nic), pools premapped, page 0 reserved.
+    assert_eq!(svg.matches("data-kind=\"window\"").count(), 4);
+    assert_eq!(svg.matches("data-kind=\"ddw\"").count(), 1);
+    assert!(svg.contains("data-start=\"0x800000000000000\""), "the DDW at 2^59");
+    assert!(svg.contains("page 0 (reserved): 0x0..0x1000"));
+    // Unwritable file: an error exit, not a panic.
+    let o = quick(&["--svg", "/nonexistent/dir/map.svg"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("cannot write /nonexistent/dir/map.svg"));
+}

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use ccdma::{Device, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaPath};
+use ccdma::{Device, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaPath, PhysAddr};
 use ccdma_hv_model::{DeviceRef, Fault, FaultReason, Hypervisor};
 use ccdma_tests::pattern;
 
 use crate::args::Options;
+use crate::svg::Live;
 /// What happened to one attached device.
 #[derive(Default)]
 pub struct DeviceReport {
@@ -195,5 +196,39 @@ impl Sim<'_> {
             });
         }
         report
+    }
+
+    /// Hold one mapping of `len` bytes of the device's buffer and, when the layer grants it, one
+    /// coherent page at `coh_phys` while `f` looks at them (for `--svg`), then release both. Returns
+    /// what `f` returned and the layer's refusal of the coherent buffer, if any (a 24-bit device
+    /// without an IOMMU cannot reach the page: that is an answer, not a failure).
+    pub fn hold_live<R>(
+        &self,
+        dev: &Device,
+        (buf_phys, len): (u64, usize),
+        coh_phys: u64,
+        f: impl FnOnce(&[Live]) -> R,
+    ) -> Result<(R, Option<DmaError>), String> {
+        // SAFETY: `buf_phys` is this device's own buffer from `hv.alloc` (at least `len` bytes) and its
+        // transfers are over, so no other slice of it is alive.
+        let buf = unsafe { self.hv.slice_mut(buf_phys, len) };
+        let m =
+            self.layer.map_to_device(dev, buf, DmaAttrs::NONE).map_err(|e| format!("map for --svg: {e}"))?;
+        let mut live = vec![Live { kind: "mapping", bus: m.bus_addr().0, len: len as u64 }];
+        // SAFETY: `coh_phys` is a page from `hv.alloc` that nothing else uses; it is freed below.
+        let coh = unsafe { self.layer.alloc_coherent(dev, PhysAddr(coh_phys), 1) };
+        if let Ok(c) = &coh {
+            live.push(Live { kind: "coherent", bus: c.bus_addr().0, len: c.len() as u64 });
+        }
+        let seen = f(&live);
+        let unmapped = m.unmap().map_err(|r| format!("unmap after --svg: {}", r.error));
+        let refused = match coh {
+            Ok(c) => {
+                self.layer.free_coherent(dev, c).map_err(|e| format!("free_coherent after --svg: {e}"))?;
+                None
+            }
+            Err(e) => Some(e),
+        };
+        unmapped.map(|()| (seen, refused))
     }
 }

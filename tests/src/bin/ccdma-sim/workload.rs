@@ -11,6 +11,7 @@ use ccdma_tests::{meta_for, model};
 
 use crate::args::Options;
 use crate::report::{self, emit};
+use crate::svg::{DeviceDrawing, Live};
 use crate::table::{self, DeviceRow, Verdict};
 use crate::transfer::Sim;
 
@@ -48,22 +49,30 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let max_len = opts.sizes.iter().copied().max().unwrap_or(PAGE);
     let high_ok = opts.buffers == Region::Low || opts.ram > ccdma_hv_model::ALLOC_HIGH_START + max_len;
     let buf_len = max_len.div_ceil(PAGE).checked_mul(PAGE).ok_or("--sizes: a size is too large")?;
-    let needed = buf_len.saturating_mul(opts.devices.len() as u64);
-    let (start, limit) = if opts.buffers == Region::High && high_ok {
-        (ccdma_hv_model::ALLOC_HIGH_START, opts.ram)
-    } else {
-        (ccdma_hv_model::ALLOC_LOW_START, opts.ram.min(1 << 32))
-    };
-    if start.saturating_add(needed) > limit {
+    // Room in the model's two allocation regions: the buffers (high or low), and below 4 GiB the
+    // IOMMU list page and, with --svg, a page per device for a coherent buffer.
+    let region = if high_ok { opts.buffers } else { Region::Low };
+    let devices = opts.devices.len() as u64;
+    let all_buffers = buf_len.saturating_mul(devices);
+    let low_pages = u64::from(opts.iommu.is_some()) + if opts.svg.is_some() { devices } else { 0 };
+    let low_need = low_pages * PAGE + if region == Region::Low { all_buffers } else { 0 };
+    let high_need = if region == Region::High { all_buffers } else { 0 };
+    let (low, high) = (ccdma_hv_model::ALLOC_LOW_START, ccdma_hv_model::ALLOC_HIGH_START);
+    if low.saturating_add(low_need) > opts.ram.min(1 << 32)
+        || high.saturating_add(high_need) > opts.ram.max(high)
+    {
         return Err(format!(
-            "RAM of {} leaves no room for {} workload buffers of {} (the model places them from {start:#x})",
+            "RAM of {} leaves no room for {devices} workload buffers of {} (the model places them from \
+             {low:#x} below 4 GiB, {high:#x} above)",
             crate::num::human(opts.ram),
-            opts.devices.len(),
             crate::num::human(buf_len)
         ));
     }
-    let region = if high_ok { opts.buffers } else { Region::Low };
     let buffers: Vec<u64> = opts.devices.iter().map(|_| hv.alloc(max_len, region)).collect();
+    let coherent_pages: Vec<u64> = match opts.svg {
+        Some(_) => opts.devices.iter().map(|_| hv.alloc(PAGE, Region::Low)).collect(),
+        None => Vec::new(),
+    };
     // The H_PUT_TCE_INDIRECT list page: private guest memory the layer shares once.
     let list_page = opts.iommu.map(|_| hv.alloc(PAGE, Region::Low));
     for (n, &(phys, len)) in opts.pools.iter().enumerate() {
@@ -78,6 +87,12 @@ pub fn run(opts: &Options) -> Result<bool, String> {
                 b + buf_len,
                 ccdma_hv_model::ALLOC_LOW_START,
                 ccdma_hv_model::ALLOC_HIGH_START
+            ));
+        }
+        if let Some(p) = coherent_pages.iter().find(|&&p| hits(p, PAGE)) {
+            return Err(format!(
+                "pool {n} ({phys:#x}:{}) overlaps a page for --svg at {p:#x}",
+                crate::num::size_label(len)
             ));
         }
         if let Some(p) = list_page.filter(|&p| hits(p, PAGE)) {
@@ -163,16 +178,29 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         let dev = attached_devices.last().expect("just pushed");
         let calls_attach = call_counts(hv);
         out += &report::attached(&sim.layer, dev);
-        let ranges = bus_ranges(&sim.layer, dev);
-        if opts.svg.is_some() {
-            drawings.push(crate::svg::DeviceDrawing::capture(&sim.layer, dev, &spec.name, &ranges));
-        }
         let stats_before = sim.layer.stats();
         let dev_bytes_before = hv.device_bytes();
         let result = sim.run_device(id, dev, &dref, buffers[k]);
         let bytes = (hv.device_bytes().0 - dev_bytes_before.0, hv.device_bytes().1 - dev_bytes_before.1);
         let calls = (calls_before, calls_attach, call_counts(hv));
         out += &report::device_result(&result, &stats_before, &sim.layer.stats(), bytes, &calls, buffers[k]);
+        if let Some(&coh) = coherent_pages.get(k) {
+            let len = usize::try_from(max_len.min(PAGE)).unwrap_or(1);
+            let capture = |live: &[Live]| DeviceDrawing::capture(&sim.layer, dev, &spec.name, live);
+            match sim.hold_live(dev, (buffers[k], len), coh, capture) {
+                Ok((mut d, refused)) => {
+                    if let Some(e) = refused {
+                        out += &format!("  svg       no coherent buffer drawn: alloc_coherent: {e}\n");
+                        d.note(format!("no coherent buffer drawn: alloc_coherent: {e}"));
+                    }
+                    drawings.push(d);
+                }
+                Err(e) => {
+                    out += &format!("  ERROR     {e}\n");
+                    failures.push(format!("device {}: --svg capture", spec.name));
+                }
+            }
+        }
         let mut verdict = if result.clean() { Verdict::Ok } else { Verdict::Failed };
         if verdict == Verdict::Failed {
             failures.push(format!("device {}: a check failed", spec.name));
