@@ -126,7 +126,7 @@ fn config_files_keep_their_keys_and_name_the_line() {
     let o = sim(&["--config", good.to_str().unwrap()]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).starts_with("ccdma-sim: TDX guest (confidential, MapGPA sharing), 64 GiB RAM"));
-    assert!(last_line(&o).contains("1 devices attached, 1 refused (1 expected)"), "{}", last_line(&o));
+    assert!(last_line(&o).contains("1 device attached, 1 refused (1 expected)"), "{}", last_line(&o));
     // The command line wins over the file.
     let o = sim(&["--config", good.to_str().unwrap(), "--pseries", "--ram", "8G"]);
     assert!(stdout(&o).starts_with("ccdma-sim: pseries Secure VM (confidential, ultravisor sharing), 8 GiB"));

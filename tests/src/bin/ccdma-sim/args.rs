@@ -216,7 +216,12 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             return Ok(Parsed::Help(e.to_string()))
         }
-        Err(e) => return Err(e.to_string().trim_end().trim_start_matches("error: ").to_string()),
+        Err(e) => {
+            // The caller ends every error with the same pointer to --help.
+            let text = e.to_string();
+            let text = text.trim_end().trim_end_matches("For more information, try '--help'.").trim_end();
+            return Err(text.trim_start_matches("error: ").to_string());
+        }
     };
     if let Some(path) = cli.config.clone() {
         let file = config_file_args(&path)?;

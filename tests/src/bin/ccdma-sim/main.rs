@@ -38,13 +38,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // Every error ends with a short usage (clap's own when it gave one), never the whole help.
             eprintln!("ccdma-sim: {e}");
             if !e.contains("Usage:") {
                 eprintln!("\nUsage: ccdma-sim [OPTIONS]");
             }
-            if !e.contains("--help") {
-                eprintln!("\nFor more information, try '--help'.");
-            }
+            eprintln!("\nFor more information, try '--help'.");
             return ExitCode::from(2);
         }
     };

@@ -138,8 +138,15 @@ pub fn summary(rows: &[DeviceRow], layer_failures: u64, failures: &[String]) -> 
         if failures.is_empty() { "OK".to_string() } else { format!("FAILED ({})", failures.join("; ")) };
     let _ = writeln!(
         out,
-        "summary: {attached} devices attached, {refused} refused ({expected} expected); {verified}/{transfers} \
-         transfers exact; {layer_failures} failures counted by the layer; {verdict}"
+        "summary: {} attached, {refused} refused ({expected} expected); {verified}/{transfers} transfers exact; \
+         {} counted by the layer; {verdict}",
+        plural(attached as u64, "device"),
+        plural(layer_failures, "failure")
     );
     out
+}
+
+/// `1 device`, `2 devices`.
+fn plural(n: u64, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
