@@ -137,6 +137,7 @@ fn config_files_keep_their_keys_and_name_the_line() {
         ("flag.txt", "tdx yes\n", ":1: `tdx` takes no value"),
         ("dash.txt", "--ram 6G\n", ":1: `--ram`: write keys without dashes"),
         ("nest.txt", "config other.txt\n", ":1: config files do not nest"),
+        ("help.txt", "ram 6G\nhelp\n", ":2: unknown key `help`"),
         ("rounds.txt", "rounds 0\n", "--rounds must be at least 1"),
     ] {
         let path = config(name, text);

@@ -198,6 +198,7 @@ fn config_file_args(path: &Path) -> Result<Vec<String>, String> {
                 ErrorKind::UnknownArgument if e.to_string().contains(&format!("'--{key}'")) => {
                     format!("{at}: unknown key `{key}`")
                 }
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => format!("{at}: unknown key `{key}`"),
                 ErrorKind::UnknownArgument => format!("{at}: `{key}` takes no value (`{value}`)"),
                 _ => format!("{at}: {}", one_line(&e)),
             });
@@ -227,7 +228,7 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
         let file = config_file_args(&path)?;
         let all = std::iter::once("ccdma-sim".to_string()).chain(file).chain(args.iter().cloned());
         cli = Cli::try_parse_from(all)
-            .map_err(|e| format!("{} with {}: {}", "combining", path.display(), one_line(&e)))?;
+            .map_err(|e| format!("{} with the command line: {}", path.display(), one_line(&e)))?;
     }
     check(cli).map(|o| Parsed::Run(Box::new(o)))
 }

@@ -51,22 +51,12 @@ pub fn header(opts: &Options) -> String {
 }
 
 /// The layer's refusal of a pool, with the command-line pool its index names.
-pub fn pool_error(
-    e: &DmaError,
-    phys: u64,
-    len: u64,
-    ram: u64,
-    arg_of_layer: &BTreeMap<usize, usize>,
-    pools: &[(u64, u64)],
-) -> String {
+pub fn pool_error(e: &DmaError, arg_of_layer: &BTreeMap<usize, usize>, pools: &[(u64, u64)]) -> String {
     let mut text = e.to_string();
     if let DmaError::PoolOverlap { pool } = *e {
         if let Some((&n, &(p, l))) = arg_of_layer.get(&pool).map(|n| (n, &pools[*n])) {
             let _ = write!(text, " (layer pool #{pool} is pool {n}, phys {p:#x}..{:#x})", p + l);
         }
-    }
-    if phys.saturating_add(len) > ram {
-        let _ = write!(text, " (the pool ends at {:#x}, guest RAM at {ram:#x})", phys.saturating_add(len));
     }
     text
 }

@@ -115,13 +115,19 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         let pcfg = PoolConfig::default();
         let added = match usize::try_from(len) {
             Err(_) => Err("size does not fit this host".to_string()),
+            // Refused before the slot metadata is allocated (a 1 TiB pool would need gigabytes of it).
+            Ok(_) if phys.saturating_add(len) > opts.ram => Err(format!(
+                "outside guest RAM (the pool ends at {:#x}, RAM at {:#x})",
+                phys.saturating_add(len),
+                opts.ram
+            )),
             Ok(len_usize) => {
                 let meta = meta_for(len, &pcfg);
                 // SAFETY: the range was checked above not to overlap any workload buffer or the list
                 // page, the model hands out no other memory, and `add_pool` refuses ranges that overlap
                 // another pool or leave RAM. The model is leaked, so the memory outlives the layer.
                 unsafe { layer.add_pool(PhysAddr(phys), len_usize, meta, pcfg) }
-                    .map_err(|e| report::pool_error(&e, phys, len, opts.ram, &arg_of_layer, &opts.pools))
+                    .map_err(|e| report::pool_error(&e, &arg_of_layer, &opts.pools))
             }
         };
         match added {
