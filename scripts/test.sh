@@ -98,7 +98,7 @@ sim() {
 sim
 sim --tdx --tdx-pages-per-call 64 --rounds 1
 sim --plain --rounds 1
-sim --ram 64G --pool 0x800000:4M --pool 0x800000000:64M --device tiny:20 --device old:24 --device nic:64 --rounds 1
+sim --ram 64G --pool 0x800000:4M --pool 0x800000000:64M --device tiny:20 --device old:24 --device nic:64 --expect-refused tiny --rounds 1
 sim --iommu premapped --rounds 1
 sim --iommu strict --reserve 0:1M --rounds 1
 
