@@ -83,7 +83,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         cfg.validate()?;
         let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
         if !phys.is_page_aligned() || len as u64 % PAGE_SIZE != 0 {
-            return Err(DmaError::Unaligned { addr: phys.0 | len as u64, align: PAGE_SIZE });
+            let addr = if phys.is_page_aligned() { end } else { phys.0 };
+            return Err(DmaError::Unaligned { addr, align: PAGE_SIZE });
         }
         // Checked before anything is shared: a pool must hold one slot at least.
         if len < cfg.slot_size {

@@ -75,6 +75,13 @@ pub enum DdwOutcome {
 /// Why a device got the path it has (kept for reports; each fallback is also logged once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathReason {
+    /// Not confidential and the mask covers all RAM: the device uses buffers in place.
+    MaskCoversRam,
+    /// Not confidential, the mask is smaller than RAM: buffers above it bounce through pools below it.
+    BelowMaskOnly,
+    /// Confidential without an IOMMU: devices reach only shared memory, so every buffer bounces
+    /// through the pools the mask reaches.
+    SharedPoolsOnly,
     /// The layer's policy is strict.
     StrictPolicy,
     /// A 64-bit device: the pools sit alone in a dynamic DMA window.
@@ -103,12 +110,31 @@ impl fmt::Display for DdwOutcome {
 impl fmt::Display for PathReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            PathReason::MaskCoversRam => write!(f, "not confidential and the mask covers all RAM"),
+            PathReason::BelowMaskOnly => {
+                write!(f, "not confidential, mask below the end of RAM: buffers above it bounce")
+            }
+            PathReason::SharedPoolsOnly => {
+                write!(f, "confidential without IOMMU: every buffer bounces through a pool the mask reaches")
+            }
             PathReason::StrictPolicy => write!(f, "strict policy"),
             PathReason::Ddw => write!(f, "pools premapped alone in a 64-bit DDW"),
             PathReason::DefaultWindow(d) => write!(f, "pools premapped in the default window ({d})"),
             PathReason::PoolsDoNotFit(d) => {
                 write!(f, "no pool fits the default window below the mask ({d}): strict")
             }
+        }
+    }
+}
+
+impl PathReason {
+    /// Why a path without IOMMU was chosen (`None` for the IOMMU paths, whose reason the set-up keeps).
+    pub const fn of_plain(path: DmaPath) -> Option<PathReason> {
+        match path {
+            DmaPath::Direct => Some(PathReason::MaskCoversRam),
+            DmaPath::BounceAboveMask => Some(PathReason::BelowMaskOnly),
+            DmaPath::BounceAlways => Some(PathReason::SharedPoolsOnly),
+            _ => None,
         }
     }
 }

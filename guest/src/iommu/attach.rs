@@ -362,10 +362,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
     }
 
-    /// Why a device behind the IOMMU got its path (`None` off the IOMMU path or before a deferred
-    /// attach).
+    /// Why a device got its path (`None` for a deferred device before its first map or allocation).
     pub fn path_reason(&self, dev: &Device) -> Option<PathReason> {
-        self.domain_info(dev.domain?).map(|i| i.reason)
+        match dev.domain {
+            None => PathReason::of_plain(dev.path),
+            Some(d) => self.domain_info(d).map(|i| i.reason),
+        }
     }
 
     /// The windows of a device: (the window for per-mapping entries and coherent buffers, the DDW).
