@@ -8,7 +8,9 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod blk;
+pub mod checks;
 pub mod console;
+pub mod direct;
 pub mod ledger;
 pub mod memory;
 pub mod net;
@@ -26,6 +28,8 @@ pub struct Arch {
     pub write: fn(&str),
     /// Time since boot, or `None` if the machine has no usable clock (deadlines then count polls).
     pub now: fn() -> Option<core::time::Duration>,
+    /// The kernel's pointer to MMIO region `[phys, phys + size)` (a BAR).
+    pub mmio: fn(phys: u64, size: usize) -> core::ptr::NonNull<u8>,
     /// Stops the machine; `passed` says whether every check passed.
     pub exit: fn(passed: bool) -> !,
 }

@@ -8,7 +8,6 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 use core::mem::{align_of, size_of};
 use core::ops::Range;
-use core::ptr::NonNull;
 use spin::Mutex;
 
 /// CPU page size (and the DMA page size virtio-drivers assumes).

@@ -4,7 +4,7 @@
 //! then a closing `N passed, M failed`. The runner fails the configuration on any `FAIL` line or
 //! if the closing line is missing or reports failures.
 
-use core::fmt::Display;
+use core::fmt::{self, Display};
 
 use crate::println;
 
@@ -58,5 +58,53 @@ impl Report {
                 core::hint::spin_loop();
             },
         }
+    }
+}
+
+/// Bytes in human units.
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            b if b >= 10 << 20 => write!(f, "{} MiB", b >> 20),
+            b if b >= 10 << 10 => write!(f, "{} KiB", b >> 10),
+            b => write!(f, "{b} B"),
+        }
+    }
+}
+
+impl Bytes {
+    /// The same, honouring width and alignment flags.
+    pub fn to_padded(&self) -> PaddedBytes {
+        PaddedBytes(self.0)
+    }
+}
+
+/// [`Bytes`] that honours width and alignment flags.
+pub struct PaddedBytes(u64);
+
+impl fmt::Display for PaddedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let mut buffer = [0u8; 32];
+        let mut writer = SliceWriter { buffer: &mut buffer, len: 0 };
+        let _ = fmt::write(&mut writer, format_args!("{}", Bytes(self.0)));
+        let len = writer.len;
+        f.pad(core::str::from_utf8(&buffer[..len]).unwrap_or("?"))
+    }
+}
+
+struct SliceWriter<'a> {
+    buffer: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = (self.len + s.len()).min(self.buffer.len());
+        let n = end - self.len;
+        self.buffer[self.len..end].copy_from_slice(&s.as_bytes()[..n]);
+        self.len = end;
+        Ok(())
     }
 }
