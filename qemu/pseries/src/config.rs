@@ -16,11 +16,11 @@ pub struct Config {
 
 /// Every configuration; the first is the default.
 pub const CONFIGS: &[Config] = &[
-    Config { name: "premapped", policy: IommuPolicy::Premapped, ddw: true },
-    Config { name: "strict", policy: IommuPolicy::Strict, ddw: true },
-    Config { name: "no-ddw", policy: IommuPolicy::Premapped, ddw: false },
-    // The big-endian kernel boots the premapped machine.
-    Config { name: "be-premapped", policy: IommuPolicy::Premapped, ddw: true },
+    Config { name: "pseries", policy: IommuPolicy::Premapped, ddw: true },
+    Config { name: "pseries-strict", policy: IommuPolicy::Strict, ddw: true },
+    Config { name: "pseries-no-ddw", policy: IommuPolicy::Premapped, ddw: false },
+    // The big-endian kernel on the premapped machine.
+    Config { name: "pseries-be", policy: IommuPolicy::Premapped, ddw: true },
 ];
 
 /// The value of `key=` on the command line.

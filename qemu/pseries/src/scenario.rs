@@ -61,14 +61,16 @@ pub type Rng<B> = VirtioRng<Observed<B>, Transport>;
 
 /// Mask of the device below the pool: 2 MiB of bus space, less than the 4 MiB pool.
 const LOW_MASK_BITS: u32 = 21;
-/// Mask too small for anything (one 4 KiB page, and bus address 0 is never handed out).
-const TINY_MASK_BITS: u32 = 12;
+/// Mask too small for anything: 8 KiB of bus space (ccdma takes masks above 12 bits), all of it
+/// outside the device's slice of the window.
+const TINY_MASK_BITS: u32 = 13;
 const MIB: u64 = 1 << 20;
 
 /// Each device's slice of the bridge's default window (bus addresses), see [`crate::tce`].
 fn slice_of(slot: u8) -> (u64, u64) {
     match slot {
-        slot::RNG_LOW | slot::RNG_TINY => (0, 2 * MIB),
+        slot::RNG_LOW => (0, 2 * MIB),
+        slot::RNG_TINY => (2 * MIB, 4 * MIB),
         slot::RNG => (128 * MIB, 256 * MIB),
         slot::NET_A => (256 * MIB, 384 * MIB),
         slot::NET_B => (384 * MIB, 512 * MIB),

@@ -39,13 +39,15 @@ pub fn check_masks(report: &mut Report) {
         };
         let (phys_low, phys_high) = B::stats().phys_range().unwrap_or((0, 0));
         let ddw = device.path() == ccdma::DmaPath::IommuDdw;
-        let ok = high <= mask.max_addr() && (!ddw || low >= FOUR_GIB) && phys_low >= FOUR_GIB;
+        // A DDW device streams through the dynamic window (high bus addresses); its queues sit in
+        // its slice of the default window.
+        let ok = high <= mask.max_addr() && (!ddw || high >= FOUR_GIB) && phys_low >= FOUR_GIB;
         report.expect(
             format_args!("dma.mask.{}", B::NAME),
             ok,
             format_args!(
                 "{mask} mask, given bus addresses {low:#x}..={high:#x} for memory at {phys_low:#x}..={phys_high:#x}{}",
-                if ddw { " (dynamic window)" } else { " (default window, memory above 4 GiB)" }
+                if ddw { " (streaming through the dynamic window, queues in the default one)" } else { " (default window, memory above 4 GiB)" }
             ),
         );
     }
