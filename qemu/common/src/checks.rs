@@ -9,12 +9,12 @@ use virtio_drivers::transport::Transport;
 use virtio_drivers::Hal;
 
 use crate::blk::{self, Blk, BlkIoError, BlkRequest};
-use crate::time;
 use crate::memory;
 use crate::net::{Nic, MAX_FRAME};
 use crate::patterns;
 use crate::report::Report;
 use crate::rng::VirtioRng;
+use crate::time;
 
 /// Bytes a device's HAL bounced each way (to the device, from it), for the pattern check.
 pub struct Bounced<'a> {
@@ -286,10 +286,14 @@ impl fmt::Display for Mac {
     }
 }
 
-
 /// Times the same I/O (write then read [`BENCH_BYTES`] in [`BENCH_CHUNK`] requests) on the data
 /// blk through ccdma and on the baseline blk that uses its buffers in place.
-pub fn run_bench<HM: Hal, HB: Hal>(report: &mut Report, managed: &mut Blk<HM>, baseline: &mut Blk<HB>, path: &str) {
+pub fn run_bench<HM: Hal, HB: Hal>(
+    report: &mut Report,
+    managed: &mut Blk<HM>,
+    baseline: &mut Blk<HB>,
+    path: &str,
+) {
     const NAME: &str = "bench.blk";
     let (Some(buffer), Some(scratch)) =
         (memory::leak_bytes(BENCH_CHUNK, 4096), memory::leak_bytes(BENCH_CHUNK, 4096))
@@ -387,4 +391,3 @@ impl fmt::Display for BenchError {
         }
     }
 }
-

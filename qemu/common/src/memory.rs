@@ -5,9 +5,9 @@
 //! so a pointer into the kernel's image is also its physical address.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
 use core::mem::{align_of, size_of};
 use core::ops::Range;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 
 /// CPU page size (and the DMA page size virtio-drivers assumes).
@@ -174,4 +174,3 @@ impl<T> TakeOnce<T> {
         Some(unsafe { &mut *self.value.get() })
     }
 }
-

@@ -50,7 +50,13 @@ fn u64_of(hi: u32, lo: u32) -> u64 {
 impl Tree {
     /// Walks the tree.
     pub fn read() -> Self {
-        let mut tree = Tree { ram: [const { 0..0 }; MAX_RAM], ram_count: 0, bootargs: [0; 256], bootargs_len: 0, bridge: None };
+        let mut tree = Tree {
+            ram: [const { 0..0 }; MAX_RAM],
+            ram_count: 0,
+            bootargs: [0; 256],
+            bootargs_len: 0,
+            bridge: None,
+        };
         if let Some(chosen) = of::find(b"/chosen\0") {
             let len = of::getprop(chosen, b"bootargs\0", &mut tree.bootargs).unwrap_or(0);
             let len = len.min(tree.bootargs.len());

@@ -85,7 +85,8 @@ pub fn init(iommu: IommuConfig) -> Result<(PoolInfo, &'static Layer), SetupError
     let meta = HIGH_META.take().ok_or(SetupError::AlreadyInitialised)?;
     // SAFETY: the top of RAM above 4 GiB is used by nothing else in this kernel (image, stack and
     // statics live below 16 MiB) and the layer lives for the rest of the run.
-    unsafe { layer.add_pool(PhysAddr(phys), POOL_SIZE, meta, PoolConfig::default()) }.map_err(SetupError::Pool)?;
+    unsafe { layer.add_pool(PhysAddr(phys), POOL_SIZE, meta, PoolConfig::default()) }
+        .map_err(SetupError::Pool)?;
     COHERENT_BASE.store(coherent, Ordering::Relaxed);
     let ranges = BUS_RANGES.take().ok_or(SetupError::AlreadyInitialised)?;
     if LIST_PAGE_TAKEN.swap(true, Ordering::AcqRel) {
@@ -130,12 +131,6 @@ fn coherent_base() -> u64 {
 pub fn alloc_pages(pages: usize) -> Option<PhysAddr> {
     let first = COHERENT_USED.lock().alloc(pages, 1)?;
     Some(PhysAddr(coherent_base() + (first * PAGE_SIZE) as u64))
-}
-
-/// Physical range of the coherent area.
-pub fn coherent_area() -> core::ops::Range<u64> {
-    let base = coherent_base();
-    base..base + COHERENT_BYTES as u64
 }
 
 /// Gives pages back to the coherent area.

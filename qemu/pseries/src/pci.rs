@@ -71,8 +71,10 @@ impl PciBus {
     /// The bridge described by `bridge`, or `None` without RTAS configuration tokens.
     pub fn new(bridge: &Bridge) -> Option<Self> {
         let tokens = rtas::tokens();
-        let cam = RtasCam { buid: bridge.buid, read: tokens.read_pci_config?, write: tokens.write_pci_config? };
-        let window = |w: Option<(u64, u64, u64)>| w.map(|(pci, _, size)| Window { next: pci, end: pci + size });
+        let cam =
+            RtasCam { buid: bridge.buid, read: tokens.read_pci_config?, write: tokens.write_pci_config? };
+        let window =
+            |w: Option<(u64, u64, u64)>| w.map(|(pci, _, size)| Window { next: pci, end: pci + size });
         OFFSETS[0].store(bridge.mem64.map_or(0, |(pci, cpu, _)| cpu.wrapping_sub(pci)), Ordering::Relaxed);
         OFFSETS[1].store(bridge.mem32.map_or(0, |(pci, cpu, _)| cpu.wrapping_sub(pci)), Ordering::Relaxed);
         Some(Self { root: PciRoot::new(cam), mem64: window(bridge.mem64), mem32: window(bridge.mem32) })

@@ -99,7 +99,12 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     report.expect(
         "boot.memory",
         ram >= 4 << 30,
-        format_args!("{} MiB of RAM in {} range(s), top {:#x}", ram >> 20, tree.ram().len(), PLATFORM.ledger().ram_end()),
+        format_args!(
+            "{} MiB of RAM in {} range(s), top {:#x}",
+            ram >> 20,
+            tree.ram().len(),
+            PLATFORM.ledger().ram_end()
+        ),
     );
     let Some(bridge) = tree.bridge else {
         report.fail("pci.bridge", "no PCI host bridge in the device tree");
@@ -125,7 +130,11 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         Ok((pool, _)) => report.expect(
             "ccdma.pool",
             pool.phys >= 1 << 32,
-            format_args!("{} KiB at phys {:#x}, above 4 GiB: no 32-bit device reaches it but through a TCE", pool.len >> 10, pool.phys),
+            format_args!(
+                "{} KiB at phys {:#x}, above 4 GiB: no 32-bit device reaches it but through a TCE",
+                pool.len >> 10,
+                pool.phys
+            ),
         ),
         Err(error) => {
             report.fail("ccdma.pool", error);
@@ -143,16 +152,24 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     let mask64 = DmaMask::BITS_64;
     let mask_low = DmaMask::new(LOW_MASK_BITS).unwrap_or(mask32);
     let mask_tiny = DmaMask::new(TINY_MASK_BITS).unwrap_or(mask32);
-    machine.blk = open_managed::<BlkBinding, _, _>(report, &mut pci, slot::BLK, config, mask64, VirtIOBlk::new);
-    machine.rng = open_managed::<RngBinding, _, _>(report, &mut pci, slot::RNG, config, mask32, VirtioRng::new);
+    machine.blk =
+        open_managed::<BlkBinding, _, _>(report, &mut pci, slot::BLK, config, mask64, VirtIOBlk::new);
+    machine.rng =
+        open_managed::<RngBinding, _, _>(report, &mut pci, slot::RNG, config, mask32, VirtioRng::new);
     machine.net_a = open_managed::<NetABinding, _, _>(report, &mut pci, slot::NET_A, config, mask32, |t| {
         VirtIONetRaw::new(t).map_err(NetError::from).and_then(Nic::new)
     });
     machine.net_b = open_managed::<NetBBinding, _, _>(report, &mut pci, slot::NET_B, config, mask32, |t| {
         VirtIONetRaw::new(t).map_err(NetError::from).and_then(Nic::new)
     });
-    machine.rng_low =
-        open_managed::<RngLowBinding, _, _>(report, &mut pci, slot::RNG_LOW, config, mask_low, VirtioRng::new);
+    machine.rng_low = open_managed::<RngLowBinding, _, _>(
+        report,
+        &mut pci,
+        slot::RNG_LOW,
+        config,
+        mask_low,
+        VirtioRng::new,
+    );
     check_refused::<RngTinyBinding>(report, &mut pci, slot::RNG_TINY, mask_tiny);
     machine.bench = open_bench(report, &mut pci);
 
@@ -213,7 +230,11 @@ fn survey(report: &mut Report, pci: &PciBus) {
         count += 1;
         println!("  pci {function}: {:04x}:{:04x}", info.vendor_id, info.device_id);
     }
-    report.expect("pci.enumerate", count > 0, format_args!("{count} function(s) on bus 0 through RTAS config calls"));
+    report.expect(
+        "pci.enumerate",
+        count > 0,
+        format_args!("{count} function(s) on bus 0 through RTAS config calls"),
+    );
 }
 
 /// The function at `slot`, its BARs assigned and enabled.
@@ -260,7 +281,10 @@ where
     };
     let mut transport = PlatformAccessTransport::new(transport);
     if !transport.offers_access_platform() {
-        report.fail(format_args!("{}.init", B::NAME), "no VIRTIO_F_ACCESS_PLATFORM (iommu_platform=on missing)");
+        report.fail(
+            format_args!("{}.init", B::NAME),
+            "no VIRTIO_F_ACCESS_PLATFORM (iommu_platform=on missing)",
+        );
         return None;
     }
     let id = pci::config_address(function);
@@ -287,7 +311,10 @@ where
     match init(transport) {
         Ok(driver) => {
             let pages = B::stats().coherent_pages.load(Ordering::Relaxed);
-            report.pass(format_args!("{}.init", B::NAME), format_args!("driver up, {pages} coherent page(s) for its queues"));
+            report.pass(
+                format_args!("{}.init", B::NAME),
+                format_args!("driver up, {pages} coherent page(s) for its queues"),
+            );
             Some(driver)
         }
         Err(error) => {

@@ -211,14 +211,6 @@ impl Tce {
         let bridge = self.bridge()?;
         Some([device, (bridge.buid >> 32) as u32, bridge.buid as u32])
     }
-
-    /// `ibm,reset-pe-dma-window`: back to the default window only. Returns the RTAS status.
-    pub fn ddw_reset(&self, device: u32) -> Option<i64> {
-        let token = self.bridge()?.ddw_reset?;
-        let [status] = rtas::call::<1>(token, &self.pe_args(device)?)?;
-        *self.ddw.lock() = None;
-        Some(i64::from(status as i32))
-    }
 }
 
 impl TceCalls for Tce {
