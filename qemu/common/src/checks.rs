@@ -4,7 +4,6 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
-use virtio_drivers::device::blk::SECTOR_SIZE;
 use virtio_drivers::transport::Transport;
 use virtio_drivers::Hal;
 
@@ -15,6 +14,7 @@ use crate::patterns;
 use crate::report::Report;
 use crate::rng::VirtioRng;
 use crate::time;
+use crate::virtio::blk::SECTOR_SIZE;
 
 /// Bytes a device's HAL bounced each way (to the device, from it), for the pattern check.
 pub struct Bounced<'a> {

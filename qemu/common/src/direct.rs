@@ -15,10 +15,7 @@ static DIRECT_POOL: StaticRegion<{ DIRECT_POOL_PAGES * PAGE_SIZE }> = StaticRegi
 static DIRECT_PAGES: Mutex<SlotBitmap<{ DIRECT_POOL_PAGES / 64 }>> = Mutex::new(SlotBitmap::new());
 
 fn mmio_identity(paddr: PhysAddr, size: usize) -> NonNull<u8> {
-    match crate::arch() {
-        Some(arch) => (arch.mmio)(paddr, size),
-        None => panic!("MMIO region {paddr:#x}+{size:#x} mapped before crate::init"),
-    }
+    crate::mmio(paddr, size)
 }
 
 /// DMA for untranslated devices: private pool, bus address = physical address.

@@ -19,6 +19,7 @@ pub mod report;
 pub mod rng;
 pub mod time;
 pub mod transport;
+pub mod virtio;
 
 use spin::Once;
 
@@ -44,4 +45,12 @@ pub fn init(arch: &'static Arch, level: log::LevelFilter) {
 
 fn arch() -> Option<&'static Arch> {
     ARCH.get().copied()
+}
+
+/// The kernel's pointer to MMIO region `[phys, phys + size)`; panics before [`init`].
+pub(crate) fn mmio(phys: u64, size: usize) -> core::ptr::NonNull<u8> {
+    match arch() {
+        Some(arch) => (arch.mmio)(phys, size),
+        None => panic!("MMIO region {phys:#x}+{size:#x} mapped before ccdma_qemu_common::init"),
+    }
 }

@@ -63,6 +63,7 @@ struct Window {
 /// The bridge's bus 0.
 pub struct PciBus {
     root: PciRoot<RtasCam>,
+    cam: RtasCam,
     mem64: Option<Window>,
     mem32: Option<Window>,
 }
@@ -77,7 +78,13 @@ impl PciBus {
             |w: Option<(u64, u64, u64)>| w.map(|(pci, _, size)| Window { next: pci, end: pci + size });
         OFFSETS[0].store(bridge.mem64.map_or(0, |(pci, cpu, _)| cpu.wrapping_sub(pci)), Ordering::Relaxed);
         OFFSETS[1].store(bridge.mem32.map_or(0, |(pci, cpu, _)| cpu.wrapping_sub(pci)), Ordering::Relaxed);
-        Some(Self { root: PciRoot::new(cam), mem64: window(bridge.mem64), mem32: window(bridge.mem32) })
+        let second = RtasCam { buid: cam.buid, read: cam.read, write: cam.write };
+        Some(Self {
+            root: PciRoot::new(cam),
+            cam: second,
+            mem64: window(bridge.mem64),
+            mem32: window(bridge.mem32),
+        })
     }
 
     /// Every function on bus 0.
@@ -120,8 +127,8 @@ impl PciBus {
         Ok(())
     }
 
-    /// The root, for virtio-drivers' `PciTransport::new`.
-    pub fn root(&mut self) -> &mut PciRoot<RtasCam> {
-        &mut self.root
+    /// Configuration access, for the virtio transport (RTAS calls carry no state between them).
+    pub fn cam(&self) -> &RtasCam {
+        &self.cam
     }
 }

@@ -8,13 +8,13 @@ use ccdma_qemu_common::net::{NetError, Nic};
 use ccdma_qemu_common::report::Report;
 use ccdma_qemu_common::rng::VirtioRng;
 use ccdma_qemu_common::transport::PlatformAccessTransport;
+use ccdma_qemu_common::virtio::blk::VirtioBlk;
+use ccdma_qemu_common::virtio::net::VirtioNet;
+use ccdma_qemu_common::virtio::pci::PciTransport;
 use ccdma_qemu_common::{blk::Blk, println};
 use core::fmt;
 use core::sync::atomic::Ordering;
-use virtio_drivers::device::blk::VirtIOBlk;
-use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
-use virtio_drivers::transport::pci::PciTransport;
 
 use crate::config::{slot, Config};
 use crate::devtree::{Bridge, Tree};
@@ -153,14 +153,14 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     let mask_low = DmaMask::new(LOW_MASK_BITS).unwrap_or(mask32);
     let mask_tiny = DmaMask::new(TINY_MASK_BITS).unwrap_or(mask32);
     machine.blk =
-        open_managed::<BlkBinding, _, _>(report, &mut pci, slot::BLK, config, mask64, VirtIOBlk::new);
+        open_managed::<BlkBinding, _, _>(report, &mut pci, slot::BLK, config, mask64, VirtioBlk::new);
     machine.rng =
         open_managed::<RngBinding, _, _>(report, &mut pci, slot::RNG, config, mask32, VirtioRng::new);
     machine.net_a = open_managed::<NetABinding, _, _>(report, &mut pci, slot::NET_A, config, mask32, |t| {
-        VirtIONetRaw::new(t).map_err(NetError::from).and_then(Nic::new)
+        VirtioNet::new(t).map_err(NetError::from).and_then(Nic::new)
     });
     machine.net_b = open_managed::<NetBBinding, _, _>(report, &mut pci, slot::NET_B, config, mask32, |t| {
-        VirtIONetRaw::new(t).map_err(NetError::from).and_then(Nic::new)
+        VirtioNet::new(t).map_err(NetError::from).and_then(Nic::new)
     });
     machine.rng_low = open_managed::<RngLowBinding, _, _>(
         report,
@@ -272,7 +272,7 @@ where
     E: fmt::Display,
 {
     let function = function_at(report, pci, slot, B::NAME)?;
-    let transport = match PciTransport::new::<DirectHal, _>(pci.root(), function) {
+    let transport = match PciTransport::new(pci.cam(), function) {
         Ok(transport) => transport,
         Err(error) => {
             report.fail(format_args!("{}.init", B::NAME), format_args!("PCI transport: {error}"));
@@ -345,14 +345,14 @@ fn check_refused<B: KernelBinding>(report: &mut Report, pci: &mut PciBus, slot: 
 /// The benchmark's baseline: a virtio-blk outside ccdma and the IOMMU.
 fn open_bench(report: &mut Report, pci: &mut PciBus) -> Option<Blk<DirectHal>> {
     let function = function_at(report, pci, slot::BENCH, "bench-blk")?;
-    let transport = match PciTransport::new::<DirectHal, _>(pci.root(), function) {
+    let transport = match PciTransport::new(pci.cam(), function) {
         Ok(transport) => PlatformAccessTransport::new(transport),
         Err(error) => {
             report.fail("bench-blk.init", format_args!("PCI transport: {error}"));
             return None;
         }
     };
-    match VirtIOBlk::new(transport) {
+    match VirtioBlk::new(transport) {
         Ok(blk) => Some(blk),
         Err(error) => {
             report.fail("bench-blk.init", error);
