@@ -33,34 +33,7 @@ const POOL_SLOTS: usize = POOL_SIZE / 2048;
 
 static LAYER: Once<Layer> = Once::new();
 
-/// A value in `.bss` that can be borrowed mutably exactly once, for the kernel's lifetime (pool
-/// metadata, which the layer keeps `&'static mut`).
-pub struct TakeOnce<T> {
-    taken: AtomicBool,
-    value: UnsafeCell<T>,
-}
-
-// SAFETY: the value is only reached through `take`, which hands out one `&mut` ever.
-unsafe impl<T: Send> Sync for TakeOnce<T> {}
-
-impl<T> TakeOnce<T> {
-    /// Wraps `value`.
-    pub const fn new(value: T) -> Self {
-        Self { taken: AtomicBool::new(false), value: UnsafeCell::new(value) }
-    }
-
-    /// The value, the first time; `None` after.
-    // The `&mut` comes out of the `UnsafeCell`, handed out once (the flag), not out of `&self`.
-    #[allow(clippy::mut_from_ref)]
-    pub fn take(&'static self) -> Option<&'static mut T> {
-        if self.taken.swap(true, Ordering::AcqRel) {
-            return None;
-        }
-        // SAFETY: the flag was clear, so this is the only reference ever created, and `self` is
-        // `'static`.
-        Some(unsafe { &mut *self.value.get() })
-    }
-}
+pub use ccdma_qemu_common::memory::TakeOnce;
 
 /// Pool memory below 4 GiB (in `.bss`), 2 MiB aligned like the high pool so a dynamic window
 /// can map both with 2 MiB entries.
