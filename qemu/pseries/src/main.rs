@@ -17,6 +17,7 @@ mod console;
 mod containment;
 mod devtree;
 mod dma;
+mod fidelity;
 mod hcall;
 mod of;
 mod pci;

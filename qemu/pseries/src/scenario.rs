@@ -21,7 +21,7 @@ use crate::devtree::{Bridge, Tree};
 use crate::dma::{self, dma_binding, KernelBinding, Observed};
 use crate::pci::{self, PciBus};
 use crate::platform::PLATFORM;
-use crate::{containment, summary};
+use crate::{containment, fidelity, summary};
 
 dma_binding!(
     /// virtio-blk, 64-bit mask.
@@ -197,6 +197,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     if let (Some(managed), Some(baseline)) = (machine.blk.as_mut(), machine.bench.as_mut()) {
         checks::run_bench(report, managed, baseline, "ccdma + TCE");
     }
+    fidelity::probe(report, &bridge);
     summary::check_tces(report);
     summary::check_ledger(report, &machine);
     summary::print(config);
