@@ -7,6 +7,7 @@
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod binding;
 pub mod blk;
 pub mod checks;
 pub mod console;
@@ -48,7 +49,7 @@ fn arch() -> Option<&'static Arch> {
 }
 
 /// The kernel's pointer to MMIO region `[phys, phys + size)`; panics before [`init`].
-pub(crate) fn mmio(phys: u64, size: usize) -> core::ptr::NonNull<u8> {
+pub fn mmio(phys: u64, size: usize) -> core::ptr::NonNull<u8> {
     match arch() {
         Some(arch) => (arch.mmio)(phys, size),
         None => panic!("MMIO region {phys:#x}+{size:#x} mapped before ccdma_qemu_common::init"),

@@ -18,7 +18,7 @@ use virtio_drivers::transport::pci::bus::DeviceFunction;
 
 use crate::blk::{self, Blk, BlkIoError, BlkRequest};
 use crate::config::{slot, IommuMode, TestConfig};
-use crate::dma::{self, dma_binding, KernelBinding, Observed, PoolPlacement};
+use crate::dma::{self, KernelBinding, Observed, PoolPlacement, X86Dma};
 use crate::hal::DirectHal;
 use crate::iommu::{Driver, DDW_START, DEFAULT_WINDOW_SIZE, DEFAULT_WINDOW_START};
 use crate::net::Nic;
@@ -30,31 +30,37 @@ use crate::start_info::StartInfo;
 use crate::transport::PlatformAccessTransport;
 use crate::virtio_iommu::{Domain, FaultReason, IommuError, Permissions, RequestKind, RequestStatus};
 use crate::{boot, memory, patterns, println, time};
+use ccdma_qemu_common::dma_binding;
 
 dma_binding!(
     /// The data virtio-blk.
     BlkBinding,
-    "blk"
+    "blk",
+    X86Dma
 );
 dma_binding!(
     /// The containment virtio-blk (its DMA is blocked on purpose).
     BlkFaultBinding,
-    "blk-fault"
+    "blk-fault",
+    X86Dma
 );
 dma_binding!(
     /// The virtio-rng.
     RngBinding,
-    "rng"
+    "rng",
+    X86Dma
 );
 dma_binding!(
     /// The first virtio-net.
     NetABinding,
-    "net-a"
+    "net-a",
+    X86Dma
 );
 dma_binding!(
     /// The second virtio-net.
     NetBBinding,
-    "net-b"
+    "net-b",
+    X86Dma
 );
 
 type Transport = PlatformAccessTransport<PciTransport>;

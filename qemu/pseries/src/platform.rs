@@ -6,6 +6,7 @@
 
 use ccdma::sharing::pseries::UltravisorSharing;
 use ccdma::{BusAddr, MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform};
+use ccdma_qemu_common::binding::KernelPlatform;
 use ccdma_qemu_common::ledger::{PageLedger, Violation};
 use core::ptr::NonNull;
 
@@ -79,6 +80,21 @@ impl PseriesPlatform {
             at += piece;
         }
         true
+    }
+}
+
+impl KernelPlatform for PseriesPlatform {
+    fn device_phys(&self, _device: u32, bus: u64) -> Option<u64> {
+        // One bridge, one table: the hypervisor's table says where any device's bus address leads.
+        self.translate(bus).flatten()
+    }
+
+    fn check_device_address(&self, device: u32, bus: BusAddr, len: usize) -> bool {
+        PseriesPlatform::check_device_address(self, device, bus, len)
+    }
+
+    fn entry_of(&self, _device: u32, bus: u64) -> Option<u64> {
+        PseriesPlatform::entry_of(self, bus)
     }
 }
 

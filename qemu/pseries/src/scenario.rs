@@ -18,40 +18,47 @@ use virtio_drivers::transport::pci::bus::DeviceFunction;
 
 use crate::config::{slot, Config};
 use crate::devtree::{Bridge, Tree};
-use crate::dma::{self, dma_binding, KernelBinding, Observed};
+use crate::dma::{self, KernelBinding, Observed, PseriesDma};
 use crate::pci::{self, PciBus};
 use crate::platform::PLATFORM;
 use crate::{containment, fidelity, summary};
+use ccdma_qemu_common::dma_binding;
 
 dma_binding!(
     /// virtio-blk, 64-bit mask.
     BlkBinding,
-    "blk"
+    "blk",
+    PseriesDma
 );
 dma_binding!(
     /// virtio-rng, 32-bit mask; also the containment checks' device.
     RngBinding,
-    "rng"
+    "rng",
+    PseriesDma
 );
 dma_binding!(
     /// First NIC, 32-bit mask.
     NetABinding,
-    "net-a"
+    "net-a",
+    PseriesDma
 );
 dma_binding!(
     /// Second NIC, 32-bit mask.
     NetBBinding,
-    "net-b"
+    "net-b",
+    PseriesDma
 );
 dma_binding!(
     /// virtio-rng whose mask (21 bits) is below the pool's size: strict entries.
     RngLowBinding,
-    "rng-low"
+    "rng-low",
+    PseriesDma
 );
 dma_binding!(
     /// virtio-rng whose mask (12 bits) leaves no room for anything: attach refused.
     RngTinyBinding,
-    "rng-tiny"
+    "rng-tiny",
+    PseriesDma
 );
 
 /// The transport of managed devices.
