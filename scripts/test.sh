@@ -74,6 +74,11 @@ fi
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy "${LOCKED[@]}" --workspace --all-targets -- -D warnings
 
+if [[ $RUN_QEMU == yes && -f qemu/common/Cargo.toml ]]; then
+    step "cargo clippy in qemu/common (the kernels' shared crate, built for the host) -- -D warnings"
+    (cd qemu/common && cargo clippy "${LOCKED[@]}" -- -D warnings)
+fi
+
 step "cargo test --workspace (release, debug assertions and overflow checks on)"
 "${CHECKED[@]}" cargo test "${LOCKED[@]}" --workspace --release
 

@@ -6,6 +6,8 @@
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// The shared state lives in statics, built by `const fn new()`; `Default` would never be used.
+#![allow(clippy::new_without_default)]
 
 pub mod binding;
 pub mod blk;

@@ -88,7 +88,7 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
         buf: &mut [u8],
         resp: &mut BlkResp,
     ) -> Result<u16> {
-        if buf.is_empty() || buf.len() % SECTOR_SIZE != 0 {
+        if buf.is_empty() || !buf.len().is_multiple_of(SECTOR_SIZE) {
             return Err(Error::InvalidParam);
         }
         req.set(T_IN, sector as u64);
@@ -110,7 +110,7 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
         buf: &[u8],
         resp: &mut BlkResp,
     ) -> Result<u16> {
-        if buf.is_empty() || buf.len() % SECTOR_SIZE != 0 {
+        if buf.is_empty() || !buf.len().is_multiple_of(SECTOR_SIZE) {
             return Err(Error::InvalidParam);
         }
         req.set(T_OUT, sector as u64);
