@@ -1,5 +1,5 @@
-//! The kernel's ccdma instance (as in the x86_64 kernel): one [`DmaLayer`] over [`PLATFORM`], its pools, and one
-//! `virtio_drivers::Hal` per managed device.
+//! The kernel's ccdma instance: one [`DmaLayer`] over [`PLATFORM`], its pool above 4 GiB, the
+//! pages for coherent buffers, and one `virtio_drivers::Hal` per managed device.
 //!
 //! Each managed device gets a binding type (`ccdma_qemu_common::dma_binding!`, naming
 //! [`PseriesDma`]); its HAL is [`Observed`]`<Binding>`: ccdma's `CcdmaHal` plus the report's
@@ -7,14 +7,12 @@
 
 use ccdma::iommu::BusRange;
 use ccdma::{BusAddr, DmaError, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
-
+use ccdma_qemu_common::binding::KernelDma;
+use ccdma_qemu_common::memory::{SlotBitmap, StaticRegion, TakeOnce, PAGE_SIZE};
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::{Mutex, Once};
-
-use ccdma_qemu_common::binding::KernelDma;
-use ccdma_qemu_common::memory::{SlotBitmap, StaticRegion, TakeOnce, PAGE_SIZE};
 
 use crate::platform::{PseriesPlatform, PLATFORM};
 
@@ -51,7 +49,7 @@ pub struct PoolInfo {
 /// Why the layer could not be set up.
 #[derive(Debug)]
 pub enum SetupError {
-    /// No RAM above 4 GiB (or not identity-mapped) for the high pool.
+    /// No RAM above 4 GiB for the pool.
     NoHighRam,
     /// The layer refused a pool or the IOMMU configuration.
     Pool(DmaError),

@@ -126,7 +126,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
             if bridge.ddw.is_some() { "present" } else { "absent" }
         ),
     );
-    PLATFORM.tce_calls().set_bridge(bridge, false);
+    PLATFORM.tce_calls().set_bridge(bridge);
 
     let iommu = match config.policy {
         IommuPolicy::Premapped => IommuConfig::premapped(),

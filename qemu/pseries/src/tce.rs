@@ -65,8 +65,6 @@ pub struct Tce {
     devices: Mutex<([Option<Registered>; MAX_DEVICES], usize)>,
     /// The dynamic window created, if any: (LIOBN, start, size, page shift).
     ddw: Mutex<Option<(u32, u64, u64, u32)>>,
-    /// Refuse DDW whatever the bridge offers (the kernel's no-DDW configuration).
-    ddw_refused: core::sync::atomic::AtomicBool,
     uv: &'static SoftUltravisor,
     /// The counters.
     pub counters: Counters,
@@ -74,7 +72,7 @@ pub struct Tce {
 
 /// An RTAS status that is not a hypervisor code: reported to ccdma as is.
 const RTAS_FAILED: i64 = -1;
-/// Query answer when the kernel refuses DDW: "no window available".
+/// Query answer for a bridge without `ibm,ddw-applicable`: "no window available".
 const NO_WINDOWS: DdwQuery = DdwQuery { windows_available: 0, largest_block: 0, page_sizes: 0 };
 
 impl Tce {
@@ -84,7 +82,6 @@ impl Tce {
             bridge: Mutex::new(None),
             devices: Mutex::new(([None; MAX_DEVICES], 0)),
             ddw: Mutex::new(None),
-            ddw_refused: core::sync::atomic::AtomicBool::new(false),
             uv,
             counters: Counters {
                 put: AtomicU64::new(0),
@@ -102,10 +99,9 @@ impl Tce {
         }
     }
 
-    /// Sets the bridge; `refuse_ddw` makes the kernel refuse dynamic windows.
-    pub fn set_bridge(&self, bridge: Bridge, refuse_ddw: bool) {
+    /// Sets the bridge.
+    pub fn set_bridge(&self, bridge: Bridge) {
         *self.bridge.lock() = Some(bridge);
-        self.ddw_refused.store(refuse_ddw, Ordering::Relaxed);
     }
 
     /// Registers device `id` with its slice `[start, end)` of the default window.
@@ -278,9 +274,6 @@ impl TceCalls for Tce {
     }
 
     fn ddw_query(&self, device: u32) -> Result<DdwQuery, i64> {
-        if self.ddw_refused.load(Ordering::Relaxed) {
-            return Ok(NO_WINDOWS);
-        }
         let Some([query, _, _]) = self.bridge().and_then(|b| b.ddw) else { return Ok(NO_WINDOWS) };
         self.counters.ddw_query.fetch_add(1, Ordering::Relaxed);
         let args = self.pe_args(device).ok_or(RTAS_FAILED)?;
