@@ -74,6 +74,9 @@ fi
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy "${LOCKED[@]}" --workspace --all-targets -- -D warnings
 
+step "cargo clippy -p ccdma --features debug-tracker,virtio-hal -- -D warnings"
+cargo clippy "${LOCKED[@]}" -p ccdma -p ccdma-tests --all-targets --features ccdma-tests/tracker -- -D warnings
+
 if [[ $RUN_QEMU == yes && -f qemu/common/Cargo.toml ]]; then
     step "cargo clippy in qemu/common (the kernels' shared crate, built for the host) -- -D warnings"
     (cd qemu/common && cargo clippy "${LOCKED[@]}" -- -D warnings)
@@ -81,6 +84,9 @@ fi
 
 step "cargo test --workspace (release, debug assertions and overflow checks on)"
 "${CHECKED[@]}" cargo test "${LOCKED[@]}" --workspace --release
+
+step "misuse tracker (feature debug-tracker) against a leaky driver"
+"${CHECKED[@]}" cargo test "${LOCKED[@]}" --release -p ccdma-tests --features tracker --test tracker -- --nocapture
 
 step "ccdma-sim runs (every transfer verified by the model; non-zero exit on any failure)"
 "${CHECKED[@]}" cargo build "${LOCKED[@]}" --quiet --release -p ccdma-tests --bin ccdma-sim

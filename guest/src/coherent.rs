@@ -8,7 +8,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
-use crate::error::{DmaError, IommuError};
+use crate::error::{DmaError, IommuError, Refused};
 use crate::iommu::attach::window_below;
 use crate::iommu::bus_space::RangeKind;
 use crate::iommu::{TCE_PCI_READ, TCE_PCI_WRITE};
@@ -16,16 +16,75 @@ use crate::layer::{Device, DmaLayer};
 use crate::platform::Platform;
 use crate::stats::FailureKind;
 
-/// A live coherent buffer: where it is for the CPU and for the device. A plain handle (like the
-/// `(paddr, vaddr)` pair a HAL hands around); `free_coherent` checks it against the guest's records
-/// where the path keeps any.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A live coherent buffer: where it is for the CPU and for the device.
+///
+/// Move-only and made only by [`DmaLayer::alloc_coherent`]: the value is the layer's record of the
+/// buffer, so it cannot be forged, freed twice or freed after its pages went to another buffer, and
+/// [`DmaLayer::free_coherent`] consumes it. It names its device; freeing through another is refused
+/// with the buffer handed back. Dropping it without freeing leaks the pages (shared, in the window)
+/// and keeps the device busy, which is safe.
+///
+/// ```compile_fail,E0382
+/// fn free_twice<P: ccdma::Platform>(l: &ccdma::DmaLayer<'_, P>, d: &ccdma::Device, b: ccdma::CoherentBuffer) {
+///     let _ = l.free_coherent(d, b);
+///     let _ = l.free_coherent(d, b); // error: use of moved value `b`
+/// }
+/// ```
+#[derive(Debug)]
 pub struct CoherentBuffer {
     phys: PhysAddr,
     cpu: NonNull<u8>,
     bus: BusAddr,
     pages: u64,
+    /// Serial of the device it belongs to, and the layer's id.
+    device: u32,
+    layer: u32,
 }
+
+impl Drop for CoherentBuffer {
+    /// A buffer dropped without [`DmaLayer::free_coherent`] leaks its pages (still shared, still in the
+    /// window) and keeps its device busy: safe, but almost always a driver bug, so it is logged.
+    fn drop(&mut self) {
+        log::warn!(
+            "ccdma: coherent buffer at {} ({} pages) of device #{} dropped without free: leaked",
+            self.phys,
+            self.pages,
+            self.device
+        );
+    }
+}
+
+/// Why [`DmaLayer::free_coherent`] did not simply succeed.
+#[derive(Debug)]
+pub enum FreeError {
+    /// Nothing changed: the buffer is still live and comes back (wrong device or layer, window
+    /// entries that would not clear). Retry, or keep it.
+    Refused(Refused<CoherentBuffer>),
+    /// The buffer is gone, but its pages could not all be made private again: they are quarantined
+    /// and must never be used again.
+    Quarantined(DmaError),
+}
+
+impl FreeError {
+    /// The underlying error.
+    pub fn error(&self) -> &DmaError {
+        match self {
+            FreeError::Refused(r) => &r.error,
+            FreeError::Quarantined(e) => e,
+        }
+    }
+}
+
+impl core::fmt::Display for FreeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FreeError::Refused(r) => write!(f, "coherent free refused: {}", r.error),
+            FreeError::Quarantined(e) => write!(f, "coherent buffer freed, pages quarantined: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for FreeError {}
 
 // SAFETY: the handle only names memory; reading or writing through `cpu_ptr` is the caller's own
 // (unsafe) business, as with any raw pointer.
@@ -58,6 +117,17 @@ impl CoherentBuffer {
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// Serial of the device the buffer belongs to ([`Device::serial`]).
+    pub fn device_serial(&self) -> u32 {
+        self.device
+    }
+    /// The buffer's memory for the CPU. The device may write it at any time (that is what coherent
+    /// means), so it is handed out as raw bytes for volatile or atomic access, not as `&mut [u8]`.
+    pub fn as_ptr_range(&self) -> core::ops::Range<*mut u8> {
+        let start = self.cpu.as_ptr();
+        // SAFETY: the buffer spans `len()` bytes from `cpu` (alloc_coherent checked the mapping).
+        start..unsafe { start.add(self.len()) }
+    }
 }
 
 impl<P: Platform> DmaLayer<'_, P> {
@@ -69,6 +139,7 @@ impl<P: Platform> DmaLayer<'_, P> {
     /// # Safety
     /// `[phys, phys + pages * 4 KiB)` must be guest RAM that the caller owns and does not otherwise use
     /// until `free_coherent` succeeds (forever if it reports the pages quarantined).
+    #[track_caller]
     pub unsafe fn alloc_coherent(
         &self,
         dev: &Device,
@@ -79,11 +150,13 @@ impl<P: Platform> DmaLayer<'_, P> {
         if pages == 0 {
             return Err(DmaError::ZeroLength);
         }
-        let bytes = pages.checked_mul(PAGE_SIZE).ok_or(DmaError::BadPoolRange(phys))?;
+        let bytes = pages.checked_mul(PAGE_SIZE).ok_or(DmaError::Overflow)?;
+        let bytes_usize = usize::try_from(bytes).map_err(|_| DmaError::Overflow)?;
+        phys.0.checked_add(bytes).ok_or(DmaError::Overflow)?;
         if !phys.is_page_aligned() {
-            return Err(DmaError::BadPoolRange(phys));
+            return Err(DmaError::Unaligned { addr: phys.0, align: PAGE_SIZE });
         }
-        let cpu = self.platform.cpu_ptr(phys, bytes as usize).ok_or(DmaError::NoCpuMapping(phys))?;
+        let cpu = self.platform.cpu_ptr(phys, bytes_usize).ok_or(DmaError::NoCpuMapping(phys))?;
         let confidential = self.platform.is_confidential();
         let mask = dev.config.coherent_mask;
         // The window (and so the checks) first, so a refusal costs no sharing call.
@@ -92,7 +165,7 @@ impl<P: Platform> DmaLayer<'_, P> {
                 let info = self.ensure_attached(dev)?;
                 let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
                 if phys.0 % win.page_size() != 0 || bytes % win.page_size() != 0 {
-                    return Err(DmaError::InvalidConfig("coherent buffer not aligned to the IOMMU page"));
+                    return Err(DmaError::CoherentUnaligned { page: win.page_size() });
                 }
                 Some(win)
             }
@@ -138,7 +211,9 @@ impl<P: Platform> DmaLayer<'_, P> {
         };
         self.iommu_counters.coherent_buffers.fetch_add(1, Ordering::Relaxed);
         self.iommu_counters.coherent_pages.fetch_add(pages, Ordering::Relaxed);
-        Ok(CoherentBuffer { phys, cpu, bus, pages })
+        dev.live_inc();
+        crate::tracker::coherent_allocated(self, dev, bus, pages);
+        Ok(CoherentBuffer { phys, cpu, bus, pages, device: dev.serial, layer: self.id })
     }
 
     fn coherent_enter(
@@ -177,37 +252,69 @@ impl<P: Platform> DmaLayer<'_, P> {
     }
 
     /// Free a coherent buffer: its window entries are cleared, then its pages are made private again.
-    /// If clearing fails the buffer stays live (retry later); if unsharing fails the pages are
-    /// quarantined (never to be reused; the error says how many).
-    pub fn free_coherent(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), DmaError> {
-        self.check_device(dev)?;
-        let bytes = buf.pages * PAGE_SIZE;
+    /// Refused with the buffer handed back ([`FreeError::Refused`]) when it belongs to another device
+    /// or layer, or when clearing fails (retry later); if unsharing fails the buffer is gone and its
+    /// pages are quarantined ([`FreeError::Quarantined`]: never reuse them).
+    #[track_caller]
+    pub fn free_coherent(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
+        let refuse = |buf, error| Err(FreeError::Refused(Refused { value: buf, error }));
+        if let Err(e) = self.check_device(dev) {
+            return refuse(buf, e);
+        }
+        if buf.layer != self.id || buf.device != dev.serial {
+            self.stats.fail(FailureKind::Mismatch);
+            let error = DmaError::WrongDevice { owner: buf.device, given: dev.serial };
+            return refuse(buf, error);
+        }
         if let Some(d) = dev.domain {
-            // Free never attaches: a device that never allocated cannot own this buffer.
-            let unknown = || {
-                self.stats.fail(FailureKind::UnknownMapping);
-                DmaError::UnknownMapping(buf.bus)
-            };
-            let info = self.domain_info(d).ok_or_else(unknown)?;
-            let win = info.dynamic.ok_or_else(unknown)?;
-            let slot = self.slot(d).ok_or_else(unknown)?;
-            let r = slot.space.lock().find(buf.bus.0).ok_or_else(unknown)?;
-            if r.kind != RangeKind::Coherent || r.start != buf.bus.0 || r.phys != buf.phys.0 || r.len != bytes
-            {
-                return Err(unknown());
+            if let Err(e) = self.coherent_leave(d, &buf) {
+                return refuse(buf, e);
             }
-            let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
-            if let Err(e) = self.tce_writer(tce).clear(&win, r.start, r.len >> win.page_shift) {
-                self.stats.fail(FailureKind::Iommu);
-                return Err(DmaError::Iommu(e));
-            }
-            slot.space.lock().free(r.start, r.len, RangeKind::Coherent);
         }
         self.iommu_counters.coherent_buffers.fetch_sub(1, Ordering::Relaxed);
         self.iommu_counters.coherent_pages.fetch_sub(buf.pages, Ordering::Relaxed);
+        dev.live_dec();
+        crate::tracker::coherent_freed(self, dev, buf.bus);
+        // Freed: the value has done its job (its Drop only reports leaks).
+        let (phys, pages) = (buf.phys, buf.pages);
+        core::mem::forget(buf);
         if self.platform.is_confidential() {
-            self.unshare_pages(buf.phys, buf.pages)?;
+            self.unshare_pages(phys, pages).map_err(FreeError::Quarantined)?;
         }
         Ok(())
+    }
+
+    /// Take a coherent buffer out of its device's window (a buffer of this device: the window holds
+    /// its range, checked against the domain's record all the same).
+    fn coherent_leave(
+        &self,
+        d: crate::iommu::domain::DomainRef,
+        buf: &CoherentBuffer,
+    ) -> Result<(), DmaError> {
+        let bytes = buf.pages * PAGE_SIZE;
+        let unknown = || {
+            self.stats.fail(FailureKind::UnknownMapping);
+            DmaError::UnknownMapping(buf.bus)
+        };
+        let info = self.domain_info(d).ok_or_else(unknown)?;
+        let win = info.dynamic.ok_or_else(unknown)?;
+        let slot = self.slot(d).ok_or_else(unknown)?;
+        let r = slot.space.lock().find(buf.bus.0).ok_or_else(unknown)?;
+        if r.kind != RangeKind::Coherent || r.start != buf.bus.0 || r.phys != buf.phys.0 || r.len != bytes {
+            return Err(unknown());
+        }
+        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        if let Err(e) = self.tce_writer(tce).clear(&win, r.start, r.len >> win.page_shift) {
+            self.stats.fail(FailureKind::Iommu);
+            return Err(DmaError::Iommu(e));
+        }
+        slot.space.lock().free(r.start, r.len, RangeKind::Coherent);
+        Ok(())
+    }
+}
+
+impl From<FreeError> for DmaError {
+    fn from(e: FreeError) -> DmaError {
+        *e.error()
     }
 }

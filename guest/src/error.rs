@@ -25,8 +25,94 @@ pub enum DmaError {
         /// The requested bit count (0 when given as a malformed value).
         bits: u32,
     },
-    /// A configuration value that is not usable (slot size not a power of two, zero areas, ...).
-    InvalidConfig(&'static str),
+    /// A pool's slot size that is not a power of two in 512..=65536.
+    InvalidSlotSize(usize),
+    /// A pool's longest run that is not 1..=4096 slots.
+    InvalidMaxRun(usize),
+    /// A pool's area count that is not 1..=16.
+    InvalidAreas(usize),
+    /// A pool shorter than one slot, or not a whole number of slots.
+    PoolTooSmall {
+        /// Bytes given.
+        len: usize,
+        /// The pool's slot size.
+        slot_size: usize,
+    },
+    /// A pool that overlaps pool `pool` of this layer.
+    PoolOverlap {
+        /// Index of the pool it overlaps.
+        pool: usize,
+    },
+    /// An address that must be aligned and is not.
+    Unaligned {
+        /// The address given.
+        addr: u64,
+        /// The alignment it needs (bytes).
+        align: u64,
+    },
+    /// A size or address computation that would overflow (a length near `usize::MAX`, a range that
+    /// wraps the address space).
+    Overflow,
+    /// A `min_align_mask` that is not `2^n - 1` below 4 GiB.
+    InvalidMinAlignMask(u64),
+    /// A segment boundary mask that is not `2^n - 1`.
+    InvalidSegmentBoundary(u64),
+    /// A max segment size of zero.
+    ZeroMaxSegment,
+    /// `max_domains` not in 1..=16.
+    InvalidMaxDomains(usize),
+    /// The bus-range storage given to `enable_iommu` holds fewer than 4 ranges per domain.
+    RangeStorageTooSmall {
+        /// Ranges needed.
+        needed: usize,
+        /// Ranges given.
+        provided: usize,
+    },
+    /// `enable_iommu` called twice.
+    IommuAlreadyEnabled,
+    /// The device sits behind an IOMMU (or the call needs one) but `enable_iommu` was not called.
+    IommuNotEnabled,
+    /// Every IOMMU domain is held by an attached device.
+    NoFreeDomain {
+        /// Domains the layer has.
+        domains: usize,
+    },
+    /// The device (or the layer) still has live mappings, scatter-gather lists or coherent buffers:
+    /// detach, pool release and IOMMU disable refuse until they are gone.
+    Busy {
+        /// How many are live.
+        live: u64,
+    },
+    /// Devices still hold IOMMU domains (or entries that could not be cleared still name the pools).
+    DomainsInUse,
+    /// A detach failed part way: the device's window no longer holds every pool, so it maps nothing
+    /// until a retried detach completes.
+    DetachIncomplete,
+    /// A mapping (or coherent buffer) of another device was named.
+    WrongDevice {
+        /// The device that owns it (the layer's serial of its attach).
+        owner: u32,
+        /// The device named.
+        given: u32,
+    },
+    /// A mapping owned by a [`crate::Mapping`] (the safe face) was named through the raw face: only
+    /// the `Mapping` may sync or unmap it.
+    OwnedByMapping(BusAddr),
+    /// The hypervisor reported a window whose geometry is unusable (page shift out of 12..=40, a
+    /// range that wraps, an unaligned start).
+    BadWindowGeometry {
+        /// Its first bus address.
+        start: u64,
+        /// Its size.
+        size: u64,
+        /// Its page shift.
+        page_shift: u32,
+    },
+    /// A coherent buffer whose pages are not aligned to the IOMMU page of the device's window.
+    CoherentUnaligned {
+        /// The IOMMU page size.
+        page: u64,
+    },
     /// The caller-provided metadata storage is too small for the pool.
     MetadataTooSmall {
         /// Slots the pool needs.
@@ -36,8 +122,6 @@ pub enum DmaError {
     },
     /// No more pools can be added.
     TooManyPools,
-    /// A pool range that overlaps another pool or is not page aligned.
-    BadPoolRange(PhysAddr),
     /// The platform has no CPU mapping for a physical range.
     NoCpuMapping(PhysAddr),
     /// Sharing pages with the hypervisor failed; everything shared by this call was rolled back
@@ -190,12 +274,49 @@ impl fmt::Display for DmaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DmaError::InvalidMask { bits } => write!(f, "invalid DMA mask of {bits} bits"),
-            DmaError::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            DmaError::InvalidSlotSize(v) => write!(f, "slot size {v} is not a power of two in 512..=65536"),
+            DmaError::InvalidMaxRun(v) => write!(f, "max run of {v} slots is not in 1..=4096"),
+            DmaError::InvalidAreas(v) => write!(f, "{v} areas is not in 1..=16"),
+            DmaError::PoolTooSmall { len, slot_size } => {
+                write!(f, "pool of {len} bytes is not a whole number (>= 1) of {slot_size}-byte slots")
+            }
+            DmaError::PoolOverlap { pool } => write!(f, "pool overlaps pool {pool}"),
+            DmaError::Unaligned { addr, align } => write!(f, "address {addr:#x} not aligned to {align:#x}"),
+            DmaError::Overflow => write!(f, "size or address arithmetic would overflow"),
+            DmaError::InvalidMinAlignMask(m) => write!(f, "min_align_mask {m:#x} is not 2^n - 1 below 4 GiB"),
+            DmaError::InvalidSegmentBoundary(m) => write!(f, "segment boundary mask {m:#x} is not 2^n - 1"),
+            DmaError::ZeroMaxSegment => write!(f, "max segment size is zero"),
+            DmaError::InvalidMaxDomains(n) => write!(f, "max_domains {n} is not in 1..=16"),
+            DmaError::RangeStorageTooSmall { needed, provided } => {
+                write!(f, "bus range storage holds {provided} ranges, needs {needed}")
+            }
+            DmaError::IommuAlreadyEnabled => write!(f, "IOMMU path already enabled"),
+            DmaError::IommuNotEnabled => write!(f, "IOMMU path not enabled (call enable_iommu first)"),
+            DmaError::NoFreeDomain { domains } => write!(f, "all {domains} IOMMU domains are in use"),
+            DmaError::Busy { live } => {
+                write!(f, "{live} mappings, lists or coherent buffers still live")
+            }
+            DmaError::DomainsInUse => write!(f, "devices still hold IOMMU domains"),
+            DmaError::DetachIncomplete => {
+                write!(f, "a detach failed part way: the device maps nothing until detach is retried")
+            }
+            DmaError::WrongDevice { owner, given } => {
+                write!(f, "mapping belongs to device #{owner}, named through device #{given}")
+            }
+            DmaError::OwnedByMapping(b) => {
+                write!(f, "{b} is owned by a Mapping; the raw face may not touch it")
+            }
+            DmaError::BadWindowGeometry { start, size, page_shift } => write!(
+                f,
+                "hypervisor window [{start:#x} +{size:#x}] with page shift {page_shift} is unusable"
+            ),
+            DmaError::CoherentUnaligned { page } => {
+                write!(f, "coherent buffer not aligned to the IOMMU page ({page:#x})")
+            }
             DmaError::MetadataTooSmall { needed, provided } => {
                 write!(f, "slot metadata holds {provided} slots, pool needs {needed}")
             }
             DmaError::TooManyPools => write!(f, "no room for another pool"),
-            DmaError::BadPoolRange(p) => write!(f, "pool range at {p} unaligned or overlapping"),
             DmaError::NoCpuMapping(p) => write!(f, "no CPU mapping for {p}"),
             DmaError::SharingFailed { phys, pages, quarantined, kind } => write!(
                 f,
@@ -227,7 +348,7 @@ impl fmt::Display for DmaError {
             }
             DmaError::WrongDirection => write!(f, "operation not valid for the mapping's direction"),
             DmaError::NotAttached => write!(f, "device not attached to this layer"),
-            DmaError::Iommu(e) => write!(f, "IOMMU: {e:?}"),
+            DmaError::Iommu(e) => write!(f, "IOMMU: {e}"),
             DmaError::NoIommuPath { mask, pools, window, ddw } => write!(
                 f,
                 "no IOMMU path for mask {mask}: {pools} pools, default window [{:#x}, {:#x}), {ddw}",
@@ -247,8 +368,65 @@ impl fmt::Display for DmaError {
     }
 }
 
+impl core::error::Error for DmaError {}
+
+impl fmt::Display for IommuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IommuError::Hcall(rc) => write!(f, "hypercall returned {rc}"),
+            IommuError::Busy => write!(f, "hypervisor stayed busy beyond the retry bound"),
+            IommuError::Verify { bus } => write!(f, "read-back of the entry at {bus} differs"),
+            IommuError::BusSpaceExhausted => write!(f, "no free bus range below the mask"),
+            IommuError::ReservationConflict => write!(f, "reservation overlaps a live mapping"),
+            IommuError::NoWindow => write!(f, "no window"),
+            IommuError::Quarantined { bus } => write!(f, "entries at {bus} stuck; range quarantined"),
+        }
+    }
+}
+
+impl core::error::Error for IommuError {}
+
 impl From<IommuError> for DmaError {
     fn from(e: IommuError) -> DmaError {
         DmaError::Iommu(e)
+    }
+}
+
+/// A call that consumes a value (detach a [`crate::Device`], free a [`crate::CoherentBuffer`], unmap
+/// a [`crate::Mapping`]) and was refused hands the value back with the reason, so nothing is lost
+/// and the call can be retried.
+pub struct Refused<T> {
+    /// The value, unchanged and still live.
+    pub value: T,
+    /// Why the call was refused.
+    pub error: DmaError,
+}
+
+impl<T> Refused<T> {
+    /// Split into the value and the error.
+    pub fn into_parts(self) -> (T, DmaError) {
+        (self.value, self.error)
+    }
+}
+
+impl<T> fmt::Debug for Refused<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Refused({:?})", self.error)
+    }
+}
+
+impl<T> fmt::Display for Refused<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "refused: {}", self.error)
+    }
+}
+
+impl<T> core::error::Error for Refused<T> {}
+
+/// `?` on a refused call keeps the error; the value is dropped (a dropped `Mapping` still unmaps or
+/// gives up its slots safely, a dropped `Device` or `CoherentBuffer` leaks safely).
+impl<T> From<Refused<T>> for DmaError {
+    fn from(r: Refused<T>) -> DmaError {
+        r.error
     }
 }

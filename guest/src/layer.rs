@@ -1,15 +1,15 @@
 //! `DmaLayer`: one instance per guest, shared by every CPU. Owns the pools, attaches devices, and
 //! implements the streaming API (the raw face; the safe face in [`crate::mapping`] builds on it).
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::addr::{pages_spanned, BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{DeviceConfig, DmaPath};
 use crate::direction::{DmaAttrs, DmaDirection};
-use crate::error::DmaError;
+use crate::error::{DmaError, Refused};
 use crate::iommu::domain::{DomainRef, Iommu, IommuCounters};
 use crate::platform::Platform;
-use crate::pool::{BouncePool, PoolConfig, RunRequest, SlotMeta, SlotRecord};
+use crate::pool::{BouncePool, NewHead, Owner, PoolConfig, RunRequest, SlotMeta, SlotRecord};
 use crate::stats::{should_warn, FailureKind, Stats, StatsSnapshot};
 
 /// Most pools one layer can have.
@@ -46,18 +46,45 @@ impl PoolOrder {
     }
 }
 
-/// A device attached to a layer: its configuration and the path chosen for it.
-#[derive(Clone, Copy, Debug)]
+/// A device attached to a layer: its configuration, the path chosen for it, and how many of its
+/// mappings, scatter-gather lists and coherent buffers are live.
+///
+/// Move-only: the one value stands for the attachment. Drivers share it as `&Device` (mappings
+/// borrow it), and [`DmaLayer::detach`] consumes it, so the borrow checker proves that no map, unmap
+/// or allocation of the device runs while it is detached, on any CPU: the domain it names cannot be
+/// republished under a live user.
+#[derive(Debug)]
 pub struct Device {
     pub(crate) config: DeviceConfig,
     pub(crate) path: DmaPath,
     pub(crate) pools: PoolOrder,
     pub(crate) layer: u32,
+    /// Unique per attach within the layer; recorded in every mapping so another device cannot
+    /// unmap or sync it.
+    pub(crate) serial: u32,
     /// The device's IOMMU domain, on IOMMU paths.
     pub(crate) domain: Option<DomainRef>,
+    /// Live mappings, lists and coherent buffers (detach refuses while non-zero).
+    pub(crate) live: AtomicU64,
 }
 
 impl Device {
+    /// The layer's serial number for this attach (mappings record it; errors name it).
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+    /// Mappings, scatter-gather lists and coherent buffers of this device live now.
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::Acquire)
+    }
+    pub(crate) fn live_inc(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+    /// One live object ended. Saturating: a raw-face caller that breaks its contract on a path
+    /// without records (direct) must not wrap the count and hide live mappings.
+    pub(crate) fn live_dec(&self) {
+        let _ = self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
     /// The configuration given at attach.
     pub fn config(&self) -> &DeviceConfig {
         &self.config
@@ -77,6 +104,8 @@ impl Device {
 pub(crate) struct Original {
     pub cpu: *mut u8,
     pub phys: Option<PhysAddr>,
+    /// True when a [`crate::Mapping`] owns the mapping (the raw face then refuses it).
+    pub safe: bool,
 }
 
 /// A slot run just allocated and filled by `bounce_alloc`.
@@ -102,10 +131,15 @@ pub struct DmaLayer<'m, P: Platform> {
     pub(crate) npools: usize,
     pub(crate) stats: Stats,
     pub(crate) id: u32,
+    /// Source of device serials (never 0).
+    next_serial: AtomicU32,
     /// The IOMMU path, once enabled (`enable_iommu`).
     pub(crate) iommu: Option<Iommu<'m>>,
     /// Counters of the IOMMU path and coherent buffers.
     pub(crate) iommu_counters: IommuCounters,
+    /// The misuse tracker (feature `debug-tracker`).
+    #[cfg(feature = "debug-tracker")]
+    pub(crate) tracker: crate::tracker::Tracker,
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -118,8 +152,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             npools: 0,
             stats: Stats::default(),
             id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
+            next_serial: AtomicU32::new(1),
             iommu: None,
             iommu_counters: IommuCounters::default(),
+            #[cfg(feature = "debug-tracker")]
+            tracker: Default::default(),
         }
     }
 
@@ -146,12 +183,18 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::TooManyPools);
         }
         cfg.validate()?;
-        let end = phys.0.checked_add(len as u64).ok_or(DmaError::BadPoolRange(phys))?;
-        if !phys.is_page_aligned() || len == 0 || len as u64 % PAGE_SIZE != 0 {
-            return Err(DmaError::BadPoolRange(phys));
+        let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
+        if !phys.is_page_aligned() || len as u64 % PAGE_SIZE != 0 {
+            return Err(DmaError::Unaligned { addr: phys.0 | len as u64, align: PAGE_SIZE });
         }
-        if self.pools().any(|p| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end) {
-            return Err(DmaError::BadPoolRange(phys));
+        // Checked before anything is shared: a pool must hold one slot at least.
+        if len < cfg.slot_size {
+            return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
+        }
+        if let Some(pool) = (0..self.npools).find(|&i| {
+            self.pools[i].as_ref().is_some_and(|p| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end)
+        }) {
+            return Err(DmaError::PoolOverlap { pool });
         }
         let needed = cfg.slots_for(len);
         if meta.len() < needed {
@@ -187,11 +230,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// Fails with nothing changed while any mapping is live.
     pub fn release_pools(&mut self) -> Result<(), DmaError> {
         if self.pools().any(|p| p.slots_in_use() != 0) {
-            return Err(DmaError::InvalidConfig("pools still have live mappings"));
+            return Err(DmaError::Busy { live: self.pools().map(|p| p.slots_in_use() as u64).sum() });
         }
         // A device window may still translate to the pools: they must stay shared until it is gone.
         if self.iommu_in_use() {
-            return Err(DmaError::InvalidConfig("devices still attached to IOMMU domains"));
+            return Err(DmaError::DomainsInUse);
         }
         let mut result = Ok(());
         for i in 0..self.npools {
@@ -280,8 +323,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// Attach a device: choose its path, or fail naming its mask and the pools.
     pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let m = config.min_align_mask;
-        if m != 0 && (m & m.wrapping_add(1) != 0) {
-            return Err(DmaError::InvalidConfig("min_align_mask must be 2^n - 1"));
+        // 2^n - 1, and below 4 GiB: no device needs more, and it bounds every alignment sum later.
+        if m & m.wrapping_add(1) != 0 || m > u64::from(u32::MAX) {
+            return Err(DmaError::InvalidMinAlignMask(m));
         }
         let confidential = self.platform.is_confidential();
         if confidential && self.platform.tce().is_some_and(|t| t.default_window(config.id).is_some()) {
@@ -307,7 +351,40 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(err);
         }
         log::debug!("ccdma: device {:#x} ({}) -> {}", config.id, config.dma_mask, path.name());
-        Ok(Device { config, path, pools, layer: self.id, domain: None })
+        Ok(self.new_device(config, path, pools, None))
+    }
+
+    pub(crate) fn new_device(
+        &self,
+        config: DeviceConfig,
+        path: DmaPath,
+        pools: PoolOrder,
+        domain: Option<DomainRef>,
+    ) -> Device {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        Device { config, path, pools, layer: self.id, serial, domain, live: AtomicU64::new(0) }
+    }
+
+    /// Detach a device. Refused while it has live mappings, lists or coherent buffers
+    /// ([`DmaError::Busy`]), or when its IOMMU entries cannot be cleared: the device comes back in
+    /// the error, still attached, and detach can be retried. A detach that failed part way leaves the
+    /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes.
+    pub fn detach(&self, dev: Device) -> Result<(), Refused<Device>> {
+        if let Err(error) = self.check_device(&dev) {
+            return Err(Refused { value: dev, error });
+        }
+        let live = dev.live();
+        if live != 0 {
+            crate::tracker::report_leaks(self, &dev);
+            return Err(Refused { value: dev, error: DmaError::Busy { live } });
+        }
+        if dev.domain.is_some() {
+            if let Err(error) = self.detach_domain(&dev) {
+                return Err(Refused { value: dev, error });
+            }
+        }
+        log::debug!("ccdma: device {:#x} (#{}) detached", dev.config.id, dev.serial);
+        Ok(())
     }
 
     fn lowest_pool_bus_end(&self) -> u64 {
@@ -341,7 +418,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     /// Map by physical address (raw face). Returns the bus address for the device.
-    pub fn map_phys(
+    ///
+    /// # Safety
+    /// `[phys, phys + len)` must be guest RAM that the caller owns: valid for reads (and, unless `dir`
+    /// is `ToDevice`, writes) until the mapping is unmapped with [`Self::unmap`], and not used
+    /// otherwise meanwhile except between [`Self::sync_for_cpu`] and [`Self::sync_for_device`]. The
+    /// layer writes device data there at unmap and sync.
+    #[track_caller]
+    pub unsafe fn map_phys(
         &self,
         dev: &Device,
         phys: PhysAddr,
@@ -354,15 +438,16 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::ZeroLength);
         }
         let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NotTranslatable)?;
-        self.map_original(dev, Original { cpu: cpu.as_ptr(), phys: Some(phys) }, len, dir, attrs)
+        self.map_original(dev, Original { cpu: cpu.as_ptr(), phys: Some(phys), safe: false }, len, dir, attrs)
     }
 
     /// Map a CPU buffer (raw face, for HALs such as virtio-drivers').
     ///
     /// # Safety
     /// `ptr` must be valid for reads (and, unless `dir` is `ToDevice`, writes) of `len` bytes until the
-    /// mapping is unmapped, and the caller must not touch it meanwhile except between `sync_for_cpu`
-    /// and `sync_for_device`.
+    /// mapping is unmapped with [`Self::unmap`], and the caller must not touch it meanwhile except
+    /// between `sync_for_cpu` and `sync_for_device`.
+    #[track_caller]
     pub unsafe fn map_ptr(
         &self,
         dev: &Device,
@@ -372,16 +457,39 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         attrs: DmaAttrs,
     ) -> Result<BusAddr, DmaError> {
         self.check_device(dev)?;
-        // Bounce-always needs the physical address only for `min_align_mask` bits above the page
-        // offset (the page offset is the same in the virtual address); skip the translation otherwise.
-        let phys = match dev.path {
-            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE => None,
-            _ => self.platform.virt_to_phys(ptr, len),
-        };
-        self.map_original(dev, Original { cpu: ptr, phys }, len, dir, attrs)
+        let phys = self.translate_for(dev, ptr, len);
+        self.map_original(dev, Original { cpu: ptr, phys, safe: false }, len, dir, attrs)
     }
 
-    fn map_original(
+    /// The physical address of a CPU buffer, when the device's path needs it. Bounce-always needs it
+    /// only for `min_align_mask` bits above the page offset (the page offset is the same in the
+    /// virtual address), so the translation is skipped otherwise.
+    pub(crate) fn translate_for(&self, dev: &Device, ptr: *mut u8, len: usize) -> Option<PhysAddr> {
+        match dev.path {
+            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE => None,
+            _ => self.platform.virt_to_phys(ptr, len),
+        }
+    }
+
+    /// Map an original for the safe or raw face; counts the device's live mappings and tells the
+    /// tracker (feature `debug-tracker`).
+    #[track_caller]
+    pub(crate) fn map_original(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        let bus = self.map_route(dev, orig, len, dir, attrs)?;
+        dev.live_inc();
+        let site = core::panic::Location::caller();
+        crate::tracker::mapped(self, dev, bus, len, dir, crate::tracker::TrackedKind::Mapping, site);
+        Ok(bus)
+    }
+
+    fn map_route(
         &self,
         dev: &Device,
         orig: Original,
@@ -459,13 +567,6 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             } else {
                 pool.max_mapping()
             };
-            largest = largest.max(max_run.saturating_sub(offset));
-            let Some(total) = offset.checked_add(len) else { continue };
-            let run_bytes = if iommu_page > 0 { total.next_multiple_of(iommu_page as usize) } else { total };
-            let nslots = run_bytes.div_ceil(slot as usize);
-            if nslots * slot as usize > max_run.max(slot as usize) || total > max_run {
-                continue;
-            }
             // Mappings of a page or more start on a page (as SWIOTLB does), except for the bits the
             // device needs preserved; strict mappings always start on an IOMMU page, the preserved bits
             // below it going into the offset.
@@ -482,8 +583,32 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             } else {
                 orig_addr & min_align & align_mask
             };
+            // No run crosses a segment (`max_mapping` bytes from the pool's start), so a run whose
+            // alignment puts its first candidate `phase` bytes into every segment has that much less
+            // room: a request that can never fit is `TooLarge`, not a transient exhaustion.
+            let span = align_mask + slot;
+            let seg = pool.max_mapping() as u64;
+            let phase = if span <= seg && seg % span == 0 {
+                (align_bits.wrapping_sub(pool.phys().0) & (span - 1)) as usize
+            } else {
+                0
+            };
+            let max_run = max_run.saturating_sub(phase);
+            largest = largest.max(max_run.saturating_sub(offset));
+            // Longer than any run of this pool: skip before any arithmetic on `len` can overflow.
+            if len > max_run {
+                continue;
+            }
+            let Some(total) = offset.checked_add(len) else { continue };
+            let run_bytes = if iommu_page > 0 { total.next_multiple_of(iommu_page as usize) } else { total };
+            let nslots = run_bytes.div_ceil(slot as usize);
+            if nslots * slot as usize > max_run.max(slot as usize) || total > max_run {
+                continue;
+            }
             let req = RunRequest { nslots, align_mask, align_bits };
-            let Some(index) = pool.alloc(req, offset, len, dir, attrs, orig.cpu) else { continue };
+            let owner = Owner { device: dev.serial, safe: orig.safe };
+            let head = NewHead { offset, len, dir, attrs, orig: orig.cpu, owner };
+            let Some(index) = pool.alloc(req, head) else { continue };
             let run_off = index << pool.slot_size().trailing_zeros();
             let run_len = nslots * slot as usize;
             self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs);
@@ -579,12 +704,25 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
     }
 
+    /// Check a caller's claim on a mapping against the guest's record: its device, its face (the raw
+    /// face never touches what a `Mapping` owns), then size and direction.
     pub(crate) fn check_record(
         &self,
+        dev: &Device,
+        bus: BusAddr,
+        safe: bool,
         rec: &SlotRecord,
         len: usize,
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
+        if rec.owner.device != dev.serial {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::WrongDevice { owner: rec.owner.device, given: dev.serial });
+        }
+        if rec.owner.safe != safe {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::OwnedByMapping(bus));
+        }
         if rec.len != len {
             self.stats.fail(FailureKind::Mismatch);
             return Err(DmaError::SizeMismatch { mapped: rec.len, given: len });
@@ -597,9 +735,16 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     /// Unmap (raw face). `len` and `dir` must be those given at map time; the copy back uses the
-    /// guest's own record. A wrong size, direction, or an address that is not a live mapping is an
-    /// error and changes nothing.
-    pub fn unmap(
+    /// guest's own record. A wrong size, direction or device, a mapping owned by a [`crate::Mapping`],
+    /// or an address that is not a live mapping is an error and changes nothing.
+    ///
+    /// # Safety
+    /// `bus` must name a mapping this caller made with [`Self::map_ptr`] or [`Self::map_phys`] on
+    /// `dev` (or one whose ownership it was handed), so that the memory the copy back writes is
+    /// still the one that map's contract lent, and no other CPU unmaps or syncs it at the same time.
+    /// The checks above catch honest mistakes; they cannot tell two raw callers apart.
+    #[track_caller]
+    pub unsafe fn unmap(
         &self,
         dev: &Device,
         bus: BusAddr,
@@ -607,16 +752,48 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
+        self.unmap_as(dev, bus, len, dir, attrs, false)
+    }
+
+    /// Unmap for the safe (`safe`) or raw face.
+    #[track_caller]
+    pub(crate) fn unmap_as(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        safe: bool,
+    ) -> Result<(), DmaError> {
+        let result = self.unmap_route(dev, bus, len, dir, attrs, safe);
+        let site = core::panic::Location::caller();
+        crate::tracker::unmapped(self, dev, bus, crate::tracker::TrackedKind::Mapping, &result, site);
+        if result.is_ok() {
+            dev.live_dec();
+        }
+        result
+    }
+
+    fn unmap_route(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        safe: bool,
+    ) -> Result<(), DmaError> {
         self.check_device(dev)?;
         if self.strict_domain(dev, bus)?.is_some() {
-            return self.strict_unmap(dev, bus, len, dir, attrs);
+            return self.strict_unmap(dev, bus, len, dir, attrs, safe);
         }
         let Some((i, rec)) = self.record(dev, bus, true)? else {
             self.stats.unmapped();
             return Ok(());
         };
         let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
-        if let Err(e) = self.check_record(&rec, len, dir) {
+        if let Err(e) = self.check_record(dev, bus, safe, &rec, len, dir) {
             pool.unrelease(rec.index);
             return Err(e);
         }
@@ -631,8 +808,35 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         Ok(())
     }
 
-    /// Make device writes in `[offset, offset + len)` of the mapping visible to the CPU.
-    pub fn sync_for_cpu(
+    /// A `Mapping` is gone but its unmap could not complete (strict entries that would not clear):
+    /// forget its original so no later call writes the buffer whose borrow just ended. The run (and
+    /// its entries, which name only pool memory) stay allocated for good and the device stays busy.
+    pub(crate) fn orphan(&self, dev: &Device, bus: BusAddr) {
+        let found = match self.strict_domain(dev, bus) {
+            Ok(Some(info)) => self.strict_record(dev, info, bus, true).ok().map(|(i, rec, _)| (i, rec)),
+            Ok(None) => self.record(dev, bus, true).ok().flatten(),
+            Err(_) => None,
+        };
+        if let Some((i, rec)) = found {
+            if let Some(pool) = &self.pools[i] {
+                pool.orphan(rec.index);
+            }
+        }
+        self.stats.fail(FailureKind::Iommu);
+        log::error!(
+            "ccdma: mapping {bus} of device {:#x} dropped while its unmap failed: its slots and entries stay \
+             reserved for good, the buffer is never written again",
+            dev.config.id
+        );
+    }
+
+    /// Make device writes in `[offset, offset + len)` of the mapping visible to the CPU (raw face).
+    ///
+    /// # Safety
+    /// As for [`Self::unmap`]: `bus` is a live raw mapping of this caller on `dev`, and nothing reads
+    /// or writes `[offset, offset + len)` of its original while this runs.
+    #[track_caller]
+    pub unsafe fn sync_for_cpu(
         &self,
         dev: &Device,
         bus: BusAddr,
@@ -640,11 +844,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         len: usize,
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
-        self.sync(dev, bus, offset, len, dir, true)
+        self.sync(dev, bus, offset, len, dir, true, false)
     }
 
-    /// Make CPU writes in `[offset, offset + len)` of the original visible to the device.
-    pub fn sync_for_device(
+    /// Make CPU writes in `[offset, offset + len)` of the original visible to the device (raw face).
+    ///
+    /// # Safety
+    /// As for [`Self::sync_for_cpu`].
+    #[track_caller]
+    pub unsafe fn sync_for_device(
         &self,
         dev: &Device,
         bus: BusAddr,
@@ -652,10 +860,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         len: usize,
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
-        self.sync(dev, bus, offset, len, dir, false)
+        self.sync(dev, bus, offset, len, dir, false, false)
     }
 
-    fn sync(
+    /// Sync for the safe (`safe`) or raw face.
+    #[allow(clippy::too_many_arguments)]
+    #[track_caller]
+    pub(crate) fn sync(
         &self,
         dev: &Device,
         bus: BusAddr,
@@ -663,6 +874,23 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         len: usize,
         dir: DmaDirection,
         for_cpu: bool,
+        safe: bool,
+    ) -> Result<(), DmaError> {
+        let result = self.sync_route(dev, bus, offset, len, dir, for_cpu, safe);
+        crate::tracker::synced(self, dev, bus, &result, core::panic::Location::caller());
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sync_route(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+        for_cpu: bool,
+        safe: bool,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
         let found = match self.strict_domain(dev, bus)? {
@@ -671,6 +899,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         };
         let Some((i, rec)) = found else { return Ok(()) };
         let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+        if rec.owner.device != dev.serial {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::WrongDevice { owner: rec.owner.device, given: dev.serial });
+        }
+        if rec.owner.safe != safe {
+            self.stats.fail(FailureKind::Mismatch);
+            return Err(DmaError::OwnedByMapping(bus));
+        }
         if rec.dir != dir {
             self.stats.fail(FailureKind::Mismatch);
             return Err(DmaError::DirectionMismatch { mapped: rec.dir, given: dir });

@@ -6,6 +6,46 @@
 //! guest firmware, in a test kernel under QEMU, and against the modelled hypervisor on the host.
 //!
 //! `no_std`, no allocator: pools and their metadata live in memory the caller provides.
+//!
+//! # Soundness: what the type system promises
+//!
+//! If it compiles without `unsafe`, no call (with any argument values, and whatever the hypervisor
+//! or a device answers) writes memory its caller does not own, races, or panics. The shape:
+//!
+//! - **Ownership of buffers.** The safe face ([`DmaLayer::map`], [`DmaLayer::map_to_device`],
+//!   [`DmaLayer::map_sg`] with [`sg::SgEntry::new`]) borrows the buffer for the life of the
+//!   [`Mapping`] (or list entry). The layer records each such mapping as owned by its `Mapping`, and
+//!   the raw face refuses it ([`DmaError::OwnedByMapping`]), so the only way to end it is through the
+//!   `Mapping`: a failed [`Mapping::unmap`] hands the mapping back ([`Refused`]) with the borrow still
+//!   held, a failed drop makes the record forget the buffer before the borrow ends, and a forgotten
+//!   mapping leaks its slots but is never written again. Every mapping records its device; another
+//!   device cannot unmap or sync it ([`DmaError::WrongDevice`]).
+//! - **The raw face is `unsafe`.** Calls by address ([`DmaLayer::map_ptr`], [`DmaLayer::map_phys`],
+//!   [`DmaLayer::unmap`], [`DmaLayer::sync_for_cpu`], [`DmaLayer::sync_for_device`],
+//!   [`sg::SgEntry::phys`], [`DmaLayer::alloc_coherent`], [`DmaLayer::add_pool`]) say in `# Safety`
+//!   what the caller guarantees: that the memory named is its own for as long as the layer may
+//!   write it. The layer's checks (record, size, direction, device, face) catch honest mistakes on
+//!   top of that.
+//! - **Lifecycles are values.** A [`Device`] is move-only and [`DmaLayer::detach`] consumes it,
+//!   refusing (and handing it back) while any mapping, list or coherent buffer of it is live, on
+//!   every path. Because drivers share a device as `&Device`, the borrow checker proves that no map
+//!   of a device runs while it is detached, so its IOMMU domain is never republished under a live
+//!   user. A [`CoherentBuffer`] is move-only and made only by the layer, so it cannot be forged,
+//!   freed twice or freed stale; [`DmaLayer::free_coherent`] consumes it and hands it back when
+//!   refused.
+//! - **Failure atomicity.** A call that fails leaves the layer as before, or in a documented state
+//!   that is safe and usable: a part-way detach leaves the device mapping nothing
+//!   ([`DmaError::DetachIncomplete`]) until a retry completes; entries that cannot be cleared are
+//!   quarantined with their memory; pages that cannot be made private again are quarantined and
+//!   counted.
+//! - **Platform traits are contracts.** [`PhysMemory`] is an `unsafe trait`: the layer builds its
+//!   pointers from its answers, so its implementer guarantees they describe memory truthfully. The
+//!   sharing calls and the TCE interface decide what a device may reach, not what the CPU may touch;
+//!   everything they *allege* (window geometry, page shifts, partial progress, statuses) is checked
+//!   before use.
+//!
+//! Misuse that safe code can still commit (leaking a mapping, double unmap through the raw face)
+//! is reported by the misuse tracker (feature `debug-tracker`, module [`tracker`]).
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
 
@@ -22,17 +62,18 @@ pub mod pool;
 pub mod sg;
 pub mod sharing;
 pub mod stats;
+pub mod tracker;
 #[cfg(feature = "virtio-hal")]
 pub mod virtio_hal;
 
 pub use addr::{BusAddr, DmaMask, PhysAddr, PAGE_SIZE};
-pub use coherent::CoherentBuffer;
+pub use coherent::{CoherentBuffer, FreeError};
 pub use device::{DeviceConfig, DmaPath};
 pub use direction::{DmaAttrs, DmaDirection};
-pub use error::{DmaError, IommuError, SharingErrorKind};
+pub use error::{DmaError, IommuError, Refused, SharingErrorKind};
 pub use iommu::{IommuConfig, IommuPolicy, IommuStatsSnapshot, PathReason, TceCalls, VerifyPolicy};
 pub use layer::{Device, DmaLayer, MAX_POOLS};
 pub use mapping::Mapping;
 pub use platform::{BusEncoding, MemorySharing, PartialSharing, PhysMemory, Platform};
-pub use pool::{BouncePool, PoolConfig, SlotMeta};
+pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
 pub use stats::{FailureKind, StatsSnapshot};

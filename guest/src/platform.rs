@@ -32,7 +32,18 @@ pub trait MemorySharing {
 }
 
 /// CPU access to guest physical memory and the reverse translation.
-pub trait PhysMemory {
+///
+/// # Safety
+///
+/// The layer builds raw pointers from these answers and writes through them, so an implementation
+/// must describe memory truthfully:
+/// - [`PhysMemory::cpu_ptr`] returns `Some(p)` only if `[p, p + len)` is one allocation of CPU
+///   memory that maps exactly `[phys, phys + len)` and stays valid and mapped for as long as the
+///   platform value lives;
+/// - [`PhysMemory::virt_to_phys`] returns `Some(phys)` only if `[ptr, ptr + len)` is backed by the
+///   contiguous guest RAM `[phys, phys + len)` (so a device write there lands in that buffer);
+/// - both may always answer `None`, which the layer treats as "cannot be addressed".
+pub unsafe trait PhysMemory {
     /// A CPU pointer through which `[phys, phys + len)` can be read and written, or `None` if the range
     /// is not (contiguously) mapped. The pointer stays valid for as long as the platform lives.
     fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>>;
@@ -101,7 +112,8 @@ impl<T: MemorySharing + ?Sized> MemorySharing for &T {
     }
 }
 
-impl<T: PhysMemory + ?Sized> PhysMemory for &T {
+// SAFETY: forwards every call to `T`, whose implementation upholds the contract.
+unsafe impl<T: PhysMemory + ?Sized> PhysMemory for &T {
     fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
         (**self).cpu_ptr(phys, len)
     }

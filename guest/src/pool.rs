@@ -25,10 +25,24 @@ const HEAD: u8 = 1;
 const TAIL: u8 = 2;
 /// A head whose unmap is in progress: no second unmap or sync may use it.
 const RELEASING: u8 = 3;
+/// A head whose owner is gone while its unmap could not complete: allocated for good, no original.
+const ORPHANED: u8 = 4;
 /// Head `attrs` bit (above the `DmaAttrs` bits) marking a scatter-gather run: several originals
 /// packed in one run, described by the list (see `sg.rs`), not by the head's one `orig`. The
 /// single-mapping face must never unmap or sync such a run, nor the list face a single mapping.
 const SG_RUN: u8 = 0x80;
+/// Head `attrs` bit marking a mapping owned by a [`crate::Mapping`] (the safe face): the raw face
+/// refuses to unmap or sync it, so no raw call can write a buffer whose borrow the `Mapping` holds.
+const SAFE_FACE: u8 = 0x40;
+
+/// Who a run belongs to: the device (its serial in the layer) and whether the safe face owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    /// The device's serial ([`crate::Device::serial`]).
+    pub device: u32,
+    /// True for a mapping owned by a [`crate::Mapping`].
+    pub safe: bool,
+}
 
 /// Per-slot metadata, in caller-provided storage (`[SlotMeta::EMPTY; N]`). The head slot of a run
 /// holds the guest's own record of the mapping: lengths and directions are taken from here, never from
@@ -42,13 +56,23 @@ pub struct SlotMeta {
     nslots: u16,
     offset: u32,
     len: u32,
+    owner: u32,
     orig: usize,
 }
 
 impl SlotMeta {
     /// An unused entry, for initialising storage.
-    pub const EMPTY: SlotMeta =
-        SlotMeta { free_run: 0, state: FREE, dir: 0, attrs: 0, nslots: 0, offset: 0, len: 0, orig: 0 };
+    pub const EMPTY: SlotMeta = SlotMeta {
+        free_run: 0,
+        state: FREE,
+        dir: 0,
+        attrs: 0,
+        nslots: 0,
+        offset: 0,
+        len: 0,
+        owner: 0,
+        orig: 0,
+    };
 }
 
 impl Default for SlotMeta {
@@ -82,13 +106,13 @@ impl PoolConfig {
 
     pub(crate) fn validate(&self) -> Result<(), DmaError> {
         if !self.slot_size.is_power_of_two() || self.slot_size < 512 || self.slot_size > 65536 {
-            return Err(DmaError::InvalidConfig("slot size must be a power of two in 512..=65536"));
+            return Err(DmaError::InvalidSlotSize(self.slot_size));
         }
         if self.max_run_slots == 0 || self.max_run_slots > 4096 {
-            return Err(DmaError::InvalidConfig("max run must be 1..=4096 slots"));
+            return Err(DmaError::InvalidMaxRun(self.max_run_slots));
         }
         if self.areas == 0 || self.areas > MAX_AREAS {
-            return Err(DmaError::InvalidConfig("areas must be 1..=16"));
+            return Err(DmaError::InvalidAreas(self.areas));
         }
         Ok(())
     }
@@ -107,6 +131,42 @@ pub(crate) struct SlotRecord {
     pub attrs: DmaAttrs,
     /// CPU address of the original buffer.
     pub orig: *mut u8,
+    /// Who the mapping belongs to.
+    pub owner: Owner,
+}
+
+/// One live run of a pool, for tools and tests ([`BouncePool::for_each_live`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveRun {
+    /// Physical address of the data's first byte in the pool.
+    pub phys: PhysAddr,
+    /// Bytes of data (for a scatter-gather run: of the packed segments).
+    pub len: usize,
+    /// Slots the run takes.
+    pub slots: usize,
+    /// Direction.
+    pub dir: DmaDirection,
+    /// Serial of the device that owns it ([`crate::Device::serial`]).
+    pub device: u32,
+    /// Owned by a [`crate::Mapping`] (the raw face cannot end it).
+    pub owned_by_mapping: bool,
+    /// A scatter-gather run.
+    pub scatter_gather: bool,
+    /// Its `Mapping` was dropped while the unmap failed: reserved for good.
+    pub orphaned: bool,
+}
+
+/// The record a new run's head slot gets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NewHead {
+    /// Offset of the data inside the run.
+    pub offset: usize,
+    pub len: usize,
+    pub dir: DmaDirection,
+    pub attrs: DmaAttrs,
+    /// CPU address of the original buffer (null for scatter-gather runs).
+    pub orig: *mut u8,
+    pub owner: Owner,
 }
 
 /// What a new run must satisfy.
@@ -162,9 +222,12 @@ impl<'m> BouncePool<'m> {
     ) -> Result<BouncePool<'m>, DmaError> {
         cfg.validate()?;
         if !phys.is_page_aligned() || len == 0 || len as u64 % PAGE_SIZE != 0 {
-            return Err(DmaError::BadPoolRange(phys));
+            return Err(DmaError::Unaligned { addr: phys.0 | len as u64, align: PAGE_SIZE });
         }
         let nslots = len / cfg.slot_size;
+        if nslots == 0 {
+            return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
+        }
         if meta.len() < nslots {
             return Err(DmaError::MetadataTooSmall { needed: nslots, provided: meta.len() });
         }
@@ -258,16 +321,9 @@ impl<'m> BouncePool<'m> {
     }
 
     /// Allocate a run and record the mapping in its head slot. Returns the head's global index.
-    pub(crate) fn alloc(
-        &self,
-        req: RunRequest,
-        offset: usize,
-        len: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-        orig: *mut u8,
-    ) -> Option<usize> {
-        self.alloc_tagged(req, offset, len, dir, attrs.bits(), orig)
+    pub(crate) fn alloc(&self, req: RunRequest, head: NewHead) -> Option<usize> {
+        let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
+        self.alloc_tagged(req, head, bits)
     }
 
     /// [`Self::alloc`] for a scatter-gather run: `offset`/`len` span the packed segments; the
@@ -279,22 +335,18 @@ impl<'m> BouncePool<'m> {
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
+        device: u32,
     ) -> Option<usize> {
-        self.alloc_tagged(req, offset, len, dir, attrs.bits() | SG_RUN, core::ptr::null_mut())
+        let owner = Owner { device, safe: false };
+        let head = NewHead { offset, len, dir, attrs, orig: core::ptr::null_mut(), owner };
+        self.alloc_tagged(req, head, attrs.bits() | SG_RUN)
     }
 
-    fn alloc_tagged(
-        &self,
-        req: RunRequest,
-        offset: usize,
-        len: usize,
-        dir: DmaDirection,
-        attr_bits: u8,
-        orig: *mut u8,
-    ) -> Option<usize> {
+    fn alloc_tagged(&self, req: RunRequest, new: NewHead, attr_bits: u8) -> Option<usize> {
         if req.nslots == 0 || req.nslots > self.max_run {
             return None;
         }
+        let (Ok(offset), Ok(len)) = (u32::try_from(new.offset), u32::try_from(new.len)) else { return None };
         // Start where the last allocation succeeded: a lone CPU keeps reusing the same (cache-hot)
         // area; CPUs that collide move on to other areas and record where they found room. The first
         // pass skips areas another CPU holds; the second waits.
@@ -310,11 +362,12 @@ impl<'m> BouncePool<'m> {
                     let head = &mut area.meta[i];
                     head.state = HEAD;
                     head.nslots = req.nslots as u16;
-                    head.offset = offset as u32;
-                    head.len = len as u32;
-                    head.dir = dir as u8;
+                    head.offset = offset;
+                    head.len = len;
+                    head.owner = new.owner.device;
+                    head.dir = new.dir as u8;
                     head.attrs = attr_bits;
-                    head.orig = orig as usize;
+                    head.orig = new.orig as usize;
                     for t in &mut area.meta[i + 1..i + req.nslots] {
                         t.state = TAIL;
                     }
@@ -340,8 +393,8 @@ impl<'m> BouncePool<'m> {
         }
         // Candidate indices are those whose address matches the alignment bits: an arithmetic
         // progression with a stride of (align_mask + 1) / slot_size slots.
-        let period = (req.align_mask + (1 << self.slot_shift)) >> self.slot_shift;
-        let period = period.max(1) as usize;
+        // Attach bounds `min_align_mask` below 4 GiB, so this cannot overflow; refuse rather than wrap.
+        let period = (req.align_mask.checked_add(1 << self.slot_shift)? >> self.slot_shift).max(1) as usize;
         let area_phys = self.phys.0 + ((base as u64) << self.slot_shift);
         let want = req.align_bits;
         // Index (inside the area) of the first candidate.
@@ -407,6 +460,7 @@ impl<'m> BouncePool<'m> {
             dir: DmaDirection::from_bits(head.dir)?,
             attrs: DmaAttrs::from_bits_truncate(head.attrs),
             orig: head.orig as *mut u8,
+            owner: Owner { device: head.owner, safe: head.attrs & SAFE_FACE != 0 },
         };
         if release {
             head.state = RELEASING;
@@ -421,6 +475,40 @@ impl<'m> BouncePool<'m> {
         if head.state == RELEASING {
             head.state = HEAD;
         }
+    }
+
+    /// Every live run of the pool (locks one area at a time, so a concurrent map or unmap may or may
+    /// not be seen).
+    pub fn for_each_live(&self, mut f: impl FnMut(LiveRun)) {
+        for a in 0..self.area_count {
+            let area = self.areas[a].lock();
+            for (i, m) in area.meta.iter().enumerate() {
+                if !matches!(m.state, HEAD | RELEASING | ORPHANED) {
+                    continue;
+                }
+                let index = a * self.area_slots + i;
+                f(LiveRun {
+                    phys: PhysAddr(self.phys.0 + ((index as u64) << self.slot_shift) + u64::from(m.offset)),
+                    len: m.len as usize,
+                    slots: m.nslots as usize,
+                    dir: DmaDirection::from_bits(m.dir).unwrap_or(DmaDirection::Bidirectional),
+                    device: m.owner,
+                    owned_by_mapping: m.attrs & SAFE_FACE != 0,
+                    scatter_gather: m.attrs & SG_RUN != 0,
+                    orphaned: m.state == ORPHANED,
+                });
+            }
+        }
+    }
+
+    /// A released head whose buffer must never be written again (its `Mapping` was dropped while
+    /// the unmap could not complete): forget the original, keep the run allocated and refuse it to
+    /// every face, so no later call copies into memory whose borrow has ended.
+    pub(crate) fn orphan(&self, index: usize) {
+        let mut area = self.areas[index / self.area_slots].lock();
+        let head = &mut area.meta[index % self.area_slots];
+        head.orig = 0;
+        head.state = ORPHANED;
     }
 
     /// Free a run previously returned by `alloc` (its head released by `lookup`).

@@ -215,7 +215,12 @@ impl<'a> SgEntry<'a> {
         SgEntry::with(Source::Cpu { ptr, len, writable: true })
     }
     /// A guest physical range (like [`DmaLayer::map_phys`]).
-    pub fn phys(phys: PhysAddr, len: usize) -> SgEntry<'static> {
+    ///
+    /// # Safety
+    /// As for [`DmaLayer::map_phys`]: `[phys, phys + len)` is guest RAM the caller owns, valid for
+    /// reads and writes and not used otherwise while the entry is part of a mapped list; the layer
+    /// writes device data there at unmap and sync.
+    pub unsafe fn phys(phys: PhysAddr, len: usize) -> SgEntry<'static> {
         SgEntry::with(Source::Phys { phys, len })
     }
     /// Peer-to-peer memory in another device's BAR.
@@ -268,10 +273,12 @@ struct ListTag {
     count: usize,
     /// The list's bus range in the device's IOMMU window (start, bytes), if it has one.
     range: Option<(u64, u64)>,
+    /// Serial of the device that mapped it: another device may not unmap or sync it.
+    device: u32,
 }
 
 impl ListTag {
-    const NONE: ListTag = ListTag { list: 0, index: 0, count: 0, range: None };
+    const NONE: ListTag = ListTag { list: 0, index: 0, count: 0, range: None, device: 0 };
 }
 
 /// Source of list identities (never 0).
@@ -296,10 +303,10 @@ impl Limits {
     fn of(cfg: &DeviceConfig) -> Result<Limits, DmaError> {
         let b = cfg.segment_boundary_mask;
         if b & b.wrapping_add(1) != 0 {
-            return Err(DmaError::InvalidConfig("segment boundary mask must be 2^n - 1"));
+            return Err(DmaError::InvalidSegmentBoundary(b));
         }
         if cfg.max_segment_size == 0 {
-            return Err(DmaError::InvalidConfig("max segment size must not be zero"));
+            return Err(DmaError::ZeroMaxSegment);
         }
         Ok(Limits {
             mask: cfg.dma_mask,
@@ -494,6 +501,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     index: 0,
                     count: list.len(),
                     range,
+                    device: dev.serial,
                 };
                 for (index, e) in list.iter_mut().enumerate() {
                     e.tag = ListTag { index, ..tag };
@@ -503,6 +511,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     // Detach waits for the list like for any mapping.
                     slot.live_mappings.fetch_add(1, Ordering::Relaxed);
                 }
+                dev.live_inc();
                 Ok(n)
             }
             Err(e) => {
@@ -806,7 +815,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 let align_mask = (align - 1) & !(slot - 1);
                 RunRequest { nslots: nslots as usize, align_mask, align_bits: bits & align_mask }
             };
-            let Some(index) = pool.alloc_sg(req, 0, data_end as usize, dir, attrs) else { continue };
+            let Some(index) = pool.alloc_sg(req, 0, data_end as usize, dir, attrs, dev.serial) else {
+                continue;
+            };
             let run_off = (index as u64) << slot.trailing_zeros();
             let start = view.pool_bus[pi].0 + run_off + lead;
             let misplaced = if page > 0 {
@@ -972,7 +983,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         // page, and (only where the window crosses a boundary) the boundary blocks.
         let mut align = page;
         if lim.min_align >= page {
-            align = align.max(lim.min_align.checked_add(1).ok_or(DmaError::InvalidConfig("min_align_mask"))?);
+            align =
+                align.max(lim.min_align.checked_add(1).ok_or(DmaError::InvalidMinAlignMask(lim.min_align))?);
         }
         if lo < hi && !lim.within_boundary(lo, hi - lo) {
             let need = span.checked_next_power_of_two().unwrap_or(1 << 63);
@@ -1098,6 +1110,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
+        self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;
         self.check_runs(&view, list, dir, true)?;
         let range = list.first().and_then(|e| e.tag.range);
@@ -1129,6 +1142,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         self.release_runs(list);
         reset(list);
+        dev.live_dec();
         Ok(())
     }
 
@@ -1140,6 +1154,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
+        self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;
         self.check_runs(&view, list, dir, false)?;
         if dir.device_writes() {
@@ -1157,6 +1172,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
+        self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;
         let preserve = self.check_runs(&view, list, dir, false)?;
         if !(dir.device_reads() || preserve) {
@@ -1197,6 +1213,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// with this direction and its entries back to back filling it exactly. With `claim` every run is
     /// also marked for release, so nobody else can unmap it; on error every claim is undone. Returns
     /// whether the runs were mapped with `PRESERVE_UNWRITTEN`.
+    /// A mapped list belongs to the device that mapped it.
+    fn check_list_device(&self, dev: &Device, list: &[SgEntry<'_>]) -> Result<(), DmaError> {
+        match list.first() {
+            Some(e) if e.tag.list != 0 && e.tag.device != dev.serial => {
+                self.stats.fail(FailureKind::Mismatch);
+                Err(DmaError::WrongDevice { owner: e.tag.device, given: dev.serial })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check_runs(
         &self,
         view: &View<'_>,

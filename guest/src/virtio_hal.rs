@@ -139,7 +139,15 @@ impl Default for CoherentSlot {
 
 /// Ties a [`CcdmaHal`] to one layer and one attached device. Implement it on a unit type per
 /// device; the functions are called on every DMA operation, so they should be cheap (a static).
-pub trait HalBinding: 'static {
+///
+/// # Safety
+///
+/// The HAL zeroes, shares and hands to the device the pages [`HalBinding::alloc_pages`] returns, so
+/// an implementation guarantees that they are exactly what its documentation says: page-aligned guest
+/// RAM that the binding owns and that nothing else uses until [`HalBinding::free_pages`] takes them
+/// back. [`HalBinding::unreachable_bus_addr`] must be an address no device access can turn into a
+/// memory access.
+pub unsafe trait HalBinding: 'static {
     /// The platform of the layer.
     type Platform: Platform + 'static;
 
@@ -203,7 +211,7 @@ fn pages_reusable(error: &DmaError) -> bool {
 }
 
 /// A coherent buffer of `pages` pages for `B`'s device, recorded in one of its slots.
-fn alloc<B: HalBinding>(pages: usize) -> Result<CoherentBuffer, AllocFailure> {
+fn alloc<B: HalBinding>(pages: usize) -> Result<(BusAddr, NonNull<u8>), AllocFailure> {
     let layer = B::layer();
     let device = B::device();
     // Claim a record first: running out of records must not cost a sharing call.
@@ -234,32 +242,41 @@ fn alloc<B: HalBinding>(pages: usize) -> Result<CoherentBuffer, AllocFailure> {
         }
         return Err(AllocFailure::AtBusZero);
     }
+    let out = (buffer.bus_addr(), buffer.cpu_ptr());
     *record = Some(buffer);
-    Ok(buffer)
+    Ok(out)
 }
 
 /// Releases the recorded coherent buffer at `bus`/`cpu` of `pages` pages.
 fn free<B: HalBinding>(bus: BusAddr, cpu: NonNull<u8>, pages: usize) -> Result<(), DmaError> {
-    let buffer = B::coherent_slots().iter().find_map(|slot| {
+    let found = B::coherent_slots().iter().find_map(|slot| {
         let mut record = slot.0.lock();
-        let matches =
-            record.is_some_and(|b| b.bus_addr() == bus && b.cpu_ptr() == cpu && b.pages() == pages as u64);
+        let matches = record
+            .as_ref()
+            .is_some_and(|b| b.bus_addr() == bus && b.cpu_ptr() == cpu && b.pages() == pages as u64);
         if matches {
-            record.take()
+            record.take().map(|b| (slot, b))
         } else {
             None
         }
     });
-    let buffer = buffer.ok_or(DmaError::UnknownMapping(bus))?;
+    let (slot, buffer) = found.ok_or(DmaError::UnknownMapping(bus))?;
+    let phys = buffer.phys();
     match B::layer().free_coherent(B::device(), buffer) {
         Ok(()) => {
             // SAFETY: the pages came from `alloc_pages` for this buffer, are private again and no
             // longer used by anyone (virtio-drivers' `dma_dealloc` contract).
-            unsafe { B::free_pages(buffer.phys(), pages) };
+            unsafe { B::free_pages(phys, pages) };
             Ok(())
         }
-        // Not released: keep the pages out of use for good (still shared, or still in a window).
-        Err(error) => Err(error),
+        // Not released and still live: keep its record (it stays out of use; a later dealloc of the
+        // same address retries).
+        Err(crate::coherent::FreeError::Refused(r)) => {
+            *slot.0.lock() = Some(r.value);
+            Err(r.error)
+        }
+        // Released but quarantined: the pages stay out of use for good.
+        Err(crate::coherent::FreeError::Quarantined(error)) => Err(error),
     }
 }
 
@@ -281,7 +298,7 @@ pub const fn dma_direction(direction: BufferDirection) -> DmaDirection {
 unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (VirtioAddr, NonNull<u8>) {
         match alloc::<B>(pages) {
-            Ok(buffer) => (buffer.bus_addr().0, buffer.cpu_ptr()),
+            Ok((bus, cpu)) => (bus.0, cpu),
             Err(cause) => {
                 B::failed(HalFailure::Alloc { cause, pages });
                 (0, NonNull::dangling())
@@ -332,8 +349,12 @@ unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
         // The copy back goes to the original recorded at map time, which is this buffer
         // (virtio-drivers passes the same one); the layer checks length and direction against its
         // record and changes nothing if they differ.
-        if let Err(error) = B::layer().unmap(B::device(), bus, len, dma_direction(direction), DmaAttrs::NONE)
-        {
+        // SAFETY: virtio-drivers calls `unshare` once per `share`, with the same address and buffer,
+        // after the device is done with it: `bus` is the raw mapping `share` made on this device for
+        // this buffer, which is still valid and untouched by the driver until we return.
+        let unmapped =
+            unsafe { B::layer().unmap(B::device(), bus, len, dma_direction(direction), DmaAttrs::NONE) };
+        if let Err(error) = unmapped {
             B::failed(HalFailure::Unshare { error, bus, len });
         }
     }

@@ -23,7 +23,10 @@ impl MemorySharing for Hypervisor {
     }
 }
 
-impl PhysMemory for Hypervisor {
+// SAFETY: `cpu_ptr` hands out pointers into the model's own backing store for the range, which lives
+// as long as the model and maps each guest physical byte at one place; `virt_to_phys` answers only
+// for pointers inside that store.
+unsafe impl PhysMemory for Hypervisor {
     fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
         self.mem.ptr(phys.0, len as u64)
     }

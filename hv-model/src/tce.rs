@@ -60,6 +60,10 @@ pub struct TceConfig {
     pub ddw_windows: u32,
     /// Most live entries one table holds (then `H_NOT_ENOUGH_RESOURCES`); `None`: no limit.
     pub max_entries_per_table: Option<u64>,
+    /// Broken or lying firmware: every created DDW is reported (and modelled) as `(start, size,
+    /// page_shift)` instead of the geometry asked for, however absurd (page shifts of 64 and more,
+    /// unaligned starts, empty windows). `None`: as asked.
+    pub ddw_reported: Option<(u64, u64, u32)>,
 }
 
 impl Default for TceConfig {
@@ -79,6 +83,7 @@ impl Default for TceConfig {
             ddw_largest_block: 1 << 31,
             ddw_windows: 1,
             max_entries_per_table: None,
+            ddw_reported: None,
         }
     }
 }
@@ -531,7 +536,10 @@ impl TceCalls for Hypervisor {
         }
         let liobn = st.next_liobn;
         st.next_liobn += 1;
-        let geometry = WindowGeometry { liobn, start: cfg.ddw_start, size: 1 << window_shift, page_shift };
+        let geometry = match cfg.ddw_reported {
+            Some((start, size, page_shift)) => WindowGeometry { liobn, start, size, page_shift },
+            None => WindowGeometry { liobn, start: cfg.ddw_start, size: 1 << window_shift, page_shift },
+        };
         st.tables.insert(liobn, Table { device, geometry, ddw: true, entries: HashMap::new() });
         st.pes.get_mut(&device).ok_or(RTAS_HARDWARE_ERROR)?.ddw = Some(liobn);
         Ok(geometry)

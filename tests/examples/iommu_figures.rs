@@ -75,11 +75,14 @@ fn fixture_with(
 
 impl Fixture {
     fn map_unmap(&self, len: usize) {
-        let bus = self
-            .layer
-            .map_phys(&self.dev, PhysAddr(self.buf), len, DmaDirection::ToDevice, DmaAttrs::NONE)
-            .expect("map");
-        self.layer.unmap(&self.dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE).expect("unmap");
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        let bus = unsafe {
+            self.layer.map_phys(&self.dev, PhysAddr(self.buf), len, DmaDirection::ToDevice, DmaAttrs::NONE)
+        }
+        .expect("map");
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { self.layer.unmap(&self.dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE) }
+            .expect("unmap");
     }
 }
 
@@ -98,15 +101,18 @@ fn strict_per_mib() {
                 let c0 = tce_calls(f.hv);
                 let mut buses = Vec::new();
                 for _ in 0..n {
-                    let bus = f
-                        .layer
-                        .map_phys(&f.dev, PhysAddr(f.buf), len, DmaDirection::ToDevice, DmaAttrs::NONE)
-                        .expect("map");
+                    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                    let bus = unsafe {
+                        f.layer.map_phys(&f.dev, PhysAddr(f.buf), len, DmaDirection::ToDevice, DmaAttrs::NONE)
+                    }
+                    .expect("map");
                     buses.push(bus);
                 }
                 let c1 = tce_calls(f.hv);
                 for bus in buses {
-                    f.layer.unmap(&f.dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE).expect("unmap");
+                    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                    unsafe { f.layer.unmap(&f.dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE) }
+                        .expect("unmap");
                 }
                 let c2 = tce_calls(f.hv);
                 assert_eq!(f.hv.tce_counters().live_entries, 0);

@@ -42,14 +42,16 @@ fn many_threads_map_and_unmap_with_every_byte_checked() {
                     let seed = (t * ROUNDS + r) as u64;
                     let orig = pattern(len, seed);
                     hv.memory().write(buf, &orig);
-                    let bus = match layer.map_phys(&dev, PhysAddr(buf), len, dir, DmaAttrs::NO_WARN) {
-                        Ok(b) => b,
-                        Err(ccdma::DmaError::PoolExhausted { .. }) => {
-                            exhausted += 1;
-                            continue;
-                        }
-                        Err(e) => panic!("{e}"),
-                    };
+                    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                    let bus =
+                        match unsafe { layer.map_phys(&dev, PhysAddr(buf), len, dir, DmaAttrs::NO_WARN) } {
+                            Ok(b) => b,
+                            Err(ccdma::DmaError::PoolExhausted { .. }) => {
+                                exhausted += 1;
+                                continue;
+                            }
+                            Err(e) => panic!("{e}"),
+                        };
                     let seen = d.read(bus.0, len).unwrap();
                     if dir.device_reads() {
                         assert_eq!(seen, orig, "thread {t} round {r}: device saw other data");
@@ -61,7 +63,8 @@ fn many_threads_map_and_unmap_with_every_byte_checked() {
                         d.write(bus.0, &reply).unwrap();
                     }
                     thread::yield_now();
-                    layer.unmap(&dev, bus, len, dir, DmaAttrs::NONE).unwrap();
+                    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                    unsafe { layer.unmap(&dev, bus, len, dir, DmaAttrs::NONE) }.unwrap();
                     let now = hv.memory().read(buf, len);
                     assert_eq!(now, if dir.device_writes() { reply } else { orig }, "thread {t} round {r}");
                 }

@@ -35,7 +35,10 @@ fn exhaustion_is_an_error_and_the_pool_recovers() {
     let phys = hv.alloc(64 * 1024, Region::Low);
     let mut live = Vec::new();
     loop {
-        match layer.map_phys(&dev, PhysAddr(phys), 16 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE) {
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        match unsafe {
+            layer.map_phys(&dev, PhysAddr(phys), 16 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE)
+        } {
             Ok(bus) => live.push(bus),
             Err(e) => {
                 assert_eq!(e, DmaError::PoolExhausted { len: 16 * 1024 });
@@ -49,17 +52,23 @@ fn exhaustion_is_an_error_and_the_pool_recovers() {
     assert_eq!(s.slots_high_water, 128);
     assert_eq!(s.failures_of(FailureKind::PoolExhausted), 1);
     // Still exhausted for a single slot; NO_WARN changes only logging.
-    assert!(layer.map_phys(&dev, PhysAddr(phys), 1, DmaDirection::ToDevice, DmaAttrs::NO_WARN).is_err());
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    assert!(unsafe { layer.map_phys(&dev, PhysAddr(phys), 1, DmaDirection::ToDevice, DmaAttrs::NO_WARN) }
+        .is_err());
     for bus in live.drain(..) {
-        layer.unmap(&dev, bus, 16 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, bus, 16 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     }
     base.assert_same(hv, &layer);
     // Usable afterwards: the largest mapping fits again.
     hv.memory().write(phys, &pattern(64 * 1024, 3));
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     let bus =
-        layer.map_phys(&dev, PhysAddr(phys), 64 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        unsafe { layer.map_phys(&dev, PhysAddr(phys), 64 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE) }
+            .unwrap();
     assert_eq!(d.read(bus.0, 64 * 1024).unwrap(), pattern(64 * 1024, 3));
-    layer.unmap(&dev, bus, 64 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 64 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     assert_no_faults(hv);
     base.assert_same(hv, &layer);
 }
@@ -72,32 +81,51 @@ fn fragmentation_does_not_leak_slots() {
     let phys = hv.alloc(256 * 1024, Region::Low);
     let mut live: Vec<Option<BusAddr>> = (0..128)
         .map(|_| {
-            Some(layer.map_phys(&dev, PhysAddr(phys), 2048, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap())
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            Some(
+                unsafe { layer.map_phys(&dev, PhysAddr(phys), 2048, DmaDirection::ToDevice, DmaAttrs::NONE) }
+                    .unwrap(),
+            )
         })
         .collect();
     assert_eq!(layer.stats().slots_in_use, 128);
-    let eight = layer.map_phys(&dev, PhysAddr(phys), 8192, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let eight = unsafe { layer.map_phys(&dev, PhysAddr(phys), 8192, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
     for (i, m) in live.iter_mut().enumerate() {
         if i % 2 == 0 {
-            layer.unmap(&dev, m.take().unwrap(), 2048, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            unsafe { layer.unmap(&dev, m.take().unwrap(), 2048, DmaDirection::ToDevice, DmaAttrs::NONE) }
+                .unwrap();
         }
     }
     // 4 KiB runs cannot use 2 KiB holes; the rest of the pool still serves them.
-    let big = layer.map_phys(&dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    layer.unmap(&dev, big, 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let big = unsafe { layer.map_phys(&dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, big, 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     for m in live.iter_mut().filter_map(Option::take) {
-        layer.unmap(&dev, m, 2048, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, m, 2048, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     }
     // The 8 KiB mapping is the only one left.
     assert_eq!(layer.stats().slots_in_use, 4);
-    layer.unmap(&dev, eight, 8192, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, eight, 8192, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     // Everything freed: the free counts merged back, so both 128-slot segments take a full run.
     let full = 128 * 2048;
-    let a = layer.map_phys(&dev, PhysAddr(phys), full, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    let b = layer.map_phys(&dev, PhysAddr(phys), full, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let a = unsafe { layer.map_phys(&dev, PhysAddr(phys), full, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let b = unsafe { layer.map_phys(&dev, PhysAddr(phys), full, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
     assert_eq!(layer.stats().slots_in_use, 256);
-    layer.unmap(&dev, a, full, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    layer.unmap(&dev, b, full, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, a, full, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, b, full, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     assert_eq!(layer.stats().slots_in_use, 0);
 }
 
@@ -108,20 +136,31 @@ fn too_large_mappings_are_refused() {
     let base = Baseline::take(hv, &layer);
     let phys = hv.alloc(512 * 1024, Region::Low);
     let max = 128 * 2048;
-    let bus = layer.map_phys(&dev, PhysAddr(phys), max, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
-    layer.unmap(&dev, bus, max, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus = unsafe { layer.map_phys(&dev, PhysAddr(phys), max, DmaDirection::FromDevice, DmaAttrs::NONE) }
+        .unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, max, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert_eq!(
-        layer.map_phys(&dev, PhysAddr(phys), max + 1, DmaDirection::FromDevice, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.map_phys(&dev, PhysAddr(phys), max + 1, DmaDirection::FromDevice, DmaAttrs::NONE) },
         Err(DmaError::TooLarge { len: max + 1, max })
     );
     // With min_align_mask the offset eats into the run.
     let aligned = layer.attach(DeviceConfig::new(2, DmaMask::BITS_32).with_min_align_mask(0x7ff)).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert!(matches!(
-        layer.map_phys(&aligned, PhysAddr(phys + 0x10), max, DmaDirection::ToDevice, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe {
+            layer.map_phys(&aligned, PhysAddr(phys + 0x10), max, DmaDirection::ToDevice, DmaAttrs::NONE)
+        },
         Err(DmaError::TooLarge { .. })
     ));
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert_eq!(
-        layer.map_phys(&dev, PhysAddr(phys), 0, DmaDirection::ToDevice, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.map_phys(&dev, PhysAddr(phys), 0, DmaDirection::ToDevice, DmaAttrs::NONE) },
         Err(DmaError::ZeroLength)
     );
     assert_eq!(layer.stats().failures_of(FailureKind::TooLarge), 2);
@@ -136,22 +175,30 @@ fn invalid_handles_double_unmap_and_mismatches_change_nothing() {
     let base = Baseline::take(hv, &layer);
     let phys = hv.alloc(8192, Region::Low);
     hv.memory().write(phys, &[0xAB; 5000]);
-    let bus = layer.map_phys(&dev, PhysAddr(phys), 5000, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus = unsafe { layer.map_phys(&dev, PhysAddr(phys), 5000, DmaDirection::FromDevice, DmaAttrs::NONE) }
+        .unwrap();
     d.write(bus.0, &[0xCD; 5000]).unwrap();
 
     // Wrong size and wrong direction: errors, mapping untouched, original untouched.
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert_eq!(
-        layer.unmap(&dev, bus, 4999, DmaDirection::FromDevice, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, bus, 4999, DmaDirection::FromDevice, DmaAttrs::NONE) },
         Err(DmaError::SizeMismatch { mapped: 5000, given: 4999 })
     );
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert!(matches!(
-        layer.unmap(&dev, bus, 5000, DmaDirection::ToDevice, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, bus, 5000, DmaDirection::ToDevice, DmaAttrs::NONE) },
         Err(DmaError::DirectionMismatch { .. })
     ));
     // Addresses inside the mapping, outside the pool, or in a free slot are not handles.
     for junk in [bus.0 + 1, bus.0 + 2048, MID_POOL + 4 * MIB - 2048, 0x1234, u64::MAX] {
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
         assert_eq!(
-            layer.unmap(&dev, BusAddr(junk), 5000, DmaDirection::FromDevice, DmaAttrs::NONE),
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            unsafe { layer.unmap(&dev, BusAddr(junk), 5000, DmaDirection::FromDevice, DmaAttrs::NONE) },
             Err(DmaError::UnknownMapping(BusAddr(junk)))
         );
     }
@@ -161,17 +208,22 @@ fn invalid_handles_double_unmap_and_mismatches_change_nothing() {
     // A device from another layer is not attached here.
     let (_, other) = guest(HvConfig::pseries(6 * GIB), &[(MID_POOL, 4 * MIB)]);
     let foreign = other.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert_eq!(
-        layer.unmap(&foreign, bus, 5000, DmaDirection::FromDevice, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&foreign, bus, 5000, DmaDirection::FromDevice, DmaAttrs::NONE) },
         Err(DmaError::NotAttached)
     );
 
     // The real unmap works once, then the handle is dead.
-    layer.unmap(&dev, bus, 5000, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 5000, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
     assert_eq!(hv.memory().read(phys, 5000), vec![0xCD; 5000]);
     hv.memory().write(phys, &[0xAB; 5000]);
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert_eq!(
-        layer.unmap(&dev, bus, 5000, DmaDirection::FromDevice, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, bus, 5000, DmaDirection::FromDevice, DmaAttrs::NONE) },
         Err(DmaError::UnknownMapping(bus))
     );
     assert_eq!(hv.memory().read(phys, 5000), vec![0xAB; 5000], "double unmap copied stale data");
@@ -195,17 +247,20 @@ fn pool_configuration_errors() {
     ];
     for cfg in bad {
         assert!(
-            matches!(add_pool(&mut layer, LOW_POOL, MIB, cfg), Err(DmaError::InvalidConfig(_))),
+            matches!(
+                add_pool(&mut layer, LOW_POOL, MIB, cfg),
+                Err(DmaError::InvalidSlotSize(_) | DmaError::InvalidMaxRun(_) | DmaError::InvalidAreas(_))
+            ),
             "{cfg:?}"
         );
     }
     assert!(matches!(
         add_pool(&mut layer, LOW_POOL + 1, MIB, PoolConfig::default()),
-        Err(DmaError::BadPoolRange(_))
+        Err(DmaError::Unaligned { align: 4096, .. })
     ));
     assert!(matches!(
         add_pool(&mut layer, LOW_POOL, 100, PoolConfig::default()),
-        Err(DmaError::BadPoolRange(_))
+        Err(DmaError::Unaligned { align: 4096, .. })
     ));
     assert!(matches!(
         add_pool(&mut layer, 7 * GIB, MIB, PoolConfig::default()),
@@ -220,7 +275,7 @@ fn pool_configuration_errors() {
     add_pool(&mut layer, LOW_POOL, MIB, PoolConfig::default()).unwrap();
     assert!(matches!(
         add_pool(&mut layer, LOW_POOL + 4096, MIB, PoolConfig::default()),
-        Err(DmaError::BadPoolRange(_))
+        Err(DmaError::PoolOverlap { pool: 0 })
     ));
     assert_eq!(hv.shared_pages(), 256);
     for i in 1..ccdma::MAX_POOLS as u64 {
@@ -238,10 +293,13 @@ fn release_pools_refuses_while_mapped() {
     let (hv, mut layer) = guest(HvConfig::tdx(6 * GIB), &[(LOW_POOL, MIB)]);
     let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
     let phys = hv.alloc(4096, Region::Low);
-    let bus = layer.map_phys(&dev, PhysAddr(phys), 10, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus =
+        unsafe { layer.map_phys(&dev, PhysAddr(phys), 10, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     assert!(layer.release_pools().is_err());
     assert_eq!(hv.shared_pages(), 256);
-    layer.unmap(&dev, bus, 10, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 10, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     layer.release_pools().unwrap();
     assert_eq!(hv.shared_pages(), 0);
 }
@@ -261,16 +319,22 @@ fn small_slots_and_many_areas() {
     for i in 0..200 {
         let len = 1 + (i * 37) % 8192;
         hv.memory().write(phys, &pattern(len, i as u64));
-        let bus = layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        let bus =
+            unsafe { layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::ToDevice, DmaAttrs::NONE) }
+                .unwrap();
         assert_eq!(d.read(bus.0, len).unwrap(), pattern(len, i as u64));
         live.push((bus, len));
     }
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert_eq!(
-        layer.map_phys(&dev, PhysAddr(phys), 8193, DmaDirection::ToDevice, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.map_phys(&dev, PhysAddr(phys), 8193, DmaDirection::ToDevice, DmaAttrs::NONE) },
         Err(DmaError::TooLarge { len: 8193, max: 8192 })
     );
     for (bus, len) in live {
-        layer.unmap(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     }
     assert_eq!(layer.stats().slots_in_use, 0);
     assert_no_faults(hv);

@@ -37,7 +37,8 @@ fn round_trip(
     let orig = pattern(len, seed);
     let from_dev = pattern(len, seed + 1);
     hv.memory().write(phys, &orig);
-    let bus = layer.map_phys(dev, PhysAddr(phys), len, dir, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus = unsafe { layer.map_phys(dev, PhysAddr(phys), len, dir, DmaAttrs::NONE) }.unwrap();
     let mask = dev.config().dma_mask;
     assert!(mask.covers(bus.0, len as u64), "bus {bus} + {len} beyond {mask}");
     let bounced = bus.0 != phys;
@@ -55,7 +56,8 @@ fn round_trip(
     if dir.device_writes() {
         d.write(bus.0, &from_dev).unwrap();
     }
-    layer.unmap(dev, bus, len, dir, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(dev, bus, len, dir, DmaAttrs::NONE) }.unwrap();
     let now = hv.memory().read(phys, len);
     if dir.device_writes() {
         assert_eq!(now, from_dev, "device data did not come back exactly");
@@ -179,20 +181,25 @@ fn sub_range_syncs_follow_direction_rules() {
 
     // FROM_DEVICE: the device writes everything, the CPU pulls one window at a time.
     hv.memory().write(phys, &vec![0xEE; len]);
-    let bus = layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus = unsafe { layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::FromDevice, DmaAttrs::NONE) }
+        .unwrap();
     let dev_data = pattern(len, 7);
     d.write(bus.0, &dev_data).unwrap();
-    layer.sync_for_cpu(&dev, bus, 1000, 500, DmaDirection::FromDevice).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.sync_for_cpu(&dev, bus, 1000, 500, DmaDirection::FromDevice) }.unwrap();
     let now = hv.memory().read(phys, len);
     assert_eq!(&now[1000..1500], &dev_data[1000..1500]);
     assert!(now[..1000].iter().chain(&now[1500..]).all(|&b| b == 0xEE), "sync copied outside its range");
     // sync_for_device on FROM_DEVICE copies nothing to the device.
     hv.memory().write(phys, &[0x11; 64]);
-    layer.sync_for_device(&dev, bus, 0, 64, DmaDirection::FromDevice).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.sync_for_device(&dev, bus, 0, 64, DmaDirection::FromDevice) }.unwrap();
     assert_eq!(d.read(bus.0, 64).unwrap(), dev_data[..64]);
     // The device rewrites part after the sync: unmap brings the latest device bytes back, all of them.
     d.write(bus.0 + 1200, &[0x5A; 100]).unwrap();
-    layer.unmap(&dev, bus, len, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, len, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
     let mut expect = dev_data.clone();
     expect[1200..1300].fill(0x5A);
     assert_eq!(hv.memory().read(phys, len), expect);
@@ -200,49 +207,71 @@ fn sub_range_syncs_follow_direction_rules() {
     // TO_DEVICE: the CPU changes a window and pushes just that.
     let orig = pattern(len, 9);
     hv.memory().write(phys, &orig);
-    let bus = layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus =
+        unsafe { layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     hv.memory().write(phys + 4000, &[0x77; 300]);
-    layer.sync_for_device(&dev, bus, 4100, 100, DmaDirection::ToDevice).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.sync_for_device(&dev, bus, 4100, 100, DmaDirection::ToDevice) }.unwrap();
     let seen = d.read(bus.0, len).unwrap();
     assert_eq!(&seen[..4100], &orig[..4100]);
     assert_eq!(&seen[4100..4200], &[0x77; 100]);
     assert_eq!(&seen[4200..], &orig[4200..]);
     // sync_for_cpu on TO_DEVICE brings nothing back even if the device scribbles.
     d.write(bus.0, &[0x99; 16]).unwrap();
-    layer.sync_for_cpu(&dev, bus, 0, 16, DmaDirection::ToDevice).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.sync_for_cpu(&dev, bus, 0, 16, DmaDirection::ToDevice) }.unwrap();
     assert_eq!(hv.memory().read(phys, 16), orig[..16]);
-    layer.unmap(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     assert_eq!(hv.memory().read(phys, 16), orig[..16]);
 
     // BIDIRECTIONAL both ways on sub-ranges.
-    let bus = layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::Bidirectional, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus =
+        unsafe { layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::Bidirectional, DmaAttrs::NONE) }
+            .unwrap();
     d.write(bus.0 + 10, &[1; 10]).unwrap();
-    layer.sync_for_cpu(&dev, bus, 10, 10, DmaDirection::Bidirectional).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.sync_for_cpu(&dev, bus, 10, 10, DmaDirection::Bidirectional) }.unwrap();
     assert_eq!(hv.memory().read(phys + 10, 10), vec![1; 10]);
     hv.memory().write(phys + 30, &[2; 10]);
-    layer.sync_for_device(&dev, bus, 30, 10, DmaDirection::Bidirectional).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.sync_for_device(&dev, bus, 30, 10, DmaDirection::Bidirectional) }.unwrap();
     assert_eq!(d.read(bus.0 + 30, 10).unwrap(), vec![2; 10]);
-    layer.unmap(&dev, bus, len, DmaDirection::Bidirectional, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, len, DmaDirection::Bidirectional, DmaAttrs::NONE) }.unwrap();
 
     // Out-of-range and wrong-direction syncs are errors that change nothing.
-    let bus = layer.map_phys(&dev, PhysAddr(phys), 100, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus = unsafe { layer.map_phys(&dev, PhysAddr(phys), 100, DmaDirection::FromDevice, DmaAttrs::NONE) }
+        .unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert!(matches!(
-        layer.sync_for_cpu(&dev, bus, 90, 11, DmaDirection::FromDevice),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.sync_for_cpu(&dev, bus, 90, 11, DmaDirection::FromDevice) },
         Err(ccdma::DmaError::OutOfRange { offset: 90, len: 11, mapped: 100 })
     ));
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert!(matches!(
-        layer.sync_for_cpu(&dev, bus, usize::MAX, 2, DmaDirection::FromDevice),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.sync_for_cpu(&dev, bus, usize::MAX, 2, DmaDirection::FromDevice) },
         Err(ccdma::DmaError::OutOfRange { .. })
     ));
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert!(matches!(
-        layer.sync_for_cpu(&dev, bus, 0, 10, DmaDirection::ToDevice),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.sync_for_cpu(&dev, bus, 0, 10, DmaDirection::ToDevice) },
         Err(ccdma::DmaError::DirectionMismatch { .. })
     ));
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert!(matches!(
-        layer.sync_for_cpu(&dev, BusAddr(bus.0 + 1), 0, 10, DmaDirection::FromDevice),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.sync_for_cpu(&dev, BusAddr(bus.0 + 1), 0, 10, DmaDirection::FromDevice) },
         Err(ccdma::DmaError::UnknownMapping(_))
     ));
-    layer.unmap(&dev, bus, 100, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 100, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
     assert_no_faults(hv);
     base.assert_same(hv, &layer);
 }
@@ -281,12 +310,15 @@ fn min_align_mask_bits_are_preserved() {
             for len in [16usize, 4096, 9000] {
                 let orig = pattern(len, off);
                 hv.memory().write(phys + off, &orig);
-                let bus = layer
-                    .map_phys(&dev, PhysAddr(phys + off), len, DmaDirection::ToDevice, DmaAttrs::NONE)
-                    .unwrap();
+                // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                let bus = unsafe {
+                    layer.map_phys(&dev, PhysAddr(phys + off), len, DmaDirection::ToDevice, DmaAttrs::NONE)
+                }
+                .unwrap();
                 assert_eq!(bus.0 & mask, (phys + off) & mask, "mask {mask:#x} off {off:#x} len {len}");
                 assert_eq!(d.read(bus.0, len).unwrap(), orig);
-                layer.unmap(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+                // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                unsafe { layer.unmap(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
             }
         }
     }
@@ -305,14 +337,18 @@ fn page_sized_mappings_are_page_aligned() {
     // Interleave small (one-slot) and page-or-larger mappings so the allocator must skip slots.
     for i in 0..40 {
         let len = if i % 2 == 0 { 100 } else { 4096 + i * 10 };
-        let bus = layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        let bus =
+            unsafe { layer.map_phys(&dev, PhysAddr(phys), len, DmaDirection::ToDevice, DmaAttrs::NONE) }
+                .unwrap();
         if len >= 4096 {
             assert_eq!(bus.0 % 4096, 0, "mapping of {len} bytes at {bus}");
         }
         live.push((bus, len));
     }
     for (bus, len) in live {
-        layer.unmap(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     }
     assert_eq!(layer.stats().slots_in_use, 0);
     assert_no_faults(hv);
@@ -325,12 +361,15 @@ fn device_cannot_reach_private_memory() {
     let d = hv.add_device(1, 64);
     let phys = hv.alloc(8192, Region::High);
     hv.memory().write(phys, &[0x42; 8192]);
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     let bus =
-        layer.map_phys(&dev, PhysAddr(phys), 8192, DmaDirection::Bidirectional, DmaAttrs::NONE).unwrap();
+        unsafe { layer.map_phys(&dev, PhysAddr(phys), 8192, DmaDirection::Bidirectional, DmaAttrs::NONE) }
+            .unwrap();
     // The original is private: reads and writes there are refused and logged, nothing changes.
     assert!(d.read(phys, 8).is_err());
     assert!(d.write(phys, &[0; 8]).is_err());
     assert_eq!(hv.memory().read(phys, 8192), vec![0x42; 8192]);
     assert_eq!(hv.private_faults(), 2);
-    layer.unmap(&dev, bus, 8192, DmaDirection::Bidirectional, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 8192, DmaDirection::Bidirectional, DmaAttrs::NONE) }.unwrap();
 }

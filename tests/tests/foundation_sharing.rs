@@ -86,11 +86,14 @@ fn pseries_lying_share_is_contained() {
     let d = hv.add_device(1, 32);
     let p = hv.alloc(4096, Region::Low);
     hv.memory().write(p, &[0x5E; 4096]);
-    let bus = layer.map_phys(&dev, PhysAddr(p), 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus =
+        unsafe { layer.map_phys(&dev, PhysAddr(p), 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     assert!(d.read(bus.0, 4096).is_err());
     assert!(d.write(bus.0, &[0; 16]).is_err());
     assert_eq!(hv.private_faults(), 2);
-    layer.unmap(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
 }
 
 #[test]
@@ -206,10 +209,13 @@ fn tdx_lying_share_is_contained() {
     let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_64)).unwrap();
     let d = hv.add_device(1, 64);
     let p = hv.alloc(100, Region::High);
-    let bus = layer.map_phys(&dev, PhysAddr(p), 100, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus =
+        unsafe { layer.map_phys(&dev, PhysAddr(p), 100, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
     assert!(d.write(bus.0, &[1; 100]).is_err());
     assert_eq!(hv.private_faults(), 1);
-    layer.unmap(&dev, bus, 100, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 100, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
     // The guest got zeroes (its own fill), not device data.
     assert_eq!(hv.memory().read(p, 100), vec![0; 100]);
 }

@@ -91,6 +91,31 @@ impl Run {
         r
     }
 
+    /// [`Self::op_retry`] for an operation that consumes a value and hands it back when refused
+    /// (`None` when it was consumed anyway, e.g. a coherent buffer whose pages were quarantined).
+    fn op_retry_owned<T>(
+        &mut self,
+        name: &str,
+        value: T,
+        f: impl Fn(&Layer, T) -> Result<(), (Option<T>, DmaError)>,
+    ) {
+        let mut back = None;
+        let first = self.op(name, |l| {
+            f(l, value).map_err(|(v, e)| {
+                back = v;
+                e
+            })
+        });
+        match first {
+            Ok(()) | Err(DmaError::UnsharingFailed { .. }) => {}
+            Err(e) => {
+                let v = back.take().unwrap_or_else(|| panic!("{name} refused ({e}) without handing back"));
+                self.op(name, |l| f(l, v).map_err(|(_, e)| e))
+                    .unwrap_or_else(|e| panic!("{name} retried: {e}"))
+            }
+        }
+    }
+
     /// An operation that may fail once (the injection is one-shot) and must then succeed.
     fn op_retry(&mut self, name: &str, f: impl Fn(&Layer) -> Result<(), DmaError>) {
         match self.op(name, &f) {
@@ -152,21 +177,25 @@ fn scenario(plan: Option<(CallKind, u64)>) -> (Vec<String>, Vec<(CallKind, u64)>
         let id = dev.config().id;
         let d = hv.device(id);
         let to = run.op(&format!("map to {id}"), |l| {
-            l.map_phys(dev, PhysAddr(src), 10_000, DmaDirection::ToDevice, DmaAttrs::NONE)
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            unsafe { l.map_phys(dev, PhysAddr(src), 10_000, DmaDirection::ToDevice, DmaAttrs::NONE) }
         });
         if let Ok(bus) = to {
             assert_eq!(d.read(bus.0, 10_000).unwrap(), pattern(10_000, 1));
             run.op_retry(&format!("unmap to {id}"), |l| {
-                l.unmap(dev, bus, 10_000, DmaDirection::ToDevice, DmaAttrs::NONE)
+                // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                unsafe { l.unmap(dev, bus, 10_000, DmaDirection::ToDevice, DmaAttrs::NONE) }
             });
         }
         let from = run.op(&format!("map from {id}"), |l| {
-            l.map_phys(dev, PhysAddr(dst), 10_000, DmaDirection::FromDevice, DmaAttrs::NONE)
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            unsafe { l.map_phys(dev, PhysAddr(dst), 10_000, DmaDirection::FromDevice, DmaAttrs::NONE) }
         });
         if let Ok(bus) = from {
             d.write(bus.0, &pattern(10_000, 2 + id as u64)).unwrap();
             run.op_retry(&format!("unmap from {id}"), |l| {
-                l.unmap(dev, bus, 10_000, DmaDirection::FromDevice, DmaAttrs::NONE)
+                // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                unsafe { l.unmap(dev, bus, 10_000, DmaDirection::FromDevice, DmaAttrs::NONE) }
             });
             assert_eq!(hv.memory().read(dst, 10_000), pattern(10_000, 2 + id as u64));
         }
@@ -176,14 +205,23 @@ fn scenario(plan: Option<(CallKind, u64)>) -> (Vec<String>, Vec<(CallKind, u64)>
             let c = run.op("alloc_coherent", |l| unsafe { l.alloc_coherent(dev, PhysAddr(coh), 1) });
             if let Ok(c) = c {
                 d.write(c.bus_addr().0, &[7; 4096]).unwrap();
-                run.op_retry("free_coherent", |l| l.free_coherent(dev, c));
+                run.op_retry_owned("free_coherent", c, |l, c| l.free_coherent(dev, c).map_err(free_parts));
             }
         }
     }
-    for dev in &devs {
-        run.op_retry(&format!("detach {}", dev.config().id), |l| l.detach(dev));
+    for dev in devs {
+        let name = format!("detach {}", dev.config().id);
+        run.op_retry_owned(&name, dev, |l, d| l.detach(d).map_err(|r| (Some(r.value), r.error)));
     }
     finish(run)
+}
+
+/// A refused free hands the buffer back; a quarantined one does not.
+fn free_parts(e: ccdma::FreeError) -> (Option<ccdma::CoherentBuffer>, DmaError) {
+    match e {
+        ccdma::FreeError::Refused(r) => (Some(r.value), r.error),
+        ccdma::FreeError::Quarantined(e) => (None, e),
+    }
 }
 
 /// Tear down and check the baseline.
@@ -257,9 +295,11 @@ fn a_failed_unshare_quarantines_and_counts() {
     let c = unsafe { layer.alloc_coherent(&dev, PhysAddr(coh), 1) }.unwrap();
     hv.calls().inject_next(CallKind::UvUnshare, Injection::Fail(U_PARAMETER));
     let e = layer.free_coherent(&dev, c).unwrap_err();
-    assert!(matches!(e, DmaError::UnsharingFailed { quarantined: 1, .. }), "{e:?}");
+    assert!(
+        matches!(e, ccdma::FreeError::Quarantined(DmaError::UnsharingFailed { quarantined: 1, .. })),
+        "{e:?}"
+    );
     assert_eq!(layer.stats().quarantined_pages, 1);
     assert_eq!(hv.reachable(2).len(), 0, "the quarantined page is out of the window");
-    // A second free of the same handle is refused (no record any more).
-    assert!(matches!(layer.free_coherent(&dev, c), Err(DmaError::UnknownMapping(_))));
+    // A second free of the same handle cannot be written: `free_coherent` consumed it.
 }

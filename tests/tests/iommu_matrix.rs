@@ -144,8 +144,9 @@ fn run_case(policy: IommuPolicy, fw: Firmware, bits: u32) {
     // Nothing private anywhere, and the private originals are not reachable by bus = phys.
     assert!(!d.probe(src, AccessKind::Read));
     hv.clear_faults();
+    let coh_bus = coh.bus_addr();
     layer.free_coherent(&dev, coh).unwrap();
-    assert!(d.read(coh.bus_addr().0, 1).is_err(), "{what}: a freed coherent buffer must fault");
+    assert!(d.read(coh_bus.0, 1).is_err(), "{what}: a freed coherent buffer must fault");
     hv.clear_faults();
     assert_eq!(hv.private_faults(), 0);
 
@@ -163,7 +164,7 @@ fn run_case(policy: IommuPolicy, fw: Firmware, bits: u32) {
 
     // Teardown: back to the baseline everywhere.
     assert_eq!(layer.stats().slots_in_use, 0);
-    layer.detach(&dev).unwrap();
+    layer.detach(dev).unwrap();
     assert_eq!(hv.tce_counters().live_entries, 0, "{what}: live TCEs after detach");
     assert_eq!(layer.iommu_stats().live_tces, 0, "{what}");
     assert_eq!(hv.tce_counters().ddws, 0, "{what}: DDW removed");

@@ -67,14 +67,22 @@ fn table_exhaustion_fails_a_map_cleanly() {
     g.hv.enable_iommu(TceConfig { max_entries_per_table: Some(8), ..tce_config(&g.opts) });
     let dev = g.device(1, 32);
     let phys = g.hv.alloc(65536, Region::High);
-    let a = g.layer.map_phys(&dev, PhysAddr(phys), 32768, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let a = unsafe { g.layer.map_phys(&dev, PhysAddr(phys), 32768, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     let err =
-        g.layer.map_phys(&dev, PhysAddr(phys), 32768, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap_err();
+        unsafe { g.layer.map_phys(&dev, PhysAddr(phys), 32768, DmaDirection::ToDevice, DmaAttrs::NONE) }
+            .unwrap_err();
     assert_eq!(err, DmaError::Iommu(IommuError::Hcall(H_NOT_ENOUGH_RESOURCES)));
     assert_eq!(g.hv.tce_counters().live_entries, 8, "the failed map left no entry");
     assert_eq!(g.layer.live_bus_ranges(), 1);
-    g.layer.unmap(&dev, a, 32768, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    let b = g.layer.map_phys(&dev, PhysAddr(phys), 32768, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    g.layer.unmap(&dev, b, 32768, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { g.layer.unmap(&dev, a, 32768, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let b = unsafe { g.layer.map_phys(&dev, PhysAddr(phys), 32768, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { g.layer.unmap(&dev, b, 32768, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     assert_eq!(g.hv.tce_counters().live_entries, 0);
 }

@@ -97,7 +97,7 @@ fn iommu_not_enabled_in_the_layer_refuses_attach() {
     let mut layer = ccdma::DmaLayer::new(hv);
     add_pool(&mut layer, MID_POOL, 4 * MIB, ccdma::PoolConfig::default()).unwrap();
     let err = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap_err();
-    assert!(matches!(err, DmaError::InvalidConfig(_)), "{err:?}");
+    assert!(matches!(err, DmaError::IommuNotEnabled), "{err:?}");
 }
 
 #[test]
@@ -115,24 +115,30 @@ fn deferred_attach_happens_at_first_map_or_alloc_only() {
     assert_eq!(layer.path_of(&dev), DmaPath::IommuDeferred);
     // Unmap, sync and free never attach.
     let bogus = ccdma::BusAddr(1 << 59);
-    assert!(layer.unmap(&dev, bogus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE).is_err());
-    assert!(layer.sync_for_cpu(&dev, bogus, 0, 1, DmaDirection::FromDevice).is_err());
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    assert!(unsafe { layer.unmap(&dev, bogus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }.is_err());
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    assert!(unsafe { layer.sync_for_cpu(&dev, bogus, 0, 1, DmaDirection::FromDevice) }.is_err());
     assert_eq!(calls(), before);
     assert_eq!(layer.path_of(&dev), DmaPath::IommuDeferred);
     assert_eq!(hv.reachable(1).len(), 0);
     // The first map attaches (DDW created, pool entered), then maps with no further call.
     let phys = hv.alloc(4096, Region::High);
     hv.memory().write(phys, &pattern(4096, 1));
-    let bus = layer.map_phys(&dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus = unsafe { layer.map_phys(&dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
     assert_eq!(layer.path_of(&dev), DmaPath::IommuDdw);
     assert_eq!(layer.iommu_stats().deferred_attaches, 1);
     assert_eq!(hv.device(1).read(bus.0, 4096).unwrap(), pattern(4096, 1));
     let after_attach = calls();
-    layer.unmap(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    layer
-        .map_phys(&dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE)
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.map_phys(&dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }
         .map(|b| {
-            layer.unmap(&dev, b, 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            unsafe { layer.unmap(&dev, b, 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
         })
         .unwrap();
     assert_eq!(calls(), after_attach, "premapped maps after the attach make no call");
@@ -142,18 +148,22 @@ fn deferred_attach_happens_at_first_map_or_alloc_only() {
     let buf = unsafe { layer.alloc_coherent(&dev2, PhysAddr(coh), 1) }.unwrap();
     assert_eq!(layer.path_of(&dev2), DmaPath::IommuPremapped);
     assert!(buf.bus_addr().0 < 1 << 32);
-    layer.free_coherent(&dev2, buf).unwrap();
     // A deferred device never used detaches with no call.
     hv.add_iommu_device(3, 32);
     let dev3 = layer.attach(DeviceConfig::new(3, DmaMask::BITS_32).with_deferred_attach(true)).unwrap();
     let c = calls();
-    layer.detach(&dev3).unwrap();
+    layer.detach(dev3).unwrap();
     assert_eq!(calls(), c);
-    // Free of a coherent buffer with a never-attached device does not attach either.
+    // Free of a coherent buffer with a never-attached (other) device is refused and does not attach.
     hv.add_iommu_device(4, 32);
     let dev4 = layer.attach(DeviceConfig::new(4, DmaMask::BITS_32).with_deferred_attach(true)).unwrap();
-    assert!(matches!(layer.free_coherent(&dev4, buf), Err(DmaError::UnknownMapping(_))));
+    let Err(ccdma::FreeError::Refused(r)) = layer.free_coherent(&dev4, buf) else {
+        panic!("free through dev4")
+    };
+    assert!(matches!(r.error, DmaError::WrongDevice { .. }), "{:?}", r.error);
     assert_eq!(layer.path_of(&dev4), DmaPath::IommuDeferred);
+    // The buffer came back live: its own device frees it.
+    layer.free_coherent(&dev2, r.value).unwrap();
 }
 
 #[test]
@@ -167,14 +177,18 @@ fn busy_answers_are_retried_within_a_bound() {
     hv.calls().inject_at(CallKind::PutTceIndirect, n + 1, Injection::Busy(H_BUSY));
     hv.calls().inject_at(CallKind::PutTceIndirect, n + 2, Injection::Busy(H_LONG_BUSY_START));
     hv.calls().inject_at(CallKind::PutTceIndirect, n + 3, Injection::Busy(H_LONG_BUSY_START + 2));
-    let bus = layer.map_phys(&dev, PhysAddr(phys), 16384, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus = unsafe { layer.map_phys(&dev, PhysAddr(phys), 16384, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
     assert_eq!(layer.iommu_stats().busy_retries, 3);
-    layer.unmap(&dev, bus, 16384, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 16384, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     // Busy forever: the map gives up after the bound, and leaves nothing behind.
     let n = hv.calls().count(CallKind::PutTceIndirect);
     hv.calls().inject_from(CallKind::PutTceIndirect, n + 1, Injection::Busy(H_BUSY));
-    let err =
-        layer.map_phys(&dev, PhysAddr(phys), 16384, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap_err();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let err = unsafe { layer.map_phys(&dev, PhysAddr(phys), 16384, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap_err();
     assert_eq!(err, DmaError::Iommu(IommuError::Busy));
     assert_eq!(hv.calls().count(CallKind::PutTceIndirect), n + 1 + u64::from(MAX_BUSY_RETRIES));
     hv.calls().clear_injections();
@@ -191,14 +205,23 @@ fn strict_mappings_never_share_an_iommu_page_and_padding_is_zero() {
     let d = hv.device(1);
     // Leave stale bytes in the pool: a from-device mapping the device fills with 0xEE.
     let scratch = hv.alloc(64 * 1024, Region::High);
-    let b = layer.map_phys(&dev, PhysAddr(scratch), 65536, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let b =
+        unsafe { layer.map_phys(&dev, PhysAddr(scratch), 65536, DmaDirection::FromDevice, DmaAttrs::NONE) }
+            .unwrap();
     d.write(b.0, &[0xEE; 65536]).unwrap();
-    layer.unmap(&dev, b, 65536, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, b, 65536, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
     // Two small to-device mappings (a slot each would fit in one 4 KiB page without the rule).
     let src = hv.alloc(8192, Region::High);
     hv.memory().write(src, &pattern(8192, 4));
-    let a = layer.map_phys(&dev, PhysAddr(src), 100, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    let c = layer.map_phys(&dev, PhysAddr(src + 4096), 100, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let a =
+        unsafe { layer.map_phys(&dev, PhysAddr(src), 100, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let c =
+        unsafe { layer.map_phys(&dev, PhysAddr(src + 4096), 100, DmaDirection::ToDevice, DmaAttrs::NONE) }
+            .unwrap();
     assert_ne!(a.0 & !4095, c.0 & !4095, "two mappings share an IOMMU page");
     let reach = hv.reachable(1);
     assert_eq!(reach.len(), 2);
@@ -209,8 +232,10 @@ fn strict_mappings_never_share_an_iommu_page_and_padding_is_zero() {
     assert!(page[..off].iter().all(|&x| x == 0));
     assert_eq!(&page[off..off + 100], &pattern(8192, 4)[..100]);
     assert!(page[off + 100..].iter().all(|&x| x == 0), "padding not zeroed");
-    layer.unmap(&dev, a, 100, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    layer.unmap(&dev, c, 100, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, a, 100, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, c, 100, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
 }
 
 #[test]
@@ -225,13 +250,16 @@ fn strict_keeps_min_align_bits_in_the_bus_address() {
         for off in [0u64, 0x234, 0x1a00, 0x2ff8] {
             let phys = base + off;
             hv.memory().write(phys, &pattern(3000, off));
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
             let bus =
-                layer.map_phys(&dev, PhysAddr(phys), 3000, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+                unsafe { layer.map_phys(&dev, PhysAddr(phys), 3000, DmaDirection::ToDevice, DmaAttrs::NONE) }
+                    .unwrap();
             assert_eq!(bus.0 & mask, phys & mask, "min_align_mask {mask:#x}, offset {off:#x}");
             assert_eq!(hv.device(1).read(bus.0, 3000).unwrap(), pattern(3000, off));
-            layer.unmap(&dev, bus, 3000, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            unsafe { layer.unmap(&dev, bus, 3000, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
         }
-        layer.detach(&dev).unwrap();
+        layer.detach(dev).unwrap();
     }
 }
 
@@ -241,14 +269,18 @@ fn detach_is_refused_while_mappings_live() {
     let (hv, layer) = (g.hv, &g.layer);
     let dev = g.device(1, 32);
     let phys = hv.alloc(4096, Region::High);
-    let bus = layer.map_phys(&dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    assert!(matches!(layer.detach(&dev), Err(DmaError::InvalidConfig(_))));
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let bus = unsafe { layer.map_phys(&dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
+    let refused = layer.detach(dev).unwrap_err();
+    assert!(matches!(refused.error, DmaError::Busy { live: 1 }), "{:?}", refused.error);
+    let dev = refused.value;
     assert_eq!(hv.reachable(1).len(), 4096, "a refused detach changes nothing");
-    layer.unmap(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    layer.detach(&dev).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    layer.detach(dev).unwrap();
     assert_eq!(hv.reachable(1).len(), 0);
-    // A stale handle is refused after detach.
-    assert!(layer.map_phys(&dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE).is_err());
+    // A stale handle cannot exist: `detach` consumed the device.
 }
 
 #[test]
@@ -265,12 +297,16 @@ fn many_cpus_map_strictly_at_once() {
                 for i in 0..200u64 {
                     let len = 1 + ((i * 7919 + t * 104729) % 32768) as usize;
                     hv.memory().write(phys, &pattern(len, t * 1000 + i));
-                    let bus = layer
-                        .map_phys(dev, PhysAddr(phys), len, DmaDirection::Bidirectional, DmaAttrs::NONE)
-                        .unwrap();
+                    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                    let bus = unsafe {
+                        layer.map_phys(dev, PhysAddr(phys), len, DmaDirection::Bidirectional, DmaAttrs::NONE)
+                    }
+                    .unwrap();
                     assert!(d.read(bus.0, len).unwrap() == pattern(len, t * 1000 + i));
                     d.write(bus.0, &pattern(len, t * 7 + i)).unwrap();
-                    layer.unmap(dev, bus, len, DmaDirection::Bidirectional, DmaAttrs::NONE).unwrap();
+                    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                    unsafe { layer.unmap(dev, bus, len, DmaDirection::Bidirectional, DmaAttrs::NONE) }
+                        .unwrap();
                     assert!(hv.memory().read(phys, len) == pattern(len, t * 7 + i));
                 }
             });
@@ -297,9 +333,13 @@ fn bus_address_zero_is_never_handed_out() {
             assert_ne!(g.layer.pool_bus_of(&dev, 0).unwrap().0, 0);
         }
         let p = g.hv.alloc(4096, Region::Low);
-        let bus = g.layer.map_phys(&dev, PhysAddr(p), 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        let bus =
+            unsafe { g.layer.map_phys(&dev, PhysAddr(p), 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }
+                .unwrap();
         assert!(bus.0 >= 4096, "{policy:?}: mapped at {bus}");
-        g.layer.unmap(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { g.layer.unmap(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
         assert!(g.hv.reachable(1).iter().all(|r| r.bus >= 4096), "{policy:?}: page 0 reachable");
     }
 }

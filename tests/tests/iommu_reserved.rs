@@ -55,7 +55,8 @@ fn reserved_ranges_never_returned_under_churn() {
                 let dir = [DmaDirection::ToDevice, DmaDirection::FromDevice, DmaDirection::Bidirectional]
                     [rng.below(3) as usize];
                 let at = if dir == DmaDirection::ToDevice { buf_phys } else { scratch_phys };
-                let bus = layer.map_phys(&dev, PhysAddr(at), len, dir, DmaAttrs::NONE).unwrap();
+                // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                let bus = unsafe { layer.map_phys(&dev, PhysAddr(at), len, dir, DmaAttrs::NONE) }.unwrap();
                 let span = (bus.0 & !4095, (bus.0 + len as u64).div_ceil(4096) * 4096 - (bus.0 & !4095));
                 for r in &reserved {
                     assert!(!overlaps(span, *r), "step {step}: mapping {span:x?} overlaps reserved {r:x?}");
@@ -111,14 +112,16 @@ fn reserved_ranges_never_returned_under_churn() {
             }
             _ if !live.is_empty() => {
                 let (bus, len, dir) = live.swap_remove(rng.below(live.len() as u64) as usize);
-                layer.unmap(&dev, bus, len, dir, DmaAttrs::NONE).unwrap();
+                // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                unsafe { layer.unmap(&dev, bus, len, dir, DmaAttrs::NONE) }.unwrap();
             }
             _ => {}
         }
     }
     assert!(conflicts > 0 && accepted > 0, "churn exercised both outcomes ({conflicts}, {accepted})");
     for (bus, len, dir) in live.drain(..) {
-        layer.unmap(&dev, bus, len, dir, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, bus, len, dir, DmaAttrs::NONE) }.unwrap();
     }
     for c in coh.drain(..) {
         layer.free_coherent(&dev, c).unwrap();

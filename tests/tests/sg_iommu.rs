@@ -54,12 +54,14 @@ fn strict_runs_that_meet_on_a_page_merge_in_one_range() {
     let seg = list[0].dma_segment().unwrap();
     assert_eq!(env.device().read(seg.addr.0, seg.len).unwrap(), guest_stream(env.hv, &inputs));
     // The single-mapping face cannot touch the list's range.
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert_eq!(
-        env.layer.unmap(&dev, seg.addr, seg.len, DmaDirection::ToDevice, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { env.layer.unmap(&dev, seg.addr, seg.len, DmaDirection::ToDevice, DmaAttrs::NONE) },
         Err(DmaError::UnknownMapping(seg.addr))
     );
     // Nor can detach while the list is mapped.
-    assert!(env.layer.detach(&dev).is_err());
+    let dev = env.layer.detach(dev).unwrap_err().value;
     env.layer.unmap_sg(&dev, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
     assert!(env.hv.reachable(ID).is_empty() && sg_ranges(env.layer, &dev).is_empty());
     assert_eq!(env.layer.stats().slots_in_use, 0);
@@ -70,7 +72,7 @@ fn strict_runs_that_meet_on_a_page_merge_in_one_range() {
     assert_eq!(env.layer.map_sg_with(&dev, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE, &opts), Ok(3));
     assert_eq!(sg_ranges(env.layer, &dev).len(), 1);
     env.layer.unmap_sg(&dev, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    env.detach(&dev);
+    env.detach(dev);
     assert_no_faults(env.hv);
 }
 
@@ -162,7 +164,7 @@ fn host_bridge_p2p_goes_through_the_window_on_both_policies() {
         hv.clear_faults();
         base.assert_same(hv, env.layer);
         assert_eq!(env.iommu_baseline(), iommu_base);
-        env.detach(&dev);
+        env.detach(dev);
     }
 }
 
@@ -189,7 +191,7 @@ fn a_bus_address_only_list_makes_no_allocation_and_no_hypercall() {
         assert!(list.iter().all(|e| e.is_p2p_bus_address()));
         env.layer.unmap_sg(&dev, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
         assert_eq!(hv.calls().counts(), calls, "{kind:?}: hypercalls for a bus-address list");
-        env.detach(&dev);
+        env.detach(dev);
     }
 }
 
@@ -248,7 +250,10 @@ fn deferred_device_attaches_at_map_sg_and_never_at_unmap_or_sync() {
     let dev = layer.attach(DeviceConfig::new(ID, DmaMask::BITS_32).with_deferred_attach(true)).unwrap();
     assert_eq!(layer.path_of(&dev), DmaPath::IommuDeferred);
     let phys = hv.alloc(8192, Region::High);
-    let mut list = [SgEntry::phys(PhysAddr(phys), 5000), SgEntry::phys(PhysAddr(phys + 5000), 3000)];
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let mut list = [unsafe { SgEntry::phys(PhysAddr(phys), 5000) }, unsafe {
+        SgEntry::phys(PhysAddr(phys + 5000), 3000)
+    }];
     let dir = DmaDirection::ToDevice;
     assert_eq!(
         layer.unmap_sg(&dev, &mut list, dir, DmaAttrs::NONE),
@@ -260,7 +265,7 @@ fn deferred_device_attaches_at_map_sg_and_never_at_unmap_or_sync() {
     assert_eq!(layer.path_of(&dev), DmaPath::IommuStrict);
     assert_eq!(layer.iommu_stats().deferred_attaches, 1);
     layer.unmap_sg(&dev, &mut list, dir, DmaAttrs::NONE).unwrap();
-    layer.detach(&dev).unwrap();
+    layer.detach(dev).unwrap();
     assert!(hv.reachable(ID).is_empty());
     assert_eq!(layer.stats().slots_in_use, 0);
     assert_eq!(hv.faults().iter().filter(|f| f.reason != FaultReason::NoEntry).count(), 0);

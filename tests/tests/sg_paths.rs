@@ -209,14 +209,16 @@ fn pool_exhausted_mid_list_leaves_nothing_mapped() {
     // Fill the pool with 256 KiB blockers, then free one: room for part of the list only.
     let block = hv.alloc(256 * 1024, Region::High);
     let mut blockers = Vec::new();
-    while let Ok(b) =
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    while let Ok(b) = unsafe {
         layer.map_phys(&dev, PhysAddr(block), 256 * 1024, DmaDirection::ToDevice, DmaAttrs::NO_WARN)
-    {
+    } {
         blockers.push(b);
     }
     assert_eq!(blockers.len() as u64, POOL_LEN / (256 * 1024));
     let b = blockers.pop().unwrap();
-    layer.unmap(&dev, b, 256 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, b, 256 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     let failures = layer.stats().failures_of(FailureKind::PoolExhausted);
     // 24 buffers of 20 KB, one run each: the first dozen fit, then the pool runs dry.
     let specs: Vec<Spec> = (0..24).map(|k| spec(20_000, k * 8, true)).collect();
@@ -232,7 +234,8 @@ fn pool_exhausted_mid_list_leaves_nothing_mapped() {
     run_list(&env, env.config(), &specs[..10], DmaDirection::Bidirectional, DmaAttrs::NONE, false, 24)
         .unwrap();
     for b in blockers {
-        layer.unmap(&dev, b, 256 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, b, 256 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     }
     assert_eq!(layer.stats().slots_in_use, 0);
 }
@@ -258,11 +261,14 @@ fn misuse_is_refused_and_changes_nothing() {
     // Mapping a mapped list.
     assert_eq!(layer.map_sg(&dev, &mut a, dir, DmaAttrs::NONE), Err(DmaError::SgListState { mapped: true }));
     // The single-mapping face cannot unmap or sync a scatter-gather run.
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
     assert_eq!(
-        layer.unmap(&dev, seg_b.addr, seg_b.len, dir, DmaAttrs::NONE),
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, seg_b.addr, seg_b.len, dir, DmaAttrs::NONE) },
         Err(DmaError::UnknownMapping(seg_b.addr))
     );
-    assert!(layer.sync_for_cpu(&dev, segs_a[0].addr, 0, 1, dir).is_err());
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    assert!(unsafe { layer.sync_for_cpu(&dev, segs_a[0].addr, 0, 1, dir) }.is_err());
     // Wrong direction at unmap.
     assert!(matches!(
         layer.unmap_sg(&dev, &mut a, DmaDirection::Bidirectional, DmaAttrs::NONE),
@@ -294,7 +300,8 @@ fn misuse_is_refused_and_changes_nothing() {
     layer.unmap_sg(&dev, &mut l, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
     // A zero-length entry anywhere: nothing mapped.
     let mut z = entries(hv, &lay_out(hv, &specs[..2], 33));
-    z.push(SgEntry::phys(PhysAddr(ins_a[0].phys), 0));
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    z.push(unsafe { SgEntry::phys(PhysAddr(ins_a[0].phys), 0) });
     assert_eq!(layer.map_sg(&dev, &mut z, dir, DmaAttrs::NONE), Err(DmaError::ZeroLength));
     assert!(z.iter().all(|e| !e.is_mapped()));
 
@@ -323,7 +330,8 @@ fn a_list_from_another_device_is_refused() {
     let wide = layer.attach(ccdma::DeviceConfig::new(1, ccdma::DmaMask::new(64).unwrap())).unwrap();
     let narrow = layer.attach(ccdma::DeviceConfig::new(2, ccdma::DmaMask::new(24).unwrap())).unwrap();
     let phys = hv.alloc(4096, Region::High);
-    let mut l = [SgEntry::phys(PhysAddr(phys), 4096)];
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let mut l = [unsafe { SgEntry::phys(PhysAddr(phys), 4096) }];
     layer.map_sg(&wide, &mut l, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
     assert!(l[0].mapped_at().unwrap().0 >= HIGH_POOL);
     assert!(layer.unmap_sg(&narrow, &mut l, DmaDirection::ToDevice, DmaAttrs::NONE).is_err());

@@ -124,11 +124,16 @@ fn check_case(env: &Env, case: &Case) {
     // A mapping made and ended first leaves the bus allocator's next-fit hint at an odd page, so the
     // list's range does not start on a large alignment unless the layout asks for one.
     let warm = (case.seed % 3 + 1) as usize * 4096 - 100;
-    let b = layer.map_phys(&dev, PhysAddr(block), warm, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
-    layer.unmap(&dev, b, warm, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    let b = unsafe { layer.map_phys(&dev, PhysAddr(block), warm, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
+    // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+    unsafe { layer.unmap(&dev, b, warm, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     let blockers: Vec<_> = (0..case.blockers)
         .map(|_| {
-            layer.map_phys(&dev, PhysAddr(block), BLOCK, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap()
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            unsafe { layer.map_phys(&dev, PhysAddr(block), BLOCK, DmaDirection::ToDevice, DmaAttrs::NONE) }
+                .unwrap()
         })
         .collect();
     let attrs = if case.preserve { DmaAttrs::PRESERVE_UNWRITTEN } else { DmaAttrs::NONE } | DmaAttrs::NO_WARN;
@@ -143,10 +148,11 @@ fn check_case(env: &Env, case: &Case) {
         Err(e) => panic!("unexpected error {e}"),
     }
     for b in blockers {
-        layer.unmap(&dev, b, BLOCK, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+        unsafe { layer.unmap(&dev, b, BLOCK, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
     }
     assert_eq!(layer.stats().slots_in_use, 0);
-    env.detach(&dev);
+    env.detach(dev);
 }
 
 fn run(kind: PathKind) {

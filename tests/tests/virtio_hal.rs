@@ -73,7 +73,9 @@ macro_rules! binding {
             }
         }
 
-        impl HalBinding for $name {
+        // SAFETY: pages come from the model's allocator, fresh and used by nothing else until
+        // returned; the unreachable address is outside the model's RAM and every window.
+        unsafe impl HalBinding for $name {
             type Platform = &'static Hypervisor;
 
             fn layer() -> &'static Layer {

@@ -7,8 +7,8 @@ use spin::Mutex;
 
 use super::bus_space::{BusRange, BusSpace, RangeKind};
 use super::domain::{
-    DdwOutcome, DomainInfo, DomainRef, DomainSlot, Iommu, IommuStatsSnapshot, PathReason, CLAIMED, FREE,
-    READY, SETUP,
+    DdwOutcome, DomainInfo, DomainRef, DomainSlot, Iommu, IommuStatsSnapshot, PathReason, CLAIMED, DETACHING,
+    FREE, READY, SETUP,
 };
 use super::tce::{ListPage, TceWriter};
 use super::{
@@ -43,22 +43,23 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         ranges: &'m mut [BusRange],
     ) -> Result<(), DmaError> {
         if self.iommu.is_some() {
-            return Err(DmaError::InvalidConfig("IOMMU already enabled"));
+            return Err(DmaError::IommuAlreadyEnabled);
         }
         if cfg.max_domains == 0 || cfg.max_domains > MAX_DOMAINS {
-            return Err(DmaError::InvalidConfig("max_domains must be 1..=16"));
+            return Err(DmaError::InvalidMaxDomains(cfg.max_domains));
         }
         let per = ranges.len() / cfg.max_domains;
         if per < 4 {
-            return Err(DmaError::InvalidConfig(
-                "bus range storage too small (4 ranges per domain at least)",
-            ));
+            return Err(DmaError::RangeStorageTooSmall {
+                needed: 4 * cfg.max_domains,
+                provided: ranges.len(),
+            });
         }
         let list = match cfg.list_page {
             None => None,
             Some(phys) => {
                 if !phys.is_page_aligned() {
-                    return Err(DmaError::BadPoolRange(phys));
+                    return Err(DmaError::Unaligned { addr: phys.0, align: PAGE_SIZE });
                 }
                 let cpu =
                     self.platform.cpu_ptr(phys, PAGE_SIZE as usize).ok_or(DmaError::NoCpuMapping(phys))?;
@@ -96,7 +97,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub fn disable_iommu(&mut self) -> Result<(), DmaError> {
         let Some(iommu) = &self.iommu else { return Ok(()) };
         if iommu.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE) {
-            return Err(DmaError::InvalidConfig("devices still attached to IOMMU domains"));
+            return Err(DmaError::DomainsInUse);
         }
         let list = iommu.list.as_ref().map(|l| l.phys);
         self.iommu = None;
@@ -145,7 +146,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 "ccdma: device {:#x} sits behind an IOMMU but the IOMMU path is not enabled",
                 config.id
             );
-            return Err(DmaError::InvalidConfig("device behind an IOMMU: call enable_iommu first"));
+            return Err(DmaError::IommuNotEnabled);
         };
         let claimed = iommu.domains.iter().enumerate().find_map(|(i, d)| {
             let d = d.as_ref()?;
@@ -154,17 +155,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         });
         let Some((index, slot)) = claimed else {
             self.stats.fail(FailureKind::NoPath);
-            return Err(DmaError::InvalidConfig("every IOMMU domain is in use"));
+            return Err(DmaError::NoFreeDomain { domains: iommu.domains.iter().flatten().count() });
         };
         slot.device.store(config.id, Ordering::Relaxed);
         let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
-        let mut dev = Device {
-            config,
-            path: DmaPath::IommuDeferred,
-            pools: PoolOrder::EMPTY,
-            layer: self.id,
-            domain: Some(domain),
-        };
+        let mut dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
         if config.deferred_attach {
             log::debug!("ccdma: device {:#x} ({}) -> IOMMU attach deferred", config.id, config.dma_mask);
             return Ok(dev);
@@ -190,6 +185,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
         if let Some(info) = slot.info(d.generation) {
             return Ok(info);
+        }
+        if slot.state.load(Ordering::Acquire) == DETACHING {
+            return Err(DmaError::DetachIncomplete);
         }
         if !dev.config.deferred_attach {
             return Err(DmaError::NotAttached);
@@ -262,6 +260,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let id = config.id;
         let default = tce.default_window(id);
+        if let Some(win) = &default {
+            win.check()?;
+        }
         self.init_space(&mut slot.space.lock(), tce, id)?;
         let mask = config.dma_mask;
         let mut ddw = DdwOutcome::NotTried;
@@ -349,7 +350,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 continue;
             }
             let kind = RangeKind::Premap { pool: i as u8 };
-            let Ok(bus) = slot.space.lock().alloc(len, page, 0, lo, hi, kind, phys) else { continue };
+            // The pool's bus base keeps every `min_align_mask` bit of its physical address (slots are
+            // placed by physical address), so a mapping's bus address keeps the bits the device needs.
+            let align = page.max(config.min_align_mask + 1);
+            let phase = phys & (align - 1) & !(page - 1);
+            let Ok(bus) = slot.space.lock().alloc(len, align, phase, lo, hi, kind, phys) else { continue };
             if let Err(f) = writer.put(&win, bus, phys, len / page, TCE_PCI_READ | TCE_PCI_WRITE) {
                 if f.clean {
                     slot.space.lock().free(bus, len, kind);
@@ -458,9 +463,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             outcome
         };
         // The window's geometry is an allegation: it must be what was asked for and below the mask.
+        let overlaps_default = default.is_some_and(|d| win.start < d.end() && d.start < win.end());
         if win.page_shift != shift
+            || win.check().is_err()
             || win.size < total
-            || win.start % win.page_size() != 0
+            || overlaps_default
             || !config.dma_mask.covers(win.start, total)
         {
             return Err(remove(DdwOutcome::BadWindow));
@@ -527,10 +534,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         })
     }
 
-    /// Detach a device: its IOMMU entries are cleared and its windows removed. Refused (nothing
-    /// changed) while it has live mappings or coherent buffers, or when clearing fails (retry later).
-    pub fn detach(&self, dev: &Device) -> Result<(), DmaError> {
-        self.check_device(dev)?;
+    /// Detach a device from its domain: its IOMMU entries are cleared and its windows removed
+    /// (`DmaLayer::detach` has checked that nothing of it is live). Refused, nothing changed, while
+    /// the domain has live ranges. When clearing fails part way the domain is left DETACHING: its
+    /// window no longer holds every pool, so maps refuse ([`DmaError::DetachIncomplete`]) until a
+    /// retried detach completes; nothing of the device is live, so nothing else can go wrong.
+    pub(crate) fn detach_domain(&self, dev: &Device) -> Result<(), DmaError> {
         let Some(d) = dev.domain else { return Ok(()) };
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
         if slot.generation.load(Ordering::Relaxed) != d.generation {
@@ -546,9 +555,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             free(slot);
             return Ok(());
         }
-        if slot.state.compare_exchange(READY, SETUP, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        let from = if slot.state.compare_exchange(READY, SETUP, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            READY
+        } else if slot.state.compare_exchange(DETACHING, SETUP, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            DETACHING
+        } else {
             return Err(DmaError::NotAttached);
-        }
+        };
         let busy = slot.live_mappings.load(Ordering::Acquire) != 0
             || slot
                 .space
@@ -557,15 +570,19 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 .iter()
                 .any(|r| matches!(r.kind, RangeKind::Mapping | RangeKind::Coherent));
         if busy {
-            slot.state.store(READY, Ordering::Release);
-            return Err(DmaError::InvalidConfig("device still has live mappings or coherent buffers"));
+            slot.state.store(from, Ordering::Release);
+            let live = slot.live_mappings.load(Ordering::Acquire).max(1);
+            return Err(DmaError::Busy { live });
         }
         let info = slot.info_unchecked();
-        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let Some(tce) = self.platform.tce() else {
+            slot.state.store(from, Ordering::Release);
+            return Err(DmaError::Iommu(IommuError::NoWindow));
+        };
         if let Err(e) = self.unwind_premaps(slot, tce, info.dynamic, info.ddw) {
-            // Nothing is given up: the device stays attached (with what is left of its window) and
-            // detach can be retried.
-            slot.state.store(READY, Ordering::Release);
+            // Some pools may already be gone from the window: the device must not map into them.
+            // It stays attached, mapping nothing, and detach can be retried.
+            slot.state.store(DETACHING, Ordering::Release);
             self.stats.fail(FailureKind::Iommu);
             log::warn!("ccdma: detach of device {:#x} failed clearing its window ({e:?})", dev.config.id);
             return Err(DmaError::Iommu(e));
@@ -585,7 +602,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// attached later. Fails with [`IommuError::ReservationConflict`] (nothing changed) when a live
     /// mapping of any device overlaps it.
     pub fn reserve_bus_range(&self, start: u64, len: u64) -> Result<(), DmaError> {
-        let iommu = self.iommu.as_ref().ok_or(DmaError::InvalidConfig("IOMMU not enabled"))?;
+        let iommu = self.iommu.as_ref().ok_or(DmaError::IommuNotEnabled)?;
         let mut global = iommu.reservations.lock();
         if global.1 == MAX_GLOBAL_RESERVATIONS {
             return Err(DmaError::Iommu(IommuError::BusSpaceExhausted));

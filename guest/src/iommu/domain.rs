@@ -209,6 +209,9 @@ pub(crate) const FREE: u8 = 0;
 pub(crate) const CLAIMED: u8 = 1;
 pub(crate) const SETUP: u8 = 2;
 pub(crate) const READY: u8 = 3;
+/// A detach cleared part of the window and then failed: no map may use the domain; only a retried
+/// detach moves it on.
+pub(crate) const DETACHING: u8 = 4;
 
 /// One device's IOMMU state.
 pub(crate) struct DomainSlot<'m> {

@@ -144,6 +144,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         Ok((i, rec, r))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn strict_unmap(
         &self,
         dev: &Device,
@@ -151,12 +152,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
+        safe: bool,
     ) -> Result<(), DmaError> {
         let info = self.strict_domain(dev, bus)?.ok_or(DmaError::UnknownMapping(bus))?;
         let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let (i, rec, r) = self.strict_record(dev, info, bus, true)?;
         let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
-        if let Err(e) = self.check_record(&rec, len, dir) {
+        if let Err(e) = self.check_record(dev, bus, safe, &rec, len, dir) {
             pool.unrelease(rec.index);
             return Err(e);
         }

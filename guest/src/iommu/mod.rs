@@ -7,7 +7,7 @@
 //!
 //! Pieces: [`bus_space`] (a bus-address allocator per device with exact reservations), [`tce`] (entry
 //! programming: batching through one shared list page, bounded busy retry, read-back verification),
-//! [`domain`] (per-device windows and their set-up), and the layer integration in `attach`/`map`.
+//! `domain` (per-device windows and their set-up), and the layer integration in `attach`/`map`.
 
 pub mod bus_space;
 pub(crate) mod domain;
@@ -17,6 +17,7 @@ pub mod tce;
 pub(crate) mod attach;
 
 use crate::addr::PhysAddr;
+use crate::error::DmaError;
 
 pub use bus_space::{BusRange, RangeKind};
 pub use domain::{DdwOutcome, IommuStatsSnapshot, PathReason};
@@ -98,9 +99,32 @@ pub struct WindowGeometry {
 }
 
 impl WindowGeometry {
-    /// IOMMU page size in bytes.
+    /// IOMMU page size in bytes (0 for a page shift of 64 or more, which [`Self::check`] refuses).
     pub const fn page_size(&self) -> u64 {
-        1 << self.page_shift
+        match 1u64.checked_shl(self.page_shift) {
+            Some(size) => size,
+            None => 0,
+        }
+    }
+
+    /// A window as the hypervisor reported it is an allegation: usable only with a page shift in
+    /// 12..=40, a non-empty size that does not wrap, and a start and size in whole IOMMU pages.
+    pub fn check(&self) -> Result<(), DmaError> {
+        let page = self.page_size();
+        let ok = (12..=40).contains(&self.page_shift)
+            && self.size != 0
+            && self.start.checked_add(self.size).is_some()
+            && self.start % page == 0
+            && self.size % page == 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(DmaError::BadWindowGeometry {
+                start: self.start,
+                size: self.size,
+                page_shift: self.page_shift,
+            })
+        }
     }
     /// One past the last bus address (saturating).
     pub const fn end(&self) -> u64 {

@@ -154,7 +154,10 @@ macro_rules! dma_binding {
             static COHERENT: [::ccdma::virtio_hal::CoherentSlot; 8] =
                 [const { ::ccdma::virtio_hal::CoherentSlot::new() }; 8];
 
-            impl ::ccdma::virtio_hal::HalBinding for $name {
+            // SAFETY: `alloc_pages` hands out pages the kernel owns for nothing else until
+            // `free_pages` returns them; the unreachable address lies outside every window and all
+            // RAM (each kernel's `UNREACHABLE_BUS`).
+            unsafe impl ::ccdma::virtio_hal::HalBinding for $name {
                 type Platform = &'static <$dma as $crate::binding::KernelDma>::Platform;
 
                 fn layer() -> &'static ::ccdma::DmaLayer<'static, Self::Platform> {

@@ -93,7 +93,9 @@ impl MemorySharing for QemuPlatform {
     }
 }
 
-impl PhysMemory for QemuPlatform {
+// SAFETY: RAM is identity-mapped for the kernel's whole life (boot.rs), and both translations answer
+// only for ranges the ledger knows as RAM, so the pointers and addresses name exactly that memory.
+unsafe impl PhysMemory for QemuPlatform {
     fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
         if !self.ledger.is_ram(phys.0, len as u64) {
             return None;

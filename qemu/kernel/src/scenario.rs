@@ -881,9 +881,11 @@ fn check_refused_share(report: &mut Report, blk: &mut FaultBlk, endpoint: Reques
     };
     drain_faults();
     for &(bus, size) in &held[..count] {
-        if let Err(error) =
-            layer.unmap(device, bus, size, ccdma::DmaDirection::ToDevice, ccdma::DmaAttrs::SKIP_CPU_SYNC)
-        {
+        let attrs = ccdma::DmaAttrs::SKIP_CPU_SYNC;
+        // SAFETY: each filler mapping was made above by this function, on this device, and is unmapped
+        // once; the leaked filler stays valid.
+        let unmapped = unsafe { layer.unmap(device, bus, size, ccdma::DmaDirection::ToDevice, attrs) };
+        if let Err(error) = unmapped {
             report.fail(NAME, format_args!("unmapping a filler at {bus}: {error}"));
         }
     }

@@ -108,7 +108,9 @@ impl MemorySharing for PseriesPlatform {
     }
 }
 
-impl PhysMemory for PseriesPlatform {
+// SAFETY: the kernel runs in real mode for its whole life (boot.rs): the pointer to a physical
+// address is that address, and both translations answer only for ranges the ledger knows as RAM.
+unsafe impl PhysMemory for PseriesPlatform {
     fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
         if !self.ledger().is_ram(phys.0, len as u64) {
             return None;

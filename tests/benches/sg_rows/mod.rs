@@ -72,8 +72,9 @@ impl SgFixture {
 
     /// One `map_sg` + `unmap_sg` of the list; returns the segment count.
     fn map_unmap_sg(&self, coalesce: bool) -> usize {
+        // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
         let mut list: [SgEntry<'static>; N] =
-            std::array::from_fn(|k| SgEntry::phys(PhysAddr(self.bufs[k].0), self.bufs[k].1));
+            std::array::from_fn(|k| unsafe { SgEntry::phys(PhysAddr(self.bufs[k].0), self.bufs[k].1) });
         let opts = SgOptions { coalesce, p2p: None };
         let dir = DmaDirection::ToDevice;
         let n = self
@@ -90,10 +91,13 @@ impl SgFixture {
         let dir = DmaDirection::ToDevice;
         let mut bus = [ccdma::BusAddr(0); N];
         for (b, &(phys, len)) in bus.iter_mut().zip(&self.bufs) {
-            *b = self.layer.map_phys(&self.dev, PhysAddr(phys), len, dir, DmaAttrs::NONE).expect("map");
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            *b = unsafe { self.layer.map_phys(&self.dev, PhysAddr(phys), len, dir, DmaAttrs::NONE) }
+                .expect("map");
         }
         for (b, &(_, len)) in bus.iter().zip(&self.bufs) {
-            self.layer.unmap(&self.dev, black_box(*b), len, dir, DmaAttrs::NONE).expect("unmap");
+            // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+            unsafe { self.layer.unmap(&self.dev, black_box(*b), len, dir, DmaAttrs::NONE) }.expect("unmap");
         }
     }
 

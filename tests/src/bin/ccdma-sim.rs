@@ -699,9 +699,10 @@ fn run(opts: &Options) -> Result<bool, String> {
         };
         attached += 1;
         attached_devices.push(dev);
+        let dev = attached_devices.last().expect("just pushed");
         let calls_attach = call_counts(hv);
-        let path = sim.layer.path_of(&dev);
-        let layer_reason = sim.layer.path_reason(&dev).map_or(String::new(), |r| format!(" [layer: {r}]"));
+        let path = sim.layer.path_of(dev);
+        let layer_reason = sim.layer.path_reason(dev).map_or(String::new(), |r| format!(" [layer: {r}]"));
         let _ = writeln!(
             out,
             "  path      {}: {}{layer_reason}",
@@ -714,7 +715,7 @@ fn run(opts: &Options) -> Result<bool, String> {
                 let (p, b) = sim.layer.pool(i).expect("attached pool");
                 let bus = match path {
                     DmaPath::IommuStrict => "bus per mapping".to_string(),
-                    _ => format!("bus {}", sim.layer.pool_bus_of(&dev, i).unwrap_or(b)),
+                    _ => format!("bus {}", sim.layer.pool_bus_of(dev, i).unwrap_or(b)),
                 };
                 format!("#{i} ({bus}, {})", human(p.len() as u64))
             })
@@ -722,7 +723,7 @@ fn run(opts: &Options) -> Result<bool, String> {
         if !pools.is_empty() {
             let _ = writeln!(out, "  pools     {} (in the order tried)", pools.join(", "));
         }
-        let (window, ddw) = sim.layer.windows_of(&dev);
+        let (window, ddw) = sim.layer.windows_of(dev);
         for (what, w) in [("window", window), ("DDW", ddw)] {
             if let Some(w) = w {
                 let _ = writeln!(
@@ -737,7 +738,7 @@ fn run(opts: &Options) -> Result<bool, String> {
         }
         let stats_before = sim.layer.stats();
         let dev_bytes_before = hv.device_bytes();
-        let report = sim.run_device(id, &dev, dref, buffers[k]);
+        let report = sim.run_device(id, dev, dref, buffers[k]);
         let stats_after = sim.layer.stats();
         let dev_bytes_after = hv.device_bytes();
         let (maps, bounced, copied_in, copied_out) = stats_line(&stats_before, &stats_after);
@@ -811,9 +812,10 @@ fn run(opts: &Options) -> Result<bool, String> {
     let end = layer.stats();
     // Detach every device (its windows are cleared and removed), then the IOMMU, then the pools.
     let mut teardown_errors = Vec::new();
-    for dev in &attached_devices {
+    for dev in attached_devices {
+        let id = dev.config().id;
         if let Err(e) = layer.detach(dev) {
-            teardown_errors.push(format!("detach of device {:#x}: {e}", dev.config().id));
+            teardown_errors.push(format!("detach of device {id:#x}: {}", e.error));
         }
     }
     if let Err(e) = layer.disable_iommu() {

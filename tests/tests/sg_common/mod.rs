@@ -116,7 +116,7 @@ impl Env {
     }
 
     /// Give the device's IOMMU domain back (nothing to do off the IOMMU paths).
-    pub fn detach(&self, dev: &ccdma::Device) {
+    pub fn detach(&self, dev: ccdma::Device) {
         self.layer.detach(dev).unwrap();
         if self.kind.iommu() {
             assert!(self.hv.reachable(self.id).is_empty(), "a detached device still reaches memory");
@@ -220,7 +220,8 @@ pub fn entries(hv: &'static Hypervisor, inputs: &[Input]) -> Vec<SgEntry<'static
         .iter()
         .map(|inp| {
             if inp.as_phys {
-                SgEntry::phys(PhysAddr(inp.phys), inp.len)
+                // SAFETY: the test owns the buffer behind this raw mapping and keeps it alive, untouched, until the mapping ends.
+                unsafe { SgEntry::phys(PhysAddr(inp.phys), inp.len) }
             } else {
                 // SAFETY: `lay_out` gives every input its own range of fresh guest RAM.
                 SgEntry::new(unsafe { hv.slice_mut(inp.phys, inp.len) })
@@ -343,7 +344,7 @@ pub fn run_list(
     let inputs = lay_out(env.hv, specs, seed);
     let dev = env.attach(cfg);
     let r = run_inputs(env, &dev, &inputs, dir, attrs, coalesce, seed);
-    env.detach(&dev);
+    env.detach(dev);
     r
 }
 
