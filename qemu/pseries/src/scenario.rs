@@ -188,10 +188,10 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         checks::check_blk_patterns(report, blk, &bounced);
     }
     if let Some(rng) = machine.rng.as_mut() {
-        checks::check_rng(report, rng);
+        checks::check_rng(report, "rng", rng);
     }
     if let Some(rng) = machine.rng_low.as_mut() {
-        checks::check_rng(report, rng);
+        checks::check_rng(report, "rng-low", rng);
     }
     if let (Some(a), Some(b)) = (machine.net_a.as_mut(), machine.net_b.as_mut()) {
         checks::check_net(report, a, b);
