@@ -181,18 +181,18 @@ pub const BENCH_ROUNDS: usize = 5;
 pub const BENCH_CHUNK: usize = 128 << 10;
 pub const BENCH_FIRST_SECTOR: usize = 4096;
 
-/// Buffers of several sizes arrive filled by the device.
-pub fn check_rng<H: Hal, T: Transport>(report: &mut Report, rng: &mut VirtioRng<H, T>) {
-    const NAME: &str = "rng.sizes";
+/// Buffers of several sizes arrive filled by the device (check `<device>.sizes`).
+pub fn check_rng<H: Hal, T: Transport>(report: &mut Report, device: &str, rng: &mut VirtioRng<H, T>) {
+    let name = format_args!("{device}.sizes");
     let mut total = 0;
     for &size in RNG_SIZES {
         let Some(buffer) = memory::leak_bytes(size, 8) else {
-            return report.fail(NAME, "no memory for buffers");
+            return report.fail(name, "no memory for buffers");
         };
         buffer.fill(0xaa);
         let (written, buffer) = match rng.fill(buffer, IO_TIMEOUT) {
             Ok(result) => result,
-            Err(error) => return report.fail(NAME, format_args!("{size}-byte buffer: {error}")),
+            Err(error) => return report.fail(name, format_args!("{size}-byte buffer: {error}")),
         };
         let data = &buffer[..written];
         let distinct = patterns::distinct_bytes(data);
@@ -204,14 +204,14 @@ pub fn check_rng<H: Hal, T: Transport>(report: &mut Report, rng: &mut VirtioRng<
         let varied = size < 4096 || distinct > 200;
         if written != size || untouched || !varied {
             return report.fail(
-                NAME,
+                name,
                 format_args!("{size}-byte buffer: device wrote {written} bytes, {distinct} distinct values"),
             );
         }
         total += written;
     }
     report.pass(
-        NAME,
+        name,
         format_args!(
             "{} buffers of {:?} bytes filled with random data ({total} bytes)",
             RNG_SIZES.len(),

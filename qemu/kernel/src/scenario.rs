@@ -200,7 +200,7 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
         checks::check_blk_patterns(report, blk, &bounced);
     }
     if let Some(rng) = devices.rng.as_mut() {
-        checks::check_rng(report, rng);
+        checks::check_rng(report, "rng", rng);
     }
     if let (Some(a), Some(b)) = (devices.net_a.as_mut(), devices.net_b.as_mut()) {
         checks::check_net(report, a, b);

@@ -184,6 +184,13 @@ impl PciTransport {
     }
 }
 
+impl Drop for PciTransport {
+    fn drop(&mut self) {
+        // Reset: the device forgets its queues before their memory can be given back.
+        self.write8(common::DEVICE_STATUS, 0);
+    }
+}
+
 impl Transport for PciTransport {
     fn device_type(&self) -> DeviceType {
         self.device_type

@@ -1,7 +1,7 @@
 //! A split virtqueue (virtio 1.x, 2.7) whose descriptors and rings are little-endian whatever the
 //! CPU's byte order. The API follows virtio-drivers' `VirtQueue` (add, peek_used, pop_used), and
-//! all memory the device sees comes from the HAL `H`: the rings from `dma_alloc`, each buffer
-//! through `share`/`unshare`.
+//! all memory the device sees comes from the HAL `H`: the rings from `dma_alloc` (given back when
+//! the queue is dropped, after its owner reset the device), each buffer through `share`/`unshare`.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -215,5 +215,14 @@ impl<H: Hal, const SIZE: usize> LeQueue<H, SIZE> {
     /// Bus address of the ring page.
     pub fn ring_bus(&self) -> PhysAddr {
         self.ring_bus
+    }
+}
+
+impl<H: Hal, const SIZE: usize> Drop for LeQueue<H, SIZE> {
+    fn drop(&mut self) {
+        // SAFETY: the page came from `H::dma_alloc(1, ..)` in `new` and is given back once. Every
+        // owner resets its device before its queues go (the drivers' `Drop`, or the transport
+        // declared before the queue), so the device no longer uses the rings.
+        unsafe { H::dma_dealloc(self.ring_bus, self.ring, 1) };
     }
 }
