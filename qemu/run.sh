@@ -90,7 +90,9 @@ ensure_pseries_tools() {
 build_kernel() {
     # Build from inside the kernel directory: its .cargo/config.toml (target, freestanding
     # rustflags) is only found relative to the working directory.
-    (cd "$KERNEL_DIR" && cargo build --release --quiet) || die "kernel build failed"
+    local locked=()
+    [[ -n ${CI:-} ]] && locked=(--locked)
+    (cd "$KERNEL_DIR" && cargo build --release --quiet "${locked[@]}") || die "kernel build failed"
 }
 
 # Builds the pseries kernel for target $1 with Debian's toolchain: /usr/bin first on PATH (rustup's
