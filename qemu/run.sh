@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Builds the ccdma test kernel and boots it in QEMU, once per machine configuration.
+# Builds the ccdma test kernels and boots them in QEMU, once per machine configuration: the pseries
+# kernel (qemu/pseries, ppc64 under -machine pseries,x-vof=on) and the x86_64 one (qemu/kernel).
 #
-#   qemu/run.sh                 run the default (richest) configuration, print the kernel's report
-#   qemu/run.sh --all           run every configuration, print a summary (and the report of failures)
+#   qemu/run.sh                 run the main configuration (pseries), print the kernel's report
+#   qemu/run.sh --all           run every configuration of both kernels, print a summary (and the
+#                               report of failures)
 #   qemu/run.sh NAME...         run the named configurations
 #   qemu/run.sh --list          list configurations
-#   options: -v/--verbose (print every report), --no-build (use the existing kernel)
-#   environment: QEMU_TIMEOUT (seconds per boot, default 60), KERNEL_LOG (e.g. debug)
+#   options: -v/--verbose (print every report), --no-build (use the existing kernels)
+#   environment: QEMU_TIMEOUT (seconds per boot, default 60), KERNEL_LOG (e.g. debug), CI (set:
+#                cargo --locked)
 #
-# A configuration passes only if QEMU exits with the kernel's success status (33; a triple fault
-# exits with 0), the report has no FAIL or PANIC line, it ends with "N passed, 0 failed", and any
-# post-run check on the disk image holds. Adding a configuration: add its name to CONFIGS, a case
-# in configure(), and an entry in qemu/kernel/src/config.rs.
+# Installs what is missing with apt-get: qemu-system-x86 for the x86_64 kernel; for pseries
+# Debian's rustc-web/cargo-web/rust-web-src (Rust 1.96 with the library sources -Z build-std
+# needs), the ppc64 binutils and qemu-system-ppc. The pseries kernel is built with those
+# (/usr/bin/cargo, /usr/bin/rustc), never with the rustup toolchain the rest of the repository uses.
+#
+# A configuration passes only if QEMU exits with the kernel's success status (x86_64: 33, a triple
+# fault exits with 0; pseries: 0 after RTAS power-off), the report has no FAIL or PANIC line, it
+# ends with "N passed, 0 failed", and the post-run checks hold: the disk image holds the kernel's
+# write, and (pseries) every access QEMU's IOMMU rejected (its -d guest_errors log) falls in a
+# range a containment check announced ("CONTAIN <check> bus=.. len=.. expect=rejected"), and every
+# such check provoked at least one. Adding a configuration: add its name to CONFIGS, a case in
+# configure() or configure_pseries(), and an entry in the kernel's config.rs.
 set -euo pipefail
 
 QEMU_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,8 +32,17 @@ QEMU=qemu-system-x86_64
 TIMEOUT=${QEMU_TIMEOUT:-60}
 SUCCESS_STATUS=33 # kernel writes 0x10 to isa-debug-exit: QEMU exits with (0x10 << 1) | 1
 
-CONFIGS=(iommu iommu-strict iommu-low no-iommu no-iommu-low)
-DEFAULT_CONFIG=iommu
+PSERIES_DIR=$QEMU_DIR/pseries
+PSERIES_LE=powerpc64le-unknown-linux-gnu
+PSERIES_BE=powerpc64-unknown-linux-gnu
+pseries_kernel() { echo "$PSERIES_DIR/target/$1/release/ccdma-pseries-kernel"; }
+QEMU_PPC=qemu-system-ppc64
+
+PSERIES_CONFIGS=(pseries pseries-strict pseries-no-ddw pseries-be)
+X86_CONFIGS=(iommu iommu-strict iommu-low no-iommu no-iommu-low)
+CONFIGS=("${PSERIES_CONFIGS[@]}" "${X86_CONFIGS[@]}")
+DEFAULT_CONFIG=pseries
+is_pseries() { [[ $1 == pseries* ]]; }
 
 # What the runner writes at the start of the disk and what the kernel writes at sector 1; both
 # must match qemu/kernel/src/scenario.rs.
@@ -31,22 +51,58 @@ WRITE_MARKER=CCDMA-WRITE-CHECK
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 
+APT_UPDATED=no
+apt_install() {
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    command -v apt-get >/dev/null || die "need $* but apt-get is not available: install it by hand"
+    # A fresh machine may have no package lists yet.
+    if [[ $APT_UPDATED == no ]]; then
+        "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+        APT_UPDATED=yes
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+        >/dev/null || die "could not install $*"
+}
+
 ensure_qemu() {
     command -v "$QEMU" >/dev/null && return
     echo "run.sh: $QEMU not found, installing qemu-system-x86" >&2
-    local sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    # A fresh machine may have no package lists yet.
-    "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >&2 ||
-        die "could not install qemu-system-x86"
+    apt_install qemu-system-x86
     command -v "$QEMU" >/dev/null || die "$QEMU still missing after install"
+}
+
+# Debian's Rust (with the library sources build-std compiles), the ppc64 linkers and QEMU.
+ensure_pseries_tools() {
+    local missing=()
+    [[ -x /usr/bin/rustc ]] || missing+=(rustc-web)
+    [[ -x /usr/bin/cargo ]] || missing+=(cargo-web)
+    [[ -d /usr/lib/rustlib/src/rust/library ]] || missing+=(rust-web-src)
+    command -v powerpc64le-linux-gnu-ld >/dev/null || missing+=(binutils-powerpc64le-linux-gnu)
+    command -v powerpc64-linux-gnu-ld >/dev/null || missing+=(binutils-powerpc64-linux-gnu)
+    command -v "$QEMU_PPC" >/dev/null || missing+=(qemu-system-ppc)
+    command -v cc >/dev/null || missing+=(gcc libc6-dev) # build scripts link for the host
+    [[ ${#missing[@]} -eq 0 ]] && return
+    echo "run.sh: installing ${missing[*]}" >&2
+    apt_install "${missing[@]}"
 }
 
 build_kernel() {
     # Build from inside the kernel directory: its .cargo/config.toml (target, freestanding
     # rustflags) is only found relative to the working directory.
-    (cd "$KERNEL_DIR" && cargo build --release --quiet) || die "kernel build failed"
+    local locked=()
+    [[ -n ${CI:-} ]] && locked=(--locked)
+    (cd "$KERNEL_DIR" && cargo build --release --quiet "${locked[@]}") || die "kernel build failed"
+}
+
+# Builds the pseries kernel for target $1 with Debian's toolchain: /usr/bin first on PATH (rustup's
+# ~/.cargo/bin would shadow it), RUSTC pinned, RUSTC_BOOTSTRAP for -Z build-std only.
+build_pseries() {
+    local locked=()
+    [[ -n ${CI:-} ]] && locked=(--locked)
+    (cd "$PSERIES_DIR" && env PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
+        cargo build --release --quiet "${locked[@]}" --target "$1") ||
+        die "pseries kernel build ($1) failed"
 }
 
 # Creates a sparse raw disk of $2 MiB whose first bytes are the signature the kernel checks for.
@@ -110,13 +166,87 @@ configure() {
     esac
 }
 
+# pseries: every device on the one PCI host bridge, at the slot qemu/pseries/src/config.rs names.
+# 5 GiB of RAM: the kernel puts the pool at the top, above 4 GiB.
+configure_pseries() {
+    local name=$1 dir=$2
+    MACHINE_ARGS=(-m 5G)
+    CHECK_DISK=$dir/disk.img
+    make_disk "$CHECK_DISK" 24
+    make_disk "$dir/bench.img" 24
+    case $name in
+    pseries | pseries-strict | pseries-be) ;;
+    # The bridge offers no DDW (no ibm,ddw-applicable): the 64-bit blk falls back to the default window.
+    pseries-no-ddw) MACHINE_ARGS+=(-global spapr-pci-host-bridge.ddw=off) ;;
+    *) die "unknown configuration '$name' (known: ${CONFIGS[*]})" ;;
+    esac
+    add_blk 0x01 "$CHECK_DISK" disk0
+    MACHINE_ARGS+=(-device "virtio-rng-pci,addr=0x02,$MANAGED"
+        -netdev hubport,id=n1,hubid=0
+        -device "virtio-net-pci,netdev=n1,mac=52:54:00:cc:d0:01,addr=0x03,$MANAGED"
+        -netdev hubport,id=n2,hubid=0
+        -device "virtio-net-pci,netdev=n2,mac=52:54:00:cc:d0:02,addr=0x04,$MANAGED"
+        -device "virtio-rng-pci,addr=0x05,$MANAGED"
+        -device "virtio-rng-pci,addr=0x06,$MANAGED"
+        -drive "file=$dir/bench.img,format=raw,if=none,id=bench"
+        -device virtio-blk-pci,drive=bench,addr=0x07,disable-legacy=on)
+}
+
+# Attributes every access QEMU's IOMMU rejected (guest_errors log $2) to a containment check of the
+# kernel's output $1 ("CONTAIN <check> bus=0x.. len=0x.. expect=rejected|none"). Prints one line
+# per check; appends to PROBLEMS for an unattributed access or a check that expected a rejection
+# and provoked none.
+attribute_rejections() {
+    local serial=$1 log=$2
+    local names=() starts=() ends=() expects=() counts=()
+    local line name bus len expect
+    while read -r _ name bus len expect; do
+        bus=${bus#bus=} len=${len#len=} expect=${expect#expect=}
+        names+=("$name") starts+=($((bus))) ends+=($((bus + len))) expects+=("$expect") counts+=(0)
+    done < <(grep '^CONTAIN ' "$serial" || true)
+    local unattributed=0 first_stray="" addr i found
+    while read -r line; do
+        [[ $line =~ Invalid\ (read|write)\ at\ addr\ (0x[0-9A-Fa-f]+) ]] || continue
+        addr=$((BASH_REMATCH[2]))
+        found=no
+        for i in "${!names[@]}"; do
+            if [[ ${expects[i]} == rejected ]] && ((addr >= starts[i] && addr < ends[i])); then
+                counts[i]=$((counts[i] + 1))
+                found=yes
+                break
+            fi
+        done
+        if [[ $found == no ]]; then
+            unattributed=$((unattributed + 1))
+            [[ -z $first_stray ]] && first_stray=$line
+        fi
+    done < <(grep 'reason: rejected' "$log" 2>/dev/null || true)
+    for i in "${!names[@]}"; do
+        printf '  IOMMU rejected %5d accesses in %#x..%#x provoked by %s (expected: %s)\n' \
+            "${counts[i]}" "${starts[i]}" "${ends[i]}" "${names[i]}" "${expects[i]}"
+        if [[ ${expects[i]} == rejected && ${counts[i]} -eq 0 ]]; then
+            PROBLEMS+=("${names[i]} expected rejected accesses, QEMU logged none")
+        fi
+    done
+    if ((unattributed > 0)); then
+        PROBLEMS+=("$unattributed rejected access(es) no check provoked (first: $first_stray)")
+    fi
+    printf '  IOMMU rejected %5d accesses no check provoked\n' "$unattributed"
+}
+
 # Runs configuration $1; prints its result line; returns non-zero on failure.
 run_config() {
     local name=$1 show_report=$2
     local dir=$WORK_DIR/$name
     mkdir -p "$dir"
-    local serial=$dir/serial.log qemu_err=$dir/qemu.stderr
-    configure "$name" "$dir"
+    local serial=$dir/serial.log qemu_err=$dir/qemu.stderr guest_errors=$dir/guest_errors.log
+    local pseries=no
+    is_pseries "$name" && pseries=yes
+    if [[ $pseries == yes ]]; then
+        configure_pseries "$name" "$dir"
+    else
+        configure "$name" "$dir"
+    fi
 
     local append="config=$name"
     [[ -n ${KERNEL_LOG:-} ]] && append+=" log=$KERNEL_LOG"
@@ -126,22 +256,35 @@ run_config() {
     set +e
     # stdin from /dev/null: under `timeout` QEMU runs in a background process group, and touching
     # the terminal there would stop it (SIGTTIN/SIGTTOU) instead of running.
-    timeout "$TIMEOUT" "$QEMU" -machine q35 -accel tcg -display none -vga none -nic none \
-        -no-reboot -serial stdio -monitor none \
-        -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-        "${MACHINE_ARGS[@]}" -kernel "$KERNEL" -append "$append" \
-        </dev/null 2>"$qemu_err" | tr -d '\r' >"$serial"
-    status=${PIPESTATUS[0]}
+    if [[ $pseries == yes ]]; then
+        local target=$PSERIES_LE expected=0
+        [[ $name == pseries-be ]] && target=$PSERIES_BE
+        # VOF (x-vof=on) boots in a fraction of a second; blocked DMA goes to the guest_errors log.
+        timeout "$TIMEOUT" "$QEMU_PPC" -machine pseries,x-vof=on -accel tcg -nodefaults -display none \
+            -vga none -no-reboot -serial stdio -monitor none -d guest_errors -D "$guest_errors" \
+            "${MACHINE_ARGS[@]}" -kernel "$(pseries_kernel "$target")" -append "$append" \
+            </dev/null 2>"$qemu_err" | tr -d '\r' >"$serial"
+        status=${PIPESTATUS[0]}
+    else
+        local expected=$SUCCESS_STATUS
+        timeout "$TIMEOUT" "$QEMU" -machine q35 -accel tcg -display none -vga none -nic none \
+            -no-reboot -serial stdio -monitor none \
+            -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+            "${MACHINE_ARGS[@]}" -kernel "$KERNEL" -append "$append" \
+            </dev/null 2>"$qemu_err" | tr -d '\r' >"$serial"
+        status=${PIPESTATUS[0]}
+    fi
     set -e
     end=$(date +%s%N)
     local seconds
     seconds=$(awk -v ns=$((end - start)) 'BEGIN { printf "%.2f", ns / 1e9 }')
 
+    PROBLEMS=()
     local problems=()
     if [[ $status -eq 124 ]]; then
         problems+=("hang: no exit within ${TIMEOUT}s")
-    elif [[ $status -ne $SUCCESS_STATUS ]]; then
-        problems+=("QEMU exit status $status, expected $SUCCESS_STATUS")
+    elif [[ $status -ne $expected ]]; then
+        problems+=("QEMU exit status $status, expected $expected")
     fi
     grep -q '^FAIL ' "$serial" && problems+=("$(grep -c '^FAIL ' "$serial") FAIL line(s)")
     grep -q '^PANIC' "$serial" && problems+=("kernel panic")
@@ -158,20 +301,30 @@ run_config() {
         [[ $marker == "$WRITE_MARKER" ]] || problems+=("disk image lacks the kernel's write at sector 1")
     fi
 
+    local attribution=""
+    if [[ $pseries == yes ]]; then
+        attribution=$(attribute_rejections "$serial" "$guest_errors")
+        problems+=(${PROBLEMS[@]+"${PROBLEMS[@]}"})
+    fi
+
     if [[ $show_report == yes || ${#problems[@]} -gt 0 ]]; then
         cat "$serial"
+        if [[ -n $attribution ]]; then
+            echo "--- runner: accesses QEMU's IOMMU rejected (-d guest_errors), by the check that provoked them ---"
+            echo "$attribution"
+        fi
         if [[ ${#problems[@]} -gt 0 && -s $qemu_err ]]; then
             echo "--- QEMU stderr ($name) ---"
             cat "$qemu_err"
         fi
     fi
     if [[ ${#problems[@]} -eq 0 ]]; then
-        printf '%-10s PASS  %-22s boot to exit %ss\n' "$name" "($summary)" "$seconds"
+        printf '%-15s PASS  %-22s boot to exit %ss\n' "$name" "($summary)" "$seconds"
         return 0
     fi
     local joined
     joined=$(printf '%s; ' "${problems[@]}")
-    printf '%-10s FAIL  %s boot to exit %ss\n' "$name" "${joined%; }," "$seconds"
+    printf '%-15s FAIL  %s boot to exit %ss\n' "$name" "${joined%; }," "$seconds"
     return 1
 }
 
@@ -199,9 +352,26 @@ main() {
         [[ " ${CONFIGS[*]} " == *" $name "* ]] || die "unknown configuration '$name' (known: ${CONFIGS[*]})"
     done
 
-    ensure_qemu
-    [[ $build == yes ]] && build_kernel
-    [[ -f $KERNEL ]] || die "no kernel at $KERNEL"
+    local want_x86=no want_le=no want_be=no
+    for name in "${selected[@]}"; do
+        case $name in
+        pseries-be) want_be=yes ;;
+        pseries*) want_le=yes ;;
+        *) want_x86=yes ;;
+        esac
+    done
+    if [[ $want_le == yes || $want_be == yes ]]; then
+        ensure_pseries_tools
+        [[ $want_le == yes && $build == yes ]] && build_pseries "$PSERIES_LE"
+        [[ $want_be == yes && $build == yes ]] && build_pseries "$PSERIES_BE"
+        [[ $want_le == no || -f $(pseries_kernel "$PSERIES_LE") ]] || die "no pseries kernel"
+        [[ $want_be == no || -f $(pseries_kernel "$PSERIES_BE") ]] || die "no big-endian pseries kernel"
+    fi
+    if [[ $want_x86 == yes ]]; then
+        ensure_qemu
+        [[ $build == yes ]] && build_kernel
+        [[ -f $KERNEL ]] || die "no kernel at $KERNEL"
+    fi
 
     WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ccdma-qemu.XXXXXX")
     trap 'rm -rf "$WORK_DIR"' EXIT

@@ -2,12 +2,13 @@
 # The project's test command: everything CI checks, in order, stopping at the first failure.
 #
 #   bash scripts/test.sh            fmt check, clippy -D warnings, host tests, CLI runs, QEMU suite
-#   bash scripts/test.sh --no-qemu  the same without anything under qemu/ (kernel fmt check, QEMU suite)
+#   bash scripts/test.sh --no-qemu  the same without anything under qemu/ (kernels' fmt check, QEMU suite)
 #
-# Works on a fresh Debian machine with a stable Rust toolchain: installs what is missing (rustfmt and
-# clippy through rustup, a C linker and qemu-system-x86 through apt-get; sudo when not root).
-# With CI set, cargo runs --locked (Cargo.lock must be committed and current).
-# Budget: well under 10 minutes on 2 cores from a cold build.
+# Works on a fresh Debian 12 machine with a stable Rust toolchain: installs what is missing (rustfmt
+# and clippy through rustup, a C linker and qemu-system-x86 through apt-get; sudo when not root;
+# qemu/run.sh adds Debian's rustc-web, the ppc64 binutils and qemu-system-ppc for the pseries kernel).
+# With CI set, cargo runs --locked (Cargo.lock files must be committed and current).
+# Budget: under 15 minutes on 2 cores from a cold build.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,8 +63,13 @@ cargo clippy --version
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
-if [[ $RUN_QEMU == yes && -f qemu/kernel/Cargo.toml ]]; then
-    (cd qemu/kernel && cargo fmt -- --check)
+if [[ $RUN_QEMU == yes ]]; then
+    # The kernels' workspaces and their common crate (formatting needs no ppc64 toolchain).
+    for dir in qemu/kernel qemu/pseries qemu/common; do
+        if [[ -f $dir/Cargo.toml ]]; then
+            (cd "$dir" && cargo fmt -- --check)
+        fi
+    done
 fi
 
 step "no import cycle between the library's files"
@@ -74,6 +80,11 @@ cargo clippy "${LOCKED[@]}" --workspace --all-targets -- -D warnings
 
 step "cargo clippy -p ccdma --features debug-tracker,virtio-hal -- -D warnings"
 cargo clippy "${LOCKED[@]}" -p ccdma -p ccdma-tests --all-targets --features ccdma-tests/tracker -- -D warnings
+
+if [[ $RUN_QEMU == yes && -f qemu/common/Cargo.toml ]]; then
+    step "cargo clippy in qemu/common (the kernels' shared crate, built for the host) -- -D warnings"
+    (cd qemu/common && cargo clippy "${LOCKED[@]}" -- -D warnings)
+fi
 
 step "cargo test --workspace (release, debug assertions and overflow checks on)"
 "${CHECKED[@]}" cargo test "${LOCKED[@]}" --workspace --release
@@ -103,7 +114,7 @@ sim --iommu premapped --rounds 1
 sim --iommu strict --reserve 0:1M --rounds 1
 
 step "QEMU suite"
-# ---- QEMU suite: boots the test kernel in every configuration (qemu/run.sh --all) ----
+# ---- QEMU suite: boots both test kernels in every configuration (qemu/run.sh --all) ----
 if [[ $RUN_QEMU == no ]]; then
     echo "skipped (--no-qemu)"
 elif [[ -f qemu/run.sh ]]; then

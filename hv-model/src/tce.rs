@@ -67,19 +67,20 @@ pub struct TceConfig {
 }
 
 impl Default for TceConfig {
-    /// A 2 GiB default window at 0 with 4 KiB pages; DDW at `1 << 59` with 4 KiB, 64 KiB, 2 MiB and
-    /// 16 MiB pages; indirect calls on.
+    /// What QEMU's pseries machine (7.2) gives a PCI host bridge: a 1 GiB default window at 0 with
+    /// 4 KiB pages; one DDW at `1 << 59` with 4 KiB, 64 KiB, 2 MiB and 16 MiB pages and a largest
+    /// block of `1 << 31` TCEs; indirect calls on. Pinned by `tests/tests/qemu_fidelity.rs`.
     fn default() -> Self {
         TceConfig {
             default_start: 0,
-            default_size: 2 << 30,
+            default_size: 1 << 30,
             default_page_shift: 12,
             reserved: Vec::new(),
             indirect: true,
             ddw: true,
             ddw_start: 1 << 59,
             ddw_page_sizes: 0x01 | 0x02 | 0x100 | 0x04,
-            ddw_largest_block: 1 << 24,
+            ddw_largest_block: 1 << 31,
             ddw_windows: 1,
             max_entries_per_table: None,
             ddw_reported: None,
@@ -97,10 +98,11 @@ struct Table {
 }
 
 impl Table {
+    /// The entry holding `ioba`. Like QEMU, an address inside an IOMMU page names that page: the
+    /// offset bits are ignored, not refused.
     fn index(&self, ioba: u64) -> Option<u64> {
         let g = &self.geometry;
-        (ioba >= g.start && ioba < g.end() && ioba % g.page_size() == 0)
-            .then(|| (ioba - g.start) >> g.page_shift)
+        (ioba >= g.start && ioba < g.end()).then(|| (ioba - g.start) >> g.page_shift)
     }
     fn contains(&self, bus: u64) -> bool {
         bus >= self.geometry.start && bus < self.geometry.end()
@@ -221,18 +223,14 @@ impl IommuState {
         self.cfg.reserved.iter().any(|&(s, l)| start < s + l && s < start + len)
     }
 
-    /// Validate one entry for `table` at `ioba`: `Ok(Some(idx))` to write.
-    fn check_entry(&self, table: &Table, ioba: u64, tce: u64, ram: u64) -> Result<u64, i64> {
+    /// Validate one entry for `table` at `ioba`: `Ok(idx)` to write. Like QEMU, the target is not
+    /// checked against RAM: an entry beyond RAM is stored, and a device access through it faults
+    /// (`OutsideRam`), as QEMU rejects it.
+    fn check_entry(&self, table: &Table, ioba: u64, tce: u64) -> Result<u64, i64> {
         let idx = table.index(ioba).ok_or(H_PARAMETER)?;
         let page = table.geometry.page_size();
-        if tce & (TCE_PCI_READ | TCE_PCI_WRITE) != 0 {
-            if self.reserved_overlap(ioba, page) {
-                return Err(H_PARAMETER);
-            }
-            let real = tce & !(page - 1);
-            if real.checked_add(page).is_none_or(|e| e > ram) {
-                return Err(H_PARAMETER);
-            }
+        if tce & (TCE_PCI_READ | TCE_PCI_WRITE) != 0 && self.reserved_overlap(ioba & !(page - 1), page) {
+            return Err(H_PARAMETER);
         }
         Ok(idx)
     }
@@ -386,9 +384,8 @@ impl TceCalls for Hypervisor {
     fn h_put_tce(&self, liobn: u32, ioba: u64, tce: u64) -> i64 {
         let inj = self.tce_enter(CallKind::PutTce);
         let mut st = self.iommu.state.lock().unwrap();
-        let ram = self.mem.size();
         let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
-        let idx = match st.check_entry(table, ioba, tce, ram) {
+        let idx = match st.check_entry(table, ioba, tce) {
             Ok(i) => i,
             Err(rc) => return rc,
         };
@@ -432,13 +429,12 @@ impl TceCalls for Hypervisor {
         }
         let bytes = self.mem.read(list.0, PAGE as usize);
         let Ok(entries) = TceList::ref_from_bytes(&bytes[..]) else { return H_PARAMETER };
-        let ram = self.mem.size();
         let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
         let page = table.geometry.page_size();
         let mut todo = Vec::with_capacity(count as usize);
         for i in 0..count {
             let tce = entries.entries[i as usize].get();
-            match st.check_entry(table, ioba + i * page, tce, ram) {
+            match st.check_entry(table, ioba + i * page, tce) {
                 Ok(idx) => todo.push((idx, tce)),
                 Err(rc) => return rc,
             }
@@ -461,13 +457,16 @@ impl TceCalls for Hypervisor {
     fn h_stuff_tce(&self, liobn: u32, ioba: u64, value: u64, count: u64) -> i64 {
         let inj = self.tce_enter(CallKind::StuffTce);
         let mut st = self.iommu.state.lock().unwrap();
-        let ram = self.mem.size();
+        // Like QEMU: an empty stuff is refused, as an empty indirect list is.
+        if count == 0 {
+            return H_PARAMETER;
+        }
         let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
         let page = table.geometry.page_size();
         let mut idxs = Vec::with_capacity(count as usize);
         for i in 0..count {
             let Some(at) = ioba.checked_add(i * page) else { return H_PARAMETER };
-            match st.check_entry(table, at, value, ram) {
+            match st.check_entry(table, at, value) {
                 Ok(idx) => idxs.push(idx),
                 Err(rc) => return rc,
             }
@@ -521,9 +520,13 @@ impl TceCalls for Hypervisor {
         let pe = st.pes.get(&device).ok_or(RTAS_PARAMETER_ERROR)?;
         let supported =
             DDW_PAGE_SIZES.iter().any(|&(bit, s)| s == page_shift && cfg.ddw_page_sizes & bit != 0);
+        // Like QEMU: asking for a window beyond the ones available is a hardware error (-1), not a
+        // parameter error.
+        if cfg.ddw && !pe.ddw_disabled && pe.ddw.is_some() {
+            return Err(RTAS_HARDWARE_ERROR);
+        }
         if !cfg.ddw
             || pe.ddw_disabled
-            || pe.ddw.is_some()
             || !supported
             || window_shift < page_shift
             || window_shift >= 64

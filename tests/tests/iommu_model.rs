@@ -21,11 +21,10 @@ fn tce_hypercalls_check_their_arguments() {
     let page = hv.alloc(4096, Region::Low);
     let target = 0x1000_0000;
     let rw = TCE_PCI_READ | TCE_PCI_WRITE;
-    // Unknown table, unaligned or out-of-window address, target outside RAM, reserved range.
+    // Unknown table, out-of-window address, reserved range. (An address inside a page and a target
+    // outside RAM are accepted, as QEMU accepts them: see qemu_fidelity.rs.)
     assert_eq!(hv.h_put_tce(l + 100, 0x10_0000, target | rw), H_PARAMETER);
-    assert_eq!(hv.h_put_tce(l, 0x10_0800, target | rw), H_PARAMETER);
     assert_eq!(hv.h_put_tce(l, win.end(), target | rw), H_PARAMETER);
-    assert_eq!(hv.h_put_tce(l, 0x10_0000, (7 * GIB) | rw), H_PARAMETER);
     assert_eq!(hv.h_put_tce(l, 0x1000, target | rw), H_PARAMETER, "reserved range");
     assert_eq!(hv.tce_counters().live_entries, 0);
     // A good one, read back, cleared.

@@ -1,20 +1,19 @@
 //! The kernel's ccdma instance: one [`DmaLayer`] over [`PLATFORM`], its pools, and one
 //! `virtio_drivers::Hal` per managed device.
 //!
-//! Each managed device gets a binding type (see [`dma_binding!`]) that names the layer and the
-//! device's [`Device`] handle; its HAL is [`Observed`]`<Binding>`, which is ccdma's
-//! [`CcdmaHal`] plus bookkeeping for the report: bytes each way, the range of bus addresses the
-//! device was given, and a check of every such address against the page ledger.
+//! Each managed device gets a binding type (`ccdma_qemu_common::dma_binding!`, naming [`X86Dma`]);
+//! its HAL is [`Observed`]`<Binding>`: ccdma's `CcdmaHal` plus the report's bookkeeping and a check
+//! of every bus address against the page ledger.
 
 use ccdma::iommu::BusRange;
-use ccdma::virtio_hal::{dma_direction, CcdmaHal, HalBinding, HalFailure};
-use ccdma::{BusAddr, Device, DmaError, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
+use ccdma::{BusAddr, DmaError, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
 use core::cell::UnsafeCell;
 use core::fmt;
-use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::{Mutex, Once};
-use virtio_drivers::{BufferDirection, Hal, PhysAddr as VirtioAddr};
+
+use ccdma_qemu_common::binding::KernelDma;
 
 use crate::memory::{self, SlotBitmap, StaticRegion, PAGE_SIZE};
 use crate::platform::{QemuPlatform, PLATFORM};
@@ -33,34 +32,7 @@ const POOL_SLOTS: usize = POOL_SIZE / 2048;
 
 static LAYER: Once<Layer> = Once::new();
 
-/// A value in `.bss` that can be borrowed mutably exactly once, for the kernel's lifetime (pool
-/// metadata, which the layer keeps `&'static mut`).
-pub struct TakeOnce<T> {
-    taken: AtomicBool,
-    value: UnsafeCell<T>,
-}
-
-// SAFETY: the value is only reached through `take`, which hands out one `&mut` ever.
-unsafe impl<T: Send> Sync for TakeOnce<T> {}
-
-impl<T> TakeOnce<T> {
-    /// Wraps `value`.
-    pub const fn new(value: T) -> Self {
-        Self { taken: AtomicBool::new(false), value: UnsafeCell::new(value) }
-    }
-
-    /// The value, the first time; `None` after.
-    // The `&mut` comes out of the `UnsafeCell`, handed out once (the flag), not out of `&self`.
-    #[allow(clippy::mut_from_ref)]
-    pub fn take(&'static self) -> Option<&'static mut T> {
-        if self.taken.swap(true, Ordering::AcqRel) {
-            return None;
-        }
-        // SAFETY: the flag was clear, so this is the only reference ever created, and `self` is
-        // `'static`.
-        Some(unsafe { &mut *self.value.get() })
-    }
-}
+pub use ccdma_qemu_common::memory::TakeOnce;
 
 /// Pool memory below 4 GiB (in `.bss`), 2 MiB aligned like the high pool so a dynamic window
 /// can map both with 2 MiB entries.
@@ -224,276 +196,30 @@ pub fn free_pages(phys: PhysAddr, pages: usize) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per-device bindings and their bookkeeping.
+// The bindings (common crate) reach this kernel's instance through `X86Dma`.
 
-/// What one device's HAL did, for the report.
-pub struct DeviceStats {
-    /// Streaming maps (`share`).
-    pub maps: AtomicU64,
-    /// Bytes of buffers the device reads (`DriverToDevice`, `Both`).
-    pub bytes_to_device: AtomicU64,
-    /// Bytes of buffers the device writes (`DeviceToDriver`, `Both`).
-    pub bytes_from_device: AtomicU64,
-    /// Lowest bus address handed to the device (maps and coherent memory).
-    pub min_bus: AtomicU64,
-    /// Highest bus address (last byte) handed to the device.
-    pub max_bus: AtomicU64,
-    /// Lowest physical address behind those bus addresses (first page of each).
-    pub min_phys: AtomicU64,
-    /// Highest physical address behind them (first page of each).
-    pub max_phys: AtomicU64,
-    /// Coherent pages allocated (virtqueues).
-    pub coherent_pages: AtomicU64,
-    /// Requests ccdma refused (the device got [`UNREACHABLE_BUS`]).
-    pub refused: AtomicU64,
-    /// Addresses given to the device that were not shared memory.
-    pub unshared_given: AtomicU64,
-    /// Test knob: buffers of exactly this length (0: none) are not mapped; the device is handed
-    /// the private buffer's own physical address (containment checks).
-    pub passthrough_len: AtomicUsize,
-    /// The address the knob last handed out, so its `unshare` is recognised later.
-    passthrough_given: AtomicU64,
-    /// Test knob: buffers of exactly this length (0: none) are mapped `DriverToDevice` whatever
-    /// the driver asked (a driver that gets the direction wrong; strict-mode permission checks).
-    pub to_device_len: AtomicUsize,
-    /// The bus address of the last such mapping, so its `unshare` uses the same direction.
-    pub to_device_given: AtomicU64,
-    /// The last HAL failure.
-    pub last_failure: Mutex<Option<HalFailure>>,
-}
+pub use ccdma_qemu_common::binding::{attach, KernelBinding, Observed};
 
-impl DeviceStats {
-    /// Nothing recorded.
-    pub const fn new() -> Self {
-        Self {
-            maps: AtomicU64::new(0),
-            bytes_to_device: AtomicU64::new(0),
-            bytes_from_device: AtomicU64::new(0),
-            min_bus: AtomicU64::new(u64::MAX),
-            max_bus: AtomicU64::new(0),
-            min_phys: AtomicU64::new(u64::MAX),
-            max_phys: AtomicU64::new(0),
-            coherent_pages: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            unshared_given: AtomicU64::new(0),
-            passthrough_len: AtomicUsize::new(0),
-            passthrough_given: AtomicU64::new(u64::MAX),
-            to_device_len: AtomicUsize::new(0),
-            to_device_given: AtomicU64::new(u64::MAX),
-            last_failure: Mutex::new(None),
-        }
+/// This kernel's ccdma instance, for the bindings declared with `ccdma_qemu_common::dma_binding!`.
+pub struct X86Dma;
+
+impl KernelDma for X86Dma {
+    type Platform = QemuPlatform;
+    const UNREACHABLE_BUS: BusAddr = UNREACHABLE_BUS;
+
+    fn layer() -> &'static Layer {
+        layer()
     }
 
-    fn saw_bus(&self, device: u32, bus: u64, len: usize) {
-        self.min_bus.fetch_min(bus, Ordering::Relaxed);
-        self.max_bus.fetch_max(bus + len as u64 - 1, Ordering::Relaxed);
-        // Behind the IOMMU the window says where the memory is; without, the bus address is it.
-        if let Some(phys) = PLATFORM.iommu().translate(device, bus).unwrap_or(Some(bus)) {
-            self.min_phys.fetch_min(phys, Ordering::Relaxed);
-            self.max_phys.fetch_max(phys, Ordering::Relaxed);
-        }
+    fn platform() -> &'static QemuPlatform {
+        &PLATFORM
     }
 
-    /// Lowest and highest physical address behind the bus addresses handed out, if any.
-    pub fn phys_range(&self) -> Option<(u64, u64)> {
-        let min = self.min_phys.load(Ordering::Relaxed);
-        (min != u64::MAX).then(|| (min, self.max_phys.load(Ordering::Relaxed)))
+    fn alloc_pages(pages: usize) -> Option<PhysAddr> {
+        alloc_pages(pages)
     }
 
-    /// Lowest and highest bus address handed out, if any.
-    pub fn bus_range(&self) -> Option<(u64, u64)> {
-        let min = self.min_bus.load(Ordering::Relaxed);
-        (min != u64::MAX).then(|| (min, self.max_bus.load(Ordering::Relaxed)))
-    }
-}
-
-/// A [`HalBinding`] with the kernel's bookkeeping.
-pub trait KernelBinding: HalBinding<Platform = &'static QemuPlatform> {
-    /// Short name for reports.
-    const NAME: &'static str;
-    /// The device's bookkeeping.
-    fn stats() -> &'static DeviceStats;
-    /// Where the binding keeps its device handle.
-    fn slot() -> &'static Once<Device>;
-}
-
-/// Declares a binding type `$name` for one device, reported as `$label`.
-macro_rules! dma_binding {
-    ($(#[$meta:meta])* $name:ident, $label:literal) => {
-        $(#[$meta])*
-        pub struct $name;
-
-        const _: () = {
-            static DEVICE: ::spin::Once<::ccdma::Device> = ::spin::Once::new();
-            static STATS: $crate::dma::DeviceStats = $crate::dma::DeviceStats::new();
-            static COHERENT: [::ccdma::virtio_hal::CoherentSlot; 8] =
-                [const { ::ccdma::virtio_hal::CoherentSlot::new() }; 8];
-
-            // SAFETY: `alloc_pages` hands out pages of the kernel's coherent-page bitmap, owned by
-            // nobody else until `free_pages` returns them; the unreachable address lies outside every
-            // window and all RAM (see `UNREACHABLE_BUS`).
-            unsafe impl ::ccdma::virtio_hal::HalBinding for $name {
-                type Platform = &'static $crate::platform::QemuPlatform;
-
-                fn layer() -> &'static $crate::dma::Layer {
-                    $crate::dma::layer()
-                }
-
-                fn device() -> &'static ::ccdma::Device {
-                    DEVICE.get().expect(concat!($label, ": HAL used before the device was attached"))
-                }
-
-                fn unreachable_bus_addr() -> ::ccdma::BusAddr {
-                    $crate::dma::UNREACHABLE_BUS
-                }
-
-                unsafe fn mmio_phys_to_virt(paddr: u64, size: usize) -> ::core::ptr::NonNull<u8> {
-                    $crate::dma::mmio_identity(paddr, size)
-                }
-
-                fn alloc_pages(pages: usize) -> Option<::ccdma::PhysAddr> {
-                    $crate::dma::alloc_pages(pages)
-                }
-
-                unsafe fn free_pages(phys: ::ccdma::PhysAddr, pages: usize) {
-                    $crate::dma::free_pages(phys, pages)
-                }
-
-                fn coherent_slots() -> &'static [::ccdma::virtio_hal::CoherentSlot] {
-                    &COHERENT
-                }
-
-                fn failed(failure: ::ccdma::virtio_hal::HalFailure) {
-                    $crate::dma::record_failure(&STATS, $label, failure)
-                }
-            }
-
-            impl $crate::dma::KernelBinding for $name {
-                const NAME: &'static str = $label;
-
-                fn stats() -> &'static $crate::dma::DeviceStats {
-                    &STATS
-                }
-
-                fn slot() -> &'static ::spin::Once<::ccdma::Device> {
-                    &DEVICE
-                }
-            }
-        };
-    };
-}
-pub(crate) use dma_binding;
-
-/// Identity mapping of a BAR range (every BAR sits below the identity map's limit).
-pub fn mmio_identity(paddr: u64, size: usize) -> NonNull<u8> {
-    memory::ptr_of(paddr, size)
-        .unwrap_or_else(|| panic!("MMIO region {paddr:#x}+{size:#x} is outside the identity map"))
-}
-
-/// Records a HAL failure of one device (and logs it: a refused request is worth a line).
-pub fn record_failure(stats: &DeviceStats, label: &str, failure: HalFailure) {
-    if matches!(failure, HalFailure::Share { .. }) {
-        stats.refused.fetch_add(1, Ordering::Relaxed);
-    }
-    log::info!("{label}: HAL request refused: {failure:?}");
-    *stats.last_failure.lock() = Some(failure);
-}
-
-/// Attaches the device of binding `B` to the layer with `config` and records its handle. A
-/// device behind the IOMMU must be registered with the platform first.
-pub fn attach<B: KernelBinding>(config: ccdma::DeviceConfig) -> Result<&'static Device, DmaError> {
-    let device = layer().attach(config)?;
-    Ok(B::slot().call_once(|| device))
-}
-
-/// The HAL of binding `B`'s device: ccdma's [`CcdmaHal`] plus the kernel's bookkeeping and its
-/// check that every bus address given to the device reaches only shared memory.
-pub struct Observed<B: KernelBinding>(core::marker::PhantomData<B>);
-
-impl<B: KernelBinding> Observed<B> {
-    fn device_id() -> u32 {
-        B::device().config().id
-    }
-}
-
-// SAFETY: every call is forwarded to `CcdmaHal<B>`, whose guarantees carry over unchanged; the
-// bookkeeping only reads addresses and lengths. The passthrough knob (tests of IOMMU containment
-// only) hands the device the buffer's own physical address, which is valid memory of the buffer
-// that virtio-drivers owns until `unshare`; the to-device knob asks for a mapping that gives the
-// device less than the driver wanted, never more.
-unsafe impl<B: KernelBinding> Hal for Observed<B> {
-    fn dma_alloc(pages: usize, direction: BufferDirection) -> (VirtioAddr, NonNull<u8>) {
-        let (bus, cpu) = CcdmaHal::<B>::dma_alloc(pages, direction);
-        if bus != 0 {
-            let stats = B::stats();
-            stats.coherent_pages.fetch_add(pages as u64, Ordering::Relaxed);
-            stats.saw_bus(Self::device_id(), bus, pages * PAGE_SIZE);
-            if !PLATFORM.check_device_address(Self::device_id(), BusAddr(bus), pages * PAGE_SIZE) {
-                stats.unshared_given.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        (bus, cpu)
-    }
-
-    unsafe fn dma_dealloc(paddr: VirtioAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
-        B::stats().coherent_pages.fetch_sub(pages as u64, Ordering::Relaxed);
-        // SAFETY: the caller's contract, passed on.
-        unsafe { CcdmaHal::<B>::dma_dealloc(paddr, vaddr, pages) }
-    }
-
-    unsafe fn mmio_phys_to_virt(paddr: VirtioAddr, size: usize) -> NonNull<u8> {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { CcdmaHal::<B>::mmio_phys_to_virt(paddr, size) }
-    }
-
-    unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> VirtioAddr {
-        let stats = B::stats();
-        let len = buffer.len();
-        if len == stats.passthrough_len.load(Ordering::Relaxed) {
-            let phys = memory::phys_of(buffer.as_ptr().cast());
-            stats.passthrough_given.store(phys, Ordering::Relaxed);
-            return phys;
-        }
-        let lie = len == stats.to_device_len.load(Ordering::Relaxed);
-        let direction = if lie { BufferDirection::DriverToDevice } else { direction };
-        // SAFETY: the caller's contract, passed on (a to-device mapping only reads the buffer).
-        let bus = unsafe { CcdmaHal::<B>::share(buffer, direction) };
-        if bus == UNREACHABLE_BUS.0 {
-            return bus;
-        }
-        if lie {
-            stats.to_device_given.store(bus, Ordering::Relaxed);
-        }
-        stats.maps.fetch_add(1, Ordering::Relaxed);
-        let direction = dma_direction(direction);
-        if direction.device_reads() {
-            stats.bytes_to_device.fetch_add(len as u64, Ordering::Relaxed);
-        }
-        if direction.device_writes() {
-            stats.bytes_from_device.fetch_add(len as u64, Ordering::Relaxed);
-        }
-        stats.saw_bus(Self::device_id(), bus, len);
-        if !PLATFORM.check_device_address(Self::device_id(), BusAddr(bus), len) {
-            stats.unshared_given.fetch_add(1, Ordering::Relaxed);
-        }
-        bus
-    }
-
-    unsafe fn unshare(paddr: VirtioAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
-        let given = &B::stats().passthrough_given;
-        if paddr == given.load(Ordering::Relaxed) && paddr == memory::phys_of(buffer.as_ptr().cast()) {
-            // Handed out by the passthrough knob: nothing was mapped.
-            given.store(u64::MAX, Ordering::Relaxed);
-            return;
-        }
-        let lied = &B::stats().to_device_given;
-        let direction = if paddr == lied.load(Ordering::Relaxed) {
-            lied.store(u64::MAX, Ordering::Relaxed);
-            BufferDirection::DriverToDevice
-        } else {
-            direction
-        };
-        // SAFETY: the caller's contract, passed on.
-        unsafe { CcdmaHal::<B>::unshare(paddr, buffer, direction) }
+    fn free_pages(phys: PhysAddr, pages: usize) {
+        free_pages(phys, pages)
     }
 }

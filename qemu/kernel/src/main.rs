@@ -10,42 +10,54 @@
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-mod blk;
 mod boot;
 mod config;
 mod dma;
 mod exceptions;
 mod exit;
-mod hal;
 mod iommu;
-mod ledger;
 mod mem;
 mod memory;
-mod net;
-mod patterns;
 mod pci;
 mod platform;
-mod report;
-mod rng;
 mod scenario;
 mod serial;
 mod start_info;
 mod time;
-mod transport;
 // The driver exposes its whole API (detach, permissions per direction, fault access kinds) even
 // where the kernel does not use all of it.
 #[allow(dead_code)]
 mod virtio_iommu;
 
+// What both test kernels share (qemu/common), under the names the modules here use.
+pub(crate) use ccdma_qemu_common::direct as hal;
+pub(crate) use ccdma_qemu_common::println;
+pub(crate) use ccdma_qemu_common::{blk, ledger, net, patterns, report, rng, transport};
+
+use ccdma_qemu_common::Arch;
 use core::panic::PanicInfo;
+use core::ptr::NonNull;
 use exit::{exit_qemu, ExitCode};
 use report::Report;
 use start_info::StartInfo;
 
+/// This machine's console, clock, MMIO mapping and exit, for the common crate.
+static ARCH: Arch = Arch { write: serial::write_str, now: time::now, mmio: mmio_identity, exit: exit_checks };
+
+fn mmio_identity(phys: u64, size: usize) -> NonNull<u8> {
+    memory::ptr_of(phys, size)
+        .unwrap_or_else(|| panic!("MMIO region {phys:#x}+{size:#x} is outside the identity map"))
+}
+
+fn exit_checks(passed: bool) -> ! {
+    exit_qemu(if passed { ExitCode::Success } else { ExitCode::Failure })
+}
+
 /// Rust entry point, called by the boot trampoline on the boot stack with paging and SSE on.
 #[no_mangle]
 extern "C" fn kmain(start_info_phys: u32) -> ! {
-    serial::init(log::LevelFilter::Warn);
+    serial::init();
+    ccdma_qemu_common::init(&ARCH, log::LevelFilter::Warn);
     exceptions::init();
     println!("ccdma test kernel");
 

@@ -1,8 +1,9 @@
 //! PCI on QEMU's q35: ECAM at 0xB000_0000, bus 0 only (every device the runner adds sits there).
 
+use ccdma_qemu_common::virtio::pci::{PciError, PciTransport as ManagedTransport};
 use core::fmt;
 use virtio_drivers::transport::pci::bus::{
-    Cam, Command, DeviceFunction, DeviceFunctionInfo, MmioCam, PciRoot,
+    Cam, Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, MmioCam, PciRoot,
 };
 use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
 
@@ -55,6 +56,8 @@ impl fmt::Display for RequesterId {
 /// The root complex, through ECAM.
 pub struct PciBus {
     root: PciRoot<MmioCam<'static>>,
+    /// Read-only access for the common virtio transport (capabilities and BARs).
+    reader: MmioCam<'static>,
 }
 
 impl PciBus {
@@ -63,7 +66,10 @@ impl PciBus {
         // SAFETY: on q35 the 256 MiB at Q35_ECAM_BASE are the MCFG window, identity-mapped
         // uncached by the trampoline and reached only through this `PciRoot`.
         let cam = unsafe { MmioCam::new(Q35_ECAM_BASE as *mut u8, Cam::Ecam) };
-        Self { root: PciRoot::new(cam) }
+        // SAFETY: the clone is only used to read capabilities and BARs (`managed_transport`),
+        // never to write.
+        let reader = unsafe { cam.unsafe_clone() };
+        Self { root: PciRoot::new(cam), reader }
     }
 
     /// Every function on bus 0.
@@ -83,8 +89,15 @@ impl PciBus {
         self.root.set_command(function, command | Command::MEMORY_SPACE | Command::BUS_MASTER);
     }
 
-    /// Enables `function` and opens its virtio PCI transport (BARs as assigned by firmware, reached
-    /// through the identity map).
+    /// Enables `function` and opens the common crate's virtio transport (the managed devices; it is
+    /// correct in either byte order, which the pseries kernel needs).
+    pub fn managed_transport(&mut self, function: DeviceFunction) -> Result<ManagedTransport, PciError> {
+        self.enable_memory_and_dma(function);
+        ManagedTransport::new(&self.reader, function)
+    }
+
+    /// Enables `function` and opens virtio-drivers' PCI transport (the virtio-iommu; BARs as
+    /// assigned by firmware, reached through the identity map).
     pub fn virtio_transport(&mut self, function: DeviceFunction) -> Result<PciTransport, VirtioPciError> {
         self.enable_memory_and_dma(function);
         PciTransport::new::<DirectHal, _>(&mut self.root, function)

@@ -10,6 +10,8 @@
 use ccdma::{BusAddr, MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform, SharingErrorKind};
 use core::ptr::NonNull;
 
+use ccdma_qemu_common::binding::KernelPlatform;
+
 use crate::iommu::IommuBackend;
 use crate::ledger::{PageLedger, Violation};
 use crate::memory::{self, PAGE_SIZE};
@@ -61,6 +63,17 @@ impl QemuPlatform {
             at += piece;
         }
         true
+    }
+}
+
+impl KernelPlatform for QemuPlatform {
+    fn device_phys(&self, device: u32, bus: u64) -> Option<u64> {
+        // Behind the IOMMU the window says where the memory is; without, the bus address is it.
+        self.iommu.translate(device, bus).unwrap_or(Some(bus))
+    }
+
+    fn check_device_address(&self, device: u32, bus: BusAddr, len: usize) -> bool {
+        QemuPlatform::check_device_address(self, device, bus, len)
     }
 }
 

@@ -6,21 +6,22 @@
 //! outside the IOMMU and uses its private buffers directly, as the no-bounce, no-IOMMU baseline.
 
 use ccdma::{Device, DeviceConfig, DmaMask, DmaPath};
+use ccdma_qemu_common::checks::{self, Bounced, DISK_SIGNATURE};
+use ccdma_qemu_common::report::Bytes;
+use ccdma_qemu_common::virtio::blk::VirtioBlk;
+use ccdma_qemu_common::virtio::net::VirtioNet;
+use ccdma_qemu_common::virtio::pci::PciTransport;
 use core::fmt;
 use core::sync::atomic::Ordering;
 use core::time::Duration;
-use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
-use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
-use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::Hal;
 
 use crate::blk::{self, Blk, BlkIoError, BlkRequest};
 use crate::config::{slot, IommuMode, TestConfig};
-use crate::dma::{self, dma_binding, KernelBinding, Observed, PoolPlacement};
+use crate::dma::{self, KernelBinding, Observed, PoolPlacement, X86Dma};
 use crate::hal::DirectHal;
 use crate::iommu::{Driver, DDW_START, DEFAULT_WINDOW_SIZE, DEFAULT_WINDOW_START};
-use crate::net::{Nic, MAX_FRAME};
+use crate::net::Nic;
 use crate::pci::{self, PciBus, RequesterId, VIRTIO_VENDOR};
 use crate::platform::PLATFORM;
 use crate::report::Report;
@@ -29,31 +30,37 @@ use crate::start_info::StartInfo;
 use crate::transport::PlatformAccessTransport;
 use crate::virtio_iommu::{Domain, FaultReason, IommuError, Permissions, RequestKind, RequestStatus};
 use crate::{boot, memory, patterns, println, time};
+use ccdma_qemu_common::dma_binding;
 
 dma_binding!(
     /// The data virtio-blk.
     BlkBinding,
-    "blk"
+    "blk",
+    X86Dma
 );
 dma_binding!(
     /// The containment virtio-blk (its DMA is blocked on purpose).
     BlkFaultBinding,
-    "blk-fault"
+    "blk-fault",
+    X86Dma
 );
 dma_binding!(
     /// The virtio-rng.
     RngBinding,
-    "rng"
+    "rng",
+    X86Dma
 );
 dma_binding!(
     /// The first virtio-net.
     NetABinding,
-    "net-a"
+    "net-a",
+    X86Dma
 );
 dma_binding!(
     /// The second virtio-net.
     NetBBinding,
-    "net-b"
+    "net-b",
+    X86Dma
 );
 
 type Transport = PlatformAccessTransport<PciTransport>;
@@ -63,55 +70,6 @@ type BenchBlk = Blk<DirectHal>;
 type Rng = VirtioRng<Observed<RngBinding>, Transport>;
 
 const FOUR_GIB: u64 = 1 << 32;
-/// A sector transfer takes microseconds; this only bounds a broken device.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Bound for one frame to arrive.
-const NET_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The runner writes this at the start of the data disk; reading it proves data comes from the
-/// disk, not from stale memory.
-const DISK_SIGNATURE: &[u8] = b"CCDMA-DISK-SIGNATURE";
-/// Written at the start of sector [`WRITE_SECTOR`]; the runner looks for it in the image after
-/// QEMU exits, which proves the write reached the disk.
-const WRITE_MARKER: &[u8] = b"CCDMA-WRITE-CHECK";
-const WRITE_SECTOR: usize = 1;
-
-/// Block patterns: (sectors, byte offset of the buffer from a 4 KiB boundary). Sizes from one
-/// sector to the largest mapping a pool run holds (256 KiB); offsets make buffers start inside a
-/// page and cross page boundaries.
-const BLK_PATTERNS: &[(usize, usize)] = &[
-    (1, 0),
-    (1, 8),
-    (2, 512),
-    (3, 24),
-    (7, 0),
-    (8, 0),
-    (8, 2048),
-    (16, 8),
-    (31, 64),
-    (64, 0),
-    (100, 512),
-    (128, 0),
-    (255, 8),
-    (512, 0),
-];
-/// First sector the patterns use (the signature and marker live below).
-const PATTERN_FIRST_SECTOR: usize = 64;
-
-/// virtio-rng buffer sizes.
-const RNG_SIZES: &[usize] = &[1, 16, 63, 512, 4096, 16384, 65536];
-/// Frame sizes (Ethernet header included, FCS excluded).
-const FRAME_SIZES: &[usize] = &[60, 61, 128, 333, 1000, 1500, MAX_FRAME];
-/// Ethertype for the test frames (IEEE local experimental).
-const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
-
-/// Benchmark: bytes written and read per device and round, in requests of [`BENCH_CHUNK`].
-const BENCH_BYTES: usize = 16 << 20;
-/// Timed rounds per device (the report gives the median).
-const BENCH_ROUNDS: usize = 5;
-const BENCH_CHUNK: usize = 128 << 10;
-const BENCH_FIRST_SECTOR: usize = 4096;
-
 /// How long to wait for a fault report after provoking one.
 const FAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a blocked request gets to (wrongly) complete.
@@ -137,7 +95,11 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
     let mut devices = Machine::default();
     check_memory(report, start_info);
     check_timer(report);
-    PLATFORM.ledger().set_ram(start_info.ram());
+    let mut ram = [const { 0..0 }; 8];
+    for (range, r) in ram.iter_mut().zip(start_info.ram()) {
+        *range = r.start..r.end;
+    }
+    PLATFORM.ledger().set_ram(&ram[..start_info.ram().len().min(8)]);
 
     let mut pci = PciBus::q35();
     let found = survey(report, &pci, config);
@@ -191,7 +153,7 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
             function,
             config.iommu,
             mask64,
-            VirtIOBlk::new,
+            VirtioBlk::new,
         );
     }
     if let Some(function) = found.blk_fault {
@@ -201,7 +163,7 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
             function,
             config.iommu,
             mask64,
-            VirtIOBlk::new,
+            VirtioBlk::new,
         );
     }
     if let Some(function) = found.rng {
@@ -217,13 +179,13 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
     if let Some(function) = found.net_a {
         devices.net_a =
             open_managed::<NetABinding, _, _>(report, &mut pci, function, config.iommu, mask32, |t| {
-                VirtIONetRaw::new(t).map_err(crate::net::NetError::from).and_then(Nic::new)
+                VirtioNet::new(t).map_err(crate::net::NetError::from).and_then(Nic::new)
             });
     }
     if let Some(function) = found.net_b {
         devices.net_b =
             open_managed::<NetBBinding, _, _>(report, &mut pci, function, config.iommu, mask64, |t| {
-                VirtIONetRaw::new(t).map_err(crate::net::NetError::from).and_then(Nic::new)
+                VirtioNet::new(t).map_err(crate::net::NetError::from).and_then(Nic::new)
             });
     }
     if let Some(function) = found.bench {
@@ -231,15 +193,17 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
     }
 
     if let Some(blk) = devices.blk.as_mut() {
-        check_disk_signature(report, blk);
-        check_write_marker(report, blk);
-        check_blk_patterns(report, blk);
+        checks::check_disk_signature(report, blk);
+        checks::check_write_marker(report, blk);
+        let stats = BlkBinding::stats();
+        let bounced = Bounced { to_device: &stats.bytes_to_device, from_device: &stats.bytes_from_device };
+        checks::check_blk_patterns(report, blk, &bounced);
     }
     if let Some(rng) = devices.rng.as_mut() {
-        check_rng(report, rng);
+        checks::check_rng(report, "rng", rng);
     }
     if let (Some(a), Some(b)) = (devices.net_a.as_mut(), devices.net_b.as_mut()) {
-        check_net(report, a, b);
+        checks::check_net(report, a, b);
     }
     check_masks(report, config);
     let mut expected_failures = 0;
@@ -258,7 +222,10 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
     }
     if config.bench {
         match (devices.blk.as_mut(), devices.bench.as_mut()) {
-            (Some(managed), Some(baseline)) => run_bench(report, managed, baseline, config),
+            (Some(managed), Some(baseline)) => {
+                let path = if config.iommu.present() { "bounce + IOMMU" } else { "bounce, no IOMMU" };
+                checks::run_bench(report, managed, baseline, path)
+            }
             _ => report.fail("bench.blk", "benchmark needs the data blk and the baseline blk"),
         }
     }
@@ -427,7 +394,7 @@ where
     B: KernelBinding,
     E: fmt::Display,
 {
-    let transport = match pci.virtio_transport(function) {
+    let transport = match pci.managed_transport(function) {
         Ok(transport) => transport,
         Err(error) => {
             report.fail(format_args!("{}.init", B::NAME), format_args!("PCI transport: {error}"));
@@ -547,14 +514,14 @@ impl fmt::Display for BusRange {
 }
 
 fn open_bench(report: &mut Report, pci: &mut PciBus, function: DeviceFunction) -> Option<BenchBlk> {
-    let transport = match pci.virtio_transport(function) {
+    let transport = match pci.managed_transport(function) {
         Ok(transport) => PlatformAccessTransport::new(transport),
         Err(error) => {
             report.fail("bench-blk.init", format_args!("PCI transport: {error}"));
             return None;
         }
     };
-    match VirtIOBlk::new(transport) {
+    match VirtioBlk::new(transport) {
         Ok(blk) => {
             report.pass(
                 "bench-blk.init",
@@ -947,220 +914,6 @@ impl fmt::Display for FaultNote {
     }
 }
 
-fn check_disk_signature<H: Hal>(report: &mut Report, blk: &mut Blk<H>) {
-    let result = BlkRequest::new(1).and_then(|request| blk::read(blk, request, 0, IO_TIMEOUT));
-    match result {
-        Ok(mut request) => {
-            let found = request.data().starts_with(DISK_SIGNATURE);
-            report.expect(
-                "blk.read_signature",
-                found,
-                format_args!("sector 0 starts with the runner's signature: {found}"),
-            );
-        }
-        Err(error) => report.fail("blk.read_signature", error),
-    }
-}
-
-/// Writes the marker the runner finds in the image after QEMU exits.
-fn check_write_marker<H: Hal>(report: &mut Report, blk: &mut Blk<H>) {
-    let result = BlkRequest::new(1).and_then(|mut request| {
-        let data = request.data();
-        data.fill(0);
-        data[..WRITE_MARKER.len()].copy_from_slice(WRITE_MARKER);
-        blk::write(blk, request, WRITE_SECTOR, IO_TIMEOUT)
-    });
-    match result {
-        Ok(_) => report.pass(
-            "blk.write_marker",
-            format_args!("marker written at sector {WRITE_SECTOR}; the runner checks the image"),
-        ),
-        Err(error) => report.fail("blk.write_marker", error),
-    }
-}
-
-/// Writes every pattern of [`BLK_PATTERNS`], then reads each back and compares every byte.
-fn check_blk_patterns(report: &mut Report, blk: &mut DataBlk) {
-    const NAME: &str = "blk.patterns";
-    let largest =
-        BLK_PATTERNS.iter().map(|&(sectors, offset)| sectors * SECTOR_SIZE + offset).max().unwrap_or(0);
-    let (Some(write_buffer), Some(read_buffer), Some(scratch)) = (
-        memory::leak_bytes(largest, 4096),
-        memory::leak_bytes(largest, 4096),
-        memory::leak_bytes(largest, 4096),
-    ) else {
-        return report.fail(NAME, "no memory for buffers");
-    };
-    let (mut writer, mut reader) =
-        match (BlkRequest::with_buffer(write_buffer), BlkRequest::with_buffer(read_buffer)) {
-            (Ok(writer), Ok(reader)) => (writer, reader),
-            _ => return report.fail(NAME, "no memory for request headers"),
-        };
-    let stats = BlkBinding::stats();
-    let to_before = stats.bytes_to_device.load(Ordering::Relaxed);
-    let from_before = stats.bytes_from_device.load(Ordering::Relaxed);
-
-    let mut sector = PATTERN_FIRST_SECTOR;
-    let mut bytes = 0;
-    for &(sectors, offset) in BLK_PATTERNS {
-        let len = sectors * SECTOR_SIZE;
-        let Some(data) = writer.select(offset, len) else {
-            return report.fail(NAME, "pattern outside its buffer");
-        };
-        patterns::fill(data, sector as u64);
-        writer = match blk::write(blk, writer, sector, IO_TIMEOUT) {
-            Ok(writer) => writer,
-            Err(error) => {
-                return report.fail(NAME, format_args!("write of {sectors} sectors at {sector}: {error}"))
-            }
-        };
-        sector += sectors + 3;
-        bytes += len;
-    }
-    let mut sector = PATTERN_FIRST_SECTOR;
-    for &(sectors, offset) in BLK_PATTERNS {
-        let len = sectors * SECTOR_SIZE;
-        let Some(data) = reader.select(offset, len) else {
-            return report.fail(NAME, "pattern outside its buffer");
-        };
-        data.fill(0xee);
-        reader = match blk::read(blk, reader, sector, IO_TIMEOUT) {
-            Ok(reader) => reader,
-            Err(error) => {
-                return report.fail(NAME, format_args!("read of {sectors} sectors at {sector}: {error}"))
-            }
-        };
-        if let Some(at) = patterns::check(reader.data(), sector as u64, scratch) {
-            return report.fail(
-                NAME,
-                format_args!(
-                    "{sectors} sectors at sector {sector} (buffer offset {offset}): first wrong byte at {at}"
-                ),
-            );
-        }
-        sector += sectors + 3;
-    }
-    let to_device = stats.bytes_to_device.load(Ordering::Relaxed) - to_before;
-    let from_device = stats.bytes_from_device.load(Ordering::Relaxed) - from_before;
-    report.expect(
-        NAME,
-        to_device >= bytes as u64 && from_device >= bytes as u64,
-        format_args!(
-            "{} transfers of 1..={} sectors at buffer offsets 0..=2048: {} KiB written, read back, every byte identical; bounced {} KiB to and {} KiB from the device",
-            BLK_PATTERNS.len(),
-            BLK_PATTERNS.iter().map(|&(sectors, _)| sectors).max().unwrap_or(0),
-            bytes >> 10,
-            to_device >> 10,
-            from_device >> 10
-        ),
-    );
-}
-
-/// Buffers of several sizes arrive filled by the device.
-fn check_rng(report: &mut Report, rng: &mut Rng) {
-    const NAME: &str = "rng.sizes";
-    let mut total = 0;
-    for &size in RNG_SIZES {
-        let Some(buffer) = memory::leak_bytes(size, 8) else {
-            return report.fail(NAME, "no memory for buffers");
-        };
-        buffer.fill(0xaa);
-        let (written, buffer) = match rng.fill(buffer, IO_TIMEOUT) {
-            Ok(result) => result,
-            Err(error) => return report.fail(NAME, format_args!("{size}-byte buffer: {error}")),
-        };
-        let data = &buffer[..written];
-        let distinct = patterns::distinct_bytes(data);
-        // From 16 bytes on, content tells: a buffer still all 0xaa never got the device's data,
-        // all zeroes would be the bounce slot's initial fill coming back (each has a chance of
-        // 2^-128 with random data). Random data of 4 KiB or more has nearly all 256 byte values.
-        // Shorter buffers can only be checked by the length the device reports.
-        let untouched = size >= 16 && (data.iter().all(|&b| b == 0xaa) || data.iter().all(|&b| b == 0));
-        let varied = size < 4096 || distinct > 200;
-        if written != size || untouched || !varied {
-            return report.fail(
-                NAME,
-                format_args!("{size}-byte buffer: device wrote {written} bytes, {distinct} distinct values"),
-            );
-        }
-        total += written;
-    }
-    report.pass(
-        NAME,
-        format_args!(
-            "{} buffers of {:?} bytes filled with random data ({total} bytes)",
-            RNG_SIZES.len(),
-            RNG_SIZES
-        ),
-    );
-}
-
-/// Frames of every size in [`FRAME_SIZES`] go from each NIC to the other and arrive intact.
-fn check_net<HA: Hal, HB: Hal>(report: &mut Report, a: &mut Nic<HA>, b: &mut Nic<HB>) {
-    const NAME: &str = "net.exchange";
-    let (Some(frame), Some(received)) = (memory::leak_bytes(MAX_FRAME, 8), memory::leak_bytes(2048, 8))
-    else {
-        return report.fail(NAME, "no memory for buffers");
-    };
-    let (mac_a, mac_b) = (a.mac(), b.mac());
-    let mut frames = 0;
-    let mut bytes = 0;
-    for (index, &size) in FRAME_SIZES.iter().enumerate() {
-        for a_to_b in [true, false] {
-            let (dst, src) = if a_to_b { (mac_b, mac_a) } else { (mac_a, mac_b) };
-            let seed = (index as u64) << 1 | u64::from(a_to_b);
-            let frame = &mut frame[..size];
-            frame[0..6].copy_from_slice(&dst);
-            frame[6..12].copy_from_slice(&src);
-            frame[12..14].copy_from_slice(&ETHERTYPE);
-            patterns::fill(&mut frame[14..], seed);
-            let sent = if a_to_b { a.send(frame, NET_TIMEOUT) } else { b.send(frame, NET_TIMEOUT) };
-            let direction = if a_to_b { "net-a -> net-b" } else { "net-b -> net-a" };
-            if let Err(error) = sent {
-                return report.fail(NAME, format_args!("{direction}, {size} bytes: send: {error}"));
-            }
-            let got =
-                if a_to_b { b.receive(received, NET_TIMEOUT) } else { a.receive(received, NET_TIMEOUT) };
-            match got {
-                Ok(len) if len == size && patterns::first_difference(&received[..len], frame).is_none() => {
-                    frames += 1;
-                    bytes += size;
-                }
-                Ok(len) => {
-                    return report.fail(
-                        NAME,
-                        format_args!(
-                            "{direction}: sent {size} bytes, received {len}, first difference at {:?}",
-                            patterns::first_difference(&received[..len.min(2048)], frame)
-                        ),
-                    )
-                }
-                Err(error) => {
-                    return report.fail(NAME, format_args!("{direction}, {size} bytes: receive: {error}"))
-                }
-            }
-        }
-    }
-    report.pass(
-        NAME,
-        format_args!(
-            "{frames} frames of {:?} bytes, each way between {} and {}, arrived intact ({bytes} bytes)",
-            FRAME_SIZES,
-            Mac(mac_a),
-            Mac(mac_b)
-        ),
-    );
-}
-
-struct Mac([u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-    }
-}
-
 /// Every bus address a device was given is within its DMA mask. A 64-bit device is given high
 /// addresses where a high range exists for it: the pool above 4 GiB without an IOMMU, the dynamic
 /// window (premapped). A 32-bit device gets addresses below 4 GiB even though the main pool is
@@ -1212,108 +965,6 @@ fn check_masks(report: &mut Report, config: &TestConfig) {
     one::<NetBBinding>(report, config, true);
 }
 
-/// Times the same I/O (write then read [`BENCH_BYTES`] in [`BENCH_CHUNK`] requests) on the data
-/// blk through ccdma and on the baseline blk that uses its buffers in place.
-fn run_bench(report: &mut Report, managed: &mut DataBlk, baseline: &mut BenchBlk, config: &TestConfig) {
-    const NAME: &str = "bench.blk";
-    let (Some(buffer), Some(scratch)) =
-        (memory::leak_bytes(BENCH_CHUNK, 4096), memory::leak_bytes(BENCH_CHUNK, 4096))
-    else {
-        return report.fail(NAME, "no memory for buffers");
-    };
-    let mut request = match BlkRequest::with_buffer(buffer) {
-        Ok(request) => request,
-        Err(error) => return report.fail(NAME, error),
-    };
-    // One untimed round each (the host allocates the sparse images' blocks on first write), then
-    // the timed rounds alternate between the two devices so drifts in the host hit both alike.
-    let mut managed_times = [Duration::ZERO; BENCH_ROUNDS];
-    let mut baseline_times = [Duration::ZERO; BENCH_ROUNDS];
-    for round in 0..=BENCH_ROUNDS {
-        let (next, managed_time) = match time_io(managed, request, scratch) {
-            Ok(result) => result,
-            Err(error) => return report.fail(NAME, format_args!("through ccdma: {error}")),
-        };
-        let (next, baseline_time) = match time_io(baseline, next, scratch) {
-            Ok(result) => result,
-            Err(error) => return report.fail(NAME, format_args!("baseline: {error}")),
-        };
-        request = next;
-        if round > 0 {
-            managed_times[round - 1] = managed_time;
-            baseline_times[round - 1] = baseline_time;
-        }
-    }
-    managed_times.sort_unstable();
-    baseline_times.sort_unstable();
-    let mbps = |time: Duration| (2 * BENCH_BYTES) as f64 / 1e6 / time.as_secs_f64().max(1e-9);
-    let median = BENCH_ROUNDS / 2;
-    let (managed_mbps, baseline_mbps) = (mbps(managed_times[median]), mbps(baseline_times[median]));
-    let path = if config.iommu.present() { "bounce + IOMMU" } else { "bounce, no IOMMU" };
-    report.pass(
-        NAME,
-        format_args!(
-            "{} MiB written + read in {} KiB requests, median of {BENCH_ROUNDS} rounds: {path} {:.0} MB/s ({:.0}..{:.0}), no bounce + no IOMMU {:.0} MB/s ({:.0}..{:.0}), ratio {:.2}",
-            BENCH_BYTES >> 20,
-            BENCH_CHUNK >> 10,
-            managed_mbps,
-            mbps(managed_times[BENCH_ROUNDS - 1]),
-            mbps(managed_times[0]),
-            baseline_mbps,
-            mbps(baseline_times[BENCH_ROUNDS - 1]),
-            mbps(baseline_times[0]),
-            managed_mbps / baseline_mbps
-        ),
-    );
-}
-
-/// Writes then reads [`BENCH_BYTES`]; checks the last chunk read back. Returns the elapsed time.
-fn time_io<H: Hal>(
-    blk: &mut Blk<H>,
-    mut request: BlkRequest,
-    scratch: &mut [u8],
-) -> Result<(BlkRequest, Duration), BenchError> {
-    let chunks = BENCH_BYTES / BENCH_CHUNK;
-    let sectors = BENCH_CHUNK / SECTOR_SIZE;
-    patterns::fill(request.select(0, BENCH_CHUNK).ok_or(BenchError::Buffer)?, 42);
-    let start = time::now().ok_or(BenchError::NoClock)?;
-    for chunk in 0..chunks {
-        request = blk::write(blk, request, BENCH_FIRST_SECTOR + chunk * sectors, IO_TIMEOUT)?;
-    }
-    for chunk in 0..chunks {
-        request = blk::read(blk, request, BENCH_FIRST_SECTOR + chunk * sectors, IO_TIMEOUT)?;
-    }
-    let elapsed = time::now().ok_or(BenchError::NoClock)? - start;
-    if let Some(at) = patterns::check(request.data(), 42, scratch) {
-        return Err(BenchError::Mismatch(at));
-    }
-    Ok((request, elapsed))
-}
-
-enum BenchError {
-    Buffer,
-    NoClock,
-    Io(BlkIoError),
-    Mismatch(usize),
-}
-
-impl From<BlkIoError> for BenchError {
-    fn from(error: BlkIoError) -> Self {
-        Self::Io(error)
-    }
-}
-
-impl fmt::Display for BenchError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Self::Buffer => write!(f, "buffer too small"),
-            Self::NoClock => write!(f, "no HPET"),
-            Self::Io(error) => write!(f, "{error}"),
-            Self::Mismatch(at) => write!(f, "data read back differs at byte {at}"),
-        }
-    }
-}
-
 /// The ledger agrees with ccdma: no violation, every shared page accounted for, and no device
 /// was ever given an address outside shared memory.
 fn check_ledger(report: &mut Report, devices: &Machine, expected_failures: u64) {
@@ -1355,19 +1006,6 @@ impl fmt::Display for ViolationNote {
         match self.0 {
             Some(violation) => write!(f, " (first: {violation})"),
             None => Ok(()),
-        }
-    }
-}
-
-/// Bytes in human units.
-struct Bytes(u64);
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self.0 {
-            b if b >= 10 << 20 => write!(f, "{} MiB", b >> 20),
-            b if b >= 10 << 10 => write!(f, "{} KiB", b >> 10),
-            b => write!(f, "{b} B"),
         }
     }
 }
@@ -1439,39 +1077,5 @@ fn print_summary(config: &TestConfig, found: &Found) {
     let shown = c.faults.saturating_sub(4);
     for fault in PLATFORM.iommu().faults_since(shown).into_iter().flatten() {
         println!("  {fault}");
-    }
-}
-
-impl Bytes {
-    fn to_padded(&self) -> PaddedBytes {
-        PaddedBytes(self.0)
-    }
-}
-
-/// [`Bytes`] that honours width and alignment flags.
-struct PaddedBytes(u64);
-
-impl fmt::Display for PaddedBytes {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let mut buffer = [0u8; 32];
-        let mut writer = SliceWriter { buffer: &mut buffer, len: 0 };
-        let _ = fmt::write(&mut writer, format_args!("{}", Bytes(self.0)));
-        let len = writer.len;
-        f.pad(core::str::from_utf8(&buffer[..len]).unwrap_or("?"))
-    }
-}
-
-struct SliceWriter<'a> {
-    buffer: &'a mut [u8],
-    len: usize,
-}
-
-impl fmt::Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = (self.len + s.len()).min(self.buffer.len());
-        let n = end - self.len;
-        self.buffer[self.len..end].copy_from_slice(&s.as_bytes()[..n]);
-        self.len = end;
-        Ok(())
     }
 }

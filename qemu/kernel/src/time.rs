@@ -1,4 +1,4 @@
-//! Wall-clock time from the HPET, for bounding every wait.
+//! Wall-clock time from the HPET, for bounding every wait (deadlines: the common crate's).
 //!
 //! Nothing in the kernel may wait for a device without a deadline: a device that faults, hangs or
 //! lies must turn into a failed check, not a hung boot. q35 always has an HPET at 0xFED0_0000;
@@ -16,8 +16,6 @@ const HPET_CONFIG: u64 = 0x10;
 const HPET_MAIN_COUNTER: u64 = 0xF0;
 /// The HPET spec caps the period at 100 ns; zero means no device answered.
 const MAX_PERIOD_FS: u64 = 100_000_000;
-/// Polls per millisecond assumed when there is no HPET (generous for TCG).
-const FALLBACK_POLLS_PER_MS: u64 = 1_000;
 
 /// Femtoseconds per HPET tick; 0 until [`init`] found a working HPET.
 static PERIOD_FS: AtomicU64 = AtomicU64::new(0);
@@ -58,49 +56,4 @@ pub fn now() -> Option<Duration> {
     Some(Duration::from_nanos((femtos / 1_000_000) as u64))
 }
 
-/// A point in time after which a wait gives up.
-pub struct Deadline {
-    kind: DeadlineKind,
-}
-
-enum DeadlineKind {
-    At(Duration),
-    PollsLeft(u64),
-}
-
-impl Deadline {
-    /// A deadline `timeout` from now.
-    pub fn after(timeout: Duration) -> Self {
-        let kind = match now() {
-            Some(now) => DeadlineKind::At(now + timeout),
-            None => DeadlineKind::PollsLeft((timeout.as_millis() as u64).max(1) * FALLBACK_POLLS_PER_MS),
-        };
-        Self { kind }
-    }
-
-    /// Whether the deadline has passed. Call once per poll: without an HPET each call counts as
-    /// one poll.
-    pub fn expired(&mut self) -> bool {
-        match &mut self.kind {
-            DeadlineKind::At(at) => now().is_none_or(|now| now >= *at),
-            DeadlineKind::PollsLeft(left) => {
-                *left = left.saturating_sub(1);
-                *left == 0
-            }
-        }
-    }
-}
-
-/// Polls `ready` until it returns `Some` or `timeout` passes.
-pub fn poll_until<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
-    let mut deadline = Deadline::after(timeout);
-    loop {
-        if let Some(value) = ready() {
-            return Some(value);
-        }
-        if deadline.expired() {
-            return None;
-        }
-        core::hint::spin_loop();
-    }
-}
+pub use ccdma_qemu_common::time::{poll_until, Deadline};

@@ -1,6 +1,6 @@
-//! Bounded sector I/O on a virtio-blk device, through virtio-drivers' non-blocking requests.
+//! Bounded sector I/O on a virtio-blk device, through non-blocking requests ([`crate::virtio::blk`]).
 //!
-//! virtio-drivers' blocking helpers spin until the device answers, which it never does when the
+//! Blocking helpers would spin until the device answers, which it never does when the
 //! IOMMU blocked the request. Here every request has a deadline. A request's header, status and
 //! data live in leaked memory ([`memory::leak_bytes`]) and are owned by the device while it is in
 //! flight: a completed request hands them back, a timed-out one keeps them for good, so nothing
@@ -8,16 +8,16 @@
 
 use core::fmt;
 use core::time::Duration;
-use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
-use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::Hal;
 
 use crate::memory;
 use crate::time;
 use crate::transport::PlatformAccessTransport;
+use crate::virtio::blk::{BlkReq, BlkResp, VirtioBlk, SECTOR_SIZE};
+use crate::virtio::pci::PciTransport;
 
 /// The virtio-blk driver as this kernel uses it: DMA through `H`, `ACCESS_PLATFORM` acknowledged.
-pub type Blk<H> = VirtIOBlk<H, PlatformAccessTransport<PciTransport>>;
+pub type Blk<H> = VirtioBlk<H, PlatformAccessTransport<PciTransport>>;
 
 /// The buffers of one request. The data buffer can be larger than one transfer: the transfer
 /// uses `buffer[range]`, so one buffer serves requests of many sizes and alignments.

@@ -1,7 +1,7 @@
 //! [`DirectHal`]: the `virtio_drivers::Hal` of devices whose DMA is not translated and not
-//! bounced: the virtio-iommu itself, and the benchmark's baseline blk. DMA pages come from a
+//! bounced: the virtio-iommu itself (x86_64), and the benchmark's baseline blk. DMA pages come from a
 //! private pool and a buffer's bus address is its physical address. Every managed device uses
-//! ccdma's HAL instead (see [`crate::dma`]).
+//! ccdma's HAL instead.
 
 use crate::memory::{self, SlotBitmap, StaticRegion, PAGE_SIZE};
 use core::ptr::NonNull;
@@ -15,17 +15,15 @@ static DIRECT_POOL: StaticRegion<{ DIRECT_POOL_PAGES * PAGE_SIZE }> = StaticRegi
 static DIRECT_PAGES: Mutex<SlotBitmap<{ DIRECT_POOL_PAGES / 64 }>> = Mutex::new(SlotBitmap::new());
 
 fn mmio_identity(paddr: PhysAddr, size: usize) -> NonNull<u8> {
-    memory::ptr_of(paddr, size)
-        .unwrap_or_else(|| panic!("MMIO region {paddr:#x}+{size:#x} is outside the identity map"))
+    crate::mmio(paddr, size)
 }
 
 /// DMA for untranslated devices: private pool, bus address = physical address.
 pub struct DirectHal;
 
 // SAFETY: `dma_alloc` returns zeroed, page-aligned pages that the bitmap gives to one caller until
-// `dma_dealloc`; `mmio_phys_to_virt` returns the identity-mapped address of the caller's MMIO
-// region; `share` returns the buffer's own physical address, valid because memory is
-// identity-mapped and the device is not behind a translation.
+// `dma_dealloc`; `mmio_phys_to_virt` returns the kernel's mapping of the caller's MMIO
+// region ([`crate::Arch::mmio`]); `share` returns the buffer's own physical address, valid because the kernels reach memory at its physical address and the device is not behind a translation.
 unsafe impl Hal for DirectHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let Some(first) = DIRECT_PAGES.lock().alloc(pages, 1) else {

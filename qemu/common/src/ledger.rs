@@ -13,7 +13,6 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 use crate::memory::PAGE_SIZE;
-use crate::start_info::RamRange;
 
 /// Highest address the ledger tracks: 8 GiB (every configuration's RAM fits below it).
 pub const LEDGER_LIMIT: u64 = 8 << 30;
@@ -100,7 +99,7 @@ impl PageLedger {
     }
 
     /// Records the firmware's RAM map (ranges beyond [`LEDGER_LIMIT`] are cut).
-    pub fn set_ram(&self, ram: &[RamRange]) {
+    pub fn set_ram(&self, ram: &[Range<u64>]) {
         let mut guard = self.ram.lock();
         let (ranges, len) = &mut *guard;
         *len = 0;

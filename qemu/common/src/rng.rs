@@ -1,14 +1,15 @@
 //! A bounded virtio-rng driver: one device-writable buffer per request, every wait with a
 //! deadline.
 //!
-//! virtio-drivers' `VirtIORng::request_entropy` spins until the device answers, which it never
-//! does when the IOMMU blocked the request; this driver posts the buffer on virtio-drivers'
-//! `VirtQueue` itself and polls with a deadline. A buffer whose request timed out stays with the
+//! A blocking request would spin until the device answers, which it may never do when the IOMMU
+//! blocked the request; this driver posts the buffer on its queue ([`LeQueue`]) and polls with a
+//! deadline. A buffer whose request timed out stays with the
 //! device: the driver marks itself broken and never posts again.
 
+use crate::virtio::queue::LeQueue;
+use crate::virtio::F_VERSION_1;
 use core::fmt;
 use core::time::Duration;
-use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 use virtio_drivers::Hal;
 
@@ -16,7 +17,6 @@ use crate::time;
 
 const REQUEST_QUEUE: u16 = 0;
 const QUEUE_SIZE: usize = 8;
-const F_VERSION_1: u64 = 1 << 32;
 
 /// Why a request failed.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -51,7 +51,7 @@ impl fmt::Display for RngError {
 pub struct VirtioRng<H: Hal, T: Transport> {
     // First, so it is dropped (device reset) before the queue memory goes.
     transport: T,
-    queue: VirtQueue<H, QUEUE_SIZE>,
+    queue: LeQueue<H, QUEUE_SIZE>,
     broken: bool,
 }
 
@@ -72,7 +72,7 @@ impl<H: Hal, T: Transport> VirtioRng<H, T> {
             transport.set_status(DeviceStatus::FAILED);
             return Err(RngError::FeaturesRejected);
         }
-        let queue = VirtQueue::new(&mut transport, REQUEST_QUEUE, false, false)?;
+        let queue = LeQueue::new(&mut transport, REQUEST_QUEUE)?;
         transport.set_status(features_ok | DeviceStatus::DRIVER_OK);
         Ok(Self { transport, queue, broken: false })
     }
@@ -91,9 +91,7 @@ impl<H: Hal, T: Transport> VirtioRng<H, T> {
         // SAFETY: `buffer` is exclusively ours and is not touched until popped below; if the
         // request times out, the driver is marked broken and the buffer is never touched again.
         let token = unsafe { self.queue.add(&[], &mut [&mut *buffer]) }?;
-        if self.queue.should_notify() {
-            self.transport.notify(REQUEST_QUEUE);
-        }
+        self.queue.notify(&mut self.transport);
         let queue = &self.queue;
         if time::poll_until(timeout, || (queue.peek_used() == Some(token)).then_some(())).is_none() {
             self.broken = true;

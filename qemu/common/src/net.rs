@@ -1,4 +1,4 @@
-//! Bounded frame exchange on virtio-net, through virtio-drivers' non-blocking `VirtIONetRaw`
+//! Bounded frame exchange on virtio-net, through the non-blocking [`VirtioNet`]
 //! (which needs no allocator).
 //!
 //! Each NIC keeps [`RX_BUFFERS`] receive buffers posted. Buffers live in leaked memory: a buffer
@@ -6,13 +6,13 @@
 
 use core::fmt;
 use core::time::Duration;
-use virtio_drivers::device::net::VirtIONetRaw;
-use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::Hal;
 
 use crate::memory;
 use crate::time;
 use crate::transport::PlatformAccessTransport;
+use crate::virtio::net::VirtioNet;
+use crate::virtio::pci::PciTransport;
 
 /// Descriptors per queue.
 const QUEUE_SIZE: usize = 16;
@@ -24,7 +24,7 @@ pub const BUFFER_LEN: usize = 2048;
 pub const MAX_FRAME: usize = 1514;
 
 /// The virtio-net driver as this kernel uses it.
-pub type NetDevice<H> = VirtIONetRaw<H, PlatformAccessTransport<PciTransport>, QUEUE_SIZE>;
+pub type NetDevice<H> = VirtioNet<H, PlatformAccessTransport<PciTransport>, QUEUE_SIZE>;
 
 /// Why a frame did not make it.
 #[derive(Clone, Copy, Debug)]

@@ -1,0 +1,55 @@
+//! Configurations: what the runner (`qemu/run.sh`) gives the machine and what the kernel then
+//! expects. The name comes from the command line (`config=<name>`).
+
+use ccdma::IommuPolicy;
+
+/// One configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Its name.
+    pub name: &'static str,
+    /// ccdma's IOMMU policy.
+    pub policy: IommuPolicy,
+    /// Whether the bridge offers DDW (the runner turns it off with `ddw=off` otherwise).
+    pub ddw: bool,
+}
+
+/// Every configuration; the first is the default.
+pub const CONFIGS: &[Config] = &[
+    Config { name: "pseries", policy: IommuPolicy::Premapped, ddw: true },
+    Config { name: "pseries-strict", policy: IommuPolicy::Strict, ddw: true },
+    Config { name: "pseries-no-ddw", policy: IommuPolicy::Premapped, ddw: false },
+    // The big-endian kernel on the premapped machine.
+    Config { name: "pseries-be", policy: IommuPolicy::Premapped, ddw: true },
+];
+
+/// The value of `key=` on the command line.
+pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_ascii_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The configuration the command line names (the default without `config=`), or the unknown name.
+pub fn from_cmdline(cmdline: &str) -> Result<Config, &str> {
+    match cmdline_value(cmdline, "config") {
+        None => Ok(CONFIGS[0]),
+        Some(name) => CONFIGS.iter().find(|c| c.name == name).copied().ok_or(name),
+    }
+}
+
+/// PCI slots of the devices (`addr=` in run.sh), so the kernel knows each one's role.
+pub mod slot {
+    /// virtio-blk, 64-bit mask: a dynamic window.
+    pub const BLK: u8 = 1;
+    /// virtio-rng, 32-bit mask: the default window.
+    pub const RNG: u8 = 2;
+    /// First virtio-net, 32-bit mask.
+    pub const NET_A: u8 = 3;
+    /// Second virtio-net, on the same hub.
+    pub const NET_B: u8 = 4;
+    /// virtio-rng with a 21-bit mask, below the pool: strict entries.
+    pub const RNG_LOW: u8 = 5;
+    /// virtio-rng with a 12-bit mask: nothing fits, attach refused.
+    pub const RNG_TINY: u8 = 6;
+    /// virtio-blk outside ccdma and the IOMMU (no `iommu_platform`): the benchmark's baseline.
+    pub const BENCH: u8 = 7;
+}

@@ -1,0 +1,110 @@
+//! Probes of QEMU's sPAPR IOMMU where the host model (`hv-model`) might answer differently: return
+//! codes of malformed calls, window geometry, DDW query and create outputs. Each answer is printed
+//! as `QEMU <probe>: <answer>`; `tests/tests/qemu_fidelity.rs` pins the model to the same answers.
+//!
+//! The probes use a part of the default window no device owns (see [`PROBE_IOBA`]) and call the
+//! hypervisor directly, outside ccdma and outside the ultravisor's check (one probe enters an entry
+//! beyond RAM on purpose, and removes it at once).
+
+use ccdma_qemu_common::println;
+use ccdma_qemu_common::report::Report;
+
+use crate::devtree::Bridge;
+use crate::hcall::hcall;
+use crate::{of, rtas};
+use ccdma::iommu::hcall::{H_GET_TCE, H_PUT_TCE, H_PUT_TCE_INDIRECT, H_STUFF_TCE};
+
+/// A default-window address no device's slice covers (slices end at 640 MiB).
+const PROBE_IOBA: u64 = 700 << 20;
+/// A LIOBN no table has.
+const UNKNOWN_LIOBN: u32 = 0x1234;
+
+fn call(opcode: u64, args: [u64; 6]) -> (i64, u64) {
+    // SAFETY: the only address passed (the indirect list) is that of `LIST`, a static page that
+    // the hypervisor only reads; the other probes pass no guest addresses.
+    let (status, out) = unsafe { hcall(opcode, args) };
+    (status, out[0])
+}
+
+#[repr(C, align(4096))]
+struct ListPage([u64; 512]);
+
+/// A list page for the indirect probes (all zero entries: clearing).
+static LIST: ListPage = ListPage([0; 512]);
+
+/// Runs the probes and prints each answer; one check line sums them up.
+pub fn probe(report: &mut Report, bridge: &Bridge) {
+    let liobn = u64::from(bridge.liobn);
+    let end = bridge.window_start + bridge.window_size;
+    let list = LIST.0.as_ptr() as u64;
+    let mut probes = 0;
+    let mut show = |name: &str, value: i64| {
+        probes += 1;
+        println!("QEMU {name}: {value}");
+    };
+    show("default_window.size", bridge.window_size as i64);
+    show("h_get_tce.unaligned_ioba", call(H_GET_TCE, [liobn, PROBE_IOBA + 0x10, 0, 0, 0, 0]).0);
+    show("h_get_tce.window_end", call(H_GET_TCE, [liobn, end, 0, 0, 0, 0]).0);
+    show("h_put_tce.window_end", call(H_PUT_TCE, [liobn, end, 0, 0, 0, 0]).0);
+    show("h_put_tce.unknown_liobn", call(H_PUT_TCE, [u64::from(UNKNOWN_LIOBN), PROBE_IOBA, 0, 0, 0, 0]).0);
+    // An entry naming memory far beyond RAM (read-only), removed at once.
+    let beyond = (1u64 << 44) | 1;
+    show("h_put_tce.beyond_ram", call(H_PUT_TCE, [liobn, PROBE_IOBA, beyond, 0, 0, 0]).0);
+    let (_, entry) = call(H_GET_TCE, [liobn, PROBE_IOBA, 0, 0, 0, 0]);
+    show("h_put_tce.beyond_ram.stored", i64::from(entry == beyond));
+    call(H_PUT_TCE, [liobn, PROBE_IOBA, 0, 0, 0, 0]);
+    show("h_put_tce.unaligned_ioba", call(H_PUT_TCE, [liobn, PROBE_IOBA + 0x10, 0, 0, 0, 0]).0);
+    show("h_put_tce_indirect.count_0", call(H_PUT_TCE_INDIRECT, [liobn, PROBE_IOBA, list, 0, 0, 0]).0);
+    show("h_put_tce_indirect.count_513", call(H_PUT_TCE_INDIRECT, [liobn, PROBE_IOBA, list, 513, 0, 0]).0);
+    show(
+        "h_put_tce_indirect.unaligned_list",
+        call(H_PUT_TCE_INDIRECT, [liobn, PROBE_IOBA, list + 8, 1, 0, 0]).0,
+    );
+    show("h_put_tce_indirect.past_end", call(H_PUT_TCE_INDIRECT, [liobn, end - 4096, list, 2, 0, 0]).0);
+    show("h_stuff_tce.past_end", call(H_STUFF_TCE, [liobn, end - 4096, 0, 2, 0, 0]).0);
+    show("h_stuff_tce.count_0", call(H_STUFF_TCE, [liobn, PROBE_IOBA, 0, 0, 0, 0]).0);
+    probe_ddw(&mut show, bridge);
+    report.pass(
+        "qemu.probes",
+        format_args!("{probes} answers of QEMU's IOMMU printed (QEMU lines) for the model"),
+    );
+}
+
+fn probe_ddw(show: &mut impl FnMut(&str, i64), bridge: &Bridge) {
+    let pe = [0x0800, (bridge.buid >> 32) as u32, bridge.buid as u32]; // slot 1 (blk)
+    let tokens = bridge.ddw.or_else(|| {
+        // The bridge offers none: does RTAS still answer the query?
+        let rtas_node = of::find(b"/rtas\0")?;
+        Some([of::u32_prop(rtas_node, b"ibm,query-pe-dma-window\0")?, 0, 0])
+    });
+    let Some([query, create, remove]) = tokens else { return };
+    if let Some([status, windows, largest, sizes, migration]) = rtas::call::<5>(query, &pe) {
+        show("ddw_query.status", i64::from(status as i32));
+        show("ddw_query.windows_available", i64::from(windows));
+        show("ddw_query.largest_block", i64::from(largest));
+        show("ddw_query.page_sizes", i64::from(sizes));
+        show("ddw_query.migration", i64::from(migration));
+    }
+    if create == 0 {
+        return;
+    }
+    if let Some((liobn, start, _, _)) = crate::platform::PLATFORM.tce_calls().ddw() {
+        show("ddw_create.liobn", i64::from(liobn));
+        show("ddw_create.start", start as i64);
+    }
+    // Another window (a second one while the blk's exists); removed again if QEMU grants it.
+    let name = match crate::platform::PLATFORM.tce_calls().ddw() {
+        Some(_) => "ddw_create.second_window",
+        None => "ddw_create.first_window",
+    };
+    if let Some([status, liobn, ..]) = rtas::call::<4>(create, &[pe[0], pe[1], pe[2], 16, 30]) {
+        show(name, i64::from(status as i32));
+        if status == 0 {
+            let removed = rtas::call::<1>(remove, &[liobn]).map_or(-99, |[s]| i64::from(s as i32));
+            show("ddw_remove.status", removed);
+        }
+    }
+    if let Some([status]) = rtas::call::<1>(remove, &[UNKNOWN_LIOBN]) {
+        show("ddw_remove.unknown_liobn", i64::from(status as i32));
+    }
+}

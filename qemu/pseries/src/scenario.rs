@@ -1,0 +1,384 @@
+//! The checks of one configuration: devices of many masks on one PCI host bridge, each attached to
+//! ccdma and driven through its `CcdmaHal` binding; DMA through QEMU's TCE tables.
+
+use ccdma::{DeviceConfig, DmaMask, DmaPath, IommuConfig, IommuPolicy, VerifyPolicy};
+use ccdma_qemu_common::checks::{self, Bounced};
+use ccdma_qemu_common::direct::DirectHal;
+use ccdma_qemu_common::net::{NetError, Nic};
+use ccdma_qemu_common::report::Report;
+use ccdma_qemu_common::rng::VirtioRng;
+use ccdma_qemu_common::transport::PlatformAccessTransport;
+use ccdma_qemu_common::virtio::blk::VirtioBlk;
+use ccdma_qemu_common::virtio::net::VirtioNet;
+use ccdma_qemu_common::virtio::pci::PciTransport;
+use ccdma_qemu_common::{blk::Blk, println};
+use core::fmt;
+use core::sync::atomic::Ordering;
+use virtio_drivers::transport::pci::bus::DeviceFunction;
+
+use crate::config::{slot, Config};
+use crate::devtree::{Bridge, Tree};
+use crate::dma::{self, KernelBinding, Observed, PseriesDma};
+use crate::pci::{self, PciBus};
+use crate::platform::PLATFORM;
+use crate::{containment, fidelity, summary};
+use ccdma_qemu_common::dma_binding;
+
+dma_binding!(
+    /// virtio-blk, 64-bit mask.
+    BlkBinding,
+    "blk",
+    PseriesDma
+);
+dma_binding!(
+    /// virtio-rng, 32-bit mask; also the containment checks' device.
+    RngBinding,
+    "rng",
+    PseriesDma
+);
+dma_binding!(
+    /// First NIC, 32-bit mask.
+    NetABinding,
+    "net-a",
+    PseriesDma
+);
+dma_binding!(
+    /// Second NIC, 32-bit mask.
+    NetBBinding,
+    "net-b",
+    PseriesDma
+);
+dma_binding!(
+    /// virtio-rng whose mask (21 bits) is below the pool's size: strict entries.
+    RngLowBinding,
+    "rng-low",
+    PseriesDma
+);
+dma_binding!(
+    /// virtio-rng whose mask (12 bits) leaves no room for anything: attach refused.
+    RngTinyBinding,
+    "rng-tiny",
+    PseriesDma
+);
+
+/// The transport of managed devices.
+pub type Transport = PlatformAccessTransport<PciTransport>;
+/// The rng driver over binding `B`.
+pub type Rng<B> = VirtioRng<Observed<B>, Transport>;
+
+/// Mask of the device below the pool: 2 MiB of bus space, less than the 4 MiB pool.
+const LOW_MASK_BITS: u32 = 21;
+/// Mask too small for anything: 8 KiB of bus space (ccdma takes masks above 12 bits), all of it
+/// outside the device's slice of the window.
+const TINY_MASK_BITS: u32 = 13;
+const MIB: u64 = 1 << 20;
+
+/// Each device's slice of the bridge's default window (bus addresses), see [`crate::tce`].
+fn slice_of(slot: u8) -> (u64, u64) {
+    match slot {
+        slot::RNG_LOW => (0, 2 * MIB),
+        slot::RNG_TINY => (2 * MIB, 4 * MIB),
+        slot::RNG => (128 * MIB, 256 * MIB),
+        slot::NET_A => (256 * MIB, 384 * MIB),
+        slot::NET_B => (384 * MIB, 512 * MIB),
+        _ => (512 * MIB, 640 * MIB),
+    }
+}
+
+/// Everything that must stay alive until the machine stops (dropping a virtio driver resets its
+/// device). Held, never read.
+#[allow(dead_code)]
+#[derive(Default)]
+pub struct Machine {
+    blk: Option<Blk<Observed<BlkBinding>>>,
+    rng: Option<Rng<RngBinding>>,
+    rng_low: Option<Rng<RngLowBinding>>,
+    net_a: Option<Nic<Observed<NetABinding>>>,
+    net_b: Option<Nic<Observed<NetBBinding>>>,
+    bench: Option<Blk<DirectHal>>,
+    /// ccdma refused the 13-bit device's attach.
+    tiny_refused: bool,
+}
+
+/// Runs every check of `config`.
+pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
+    let mut machine = Machine::default();
+    PLATFORM.ledger().set_ram(tree.ram());
+    let ram: u64 = tree.ram().iter().map(|r| r.end - r.start).sum();
+    report.expect(
+        "boot.memory",
+        ram >= 4 << 30,
+        format_args!(
+            "{} MiB of RAM in {} range(s), top {:#x}",
+            ram >> 20,
+            tree.ram().len(),
+            PLATFORM.ledger().ram_end()
+        ),
+    );
+    let Some(bridge) = tree.bridge else {
+        report.fail("pci.bridge", "no PCI host bridge in the device tree");
+        return machine;
+    };
+    report.pass("pci.bridge", BridgeNote(&bridge));
+    report.expect(
+        "pci.ddw_offered",
+        bridge.ddw.is_some() == config.ddw,
+        format_args!(
+            "ibm,ddw-applicable {}, as the configuration asks",
+            if bridge.ddw.is_some() { "present" } else { "absent" }
+        ),
+    );
+    PLATFORM.tce_calls().set_bridge(bridge);
+
+    let iommu = match config.policy {
+        IommuPolicy::Premapped => IommuConfig::premapped(),
+        IommuPolicy::Strict => IommuConfig::strict(),
+    }
+    .with_verify(VerifyPolicy::Ends);
+    match dma::init(iommu) {
+        Ok((pool, _)) => report.expect(
+            "ccdma.pool",
+            pool.phys >= 1 << 32,
+            format_args!(
+                "{} KiB at phys {:#x}, above 4 GiB: no 32-bit device reaches it but through a TCE",
+                pool.len >> 10,
+                pool.phys
+            ),
+        ),
+        Err(error) => {
+            report.fail("ccdma.pool", error);
+            return machine;
+        }
+    };
+
+    let Some(mut pci) = PciBus::new(&bridge) else {
+        report.fail("pci.rtas", "no ibm,read-pci-config / ibm,write-pci-config tokens in /rtas");
+        return machine;
+    };
+    survey(report, &pci);
+
+    let mask32 = DmaMask::BITS_32;
+    let mask64 = DmaMask::BITS_64;
+    let mask_low = DmaMask::new(LOW_MASK_BITS).unwrap_or(mask32);
+    let mask_tiny = DmaMask::new(TINY_MASK_BITS).unwrap_or(mask32);
+    machine.blk =
+        open_managed::<BlkBinding, _, _>(report, &mut pci, slot::BLK, config, mask64, VirtioBlk::new);
+    machine.rng =
+        open_managed::<RngBinding, _, _>(report, &mut pci, slot::RNG, config, mask32, VirtioRng::new);
+    machine.net_a = open_managed::<NetABinding, _, _>(report, &mut pci, slot::NET_A, config, mask32, |t| {
+        VirtioNet::new(t).map_err(NetError::from).and_then(Nic::new)
+    });
+    machine.net_b = open_managed::<NetBBinding, _, _>(report, &mut pci, slot::NET_B, config, mask32, |t| {
+        VirtioNet::new(t).map_err(NetError::from).and_then(Nic::new)
+    });
+    machine.rng_low = open_managed::<RngLowBinding, _, _>(
+        report,
+        &mut pci,
+        slot::RNG_LOW,
+        config,
+        mask_low,
+        VirtioRng::new,
+    );
+    machine.tiny_refused = check_refused::<RngTinyBinding>(report, &mut pci, slot::RNG_TINY, mask_tiny);
+    machine.bench = open_bench(report, &mut pci);
+
+    if let Some(blk) = machine.blk.as_mut() {
+        checks::check_disk_signature(report, blk);
+        checks::check_write_marker(report, blk);
+        let stats = BlkBinding::stats();
+        let bounced = Bounced { to_device: &stats.bytes_to_device, from_device: &stats.bytes_from_device };
+        checks::check_blk_patterns(report, blk, &bounced);
+    }
+    if let Some(rng) = machine.rng.as_mut() {
+        checks::check_rng(report, "rng", rng);
+    }
+    if let Some(rng) = machine.rng_low.as_mut() {
+        checks::check_rng(report, "rng-low", rng);
+    }
+    if let (Some(a), Some(b)) = (machine.net_a.as_mut(), machine.net_b.as_mut()) {
+        checks::check_net(report, a, b);
+    }
+    summary::check_masks(report);
+    if let Some(rng) = machine.rng.as_mut() {
+        containment::check_private(report, rng);
+        containment::check_direction(report, rng, config.policy);
+    }
+    if let (Some(managed), Some(baseline)) = (machine.blk.as_mut(), machine.bench.as_mut()) {
+        checks::run_bench(report, managed, baseline, "ccdma + TCE");
+    }
+    fidelity::probe(report, &bridge);
+    summary::check_tces(report);
+    summary::check_ledger(report, &machine);
+    summary::print(config);
+    machine
+}
+
+impl Machine {
+    /// NICs up (their receive buffers stay mapped).
+    pub fn nics(&self) -> usize {
+        usize::from(self.net_a.is_some()) + usize::from(self.net_b.is_some())
+    }
+
+    /// Whether ccdma refused the 13-bit device (a failure it counts, on purpose).
+    pub fn tiny_refused(&self) -> bool {
+        self.tiny_refused
+    }
+}
+
+struct BridgeNote<'a>(&'a Bridge);
+
+impl fmt::Display for BridgeNote<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "BUID {:#x}; default window LIOBN {:#x} bus {:#x}+{:#x}; DDW tokens {:x?}, reset {:x?}; 64-bit MMIO {:x?}",
+            b.buid, b.liobn, b.window_start, b.window_size, b.ddw, b.ddw_reset, b.mem64
+        )
+    }
+}
+
+/// Lists the functions on the bridge.
+fn survey(report: &mut Report, pci: &PciBus) {
+    let mut count = 0;
+    for (function, info) in pci.functions() {
+        count += 1;
+        println!("  pci {function}: {:04x}:{:04x}", info.vendor_id, info.device_id);
+    }
+    report.expect(
+        "pci.enumerate",
+        count > 0,
+        format_args!("{count} function(s) on bus 0 through RTAS config calls"),
+    );
+}
+
+/// The function at `slot`, its BARs assigned and enabled.
+fn function_at(report: &mut Report, pci: &mut PciBus, slot: u8, name: &str) -> Option<DeviceFunction> {
+    let (function, _) = pci.at_slot(slot)?;
+    if let Err(error) = pci.assign_and_enable(function) {
+        report.fail(format_args!("{name}.init"), format_args!("BARs: {error}"));
+        return None;
+    }
+    Some(function)
+}
+
+/// The path ccdma must choose for a device with `mask` in `config`.
+fn expected_path(config: &Config, mask: DmaMask) -> DmaPath {
+    match config.policy {
+        IommuPolicy::Strict => DmaPath::IommuStrict,
+        IommuPolicy::Premapped if mask.bits() == 64 && config.ddw => DmaPath::IommuDdw,
+        IommuPolicy::Premapped if mask.bits() <= LOW_MASK_BITS => DmaPath::IommuStrict,
+        IommuPolicy::Premapped => DmaPath::IommuPremapped,
+    }
+}
+
+/// Opens the device at `slot` (if the runner put one there), attaches it to ccdma with `mask`
+/// and brings its driver up.
+fn open_managed<B, D, E>(
+    report: &mut Report,
+    pci: &mut PciBus,
+    slot: u8,
+    config: &Config,
+    mask: DmaMask,
+    init: impl FnOnce(Transport) -> Result<D, E>,
+) -> Option<D>
+where
+    B: KernelBinding,
+    E: fmt::Display,
+{
+    let function = function_at(report, pci, slot, B::NAME)?;
+    let transport = match PciTransport::new(pci.cam(), function) {
+        Ok(transport) => transport,
+        Err(error) => {
+            report.fail(format_args!("{}.init", B::NAME), format_args!("PCI transport: {error}"));
+            return None;
+        }
+    };
+    let mut transport = PlatformAccessTransport::new(transport);
+    if !transport.offers_access_platform() {
+        report.fail(
+            format_args!("{}.init", B::NAME),
+            "no VIRTIO_F_ACCESS_PLATFORM (iommu_platform=on missing)",
+        );
+        return None;
+    }
+    let id = pci::config_address(function);
+    let (start, end) = slice_of(slot);
+    PLATFORM.tce_calls().register(id, start, end);
+    let device = match dma::attach::<B>(DeviceConfig::new(id, mask)) {
+        Ok(device) => device,
+        Err(error) => {
+            report.fail(format_args!("{}.attach", B::NAME), error);
+            return None;
+        }
+    };
+    let expected = expected_path(config, mask);
+    report.expect(
+        format_args!("{}.attach", B::NAME),
+        device.path() == expected,
+        format_args!(
+            "{function}, {mask} mask, default-window slice {start:#x}..{end:#x}: path {} ({}){}",
+            device.path().name(),
+            summary::Reason(device),
+            if device.path() == expected { "" } else { " - expected another" }
+        ),
+    );
+    match init(transport) {
+        Ok(driver) => {
+            let pages = B::stats().coherent_pages.load(Ordering::Relaxed);
+            report.pass(
+                format_args!("{}.init", B::NAME),
+                format_args!("driver up, {pages} coherent page(s) for its queues"),
+            );
+            Some(driver)
+        }
+        Err(error) => {
+            report.fail(format_args!("{}.init", B::NAME), error);
+            None
+        }
+    }
+}
+
+/// A device whose mask leaves no room: ccdma must refuse the attach, and say why.
+/// Returns whether the attach was refused.
+fn check_refused<B: KernelBinding>(report: &mut Report, pci: &mut PciBus, slot: u8, mask: DmaMask) -> bool {
+    let Some(function) = function_at(report, pci, slot, B::NAME) else { return false };
+    let id = pci::config_address(function);
+    let (start, end) = slice_of(slot);
+    PLATFORM.tce_calls().register(id, start, end);
+    match dma::attach::<B>(DeviceConfig::new(id, mask)) {
+        Ok(device) => {
+            report.fail(
+                format_args!("{}.attach_refused", B::NAME),
+                format_args!("{mask} mask attached with path {}", device.path().name()),
+            );
+            false
+        }
+        Err(error) => {
+            report.pass(
+                format_args!("{}.attach_refused", B::NAME),
+                format_args!("{function}, {mask} mask: attach refused: {error}"),
+            );
+            true
+        }
+    }
+}
+
+/// The benchmark's baseline: a virtio-blk outside ccdma and the IOMMU.
+fn open_bench(report: &mut Report, pci: &mut PciBus) -> Option<Blk<DirectHal>> {
+    let function = function_at(report, pci, slot::BENCH, "bench-blk")?;
+    let transport = match PciTransport::new(pci.cam(), function) {
+        Ok(transport) => PlatformAccessTransport::new(transport),
+        Err(error) => {
+            report.fail("bench-blk.init", format_args!("PCI transport: {error}"));
+            return None;
+        }
+    };
+    match VirtioBlk::new(transport) {
+        Ok(blk) => Some(blk),
+        Err(error) => {
+            report.fail("bench-blk.init", error);
+            None
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The closing checks (masks, TCE tables, ledger) and the report: path per device and why, bytes
+//! each way, hypercalls by kind, TCE entries live, containment.
+
+use ccdma::Device;
+use ccdma_qemu_common::ledger::Violation;
+use ccdma_qemu_common::println;
+use ccdma_qemu_common::report::{Bytes, Report};
+use core::fmt;
+use core::sync::atomic::Ordering;
+
+use crate::config::Config;
+use crate::dma::{self, KernelBinding};
+use crate::platform::PLATFORM;
+use crate::scenario::{BlkBinding, Machine, NetABinding, NetBBinding, RngBinding, RngLowBinding};
+
+const FOUR_GIB: u64 = 1 << 32;
+
+/// Why ccdma chose a device's path, in words.
+pub struct Reason<'a>(pub &'a Device);
+
+impl fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match dma::layer().path_reason(self.0) {
+            Some(reason) => write!(f, "{reason}"),
+            None => write!(f, "{}", self.0.path().name()),
+        }
+    }
+}
+
+/// Every bus address a device was given is within its mask; 64-bit devices on a DDW get bus
+/// addresses above 4 GiB; 32-bit ones reach the pool (above 4 GiB) only through bus addresses
+/// below their mask.
+pub fn check_masks(report: &mut Report) {
+    fn one<B: KernelBinding>(report: &mut Report) {
+        let Some(device) = B::slot().get() else { return };
+        let mask = device.config().dma_mask;
+        let Some((low, high)) = B::stats().bus_range() else {
+            return report.fail(format_args!("dma.mask.{}", B::NAME), "device was never given an address");
+        };
+        let (phys_low, phys_high) = B::stats().phys_range().unwrap_or((0, 0));
+        let ddw = device.path() == ccdma::DmaPath::IommuDdw;
+        // A DDW device streams through the dynamic window (high bus addresses); its queues sit in
+        // its slice of the default window.
+        let ok = high <= mask.max_addr() && (!ddw || high >= FOUR_GIB) && phys_low >= FOUR_GIB;
+        report.expect(
+            format_args!("dma.mask.{}", B::NAME),
+            ok,
+            format_args!(
+                "{mask} mask, given bus addresses {low:#x}..={high:#x} for memory at {phys_low:#x}..={phys_high:#x}{}",
+                if ddw { " (streaming through the dynamic window, queues in the default one)" } else { " (default window, memory above 4 GiB)" }
+            ),
+        );
+    }
+    one::<BlkBinding>(report);
+    one::<RngBinding>(report);
+    one::<NetABinding>(report);
+    one::<NetBBinding>(report);
+    one::<RngLowBinding>(report);
+}
+
+/// Every entry ccdma wrote was read back and named only shared pages; the final tables hold only
+/// entries that name shared pages.
+pub fn check_tces(report: &mut Report) {
+    let c = &PLATFORM.tce_calls().counters;
+    let checked = c.checked.load(Ordering::Relaxed);
+    let bad = c.bad_entries.load(Ordering::Relaxed);
+    report.expect(
+        "uv.tce_writes",
+        checked > 0 && bad == 0,
+        format_args!("{checked} entries read back with H_GET_TCE after ccdma wrote them; {bad} granted a page not shared"),
+    );
+    let (live, bad_live) = PLATFORM.tce_calls().scan_live();
+    let ccdma_live = dma::layer().iommu_stats().live_tces;
+    report.expect(
+        "uv.tce_tables",
+        bad_live == 0 && live == ccdma_live,
+        format_args!("{live} live entries in QEMU's tables (ccdma counts {ccdma_live}); {bad_live} name a page not shared"),
+    );
+}
+
+/// The ledger agrees with ccdma; every mapping but the posted receive buffers was unmapped.
+pub fn check_ledger(report: &mut Report, machine: &Machine) {
+    let ledger = PLATFORM.ledger().stats();
+    let layer = dma::layer().stats();
+    report.expect(
+        "ledger.consistent",
+        ledger.violations == 0 && ledger.shared_pages == layer.shared_pages,
+        format_args!(
+            "{} pages shared = {} ccdma says it shares; {} UV_SHARE_PAGE / {} UV_UNSHARE_PAGE; {} violations{}",
+            ledger.shared_pages,
+            layer.shared_pages,
+            ledger.share_calls,
+            ledger.unshare_calls,
+            ledger.violations,
+            ViolationNote(PLATFORM.ledger().first_violation())
+        ),
+    );
+    let posted = (machine.nics() * ccdma_qemu_common::net::RX_BUFFERS) as u64;
+    // The one failure ccdma may count is the attach refused on purpose (rng-tiny).
+    let refused = u64::from(machine.tiny_refused());
+    report.expect(
+        "ccdma.no_leaks",
+        layer.maps - layer.unmaps == posted && layer.total_failures() == refused,
+        format_args!(
+            "{} maps, {} unmaps, {posted} receive buffers still posted; {} failures ({refused} refused attach on purpose)",
+            layer.maps,
+            layer.unmaps,
+            layer.total_failures()
+        ),
+    );
+}
+
+struct ViolationNote(Option<Violation>);
+
+impl fmt::Display for ViolationNote {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            Some(violation) => write!(f, " (first: {violation})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The closing report.
+pub fn print(config: &Config) {
+    fn device_line<B: KernelBinding>() {
+        let Some(device) = B::slot().get() else { return };
+        let stats = B::stats();
+        let bus = stats.bus_range().unwrap_or((0, 0));
+        println!(
+            "  {:<8} {:>2}-bit  {:<15} to device {:>8}, from device {:>8}, {:>4} maps, bus {:#x}..={:#x}",
+            B::NAME,
+            device.config().dma_mask.bits(),
+            device.path().name(),
+            Bytes(stats.bytes_to_device.load(Ordering::Relaxed)).to_padded(),
+            Bytes(stats.bytes_from_device.load(Ordering::Relaxed)).to_padded(),
+            stats.maps.load(Ordering::Relaxed),
+            bus.0,
+            bus.1,
+        );
+        println!("  {:<8} why: {}", "", Reason(device));
+    }
+    println!("--- ccdma report: pseries configuration {} ({}-endian) ---", config.name, crate::ENDIAN);
+    println!("devices managed by ccdma (path and why; bytes through the bounce pool):");
+    device_line::<BlkBinding>();
+    device_line::<RngBinding>();
+    device_line::<NetABinding>();
+    device_line::<NetBBinding>();
+    device_line::<RngLowBinding>();
+    let s = dma::layer().stats();
+    println!(
+        "ccdma: {} maps ({} bounced), {} unmaps; {} copied to devices, {} copied back; {} pages shared; {} failures",
+        s.maps,
+        s.bounced_maps,
+        s.unmaps,
+        Bytes(s.bytes_to_device),
+        Bytes(s.bytes_from_device),
+        s.shared_pages,
+        s.total_failures()
+    );
+    let i = dma::layer().iommu_stats();
+    println!(
+        "ccdma TCE entries: {} written, {} cleared, {} live; {} strict maps",
+        i.entries_written, i.entries_cleared, i.live_tces, i.strict_maps
+    );
+    let c = &PLATFORM.tce_calls().counters;
+    let n = |x: &core::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
+    println!(
+        "hypercalls: H_PUT_TCE {}, H_PUT_TCE_INDIRECT {}, H_STUFF_TCE {}, H_GET_TCE {} (ccdma) + {} (ultravisor checks), errors {}",
+        n(&c.put),
+        n(&c.put_indirect),
+        n(&c.stuff),
+        n(&c.get),
+        n(&c.get_check),
+        n(&c.errors)
+    );
+    println!(
+        "RTAS DDW calls: query {}, create {}, remove {}; window {}",
+        n(&c.ddw_query),
+        n(&c.ddw_create),
+        n(&c.ddw_remove),
+        DdwNote(PLATFORM.tce_calls().ddw())
+    );
+    let l = PLATFORM.ledger().stats();
+    println!(
+        "ultravisor: {} pages shared now, {} UV_SHARE_PAGE, {} UV_UNSHARE_PAGE, {} violations; {} TCEs checked, {} bad",
+        l.shared_pages,
+        l.share_calls,
+        l.unshare_calls,
+        l.violations,
+        n(&c.checked),
+        n(&c.bad_entries)
+    );
+    println!("faults: blocked device accesses are listed by the runner from QEMU's guest_errors log");
+}
+
+struct DdwNote(Option<(u32, u64, u64, u32)>);
+
+impl fmt::Display for DdwNote {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            Some((liobn, start, size, shift)) => {
+                write!(f, "LIOBN {liobn:#x} bus {start:#x}+{size:#x}, {} KiB pages", (1u64 << shift) >> 10)
+            }
+            None => write!(f, "none"),
+        }
+    }
+}
