@@ -29,9 +29,11 @@
 //!
 //! ## When `share` cannot map
 //!
-//! `Hal::share` has no error return. When the layer refuses a mapping (pool exhausted, buffer
-//! larger than a slot run, device detached), `share` reports the error through
-//! [`HalBinding::failed`] and returns [`HalBinding::unreachable_bus_addr`]: a bus address the
+//! `Hal::share` has no error return. When the pools are full, `share` first waits for slots as
+//! [`HalBinding::wait_for_slots`] says (a bounded retry: by default 8 short spins, for other CPUs to
+//! unmap). When the layer still refuses the mapping (pool exhausted, buffer larger than a slot run),
+//! `share` reports the error through [`HalBinding::failed`] (by default logged as an error, never
+//! quietly) and returns [`HalBinding::unreachable_bus_addr`]: a bus address the
 //! binding guarantees the device cannot reach (outside every IOMMU window; with no IOMMU, an
 //! address that decodes to nothing). The device's access to it then fails at the bus (an IOMMU
 //! fault, or a decode error) instead of touching memory. `unshare` recognises the address and
@@ -191,10 +193,21 @@ pub unsafe trait HalBinding: 'static {
     fn coherent_slots() -> &'static [CoherentSlot];
 
     /// Called for every request the HAL could not serve, before it answers as [`HalFailure`] says.
-    /// The default does nothing (the layer has already counted and, rate-limited, logged the
-    /// failure). A binding that prefers to stop the machine diverges here.
+    /// The default logs it as an error: a refused share means a request whose data goes nowhere
+    /// (see the module documentation), which must never pass quietly. A binding that prefers to stop
+    /// the machine diverges here; one that can fail the request itself records it.
     fn failed(failure: HalFailure) {
-        let _ = failure;
+        log::error!("ccdma virtio HAL: request not served: {failure:?}");
+    }
+
+    /// Called when `share` found every pool the device reaches full, before it tries again: wait for
+    /// other CPUs to unmap (spin, yield, sleep) and say whether to try once more (`attempt` counts
+    /// from 1). The default spins briefly, up to 8 times; a single-CPU binding returns `false`.
+    fn wait_for_slots(attempt: u32) -> bool {
+        for _ in 0..1024 {
+            core::hint::spin_loop();
+        }
+        attempt <= 8
     }
 }
 
@@ -328,9 +341,16 @@ unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
         // until the matching `unshare` (it is a descriptor of an in-flight request), which is the
         // layer's contract for a streaming mapping. `DriverToDevice` buffers are never written: the
         // layer writes the original only for directions in which the device writes.
-        let mapped = unsafe {
-            B::layer().map_ptr(B::device(), buffer.as_ptr().cast::<u8>(), len, direction, DmaAttrs::NONE)
+        let map = || unsafe {
+            B::layer().map_ptr(B::device(), buffer.as_ptr().cast::<u8>(), len, direction, DmaAttrs::NO_WARN)
         };
+        let mut mapped = map();
+        let mut attempt = 1;
+        // Exhaustion is a load condition: slots free up as other requests complete.
+        while matches!(mapped, Err(DmaError::PoolExhausted { .. })) && B::wait_for_slots(attempt) {
+            attempt += 1;
+            mapped = map();
+        }
         match mapped {
             Ok(bus) => bus.0,
             Err(error) => {
