@@ -86,6 +86,9 @@ if [[ $RUN_QEMU == yes && -f qemu/common/Cargo.toml ]]; then
     (cd qemu/common && cargo clippy "${LOCKED[@]}" -- -D warnings)
 fi
 
+step "cargo doc -p ccdma --no-deps (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc "${LOCKED[@]}" --quiet -p ccdma --no-deps --features virtio-hal,debug-tracker
+
 step "cargo test --workspace (release, debug assertions and overflow checks on)"
 "${CHECKED[@]}" cargo test "${LOCKED[@]}" --workspace --release
 

@@ -75,7 +75,7 @@ impl DeviceConfig {
 /// mappings, scatter-gather lists and coherent buffers are live.
 ///
 /// Move-only: the one value stands for the attachment. Drivers share it as `&Device` (mappings
-/// borrow it), and [`DmaLayer::detach`] consumes it, so the borrow checker proves that no map, unmap
+/// borrow it), and [`DmaLayer::detach`](crate::DmaLayer::detach) consumes it, so the borrow checker proves that no map, unmap
 /// or allocation of the device runs while it is detached, on any CPU: the domain it names cannot be
 /// republished under a live user.
 #[derive(Debug)]

@@ -87,7 +87,7 @@ impl DdwQuery {
 
 /// The platform's IOMMU programming interface (PAPR TCE hypercalls and DDW RTAS calls, or an
 /// equivalent). Every return value is an allegation: the layer checks codes, retries busy answers a
-/// bounded number of times, and reads entries back where its [`VerifyPolicy`] says so.
+/// bounded number of times, and reads entries back where its [`VerifyPolicy`](super::config::VerifyPolicy) says so.
 ///
 /// `device` is [`DeviceConfig::id`](crate::DeviceConfig::id): the platform maps it to the device's
 /// partitionable endpoint.
