@@ -34,6 +34,8 @@ const SG_RUN: u8 = 0x80;
 /// Head `attrs` bit marking a mapping owned by a [`crate::Mapping`] (the safe face): the raw face
 /// refuses to unmap or sync it, so no raw call can write a buffer whose borrow the `Mapping` holds.
 const SAFE_FACE: u8 = 0x40;
+/// Head `attrs` of a run made by the benchmark hook [`BouncePool::bench_alloc`] (no device owns it).
+const BENCH_RUN: u8 = SG_RUN | SAFE_FACE;
 
 /// Who a run belongs to: the device (its serial in the layer) and whether the safe face owns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +320,47 @@ impl<'m> BouncePool<'m> {
 
     pub(crate) fn index_of_offset(&self, off: u64) -> usize {
         (off >> self.slot_shift) as usize
+    }
+
+    /// Benchmark hook (not an API): allocate a run of `nslots` slots whose address is a multiple of
+    /// `align_slots` slots (a power of two), recorded for no device (serial 0, which no device has), so
+    /// no face can unmap or sync it. Lets `tests/benches/pool.rs` time the allocator alone, beside
+    /// other allocators, without copying bytes. Returns the head's global index.
+    #[doc(hidden)]
+    pub fn bench_alloc(&self, nslots: usize, align_slots: usize) -> Option<usize> {
+        let align_mask = ((align_slots.max(1) as u64) << self.slot_shift) - 1;
+        let align_mask = align_mask & !((1u64 << self.slot_shift) - 1);
+        let req = RunRequest { nslots, align_mask, align_bits: self.phys.0 & align_mask };
+        let owner = Owner { device: 0, safe: false };
+        let head = NewHead {
+            offset: 0,
+            len: nslots << self.slot_shift,
+            dir: DmaDirection::ToDevice,
+            attrs: DmaAttrs::NONE,
+            orig: core::ptr::null_mut(),
+            owner,
+        };
+        self.alloc_tagged(req, head, BENCH_RUN)
+    }
+
+    /// Benchmark hook (not an API): free a run [`Self::bench_alloc`] returned; false (and nothing
+    /// changed) for any other index.
+    #[doc(hidden)]
+    pub fn bench_free(&self, index: usize) -> bool {
+        if index >= self.nslots {
+            return false;
+        }
+        let nslots = {
+            let area = self.areas[index / self.area_slots].lock();
+            let head = &area.meta[index % self.area_slots];
+            if head.state != HEAD || head.attrs != BENCH_RUN || head.owner != 0 {
+                return false;
+            }
+            head.nslots as usize
+        };
+        // Two locks, as the layer's unmap takes them today (lookup, then free).
+        self.free(index, nslots);
+        true
     }
 
     /// Allocate a run and record the mapping in its head slot. Returns the head's global index.
