@@ -206,9 +206,16 @@ struct AreaState<'m> {
     chunk: usize,
     /// Number of chunks.
     chunks: usize,
-    /// First leaf's node number (a power of two: the tree is complete).
+    /// log2 of `seg` and `chunk` when they are powers of two (else `NO_SHIFT`): no divide on the
+    /// usual geometries.
+    seg_shift: u32,
+    chunk_shift: u32,
+    /// Node number of the first leaf. The tree is 4-ary and complete: node 0 is the root, node `v`'s
+    /// children are `4v + 1..=4v + 4`, and those four share one word (16 bits each), so a step up or
+    /// down the tree is one word.
     leaves: usize,
-    /// Word index of node 2 (the bitmap's length in words).
+    /// Word index of the children of node 0 (the bitmap's length in words); node `v`'s children are
+    /// in word `tree_base + v`.
     tree_base: usize,
     /// Root of the tree: the longest free run of the area.
     top: usize,
@@ -219,17 +226,36 @@ struct AreaState<'m> {
     visited: core::cell::Cell<usize>,
 }
 
-/// Entries of bookkeeping an area of `len` slots with `seg`-slot segments needs: its bitmap words and
-/// its tree words. At most `len` (for `len >= 2`: 2 * ceil(len / 64) <= len; for one slot: 1), so the
-/// area's own metadata always has room and `PoolConfig::slots_for` stays one entry per slot.
+/// The geometry of an area of `len` slots with `seg`-slot segments: chunk size, chunks, first leaf,
+/// and the bookkeeping words it needs (bitmap, then one word per inner node of the tree). The tree
+/// has `4^d >= chunks` leaves and `(4^d - 1) / 3 < 4 * chunks / 3` inner nodes, so the words are at
+/// most `ceil(len / 64) + 4 * ceil(len / 64) / 3`, which is `<= len` for every `len` (one word for
+/// one or two slots): the area's own metadata always has room and `PoolConfig::slots_for` stays one
+/// entry per slot.
 const fn area_geometry(len: usize, seg: usize) -> (usize, usize, usize, usize) {
     let chunk = if seg >= 64 { seg } else { seg * 64usize.div_ceil(seg) };
     let chunks = len.div_ceil(chunk);
-    let leaves = chunks.next_power_of_two();
-    let bitmap_words = len.div_ceil(64);
-    // Nodes 2..2 * leaves, four u16 per word.
-    let tree_words = (2 * leaves - 2).div_ceil(4);
-    (chunk, chunks, leaves, bitmap_words + tree_words)
+    let mut width = 1;
+    while width < chunks {
+        width *= 4;
+    }
+    let inner = (width - 1) / 3;
+    (chunk, chunks, inner, len.div_ceil(64) + inner)
+}
+
+/// Lanes of a tree word that are at least `want` (`1 <= want < 0x8000`; lanes hold at most 4096):
+/// the top bit of each such lane.
+fn lanes_at_least(word: u64, want: usize) -> u64 {
+    const TOP: u64 = 0x8000_8000_8000_8000;
+    const ONE: u64 = 0x0001_0001_0001_0001;
+    ((word | TOP) - want as u64 * ONE) & TOP
+}
+
+/// The largest of a tree word's four lanes.
+fn max_lane(word: u64) -> usize {
+    let a = (word & 0xffff).max(word >> 16 & 0xffff);
+    let b = (word >> 32 & 0xffff).max(word >> 48);
+    a.max(b) as usize
 }
 
 impl<'m> AreaState<'m> {
@@ -239,8 +265,10 @@ impl<'m> AreaState<'m> {
             len: 0,
             seg: 1,
             chunk: 1,
+            seg_shift: 0,
+            chunk_shift: 0,
             chunks: 0,
-            leaves: 1,
+            leaves: 0,
             tree_base: 0,
             top: 0,
             free: 0,
@@ -263,6 +291,8 @@ impl<'m> AreaState<'m> {
             seg,
             chunk,
             chunks,
+            seg_shift: shift_of(seg),
+            chunk_shift: shift_of(chunk),
             leaves,
             tree_base: len.div_ceil(64),
             top: 0,
@@ -327,19 +357,19 @@ impl<'m> AreaState<'m> {
     }
 
     fn node(&self, v: usize) -> usize {
-        if v == 1 {
+        if v == 0 {
             return self.top;
         }
-        let k = v - 2;
+        let k = v - 1;
         ((self.word(self.tree_base + k / 4) >> (16 * (k % 4))) & 0xffff) as usize
     }
 
     fn set_node(&mut self, v: usize, x: usize) {
-        if v == 1 {
+        if v == 0 {
             self.top = x;
             return;
         }
-        let k = v - 2;
+        let k = v - 1;
         let shift = 16 * (k % 4);
         let word = &mut self.meta[self.tree_base + k / 4].word;
         *word = (*word & !(0xffff << shift)) | ((x as u64) << shift);
@@ -353,28 +383,90 @@ impl<'m> AreaState<'m> {
         let mut s = lo;
         while s < hi {
             let e = (s + self.seg).min(hi);
-            let mut a = self.next_bit(s, e, true);
-            while a < e {
-                let b = self.next_bit(a, e, false);
-                best = best.max(b - a);
-                a = self.next_bit(b, e, true);
-            }
+            best = best.max(self.longest_in(s, e));
             s = e;
         }
         best
+    }
+
+    /// The longest run of free slots in `[lo, hi)`, a word at a time: per word, the run continuing
+    /// from the previous word, the runs inside it (one `trailing_zeros`/`trailing_ones` pair each),
+    /// and the run reaching its top, carried on.
+    fn longest_in(&self, lo: usize, hi: usize) -> usize {
+        let (mut best, mut carry) = (0, 0);
+        let mut k = lo;
+        while k < hi {
+            let m = (64 - k % 64).min(hi - k);
+            let full = low_mask(m);
+            let x = (self.word(k / 64) >> (k % 64)) & full;
+            k += m;
+            if x == full {
+                carry += m;
+                continue;
+            }
+            let low = x.trailing_ones() as usize;
+            best = best.max(carry + low);
+            let top = (x << (64 - m)).leading_ones() as usize;
+            // The bits between the low and the top runs; bit 0 is used.
+            let mut y = (x >> low) & low_mask(m - low - top);
+            while y != 0 {
+                y >>= y.trailing_zeros();
+                let run = y.trailing_ones();
+                best = best.max(run as usize);
+                y >>= run;
+            }
+            carry = top;
+        }
+        best.max(carry)
+    }
+
+    /// The free run around `[i, i + n)` (free now) inside its segment: its start and end.
+    fn run_around(&self, i: usize, n: usize) -> (usize, usize) {
+        let seg_lo = i - rem(i, self.seg, self.seg_shift);
+        let seg_hi = (seg_lo + self.seg).min(self.len);
+        let end = self.next_bit(i + n, seg_hi, false);
+        // Backwards from `i` to the last used slot of the segment before it.
+        let mut start = i;
+        while start > seg_lo {
+            let w = (start - 1) / 64;
+            let bits = (start - 1) % 64 + 1;
+            let used = !self.word(w) & if bits == 64 { !0 } else { (1u64 << bits) - 1 };
+            if used != 0 {
+                start = (w * 64 + 64 - used.leading_zeros() as usize).max(seg_lo);
+                break;
+            }
+            start = (w * 64).max(seg_lo);
+        }
+        (start, end)
+    }
+
+    /// Chunk `c`'s leaf grew to `x` (a merged free run): raise it and the ancestors below `x`.
+    fn raise_leaf(&mut self, c: usize, x: usize) {
+        let mut v = self.leaves + c;
+        if self.node(v) >= x {
+            return;
+        }
+        self.set_node(v, x);
+        while v > 0 {
+            v = (v - 1) / 4;
+            if self.node(v) >= x {
+                break;
+            }
+            self.set_node(v, x);
+        }
     }
 
     /// Recompute chunk `c`'s leaf and the ancestors that change.
     fn update_leaf(&mut self, c: usize) {
         let mut v = self.leaves + c;
         let x = self.chunk_longest(c);
-        if self.node(v) == x && v != 1 {
+        if self.node(v) == x {
             return;
         }
         self.set_node(v, x);
-        while v > 1 {
-            v /= 2;
-            let m = self.node(2 * v).max(self.node(2 * v + 1));
+        while v > 0 {
+            v = (v - 1) / 4;
+            let m = max_lane(self.word(self.tree_base + v));
             if self.node(v) == m {
                 break;
             }
@@ -382,33 +474,53 @@ impl<'m> AreaState<'m> {
         }
     }
 
-    /// The lowest chunk at or after `from` whose leaf is at least `want`.
+    /// The lowest chunk at or after `from` whose leaf is at least `want`: up the tree while the
+    /// nodes right of the path are all too small, then down to the leftmost leaf big enough; one
+    /// word per level each way.
     fn chunk_at_least(&self, from: usize, want: usize) -> Option<usize> {
         if from >= self.chunks || self.top < want {
             return None;
         }
         let mut v = self.leaves + from;
-        if self.node(v) >= want {
-            return Some(from);
+        if v == 0 {
+            return Some(0);
         }
         loop {
-            if v == 1 {
-                return None;
-            }
-            if v & 1 == 0 && self.node(v + 1) >= want {
-                v += 1;
+            // `v` and its right siblings (one word); a node past the end of its level is never
+            // reached: the climb below moves right only inside a level.
+            let (group, lane) = ((v - 1) / 4, (v - 1) % 4);
+            let hits = lanes_at_least(self.word(self.tree_base + group), want) & (!0u64 << (16 * lane));
+            if hits != 0 {
+                v = 4 * group + 1 + hits.trailing_zeros() as usize / 16;
                 break;
             }
-            v /= 2;
+            // Nothing here: the parent's right siblings, unless the parent is the root or the last
+            // node of its level (the next node starts the level below: 3u + 1 a power of four).
+            let next = group + 1;
+            let starts_level =
+                |u: usize| (3 * u + 1).is_power_of_two() && (3 * u + 1).trailing_zeros() % 2 == 0;
+            if group == 0 || starts_level(next) {
+                return None;
+            }
+            v = next;
         }
         while v < self.leaves {
-            v = if self.node(2 * v) >= want { 2 * v } else { 2 * v + 1 };
+            let hits = lanes_at_least(self.word(self.tree_base + v), want);
+            debug_assert!(hits != 0, "a node's value is its largest child's");
+            v = 4 * v + 1 + hits.trailing_zeros() as usize / 16;
         }
         Some(v - self.leaves)
     }
 
-    /// A run of `n` free slots in chunk `c`, inside one segment, starting at an index `first + k * period`.
-    fn fit_in_chunk(&self, c: usize, n: usize, first: usize, period: usize) -> Option<usize> {
+    /// A run of `n` free slots in chunk `c`, inside one segment, starting at an index `first + k * period`:
+    /// its start and the free run `[a, b)` that holds it.
+    fn fit_in_chunk(
+        &self,
+        c: usize,
+        n: usize,
+        first: usize,
+        period: usize,
+    ) -> Option<(usize, (usize, usize))> {
         let lo = c * self.chunk;
         let hi = (lo + self.chunk).min(self.len);
         let mut s = lo;
@@ -421,7 +533,7 @@ impl<'m> AreaState<'m> {
                     if b - a >= n {
                         let start = align_up(a, first, period);
                         if start + n <= b {
-                            return Some(start);
+                            return Some((start, (a, b)));
                         }
                     }
                     a = self.next_bit(b, e, true);
@@ -432,8 +544,9 @@ impl<'m> AreaState<'m> {
         None
     }
 
-    /// A run of `n` free slots starting at `first + k * period` (area indices), inside one segment.
-    fn find(&self, n: usize, first: usize, period: usize) -> Option<usize> {
+    /// A run of `n` free slots starting at `first + k * period` (area indices), inside one segment:
+    /// its start and the free run that holds it.
+    fn find(&self, n: usize, first: usize, period: usize) -> Option<(usize, (usize, usize))> {
         if self.top < n || self.free < n {
             return None;
         }
@@ -441,9 +554,9 @@ impl<'m> AreaState<'m> {
             // Candidates sparser than chunks: at most one per chunk, tried directly.
             let mut i = first;
             while i < self.len {
-                let seg_end = ((i / self.seg + 1) * self.seg).min(self.len);
+                let seg_end = ((div(i, self.seg, self.seg_shift) + 1) * self.seg).min(self.len);
                 if i + n <= seg_end && self.next_bit(i, i + n, false) == i + n {
-                    return Some(i);
+                    return Some((i, self.run_around(i, n)));
                 }
                 i = i.checked_add(period)?;
             }
@@ -455,8 +568,8 @@ impl<'m> AreaState<'m> {
         let mut want = n;
         let mut from = 0;
         while let Some(c) = self.chunk_at_least(from, want) {
-            if let Some(i) = self.fit_in_chunk(c, n, first, period) {
-                return Some(i);
+            if let Some(found) = self.fit_in_chunk(c, n, first, period) {
+                return Some(found);
             }
             debug_assert!(want < sure, "a chunk with a run of n + period - 1 holds an aligned run");
             if self.top >= sure {
@@ -467,18 +580,62 @@ impl<'m> AreaState<'m> {
         None
     }
 
-    /// Take `[i, i + n)`.
-    fn take(&mut self, i: usize, n: usize) {
+    /// Take `[i, i + n)` out of the free run `[a, b)` that holds it: the chunk's leaf can only
+    /// shrink, and only if that run was as long as the leaf.
+    fn take(&mut self, i: usize, n: usize, (a, b): (usize, usize)) {
         self.set_bits(i, n, false);
         self.free -= n;
-        self.update_leaf(i / self.chunk);
+        let c = div(i, self.chunk, self.chunk_shift);
+        if b - a >= self.node(self.leaves + c) {
+            self.update_leaf(c);
+        }
     }
 
-    /// Give back `[i, i + n)`.
+    /// Give back `[i, i + n)`: the merged free run around it may raise the chunk's leaf, nothing else.
     fn give(&mut self, i: usize, n: usize) {
         self.set_bits(i, n, true);
         self.free += n;
-        self.update_leaf(i / self.chunk);
+        let (a, b) = self.run_around(i, n);
+        self.raise_leaf(div(i, self.chunk, self.chunk_shift), b - a);
+    }
+}
+
+/// Marks a divisor that is not a power of two.
+const NO_SHIFT: u32 = u32::MAX;
+
+/// log2 of `d` for a power of two, else [`NO_SHIFT`].
+fn shift_of(d: usize) -> u32 {
+    if d.is_power_of_two() {
+        d.trailing_zeros()
+    } else {
+        NO_SHIFT
+    }
+}
+
+/// `x / d`, a shift when `shift` (from [`shift_of`]) says `d` is a power of two.
+fn div(x: usize, d: usize, shift: u32) -> usize {
+    if shift == NO_SHIFT {
+        x / d
+    } else {
+        x >> shift
+    }
+}
+
+/// `x % d`, as [`div`].
+fn rem(x: usize, d: usize, shift: u32) -> usize {
+    if shift == NO_SHIFT {
+        x % d
+    } else {
+        x & (d - 1)
+    }
+}
+
+/// The low `bits` bits set (`bits <= 64`).
+fn low_mask(bits: usize) -> u64 {
+    if bits >= 64 {
+        !0
+    } else {
+        (1u64 << bits) - 1
     }
 }
 
@@ -540,6 +697,8 @@ pub struct BouncePool<'m> {
     slot_shift: u32,
     max_run: usize,
     area_slots: usize,
+    /// log2 of `area_slots` when a power of two (see [`shift_of`]).
+    area_shift: u32,
     area_count: usize,
     areas: [Area<'m>; MAX_AREAS],
     /// Where the last allocation that had to move on found room (written only then).
@@ -613,10 +772,20 @@ impl<'m> BouncePool<'m> {
             slot_shift: cfg.slot_size.trailing_zeros(),
             max_run: cfg.max_run_slots,
             area_slots,
+            area_shift: shift_of(area_slots),
             area_count: count,
             areas,
             next_area: AtomicUsize::new(0),
         })
+    }
+
+    /// The area holding global slot `index`.
+    fn area_of(&self, index: usize) -> usize {
+        div(index, self.area_slots, self.area_shift)
+    }
+    /// `index`'s position inside its area.
+    fn in_area(&self, index: usize) -> usize {
+        rem(index, self.area_slots, self.area_shift)
     }
 
     /// First physical address.
@@ -702,8 +871,8 @@ impl<'m> BouncePool<'m> {
         if index >= self.nslots {
             return false;
         }
-        let area = &self.areas[index / self.area_slots];
-        let i = index % self.area_slots;
+        let area = &self.areas[self.area_of(index)];
+        let i = self.in_area(index);
         let mut st = area.state.lock();
         let head = &st.meta[i];
         if head.state() != HEAD || head.attrs != BENCH_RUN || head.owner != 0 {
@@ -747,7 +916,7 @@ impl<'m> BouncePool<'m> {
         // free run is too short is skipped without its lock. The first pass skips areas another CPU
         // holds; the second waits.
         let count = self.area_count;
-        let start = self.next_area.load(Ordering::Relaxed) % count;
+        let start = self.next_area.load(Ordering::Relaxed).min(count - 1);
         for pass in 0..2 {
             for k in 0..count {
                 let a = if start + k >= count { start + k - count } else { start + k };
@@ -758,8 +927,8 @@ impl<'m> BouncePool<'m> {
                 let guard = if pass == 0 { area.state.try_lock() } else { Some(area.state.lock()) };
                 let Some(mut st) = guard else { continue };
                 let base = a * self.area_slots;
-                let Some(i) = self.find_run(&st, base, req) else { continue };
-                st.take(i, n);
+                let Some((i, run)) = self.find_run(&st, base, req) else { continue };
+                st.take(i, n, run);
                 let head = &mut st.meta[i];
                 head.state_dir = HEAD | (new.dir as u8) << 4;
                 head.nslots = n as u16;
@@ -779,8 +948,13 @@ impl<'m> BouncePool<'m> {
         None
     }
 
-    /// The candidates of `req` in the area at global slot `base`: the first index and the period.
-    fn find_run(&self, area: &AreaState<'_>, base: usize, req: RunRequest) -> Option<usize> {
+    /// A run for `req` in the area at global slot `base` (area index, and the free run holding it).
+    fn find_run(
+        &self,
+        area: &AreaState<'_>,
+        base: usize,
+        req: RunRequest,
+    ) -> Option<(usize, (usize, usize))> {
         let n = area.len;
         if n < req.nslots {
             return None;
@@ -793,7 +967,8 @@ impl<'m> BouncePool<'m> {
         let want = req.align_bits;
         // Index (inside the area) of the first candidate.
         let span = (period as u64) << self.slot_shift;
-        let first_addr = area_phys - (area_phys % span) + want;
+        let phase = if span.is_power_of_two() { area_phys & (span - 1) } else { area_phys % span };
+        let first_addr = area_phys - phase + want;
         let first_addr = if first_addr < area_phys { first_addr + span } else { first_addr };
         let first = ((first_addr - area_phys) >> self.slot_shift) as usize;
         if first >= n {
@@ -828,8 +1003,8 @@ impl<'m> BouncePool<'m> {
         if index >= self.nslots {
             return None;
         }
-        let mut st = self.areas[index / self.area_slots].state.lock();
-        let i = index % self.area_slots;
+        let mut st = self.areas[self.area_of(index)].state.lock();
+        let i = self.in_area(index);
         let rec = self.record_of(&st, index, i, off, sg)?;
         if release {
             st.meta[i].set_state(RELEASING);
@@ -882,8 +1057,8 @@ impl<'m> BouncePool<'m> {
         if index >= self.nslots {
             return None;
         }
-        let area = &self.areas[index / self.area_slots];
-        let i = index % self.area_slots;
+        let area = &self.areas[self.area_of(index)];
+        let i = self.in_area(index);
         let mut st = area.state.lock();
         let rec = self.record_of(&st, index, i, off, false)?;
         if let Err(e) = check(&rec) {
@@ -899,8 +1074,8 @@ impl<'m> BouncePool<'m> {
 
     /// Undo a `lookup(.., true)` that the caller decided not to complete.
     pub(crate) fn unrelease(&self, index: usize) {
-        let mut st = self.areas[index / self.area_slots].state.lock();
-        let head = &mut st.meta[index % self.area_slots];
+        let mut st = self.areas[self.area_of(index)].state.lock();
+        let head = &mut st.meta[self.in_area(index)];
         if head.state() == RELEASING {
             head.set_state(HEAD);
         }
@@ -934,17 +1109,17 @@ impl<'m> BouncePool<'m> {
     /// the unmap could not complete): forget the original, keep the run allocated and refuse it to
     /// every face, so no later call copies into memory whose borrow has ended.
     pub(crate) fn orphan(&self, index: usize) {
-        let mut st = self.areas[index / self.area_slots].state.lock();
-        let head = &mut st.meta[index % self.area_slots];
+        let mut st = self.areas[self.area_of(index)].state.lock();
+        let head = &mut st.meta[self.in_area(index)];
         head.orig = 0;
         head.set_state(ORPHANED);
     }
 
     /// Free a run previously returned by `alloc` (its head released by `lookup`).
     pub(crate) fn free(&self, index: usize, nslots: usize) {
-        let area = &self.areas[index / self.area_slots];
+        let area = &self.areas[self.area_of(index)];
         let mut st = area.state.lock();
-        self.free_locked(area, &mut st, index % self.area_slots, nslots);
+        self.free_locked(area, &mut st, self.in_area(index), nslots);
     }
 
     /// Free the run at area index `i`: only its head's record is cleared (the other slots were never
@@ -1021,12 +1196,15 @@ mod tests {
             (2, 1, 2, 0x1000),
             (778, 64, 2, 0x40_1000),
             (64, 3, 1, 0x5000),
+            (4096, 16, 1, 0x80_0000),
+            (2000, 7, 1, 0x9000),
+            (8192, 128, 2, 0x100_0000),
         ] {
             let cfg = PoolConfig { slot_size: SLOT, max_run_slots: seg, areas };
             let p = pool(phys, slots, cfg);
             let mut free = vec![true; slots];
             let mut live: Vec<(usize, usize)> = Vec::new();
-            for _ in 0..4000 {
+            for step in 0..4000 {
                 if !live.is_empty() && rnd(3) == 0 {
                     let (i, n) = live.swap_remove(rnd(live.len()));
                     p.free(i, n);
@@ -1048,6 +1226,31 @@ mod tests {
                     }
                 }
                 assert_eq!(p.slots_in_use(), free.iter().filter(|f| !**f).count());
+                // The summaries against the bitmap (every few steps: a full walk).
+                for a in p.areas[..p.area_count].iter().filter(|_| step % 8 == 0) {
+                    let st = a.state.lock();
+                    for c in 0..st.chunks {
+                        assert_eq!(st.node(st.leaves + c), st.chunk_longest(c), "leaf {c}");
+                    }
+                    for v in 0..st.leaves {
+                        let kids = (1..=4).map(|k| st.node(4 * v + k)).max().unwrap();
+                        assert_eq!(st.node(v), kids, "node {v}");
+                    }
+                    assert_eq!(a.longest.load(Ordering::Relaxed), st.top);
+                    // The word-level scan agrees with a slot-by-slot one.
+                    let mut best = 0;
+                    for c in 0..st.chunks {
+                        let lo = c * st.chunk;
+                        for s0 in (lo..(lo + st.chunk).min(st.len)).step_by(st.seg) {
+                            let mut run = 0;
+                            for k in s0..(s0 + st.seg).min(st.len) {
+                                run = if st.meta[k / 64].word >> (k % 64) & 1 == 1 { run + 1 } else { 0 };
+                                best = best.max(run);
+                            }
+                        }
+                    }
+                    assert_eq!(st.top, best);
+                }
             }
         }
     }

@@ -330,9 +330,20 @@ fn callgrind(case: &str) {
             let mut c = Churn::new(LinkedList::new(m64 as usize), slots_of(m64), 50, 1);
             run(2_000, &mut || c.op());
         }
-        "fail64-ccdma" => {
-            let g = leak_guest(m64);
-            let mut f = Fragmented::new(Ccdma(g.pool()), slots_of(m64));
+        "churn50-ccdma-16m" | "churn50-ccdma-1g" => {
+            let bytes = if case.ends_with("16m") { 16 * MIB } else { GIB };
+            let g = leak_guest(bytes);
+            let mut c = Churn::new(Ccdma(g.pool()), slots_of(bytes), 50, 1);
+            run(20_000, &mut || c.op());
+        }
+        "fail16-ccdma" | "fail64-ccdma" | "fail1g-ccdma" => {
+            let bytes = match case {
+                "fail16-ccdma" => 16 * MIB,
+                "fail64-ccdma" => m64,
+                _ => GIB,
+            };
+            let g = leak_guest(bytes);
+            let mut f = Fragmented::new(Ccdma(g.pool()), slots_of(bytes));
             run(20, &mut || f.refused());
         }
         "fail64-buddy" => {
