@@ -906,6 +906,17 @@ impl<'m> BouncePool<'m> {
     }
 
     fn alloc_tagged(&self, req: RunRequest, new: NewHead, attr_bits: u8) -> Option<usize> {
+        self.alloc_from(req, new, attr_bits, None)
+    }
+
+    /// Allocate, trying area `first` first (else where the last allocation that moved on found room).
+    fn alloc_from(
+        &self,
+        req: RunRequest,
+        new: NewHead,
+        attr_bits: u8,
+        first: Option<usize>,
+    ) -> Option<usize> {
         let n = req.nslots;
         if n == 0 || n > self.max_run {
             return None;
@@ -916,7 +927,7 @@ impl<'m> BouncePool<'m> {
         // free run is too short is skipped without its lock. The first pass skips areas another CPU
         // holds; the second waits.
         let count = self.area_count;
-        let start = self.next_area.load(Ordering::Relaxed).min(count - 1);
+        let start = first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(count - 1);
         for pass in 0..2 {
             for k in 0..count {
                 let a = if start + k >= count { start + k - count } else { start + k };
@@ -939,7 +950,7 @@ impl<'m> BouncePool<'m> {
                 head.orig = new.orig as usize;
                 area.publish(&st, n, 0);
                 drop(st);
-                if a != start {
+                if a != start && first.is_none() {
                     self.next_area.store(a, Ordering::Relaxed);
                 }
                 return Some(base + i);
@@ -1053,14 +1064,48 @@ impl<'m> BouncePool<'m> {
         check: impl FnOnce(&SlotRecord) -> Result<(), E>,
         copy_back: impl FnOnce(&SlotRecord) -> bool,
     ) -> Option<Result<Taken, E>> {
-        let index = self.index_of_offset(off);
+        self.take_at(self.index_of_offset(off), off, false, check, copy_back)
+    }
+
+    /// [`Self::release_or_free`] for a scatter-gather run (as [`Self::lookup_sg`]).
+    #[allow(dead_code)]
+    pub(crate) fn release_or_free_sg<E>(
+        &self,
+        off: u64,
+        check: impl FnOnce(&SlotRecord) -> Result<(), E>,
+        copy_back: impl FnOnce(&SlotRecord) -> bool,
+    ) -> Option<Result<Taken, E>> {
+        self.take_at(self.index_of_offset(off), off, true, check, copy_back)
+    }
+
+    /// [`Self::release_or_free`] for a run whose data starts `data_off` into it (as
+    /// [`Self::lookup_run`], for strict IOMMU runs).
+    #[allow(dead_code)]
+    pub(crate) fn release_or_free_run<E>(
+        &self,
+        run_off: u64,
+        data_off: u64,
+        check: impl FnOnce(&SlotRecord) -> Result<(), E>,
+        copy_back: impl FnOnce(&SlotRecord) -> bool,
+    ) -> Option<Result<Taken, E>> {
+        self.take_at(self.index_of_offset(run_off), run_off.checked_add(data_off)?, false, check, copy_back)
+    }
+
+    fn take_at<E>(
+        &self,
+        index: usize,
+        off: u64,
+        sg: bool,
+        check: impl FnOnce(&SlotRecord) -> Result<(), E>,
+        copy_back: impl FnOnce(&SlotRecord) -> bool,
+    ) -> Option<Result<Taken, E>> {
         if index >= self.nslots {
             return None;
         }
         let area = &self.areas[self.area_of(index)];
         let i = self.in_area(index);
         let mut st = area.state.lock();
-        let rec = self.record_of(&st, index, i, off, false)?;
+        let rec = self.record_of(&st, index, i, off, sg)?;
         if let Err(e) = check(&rec) {
             return Some(Err(e));
         }
@@ -1070,6 +1115,15 @@ impl<'m> BouncePool<'m> {
         }
         self.free_locked(area, &mut st, i, rec.nslots);
         Some(Ok(Taken::Freed(rec)))
+    }
+
+    /// [`Self::alloc`] starting at the area of CPU `cpu` (any number: taken modulo the areas), as
+    /// Linux picks a CPU's own area first: CPUs that map at the same time start on different locks
+    /// and different cache lines. For a platform that can name the current CPU.
+    #[allow(dead_code)]
+    pub(crate) fn alloc_near(&self, req: RunRequest, head: NewHead, cpu: usize) -> Option<usize> {
+        let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
+        self.alloc_from(req, head, bits, Some(cpu % self.area_count))
     }
 
     /// Undo a `lookup(.., true)` that the caller decided not to complete.
@@ -1316,6 +1370,26 @@ mod tests {
         assert!(matches!(r, Some(Ok(Taken::Freed(_)))));
         assert_eq!(p.slots_in_use(), 0);
         assert!(p.release_or_free::<()>((j * SLOT) as u64, |_| Ok(()), |_| false).is_none());
+    }
+
+    /// The scatter-gather and strict-run variants find only their own kind; a CPU hint picks the area.
+    #[test]
+    fn release_or_free_variants_and_cpu_hint() {
+        let cfg = PoolConfig { slot_size: SLOT, max_run_slots: 128, areas: 4 };
+        let p = pool(0x10_0000, 512, cfg);
+        let sg = p.alloc_sg(req(2, 1, 0), 0, 100, DmaDirection::ToDevice, DmaAttrs::NONE, 7).unwrap();
+        let off = (sg * SLOT) as u64;
+        assert!(p.release_or_free::<()>(off, |_| Ok(()), |_| false).is_none(), "not a single mapping");
+        assert!(matches!(p.release_or_free_sg::<()>(off, |_| Ok(()), |_| false), Some(Ok(Taken::Freed(_)))));
+        let mut h = head(3);
+        h.offset = SLOT + 5;
+        let r = p.alloc_near(req(3, 1, 0), h, 6).unwrap();
+        assert_eq!(r / 128, 2, "CPU 6 of 4 areas starts at area 2");
+        let run_off = (r * SLOT) as u64;
+        assert!(p.release_or_free_run::<()>(run_off, SLOT as u64, |_| Ok(()), |_| false).is_none());
+        let got = p.release_or_free_run::<()>(run_off, (SLOT + 5) as u64, |_| Ok(()), |_| false);
+        assert!(matches!(got, Some(Ok(Taken::Freed(_)))));
+        assert_eq!(p.slots_in_use(), 0);
     }
 
     /// Bookkeeping words read by one allocation attempt, over every area.
