@@ -458,8 +458,13 @@ impl<'m> AreaState<'m> {
 
     /// Recompute chunk `c`'s leaf and the ancestors that change.
     fn update_leaf(&mut self, c: usize) {
-        let mut v = self.leaves + c;
         let x = self.chunk_longest(c);
+        self.set_leaf(c, x);
+    }
+
+    /// Set chunk `c`'s leaf to `x` (its exact longest run) and fix the ancestors that change.
+    fn set_leaf(&mut self, c: usize, x: usize) {
+        let mut v = self.leaves + c;
         if self.node(v) == x {
             return;
         }
@@ -581,12 +586,21 @@ impl<'m> AreaState<'m> {
     }
 
     /// Take `[i, i + n)` out of the free run `[a, b)` that holds it: the chunk's leaf can only
-    /// shrink, and only if that run was as long as the leaf.
+    /// shrink, and only if that run was as long as the leaf; it is rescanned only when other runs of
+    /// the chunk may be the longest now.
     fn take(&mut self, i: usize, n: usize, (a, b): (usize, usize)) {
         self.set_bits(i, n, false);
         self.free -= n;
         let c = div(i, self.chunk, self.chunk_shift);
-        if b - a >= self.node(self.leaves + c) {
+        if b - a < self.node(self.leaves + c) {
+            return;
+        }
+        let lo = c * self.chunk;
+        if self.chunk == self.seg && (a, b) == (lo, (lo + self.chunk).min(self.len)) {
+            // The chunk is one segment and was wholly free: what is left of it are the two pieces
+            // around the new run, no scan needed (the common case of a lightly used pool).
+            self.set_leaf(c, (i - a).max(b - i - n));
+        } else {
             self.update_leaf(c);
         }
     }
