@@ -1081,30 +1081,6 @@ impl<'m> BouncePool<'m> {
         self.take_at(self.index_of_offset(off), off, false, check, copy_back)
     }
 
-    /// [`Self::release_or_free`] for a scatter-gather run (as [`Self::lookup_sg`]).
-    #[allow(dead_code)]
-    pub(crate) fn release_or_free_sg<E>(
-        &self,
-        off: u64,
-        check: impl FnOnce(&SlotRecord) -> Result<(), E>,
-        copy_back: impl FnOnce(&SlotRecord) -> bool,
-    ) -> Option<Result<Taken, E>> {
-        self.take_at(self.index_of_offset(off), off, true, check, copy_back)
-    }
-
-    /// [`Self::release_or_free`] for a run whose data starts `data_off` into it (as
-    /// [`Self::lookup_run`], for strict IOMMU runs).
-    #[allow(dead_code)]
-    pub(crate) fn release_or_free_run<E>(
-        &self,
-        run_off: u64,
-        data_off: u64,
-        check: impl FnOnce(&SlotRecord) -> Result<(), E>,
-        copy_back: impl FnOnce(&SlotRecord) -> bool,
-    ) -> Option<Result<Taken, E>> {
-        self.take_at(self.index_of_offset(run_off), run_off.checked_add(data_off)?, false, check, copy_back)
-    }
-
     fn take_at<E>(
         &self,
         index: usize,
@@ -1386,22 +1362,14 @@ mod tests {
         assert!(p.release_or_free::<()>((j * SLOT) as u64, |_| Ok(()), |_| false).is_none());
     }
 
-    /// The scatter-gather and strict-run variants find only their own kind; a CPU hint picks the area.
+    /// A CPU hint picks the area the search starts in.
     #[test]
-    fn release_or_free_variants_and_cpu_hint() {
+    fn cpu_hint() {
         let cfg = PoolConfig { slot_size: SLOT, max_run_slots: 128, areas: 4 };
         let p = pool(0x10_0000, 512, cfg);
-        let sg = p.alloc_sg(req(2, 1, 0), 0, 100, DmaDirection::ToDevice, DmaAttrs::NONE, 7).unwrap();
-        let off = (sg * SLOT) as u64;
-        assert!(p.release_or_free::<()>(off, |_| Ok(()), |_| false).is_none(), "not a single mapping");
-        assert!(matches!(p.release_or_free_sg::<()>(off, |_| Ok(()), |_| false), Some(Ok(Taken::Freed(_)))));
-        let mut h = head(3);
-        h.offset = SLOT + 5;
-        let r = p.alloc_near(req(3, 1, 0), h, 6).unwrap();
+        let r = p.alloc_near(req(3, 1, 0), head(3), 6).unwrap();
         assert_eq!(r / 128, 2, "CPU 6 of 4 areas starts at area 2");
-        let run_off = (r * SLOT) as u64;
-        assert!(p.release_or_free_run::<()>(run_off, SLOT as u64, |_| Ok(()), |_| false).is_none());
-        let got = p.release_or_free_run::<()>(run_off, (SLOT + 5) as u64, |_| Ok(()), |_| false);
+        let got = p.release_or_free::<()>((r * SLOT) as u64, |_| Ok(()), |_| false);
         assert!(matches!(got, Some(Ok(Taken::Freed(_)))));
         assert_eq!(p.slots_in_use(), 0);
     }
