@@ -20,6 +20,7 @@ use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::path::DmaPath;
 use crate::platform::Platform;
+use crate::pool::{SlotRecord, Taken};
 use crate::stats::FailureKind;
 use crate::tracker::TrackedKind;
 
@@ -191,19 +192,33 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if self.strict_domain(dev, bus)?.is_some() {
             return self.strict_unmap(dev, bus, len, dir, attrs, safe);
         }
-        let Some((i, rec)) = self.record(dev, bus, true)? else {
-            self.stats.unmapped();
-            return Ok(());
+        let Some((i, off)) = self.locate(dev, bus) else {
+            // Not in any pool: a direct mapping on a path that has them (nothing to undo), else junk.
+            if matches!(dev.path, DmaPath::Direct | DmaPath::BounceAboveMask) {
+                self.stats.unmapped();
+                return Ok(());
+            }
+            self.stats.fail(FailureKind::UnknownMapping);
+            return Err(DmaError::UnknownMapping(bus));
         };
         let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
-        if let Err(e) = self.check_record(dev, bus, safe, &rec, len, dir) {
-            pool.unrelease(rec.index);
-            return Err(e);
+        // One area lock: the record is checked and, when nothing is to be copied out, freed at once;
+        // otherwise released, copied out of (outside the lock), then freed.
+        let check = |rec: &SlotRecord| self.check_record(dev, bus, safe, rec, len, dir);
+        let copy_back =
+            |rec: &SlotRecord| rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
+        match pool.release_or_free(off, check, copy_back) {
+            None => {
+                self.stats.fail(FailureKind::UnknownMapping);
+                return Err(DmaError::UnknownMapping(bus));
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(Taken::Freed(rec))) => debug_assert_eq!(rec.len, len, "freed after the check passed"),
+            Some(Ok(Taken::Released(rec))) => {
+                self.copy_to_original(pool, &rec, 0, rec.len);
+                pool.free(rec.index, rec.nslots);
+            }
         }
-        if rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
-            self.copy_to_original(pool, &rec, 0, rec.len);
-        }
-        pool.free(rec.index, rec.nslots);
         if dev.domain.is_some() {
             self.iommu_unmapped(dev);
         }

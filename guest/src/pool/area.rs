@@ -1,0 +1,513 @@
+//! One area of a pool: a free-slot bitmap and a 4-ary tree of the longest free run per chunk, in the
+//! area's own metadata words, behind the area's lock; the counters read without it beside the lock.
+
+use super::*;
+
+/// One area's allocator state, behind its lock. The bookkeeping lives in the `word` of the area's
+/// first metadata entries: `bitmap_words` words of free-slot bitmap, then the tree's nodes 2.. packed
+/// four to a word (node 1, the root, is `top`).
+pub(super) struct AreaState<'m> {
+    pub(super) meta: &'m mut [SlotMeta],
+    /// Slots of this area (`meta.len()`).
+    pub(super) len: usize,
+    /// Slots per segment (no run crosses one).
+    pub(super) seg: usize,
+    /// Slots per chunk (a tree leaf): whole segments, at least 64 slots unless the area is shorter.
+    pub(super) chunk: usize,
+    /// Number of chunks.
+    pub(super) chunks: usize,
+    /// log2 of `seg` and `chunk` when they are powers of two (else `NO_SHIFT`): no divide on the
+    /// usual geometries.
+    pub(super) seg_shift: u32,
+    pub(super) chunk_shift: u32,
+    /// Node number of the first leaf. The tree is 4-ary and complete: node 0 is the root, node `v`'s
+    /// children are `4v + 1..=4v + 4`, and those four share one word (16 bits each), so a step up or
+    /// down the tree is one word.
+    pub(super) leaves: usize,
+    /// Word index of the children of node 0 (the bitmap's length in words); node `v`'s children are
+    /// in word `tree_base + v`.
+    pub(super) tree_base: usize,
+    /// Root of the tree: the longest free run of the area.
+    pub(super) top: usize,
+    /// Free slots.
+    pub(super) free: usize,
+    /// Bookkeeping words read, for the tests that bound the search.
+    #[cfg(test)]
+    pub(super) visited: core::cell::Cell<usize>,
+}
+
+/// The geometry of an area of `len` slots with `seg`-slot segments: chunk size, chunks, first leaf,
+/// and the bookkeeping words it needs (bitmap, then one word per inner node of the tree). The tree
+/// has `4^d >= chunks` leaves and `(4^d - 1) / 3 < 4 * chunks / 3` inner nodes, so the words are at
+/// most `ceil(len / 64) + 4 * ceil(len / 64) / 3`, which is `<= len` for every `len` (one word for
+/// one or two slots): the area's own metadata always has room and `PoolConfig::slots_for` stays one
+/// entry per slot.
+pub(super) const fn area_geometry(len: usize, seg: usize) -> (usize, usize, usize, usize) {
+    let chunk = if seg >= 64 { seg } else { seg * 64usize.div_ceil(seg) };
+    let chunks = len.div_ceil(chunk);
+    let mut width = 1;
+    while width < chunks {
+        width *= 4;
+    }
+    let inner = (width - 1) / 3;
+    (chunk, chunks, inner, len.div_ceil(64) + inner)
+}
+
+/// Lanes of a tree word that are at least `want` (`1 <= want < 0x8000`; lanes hold at most 4096):
+/// the top bit of each such lane.
+pub(super) fn lanes_at_least(word: u64, want: usize) -> u64 {
+    const TOP: u64 = 0x8000_8000_8000_8000;
+    const ONE: u64 = 0x0001_0001_0001_0001;
+    ((word | TOP) - want as u64 * ONE) & TOP
+}
+
+/// The largest of a tree word's four lanes.
+pub(super) fn max_lane(word: u64) -> usize {
+    let a = (word & 0xffff).max(word >> 16 & 0xffff);
+    let b = (word >> 32 & 0xffff).max(word >> 48);
+    a.max(b) as usize
+}
+
+impl<'m> AreaState<'m> {
+    pub(super) fn empty() -> AreaState<'m> {
+        AreaState {
+            meta: &mut [],
+            len: 0,
+            seg: 1,
+            chunk: 1,
+            seg_shift: 0,
+            chunk_shift: 0,
+            chunks: 0,
+            leaves: 0,
+            tree_base: 0,
+            top: 0,
+            free: 0,
+            #[cfg(test)]
+            visited: core::cell::Cell::new(0),
+        }
+    }
+
+    /// An area over `meta` (all free).
+    pub(super) fn new(meta: &'m mut [SlotMeta], seg: usize) -> AreaState<'m> {
+        let len = meta.len();
+        let (chunk, chunks, leaves, words) = area_geometry(len, seg);
+        debug_assert!(words <= len);
+        for m in meta.iter_mut() {
+            *m = SlotMeta::EMPTY;
+        }
+        let mut a = AreaState {
+            meta,
+            len,
+            seg,
+            chunk,
+            chunks,
+            seg_shift: shift_of(seg),
+            chunk_shift: shift_of(chunk),
+            leaves,
+            tree_base: len.div_ceil(64),
+            top: 0,
+            free: 0,
+            #[cfg(test)]
+            visited: core::cell::Cell::new(0),
+        };
+        a.set_bits(0, len, true);
+        a.free = len;
+        for c in 0..chunks {
+            a.update_leaf(c);
+        }
+        a
+    }
+
+    pub(super) fn word(&self, w: usize) -> u64 {
+        #[cfg(test)]
+        self.visited.set(self.visited.get() + 1);
+        self.meta[w].word
+    }
+
+    /// First index in `[from, hi)` whose bit is `free` (1 = free), or `hi`.
+    pub(super) fn next_bit(&self, from: usize, hi: usize, free: bool) -> usize {
+        if from >= hi {
+            return hi;
+        }
+        let flip = if free { 0 } else { !0 };
+        let mut w = from / 64;
+        let mut x = (self.word(w) ^ flip) & (!0u64 << (from % 64));
+        loop {
+            if x != 0 {
+                return (w * 64 + x.trailing_zeros() as usize).min(hi);
+            }
+            w += 1;
+            if w * 64 >= hi {
+                return hi;
+            }
+            x = self.word(w) ^ flip;
+        }
+    }
+
+    /// Mark `[i, i + n)` free or used, a word at a time.
+    pub(super) fn set_bits(&mut self, i: usize, n: usize, free: bool) {
+        let end = i + n;
+        let mut k = i;
+        while k < end {
+            let (w, b) = (k / 64, k % 64);
+            let m = (end - k).min(64 - b);
+            let mask = if m == 64 { !0 } else { ((1u64 << m) - 1) << b };
+            let word = &mut self.meta[w].word;
+            debug_assert!(
+                if free { *word & mask == 0 } else { *word & mask == mask },
+                "run freed or taken twice"
+            );
+            if free {
+                *word |= mask;
+            } else {
+                *word &= !mask;
+            }
+            k += m;
+        }
+    }
+
+    pub(super) fn node(&self, v: usize) -> usize {
+        if v == 0 {
+            return self.top;
+        }
+        let k = v - 1;
+        ((self.word(self.tree_base + k / 4) >> (16 * (k % 4))) & 0xffff) as usize
+    }
+
+    pub(super) fn set_node(&mut self, v: usize, x: usize) {
+        if v == 0 {
+            self.top = x;
+            return;
+        }
+        let k = v - 1;
+        let shift = 16 * (k % 4);
+        let word = &mut self.meta[self.tree_base + k / 4].word;
+        *word = (*word & !(0xffff << shift)) | ((x as u64) << shift);
+    }
+
+    /// The longest free run inside one segment of chunk `c`.
+    pub(super) fn chunk_longest(&self, c: usize) -> usize {
+        let lo = c * self.chunk;
+        let hi = (lo + self.chunk).min(self.len);
+        let mut best = 0;
+        let mut s = lo;
+        while s < hi {
+            let e = (s + self.seg).min(hi);
+            best = best.max(self.longest_in(s, e));
+            s = e;
+        }
+        best
+    }
+
+    /// The longest run of free slots in `[lo, hi)`, a word at a time: per word, the run continuing
+    /// from the previous word, the runs inside it (one `trailing_zeros`/`trailing_ones` pair each),
+    /// and the run reaching its top, carried on.
+    pub(super) fn longest_in(&self, lo: usize, hi: usize) -> usize {
+        let (mut best, mut carry) = (0, 0);
+        let mut k = lo;
+        while k < hi {
+            let m = (64 - k % 64).min(hi - k);
+            let full = low_mask(m);
+            let x = (self.word(k / 64) >> (k % 64)) & full;
+            k += m;
+            if x == full {
+                carry += m;
+                continue;
+            }
+            let low = x.trailing_ones() as usize;
+            best = best.max(carry + low);
+            let top = (x << (64 - m)).leading_ones() as usize;
+            // The bits between the low and the top runs; bit 0 is used.
+            let mut y = (x >> low) & low_mask(m - low - top);
+            while y != 0 {
+                y >>= y.trailing_zeros();
+                let run = y.trailing_ones();
+                best = best.max(run as usize);
+                y >>= run;
+            }
+            carry = top;
+        }
+        best.max(carry)
+    }
+
+    /// The free run around `[i, i + n)` (free now) inside its segment: its start and end.
+    pub(super) fn run_around(&self, i: usize, n: usize) -> (usize, usize) {
+        let seg_lo = i - rem(i, self.seg, self.seg_shift);
+        let seg_hi = (seg_lo + self.seg).min(self.len);
+        let end = self.next_bit(i + n, seg_hi, false);
+        // Backwards from `i` to the last used slot of the segment before it.
+        let mut start = i;
+        while start > seg_lo {
+            let w = (start - 1) / 64;
+            let bits = (start - 1) % 64 + 1;
+            let used = !self.word(w) & if bits == 64 { !0 } else { (1u64 << bits) - 1 };
+            if used != 0 {
+                start = (w * 64 + 64 - used.leading_zeros() as usize).max(seg_lo);
+                break;
+            }
+            start = (w * 64).max(seg_lo);
+        }
+        (start, end)
+    }
+
+    /// Chunk `c`'s leaf grew to `x` (a merged free run): raise it and the ancestors below `x`.
+    pub(super) fn raise_leaf(&mut self, c: usize, x: usize) {
+        let mut v = self.leaves + c;
+        if self.node(v) >= x {
+            return;
+        }
+        self.set_node(v, x);
+        while v > 0 {
+            v = (v - 1) / 4;
+            if self.node(v) >= x {
+                break;
+            }
+            self.set_node(v, x);
+        }
+    }
+
+    /// Recompute chunk `c`'s leaf and the ancestors that change.
+    pub(super) fn update_leaf(&mut self, c: usize) {
+        let x = self.chunk_longest(c);
+        self.set_leaf(c, x);
+    }
+
+    /// Set chunk `c`'s leaf to `x` (its exact longest run) and fix the ancestors that change.
+    pub(super) fn set_leaf(&mut self, c: usize, x: usize) {
+        let mut v = self.leaves + c;
+        if self.node(v) == x {
+            return;
+        }
+        self.set_node(v, x);
+        while v > 0 {
+            v = (v - 1) / 4;
+            let m = max_lane(self.word(self.tree_base + v));
+            if self.node(v) == m {
+                break;
+            }
+            self.set_node(v, m);
+        }
+    }
+
+    /// The lowest chunk at or after `from` whose leaf is at least `want`: up the tree while the
+    /// nodes right of the path are all too small, then down to the leftmost leaf big enough; one
+    /// word per level each way.
+    pub(super) fn chunk_at_least(&self, from: usize, want: usize) -> Option<usize> {
+        if from >= self.chunks || self.top < want {
+            return None;
+        }
+        let mut v = self.leaves + from;
+        if v == 0 {
+            return Some(0);
+        }
+        loop {
+            // `v` and its right siblings (one word); a node past the end of its level is never
+            // reached: the climb below moves right only inside a level.
+            let (group, lane) = ((v - 1) / 4, (v - 1) % 4);
+            let hits = lanes_at_least(self.word(self.tree_base + group), want) & (!0u64 << (16 * lane));
+            if hits != 0 {
+                v = 4 * group + 1 + hits.trailing_zeros() as usize / 16;
+                break;
+            }
+            // Nothing here: the parent's right siblings, unless the parent is the root or the last
+            // node of its level (the next node starts the level below: 3u + 1 a power of four).
+            let next = group + 1;
+            let starts_level =
+                |u: usize| (3 * u + 1).is_power_of_two() && (3 * u + 1).trailing_zeros() % 2 == 0;
+            if group == 0 || starts_level(next) {
+                return None;
+            }
+            v = next;
+        }
+        while v < self.leaves {
+            let hits = lanes_at_least(self.word(self.tree_base + v), want);
+            debug_assert!(hits != 0, "a node's value is its largest child's");
+            v = 4 * v + 1 + hits.trailing_zeros() as usize / 16;
+        }
+        Some(v - self.leaves)
+    }
+
+    /// A run of `n` free slots in chunk `c`, inside one segment, starting at an index `first + k * period`:
+    /// its start and the free run `[a, b)` that holds it.
+    pub(super) fn fit_in_chunk(
+        &self,
+        c: usize,
+        n: usize,
+        first: usize,
+        period: usize,
+    ) -> Option<(usize, (usize, usize))> {
+        let lo = c * self.chunk;
+        let hi = (lo + self.chunk).min(self.len);
+        let mut s = lo;
+        while s < hi {
+            let e = (s + self.seg).min(hi);
+            if e - s >= n {
+                let mut a = self.next_bit(s, e, true);
+                while a < e {
+                    let b = self.next_bit(a, e, false);
+                    if b - a >= n {
+                        let start = align_up(a, first, period);
+                        if start + n <= b {
+                            return Some((start, (a, b)));
+                        }
+                    }
+                    a = self.next_bit(b, e, true);
+                }
+            }
+            s = e;
+        }
+        None
+    }
+
+    /// A run of `n` free slots starting at `first + k * period` (area indices), inside one segment:
+    /// its start and the free run that holds it.
+    pub(super) fn find(&self, n: usize, first: usize, period: usize) -> Option<(usize, (usize, usize))> {
+        if self.top < n || self.free < n {
+            return None;
+        }
+        if period > self.chunk {
+            // Candidates sparser than chunks: at most one per chunk, tried directly.
+            let mut i = first;
+            while i < self.len {
+                let seg_end = ((div(i, self.seg, self.seg_shift) + 1) * self.seg).min(self.len);
+                if i + n <= seg_end && self.next_bit(i, i + n, false) == i + n {
+                    return Some((i, self.run_around(i, n)));
+                }
+                i = i.checked_add(period)?;
+            }
+            return None;
+        }
+        // A free run of n + period - 1 holds an aligned run of n: once a chunk with a run of n fails
+        // the alignment, go straight to one with such a run (when the area has one).
+        let sure = n + period - 1;
+        let mut want = n;
+        let mut from = 0;
+        while let Some(c) = self.chunk_at_least(from, want) {
+            if let Some(found) = self.fit_in_chunk(c, n, first, period) {
+                return Some(found);
+            }
+            debug_assert!(want < sure, "a chunk with a run of n + period - 1 holds an aligned run");
+            if self.top >= sure {
+                want = sure;
+            }
+            from = c + 1;
+        }
+        None
+    }
+
+    /// Take `[i, i + n)` out of the free run `[a, b)` that holds it: the chunk's leaf can only
+    /// shrink, and only if that run was as long as the leaf; it is rescanned only when other runs of
+    /// the chunk may be the longest now.
+    pub(super) fn take(&mut self, i: usize, n: usize, (a, b): (usize, usize)) {
+        self.set_bits(i, n, false);
+        self.free -= n;
+        let c = div(i, self.chunk, self.chunk_shift);
+        if b - a < self.node(self.leaves + c) {
+            return;
+        }
+        let lo = c * self.chunk;
+        if self.chunk == self.seg && (a, b) == (lo, (lo + self.chunk).min(self.len)) {
+            // The chunk is one segment and was wholly free: what is left of it are the two pieces
+            // around the new run, no scan needed (the common case of a lightly used pool).
+            self.set_leaf(c, (i - a).max(b - i - n));
+        } else {
+            self.update_leaf(c);
+        }
+    }
+
+    /// Give back `[i, i + n)`: the merged free run around it may raise the chunk's leaf, nothing else.
+    pub(super) fn give(&mut self, i: usize, n: usize) {
+        self.set_bits(i, n, true);
+        self.free += n;
+        let (a, b) = self.run_around(i, n);
+        self.raise_leaf(div(i, self.chunk, self.chunk_shift), b - a);
+    }
+}
+
+/// Marks a divisor that is not a power of two.
+pub(super) const NO_SHIFT: u32 = u32::MAX;
+
+/// log2 of `d` for a power of two, else [`NO_SHIFT`].
+pub(super) fn shift_of(d: usize) -> u32 {
+    if d.is_power_of_two() {
+        d.trailing_zeros()
+    } else {
+        NO_SHIFT
+    }
+}
+
+/// `x / d`, a shift when `shift` (from [`shift_of`]) says `d` is a power of two.
+pub(super) fn div(x: usize, d: usize, shift: u32) -> usize {
+    if shift == NO_SHIFT {
+        x / d
+    } else {
+        x >> shift
+    }
+}
+
+/// `x % d`, as [`div`].
+pub(super) fn rem(x: usize, d: usize, shift: u32) -> usize {
+    if shift == NO_SHIFT {
+        x % d
+    } else {
+        x & (d - 1)
+    }
+}
+
+/// The low `bits` bits set (`bits <= 64`).
+pub(super) fn low_mask(bits: usize) -> u64 {
+    if bits >= 64 {
+        !0
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+
+/// The first index at or after `a` of the form `first + k * period` (`a >= first` or the result is
+/// `first`).
+pub(super) fn align_up(a: usize, first: usize, period: usize) -> usize {
+    if a <= first {
+        return first;
+    }
+    let r = if period.is_power_of_two() { (a - first) & (period - 1) } else { (a - first) % period };
+    if r == 0 {
+        a
+    } else {
+        a + (period - r)
+    }
+}
+
+/// An area: its lock and, on the same cache line, the counters read without it.
+#[repr(align(128))]
+pub(super) struct Area<'m> {
+    pub(super) state: Mutex<AreaState<'m>>,
+    /// The area's longest free run (the tree's root), published after every change: an area that
+    /// cannot serve a request is skipped without taking its lock.
+    pub(super) longest: AtomicUsize,
+    /// Slots allocated now.
+    pub(super) used: AtomicUsize,
+    /// Most slots allocated at once in this area.
+    pub(super) high: AtomicUsize,
+}
+
+impl<'m> Area<'m> {
+    pub(super) fn empty() -> Area<'m> {
+        Area {
+            state: Mutex::new(AreaState::empty()),
+            longest: AtomicUsize::new(0),
+            used: AtomicUsize::new(0),
+            high: AtomicUsize::new(0),
+        }
+    }
+
+    /// Publish the summary and counters after a change made under the lock (`taken` or `freed`
+    /// slots). Plain stores, no read-modify-write: only the lock holder writes them.
+    pub(super) fn publish(&self, st: &AreaState<'_>, taken: usize, freed: usize) {
+        self.longest.store(st.top, Ordering::Relaxed);
+        let used = st.len - st.free;
+        self.used.store(used, Ordering::Relaxed);
+        if taken > freed && used > self.high.load(Ordering::Relaxed) {
+            self.high.store(used, Ordering::Relaxed);
+        }
+    }
+}

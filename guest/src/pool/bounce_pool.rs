@@ -1,0 +1,476 @@
+//! `BouncePool`: the areas of one pool of shared memory, allocation across them, and the records.
+
+use super::area::*;
+use super::*;
+
+/// A pool of shared bounce memory.
+pub struct BouncePool<'m> {
+    pub(super) phys: PhysAddr,
+    pub(super) cpu: NonNull<u8>,
+    pub(super) len: usize,
+    pub(super) nslots: usize,
+    pub(super) slot_shift: u32,
+    pub(super) max_run: usize,
+    pub(super) area_slots: usize,
+    /// log2 of `area_slots` when a power of two (see [`shift_of`]).
+    pub(super) area_shift: u32,
+    pub(super) area_count: usize,
+    pub(super) areas: [Area<'m>; MAX_AREAS],
+    /// Where the last allocation that had to move on found room (written only then).
+    pub(super) next_area: AtomicUsize,
+}
+
+/// What [`BouncePool::release_or_free`] did with a mapping it found.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Taken {
+    /// The run is free again (nothing had to be copied out of it first).
+    Freed(SlotRecord),
+    /// The head is released (as by `lookup(.., true)`): copy out of the run, then [`BouncePool::free`].
+    Released(SlotRecord),
+}
+
+// SAFETY: the CPU pointer names memory the pool owns for its whole life (the caller handed it over at
+// construction); every slot run is written by the one holder of its allocation, and the metadata is
+// behind the area locks.
+unsafe impl Send for BouncePool<'_> {}
+// SAFETY: as above; shared access goes through the area locks and atomics.
+unsafe impl Sync for BouncePool<'_> {}
+
+impl<'m> BouncePool<'m> {
+    /// Build a pool over memory the caller has already shared (see `DmaLayer::add_pool`, which shares).
+    ///
+    /// # Safety
+    /// `cpu` must point to `len` bytes that stay valid, and are used by nothing else, for `'m`.
+    pub(crate) unsafe fn new(
+        phys: PhysAddr,
+        cpu: NonNull<u8>,
+        len: usize,
+        meta: &'m mut [SlotMeta],
+        cfg: PoolConfig,
+    ) -> Result<BouncePool<'m>, DmaError> {
+        cfg.validate()?;
+        if !phys.is_page_aligned() || len == 0 || len as u64 % PAGE_SIZE != 0 {
+            return Err(DmaError::Unaligned { addr: phys.0 | len as u64, align: PAGE_SIZE });
+        }
+        let nslots = len / cfg.slot_size;
+        if nslots == 0 {
+            return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
+        }
+        if meta.len() < nslots {
+            return Err(DmaError::MetadataTooSmall { needed: nslots, provided: meta.len() });
+        }
+        let meta = &mut meta[..nslots];
+        // Areas are whole segments so no run crosses an area either.
+        let segs = nslots.div_ceil(cfg.max_run_slots);
+        let area_count = cfg.areas.min(segs);
+        let area_slots = segs.div_ceil(area_count) * cfg.max_run_slots;
+        let mut areas: [Area<'m>; MAX_AREAS] = core::array::from_fn(|_| Area::empty());
+        let mut rest = meta;
+        let mut count = 0;
+        while !rest.is_empty() {
+            let take = area_slots.min(rest.len());
+            let (head, tail) = core::mem::take(&mut rest).split_at_mut(take);
+            rest = tail;
+            let st = AreaState::new(head, cfg.max_run_slots);
+            areas[count].longest.store(st.top, Ordering::Relaxed);
+            *areas[count].state.get_mut() = st;
+            count += 1;
+        }
+        Ok(BouncePool {
+            phys,
+            cpu,
+            len,
+            nslots,
+            slot_shift: cfg.slot_size.trailing_zeros(),
+            max_run: cfg.max_run_slots,
+            area_slots,
+            area_shift: shift_of(area_slots),
+            area_count: count,
+            areas,
+            next_area: AtomicUsize::new(0),
+        })
+    }
+
+    /// The area holding global slot `index`.
+    fn area_of(&self, index: usize) -> usize {
+        div(index, self.area_slots, self.area_shift)
+    }
+    /// `index`'s position inside its area.
+    fn in_area(&self, index: usize) -> usize {
+        rem(index, self.area_slots, self.area_shift)
+    }
+
+    /// First physical address.
+    pub fn phys(&self) -> PhysAddr {
+        self.phys
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Always false: a pool has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    /// Bytes per slot.
+    pub fn slot_size(&self) -> usize {
+        1 << self.slot_shift
+    }
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.nslots
+    }
+    /// Largest run one mapping can take, in bytes.
+    pub fn max_mapping(&self) -> usize {
+        self.max_run << self.slot_shift
+    }
+    /// Slots allocated now (the sum of the areas' counters).
+    pub fn slots_in_use(&self) -> usize {
+        self.areas[..self.area_count].iter().map(|a| a.used.load(Ordering::Relaxed)).sum()
+    }
+    /// Most slots ever allocated at once: the sum of each area's own peak, kept per area so no map
+    /// touches a line every CPU shares. Exact with one area; with several an upper bound (the areas
+    /// may have peaked at different times).
+    pub fn high_water(&self) -> usize {
+        self.areas[..self.area_count].iter().map(|a| a.high.load(Ordering::Relaxed)).sum()
+    }
+    /// Number of areas (locks).
+    pub fn areas(&self) -> usize {
+        self.area_count
+    }
+    /// True when `[phys, phys + len)` lies inside the pool.
+    pub fn contains_phys(&self, phys: PhysAddr, len: usize) -> bool {
+        phys.0 >= self.phys.0 && phys.0 - self.phys.0 <= (self.len - len.min(self.len)) as u64
+    }
+
+    /// CPU pointer to byte `off` of the pool.
+    pub(crate) fn cpu_at(&self, off: usize) -> *mut u8 {
+        debug_assert!(off <= self.len);
+        // SAFETY: `off` is inside the pool (callers derive it from a live run), so the result stays in
+        // the allocation the pointer came from.
+        unsafe { self.cpu.as_ptr().add(off) }
+    }
+
+    pub(crate) fn index_of_offset(&self, off: u64) -> usize {
+        (off >> self.slot_shift) as usize
+    }
+
+    /// Benchmark hook (not an API): allocate a run of `nslots` slots whose address is a multiple of
+    /// `align_slots` slots (a power of two), recorded for no device (serial 0, which no device has), so
+    /// no face can unmap or sync it. Lets `tests/benches/pool.rs` time the allocator alone, beside
+    /// other allocators, without copying bytes. Returns the head's global index.
+    #[doc(hidden)]
+    pub fn bench_alloc(&self, nslots: usize, align_slots: usize) -> Option<usize> {
+        let align_mask = ((align_slots.max(1) as u64) << self.slot_shift) - 1;
+        let align_mask = align_mask & !((1u64 << self.slot_shift) - 1);
+        let req = RunRequest { nslots, align_mask, align_bits: self.phys.0 & align_mask };
+        let owner = Owner { device: 0, safe: false };
+        let head = NewHead {
+            offset: 0,
+            len: nslots << self.slot_shift,
+            dir: DmaDirection::ToDevice,
+            attrs: DmaAttrs::NONE,
+            orig: core::ptr::null_mut(),
+            owner,
+        };
+        self.alloc_tagged(req, head, BENCH_RUN)
+    }
+
+    /// Benchmark hook (not an API): free a run [`Self::bench_alloc`] returned; false (and nothing
+    /// changed) for any other index. One lock, as [`Self::release_or_free`].
+    #[doc(hidden)]
+    pub fn bench_free(&self, index: usize) -> bool {
+        if index >= self.nslots {
+            return false;
+        }
+        let area = &self.areas[self.area_of(index)];
+        let i = self.in_area(index);
+        let mut st = area.state.lock();
+        let head = &st.meta[i];
+        if head.state() != HEAD || head.attrs != BENCH_RUN || head.owner != 0 {
+            return false;
+        }
+        let n = head.nslots as usize;
+        self.free_locked(area, &mut st, i, n);
+        true
+    }
+
+    /// Allocate a run and record the mapping in its head slot. Returns the head's global index.
+    pub(crate) fn alloc(&self, req: RunRequest, head: NewHead) -> Option<usize> {
+        let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
+        self.alloc_tagged(req, head, bits)
+    }
+
+    /// [`Self::alloc`] for a scatter-gather run: `offset`/`len` span the packed segments; the
+    /// originals are recorded in the list itself.
+    pub(crate) fn alloc_sg(
+        &self,
+        req: RunRequest,
+        offset: usize,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        device: u32,
+    ) -> Option<usize> {
+        let owner = Owner { device, safe: false };
+        let head = NewHead { offset, len, dir, attrs, orig: core::ptr::null_mut(), owner };
+        self.alloc_tagged(req, head, attrs.bits() | SG_RUN)
+    }
+
+    fn alloc_tagged(&self, req: RunRequest, new: NewHead, attr_bits: u8) -> Option<usize> {
+        self.alloc_from(req, new, attr_bits, None)
+    }
+
+    /// Allocate, trying area `first` first (else where the last allocation that moved on found room).
+    fn alloc_from(
+        &self,
+        req: RunRequest,
+        new: NewHead,
+        attr_bits: u8,
+        first: Option<usize>,
+    ) -> Option<usize> {
+        let n = req.nslots;
+        if n == 0 || n > self.max_run {
+            return None;
+        }
+        let (Ok(offset), Ok(len)) = (u32::try_from(new.offset), u32::try_from(new.len)) else { return None };
+        // Start where the last allocation that had to move on found room: a lone CPU keeps reusing
+        // the same (cache-hot) area; CPUs that collide move on to other areas. An area whose longest
+        // free run is too short is skipped without its lock. The first pass skips areas another CPU
+        // holds; the second waits.
+        let count = self.area_count;
+        let start = first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(count - 1);
+        for pass in 0..2 {
+            for k in 0..count {
+                let a = if start + k >= count { start + k - count } else { start + k };
+                let area = &self.areas[a];
+                if area.longest.load(Ordering::Relaxed) < n {
+                    continue;
+                }
+                let guard = if pass == 0 { area.state.try_lock() } else { Some(area.state.lock()) };
+                let Some(mut st) = guard else { continue };
+                let base = a * self.area_slots;
+                let Some((i, run)) = self.find_run(&st, base, req) else { continue };
+                st.take(i, n, run);
+                let head = &mut st.meta[i];
+                head.state_dir = HEAD | (new.dir as u8) << 4;
+                head.nslots = n as u16;
+                head.offset = offset;
+                head.len = len;
+                head.owner = new.owner.device;
+                head.attrs = attr_bits;
+                head.orig = new.orig as usize;
+                area.publish(&st, n, 0);
+                drop(st);
+                if a != start && first.is_none() {
+                    self.next_area.store(a, Ordering::Relaxed);
+                }
+                return Some(base + i);
+            }
+        }
+        None
+    }
+
+    /// A run for `req` in the area at global slot `base` (area index, and the free run holding it).
+    fn find_run(
+        &self,
+        area: &AreaState<'_>,
+        base: usize,
+        req: RunRequest,
+    ) -> Option<(usize, (usize, usize))> {
+        let n = area.len;
+        if n < req.nslots {
+            return None;
+        }
+        // Candidate indices are those whose address matches the alignment bits: an arithmetic
+        // progression with a stride of (align_mask + 1) / slot_size slots.
+        // Attach bounds `min_align_mask` below 4 GiB, so this cannot overflow; refuse rather than wrap.
+        let period = (req.align_mask.checked_add(1 << self.slot_shift)? >> self.slot_shift).max(1) as usize;
+        let area_phys = self.phys.0 + ((base as u64) << self.slot_shift);
+        let want = req.align_bits;
+        // Index (inside the area) of the first candidate.
+        let span = (period as u64) << self.slot_shift;
+        let phase = if span.is_power_of_two() { area_phys & (span - 1) } else { area_phys % span };
+        let first_addr = area_phys - phase + want;
+        let first_addr = if first_addr < area_phys { first_addr + span } else { first_addr };
+        let first = ((first_addr - area_phys) >> self.slot_shift) as usize;
+        if first >= n {
+            return None;
+        }
+        area.find(req.nslots, first, period)
+    }
+
+    /// Look up the live mapping whose head is at global slot `index` and whose data starts at pool
+    /// offset `off`; with `release` the head is marked so no other caller can unmap or sync it.
+    pub(crate) fn lookup(&self, off: u64, release: bool) -> Option<SlotRecord> {
+        self.lookup_tagged(off, release, false)
+    }
+
+    /// [`Self::lookup`] for a scatter-gather run (see [`Self::alloc_sg`]).
+    pub(crate) fn lookup_sg(&self, off: u64, release: bool) -> Option<SlotRecord> {
+        self.lookup_tagged(off, release, true)
+    }
+
+    /// [`Self::lookup`] for a run whose data may start a slot or more into it (strict IOMMU runs
+    /// start on an IOMMU page, the preserved `min_align_mask` bits below it going into the offset):
+    /// the head is the slot at `run_off`.
+    pub(crate) fn lookup_run(&self, run_off: u64, data_off: u64, release: bool) -> Option<SlotRecord> {
+        self.lookup_at(self.index_of_offset(run_off), run_off.checked_add(data_off)?, release, false)
+    }
+
+    fn lookup_tagged(&self, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {
+        self.lookup_at(self.index_of_offset(off), off, release, sg)
+    }
+
+    fn lookup_at(&self, index: usize, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {
+        if index >= self.nslots {
+            return None;
+        }
+        let mut st = self.areas[self.area_of(index)].state.lock();
+        let i = self.in_area(index);
+        let rec = self.record_of(&st, index, i, off, sg)?;
+        if release {
+            st.meta[i].set_state(RELEASING);
+        }
+        Some(rec)
+    }
+
+    /// The record of the live head at area index `i` (global `index`) whose data starts at pool
+    /// offset `off`, of the face `sg` names.
+    fn record_of(
+        &self,
+        st: &AreaState<'_>,
+        index: usize,
+        i: usize,
+        off: u64,
+        sg: bool,
+    ) -> Option<SlotRecord> {
+        let head = &st.meta[i];
+        if head.state() != HEAD
+            || ((index as u64) << self.slot_shift) + u64::from(head.offset) != off
+            || (head.attrs & SG_RUN != 0) != sg
+        {
+            return None;
+        }
+        Some(SlotRecord {
+            index,
+            nslots: head.nslots as usize,
+            offset: head.offset as usize,
+            len: head.len as usize,
+            dir: DmaDirection::from_bits(head.dir())?,
+            attrs: DmaAttrs::from_bits_truncate(head.attrs),
+            orig: head.orig as *mut u8,
+            owner: Owner { device: head.owner, safe: head.attrs & SAFE_FACE != 0 },
+        })
+    }
+
+    /// Unmap in one lock: look up the live (single-mapping) head at pool offset `off`, let `check`
+    /// refuse it (nothing changes then), and free the run at once when `copy_back` says nothing has
+    /// to be read out of it first; otherwise release the head as `lookup(off, true)` does, and the
+    /// caller copies and then calls [`Self::free`] (the copy stays outside the lock). `None`: no
+    /// such mapping.
+    pub(crate) fn release_or_free<E>(
+        &self,
+        off: u64,
+        check: impl FnOnce(&SlotRecord) -> Result<(), E>,
+        copy_back: impl FnOnce(&SlotRecord) -> bool,
+    ) -> Option<Result<Taken, E>> {
+        self.take_at(self.index_of_offset(off), off, false, check, copy_back)
+    }
+
+    fn take_at<E>(
+        &self,
+        index: usize,
+        off: u64,
+        sg: bool,
+        check: impl FnOnce(&SlotRecord) -> Result<(), E>,
+        copy_back: impl FnOnce(&SlotRecord) -> bool,
+    ) -> Option<Result<Taken, E>> {
+        if index >= self.nslots {
+            return None;
+        }
+        let area = &self.areas[self.area_of(index)];
+        let i = self.in_area(index);
+        let mut st = area.state.lock();
+        let rec = self.record_of(&st, index, i, off, sg)?;
+        if let Err(e) = check(&rec) {
+            return Some(Err(e));
+        }
+        if copy_back(&rec) {
+            st.meta[i].set_state(RELEASING);
+            return Some(Ok(Taken::Released(rec)));
+        }
+        self.free_locked(area, &mut st, i, rec.nslots);
+        Some(Ok(Taken::Freed(rec)))
+    }
+
+    /// [`Self::alloc`] starting at the area of CPU `cpu` (any number: taken modulo the areas), as
+    /// Linux picks a CPU's own area first: CPUs that map at the same time start on different locks
+    /// and different cache lines. For a platform that can name the current CPU.
+    #[allow(dead_code)]
+    pub(crate) fn alloc_near(&self, req: RunRequest, head: NewHead, cpu: usize) -> Option<usize> {
+        let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
+        self.alloc_from(req, head, bits, Some(cpu % self.area_count))
+    }
+
+    /// Undo a `lookup(.., true)` that the caller decided not to complete.
+    pub(crate) fn unrelease(&self, index: usize) {
+        let mut st = self.areas[self.area_of(index)].state.lock();
+        let head = &mut st.meta[self.in_area(index)];
+        if head.state() == RELEASING {
+            head.set_state(HEAD);
+        }
+    }
+
+    /// Every live run of the pool (locks one area at a time, so a concurrent map or unmap may or may
+    /// not be seen).
+    pub fn for_each_live(&self, mut f: impl FnMut(LiveRun)) {
+        for a in 0..self.area_count {
+            let st = self.areas[a].state.lock();
+            for (i, m) in st.meta.iter().enumerate() {
+                if !matches!(m.state(), HEAD | RELEASING | ORPHANED) {
+                    continue;
+                }
+                let index = a * self.area_slots + i;
+                f(LiveRun {
+                    phys: PhysAddr(self.phys.0 + ((index as u64) << self.slot_shift) + u64::from(m.offset)),
+                    len: m.len as usize,
+                    slots: m.nslots as usize,
+                    dir: DmaDirection::from_bits(m.dir()).unwrap_or(DmaDirection::Bidirectional),
+                    device: m.owner,
+                    owned_by_mapping: m.attrs & SAFE_FACE != 0,
+                    scatter_gather: m.attrs & SG_RUN != 0,
+                    orphaned: m.state() == ORPHANED,
+                });
+            }
+        }
+    }
+
+    /// A released head whose buffer must never be written again (its `Mapping` was dropped while
+    /// the unmap could not complete): forget the original, keep the run allocated and refuse it to
+    /// every face, so no later call copies into memory whose borrow has ended.
+    pub(crate) fn orphan(&self, index: usize) {
+        let mut st = self.areas[self.area_of(index)].state.lock();
+        let head = &mut st.meta[self.in_area(index)];
+        head.orig = 0;
+        head.set_state(ORPHANED);
+    }
+
+    /// Free a run previously returned by `alloc` (its head released by `lookup`).
+    pub(crate) fn free(&self, index: usize, nslots: usize) {
+        let area = &self.areas[self.area_of(index)];
+        let mut st = area.state.lock();
+        self.free_locked(area, &mut st, self.in_area(index), nslots);
+    }
+
+    /// Free the run at area index `i`: only its head's record is cleared (the other slots were never
+    /// written), then its bitmap bits and one leaf of the tree.
+    fn free_locked(&self, area: &Area<'_>, st: &mut AreaState<'_>, i: usize, nslots: usize) {
+        let head = &mut st.meta[i];
+        head.set_state(FREE);
+        head.orig = 0;
+        head.len = 0;
+        st.give(i, nslots);
+        area.publish(st, 0, nslots);
+    }
+}

@@ -1,0 +1,202 @@
+//! `BouncePool`: shared memory carved into slots, handed out as contiguous runs.
+//!
+//! The pool's memory and its metadata both come from the caller, so the layer needs no allocator.
+//! Slots are split into areas, each behind its own spin lock, so CPUs mapping at the same time mostly
+//! take different locks. A segment is `max_run_slots` long and no run crosses one.
+//!
+//! Within an area the allocator keeps, in the first entries of its caller-provided metadata (one
+//! bookkeeping word per entry, beside the mapping record every entry also has room for):
+//!
+//! - a free-slot bitmap (1 = free), searched a word at a time (`trailing_zeros` over whole words finds
+//!   the next free or used slot, so a free run is two word scans, not one step per slot);
+//! - a max-tree over chunks (a chunk is the smallest whole number of segments of at least 64 slots):
+//!   each leaf holds the longest free run inside one segment of its chunk, each inner node the larger
+//!   of its children, and the root, mirrored in an atomic beside the lock, the longest run of the
+//!   area.
+//!
+//! A request for `n` slots walks the tree to the lowest chunk with a run of `n` (address-ordered first
+//! fit, O(log chunks)) and scans that chunk's few bitmap words for a run whose start meets the
+//! alignment; a run of `n + period - 1` always holds an aligned one, so an aligned request visits at
+//! most one chunk that cannot serve it before one that must. An area whose longest run is shorter than
+//! `n` is refused from its atomic summary without taking its lock, so a request that cannot be met
+//! costs one load per area, whatever the pool's size. Allocation and free write the head slot's record,
+//! the run's bitmap bits, one leaf and its ancestors (O(log chunks)); the run's other slots are never
+//! touched. Usage counters are per area, on the area's own cache line, summed when read.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use spin::Mutex;
+
+use crate::addr::{PhysAddr, PAGE_SIZE};
+use crate::direction::{DmaAttrs, DmaDirection};
+use crate::error::DmaError;
+
+/// Most areas one pool can have.
+pub const MAX_AREAS: usize = 16;
+
+/// Slot state, kept in [`SlotMeta`].
+const FREE: u8 = 0;
+const HEAD: u8 = 1;
+// 2 was TAIL: the slots after a head are no longer marked (only the head's record is written).
+/// A head whose unmap is in progress: no second unmap or sync may use it.
+const RELEASING: u8 = 3;
+/// A head whose owner is gone while its unmap could not complete: allocated for good, no original.
+const ORPHANED: u8 = 4;
+/// Head `attrs` bit (above the `DmaAttrs` bits) marking a scatter-gather run: several originals
+/// packed in one run, described by the list (see `sg.rs`), not by the head's one `orig`. The
+/// single-mapping face must never unmap or sync such a run, nor the list face a single mapping.
+const SG_RUN: u8 = 0x80;
+/// Head `attrs` bit marking a mapping owned by a [`crate::Mapping`] (the safe face): the raw face
+/// refuses to unmap or sync it, so no raw call can write a buffer whose borrow the `Mapping` holds.
+const SAFE_FACE: u8 = 0x40;
+/// Head `attrs` of a run made by the benchmark hook [`BouncePool::bench_alloc`] (no device owns it).
+const BENCH_RUN: u8 = SG_RUN | SAFE_FACE;
+
+/// Who a run belongs to: the device (its serial in the layer) and whether the safe face owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    /// The device's serial ([`crate::Device::serial`]).
+    pub device: u32,
+    /// True for a mapping owned by a [`crate::Mapping`].
+    pub safe: bool,
+}
+
+/// Per-slot metadata, in caller-provided storage (`[SlotMeta::EMPTY; N]`). The head slot of a run
+/// holds the guest's own record of the mapping: lengths and directions are taken from here, never from
+/// what a device or caller alleges later. The first entries of each area also carry the allocator's
+/// bookkeeping (free-slot bitmap and run-length tree) in a word of their own.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotMeta {
+    orig: usize,
+    /// Allocator bookkeeping (one bitmap word, or four tree nodes); unrelated to this slot's record.
+    word: u64,
+    offset: u32,
+    len: u32,
+    owner: u32,
+    nslots: u16,
+    /// Slot state (low 4 bits) and direction (high 4 bits) of a head.
+    state_dir: u8,
+    attrs: u8,
+}
+
+impl SlotMeta {
+    /// An unused entry, for initialising storage.
+    pub const EMPTY: SlotMeta =
+        SlotMeta { orig: 0, word: 0, offset: 0, len: 0, owner: 0, nslots: 0, state_dir: FREE, attrs: 0 };
+
+    fn state(&self) -> u8 {
+        self.state_dir & 0xf
+    }
+    fn set_state(&mut self, state: u8) {
+        self.state_dir = (self.state_dir & 0xf0) | state;
+    }
+    fn dir(&self) -> u8 {
+        self.state_dir >> 4
+    }
+}
+
+/// Geometry of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Bytes per slot (power of two, 512..=65536). Default 2 KiB.
+    pub slot_size: usize,
+    /// Longest run of slots one mapping may take (<= 4096). Default 128 (256 KiB with 2 KiB slots).
+    pub max_run_slots: usize,
+    /// Number of independently locked areas (1..=[`MAX_AREAS`]). Default 4.
+    pub areas: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { slot_size: 2048, max_run_slots: 128, areas: 4 }
+    }
+}
+
+impl PoolConfig {
+    /// Slots needed for `len` bytes of pool memory (the size of the metadata storage to provide).
+    pub const fn slots_for(&self, len: usize) -> usize {
+        len / self.slot_size
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), DmaError> {
+        if !self.slot_size.is_power_of_two() || self.slot_size < 512 || self.slot_size > 65536 {
+            return Err(DmaError::InvalidSlotSize(self.slot_size));
+        }
+        if self.max_run_slots == 0 || self.max_run_slots > 4096 {
+            return Err(DmaError::InvalidMaxRun(self.max_run_slots));
+        }
+        if self.areas == 0 || self.areas > MAX_AREAS {
+            return Err(DmaError::InvalidAreas(self.areas));
+        }
+        Ok(())
+    }
+}
+
+/// The guest's record of one live bounced mapping (copied out of the head slot).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotRecord {
+    /// Global index of the head slot.
+    pub index: usize,
+    pub nslots: usize,
+    /// Offset of the data inside the run (preserves `min_align_mask` bits).
+    pub offset: usize,
+    pub len: usize,
+    pub dir: DmaDirection,
+    pub attrs: DmaAttrs,
+    /// CPU address of the original buffer.
+    pub orig: *mut u8,
+    /// Who the mapping belongs to.
+    pub owner: Owner,
+}
+
+/// One live run of a pool, for tools and tests ([`BouncePool::for_each_live`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveRun {
+    /// Physical address of the data's first byte in the pool.
+    pub phys: PhysAddr,
+    /// Bytes of data (for a scatter-gather run: of the packed segments).
+    pub len: usize,
+    /// Slots the run takes.
+    pub slots: usize,
+    /// Direction.
+    pub dir: DmaDirection,
+    /// Serial of the device that owns it ([`crate::Device::serial`]).
+    pub device: u32,
+    /// Owned by a [`crate::Mapping`] (the raw face cannot end it).
+    pub owned_by_mapping: bool,
+    /// A scatter-gather run.
+    pub scatter_gather: bool,
+    /// Its `Mapping` was dropped while the unmap failed: reserved for good.
+    pub orphaned: bool,
+}
+
+/// The record a new run's head slot gets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NewHead {
+    /// Offset of the data inside the run.
+    pub offset: usize,
+    pub len: usize,
+    pub dir: DmaDirection,
+    pub attrs: DmaAttrs,
+    /// CPU address of the original buffer (null for scatter-gather runs).
+    pub orig: *mut u8,
+    pub owner: Owner,
+}
+
+/// What a new run must satisfy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RunRequest {
+    pub nslots: usize,
+    /// Slot addresses must satisfy `addr & align_mask == align_bits` (both multiples of the slot size).
+    pub align_mask: u64,
+    pub align_bits: u64,
+}
+
+mod area;
+mod bounce_pool;
+#[cfg(test)]
+mod tests;
+
+pub use bounce_pool::BouncePool;
+pub(crate) use bounce_pool::Taken;
