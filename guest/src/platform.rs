@@ -68,6 +68,12 @@ pub trait Platform: MemorySharing + PhysMemory + Sync {
     fn shared_phys_addr(&self, bus: BusAddr) -> PhysAddr {
         PhysAddr(bus.0)
     }
+    /// The number of the CPU running the caller, when the platform can tell cheaply. Pools start their
+    /// search at that CPU's area (as Linux does), so CPUs mapping at once take different locks and
+    /// cache lines. `None` (the default): start where the last allocation found room.
+    fn cpu_hint(&self) -> Option<usize> {
+        None
+    }
     /// The IOMMU (TCE) interface, when devices sit behind one. `None` (the default): devices reach
     /// memory by [`Platform::shared_bus_addr`].
     fn tce(&self) -> Option<&dyn TceCalls> {
@@ -137,5 +143,8 @@ impl<T: Platform + ?Sized> Platform for &T {
     }
     fn tce(&self) -> Option<&dyn TceCalls> {
         (**self).tce()
+    }
+    fn cpu_hint(&self) -> Option<usize> {
+        (**self).cpu_hint()
     }
 }

@@ -407,7 +407,6 @@ impl<'m> BouncePool<'m> {
     /// [`Self::alloc`] starting at the area of CPU `cpu` (any number: taken modulo the areas), as
     /// Linux picks a CPU's own area first: CPUs that map at the same time start on different locks
     /// and different cache lines. For a platform that can name the current CPU.
-    #[allow(dead_code)]
     pub(crate) fn alloc_near(&self, req: RunRequest, head: NewHead, cpu: usize) -> Option<usize> {
         let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
         self.alloc_from(req, head, bits, Some(cpu % self.area_count))

@@ -132,7 +132,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             let req = RunRequest { nslots, align_mask, align_bits };
             let owner = Owner { device: dev.serial, safe: orig.safe };
             let head = NewHead { offset, len, dir, attrs, orig: orig.cpu, owner };
-            let Some(index) = pool.alloc(req, head) else { continue };
+            let placed = match self.platform.cpu_hint() {
+                Some(cpu) => pool.alloc_near(req, head, cpu),
+                None => pool.alloc(req, head),
+            };
+            let Some(index) = placed else { continue };
             let run_off = index << pool.slot_size().trailing_zeros();
             let run_len = nslots * slot as usize;
             self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs);
@@ -170,6 +174,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) {
+        // A to-device mapping that skips the CPU sync is still zeroed: until the driver's
+        // `sync_for_device` the device would otherwise read whatever an earlier mapping (of another
+        // device, perhaps) left in the slot.
         let copy = if dir.device_reads() {
             !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
         } else {
