@@ -161,7 +161,8 @@ impl<'m> BouncePool<'m> {
     /// other allocators, without copying bytes. Returns the head's global index.
     #[doc(hidden)]
     pub fn bench_alloc(&self, nslots: usize, align_slots: usize) -> Option<usize> {
-        let align_mask = ((align_slots.max(1) as u64) << self.slot_shift) - 1;
+        let span = (align_slots.max(1) as u64).checked_mul(1 << self.slot_shift)?;
+        let align_mask = span - 1;
         let align_mask = align_mask & !((1u64 << self.slot_shift) - 1);
         let req = RunRequest { nslots, align_mask, align_bits: self.phys.0 & align_mask };
         let owner = Owner { device: 0, safe: false };
