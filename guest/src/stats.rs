@@ -1,6 +1,6 @@
 //! Counters. All relaxed atomics: they are for reports and tests, never for decisions.
 //!
-//! The counters every map and unmap bumps are spread over [`SHARDS`] cache lines, summed when read,
+//! The counters every map and unmap bumps are spread over `SHARDS` cache lines, summed when read,
 //! so CPUs mapping at the same time do not pull one line back and forth. The layer has no CPU number
 //! to index them by (the platform gives none), so a shard is picked from the address of the
 //! caller's stack: threads and CPUs run on different stacks, so concurrent callers mostly land on
