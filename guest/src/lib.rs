@@ -7,6 +7,62 @@
 //!
 //! `no_std`, no allocator: pools and their metadata live in memory the caller provides.
 //!
+//! # A first program
+//!
+//! A pseries Secure VM (modelled by `ccdma-hv-model` here; a guest kernel passes its own
+//! [`Platform`]): one pool, a 32-bit and a 64-bit device, a streaming mapping each way, a
+//! scatter-gather list and a coherent buffer.
+//!
+//! ```
+//! use ccdma::{sg::SgEntry, DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, PhysAddr};
+//! use ccdma::{PoolConfig, SlotMeta};
+//! # use ccdma_hv_model::{HvConfig, Hypervisor};
+//! # let platform: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! # let hv = platform;
+//!
+//! // 1. The layer and one 4 MiB pool of guest memory (shared with the hypervisor here).
+//! let mut layer = DmaLayer::new(platform);
+//! let meta = vec![SlotMeta::EMPTY; PoolConfig::default().slots_for(4 << 20)].leak();
+//! // SAFETY: the range is guest RAM this program gives the layer for good.
+//! unsafe { layer.add_pool(PhysAddr(0x80_0000), 4 << 20, meta, PoolConfig::default())? };
+//!
+//! // 2. Devices: the layer picks each one's path from its DMA mask.
+//! let nic = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! let disk = layer.attach(DeviceConfig::new(2, DmaMask::BITS_64))?;
+//! println!("nic: {} ({})", nic.path().name(), layer.path_reason(&nic).unwrap());
+//! # let (nic_dev, disk_dev) = (hv.add_device(1, 32), hv.add_device(2, 64));
+//!
+//! // 3. Streaming DMA: the buffer is lent to the device for the mapping's life.
+//! let packet = [0xAB_u8; 1500];
+//! let tx = layer.map_to_device(&nic, &packet, DmaAttrs::NONE)?;
+//! # assert_eq!(nic_dev.read(tx.bus_addr().0, 1500).unwrap(), packet);
+//! tx.unmap()?;
+//! let mut block = [0u8; 4096];
+//! let rx = layer.map(&disk, &mut block, DmaDirection::FromDevice, DmaAttrs::NONE)?;
+//! # disk_dev.write(rx.bus_addr().0, &[7; 4096]).unwrap();
+//! rx.unmap()?; // the device's bytes are copied into `block` here, once
+//! assert_eq!(block, [7; 4096]);
+//!
+//! // 4. Scatter-gather: three buffers, as few DMA segments as the device allows.
+//! let (mut a, mut b, mut c) = ([1u8; 512], [2u8; 700], [3u8; 100]);
+//! let mut list = [SgEntry::new(&mut a), SgEntry::new(&mut b), SgEntry::new(&mut c)];
+//! let segments = layer.map_sg(&disk, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE)?;
+//! assert_eq!(segments, 1); // packed into one bounce run
+//! layer.unmap_sg(&disk, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE)?;
+//!
+//! // 5. A coherent buffer (rings): shared for its life, freed by value.
+//! # let ring_page = hv.alloc(4096, ccdma_hv_model::Region::Low);
+//! // SAFETY: `ring_page` is a free page of guest RAM this program hands over until the free.
+//! let ring = unsafe { layer.alloc_coherent(&nic, PhysAddr(ring_page), 1)? };
+//! layer.free_coherent(&nic, ring)?;
+//!
+//! // 6. Detach hands nothing back once nothing is live.
+//! layer.detach(nic)?;
+//! layer.detach(disk)?;
+//! println!("{}", layer.stats());
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
+//!
 //! # Soundness: what the type system promises
 //!
 //! If it compiles without `unsafe`, no call (with any argument values, and whatever the hypervisor

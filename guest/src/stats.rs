@@ -84,6 +84,70 @@ pub struct StatsSnapshot {
     pub failures: [u64; KINDS],
 }
 
+impl FailureKind {
+    /// Every kind, in counter order.
+    pub const ALL: [FailureKind; KINDS] = [
+        FailureKind::PoolExhausted,
+        FailureKind::TooLarge,
+        FailureKind::BeyondMask,
+        FailureKind::UnknownMapping,
+        FailureKind::Mismatch,
+        FailureKind::OutOfRange,
+        FailureKind::Sharing,
+        FailureKind::Iommu,
+        FailureKind::NoPath,
+        FailureKind::Invalid,
+    ];
+    /// A short name for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FailureKind::PoolExhausted => "pool exhausted",
+            FailureKind::TooLarge => "too large",
+            FailureKind::BeyondMask => "beyond mask",
+            FailureKind::UnknownMapping => "unknown mapping",
+            FailureKind::Mismatch => "mismatch",
+            FailureKind::OutOfRange => "out of range",
+            FailureKind::Sharing => "sharing",
+            FailureKind::Iommu => "iommu",
+            FailureKind::NoPath => "no path",
+            FailureKind::Invalid => "invalid",
+        }
+    }
+}
+
+/// One line per counter, failures by name (only those that happened).
+impl core::fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "maps {} (bounced {}), unmaps {}; bytes to device {}, from device {}; slots in use {} (high {}); \
+             shared pages {}, quarantined {}; failures {}",
+            self.maps,
+            self.bounced_maps,
+            self.unmaps,
+            self.bytes_to_device,
+            self.bytes_from_device,
+            self.slots_in_use,
+            self.slots_high_water,
+            self.shared_pages,
+            self.quarantined_pages,
+            self.total_failures()
+        )?;
+        let mut sep = " (";
+        for kind in FailureKind::ALL {
+            let n = self.failures_of(kind);
+            if n != 0 {
+                write!(f, "{sep}{}: {n}", kind.name())?;
+                sep = ", ";
+            }
+        }
+        if sep == ", " {
+            write!(f, ")")?;
+        }
+        Ok(())
+    }
+}
+
 impl StatsSnapshot {
     /// Failures of one kind.
     pub fn failures_of(&self, kind: FailureKind) -> u64 {
