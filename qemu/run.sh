@@ -5,9 +5,9 @@
 #   qemu/run.sh                 run the main configuration (pseries), print the kernel's report
 #   qemu/run.sh --all           run every configuration of both kernels, print a summary (and the
 #                               report of failures)
-#   qemu/run.sh NAME...         run the named configurations
+#   qemu/run.sh NAME...         run the named configurations, printing each one's report
 #   qemu/run.sh --list          list configurations
-#   options: -v/--verbose (print every report), --no-build (use the existing kernels)
+#   options: -v/--verbose (with --all: print every report), --no-build (use the existing kernels)
 #   environment: QEMU_TIMEOUT (seconds per boot, default 60), KERNEL_LOG (e.g. debug), CI (set:
 #                cargo --locked)
 #
@@ -344,8 +344,9 @@ main() {
     done
     if [[ $all == yes ]]; then
         selected=("${CONFIGS[@]}")
-    elif [[ ${#selected[@]} -eq 0 ]]; then
-        selected=("$DEFAULT_CONFIG")
+    else
+        # Configurations asked for by name (or the default one) print their report.
+        [[ ${#selected[@]} -gt 0 ]] || selected=("$DEFAULT_CONFIG")
         verbose=yes
     fi
     for name in "${selected[@]}"; do
