@@ -20,6 +20,7 @@ pub mod net;
 pub mod patterns;
 pub mod report;
 pub mod rng;
+pub mod setup;
 pub mod time;
 pub mod transport;
 pub mod virtio;

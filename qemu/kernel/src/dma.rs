@@ -6,14 +6,14 @@
 //! of every bus address against the page ledger.
 
 use ccdma::iommu::BusRange;
-use ccdma::{BusAddr, DmaError, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
+use ccdma::{BusAddr, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
 use core::cell::UnsafeCell;
-use core::fmt;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::{Mutex, Once};
 
 use ccdma_qemu_common::binding::KernelDma;
+pub use ccdma_qemu_common::setup::{PoolInfo, SetupError};
 
 use crate::memory::{self, SlotBitmap, StaticRegion, PAGE_SIZE};
 use crate::platform::{QemuPlatform, PLATFORM};
@@ -63,36 +63,6 @@ pub enum PoolPlacement {
     /// Behind an IOMMU: everything above 4 GiB, one pool at the top of RAM and the coherent pages
     /// just below it. The windows give every device bus addresses below its mask.
     High,
-}
-
-/// A pool as set up, for the report.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolInfo {
-    /// Physical start.
-    pub phys: u64,
-    /// Bytes.
-    pub len: usize,
-}
-
-/// Why the layer could not be set up.
-#[derive(Debug)]
-pub enum SetupError {
-    /// No RAM above 4 GiB (or not identity-mapped) for the high pool.
-    NoHighRam,
-    /// The layer refused a pool or the IOMMU configuration.
-    Pool(DmaError),
-    /// `init` ran twice.
-    AlreadyInitialised,
-}
-
-impl fmt::Display for SetupError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Self::NoHighRam => write!(f, "no identity-mapped RAM above 4 GiB for the high pool"),
-            Self::Pool(error) => write!(f, "pool refused: {error}"),
-            Self::AlreadyInitialised => write!(f, "layer already set up"),
-        }
-    }
 }
 
 /// Builds the layer and its pools, and turns its IOMMU path on when `iommu` is given. The pools'

@@ -6,10 +6,10 @@
 //! bookkeeping and a check of every bus address against QEMU's TCE table and the ledger.
 
 use ccdma::iommu::BusRange;
-use ccdma::{BusAddr, DmaError, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
+use ccdma::{BusAddr, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
 use ccdma_qemu_common::binding::KernelDma;
 use ccdma_qemu_common::memory::{SlotBitmap, StaticRegion, TakeOnce, PAGE_SIZE};
-use core::fmt;
+pub use ccdma_qemu_common::setup::{PoolInfo, SetupError};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::{Mutex, Once};
@@ -36,36 +36,6 @@ static BUS_RANGES: TakeOnce<[BusRange; 8 * 256]> = TakeOnce::new([BusRange::EMPT
 static LIST_PAGE: StaticRegion<PAGE_SIZE> = StaticRegion::new();
 static LIST_PAGE_TAKEN: AtomicBool = AtomicBool::new(false);
 static HIGH_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EMPTY; POOL_SLOTS]);
-
-/// A pool as set up, for the report.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolInfo {
-    /// Physical start.
-    pub phys: u64,
-    /// Bytes.
-    pub len: usize,
-}
-
-/// Why the layer could not be set up.
-#[derive(Debug)]
-pub enum SetupError {
-    /// No RAM above 4 GiB for the pool.
-    NoHighRam,
-    /// The layer refused a pool or the IOMMU configuration.
-    Pool(DmaError),
-    /// `init` ran twice.
-    AlreadyInitialised,
-}
-
-impl fmt::Display for SetupError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Self::NoHighRam => write!(f, "no RAM above 4 GiB for the pool"),
-            Self::Pool(error) => write!(f, "pool refused: {error}"),
-            Self::AlreadyInitialised => write!(f, "layer already set up"),
-        }
-    }
-}
 
 /// Builds the layer with one pool at the top of RAM (above 4 GiB: no 32-bit device reaches it
 /// but through a window) and the coherent pages just below it, and turns the IOMMU path on. The
