@@ -225,7 +225,7 @@ impl<P: Platform> DmaLayer<'_, P> {
         bytes: u64,
     ) -> Result<BusAddr, DmaError> {
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
-        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let page = win.page_size();
         let (lo, hi) = window_below(&win, dev.config.coherent_mask);
         let bus = slot.space.lock().alloc(bytes, page, 0, lo, hi, RangeKind::Coherent, phys.0).inspect_err(
@@ -233,9 +233,7 @@ impl<P: Platform> DmaLayer<'_, P> {
                 self.stats.fail(FailureKind::Iommu);
             },
         )?;
-        if let Err(f) =
-            self.tce_writer(tce).put(&win, bus, phys.0, bytes / page, TCE_PCI_READ | TCE_PCI_WRITE)
-        {
+        if let Err(f) = tce.put(&win, bus, phys.0, bytes / page, TCE_PCI_READ | TCE_PCI_WRITE) {
             self.stats.fail(FailureKind::Iommu);
             if f.clean {
                 slot.space.lock().free(bus, bytes, RangeKind::Coherent);
@@ -304,8 +302,8 @@ impl<P: Platform> DmaLayer<'_, P> {
         if r.kind != RangeKind::Coherent || r.start != buf.bus.0 || r.phys != buf.phys.0 || r.len != bytes {
             return Err(unknown());
         }
-        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
-        if let Err(e) = self.tce_writer(tce).clear(&win, r.start, r.len >> win.page_shift) {
+        let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        if let Err(e) = tce.clear(&win, r.start, r.len >> win.page_shift) {
             self.stats.fail(FailureKind::Iommu);
             return Err(DmaError::Iommu(e));
         }

@@ -227,7 +227,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::InvalidMinAlignMask(m));
         }
         let confidential = self.platform.is_confidential();
-        if confidential && self.platform.tce().is_some_and(|t| t.default_window(config.id).is_some()) {
+        if confidential && self.backend().is_some_and(|b| b.default_window(config.id).is_some()) {
             return self.attach_iommu(config);
         }
         let ram_end = self.platform.ram_end().0;

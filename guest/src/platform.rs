@@ -8,7 +8,7 @@ use core::ptr::NonNull;
 
 use crate::addr::{BusAddr, PhysAddr};
 use crate::error::SharingErrorKind;
-use crate::iommu::TceCalls;
+use crate::iommu::{IommuBackend, TceCalls};
 
 /// A sharing call that did not complete: `pages_done` pages from the start of the request were
 /// converted before it stopped (the caller rolls them back).
@@ -72,6 +72,11 @@ pub trait Platform: MemorySharing + PhysMemory + Sync {
     /// search at that CPU's area (as Linux does), so CPUs mapping at once take different locks and
     /// cache lines. `None` (the default): start where the last allocation found room.
     fn cpu_hint(&self) -> Option<usize> {
+        None
+    }
+    /// A native IOMMU that maps whole ranges itself (virtio-iommu and the like), for platforms
+    /// without PAPR TCE calls ([`Platform::tce`] is asked first). `None` (the default): none.
+    fn iommu_backend(&self) -> Option<&dyn IommuBackend> {
         None
     }
     /// The IOMMU (TCE) interface, when devices sit behind one. `None` (the default): devices reach
@@ -146,5 +151,8 @@ impl<T: Platform + ?Sized> Platform for &T {
     }
     fn cpu_hint(&self) -> Option<usize> {
         (**self).cpu_hint()
+    }
+    fn iommu_backend(&self) -> Option<&dyn IommuBackend> {
+        (**self).iommu_backend()
     }
 }

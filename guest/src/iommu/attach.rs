@@ -5,6 +5,7 @@ use core::sync::atomic::Ordering;
 
 use spin::Mutex;
 
+use super::backend::Backend;
 use super::bus_space::{BusRange, BusSpace, RangeKind};
 use super::calls::TceCalls;
 use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS};
@@ -120,6 +121,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     #[inline]
     pub(crate) fn domain_info(&self, d: DomainRef) -> Option<&DomainInfo> {
         self.slot(d)?.info(d.generation)
+    }
+
+    /// The mechanism for this operation: PAPR calls through the entry writer, else a native backend.
+    pub(crate) fn backend(&self) -> Option<Backend<'_>> {
+        if let Some(calls) = self.platform.tce() {
+            return Some(Backend::Tce(calls, self.tce_writer(calls)));
+        }
+        self.platform.iommu_backend().map(|b| Backend::Native(b, &self.iommu_counters))
     }
 
     pub(crate) fn tce_writer<'a>(&'a self, calls: &'a dyn TceCalls) -> TceWriter<'a> {
@@ -290,11 +299,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::Busy { live });
         }
         let info = slot.info_unchecked();
-        let Some(tce) = self.platform.tce() else {
+        let Some(tce) = self.backend() else {
             slot.state.store(from, Ordering::Release);
             return Err(DmaError::Iommu(IommuError::NoWindow));
         };
-        if let Err(e) = self.unwind_premaps(slot, tce, info.dynamic, info.ddw) {
+        if let Err(e) = self.unwind_premaps(slot, &tce, info.dynamic, info.ddw) {
             // Some pools may already be gone from the window: the device must not map into them.
             // It stays attached, mapping nothing, and detach can be retried.
             slot.state.store(DETACHING, Ordering::Release);

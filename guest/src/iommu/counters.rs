@@ -23,6 +23,8 @@ pub(crate) struct IommuCounters {
     pub coherent_buffers: AtomicU64,
     pub coherent_pages: AtomicU64,
     pub deferred_attaches: AtomicU64,
+    pub native_maps: AtomicU64,
+    pub native_unmaps: AtomicU64,
     /// Entries that could not be cleared may name pool pages: the pools must stay shared for good.
     pub pools_pinned: AtomicBool,
 }
@@ -66,6 +68,10 @@ pub struct IommuStatsSnapshot {
     pub coherent_pages: u64,
     /// Deferred devices attached at their first map or allocation.
     pub deferred_attaches: u64,
+    /// Map requests to a native (range) backend.
+    pub native_maps: u64,
+    /// Unmap requests to a native (range) backend.
+    pub native_unmaps: u64,
 }
 
 impl IommuStatsSnapshot {
@@ -97,6 +103,27 @@ impl IommuCounters {
             coherent_buffers: l(&self.coherent_buffers),
             coherent_pages: l(&self.coherent_pages),
             deferred_attaches: l(&self.deferred_attaches),
+            native_maps: l(&self.native_maps),
+            native_unmaps: l(&self.native_unmaps),
         }
+    }
+}
+
+impl IommuCounters {
+    pub(crate) fn count_native_map(&self, _pages: u64) {
+        self.native_maps.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_native_unmap(&self) {
+        self.native_unmaps.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Entries written by a backend (they are live until cleared).
+    pub(crate) fn count_written(&self, pages: u64) {
+        self.entries_written.fetch_add(pages, Ordering::Relaxed);
+        self.live_tces.fetch_add(pages, Ordering::Relaxed);
+    }
+    /// Entries cleared by a backend.
+    pub(crate) fn count_cleared(&self, pages: u64) {
+        self.entries_cleared.fetch_add(pages, Ordering::Relaxed);
+        self.live_tces.fetch_sub(pages, Ordering::Relaxed);
     }
 }

@@ -9,6 +9,7 @@
 //! programming: batching through one shared list page, bounded busy retry, read-back verification),
 //! `domain` (per-device windows and their set-up), and the layer integration in `attach`/`map`.
 
+pub mod backend;
 pub mod bus_space;
 pub mod calls;
 pub mod config;
@@ -22,6 +23,7 @@ pub(crate) mod attach;
 pub(crate) mod setup;
 
 pub use crate::path::{DdwOutcome, PathReason};
+pub use backend::{IommuBackend, PutFailure};
 pub use bus_space::{BusRange, RangeKind};
 pub use calls::{
     hcall, DdwQuery, TceCalls, DDW_PAGE_SIZES, TCE_LIST_ENTRIES, TCE_PCI_READ, TCE_PCI_WRITE, TCE_STUFF_BATCH,

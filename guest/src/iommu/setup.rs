@@ -5,8 +5,9 @@
 
 use core::sync::atomic::Ordering;
 
+use super::backend::Backend;
 use super::bus_space::{BusSpace, RangeKind};
-use super::calls::{TceCalls, DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
+use super::calls::{DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
 use super::config::IommuPolicy;
 use super::domain::{DomainInfo, DomainSlot};
 use super::error::IommuError;
@@ -28,7 +29,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         config: &DeviceConfig,
     ) -> Result<DomainInfo, DmaError> {
         let iommu = self.iommu.as_ref().ok_or(DmaError::NotAttached)?;
-        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let id = config.id;
         let default = tce.default_window(id);
         if let Some(win) = &default {
@@ -37,7 +38,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 return Err(DmaError::BadWindowGeometry { start, size, page_shift });
             }
         }
-        self.init_space(&mut slot.space.lock(), tce, id)?;
+        self.init_space(&mut slot.space.lock(), &tce, id)?;
         let mask = config.dma_mask;
         // The facts a decision needs; attempts (a DDW, entering the pools) turn into facts too.
         let room = default.is_some_and(|win| {
@@ -59,7 +60,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 iommu: Some(facts),
             };
             match (path::choose(&all), default) {
-                (PathChoice::TryDdw, _) => match self.setup_ddw(slot, tce, config, default) {
+                (PathChoice::TryDdw, _) => match self.setup_ddw(slot, &tce, config, default) {
                     Ok(info) => return Ok(info),
                     Err(outcome) => {
                         log::info!("ccdma: device {id:#x}: {outcome}; falling back to the default window");
@@ -67,7 +68,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     }
                 },
                 (PathChoice::DefaultWindow(_), Some(win)) => {
-                    if let Some(info) = self.premap_default(slot, tce, config, win, facts.ddw)? {
+                    if let Some(info) = self.premap_default(slot, &tce, config, win, facts.ddw)? {
                         return Ok(info);
                     }
                     log::info!(
@@ -104,7 +105,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(crate) fn init_space(
         &self,
         space: &mut BusSpace<'m>,
-        tce: &dyn TceCalls,
+        tce: &Backend<'_>,
         id: u32,
     ) -> Result<(), DmaError> {
         space.clear();
@@ -128,13 +129,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(crate) fn premap_default(
         &self,
         slot: &DomainSlot<'m>,
-        tce: &dyn TceCalls,
+        tce: &Backend<'_>,
         config: &DeviceConfig,
         win: WindowGeometry,
         ddw: DdwOutcome,
     ) -> Result<Option<DomainInfo>, DmaError> {
         let (lo, hi) = window_below(&win, config.dma_mask);
-        let writer = self.tce_writer(tce);
+        let writer = tce;
         let page = win.page_size();
         let mut pools = PoolOrder::EMPTY;
         let mut pool_bus = [BusAddr(0); MAX_POOLS];
@@ -183,11 +184,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(crate) fn unwind_premaps(
         &self,
         slot: &DomainSlot<'m>,
-        tce: &dyn TceCalls,
+        tce: &Backend<'_>,
         default: Option<WindowGeometry>,
         ddw: Option<WindowGeometry>,
     ) -> Result<(), IommuError> {
-        let writer = self.tce_writer(tce);
+        let writer = tce;
         loop {
             let next = slot
                 .space
@@ -220,7 +221,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(crate) fn setup_ddw(
         &self,
         slot: &DomainSlot<'m>,
-        tce: &dyn TceCalls,
+        tce: &Backend<'_>,
         config: &DeviceConfig,
         default: Option<WindowGeometry>,
     ) -> Result<DomainInfo, DdwOutcome> {
@@ -266,7 +267,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         {
             return Err(remove(DdwOutcome::BadWindow));
         }
-        let writer = self.tce_writer(tce);
+        let writer = tce;
         let mut pools = PoolOrder::EMPTY;
         let mut pool_bus = [BusAddr(0); MAX_POOLS];
         let mut off = 0;

@@ -8,6 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
+use super::backend::PutFailure;
 use super::calls::hcall::{is_busy, H_SUCCESS};
 use super::calls::{TceCalls, TCE_LIST_ENTRIES, TCE_STUFF_BATCH};
 use super::config::VerifyPolicy;
@@ -39,16 +40,6 @@ impl ListPage {
     pub(crate) unsafe fn new(phys: PhysAddr, cpu: NonNull<u8>) -> ListPage {
         ListPage { phys, cpu, lock: Mutex::new(()) }
     }
-}
-
-/// A failed write of a range of entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PutFailure {
-    /// What went wrong first.
-    pub err: IommuError,
-    /// True when every entry of the range is known clear again (the rollback worked); false when some
-    /// may still translate, so the bus range and its target must be quarantined.
-    pub clean: bool,
 }
 
 /// Entry programming for one call site: the platform's calls, the optional list page, the policy.
@@ -123,22 +114,7 @@ impl TceWriter<'_> {
         }
     }
 
-    /// Enter `npages` IOMMU pages from `ioba` mapping `phys` onwards with permission bits `perm`. On
-    /// failure the whole range is cleared again (best effort; [`PutFailure::clean`] says whether it
-    /// worked).
-    pub fn put(
-        &self,
-        win: &WindowGeometry,
-        ioba: u64,
-        phys: u64,
-        npages: u64,
-        perm: u64,
-    ) -> Result<(), PutFailure> {
-        let entry = |i: u64| (phys + (i << win.page_shift)) | perm;
-        self.put_entries(win, ioba, npages, &entry)
-    }
-
-    /// [`Self::put`] with entry `i` given by `entry(i)` (a scatter-gather list maps several runs, and
+    /// Enter `npages` IOMMU pages from `ioba`, entry `i` given by `entry(i)` (a scatter-gather list maps several runs, and
     /// holes between them, behind one bus range: one batch of calls for all of them).
     pub(crate) fn put_entries(
         &self,

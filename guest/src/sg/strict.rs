@@ -44,7 +44,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             align = align.max(need.min(lim.boundary.saturating_add(1)));
         }
         let slot = view.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
-        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let placed = slot.space.lock().alloc(span, align, 0, lo, hi, RangeKind::SgList, first_phys);
         let base = match placed {
             Ok(b) => b,
@@ -77,7 +77,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             self.window_entry(settled, &hint, base + (k << win.page_shift), view, page, lim)
                 .map_or(0, |phys| phys | perm)
         };
-        if let Err(f) = self.tce_writer(tce).put_entries(&win, base, span >> win.page_shift, &entry) {
+        if let Err(f) = tce.put_entries(&win, base, span >> win.page_shift, &entry) {
             self.stats.fail(FailureKind::Iommu);
             if f.clean {
                 slot.space.lock().free(base, span, RangeKind::SgList);

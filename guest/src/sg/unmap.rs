@@ -45,8 +45,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if let (Some((start, len)), Some(win)) = (range, view.window) {
             // Entries go first: from here on the device cannot touch the runs, so the copy back reads
             // what it left, and the slots and range can be reused safely.
-            let cleared = match self.platform.tce() {
-                Some(tce) => self.tce_writer(tce).clear(&win, start, len >> win.page_shift),
+            let cleared = match self.backend() {
+                Some(tce) => tce.clear(&win, start, len >> win.page_shift),
                 None => Err(IommuError::NoWindow),
             };
             if let Err(e) = cleared {

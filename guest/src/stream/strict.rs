@@ -75,7 +75,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     ) -> Result<BusAddr, DmaError> {
         let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
-        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let page = win.page_size();
         let run = self.bounce_alloc(dev, &info.pools, orig, len, dir, attrs, RunAlign::IommuPages(page))?;
         let pool = self.pools[run.pool].as_ref().ok_or(DmaError::NotAttached)?;
@@ -101,7 +101,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 return Err(DmaError::Iommu(e));
             }
         };
-        if let Err(f) = self.tce_writer(tce).put(&win, bus, run_phys, npages, tce_perm(dir)) {
+        if let Err(f) = tce.put(&win, bus, run_phys, npages, tce_perm(dir)) {
             if f.clean {
                 slot.space.lock().free(bus, npages * page, RangeKind::Mapping);
                 pool.free(run.index, nslots);
@@ -167,10 +167,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             pool.unrelease(rec.index);
             return Err(e);
         }
-        let tce = self.platform.tce().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         // Entries go first: from here on the device cannot touch the run, so the copy back reads what
         // it left, and the slots can be reused safely.
-        if let Err(e) = self.tce_writer(tce).clear(&win, r.start, r.len >> win.page_shift) {
+        if let Err(e) = tce.clear(&win, r.start, r.len >> win.page_shift) {
             pool.unrelease(rec.index);
             self.stats.fail(FailureKind::Iommu);
             log::warn!("ccdma: unmap of {bus} failed clearing its entries ({e:?}); mapping kept");
