@@ -12,19 +12,9 @@
 
 use super::calls::{DdwQuery, TceCalls};
 use super::counters::IommuCounters;
-use super::error::IommuError;
+use super::error::{IommuError, PutFailure};
 use super::tce::TceWriter;
 use super::window::WindowGeometry;
-
-/// A failed write of a range of entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PutFailure {
-    /// What went wrong first.
-    pub err: IommuError,
-    /// True when every entry of the range is known clear again (the rollback worked); false when some
-    /// may still translate, so the bus range and its target must be quarantined.
-    pub clean: bool,
-}
 
 /// An IOMMU that maps and unmaps ranges itself: the mechanism under the layer's policy when the
 /// platform is not PAPR. Windows are what the layer allocates bus addresses in; a backend without

@@ -46,3 +46,13 @@ impl fmt::Display for IommuError {
 }
 
 impl core::error::Error for IommuError {}
+
+/// A failed write of a range of entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutFailure {
+    /// What went wrong first.
+    pub err: IommuError,
+    /// True when every entry of the range is known clear again (the rollback worked); false when some
+    /// may still translate, so the bus range and its target must be quarantined.
+    pub clean: bool,
+}

@@ -23,12 +23,12 @@ pub(crate) mod attach;
 pub(crate) mod setup;
 
 pub use crate::path::{DdwOutcome, PathReason};
-pub use backend::{IommuBackend, PutFailure};
+pub use backend::IommuBackend;
 pub use bus_space::{BusRange, RangeKind};
 pub use calls::{
     hcall, DdwQuery, TceCalls, DDW_PAGE_SIZES, TCE_LIST_ENTRIES, TCE_PCI_READ, TCE_PCI_WRITE, TCE_STUFF_BATCH,
 };
 pub use config::{IommuConfig, IommuPolicy, VerifyPolicy, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS};
 pub use counters::IommuStatsSnapshot;
-pub use error::IommuError;
+pub use error::{IommuError, PutFailure};
 pub use window::WindowGeometry;

@@ -8,12 +8,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
-use super::backend::PutFailure;
 use super::calls::hcall::{is_busy, H_SUCCESS};
 use super::calls::{TceCalls, TCE_LIST_ENTRIES, TCE_STUFF_BATCH};
 use super::config::VerifyPolicy;
 use super::counters::IommuCounters;
-use super::error::IommuError;
+use super::error::{IommuError, PutFailure};
 use super::window::WindowGeometry;
 use crate::addr::PhysAddr;
 
