@@ -45,7 +45,7 @@ DEFAULT_CONFIG=pseries
 is_pseries() { [[ $1 == pseries* ]]; }
 
 # What the runner writes at the start of the disk and what the kernel writes at sector 1; both
-# must match qemu/kernel/src/scenario.rs.
+# must match qemu/common/src/checks.rs.
 DISK_SIGNATURE=CCDMA-DISK-SIGNATURE
 WRITE_MARKER=CCDMA-WRITE-CHECK
 

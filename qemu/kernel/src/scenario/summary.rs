@@ -1,0 +1,98 @@
+//! The closing report: devices found, each managed device's path and why, bytes each way, bus
+//! ranges, ccdma's counters, the ledger, the virtio-iommu requests made and the faults caught.
+
+use ccdma_qemu_common::report::Bytes;
+use core::fmt;
+use core::sync::atomic::Ordering;
+use virtio_drivers::transport::pci::bus::DeviceFunction;
+
+use crate::config::TestConfig;
+use crate::dma::{self, KernelBinding};
+use crate::platform::PLATFORM;
+use crate::println;
+
+use super::attach::Reason;
+use super::survey::Found;
+use super::{BlkBinding, BlkFaultBinding, NetABinding, NetBBinding, RngBinding};
+
+pub(super) fn print_summary(config: &TestConfig, found: &Found) {
+    fn device_line<B: KernelBinding>(function: Option<DeviceFunction>) {
+        let (Some(function), Some(device)) = (function, B::slot().get()) else {
+            return;
+        };
+        let stats = B::stats();
+        println!(
+            "  {:<9} {function}  {:>2}-bit  {:<19} to device {:>8}, from device {:>8}, {:>4} maps, bus {}, refused {}",
+            B::NAME,
+            device.config().dma_mask.bits(),
+            device.path().name(),
+            Bytes(stats.bytes_to_device.load(Ordering::Relaxed)).to_padded(),
+            Bytes(stats.bytes_from_device.load(Ordering::Relaxed)).to_padded(),
+            stats.maps.load(Ordering::Relaxed),
+            BusRange(stats.bus_range()),
+            stats.refused.load(Ordering::Relaxed),
+        );
+        println!("  {:<9} why: {}", "", Reason(device));
+    }
+    println!("--- ccdma report: configuration {} ---", config.name);
+    println!("IOMMU: {}", config.iommu.name());
+    println!("devices managed by ccdma (path chosen at attach and why; bytes through the bounce pools):");
+    device_line::<BlkBinding>(found.blk);
+    device_line::<BlkFaultBinding>(found.blk_fault);
+    device_line::<RngBinding>(found.rng);
+    device_line::<NetABinding>(found.net_a);
+    device_line::<NetBBinding>(found.net_b);
+    if let Some(function) = found.bench {
+        println!("  {:<9} {function}  baseline outside ccdma and the IOMMU (benchmark only)", "bench-blk");
+    }
+    let s = dma::layer().stats();
+    println!(
+        "ccdma: {} maps ({} bounced), {} unmaps; {} copied to devices, {} copied back; {} pages shared; slots in use {} (high water {}); {} failures",
+        s.maps,
+        s.bounced_maps,
+        s.unmaps,
+        Bytes(s.bytes_to_device),
+        Bytes(s.bytes_from_device),
+        s.shared_pages,
+        s.slots_in_use,
+        s.slots_high_water,
+        s.total_failures()
+    );
+    let l = PLATFORM.ledger().stats();
+    println!(
+        "ledger: {} pages shared now, {} share and {} unshare calls, {} violations",
+        l.shared_pages, l.share_calls, l.unshare_calls, l.violations
+    );
+    if !config.iommu.present() {
+        println!("IOMMU: none; faults caught: none possible");
+        return;
+    }
+    let i = dma::layer().iommu_stats();
+    println!(
+        "ccdma IOMMU calls: {} H_PUT_TCE, {} H_PUT_TCE_INDIRECT, {} H_STUFF_TCE, {} DDW created; {} entries written, {} cleared, {} live; {} strict maps",
+        i.put_tce, i.put_indirect, i.stuff_tce, i.ddw_create, i.entries_written, i.entries_cleared, i.live_tces, i.strict_maps
+    );
+    let c = PLATFORM.iommu().counters();
+    println!(
+        "virtio-iommu requests made: {} ATTACH, {} MAP, {} UNMAP ({} failed, {} refused by the ledger check)",
+        c.attach, c.map, c.unmap, c.failed, c.refused
+    );
+    println!("faults caught: {}", c.faults);
+    // The last few; QEMU reports a blocked access once per piece it tried, so they repeat.
+    let shown = c.faults.saturating_sub(4);
+    for fault in PLATFORM.iommu().faults_since(shown).into_iter().flatten() {
+        println!("  {fault}");
+    }
+}
+
+/// A bus address range for reports.
+struct BusRange(Option<(u64, u64)>);
+
+impl fmt::Display for BusRange {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            Some((low, high)) => write!(f, "{low:#x}..={high:#x}"),
+            None => write!(f, "(none)"),
+        }
+    }
+}
