@@ -1,8 +1,9 @@
-//! ccdma's IOMMU platform trait ([`TceCalls`]) on QEMU's virtio-iommu: MAP and UNMAP requests play
-//! the part of the TCE hypercalls.
+//! ccdma's native IOMMU backend ([`ccdma::iommu::IommuBackend`]) on QEMU's virtio-iommu: the
+//! ranges ccdma enters into a device's windows become MAP requests, the ranges it clears UNMAP
+//! requests. No TCE table is emulated: virtio-iommu keeps mappings, and so does this backend.
 //!
 //! Each managed device (endpoint = PCI requester ID) gets its own virtio-iommu domain when it is
-//! [registered](IommuBackend::register), and in it the windows ccdma asks for:
+//! [registered](VirtioIommuBackend::register), and in it the windows ccdma asks for:
 //!
 //! * a default window of [`DEFAULT_WINDOW_SIZE`] at [`DEFAULT_WINDOW_START`] (below 4 GiB, so
 //!   32-bit devices can use it; above all RAM of the low configurations and clear of the MSI
@@ -10,26 +11,21 @@
 //! * on request, one dynamic window (DDW) at [`DDW_START`] (2^59, far above anything a 32-bit
 //!   device could emit) with the page size ccdma picks.
 //!
-//! virtio-iommu keeps mappings, not entries, and refuses to split a mapping. The backend keeps a
-//! shadow of every window's entries (real page, permission, and whether the entry starts a
-//! virtio-iommu mapping): writing a run of entries whose pages are contiguous becomes one MAP;
-//! clearing entries UNMAPs the whole mappings they belong to and MAPs back the parts outside the
-//! cleared range. Every entry written must name memory the [ledger](crate::ledger) says is
-//! shared: a call that would point a window at private memory is refused and counted as a
-//! violation, so the premise "only the pool and shared coherent buffers are mapped" is checked on
-//! every call, not just trusted.
+//! The backend records every live mapping (device, bus range, real range, permission) so the
+//! checks can list what each device reaches. Every page a mapping names must be memory the
+//! [ledger](crate::ledger) says is shared: a range that would point a window at private memory is
+//! refused and counted as a violation, so the premise "only the pool and shared coherent buffers are
+//! mapped" is checked on every call, not just trusted.
 
-use ccdma::iommu::hcall::{H_HARDWARE, H_PARAMETER, H_SUCCESS};
-use ccdma::iommu::{DdwQuery, TceCalls, WindowGeometry, TCE_LIST_ENTRIES, TCE_PCI_READ, TCE_PCI_WRITE};
-use ccdma::PhysAddr;
+use ccdma::iommu::hcall::{H_HARDWARE, H_PARAMETER};
+use ccdma::iommu::{DdwQuery, IommuBackend, PutFailure, WindowGeometry, TCE_PCI_READ, TCE_PCI_WRITE};
+use ccdma::IommuError as CcdmaIommuError;
 use core::fmt;
-use core::ops::Range;
 use spin::Mutex;
 use virtio_drivers::transport::pci::PciTransport;
 
 use crate::hal::DirectHal;
 use crate::ledger::Violation;
-use crate::memory::{self, PAGE_SIZE};
 use crate::platform::PLATFORM;
 use crate::virtio_iommu::{Domain, EndpointId, Fault, IommuError, Permissions, VirtioIommu};
 
@@ -38,26 +34,23 @@ pub type Driver = VirtioIommu<DirectHal, PciTransport>;
 
 /// First bus address of every device's default window.
 pub const DEFAULT_WINDOW_START: u64 = 0x8000_0000;
-/// Size of the default window: 256 MiB of 4 KiB entries.
+/// Size of the default window: 256 MiB of 4 KiB pages.
 pub const DEFAULT_WINDOW_SIZE: u64 = 256 << 20;
 /// Where dynamic windows start.
 pub const DDW_START: u64 = 1 << 59;
 /// `ibm,query-pe-dma-window` page-size bits offered: 4 KiB, 64 KiB, 2 MiB, 16..256 MiB (any
 /// power of two virtio-iommu's page-size mask allows; 16 GiB pages are left out).
 const DDW_PAGE_SIZES: u32 = 0x01 | 0x02 | 0x100 | 0x04 | 0x08 | 0x10 | 0x20 | 0x40;
+/// Pages a dynamic window may have.
+const DDW_LARGEST_BLOCK: u64 = 1 << 31;
 /// RTAS status for a refused DDW call.
 const RTAS_ERROR: i64 = -3;
 
 const MAX_ENDPOINTS: usize = 8;
 const MAX_WINDOWS: usize = 16;
-/// Shadow entries for all windows together (4 bytes each).
-const SHADOW_ENTRIES: usize = 512 * 1024;
-
-// Shadow entry: 0 = empty; bits 0..=1 permission (TCE_PCI_READ/WRITE), bit 2 = first entry of a
-// virtio-iommu mapping, bits 3.. = 4 KiB frame number of the real page.
-const SHADOW_PERMS: u32 = 3;
-const SHADOW_HEAD: u32 = 4;
-const SHADOW_PFN_SHIFT: u32 = 3;
+/// Live mappings of all devices together (premapped pools, strict mappings, lists, coherent
+/// buffers; the refused-share check alone holds a few hundred).
+const MAX_LIVE: usize = 4096;
 
 /// Counters for the report.
 #[derive(Clone, Copy, Debug, Default)]
@@ -70,18 +63,17 @@ pub struct IommuCounters {
     pub unmap: u64,
     /// Requests the device refused or did not answer.
     pub failed: u64,
-    /// Calls refused because an entry would name private memory (or a bad window or address).
+    /// Ranges refused because a page would name private memory (or a bad window or address).
     pub refused: u64,
     /// Fault reports taken off the event queue.
     pub faults: u64,
 }
 
+#[derive(Clone, Copy)]
 struct Window {
     geometry: WindowGeometry,
     domain: Domain,
     device: u32,
-    /// This window's entries in the shadow array.
-    shadow: Range<usize>,
 }
 
 struct Endpoint {
@@ -91,12 +83,22 @@ struct Endpoint {
     ddw_liobn: Option<u32>,
 }
 
+/// One live virtio-iommu mapping.
+#[derive(Clone, Copy)]
+struct Live {
+    device: u32,
+    domain: Domain,
+    iova: u64,
+    len: u64,
+    real: u64,
+    perms: u64,
+}
+
 struct Backend {
     driver: Driver,
     endpoints: [Option<Endpoint>; MAX_ENDPOINTS],
     windows: [Option<Window>; MAX_WINDOWS],
-    shadow: &'static mut [u32],
-    shadow_used: usize,
+    live: &'static mut [Option<Live>; MAX_LIVE],
     counters: IommuCounters,
     /// The last [`FAULT_LOG`] fault reports, by sequence number (`counters.faults` before each).
     faults: [Option<(u64, Fault)>; FAULT_LOG],
@@ -112,12 +114,12 @@ struct SendBackend(Backend);
 // queues and DMA page, which it owns for its whole life, and every access goes through the mutex.
 unsafe impl Send for SendBackend {}
 
-/// The IOMMU half of the platform; empty until [`IommuBackend::install`].
-pub struct IommuBackend {
+/// The IOMMU half of the platform; empty until [`VirtioIommuBackend::install`].
+pub struct VirtioIommuBackend {
     state: Mutex<Option<SendBackend>>,
 }
 
-static SHADOW: crate::dma::TakeOnce<[u32; SHADOW_ENTRIES]> = crate::dma::TakeOnce::new([0; SHADOW_ENTRIES]);
+static LIVE: crate::dma::TakeOnce<[Option<Live>; MAX_LIVE]> = crate::dma::TakeOnce::new([None; MAX_LIVE]);
 
 /// The platform already has an IOMMU.
 #[derive(Debug)]
@@ -128,7 +130,7 @@ pub struct AlreadyInstalled;
 pub enum RegisterError {
     /// No IOMMU installed.
     NoIommu,
-    /// No room for another endpoint, window or shadow.
+    /// No room for another endpoint or window.
     Full,
     /// The device refused the ATTACH.
     Attach(IommuError),
@@ -144,7 +146,7 @@ impl fmt::Display for RegisterError {
     }
 }
 
-impl IommuBackend {
+impl VirtioIommuBackend {
     /// No IOMMU yet.
     pub const fn new() -> Self {
         Self { state: Mutex::new(None) }
@@ -157,15 +159,14 @@ impl IommuBackend {
         if state.is_some() {
             return Err(AlreadyInstalled);
         }
-        let Some(shadow) = SHADOW.take() else {
+        let Some(live) = LIVE.take() else {
             return Err(AlreadyInstalled);
         };
         *state = Some(SendBackend(Backend {
             driver,
             endpoints: [const { None }; MAX_ENDPOINTS],
-            windows: [const { None }; MAX_WINDOWS],
-            shadow,
-            shadow_used: 0,
+            windows: [None; MAX_WINDOWS],
+            live,
             counters: IommuCounters::default(),
             faults: [None; FAULT_LOG],
         }));
@@ -232,35 +233,26 @@ impl IommuBackend {
         self.state.lock().as_ref().map_or_else(IommuCounters::default, |backend| backend.0.counters)
     }
 
-    /// Calls `visit(window start, entry index, page size, real address, permission)` for every
-    /// live entry of `device`'s windows.
+    /// Calls `visit(bus, length, real address, permission)` for every live mapping of `device`.
     pub fn for_each_entry(&self, device: u32, mut visit: impl FnMut(u64, u64, u64, u32)) {
         let guard = self.state.lock();
         let Some(SendBackend(backend)) = guard.as_ref() else {
             return;
         };
-        for window in backend.windows.iter().flatten().filter(|w| w.device == device) {
-            let page = window.geometry.page_size();
-            for (index, &entry) in backend.shadow[window.shadow.clone()].iter().enumerate() {
-                if entry != 0 {
-                    let bus = window.geometry.start + index as u64 * page;
-                    visit(bus, page, entry_real(entry), entry & SHADOW_PERMS);
-                }
-            }
+        for m in backend.live.iter().flatten().filter(|m| m.device == device) {
+            visit(m.iova, m.len, m.real, m.perms as u32);
         }
     }
 
     /// Where device `device` reaches bus address `bus`: `None` if the device is not behind the
-    /// IOMMU, `Some(None)` if no entry translates `bus`, else the physical address.
+    /// IOMMU, `Some(None)` if no mapping translates `bus`, else the physical address.
     pub fn translate(&self, device: u32, bus: u64) -> Option<Option<u64>> {
         let guard = self.state.lock();
         let backend = &guard.as_ref()?.0;
         backend.endpoints.iter().flatten().find(|e| e.device == device)?;
-        let found = backend.windows.iter().flatten().filter(|w| w.device == device).find_map(|w| {
-            let g = w.geometry;
-            let offset = bus.checked_sub(g.start).filter(|&o| o < g.size)?;
-            let entry = backend.shadow[w.shadow.start + (offset >> g.page_shift) as usize];
-            (entry != 0).then(|| entry_real(entry) + (offset & (g.page_size() - 1)))
+        let found = backend.live.iter().flatten().find_map(|m| {
+            let off = bus.checked_sub(m.iova).filter(|&o| o < m.len)?;
+            (m.device == device).then_some(m.real + off)
         });
         Some(found)
     }
@@ -274,19 +266,16 @@ impl IommuBackend {
     }
 }
 
-fn entry_real(entry: u32) -> u64 {
-    u64::from(entry >> SHADOW_PFN_SHIFT) << 12
+impl Default for VirtioIommuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
-fn entry_of(tce: u64, head: bool) -> u32 {
-    let perms = (tce & (TCE_PCI_READ | TCE_PCI_WRITE)) as u32;
-    (((tce >> 12) as u32) << SHADOW_PFN_SHIFT) | perms | if head { SHADOW_HEAD } else { 0 }
-}
-
-fn permissions(perms: u32) -> Permissions {
-    match perms {
-        1 => Permissions::READ,
-        2 => Permissions::WRITE,
+fn permissions(perms: u64) -> Permissions {
+    match perms & (TCE_PCI_READ | TCE_PCI_WRITE) {
+        TCE_PCI_READ => Permissions::READ,
+        TCE_PCI_WRITE => Permissions::WRITE,
         _ => Permissions::READ_WRITE,
     }
 }
@@ -300,247 +289,132 @@ impl Backend {
         size: u64,
         page_shift: u32,
     ) -> Option<u32> {
-        let entries = usize::try_from(size >> page_shift).ok()?;
-        if self.shadow_used + entries > self.shadow.len() {
-            return None;
-        }
         let index = self.windows.iter().position(Option::is_none)?;
-        let shadow = self.shadow_used..self.shadow_used + entries;
-        self.shadow[shadow.clone()].fill(0);
-        self.shadow_used += entries;
         let liobn = index as u32 + 1;
         let geometry = WindowGeometry { liobn, start, size, page_shift };
-        self.windows[index] = Some(Window { geometry, domain, device, shadow });
+        self.windows[index] = Some(Window { geometry, domain, device });
         Some(liobn)
     }
 
-    fn window(&self, liobn: u32) -> Option<&Window> {
-        self.windows.get(liobn.checked_sub(1)? as usize)?.as_ref()
+    /// The window ccdma names, checked against what this backend created.
+    fn window(&self, win: &WindowGeometry) -> Option<Window> {
+        let w = (*self.windows.get(win.liobn.checked_sub(1)? as usize)?)?;
+        (w.geometry == *win).then_some(w)
     }
 
-    /// Entry index of `ioba` in window `liobn`, if it is a page-aligned address inside it with
-    /// room for `count` entries.
-    fn index(
-        &self,
-        liobn: u32,
-        ioba: u64,
-        count: u64,
-    ) -> Option<(usize, WindowGeometry, Domain, Range<usize>)> {
-        let window = self.window(liobn)?;
-        let g = window.geometry;
-        let offset = ioba.checked_sub(g.start)?;
-        if offset % g.page_size() != 0 {
-            return None;
+    fn unmap_range(&mut self, domain: Domain, iova: u64, len: u64) -> Result<(), i64> {
+        self.counters.unmap += 1;
+        if let Err(error) = self.driver.unmap(domain, iova, len) {
+            self.counters.failed += 1;
+            log::warn!("iommu: UNMAP {iova:#x}+{len:#x}: {error}");
+            return Err(H_HARDWARE);
         }
-        let first = usize::try_from(offset >> g.page_shift).ok()?;
-        let end = first.checked_add(usize::try_from(count).ok()?)?;
-        (end <= window.shadow.len()).then(|| (first, g, window.domain, window.shadow.clone()))
+        let end = iova + len;
+        for slot in self.live.iter_mut() {
+            if slot.is_some_and(|m| m.domain == domain && m.iova >= iova && m.iova + m.len <= end) {
+                *slot = None;
+            }
+        }
+        Ok(())
     }
 
-    /// Writes `count` entries from `first` with values `tce(i)` (0 clears). Entries are checked
-    /// before anything changes.
-    fn put(&mut self, liobn: u32, ioba: u64, count: u64, tce: impl Fn(u64) -> u64) -> i64 {
-        let Some((first, g, domain, shadow)) = self.index(liobn, ioba, count) else {
-            self.counters.refused += 1;
-            return H_PARAMETER;
-        };
+    /// Maps `npages` pages of `w` from `bus`, page `i` to `entry(i)`: one MAP per run of pages
+    /// with contiguous real addresses and one permission. Every page is checked first.
+    fn map(
+        &mut self,
+        w: Window,
+        bus: u64,
+        npages: u64,
+        entry: &dyn Fn(u64) -> u64,
+    ) -> Result<(), PutFailure> {
+        let g = w.geometry;
         let page = g.page_size();
-        for i in 0..count {
-            let value = tce(i);
+        let refuse = |b: &mut Backend| {
+            b.counters.refused += 1;
+            Err(PutFailure { err: CcdmaIommuError::Hcall(H_PARAMETER), clean: true })
+        };
+        let inside = bus.checked_sub(g.start).is_some_and(|off| {
+            off % page == 0
+                && npages
+                    .checked_mul(page)
+                    .is_some_and(|len| off.checked_add(len).is_some_and(|e| e <= g.size))
+        });
+        if !inside {
+            return refuse(self);
+        }
+        for i in 0..npages {
+            let value = entry(i);
             if value == 0 {
                 continue;
             }
-            let real = value & !(page - 1) & !0xfff;
-            let aligned = value & (page - 1) & !(TCE_PCI_READ | TCE_PCI_WRITE) == 0;
+            let real = value & !(page - 1);
             let shared = PLATFORM.ledger().all_shared(real, page);
-            if !aligned || value & (TCE_PCI_READ | TCE_PCI_WRITE) == 0 || shared.is_err() {
+            if value & (page - 1) & !(TCE_PCI_READ | TCE_PCI_WRITE) != 0
+                || value & (TCE_PCI_READ | TCE_PCI_WRITE) == 0
+                || shared.is_err()
+            {
                 if let Err(private) = shared {
-                    PLATFORM.ledger().violation(Violation::DeviceGivenPrivate {
-                        device: self.window(liobn).map_or(0, |w| w.device),
-                        page: private,
-                    });
+                    PLATFORM
+                        .ledger()
+                        .violation(Violation::DeviceGivenPrivate { device: w.device, page: private });
                 }
-                self.counters.refused += 1;
-                return H_PARAMETER;
+                return refuse(self);
             }
         }
-        let base = shadow.start;
-        // Old entries in the range go first (virtio-iommu refuses overlapping mappings).
-        if let Err(code) = self.clear(domain, &g, base, first, count as usize) {
-            return code;
-        }
-        // Runs of entries with contiguous real pages and one permission become one MAP each.
         let mut i = 0;
-        while i < count {
-            let value = tce(i);
+        while i < npages {
+            let value = entry(i);
             if value == 0 {
                 i += 1;
                 continue;
             }
+            let perms = value & (TCE_PCI_READ | TCE_PCI_WRITE);
+            let real = value & !(page - 1);
             let mut run = 1;
-            while i + run < count {
-                let next = tce(i + run);
+            while i + run < npages {
+                let next = entry(i + run);
                 if next == 0
-                    || next & SHADOW_PERMS as u64 != value & SHADOW_PERMS as u64
-                    || next & !(page - 1) != (value & !(page - 1)) + run * page
+                    || next & (TCE_PCI_READ | TCE_PCI_WRITE) != perms
+                    || next & !(page - 1) != real + run * page
                 {
                     break;
                 }
                 run += 1;
             }
-            let iova = g.start + (first as u64 + i) * page;
-            let real = value & !(page - 1);
-            let perms = (value & SHADOW_PERMS as u64) as u32;
-            if let Err(code) = self.map_run(domain, iova, real, run * page, perms) {
-                return code;
-            }
-            for k in 0..run {
-                let entry_value = (real + k * page) | u64::from(perms);
-                self.shadow[base + first + (i + k) as usize] = entry_of(entry_value, k == 0);
+            let iova = bus + i * page;
+            let len = run * page;
+            let recorded = self.live.iter().position(Option::is_none);
+            self.counters.map += 1;
+            let mapped = match recorded {
+                Some(_) => self.driver.map(w.domain, iova, real, len, permissions(perms)).map_err(|error| {
+                    log::warn!("iommu: MAP {iova:#x}+{len:#x} -> {real:#x}: {error}");
+                }),
+                None => Err(()),
+            };
+            match (mapped, recorded) {
+                (Ok(()), Some(slot)) => {
+                    self.live[slot] =
+                        Some(Live { device: w.device, domain: w.domain, iova, len, real, perms });
+                }
+                _ => {
+                    self.counters.failed += 1;
+                    // Undo what this call mapped: the range is all or nothing.
+                    let clean = i == 0 || self.unmap_range(w.domain, bus, i * page).is_ok();
+                    return Err(PutFailure { err: CcdmaIommuError::Hcall(H_HARDWARE), clean });
+                }
             }
             i += run;
         }
-        H_SUCCESS
-    }
-
-    fn map_run(&mut self, domain: Domain, iova: u64, real: u64, len: u64, perms: u32) -> Result<(), i64> {
-        self.counters.map += 1;
-        self.driver.map(domain, iova, real, len, permissions(perms)).map_err(|error| {
-            self.counters.failed += 1;
-            log::warn!("iommu: MAP {iova:#x}+{len:#x} -> {real:#x}: {error}");
-            H_HARDWARE
-        })
-    }
-
-    /// Clears entries `[first, first + count)` of the window whose shadow starts at `base`:
-    /// UNMAPs every mapping touching the range and MAPs back what lies outside it.
-    fn clear(
-        &mut self,
-        domain: Domain,
-        g: &WindowGeometry,
-        base: usize,
-        first: usize,
-        count: usize,
-    ) -> Result<(), i64> {
-        let end = first + count;
-        let entries = &self.shadow[base..];
-        if entries[first..end].iter().all(|&e| e == 0) {
-            return Ok(());
-        }
-        // Widen to whole mappings: back to the head of the first, on past the tail of the last.
-        let mut start = first;
-        while start > 0 && entries[start] != 0 && entries[start] & SHADOW_HEAD == 0 {
-            start -= 1;
-        }
-        let limit = (g.size >> g.page_shift) as usize;
-        let mut stop = end;
-        while stop < limit && entries[stop] != 0 && entries[stop] & SHADOW_HEAD == 0 {
-            stop += 1;
-        }
-        let page = g.page_size();
-        self.counters.unmap += 1;
-        let iova = g.start + start as u64 * page;
-        if let Err(error) = self.driver.unmap(domain, iova, (stop - start) as u64 * page) {
-            self.counters.failed += 1;
-            log::warn!("iommu: UNMAP {iova:#x}+{:#x}: {error}", (stop - start) as u64 * page);
-            return Err(H_HARDWARE);
-        }
-        // Keep the outside parts: remember them, clear the whole span, write them back.
-        let keep_before: Range<usize> = start..first;
-        let keep_after: Range<usize> = end..stop;
-        for part in [keep_before, keep_after] {
-            if part.is_empty() {
-                continue;
-            }
-            // Runs inside a kept part: a new mapping starts at its first entry and wherever a
-            // head (an old mapping start) was.
-            let mut i = part.start;
-            while i < part.end {
-                let entry = self.shadow[base + i];
-                if entry == 0 {
-                    i += 1;
-                    continue;
-                }
-                let mut run = 1;
-                while i + run < part.end {
-                    let next = self.shadow[base + i + run];
-                    if next == 0 || next & SHADOW_HEAD != 0 {
-                        break;
-                    }
-                    run += 1;
-                }
-                let real = entry_real(entry);
-                let iova = g.start + i as u64 * page;
-                self.map_run(domain, iova, real, run as u64 * page, entry & SHADOW_PERMS)?;
-                self.shadow[base + i] |= SHADOW_HEAD;
-                i += run;
-            }
-        }
-        self.shadow[base + first..base + end].fill(0);
         Ok(())
     }
 }
 
-impl TceCalls for IommuBackend {
+impl IommuBackend for VirtioIommuBackend {
     fn default_window(&self, device: u32) -> Option<WindowGeometry> {
         self.with(None, |b| {
             let endpoint = b.endpoints.iter().flatten().find(|e| e.device == device)?;
-            b.window(endpoint.default_liobn).map(|w| w.geometry)
-        })
-    }
-
-    fn indirect_available(&self) -> bool {
-        true
-    }
-
-    fn h_put_tce(&self, liobn: u32, ioba: u64, tce: u64) -> i64 {
-        self.with(H_HARDWARE, |b| b.put(liobn, ioba, 1, |_| tce))
-    }
-
-    fn h_get_tce(&self, liobn: u32, ioba: u64) -> (i64, u64) {
-        self.with((H_HARDWARE, 0), |b| match b.index(liobn, ioba, 1) {
-            Some((index, _, _, shadow)) => {
-                let entry = b.shadow[shadow.start + index];
-                let value = if entry == 0 { 0 } else { entry_real(entry) | u64::from(entry & SHADOW_PERMS) };
-                (H_SUCCESS, value)
-            }
-            None => (H_PARAMETER, 0),
-        })
-    }
-
-    fn h_put_tce_indirect(&self, liobn: u32, ioba: u64, list: PhysAddr, count: u64) -> i64 {
-        if count as usize > TCE_LIST_ENTRIES || !list.0.is_multiple_of(PAGE_SIZE as u64) {
-            return H_PARAMETER;
-        }
-        // The hypervisor can only read a shared list page.
-        if PLATFORM.ledger().all_shared(list.0, PAGE_SIZE as u64).is_err() {
-            return H_PARAMETER;
-        }
-        let Some(ptr) = memory::ptr_of(list.0, PAGE_SIZE) else {
-            return H_PARAMETER;
-        };
-        let mut entries = [0u64; TCE_LIST_ENTRIES];
-        // SAFETY: the list page is identity-mapped RAM (checked) that ccdma wrote the entries to
-        // before the call; the "hypervisor" reads it once, into its own memory, as a real one would.
-        unsafe {
-            core::ptr::copy_nonoverlapping(ptr.as_ptr().cast::<u64>(), entries.as_mut_ptr(), count as usize)
-        };
-        self.with(H_HARDWARE, |b| b.put(liobn, ioba, count, |i| u64::from_be(entries[i as usize])))
-    }
-
-    fn h_stuff_tce(&self, liobn: u32, ioba: u64, value: u64, count: u64) -> i64 {
-        self.with(H_HARDWARE, |b| {
-            if value != 0 {
-                return b.put(liobn, ioba, count, |_| value);
-            }
-            let Some((first, g, domain, shadow)) = b.index(liobn, ioba, count) else {
-                b.counters.refused += 1;
-                return H_PARAMETER;
-            };
-            match b.clear(domain, &g, shadow.start, first, count as usize) {
-                Ok(()) => H_SUCCESS,
-                Err(code) => code,
-            }
+            let liobn = endpoint.default_liobn;
+            b.windows.get(liobn as usize - 1).copied().flatten().map(|w| w.geometry)
         })
     }
 
@@ -549,7 +423,7 @@ impl TceCalls for IommuBackend {
             let endpoint = b.endpoints.iter().flatten().find(|e| e.device == device).ok_or(RTAS_ERROR)?;
             Ok(DdwQuery {
                 windows_available: u32::from(endpoint.ddw_liobn.is_none()),
-                largest_block: (b.shadow.len() - b.shadow_used) as u64,
+                largest_block: DDW_LARGEST_BLOCK,
                 page_sizes: DDW_PAGE_SIZES,
             })
         })
@@ -569,30 +443,53 @@ impl TceCalls for IommuBackend {
             if let Some(endpoint) = b.endpoints[slot].as_mut() {
                 endpoint.ddw_liobn = Some(liobn);
             }
-            b.window(liobn).map(|w| w.geometry).ok_or(RTAS_ERROR)
+            b.windows[liobn as usize - 1].map(|w| w.geometry).ok_or(RTAS_ERROR)
         })
     }
 
     fn ddw_remove(&self, device: u32, liobn: u32) -> i64 {
         self.with(RTAS_ERROR, |b| {
-            let Some(window) = b.window(liobn) else {
+            let Some(window) = b.windows.get(liobn.wrapping_sub(1) as usize).copied().flatten() else {
                 return RTAS_ERROR;
             };
             if window.device != device {
                 return RTAS_ERROR;
             }
-            let (g, domain, shadow) = (window.geometry, window.domain, window.shadow.clone());
-            b.counters.unmap += 1;
-            if b.driver.unmap(domain, g.start, g.size).is_err() {
-                b.counters.failed += 1;
+            let g = window.geometry;
+            if b.unmap_range(window.domain, g.start, g.size).is_err() {
                 return RTAS_ERROR;
             }
-            b.shadow[shadow].fill(0);
             b.windows[liobn as usize - 1] = None;
             if let Some(endpoint) = b.endpoints.iter_mut().flatten().find(|e| e.device == device) {
                 endpoint.ddw_liobn = None;
             }
             0
+        })
+    }
+
+    fn map(
+        &self,
+        win: &WindowGeometry,
+        bus: u64,
+        npages: u64,
+        entry: &dyn Fn(u64) -> u64,
+    ) -> Result<(), PutFailure> {
+        let refused = Err(PutFailure { err: CcdmaIommuError::NoWindow, clean: true });
+        self.with(refused, |b| match b.window(win) {
+            Some(w) => b.map(w, bus, npages, entry),
+            None => {
+                b.counters.refused += 1;
+                Err(PutFailure { err: CcdmaIommuError::NoWindow, clean: true })
+            }
+        })
+    }
+
+    fn unmap(&self, win: &WindowGeometry, bus: u64, npages: u64) -> Result<(), CcdmaIommuError> {
+        self.with(Err(CcdmaIommuError::NoWindow), |b| {
+            let w = b.window(win).ok_or(CcdmaIommuError::NoWindow)?;
+            let len =
+                npages.checked_mul(w.geometry.page_size()).ok_or(CcdmaIommuError::Hcall(H_PARAMETER))?;
+            b.unmap_range(w.domain, bus, len).map_err(CcdmaIommuError::Hcall)
         })
     }
 }

@@ -5,14 +5,14 @@
 //! kernel hands to a device is checked against it ([`QemuPlatform::check_device_address`]).
 //! Memory is identity-mapped (see [`crate::memory`]), so CPU pointers and physical addresses are
 //! the same numbers. Without an IOMMU a device's bus address is the physical address (TDX-style);
-//! behind the virtio-iommu it is whatever the device's windows map ([`IommuBackend`]).
+//! behind the virtio-iommu it is whatever the device's windows map ([`VirtioIommuBackend`]).
 
 use ccdma::{BusAddr, MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform, SharingErrorKind};
 use core::ptr::NonNull;
 
 use ccdma_qemu_common::binding::KernelPlatform;
 
-use crate::iommu::IommuBackend;
+use crate::iommu::VirtioIommuBackend;
 use crate::ledger::{PageLedger, Violation};
 use crate::memory::{self, PAGE_SIZE};
 
@@ -22,11 +22,12 @@ const REFUSED: i64 = -4;
 /// This machine as ccdma sees it.
 pub struct QemuPlatform {
     ledger: PageLedger,
-    iommu: IommuBackend,
+    iommu: VirtioIommuBackend,
 }
 
 /// The one platform instance; the ledger covers all of RAM.
-pub static PLATFORM: QemuPlatform = QemuPlatform { ledger: PageLedger::new(), iommu: IommuBackend::new() };
+pub static PLATFORM: QemuPlatform =
+    QemuPlatform { ledger: PageLedger::new(), iommu: VirtioIommuBackend::new() };
 
 impl QemuPlatform {
     /// The page ledger.
@@ -35,7 +36,7 @@ impl QemuPlatform {
     }
 
     /// The virtio-iommu half (empty in configurations without one).
-    pub fn iommu(&self) -> &IommuBackend {
+    pub fn iommu(&self) -> &VirtioIommuBackend {
         &self.iommu
     }
 
@@ -118,7 +119,7 @@ impl Platform for QemuPlatform {
         true
     }
 
-    fn tce(&self) -> Option<&dyn ccdma::TceCalls> {
-        self.iommu.present().then_some(&self.iommu as &dyn ccdma::TceCalls)
+    fn iommu_backend(&self) -> Option<&dyn ccdma::iommu::IommuBackend> {
+        self.iommu.present().then_some(&self.iommu as &dyn ccdma::iommu::IommuBackend)
     }
 }

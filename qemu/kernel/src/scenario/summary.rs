@@ -69,8 +69,8 @@ pub(super) fn print_summary(config: &TestConfig, found: &Found) {
     }
     let i = dma::layer().iommu_stats();
     println!(
-        "ccdma IOMMU calls: {} H_PUT_TCE, {} H_PUT_TCE_INDIRECT, {} H_STUFF_TCE, {} DDW created; {} entries written, {} cleared, {} live; {} strict maps",
-        i.put_tce, i.put_indirect, i.stuff_tce, i.ddw_create, i.entries_written, i.entries_cleared, i.live_tces, i.strict_maps
+        "ccdma IOMMU (native virtio-iommu backend): {} range maps, {} range unmaps, {} DDW created; {} pages mapped, {} unmapped, {} live; {} strict maps",
+        i.native_maps, i.native_unmaps, i.ddw_create, i.entries_written, i.entries_cleared, i.live_tces, i.strict_maps
     );
     let c = PLATFORM.iommu().counters();
     println!(
