@@ -120,6 +120,7 @@ pub mod pool_set;
 pub mod sg;
 pub mod sharing;
 pub mod stats;
+pub mod storage;
 pub(crate) mod stream;
 pub mod tracker;
 #[cfg(feature = "virtio-hal")]
