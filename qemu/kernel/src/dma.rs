@@ -9,7 +9,7 @@ use ccdma::iommu::BusRange;
 use ccdma::{BusAddr, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
 use core::cell::UnsafeCell;
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::{Mutex, Once};
 
 use ccdma_qemu_common::binding::KernelDma;
@@ -45,9 +45,6 @@ unsafe impl Sync for PoolRegion {}
 static LOW_POOL: PoolRegion = PoolRegion(UnsafeCell::new([0; POOL_SIZE]));
 /// Bus-range storage of the IOMMU path (split between the domains).
 static BUS_RANGES: TakeOnce<[BusRange; 8 * 256]> = TakeOnce::new([BusRange::EMPTY; 8 * 256]);
-/// The page ccdma shares once and hands entries over in (`H_PUT_TCE_INDIRECT` list).
-static LIST_PAGE: StaticRegion<PAGE_SIZE> = StaticRegion::new();
-static LIST_PAGE_TAKEN: AtomicBool = AtomicBool::new(false);
 static LOW_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EMPTY; POOL_SLOTS]);
 static HIGH_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EMPTY; POOL_SLOTS]);
 
@@ -102,12 +99,10 @@ pub fn init(
     }
     if let Some(config) = iommu {
         let ranges = BUS_RANGES.take().ok_or(SetupError::AlreadyInitialised)?;
-        if LIST_PAGE_TAKEN.swap(true, Ordering::AcqRel) {
-            return Err(SetupError::AlreadyInitialised);
-        }
-        let list = PhysAddr(LIST_PAGE.phys_range().start);
-        // SAFETY: LIST_PAGE is used by nothing but the layer, handed over once (the flag above).
-        unsafe { layer.enable_iommu(config.with_list_page(list), ranges) }.map_err(SetupError::Pool)?;
+        // No list page: the virtio-iommu backend maps ranges itself (no H_PUT_TCE_INDIRECT), so
+        // sharing a page for entry lists would expose a page for nothing.
+        // SAFETY: no list page is given, the one thing `enable_iommu`'s contract is about.
+        unsafe { layer.enable_iommu(config, ranges) }.map_err(SetupError::Pool)?;
     }
     let mut fresh = false;
     let layer = LAYER.call_once(|| {
