@@ -57,6 +57,9 @@ pub struct DeviceStats {
     pub min_bus: AtomicU64,
     /// Highest bus address (last byte) handed to the device.
     pub max_bus: AtomicU64,
+    /// The same two, per half of the bus address space (below 4 GiB: default windows; above: a
+    /// dynamic window or a 64-bit pool), so a report never prints one span across two windows.
+    halves: [(AtomicU64, AtomicU64); 2],
     /// Lowest physical address behind those bus addresses (first page of each).
     pub min_phys: AtomicU64,
     /// Highest physical address behind them (first page of each).
@@ -83,6 +86,9 @@ pub struct DeviceStats {
     pub last_failure: Mutex<Option<HalFailure>>,
 }
 
+/// Where the bus address space is split for [`DeviceStats::bus_ranges`].
+const FOUR_GIB: u64 = 1 << 32;
+
 impl DeviceStats {
     /// Nothing recorded.
     pub const fn new() -> Self {
@@ -92,6 +98,10 @@ impl DeviceStats {
             bytes_from_device: AtomicU64::new(0),
             min_bus: AtomicU64::new(u64::MAX),
             max_bus: AtomicU64::new(0),
+            halves: [
+                (AtomicU64::new(u64::MAX), AtomicU64::new(0)),
+                (AtomicU64::new(u64::MAX), AtomicU64::new(0)),
+            ],
             min_phys: AtomicU64::new(u64::MAX),
             max_phys: AtomicU64::new(0),
             coherent_pages: AtomicU64::new(0),
@@ -109,6 +119,9 @@ impl DeviceStats {
     fn saw_bus(&self, platform: &impl KernelPlatform, device: u32, bus: u64, len: usize) {
         self.min_bus.fetch_min(bus, Ordering::Relaxed);
         self.max_bus.fetch_max(bus + len as u64 - 1, Ordering::Relaxed);
+        let half = &self.halves[usize::from(bus >= FOUR_GIB)];
+        half.0.fetch_min(bus, Ordering::Relaxed);
+        half.1.fetch_max(bus + len as u64 - 1, Ordering::Relaxed);
         if let Some(phys) = platform.device_phys(device, bus) {
             self.min_phys.fetch_min(phys, Ordering::Relaxed);
             self.max_phys.fetch_max(phys, Ordering::Relaxed);
@@ -119,6 +132,14 @@ impl DeviceStats {
     pub fn phys_range(&self) -> Option<(u64, u64)> {
         let min = self.min_phys.load(Ordering::Relaxed);
         (min != u64::MAX).then(|| (min, self.max_phys.load(Ordering::Relaxed)))
+    }
+
+    /// Lowest and highest bus address handed out below 4 GiB, and above, where any was.
+    pub fn bus_ranges(&self) -> [Option<(u64, u64)>; 2] {
+        core::array::from_fn(|i| {
+            let min = self.halves[i].0.load(Ordering::Relaxed);
+            (min != u64::MAX).then(|| (min, self.halves[i].1.load(Ordering::Relaxed)))
+        })
     }
 
     /// Lowest and highest bus address handed out, if any.

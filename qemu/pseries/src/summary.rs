@@ -110,6 +110,36 @@ pub fn check_ledger(report: &mut Report, machine: &Machine) {
     );
 }
 
+/// One bus range of a device, labelled, or nothing.
+struct Span(Option<(u64, u64)>, &'static str);
+
+impl Span {
+    /// Prefixed with a separator when another range was printed before it.
+    fn after(self, other: bool) -> SpanAfter {
+        SpanAfter(self, other)
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            Some((lo, hi)) => write!(f, "{lo:#x}..={hi:#x} ({})", self.1),
+            None => Ok(()),
+        }
+    }
+}
+
+struct SpanAfter(Span, bool);
+
+impl fmt::Display for SpanAfter {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.0 .0.is_some() && self.1 {
+            write!(f, ", ")?;
+        }
+        self.0.fmt(f)
+    }
+}
+
 struct ViolationNote(Option<Violation>);
 
 impl fmt::Display for ViolationNote {
@@ -126,17 +156,17 @@ pub fn print(config: &Config) {
     fn device_line<B: KernelBinding>() {
         let Some(device) = B::slot().get() else { return };
         let stats = B::stats();
-        let bus = stats.bus_range().unwrap_or((0, 0));
+        let [low, high] = stats.bus_ranges();
         println!(
-            "  {:<8} {:>2}-bit  {:<15} to device {:>8}, from device {:>8}, {:>4} maps, bus {:#x}..={:#x}",
+            "  {:<8} {:>2}-bit  {:<15} to device {:>8}, from device {:>8}, {:>4} maps, bus {}{}",
             B::NAME,
             device.config().dma_mask.bits(),
             device.path().name(),
             Bytes(stats.bytes_to_device.load(Ordering::Relaxed)).to_padded(),
             Bytes(stats.bytes_from_device.load(Ordering::Relaxed)).to_padded(),
             stats.maps.load(Ordering::Relaxed),
-            bus.0,
-            bus.1,
+            Span(low, "below 4 GiB"),
+            Span(high, "above 4 GiB").after(low.is_some()),
         );
         println!("  {:<8} why: {}", "", Reason(device));
     }

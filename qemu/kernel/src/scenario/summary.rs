@@ -29,7 +29,7 @@ pub(super) fn print_summary(config: &TestConfig, found: &Found) {
             Bytes(stats.bytes_to_device.load(Ordering::Relaxed)).to_padded(),
             Bytes(stats.bytes_from_device.load(Ordering::Relaxed)).to_padded(),
             stats.maps.load(Ordering::Relaxed),
-            BusRange(stats.bus_range()),
+            BusRanges(stats.bus_ranges()),
             stats.refused.load(Ordering::Relaxed),
         );
         println!("  {:<9} why: {}", "", Reason(device));
@@ -85,14 +85,22 @@ pub(super) fn print_summary(config: &TestConfig, found: &Found) {
     }
 }
 
-/// A bus address range for reports.
-struct BusRange(Option<(u64, u64)>);
+/// A device's bus ranges for reports: one per half of the address space (a default window below
+/// 4 GiB, a dynamic window or 64-bit pool above), never one span across both.
+struct BusRanges([Option<(u64, u64)>; 2]);
 
-impl fmt::Display for BusRange {
+impl fmt::Display for BusRanges {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self.0 {
-            Some((low, high)) => write!(f, "{low:#x}..={high:#x}"),
-            None => write!(f, "(none)"),
+        let mut sep = "";
+        for ((low, high), label) in
+            self.0.iter().zip(["below 4 GiB", "above 4 GiB"]).filter_map(|(r, l)| Some(((*r)?, l)))
+        {
+            write!(f, "{sep}{low:#x}..={high:#x} ({label})")?;
+            sep = ", ";
         }
+        if sep.is_empty() {
+            write!(f, "(none)")?;
+        }
+        Ok(())
     }
 }
