@@ -1,0 +1,312 @@
+/* ccdma from C: a confidential guest whose platform is written here.
+ *
+ * Guest RAM is two arenas: 1 MiB at 1 MiB (low) and 256 KiB at 4 GiB (high). Every page is private or
+ * shared; share/unshare flip the state and refuse anything that is not whole pages of RAM in the state
+ * they expect. The "device" reaches memory only through dev_access(), which refuses (and counts) any
+ * byte that is not shared RAM below the device's mask. Exits non-zero on any error. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ccdma.h"
+
+#define PAGE 4096u
+#define LOW_PHYS 0x100000ull
+#define LOW_SIZE (1024u * 1024u)
+#define HIGH_PHYS 0x100000000ull
+#define HIGH_SIZE (256u * 1024u)
+#define POOL_LEN (256u * 1024u)
+
+static _Alignas(PAGE) uint8_t low_mem[LOW_SIZE];
+static _Alignas(PAGE) uint8_t high_mem[HIGH_SIZE];
+static uint8_t low_shared[LOW_SIZE / PAGE];
+static uint8_t high_shared[HIGH_SIZE / PAGE];
+
+struct region {
+    uint64_t phys;
+    uint64_t size;
+    uint8_t *mem;
+    uint8_t *shared;
+};
+static struct region regions[2] = {
+    {LOW_PHYS, LOW_SIZE, low_mem, low_shared},
+    {HIGH_PHYS, HIGH_SIZE, high_mem, high_shared},
+};
+
+static unsigned violations, shares, unshares, failures;
+
+#define FAIL(...)                                                                                      \
+    do {                                                                                               \
+        printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                    \
+        printf(__VA_ARGS__);                                                                           \
+        printf("\n");                                                                                  \
+        failures++;                                                                                    \
+    } while (0)
+#define CHECK(call)                                                                                    \
+    do {                                                                                               \
+        int rc_ = (call);                                                                              \
+        if (rc_ != CCDMA_OK) FAIL("%s = %d (%s)", #call, rc_, ccdma_strerror(rc_));                   \
+    } while (0)
+
+/* The region holding [phys, phys + len), or NULL. */
+static struct region *find(uint64_t phys, uint64_t len) {
+    for (int i = 0; i < 2; i++) {
+        struct region *r = &regions[i];
+        if (phys >= r->phys && len <= r->size && phys - r->phys <= r->size - len) return r;
+    }
+    return NULL;
+}
+
+static int flip(uint64_t phys, uint64_t pages, uint64_t *done, uint8_t from, uint8_t to) {
+    *done = 0;
+    struct region *r = find(phys, pages * PAGE);
+    if (phys % PAGE != 0 || pages == 0 || r == NULL) {
+        printf("  platform: refused %s of %llu pages at %#llx: not whole pages of RAM\n",
+               to ? "share" : "unshare", (unsigned long long)pages, (unsigned long long)phys);
+        violations++;
+        return -1;
+    }
+    for (uint64_t i = 0; i < pages; i++) {
+        uint8_t *st = &r->shared[(phys - r->phys) / PAGE + i];
+        if (*st != from) {
+            printf("  platform: page %#llx is already %s\n", (unsigned long long)(phys + i * PAGE),
+                   to ? "shared" : "private");
+            violations++;
+            return -2;
+        }
+        *st = to;
+        (*done)++;
+    }
+    return 0;
+}
+
+static int p_share(void *ctx, uint64_t phys, uint64_t pages, uint64_t *done) {
+    (void)ctx;
+    shares++;
+    return flip(phys, pages, done, 0, 1);
+}
+static int p_unshare(void *ctx, uint64_t phys, uint64_t pages, uint64_t *done) {
+    (void)ctx;
+    unshares++;
+    return flip(phys, pages, done, 1, 0);
+}
+static void *p_cpu_ptr(void *ctx, uint64_t phys, size_t len) {
+    (void)ctx;
+    struct region *r = find(phys, len);
+    if (r == NULL) {
+        printf("  platform: cpu_ptr of %#llx+%zu is not RAM\n", (unsigned long long)phys, len);
+        violations++;
+        return NULL;
+    }
+    return r->mem + (phys - r->phys);
+}
+static int p_virt_to_phys(void *ctx, const void *ptr, size_t len, uint64_t *phys) {
+    (void)ctx;
+    for (int i = 0; i < 2; i++) {
+        struct region *r = &regions[i];
+        uintptr_t p = (uintptr_t)ptr, b = (uintptr_t)r->mem;
+        if (p >= b && len <= r->size && p - b <= r->size - len) {
+            *phys = r->phys + (p - b);
+            return 0;
+        }
+    }
+    return -1;
+}
+static uint64_t p_ram_end(void *ctx) {
+    (void)ctx;
+    return HIGH_PHYS + HIGH_SIZE;
+}
+
+/* The device: DMA of len bytes at bus (bus == phys here: no IOMMU, identity encoding). Every byte must
+ * be shared RAM at or below the mask. write != 0: device -> memory. */
+static int dev_access(unsigned mask_bits, uint64_t bus, void *data, size_t len, int write) {
+    uint64_t max = mask_bits >= 64 ? UINT64_MAX : ((1ull << mask_bits) - 1);
+    struct region *r = find(bus, len);
+    if (r == NULL || bus + len - 1 > max) {
+        printf("  device(%u bits): access to %#llx+%zu outside RAM or mask\n", mask_bits,
+               (unsigned long long)bus, len);
+        violations++;
+        return -1;
+    }
+    for (uint64_t p = bus / PAGE; p <= (bus + len - 1) / PAGE; p++) {
+        if (!r->shared[p - r->phys / PAGE]) {
+            printf("  device(%u bits): access to private page %#llx refused\n", mask_bits,
+                   (unsigned long long)(p * PAGE));
+            violations++;
+            return -1;
+        }
+    }
+    uint8_t *m = r->mem + (bus - r->phys);
+    if (write)
+        memcpy(m, data, len);
+    else
+        memcpy(data, m, len);
+    return 0;
+}
+
+static int page_state(uint64_t phys) {
+    struct region *r = find(phys, 1);
+    return r ? r->shared[(phys - r->phys) / PAGE] : -1;
+}
+
+/* Driver memory: private pages of the low arena above the pool. */
+static uint64_t next_private = LOW_PHYS + 512u * 1024u;
+static uint8_t *alloc_private(size_t len, uint64_t *phys) {
+    uint64_t p = next_private;
+    next_private += (len + PAGE - 1) / PAGE * PAGE;
+    if (phys) *phys = p;
+    return low_mem + (p - LOW_PHYS);
+}
+
+static void fill(uint8_t *b, size_t len, unsigned seed) {
+    for (size_t i = 0; i < len; i++) b[i] = (uint8_t)(seed * 31u + i * 7u + (i >> 8));
+}
+
+static _Alignas(CCDMA_LAYER_ALIGN) uint8_t layer_mem[CCDMA_LAYER_SIZE];
+static _Alignas(CCDMA_SLOT_META_ALIGN) uint8_t meta_low[POOL_LEN / CCDMA_SLOT_SIZE * CCDMA_SLOT_META_SIZE];
+static _Alignas(CCDMA_SLOT_META_ALIGN) uint8_t meta_high[POOL_LEN / CCDMA_SLOT_SIZE * CCDMA_SLOT_META_SIZE];
+static _Alignas(CCDMA_DEVICE_ALIGN) uint8_t dev_mem[3][CCDMA_DEVICE_SIZE];
+static _Alignas(CCDMA_SG_ENTRY_ALIGN) uint8_t sg_mem[3 * CCDMA_SG_ENTRY_SIZE];
+static _Alignas(CCDMA_COHERENT_ALIGN) uint8_t coh_mem[CCDMA_COHERENT_SIZE];
+
+static const char *dir_name(int dir) {
+    return dir == CCDMA_TO_DEVICE ? "to-device" : dir == CCDMA_FROM_DEVICE ? "from-device" : "bidirectional";
+}
+
+int main(void) {
+    struct ccdma_platform platform = {
+        .ctx = NULL,
+        .confidential = 1,
+        .share = p_share,
+        .unshare = p_unshare,
+        .cpu_ptr = p_cpu_ptr,
+        .virt_to_phys = p_virt_to_phys,
+        .ram_end = p_ram_end,
+    };
+    printf("ccdma C demo: layer %zu bytes (header allows %d), device %d, sg entry %d\n", ccdma_layer_size(),
+           CCDMA_LAYER_SIZE, CCDMA_DEVICE_SIZE, CCDMA_SG_ENTRY_SIZE);
+
+    /* Argument checks answer with codes. */
+    if (ccdma_layer_init(NULL, sizeof layer_mem, &platform) != CCDMA_ERR_NULL) FAIL("null layer memory accepted");
+    if (ccdma_layer_init(layer_mem, 16, &platform) != CCDMA_ERR_MEMORY) FAIL("short layer memory accepted");
+    CHECK(ccdma_layer_init(layer_mem, sizeof layer_mem, &platform));
+    struct ccdma_layer *layer = (struct ccdma_layer *)layer_mem;
+
+    int hi = ccdma_add_pool(layer, HIGH_PHYS, POOL_LEN, meta_high, sizeof meta_high);
+    int lo = ccdma_add_pool(layer, LOW_PHYS, POOL_LEN, meta_low, sizeof meta_low);
+    if (hi < 0 || lo < 0) FAIL("add_pool: %s / %s", ccdma_strerror(hi), ccdma_strerror(lo));
+    printf("pools: #%d at %#llx, #%d at %#llx, %u KiB each; shared now: %d %d\n", hi, HIGH_PHYS, lo, LOW_PHYS,
+           POOL_LEN / 1024, page_state(HIGH_PHYS), page_state(LOW_PHYS + POOL_LEN - PAGE));
+    static _Alignas(CCDMA_SLOT_META_ALIGN) uint8_t meta_x[4 * PAGE / CCDMA_SLOT_SIZE * CCDMA_SLOT_META_SIZE];
+    if (ccdma_add_pool(layer, LOW_PHYS + PAGE, PAGE * 4, meta_x, sizeof meta_x) != CCDMA_ERR_POOL)
+        FAIL("overlapping pool accepted");
+
+    unsigned masks[3] = {24, 32, 64};
+    struct ccdma_device *devs[3];
+    for (int d = 0; d < 3; d++) {
+        CHECK(ccdma_attach(layer, dev_mem[d], sizeof dev_mem[d], 10 + d, masks[d]));
+        devs[d] = (struct ccdma_device *)dev_mem[d];
+    }
+    static _Alignas(CCDMA_DEVICE_ALIGN) uint8_t tiny[CCDMA_DEVICE_SIZE];
+    int rc = ccdma_attach(layer, tiny, sizeof tiny, 99, 20);
+    printf("attach: 24, 32, 64-bit devices ok; 20-bit device: %d (%s)\n", rc, ccdma_strerror(rc));
+    if (rc != CCDMA_ERR_NO_PATH) FAIL("20-bit device attached");
+
+    /* Streaming: every device, every direction, bytes checked on both sides. */
+    int dirs[3] = {CCDMA_TO_DEVICE, CCDMA_FROM_DEVICE, CCDMA_BIDIRECTIONAL};
+    size_t len = 3000;
+    uint8_t *buf = alloc_private(len, NULL);
+    uint8_t *want = malloc(len), *got = malloc(len);
+    for (int d = 0; d < 3; d++) {
+        for (int k = 0; k < 3; k++) {
+            unsigned seed = (unsigned)(d * 3 + k);
+            fill(buf, len, seed);
+            memcpy(want, buf, len);
+            uint64_t bus = 0;
+            CHECK(ccdma_map(layer, devs[d], buf, len, dirs[k], &bus));
+            if (dirs[k] != CCDMA_FROM_DEVICE) {
+                if (dev_access(masks[d], bus, got, len, 0) || memcmp(got, want, len) != 0)
+                    FAIL("device %u read wrong bytes", masks[d]);
+            } else {
+                memset(got, 1, len);
+                if (dev_access(masks[d], bus, got, len, 0) || got[0] != 0 || got[len - 1] != 0)
+                    FAIL("from-device slot not zero-filled");
+            }
+            if (dirs[k] != CCDMA_TO_DEVICE) {
+                fill(want, len, seed + 100);
+                if (dev_access(masks[d], bus, want, len, 1)) FAIL("device write refused");
+            }
+            if (d == 0 && k == 0) {
+                int busy = ccdma_detach(layer, devs[0]);
+                int wrong = ccdma_unmap(layer, devs[d], bus, len + 1, dirs[k]);
+                printf("  misuse: detach with a live mapping: %d (%s); unmap with a wrong length: %d (%s)\n", busy,
+                       ccdma_strerror(busy), wrong, ccdma_strerror(wrong));
+                if (busy != CCDMA_ERR_BUSY || wrong != CCDMA_ERR_MISUSE) FAIL("misuse not refused");
+            }
+            CHECK(ccdma_unmap(layer, devs[d], bus, len, dirs[k]));
+            if (memcmp(buf, want, len) != 0) FAIL("buffer after unmap differs");
+            printf("  %2u-bit device, %-13s: bus %#llx, %zu bytes exact\n", masks[d], dir_name(dirs[k]),
+                   (unsigned long long)bus, len);
+        }
+    }
+
+    /* Scatter-gather: three buffers from the device, one stream of bytes across the segments. */
+    size_t lens[3] = {100, 5000, 700}, total = 5800;
+    struct ccdma_sg_in in[3];
+    for (int i = 0; i < 3; i++) {
+        in[i].ptr = alloc_private(lens[i], NULL);
+        in[i].len = lens[i];
+        memset(in[i].ptr, 0xEE, lens[i]);
+    }
+    struct ccdma_segment segs[3];
+    size_t nsegs = 0;
+    uint8_t *stream = malloc(total);
+    fill(stream, total, 77);
+    CHECK(ccdma_map_sg(layer, devs[1], in, 3, CCDMA_FROM_DEVICE, sg_mem, sizeof sg_mem, segs, &nsegs));
+    size_t off = 0;
+    for (size_t i = 0; i < nsegs; i++) {
+        if (dev_access(32, segs[i].bus, stream + off, segs[i].len, 1)) FAIL("sg segment write refused");
+        printf("  sg segment %zu: bus %#llx, %zu bytes\n", i, (unsigned long long)segs[i].bus, segs[i].len);
+        off += segs[i].len;
+    }
+    if (off != total) FAIL("segments cover %zu of %zu bytes", off, total);
+    CHECK(ccdma_unmap_sg(layer, devs[1], sg_mem, 3, CCDMA_FROM_DEVICE));
+    off = 0;
+    for (int i = 0; i < 3; i++) {
+        if (memcmp(in[i].ptr, stream + off, lens[i]) != 0) FAIL("sg buffer %d differs", i);
+        off += lens[i];
+    }
+    printf("sg: 3 buffers (%zu bytes) in %zu segments for the 32-bit device, bytes exact\n", total, nsegs);
+
+    /* Coherent: two pages for the 24-bit device, shared while allocated, private after. */
+    uint64_t cphys;
+    alloc_private(2 * PAGE, &cphys);
+    void *cpu = NULL;
+    uint64_t cbus = 0;
+    CHECK(ccdma_alloc_coherent(layer, devs[0], cphys, 2, coh_mem, sizeof coh_mem, &cpu, &cbus));
+    int shared_now = page_state(cphys) == 1 && page_state(cphys + PAGE) == 1;
+    uint8_t msg[64];
+    fill(msg, sizeof msg, 5);
+    if (dev_access(24, cbus + PAGE, msg, sizeof msg, 1)) FAIL("coherent write refused");
+    if (memcmp((uint8_t *)cpu + PAGE, msg, sizeof msg) != 0) FAIL("coherent bytes differ");
+    CHECK(ccdma_free_coherent(layer, devs[0], (struct ccdma_coherent *)coh_mem));
+    int private_after = page_state(cphys) == 0 && page_state(cphys + PAGE) == 0;
+    printf("coherent: 2 pages at %#llx, bus %#llx, shared while allocated: %s, private after free: %s\n",
+           (unsigned long long)cphys, (unsigned long long)cbus, shared_now ? "yes" : "NO",
+           private_after ? "yes" : "NO");
+    if (!shared_now || !private_after) FAIL("coherent page states");
+
+    for (int d = 0; d < 3; d++) CHECK(ccdma_detach(layer, devs[d]));
+    printf("detached 3 devices; platform saw %u share and %u unshare calls, %u violations\n", shares, unshares,
+           violations);
+    free(want);
+    free(got);
+    free(stream);
+    if (violations || failures) {
+        printf("FAILED: %u violations, %u failures\n", violations, failures);
+        return 1;
+    }
+    printf("OK\n");
+    return 0;
+}

@@ -1,0 +1,772 @@
+//! C interface to ccdma.
+//!
+//! - A platform written in C: [`ccdma_platform`], a table of function pointers and a context pointer,
+//!   implementing ccdma's `MemorySharing`, `PhysMemory` and `Platform`.
+//! - Opaque handles ([`ccdma_layer`], [`ccdma_device`], [`ccdma_coherent`], scatter-gather entries) that
+//!   live in caller memory: the header states their sizes and alignments ([`CCDMA_LAYER_SIZE`], ...),
+//!   and `ccdma_layer_init` / `ccdma_attach` / ... initialise them in place, so no large value is
+//!   returned by value onto a firmware stack.
+//! - Integer error codes ([`CCDMA_OK`] and one negative code per family of `DmaError` variants) with
+//!   [`ccdma_strerror`].
+//!
+//! The IOMMU (TCE calls, native backends) is not reachable through this interface.
+//!
+//! # Panics and unwinding
+//! The library code never panics on any input: null pointers, short or misaligned memory and bad
+//! arguments return error codes. Should a panic happen anyway, it cannot unwind into C: since Rust
+//! 1.81 a panic leaving an `extern "C"` function aborts.
+//!
+//! # `no_std`
+//! The crate is `no_std`. Feature `std` (default) links std, which brings the panic handler a host
+//! staticlib needs: that is the build the C demo links. Firmware written in Rust builds with
+//! `default-features = false` and links the rlib into its `no_std` image, which has its own panic
+//! handler (`cargo rustc -p ccdma-ffi --lib --no-default-features --crate-type rlib` builds it).
+//! For C firmware, `--no-default-features --features panic-handler` adds a handler that spins; that
+//! staticlib needs a target whose panics abort (a freestanding target, or `-Zbuild-std` with
+//! `panic = "abort"`): on a hosted target the precompiled `core` unwinds and rustc refuses. That
+//! build is not exercised by the tests.
+//!
+//! # Stack use
+//! `ccdma_layer_init` writes the layer (about 22 KiB) into the caller's memory; the optimiser builds it
+//! there, and the function's own frame is about 2.5 KiB on x86_64 (release build). Rust does not
+//! guarantee this placement.
+#![no_std]
+#![warn(missing_docs)]
+#![allow(non_camel_case_types)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+use core::ffi::{c_char, c_int, c_void};
+use core::mem::{align_of, size_of};
+use core::ptr::NonNull;
+
+use ccdma::sg::SgEntry;
+use ccdma::{
+    BusAddr, CoherentBuffer, Device, DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask,
+    FreeError, MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform, PoolConfig, SharingErrorKind,
+    SlotMeta,
+};
+
+#[cfg(all(feature = "panic-handler", not(feature = "std")))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error codes
+// ---------------------------------------------------------------------------------------------
+
+/// Success.
+pub const CCDMA_OK: c_int = 0;
+/// A required pointer argument (or platform function) is null.
+pub const CCDMA_ERR_NULL: c_int = -1;
+/// Caller memory is smaller than the stated size or misaligned.
+pub const CCDMA_ERR_MEMORY: c_int = -2;
+/// An invalid argument: mask, direction, length zero or too large, unaligned address, overflow, pool
+/// metadata too small, bad configuration.
+pub const CCDMA_ERR_INVALID: c_int = -3;
+/// Pools: too many, or overlapping.
+pub const CCDMA_ERR_POOL: c_int = -4;
+/// No room: the device's pools have no free run (retry after unmaps), or no free IOMMU domain.
+pub const CCDMA_ERR_EXHAUSTED: c_int = -5;
+/// The platform refused to share or unshare memory (pages may be quarantined).
+pub const CCDMA_ERR_SHARING: c_int = -6;
+/// The device cannot reach the memory: no pool below its mask, beyond the mask, no translation.
+pub const CCDMA_ERR_NO_PATH: c_int = -7;
+/// Misuse: unknown mapping, size or direction mismatch, wrong device, list state.
+pub const CCDMA_ERR_MISUSE: c_int = -8;
+/// The device still has live mappings or buffers, or a detach did not complete.
+pub const CCDMA_ERR_BUSY: c_int = -9;
+/// An IOMMU error (not reachable through this interface; kept for completeness).
+pub const CCDMA_ERR_IOMMU: c_int = -10;
+
+/// The error code of a `DmaError` (one per family; exhaustive, so a new variant must be placed).
+fn code(e: &DmaError) -> c_int {
+    use DmaError as E;
+    match e {
+        E::InvalidMask { .. }
+        | E::InvalidSlotSize(_)
+        | E::InvalidMaxRun(_)
+        | E::InvalidAreas(_)
+        | E::PoolTooSmall { .. }
+        | E::Unaligned { .. }
+        | E::Overflow
+        | E::InvalidMinAlignMask(_)
+        | E::InvalidSegmentBoundary(_)
+        | E::ZeroMaxSegment
+        | E::InvalidMaxDomains(_)
+        | E::RangeStorageTooSmall { .. }
+        | E::BadWindowGeometry { .. }
+        | E::CoherentUnaligned { .. }
+        | E::MetadataTooSmall { .. }
+        | E::ZeroLength
+        | E::TooLarge { .. } => CCDMA_ERR_INVALID,
+        E::PoolOverlap { .. } | E::TooManyPools => CCDMA_ERR_POOL,
+        E::PoolExhausted { .. } | E::NoFreeDomain { .. } => CCDMA_ERR_EXHAUSTED,
+        E::SharingFailed { .. } | E::UnsharingFailed { .. } => CCDMA_ERR_SHARING,
+        E::NoCpuMapping(_)
+        | E::NoPath { .. }
+        | E::NotTranslatable
+        | E::BeyondMask { .. }
+        | E::NoIommuPath { .. } => CCDMA_ERR_NO_PATH,
+        E::WrongDevice { .. }
+        | E::OwnedByMapping(_)
+        | E::UnknownMapping(_)
+        | E::SizeMismatch { .. }
+        | E::DirectionMismatch { .. }
+        | E::OutOfRange { .. }
+        | E::WrongDirection
+        | E::NotAttached
+        | E::SegmentLimit { .. }
+        | E::SgListState { .. } => CCDMA_ERR_MISUSE,
+        E::Busy { .. } | E::DomainsInUse | E::DetachIncomplete => CCDMA_ERR_BUSY,
+        E::IommuAlreadyEnabled | E::IommuNotEnabled | E::Iommu(_) | E::P2pUnsupported { .. } => {
+            CCDMA_ERR_IOMMU
+        }
+    }
+}
+
+fn result(r: Result<(), DmaError>) -> c_int {
+    match r {
+        Ok(()) => CCDMA_OK,
+        Err(e) => code(&e),
+    }
+}
+
+/// A static, NUL-terminated description of an error code (never null).
+#[no_mangle]
+pub extern "C" fn ccdma_strerror(code: c_int) -> *const c_char {
+    let s: &'static core::ffi::CStr = match code {
+        CCDMA_OK => c"success",
+        CCDMA_ERR_NULL => c"null pointer argument or platform function",
+        CCDMA_ERR_MEMORY => c"caller memory too small or misaligned",
+        CCDMA_ERR_INVALID => c"invalid argument",
+        CCDMA_ERR_POOL => c"too many pools, or pools overlap",
+        CCDMA_ERR_EXHAUSTED => c"bounce pool exhausted",
+        CCDMA_ERR_SHARING => c"the platform refused to share or unshare memory",
+        CCDMA_ERR_NO_PATH => c"the device cannot reach the memory",
+        CCDMA_ERR_MISUSE => c"unknown mapping, or a mismatch with how it was mapped",
+        CCDMA_ERR_BUSY => c"device busy: live mappings or buffers",
+        CCDMA_ERR_IOMMU => c"IOMMU error",
+        _ => c"unknown error code",
+    };
+    s.as_ptr()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Platform
+// ---------------------------------------------------------------------------------------------
+
+/// A platform written in C. Every function gets `ctx` back as its first argument.
+///
+/// Contract (the layer's soundness rests on it): the functions answer truthfully and may be called
+/// from any CPU that calls into ccdma, also concurrently.
+/// - `share` / `unshare` make `pages` 4 KiB pages at `phys` shared with (private from) the host; they
+///   return 0 on success, or non-zero with `*pages_done` set to the number of leading pages that were
+///   changed.
+/// - `cpu_ptr` returns a pointer through which the CPU reaches `[phys, phys + len)` (valid for reads
+///   and writes of `len` bytes for as long as the layer lives), or NULL when that range is not RAM.
+/// - `virt_to_phys` writes the physical address of `ptr` to `*phys` and returns 0 when
+///   `[ptr, ptr + len)` is physically contiguous RAM, non-zero otherwise.
+/// - `ram_end` returns the end of guest RAM (one past the highest physical address).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ccdma_platform {
+    /// Passed back to every function.
+    pub ctx: *mut c_void,
+    /// Non-zero in a confidential guest (memory private until shared).
+    pub confidential: c_int,
+    /// Share pages with the host.
+    pub share:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, phys: u64, pages: u64, pages_done: *mut u64) -> c_int>,
+    /// Make pages private again.
+    pub unshare:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, phys: u64, pages: u64, pages_done: *mut u64) -> c_int>,
+    /// The CPU's pointer to a physical range, or NULL.
+    pub cpu_ptr: Option<unsafe extern "C" fn(ctx: *mut c_void, phys: u64, len: usize) -> *mut c_void>,
+    /// The physical address of a CPU range; 0 on success.
+    pub virt_to_phys: Option<
+        unsafe extern "C" fn(ctx: *mut c_void, ptr: *const c_void, len: usize, phys: *mut u64) -> c_int,
+    >,
+    /// End of guest RAM.
+    pub ram_end: Option<unsafe extern "C" fn(ctx: *mut c_void) -> u64>,
+}
+
+/// The C table, checked (no null function) and copied into the layer.
+struct CPlatform {
+    ctx: *mut c_void,
+    confidential: bool,
+    share: unsafe extern "C" fn(*mut c_void, u64, u64, *mut u64) -> c_int,
+    unshare: unsafe extern "C" fn(*mut c_void, u64, u64, *mut u64) -> c_int,
+    cpu_ptr: unsafe extern "C" fn(*mut c_void, u64, usize) -> *mut c_void,
+    virt_to_phys: unsafe extern "C" fn(*mut c_void, *const c_void, usize, *mut u64) -> c_int,
+    ram_end: unsafe extern "C" fn(*mut c_void) -> u64,
+}
+
+// SAFETY: the header's contract for `ccdma_platform` requires its functions (and so `ctx`) to be
+// usable from any CPU, concurrently; the struct holds nothing else.
+unsafe impl Sync for CPlatform {}
+// SAFETY: as above.
+unsafe impl Send for CPlatform {}
+
+impl CPlatform {
+    fn from_table(t: &ccdma_platform) -> Option<CPlatform> {
+        Some(CPlatform {
+            ctx: t.ctx,
+            confidential: t.confidential != 0,
+            share: t.share?,
+            unshare: t.unshare?,
+            cpu_ptr: t.cpu_ptr?,
+            virt_to_phys: t.virt_to_phys?,
+            ram_end: t.ram_end?,
+        })
+    }
+
+    fn sharing(
+        &self,
+        f: unsafe extern "C" fn(*mut c_void, u64, u64, *mut u64) -> c_int,
+        phys: PhysAddr,
+        pages: u64,
+    ) -> Result<(), PartialSharing> {
+        let mut done = 0u64;
+        // SAFETY: a function of the C table with its own context; `done` is a valid out pointer.
+        let rc = unsafe { f(self.ctx, phys.0, pages, &mut done) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            // A count beyond the request is clamped: the layer rolls back at most what it asked for.
+            Err(PartialSharing { pages_done: done.min(pages), kind: SharingErrorKind::Hypervisor(rc.into()) })
+        }
+    }
+}
+
+impl MemorySharing for CPlatform {
+    fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+        self.sharing(self.share, phys, pages)
+    }
+    fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+        self.sharing(self.unshare, phys, pages)
+    }
+}
+
+// SAFETY: `PhysMemory` asks for truthful translations: `cpu_ptr` valid for `len` bytes of the named
+// RAM, `virt_to_phys` the real physical address of a contiguous range, `ram_end` the real end. The C
+// platform promises exactly this in the documented contract of `struct ccdma_platform` (the header),
+// which a caller of `ccdma_layer_init` (an `unsafe` function) must uphold; this impl passes the
+// answers through unchanged, turning NULL into `None` and a non-zero status into `None`.
+unsafe impl PhysMemory for CPlatform {
+    fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
+        // SAFETY: a function of the C table with its own context.
+        NonNull::new(unsafe { (self.cpu_ptr)(self.ctx, phys.0, len) }.cast::<u8>())
+    }
+    fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr> {
+        let mut phys = 0u64;
+        // SAFETY: a function of the C table with its own context; `phys` is a valid out pointer.
+        let rc = unsafe { (self.virt_to_phys)(self.ctx, ptr.cast(), len, &mut phys) };
+        (rc == 0).then_some(PhysAddr(phys))
+    }
+    fn ram_end(&self) -> PhysAddr {
+        // SAFETY: a function of the C table with its own context.
+        PhysAddr(unsafe { (self.ram_end)(self.ctx) })
+    }
+}
+
+impl Platform for CPlatform {
+    fn is_confidential(&self) -> bool {
+        self.confidential
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handles in caller memory
+// ---------------------------------------------------------------------------------------------
+
+/// A DMA layer (opaque; lives in caller memory of [`CCDMA_LAYER_SIZE`] bytes aligned to
+/// [`CCDMA_LAYER_ALIGN`]).
+pub struct ccdma_layer {
+    inner: DmaLayer<'static, CPlatform>,
+}
+
+/// An attached device (opaque; [`CCDMA_DEVICE_SIZE`] bytes aligned to [`CCDMA_DEVICE_ALIGN`]).
+pub struct ccdma_device {
+    inner: Device,
+}
+
+/// A coherent buffer (opaque; [`CCDMA_COHERENT_SIZE`] bytes aligned to [`CCDMA_COHERENT_ALIGN`]).
+pub struct ccdma_coherent {
+    inner: CoherentBuffer,
+}
+
+/// Bytes of memory for a `ccdma_layer` (an upper bound; `ccdma_layer_size()` is the exact size).
+pub const CCDMA_LAYER_SIZE: usize = 32768;
+/// Alignment of a `ccdma_layer`.
+pub const CCDMA_LAYER_ALIGN: usize = 128;
+/// Bytes of memory for a `ccdma_device`.
+pub const CCDMA_DEVICE_SIZE: usize = 256;
+/// Alignment of a `ccdma_device`.
+pub const CCDMA_DEVICE_ALIGN: usize = 16;
+/// Bytes of memory for a `ccdma_coherent`.
+pub const CCDMA_COHERENT_SIZE: usize = 64;
+/// Alignment of a `ccdma_coherent`.
+pub const CCDMA_COHERENT_ALIGN: usize = 16;
+/// Bytes of memory per scatter-gather entry.
+pub const CCDMA_SG_ENTRY_SIZE: usize = 192;
+/// Alignment of scatter-gather entries.
+pub const CCDMA_SG_ENTRY_ALIGN: usize = 16;
+/// Bytes of pool metadata per slot (`ccdma_add_pool`: `meta_len >= len / CCDMA_SLOT_SIZE *
+/// CCDMA_SLOT_META_SIZE`).
+pub const CCDMA_SLOT_META_SIZE: usize = 32;
+/// Alignment of pool metadata.
+pub const CCDMA_SLOT_META_ALIGN: usize = 8;
+/// Bytes per pool slot (the pools' allocation unit).
+pub const CCDMA_SLOT_SIZE: usize = 2048;
+/// Bytes per page.
+pub const CCDMA_PAGE_SIZE: usize = 4096;
+
+/// The device reads the buffer.
+pub const CCDMA_TO_DEVICE: c_int = 1;
+/// The device writes the buffer.
+pub const CCDMA_FROM_DEVICE: c_int = 2;
+/// Both.
+pub const CCDMA_BIDIRECTIONAL: c_int = 3;
+
+// The header's numbers bound the real layouts (checked at compile time).
+const _: () = {
+    assert!(size_of::<ccdma_layer>() <= CCDMA_LAYER_SIZE && align_of::<ccdma_layer>() <= CCDMA_LAYER_ALIGN);
+    assert!(
+        size_of::<ccdma_device>() <= CCDMA_DEVICE_SIZE && align_of::<ccdma_device>() <= CCDMA_DEVICE_ALIGN
+    );
+    assert!(
+        size_of::<ccdma_coherent>() <= CCDMA_COHERENT_SIZE
+            && align_of::<ccdma_coherent>() <= CCDMA_COHERENT_ALIGN
+    );
+    assert!(
+        size_of::<SgEntry<'static>>() <= CCDMA_SG_ENTRY_SIZE
+            && align_of::<SgEntry<'static>>() <= CCDMA_SG_ENTRY_ALIGN
+    );
+    // Metadata is an array: the element size must be exact.
+    assert!(size_of::<SlotMeta>() == CCDMA_SLOT_META_SIZE && align_of::<SlotMeta>() <= CCDMA_SLOT_META_ALIGN);
+    assert!(CCDMA_SLOT_SIZE == 2048 && CCDMA_PAGE_SIZE as u64 == ccdma::PAGE_SIZE);
+};
+
+/// The exact size of a `ccdma_layer` in this build (at most `CCDMA_LAYER_SIZE`).
+#[no_mangle]
+pub extern "C" fn ccdma_layer_size() -> usize {
+    size_of::<ccdma_layer>()
+}
+
+/// Is `mem` non-null, aligned to `align` and `size >= need`? As an error code.
+fn check_mem(mem: *const c_void, size: usize, need: usize, align: usize) -> Result<(), c_int> {
+    if mem.is_null() {
+        Err(CCDMA_ERR_NULL)
+    } else if size < need || (mem as usize) % align != 0 {
+        Err(CCDMA_ERR_MEMORY)
+    } else {
+        Ok(())
+    }
+}
+
+fn direction(dir: c_int) -> Option<DmaDirection> {
+    match dir {
+        CCDMA_TO_DEVICE => Some(DmaDirection::ToDevice),
+        CCDMA_FROM_DEVICE => Some(DmaDirection::FromDevice),
+        CCDMA_BIDIRECTIONAL => Some(DmaDirection::Bidirectional),
+        _ => None,
+    }
+}
+
+/// Initialise a layer in `mem` (`size` bytes, at least `CCDMA_LAYER_SIZE`, aligned to
+/// `CCDMA_LAYER_ALIGN`) over the platform `*platform` (copied; the table itself need not outlive the
+/// call, its `ctx` must outlive the layer).
+///
+/// # Safety
+/// `mem` must be valid for writes of `size` bytes and used for nothing else while the layer lives;
+/// `platform` must be null or point to a table that keeps the contract stated at `ccdma_platform`.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_layer_init(
+    mem: *mut c_void,
+    size: usize,
+    platform: *const ccdma_platform,
+) -> c_int {
+    if let Err(e) = check_mem(mem, size, size_of::<ccdma_layer>(), align_of::<ccdma_layer>()) {
+        return e;
+    }
+    // SAFETY: null or a valid table, per the contract.
+    let Some(table) = (unsafe { platform.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    let Some(p) = CPlatform::from_table(table) else {
+        return CCDMA_ERR_NULL;
+    };
+    // SAFETY: checked non-null, large and aligned enough; the caller gives it to us.
+    unsafe { mem.cast::<ccdma_layer>().write(ccdma_layer { inner: DmaLayer::new(p) }) };
+    CCDMA_OK
+}
+
+/// Add a bounce pool over `[phys, phys + len)` (page-aligned, a whole number of pages), with its
+/// metadata in `meta` (`meta_len` bytes, at least `len / CCDMA_SLOT_SIZE * CCDMA_SLOT_META_SIZE`,
+/// aligned to `CCDMA_SLOT_META_ALIGN`). In a confidential guest the pool is shared here. Returns the
+/// pool's index (>= 0) or an error code.
+///
+/// # Safety
+/// `layer` is an initialised layer, and no other call uses it during this one. The pool range is guest
+/// RAM that nothing else uses while the layer lives; `meta` is valid for writes of `meta_len` bytes and
+/// used for nothing else while the layer lives.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_add_pool(
+    layer: *mut ccdma_layer,
+    phys: u64,
+    len: usize,
+    meta: *mut c_void,
+    meta_len: usize,
+) -> c_int {
+    // SAFETY: null or an initialised layer with no other user now, per the contract.
+    let Some(layer) = (unsafe { layer.as_mut() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    let slots = PoolConfig::default().slots_for(len);
+    let Some(need) = slots.checked_mul(size_of::<SlotMeta>()) else {
+        return CCDMA_ERR_INVALID;
+    };
+    if let Err(e) = check_mem(meta, meta_len, need, align_of::<SlotMeta>()) {
+        return e;
+    }
+    let meta = meta.cast::<SlotMeta>();
+    for i in 0..slots {
+        // SAFETY: within the `need <= meta_len` bytes the caller lent, aligned (checked).
+        unsafe { meta.add(i).write(SlotMeta::EMPTY) };
+    }
+    // SAFETY: `slots` initialised entries in memory the caller lends for the layer's life ('static
+    // as far as the layer can tell: it is dropped with the layer memory).
+    let meta: &'static mut [SlotMeta] = unsafe { core::slice::from_raw_parts_mut(meta, slots) };
+    // SAFETY: the pool range is the caller's to give, per the contract.
+    match unsafe { layer.inner.add_pool(PhysAddr(phys), len, meta, PoolConfig::default()) } {
+        Ok(i) => c_int::try_from(i).unwrap_or(CCDMA_ERR_INVALID),
+        Err(e) => code(&e),
+    }
+}
+
+/// Attach a device whose DMA mask is `mask_bits` bits (1..=64) into `dev_mem` (`dev_size` bytes, at
+/// least `CCDMA_DEVICE_SIZE`, aligned to `CCDMA_DEVICE_ALIGN`). `id` names the device in logs.
+/// Fails with `CCDMA_ERR_NO_PATH` when the device reaches no pool it needs.
+///
+/// # Safety
+/// `layer` is an initialised layer; `dev_mem` is valid for writes of `dev_size` bytes and used for
+/// nothing else until `ccdma_detach` succeeds.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_attach(
+    layer: *const ccdma_layer,
+    dev_mem: *mut c_void,
+    dev_size: usize,
+    id: u32,
+    mask_bits: u32,
+) -> c_int {
+    // SAFETY: null or an initialised layer.
+    let Some(layer) = (unsafe { layer.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if let Err(e) = check_mem(dev_mem, dev_size, size_of::<ccdma_device>(), align_of::<ccdma_device>()) {
+        return e;
+    }
+    let Ok(mask) = DmaMask::new(mask_bits) else {
+        return CCDMA_ERR_INVALID;
+    };
+    match layer.inner.attach(DeviceConfig::new(id, mask)) {
+        Ok(dev) => {
+            // SAFETY: checked non-null, large and aligned enough; the caller lends it.
+            unsafe { dev_mem.cast::<ccdma_device>().write(ccdma_device { inner: dev }) };
+            CCDMA_OK
+        }
+        Err(e) => code(&e),
+    }
+}
+
+/// Detach a device. Refused (`CCDMA_ERR_BUSY`) while it has live mappings or coherent buffers; the
+/// device stays attached and usable then. On success its memory is free.
+///
+/// # Safety
+/// `layer` is an initialised layer, `dev` a device attached to it by `ccdma_attach`, not used by any
+/// other call during this one.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_detach(layer: *const ccdma_layer, dev: *mut ccdma_device) -> c_int {
+    // SAFETY: null or an initialised layer.
+    let Some(layer) = (unsafe { layer.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if dev.is_null() {
+        return CCDMA_ERR_NULL;
+    }
+    // SAFETY: an attached device (contract); moved out, and written back if refused.
+    let d = unsafe { dev.read() };
+    match layer.inner.detach(d.inner) {
+        Ok(()) => CCDMA_OK,
+        Err(r) => {
+            let (inner, e) = r.into_parts();
+            // SAFETY: the same memory, handed back the device it held.
+            unsafe { dev.write(ccdma_device { inner }) };
+            code(&e)
+        }
+    }
+}
+
+/// Map `len` bytes at `ptr` for `dev` in direction `dir` (`CCDMA_TO_DEVICE`, ...); the device's
+/// address goes to `*bus`. Bounced buffers are copied in (to-device) or zeroed (from-device) here.
+///
+/// # Safety
+/// `layer` and `dev` as for `ccdma_detach` (any number of map/unmap calls may run concurrently);
+/// `ptr` is valid for reads (and, unless `dir` is to-device, writes) of `len` bytes until
+/// `ccdma_unmap`, and untouched meanwhile; `bus` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_map(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    ptr: *mut c_void,
+    len: usize,
+    dir: c_int,
+    bus: *mut u64,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if ptr.is_null() || bus.is_null() {
+        return CCDMA_ERR_NULL;
+    }
+    let Some(dir) = direction(dir) else {
+        return CCDMA_ERR_INVALID;
+    };
+    // SAFETY: the buffer is lent until unmap (contract).
+    match unsafe { layer.inner.map_ptr(&dev.inner, ptr.cast(), len, dir, DmaAttrs::NONE) } {
+        Ok(b) => {
+            // SAFETY: valid for a write (contract).
+            unsafe { bus.write(b.0) };
+            CCDMA_OK
+        }
+        Err(e) => code(&e),
+    }
+}
+
+/// Unmap what `ccdma_map` mapped at `bus`: `len` and `dir` as given then. From-device data is copied
+/// back to the buffer here, once, with the length the layer recorded.
+///
+/// # Safety
+/// As for `ccdma_map`; `bus` names a mapping this caller made on `dev` and that no other call unmaps.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_unmap(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    bus: u64,
+    len: usize,
+    dir: c_int,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    let Some(dir) = direction(dir) else {
+        return CCDMA_ERR_INVALID;
+    };
+    // SAFETY: our own mapping (contract).
+    result(unsafe { layer.inner.unmap(&dev.inner, BusAddr(bus), len, dir, DmaAttrs::NONE) })
+}
+
+/// One input buffer of a scatter-gather list.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ccdma_sg_in {
+    /// Start of the buffer.
+    pub ptr: *mut c_void,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// One DMA segment for the device.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ccdma_segment {
+    /// Bus address.
+    pub bus: u64,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// Map a scatter-gather list of `n` buffers. The list's record goes to `entries` (`entries_size`
+/// bytes, at least `n * CCDMA_SG_ENTRY_SIZE`, aligned to `CCDMA_SG_ENTRY_ALIGN`), which must stay
+/// untouched until `ccdma_unmap_sg`. The DMA segments go to `segs` (room for `n`), their number to
+/// `*nsegs` (at most `n`: buffers may be packed together). On error nothing stays mapped.
+///
+/// # Safety
+/// `layer` and `dev` as for `ccdma_map`; `sg` points to `n` entries whose buffers are lent as for
+/// `ccdma_map`; `entries` is valid for writes of `entries_size` bytes; `segs` for `n` segments; `nsegs`
+/// for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_map_sg(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    sg: *const ccdma_sg_in,
+    n: usize,
+    dir: c_int,
+    entries: *mut c_void,
+    entries_size: usize,
+    segs: *mut ccdma_segment,
+    nsegs: *mut usize,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if sg.is_null() || segs.is_null() || nsegs.is_null() {
+        return CCDMA_ERR_NULL;
+    }
+    if n == 0 {
+        return CCDMA_ERR_INVALID;
+    }
+    let Some(dir) = direction(dir) else {
+        return CCDMA_ERR_INVALID;
+    };
+    let Some(need) = n.checked_mul(size_of::<SgEntry<'static>>()) else {
+        return CCDMA_ERR_INVALID;
+    };
+    if let Err(e) = check_mem(entries, entries_size, need, align_of::<SgEntry<'static>>()) {
+        return e;
+    }
+    let list = entries.cast::<SgEntry<'static>>();
+    for i in 0..n {
+        // SAFETY: `sg` holds `n` entries (contract).
+        let input = unsafe { sg.add(i).read() };
+        if input.ptr.is_null() {
+            return CCDMA_ERR_NULL;
+        }
+        // SAFETY: the buffer is lent until unmap (contract); the entry memory was checked above
+        // (entries need no drop, so returning early leaves nothing behind).
+        unsafe { list.add(i).write(SgEntry::from_raw(input.ptr.cast(), input.len)) };
+    }
+    // SAFETY: `n` entries just initialised in memory the caller lends until `ccdma_unmap_sg`.
+    let inner: &mut [SgEntry<'static>] = unsafe { core::slice::from_raw_parts_mut(list, n) };
+    match layer.inner.map_sg(&dev.inner, inner, dir, DmaAttrs::NONE) {
+        Ok(count) => {
+            for (i, seg) in ccdma::sg::dma_segments(&inner[..count]).enumerate() {
+                // SAFETY: `segs` has room for `n >= count` segments (contract).
+                unsafe { segs.add(i).write(ccdma_segment { bus: seg.addr.0, len: seg.len }) };
+            }
+            // SAFETY: valid for a write (contract).
+            unsafe { nsegs.write(count) };
+            CCDMA_OK
+        }
+        Err(e) => code(&e),
+    }
+}
+
+/// Unmap a list mapped by `ccdma_map_sg`: the same `entries`, `n` and `dir`. From-device data is copied
+/// back here. On success the entries' memory is free.
+///
+/// # Safety
+/// As for `ccdma_map_sg`; `entries` holds the `n` entries that call initialised, and no other call
+/// uses them.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_unmap_sg(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    entries: *mut c_void,
+    n: usize,
+    dir: c_int,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if entries.is_null() {
+        return CCDMA_ERR_NULL;
+    }
+    if n == 0 || (entries as usize) % align_of::<SgEntry<'static>>() != 0 {
+        return CCDMA_ERR_INVALID;
+    }
+    let Some(dir) = direction(dir) else {
+        return CCDMA_ERR_INVALID;
+    };
+    // SAFETY: `n` entries initialised by `ccdma_map_sg` (contract).
+    let list: &mut [SgEntry<'static>] = unsafe { core::slice::from_raw_parts_mut(entries.cast(), n) };
+    result(layer.inner.unmap_sg(&dev.inner, list, dir, DmaAttrs::NONE))
+}
+
+/// Make `pages` pages at `phys` (page-aligned) a coherent buffer of `dev` in `buf_mem` (`buf_size`
+/// bytes, at least `CCDMA_COHERENT_SIZE`, aligned to `CCDMA_COHERENT_ALIGN`): zeroed, shared with the
+/// host in a confidential guest. Its CPU pointer goes to `*cpu`, the device's address to `*bus`.
+///
+/// # Safety
+/// `layer` and `dev` as for `ccdma_map`; the pages are guest RAM the caller owns and does not
+/// otherwise use until `ccdma_free_coherent` succeeds; `buf_mem` is valid for writes of `buf_size`
+/// bytes and used for nothing else until then; `cpu` and `bus` are valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_alloc_coherent(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    phys: u64,
+    pages: u64,
+    buf_mem: *mut c_void,
+    buf_size: usize,
+    cpu: *mut *mut c_void,
+    bus: *mut u64,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if cpu.is_null() || bus.is_null() {
+        return CCDMA_ERR_NULL;
+    }
+    if let Err(e) = check_mem(buf_mem, buf_size, size_of::<ccdma_coherent>(), align_of::<ccdma_coherent>()) {
+        return e;
+    }
+    // SAFETY: the pages are the caller's to give (contract).
+    match unsafe { layer.inner.alloc_coherent(&dev.inner, PhysAddr(phys), pages) } {
+        Ok(b) => {
+            // SAFETY: valid for writes (contract; `buf_mem` checked above).
+            unsafe {
+                cpu.write(b.cpu_ptr().as_ptr().cast());
+                bus.write(b.bus_addr().0);
+                buf_mem.cast::<ccdma_coherent>().write(ccdma_coherent { inner: b });
+            }
+            CCDMA_OK
+        }
+        Err(e) => code(&e),
+    }
+}
+
+/// Free a coherent buffer made by `ccdma_alloc_coherent`. If refused (`CCDMA_ERR_BUSY`,
+/// `CCDMA_ERR_MISUSE`, ...) the buffer stays allocated and can be freed later; `CCDMA_ERR_SHARING`
+/// means it was freed but some pages could not be made private again: never reuse them for private
+/// data.
+///
+/// # Safety
+/// `layer` and `dev` as for `ccdma_map`; `buf` holds a buffer of `dev` that no other call uses.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_free_coherent(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    buf: *mut ccdma_coherent,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if buf.is_null() {
+        return CCDMA_ERR_NULL;
+    }
+    // SAFETY: a live buffer (contract); moved out, and written back if refused.
+    let b = unsafe { buf.read() };
+    match layer.inner.free_coherent(&dev.inner, b.inner) {
+        Ok(()) => CCDMA_OK,
+        Err(FreeError::Refused(r)) => {
+            let (inner, e) = r.into_parts();
+            // SAFETY: the same memory, handed back the buffer it held.
+            unsafe { buf.write(ccdma_coherent { inner }) };
+            code(&e)
+        }
+        Err(FreeError::Quarantined(e)) => code(&e),
+    }
+}
