@@ -32,6 +32,32 @@ impl<T: Transport> PlatformAccessTransport<T> {
     }
 }
 
+/// A managed device's transport, wrapped, once it offers `VIRTIO_F_ACCESS_PLATFORM` (its DMA must go
+/// through the IOMMU for ccdma's windows to mean anything); `None`, with `<name>.init` failed in the
+/// report, when the transport could not be opened or the device does not offer it.
+pub fn managed<T: Transport, E: core::fmt::Display>(
+    report: &mut crate::report::Report,
+    name: &str,
+    opened: core::result::Result<T, E>,
+) -> Option<PlatformAccessTransport<T>> {
+    let transport = match opened {
+        Ok(transport) => transport,
+        Err(error) => {
+            report.fail(format_args!("{name}.init"), format_args!("PCI transport: {error}"));
+            return None;
+        }
+    };
+    let mut transport = PlatformAccessTransport::new(transport);
+    if !transport.offers_access_platform() {
+        report.fail(
+            format_args!("{name}.init"),
+            "device does not offer VIRTIO_F_ACCESS_PLATFORM (iommu_platform=on missing)",
+        );
+        return None;
+    }
+    Some(transport)
+}
+
 impl<T: Transport> Transport for PlatformAccessTransport<T> {
     fn device_type(&self) -> DeviceType {
         self.inner.device_type()

@@ -7,7 +7,7 @@ use ccdma_qemu_common::direct::DirectHal;
 use ccdma_qemu_common::net::{NetError, Nic};
 use ccdma_qemu_common::report::Report;
 use ccdma_qemu_common::rng::VirtioRng;
-use ccdma_qemu_common::transport::PlatformAccessTransport;
+use ccdma_qemu_common::transport::{self, PlatformAccessTransport};
 use ccdma_qemu_common::virtio::blk::VirtioBlk;
 use ccdma_qemu_common::virtio::net::VirtioNet;
 use ccdma_qemu_common::virtio::pci::PciTransport;
@@ -287,21 +287,7 @@ where
     E: fmt::Display,
 {
     let function = function_at(report, pci, slot, B::NAME)?;
-    let transport = match PciTransport::new(pci.cam(), function) {
-        Ok(transport) => transport,
-        Err(error) => {
-            report.fail(format_args!("{}.init", B::NAME), format_args!("PCI transport: {error}"));
-            return None;
-        }
-    };
-    let mut transport = PlatformAccessTransport::new(transport);
-    if !transport.offers_access_platform() {
-        report.fail(
-            format_args!("{}.init", B::NAME),
-            "no VIRTIO_F_ACCESS_PLATFORM (iommu_platform=on missing)",
-        );
-        return None;
-    }
+    let transport = transport::managed(report, B::NAME, PciTransport::new(pci.cam(), function))?;
     let id = pci::config_address(function);
     let (start, end) = slice_of(slot);
     PLATFORM.tce_calls().register(id, start, end);

@@ -15,7 +15,7 @@ use crate::pci::{PciBus, RequesterId};
 use crate::platform::PLATFORM;
 use crate::report::Report;
 use crate::rng::VirtioRng;
-use crate::transport::PlatformAccessTransport;
+use crate::transport::{self, PlatformAccessTransport};
 
 use super::survey::Found;
 use super::{
@@ -80,21 +80,7 @@ where
     B: KernelBinding,
     E: fmt::Display,
 {
-    let transport = match pci.managed_transport(function) {
-        Ok(transport) => transport,
-        Err(error) => {
-            report.fail(format_args!("{}.init", B::NAME), format_args!("PCI transport: {error}"));
-            return None;
-        }
-    };
-    let mut transport = PlatformAccessTransport::new(transport);
-    if !transport.offers_access_platform() {
-        report.fail(
-            format_args!("{}.init", B::NAME),
-            "device does not offer VIRTIO_F_ACCESS_PLATFORM (iommu_platform=on missing)",
-        );
-        return None;
-    }
+    let transport = transport::managed(report, B::NAME, pci.managed_transport(function))?;
     let id = u32::from(RequesterId::from(function).0);
     let domain = if PLATFORM.iommu().present() {
         match PLATFORM.iommu().register(id) {
