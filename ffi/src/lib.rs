@@ -99,6 +99,7 @@ fn code(e: &DmaError) -> c_int {
         | E::InvalidSegmentBoundary(_)
         | E::ZeroMaxSegment
         | E::InvalidMaxDomains(_)
+        | E::InvalidListPages(_)
         | E::RangeStorageTooSmall { .. }
         | E::BadWindowGeometry { .. }
         | E::CoherentUnaligned { .. }

@@ -63,6 +63,8 @@ pub enum DmaError {
     ZeroMaxSegment,
     /// `max_domains` not in 1..=16.
     InvalidMaxDomains(usize),
+    /// A per-CPU list page count not in `1..=MAX_LIST_PAGES` (`TceBatching::PerCpuPages`).
+    InvalidListPages(usize),
     /// The bus-range storage given to `enable_iommu` holds fewer than 4 ranges per domain.
     RangeStorageTooSmall {
         /// Ranges needed.
@@ -262,6 +264,9 @@ impl fmt::Display for DmaError {
             DmaError::InvalidSegmentBoundary(m) => write!(f, "segment boundary mask {m:#x} is not 2^n - 1"),
             DmaError::ZeroMaxSegment => write!(f, "max segment size is zero"),
             DmaError::InvalidMaxDomains(n) => write!(f, "max_domains {n} is not in 1..=16"),
+            DmaError::InvalidListPages(n) => {
+                write!(f, "{n} list pages is not in 1..={}", crate::iommu::MAX_LIST_PAGES)
+            }
             DmaError::RangeStorageTooSmall { needed, provided } => {
                 write!(f, "bus range storage holds {provided} ranges, needs {needed}")
             }

@@ -131,7 +131,7 @@ pub use coherent::{CoherentBuffer, FreeError};
 pub use device::{Device, DeviceConfig, LiveCounts};
 pub use direction::{DmaAttrs, DmaDirection};
 pub use error::{DmaError, IommuError, Refused, SharingErrorKind};
-pub use iommu::{IommuConfig, IommuPolicy, IommuStatsSnapshot, TceCalls, VerifyPolicy};
+pub use iommu::{IommuConfig, IommuPolicy, IommuStatsSnapshot, TceBatching, TceCalls, VerifyPolicy};
 pub use layer::DmaLayer;
 pub use mapping::Mapping;
 pub use path::{DdwOutcome, DmaPath, PathReason};

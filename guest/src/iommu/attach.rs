@@ -12,9 +12,9 @@ use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS, MAX_GLOBAL_RESERVATI
 use super::counters::IommuStatsSnapshot;
 use super::domain::{DomainInfo, DomainRef, DomainSlot, Iommu, CLAIMED, DETACHING, FREE, READY, SETUP};
 use super::error::IommuError;
-use super::tce::{ListPage, TceWriter};
+use super::tce::TceWriter;
 use super::window::WindowGeometry;
-use crate::addr::{BusAddr, PAGE_SIZE};
+use crate::addr::BusAddr;
 use crate::device::{Device, DeviceConfig};
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
@@ -28,11 +28,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     ///
     /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
     /// (each domain's share bounds its live strict mappings, coherent buffers and reservations).
-    /// With `cfg.list_page` the page is zeroed and shared here, once.
+    /// The list pages of `cfg.batching` ([`TceBatching`](super::config::TceBatching)), if any, are
+    /// zeroed and shared here, once (a failed share is rolled back and nothing is enabled).
     ///
     /// # Safety
-    /// `cfg.list_page`, if any, must be a page of guest RAM that nothing else uses for as long as the
-    /// layer lives.
+    /// The list pages of `cfg.batching`, if any (the page of `SharedPage`, the `count` contiguous
+    /// pages from `first` of `PerCpuPages`), must be guest RAM that nothing else uses for as long as
+    /// the layer lives.
     pub unsafe fn enable_iommu(
         &mut self,
         cfg: IommuConfig,
@@ -51,24 +53,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 provided: ranges.len(),
             });
         }
-        let list = match cfg.list_page {
-            None => None,
-            Some(phys) => {
-                if !phys.is_page_aligned() {
-                    return Err(DmaError::Unaligned { addr: phys.0, align: PAGE_SIZE });
-                }
-                let cpu =
-                    self.platform.cpu_ptr(phys, PAGE_SIZE as usize).ok_or(DmaError::NoCpuMapping(phys))?;
-                // SAFETY: the caller gives us the page for the layer's life; zeroing it before sharing
-                // keeps whatever private data it held from the hypervisor.
-                unsafe { core::ptr::write_bytes(cpu.as_ptr(), 0, PAGE_SIZE as usize) };
-                if self.platform.is_confidential() {
-                    self.share_pages(phys, 1)?;
-                }
-                // SAFETY: as above: the page is the layer's alone from now on.
-                Some(unsafe { ListPage::new(phys, cpu) })
-            }
-        };
+        let list = self.enable_list_pages(cfg.batching)?;
         let mut rest = ranges;
         let domains = core::array::from_fn(|i| {
             if i < cfg.max_domains {
@@ -88,19 +73,16 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         Ok(())
     }
 
-    /// Turn the IOMMU path off again: every device must be detached. The list page is made private
+    /// Turn the IOMMU path off again: every device must be detached. The list pages are made private
     /// again (quarantined if that fails).
     pub fn disable_iommu(&mut self) -> Result<(), DmaError> {
         let Some(iommu) = &self.iommu else { return Ok(()) };
         if iommu.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE) {
             return Err(DmaError::DomainsInUse);
         }
-        let list = iommu.list.as_ref().map(|l| l.phys);
+        let list = iommu.list.as_ref().map(|l| l.range());
         self.iommu = None;
-        match list {
-            Some(phys) if self.platform.is_confidential() => self.unshare_pages(phys, 1),
-            _ => Ok(()),
-        }
+        self.release_list_pages(list)
     }
 
     /// True when some device holds an IOMMU domain, or entries that could not be cleared may still
@@ -138,6 +120,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             list: iommu.and_then(|i| i.list.as_ref()),
             verify: iommu.map_or(VerifyPolicy::All, |i| i.cfg.verify),
             counters: &self.iommu_counters,
+            cpu: iommu.and_then(|i| i.list.as_ref()).and_then(|_| self.platform.cpu_hint()),
         }
     }
 

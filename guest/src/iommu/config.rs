@@ -1,4 +1,5 @@
-//! How a layer uses the IOMMU: premapped or strict, read-back, DDW, domain count, list page.
+//! How a layer uses the IOMMU: premapped or strict, read-back, DDW, domain count, how entries are
+//! batched ([`TceBatching`]).
 
 use crate::addr::PhysAddr;
 
@@ -26,6 +27,53 @@ pub enum VerifyPolicy {
     All,
 }
 
+/// Most per-CPU list pages [`TceBatching::PerCpuPages`] takes.
+pub const MAX_LIST_PAGES: usize = 64;
+
+/// How a layer hands entries to the hypervisor, chosen per layer. The entries themselves are never
+/// secret from the hypervisor (it must see them to program the IOMMU, whichever call carries them);
+/// what differs is which guest pages are shared for good, how many hypercalls a mapping costs and
+/// whether CPUs wait on one another.
+///
+/// | choice | shared for the layer's life | map `n` entries | clear | CPUs wait on each other |
+/// |---|---|---|---|---|
+/// | `PerEntry` | nothing | `n` x `H_PUT_TCE` | `H_STUFF_TCE` per 512 | never |
+/// | `PerCpuPages` | `count` list pages | `H_PUT_TCE_INDIRECT` per 512 | `H_STUFF_TCE` per 512 | never (try-lock, fall back) |
+/// | `SharedPage` | 1 list page | `H_PUT_TCE_INDIRECT` per 512 | `H_STUFF_TCE` per 512 | yes: one lock for every indirect call |
+///
+/// A list page holds only entries, and the layer only ever enters memory that is shared already
+/// (pool slots, coherent buffers) or is no RAM at all (a peer's BAR): the page tells the hypervisor
+/// nothing it does not learn from the call anyway. Its exposure is the page itself: 4 KiB of guest
+/// memory that the hypervisor may read and write at any time while the layer lives (the layer only
+/// writes it, never reads it back), and a page that must be made private again at
+/// [`crate::DmaLayer::disable_iommu`] (quarantined if that fails). A platform without
+/// `H_PUT_TCE_INDIRECT` (`TceCalls::indirect_available` false) gets per-entry calls whatever the
+/// choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TceBatching {
+    /// No list page at all, as Linux does in a secure guest: one `H_PUT_TCE` per entry to map,
+    /// `H_STUFF_TCE` (one per 512 entries) to clear. Shares nothing beyond the pools and coherent
+    /// buffers; costs one hypercall per IOMMU page mapped.
+    PerEntry,
+    /// `count` (1..=[`MAX_LIST_PAGES`]) contiguous pages from `first`, zeroed and shared at
+    /// [`crate::DmaLayer::enable_iommu`], made private again at `disable_iommu`. A batch uses the page
+    /// of the CPU it runs on ([`crate::Platform::cpu_hint`], page `cpu % count`; page 0 first without a
+    /// hint), taken with a try-lock: a batch whose page is busy (two callers on one CPU, or no hint)
+    /// takes the next free page, and when every page is busy writes that entry with `H_PUT_TCE`
+    /// instead of waiting (both counted in [`crate::iommu::IommuStatsSnapshot`]). Exposure: `count`
+    /// pages shared.
+    PerCpuPages {
+        /// Guest physical address of the first page (4 KiB aligned).
+        first: PhysAddr,
+        /// Pages, one per CPU that maps concurrently.
+        count: usize,
+    },
+    /// One list page for the whole layer, zeroed and shared at `enable_iommu`: every indirect call
+    /// of every CPU takes its one lock, so CPUs mapping at once wait on each other. Exposure: one
+    /// page shared.
+    SharedPage(PhysAddr),
+}
+
 /// Most devices (domains) with IOMMU state one layer can serve.
 pub const MAX_DOMAINS: usize = 16;
 /// Most reservations [`crate::DmaLayer::reserve_bus_range`] keeps for domains created later.
@@ -42,31 +90,45 @@ pub struct IommuConfig {
     pub use_ddw: bool,
     /// Domains to prepare (1..=[`MAX_DOMAINS`]); the range storage is split evenly between them.
     pub max_domains: usize,
-    /// A private page the layer shares once and uses as the `H_PUT_TCE_INDIRECT` list (it only ever
-    /// holds entries, which name pool and coherent pages that are shared anyway). `None`: one
-    /// `H_PUT_TCE` per entry.
-    pub list_page: Option<PhysAddr>,
+    /// How entries reach the hypervisor: one call per entry, per-CPU list pages, or one list page
+    /// for the layer ([`TceBatching`], which says what each one shares and costs).
+    pub batching: TceBatching,
 }
 
 impl IommuConfig {
-    /// Premapped, read-back of the ends of every call, DDW allowed, 8 domains, no list page.
+    /// Premapped, read-back of the ends of every call, DDW allowed, 8 domains, no list page (one
+    /// `H_PUT_TCE` per entry: [`TceBatching::PerEntry`]).
     pub const fn premapped() -> IommuConfig {
         IommuConfig {
             policy: IommuPolicy::Premapped,
             verify: VerifyPolicy::Ends,
             use_ddw: true,
             max_domains: 8,
-            list_page: None,
+            batching: TceBatching::PerEntry,
         }
     }
     /// As [`IommuConfig::premapped`] with the strict policy.
     pub const fn strict() -> IommuConfig {
         IommuConfig { policy: IommuPolicy::Strict, ..IommuConfig::premapped() }
     }
-    /// Builder: the indirect list page.
+    /// Builder: one indirect list page for the whole layer ([`TceBatching::SharedPage`]).
     pub const fn with_list_page(mut self, page: PhysAddr) -> Self {
-        self.list_page = Some(page);
+        self.batching = TceBatching::SharedPage(page);
         self
+    }
+    /// Builder: how entries are batched.
+    pub const fn with_batching(mut self, batching: TceBatching) -> Self {
+        self.batching = batching;
+        self
+    }
+    /// The list page(s) the layer shares: `(first, count)`, contiguous; `None` for
+    /// [`TceBatching::PerEntry`].
+    pub const fn list_pages(&self) -> Option<(PhysAddr, usize)> {
+        match self.batching {
+            TceBatching::PerEntry => None,
+            TceBatching::SharedPage(p) => Some((p, 1)),
+            TceBatching::PerCpuPages { first, count } => Some((first, count)),
+        }
     }
     /// Builder: verification.
     pub const fn with_verify(mut self, verify: VerifyPolicy) -> Self {

@@ -25,6 +25,9 @@ pub(crate) struct IommuCounters {
     pub deferred_attaches: AtomicU64,
     pub native_maps: AtomicU64,
     pub native_unmaps: AtomicU64,
+    pub list_page_busy: AtomicU64,
+    pub list_page_fallbacks: AtomicU64,
+    pub list_page_waits: AtomicU64,
     /// Entries that could not be cleared may name pool pages: the pools must stay shared for good.
     pub pools_pinned: AtomicBool,
 }
@@ -72,6 +75,12 @@ pub struct IommuStatsSnapshot {
     pub native_maps: u64,
     /// Unmap requests to a native (range) backend.
     pub native_unmaps: u64,
+    /// Per-CPU list pages: batches whose own CPU's page was busy and that took another page.
+    pub list_page_busy: u64,
+    /// Per-CPU list pages: entries written with `H_PUT_TCE` because every list page was busy.
+    pub list_page_fallbacks: u64,
+    /// One shared list page: batches that found it held by another CPU and waited.
+    pub list_page_waits: u64,
 }
 
 impl IommuStatsSnapshot {
@@ -105,6 +114,9 @@ impl IommuCounters {
             deferred_attaches: l(&self.deferred_attaches),
             native_maps: l(&self.native_maps),
             native_unmaps: l(&self.native_unmaps),
+            list_page_busy: l(&self.list_page_busy),
+            list_page_fallbacks: l(&self.list_page_fallbacks),
+            list_page_waits: l(&self.list_page_waits),
         }
     }
 }

@@ -12,7 +12,7 @@ use spin::Mutex;
 
 use super::bus_space::{BusRange, BusSpace};
 use super::config::{IommuConfig, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS};
-use super::tce::ListPage;
+use super::list_pages::ListPages;
 use super::window::WindowGeometry;
 use crate::addr::BusAddr;
 use crate::path::{DmaPath, PathReason};
@@ -115,7 +115,7 @@ impl<'m> DomainSlot<'m> {
 pub(crate) struct Iommu<'m> {
     pub cfg: IommuConfig,
     pub domains: [Option<DomainSlot<'m>>; MAX_DOMAINS],
-    pub list: Option<ListPage>,
+    pub list: Option<ListPages>,
     /// Reservations applied to every domain set up later (and to those live when they were made).
     pub reservations: Mutex<([(u64, u64); MAX_GLOBAL_RESERVATIONS], usize)>,
 }

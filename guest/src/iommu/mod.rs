@@ -6,7 +6,7 @@
 //! windows and entries; nothing here knows which of those it runs on.
 //!
 //! Pieces: [`bus_space`] (a bus-address allocator per device with exact reservations), [`tce`] (entry
-//! programming: batching through one shared list page, bounded busy retry, read-back verification),
+//! programming: batching through list pages (`list_pages`: one for the layer or one per CPU), bounded busy retry, read-back verification),
 //! `domain` (per-device windows and their set-up), and the layer integration in `attach`/`map`.
 
 pub mod backend;
@@ -16,6 +16,7 @@ pub mod config;
 pub(crate) mod counters;
 pub(crate) mod domain;
 pub mod error;
+pub(crate) mod list_pages;
 pub mod tce;
 pub mod window;
 
@@ -28,7 +29,9 @@ pub use bus_space::{BusRange, RangeKind};
 pub use calls::{
     hcall, DdwQuery, TceCalls, DDW_PAGE_SIZES, TCE_LIST_ENTRIES, TCE_PCI_READ, TCE_PCI_WRITE, TCE_STUFF_BATCH,
 };
-pub use config::{IommuConfig, IommuPolicy, VerifyPolicy, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS};
+pub use config::{
+    IommuConfig, IommuPolicy, TceBatching, VerifyPolicy, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS, MAX_LIST_PAGES,
+};
 pub use counters::IommuStatsSnapshot;
 pub use error::{IommuError, PutFailure};
 pub use window::WindowGeometry;

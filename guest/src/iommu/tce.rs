@@ -1,52 +1,34 @@
-//! Writing and clearing translation entries: batched through one shared list page when the platform
-//! has `H_PUT_TCE_INDIRECT`, one `H_PUT_TCE` per entry otherwise; busy answers retried a bounded number
-//! of times; entries read back where the [`VerifyPolicy`] asks, because a hypervisor may report
-//! success without acting.
+//! Writing and clearing translation entries: batched through a list page (the layer's one page, or
+//! the caller's CPU's, as [`TceBatching`](super::config::TceBatching) chose) when the platform has
+//! `H_PUT_TCE_INDIRECT`, one `H_PUT_TCE` per entry otherwise; cleared with `H_STUFF_TCE`; busy
+//! answers retried a bounded number of times; entries read back where the [`VerifyPolicy`] asks,
+//! because a hypervisor may report success without acting.
 
-use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
-
-use spin::Mutex;
 
 use super::calls::hcall::{is_busy, H_SUCCESS};
 use super::calls::{TceCalls, TCE_LIST_ENTRIES, TCE_STUFF_BATCH};
 use super::config::VerifyPolicy;
 use super::counters::IommuCounters;
 use super::error::{IommuError, PutFailure};
+use super::list_pages::ListPages;
 use super::window::WindowGeometry;
-use crate::addr::PhysAddr;
 
 /// Busy answers retried per call before giving up with [`IommuError::Busy`].
 pub const MAX_BUSY_RETRIES: u32 = 16;
 
-/// The one page of `H_PUT_TCE_INDIRECT` entries, shared with the hypervisor once at set-up. One lock
-/// serialises its users: a batch of up to 512 entries is written and handed over under it.
-pub(crate) struct ListPage {
-    pub phys: PhysAddr,
-    cpu: NonNull<u8>,
-    lock: Mutex<()>,
-}
-
-// SAFETY: the page belongs to the layer for its whole life (the caller handed it over at
-// `enable_iommu`); every write to it happens under `lock`.
-unsafe impl Send for ListPage {}
-// SAFETY: as above.
-unsafe impl Sync for ListPage {}
-
-impl ListPage {
-    /// # Safety
-    /// `cpu` must point to a 4 KiB page the layer owns alone for as long as the `ListPage` lives.
-    pub(crate) unsafe fn new(phys: PhysAddr, cpu: NonNull<u8>) -> ListPage {
-        ListPage { phys, cpu, lock: Mutex::new(()) }
-    }
-}
-
-/// Entry programming for one call site: the platform's calls, the optional list page, the policy.
+/// Entry programming for one call site: the platform's calls, the list pages (none in
+/// [`TceBatching::PerEntry`](super::config::TceBatching::PerEntry)), the policy.
+///
+/// Every entry a caller hands [`TceWriter::put_entries`] may be written into a shared list page, so
+/// it must name memory that is shared already (pool slots, coherent buffers) or no RAM at all.
 pub(crate) struct TceWriter<'a> {
     pub calls: &'a dyn TceCalls,
-    pub list: Option<&'a ListPage>,
+    pub list: Option<&'a ListPages>,
     pub verify: VerifyPolicy,
     pub counters: &'a IommuCounters,
+    /// The caller's CPU (`Platform::cpu_hint`): which per-CPU list page it tries first.
+    pub cpu: Option<usize>,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -157,25 +139,25 @@ impl TceWriter<'_> {
         while *done < npages {
             let at = ioba + (*done << win.page_shift);
             let base = *done;
-            match list {
-                Some(list) => {
+            // A page for this batch: waited for (one shared page), or tried (per CPU) and none when
+            // every page is busy: then this entry goes alone, and the next one tries again.
+            match list.and_then(|l| l.acquire(self.cpu, self.counters)) {
+                Some(mut page) => {
                     let n = (npages - base).min(TCE_LIST_ENTRIES as u64);
-                    let guard = list.lock.lock();
-                    for i in 0..n {
-                        let p = list.cpu.as_ptr().cast::<u64>();
-                        // SAFETY: the list page is ours (ListPage::new contract), 4 KiB aligned, and
-                        // `i < 512`; we hold its lock. Volatile: the hypervisor reads it.
-                        unsafe { p.add(i as usize).write_volatile(entry(base + i).to_be()) };
-                    }
+                    page.fill(n, |i| entry(base + i));
+                    let phys = page.phys();
                     let r = self.retry(&self.counters.put_indirect, || {
-                        self.calls.h_put_tce_indirect(win.liobn, at, list.phys, n)
+                        self.calls.h_put_tce_indirect(win.liobn, at, phys, n)
                     });
-                    drop(guard);
+                    drop(page);
                     r?;
                     self.check(win, at, n, |i| entry(base + i))?;
                     *done += n;
                 }
                 None => {
+                    if list.is_some() {
+                        bump(&self.counters.list_page_fallbacks, 1);
+                    }
                     let v = entry(base);
                     self.retry(&self.counters.put_tce, || self.calls.h_put_tce(win.liobn, at, v))?;
                     self.check(win, at, 1, |_| v)?;
