@@ -8,6 +8,18 @@ use ccdma::{BusAddr, MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platfo
 
 use crate::{Hypervisor, Personality};
 
+thread_local! {
+    static CPU_HINT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+impl Hypervisor {
+    /// The CPU number [`Platform::cpu_hint`] answers on the calling thread (`None`, the default: no
+    /// hint). Tests give two threads the same CPU to show that nothing rests on the hint.
+    pub fn set_cpu_hint(cpu: Option<usize>) {
+        CPU_HINT.with(|c| c.set(cpu));
+    }
+}
+
 impl MemorySharing for Hypervisor {
     fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
         match self.config().personality {
@@ -47,6 +59,9 @@ impl Platform for Hypervisor {
     }
     fn shared_phys_addr(&self, bus: BusAddr) -> PhysAddr {
         self.config().bus_encoding.phys(bus)
+    }
+    fn cpu_hint(&self) -> Option<usize> {
+        CPU_HINT.with(|c| c.get())
     }
     fn tce(&self) -> Option<&dyn ccdma::TceCalls> {
         self.iommu.enabled().then_some(self as &dyn ccdma::TceCalls)

@@ -6,8 +6,9 @@
 //! partially succeed, answer busy, or report success without acting.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ccdma::iommu::hcall::{H_FUNCTION, H_NOT_ENOUGH_RESOURCES, H_PARAMETER, H_SUCCESS};
 use ccdma::iommu::{DdwQuery, TceCalls, WindowGeometry, DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
@@ -129,6 +130,11 @@ pub struct TceCounters {
     pub tables: usize,
     /// DDWs existing now.
     pub ddws: usize,
+    /// `H_PUT_TCE_INDIRECT` entries (in a secure guest) that named RAM which was not shared: the
+    /// guest put a private address into a shared list page. A correct guest: never.
+    pub listed_private_entries: u64,
+    /// `H_PUT_TCE_INDIRECT` calls (in a secure guest) refused because the list page was not shared.
+    pub unshared_lists: u64,
 }
 
 /// A window as the model reports it.
@@ -167,6 +173,8 @@ pub(crate) struct IommuState {
     next_liobn: u32,
     entries_written: u64,
     entries_cleared: u64,
+    listed_private_entries: u64,
+    unshared_lists: u64,
 }
 
 /// The IOMMU part of the model (off until [`Hypervisor::enable_iommu`]).
@@ -174,6 +182,8 @@ pub(crate) struct IommuState {
 pub(crate) struct IommuModel {
     enabled: AtomicBool,
     state: Arc<Mutex<IommuState>>,
+    /// Time every TCE hypercall takes outside the model's lock (see `set_tce_call_latency`).
+    latency_ns: AtomicU64,
 }
 
 impl IommuModel {
@@ -303,6 +313,8 @@ impl Hypervisor {
             live_entries: st.tables.values().map(|t| t.entries.len() as u64).sum(),
             tables: st.tables.len(),
             ddws: st.tables.values().filter(|t| t.ddw).count(),
+            listed_private_entries: st.listed_private_entries,
+            unshared_lists: st.unshared_lists,
         }
     }
 
@@ -356,7 +368,21 @@ impl Hypervisor {
             .count()
     }
 
+    /// Make every TCE hypercall take `latency` (spun outside the model's lock, so calls of several
+    /// threads overlap as a hypervisor serving several vCPUs does): the exit, entry and table work a
+    /// real call costs. Zero (the default): calls cost what the model's bookkeeping costs.
+    pub fn set_tce_call_latency(&self, latency: Duration) {
+        self.iommu.latency_ns.store(latency.as_nanos() as u64, Ordering::Relaxed);
+    }
+
     fn tce_enter(&self, kind: CallKind) -> Option<Injection> {
+        let ns = self.iommu.latency_ns.load(Ordering::Relaxed);
+        if ns > 0 {
+            let until = Instant::now() + Duration::from_nanos(ns);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
         self.calls.enter(kind)
     }
 }
@@ -424,13 +450,32 @@ impl TceCalls for Hypervisor {
             return H_PARAMETER;
         }
         // In a secure guest the hypervisor can read only shared pages.
-        if self.config().confidential && self.mem.state(list.0) != PageState::Shared {
+        let secure = self.config().confidential;
+        if secure && self.mem.state(list.0) != PageState::Shared {
+            st.unshared_lists += 1;
             return H_PARAMETER;
         }
         let bytes = self.mem.read(list.0, PAGE as usize);
         let Ok(entries) = TceList::ref_from_bytes(&bytes[..]) else { return H_PARAMETER };
         let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
         let page = table.geometry.page_size();
+        if secure {
+            // What the guest wrote into shared memory: an entry naming RAM that is not shared tells
+            // the host a private address (the call itself goes on; the counter is the finding).
+            let private = (0..count)
+                .map(|i| entries.entries[i as usize].get())
+                .filter(|&tce| tce & (TCE_PCI_READ | TCE_PCI_WRITE) != 0)
+                .filter(|&tce| {
+                    let phys = tce & !(page - 1);
+                    (0..page / PAGE).any(|k| {
+                        let p = phys + k * PAGE;
+                        self.mem.contains(p, PAGE) && self.mem.state(p) != PageState::Shared
+                    })
+                })
+                .count() as u64;
+            st.listed_private_entries += private;
+        }
+        let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
         let mut todo = Vec::with_capacity(count as usize);
         for i in 0..count {
             let tce = entries.entries[i as usize].get();

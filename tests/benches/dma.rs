@@ -256,8 +256,13 @@ impl Fixture {
         let mut layer = DmaLayer::new(hv);
         add_pool(&mut layer, MID_POOL, 16 * MIB, PoolConfig::default()).expect("pool");
         let list = hv.alloc(4096, Region::Low);
-        let cfg =
-            IommuConfig { policy, verify, use_ddw: true, max_domains: 1, list_page: Some(PhysAddr(list)) };
+        let cfg = IommuConfig {
+            policy,
+            verify,
+            use_ddw: true,
+            max_domains: 1,
+            batching: ccdma::TceBatching::SharedPage(PhysAddr(list)),
+        };
         // SAFETY: the list page is a fresh allocation nothing else uses.
         unsafe { layer.enable_iommu(cfg, vec![BusRange::EMPTY; 256].leak()) }.expect("iommu");
         Fixture::with_device(hv, layer, bits, expect)

@@ -60,8 +60,13 @@ fn fixture_with(
         hv.enable_iommu(TceConfig { indirect, ..TceConfig::default() });
         hv.add_iommu_device(1, bits);
         let list = hv.alloc(4096, Region::Low);
-        let cfg =
-            IommuConfig { policy, verify, use_ddw: true, max_domains: 1, list_page: Some(PhysAddr(list)) };
+        let cfg = IommuConfig {
+            policy,
+            verify,
+            use_ddw: true,
+            max_domains: 1,
+            batching: ccdma::TceBatching::SharedPage(PhysAddr(list)),
+        };
         // SAFETY: the list page is a fresh allocation nothing else uses.
         unsafe { layer.enable_iommu(cfg, vec![BusRange::EMPTY; 1024].leak()) }.expect("iommu");
     } else {

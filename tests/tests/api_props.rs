@@ -1474,7 +1474,9 @@ fn run_build(case: &BuildCase) -> Result<(), TestCaseError> {
         hv.enable_iommu(tce_for(kind));
         let cfg = IommuConfig {
             max_domains: case.max_domains,
-            list_page: case.list_page.map(ccdma::PhysAddr),
+            batching: case
+                .list_page
+                .map_or(ccdma::TceBatching::PerEntry, |p| ccdma::TceBatching::SharedPage(ccdma::PhysAddr(p))),
             ..if kind == Kind::Strict { IommuConfig::strict() } else { IommuConfig::premapped() }
         };
         // SAFETY: the list page is 0x4000_0000 (RAM nothing else uses here) or arbitrary (outside

@@ -151,7 +151,7 @@ fn scenario(plan: Option<(CallKind, u64)>) -> (Vec<String>, Vec<(CallKind, u64)>
         verify: VerifyPolicy::Ends,
         use_ddw: true,
         max_domains: 4,
-        list_page: Some(PhysAddr(list)),
+        batching: ccdma::TceBatching::SharedPage(PhysAddr(list)),
     };
     // SAFETY: the list page is a fresh allocation the test never touches.
     if let Err(e) = unsafe { run.layer.enable_iommu(cfg, vec![BusRange::EMPTY; 4 * 64].leak()) } {

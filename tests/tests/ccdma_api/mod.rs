@@ -46,7 +46,7 @@ pub unsafe fn add_pool(
 /// Enable the IOMMU path with `ranges` bus-range slots of storage (leaked).
 ///
 /// # Safety
-/// `cfg.list_page`, if any, must be a page of guest RAM nothing else uses for the life of the layer.
+/// The list pages of `cfg.batching`, if any, must be guest RAM nothing else uses for the life of the layer.
 pub unsafe fn enable_iommu(layer: &mut Layer, cfg: IommuConfig, ranges: usize) -> Result<(), DmaError> {
     let storage: &'static mut [BusRange] = vec![BusRange::EMPTY; ranges].leak();
     // SAFETY: forwarded from the caller.

@@ -74,7 +74,7 @@ pub fn iommu_guest(opts: Opts) -> IommuGuest {
         verify: opts.verify,
         use_ddw: true,
         max_domains: 8,
-        list_page: Some(PhysAddr(list_page)),
+        batching: ccdma::TceBatching::SharedPage(PhysAddr(list_page)),
     };
     let ranges = vec![BusRange::EMPTY; 8 * 512].leak();
     // SAFETY: the list page is a fresh allocation the test never touches.
