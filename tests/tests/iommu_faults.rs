@@ -1,4 +1,5 @@
-//! Fault-injection sweep over the IOMMU path: a standard scenario (pool, list page, three devices on
+//! Fault-injection sweep over the IOMMU path, once per TCE batching (no list page, per-CPU pages, one
+//! shared page): a standard scenario (pool, list pages, three devices on
 //! the three paths, strict and premapped maps each way, a coherent buffer, detach, teardown) is run
 //! once clean to count the calls of every kind, then once per (call kind, call index) with that one
 //! call failing. Every operation that fails must change nothing (or, for a failed unshare, quarantine
@@ -125,14 +126,25 @@ impl Run {
     }
 }
 
+/// The list pages of the sweep: none, two per-CPU pages, or today's single page.
+const BATCHINGS: [&str; 3] = ["per-entry", "per-cpu", "shared-page"];
+
+fn batching(name: &str, list: u64) -> ccdma::TceBatching {
+    match name {
+        "per-entry" => ccdma::TceBatching::PerEntry,
+        "per-cpu" => ccdma::TceBatching::PerCpuPages { first: PhysAddr(list), count: 2 },
+        _ => ccdma::TceBatching::SharedPage(PhysAddr(list)),
+    }
+}
+
 /// The standard scenario; returns the operations that failed and the calls made, per kind.
-fn scenario(plan: Option<(CallKind, u64)>) -> (Vec<String>, Vec<(CallKind, u64)>) {
+fn scenario(plan: Option<(CallKind, u64)>, batch: &str) -> (Vec<String>, Vec<(CallKind, u64)>) {
     let hv = model(HvConfig::pseries(6 * GIB));
     hv.enable_iommu(TceConfig { reserved: RESERVED.to_vec(), ..TceConfig::default() });
     for (id, bits) in [(1, 64), (2, 32), (3, 21)] {
         hv.add_iommu_device(id, bits);
     }
-    let list = hv.alloc(4096, Region::Low);
+    let list = hv.alloc(2 * 4096, Region::Low);
     let src = hv.alloc(3 * 4096, Region::High);
     let dst = hv.alloc(3 * 4096, Region::High);
     let coh = hv.alloc(2 * 4096, Region::Low);
@@ -151,9 +163,9 @@ fn scenario(plan: Option<(CallKind, u64)>) -> (Vec<String>, Vec<(CallKind, u64)>
         verify: VerifyPolicy::Ends,
         use_ddw: true,
         max_domains: 4,
-        batching: ccdma::TceBatching::SharedPage(PhysAddr(list)),
+        batching: batching(batch, list),
     };
-    // SAFETY: the list page is a fresh allocation the test never touches.
+    // SAFETY: the list pages are a fresh allocation the test never touches.
     if let Err(e) = unsafe { run.layer.enable_iommu(cfg, vec![BusRange::EMPTY; 4 * 64].leak()) } {
         run.failed_ops.push(format!("enable_iommu: {e}"));
         return finish(run);
@@ -244,39 +256,55 @@ fn finish(mut run: Run) -> (Vec<String>, Vec<(CallKind, u64)>) {
     assert_eq!(run.layer.iommu_stats().coherent_buffers, 0);
     assert_eq!(hv.private_faults(), 0);
     assert!(hv.faults().is_empty(), "{:?}", hv.faults());
+    // A list page is shared before it is used and names shared memory only.
+    assert_eq!(hv.tce_counters().unshared_lists, 0);
+    assert_eq!(hv.tce_counters().listed_private_entries, 0);
     (run.failed_ops, hv.calls().counts().into_iter().collect())
 }
 
 #[test]
 fn every_call_site_fails_cleanly() {
-    let (failed, clean) = scenario(None);
-    assert!(failed.is_empty(), "clean run failed: {failed:?}");
-    let mut runs = 0;
-    let mut degraded = 0;
-    for kind in KINDS {
-        let n = clean.iter().find(|(k, _)| *k == kind).map_or(0, |(_, n)| *n);
-        assert!(n > 0, "the scenario never calls {kind:?}");
-        for at in 1..=n {
-            let (failed, _) = scenario(Some((kind, at)));
-            runs += 1;
-            // Dynamic windows are optional: a failure while setting one up degrades the 64-bit device
-            // to the default window (and a failed removal leaves an empty window, counted); no
-            // operation fails. Everything else fails the operation that hit it.
-            let only_degraded = failed.iter().all(|f| f.starts_with("attach 1: degraded"));
-            if !failed.is_empty() && only_degraded {
-                degraded += 1;
+    for batch in BATCHINGS {
+        let (failed, clean) = scenario(None, batch);
+        assert!(failed.is_empty(), "{batch}: clean run failed: {failed:?}");
+        let mut runs = 0;
+        let mut degraded = 0;
+        for kind in KINDS {
+            let n = clean.iter().find(|(k, _)| *k == kind).map_or(0, |(_, n)| *n);
+            if batch == "per-entry" && kind == CallKind::PutTceIndirect {
+                assert_eq!(n, 0, "per-entry batching made an indirect call");
+                continue;
             }
-            match kind {
-                CallKind::DdwRemove => assert!(failed.is_empty(), "{kind:?}#{at}: {failed:?}"),
-                CallKind::DdwQuery | CallKind::DdwCreate => {
-                    assert!(!failed.is_empty() && only_degraded, "{kind:?}#{at}: {failed:?}")
+            assert!(n > 0, "{batch}: the scenario never calls {kind:?}");
+            // Per-entry premapping makes a thousand H_PUT_TCE calls: every one near either end, and a
+            // sample between (each one fails the same way).
+            let ats: Vec<u64> = if n <= 64 {
+                (1..=n).collect()
+            } else {
+                (1..=16).chain((17..n - 16).step_by((n / 32) as usize)).chain(n - 15..=n).collect()
+            };
+            for at in ats {
+                let (failed, _) = scenario(Some((kind, at)), batch);
+                runs += 1;
+                // Dynamic windows are optional: a failure while setting one up degrades the 64-bit
+                // device to the default window (and a failed removal leaves an empty window,
+                // counted); no operation fails. Everything else fails the operation that hit it.
+                let only_degraded = failed.iter().all(|f| f.starts_with("attach 1: degraded"));
+                if !failed.is_empty() && only_degraded {
+                    degraded += 1;
                 }
-                _ => assert!(!failed.is_empty(), "{kind:?}#{at}: the failure went unnoticed"),
+                match kind {
+                    CallKind::DdwRemove => assert!(failed.is_empty(), "{batch} {kind:?}#{at}: {failed:?}"),
+                    CallKind::DdwQuery | CallKind::DdwCreate => {
+                        assert!(!failed.is_empty() && only_degraded, "{batch} {kind:?}#{at}: {failed:?}")
+                    }
+                    _ => assert!(!failed.is_empty(), "{batch} {kind:?}#{at}: the failure went unnoticed"),
+                }
             }
         }
+        assert!(runs >= 40 && degraded >= 3, "{batch}: {runs} runs, {degraded} degraded");
+        println!("fault sweep ({batch}): {runs} runs, {degraded} degraded to the default window");
     }
-    assert!(runs >= 40 && degraded >= 3, "{runs} runs, {degraded} degraded");
-    println!("fault sweep: {runs} runs, {degraded} degraded to the default window");
 }
 
 #[test]
