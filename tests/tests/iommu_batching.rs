@@ -6,106 +6,18 @@
 use ccdma::iommu::hcall::{H_HARDWARE, H_PARAMETER, H_SUCCESS};
 use ccdma::iommu::BusRange;
 use ccdma::{
-    DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, IommuConfig, IommuError,
-    MemorySharing, PhysAddr, PoolConfig, TceBatching, TceCalls, VerifyPolicy,
+    DmaError, DmaLayer, IommuConfig, IommuError, MemorySharing, PhysAddr, TceBatching, TceCalls, VerifyPolicy,
 };
 use ccdma_hv_model::{CallKind, HvConfig, Hypervisor, Injection, PageState, Region, TceConfig, U_PARAMETER};
 use ccdma_tests::*;
 
-type Layer = DmaLayer<'static, &'static Hypervisor>;
+mod batching_support;
 
-const POOL_LEN: u64 = 16 * MIB;
-const POOL_PAGES: u64 = POOL_LEN / 4096;
-const MAP: usize = 256 * 1024;
-
-/// Which batching a test guest uses; the list pages are placed by the guest builder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    PerEntry,
-    PerCpu(usize),
-    Shared,
-}
-
-struct Guest {
-    hv: &'static Hypervisor,
-    layer: Layer,
-    /// First list page (four pages are set aside whatever the mode).
-    list: u64,
-    dev: Option<ccdma::Device>,
-}
-
-fn batching(mode: Mode, list: u64) -> TceBatching {
-    match mode {
-        Mode::PerEntry => TceBatching::PerEntry,
-        Mode::PerCpu(count) => TceBatching::PerCpuPages { first: PhysAddr(list), count },
-        Mode::Shared => TceBatching::SharedPage(PhysAddr(list)),
-    }
-}
-
-/// A secure pseries guest with one 16 MiB pool, the strict policy, and a 32-bit device.
-fn guest(mode: Mode, page_shift: u32, verify: VerifyPolicy) -> Guest {
-    let hv = model(HvConfig::pseries(6 * GIB));
-    hv.enable_iommu(TceConfig { default_page_shift: page_shift, ..TceConfig::default() });
-    let list = hv.alloc(4 * 4096, Region::Low);
-    let mut layer: Layer = DmaLayer::new(hv);
-    add_pool(&mut layer, MID_POOL, POOL_LEN, PoolConfig::default()).unwrap();
-    let cfg = IommuConfig::strict().with_verify(verify).with_batching(batching(mode, list));
-    // SAFETY: the four list pages are a fresh allocation the test never touches.
-    unsafe { layer.enable_iommu(cfg, vec![BusRange::EMPTY; 8 * 64].leak()) }.unwrap();
-    hv.add_iommu_device(2, 32);
-    let dev = layer.attach(DeviceConfig::new(2, DmaMask::BITS_32)).unwrap();
-    Guest { hv, layer, list, dev: Some(dev) }
-}
-
-impl Guest {
-    fn dev(&self) -> &ccdma::Device {
-        self.dev.as_ref().unwrap()
-    }
-
-    /// Detach the device and turn the IOMMU path off.
-    fn disable(&mut self) -> Result<(), DmaError> {
-        if let Some(dev) = self.dev.take() {
-            self.layer.detach(dev).unwrap();
-        }
-        self.layer.disable_iommu()
-    }
-
-    /// Map `len` bytes of `buf` to the device, check what it reads, unmap.
-    fn round_trip(&self, buf: u64, len: usize, seed: u64) -> Result<(), DmaError> {
-        self.hv.memory().write(buf, &pattern(len, seed));
-        // SAFETY: the test owns `buf` and leaves it alone until the mapping ends.
-        let bus = unsafe {
-            self.layer.map_phys(self.dev(), PhysAddr(buf), len, DmaDirection::ToDevice, DmaAttrs::NONE)
-        }?;
-        assert_eq!(self.hv.device(2).read(bus.0, len).unwrap(), pattern(len, seed));
-        // SAFETY: as above.
-        unsafe { self.layer.unmap(self.dev(), bus, len, DmaDirection::ToDevice, DmaAttrs::NONE) }
-    }
-
-    fn calls(&self, kind: CallKind) -> u64 {
-        self.hv.calls().count(kind)
-    }
-
-    /// Nothing of the IOMMU path is live, and nothing private was listed, reached or faulted on.
-    fn assert_baseline(&self) {
-        assert_eq!(self.hv.tce_counters().live_entries, 0, "live entries in the model");
-        assert_eq!(self.layer.iommu_stats().live_tces, 0, "guest counts live entries");
-        assert_eq!(self.layer.stats().slots_in_use, 0);
-        assert_eq!(self.layer.live_bus_ranges(), 0);
-        assert_eq!(self.hv.tce_counters().listed_private_entries, 0);
-        assert_eq!(self.hv.tce_counters().unshared_lists, 0);
-        assert_eq!(self.hv.tces_to_private(), 0);
-        assert_no_faults(self.hv);
-    }
-
-    fn page_state(&self, i: u64) -> PageState {
-        self.hv.memory().state(self.list + i * 4096)
-    }
-}
+use batching_support::{strict_guest, Mode, MAP, POOL_LEN, POOL_PAGES};
 
 #[test]
 fn per_entry_shares_nothing_but_the_pool_and_never_goes_indirect() {
-    let g = guest(Mode::PerEntry, 12, VerifyPolicy::Off);
+    let g = strict_guest(Mode::PerEntry, 12, VerifyPolicy::Off);
     assert_eq!(g.hv.shared_pages(), POOL_PAGES, "only the pool is shared");
     let buf = g.hv.alloc(MAP as u64, Region::High);
     g.round_trip(buf, MAP, 1).unwrap();
@@ -118,7 +30,7 @@ fn per_entry_shares_nothing_but_the_pool_and_never_goes_indirect() {
 
 #[test]
 fn per_cpu_pages_are_shared_while_enabled_and_private_after() {
-    let mut g = guest(Mode::PerCpu(4), 12, VerifyPolicy::Ends);
+    let mut g = strict_guest(Mode::PerCpu(4), 12, VerifyPolicy::Ends);
     assert_eq!(g.hv.shared_pages(), POOL_PAGES + 4);
     assert!((0..4).all(|i| g.page_state(i) == PageState::Shared));
     let buf = g.hv.alloc(MAP as u64, Region::High);
@@ -139,7 +51,7 @@ fn per_cpu_pages_are_shared_while_enabled_and_private_after() {
 
 #[test]
 fn the_shared_page_is_todays_single_page() {
-    let g = guest(Mode::Shared, 12, VerifyPolicy::Ends);
+    let g = strict_guest(Mode::Shared, 12, VerifyPolicy::Ends);
     assert_eq!(g.hv.shared_pages(), POOL_PAGES + 1);
     assert_eq!(g.page_state(0), PageState::Shared);
     assert_eq!(g.page_state(1), PageState::Private);
@@ -214,7 +126,7 @@ fn a_failed_share_of_the_per_cpu_pages_rolls_back() {
 
 #[test]
 fn a_failed_unshare_at_disable_quarantines_the_list_pages() {
-    let mut g = guest(Mode::PerCpu(4), 12, VerifyPolicy::Ends);
+    let mut g = strict_guest(Mode::PerCpu(4), 12, VerifyPolicy::Ends);
     g.hv.calls().inject_next(CallKind::UvUnshare, Injection::Fail(U_PARAMETER));
     let e = g.disable().unwrap_err();
     assert!(matches!(e, DmaError::UnsharingFailed { quarantined: 4, .. }), "{e:?}");
@@ -228,7 +140,7 @@ fn a_failed_unshare_at_disable_quarantines_the_list_pages() {
 
 #[test]
 fn per_entry_put_failure_clears_the_range_with_one_stuff() {
-    let g = guest(Mode::PerEntry, 12, VerifyPolicy::Off);
+    let g = strict_guest(Mode::PerEntry, 12, VerifyPolicy::Off);
     let buf = g.hv.alloc(MAP as u64, Region::High);
     g.hv.calls().inject_at(CallKind::PutTce, 10, Injection::Fail(H_HARDWARE));
     let e = g.round_trip(buf, MAP, 1).unwrap_err();
@@ -243,7 +155,7 @@ fn per_entry_put_failure_clears_the_range_with_one_stuff() {
 
 #[test]
 fn per_entry_put_and_clear_failing_quarantines_and_pins() {
-    let g = guest(Mode::PerEntry, 12, VerifyPolicy::Off);
+    let g = strict_guest(Mode::PerEntry, 12, VerifyPolicy::Off);
     let buf = g.hv.alloc(MAP as u64, Region::High);
     g.hv.calls().inject_at(CallKind::PutTce, 10, Injection::Fail(H_HARDWARE));
     g.hv.calls().inject_next(CallKind::StuffTce, Injection::Fail(H_HARDWARE));
@@ -262,7 +174,7 @@ fn per_entry_put_and_clear_failing_quarantines_and_pins() {
 
 #[test]
 fn per_cpu_indirect_failure_rolls_back_and_frees_the_page() {
-    let g = guest(Mode::PerCpu(2), 12, VerifyPolicy::Ends);
+    let g = strict_guest(Mode::PerCpu(2), 12, VerifyPolicy::Ends);
     let buf = g.hv.alloc(MAP as u64, Region::High);
     g.hv.calls().inject_next(CallKind::PutTceIndirect, Injection::Partial { pages: 10, code: H_HARDWARE });
     let e = g.round_trip(buf, MAP, 1).unwrap_err();
@@ -279,7 +191,7 @@ fn per_cpu_indirect_failure_rolls_back_and_frees_the_page() {
 
 #[test]
 fn per_cpu_lying_indirect_is_caught_and_cleared() {
-    let g = guest(Mode::PerCpu(2), 12, VerifyPolicy::Ends);
+    let g = strict_guest(Mode::PerCpu(2), 12, VerifyPolicy::Ends);
     let buf = g.hv.alloc(MAP as u64, Region::High);
     g.hv.calls().inject_next(CallKind::PutTceIndirect, Injection::LieSuccess);
     let e = g.round_trip(buf, MAP, 1).unwrap_err();
@@ -295,7 +207,7 @@ fn two_threads_claiming_one_cpu_never_share_a_page() {
     // Calls take 20 us (outside the model's lock) so batches overlap; every byte the device reads
     // through the entries is checked, and the ends of every call are read back.
     for count in [2, 1] {
-        let g = guest(Mode::PerCpu(count), 12, VerifyPolicy::Ends);
+        let g = strict_guest(Mode::PerCpu(count), 12, VerifyPolicy::Ends);
         g.hv.set_tce_call_latency(std::time::Duration::from_micros(20));
         let bufs = [g.hv.alloc(MAP as u64, Region::High), g.hv.alloc(MAP as u64, Region::High)];
         std::thread::scope(|s| {
