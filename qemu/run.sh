@@ -38,7 +38,7 @@ PSERIES_BE=powerpc64-unknown-linux-gnu
 pseries_kernel() { echo "$PSERIES_DIR/target/$1/release/ccdma-pseries-kernel"; }
 QEMU_PPC=qemu-system-ppc64
 
-PSERIES_CONFIGS=(pseries pseries-strict pseries-no-ddw pseries-be)
+PSERIES_CONFIGS=(pseries pseries-strict pseries-percpu pseries-no-ddw pseries-be)
 X86_CONFIGS=(iommu iommu-strict iommu-low no-iommu no-iommu-low)
 CONFIGS=("${PSERIES_CONFIGS[@]}" "${X86_CONFIGS[@]}")
 DEFAULT_CONFIG=pseries
@@ -175,7 +175,7 @@ configure_pseries() {
     make_disk "$CHECK_DISK" 24
     make_disk "$dir/bench.img" 24
     case $name in
-    pseries | pseries-strict | pseries-be) ;;
+    pseries | pseries-strict | pseries-percpu | pseries-be) ;;
     # The bridge offers no DDW (no ibm,ddw-applicable): the 64-bit blk falls back to the default window.
     pseries-no-ddw) MACHINE_ARGS+=(-global spapr-pci-host-bridge.ddw=off) ;;
     *) die "unknown configuration '$name' (known: ${CONFIGS[*]})" ;;

@@ -3,6 +3,28 @@
 
 use ccdma::IommuPolicy;
 
+/// How ccdma hands entries to the hypervisor (`ccdma::TceBatching`; the kernel places the pages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batching {
+    /// One `H_PUT_TCE` per entry, no list page shared (Linux's choice in a secure guest).
+    PerEntry,
+    /// [`crate::dma::LIST_PAGES`] per-CPU list pages.
+    PerCpu,
+    /// One list page for the layer.
+    SharedPage,
+}
+
+impl Batching {
+    /// Its name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Batching::PerEntry => "per-entry (no list page)",
+            Batching::PerCpu => "per-CPU list pages",
+            Batching::SharedPage => "one shared list page",
+        }
+    }
+}
+
 /// One configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -12,15 +34,25 @@ pub struct Config {
     pub policy: IommuPolicy,
     /// Whether the bridge offers DDW (the runner turns it off with `ddw=off` otherwise).
     pub ddw: bool,
+    /// How entries are batched.
+    pub batching: Batching,
 }
 
 /// Every configuration; the first is the default.
 pub const CONFIGS: &[Config] = &[
-    Config { name: "pseries", policy: IommuPolicy::Premapped, ddw: true },
-    Config { name: "pseries-strict", policy: IommuPolicy::Strict, ddw: true },
-    Config { name: "pseries-no-ddw", policy: IommuPolicy::Premapped, ddw: false },
+    Config { name: "pseries", policy: IommuPolicy::Premapped, ddw: true, batching: Batching::SharedPage },
+    // Strict, as a secure guest runs it: nothing shared for batching, one H_PUT_TCE per entry.
+    Config { name: "pseries-strict", policy: IommuPolicy::Strict, ddw: true, batching: Batching::PerEntry },
+    // Strict with per-CPU list pages.
+    Config { name: "pseries-percpu", policy: IommuPolicy::Strict, ddw: true, batching: Batching::PerCpu },
+    Config {
+        name: "pseries-no-ddw",
+        policy: IommuPolicy::Premapped,
+        ddw: false,
+        batching: Batching::SharedPage,
+    },
     // The big-endian kernel on the premapped machine.
-    Config { name: "pseries-be", policy: IommuPolicy::Premapped, ddw: true },
+    Config { name: "pseries-be", policy: IommuPolicy::Premapped, ddw: true, batching: Batching::SharedPage },
 ];
 
 /// The value of `key=` on the command line.

@@ -6,7 +6,7 @@
 //! bookkeeping and a check of every bus address against QEMU's TCE table and the ledger.
 
 use ccdma::iommu::BusRange;
-use ccdma::{BusAddr, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
+use ccdma::{BusAddr, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta, TceBatching};
 use ccdma_qemu_common::binding::KernelDma;
 use ccdma_qemu_common::memory::{SlotBitmap, StaticRegion, TakeOnce, PAGE_SIZE};
 pub use ccdma_qemu_common::setup::{PoolInfo, SetupError};
@@ -14,6 +14,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::{Mutex, Once};
 
+use crate::config::Batching;
 use crate::platform::{PseriesPlatform, PLATFORM};
 
 /// The layer type of this kernel.
@@ -32,15 +33,18 @@ static LAYER: Once<Layer> = Once::new();
 
 /// Bus-range storage of the IOMMU path (split between the domains).
 static BUS_RANGES: TakeOnce<[BusRange; 8 * 256]> = TakeOnce::new([BusRange::EMPTY; 8 * 256]);
-/// The page ccdma shares once and hands entries over in (`H_PUT_TCE_INDIRECT` list).
-static LIST_PAGE: StaticRegion<PAGE_SIZE> = StaticRegion::new();
+/// Per-CPU list pages (`Batching::PerCpu`); the shared page is the first of them.
+pub const LIST_PAGES: usize = 2;
+/// The pages ccdma shares once and hands entries over in (`H_PUT_TCE_INDIRECT` lists), as the
+/// configuration's batching asks: none, the first, or all of them.
+static LIST_PAGE: StaticRegion<{ LIST_PAGES * PAGE_SIZE }> = StaticRegion::new();
 static LIST_PAGE_TAKEN: AtomicBool = AtomicBool::new(false);
 static HIGH_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EMPTY; POOL_SLOTS]);
 
 /// Builds the layer with one pool at the top of RAM (above 4 GiB: no 32-bit device reaches it
 /// but through a window) and the coherent pages just below it, and turns the IOMMU path on. The
-/// pool's pages become shared (ultravisor) here.
-pub fn init(iommu: IommuConfig) -> Result<(PoolInfo, &'static Layer), SetupError> {
+/// pool's pages (and the list pages `batching` asks for) become shared (ultravisor) here.
+pub fn init(iommu: IommuConfig, batching: Batching) -> Result<(PoolInfo, &'static Layer), SetupError> {
     let mut layer = Layer::new(&PLATFORM);
     let top = PLATFORM.ledger().ram_end();
     let phys = top.saturating_sub(POOL_SIZE as u64) & !((2 << 20) - 1);
@@ -58,9 +62,14 @@ pub fn init(iommu: IommuConfig) -> Result<(PoolInfo, &'static Layer), SetupError
     if LIST_PAGE_TAKEN.swap(true, Ordering::AcqRel) {
         return Err(SetupError::AlreadyInitialised);
     }
-    let list = PhysAddr(LIST_PAGE.phys_range().start);
+    let first = PhysAddr(LIST_PAGE.phys_range().start);
+    let batching = match batching {
+        Batching::PerEntry => TceBatching::PerEntry,
+        Batching::PerCpu => TceBatching::PerCpuPages { first, count: LIST_PAGES },
+        Batching::SharedPage => TceBatching::SharedPage(first),
+    };
     // SAFETY: LIST_PAGE is used by nothing but the layer, handed over once (the flag above).
-    unsafe { layer.enable_iommu(iommu.with_list_page(list), ranges) }.map_err(SetupError::Pool)?;
+    unsafe { layer.enable_iommu(iommu.with_batching(batching), ranges) }.map_err(SetupError::Pool)?;
     let mut fresh = false;
     let layer = LAYER.call_once(|| {
         fresh = true;

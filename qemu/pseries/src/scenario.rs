@@ -135,7 +135,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         IommuPolicy::Strict => IommuConfig::strict(),
     }
     .with_verify(VerifyPolicy::Ends);
-    match dma::init(iommu) {
+    match dma::init(iommu, config.batching) {
         Ok((pool, _)) => report.expect(
             "ccdma.pool",
             pool.phys >= 1 << 32,
@@ -208,6 +208,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     }
     fidelity::probe(report, &bridge);
     summary::check_tces(report);
+    summary::check_batching(report, config);
     summary::check_ledger(report, &machine);
     summary::print(config);
     machine

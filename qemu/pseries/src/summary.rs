@@ -8,7 +8,7 @@ use ccdma_qemu_common::report::{Bytes, Report};
 use core::fmt;
 use core::sync::atomic::Ordering;
 
-use crate::config::Config;
+use crate::config::{Batching, Config};
 use crate::dma::{self, KernelBinding};
 use crate::platform::PLATFORM;
 use crate::scenario::{BlkBinding, Machine, NetABinding, NetBBinding, RngBinding, RngLowBinding};
@@ -75,6 +75,30 @@ pub fn check_tces(report: &mut Report) {
         "uv.tce_tables",
         bad_live == 0 && live == ccdma_live,
         format_args!("{live} live entries in QEMU's tables (ccdma counts {ccdma_live}); {bad_live} name a page not shared"),
+    );
+}
+
+/// The batching the configuration chose is the one used: per entry makes no indirect call and
+/// shares no list page; with list pages every indirect call's page was shared.
+pub fn check_batching(report: &mut Report, config: &Config) {
+    let c = &PLATFORM.tce_calls().counters;
+    let indirect = c.put_indirect.load(Ordering::Relaxed);
+    let unshared = c.unshared_lists.load(Ordering::Relaxed);
+    let i = dma::layer().iommu_stats();
+    let ok = match config.batching {
+        Batching::PerEntry => indirect == 0,
+        Batching::PerCpu | Batching::SharedPage => indirect > 0 && unshared == 0,
+    };
+    report.expect(
+        "ccdma.batching",
+        ok,
+        format_args!(
+            "{}: {indirect} H_PUT_TCE_INDIRECT ({unshared} with an unshared list page); list page moved {}, fell back {}, waited {}",
+            config.batching.name(),
+            i.list_page_busy,
+            i.list_page_fallbacks,
+            i.list_page_waits
+        ),
     );
 }
 
@@ -170,7 +194,12 @@ pub fn print(config: &Config) {
         );
         println!("  {:<8} why: {}", "", Reason(device));
     }
-    println!("--- ccdma report: pseries configuration {} ({}-endian) ---", config.name, crate::ENDIAN);
+    println!(
+        "--- ccdma report: pseries configuration {} ({}-endian, {}) ---",
+        config.name,
+        crate::ENDIAN,
+        config.batching.name()
+    );
     println!("devices managed by ccdma (path and why; bytes through the bounce pool):");
     device_line::<BlkBinding>();
     device_line::<RngBinding>();

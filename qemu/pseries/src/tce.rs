@@ -32,6 +32,8 @@ pub struct Counters {
     pub put: AtomicU64,
     /// `H_PUT_TCE_INDIRECT`.
     pub put_indirect: AtomicU64,
+    /// `H_PUT_TCE_INDIRECT` calls whose list page was not shared (the hypervisor could not read it).
+    pub unshared_lists: AtomicU64,
     /// `H_STUFF_TCE`.
     pub stuff: AtomicU64,
     /// `H_GET_TCE` made by ccdma (its read-back verification).
@@ -86,6 +88,7 @@ impl Tce {
             counters: Counters {
                 put: AtomicU64::new(0),
                 put_indirect: AtomicU64::new(0),
+                unshared_lists: AtomicU64::new(0),
                 stuff: AtomicU64::new(0),
                 get: AtomicU64::new(0),
                 get_check: AtomicU64::new(0),
@@ -254,6 +257,11 @@ impl TceCalls for Tce {
 
     fn h_put_tce_indirect(&self, liobn: u32, ioba: u64, list: PhysAddr, count: u64) -> i64 {
         self.counters.put_indirect.fetch_add(1, Ordering::Relaxed);
+        // The ultravisor's view: the hypervisor can read the list only if the page is shared.
+        if !self.uv.ledger().is_shared(list.0) {
+            self.counters.unshared_lists.fetch_add(1, Ordering::Relaxed);
+            log::error!("uv: H_PUT_TCE_INDIRECT with list page {:#x}, which is not shared", list.0);
+        }
         // SAFETY: the hypervisor only reads the list page (ccdma's shared list page, `count` <= 512
         // entries of it).
         let (status, _) = unsafe { hcall(H_PUT_TCE_INDIRECT, [u64::from(liobn), ioba, list.0, count, 0, 0]) };
