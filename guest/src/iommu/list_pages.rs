@@ -45,7 +45,8 @@ unsafe impl Sync for ListPages {}
 
 impl ListPages {
     /// # Safety
-    /// `count` must be in `1..=MAX_LIST_PAGES`, and `cpu` must point to `count` 4 KiB pages, mapping
+    /// `count` must be in `1..=MAX_LIST_PAGES`, and `cpu` (aligned for `u64`) must point to `count`
+    /// 4 KiB pages, mapping
     /// guest RAM `[first, first + count * 4 KiB)`, that the layer owns alone for as long as the
     /// `ListPages` lives.
     pub(crate) unsafe fn new(first: PhysAddr, cpu: NonNull<u8>, count: usize, mode: ListMode) -> ListPages {
@@ -120,8 +121,9 @@ impl ListGuard<'_> {
         // SAFETY: page `index < count` lies inside the pages `ListPages::new` was given.
         let page = unsafe { self.pages.cpu.as_ptr().add(self.index * PAGE_SIZE as usize) }.cast::<u64>();
         for i in 0..n {
-            // SAFETY: the page is the layer's (`ListPages::new` contract), 4 KiB aligned (checked at
-            // enable), `i < 512`, and this guard holds its busy flag so nothing else writes it.
+            // SAFETY: the page is the layer's (`ListPages::new` contract), its CPU mapping u64-aligned
+            // (checked at enable), `i < 512`, and this guard holds its busy flag so nothing else
+            // writes it.
             // Volatile: the hypervisor reads it.
             unsafe { page.add(i as usize).write_volatile(entry(i).to_be()) };
         }
@@ -153,6 +155,10 @@ impl<P: Platform> DmaLayer<'_, P> {
         let len = count as u64 * PAGE_SIZE;
         first.0.checked_add(len).ok_or(DmaError::Overflow)?;
         let cpu = self.platform.cpu_ptr(first, len as usize).ok_or(DmaError::NoCpuMapping(first))?;
+        // Entries are written as u64: the CPU mapping must be aligned for them too.
+        if cpu.as_ptr().align_offset(core::mem::align_of::<u64>()) != 0 {
+            return Err(DmaError::Unaligned { addr: cpu.as_ptr() as u64, align: 8 });
+        }
         // SAFETY: the caller gives us the pages for the layer's life (`enable_iommu` contract);
         // zeroing them before sharing keeps whatever private data they held from the hypervisor.
         unsafe { core::ptr::write_bytes(cpu.as_ptr(), 0, len as usize) };
