@@ -10,6 +10,8 @@
 //! `domain` (per-device windows and their set-up), and the layer integration in `attach`/`map`.
 
 pub mod backend;
+#[cfg(test)]
+mod batching_tests;
 pub mod bus_space;
 pub mod calls;
 pub mod config;
