@@ -20,8 +20,8 @@ use iommu_support::*;
 const THREADS: u32 = 4;
 const ROUNDS: usize = 60;
 
-fn race(policy: IommuPolicy) {
-    let g = iommu_guest(Opts::new(policy));
+fn race(policy: IommuPolicy, per_cpu_pages: usize) {
+    let g = iommu_guest(Opts { per_cpu_pages, ..Opts::new(policy) });
     let (hv, layer) = (g.hv, &g.layer);
     let shared = g.device(100, 32);
     for t in 0..THREADS {
@@ -33,6 +33,8 @@ fn race(policy: IommuPolicy) {
         for t in 0..THREADS {
             let shared = &shared;
             s.spawn(move || {
+                // Four threads on CPUs 0..4: with two per-CPU list pages, two threads per page.
+                ccdma_hv_model::Hypervisor::set_cpu_hint(Some(t as usize));
                 let src = hv.alloc(64 * 1024, Region::High);
                 let dst = hv.alloc(64 * 1024, Region::High);
                 let coh = hv.alloc(4096, Region::Low);
@@ -90,16 +92,25 @@ fn race(policy: IommuPolicy) {
     assert_eq!(layer.stats().slots_in_use, slots);
     assert_eq!(layer.iommu_stats().live_tces, live_tces);
     assert_eq!(hv.tces_to_private(), 0);
+    assert_eq!(hv.tce_counters().listed_private_entries, 0);
+    if per_cpu_pages > 0 {
+        assert_eq!(layer.iommu_stats().list_page_waits, 0, "per-CPU pages never wait");
+    }
     assert_no_faults(hv);
     layer.detach(shared).unwrap();
 }
 
 #[test]
 fn attach_detach_and_maps_race_on_premapped_windows() {
-    race(IommuPolicy::Premapped);
+    race(IommuPolicy::Premapped, 0);
 }
 
 #[test]
 fn attach_detach_and_maps_race_on_strict_windows() {
-    race(IommuPolicy::Strict);
+    race(IommuPolicy::Strict, 0);
+}
+
+#[test]
+fn attach_detach_and_maps_race_on_strict_windows_with_per_cpu_list_pages() {
+    race(IommuPolicy::Strict, 2);
 }

@@ -27,6 +27,8 @@ pub struct Opts {
     pub ram: u64,
     /// Bus ranges the platform reserves in every window.
     pub reserved: &'static [(u64, u64)],
+    /// 0: one shared list page (`TceBatching::SharedPage`); n: n per-CPU list pages.
+    pub per_cpu_pages: usize,
 }
 
 impl Opts {
@@ -40,6 +42,7 @@ impl Opts {
             verify: VerifyPolicy::Ends,
             ram: 6 * GIB,
             reserved: &RESERVED,
+            per_cpu_pages: 0,
         }
     }
 }
@@ -68,16 +71,15 @@ pub fn iommu_guest(opts: Opts) -> IommuGuest {
     hv.enable_iommu(tce_config(&opts));
     let mut layer = DmaLayer::new(hv);
     add_pool(&mut layer, opts.pool_at, opts.pool_len, PoolConfig::default()).unwrap();
-    let list_page = hv.alloc(4096, Region::Low);
-    let cfg = IommuConfig {
-        policy: opts.policy,
-        verify: opts.verify,
-        use_ddw: true,
-        max_domains: 8,
-        batching: ccdma::TceBatching::SharedPage(PhysAddr(list_page)),
+    let list_page = hv.alloc(4096 * opts.per_cpu_pages.max(1) as u64, Region::Low);
+    let batching = match opts.per_cpu_pages {
+        0 => ccdma::TceBatching::SharedPage(PhysAddr(list_page)),
+        count => ccdma::TceBatching::PerCpuPages { first: PhysAddr(list_page), count },
     };
+    let cfg =
+        IommuConfig { policy: opts.policy, verify: opts.verify, use_ddw: true, max_domains: 8, batching };
     let ranges = vec![BusRange::EMPTY; 8 * 512].leak();
-    // SAFETY: the list page is a fresh allocation the test never touches.
+    // SAFETY: the list pages are a fresh allocation the test never touches.
     unsafe { layer.enable_iommu(cfg, ranges) }.unwrap();
     IommuGuest { hv, layer, opts, list_page }
 }

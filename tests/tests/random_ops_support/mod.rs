@@ -383,15 +383,22 @@ impl Runner {
                 ddw: flavour == Flavour::IommuDdw,
                 ..TceConfig::default()
             });
-            let list_page = hv.alloc(PAGE, Region::Low);
+            let list_page = hv.alloc(2 * PAGE, Region::Low);
+            // One TCE batching per IOMMU flavour: strict maps through two per-CPU pages, the
+            // default-window flavour has no list page (one H_PUT_TCE per entry), DDW the shared page.
+            let batching = match flavour {
+                Flavour::Strict => ccdma::TceBatching::PerCpuPages { first: PhysAddr(list_page), count: 2 },
+                Flavour::IommuNoDdw => ccdma::TceBatching::PerEntry,
+                _ => ccdma::TceBatching::SharedPage(PhysAddr(list_page)),
+            };
             let cfg = match flavour {
                 Flavour::Strict => IommuConfig::strict(),
                 Flavour::IommuNoDdw => IommuConfig::premapped().with_ddw(false),
                 _ => IommuConfig::premapped(),
             }
-            .with_list_page(PhysAddr(list_page))
+            .with_batching(batching)
             .with_max_domains(8);
-            // SAFETY: the list page is a fresh allocation nothing else touches.
+            // SAFETY: the list pages are a fresh allocation nothing else touches.
             unsafe { api::enable_iommu(&mut layer, cfg, 8 * 512) }.expect("enable_iommu");
         }
         let mut cells = Vec::new();
