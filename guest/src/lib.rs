@@ -130,6 +130,11 @@ pub mod tracker;
 #[cfg(feature = "virtio-hal")]
 pub mod virtio_hal;
 
+/// The crate's README (what crates.io shows), compiled and run as a doctest so its example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctest;
+
 pub use addr::{BusAddr, DmaMask, InvalidMask, PhysAddr, PAGE_SIZE};
 pub use coherent::{CoherentBuffer, FreeError};
 pub use convenience::DeviceDma;
