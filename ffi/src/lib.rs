@@ -28,7 +28,8 @@
 //! For C firmware, `--no-default-features --features panic-handler` adds a handler that spins; that
 //! staticlib needs a target whose panics abort (a freestanding target, or `-Zbuild-std` with
 //! `panic = "abort"`): on a hosted target the precompiled `core` unwinds and rustc refuses. That
-//! build is not exercised by the tests.
+//! build is not exercised by the tests. The `no_std` rlib is: the x86 test kernel links it with C
+//! code that calls it (`qemu/kernel/c/ffi_check.c`, check `ffi.c_driver`).
 //!
 //! # Stack use
 //! `ccdma_layer_init` writes the layer (about 22 KiB) into the caller's memory; the optimiser builds it

@@ -154,6 +154,8 @@ fn short_forms_report_the_callers_site() {
     let bus = unsafe { g.layer.on(&dev).map_phys(PhysAddr(raw), 4096, DmaDirection::ToDevice) }.unwrap();
     let line = line!() - 1;
     let mut sites = Vec::new();
-    g.layer.tracker().for_each_live(Some(dev.serial()), |e| sites.push((e.bus.0, e.site.file(), e.site.line())));
+    g.layer
+        .tracker()
+        .for_each_live(Some(dev.serial()), |e| sites.push((e.bus.0, e.site.file(), e.site.line())));
     assert_eq!(sites, [(bus.0, file!(), line)]);
 }
