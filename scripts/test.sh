@@ -92,8 +92,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc "${LOCKED[@]}" --quiet -p ccdma --no-deps -
 step "cargo test --workspace (release, debug assertions and overflow checks on)"
 "${CHECKED[@]}" cargo test "${LOCKED[@]}" --workspace --release
 
-step "misuse tracker (feature debug-tracker) against a leaky driver"
-"${CHECKED[@]}" cargo test "${LOCKED[@]}" --release -p ccdma-tests --features tracker --test tracker -- --nocapture
+step "misuse tracker (feature debug-tracker) against a leaky driver; call sites through the short forms"
+"${CHECKED[@]}" cargo test "${LOCKED[@]}" --release -p ccdma-tests --features tracker --test tracker --test convenience -- --nocapture
 
 step "ccdma-sim runs (every transfer verified by the model; non-zero exit on any failure)"
 "${CHECKED[@]}" cargo build "${LOCKED[@]}" --quiet --release -p ccdma-tests --bin ccdma-sim

@@ -3,7 +3,10 @@
  * Guest RAM is two arenas: 1 MiB at 1 MiB (low) and 256 KiB at 4 GiB (high). Every page is private or
  * shared; share/unshare flip the state and refuse anything that is not whole pages of RAM in the state
  * they expect. The "device" reaches memory only through dev_access(), which refuses (and counts) any
- * byte that is not shared RAM below the device's mask. Exits non-zero on any error. */
+ * byte that is not shared RAM below the device's mask. Then attributes, syncs and teardown; then the
+ * same guest again behind an IOMMU written here (strict: entries per mapping), whose map() refuses any
+ * entry that names private memory and whose devices reach memory only through entries with the right
+ * permission. Exits non-zero on any error. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,6 +153,114 @@ static int page_state(uint64_t phys) {
     return r ? r->shared[(phys - r->phys) / PAGE] : -1;
 }
 
+/* The IOMMU (second half of the demo): one window per device, 4 KiB pages, an entry table each.
+ * map() refuses (and counts) entries that name anything but shared RAM or pages already mapped;
+ * unmap() refuses pages not mapped. The device then reaches memory only through its entries. */
+#define WIN_PAGES 4096u
+struct window {
+    uint32_t device;
+    uint64_t start;
+    uint64_t entries[WIN_PAGES];
+};
+static struct window windows[2] = {{20, 0x10000000ull, {0}}, {21, 0x10000000000ull, {0}}};
+static unsigned iommu_maps, iommu_unmaps, iommu_blocked;
+
+static struct window *window_of(uint32_t device) {
+    for (int i = 0; i < 2; i++)
+        if (windows[i].device == device) return &windows[i];
+    return NULL;
+}
+/* The pages [bus, bus + npages) of the device's window, or NULL. */
+static uint64_t *window_pages(uint32_t device, uint64_t bus, uint64_t npages) {
+    struct window *w = window_of(device);
+    if (w == NULL || bus % PAGE != 0 || bus < w->start || npages > WIN_PAGES ||
+        (bus - w->start) / PAGE > WIN_PAGES - npages)
+        return NULL;
+    return &w->entries[(bus - w->start) / PAGE];
+}
+static unsigned live_entries(void) {
+    unsigned n = 0;
+    for (int i = 0; i < 2; i++)
+        for (unsigned k = 0; k < WIN_PAGES; k++) n += windows[i].entries[k] != 0;
+    return n;
+}
+static int io_window(void *ctx, uint32_t device, uint64_t *start, uint64_t *size, uint32_t *page_shift) {
+    (void)ctx;
+    struct window *w = window_of(device);
+    if (w == NULL) return -1;
+    *start = w->start;
+    *size = (uint64_t)WIN_PAGES * PAGE;
+    *page_shift = 12;
+    return 0;
+}
+static int io_map(void *ctx, uint32_t device, uint64_t bus, uint64_t npages, const uint64_t *entries) {
+    (void)ctx;
+    iommu_maps++;
+    uint64_t *pages = window_pages(device, bus, npages);
+    if (pages == NULL) {
+        printf("  iommu: map of %llu pages at %#llx outside device %u's window\n", (unsigned long long)npages,
+               (unsigned long long)bus, device);
+        violations++;
+        return -1;
+    }
+    for (uint64_t i = 0; i < npages; i++) {
+        uint64_t phys = entries[i] & ~(uint64_t)(PAGE - 1);
+        if (entries[i] == 0) continue;
+        if (pages[i] != 0 || page_state(phys) != 1 || (entries[i] & (PAGE - 1) & ~3ull) != 0) {
+            printf("  iommu: entry %#llx at bus %#llx refused (%s)\n", (unsigned long long)entries[i],
+                   (unsigned long long)(bus + i * PAGE),
+                   pages[i] ? "already mapped" : page_state(phys) == 0 ? "private page" : "not RAM");
+            violations++;
+            for (uint64_t k = 0; k < i; k++) pages[k] = 0; /* nothing of the range translates */
+            return -2;
+        }
+        pages[i] = entries[i];
+    }
+    return 0;
+}
+static int io_unmap(void *ctx, uint32_t device, uint64_t bus, uint64_t npages) {
+    (void)ctx;
+    iommu_unmaps++;
+    uint64_t *pages = window_pages(device, bus, npages);
+    if (pages == NULL) {
+        violations++;
+        return -1;
+    }
+    for (uint64_t i = 0; i < npages; i++) {
+        if (pages[i] == 0) {
+            printf("  iommu: unmap of unmapped bus page %#llx\n", (unsigned long long)(bus + i * PAGE));
+            violations++;
+        }
+        pages[i] = 0;
+    }
+    return 0;
+}
+/* A device behind the IOMMU: every page of the access through an entry with the needed permission
+ * (READ for the device reading memory). Returns -1 when the IOMMU blocks it. */
+static int dev_access_iommu(uint32_t device, uint64_t bus, void *data, size_t len, int write) {
+    for (size_t off = 0; off < len;) {
+        uint64_t b = bus + off, *e = window_pages(device, b & ~(uint64_t)(PAGE - 1), 1);
+        size_t n = PAGE - b % PAGE < len - off ? PAGE - b % PAGE : len - off;
+        if (e == NULL || !(*e & (write ? CCDMA_IOMMU_WRITE : CCDMA_IOMMU_READ))) {
+            iommu_blocked++;
+            return -1;
+        }
+        uint64_t phys = (*e & ~(uint64_t)(PAGE - 1)) + b % PAGE;
+        struct region *r = find(phys, n);
+        if (r == NULL || page_state(phys) != 1) {
+            printf("  iommu: entry for bus %#llx names private memory\n", (unsigned long long)b);
+            violations++;
+            return -1;
+        }
+        if (write)
+            memcpy(r->mem + (phys - r->phys), (uint8_t *)data + off, n);
+        else
+            memcpy((uint8_t *)data + off, r->mem + (phys - r->phys), n);
+        off += n;
+    }
+    return 0;
+}
+
 /* Driver memory: private pages of the low arena above the pool. */
 static uint64_t next_private = LOW_PHYS + 512u * 1024u;
 static uint8_t *alloc_private(size_t len, uint64_t *phys) {
@@ -169,6 +280,7 @@ static _Alignas(CCDMA_SLOT_META_ALIGN) uint8_t meta_high[POOL_LEN / CCDMA_SLOT_S
 static _Alignas(CCDMA_DEVICE_ALIGN) uint8_t dev_mem[3][CCDMA_DEVICE_SIZE];
 static _Alignas(CCDMA_SG_ENTRY_ALIGN) uint8_t sg_mem[3 * CCDMA_SG_ENTRY_SIZE];
 static _Alignas(CCDMA_COHERENT_ALIGN) uint8_t coh_mem[CCDMA_COHERENT_SIZE];
+static _Alignas(CCDMA_BUS_RANGE_ALIGN) uint8_t range_mem[2 * 16 * CCDMA_BUS_RANGE_SIZE];
 
 static const char *dir_name(int dir) {
     return dir == CCDMA_TO_DEVICE ? "to-device" : dir == CCDMA_FROM_DEVICE ? "from-device" : "bidirectional";
@@ -297,9 +409,118 @@ int main(void) {
            private_after ? "yes" : "NO");
     if (!shared_now || !private_after) FAIL("coherent page states");
 
+    /* Attributes and syncs (the 32-bit device). */
+    uint8_t *ab = alloc_private(len, NULL);
+    uint8_t first[64], second[64];
+    fill(first, sizeof first, 1);
+    fill(second, sizeof second, 2);
+    memset(ab, 0x33, len);
+    uint64_t abus = 0;
+    CHECK(ccdma_map_attrs(layer, devs[1], ab, len, CCDMA_FROM_DEVICE, CCDMA_ATTR_SKIP_CPU_SYNC, &abus));
+    if (dev_access(32, abus, first, sizeof first, 1)) FAIL("device write refused");
+    int untouched = ab[0] == 0x33;
+    CHECK(ccdma_sync_for_cpu(layer, devs[1], abus, 0, sizeof first, CCDMA_FROM_DEVICE));
+    int synced = memcmp(ab, first, sizeof first) == 0;
+    if (dev_access(32, abus, second, sizeof second, 1)) FAIL("device write refused");
+    CHECK(ccdma_unmap_attrs(layer, devs[1], abus, len, CCDMA_FROM_DEVICE, CCDMA_ATTR_SKIP_CPU_SYNC));
+    int skipped = memcmp(ab, first, sizeof first) == 0 && ab[len - 1] == 0x33;
+    printf("attrs: SKIP_CPU_SYNC from-device: buffer untouched until sync: %s, after sync_for_cpu: %s, "
+           "unmap copied nothing: %s\n",
+           untouched ? "yes" : "NO", synced ? "yes" : "NO", skipped ? "yes" : "NO");
+    if (!untouched || !synced || !skipped) FAIL("SKIP_CPU_SYNC");
+
+    CHECK(ccdma_map_attrs(layer, devs[1], ab, len, CCDMA_FROM_DEVICE, CCDMA_ATTR_PRESERVE_UNWRITTEN, &abus));
+    memset(got, 0, len);
+    int preserved = dev_access(32, abus, got, len, 0) == 0 && memcmp(got, ab, len) == 0;
+    if (dev_access(32, abus, second, sizeof second, 1)) FAIL("device write refused");
+    CHECK(ccdma_unmap(layer, devs[1], abus, len, CCDMA_FROM_DEVICE));
+    preserved = preserved && memcmp(ab, second, sizeof second) == 0 && ab[len - 1] == 0x33;
+
+    fill(ab, len, 9);
+    CHECK(ccdma_map(layer, devs[1], ab, len, CCDMA_BIDIRECTIONAL, &abus));
+    ab[0] ^= 0xFF; /* the CPU changes the buffer after the map ... */
+    CHECK(ccdma_sync_for_device(layer, devs[1], abus, 0, 1, CCDMA_BIDIRECTIONAL));
+    int pushed = dev_access(32, abus, got, 1, 0) == 0 && got[0] == ab[0]; /* ... the device sees it */
+    CHECK(ccdma_unmap(layer, devs[1], abus, len, CCDMA_BIDIRECTIONAL));
+    int bad_attr = ccdma_map_attrs(layer, devs[1], ab, len, CCDMA_TO_DEVICE, 64, &abus);
+    printf("attrs: PRESERVE_UNWRITTEN keeps unwritten bytes: %s; sync_for_device pushes a CPU change: %s; "
+           "unknown attribute: %d (%s)\n",
+           preserved ? "yes" : "NO", pushed ? "yes" : "NO", bad_attr, ccdma_strerror(bad_attr));
+    if (!preserved || !pushed || bad_attr != CCDMA_ERR_INVALID) FAIL("attributes");
+
+    CHECK(ccdma_map_sg(layer, devs[1], in, 3, CCDMA_FROM_DEVICE, sg_mem, sizeof sg_mem, segs, &nsegs));
+    fill(stream, total, 78);
+    off = 0;
+    for (size_t i = 0; i < nsegs; i++) {
+        if (dev_access(32, segs[i].bus, stream + off, segs[i].len, 1)) FAIL("sg segment write refused");
+        off += segs[i].len;
+    }
+    CHECK(ccdma_sync_sg_for_cpu(layer, devs[1], sg_mem, 3, CCDMA_FROM_DEVICE));
+    int sg_synced = memcmp(in[0].ptr, stream, lens[0]) == 0;
+    CHECK(ccdma_unmap_sg_attrs(layer, devs[1], sg_mem, 3, CCDMA_FROM_DEVICE, CCDMA_ATTR_SKIP_CPU_SYNC));
+    printf("sync: sg list visible to the CPU while mapped: %s\n", sg_synced ? "yes" : "NO");
+    if (!sg_synced) FAIL("sync_sg_for_cpu");
+
+    /* Teardown: refused while anything is live, then pools private again and the memory ours. */
+    uint64_t live_bus = 0;
+    CHECK(ccdma_map(layer, devs[2], buf, 64, CCDMA_TO_DEVICE, &live_bus));
+    int busy_fini = ccdma_layer_fini(layer);
+    CHECK(ccdma_unmap(layer, devs[2], live_bus, 64, CCDMA_TO_DEVICE));
     for (int d = 0; d < 3; d++) CHECK(ccdma_detach(layer, devs[d]));
-    printf("detached 3 devices; platform saw %u share and %u unshare calls, %u violations\n", shares, unshares,
-           violations);
+    CHECK(ccdma_layer_fini(layer));
+    int pools_private = page_state(HIGH_PHYS) == 0 && page_state(LOW_PHYS + POOL_LEN - PAGE) == 0;
+    printf("teardown: fini with a live mapping: %d (%s); after detach: pools private again: %s\n", busy_fini,
+           ccdma_strerror(busy_fini), pools_private ? "yes" : "NO");
+    if (busy_fini != CCDMA_ERR_BUSY || !pools_private) FAIL("teardown");
+
+    /* The same guest behind an IOMMU written in C, strict: entries per mapping, by direction. */
+    struct ccdma_iommu iommu = {.ctx = NULL, .window = io_window, .map = io_map, .unmap = io_unmap};
+    platform.iommu = &iommu;
+    CHECK(ccdma_layer_init(layer_mem, sizeof layer_mem, &platform));
+    if (ccdma_add_pool(layer, LOW_PHYS, POOL_LEN, meta_low, sizeof meta_low) < 0) FAIL("add_pool");
+    if (ccdma_add_pool(layer, HIGH_PHYS, POOL_LEN, meta_high, sizeof meta_high) < 0) FAIL("add_pool");
+    CHECK(ccdma_enable_iommu(layer, CCDMA_IOMMU_STRICT, 2, range_mem, sizeof range_mem));
+    uint32_t io_ids[2] = {20, 21};
+    unsigned io_masks[2] = {32, 64};
+    for (int d = 0; d < 2; d++) CHECK(ccdma_attach(layer, dev_mem[d], sizeof dev_mem[d], io_ids[d], io_masks[d]));
+    for (int d = 0; d < 2; d++) {
+        for (int k = 0; k < 2; k++) {
+            int dir = dirs[k];
+            uint64_t bus = 0;
+            fill(buf, len, (unsigned)(40 + d * 2 + k));
+            memcpy(want, buf, len);
+            CHECK(ccdma_map(layer, devs[d], buf, len, dir, &bus));
+            if (bus < windows[d].start || bus >= windows[d].start + (uint64_t)WIN_PAGES * PAGE)
+                FAIL("bus %#llx outside the window", (unsigned long long)bus);
+            unsigned blocked_before = iommu_blocked;
+            if (dir == CCDMA_TO_DEVICE) {
+                if (dev_access_iommu(io_ids[d], bus, got, len, 0) || memcmp(got, want, len) != 0)
+                    FAIL("device read through the IOMMU differs");
+                if (dev_access_iommu(io_ids[d], bus, got, 1, 1) == 0) FAIL("write through a read-only entry");
+            } else {
+                fill(want, len, (unsigned)(50 + d));
+                if (dev_access_iommu(io_ids[d], bus, want, len, 1)) FAIL("device write blocked");
+                if (dev_access_iommu(io_ids[d], bus, got, 1, 0) == 0) FAIL("read through a write-only entry");
+            }
+            unsigned entries_live = live_entries();
+            CHECK(ccdma_unmap(layer, devs[d], bus, len, dir));
+            if (memcmp(buf, want, len) != 0) FAIL("buffer after unmap differs");
+            int gone = dev_access_iommu(io_ids[d], bus, got, 1, 0) != 0;
+            printf("  iommu, %2u-bit device, %-11s: bus %#llx, %u entries while mapped, wrong-way access "
+                   "blocked: %s, blocked after unmap: %s\n",
+                   io_masks[d], dir_name(dir), (unsigned long long)bus, entries_live,
+                   iommu_blocked == blocked_before + 2 ? "yes" : "NO", gone ? "yes" : "NO");
+            if (iommu_blocked != blocked_before + 2 || !gone) FAIL("IOMMU permissions");
+        }
+    }
+    int busy_disable = ccdma_disable_iommu(layer);
+    for (int d = 0; d < 2; d++) CHECK(ccdma_detach(layer, devs[d]));
+    CHECK(ccdma_layer_fini(layer));
+    printf("iommu: %u map and %u unmap calls, %u entries live at the end; disable with devices attached: %d (%s)\n",
+           iommu_maps, iommu_unmaps, live_entries(), busy_disable, ccdma_strerror(busy_disable));
+    if (live_entries() != 0 || busy_disable != CCDMA_ERR_BUSY) FAIL("IOMMU teardown");
+
+    printf("platform saw %u share and %u unshare calls, %u violations\n", shares, unshares, violations);
     free(want);
     free(got);
     free(stream);

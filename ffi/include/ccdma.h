@@ -143,6 +143,52 @@
 #define CCDMA_BIDIRECTIONAL 3
 
 /**
+ * Skip the CPU copies at map and unmap (`DMA_ATTR_SKIP_CPU_SYNC`): the caller syncs explicitly.
+ */
+#define CCDMA_ATTR_SKIP_CPU_SYNC 1
+
+/**
+ * From-device mappings start with the buffer's bytes instead of zeroes, so bytes the device does not
+ * write come back unchanged. The buffer's bytes become visible to the host: not for secrets.
+ */
+#define CCDMA_ATTR_PRESERVE_UNWRITTEN 2
+
+/**
+ * Do not log a failure of this mapping (the caller handles it).
+ */
+#define CCDMA_ATTR_NO_WARN 4
+
+/**
+ * An IOMMU entry lets the device read the page.
+ */
+#define CCDMA_IOMMU_READ 1
+
+/**
+ * An IOMMU entry lets the device write the page.
+ */
+#define CCDMA_IOMMU_WRITE 2
+
+/**
+ * Windows hold the pools once; a map costs no IOMMU call (`ccdma_enable_iommu`'s `policy`).
+ */
+#define CCDMA_IOMMU_PREMAPPED 0
+
+/**
+ * Each mapping gets its own entries with its direction's permission, removed at unmap.
+ */
+#define CCDMA_IOMMU_STRICT 1
+
+/**
+ * Bytes of bus-range storage per entry (`ccdma_enable_iommu`).
+ */
+#define CCDMA_BUS_RANGE_SIZE 32
+
+/**
+ * Alignment of bus-range storage.
+ */
+#define CCDMA_BUS_RANGE_ALIGN 8
+
+/**
  * A coherent buffer (opaque; [`CCDMA_COHERENT_SIZE`] bytes aligned to [`CCDMA_COHERENT_ALIGN`]).
  */
 struct ccdma_coherent;
@@ -157,6 +203,39 @@ struct ccdma_device;
  * [`CCDMA_LAYER_ALIGN`]).
  */
 struct ccdma_layer;
+
+/**
+ * An IOMMU that maps ranges itself (virtio-iommu, a host IOMMU driver), written in C and named by
+ * `ccdma_platform.iommu`. Every function gets `ctx` back first; `device` is the `id` given to
+ * `ccdma_attach`. ccdma decides what goes where; these functions only program it.
+ *
+ * Contract: the functions answer truthfully and may be called from any CPU, also concurrently.
+ * - `window` describes the device's window: returns 0 with `*start`, `*size` (bytes) and
+ *   `*page_shift` (log2 of the IOMMU page, 12..=40) set, or non-zero when the device sits behind no
+ *   IOMMU.
+ * - `map` maps `npages` IOMMU pages from bus address `bus`: page `i` to `entries[i]`, a physical
+ *   address with `CCDMA_IOMMU_READ` / `CCDMA_IOMMU_WRITE` in its low bits (0: leave the page
+ *   unmapped). Returns 0, or non-zero when nothing of the range translates.
+ * - `unmap` removes `npages` pages from `bus`; 0 on success, non-zero when some may still translate.
+ */
+struct ccdma_iommu {
+  /**
+   * Passed back to every function.
+   */
+  void *ctx;
+  /**
+   * The device's window; 0 on success.
+   */
+  int (*window)(void *ctx, uint32_t device, uint64_t *start, uint64_t *size, uint32_t *page_shift);
+  /**
+   * Map pages; 0 on success.
+   */
+  int (*map)(void *ctx, uint32_t device, uint64_t bus, uint64_t npages, const uint64_t *entries);
+  /**
+   * Unmap pages; 0 on success.
+   */
+  int (*unmap)(void *ctx, uint32_t device, uint64_t bus, uint64_t npages);
+};
 
 /**
  * A platform written in C. Every function gets `ctx` back as its first argument.
@@ -201,6 +280,10 @@ struct ccdma_platform {
    * End of guest RAM.
    */
   uint64_t (*ram_end)(void *ctx);
+  /**
+   * The IOMMU devices sit behind (copied at `ccdma_layer_init`), or NULL for none.
+   */
+  const struct ccdma_iommu *iommu;
 };
 
 /**
@@ -349,6 +432,23 @@ int ccdma_map_sg(const struct ccdma_layer *layer,
                  size_t *nsegs);
 
 /**
+ * `ccdma_map_sg` with attributes (`CCDMA_ATTR_*`, or-ed).
+ *
+ * # Safety
+ * As for `ccdma_map_sg`.
+ */
+int ccdma_map_sg_attrs(const struct ccdma_layer *layer,
+                       const struct ccdma_device *dev,
+                       const struct ccdma_sg_in *sg,
+                       size_t n,
+                       int dir,
+                       int attrs_bits,
+                       void *entries,
+                       size_t entries_size,
+                       struct ccdma_segment *segs,
+                       size_t *nsegs);
+
+/**
  * Unmap a list mapped by `ccdma_map_sg`: the same `entries`, `n` and `dir`. From-device data is copied
  * back here. On success the entries' memory is free.
  *
@@ -361,6 +461,19 @@ int ccdma_unmap_sg(const struct ccdma_layer *layer,
                    void *entries,
                    size_t n,
                    int dir);
+
+/**
+ * `ccdma_unmap_sg` with attributes (with `CCDMA_ATTR_SKIP_CPU_SYNC` nothing is copied back).
+ *
+ * # Safety
+ * As for `ccdma_unmap_sg`.
+ */
+int ccdma_unmap_sg_attrs(const struct ccdma_layer *layer,
+                         const struct ccdma_device *dev,
+                         void *entries,
+                         size_t n,
+                         int dir,
+                         int attrs_bits);
 
 /**
  * Make `pages` pages at `phys` (page-aligned) a coherent buffer of `dev` in `buf_mem` (`buf_size`
@@ -393,6 +506,135 @@ int ccdma_alloc_coherent(const struct ccdma_layer *layer,
 int ccdma_free_coherent(const struct ccdma_layer *layer,
                         const struct ccdma_device *dev,
                         struct ccdma_coherent *buf);
+
+/**
+ * `ccdma_map` with attributes (`CCDMA_ATTR_*`, or-ed; unknown bits are `CCDMA_ERR_INVALID`).
+ *
+ * # Safety
+ * As for `ccdma_map`.
+ */
+int ccdma_map_attrs(const struct ccdma_layer *layer,
+                    const struct ccdma_device *dev,
+                    void *ptr,
+                    size_t len,
+                    int dir,
+                    int attrs_bits,
+                    uint64_t *bus);
+
+/**
+ * `ccdma_unmap` with attributes (with `CCDMA_ATTR_SKIP_CPU_SYNC` nothing is copied back).
+ *
+ * # Safety
+ * As for `ccdma_unmap`.
+ */
+int ccdma_unmap_attrs(const struct ccdma_layer *layer,
+                      const struct ccdma_device *dev,
+                      uint64_t bus,
+                      size_t len,
+                      int dir,
+                      int attrs_bits);
+
+/**
+ * Make the device's writes to `[offset, offset + len)` of the mapping at `bus` visible in the
+ * buffer (copied from the bounce slot). `dir` as given to the map.
+ *
+ * # Safety
+ * As for `ccdma_unmap`; nothing reads or writes that part of the buffer during the call.
+ */
+int ccdma_sync_for_cpu(const struct ccdma_layer *layer,
+                       const struct ccdma_device *dev,
+                       uint64_t bus,
+                       size_t offset,
+                       size_t len,
+                       int dir);
+
+/**
+ * Make the CPU's writes to `[offset, offset + len)` of the buffer visible to the device (copied to
+ * the bounce slot) before handing the mapping back to it.
+ *
+ * # Safety
+ * As for `ccdma_sync_for_cpu`.
+ */
+int ccdma_sync_for_device(const struct ccdma_layer *layer,
+                          const struct ccdma_device *dev,
+                          uint64_t bus,
+                          size_t offset,
+                          size_t len,
+                          int dir);
+
+/**
+ * Make the device's writes visible in the buffers of a mapped list (`entries`, `n`, `dir` as given to
+ * `ccdma_map_sg`).
+ *
+ * # Safety
+ * As for `ccdma_unmap_sg`; the list stays mapped.
+ */
+int ccdma_sync_sg_for_cpu(const struct ccdma_layer *layer,
+                          const struct ccdma_device *dev,
+                          void *entries,
+                          size_t n,
+                          int dir);
+
+/**
+ * Make the CPU's writes to the buffers of a mapped list visible to the device.
+ *
+ * # Safety
+ * As for `ccdma_sync_sg_for_cpu`.
+ */
+int ccdma_sync_sg_for_device(const struct ccdma_layer *layer,
+                             const struct ccdma_device *dev,
+                             void *entries,
+                             size_t n,
+                             int dir);
+
+/**
+ * Put the devices the platform's `iommu` table places behind an IOMMU on the IOMMU path:
+ * `policy` is `CCDMA_IOMMU_PREMAPPED` or `CCDMA_IOMMU_STRICT`; `max_domains` (1..=16) devices
+ * behind it at once; `ranges` (`ranges_size` bytes, aligned to `CCDMA_BUS_RANGE_ALIGN`) is the
+ * bus-range storage, split evenly between the domains (each needs at least 4 entries of
+ * `CCDMA_BUS_RANGE_SIZE` bytes; each live strict mapping, coherent buffer or list takes one). Before
+ * any `ccdma_attach`. Fails with `CCDMA_ERR_IOMMU` if already enabled.
+ *
+ * # Safety
+ * `layer` is an initialised layer and no other call uses it during this one; `ranges` is valid for
+ * writes of `ranges_size` bytes and used for nothing else while the layer lives.
+ */
+int ccdma_enable_iommu(struct ccdma_layer *layer,
+                       int policy,
+                       size_t max_domains,
+                       void *ranges,
+                       size_t ranges_size);
+
+/**
+ * Turn the IOMMU path off again. Refused (`CCDMA_ERR_BUSY`) while any device is attached behind it.
+ * `CCDMA_OK` when it was not enabled.
+ *
+ * # Safety
+ * `layer` is an initialised layer and no other call uses it during this one.
+ */
+int ccdma_disable_iommu(struct ccdma_layer *layer);
+
+/**
+ * Release every pool: its memory is made private again (pages that cannot be are quarantined, and
+ * `CCDMA_ERR_SHARING` says so: never use them for private data). Refused with nothing changed
+ * (`CCDMA_ERR_BUSY`) while any mapping is live or a device behind the IOMMU is attached.
+ *
+ * # Safety
+ * `layer` is an initialised layer and no other call uses it during this one.
+ */
+int ccdma_release_pools(struct ccdma_layer *layer);
+
+/**
+ * Take the layer down: pools released (`ccdma_release_pools`), the IOMMU path off
+ * (`ccdma_disable_iommu`), then the layer's memory and the pool and bus-range storage it was given are
+ * the caller's again. Every device must be detached first. If refused (`CCDMA_ERR_BUSY`, ...) the
+ * layer stays initialised and usable (pools already released stay released), and the call can be
+ * repeated.
+ *
+ * # Safety
+ * `layer` is an initialised layer and no other call uses it during this one, nor, on success, after.
+ */
+int ccdma_layer_fini(struct ccdma_layer *layer);
 
 #ifdef __cplusplus
 }  // extern "C"

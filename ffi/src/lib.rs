@@ -9,7 +9,11 @@
 //! - Integer error codes ([`CCDMA_OK`] and one negative code per family of `DmaError` variants) with
 //!   [`ccdma_strerror`].
 //!
-//! The IOMMU (TCE calls, native backends) is not reachable through this interface.
+//! - An IOMMU written in C ([`ccdma_iommu`], named by the platform table): a native backend that maps
+//!   ranges, under ccdma's premapped or strict policy ([`ccdma_enable_iommu`]). PAPR TCE hypercalls
+//!   are not reachable through this interface.
+//! - Attributes ([`CCDMA_ATTR_SKIP_CPU_SYNC`], ...) on the `*_attrs` calls, syncs of live mappings
+//!   and lists, and teardown ([`ccdma_release_pools`], [`ccdma_layer_fini`]).
 //!
 //! # Panics and unwinding
 //! The library code never panics on any input: null pointers, short or misaligned memory and bad
@@ -24,7 +28,8 @@
 //! For C firmware, `--no-default-features --features panic-handler` adds a handler that spins; that
 //! staticlib needs a target whose panics abort (a freestanding target, or `-Zbuild-std` with
 //! `panic = "abort"`): on a hosted target the precompiled `core` unwinds and rustc refuses. That
-//! build is not exercised by the tests.
+//! build is not exercised by the tests. The `no_std` rlib is: the x86 test kernel links it with C
+//! code that calls it (`qemu/kernel/c/ffi_check.c`, check `ffi.c_driver`).
 //!
 //! # Stack use
 //! `ccdma_layer_init` writes the layer (about 22 KiB) into the caller's memory; the optimiser builds it
@@ -37,15 +42,22 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+mod attrs;
+mod iommu;
+mod teardown;
+
+pub use attrs::*;
+pub use iommu::*;
+pub use teardown::*;
+
 use core::ffi::{c_char, c_int, c_void};
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
 
 use ccdma::sg::SgEntry;
 use ccdma::{
-    BusAddr, CoherentBuffer, Device, DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask,
-    FreeError, MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform, PoolConfig, SharingErrorKind,
-    SlotMeta,
+    CoherentBuffer, Device, DeviceConfig, DmaDirection, DmaError, DmaLayer, DmaMask, FreeError,
+    MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform, PoolConfig, SharingErrorKind, SlotMeta,
 };
 
 #[cfg(all(feature = "panic-handler", not(feature = "std")))]
@@ -195,6 +207,8 @@ pub struct ccdma_platform {
     >,
     /// End of guest RAM.
     pub ram_end: Option<unsafe extern "C" fn(ctx: *mut c_void) -> u64>,
+    /// The IOMMU devices sit behind (copied at `ccdma_layer_init`), or NULL for none.
+    pub iommu: *const ccdma_iommu,
 }
 
 /// The C table, checked (no null function) and copied into the layer.
@@ -206,6 +220,7 @@ struct CPlatform {
     cpu_ptr: unsafe extern "C" fn(*mut c_void, u64, usize) -> *mut c_void,
     virt_to_phys: unsafe extern "C" fn(*mut c_void, *const c_void, usize, *mut u64) -> c_int,
     ram_end: unsafe extern "C" fn(*mut c_void) -> u64,
+    iommu: Option<iommu::CIommu>,
 }
 
 // SAFETY: the header's contract for `ccdma_platform` requires its functions (and so `ctx`) to be
@@ -224,6 +239,7 @@ impl CPlatform {
             cpu_ptr: t.cpu_ptr?,
             virt_to_phys: t.virt_to_phys?,
             ram_end: t.ram_end?,
+            iommu: iommu::CIommu::from_table(t.iommu).ok()?,
         })
     }
 
@@ -279,6 +295,9 @@ unsafe impl PhysMemory for CPlatform {
 impl Platform for CPlatform {
     fn is_confidential(&self) -> bool {
         self.confidential
+    }
+    fn iommu_backend(&self) -> Option<&dyn ccdma::iommu::IommuBackend> {
+        self.iommu.as_ref().map(|b| b as &dyn ccdma::iommu::IommuBackend)
     }
 }
 
@@ -530,25 +549,8 @@ pub unsafe extern "C" fn ccdma_map(
     dir: c_int,
     bus: *mut u64,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
-    };
-    if ptr.is_null() || bus.is_null() {
-        return CCDMA_ERR_NULL;
-    }
-    let Some(dir) = direction(dir) else {
-        return CCDMA_ERR_INVALID;
-    };
-    // SAFETY: the buffer is lent until unmap (contract).
-    match unsafe { layer.inner.map_ptr(&dev.inner, ptr.cast(), len, dir, DmaAttrs::NONE) } {
-        Ok(b) => {
-            // SAFETY: valid for a write (contract).
-            unsafe { bus.write(b.0) };
-            CCDMA_OK
-        }
-        Err(e) => code(&e),
-    }
+    // SAFETY: the same contract, no attributes.
+    unsafe { ccdma_map_attrs(layer, dev, ptr, len, dir, 0, bus) }
 }
 
 /// Unmap what `ccdma_map` mapped at `bus`: `len` and `dir` as given then. From-device data is copied
@@ -564,15 +566,8 @@ pub unsafe extern "C" fn ccdma_unmap(
     len: usize,
     dir: c_int,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
-    };
-    let Some(dir) = direction(dir) else {
-        return CCDMA_ERR_INVALID;
-    };
-    // SAFETY: our own mapping (contract).
-    result(unsafe { layer.inner.unmap(&dev.inner, BusAddr(bus), len, dir, DmaAttrs::NONE) })
+    // SAFETY: the same contract, no attributes.
+    unsafe { ccdma_unmap_attrs(layer, dev, bus, len, dir, 0) }
 }
 
 /// One input buffer of a scatter-gather list.
@@ -616,6 +611,28 @@ pub unsafe extern "C" fn ccdma_map_sg(
     segs: *mut ccdma_segment,
     nsegs: *mut usize,
 ) -> c_int {
+    // SAFETY: the same contract, no attributes.
+    unsafe { ccdma_map_sg_attrs(layer, dev, sg, n, dir, 0, entries, entries_size, segs, nsegs) }
+}
+
+/// `ccdma_map_sg` with attributes (`CCDMA_ATTR_*`, or-ed).
+///
+/// # Safety
+/// As for `ccdma_map_sg`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ccdma_map_sg_attrs(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    sg: *const ccdma_sg_in,
+    n: usize,
+    dir: c_int,
+    attrs_bits: c_int,
+    entries: *mut c_void,
+    entries_size: usize,
+    segs: *mut ccdma_segment,
+    nsegs: *mut usize,
+) -> c_int {
     // SAFETY: null or initialised objects (contract).
     let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
         return CCDMA_ERR_NULL;
@@ -626,7 +643,7 @@ pub unsafe extern "C" fn ccdma_map_sg(
     if n == 0 {
         return CCDMA_ERR_INVALID;
     }
-    let Some(dir) = direction(dir) else {
+    let (Some(dir), Some(attrs)) = (direction(dir), attrs::attrs(attrs_bits)) else {
         return CCDMA_ERR_INVALID;
     };
     let Some(need) = n.checked_mul(size_of::<SgEntry<'static>>()) else {
@@ -648,7 +665,7 @@ pub unsafe extern "C" fn ccdma_map_sg(
     }
     // SAFETY: `n` entries just initialised in memory the caller lends until `ccdma_unmap_sg`.
     let inner: &mut [SgEntry<'static>] = unsafe { core::slice::from_raw_parts_mut(list, n) };
-    match layer.inner.map_sg(&dev.inner, inner, dir, DmaAttrs::NONE) {
+    match layer.inner.map_sg(&dev.inner, inner, dir, attrs) {
         Ok(count) => {
             for (i, seg) in ccdma::sg::dma_segments(&inner[..count]).enumerate() {
                 // SAFETY: `segs` has room for `n >= count` segments (contract).
@@ -676,22 +693,35 @@ pub unsafe extern "C" fn ccdma_unmap_sg(
     n: usize,
     dir: c_int,
 ) -> c_int {
+    // SAFETY: the same contract, no attributes.
+    unsafe { ccdma_unmap_sg_attrs(layer, dev, entries, n, dir, 0) }
+}
+
+/// `ccdma_unmap_sg` with attributes (with `CCDMA_ATTR_SKIP_CPU_SYNC` nothing is copied back).
+///
+/// # Safety
+/// As for `ccdma_unmap_sg`.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_unmap_sg_attrs(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    entries: *mut c_void,
+    n: usize,
+    dir: c_int,
+    attrs_bits: c_int,
+) -> c_int {
     // SAFETY: null or initialised objects (contract).
     let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
         return CCDMA_ERR_NULL;
     };
-    if entries.is_null() {
-        return CCDMA_ERR_NULL;
-    }
-    if n == 0 || (entries as usize) % align_of::<SgEntry<'static>>() != 0 {
-        return CCDMA_ERR_INVALID;
-    }
-    let Some(dir) = direction(dir) else {
+    let (Some(dir), Some(attrs)) = (direction(dir), attrs::attrs(attrs_bits)) else {
         return CCDMA_ERR_INVALID;
     };
-    // SAFETY: `n` entries initialised by `ccdma_map_sg` (contract).
-    let list: &mut [SgEntry<'static>] = unsafe { core::slice::from_raw_parts_mut(entries.cast(), n) };
-    result(layer.inner.unmap_sg(&dev.inner, list, dir, DmaAttrs::NONE))
+    // SAFETY: the caller's mapped list (contract).
+    match unsafe { attrs::sg_list(entries, n) } {
+        Ok(list) => result(layer.inner.unmap_sg(&dev.inner, list, dir, attrs)),
+        Err(e) => e,
+    }
 }
 
 /// Make `pages` pages at `phys` (page-aligned) a coherent buffer of `dev` in `buf_mem` (`buf_size`

@@ -1,29 +1,26 @@
 //! `examples/demo.c`, built with the system `cc` against the header and this crate's static library,
-//! runs a confidential guest whose platform is written in C (see the file). It must exit 0.
+//! runs a confidential guest whose platform (and, in its second half, IOMMU) is written in C (see the
+//! file). It must exit 0, and its output must report each part of the interface as it should.
 //! `cargo test -p ccdma-ffi --release --test c_demo -- --nocapture` shows its output.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `libccdma_ffi.a` of this build: cargo builds the library (all its crate types) before the tests,
-/// into the profile directory above this test's `deps/`.
+/// into `deps/` beside this test. The copy in the profile directory above is refreshed only by
+/// `cargo build`, so it can be stale: the newest of all candidates is taken.
 fn staticlib() -> PathBuf {
     let exe = std::env::current_exe().expect("test path");
     let deps = exe.parent().expect("deps dir");
     let profile = deps.parent().expect("profile dir");
-    let lib = profile.join("libccdma_ffi.a");
-    if lib.exists() {
-        return lib;
-    }
-    // Otherwise the newest hashed copy in deps/.
-    std::fs::read_dir(deps)
-        .expect("read deps")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
+    let hashed =
+        std::fs::read_dir(deps).expect("read deps").filter_map(Result::ok).map(|e| e.path()).filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             name.starts_with("libccdma_ffi") && name.ends_with(".a")
-        })
+        });
+    std::iter::once(profile.join("libccdma_ffi.a"))
+        .chain(hashed)
+        .filter(|p| p.exists())
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
         .expect("libccdma_ffi.a next to the test binary")
 }
@@ -48,4 +45,27 @@ fn c_demo_runs() {
     print!("{}", String::from_utf8_lossy(&run.stdout));
     eprint!("{}", String::from_utf8_lossy(&run.stderr));
     assert!(run.status.success(), "the C demo failed: {}", run.status);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    check_output(&stdout);
+}
+
+/// The demo checks every byte itself (and exits non-zero on a mismatch); this also pins down that
+/// each part of the interface ran and said what it must, so a part cannot drop out silently.
+fn check_output(out: &str) {
+    let has = |needle: &str| out.lines().any(|l| l.contains(needle));
+    let count = |needle: &str| out.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("bytes exact"), 9 + 1, "every device and direction, and the list, exact");
+    assert!(has("coherent: ") && has("shared while allocated: yes, private after free: yes"));
+    assert!(has("buffer untouched until sync: yes, after sync_for_cpu: yes, unmap copied nothing: yes"));
+    assert!(has("PRESERVE_UNWRITTEN keeps unwritten bytes: yes; sync_for_device pushes a CPU change: yes; unknown attribute: -3"));
+    assert!(has("sync: sg list visible to the CPU while mapped: yes"));
+    assert!(has("teardown: fini with a live mapping: -9") && has("pools private again: yes"));
+    assert_eq!(
+        count("wrong-way access blocked: yes, blocked after unmap: yes"),
+        4,
+        "strict IOMMU entries by direction"
+    );
+    assert!(has("0 entries live at the end; disable with devices attached: -9"));
+    assert!(has(", 0 violations"));
+    assert_eq!(out.lines().last(), Some("OK"));
 }

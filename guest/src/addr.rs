@@ -3,6 +3,25 @@
 //! Physical (guest physical) and bus addresses are distinct types so a device address can never be used
 //! as a CPU address by accident: in a confidential guest with an IOMMU the two differ, and confusing them
 //! is exactly how a device ends up reaching private memory.
+//!
+//! ```
+//! use ccdma::{BusAddr, DmaMask, PhysAddr, PAGE_SIZE};
+//!
+//! let mask = DmaMask::new(32)?;
+//! assert_eq!(mask, DmaMask::BITS_32);
+//! assert_eq!(mask.max_addr(), 0xFFFF_FFFF);
+//! assert!(mask.covers(0xFFFF_F000, PAGE_SIZE)); // the last page below 4 GiB
+//! assert!(!mask.covers(0xFFFF_F000, 2 * PAGE_SIZE)); // crosses 4 GiB
+//! assert_eq!(DmaMask::from_value(0xFF_FFFF)?.bits(), 24); // Linux's DMA_BIT_MASK(24)
+//! assert!(DmaMask::new(8).is_err()); // cannot address one page: refused up front
+//!
+//! let buf = PhysAddr(0x1_2345);
+//! assert_eq!((buf.pfn(), buf.is_page_aligned()), (0x12, false));
+//! // A bus address is another type: turning one into the other is always spelled out.
+//! let bus = BusAddr(buf.as_u64());
+//! assert_eq!(bus.checked_add(0x10), Some(BusAddr(0x1_2355)));
+//! # Ok::<(), ccdma::InvalidMask>(())
+//! ```
 
 use core::fmt;
 

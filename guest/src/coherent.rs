@@ -3,6 +3,28 @@
 //! zeroes them, shares them in a confidential guest, and (behind an IOMMU) enters them into the
 //! device's window below its coherent mask. Freeing undoes that; pages that cannot be made private
 //! again are quarantined and counted, and the caller must never reuse them.
+//!
+//! ```
+//! # use ccdma::*;
+//! # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! # let mut layer = DmaLayer::new(hv);
+//! # // SAFETY: the model never hands this range out.
+//! # unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default()) }.unwrap();
+//! let nic = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! # let model_nic = hv.add_device(1, 32);
+//! # let page = hv.alloc(4096, Region::Low);
+//! // SAFETY: `page` is a free page of guest RAM, handed over until the free succeeds.
+//! let ring = unsafe { layer.on(&nic).alloc_coherent(PhysAddr(page), 1)? };
+//! assert_eq!((ring.len(), ring.pages()), (4096, 1));
+//! // The CPU writes through `cpu_ptr`, the device reads at `bus_addr`: no copy, no sync.
+//! // SAFETY: the buffer is 4096 bytes of memory the layer handed to this program.
+//! unsafe { ring.cpu_ptr().as_ptr().write(0x5A) };
+//! assert_eq!(model_nic.read(ring.bus_addr().0, 1).unwrap(), [0x5A]);
+//! layer.on(&nic).free_coherent(ring)?; // made private again
+//! assert_eq!(nic.live(), 0);
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;

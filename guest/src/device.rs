@@ -1,4 +1,28 @@
 //! A device: what its driver declares ([`DeviceConfig`]) and its attachment to a layer ([`Device`]).
+//!
+//! ```
+//! # use ccdma::*;
+//! # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! # let mut layer = DmaLayer::new(hv);
+//! # // SAFETY: the model never hands this range out.
+//! # unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default()) }.unwrap();
+//! // An NVMe-like device: 64-bit streaming, 32-bit coherent, 64 KiB segments, 4 KiB alignment kept.
+//! let cfg = DeviceConfig::new(7, DmaMask::BITS_64)
+//!     .with_coherent_mask(DmaMask::BITS_32)
+//!     .with_max_segment_size(64 << 10)
+//!     .with_min_align_mask(0xFFF);
+//! let nvme = layer.attach(cfg)?;
+//! assert_eq!(nvme.path(), DmaPath::BounceAlways); // confidential guest, no IOMMU
+//! assert_eq!(nvme.config().max_segment_size, 64 << 10);
+//!
+//! let mut sector = [0u8; 512];
+//! let m = layer.on(&nvme).map(&mut sector, DmaDirection::FromDevice)?;
+//! assert_eq!(nvme.live_counts().mappings, 1); // `layer.detach(nvme)` would not compile here
+//! m.unmap()?;
+//! layer.detach(nvme)?;
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::sync::atomic::{AtomicU32, Ordering};
 

@@ -1,4 +1,28 @@
 //! Transfer direction and mapping attributes.
+//!
+//! ```
+//! # use ccdma::*;
+//! # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! # let mut layer = DmaLayer::new(hv);
+//! # // SAFETY: the model never hands this range out.
+//! # unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default()) }.unwrap();
+//! let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! # let model_dev = hv.add_device(1, 32);
+//! assert!(DmaDirection::ToDevice.device_reads() && !DmaDirection::ToDevice.device_writes());
+//! let attrs = DmaAttrs::SKIP_CPU_SYNC | DmaAttrs::NO_WARN;
+//! assert!(attrs.contains(DmaAttrs::NO_WARN) && !attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN));
+//!
+//! // With SKIP_CPU_SYNC the caller says when device data is copied in (the full call takes attrs).
+//! let mut buf = [0u8; 4];
+//! let mut m = layer.map(&dev, &mut buf, DmaDirection::FromDevice, attrs)?;
+//! model_dev.write(m.bus_addr().0, b"data").unwrap();
+//! assert_eq!(m.buffer(), [0; 4]); // nothing copied yet
+//! m.sync_for_cpu(0, 4)?;
+//! assert_eq!(m.buffer(), b"data");
+//! m.unmap()?;
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 /// Which way data moves for a streaming mapping. The direction decides what the bounce layer copies
 /// (and, with an IOMMU, which permission a device gets), so a mapping made for one direction never

@@ -1,4 +1,30 @@
 //! The crate's one error type. Variants say what a caller can act on.
+//!
+//! ```
+//! # use ccdma::*;
+//! # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! # let mut layer = DmaLayer::new(hv);
+//! # // SAFETY: the model never hands this range out.
+//! # unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default()) }.unwrap();
+//! let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! // Errors carry their numbers and print them.
+//! let huge = vec![0u8; 2 << 20];
+//! let e = layer.on(&dev).map_to_device(&huge).unwrap_err();
+//! assert!(matches!(e, DmaError::TooLarge { len: 0x20_0000, .. }), "{e}");
+//!
+//! // A refused call hands its value back ([`Refused`]): nothing is lost.
+//! # let buf = hv.alloc(4096, Region::Low);
+//! // SAFETY: `buf` is a page of guest RAM this program owns until the unmap.
+//! let bus = unsafe { layer.on(&dev).map_phys(PhysAddr(buf), 4096, DmaDirection::ToDevice)? };
+//! let refused = layer.detach(dev).unwrap_err();
+//! assert!(matches!(refused.error, DmaError::Busy { live: 1 }));
+//! let dev = refused.value;
+//! // SAFETY: `bus` is this program's raw mapping of `dev`, unmapped once.
+//! unsafe { layer.on(&dev).unmap(bus, 4096, DmaDirection::ToDevice)? };
+//! layer.detach(dev)?;
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::fmt;
 

@@ -1,5 +1,28 @@
 //! `DmaLayer`: one instance per guest, shared by every CPU. Owns the pools, attaches devices, and
 //! implements the streaming API (the raw face; the safe face in [`crate::mapping`] builds on it).
+//!
+//! ```
+//! use ccdma::{DeviceConfig, DmaLayer, DmaMask, PhysAddr, PoolConfig, SlotMeta};
+//! # use ccdma_hv_model::{HvConfig, Hypervisor};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! let mut layer = DmaLayer::new(hv);
+//! // Two pools: one low for 24- and 32-bit devices, one above 4 GiB for the rest.
+//! for (phys, len) in [(0x80_0000, 1 << 20), (0x1_0000_0000, 4 << 20)] {
+//!     let meta = vec![SlotMeta::EMPTY; PoolConfig::default().slots_for(len)].leak();
+//!     // SAFETY: both ranges are guest RAM this program gives the layer for good.
+//!     unsafe { layer.add_pool(PhysAddr(phys), len, meta, PoolConfig::default())? };
+//! }
+//! assert_eq!(layer.pools().count(), 2);
+//! assert_eq!(layer.stats().shared_pages, (5 << 20) / 4096); // pools are shared once, at add
+//!
+//! // One layer serves every CPU: `attach`, maps and detach take `&self`.
+//! let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! layer.detach(dev)?;
+//! // Pools go back (made private again) only when nothing is live.
+//! layer.release_pools()?;
+//! assert_eq!(hv.shared_pages(), 0);
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::sync::atomic::{AtomicU32, Ordering};
 

@@ -14,7 +14,7 @@
 //! scatter-gather list and a coherent buffer.
 //!
 //! ```
-//! use ccdma::{sg::SgEntry, DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, PhysAddr};
+//! use ccdma::{sg::SgEntry, DeviceConfig, DmaDirection, DmaLayer, DmaMask, PhysAddr};
 //! use ccdma::{PoolConfig, SlotMeta};
 //! # use ccdma_hv_model::{HvConfig, Hypervisor};
 //! # let platform: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
@@ -34,11 +34,11 @@
 //!
 //! // 3. Streaming DMA: the buffer is lent to the device for the mapping's life.
 //! let packet = [0xAB_u8; 1500];
-//! let tx = layer.map_to_device(&nic, &packet, DmaAttrs::NONE)?;
+//! let tx = layer.on(&nic).map_to_device(&packet)?;
 //! # assert_eq!(nic_dev.read(tx.bus_addr().0, 1500).unwrap(), packet);
 //! tx.unmap()?;
 //! let mut block = [0u8; 4096];
-//! let rx = layer.map(&disk, &mut block, DmaDirection::FromDevice, DmaAttrs::NONE)?;
+//! let rx = layer.on(&disk).map(&mut block, DmaDirection::FromDevice)?;
 //! # disk_dev.write(rx.bus_addr().0, &[7; 4096]).unwrap();
 //! rx.unmap()?; // the device's bytes are copied into `block` here, once
 //! assert_eq!(block, [7; 4096]);
@@ -46,9 +46,9 @@
 //! // 4. Scatter-gather: three buffers, as few DMA segments as the device allows.
 //! let (mut a, mut b, mut c) = ([1u8; 512], [2u8; 700], [3u8; 100]);
 //! let mut list = [SgEntry::new(&mut a), SgEntry::new(&mut b), SgEntry::new(&mut c)];
-//! let segments = layer.map_sg(&disk, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE)?;
+//! let segments = layer.on(&disk).map_sg(&mut list, DmaDirection::ToDevice)?;
 //! assert_eq!(segments, 1); // packed into one bounce run
-//! layer.unmap_sg(&disk, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE)?;
+//! layer.on(&disk).unmap_sg(&mut list, DmaDirection::ToDevice)?;
 //!
 //! // 5. A coherent buffer (rings): shared for its life, freed by value.
 //! # let ring_page = hv.alloc(4096, ccdma_hv_model::Region::Low);
@@ -62,6 +62,9 @@
 //! println!("{}", layer.stats());
 //! # Ok::<(), ccdma::DmaError>(())
 //! ```
+//!
+//! `layer.on(&dev)` ([`DeviceDma`]) gives a device's calls without attributes; the full calls on
+//! [`DmaLayer`] (`layer.map(&dev, buf, dir, attrs)`, ...) take [`DmaAttrs`] when a mapping needs one.
 //!
 //! # Soundness: what the type system promises
 //!
@@ -107,6 +110,7 @@
 
 pub mod addr;
 pub mod coherent;
+pub mod convenience;
 pub mod device;
 pub mod direction;
 pub mod error;
@@ -126,8 +130,14 @@ pub mod tracker;
 #[cfg(feature = "virtio-hal")]
 pub mod virtio_hal;
 
+/// The crate's README (what crates.io shows), compiled and run as a doctest so its example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctest;
+
 pub use addr::{BusAddr, DmaMask, InvalidMask, PhysAddr, PAGE_SIZE};
 pub use coherent::{CoherentBuffer, FreeError};
+pub use convenience::DeviceDma;
 pub use device::{Device, DeviceConfig, LiveCounts};
 pub use direction::{DmaAttrs, DmaDirection};
 pub use error::{DmaError, IommuError, Refused, SharingErrorKind};

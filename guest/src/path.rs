@@ -2,6 +2,23 @@
 //! [`DdwOutcome`]) and as one pure function ([`choose`]) from the facts of a platform, a device and
 //! the pools to a decision. The layer gathers the facts and carries the decision out; the table test
 //! below covers every row.
+//!
+//! ```
+//! use ccdma::path::{choose, PathChoice, PathFacts};
+//! use ccdma::{DmaPath, PathReason};
+//!
+//! // A confidential guest without IOMMU: everything bounces through a reachable pool.
+//! let facts = PathFacts { confidential: true, mask_covers_ram: true, reachable_pools: 1, iommu: None };
+//! assert_eq!(choose(&facts), PathChoice::Plain(DmaPath::BounceAlways));
+//! println!("{}", PathReason::of_plain(DmaPath::BounceAlways).unwrap());
+//!
+//! // Not confidential and the mask covers RAM: the device uses buffers as they are.
+//! let plain = PathFacts { confidential: false, ..facts };
+//! assert_eq!(choose(&plain), PathChoice::Plain(DmaPath::Direct));
+//! // Confidential with no pool the device can reach: attach fails rather than expose memory.
+//! let stranded = PathFacts { reachable_pools: 0, ..facts };
+//! assert_eq!(choose(&stranded), PathChoice::NoPath);
+//! ```
 
 use core::fmt;
 

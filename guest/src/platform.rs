@@ -3,6 +3,54 @@
 //! `hv-model` implements these traits on the host, the QEMU test kernel implements them on real
 //! (emulated) hardware, guest firmware implements them with real ultracalls/TDCALLs. Nothing else in
 //! the crate knows where it runs.
+//!
+//! A platform for a guest that is not confidential, whose RAM is one CPU mapping at a fixed offset
+//! (here a leaked host buffer plays the RAM). A confidential guest answers `true` from
+//! `is_confidential` and makes `share`/`unshare` real calls (see [`crate::sharing`]).
+//!
+//! ```
+//! use core::ptr::NonNull;
+//! use ccdma::{DeviceConfig, DmaDirection, DmaLayer, DmaMask, DmaPath};
+//! use ccdma::{MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform};
+//!
+//! struct Flat { base: *mut u8, size: u64 }
+//! // SAFETY: `Flat` only reads its fields; the RAM it names is shared by every CPU anyway.
+//! unsafe impl Sync for Flat {}
+//!
+//! impl MemorySharing for Flat {
+//!     fn share(&self, _: PhysAddr, _: u64) -> Result<(), PartialSharing> { Ok(()) }
+//!     fn unshare(&self, _: PhysAddr, _: u64) -> Result<(), PartialSharing> { Ok(()) }
+//! }
+//! // SAFETY: `[base, base + size)` is one live allocation mapping guest physical `[0, size)`, for
+//! // as long as the platform lives; both answers stay inside it.
+//! unsafe impl PhysMemory for Flat {
+//!     fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
+//!         let end = phys.0.checked_add(len as u64)?;
+//!         // SAFETY: `phys.0 <= end <= size`: inside the allocation.
+//!         (end <= self.size).then(|| unsafe { NonNull::new_unchecked(self.base.add(phys.0 as usize)) })
+//!     }
+//!     fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr> {
+//!         let off = (ptr as u64).checked_sub(self.base as u64)?;
+//!         (off.checked_add(len as u64)? <= self.size).then_some(PhysAddr(off))
+//!     }
+//!     fn ram_end(&self) -> PhysAddr { PhysAddr(self.size) }
+//! }
+//! impl Platform for Flat {
+//!     fn is_confidential(&self) -> bool { false }
+//! }
+//!
+//! let ram = vec![0u8; 1 << 20].leak();
+//! let flat = Flat { base: ram.as_mut_ptr(), size: ram.len() as u64 };
+//! let layer = DmaLayer::new(&flat);
+//! let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! assert_eq!(dev.path(), DmaPath::Direct); // not confidential, the mask covers RAM: no bounce
+//! // SAFETY: bytes 0x1000..0x1200 of the RAM are this program's until the unmap.
+//! let bus = unsafe { layer.on(&dev).map_phys(PhysAddr(0x1000), 512, DmaDirection::ToDevice)? };
+//! assert_eq!(bus.0, 0x1000); // the device uses the buffer itself
+//! // SAFETY: this program's raw mapping of `dev`, unmapped once.
+//! unsafe { layer.on(&dev).unmap(bus, 512, DmaDirection::ToDevice)? };
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::ptr::NonNull;
 

@@ -1,5 +1,28 @@
 //! The layer's set of pools as devices see it: at most [`MAX_POOLS`], and per device the order in
 //! which they are tried.
+//!
+//! Each device tries, in order, the pools its mask reaches; a 24-bit device gets a pool below 16 MiB
+//! or no path at all.
+//!
+//! ```
+//! use ccdma::{DeviceConfig, DmaLayer, DmaMask, PhysAddr, PoolConfig, SlotMeta, MAX_POOLS};
+//! # use ccdma_hv_model::{HvConfig, Hypervisor};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! let mut layer = DmaLayer::new(hv);
+//! for phys in [0x80_0000, 0x1_0000_0000] {
+//!     // SAFETY: both ranges are guest RAM this program gives the layer for good.
+//!     unsafe { layer.add_pool(PhysAddr(phys), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default())? };
+//! }
+//! assert!(layer.pools().count() <= MAX_POOLS);
+//! let old = layer.attach(DeviceConfig::new(1, DmaMask::new(24)?))?;
+//! assert_eq!(old.pool_indices().collect::<Vec<_>>(), [0]); // only the low pool is below 16 MiB
+//! let new = layer.attach(DeviceConfig::new(2, DmaMask::BITS_64))?;
+//! assert_eq!(new.pool_indices().count(), 2);
+//! let m = layer.on(&old).map_to_device(&[0u8; 64])?;
+//! assert!(m.bus_addr().0 < 1 << 24);
+//! # drop(m);
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use crate::addr::BusAddr;
 

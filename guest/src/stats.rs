@@ -5,6 +5,24 @@
 //! to index them by (the platform gives none), so a shard is picked from the address of the
 //! caller's stack: threads and CPUs run on different stacks, so concurrent callers mostly land on
 //! different lines; two that collide only share a line, the counts stay exact.
+//!
+//! ```
+//! # use ccdma::*;
+//! # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! # let mut layer = DmaLayer::new(hv);
+//! # // SAFETY: the model never hands this range out.
+//! # unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default()) }.unwrap();
+//! let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! layer.on(&dev).map_to_device(&[0u8; 1500])?.unmap()?;
+//! assert!(layer.on(&dev).map_to_device(&[0u8; 4 << 20]).is_err());
+//!
+//! let s = layer.stats();
+//! assert_eq!((s.maps, s.bounced_maps, s.bytes_to_device), (1, 1, 1500));
+//! assert_eq!(s.failures_of(FailureKind::TooLarge), 1);
+//! println!("{s}"); // labelled, one counter per line
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,6 +1,6 @@
 //! Storage that lives in a `static`, so firmware and kernels need no allocator and no hand-rolled
 //! cells: [`PoolStorage`] holds a pool's slot metadata, [`LayerCell`] freezes a configured layer into
-//! the `&'static DmaLayer` that HALs (such as [`crate::virtio_hal`]) need.
+//! the `&'static DmaLayer` that HALs (such as the `virtio_hal` module, feature `virtio-hal`) need.
 //!
 //! ```
 //! use ccdma::storage::{LayerCell, PoolStorage};

@@ -16,6 +16,34 @@
 //!
 //! Storage is fixed (no allocator): [`TRACK_CAPACITY`] live entries and [`REPORT_CAPACITY`] reports;
 //! what does not fit is counted (`untracked`, `reports_dropped`), never a failure of the DMA call.
+//!
+//! ```
+//! # use ccdma::*;
+//! # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! # let mut layer = DmaLayer::new(hv);
+//! # // SAFETY: the model never hands this range out.
+//! # unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default()) }.unwrap();
+//! let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! # let page = hv.alloc(4096, Region::Low);
+//! // SAFETY: `page` is guest RAM this program owns until the unmap.
+//! let bus = unsafe { layer.on(&dev).map_phys(PhysAddr(page), 4096, DmaDirection::ToDevice)? };
+//! // SAFETY: the first unmap ends this program's own raw mapping.
+//! unsafe { layer.on(&dev).unmap(bus, 4096, DmaDirection::ToDevice)? };
+//! // A driver bug: the same address unmapped twice. The layer refuses it with or without the tracker.
+//! // SAFETY: the address is no longer mapped, so the layer refuses without touching memory.
+//! let again = unsafe { layer.on(&dev).unmap(bus, 4096, DmaDirection::ToDevice) };
+//! assert!(matches!(again, Err(DmaError::UnknownMapping(_))));
+//! // With `debug-tracker` the tracker also says what it was and where both calls were made.
+//! #[cfg(feature = "debug-tracker")]
+//! assert_eq!(layer.tracker().reports_total(), 1);
+//! #[cfg(feature = "debug-tracker")]
+//! layer.tracker().for_each_report(|r| {
+//!     assert_eq!(r.kind, ccdma::tracker::MisuseKind::DoubleUnmap);
+//!     println!("{:?} at {} (first unmapped at {:?})", r.kind, r.site, r.earlier);
+//! });
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::panic::Location;
 

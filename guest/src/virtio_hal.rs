@@ -50,6 +50,63 @@
 //! the data went nowhere. No byte reaches or leaves the wrong memory either way, but the request's
 //! status alone cannot be trusted after a refusal: [`HalBinding::failed`] is the signal, and a
 //! driver stack that can act on it (fail the request, reset the device) should.
+//!
+//! ## Example
+//!
+//! A binding for one virtio-net device, with the layer in a [`crate::storage::LayerCell`] and the
+//! device in a `static`; virtio-drivers is then given `CcdmaHal<NetBinding>` as its `Hal`:
+//!
+//! ```
+//! use core::ptr::NonNull;
+//! use std::sync::OnceLock;
+//! use ccdma::storage::LayerCell;
+//! use ccdma::virtio_hal::{CcdmaHal, CoherentSlot, HalBinding};
+//! use ccdma::{BusAddr, Device, DeviceConfig, DmaLayer, DmaMask, PhysAddr, PoolConfig, SlotMeta};
+//! use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+//! use virtio_drivers::{BufferDirection, Hal};
+//!
+//! type Plat = &'static Hypervisor;
+//! static HV: OnceLock<Hypervisor> = OnceLock::new();
+//! static LAYER: LayerCell<Plat> = LayerCell::new();
+//! static NET: OnceLock<Device> = OnceLock::new();
+//! static NET_RINGS: [CoherentSlot; 4] = [const { CoherentSlot::new() }; 4];
+//!
+//! struct NetBinding;
+//! // SAFETY: pages come fresh from the model's allocator and nothing else uses them; the
+//! // unreachable address lies above the model's RAM (no IOMMU here, nothing decodes there).
+//! unsafe impl HalBinding for NetBinding {
+//!     type Platform = Plat;
+//!     fn layer() -> &'static DmaLayer<'static, Plat> { LAYER.get().unwrap() }
+//!     fn device() -> &'static Device { NET.get().unwrap() }
+//!     fn unreachable_bus_addr() -> BusAddr { BusAddr(0xdead_0000_0000) }
+//!     unsafe fn mmio_phys_to_virt(_: u64, _: usize) -> NonNull<u8> { unimplemented!("no MMIO here") }
+//!     fn alloc_pages(pages: usize) -> Option<PhysAddr> {
+//!         Some(PhysAddr(HV.get()?.alloc(pages as u64 * 4096, Region::Low)))
+//!     }
+//!     unsafe fn free_pages(_: PhysAddr, _: usize) {} // a real kernel returns them to its allocator
+//!     fn coherent_slots() -> &'static [CoherentSlot] { &NET_RINGS }
+//! }
+//!
+//! let hv: Plat = HV.get_or_init(|| Hypervisor::new(HvConfig::pseries(6 << 30)));
+//! let mut layer = DmaLayer::new(hv);
+//! // SAFETY: the model never hands this range out.
+//! unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default())? };
+//! let layer = LAYER.init(layer).ok().unwrap();
+//! let _ = NET.set(layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?);
+//!
+//! // What virtio-drivers does with the HAL: a ring, and a buffer lent to the device.
+//! let (ring_bus, ring) = CcdmaHal::<NetBinding>::dma_alloc(1, BufferDirection::Both);
+//! let frame = [0x42u8; 64];
+//! // SAFETY: `frame` is not touched until the unshare.
+//! let bus = unsafe { CcdmaHal::<NetBinding>::share(NonNull::from(&frame[..]), BufferDirection::DriverToDevice) };
+//! assert_ne!(bus, 0x_dead_0000_0000); // mapped: the pool's copy of the frame
+//! // SAFETY: the share above, with the same buffer and direction.
+//! unsafe { CcdmaHal::<NetBinding>::unshare(bus, NonNull::from(&frame[..]), BufferDirection::DriverToDevice) };
+//! // SAFETY: the ring is no longer used.
+//! assert_eq!(unsafe { CcdmaHal::<NetBinding>::dma_dealloc(ring_bus, ring, 1) }, 0);
+//! assert_eq!(NetBinding::device().live(), 0);
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;

@@ -9,6 +9,74 @@
 //!   UNMAP requests, a host IOMMU driver). The platform implements the range calls directly.
 //!
 //! [`crate::Platform::tce`] is asked first, then [`crate::Platform::iommu_backend`].
+//!
+//! A native backend in a few lines: an IOMMU whose page table is a map, under the strict policy (the
+//! model stands in for memory and sharing):
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::sync::Mutex;
+//! use core::ptr::NonNull;
+//! use ccdma::iommu::{BusRange, IommuBackend, IommuError, PutFailure, WindowGeometry, TCE_PCI_READ};
+//! use ccdma::*;
+//! # use ccdma_hv_model::{HvConfig, Hypervisor};
+//!
+//! /// Bus page -> entry (physical address | permission bits).
+//! struct PageTable(Mutex<BTreeMap<u64, u64>>);
+//!
+//! impl IommuBackend for PageTable {
+//!     fn default_window(&self, _device: u32) -> Option<WindowGeometry> {
+//!         Some(WindowGeometry { liobn: 1, start: 0x8000_0000, size: 256 << 20, page_shift: 12 })
+//!     }
+//!     fn map(&self, win: &WindowGeometry, bus: u64, npages: u64, entry: &dyn Fn(u64) -> u64) -> Result<(), PutFailure> {
+//!         let mut t = self.0.lock().unwrap();
+//!         (0..npages).filter(|&i| entry(i) != 0).for_each(|i| { t.insert(bus + i * win.page_size(), entry(i)); });
+//!         Ok(())
+//!     }
+//!     fn unmap(&self, win: &WindowGeometry, bus: u64, npages: u64) -> Result<(), IommuError> {
+//!         let mut t = self.0.lock().unwrap();
+//!         (0..npages).for_each(|i| { t.remove(&(bus + i * win.page_size())); });
+//!         Ok(())
+//!     }
+//! }
+//!
+//! /// The model's memory and sharing, this IOMMU.
+//! struct Guest { hv: Hypervisor, iommu: PageTable }
+//! impl MemorySharing for Guest {
+//!     fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> { self.hv.share(phys, pages) }
+//!     fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> { self.hv.unshare(phys, pages) }
+//! }
+//! // SAFETY: forwards to the model, whose answers are truthful.
+//! unsafe impl PhysMemory for Guest {
+//!     fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> { self.hv.cpu_ptr(phys, len) }
+//!     fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr> { self.hv.virt_to_phys(ptr, len) }
+//!     fn ram_end(&self) -> PhysAddr { self.hv.ram_end() }
+//! }
+//! impl Platform for Guest {
+//!     fn is_confidential(&self) -> bool { true }
+//!     fn iommu_backend(&self) -> Option<&dyn IommuBackend> { Some(&self.iommu) }
+//! }
+//!
+//! let guest = Guest { hv: Hypervisor::new(HvConfig::pseries(1 << 30)), iommu: PageTable(Mutex::new(BTreeMap::new())) };
+//! let mut layer = DmaLayer::new(&guest);
+//! // SAFETY: the model never hands this range out.
+//! unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default())? };
+//! let cfg = IommuConfig::strict().with_verify(VerifyPolicy::Off).with_ddw(false);
+//! // SAFETY: no list page.
+//! unsafe { layer.enable_iommu(cfg, vec![BusRange::EMPTY; 64].leak())? };
+//! let nic = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! let tx = layer.on(&nic).map_to_device(&[7u8; 100])?;
+//! // One read-only entry, naming a page of the pool, at the bus address the device was given.
+//! let entries: Vec<_> = guest.iommu.0.lock().unwrap().clone().into_iter().collect();
+//! assert_eq!(entries.len(), 1);
+//! let (bus, entry) = entries[0];
+//! assert_eq!((bus, entry & 3), (tx.bus_addr().0 & !0xFFF, TCE_PCI_READ));
+//! assert!((0x80_0000..0x90_0000).contains(&(entry & !0xFFF)));
+//! tx.unmap()?;
+//! assert!(guest.iommu.0.lock().unwrap().is_empty()); // cleared at unmap
+//! # layer.detach(nic)?;
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use super::calls::{DdwQuery, TceCalls};
 use super::counters::IommuCounters;

@@ -5,6 +5,25 @@
 //! allocated and nothing of a reservation next to it. Reserved ranges (MSI doorbells, host-bridge
 //! windows, firmware) are entries too: allocation skips them like any other used range, and a
 //! reservation added at run time is refused if a live range overlaps it.
+//!
+//! ```
+//! use ccdma::iommu::bus_space::BusSpace;
+//! use ccdma::iommu::{BusRange, IommuError, RangeKind};
+//!
+//! let mut storage = [BusRange::EMPTY; 8];
+//! let mut space = BusSpace::new(&mut storage);
+//! space.reserve(0, 0x1000)?; // bus page 0: never handed out
+//! space.reserve(0xFEE0_0000, 0x10_0000)?; // an MSI doorbell
+//! // Two pages, 4 KiB aligned, below 4 GiB, for a coherent buffer at phys 0x1234_5000.
+//! let bus = space.alloc(0x2000, 0x1000, 0, 0, 1 << 32, RangeKind::Coherent, 0x1234_5000)?;
+//! assert_eq!(bus, 0x1000); // first fit above the reservation
+//! assert_eq!(space.find(bus + 0x1800).map(|r| r.kind), Some(RangeKind::Coherent));
+//! // A reservation over a live range is refused and changes nothing.
+//! assert_eq!(space.reserve(0x2000, 0x1000), Err(IommuError::ReservationConflict));
+//! assert!(space.free(bus, 0x2000, RangeKind::Coherent).is_some());
+//! assert_eq!(space.live(), 0); // reservations are not live ranges
+//! # Ok::<(), IommuError>(())
+//! ```
 
 use crate::error::IommuError;
 

@@ -1,5 +1,28 @@
 //! The platform's IOMMU programming interface ([`TceCalls`]: PAPR TCE hypercalls and DDW RTAS calls,
 //! or an equivalent) and the PAPR constants it speaks in.
+//!
+//! The modelled hypervisor implements [`TceCalls`] as PAPR does; a guest kernel implements it with
+//! `sc 1` hypercalls and the DDW RTAS calls:
+//!
+//! ```
+//! use ccdma::iommu::{hcall, TceCalls, TCE_PCI_READ};
+//! use ccdma_hv_model::{HvConfig, Hypervisor, TceConfig};
+//!
+//! let hv = Hypervisor::new(HvConfig::pseries(1 << 30));
+//! hv.enable_iommu(TceConfig::default());
+//! let _nic = hv.add_iommu_device(1, 32);
+//! let calls: &dyn TceCalls = &hv;
+//! let window = calls.default_window(1).expect("the device sits behind the IOMMU");
+//! assert!(window.is_usable());
+//! // One read-only entry at the window's second page, read back, cleared.
+//! let page = 0x10_0000;
+//! assert_eq!(calls.h_put_tce(window.liobn, window.start + 4096, page | TCE_PCI_READ), hcall::H_SUCCESS);
+//! assert_eq!(calls.h_get_tce(window.liobn, window.start + 4096), (hcall::H_SUCCESS, page | TCE_PCI_READ));
+//! // The page is private: the model counts such entries, which ccdma never writes.
+//! assert_eq!(hv.tces_to_private(), 1);
+//! assert_eq!(calls.h_put_tce(window.liobn, window.start + 4096, 0), hcall::H_SUCCESS);
+//! assert_eq!(hv.tces_to_private(), 0);
+//! ```
 
 use super::window::WindowGeometry;
 use crate::addr::PhysAddr;

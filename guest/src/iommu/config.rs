@@ -1,5 +1,20 @@
 //! How a layer uses the IOMMU: premapped or strict, read-back, DDW, domain count, how entries are
 //! batched ([`TceBatching`]).
+//!
+//! ```
+//! use ccdma::{IommuConfig, IommuPolicy, PhysAddr, TceBatching, VerifyPolicy};
+//!
+//! // Strict entries per mapping, every entry read back, at most 4 devices, one list page for batches.
+//! let cfg = IommuConfig::strict()
+//!     .with_verify(VerifyPolicy::All)
+//!     .with_max_domains(4)
+//!     .with_list_page(PhysAddr(0x7000));
+//! assert_eq!(cfg.policy, IommuPolicy::Strict);
+//! assert_eq!((cfg.max_domains, cfg.batching), (4, TceBatching::SharedPage(PhysAddr(0x7000))));
+//! // A native backend (virtio-iommu) has no read-back and no dynamic windows.
+//! let native = IommuConfig::premapped().with_verify(VerifyPolicy::Off).with_ddw(false);
+//! assert!(!native.use_ddw);
+//! ```
 
 use crate::addr::PhysAddr;
 

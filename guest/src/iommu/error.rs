@@ -1,4 +1,17 @@
 //! Why an IOMMU (TCE) operation failed.
+//!
+//! ```
+//! use ccdma::iommu::{IommuError, PutFailure};
+//! use ccdma::{BusAddr, DmaError};
+//!
+//! let e = IommuError::Verify { bus: BusAddr(0x8000) };
+//! assert_eq!(e.to_string(), format!("read-back of the entry at {} differs", BusAddr(0x8000)));
+//! // A failed write says whether the rollback left every entry clear.
+//! let failure = PutFailure { err: IommuError::Hcall(-4), clean: true };
+//! assert!(failure.clean);
+//! // Layer calls report it as `DmaError::Iommu`.
+//! assert_eq!(DmaError::from(e), DmaError::Iommu(e));
+//! ```
 
 use core::fmt;
 

@@ -1,4 +1,17 @@
 //! A translation window: the bus-address range one TCE table (LIOBN) translates for a device.
+//!
+//! ```
+//! use ccdma::iommu::WindowGeometry;
+//!
+//! // What a hypervisor reports is checked before it is used.
+//! let window = WindowGeometry { liobn: 0x8000_0000, start: 0, size: 1 << 30, page_shift: 12 };
+//! assert!(window.is_usable());
+//! assert_eq!((window.page_size(), window.end()), (4096, 1 << 30));
+//! let lying = WindowGeometry { page_shift: 64, ..window }; // would overflow a shift
+//! assert!(!lying.is_usable());
+//! let ragged = WindowGeometry { size: (1 << 30) + 512, ..window }; // not whole IOMMU pages
+//! assert!(!ragged.is_usable());
+//! ```
 
 use crate::addr::DmaMask;
 

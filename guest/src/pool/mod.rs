@@ -22,6 +22,30 @@
 //! costs one load per area, whatever the pool's size. Allocation and free write the head slot's record,
 //! the run's bitmap bits, one leaf and its ancestors (O(log chunks)); the run's other slots are never
 //! touched. Usage counters are per area, on the area's own cache line, summed when read.
+//!
+//! ```
+//! # use ccdma::*;
+//! # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! # let mut layer = DmaLayer::new(hv);
+//! # // SAFETY: the model never hands this range out.
+//! # unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default()) }.unwrap();
+//! let config = PoolConfig::default();
+//! assert_eq!(config.slot_size, 2048);
+//! assert_eq!(config.slots_for(1 << 20), 512); // one SlotMeta per slot, provided by the caller
+//! let (pool, pool_bus) = layer.pool(0).unwrap();
+//! assert_eq!((pool.phys(), pool.slots(), pool_bus.0), (PhysAddr(0x80_0000), 512, 0x80_0000));
+//!
+//! let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
+//! let packet = [1u8; 3000];
+//! let m = layer.on(&dev).map_to_device(&packet)?; // 3000 bytes take a run of 2 slots
+//! assert_eq!(pool.slots_in_use(), 2);
+//! assert!(pool.contains_phys(PhysAddr(m.bus_addr().0), 3000)); // the pool's shared address
+//! pool.for_each_live(|run| assert_eq!((run.len, run.slots, run.device), (3000, 2, dev.serial())));
+//! m.unmap()?;
+//! assert_eq!((pool.slots_in_use(), pool.high_water()), (0, 2));
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};

@@ -32,6 +32,30 @@
 //! its own record (in the entries, whose fields only this module can write, checked against the
 //! pool's record of each run and the domain's record of the list's bus range): a length never comes
 //! from the device.
+//!
+//! ```
+//! # use ccdma::*;
+//! # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+//! # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! # let mut layer = DmaLayer::new(hv);
+//! # // SAFETY: the model never hands this range out.
+//! # unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default()) }.unwrap();
+//! use ccdma::sg::{dma_segments, SgEntry};
+//! let disk = layer.attach(DeviceConfig::new(2, DmaMask::BITS_64))?;
+//! # let model_disk = hv.add_device(2, 64);
+//! let (header, payload) = ([0x11u8; 64], [0x22u8; 4000]);
+//! let mut list = [SgEntry::to_device(&header), SgEntry::to_device(&payload)];
+//! let n = layer.on(&disk).map_sg(&mut list, DmaDirection::ToDevice)?;
+//! assert_eq!(n, 1); // packed into one bounce run: one DMA segment
+//! let mut seen = Vec::new();
+//! for seg in dma_segments(&list) {
+//!     seen.extend(model_disk.read(seg.addr.0, seg.len).unwrap());
+//! }
+//! assert_eq!(seen.len(), 4064); // the device sees the list's bytes, in order, with no gap
+//! assert!(seen[..64].iter().all(|&b| b == 0x11) && seen[64..].iter().all(|&b| b == 0x22));
+//! layer.on(&disk).unmap_sg(&mut list, DmaDirection::ToDevice)?;
+//! # Ok::<(), ccdma::DmaError>(())
+//! ```
 
 use core::cell::Cell;
 use core::marker::PhantomData;

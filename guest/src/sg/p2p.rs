@@ -15,6 +15,37 @@ pub enum P2pRoute {
 }
 
 /// The platform's knowledge of the PCI topology, for peer-to-peer segments.
+///
+/// ```
+/// # use ccdma::*;
+/// # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+/// # let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+/// # let mut layer = DmaLayer::new(hv);
+/// # // SAFETY: the model never hands this range out.
+/// # unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, vec![SlotMeta::EMPTY; 512].leak(), PoolConfig::default()) }.unwrap();
+/// use ccdma::sg::{P2pSegment, SgEntry, SgOptions};
+/// use ccdma_hv_model::p2p::{Bar, PciTopology};
+/// // A NIC and a GPU below one PCI switch that forwards peer-to-peer traffic itself.
+/// let mut topo = PciTopology::new();
+/// let bridge = topo.host_bridge(false, 0);
+/// let port = topo.root_port(bridge);
+/// let switch = topo.switch(port, false);
+/// topo.endpoint(1, switch, &[]);
+/// topo.endpoint(5, switch, &[Bar { phys: 0x2_0000_0000, len: 1 << 20 }]);
+///
+/// let nic = layer.attach(DeviceConfig::new(1, DmaMask::BITS_64))?;
+/// let mut header = [0x11u8; 64];
+/// let gpu_memory = P2pSegment { provider: 5, bar: PhysAddr(0x2_0000_0000), len: 4096 };
+/// let mut list = [SgEntry::new(&mut header), SgEntry::p2p(gpu_memory)];
+/// let opts = SgOptions { p2p: Some(&topo), ..SgOptions::default() };
+/// let n = layer.map_sg_with(&nic, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE, &opts)?;
+/// assert_eq!(n, 2);
+/// // The header is bounced; the GPU's memory is reached at its PCI bus address, never through a pool.
+/// assert!(list[0].is_bounced());
+/// assert!(list[1].is_p2p_bus_address() && list[1].mapped_at() == Some(BusAddr(0x2_0000_0000)));
+/// layer.on(&nic).unmap_sg(&mut list, DmaDirection::ToDevice)?;
+/// # Ok::<(), ccdma::DmaError>(())
+/// ```
 pub trait P2pTopology {
     /// How `client` reaches `[bar, bar + len)`, which the caller says is in `provider`'s BAR. A range
     /// that is not in one of the provider's BARs is [`P2pRoute::NotSupported`].

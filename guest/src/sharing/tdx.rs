@@ -1,5 +1,19 @@
 //! Intel TDX: `TDG.VP.VMCALL<MapGPA>` with RETRY and a resume address, and `TDG.MEM.PAGE.ACCEPT` on the
 //! way back to private.
+//!
+//! ```
+//! use ccdma::sharing::tdx::TdxSharing;
+//! use ccdma::{MemorySharing, PhysAddr};
+//! # use ccdma_hv_model::{HvConfig, Hypervisor, PageState};
+//! # let hv = Hypervisor::new(HvConfig::tdx(1 << 30));
+//! // `hv` stands for the guest's `MapGPA` TDVMCALL and `TDG.MEM.PAGE.ACCEPT` (`TdxCalls`).
+//! let sharing = TdxSharing::new(&hv);
+//! sharing.share(PhysAddr(0x10_0000), 4)?;
+//! assert_eq!(hv.memory().state(0x10_3000), PageState::Shared);
+//! sharing.unshare(PhysAddr(0x10_0000), 4)?; // converted back and accepted, page by page
+//! assert_eq!(hv.memory().state(0x10_3000), PageState::Private);
+//! # Ok::<(), ccdma::PartialSharing>(())
+//! ```
 
 use crate::addr::{PhysAddr, PAGE_SIZE};
 use crate::error::SharingErrorKind;

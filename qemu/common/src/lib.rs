@@ -11,6 +11,7 @@
 
 pub mod binding;
 pub mod blk;
+pub mod bus_map;
 pub mod checks;
 pub mod console;
 pub mod direct;

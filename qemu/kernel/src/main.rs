@@ -35,6 +35,8 @@ pub(crate) use ccdma_qemu_common::println;
 pub(crate) use ccdma_qemu_common::{blk, ledger, net, patterns, report, rng, transport};
 
 use ccdma_qemu_common::Arch;
+// Linked for the C code that calls it (`ffi_check`).
+use ccdma_ffi as _;
 use core::panic::PanicInfo;
 use core::ptr::NonNull;
 use exit::{exit_qemu, ExitCode};

@@ -2,6 +2,7 @@
 //! each way, hypercalls by kind, TCE entries live, containment.
 
 use ccdma::Device;
+use ccdma_qemu_common::bus_map;
 use ccdma_qemu_common::ledger::Violation;
 use ccdma_qemu_common::println;
 use ccdma_qemu_common::report::{Bytes, Report};
@@ -206,6 +207,12 @@ pub fn print(config: &Config) {
     device_line::<NetABinding>();
     device_line::<NetBBinding>();
     device_line::<RngLowBinding>();
+    bus_map::print_header();
+    bus_map::print_device::<BlkBinding>();
+    bus_map::print_device::<RngBinding>();
+    bus_map::print_device::<NetABinding>();
+    bus_map::print_device::<NetBBinding>();
+    bus_map::print_device::<RngLowBinding>();
     let s = dma::layer().stats();
     println!(
         "ccdma: {} maps ({} bounced), {} unmaps; {} copied to devices, {} copied back; {} pages shared; {} failures",

@@ -23,7 +23,7 @@ const FAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a blocked request gets to (wrongly) complete.
 pub(super) const BLOCKED_REQUEST_GRACE: Duration = Duration::from_millis(200);
 
-/// Every live entry of every managed device's windows names a page of a pool or of a coherent
+/// Every live mapping of every managed device's windows lies in a pool or a coherent
 /// buffer, and the ledger says it is shared: nothing else is reachable through the IOMMU.
 pub(super) fn check_windows(report: &mut Report) {
     fn one<B: KernelBinding>(totals: &mut (u64, u64, u64)) {
@@ -54,12 +54,12 @@ pub(super) fn check_windows(report: &mut Report) {
     one::<RngBinding>(&mut totals);
     one::<NetABinding>(&mut totals);
     one::<NetBBinding>(&mut totals);
-    let (entries, outside, private) = totals;
+    let (mappings, outside, private) = totals;
     report.expect(
         "iommu.windows",
-        entries > 0 && outside == 0 && private == 0,
+        mappings > 0 && outside == 0 && private == 0,
         format_args!(
-            "{entries} live entries over all device windows: {outside} outside the pools and coherent buffers, {private} on private pages"
+            "{mappings} live mappings (virtio-iommu MAP ranges) over all device windows: {outside} outside the pools and coherent buffers, {private} on private pages"
         ),
     );
 }

@@ -14,11 +14,13 @@
 //! - `masks`: bus addresses within each device's mask
 //! - `iommu`: window contents, stray faults, containment, direction; fault report helpers
 //! - `hal`: the refused share
+//! - `ffi_c`: C code calling ccdma's C interface over this kernel's platform
 //! - `ledger`: the ledger told the RAM; ledger and ccdma agree, no leaks
 //! - `summary`: the closing report
 
 mod attach;
 mod boot;
+mod ffi_c;
 mod hal;
 mod iommu;
 mod ledger;
@@ -120,6 +122,7 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
         checks::check_net(report, a, b);
     }
     masks::check_masks(report, config);
+    ffi_c::check_c_driver(report);
     let mut expected_failures = 0;
     if config.iommu.present() {
         iommu::check_windows(report);

@@ -1,6 +1,7 @@
 //! The closing report: devices found, each managed device's path and why, bytes each way, bus
 //! ranges, ccdma's counters, the ledger, the virtio-iommu requests made and the faults caught.
 
+use ccdma_qemu_common::bus_map;
 use ccdma_qemu_common::report::Bytes;
 use core::fmt;
 use core::sync::atomic::Ordering;
@@ -45,6 +46,12 @@ pub(super) fn print_summary(config: &TestConfig, found: &Found) {
     if let Some(function) = found.bench {
         println!("  {:<9} {function}  baseline outside ccdma and the IOMMU (benchmark only)", "bench-blk");
     }
+    bus_map::print_header();
+    bus_map::print_device::<BlkBinding>();
+    bus_map::print_device::<BlkFaultBinding>();
+    bus_map::print_device::<RngBinding>();
+    bus_map::print_device::<NetABinding>();
+    bus_map::print_device::<NetBBinding>();
     let s = dma::layer().stats();
     println!(
         "ccdma: {} maps ({} bounced), {} unmaps; {} copied to devices, {} copied back; {} pages shared; slots in use {} (high water {}); {} failures",

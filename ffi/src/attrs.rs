@@ -1,0 +1,214 @@
+//! Mapping attributes (`ccdma_map_attrs`, ...), as Linux's `*_attrs` calls take them, and the syncs
+//! of a live mapping or list (`ccdma_sync_for_cpu`, ...). The calls without `_attrs` pass none.
+
+use core::ffi::{c_int, c_void};
+use core::mem::align_of;
+
+use ccdma::sg::SgEntry;
+use ccdma::{BusAddr, DmaAttrs};
+
+use crate::{
+    ccdma_device, ccdma_layer, code, direction, result, CCDMA_ERR_INVALID, CCDMA_ERR_NULL, CCDMA_OK,
+};
+
+/// Skip the CPU copies at map and unmap (`DMA_ATTR_SKIP_CPU_SYNC`): the caller syncs explicitly.
+pub const CCDMA_ATTR_SKIP_CPU_SYNC: c_int = 1;
+/// From-device mappings start with the buffer's bytes instead of zeroes, so bytes the device does not
+/// write come back unchanged. The buffer's bytes become visible to the host: not for secrets.
+pub const CCDMA_ATTR_PRESERVE_UNWRITTEN: c_int = 2;
+/// Do not log a failure of this mapping (the caller handles it).
+pub const CCDMA_ATTR_NO_WARN: c_int = 4;
+
+/// The attributes of `bits`, or `None` when a bit is unknown.
+pub(crate) fn attrs(bits: c_int) -> Option<DmaAttrs> {
+    let known = [
+        (CCDMA_ATTR_SKIP_CPU_SYNC, DmaAttrs::SKIP_CPU_SYNC),
+        (CCDMA_ATTR_PRESERVE_UNWRITTEN, DmaAttrs::PRESERVE_UNWRITTEN),
+        (CCDMA_ATTR_NO_WARN, DmaAttrs::NO_WARN),
+    ];
+    let all = known.iter().fold(0, |acc, (bit, _)| acc | bit);
+    if bits & !all != 0 {
+        return None;
+    }
+    Some(known.iter().filter(|(bit, _)| bits & bit != 0).fold(DmaAttrs::NONE, |acc, (_, a)| acc | *a))
+}
+
+/// `ccdma_map` with attributes (`CCDMA_ATTR_*`, or-ed; unknown bits are `CCDMA_ERR_INVALID`).
+///
+/// # Safety
+/// As for `ccdma_map`.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_map_attrs(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    ptr: *mut c_void,
+    len: usize,
+    dir: c_int,
+    attrs_bits: c_int,
+    bus: *mut u64,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if ptr.is_null() || bus.is_null() {
+        return CCDMA_ERR_NULL;
+    }
+    let (Some(dir), Some(attrs)) = (direction(dir), attrs(attrs_bits)) else {
+        return CCDMA_ERR_INVALID;
+    };
+    // SAFETY: the buffer is lent until unmap (contract).
+    match unsafe { layer.inner.map_ptr(&dev.inner, ptr.cast(), len, dir, attrs) } {
+        Ok(b) => {
+            // SAFETY: valid for a write (contract).
+            unsafe { bus.write(b.0) };
+            CCDMA_OK
+        }
+        Err(e) => code(&e),
+    }
+}
+
+/// `ccdma_unmap` with attributes (with `CCDMA_ATTR_SKIP_CPU_SYNC` nothing is copied back).
+///
+/// # Safety
+/// As for `ccdma_unmap`.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_unmap_attrs(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    bus: u64,
+    len: usize,
+    dir: c_int,
+    attrs_bits: c_int,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    let (Some(dir), Some(attrs)) = (direction(dir), attrs(attrs_bits)) else {
+        return CCDMA_ERR_INVALID;
+    };
+    // SAFETY: our own mapping (contract).
+    result(unsafe { layer.inner.unmap(&dev.inner, BusAddr(bus), len, dir, attrs) })
+}
+
+/// Make the device's writes to `[offset, offset + len)` of the mapping at `bus` visible in the
+/// buffer (copied from the bounce slot). `dir` as given to the map.
+///
+/// # Safety
+/// As for `ccdma_unmap`; nothing reads or writes that part of the buffer during the call.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_sync_for_cpu(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    bus: u64,
+    offset: usize,
+    len: usize,
+    dir: c_int,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    let Some(dir) = direction(dir) else {
+        return CCDMA_ERR_INVALID;
+    };
+    // SAFETY: our own mapping, its buffer untouched meanwhile (contract).
+    result(unsafe { layer.inner.sync_for_cpu(&dev.inner, BusAddr(bus), offset, len, dir) })
+}
+
+/// Make the CPU's writes to `[offset, offset + len)` of the buffer visible to the device (copied to
+/// the bounce slot) before handing the mapping back to it.
+///
+/// # Safety
+/// As for `ccdma_sync_for_cpu`.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_sync_for_device(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    bus: u64,
+    offset: usize,
+    len: usize,
+    dir: c_int,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    let Some(dir) = direction(dir) else {
+        return CCDMA_ERR_INVALID;
+    };
+    // SAFETY: our own mapping, its buffer untouched meanwhile (contract).
+    result(unsafe { layer.inner.sync_for_device(&dev.inner, BusAddr(bus), offset, len, dir) })
+}
+
+/// The `n` entries `ccdma_map_sg` initialised in `entries`, or an error code.
+///
+/// # Safety
+/// `entries` is null or holds `n` entries that `ccdma_map_sg` initialised, used by no other call.
+pub(crate) unsafe fn sg_list<'a>(
+    entries: *mut c_void,
+    n: usize,
+) -> Result<&'a mut [SgEntry<'static>], c_int> {
+    if entries.is_null() {
+        return Err(CCDMA_ERR_NULL);
+    }
+    if n == 0 || (entries as usize) % align_of::<SgEntry<'static>>() != 0 {
+        return Err(CCDMA_ERR_INVALID);
+    }
+    // SAFETY: `n` entries initialised by `ccdma_map_sg` (contract).
+    Ok(unsafe { core::slice::from_raw_parts_mut(entries.cast(), n) })
+}
+
+/// Make the device's writes visible in the buffers of a mapped list (`entries`, `n`, `dir` as given to
+/// `ccdma_map_sg`).
+///
+/// # Safety
+/// As for `ccdma_unmap_sg`; the list stays mapped.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_sync_sg_for_cpu(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    entries: *mut c_void,
+    n: usize,
+    dir: c_int,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    let Some(dir) = direction(dir) else {
+        return CCDMA_ERR_INVALID;
+    };
+    // SAFETY: the caller's mapped list (contract).
+    match unsafe { sg_list(entries, n) } {
+        Ok(list) => result(layer.inner.sync_sg_for_cpu(&dev.inner, list, dir)),
+        Err(e) => e,
+    }
+}
+
+/// Make the CPU's writes to the buffers of a mapped list visible to the device.
+///
+/// # Safety
+/// As for `ccdma_sync_sg_for_cpu`.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_sync_sg_for_device(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    entries: *mut c_void,
+    n: usize,
+    dir: c_int,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    let Some(dir) = direction(dir) else {
+        return CCDMA_ERR_INVALID;
+    };
+    // SAFETY: the caller's mapped list (contract).
+    match unsafe { sg_list(entries, n) } {
+        Ok(list) => result(layer.inner.sync_sg_for_device(&dev.inner, list, dir)),
+        Err(e) => e,
+    }
+}

@@ -1,0 +1,45 @@
+//! Taking a layer down: its pools made private again, its IOMMU path off, its memory free.
+
+use core::ffi::c_int;
+
+use crate::{ccdma_layer, code, CCDMA_ERR_NULL, CCDMA_OK};
+
+/// Release every pool: its memory is made private again (pages that cannot be are quarantined, and
+/// `CCDMA_ERR_SHARING` says so: never use them for private data). Refused with nothing changed
+/// (`CCDMA_ERR_BUSY`) while any mapping is live or a device behind the IOMMU is attached.
+///
+/// # Safety
+/// `layer` is an initialised layer and no other call uses it during this one.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_release_pools(layer: *mut ccdma_layer) -> c_int {
+    // SAFETY: null or an initialised layer with no other user now (contract).
+    match unsafe { layer.as_mut() } {
+        Some(layer) => match layer.inner.release_pools() {
+            Ok(()) => CCDMA_OK,
+            Err(e) => code(&e),
+        },
+        None => CCDMA_ERR_NULL,
+    }
+}
+
+/// Take the layer down: pools released (`ccdma_release_pools`), the IOMMU path off
+/// (`ccdma_disable_iommu`), then the layer's memory and the pool and bus-range storage it was given are
+/// the caller's again. Every device must be detached first. If refused (`CCDMA_ERR_BUSY`, ...) the
+/// layer stays initialised and usable (pools already released stay released), and the call can be
+/// repeated.
+///
+/// # Safety
+/// `layer` is an initialised layer and no other call uses it during this one, nor, on success, after.
+#[no_mangle]
+pub unsafe extern "C" fn ccdma_layer_fini(layer: *mut ccdma_layer) -> c_int {
+    // SAFETY: null or an initialised layer with no other user now (contract).
+    let Some(l) = (unsafe { layer.as_mut() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if let Err(e) = l.inner.release_pools().and_then(|()| l.inner.disable_iommu()) {
+        return code(&e);
+    }
+    // SAFETY: initialised, unused from here on (contract); dropped once, in place.
+    unsafe { core::ptr::drop_in_place(layer) };
+    CCDMA_OK
+}
