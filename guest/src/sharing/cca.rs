@@ -131,7 +131,9 @@ impl<R: RsiCalls> CcaSharing<R> {
             if r.new_base < cur || r.new_base > end || r.new_base % PAGE_SIZE != 0 {
                 return Err((cur, SharingErrorKind::BadResume));
             }
-            if r.response == RsiResponse::Reject {
+            // The RMM guarantees the RIPAS below the new base: a rejection after the whole range
+            // changed leaves nothing undone.
+            if r.response == RsiResponse::Reject && r.new_base < end {
                 return Err((r.new_base, SharingErrorKind::Rejected));
             }
             if r.new_base == cur {

@@ -277,8 +277,10 @@ impl<S: SnpCalls> MemorySharing for SnpSharing<S> {
             return Err(PartialSharing { pages_done: i, kind });
         }
         match failure {
-            None => Ok(()),
-            Some(kind) => Err(PartialSharing { pages_done: confirmed, kind }),
+            // Every page validated: that proves each is assigned to the guest again, whatever error the
+            // hypervisor reported after processing them all.
+            Some(kind) if confirmed < pages => Err(PartialSharing { pages_done: confirmed, kind }),
+            _ => Ok(()),
         }
     }
 }
