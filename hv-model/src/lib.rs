@@ -24,10 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use calls::{CallKind, CallLog, Injection};
+pub use cca::CCA_POISON;
 pub use device::{BusTranslate, DeviceRef, DirectTranslate};
 pub use faults::{AccessKind, Fault, FaultReason, CPU};
 pub use memory::{GuestMemory, PageState, PAGE};
 pub use sharing::{TDX_INVALID_OPERAND, U_PARAMETER};
+pub use snp::SNP_POISON;
 pub use tce::{Reach, TableInfo, TceConfig, TceCounters};
 
 use ccdma::BusEncoding;
