@@ -387,6 +387,27 @@ mod tests {
     }
 
     #[test]
+    fn every_personality_is_named() {
+        for (arg, p) in [
+            ("pseries", Personality::Pseries),
+            ("tdx", Personality::Tdx),
+            ("snp", Personality::Snp),
+            ("cca", Personality::Cca),
+        ] {
+            assert_eq!(run(&[&format!("--{arg}")]).unwrap().personality, p);
+            assert_eq!(run(&["--personality", arg]).unwrap().personality, p);
+            assert_eq!(run(&["--platform", arg]).unwrap().personality, p);
+        }
+        assert_eq!(run(&["--snp", "--cca"]).unwrap().personality, Personality::Cca);
+        assert_eq!(run(&["--cca", "--platform", "snp"]).unwrap().personality, Personality::Snp);
+        assert!(run(&["--iommu", "strict", "--snp"]).is_err());
+        assert_eq!(run(&["--snp-entries-per-call", "253"]).unwrap().snp_entries_per_call, Some(253));
+        assert!(run(&["--snp-entries-per-call", "254"]).unwrap_err().contains("1 to 253"));
+        assert!(run(&["--snp-entries-per-call", "0"]).is_err());
+        assert!(run(&["--cca-granules-per-call", "0"]).is_err());
+    }
+
+    #[test]
     fn numbers_are_checked() {
         assert_eq!(run(&["--sizes", "0x1b,0xb,4K"]).unwrap().sizes, vec![27, 11, 4096]);
         assert!(run(&["--rounds", "0"]).unwrap_err().contains("--rounds"));
