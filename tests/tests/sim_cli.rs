@@ -255,6 +255,10 @@ fn snp_and_cca_guests_run_and_name_themselves() {
         "{}",
         stdout(&o)
     );
-    assert!(last_line(&o).starts_with("summary: 1 device attached, 1 refused (1 expected)"), "{}", last_line(&o));
+    assert!(
+        last_line(&o).starts_with("summary: 1 device attached, 1 refused (1 expected)"),
+        "{}",
+        last_line(&o)
+    );
     assert!(last_line(&o).ends_with("; OK"), "{}", last_line(&o));
 }
