@@ -19,3 +19,6 @@ pub mod cca;
 pub mod pseries;
 pub mod snp;
 pub mod tdx;
+
+#[cfg(test)]
+mod tests;
