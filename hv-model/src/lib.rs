@@ -135,7 +135,7 @@ pub struct Hypervisor {
     pub(crate) iommu: tce::IommuModel,
 }
 
-/// The C-bit of the modelled SEV-SNP guest (CPUID 0x8000001F EBX[5:0] on current EPYC parts).
+/// The C-bit of the modelled SEV-SNP guest (CPUID 0x8000001F EBX bits 5:0 on current EPYC parts).
 pub const SNP_C_BIT: u32 = 51;
 /// The IPA width of the modelled Arm CCA realm: the shared alias sets bit 47.
 pub const CCA_IPA_BITS: u32 = 48;
