@@ -30,6 +30,10 @@ pub enum FaultReason {
     /// private without accepting (TDX) or re-validating (SEV-SNP) it; `bus` is the page's guest
     /// physical address.
     Unvalidated,
+    /// The guest reported usable as private (device [`CPU`]) a page the hypervisor still shares. Logged
+    /// for SEV-SNP and Arm CCA only, where the guest can know (validation fails on a shared page; the
+    /// trusted RMM reports progress); a pseries or TDX guest has no way to tell.
+    StillShared,
 }
 
 /// The device id of faults caused by the guest CPU itself rather than a device.

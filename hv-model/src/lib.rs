@@ -209,6 +209,24 @@ impl Hypervisor {
             });
         }
     }
+    /// Log a guest fault for every page of `[phys, phys + len)` the hypervisor still shares, on the
+    /// personalities where the guest can know (see [`FaultReason::StillShared`]).
+    pub(crate) fn check_taken_back(&self, phys: u64, len: u64) {
+        if !matches!(self.config.personality, Personality::Snp | Personality::Cca) {
+            return;
+        }
+        for page in (0..len / PAGE).map(|i| phys + i * PAGE) {
+            if self.mem.state(page) == PageState::Shared {
+                let f = Fault {
+                    device: CPU,
+                    bus: page,
+                    kind: AccessKind::Write,
+                    reason: FaultReason::StillShared,
+                };
+                self.faults.lock().unwrap().push(f);
+            }
+        }
+    }
     /// Faults that targeted private memory (invariant 1 says: never, for a correct guest).
     pub fn private_faults(&self) -> usize {
         self.faults.lock().unwrap().iter().filter(|f| f.reason == FaultReason::PrivateTarget).count()

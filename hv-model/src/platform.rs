@@ -35,13 +35,16 @@ impl Hypervisor {
 /// The adapters of `ccdma::sharing` over the model's raw calls, and the model's check of what they
 /// report: every page the guest keeps using as private memory (the part of a failed share it does not
 /// roll back, the part of an unshare reported done) must have been accepted or re-validated, or the
-/// model logs a [`FaultReason::Unvalidated`](crate::FaultReason::Unvalidated) fault for it.
+/// model logs a [`FaultReason::Unvalidated`](crate::FaultReason::Unvalidated) fault for it; on SEV-SNP
+/// and Arm CCA it must not be shared any more either
+/// ([`FaultReason::StillShared`](crate::FaultReason::StillShared)).
 impl MemorySharing for Hypervisor {
     fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
         let r = self.sharing_call(true, phys, pages);
         if let Err(p) = &r {
             let done = p.pages_done.min(pages);
             self.check_guest_use(phys.0 + done * PAGE, (pages - done) * PAGE, AccessKind::Write);
+            self.check_taken_back(phys.0 + done * PAGE, (pages - done) * PAGE);
         }
         r
     }
@@ -49,6 +52,7 @@ impl MemorySharing for Hypervisor {
         let r = self.sharing_call(false, phys, pages);
         let done = r.as_ref().map_or_else(|p| p.pages_done.min(pages), |()| pages);
         self.check_guest_use(phys.0, done * PAGE, AccessKind::Write);
+        self.check_taken_back(phys.0, done * PAGE);
         r
     }
 }
