@@ -110,6 +110,8 @@ impl TdxCalls for Hypervisor {
                 self.mem.mark_accepted(gpa);
                 0
             }
+            // The TDX module finds no private page to accept where the VMM left a shared one.
+            _ if self.mem.state(gpa) == PageState::Shared => TDX_INVALID_OPERAND,
             _ => {
                 if self.mem.state(gpa) == PageState::PendingAccept {
                     self.mem.set_state(gpa, 1, PageState::Private);

@@ -1,4 +1,5 @@
-//! Fault-injection sweep over every sharing call site of the SEV-SNP and Arm CCA personalities.
+//! Fault-injection sweep over every sharing call site of the SEV-SNP and Arm CCA personalities (and,
+//! under the same rules, of pseries and TDX).
 //!
 //! A standard scenario (a pool, a device, a map each way with the device moving data, a one-page and a
 //! three-page coherent buffer, detach, teardown) is run once clean to count the calls of every kind,
@@ -12,7 +13,10 @@
 use ccdma::sharing::cca::RSI_ERROR_INPUT;
 use ccdma::sharing::snp::{PVALIDATE_FAIL_INPUT, PVALIDATE_FAIL_SIZEMISMATCH, VMGEXIT_PSC_ERROR_GENERIC};
 use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, PhysAddr, PoolConfig};
-use ccdma_hv_model::{CallKind, FaultReason, HvConfig, Hypervisor, Injection, Personality, Region};
+use ccdma_hv_model::{
+    CallKind, FaultReason, HvConfig, Hypervisor, Injection, Personality, Region, TDX_INVALID_OPERAND,
+    U_PARAMETER,
+};
 use ccdma_tests::*;
 
 /// 32 pages: 32 rescinds, one GHCB request of 32 entries (3 calls at 12 per call).
@@ -68,6 +72,21 @@ fn injections(kind: CallKind) -> Vec<Plan> {
             Plan::From(Injection::Stall),
             Plan::Once(Injection::BadResume),
         ],
+        // The same rules on the two older personalities. The ultravisor and the TDX module are trusted
+        // (a lie about an unshare or an accept is undetectable by design); the TDX VMM is not.
+        CallKind::UvShare | CallKind::UvUnshare => vec![
+            Plan::Once(Injection::Fail(U_PARAMETER)),
+            Plan::Once(Injection::Partial { pages: 5, code: U_PARAMETER }),
+        ],
+        CallKind::MapGpa => vec![
+            Plan::Once(Injection::Fail(TDX_INVALID_OPERAND)),
+            Plan::Once(Injection::Partial { pages: 5, code: TDX_INVALID_OPERAND }),
+            Plan::Once(Injection::Stall),
+            Plan::From(Injection::Stall),
+            Plan::Once(Injection::BadResume),
+            Plan::Once(Injection::LieSuccess),
+        ],
+        CallKind::Accept => vec![Plan::Once(Injection::Fail(TDX_INVALID_OPERAND))],
         _ => Vec::new(),
     }
 }
@@ -265,4 +284,14 @@ fn snp_every_call_site_fails_cleanly() {
 #[test]
 fn cca_every_call_site_fails_cleanly() {
     sweep(Personality::Cca, &[CallKind::RsiIpaStateSet]);
+}
+
+#[test]
+fn tdx_every_call_site_fails_cleanly() {
+    sweep(Personality::Tdx, &[CallKind::MapGpa, CallKind::Accept]);
+}
+
+#[test]
+fn pseries_every_call_site_fails_cleanly() {
+    sweep(Personality::Pseries, &[CallKind::UvShare, CallKind::UvUnshare]);
 }
