@@ -104,6 +104,18 @@ struct Run {
     layer: Layer,
     lying: bool,
     failed: Vec<String>,
+    /// Pages the errors said were quarantined.
+    reported_quarantined: u64,
+}
+
+impl Run {
+    fn failed(&mut self, name: &str, e: &DmaError) {
+        self.failed.push(format!("{name}: {e}"));
+        if let DmaError::SharingFailed { quarantined, .. } | DmaError::UnsharingFailed { quarantined, .. } = e
+        {
+            self.reported_quarantined += quarantined;
+        }
+    }
 }
 
 impl Run {
@@ -133,7 +145,7 @@ impl Run {
         let r = f(&self.layer);
         let after = self.snap();
         if let Err(e) = &r {
-            self.failed.push(format!("{name}: {e}"));
+            self.failed(name, e);
             if !matches!(e, DmaError::UnsharingFailed { .. }) {
                 assert_eq!(before, after, "{name} failed ({e}) but changed state");
             }
@@ -167,9 +179,9 @@ fn scenario(p: Personality, plan: Option<(CallKind, u64, Plan)>) -> (Vec<String>
         Some((kind, at, Plan::From(inj))) => hv.calls().inject_from(kind, at, inj),
         None => {}
     }
-    let mut run = Run { hv, layer: DmaLayer::new(hv), lying, failed: Vec::new() };
+    let mut run = Run { hv, layer: DmaLayer::new(hv), lying, failed: Vec::new(), reported_quarantined: 0 };
     if let Err(e) = add_pool(&mut run.layer, MID_POOL, POOL_LEN, PoolConfig::default()) {
-        run.failed.push(format!("add_pool: {e}"));
+        run.failed("add_pool", &e);
         run.check("add_pool");
         return finish(run);
     }
@@ -228,13 +240,14 @@ fn finish(mut run: Run) -> (Vec<String>, Vec<(CallKind, u64)>) {
     let hv = run.hv;
     if let Err(e) = run.layer.release_pools() {
         assert!(matches!(e, DmaError::UnsharingFailed { .. }), "release_pools: {e}");
-        run.failed.push(format!("release_pools: {e}"));
+        run.failed("release_pools", &e);
     }
     run.check("release_pools");
     let s = run.layer.stats();
     assert_eq!(s.slots_in_use, 0);
     assert_eq!(run.layer.iommu_stats().coherent_buffers, 0);
     assert_eq!(s.shared_pages, s.quarantined_pages, "shared pages other than quarantined ones left");
+    assert_eq!(s.quarantined_pages, run.reported_quarantined, "quarantine counted as the errors reported it");
     assert!(hv.shared_pages() <= s.quarantined_pages, "the model has shared pages the guest does not count");
     if run.failed.iter().any(|f| f.contains("unsharing")) {
         assert!(s.quarantined_pages > 0, "a failed unshare quarantined nothing: {:?}", run.failed);
