@@ -206,6 +206,9 @@ impl<P: Platform> DmaLayer<'_, P> {
         unsafe { core::ptr::write_bytes(cpu.as_ptr(), 0, bytes as usize) };
         if confidential {
             self.share_pages(phys, pages)?;
+            // SAFETY: as above, and the pages are shared now. Sharing keeps the content on pseries
+            // only: SEV-SNP shows ciphertext, TDX and Arm CCA another page, so zero what the device sees.
+            unsafe { core::ptr::write_bytes(cpu.as_ptr(), 0, bytes as usize) };
         }
         let bus = match iommu {
             None => {

@@ -43,6 +43,14 @@ pub enum SharingErrorKind {
     BadResume,
     /// The page must be accepted after conversion to private and accepting failed.
     AcceptFailed,
+    /// SEV-SNP `PVALIDATE` failed with this code (`FAIL_INPUT` 1, `FAIL_SIZEMISMATCH` 6, ...): the page's
+    /// validation state did not change.
+    ValidateFailed(u32),
+    /// SEV-SNP `PVALIDATE` reported no change (rFLAGS.CF): the page was not in the validation state the
+    /// guest recorded, which only the hypervisor remapping it behind the guest's back can cause.
+    ValidationNoChange,
+    /// The host rejected the change (Arm CCA `RSI_IPA_STATE_SET` answered `RSI_REJECT`).
+    Rejected,
 }
 
 /// Every error the layer returns.

@@ -108,7 +108,7 @@ pub trait Platform: MemorySharing + PhysMemory + Sync {
     /// The bus address a device (without IOMMU) uses for shared memory at `phys`.
     ///
     /// Identity for pseries and TDX (the shared bit is not part of the DMA address as seen here); for
-    /// SEV the encryption bit is cleared. See [`BusEncoding`].
+    /// SEV the encryption bit is cleared; for Arm CCA the top IPA bit is set. See [`BusEncoding`].
     fn shared_bus_addr(&self, phys: PhysAddr) -> BusAddr {
         BusAddr(phys.0)
     }
@@ -135,8 +135,8 @@ pub trait Platform: MemorySharing + PhysMemory + Sync {
 }
 
 /// How a platform without IOMMU turns a shared physical address into a bus address: some bits set,
-/// some cleared (SEV clears the C-bit; identity elsewhere). Platforms use it to implement
-/// [`Platform::shared_bus_addr`].
+/// some cleared (SEV clears the C-bit, Arm CCA sets the top IPA bit; identity elsewhere). Platforms
+/// use it to implement [`Platform::shared_bus_addr`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BusEncoding {
     /// Bits set in every bus address.
@@ -151,6 +151,14 @@ impl BusEncoding {
     /// SEV: the C-bit at `bit` is cleared in DMA addresses.
     pub const fn sev(c_bit: u32) -> BusEncoding {
         BusEncoding { set: 0, clear: 1 << c_bit }
+    }
+    /// Arm CCA: shared memory is reached through the alias with the top IPA bit (`ipa_bits - 1`) set.
+    /// `None` unless `ipa_bits` is in 2..=64.
+    pub const fn cca(ipa_bits: u32) -> Option<BusEncoding> {
+        if ipa_bits < 2 || ipa_bits > 64 {
+            return None;
+        }
+        Some(BusEncoding { set: 1 << (ipa_bits - 1), clear: 0 })
     }
     /// Encode.
     pub const fn bus(self, phys: PhysAddr) -> BusAddr {

@@ -14,6 +14,14 @@ pub enum CallKind {
     MapGpa,
     /// TDX page accept.
     Accept,
+    /// SEV-SNP `PVALIDATE` (validate or rescind one page).
+    Pvalidate,
+    /// SEV-SNP Page State Change through the GHCB MSR protocol (one page).
+    PscMsr,
+    /// SEV-SNP Page State Change through the GHCB shared buffer (up to 253 entries).
+    Psc,
+    /// Arm CCA `RSI_IPA_STATE_SET`.
+    RsiIpaStateSet,
     /// `H_PUT_TCE`.
     PutTce,
     /// `H_GET_TCE`.
@@ -32,8 +40,16 @@ pub enum CallKind {
 
 impl CallKind {
     /// Sharing-related calls.
-    pub const SHARING: [CallKind; 4] =
-        [CallKind::UvShare, CallKind::UvUnshare, CallKind::MapGpa, CallKind::Accept];
+    pub const SHARING: [CallKind; 8] = [
+        CallKind::UvShare,
+        CallKind::UvUnshare,
+        CallKind::MapGpa,
+        CallKind::Accept,
+        CallKind::Pvalidate,
+        CallKind::PscMsr,
+        CallKind::Psc,
+        CallKind::RsiIpaStateSet,
+    ];
 }
 
 /// What an injected fault does to one call.
@@ -56,6 +72,8 @@ pub enum Injection {
     BadResume,
     /// Answer busy (`H_BUSY` or a long-busy code) without acting; the guest should retry.
     Busy(i64),
+    /// SEV-SNP `PVALIDATE`: report "no change" (rFLAGS.CF) without acting.
+    NoChange,
 }
 
 #[derive(Clone, Copy, Debug)]

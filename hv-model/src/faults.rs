@@ -26,7 +26,18 @@ pub enum FaultReason {
     OutsideRam,
     /// The bus address is in a reserved range.
     ReservedRange,
+    /// The guest CPU (device [`CPU`]) used, or reported usable, a page it had converted back to
+    /// private without accepting (TDX) or re-validating (SEV-SNP) it; `bus` is the page's guest
+    /// physical address.
+    Unvalidated,
+    /// The guest reported usable as private (device [`CPU`]) a page the hypervisor still shares. Logged
+    /// for SEV-SNP and Arm CCA only, where the guest can know (validation fails on a shared page; the
+    /// trusted RMM reports progress); a pseries or TDX guest has no way to tell.
+    StillShared,
 }
+
+/// The device id of faults caused by the guest CPU itself rather than a device.
+pub const CPU: u32 = u32::MAX;
 
 /// One refused access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

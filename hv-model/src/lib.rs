@@ -1,19 +1,22 @@
 //! ccdma-hv-model: the hypervisor as a confidential guest sees it, modelled on the host.
 //!
-//! Guest memory is sparse with a state per page (private, shared, pending accept); sharing is offered in
-//! the pseries (`UV_SHARE_PAGE`) or TDX (`MapGPA`) personality; devices are DMA engines with masks whose
+//! Guest memory is sparse with a state per page (private, shared, pending accept/validation); sharing is
+//! offered in the pseries (`UV_SHARE_PAGE`), TDX (`MapGPA` + accept), SEV-SNP (Page State Change +
+//! `PVALIDATE`) or Arm CCA (`RSI_IPA_STATE_SET`) personality; devices are DMA engines with masks whose
 //! every access is checked and, when refused, logged in the fault log. Every call can be made to fail,
 //! partially succeed, lie, or stall. The model implements ccdma's platform traits, so the guest layer
 //! runs against it unchanged.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod calls;
+mod cca;
 pub mod device;
 pub mod faults;
 pub mod memory;
 pub mod p2p;
 mod platform;
 mod sharing;
+mod snp;
 pub mod tce;
 
 use std::collections::HashMap;
@@ -21,10 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use calls::{CallKind, CallLog, Injection};
+pub use cca::CCA_POISON;
 pub use device::{BusTranslate, DeviceRef, DirectTranslate};
-pub use faults::{AccessKind, Fault, FaultReason};
+pub use faults::{AccessKind, Fault, FaultReason, CPU};
 pub use memory::{GuestMemory, PageState, PAGE};
 pub use sharing::{TDX_INVALID_OPERAND, U_PARAMETER};
+pub use snp::SNP_POISON;
 pub use tce::{Reach, TableInfo, TceConfig, TceCounters};
 
 use ccdma::BusEncoding;
@@ -36,6 +41,16 @@ pub enum Personality {
     Pseries,
     /// Intel TDX: `MapGPA` + accept.
     Tdx,
+    /// AMD SEV-SNP: `PVALIDATE` + Page State Change requests (GHCB MSR protocol and shared buffer).
+    Snp,
+    /// Arm CCA realm: `RSI_IPA_STATE_SET`.
+    Cca,
+}
+
+impl Personality {
+    /// Every personality.
+    pub const ALL: [Personality; 4] =
+        [Personality::Pseries, Personality::Tdx, Personality::Snp, Personality::Cca];
 }
 
 /// How to build a model.
@@ -51,6 +66,12 @@ pub struct HvConfig {
     pub bus_encoding: BusEncoding,
     /// TDX: the most pages one `MapGPA` converts before answering RETRY (None: all).
     pub tdx_pages_per_call: Option<u64>,
+    /// SEV-SNP: the most entries one GHCB Page State Change request processes before returning with
+    /// `cur_entry` short of the end (None: all).
+    pub snp_entries_per_call: Option<u16>,
+    /// Arm CCA: the most granules one `RSI_IPA_STATE_SET` changes before returning a new base short of
+    /// the top (None: all).
+    pub cca_granules_per_call: Option<u64>,
 }
 
 impl HvConfig {
@@ -62,11 +83,36 @@ impl HvConfig {
             personality: Personality::Pseries,
             bus_encoding: BusEncoding::IDENTITY,
             tdx_pages_per_call: None,
+            snp_entries_per_call: None,
+            cca_granules_per_call: None,
         }
     }
     /// A confidential TDX guest with `ram` bytes.
     pub fn tdx(ram: u64) -> HvConfig {
         HvConfig { personality: Personality::Tdx, ..HvConfig::pseries(ram) }
+    }
+    /// A confidential SEV-SNP guest with `ram` bytes; bus addresses clear the C-bit (bit 51).
+    pub fn snp(ram: u64) -> HvConfig {
+        HvConfig {
+            personality: Personality::Snp,
+            bus_encoding: BusEncoding::sev(SNP_C_BIT),
+            ..HvConfig::pseries(ram)
+        }
+    }
+    /// A confidential Arm CCA realm with `ram` bytes and [`CCA_IPA_BITS`]-bit IPAs; devices reach shared
+    /// memory through the unprotected alias (top IPA bit set).
+    pub fn cca(ram: u64) -> HvConfig {
+        let alias = BusEncoding::cca(CCA_IPA_BITS).unwrap_or(BusEncoding::IDENTITY);
+        HvConfig { personality: Personality::Cca, bus_encoding: alias, ..HvConfig::pseries(ram) }
+    }
+    /// A confidential guest of `personality` with its default bus encoding.
+    pub fn confidential(personality: Personality, ram: u64) -> HvConfig {
+        match personality {
+            Personality::Pseries => HvConfig::pseries(ram),
+            Personality::Tdx => HvConfig::tdx(ram),
+            Personality::Snp => HvConfig::snp(ram),
+            Personality::Cca => HvConfig::cca(ram),
+        }
     }
     /// A guest that is not confidential (devices reach all RAM).
     pub fn plain(ram: u64) -> HvConfig {
@@ -88,6 +134,11 @@ pub struct Hypervisor {
     /// The IOMMU (TCE tables), off until `enable_iommu`.
     pub(crate) iommu: tce::IommuModel,
 }
+
+/// The C-bit of the modelled SEV-SNP guest (CPUID 0x8000001F EBX bits 5:0 on current EPYC parts).
+pub const SNP_C_BIT: u32 = 51;
+/// The IPA width of the modelled Arm CCA realm: the shared alias sets bit 47.
+pub const CCA_IPA_BITS: u32 = 48;
 
 /// Where [`Hypervisor::alloc`] places guest buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +191,41 @@ impl Hypervisor {
     /// Forget the fault log.
     pub fn clear_faults(&self) {
         self.faults.lock().unwrap().clear();
+    }
+    /// Faults of the guest CPU using a page it had not re-validated or re-accepted (never, for a correct
+    /// guest).
+    pub fn unvalidated_faults(&self) -> usize {
+        self.faults.lock().unwrap().iter().filter(|f| f.reason == FaultReason::Unvalidated).count()
+    }
+    /// Log a guest fault for every page of `[phys, phys + len)` converted to private that the guest has
+    /// not re-validated or re-accepted.
+    pub(crate) fn check_guest_use(&self, phys: u64, len: u64, kind: AccessKind) {
+        for page in self.mem.unaccepted_in(phys, len) {
+            self.faults.lock().unwrap().push(Fault {
+                device: CPU,
+                bus: page,
+                kind,
+                reason: FaultReason::Unvalidated,
+            });
+        }
+    }
+    /// Log a guest fault for every page of `[phys, phys + len)` the hypervisor still shares, on the
+    /// personalities where the guest can know (see [`FaultReason::StillShared`]).
+    pub(crate) fn check_taken_back(&self, phys: u64, len: u64) {
+        if !matches!(self.config.personality, Personality::Snp | Personality::Cca) {
+            return;
+        }
+        for page in (0..len / PAGE).map(|i| phys + i * PAGE) {
+            if self.mem.state(page) == PageState::Shared {
+                let f = Fault {
+                    device: CPU,
+                    bus: page,
+                    kind: AccessKind::Write,
+                    reason: FaultReason::StillShared,
+                };
+                self.faults.lock().unwrap().push(f);
+            }
+        }
     }
     /// Faults that targeted private memory (invariant 1 says: never, for a correct guest).
     pub fn private_faults(&self) -> usize {

@@ -1,7 +1,7 @@
 //! Sparse guest memory: one anonymous `MAP_NORESERVE` mapping of the whole RAM size, so a 64 GiB guest
 //! costs only the pages a test touches, plus a page-state map (private unless recorded otherwise).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
@@ -15,7 +15,8 @@ pub enum PageState {
     Private,
     /// Hypervisor and devices can access it.
     Shared,
-    /// Converted to private (TDX) but not accepted yet: nobody may use it.
+    /// Private but unusable until the guest accepts (TDX) or validates (SEV-SNP: assigned to the guest
+    /// in the RMP with the validated bit clear) it.
     PendingAccept,
 }
 
@@ -24,6 +25,9 @@ pub struct GuestMemory {
     base: NonNull<u8>,
     size: u64,
     states: Mutex<HashMap<u64, PageState>>,
+    /// Pages that became [`PageState::PendingAccept`] and whose accept/validate the guest has not seen
+    /// succeed since: the guest must not use them (the model's check of the guest, not of the state).
+    unaccepted: Mutex<HashSet<u64>>,
 }
 
 // SAFETY: the mapping is owned by this value for its whole life; concurrent access to guest memory is
@@ -53,6 +57,7 @@ impl GuestMemory {
             base: NonNull::new(p.cast()).expect("mmap returned null"),
             size,
             states: Mutex::new(HashMap::new()),
+            unaccepted: Mutex::new(HashSet::new()),
         }
     }
 
@@ -89,12 +94,42 @@ impl GuestMemory {
     /// Set the state of `pages` pages from the page holding `phys`.
     pub fn set_state(&self, phys: u64, pages: u64, state: PageState) {
         let mut map = self.states.lock().unwrap();
+        let mut unaccepted = self.unaccepted.lock().unwrap();
         for pfn in phys / PAGE..phys / PAGE + pages {
             if state == PageState::Private {
                 map.remove(&pfn);
             } else {
                 map.insert(pfn, state);
             }
+            if state == PageState::PendingAccept {
+                unaccepted.insert(pfn);
+            } else {
+                unaccepted.remove(&pfn);
+            }
+        }
+    }
+
+    /// The guest's accept/validate of the page holding `phys` returned success (truthfully or not): from
+    /// the guest's point of view the page is usable again.
+    pub fn mark_accepted(&self, phys: u64) {
+        self.unaccepted.lock().unwrap().remove(&(phys / PAGE));
+    }
+
+    /// The pages of `[phys, phys + len)` converted to private whose accept/validate the guest has not
+    /// seen succeed (a guest that uses them is at fault).
+    pub fn unaccepted_in(&self, phys: u64, len: u64) -> Vec<u64> {
+        let set = self.unaccepted.lock().unwrap();
+        if set.is_empty() || len == 0 {
+            return Vec::new();
+        }
+        let (first, last) = (phys / PAGE, (phys.saturating_add(len) - 1) / PAGE);
+        if last - first < set.len() as u64 {
+            (first..=last).filter(|p| set.contains(p)).map(|p| p * PAGE).collect()
+        } else {
+            let mut v: Vec<u64> =
+                set.iter().filter(|p| (first..=last).contains(p)).map(|p| p * PAGE).collect();
+            v.sort_unstable();
+            v
         }
     }
 

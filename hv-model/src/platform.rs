@@ -2,10 +2,14 @@
 
 use std::ptr::NonNull;
 
+use ccdma::sharing::cca::CcaSharing;
 use ccdma::sharing::pseries::UltravisorSharing;
+use ccdma::sharing::snp::SnpSharing;
 use ccdma::sharing::tdx::TdxSharing;
 use ccdma::{BusAddr, MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform};
 
+use crate::faults::AccessKind;
+use crate::memory::PAGE;
 use crate::{Hypervisor, Personality};
 
 thread_local! {
@@ -20,18 +24,48 @@ impl Hypervisor {
     }
 }
 
-impl MemorySharing for Hypervisor {
-    fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+impl Hypervisor {
+    fn sharing_call(&self, share: bool, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+        macro_rules! call {
+            ($adapter:expr) => {
+                if share {
+                    $adapter.share(phys, pages)
+                } else {
+                    $adapter.unshare(phys, pages)
+                }
+            };
+        }
         match self.config().personality {
-            Personality::Pseries => UltravisorSharing::new(self).share(phys, pages),
-            Personality::Tdx => TdxSharing::new(self).share(phys, pages),
+            Personality::Pseries => call!(UltravisorSharing::new(self)),
+            Personality::Tdx => call!(TdxSharing::new(self)),
+            Personality::Snp => call!(SnpSharing::new(self)),
+            Personality::Cca => call!(CcaSharing::new(self)),
         }
     }
-    fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
-        match self.config().personality {
-            Personality::Pseries => UltravisorSharing::new(self).unshare(phys, pages),
-            Personality::Tdx => TdxSharing::new(self).unshare(phys, pages),
+}
+
+/// The adapters of `ccdma::sharing` over the model's raw calls, and the model's check of what they
+/// report: every page the guest keeps using as private memory (the part of a failed share it does not
+/// roll back, the part of an unshare reported done) must have been accepted or re-validated, or the
+/// model logs a [`FaultReason::Unvalidated`](crate::FaultReason::Unvalidated) fault for it; on SEV-SNP
+/// and Arm CCA it must not be shared any more either
+/// ([`FaultReason::StillShared`](crate::FaultReason::StillShared)).
+impl MemorySharing for Hypervisor {
+    fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+        let r = self.sharing_call(true, phys, pages);
+        if let Err(p) = &r {
+            let done = p.pages_done.min(pages);
+            self.check_guest_use(phys.0 + done * PAGE, (pages - done) * PAGE, AccessKind::Write);
+            self.check_taken_back(phys.0 + done * PAGE, (pages - done) * PAGE);
         }
+        r
+    }
+    fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+        let r = self.sharing_call(false, phys, pages);
+        let done = r.as_ref().map_or_else(|p| p.pages_done.min(pages), |()| pages);
+        self.check_guest_use(phys.0, done * PAGE, AccessKind::Write);
+        self.check_taken_back(phys.0, done * PAGE);
+        r
     }
 }
 
@@ -40,7 +74,10 @@ impl MemorySharing for Hypervisor {
 // for pointers inside that store.
 unsafe impl PhysMemory for Hypervisor {
     fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
-        self.mem.ptr(phys.0, len as u64)
+        let p = self.mem.ptr(phys.0, len as u64)?;
+        // A guest touching a page it has not re-accepted or re-validated would take a #VE/#VC.
+        self.check_guest_use(phys.0, len as u64, AccessKind::Write);
+        Some(p)
     }
     fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr> {
         self.mem.phys_of(ptr, len).map(PhysAddr)

@@ -13,7 +13,7 @@ pub const U_PARAMETER: i64 = -4;
 pub const TDX_INVALID_OPERAND: i64 = -1;
 
 impl Hypervisor {
-    fn pages_ok(&self, phys: u64, pages: u64) -> bool {
+    pub(crate) fn pages_ok(&self, phys: u64, pages: u64) -> bool {
         phys % PAGE == 0 && pages > 0 && pages.checked_mul(PAGE).is_some_and(|l| self.mem.contains(phys, l))
     }
 
@@ -24,7 +24,11 @@ impl Hypervisor {
             return U_PARAMETER;
         }
         match inj {
-            None | Some(Injection::Busy(_)) | Some(Injection::Stall) | Some(Injection::BadResume) => {
+            None
+            | Some(Injection::Busy(_))
+            | Some(Injection::Stall)
+            | Some(Injection::BadResume)
+            | Some(Injection::NoChange) => {
                 self.mem.set_state(phys, npages, to);
                 U_SUCCESS
             }
@@ -74,7 +78,9 @@ impl TdxCalls for Hypervisor {
         match inj {
             Some(Injection::Fail(code)) => MapGpaStatus::Error(code),
             Some(Injection::LieSuccess) => MapGpaStatus::Success,
-            Some(Injection::Stall) | Some(Injection::Busy(_)) => MapGpaStatus::Retry { resume: gpa },
+            Some(Injection::Stall) | Some(Injection::Busy(_)) | Some(Injection::NoChange) => {
+                MapGpaStatus::Retry { resume: gpa }
+            }
             Some(Injection::BadResume) => MapGpaStatus::Retry { resume: gpa + len + PAGE },
             Some(Injection::Partial { pages: done, code }) => {
                 convert(done.min(pages));
@@ -100,7 +106,12 @@ impl TdxCalls for Hypervisor {
         }
         match inj {
             Some(Injection::Fail(code)) | Some(Injection::Partial { code, .. }) => code,
-            Some(Injection::LieSuccess) => 0,
+            Some(Injection::LieSuccess) => {
+                self.mem.mark_accepted(gpa);
+                0
+            }
+            // The TDX module finds no private page to accept where the VMM left a shared one.
+            _ if self.mem.state(gpa) == PageState::Shared => TDX_INVALID_OPERAND,
             _ => {
                 if self.mem.state(gpa) == PageState::PendingAccept {
                     self.mem.set_state(gpa, 1, PageState::Private);

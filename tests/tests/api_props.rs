@@ -44,13 +44,14 @@ enum Kind {
     Plain,
     Pseries,
     Tdx,
+    Snp,
     Premapped,
     PremappedNoDdw,
     Strict,
 }
 
-const KINDS: [Kind; 6] =
-    [Kind::Plain, Kind::Pseries, Kind::Tdx, Kind::Premapped, Kind::PremappedNoDdw, Kind::Strict];
+const KINDS: [Kind; 7] =
+    [Kind::Plain, Kind::Pseries, Kind::Tdx, Kind::Snp, Kind::Premapped, Kind::PremappedNoDdw, Kind::Strict];
 
 impl Kind {
     fn iommu(self) -> bool {
@@ -72,6 +73,7 @@ fn hv_for(kind: Kind) -> Hv {
     let cfg = match kind {
         Kind::Plain => HvConfig::plain(6 * GIB),
         Kind::Tdx => HvConfig { tdx_pages_per_call: Some(3), ..HvConfig::tdx(6 * GIB) },
+        Kind::Snp => HvConfig { snp_entries_per_call: Some(5), ..HvConfig::snp(6 * GIB) },
         _ => HvConfig::pseries(6 * GIB),
     };
     Box::leak(Box::new(Hypervisor::new(cfg)))
@@ -238,7 +240,7 @@ fn small_pool(kind: Kind, len: usize, slot_size: usize) {
 
 #[test]
 fn add_pool_smaller_than_a_slot_is_refused() {
-    for kind in [Kind::Plain, Kind::Pseries, Kind::Tdx] {
+    for kind in [Kind::Plain, Kind::Pseries, Kind::Tdx, Kind::Snp] {
         small_pool(kind, 4096, 8192);
         small_pool(kind, 8192, 65536);
     }
@@ -312,7 +314,7 @@ fn absurd_ddw_geometry_is_refused() {
 
 #[test]
 fn detach_refused_while_busy_without_iommu() {
-    for kind in [Kind::Plain, Kind::Pseries, Kind::Tdx] {
+    for kind in [Kind::Plain, Kind::Pseries, Kind::Tdx, Kind::Snp] {
         let g = guest(kind);
         let dev = g.attach(1, 32, 0).unwrap();
         // SAFETY: the guest buffer is ours.
@@ -332,7 +334,7 @@ fn detach_refused_while_busy_without_iommu() {
 
 #[test]
 fn coherent_free_refusals_without_iommu() {
-    for kind in [Kind::Plain, Kind::Pseries, Kind::Tdx] {
+    for kind in [Kind::Plain, Kind::Pseries, Kind::Tdx, Kind::Snp] {
         let g = guest(kind);
         let a = g.attach(1, 32, 0).unwrap();
         let b = g.attach(2, 32, 0).unwrap();
@@ -793,6 +795,7 @@ fn injection_strategy() -> impl Strategy<Value = Injection> {
         1 => Just(Injection::LieSuccess),
         1 => Just(Injection::Stall),
         1 => Just(Injection::BadResume),
+        1 => Just(Injection::NoChange),
         2 => prop::sample::select(vec![1i64, 9900, 9901, 9905]).prop_map(Injection::Busy),
     ]
 }
@@ -803,6 +806,9 @@ fn call_kind_strategy() -> impl Strategy<Value = CallKind> {
         CallKind::UvUnshare,
         CallKind::MapGpa,
         CallKind::Accept,
+        CallKind::Pvalidate,
+        CallKind::PscMsr,
+        CallKind::Psc,
         CallKind::PutTce,
         CallKind::GetTce,
         CallKind::PutTceIndirect,

@@ -121,6 +121,11 @@ fn confidential_64g_tdx() {
 }
 
 #[test]
+fn confidential_64g_snp() {
+    run_matrix(HvConfig::snp(64 * GIB));
+}
+
+#[test]
 fn plain_6g() {
     run_matrix(HvConfig::plain(6 * GIB));
 }

@@ -1,6 +1,6 @@
 //! Model-based random operations over every platform flavour (issue 8): plain (direct and
-//! bounce-above-mask devices), pseries without IOMMU, TDX, SEV bus encoding, pseries behind the TCE
-//! IOMMU premapped with and without DDW, and strict.
+//! bounce-above-mask devices), pseries without IOMMU, TDX, SEV bus encoding, SEV-SNP, Arm CCA, pseries
+//! behind the TCE IOMMU premapped with and without DDW, and strict.
 //!
 //! Each flavour attaches and detaches devices of masks 24..64 bits (`min_align_mask` 0, 0xFFF,
 //! 0x1FFF, some deferred), maps and unmaps through the safe face (`Mapping`) and the raw face
@@ -18,7 +18,7 @@
 //!
 //! Reproduce a failure with the seed and op count it prints:
 //! `CCDMA_RANDOM_SEED=0x... CCDMA_RANDOM_OPS=N cargo test --release -p ccdma-tests --test random_ops <flavour>`.
-//! `CCDMA_RANDOM_OPS=N` alone runs N operations per flavour (default 45,000: 315,000 in all).
+//! `CCDMA_RANDOM_OPS=N` alone runs N operations per flavour (default 45,000: 405,000 in all).
 
 mod ccdma_api;
 mod random_ops_support;
@@ -50,6 +50,16 @@ fn tdx() {
 #[test]
 fn sev_encoding() {
     run(Flavour::Sev);
+}
+
+#[test]
+fn snp() {
+    run(Flavour::Snp);
+}
+
+#[test]
+fn cca() {
+    run(Flavour::Cca);
 }
 
 #[test]

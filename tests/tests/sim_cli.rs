@@ -234,3 +234,31 @@ fn svg_draws_every_device_with_its_windows() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("cannot write /nonexistent/dir/map.svg"));
 }
+
+#[test]
+fn snp_and_cca_guests_run_and_name_themselves() {
+    let o = quick(&["--snp", "--snp-entries-per-call", "50"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).starts_with("ccdma-sim: SEV-SNP guest (confidential, PVALIDATE + Page State Change"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(last_line(&o).starts_with("summary: 4 devices attached, 0 refused"), "{}", last_line(&o));
+    // A realm's devices reach shared memory through the alias at IPA bit 47: masks below 48 bits reach
+    // no pool and are refused, as declared.
+    let devices = ["--device", "old:32", "--device", "nic:64", "--expect-refused", "old"];
+    let o = quick(&[&["--platform", "cca", "--cca-granules-per-call", "100"][..], &devices].concat());
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).starts_with("ccdma-sim: Arm CCA realm (confidential, RSI_IPA_STATE_SET"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        last_line(&o).starts_with("summary: 1 device attached, 1 refused (1 expected)"),
+        "{}",
+        last_line(&o)
+    );
+    assert!(last_line(&o).ends_with("; OK"), "{}", last_line(&o));
+}

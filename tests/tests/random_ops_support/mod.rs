@@ -75,10 +75,16 @@ pub enum Flavour {
     IommuNoDdw,
     /// pseries behind the TCE IOMMU, strict.
     Strict,
+    /// AMD SEV-SNP: PVALIDATE + Page State Change (7 entries per call, so requests resume), C-bit 51
+    /// cleared in bus addresses.
+    Snp,
+    /// Arm CCA realm: RSI_IPA_STATE_SET (7 granules per call), devices use the alias at IPA bit 47, so
+    /// only masks of 48 bits and more attach.
+    Cca,
 }
 
 impl Flavour {
-    pub const ALL: [Flavour; 7] = [
+    pub const ALL: [Flavour; 9] = [
         Flavour::Plain,
         Flavour::Pseries,
         Flavour::Tdx,
@@ -86,6 +92,8 @@ impl Flavour {
         Flavour::IommuDdw,
         Flavour::IommuNoDdw,
         Flavour::Strict,
+        Flavour::Snp,
+        Flavour::Cca,
     ];
     fn iommu(self) -> bool {
         matches!(self, Flavour::IommuDdw | Flavour::IommuNoDdw | Flavour::Strict)
@@ -360,6 +368,8 @@ impl Runner {
             }
             Flavour::Tdx => HvConfig { tdx_pages_per_call: Some(7), ..HvConfig::tdx(ram) },
             Flavour::Sev => HvConfig { bus_encoding: ccdma::BusEncoding::sev(47), ..HvConfig::pseries(ram) },
+            Flavour::Snp => HvConfig { snp_entries_per_call: Some(7), ..HvConfig::snp(ram) },
+            Flavour::Cca => HvConfig { cca_granules_per_call: Some(7), ..HvConfig::cca(ram) },
         };
         let hv: Hv = Box::leak(Box::new(Hypervisor::new(cfg)));
         let mut layer = api::new_layer(hv);
@@ -563,7 +573,9 @@ impl Runner {
         let allowed: &[DmaPath] = match self.flavour {
             Flavour::Plain if bits >= 33 => &[DmaPath::Direct],
             Flavour::Plain => &[DmaPath::BounceAboveMask],
-            Flavour::Pseries | Flavour::Tdx | Flavour::Sev => &[DmaPath::BounceAlways],
+            Flavour::Pseries | Flavour::Tdx | Flavour::Sev | Flavour::Snp | Flavour::Cca => {
+                &[DmaPath::BounceAlways]
+            }
             Flavour::IommuDdw if bits == 64 => &[DmaPath::IommuDdw],
             Flavour::IommuDdw | Flavour::IommuNoDdw if bits >= 32 => &[DmaPath::IommuPremapped],
             Flavour::IommuDdw | Flavour::IommuNoDdw => &[DmaPath::IommuPremapped, DmaPath::IommuStrict],
@@ -855,7 +867,9 @@ impl Runner {
 
     fn op_attach(&mut self) {
         let Some(slot) = (0..MAX_DEVICES).find(|&i| self.devs[i].is_none()) else { return };
-        let bits = self.rng.pick(&MASKS);
+        // A realm's shared alias sits at IPA bit 47: narrower masks reach no pool (a test of its own).
+        let bits =
+            if self.flavour == Flavour::Cca { self.rng.pick(&[48, 64]) } else { self.rng.pick(&MASKS) };
         let min_align = self.rng.pick(&MIN_ALIGNS);
         let deferred = self.flavour.iommu() && self.rng.chance(1, 4);
         let id = self.next_id;

@@ -29,6 +29,8 @@ pub struct SizeList(pub Vec<u64>);
 pub enum PersonalityArg {
     Pseries,
     Tdx,
+    Snp,
+    Cca,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -71,18 +73,36 @@ pub struct Cli {
     /// Not confidential: devices reach all RAM
     #[arg(long, overrides_with = "confidential", help_heading = "Platform")]
     plain: bool,
-    /// Sharing interface [default: pseries]
-    #[arg(long, value_enum, overrides_with_all = ["pseries", "tdx"], help_heading = "Platform")]
+    /// Sharing interface (also --platform) [default: pseries]
+    #[arg(
+        long,
+        alias = "platform",
+        value_enum,
+        overrides_with_all = ["pseries", "tdx", "snp", "cca"],
+        help_heading = "Platform"
+    )]
     personality: Option<PersonalityArg>,
     /// Same as --personality pseries
-    #[arg(long, overrides_with_all = ["personality", "tdx"], help_heading = "Platform")]
+    #[arg(long, overrides_with_all = ["personality", "tdx", "snp", "cca"], help_heading = "Platform")]
     pseries: bool,
     /// Same as --personality tdx
-    #[arg(long, overrides_with_all = ["personality", "pseries"], help_heading = "Platform")]
+    #[arg(long, overrides_with_all = ["personality", "pseries", "snp", "cca"], help_heading = "Platform")]
     tdx: bool,
+    /// Same as --personality snp (AMD SEV-SNP: PVALIDATE + Page State Change, C-bit 51 cleared in bus addresses)
+    #[arg(long, overrides_with_all = ["personality", "pseries", "tdx", "cca"], help_heading = "Platform")]
+    snp: bool,
+    /// Same as --personality cca (Arm CCA realm: RSI_IPA_STATE_SET, devices use the alias with IPA bit 47 set)
+    #[arg(long, overrides_with_all = ["personality", "pseries", "tdx", "snp"], help_heading = "Platform")]
+    cca: bool,
     /// TDX: MapGPA converts at most N pages per call, then answers RETRY
     #[arg(long, value_name = "N", value_parser = parse_number, help_heading = "Platform")]
     tdx_pages_per_call: Option<u64>,
+    /// SEV-SNP: a Page State Change request processes at most N entries per call, then returns early
+    #[arg(long, value_name = "N", value_parser = parse_number, help_heading = "Platform")]
+    snp_entries_per_call: Option<u64>,
+    /// Arm CCA: RSI_IPA_STATE_SET changes at most N granules per call, then returns a new base short of the top
+    #[arg(long, value_name = "N", value_parser = parse_number, help_heading = "Platform")]
+    cca_granules_per_call: Option<u64>,
     /// pseries TCE IOMMU in front of every device [default: none]
     #[arg(long, value_enum, value_name = "POLICY", help_heading = "Platform")]
     iommu: Option<IommuArg>,
@@ -126,6 +146,8 @@ pub struct Options {
     pub confidential: bool,
     pub personality: Personality,
     pub tdx_pages_per_call: Option<u64>,
+    pub snp_entries_per_call: Option<u16>,
+    pub cca_granules_per_call: Option<u64>,
     pub iommu: Option<ccdma::IommuPolicy>,
     pub ddw: bool,
     pub reserved: Vec<(u64, u64)>,
@@ -239,8 +261,11 @@ fn check(cli: Cli) -> Result<Options, String> {
     if ram == 0 || ram % PAGE != 0 {
         return Err(format!("--ram {ram:#x}: must be a positive multiple of 4 KiB"));
     }
-    let personality = match (cli.tdx, cli.pseries, cli.personality) {
-        (true, _, _) | (_, _, Some(PersonalityArg::Tdx)) => Personality::Tdx,
+    // The flags override each other and --personality, so at most one of them is set.
+    let personality = match (cli.tdx, cli.snp, cli.cca, cli.personality) {
+        (true, ..) | (_, _, _, Some(PersonalityArg::Tdx)) => Personality::Tdx,
+        (_, true, ..) | (_, _, _, Some(PersonalityArg::Snp)) => Personality::Snp,
+        (_, _, true, _) | (_, _, _, Some(PersonalityArg::Cca)) => Personality::Cca,
         _ => Personality::Pseries,
     };
     let confidential = !cli.plain;
@@ -254,6 +279,14 @@ fn check(cli: Cli) -> Result<Options, String> {
     }
     if cli.tdx_pages_per_call == Some(0) {
         return Err("--tdx-pages-per-call must be at least 1".into());
+    }
+    let snp_entries_per_call = match cli.snp_entries_per_call {
+        None => None,
+        Some(n @ 1..=253) => Some(n as u16),
+        Some(n) => return Err(format!("--snp-entries-per-call {n}: a request holds 1 to 253 entries")),
+    };
+    if cli.cca_granules_per_call == Some(0) {
+        return Err("--cca-granules-per-call must be at least 1".into());
     }
     let rounds = cli.rounds.unwrap_or(4);
     if rounds == 0 {
@@ -287,6 +320,8 @@ fn check(cli: Cli) -> Result<Options, String> {
         confidential,
         personality,
         tdx_pages_per_call: cli.tdx_pages_per_call,
+        snp_entries_per_call,
+        cca_granules_per_call: cli.cca_granules_per_call,
         iommu,
         ddw: !cli.no_ddw,
         reserved: cli.reserved,
@@ -349,6 +384,27 @@ mod tests {
         assert!(run(&["--plain", "--confidential"]).unwrap().confidential);
         assert_eq!(run(&["--ram", "4G", "--ram", "8G"]).unwrap().ram, 8 * GIB);
         assert_eq!(run(&["--sizes", "1,2", "--sizes", "0x1b"]).unwrap().sizes, vec![27]);
+    }
+
+    #[test]
+    fn every_personality_is_named() {
+        for (arg, p) in [
+            ("pseries", Personality::Pseries),
+            ("tdx", Personality::Tdx),
+            ("snp", Personality::Snp),
+            ("cca", Personality::Cca),
+        ] {
+            assert_eq!(run(&[&format!("--{arg}")]).unwrap().personality, p);
+            assert_eq!(run(&["--personality", arg]).unwrap().personality, p);
+            assert_eq!(run(&["--platform", arg]).unwrap().personality, p);
+        }
+        assert_eq!(run(&["--snp", "--cca"]).unwrap().personality, Personality::Cca);
+        assert_eq!(run(&["--cca", "--platform", "snp"]).unwrap().personality, Personality::Snp);
+        assert!(run(&["--iommu", "strict", "--snp"]).is_err());
+        assert_eq!(run(&["--snp-entries-per-call", "253"]).unwrap().snp_entries_per_call, Some(253));
+        assert!(run(&["--snp-entries-per-call", "254"]).unwrap_err().contains("1 to 253"));
+        assert!(run(&["--snp-entries-per-call", "0"]).is_err());
+        assert!(run(&["--cca-granules-per-call", "0"]).is_err());
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub fn header(opts: &Options) -> String {
         (true, Personality::Tdx) => "TDX guest (confidential, MapGPA sharing)",
         (false, Personality::Pseries) => "pseries guest, not confidential",
         (false, Personality::Tdx) => "TDX-personality guest, not confidential",
+        (true, Personality::Snp) => {
+            "SEV-SNP guest (confidential, PVALIDATE + Page State Change sharing, C-bit 51 clear on the bus)"
+        }
+        (false, Personality::Snp) => "SEV-SNP-personality guest, not confidential",
+        (true, Personality::Cca) => {
+            "Arm CCA realm (confidential, RSI_IPA_STATE_SET sharing, devices use the alias at IPA bit 47)"
+        }
+        (false, Personality::Cca) => "Arm CCA-personality guest, not confidential",
     };
     let iommu = match opts.iommu {
         None => "no IOMMU".to_string(),

@@ -38,9 +38,10 @@ pub fn bus_ranges(layer: &DmaLayer<'static, &'static Hypervisor>, dev: &Device) 
 pub fn run(opts: &Options) -> Result<bool, String> {
     let cfg = HvConfig {
         confidential: opts.confidential,
-        personality: opts.personality,
         tdx_pages_per_call: opts.tdx_pages_per_call,
-        ..HvConfig::pseries(opts.ram)
+        snp_entries_per_call: opts.snp_entries_per_call,
+        cca_granules_per_call: opts.cca_granules_per_call,
+        ..HvConfig::confidential(opts.personality, opts.ram)
     };
     let hv = model(cfg);
     let mut failures: Vec<String> = Vec::new();
