@@ -237,6 +237,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             mask_covers_ram: config.dma_mask.covers(0, ram_end.max(1)),
             reachable_pools: pools.iter().count(),
             iommu: None,
+            accepted: false,
         };
         let PathChoice::Plain(path) = path::choose(&facts) else {
             self.stats.fail(FailureKind::NoPath);
@@ -260,7 +261,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         domain: Option<DomainRef>,
     ) -> Device {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
-        Device { config, path, pools, layer: self.id, serial, domain, live: Default::default() }
+        let trust = crate::trust::TrustState::Untrusted;
+        Device { config, path, pools, layer: self.id, serial, domain, live: Default::default(), trust }
     }
 
     /// Detach a device. Refused while it has live mappings, lists or coherent buffers

@@ -123,6 +123,7 @@ pub mod stats;
 pub mod storage;
 pub(crate) mod stream;
 pub mod tracker;
+pub mod trust;
 #[cfg(feature = "virtio-hal")]
 pub mod virtio_hal;
 
@@ -139,3 +140,4 @@ pub use platform::{BusEncoding, MemorySharing, PartialSharing, PhysMemory, Platf
 pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
 pub use pool_set::MAX_POOLS;
 pub use stats::{FailureKind, StatsSnapshot};
+pub use trust::{DeviceTrust, TrustState};
