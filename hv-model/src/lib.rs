@@ -15,6 +15,7 @@ pub mod p2p;
 mod platform;
 mod sharing;
 pub mod tce;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ pub use faults::{AccessKind, Fault, FaultReason};
 pub use memory::{GuestMemory, PageState, PAGE};
 pub use sharing::{TDX_INVALID_OPERAND, U_PARAMETER};
 pub use tce::{Reach, TableInfo, TceConfig, TceCounters};
+pub use trust::{PrivateAccess, TDISP_NOT_RUNNING};
 
 use ccdma::BusEncoding;
 
@@ -87,6 +89,8 @@ pub struct Hypervisor {
     alloc_high: AtomicU64,
     /// The IOMMU (TCE tables), off until `enable_iommu`.
     pub(crate) iommu: tce::IommuModel,
+    /// The trusted platform's view of devices (TDISP), off until a device is bound.
+    pub(crate) trust: trust::TrustModel,
 }
 
 /// Where [`Hypervisor::alloc`] places guest buffers.
@@ -117,6 +121,7 @@ impl Hypervisor {
             alloc_low: AtomicU64::new(ALLOC_LOW_START),
             alloc_high: AtomicU64::new(ALLOC_HIGH_START),
             iommu: Default::default(),
+            trust: Default::default(),
         }
     }
 

@@ -364,3 +364,40 @@ fn revoke_mid_flight_is_contained() {
     assert_private_within(&hv.private_accesses(), &[(phys, 4096)], 1);
     assert_eq!(hv.private_accesses().len(), 1);
 }
+
+/// A private mapping whose entries could not be written nor rolled back leaves a quarantined range
+/// naming private pages in the accepted device's window. Revoke clears it before the device is
+/// untrusted again, and refuses (still accepted) while it cannot.
+#[test]
+fn revoke_clears_private_entries_a_failed_map_left() {
+    use ccdma::iommu::hcall::H_HARDWARE;
+    use ccdma_hv_model::{CallKind, Injection};
+    let g = iommu_guest(Opts::new(IommuPolicy::Premapped));
+    g.hv.tdisp_bind(ACCEPTED);
+    let mut dev = g.device(ACCEPTED, 64);
+    g.layer.accept(&mut dev).unwrap();
+    let phys = g.hv.alloc(3 * 4096, Region::High);
+    g.hv.calls().inject_next(CallKind::PutTceIndirect, Injection::Partial { pages: 1, code: H_HARDWARE });
+    g.hv.calls().inject_next(CallKind::StuffTce, Injection::Fail(H_HARDWARE));
+    // SAFETY: fresh pages; the map fails, so nothing stays lent.
+    let e = unsafe { g.layer.map_phys(&dev, PhysAddr(phys), 3 * 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap_err();
+    assert!(matches!(e, DmaError::Iommu(_)), "{e:?}");
+    assert_eq!(dev.live(), 0);
+    let private_entries = |g: &IommuGuest| {
+        g.hv.reachable(ACCEPTED).iter().filter(|r| r.phys >= phys && r.phys < phys + 3 * 4096).count()
+    };
+    assert_eq!(private_entries(&g), 1, "one entry on a private page was left behind");
+    // Revoke cannot clear it yet: refused, still accepted.
+    g.hv.calls().inject_next(CallKind::StuffTce, Injection::Fail(H_HARDWARE));
+    assert!(matches!(g.layer.revoke(&mut dev), Err(DmaError::Iommu(_))));
+    assert_eq!(dev.trust(), TrustState::Accepted);
+    assert!(g.hv.is_accepted(ACCEPTED));
+    // Then it can: the entry is gone before the device is untrusted.
+    g.layer.revoke(&mut dev).unwrap();
+    assert_eq!(private_entries(&g), 0);
+    assert_eq!(g.hv.tces_to_private(), 0);
+    g.assert_reach_within(ACCEPTED, &[g.pool_range()]);
+    assert_eq!(g.layer.iommu_stats().live_tces, g.hv.tce_counters().live_entries);
+    g.layer.detach(dev).unwrap();
+}

@@ -159,6 +159,7 @@ fn kind_name(kind: RangeKind) -> String {
         RangeKind::Coherent => "coherent buffer".into(),
         RangeKind::SgList => "scatter-gather list".into(),
         RangeKind::Quarantined => "quarantined".into(),
+        RangeKind::Private => "private mapping (accepted device)".into(),
     }
 }
 

@@ -1,0 +1,104 @@
+//! The trusted platform's view of devices (the TSM of TDISP: TDX module, AMD-SP, RMM): which devices
+//! are bound to the guest and running (TDISP RUN), which the guest has accepted, and what accepted
+//! devices did in private memory.
+//!
+//! An accepted device may reach private memory; every other device faults on it as before
+//! (`FaultReason::PrivateTarget`). Behind the IOMMU an accepted device still reaches only what its
+//! own window's entries name; without one the platform's trust is the only gate, so the model keeps
+//! a log of every private access ([`Hypervisor::private_accesses`]) for tests to check against the
+//! guest's live mappings. A device that leaves RUN ([`Hypervisor::tdisp_error`]) loses its acceptance
+//! at once: its next access to private memory faults, whatever its window still says.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use ccdma::{DeviceTrust, PhysAddr};
+
+use crate::faults::AccessKind;
+use crate::Hypervisor;
+
+/// The status the model answers when a device cannot be accepted (not bound and running).
+pub const TDISP_NOT_RUNNING: i64 = -1;
+
+/// One access of an accepted device that landed in private memory (one entry per access and
+/// physically contiguous piece).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrivateAccess {
+    /// Device id.
+    pub device: u32,
+    /// Guest physical address of the first byte.
+    pub phys: u64,
+    /// Bytes.
+    pub len: usize,
+    /// Read or write.
+    pub kind: AccessKind,
+}
+
+/// What the trusted platform knows.
+#[derive(Default)]
+pub(crate) struct TrustModel {
+    /// Devices locked, attested, bound to this guest and in TDISP RUN.
+    running: Mutex<HashSet<u32>>,
+    /// Devices the guest accepted (a subset of `running`).
+    accepted: Mutex<HashSet<u32>>,
+    /// Every access of an accepted device to private memory.
+    log: Mutex<Vec<PrivateAccess>>,
+}
+
+impl TrustModel {
+    pub(crate) fn is_accepted(&self, device: u32) -> bool {
+        self.accepted.lock().unwrap().contains(&device)
+    }
+    /// Record an access by `device` to private `[phys, phys + len)`, merged with the previous entry
+    /// when it continues it (`fresh`: the first piece of a new access).
+    pub(crate) fn record(&self, device: u32, phys: u64, len: usize, kind: AccessKind, fresh: bool) {
+        let mut log = self.log.lock().unwrap();
+        if let Some(last) = log.last_mut().filter(|l| {
+            !fresh && l.device == device && l.kind == kind && l.phys + l.len as u64 == phys
+        }) {
+            last.len += len;
+            return;
+        }
+        log.push(PrivateAccess { device, phys, len, kind });
+    }
+}
+
+impl Hypervisor {
+    /// The TSM has locked, attested and started device `id` for this guest (TDISP RUN): the guest
+    /// may now accept it.
+    pub fn tdisp_bind(&self, id: u32) {
+        self.trust.running.lock().unwrap().insert(id);
+    }
+    /// Device `id` leaves RUN (error, reset, unbind): the platform withdraws its acceptance at once,
+    /// whatever the guest believes, so its next private access faults.
+    pub fn tdisp_error(&self, id: u32) {
+        self.trust.running.lock().unwrap().remove(&id);
+        self.trust.accepted.lock().unwrap().remove(&id);
+    }
+    /// True while device `id` is accepted.
+    pub fn is_accepted(&self, id: u32) -> bool {
+        self.trust.is_accepted(id)
+    }
+    /// Every access an accepted device made to private memory, in order.
+    pub fn private_accesses(&self) -> Vec<PrivateAccess> {
+        self.trust.log.lock().unwrap().clone()
+    }
+}
+
+impl DeviceTrust for Hypervisor {
+    fn accept_device(&self, device: u32) -> Result<(), i64> {
+        if !self.config().confidential || !self.trust.running.lock().unwrap().contains(&device) {
+            return Err(TDISP_NOT_RUNNING);
+        }
+        self.trust.accepted.lock().unwrap().insert(device);
+        Ok(())
+    }
+    fn revoke_device(&self, device: u32) -> Result<(), i64> {
+        self.trust.accepted.lock().unwrap().remove(&device);
+        Ok(())
+    }
+    fn private_bus_addr(&self, phys: PhysAddr) -> ccdma::BusAddr {
+        // The model's devices see private memory by physical address (no encryption bit).
+        ccdma::BusAddr(phys.0)
+    }
+}
