@@ -268,8 +268,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// Detach a device. Refused while it has live mappings, lists or coherent buffers
     /// ([`DmaError::Busy`]), or when its IOMMU entries cannot be cleared: the device comes back in
     /// the error, still attached, and detach can be retried. A detach that failed part way leaves the
-    /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes.
-    pub fn detach(&self, dev: Device) -> Result<(), Refused<Device>> {
+    /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes. An accepted
+    /// device is revoked first ([`DmaLayer::revoke`]), so the platform never keeps trusting a device
+    /// the guest has let go.
+    pub fn detach(&self, mut dev: Device) -> Result<(), Refused<Device>> {
         if let Err(error) = self.check_device(&dev) {
             return Err(Refused { value: dev, error });
         }
@@ -277,6 +279,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if live != 0 {
             crate::tracker::report_leaks(&self.tracker, &dev);
             return Err(Refused { value: dev, error: DmaError::Busy { live } });
+        }
+        if let Err(error) = self.revoke(&mut dev) {
+            return Err(Refused { value: dev, error });
         }
         if dev.domain.is_some() {
             if let Err(error) = self.detach_domain(&dev) {

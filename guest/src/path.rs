@@ -57,7 +57,10 @@ impl DmaPath {
     /// True on paths where every mapping is bounced (the buffer's own address never reaches the
     /// device, so it need not be translated).
     pub const fn bounces_everything(self) -> bool {
-        !matches!(self, DmaPath::Direct | DmaPath::BounceAboveMask | DmaPath::TrustedDirect | DmaPath::TrustedIommu)
+        !matches!(
+            self,
+            DmaPath::Direct | DmaPath::BounceAboveMask | DmaPath::TrustedDirect | DmaPath::TrustedIommu
+        )
     }
 }
 
@@ -246,8 +249,13 @@ pub fn choose(f: &PathFacts) -> PathChoice {
 mod tests {
     use super::*;
 
-    const NO_IOMMU: PathFacts =
-        PathFacts { confidential: false, mask_covers_ram: true, reachable_pools: 1, iommu: None, accepted: false };
+    const NO_IOMMU: PathFacts = PathFacts {
+        confidential: false,
+        mask_covers_ram: true,
+        reachable_pools: 1,
+        iommu: None,
+        accepted: false,
+    };
     const IOMMU: IommuFacts = IommuFacts {
         premapped: true,
         ddw: DdwOutcome::NotTried,
@@ -257,7 +265,13 @@ mod tests {
     };
 
     fn with(io: IommuFacts) -> PathFacts {
-        PathFacts { confidential: true, mask_covers_ram: false, reachable_pools: 0, iommu: Some(io), accepted: false }
+        PathFacts {
+            confidential: true,
+            mask_covers_ram: false,
+            reachable_pools: 0,
+            iommu: Some(io),
+            accepted: false,
+        }
     }
 
     /// One line per row of DESIGN.md's path table.
@@ -289,7 +303,13 @@ mod tests {
             ),
             (
                 "confidential, no IOMMU, even a 64-bit mask bounces",
-                PathFacts { confidential: true, mask_covers_ram: true, reachable_pools: 2, iommu: None, accepted: false },
+                PathFacts {
+                    confidential: true,
+                    mask_covers_ram: true,
+                    reachable_pools: 2,
+                    iommu: None,
+                    accepted: false,
+                },
                 PathChoice::Plain(BounceAlways),
             ),
             (

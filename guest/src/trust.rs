@@ -131,7 +131,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::Busy { live });
         }
         let confidential = self.platform.is_confidential();
-        let trust = self.platform.device_trust().filter(|_| confidential).ok_or(DmaError::TrustUnavailable)?;
+        let trust =
+            self.platform.device_trust().filter(|_| confidential).ok_or(DmaError::TrustUnavailable)?;
         let mut iommu = None;
         if dev.domain.is_some() {
             let info = self.ensure_attached(dev)?;
@@ -208,7 +209,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             });
             let Some(r) = leftover else { return Ok(()) };
             tce.clear(&win, r.start, r.len >> win.page_shift).map_err(|e| {
-                log::warn!("ccdma: revoke of device {:#x}: entries at {:#x} will not clear", dev.config.id, r.start);
+                log::warn!(
+                    "ccdma: revoke of device {:#x}: entries at {:#x} will not clear",
+                    dev.config.id,
+                    r.start
+                );
                 DmaError::Iommu(e)
             })?;
             slot.space.lock().free(r.start, r.len, r.kind);

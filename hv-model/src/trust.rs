@@ -53,9 +53,10 @@ impl TrustModel {
     /// when it continues it (`fresh`: the first piece of a new access).
     pub(crate) fn record(&self, device: u32, phys: u64, len: usize, kind: AccessKind, fresh: bool) {
         let mut log = self.log.lock().unwrap();
-        if let Some(last) = log.last_mut().filter(|l| {
-            !fresh && l.device == device && l.kind == kind && l.phys + l.len as u64 == phys
-        }) {
+        if let Some(last) = log
+            .last_mut()
+            .filter(|l| !fresh && l.device == device && l.kind == kind && l.phys + l.len as u64 == phys)
+        {
             last.len += len;
             return;
         }

@@ -147,10 +147,8 @@ fn mixed_layer_behind_the_iommu() {
             assert_eq!(bus & 0xfff, 0x123, "the page offset is kept");
             // Its window: this buffer's pages (read only), plus the premapped pool (shared).
             let reach = g.hv.reachable(ACCEPTED);
-            let private: Vec<_> = reach
-                .iter()
-                .filter(|r| !(r.phys >= g.pool_range().0 && r.phys < g.pool_range().1))
-                .collect();
+            let private: Vec<_> =
+                reach.iter().filter(|r| !(r.phys >= g.pool_range().0 && r.phys < g.pool_range().1)).collect();
             let pages = (phys + len as u64).div_ceil(4096) - phys / 4096;
             assert_eq!(private.len() as u64, pages, "{private:x?}");
             for r in &private {
@@ -188,7 +186,11 @@ fn mixed_layer_behind_the_iommu() {
             m.unmap().unwrap();
         }
         let s = g.layer.stats();
-        assert_eq!(s.bounced_maps - stats_before.bounced_maps, 4, "{policy:?}: only the untrusted maps bounce");
+        assert_eq!(
+            s.bounced_maps - stats_before.bounced_maps,
+            4,
+            "{policy:?}: only the untrusted maps bounce"
+        );
         assert_eq!(g.hv.shared_pages(), shared_before);
         let private = g.hv.private_accesses();
         assert!(private.iter().all(|a| a.device == ACCEPTED));
@@ -320,8 +322,9 @@ fn revoke_mid_flight_is_contained() {
     let model = g.hv.device(ACCEPTED);
     let phys = g.hv.alloc(8192, Region::High);
     // SAFETY: fresh pages lent to the device until the unmap.
-    let bus = unsafe { g.layer.map_phys(&dev, PhysAddr(phys), 8192, DmaDirection::FromDevice, DmaAttrs::NONE) }
-        .unwrap();
+    let bus =
+        unsafe { g.layer.map_phys(&dev, PhysAddr(phys), 8192, DmaDirection::FromDevice, DmaAttrs::NONE) }
+            .unwrap();
     model.write(bus.0, &[7; 4096]).unwrap();
     g.hv.tdisp_error(ACCEPTED);
     let f = model.write(bus.0 + 4096, &[8; 4096]).unwrap_err();
@@ -380,8 +383,9 @@ fn revoke_clears_private_entries_a_failed_map_left() {
     g.hv.calls().inject_next(CallKind::PutTceIndirect, Injection::Partial { pages: 1, code: H_HARDWARE });
     g.hv.calls().inject_next(CallKind::StuffTce, Injection::Fail(H_HARDWARE));
     // SAFETY: fresh pages; the map fails, so nothing stays lent.
-    let e = unsafe { g.layer.map_phys(&dev, PhysAddr(phys), 3 * 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }
-        .unwrap_err();
+    let e =
+        unsafe { g.layer.map_phys(&dev, PhysAddr(phys), 3 * 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }
+            .unwrap_err();
     assert!(matches!(e, DmaError::Iommu(_)), "{e:?}");
     assert_eq!(dev.live(), 0);
     let private_entries = |g: &IommuGuest| {
@@ -400,4 +404,29 @@ fn revoke_clears_private_entries_a_failed_map_left() {
     g.assert_reach_within(ACCEPTED, &[g.pool_range()]);
     assert_eq!(g.layer.iommu_stats().live_tces, g.hv.tce_counters().live_entries);
     g.layer.detach(dev).unwrap();
+}
+
+/// Detach revokes an accepted device at the platform; a deferred device is attached by accept.
+#[test]
+fn detach_revokes_and_accept_attaches_a_deferred_device() {
+    let g = iommu_guest(Opts::new(IommuPolicy::Premapped));
+    g.hv.tdisp_bind(ACCEPTED);
+    g.hv.add_iommu_device(ACCEPTED, 48);
+    let cfg = DeviceConfig::new(ACCEPTED, DmaMask::new(48).unwrap()).with_deferred_attach(true);
+    let mut dev = g.layer.attach(cfg).unwrap();
+    assert_eq!(g.layer.path_of(&dev), DmaPath::IommuDeferred);
+    g.layer.accept(&mut dev).unwrap();
+    assert_eq!(g.layer.path_of(&dev), DmaPath::TrustedIommu);
+    let phys = g.hv.alloc(4096, Region::High);
+    // SAFETY: a fresh page.
+    let buf = unsafe { g.hv.slice_mut(phys, 4096) };
+    let mut m = g.layer.map(&dev, buf, DmaDirection::FromDevice, DmaAttrs::NONE).unwrap();
+    g.hv.device(ACCEPTED).write(m.bus_addr().0 + 10, b"xyz").unwrap();
+    m.sync_for_cpu(10, 3).unwrap();
+    assert_eq!(&m.buffer()[10..13], b"xyz");
+    assert_eq!(m.sync_for_cpu(4000, 200), Err(DmaError::OutOfRange { offset: 4000, len: 200, mapped: 4096 }));
+    m.unmap().unwrap();
+    g.layer.detach(dev).unwrap();
+    assert!(!g.hv.is_accepted(ACCEPTED), "detach revoked it at the platform");
+    assert_eq!(g.hv.tces_to_private(), 0);
 }

@@ -84,7 +84,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// virtual address), so the translation is skipped otherwise.
     pub(crate) fn translate_for(&self, dev: &Device, ptr: *mut u8, len: usize) -> Option<PhysAddr> {
         match dev.path {
-            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE && !dev.trust.is_accepted() => None,
+            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE && !dev.trust.is_accepted() => {
+                None
+            }
             _ => self.platform.virt_to_phys(ptr, len),
         }
     }

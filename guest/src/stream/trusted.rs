@@ -45,7 +45,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         self.bounce_map(dev, &dev.pools, &self.pool_bus, orig, len, dir, attrs)
     }
 
-    fn trusted_iommu_map(&self, dev: &Device, phys: u64, end: u64, dir: DmaDirection) -> Result<BusAddr, DmaError> {
+    fn trusted_iommu_map(
+        &self,
+        dev: &Device,
+        phys: u64,
+        end: u64,
+        dir: DmaDirection,
+    ) -> Result<BusAddr, DmaError> {
         let info = self.ensure_attached(dev)?;
         let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
@@ -101,7 +107,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Unmap an accepted device's private mapping: entries first, then the range. `None` when `bus`
     /// is not one (the caller routes it as any other mapping).
-    pub(crate) fn trusted_unmap(&self, dev: &Device, bus: BusAddr, len: usize) -> Option<Result<(), DmaError>> {
+    pub(crate) fn trusted_unmap(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        len: usize,
+    ) -> Option<Result<(), DmaError>> {
         let r = match self.trusted_range(dev, bus, len)? {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
