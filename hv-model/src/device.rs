@@ -96,6 +96,7 @@ impl<'h> DeviceRef<'h> {
         let pieces = self.resolve(bus, len, AccessKind::Read).map_err(|f| self.refuse(f))?;
         let mut out = Vec::with_capacity(len);
         for (i, (phys, n, private)) in pieces.into_iter().enumerate() {
+            self.hv.trust.touch(self.id, private);
             if private {
                 self.hv.trust.record(self.id, phys, n, AccessKind::Read, i == 0);
             }
@@ -110,6 +111,7 @@ impl<'h> DeviceRef<'h> {
         let pieces = self.resolve(bus, data.len(), AccessKind::Write).map_err(|f| self.refuse(f))?;
         let mut off = 0;
         for (i, (phys, n, private)) in pieces.into_iter().enumerate() {
+            self.hv.trust.touch(self.id, private);
             if private {
                 self.hv.trust.record(self.id, phys, n, AccessKind::Write, i == 0);
             }

@@ -27,7 +27,7 @@ pub use faults::{AccessKind, Fault, FaultReason};
 pub use memory::{GuestMemory, PageState, PAGE};
 pub use sharing::{TDX_INVALID_OPERAND, U_PARAMETER};
 pub use tce::{Reach, TableInfo, TceConfig, TceCounters};
-pub use trust::{PrivateAccess, TDISP_NOT_RUNNING};
+pub use trust::{PageTouches, PrivateAccess, TDISP_NOT_RUNNING};
 
 use ccdma::BusEncoding;
 

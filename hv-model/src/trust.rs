@@ -9,7 +9,7 @@
 //! guest's live mappings. A device that leaves RUN ([`Hypervisor::tdisp_error`]) loses its acceptance
 //! at once: its next access to private memory faults, whatever its window still says.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use ccdma::{DeviceTrust, PhysAddr};
@@ -43,11 +43,33 @@ pub(crate) struct TrustModel {
     accepted: Mutex<HashSet<u32>>,
     /// Every access of an accepted device to private memory.
     log: Mutex<Vec<PrivateAccess>>,
+    /// Page pieces each device's successful accesses touched, by the page's state.
+    touches: Mutex<HashMap<u32, PageTouches>>,
+}
+
+/// How many page pieces (an access split at 4 KiB page boundaries) a device's successful accesses
+/// touched in shared and in private memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageTouches {
+    /// Pieces in shared pages (bounce slots, shared coherent buffers).
+    pub shared: u64,
+    /// Pieces in private pages (an accepted device's own mappings).
+    pub private: u64,
 }
 
 impl TrustModel {
     pub(crate) fn is_accepted(&self, device: u32) -> bool {
         self.accepted.lock().unwrap().contains(&device)
+    }
+    /// Count one page piece of a successful access by `device`.
+    pub(crate) fn touch(&self, device: u32, private: bool) {
+        let mut t = self.touches.lock().unwrap();
+        let e = t.entry(device).or_default();
+        if private {
+            e.private += 1;
+        } else {
+            e.shared += 1;
+        }
     }
     /// Record an access by `device` to private `[phys, phys + len)`, merged with the previous entry
     /// when it continues it (`fresh`: the first piece of a new access).
@@ -79,6 +101,11 @@ impl Hypervisor {
     /// True while device `id` is accepted.
     pub fn is_accepted(&self, id: u32) -> bool {
         self.trust.is_accepted(id)
+    }
+    /// Page pieces device `id`'s successful accesses touched, shared and private (in a confidential
+    /// guest; outside one every page counts as shared).
+    pub fn page_touches(&self, id: u32) -> PageTouches {
+        self.trust.touches.lock().unwrap().get(&id).copied().unwrap_or_default()
     }
     /// Every access an accepted device made to private memory, in order.
     pub fn private_accesses(&self) -> Vec<PrivateAccess> {

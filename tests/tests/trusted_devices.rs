@@ -108,6 +108,11 @@ fn mixed_layer_without_iommu() {
     assert_eq!(private.len(), 8);
     assert!(private.iter().all(|a| a.device == ACCEPTED));
     assert_private_within(&private, &live, 1);
+    // Page by page: the accepted device touched no shared page, the untrusted one no private page.
+    let (acc_t, unt_t) = (hv.page_touches(ACCEPTED), hv.page_touches(UNTRUSTED));
+    assert_eq!(acc_t.shared, 0, "{acc_t:?}");
+    assert!(acc_t.private >= 8 && unt_t.shared >= 8, "{acc_t:?} {unt_t:?}");
+    assert_eq!(unt_t.private, 0, "{unt_t:?}");
     // Nothing left behind (the untrusted device's refused aims are the only faults, checked above).
     assert_eq!(layer.stats().slots_in_use, base.slots_in_use);
     assert_eq!((hv.shared_pages(), layer.stats().shared_pages), (base.shared_pages, base.layer_shared_pages));
