@@ -147,7 +147,7 @@ impl fmt::Display for PathReason {
                 "accepted by the platform: private buffers mapped in place, entries of their own in its window"
             ),
             PathReason::Accepted { window: false } => {
-                write!(f, "accepted by the platform: private buffers used in place by private address")
+                write!(f, "accepted by the platform: private buffers used in place by private address (bounced when beyond the mask)")
             }
         }
     }
