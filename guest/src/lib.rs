@@ -105,6 +105,7 @@
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
 
+mod accept;
 pub mod addr;
 pub mod coherent;
 pub mod device;
