@@ -196,6 +196,21 @@ fn mixed_layer_behind_the_iommu() {
             4,
             "{policy:?}: only the untrusted maps bounce"
         );
+        // CC_SHARED: the accepted device's ring bounces through the pool like an untrusted mapping.
+        let phys = g.hv.alloc(4096, Region::High);
+        // SAFETY: as above.
+        let buf = unsafe { g.hv.slice_mut(phys, 256) };
+        let m = g.layer.map(&acc, buf, DmaDirection::FromDevice, DmaAttrs::CC_SHARED).unwrap();
+        let (bus, pool) = (m.bus_addr().0, g.pool_range());
+        let on_pool =
+            g.hv.reachable(ACCEPTED)
+                .into_iter()
+                .any(|r| bus >= r.bus && bus < r.bus + r.len && r.phys >= pool.0 && r.phys < pool.1);
+        assert!(on_pool, "{policy:?}: a CC_SHARED mapping lives in the pool");
+        acc_model.write(bus, b"shared ring").unwrap();
+        m.unmap().unwrap();
+        assert_eq!(g.hv.memory().read(phys, 11), b"shared ring");
+        assert_eq!(g.layer.stats().bounced_maps - s.bounced_maps, 1);
         assert_eq!(g.hv.shared_pages(), shared_before);
         let private = g.hv.private_accesses();
         assert!(private.iter().all(|a| a.device == ACCEPTED));
