@@ -19,6 +19,12 @@
 //! with [`DmaAttrs::CC_SHARED`](crate::DmaAttrs::CC_SHARED) is shared as for an untrusted device (a
 //! ring the host reads too). Scatter-gather lists of an accepted device still bounce.
 //!
+//! Where the layer leans on the device being trusted: a safe-face mapping dropped while its entries
+//! will not clear hands the buffer back to its owner although the device's entries may still name
+//! it (the range stays recorded and the device stays busy, so it is never revoked or detached with
+//! it; the error is logged). For an untrusted device the bounce slots are kept instead; an
+//! accepted device has no slot to keep, and it is the device's own buffer it could still reach.
+//!
 //! The trust state changes only while the device is quiesced (`accept.rs`): [`DmaLayer::accept`] and
 //! [`DmaLayer::revoke`] take `&mut Device`, so no [`Mapping`](crate::Mapping) (which borrows the
 //! device) can be live, and they still refuse while the raw face or a coherent buffer holds

@@ -130,3 +130,33 @@ impl DeviceTrust for Hypervisor {
         ccdma::BusAddr(phys.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FaultReason, HvConfig, Region};
+
+    #[test]
+    fn only_a_running_device_is_accepted_and_only_accepted_devices_reach_private_memory() {
+        let hv = Hypervisor::new(HvConfig::tdx(1 << 33));
+        let dev = hv.add_device(1, 64);
+        let phys = hv.alloc(3 * crate::PAGE, Region::High);
+        assert_eq!(hv.accept_device(1), Err(TDISP_NOT_RUNNING));
+        assert_eq!(dev.read(phys, 8).unwrap_err().reason, FaultReason::PrivateTarget);
+        hv.tdisp_bind(1);
+        hv.accept_device(1).unwrap();
+        // One access across three pages is one logged entry; a second access is another.
+        dev.write(phys + 100, &[7; 2 * crate::PAGE as usize]).unwrap();
+        dev.read(phys + 100, 8).unwrap();
+        let log = hv.private_accesses();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert_eq!((log[0].phys, log[0].len, log[0].kind), (phys + 100, 8192, AccessKind::Write));
+        assert_eq!(hv.page_touches(1), PageTouches { shared: 0, private: 4 });
+        // The device leaves RUN: acceptance is gone at once, and accepting again is refused.
+        hv.tdisp_error(1);
+        assert!(!hv.is_accepted(1));
+        assert_eq!(dev.read(phys, 8).unwrap_err().reason, FaultReason::PrivateTarget);
+        assert_eq!(hv.accept_device(1), Err(TDISP_NOT_RUNNING));
+        assert_eq!(hv.private_accesses().len(), 2, "refused accesses are not logged as reached");
+    }
+}
