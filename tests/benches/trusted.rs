@@ -204,7 +204,7 @@ fn main() {
     );
     println!("pages the guest copied through shared memory)");
     println!(
-        "{:<22} {:<16} {:>8} {:>22} {:>22}",
+        "{:<22} {:<20} {:>8} {:>22} {:>22}",
         "platform", "path", "size", "device-touched", "guest-copied"
     );
     for (name, pair) in &pairs {
@@ -212,7 +212,7 @@ fn main() {
             let path = pair.dev(trusted).0.path().name();
             for len in [1500, 4096, 64 << 10] {
                 let (touched, copied) = pair.shared_pages_per_mib(trusted, len);
-                println!("{name:<22} {path:<16} {:>8} {touched:>22.1} {copied:>22.1}", size_label(len));
+                println!("{name:<22} {path:<20} {:>8} {touched:>22.1} {copied:>22.1}", size_label(len));
             }
         }
         pair.check_clean();
