@@ -450,3 +450,43 @@ fn detach_revokes_and_accept_attaches_a_deferred_device() {
     assert!(!g.hv.is_accepted(ACCEPTED), "detach revoked it at the platform");
     assert_eq!(g.hv.tces_to_private(), 0);
 }
+
+/// Two mappings on one private page get entries of their own; unmapping one leaves the other's, and
+/// `min_align_mask` bits survive on the trusted IOMMU path as on the strict one.
+#[test]
+fn private_entries_are_per_mapping() {
+    let g = iommu_guest(Opts::new(IommuPolicy::Strict));
+    g.hv.tdisp_bind(ACCEPTED);
+    g.hv.add_iommu_device(ACCEPTED, 64);
+    let cfg = DeviceConfig::new(ACCEPTED, DmaMask::BITS_64).with_min_align_mask(0x3fff);
+    let mut dev = g.layer.attach(cfg).unwrap();
+    g.layer.accept(&mut dev).unwrap();
+    let model = g.hv.device(ACCEPTED);
+    let page = g.hv.alloc(5 * 4096, Region::High) + 0x2000;
+    let (a, b) = (page + 0x100, page + 0x800);
+    // SAFETY: two disjoint ranges of a fresh allocation, each lent to one mapping.
+    let ba =
+        unsafe { g.layer.map_phys(&dev, PhysAddr(a), 64, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    // SAFETY: as above.
+    let bb =
+        unsafe { g.layer.map_phys(&dev, PhysAddr(b), 64, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
+    assert_eq!((ba.0 & 0x3fff, bb.0 & 0x3fff), (a & 0x3fff, b & 0x3fff), "min_align_mask bits kept");
+    assert_ne!(ba.0 & !0xfff, bb.0 & !0xfff, "each mapping has its own entry");
+    let entries: Vec<_> = g.hv.reachable(ACCEPTED).into_iter().filter(|r| r.phys == page).collect();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().any(|r| r.read && !r.write) && entries.iter().any(|r| !r.read && r.write));
+    // SAFETY: the first mapping made above.
+    unsafe { g.layer.unmap(&dev, ba, 64, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    assert_eq!(model.read(ba.0, 1).unwrap_err().reason, FaultReason::NoEntry);
+    model.write(bb.0, b"still mine").unwrap();
+    // A wrong size at unmap is refused and changes nothing.
+    // SAFETY: the second mapping, named with a size larger than its entry.
+    let e = unsafe { g.layer.unmap(&dev, bb, 8192, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap_err();
+    assert!(matches!(e, DmaError::SizeMismatch { .. }), "{e:?}");
+    // SAFETY: the second mapping.
+    unsafe { g.layer.unmap(&dev, bb, 64, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
+    assert_eq!(g.hv.memory().read(b, 10), b"still mine");
+    assert!(g.hv.reachable(ACCEPTED).is_empty(), "strict: nothing left in the window");
+    g.layer.detach(dev).unwrap();
+    assert!(g.hv.faults().iter().all(|f| f.reason == FaultReason::NoEntry));
+}
