@@ -3,8 +3,9 @@
 //! Guest memory is sparse with a state per page (private, shared, pending accept); sharing is offered in
 //! the pseries (`UV_SHARE_PAGE`) or TDX (`MapGPA`) personality; devices are DMA engines with masks whose
 //! every access is checked and, when refused, logged in the fault log. Every call can be made to fail,
-//! partially succeed, lie, or stall. The model implements ccdma's platform traits, so the guest layer
-//! runs against it unchanged.
+//! partially succeed, lie, or stall. A trusted platform (`trust`) binds devices under TDISP and lets
+//! the ones the guest accepts reach private memory, logging every such access. The model implements
+//! ccdma's platform traits, so the guest layer runs against it unchanged.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod calls;
