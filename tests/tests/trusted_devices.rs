@@ -246,6 +246,15 @@ fn accepted_device_can_ask_for_shared_buffers() {
     m.unmap().unwrap();
     assert_eq!(&hv.memory().read(phys, 4), b"ring");
     assert!(hv.private_accesses().is_empty());
+    // Memory that is not guest RAM (no physical address) is bounced too.
+    let mut heap = vec![3u8; 100];
+    // SAFETY: `heap` outlives the mapping and is not touched until the unmap.
+    let bus = unsafe { layer.map_ptr(&acc, heap.as_mut_ptr(), 100, DmaDirection::ToDevice, DmaAttrs::NONE) }
+        .unwrap();
+    assert!(in_some_pool(&layer, bus.0, 100));
+    assert_eq!(model.read(bus.0, 100).unwrap(), heap);
+    // SAFETY: the mapping just made.
+    unsafe { layer.unmap(&acc, bus, 100, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
 
     // Coherent: private by default (not shared), shared on request.
     let shared = hv.shared_pages();

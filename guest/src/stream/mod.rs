@@ -120,7 +120,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if len == 0 {
             return Err(DmaError::ZeroLength);
         }
-        if dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED) {
+        // An accepted device maps private buffers in place; a buffer with no physical address (not
+        // guest RAM) is bounced as for an untrusted device.
+        if dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED) && orig.phys.is_some() {
             return self.trusted_map(dev, orig, len, dir, attrs);
         }
         if dev.domain.is_some() {
