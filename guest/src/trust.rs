@@ -16,8 +16,8 @@
 //! ([`DeviceTrust::private_bus_addr`], [`DmaPath::TrustedDirect`]): the platform's trust is then the
 //! only gate, and the layer hands the device only the addresses of its live mappings. A buffer
 //! beyond the device's mask, or one that is not guest RAM (no physical address), is bounced, as for
-//! an untrusted device. A mapping or coherent buffer
-//! with [`DmaAttrs::CC_SHARED`](crate::DmaAttrs::CC_SHARED) is shared as for an untrusted device (a
+//! an untrusted device. A mapping or coherent buffer with
+//! [`DmaAttrs::CC_SHARED`](crate::DmaAttrs::CC_SHARED) is shared as for an untrusted device (a
 //! ring the host reads too). Scatter-gather lists of an accepted device still bounce.
 //!
 //! Where the layer leans on the device being trusted: a safe-face mapping dropped while its entries
