@@ -125,7 +125,10 @@ fn code(e: &DmaError) -> c_int {
         | E::NoPath { .. }
         | E::NotTranslatable
         | E::BeyondMask { .. }
-        | E::NoIommuPath { .. } => CCDMA_ERR_NO_PATH,
+        | E::NoIommuPath { .. }
+        | E::TrustUnavailable
+        | E::AcceptRefused { .. }
+        | E::RevokeRefused { .. } => CCDMA_ERR_NO_PATH,
         E::WrongDevice { .. }
         | E::OwnedByMapping(_)
         | E::UnknownMapping(_)

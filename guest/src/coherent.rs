@@ -31,6 +31,7 @@ use core::sync::atomic::Ordering;
 
 use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, LiveKind};
+use crate::direction::DmaAttrs;
 use crate::error::{DmaError, IommuError, Refused};
 use crate::iommu::bus_space::RangeKind;
 use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
@@ -62,6 +63,9 @@ pub struct CoherentBuffer {
     /// Serial of the device it belongs to, and the layer's id.
     device: u32,
     layer: u32,
+    /// The pages were shared at allocation (false in a plain guest, and for an accepted device's
+    /// private buffer): only shared pages are made private again at free.
+    shared: bool,
 }
 
 impl Drop for CoherentBuffer {
@@ -140,6 +144,11 @@ impl CoherentBuffer {
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// True when the pages are shared with the host (always in a confidential guest, except for an
+    /// accepted device's private buffer).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
     /// Serial of the device the buffer belongs to ([`Device::serial`]).
     pub fn device_serial(&self) -> u32 {
         self.device
@@ -169,6 +178,25 @@ impl<P: Platform> DmaLayer<'_, P> {
         phys: PhysAddr,
         pages: u64,
     ) -> Result<CoherentBuffer, DmaError> {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.alloc_coherent_attrs(dev, phys, pages, DmaAttrs::NONE) }
+    }
+
+    /// [`Self::alloc_coherent`] with attributes. For a device the platform has accepted
+    /// ([`crate::TrustState::Accepted`]) the buffer stays private (entered into its window, or used
+    /// by its private address) unless `attrs` holds [`DmaAttrs::CC_SHARED`]; for every other device
+    /// this is `alloc_coherent`.
+    ///
+    /// # Safety
+    /// As for [`Self::alloc_coherent`].
+    #[track_caller]
+    pub unsafe fn alloc_coherent_attrs(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        pages: u64,
+        attrs: DmaAttrs,
+    ) -> Result<CoherentBuffer, DmaError> {
         self.check_device(dev)?;
         if pages == 0 {
             return Err(DmaError::ZeroLength);
@@ -180,7 +208,10 @@ impl<P: Platform> DmaLayer<'_, P> {
             return Err(DmaError::Unaligned { addr: phys.0, align: PAGE_SIZE });
         }
         let cpu = self.platform.cpu_ptr(phys, bytes_usize).ok_or(DmaError::NoCpuMapping(phys))?;
-        let confidential = self.platform.is_confidential();
+        let private = dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED);
+        let private_bus = self.platform.device_trust().filter(|_| private).map(|t| t.private_bus_addr(phys));
+        // Shared in a confidential guest, except an accepted device's private buffer.
+        let share = self.platform.is_confidential() && private_bus.is_none();
         let mask = dev.config.coherent_mask;
         // The window (and so the checks) first, so a refusal costs no sharing call.
         let iommu = match dev.domain {
@@ -193,7 +224,11 @@ impl<P: Platform> DmaLayer<'_, P> {
                 Some(win)
             }
             None => {
-                let bus = if confidential { self.platform.shared_bus_addr(phys) } else { BusAddr(phys.0) };
+                let bus = match private_bus {
+                    Some(bus) => bus,
+                    None if share => self.platform.shared_bus_addr(phys),
+                    None => BusAddr(phys.0),
+                };
                 if !mask.covers(bus.0, bytes) {
                     self.stats.fail(FailureKind::BeyondMask);
                     return Err(DmaError::BeyondMask { addr: bus.0, mask });
@@ -204,20 +239,18 @@ impl<P: Platform> DmaLayer<'_, P> {
         // SAFETY: the caller hands the pages over (contract above); zeroing them first keeps whatever
         // private data they held from the host once they are shared.
         unsafe { core::ptr::write_bytes(cpu.as_ptr(), 0, bytes as usize) };
-        if confidential {
+        if share {
             self.share_pages(phys, pages)?;
             // SAFETY: as above, and the pages are shared now. Sharing keeps the content on pseries
             // only: SEV-SNP shows ciphertext, TDX and Arm CCA another page, so zero what the device sees.
             unsafe { core::ptr::write_bytes(cpu.as_ptr(), 0, bytes as usize) };
         }
         let bus = match iommu {
-            None => {
-                if confidential {
-                    self.platform.shared_bus_addr(phys)
-                } else {
-                    BusAddr(phys.0)
-                }
-            }
+            None => match private_bus {
+                Some(bus) => bus,
+                None if share => self.platform.shared_bus_addr(phys),
+                None => BusAddr(phys.0),
+            },
             Some(win) => match self.coherent_enter(dev, win, phys, bytes) {
                 Ok(bus) => bus,
                 Err(e @ DmaError::Iommu(IommuError::Quarantined { .. })) => {
@@ -226,7 +259,7 @@ impl<P: Platform> DmaLayer<'_, P> {
                     return Err(e);
                 }
                 Err(e) => {
-                    if confidential {
+                    if share {
                         // A failed unshare quarantines and counts the pages; the first error is the
                         // one worth reporting.
                         let _ = self.unshare_pages(phys, pages);
@@ -239,7 +272,7 @@ impl<P: Platform> DmaLayer<'_, P> {
         self.iommu_counters.coherent_pages.fetch_add(pages, Ordering::Relaxed);
         dev.live_inc(LiveKind::Coherent);
         crate::tracker::coherent_allocated(&self.tracker, dev, bus, pages);
-        Ok(CoherentBuffer { phys, cpu, bus, pages, device: dev.serial, layer: self.id })
+        Ok(CoherentBuffer { phys, cpu, bus, pages, device: dev.serial, layer: self.id, shared: share })
     }
 
     fn coherent_enter(
@@ -300,9 +333,9 @@ impl<P: Platform> DmaLayer<'_, P> {
         dev.live_dec(LiveKind::Coherent);
         crate::tracker::coherent_freed(&self.tracker, dev, buf.bus);
         // Freed: the value has done its job (its Drop only reports leaks).
-        let (phys, pages) = (buf.phys, buf.pages);
+        let (phys, pages, shared) = (buf.phys, buf.pages, buf.shared);
         core::mem::forget(buf);
-        if self.platform.is_confidential() {
+        if shared {
             self.unshare_pages(phys, pages).map_err(FreeError::Quarantined)?;
         }
         Ok(())

@@ -30,6 +30,7 @@ use crate::addr::DmaMask;
 use crate::iommu::domain::DomainRef;
 use crate::path::DmaPath;
 use crate::pool_set::PoolOrder;
+use crate::trust::TrustState;
 
 /// A device's DMA limits and trust, as its driver declares them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +47,9 @@ pub struct DeviceConfig {
     /// (NVMe-style `min_align_mask`). 0: none.
     pub min_align_mask: u64,
     /// A trusted device (e.g. inside the TCB). Trusted devices still go through the pool in a
-    /// confidential guest: the flag only relaxes what is logged, never what is exposed.
+    /// confidential guest: the flag only relaxes what is logged, never what is exposed. Only the
+    /// platform's acceptance ([`DmaLayer::accept`](crate::DmaLayer::accept)) lets a device reach
+    /// private memory.
     pub trusted: bool,
     /// Attach lazily, at the first map or allocation (not at unmap, sync or free).
     pub deferred_attach: bool,
@@ -115,6 +118,9 @@ pub struct Device {
     pub(crate) domain: Option<DomainRef>,
     /// Live mappings, lists and coherent buffers (detach refuses while non-zero).
     pub(crate) live: [AtomicU32; 3],
+    /// Untrusted, or accepted by the platform (changed only by `accept`/`revoke`, which take
+    /// `&mut Device`).
+    pub(crate) trust: TrustState,
 }
 
 impl Device {
@@ -148,9 +154,17 @@ impl Device {
     pub fn config(&self) -> &DeviceConfig {
         &self.config
     }
-    /// The path chosen at attach.
+    /// The path chosen at attach, or the trusted path while the device is accepted.
     pub fn path(&self) -> DmaPath {
-        self.path
+        self.trust.path_over(self.path, self.domain.is_some())
+    }
+    /// Accepted and without IOMMU: its private mappings use the buffer's address and have no record.
+    pub(crate) fn direct_private(&self) -> bool {
+        self.trust.is_accepted() && self.domain.is_none()
+    }
+    /// Untrusted (every buffer is shared or bounced) or accepted by the platform.
+    pub fn trust(&self) -> TrustState {
+        self.trust
     }
     /// Indices of the pools this device maps from, in the order they are tried.
     pub fn pool_indices(&self) -> impl Iterator<Item = usize> + '_ {

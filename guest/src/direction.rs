@@ -73,6 +73,11 @@ impl DmaAttrs {
     pub const PRESERVE_UNWRITTEN: DmaAttrs = DmaAttrs(2);
     /// Do not log a warning when this mapping fails (the caller handles it, e.g. retries later).
     pub const NO_WARN: DmaAttrs = DmaAttrs(4);
+    /// For a device the platform has accepted ([`crate::TrustState::Accepted`]): this mapping or
+    /// coherent buffer is shared with the host (bounced, or shared pages) as it would be for an
+    /// untrusted device, e.g. a ring the host also reads (Linux's `DMA_ATTR_CC_SHARED`). Ignored for
+    /// untrusted devices, whose buffers are always shared.
+    pub const CC_SHARED: DmaAttrs = DmaAttrs(8);
 
     /// True when every bit of `other` is set.
     pub const fn contains(self, other: DmaAttrs) -> bool {
@@ -86,7 +91,7 @@ impl DmaAttrs {
         self.0
     }
     pub(crate) const fn from_bits_truncate(v: u8) -> DmaAttrs {
-        DmaAttrs(v & 7)
+        DmaAttrs(v & 15)
     }
 }
 

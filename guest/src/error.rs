@@ -279,6 +279,26 @@ pub enum DmaError {
         /// Whether the list was found mapped.
         mapped: bool,
     },
+    /// The platform offers no trusted device I/O (not confidential, or no
+    /// [`crate::Platform::device_trust`]): every device stays untrusted.
+    TrustUnavailable,
+    /// The platform refused to accept the device (not locked, attested and running under TDISP, or
+    /// the call failed): it stays untrusted.
+    AcceptRefused {
+        /// [`crate::DeviceConfig::id`] of the device.
+        device: u32,
+        /// The platform's status.
+        status: i64,
+    },
+    /// The platform's revoke call failed. The layer already treats the device as untrusted (its
+    /// buffers bounce again and its window names no private page), but the platform may still
+    /// let it reach private memory by physical address: reset or remove the device.
+    RevokeRefused {
+        /// [`crate::DeviceConfig::id`] of the device.
+        device: u32,
+        /// The platform's status.
+        status: i64,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -378,6 +398,14 @@ impl fmt::Display for DmaError {
             DmaError::SgListState { mapped: false } => {
                 write!(f, "scatter-gather list not mapped (or not as this layer mapped it)")
             }
+            DmaError::TrustUnavailable => write!(f, "the platform offers no trusted device I/O"),
+            DmaError::AcceptRefused { device, status } => {
+                write!(f, "the platform refused to accept device {device:#x} (status {status})")
+            }
+            DmaError::RevokeRefused { device, status } => write!(
+                f,
+                "revoking device {device:#x} failed at the platform (status {status}); the layer no longer trusts it"
+            ),
         }
     }
 }

@@ -260,6 +260,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             mask_covers_ram: config.dma_mask.covers(0, ram_end.max(1)),
             reachable_pools: pools.iter().count(),
             iommu: None,
+            accepted: false,
         };
         let PathChoice::Plain(path) = path::choose(&facts) else {
             self.stats.fail(FailureKind::NoPath);
@@ -283,14 +284,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         domain: Option<DomainRef>,
     ) -> Device {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
-        Device { config, path, pools, layer: self.id, serial, domain, live: Default::default() }
+        let trust = crate::trust::TrustState::Untrusted;
+        Device { config, path, pools, layer: self.id, serial, domain, live: Default::default(), trust }
     }
 
     /// Detach a device. Refused while it has live mappings, lists or coherent buffers
     /// ([`DmaError::Busy`]), or when its IOMMU entries cannot be cleared: the device comes back in
     /// the error, still attached, and detach can be retried. A detach that failed part way leaves the
-    /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes.
-    pub fn detach(&self, dev: Device) -> Result<(), Refused<Device>> {
+    /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes. An accepted
+    /// device is revoked first ([`DmaLayer::revoke`]), so the platform never keeps trusting a device
+    /// the guest has let go.
+    pub fn detach(&self, mut dev: Device) -> Result<(), Refused<Device>> {
         if let Err(error) = self.check_device(&dev) {
             return Err(Refused { value: dev, error });
         }
@@ -298,6 +302,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if live != 0 {
             crate::tracker::report_leaks(&self.tracker, &dev);
             return Err(Refused { value: dev, error: DmaError::Busy { live } });
+        }
+        if let Err(error) = self.revoke(&mut dev) {
+            return Err(Refused { value: dev, error });
         }
         if dev.domain.is_some() {
             if let Err(error) = self.detach_domain(&dev) {

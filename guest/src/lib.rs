@@ -108,6 +108,7 @@
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
 
+mod accept;
 pub mod addr;
 pub mod coherent;
 pub mod convenience;
@@ -127,6 +128,7 @@ pub mod stats;
 pub mod storage;
 pub(crate) mod stream;
 pub mod tracker;
+pub mod trust;
 #[cfg(feature = "virtio-hal")]
 pub mod virtio_hal;
 
@@ -149,3 +151,4 @@ pub use platform::{BusEncoding, MemorySharing, PartialSharing, PhysMemory, Platf
 pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
 pub use pool_set::MAX_POOLS;
 pub use stats::{FailureKind, StatsSnapshot};
+pub use trust::{DeviceTrust, TrustState};

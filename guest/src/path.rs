@@ -46,6 +46,14 @@ pub enum DmaPath {
     /// Behind an IOMMU, attach deferred to the first map or allocation (the layer's `path_of` tells
     /// the path once it is chosen).
     IommuDeferred,
+    /// Confidential, the device accepted by the platform (TDISP/IDE), no IOMMU: private buffers are
+    /// used in place, by their private bus address; shared buffers only on request
+    /// ([`crate::DmaAttrs::CC_SHARED`]).
+    TrustedDirect,
+    /// Confidential, the device accepted by the platform, behind an IOMMU: each mapping gets entries
+    /// of its own naming the private buffer's pages, with the direction's permission, cleared at
+    /// unmap; shared buffers only on request.
+    TrustedIommu,
 }
 
 impl DmaPath {
@@ -59,12 +67,17 @@ impl DmaPath {
             DmaPath::IommuPremapped => "iommu-premapped",
             DmaPath::IommuStrict => "iommu-strict",
             DmaPath::IommuDeferred => "iommu-deferred",
+            DmaPath::TrustedDirect => "trusted-direct",
+            DmaPath::TrustedIommu => "trusted-iommu",
         }
     }
     /// True on paths where every mapping is bounced (the buffer's own address never reaches the
     /// device, so it need not be translated).
     pub const fn bounces_everything(self) -> bool {
-        !matches!(self, DmaPath::Direct | DmaPath::BounceAboveMask)
+        !matches!(
+            self,
+            DmaPath::Direct | DmaPath::BounceAboveMask | DmaPath::TrustedDirect | DmaPath::TrustedIommu
+        )
     }
 }
 
@@ -107,6 +120,12 @@ pub enum PathReason {
     DefaultWindow(DdwOutcome),
     /// No pool fits the default window below the mask, so mappings are entered one by one.
     PoolsDoNotFit(DdwOutcome),
+    /// The platform accepted the device (TDISP/IDE): its private buffers are mapped directly, through
+    /// entries of its own when it has an IOMMU `window`, by private address when not.
+    Accepted {
+        /// The device sits behind an IOMMU: each mapping gets its own entries.
+        window: bool,
+    },
 }
 
 impl fmt::Display for DdwOutcome {
@@ -140,6 +159,13 @@ impl fmt::Display for PathReason {
             PathReason::PoolsDoNotFit(d) => {
                 write!(f, "no pool fits the default window below the mask ({d}): strict")
             }
+            PathReason::Accepted { window: true } => write!(
+                f,
+                "accepted by the platform: private buffers mapped in place, entries of their own in its window"
+            ),
+            PathReason::Accepted { window: false } => {
+                write!(f, "accepted by the platform: private buffers used in place by private address (bounced when beyond the mask)")
+            }
         }
     }
 }
@@ -168,6 +194,8 @@ pub struct PathFacts {
     pub reachable_pools: usize,
     /// The device sits behind an IOMMU the layer uses (confidential guests with TCE windows).
     pub iommu: Option<IommuFacts>,
+    /// The platform has accepted the device (TDISP/IDE): it may reach private memory it is given.
+    pub accepted: bool,
 }
 
 /// The IOMMU half of [`PathFacts`].
@@ -197,12 +225,19 @@ pub enum PathChoice {
     DefaultWindow(PathReason),
     /// Entries per mapping in the default window.
     Strict(PathReason),
+    /// An accepted device's trusted path ([`DmaPath::TrustedDirect`] or [`DmaPath::TrustedIommu`]).
+    Trusted(DmaPath, PathReason),
     /// No path: attach fails.
     NoPath,
 }
 
 /// DESIGN.md's path table as one function: the same facts always give the same choice.
 pub fn choose(f: &PathFacts) -> PathChoice {
+    if f.confidential && f.accepted {
+        let window = f.iommu.is_some();
+        let path = if window { DmaPath::TrustedIommu } else { DmaPath::TrustedDirect };
+        return PathChoice::Trusted(path, PathReason::Accepted { window });
+    }
     let Some(io) = f.iommu.filter(|_| f.confidential) else {
         return match (f.confidential, f.mask_covers_ram, f.reachable_pools) {
             (false, true, _) => PathChoice::Plain(DmaPath::Direct),
@@ -231,8 +266,13 @@ pub fn choose(f: &PathFacts) -> PathChoice {
 mod tests {
     use super::*;
 
-    const NO_IOMMU: PathFacts =
-        PathFacts { confidential: false, mask_covers_ram: true, reachable_pools: 1, iommu: None };
+    const NO_IOMMU: PathFacts = PathFacts {
+        confidential: false,
+        mask_covers_ram: true,
+        reachable_pools: 1,
+        iommu: None,
+        accepted: false,
+    };
     const IOMMU: IommuFacts = IommuFacts {
         premapped: true,
         ddw: DdwOutcome::NotTried,
@@ -242,10 +282,16 @@ mod tests {
     };
 
     fn with(io: IommuFacts) -> PathFacts {
-        PathFacts { confidential: true, mask_covers_ram: false, reachable_pools: 0, iommu: Some(io) }
+        PathFacts {
+            confidential: true,
+            mask_covers_ram: false,
+            reachable_pools: 0,
+            iommu: Some(io),
+            accepted: false,
+        }
     }
 
-    /// One line per row of DESIGN.md's path table (the accepted-device row belongs to issue 14).
+    /// One line per row of DESIGN.md's path table.
     #[test]
     fn every_row_of_the_path_table() {
         use DmaPath::*;
@@ -274,7 +320,13 @@ mod tests {
             ),
             (
                 "confidential, no IOMMU, even a 64-bit mask bounces",
-                PathFacts { confidential: true, mask_covers_ram: true, reachable_pools: 2, iommu: None },
+                PathFacts {
+                    confidential: true,
+                    mask_covers_ram: true,
+                    reachable_pools: 2,
+                    iommu: None,
+                    accepted: false,
+                },
                 PathChoice::Plain(BounceAlways),
             ),
             (
@@ -326,6 +378,26 @@ mod tests {
                 "IOMMU, strict policy, no room below the mask",
                 with(IommuFacts { premapped: false, default_has_room: false, ..IOMMU }),
                 PathChoice::NoPath,
+            ),
+            (
+                "confidential, no IOMMU, accepted: private buffers by private address",
+                PathFacts { confidential: true, accepted: true, ..NO_IOMMU },
+                PathChoice::Trusted(TrustedDirect, PathReason::Accepted { window: false }),
+            ),
+            (
+                "confidential, no IOMMU, accepted, no pool: still trusted (shared buffers need one)",
+                PathFacts { confidential: true, accepted: true, reachable_pools: 0, ..NO_IOMMU },
+                PathChoice::Trusted(TrustedDirect, PathReason::Accepted { window: false }),
+            ),
+            (
+                "confidential, IOMMU, accepted: entries of its own naming private pages",
+                PathFacts { accepted: true, ..with(IOMMU) },
+                PathChoice::Trusted(TrustedIommu, PathReason::Accepted { window: true }),
+            ),
+            (
+                "not confidential: acceptance changes nothing",
+                PathFacts { accepted: true, ..NO_IOMMU },
+                PathChoice::Plain(Direct),
             ),
         ];
         for (row, facts, want) in rows {

@@ -57,6 +57,7 @@ use core::ptr::NonNull;
 use crate::addr::{BusAddr, PhysAddr};
 use crate::error::SharingErrorKind;
 use crate::iommu::{IommuBackend, TceCalls};
+use crate::trust::DeviceTrust;
 
 /// A sharing call that did not complete: `pages_done` pages from the start of the request were
 /// converted before it stopped (the caller rolls them back).
@@ -130,6 +131,11 @@ pub trait Platform: MemorySharing + PhysMemory + Sync {
     /// The IOMMU (TCE) interface, when devices sit behind one. `None` (the default): devices reach
     /// memory by [`Platform::shared_bus_addr`].
     fn tce(&self) -> Option<&dyn TceCalls> {
+        None
+    }
+    /// Trusted device I/O (TDISP/IDE: TDX Connect, SEV-TIO, Arm CCA device assignment), when the
+    /// platform offers it. `None` (the default): every device is untrusted.
+    fn device_trust(&self) -> Option<&dyn DeviceTrust> {
         None
     }
 }
@@ -210,5 +216,8 @@ impl<T: Platform + ?Sized> Platform for &T {
     }
     fn iommu_backend(&self) -> Option<&dyn IommuBackend> {
         (**self).iommu_backend()
+    }
+    fn device_trust(&self) -> Option<&dyn DeviceTrust> {
+        (**self).device_trust()
     }
 }

@@ -55,8 +55,9 @@ impl<'h> DeviceRef<'h> {
         self.hv.devices.lock().unwrap().get(&self.id).cloned().expect("unknown device")
     }
 
-    /// Check every page of the access and return the physical address of each piece.
-    fn resolve(&self, bus: u64, len: usize, kind: AccessKind) -> Result<Vec<(u64, usize)>, Fault> {
+    /// Check every page of the access and return the physical address of each piece, its length,
+    /// and whether it is private memory an accepted device may reach.
+    fn resolve(&self, bus: u64, len: usize, kind: AccessKind) -> Result<Vec<(u64, usize, bool)>, Fault> {
         let st = self.state();
         let fault = |at: u64, reason| Fault { device: self.id, bus: at, kind, reason };
         let max = if st.mask_bits >= 64 { u64::MAX } else { (1u64 << st.mask_bits) - 1 };
@@ -72,11 +73,14 @@ impl<'h> DeviceRef<'h> {
             if !self.hv.mem.contains(phys, chunk as u64) {
                 return Err(fault(cur, FaultReason::OutsideRam));
             }
-            // Outside a confidential guest every page is reachable; inside, only shared ones.
-            if self.hv.config().confidential && self.hv.mem.state(phys) != PageState::Shared {
+            // Outside a confidential guest every page is reachable; inside, only shared ones, and
+            // private ones for a device the trusted platform has accepted (`trust.rs`).
+            let state = self.hv.mem.state(phys);
+            let private = self.hv.config().confidential && state != PageState::Shared;
+            if private && !(state == PageState::Private && self.hv.trust.is_accepted(self.id)) {
                 return Err(fault(cur, FaultReason::PrivateTarget));
             }
-            pieces.push((phys, chunk));
+            pieces.push((phys, chunk, private));
             cur += chunk as u64;
         }
         Ok(pieces)
@@ -91,7 +95,11 @@ impl<'h> DeviceRef<'h> {
     pub fn read(&self, bus: u64, len: usize) -> Result<Vec<u8>, Fault> {
         let pieces = self.resolve(bus, len, AccessKind::Read).map_err(|f| self.refuse(f))?;
         let mut out = Vec::with_capacity(len);
-        for (phys, n) in pieces {
+        for (i, (phys, n, private)) in pieces.into_iter().enumerate() {
+            self.hv.trust.touch(self.id, private);
+            if private {
+                self.hv.trust.record(self.id, phys, n, AccessKind::Read, i == 0);
+            }
             out.extend_from_slice(&self.hv.mem.read(phys, n));
         }
         self.hv.device_bytes_read.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
@@ -102,7 +110,11 @@ impl<'h> DeviceRef<'h> {
     pub fn write(&self, bus: u64, data: &[u8]) -> Result<(), Fault> {
         let pieces = self.resolve(bus, data.len(), AccessKind::Write).map_err(|f| self.refuse(f))?;
         let mut off = 0;
-        for (phys, n) in pieces {
+        for (i, (phys, n, private)) in pieces.into_iter().enumerate() {
+            self.hv.trust.touch(self.id, private);
+            if private {
+                self.hv.trust.record(self.id, phys, n, AccessKind::Write, i == 0);
+            }
             self.hv.mem.write(phys, &data[off..off + n]);
             off += n;
         }

@@ -4,8 +4,9 @@
 //! offered in the pseries (`UV_SHARE_PAGE`), TDX (`MapGPA` + accept), SEV-SNP (Page State Change +
 //! `PVALIDATE`) or Arm CCA (`RSI_IPA_STATE_SET`) personality; devices are DMA engines with masks whose
 //! every access is checked and, when refused, logged in the fault log. Every call can be made to fail,
-//! partially succeed, lie, or stall. The model implements ccdma's platform traits, so the guest layer
-//! runs against it unchanged.
+//! partially succeed, lie, or stall. A trusted platform (`trust`) binds devices under TDISP and lets
+//! the ones the guest accepts reach private memory, logging every such access. The model implements
+//! ccdma's platform traits, so the guest layer runs against it unchanged.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod calls;
@@ -18,6 +19,7 @@ mod platform;
 mod sharing;
 mod snp;
 pub mod tce;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +33,7 @@ pub use memory::{GuestMemory, PageState, PAGE};
 pub use sharing::{TDX_INVALID_OPERAND, U_PARAMETER};
 pub use snp::SNP_POISON;
 pub use tce::{Reach, TableInfo, TceConfig, TceCounters};
+pub use trust::{PageTouches, PrivateAccess, TDISP_NOT_RUNNING};
 
 use ccdma::BusEncoding;
 
@@ -133,6 +136,8 @@ pub struct Hypervisor {
     alloc_high: AtomicU64,
     /// The IOMMU (TCE tables), off until `enable_iommu`.
     pub(crate) iommu: tce::IommuModel,
+    /// The trusted platform's view of devices (TDISP), off until a device is bound.
+    pub(crate) trust: trust::TrustModel,
 }
 
 /// The C-bit of the modelled SEV-SNP guest (CPUID 0x8000001F EBX bits 5:0 on current EPYC parts).
@@ -168,6 +173,7 @@ impl Hypervisor {
             alloc_low: AtomicU64::new(ALLOC_LOW_START),
             alloc_high: AtomicU64::new(ALLOC_HIGH_START),
             iommu: Default::default(),
+            trust: Default::default(),
         }
     }
 

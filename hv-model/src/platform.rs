@@ -103,4 +103,7 @@ impl Platform for Hypervisor {
     fn tce(&self) -> Option<&dyn ccdma::TceCalls> {
         self.iommu.enabled().then_some(self as &dyn ccdma::TceCalls)
     }
+    fn device_trust(&self) -> Option<&dyn ccdma::DeviceTrust> {
+        self.config().confidential.then_some(self as &dyn ccdma::DeviceTrust)
+    }
 }

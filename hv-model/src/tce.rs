@@ -357,12 +357,14 @@ impl Hypervisor {
         v
     }
 
-    /// Live entries (of any device) whose target is not entirely shared memory: a device could aim at
-    /// private memory through them. Invariant 1 wants none, ever.
+    /// Live entries of untrusted devices whose target is not entirely shared memory: a device could aim
+    /// at private memory through them. Invariant 1 wants none, ever. (An accepted device's entries
+    /// name private pages on purpose; they count again the moment it stops being accepted.)
     pub fn tces_to_private(&self) -> usize {
         let devices: Vec<u32> = self.iommu.state.lock().unwrap().pes.keys().copied().collect();
         devices
             .into_iter()
+            .filter(|&d| !self.trust.is_accepted(d))
             .flat_map(|d| self.reachable(d))
             .filter(|r| (0..r.len / PAGE).any(|i| self.mem.state(r.phys + i * PAGE) != PageState::Shared))
             .count()

@@ -262,3 +262,24 @@ fn snp_and_cca_guests_run_and_name_themselves() {
     );
     assert!(last_line(&o).ends_with("; OK"), "{}", last_line(&o));
 }
+
+#[test]
+fn accepted_devices_are_reported_on_the_trusted_path() {
+    // Without IOMMU: the accepted device bounces nothing, the other still bounces everything.
+    let o = quick(&["--tdx", "--device", "gpu:64", "--device", "nic:64", "--accept", "gpu"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let gpu = out.split("device nic").next().unwrap();
+    assert!(gpu.contains("path      trusted-direct: accepted by the platform"), "{out}");
+    assert!(gpu.contains("bounced   0 of 6 maps"), "{out}");
+    assert!(gpu.contains("0 outside its own buffer"), "{out}");
+    assert!(out.contains("path      bounce-always"), "{out}");
+    // Behind the IOMMU.
+    let o = quick(&["--iommu", "strict", "--device", "gpu:64", "--accept", "gpu"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("path      trusted-iommu: accepted by the platform"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("gpu     64-bit  trusted-iommu"), "{}", stdout(&o));
+    // Needs a confidential guest, and a device of that name.
+    assert_eq!(code(&quick(&["--plain", "--accept", "nic"])), 2);
+    assert_eq!(code(&quick(&["--accept", "nope"])), 2);
+}

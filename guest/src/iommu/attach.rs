@@ -275,7 +275,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 .lock()
                 .ranges()
                 .iter()
-                .any(|r| matches!(r.kind, RangeKind::Mapping | RangeKind::Coherent));
+                .any(|r| matches!(r.kind, RangeKind::Mapping | RangeKind::Coherent | RangeKind::Private));
         if busy {
             slot.state.store(from, Ordering::Release);
             let live = slot.live_mappings.load(Ordering::Acquire).max(1);
@@ -348,6 +348,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// The path of a device now (for a deferred device: [`DmaPath::IommuDeferred`] until its first map
     /// or allocation).
     pub fn path_of(&self, dev: &Device) -> DmaPath {
+        if dev.trust.is_accepted() {
+            return dev.path();
+        }
         match dev.domain {
             None => dev.path,
             Some(d) => self.domain_info(d).map_or(DmaPath::IommuDeferred, |i| i.path),
@@ -356,6 +359,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Why a device got its path (`None` for a deferred device before its first map or allocation).
     pub fn path_reason(&self, dev: &Device) -> Option<PathReason> {
+        if dev.trust.is_accepted() {
+            return Some(PathReason::Accepted { window: dev.domain.is_some() });
+        }
         match dev.domain {
             None => PathReason::of_plain(dev.path),
             Some(d) => self.domain_info(d).map(|i| i.reason),

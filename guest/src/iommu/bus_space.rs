@@ -46,6 +46,9 @@ pub enum RangeKind {
     SgList,
     /// Entries that could not be cleared: the range stays used forever so it is never reused.
     Quarantined,
+    /// One streaming mapping of an accepted device: entries naming the caller's private pages
+    /// themselves (the whole IOMMU pages around the buffer), with the direction's permission.
+    Private,
 }
 
 /// One used range of bus addresses and the guest's record of what it maps.

@@ -58,6 +58,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 mask_covers_ram: false,
                 reachable_pools: 0,
                 iommu: Some(facts),
+                accepted: false,
             };
             match (path::choose(&all), default) {
                 (PathChoice::TryDdw, _) => match self.setup_ddw(slot, &tce, config, default) {

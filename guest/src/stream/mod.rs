@@ -12,6 +12,7 @@
 pub(crate) mod bounce;
 pub(crate) mod record;
 pub(crate) mod strict;
+pub(crate) mod trusted;
 
 use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, LiveKind};
@@ -83,7 +84,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// virtual address), so the translation is skipped otherwise.
     pub(crate) fn translate_for(&self, dev: &Device, ptr: *mut u8, len: usize) -> Option<PhysAddr> {
         match dev.path {
-            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE => None,
+            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE && !dev.trust.is_accepted() => {
+                None
+            }
             _ => self.platform.virt_to_phys(ptr, len),
         }
     }
@@ -116,6 +119,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     ) -> Result<BusAddr, DmaError> {
         if len == 0 {
             return Err(DmaError::ZeroLength);
+        }
+        // An accepted device maps private buffers in place; a buffer with no physical address (not
+        // guest RAM) is bounced as for an untrusted device.
+        if dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED) && orig.phys.is_some() {
+            return self.trusted_map(dev, orig, len, dir, attrs);
         }
         if dev.domain.is_some() {
             return self.iommu_map(dev, orig, len, dir, attrs);
@@ -189,12 +197,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         safe: bool,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
+        if let Some(done) = self.trusted_unmap(dev, bus, len) {
+            return done;
+        }
         if self.strict_domain(dev, bus)?.is_some() {
             return self.strict_unmap(dev, bus, len, dir, attrs, safe);
         }
         let Some((i, off)) = self.locate(dev, bus) else {
             // Not in any pool: a direct mapping on a path that has them (nothing to undo), else junk.
-            if matches!(dev.path, DmaPath::Direct | DmaPath::BounceAboveMask) {
+            if matches!(dev.path, DmaPath::Direct | DmaPath::BounceAboveMask) || dev.direct_private() {
                 self.stats.unmapped();
                 return Ok(());
             }
@@ -311,6 +322,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         safe: bool,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
+        if let Some(done) = self.trusted_sync(dev, bus, offset, len) {
+            return done;
+        }
         let found = match self.strict_domain(dev, bus)? {
             Some(info) => self.strict_record(dev, info, bus, false).map(|(i, rec, _)| Some((i, rec)))?,
             None => self.record(dev, bus, false)?,

@@ -54,7 +54,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 }
             }
             // Not in any pool: a direct mapping on a path that has them (nothing to undo), else junk.
-            None if matches!(dev.path, DmaPath::Direct | DmaPath::BounceAboveMask) => Ok(None),
+            None if matches!(dev.path, DmaPath::Direct | DmaPath::BounceAboveMask)
+                || dev.direct_private() =>
+            {
+                Ok(None)
+            }
             None => {
                 self.stats.fail(FailureKind::UnknownMapping);
                 Err(DmaError::UnknownMapping(bus))

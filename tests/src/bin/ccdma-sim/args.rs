@@ -118,6 +118,10 @@ pub struct Cli {
     /// The device NAME must be refused at attach: its refusal is a pass, its attach a failure
     #[arg(long = "expect-refused", value_name = "NAME", help_heading = "Devices")]
     expect_refused: Vec<String>,
+    /// The device NAME is bound and running under TDISP and the guest accepts it (trusted device I/O):
+    /// its private buffers are mapped in place, no bounce (repeatable; needs a confidential guest)
+    #[arg(long = "accept", value_name = "NAME", help_heading = "Devices")]
+    accept: Vec<String>,
     /// Mapping sizes, comma separated [default: 64,1500,4K,64K,256K]
     #[arg(long, value_name = "LIST", value_parser = parse_sizes, help_heading = "Workload")]
     sizes: Option<SizeList>,
@@ -153,6 +157,8 @@ pub struct Options {
     pub reserved: Vec<(u64, u64)>,
     pub devices: Vec<DeviceSpec>,
     pub expect_refused: Vec<String>,
+    /// Devices the guest accepts (`--accept`).
+    pub accept: Vec<String>,
     pub sizes: Vec<u64>,
     pub rounds: u32,
     pub buffers: Region,
@@ -310,6 +316,15 @@ fn check(cli: Cli) -> Result<Options, String> {
             return Err(format!("--expect-refused {name}: no such device (devices: {})", names.join(", ")));
         }
     }
+    for name in &cli.accept {
+        if !devices.iter().any(|d| &d.name == name) {
+            let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+            return Err(format!("--accept {name}: no such device (devices: {})", names.join(", ")));
+        }
+        if !confidential {
+            return Err(format!("--accept {name}: trusted device I/O needs a confidential guest"));
+        }
+    }
     let mut pools = cli.pools;
     if pools.is_empty() {
         pools = vec![(LOW_POOL, 4 * MIB), (HIGH_POOL, 16 * MIB)];
@@ -327,6 +342,7 @@ fn check(cli: Cli) -> Result<Options, String> {
         reserved: cli.reserved,
         devices,
         expect_refused: cli.expect_refused,
+        accept: cli.accept,
         sizes: cli.sizes.map_or_else(|| vec![64, 1500, 4096, 64 << 10, 256 << 10], |s| s.0),
         rounds,
         buffers: match cli.buffers {
@@ -424,6 +440,14 @@ mod tests {
         assert_eq!(o.expect_refused, vec!["tiny".to_string()]);
         assert!(run(&["--expect-refused", "nope"]).unwrap_err().contains("no such device"));
         assert!(run(&["--device", "a:32", "--device", "a:64"]).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn accepted_devices_are_named_and_need_a_confidential_guest() {
+        let o = run(&["--device", "gpu:64", "--device", "nic:64", "--accept", "gpu"]).unwrap();
+        assert_eq!(o.accept, vec!["gpu".to_string()]);
+        assert!(run(&["--accept", "nope"]).unwrap_err().contains("no such device"));
+        assert!(run(&["--accept", "nic", "--plain"]).unwrap_err().contains("confidential"));
     }
 
     #[test]

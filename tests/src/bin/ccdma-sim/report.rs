@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ccdma::iommu::{BusRange, RangeKind};
 use ccdma::{Device, DmaError, DmaLayer, DmaMask, DmaPath, IommuPolicy, StatsSnapshot};
-use ccdma_hv_model::{Fault, Hypervisor, Personality, Region};
+use ccdma_hv_model::{Fault, Hypervisor, PageTouches, Personality, Region};
 
 use crate::args::{DeviceSpec, Options};
 use crate::num::{human, size_label};
@@ -167,6 +167,7 @@ fn kind_name(kind: RangeKind) -> String {
         RangeKind::Coherent => "coherent buffer".into(),
         RangeKind::SgList => "scatter-gather list".into(),
         RangeKind::Quarantined => "quarantined".into(),
+        RangeKind::Private => "private mapping (accepted device)".into(),
     }
 }
 
@@ -179,11 +180,22 @@ pub fn attached(layer: &Layer, dev: &Device) -> String {
         None => writeln!(out, "  path      {}", path.name()),
     }
     .ok();
+    if dev.trust().is_accepted() {
+        let _ = writeln!(
+            out,
+            "  trust     accepted by the platform (TDISP RUN, --accept): no bounce, no shared page; \
+             shared buffers only on request (CC_SHARED)"
+        );
+    }
     let pools = pools_on_bus(layer, Some(dev));
-    if !pools.is_empty() && path != DmaPath::IommuStrict {
+    let ranges = bus_ranges(layer, dev);
+    // Strict windows hold no pool; an accepted device behind an IOMMU shows its pools only when they
+    // are premapped (its shared buffers bounce through them).
+    let premapped = ranges.iter().any(|r| matches!(r.kind, RangeKind::Premap { .. }));
+    let no_pools = path == DmaPath::IommuStrict || (path == DmaPath::TrustedIommu && !premapped);
+    if !pools.is_empty() && !no_pools {
         let _ = writeln!(out, "  pools     {} (in the order tried)", pools.join(", "));
     }
-    let ranges = bus_ranges(layer, dev);
     let (window, ddw) = layer.windows_of(dev);
     let mut shown = vec![false; ranges.len()];
     for (what, w) in [("window", window), ("DDW", ddw)] {
@@ -242,6 +254,7 @@ pub fn device_result(
     before: &StatsSnapshot,
     after: &StatsSnapshot,
     (dev_read, dev_wrote): (u64, u64),
+    touches: PageTouches,
     (calls_before, calls_attach, calls_end): &(Calls, Calls, Calls),
     buf_phys: u64,
 ) -> String {
@@ -262,6 +275,15 @@ pub fn device_result(
         after.maps - before.maps,
         after.bytes_to_device - before.bytes_to_device,
         after.bytes_from_device - before.bytes_from_device
+    );
+    let moved_mib = (to_dev + from_dev) as f64 / (1u64 << 20) as f64;
+    let _ = writeln!(
+        out,
+        "  pages     the device's DMA touched {} shared and {} private page pieces: {:.0} shared pages per \
+         MiB moved",
+        touches.shared,
+        touches.private,
+        if moved_mib > 0.0 { touches.shared as f64 / moved_mib } else { 0.0 }
     );
     let _ = writeln!(
         out,
@@ -292,7 +314,25 @@ pub fn device_result(
         Some(Err(msg)) => {
             let _ = writeln!(out, "            CONTAINMENT FAILURE: {msg}");
         }
+        None if r.probe_skipped_trusted => {
+            let _ = writeln!(
+                out,
+                "            probe skipped: an accepted device without IOMMU reaches private memory on the \
+                 platform's word"
+            );
+        }
         None => {}
+    }
+    if r.private_accesses > 0 || !r.private_outside.is_empty() {
+        let _ = writeln!(
+            out,
+            "  private   {} device accesses in private memory, {} outside its own buffer",
+            r.private_accesses,
+            r.private_outside.len()
+        );
+        for a in r.private_outside.iter().take(5) {
+            let _ = writeln!(out, "            OUTSIDE {:?} {} B at phys {:#x}", a.kind, a.len, a.phys);
+        }
     }
     for (err, n) in &r.map_errors {
         let _ = writeln!(out, "  ERROR     {err} (x{n})");

@@ -58,6 +58,7 @@ fn range_kind(kind: RangeKind) -> (&'static str, String) {
         RangeKind::Coherent => ("coherent", "coherent buffer".into()),
         RangeKind::SgList => ("sg", "scatter-gather list".into()),
         RangeKind::Quarantined => ("quarantined", "quarantined".into()),
+        RangeKind::Private => ("mapping", "live private mapping of an accepted device".into()),
     }
 }
 

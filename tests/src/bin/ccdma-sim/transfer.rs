@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ccdma::{Device, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaPath, PhysAddr};
-use ccdma_hv_model::{DeviceRef, Fault, FaultReason, Hypervisor};
+use ccdma_hv_model::{DeviceRef, Fault, FaultReason, Hypervisor, PrivateAccess};
 use ccdma_tests::pattern;
 
 use crate::args::Options;
@@ -26,7 +26,13 @@ pub struct DeviceReport {
     pub map_errors: BTreeMap<String, u64>,
     pub unexpected_faults: Vec<Fault>,
     pub probe: Option<Result<Fault, String>>,
+    /// The probe was not run: an accepted device without IOMMU may reach private memory.
+    pub probe_skipped_trusted: bool,
     pub leaked_slots: u64,
+    /// Accesses of an accepted device to private memory (the model's log), and those that fell
+    /// outside the device's own buffer (each one a failure).
+    pub private_accesses: u64,
+    pub private_outside: Vec<PrivateAccess>,
 }
 
 impl DeviceReport {
@@ -35,6 +41,7 @@ impl DeviceReport {
             && self.map_errors.is_empty()
             && self.unexpected_faults.is_empty()
             && self.leaked_slots == 0
+            && self.private_outside.is_empty()
             && !matches!(self.probe, Some(Err(_)))
             && self.transfers > 0
     }
@@ -55,13 +62,19 @@ pub fn dir_name(dir: DmaDirection) -> &'static str {
 }
 
 impl Sim<'_> {
-    /// True when the mapping at `bus` was bounced: always in a confidential guest, else when
-    /// `bus..bus+len` lies in a pool's bus range.
-    fn bounced(&self, bus: u64, len: usize) -> bool {
-        self.opts.confidential
-            || (0..ccdma::MAX_POOLS).filter_map(|i| self.layer.pool(i)).any(|(p, b)| {
-                bus >= b.0 && bus - b.0 < p.len() as u64 && bus - b.0 + len as u64 <= p.len() as u64
-            })
+    /// True when the mapping at `bus` was bounced: always for an untrusted device in a confidential
+    /// guest, never for an accepted device behind an IOMMU, else when `bus..bus+len` lies in a
+    /// pool's bus range.
+    fn bounced(&self, dev: &Device, bus: u64, len: usize) -> bool {
+        match self.layer.path_of(dev) {
+            DmaPath::TrustedIommu => return false,
+            DmaPath::TrustedDirect => {}
+            _ if self.opts.confidential => return true,
+            _ => {}
+        }
+        (0..ccdma::MAX_POOLS).filter_map(|i| self.layer.pool(i)).any(|(p, b)| {
+            bus >= b.0 && bus - b.0 < p.len() as u64 && bus - b.0 + len as u64 <= p.len() as u64
+        })
     }
 
     /// One transfer: map, let the model's device do its part and check every byte, unmap, check the
@@ -97,11 +110,11 @@ impl Sim<'_> {
             // What the device finds before it writes: the original for bidirectional mappings, zeroes
             // for a bounced from-device one (no stale pool data, no private bytes). Under a strict
             // IOMMU a from-device mapping is write-only: the read must be refused instead.
-            let write_only =
-                dir == DmaDirection::FromDevice && self.layer.path_of(dev) == DmaPath::IommuStrict;
+            let write_only = dir == DmaDirection::FromDevice
+                && matches!(self.layer.path_of(dev), DmaPath::IommuStrict | DmaPath::TrustedIommu);
             let expect_before = match dir {
                 DmaDirection::Bidirectional => Some(&outgoing[..]),
-                _ if self.bounced(bus, len) => None,
+                _ if self.bounced(dev, bus, len) => None,
                 _ => Some(&outgoing[..]),
             };
             match dref.read(bus, len) {
@@ -188,7 +201,19 @@ impl Sim<'_> {
                 !expected
             })
             .collect();
-        if self.opts.probe && self.opts.confidential {
+        // An accepted device reaches private memory only inside its own buffer (whole IOMMU pages
+        // behind an IOMMU, exact bytes without one).
+        let max_len = self.opts.sizes.iter().copied().max().unwrap_or(1);
+        let (lo, hi) = (buf_phys & !0xfff, (buf_phys + max_len).next_multiple_of(0x1000));
+        let private: Vec<PrivateAccess> =
+            self.hv.private_accesses().into_iter().filter(|a| a.device == id).collect();
+        report.private_accesses = private.len() as u64;
+        report.private_outside =
+            private.into_iter().filter(|a| a.phys < lo || a.phys + a.len as u64 > hi).collect();
+        if self.layer.path_of(dev) == DmaPath::TrustedDirect {
+            // Without an IOMMU the platform's trust is the only gate: the device can read its buffer.
+            report.probe_skipped_trusted = self.opts.probe;
+        } else if self.opts.probe && self.opts.confidential {
             // A hostile device aims at the guest's private buffer itself: the model must refuse it.
             report.probe = Some(match dref.read(buf_phys, 64) {
                 Ok(_) => Err(format!("device read private memory at {buf_phys:#x}: containment broken")),

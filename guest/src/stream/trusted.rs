@@ -1,0 +1,159 @@
+//! Streaming mappings of an accepted device ([`crate::trust`]): the private buffer is used in place.
+//! Behind an IOMMU the mapping gets entries of its own (a [`RangeKind::Private`] bus range naming the
+//! buffer's pages, the direction's permission), cleared at unmap before the range can be reused;
+//! without one the bus address is the buffer's private address. Nothing is copied, nothing shared.
+
+use core::sync::atomic::Ordering;
+
+use super::Original;
+use crate::addr::BusAddr;
+use crate::device::Device;
+use crate::direction::{DmaAttrs, DmaDirection};
+use crate::error::{DmaError, IommuError};
+use crate::iommu::bus_space::{BusRange, RangeKind};
+use crate::iommu::calls::tce_perm;
+use crate::iommu::window::window_below;
+use crate::layer::DmaLayer;
+use crate::platform::Platform;
+use crate::stats::FailureKind;
+
+impl<'m, P: Platform> DmaLayer<'m, P> {
+    /// Map a private buffer in place for an accepted device.
+    pub(crate) fn trusted_map(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        let Some(phys) = orig.phys else {
+            self.stats.fail(FailureKind::Invalid);
+            return Err(DmaError::NotTranslatable);
+        };
+        let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
+        if dev.domain.is_some() {
+            return self.trusted_iommu_map(dev, phys.0, end, dir);
+        }
+        let trust = self.platform.device_trust().ok_or(DmaError::TrustUnavailable)?;
+        let bus = trust.private_bus_addr(phys);
+        if dev.config.dma_mask.covers(bus.0, len as u64) {
+            self.stats.mapped(false);
+            return Ok(bus);
+        }
+        // Beyond the device's mask: bounced like an untrusted device's buffer.
+        self.bounce_map(dev, &dev.pools, &self.pool_bus, orig, len, dir, attrs)
+    }
+
+    fn trusted_iommu_map(
+        &self,
+        dev: &Device,
+        phys: u64,
+        end: u64,
+        dir: DmaDirection,
+    ) -> Result<BusAddr, DmaError> {
+        let info = self.ensure_attached(dev)?;
+        let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
+        let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let page = win.page_size();
+        let base = phys & !(page - 1);
+        let npages = (end - base).div_ceil(page);
+        // The bus address keeps the page offset (in the data offset) and the `min_align_mask` bits
+        // above it (the range's alignment phase), as strict mappings do.
+        let min_align = dev.config.min_align_mask;
+        let align = page.max(min_align.wrapping_add(1));
+        let phase = base & min_align & (align - 1);
+        let (lo, hi) = window_below(&win, dev.config.dma_mask);
+        let placed = slot.space.lock().alloc(npages * page, align, phase, lo, hi, RangeKind::Private, base);
+        let bus = placed.map_err(|e| {
+            self.stats.fail(FailureKind::Iommu);
+            DmaError::Iommu(e)
+        })?;
+        if let Err(f) = tce.put(&win, bus, base, npages, tce_perm(dir)) {
+            if f.clean {
+                slot.space.lock().free(bus, npages * page, RangeKind::Private);
+            } else {
+                // Entries may still name the private pages: the range is never reused, and revoke
+                // clears it before the device is untrusted again.
+                slot.space.lock().quarantine(bus);
+                self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats.fail(FailureKind::Iommu);
+            return Err(DmaError::Iommu(f.err));
+        }
+        slot.live_mappings.fetch_add(1, Ordering::Relaxed);
+        self.stats.mapped(false);
+        Ok(BusAddr(bus + (phys - base)))
+    }
+
+    /// The accepted device's private range at `bus`, checked against a claim of `len` bytes from
+    /// `bus` (`None`: no private range there, the mapping is another kind).
+    fn trusted_range(&self, dev: &Device, bus: BusAddr, len: usize) -> Option<Result<BusRange, DmaError>> {
+        if !dev.trust.is_accepted() {
+            return None;
+        }
+        let slot = self.slot(dev.domain?)?;
+        let r = slot.space.lock().find(bus.0).filter(|r| r.kind == RangeKind::Private)?;
+        let off = bus.0 - r.start;
+        let fits = off.checked_add(len as u64).is_some_and(|e| e <= r.len);
+        Some(if fits {
+            Ok(r)
+        } else {
+            self.stats.fail(FailureKind::Mismatch);
+            Err(DmaError::SizeMismatch { mapped: (r.len - off) as usize, given: len })
+        })
+    }
+
+    /// Unmap an accepted device's private mapping: entries first, then the range. `None` when `bus`
+    /// is not one (the caller routes it as any other mapping).
+    pub(crate) fn trusted_unmap(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        len: usize,
+    ) -> Option<Result<(), DmaError>> {
+        let r = match self.trusted_range(dev, bus, len)? {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        Some((|| {
+            let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::UnknownMapping(bus))?;
+            let info = dev.domain.and_then(|d| self.domain_info(d)).ok_or(DmaError::UnknownMapping(bus))?;
+            let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+            let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+            if let Err(e) = tce.clear(&win, r.start, r.len >> win.page_shift) {
+                self.stats.fail(FailureKind::Iommu);
+                log::warn!("ccdma: unmap of private mapping {bus} failed clearing its entries ({e:?}); kept");
+                return Err(DmaError::Iommu(e));
+            }
+            slot.space.lock().free(r.start, r.len, RangeKind::Private);
+            slot.live_mappings.fetch_sub(1, Ordering::Relaxed);
+            self.stats.unmapped();
+            Ok(())
+        })())
+    }
+
+    /// Sync of an accepted device's private mapping: the device works on the buffer itself, so
+    /// there is nothing to copy once the claim checks out. `None` when `bus` is not one.
+    pub(crate) fn trusted_sync(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        offset: usize,
+        len: usize,
+    ) -> Option<Result<(), DmaError>> {
+        let r = match self.trusted_range(dev, bus, 0)? {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let off = bus.0 - r.start;
+        let end = off.checked_add(offset as u64).and_then(|x| x.checked_add(len as u64));
+        Some(if end.is_some_and(|e| e <= r.len) {
+            Ok(())
+        } else {
+            self.stats.fail(FailureKind::OutOfRange);
+            Err(DmaError::OutOfRange { offset, len, mapped: (r.len - off) as usize })
+        })
+    }
+}
