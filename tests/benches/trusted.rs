@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ccdma::iommu::BusRange;
 use ccdma::{
     Device, DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, IommuConfig, IommuPolicy,
-    PhysAddr, PoolConfig, VerifyPolicy,
+    PhysAddr, PoolConfig, TceBatching, VerifyPolicy,
 };
 use ccdma_hv_model::{HvConfig, Hypervisor, Region, TceConfig};
 use ccdma_tests::{add_pool, model, pattern, GIB, HIGH_POOL, MIB, MID_POOL};
@@ -85,7 +85,7 @@ impl Pair {
             verify: VerifyPolicy::Ends,
             use_ddw: true,
             max_domains: 2,
-            list_page: Some(PhysAddr(list)),
+            batching: TceBatching::SharedPage(PhysAddr(list)),
         };
         // SAFETY: the list page is a fresh allocation nothing else uses.
         unsafe { layer.enable_iommu(cfg, vec![BusRange::EMPTY; 512].leak()) }.expect("iommu");
