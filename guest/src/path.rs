@@ -8,7 +8,8 @@
 //! use ccdma::{DmaPath, PathReason};
 //!
 //! // A confidential guest without IOMMU: everything bounces through a reachable pool.
-//! let facts = PathFacts { confidential: true, mask_covers_ram: true, reachable_pools: 1, iommu: None };
+//! let facts =
+//!     PathFacts { confidential: true, mask_covers_ram: true, reachable_pools: 1, iommu: None, accepted: false };
 //! assert_eq!(choose(&facts), PathChoice::Plain(DmaPath::BounceAlways));
 //! println!("{}", PathReason::of_plain(DmaPath::BounceAlways).unwrap());
 //!
@@ -18,6 +19,9 @@
 //! // Confidential with no pool the device can reach: attach fails rather than expose memory.
 //! let stranded = PathFacts { reachable_pools: 0, ..facts };
 //! assert_eq!(choose(&stranded), PathChoice::NoPath);
+//! // A device the platform accepted (TDISP) reaches private memory in place: nothing bounces.
+//! let accepted = PathFacts { accepted: true, ..facts };
+//! assert!(matches!(choose(&accepted), PathChoice::Trusted(DmaPath::TrustedDirect, _)));
 //! ```
 
 use core::fmt;
