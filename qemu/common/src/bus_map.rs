@@ -59,6 +59,7 @@ impl fmt::Display for Line {
             What::Range(RangeKind::Coherent) => write!(f, "coherent buffer")?,
             What::Range(RangeKind::SgList) => write!(f, "scatter-gather list")?,
             What::Range(RangeKind::Quarantined) => write!(f, "quarantined")?,
+            What::Range(RangeKind::Private) => write!(f, "private mapping of an accepted device")?,
             What::Pool(i) => write!(f, "pool #{i} (shared, bus = its address)")?,
             What::Live { dir, scatter_gather } => {
                 let what = if scatter_gather { "live list run" } else { "live mapping" };
