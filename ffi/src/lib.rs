@@ -105,7 +105,7 @@ fn code(e: &DmaError) -> c_int {
         | E::MetadataTooSmall { .. }
         | E::ZeroLength
         | E::TooLarge { .. } => CCDMA_ERR_INVALID,
-        E::PoolOverlap { .. } | E::TooManyPools => CCDMA_ERR_POOL,
+        E::PoolOverlap { .. } | E::TooManyPools | E::GrowthAlreadyEnabled | E::GrowthFailed(_) => CCDMA_ERR_POOL,
         E::PoolExhausted { .. } | E::NoFreeDomain { .. } => CCDMA_ERR_EXHAUSTED,
         E::SharingFailed { .. } | E::UnsharingFailed { .. } => CCDMA_ERR_SHARING,
         E::NoCpuMapping(_)

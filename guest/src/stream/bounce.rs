@@ -80,7 +80,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
         let mut largest = 0;
         for i in order.iter() {
-            let Some(pool) = &self.pools[i] else { continue };
+            let Some(pool) = self.pools.get_for_alloc(i) else { continue };
             let slot = pool.slot_size() as u64;
             let unit = slot.max(iommu_page.unwrap_or(0));
             let offset = (orig_addr & min_align & (unit - 1)) as usize;
