@@ -10,10 +10,12 @@
 pub mod calls;
 pub mod device;
 pub mod faults;
+mod ledger;
 pub mod memory;
 pub mod p2p;
 mod platform;
 mod sharing;
+pub mod source;
 pub mod tce;
 
 use std::collections::HashMap;
@@ -23,8 +25,10 @@ use std::sync::{Arc, Mutex};
 pub use calls::{CallKind, CallLog, Injection};
 pub use device::{BusTranslate, DeviceRef, DirectTranslate};
 pub use faults::{AccessKind, Fault, FaultReason};
+pub use ledger::SharingLedger;
 pub use memory::{GuestMemory, PageState, PAGE};
 pub use sharing::{TDX_INVALID_OPERAND, U_PARAMETER};
+pub use source::{ModelSource, SourceCounters};
 pub use tce::{Reach, TableInfo, TceConfig, TceCounters};
 
 use ccdma::BusEncoding;
@@ -87,6 +91,8 @@ pub struct Hypervisor {
     alloc_high: AtomicU64,
     /// The IOMMU (TCE tables), off until `enable_iommu`.
     pub(crate) iommu: tce::IommuModel,
+    /// Every sharing conversion, checked and counted.
+    pub(crate) ledger: ledger::Ledger,
 }
 
 /// Where [`Hypervisor::alloc`] places guest buffers.
@@ -117,6 +123,7 @@ impl Hypervisor {
             alloc_low: AtomicU64::new(ALLOC_LOW_START),
             alloc_high: AtomicU64::new(ALLOC_HIGH_START),
             iommu: Default::default(),
+            ledger: Default::default(),
         }
     }
 

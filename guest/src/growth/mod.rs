@@ -33,7 +33,7 @@
 //! layer.enable_growth(source, GrowthConfig::new(1 << 20, 8))?;
 //! let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
 //! let mut buf = [7u8; 4096];
-//! let m = layer.map(&dev, &mut buf, DmaDirection::ToDevice, DmaAttrs::empty())?; // grows a pool
+//! let m = layer.map(&dev, &mut buf, DmaDirection::ToDevice, DmaAttrs::NONE)?; // grows a pool
 //! assert_eq!(layer.growth_stats().pools, 1);
 //! drop(m);
 //! for _ in 0..4 {
@@ -134,6 +134,8 @@ pub struct GrowthStats {
     /// Pools (or partly built pools) kept out of the source for good: pages that would not be made
     /// private again, or IOMMU entries that would not clear.
     pub quarantined_pools: u64,
+    /// Bytes taken from the source and kept for good (quarantined): never handed back.
+    pub kept_bytes: u64,
     /// Maps that found every pool full while another CPU was growing and were served by the reserve
     /// (or the pool it added) without failing.
     pub waited_maps: u64,
@@ -205,9 +207,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// The growth counters.
     pub fn growth_stats(&self) -> GrowthStats {
         let c = &self.growth.counters;
-        let (pools, _) = self.growth.lock.lock().totals();
+        let (pools, kept_bytes) = {
+            let g = self.growth.lock.lock();
+            (g.totals().0, g.kept_bytes)
+        };
         GrowthStats {
             pools: pools as u64,
+            kept_bytes,
             bytes: c.bytes_now.load(Ordering::Relaxed),
             bytes_peak: c.bytes_peak.load(Ordering::Relaxed),
             grown: c.grown.load(Ordering::Relaxed),
