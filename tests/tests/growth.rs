@@ -32,7 +32,7 @@ fn four_times_the_pool_completes_with_growth() {
     base.assert_same(hv, &layer);
     assert_eq!(src.counters().bytes_out, 0);
     assert_eq!(src.counters().meta_out, 0);
-    assert_nothing_lost(hv, &layer, src);
+    assert_nothing_lost(hv, &layer, src, "");
     // The ledger saw the pages rise and fall.
     let series = hv.sharing_ledger().shared_over_time;
     assert_eq!(series.iter().max(), Some(&(4 * MIB / 4096)));
@@ -71,7 +71,7 @@ fn growth_stops_at_its_limit_and_says_so() {
     assert_eq!((r.npools, r.growth), (3, GrowthVerdict::LimitReached), "{r}");
     assert_eq!(shrink_idle(&layer), 2);
     base.assert_same(hv, &layer);
-    assert_nothing_lost(hv, &layer, src);
+    assert_nothing_lost(hv, &layer, src, "");
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn a_busy_pool_is_not_shrunk_and_activity_resets_the_hysteresis() {
     assert_eq!(layer.growth_tick(), 0);
     assert_eq!(layer.growth_tick(), 1, "three idle ticks after the last use");
     drop(maps);
-    assert_nothing_lost(hv, &layer, src);
+    assert_nothing_lost(hv, &layer, src, "");
 }
 
 /// Devices attached before growth reach the grown pools in their windows: a 64-bit device in its
@@ -143,11 +143,11 @@ fn devices_attached_before_growth_reach_new_pools_in_every_window() {
             g.assert_reach_within(id, &[initial]);
         }
         base.assert_same(g.hv, &g.layer);
-        assert_nothing_lost(g.hv, &g.layer, src);
+        assert_nothing_lost(g.hv, &g.layer, src, "");
         // And it grows again after shrinking (slots, windows and bus ranges were all given back).
         assert_eq!(workload(g.hv, &g.layer, &devs[1], 4 * INITIAL as usize, CHUNK), Ok(64));
         assert!(shrink_idle(&g.layer) >= 3);
-        assert_nothing_lost(g.hv, &g.layer, src);
+        assert_nothing_lost(g.hv, &g.layer, src, "");
     }
 }
 
@@ -165,6 +165,6 @@ fn a_device_set_up_after_growth_enters_grown_pools() {
     assert_eq!(g.layer.growth_stats().grown, 1);
     assert_eq!(g.hv.reachable(0x30).iter().map(|r| r.len).sum::<u64>(), 2 * MIB);
     shrink_idle(&g.layer);
-    assert_nothing_lost(g.hv, &g.layer, src);
+    assert_nothing_lost(g.hv, &g.layer, src, "");
     assert_eq!(g.hv.reachable(0x30).iter().map(|r| r.len).sum::<u64>(), MIB);
 }
