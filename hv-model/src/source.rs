@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use ccdma::{MemorySource, PhysAddr, SlotMeta};
 
@@ -49,6 +49,9 @@ struct State {
 pub struct ModelSource<'h> {
     hv: &'h Hypervisor,
     state: Mutex<State>,
+    /// While true, `take` waits (to hold a growth open from a test); the count of waiters.
+    gate: Mutex<(bool, u32)>,
+    opened: Condvar,
 }
 
 impl<'h> ModelSource<'h> {
@@ -57,7 +60,23 @@ impl<'h> ModelSource<'h> {
     pub fn new(hv: &'h Hypervisor, start: u64, len: u64) -> ModelSource<'h> {
         assert!(start % PAGE == 0 && len % PAGE == 0 && hv.memory().contains(start, len));
         let state = State { free: vec![(start, len)], ..State::default() };
-        ModelSource { hv, state: Mutex::new(state) }
+        ModelSource { hv, state: Mutex::new(state), gate: Mutex::new((false, 0)), opened: Condvar::new() }
+    }
+
+    /// Make every `take` wait until [`Self::open`] (a growth then stays in progress).
+    pub fn hold(&self) {
+        self.gate.lock().unwrap().0 = true;
+    }
+
+    /// Let waiting and later `take`s proceed.
+    pub fn open(&self) {
+        self.gate.lock().unwrap().0 = false;
+        self.opened.notify_all();
+    }
+
+    /// `take` calls waiting at the gate now.
+    pub fn waiting(&self) -> u32 {
+        self.gate.lock().unwrap().1
     }
 
     /// Refuse the `n`th `take` from now (0: the next).
@@ -85,6 +104,14 @@ impl<'h> ModelSource<'h> {
 // per request, freed only when given back.
 unsafe impl MemorySource for ModelSource<'_> {
     fn take(&self, len: usize, align: u64, limit: u64) -> Option<PhysAddr> {
+        {
+            let mut g = self.gate.lock().unwrap();
+            g.1 += 1;
+            while g.0 {
+                g = self.opened.wait(g).unwrap();
+            }
+            g.1 -= 1;
+        }
         let mut s = self.state.lock().unwrap();
         let call = s.take_calls;
         s.take_calls += 1;

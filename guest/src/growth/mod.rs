@@ -136,8 +136,8 @@ pub struct GrowthStats {
     pub quarantined_pools: u64,
     /// Bytes taken from the source and kept for good (quarantined): never handed back.
     pub kept_bytes: u64,
-    /// Maps that found every pool full while another CPU was growing and were served by the reserve
-    /// (or the pool it added) without failing.
+    /// Maps that found every pool full, found another CPU holding the growth lock, and were then
+    /// served (by the reserve, or by the pool that CPU added) without growing themselves.
     pub waited_maps: u64,
 }
 
