@@ -117,6 +117,8 @@ fn maps_and_shrinks_race_without_loss() {
             assert!(ticker.join().unwrap() > 0);
         });
         let st = g.layer.growth_stats();
+        let unknown = g.layer.stats().failures_of(ccdma::FailureKind::UnknownMapping);
+        assert_eq!(unknown, 0, "{policy:?}: no unmap missed its pool while pools came and went");
         assert!(st.grown >= 2, "{policy:?}: pools were added under traffic: {st:?}");
         g.layer.shrink_all().unwrap();
         assert_nothing_lost(g.hv, &g.layer, src, &format!("{policy:?}"));

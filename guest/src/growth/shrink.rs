@@ -83,13 +83,16 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if !self.pools.drain(i) {
             return Removed::Busy;
         }
-        self.pools.exclusive(i);
-        // SAFETY: we hold the growth lock and moved the slot to REMOVING ourselves.
-        let busy = unsafe { self.pools.owned(i) }.is_none_or(|p| p.slots_in_use() != 0);
+        // Allocations that entered before the drain finish; none can start now. So the count below
+        // can only fall, and a pool with live mappings goes back to ACTIVE before any lookup of
+        // them could find it REMOVING.
+        self.pools.wait_users(i);
+        let busy = self.pools.get(i).is_none_or(|p| p.slots_in_use() != 0);
         if busy {
-            self.pools.reactivate(i);
+            self.pools.undrain(i);
             return Removed::Busy;
         }
+        self.pools.exclusive(i);
         self.plain.remove(i);
         g.grown[i] = None;
         c.bytes_now.fetch_sub(grown.len as u64, Ordering::Relaxed);
@@ -101,7 +104,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             log::error!("ccdma: grown pool {i} kept for good: its window entries would not clear");
             return Removed::Quarantined;
         }
-        // SAFETY: as above; the reference from `owned` is gone.
+        // SAFETY: we hold the growth lock and moved the slot to REMOVING ourselves.
         drop(unsafe { self.pools.take(i) });
         let Some(src) = self.growth.source else { return Removed::Quarantined };
         src.give_back_meta(grown.meta.0, grown.slots);

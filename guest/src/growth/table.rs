@@ -9,9 +9,10 @@
 //!
 //! ```text
 //! EMPTY --install--> ADDING --publish--> ACTIVE --drain--> DRAINING --exclusive--> REMOVING --take--> EMPTY
-//!                                           ^                                          |
-//!                                           +------------- still in use ---------------+
-//! REMOVING --entries would not clear--> QUARANTINED (for good)
+//!                                           ^                  |
+//!                                           +-- still in use --+   (checked while DRAINING: lookups of
+//!                                                                   live mappings never find it REMOVING)
+//! REMOVING or ADDING --entries would not clear--> QUARANTINED (for good)
 //! ```
 
 use core::cell::UnsafeCell;
@@ -225,8 +226,21 @@ impl<'m> PoolTable<'m> {
         self.set_state(i, ACTIVE, DRAINING)
     }
 
+    /// Wait until no CPU is inside DRAINING slot `i`: every allocation that entered before the drain
+    /// has finished (and its slots are counted). Lookups may still enter afterwards.
+    pub(crate) fn wait_users(&self, i: usize) {
+        while self.slots[i].word.load(Ordering::Acquire) & USERS != 0 {
+            core::hint::spin_loop();
+        }
+    }
+
+    /// DRAINING -> ACTIVE: the pool turned out to be in use.
+    pub(crate) fn undrain(&self, i: usize) -> bool {
+        self.set_state(i, DRAINING, ACTIVE)
+    }
+
     /// DRAINING with no user -> REMOVING: from here the caller has the pool to itself. Spins while
-    /// users (a map, an unmap, a sync in this pool) finish; none blocks on the growth lock.
+    /// users (lookups of addresses in this pool) finish; none blocks on anything.
     pub(crate) fn exclusive(&self, i: usize) {
         let w = &self.slots[i].word;
         while w
@@ -237,20 +251,6 @@ impl<'m> PoolTable<'m> {
         }
     }
 
-    /// The pool of a slot the caller holds ADDING or REMOVING.
-    ///
-    /// # Safety
-    /// The caller holds the growth lock and moved the slot to ADDING or REMOVING itself.
-    pub(crate) unsafe fn owned(&self, i: usize) -> Option<&BouncePool<'m>> {
-        // SAFETY: per the contract no reader and no other writer touches the cell now.
-        unsafe { (*self.slots[i].pool.get()).as_ref() }
-    }
-
-    /// REMOVING (or ADDING, for a growth that is rolled back) -> ACTIVE again.
-    pub(crate) fn reactivate(&self, i: usize) -> bool {
-        self.set_state(i, REMOVING, ACTIVE)
-    }
-
     /// REMOVING or ADDING -> QUARANTINED: the pool stays, unused, for good.
     pub(crate) fn quarantine(&self, i: usize) -> bool {
         self.set_state(i, REMOVING, QUARANTINED) || self.set_state(i, ADDING, QUARANTINED)
@@ -259,7 +259,7 @@ impl<'m> PoolTable<'m> {
     /// Take the pool out of a slot held REMOVING or ADDING; the slot is EMPTY again.
     ///
     /// # Safety
-    /// As for [`Self::owned`]; no reference from `owned` may be live.
+    /// The caller holds the growth lock and moved the slot to ADDING or REMOVING itself.
     pub(crate) unsafe fn take(&self, i: usize) -> Option<BouncePool<'m>> {
         let slot = &self.slots[i];
         let w = slot.word.load(Ordering::Acquire);
