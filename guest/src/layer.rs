@@ -256,7 +256,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let facts = PathFacts {
             confidential,
             mask_covers_ram: config.dma_mask.covers(0, ram_end.max(1)),
-            reachable_pools: pools.iter().count(),
+            // With a memory source, a pool below the mask can be grown at the first map.
+            reachable_pools: pools.iter().count() + usize::from(self.growth.source.is_some()),
             iommu: None,
         };
         let PathChoice::Plain(path) = path::choose(&facts) else {

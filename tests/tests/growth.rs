@@ -135,7 +135,10 @@ fn devices_attached_before_growth_reach_new_pools_in_every_window() {
                 assert_eq!(outside, grown * MIB, "{id:#x}: grown pools in its window");
                 let (dynamic, ddw) = g.layer.windows_of(dev);
                 let win = if id == 0x10 { ddw.unwrap() } else { dynamic.unwrap() };
-                assert!(reach.iter().all(|r| r.bus >= win.start && r.bus < win.end()), "{id:#x} outside its window");
+                assert!(
+                    reach.iter().all(|r| r.bus >= win.start && r.bus < win.end()),
+                    "{id:#x} outside its window"
+                );
             }
         }
         assert_eq!(shrink_idle(&g.layer), grown as usize);

@@ -26,8 +26,10 @@ fn a_map_during_growth_is_served_by_the_reserve() {
     hv.add_device(1, 32);
     // Fill the initial pool: the reserve is not used while nobody grows.
     let mut bufs: Vec<Vec<u8>> = (0..16).map(|_| vec![3u8; CHUNK]).collect();
-    let full: Vec<_> =
-        bufs.iter_mut().map(|b| layer.map(&dev, b, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap()).collect();
+    let full: Vec<_> = bufs
+        .iter_mut()
+        .map(|b| layer.map(&dev, b, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap())
+        .collect();
     src.hold();
     thread::scope(|s| {
         // This map must grow; the source holds it mid-growth.
@@ -95,10 +97,14 @@ fn maps_and_shrinks_race_without_loss() {
                             let mut bufs: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; CHUNK / 2]).collect();
                             let maps: Vec<_> = bufs
                                 .iter_mut()
-                                .filter_map(|b| g.layer.map(dev, b, DmaDirection::FromDevice, DmaAttrs::NONE).ok())
+                                .filter_map(|b| {
+                                    g.layer.map(dev, b, DmaDirection::FromDevice, DmaAttrs::NONE).ok()
+                                })
                                 .collect();
                             for (j, m) in maps.iter().enumerate() {
-                                model.write(m.bus_addr().0, &pattern(CHUNK / 2, round * 100 + j as u64)).unwrap();
+                                model
+                                    .write(m.bus_addr().0, &pattern(CHUNK / 2, round * 100 + j as u64))
+                                    .unwrap();
                             }
                             let got = maps.len();
                             drop(maps);

@@ -149,5 +149,8 @@ fn faults_in_every_growth_and_shrink_step_lose_nothing() {
          {} pools kept (quarantined)",
         hit.failed, hit.refused, hit.quarantined_pools
     );
-    assert!(hit.failed > 0 && hit.refused > 0 && hit.quarantined_pools > 0, "the sweep reached every kind of step");
+    assert!(
+        hit.failed > 0 && hit.refused > 0 && hit.quarantined_pools > 0,
+        "the sweep reached every kind of step"
+    );
 }

@@ -34,7 +34,9 @@ fn map_latency_while_a_pool_is_added() {
     for reserve in [0usize, 256 * 1024] {
         let (hv, mut layer) = guest(HvConfig::pseries(2 * GIB), &[(MID_POOL, INITIAL)]);
         let src = source(hv);
-        layer.enable_growth(src, GrowthConfig { idle_ticks: 1, reserve_bytes: reserve, ..growth_cfg() }).unwrap();
+        layer
+            .enable_growth(src, GrowthConfig { idle_ticks: 1, reserve_bytes: reserve, ..growth_cfg() })
+            .unwrap();
         let grower = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
         let other = layer.attach(DeviceConfig::new(2, DmaMask::BITS_32)).unwrap();
         let stop = AtomicBool::new(false);
@@ -63,14 +65,22 @@ fn map_latency_while_a_pool_is_added() {
                         held.push(m);
                     }
                     let d = t.elapsed();
-                    if layer.growth_stats().grown != before { growing.push(d) } else { plain.push(d) }
+                    if layer.growth_stats().grown != before {
+                        growing.push(d)
+                    } else {
+                        plain.push(d)
+                    }
                 }
                 let mut extra = vec![3u8; 2 * CHUNK];
                 let t = Instant::now();
                 let before = layer.growth_stats().grown;
                 let m = layer.map(&grower, &mut extra, DmaDirection::ToDevice, DmaAttrs::NO_WARN);
                 let d = t.elapsed();
-                if layer.growth_stats().grown != before { growing.push(d) } else { plain.push(d) }
+                if layer.growth_stats().grown != before {
+                    growing.push(d)
+                } else {
+                    plain.push(d)
+                }
                 drop(m);
                 drop(held);
                 layer.growth_tick();
@@ -80,7 +90,13 @@ fn map_latency_while_a_pool_is_added() {
             during = m.join().unwrap();
         });
         let st = layer.growth_stats();
-        println!("  reserve {:>3} KiB: {} pools added, {} removed, {} maps waited", reserve / 1024, st.grown, st.shrunk, st.waited_maps);
+        println!(
+            "  reserve {:>3} KiB: {} pools added, {} removed, {} maps waited",
+            reserve / 1024,
+            st.grown,
+            st.shrunk,
+            st.waited_maps
+        );
         println!("    maps that grew a pool        {}", summary(&mut growing));
         println!("    other maps of the grower     {}", summary(&mut plain));
         println!("    4 KiB maps on another CPU    {}", summary(&mut during));
@@ -102,7 +118,9 @@ fn pages_shared_over_a_grow_shrink_cycle() {
         ticks.push(hv.shared_pages());
     }
     let series = hv.sharing_ledger().shared_over_time;
-    println!("pages shared after each sharing call of a 4x workload and its shrink (1 MiB pools, 4 KiB pages):");
+    println!(
+        "pages shared after each sharing call of a 4x workload and its shrink (1 MiB pools, 4 KiB pages):"
+    );
     println!("  {:?}", &series[start..]);
     println!("  after each idle tick: {ticks:?}");
     assert_nothing_lost(hv, &layer, src, "figure");

@@ -90,7 +90,11 @@ impl LivePools {
 
     /// The allocation order (highest bus range first) of the pools that lie wholly below `mask`
     /// (all with `None`), with reserve pools only when `reserve` is true, and every pool's base.
-    pub(crate) fn order_for(&self, mask: Option<DmaMask>, reserve: bool) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+    pub(crate) fn order_for(
+        &self,
+        mask: Option<DmaMask>,
+        reserve: bool,
+    ) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
         let s = self.snapshot();
         let mut order = PoolOrder::EMPTY;
         for i in s.order.iter() {

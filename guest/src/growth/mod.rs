@@ -13,9 +13,9 @@
 //!   the pools full while another CPU is growing tries the *reserve* pool
 //!   ([`GrowthConfig::reserve_bytes`]), which allocations use only while a pool is being added, and
 //!   waits for the grower only if the reserve cannot serve it either.
-//! - Pools live in a table whose slots count their users ([`table`]): the map path pays one atomic
+//! - Pools live in a table whose slots count their users (`growth/table.rs`): the map path pays one atomic
 //!   add and subtract per grown pool it touches, nothing for the pools added with `add_pool`.
-//! - Each device view keeps its pools sorted by bus address ([`live`]): finding the pool that owns a
+//! - Each device view keeps its pools sorted by bus address (`growth/live.rs`): finding the pool that owns a
 //!   bus address is a binary search, whatever the number of pools.
 //! - Shrinking ([`DmaLayer::growth_tick`]): a grown pool with no live slot and no allocation attempt
 //!   for [`GrowthConfig::idle_ticks`] ticks is drained (no new allocation enters it), waited for (no
@@ -36,8 +36,8 @@
 //! let m = layer.map(&dev, &mut buf, DmaDirection::ToDevice, DmaAttrs::NONE)?; // grows a pool
 //! assert_eq!(layer.growth_stats().pools, 1);
 //! drop(m);
-//! for _ in 0..4 {
-//!     layer.growth_tick(); // idle for 4 ticks: the pool goes back to the source
+//! for _ in 0..5 {
+//!     layer.growth_tick(); // the tick after the use sees it; 4 idle ticks later the pool goes back
 //! }
 //! assert_eq!(layer.growth_stats().pools, 0);
 //! # let _ = dev;
@@ -244,8 +244,16 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         len: usize,
         mut attempt: impl FnMut() -> Result<T, DmaError>,
     ) -> Result<T, DmaError> {
+        // Too large for the pools there are (none, perhaps) but not for a grown one: growth helps too.
+        let grown_max = self.growth.cfg.pool.max_run_slots * self.growth.cfg.pool.slot_size;
+        let source = self.growth.source.is_some();
+        let helps = |r: &Result<T, DmaError>| match r {
+            Err(DmaError::PoolExhausted { .. }) => true,
+            Err(DmaError::TooLarge { len, .. }) => source && *len <= grown_max,
+            _ => false,
+        };
         let first = attempt();
-        if !matches!(first, Err(DmaError::PoolExhausted { .. })) {
+        if !helps(&first) {
             return first;
         }
         if self.growth.source.is_none() {
@@ -287,9 +295,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     drop(self.growth.lock.lock());
                 }
             }
-            match attempt() {
-                Err(DmaError::PoolExhausted { .. }) => continue,
-                r => return r,
+            let r = attempt();
+            if !helps(&r) {
+                return r;
             }
         }
         self.report_full(dev, len, verdict);
@@ -298,14 +306,20 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Add one pool from the source (the caller holds the growth lock as `g`). On failure nothing is
     /// left behind but what could not be made private again (kept out of the source, counted).
-    pub(crate) fn grow_one(&self, g: &mut GrowState, limit: u64, reserve: bool) -> Result<usize, GrowthVerdict> {
+    pub(crate) fn grow_one(
+        &self,
+        g: &mut GrowState,
+        limit: u64,
+        reserve: bool,
+    ) -> Result<usize, GrowthVerdict> {
         let cfg = self.growth.cfg;
         let c = &self.growth.counters;
         let src = self.growth.source.ok_or(GrowthVerdict::Disabled)?;
         let len = if reserve { cfg.reserve_bytes } else { cfg.pool_bytes };
         let (npools, bytes) = g.totals();
         let free = (0..MAX_POOLS).find(|&i| self.pools.is_empty(i));
-        let (Some(i), true) = (free, npools < cfg.max_pools && bytes + len as u64 <= cfg.max_total_bytes) else {
+        let (Some(i), true) = (free, npools < cfg.max_pools && bytes + len as u64 <= cfg.max_total_bytes)
+        else {
             c.refused.fetch_add(1, Ordering::Relaxed);
             return Err(GrowthVerdict::LimitReached);
         };
@@ -314,7 +328,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             Err(v)
         };
         let Some(phys) = src.take(len, cfg.align, limit) else { return refuse(GrowthVerdict::SourceEmpty) };
-        let in_range = phys.0 % cfg.align == 0 && phys.0.checked_add(len as u64 - 1).is_some_and(|l| l <= limit);
+        let in_range =
+            phys.0 % cfg.align == 0 && phys.0.checked_add(len as u64 - 1).is_some_and(|l| l <= limit);
         let cpu = self.platform.cpu_ptr(phys, len);
         let slots = cfg.pool.slots_for(len);
         let meta = if in_range && cpu.is_some() { src.take_meta(slots) } else { None };
@@ -367,7 +382,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if let Err(clean) = self.enter_windows(i, phys, len, reserve) {
             if clean {
                 // SAFETY: we hold the growth lock and installed the slot (ADDING) ourselves.
-                drop(unsafe { self.pools.take(i) });
+                let _gone = unsafe { self.pools.take(i) };
                 self.undo_share(g, phys, len, MetaPtr(meta), slots);
             } else {
                 // Entries may still name the pool: it stays shared and out of the source for good.
@@ -383,13 +398,23 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         c.grown.fetch_add(1, Ordering::Relaxed);
         let now = c.bytes_now.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
         c.bytes_peak.fetch_max(now, Ordering::Relaxed);
-        log::info!("ccdma: grew pool {i}: {len:#x} bytes at {phys}{}", if reserve { " (reserve)" } else { "" });
+        log::info!(
+            "ccdma: grew pool {i}: {len:#x} bytes at {phys}{}",
+            if reserve { " (reserve)" } else { "" }
+        );
         Ok(i)
     }
 
     /// Make a range private again and hand it (and its metadata) back; what will not unshare stays
     /// out of the source for good.
-    pub(crate) fn undo_share(&self, g: &mut GrowState, phys: PhysAddr, len: usize, meta: MetaPtr, slots: usize) {
+    pub(crate) fn undo_share(
+        &self,
+        g: &mut GrowState,
+        phys: PhysAddr,
+        len: usize,
+        meta: MetaPtr,
+        slots: usize,
+    ) {
         let Some(src) = self.growth.source else { return };
         src.give_back_meta(meta.0, slots);
         let ok = !self.platform.is_confidential() || self.unshare_pages(phys, len as u64 / PAGE_SIZE).is_ok();

@@ -105,7 +105,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Removed::Quarantined;
         }
         // SAFETY: we hold the growth lock and moved the slot to REMOVING ourselves.
-        drop(unsafe { self.pools.take(i) });
+        let _gone = unsafe { self.pools.take(i) };
         let Some(src) = self.growth.source else { return Removed::Quarantined };
         src.give_back_meta(grown.meta.0, grown.slots);
         let pages = grown.len as u64 / PAGE_SIZE;
@@ -120,4 +120,3 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         Removed::Returned
     }
 }
-

@@ -268,7 +268,9 @@ impl<'m> PoolTable<'m> {
         }
         // SAFETY: per the contract the cell is ours alone.
         let pool = unsafe { (*slot.pool.get()).take() };
-        slot.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some((EMPTY << SHIFT) | (w & USERS))).ok();
+        slot.word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some((EMPTY << SHIFT) | (w & USERS)))
+            .ok();
         pool
     }
 

@@ -19,7 +19,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// fits (a domain whose window has no room simply does not see it). On a failure every entry made
     /// so far is cleared again; `Err(false)` when some would not clear (the pool must then stay
     /// shared for good).
-    pub(crate) fn enter_windows(&self, i: usize, phys: PhysAddr, len: usize, reserve: bool) -> Result<(), bool> {
+    pub(crate) fn enter_windows(
+        &self,
+        i: usize,
+        phys: PhysAddr,
+        len: usize,
+        reserve: bool,
+    ) -> Result<(), bool> {
         let Some(iommu) = &self.iommu else { return Ok(()) };
         let Some(tce) = self.backend() else { return Ok(()) };
         let len = len as u64;
@@ -94,7 +100,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Ok(());
         }
         let info = slot.info_unchecked();
-        let win = [info.ddw, info.dynamic].into_iter().flatten().find(|w| r.start >= w.start && r.end() <= w.end());
+        let win =
+            [info.ddw, info.dynamic].into_iter().flatten().find(|w| r.start >= w.start && r.end() <= w.end());
         let (Some(w), Some(tce)) = (win, self.backend()) else { return Err(()) };
         tce.clear(&w, r.start, r.len >> w.page_shift).map_err(|_| ())?;
         slot.space.lock().free(r.start, r.len, r.kind);

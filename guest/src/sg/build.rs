@@ -115,13 +115,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// `min_align_mask` bits above the page offset (the page offset is the same in the virtual address,
     /// so paths that bounce everything skip the translation otherwise, as the single-mapping face
     /// does).
-    pub(super) fn cpu_phys(
-        &self,
-        view: &View,
-        lim: &Limits,
-        ptr: *mut u8,
-        len: usize,
-    ) -> Option<PhysAddr> {
+    pub(super) fn cpu_phys(&self, view: &View, lim: &Limits, ptr: *mut u8, len: usize) -> Option<PhysAddr> {
         if view.path.bounces_everything() && lim.min_align < PAGE_SIZE {
             None
         } else {

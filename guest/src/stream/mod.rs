@@ -143,7 +143,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
             _ => {
-                let (order, bases) = self.plain.order_for(Some(mask), self.growth.growing.load(Ordering::Relaxed));
+                let (order, bases) =
+                    self.plain.order_for(Some(mask), self.growth.growing.load(Ordering::Relaxed));
                 self.bounce_map(dev, &order, &bases, orig, len, dir, attrs)
             }
         }

@@ -26,7 +26,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// when the pools are premapped into its IOMMU window). Reserve pools are in it only while a pool
     /// is being added, or always for lookups (`for_alloc` false). `None` for a domain that is not set
     /// up (never attached).
-    pub(crate) fn pool_view(&self, dev: &Device, for_alloc: bool) -> Option<(PoolOrder, [BusAddr; MAX_POOLS])> {
+    pub(crate) fn pool_view(
+        &self,
+        dev: &Device,
+        for_alloc: bool,
+    ) -> Option<(PoolOrder, [BusAddr; MAX_POOLS])> {
         let reserve = !for_alloc || self.growth.growing.load(Ordering::Relaxed);
         match dev.domain {
             None => Some(self.plain.order_for(Some(dev.config.dma_mask), reserve)),

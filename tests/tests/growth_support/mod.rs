@@ -45,7 +45,13 @@ pub fn iommu_growing(policy: IommuPolicy, cfg: GrowthConfig) -> (IommuGuest, &'s
 /// Map `total` bytes in `chunk`-byte from-device mappings, all live at once; the device writes a
 /// pattern into each through the model; then unmap all and check the bytes. Returns how many maps
 /// succeeded, or the first error (everything mapped so far unmapped).
-pub fn workload(hv: &Hypervisor, layer: &Layer, dev: &Device, total: usize, chunk: usize) -> Result<usize, DmaError> {
+pub fn workload(
+    hv: &Hypervisor,
+    layer: &Layer,
+    dev: &Device,
+    total: usize,
+    chunk: usize,
+) -> Result<usize, DmaError> {
     let n = total / chunk;
     let mut bufs: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; chunk]).collect();
     let model_dev = hv.device(dev.config().id);
@@ -54,7 +60,9 @@ pub fn workload(hv: &Hypervisor, layer: &Layer, dev: &Device, total: usize, chun
     for (k, b) in bufs.iter_mut().enumerate() {
         match layer.map(dev, b, DmaDirection::FromDevice, DmaAttrs::NONE) {
             Ok(m) => {
-                model_dev.write(m.bus_addr().0, &pattern(chunk, k as u64)).expect("device reaches its mapping");
+                model_dev
+                    .write(m.bus_addr().0, &pattern(chunk, k as u64))
+                    .expect("device reaches its mapping");
                 maps.push(m);
             }
             Err(e) => {
