@@ -69,7 +69,7 @@
 /**
  * Bytes of memory for a `ccdma_layer` (an upper bound; `ccdma_layer_size()` is the exact size).
  */
-#define CCDMA_LAYER_SIZE 131072
+#define CCDMA_LAYER_SIZE 32768
 
 /**
  * Alignment of a `ccdma_layer`.

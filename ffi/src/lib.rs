@@ -27,10 +27,9 @@
 //! build is not exercised by the tests.
 //!
 //! # Stack use
-//! `ccdma_layer_init` writes the layer (about 92 KiB since a layer has 32 pool slots for growth; it
-//! was 22 KiB with 8) into the caller's memory; the optimiser builds it there, and the function's own
-//! frame was about 2.5 KiB on x86_64 (release build, measured with 8 slots, not re-measured). Rust
-//! does not guarantee this placement.
+//! `ccdma_layer_init` writes the layer (about 27 KiB) into the caller's memory; the optimiser builds it
+//! there, and the function's own frame is about 2.5 KiB on x86_64 (release build). Rust does not
+//! guarantee this placement.
 #![no_std]
 #![warn(missing_docs)]
 #![allow(non_camel_case_types)]
@@ -305,7 +304,7 @@ pub struct ccdma_coherent {
 }
 
 /// Bytes of memory for a `ccdma_layer` (an upper bound; `ccdma_layer_size()` is the exact size).
-pub const CCDMA_LAYER_SIZE: usize = 131072;
+pub const CCDMA_LAYER_SIZE: usize = 32768;
 /// Alignment of a `ccdma_layer`.
 pub const CCDMA_LAYER_ALIGN: usize = 128;
 /// Bytes of memory for a `ccdma_device`.

@@ -4,7 +4,7 @@
 use crate::addr::BusAddr;
 
 /// Most pools one layer can have.
-pub const MAX_POOLS: usize = 32;
+pub const MAX_POOLS: usize = 8;
 
 /// Pools a device may use, best first (highest bus range first, so wide devices leave low pools to the
 /// devices that can use nothing else).
