@@ -185,7 +185,10 @@ impl<'m> Growth<'m> {
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
     /// Let the layer grow from `source` under `cfg` (see [`crate::growth`]). With a reserve, the
-    /// reserve pool is taken, shared and added now. Devices attached later enter grown pools too.
+    /// reserve pool is taken, shared and added now. Call it before attaching devices: a DDW created
+    /// at a device's set-up keeps bus room (and an IOMMU page size) for the pools growth may add, so
+    /// a DDW made before growth was enabled may have no room for them (the device then maps from the
+    /// pools it has, and a pool-full report says `Unreachable`).
     pub fn enable_growth(&mut self, source: &'m dyn MemorySource, cfg: GrowthConfig) -> Result<(), DmaError> {
         if self.growth.source.is_some() {
             return Err(DmaError::GrowthAlreadyEnabled);
