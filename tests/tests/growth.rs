@@ -171,3 +171,20 @@ fn a_device_set_up_after_growth_enters_grown_pools() {
     assert_nothing_lost(g.hv, &g.layer, src, "");
     assert_eq!(g.hv.reachable(0x30).iter().map(|r| r.len).sum::<u64>(), MIB);
 }
+
+/// Safe code may hold a pool reference as long as it likes: the shrink then gives up on that pool
+/// (and tries again at the next tick) instead of waiting for it.
+#[test]
+fn a_held_pool_reference_delays_the_shrink_and_never_hangs_it() {
+    let (hv, layer, src) = plain_guest(true);
+    let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
+    hv.add_device(1, 32);
+    assert_eq!(workload(hv, &layer, &dev, 2 * INITIAL as usize, CHUNK), Ok(32));
+    let grown =
+        (0..ccdma::MAX_POOLS).find(|&i| layer.pool(i).is_none() && layer.pool_ref(i).is_some()).unwrap();
+    let held = layer.pool_ref(grown).unwrap();
+    assert_eq!(shrink_idle(&layer), 0, "held: not removed");
+    drop(held);
+    assert_eq!(layer.growth_tick(), 1, "removed at the next tick once let go");
+    assert_nothing_lost(hv, &layer, src, "");
+}

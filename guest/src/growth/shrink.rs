@@ -86,13 +86,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         // Allocations that entered before the drain finish; none can start now. So the count below
         // can only fall, and a pool with live mappings goes back to ACTIVE before any lookup of
         // them could find it REMOVING.
-        self.pools.wait_users(i);
-        let busy = self.pools.get(i).is_none_or(|p| p.slots_in_use() != 0);
-        if busy {
+        let settled = self.pools.wait_users(i);
+        let busy = !settled || self.pools.get(i).is_none_or(|p| p.slots_in_use() != 0);
+        if busy || !self.pools.exclusive(i) {
             self.pools.undrain(i);
             return Removed::Busy;
         }
-        self.pools.exclusive(i);
         self.plain.remove(i);
         g.grown[i] = None;
         c.bytes_now.fetch_sub(grown.len as u64, Ordering::Relaxed);

@@ -30,6 +30,9 @@ const REMOVING: u32 = 5;
 const QUARANTINED: u32 = 6;
 
 const SHIFT: u32 = 28;
+/// Spins a remover waits for a pool's users before it gives up (a map or lookup takes well under a
+/// microsecond of them; this is milliseconds).
+const SPIN_LIMIT: u32 = 1 << 22;
 const USERS: u32 = (1 << SHIFT) - 1;
 
 const fn state(word: u32) -> u32 {
@@ -228,10 +231,16 @@ impl<'m> PoolTable<'m> {
 
     /// Wait until no CPU is inside DRAINING slot `i`: every allocation that entered before the drain
     /// has finished (and its slots are counted). Lookups may still enter afterwards.
-    pub(crate) fn wait_users(&self, i: usize) {
-        while self.slots[i].word.load(Ordering::Acquire) & USERS != 0 {
+    /// Gives up (false) after [`SPIN_LIMIT`] tries: a caller holding a [`PoolRef`] for long (safe
+    /// code may) makes the shrink fail, never hang.
+    pub(crate) fn wait_users(&self, i: usize) -> bool {
+        for _ in 0..SPIN_LIMIT {
+            if self.slots[i].word.load(Ordering::Acquire) & USERS == 0 {
+                return true;
+            }
             core::hint::spin_loop();
         }
+        false
     }
 
     /// DRAINING -> ACTIVE: the pool turned out to be in use.
@@ -241,14 +250,22 @@ impl<'m> PoolTable<'m> {
 
     /// DRAINING with no user -> REMOVING: from here the caller has the pool to itself. Spins while
     /// users (lookups of addresses in this pool) finish; none blocks on anything.
-    pub(crate) fn exclusive(&self, i: usize) {
+    /// Gives up (false, still DRAINING) after [`SPIN_LIMIT`] tries, as [`Self::wait_users`].
+    pub(crate) fn exclusive(&self, i: usize) -> bool {
         let w = &self.slots[i].word;
-        while w
-            .compare_exchange_weak(DRAINING << SHIFT, REMOVING << SHIFT, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
+        for _ in 0..SPIN_LIMIT {
+            let swapped = w.compare_exchange_weak(
+                DRAINING << SHIFT,
+                REMOVING << SHIFT,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            if swapped.is_ok() {
+                return true;
+            }
             core::hint::spin_loop();
         }
+        false
     }
 
     /// REMOVING or ADDING -> QUARANTINED: the pool stays, unused, for good.
