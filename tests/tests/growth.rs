@@ -12,6 +12,22 @@ use growth_support::*;
 const CHUNK: usize = 64 * 1024;
 
 #[test]
+fn four_times_the_pool_completes_with_growth_on_tdx() {
+    // MapGPA to shared and back (with accept): the same cycle, the same baseline afterwards.
+    let (hv, layer, src) = plain_guest_on(ccdma_hv_model::HvConfig::tdx(2 * GIB), true);
+    let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
+    hv.add_device(1, 32);
+    let base = Baseline::take(hv, &layer);
+    assert_eq!(workload(hv, &layer, &dev, 4 * INITIAL as usize, CHUNK), Ok(64));
+    assert_eq!(layer.growth_stats().grown, 3);
+    assert_eq!(shrink_idle(&layer), 3);
+    base.assert_same(hv, &layer);
+    assert_eq!(src.counters().bytes_out, 0);
+    assert_nothing_lost(hv, &layer, src, "tdx");
+    assert_no_faults(hv);
+}
+
+#[test]
 fn four_times_the_pool_completes_with_growth() {
     let (hv, layer, src) = plain_guest(true);
     let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();

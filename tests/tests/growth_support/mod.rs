@@ -26,7 +26,15 @@ pub fn source(hv: &'static Hypervisor) -> &'static ModelSource<'static> {
 
 /// A confidential pseries guest without IOMMU: one 1 MiB pool, growth on (or off).
 pub fn plain_guest(grow: bool) -> (&'static Hypervisor, Layer, &'static ModelSource<'static>) {
-    let (hv, mut layer) = guest(ccdma_hv_model::HvConfig::pseries(2 * GIB), &[(MID_POOL, INITIAL)]);
+    plain_guest_on(ccdma_hv_model::HvConfig::pseries(2 * GIB), grow)
+}
+
+/// The same on another model configuration (e.g. TDX).
+pub fn plain_guest_on(
+    cfg: ccdma_hv_model::HvConfig,
+    grow: bool,
+) -> (&'static Hypervisor, Layer, &'static ModelSource<'static>) {
+    let (hv, mut layer) = guest(cfg, &[(MID_POOL, INITIAL)]);
     let src = source(hv);
     if grow {
         layer.enable_growth(src, growth_cfg()).unwrap();
