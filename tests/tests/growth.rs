@@ -39,6 +39,7 @@ fn four_times_the_pool_completes_with_growth() {
     assert_eq!((g.grown, g.pools, g.bytes), (3, 3, 3 * MIB), "exactly the three pools needed: {g:?}");
     assert_eq!(dev.peaks().mappings_high_water, 64);
     assert_eq!(dev.peaks().map_failures, 0);
+    assert_eq!(layer.stats().total_failures(), 0, "a map served after growth is no failure");
     assert_no_faults(hv);
     // Idle: after the hysteresis every grown pool goes back, and every counter is at its baseline.
     assert_eq!(layer.growth_tick(), 0, "one idle tick is not enough");
@@ -66,6 +67,7 @@ fn four_times_the_pool_fails_cleanly_without_growth() {
     base.assert_same(hv, &layer);
     assert_eq!(dev.peaks().mappings_high_water, 16);
     assert_eq!(dev.peaks().map_failures, 1);
+    assert_eq!(layer.stats().failures_of(ccdma::FailureKind::PoolExhausted), 1);
     let r = layer.last_pool_full().expect("a pool-full report");
     assert_eq!((r.device, r.len, r.npools, r.growth), (1, CHUNK, 1, GrowthVerdict::Disabled));
     assert_eq!((r.pools[0].in_use, r.pools[0].slots), (512, 512), "the pool was full: {r}");
@@ -85,6 +87,7 @@ fn growth_stops_at_its_limit_and_says_so() {
     assert_eq!(err, DmaError::PoolExhausted { len: CHUNK });
     let r = layer.last_pool_full().unwrap();
     assert_eq!((r.npools, r.growth), (3, GrowthVerdict::LimitReached), "{r}");
+    assert_eq!(layer.stats().failures_of(ccdma::FailureKind::PoolExhausted), 1, "counted once, at the end");
     assert_eq!(shrink_idle(&layer), 2);
     base.assert_same(hv, &layer);
     assert_nothing_lost(hv, &layer, src, "");

@@ -67,6 +67,7 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::{BouncePool, SlotMeta};
 use crate::pool_set::MAX_POOLS;
+use crate::stats::FailureKind;
 
 /// Metadata storage the layer holds from the source.
 #[derive(Clone, Copy, Debug)]
@@ -248,19 +249,20 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         mut attempt: impl FnMut() -> Result<T, DmaError>,
     ) -> Result<T, DmaError> {
         // Too large for the pools there are (none, perhaps) but not for a grown one: growth helps too.
-        let grown_max = self.growth.cfg.pool.max_run_slots * self.growth.cfg.pool.slot_size;
-        let source = self.growth.source.is_some();
         let helps = |r: &Result<T, DmaError>| match r {
-            Err(DmaError::PoolExhausted { .. }) => true,
-            Err(DmaError::TooLarge { len, .. }) => source && *len <= grown_max,
+            Err(DmaError::PoolExhausted { len }) | Err(DmaError::TooLarge { len, .. }) => {
+                self.growth_will_retry(*len)
+            }
             _ => false,
         };
         let first = attempt();
-        if !helps(&first) {
+        if self.growth.source.is_none() {
+            if matches!(first, Err(DmaError::PoolExhausted { .. })) {
+                self.report_full(dev, len, GrowthVerdict::Disabled);
+            }
             return first;
         }
-        if self.growth.source.is_none() {
-            self.report_full(dev, len, GrowthVerdict::Disabled);
+        if !helps(&first) {
             return first;
         }
         let limit = match dev.domain {
@@ -303,8 +305,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 return r;
             }
         }
+        // The attempts left the counting to here (`growth_will_retry`).
+        self.stats.fail(FailureKind::PoolExhausted);
         self.report_full(dev, len, verdict);
         Err(DmaError::PoolExhausted { len })
+    }
+
+    /// True when a map of `len` bytes that finds no room is retried by [`Self::with_growth`] (which
+    /// then counts the failure, if it stays one), so the allocation paths do not count it.
+    pub(crate) fn growth_will_retry(&self, len: usize) -> bool {
+        let cfg = &self.growth.cfg;
+        self.growth.source.is_some() && len <= cfg.pool.max_run_slots * cfg.pool.slot_size
     }
 
     /// Add one pool from the source (the caller holds the growth lock as `g`). On failure nothing is

@@ -83,6 +83,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             self.fill_group(list, g, &pool, pi, bus_base, run_off + lead, head, dir, attrs);
             return Ok(());
         }
+        if self.growth_will_retry(g.len as usize) {
+            // Growth tries again, and counts the failure if it stays one.
+            let (len, max) = (g.len as usize, largest as usize);
+            return Err(if largest < g.len {
+                DmaError::TooLarge { len, max }
+            } else {
+                DmaError::PoolExhausted { len }
+            });
+        }
         if largest < g.len {
             self.stats.fail(FailureKind::TooLarge);
             return Err(DmaError::TooLarge { len: g.len as usize, max: largest as usize });

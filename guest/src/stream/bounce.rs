@@ -149,6 +149,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             }
             return Ok(BounceRun { pool: i, index, run_off, data_off: offset, run_len });
         }
+        if self.growth_will_retry(len) {
+            // Growth tries again, and counts the failure if it stays one.
+            let e = if largest < len {
+                DmaError::TooLarge { len, max: largest }
+            } else {
+                DmaError::PoolExhausted { len }
+            };
+            return Err(e);
+        }
         if largest < len {
             self.stats.fail(FailureKind::TooLarge);
             return Err(DmaError::TooLarge { len, max: largest });
