@@ -7,9 +7,9 @@ use ccdma_qemu_common::blk::Blk;
 use ccdma_qemu_common::checks;
 use ccdma_qemu_common::memory::{StaticRegion, TakeOnce};
 use ccdma_qemu_common::report::Report;
+use ccdma_qemu_common::rng::VirtioRng;
 use core::ptr::NonNull;
 use spin::Mutex;
-use ccdma_qemu_common::rng::VirtioRng;
 use virtio_drivers::transport::Transport;
 use virtio_drivers::Hal;
 
@@ -37,7 +37,8 @@ unsafe impl Send for State {}
 pub struct KernelSource(Mutex<State>);
 
 /// The kernel's source (set up by [`init`]).
-pub static SOURCE: KernelSource = KernelSource(Mutex::new(State { base: 0, lent: [false; GROW_POOLS], meta: [None; GROW_POOLS] }));
+pub static SOURCE: KernelSource =
+    KernelSource(Mutex::new(State { base: 0, lent: [false; GROW_POOLS], meta: [None; GROW_POOLS] }));
 
 /// Bytes of RAM the source needs below `top` (2 MiB aligned).
 pub const SOURCE_BYTES: u64 = (GROW_BYTES * GROW_POOLS) as u64;
@@ -117,7 +118,10 @@ pub fn check<B: KernelBinding, H: Hal, R: KernelBinding, RH: Hal, RT: Transport>
     let live_tces = layer.iommu_stats().live_tces;
     // Fill every fixed pool: large runs first, then single slots, until no fixed slot is free.
     let fixed_free = || {
-        (0..ccdma::MAX_POOLS).filter_map(|i| layer.pool(i)).map(|(p, _)| p.slots() - p.slots_in_use()).sum::<usize>()
+        (0..ccdma::MAX_POOLS)
+            .filter_map(|i| layer.pool(i))
+            .map(|(p, _)| p.slots() - p.slots_in_use())
+            .sum::<usize>()
     };
     for len in [256 << 10, 2048] {
         while fixed_free() * 2048 >= len && n < held.len() {
@@ -173,13 +177,13 @@ pub fn check<B: KernelBinding, H: Hal, R: KernelBinding, RH: Hal, RT: Transport>
         .sum::<usize>();
     report.expect(
         "growth.grown_pool_used",
-        grown.grown >= 1 && fixed_free() == 0 && after > before,
+        grown.grown >= 1 && fixed_free() == 0 && after > before && layer.stats().total_failures() == failures,
         format_args!(
-            "{} mappings filled the fixed pool ({failures} failures so far, {} after); {} pool(s) grown ({} KiB); blk's request used a grown pool ({before} -> {after} slots high water)",
+            "{} mappings filled the fixed pool; {} pool(s) grown ({} KiB); the requests of blk and rng raised the grown pool's high water {before} -> {after} slots; failures {failures} before, {} after",
             n,
-            layer.stats().total_failures(),
             grown.pools,
-            grown.bytes >> 10
+            grown.bytes >> 10,
+            layer.stats().total_failures()
         ),
     );
     for (bus, len) in held.iter().flatten() {
