@@ -32,7 +32,7 @@
 //! code that calls it (`qemu/kernel/c/ffi_check.c`, check `ffi.c_driver`).
 //!
 //! # Stack use
-//! `ccdma_layer_init` writes the layer (about 22 KiB) into the caller's memory; the optimiser builds it
+//! `ccdma_layer_init` writes the layer (about 27 KiB) into the caller's memory; the optimiser builds it
 //! there, and the function's own frame is about 2.5 KiB on x86_64 (release build). Rust does not
 //! guarantee this placement.
 #![no_std]
@@ -118,7 +118,9 @@ fn code(e: &DmaError) -> c_int {
         | E::MetadataTooSmall { .. }
         | E::ZeroLength
         | E::TooLarge { .. } => CCDMA_ERR_INVALID,
-        E::PoolOverlap { .. } | E::TooManyPools => CCDMA_ERR_POOL,
+        E::PoolOverlap { .. } | E::TooManyPools | E::GrowthAlreadyEnabled | E::GrowthFailed(_) => {
+            CCDMA_ERR_POOL
+        }
         E::PoolExhausted { .. } | E::NoFreeDomain { .. } => CCDMA_ERR_EXHAUSTED,
         E::SharingFailed { .. } | E::UnsharingFailed { .. } => CCDMA_ERR_SHARING,
         E::NoCpuMapping(_)

@@ -121,6 +121,26 @@ pub struct Device {
     /// Untrusted, or accepted by the platform (changed only by `accept`/`revoke`, which take
     /// `&mut Device`).
     pub(crate) trust: TrustState,
+    /// Diagnostics: most live mappings and lists at once, and failed maps.
+    pub(crate) peaks: DevicePeaks,
+}
+
+/// Per-device diagnostics ([`Device::peaks`]).
+#[derive(Debug, Default)]
+pub(crate) struct DevicePeaks {
+    high: [AtomicU32; 2],
+    failures: AtomicU32,
+}
+
+/// A device's high-water marks and failures ([`Device::peaks`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevicePeakCounts {
+    /// Most streaming mappings live at once.
+    pub mappings_high_water: u32,
+    /// Most scatter-gather lists live at once.
+    pub lists_high_water: u32,
+    /// Maps (single and lists) that failed, for any reason.
+    pub map_failures: u32,
 }
 
 impl Device {
@@ -142,7 +162,23 @@ impl Device {
         }
     }
     pub(crate) fn live_inc(&self, kind: LiveKind) {
-        self.live[kind as usize].fetch_add(1, Ordering::AcqRel);
+        let n = self.live[kind as usize].fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(h) = self.peaks.high.get(kind as usize) {
+            if h.load(Ordering::Relaxed) < n {
+                h.fetch_max(n, Ordering::Relaxed);
+            }
+        }
+    }
+    pub(crate) fn map_failed(&self) {
+        self.peaks.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    /// High-water marks of live mappings and lists, and failed maps.
+    pub fn peaks(&self) -> DevicePeakCounts {
+        DevicePeakCounts {
+            mappings_high_water: self.peaks.high[0].load(Ordering::Relaxed),
+            lists_high_water: self.peaks.high[1].load(Ordering::Relaxed),
+            map_failures: self.peaks.failures.load(Ordering::Relaxed),
+        }
     }
     /// One live object ended. Saturating: a raw-face caller that breaks its contract on a path
     /// without records (direct) must not wrap the count and hide live mappings.
@@ -166,7 +202,8 @@ impl Device {
     pub fn trust(&self) -> TrustState {
         self.trust
     }
-    /// Indices of the pools this device maps from, in the order they are tried.
+    /// Indices of the pools this device mapped from when it was attached (set up), in the order they
+    /// were tried. Pools grown later are not listed ([`crate::DmaLayer::pool_bus_of`] knows them).
     pub fn pool_indices(&self) -> impl Iterator<Item = usize> + '_ {
         self.pools.iter()
     }

@@ -273,6 +273,10 @@ pub enum DmaError {
         /// Its length.
         len: usize,
     },
+    /// Growth was already enabled on this layer.
+    GrowthAlreadyEnabled,
+    /// Growing the pools failed (at enable, for the reserve; or a teardown that kept a pool).
+    GrowthFailed(crate::diagnostics::GrowthVerdict),
     /// A scatter-gather list in the wrong state: mapping a list that is mapped (`mapped: true`), or
     /// unmapping/syncing one that is not, or not as this layer mapped it (`mapped: false`).
     SgListState {
@@ -314,6 +318,8 @@ impl fmt::Display for DmaError {
             DmaError::PoolOverlap { pool } => write!(f, "pool overlaps pool {pool}"),
             DmaError::Unaligned { addr, align } => write!(f, "address {addr:#x} not aligned to {align:#x}"),
             DmaError::Overflow => write!(f, "size or address arithmetic would overflow"),
+            DmaError::GrowthAlreadyEnabled => write!(f, "pool growth is already enabled"),
+            DmaError::GrowthFailed(v) => write!(f, "pool growth failed: {v}"),
             DmaError::InvalidMinAlignMask(m) => write!(f, "min_align_mask {m:#x} is not 2^n - 1 below 4 GiB"),
             DmaError::InvalidSegmentBoundary(m) => write!(f, "segment boundary mask {m:#x} is not 2^n - 1"),
             DmaError::ZeroMaxSegment => write!(f, "max segment size is zero"),

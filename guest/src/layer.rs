@@ -29,6 +29,9 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use crate::addr::{pages_spanned, BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, DeviceConfig};
 use crate::error::{DmaError, Refused};
+use crate::growth::live::LivePools;
+use crate::growth::table::{PoolRef, PoolTable};
+use crate::growth::Growth;
 use crate::iommu::counters::IommuCounters;
 use crate::iommu::domain::{DomainRef, Iommu};
 use crate::path::{self, DmaPath, PathChoice, PathFacts};
@@ -43,9 +46,13 @@ static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 /// The DMA layer: pools, devices, statistics.
 pub struct DmaLayer<'m, P: Platform> {
     pub(crate) platform: P,
-    pub(crate) pools: [Option<BouncePool<'m>>; MAX_POOLS],
-    pub(crate) pool_bus: [BusAddr; MAX_POOLS],
-    pub(crate) npools: usize,
+    /// Every pool, by index (fixed ones from `add_pool`, grown ones from the memory source).
+    pub(crate) pools: PoolTable<'m>,
+    /// The pools as devices without an IOMMU see them (shared bus addresses), sorted by bus.
+    pub(crate) plain: LivePools,
+    /// Growing and shrinking (off until `enable_growth`); its lock orders every change of a pool
+    /// set or window.
+    pub(crate) growth: Growth<'m>,
     pub(crate) stats: Stats,
     pub(crate) id: u32,
     /// Source of device serials (never 0).
@@ -63,9 +70,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub fn new(platform: P) -> Self {
         DmaLayer {
             platform,
-            pools: core::array::from_fn(|_| None),
-            pool_bus: [BusAddr(0); MAX_POOLS],
-            npools: 0,
+            pools: PoolTable::new(),
+            plain: LivePools::new(),
+            growth: Growth::new(),
             stats: Stats::default(),
             id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
             next_serial: AtomicU32::new(1),
@@ -100,9 +107,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         meta: &'m mut [SlotMeta],
         cfg: PoolConfig,
     ) -> Result<usize, DmaError> {
-        if self.npools == MAX_POOLS {
+        let Some(i) = (0..MAX_POOLS).find(|&i| self.pools.is_empty(i)) else {
             return Err(DmaError::TooManyPools);
-        }
+        };
         cfg.validate()?;
         let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
         if !phys.is_page_aligned() || len as u64 % PAGE_SIZE != 0 {
@@ -113,9 +120,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if len < cfg.slot_size {
             return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
         }
-        if let Some(pool) = (0..self.npools).find(|&i| {
-            self.pools[i].as_ref().is_some_and(|p| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end)
-        }) {
+        if let Some((pool, _)) =
+            self.pools.iter().find(|(_, p)| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end)
+        {
             return Err(DmaError::PoolOverlap { pool });
         }
         let needed = cfg.slots_for(len);
@@ -130,11 +137,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         // SAFETY: the caller guarantees the range is ours for 'm; the platform gave its CPU mapping.
         match unsafe { BouncePool::new(phys, cpu, len, meta, cfg) } {
             Ok(pool) => {
-                let i = self.npools;
-                self.pool_bus[i] = self.platform.shared_bus_addr(phys);
-                self.pools[i] = Some(pool);
-                self.npools += 1;
-                log::debug!("ccdma: pool {i}: {len:#x} bytes at {phys}, bus {}", self.pool_bus[i]);
+                let bus = self.platform.shared_bus_addr(phys);
+                self.pools.set_fixed(i, pool);
+                self.plain.insert(i, bus, len as u64, false);
+                log::debug!("ccdma: pool {i}: {len:#x} bytes at {phys}, bus {bus}");
                 Ok(i)
             }
             Err(e) => {
@@ -148,8 +154,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
     }
 
-    /// Tear down every pool: unshare its memory (quarantining pages that cannot be made private).
-    /// Fails with nothing changed while any mapping is live.
+    /// Tear down every pool: unshare its memory (quarantining pages that cannot be made private);
+    /// grown pools go back to the memory source. Fails with nothing changed while any mapping is live.
     pub fn release_pools(&mut self) -> Result<(), DmaError> {
         if self.pools().any(|p| p.slots_in_use() != 0) {
             return Err(DmaError::Busy { live: self.pools().map(|p| p.slots_in_use() as u64).sum() });
@@ -158,29 +164,44 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if self.iommu_in_use() {
             return Err(DmaError::DomainsInUse);
         }
-        let mut result = Ok(());
-        for i in 0..self.npools {
-            if let Some(pool) = self.pools[i].take() {
-                if self.platform.is_confidential() {
-                    let pages = pool.len() as u64 / PAGE_SIZE;
-                    if let Err(e) = self.unshare_pages(pool.phys(), pages) {
-                        result = Err(e);
-                    }
+        let mut result = self.shrink_all();
+        let confidential = self.platform.is_confidential();
+        let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
+            let mut out = [None; MAX_POOLS];
+            for (o, p) in out.iter_mut().zip(self.pools.take_fixed()) {
+                *o = Some((p.phys(), p.len()));
+            }
+            out
+        };
+        self.plain.clear();
+        for (phys, len) in fixed.into_iter().flatten() {
+            if confidential {
+                if let Err(e) = self.unshare_pages(phys, len as u64 / PAGE_SIZE) {
+                    result = Err(e);
                 }
             }
         }
-        self.npools = 0;
         result
     }
 
-    /// The pools, in the order they were added.
-    pub fn pools(&self) -> impl Iterator<Item = &BouncePool<'m>> + '_ {
-        self.pools[..self.npools].iter().flatten()
+    /// The pools (fixed and grown), by index. Each item holds its pool in place (a grown pool is not
+    /// removed while the item lives): do not keep them.
+    pub fn pools(&self) -> impl Iterator<Item = PoolRef<'_, 'm>> + '_ {
+        self.pools.iter().map(|(_, p)| p)
     }
 
-    /// Pool `i` and its bus base (for devices without IOMMU).
+    /// Fixed pool `i` (added with [`Self::add_pool`]) and its bus base for devices without an IOMMU.
+    /// Grown pools: [`Self::pool_ref`].
     pub fn pool(&self, i: usize) -> Option<(&BouncePool<'m>, BusAddr)> {
-        self.pools.get(i)?.as_ref().map(|p| (p, self.pool_bus[i]))
+        let pool = self.pools.fixed(i)?;
+        Some((pool, self.plain.base_of(i).unwrap_or(BusAddr(0))))
+    }
+
+    /// Pool `i`, fixed or grown, and its bus base for devices without an IOMMU. The reference holds
+    /// the pool in place: do not keep it.
+    pub fn pool_ref(&self, i: usize) -> Option<(PoolRef<'_, 'm>, BusAddr)> {
+        let pool = self.pools.get(i)?;
+        Some((pool, self.plain.base_of(i).unwrap_or(BusAddr(0))))
     }
 
     /// A snapshot of the counters.
@@ -258,7 +279,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let facts = PathFacts {
             confidential,
             mask_covers_ram: config.dma_mask.covers(0, ram_end.max(1)),
-            reachable_pools: pools.iter().count(),
+            // With a memory source, a pool below the mask can be grown at the first map.
+            reachable_pools: pools.iter().count() + usize::from(self.growth.source.is_some()),
             iommu: None,
             accepted: false,
         };
@@ -266,7 +288,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             self.stats.fail(FailureKind::NoPath);
             let err = DmaError::NoPath {
                 mask: config.dma_mask,
-                pools: self.npools,
+                pools: self.pools.occupied(),
                 lowest_pool_bus_end: self.lowest_pool_bus_end(),
             };
             log::warn!("ccdma: attach of device {:#x} failed: {err}", config.id);
@@ -284,8 +306,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         domain: Option<DomainRef>,
     ) -> Device {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
-        let trust = crate::trust::TrustState::Untrusted;
-        Device { config, path, pools, layer: self.id, serial, domain, live: Default::default(), trust }
+        Device {
+            config,
+            path,
+            pools,
+            layer: self.id,
+            serial,
+            domain,
+            live: Default::default(),
+            peaks: Default::default(),
+            trust: crate::trust::TrustState::Untrusted,
+        }
     }
 
     /// Detach a device. Refused while it has live mappings, lists or coherent buffers
@@ -316,23 +347,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     fn lowest_pool_bus_end(&self) -> u64 {
-        (0..self.npools)
-            .map(|i| self.pool_bus[i].0 + self.pools[i].as_ref().map_or(0, |p| p.len() as u64))
-            .min()
-            .unwrap_or(0)
+        let s = self.plain.snapshot();
+        s.order.iter().map(|i| s.bases[i].0 + s.sizes[i]).min().unwrap_or(0)
     }
 
-    fn reachable_pools(&self, config: &DeviceConfig) -> PoolOrder {
-        let mut order = PoolOrder::EMPTY;
-        for i in 0..self.npools {
-            if let Some(p) = &self.pools[i] {
-                if config.dma_mask.covers(self.pool_bus[i].0, p.len() as u64) {
-                    order.push(i);
-                }
-            }
-        }
-        order.sort_by_bus(&self.pool_bus);
-        order
+    /// The pools a device without an IOMMU reaches now, best first (reserve pools included).
+    pub(crate) fn reachable_pools(&self, config: &DeviceConfig) -> PoolOrder {
+        self.plain.order_for(Some(config.dma_mask), true).0
     }
 
     pub(crate) fn check_device(&self, dev: &Device) -> Result<(), DmaError> {

@@ -13,11 +13,13 @@ pub mod calls;
 mod cca;
 pub mod device;
 pub mod faults;
+mod ledger;
 pub mod memory;
 pub mod p2p;
 mod platform;
 mod sharing;
 mod snp;
+pub mod source;
 pub mod tce;
 pub mod trust;
 
@@ -29,9 +31,11 @@ pub use calls::{CallKind, CallLog, Injection};
 pub use cca::CCA_POISON;
 pub use device::{BusTranslate, DeviceRef, DirectTranslate};
 pub use faults::{AccessKind, Fault, FaultReason, CPU};
+pub use ledger::SharingLedger;
 pub use memory::{GuestMemory, PageState, PAGE};
 pub use sharing::{TDX_INVALID_OPERAND, U_PARAMETER};
 pub use snp::SNP_POISON;
+pub use source::{ModelSource, SourceCounters};
 pub use tce::{Reach, TableInfo, TceConfig, TceCounters};
 pub use trust::{PageTouches, PrivateAccess, TDISP_NOT_RUNNING};
 
@@ -138,6 +142,8 @@ pub struct Hypervisor {
     pub(crate) iommu: tce::IommuModel,
     /// The trusted platform's view of devices (TDISP), off until a device is bound.
     pub(crate) trust: trust::TrustModel,
+    /// Every sharing conversion, checked and counted.
+    pub(crate) ledger: ledger::Ledger,
 }
 
 /// The C-bit of the modelled SEV-SNP guest (CPUID 0x8000001F EBX bits 5:0 on current EPYC parts).
@@ -174,6 +180,7 @@ impl Hypervisor {
             alloc_high: AtomicU64::new(ALLOC_HIGH_START),
             iommu: Default::default(),
             trust: Default::default(),
+            ledger: Default::default(),
         }
     }
 

@@ -23,21 +23,22 @@ impl Hypervisor {
         if self.config().personality != Personality::Pseries || !self.pages_ok(phys, npages) {
             return U_PARAMETER;
         }
-        match inj {
+        let done = match inj {
             None
             | Some(Injection::Busy(_))
             | Some(Injection::Stall)
             | Some(Injection::BadResume)
-            | Some(Injection::NoChange) => {
-                self.mem.set_state(phys, npages, to);
-                U_SUCCESS
-            }
+            | Some(Injection::NoChange) => npages,
+            Some(Injection::Partial { pages, .. }) => pages.min(npages),
+            _ => 0,
+        };
+        self.note_conversion(phys, done, to);
+        self.mem.set_state(phys, done, to);
+        self.note_shared_now();
+        match inj {
             Some(Injection::LieSuccess) => U_SUCCESS,
-            Some(Injection::Fail(code)) => code,
-            Some(Injection::Partial { pages, code }) => {
-                self.mem.set_state(phys, pages.min(npages), to);
-                code
-            }
+            Some(Injection::Fail(code)) | Some(Injection::Partial { code, .. }) => code,
+            _ => U_SUCCESS,
         }
     }
 }
@@ -67,6 +68,7 @@ impl TdxCalls for Hypervisor {
                     self.mem.write(gpa + i * PAGE, &[0; PAGE as usize]);
                 }
             }
+            self.note_conversion(gpa, n, to);
             // Pages already private stay private (nothing to accept).
             for i in 0..n {
                 let p = gpa + i * PAGE;
@@ -74,6 +76,7 @@ impl TdxCalls for Hypervisor {
                     self.mem.set_state(p, 1, to);
                 }
             }
+            self.note_shared_now();
         };
         match inj {
             Some(Injection::Fail(code)) => MapGpaStatus::Error(code),

@@ -357,6 +357,33 @@ impl Hypervisor {
         v
     }
 
+    /// Live entries (of any device) that name a page of `[phys, phys + len)`.
+    pub fn tces_naming(&self, phys: u64, len: u64) -> usize {
+        let st = self.iommu.state.lock().unwrap();
+        st.tables
+            .values()
+            .flat_map(|t| {
+                let page = t.geometry.page_size();
+                t.entries.values().map(move |&tce| (tce & !(page - 1), page))
+            })
+            .filter(|&(p, page)| p < phys + len && phys < p + page)
+            .count()
+    }
+
+    /// The 4 KiB frames some live entry names.
+    pub(crate) fn named_frames(&self) -> std::collections::HashSet<u64> {
+        let st = self.iommu.state.lock().unwrap();
+        let mut out = std::collections::HashSet::new();
+        for t in st.tables.values() {
+            let page = t.geometry.page_size();
+            for &tce in t.entries.values() {
+                let p = tce & !(page - 1);
+                out.extend(p / PAGE..(p + page) / PAGE);
+            }
+        }
+        out
+    }
+
     /// Live entries of untrusted devices whose target is not entirely shared memory: a device could aim
     /// at private memory through them. Invariant 1 wants none, ever. (An accepted device's entries
     /// name private pages on purpose; they count again the moment it stops being accepted.)

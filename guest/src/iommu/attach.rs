@@ -145,6 +145,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::NoFreeDomain { domains: iommu.domains.iter().flatten().count() });
         };
         slot.device.store(config.id, Ordering::Relaxed);
+        slot.mask.store(config.dma_mask.bits() as u64, Ordering::Relaxed);
+        slot.min_align.store(config.min_align_mask, Ordering::Relaxed);
         let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
         let mut dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
         if config.deferred_attach {
@@ -218,6 +220,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         slot: &DomainSlot<'m>,
         config: &DeviceConfig,
     ) -> Option<Result<DomainInfo, DmaError>> {
+        // Set-up and pool growth exclude each other: a pool is either in the set the set-up enters,
+        // or added after and entered by the grower.
+        let _pools = self.growth.lock.lock();
         slot.state.compare_exchange(CLAIMED, SETUP, Ordering::AcqRel, Ordering::Relaxed).ok()?;
         Some(match self.setup_domain(slot, config) {
             Ok(info) => {
@@ -228,6 +233,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     info.path.name(),
                     info.reason
                 );
+                self.fill_live(slot, &info);
                 slot.publish(info);
                 Ok(info)
             }
@@ -252,7 +258,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if slot.generation.load(Ordering::Relaxed) != d.generation {
             return Err(DmaError::NotAttached);
         }
+        // Pool growth and shrinking change windows too: one at a time.
+        let _pools = self.growth.lock.lock();
         let free = |slot: &DomainSlot<'m>| {
+            slot.live.clear();
             slot.space.lock().clear();
             slot.generation.fetch_add(1, Ordering::Relaxed);
             slot.state.store(FREE, Ordering::Release);
@@ -375,8 +384,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Where pool `pool` starts on the device's bus (per device when premapped in its window).
     pub fn pool_bus_of(&self, dev: &Device, pool: usize) -> Option<BusAddr> {
-        let (order, bus) = self.pool_view(dev)?;
-        order.iter().any(|i| i == pool).then(|| bus[pool])
+        let (order, bus) = self.pool_view(dev, false)?;
+        let found = order.iter().any(|i| i == pool);
+        found.then(|| bus[pool])
     }
 
     /// The used bus ranges of a device's windows (reservations, premapped pools, mappings, coherent

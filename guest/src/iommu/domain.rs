@@ -15,6 +15,7 @@ use super::config::{IommuConfig, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS};
 use super::list_pages::ListPages;
 use super::window::WindowGeometry;
 use crate::addr::BusAddr;
+use crate::growth::live::LivePools;
 use crate::path::{DmaPath, PathReason};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 
@@ -61,6 +62,12 @@ pub(crate) struct DomainSlot<'m> {
     pub space: Mutex<BusSpace<'m>>,
     /// Streaming mappings live now (premapped and strict), so detach can refuse while any is.
     pub live_mappings: AtomicU64,
+    /// The pools the device maps from now and where each sits on its bus: filled at set-up, then
+    /// changed only by pool growth and shrinking (under the layer's growth lock).
+    pub live: LivePools,
+    /// The device's DMA mask and `min_align_mask` (for entering grown pools below the mask).
+    pub mask: AtomicU64,
+    pub min_align: AtomicU64,
 }
 
 // SAFETY: `info` is written only by the CPU that moved the state CLAIMED -> SETUP (a compare-exchange
@@ -79,6 +86,9 @@ impl<'m> DomainSlot<'m> {
             info: UnsafeCell::new(DomainInfo::EMPTY),
             space: Mutex::new(BusSpace::new(storage)),
             live_mappings: AtomicU64::new(0),
+            live: LivePools::new(),
+            mask: AtomicU64::new(0),
+            min_align: AtomicU64::new(0),
         }
     }
 
@@ -105,8 +115,9 @@ impl<'m> DomainSlot<'m> {
 
     /// The set-up result while the caller holds the slot in READY-and-detaching or SETUP.
     pub(crate) fn info_unchecked(&self) -> DomainInfo {
-        // SAFETY: callers are the detaching CPU (the slot is READY and no mapping is live) or the
-        // set-up CPU; neither races with `publish`.
+        // SAFETY: callers are the detaching CPU (the slot is READY and no mapping is live), the
+        // set-up CPU, or the holder of the growth lock (which set-up and detach take, so `publish`
+        // cannot run meanwhile).
         unsafe { *self.info.get() }
     }
 }

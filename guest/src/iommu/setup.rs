@@ -48,7 +48,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let mut facts = IommuFacts {
             premapped: iommu.cfg.policy == IommuPolicy::Premapped,
             ddw: DdwOutcome::NotTried,
-            ddw_wanted: iommu.cfg.use_ddw && mask.bits() == 64 && self.npools > 0,
+            ddw_wanted: iommu.cfg.use_ddw && mask.bits() == 64 && self.pools.occupied() > 0,
             pool_fits_default: default.is_some(),
             default_has_room: room,
         };
@@ -82,7 +82,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 }
                 (PathChoice::Strict(reason), Some(win)) => {
                     let mut pools = PoolOrder::EMPTY;
-                    for i in 0..self.npools {
+                    for (i, _) in self.pools.iter() {
                         pools.push(i);
                     }
                     return Ok(DomainInfo {
@@ -96,7 +96,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 }
                 _ => {
                     let window = default.map_or((0, 0), |w| (w.start, w.end()));
-                    return Err(DmaError::NoIommuPath { mask, pools: self.npools, window, ddw: facts.ddw });
+                    let pools = self.pools.occupied();
+                    return Err(DmaError::NoIommuPath { mask, pools, window, ddw: facts.ddw });
                 }
             }
         }
@@ -140,7 +141,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let page = win.page_size();
         let mut pools = PoolOrder::EMPTY;
         let mut pool_bus = [BusAddr(0); MAX_POOLS];
-        for (i, pool) in self.pools().enumerate() {
+        for (i, pool) in self.pools.iter() {
             let (phys, len) = (pool.phys().0, pool.len() as u64);
             if phys % page != 0 || len % page != 0 || lo >= hi {
                 continue;
@@ -236,14 +237,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         // The largest page every pool's start and length are multiples of.
         let align =
             self.pools().map(|p| p.phys().0.trailing_zeros().min((p.len() as u64).trailing_zeros())).min();
-        let align = align.unwrap_or(0);
+        // Pools grown later must fit the window's pages too.
+        let align = align.unwrap_or(0).min(self.growth.page_shift_limit());
         let shift = DDW_PAGE_SIZES
             .iter()
             .map(|&(_, s)| s)
             .filter(|&s| s <= align && q.supports_shift(s))
             .max()
             .ok_or(DdwOutcome::NoPageSize)?;
-        let total: u64 = self.pools().map(|p| p.len() as u64).sum();
+        let pooled: u64 = self.pools().map(|p| p.len() as u64).sum();
+        // Room for every pool growth may add, so they can enter this window later.
+        let total = pooled + self.growth.window_budget();
         let window_shift = total.next_power_of_two().trailing_zeros().max(shift);
         if (1u64 << (window_shift - shift)) > q.largest_block {
             return Err(DdwOutcome::TooSmall);
@@ -272,7 +276,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let mut pools = PoolOrder::EMPTY;
         let mut pool_bus = [BusAddr(0); MAX_POOLS];
         let mut off = 0;
-        for (i, pool) in self.pools().enumerate() {
+        for (i, pool) in self.pools.iter() {
             let (phys, len) = (pool.phys().0, pool.len() as u64);
             let bus = win.start + off;
             let kind = RangeKind::Premap { pool: i as u8 };

@@ -9,7 +9,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(super) fn build_sg(
         &self,
         dev: &Device,
-        view: &View<'_>,
+        view: &View,
         list: &mut [SgEntry<'_>],
         dir: DmaDirection,
         attrs: DmaAttrs,
@@ -115,13 +115,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// `min_align_mask` bits above the page offset (the page offset is the same in the virtual address,
     /// so paths that bounce everything skip the translation otherwise, as the single-mapping face
     /// does).
-    pub(super) fn cpu_phys(
-        &self,
-        view: &View<'_>,
-        lim: &Limits,
-        ptr: *mut u8,
-        len: usize,
-    ) -> Option<PhysAddr> {
+    pub(super) fn cpu_phys(&self, view: &View, lim: &Limits, ptr: *mut u8, len: usize) -> Option<PhysAddr> {
         if view.path.bounces_everything() && lim.min_align < PAGE_SIZE {
             None
         } else {
@@ -130,7 +124,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     /// The address whose `min_align_mask` bits a bounced copy keeps (as `build_sg` chose it).
-    pub(super) fn orig_addr(&self, view: &View<'_>, lim: &Limits, src: &Source) -> u64 {
+    pub(super) fn orig_addr(&self, view: &View, lim: &Limits, src: &Source) -> u64 {
         match *src {
             Source::Cpu { ptr, len, .. } => self.cpu_phys(view, lim, ptr, len).map_or(ptr as u64, |p| p.0),
             Source::Phys { phys, .. } => phys.0,
@@ -141,7 +135,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// Write the DMA segments into the list, in list order, merging what may be merged.
     pub(super) fn emit_segments(
         &self,
-        view: &View<'_>,
+        view: &View,
         list: &mut [SgEntry<'_>],
         lim: &Limits,
         coalesce: bool,
@@ -164,11 +158,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         out.n
     }
 
-    pub(super) fn pool_span(&self, view: &View<'_>) -> PoolSpan {
+    pub(super) fn pool_span(&self, view: &View) -> PoolSpan {
         let page = view.run_page();
         let mut span = PoolSpan { max_run: 0, max_unit: 1 };
         for i in view.pools.iter() {
-            if let Some(pool) = self.pools.get(i).and_then(|p| p.as_ref()) {
+            if let Some(pool) = self.pools.get(i) {
                 let max = pool.max_mapping() as u64;
                 span.max_run = span.max_run.max(if page > 0 { max & !(page - 1) } else { max });
                 span.max_unit = span.max_unit.max((pool.slot_size() as u64).max(page));

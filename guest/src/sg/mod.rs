@@ -399,17 +399,17 @@ struct PoolSpan {
 
 /// How one device reaches the pools, and on IOMMU paths the window for per-list entries.
 #[derive(Clone, Copy)]
-struct View<'a> {
+struct View {
     path: DmaPath,
     pools: PoolOrder,
     /// Where each pool starts on the device's bus (premapped or shared address).
-    pool_bus: &'a [BusAddr; MAX_POOLS],
+    pool_bus: [BusAddr; MAX_POOLS],
     /// The window strict runs and host-bridge P2P ranges are entered into.
     window: Option<WindowGeometry>,
     domain: Option<DomainRef>,
 }
 
-impl View<'_> {
+impl View {
     fn strict(&self) -> bool {
         self.path == DmaPath::IommuStrict
     }
@@ -477,17 +477,29 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             self.stats.fail(FailureKind::Invalid);
             return Err(DmaError::SgListState { mapped: true });
         }
+        let total = list.iter().fold(0usize, |t, e| t.saturating_add(e.len()));
+        let result = self.with_growth(dev, total, || self.map_sg_once(dev, list, dir, attrs, opts));
+        if result.is_err() {
+            dev.map_failed();
+        }
+        result
+    }
+
+    /// One attempt at [`Self::map_sg_with`] with the pools of now.
+    fn map_sg_once(
+        &self,
+        dev: &Device,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        opts: &SgOptions<'_>,
+    ) -> Result<usize, DmaError> {
         let view = match dev.domain {
-            None => self.plain_view(dev),
+            None => self.plain_view(dev, true),
             Some(d) => {
                 let info = self.ensure_attached(dev)?;
-                View {
-                    path: info.path,
-                    pools: info.pools,
-                    pool_bus: &info.pool_bus,
-                    window: info.dynamic,
-                    domain: Some(d),
-                }
+                let (pools, pool_bus) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
+                View { path: info.path, pools, pool_bus, window: info.dynamic, domain: Some(d) }
             }
         };
         match self.build_sg(dev, &view, list, dir, attrs, opts) {
@@ -518,23 +530,23 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
     }
 
-    fn plain_view<'a>(&'a self, dev: &Device) -> View<'a> {
-        View { path: dev.path, pools: dev.pools, pool_bus: &self.pool_bus, window: None, domain: None }
+    /// A device without an IOMMU: its pools now (reserve ones for lookups, or while a pool is added).
+    fn plain_view(&self, dev: &Device, for_alloc: bool) -> View {
+        let reserve = !for_alloc || self.growth.growing.load(Ordering::Relaxed);
+        let (pools, pool_bus) = self.plain.order_for(Some(dev.config.dma_mask), reserve);
+        View { path: dev.path, pools, pool_bus, window: None, domain: None }
     }
 
     /// The view of a device whose list is already mapped: never attaches.
-    fn settled_view<'a>(&'a self, dev: &Device) -> Result<View<'a>, DmaError> {
+    fn settled_view(&self, dev: &Device) -> Result<View, DmaError> {
         match dev.domain {
-            None => Ok(self.plain_view(dev)),
-            Some(d) => match self.domain_info(d) {
-                Some(info) => Ok(View {
-                    path: info.path,
-                    pools: info.pools,
-                    pool_bus: &info.pool_bus,
-                    window: info.dynamic,
-                    domain: Some(d),
-                }),
-                None => {
+            None => Ok(self.plain_view(dev, false)),
+            Some(d) => match (self.domain_info(d), self.slot(d)) {
+                (Some(info), Some(slot)) => {
+                    let (pools, pool_bus) = slot.live.order_for(None, true);
+                    Ok(View { path: info.path, pools, pool_bus, window: info.dynamic, domain: Some(d) })
+                }
+                _ => {
                     self.stats.fail(FailureKind::UnknownMapping);
                     Err(DmaError::SgListState { mapped: false })
                 }

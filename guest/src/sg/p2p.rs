@@ -76,7 +76,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(super) fn place_p2p(
         &self,
         dev: &Device,
-        view: &View<'_>,
+        view: &View,
         list: &mut [SgEntry<'_>],
         i: usize,
         seg: P2pSegment,

@@ -9,7 +9,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(super) fn place_group(
         &self,
         dev: &Device,
-        view: &View<'_>,
+        view: &View,
         list: &mut [SgEntry<'_>],
         g: Group,
         lim: &Limits,
@@ -24,7 +24,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let page = view.run_page();
         let mut largest = 0u64;
         for pi in view.pools.iter() {
-            let Some(pool) = self.pools.get(pi).and_then(|p| p.as_ref()) else { continue };
+            let Some(pool) = self.pools.get_for_alloc(pi) else { continue };
             let slot = pool.slot_size() as u64;
             let unit = slot.max(page);
             let lead = bits & (unit - 1);
@@ -80,8 +80,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             }
             let head = RunHead { nslots: nslots as u16, lead: lead as u32 };
             let bus_base = if page > 0 { None } else { Some(view.pool_bus[pi].0) };
-            self.fill_group(list, g, pool, pi, bus_base, run_off + lead, head, dir, attrs);
+            self.fill_group(list, g, &pool, pi, bus_base, run_off + lead, head, dir, attrs);
             return Ok(());
+        }
+        if self.growth_will_retry(g.len as usize) {
+            // Growth tries again, and counts the failure if it stays one.
+            let (len, max) = (g.len as usize, largest as usize);
+            return Err(if largest < g.len {
+                DmaError::TooLarge { len, max }
+            } else {
+                DmaError::PoolExhausted { len }
+            });
         }
         if largest < g.len {
             self.stats.fail(FailureKind::TooLarge);
@@ -150,7 +159,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         &self,
         list: &[SgEntry<'_>],
         from: usize,
-        view: &View<'_>,
+        view: &View,
         page: u64,
         lim: &Limits,
     ) -> Option<(Item, usize)> {
@@ -159,7 +168,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         while let Some(e) = list.get(i) {
             match e.place {
                 Place::Bounced { pool, pool_off, run: Some(_), .. } if strict => {
-                    let data_phys = self.pools.get(pool as usize)?.as_ref()?.phys().0 + pool_off;
+                    let data_phys = self.pools.get(pool as usize)?.phys().0 + pool_off;
                     let d = data_phys & (page - 1);
                     let mut len = e.src.len() as u64;
                     let mut j = i + 1;

@@ -9,7 +9,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// allocation, no hypercall).
     pub(super) fn window_layout(
         &self,
-        view: &View<'_>,
+        view: &View,
         list: &mut [SgEntry<'_>],
         lim: &Limits,
         dir: DmaDirection,
@@ -103,7 +103,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         list: &[SgEntry<'_>],
         hint: &Cell<usize>,
         bus: u64,
-        view: &View<'_>,
+        view: &View,
         page: u64,
         lim: &Limits,
     ) -> Option<u64> {

@@ -8,7 +8,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(super) fn release_runs(&self, list: &[SgEntry<'_>]) {
         for e in list {
             if let Place::Bounced { pool, pool_off, run: Some(h), .. } = e.place {
-                if let Some(p) = self.pools.get(pool as usize).and_then(|p| p.as_ref()) {
+                if let Some(p) = self.pools.get(pool as usize) {
                     p.free(p.index_of_offset(pool_off - h.lead as u64), h.nslots as usize);
                 }
             }
@@ -19,7 +19,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(super) fn unclaim(&self, list: &[SgEntry<'_>], upto: usize) {
         for e in list.iter().take(upto) {
             if let Place::Bounced { pool, pool_off, run: Some(h), .. } = e.place {
-                if let Some(p) = self.pools.get(pool as usize).and_then(|p| p.as_ref()) {
+                if let Some(p) = self.pools.get(pool as usize) {
                     p.unrelease(p.index_of_offset(pool_off - h.lead as u64));
                 }
             }
@@ -108,7 +108,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         for e in list.iter() {
             if let Place::Bounced { pool, pool_off, cpu, .. } = e.place {
-                if let Some(p) = self.pools.get(pool as usize).and_then(|p| p.as_ref()) {
+                if let Some(p) = self.pools.get(pool as usize) {
                     let len = e.src.len();
                     // SAFETY: `check_runs` proved `[pool_off, pool_off + len)` lies in a live run of
                     // this list; the original is valid for `len` bytes while the entry is mapped.
@@ -125,7 +125,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(super) fn copy_back(&self, list: &[SgEntry<'_>]) {
         for e in list {
             if let Place::Bounced { pool, pool_off, cpu, .. } = e.place {
-                if let Some(p) = self.pools.get(pool as usize).and_then(|p| p.as_ref()) {
+                if let Some(p) = self.pools.get(pool as usize) {
                     let len = e.src.len();
                     // SAFETY: `check_runs` proved `[pool_off, pool_off + len)` lies in a live run of
                     // this list; the original is valid for writes of `len` bytes while it is mapped.
@@ -154,7 +154,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     pub(super) fn check_runs(
         &self,
-        view: &View<'_>,
+        view: &View,
         list: &[SgEntry<'_>],
         dir: DmaDirection,
         claim: bool,
@@ -177,7 +177,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     pub(super) fn walk_runs(
         &self,
-        view: &View<'_>,
+        view: &View,
         list: &[SgEntry<'_>],
         dir: DmaDirection,
         claim: bool,
@@ -223,7 +223,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     if !view.pools.iter().any(|p| p == pool as usize) {
                         return Err(DmaError::UnknownMapping(bus));
                     }
-                    let p = self.pools.get(pool as usize).and_then(|p| p.as_ref()).ok_or(not_mapped)?;
+                    let p = self.pools.get(pool as usize).ok_or(not_mapped)?;
                     let key = pool_off.checked_sub(head.lead as u64).ok_or(not_mapped)?;
                     let rec = p.lookup_sg(key, claim).ok_or(DmaError::UnknownMapping(bus))?;
                     if claim {

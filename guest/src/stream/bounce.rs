@@ -80,7 +80,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
         let mut largest = 0;
         for i in order.iter() {
-            let Some(pool) = &self.pools[i] else { continue };
+            let Some(pool) = self.pools.get_for_alloc(i) else { continue };
             let slot = pool.slot_size() as u64;
             let unit = slot.max(iommu_page.unwrap_or(0));
             let offset = (orig_addr & min_align & (unit - 1)) as usize;
@@ -148,6 +148,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 }
             }
             return Ok(BounceRun { pool: i, index, run_off, data_off: offset, run_len });
+        }
+        if self.growth_will_retry(len) {
+            // Growth tries again, and counts the failure if it stays one.
+            let e = if largest < len {
+                DmaError::TooLarge { len, max: largest }
+            } else {
+                DmaError::PoolExhausted { len }
+            };
+            return Err(e);
         }
         if largest < len {
             self.stats.fail(FailureKind::TooLarge);

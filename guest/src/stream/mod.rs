@@ -14,6 +14,8 @@ pub(crate) mod record;
 pub(crate) mod strict;
 pub(crate) mod trusted;
 
+use core::sync::atomic::Ordering;
+
 use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, LiveKind};
 use crate::direction::{DmaAttrs, DmaDirection};
@@ -102,7 +104,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<BusAddr, DmaError> {
-        let bus = self.map_route(dev, orig, len, dir, attrs)?;
+        let bus = match self.with_growth(dev, len, || self.map_route(dev, orig, len, dir, attrs)) {
+            Ok(bus) => bus,
+            Err(e) => {
+                dev.map_failed();
+                return Err(e);
+            }
+        };
         dev.live_inc(LiveKind::Mapping);
         let site = core::panic::Location::caller();
         crate::tracker::mapped(&self.tracker, dev, bus, len, dir, TrackedKind::Mapping, site);
@@ -142,7 +150,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 self.stats.fail(FailureKind::BeyondMask);
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
-            _ => self.bounce_map(dev, &dev.pools, &self.pool_bus, orig, len, dir, attrs),
+            _ => {
+                let (order, bases) =
+                    self.plain.order_for(Some(mask), self.growth.growing.load(Ordering::Relaxed));
+                self.bounce_map(dev, &order, &bases, orig, len, dir, attrs)
+            }
         }
     }
 
@@ -212,7 +224,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             self.stats.fail(FailureKind::UnknownMapping);
             return Err(DmaError::UnknownMapping(bus));
         };
-        let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+        let pool = self.pools.get(i).ok_or(DmaError::UnknownMapping(bus))?;
         // One area lock: the record is checked and, when nothing is to be copied out, freed at once;
         // otherwise released, copied out of (outside the lock), then freed.
         let check = |rec: &SlotRecord| self.check_record(dev, bus, safe, rec, len, dir);
@@ -226,7 +238,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             Some(Err(e)) => return Err(e),
             Some(Ok(Taken::Freed(rec))) => debug_assert_eq!(rec.len, len, "freed after the check passed"),
             Some(Ok(Taken::Released(rec))) => {
-                self.copy_to_original(pool, &rec, 0, rec.len);
+                self.copy_to_original(&pool, &rec, 0, rec.len);
                 pool.free(rec.index, rec.nslots);
             }
         }
@@ -247,7 +259,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             Err(_) => None,
         };
         if let Some((i, rec)) = found {
-            if let Some(pool) = &self.pools[i] {
+            if let Some(pool) = self.pools.get(i) {
                 pool.orphan(rec.index);
             }
         }
@@ -330,7 +342,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             None => self.record(dev, bus, false)?,
         };
         let Some((i, rec)) = found else { return Ok(()) };
-        let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+        let pool = self.pools.get(i).ok_or(DmaError::UnknownMapping(bus))?;
         self.check_owner(dev, bus, safe, &rec)?;
         if rec.dir != dir {
             self.stats.fail(FailureKind::Mismatch);
@@ -342,7 +354,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         if for_cpu {
             if rec.dir.device_writes() {
-                self.copy_to_original(pool, &rec, offset, len);
+                self.copy_to_original(&pool, &rec, offset, len);
             }
         } else if rec.dir.device_reads() || rec.attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN) {
             let slot = pool.cpu_at((rec.index << pool.slot_size().trailing_zeros()) + rec.offset + offset);

@@ -1,10 +1,13 @@
 //! The guest's own record of a live mapping: which pool holds a bus address for a device, and the
 //! checks a caller's claim on a mapping must pass (device, face, size, direction).
 
+use core::sync::atomic::Ordering;
+
 use crate::addr::BusAddr;
 use crate::device::Device;
 use crate::direction::DmaDirection;
 use crate::error::DmaError;
+use crate::growth::live::LivePools;
 use crate::layer::DmaLayer;
 use crate::path::DmaPath;
 use crate::platform::Platform;
@@ -14,24 +17,38 @@ use crate::stats::FailureKind;
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
     /// Find the pool holding bus address `bus` for this device and the pool offset.
+    /// A binary search over the device's pools sorted by bus address.
     pub(crate) fn locate(&self, dev: &Device, bus: BusAddr) -> Option<(usize, u64)> {
-        let (order, bases) = self.pool_view(dev)?;
-        order.iter().find_map(|i| {
-            let pool = self.pools[i].as_ref()?;
-            let off = bus.0.checked_sub(bases[i].0)?;
-            (off < pool.len() as u64).then_some((i, off))
-        })
+        self.live_pools(dev)?.find(bus.0)
     }
 
-    /// The pools a device maps from and where each starts on its bus (per device when the pools are
-    /// premapped into its IOMMU window). `None` for a domain that is not set up (never attached).
-    pub(crate) fn pool_view<'a>(
-        &'a self,
-        dev: &'a Device,
-    ) -> Option<(&'a PoolOrder, &'a [BusAddr; MAX_POOLS])> {
+    /// The pools a device maps from now, best first, and where each starts on its bus (per device
+    /// when the pools are premapped into its IOMMU window). Reserve pools are in it only while a pool
+    /// is being added, or always for lookups (`for_alloc` false). `None` for a domain that is not set
+    /// up (never attached).
+    pub(crate) fn pool_view(
+        &self,
+        dev: &Device,
+        for_alloc: bool,
+    ) -> Option<(PoolOrder, [BusAddr; MAX_POOLS])> {
+        let reserve = !for_alloc || self.growth.growing.load(Ordering::Relaxed);
         match dev.domain {
-            None => Some((&dev.pools, &self.pool_bus)),
-            Some(d) => self.domain_info(d).map(|i| (&i.pools, &i.pool_bus)),
+            None => Some(self.plain.order_for(Some(dev.config.dma_mask), reserve)),
+            Some(d) => {
+                self.domain_info(d)?;
+                Some(self.slot(d)?.live.order_for(None, reserve))
+            }
+        }
+    }
+
+    /// The live pool set a device's bus addresses are looked up in.
+    pub(crate) fn live_pools(&self, dev: &Device) -> Option<&LivePools> {
+        match dev.domain {
+            None => Some(&self.plain),
+            Some(d) => {
+                self.domain_info(d)?;
+                Some(&self.slot(d)?.live)
+            }
         }
     }
 
@@ -44,7 +61,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     ) -> Result<Option<(usize, SlotRecord)>, DmaError> {
         match self.locate(dev, bus) {
             Some((i, off)) => {
-                let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+                let pool = self.pools.get(i).ok_or(DmaError::UnknownMapping(bus))?;
                 match pool.lookup(off, release) {
                     Some(rec) => Ok(Some((i, rec))),
                     None => {

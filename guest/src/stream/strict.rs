@@ -35,7 +35,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let info = self.ensure_attached(dev)?;
         let bus = match info.path {
             DmaPath::IommuStrict => self.strict_map(dev, info, orig, len, dir, attrs)?,
-            _ => self.bounce_map(dev, &info.pools, &info.pool_bus, orig, len, dir, attrs)?,
+            _ => {
+                let (order, bases) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
+                self.bounce_map(dev, &order, &bases, orig, len, dir, attrs)?
+            }
         };
         if let Some(slot) = dev.domain.and_then(|d| self.slot(d)) {
             slot.live_mappings.fetch_add(1, Ordering::Relaxed);
@@ -77,8 +80,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let page = win.page_size();
-        let run = self.bounce_alloc(dev, &info.pools, orig, len, dir, attrs, RunAlign::IommuPages(page))?;
-        let pool = self.pools[run.pool].as_ref().ok_or(DmaError::NotAttached)?;
+        let (order, _) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
+        let run = self.bounce_alloc(dev, &order, orig, len, dir, attrs, RunAlign::IommuPages(page))?;
+        let pool = self.pools.get(run.pool).ok_or(DmaError::NotAttached)?;
         let slot_size = pool.slot_size();
         let nslots = run.run_len / slot_size;
         let run_phys = pool.phys().0 + run.run_off as u64;
@@ -126,7 +130,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub(crate) fn strict_record(
         &self,
         dev: &Device,
-        info: &DomainInfo,
+        _info: &DomainInfo,
         bus: BusAddr,
         release: bool,
     ) -> Result<(usize, SlotRecord, BusRange), DmaError> {
@@ -138,8 +142,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let space = slot.space.lock();
         let r = space.find(bus.0).filter(|r| r.kind == RangeKind::Mapping).ok_or_else(unknown)?;
         // The run starts at the range's first page; the data `bus - start` into it.
-        let found = info.pools.iter().find_map(|i| {
-            let pool = self.pools[i].as_ref()?;
+        let (order, _) = self.pool_view(dev, false).ok_or_else(unknown)?;
+        let found = order.iter().find_map(|i| {
+            let pool = self.pools.get(i)?;
             let off = r.phys.checked_sub(pool.phys().0)?;
             (off < pool.len() as u64).then_some((i, pool, off))
         });
@@ -162,7 +167,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let info = self.strict_domain(dev, bus)?.ok_or(DmaError::UnknownMapping(bus))?;
         let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let (i, rec, r) = self.strict_record(dev, info, bus, true)?;
-        let pool = self.pools[i].as_ref().ok_or(DmaError::UnknownMapping(bus))?;
+        let pool = self.pools.get(i).ok_or(DmaError::UnknownMapping(bus))?;
         if let Err(e) = self.check_record(dev, bus, safe, &rec, len, dir) {
             pool.unrelease(rec.index);
             return Err(e);
@@ -177,7 +182,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::Iommu(e));
         }
         if rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
-            self.copy_to_original(pool, &rec, 0, rec.len);
+            self.copy_to_original(&pool, &rec, 0, rec.len);
         }
         if let Some(slot) = dev.domain.and_then(|d| self.slot(d)) {
             slot.space.lock().free(r.start, r.len, RangeKind::Mapping);

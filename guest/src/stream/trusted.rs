@@ -42,7 +42,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Ok(bus);
         }
         // Beyond the device's mask: bounced like an untrusted device's buffer.
-        self.bounce_map(dev, &dev.pools, &self.pool_bus, orig, len, dir, attrs)
+        let growing = self.growth.growing.load(core::sync::atomic::Ordering::Relaxed);
+        let (order, bases) = self.plain.order_for(Some(dev.config.dma_mask), growing);
+        self.bounce_map(dev, &order, &bases, orig, len, dir, attrs)
     }
 
     fn trusted_iommu_map(

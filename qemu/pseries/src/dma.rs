@@ -58,6 +58,15 @@ pub fn init(iommu: IommuConfig, batching: Batching) -> Result<(PoolInfo, &'stati
     unsafe { layer.add_pool(PhysAddr(phys), POOL_SIZE, meta, PoolConfig::default()) }
         .map_err(SetupError::Pool)?;
     COHERENT_BASE.store(coherent, Ordering::Relaxed);
+    // Pool growth: RAM just below the coherent pages (2 MiB aligned), before any device attaches so
+    // every DDW keeps room for grown pools.
+    let grow_base = (coherent & !((2 << 20) - 1)).saturating_sub(crate::growth::SOURCE_BYTES);
+    if grow_base >= 1 << 32
+        && PLATFORM.ledger().is_ram(grow_base, crate::growth::SOURCE_BYTES)
+        && crate::growth::init(grow_base)
+    {
+        layer.enable_growth(&crate::growth::SOURCE, crate::growth::config()).map_err(SetupError::Pool)?;
+    }
     let ranges = BUS_RANGES.take().ok_or(SetupError::AlreadyInitialised)?;
     if LIST_PAGE_TAKEN.swap(true, Ordering::AcqRel) {
         return Err(SetupError::AlreadyInitialised);

@@ -18,6 +18,7 @@ mod containment;
 mod devtree;
 mod dma;
 mod fidelity;
+mod growth;
 mod hcall;
 mod of;
 mod pci;

@@ -188,6 +188,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         let stats = BlkBinding::stats();
         let bounced = Bounced { to_device: &stats.bytes_to_device, from_device: &stats.bytes_from_device };
         checks::check_blk_patterns(report, blk, &bounced);
+        crate::growth::check::<BlkBinding, _, RngBinding, _, _>(report, blk, machine.rng.as_mut());
     }
     if let Some(rng) = machine.rng.as_mut() {
         checks::check_rng(report, "rng", rng);

@@ -1,0 +1,230 @@
+//! The pools one view (the layer's devices without an IOMMU, or one IOMMU domain) can use, with where
+//! each sits on that view's bus, kept sorted by bus address so that finding the pool that owns a bus
+//! address is a binary search (O(log n) in the number of pools) and the allocation order (highest bus
+//! range first) needs no sorting.
+//!
+//! Written by one CPU at a time (the holder of the layer's growth lock, or the CPU setting a domain
+//! up), read by any: a sequence lock over atomics, so a reader that raced a writer simply reads again.
+
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use crate::addr::{BusAddr, DmaMask};
+use crate::pool_set::{PoolOrder, MAX_POOLS};
+
+/// One view's pools (see the module docs).
+pub(crate) struct LivePools {
+    seq: AtomicU32,
+    len: AtomicU8,
+    /// Pool indices, highest bus base first.
+    order: [AtomicU8; MAX_POOLS],
+    base: [AtomicU64; MAX_POOLS],
+    size: [AtomicU64; MAX_POOLS],
+    /// Pools kept in reserve: allocated from only while a pool is being added.
+    reserve: AtomicU32,
+}
+
+/// A consistent copy of a [`LivePools`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolsSnapshot {
+    pub order: PoolOrder,
+    pub bases: [BusAddr; MAX_POOLS],
+    pub sizes: [u64; MAX_POOLS],
+    pub reserve: u32,
+}
+
+impl Default for LivePools {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LivePools {
+    pub(crate) fn new() -> Self {
+        LivePools {
+            seq: AtomicU32::new(0),
+            len: AtomicU8::new(0),
+            order: core::array::from_fn(|_| AtomicU8::new(0)),
+            base: core::array::from_fn(|_| AtomicU64::new(0)),
+            size: core::array::from_fn(|_| AtomicU64::new(0)),
+            reserve: AtomicU32::new(0),
+        }
+    }
+
+    fn read<T>(&self, f: impl Fn(usize) -> T) -> T {
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let n = (self.len.load(Ordering::Relaxed) as usize).min(MAX_POOLS);
+                let out = f(n);
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == s1 {
+                    return out;
+                }
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    fn write(&self, f: impl FnOnce()) {
+        self.seq.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        f();
+        self.seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// Everything, consistently.
+    pub(crate) fn snapshot(&self) -> PoolsSnapshot {
+        self.read(|n| {
+            let mut order = PoolOrder::EMPTY;
+            let mut bases = [BusAddr(0); MAX_POOLS];
+            let mut sizes = [0; MAX_POOLS];
+            for k in 0..n {
+                let i = self.order[k].load(Ordering::Relaxed) as usize % MAX_POOLS;
+                order.push(i);
+                bases[i] = BusAddr(self.base[i].load(Ordering::Relaxed));
+                sizes[i] = self.size[i].load(Ordering::Relaxed);
+            }
+            PoolsSnapshot { order, bases, sizes, reserve: self.reserve.load(Ordering::Relaxed) }
+        })
+    }
+
+    /// The allocation order (highest bus range first) of the pools that lie wholly below `mask`
+    /// (all with `None`), with reserve pools only when `reserve` is true, and every pool's base.
+    pub(crate) fn order_for(
+        &self,
+        mask: Option<DmaMask>,
+        reserve: bool,
+    ) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+        let s = self.snapshot();
+        let mut order = PoolOrder::EMPTY;
+        for i in s.order.iter() {
+            if !reserve && s.reserve & (1 << i) != 0 {
+                continue;
+            }
+            if mask.is_none_or(|m| m.covers(s.bases[i].0, s.sizes[i])) {
+                order.push(i);
+            }
+        }
+        (order, s.bases)
+    }
+
+    /// The pool whose range holds `bus`, and the offset into it: a binary search.
+    pub(crate) fn find(&self, bus: u64) -> Option<(usize, u64)> {
+        self.read(|n| {
+            // `order` is by base, highest first: the candidate is the first pool whose base <= bus.
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let i = self.order[mid].load(Ordering::Relaxed) as usize % MAX_POOLS;
+                if self.base[i].load(Ordering::Relaxed) > bus {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo == n {
+                return None;
+            }
+            let i = self.order[lo].load(Ordering::Relaxed) as usize % MAX_POOLS;
+            let off = bus - self.base[i].load(Ordering::Relaxed);
+            (off < self.size[i].load(Ordering::Relaxed)).then_some((i, off))
+        })
+    }
+
+    /// Where pool `i` sits, if it is in the view.
+    pub(crate) fn base_of(&self, i: usize) -> Option<BusAddr> {
+        let s = self.snapshot();
+        let found = s.order.iter().any(|k| k == i);
+        found.then_some(s.bases[i])
+    }
+
+    /// Add pool `i` at `base` (bytes `size`). Single writer (see the module docs).
+    pub(crate) fn insert(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
+        let s = self.snapshot();
+        let mut idx: [u8; MAX_POOLS] = [0; MAX_POOLS];
+        let mut n = 0;
+        let mut placed = false;
+        for k in s.order.iter() {
+            if k == i {
+                continue;
+            }
+            if !placed && s.bases[k].0 < base.0 {
+                idx[n] = i as u8;
+                n += 1;
+                placed = true;
+            }
+            idx[n] = k as u8;
+            n += 1;
+        }
+        if !placed && n < MAX_POOLS {
+            idx[n] = i as u8;
+            n += 1;
+        }
+        self.write(|| {
+            self.base[i].store(base.0, Ordering::Relaxed);
+            self.size[i].store(size, Ordering::Relaxed);
+            for (k, &v) in idx[..n].iter().enumerate() {
+                self.order[k].store(v, Ordering::Relaxed);
+            }
+            self.len.store(n as u8, Ordering::Relaxed);
+            let bit = 1u32 << i;
+            let r = self.reserve.load(Ordering::Relaxed);
+            self.reserve.store(if reserve { r | bit } else { r & !bit }, Ordering::Relaxed);
+        });
+    }
+
+    /// Remove pool `i`; true when it was there. Single writer.
+    pub(crate) fn remove(&self, i: usize) -> bool {
+        let s = self.snapshot();
+        if !s.order.iter().any(|k| k == i) {
+            return false;
+        }
+        self.write(|| {
+            let mut n = 0;
+            for k in s.order.iter().filter(|&k| k != i) {
+                self.order[n].store(k as u8, Ordering::Relaxed);
+                n += 1;
+            }
+            self.len.store(n as u8, Ordering::Relaxed);
+            self.reserve.fetch_and(!(1u32 << i), Ordering::Relaxed);
+        });
+        true
+    }
+
+    /// Forget every pool. Single writer.
+    pub(crate) fn clear(&self) {
+        self.write(|| {
+            self.len.store(0, Ordering::Relaxed);
+            self.reserve.store(0, Ordering::Relaxed);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    #[test]
+    fn sorted_by_base_and_found_by_binary_search() {
+        let l = LivePools::new();
+        l.insert(2, BusAddr(0x3000), 0x1000, false);
+        l.insert(0, BusAddr(0x1000), 0x1000, false);
+        l.insert(5, BusAddr(0x8000), 0x2000, true);
+        let (order, _) = l.order_for(None, true);
+        assert_eq!(order.iter().collect::<Vec<_>>(), [5, 2, 0]);
+        let (order, _) = l.order_for(None, false);
+        assert_eq!(order.iter().collect::<Vec<_>>(), [2, 0]);
+        assert_eq!(l.find(0x1800), Some((0, 0x800)));
+        assert_eq!(l.find(0x9fff), Some((5, 0x1fff)));
+        assert_eq!(l.find(0x2000), None);
+        assert_eq!(l.find(0xa000), None);
+        assert_eq!(l.find(0x500), None);
+        assert!(l.remove(2));
+        assert!(!l.remove(2));
+        assert_eq!(l.find(0x3000), None);
+        let (order, _) = l.order_for(Some(DmaMask::new(15).unwrap()), true);
+        assert_eq!(order.iter().collect::<Vec<_>>(), [0]);
+    }
+}

@@ -1,0 +1,121 @@
+//! Shrinking: grown pools that stayed idle go back to the memory source.
+//!
+//! Removal never races a map into the pool: the pool is first drained (allocations skip it), then
+//! the remover waits until no CPU is inside it and takes it for itself, and only then checks it is
+//! still idle (a map that entered before the drain may have allocated; the pool is then put back).
+
+use core::sync::atomic::Ordering;
+
+use super::GrowState;
+use crate::addr::PAGE_SIZE;
+use crate::error::DmaError;
+use crate::layer::DmaLayer;
+use crate::platform::Platform;
+use crate::pool_set::MAX_POOLS;
+
+/// What removing one pool did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Removed {
+    /// Handed back to the source.
+    Returned,
+    /// Still in use: left in place.
+    Busy,
+    /// Kept out of the source for good (entries that would not clear, or pages that would not unshare).
+    Quarantined,
+}
+
+impl<'m, P: Platform> DmaLayer<'m, P> {
+    /// One tick of the caller's clock (see [`GrowthConfig::idle_ticks`](super::GrowthConfig)): every
+    /// grown pool (not the reserve) that had no live slot and no allocation attempt since the last
+    /// tick counts one more idle tick, and those idle for long enough are removed. Returns how many
+    /// were handed back.
+    pub fn growth_tick(&self) -> usize {
+        if self.growth.source.is_none() {
+            return 0;
+        }
+        let hysteresis = self.growth.cfg.idle_ticks.max(1);
+        let mut g = self.growth.lock.lock();
+        let mut returned = 0;
+        for i in 0..MAX_POOLS {
+            let Some(mut grown) = g.grown[i] else { continue };
+            if grown.reserve || !self.pools.is_active(i) {
+                continue;
+            }
+            let touched = self.pools.take_touched(i);
+            // The reference is dropped before any removal waits for the pool's users.
+            let busy = self.pools.get(i).is_none_or(|p| p.slots_in_use() != 0);
+            grown.idle = if touched || busy { 0 } else { grown.idle + 1 };
+            g.grown[i] = Some(grown);
+            if grown.idle >= hysteresis && self.remove_grown(&mut g, i) == Removed::Returned {
+                returned += 1;
+            }
+        }
+        returned
+    }
+
+    /// Remove every grown pool now, reserve included (teardown). `Busy` if one still has live slots.
+    pub fn shrink_all(&self) -> Result<(), DmaError> {
+        let mut g = self.growth.lock.lock();
+        let mut result = Ok(());
+        for i in 0..MAX_POOLS {
+            if g.grown[i].is_none() {
+                continue;
+            }
+            match self.remove_grown(&mut g, i) {
+                Removed::Returned => {}
+                Removed::Busy => {
+                    let live = self.pools.get(i).map_or(1, |p| p.slots_in_use() as u64);
+                    result = Err(DmaError::Busy { live });
+                }
+                Removed::Quarantined => {
+                    result = Err(DmaError::GrowthFailed(crate::diagnostics::GrowthVerdict::WindowFailed));
+                }
+            }
+        }
+        result
+    }
+
+    /// Drain, wait, check, take out of every window, unshare, hand back. The caller holds the growth
+    /// lock as `g`.
+    fn remove_grown(&self, g: &mut GrowState, i: usize) -> Removed {
+        let Some(grown) = g.grown[i] else { return Removed::Busy };
+        let c = &self.growth.counters;
+        if !self.pools.drain(i) {
+            return Removed::Busy;
+        }
+        // Allocations that entered before the drain finish; none can start now. So the count below
+        // can only fall, and a pool with live mappings goes back to ACTIVE before any lookup of
+        // them could find it REMOVING.
+        let settled = self.pools.wait_users(i);
+        let busy = !settled || self.pools.get(i).is_none_or(|p| p.slots_in_use() != 0);
+        if busy || !self.pools.exclusive(i) {
+            self.pools.undrain(i);
+            return Removed::Busy;
+        }
+        self.plain.remove(i);
+        g.grown[i] = None;
+        c.bytes_now.fetch_sub(grown.len as u64, Ordering::Relaxed);
+        if self.leave_windows(i).is_err() {
+            // Entries may still name the pool: it stays shared, unused, out of the source.
+            self.pools.quarantine(i);
+            g.kept_bytes += grown.len as u64;
+            c.quarantined_pools.fetch_add(1, Ordering::Relaxed);
+            log::error!("ccdma: grown pool {i} kept for good: its window entries would not clear");
+            return Removed::Quarantined;
+        }
+        // SAFETY: we hold the growth lock and moved the slot to REMOVING ourselves.
+        let _gone = unsafe { self.pools.take(i) };
+        let Some(src) = self.growth.source else { return Removed::Quarantined };
+        src.give_back_meta(grown.meta.0, grown.slots);
+        let pages = grown.len as u64 / PAGE_SIZE;
+        if self.platform.is_confidential() && self.unshare_pages(grown.phys, pages).is_err() {
+            g.kept_bytes += grown.len as u64;
+            c.quarantined_pools.fetch_add(1, Ordering::Relaxed);
+            return Removed::Quarantined;
+        }
+        src.give_back(grown.phys, grown.len);
+        c.shrunk.fetch_add(1, Ordering::Relaxed);
+        log::info!("ccdma: pool {i} ({:#x} bytes at {}) idle: handed back", grown.len, grown.phys);
+        Removed::Returned
+    }
+}

@@ -1,0 +1,303 @@
+//! The layer's pool table: one slot per pool index, each with a state and a count of the CPUs using
+//! the pool right now, so pools can be added and removed through `&self` while devices map.
+//!
+//! A slot's word holds its state (top four bits) and its users (the rest). A reader adds itself with
+//! one `fetch_add` and looks at the state in the same value: either the state admits it, and no
+//! remover can pass until it leaves, or it takes itself off again without touching the pool. Pools
+//! added with `&mut self` ([`DmaLayer::add_pool`](crate::DmaLayer::add_pool)) are FIXED: they are
+//! never removed while the layer is shared, so readers use them without counting.
+//!
+//! ```text
+//! EMPTY --install--> ADDING --publish--> ACTIVE --drain--> DRAINING --exclusive--> REMOVING --take--> EMPTY
+//!                                           ^                  |
+//!                                           +-- still in use --+   (checked while DRAINING: lookups of
+//!                                                                   live mappings never find it REMOVING)
+//! REMOVING or ADDING --entries would not clear--> QUARANTINED (for good)
+//! ```
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use crate::pool::BouncePool;
+use crate::pool_set::MAX_POOLS;
+
+const EMPTY: u32 = 0;
+const FIXED: u32 = 1;
+const ADDING: u32 = 2;
+const ACTIVE: u32 = 3;
+const DRAINING: u32 = 4;
+const REMOVING: u32 = 5;
+const QUARANTINED: u32 = 6;
+
+const SHIFT: u32 = 28;
+/// Spins a remover waits for a pool's users before it gives up (a map or lookup takes well under a
+/// microsecond of them; this is milliseconds).
+const SPIN_LIMIT: u32 = 1 << 22;
+const USERS: u32 = (1 << SHIFT) - 1;
+
+const fn state(word: u32) -> u32 {
+    word >> SHIFT
+}
+
+struct Slot<'m> {
+    word: AtomicU32,
+    /// Set by every allocation attempt in a grown pool; the idle tick clears it.
+    touched: AtomicBool,
+    pool: UnsafeCell<Option<BouncePool<'m>>>,
+}
+
+/// The pools of one layer, by index.
+pub(crate) struct PoolTable<'m> {
+    slots: [Slot<'m>; MAX_POOLS],
+}
+
+// SAFETY: a slot's `pool` is written only (a) through `&mut self`, or (b) by the one grower (the
+// caller of `install`/`take`, who holds the layer's growth lock) while the state is ADDING or
+// REMOVING, states in which no reader dereferences it (readers check the state in the same atomic
+// value that counts them, and REMOVING is entered only when that count is zero). It is read only
+// while a reader is counted in an admitting state, or while FIXED. `BouncePool` itself is Sync.
+unsafe impl Sync for PoolTable<'_> {}
+// SAFETY: the table owns its pools; `BouncePool` is Send.
+unsafe impl Send for PoolTable<'_> {}
+
+/// A pool in use by this CPU: while it lives the pool cannot be removed.
+pub struct PoolRef<'a, 'm> {
+    pool: &'a BouncePool<'m>,
+    /// The word to leave through (None: a FIXED pool, never removed while the layer is shared).
+    word: Option<&'a AtomicU32>,
+}
+
+impl<'m> core::ops::Deref for PoolRef<'_, 'm> {
+    type Target = BouncePool<'m>;
+    fn deref(&self) -> &BouncePool<'m> {
+        self.pool
+    }
+}
+
+impl Drop for PoolRef<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.word {
+            w.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+impl core::fmt::Debug for PoolRef<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "PoolRef({}, {:#x} bytes)", self.pool.phys(), self.pool.len())
+    }
+}
+
+impl<'m> PoolTable<'m> {
+    pub(crate) fn new() -> Self {
+        PoolTable {
+            slots: core::array::from_fn(|_| Slot {
+                word: AtomicU32::new(EMPTY << SHIFT),
+                touched: AtomicBool::new(false),
+                pool: UnsafeCell::new(None),
+            }),
+        }
+    }
+
+    fn enter(&self, i: usize, alloc: bool) -> Option<PoolRef<'_, 'm>> {
+        let slot = self.slots.get(i)?;
+        let w = slot.word.load(Ordering::Acquire);
+        if state(w) == FIXED {
+            // SAFETY: FIXED pools change only through `&mut self`, which cannot coexist with this `&self`.
+            let pool = unsafe { (*slot.pool.get()).as_ref()? };
+            return Some(PoolRef { pool, word: None });
+        }
+        if !matches!(state(w), ACTIVE | DRAINING) {
+            return None;
+        }
+        let w = slot.word.fetch_add(1, Ordering::Acquire);
+        let admitted = match state(w) {
+            ACTIVE => true,
+            DRAINING => !alloc,
+            _ => false,
+        };
+        if !admitted || w & USERS == USERS {
+            slot.word.fetch_sub(1, Ordering::Release);
+            return None;
+        }
+        if alloc && !slot.touched.load(Ordering::Relaxed) {
+            slot.touched.store(true, Ordering::Relaxed);
+        }
+        // SAFETY: counted in an admitting state: the grower writes `pool` only in ADDING (published
+        // with a release RMW this acquire RMW reads after) or REMOVING (entered only at zero users).
+        let pool = unsafe { (*slot.pool.get()).as_ref() };
+        match pool {
+            Some(pool) => Some(PoolRef { pool, word: Some(&slot.word) }),
+            None => {
+                slot.word.fetch_sub(1, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// Pool `i` for a lookup (unmap, sync, statistics): FIXED, ACTIVE or DRAINING.
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> Option<PoolRef<'_, 'm>> {
+        self.enter(i, false)
+    }
+
+    /// Pool `i` for a new allocation: FIXED or ACTIVE (a draining pool takes nothing new).
+    #[inline]
+    pub(crate) fn get_for_alloc(&self, i: usize) -> Option<PoolRef<'_, 'm>> {
+        self.enter(i, true)
+    }
+
+    /// Pool `i` if it is FIXED: borrowed for as long as the layer.
+    pub(crate) fn fixed(&self, i: usize) -> Option<&BouncePool<'m>> {
+        let slot = self.slots.get(i)?;
+        if state(slot.word.load(Ordering::Acquire)) != FIXED {
+            return None;
+        }
+        // SAFETY: FIXED pools change only through `&mut self`.
+        unsafe { (*slot.pool.get()).as_ref() }
+    }
+
+    /// Every usable pool with its index (FIXED, ACTIVE, DRAINING).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, PoolRef<'_, 'm>)> + '_ {
+        (0..MAX_POOLS).filter_map(|i| self.get(i).map(|p| (i, p)))
+    }
+
+    /// True when slot `i` holds no pool and may take one.
+    pub(crate) fn is_empty(&self, i: usize) -> bool {
+        self.slots.get(i).is_some_and(|s| state(s.word.load(Ordering::Acquire)) == EMPTY)
+    }
+
+    /// Number of slots in any state but EMPTY.
+    pub(crate) fn occupied(&self) -> usize {
+        self.slots.iter().filter(|s| state(s.word.load(Ordering::Acquire)) != EMPTY).count()
+    }
+
+    /// Put a pool added through `&mut self` into slot `i` (FIXED).
+    pub(crate) fn set_fixed(&mut self, i: usize, pool: BouncePool<'m>) {
+        let slot = &mut self.slots[i];
+        *slot.pool.get_mut() = Some(pool);
+        *slot.word.get_mut() = FIXED << SHIFT;
+    }
+
+    /// Take every FIXED pool out (through `&mut self`: no reader exists).
+    pub(crate) fn take_fixed(&mut self) -> impl Iterator<Item = BouncePool<'m>> + '_ {
+        self.slots.iter_mut().filter_map(|s| {
+            if state(*s.word.get_mut()) != FIXED {
+                return None;
+            }
+            *s.word.get_mut() = EMPTY << SHIFT;
+            s.pool.get_mut().take()
+        })
+    }
+
+    /// Write a new pool into EMPTY slot `i` and hold it ADDING (no reader sees it yet).
+    ///
+    /// # Safety
+    /// The caller holds the growth lock (the only writer of slot states other than `&mut self`).
+    pub(crate) unsafe fn install(&self, i: usize, pool: BouncePool<'m>) -> bool {
+        let slot = &self.slots[i];
+        let ok = slot
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (state(w) == EMPTY).then_some((ADDING << SHIFT) | (w & USERS))
+            })
+            .is_ok();
+        if ok {
+            // SAFETY: ADDING admits no reader; the growth lock makes this CPU the only writer.
+            unsafe { *slot.pool.get() = Some(pool) };
+            slot.touched.store(false, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn set_state(&self, i: usize, from: u32, to: u32) -> bool {
+        self.slots[i]
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (state(w) == from).then_some((to << SHIFT) | (w & USERS))
+            })
+            .is_ok()
+    }
+
+    /// ADDING -> ACTIVE: readers may use the pool from now on (release: they see it whole).
+    pub(crate) fn publish(&self, i: usize) -> bool {
+        self.set_state(i, ADDING, ACTIVE)
+    }
+
+    /// ACTIVE -> DRAINING: no new allocation enters the pool; lookups still do.
+    pub(crate) fn drain(&self, i: usize) -> bool {
+        self.set_state(i, ACTIVE, DRAINING)
+    }
+
+    /// Wait until no CPU is inside DRAINING slot `i`: every allocation that entered before the drain
+    /// has finished (and its slots are counted). Lookups may still enter afterwards.
+    /// Gives up (false) after [`SPIN_LIMIT`] tries: a caller holding a [`PoolRef`] for long (safe
+    /// code may) makes the shrink fail, never hang.
+    pub(crate) fn wait_users(&self, i: usize) -> bool {
+        for _ in 0..SPIN_LIMIT {
+            if self.slots[i].word.load(Ordering::Acquire) & USERS == 0 {
+                return true;
+            }
+            core::hint::spin_loop();
+        }
+        false
+    }
+
+    /// DRAINING -> ACTIVE: the pool turned out to be in use.
+    pub(crate) fn undrain(&self, i: usize) -> bool {
+        self.set_state(i, DRAINING, ACTIVE)
+    }
+
+    /// DRAINING with no user -> REMOVING: from here the caller has the pool to itself. Spins while
+    /// users (lookups of addresses in this pool) finish; none blocks on anything.
+    /// Gives up (false, still DRAINING) after [`SPIN_LIMIT`] tries, as [`Self::wait_users`].
+    pub(crate) fn exclusive(&self, i: usize) -> bool {
+        let w = &self.slots[i].word;
+        for _ in 0..SPIN_LIMIT {
+            let swapped = w.compare_exchange_weak(
+                DRAINING << SHIFT,
+                REMOVING << SHIFT,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            if swapped.is_ok() {
+                return true;
+            }
+            core::hint::spin_loop();
+        }
+        false
+    }
+
+    /// REMOVING or ADDING -> QUARANTINED: the pool stays, unused, for good.
+    pub(crate) fn quarantine(&self, i: usize) -> bool {
+        self.set_state(i, REMOVING, QUARANTINED) || self.set_state(i, ADDING, QUARANTINED)
+    }
+
+    /// Take the pool out of a slot held REMOVING or ADDING; the slot is EMPTY again.
+    ///
+    /// # Safety
+    /// The caller holds the growth lock and moved the slot to ADDING or REMOVING itself.
+    pub(crate) unsafe fn take(&self, i: usize) -> Option<BouncePool<'m>> {
+        let slot = &self.slots[i];
+        let w = slot.word.load(Ordering::Acquire);
+        if !matches!(state(w), REMOVING | ADDING) {
+            return None;
+        }
+        // SAFETY: per the contract the cell is ours alone.
+        let pool = unsafe { (*slot.pool.get()).take() };
+        slot.word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some((EMPTY << SHIFT) | (w & USERS)))
+            .ok();
+        pool
+    }
+
+    /// Clear slot `i`'s activity mark; true when it was set (an allocation was tried there).
+    pub(crate) fn take_touched(&self, i: usize) -> bool {
+        self.slots[i].touched.swap(false, Ordering::Relaxed)
+    }
+
+    /// True when slot `i` is ACTIVE (a grown pool taking allocations).
+    pub(crate) fn is_active(&self, i: usize) -> bool {
+        state(self.slots[i].word.load(Ordering::Acquire)) == ACTIVE
+    }
+}
