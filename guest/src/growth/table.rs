@@ -205,7 +205,8 @@ impl<'m> PoolTable<'m> {
         if ok {
             // SAFETY: ADDING admits no reader; the growth lock makes this CPU the only writer.
             unsafe { *slot.pool.get() = Some(pool) };
-            slot.touched.store(false, Ordering::Relaxed);
+            // Born touched: the next idle tick does not count a pool its grower has not used yet.
+            slot.touched.store(true, Ordering::Relaxed);
         }
         ok
     }

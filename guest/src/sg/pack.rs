@@ -53,7 +53,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             };
             let run_off = (index as u64) << slot.trailing_zeros();
             let start = view.pool_bus[pi].0 + run_off + lead;
-            let misplaced = if page > 0 {
+            // The pool cannot be removed while the run lives: where the device's view puts it now
+            // must be where the list's snapshot did (else that index was shrunk and regrown since).
+            let moved = page == 0 && self.view_base(view, pi) != Some(view.pool_bus[pi]);
+            let misplaced = if moved {
+                true
+            } else if page > 0 {
                 (pool.phys().0 + run_off) % page != 0
             } else {
                 start & lim.min_align != bits
@@ -106,6 +111,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             );
         }
         Err(DmaError::PoolExhausted { len: g.len as usize })
+    }
+
+    /// Where pool `pi` sits in the view's live pool set now.
+    fn view_base(&self, view: &View, pi: usize) -> Option<BusAddr> {
+        match view.domain {
+            None => self.plain.base_of(pi),
+            Some(d) => self.slot(d)?.live.base_of(pi),
+        }
     }
 
     /// Initialise a new run: originals copied in for data going to the device, zeroes otherwise (or

@@ -8,7 +8,7 @@ use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::{BouncePool, NewHead, Owner, RunRequest, SlotRecord};
-use crate::pool_set::{PoolOrder, MAX_POOLS};
+use crate::pool_set::PoolOrder;
 use crate::stats::{should_warn, FailureKind};
 
 use super::Original;
@@ -39,21 +39,28 @@ pub(crate) struct BounceRun {
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
-    /// Bounce into one of `order`'s pools, each of which sits at `bus[i]` on the device's bus.
-    #[allow(clippy::too_many_arguments)]
+    /// Bounce into one of `order`'s pools; the bus address is the pool's place in the device's view.
     pub(crate) fn bounce_map(
         &self,
         dev: &Device,
         order: &PoolOrder,
-        bus: &[BusAddr; MAX_POOLS],
         orig: Original,
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<BusAddr, DmaError> {
         let run = self.bounce_alloc(dev, order, orig, len, dir, attrs, RunAlign::Slots)?;
+        // The pool cannot be removed while the run lives, so where the device's view puts it now is
+        // right; a snapshot taken before the map may predate a shrink and a regrowth at this index.
+        let Some(base) = self.live_pools(dev).and_then(|l| l.base_of(run.pool)) else {
+            if let Some(pool) = self.pools.get(run.pool) {
+                pool.free(run.index, run.run_len / pool.slot_size());
+            }
+            self.stats.fail(FailureKind::PoolExhausted);
+            return Err(DmaError::PoolExhausted { len });
+        };
         self.stats.mapped(true);
-        Ok(BusAddr(bus[run.pool].0 + (run.run_off + run.data_off) as u64))
+        Ok(BusAddr(base.0 + (run.run_off + run.data_off) as u64))
     }
 
     /// Allocate a slot run in the first of `order`'s pools that has one and fill it per direction.

@@ -151,9 +151,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
             _ => {
-                let (order, bases) =
+                let (order, _) =
                     self.plain.order_for(Some(mask), self.growth.growing.load(Ordering::Relaxed));
-                self.bounce_map(dev, &order, &bases, orig, len, dir, attrs)
+                self.bounce_map(dev, &order, orig, len, dir, attrs)
             }
         }
     }

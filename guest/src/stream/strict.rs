@@ -36,8 +36,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let bus = match info.path {
             DmaPath::IommuStrict => self.strict_map(dev, info, orig, len, dir, attrs)?,
             _ => {
-                let (order, bases) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
-                self.bounce_map(dev, &order, &bases, orig, len, dir, attrs)?
+                let (order, _) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
+                self.bounce_map(dev, &order, orig, len, dir, attrs)?
             }
         };
         if let Some(slot) = dev.domain.and_then(|d| self.slot(d)) {
