@@ -43,8 +43,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         // Beyond the device's mask: bounced like an untrusted device's buffer.
         let growing = self.growth.growing.load(core::sync::atomic::Ordering::Relaxed);
-        let (order, bases) = self.plain.order_for(Some(dev.config.dma_mask), growing);
-        self.bounce_map(dev, &order, &bases, orig, len, dir, attrs)
+        let (order, _) = self.plain.order_for(Some(dev.config.dma_mask), growing);
+        self.bounce_map(dev, &order, orig, len, dir, attrs)
     }
 
     fn trusted_iommu_map(
