@@ -18,7 +18,9 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use ccdma_tests::timing::Sample;
 
 use ccdma::iommu::BusRange;
 use ccdma::{
@@ -35,36 +37,9 @@ const BATCHES: usize = 15;
 /// Warm-up before calibration (caches, branch predictors, lazily backed model pages).
 const WARM_UP: Duration = Duration::from_millis(15);
 
-/// One measurement: nanoseconds per operation.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-/// Time `op`: warm up, pick a batch size that runs about `batch` long, then take the median of
-/// [`BATCHES`] batches.
+/// Time `op` (see `ccdma_tests::timing::measure`).
 fn measure(batch: Duration, op: &mut dyn FnMut()) -> Sample {
-    let start = Instant::now();
-    let mut warm = 0u64;
-    while start.elapsed() < WARM_UP {
-        op();
-        warm += 1;
-    }
-    let per_op = WARM_UP.as_nanos() as f64 / warm.max(1) as f64;
-    let iters = ((batch.as_nanos() as f64 / per_op) as u64).max(1);
-    let mut per_iter: Vec<f64> = (0..BATCHES)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                op();
-            }
-            t.elapsed().as_nanos() as f64 / iters as f64
-        })
-        .collect();
-    per_iter.sort_by(f64::total_cmp);
-    Sample { median: per_iter[BATCHES / 2], min: per_iter[0], max: per_iter[BATCHES - 1] }
+    ccdma_tests::timing::measure(WARM_UP, BATCHES, batch, op)
 }
 
 struct Row {

@@ -32,27 +32,9 @@ const SLOT: usize = 2048;
 const BATCHES: usize = 9;
 const WARM_UP: Duration = Duration::from_millis(10);
 
-/// Median ns per call of `op` over [`BATCHES`] batches of about `batch` each.
+/// Median ns per call of `op` (see `ccdma_tests::timing::measure`).
 fn measure(batch: Duration, op: &mut dyn FnMut()) -> f64 {
-    let start = Instant::now();
-    let mut warm = 0u64;
-    while start.elapsed() < WARM_UP {
-        op();
-        warm += 1;
-    }
-    let per_op = start.elapsed().as_nanos() as f64 / warm.max(1) as f64;
-    let iters = ((batch.as_nanos() as f64 / per_op) as u64).max(1);
-    let mut v: Vec<f64> = (0..BATCHES)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                op();
-            }
-            t.elapsed().as_nanos() as f64 / iters as f64
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[BATCHES / 2]
+    ccdma_tests::timing::measure(WARM_UP, BATCHES, batch, op).median
 }
 
 /// xorshift64*.

@@ -3,6 +3,8 @@
 use ccdma::{DmaLayer, PhysAddr, PoolConfig, SlotMeta};
 use ccdma_hv_model::{HvConfig, Hypervisor};
 
+pub mod timing;
+
 /// 1 GiB.
 pub const GIB: u64 = 1 << 30;
 /// 1 MiB.
