@@ -1,43 +1,12 @@
 //! "Pool full" reports: when a mapping finally fails for want of pool space, the layer records which
 //! device asked for what, how full each pool was, and whether growth was possible and why not
-//! ([`DmaLayer::last_pool_full`]). Per-device peaks and failures are on [`crate::Device`].
+//! ([`DmaLayer::last_pool_full`](crate::DmaLayer::last_pool_full)). Per-device peaks and failures are on [`crate::Device`].
 
 use core::fmt;
 
-use crate::device::Device;
-use crate::layer::DmaLayer;
-use crate::platform::Platform;
 use crate::pool_set::MAX_POOLS;
 
-/// Why a full pool set did not grow (or grew without helping).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GrowthVerdict {
-    /// No memory source: growth is not enabled.
-    Disabled,
-    /// The configured limits (pools, bytes) or the pool table are full.
-    LimitReached,
-    /// The memory source had nothing (below the device's limit).
-    SourceEmpty,
-    /// Sharing the new memory failed (rolled back, or quarantined).
-    SharingFailed,
-    /// Entering the new pool into a device window failed (rolled back, or quarantined).
-    WindowFailed,
-    /// A pool was added but the device cannot reach it (its window has no room below its mask).
-    Unreachable,
-}
-
-impl fmt::Display for GrowthVerdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            GrowthVerdict::Disabled => "growth not enabled",
-            GrowthVerdict::LimitReached => "growth limit reached",
-            GrowthVerdict::SourceEmpty => "memory source empty",
-            GrowthVerdict::SharingFailed => "sharing new pool memory failed",
-            GrowthVerdict::WindowFailed => "entering a new pool into a window failed",
-            GrowthVerdict::Unreachable => "new pool not reachable by the device",
-        })
-    }
-}
+pub use crate::growth::verdict::GrowthVerdict;
 
 /// How full one pool was.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,33 +44,5 @@ impl fmt::Display for PoolFullReport {
             write!(f, " pool {} {}/{} slots ({pct}%) of {} bytes;", p.index, p.in_use, p.slots, p.bytes)?;
         }
         write!(f, " {}", self.growth)
-    }
-}
-
-impl<P: Platform> DmaLayer<'_, P> {
-    /// The last "pool full" failure, if any.
-    pub fn last_pool_full(&self) -> Option<PoolFullReport> {
-        *self.growth.last_full.lock()
-    }
-
-    pub(crate) fn report_full(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
-        let mut r = PoolFullReport {
-            device: dev.config.id,
-            len,
-            pools: [PoolFill::default(); MAX_POOLS],
-            npools: 0,
-            growth,
-        };
-        for (i, p) in self.pools.iter() {
-            r.pools[r.npools] = PoolFill {
-                index: i as u8,
-                slots: p.slots() as u32,
-                in_use: p.slots_in_use() as u32,
-                bytes: p.len() as u64,
-            };
-            r.npools += 1;
-        }
-        log::warn!("ccdma: {r}");
-        *self.growth.last_full.lock() = Some(r);
     }
 }

@@ -276,7 +276,7 @@ pub enum DmaError {
     /// Growth was already enabled on this layer.
     GrowthAlreadyEnabled,
     /// Growing the pools failed (at enable, for the reserve; or a teardown that kept a pool).
-    GrowthFailed(crate::diagnostics::GrowthVerdict),
+    GrowthFailed(crate::growth::verdict::GrowthVerdict),
     /// A scatter-gather list in the wrong state: mapping a list that is mapped (`mapped: true`), or
     /// unmapping/syncing one that is not, or not as this layer mapped it (`mapped: false`).
     SgListState {
@@ -325,7 +325,7 @@ impl fmt::Display for DmaError {
             DmaError::ZeroMaxSegment => write!(f, "max segment size is zero"),
             DmaError::InvalidMaxDomains(n) => write!(f, "max_domains {n} is not in 1..=16"),
             DmaError::InvalidListPages(n) => {
-                write!(f, "{n} list pages is not in 1..={}", crate::iommu::MAX_LIST_PAGES)
+                write!(f, "{n} list pages is not in 1..={}", crate::iommu::config::MAX_LIST_PAGES)
             }
             DmaError::RangeStorageTooSmall { needed, provided } => {
                 write!(f, "bus range storage holds {provided} ranges, needs {needed}")

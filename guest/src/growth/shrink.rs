@@ -68,7 +68,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     result = Err(DmaError::Busy { live });
                 }
                 Removed::Quarantined => {
-                    result = Err(DmaError::GrowthFailed(crate::diagnostics::GrowthVerdict::WindowFailed));
+                    result = Err(DmaError::GrowthFailed(crate::growth::verdict::GrowthVerdict::WindowFailed));
                 }
             }
         }

@@ -52,6 +52,7 @@ pub(crate) mod counters;
 pub(crate) mod domain;
 pub mod error;
 pub(crate) mod list_pages;
+mod list_setup;
 pub mod tce;
 pub mod window;
 

@@ -1,0 +1,35 @@
+//! Recording and reading the layer's last "pool full" report ([`crate::diagnostics`] holds its types).
+
+use crate::device::Device;
+use crate::diagnostics::{GrowthVerdict, PoolFill, PoolFullReport};
+use crate::layer::DmaLayer;
+use crate::platform::Platform;
+use crate::pool_set::MAX_POOLS;
+
+impl<P: Platform> DmaLayer<'_, P> {
+    /// The last "pool full" failure, if any.
+    pub fn last_pool_full(&self) -> Option<PoolFullReport> {
+        *self.growth.last_full.lock()
+    }
+
+    pub(crate) fn report_full(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
+        let mut r = PoolFullReport {
+            device: dev.config.id,
+            len,
+            pools: [PoolFill::default(); MAX_POOLS],
+            npools: 0,
+            growth,
+        };
+        for (i, p) in self.pools.iter() {
+            r.pools[r.npools] = PoolFill {
+                index: i as u8,
+                slots: p.slots() as u32,
+                in_use: p.slots_in_use() as u32,
+                bytes: p.len() as u64,
+            };
+            r.npools += 1;
+        }
+        log::warn!("ccdma: {r}");
+        *self.growth.last_full.lock() = Some(r);
+    }
+}
