@@ -24,6 +24,7 @@ impl Hypervisor {
             Ripas::Empty => PageState::Shared,
             Ripas::Ram => PageState::Private,
         };
+        self.note_conversion(gpa, 1, to);
         if self.mem.state(gpa) != to {
             self.mem.set_state(gpa, 1, to);
             self.mem.write(gpa, &[CCA_POISON; PAGE as usize]);

@@ -29,6 +29,8 @@ impl Hypervisor {
 
     /// The hypervisor's RMPUPDATE for one page.
     fn snp_assign(&self, gpa: u64, op: PageOp) {
+        let to = if op == PageOp::Shared { PageState::Shared } else { PageState::PendingAccept };
+        self.note_conversion(gpa, 1, to);
         match (op, self.mem.state(gpa)) {
             (PageOp::Shared, PageState::Shared) | (PageOp::Private, PageState::Private) => {}
             (PageOp::Private, PageState::PendingAccept) => {}

@@ -162,6 +162,8 @@ impl Run {
             assert!(self.hv.faults().is_empty(), "after {name}: {:?}", self.hv.faults());
         }
         assert!(self.hv.faults().iter().all(|f| f.reason == FaultReason::PrivateTarget));
+        // The guest never asks to share a page that is shared already (the model's sharing ledger).
+        assert_eq!(self.hv.sharing_ledger().double_shares, 0, "after {name}");
     }
 }
 
