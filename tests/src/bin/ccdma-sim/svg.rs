@@ -241,7 +241,8 @@ pub fn render(devices: &[DeviceDrawing]) -> String {
                 Group::new().set("class", "band").add(bar(&b.frame, &b.regions, d.mask_end, y, true));
             y += BAR + LINE;
             band = band.add(text(LEFT, y, 12, b.frame.label.clone()));
-            if let Some(zoom) = zoom_extent(b) {
+            let zoom = zoom_extent(b);
+            if let Some(zoom) = zoom {
                 let frame = Region { end: b.frame.start + zoom, ..b.frame.clone() };
                 y += 12.0;
                 band = band.add(bar(&frame, &b.regions, d.mask_end, y, false));
@@ -256,8 +257,10 @@ pub fn render(devices: &[DeviceDrawing]) -> String {
                     .set("y", y - 10.0)
                     .set("width", 10)
                     .set("height", 10);
-                band =
-                    band.add(key.set("fill", color(r.kind))).add(text(LEFT + 26.0, y, 12, r.label.clone()));
+                // The key lists the whole band; say which entries the zoomed bar does not show.
+                let outside = zoom.is_some_and(|z| r.start >= b.frame.start + z);
+                let label = if outside { format!("{} (beyond the zoom)", r.label) } else { r.label.clone() };
+                band = band.add(key.set("fill", color(r.kind))).add(text(LEFT + 26.0, y, 12, label));
             }
             g = g.add(band);
         }
