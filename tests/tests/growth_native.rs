@@ -254,8 +254,9 @@ fn idle_grown_pools_are_unmapped_from_every_domain_and_handed_back() {
     assert_eq!(g.layer.growth_stats().pools, gs.pools);
 }
 
-/// A map request refused while the first grown pool enters the `nth` domain (0: the 32-bit device's,
-/// 1: the 64-bit one's).
+/// The `nth` map request after set-up refused by the backend. Premapped mappings make no requests, so
+/// these are growth's, one per domain per grown pool: 0 and 1 enter the first pool into the two
+/// domains, 2 and 3 the second (with the first pool published and mapped).
 fn map_fault_at_growth(nth: u64, fault: MapFault) {
     let what = format!("map {nth} fails {fault:?}");
     let g = Guest::new();
@@ -264,20 +265,38 @@ fn map_fault_at_growth(nth: u64, fault: MapFault) {
     // The initial pool serves what it can; the growth that follows fails and the map reports it.
     let r = g.workload(4 * INITIAL as usize);
     assert!(matches!(r, Err(DmaError::PoolExhausted { .. })), "{what}: {r:?}");
+    // Each growth asks one map per domain: the growths before the failing one were published.
+    let published = nth / 2;
     let gs = g.layer.growth_stats();
-    assert_eq!((gs.pools, gs.grown, gs.bytes, gs.failed), (0, 0, 0, 1), "{what}: not published: {gs:?}");
+    assert_eq!(
+        (gs.pools, gs.grown, gs.bytes, gs.failed),
+        (published, published, published * MIB, 1),
+        "{what}: the failed pool is not published: {gs:?}"
+    );
     let log = g.p.log();
-    let failed = log[log_at..].iter().filter(|r| matches!(r, Request::Map { ok: false, .. })).count();
-    assert_eq!(failed, 1, "{what}: the backend refused one request: {log:?}");
-    // Nothing of the pool is mapped in any domain, in the backend's state (what the domains entered
-    // before the failure was unmapped again), and no device reaches it.
-    assert_eq!(g.now().mapped, g.base.mapped, "{what}");
+    let refused: Vec<_> =
+        log[log_at..].iter().filter(|r| matches!(r, Request::Map { ok: false, .. })).collect();
+    assert_eq!(refused.len(), 1, "{what}: the backend refused one request: {log:?}");
+    let Request::Map { phys: failed_phys, .. } = *refused[0] else { unreachable!() };
+    // Nothing of the failed pool is mapped in any domain, in the backend's state (what the domains
+    // entered before the failure was unmapped again), and no device reaches it; the pools published
+    // before it are still mapped in every domain.
+    for dev in &g.devs {
+        let grown = g.grown_ranges(dev);
+        assert_eq!(grown.len() as u64, published, "{what}: {grown:x?}");
+        assert!(grown.iter().all(|r| r.2 != failed_phys), "{what}: the failed pool is mapped: {grown:x?}");
+    }
     for r in &log[log_at..] {
-        if let Request::Map { liobn, bus, .. } = *r {
-            let id = g.devs.iter().find(|d| g.liobn(d) == liobn).unwrap().config().id;
-            assert!(g.p.hv.device(id).read(bus, 16).is_err(), "{what}: {bus:#x} still translates");
+        if let Request::Map { liobn, bus, phys, .. } = *r {
+            if phys == failed_phys {
+                let id = g.devs.iter().find(|d| g.liobn(d) == liobn).unwrap().config().id;
+                assert!(g.p.hv.device(id).read(bus, 16).is_err(), "{what}: {bus:#x} still translates");
+            }
         }
     }
+    assert_eq!(g.shrink_idle() as u64, published, "{what}: the published pools shrink");
+    assert_eq!(g.now().mapped, g.base.mapped, "{what}");
+    let gs = g.layer.growth_stats();
     g.p.hv.clear_faults();
     let s = g.src.counters();
     match fault {
@@ -303,7 +322,7 @@ fn map_fault_at_growth(nth: u64, fault: MapFault) {
 
 #[test]
 fn a_map_failure_entering_a_new_pool_rolls_the_growth_back() {
-    for nth in [0, 1] {
+    for nth in [0, 1, 2, 3] {
         for fault in [MapFault::Clean, MapFault::Dirty] {
             map_fault_at_growth(nth, fault);
         }
