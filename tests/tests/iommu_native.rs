@@ -4,96 +4,16 @@
 //! here drives the model's translation tables range by range, so the model's device DMA checks
 //! every access exactly as on the TCE path, and no TCE hypercall is ever made by the layer.
 
-use ccdma::iommu::{BusRange, IommuBackend, PutFailure, WindowGeometry};
-use ccdma::{
-    BusAddr, DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, IommuConfig, IommuError,
-    MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform, PoolConfig, TceCalls,
-};
-use ccdma_hv_model::{CallKind, HvConfig, Hypervisor, Region, TceConfig};
+mod native_support;
+
+use ccdma::{BusAddr, DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, IommuConfig};
+use ccdma_hv_model::{CallKind, Region};
 use ccdma_tests::*;
-use core::ptr::NonNull;
-
-/// The model as a platform whose IOMMU maps ranges natively (no [`Platform::tce`]).
-struct NativePlatform {
-    hv: &'static Hypervisor,
-    map_requests: std::sync::atomic::AtomicU64,
-}
-
-impl MemorySharing for NativePlatform {
-    fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
-        self.hv.share(phys, pages)
-    }
-    fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
-        self.hv.unshare(phys, pages)
-    }
-}
-
-// SAFETY: forwards to the model's own implementation, which upholds the contract.
-unsafe impl PhysMemory for NativePlatform {
-    fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
-        self.hv.cpu_ptr(phys, len)
-    }
-    fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr> {
-        self.hv.virt_to_phys(ptr, len)
-    }
-    fn ram_end(&self) -> PhysAddr {
-        self.hv.ram_end()
-    }
-}
-
-impl Platform for NativePlatform {
-    fn is_confidential(&self) -> bool {
-        true
-    }
-    fn iommu_backend(&self) -> Option<&dyn IommuBackend> {
-        Some(self)
-    }
-}
-
-impl IommuBackend for NativePlatform {
-    fn default_window(&self, device: u32) -> Option<WindowGeometry> {
-        self.hv.default_window(device)
-    }
-    fn map(
-        &self,
-        win: &WindowGeometry,
-        bus: u64,
-        npages: u64,
-        entry: &dyn Fn(u64) -> u64,
-    ) -> Result<(), PutFailure> {
-        // One request per range, as a range IOMMU takes it (the model's table is filled page by page
-        // underneath, which is the model's business, not the layer's).
-        self.map_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for i in 0..npages {
-            let rc = self.hv.h_put_tce(win.liobn, bus + (i << win.page_shift), entry(i));
-            if rc != 0 {
-                let cleared =
-                    (0..i).all(|k| self.hv.h_put_tce(win.liobn, bus + (k << win.page_shift), 0) == 0);
-                return Err(PutFailure { err: IommuError::Hcall(rc), clean: cleared });
-            }
-        }
-        Ok(())
-    }
-    fn unmap(&self, win: &WindowGeometry, bus: u64, npages: u64) -> Result<(), IommuError> {
-        match self.hv.h_stuff_tce(win.liobn, bus, 0, npages) {
-            0 => Ok(()),
-            rc => Err(IommuError::Hcall(rc)),
-        }
-    }
-}
+use native_support::{native_layer, native_platform, NativePlatform};
 
 fn native(policy: IommuConfig) -> (&'static NativePlatform, DmaLayer<'static, &'static NativePlatform>) {
-    let hv = model(HvConfig::pseries(6 * GIB));
-    hv.enable_iommu(TceConfig { ddw: false, ..TceConfig::default() });
-    let platform: &'static NativePlatform =
-        Box::leak(Box::new(NativePlatform { hv, map_requests: Default::default() }));
-    let mut layer = DmaLayer::new(platform);
-    let meta = meta_for(4 * MIB, &PoolConfig::default());
-    // SAFETY: a fixed test range the model never hands out.
-    unsafe { layer.add_pool(PhysAddr(MID_POOL), (4 * MIB) as usize, meta, PoolConfig::default()) }.unwrap();
-    // SAFETY: no list page: a native backend has none.
-    unsafe { layer.enable_iommu(policy, vec![BusRange::EMPTY; 512].leak()) }.unwrap();
-    (platform, layer)
+    let platform = native_platform(6 * GIB);
+    (platform, native_layer(platform, 4 * MIB, policy))
 }
 
 fn round_trip(policy: IommuConfig, want: DmaPath) {
