@@ -18,6 +18,10 @@ pub const CCDMA_ATTR_SKIP_CPU_SYNC: c_int = 1;
 pub const CCDMA_ATTR_PRESERVE_UNWRITTEN: c_int = 2;
 /// Do not log a failure of this mapping (the caller handles it).
 pub const CCDMA_ATTR_NO_WARN: c_int = 4;
+/// For a device accepted by the platform (`ccdma_accept`): bounce this mapping through a shared pool
+/// as for an untrusted device (a ring the host reads too), instead of mapping the private buffer in
+/// place (Linux's `DMA_ATTR_CC_SHARED`). No effect for other devices.
+pub const CCDMA_ATTR_CC_SHARED: c_int = 8;
 
 /// The attributes of `bits`, or `None` when a bit is unknown.
 pub(crate) fn attrs(bits: c_int) -> Option<DmaAttrs> {
@@ -25,6 +29,7 @@ pub(crate) fn attrs(bits: c_int) -> Option<DmaAttrs> {
         (CCDMA_ATTR_SKIP_CPU_SYNC, DmaAttrs::SKIP_CPU_SYNC),
         (CCDMA_ATTR_PRESERVE_UNWRITTEN, DmaAttrs::PRESERVE_UNWRITTEN),
         (CCDMA_ATTR_NO_WARN, DmaAttrs::NO_WARN),
+        (CCDMA_ATTR_CC_SHARED, DmaAttrs::CC_SHARED),
     ];
     let all = known.iter().fold(0, |acc, (bit, _)| acc | bit);
     if bits & !all != 0 {
