@@ -623,6 +623,29 @@ int main(void) {
            untrusted_bounce ? "yes" : "NO");
     if (!shared_bounce || !untrusted_bounce) FAIL("bounces beside an accepted device");
 
+    /* Coherent buffers of the accepted device: private in place, or shared with CC_SHARED. */
+    uint64_t pc_phys = 0, sc_phys = 0, pc_bus = 0, sc_bus = 0;
+    alloc_private(PAGE, &pc_phys);
+    alloc_private(PAGE, &sc_phys);
+    void *pc_cpu = NULL, *sc_cpu = NULL;
+    static _Alignas(CCDMA_COHERENT_ALIGN) uint8_t coh2_mem[CCDMA_COHERENT_SIZE];
+    shares_before = shares;
+    CHECK(ccdma_alloc_coherent(layer, devs[0], pc_phys, 1, coh_mem, sizeof coh_mem, &pc_cpu, &pc_bus));
+    int coh_private = pc_bus == pc_phys && page_state(pc_phys) == 0 && shares == shares_before;
+    fill(msg, sizeof msg, 64);
+    if (trusted_access(TRUSTED_ID, pc_bus, msg, sizeof msg, 1) || memcmp(pc_cpu, msg, sizeof msg) != 0)
+        FAIL("private coherent bytes differ");
+    CHECK(ccdma_alloc_coherent_attrs(layer, devs[0], sc_phys, 1, CCDMA_ATTR_CC_SHARED, coh2_mem, sizeof coh2_mem,
+                                     &sc_cpu, &sc_bus));
+    int coh_shared = page_state(sc_phys) == 1 && dev_access(64, sc_bus, msg, sizeof msg, 1) == 0 &&
+                     memcmp(sc_cpu, msg, sizeof msg) == 0;
+    CHECK(ccdma_free_coherent(layer, devs[0], (struct ccdma_coherent *)coh_mem));
+    CHECK(ccdma_free_coherent(layer, devs[0], (struct ccdma_coherent *)coh2_mem));
+    coh_shared = coh_shared && page_state(sc_phys) == 0;
+    printf("trusted: coherent private in place, no share call: %s; coherent CC_SHARED shared while allocated: %s\n",
+           coh_private ? "yes" : "NO", coh_shared ? "yes" : "NO");
+    if (!coh_private || !coh_shared) FAIL("trusted coherent");
+
     /* Revoke: refused while busy, then untrusted again (platform told) and bouncing. */
     CHECK(ccdma_map(layer, devs[0], tb, len, CCDMA_TO_DEVICE, &tbus));
     int busy_revoke = ccdma_revoke(layer, devs[0]);

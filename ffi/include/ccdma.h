@@ -562,7 +562,9 @@ int ccdma_unmap_sg_attrs(const struct ccdma_layer *layer,
 /**
  * Make `pages` pages at `phys` (page-aligned) a coherent buffer of `dev` in `buf_mem` (`buf_size`
  * bytes, at least `CCDMA_COHERENT_SIZE`, aligned to `CCDMA_COHERENT_ALIGN`): zeroed, shared with the
- * host in a confidential guest. Its CPU pointer goes to `*cpu`, the device's address to `*bus`.
+ * host in a confidential guest (private for a device the platform accepted: `ccdma_accept`, and
+ * `ccdma_alloc_coherent_attrs` with `CCDMA_ATTR_CC_SHARED` for a shared one). Its CPU pointer goes to
+ * `*cpu`, the device's address to `*bus`.
  *
  * # Safety
  * `layer` and `dev` as for `ccdma_map`; the pages are guest RAM the caller owns and does not
@@ -617,6 +619,24 @@ int ccdma_unmap_attrs(const struct ccdma_layer *layer,
                       size_t len,
                       int dir,
                       int attrs_bits);
+
+/**
+ * `ccdma_alloc_coherent` with attributes. For a device the platform has accepted (`ccdma_accept`) the
+ * buffer stays private (no share call; its bus address is the private one) unless `attrs_bits` holds
+ * `CCDMA_ATTR_CC_SHARED`; for every other device the attributes change nothing.
+ *
+ * # Safety
+ * As for `ccdma_alloc_coherent`.
+ */
+int ccdma_alloc_coherent_attrs(const struct ccdma_layer *layer,
+                               const struct ccdma_device *dev,
+                               uint64_t phys,
+                               uint64_t pages,
+                               int attrs_bits,
+                               void *buf_mem,
+                               size_t buf_size,
+                               void **cpu,
+                               uint64_t *bus);
 
 /**
  * Make the device's writes to `[offset, offset + len)` of the mapping at `bus` visible in the

@@ -763,7 +763,9 @@ pub unsafe extern "C" fn ccdma_unmap_sg_attrs(
 
 /// Make `pages` pages at `phys` (page-aligned) a coherent buffer of `dev` in `buf_mem` (`buf_size`
 /// bytes, at least `CCDMA_COHERENT_SIZE`, aligned to `CCDMA_COHERENT_ALIGN`): zeroed, shared with the
-/// host in a confidential guest. Its CPU pointer goes to `*cpu`, the device's address to `*bus`.
+/// host in a confidential guest (private for a device the platform accepted: `ccdma_accept`, and
+/// `ccdma_alloc_coherent_attrs` with `CCDMA_ATTR_CC_SHARED` for a shared one). Its CPU pointer goes to
+/// `*cpu`, the device's address to `*bus`.
 ///
 /// # Safety
 /// `layer` and `dev` as for `ccdma_map`; the pages are guest RAM the caller owns and does not
@@ -780,29 +782,8 @@ pub unsafe extern "C" fn ccdma_alloc_coherent(
     cpu: *mut *mut c_void,
     bus: *mut u64,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
-    };
-    if cpu.is_null() || bus.is_null() {
-        return CCDMA_ERR_NULL;
-    }
-    if let Err(e) = check_mem(buf_mem, buf_size, size_of::<ccdma_coherent>(), align_of::<ccdma_coherent>()) {
-        return e;
-    }
-    // SAFETY: the pages are the caller's to give (contract).
-    match unsafe { layer.inner.alloc_coherent(&dev.inner, PhysAddr(phys), pages) } {
-        Ok(b) => {
-            // SAFETY: valid for writes (contract; `buf_mem` checked above).
-            unsafe {
-                cpu.write(b.cpu_ptr().as_ptr().cast());
-                bus.write(b.bus_addr().0);
-                buf_mem.cast::<ccdma_coherent>().write(ccdma_coherent { inner: b });
-            }
-            CCDMA_OK
-        }
-        Err(e) => code(&e),
-    }
+    // SAFETY: the same contract, no attributes.
+    unsafe { ccdma_alloc_coherent_attrs(layer, dev, phys, pages, 0, buf_mem, buf_size, cpu, bus) }
 }
 
 /// Free a coherent buffer made by `ccdma_alloc_coherent`. If refused (`CCDMA_ERR_BUSY`,

@@ -77,6 +77,9 @@ fn check_output(out: &str) {
     assert!(bounces.contains("; untrusted device bounced through"), "{bounces}");
     assert!(bounces.split(';').all(|part| part.ends_with(": yes")), "both bounced: {bounces}");
     assert!(has(
+        "trusted: coherent private in place, no share call: yes; coherent CC_SHARED shared while allocated: yes"
+    ));
+    assert!(has(
         "trusted: revoke with a live mapping: -9 (device busy: live mappings or buffers); revoke: 0, \
          platform told: yes, path bounce-always, bounced again: yes"
     ));
