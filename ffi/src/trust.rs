@@ -192,6 +192,49 @@ fn c_name(p: DmaPath) -> &'static core::ffi::CStr {
 mod tests {
     use super::*;
 
+    unsafe extern "C" fn yes(_: *mut c_void, _: u32) -> c_int {
+        0
+    }
+    unsafe extern "C" fn no(_: *mut c_void, device: u32) -> c_int {
+        -(device as c_int)
+    }
+    unsafe extern "C" fn c_bit(_: *mut c_void, phys: u64) -> u64 {
+        phys | 1 << 51
+    }
+    fn table(
+        accept: Option<unsafe extern "C" fn(*mut c_void, u32) -> c_int>,
+        revoke: Option<unsafe extern "C" fn(*mut c_void, u32) -> c_int>,
+        private_bus_addr: Option<unsafe extern "C" fn(*mut c_void, u64) -> u64>,
+    ) -> ccdma_platform {
+        ccdma_platform {
+            ctx: core::ptr::null_mut(),
+            confidential: 1,
+            share: None,
+            unshare: None,
+            cpu_ptr: None,
+            virt_to_phys: None,
+            ram_end: None,
+            iommu: core::ptr::null(),
+            accept,
+            revoke,
+            private_bus_addr,
+        }
+    }
+
+    #[test]
+    fn the_table_s_trust_functions_answer_for_the_platform() {
+        assert!(matches!(CTrust::from_table(&table(None, None, None)), Ok(None)));
+        assert!(CTrust::from_table(&table(Some(yes), None, None)).is_err(), "accept without revoke");
+        assert!(CTrust::from_table(&table(None, Some(yes), None)).is_err(), "revoke without accept");
+        let plain = CTrust::from_table(&table(Some(yes), Some(no), None)).unwrap().unwrap();
+        assert_eq!(plain.accept_device(7), Ok(()));
+        assert_eq!(plain.revoke_device(7), Err(-7), "the C status is passed on");
+        assert_eq!(plain.private_bus_addr(PhysAddr(0x5000)), BusAddr(0x5000), "NULL: identity");
+        let sev = CTrust::from_table(&table(Some(no), Some(yes), Some(c_bit))).unwrap().unwrap();
+        assert_eq!(sev.accept_device(3), Err(-3));
+        assert_eq!(sev.private_bus_addr(PhysAddr(0x5000)), BusAddr(0x5000 | 1 << 51));
+    }
+
     #[test]
     fn path_names_match_the_rust_names_and_numbers_round_trip() {
         for (i, p) in ALL_PATHS.into_iter().enumerate() {
