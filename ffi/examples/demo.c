@@ -6,7 +6,9 @@
  * byte that is not shared RAM below the device's mask. Then attributes, syncs and teardown; then the
  * same guest again behind an IOMMU written here (strict: entries per mapping), whose map() refuses any
  * entry that names private memory and whose devices reach memory only through entries with the right
- * permission. Exits non-zero on any error. */
+ * permission. Then a trusted platform (TDISP) that accepts one device: that device maps private buffers
+ * in place (and reaches private memory through trusted_access()), every other one keeps bouncing.
+ * Exits non-zero on any error. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -259,6 +261,45 @@ static int dev_access_iommu(uint32_t device, uint64_t bus, void *data, size_t le
         off += n;
     }
     return 0;
+}
+
+/* The trusted platform (last part of the demo): it accepts device TRUSTED_ID only. An accepted device
+ * reaches any RAM, private pages too (TDISP with IDE); any other device goes through dev_access(). */
+#define TRUSTED_ID 30u
+static int trusted_accepted;
+static unsigned accept_calls, revoke_calls;
+static int t_accept(void *ctx, uint32_t device) {
+    (void)ctx;
+    accept_calls++;
+    if (device != TRUSTED_ID) return -7; /* not bound to this guest */
+    trusted_accepted = 1;
+    return 0;
+}
+static int t_revoke(void *ctx, uint32_t device) {
+    (void)ctx;
+    revoke_calls++;
+    if (device == TRUSTED_ID) trusted_accepted = 0;
+    return 0;
+}
+static int trusted_access(uint32_t device, uint64_t bus, void *data, size_t len, int write) {
+    if (device != TRUSTED_ID || !trusted_accepted) return dev_access(64, bus, data, len, write);
+    struct region *r = find(bus, len);
+    if (r == NULL) {
+        printf("  trusted device: access to %#llx+%zu outside RAM\n", (unsigned long long)bus, len);
+        violations++;
+        return -1;
+    }
+    if (write)
+        memcpy(r->mem + (bus - r->phys), data, len);
+    else
+        memcpy(data, r->mem + (bus - r->phys), len);
+    return 0;
+}
+static int in_pool(uint64_t bus, size_t len) {
+    return (bus >= LOW_PHYS && bus + len <= LOW_PHYS + POOL_LEN) || (bus >= HIGH_PHYS && bus + len <= HIGH_PHYS + POOL_LEN);
+}
+static const char *path_of(const struct ccdma_layer *layer, const struct ccdma_device *dev) {
+    return ccdma_path_name(ccdma_device_path(layer, dev));
 }
 
 /* Driver memory: private pages of the low arena above the pool. */
@@ -519,6 +560,109 @@ int main(void) {
     printf("iommu: %u map and %u unmap calls, %u entries live at the end; disable with devices attached: %d (%s)\n",
            iommu_maps, iommu_unmaps, live_entries(), busy_disable, ccdma_strerror(busy_disable));
     if (live_entries() != 0 || busy_disable != CCDMA_ERR_BUSY) FAIL("IOMMU teardown");
+
+    /* A trusted platform: device 30 is accepted, device 31 is not. No IOMMU, identity private bus
+     * addresses (private_bus_addr NULL). */
+    platform.iommu = NULL;
+    platform.accept = t_accept;
+    if (ccdma_layer_init(layer_mem, sizeof layer_mem, &platform) != CCDMA_ERR_NULL)
+        FAIL("accept without revoke accepted");
+    platform.revoke = t_revoke;
+    CHECK(ccdma_layer_init(layer_mem, sizeof layer_mem, &platform));
+    if (ccdma_add_pool(layer, LOW_PHYS, POOL_LEN, meta_low, sizeof meta_low) < 0) FAIL("add_pool");
+    CHECK(ccdma_attach(layer, dev_mem[0], sizeof dev_mem[0], TRUSTED_ID, 64));
+    CHECK(ccdma_attach(layer, dev_mem[1], sizeof dev_mem[1], TRUSTED_ID + 1, 64));
+    const char *path_before = path_of(layer, devs[0]);
+    uint64_t tphys = 0, tbus = 0;
+    uint8_t *tb = alloc_private(len, &tphys);
+    fill(tb, len, 60);
+    CHECK(ccdma_map(layer, devs[0], tb, len, CCDMA_TO_DEVICE, &tbus));
+    int busy_accept = ccdma_accept(layer, devs[0]);
+    CHECK(ccdma_unmap(layer, devs[0], tbus, len, CCDMA_TO_DEVICE));
+    int refused = ccdma_accept(layer, devs[1]);
+    CHECK(ccdma_accept(layer, devs[0]));
+    const char *path_after = path_of(layer, devs[0]);
+    printf("trusted: path %s; accept with a live mapping: %d (%s); device %u refused by the platform: %d (%s); "
+           "accepted: %s\n",
+           path_before, busy_accept, ccdma_strerror(busy_accept), TRUSTED_ID + 1, refused, ccdma_strerror(refused),
+           path_after);
+    if (busy_accept != CCDMA_ERR_BUSY || refused != CCDMA_ERR_TRUST || strcmp(path_after, "trusted-direct") != 0 ||
+        strcmp(path_of(layer, devs[1]), "bounce-always") != 0 ||
+        ccdma_device_path(layer, devs[0]) != CCDMA_PATH_TRUSTED_DIRECT)
+        FAIL("accept");
+
+    /* The accepted device: the private buffer itself, no share call, in both directions. */
+    unsigned shares_before = shares, unshares_before = unshares;
+    fill(tb, len, 61);
+    memcpy(want, tb, len);
+    CHECK(ccdma_map(layer, devs[0], tb, len, CCDMA_BIDIRECTIONAL, &tbus));
+    int own = tbus == tphys && page_state(tphys) == 0;
+    if (trusted_access(TRUSTED_ID, tbus, got, len, 0) || memcmp(got, want, len) != 0) FAIL("trusted read differs");
+    fill(want, len, 62);
+    if (trusted_access(TRUSTED_ID, tbus, want, len, 1)) FAIL("trusted write refused");
+    CHECK(ccdma_unmap(layer, devs[0], tbus, len, CCDMA_BIDIRECTIONAL));
+    int exact = memcmp(tb, want, len) == 0;
+    unsigned share_calls = shares - shares_before + unshares - unshares_before;
+    printf("trusted: private map at bus %#llx, the buffer's own address: %s, share calls: %u, bytes both ways: %s\n",
+           (unsigned long long)tbus, own ? "yes" : "NO", share_calls, exact ? "yes" : "NO");
+    if (!own || share_calls != 0 || !exact) FAIL("trusted private map");
+
+    /* CC_SHARED: a shared bounce for the accepted device; the other device bounces as ever. */
+    fill(tb, len, 63);
+    uint64_t sbus = 0, ubus = 0;
+    CHECK(ccdma_map_attrs(layer, devs[0], tb, len, CCDMA_TO_DEVICE, CCDMA_ATTR_CC_SHARED, &sbus));
+    int shared_bounce = sbus != tphys && in_pool(sbus, len) && dev_access(64, sbus, got, len, 0) == 0 &&
+                        memcmp(got, tb, len) == 0;
+    CHECK(ccdma_unmap_attrs(layer, devs[0], sbus, len, CCDMA_TO_DEVICE, CCDMA_ATTR_CC_SHARED));
+    CHECK(ccdma_map(layer, devs[1], tb, len, CCDMA_TO_DEVICE, &ubus));
+    int untrusted_bounce = ubus != tphys && in_pool(ubus, len) &&
+                           trusted_access(TRUSTED_ID + 1, ubus, got, len, 0) == 0 && memcmp(got, tb, len) == 0;
+    CHECK(ccdma_unmap(layer, devs[1], ubus, len, CCDMA_TO_DEVICE));
+    printf("trusted: CC_SHARED bounced through shared bus %#llx: %s; untrusted device bounced through %#llx: %s\n",
+           (unsigned long long)sbus, shared_bounce ? "yes" : "NO", (unsigned long long)ubus,
+           untrusted_bounce ? "yes" : "NO");
+    if (!shared_bounce || !untrusted_bounce) FAIL("bounces beside an accepted device");
+
+    /* Coherent buffers of the accepted device: private in place, or shared with CC_SHARED. */
+    uint64_t pc_phys = 0, sc_phys = 0, pc_bus = 0, sc_bus = 0;
+    alloc_private(PAGE, &pc_phys);
+    alloc_private(PAGE, &sc_phys);
+    void *pc_cpu = NULL, *sc_cpu = NULL;
+    static _Alignas(CCDMA_COHERENT_ALIGN) uint8_t coh2_mem[CCDMA_COHERENT_SIZE];
+    shares_before = shares;
+    CHECK(ccdma_alloc_coherent(layer, devs[0], pc_phys, 1, coh_mem, sizeof coh_mem, &pc_cpu, &pc_bus));
+    int coh_private = pc_bus == pc_phys && page_state(pc_phys) == 0 && shares == shares_before;
+    fill(msg, sizeof msg, 64);
+    if (trusted_access(TRUSTED_ID, pc_bus, msg, sizeof msg, 1) || memcmp(pc_cpu, msg, sizeof msg) != 0)
+        FAIL("private coherent bytes differ");
+    CHECK(ccdma_alloc_coherent_attrs(layer, devs[0], sc_phys, 1, CCDMA_ATTR_CC_SHARED, coh2_mem, sizeof coh2_mem,
+                                     &sc_cpu, &sc_bus));
+    int coh_shared = page_state(sc_phys) == 1 && dev_access(64, sc_bus, msg, sizeof msg, 1) == 0 &&
+                     memcmp(sc_cpu, msg, sizeof msg) == 0;
+    CHECK(ccdma_free_coherent(layer, devs[0], (struct ccdma_coherent *)coh_mem));
+    CHECK(ccdma_free_coherent(layer, devs[0], (struct ccdma_coherent *)coh2_mem));
+    coh_shared = coh_shared && page_state(sc_phys) == 0;
+    printf("trusted: coherent private in place, no share call: %s; coherent CC_SHARED shared while allocated: %s\n",
+           coh_private ? "yes" : "NO", coh_shared ? "yes" : "NO");
+    if (!coh_private || !coh_shared) FAIL("trusted coherent");
+
+    /* Revoke: refused while busy, then untrusted again (platform told) and bouncing. */
+    CHECK(ccdma_map(layer, devs[0], tb, len, CCDMA_TO_DEVICE, &tbus));
+    int busy_revoke = ccdma_revoke(layer, devs[0]);
+    CHECK(ccdma_unmap(layer, devs[0], tbus, len, CCDMA_TO_DEVICE));
+    int revoked = ccdma_revoke(layer, devs[0]);
+    CHECK(ccdma_map(layer, devs[0], tb, len, CCDMA_TO_DEVICE, &tbus));
+    int bounced_again = tbus != tphys && in_pool(tbus, len);
+    CHECK(ccdma_unmap(layer, devs[0], tbus, len, CCDMA_TO_DEVICE));
+    printf("trusted: revoke with a live mapping: %d (%s); revoke: %d, platform told: %s, path %s, bounced again: %s\n",
+           busy_revoke, ccdma_strerror(busy_revoke), revoked, !trusted_accepted ? "yes" : "NO",
+           path_of(layer, devs[0]), bounced_again ? "yes" : "NO");
+    if (busy_revoke != CCDMA_ERR_BUSY || revoked != CCDMA_OK || trusted_accepted || !bounced_again ||
+        strcmp(path_of(layer, devs[0]), "bounce-always") != 0)
+        FAIL("revoke");
+    for (int d = 0; d < 2; d++) CHECK(ccdma_detach(layer, devs[d]));
+    CHECK(ccdma_layer_fini(layer));
+    printf("trusted: %u accept and %u revoke calls\n", accept_calls, revoke_calls);
 
     printf("platform saw %u share and %u unshare calls, %u violations\n", shares, unshares, violations);
     free(want);

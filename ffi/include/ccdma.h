@@ -67,6 +67,12 @@
 #define CCDMA_ERR_IOMMU -10
 
 /**
+ * Trusted device I/O: the guest is not confidential or the platform table has no `accept`, or the
+ * trusted platform refused to accept (or failed to revoke) the device.
+ */
+#define CCDMA_ERR_TRUST -11
+
+/**
  * Bytes of memory for a `ccdma_layer` (an upper bound; `ccdma_layer_size()` is the exact size).
  */
 #define CCDMA_LAYER_SIZE 32768
@@ -159,6 +165,13 @@
 #define CCDMA_ATTR_NO_WARN 4
 
 /**
+ * For a device accepted by the platform (`ccdma_accept`): bounce this mapping through a shared pool
+ * as for an untrusted device (a ring the host reads too), instead of mapping the private buffer in
+ * place (Linux's `DMA_ATTR_CC_SHARED`). No effect for other devices.
+ */
+#define CCDMA_ATTR_CC_SHARED 8
+
+/**
  * An IOMMU entry lets the device read the page.
  */
 #define CCDMA_IOMMU_READ 1
@@ -187,6 +200,51 @@
  * Alignment of bus-range storage.
  */
 #define CCDMA_BUS_RANGE_ALIGN 8
+
+/**
+ * The path of a device whose buffers are used directly (not confidential, mask covers RAM).
+ */
+#define CCDMA_PATH_DIRECT 0
+
+/**
+ * Not confidential: buffers above the device's mask are bounced, the rest used directly.
+ */
+#define CCDMA_PATH_BOUNCE_ABOVE_MASK 1
+
+/**
+ * Confidential without IOMMU: every buffer is bounced through a shared pool.
+ */
+#define CCDMA_PATH_BOUNCE_ALWAYS 2
+
+/**
+ * Confidential with IOMMU, 64-bit device: bounced, the pools premapped in a dynamic window.
+ */
+#define CCDMA_PATH_IOMMU_DDW 3
+
+/**
+ * Confidential with IOMMU: bounced, the pools premapped in the default window.
+ */
+#define CCDMA_PATH_IOMMU_PREMAPPED 4
+
+/**
+ * Confidential with IOMMU: bounced, entries per mapping, cleared at unmap.
+ */
+#define CCDMA_PATH_IOMMU_STRICT 5
+
+/**
+ * Behind an IOMMU, the path chosen at the device's first map or allocation.
+ */
+#define CCDMA_PATH_IOMMU_DEFERRED 6
+
+/**
+ * Accepted by the platform, no IOMMU: private buffers used in place by their private bus address.
+ */
+#define CCDMA_PATH_TRUSTED_DIRECT 7
+
+/**
+ * Accepted by the platform, behind an IOMMU: entries per mapping naming the private buffer.
+ */
+#define CCDMA_PATH_TRUSTED_IOMMU 8
 
 /**
  * A coherent buffer (opaque; [`CCDMA_COHERENT_SIZE`] bytes aligned to [`CCDMA_COHERENT_ALIGN`]).
@@ -250,6 +308,19 @@ struct ccdma_iommu {
  * - `virt_to_phys` writes the physical address of `ptr` to `*phys` and returns 0 when
  *   `[ptr, ptr + len)` is physically contiguous RAM, non-zero otherwise.
  * - `ram_end` returns the end of guest RAM (one past the highest physical address).
+ *
+ * Trusted device I/O (TDISP with PCIe IDE: TDX Connect, SEV-TIO, Arm CCA device assignment), the
+ * optional trailing functions: `accept` and `revoke` are both NULL (no trusted platform: every
+ * device bounces, `ccdma_accept` answers `CCDMA_ERR_TRUST`) or both set (one alone: `ccdma_layer_init`
+ * answers `CCDMA_ERR_NULL`). They answer from the trusted platform component (the TSM), never from
+ * the untrusted hypervisor alone: an accepted device reaches private memory on their word.
+ * - `accept` returns 0 only when device `device` (the `id` given to `ccdma_attach`) is bound to this
+ *   guest, running under TDISP with its link protected, and may now reach private memory; non-zero
+ *   otherwise.
+ * - `revoke` withdraws that: from its return on, the platform refuses the device's accesses to
+ *   private memory. 0 on success (also for a device that is not accepted), non-zero otherwise.
+ * - `private_bus_addr` returns the bus address an accepted device without IOMMU uses for private
+ *   memory at `phys` (e.g. with the SEV C-bit set); NULL means identity.
  */
 struct ccdma_platform {
   /**
@@ -284,6 +355,19 @@ struct ccdma_platform {
    * The IOMMU devices sit behind (copied at `ccdma_layer_init`), or NULL for none.
    */
   const struct ccdma_iommu *iommu;
+  /**
+   * Accept a device for direct access to private memory; 0 when accepted. NULL (with `revoke`):
+   * no trusted device I/O.
+   */
+  int (*accept)(void *ctx, uint32_t device);
+  /**
+   * Revoke a device's acceptance; 0 on success. NULL exactly when `accept` is.
+   */
+  int (*revoke)(void *ctx, uint32_t device);
+  /**
+   * The private bus address of `phys` for an accepted device without IOMMU; NULL: identity.
+   */
+  uint64_t (*private_bus_addr)(void *ctx, uint64_t phys);
 };
 
 /**
@@ -478,7 +562,9 @@ int ccdma_unmap_sg_attrs(const struct ccdma_layer *layer,
 /**
  * Make `pages` pages at `phys` (page-aligned) a coherent buffer of `dev` in `buf_mem` (`buf_size`
  * bytes, at least `CCDMA_COHERENT_SIZE`, aligned to `CCDMA_COHERENT_ALIGN`): zeroed, shared with the
- * host in a confidential guest. Its CPU pointer goes to `*cpu`, the device's address to `*bus`.
+ * host in a confidential guest (private for a device the platform accepted: `ccdma_accept`, and
+ * `ccdma_alloc_coherent_attrs` with `CCDMA_ATTR_CC_SHARED` for a shared one). Its CPU pointer goes to
+ * `*cpu`, the device's address to `*bus`.
  *
  * # Safety
  * `layer` and `dev` as for `ccdma_map`; the pages are guest RAM the caller owns and does not
@@ -533,6 +619,24 @@ int ccdma_unmap_attrs(const struct ccdma_layer *layer,
                       size_t len,
                       int dir,
                       int attrs_bits);
+
+/**
+ * `ccdma_alloc_coherent` with attributes. For a device the platform has accepted (`ccdma_accept`) the
+ * buffer stays private (no share call; its bus address is the private one) unless `attrs_bits` holds
+ * `CCDMA_ATTR_CC_SHARED`; for every other device the attributes change nothing.
+ *
+ * # Safety
+ * As for `ccdma_alloc_coherent`.
+ */
+int ccdma_alloc_coherent_attrs(const struct ccdma_layer *layer,
+                               const struct ccdma_device *dev,
+                               uint64_t phys,
+                               uint64_t pages,
+                               int attrs_bits,
+                               void *buf_mem,
+                               size_t buf_size,
+                               void **cpu,
+                               uint64_t *bus);
 
 /**
  * Make the device's writes to `[offset, offset + len)` of the mapping at `bus` visible in the
@@ -635,6 +739,51 @@ int ccdma_release_pools(struct ccdma_layer *layer);
  * `layer` is an initialised layer and no other call uses it during this one, nor, on success, after.
  */
 int ccdma_layer_fini(struct ccdma_layer *layer);
+
+/**
+ * Accept `dev` for direct access to private memory, on the platform's word (its `accept` function).
+ * From then on its private buffers are mapped in place (`ccdma_map` hands the device the buffer's
+ * own, private bus address: no bounce, no share call) unless a mapping asks for
+ * `CCDMA_ATTR_CC_SHARED`; coherent buffers are private too. Accepting an accepted device does
+ * nothing.
+ *
+ * Refused, nothing changed: `CCDMA_ERR_BUSY` while the device has a live mapping, list or coherent
+ * buffer; `CCDMA_ERR_TRUST` when the guest is not confidential, the table has no `accept`, or the
+ * platform says no.
+ *
+ * # Safety
+ * `layer` is an initialised layer, `dev` a device attached to it by `ccdma_attach`, not used by any
+ * other call during this one.
+ */
+int ccdma_accept(const struct ccdma_layer *layer, struct ccdma_device *dev);
+
+/**
+ * Revoke `dev`'s acceptance: it is untrusted again and its buffers bounce. Revoking an untrusted
+ * device does nothing.
+ *
+ * Refused, nothing changed: `CCDMA_ERR_BUSY` while the device has anything live; `CCDMA_ERR_IOMMU`
+ * when an IOMMU entry naming private memory (left by a failed unmap) still will not clear.
+ * `CCDMA_ERR_TRUST` when the platform's `revoke` failed: the layer treats the device as untrusted
+ * anyway, but the platform may still let it reach private memory.
+ *
+ * # Safety
+ * As for `ccdma_accept`.
+ */
+int ccdma_revoke(const struct ccdma_layer *layer, struct ccdma_device *dev);
+
+/**
+ * The path of `dev` now (`CCDMA_PATH_*`, >= 0; `CCDMA_PATH_TRUSTED_DIRECT` or
+ * `CCDMA_PATH_TRUSTED_IOMMU` once accepted), or `CCDMA_ERR_NULL`.
+ *
+ * # Safety
+ * `layer` is an initialised layer, `dev` a device attached to it.
+ */
+int ccdma_device_path(const struct ccdma_layer *layer, const struct ccdma_device *dev);
+
+/**
+ * A static, NUL-terminated name of a `CCDMA_PATH_*` number ("trusted-direct", ...; never null).
+ */
+const char *ccdma_path_name(int path);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -2,13 +2,14 @@
 //! of a live mapping or list (`ccdma_sync_for_cpu`, ...). The calls without `_attrs` pass none.
 
 use core::ffi::{c_int, c_void};
-use core::mem::align_of;
+use core::mem::{align_of, size_of};
 
 use ccdma::sg::SgEntry;
-use ccdma::{BusAddr, DmaAttrs};
+use ccdma::{BusAddr, DmaAttrs, PhysAddr};
 
 use crate::{
-    ccdma_device, ccdma_layer, code, direction, result, CCDMA_ERR_INVALID, CCDMA_ERR_NULL, CCDMA_OK,
+    ccdma_coherent, ccdma_device, ccdma_layer, check_mem, code, direction, result, CCDMA_ERR_INVALID,
+    CCDMA_ERR_NULL, CCDMA_OK,
 };
 
 /// Skip the CPU copies at map and unmap (`DMA_ATTR_SKIP_CPU_SYNC`): the caller syncs explicitly.
@@ -18,6 +19,10 @@ pub const CCDMA_ATTR_SKIP_CPU_SYNC: c_int = 1;
 pub const CCDMA_ATTR_PRESERVE_UNWRITTEN: c_int = 2;
 /// Do not log a failure of this mapping (the caller handles it).
 pub const CCDMA_ATTR_NO_WARN: c_int = 4;
+/// For a device accepted by the platform (`ccdma_accept`): bounce this mapping through a shared pool
+/// as for an untrusted device (a ring the host reads too), instead of mapping the private buffer in
+/// place (Linux's `DMA_ATTR_CC_SHARED`). No effect for other devices.
+pub const CCDMA_ATTR_CC_SHARED: c_int = 8;
 
 /// The attributes of `bits`, or `None` when a bit is unknown.
 pub(crate) fn attrs(bits: c_int) -> Option<DmaAttrs> {
@@ -25,6 +30,7 @@ pub(crate) fn attrs(bits: c_int) -> Option<DmaAttrs> {
         (CCDMA_ATTR_SKIP_CPU_SYNC, DmaAttrs::SKIP_CPU_SYNC),
         (CCDMA_ATTR_PRESERVE_UNWRITTEN, DmaAttrs::PRESERVE_UNWRITTEN),
         (CCDMA_ATTR_NO_WARN, DmaAttrs::NO_WARN),
+        (CCDMA_ATTR_CC_SHARED, DmaAttrs::CC_SHARED),
     ];
     let all = known.iter().fold(0, |acc, (bit, _)| acc | bit);
     if bits & !all != 0 {
@@ -90,6 +96,53 @@ pub unsafe extern "C" fn ccdma_unmap_attrs(
     };
     // SAFETY: our own mapping (contract).
     result(unsafe { layer.inner.unmap(&dev.inner, BusAddr(bus), len, dir, attrs) })
+}
+
+/// `ccdma_alloc_coherent` with attributes. For a device the platform has accepted (`ccdma_accept`) the
+/// buffer stays private (no share call; its bus address is the private one) unless `attrs_bits` holds
+/// `CCDMA_ATTR_CC_SHARED`; for every other device the attributes change nothing.
+///
+/// # Safety
+/// As for `ccdma_alloc_coherent`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ccdma_alloc_coherent_attrs(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    phys: u64,
+    pages: u64,
+    attrs_bits: c_int,
+    buf_mem: *mut c_void,
+    buf_size: usize,
+    cpu: *mut *mut c_void,
+    bus: *mut u64,
+) -> c_int {
+    // SAFETY: null or initialised objects (contract).
+    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
+        return CCDMA_ERR_NULL;
+    };
+    if cpu.is_null() || bus.is_null() {
+        return CCDMA_ERR_NULL;
+    }
+    let Some(attrs) = attrs(attrs_bits) else {
+        return CCDMA_ERR_INVALID;
+    };
+    if let Err(e) = check_mem(buf_mem, buf_size, size_of::<ccdma_coherent>(), align_of::<ccdma_coherent>()) {
+        return e;
+    }
+    // SAFETY: the pages are the caller's to give (contract).
+    match unsafe { layer.inner.alloc_coherent_attrs(&dev.inner, PhysAddr(phys), pages, attrs) } {
+        Ok(b) => {
+            // SAFETY: valid for writes (contract; `buf_mem` checked above).
+            unsafe {
+                cpu.write(b.cpu_ptr().as_ptr().cast());
+                bus.write(b.bus_addr().0);
+                buf_mem.cast::<ccdma_coherent>().write(ccdma_coherent { inner: b });
+            }
+            CCDMA_OK
+        }
+        Err(e) => code(&e),
+    }
 }
 
 /// Make the device's writes to `[offset, offset + len)` of the mapping at `bus` visible in the

@@ -14,6 +14,9 @@
 //!   are not reachable through this interface.
 //! - Attributes ([`CCDMA_ATTR_SKIP_CPU_SYNC`], ...) on the `*_attrs` calls, syncs of live mappings
 //!   and lists, and teardown ([`ccdma_release_pools`], [`ccdma_layer_fini`]).
+//! - Trusted device I/O: devices the platform accepts (its table's optional `accept` / `revoke`)
+//!   map private buffers in place ([`ccdma_accept`], [`ccdma_revoke`], [`CCDMA_ATTR_CC_SHARED`],
+//!   [`ccdma_device_path`]).
 //!
 //! # Panics and unwinding
 //! The library code never panics on any input: null pointers, short or misaligned memory and bad
@@ -45,10 +48,12 @@ extern crate std;
 mod attrs;
 mod iommu;
 mod teardown;
+mod trust;
 
 pub use attrs::*;
 pub use iommu::*;
 pub use teardown::*;
+pub use trust::*;
 
 use core::ffi::{c_char, c_int, c_void};
 use core::mem::{align_of, size_of};
@@ -95,6 +100,9 @@ pub const CCDMA_ERR_MISUSE: c_int = -8;
 pub const CCDMA_ERR_BUSY: c_int = -9;
 /// An IOMMU error (not reachable through this interface; kept for completeness).
 pub const CCDMA_ERR_IOMMU: c_int = -10;
+/// Trusted device I/O: the guest is not confidential or the platform table has no `accept`, or the
+/// trusted platform refused to accept (or failed to revoke) the device.
+pub const CCDMA_ERR_TRUST: c_int = -11;
 
 /// The error code of a `DmaError` (one per family; exhaustive, so a new variant must be placed).
 fn code(e: &DmaError) -> c_int {
@@ -127,10 +135,8 @@ fn code(e: &DmaError) -> c_int {
         | E::NoPath { .. }
         | E::NotTranslatable
         | E::BeyondMask { .. }
-        | E::NoIommuPath { .. }
-        | E::TrustUnavailable
-        | E::AcceptRefused { .. }
-        | E::RevokeRefused { .. } => CCDMA_ERR_NO_PATH,
+        | E::NoIommuPath { .. } => CCDMA_ERR_NO_PATH,
+        E::TrustUnavailable | E::AcceptRefused { .. } | E::RevokeRefused { .. } => CCDMA_ERR_TRUST,
         E::WrongDevice { .. }
         | E::OwnedByMapping(_)
         | E::UnknownMapping(_)
@@ -170,6 +176,7 @@ pub extern "C" fn ccdma_strerror(code: c_int) -> *const c_char {
         CCDMA_ERR_MISUSE => c"unknown mapping, or a mismatch with how it was mapped",
         CCDMA_ERR_BUSY => c"device busy: live mappings or buffers",
         CCDMA_ERR_IOMMU => c"IOMMU error",
+        CCDMA_ERR_TRUST => c"no trusted device I/O, or the platform refused to accept or revoke the device",
         _ => c"unknown error code",
     };
     s.as_ptr()
@@ -191,6 +198,19 @@ pub extern "C" fn ccdma_strerror(code: c_int) -> *const c_char {
 /// - `virt_to_phys` writes the physical address of `ptr` to `*phys` and returns 0 when
 ///   `[ptr, ptr + len)` is physically contiguous RAM, non-zero otherwise.
 /// - `ram_end` returns the end of guest RAM (one past the highest physical address).
+///
+/// Trusted device I/O (TDISP with PCIe IDE: TDX Connect, SEV-TIO, Arm CCA device assignment), the
+/// optional trailing functions: `accept` and `revoke` are both NULL (no trusted platform: every
+/// device bounces, `ccdma_accept` answers `CCDMA_ERR_TRUST`) or both set (one alone: `ccdma_layer_init`
+/// answers `CCDMA_ERR_NULL`). They answer from the trusted platform component (the TSM), never from
+/// the untrusted hypervisor alone: an accepted device reaches private memory on their word.
+/// - `accept` returns 0 only when device `device` (the `id` given to `ccdma_attach`) is bound to this
+///   guest, running under TDISP with its link protected, and may now reach private memory; non-zero
+///   otherwise.
+/// - `revoke` withdraws that: from its return on, the platform refuses the device's accesses to
+///   private memory. 0 on success (also for a device that is not accepted), non-zero otherwise.
+/// - `private_bus_addr` returns the bus address an accepted device without IOMMU uses for private
+///   memory at `phys` (e.g. with the SEV C-bit set); NULL means identity.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ccdma_platform {
@@ -214,6 +234,13 @@ pub struct ccdma_platform {
     pub ram_end: Option<unsafe extern "C" fn(ctx: *mut c_void) -> u64>,
     /// The IOMMU devices sit behind (copied at `ccdma_layer_init`), or NULL for none.
     pub iommu: *const ccdma_iommu,
+    /// Accept a device for direct access to private memory; 0 when accepted. NULL (with `revoke`):
+    /// no trusted device I/O.
+    pub accept: Option<unsafe extern "C" fn(ctx: *mut c_void, device: u32) -> c_int>,
+    /// Revoke a device's acceptance; 0 on success. NULL exactly when `accept` is.
+    pub revoke: Option<unsafe extern "C" fn(ctx: *mut c_void, device: u32) -> c_int>,
+    /// The private bus address of `phys` for an accepted device without IOMMU; NULL: identity.
+    pub private_bus_addr: Option<unsafe extern "C" fn(ctx: *mut c_void, phys: u64) -> u64>,
 }
 
 /// The C table, checked (no null function) and copied into the layer.
@@ -226,6 +253,7 @@ struct CPlatform {
     virt_to_phys: unsafe extern "C" fn(*mut c_void, *const c_void, usize, *mut u64) -> c_int,
     ram_end: unsafe extern "C" fn(*mut c_void) -> u64,
     iommu: Option<iommu::CIommu>,
+    trust: Option<trust::CTrust>,
 }
 
 // SAFETY: the header's contract for `ccdma_platform` requires its functions (and so `ctx`) to be
@@ -245,6 +273,7 @@ impl CPlatform {
             virt_to_phys: t.virt_to_phys?,
             ram_end: t.ram_end?,
             iommu: iommu::CIommu::from_table(t.iommu).ok()?,
+            trust: trust::CTrust::from_table(t).ok()?,
         })
     }
 
@@ -303,6 +332,9 @@ impl Platform for CPlatform {
     }
     fn iommu_backend(&self) -> Option<&dyn ccdma::iommu::IommuBackend> {
         self.iommu.as_ref().map(|b| b as &dyn ccdma::iommu::IommuBackend)
+    }
+    fn device_trust(&self) -> Option<&dyn ccdma::DeviceTrust> {
+        self.trust.as_ref().map(|t| t as &dyn ccdma::DeviceTrust)
     }
 }
 
@@ -731,7 +763,9 @@ pub unsafe extern "C" fn ccdma_unmap_sg_attrs(
 
 /// Make `pages` pages at `phys` (page-aligned) a coherent buffer of `dev` in `buf_mem` (`buf_size`
 /// bytes, at least `CCDMA_COHERENT_SIZE`, aligned to `CCDMA_COHERENT_ALIGN`): zeroed, shared with the
-/// host in a confidential guest. Its CPU pointer goes to `*cpu`, the device's address to `*bus`.
+/// host in a confidential guest (private for a device the platform accepted: `ccdma_accept`, and
+/// `ccdma_alloc_coherent_attrs` with `CCDMA_ATTR_CC_SHARED` for a shared one). Its CPU pointer goes to
+/// `*cpu`, the device's address to `*bus`.
 ///
 /// # Safety
 /// `layer` and `dev` as for `ccdma_map`; the pages are guest RAM the caller owns and does not
@@ -748,29 +782,8 @@ pub unsafe extern "C" fn ccdma_alloc_coherent(
     cpu: *mut *mut c_void,
     bus: *mut u64,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
-    };
-    if cpu.is_null() || bus.is_null() {
-        return CCDMA_ERR_NULL;
-    }
-    if let Err(e) = check_mem(buf_mem, buf_size, size_of::<ccdma_coherent>(), align_of::<ccdma_coherent>()) {
-        return e;
-    }
-    // SAFETY: the pages are the caller's to give (contract).
-    match unsafe { layer.inner.alloc_coherent(&dev.inner, PhysAddr(phys), pages) } {
-        Ok(b) => {
-            // SAFETY: valid for writes (contract; `buf_mem` checked above).
-            unsafe {
-                cpu.write(b.cpu_ptr().as_ptr().cast());
-                bus.write(b.bus_addr().0);
-                buf_mem.cast::<ccdma_coherent>().write(ccdma_coherent { inner: b });
-            }
-            CCDMA_OK
-        }
-        Err(e) => code(&e),
-    }
+    // SAFETY: the same contract, no attributes.
+    unsafe { ccdma_alloc_coherent_attrs(layer, dev, phys, pages, 0, buf_mem, buf_size, cpu, bus) }
 }
 
 /// Free a coherent buffer made by `ccdma_alloc_coherent`. If refused (`CCDMA_ERR_BUSY`,

@@ -66,6 +66,27 @@ fn check_output(out: &str) {
         "strict IOMMU entries by direction"
     );
     assert!(has("0 entries live at the end; disable with devices attached: -9"));
+    assert!(has(
+        "trusted: path bounce-always; accept with a live mapping: -9 (device busy: live mappings or buffers); \
+         device 31 refused by the platform: -11"
+    ));
+    assert!(has("; accepted: trusted-direct"));
+    assert!(has("the buffer's own address: yes, share calls: 0, bytes both ways: yes"));
+    let bounces = out.lines().find(|l| l.starts_with("trusted: CC_SHARED bounced through shared bus"));
+    let bounces = bounces.expect("the CC_SHARED line");
+    assert!(bounces.contains("; untrusted device bounced through"), "{bounces}");
+    assert!(bounces.split(';').all(|part| part.ends_with(": yes")), "both bounced: {bounces}");
+    assert!(has(
+        "trusted: coherent private in place, no share call: yes; coherent CC_SHARED shared while allocated: yes"
+    ));
+    assert!(has(
+        "trusted: revoke with a live mapping: -9 (device busy: live mappings or buffers); revoke: 0, \
+         platform told: yes, path bounce-always, bounced again: yes"
+    ));
+    assert!(
+        has("trusted: 2 accept and 1 revoke calls"),
+        "refusals for busy devices never reach the platform"
+    );
     assert!(has(", 0 violations"));
     assert_eq!(out.lines().last(), Some("OK"));
 }

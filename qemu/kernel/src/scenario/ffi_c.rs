@@ -110,6 +110,9 @@ pub(super) fn check_c_driver(report: &mut Report) {
         virt_to_phys: Some(virt_to_phys),
         ram_end: Some(ram_end),
         iommu: core::ptr::null(),
+        accept: None,
+        revoke: None,
+        private_bus_addr: None,
     };
     let mem = CMemory {
         pool_phys: memory::phys_of(POOL.0.base()),
