@@ -9,6 +9,7 @@
 // The shared state lives in statics, built by `const fn new()`; `Default` would never be used.
 #![allow(clippy::new_without_default)]
 
+pub mod attach;
 pub mod binding;
 pub mod blk;
 pub mod bus_map;

@@ -163,7 +163,7 @@ pub fn free_pages(phys: PhysAddr, pages: usize) {
 // ---------------------------------------------------------------------------------------------
 // The bindings (common crate) reach this kernel's instance through `X86Dma`.
 
-pub use ccdma_qemu_common::binding::{attach, KernelBinding, Observed};
+pub use ccdma_qemu_common::binding::{KernelBinding, Observed};
 
 /// This kernel's ccdma instance, for the bindings declared with `ccdma_qemu_common::dma_binding!`.
 pub struct X86Dma;

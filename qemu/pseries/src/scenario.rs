@@ -2,6 +2,7 @@
 //! ccdma and driven through its `CcdmaHal` binding; DMA through QEMU's TCE tables.
 
 use ccdma::{DeviceConfig, DmaMask, DmaPath, IommuConfig, IommuPolicy, VerifyPolicy};
+use ccdma_qemu_common::attach::{attach_checked, init_checked};
 use ccdma_qemu_common::checks::{self, Bounced};
 use ccdma_qemu_common::direct::DirectHal;
 use ccdma_qemu_common::net::{NetError, Nic};
@@ -13,7 +14,6 @@ use ccdma_qemu_common::virtio::net::VirtioNet;
 use ccdma_qemu_common::virtio::pci::PciTransport;
 use ccdma_qemu_common::{blk::Blk, println};
 use core::fmt;
-use core::sync::atomic::Ordering;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 
 use crate::config::{slot, Config};
@@ -293,38 +293,10 @@ where
     let id = pci::config_address(function);
     let (start, end) = slice_of(slot);
     PLATFORM.tce_calls().register(id, start, end);
-    let device = match dma::attach::<B>(DeviceConfig::new(id, mask)) {
-        Ok(device) => device,
-        Err(error) => {
-            report.fail(format_args!("{}.attach", B::NAME), error);
-            return None;
-        }
-    };
     let expected = expected_path(config, mask);
-    report.expect(
-        format_args!("{}.attach", B::NAME),
-        device.path() == expected,
-        format_args!(
-            "{function}, {mask} mask, default-window slice {start:#x}..{end:#x}: path {} ({}){}",
-            device.path().name(),
-            summary::Reason(device),
-            if device.path() == expected { "" } else { " - expected another" }
-        ),
-    );
-    match init(transport) {
-        Ok(driver) => {
-            let pages = B::stats().coherent_pages.load(Ordering::Relaxed);
-            report.pass(
-                format_args!("{}.init", B::NAME),
-                format_args!("driver up, {pages} coherent page(s) for its queues"),
-            );
-            Some(driver)
-        }
-        Err(error) => {
-            report.fail(format_args!("{}.init", B::NAME), error);
-            None
-        }
-    }
+    let what = format_args!("{function}, {mask} mask, default-window slice {start:#x}..{end:#x}");
+    attach_checked::<B>(report, DeviceConfig::new(id, mask), expected, what)?;
+    init_checked::<B, D, E>(report, init(transport))
 }
 
 /// A device whose mask leaves no room: ccdma must refuse the attach, and say why.

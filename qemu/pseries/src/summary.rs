@@ -1,7 +1,7 @@
 //! The closing checks (masks, TCE tables, ledger) and the report: path per device and why, bytes
 //! each way, hypercalls by kind, TCE entries live, containment.
 
-use ccdma::Device;
+use ccdma_qemu_common::attach::Reason;
 use ccdma_qemu_common::bus_map;
 use ccdma_qemu_common::ledger::Violation;
 use ccdma_qemu_common::println;
@@ -15,18 +15,6 @@ use crate::platform::PLATFORM;
 use crate::scenario::{BlkBinding, Machine, NetABinding, NetBBinding, RngBinding, RngLowBinding};
 
 const FOUR_GIB: u64 = 1 << 32;
-
-/// Why ccdma chose a device's path, in words.
-pub struct Reason<'a>(pub &'a Device);
-
-impl fmt::Display for Reason<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match dma::layer().path_reason(self.0) {
-            Some(reason) => write!(f, "{reason}"),
-            None => write!(f, "{}", self.0.path().name()),
-        }
-    }
-}
 
 /// Every bus address a device was given is within its mask; 64-bit devices on a DDW get bus
 /// addresses above 4 GiB; 32-bit ones reach the pool (above 4 GiB) only through bus addresses
@@ -193,7 +181,7 @@ pub fn print(config: &Config) {
             Span(low, "below 4 GiB"),
             Span(high, "above 4 GiB").after(low.is_some()),
         );
-        println!("  {:<8} why: {}", "", Reason(device));
+        println!("  {:<8} why: {}", "", Reason::<B>::of(device));
     }
     println!(
         "--- ccdma report: pseries configuration {} ({}-endian, {}) ---",

@@ -1,15 +1,15 @@
 //! Opening the devices: each managed device attached to the layer with its mask (the path ccdma
 //! chose, and why) and its driver started; the benchmark blk opened outside ccdma and the IOMMU.
 
-use ccdma::{Device, DeviceConfig, DmaMask, DmaPath};
+use ccdma::{DeviceConfig, DmaMask, DmaPath};
+use ccdma_qemu_common::attach::{attach_checked, init_checked};
 use ccdma_qemu_common::virtio::blk::VirtioBlk;
 use ccdma_qemu_common::virtio::net::VirtioNet;
 use core::fmt;
-use core::sync::atomic::Ordering;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 
 use crate::config::{IommuMode, TestConfig};
-use crate::dma::{self, KernelBinding};
+use crate::dma::KernelBinding;
 use crate::net::Nic;
 use crate::pci::{PciBus, RequesterId};
 use crate::platform::PLATFORM;
@@ -93,42 +93,10 @@ where
     } else {
         None
     };
-    let device = match dma::attach::<B>(DeviceConfig::new(id, mask)) {
-        Ok(device) => device,
-        Err(error) => {
-            report.fail(format_args!("{}.attach", B::NAME), error);
-            return None;
-        }
-    };
     let expected = expected_path(mode, mask);
-    report.expect(
-        format_args!("{}.attach", B::NAME),
-        device.path() == expected,
-        format_args!(
-            "{function}, {mask} mask{}: path {} ({}){}",
-            DomainNote(domain),
-            device.path().name(),
-            Reason(device),
-            if device.path() == expected { "" } else { " - expected another" }
-        ),
-    );
-    match init(transport) {
-        Ok(driver) => {
-            let stats = B::stats();
-            report.pass(
-                format_args!("{}.init", B::NAME),
-                format_args!(
-                    "driver up, {} coherent page(s) for its queues",
-                    stats.coherent_pages.load(Ordering::Relaxed),
-                ),
-            );
-            Some(driver)
-        }
-        Err(error) => {
-            report.fail(format_args!("{}.init", B::NAME), error);
-            None
-        }
-    }
+    let what = format_args!("{function}, {mask} mask{}", DomainNote(domain));
+    attach_checked::<B>(report, DeviceConfig::new(id, mask), expected, what)?;
+    init_checked::<B, D, E>(report, init(transport))
 }
 
 /// The path ccdma must choose for a device with `mask` in this configuration (DESIGN.md section
@@ -140,24 +108,6 @@ fn expected_path(mode: IommuMode, mask: DmaMask) -> DmaPath {
         IommuMode::Strict => DmaPath::IommuStrict,
         IommuMode::Premapped if mask.bits() == 64 => DmaPath::IommuDdw,
         IommuMode::Premapped => DmaPath::IommuPremapped,
-    }
-}
-
-/// Why ccdma chose a device's path, in words.
-pub(super) struct Reason<'a>(pub(super) &'a Device);
-
-impl fmt::Display for Reason<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if let Some(reason) = dma::layer().path_reason(self.0) {
-            return write!(f, "{reason}");
-        }
-        match self.0.path() {
-            DmaPath::BounceAlways => write!(
-                f,
-                "confidential guest without IOMMU: every buffer bounced through a pool below the mask, bus address = pool address"
-            ),
-            other => write!(f, "{}", other.name()),
-        }
     }
 }
 

@@ -12,9 +12,9 @@ use crate::dma::{self, KernelBinding};
 use crate::platform::PLATFORM;
 use crate::println;
 
-use super::attach::Reason;
 use super::survey::Found;
 use super::{BlkBinding, BlkFaultBinding, NetABinding, NetBBinding, RngBinding};
+use ccdma_qemu_common::attach::Reason;
 
 pub(super) fn print_summary(config: &TestConfig, found: &Found) {
     fn device_line<B: KernelBinding>(function: Option<DeviceFunction>) {
@@ -33,7 +33,7 @@ pub(super) fn print_summary(config: &TestConfig, found: &Found) {
             BusRanges(stats.bus_ranges()),
             stats.refused.load(Ordering::Relaxed),
         );
-        println!("  {:<9} why: {}", "", Reason(device));
+        println!("  {:<9} why: {}", "", Reason::<B>::of(device));
     }
     println!("--- ccdma report: configuration {} ---", config.name);
     println!("IOMMU: {}", config.iommu.name());
