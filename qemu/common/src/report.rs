@@ -108,3 +108,25 @@ impl fmt::Write for SliceWriter<'_> {
         Ok(())
     }
 }
+
+/// The layer's totals as both kernels print them: `ccdma: N maps (...)`.
+pub struct LayerTotals<'a>(pub &'a ccdma::StatsSnapshot);
+
+impl fmt::Display for LayerTotals<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let s = self.0;
+        write!(
+            f,
+            "ccdma: {} maps ({} bounced), {} unmaps; {} copied to devices, {} copied back; {} pages shared; slots in use {} (high water {}); {} failures",
+            s.maps,
+            s.bounced_maps,
+            s.unmaps,
+            Bytes(s.bytes_to_device),
+            Bytes(s.bytes_from_device),
+            s.shared_pages,
+            s.slots_in_use,
+            s.slots_high_water,
+            s.total_failures()
+        )
+    }
+}

@@ -5,7 +5,7 @@ use ccdma_qemu_common::attach::Reason;
 use ccdma_qemu_common::bus_map;
 use ccdma_qemu_common::ledger::Violation;
 use ccdma_qemu_common::println;
-use ccdma_qemu_common::report::{Bytes, Report};
+use ccdma_qemu_common::report::{Bytes, LayerTotals, Report};
 use core::fmt;
 use core::sync::atomic::Ordering;
 
@@ -201,17 +201,7 @@ pub fn print(config: &Config) {
     bus_map::print_device::<NetABinding>();
     bus_map::print_device::<NetBBinding>();
     bus_map::print_device::<RngLowBinding>();
-    let s = dma::layer().stats();
-    println!(
-        "ccdma: {} maps ({} bounced), {} unmaps; {} copied to devices, {} copied back; {} pages shared; {} failures",
-        s.maps,
-        s.bounced_maps,
-        s.unmaps,
-        Bytes(s.bytes_to_device),
-        Bytes(s.bytes_from_device),
-        s.shared_pages,
-        s.total_failures()
-    );
+    println!("{}", LayerTotals(&dma::layer().stats()));
     let i = dma::layer().iommu_stats();
     println!(
         "ccdma TCE entries: {} written, {} cleared, {} live; {} strict maps",

@@ -2,7 +2,7 @@
 //! ranges, ccdma's counters, the ledger, the virtio-iommu requests made and the faults caught.
 
 use ccdma_qemu_common::bus_map;
-use ccdma_qemu_common::report::Bytes;
+use ccdma_qemu_common::report::{Bytes, LayerTotals};
 use core::fmt;
 use core::sync::atomic::Ordering;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
@@ -52,19 +52,7 @@ pub(super) fn print_summary(config: &TestConfig, found: &Found) {
     bus_map::print_device::<RngBinding>();
     bus_map::print_device::<NetABinding>();
     bus_map::print_device::<NetBBinding>();
-    let s = dma::layer().stats();
-    println!(
-        "ccdma: {} maps ({} bounced), {} unmaps; {} copied to devices, {} copied back; {} pages shared; slots in use {} (high water {}); {} failures",
-        s.maps,
-        s.bounced_maps,
-        s.unmaps,
-        Bytes(s.bytes_to_device),
-        Bytes(s.bytes_from_device),
-        s.shared_pages,
-        s.slots_in_use,
-        s.slots_high_water,
-        s.total_failures()
-    );
+    println!("{}", LayerTotals(&dma::layer().stats()));
     let l = PLATFORM.ledger().stats();
     println!(
         "ledger: {} pages shared now, {} share and {} unshare calls, {} violations",
