@@ -4,11 +4,55 @@
 #ifndef CCDMA_H
 #define CCDMA_H
 
-#include <stdarg.h>
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdlib.h>
+#include <stdbool.h>
+
+/*
+ * Handles live in caller memory: ccdma allocates nothing. To obtain a `struct ccdma_layer *`, give
+ * ccdma_layer_init memory of CCDMA_LAYER_SIZE bytes aligned to CCDMA_LAYER_ALIGN; the pointer to that
+ * memory is the handle:
+ *
+ *     CCDMA_ALIGNED(CCDMA_LAYER_ALIGN) static uint8_t layer_mem[CCDMA_LAYER_SIZE];
+ *     int rc = ccdma_layer_init(layer_mem, sizeof layer_mem, &platform);
+ *     struct ccdma_layer *layer = (struct ccdma_layer *)layer_mem;
+ *
+ * Devices (ccdma_attach: CCDMA_DEVICE_SIZE, CCDMA_DEVICE_ALIGN), coherent buffers
+ * (ccdma_alloc_coherent: CCDMA_COHERENT_SIZE, CCDMA_COHERENT_ALIGN) and lists (ccdma_map_sg:
+ * CCDMA_SG_LIST_SIZE(n), CCDMA_SG_ENTRY_ALIGN) the same way.
+ *
+ * Handle rules: a handle is live from the call that made it (init, attach, alloc_coherent, map_sg)
+ * until the call that ends it succeeds (fini, detach, free_coherent, unmap_sg). Any call with a handle
+ * that is not live (ended, never made, a byte copy at another address), of another layer or device,
+ * or making a handle in memory that holds a live one, returns CCDMA_ERR_MISUSE and changes nothing.
+ * A refused end (CCDMA_ERR_BUSY, ...) leaves the handle live. Memory of an ended handle is the
+ * caller's again; reused for a new handle, the old pointer names the new one.
+ */
+
+/* Align handle memory (C99 with GCC or Clang, C11, MSVC); define it yourself for another compiler. */
+#ifndef CCDMA_ALIGNED
+#if defined(__GNUC__) || defined(__clang__)
+#define CCDMA_ALIGNED(n) __attribute__((aligned(n)))
+#elif defined(_MSC_VER)
+#define CCDMA_ALIGNED(n) __declspec(align(n))
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define CCDMA_ALIGNED(n) _Alignas(n)
+#else
+#error "ccdma.h: define CCDMA_ALIGNED(n) to align a declaration to n bytes with this compiler"
+#endif
+#endif
+
+/* Bytes of metadata for a pool of len bytes (ccdma_add_pool). */
+#define CCDMA_POOL_META_SIZE(len) ((len) / CCDMA_SLOT_SIZE * CCDMA_SLOT_META_SIZE)
+/* Bytes of entry memory for a list of n buffers (ccdma_map_sg). */
+#define CCDMA_SG_LIST_SIZE(n) ((n) * CCDMA_SG_ENTRY_SIZE)
+
+/* Initialisers of ccdma_platform.shared_bus (struct ccdma_bus_encoding), e.g.
+ * `.shared_bus = CCDMA_BUS_ENCODING_SEV(51)`: identity (TDX, pseries), AMD SEV (the C-bit cleared),
+ * Arm CCA (the top IPA bit set: the unprotected alias). */
+#define CCDMA_BUS_ENCODING_IDENTITY {0, 0}
+#define CCDMA_BUS_ENCODING_SEV(c_bit) {0, (uint64_t)1 << (c_bit)}
+#define CCDMA_BUS_ENCODING_CCA(ipa_bits) {(uint64_t)1 << ((ipa_bits) - 1), 0}
 
 /**
  * Success.
@@ -52,7 +96,10 @@
 #define CCDMA_ERR_NO_PATH -7
 
 /**
- * Misuse: unknown mapping, size or direction mismatch, wrong device, list state.
+ * Misuse: a handle that is not live (freed, detached, finished, never initialised, of another layer or
+ * device, a list unmapped or named with another count), memory that already holds a live handle of
+ * the kind being made, an unknown mapping, a size or direction mismatch, a wrong device. Nothing
+ * changed.
  */
 #define CCDMA_ERR_MISUSE -8
 
@@ -62,7 +109,9 @@
 #define CCDMA_ERR_BUSY -9
 
 /**
- * An IOMMU error (not reachable through this interface; kept for completeness).
+ * An IOMMU error: the C IOMMU (`ccdma_iommu`) failed a `map` or `unmap` (a premapped attach, a
+ * strict map, a coherent buffer behind it), or `ccdma_enable_iommu` on a layer whose IOMMU path is
+ * already on.
  */
 #define CCDMA_ERR_IOMMU -10
 
@@ -95,7 +144,7 @@
 /**
  * Bytes of memory for a `ccdma_coherent`.
  */
-#define CCDMA_COHERENT_SIZE 64
+#define CCDMA_COHERENT_SIZE 96
 
 /**
  * Alignment of a `ccdma_coherent`.
@@ -105,7 +154,7 @@
 /**
  * Bytes of memory per scatter-gather entry.
  */
-#define CCDMA_SG_ENTRY_SIZE 192
+#define CCDMA_SG_ENTRY_SIZE 208
 
 /**
  * Alignment of scatter-gather entries.
@@ -296,6 +345,26 @@ struct ccdma_iommu {
 };
 
 /**
+ * How a device without IOMMU addresses shared memory: the bus address of physical address `phys`
+ * is `(phys | set) & ~clear` (and back: `bus & ~set & ~clear`). The platform table's
+ * shared-bus-address hook (`ccdma_platform.shared_bus`).
+ */
+struct ccdma_bus_encoding {
+  /**
+   * Bits set in every shared bus address (Arm CCA: the top IPA bit, the unprotected alias).
+   */
+  uint64_t set;
+  /**
+   * Bits cleared in every shared bus address (AMD SEV: the C-bit).
+   */
+  uint64_t clear;
+};
+/**
+ * Identity: bus address = physical address (TDX, pseries, a guest that is not confidential).
+ */
+#define ccdma_bus_encoding_IDENTITY (ccdma_bus_encoding){ .set = 0, .clear = 0 }
+
+/**
  * A platform written in C. Every function gets `ctx` back as its first argument.
  *
  * Contract (the layer's soundness rests on it): the functions answer truthfully and may be called
@@ -321,6 +390,13 @@ struct ccdma_iommu {
  *   private memory. 0 on success (also for a device that is not accepted), non-zero otherwise.
  * - `private_bus_addr` returns the bus address an accepted device without IOMMU uses for private
  *   memory at `phys` (e.g. with the SEV C-bit set); NULL means identity.
+ *
+ * Shared memory (bounce pools, coherent buffers of untrusted devices) is reached by a device without
+ * IOMMU at the bus address `shared_bus` makes of its physical address: all zero (the value a table
+ * initialised with `{ .share = ..., ... }` has) is identity, right for TDX and pseries; AMD SEV clears
+ * the C-bit (`CCDMA_BUS_ENCODING_SEV(c_bit)`), an Arm CCA realm sets the top IPA bit
+ * (`CCDMA_BUS_ENCODING_CCA(ipa_bits)`). `set` and `clear` must not share a bit (`ccdma_layer_init`
+ * answers `CCDMA_ERR_INVALID`).
  */
 struct ccdma_platform {
   /**
@@ -368,6 +444,10 @@ struct ccdma_platform {
    * The private bus address of `phys` for an accepted device without IOMMU; NULL: identity.
    */
   uint64_t (*private_bus_addr)(void *ctx, uint64_t phys);
+  /**
+   * The bus address of shared memory for a device without IOMMU (zero: identity).
+   */
+  struct ccdma_bus_encoding shared_bus;
 };
 
 /**

@@ -4,9 +4,9 @@
 use core::ffi::{c_int, c_void};
 use core::mem::{align_of, size_of};
 
-use ccdma::sg::SgEntry;
 use ccdma::{BusAddr, DmaAttrs, PhysAddr};
 
+use crate::handle::{self, Kind, Tag};
 use crate::{
     ccdma_coherent, ccdma_device, ccdma_layer, check_mem, code, direction, result, CCDMA_ERR_INVALID,
     CCDMA_ERR_NULL, CCDMA_OK,
@@ -53,9 +53,10 @@ pub unsafe extern "C" fn ccdma_map_attrs(
     attrs_bits: c_int,
     bus: *mut u64,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     if ptr.is_null() || bus.is_null() {
         return CCDMA_ERR_NULL;
@@ -87,9 +88,10 @@ pub unsafe extern "C" fn ccdma_unmap_attrs(
     dir: c_int,
     attrs_bits: c_int,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     let (Some(dir), Some(attrs)) = (direction(dir), attrs(attrs_bits)) else {
         return CCDMA_ERR_INVALID;
@@ -117,9 +119,10 @@ pub unsafe extern "C" fn ccdma_alloc_coherent_attrs(
     cpu: *mut *mut c_void,
     bus: *mut u64,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     if cpu.is_null() || bus.is_null() {
         return CCDMA_ERR_NULL;
@@ -130,14 +133,22 @@ pub unsafe extern "C" fn ccdma_alloc_coherent_attrs(
     if let Err(e) = check_mem(buf_mem, buf_size, size_of::<ccdma_coherent>(), align_of::<ccdma_coherent>()) {
         return e;
     }
+    let buf = buf_mem.cast::<ccdma_coherent>();
+    // SAFETY: large and aligned enough (checked), the caller's memory; a tag is read raw.
+    let tag = unsafe { core::ptr::addr_of_mut!((*buf).tag) };
+    // SAFETY: as above.
+    if let Err(e) = unsafe { handle::check_free(tag, Kind::Coherent) } {
+        return e;
+    }
     // SAFETY: the pages are the caller's to give (contract).
     match unsafe { layer.inner.alloc_coherent_attrs(&dev.inner, PhysAddr(phys), pages, attrs) } {
         Ok(b) => {
+            let tag = Tag::live(Kind::Coherent, tag as usize, dev.tag.gen);
             // SAFETY: valid for writes (contract; `buf_mem` checked above).
             unsafe {
                 cpu.write(b.cpu_ptr().as_ptr().cast());
                 bus.write(b.bus_addr().0);
-                buf_mem.cast::<ccdma_coherent>().write(ccdma_coherent { inner: b });
+                buf.write(ccdma_coherent { tag, inner: b });
             }
             CCDMA_OK
         }
@@ -159,9 +170,10 @@ pub unsafe extern "C" fn ccdma_sync_for_cpu(
     len: usize,
     dir: c_int,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     let Some(dir) = direction(dir) else {
         return CCDMA_ERR_INVALID;
@@ -184,33 +196,16 @@ pub unsafe extern "C" fn ccdma_sync_for_device(
     len: usize,
     dir: c_int,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     let Some(dir) = direction(dir) else {
         return CCDMA_ERR_INVALID;
     };
     // SAFETY: our own mapping, its buffer untouched meanwhile (contract).
     result(unsafe { layer.inner.sync_for_device(&dev.inner, BusAddr(bus), offset, len, dir) })
-}
-
-/// The `n` entries `ccdma_map_sg` initialised in `entries`, or an error code.
-///
-/// # Safety
-/// `entries` is null or holds `n` entries that `ccdma_map_sg` initialised, used by no other call.
-pub(crate) unsafe fn sg_list<'a>(
-    entries: *mut c_void,
-    n: usize,
-) -> Result<&'a mut [SgEntry<'static>], c_int> {
-    if entries.is_null() {
-        return Err(CCDMA_ERR_NULL);
-    }
-    if n == 0 || (entries as usize) % align_of::<SgEntry<'static>>() != 0 {
-        return Err(CCDMA_ERR_INVALID);
-    }
-    // SAFETY: `n` entries initialised by `ccdma_map_sg` (contract).
-    Ok(unsafe { core::slice::from_raw_parts_mut(entries.cast(), n) })
 }
 
 /// Make the device's writes visible in the buffers of a mapped list (`entries`, `n`, `dir` as given to
@@ -226,16 +221,17 @@ pub unsafe extern "C" fn ccdma_sync_sg_for_cpu(
     n: usize,
     dir: c_int,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     let Some(dir) = direction(dir) else {
         return CCDMA_ERR_INVALID;
     };
-    // SAFETY: the caller's mapped list (contract).
-    match unsafe { sg_list(entries, n) } {
-        Ok(list) => result(layer.inner.sync_sg_for_cpu(&dev.inner, list, dir)),
+    // SAFETY: the caller's list memory (contract), checked live.
+    match unsafe { handle::list(dev, entries, n) } {
+        Ok((_, list)) => result(layer.inner.sync_sg_for_cpu(&dev.inner, list, dir)),
         Err(e) => e,
     }
 }
@@ -252,16 +248,17 @@ pub unsafe extern "C" fn ccdma_sync_sg_for_device(
     n: usize,
     dir: c_int,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     let Some(dir) = direction(dir) else {
         return CCDMA_ERR_INVALID;
     };
-    // SAFETY: the caller's mapped list (contract).
-    match unsafe { sg_list(entries, n) } {
-        Ok(list) => result(layer.inner.sync_sg_for_device(&dev.inner, list, dir)),
+    // SAFETY: the caller's list memory (contract), checked live.
+    match unsafe { handle::list(dev, entries, n) } {
+        Ok((_, list)) => result(layer.inner.sync_sg_for_device(&dev.inner, list, dir)),
         Err(e) => e,
     }
 }

@@ -7,7 +7,7 @@ use core::mem::{align_of, size_of};
 use ccdma::iommu::{BusRange, IommuBackend, IommuError, PutFailure, WindowGeometry};
 use ccdma::{IommuConfig, VerifyPolicy};
 
-use crate::{ccdma_layer, check_mem, code, result, CCDMA_ERR_INVALID, CCDMA_ERR_NULL, CCDMA_OK};
+use crate::{ccdma_layer, check_mem, code, result, CCDMA_ERR_INVALID, CCDMA_OK};
 
 /// An IOMMU entry lets the device read the page.
 pub const CCDMA_IOMMU_READ: u64 = 1;
@@ -173,9 +173,10 @@ pub unsafe extern "C" fn ccdma_enable_iommu(
     ranges: *mut c_void,
     ranges_size: usize,
 ) -> c_int {
-    // SAFETY: null or an initialised layer with no other user now (contract).
-    let Some(layer) = (unsafe { layer.as_mut() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's layer memory with no other user now (contract).
+    let layer = match unsafe { crate::handle::live_mut(layer, None) } {
+        Ok(layer) => layer,
+        Err(e) => return e,
     };
     let cfg = match policy {
         CCDMA_IOMMU_PREMAPPED => IommuConfig::premapped(),
@@ -206,12 +207,12 @@ pub unsafe extern "C" fn ccdma_enable_iommu(
 /// `layer` is an initialised layer and no other call uses it during this one.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_disable_iommu(layer: *mut ccdma_layer) -> c_int {
-    // SAFETY: null or an initialised layer with no other user now (contract).
-    match unsafe { layer.as_mut() } {
-        Some(layer) => match layer.inner.disable_iommu() {
+    // SAFETY: null or the caller's layer memory with no other user now (contract).
+    match unsafe { crate::handle::live_mut(layer, None) } {
+        Ok(layer) => match layer.inner.disable_iommu() {
             Ok(()) => CCDMA_OK,
             Err(e) => code(&e),
         },
-        None => CCDMA_ERR_NULL,
+        Err(e) => e,
     }
 }

@@ -46,6 +46,7 @@
 extern crate std;
 
 mod attrs;
+mod handle;
 mod iommu;
 mod teardown;
 mod trust;
@@ -58,6 +59,8 @@ pub use trust::*;
 use core::ffi::{c_char, c_int, c_void};
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
+
+use handle::{Kind, Tag};
 
 use ccdma::sg::SgEntry;
 use ccdma::{
@@ -94,11 +97,16 @@ pub const CCDMA_ERR_EXHAUSTED: c_int = -5;
 pub const CCDMA_ERR_SHARING: c_int = -6;
 /// The device cannot reach the memory: no pool below its mask, beyond the mask, no translation.
 pub const CCDMA_ERR_NO_PATH: c_int = -7;
-/// Misuse: unknown mapping, size or direction mismatch, wrong device, list state.
+/// Misuse: a handle that is not live (freed, detached, finished, never initialised, of another layer or
+/// device, a list unmapped or named with another count), memory that already holds a live handle of
+/// the kind being made, an unknown mapping, a size or direction mismatch, a wrong device. Nothing
+/// changed.
 pub const CCDMA_ERR_MISUSE: c_int = -8;
 /// The device still has live mappings or buffers, or a detach did not complete.
 pub const CCDMA_ERR_BUSY: c_int = -9;
-/// An IOMMU error (not reachable through this interface; kept for completeness).
+/// An IOMMU error: the C IOMMU (`ccdma_iommu`) failed a `map` or `unmap` (a premapped attach, a
+/// strict map, a coherent buffer behind it), or `ccdma_enable_iommu` on a layer whose IOMMU path is
+/// already on.
 pub const CCDMA_ERR_IOMMU: c_int = -10;
 /// Trusted device I/O: the guest is not confidential or the platform table has no `accept`, or the
 /// trusted platform refused to accept (or failed to revoke) the device.
@@ -173,9 +181,9 @@ pub extern "C" fn ccdma_strerror(code: c_int) -> *const c_char {
         CCDMA_ERR_EXHAUSTED => c"bounce pool exhausted",
         CCDMA_ERR_SHARING => c"the platform refused to share or unshare memory",
         CCDMA_ERR_NO_PATH => c"the device cannot reach the memory",
-        CCDMA_ERR_MISUSE => c"unknown mapping, or a mismatch with how it was mapped",
+        CCDMA_ERR_MISUSE => c"misuse: a handle that is not live or not this layer's or device's, an unknown mapping, or a mismatch with how it was mapped",
         CCDMA_ERR_BUSY => c"device busy: live mappings or buffers",
-        CCDMA_ERR_IOMMU => c"IOMMU error",
+        CCDMA_ERR_IOMMU => c"IOMMU error: the IOMMU failed a map or unmap, or its path is already on",
         CCDMA_ERR_TRUST => c"no trusted device I/O, or the platform refused to accept or revoke the device",
         _ => c"unknown error code",
     };
@@ -211,6 +219,13 @@ pub extern "C" fn ccdma_strerror(code: c_int) -> *const c_char {
 ///   private memory. 0 on success (also for a device that is not accepted), non-zero otherwise.
 /// - `private_bus_addr` returns the bus address an accepted device without IOMMU uses for private
 ///   memory at `phys` (e.g. with the SEV C-bit set); NULL means identity.
+///
+/// Shared memory (bounce pools, coherent buffers of untrusted devices) is reached by a device without
+/// IOMMU at the bus address `shared_bus` makes of its physical address: all zero (the value a table
+/// initialised with `{ .share = ..., ... }` has) is identity, right for TDX and pseries; AMD SEV clears
+/// the C-bit (`CCDMA_BUS_ENCODING_SEV(c_bit)`), an Arm CCA realm sets the top IPA bit
+/// (`CCDMA_BUS_ENCODING_CCA(ipa_bits)`). `set` and `clear` must not share a bit (`ccdma_layer_init`
+/// answers `CCDMA_ERR_INVALID`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ccdma_platform {
@@ -241,6 +256,25 @@ pub struct ccdma_platform {
     pub revoke: Option<unsafe extern "C" fn(ctx: *mut c_void, device: u32) -> c_int>,
     /// The private bus address of `phys` for an accepted device without IOMMU; NULL: identity.
     pub private_bus_addr: Option<unsafe extern "C" fn(ctx: *mut c_void, phys: u64) -> u64>,
+    /// The bus address of shared memory for a device without IOMMU (zero: identity).
+    pub shared_bus: ccdma_bus_encoding,
+}
+
+/// How a device without IOMMU addresses shared memory: the bus address of physical address `phys`
+/// is `(phys | set) & ~clear` (and back: `bus & ~set & ~clear`). The platform table's
+/// shared-bus-address hook (`ccdma_platform.shared_bus`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ccdma_bus_encoding {
+    /// Bits set in every shared bus address (Arm CCA: the top IPA bit, the unprotected alias).
+    pub set: u64,
+    /// Bits cleared in every shared bus address (AMD SEV: the C-bit).
+    pub clear: u64,
+}
+
+impl ccdma_bus_encoding {
+    /// Identity: bus address = physical address (TDX, pseries, a guest that is not confidential).
+    pub const IDENTITY: ccdma_bus_encoding = ccdma_bus_encoding { set: 0, clear: 0 };
 }
 
 /// The C table, checked (no null function) and copied into the layer.
@@ -254,6 +288,7 @@ struct CPlatform {
     ram_end: unsafe extern "C" fn(*mut c_void) -> u64,
     iommu: Option<iommu::CIommu>,
     trust: Option<trust::CTrust>,
+    shared_bus: ccdma::BusEncoding,
 }
 
 // SAFETY: the header's contract for `ccdma_platform` requires its functions (and so `ctx`) to be
@@ -274,6 +309,7 @@ impl CPlatform {
             ram_end: t.ram_end?,
             iommu: iommu::CIommu::from_table(t.iommu).ok()?,
             trust: trust::CTrust::from_table(t).ok()?,
+            shared_bus: ccdma::BusEncoding { set: t.shared_bus.set, clear: t.shared_bus.clear },
         })
     }
 
@@ -330,6 +366,12 @@ impl Platform for CPlatform {
     fn is_confidential(&self) -> bool {
         self.confidential
     }
+    fn shared_bus_addr(&self, phys: PhysAddr) -> ccdma::BusAddr {
+        self.shared_bus.bus(phys)
+    }
+    fn shared_phys_addr(&self, bus: ccdma::BusAddr) -> PhysAddr {
+        self.shared_bus.phys(bus)
+    }
     fn iommu_backend(&self) -> Option<&dyn ccdma::iommu::IommuBackend> {
         self.iommu.as_ref().map(|b| b as &dyn ccdma::iommu::IommuBackend)
     }
@@ -345,16 +387,19 @@ impl Platform for CPlatform {
 /// A DMA layer (opaque; lives in caller memory of [`CCDMA_LAYER_SIZE`] bytes aligned to
 /// [`CCDMA_LAYER_ALIGN`]).
 pub struct ccdma_layer {
+    tag: Tag,
     inner: DmaLayer<'static, CPlatform>,
 }
 
 /// An attached device (opaque; [`CCDMA_DEVICE_SIZE`] bytes aligned to [`CCDMA_DEVICE_ALIGN`]).
 pub struct ccdma_device {
+    tag: Tag,
     inner: Device,
 }
 
 /// A coherent buffer (opaque; [`CCDMA_COHERENT_SIZE`] bytes aligned to [`CCDMA_COHERENT_ALIGN`]).
 pub struct ccdma_coherent {
+    tag: Tag,
     inner: CoherentBuffer,
 }
 
@@ -367,11 +412,11 @@ pub const CCDMA_DEVICE_SIZE: usize = 256;
 /// Alignment of a `ccdma_device`.
 pub const CCDMA_DEVICE_ALIGN: usize = 16;
 /// Bytes of memory for a `ccdma_coherent`.
-pub const CCDMA_COHERENT_SIZE: usize = 64;
+pub const CCDMA_COHERENT_SIZE: usize = 96;
 /// Alignment of a `ccdma_coherent`.
 pub const CCDMA_COHERENT_ALIGN: usize = 16;
 /// Bytes of memory per scatter-gather entry.
-pub const CCDMA_SG_ENTRY_SIZE: usize = 192;
+pub const CCDMA_SG_ENTRY_SIZE: usize = 208;
 /// Alignment of scatter-gather entries.
 pub const CCDMA_SG_ENTRY_ALIGN: usize = 16;
 /// Bytes of pool metadata per slot (`ccdma_add_pool`: `meta_len >= len / CCDMA_SLOT_SIZE *
@@ -452,6 +497,13 @@ pub unsafe extern "C" fn ccdma_layer_init(
     if let Err(e) = check_mem(mem, size, size_of::<ccdma_layer>(), align_of::<ccdma_layer>()) {
         return e;
     }
+    let layer = mem.cast::<ccdma_layer>();
+    // SAFETY: large and aligned enough (checked), the caller's memory; a tag is read raw.
+    let tag = unsafe { core::ptr::addr_of_mut!((*layer).tag) };
+    // SAFETY: as above.
+    if let Err(e) = unsafe { handle::check_free(tag, Kind::Layer) } {
+        return e;
+    }
     // SAFETY: null or a valid table, per the contract.
     let Some(table) = (unsafe { platform.as_ref() }) else {
         return CCDMA_ERR_NULL;
@@ -459,8 +511,12 @@ pub unsafe extern "C" fn ccdma_layer_init(
     let Some(p) = CPlatform::from_table(table) else {
         return CCDMA_ERR_NULL;
     };
+    if table.shared_bus.set & table.shared_bus.clear != 0 {
+        return CCDMA_ERR_INVALID;
+    }
+    let live = Tag::live(Kind::Layer, tag as usize, 0);
     // SAFETY: checked non-null, large and aligned enough; the caller gives it to us.
-    unsafe { mem.cast::<ccdma_layer>().write(ccdma_layer { inner: DmaLayer::new(p) }) };
+    unsafe { layer.write(ccdma_layer { tag: live, inner: DmaLayer::new(p) }) };
     CCDMA_OK
 }
 
@@ -481,9 +537,10 @@ pub unsafe extern "C" fn ccdma_add_pool(
     meta: *mut c_void,
     meta_len: usize,
 ) -> c_int {
-    // SAFETY: null or an initialised layer with no other user now, per the contract.
-    let Some(layer) = (unsafe { layer.as_mut() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's layer memory, with no other user now, per the contract.
+    let layer = match unsafe { handle::live_mut(layer, None) } {
+        Ok(layer) => layer,
+        Err(e) => return e,
     };
     let slots = PoolConfig::default().slots_for(len);
     let Some(need) = slots.checked_mul(size_of::<SlotMeta>()) else {
@@ -522,20 +579,29 @@ pub unsafe extern "C" fn ccdma_attach(
     id: u32,
     mask_bits: u32,
 ) -> c_int {
-    // SAFETY: null or an initialised layer.
-    let Some(layer) = (unsafe { layer.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's layer memory (contract).
+    let layer = match unsafe { handle::live(layer, None) } {
+        Ok(layer) => layer,
+        Err(e) => return e,
     };
     if let Err(e) = check_mem(dev_mem, dev_size, size_of::<ccdma_device>(), align_of::<ccdma_device>()) {
+        return e;
+    }
+    let dev = dev_mem.cast::<ccdma_device>();
+    // SAFETY: large and aligned enough (checked), the caller's memory; a tag is read raw.
+    let tag = unsafe { core::ptr::addr_of_mut!((*dev).tag) };
+    // SAFETY: as above.
+    if let Err(e) = unsafe { handle::check_free(tag, Kind::Device) } {
         return e;
     }
     let Ok(mask) = DmaMask::new(mask_bits) else {
         return CCDMA_ERR_INVALID;
     };
     match layer.inner.attach(DeviceConfig::new(id, mask)) {
-        Ok(dev) => {
+        Ok(inner) => {
+            let tag = Tag::live(Kind::Device, tag as usize, layer.tag.gen);
             // SAFETY: checked non-null, large and aligned enough; the caller lends it.
-            unsafe { dev_mem.cast::<ccdma_device>().write(ccdma_device { inner: dev }) };
+            unsafe { dev.write(ccdma_device { tag, inner }) };
             CCDMA_OK
         }
         Err(e) => code(&e),
@@ -550,21 +616,25 @@ pub unsafe extern "C" fn ccdma_attach(
 /// other call during this one.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_detach(layer: *const ccdma_layer, dev: *mut ccdma_device) -> c_int {
-    // SAFETY: null or an initialised layer.
-    let Some(layer) = (unsafe { layer.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's memory, `dev` used by no other call now (contract).
+    let (layer, d) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
-    if dev.is_null() {
-        return CCDMA_ERR_NULL;
-    }
-    // SAFETY: an attached device (contract); moved out, and written back if refused.
-    let d = unsafe { dev.read() };
-    match layer.inner.detach(d.inner) {
-        Ok(()) => CCDMA_OK,
+    let tag = d.tag;
+    // SAFETY: a live device (checked), used by this call alone (contract): moved out here, and
+    // written back if refused; on success its tag is dead, so its bytes are never used again.
+    let inner = unsafe { core::ptr::addr_of!((*dev).inner).read() };
+    match layer.inner.detach(inner) {
+        Ok(()) => {
+            // SAFETY: the same memory.
+            unsafe { core::ptr::addr_of_mut!((*dev).tag).write(Tag::DEAD) };
+            CCDMA_OK
+        }
         Err(r) => {
             let (inner, e) = r.into_parts();
             // SAFETY: the same memory, handed back the device it held.
-            unsafe { dev.write(ccdma_device { inner }) };
+            unsafe { dev.write(ccdma_device { tag, inner }) };
             code(&e)
         }
     }
@@ -670,9 +740,10 @@ pub unsafe extern "C" fn ccdma_map_sg_attrs(
     segs: *mut ccdma_segment,
     nsegs: *mut usize,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     if sg.is_null() || segs.is_null() || nsegs.is_null() {
         return CCDMA_ERR_NULL;
@@ -683,13 +754,23 @@ pub unsafe extern "C" fn ccdma_map_sg_attrs(
     let (Some(dir), Some(attrs)) = (direction(dir), attrs::attrs(attrs_bits)) else {
         return CCDMA_ERR_INVALID;
     };
-    let Some(need) = n.checked_mul(size_of::<SgEntry<'static>>()) else {
+    let Some(need) =
+        n.checked_mul(size_of::<SgEntry<'static>>()).and_then(|b| b.checked_add(handle::LIST_HEAD))
+    else {
         return CCDMA_ERR_INVALID;
     };
-    if let Err(e) = check_mem(entries, entries_size, need, align_of::<SgEntry<'static>>()) {
+    if let Err(e) = check_mem(entries, entries_size, need, CCDMA_SG_ENTRY_ALIGN) {
         return e;
     }
-    let list = entries.cast::<SgEntry<'static>>();
+    let head = entries.cast::<handle::ListHead>();
+    // SAFETY: large and aligned enough (checked), the caller's memory; a tag is read raw.
+    let tag = unsafe { core::ptr::addr_of_mut!((*head).tag) };
+    // SAFETY: as above.
+    if let Err(e) = unsafe { handle::check_free(tag, Kind::List) } {
+        return e;
+    }
+    // SAFETY: within the `need` bytes checked above.
+    let list = unsafe { entries.cast::<u8>().add(handle::LIST_HEAD) }.cast::<SgEntry<'static>>();
     for i in 0..n {
         // SAFETY: `sg` holds `n` entries (contract).
         let input = unsafe { sg.add(i).read() };
@@ -708,8 +789,11 @@ pub unsafe extern "C" fn ccdma_map_sg_attrs(
                 // SAFETY: `segs` has room for `n >= count` segments (contract).
                 unsafe { segs.add(i).write(ccdma_segment { bus: seg.addr.0, len: seg.len }) };
             }
-            // SAFETY: valid for a write (contract).
-            unsafe { nsegs.write(count) };
+            // SAFETY: valid for a write (contract); the head is within the checked entry memory.
+            unsafe {
+                nsegs.write(count);
+                head.write(handle::ListHead { tag: Tag::live(Kind::List, tag as usize, dev.tag.gen), n });
+            }
             CCDMA_OK
         }
         Err(e) => code(&e),
@@ -747,16 +831,23 @@ pub unsafe extern "C" fn ccdma_unmap_sg_attrs(
     dir: c_int,
     attrs_bits: c_int,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     let (Some(dir), Some(attrs)) = (direction(dir), attrs::attrs(attrs_bits)) else {
         return CCDMA_ERR_INVALID;
     };
-    // SAFETY: the caller's mapped list (contract).
-    match unsafe { attrs::sg_list(entries, n) } {
-        Ok(list) => result(layer.inner.unmap_sg(&dev.inner, list, dir, attrs)),
+    // SAFETY: the caller's list memory (contract), checked live.
+    match unsafe { handle::list(dev, entries, n) } {
+        Ok((head, list)) => {
+            let r = result(layer.inner.unmap_sg(&dev.inner, list, dir, attrs));
+            if r == CCDMA_OK {
+                head.tag = Tag::DEAD;
+            }
+            r
+        }
         Err(e) => e,
     }
 }
@@ -799,23 +890,37 @@ pub unsafe extern "C" fn ccdma_free_coherent(
     dev: *const ccdma_device,
     buf: *mut ccdma_coherent,
 ) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
-    if buf.is_null() {
-        return CCDMA_ERR_NULL;
-    }
-    // SAFETY: a live buffer (contract); moved out, and written back if refused.
-    let b = unsafe { buf.read() };
-    match layer.inner.free_coherent(&dev.inner, b.inner) {
-        Ok(()) => CCDMA_OK,
+    // SAFETY: null or the caller's buffer memory, used by this call alone (contract).
+    let tag = match unsafe { handle::live(buf, Some(dev.tag.gen)) } {
+        Ok(b) => b.tag,
+        Err(e) => return e,
+    };
+    // SAFETY: a live buffer (checked), used by this call alone (contract): moved out here, and
+    // written back if refused; once freed its tag is dead, so its bytes are never used again.
+    let inner = unsafe { core::ptr::addr_of!((*buf).inner).read() };
+    let dead = || {
+        // SAFETY: the same memory.
+        unsafe { core::ptr::addr_of_mut!((*buf).tag).write(Tag::DEAD) }
+    };
+    match layer.inner.free_coherent(&dev.inner, inner) {
+        Ok(()) => {
+            dead();
+            CCDMA_OK
+        }
         Err(FreeError::Refused(r)) => {
             let (inner, e) = r.into_parts();
             // SAFETY: the same memory, handed back the buffer it held.
-            unsafe { buf.write(ccdma_coherent { inner }) };
+            unsafe { buf.write(ccdma_coherent { tag, inner }) };
             code(&e)
         }
-        Err(FreeError::Quarantined(e)) => code(&e),
+        Err(FreeError::Quarantined(e)) => {
+            dead();
+            code(&e)
+        }
     }
 }

@@ -2,7 +2,8 @@
 
 use core::ffi::c_int;
 
-use crate::{ccdma_layer, code, CCDMA_ERR_NULL, CCDMA_OK};
+use crate::handle::{self, Tag};
+use crate::{ccdma_layer, code, CCDMA_OK};
 
 /// Release every pool: its memory is made private again (pages that cannot be are quarantined, and
 /// `CCDMA_ERR_SHARING` says so: never use them for private data). Refused with nothing changed
@@ -12,13 +13,13 @@ use crate::{ccdma_layer, code, CCDMA_ERR_NULL, CCDMA_OK};
 /// `layer` is an initialised layer and no other call uses it during this one.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_release_pools(layer: *mut ccdma_layer) -> c_int {
-    // SAFETY: null or an initialised layer with no other user now (contract).
-    match unsafe { layer.as_mut() } {
-        Some(layer) => match layer.inner.release_pools() {
+    // SAFETY: null or the caller's layer memory with no other user now (contract).
+    match unsafe { handle::live_mut(layer, None) } {
+        Ok(layer) => match layer.inner.release_pools() {
             Ok(()) => CCDMA_OK,
             Err(e) => code(&e),
         },
-        None => CCDMA_ERR_NULL,
+        Err(e) => e,
     }
 }
 
@@ -32,14 +33,17 @@ pub unsafe extern "C" fn ccdma_release_pools(layer: *mut ccdma_layer) -> c_int {
 /// `layer` is an initialised layer and no other call uses it during this one, nor, on success, after.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_layer_fini(layer: *mut ccdma_layer) -> c_int {
-    // SAFETY: null or an initialised layer with no other user now (contract).
-    let Some(l) = (unsafe { layer.as_mut() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's layer memory with no other user now (contract).
+    let l = match unsafe { handle::live_mut(layer, None) } {
+        Ok(l) => l,
+        Err(e) => return e,
     };
     if let Err(e) = l.inner.release_pools().and_then(|()| l.inner.disable_iommu()) {
         return code(&e);
     }
-    // SAFETY: initialised, unused from here on (contract); dropped once, in place.
-    unsafe { core::ptr::drop_in_place(layer) };
+    l.tag = Tag::DEAD;
+    // SAFETY: live until the line above, unused from here on (contract); dropped once, in place: its
+    // tag is dead, so no call makes a reference to it again.
+    unsafe { core::ptr::drop_in_place(core::ptr::addr_of_mut!((*layer).inner)) };
     CCDMA_OK
 }

@@ -7,7 +7,23 @@ use core::ffi::{c_char, c_int, c_void};
 
 use ccdma::{BusAddr, DeviceTrust, DmaPath, PhysAddr};
 
-use crate::{ccdma_device, ccdma_layer, ccdma_platform, result, CCDMA_ERR_NULL};
+use crate::handle;
+use crate::{ccdma_device, ccdma_layer, ccdma_platform, result};
+
+/// The live layer and its live device, the device to this call alone.
+///
+/// # Safety
+/// As for `handle::live_mut`, for both.
+unsafe fn live_dev_mut<'a>(
+    layer: *const ccdma_layer,
+    dev: *mut ccdma_device,
+) -> Result<(&'a ccdma_layer, &'a mut ccdma_device), c_int> {
+    // SAFETY: the same contract.
+    let layer = unsafe { handle::live(layer, None) }?;
+    // SAFETY: the same contract.
+    let dev = unsafe { handle::live_mut(dev, Some(layer.tag.gen)) }?;
+    Ok((layer, dev))
+}
 
 /// The path of a device whose buffers are used directly (not confidential, mask covers RAM).
 pub const CCDMA_PATH_DIRECT: c_int = 0;
@@ -123,9 +139,10 @@ impl DeviceTrust for CTrust {
 /// other call during this one.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_accept(layer: *const ccdma_layer, dev: *mut ccdma_device) -> c_int {
-    // SAFETY: null or initialised objects, `dev` used by no other call now (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_mut() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles, `dev` used by no other call now (contract).
+    let (layer, dev) = match unsafe { live_dev_mut(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     result(layer.inner.accept(&mut dev.inner))
 }
@@ -142,9 +159,10 @@ pub unsafe extern "C" fn ccdma_accept(layer: *const ccdma_layer, dev: *mut ccdma
 /// As for `ccdma_accept`.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_revoke(layer: *const ccdma_layer, dev: *mut ccdma_device) -> c_int {
-    // SAFETY: null or initialised objects, `dev` used by no other call now (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_mut() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles, `dev` used by no other call now (contract).
+    let (layer, dev) = match unsafe { live_dev_mut(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     result(layer.inner.revoke(&mut dev.inner))
 }
@@ -156,9 +174,10 @@ pub unsafe extern "C" fn ccdma_revoke(layer: *const ccdma_layer, dev: *mut ccdma
 /// `layer` is an initialised layer, `dev` a device attached to it.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_device_path(layer: *const ccdma_layer, dev: *const ccdma_device) -> c_int {
-    // SAFETY: null or initialised objects (contract).
-    let (Some(layer), Some(dev)) = (unsafe { layer.as_ref() }, unsafe { dev.as_ref() }) else {
-        return CCDMA_ERR_NULL;
+    // SAFETY: null or the caller's handles (contract).
+    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
+        Ok(both) => both,
+        Err(e) => return e,
     };
     path_code(layer.inner.path_of(&dev.inner))
 }
@@ -218,6 +237,7 @@ mod tests {
             accept,
             revoke,
             private_bus_addr,
+            shared_bus: crate::ccdma_bus_encoding::IDENTITY,
         }
     }
 

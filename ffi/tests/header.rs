@@ -3,6 +3,55 @@
 
 use std::path::Path;
 
+/// C that cbindgen cannot derive from Rust: how to obtain a handle, the alignment macro, sizes and
+/// bus encodings as macros.
+const AFTER_INCLUDES: &str = r#"
+/*
+ * Handles live in caller memory: ccdma allocates nothing. To obtain a `struct ccdma_layer *`, give
+ * ccdma_layer_init memory of CCDMA_LAYER_SIZE bytes aligned to CCDMA_LAYER_ALIGN; the pointer to that
+ * memory is the handle:
+ *
+ *     CCDMA_ALIGNED(CCDMA_LAYER_ALIGN) static uint8_t layer_mem[CCDMA_LAYER_SIZE];
+ *     int rc = ccdma_layer_init(layer_mem, sizeof layer_mem, &platform);
+ *     struct ccdma_layer *layer = (struct ccdma_layer *)layer_mem;
+ *
+ * Devices (ccdma_attach: CCDMA_DEVICE_SIZE, CCDMA_DEVICE_ALIGN), coherent buffers
+ * (ccdma_alloc_coherent: CCDMA_COHERENT_SIZE, CCDMA_COHERENT_ALIGN) and lists (ccdma_map_sg:
+ * CCDMA_SG_LIST_SIZE(n), CCDMA_SG_ENTRY_ALIGN) the same way.
+ *
+ * Handle rules: a handle is live from the call that made it (init, attach, alloc_coherent, map_sg)
+ * until the call that ends it succeeds (fini, detach, free_coherent, unmap_sg). Any call with a handle
+ * that is not live (ended, never made, a byte copy at another address), of another layer or device,
+ * or making a handle in memory that holds a live one, returns CCDMA_ERR_MISUSE and changes nothing.
+ * A refused end (CCDMA_ERR_BUSY, ...) leaves the handle live. Memory of an ended handle is the
+ * caller's again; reused for a new handle, the old pointer names the new one.
+ */
+
+/* Align handle memory (C99 with GCC or Clang, C11, MSVC); define it yourself for another compiler. */
+#ifndef CCDMA_ALIGNED
+#if defined(__GNUC__) || defined(__clang__)
+#define CCDMA_ALIGNED(n) __attribute__((aligned(n)))
+#elif defined(_MSC_VER)
+#define CCDMA_ALIGNED(n) __declspec(align(n))
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define CCDMA_ALIGNED(n) _Alignas(n)
+#else
+#error "ccdma.h: define CCDMA_ALIGNED(n) to align a declaration to n bytes with this compiler"
+#endif
+#endif
+
+/* Bytes of metadata for a pool of len bytes (ccdma_add_pool). */
+#define CCDMA_POOL_META_SIZE(len) ((len) / CCDMA_SLOT_SIZE * CCDMA_SLOT_META_SIZE)
+/* Bytes of entry memory for a list of n buffers (ccdma_map_sg). */
+#define CCDMA_SG_LIST_SIZE(n) ((n) * CCDMA_SG_ENTRY_SIZE)
+
+/* Initialisers of ccdma_platform.shared_bus (struct ccdma_bus_encoding), e.g.
+ * `.shared_bus = CCDMA_BUS_ENCODING_SEV(51)`: identity (TDX, pseries), AMD SEV (the C-bit cleared),
+ * Arm CCA (the top IPA bit set: the unprotected alias). */
+#define CCDMA_BUS_ENCODING_IDENTITY {0, 0}
+#define CCDMA_BUS_ENCODING_SEV(c_bit) {0, (uint64_t)1 << (c_bit)}
+#define CCDMA_BUS_ENCODING_CCA(ipa_bits) {(uint64_t)1 << ((ipa_bits) - 1), 0}"#;
+
 #[test]
 fn header_is_fresh() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -14,6 +63,10 @@ fn header_is_fresh() {
              Regenerate: CCDMA_BLESS=1 cargo test -p ccdma-ffi --test header */"
                 .into(),
         ),
+        // Freestanding C (firmware): only the headers a freestanding implementation provides.
+        no_includes: true,
+        sys_includes: vec!["stddef.h".into(), "stdint.h".into(), "stdbool.h".into()],
+        after_includes: Some(AFTER_INCLUDES.into()),
         usize_is_size_t: true,
         documentation: true,
         style: cbindgen::Style::Tag,

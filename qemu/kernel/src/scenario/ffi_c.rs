@@ -113,6 +113,7 @@ pub(super) fn check_c_driver(report: &mut Report) {
         accept: None,
         revoke: None,
         private_bus_addr: None,
+        shared_bus: ccdma_ffi::ccdma_bus_encoding::IDENTITY,
     };
     let mem = CMemory {
         pool_phys: memory::phys_of(POOL.0.base()),
