@@ -125,8 +125,16 @@ pub fn table(hv: &Hypervisor) -> ccdma_platform {
 /// A confidential guest of 2 GiB in the model with a layer over it and one pool.
 pub struct Guest {
     pub hv: Box<Hypervisor>,
-    pub layer_mem: Box<LayerMem>,
+    /// The layer's memory (a leaked box, freed on drop: the layer is used through raw pointers only).
+    layer_mem: *mut LayerMem,
     pub meta: Vec<u64>,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::into_raw` in `with_table`, freed once, here.
+        drop(unsafe { Box::from_raw(self.layer_mem) });
+    }
 }
 
 impl Guest {
@@ -137,29 +145,29 @@ impl Guest {
     /// As `new`, with the table changed by `edit` before the layer is made.
     pub fn with_table(config: HvConfig, edit: impl FnOnce(&mut ccdma_platform)) -> Guest {
         let hv = Box::new(Hypervisor::new(config));
-        let mut layer_mem = LayerMem::new();
+        let layer_mem = Box::into_raw(LayerMem::new());
         let mut t = table(&hv);
         edit(&mut t);
         // SAFETY: memory of the stated size and alignment, kept alive by the `Guest`; the table
         // forwards to `hv`, kept alive too.
-        let rc = unsafe { ccdma_layer_init(layer_mem.0.as_mut_ptr().cast(), CCDMA_LAYER_SIZE, &t) };
+        let rc = unsafe { ccdma_layer_init(layer_mem.cast(), CCDMA_LAYER_SIZE, &t) };
         assert_eq!(rc, CCDMA_OK, "layer_init");
         let slots = POOL_LEN / CCDMA_SLOT_SIZE;
         let mut meta = vec![0u64; slots * CCDMA_SLOT_META_SIZE / 8];
         // SAFETY: the layer is initialised; pool RAM and metadata unused by anything else.
         let rc = unsafe {
-            ccdma_add_pool(layer_mem.ptr(), POOL_PHYS, POOL_LEN, meta.as_mut_ptr().cast(), meta.len() * 8)
+            ccdma_add_pool(layer_mem.cast(), POOL_PHYS, POOL_LEN, meta.as_mut_ptr().cast(), meta.len() * 8)
         };
         assert_eq!(rc, 0, "add_pool");
         Guest { hv, layer_mem, meta }
     }
 
-    pub fn layer(&mut self) -> *mut ccdma_layer {
-        self.layer_mem.ptr()
+    pub fn layer(&self) -> *mut ccdma_layer {
+        self.layer_mem.cast()
     }
 
     /// Attach device `id` (`mask_bits`) into `mem`, also adding it to the model.
-    pub fn attach(&mut self, mem: &mut DevMem, id: u32, mask_bits: u32) -> c_int {
+    pub fn attach(&self, mem: &mut DevMem, id: u32, mask_bits: u32) -> c_int {
         self.hv.add_device(id, mask_bits);
         // SAFETY: an initialised layer; device memory of the stated size and alignment.
         unsafe { ccdma_attach(self.layer(), mem.0.as_mut_ptr().cast(), CCDMA_DEVICE_SIZE, id, mask_bits) }
