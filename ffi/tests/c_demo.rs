@@ -3,27 +3,12 @@
 //! file). It must exit 0, and its output must report each part of the interface as it should.
 //! `cargo test -p ccdma-ffi --release --test c_demo -- --nocapture` shows its output.
 
-use std::path::{Path, PathBuf};
+mod cbuild;
+
+use std::path::Path;
 use std::process::Command;
 
-/// `libccdma_ffi.a` of this build: cargo builds the library (all its crate types) before the tests,
-/// into `deps/` beside this test. The copy in the profile directory above is refreshed only by
-/// `cargo build`, so it can be stale: the newest of all candidates is taken.
-fn staticlib() -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let deps = exe.parent().expect("deps dir");
-    let profile = deps.parent().expect("profile dir");
-    let hashed =
-        std::fs::read_dir(deps).expect("read deps").filter_map(Result::ok).map(|e| e.path()).filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with("libccdma_ffi") && name.ends_with(".a")
-        });
-    std::iter::once(profile.join("libccdma_ffi.a"))
-        .chain(hashed)
-        .filter(|p| p.exists())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .expect("libccdma_ffi.a next to the test binary")
-}
+use cbuild::staticlib;
 
 #[test]
 fn c_demo_runs() {
