@@ -307,7 +307,18 @@ struct ccdma_device;
 
 /**
  * A DMA layer (opaque; lives in caller memory of [`CCDMA_LAYER_SIZE`] bytes aligned to
- * [`CCDMA_LAYER_ALIGN`]).
+ * [`CCDMA_LAYER_ALIGN`]: `CCDMA_ALIGNED(CCDMA_LAYER_ALIGN) static uint8_t mem[CCDMA_LAYER_SIZE];`,
+ * `ccdma_layer_init(mem, sizeof mem, &platform)`, then `(struct ccdma_layer *)mem` is the handle).
+ *
+ * Handle rules (layers, devices, coherent buffers, lists alike): a handle is memory the caller lends,
+ * live from the call that makes it (`ccdma_layer_init`, `ccdma_attach`, `ccdma_alloc_coherent`,
+ * `ccdma_map_sg`) until the call that ends it succeeds (`ccdma_layer_fini`, `ccdma_detach`,
+ * `ccdma_free_coherent`, `ccdma_unmap_sg`); a refused end leaves it live. A call given a handle that
+ * is not live (ended, never made, a byte copy at another address) or of another layer or device, or
+ * asked to make a handle in memory that holds a live one, returns `CCDMA_ERR_MISUSE` and changes
+ * nothing. The memory of an ended handle is the caller's again; reused for a new handle, the old
+ * pointer names the new one (the pointer is the handle). Memory given as a handle must be readable
+ * for the stated size.
  */
 struct ccdma_layer;
 
@@ -495,13 +506,17 @@ size_t ccdma_layer_size(void);
 /**
  * Initialise a layer in `mem` (`size` bytes, at least `CCDMA_LAYER_SIZE`, aligned to
  * `CCDMA_LAYER_ALIGN`) over the platform `*platform` (copied; the table itself need not outlive the
- * call, its `ctx` must outlive the layer).
+ * call, its `ctx` must outlive the layer). `CCDMA_ERR_MISUSE` when `mem` holds a live layer (finish
+ * it first); `CCDMA_ERR_INVALID` when the table's `shared_bus` sets and clears the same bit.
  *
  * # Safety
- * `mem` must be valid for writes of `size` bytes and used for nothing else while the layer lives;
+ * `mem` must be valid for reads and writes of `size` bytes and used for nothing else while the layer
+ * lives;
  * `platform` must be null or point to a table that keeps the contract stated at `ccdma_platform`.
  */
-int ccdma_layer_init(void *mem, size_t size, const struct ccdma_platform *platform);
+int ccdma_layer_init(void *mem,
+                     size_t size,
+                     const struct ccdma_platform *platform);
 
 /**
  * Add a bounce pool over `[phys, phys + len)` (page-aligned, a whole number of pages), with its
@@ -510,7 +525,8 @@ int ccdma_layer_init(void *mem, size_t size, const struct ccdma_platform *platfo
  * pool's index (>= 0) or an error code.
  *
  * # Safety
- * `layer` is an initialised layer, and no other call uses it during this one. The pool range is guest
+ * `layer` is null or layer memory (the handle rules of `ccdma_layer`), and no other call uses it
+ * during this one. The pool range is guest
  * RAM that nothing else uses while the layer lives; `meta` is valid for writes of `meta_len` bytes and
  * used for nothing else while the layer lives.
  */
@@ -526,7 +542,7 @@ int ccdma_add_pool(struct ccdma_layer *layer,
  * Fails with `CCDMA_ERR_NO_PATH` when the device reaches no pool it needs.
  *
  * # Safety
- * `layer` is an initialised layer; `dev_mem` is valid for writes of `dev_size` bytes and used for
+ * `layer` is null or layer memory (the handle rules of `ccdma_layer`); `dev_mem` is valid for writes of `dev_size` bytes and used for
  * nothing else until `ccdma_detach` succeeds.
  */
 int ccdma_attach(const struct ccdma_layer *layer,
@@ -537,10 +553,12 @@ int ccdma_attach(const struct ccdma_layer *layer,
 
 /**
  * Detach a device. Refused (`CCDMA_ERR_BUSY`) while it has live mappings or coherent buffers; the
- * device stays attached and usable then. On success its memory is free.
+ * device stays attached and usable then. On success its memory is free, and the handle is ended:
+ * a second detach, or any call with it, is `CCDMA_ERR_MISUSE`.
  *
  * # Safety
- * `layer` is an initialised layer, `dev` a device attached to it by `ccdma_attach`, not used by any
+ * `layer` is null or layer memory, `dev` null or device memory (the handle rules of `ccdma_layer`),
+ * `dev` not used by any
  * other call during this one.
  */
 int ccdma_detach(const struct ccdma_layer *layer, struct ccdma_device *dev);
@@ -617,8 +635,8 @@ int ccdma_map_sg_attrs(const struct ccdma_layer *layer,
  * back here. On success the entries' memory is free.
  *
  * # Safety
- * As for `ccdma_map_sg`; `entries` holds the `n` entries that call initialised, and no other call
- * uses them.
+ * As for `ccdma_map_sg`; `entries` is null or list memory (the handle rules of `ccdma_layer`) that
+ * no other call uses.
  */
 int ccdma_unmap_sg(const struct ccdma_layer *layer,
                    const struct ccdma_device *dev,
@@ -661,13 +679,14 @@ int ccdma_alloc_coherent(const struct ccdma_layer *layer,
                          uint64_t *bus);
 
 /**
- * Free a coherent buffer made by `ccdma_alloc_coherent`. If refused (`CCDMA_ERR_BUSY`,
- * `CCDMA_ERR_MISUSE`, ...) the buffer stays allocated and can be freed later; `CCDMA_ERR_SHARING`
- * means it was freed but some pages could not be made private again: never reuse them for private
- * data.
+ * Free a coherent buffer made by `ccdma_alloc_coherent`. If refused (`CCDMA_ERR_BUSY`, ...) the
+ * buffer stays allocated and can be freed later; `CCDMA_ERR_SHARING` means it was freed (the handle
+ * is ended) but some pages could not be made private again: never reuse them for private data. A
+ * handle already freed, never allocated, or of another device is `CCDMA_ERR_MISUSE`.
  *
  * # Safety
- * `layer` and `dev` as for `ccdma_map`; `buf` holds a buffer of `dev` that no other call uses.
+ * `layer` and `dev` as for `ccdma_map`; `buf` is null or buffer memory (the handle rules of
+ * `ccdma_layer`) that no other call uses.
  */
 int ccdma_free_coherent(const struct ccdma_layer *layer,
                         const struct ccdma_device *dev,
@@ -780,7 +799,8 @@ int ccdma_sync_sg_for_device(const struct ccdma_layer *layer,
  * any `ccdma_attach`. Fails with `CCDMA_ERR_IOMMU` if already enabled.
  *
  * # Safety
- * `layer` is an initialised layer and no other call uses it during this one; `ranges` is valid for
+ * `layer` is null or layer memory (the handle rules of `ccdma_layer`) and no other call uses it
+ * during this one; `ranges` is valid for
  * writes of `ranges_size` bytes and used for nothing else while the layer lives.
  */
 int ccdma_enable_iommu(struct ccdma_layer *layer,
@@ -794,7 +814,8 @@ int ccdma_enable_iommu(struct ccdma_layer *layer,
  * `CCDMA_OK` when it was not enabled.
  *
  * # Safety
- * `layer` is an initialised layer and no other call uses it during this one.
+ * `layer` is null or layer memory (the handle rules of `ccdma_layer`) and no other call uses it
+ * during this one.
  */
 int ccdma_disable_iommu(struct ccdma_layer *layer);
 
@@ -804,19 +825,22 @@ int ccdma_disable_iommu(struct ccdma_layer *layer);
  * (`CCDMA_ERR_BUSY`) while any mapping is live or a device behind the IOMMU is attached.
  *
  * # Safety
- * `layer` is an initialised layer and no other call uses it during this one.
+ * `layer` is null or layer memory (the handle rules of `ccdma_layer`) and no other call uses it
+ * during this one.
  */
 int ccdma_release_pools(struct ccdma_layer *layer);
 
 /**
  * Take the layer down: pools released (`ccdma_release_pools`), the IOMMU path off
  * (`ccdma_disable_iommu`), then the layer's memory and the pool and bus-range storage it was given are
- * the caller's again. Every device must be detached first. If refused (`CCDMA_ERR_BUSY`, ...) the
- * layer stays initialised and usable (pools already released stay released), and the call can be
- * repeated.
+ * the caller's again, and the handle is ended (a second fini is `CCDMA_ERR_MISUSE`; devices still
+ * attached are refused by any later layer, even one made in the same memory). Every device should be
+ * detached first. If refused (`CCDMA_ERR_BUSY`, ...) the layer stays initialised and usable (pools
+ * already released stay released), and the call can be repeated.
  *
  * # Safety
- * `layer` is an initialised layer and no other call uses it during this one, nor, on success, after.
+ * `layer` is null or layer memory (the handle rules of `ccdma_layer`), and no other call uses it
+ * during this one.
  */
 int ccdma_layer_fini(struct ccdma_layer *layer);
 
@@ -832,7 +856,8 @@ int ccdma_layer_fini(struct ccdma_layer *layer);
  * platform says no.
  *
  * # Safety
- * `layer` is an initialised layer, `dev` a device attached to it by `ccdma_attach`, not used by any
+ * `layer` is null or layer memory, `dev` null or device memory (the handle rules of `ccdma_layer`),
+ * `dev` not used by any
  * other call during this one.
  */
 int ccdma_accept(const struct ccdma_layer *layer, struct ccdma_device *dev);
@@ -856,7 +881,7 @@ int ccdma_revoke(const struct ccdma_layer *layer, struct ccdma_device *dev);
  * `CCDMA_PATH_TRUSTED_IOMMU` once accepted), or `CCDMA_ERR_NULL`.
  *
  * # Safety
- * `layer` is an initialised layer, `dev` a device attached to it.
+ * `layer` is null or layer memory, `dev` null or device memory (the handle rules of `ccdma_layer`).
  */
 int ccdma_device_path(const struct ccdma_layer *layer, const struct ccdma_device *dev);
 

@@ -163,7 +163,8 @@ impl IommuBackend for CIommu {
 /// any `ccdma_attach`. Fails with `CCDMA_ERR_IOMMU` if already enabled.
 ///
 /// # Safety
-/// `layer` is an initialised layer and no other call uses it during this one; `ranges` is valid for
+/// `layer` is null or layer memory (the handle rules of `ccdma_layer`) and no other call uses it
+/// during this one; `ranges` is valid for
 /// writes of `ranges_size` bytes and used for nothing else while the layer lives.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_enable_iommu(
@@ -204,7 +205,8 @@ pub unsafe extern "C" fn ccdma_enable_iommu(
 /// `CCDMA_OK` when it was not enabled.
 ///
 /// # Safety
-/// `layer` is an initialised layer and no other call uses it during this one.
+/// `layer` is null or layer memory (the handle rules of `ccdma_layer`) and no other call uses it
+/// during this one.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_disable_iommu(layer: *mut ccdma_layer) -> c_int {
     // SAFETY: null or the caller's layer memory with no other user now (contract).

@@ -385,7 +385,18 @@ impl Platform for CPlatform {
 // ---------------------------------------------------------------------------------------------
 
 /// A DMA layer (opaque; lives in caller memory of [`CCDMA_LAYER_SIZE`] bytes aligned to
-/// [`CCDMA_LAYER_ALIGN`]).
+/// [`CCDMA_LAYER_ALIGN`]: `CCDMA_ALIGNED(CCDMA_LAYER_ALIGN) static uint8_t mem[CCDMA_LAYER_SIZE];`,
+/// `ccdma_layer_init(mem, sizeof mem, &platform)`, then `(struct ccdma_layer *)mem` is the handle).
+///
+/// Handle rules (layers, devices, coherent buffers, lists alike): a handle is memory the caller lends,
+/// live from the call that makes it (`ccdma_layer_init`, `ccdma_attach`, `ccdma_alloc_coherent`,
+/// `ccdma_map_sg`) until the call that ends it succeeds (`ccdma_layer_fini`, `ccdma_detach`,
+/// `ccdma_free_coherent`, `ccdma_unmap_sg`); a refused end leaves it live. A call given a handle that
+/// is not live (ended, never made, a byte copy at another address) or of another layer or device, or
+/// asked to make a handle in memory that holds a live one, returns `CCDMA_ERR_MISUSE` and changes
+/// nothing. The memory of an ended handle is the caller's again; reused for a new handle, the old
+/// pointer names the new one (the pointer is the handle). Memory given as a handle must be readable
+/// for the stated size.
 pub struct ccdma_layer {
     tag: Tag,
     inner: DmaLayer<'static, CPlatform>,
@@ -483,10 +494,12 @@ fn direction(dir: c_int) -> Option<DmaDirection> {
 
 /// Initialise a layer in `mem` (`size` bytes, at least `CCDMA_LAYER_SIZE`, aligned to
 /// `CCDMA_LAYER_ALIGN`) over the platform `*platform` (copied; the table itself need not outlive the
-/// call, its `ctx` must outlive the layer).
+/// call, its `ctx` must outlive the layer). `CCDMA_ERR_MISUSE` when `mem` holds a live layer (finish
+/// it first); `CCDMA_ERR_INVALID` when the table's `shared_bus` sets and clears the same bit.
 ///
 /// # Safety
-/// `mem` must be valid for writes of `size` bytes and used for nothing else while the layer lives;
+/// `mem` must be valid for reads and writes of `size` bytes and used for nothing else while the layer
+/// lives;
 /// `platform` must be null or point to a table that keeps the contract stated at `ccdma_platform`.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_layer_init(
@@ -526,7 +539,8 @@ pub unsafe extern "C" fn ccdma_layer_init(
 /// pool's index (>= 0) or an error code.
 ///
 /// # Safety
-/// `layer` is an initialised layer, and no other call uses it during this one. The pool range is guest
+/// `layer` is null or layer memory (the handle rules of `ccdma_layer`), and no other call uses it
+/// during this one. The pool range is guest
 /// RAM that nothing else uses while the layer lives; `meta` is valid for writes of `meta_len` bytes and
 /// used for nothing else while the layer lives.
 #[no_mangle]
@@ -569,7 +583,7 @@ pub unsafe extern "C" fn ccdma_add_pool(
 /// Fails with `CCDMA_ERR_NO_PATH` when the device reaches no pool it needs.
 ///
 /// # Safety
-/// `layer` is an initialised layer; `dev_mem` is valid for writes of `dev_size` bytes and used for
+/// `layer` is null or layer memory (the handle rules of `ccdma_layer`); `dev_mem` is valid for writes of `dev_size` bytes and used for
 /// nothing else until `ccdma_detach` succeeds.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_attach(
@@ -609,10 +623,12 @@ pub unsafe extern "C" fn ccdma_attach(
 }
 
 /// Detach a device. Refused (`CCDMA_ERR_BUSY`) while it has live mappings or coherent buffers; the
-/// device stays attached and usable then. On success its memory is free.
+/// device stays attached and usable then. On success its memory is free, and the handle is ended:
+/// a second detach, or any call with it, is `CCDMA_ERR_MISUSE`.
 ///
 /// # Safety
-/// `layer` is an initialised layer, `dev` a device attached to it by `ccdma_attach`, not used by any
+/// `layer` is null or layer memory, `dev` null or device memory (the handle rules of `ccdma_layer`),
+/// `dev` not used by any
 /// other call during this one.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_detach(layer: *const ccdma_layer, dev: *mut ccdma_device) -> c_int {
@@ -804,8 +820,8 @@ pub unsafe extern "C" fn ccdma_map_sg_attrs(
 /// back here. On success the entries' memory is free.
 ///
 /// # Safety
-/// As for `ccdma_map_sg`; `entries` holds the `n` entries that call initialised, and no other call
-/// uses them.
+/// As for `ccdma_map_sg`; `entries` is null or list memory (the handle rules of `ccdma_layer`) that
+/// no other call uses.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_unmap_sg(
     layer: *const ccdma_layer,
@@ -877,13 +893,14 @@ pub unsafe extern "C" fn ccdma_alloc_coherent(
     unsafe { ccdma_alloc_coherent_attrs(layer, dev, phys, pages, 0, buf_mem, buf_size, cpu, bus) }
 }
 
-/// Free a coherent buffer made by `ccdma_alloc_coherent`. If refused (`CCDMA_ERR_BUSY`,
-/// `CCDMA_ERR_MISUSE`, ...) the buffer stays allocated and can be freed later; `CCDMA_ERR_SHARING`
-/// means it was freed but some pages could not be made private again: never reuse them for private
-/// data.
+/// Free a coherent buffer made by `ccdma_alloc_coherent`. If refused (`CCDMA_ERR_BUSY`, ...) the
+/// buffer stays allocated and can be freed later; `CCDMA_ERR_SHARING` means it was freed (the handle
+/// is ended) but some pages could not be made private again: never reuse them for private data. A
+/// handle already freed, never allocated, or of another device is `CCDMA_ERR_MISUSE`.
 ///
 /// # Safety
-/// `layer` and `dev` as for `ccdma_map`; `buf` holds a buffer of `dev` that no other call uses.
+/// `layer` and `dev` as for `ccdma_map`; `buf` is null or buffer memory (the handle rules of
+/// `ccdma_layer`) that no other call uses.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_free_coherent(
     layer: *const ccdma_layer,

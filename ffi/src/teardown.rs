@@ -10,7 +10,8 @@ use crate::{ccdma_layer, code, CCDMA_OK};
 /// (`CCDMA_ERR_BUSY`) while any mapping is live or a device behind the IOMMU is attached.
 ///
 /// # Safety
-/// `layer` is an initialised layer and no other call uses it during this one.
+/// `layer` is null or layer memory (the handle rules of `ccdma_layer`) and no other call uses it
+/// during this one.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_release_pools(layer: *mut ccdma_layer) -> c_int {
     // SAFETY: null or the caller's layer memory with no other user now (contract).
@@ -25,12 +26,14 @@ pub unsafe extern "C" fn ccdma_release_pools(layer: *mut ccdma_layer) -> c_int {
 
 /// Take the layer down: pools released (`ccdma_release_pools`), the IOMMU path off
 /// (`ccdma_disable_iommu`), then the layer's memory and the pool and bus-range storage it was given are
-/// the caller's again. Every device must be detached first. If refused (`CCDMA_ERR_BUSY`, ...) the
-/// layer stays initialised and usable (pools already released stay released), and the call can be
-/// repeated.
+/// the caller's again, and the handle is ended (a second fini is `CCDMA_ERR_MISUSE`; devices still
+/// attached are refused by any later layer, even one made in the same memory). Every device should be
+/// detached first. If refused (`CCDMA_ERR_BUSY`, ...) the layer stays initialised and usable (pools
+/// already released stay released), and the call can be repeated.
 ///
 /// # Safety
-/// `layer` is an initialised layer and no other call uses it during this one, nor, on success, after.
+/// `layer` is null or layer memory (the handle rules of `ccdma_layer`), and no other call uses it
+/// during this one.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_layer_fini(layer: *mut ccdma_layer) -> c_int {
     // SAFETY: null or the caller's layer memory with no other user now (contract).

@@ -135,7 +135,8 @@ impl DeviceTrust for CTrust {
 /// platform says no.
 ///
 /// # Safety
-/// `layer` is an initialised layer, `dev` a device attached to it by `ccdma_attach`, not used by any
+/// `layer` is null or layer memory, `dev` null or device memory (the handle rules of `ccdma_layer`),
+/// `dev` not used by any
 /// other call during this one.
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_accept(layer: *const ccdma_layer, dev: *mut ccdma_device) -> c_int {
@@ -171,7 +172,7 @@ pub unsafe extern "C" fn ccdma_revoke(layer: *const ccdma_layer, dev: *mut ccdma
 /// `CCDMA_PATH_TRUSTED_IOMMU` once accepted), or `CCDMA_ERR_NULL`.
 ///
 /// # Safety
-/// `layer` is an initialised layer, `dev` a device attached to it.
+/// `layer` is null or layer memory, `dev` null or device memory (the handle rules of `ccdma_layer`).
 #[no_mangle]
 pub unsafe extern "C" fn ccdma_device_path(layer: *const ccdma_layer, dev: *const ccdma_device) -> c_int {
     // SAFETY: null or the caller's handles (contract).
