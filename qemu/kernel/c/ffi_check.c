@@ -169,13 +169,19 @@ int c_driver_check(const struct ccdma_platform *platform, const struct c_memory 
     EXPECT(device(cbus + 4096, want, 64, 1) == 0 && cpu != NULL && same((uint8_t *)cpu + 4096, want, 64));
     CALL(ccdma_free_coherent(layer, devs[0], (struct ccdma_coherent *)coh_mem));
     EXPECT(!m->shared(m->coherent_phys, 4096) && !m->shared(m->coherent_phys + 4096, 4096));
+    /* Handle rules: a second free is misuse and changes nothing (the pages stay private). */
+    EXPECT(ccdma_free_coherent(layer, devs[0], (struct ccdma_coherent *)coh_mem) == CCDMA_ERR_MISUSE);
+    EXPECT(!m->shared(m->coherent_phys, 4096));
 
     /* Teardown: refused while a device is busy, then the pool is private again. */
     CALL(ccdma_map(layer, devs[1], buf, 64, CCDMA_TO_DEVICE, &bus));
     EXPECT(ccdma_layer_fini(layer) == CCDMA_ERR_BUSY);
     CALL(ccdma_unmap(layer, devs[1], bus, 64, CCDMA_TO_DEVICE));
     for (int d = 0; d < 2; d++) CALL(ccdma_detach(layer, devs[d]));
+    EXPECT(ccdma_detach(layer, devs[0]) == CCDMA_ERR_MISUSE);                            /* detach twice */
+    EXPECT(ccdma_map(layer, devs[1], buf, 64, CCDMA_TO_DEVICE, &bus) == CCDMA_ERR_MISUSE); /* detached */
     CALL(ccdma_layer_fini(layer));
+    EXPECT(ccdma_layer_fini(layer) == CCDMA_ERR_MISUSE);                                 /* fini twice */
     EXPECT(!m->shared(m->pool_phys, 4096) && !m->shared(m->pool_phys + m->pool_len - 4096, 4096));
     return (int)res->failures;
 }
