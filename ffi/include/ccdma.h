@@ -152,12 +152,13 @@
 #define CCDMA_COHERENT_ALIGN 16
 
 /**
- * Bytes of memory per scatter-gather entry.
+ * Bytes of list memory per scatter-gather entry (`ccdma_map_sg`: `n` entries need
+ * `CCDMA_SG_LIST_SIZE(n)` = `n * CCDMA_SG_ENTRY_SIZE` bytes, the list's head included).
  */
 #define CCDMA_SG_ENTRY_SIZE 208
 
 /**
- * Alignment of scatter-gather entries.
+ * Alignment of list memory.
  */
 #define CCDMA_SG_ENTRY_ALIGN 16
 

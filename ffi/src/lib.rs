@@ -426,9 +426,10 @@ pub const CCDMA_DEVICE_ALIGN: usize = 16;
 pub const CCDMA_COHERENT_SIZE: usize = 96;
 /// Alignment of a `ccdma_coherent`.
 pub const CCDMA_COHERENT_ALIGN: usize = 16;
-/// Bytes of memory per scatter-gather entry.
+/// Bytes of list memory per scatter-gather entry (`ccdma_map_sg`: `n` entries need
+/// `CCDMA_SG_LIST_SIZE(n)` = `n * CCDMA_SG_ENTRY_SIZE` bytes, the list's head included).
 pub const CCDMA_SG_ENTRY_SIZE: usize = 208;
-/// Alignment of scatter-gather entries.
+/// Alignment of list memory.
 pub const CCDMA_SG_ENTRY_ALIGN: usize = 16;
 /// Bytes of pool metadata per slot (`ccdma_add_pool`: `meta_len >= len / CCDMA_SLOT_SIZE *
 /// CCDMA_SLOT_META_SIZE`).
