@@ -6,8 +6,8 @@
 #
 # Builds ccdma-ffi's staticlib for x86_64-unknown-none (nightly: -Z emit-stack-sizes; opt-level s,
 # panics abort, the crate's spinning panic handler), links it freestanding with ld --gc-sections and
-# --no-undefined twice: "minimal" keeps init, add_pool, attach, map, unmap and detach; "full" keeps
-# every export. scripts/budgets.py reads each image: .text, functions that can reach the panic
+# --no-undefined twice: "minimal" (feature log-off: no log statements) keeps init, add_pool, attach,
+# map, unmap and detach; "full" (log statements in) keeps every export. scripts/budgets.py reads each image: .text, functions that can reach the panic
 # handler (call graph from objdump), the largest frames and the deepest chain per entry point.
 # Installs what it needs (nightly, the target, binutils) on a fresh Debian 12 machine.
 #
@@ -33,30 +33,33 @@ rustup +nightly target list --installed | grep -q x86_64-unknown-none ||
 
 LOCKED=()
 [[ -n ${CI:-} ]] && LOCKED=(--locked)
-TARGET_DIR=$ROOT/target/budgets
-OUT=$TARGET_DIR/x86_64-unknown-none/release
-(cd ffi && CARGO_TARGET_DIR=$TARGET_DIR CARGO_PROFILE_RELEASE_OPT_LEVEL=s RUSTFLAGS="-Z emit-stack-sizes" \
-    cargo +nightly rustc "${LOCKED[@]}" --quiet --release --target x86_64-unknown-none \
-    --no-default-features --features panic-handler --crate-type staticlib)
-LIB=$OUT/libccdma_ffi.a
-[[ -f $LIB ]] || die "no $LIB"
-
+build() { # build FEATURES: the staticlib into target/budgets-FEATURES; prints its path
+    local dir=$ROOT/target/budgets-${1//,/-}
+    (cd ffi && CARGO_TARGET_DIR=$dir CARGO_PROFILE_RELEASE_OPT_LEVEL=s RUSTFLAGS="-Z emit-stack-sizes" \
+        cargo +nightly rustc "${LOCKED[@]}" --quiet --release --target x86_64-unknown-none \
+        --no-default-features --features "$1" --crate-type staticlib) >&2 || die "staticlib build ($1) failed"
+    echo "$dir/x86_64-unknown-none/release/libccdma_ffi.a"
+}
+# Full: everything, log statements in. Minimal: log compiled out (firmware without a logger).
+LIB_FULL=$(build panic-handler)
+LIB_MIN=$(build panic-handler,log-off)
+OUT=$ROOT/target/budgets-panic-handler
 MINIMAL=(ccdma_layer_init ccdma_add_pool ccdma_attach ccdma_map ccdma_unmap ccdma_detach)
-mapfile -t ALL < <(nm -g --defined-only "$LIB" 2>/dev/null | awk '$2 == "T" && $3 ~ /^ccdma_/ {print $3}' | sort -u)
-link() { # link NAME SYMBOL...: a freestanding image keeping those exports
-    local name=$1 req=()
-    shift
+mapfile -t ALL < <(nm -g --defined-only "$LIB_FULL" 2>/dev/null | awk '$2 == "T" && $3 ~ /^ccdma_/ {print $3}' | sort -u)
+link() { # link NAME LIB SYMBOL...: a freestanding image keeping those exports
+    local name=$1 lib=$2 req=()
+    shift 2
     for s in "$@"; do req+=("--require-defined=$s"); done
     ld -static -nostdlib --gc-sections --no-undefined -e 0 "${req[@]}" \
-        -o "$OUT/$name.elf" "$LIB" || die "freestanding link of the $name image failed"
+        -o "$OUT/$name.elf" "$lib" || die "freestanding link of the $name image failed"
 }
-link minimal "${MINIMAL[@]}"
-link full "${ALL[@]}"
+link minimal "$LIB_MIN" "${MINIMAL[@]}"
+link full "$LIB_FULL" "${ALL[@]}"
 
 entries=$(IFS=,; echo "${MINIMAL[*]}")
 py_list=()
 [[ $LIST == yes ]] && py_list=(--list-panicking)
-echo "== minimal image (${MINIMAL[*]})"
+echo "== minimal image, log compiled out (${MINIMAL[*]})"
 python3 scripts/budgets.py "$OUT/minimal.elf" --entries "$entries" "${py_list[@]}" | tee "$OUT/minimal.txt"
 echo
 echo "== full image (${#ALL[@]} exports)"
