@@ -111,11 +111,14 @@
 //! ccdma's locks spin. A call made from an interrupt handler that interrupted a ccdma call on the
 //! same CPU would spin forever on a lock the interrupted call holds. The contract:
 //!
-//! - Every [`DmaLayer`] call that can take a lock runs with interrupts masked through the platform's
+//! - Every [`DmaLayer`] call through `&self` that can take a lock (map, unmap, sync, lists, coherent
+//!   buffers, attach, detach, accept, revoke, `growth_tick`, reservations) runs with interrupts masked through the platform's
 //!   [`Platform::mask_interrupts`] / [`Platform::restore_interrupts`] (a kernel saves and disables
 //!   IRQs; EDK2 raises the TPL). A platform that implements them may call any ccdma function from an
 //!   interrupt handler. Masking covers the whole call, copies included (a 256 KiB bounce copy is
-//!   tens of microseconds), as Linux's `spin_lock_irqsave` covers SWIOTLB's slot search.
+//!   tens of microseconds), as Linux's `spin_lock_irqsave` covers SWIOTLB's slot search. Calls
+//!   through `&mut self` (`add_pool`, `enable_iommu`, ...) need no masking: the borrow proves that
+//!   nothing else, a handler included, holds the layer meanwhile.
 //! - With the default hooks (they do nothing), no ccdma call may be made from a context that can
 //!   interrupt a ccdma call on the same CPU (an interrupt handler, a signal handler, an EDK2 event
 //!   notification at a raised TPL).

@@ -18,7 +18,7 @@
 #![cfg(target_os = "linux")]
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ccdma::{
@@ -70,6 +70,8 @@ impl Platform for IrqPlatform {
         true
     }
     fn mask_interrupts(&self) -> InterruptState {
+        MASKS.fetch_add(1, Ordering::Relaxed);
+        DEPTH.fetch_add(1, Ordering::Relaxed);
         if !self.mask {
             return InterruptState(0);
         }
@@ -85,6 +87,7 @@ impl Platform for IrqPlatform {
         }
     }
     fn restore_interrupts(&self, saved: InterruptState) {
+        DEPTH.fetch_sub(1, Ordering::Relaxed);
         if !self.mask || saved.0 != 0 {
             return; // masked before this call: stays masked (nesting)
         }
@@ -100,6 +103,11 @@ impl Platform for IrqPlatform {
 
 static LAYER: AtomicPtr<DmaLayer<'static, IrqPlatform>> = AtomicPtr::new(std::ptr::null_mut());
 static DEVICE: AtomicPtr<Device> = AtomicPtr::new(std::ptr::null_mut());
+/// Calls of mask_interrupts, and masks not yet restored (per process: the tests run one at a time
+/// through TEST_LOCK).
+static MASKS: AtomicU64 = AtomicU64::new(0);
+static DEPTH: AtomicI64 = AtomicI64::new(0);
+static TEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 static IN_HANDLER_MAPS: AtomicU64 = AtomicU64::new(0);
 static HANDLER_ERRORS: AtomicU64 = AtomicU64::new(0);
 
@@ -129,9 +137,8 @@ extern "C" fn on_signal(_: libc::c_int) {
     }
 }
 
-/// Run the main loop for `rounds` maps with a signal storm; returns (handler maps, main maps) or
-/// exits the process when no progress is made for 10 s (a deadlock).
-fn storm(mask: bool, rounds: u64) -> (u64, u64) {
+/// A leaked layer over fresh RAM with one pool of one area, and an attached 32-bit device.
+fn layer_with_one_area(mask: bool) -> (&'static DmaLayer<'static, IrqPlatform>, &'static Device) {
     let ram = vec![0u8; RAM + 4096].leak();
     let base = (ram.as_mut_ptr() as usize + 4095) & !4095;
     let platform = IrqPlatform { base, mask };
@@ -141,10 +148,16 @@ fn storm(mask: bool, rounds: u64) -> (u64, u64) {
     let meta: &'static mut [SlotMeta] = vec![SlotMeta::EMPTY; cfg.slots_for(POOL_LEN)].leak();
     // SAFETY: the pool's range is RAM of the leaked allocation that nothing else uses.
     unsafe { layer.add_pool(PhysAddr(POOL_AT), POOL_LEN, meta, cfg) }.expect("pool");
-    let dev =
-        Box::leak(Box::new(layer.attach(DeviceConfig::new(1, DmaMask::new(32).unwrap())).expect("attach")));
-    LAYER.store(layer, Ordering::Release);
-    DEVICE.store(dev, Ordering::Release);
+    let dev = layer.attach(DeviceConfig::new(1, DmaMask::new(32).unwrap())).expect("attach");
+    (layer, Box::leak(Box::new(dev)))
+}
+
+/// Run the main loop for `rounds` maps with a signal storm; returns (handler maps, main maps) or
+/// exits the process when no progress is made for 10 s (a deadlock).
+fn storm(mask: bool, rounds: u64) -> (u64, u64) {
+    let (layer, dev) = layer_with_one_area(mask);
+    LAYER.store(layer as *const _ as *mut _, Ordering::Release);
+    DEVICE.store(dev as *const _ as *mut _, Ordering::Release);
 
     // SAFETY: installing a handler for SIGUSR1, which nothing else in this test binary uses; the
     // handler only touches atomics and the leaked layer.
@@ -195,6 +208,7 @@ fn storm(mask: bool, rounds: u64) -> (u64, u64) {
 
 #[test]
 fn a_map_from_an_interrupt_that_interrupted_a_map_completes() {
+    let _serial = TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mask = std::env::var_os("CCDMA_IRQ_NO_MASK").is_none();
     let (handler, main) = storm(mask, 200_000);
     assert_eq!(main, 200_000, "every map of the interrupted thread succeeded");
@@ -203,4 +217,58 @@ fn a_map_from_an_interrupt_that_interrupted_a_map_completes() {
     // SAFETY: the storm is over; the layer is only read.
     let layer = unsafe { &*LAYER.load(Ordering::Acquire) };
     assert_eq!(layer.stats().slots_in_use, 0, "nothing left mapped");
+}
+
+/// Every call that can take a lock masks once and restores once, on success and on every error.
+#[test]
+fn every_locking_call_masks_and_restores_on_every_path() {
+    let _serial = TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let (layer, dev) = layer_with_one_area(false);
+    let calls = |f: &dyn Fn()| {
+        let before = MASKS.load(Ordering::Relaxed);
+        f();
+        assert_eq!(DEPTH.load(Ordering::Relaxed), 0, "every mask restored");
+        MASKS.load(Ordering::Relaxed) - before
+    };
+    let to = DmaDirection::ToDevice;
+    // SAFETY (each raw call below): MAIN_BUF is RAM of the leaked allocation this test alone uses;
+    // every mapping made is unmapped before the test ends.
+    let bus = unsafe { layer.map_phys(dev, PhysAddr(MAIN_BUF), LEN, to, DmaAttrs::NONE) }.unwrap();
+    assert!(
+        calls(&|| {
+            // SAFETY: as above.
+            unsafe { layer.sync_for_device(dev, bus, 0, LEN, to) }.unwrap()
+        }) >= 1
+    );
+    assert!(
+        calls(&|| {
+            // SAFETY: as above; a wrong length is refused and changes nothing.
+            unsafe { layer.unmap(dev, bus, LEN - 1, to, DmaAttrs::NONE) }.unwrap_err();
+        }) >= 1
+    );
+    assert!(
+        calls(&|| {
+            // SAFETY: as above.
+            unsafe { layer.unmap(dev, bus, LEN, to, DmaAttrs::NONE) }.unwrap()
+        }) >= 1
+    );
+    // Refused before any lock (no mask needed); balanced all the same.
+    calls(&|| {
+        // SAFETY: as above; a zero length is refused.
+        unsafe { layer.map_phys(dev, PhysAddr(MAIN_BUF), 0, to, DmaAttrs::NONE) }.unwrap_err();
+    });
+    assert!(
+        calls(&|| {
+            // SAFETY: as above; longer than the largest run: refused.
+            unsafe { layer.map_phys(dev, PhysAddr(MAIN_BUF), 2 << 20, to, DmaAttrs::NONE) }.unwrap_err();
+        }) >= 1
+    );
+    assert!(
+        calls(&|| {
+            let d = layer.attach(DeviceConfig::new(2, DmaMask::new(32).unwrap())).unwrap();
+            layer.detach(d).unwrap();
+        }) >= 2
+    );
+    assert!(calls(&|| drop(layer.last_pool_full())) >= 1);
+    assert_eq!(layer.stats().slots_in_use, 0);
 }

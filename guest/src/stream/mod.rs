@@ -319,6 +319,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         for_cpu: bool,
         safe: bool,
     ) -> Result<(), DmaError> {
+        let _masked = self.masked();
         let result = self.sync_route(dev, bus, offset, len, dir, for_cpu, safe);
         crate::tracker::synced(&self.tracker, dev, bus, &result, core::panic::Location::caller());
         result
