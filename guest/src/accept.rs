@@ -20,6 +20,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// when the platform says no ([`DmaError::AcceptRefused`]). A deferred device is attached to its
     /// IOMMU domain here (its mappings need the window).
     pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
+        let _masked = self.masked();
         self.check_device(dev)?;
         if dev.trust.is_accepted() {
             return Ok(());
@@ -73,6 +74,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// private page in its window. If the platform's own revoke fails the layer still treats the
     /// device as untrusted and says so ([`DmaError::RevokeRefused`]).
     pub fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
+        let _masked = self.masked();
         self.check_device(dev)?;
         if !dev.trust.is_accepted() {
             return Ok(());

@@ -197,6 +197,7 @@ impl<P: Platform> DmaLayer<'_, P> {
         pages: u64,
         attrs: DmaAttrs,
     ) -> Result<CoherentBuffer, DmaError> {
+        let _masked = self.masked();
         self.check_device(dev)?;
         if pages == 0 {
             return Err(DmaError::ZeroLength);
@@ -314,6 +315,7 @@ impl<P: Platform> DmaLayer<'_, P> {
     /// pages are quarantined ([`FreeError::Quarantined`]: never reuse them).
     #[track_caller]
     pub fn free_coherent(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
+        let _masked = self.masked();
         let refuse = |buf, error| Err(FreeError::Refused(Refused { value: buf, error }));
         if let Err(e) = self.check_device(dev) {
             return refuse(buf, e);

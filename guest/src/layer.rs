@@ -265,6 +265,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Attach a device: choose its path, or fail naming its mask and the pools.
     pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+        let _masked = self.masked();
         let m = config.min_align_mask;
         // 2^n - 1, and below 4 GiB: no device needs more, and it bounds every alignment sum later.
         if m & m.wrapping_add(1) != 0 || m > u64::from(u32::MAX) {
@@ -326,6 +327,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// device is revoked first ([`DmaLayer::revoke`]), so the platform never keeps trusting a device
     /// the guest has let go.
     pub fn detach(&self, mut dev: Device) -> Result<(), Refused<Device>> {
+        let _masked = self.masked();
         if let Err(error) = self.check_device(&dev) {
             return Err(Refused { value: dev, error });
         }

@@ -105,6 +105,26 @@
 //!
 //! Misuse that safe code can still commit (leaking a mapping, double unmap through the raw face)
 //! is reported by the misuse tracker (feature `debug-tracker`, module [`tracker`]).
+//!
+//! # Interrupts
+//!
+//! ccdma's locks spin. A call made from an interrupt handler that interrupted a ccdma call on the
+//! same CPU would spin forever on a lock the interrupted call holds. The contract:
+//!
+//! - Every [`DmaLayer`] call through `&self` that can take a lock (map, unmap, sync, lists, coherent
+//!   buffers, attach, detach, accept, revoke, `growth_tick`, reservations) runs with interrupts masked through the platform's
+//!   [`Platform::mask_interrupts`] / [`Platform::restore_interrupts`] (a kernel saves and disables
+//!   IRQs; EDK2 raises the TPL). A platform that implements them may call any ccdma function from an
+//!   interrupt handler. Masking covers the whole call, copies included (a 256 KiB bounce copy is
+//!   tens of microseconds), as Linux's `spin_lock_irqsave` covers SWIOTLB's slot search. Calls
+//!   through `&mut self` (`add_pool`, `enable_iommu`, ...) need no masking: the borrow proves that
+//!   nothing else, a handler included, holds the layer meanwhile.
+//! - With the default hooks (they do nothing), no ccdma call may be made from a context that can
+//!   interrupt a ccdma call on the same CPU (an interrupt handler, a signal handler, an EDK2 event
+//!   notification at a raised TPL).
+//!
+//! `tests/tests/interrupt_safety.rs` interrupts maps with maps (a signal handler on the host) and
+//! fails on a deadlock.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
 
@@ -117,6 +137,7 @@ pub mod diagnostics;
 pub mod direction;
 pub mod error;
 pub mod growth;
+mod interrupts;
 pub mod iommu;
 pub mod layer;
 pub mod mapping;
@@ -152,7 +173,7 @@ pub use iommu::{IommuConfig, IommuPolicy, IommuStatsSnapshot, TceBatching, TceCa
 pub use layer::DmaLayer;
 pub use mapping::Mapping;
 pub use path::{DdwOutcome, DmaPath, PathReason};
-pub use platform::{BusEncoding, MemorySharing, PartialSharing, PhysMemory, Platform};
+pub use platform::{BusEncoding, InterruptState, MemorySharing, PartialSharing, PhysMemory, Platform};
 pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
 pub use pool_set::MAX_POOLS;
 pub use stats::{FailureKind, StatsSnapshot};

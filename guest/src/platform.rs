@@ -102,6 +102,11 @@ pub unsafe trait PhysMemory {
     fn ram_end(&self) -> PhysAddr;
 }
 
+/// What [`Platform::mask_interrupts`] found and [`Platform::restore_interrupts`] puts back: the
+/// platform's own encoding (saved flags register, previous TPL, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterruptState(pub usize);
+
 /// Everything the layer needs from one platform.
 pub trait Platform: MemorySharing + PhysMemory + Sync {
     /// True in a confidential guest: devices reach only shared memory, so streaming DMA is bounced.
@@ -122,6 +127,23 @@ pub trait Platform: MemorySharing + PhysMemory + Sync {
     /// cache lines. `None` (the default): start where the last allocation found room.
     fn cpu_hint(&self) -> Option<usize> {
         None
+    }
+    /// Mask interrupts on this CPU (a kernel saves and disables IRQs; EDK2 raises the TPL to
+    /// `TPL_HIGH_LEVEL`) and return what [`Platform::restore_interrupts`] needs to put them back.
+    ///
+    /// ccdma calls it at the start of every call that can take one of its locks and restores at the
+    /// end, so an interrupt handler that calls ccdma never spins on a lock held by the code it
+    /// interrupted (see "Interrupts" in the crate docs). Calls nest: an implementation returns the
+    /// state it found and restores exactly that. The default does nothing: then no ccdma call may be
+    /// made from a context that can interrupt a ccdma call on the same CPU.
+    #[inline(always)]
+    fn mask_interrupts(&self) -> InterruptState {
+        InterruptState(0)
+    }
+    /// Put back the interrupt state [`Platform::mask_interrupts`] returned. The default does nothing.
+    #[inline(always)]
+    fn restore_interrupts(&self, saved: InterruptState) {
+        let _ = saved;
     }
     /// A native IOMMU that maps whole ranges itself (virtio-iommu and the like), for platforms
     /// without PAPR TCE calls ([`Platform::tce`] is asked first). `None` (the default): none.

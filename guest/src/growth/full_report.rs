@@ -9,6 +9,7 @@ use crate::pool_set::MAX_POOLS;
 impl<P: Platform> DmaLayer<'_, P> {
     /// The last "pool full" failure, if any.
     pub fn last_pool_full(&self) -> Option<PoolFullReport> {
+        let _masked = self.masked();
         *self.growth.last_full.lock()
     }
 

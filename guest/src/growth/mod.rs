@@ -97,6 +97,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// The growth counters.
     pub fn growth_stats(&self) -> GrowthStats {
+        let _masked = self.masked();
         let c = &self.growth.counters;
         let (pools, kept_bytes) = {
             let g = self.growth.lock.lock();

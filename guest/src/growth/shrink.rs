@@ -30,6 +30,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// tick counts one more idle tick, and those idle for long enough are removed. Returns how many
     /// were handed back.
     pub fn growth_tick(&self) -> usize {
+        let _masked = self.masked();
         if self.growth.source.is_none() {
             return 0;
         }
@@ -55,6 +56,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Remove every grown pool now, reserve included (teardown). `Busy` if one still has live slots.
     pub fn shrink_all(&self) -> Result<(), DmaError> {
+        let _masked = self.masked();
         let mut g = self.growth.lock.lock();
         let mut result = Ok(());
         for i in 0..MAX_POOLS {

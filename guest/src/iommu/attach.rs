@@ -318,6 +318,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// attached later. Fails with [`IommuError::ReservationConflict`] (nothing changed) when a live
     /// mapping of any device overlaps it.
     pub fn reserve_bus_range(&self, start: u64, len: u64) -> Result<(), DmaError> {
+        let _masked = self.masked();
         let iommu = self.iommu.as_ref().ok_or(DmaError::IommuNotEnabled)?;
         let mut global = iommu.reservations.lock();
         if global.1 == MAX_GLOBAL_RESERVATIONS {
@@ -346,6 +347,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Reserve `[start, start + len)` in one device's windows (it must be attached, not deferred).
     pub fn reserve_bus_range_for(&self, dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
+        let _masked = self.masked();
         self.check_device(dev)?;
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
@@ -392,6 +394,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// The used bus ranges of a device's windows (reservations, premapped pools, mappings, coherent
     /// buffers, quarantined ranges), copied into `out`; returns how many there are.
     pub fn bus_ranges_of(&self, dev: &Device, out: &mut [BusRange]) -> usize {
+        let _masked = self.masked();
         let Some(slot) = dev.domain.and_then(|d| self.slot(d)) else { return 0 };
         let space = slot.space.lock();
         for (o, r) in out.iter_mut().zip(space.ranges()) {
@@ -407,6 +410,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Live bus ranges (strict mappings and coherent buffers) over all domains.
     pub fn live_bus_ranges(&self) -> usize {
+        let _masked = self.masked();
         self.iommu.as_ref().map_or(0, |i| i.domains.iter().flatten().map(|d| d.space.lock().live()).sum())
     }
 }

@@ -378,6 +378,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         attrs: DmaAttrs,
         opts: &SgOptions<'_>,
     ) -> Result<usize, DmaError> {
+        let _masked = self.masked();
         self.check_device(dev)?;
         if list.is_empty() {
             return Err(DmaError::ZeroLength);

@@ -37,6 +37,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
+        let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;
@@ -81,6 +82,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         list: &mut [SgEntry<'_>],
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
+        let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;
@@ -99,6 +101,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         list: &mut [SgEntry<'_>],
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
+        let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;

@@ -104,6 +104,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<BusAddr, DmaError> {
+        let _masked = self.masked();
         let bus = match self.with_growth(dev, len, || self.map_route(dev, orig, len, dir, attrs)) {
             Ok(bus) => bus,
             Err(e) => {
@@ -190,6 +191,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         attrs: DmaAttrs,
         safe: bool,
     ) -> Result<(), DmaError> {
+        let _masked = self.masked();
         let result = self.unmap_route(dev, bus, len, dir, attrs, safe);
         let site = core::panic::Location::caller();
         crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
@@ -317,6 +319,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         for_cpu: bool,
         safe: bool,
     ) -> Result<(), DmaError> {
+        let _masked = self.masked();
         let result = self.sync_route(dev, bus, offset, len, dir, for_cpu, safe);
         crate::tracker::synced(&self.tracker, dev, bus, &result, core::panic::Location::caller());
         result

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Footprint figures of ccdma as C firmware links it, checked against ceilings.
+#
+#   bash scripts/budgets.sh            build, print the figures, fail above a ceiling
+#   bash scripts/budgets.sh --list     also name every function that can reach the panic handler
+#
+# Builds ccdma-ffi's staticlib for x86_64-unknown-none (nightly: -Z emit-stack-sizes; opt-level s,
+# panics abort, the crate's spinning panic handler), links it freestanding with ld --gc-sections and
+# --no-undefined twice: "minimal" (feature log-off: no log statements) keeps init, add_pool, attach,
+# map, unmap and detach; "full" (log statements in) keeps every export. scripts/budgets.py reads each image: .text, functions that can reach the panic
+# handler (call graph from objdump), the largest frames and the deepest chain per entry point.
+# Installs what it needs (nightly, the target, binutils) on a fresh Debian 12 machine.
+#
+# Ceilings: the AIM column is issue 20's target; CEIL is what the test fails above. A ceiling above
+# its aim records what has not been met yet; lower it whenever a change lowers the figure.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+LIST=no
+[[ ${1:-} == --list ]] && LIST=yes
+
+die() { echo "budgets.sh: $*" >&2; exit 1; }
+SUDO=()
+[[ $(id -u) -eq 0 ]] || SUDO=(sudo)
+if ! command -v objdump >/dev/null || ! command -v ld >/dev/null || ! command -v c++filt >/dev/null; then
+    "${SUDO[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq binutils >/dev/null
+fi
+command -v rustup >/dev/null || die "rustup is needed for the nightly toolchain"
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal >/dev/null
+rustup +nightly target list --installed | grep -q x86_64-unknown-none ||
+    rustup target add x86_64-unknown-none --toolchain nightly >/dev/null
+
+LOCKED=()
+[[ -n ${CI:-} ]] && LOCKED=(--locked)
+build() { # build FEATURES: the staticlib into target/budgets-FEATURES; prints its path
+    local dir=$ROOT/target/budgets-${1//,/-}
+    (cd ffi && CARGO_TARGET_DIR=$dir CARGO_PROFILE_RELEASE_OPT_LEVEL=s RUSTFLAGS="-Z emit-stack-sizes" \
+        cargo +nightly rustc "${LOCKED[@]}" --quiet --release --target x86_64-unknown-none \
+        --no-default-features --features "$1" --crate-type staticlib) >&2 || die "staticlib build ($1) failed"
+    echo "$dir/x86_64-unknown-none/release/libccdma_ffi.a"
+}
+# Full: everything, log statements in. Minimal: log compiled out (firmware without a logger).
+LIB_FULL=$(build panic-handler)
+LIB_MIN=$(build panic-handler,log-off)
+OUT=$ROOT/target/budgets-panic-handler
+MINIMAL=(ccdma_layer_init ccdma_add_pool ccdma_attach ccdma_map ccdma_unmap ccdma_detach)
+mapfile -t ALL < <(nm -g --defined-only "$LIB_FULL" 2>/dev/null | awk '$2 == "T" && $3 ~ /^ccdma_/ {print $3}' | sort -u)
+link() { # link NAME LIB SYMBOL...: a freestanding image keeping those exports
+    local name=$1 lib=$2 req=()
+    shift 2
+    for s in "$@"; do req+=("--require-defined=$s"); done
+    ld -static -nostdlib --gc-sections --no-undefined -e 0 "${req[@]}" \
+        -o "$OUT/$name.elf" "$lib" || die "freestanding link of the $name image failed"
+}
+link minimal "$LIB_MIN" "${MINIMAL[@]}"
+link full "$LIB_FULL" "${ALL[@]}"
+
+entries=$(IFS=,; echo "${MINIMAL[*]}")
+py_list=()
+[[ $LIST == yes ]] && py_list=(--list-panicking)
+echo "== minimal image, log compiled out (${MINIMAL[*]})"
+python3 scripts/budgets.py "$OUT/minimal.elf" --entries "$entries" "${py_list[@]}" | tee "$OUT/minimal.txt"
+echo
+echo "== full image (${#ALL[@]} exports)"
+python3 scripts/budgets.py "$OUT/full.elf" --entries "ccdma_map_sg,ccdma_alloc_coherent,ccdma_enable_iommu" |
+    tee "$OUT/full.txt"
+layer=$(awk '/#define CCDMA_LAYER_SIZE/ {print $3}' ffi/include/ccdma.h)
+
+fig() { awk -v k="$1" '$1 == k {print $2}' "$2"; }
+FAILED=0
+check() { # check NAME VALUE CEILING AIM
+    local verdict=ok
+    if (($2 > $3)); then verdict=FAIL; FAILED=1; elif (($2 > $4)); then verdict="ok (aim not met)"; fi
+    printf '  %-44s %8d  ceil %8d  aim %8d  %s\n' "$1" "$2" "$3" "$4" "$verdict"
+}
+echo
+echo "== budgets (bytes unless named; ceilings in scripts/budgets.sh)"
+check "CCDMA_LAYER_SIZE (what C reserves)" "$layer" 32768 2048
+check "largest frame, full image" "$(fig max_frame "$OUT/full.txt")" 28024 2048
+check "deepest chain of ccdma_map (growth in)" "$(fig chain_ccdma_map "$OUT/minimal.txt")" 7864 4096
+check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt")" 1296 2048
+check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/minimal.txt")" 47848 2048
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 67000 24576
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 150000 65536
+check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 200 0
+[[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
+echo "budgets.sh: every figure within its ceiling"
