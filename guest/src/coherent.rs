@@ -251,7 +251,7 @@ impl<P: Platform> DmaLayer<'_, P> {
                 None if share => self.platform.shared_bus_addr(phys),
                 None => BusAddr(phys.0),
             },
-            Some(win) => match self.coherent_enter(dev, win, phys, bytes) {
+            Some(win) => match self.coherent_enter(dev, win, phys, bytes, private) {
                 Ok(bus) => bus,
                 Err(e @ DmaError::Iommu(IommuError::Quarantined { .. })) => {
                     // An entry may still name the pages: they stay shared and are never reused.
@@ -281,6 +281,7 @@ impl<P: Platform> DmaLayer<'_, P> {
         win: crate::iommu::WindowGeometry,
         phys: PhysAddr,
         bytes: u64,
+        private: bool,
     ) -> Result<BusAddr, DmaError> {
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
@@ -291,7 +292,14 @@ impl<P: Platform> DmaLayer<'_, P> {
                 self.stats.fail(FailureKind::Iommu);
             },
         )?;
-        if let Err(f) = tce.put(&win, bus, phys.0, bytes / page, TCE_PCI_READ | TCE_PCI_WRITE) {
+        let (npages, perm) = (bytes / page, TCE_PCI_READ | TCE_PCI_WRITE);
+        // A private buffer (an accepted device's) never goes through the shared list page.
+        let put = if private {
+            tce.put_private(&win, bus, phys.0, npages, perm)
+        } else {
+            tce.put(&win, bus, phys.0, npages, perm)
+        };
+        if let Err(f) = put {
             self.stats.fail(FailureKind::Iommu);
             if f.clean {
                 slot.space.lock().free(bus, bytes, RangeKind::Coherent);

@@ -72,7 +72,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             self.stats.fail(FailureKind::Iommu);
             DmaError::Iommu(e)
         })?;
-        if let Err(f) = tce.put(&win, bus, base, npages, tce_perm(dir)) {
+        // Private pages: one call per entry, never through the shared list page.
+        if let Err(f) = tce.put_private(&win, bus, base, npages, tce_perm(dir)) {
             if f.clean {
                 slot.space.lock().free(bus, npages * page, RangeKind::Private);
             } else {
