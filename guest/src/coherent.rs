@@ -165,8 +165,10 @@ impl CoherentBuffer {
 impl<P: Platform> DmaLayer<'_, P> {
     /// Make `pages` pages at `phys` a coherent buffer for `dev`: zeroed, shared (confidential guest),
     /// entered into the device's window below its coherent mask (IOMMU). A deferred device is attached
-    /// here. On failure nothing stays shared or mapped (pages whose unsharing fails are quarantined and
-    /// counted; the error says so).
+    /// here. On failure nothing stays shared or mapped, except pages the error names: entries that
+    /// would not clear ([`IommuError::Quarantined`]: the whole buffer stays shared) or pages that
+    /// would not become private again ([`DmaError::CoherentQuarantined`]: those pages). Never use
+    /// such pages again.
     ///
     /// # Safety
     /// `[phys, phys + pages * 4 KiB)` must be guest RAM that the caller owns and does not otherwise use
@@ -260,9 +262,24 @@ impl<P: Platform> DmaLayer<'_, P> {
                 }
                 Err(e) => {
                     if share {
-                        // A failed unshare quarantines and counts the pages; the first error is the
-                        // one worth reporting.
-                        let _ = self.unshare_pages(phys, pages);
+                        // A failed unshare quarantines and counts the pages; the caller must learn
+                        // which, or it would take them back as private memory the host can read.
+                        if let Err(DmaError::UnsharingFailed { quarantined, kind, .. }) =
+                            self.unshare_pages(phys, pages)
+                        {
+                            let cause = match e {
+                                DmaError::Iommu(cause) => cause,
+                                _ => IommuError::NoWindow,
+                            };
+                            let first = PhysAddr(phys.0 + (pages - quarantined.min(pages)) * PAGE_SIZE);
+                            log::error!("ccdma: coherent allocation failed ({e}); {quarantined} pages from {first} quarantined");
+                            return Err(DmaError::CoherentQuarantined {
+                                phys: first,
+                                pages: quarantined,
+                                cause,
+                                kind,
+                            });
+                        }
                     }
                     return Err(e);
                 }
