@@ -84,8 +84,11 @@ impl Drop for CoherentBuffer {
 /// Why [`DmaLayer::free_coherent`] did not simply succeed.
 #[derive(Debug)]
 pub enum FreeError {
-    /// Nothing changed: the buffer is still live and comes back (wrong device or layer, window
-    /// entries that would not clear). Retry, or keep it.
+    /// The buffer is still live (shared, the device's) and comes back: wrong device or layer, or
+    /// window entries that would not clear. Nothing changed, except when the error is
+    /// [`IommuError::Unverified`]: the hypervisor accepted the clear but it could not be read back,
+    /// so the device most likely no longer reaches the buffer. Retry (the clear is repeated), or
+    /// keep it.
     Refused(Refused<CoherentBuffer>),
     /// The buffer is gone, but its pages could not all be made private again: they are quarantined
     /// and must never be used again.

@@ -33,7 +33,7 @@ pub enum IommuError {
     /// the entries are most likely gone (the device no longer reaches the memory), but that is not
     /// confirmed, so the layer keeps its record (still live, still shared) and a retry clears again.
     Unverified {
-        /// First bus address of the range.
+        /// First bus address of the entries not verified.
         bus: BusAddr,
     },
     /// No bus range of the needed size below the device's mask.
