@@ -42,7 +42,10 @@ fn private_entries_never_enter_a_shared_list_page() {
             g.layer.free_coherent(&dev, c).unwrap();
             assert_eq!(g.hv.memory().read(cp + 8192, 4), b"ring", "{what}");
             let tc = g.hv.tce_counters();
-            assert_eq!(tc.listed_private_entries, 0, "{what}: private addresses written into a shared list page");
+            assert_eq!(
+                tc.listed_private_entries, 0,
+                "{what}: private addresses written into a shared list page"
+            );
             assert_eq!(tc.unshared_lists, indirect_before.unshared_lists, "{what}");
             // Untrusted work on the same layer still batches through the list page.
             let calls = g.hv.calls().count(ccdma_hv_model::CallKind::PutTceIndirect);

@@ -212,8 +212,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// pages for good, so the ranges are counted quarantined and the pools can never be made private
     /// again (`release_pools` refuses).
     pub(crate) fn pin_pools(&self, slot: &DomainSlot<'m>) {
-        let stuck =
-            slot.space.lock().ranges().iter().filter(|r| matches!(r.kind, RangeKind::Premap { .. })).count();
+        let (mut stuck, mut pools) = (0usize, 0u64);
+        for r in slot.space.lock().ranges() {
+            if let RangeKind::Premap { pool } = r.kind {
+                stuck += 1;
+                pools |= 1u64.checked_shl(u32::from(pool)).unwrap_or(0);
+            }
+        }
+        // The domain forgets these ranges when its set-up fails: the pools remember instead.
+        self.iommu_counters.pinned_pools.fetch_or(pools, Ordering::AcqRel);
         self.iommu_counters.quarantined_ranges.fetch_add(stuck as u64, Ordering::Relaxed);
         self.iommu_counters.pools_pinned.store(true, Ordering::Relaxed);
         log::error!("ccdma: {stuck} premapped ranges could not be cleared; the pools stay shared for good");
