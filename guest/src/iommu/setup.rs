@@ -81,6 +81,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     facts.pool_fits_default = false;
                 }
                 (PathChoice::Strict(reason), Some(win)) => {
+                    self.strict_window_serves(&win)?;
                     let mut pools = PoolOrder::EMPTY;
                     for (i, _) in self.pools.iter() {
                         pools.push(i);
