@@ -2,6 +2,13 @@
 //! Behind an IOMMU the mapping gets entries of its own (a [`RangeKind::Private`] bus range naming the
 //! buffer's pages, the direction's permission), cleared at unmap before the range can be reused;
 //! without one the bus address is the buffer's private address. Nothing is copied, nothing shared.
+//!
+//! An entry names a whole IOMMU page (4 KiB in the default window, up to 2 MiB and more in other
+//! windows), so the device reaches every private byte of the pages its buffer touches, not only the
+//! buffer. A device configured with [`DeviceConfig::bounce_partial_pages`](crate::DeviceConfig)
+//! has every buffer that does not cover whole IOMMU pages bounced through the pool instead (as
+//! Linux's dma-iommu does for untrusted devices); whole pages still map in place. Private entries
+//! are written one `H_PUT_TCE` each, never through the shared list page.
 
 use core::sync::atomic::Ordering;
 
@@ -33,6 +40,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         };
         let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
         if dev.domain.is_some() {
+            if dev.config.bounce_partial_pages {
+                // An entry exposes its whole IOMMU page: a buffer that does not cover whole pages
+                // is bounced (Linux dma-iommu's choice for untrusted devices), so the device never
+                // reaches the private bytes around it.
+                let page = self.ensure_attached(dev)?.dynamic.map_or(0, |w| w.page_size());
+                if page == 0 || (phys.0 | len as u64) & (page - 1) != 0 {
+                    return self.iommu_map(dev, orig, len, dir, attrs);
+                }
+            }
             return self.trusted_iommu_map(dev, phys.0, end, dir);
         }
         let trust = self.platform.device_trust().ok_or(DmaError::TrustUnavailable)?;
