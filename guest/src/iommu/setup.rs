@@ -255,9 +255,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             .ok_or(DdwOutcome::NoPageSize)?;
         let pooled: u64 = self.pools().map(|p| p.len() as u64).sum();
         // Room for every pool growth may add, so they can enter this window later.
-        let total = pooled + self.growth.window_budget();
-        let window_shift = total.next_power_of_two().trailing_zeros().max(shift);
-        if (1u64 << (window_shift - shift)) > q.largest_block {
+        // Configuration and hypervisor values: checked, a window too large to express is too small.
+        let total = pooled.checked_add(self.growth.window_budget()).ok_or(DdwOutcome::TooSmall)?;
+        let window_shift =
+            total.checked_next_power_of_two().ok_or(DdwOutcome::TooSmall)?.trailing_zeros().max(shift);
+        if 1u64.checked_shl(window_shift - shift).is_none_or(|tces| tces > q.largest_block) {
             return Err(DdwOutcome::TooSmall);
         }
         c.ddw_create.fetch_add(1, Ordering::Relaxed);
