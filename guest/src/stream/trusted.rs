@@ -77,13 +77,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let page = win.page_size();
         let base = phys & !(page - 1);
         let npages = (end - base).div_ceil(page);
+        let span = npages.checked_mul(page).ok_or(DmaError::Overflow)?;
         // The bus address keeps the page offset (in the data offset) and the `min_align_mask` bits
         // above it (the range's alignment phase), as strict mappings do.
         let min_align = dev.config.min_align_mask;
         let align = page.max(min_align.wrapping_add(1));
         let phase = base & min_align & (align - 1);
         let (lo, hi) = window_below(&win, dev.config.dma_mask);
-        let placed = slot.space.lock().alloc(npages * page, align, phase, lo, hi, RangeKind::Private, base);
+        let placed = slot.space.lock().alloc(span, align, phase, lo, hi, RangeKind::Private, base);
         let bus = placed.map_err(|e| {
             self.stats.fail(FailureKind::Iommu);
             DmaError::Iommu(e)
@@ -91,7 +92,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         // Private pages: one call per entry, never through the shared list page.
         if let Err(f) = tce.put_private(&win, bus, base, npages, tce_perm(dir)) {
             if f.clean {
-                slot.space.lock().free(bus, npages * page, RangeKind::Private);
+                slot.space.lock().free(bus, span, RangeKind::Private);
             } else {
                 // Entries may still name the private pages: the range is never reused, and revoke
                 // clears it before the device is untrusted again.
