@@ -101,3 +101,71 @@ fn hypervisor_geometry_at_the_top_of_the_bus_space_does_not_panic() {
         }
     }
 }
+
+/// A platform whose list of reserved bus ranges never ends (the same range again and again, which
+/// merges and takes no room) must not keep attach looping: refused, nothing claimed.
+#[test]
+fn an_endless_list_of_platform_reservations_is_refused() {
+    use ccdma::iommu::{IommuBackend, IommuError, PutFailure, WindowGeometry};
+    use ccdma::{MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform};
+    use core::ptr::NonNull;
+
+    struct Endless;
+    impl IommuBackend for Endless {
+        fn default_window(&self, _device: u32) -> Option<WindowGeometry> {
+            Some(WindowGeometry { liobn: 1, start: 0, size: 1 << 30, page_shift: 12 })
+        }
+        fn reserved_range(&self, _device: u32, _index: usize) -> Option<(u64, u64)> {
+            Some((0x10_0000, 0x1000))
+        }
+        fn map(&self, _: &WindowGeometry, _: u64, _: u64, _: &dyn Fn(u64) -> u64) -> Result<(), PutFailure> {
+            Ok(())
+        }
+        fn unmap(&self, _: &WindowGeometry, _: u64, _: u64) -> Result<(), IommuError> {
+            Ok(())
+        }
+    }
+    struct Guest {
+        hv: &'static ccdma_hv_model::Hypervisor,
+        iommu: Endless,
+    }
+    impl MemorySharing for Guest {
+        fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+            self.hv.share(phys, pages)
+        }
+        fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
+            self.hv.unshare(phys, pages)
+        }
+    }
+    // SAFETY: forwards to the model, whose answers are truthful.
+    unsafe impl PhysMemory for Guest {
+        fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<NonNull<u8>> {
+            self.hv.cpu_ptr(phys, len)
+        }
+        fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr> {
+            self.hv.virt_to_phys(ptr, len)
+        }
+        fn ram_end(&self) -> PhysAddr {
+            self.hv.ram_end()
+        }
+    }
+    impl Platform for Guest {
+        fn is_confidential(&self) -> bool {
+            true
+        }
+        fn iommu_backend(&self) -> Option<&dyn IommuBackend> {
+            Some(&self.iommu)
+        }
+    }
+    let hv = model(HvConfig::pseries(GIB));
+    let guest: &'static Guest = Box::leak(Box::new(Guest { hv, iommu: Endless }));
+    let mut layer = DmaLayer::new(guest);
+    let cfg = PoolConfig::default();
+    // SAFETY: the model never hands this range out.
+    unsafe { layer.add_pool(ccdma::PhysAddr(MID_POOL), MIB as usize, meta_for(MIB, &cfg), cfg) }.unwrap();
+    // SAFETY: no list page.
+    unsafe { layer.enable_iommu(IommuConfig::strict(), vec![BusRange::EMPTY; 8 * 64].leak()) }.unwrap();
+    let e = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap_err();
+    assert_eq!(e, DmaError::Iommu(IommuError::BusSpaceExhausted));
+    assert_eq!(layer.live_bus_ranges(), 0);
+}

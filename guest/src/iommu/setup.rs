@@ -21,6 +21,9 @@ use crate::platform::Platform;
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;
 
+/// Most reserved ranges one device's windows may have from the platform.
+const MAX_PLATFORM_RESERVATIONS: usize = 4096;
+
 impl<'m, P: Platform> DmaLayer<'m, P> {
     /// Choose the path and program the windows. Runs with the slot held in SETUP.
     pub(crate) fn setup_domain(
@@ -116,6 +119,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         space.reserve(0, crate::addr::PAGE_SIZE)?;
         let mut i = 0;
         while let Some((start, len)) = tce.reserved_range(id, i) {
+            // The platform's list is bounded here: overlapping ranges merge and take no room, so a
+            // platform that never ends it would otherwise keep set-up looping.
+            if i == MAX_PLATFORM_RESERVATIONS {
+                return Err(DmaError::Iommu(IommuError::BusSpaceExhausted));
+            }
             space.reserve(start, len)?;
             i += 1;
         }
