@@ -58,7 +58,9 @@ pub struct DeviceConfig {
     /// dma-iommu does for untrusted devices: an entry names a whole IOMMU page, so a buffer sharing
     /// a page with other private data would expose that data too. Off by default (the device then
     /// reaches the whole IOMMU pages around its buffers). No effect on untrusted devices (they
-    /// always bounce) nor without an IOMMU (the device gets the buffer's exact address).
+    /// always bounce) nor without an IOMMU (the device gets the buffer's exact address). A bounced
+    /// buffer takes a run of pool slots, so one longer than the pools' longest run is refused
+    /// ([`DmaError::TooLarge`](crate::DmaError::TooLarge)) unless it covers whole IOMMU pages.
     pub bounce_partial_pages: bool,
     /// An identifier for logs and the IOMMU (e.g. PCI requester id).
     pub id: u32,

@@ -50,3 +50,24 @@ fn a_pool_named_by_a_stuck_entry_is_never_handed_back() {
     let _ = returned_before;
     g.layer.detach(a).unwrap();
 }
+
+/// Only the read-backs fail: the clears may have worked (in the model they did), but the guest
+/// cannot know, so the pool is kept all the same (never handed back while an entry may name it).
+#[test]
+fn a_pool_whose_entries_are_unconfirmed_is_kept_too() {
+    let (g, src) = iommu_growing(IommuPolicy::Premapped, growth_cfg());
+    let a = g.device(1, 32);
+    workload(g.hv, &g.layer, &a, 2 * MIB as usize, 64 << 10).unwrap();
+    g.hv.add_iommu_device(2, 32);
+    let from = g.hv.calls().count(CallKind::GetTce) + 3;
+    g.hv.calls().inject_from(CallKind::GetTce, from, Injection::Fail(-1));
+    g.layer.attach(DeviceConfig::new(2, DmaMask::BITS_32)).unwrap_err();
+    g.hv.calls().clear_injections();
+    shrink_idle(&g.layer);
+    shrink_idle(&g.layer);
+    let s = g.layer.growth_stats();
+    assert!(s.quarantined_pools >= 1, "a pool unconfirmed entries may name was handed back: {s:?}");
+    assert!(g.layer.iommu_stats().quarantined_ranges >= 1);
+    assert_nothing_lost(g.hv, &g.layer, src, "after the shrink");
+    g.layer.detach(a).unwrap();
+}
