@@ -138,12 +138,15 @@ fn code(e: &DmaError) -> c_int {
             CCDMA_ERR_POOL
         }
         E::PoolExhausted { .. } | E::NoFreeDomain { .. } => CCDMA_ERR_EXHAUSTED,
-        E::SharingFailed { .. } | E::UnsharingFailed { .. } => CCDMA_ERR_SHARING,
+        E::SharingFailed { .. } | E::UnsharingFailed { .. } | E::CoherentQuarantined { .. } => {
+            CCDMA_ERR_SHARING
+        }
         E::NoCpuMapping(_)
         | E::NoPath { .. }
         | E::NotTranslatable
         | E::BeyondMask { .. }
-        | E::NoIommuPath { .. } => CCDMA_ERR_NO_PATH,
+        | E::NoIommuPath { .. }
+        | E::IommuPageTooLarge { .. } => CCDMA_ERR_NO_PATH,
         E::TrustUnavailable | E::AcceptRefused { .. } | E::RevokeRefused { .. } => CCDMA_ERR_TRUST,
         E::WrongDevice { .. }
         | E::OwnedByMapping(_)

@@ -84,8 +84,11 @@ impl Drop for CoherentBuffer {
 /// Why [`DmaLayer::free_coherent`] did not simply succeed.
 #[derive(Debug)]
 pub enum FreeError {
-    /// Nothing changed: the buffer is still live and comes back (wrong device or layer, window
-    /// entries that would not clear). Retry, or keep it.
+    /// The buffer is still live (shared, the device's) and comes back: wrong device or layer, or
+    /// window entries that would not clear. Nothing changed, except when the error is
+    /// [`IommuError::Unverified`]: the hypervisor accepted the clear but it could not be read back,
+    /// so the device most likely no longer reaches the buffer. Retry (the clear is repeated), or
+    /// keep it.
     Refused(Refused<CoherentBuffer>),
     /// The buffer is gone, but its pages could not all be made private again: they are quarantined
     /// and must never be used again.
@@ -165,8 +168,10 @@ impl CoherentBuffer {
 impl<P: Platform> DmaLayer<'_, P> {
     /// Make `pages` pages at `phys` a coherent buffer for `dev`: zeroed, shared (confidential guest),
     /// entered into the device's window below its coherent mask (IOMMU). A deferred device is attached
-    /// here. On failure nothing stays shared or mapped (pages whose unsharing fails are quarantined and
-    /// counted; the error says so).
+    /// here. On failure nothing stays shared or mapped, except pages the error names: entries that
+    /// would not clear ([`IommuError::Quarantined`]: the whole buffer stays shared) or pages that
+    /// would not become private again ([`DmaError::CoherentQuarantined`]: those pages). Never use
+    /// such pages again.
     ///
     /// # Safety
     /// `[phys, phys + pages * 4 KiB)` must be guest RAM that the caller owns and does not otherwise use
@@ -252,7 +257,7 @@ impl<P: Platform> DmaLayer<'_, P> {
                 None if share => self.platform.shared_bus_addr(phys),
                 None => BusAddr(phys.0),
             },
-            Some(win) => match self.coherent_enter(dev, win, phys, bytes) {
+            Some(win) => match self.coherent_enter(dev, win, phys, bytes, private) {
                 Ok(bus) => bus,
                 Err(e @ DmaError::Iommu(IommuError::Quarantined { .. })) => {
                     // An entry may still name the pages: they stay shared and are never reused.
@@ -261,9 +266,24 @@ impl<P: Platform> DmaLayer<'_, P> {
                 }
                 Err(e) => {
                     if share {
-                        // A failed unshare quarantines and counts the pages; the first error is the
-                        // one worth reporting.
-                        let _ = self.unshare_pages(phys, pages);
+                        // A failed unshare quarantines and counts the pages; the caller must learn
+                        // which, or it would take them back as private memory the host can read.
+                        if let Err(DmaError::UnsharingFailed { quarantined, kind, .. }) =
+                            self.unshare_pages(phys, pages)
+                        {
+                            let cause = match e {
+                                DmaError::Iommu(cause) => cause,
+                                _ => IommuError::NoWindow,
+                            };
+                            let first = PhysAddr(phys.0 + (pages - quarantined.min(pages)) * PAGE_SIZE);
+                            log::error!("ccdma: coherent allocation failed ({e}); {quarantined} pages from {first} quarantined");
+                            return Err(DmaError::CoherentQuarantined {
+                                phys: first,
+                                pages: quarantined,
+                                cause,
+                                kind,
+                            });
+                        }
                     }
                     return Err(e);
                 }
@@ -282,6 +302,7 @@ impl<P: Platform> DmaLayer<'_, P> {
         win: crate::iommu::WindowGeometry,
         phys: PhysAddr,
         bytes: u64,
+        private: bool,
     ) -> Result<BusAddr, DmaError> {
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
@@ -292,7 +313,14 @@ impl<P: Platform> DmaLayer<'_, P> {
                 self.stats.fail(FailureKind::Iommu);
             },
         )?;
-        if let Err(f) = tce.put(&win, bus, phys.0, bytes / page, TCE_PCI_READ | TCE_PCI_WRITE) {
+        let (npages, perm) = (bytes / page, TCE_PCI_READ | TCE_PCI_WRITE);
+        // A private buffer (an accepted device's) never goes through the shared list page.
+        let put = if private {
+            tce.put_private(&win, bus, phys.0, npages, perm)
+        } else {
+            tce.put(&win, bus, phys.0, npages, perm)
+        };
+        if let Err(f) = put {
             self.stats.fail(FailureKind::Iommu);
             if f.clean {
                 slot.space.lock().free(bus, bytes, RangeKind::Coherent);

@@ -53,6 +53,15 @@ pub struct DeviceConfig {
     pub trusted: bool,
     /// Attach lazily, at the first map or allocation (not at unmap, sync or free).
     pub deferred_attach: bool,
+    /// Once accepted ([`DmaLayer::accept`](crate::DmaLayer::accept)) behind an IOMMU, bounce every
+    /// buffer that does not cover whole IOMMU pages instead of mapping it in place, as Linux's
+    /// dma-iommu does for untrusted devices: an entry names a whole IOMMU page, so a buffer sharing
+    /// a page with other private data would expose that data too. Off by default (the device then
+    /// reaches the whole IOMMU pages around its buffers). No effect on untrusted devices (they
+    /// always bounce) nor without an IOMMU (the device gets the buffer's exact address). A bounced
+    /// buffer takes a run of pool slots, so one longer than the pools' longest run is refused
+    /// ([`DmaError::TooLarge`](crate::DmaError::TooLarge)) unless it covers whole IOMMU pages.
+    pub bounce_partial_pages: bool,
     /// An identifier for logs and the IOMMU (e.g. PCI requester id).
     pub id: u32,
 }
@@ -68,6 +77,7 @@ impl DeviceConfig {
             min_align_mask: 0,
             trusted: false,
             deferred_attach: false,
+            bounce_partial_pages: false,
             id,
         }
     }
@@ -89,6 +99,24 @@ impl DeviceConfig {
     /// Builder: segment boundary mask.
     pub const fn with_segment_boundary_mask(mut self, mask: u64) -> Self {
         self.segment_boundary_mask = mask;
+        self
+    }
+    /// The limits every path relies on, checked at attach: a segment boundary mask of `2^n - 1`
+    /// and a non-zero max segment size (`map_sg` would refuse every list otherwise).
+    pub(crate) fn validate_limits(&self) -> Result<(), crate::error::DmaError> {
+        let b = self.segment_boundary_mask;
+        if b & b.wrapping_add(1) != 0 {
+            return Err(crate::error::DmaError::InvalidSegmentBoundary(b));
+        }
+        if self.max_segment_size == 0 {
+            return Err(crate::error::DmaError::ZeroMaxSegment);
+        }
+        Ok(())
+    }
+    /// Builder: bounce accepted buffers that do not cover whole IOMMU pages
+    /// ([`DeviceConfig::bounce_partial_pages`]).
+    pub const fn with_bounce_partial_pages(mut self, on: bool) -> Self {
+        self.bounce_partial_pages = on;
         self
     }
     /// Builder: deferred attach.

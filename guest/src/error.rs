@@ -146,6 +146,14 @@ pub enum DmaError {
         /// Its page shift.
         page_shift: u32,
     },
+    /// A device would map strictly in a window whose IOMMU pages are larger than the longest run of
+    /// every pool: no mapping could ever be placed, so attach refuses.
+    IommuPageTooLarge {
+        /// The window's IOMMU page size.
+        page: u64,
+        /// The longest run (bytes) of any pool the device could map from.
+        max_run: u64,
+    },
     /// A coherent buffer whose pages are not aligned to the IOMMU page of the device's window.
     CoherentUnaligned {
         /// The IOMMU page size.
@@ -172,6 +180,19 @@ pub enum DmaError {
         /// Pages that could not be made private again and are quarantined.
         quarantined: u64,
         /// What the platform reported.
+        kind: SharingErrorKind,
+    },
+    /// A coherent allocation failed (its window entries could not be written) and then its pages
+    /// could not all be made private again: `pages` pages from `phys` stay shared, quarantined. The
+    /// caller must never use them again (the host can read them).
+    CoherentQuarantined {
+        /// The first quarantined page.
+        phys: PhysAddr,
+        /// Pages quarantined.
+        pages: u64,
+        /// Why the allocation failed in the first place.
+        cause: IommuError,
+        /// What the platform reported when the pages were to be made private again.
         kind: SharingErrorKind,
     },
     /// Making pages private again failed; they are quarantined (never reused).
@@ -408,6 +429,16 @@ impl fmt::Display for DmaError {
             DmaError::AcceptRefused { device, status } => {
                 write!(f, "the platform refused to accept device {device:#x} (status {status})")
             }
+            DmaError::CoherentQuarantined { phys, pages, cause, kind } => write!(
+                f,
+                "coherent allocation failed ({cause}) and {pages} pages from {phys} could not be made private \
+                 again ({kind:?}): they stay shared, quarantined; never use them again"
+            ),
+            DmaError::IommuPageTooLarge { page, max_run } => write!(
+                f,
+                "strict IOMMU pages of {page:#x} bytes exceed the longest pool run ({max_run:#x} bytes): \
+                 no mapping could be placed"
+            ),
             DmaError::RevokeRefused { device, status } => write!(
                 f,
                 "revoking device {device:#x} failed at the platform (status {status}); the layer no longer trusts it"

@@ -271,6 +271,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if m & m.wrapping_add(1) != 0 || m > u64::from(u32::MAX) {
             return Err(DmaError::InvalidMinAlignMask(m));
         }
+        config.validate_limits()?;
         let confidential = self.platform.is_confidential();
         if confidential && self.backend().is_some_and(|b| b.default_window(config.id).is_some()) {
             return self.attach_iommu(config);

@@ -12,7 +12,11 @@
 //! pages with the direction's permission, cleared at unmap ([`DmaPath::TrustedIommu`]); the entries
 //! cover the whole IOMMU pages around the buffer, so the device may reach the bytes that share a page
 //! with it: it is trusted, that is the point, and those entries live only in its own window, never
-//! in an untrusted device's. Without an IOMMU the bus address is the buffer's private address
+//! in an untrusted device's. A device that must not see those bytes (Linux's dma-iommu bounces
+//! untrusted devices' partial pages the same way) is attached with
+//! [`DeviceConfig::bounce_partial_pages`](crate::DeviceConfig::bounce_partial_pages): a buffer that
+//! does not cover whole IOMMU pages is then bounced through the pool, and only whole pages map in
+//! place. Private entries are written one `H_PUT_TCE` each, never through a shared list page. Without an IOMMU the bus address is the buffer's private address
 //! ([`DeviceTrust::private_bus_addr`], [`DmaPath::TrustedDirect`]): the platform's trust is then the
 //! only gate, and the layer hands the device only the addresses of its live mappings. A buffer
 //! beyond the device's mask, or one that is not guest RAM (no physical address), is bounced, as for

@@ -409,7 +409,9 @@ fn revoke_clears_private_entries_a_failed_map_left() {
     let mut dev = g.device(ACCEPTED, 64);
     g.layer.accept(&mut dev).unwrap();
     let phys = g.hv.alloc(3 * 4096, Region::High);
-    g.hv.calls().inject_next(CallKind::PutTceIndirect, Injection::Partial { pages: 1, code: H_HARDWARE });
+    // Private entries go one H_PUT_TCE each (never through the list page): the second one fails.
+    let second = g.hv.calls().count(CallKind::PutTce) + 2;
+    g.hv.calls().inject_at(CallKind::PutTce, second, Injection::Fail(H_HARDWARE));
     g.hv.calls().inject_next(CallKind::StuffTce, Injection::Fail(H_HARDWARE));
     // SAFETY: fresh pages; the map fails, so nothing stays lent.
     let e =

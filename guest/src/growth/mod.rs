@@ -220,8 +220,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let len = if reserve { cfg.reserve_bytes } else { cfg.pool_bytes };
         let (npools, bytes) = g.totals();
         let free = (0..MAX_POOLS).find(|&i| self.pools.is_empty(i));
-        let (Some(i), true) = (free, npools < cfg.max_pools && bytes + len as u64 <= cfg.max_total_bytes)
-        else {
+        let within = bytes.checked_add(len as u64).is_some_and(|total| total <= cfg.max_total_bytes);
+        let (Some(i), true) = (free, npools < cfg.max_pools && within) else {
             c.refused.fetch_add(1, Ordering::Relaxed);
             return Err(GrowthVerdict::LimitReached);
         };

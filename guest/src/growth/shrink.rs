@@ -97,7 +97,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         self.plain.remove(i);
         g.grown[i] = None;
         c.bytes_now.fetch_sub(grown.len as u64, Ordering::Relaxed);
-        if self.leave_windows(i).is_err() {
+        // A failed set-up may have left entries naming the pool in a domain that no longer records
+        // them (`pin_pools`); otherwise every entry is in some domain's record and is cleared here.
+        let pinned = self.iommu_counters.pool_pinned(i);
+        if self.leave_windows(i).is_err() || pinned {
             // Entries may still name the pool: it stays shared, unused, out of the source.
             self.pools.quarantine(i);
             g.kept_bytes += grown.len as u64;

@@ -65,7 +65,7 @@ impl GrowthConfig {
         GrowthConfig {
             pool_bytes,
             align: 2 << 20,
-            max_total_bytes: pool_bytes as u64 * max_pools as u64,
+            max_total_bytes: (pool_bytes as u64).saturating_mul(max_pools as u64),
             max_pools,
             reserve_bytes: 0,
             idle_ticks: 4,

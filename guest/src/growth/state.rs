@@ -121,7 +121,11 @@ impl<'m> Growth<'m> {
     /// Bus space a DDW should keep for pools grown later.
     pub(crate) fn window_budget(&self) -> u64 {
         if self.source.is_some() {
-            self.cfg.max_total_bytes
+            // No more than the pools growth can hold at once, whatever `max_total_bytes` says
+            // (`u64::MAX`: no byte limit).
+            let largest = self.cfg.pool_bytes.max(self.cfg.reserve_bytes) as u64;
+            let pools = self.cfg.max_pools.min(MAX_POOLS) as u64;
+            self.cfg.max_total_bytes.min(largest.saturating_mul(pools))
         } else {
             0
         }

@@ -187,6 +187,26 @@ impl Backend<'_> {
         self.put_entries(win, bus, npages, &entry)
     }
 
+    /// [`Self::put`] for entries that name private memory (an accepted device's buffers): never through
+    /// a list page, which the hypervisor reads, so a private page's address never enters shared memory
+    /// (one `H_PUT_TCE` per entry; a native backend is asked as usual).
+    pub(crate) fn put_private(
+        &self,
+        win: &WindowGeometry,
+        bus: u64,
+        phys: u64,
+        npages: u64,
+        perm: u64,
+    ) -> Result<(), PutFailure> {
+        match self {
+            Backend::Tce(_, w) => {
+                let per_entry = TceWriter { list: None, ..*w };
+                per_entry.put_entries(win, bus, npages, &|i: u64| (phys + (i << win.page_shift)) | perm)
+            }
+            Backend::Native(..) => self.put(win, bus, phys, npages, perm),
+        }
+    }
+
     /// [`Self::put`] with entry `i` given by `entry(i)`.
     pub(crate) fn put_entries(
         &self,

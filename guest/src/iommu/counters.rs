@@ -30,6 +30,16 @@ pub(crate) struct IommuCounters {
     pub list_page_waits: AtomicU64,
     /// Entries that could not be cleared may name pool pages: the pools must stay shared for good.
     pub pools_pinned: AtomicBool,
+    /// Which pools (bit `i`: pool index `i`) entries that could not be cleared may name, when the
+    /// layer knows (a failed set-up): such a grown pool is never unshared nor handed back.
+    pub pinned_pools: AtomicU64,
+}
+
+impl IommuCounters {
+    /// True when an entry that could not be cleared may name pool `i`.
+    pub(crate) fn pool_pinned(&self, i: usize) -> bool {
+        i < 64 && self.pinned_pools.load(Ordering::Acquire) & (1 << i) != 0
+    }
 }
 
 /// A copy of the IOMMU counters.

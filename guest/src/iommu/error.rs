@@ -29,6 +29,13 @@ pub enum IommuError {
         /// Bus address of the entry.
         bus: BusAddr,
     },
+    /// The hypervisor accepted a clear (`H_STUFF_TCE` succeeded) but reading the entries back failed:
+    /// the entries are most likely gone (the device no longer reaches the memory), but that is not
+    /// confirmed, so the layer keeps its record (still live, still shared) and a retry clears again.
+    Unverified {
+        /// First bus address of the entries not verified.
+        bus: BusAddr,
+    },
     /// No bus range of the needed size below the device's mask.
     BusSpaceExhausted,
     /// A reservation overlaps a live mapping.
@@ -50,6 +57,9 @@ impl fmt::Display for IommuError {
             IommuError::Hcall(rc) => write!(f, "hypercall returned {rc}"),
             IommuError::Busy => write!(f, "hypervisor stayed busy beyond the retry bound"),
             IommuError::Verify { bus } => write!(f, "read-back of the entry at {bus} differs"),
+            IommuError::Unverified { bus } => {
+                write!(f, "entries from {bus} cleared but the read-back failed: unverified, kept live")
+            }
             IommuError::BusSpaceExhausted => write!(f, "no free bus range below the mask"),
             IommuError::ReservationConflict => write!(f, "reservation overlaps a live mapping"),
             IommuError::NoWindow => write!(f, "no window"),

@@ -57,6 +57,7 @@ pub mod tce;
 pub mod window;
 
 pub(crate) mod attach;
+mod serves;
 pub(crate) mod setup;
 
 pub use crate::path::{DdwOutcome, PathReason};

@@ -21,6 +21,9 @@ use crate::platform::Platform;
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;
 
+/// Most reserved ranges one device's windows may have from the platform.
+const MAX_PLATFORM_RESERVATIONS: usize = 4096;
+
 impl<'m, P: Platform> DmaLayer<'m, P> {
     /// Choose the path and program the windows. Runs with the slot held in SETUP.
     pub(crate) fn setup_domain(
@@ -81,6 +84,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     facts.pool_fits_default = false;
                 }
                 (PathChoice::Strict(reason), Some(win)) => {
+                    self.strict_window_serves(&win)?;
                     let mut pools = PoolOrder::EMPTY;
                     for (i, _) in self.pools.iter() {
                         pools.push(i);
@@ -115,6 +119,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         space.reserve(0, crate::addr::PAGE_SIZE)?;
         let mut i = 0;
         while let Some((start, len)) = tce.reserved_range(id, i) {
+            // The platform's list is bounded here: overlapping ranges merge and take no room, so a
+            // platform that never ends it would otherwise keep set-up looping.
+            if i == MAX_PLATFORM_RESERVATIONS {
+                return Err(DmaError::Iommu(IommuError::BusSpaceExhausted));
+            }
             space.reserve(start, len)?;
             i += 1;
         }
@@ -212,8 +221,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// pages for good, so the ranges are counted quarantined and the pools can never be made private
     /// again (`release_pools` refuses).
     pub(crate) fn pin_pools(&self, slot: &DomainSlot<'m>) {
-        let stuck =
-            slot.space.lock().ranges().iter().filter(|r| matches!(r.kind, RangeKind::Premap { .. })).count();
+        let (mut stuck, mut pools) = (0usize, 0u64);
+        for r in slot.space.lock().ranges() {
+            if let RangeKind::Premap { pool } = r.kind {
+                stuck += 1;
+                pools |= 1u64.checked_shl(u32::from(pool)).unwrap_or(0);
+            }
+        }
+        // The domain forgets these ranges when its set-up fails: the pools remember instead.
+        self.iommu_counters.pinned_pools.fetch_or(pools, Ordering::AcqRel);
         self.iommu_counters.quarantined_ranges.fetch_add(stuck as u64, Ordering::Relaxed);
         self.iommu_counters.pools_pinned.store(true, Ordering::Relaxed);
         log::error!("ccdma: {stuck} premapped ranges could not be cleared; the pools stay shared for good");
@@ -247,9 +263,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             .ok_or(DdwOutcome::NoPageSize)?;
         let pooled: u64 = self.pools().map(|p| p.len() as u64).sum();
         // Room for every pool growth may add, so they can enter this window later.
-        let total = pooled + self.growth.window_budget();
-        let window_shift = total.next_power_of_two().trailing_zeros().max(shift);
-        if (1u64 << (window_shift - shift)) > q.largest_block {
+        // Configuration and hypervisor values: checked, a window too large to express is too small.
+        let total = pooled.checked_add(self.growth.window_budget()).ok_or(DdwOutcome::TooSmall)?;
+        let window_shift =
+            total.checked_next_power_of_two().ok_or(DdwOutcome::TooSmall)?.trailing_zeros().max(shift);
+        if 1u64.checked_shl(window_shift - shift).is_none_or(|tces| tces > q.largest_block) {
             return Err(DdwOutcome::TooSmall);
         }
         c.ddw_create.fetch_add(1, Ordering::Relaxed);

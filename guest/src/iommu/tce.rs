@@ -183,7 +183,12 @@ impl TceWriter<'_> {
             let n = (npages - done).min(TCE_STUFF_BATCH);
             let at = ioba + (done << win.page_shift);
             self.retry(&self.counters.stuff_tce, || self.calls.h_stuff_tce(win.liobn, at, 0, n))?;
-            self.check(win, at, n, |_| 0)?;
+            // The clear was accepted: a read-back that cannot be made (unlike one that finds an
+            // entry) says the change is unconfirmed, not that nothing changed.
+            self.check(win, at, n, |_| 0).map_err(|e| match e {
+                IommuError::Verify { .. } => e,
+                _ => IommuError::Unverified { bus: crate::addr::BusAddr(at) },
+            })?;
             done += n;
         }
         bump(&self.counters.entries_cleared, npages);

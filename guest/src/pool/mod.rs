@@ -139,8 +139,20 @@ impl Default for PoolConfig {
 
 impl PoolConfig {
     /// Slots needed for `len` bytes of pool memory (the size of the metadata storage to provide).
+    /// 0 for a slot size of 0 (which [`DmaLayer::add_pool`](crate::DmaLayer::add_pool) refuses);
+    /// [`Self::checked_slots_for`] says why.
     pub const fn slots_for(&self, len: usize) -> usize {
-        len / self.slot_size
+        match len.checked_div(self.slot_size) {
+            Some(n) => n,
+            None => 0,
+        }
+    }
+
+    /// [`Self::slots_for`] for a configuration that is checked first: a slot size outside
+    /// 512..=65536 or not a power of two is [`DmaError::InvalidSlotSize`].
+    pub fn checked_slots_for(&self, len: usize) -> Result<usize, DmaError> {
+        self.validate()?;
+        Ok(self.slots_for(len))
     }
 
     pub(crate) fn validate(&self) -> Result<(), DmaError> {

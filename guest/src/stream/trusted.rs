@@ -2,6 +2,13 @@
 //! Behind an IOMMU the mapping gets entries of its own (a [`RangeKind::Private`] bus range naming the
 //! buffer's pages, the direction's permission), cleared at unmap before the range can be reused;
 //! without one the bus address is the buffer's private address. Nothing is copied, nothing shared.
+//!
+//! An entry names a whole IOMMU page (4 KiB in the default window, up to 2 MiB and more in other
+//! windows), so the device reaches every private byte of the pages its buffer touches, not only the
+//! buffer. A device configured with [`DeviceConfig::bounce_partial_pages`](crate::DeviceConfig)
+//! has every buffer that does not cover whole IOMMU pages bounced through the pool instead (as
+//! Linux's dma-iommu does for untrusted devices); whole pages still map in place. Private entries
+//! are written one `H_PUT_TCE` each, never through the shared list page.
 
 use core::sync::atomic::Ordering;
 
@@ -33,6 +40,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         };
         let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
         if dev.domain.is_some() {
+            if dev.config.bounce_partial_pages {
+                // An entry exposes its whole IOMMU page: a buffer that does not cover whole pages
+                // is bounced (Linux dma-iommu's choice for untrusted devices), so the device never
+                // reaches the private bytes around it.
+                let page = self.ensure_attached(dev)?.dynamic.map_or(0, |w| w.page_size());
+                if page == 0 || (phys.0 | len as u64) & (page - 1) != 0 {
+                    return self.iommu_map(dev, orig, len, dir, attrs);
+                }
+            }
             return self.trusted_iommu_map(dev, phys.0, end, dir);
         }
         let trust = self.platform.device_trust().ok_or(DmaError::TrustUnavailable)?;
@@ -61,20 +77,22 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let page = win.page_size();
         let base = phys & !(page - 1);
         let npages = (end - base).div_ceil(page);
+        let span = npages.checked_mul(page).ok_or(DmaError::Overflow)?;
         // The bus address keeps the page offset (in the data offset) and the `min_align_mask` bits
         // above it (the range's alignment phase), as strict mappings do.
         let min_align = dev.config.min_align_mask;
         let align = page.max(min_align.wrapping_add(1));
         let phase = base & min_align & (align - 1);
         let (lo, hi) = window_below(&win, dev.config.dma_mask);
-        let placed = slot.space.lock().alloc(npages * page, align, phase, lo, hi, RangeKind::Private, base);
+        let placed = slot.space.lock().alloc(span, align, phase, lo, hi, RangeKind::Private, base);
         let bus = placed.map_err(|e| {
             self.stats.fail(FailureKind::Iommu);
             DmaError::Iommu(e)
         })?;
-        if let Err(f) = tce.put(&win, bus, base, npages, tce_perm(dir)) {
+        // Private pages: one call per entry, never through the shared list page.
+        if let Err(f) = tce.put_private(&win, bus, base, npages, tce_perm(dir)) {
             if f.clean {
-                slot.space.lock().free(bus, npages * page, RangeKind::Private);
+                slot.space.lock().free(bus, span, RangeKind::Private);
             } else {
                 // Entries may still name the private pages: the range is never reused, and revoke
                 // clears it before the device is untrusted again.
