@@ -95,6 +95,9 @@ step "cargo test --workspace (release, debug assertions and overflow checks on)"
 step "misuse tracker (feature debug-tracker) against a leaky driver; call sites through the short forms"
 "${CHECKED[@]}" cargo test "${LOCKED[@]}" --release -p ccdma-tests --features tracker --test tracker --test convenience -- --nocapture
 
+step "footprint budgets: C staticlib for x86_64-unknown-none (nightly -Z emit-stack-sizes; ~1 min cold)"
+bash scripts/budgets.sh
+
 step "ccdma-sim runs (every transfer verified by the model; non-zero exit on any failure)"
 "${CHECKED[@]}" cargo build "${LOCKED[@]}" --quiet --release -p ccdma-tests --bin ccdma-sim
 SIM_OUT=$(mktemp)
