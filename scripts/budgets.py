@@ -218,9 +218,13 @@ def main():
         print("\ndeepest chain of frames from each entry (direct calls):")
         print("\n".join(rows))
     if args.list_panicking:
-        print("\nfunctions that can reach the panic handler:")
-        for f in sorted(short(names.get(f, f)) for f in panicking):
-            print(f"  {f}")
+        core_panics = {f for f in graph if short(names.get(f, f)).startswith(
+            ("core::panicking", "core::slice::index", "core::option", "core::result", "core::cell"))}
+        direct = sorted({f for f in panicking if graph.get(f, set()) & core_panics} - core_panics)
+        print(f"\nfunctions that call a panic directly ({len(direct)}; the rest reach one through them):")
+        for f in direct:
+            calls = sorted(short(names.get(c, c), 60) for c in graph[f] & core_panics)
+            print(f"  {short(names.get(f, f))}  ->  {', '.join(calls)}")
 
 
 if __name__ == "__main__":
