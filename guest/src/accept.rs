@@ -72,24 +72,32 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// entry of its window that may name private memory (left by a mapping whose entries could not
     /// be cleared) still cannot be cleared ([`DmaError::Iommu`]): no untrusted device ever has a
     /// private page in its window. If the platform's own revoke fails the layer still treats the
-    /// device as untrusted and says so ([`DmaError::RevokeRefused`]).
+    /// device as untrusted ([`TrustState::RevokePending`]: its buffers bounce) and says so
+    /// ([`DmaError::RevokeRefused`]); the next `revoke` or [`DmaLayer::detach`] asks the platform
+    /// again, and detach is refused until the platform confirms.
     pub fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
         let _masked = self.masked();
         self.check_device(dev)?;
-        if !dev.trust.is_accepted() {
-            return Ok(());
+        match dev.trust {
+            TrustState::Untrusted => return Ok(()),
+            // Nothing of the trusted paths is live (the state is untrusted already): only the
+            // platform's answer is missing.
+            TrustState::RevokePending => {}
+            TrustState::Accepted => {
+                let live = dev.live();
+                if live != 0 {
+                    return Err(DmaError::Busy { live });
+                }
+                self.clear_private_leftovers(dev)?;
+                dev.trust = TrustState::RevokePending;
+            }
         }
-        let live = dev.live();
-        if live != 0 {
-            return Err(DmaError::Busy { live });
-        }
-        self.clear_private_leftovers(dev)?;
-        dev.trust = TrustState::Untrusted;
         let trust = self.platform.device_trust().ok_or(DmaError::TrustUnavailable)?;
         if let Err(status) = trust.revoke_device(dev.config.id) {
             log::error!("ccdma: the platform failed to revoke device {:#x} ({status})", dev.config.id);
             return Err(DmaError::RevokeRefused { device: dev.config.id, status });
         }
+        dev.trust = TrustState::Untrusted;
         log::info!("ccdma: device {:#x} revoked -> {}", dev.config.id, dev.path().name());
         Ok(())
     }

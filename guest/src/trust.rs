@@ -106,6 +106,11 @@ pub enum TrustState {
     Untrusted,
     /// Accepted by the platform: private buffers are mapped in place.
     Accepted,
+    /// The guest revoked its trust but the platform's revoke failed, so the platform may still
+    /// accept the device. The guest treats it as untrusted (every buffer bounces, as
+    /// [`TrustState::Untrusted`]); [`crate::DmaLayer::revoke`] and [`crate::DmaLayer::detach`] ask
+    /// the platform again, and detach is refused until the platform confirms.
+    RevokePending,
 }
 
 impl TrustState {
@@ -116,7 +121,7 @@ impl TrustState {
     /// The path a device with untrusted path `path` has in this state.
     pub(crate) const fn path_over(self, path: DmaPath, iommu: bool) -> DmaPath {
         match (self, iommu) {
-            (TrustState::Untrusted, _) => path,
+            (TrustState::Untrusted | TrustState::RevokePending, _) => path,
             (TrustState::Accepted, true) => DmaPath::TrustedIommu,
             (TrustState::Accepted, false) => DmaPath::TrustedDirect,
         }

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use ccdma::{DeviceTrust, PhysAddr};
 
+use crate::calls::{CallKind, Injection};
 use crate::faults::AccessKind;
 use crate::Hypervisor;
 
@@ -113,8 +114,24 @@ impl Hypervisor {
     }
 }
 
+/// The status an injected TDISP call fails with (`None`: it lies, reporting success and doing
+/// nothing).
+fn trust_failure(inj: Injection) -> Option<i64> {
+    match inj {
+        Injection::LieSuccess => None,
+        Injection::Fail(code) | Injection::Partial { code, .. } | Injection::Busy(code) => Some(code),
+        _ => Some(-1),
+    }
+}
+
 impl DeviceTrust for Hypervisor {
     fn accept_device(&self, device: u32) -> Result<(), i64> {
+        if let Some(inj) = self.calls.enter(CallKind::TdispAccept) {
+            if let Some(code) = trust_failure(inj) {
+                return Err(code);
+            }
+            return Ok(()); // a lie: reported accepted, nothing changed
+        }
         if !self.config().confidential || !self.trust.running.lock().unwrap().contains(&device) {
             return Err(TDISP_NOT_RUNNING);
         }
@@ -122,6 +139,12 @@ impl DeviceTrust for Hypervisor {
         Ok(())
     }
     fn revoke_device(&self, device: u32) -> Result<(), i64> {
+        if let Some(inj) = self.calls.enter(CallKind::TdispRevoke) {
+            if let Some(code) = trust_failure(inj) {
+                return Err(code); // the device stays accepted
+            }
+            return Ok(()); // a lie: reported revoked, the device stays accepted
+        }
         self.trust.accepted.lock().unwrap().remove(&device);
         Ok(())
     }
