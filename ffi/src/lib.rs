@@ -137,7 +137,7 @@ fn code(e: &DmaError) -> c_int {
         E::PoolOverlap { .. } | E::TooManyPools | E::GrowthAlreadyEnabled | E::GrowthFailed(_) => {
             CCDMA_ERR_POOL
         }
-        E::PoolExhausted { .. } | E::NoFreeDomain { .. } => CCDMA_ERR_EXHAUSTED,
+        E::PoolExhausted { .. } | E::NoFreeDomain { .. } | E::TooManyDevices { .. } => CCDMA_ERR_EXHAUSTED,
         E::SharingFailed { .. } | E::UnsharingFailed { .. } | E::CoherentQuarantined { .. } => {
             CCDMA_ERR_SHARING
         }
@@ -156,6 +156,7 @@ fn code(e: &DmaError) -> c_int {
         | E::OutOfRange { .. }
         | E::WrongDirection
         | E::NotAttached
+        | E::DeviceIdInUse(_)
         | E::SegmentLimit { .. }
         | E::SgListState { .. } => CCDMA_ERR_MISUSE,
         E::Busy { .. } | E::DomainsInUse | E::DetachIncomplete => CCDMA_ERR_BUSY,

@@ -209,9 +209,14 @@ impl<P: Platform> DmaLayer<'_, P> {
         }
         let bytes = pages.checked_mul(PAGE_SIZE).ok_or(DmaError::Overflow)?;
         let bytes_usize = usize::try_from(bytes).map_err(|_| DmaError::Overflow)?;
-        phys.0.checked_add(bytes).ok_or(DmaError::Overflow)?;
+        let end = phys.0.checked_add(bytes).ok_or(DmaError::Overflow)?;
         if !phys.is_page_aligned() {
             return Err(DmaError::Unaligned { addr: phys.0, align: PAGE_SIZE });
+        }
+        // Pool pages are the layer's (shared, under live mappings): freeing a coherent buffer there
+        // would unshare them. The contract forbids it; the check is cheap, so it is made.
+        if let Some(pool) = self.pool_overlapping(phys, end) {
+            return Err(DmaError::PoolOverlap { pool });
         }
         let cpu = self.platform.cpu_ptr(phys, bytes_usize).ok_or(DmaError::NoCpuMapping(phys))?;
         let private = dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED);

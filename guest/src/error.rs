@@ -74,7 +74,8 @@ pub enum DmaError {
         /// The pool's slot size.
         slot_size: usize,
     },
-    /// A pool that overlaps pool `pool` of this layer.
+    /// A new pool, or a coherent buffer's pages ([`crate::DmaLayer::alloc_coherent`]), overlapping
+    /// pool `pool` of this layer.
     PoolOverlap {
         /// Index of the pool it overlaps.
         pool: usize,
@@ -110,6 +111,14 @@ pub enum DmaError {
     IommuAlreadyEnabled,
     /// The device sits behind an IOMMU (or the call needs one) but `enable_iommu` was not called.
     IommuNotEnabled,
+    /// A device with this id is attached to the layer already (detach it first): the platform
+    /// knows a device by its id, so two attachments would share its window and its acceptance.
+    DeviceIdInUse(u32),
+    /// The layer has [`crate::device_ids::MAX_DEVICES`] devices attached.
+    TooManyDevices {
+        /// Devices a layer can have attached at once.
+        max: usize,
+    },
     /// Every IOMMU domain is held by an attached device.
     NoFreeDomain {
         /// Domains the layer has.
@@ -336,7 +345,9 @@ impl fmt::Display for DmaError {
             DmaError::PoolTooSmall { len, slot_size } => {
                 write!(f, "pool of {len} bytes is not a whole number (>= 1) of {slot_size}-byte slots")
             }
-            DmaError::PoolOverlap { pool } => write!(f, "pool overlaps pool {pool}"),
+            DmaError::PoolOverlap { pool } => {
+                write!(f, "the range overlaps pool {pool}")
+            }
             DmaError::Unaligned { addr, align } => write!(f, "address {addr:#x} not aligned to {align:#x}"),
             DmaError::Overflow => write!(f, "size or address arithmetic would overflow"),
             DmaError::GrowthAlreadyEnabled => write!(f, "pool growth is already enabled"),
@@ -353,6 +364,12 @@ impl fmt::Display for DmaError {
             }
             DmaError::IommuAlreadyEnabled => write!(f, "IOMMU path already enabled"),
             DmaError::IommuNotEnabled => write!(f, "IOMMU path not enabled (call enable_iommu first)"),
+            DmaError::DeviceIdInUse(id) => {
+                write!(f, "device {id:#x} is attached already: detach it before attaching its id again")
+            }
+            DmaError::TooManyDevices { max } => {
+                write!(f, "the layer has {max} devices attached, its most: detach one first")
+            }
             DmaError::NoFreeDomain { domains } => write!(f, "all {domains} IOMMU domains are in use"),
             DmaError::Busy { live } => {
                 write!(f, "{live} mappings, lists or coherent buffers still live")

@@ -28,6 +28,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::addr::{pages_spanned, BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, DeviceConfig};
+use crate::device_ids::DeviceIds;
 use crate::error::{DmaError, Refused};
 use crate::growth::live::LivePools;
 use crate::growth::state::Growth;
@@ -63,6 +64,8 @@ pub struct DmaLayer<'m, P: Platform> {
     pub(crate) iommu_counters: IommuCounters,
     /// The misuse tracker (feature `debug-tracker`; an empty value without it).
     pub(crate) tracker: Tracker,
+    /// Ids of the attached devices (no two attachments share one).
+    pub(crate) device_ids: DeviceIds,
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -79,6 +82,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             iommu: None,
             iommu_counters: IommuCounters::default(),
             tracker: Tracker::default(),
+            device_ids: DeviceIds::new(),
         }
     }
 
@@ -86,6 +90,14 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     #[cfg(feature = "debug-tracker")]
     pub fn tracker(&self) -> &Tracker {
         &self.tracker
+    }
+
+    /// The index of a pool (fixed or grown) that overlaps `[phys, end)`.
+    pub(crate) fn pool_overlapping(&self, phys: PhysAddr, end: u64) -> Option<usize> {
+        self.pools
+            .iter()
+            .find(|(_, p)| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end)
+            .map(|(i, _)| i)
     }
 
     /// The platform.
@@ -120,9 +132,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if len < cfg.slot_size {
             return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
         }
-        if let Some((pool, _)) =
-            self.pools.iter().find(|(_, p)| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end)
-        {
+        if let Some(pool) = self.pool_overlapping(phys, end) {
             return Err(DmaError::PoolOverlap { pool });
         }
         let needed = cfg.slots_for(len);
@@ -272,6 +282,16 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::InvalidMinAlignMask(m));
         }
         config.validate_limits()?;
+        self.device_ids.register(config.id)?;
+        let attached = self.attach_registered(config);
+        if attached.is_err() {
+            self.device_ids.release(config.id);
+        }
+        attached
+    }
+
+    /// [`Self::attach`] once the id is registered.
+    fn attach_registered(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let confidential = self.platform.is_confidential();
         if confidential && self.backend().is_some_and(|b| b.default_window(config.id).is_some()) {
             return self.attach_iommu(config);
@@ -345,6 +365,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 return Err(Refused { value: dev, error });
             }
         }
+        self.device_ids.release(dev.config.id);
         log::debug!("ccdma: device {:#x} (#{}) detached", dev.config.id, dev.serial);
         Ok(())
     }

@@ -133,6 +133,7 @@ pub mod addr;
 pub mod coherent;
 pub mod convenience;
 pub mod device;
+pub mod device_ids;
 pub mod diagnostics;
 pub mod direction;
 pub mod error;

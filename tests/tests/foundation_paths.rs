@@ -326,6 +326,7 @@ fn min_align_mask_bits_are_preserved() {
                 unsafe { layer.unmap(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
             }
         }
+        layer.detach(dev).unwrap();
     }
     // A mask that is not 2^n - 1 is refused at attach.
     assert!(layer.attach(DeviceConfig::new(2, DmaMask::BITS_64).with_min_align_mask(0x5)).is_err());

@@ -5,7 +5,7 @@
 mod sg_common;
 
 use ccdma::sg::{dma_segments, SgEntry, SgOptions};
-use ccdma::{DmaAttrs, DmaDirection, DmaError, FailureKind, PhysAddr};
+use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaError, FailureKind, PhysAddr};
 use ccdma_hv_model::Region;
 use ccdma_tests::*;
 use sg_common::*;
@@ -110,6 +110,7 @@ fn bounce_above_mask_uses_low_buffers_directly_and_bounces_the_rest() {
     assert_eq!(env.layer.stats().slots_in_use, 1, "two 1000-byte buffers share one 2 KiB slot");
     env.layer.unmap_sg(&dev, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE).unwrap();
     assert_eq!(env.layer.stats().slots_in_use, 0);
+    env.detach(dev);
     // A low buffer that crosses the device's boundary is bounced instead of refused.
     let cfg = env.config().with_segment_boundary_mask(0xfff);
     let n = run_list(
@@ -205,7 +206,8 @@ fn attributes_follow_single_mapping_semantics() {
 fn pool_exhausted_mid_list_leaves_nothing_mapped() {
     let env = Env::new(PathKind::BounceAlways);
     let (hv, layer) = (env.hv, env.layer);
-    let dev = env.attach(env.config());
+    // The blockers' device is another id: run_list attaches (and detaches) the env's own.
+    let dev = env.attach(DeviceConfig { id: env.id + 100, ..env.config() });
     // Fill the pool with 256 KiB blockers, then free one: room for part of the list only.
     let block = hv.alloc(256 * 1024, Region::High);
     let mut blockers = Vec::new();

@@ -157,7 +157,7 @@ fn overlaps_name_the_pool() {
     let o = quick(&["--pool", "0x800000:4M", "--pool", "0x900000:4M"]);
     assert_eq!(code(&o), 1, "a refused pool fails the run");
     assert!(
-        stdout(&o).contains("pool 1       phys 0x900000, 4 MiB: NOT ADDED: pool overlaps pool 0 (layer pool #0 is pool 0, phys 0x800000..0xc00000)"),
+        stdout(&o).contains("pool 1       phys 0x900000, 4 MiB: NOT ADDED: the range overlaps pool 0 (layer pool #0 is pool 0, phys 0x800000..0xc00000)"),
         "{}",
         stdout(&o)
     );

@@ -286,7 +286,7 @@ fn errors_are_std_errors_and_name_their_values() {
     fn is_error<E: core::error::Error>(_: &E) {}
     let e = DmaError::PoolOverlap { pool: 3 };
     is_error(&e);
-    assert_eq!(e.to_string(), "pool overlaps pool 3");
+    assert_eq!(e.to_string(), "the range overlaps pool 3");
     is_error(&DmaError::Busy { live: 2 });
     assert!(DmaError::Busy { live: 2 }.to_string().contains('2'));
     let _ = BusAddr(0);
