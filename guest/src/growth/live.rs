@@ -126,7 +126,9 @@ impl LivePools {
                 return None;
             }
             let i = self.order[lo].load(Ordering::Relaxed) as usize % MAX_POOLS;
-            let off = bus - self.base[i].load(Ordering::Relaxed);
+            // Values read here may be torn (a writer moved pool `i` since the search read its
+            // base): checked, so a torn read yields None, which the sequence check then discards.
+            let off = bus.checked_sub(self.base[i].load(Ordering::Relaxed))?;
             (off < self.size[i].load(Ordering::Relaxed)).then_some((i, off))
         })
     }
@@ -226,5 +228,37 @@ mod tests {
         assert_eq!(l.find(0x3000), None);
         let (order, _) = l.order_for(Some(DmaMask::new(15).unwrap()), true);
         assert_eq!(order.iter().collect::<Vec<_>>(), [0]);
+    }
+
+    /// Issue 18, defect 12: a pool removed and its index reused at a higher base while a reader is
+    /// inside the read section. The reader's values are torn (the sequence check will reject them),
+    /// but the arithmetic on them ran before that check: it must not overflow (a panic with overflow
+    /// checks on, which the test profile has).
+    #[test]
+    fn a_torn_read_of_a_reused_index_does_not_overflow() {
+        use core::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let l = Arc::new(LivePools::new());
+        l.insert(0, BusAddr(0x1000), 0x1000, false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (l, stop) = (Arc::clone(&l), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Index 0 moves between a base below the looked-up address and one above it.
+                    l.remove(0);
+                    l.insert(0, BusAddr(0x10_0000), 0x1000, false);
+                    l.remove(0);
+                    l.insert(0, BusAddr(0x1000), 0x1000, false);
+                }
+            })
+        };
+        let mut found = 0u64;
+        for _ in 0..3_000_000 {
+            found += u64::from(l.find(0x1800).is_some());
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(found > 0);
     }
 }
