@@ -137,18 +137,22 @@ impl Drop for ListGuard<'_> {
 mod tests {
     extern crate std;
     use std::vec;
+    use std::vec::Vec;
 
     use super::*;
 
-    fn pages(buf: &mut [u8], count: usize, mode: ListMode) -> ListPages {
-        let cpu = NonNull::new(buf.as_mut_ptr()).unwrap();
+    /// List pages over `buf`: u64 words, so the pointer is aligned as `ListPages::new` requires
+    /// (a byte buffer is not; Miri caught the test breaking that contract once).
+    fn pages(buf: &mut [u64], count: usize, mode: ListMode) -> ListPages {
+        assert!(buf.len() * 8 >= count * PAGE_SIZE as usize);
+        let cpu = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
         // SAFETY: `buf` holds `count` pages and outlives the pages in each test.
         unsafe { ListPages::new(PhysAddr(0x10_0000), cpu, count, mode) }
     }
 
     #[test]
     fn a_busy_cpu_page_moves_on_then_falls_back_without_waiting() {
-        let mut buf = vec![0u8; 2 * PAGE_SIZE as usize];
+        let mut buf = vec![0u64; 2 * PAGE_SIZE as usize / 8];
         let c = IommuCounters::default();
         let p = pages(&mut buf, 2, ListMode::PerCpu);
         let a = p.acquire(Some(1), &c).unwrap();
@@ -169,13 +173,14 @@ mod tests {
 
     #[test]
     fn fill_writes_big_endian_entries_into_its_own_page_only() {
-        let mut buf = vec![0u8; 2 * PAGE_SIZE as usize];
+        let mut buf = vec![0u64; 2 * PAGE_SIZE as usize / 8];
         let c = IommuCounters::default();
         {
             let p = pages(&mut buf, 2, ListMode::PerCpu);
             let mut g = p.acquire(Some(1), &c).unwrap();
             g.fill(600, |i| 0x1000 * i + 3);
         }
+        let buf: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert!(buf[..PAGE_SIZE as usize].iter().all(|&b| b == 0), "page 0 untouched");
         let second = &buf[PAGE_SIZE as usize..];
         assert_eq!(second[8..16], (0x1003u64).to_be_bytes());
@@ -184,7 +189,7 @@ mod tests {
 
     #[test]
     fn the_shared_page_waits_and_counts() {
-        let mut buf = vec![0u8; PAGE_SIZE as usize];
+        let mut buf = vec![0u64; PAGE_SIZE as usize / 8];
         let c = IommuCounters::default();
         let p = pages(&mut buf, 1, ListMode::Shared);
         let g = p.acquire(Some(3), &c).unwrap();
