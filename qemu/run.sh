@@ -7,6 +7,8 @@
 #                               report of failures)
 #   qemu/run.sh NAME...         run the named configurations, printing each one's report
 #   qemu/run.sh --list          list configurations
+#   qemu/run.sh --self-test     check that the verdict fails on an IOMMU rejection no check provoked
+#                               (--all runs it first)
 #   options: -v/--verbose (with --all: print every report), --no-build (use the existing kernels)
 #   environment: QEMU_TIMEOUT (seconds per boot, default 60), KERNEL_LOG (e.g. debug), CI (set:
 #                cargo --locked)
@@ -234,6 +236,38 @@ attribute_rejections() {
     printf '  IOMMU rejected %5d accesses no check provoked\n' "$unattributed"
 }
 
+# Attributes the rejections (attribute_rejections) into file $3, adding to PROBLEMS. Not inside
+# $(...): a subshell's PROBLEMS would never reach the verdict (issue 18.14 found exactly that).
+rejection_verdict() {
+    attribute_rejections "$1" "$2" >"$3"
+}
+
+# The runner's own check that its verdict can fail (issue 18.14): a kernel output with one
+# containment check and a guest_errors log holding a rejection that check expected and one that no
+# check provoked must yield exactly one problem, naming the stray access; the clean log none.
+self_test() {
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/ccdma-selftest.XXXXXX")
+    printf 'CONTAIN strict.after_unmap bus=0x1000 len=0x1000 expect=rejected\n' >"$dir/serial"
+    {
+        echo 'spapr_tce: Invalid read at addr 0x1800, reason: rejected'
+        echo 'spapr_tce: Invalid write at addr 0x600000, reason: rejected'
+    } >"$dir/stray"
+    echo 'spapr_tce: Invalid read at addr 0x1800, reason: rejected' >"$dir/clean"
+    PROBLEMS=()
+    rejection_verdict "$dir/serial" "$dir/clean" "$dir/out"
+    local clean=${#PROBLEMS[@]}
+    PROBLEMS=()
+    rejection_verdict "$dir/serial" "$dir/stray" "$dir/out"
+    local stray=(${PROBLEMS[@]+"${PROBLEMS[@]}"})
+    rm -rf "$dir"
+    if [[ $clean -ne 0 || ${#stray[@]} -ne 1 || ${stray[0]} != *"0x600000"* ]]; then
+        echo "run.sh --self-test: FAIL (clean log: $clean problems; stray log: ${stray[*]:-none})"
+        return 1
+    fi
+    echo "run.sh --self-test: PASS (an unprovoked rejection fails the verdict: ${stray[0]})"
+}
+
 # Runs configuration $1; prints its result line; returns non-zero on failure.
 run_config() {
     local name=$1 show_report=$2
@@ -303,7 +337,8 @@ run_config() {
 
     local attribution=""
     if [[ $pseries == yes ]]; then
-        attribution=$(attribute_rejections "$serial" "$guest_errors")
+        rejection_verdict "$serial" "$guest_errors" "$dir/attribution.txt"
+        attribution=$(<"$dir/attribution.txt")
         problems+=(${PROBLEMS[@]+"${PROBLEMS[@]}"})
     fi
 
@@ -336,6 +371,7 @@ main() {
         --list) printf '%s\n' "${CONFIGS[@]}"; return 0 ;;
         -v | --verbose) verbose=yes ;;
         --no-build) build=no ;;
+        --self-test) self_test; return ;;
         -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
         -*) die "unknown option $1" ;;
         *) selected+=("$1") ;;
@@ -343,6 +379,7 @@ main() {
         shift
     done
     if [[ $all == yes ]]; then
+        self_test || die "the runner's verdict cannot fail on an unprovoked IOMMU rejection"
         selected=("${CONFIGS[@]}")
     else
         # Configurations asked for by name (or the default one) print their report.
