@@ -3,6 +3,7 @@
 use ccdma::{DmaLayer, PhysAddr, PoolConfig, SlotMeta};
 use ccdma_hv_model::{HvConfig, Hypervisor};
 
+pub mod fuzz_ops;
 pub mod timing;
 
 /// 1 GiB.
