@@ -109,6 +109,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// entries). In a confidential guest the memory is shared here; if sharing fails part way, what was
     /// shared is made private again (or quarantined) and the error says so.
     ///
+    /// Returns the pool's index: what [`Self::pool`], [`crate::PoolFullReport`] and errors such as
+    /// [`DmaError::PoolOverlap`] call it.
+    ///
     /// # Safety
     /// The range must be guest RAM that nothing else uses for as long as the layer lives: the layer
     /// hands it to devices and overwrites it.

@@ -290,7 +290,13 @@ impl Hypervisor {
         let cursor = if high { &self.alloc_high } else { &self.alloc_low };
         let at = cursor.fetch_add(len, Ordering::Relaxed);
         let limit = if high { self.config.ram } else { self.config.ram.min(1 << 32) };
-        assert!(at + len <= limit, "model guest RAM exhausted by test allocations");
+        let start = if high { ALLOC_HIGH_START } else { ALLOC_LOW_START };
+        assert!(
+            at + len <= limit,
+            "model guest RAM exhausted: alloc of {len:#x} bytes at {at:#x}; {region:?} allocations run from \
+             {start:#x} to {limit:#x} in a model of {ram:#x} bytes of RAM (HvConfig's ram must exceed {start:#x})",
+            ram = self.config.ram
+        );
         at
     }
 
@@ -304,5 +310,21 @@ impl Hypervisor {
         let p = self.mem.ptr(phys, len as u64).expect("slice outside guest RAM");
         // SAFETY: inside the mapping; exclusivity is the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), len) }
+    }
+}
+
+#[cfg(test)]
+mod alloc_message_tests {
+    use super::*;
+
+    /// Issue 22: a model too small for its allocator says where allocations start and how much RAM
+    /// it has, instead of only "exhausted".
+    #[test]
+    fn a_model_too_small_to_allocate_names_the_start_and_the_ram() {
+        let hv = Hypervisor::new(HvConfig::pseries(1 << 30));
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hv.alloc(4096, Region::Low)))
+            .expect_err("1 GiB of RAM has nothing to allocate from");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("from 0x40000000") && msg.contains("0x40000000 bytes of RAM"), "{msg}");
     }
 }
