@@ -42,7 +42,8 @@ QEMU_PPC=qemu-system-ppc64
 
 PSERIES_CONFIGS=(pseries pseries-strict pseries-percpu pseries-no-ddw pseries-be)
 X86_CONFIGS=(iommu iommu-strict iommu-low no-iommu no-iommu-low)
-CONFIGS=("${PSERIES_CONFIGS[@]}" "${X86_CONFIGS[@]}")
+UEFI_CONFIGS=(uefi)
+CONFIGS=("${PSERIES_CONFIGS[@]}" "${X86_CONFIGS[@]}" "${UEFI_CONFIGS[@]}")
 DEFAULT_CONFIG=pseries
 is_pseries() { [[ $1 == pseries* ]]; }
 
@@ -363,6 +364,38 @@ run_config() {
     return 1
 }
 
+# --- uefi: Debian's OVMF with ccdma as its EDKII_IOMMU_PROTOCOL (qemu/uefi/run-uefi.sh runs and
+# checks it; this block installs what it needs and prints the result line). $1: show the report,
+# $2: build.
+run_uefi() {
+    local show_report=$1 build=$2 missing=() args=() out status start end seconds summary
+    command -v "$QEMU" >/dev/null || missing+=(qemu-system-x86)
+    [[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ]] || missing+=(ovmf)
+    command -v mcopy >/dev/null || missing+=(mtools)
+    command -v mkfs.fat >/dev/null || missing+=(dosfstools)
+    [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
+    if [[ $build == yes ]] && ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-uefi; then
+        rustup target add x86_64-unknown-uefi >&2 || die "could not add the x86_64-unknown-uefi target"
+    fi
+    [[ $build == yes ]] || args+=(--no-build)
+    [[ $show_report == yes ]] && args+=(--verbose)
+    start=$(date +%s%N)
+    set +e
+    out=$(bash "$QEMU_DIR/uefi/run-uefi.sh" ${args[@]+"${args[@]}"} 2>&1)
+    status=$?
+    set -e
+    end=$(date +%s%N)
+    seconds=$(awk -v ns=$((end - start)) 'BEGIN { printf "%.2f", ns / 1e9 }')
+    [[ $show_report == yes || $status -ne 0 ]] && echo "$out"
+    summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' <<<"$out" | tail -n 1 || true)
+    if [[ $status -eq 0 && $summary =~ \ 0\ failed$ ]]; then
+        printf '%-15s PASS  %-22s build and boot to exit %ss\n' uefi "($summary)" "$seconds"
+        return 0
+    fi
+    printf '%-15s FAIL  %s, build and boot to exit %ss\n' uefi "${summary:-no 'N passed, M failed' line}" "$seconds"
+    return 1
+}
+
 main() {
     local selected=() verbose=no build=yes all=no
     while [[ $# -gt 0 ]]; do
@@ -395,6 +428,7 @@ main() {
         case $name in
         pseries-be) want_be=yes ;;
         pseries*) want_le=yes ;;
+        uefi) ;; # qemu/uefi builds and runs itself (run_uefi)
         *) want_x86=yes ;;
         esac
     done
@@ -416,6 +450,10 @@ main() {
 
     local failed=0
     for name in "${selected[@]}"; do
+        if [[ $name == uefi ]]; then
+            run_uefi "$verbose" "$build" || failed=$((failed + 1))
+            continue
+        fi
         run_config "$name" "$verbose" || failed=$((failed + 1))
     done
     if [[ ${#selected[@]} -gt 1 ]]; then
