@@ -65,7 +65,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 if [[ $RUN_QEMU == yes ]]; then
     # The kernels' workspaces and their common crate (formatting needs no ppc64 toolchain).
-    for dir in qemu/kernel qemu/pseries qemu/common; do
+    for dir in qemu/kernel qemu/pseries qemu/common qemu/uefi; do
         if [[ -f $dir/Cargo.toml ]]; then
             (cd "$dir" && cargo fmt -- --check)
         fi
