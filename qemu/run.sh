@@ -20,8 +20,11 @@
 # fault exits with 0; pseries: 0 after RTAS power-off), the report has no FAIL or PANIC line, it
 # ends with "N passed, 0 failed", and the post-run checks hold: the disk image holds the kernel's
 # write, and (pseries) every access QEMU's IOMMU rejected (its -d guest_errors log) falls in a
-# range a containment check announced ("CONTAIN <check> bus=.. len=.. expect=rejected"), and every
-# such check provoked at least one. Adding a configuration: add its name to CONFIGS, a case in
+# range a containment check announced ("CONTAIN <check> bus=.. len=.. expect=rejected"), every
+# virtio device QEMU marked broken (stderr "virtio: ...") was expected by a check ("expect=broken"),
+# and every such check provoked at least one. A self-test configuration (NAME-selftest-*) inverts
+# the verdict: it passes only if the runner failed it for exactly the problems it provokes, which
+# proves these checks can fail. Adding a configuration: add its name to CONFIGS, a case in
 # configure() or configure_pseries(), and an entry in the kernel's config.rs.
 set -euo pipefail
 
@@ -38,7 +41,7 @@ PSERIES_BE=powerpc64-unknown-linux-gnu
 pseries_kernel() { echo "$PSERIES_DIR/target/$1/release/ccdma-pseries-kernel"; }
 QEMU_PPC=qemu-system-ppc64
 
-PSERIES_CONFIGS=(pseries pseries-strict pseries-percpu pseries-no-ddw pseries-be)
+PSERIES_CONFIGS=(pseries pseries-strict pseries-percpu pseries-no-ddw pseries-be pseries-selftest-reject)
 X86_CONFIGS=(iommu iommu-strict iommu-low no-iommu no-iommu-low)
 CONFIGS=("${PSERIES_CONFIGS[@]}" "${X86_CONFIGS[@]}")
 DEFAULT_CONFIG=pseries
@@ -88,6 +91,7 @@ ensure_pseries_tools() {
 }
 
 build_kernel() {
+    echo "run.sh: building the x86_64 kernel (cargo build --release in qemu/kernel)" >&2
     # Build from inside the kernel directory: its .cargo/config.toml (target, freestanding
     # rustflags) is only found relative to the working directory.
     local locked=()
@@ -98,6 +102,7 @@ build_kernel() {
 # Builds the pseries kernel for target $1 with Debian's toolchain: /usr/bin first on PATH (rustup's
 # ~/.cargo/bin would shadow it), RUSTC pinned, RUSTC_BOOTSTRAP for -Z build-std only.
 build_pseries() {
+    echo "run.sh: building the pseries kernel for $1 (Debian's cargo, -Z build-std; 40-120 s cold)" >&2
     local locked=()
     [[ -n ${CI:-} ]] && locked=(--locked)
     (cd "$PSERIES_DIR" && env PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
@@ -176,6 +181,8 @@ configure_pseries() {
     make_disk "$dir/bench.img" 24
     case $name in
     pseries | pseries-strict | pseries-percpu | pseries-be) ;;
+    # Runner self-test: the kernel DMAs at unmapped bus addresses with no CONTAIN line.
+    pseries-selftest-reject) ;;
     # The bridge offers no DDW (no ibm,ddw-applicable): the 64-bit blk falls back to the default window.
     pseries-no-ddw) MACHINE_ARGS+=(-global spapr-pci-host-bridge.ddw=off) ;;
     *) die "unknown configuration '$name' (known: ${CONFIGS[*]})" ;;
@@ -192,25 +199,44 @@ configure_pseries() {
         -device virtio-blk-pci,drive=bench,addr=0x07,disable-legacy=on)
 }
 
-# Attributes every access QEMU's IOMMU rejected (guest_errors log $2) to a containment check of the
-# kernel's output $1 ("CONTAIN <check> bus=0x.. len=0x.. expect=rejected|none"). Prints one line
-# per check; appends to PROBLEMS for an unattributed access or a check that expected a rejection
-# and provoked none.
+# Attributes every access QEMU's IOMMU rejected (guest_errors log $2) and every virtio device QEMU
+# marked broken (its stderr $3) to a containment check of the kernel's output $1 ("CONTAIN <check>
+# bus=0x.. len=0x.. expect=rejected|broken|none"). QEMU logs a rejected access by its offset inside
+# the window's memory region, not by bus address: a DDW at 0x0800000000000000 logs bus
+# 0x0800000000600000 as 0x600000. So each check's range is taken as an offset inside the window the
+# kernel announced around it ("WINDOW <name> liobn=0x.. bus=0x.. len=0x.."); the log cannot tell
+# two windows' equal offsets apart. A blocked request over 4 KiB is not logged at all: QEMU cannot
+# bounce it, prints "virtio: bogus descriptor or out of resources" and marks the device broken
+# (NEEDS_RESET). Prints one line per check and writes to PROBLEMS (a global: call this function
+# outside $(...), or its verdict is lost) for an unattributed rejection or broken device, or a
+# check that expected one and provoked none.
 attribute_rejections() {
-    local serial=$1 log=$2
-    local names=() starts=() ends=() expects=() counts=()
-    local line name bus len expect
+    local serial=$1 log=$2 stderr=$3
+    local names=() starts=() ends=() offsets=() expects=() counts=()
+    local wstarts=() wends=()
+    local line name bus len expect liobn i
+    while read -r _ name liobn bus len; do
+        bus=${bus#bus=} len=${len#len=}
+        wstarts+=($((bus))) wends+=($((bus + len)))
+    done < <(grep '^WINDOW ' "$serial" || true)
     while read -r _ name bus len expect; do
         bus=${bus#bus=} len=${len#len=} expect=${expect#expect=}
-        names+=("$name") starts+=($((bus))) ends+=($((bus + len))) expects+=("$expect") counts+=(0)
+        local base=0
+        for i in "${!wstarts[@]}"; do
+            if ((bus >= wstarts[i] && bus < wends[i])); then base=${wstarts[i]}; fi
+        done
+        names+=("$name") starts+=($((bus))) ends+=($((bus + len))) offsets+=($((bus - base)))
+        expects+=("$expect") counts+=(0)
     done < <(grep '^CONTAIN ' "$serial" || true)
-    local unattributed=0 first_stray="" addr i found
+    PROBLEMS=()
+    local unattributed=0 first_stray="" addr found
     while read -r line; do
         [[ $line =~ Invalid\ (read|write)\ at\ addr\ (0x[0-9A-Fa-f]+) ]] || continue
         addr=$((BASH_REMATCH[2]))
         found=no
         for i in "${!names[@]}"; do
-            if [[ ${expects[i]} == rejected ]] && ((addr >= starts[i] && addr < ends[i])); then
+            if [[ ${expects[i]} == rejected ]] &&
+                ((addr >= offsets[i] && addr < offsets[i] + ends[i] - starts[i])); then
                 counts[i]=$((counts[i] + 1))
                 found=yes
                 break
@@ -221,17 +247,49 @@ attribute_rejections() {
             [[ -z $first_stray ]] && first_stray=$line
         fi
     done < <(grep 'reason: rejected' "$log" 2>/dev/null || true)
+    # Broken devices: every "virtio: ..." error QEMU printed, in order, to the checks expecting one.
+    local broken=0 unexplained=0 first_broken=""
+    while read -r line; do
+        broken=$((broken + 1))
+        found=no
+        for i in "${!names[@]}"; do
+            if [[ ${expects[i]} == broken && ${counts[i]} -eq 0 ]]; then
+                counts[i]=1
+                found=yes
+                break
+            fi
+        done
+        if [[ $found == no ]]; then
+            unexplained=$((unexplained + 1))
+            [[ -z $first_broken ]] && first_broken=$line
+        fi
+    done < <(grep 'virtio: ' "$stderr" 2>/dev/null || true)
     for i in "${!names[@]}"; do
-        printf '  IOMMU rejected %5d accesses in %#x..%#x provoked by %s (expected: %s)\n' \
-            "${counts[i]}" "${starts[i]}" "${ends[i]}" "${names[i]}" "${expects[i]}"
-        if [[ ${expects[i]} == rejected && ${counts[i]} -eq 0 ]]; then
-            PROBLEMS+=("${names[i]} expected rejected accesses, QEMU logged none")
+        printf '  IOMMU %-8s %5d in %#x..%#x (logged at offset %#x) by %s\n' \
+            "${expects[i]}" "${counts[i]}" "${starts[i]}" "${ends[i]}" "${offsets[i]}" "${names[i]}"
+        if [[ ${expects[i]} != none && ${counts[i]} -eq 0 ]]; then
+            PROBLEMS+=("${names[i]} expected ${expects[i]}, QEMU reported none")
         fi
     done
     if ((unattributed > 0)); then
         PROBLEMS+=("$unattributed rejected access(es) no check provoked (first: $first_stray)")
     fi
+    if ((unexplained > 0)); then
+        PROBLEMS+=("$unexplained virtio device(s) broken that no check provoked (first: $first_broken)")
+    fi
     printf '  IOMMU rejected %5d accesses no check provoked\n' "$unattributed"
+    printf '  virtio devices QEMU marked broken: %d, %d that no check provoked\n' "$broken" "$unexplained"
+}
+
+# Whether configuration $1 is a self-test of the runner: it must FAIL with the problems
+# selftest_expects names, and passes only then (the inverted verdict proves the runner can fail).
+is_selftest() { [[ $1 == *-selftest-* ]]; }
+# The problems (patterns) self-test $1 must be failed for.
+selftest_expects() {
+    case $1 in
+    pseries-selftest-reject) printf '%s\n' 'rejected access(es) no check provoked' \
+        'virtio device(s) broken that no check provoked' ;;
+    esac
 }
 
 # Runs configuration $1; prints its result line; returns non-zero on failure.
@@ -302,8 +360,29 @@ run_config() {
     fi
 
     local attribution=""
+    PROBLEMS=()
     if [[ $pseries == yes ]]; then
-        attribution=$(attribute_rejections "$serial" "$guest_errors")
+        # Not in $(...): PROBLEMS must reach this shell.
+        attribute_rejections "$serial" "$guest_errors" "$qemu_err" >"$dir/attribution.txt"
+        attribution=$(cat "$dir/attribution.txt")
+    fi
+    local verdict_note=""
+    if is_selftest "$name"; then
+        # Inverted verdict: the kernel's own report must be clean and the runner must have found
+        # every problem the self-test provokes (and nothing else).
+        local pattern missing=() joined_runner
+        joined_runner=$(printf '%s\n' ${PROBLEMS[@]+"${PROBLEMS[@]}"})
+        while read -r pattern; do
+            [[ $joined_runner == *"$pattern"* ]] || missing+=("runner did not report: $pattern")
+        done < <(selftest_expects "$name")
+        if [[ ${#problems[@]} -eq 0 && ${#missing[@]} -eq 0 &&
+            ${#PROBLEMS[@]} -eq $(selftest_expects "$name" | wc -l) ]]; then
+            verdict_note="self-test: the runner failed it as it must: $(printf '%s; ' "${PROBLEMS[@]}")"
+        else
+            problems+=("self-test of the runner" ${missing[@]+"${missing[@]}"}
+                ${PROBLEMS[@]+"${PROBLEMS[@]}"})
+        fi
+    else
         problems+=(${PROBLEMS[@]+"${PROBLEMS[@]}"})
     fi
 
@@ -319,6 +398,7 @@ run_config() {
         fi
     fi
     if [[ ${#problems[@]} -eq 0 ]]; then
+        [[ -n $verdict_note ]] && echo "$verdict_note"
         printf '%-15s PASS  %-22s boot to exit %ss\n' "$name" "($summary)" "$seconds"
         return 0
     fi
@@ -387,4 +467,5 @@ main() {
     [[ $failed -eq 0 ]]
 }
 
-main "$@"
+# Sourced (qemu/test-runner.sh tests the attribution on fixtures): define the functions only.
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main "$@"
