@@ -248,7 +248,9 @@ impl IommuState {
     fn set(&mut self, liobn: u32, idx: u64, tce: u64) -> i64 {
         let max = self.cfg.max_entries_per_table;
         let Some(t) = self.tables.get_mut(&liobn) else { return H_PARAMETER };
-        if tce & (TCE_PCI_READ | TCE_PCI_WRITE) == 0 {
+        // Like QEMU (put_tce_emu): the value is stored as written; only zero empties the entry. An
+        // entry without permission bits stays, and a device access through it is rejected.
+        if tce == 0 {
             t.entries.remove(&idx);
             self.entries_cleared += 1;
         } else {
@@ -594,11 +596,9 @@ impl TceCalls for Hypervisor {
         let pe = st.pes.get(&device).ok_or(RTAS_PARAMETER_ERROR)?;
         let supported =
             DDW_PAGE_SIZES.iter().any(|&(bit, s)| s == page_shift && cfg.ddw_page_sizes & bit != 0);
-        // Like QEMU: asking for a window beyond the ones available is a hardware error (-1), not a
-        // parameter error.
-        if cfg.ddw && !pe.ddw_disabled && pe.ddw.is_some() {
-            return Err(RTAS_HARDWARE_ERROR);
-        }
+        // Like QEMU (rtas_ibm_create_pe_dma_window): the parameters are checked first (-3), then
+        // asking for a window beyond the ones available is a hardware error (-1). QEMU has no
+        // largest-block check; the model keeps one (-3) so no test can ask for an absurd table.
         if !cfg.ddw
             || pe.ddw_disabled
             || !supported
@@ -607,6 +607,9 @@ impl TceCalls for Hypervisor {
             || (1u64 << (window_shift - page_shift)) > cfg.ddw_largest_block
         {
             return Err(RTAS_PARAMETER_ERROR);
+        }
+        if pe.ddw.is_some() {
+            return Err(RTAS_HARDWARE_ERROR);
         }
         let liobn = st.next_liobn;
         st.next_liobn += 1;
