@@ -418,6 +418,20 @@ impl Hypervisor {
     }
 }
 
+/// How many of the `valid` leading entries a multi-entry call writes, and its status: an injected
+/// failure writes none, an injected partial success at most its pages, and a bad entry (`bad`) ends
+/// the call after the entries before it, as QEMU does.
+fn prefix_outcome(inj: Option<Injection>, valid: u64, bad: Option<i64>) -> (u64, i64) {
+    match (inj, bad) {
+        (Some(Injection::Fail(c)) | Some(Injection::Busy(c)), _) => (0, c),
+        (Some(Injection::Partial { pages, code }), _) if pages < valid => (pages, code),
+        (Some(Injection::LieSuccess), None) => (0, H_SUCCESS),
+        (_, Some(rc)) => (valid, rc),
+        (Some(Injection::Partial { code, .. }), None) => (valid, code),
+        (_, None) => (valid, H_SUCCESS),
+    }
+}
+
 impl TceCalls for Hypervisor {
     fn default_window(&self, device: u32) -> Option<WindowGeometry> {
         if !self.iommu.enabled() {
@@ -507,20 +521,21 @@ impl TceCalls for Hypervisor {
             st.listed_private_entries += private;
         }
         let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
+        // Like QEMU (h_put_tce_indirect): entries are written in order and the call stops at the
+        // first bad one, so a list crossing the window end leaves its in-window prefix written.
         let mut todo = Vec::with_capacity(count as usize);
+        let mut bad = None;
         for i in 0..count {
             let tce = entries.entries[i as usize].get();
             match st.check_entry(table, ioba + i * page, tce) {
                 Ok(idx) => todo.push((idx, tce)),
-                Err(rc) => return rc,
+                Err(rc) => {
+                    bad = Some(rc);
+                    break;
+                }
             }
         }
-        let (n, rc) = match inj {
-            Some(Injection::Fail(c)) | Some(Injection::Busy(c)) => (0, c),
-            Some(Injection::Partial { pages, code }) => (pages.min(count), code),
-            Some(Injection::LieSuccess) => (0, H_SUCCESS),
-            _ => (count, H_SUCCESS),
-        };
+        let (n, rc) = prefix_outcome(inj, todo.len() as u64, bad);
         for &(idx, tce) in &todo[..n as usize] {
             let r = st.set(liobn, idx, tce);
             if r != H_SUCCESS {
@@ -539,20 +554,25 @@ impl TceCalls for Hypervisor {
         }
         let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
         let page = table.geometry.page_size();
+        // Like QEMU (h_stuff_tce): a count beyond the table's size is refused before anything is
+        // written; otherwise entries are written in order up to the first bad one (a stuff crossing
+        // the window end leaves its in-window prefix written).
+        if count > table.geometry.size >> table.geometry.page_shift {
+            return H_PARAMETER;
+        }
         let mut idxs = Vec::with_capacity(count as usize);
+        let mut bad = None;
         for i in 0..count {
-            let Some(at) = ioba.checked_add(i * page) else { return H_PARAMETER };
-            match st.check_entry(table, at, value) {
+            let checked = ioba.checked_add(i * page).ok_or(H_PARAMETER);
+            match checked.and_then(|at| st.check_entry(table, at, value)) {
                 Ok(idx) => idxs.push(idx),
-                Err(rc) => return rc,
+                Err(rc) => {
+                    bad = Some(rc);
+                    break;
+                }
             }
         }
-        let (n, rc) = match inj {
-            Some(Injection::Fail(c)) | Some(Injection::Busy(c)) => (0, c),
-            Some(Injection::Partial { pages, code }) => (pages.min(count), code),
-            Some(Injection::LieSuccess) => (0, H_SUCCESS),
-            _ => (count, H_SUCCESS),
-        };
+        let (n, rc) = prefix_outcome(inj, idxs.len() as u64, bad);
         for &idx in &idxs[..n as usize] {
             let r = st.set(liobn, idx, value);
             if r != H_SUCCESS {

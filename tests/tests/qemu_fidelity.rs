@@ -116,3 +116,33 @@ fn create_checks_its_parameters_before_the_window_count_like_qemu() {
     assert_eq!(ddws.len(), 1);
     assert_eq!(ddws[0].geometry, ddw);
 }
+
+#[test]
+fn a_list_or_stuff_crossing_the_window_end_leaves_its_in_window_prefix_like_qemu() {
+    // QEMU 7.2 h_put_tce_indirect and h_stuff_tce (hw/ppc/spapr_iommu.c) write entry after entry
+    // and stop at the first one outside the window: -4, with the entries before it written.
+    let hv = qemu_like();
+    let win = hv.default_window(1).unwrap();
+    let (l, end) = (win.liobn, win.end());
+    let list = hv.alloc(4096, Region::Low);
+    hv.memory().set_state(list, 1, PageState::Shared);
+    let page = hv.alloc(4096, Region::Low);
+    hv.memory().set_state(page, 1, PageState::Shared);
+    let tce = page | TCE_PCI_READ;
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&tce.to_be_bytes());
+    bytes[8..].copy_from_slice(&tce.to_be_bytes());
+    hv.memory().write(list, &bytes);
+    // QEMU h_put_tce_indirect.past_end: -4 ... and the last in-window entry now holds the list's first.
+    assert_eq!(hv.h_put_tce_indirect(l, end - 4096, PhysAddr(list), 2), H_PARAMETER);
+    assert_eq!(hv.h_get_tce(l, end - 4096), (H_SUCCESS, tce), "the in-window prefix was written");
+    assert_eq!(hv.tce_counters().live_entries, 1);
+    // QEMU h_stuff_tce.past_end: -4 ... and the in-window entries are stuffed (here: cleared).
+    assert_eq!(hv.h_stuff_tce(l, end - 4096, 0, 2), H_PARAMETER);
+    assert_eq!(hv.h_get_tce(l, end - 4096), (H_SUCCESS, 0), "the stuff's prefix was written");
+    assert_eq!(hv.tce_counters().live_entries, 0);
+    // A stuff of more entries than the table has is refused before writing anything.
+    assert_eq!(hv.h_put_tce(l, 700 * MIB, tce), H_SUCCESS);
+    assert_eq!(hv.h_stuff_tce(l, 700 * MIB, 0, (win.size >> 12) + 1), H_PARAMETER);
+    assert_eq!(hv.h_get_tce(l, 700 * MIB), (H_SUCCESS, tce));
+}
