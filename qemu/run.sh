@@ -22,8 +22,11 @@
 # fault exits with 0; pseries: 0 after RTAS power-off), the report has no FAIL or PANIC line, it
 # ends with "N passed, 0 failed", and the post-run checks hold: the disk image holds the kernel's
 # write, and (pseries) every access QEMU's IOMMU rejected (its -d guest_errors log) falls in a
-# range a containment check announced ("CONTAIN <check> bus=.. len=.. expect=rejected"), and every
-# such check provoked at least one. Adding a configuration: add its name to CONFIGS, a case in
+# range a containment check announced ("CONTAIN <check> bus=.. len=.. expect=rejected"), every
+# virtio device QEMU marked broken (stderr "virtio: ...") was expected by a check ("expect=broken"),
+# and every such check provoked at least one. A self-test configuration (NAME-selftest-*) inverts
+# the verdict: it passes only if the runner failed it for exactly the problems it provokes, which
+# proves these checks can fail. Adding a configuration: add its name to CONFIGS, a case in
 # configure() or configure_pseries(), and an entry in the kernel's config.rs.
 set -euo pipefail
 
@@ -40,7 +43,7 @@ PSERIES_BE=powerpc64-unknown-linux-gnu
 pseries_kernel() { echo "$PSERIES_DIR/target/$1/release/ccdma-pseries-kernel"; }
 QEMU_PPC=qemu-system-ppc64
 
-PSERIES_CONFIGS=(pseries pseries-strict pseries-percpu pseries-no-ddw pseries-be)
+PSERIES_CONFIGS=(pseries pseries-strict pseries-percpu pseries-no-ddw pseries-be pseries-selftest-reject)
 X86_CONFIGS=(iommu iommu-strict iommu-low no-iommu no-iommu-low)
 UEFI_CONFIGS=(uefi)
 CONFIGS=("${PSERIES_CONFIGS[@]}" "${X86_CONFIGS[@]}" "${UEFI_CONFIGS[@]}")
@@ -91,6 +94,7 @@ ensure_pseries_tools() {
 }
 
 build_kernel() {
+    echo "run.sh: building the x86_64 kernel (cargo build --release in qemu/kernel)" >&2
     # Build from inside the kernel directory: its .cargo/config.toml (target, freestanding
     # rustflags) is only found relative to the working directory.
     local locked=()
@@ -101,6 +105,7 @@ build_kernel() {
 # Builds the pseries kernel for target $1 with Debian's toolchain: /usr/bin first on PATH (rustup's
 # ~/.cargo/bin would shadow it), RUSTC pinned, RUSTC_BOOTSTRAP for -Z build-std only.
 build_pseries() {
+    echo "run.sh: building the pseries kernel for $1 (Debian's cargo, -Z build-std; 40-120 s cold)" >&2
     local locked=()
     [[ -n ${CI:-} ]] && locked=(--locked)
     (cd "$PSERIES_DIR" && env PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
@@ -179,6 +184,8 @@ configure_pseries() {
     make_disk "$dir/bench.img" 24
     case $name in
     pseries | pseries-strict | pseries-percpu | pseries-be) ;;
+    # Runner self-test: the kernel DMAs at unmapped bus addresses with no CONTAIN line.
+    pseries-selftest-reject) ;;
     # The bridge offers no DDW (no ibm,ddw-applicable): the 64-bit blk falls back to the default window.
     pseries-no-ddw) MACHINE_ARGS+=(-global spapr-pci-host-bridge.ddw=off) ;;
     *) die "unknown configuration '$name' (known: ${CONFIGS[*]})" ;;
@@ -195,25 +202,44 @@ configure_pseries() {
         -device virtio-blk-pci,drive=bench,addr=0x07,disable-legacy=on)
 }
 
-# Attributes every access QEMU's IOMMU rejected (guest_errors log $2) to a containment check of the
-# kernel's output $1 ("CONTAIN <check> bus=0x.. len=0x.. expect=rejected|none"). Prints one line
-# per check; appends to PROBLEMS for an unattributed access or a check that expected a rejection
-# and provoked none.
+# Attributes every access QEMU's IOMMU rejected (guest_errors log $2) and every virtio device QEMU
+# marked broken (its stderr $3) to a containment check of the kernel's output $1 ("CONTAIN <check>
+# bus=0x.. len=0x.. expect=rejected|broken|none"). QEMU logs a rejected access by its offset inside
+# the window's memory region, not by bus address: a DDW at 0x0800000000000000 logs bus
+# 0x0800000000600000 as 0x600000. So each check's range is taken as an offset inside the window the
+# kernel announced around it ("WINDOW <name> liobn=0x.. bus=0x.. len=0x.."); the log cannot tell
+# two windows' equal offsets apart. A blocked request over 4 KiB is not logged at all: QEMU cannot
+# bounce it, prints "virtio: bogus descriptor or out of resources" and marks the device broken
+# (NEEDS_RESET). Prints one line per check and writes to PROBLEMS (a global: call this function
+# outside $(...), or its verdict is lost) for an unattributed rejection or broken device, or a
+# check that expected one and provoked none.
 attribute_rejections() {
-    local serial=$1 log=$2
-    local names=() starts=() ends=() expects=() counts=()
-    local line name bus len expect
+    local serial=$1 log=$2 stderr=$3
+    local names=() starts=() ends=() offsets=() expects=() counts=()
+    local wstarts=() wends=()
+    local line name bus len expect liobn i
+    while read -r _ name liobn bus len; do
+        bus=${bus#bus=} len=${len#len=}
+        wstarts+=($((bus))) wends+=($((bus + len)))
+    done < <(grep '^WINDOW ' "$serial" || true)
     while read -r _ name bus len expect; do
         bus=${bus#bus=} len=${len#len=} expect=${expect#expect=}
-        names+=("$name") starts+=($((bus))) ends+=($((bus + len))) expects+=("$expect") counts+=(0)
+        local base=0
+        for i in "${!wstarts[@]}"; do
+            if ((bus >= wstarts[i] && bus < wends[i])); then base=${wstarts[i]}; fi
+        done
+        names+=("$name") starts+=($((bus))) ends+=($((bus + len))) offsets+=($((bus - base)))
+        expects+=("$expect") counts+=(0)
     done < <(grep '^CONTAIN ' "$serial" || true)
-    local unattributed=0 first_stray="" addr i found
+    PROBLEMS=()
+    local unattributed=0 first_stray="" addr found
     while read -r line; do
         [[ $line =~ Invalid\ (read|write)\ at\ addr\ (0x[0-9A-Fa-f]+) ]] || continue
         addr=$((BASH_REMATCH[2]))
         found=no
         for i in "${!names[@]}"; do
-            if [[ ${expects[i]} == rejected ]] && ((addr >= starts[i] && addr < ends[i])); then
+            if [[ ${expects[i]} == rejected ]] &&
+                ((addr >= offsets[i] && addr < offsets[i] + ends[i] - starts[i])); then
                 counts[i]=$((counts[i] + 1))
                 found=yes
                 break
@@ -224,23 +250,56 @@ attribute_rejections() {
             [[ -z $first_stray ]] && first_stray=$line
         fi
     done < <(grep 'reason: rejected' "$log" 2>/dev/null || true)
+    # Broken devices: every "virtio: ..." error QEMU printed, in order, to the checks expecting one.
+    local broken=0 unexplained=0 first_broken=""
+    while read -r line; do
+        broken=$((broken + 1))
+        found=no
+        for i in "${!names[@]}"; do
+            if [[ ${expects[i]} == broken && ${counts[i]} -eq 0 ]]; then
+                counts[i]=1
+                found=yes
+                break
+            fi
+        done
+        if [[ $found == no ]]; then
+            unexplained=$((unexplained + 1))
+            [[ -z $first_broken ]] && first_broken=$line
+        fi
+    done < <(grep 'virtio: ' "$stderr" 2>/dev/null || true)
     for i in "${!names[@]}"; do
-        printf '  IOMMU rejected %5d accesses in %#x..%#x provoked by %s (expected: %s)\n' \
-            "${counts[i]}" "${starts[i]}" "${ends[i]}" "${names[i]}" "${expects[i]}"
-        if [[ ${expects[i]} == rejected && ${counts[i]} -eq 0 ]]; then
-            PROBLEMS+=("${names[i]} expected rejected accesses, QEMU logged none")
+        printf '  IOMMU %-8s %5d in %#x..%#x (logged at offset %#x) by %s\n' \
+            "${expects[i]}" "${counts[i]}" "${starts[i]}" "${ends[i]}" "${offsets[i]}" "${names[i]}"
+        if [[ ${expects[i]} != none && ${counts[i]} -eq 0 ]]; then
+            PROBLEMS+=("${names[i]} expected ${expects[i]}, QEMU reported none")
         fi
     done
     if ((unattributed > 0)); then
         PROBLEMS+=("$unattributed rejected access(es) no check provoked (first: $first_stray)")
     fi
+    if ((unexplained > 0)); then
+        PROBLEMS+=("$unexplained virtio device(s) broken that no check provoked (first: $first_broken)")
+    fi
     printf '  IOMMU rejected %5d accesses no check provoked\n' "$unattributed"
+    printf '  virtio devices QEMU marked broken: %d, %d that no check provoked\n' "$broken" "$unexplained"
 }
 
-# Attributes the rejections (attribute_rejections) into file $3, adding to PROBLEMS. Not inside
+# Whether configuration $1 is a self-test of the runner: it must FAIL with the problems
+# selftest_expects names, and passes only then (the inverted verdict proves the runner can fail).
+is_selftest() { [[ $1 == *-selftest-* ]]; }
+# The problems (patterns) self-test $1 must be failed for.
+selftest_expects() {
+    case $1 in
+    pseries-selftest-reject) printf '%s\n' 'rejected access(es) no check provoked' \
+        'virtio device(s) broken that no check provoked' ;;
+    esac
+}
+
+# Attributes the rejections (attribute_rejections) into file $4, adding to PROBLEMS. Not inside
 # $(...): a subshell's PROBLEMS would never reach the verdict (issue 18.14 found exactly that).
+# $1 serial, $2 guest_errors, $3 QEMU's stderr, $4 the attribution file.
 rejection_verdict() {
-    attribute_rejections "$1" "$2" >"$3"
+    attribute_rejections "$1" "$2" "$3" >"$4"
 }
 
 # The runner's own check that its verdict can fail (issue 18.14): a kernel output with one
@@ -255,11 +314,12 @@ self_test() {
         echo 'spapr_tce: Invalid write at addr 0x600000, reason: rejected'
     } >"$dir/stray"
     echo 'spapr_tce: Invalid read at addr 0x1800, reason: rejected' >"$dir/clean"
+    : >"$dir/stderr"
     PROBLEMS=()
-    rejection_verdict "$dir/serial" "$dir/clean" "$dir/out"
+    rejection_verdict "$dir/serial" "$dir/clean" "$dir/stderr" "$dir/out"
     local clean=${#PROBLEMS[@]}
     PROBLEMS=()
-    rejection_verdict "$dir/serial" "$dir/stray" "$dir/out"
+    rejection_verdict "$dir/serial" "$dir/stray" "$dir/stderr" "$dir/out"
     local stray=(${PROBLEMS[@]+"${PROBLEMS[@]}"})
     rm -rf "$dir"
     if [[ $clean -ne 0 || ${#stray[@]} -ne 1 || ${stray[0]} != *"0x600000"* ]]; then
@@ -337,9 +397,28 @@ run_config() {
     fi
 
     local attribution=""
+    PROBLEMS=()
     if [[ $pseries == yes ]]; then
-        rejection_verdict "$serial" "$guest_errors" "$dir/attribution.txt"
+        rejection_verdict "$serial" "$guest_errors" "$qemu_err" "$dir/attribution.txt"
         attribution=$(<"$dir/attribution.txt")
+    fi
+    local verdict_note=""
+    if is_selftest "$name"; then
+        # Inverted verdict: the kernel's own report must be clean and the runner must have found
+        # every problem the self-test provokes (and nothing else).
+        local pattern missing=() joined_runner
+        joined_runner=$(printf '%s\n' ${PROBLEMS[@]+"${PROBLEMS[@]}"})
+        while read -r pattern; do
+            [[ $joined_runner == *"$pattern"* ]] || missing+=("runner did not report: $pattern")
+        done < <(selftest_expects "$name")
+        if [[ ${#problems[@]} -eq 0 && ${#missing[@]} -eq 0 &&
+            ${#PROBLEMS[@]} -eq $(selftest_expects "$name" | wc -l) ]]; then
+            verdict_note="self-test: the runner failed it as it must: $(printf '%s; ' "${PROBLEMS[@]}")"
+        else
+            problems+=("self-test of the runner" ${missing[@]+"${missing[@]}"}
+                ${PROBLEMS[@]+"${PROBLEMS[@]}"})
+        fi
+    else
         problems+=(${PROBLEMS[@]+"${PROBLEMS[@]}"})
     fi
 
@@ -355,6 +434,7 @@ run_config() {
         fi
     fi
     if [[ ${#problems[@]} -eq 0 ]]; then
+        [[ -n $verdict_note ]] && echo "$verdict_note"
         printf '%-15s PASS  %-22s boot to exit %ss\n' "$name" "($summary)" "$seconds"
         return 0
     fi
@@ -413,6 +493,8 @@ main() {
     done
     if [[ $all == yes ]]; then
         self_test || die "the runner's verdict cannot fail on an unprovoked IOMMU rejection"
+        bash "$(dirname "${BASH_SOURCE[0]}")/test-runner.sh" | tail -n 1 ||
+            die "qemu/test-runner.sh: the runner's attribution failed its fixtures"
         selected=("${CONFIGS[@]}")
     else
         # Configurations asked for by name (or the default one) print their report.
@@ -462,4 +544,5 @@ main() {
     [[ $failed -eq 0 ]]
 }
 
-main "$@"
+# Sourced (qemu/test-runner.sh tests the attribution on fixtures): define the functions only.
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main "$@"

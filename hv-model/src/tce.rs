@@ -248,7 +248,9 @@ impl IommuState {
     fn set(&mut self, liobn: u32, idx: u64, tce: u64) -> i64 {
         let max = self.cfg.max_entries_per_table;
         let Some(t) = self.tables.get_mut(&liobn) else { return H_PARAMETER };
-        if tce & (TCE_PCI_READ | TCE_PCI_WRITE) == 0 {
+        // Like QEMU (put_tce_emu): the value is stored as written; only zero empties the entry. An
+        // entry without permission bits stays, and a device access through it is rejected.
+        if tce == 0 {
             t.entries.remove(&idx);
             self.entries_cleared += 1;
         } else {
@@ -416,6 +418,20 @@ impl Hypervisor {
     }
 }
 
+/// How many of the `valid` leading entries a multi-entry call writes, and its status: an injected
+/// failure writes none, an injected partial success at most its pages, and a bad entry (`bad`) ends
+/// the call after the entries before it, as QEMU does.
+fn prefix_outcome(inj: Option<Injection>, valid: u64, bad: Option<i64>) -> (u64, i64) {
+    match (inj, bad) {
+        (Some(Injection::Fail(c)) | Some(Injection::Busy(c)), _) => (0, c),
+        (Some(Injection::Partial { pages, code }), _) if pages < valid => (pages, code),
+        (Some(Injection::LieSuccess), None) => (0, H_SUCCESS),
+        (_, Some(rc)) => (valid, rc),
+        (Some(Injection::Partial { code, .. }), None) => (valid, code),
+        (_, None) => (valid, H_SUCCESS),
+    }
+}
+
 impl TceCalls for Hypervisor {
     fn default_window(&self, device: u32) -> Option<WindowGeometry> {
         if !self.iommu.enabled() {
@@ -505,20 +521,21 @@ impl TceCalls for Hypervisor {
             st.listed_private_entries += private;
         }
         let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
+        // Like QEMU (h_put_tce_indirect): entries are written in order and the call stops at the
+        // first bad one, so a list crossing the window end leaves its in-window prefix written.
         let mut todo = Vec::with_capacity(count as usize);
+        let mut bad = None;
         for i in 0..count {
             let tce = entries.entries[i as usize].get();
             match st.check_entry(table, ioba + i * page, tce) {
                 Ok(idx) => todo.push((idx, tce)),
-                Err(rc) => return rc,
+                Err(rc) => {
+                    bad = Some(rc);
+                    break;
+                }
             }
         }
-        let (n, rc) = match inj {
-            Some(Injection::Fail(c)) | Some(Injection::Busy(c)) => (0, c),
-            Some(Injection::Partial { pages, code }) => (pages.min(count), code),
-            Some(Injection::LieSuccess) => (0, H_SUCCESS),
-            _ => (count, H_SUCCESS),
-        };
+        let (n, rc) = prefix_outcome(inj, todo.len() as u64, bad);
         for &(idx, tce) in &todo[..n as usize] {
             let r = st.set(liobn, idx, tce);
             if r != H_SUCCESS {
@@ -537,20 +554,25 @@ impl TceCalls for Hypervisor {
         }
         let Some(table) = st.tables.get(&liobn) else { return H_PARAMETER };
         let page = table.geometry.page_size();
+        // Like QEMU (h_stuff_tce): a count beyond the table's size is refused before anything is
+        // written; otherwise entries are written in order up to the first bad one (a stuff crossing
+        // the window end leaves its in-window prefix written).
+        if count > table.geometry.size >> table.geometry.page_shift {
+            return H_PARAMETER;
+        }
         let mut idxs = Vec::with_capacity(count as usize);
+        let mut bad = None;
         for i in 0..count {
-            let Some(at) = ioba.checked_add(i * page) else { return H_PARAMETER };
-            match st.check_entry(table, at, value) {
+            let checked = ioba.checked_add(i * page).ok_or(H_PARAMETER);
+            match checked.and_then(|at| st.check_entry(table, at, value)) {
                 Ok(idx) => idxs.push(idx),
-                Err(rc) => return rc,
+                Err(rc) => {
+                    bad = Some(rc);
+                    break;
+                }
             }
         }
-        let (n, rc) = match inj {
-            Some(Injection::Fail(c)) | Some(Injection::Busy(c)) => (0, c),
-            Some(Injection::Partial { pages, code }) => (pages.min(count), code),
-            Some(Injection::LieSuccess) => (0, H_SUCCESS),
-            _ => (count, H_SUCCESS),
-        };
+        let (n, rc) = prefix_outcome(inj, idxs.len() as u64, bad);
         for &idx in &idxs[..n as usize] {
             let r = st.set(liobn, idx, value);
             if r != H_SUCCESS {
@@ -594,11 +616,9 @@ impl TceCalls for Hypervisor {
         let pe = st.pes.get(&device).ok_or(RTAS_PARAMETER_ERROR)?;
         let supported =
             DDW_PAGE_SIZES.iter().any(|&(bit, s)| s == page_shift && cfg.ddw_page_sizes & bit != 0);
-        // Like QEMU: asking for a window beyond the ones available is a hardware error (-1), not a
-        // parameter error.
-        if cfg.ddw && !pe.ddw_disabled && pe.ddw.is_some() {
-            return Err(RTAS_HARDWARE_ERROR);
-        }
+        // Like QEMU (rtas_ibm_create_pe_dma_window): the parameters are checked first (-3), then
+        // asking for a window beyond the ones available is a hardware error (-1). QEMU has no
+        // largest-block check; the model keeps one (-3) so no test can ask for an absurd table.
         if !cfg.ddw
             || pe.ddw_disabled
             || !supported
@@ -607,6 +627,9 @@ impl TceCalls for Hypervisor {
             || (1u64 << (window_shift - page_shift)) > cfg.ddw_largest_block
         {
             return Err(RTAS_PARAMETER_ERROR);
+        }
+        if pe.ddw.is_some() {
+            return Err(RTAS_HARDWARE_ERROR);
         }
         let liobn = st.next_liobn;
         st.next_liobn += 1;

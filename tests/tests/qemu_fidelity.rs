@@ -85,3 +85,64 @@ fn a_bridge_without_ddw_refuses_the_query_like_qemu() {
     hv.add_iommu_device(1, 64);
     assert_eq!(hv.ddw_query(1), Err(RTAS_PARAMETER_ERROR));
 }
+
+#[test]
+fn an_entry_without_permission_bits_is_stored_as_written_like_qemu() {
+    // QEMU 7.2 put_tce_emu (hw/ppc/spapr_iommu.c) stores the value as given: an entry naming a
+    // page without read or write permission reads back as written, and a device access through it
+    // is rejected (no permission).
+    let hv = qemu_like();
+    let l = hv.default_window(1).unwrap().liobn;
+    let at = 700 * MIB;
+    assert_eq!(hv.h_put_tce(l, at, 0x2000_0000), H_SUCCESS);
+    assert_eq!(hv.h_get_tce(l, at), (H_SUCCESS, 0x2000_0000), "stored as written");
+    assert_eq!(hv.h_put_tce(l, at, 0), H_SUCCESS);
+    assert_eq!(hv.h_get_tce(l, at), (H_SUCCESS, 0));
+    assert_eq!(hv.tce_counters().live_entries, 0);
+}
+
+#[test]
+fn create_checks_its_parameters_before_the_window_count_like_qemu() {
+    // QEMU 7.2 rtas_ibm_create_pe_dma_window (hw/ppc/spapr_rtas_ddw.c): an unsupported page shift
+    // or a window smaller than a page is a parameter error (-3) even when no window is left; only
+    // then does a full bridge give a hardware error (-1).
+    let hv = qemu_like();
+    let ddw = hv.ddw_create(1, 16, 30).unwrap();
+    assert_eq!(hv.ddw_create(1, 13, 30), Err(RTAS_PARAMETER_ERROR), "8 KiB pages: not offered");
+    assert_eq!(hv.ddw_create(1, 16, 15), Err(RTAS_PARAMETER_ERROR), "window below one page");
+    assert_eq!(hv.ddw_create(1, 16, 30), Err(RTAS_HARDWARE_ERROR), "valid, but no window left");
+    // Nothing was left behind by the failed creates: one DDW, the one made first.
+    let ddws: Vec<_> = hv.tce_tables().into_iter().filter(|t| t.ddw).collect();
+    assert_eq!(ddws.len(), 1);
+    assert_eq!(ddws[0].geometry, ddw);
+}
+
+#[test]
+fn a_list_or_stuff_crossing_the_window_end_leaves_its_in_window_prefix_like_qemu() {
+    // QEMU 7.2 h_put_tce_indirect and h_stuff_tce (hw/ppc/spapr_iommu.c) write entry after entry
+    // and stop at the first one outside the window: -4, with the entries before it written.
+    let hv = qemu_like();
+    let win = hv.default_window(1).unwrap();
+    let (l, end) = (win.liobn, win.end());
+    let list = hv.alloc(4096, Region::Low);
+    hv.memory().set_state(list, 1, PageState::Shared);
+    let page = hv.alloc(4096, Region::Low);
+    hv.memory().set_state(page, 1, PageState::Shared);
+    let tce = page | TCE_PCI_READ;
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&tce.to_be_bytes());
+    bytes[8..].copy_from_slice(&tce.to_be_bytes());
+    hv.memory().write(list, &bytes);
+    // QEMU h_put_tce_indirect.past_end: -4 ... and the last in-window entry now holds the list's first.
+    assert_eq!(hv.h_put_tce_indirect(l, end - 4096, PhysAddr(list), 2), H_PARAMETER);
+    assert_eq!(hv.h_get_tce(l, end - 4096), (H_SUCCESS, tce), "the in-window prefix was written");
+    assert_eq!(hv.tce_counters().live_entries, 1);
+    // QEMU h_stuff_tce.past_end: -4 ... and the in-window entries are stuffed (here: cleared).
+    assert_eq!(hv.h_stuff_tce(l, end - 4096, 0, 2), H_PARAMETER);
+    assert_eq!(hv.h_get_tce(l, end - 4096), (H_SUCCESS, 0), "the stuff's prefix was written");
+    assert_eq!(hv.tce_counters().live_entries, 0);
+    // A stuff of more entries than the table has is refused before writing anything.
+    assert_eq!(hv.h_put_tce(l, 700 * MIB, tce), H_SUCCESS);
+    assert_eq!(hv.h_stuff_tce(l, 700 * MIB, 0, (win.size >> 12) + 1), H_PARAMETER);
+    assert_eq!(hv.h_get_tce(l, 700 * MIB), (H_SUCCESS, tce));
+}

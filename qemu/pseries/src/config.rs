@@ -53,7 +53,21 @@ pub const CONFIGS: &[Config] = &[
     },
     // The big-endian kernel on the premapped machine.
     Config { name: "pseries-be", policy: IommuPolicy::Premapped, ddw: true, batching: Batching::SharedPage },
+    // Runner self-test: stray DMA no check announces (`selftest.rs`); the runner must fail it.
+    Config {
+        name: "pseries-selftest-reject",
+        policy: IommuPolicy::Premapped,
+        ddw: true,
+        batching: Batching::SharedPage,
+    },
 ];
+
+impl Config {
+    /// Whether this is a self-test of the runner (`qemu/run.sh` inverts its verdict).
+    pub fn is_selftest(&self) -> bool {
+        self.name.contains("-selftest-")
+    }
+}
 
 /// The value of `key=` on the command line.
 pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {

@@ -16,6 +16,7 @@ use core::sync::atomic::Ordering;
 use crate::dma::KernelBinding;
 use crate::platform::PLATFORM;
 use crate::scenario::{Rng, RngBinding};
+use crate::show::Hex;
 
 /// Request length that the private-buffer knob recognises (no other rng request has it).
 const PRIVATE_LEN: usize = 3000;
@@ -30,7 +31,7 @@ pub fn check_private(report: &mut Report, rng: &mut Rng<RngBinding>) {
     let bus = memory::phys_of(buffer.as_ptr());
     let entry = PLATFORM.entry_of(bus);
     if PLATFORM.ledger().is_shared(bus) || entry.is_some_and(|e| e & 3 != 0) {
-        return report.fail(NAME, format_args!("buffer {bus:#x} is shared or mapped ({entry:x?})"));
+        return report.fail(NAME, format_args!("buffer {bus:#x} is shared or mapped (entry {})", Hex(entry)));
     }
     println!("CONTAIN {NAME} bus={bus:#x} len={PRIVATE_LEN:#x} expect=rejected");
     let stats = RngBinding::stats();
@@ -44,7 +45,8 @@ pub fn check_private(report: &mut Report, rng: &mut Rng<RngBinding>) {
                 NAME,
                 untouched,
                 format_args!(
-                    "rng given private buffer {bus:#x} (no TCE, entry {entry:x?}): device reported {written} bytes written, private bytes {}",
+                    "rng given private buffer {bus:#x} (no TCE, entry {}): device reported {written:#x} bytes written, private bytes {}",
+                    Hex(entry),
                     if untouched { "unchanged" } else { "CHANGED" }
                 ),
             );
@@ -81,7 +83,8 @@ pub fn check_direction(report: &mut Report, rng: &mut Rng<RngBinding>, policy: I
         NAME,
         ok,
         format_args!(
-            "to-device mapping at bus {bus:#x}, TCE {entry:x?} ({}); device reported {written} bytes written; buffer {}",
+            "to-device mapping at bus {bus:#x}, TCE {} ({}); device reported {written:#x} bytes written; buffer {}",
+            Hex(entry),
             match permission {
                 Some(1) => "read-only: the device's write is rejected",
                 Some(3) => "premapped pool, read-write: the write lands in the bounce slot only",

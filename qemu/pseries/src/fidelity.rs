@@ -40,7 +40,7 @@ pub fn probe(report: &mut Report, bridge: &Bridge) {
     let mut probes = 0;
     let mut show = |name: &str, value: i64| {
         probes += 1;
-        println!("QEMU {name}: {value}");
+        println!("QEMU {name}: {}", crate::show::Answer(value));
     };
     show("default_window.size", bridge.window_size as i64);
     show("h_get_tce.unaligned_ioba", call(H_GET_TCE, [liobn, PROBE_IOBA + 0x10, 0, 0, 0, 0]).0);

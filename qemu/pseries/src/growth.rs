@@ -165,9 +165,12 @@ pub fn check<B: KernelBinding, H: Hal, R: KernelBinding, RH: Hal, RT: Transport>
         "growth.windows",
         placed(dev.path(), at_blk) && rng_ok && fixed_free() == 0,
         format_args!(
-            "grown pool {grown_index:?} at bus {at_blk:?} for blk ({}) and {at_rng:?} for rng ({}); the fixed \
+            "grown pool {} at bus {} for blk ({}) and {} for rng ({}); the fixed \
              pool stayed full, so both devices' DMA went through the grown pool",
+            crate::show::Hex(grown_index),
+            crate::show::Hex(at_blk.map(|b| b.0)),
             dev.path().name(),
+            crate::show::Hex(at_rng.map(|b| b.0)),
             rng_dev.map_or("absent", |d| d.path().name())
         ),
     );

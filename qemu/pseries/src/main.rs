@@ -25,6 +25,8 @@ mod pci;
 mod platform;
 mod rtas;
 mod scenario;
+mod selftest;
+mod show;
 mod summary;
 mod tce;
 mod uv;
@@ -50,9 +52,13 @@ extern "C" fn kmain() -> ! {
     println!("ccdma pseries test kernel ({ENDIAN}-endian)");
     let mut report = Report::default();
     let tokens = rtas::init();
-    report.expect("boot.rtas", tokens.power_off.is_some(), format_args!("tokens from /rtas: {tokens:x?}"));
+    report.expect(
+        "boot.rtas",
+        tokens.power_off.is_some(),
+        format_args!("power-off token {}", show::Hex(tokens.power_off)),
+    );
     let frequency = clock::init();
-    report.expect("boot.clock", frequency.is_some(), format_args!("timebase {frequency:?} Hz"));
+    report.expect("boot.clock", frequency.is_some(), format_args!("timebase {} Hz", show::Hex(frequency)));
     let tree = devtree::Tree::read();
     let cmdline = tree.bootargs();
     if let Some(level) = config::cmdline_value(cmdline, "log").and_then(|level| level.parse().ok()) {

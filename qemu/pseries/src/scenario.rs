@@ -181,6 +181,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     );
     machine.tiny_refused = check_refused::<RngTinyBinding>(report, &mut pci, slot::RNG_TINY, mask_tiny);
     machine.bench = open_bench(report, &mut pci);
+    announce_windows(&bridge);
 
     if let Some(blk) = machine.blk.as_mut() {
         checks::check_disk_signature(report, blk);
@@ -203,8 +204,13 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     if let Some(rng) = machine.rng.as_mut() {
         containment::check_private(report, rng);
         containment::check_direction(report, rng, config.policy);
+        if config.is_selftest() {
+            crate::selftest::provoke(report, rng);
+        }
     }
-    if let (Some(managed), Some(baseline)) = (machine.blk.as_mut(), machine.bench.as_mut()) {
+    if let (false, Some(managed), Some(baseline)) =
+        (config.is_selftest(), machine.blk.as_mut(), machine.bench.as_mut())
+    {
         checks::run_bench(report, managed, baseline, "ccdma + TCE");
     }
     fidelity::probe(report, &bridge);
@@ -227,6 +233,16 @@ impl Machine {
     }
 }
 
+/// Prints the bridge's windows for the runner, which takes each `CONTAIN` range as an offset inside
+/// the window that holds it (QEMU logs a rejected access by that offset).
+fn announce_windows(bridge: &Bridge) {
+    let (liobn, start, size) = (bridge.liobn, bridge.window_start, bridge.window_size);
+    println!("WINDOW default liobn={liobn:#x} bus={start:#x} len={size:#x}");
+    if let Some((liobn, start, size, _)) = PLATFORM.tce_calls().ddw() {
+        println!("WINDOW ddw liobn={liobn:#x} bus={start:#x} len={size:#x}");
+    }
+}
+
 struct BridgeNote<'a>(&'a Bridge);
 
 impl fmt::Display for BridgeNote<'_> {
@@ -234,9 +250,18 @@ impl fmt::Display for BridgeNote<'_> {
         let b = self.0;
         write!(
             f,
-            "BUID {:#x}; default window LIOBN {:#x} bus {:#x}+{:#x}; DDW tokens {:x?}, reset {:x?}; 64-bit MMIO {:x?}",
-            b.buid, b.liobn, b.window_start, b.window_size, b.ddw, b.ddw_reset, b.mem64
-        )
+            "BUID {:#x}; default window LIOBN {:#x} bus {:#x}+{:#x}; DDW tokens ",
+            b.buid, b.liobn, b.window_start, b.window_size
+        )?;
+        match b.ddw {
+            Some([query, create, remove]) => write!(f, "{query:#x} {create:#x} {remove:#x}")?,
+            None => f.write_str("none")?,
+        }
+        write!(f, ", reset {}; 64-bit MMIO ", crate::show::Hex(b.ddw_reset))?;
+        match b.mem64 {
+            Some((pci, cpu, size)) => write!(f, "pci {pci:#x} cpu {cpu:#x} size {size:#x}"),
+            None => f.write_str("none"),
+        }
     }
 }
 
