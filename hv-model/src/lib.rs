@@ -290,7 +290,14 @@ impl Hypervisor {
         let cursor = if high { &self.alloc_high } else { &self.alloc_low };
         let at = cursor.fetch_add(len, Ordering::Relaxed);
         let limit = if high { self.config.ram } else { self.config.ram.min(1 << 32) };
-        assert!(at + len <= limit, "model guest RAM exhausted by test allocations");
+        let start = if high { ALLOC_HIGH_START } else { ALLOC_LOW_START };
+        assert!(
+            at.checked_add(len).is_some_and(|end| end <= limit),
+            "model guest RAM exhausted: alloc({len:#x}, {region:?}) at {at:#x} passes the end {limit:#x} \
+             (RAM {ram:#x}; {region:?} allocations start at {start:#x}: give the model more RAM, e.g. \
+             HvConfig::pseries(6 << 30))",
+            ram = self.config.ram,
+        );
         at
     }
 
