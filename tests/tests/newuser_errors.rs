@@ -107,3 +107,11 @@ fn coherent_bytes_are_read_and_written_safely_and_bounds_checked() {
     layer.on(&dev).free_coherent(ring).unwrap();
     layer.detach(dev).unwrap();
 }
+
+#[test]
+fn hal_failures_print_their_cause() {
+    use ccdma::virtio_hal::{AllocFailure, HalFailure};
+    let f = HalFailure::Alloc { cause: AllocFailure::NoRecord, pages: 2 };
+    println!("{f}");
+    assert!(f.to_string().contains("no free coherent slot"), "{f}");
+}
