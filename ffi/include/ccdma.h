@@ -538,7 +538,7 @@ int ccdma_add_pool(struct ccdma_layer *layer,
                    size_t meta_len);
 
 /**
- * Attach a device whose DMA mask is `mask_bits` bits (1..=64) into `dev_mem` (`dev_size` bytes, at
+ * Attach a device whose DMA mask is `mask_bits` bits (13..=64) into `dev_mem` (`dev_size` bytes, at
  * least `CCDMA_DEVICE_SIZE`, aligned to `CCDMA_DEVICE_ALIGN`). `id` names the device in logs.
  * Fails with `CCDMA_ERR_NO_PATH` when the device reaches no pool it needs.
  *

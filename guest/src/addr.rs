@@ -40,7 +40,11 @@ pub struct InvalidMask {
 
 impl fmt::Display for InvalidMask {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid DMA mask of {} bits", self.bits)
+        write!(
+            f,
+            "invalid DMA mask of {} bits: give 13 to 64 bits (a mask must hold a 4 KiB page)",
+            self.bits
+        )
     }
 }
 
@@ -113,7 +117,8 @@ impl fmt::Display for BusAddr {
     }
 }
 
-/// The highest bus address a device can emit, as a bit count (1..=64).
+/// The highest bus address a device can emit, as a bit count: 13..=64 ([`DmaMask::new`] refuses
+/// 0..=12, which cannot hold a 4 KiB page, and anything above 64).
 ///
 /// A mapping `[bus, bus + len)` is usable iff `bus + len - 1 <= mask.max_addr()`. Masks that cannot
 /// hold a single page are rejected at construction: nothing could ever be mapped for such a device, and

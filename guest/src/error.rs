@@ -338,7 +338,9 @@ pub enum DmaError {
 impl fmt::Display for DmaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DmaError::InvalidMask { bits } => write!(f, "invalid DMA mask of {bits} bits"),
+            DmaError::InvalidMask { bits } => {
+                write!(f, "invalid DMA mask of {bits} bits: give 13 to 64 bits (a mask must hold a 4 KiB page)")
+            }
             DmaError::InvalidSlotSize(v) => write!(f, "slot size {v} is not a power of two in 512..=65536"),
             DmaError::InvalidMaxRun(v) => write!(f, "max run of {v} slots is not in 1..=4096"),
             DmaError::InvalidAreas(v) => write!(f, "{v} areas is not in 1..=16"),
@@ -403,13 +405,24 @@ impl fmt::Display for DmaError {
             DmaError::UnsharingFailed { phys, quarantined, kind } => {
                 write!(f, "unsharing at {phys} failed ({kind:?}); {quarantined} pages quarantined")
             }
+            DmaError::NoPath { mask, pools: 0, .. } => {
+                write!(f, "no DMA path for mask {mask}: 0 pools: add a pool (add_pool) below the mask first")
+            }
             DmaError::NoPath { mask, pools, lowest_pool_bus_end } => write!(
                 f,
-                "no DMA path for mask {mask}: {pools} pools, lowest ends at bus {lowest_pool_bus_end:#x}"
+                "no DMA path for mask {mask}: {pools} pools, lowest ends at bus {lowest_pool_bus_end:#x}: \
+                 add a pool that the mask reaches"
             ),
             DmaError::ZeroLength => write!(f, "zero-length mapping"),
-            DmaError::TooLarge { len, max } => write!(f, "mapping of {len} bytes exceeds {max}"),
-            DmaError::PoolExhausted { len } => write!(f, "bounce pool exhausted ({len} bytes)"),
+            DmaError::TooLarge { len, max } => write!(
+                f,
+                "mapping of {len} bytes exceeds {max}, the largest single mapping ({max:#x} bytes): \
+                 map it as a scatter-gather list of smaller buffers (map_sg)"
+            ),
+            DmaError::PoolExhausted { len } => write!(
+                f,
+                "bounce pool exhausted ({len} bytes): unmap finished mappings, add a pool, or enable growth"
+            ),
             DmaError::NotTranslatable => write!(f, "buffer has no guest physical address"),
             DmaError::BeyondMask { addr, mask } => {
                 write!(f, "buffer at {addr:#x} beyond mask {mask}")
@@ -483,6 +496,12 @@ pub struct Refused<T> {
 }
 
 impl<T> Refused<T> {
+    /// Why the call was refused (the same as the `error` field). `.error()` is the one spelling for
+    /// every refusal: [`crate::FreeError::error`] has it too.
+    pub fn error(&self) -> &DmaError {
+        &self.error
+    }
+
     /// Split into the value and the error.
     pub fn into_parts(self) -> (T, DmaError) {
         (self.value, self.error)

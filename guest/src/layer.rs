@@ -109,8 +109,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// entries). In a confidential guest the memory is shared here; if sharing fails part way, what was
     /// shared is made private again (or quarantined) and the error says so.
     ///
-    /// Returns the pool's index: what [`Self::pool`], [`crate::PoolFullReport`] and errors such as
-    /// [`DmaError::PoolOverlap`] call it.
+    /// Returns the new pool's index (0 for the first pool, then 1, ... in the order added): the
+    /// number [`DmaError::PoolOverlap`] and the layer's statistics name the pool by.
     ///
     /// # Safety
     /// The range must be guest RAM that nothing else uses for as long as the layer lives: the layer

@@ -14,44 +14,52 @@
 //! scatter-gather list and a coherent buffer.
 //!
 //! ```
-//! use ccdma::{sg::SgEntry, DeviceConfig, DmaDirection, DmaLayer, DmaMask, PhysAddr};
+//! use ccdma::{sg::dma_segments, sg::SgEntry, DeviceConfig, DmaDirection, DmaLayer, DmaMask, PhysAddr};
 //! use ccdma::{PoolConfig, SlotMeta};
-//! # use ccdma_hv_model::{HvConfig, Hypervisor};
-//! # let platform: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
-//! # let hv = platform;
+//! // Model only: the repository's modelled hypervisor (6 GiB; its test allocations start at 1 GiB)
+//! // plays the platform. A guest kernel passes its own `Platform` instead.
+//! use ccdma_hv_model::{HvConfig, Hypervisor};
+//! let platform: &'static Hypervisor = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(6 << 30))));
+//! let hv = platform;
 //!
 //! // 1. The layer and one 4 MiB pool of guest memory (shared with the hypervisor here).
 //! let mut layer = DmaLayer::new(platform);
 //! let meta = vec![SlotMeta::EMPTY; PoolConfig::default().slots_for(4 << 20)].leak();
 //! // SAFETY: the range is guest RAM this program gives the layer for good.
-//! unsafe { layer.add_pool(PhysAddr(0x80_0000), 4 << 20, meta, PoolConfig::default())? };
+//! let pool_index = unsafe { layer.add_pool(PhysAddr(0x80_0000), 4 << 20, meta, PoolConfig::default())? };
+//! assert_eq!(pool_index, 0); // add_pool returns the pool's index
 //!
 //! // 2. Devices: the layer picks each one's path from its DMA mask.
 //! let nic = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32))?;
 //! let disk = layer.attach(DeviceConfig::new(2, DmaMask::BITS_64))?;
 //! println!("nic: {} ({})", nic.path().name(), layer.path_reason(&nic).unwrap());
-//! # let (nic_dev, disk_dev) = (hv.add_device(1, 32), hv.add_device(2, 64));
+//! // Model only: the devices' side, to check what they see.
+//! let (nic_dev, disk_dev) = (hv.add_device(1, 32), hv.add_device(2, 64));
 //!
 //! // 3. Streaming DMA: the buffer is lent to the device for the mapping's life.
 //! let packet = [0xAB_u8; 1500];
 //! let tx = layer.on(&nic).map_to_device(&packet)?;
-//! # assert_eq!(nic_dev.read(tx.bus_addr().0, 1500).unwrap(), packet);
+//! assert_eq!(nic_dev.read(tx.bus_addr().0, 1500).unwrap(), packet); // model only: the device reads
 //! tx.unmap()?;
 //! let mut block = [0u8; 4096];
 //! let rx = layer.on(&disk).map(&mut block, DmaDirection::FromDevice)?;
-//! # disk_dev.write(rx.bus_addr().0, &[7; 4096]).unwrap();
+//! disk_dev.write(rx.bus_addr().0, &[7; 4096]).unwrap(); // model only: the device writes
 //! rx.unmap()?; // the device's bytes are copied into `block` here, once
 //! assert_eq!(block, [7; 4096]);
 //!
 //! // 4. Scatter-gather: three buffers, as few DMA segments as the device allows.
-//! let (mut a, mut b, mut c) = ([1u8; 512], [2u8; 700], [3u8; 100]);
-//! let mut list = [SgEntry::new(&mut a), SgEntry::new(&mut b), SgEntry::new(&mut c)];
+//! let (a, b, c) = ([1u8; 512], [2u8; 700], [3u8; 100]);
+//! let mut list = [SgEntry::to_device(&a), SgEntry::to_device(&b), SgEntry::to_device(&c)];
 //! let segments = layer.on(&disk).map_sg(&mut list, DmaDirection::ToDevice)?;
 //! assert_eq!(segments, 1); // packed into one bounce run
+//! for seg in dma_segments(&list) {
+//!     // Hand each (bus address, length) to the device's descriptors.
+//!     assert_eq!(disk_dev.read(seg.addr.0, seg.len).unwrap()[..512], [1; 512]); // model only
+//! }
 //! layer.on(&disk).unmap_sg(&mut list, DmaDirection::ToDevice)?;
 //!
 //! // 5. A coherent buffer (rings): shared for its life, freed by value.
-//! # let ring_page = hv.alloc(4096, ccdma_hv_model::Region::Low);
+//! let ring_page = hv.alloc(4096, ccdma_hv_model::Region::Low); // model only: a free page of RAM
 //! // SAFETY: `ring_page` is a free page of guest RAM this program hands over until the free.
 //! let ring = unsafe { layer.alloc_coherent(&nic, PhysAddr(ring_page), 1)? };
 //! layer.free_coherent(&nic, ring)?;
@@ -131,6 +139,7 @@
 mod accept;
 pub mod addr;
 pub mod coherent;
+pub mod coherent_access;
 pub mod convenience;
 pub mod device;
 pub mod device_ids;

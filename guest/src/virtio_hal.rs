@@ -51,6 +51,14 @@
 //! status alone cannot be trusted after a refusal: [`HalBinding::failed`] is the signal, and a
 //! driver stack that can act on it (fail the request, reset the device) should.
 //!
+//! ## virtio-drivers versions
+//!
+//! Written against the released `Hal` (0.13). virtio-drivers' main branch adds an
+//! `access_platform` argument to every `Hal` method (not released yet). Everything the HAL needs
+//! per device already comes from the [`HalBinding`], so following that release is meant to touch
+//! only [`CcdmaHal`]'s method signatures (take the argument; the layer's platform stays the one the
+//! binding names), not the binding trait or its implementations.
+//!
 //! ## Example
 //!
 //! A binding for one virtio-net device, with the layer in a [`crate::storage::LayerCell`] and the
@@ -181,6 +189,48 @@ pub enum AllocFailure {
     AtBusZero,
 }
 
+impl core::fmt::Display for AllocFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AllocFailure::NoPages => write!(f, "the binding's alloc_pages had no pages"),
+            AllocFailure::Layer(e) => write!(f, "the layer refused the coherent buffer: {e}"),
+            AllocFailure::NoRecord => write!(
+                f,
+                "no free coherent slot: every CoherentSlot of the binding holds a live buffer \
+                 (give coherent_slots() more, two per virtqueue)"
+            ),
+            AllocFailure::AtBusZero => write!(
+                f,
+                "the buffer got bus address 0, which virtio-drivers reads as failure \
+                 (reserve bus page 0 with reserve_bus_range)"
+            ),
+        }
+    }
+}
+
+impl core::fmt::Display for HalFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            HalFailure::Share { error, len, direction } => write!(
+                f,
+                "share of {len} bytes ({direction:?}) refused, the device got the unreachable address: {error}"
+            ),
+            HalFailure::Unshare { error, bus, len } => {
+                write!(f, "unshare of {len} bytes at bus {bus} refused, nothing copied or freed: {error}")
+            }
+            HalFailure::Alloc { cause, pages } => {
+                write!(f, "dma_alloc of {pages} pages failed (virtio-drivers sees DmaError): {cause}")
+            }
+            HalFailure::Dealloc { error, bus, pages } => write!(
+                f,
+                "dma_dealloc of {pages} pages at bus {bus} failed, the pages stay out of use: {error}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for HalFailure {}
+
 /// The record of one live coherent buffer of a binding (see [`HalBinding::coherent_slots`]).
 pub struct CoherentSlot(Mutex<Option<CoherentBuffer>>);
 
@@ -254,7 +304,7 @@ pub unsafe trait HalBinding: 'static {
     /// (see the module documentation), which must never pass quietly. A binding that prefers to stop
     /// the machine diverges here; one that can fail the request itself records it.
     fn failed(failure: HalFailure) {
-        log::error!("ccdma virtio HAL: request not served: {failure:?}");
+        log::error!("ccdma virtio HAL: request not served: {failure}");
     }
 
     /// Called when `share` found every pool the device reaches full, before it tries again: wait for

@@ -292,10 +292,11 @@ impl Hypervisor {
         let limit = if high { self.config.ram } else { self.config.ram.min(1 << 32) };
         let start = if high { ALLOC_HIGH_START } else { ALLOC_LOW_START };
         assert!(
-            at + len <= limit,
-            "model guest RAM exhausted: alloc of {len:#x} bytes at {at:#x}; {region:?} allocations run from \
-             {start:#x} to {limit:#x} in a model of {ram:#x} bytes of RAM (HvConfig's ram must exceed {start:#x})",
-            ram = self.config.ram
+            at.checked_add(len).is_some_and(|end| end <= limit),
+            "model guest RAM exhausted: alloc({len:#x}, {region:?}) at {at:#x} passes the end {limit:#x} \
+             (RAM {ram:#x}; {region:?} allocations start at {start:#x}: give the model more RAM, e.g. \
+             HvConfig::pseries(6 << 30))",
+            ram = self.config.ram,
         );
         at
     }

@@ -54,7 +54,7 @@ pub enum BuffersArg {
 #[command(
     name = "ccdma-sim",
     args_override_self = true,
-    after_help = "Sizes and addresses: decimal or 0x hex, optional K/M/G/T suffix (powers of 1024).\n\
+    after_help = "Sizes and addresses: decimal or 0x hex, optional K/M/G/T (or KiB..TiB) suffix, powers of 1024 (KB, GB are refused).\n\
                   A config file holds the same options as `key value` lines (`ram 6G`, `pool 0x800000:4M`,\n\
                   `device nic:64`, `tdx`), # comments; the command line wins over it.\n\
                   Exit status: 0 every device attached (or was refused as expected) and moved exact data\n\
@@ -216,10 +216,8 @@ fn config_file_args(path: &Path) -> Result<Vec<String>, String> {
         if key == "config" {
             return Err(format!("{at}: config files do not nest"));
         }
-        let mut line_args = vec![format!("--{key}")];
-        if !value.is_empty() {
-            line_args.push(value.to_string());
-        }
+        // `--key=value`, one word: a value that starts with `-` (`rounds -3`) stays a value.
+        let line_args = vec![if value.is_empty() { format!("--{key}") } else { format!("--{key}={value}") }];
         let alone = std::iter::once("ccdma-sim".to_string()).chain(line_args.iter().cloned());
         if let Err(e) = Cli::try_parse_from(alone) {
             return Err(match e.kind() {
@@ -227,7 +225,9 @@ fn config_file_args(path: &Path) -> Result<Vec<String>, String> {
                     format!("{at}: unknown key `{key}`")
                 }
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => format!("{at}: unknown key `{key}`"),
-                ErrorKind::UnknownArgument => format!("{at}: `{key}` takes no value (`{value}`)"),
+                ErrorKind::UnknownArgument | ErrorKind::TooManyValues => {
+                    format!("{at}: `{key}` takes no value (`{value}`)")
+                }
                 _ => format!("{at}: {}", one_line(&e)),
             });
         }
@@ -324,6 +324,23 @@ fn check(cli: Cli) -> Result<Options, String> {
         if !confidential {
             return Err(format!("--accept {name}: trusted device I/O needs a confidential guest"));
         }
+    }
+    for &(addr, size) in &cli.pools {
+        if size < PAGE {
+            return Err(format!("--pool {addr:#x}:{size}: a pool needs at least one page (4K)"));
+        }
+    }
+    for d in &devices {
+        if !(13..=64).contains(&d.mask_bits) {
+            return Err(format!(
+                "--device {}:{}: a DMA mask is 13 to 64 bits (it must hold a 4 KiB page)",
+                d.name, d.mask_bits
+            ));
+        }
+    }
+    if let Some(path) = &cli.svg {
+        // Found now, not after the whole workload ran: the file is written again at the end.
+        std::fs::File::create(path).map_err(|e| format!("--svg: cannot write {}: {e}", path.display()))?;
     }
     let mut pools = cli.pools;
     if pools.is_empty() {
@@ -431,7 +448,10 @@ mod tests {
         assert!(run(&["--ram", "6Q"]).is_err());
         assert!(run(&["--ram", "4097"]).is_err());
         assert!(run(&["--tdx-pages-per-call", "0"]).is_err());
-        assert_eq!(run(&["--device", "nic:70"]).unwrap().devices[0].mask_bits, 70, "the layer judges masks");
+        assert!(run(&["--device", "nic:70"]).unwrap_err().contains("13 to 64"));
+        assert!(run(&["--device", "nic:12"]).unwrap_err().contains("13 to 64"));
+        assert_eq!(run(&["--device", "nic:13"]).unwrap().devices[0].mask_bits, 13);
+        assert!(run(&["--pool", "0x800000:0"]).unwrap_err().contains("at least one page"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! number = ( "0x" HEXDIGITS | DECDIGITS ) [ unit ]
-//! unit   = ( "k" | "m" | "g" | "t" ) [ "ib" | "b" ]     powers of 1024
+//! unit   = ( "k" | "m" | "g" | "t" ) [ "ib" ]           powers of 1024 (`KB`, `GB`, ... are refused:
+//!                                                        ambiguous)
 //!        | "b"                                           bytes, decimal numbers only
 //! ```
 //!
@@ -27,11 +28,21 @@ pub fn parse_number(s: &str) -> Result<u64, String> {
     let shift = match unit.trim_start() {
         "" => 0,
         "b" if radix == 10 => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        u => return Err(format!("`{s}`: unknown unit `{u}` (K, M, G, T, as KiB or KB too; B)")),
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        u @ ("kb" | "mb" | "gb" | "tb") => {
+            let p = &u[..1];
+            return Err(format!(
+                "`{s}`: `{u}` is ambiguous (powers of 1000 or 1024?): write `{}{}` or `{}{}iB` (powers of 1024)",
+                digits,
+                p.to_ascii_uppercase(),
+                digits,
+                p.to_ascii_uppercase()
+            ));
+        }
+        u => return Err(format!("`{s}`: unknown unit `{u}` (K, M, G, T, as KiB too; B)")),
     };
     let value = u64::from_str_radix(&clean, radix).map_err(|_| format!("`{s}` overflows 64 bits"))?;
     value.checked_mul(1 << shift).ok_or_else(|| format!("`{s}` overflows 64 bits"))
@@ -85,7 +96,7 @@ mod tests {
         assert_eq!(parse_number("1500B"), Ok(1500));
         assert_eq!(parse_number("1_000"), Ok(1000));
         assert_eq!(parse_number(" 64 "), Ok(64));
-        for (s, v) in [("64k", 64 << 10), ("64K", 64 << 10), ("64KiB", 64 << 10), ("64kb", 64 << 10)] {
+        for (s, v) in [("64k", 64 << 10), ("64K", 64 << 10), ("64KiB", 64 << 10)] {
             assert_eq!(parse_number(s), Ok(v), "{s}");
         }
         assert_eq!(parse_number("4M"), Ok(4 << 20));
@@ -124,6 +135,10 @@ mod tests {
         assert!(parse_number("0xffffffffffffffffK").is_err());
         assert!(parse_number("16777216T").is_err());
         assert_eq!(parse_number("16777215T"), Ok(16_777_215 << 40));
+        // Decimal-looking units are refused, not read as powers of 1024.
+        for bad in ["64kb", "6GB", "4MB", "1TB"] {
+            assert!(parse_number(bad).unwrap_err().contains("ambiguous"), "{bad}");
+        }
         // Error texts quote the input.
         assert!(parse_number("12Q").unwrap_err().contains("`12Q`"));
     }
