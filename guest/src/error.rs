@@ -54,7 +54,10 @@ pub enum SharingErrorKind {
 }
 
 /// Every error the layer returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// `Debug` (what `main() -> Result<_, DmaError>` prints) is the variant's name followed by its
+/// `Display` text in parentheses, so addresses read in hex there too.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum DmaError {
     /// A DMA mask with too few bits (cannot hold one page) or more than 64.
     InvalidMask {
@@ -333,6 +336,77 @@ pub enum DmaError {
         /// The platform's status.
         status: i64,
     },
+}
+
+impl DmaError {
+    /// The variant's name (the start of its `Debug` form).
+    fn name(&self) -> &'static str {
+        #[allow(unreachable_patterns)]
+        match self {
+            DmaError::InvalidMask { .. } => "InvalidMask",
+            DmaError::InvalidSlotSize { .. } => "InvalidSlotSize",
+            DmaError::InvalidMaxRun { .. } => "InvalidMaxRun",
+            DmaError::InvalidAreas { .. } => "InvalidAreas",
+            DmaError::PoolTooSmall { .. } => "PoolTooSmall",
+            DmaError::PoolOverlap { .. } => "PoolOverlap",
+            DmaError::Unaligned { .. } => "Unaligned",
+            DmaError::Overflow { .. } => "Overflow",
+            DmaError::InvalidMinAlignMask { .. } => "InvalidMinAlignMask",
+            DmaError::InvalidSegmentBoundary { .. } => "InvalidSegmentBoundary",
+            DmaError::ZeroMaxSegment { .. } => "ZeroMaxSegment",
+            DmaError::InvalidMaxDomains { .. } => "InvalidMaxDomains",
+            DmaError::InvalidListPages { .. } => "InvalidListPages",
+            DmaError::RangeStorageTooSmall { .. } => "RangeStorageTooSmall",
+            DmaError::IommuAlreadyEnabled { .. } => "IommuAlreadyEnabled",
+            DmaError::IommuNotEnabled { .. } => "IommuNotEnabled",
+            DmaError::DeviceIdInUse { .. } => "DeviceIdInUse",
+            DmaError::TooManyDevices { .. } => "TooManyDevices",
+            DmaError::NoFreeDomain { .. } => "NoFreeDomain",
+            DmaError::Busy { .. } => "Busy",
+            DmaError::DomainsInUse { .. } => "DomainsInUse",
+            DmaError::DetachIncomplete { .. } => "DetachIncomplete",
+            DmaError::WrongDevice { .. } => "WrongDevice",
+            DmaError::OwnedByMapping { .. } => "OwnedByMapping",
+            DmaError::BadWindowGeometry { .. } => "BadWindowGeometry",
+            DmaError::IommuPageTooLarge { .. } => "IommuPageTooLarge",
+            DmaError::CoherentUnaligned { .. } => "CoherentUnaligned",
+            DmaError::MetadataTooSmall { .. } => "MetadataTooSmall",
+            DmaError::TooManyPools { .. } => "TooManyPools",
+            DmaError::NoCpuMapping { .. } => "NoCpuMapping",
+            DmaError::SharingFailed { .. } => "SharingFailed",
+            DmaError::CoherentQuarantined { .. } => "CoherentQuarantined",
+            DmaError::UnsharingFailed { .. } => "UnsharingFailed",
+            DmaError::NoPath { .. } => "NoPath",
+            DmaError::ZeroLength { .. } => "ZeroLength",
+            DmaError::TooLarge { .. } => "TooLarge",
+            DmaError::PoolExhausted { .. } => "PoolExhausted",
+            DmaError::NotTranslatable { .. } => "NotTranslatable",
+            DmaError::BeyondMask { .. } => "BeyondMask",
+            DmaError::UnknownMapping { .. } => "UnknownMapping",
+            DmaError::SizeMismatch { .. } => "SizeMismatch",
+            DmaError::DirectionMismatch { .. } => "DirectionMismatch",
+            DmaError::OutOfRange { .. } => "OutOfRange",
+            DmaError::WrongDirection { .. } => "WrongDirection",
+            DmaError::NotAttached { .. } => "NotAttached",
+            DmaError::Iommu { .. } => "Iommu",
+            DmaError::NoIommuPath { .. } => "NoIommuPath",
+            DmaError::P2pUnsupported { .. } => "P2pUnsupported",
+            DmaError::SegmentLimit { .. } => "SegmentLimit",
+            DmaError::GrowthAlreadyEnabled { .. } => "GrowthAlreadyEnabled",
+            DmaError::GrowthFailed { .. } => "GrowthFailed",
+            DmaError::SgListState { .. } => "SgListState",
+            DmaError::TrustUnavailable { .. } => "TrustUnavailable",
+            DmaError::AcceptRefused { .. } => "AcceptRefused",
+            DmaError::RevokeRefused { .. } => "RevokeRefused",
+            _ => "DmaError",
+        }
+    }
+}
+
+impl fmt::Debug for DmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({self})", self.name())
+    }
 }
 
 impl fmt::Display for DmaError {
