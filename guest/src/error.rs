@@ -484,8 +484,9 @@ impl fmt::Display for DmaError {
             }
             DmaError::NoPath { mask, pools, lowest_pool_bus_end } => write!(
                 f,
-                "no DMA path for mask {mask}: {pools} pools, lowest ends at bus {lowest_pool_bus_end:#x}: \
-                 add a pool that the mask reaches"
+                "no DMA path for mask {mask}: {pools} pools, lowest ends at bus {lowest_pool_bus_end:#x} (a bus \
+                 address includes any bit the platform sets for shared memory, such as Arm CCA's alias bit): \
+                 add a pool that the mask reaches, or give the device a wider mask"
             ),
             DmaError::ZeroLength => write!(f, "zero-length mapping"),
             DmaError::TooLarge { len, max } => write!(

@@ -163,3 +163,12 @@ mod tests {
         assert_eq!(size_label(256 << 10), "256 KiB");
     }
 }
+
+/// `v` in hex with `_` every 4 digits, zero-padded to 8 digits below 4 GiB and to 16 above
+/// (`0x0080_0000`, `0x0000_0008_0000_0000`): long addresses read at a glance.
+pub fn grouped_hex(v: u64) -> String {
+    let digits = if v > u64::from(u32::MAX) { 16 } else { 8 };
+    let raw = format!("{v:0digits$x}");
+    let groups: Vec<&str> = raw.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap_or("?")).collect();
+    format!("0x{}", groups.join("_"))
+}
