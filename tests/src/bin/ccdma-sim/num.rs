@@ -172,3 +172,21 @@ pub fn grouped_hex(v: u64) -> String {
     let groups: Vec<&str> = raw.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap_or("?")).collect();
     format!("0x{}", groups.join("_"))
 }
+
+/// `text` with every `0x` number of more than 4 digits written by [`grouped_hex`].
+pub fn group_hex_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 2..].bytes().take_while(u8::is_ascii_hexdigit).count();
+        let word = &rest[at..at + 2 + digits];
+        match u64::from_str_radix(&word[2..], 16) {
+            Ok(v) if digits > 4 => out.push_str(&grouped_hex(v)),
+            _ => out.push_str(word),
+        }
+        rest = &rest[at + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
+}
