@@ -64,7 +64,7 @@ fn parse(text: &str) -> Picture {
             },
             Event::Tag("text", Type::Start, a) => {
                 in_text = true;
-                if let Some(b) = bands.last_mut().filter(|b| b.0.is_none() && b.1.is_none()) {
+                if let Some(b) = bands.last_mut().filter(|b| b.0.is_none()) {
                     b.0 = Some(num(&a["y"]));
                 }
             }
