@@ -213,6 +213,10 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
             crate::selftest::provoke(report, rng);
         }
     }
+    // Not in the self-test: an expected broken device there would explain the one it provokes.
+    if !config.is_selftest() {
+        containment::check_broken_recovery(report, &mut machine.rng);
+    }
     if let (false, Some(managed), Some(baseline)) =
         (config.is_selftest(), machine.blk.as_mut(), machine.bench.as_mut())
     {
