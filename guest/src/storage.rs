@@ -107,6 +107,39 @@ impl<P: Platform + 'static> LayerCell<P> {
         Ok(stored)
     }
 
+    /// Build a layer in the cell, in place ([`DmaLayer::init_in`]: no layer-sized value on any
+    /// stack, unlike [`Self::init`], which moves one in), let `configure` add its pools and enable
+    /// what it needs through `&mut`, then freeze it and return it shared.
+    ///
+    /// If the cell already holds a layer (or another CPU is building one) nothing is built:
+    /// [`CellInitError::Occupied`]. If `configure` fails, its pools are released
+    /// ([`DmaLayer::release_pools`]) and its IOMMU path disabled, the layer is dropped and the cell
+    /// is empty again: [`CellInitError::Configure`] with its error.
+    pub fn init_with<E>(
+        &'static self,
+        platform: P,
+        configure: impl FnOnce(&mut DmaLayer<'static, P>) -> Result<(), E>,
+    ) -> Result<&'static DmaLayer<'static, P>, CellInitError<E>> {
+        if self.state.compare_exchange(EMPTY, WRITING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Err(CellInitError::Occupied);
+        }
+        // SAFETY: the compare-exchange made this CPU the only writer, and nobody reads before READY.
+        let place = unsafe { &mut *self.layer.get() };
+        let layer = DmaLayer::init_in(place, platform);
+        if let Err(e) = configure(layer) {
+            // Give back what `configure` took before the layer goes (it has no destructor that would).
+            let _ = layer.disable_iommu();
+            let _ = layer.release_pools();
+            // SAFETY: `init_in` initialised the value and no reference to it outlives this call.
+            unsafe { place.assume_init_drop() };
+            self.state.store(EMPTY, Ordering::Release);
+            return Err(CellInitError::Configure(e));
+        }
+        self.state.store(READY, Ordering::Release);
+        // SAFETY: initialised above; from now on it is only shared (READY is never left).
+        Ok(unsafe { place.assume_init_ref() })
+    }
+
     /// The frozen layer, once initialised.
     pub fn get(&'static self) -> Option<&'static DmaLayer<'static, P>> {
         if self.state.load(Ordering::Acquire) != READY {
@@ -115,6 +148,15 @@ impl<P: Platform + 'static> LayerCell<P> {
         // SAFETY: READY was stored (release) after the one write; the value is never written again.
         Some(unsafe { (*self.layer.get()).assume_init_ref() })
     }
+}
+
+/// Why [`LayerCell::init_with`] froze no layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellInitError<E> {
+    /// The cell holds a layer already, or another CPU is building one.
+    Occupied,
+    /// The configuration step failed with this error; the cell is empty again.
+    Configure(E),
 }
 
 impl<P: Platform + 'static> Default for LayerCell<P> {
