@@ -83,6 +83,6 @@ check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt"
 check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/minimal.txt")" 1792 2048
 check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 53000 24576
 check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 100000 65536
-check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 150 0
+check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 120 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
 echo "budgets.sh: every figure within its ceiling"

@@ -251,8 +251,8 @@ impl<'m> PoolTable<'m> {
     }
 
     fn set_state(&self, i: usize, from: u32, to: u32) -> bool {
-        self.slots[i]
-            .word
+        let Some(slot) = self.slots.get(i) else { return false };
+        slot.word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 (state(w) == from).then_some((to << SHIFT) | (w & USERS))
             })
@@ -275,7 +275,7 @@ impl<'m> PoolTable<'m> {
     /// code may) makes the shrink fail, never hang.
     pub(crate) fn wait_users(&self, i: usize) -> bool {
         for _ in 0..SPIN_LIMIT {
-            if self.slots[i].word.load(Ordering::Acquire) & USERS == 0 {
+            if self.slots.get(i).is_none_or(|s| s.word.load(Ordering::Acquire) & USERS == 0) {
                 return true;
             }
             core::hint::spin_loop();
@@ -292,7 +292,7 @@ impl<'m> PoolTable<'m> {
     /// users (lookups of addresses in this pool) finish; none blocks on anything.
     /// Gives up (false, still DRAINING) after [`SPIN_LIMIT`] tries, as [`Self::wait_users`].
     pub(crate) fn exclusive(&self, i: usize) -> bool {
-        let w = &self.slots[i].word;
+        let Some(w) = self.slots.get(i).map(|s| &s.word) else { return false };
         for _ in 0..SPIN_LIMIT {
             let swapped = w.compare_exchange_weak(
                 DRAINING << SHIFT,
@@ -333,12 +333,12 @@ impl<'m> PoolTable<'m> {
 
     /// Clear slot `i`'s activity mark; true when it was set (an allocation was tried there).
     pub(crate) fn take_touched(&self, i: usize) -> bool {
-        self.slots[i].touched.swap(false, Ordering::Relaxed)
+        self.slots.get(i).is_some_and(|s| s.touched.swap(false, Ordering::Relaxed))
     }
 
     /// True when slot `i` is ACTIVE (a grown pool taking allocations).
     pub(crate) fn is_active(&self, i: usize) -> bool {
-        state(self.slots[i].word.load(Ordering::Acquire)) == ACTIVE
+        self.slots.get(i).is_some_and(|s| state(s.word.load(Ordering::Acquire)) == ACTIVE)
     }
 }
 
