@@ -852,7 +852,7 @@ pub unsafe extern "C" fn ccdma_map_sg_attrs(
     let inner: &mut [SgEntry<'static>] = unsafe { core::slice::from_raw_parts_mut(list, n) };
     match layer.inner.map_sg(&dev.inner, inner, dir, attrs) {
         Ok(count) => {
-            for (i, seg) in ccdma::sg::dma_segments(&inner[..count]).enumerate() {
+            for (i, seg) in ccdma::sg::dma_segments(inner.get(..count).unwrap_or(&[])).enumerate() {
                 // SAFETY: `segs` has room for `n >= count` segments (contract).
                 unsafe { segs.add(i).write(ccdma_segment { bus: seg.addr.0, len: seg.len }) };
             }

@@ -230,8 +230,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             Err(v)
         };
         let Some(phys) = src.take(len, cfg.align, limit) else { return refuse(GrowthVerdict::SourceEmpty) };
-        let in_range =
-            phys.0 % cfg.align == 0 && phys.0.checked_add(len as u64 - 1).is_some_and(|l| l <= limit);
+        let in_range = phys.0.checked_rem(cfg.align) == Some(0)
+            && phys.0.checked_add(len as u64 - 1).is_some_and(|l| l <= limit);
         let cpu = self.platform.cpu_ptr(phys, len);
         let slots = cfg.pool.slots_for(len);
         let meta = if in_range && cpu.is_some() { src.take_meta(slots) } else { None };
