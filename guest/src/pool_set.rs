@@ -60,7 +60,7 @@ impl PoolOrder {
         let n = (self.len as usize).min(MAX_POOLS);
         let at = |i: &u8| bus.get(*i as usize).copied().unwrap_or(BusAddr(0));
         if let Some(used) = self.idx.get_mut(..n) {
-            used.sort_unstable_by(|a, b| at(b).cmp(&at(a)));
+            used.sort_unstable_by_key(|i| core::cmp::Reverse(at(i)));
         }
     }
 }
