@@ -114,7 +114,28 @@ impl<P: Platform + 'static> LayerCell<P> {
     /// If the cell already holds a layer (or another CPU is building one) nothing is built:
     /// [`CellInitError::Occupied`]. If `configure` fails, its pools are released
     /// ([`DmaLayer::release_pools`]) and its IOMMU path disabled, the layer is dropped and the cell
-    /// is empty again: [`CellInitError::Configure`] with its error.
+    /// is empty again: [`CellInitError::Configure`] with its error. (A panic in `configure`, where
+    /// panics unwind, leaves the cell being written for good: every later `init` is refused.)
+    ///
+    /// ```
+    /// use ccdma::storage::{LayerCell, PoolStorage};
+    /// use ccdma::{DmaError, PhysAddr, PoolConfig};
+    /// # use ccdma_hv_model::{HvConfig, Hypervisor};
+    /// # type Plat = &'static Hypervisor;
+    /// # let platform: Plat = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(1 << 30))));
+    /// static META: PoolStorage<512> = PoolStorage::new(); // 1 MiB of 2 KiB slots
+    /// static LAYER: LayerCell<Plat> = LayerCell::new();
+    ///
+    /// // The layer is built inside LAYER: no stack frame ever holds it.
+    /// let layer = LAYER
+    ///     .init_with(platform, |layer| {
+    ///         let meta = META.take().ok_or(DmaError::TooManyPools)?;
+    ///         // SAFETY: the range is guest RAM given to the layer for good.
+    ///         unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, meta, PoolConfig::default()) }.map(|_| ())
+    ///     })
+    ///     .expect("initialised once");
+    /// assert_eq!(layer.pools().count(), 1);
+    /// ```
     pub fn init_with<E>(
         &'static self,
         platform: P,
