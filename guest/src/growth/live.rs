@@ -39,13 +39,13 @@ impl Default for LivePools {
 }
 
 impl LivePools {
-    pub(crate) fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         LivePools {
             seq: AtomicU32::new(0),
             len: AtomicU8::new(0),
-            order: core::array::from_fn(|_| AtomicU8::new(0)),
-            base: core::array::from_fn(|_| AtomicU64::new(0)),
-            size: core::array::from_fn(|_| AtomicU64::new(0)),
+            order: [const { AtomicU8::new(0) }; MAX_POOLS],
+            base: [const { AtomicU64::new(0) }; MAX_POOLS],
+            size: [const { AtomicU64::new(0) }; MAX_POOLS],
             reserve: AtomicU32::new(0),
         }
     }
