@@ -253,14 +253,16 @@ mod tests {
                 }
             })
         };
-        let mut found = 0u64;
         // Under Miri (scripts/miri.sh) a few hundred rounds already interleave the threads.
         let rounds = if cfg!(miri) { 300 } else { 3_000_000 };
         for _ in 0..rounds {
-            found += u64::from(l.find(0x1800).is_some());
+            core::hint::black_box(l.find(0x1800));
         }
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
-        assert!(found > 0);
+        // What the test is for is above: no overflow mid-race. Whether any racing lookup succeeded
+        // depends on scheduling (a busy machine can starve them all), so only the settled state is
+        // asserted: the writer's last insert is found.
+        assert!(l.find(0x1800).is_some());
     }
 }
