@@ -82,11 +82,22 @@ impl DeviceDrawing {
         let path = layer.path_of(dev);
         let mask = dev.config().dma_mask;
         let title = format!("device {name} ({}-bit mask): {}", mask.bits(), path.name());
-        let (window, ddw) = layer.windows_of(dev);
         let mut regions: Vec<Region> = Vec::new();
         // The device's pools: bus range and the guest physical address behind it.
+        // Behind an IOMMU only a pool premapped into a window has a bus range of its own (strict
+        // entries are per mapping).
+        let ranges = bus_ranges(layer, dev);
+        let premapped: Vec<usize> = ranges
+            .iter()
+            .filter_map(
+                |r| if let RangeKind::Premap { pool } = r.kind { Some(usize::from(pool)) } else { None },
+            )
+            .collect();
+        let (window, ddw) = layer.windows_of(dev);
+        let iommu = window.is_some() || ddw.is_some();
         let pools: Vec<(usize, u64, u64, u64)> = dev
             .pool_indices()
+            .filter(|i| !iommu || premapped.contains(i))
             .filter_map(|i| {
                 let (p, own) = layer.pool(i)?;
                 let bus = layer.pool_bus_of(dev, i).unwrap_or(own).0;
@@ -98,7 +109,7 @@ impl DeviceDrawing {
             Some(phys) => format!("{what} (phys {})", gx(phys)),
             None => what,
         };
-        for r in bus_ranges(layer, dev) {
+        for r in ranges {
             let (kind, what) = range_kind(r.kind);
             let what =
                 if r.start == 0 && kind == "reserved" { "page 0 (reserved)".to_string() } else { what };
@@ -157,7 +168,7 @@ impl DeviceDrawing {
             b.regions.sort_by_key(|r| (r.start, r.end));
         }
         let mask_end = 1u64.checked_shl(mask.bits()).filter(|_| mask.bits() < 64);
-        let notes = pool_notes(layer, dev, mask.bits(), mask_end, window.is_some());
+        let notes = pool_notes(layer, dev, mask.bits(), mask_end, iommu.then_some(&premapped[..]));
         DeviceDrawing { title, mask_end, bands, notes }
     }
 }
@@ -168,9 +179,10 @@ fn pool_notes(
     dev: &Device,
     bits: u32,
     mask_end: Option<u64>,
-    iommu: bool,
+    premapped: Option<&[usize]>,
 ) -> Vec<String> {
-    let seen: Vec<usize> = dev.pool_indices().collect();
+    let iommu = premapped.is_some();
+    let seen: Vec<usize> = dev.pool_indices().filter(|i| premapped.is_none_or(|p| p.contains(i))).collect();
     let path = layer.path_of(dev).name();
     let mut notes = Vec::new();
     for i in 0..ccdma::MAX_POOLS {
