@@ -137,7 +137,10 @@ fn code(e: &DmaError) -> c_int {
         E::PoolOverlap { .. } | E::TooManyPools | E::GrowthAlreadyEnabled | E::GrowthFailed(_) => {
             CCDMA_ERR_POOL
         }
-        E::PoolExhausted { .. } | E::NoFreeDomain { .. } | E::TooManyDevices { .. } => CCDMA_ERR_EXHAUSTED,
+        E::PoolExhausted { .. }
+        | E::NoFreeDomain { .. }
+        | E::TooManyDevices { .. }
+        | E::RawRecordsFull { .. } => CCDMA_ERR_EXHAUSTED,
         E::SharingFailed { .. } | E::UnsharingFailed { .. } | E::CoherentQuarantined { .. } => {
             CCDMA_ERR_SHARING
         }

@@ -10,6 +10,7 @@
 //! `check_record` -> copy back -> `BouncePool::free` (strict: entries cleared first).
 
 pub(crate) mod bounce;
+pub(crate) mod raw_records;
 pub(crate) mod record;
 pub(crate) mod strict;
 pub(crate) mod trusted;
@@ -144,8 +145,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 Err(DmaError::NotTranslatable)
             }
             (DmaPath::Direct | DmaPath::BounceAboveMask, Some(p)) if mask.covers(p.0, len as u64) => {
-                self.stats.mapped(false);
-                Ok(BusAddr(p.0))
+                self.direct_mapped(dev, orig.safe, BusAddr(p.0), len, dir)
             }
             (DmaPath::Direct, Some(p)) => {
                 self.stats.fail(FailureKind::BeyondMask);
@@ -211,15 +211,19 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         safe: bool,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
-        if let Some(done) = self.trusted_unmap(dev, bus, len) {
+        if let Some(done) = self.trusted_unmap(dev, bus, len, dir, safe) {
             return done;
         }
         if self.strict_domain(dev, bus)?.is_some() {
             return self.strict_unmap(dev, bus, len, dir, attrs, safe);
         }
         let Some((i, off)) = self.locate(dev, bus) else {
-            // Not in any pool: a direct mapping on a path that has them (nothing to undo), else junk.
+            // Not in any pool: a direct mapping on a path that has them (nothing to undo but the raw
+            // face's record, which must match the claim), else junk.
             if matches!(dev.path, DmaPath::Direct | DmaPath::BounceAboveMask) || dev.direct_private() {
+                if !safe {
+                    self.raw_direct_unmap(dev, bus, len, dir)?;
+                }
                 self.stats.unmapped();
                 return Ok(());
             }
@@ -337,14 +341,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         safe: bool,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
-        if let Some(done) = self.trusted_sync(dev, bus, offset, len) {
+        if let Some(done) = self.trusted_sync(dev, bus, offset, len, dir, safe) {
             return done;
         }
         let found = match self.strict_domain(dev, bus)? {
             Some(info) => self.strict_record(dev, info, bus, false).map(|(i, rec, _)| Some((i, rec)))?,
             None => self.record(dev, bus, false)?,
         };
-        let Some((i, rec)) = found else { return Ok(()) };
+        let Some((i, rec)) = found else {
+            // A direct mapping: nothing to copy; the raw face's claim is checked against its record.
+            return if safe { Ok(()) } else { self.raw_sync_check(dev, bus, offset, len, dir) };
+        };
         let pool = self.pools.get(i).ok_or(DmaError::UnknownMapping(bus))?;
         self.check_owner(dev, bus, safe, &rec)?;
         if rec.dir != dir {
