@@ -269,3 +269,51 @@ fn iommu_premapped() {
 fn iommu_strict() {
     every_bad_claim(Kind::Iommu(IommuPolicy::Strict));
 }
+
+/// The raw records are fixed: when all are in use a raw map on a record-less path fails with
+/// `RawRecordsFull` and maps nothing; safe-face maps need none; lent storage adds more.
+#[test]
+fn raw_records_are_bounded_and_lendable() {
+    for kind in [Kind::Direct, Kind::TrustedDirect, Kind::TrustedIommu(IommuPolicy::Premapped)] {
+        let Env { hv, mut layer, dev, other, region, .. } = env(kind);
+        let (capacity, in_use) = layer.raw_records();
+        assert_eq!((capacity, in_use), (ccdma::RAW_RECORDS, 0), "{kind:?}");
+        let bi = DmaDirection::Bidirectional;
+        let map = |layer: &Layer, seed: u64| {
+            let phys = buffer(hv, 64, region, seed);
+            // SAFETY: a fresh allocation, used by this raw mapping only.
+            unsafe { layer.map_phys(&dev, PhysAddr(phys), 64, bi, DmaAttrs::NONE) }
+        };
+        let mut live: Vec<BusAddr> = (0..capacity as u64).map(|i| map(&layer, i).unwrap()).collect();
+        let before = snapshot(hv, &layer, &dev);
+        let full = map(&layer, 99);
+        assert_eq!(full, Err(DmaError::RawRecordsFull { capacity }), "{kind:?}");
+        assert_eq!(snapshot(hv, &layer, &dev), before, "{kind:?}: a refused map changes nothing");
+        // The safe face takes no record.
+        let safe_phys = buffer(hv, 64, region, 100);
+        // SAFETY: a fresh allocation.
+        let m = layer.map(&dev, unsafe { hv.slice_mut(safe_phys, 64) }, bi, DmaAttrs::NONE).unwrap();
+        m.unmap().unwrap();
+        // Lend eight more (no `&mut` while raw mappings are live is needed for anything else).
+        let lent = vec![ccdma::RawRecord::EMPTY; 8].leak();
+        layer.add_raw_records(lent).unwrap();
+        assert_eq!(layer.raw_records(), (capacity + 8, capacity), "{kind:?}");
+        for i in 0..8 {
+            live.push(map(&layer, 200 + i).unwrap());
+        }
+        assert!(matches!(map(&layer, 300), Err(DmaError::RawRecordsFull { .. })), "{kind:?}");
+        // Lending again while the lent records are live is refused and changes nothing.
+        let refused = layer.add_raw_records(vec![ccdma::RawRecord::EMPTY; 64].leak()).unwrap_err();
+        assert!(matches!(refused.error, DmaError::Busy { .. }), "{kind:?}");
+        assert_eq!(layer.raw_records(), (capacity + 8, capacity + 8));
+        for bus in live.drain(..) {
+            // SAFETY: this test's raw mappings, each unmapped once.
+            unsafe { layer.unmap(&dev, bus, 64, bi, DmaAttrs::NONE) }.unwrap();
+        }
+        assert_eq!(layer.raw_records().1, 0);
+        assert_eq!(dev.live(), 0);
+        assert_eq!(hv.faults().len(), 0, "{kind:?}");
+        layer.detach(dev).unwrap();
+        layer.detach(other).unwrap();
+    }
+}
