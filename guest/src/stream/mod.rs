@@ -45,6 +45,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// is `ToDevice`, writes) until the mapping is unmapped with [`Self::unmap`], and not used
     /// otherwise meanwhile except between [`Self::sync_for_cpu`] and [`Self::sync_for_device`]. The
     /// layer writes device data there at unmap and sync.
+    ///
+    /// On a path that uses the buffer in place (direct, the direct part of bounce-above-mask,
+    /// trusted) the mapping takes one of the layer's raw records ([`crate::RAW_RECORDS`], plus
+    /// [`Self::add_raw_records`]), which unmap and sync check the claim against; with all in use
+    /// the map fails with [`DmaError::RawRecordsFull`] and maps nothing.
     #[track_caller]
     pub unsafe fn map_phys(
         &self,
@@ -68,6 +73,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// `ptr` must be valid for reads (and, unless `dir` is `ToDevice`, writes) of `len` bytes until the
     /// mapping is unmapped with [`Self::unmap`], and the caller must not touch it meanwhile except
     /// between `sync_for_cpu` and `sync_for_device`.
+    ///
+    /// Raw records as for [`Self::map_phys`].
     #[track_caller]
     pub unsafe fn map_ptr(
         &self,
@@ -160,8 +167,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     /// Unmap (raw face). `len` and `dir` must be those given at map time; the copy back uses the
-    /// guest's own record. A wrong size, direction or device, a mapping owned by a [`crate::Mapping`],
-    /// or an address that is not a live mapping is an error and changes nothing.
+    /// guest's own record (the pool slot's, or the raw record of a mapping used in place). A wrong
+    /// size, direction or device, a mapping owned by a [`crate::Mapping`], or an address that is not
+    /// a live mapping (an address inside one included) is an error and changes nothing, on every
+    /// path. Where a `Mapping` uses its buffer in place (direct paths) it has no record the raw face
+    /// can see: its address is [`DmaError::UnknownMapping`] there.
     ///
     /// # Safety
     /// `bus` must name a mapping this caller made with [`Self::map_ptr`] or [`Self::map_phys`] on
