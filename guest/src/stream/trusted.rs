@@ -84,7 +84,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let page = win.page_size();
         let base = phys & !(page - 1);
-        let npages = (end - base).div_ceil(page);
+        let npages = (end - base).div_ceil(page.max(1)); // a power of two: never 0
         let span = npages.checked_mul(page).ok_or(DmaError::Overflow)?;
         // The bus address keeps the page offset (in the data offset) and the `min_align_mask` bits
         // above it (the range's alignment phase), as strict mappings do.
