@@ -150,6 +150,7 @@ pub mod growth;
 mod interrupts;
 pub mod iommu;
 pub mod layer;
+mod layer_init;
 pub mod mapping;
 pub mod path;
 pub mod platform;
@@ -187,4 +188,5 @@ pub use platform::{BusEncoding, InterruptState, MemorySharing, PartialSharing, P
 pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
 pub use pool_set::MAX_POOLS;
 pub use stats::{FailureKind, StatsSnapshot};
+pub use stream::raw_records::{RawRecord, RAW_RECORDS};
 pub use trust::{DeviceTrust, TrustState};

@@ -39,13 +39,13 @@ impl Default for LivePools {
 }
 
 impl LivePools {
-    pub(crate) fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         LivePools {
             seq: AtomicU32::new(0),
             len: AtomicU8::new(0),
-            order: core::array::from_fn(|_| AtomicU8::new(0)),
-            base: core::array::from_fn(|_| AtomicU64::new(0)),
-            size: core::array::from_fn(|_| AtomicU64::new(0)),
+            order: [const { AtomicU8::new(0) }; MAX_POOLS],
+            base: [const { AtomicU64::new(0) }; MAX_POOLS],
+            size: [const { AtomicU64::new(0) }; MAX_POOLS],
             reserve: AtomicU32::new(0),
         }
     }
@@ -253,12 +253,16 @@ mod tests {
                 }
             })
         };
-        let mut found = 0u64;
-        for _ in 0..3_000_000 {
-            found += u64::from(l.find(0x1800).is_some());
+        // Under Miri (scripts/miri.sh) a few hundred rounds already interleave the threads.
+        let rounds = if cfg!(miri) { 300 } else { 3_000_000 };
+        for _ in 0..rounds {
+            core::hint::black_box(l.find(0x1800));
         }
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
-        assert!(found > 0);
+        // What the test is for is above: no overflow mid-race. Whether any racing lookup succeeded
+        // depends on scheduling (a busy machine can starve them all), so only the settled state is
+        // asserted: the writer's last insert is found.
+        assert!(l.find(0x1800).is_some());
     }
 }

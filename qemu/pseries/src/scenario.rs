@@ -98,6 +98,8 @@ pub struct Machine {
     bench: Option<Blk<DirectHal>>,
     /// ccdma refused the 13-bit device's attach.
     tiny_refused: bool,
+    /// Failures the layer counted in the refused-share check (on purpose).
+    share_refusal_failures: u64,
 }
 
 /// Runs every check of `config`.
@@ -182,6 +184,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     machine.tiny_refused = check_refused::<RngTinyBinding>(report, &mut pci, slot::RNG_TINY, mask_tiny);
     machine.bench = open_bench(report, &mut pci);
     announce_windows(&bridge);
+    check_ddw_pages(report, config);
 
     if let Some(blk) = machine.blk.as_mut() {
         checks::check_disk_signature(report, blk);
@@ -193,6 +196,8 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     }
     if let Some(rng) = machine.rng.as_mut() {
         checks::check_rng(report, "rng", rng);
+        machine.share_refusal_failures =
+            ccdma_qemu_common::share_refusal::check_refused_share::<RngBinding>(report, PLATFORM.ledger());
     }
     if let Some(rng) = machine.rng_low.as_mut() {
         checks::check_rng(report, "rng-low", rng);
@@ -207,6 +212,10 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         if config.is_selftest() {
             crate::selftest::provoke(report, rng);
         }
+    }
+    // Not in the self-test: an expected broken device there would explain the one it provokes.
+    if !config.is_selftest() {
+        containment::check_broken_recovery(report, &mut machine.rng);
     }
     if let (false, Some(managed), Some(baseline)) =
         (config.is_selftest(), machine.blk.as_mut(), machine.bench.as_mut())
@@ -227,9 +236,9 @@ impl Machine {
         usize::from(self.net_a.is_some()) + usize::from(self.net_b.is_some())
     }
 
-    /// Whether ccdma refused the 13-bit device (a failure it counts, on purpose).
-    pub fn tiny_refused(&self) -> bool {
-        self.tiny_refused
+    /// Failures the layer counted on purpose: the refused attach and the refused share.
+    pub fn failures_on_purpose(&self) -> u64 {
+        u64::from(self.tiny_refused) + self.share_refusal_failures
     }
 }
 
@@ -240,6 +249,32 @@ fn announce_windows(bridge: &Bridge) {
     println!("WINDOW default liobn={liobn:#x} bus={start:#x} len={size:#x}");
     if let Some((liobn, start, size, _)) = PLATFORM.tce_calls().ddw() {
         println!("WINDOW ddw liobn={liobn:#x} bus={start:#x} len={size:#x}");
+    }
+}
+
+/// The DDW uses the largest IOMMU page the bridge offers that the pool fills: 2 MiB by QEMU's
+/// default (16 MiB is offered, the pool is 8 MiB), 64 KiB where the machine offers no more (as
+/// PowerVM usually does).
+/// Premapped only: the strict policy maps into the default window.
+fn check_ddw_pages(report: &mut Report, config: &Config) {
+    if !config.ddw || !matches!(config.policy, IommuPolicy::Premapped) {
+        return;
+    }
+    match PLATFORM.tce_calls().ddw() {
+        Some((liobn, _, size, shift)) => {
+            report.expect(
+                "iommu.ddw_pages",
+                shift == config.ddw_page_shift,
+                format_args!(
+                    "DDW {liobn:#x}: {} KiB IOMMU pages (expected {} KiB), {} entries for {:#x} bytes",
+                    (1u64 << shift) >> 10,
+                    (1u64 << config.ddw_page_shift) >> 10,
+                    size >> shift,
+                    size
+                ),
+            );
+        }
+        None => report.fail("iommu.ddw_pages", "the bridge offers DDW but ccdma created none"),
     }
 }
 
