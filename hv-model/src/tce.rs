@@ -711,7 +711,7 @@ impl TceCalls for Hypervisor {
             return Err(RTAS_PARAMETER_ERROR);
         }
         let windows = st.active(pe_id);
-        if windows >= 1 + cfg.ddw_windows {
+        if windows > cfg.ddw_windows {
             return Err(RTAS_HARDWARE_ERROR);
         }
         // Like QEMU: the first free slot's LIOBN (the default window's once it was removed), at the
