@@ -122,6 +122,12 @@ pub enum DmaError {
         /// Devices a layer can have attached at once.
         max: usize,
     },
+    /// A raw-face map on a path without pool slots (direct, trusted) found every raw record in use
+    /// ([`crate::RAW_RECORDS`] in the layer plus what [`crate::DmaLayer::add_raw_records`] lent).
+    RawRecordsFull {
+        /// Raw records the layer has.
+        capacity: usize,
+    },
     /// Every IOMMU domain is held by an attached device.
     NoFreeDomain {
         /// Domains the layer has.
@@ -446,6 +452,11 @@ impl fmt::Display for DmaError {
             DmaError::TooManyDevices { max } => {
                 write!(f, "the layer has {max} devices attached, its most: detach one first")
             }
+            DmaError::RawRecordsFull { capacity } => write!(
+                f,
+                "all {capacity} raw-mapping records are in use: unmap raw mappings first, or lend the layer more \
+                 with add_raw_records"
+            ),
             DmaError::NoFreeDomain { domains } => write!(f, "all {domains} IOMMU domains are in use"),
             DmaError::Busy { live } => {
                 write!(f, "{live} mappings, lists or coherent buffers still live")

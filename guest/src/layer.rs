@@ -40,6 +40,7 @@ use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, SlotMeta};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::{FailureKind, Stats, StatsSnapshot};
+use crate::stream::raw_records::RawRecords;
 use crate::tracker::Tracker;
 
 pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
@@ -66,6 +67,8 @@ pub struct DmaLayer<'m, P: Platform> {
     pub(crate) tracker: Tracker,
     /// Ids of the attached devices (no two attachments share one).
     pub(crate) device_ids: DeviceIds,
+    /// Records of raw-face mappings on paths without pool slots (direct, trusted).
+    pub(crate) raw: RawRecords<'m>,
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -84,6 +87,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             iommu_counters: IommuCounters::default(),
             tracker: Tracker::default(),
             device_ids: DeviceIds::new(),
+            raw: RawRecords::new(),
         }
     }
 

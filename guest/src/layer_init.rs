@@ -24,6 +24,7 @@ use crate::iommu::counters::IommuCounters;
 use crate::layer::{DmaLayer, NEXT_LAYER_ID};
 use crate::platform::Platform;
 use crate::stats::Stats;
+use crate::stream::raw_records::RawRecords;
 use crate::tracker::Tracker;
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -47,6 +48,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 iommu_counters: _,
                 tracker: _,
                 device_ids: _,
+                raw: _,
             } = l;
         };
         let p = place.as_mut_ptr();
@@ -65,6 +67,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             addr_of_mut!((*p).iommu_counters).write(IommuCounters::default());
             addr_of_mut!((*p).tracker).write(Tracker::default());
             addr_of_mut!((*p).device_ids).write(DeviceIds::new());
+            addr_of_mut!((*p).raw).write(const { RawRecords::new() });
         }
         // SAFETY: every field was initialised above.
         unsafe { place.assume_init_mut() }

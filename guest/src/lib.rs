@@ -188,4 +188,5 @@ pub use platform::{BusEncoding, InterruptState, MemorySharing, PartialSharing, P
 pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
 pub use pool_set::MAX_POOLS;
 pub use stats::{FailureKind, StatsSnapshot};
+pub use stream::raw_records::{RawRecord, RAW_RECORDS};
 pub use trust::{DeviceTrust, TrustState};

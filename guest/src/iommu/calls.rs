@@ -140,6 +140,13 @@ pub trait TceCalls: Sync {
     fn ddw_create(&self, device: u32, page_shift: u32, window_shift: u32) -> Result<WindowGeometry, i64>;
     /// `ibm,remove-pe-dma-window`; returns the RTAS status.
     fn ddw_remove(&self, device: u32, liobn: u32) -> i64;
+    /// `ibm,reset-pe-dma-window` (DDW extension 2): remove every DDW of the device's partitionable
+    /// endpoint and bring its default window back with no entry; returns the RTAS status. The
+    /// default: not offered (-3).
+    fn ddw_reset(&self, device: u32) -> i64 {
+        let _ = device;
+        -3
+    }
     /// Called before retrying a busy answer (`code` is the busy code, `attempt` counts from 1). Firmware
     /// may wait as long-busy codes hint; the default retries at once.
     fn backoff(&self, code: i64, attempt: u32) {
