@@ -404,6 +404,7 @@ impl DmaError {
             DmaError::TrustUnavailable => "TrustUnavailable",
             DmaError::AcceptRefused { .. } => "AcceptRefused",
             DmaError::RevokeRefused { .. } => "RevokeRefused",
+            DmaError::RawRecordsFull { .. } => "RawRecordsFull",
             _ => "DmaError",
         }
     }
