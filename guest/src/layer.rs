@@ -302,7 +302,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// [`Self::attach`] once the id is registered.
     fn attach_registered(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let confidential = self.platform.is_confidential();
-        if confidential && self.backend().is_some_and(|b| b.default_window(config.id).is_some()) {
+        if confidential && self.backend().is_some_and(|b| b.behind_iommu(config.id)) {
             return self.attach_iommu(config);
         }
         let ram_end = self.platform.ram_end().0;

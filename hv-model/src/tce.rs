@@ -521,6 +521,10 @@ impl TceCalls for Hypervisor {
         st.tables.get(&pe.default()).filter(|t| !t.ddw).map(|t| t.geometry)
     }
 
+    fn behind_iommu(&self, device: u32) -> bool {
+        self.iommu.enabled() && self.iommu.state.lock().unwrap().device_pe.contains_key(&device)
+    }
+
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
         let st = self.iommu.state.lock().unwrap();
         st.pe_of(device)?;

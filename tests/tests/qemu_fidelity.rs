@@ -268,3 +268,34 @@ fn reset_wipes_the_default_window_and_removes_the_ddw_like_qemu() {
     assert!(hv.reachable(1).is_empty() && hv.reachable(2).is_empty());
     assert_eq!(hv.ddw_query(1).unwrap().windows_available, 1);
 }
+
+#[test]
+fn ccdma_uses_a_ddw_at_bus_0_when_the_default_window_is_gone() {
+    // On QEMU a DDW made after the default window's removal (by firmware, or by a kernel before a
+    // kexec) sits at bus 0 with the default LIOBN. ccdma must take bus 0 as a window start like any
+    // other (never as "no window"), keep bus address 0 itself out of every mapping (drivers read 0
+    // as "none"), and still fit its pools.
+    use ccdma::{DmaPath, IommuPolicy};
+    let opts = iommu_support::Opts { reserved: &[], ..iommu_support::Opts::new(IommuPolicy::Premapped) };
+    let g = iommu_support::iommu_guest(opts);
+    g.hv.add_iommu_device(2, 64);
+    let def = g.hv.default_window(2).unwrap();
+    assert_eq!(g.hv.ddw_remove(2, def.liobn), 0);
+    let dev = g.layer.attach(ccdma::DeviceConfig::new(2, ccdma::DmaMask::BITS_64)).unwrap();
+    assert_eq!(dev.path(), DmaPath::IommuDdw);
+    let (dynamic, ddw) = g.layer.windows_of(&dev);
+    let ddw = ddw.expect("a DDW");
+    assert_eq!((ddw.start, ddw.liobn, dynamic), (0, def.liobn, None), "the DDW at bus 0, no default window");
+    let pool_bus = g.layer.pool_bus_of(&dev, 0).unwrap();
+    assert!(pool_bus.0 >= ddw.page_size(), "the pool keeps off bus address 0: {pool_bus:?}");
+    let data = *b"bus zero is a window start";
+    let m = g.layer.on(&dev).map_to_device(&data).unwrap();
+    assert_ne!(m.bus_addr().0, 0);
+    assert_eq!(g.hv.device(2).read(m.bus_addr().0, data.len()).unwrap(), data);
+    m.unmap().map_err(|r| r.error).unwrap();
+    g.assert_reach_within(2, &[g.pool_range()]);
+    g.layer.detach(dev).unwrap();
+    assert_eq!((g.hv.tce_counters().ddws, g.hv.tce_counters().live_entries), (0, 0));
+    assert_eq!(g.layer.iommu_stats().leaked_windows, 0);
+    assert_no_faults(g.hv);
+}

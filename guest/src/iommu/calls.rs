@@ -115,8 +115,16 @@ impl DdwQuery {
 /// `device` is [`DeviceConfig::id`](crate::DeviceConfig::id): the platform maps it to the device's
 /// partitionable endpoint.
 pub trait TceCalls: Sync {
-    /// The default window of the device, or `None` when the device sits behind no IOMMU.
+    /// The default window of the device, or `None` when the device sits behind no IOMMU or its
+    /// default window was removed (PAPR allows that; a DDW created then may sit at bus 0).
     fn default_window(&self, device: u32) -> Option<WindowGeometry>;
+    /// True when the device sits behind the IOMMU, with or without a default window. The default
+    /// says so when it has one; a platform on which a default window can be gone (removed by
+    /// firmware or by a kernel before a kexec) overrides it, so the device gets a DDW instead of
+    /// being taken for one that needs no translation.
+    fn behind_iommu(&self, device: u32) -> bool {
+        self.default_window(device).is_some()
+    }
     /// The `index`-th bus range of the device's windows that must never be handed out (MSI doorbells,
     /// host-bridge windows, firmware ranges), as `(start, len)`; `None` past the last.
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
