@@ -522,7 +522,7 @@ impl TceCalls for Hypervisor {
     }
 
     fn behind_iommu(&self, device: u32) -> bool {
-        self.iommu.enabled() && self.iommu.state.lock().unwrap().device_pe.contains_key(&device)
+        self.iommu.enabled() && self.iommu.state.lock().unwrap().dev_pe.contains_key(&device)
     }
 
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {

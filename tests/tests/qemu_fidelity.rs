@@ -11,6 +11,8 @@ use ccdma_hv_model::tce::{RTAS_HARDWARE_ERROR, RTAS_PARAMETER_ERROR};
 use ccdma_hv_model::{HvConfig, Hypervisor, PageState, Region, TceConfig};
 use ccdma_tests::*;
 
+mod iommu_support;
+
 fn qemu_like() -> &'static Hypervisor {
     let hv = model(HvConfig::pseries(6 * GIB));
     hv.enable_iommu(TceConfig::default());
