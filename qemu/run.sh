@@ -43,7 +43,7 @@ PSERIES_BE=powerpc64-unknown-linux-gnu
 pseries_kernel() { echo "$PSERIES_DIR/target/$1/release/ccdma-pseries-kernel"; }
 QEMU_PPC=qemu-system-ppc64
 
-PSERIES_CONFIGS=(pseries pseries-strict pseries-percpu pseries-no-ddw pseries-be pseries-selftest-reject)
+PSERIES_CONFIGS=(pseries pseries-strict pseries-percpu pseries-no-ddw pseries-ddw64k pseries-be pseries-be-percpu pseries-selftest-reject)
 X86_CONFIGS=(iommu iommu-strict iommu-low no-iommu no-iommu-low)
 UEFI_CONFIGS=(uefi)
 CONFIGS=("${PSERIES_CONFIGS[@]}" "${X86_CONFIGS[@]}" "${UEFI_CONFIGS[@]}")
@@ -183,11 +183,14 @@ configure_pseries() {
     make_disk "$CHECK_DISK" 24
     make_disk "$dir/bench.img" 24
     case $name in
-    pseries | pseries-strict | pseries-percpu | pseries-be) ;;
+    pseries | pseries-strict | pseries-percpu | pseries-be | pseries-be-percpu) ;;
     # Runner self-test: the kernel DMAs at unmapped bus addresses with no CONTAIN line.
     pseries-selftest-reject) ;;
     # The bridge offers no DDW (no ibm,ddw-applicable): the 64-bit blk falls back to the default window.
     pseries-no-ddw) MACHINE_ARGS+=(-global spapr-pci-host-bridge.ddw=off) ;;
+    # DDW pages of 64 KiB at most (4K|64K offered), what PowerVM usually gives: the pool is mapped
+    # in 64 KiB IOMMU pages, 16 bounce slots to an entry.
+    pseries-ddw64k) MACHINE_ARGS+=(-global spapr-pci-host-bridge.pgsz=0x11000) ;;
     *) die "unknown configuration '$name' (known: ${CONFIGS[*]})" ;;
     esac
     add_blk 0x01 "$CHECK_DISK" disk0
@@ -353,7 +356,7 @@ run_config() {
     # the terminal there would stop it (SIGTTIN/SIGTTOU) instead of running.
     if [[ $pseries == yes ]]; then
         local target=$PSERIES_LE expected=0
-        [[ $name == pseries-be ]] && target=$PSERIES_BE
+        [[ $name == pseries-be* ]] && target=$PSERIES_BE
         # VOF (x-vof=on) boots in a fraction of a second; blocked DMA goes to the guest_errors log.
         timeout "$TIMEOUT" "$QEMU_PPC" -machine pseries,x-vof=on -accel tcg -nodefaults -display none \
             -vga none -no-reboot -serial stdio -monitor none -d guest_errors -D "$guest_errors" \
@@ -508,7 +511,7 @@ main() {
     local want_x86=no want_le=no want_be=no
     for name in "${selected[@]}"; do
         case $name in
-        pseries-be) want_be=yes ;;
+        pseries-be*) want_be=yes ;;
         pseries*) want_le=yes ;;
         uefi) ;; # qemu/uefi builds and runs itself (run_uefi)
         *) want_x86=yes ;;

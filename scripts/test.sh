@@ -95,8 +95,11 @@ step "cargo test --workspace (release, debug assertions and overflow checks on)"
 step "misuse tracker (feature debug-tracker) against a leaky driver; call sites through the short forms"
 "${CHECKED[@]}" cargo test "${LOCKED[@]}" --release -p ccdma-tests --features tracker --test tracker --test convenience -- --nocapture
 
-step "Miri over the guest crate's unsafe-heavy unit tests (scripts/miri.sh; ~20 s warm, ~1 min cold)"
+step "Miri over the guest crate's unit tests (scripts/miri.sh; ~1 min warm, ~1.5 min cold)"
 bash scripts/miri.sh
+
+step "a 30 s coverage-guided fuzz run of the API against the model (scripts/fuzz.sh; build ~1-2 min cold)"
+bash scripts/fuzz.sh 30
 
 step "footprint budgets: C staticlib for x86_64-unknown-none (nightly -Z emit-stack-sizes; ~1 min cold)"
 bash scripts/budgets.sh

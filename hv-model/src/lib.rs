@@ -326,6 +326,6 @@ mod alloc_message_tests {
         let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hv.alloc(4096, Region::Low)))
             .expect_err("1 GiB of RAM has nothing to allocate from");
         let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-        assert!(msg.contains("from 0x40000000") && msg.contains("0x40000000 bytes of RAM"), "{msg}");
+        assert!(msg.contains("start at 0x40000000") && msg.contains("RAM 0x40000000"), "{msg}");
     }
 }

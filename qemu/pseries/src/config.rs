@@ -36,29 +36,75 @@ pub struct Config {
     pub ddw: bool,
     /// How entries are batched.
     pub batching: Batching,
+    /// The DDW's IOMMU page shift the kernel must end up with: the largest size the bridge offers
+    /// (`pgsz`, set by the runner) that the 8 MiB pool fills: 2 MiB of QEMU's default 4K|64K|2M|16M.
+    pub ddw_page_shift: u32,
 }
 
 /// Every configuration; the first is the default.
 pub const CONFIGS: &[Config] = &[
-    Config { name: "pseries", policy: IommuPolicy::Premapped, ddw: true, batching: Batching::SharedPage },
+    Config {
+        name: "pseries",
+        policy: IommuPolicy::Premapped,
+        ddw: true,
+        batching: Batching::SharedPage,
+        ddw_page_shift: 21,
+    },
     // Strict, as a secure guest runs it: nothing shared for batching, one H_PUT_TCE per entry.
-    Config { name: "pseries-strict", policy: IommuPolicy::Strict, ddw: true, batching: Batching::PerEntry },
+    Config {
+        name: "pseries-strict",
+        policy: IommuPolicy::Strict,
+        ddw: true,
+        batching: Batching::PerEntry,
+        ddw_page_shift: 21,
+    },
     // Strict with per-CPU list pages.
-    Config { name: "pseries-percpu", policy: IommuPolicy::Strict, ddw: true, batching: Batching::PerCpu },
+    Config {
+        name: "pseries-percpu",
+        policy: IommuPolicy::Strict,
+        ddw: true,
+        batching: Batching::PerCpu,
+        ddw_page_shift: 21,
+    },
     Config {
         name: "pseries-no-ddw",
         policy: IommuPolicy::Premapped,
         ddw: false,
         batching: Batching::SharedPage,
+        ddw_page_shift: 21,
+    },
+    // DDW pages of 64 KiB at most (`pgsz` 4K|64K), what PowerVM usually offers.
+    Config {
+        name: "pseries-ddw64k",
+        policy: IommuPolicy::Premapped,
+        ddw: true,
+        batching: Batching::SharedPage,
+        ddw_page_shift: 16,
     },
     // The big-endian kernel on the premapped machine.
-    Config { name: "pseries-be", policy: IommuPolicy::Premapped, ddw: true, batching: Batching::SharedPage },
+    Config {
+        name: "pseries-be",
+        policy: IommuPolicy::Premapped,
+        ddw: true,
+        batching: Batching::SharedPage,
+        ddw_page_shift: 21,
+    },
+    // The big-endian kernel, strict, with per-CPU list pages (the entries' byte order in a list
+    // page is big-endian whatever the CPU's).
+    Config {
+        name: "pseries-be-percpu",
+        policy: IommuPolicy::Strict,
+        ddw: true,
+        batching: Batching::PerCpu,
+        ddw_page_shift: 21,
+    },
     // Runner self-test: stray DMA no check announces (`selftest.rs`); the runner must fail it.
     Config {
         name: "pseries-selftest-reject",
         policy: IommuPolicy::Premapped,
         ddw: true,
         batching: Batching::SharedPage,
+        ddw_page_shift: 21,
     },
 ];
 

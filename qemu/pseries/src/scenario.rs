@@ -182,6 +182,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     machine.tiny_refused = check_refused::<RngTinyBinding>(report, &mut pci, slot::RNG_TINY, mask_tiny);
     machine.bench = open_bench(report, &mut pci);
     announce_windows(&bridge);
+    check_ddw_pages(report, config);
 
     if let Some(blk) = machine.blk.as_mut() {
         checks::check_disk_signature(report, blk);
@@ -240,6 +241,32 @@ fn announce_windows(bridge: &Bridge) {
     println!("WINDOW default liobn={liobn:#x} bus={start:#x} len={size:#x}");
     if let Some((liobn, start, size, _)) = PLATFORM.tce_calls().ddw() {
         println!("WINDOW ddw liobn={liobn:#x} bus={start:#x} len={size:#x}");
+    }
+}
+
+/// The DDW uses the largest IOMMU page the bridge offers that the pool fills: 2 MiB by QEMU's
+/// default (16 MiB is offered, the pool is 8 MiB), 64 KiB where the machine offers no more (as
+/// PowerVM usually does).
+/// Premapped only: the strict policy maps into the default window.
+fn check_ddw_pages(report: &mut Report, config: &Config) {
+    if !config.ddw || !matches!(config.policy, IommuPolicy::Premapped) {
+        return;
+    }
+    match PLATFORM.tce_calls().ddw() {
+        Some((liobn, _, size, shift)) => {
+            report.expect(
+                "iommu.ddw_pages",
+                shift == config.ddw_page_shift,
+                format_args!(
+                    "DDW {liobn:#x}: {} KiB IOMMU pages (expected {} KiB), {} entries for {:#x} bytes",
+                    (1u64 << shift) >> 10,
+                    (1u64 << config.ddw_page_shift) >> 10,
+                    size >> shift,
+                    size
+                ),
+            );
+        }
+        None => report.fail("iommu.ddw_pages", "the bridge offers DDW but ccdma created none"),
     }
 }
 

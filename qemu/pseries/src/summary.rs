@@ -13,6 +13,7 @@ use crate::config::{Batching, Config};
 use crate::dma::{self, KernelBinding};
 use crate::platform::PLATFORM;
 use crate::scenario::{BlkBinding, Machine, NetABinding, NetBBinding, RngBinding, RngLowBinding};
+use ccdma::IommuPolicy;
 
 const FOUR_GIB: u64 = 1 << 32;
 
@@ -68,21 +69,30 @@ pub fn check_tces(report: &mut Report) {
 }
 
 /// The batching the configuration chose is the one used: per entry makes no indirect call and
-/// shares no list page; with list pages every indirect call's page was shared.
+/// shares no list page; with list pages every indirect call's page was shared, none carried more
+/// than PAPR's 512 entries, and premapped ones carried full pages of 512.
 pub fn check_batching(report: &mut Report, config: &Config) {
     let c = &PLATFORM.tce_calls().counters;
     let indirect = c.put_indirect.load(Ordering::Relaxed);
     let unshared = c.unshared_lists.load(Ordering::Relaxed);
+    let most = c.indirect_most.load(Ordering::Relaxed);
+    let over = c.indirect_over_512.load(Ordering::Relaxed);
     let i = dma::layer().iommu_stats();
     let ok = match config.batching {
         Batching::PerEntry => indirect == 0,
-        Batching::PerCpu | Batching::SharedPage => indirect > 0 && unshared == 0,
+        // Premapped, the pool's 2048 entries in the default window go in full 512-entry lists.
+        Batching::PerCpu | Batching::SharedPage => {
+            indirect > 0
+                && unshared == 0
+                && over == 0
+                && (most == 512 || !matches!(config.policy, IommuPolicy::Premapped))
+        }
     };
     report.expect(
         "ccdma.batching",
         ok,
         format_args!(
-            "{}: {indirect} H_PUT_TCE_INDIRECT ({unshared} with an unshared list page); list page moved {}, fell back {}, waited {}",
+            "{}: {indirect} H_PUT_TCE_INDIRECT ({unshared} with an unshared list page; most entries in one {most}, {over} over 512); list page moved {}, fell back {}, waited {}",
             config.batching.name(),
             i.list_page_busy,
             i.list_page_fallbacks,

@@ -34,6 +34,10 @@ pub struct Counters {
     pub put_indirect: AtomicU64,
     /// `H_PUT_TCE_INDIRECT` calls whose list page was not shared (the hypervisor could not read it).
     pub unshared_lists: AtomicU64,
+    /// The most entries one `H_PUT_TCE_INDIRECT` carried (PAPR allows 512: one 4 KiB list page).
+    pub indirect_most: AtomicU64,
+    /// `H_PUT_TCE_INDIRECT` calls with more than 512 entries (PAPR's limit; QEMU refuses them).
+    pub indirect_over_512: AtomicU64,
     /// `H_STUFF_TCE`.
     pub stuff: AtomicU64,
     /// `H_GET_TCE` made by ccdma (its read-back verification).
@@ -89,6 +93,8 @@ impl Tce {
                 put: AtomicU64::new(0),
                 put_indirect: AtomicU64::new(0),
                 unshared_lists: AtomicU64::new(0),
+                indirect_most: AtomicU64::new(0),
+                indirect_over_512: AtomicU64::new(0),
                 stuff: AtomicU64::new(0),
                 get: AtomicU64::new(0),
                 get_check: AtomicU64::new(0),
@@ -257,6 +263,10 @@ impl TceCalls for Tce {
 
     fn h_put_tce_indirect(&self, liobn: u32, ioba: u64, list: PhysAddr, count: u64) -> i64 {
         self.counters.put_indirect.fetch_add(1, Ordering::Relaxed);
+        self.counters.indirect_most.fetch_max(count, Ordering::Relaxed);
+        if count > 512 {
+            self.counters.indirect_over_512.fetch_add(1, Ordering::Relaxed);
+        }
         // The ultravisor's view: the hypervisor can read the list only if the page is shared.
         if !self.uv.ledger().is_shared(list.0) {
             self.counters.unshared_lists.fetch_add(1, Ordering::Relaxed);
