@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use ccdma_tests::timing::Sample;
 
-
 use ccdma::iommu::BusRange;
 use ccdma::{
     DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, IommuConfig, PhysAddr, PoolConfig,
@@ -306,7 +305,8 @@ impl Fixture {
 
     /// Hypercalls of one map+unmap of `len` bytes (the layer's own counters).
     fn hcalls(&self, len: usize) -> u64 {
-        let total = |s: ccdma::iommu::IommuStatsSnapshot| s.put_tce + s.get_tce + s.put_indirect + s.stuff_tce;
+        let total =
+            |s: ccdma::iommu::IommuStatsSnapshot| s.put_tce + s.get_tce + s.put_indirect + s.stuff_tce;
         let before = total(self.layer.iommu_stats());
         self.map_unmap(len, DmaDirection::ToDevice);
         total(self.layer.iommu_stats()) - before
@@ -337,7 +337,8 @@ fn main() {
     {
         // SAFETY: the buffer is the fixture's; the pool's first 4 KiB is free (no mapping is live)
         // and written only here, before any map.
-        let (src, dst) = unsafe { (bounce.hv.slice_mut(bounce.buf_phys, 4096), bounce.hv.slice_mut(HIGH_POOL, 4096)) };
+        let (src, dst) =
+            unsafe { (bounce.hv.slice_mut(bounce.buf_phys, 4096), bounce.hv.slice_mut(HIGH_POOL, 4096)) };
         bench.row("memcpy fixture buffer -> pool slot (aliasing check)", 4096, || {
             black_box(&mut *dst).copy_from_slice(black_box(&*src));
         });
@@ -354,10 +355,16 @@ fn main() {
                 DmaDirection::ToDevice => {
                     let Some(r) = bench.row(&case, bytes, || bounce.map_unmap(bytes, dir)) else { continue };
                     let limit = if bytes == 4096 { 2.0 } else { 1.1 };
-                    aims.push((format!("{} to-device map+unmap <= {limit}x memcpy", size_label(bytes)), r, limit));
+                    aims.push((
+                        format!("{} to-device map+unmap <= {limit}x memcpy", size_label(bytes)),
+                        r,
+                        limit,
+                    ));
                 }
                 DmaDirection::FromDevice => {
-                    let Some(r) = bench.row_floor(&case, bytes, || bounce.map_unmap(bytes, dir)) else { continue };
+                    let Some(r) = bench.row_floor(&case, bytes, || bounce.map_unmap(bytes, dir)) else {
+                        continue;
+                    };
                     let what = format!("{} from-device map+unmap <= 1.2x memset+memcpy", size_label(bytes));
                     aims.push((what, r, 1.2));
                 }
@@ -392,7 +399,13 @@ fn main() {
         bench.plain("bounce map refused (pool full)", 4096, || {
             // SAFETY: the fixture's own buffer; the map fails, so nothing is lent.
             let r = unsafe {
-                f.layer.map_phys(&f.dev, PhysAddr(f.buf_phys), 4096, DmaDirection::ToDevice, DmaAttrs::NO_WARN)
+                f.layer.map_phys(
+                    &f.dev,
+                    PhysAddr(f.buf_phys),
+                    4096,
+                    DmaDirection::ToDevice,
+                    DmaAttrs::NO_WARN,
+                )
             };
             assert!(black_box(r).is_err());
         });
@@ -419,7 +432,8 @@ fn main() {
         let f = Fixture::iommu(cfg, bits, path);
         for bytes in [4096, 64 << 10] {
             let dir = DmaDirection::ToDevice;
-            let r = bench.row(&format!("{name} map+unmap {}", dir_name(dir)), bytes, || f.map_unmap(bytes, dir));
+            let r =
+                bench.row(&format!("{name} map+unmap {}", dir_name(dir)), bytes, || f.map_unmap(bytes, dir));
             if name == "iommu premap DDW" && bytes == 4096 {
                 if let Some(r) = r {
                     aims.push(("4 KiB premapped (DDW) to-device map+unmap <= 2.2x memcpy".into(), r, 2.2));
@@ -427,8 +441,10 @@ fn main() {
             }
         }
         if path == DmaPath::IommuStrict {
-            let counts: Vec<(usize, u64)> =
-                [4096, 8192, 16 << 10, 64 << 10, 128 << 10, 256 << 10].iter().map(|&b| (b, f.hcalls(b))).collect();
+            let counts: Vec<(usize, u64)> = [4096, 8192, 16 << 10, 64 << 10, 128 << 10, 256 << 10]
+                .iter()
+                .map(|&b| (b, f.hcalls(b)))
+                .collect();
             hcall_rows.push((name, counts));
         }
         f.check_clean();
@@ -436,7 +452,9 @@ fn main() {
 
     let sg_notes = sg_rows::rows(&mut bench);
 
-    println!("ccdma streaming DMA (confidential pseries model, 2 KiB slots): {ROUNDS} rounds per row, each the");
+    println!(
+        "ccdma streaming DMA (confidential pseries model, 2 KiB slots): {ROUNDS} rounds per row, each the"
+    );
     println!("median of {BATCHES} batches, the yardstick timed in the same round; ratio = row / yardstick per round");
     bench.print();
     println!(
@@ -447,19 +465,23 @@ fn main() {
     for note in sg_notes {
         println!("{note}");
     }
-    println!("\nstrict IOMMU hypercalls per to-device map+unmap (4 KiB IOMMU pages), against Linux's secure guest");
+    println!(
+        "\nstrict IOMMU hypercalls per to-device map+unmap (4 KiB IOMMU pages), against Linux's secure guest"
+    );
     println!("(one H_PUT_TCE per entry, multi-TCE off in a secure guest, one H_STUFF_TCE to clear: n + 1)");
     for (name, counts) in &hcall_rows {
-        let line: Vec<String> = counts
-            .iter()
-            .map(|&(b, n)| format!("{}: {n} (Linux {})", size_label(b), b / 4096 + 1))
-            .collect();
+        let line: Vec<String> =
+            counts.iter().map(|&(b, n)| format!("{}: {n} (Linux {})", size_label(b), b / 4096 + 1)).collect();
         println!("{name:<34} {}", line.join(", "));
     }
     if let Some((_, counts)) = hcall_rows.first() {
         let never_more = counts.iter().all(|&(b, n)| n <= (b / 4096 + 1) as u64);
-        let eightfold = counts.iter().filter(|&&(b, _)| b >= 64 << 10).all(|&(b, n)| 8 * n <= (b / 4096 + 1) as u64);
-        println!("aim: strict default never more hypercalls than Linux: {}", if never_more { "met" } else { "MISSED" });
+        let eightfold =
+            counts.iter().filter(|&&(b, _)| b >= 64 << 10).all(|&(b, n)| 8 * n <= (b / 4096 + 1) as u64);
+        println!(
+            "aim: strict default never more hypercalls than Linux: {}",
+            if never_more { "met" } else { "MISSED" }
+        );
         println!("aim: strict default >= 8x fewer from 64 KiB: {}", if eightfold { "met" } else { "MISSED" });
     }
     for (what, r, limit) in aims {
