@@ -39,6 +39,7 @@ use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, SlotMeta};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
+use crate::stale_slot::StaleSlotPolicy;
 use crate::stats::{FailureKind, Stats, StatsSnapshot};
 use crate::tracker::Tracker;
 
@@ -66,6 +67,8 @@ pub struct DmaLayer<'m, P: Platform> {
     pub(crate) tracker: Tracker,
     /// Ids of the attached devices (no two attachments share one).
     pub(crate) device_ids: DeviceIds,
+    /// What to-device `SKIP_CPU_SYNC` slots hold (None: by confidentiality; see [`crate::stale_slot`]).
+    pub(crate) stale_slots: Option<StaleSlotPolicy>,
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -83,6 +86,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             iommu_counters: IommuCounters::default(),
             tracker: Tracker::default(),
             device_ids: DeviceIds::new(),
+            stale_slots: None,
         }
     }
 
