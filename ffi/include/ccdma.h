@@ -409,6 +409,18 @@ struct ccdma_bus_encoding {
  * the C-bit (`CCDMA_BUS_ENCODING_SEV(c_bit)`), an Arm CCA realm sets the top IPA bit
  * (`CCDMA_BUS_ENCODING_CCA(ipa_bits)`). `set` and `clear` must not share a bit (`ccdma_layer_init`
  * answers `CCDMA_ERR_INVALID`).
+ *
+ * Interrupts, the optional last pair: both NULL or both set (one alone: `ccdma_layer_init` answers
+ * `CCDMA_ERR_NULL`). ccdma's locks spin, so a ccdma call made from an interrupt handler (an EDK2
+ * event notification) that interrupted a ccdma call on the same CPU would spin for ever. With the
+ * pair set, every ccdma call that can take a lock runs between `mask_interrupts` and
+ * `restore_interrupts`, and any ccdma function may be called from an interrupt handler; with both
+ * NULL, no ccdma call may be made from a context that can interrupt one.
+ * - `mask_interrupts` masks interrupts on this CPU (a kernel saves the flags and disables IRQs;
+ *   EDK2 calls `RaiseTPL(TPL_HIGH_LEVEL)`) and returns what `restore_interrupts` needs.
+ * - `restore_interrupts` puts back the state `saved` (EDK2: `RestoreTPL(saved)`). Calls nest: each
+ *   restores exactly what its `mask_interrupts` found. While masked, ccdma calls only this table's
+ *   other functions, which must therefore work with interrupts masked.
  */
 struct ccdma_platform {
   /**
@@ -460,6 +472,15 @@ struct ccdma_platform {
    * The bus address of shared memory for a device without IOMMU (zero: identity).
    */
   struct ccdma_bus_encoding shared_bus;
+  /**
+   * Mask interrupts on this CPU and return the state found. NULL (with `restore_interrupts`): no
+   * masking.
+   */
+  size_t (*mask_interrupts)(void *ctx);
+  /**
+   * Restore the state `mask_interrupts` returned. NULL exactly when `mask_interrupts` is.
+   */
+  void (*restore_interrupts)(void *ctx, size_t saved);
 };
 
 /**

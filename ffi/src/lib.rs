@@ -35,9 +35,9 @@
 //! code that calls it (`qemu/kernel/c/ffi_check.c`, check `ffi.c_driver`).
 //!
 //! # Stack use
-//! `ccdma_layer_init` writes the layer (about 27 KiB) into the caller's memory; the optimiser builds it
-//! there, and the function's own frame is about 2.5 KiB on x86_64 (release build). Rust does not
-//! guarantee this placement.
+//! `ccdma_layer_init` builds the layer (about 27 KiB) field by field in the caller's memory
+//! (`DmaLayer::init_in`): no frame holds the layer; `bash scripts/budgets.sh` prints the frames and
+//! fails above its ceilings.
 #![no_std]
 #![warn(missing_docs)]
 #![allow(non_camel_case_types)]
@@ -230,6 +230,18 @@ pub extern "C" fn ccdma_strerror(code: c_int) -> *const c_char {
 /// the C-bit (`CCDMA_BUS_ENCODING_SEV(c_bit)`), an Arm CCA realm sets the top IPA bit
 /// (`CCDMA_BUS_ENCODING_CCA(ipa_bits)`). `set` and `clear` must not share a bit (`ccdma_layer_init`
 /// answers `CCDMA_ERR_INVALID`).
+///
+/// Interrupts, the optional last pair: both NULL or both set (one alone: `ccdma_layer_init` answers
+/// `CCDMA_ERR_NULL`). ccdma's locks spin, so a ccdma call made from an interrupt handler (an EDK2
+/// event notification) that interrupted a ccdma call on the same CPU would spin for ever. With the
+/// pair set, every ccdma call that can take a lock runs between `mask_interrupts` and
+/// `restore_interrupts`, and any ccdma function may be called from an interrupt handler; with both
+/// NULL, no ccdma call may be made from a context that can interrupt one.
+/// - `mask_interrupts` masks interrupts on this CPU (a kernel saves the flags and disables IRQs;
+///   EDK2 calls `RaiseTPL(TPL_HIGH_LEVEL)`) and returns what `restore_interrupts` needs.
+/// - `restore_interrupts` puts back the state `saved` (EDK2: `RestoreTPL(saved)`). Calls nest: each
+///   restores exactly what its `mask_interrupts` found. While masked, ccdma calls only this table's
+///   other functions, which must therefore work with interrupts masked.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ccdma_platform {
@@ -262,6 +274,11 @@ pub struct ccdma_platform {
     pub private_bus_addr: Option<unsafe extern "C" fn(ctx: *mut c_void, phys: u64) -> u64>,
     /// The bus address of shared memory for a device without IOMMU (zero: identity).
     pub shared_bus: ccdma_bus_encoding,
+    /// Mask interrupts on this CPU and return the state found. NULL (with `restore_interrupts`): no
+    /// masking.
+    pub mask_interrupts: Option<unsafe extern "C" fn(ctx: *mut c_void) -> usize>,
+    /// Restore the state `mask_interrupts` returned. NULL exactly when `mask_interrupts` is.
+    pub restore_interrupts: Option<unsafe extern "C" fn(ctx: *mut c_void, saved: usize)>,
 }
 
 /// How a device without IOMMU addresses shared memory: the bus address of physical address `phys`
@@ -293,6 +310,8 @@ struct CPlatform {
     iommu: Option<iommu::CIommu>,
     trust: Option<trust::CTrust>,
     shared_bus: ccdma::BusEncoding,
+    /// `mask_interrupts` and `restore_interrupts`, both or neither.
+    irq: Option<(unsafe extern "C" fn(*mut c_void) -> usize, unsafe extern "C" fn(*mut c_void, usize))>,
 }
 
 // SAFETY: the header's contract for `ccdma_platform` requires its functions (and so `ctx`) to be
@@ -314,6 +333,11 @@ impl CPlatform {
             iommu: iommu::CIommu::from_table(t.iommu).ok()?,
             trust: trust::CTrust::from_table(t).ok()?,
             shared_bus: ccdma::BusEncoding { set: t.shared_bus.set, clear: t.shared_bus.clear },
+            irq: match (t.mask_interrupts, t.restore_interrupts) {
+                (Some(mask), Some(restore)) => Some((mask, restore)),
+                (None, None) => None,
+                _ => return None,
+            },
         })
     }
 
@@ -381,6 +405,20 @@ impl Platform for CPlatform {
     }
     fn device_trust(&self) -> Option<&dyn ccdma::DeviceTrust> {
         self.trust.as_ref().map(|t| t as &dyn ccdma::DeviceTrust)
+    }
+    fn mask_interrupts(&self) -> ccdma::InterruptState {
+        match self.irq {
+            // SAFETY: a function of the C table with its own context.
+            Some((mask, _)) => ccdma::InterruptState(unsafe { mask(self.ctx) }),
+            None => ccdma::InterruptState(0),
+        }
+    }
+    fn restore_interrupts(&self, saved: ccdma::InterruptState) {
+        if let Some((_, restore)) = self.irq {
+            // SAFETY: a function of the C table with its own context; `saved` is what its
+            // `mask_interrupts` returned.
+            unsafe { restore(self.ctx, saved.0) }
+        }
     }
 }
 
@@ -533,8 +571,16 @@ pub unsafe extern "C" fn ccdma_layer_init(
         return CCDMA_ERR_INVALID;
     }
     let live = Tag::live(Kind::Layer, tag as usize, 0);
-    // SAFETY: checked non-null, large and aligned enough; the caller gives it to us.
-    unsafe { layer.write(ccdma_layer { tag: live, inner: DmaLayer::new(p) }) };
+    // Built in the caller's memory, field by field: the layer never sits on this stack.
+    // SAFETY: checked non-null, large and aligned enough; the caller gives it to us. The cast names
+    // the `inner` field as uninitialised memory of its own type (same layout).
+    let inner = unsafe {
+        &mut *core::ptr::addr_of_mut!((*layer).inner)
+            .cast::<core::mem::MaybeUninit<DmaLayer<'static, CPlatform>>>()
+    };
+    DmaLayer::init_in(inner, p);
+    // SAFETY: as above; the tag goes last, so the handle is live only once the layer is whole.
+    unsafe { tag.write(live) };
     CCDMA_OK
 }
 
@@ -806,7 +852,7 @@ pub unsafe extern "C" fn ccdma_map_sg_attrs(
     let inner: &mut [SgEntry<'static>] = unsafe { core::slice::from_raw_parts_mut(list, n) };
     match layer.inner.map_sg(&dev.inner, inner, dir, attrs) {
         Ok(count) => {
-            for (i, seg) in ccdma::sg::dma_segments(&inner[..count]).enumerate() {
+            for (i, seg) in ccdma::sg::dma_segments(inner.get(..count).unwrap_or(&[])).enumerate() {
                 // SAFETY: `segs` has room for `n >= count` segments (contract).
                 unsafe { segs.add(i).write(ccdma_segment { bus: seg.addr.0, len: seg.len }) };
             }

@@ -239,6 +239,8 @@ mod tests {
             revoke,
             private_bus_addr,
             shared_bus: crate::ccdma_bus_encoding::IDENTITY,
+            mask_interrupts: None,
+            restore_interrupts: None,
         }
     }
 

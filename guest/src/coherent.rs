@@ -229,7 +229,9 @@ impl<P: Platform> DmaLayer<'_, P> {
             Some(_) => {
                 let info = self.ensure_attached(dev)?;
                 let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
-                if phys.0 % win.page_size() != 0 || bytes % win.page_size() != 0 {
+                if phys.0.checked_rem(win.page_size()) != Some(0)
+                    || bytes.checked_rem(win.page_size()) != Some(0)
+                {
                     return Err(DmaError::CoherentUnaligned { page: win.page_size() });
                 }
                 Some(win)
@@ -318,7 +320,7 @@ impl<P: Platform> DmaLayer<'_, P> {
                 self.stats.fail(FailureKind::Iommu);
             },
         )?;
-        let (npages, perm) = (bytes / page, TCE_PCI_READ | TCE_PCI_WRITE);
+        let (npages, perm) = (bytes.checked_div(page).unwrap_or(0), TCE_PCI_READ | TCE_PCI_WRITE);
         // A private buffer (an accepted device's) never goes through the shared list page.
         let put = if private {
             tce.put_private(&win, bus, phys.0, npages, perm)

@@ -39,7 +39,7 @@ pub struct PoolFullReport {
 impl fmt::Display for PoolFullReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "pool full: device {:#x} asked for {} bytes;", self.device, self.len)?;
-        for p in &self.pools[..self.npools] {
+        for p in self.pools.iter().take(self.npools) {
             let pct = if p.slots == 0 { 0 } else { u64::from(p.in_use) * 100 / u64::from(p.slots) };
             write!(f, " pool {} {}/{} slots ({pct}%) of {} bytes;", p.index, p.in_use, p.slots, p.bytes)?;
         }

@@ -43,7 +43,7 @@ use crate::stale_slot::StaleSlotPolicy;
 use crate::stats::{FailureKind, Stats, StatsSnapshot};
 use crate::tracker::Tracker;
 
-static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
+pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// The DMA layer: pools, devices, statistics.
 pub struct DmaLayer<'m, P: Platform> {
@@ -58,7 +58,7 @@ pub struct DmaLayer<'m, P: Platform> {
     pub(crate) stats: Stats,
     pub(crate) id: u32,
     /// Source of device serials (never 0).
-    next_serial: AtomicU32,
+    pub(crate) next_serial: AtomicU32,
     /// The IOMMU path, once enabled (`enable_iommu`).
     pub(crate) iommu: Option<Iommu<'m>>,
     /// Counters of the IOMMU path and coherent buffers.
@@ -72,7 +72,8 @@ pub struct DmaLayer<'m, P: Platform> {
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
-    /// A layer with no pools yet.
+    /// A layer with no pools yet, by value (~27 KiB: firmware with a small stack builds it in place
+    /// with [`DmaLayer::init_in`] or [`LayerCell::init_with`](crate::storage::LayerCell::init_with)).
     pub fn new(platform: P) -> Self {
         DmaLayer {
             platform,
@@ -151,11 +152,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if self.platform.is_confidential() {
             self.share_pages(phys, pages)?;
         }
+        // Built in its table slot, in place: a pool is ~2.4 KiB, too much for a firmware frame.
         // SAFETY: the caller guarantees the range is ours for 'm; the platform gave its CPU mapping.
-        match unsafe { BouncePool::new(phys, cpu, len, meta, cfg) } {
-            Ok(pool) => {
+        let built = self.pools.set_fixed_with(i, |pool| unsafe { pool.init(phys, cpu, len, meta, cfg) });
+        match built.map_err(|e| e.unwrap_or(DmaError::TooManyPools)) {
+            Ok(()) => {
                 let bus = self.platform.shared_bus_addr(phys);
-                self.pools.set_fixed(i, pool);
                 self.plain.insert(i, bus, len as u64, false);
                 log::debug!("ccdma: pool {i}: {len:#x} bytes at {phys}, bus {bus}");
                 Ok(i)
@@ -186,7 +188,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
             let mut out = [None; MAX_POOLS];
             for (o, p) in out.iter_mut().zip(self.pools.take_fixed()) {
-                *o = Some((p.phys(), p.len()));
+                *o = Some(p);
             }
             out
         };

@@ -150,6 +150,7 @@ pub mod growth;
 mod interrupts;
 pub mod iommu;
 pub mod layer;
+mod layer_init;
 pub mod mapping;
 pub mod path;
 pub mod platform;

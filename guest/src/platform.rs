@@ -242,4 +242,12 @@ impl<T: Platform + ?Sized> Platform for &T {
     fn device_trust(&self) -> Option<&dyn DeviceTrust> {
         (**self).device_trust()
     }
+    #[inline(always)]
+    fn mask_interrupts(&self) -> InterruptState {
+        (**self).mask_interrupts()
+    }
+    #[inline(always)]
+    fn restore_interrupts(&self, saved: InterruptState) {
+        (**self).restore_interrupts(saved)
+    }
 }

@@ -38,22 +38,29 @@ pub(crate) struct PoolOrder {
 }
 
 impl PoolOrder {
+    /// The pools, best first (checked slicing: `len <= MAX_POOLS` always, but no panic path either).
+    fn used(&self) -> &[u8] {
+        self.idx.get(..self.len as usize).unwrap_or(&[])
+    }
     pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.idx[..self.len as usize].iter().map(|&i| i as usize)
+        self.used().iter().map(|&i| i as usize)
     }
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
     pub(crate) const EMPTY: PoolOrder = PoolOrder { idx: [0; MAX_POOLS], len: 0 };
     pub(crate) fn push(&mut self, pool: usize) {
-        if (self.len as usize) < MAX_POOLS {
-            self.idx[self.len as usize] = pool as u8;
+        if let Some(slot) = self.idx.get_mut(self.len as usize) {
+            *slot = pool as u8;
             self.len += 1;
         }
     }
     /// Sort best first: highest bus base first.
     pub(crate) fn sort_by_bus(&mut self, bus: &[BusAddr; MAX_POOLS]) {
-        let n = self.len as usize;
-        self.idx[..n].sort_unstable_by(|a, b| bus[*b as usize].cmp(&bus[*a as usize]));
+        let n = (self.len as usize).min(MAX_POOLS);
+        let at = |i: &u8| bus.get(*i as usize).copied().unwrap_or(BusAddr(0));
+        if let Some(used) = self.idx.get_mut(..n) {
+            used.sort_unstable_by_key(|i| core::cmp::Reverse(at(i)));
+        }
     }
 }

@@ -77,6 +77,26 @@ pub struct Stats {
     failures: [AtomicU64; KINDS],
 }
 
+impl Stats {
+    /// Every counter zero (what `Default` gives), as a `const fn`: a layer built in place
+    /// ([`DmaLayer::init_in`](crate::DmaLayer::init_in)) writes it straight into its field.
+    // Named constants of atomics are what `[C; N]` needs here: each use is a fresh zeroed value
+    // (never a shared one), and unlike `const {}` blocks they let the optimiser write the whole
+    // value in place (`scripts/budgets.sh`: `DmaLayer::init_in` 760 B of frame, 1,272 B otherwise).
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub(crate) const fn new() -> Stats {
+        const ZERO: AtomicU64 = AtomicU64::new(0);
+        const SHARD: Shard = Shard {
+            maps: ZERO,
+            unmaps: ZERO,
+            bounced_maps: ZERO,
+            bytes_to_device: ZERO,
+            bytes_from_device: ZERO,
+        };
+        Stats { hot: [SHARD; SHARDS], quarantined_pages: ZERO, shared_pages: ZERO, failures: [ZERO; KINDS] }
+    }
+}
+
 /// A copy of the counters at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {

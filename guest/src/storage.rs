@@ -107,6 +107,60 @@ impl<P: Platform + 'static> LayerCell<P> {
         Ok(stored)
     }
 
+    /// Build a layer in the cell, in place ([`DmaLayer::init_in`]: no layer-sized value on any
+    /// stack, unlike [`Self::init`], which moves one in), let `configure` add its pools and enable
+    /// what it needs through `&mut`, then freeze it and return it shared.
+    ///
+    /// If the cell already holds a layer (or another CPU is building one) nothing is built:
+    /// [`CellInitError::Occupied`]. If `configure` fails, its pools are released
+    /// ([`DmaLayer::release_pools`]) and its IOMMU path disabled, the layer is dropped and the cell
+    /// is empty again: [`CellInitError::Configure`] with its error. (A panic in `configure`, where
+    /// panics unwind, leaves the cell being written for good: every later `init` is refused.)
+    ///
+    /// ```
+    /// use ccdma::storage::{LayerCell, PoolStorage};
+    /// use ccdma::{DmaError, PhysAddr, PoolConfig};
+    /// # use ccdma_hv_model::{HvConfig, Hypervisor};
+    /// # type Plat = &'static Hypervisor;
+    /// # let platform: Plat = Box::leak(Box::new(Hypervisor::new(HvConfig::pseries(1 << 30))));
+    /// static META: PoolStorage<512> = PoolStorage::new(); // 1 MiB of 2 KiB slots
+    /// static LAYER: LayerCell<Plat> = LayerCell::new();
+    ///
+    /// // The layer is built inside LAYER: no stack frame ever holds it.
+    /// let layer = LAYER
+    ///     .init_with(platform, |layer| {
+    ///         let meta = META.take().ok_or(DmaError::TooManyPools)?;
+    ///         // SAFETY: the range is guest RAM given to the layer for good.
+    ///         unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, meta, PoolConfig::default()) }.map(|_| ())
+    ///     })
+    ///     .expect("initialised once");
+    /// assert_eq!(layer.pools().count(), 1);
+    /// ```
+    pub fn init_with<E>(
+        &'static self,
+        platform: P,
+        configure: impl FnOnce(&mut DmaLayer<'static, P>) -> Result<(), E>,
+    ) -> Result<&'static DmaLayer<'static, P>, CellInitError<E>> {
+        if self.state.compare_exchange(EMPTY, WRITING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Err(CellInitError::Occupied);
+        }
+        // SAFETY: the compare-exchange made this CPU the only writer, and nobody reads before READY.
+        let place = unsafe { &mut *self.layer.get() };
+        let layer = DmaLayer::init_in(place, platform);
+        if let Err(e) = configure(layer) {
+            // Give back what `configure` took before the layer goes (it has no destructor that would).
+            let _ = layer.disable_iommu();
+            let _ = layer.release_pools();
+            // SAFETY: `init_in` initialised the value and no reference to it outlives this call.
+            unsafe { place.assume_init_drop() };
+            self.state.store(EMPTY, Ordering::Release);
+            return Err(CellInitError::Configure(e));
+        }
+        self.state.store(READY, Ordering::Release);
+        // SAFETY: initialised above; from now on it is only shared (READY is never left).
+        Ok(unsafe { place.assume_init_ref() })
+    }
+
     /// The frozen layer, once initialised.
     pub fn get(&'static self) -> Option<&'static DmaLayer<'static, P>> {
         if self.state.load(Ordering::Acquire) != READY {
@@ -115,6 +169,15 @@ impl<P: Platform + 'static> LayerCell<P> {
         // SAFETY: READY was stored (release) after the one write; the value is never written again.
         Some(unsafe { (*self.layer.get()).assume_init_ref() })
     }
+}
+
+/// Why [`LayerCell::init_with`] froze no layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellInitError<E> {
+    /// The cell holds a layer already, or another CPU is building one.
+    Occupied,
+    /// The configuration step failed with this error; the cell is empty again.
+    Configure(E),
 }
 
 impl<P: Platform + 'static> Default for LayerCell<P> {

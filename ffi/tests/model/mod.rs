@@ -119,6 +119,8 @@ pub fn table(hv: &Hypervisor) -> ccdma_platform {
         revoke: Some(revoke),
         private_bus_addr: None,
         shared_bus: ccdma_bus_encoding::IDENTITY,
+        mask_interrupts: None,
+        restore_interrupts: None,
     }
 }
 

@@ -21,8 +21,8 @@ impl<P: Platform> DmaLayer<'_, P> {
             npools: 0,
             growth,
         };
-        for (i, p) in self.pools.iter() {
-            r.pools[r.npools] = PoolFill {
+        for ((i, p), fill) in self.pools.iter().zip(r.pools.iter_mut()) {
+            *fill = PoolFill {
                 index: i as u8,
                 slots: p.slots() as u32,
                 in_use: p.slots_in_use() as u32,

@@ -39,13 +39,13 @@ impl Default for LivePools {
 }
 
 impl LivePools {
-    pub(crate) fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         LivePools {
             seq: AtomicU32::new(0),
             len: AtomicU8::new(0),
-            order: core::array::from_fn(|_| AtomicU8::new(0)),
-            base: core::array::from_fn(|_| AtomicU64::new(0)),
-            size: core::array::from_fn(|_| AtomicU64::new(0)),
+            order: [const { AtomicU8::new(0) }; MAX_POOLS],
+            base: [const { AtomicU64::new(0) }; MAX_POOLS],
+            size: [const { AtomicU64::new(0) }; MAX_POOLS],
             reserve: AtomicU32::new(0),
         }
     }
@@ -121,8 +121,8 @@ impl LivePools {
     ) -> PoolOrder {
         let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
         let mut order = PoolOrder::EMPTY;
-        for k in 0..n {
-            let i = self.order[k].load(Ordering::Relaxed) as usize % MAX_POOLS;
+        for k in self.order.iter().take(n) {
+            let i = k.load(Ordering::Relaxed) as usize % MAX_POOLS;
             let base = self.base[i].load(Ordering::Relaxed);
             each(i, base);
             if skip & (1 << i) == 0
@@ -163,7 +163,7 @@ impl LivePools {
     pub(crate) fn base_of(&self, i: usize) -> Option<BusAddr> {
         let base = self.base.get(i)?;
         self.read(|n| {
-            let found = self.order[..n].iter().any(|k| k.load(Ordering::Relaxed) as usize == i);
+            let found = self.order.iter().take(n).any(|k| k.load(Ordering::Relaxed) as usize == i);
             found.then(|| BusAddr(base.load(Ordering::Relaxed)))
         })
     }
@@ -281,15 +281,17 @@ mod tests {
                 }
             })
         };
-        let mut found = 0u64;
         // Under Miri (scripts/miri.sh) a few hundred rounds already interleave the threads.
         let rounds = if cfg!(miri) { 300 } else { 3_000_000 };
         for _ in 0..rounds {
-            found += u64::from(l.find(0x1800).is_some());
+            core::hint::black_box(l.find(0x1800));
         }
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
-        assert!(found > 0);
+        // What the test is for is above: no overflow mid-race. Whether any racing lookup succeeded
+        // depends on scheduling (a busy machine can starve them all), so only the settled state is
+        // asserted: the writer's last insert is found.
+        assert!(l.find(0x1800).is_some());
     }
 
     /// The map path's in-place reads (`order`, `base_of`) under a writer that moves a pool between

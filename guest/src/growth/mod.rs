@@ -67,7 +67,7 @@ use crate::error::DmaError;
 use crate::iommu::domain::{DomainInfo, DomainSlot};
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
-use crate::pool::{BouncePool, SlotMeta};
+use crate::pool::SlotMeta;
 use crate::pool_set::MAX_POOLS;
 use crate::stats::FailureKind;
 
@@ -230,8 +230,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             Err(v)
         };
         let Some(phys) = src.take(len, cfg.align, limit) else { return refuse(GrowthVerdict::SourceEmpty) };
-        let in_range =
-            phys.0 % cfg.align == 0 && phys.0.checked_add(len as u64 - 1).is_some_and(|l| l <= limit);
+        let in_range = phys.0.checked_rem(cfg.align) == Some(0)
+            && phys.0.checked_add(len as u64 - 1).is_some_and(|l| l <= limit);
         let cpu = self.platform.cpu_ptr(phys, len);
         let slots = cfg.pool.slots_for(len);
         let meta = if in_range && cpu.is_some() { src.take_meta(slots) } else { None };
@@ -268,18 +268,21 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             }
             core::slice::from_raw_parts_mut(meta.as_ptr(), slots)
         };
-        // SAFETY: the range is ours until handed back, which happens only after the pool is dropped.
-        let pool = match unsafe { BouncePool::new(phys, cpu, len, meta_slice, cfg.pool) } {
-            Ok(p) => p,
-            Err(_) => {
+        // Built in its table slot, in place (a pool is ~2.4 KiB: no frame holds one).
+        // SAFETY: we hold the growth lock. The range is ours until handed back, which happens only
+        // after the pool is dropped.
+        let installed =
+            unsafe { self.pools.install_with(i, |pool| pool.init(phys, cpu, len, meta_slice, cfg.pool)) };
+        match installed {
+            Ok(()) => {}
+            Err(Some(_)) => {
                 self.undo_share(g, phys, len, MetaPtr(meta), slots);
                 return fail(GrowthVerdict::SharingFailed);
             }
-        };
-        // SAFETY: we hold the growth lock.
-        if !unsafe { self.pools.install(i, pool) } {
-            self.undo_share(g, phys, len, MetaPtr(meta), slots);
-            return refuse(GrowthVerdict::LimitReached);
+            Err(None) => {
+                self.undo_share(g, phys, len, MetaPtr(meta), slots);
+                return refuse(GrowthVerdict::LimitReached);
+            }
         }
         if let Err(clean) = self.enter_windows(i, phys, len, reserve) {
             if clean {

@@ -18,6 +18,7 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use crate::addr::PhysAddr;
 use crate::pool::BouncePool;
 use crate::pool_set::MAX_POOLS;
 
@@ -89,13 +90,18 @@ impl core::fmt::Debug for PoolRef<'_, '_> {
 }
 
 impl<'m> PoolTable<'m> {
-    pub(crate) fn new() -> Self {
+    /// An empty table. A `const fn` of constant parts: the optimiser writes it straight into its
+    /// destination (no table-sized temporary on the stack; `scripts/budgets.sh` checks the frames).
+    #[inline]
+    pub(crate) const fn new() -> Self {
         PoolTable {
-            slots: core::array::from_fn(|_| Slot {
-                word: AtomicU32::new(EMPTY << SHIFT),
-                touched: AtomicBool::new(false),
-                pool: UnsafeCell::new(None),
-            }),
+            slots: [const {
+                Slot {
+                    word: AtomicU32::new(EMPTY << SHIFT),
+                    touched: AtomicBool::new(false),
+                    pool: UnsafeCell::new(None),
+                }
+            }; MAX_POOLS],
         }
     }
 
@@ -172,48 +178,81 @@ impl<'m> PoolTable<'m> {
         self.slots.iter().filter(|s| state(s.word.load(Ordering::Acquire)) != EMPTY).count()
     }
 
-    /// Put a pool added through `&mut self` into slot `i` (FIXED).
-    pub(crate) fn set_fixed(&mut self, i: usize, pool: BouncePool<'m>) {
-        let slot = &mut self.slots[i];
-        *slot.pool.get_mut() = Some(pool);
+    /// Build a pool added through `&mut self` in slot `i`, in place (`init` makes the empty pool it
+    /// is given a real one); FIXED if `init` succeeds, EMPTY again (and its error) if it fails.
+    pub(crate) fn set_fixed_with<E>(
+        &mut self,
+        i: usize,
+        init: impl FnOnce(&mut BouncePool<'m>) -> Result<(), E>,
+    ) -> Result<(), Option<E>> {
+        let Some(slot) = self.slots.get_mut(i) else { return Err(None) };
+        if state(*slot.word.get_mut()) != EMPTY {
+            return Err(None);
+        }
+        let cell = slot.pool.get_mut();
+        let pool = cell.insert(const { BouncePool::empty() });
+        if let Err(e) = init(pool) {
+            *cell = None;
+            return Err(Some(e));
+        }
         *slot.word.get_mut() = FIXED << SHIFT;
+        Ok(())
     }
 
-    /// Take every FIXED pool out (through `&mut self`: no reader exists).
-    pub(crate) fn take_fixed(&mut self) -> impl Iterator<Item = BouncePool<'m>> + '_ {
+    /// Take every FIXED pool out (through `&mut self`: no reader exists), dropping it in place;
+    /// yields where each one was.
+    pub(crate) fn take_fixed(&mut self) -> impl Iterator<Item = (PhysAddr, usize)> + use<'_, 'm> {
         self.slots.iter_mut().filter_map(|s| {
             if state(*s.word.get_mut()) != FIXED {
                 return None;
             }
             *s.word.get_mut() = EMPTY << SHIFT;
-            s.pool.get_mut().take()
+            let cell = s.pool.get_mut();
+            let range = cell.as_ref().map(|p| (p.phys(), p.len()));
+            *cell = None;
+            range
         })
     }
 
-    /// Write a new pool into EMPTY slot `i` and hold it ADDING (no reader sees it yet).
+    /// Build a new pool in EMPTY slot `i`, in place, and hold it ADDING (no reader sees it yet):
+    /// `init` makes the empty pool it is given a real one. If the slot is not EMPTY (`Err(None)`) or
+    /// `init` fails (`Err(Some(..))`, the slot EMPTY again) nothing is installed.
     ///
     /// # Safety
     /// The caller holds the growth lock (the only writer of slot states other than `&mut self`).
-    pub(crate) unsafe fn install(&self, i: usize, pool: BouncePool<'m>) -> bool {
-        let slot = &self.slots[i];
+    pub(crate) unsafe fn install_with<E>(
+        &self,
+        i: usize,
+        init: impl FnOnce(&mut BouncePool<'m>) -> Result<(), E>,
+    ) -> Result<(), Option<E>> {
+        let Some(slot) = self.slots.get(i) else { return Err(None) };
         let ok = slot
             .word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 (state(w) == EMPTY).then_some((ADDING << SHIFT) | (w & USERS))
             })
             .is_ok();
-        if ok {
-            // SAFETY: ADDING admits no reader; the growth lock makes this CPU the only writer.
-            unsafe { *slot.pool.get() = Some(pool) };
-            // Born touched: the next idle tick does not count a pool its grower has not used yet.
-            slot.touched.store(true, Ordering::Relaxed);
+        if !ok {
+            return Err(None);
         }
-        ok
+        // SAFETY: ADDING admits no reader; the growth lock makes this CPU the only writer.
+        let cell = unsafe { &mut *slot.pool.get() };
+        let pool = cell.insert(const { BouncePool::empty() });
+        if let Err(e) = init(pool) {
+            *cell = None;
+            slot.word
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some((EMPTY << SHIFT) | (w & USERS)))
+                .ok();
+            return Err(Some(e));
+        }
+        // Born touched: the next idle tick does not count a pool its grower has not used yet.
+        slot.touched.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     fn set_state(&self, i: usize, from: u32, to: u32) -> bool {
-        self.slots[i]
-            .word
+        let Some(slot) = self.slots.get(i) else { return false };
+        slot.word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 (state(w) == from).then_some((to << SHIFT) | (w & USERS))
             })
@@ -236,7 +275,7 @@ impl<'m> PoolTable<'m> {
     /// code may) makes the shrink fail, never hang.
     pub(crate) fn wait_users(&self, i: usize) -> bool {
         for _ in 0..SPIN_LIMIT {
-            if self.slots[i].word.load(Ordering::Acquire) & USERS == 0 {
+            if self.slots.get(i).is_none_or(|s| s.word.load(Ordering::Acquire) & USERS == 0) {
                 return true;
             }
             core::hint::spin_loop();
@@ -253,7 +292,7 @@ impl<'m> PoolTable<'m> {
     /// users (lookups of addresses in this pool) finish; none blocks on anything.
     /// Gives up (false, still DRAINING) after [`SPIN_LIMIT`] tries, as [`Self::wait_users`].
     pub(crate) fn exclusive(&self, i: usize) -> bool {
-        let w = &self.slots[i].word;
+        let Some(w) = self.slots.get(i).map(|s| &s.word) else { return false };
         for _ in 0..SPIN_LIMIT {
             let swapped = w.compare_exchange_weak(
                 DRAINING << SHIFT,
@@ -274,31 +313,44 @@ impl<'m> PoolTable<'m> {
         self.set_state(i, REMOVING, QUARANTINED) || self.set_state(i, ADDING, QUARANTINED)
     }
 
-    /// Take the pool out of a slot held REMOVING or ADDING; the slot is EMPTY again.
+    /// Drop the pool of a slot held REMOVING or ADDING; the slot is EMPTY again. True if it held one.
     ///
     /// # Safety
     /// The caller holds the growth lock and moved the slot to ADDING or REMOVING itself.
-    pub(crate) unsafe fn take(&self, i: usize) -> Option<BouncePool<'m>> {
-        let slot = &self.slots[i];
+    pub(crate) unsafe fn take(&self, i: usize) -> bool {
+        let Some(slot) = self.slots.get(i) else { return false };
         let w = slot.word.load(Ordering::Acquire);
         if !matches!(state(w), REMOVING | ADDING) {
-            return None;
+            return false;
         }
-        // SAFETY: per the contract the cell is ours alone.
-        let pool = unsafe { (*slot.pool.get()).take() };
+        // SAFETY: per the contract the cell is ours alone. Dropped in place (no pool-sized move).
+        let had = unsafe { (*slot.pool.get()).take_in_place() };
         slot.word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some((EMPTY << SHIFT) | (w & USERS)))
             .ok();
-        pool
+        had
     }
 
     /// Clear slot `i`'s activity mark; true when it was set (an allocation was tried there).
     pub(crate) fn take_touched(&self, i: usize) -> bool {
-        self.slots[i].touched.swap(false, Ordering::Relaxed)
+        self.slots.get(i).is_some_and(|s| s.touched.swap(false, Ordering::Relaxed))
     }
 
     /// True when slot `i` is ACTIVE (a grown pool taking allocations).
     pub(crate) fn is_active(&self, i: usize) -> bool {
-        state(self.slots[i].word.load(Ordering::Acquire)) == ACTIVE
+        self.slots.get(i).is_some_and(|s| state(s.word.load(Ordering::Acquire)) == ACTIVE)
+    }
+}
+
+/// Emptying an `Option` without moving its value out (`Option::take` returns it: a pool-sized copy).
+trait TakeInPlace {
+    fn take_in_place(&mut self) -> bool;
+}
+
+impl<T> TakeInPlace for Option<T> {
+    fn take_in_place(&mut self) -> bool {
+        let had = self.is_some();
+        *self = None;
+        had
     }
 }

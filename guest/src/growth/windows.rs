@@ -60,11 +60,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 _ => continue,
             };
             let page = win.page_size();
-            if phys.0 % page != 0 || len % page != 0 || lo >= hi {
+            // Checked: a usable window's page is never 0, but no division may panic.
+            let (Some(0), Some(0), Some(pages)) =
+                (phys.0.checked_rem(page), len.checked_rem(page), len.checked_div(page))
+            else {
+                continue;
+            };
+            if lo >= hi {
                 continue;
             }
             let Ok(bus) = slot.space.lock().alloc(len, align, phase, lo, hi, kind, phys.0) else { continue };
-            if let Err(f) = tce.put(&win, bus, phys.0, len / page, TCE_PCI_READ | TCE_PCI_WRITE) {
+            if let Err(f) = tce.put(&win, bus, phys.0, pages, TCE_PCI_READ | TCE_PCI_WRITE) {
                 if f.clean {
                     slot.space.lock().free(bus, len, kind);
                 }

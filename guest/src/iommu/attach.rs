@@ -54,22 +54,27 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             });
         }
         let list = self.enable_list_pages(cfg.batching)?;
+        // Built in place, one domain at a time: the whole IOMMU part is ~14 KiB, too much for a
+        // firmware frame (`scripts/budgets.sh` checks the frames).
+        let iommu = self.iommu.insert(
+            const {
+                Iommu {
+                    cfg: IommuConfig::premapped(),
+                    domains: [const { None }; MAX_DOMAINS],
+                    list: None,
+                    reservations: Mutex::new(([(0, 0); MAX_GLOBAL_RESERVATIONS], 0)),
+                }
+            },
+        );
+        iommu.cfg = cfg;
+        iommu.list = list;
         let mut rest = ranges;
-        let domains = core::array::from_fn(|i| {
-            if i < cfg.max_domains {
-                let (head, tail) = core::mem::take(&mut rest).split_at_mut(per);
-                rest = tail;
-                Some(DomainSlot::new(head))
-            } else {
-                None
-            }
-        });
-        self.iommu = Some(Iommu {
-            cfg,
-            domains,
-            list,
-            reservations: Mutex::new(([(0, 0); MAX_GLOBAL_RESERVATIONS], 0)),
-        });
+        for slot in iommu.domains.iter_mut().take(cfg.max_domains) {
+            // `per * max_domains <= ranges.len()`: every split finds its share.
+            let Some((head, tail)) = core::mem::take(&mut rest).split_at_mut_checked(per) else { break };
+            rest = tail;
+            DomainSlot::init_in(slot, head);
+        }
         Ok(())
     }
 

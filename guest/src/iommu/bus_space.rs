@@ -107,7 +107,7 @@ impl<'m> BusSpace<'m> {
 
     /// The used ranges, sorted by start.
     pub fn ranges(&self) -> &[BusRange] {
-        &self.ranges[..self.used]
+        self.ranges.get(..self.used).unwrap_or(&[])
     }
 
     /// Used ranges that are not reservations or quarantined (what must be gone at detach).
@@ -130,20 +130,29 @@ impl<'m> BusSpace<'m> {
     }
 
     fn insert_at(&mut self, i: usize, r: BusRange) -> Result<(), IommuError> {
-        if self.used == self.ranges.len() {
+        // Checked access: `i <= used < len` always holds here, but the compiler cannot see it.
+        let Some(tail) = self.ranges.get_mut(i..=self.used) else {
             return Err(IommuError::BusSpaceExhausted);
+        };
+        // Shift right by one (the last entry is unused), `r` into the first: no panic path.
+        let mut carry = r;
+        for slot in tail.iter_mut() {
+            carry = core::mem::replace(slot, carry);
         }
-        self.ranges.copy_within(i..self.used, i + 1);
-        self.ranges[i] = r;
         self.used += 1;
         Ok(())
     }
 
-    fn remove_at(&mut self, i: usize) -> BusRange {
-        let r = self.ranges[i];
-        self.ranges.copy_within(i + 1..self.used, i);
-        self.used -= 1;
-        r
+    fn remove_at(&mut self, i: usize) {
+        // Checked access: `i < used` always holds here, but the compiler cannot see it.
+        if let Some(tail) = self.ranges.get_mut(i..self.used) {
+            // Shift left by one over the removed entry: no panic path.
+            let mut carry = BusRange::EMPTY;
+            for slot in tail.iter_mut().rev() {
+                carry = core::mem::replace(slot, carry);
+            }
+            self.used -= 1;
+        }
     }
 
     /// Reserve `[start, start + len)`: it is never handed out. Overlapping reservations merge; a
@@ -157,8 +166,7 @@ impl<'m> BusSpace<'m> {
         let first = self.first_ending_after(start);
         let mut last = first;
         let (mut lo, mut hi) = (start, end);
-        while last < self.used && self.ranges[last].start < end {
-            let r = self.ranges[last];
+        while let Some(&r) = self.ranges().get(last).filter(|r| r.start < end) {
             if r.kind != RangeKind::Reserved {
                 return Err(IommuError::ReservationConflict);
             }
@@ -167,9 +175,9 @@ impl<'m> BusSpace<'m> {
             last += 1;
         }
         let merged = BusRange { start: lo, len: hi - lo, kind: RangeKind::Reserved, phys: 0 };
-        if last > first {
+        if let Some(slot) = self.ranges.get_mut(first).filter(|_| last > first) {
             // Replace the overlapped reservations by their union (no slot needed).
-            self.ranges[first] = merged;
+            *slot = merged;
             for _ in first + 1..last {
                 self.remove_at(first + 1);
             }
@@ -183,7 +191,7 @@ impl<'m> BusSpace<'m> {
     pub fn check_reserve(&self, start: u64, len: u64) -> Result<(), IommuError> {
         let end = start.checked_add(len).ok_or(IommuError::ReservationConflict)?;
         let first = self.first_ending_after(start);
-        let overlapping = self.ranges()[first..].iter().take_while(|r| r.start < end);
+        let overlapping = self.ranges().get(first..).unwrap_or(&[]).iter().take_while(|r| r.start < end);
         if overlapping.clone().any(|r| r.kind != RangeKind::Reserved) {
             return Err(IommuError::ReservationConflict);
         }
@@ -234,7 +242,7 @@ impl<'m> BusSpace<'m> {
             }
         };
         let mut gap = from;
-        for r in &self.ranges()[self.first_ending_after(from)..] {
+        for r in self.ranges().get(self.first_ending_after(from)..).unwrap_or(&[]) {
             let gap_end = r.start.min(hi);
             if let Some(a) = place(gap) {
                 if a.checked_add(len).is_some_and(|e| e <= gap_end) {
@@ -269,7 +277,8 @@ impl<'m> BusSpace<'m> {
         if r.start != start || r.len != len || r.kind != kind || kind == RangeKind::Reserved {
             return None;
         }
-        Some(self.remove_at(i))
+        self.remove_at(i);
+        Some(r)
     }
 
     /// Mark the range starting at `start` quarantined: it stays used and is never freed.

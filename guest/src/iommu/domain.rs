@@ -78,8 +78,9 @@ unsafe impl Sync for DomainSlot<'_> {}
 unsafe impl Send for DomainSlot<'_> {}
 
 impl<'m> DomainSlot<'m> {
-    pub(crate) fn new(storage: &'m mut [BusRange]) -> DomainSlot<'m> {
-        DomainSlot {
+    /// A FREE slot over `storage`, written into `slot` in place (no frame holds the whole `Iommu`).
+    pub(crate) fn init_in(slot: &mut Option<DomainSlot<'m>>, storage: &'m mut [BusRange]) {
+        *slot = Some(DomainSlot {
             state: AtomicU8::new(FREE),
             generation: AtomicU32::new(0),
             device: AtomicU32::new(0),
@@ -89,7 +90,7 @@ impl<'m> DomainSlot<'m> {
             live: LivePools::new(),
             mask: AtomicU64::new(0),
             min_align: AtomicU64::new(0),
-        }
+        });
     }
 
     /// The set-up result, once READY.

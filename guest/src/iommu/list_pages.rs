@@ -56,7 +56,8 @@ impl ListPages {
     }
 
     fn try_take(&self, i: usize) -> Option<ListGuard<'_>> {
-        self.busy[i]
+        self.busy
+            .get(i)?
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| ListGuard { pages: self, index: i })
@@ -80,9 +81,12 @@ impl ListPages {
                 }
             }
             ListMode::PerCpu => {
-                let start = cpu.map_or(0, |c| c % self.count);
-                let found =
-                    (0..self.count).find_map(|k| self.try_take((start + k) % self.count).map(|g| (k, g)));
+                // `count >= 1` (checked at enable); `checked_rem` keeps a division panic out anyway.
+                let start = cpu.and_then(|c| c.checked_rem(self.count)).unwrap_or(0);
+                let found = (0..self.count).find_map(|k| {
+                    let i = (start + k).checked_rem(self.count)?;
+                    self.try_take(i).map(|g| (k, g))
+                });
                 match found {
                     Some((0, g)) => Some(g),
                     Some((_, g)) => {

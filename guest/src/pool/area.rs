@@ -69,7 +69,7 @@ pub(super) fn max_lane(word: u64) -> usize {
 }
 
 impl<'m> AreaState<'m> {
-    pub(super) fn empty() -> AreaState<'m> {
+    pub(super) const fn empty() -> AreaState<'m> {
         AreaState {
             meta: &mut [],
             len: 0,
@@ -491,7 +491,7 @@ pub(super) struct Area<'m> {
 }
 
 impl<'m> Area<'m> {
-    pub(super) fn empty() -> Area<'m> {
+    pub(super) const fn empty() -> Area<'m> {
         Area {
             state: Mutex::new(AreaState::empty()),
             longest: AtomicUsize::new(0),

@@ -37,10 +37,30 @@ unsafe impl Send for BouncePool<'_> {}
 unsafe impl Sync for BouncePool<'_> {}
 
 impl<'m> BouncePool<'m> {
-    /// Build a pool over memory the caller has already shared (see `DmaLayer::add_pool`, which shares).
+    /// A pool of no slots: the value a pool is built in place from ([`Self::init`]). A `const fn`
+    /// of constant parts, so the optimiser writes it straight into its destination.
+    pub(crate) const fn empty() -> BouncePool<'m> {
+        BouncePool {
+            phys: PhysAddr(0),
+            cpu: NonNull::dangling(),
+            len: 0,
+            nslots: 0,
+            slot_shift: 0,
+            max_run: 0,
+            area_slots: 0,
+            area_shift: 0,
+            area_count: 0,
+            areas: [const { Area::empty() }; MAX_AREAS],
+            next_area: AtomicUsize::new(0),
+        }
+    }
+
+    /// Build a pool over memory the caller has already shared (see `DmaLayer::add_pool`, which shares),
+    /// by value. The layer builds its pools in place ([`Self::init`]): a pool is ~2.4 KiB.
     ///
     /// # Safety
-    /// `cpu` must point to `len` bytes that stay valid, and are used by nothing else, for `'m`.
+    /// As [`Self::init`].
+    #[cfg(test)]
     pub(crate) unsafe fn new(
         phys: PhysAddr,
         cpu: NonNull<u8>,
@@ -48,6 +68,25 @@ impl<'m> BouncePool<'m> {
         meta: &'m mut [SlotMeta],
         cfg: PoolConfig,
     ) -> Result<BouncePool<'m>, DmaError> {
+        let mut pool = Self::empty();
+        // SAFETY: the caller keeps `init`'s contract.
+        unsafe { pool.init(phys, cpu, len, meta, cfg) }?;
+        Ok(pool)
+    }
+
+    /// Make `self` (an [`Self::empty`] pool, or one whose memory is given up) a pool over memory the
+    /// caller has already shared, in place: no pool-sized temporary. On error `self` is unchanged.
+    ///
+    /// # Safety
+    /// `cpu` must point to `len` bytes that stay valid, and are used by nothing else, for `'m`.
+    pub(crate) unsafe fn init(
+        &mut self,
+        phys: PhysAddr,
+        cpu: NonNull<u8>,
+        len: usize,
+        meta: &'m mut [SlotMeta],
+        cfg: PoolConfig,
+    ) -> Result<(), DmaError> {
         cfg.validate()?;
         if !phys.is_page_aligned() || len == 0 || len as u64 % PAGE_SIZE != 0 {
             return Err(DmaError::Unaligned { addr: phys.0 | len as u64, align: PAGE_SIZE });
@@ -56,39 +95,41 @@ impl<'m> BouncePool<'m> {
         if nslots == 0 {
             return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
         }
-        if meta.len() < nslots {
-            return Err(DmaError::MetadataTooSmall { needed: nslots, provided: meta.len() });
-        }
-        let meta = &mut meta[..nslots];
+        let provided = meta.len();
+        let Some(meta) = meta.get_mut(..nslots) else {
+            return Err(DmaError::MetadataTooSmall { needed: nslots, provided });
+        };
         // Areas are whole segments so no run crosses an area either.
         let segs = nslots.div_ceil(cfg.max_run_slots);
         let area_count = cfg.areas.min(segs);
         let area_slots = segs.div_ceil(area_count) * cfg.max_run_slots;
-        let mut areas: [Area<'m>; MAX_AREAS] = core::array::from_fn(|_| Area::empty());
         let mut rest = meta;
         let mut count = 0;
-        while !rest.is_empty() {
+        for area in self.areas.iter_mut() {
             let take = area_slots.min(rest.len());
             let (head, tail) = core::mem::take(&mut rest).split_at_mut(take);
             rest = tail;
-            let st = AreaState::new(head, cfg.max_run_slots);
-            areas[count].longest.store(st.top, Ordering::Relaxed);
-            *areas[count].state.get_mut() = st;
-            count += 1;
+            let st =
+                if head.is_empty() { AreaState::empty() } else { AreaState::new(head, cfg.max_run_slots) };
+            if st.len != 0 {
+                count += 1;
+            }
+            area.longest.store(st.top, Ordering::Relaxed);
+            area.used.store(0, Ordering::Relaxed);
+            area.high.store(0, Ordering::Relaxed);
+            *area.state.get_mut() = st;
         }
-        Ok(BouncePool {
-            phys,
-            cpu,
-            len,
-            nslots,
-            slot_shift: cfg.slot_size.trailing_zeros(),
-            max_run: cfg.max_run_slots,
-            area_slots,
-            area_shift: shift_of(area_slots),
-            area_count: count,
-            areas,
-            next_area: AtomicUsize::new(0),
-        })
+        self.phys = phys;
+        self.cpu = cpu;
+        self.len = len;
+        self.nslots = nslots;
+        self.slot_shift = cfg.slot_size.trailing_zeros();
+        self.max_run = cfg.max_run_slots;
+        self.area_slots = area_slots;
+        self.area_shift = shift_of(area_slots);
+        self.area_count = count;
+        *self.next_area.get_mut() = 0;
+        Ok(())
     }
 
     /// The area holding global slot `index`.

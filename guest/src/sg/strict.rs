@@ -15,7 +15,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
     ) -> Result<Option<(u64, u64)>, DmaError> {
         let Some(win) = view.window else { return Ok(None) };
+        // Never 0 for a window set-up accepted (`is_usable`); checked so no division can panic.
         let page = win.page_size();
+        if page == 0 {
+            return Err(DmaError::Iommu(IommuError::NoWindow));
+        }
         // Where each item goes, as offsets from the range's start.
         let mut cursor = 0u64;
         let mut first_phys = None;

@@ -79,7 +79,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        // Never 0 for a window set-up accepted (`is_usable`); checked so no division can panic.
         let page = win.page_size();
+        if page == 0 {
+            return Err(DmaError::Iommu(IommuError::NoWindow));
+        }
         let (order, _) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
         let run = self.bounce_alloc(dev, &order, orig, len, dir, attrs, RunAlign::IommuPages(page))?;
         let pool = self.pools.get(run.pool).ok_or(DmaError::NotAttached)?;

@@ -74,7 +74,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        // Never 0 for a window set-up accepted (`is_usable`); checked so no division can panic.
         let page = win.page_size();
+        if page == 0 {
+            return Err(DmaError::Iommu(IommuError::NoWindow));
+        }
         let base = phys & !(page - 1);
         let npages = (end - base).div_ceil(page);
         let span = npages.checked_mul(page).ok_or(DmaError::Overflow)?;

@@ -35,6 +35,9 @@ pub enum Violation {
         /// The bus address.
         bus: u64,
     },
+    /// A share refused on purpose ([`PageLedger::refuse_next_shares`], a check's doing): not a
+    /// violation, never counted as one.
+    Refused(u64),
     /// A device was handed an address whose memory is not shared.
     DeviceGivenPrivate {
         /// PCI requester ID of the device.
@@ -50,6 +53,7 @@ impl fmt::Display for Violation {
             Self::AlreadyShared(page) => write!(f, "page {page:#x} shared twice"),
             Self::NotShared(page) => write!(f, "private page {page:#x} unshared"),
             Self::NotRam(page) => write!(f, "page {page:#x} is not RAM"),
+            Self::Refused(page) => write!(f, "share of page {page:#x} refused on purpose"),
             Self::DeviceGivenUnmapped { device, bus } => {
                 write!(f, "device {device:#06x} given bus address {bus:#x}, which its windows do not map")
             }
@@ -69,6 +73,11 @@ pub struct PageLedger {
     unshare_calls: AtomicU64,
     violations: AtomicU64,
     first_violation: Mutex<Option<Violation>>,
+    refuse_shares: AtomicU64,
+    /// The range of the last share refused on purpose: ccdma cannot know how much a failed
+    /// `UV_SHARE_PAGE` converted, so it unshares the whole request; that one unshare of still
+    /// private pages is the documented rollback, accepted as a no-op, not a violation.
+    refused_range: Mutex<Option<(u64, u64)>>,
 }
 
 /// Counters of the ledger, for the report.
@@ -95,6 +104,8 @@ impl PageLedger {
             unshare_calls: AtomicU64::new(0),
             violations: AtomicU64::new(0),
             first_violation: Mutex::new(None),
+            refuse_shares: AtomicU64::new(0),
+            refused_range: Mutex::new(None),
         }
     }
 
@@ -152,11 +163,32 @@ impl PageLedger {
         self.first_violation.lock().get_or_insert(violation);
     }
 
+    /// Refuses the next `calls` share calls whole (nothing changes), as a host or ultravisor out of
+    /// resources may; 0 disarms. Not counted as violations.
+    pub fn refuse_next_shares(&self, calls: u64) {
+        self.refuse_shares.store(calls, Ordering::Relaxed);
+    }
+
     /// Changes `pages` pages from `phys` to `shared`. Stops at the first page in the wrong state or
     /// not RAM and returns how many pages changed before it (as a partial hypercall would).
     pub fn convert(&self, phys: u64, pages: u64, shared: bool) -> Result<(), (u64, Violation)> {
         let counter = if shared { &self.share_calls } else { &self.unshare_calls };
         counter.fetch_add(1, Ordering::Relaxed);
+        if shared
+            && self
+                .refuse_shares
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            *self.refused_range.lock() = Some((phys, pages));
+            return Err((0, Violation::Refused(phys)));
+        }
+        // The rollback, if the caller makes one, is its next call: any other call ends the grace
+        // (a platform that reports progress, as the x86 kernel's does, makes none).
+        let rollback = self.refused_range.lock().take() == Some((phys, pages));
+        if !shared && rollback {
+            return Ok(());
+        }
         for done in 0..pages {
             let page = phys + done * PAGE_SIZE as u64;
             let refused = if !self.is_ram(page, PAGE_SIZE as u64) {

@@ -23,6 +23,7 @@ pub mod patterns;
 pub mod report;
 pub mod rng;
 pub mod setup;
+pub mod share_refusal;
 pub mod time;
 pub mod transport;
 pub mod virtio;

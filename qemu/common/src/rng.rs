@@ -77,6 +77,21 @@ impl<H: Hal, T: Transport> VirtioRng<H, T> {
         Ok(Self { transport, queue, broken: false })
     }
 
+    /// Whether the device asks to be reset (`DEVICE_NEEDS_RESET`: QEMU sets it when it marks the
+    /// device broken, for example after a blocked DMA of more than one page).
+    pub fn needs_reset(&self) -> bool {
+        self.transport.get_status().contains(DeviceStatus::DEVICE_NEEDS_RESET)
+    }
+
+    /// Resets the device and sets it up again. A request that timed out is abandoned: the reset
+    /// stops the device using its buffer, and the old queue's memory is given back after it.
+    pub fn reset(self) -> Result<Self, RngError> {
+        let Self { mut transport, queue, .. } = self;
+        transport.set_status(DeviceStatus::empty());
+        drop(queue);
+        Self::new(transport)
+    }
+
     /// Asks the device to fill `buffer`; returns how many bytes it wrote.
     ///
     /// `buffer` is `'static` because a request that times out leaves it with the device for good.

@@ -6,11 +6,12 @@
 //! of every bus address against the page ledger.
 
 use ccdma::iommu::BusRange;
+use ccdma::storage::{CellInitError, LayerCell};
 use ccdma::{BusAddr, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta};
 use core::cell::UnsafeCell;
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use spin::{Mutex, Once};
+use spin::Mutex;
 
 use ccdma_qemu_common::binding::KernelDma;
 pub use ccdma_qemu_common::setup::{PoolInfo, SetupError};
@@ -30,7 +31,7 @@ pub const POOL_SIZE: usize = 4 << 20;
 /// Slot metadata entries per pool.
 const POOL_SLOTS: usize = POOL_SIZE / 2048;
 
-static LAYER: Once<Layer> = Once::new();
+static LAYER: LayerCell<&'static QemuPlatform> = LayerCell::new();
 
 pub use ccdma_qemu_common::memory::TakeOnce;
 
@@ -68,51 +69,50 @@ pub fn init(
     placement: PoolPlacement,
     iommu: Option<IommuConfig>,
 ) -> Result<([Option<PoolInfo>; 2], &'static Layer), SetupError> {
-    let mut layer = Layer::new(&PLATFORM);
     let mut pools = [None, None];
-    if placement != PoolPlacement::Low {
-        let top = PLATFORM.ledger().ram_end();
-        let phys = top.saturating_sub(POOL_SIZE as u64) & !((2 << 20) - 1);
-        let coherent = phys - COHERENT_BYTES as u64;
-        if coherent < 1 << 32 || memory::ptr_of(coherent, POOL_SIZE + COHERENT_BYTES).is_none() {
-            return Err(SetupError::NoHighRam);
+    // Built and configured inside LAYER (`LayerCell::init_with`): no stack frame holds the layer.
+    let built = LAYER.init_with(&PLATFORM, |layer| {
+        if placement != PoolPlacement::Low {
+            let top = PLATFORM.ledger().ram_end();
+            let phys = top.saturating_sub(POOL_SIZE as u64) & !((2 << 20) - 1);
+            let coherent = phys - COHERENT_BYTES as u64;
+            if coherent < 1 << 32 || memory::ptr_of(coherent, POOL_SIZE + COHERENT_BYTES).is_none() {
+                return Err(SetupError::NoHighRam);
+            }
+            let meta = HIGH_META.take().ok_or(SetupError::AlreadyInitialised)?;
+            // SAFETY: the top of RAM above 4 GiB is used by nothing else in this kernel (code, data,
+            // stacks and every static live below 4 GiB) and the layer lives for the rest of the run.
+            unsafe { layer.add_pool(PhysAddr(phys), POOL_SIZE, meta, PoolConfig::default()) }
+                .map_err(SetupError::Pool)?;
+            pools[0] = Some(PoolInfo { phys, len: POOL_SIZE });
+            if placement == PoolPlacement::High {
+                // Also unused by anything else (see above); handed out page by page by `alloc_pages`.
+                COHERENT_BASE.store(coherent, Ordering::Relaxed);
+            }
         }
-        let meta = HIGH_META.take().ok_or(SetupError::AlreadyInitialised)?;
-        // SAFETY: the top of RAM above 4 GiB is used by nothing else in this kernel (code, data,
-        // stacks and every static live below 4 GiB) and the layer lives for the rest of the run.
-        unsafe { layer.add_pool(PhysAddr(phys), POOL_SIZE, meta, PoolConfig::default()) }
-            .map_err(SetupError::Pool)?;
-        pools[0] = Some(PoolInfo { phys, len: POOL_SIZE });
-        if placement == PoolPlacement::High {
-            // Also unused by anything else (see above); handed out page by page by `alloc_pages`.
-            COHERENT_BASE.store(coherent, Ordering::Relaxed);
+        if placement != PoolPlacement::High {
+            let low = memory::phys_of(LOW_POOL.0.get().cast());
+            let meta = LOW_META.take().ok_or(SetupError::AlreadyInitialised)?;
+            // SAFETY: LOW_POOL is used by nothing but the layer (it is private to this module and
+            // handed over once, guarded by LOW_META's take-once flag).
+            unsafe { layer.add_pool(PhysAddr(low), POOL_SIZE, meta, PoolConfig::default()) }
+                .map_err(SetupError::Pool)?;
+            pools[1] = Some(PoolInfo { phys: low, len: POOL_SIZE });
         }
-    }
-    if placement != PoolPlacement::High {
-        let low = memory::phys_of(LOW_POOL.0.get().cast());
-        let meta = LOW_META.take().ok_or(SetupError::AlreadyInitialised)?;
-        // SAFETY: LOW_POOL is used by nothing but the layer (it is private to this module and
-        // handed over once, guarded by LOW_META's take-once flag).
-        unsafe { layer.add_pool(PhysAddr(low), POOL_SIZE, meta, PoolConfig::default()) }
-            .map_err(SetupError::Pool)?;
-        pools[1] = Some(PoolInfo { phys: low, len: POOL_SIZE });
-    }
-    if let Some(config) = iommu {
-        let ranges = BUS_RANGES.take().ok_or(SetupError::AlreadyInitialised)?;
-        // No list page: the virtio-iommu backend maps ranges itself (no H_PUT_TCE_INDIRECT), so
-        // sharing a page for entry lists would expose a page for nothing.
-        // SAFETY: no list page is given, the one thing `enable_iommu`'s contract is about.
-        unsafe { layer.enable_iommu(config, ranges) }.map_err(SetupError::Pool)?;
-    }
-    let mut fresh = false;
-    let layer = LAYER.call_once(|| {
-        fresh = true;
-        layer
+        if let Some(config) = iommu {
+            let ranges = BUS_RANGES.take().ok_or(SetupError::AlreadyInitialised)?;
+            // No list page: the virtio-iommu backend maps ranges itself (no H_PUT_TCE_INDIRECT), so
+            // sharing a page for entry lists would expose a page for nothing.
+            // SAFETY: no list page is given, the one thing `enable_iommu`'s contract is about.
+            unsafe { layer.enable_iommu(config, ranges) }.map_err(SetupError::Pool)?;
+        }
+        Ok(())
     });
-    if !fresh {
-        return Err(SetupError::AlreadyInitialised);
+    match built {
+        Ok(layer) => Ok((pools, layer)),
+        Err(CellInitError::Occupied) => Err(SetupError::AlreadyInitialised),
+        Err(CellInitError::Configure(e)) => Err(e),
     }
-    Ok((pools, layer))
 }
 
 /// The layer; panics if [`init`] has not run (a kernel bug: devices are only set up after it).

@@ -114,6 +114,9 @@ unsafe impl PhysMemory for QemuPlatform {
     }
 }
 
+/// RFLAGS.IF: interrupts enabled.
+const RFLAGS_IF: usize = 1 << 9;
+
 impl Platform for QemuPlatform {
     fn is_confidential(&self) -> bool {
         true
@@ -124,6 +127,25 @@ impl Platform for QemuPlatform {
     /// per-CPU index from per-CPU data (GS base), not from CPUID (a VM exit per map).
     fn cpu_hint(&self) -> Option<usize> {
         Some(0)
+    }
+
+    /// Save RFLAGS and disable interrupts (`local_irq_save`).
+    fn mask_interrupts(&self) -> ccdma::InterruptState {
+        let flags: u64;
+        // SAFETY: the kernel runs in ring 0, where `cli` is allowed; `pushfq`/`pop` read RFLAGS
+        // through the stack (no `nostack`: the compiler keeps the stack usable). Without `nomem` the
+        // block is a compiler barrier: no memory access of the masked section moves above it.
+        unsafe { core::arch::asm!("pushfq", "pop {0}", "cli", out(reg) flags) };
+        ccdma::InterruptState(flags as usize)
+    }
+
+    /// Enable interrupts again if they were enabled when `mask_interrupts` ran (`local_irq_restore`).
+    fn restore_interrupts(&self, saved: ccdma::InterruptState) {
+        if saved.0 & RFLAGS_IF != 0 {
+            // SAFETY: ring 0 (see `mask_interrupts`); interrupts were enabled before the masked
+            // section, so enabling them restores that state. A compiler barrier, as above.
+            unsafe { core::arch::asm!("sti") };
+        }
     }
 
     fn iommu_backend(&self) -> Option<&dyn ccdma::iommu::IommuBackend> {

@@ -11,6 +11,7 @@ use ccdma_qemu_common::checks::IO_TIMEOUT;
 use ccdma_qemu_common::memory::{self, leak_bytes};
 use ccdma_qemu_common::println;
 use ccdma_qemu_common::report::Report;
+use ccdma_qemu_common::rng::RngError;
 use core::sync::atomic::Ordering;
 
 use crate::dma::KernelBinding;
@@ -22,6 +23,9 @@ use crate::show::Hex;
 const PRIVATE_LEN: usize = 3000;
 /// Request length the wrong-direction knob recognises.
 const DIRECTION_LEN: usize = 2000;
+/// Request length of the broken-device check: more than one 4 KiB page, which QEMU does not drop
+/// quietly but answers by marking the device broken.
+const BROKEN_LEN: usize = 8192;
 
 /// A request whose buffer is private memory with no TCE: the device's write must not land.
 pub fn check_private(report: &mut Report, rng: &mut Rng<RngBinding>) {
@@ -93,4 +97,63 @@ pub fn check_direction(report: &mut Report, rng: &mut Rng<RngBinding>, policy: I
             if untouched { "unchanged" } else { "CHANGED" }
         ),
     );
+}
+
+/// A blocked DMA of more than one page: QEMU marks the device broken ("bogus descriptor", nothing
+/// in `guest_errors`) and the request never completes. The kernel must notice (the request times
+/// out, the device asks for a reset), reset the device and go on using it; the private buffer
+/// stays untouched throughout.
+pub fn check_broken_recovery(report: &mut Report, slot: &mut Option<Rng<RngBinding>>) {
+    const NAME: &str = "iommu.broken_recovery";
+    let Some(rng) = slot.as_mut() else { return report.fail(NAME, "no rng") };
+    let Some(buffer) = leak_bytes(BROKEN_LEN, 4096) else { return report.fail(NAME, "no memory") };
+    buffer.fill(0x77);
+    let private: *const u8 = buffer.as_ptr();
+    let bus = memory::phys_of(buffer.as_ptr());
+    if PLATFORM.ledger().is_shared(bus) || PLATFORM.entry_of(bus).is_some_and(|e| e & 3 != 0) {
+        return report.fail(NAME, format_args!("buffer {bus:#x} is shared or mapped"));
+    }
+    println!("CONTAIN {NAME} bus={bus:#x} len={BROKEN_LEN:#x} expect=broken");
+    let stats = RngBinding::stats();
+    stats.passthrough_len.store(BROKEN_LEN, Ordering::Relaxed);
+    // A broken device never answers: wait a bounded while, not the full I/O timeout.
+    let blocked = rng.fill(buffer, core::time::Duration::from_millis(300));
+    stats.passthrough_len.store(0, Ordering::Relaxed);
+    let timed_out = matches!(blocked, Err(RngError::Timeout));
+    let needs_reset = rng.needs_reset();
+    let Some(old) = slot.take() else { return };
+    let recovered = match old.reset() {
+        Ok(fresh) => slot.insert(fresh).fill(alloc_probe(), IO_TIMEOUT).map(|(written, _)| written),
+        Err(error) => Err(error),
+    };
+    // SAFETY: the buffer is leaked, and its request was abandoned by the reset: nothing writes it.
+    let untouched = unsafe { core::slice::from_raw_parts(private, BROKEN_LEN) }.iter().all(|&b| b == 0x77);
+    report.expect(
+        NAME,
+        timed_out && needs_reset && untouched && matches!(recovered, Ok(64)),
+        format_args!(
+            "{BROKEN_LEN:#x}-byte request into private {bus:#x}: {}, device {}; reset and set up again: {}; private bytes {}",
+            if timed_out { "never completed" } else { "did NOT time out" },
+            if needs_reset { "asked for a reset (DEVICE_NEEDS_RESET)" } else { "did NOT ask for a reset" },
+            Recovered(&recovered),
+            if untouched { "unchanged" } else { "CHANGED" }
+        ),
+    );
+}
+
+/// What the request after the reset got.
+struct Recovered<'a>(&'a Result<usize, RngError>);
+
+impl core::fmt::Display for Recovered<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self.0 {
+            Ok(written) => write!(f, "a 64-byte request then got {written} bytes"),
+            Err(error) => write!(f, "FAILED ({error})"),
+        }
+    }
+}
+
+/// A fresh 64-byte buffer for a request after the reset.
+fn alloc_probe() -> &'static mut [u8] {
+    leak_bytes(64, 64).unwrap_or(&mut [])
 }

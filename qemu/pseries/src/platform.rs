@@ -128,6 +128,9 @@ unsafe impl PhysMemory for PseriesPlatform {
     }
 }
 
+/// MSR[EE]: external (and decrementer) interrupts enabled.
+const MSR_EE: u64 = 1 << 15;
+
 impl Platform for PseriesPlatform {
     fn is_confidential(&self) -> bool {
         true
@@ -138,6 +141,44 @@ impl Platform for PseriesPlatform {
     /// index from per-CPU data (as Linux's paca), not from an instruction the hypervisor may trap.
     fn cpu_hint(&self) -> Option<usize> {
         Some(0)
+    }
+
+    /// Clear MSR[EE] and return whether it was set (`local_irq_save`).
+    fn mask_interrupts(&self) -> ccdma::InterruptState {
+        let msr: u64;
+        // SAFETY: the kernel runs in supervisor state, where `mfmsr` and `mtmsrd` are allowed;
+        // `mtmsrd r, 1` changes only MSR[EE] and MSR[RI], and RI is written back unchanged. Without
+        // `nomem` the block is a compiler barrier: no access of the masked section moves above it.
+        unsafe {
+            core::arch::asm!(
+                "mfmsr {msr}",
+                "andc {tmp}, {msr}, {ee}",
+                "mtmsrd {tmp}, 1",
+                msr = out(reg) msr,
+                tmp = out(reg) _,
+                ee = in(reg) MSR_EE,
+                options(nostack),
+            )
+        };
+        ccdma::InterruptState((msr & MSR_EE) as usize)
+    }
+
+    /// Set MSR[EE] again if it was set when `mask_interrupts` ran (`local_irq_restore`).
+    fn restore_interrupts(&self, saved: ccdma::InterruptState) {
+        if saved.0 as u64 & MSR_EE != 0 {
+            // SAFETY: as in `mask_interrupts`; EE was set before the masked section, so this
+            // restores it. A compiler barrier, as above.
+            unsafe {
+                core::arch::asm!(
+                    "mfmsr {tmp}",
+                    "or {tmp}, {tmp}, {ee}",
+                    "mtmsrd {tmp}, 1",
+                    tmp = out(reg) _,
+                    ee = in(reg) MSR_EE,
+                    options(nostack),
+                )
+            };
+        }
     }
 
     fn tce(&self) -> Option<&dyn ccdma::TceCalls> {

@@ -98,6 +98,8 @@ pub struct Machine {
     bench: Option<Blk<DirectHal>>,
     /// ccdma refused the 13-bit device's attach.
     tiny_refused: bool,
+    /// Failures the layer counted in the refused-share check (on purpose).
+    share_refusal_failures: u64,
 }
 
 /// Runs every check of `config`.
@@ -194,6 +196,8 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     }
     if let Some(rng) = machine.rng.as_mut() {
         checks::check_rng(report, "rng", rng);
+        machine.share_refusal_failures =
+            ccdma_qemu_common::share_refusal::check_refused_share::<RngBinding>(report, PLATFORM.ledger());
     }
     if let Some(rng) = machine.rng_low.as_mut() {
         checks::check_rng(report, "rng-low", rng);
@@ -208,6 +212,10 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         if config.is_selftest() {
             crate::selftest::provoke(report, rng);
         }
+    }
+    // Not in the self-test: an expected broken device there would explain the one it provokes.
+    if !config.is_selftest() {
+        containment::check_broken_recovery(report, &mut machine.rng);
     }
     if let (false, Some(managed), Some(baseline)) =
         (config.is_selftest(), machine.blk.as_mut(), machine.bench.as_mut())
@@ -228,9 +236,9 @@ impl Machine {
         usize::from(self.net_a.is_some()) + usize::from(self.net_b.is_some())
     }
 
-    /// Whether ccdma refused the 13-bit device (a failure it counts, on purpose).
-    pub fn tiny_refused(&self) -> bool {
-        self.tiny_refused
+    /// Failures the layer counted on purpose: the refused attach and the refused share.
+    pub fn failures_on_purpose(&self) -> u64 {
+        u64::from(self.tiny_refused) + self.share_refusal_failures
     }
 }
 

@@ -119,13 +119,13 @@ pub fn check_ledger(report: &mut Report, machine: &Machine) {
         ),
     );
     let posted = (machine.nics() * ccdma_qemu_common::net::RX_BUFFERS) as u64;
-    // The one failure ccdma may count is the attach refused on purpose (rng-tiny).
-    let refused = u64::from(machine.tiny_refused());
+    // The failures ccdma may count: the attach (rng-tiny) and the share refused on purpose.
+    let refused = machine.failures_on_purpose();
     report.expect(
         "ccdma.no_leaks",
         layer.maps - layer.unmaps == posted && layer.total_failures() == refused,
         format_args!(
-            "{} maps, {} unmaps, {posted} receive buffers still posted; {} failures ({refused} refused attach on purpose)",
+            "{} maps, {} unmaps, {posted} receive buffers still posted; {} failures ({refused} on purpose: refused attach and share)",
             layer.maps,
             layer.unmaps,
             layer.total_failures()

@@ -123,9 +123,35 @@ unsafe impl PhysMemory for UefiPlatform {
     }
 }
 
+/// What `mask_interrupts` returns when boot services are gone (nothing was raised, nothing to restore).
+const NO_TPL: usize = usize::MAX;
+
 impl Platform for UefiPlatform {
     fn is_confidential(&self) -> bool {
         true
+    }
+
+    /// EDK2 has no interrupt handlers of its own for drivers: timer events run their notification
+    /// functions at a raised TPL. Raising to `TPL_HIGH_LEVEL` holds every event (and the timer
+    /// interrupt) off until the TPL is restored, so a notification function calling the IOMMU
+    /// protocol never interrupts a ccdma call. While raised ccdma calls only this platform's
+    /// functions (the ledger's lock, identity translation): no boot service restricted to
+    /// `TPL_NOTIFY` or below runs.
+    fn mask_interrupts(&self) -> ccdma::InterruptState {
+        match bs() {
+            Some(bs) => ccdma::InterruptState((bs.raise_tpl)(efi::TPL_HIGH_LEVEL)),
+            None => ccdma::InterruptState(NO_TPL),
+        }
+    }
+
+    /// `RestoreTPL` to what `RaiseTPL` returned (calls nest: each restores the level it found).
+    fn restore_interrupts(&self, saved: ccdma::InterruptState) {
+        if saved.0 == NO_TPL {
+            return;
+        }
+        if let Some(bs) = bs() {
+            (bs.restore_tpl)(saved.0);
+        }
     }
 }
 

@@ -114,6 +114,8 @@ pub(super) fn check_c_driver(report: &mut Report) {
         revoke: None,
         private_bus_addr: None,
         shared_bus: ccdma_ffi::ccdma_bus_encoding::IDENTITY,
+        mask_interrupts: None,
+        restore_interrupts: None,
     };
     let mem = CMemory {
         pool_phys: memory::phys_of(POOL.0.base()),

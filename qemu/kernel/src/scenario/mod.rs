@@ -115,15 +115,19 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
         let bounced = Bounced { to_device: &stats.bytes_to_device, from_device: &stats.bytes_from_device };
         checks::check_blk_patterns(report, blk, &bounced);
     }
+    let mut expected_failures = 0;
     if let Some(rng) = devices.rng.as_mut() {
         checks::check_rng(report, "rng", rng);
+        expected_failures += ccdma_qemu_common::share_refusal::check_refused_share::<RngBinding>(
+            report,
+            crate::platform::PLATFORM.ledger(),
+        );
     }
     if let (Some(a), Some(b)) = (devices.net_a.as_mut(), devices.net_b.as_mut()) {
         checks::check_net(report, a, b);
     }
     masks::check_masks(report, config);
     ffi_c::check_c_driver(report);
-    let mut expected_failures = 0;
     if config.iommu.present() {
         iommu::check_windows(report);
         iommu::check_no_stray_faults(report);
@@ -132,7 +136,7 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) -> 
                 let endpoint = RequesterId::from(function);
                 iommu::check_direction(report, blk, endpoint, config.iommu);
                 iommu::check_containment(report, blk, endpoint);
-                expected_failures = hal::check_refused_share(report, blk, endpoint);
+                expected_failures += hal::check_refused_share(report, blk, endpoint);
             }
             _ => report.fail("iommu.containment", "no containment blk"),
         }
