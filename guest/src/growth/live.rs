@@ -163,7 +163,8 @@ impl LivePools {
     pub(crate) fn base_of(&self, i: usize) -> Option<BusAddr> {
         let base = self.base.get(i)?;
         self.read(|n| {
-            let found = self.order.iter().take(n).any(|k| k.load(Ordering::Relaxed) as usize == i);
+            let found =
+                self.order.get(..n).unwrap_or(&[]).iter().any(|k| k.load(Ordering::Relaxed) as usize == i);
             found.then(|| BusAddr(base.load(Ordering::Relaxed)))
         })
     }
