@@ -81,8 +81,11 @@ check "largest frame, full image" "$(fig max_frame "$OUT/full.txt")" 1280 2048
 check "deepest chain of ccdma_map (growth in)" "$(fig chain_ccdma_map "$OUT/minimal.txt")" 3072 4096
 check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt")" 2048 2048
 check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/minimal.txt")" 1792 2048
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 53000 24576
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 100000 65536
-check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 120 0
+# Raised by issue 18 item 2 (raw claims checked on every path: raw records for direct and trusted
+# mappings): .text minimal 52,423 -> 55,400, full 99,213 -> 103,087, panicking 120 -> 121 (an
+# outlined trusted-IOMMU map; no new panic site). Lower them again when a change allows.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 55500 24576
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 103500 65536
+check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 121 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
 echo "budgets.sh: every figure within its ceiling"

@@ -81,7 +81,8 @@
 #define CCDMA_ERR_POOL -4
 
 /**
- * No room: the device's pools have no free run (retry after unmaps), or no free IOMMU domain.
+ * No room: the device's pools have no free run (retry after unmaps), no free IOMMU domain, or (a
+ * device using buffers in place: direct, trusted) all of the layer's raw-mapping records in use.
  */
 #define CCDMA_ERR_EXHAUSTED -5
 

@@ -91,7 +91,8 @@ pub const CCDMA_ERR_MEMORY: c_int = -2;
 pub const CCDMA_ERR_INVALID: c_int = -3;
 /// Pools: too many, or overlapping.
 pub const CCDMA_ERR_POOL: c_int = -4;
-/// No room: the device's pools have no free run (retry after unmaps), or no free IOMMU domain.
+/// No room: the device's pools have no free run (retry after unmaps), no free IOMMU domain, or (a
+/// device using buffers in place: direct, trusted) all of the layer's raw-mapping records in use.
 pub const CCDMA_ERR_EXHAUSTED: c_int = -5;
 /// The platform refused to share or unshare memory (pages may be quarantined).
 pub const CCDMA_ERR_SHARING: c_int = -6;
@@ -137,7 +138,10 @@ fn code(e: &DmaError) -> c_int {
         E::PoolOverlap { .. } | E::TooManyPools | E::GrowthAlreadyEnabled | E::GrowthFailed(_) => {
             CCDMA_ERR_POOL
         }
-        E::PoolExhausted { .. } | E::NoFreeDomain { .. } | E::TooManyDevices { .. } => CCDMA_ERR_EXHAUSTED,
+        E::PoolExhausted { .. }
+        | E::NoFreeDomain { .. }
+        | E::TooManyDevices { .. }
+        | E::RawRecordsFull { .. } => CCDMA_ERR_EXHAUSTED,
         E::SharingFailed { .. } | E::UnsharingFailed { .. } | E::CoherentQuarantined { .. } => {
             CCDMA_ERR_SHARING
         }

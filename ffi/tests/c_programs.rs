@@ -56,6 +56,7 @@ fn handles_c_keeps_the_handle_rules_and_uses_every_bus_encoding() {
         "{misuse}"
     );
     assert!(misuse.ends_with("no platform call for a refused handle: yes"), "{misuse}");
+    assert!(line("raw claims on the direct path:").ends_with("mapping kept: yes"), "raw claims: {stdout}");
     assert_eq!(stdout.lines().last(), Some("OK"));
 }
 

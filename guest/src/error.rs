@@ -54,7 +54,10 @@ pub enum SharingErrorKind {
 }
 
 /// Every error the layer returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// `Debug` (what `main() -> Result<_, DmaError>` prints) is the variant's name followed by its
+/// `Display` text in parentheses, so addresses read in hex there too.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum DmaError {
     /// A DMA mask with too few bits (cannot hold one page) or more than 64.
     InvalidMask {
@@ -118,6 +121,12 @@ pub enum DmaError {
     TooManyDevices {
         /// Devices a layer can have attached at once.
         max: usize,
+    },
+    /// A raw-face map on a path without pool slots (direct, trusted) found every raw record in use
+    /// ([`crate::RAW_RECORDS`] in the layer plus what [`crate::DmaLayer::add_raw_records`] lent).
+    RawRecordsFull {
+        /// Raw records the layer has.
+        capacity: usize,
     },
     /// Every IOMMU domain is held by an attached device.
     NoFreeDomain {
@@ -335,6 +344,78 @@ pub enum DmaError {
     },
 }
 
+impl DmaError {
+    /// The variant's name (the start of its `Debug` form).
+    fn name(&self) -> &'static str {
+        #[allow(unreachable_patterns)]
+        match self {
+            DmaError::InvalidMask { .. } => "InvalidMask",
+            DmaError::InvalidSlotSize { .. } => "InvalidSlotSize",
+            DmaError::InvalidMaxRun { .. } => "InvalidMaxRun",
+            DmaError::InvalidAreas { .. } => "InvalidAreas",
+            DmaError::PoolTooSmall { .. } => "PoolTooSmall",
+            DmaError::PoolOverlap { .. } => "PoolOverlap",
+            DmaError::Unaligned { .. } => "Unaligned",
+            DmaError::Overflow => "Overflow",
+            DmaError::InvalidMinAlignMask { .. } => "InvalidMinAlignMask",
+            DmaError::InvalidSegmentBoundary { .. } => "InvalidSegmentBoundary",
+            DmaError::ZeroMaxSegment => "ZeroMaxSegment",
+            DmaError::InvalidMaxDomains { .. } => "InvalidMaxDomains",
+            DmaError::InvalidListPages { .. } => "InvalidListPages",
+            DmaError::RangeStorageTooSmall { .. } => "RangeStorageTooSmall",
+            DmaError::IommuAlreadyEnabled => "IommuAlreadyEnabled",
+            DmaError::IommuNotEnabled => "IommuNotEnabled",
+            DmaError::DeviceIdInUse { .. } => "DeviceIdInUse",
+            DmaError::TooManyDevices { .. } => "TooManyDevices",
+            DmaError::NoFreeDomain { .. } => "NoFreeDomain",
+            DmaError::Busy { .. } => "Busy",
+            DmaError::DomainsInUse => "DomainsInUse",
+            DmaError::DetachIncomplete => "DetachIncomplete",
+            DmaError::WrongDevice { .. } => "WrongDevice",
+            DmaError::OwnedByMapping { .. } => "OwnedByMapping",
+            DmaError::BadWindowGeometry { .. } => "BadWindowGeometry",
+            DmaError::IommuPageTooLarge { .. } => "IommuPageTooLarge",
+            DmaError::CoherentUnaligned { .. } => "CoherentUnaligned",
+            DmaError::MetadataTooSmall { .. } => "MetadataTooSmall",
+            DmaError::TooManyPools => "TooManyPools",
+            DmaError::NoCpuMapping { .. } => "NoCpuMapping",
+            DmaError::SharingFailed { .. } => "SharingFailed",
+            DmaError::CoherentQuarantined { .. } => "CoherentQuarantined",
+            DmaError::UnsharingFailed { .. } => "UnsharingFailed",
+            DmaError::NoPath { .. } => "NoPath",
+            DmaError::ZeroLength => "ZeroLength",
+            DmaError::TooLarge { .. } => "TooLarge",
+            DmaError::PoolExhausted { .. } => "PoolExhausted",
+            DmaError::NotTranslatable => "NotTranslatable",
+            DmaError::BeyondMask { .. } => "BeyondMask",
+            DmaError::UnknownMapping { .. } => "UnknownMapping",
+            DmaError::SizeMismatch { .. } => "SizeMismatch",
+            DmaError::DirectionMismatch { .. } => "DirectionMismatch",
+            DmaError::OutOfRange { .. } => "OutOfRange",
+            DmaError::WrongDirection => "WrongDirection",
+            DmaError::NotAttached => "NotAttached",
+            DmaError::Iommu { .. } => "Iommu",
+            DmaError::NoIommuPath { .. } => "NoIommuPath",
+            DmaError::P2pUnsupported { .. } => "P2pUnsupported",
+            DmaError::SegmentLimit { .. } => "SegmentLimit",
+            DmaError::GrowthAlreadyEnabled => "GrowthAlreadyEnabled",
+            DmaError::GrowthFailed { .. } => "GrowthFailed",
+            DmaError::SgListState { .. } => "SgListState",
+            DmaError::TrustUnavailable => "TrustUnavailable",
+            DmaError::AcceptRefused { .. } => "AcceptRefused",
+            DmaError::RevokeRefused { .. } => "RevokeRefused",
+            DmaError::RawRecordsFull { .. } => "RawRecordsFull",
+            _ => "DmaError",
+        }
+    }
+}
+
+impl fmt::Debug for DmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({self})", self.name())
+    }
+}
+
 impl fmt::Display for DmaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -372,6 +453,11 @@ impl fmt::Display for DmaError {
             DmaError::TooManyDevices { max } => {
                 write!(f, "the layer has {max} devices attached, its most: detach one first")
             }
+            DmaError::RawRecordsFull { capacity } => write!(
+                f,
+                "all {capacity} raw-mapping records are in use: unmap raw mappings first, or lend the layer more \
+                 with add_raw_records"
+            ),
             DmaError::NoFreeDomain { domains } => write!(f, "all {domains} IOMMU domains are in use"),
             DmaError::Busy { live } => {
                 write!(f, "{live} mappings, lists or coherent buffers still live")
@@ -410,8 +496,9 @@ impl fmt::Display for DmaError {
             }
             DmaError::NoPath { mask, pools, lowest_pool_bus_end } => write!(
                 f,
-                "no DMA path for mask {mask}: {pools} pools, lowest ends at bus {lowest_pool_bus_end:#x}: \
-                 add a pool that the mask reaches"
+                "no DMA path for mask {mask}: {pools} pools, lowest ends at bus {lowest_pool_bus_end:#x} (a bus \
+                 address includes any bit the platform sets for shared memory, such as Arm CCA's alias bit): \
+                 add a pool that the mask reaches, or give the device a wider mask"
             ),
             DmaError::ZeroLength => write!(f, "zero-length mapping"),
             DmaError::TooLarge { len, max } => write!(

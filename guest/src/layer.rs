@@ -41,6 +41,7 @@ use crate::pool::{BouncePool, PoolConfig, SlotMeta};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stale_slot::StaleSlotPolicy;
 use crate::stats::{FailureKind, Stats, StatsSnapshot};
+use crate::stream::raw_records::RawRecords;
 use crate::tracker::Tracker;
 
 pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
@@ -69,6 +70,8 @@ pub struct DmaLayer<'m, P: Platform> {
     pub(crate) device_ids: DeviceIds,
     /// What to-device `SKIP_CPU_SYNC` slots hold (None: by confidentiality; see [`crate::stale_slot`]).
     pub(crate) stale_slots: Option<StaleSlotPolicy>,
+    /// Records of raw-face mappings on paths without pool slots (direct, trusted).
+    pub(crate) raw: RawRecords<'m>,
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -88,6 +91,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             tracker: Tracker::default(),
             device_ids: DeviceIds::new(),
             stale_slots: None,
+            raw: RawRecords::new(),
         }
     }
 
@@ -302,7 +306,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// [`Self::attach`] once the id is registered.
     fn attach_registered(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let confidential = self.platform.is_confidential();
-        if confidential && self.backend().is_some_and(|b| b.default_window(config.id).is_some()) {
+        if confidential && self.backend().is_some_and(|b| b.behind_iommu(config.id)) {
             return self.attach_iommu(config);
         }
         let ram_end = self.platform.ram_end().0;

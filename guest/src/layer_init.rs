@@ -24,6 +24,7 @@ use crate::iommu::counters::IommuCounters;
 use crate::layer::{DmaLayer, NEXT_LAYER_ID};
 use crate::platform::Platform;
 use crate::stats::Stats;
+use crate::stream::raw_records::RawRecords;
 use crate::tracker::Tracker;
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -48,6 +49,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 tracker: _,
                 device_ids: _,
                 stale_slots: _,
+                raw: _,
             } = l;
         };
         let p = place.as_mut_ptr();
@@ -67,6 +69,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             addr_of_mut!((*p).tracker).write(Tracker::default());
             addr_of_mut!((*p).device_ids).write(DeviceIds::new());
             addr_of_mut!((*p).stale_slots).write(None);
+            addr_of_mut!((*p).raw).write(const { RawRecords::new() });
         }
         // SAFETY: every field was initialised above.
         unsafe { place.assume_init_mut() }

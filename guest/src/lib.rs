@@ -190,4 +190,5 @@ pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
 pub use pool_set::MAX_POOLS;
 pub use stale_slot::StaleSlotPolicy;
 pub use stats::{FailureKind, StatsSnapshot};
+pub use stream::raw_records::{RawRecord, RAW_RECORDS};
 pub use trust::{DeviceTrust, TrustState};

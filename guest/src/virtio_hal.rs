@@ -33,7 +33,7 @@
 //! [`HalBinding::wait_for_slots`] says (a bounded retry: by default 8 short spins, for other CPUs to
 //! unmap). When the layer still refuses the mapping (pool exhausted, buffer larger than a slot run),
 //! `share` reports the error through [`HalBinding::failed`] (by default logged as an error, never
-//! quietly) and returns [`HalBinding::unreachable_bus_addr`]: a bus address the
+//! quietly; without a logger, [`last_failure`] still holds it) and returns [`HalBinding::unreachable_bus_addr`]: a bus address the
 //! binding guarantees the device cannot reach (outside every IOMMU window; with no IOMMU, an
 //! address that decodes to nothing). The device's access to it then fails at the bus (an IOMMU
 //! fault, or a decode error) instead of touching memory. `unshare` recognises the address and
@@ -318,6 +318,26 @@ pub unsafe trait HalBinding: 'static {
     }
 }
 
+/// The most recent [`HalFailure`] of any binding, kept so that a program without a logger (where the
+/// default [`HalBinding::failed`] logs to nowhere) still learns the cause behind virtio-drivers'
+/// bare `Error::DmaError`. Recording never waits: a failure that finds the record busy is only
+/// passed to `failed`.
+static LAST_FAILURE: spin::Mutex<Option<HalFailure>> = spin::Mutex::new(None);
+
+/// The most recent request any binding's HAL could not serve (`None` if none failed yet): print it
+/// when virtio-drivers returns `Error::DmaError`. Its `Display` names the cause and what to do.
+pub fn last_failure() -> Option<HalFailure> {
+    *LAST_FAILURE.lock()
+}
+
+/// Keep `failure` for [`last_failure`], then hand it to the binding.
+fn report<B: HalBinding>(failure: HalFailure) {
+    if let Some(mut last) = LAST_FAILURE.try_lock() {
+        *last = Some(failure);
+    }
+    B::failed(failure);
+}
+
 /// The `virtio_drivers::Hal` of the device named by `B`.
 pub struct CcdmaHal<B: HalBinding>(PhantomData<B>);
 
@@ -421,7 +441,7 @@ unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
         match alloc::<B>(pages) {
             Ok((bus, cpu)) => (bus.0, cpu),
             Err(cause) => {
-                B::failed(HalFailure::Alloc { cause, pages });
+                report::<B>(HalFailure::Alloc { cause, pages });
                 (0, NonNull::dangling())
             }
         }
@@ -430,7 +450,7 @@ unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
     unsafe fn dma_dealloc(paddr: VirtioAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
         let bus = BusAddr(paddr);
         if let Err(error) = free::<B>(bus, vaddr, pages) {
-            B::failed(HalFailure::Dealloc { error, bus, pages });
+            report::<B>(HalFailure::Dealloc { error, bus, pages });
         }
         // Always 0: virtio-drivers panics on anything else (see the module documentation).
         0
@@ -461,7 +481,7 @@ unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
         match mapped {
             Ok(bus) => bus.0,
             Err(error) => {
-                B::failed(HalFailure::Share { error, len, direction });
+                report::<B>(HalFailure::Share { error, len, direction });
                 B::unreachable_bus_addr().0
             }
         }
@@ -483,7 +503,7 @@ unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
         let unmapped =
             unsafe { B::layer().unmap(B::device(), bus, len, dma_direction(direction), DmaAttrs::NONE) };
         if let Err(error) = unmapped {
-            B::failed(HalFailure::Unshare { error, bus, len });
+            report::<B>(HalFailure::Unshare { error, bus, len });
         }
     }
 }

@@ -36,6 +36,8 @@ pub enum CallKind {
     DdwCreate,
     /// RTAS `ibm,remove-pe-dma-window`.
     DdwRemove,
+    /// RTAS `ibm,reset-pe-dma-window`.
+    DdwReset,
     /// The TSM's accept of a device for this guest (TDISP: `DeviceTrust::accept_device`).
     TdispAccept,
     /// The TSM's revoke of a device's acceptance (`DeviceTrust::revoke_device`).

@@ -93,6 +93,8 @@ impl Default for TceConfig {
 #[derive(Clone, Debug)]
 struct Table {
     device: u32,
+    /// The partitionable endpoint (host bridge) the window belongs to.
+    pe: u32,
     geometry: WindowGeometry,
     ddw: bool,
     entries: HashMap<u64, u64>,
@@ -110,11 +112,19 @@ impl Table {
     }
 }
 
+/// A partitionable endpoint: like QEMU, one per PCI host bridge, shared by every device on it. Its
+/// window slots hold LIOBNs: slot 0 is the default window's (and the window created at bus 0 once the
+/// default window is removed), the others DDWs'. A slot's table exists while the window is active.
 #[derive(Clone, Debug, Default)]
 struct Pe {
-    default: u32,
-    ddw: Option<u32>,
+    slots: Vec<u32>,
     ddw_disabled: bool,
+}
+
+impl Pe {
+    fn default(&self) -> u32 {
+        self.slots[0]
+    }
 }
 
 /// Counters of the modelled IOMMU.
@@ -169,7 +179,13 @@ pub struct Reach {
 pub(crate) struct IommuState {
     cfg: TceConfig,
     tables: HashMap<u32, Table>,
+    /// Partitionable endpoints by index.
     pes: HashMap<u32, Pe>,
+    /// The endpoint of every device.
+    dev_pe: HashMap<u32, u32>,
+    /// Named host bridges (see [`Hypervisor::add_iommu_device_on_bridge`]) to their endpoint.
+    bridges: HashMap<u32, u32>,
+    next_pe: u32,
     next_liobn: u32,
     entries_written: u64,
     entries_cleared: u64,
@@ -203,11 +219,11 @@ impl BusTranslate for TceTranslate {
         if st.cfg.reserved.iter().any(|&(s, l)| bus >= s && bus - s < l) {
             return Err(FaultReason::ReservedRange);
         }
-        let pe = st.pes.get(&device).ok_or(FaultReason::NoEntry)?;
-        let table = [Some(pe.default), pe.ddw]
-            .into_iter()
-            .flatten()
-            .filter_map(|l| st.tables.get(&l))
+        let pe = st.dev_pe.get(&device).and_then(|p| st.pes.get(p)).ok_or(FaultReason::NoEntry)?;
+        let table = pe
+            .slots
+            .iter()
+            .filter_map(|l| st.tables.get(l))
             .find(|t| t.contains(bus))
             .ok_or(FaultReason::NoEntry)?;
         let g = table.geometry;
@@ -225,6 +241,48 @@ impl BusTranslate for TceTranslate {
 }
 
 impl IommuState {
+    fn pe_of(&self, device: u32) -> Option<u32> {
+        self.dev_pe.get(&device).copied()
+    }
+
+    /// Windows active on endpoint `pe`.
+    fn active(&self, pe: u32) -> u32 {
+        self.pes.get(&pe).map_or(0, |p| p.slots.iter().filter(|l| self.tables.contains_key(l)).count() as u32)
+    }
+
+    /// A new endpoint with its default window.
+    fn new_pe(&mut self, device: u32) -> u32 {
+        let pe = self.next_pe;
+        self.next_pe += 1;
+        let liobn = self.next_liobn;
+        self.next_liobn += 1;
+        self.pes.insert(pe, Pe { slots: vec![liobn], ddw_disabled: false });
+        self.open_default(pe, device);
+        pe
+    }
+
+    /// (Re)open endpoint `pe`'s default window, empty, as QEMU's `spapr_phb_dma_reset` does.
+    fn open_default(&mut self, pe: u32, device: u32) {
+        let Some(liobn) = self.pes.get(&pe).map(|p| p.default()) else { return };
+        let geometry = WindowGeometry {
+            liobn,
+            start: self.cfg.default_start,
+            size: self.cfg.default_size,
+            page_shift: self.cfg.default_page_shift,
+        };
+        self.tables.insert(liobn, Table { device, pe, geometry, ddw: false, entries: HashMap::new() });
+    }
+
+    /// Like QEMU's `spapr_phb_dma_reset`: every window of `pe` goes, the default window comes back
+    /// empty.
+    fn reset_pe(&mut self, pe: u32, device: u32) {
+        let slots = self.pes.get(&pe).map(|p| p.slots.clone()).unwrap_or_default();
+        for l in slots {
+            self.tables.remove(&l);
+        }
+        self.open_default(pe, device);
+    }
+
     fn table_of(&mut self, liobn: u32) -> Option<&mut Table> {
         self.tables.get_mut(&liobn)
     }
@@ -275,20 +333,35 @@ impl Hypervisor {
 
     /// Add a device behind the IOMMU: its default window (a table of its own) and a translation through
     /// its tables.
+    ///
+    /// The device gets a PCI host bridge of its own (one partitionable endpoint, its default window
+    /// and DDWs its alone). Devices that share a bridge: [`Hypervisor::add_iommu_device_on_bridge`].
     pub fn add_iommu_device(&self, id: u32, mask_bits: u32) -> DeviceRef<'_> {
         assert!(self.iommu.enabled(), "enable_iommu first");
         {
             let mut st = self.iommu.state.lock().unwrap();
-            let liobn = st.next_liobn;
-            st.next_liobn += 1;
-            let geometry = WindowGeometry {
-                liobn,
-                start: st.cfg.default_start,
-                size: st.cfg.default_size,
-                page_shift: st.cfg.default_page_shift,
+            let pe = st.new_pe(id);
+            st.dev_pe.insert(id, pe);
+        }
+        self.add_device_with(id, mask_bits, Arc::new(TceTranslate { state: self.iommu.state.clone() }))
+    }
+
+    /// Add a device behind the IOMMU on the PCI host bridge named `bridge` (any number; the first
+    /// device names it). Like QEMU's pseries machine, the bridge is one partitionable endpoint: its
+    /// default window and its DDW are shared by every device on it, each reaching every entry.
+    pub fn add_iommu_device_on_bridge(&self, id: u32, mask_bits: u32, bridge: u32) -> DeviceRef<'_> {
+        assert!(self.iommu.enabled(), "enable_iommu first");
+        {
+            let mut st = self.iommu.state.lock().unwrap();
+            let pe = match st.bridges.get(&bridge) {
+                Some(&pe) => pe,
+                None => {
+                    let pe = st.new_pe(id);
+                    st.bridges.insert(bridge, pe);
+                    pe
+                }
             };
-            st.tables.insert(liobn, Table { device: id, geometry, ddw: false, entries: HashMap::new() });
-            st.pes.insert(id, Pe { default: liobn, ddw: None, ddw_disabled: false });
+            st.dev_pe.insert(id, pe);
         }
         self.add_device_with(id, mask_bits, Arc::new(TceTranslate { state: self.iommu.state.clone() }))
     }
@@ -296,7 +369,8 @@ impl Hypervisor {
     /// Refuse DDW queries for one device (like booting with `disable_ddw`, or firmware without DDW for
     /// this slot).
     pub fn set_ddw_disabled(&self, device: u32, disabled: bool) {
-        if let Some(pe) = self.iommu.state.lock().unwrap().pes.get_mut(&device) {
+        let mut st = self.iommu.state.lock().unwrap();
+        if let Some(pe) = st.pe_of(device).and_then(|p| st.pes.get_mut(&p)) {
             pe.ddw_disabled = disabled;
         }
     }
@@ -340,10 +414,11 @@ impl Hypervisor {
     /// Every live entry of a device's tables, sorted by bus address: what the device can reach.
     pub fn reachable(&self, device: u32) -> Vec<Reach> {
         let st = self.iommu.state.lock().unwrap();
+        let pe = st.pe_of(device);
         let mut v: Vec<Reach> = st
             .tables
             .values()
-            .filter(|t| t.device == device)
+            .filter(|t| Some(t.pe) == pe)
             .flat_map(|t| {
                 let g = t.geometry;
                 t.entries.iter().map(move |(&idx, &tce)| Reach {
@@ -390,11 +465,15 @@ impl Hypervisor {
     /// at private memory through them. Invariant 1 wants none, ever. (An accepted device's entries
     /// name private pages on purpose; they count again the moment it stops being accepted.)
     pub fn tces_to_private(&self) -> usize {
-        let devices: Vec<u32> = self.iommu.state.lock().unwrap().pes.keys().copied().collect();
+        // Per endpoint, not per device: devices sharing a bridge reach the same entries once.
+        let devices: Vec<(u32, u32)> =
+            self.iommu.state.lock().unwrap().dev_pe.iter().map(|(&d, &p)| (d, p)).collect();
+        let mut seen = std::collections::HashSet::new();
         devices
             .into_iter()
-            .filter(|&d| !self.trust.is_accepted(d))
-            .flat_map(|d| self.reachable(d))
+            .filter(|&(d, _)| !self.trust.is_accepted(d))
+            .filter(|&(_, p)| seen.insert(p))
+            .flat_map(|(d, _)| self.reachable(d))
             .filter(|r| (0..r.len / PAGE).any(|i| self.mem.state(r.phys + i * PAGE) != PageState::Shared))
             .count()
     }
@@ -438,13 +517,17 @@ impl TceCalls for Hypervisor {
             return None;
         }
         let st = self.iommu.state.lock().unwrap();
-        let pe = st.pes.get(&device)?;
-        st.tables.get(&pe.default).map(|t| t.geometry)
+        let pe = st.pes.get(&st.pe_of(device)?)?;
+        st.tables.get(&pe.default()).filter(|t| !t.ddw).map(|t| t.geometry)
+    }
+
+    fn behind_iommu(&self, device: u32) -> bool {
+        self.iommu.enabled() && self.iommu.state.lock().unwrap().dev_pe.contains_key(&device)
     }
 
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
         let st = self.iommu.state.lock().unwrap();
-        st.pes.get(&device)?;
+        st.pe_of(device)?;
         st.cfg.reserved.get(index).copied()
     }
 
@@ -591,13 +674,15 @@ impl TceCalls for Hypervisor {
             | Some(Injection::Partial { code: c, .. }) => return Err(c),
             _ => {}
         }
-        let pe = st.pes.get(&device).ok_or(RTAS_PARAMETER_ERROR)?;
+        let pe_id = st.pe_of(device).ok_or(RTAS_PARAMETER_ERROR)?;
+        let pe = st.pes.get(&pe_id).ok_or(RTAS_PARAMETER_ERROR)?;
         if !st.cfg.ddw || pe.ddw_disabled {
             return Err(RTAS_PARAMETER_ERROR);
         }
-        let used = u32::from(pe.ddw.is_some());
+        // Like QEMU (rtas_ibm_query_pe_dma_window): the windows the bridge may still open, counting
+        // the default window among the active ones.
         Ok(DdwQuery {
-            windows_available: st.cfg.ddw_windows.saturating_sub(used),
+            windows_available: (1 + st.cfg.ddw_windows).saturating_sub(st.active(pe_id)),
             largest_block: st.cfg.ddw_largest_block,
             page_sizes: st.cfg.ddw_page_sizes,
         })
@@ -613,7 +698,8 @@ impl TceCalls for Hypervisor {
             _ => {}
         }
         let cfg = st.cfg.clone();
-        let pe = st.pes.get(&device).ok_or(RTAS_PARAMETER_ERROR)?;
+        let pe_id = st.pe_of(device).ok_or(RTAS_PARAMETER_ERROR)?;
+        let pe = st.pes.get(&pe_id).ok_or(RTAS_PARAMETER_ERROR)?;
         let supported =
             DDW_PAGE_SIZES.iter().any(|&(bit, s)| s == page_shift && cfg.ddw_page_sizes & bit != 0);
         // Like QEMU (rtas_ibm_create_pe_dma_window): the parameters are checked first (-3), then
@@ -628,21 +714,33 @@ impl TceCalls for Hypervisor {
         {
             return Err(RTAS_PARAMETER_ERROR);
         }
-        if pe.ddw.is_some() {
+        let windows = st.active(pe_id);
+        if windows > cfg.ddw_windows {
             return Err(RTAS_HARDWARE_ERROR);
         }
-        let liobn = st.next_liobn;
-        st.next_liobn += 1;
+        // Like QEMU: the first free slot's LIOBN (the default window's once it was removed), at the
+        // default window's start when no window is active, else at the DDW start.
+        let free = pe.slots.iter().copied().find(|l| !st.tables.contains_key(l));
+        let liobn = match free {
+            Some(l) => l,
+            None => {
+                let l = st.next_liobn;
+                st.next_liobn += 1;
+                st.pes.get_mut(&pe_id).ok_or(RTAS_HARDWARE_ERROR)?.slots.push(l);
+                l
+            }
+        };
+        let start = if windows == 0 { cfg.default_start } else { cfg.ddw_start };
         let geometry = match cfg.ddw_reported {
             Some((start, size, page_shift)) => WindowGeometry { liobn, start, size, page_shift },
-            None => WindowGeometry { liobn, start: cfg.ddw_start, size: 1 << window_shift, page_shift },
+            None => WindowGeometry { liobn, start, size: 1 << window_shift, page_shift },
         };
-        st.tables.insert(liobn, Table { device, geometry, ddw: true, entries: HashMap::new() });
-        st.pes.get_mut(&device).ok_or(RTAS_HARDWARE_ERROR)?.ddw = Some(liobn);
+        st.tables.insert(liobn, Table { device, pe: pe_id, geometry, ddw: true, entries: HashMap::new() });
         Ok(geometry)
     }
 
     fn ddw_remove(&self, device: u32, liobn: u32) -> i64 {
+        let _ = device;
         let inj = self.tce_enter(CallKind::DdwRemove);
         let mut st = self.iommu.state.lock().unwrap();
         match inj {
@@ -652,13 +750,40 @@ impl TceCalls for Hypervisor {
             Some(Injection::LieSuccess) => return 0,
             _ => {}
         }
-        if st.pes.get(&device).and_then(|p| p.ddw) != Some(liobn) {
+        // Like QEMU (rtas_ibm_remove_pe_dma_window): the window is named by its LIOBN alone (any
+        // device, any bridge may remove it), the default window included. When the last
+        // non-default window of the bridge goes and no window is left, the bridge is reset: its
+        // default window comes back, empty (as the issue-19 probes of QEMU 7.2 saw).
+        let Some((pe, owner, ddw)) = st.tables.get(&liobn).map(|t| (t.pe, t.device, t.ddw)) else {
+            return RTAS_PARAMETER_ERROR;
+        };
+        if !st.cfg.ddw {
             return RTAS_PARAMETER_ERROR;
         }
         st.tables.remove(&liobn);
-        if let Some(pe) = st.pes.get_mut(&device) {
-            pe.ddw = None;
+        if ddw && st.active(pe) == 0 {
+            st.reset_pe(pe, owner);
         }
+        0
+    }
+
+    fn ddw_reset(&self, device: u32) -> i64 {
+        let inj = self.tce_enter(CallKind::DdwReset);
+        let mut st = self.iommu.state.lock().unwrap();
+        match inj {
+            Some(Injection::Fail(c))
+            | Some(Injection::Busy(c))
+            | Some(Injection::Partial { code: c, .. }) => return c,
+            Some(Injection::LieSuccess) => return 0,
+            _ => {}
+        }
+        // Like QEMU (rtas_ibm_reset_pe_dma_window, spapr_phb_dma_reset): every DDW of the bridge is
+        // removed and the default window comes back with no entry.
+        let Some(pe) = st.pe_of(device) else { return RTAS_PARAMETER_ERROR };
+        if !st.cfg.ddw {
+            return RTAS_PARAMETER_ERROR;
+        }
+        st.reset_pe(pe, device);
         0
     }
 }

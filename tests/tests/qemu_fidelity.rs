@@ -5,11 +5,13 @@
 //! answered otherwise it was changed to match; these tests keep it so.
 
 use ccdma::iommu::hcall::{H_PARAMETER, H_SUCCESS};
-use ccdma::iommu::{TceCalls, TCE_PCI_READ};
+use ccdma::iommu::{TceCalls, TCE_PCI_READ, TCE_PCI_WRITE};
 use ccdma::PhysAddr;
 use ccdma_hv_model::tce::{RTAS_HARDWARE_ERROR, RTAS_PARAMETER_ERROR};
 use ccdma_hv_model::{HvConfig, Hypervisor, PageState, Region, TceConfig};
 use ccdma_tests::*;
+
+mod iommu_support;
 
 fn qemu_like() -> &'static Hypervisor {
     let hv = model(HvConfig::pseries(6 * GIB));
@@ -145,4 +147,157 @@ fn a_list_or_stuff_crossing_the_window_end_leaves_its_in_window_prefix_like_qemu
     assert_eq!(hv.h_put_tce(l, 700 * MIB, tce), H_SUCCESS);
     assert_eq!(hv.h_stuff_tce(l, 700 * MIB, 0, (win.size >> 12) + 1), H_PARAMETER);
     assert_eq!(hv.h_get_tce(l, 700 * MIB), (H_SUCCESS, tce));
+}
+
+/// Two devices on one host bridge, as QEMU's pseries machine puts every PCI device of a bridge on
+/// one partitionable endpoint.
+fn one_bridge_two_devices() -> &'static Hypervisor {
+    let hv = model(HvConfig::pseries(6 * GIB));
+    hv.enable_iommu(TceConfig::default());
+    hv.add_iommu_device_on_bridge(1, 64, 0);
+    hv.add_iommu_device_on_bridge(2, 64, 0);
+    hv
+}
+
+#[test]
+fn devices_on_one_bridge_share_its_default_window_and_its_one_ddw_like_qemu() {
+    // QEMU 7.2 (hw/ppc/spapr_pci.c): a host bridge has one default window (LIOBN 0x80000000 on the
+    // first bridge) and SPAPR_PCI_DMA_MAX_WINDOWS (2) window slots, whatever device asks.
+    let hv = one_bridge_two_devices();
+    let w1 = hv.default_window(1).unwrap();
+    assert_eq!(hv.default_window(2), Some(w1), "one default window for the bridge");
+    let page = hv.alloc(4096, Region::Low);
+    hv.memory().set_state(page, 1, PageState::Shared);
+    assert_eq!(hv.h_put_tce(w1.liobn, 0, page | TCE_PCI_READ), H_SUCCESS);
+    assert_eq!(hv.reachable(2).len(), 1, "device 2 reaches the entry device 1's driver wrote");
+    let ddw = hv.ddw_create(1, 16, 30).unwrap();
+    // QEMU: windows available 0 for every device of the bridge, and a second create is -1.
+    assert_eq!(hv.ddw_query(2).unwrap().windows_available, 0);
+    assert_eq!(hv.ddw_create(2, 16, 30), Err(RTAS_HARDWARE_ERROR));
+    let tables = hv.tce_tables();
+    assert_eq!(tables.len(), 2, "{tables:?}");
+    assert_eq!(tables.iter().filter(|t| t.ddw).map(|t| t.geometry).collect::<Vec<_>>(), vec![ddw]);
+    // QEMU: remove names the window by LIOBN only: device 2 removes the DDW device 1 made.
+    assert_eq!(hv.ddw_remove(2, ddw.liobn), 0);
+    assert_eq!(hv.tce_counters().ddws, 0);
+    assert_eq!(hv.ddw_query(1).unwrap().windows_available, 1);
+    assert_eq!(
+        hv.h_get_tce(w1.liobn, 0),
+        (H_SUCCESS, page | TCE_PCI_READ),
+        "the default window kept its entry"
+    );
+}
+
+#[test]
+fn devices_on_separate_bridges_each_get_a_ddw() {
+    let hv = model(HvConfig::pseries(6 * GIB));
+    hv.enable_iommu(TceConfig::default());
+    hv.add_iommu_device_on_bridge(1, 64, 0);
+    hv.add_iommu_device_on_bridge(2, 64, 1);
+    assert_ne!(hv.default_window(1).unwrap().liobn, hv.default_window(2).unwrap().liobn);
+    let a = hv.ddw_create(1, 16, 30).unwrap();
+    let b = hv.ddw_create(2, 16, 30).unwrap();
+    assert_ne!(a.liobn, b.liobn);
+    assert_eq!(hv.tce_counters().ddws, 2);
+    // QEMU: remove by LIOBN works across bridges too (the LIOBN names its bridge).
+    assert_eq!(hv.ddw_remove(1, b.liobn), 0);
+    assert_eq!(hv.tce_tables().iter().filter(|t| t.ddw).map(|t| t.geometry).collect::<Vec<_>>(), vec![a]);
+}
+
+#[test]
+fn removing_the_default_window_frees_bus_zero_for_the_ddw_like_qemu() {
+    // QEMU 7.2 rtas_ibm_remove_pe_dma_window takes any active LIOBN, the default window's too; then
+    // the query says 2 windows available and create (no window active) places the new window at
+    // the default window's start (bus 0) under the first free LIOBN: the default window's.
+    let hv = qemu_like();
+    let def = hv.default_window(1).unwrap();
+    assert_eq!(hv.h_put_tce(def.liobn, 0, 0x2000_0000 | TCE_PCI_READ), H_SUCCESS);
+    assert_eq!(hv.ddw_remove(1, def.liobn), 0);
+    assert_eq!(hv.default_window(1), None, "no default window any more");
+    assert_eq!(hv.tce_counters().tables, 0);
+    assert_eq!(hv.ddw_query(1).unwrap().windows_available, 2);
+    let ddw = hv.ddw_create(1, 16, 34).unwrap();
+    assert_eq!((ddw.liobn, ddw.start, ddw.size, ddw.page_shift), (def.liobn, 0, 1 << 34, 16));
+    assert_eq!(hv.h_get_tce(ddw.liobn, 0), (H_SUCCESS, 0), "the new window starts empty");
+    assert_eq!(hv.ddw_query(1).unwrap().windows_available, 1);
+    // The next one goes to the DDW start under a new LIOBN.
+    let second = hv.ddw_create(1, 16, 30).unwrap();
+    assert_eq!(second.start, 1 << 59);
+    assert_ne!(second.liobn, def.liobn);
+    assert_eq!(hv.ddw_query(1).unwrap().windows_available, 0);
+}
+
+#[test]
+fn removing_the_last_window_brings_the_default_window_back_empty_like_qemu() {
+    // QEMU 7.2: when the bridge's last active window is removed, the bridge is reset
+    // (spapr_phb_dma_reset): the default window is back, with no entry.
+    let hv = qemu_like();
+    let def = hv.default_window(1).unwrap();
+    assert_eq!(hv.ddw_remove(1, def.liobn), 0);
+    let at0 = hv.ddw_create(1, 16, 34).unwrap();
+    assert_eq!(hv.h_put_tce(at0.liobn, 0, 0x2000_0000 | TCE_PCI_READ), H_SUCCESS);
+    assert_eq!(hv.ddw_remove(1, at0.liobn), 0);
+    assert_eq!(hv.default_window(1), Some(def), "the default window is back as it was");
+    assert_eq!(hv.h_get_tce(def.liobn, 0), (H_SUCCESS, 0), "and empty");
+    let c = hv.tce_counters();
+    assert_eq!((c.tables, c.ddws, c.live_entries), (1, 0, 0));
+    assert_eq!(hv.ddw_query(1).unwrap().windows_available, 1);
+    // Removing a DDW while the default window exists leaves the default window's entries alone.
+    assert_eq!(hv.h_put_tce(def.liobn, 0, 0x2000_0000 | TCE_PCI_READ), H_SUCCESS);
+    let ddw = hv.ddw_create(1, 16, 30).unwrap();
+    assert_eq!(hv.ddw_remove(1, ddw.liobn), 0);
+    assert_eq!(hv.h_get_tce(def.liobn, 0), (H_SUCCESS, 0x2000_0000 | TCE_PCI_READ));
+    // A LIOBN no window has (any more): -3.
+    assert_eq!(hv.ddw_remove(1, ddw.liobn), RTAS_PARAMETER_ERROR);
+}
+
+#[test]
+fn reset_wipes_the_default_window_and_removes_the_ddw_like_qemu() {
+    // QEMU 7.2 rtas_ibm_reset_pe_dma_window -> spapr_phb_dma_reset: every window of the bridge is
+    // disabled and the default window is enabled again, empty.
+    let hv = one_bridge_two_devices();
+    let def = hv.default_window(1).unwrap();
+    assert_eq!(hv.h_put_tce(def.liobn, 4096, 0x2000_0000 | TCE_PCI_WRITE), H_SUCCESS);
+    let ddw = hv.ddw_create(1, 16, 30).unwrap();
+    assert_eq!(hv.h_put_tce(ddw.liobn, ddw.start, 0x3000_0000 | TCE_PCI_READ), H_SUCCESS);
+    assert_eq!(hv.tce_counters().live_entries, 2);
+    assert_eq!(hv.ddw_reset(2), 0, "any device of the bridge resets it");
+    assert_eq!(hv.default_window(1), Some(def));
+    assert_eq!(hv.h_get_tce(def.liobn, 4096), (H_SUCCESS, 0));
+    assert_eq!(hv.h_get_tce(ddw.liobn, ddw.start).0, H_PARAMETER, "the DDW is gone");
+    let c = hv.tce_counters();
+    assert_eq!((c.tables, c.ddws, c.live_entries), (1, 0, 0));
+    assert!(hv.reachable(1).is_empty() && hv.reachable(2).is_empty());
+    assert_eq!(hv.ddw_query(1).unwrap().windows_available, 1);
+}
+
+#[test]
+fn ccdma_uses_a_ddw_at_bus_0_when_the_default_window_is_gone() {
+    // On QEMU a DDW made after the default window's removal (by firmware, or by a kernel before a
+    // kexec) sits at bus 0 with the default LIOBN. ccdma must take bus 0 as a window start like any
+    // other (never as "no window"), keep bus address 0 itself out of every mapping (drivers read 0
+    // as "none"), and still fit its pools.
+    use ccdma::{DmaPath, IommuPolicy};
+    let opts = iommu_support::Opts { reserved: &[], ..iommu_support::Opts::new(IommuPolicy::Premapped) };
+    let g = iommu_support::iommu_guest(opts);
+    g.hv.add_iommu_device(2, 64);
+    let def = g.hv.default_window(2).unwrap();
+    assert_eq!(g.hv.ddw_remove(2, def.liobn), 0);
+    let dev = g.layer.attach(ccdma::DeviceConfig::new(2, ccdma::DmaMask::BITS_64)).unwrap();
+    assert_eq!(dev.path(), DmaPath::IommuDdw);
+    let (dynamic, ddw) = g.layer.windows_of(&dev);
+    let ddw = ddw.expect("a DDW");
+    assert_eq!((ddw.start, ddw.liobn, dynamic), (0, def.liobn, None), "the DDW at bus 0, no default window");
+    let pool_bus = g.layer.pool_bus_of(&dev, 0).unwrap();
+    assert!(pool_bus.0 >= ddw.page_size(), "the pool keeps off bus address 0: {pool_bus:?}");
+    let data = *b"bus zero is a window start";
+    let m = g.layer.on(&dev).map_to_device(&data).unwrap();
+    assert_ne!(m.bus_addr().0, 0);
+    assert_eq!(g.hv.device(2).read(m.bus_addr().0, data.len()).unwrap(), data);
+    m.unmap().map_err(|r| r.error).unwrap();
+    g.assert_reach_within(2, &[g.pool_range()]);
+    g.layer.detach(dev).unwrap();
+    assert_eq!((g.hv.tce_counters().ddws, g.hv.tce_counters().live_entries), (0, 0));
+    assert_eq!(g.layer.iommu_stats().leaked_windows, 0);
+    assert_no_faults(g.hv);
 }

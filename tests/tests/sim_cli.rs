@@ -229,7 +229,7 @@ fn svg_draws_every_device_with_its_windows() {
     assert_eq!(svg.matches("data-kind=\"window\"").count(), 4);
     assert_eq!(svg.matches("data-kind=\"ddw\"").count(), 1);
     assert!(svg.contains("data-start=\"0x800000000000000\""), "the DDW at 2^59");
-    assert!(svg.contains("page 0 (reserved): 0x0..0x1000"));
+    assert!(svg.contains("page 0 (reserved): 0x0000_0000..0x0000_1000"), "grouped hex (issue 22)");
     // Unwritable file: an error exit, not a panic.
     let o = quick(&["--svg", "/nonexistent/dir/map.svg"]);
     assert_eq!(code(&o), 2);

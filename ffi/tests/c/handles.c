@@ -236,6 +236,38 @@ static void misuse(void) {
     if (!ring_ok || !list_ok || !quiet) FAIL("misuse changed something");
 }
 
+/* A raw unmap's claim is checked on the direct path too (issue 18 item 2): a guest that is not
+ * confidential, so the bus address is the buffer's own and no pool slot records the mapping. A wrong
+ * size, direction or address, or a second unmap, is CCDMA_ERR_MISUSE and the mapping stays live
+ * (detach refused); the honest unmap works once. */
+static void raw_claims(void) {
+    struct ccdma_platform platform = {
+        .share = p_share, .unshare = p_unshare, .cpu_ptr = p_cpu_ptr, .virt_to_phys = p_virt_to_phys,
+        .ram_end = p_ram_end, .confidential = 0, .shared_bus = CCDMA_BUS_ENCODING_IDENTITY,
+    };
+    struct ccdma_layer *layer = up(&platform);
+    struct ccdma_device *dev = (struct ccdma_device *)dev_mem;
+    uint8_t *buf = ram + (BUF_PHYS - RAM_PHYS);
+    uint64_t bus = 0;
+    unsigned before = failures;
+    EXPECT(ccdma_attach(layer, dev_mem, sizeof dev_mem, 4, 64), CCDMA_OK);
+    EXPECT(ccdma_device_path(layer, dev), CCDMA_PATH_DIRECT);
+    EXPECT(ccdma_map(layer, dev, buf + 100, 3000, CCDMA_BIDIRECTIONAL, &bus), CCDMA_OK);
+    if (bus != BUF_PHYS + 100) FAIL("direct: bus %#llx", (unsigned long long)bus);
+    EXPECT(ccdma_unmap(layer, dev, bus, 2999, CCDMA_BIDIRECTIONAL), CCDMA_ERR_MISUSE);     /* shorter */
+    EXPECT(ccdma_unmap(layer, dev, bus, 3000, CCDMA_TO_DEVICE), CCDMA_ERR_MISUSE);         /* direction */
+    EXPECT(ccdma_unmap(layer, dev, bus + 1, 2999, CCDMA_BIDIRECTIONAL), CCDMA_ERR_MISUSE); /* interior */
+    EXPECT(ccdma_unmap(layer, dev, COH_PHYS, 64, CCDMA_BIDIRECTIONAL), CCDMA_ERR_MISUSE);  /* never mapped */
+    EXPECT(ccdma_sync_for_cpu(layer, dev, bus, 0, 3001, CCDMA_BIDIRECTIONAL), CCDMA_ERR_MISUSE);
+    EXPECT(ccdma_detach(layer, dev), CCDMA_ERR_BUSY); /* still live */
+    EXPECT(ccdma_unmap(layer, dev, bus, 3000, CCDMA_BIDIRECTIONAL), CCDMA_OK);
+    EXPECT(ccdma_unmap(layer, dev, bus, 3000, CCDMA_BIDIRECTIONAL), CCDMA_ERR_MISUSE); /* twice */
+    EXPECT(ccdma_detach(layer, dev), CCDMA_OK);
+    EXPECT(ccdma_layer_fini(layer), CCDMA_OK);
+    printf("raw claims on the direct path: every wrong claim CCDMA_ERR_MISUSE, mapping kept: %s\n",
+           failures == before ? "yes" : "NO");
+}
+
 int main(void) {
     struct ccdma_bus_encoding cca = CCDMA_BUS_ENCODING_CCA(48), sev = CCDMA_BUS_ENCODING_SEV(51),
                               identity = CCDMA_BUS_ENCODING_IDENTITY;
@@ -243,6 +275,7 @@ int main(void) {
     io("sev", sev);
     io("identity", identity);
     misuse();
+    raw_claims();
     printf("%u violations, %u failures\n", violations, failures);
     if (violations || failures) return 1;
     printf("OK\n");

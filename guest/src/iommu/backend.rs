@@ -144,6 +144,13 @@ impl Backend<'_> {
             Backend::Native(b, _) => b.default_window(device),
         }
     }
+    /// The device sits behind this IOMMU (a TCE device may have lost its default window).
+    pub(crate) fn behind_iommu(&self, device: u32) -> bool {
+        match self {
+            Backend::Tce(t, _) => t.behind_iommu(device),
+            Backend::Native(b, _) => b.default_window(device).is_some(),
+        }
+    }
     pub(crate) fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
         match self {
             Backend::Tce(t, _) => t.reserved_range(device, index),

@@ -115,8 +115,16 @@ impl DdwQuery {
 /// `device` is [`DeviceConfig::id`](crate::DeviceConfig::id): the platform maps it to the device's
 /// partitionable endpoint.
 pub trait TceCalls: Sync {
-    /// The default window of the device, or `None` when the device sits behind no IOMMU.
+    /// The default window of the device, or `None` when the device sits behind no IOMMU or its
+    /// default window was removed (PAPR allows that; a DDW created then may sit at bus 0).
     fn default_window(&self, device: u32) -> Option<WindowGeometry>;
+    /// True when the device sits behind the IOMMU, with or without a default window. The default
+    /// says so when it has one; a platform on which a default window can be gone (removed by
+    /// firmware or by a kernel before a kexec) overrides it, so the device gets a DDW instead of
+    /// being taken for one that needs no translation.
+    fn behind_iommu(&self, device: u32) -> bool {
+        self.default_window(device).is_some()
+    }
     /// The `index`-th bus range of the device's windows that must never be handed out (MSI doorbells,
     /// host-bridge windows, firmware ranges), as `(start, len)`; `None` past the last.
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
@@ -140,6 +148,13 @@ pub trait TceCalls: Sync {
     fn ddw_create(&self, device: u32, page_shift: u32, window_shift: u32) -> Result<WindowGeometry, i64>;
     /// `ibm,remove-pe-dma-window`; returns the RTAS status.
     fn ddw_remove(&self, device: u32, liobn: u32) -> i64;
+    /// `ibm,reset-pe-dma-window` (DDW extension 2): remove every DDW of the device's partitionable
+    /// endpoint and bring its default window back with no entry; returns the RTAS status. The
+    /// default: not offered (-3).
+    fn ddw_reset(&self, device: u32) -> i64 {
+        let _ = device;
+        -3
+    }
     /// Called before retrying a busy answer (`code` is the busy code, `attempt` counts from 1). Firmware
     /// may wait as long-busy codes hint; the default retries at once.
     fn backoff(&self, code: i64, attempt: u32) {

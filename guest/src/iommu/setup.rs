@@ -262,9 +262,15 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             .max()
             .ok_or(DdwOutcome::NoPageSize)?;
         let pooled: u64 = self.pools().map(|p| p.len() as u64).sum();
+        // Without a default window the DDW may sit at bus 0 (QEMU puts it there), whose first page
+        // is never handed out: room for that page too.
+        let skip = if default.is_none() { 1u64 << shift } else { 0 };
         // Room for every pool growth may add, so they can enter this window later.
         // Configuration and hypervisor values: checked, a window too large to express is too small.
-        let total = pooled.checked_add(self.growth.window_budget()).ok_or(DdwOutcome::TooSmall)?;
+        let total = pooled
+            .checked_add(self.growth.window_budget())
+            .and_then(|t| t.checked_add(skip))
+            .ok_or(DdwOutcome::TooSmall)?;
         let window_shift =
             total.checked_next_power_of_two().ok_or(DdwOutcome::TooSmall)?.trailing_zeros().max(shift);
         if 1u64.checked_shl(window_shift - shift).is_none_or(|tces| tces > q.largest_block) {
@@ -293,7 +299,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let writer = tce;
         let mut pools = PoolOrder::EMPTY;
         let mut pool_bus = [BusAddr(0); MAX_POOLS];
-        let mut off = 0;
+        // A window at bus 0 starts its pools one IOMMU page in: bus address 0 is never a mapping.
+        let mut off = if win.start == 0 { win.page_size() } else { 0 };
         for (i, pool) in self.pools.iter() {
             let (phys, len) = (pool.phys().0, pool.len() as u64);
             let bus = win.start + off;

@@ -10,6 +10,7 @@
 //! `check_record` -> copy back -> `BouncePool::free` (strict: entries cleared first).
 
 pub(crate) mod bounce;
+pub(crate) mod raw_records;
 pub(crate) mod record;
 pub(crate) mod strict;
 pub(crate) mod trusted;
@@ -44,6 +45,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// is `ToDevice`, writes) until the mapping is unmapped with [`Self::unmap`], and not used
     /// otherwise meanwhile except between [`Self::sync_for_cpu`] and [`Self::sync_for_device`]. The
     /// layer writes device data there at unmap and sync.
+    ///
+    /// On a path that uses the buffer in place (direct, the direct part of bounce-above-mask,
+    /// trusted) the mapping takes one of the layer's raw records ([`crate::RAW_RECORDS`], plus
+    /// [`Self::add_raw_records`]), which unmap and sync check the claim against; with all in use
+    /// the map fails with [`DmaError::RawRecordsFull`] and maps nothing.
     #[track_caller]
     pub unsafe fn map_phys(
         &self,
@@ -67,6 +73,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// `ptr` must be valid for reads (and, unless `dir` is `ToDevice`, writes) of `len` bytes until the
     /// mapping is unmapped with [`Self::unmap`], and the caller must not touch it meanwhile except
     /// between `sync_for_cpu` and `sync_for_device`.
+    ///
+    /// Raw records as for [`Self::map_phys`].
     #[track_caller]
     pub unsafe fn map_ptr(
         &self,
@@ -144,8 +152,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 Err(DmaError::NotTranslatable)
             }
             (DmaPath::Direct | DmaPath::BounceAboveMask, Some(p)) if mask.covers(p.0, len as u64) => {
-                self.stats.mapped(false);
-                Ok(BusAddr(p.0))
+                self.direct_mapped(dev, orig.safe, BusAddr(p.0), len, dir)
             }
             (DmaPath::Direct, Some(p)) => {
                 self.stats.fail(FailureKind::BeyondMask);
@@ -159,8 +166,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     /// Unmap (raw face). `len` and `dir` must be those given at map time; the copy back uses the
-    /// guest's own record. A wrong size, direction or device, a mapping owned by a [`crate::Mapping`],
-    /// or an address that is not a live mapping is an error and changes nothing.
+    /// guest's own record (the pool slot's, or the raw record of a mapping used in place). A wrong
+    /// size, direction or device, a mapping owned by a [`crate::Mapping`], or an address that is not
+    /// a live mapping (an address inside one included) is an error and changes nothing, on every
+    /// path. Where a `Mapping` uses its buffer in place (direct paths) it has no record the raw face
+    /// can see: its address is [`DmaError::UnknownMapping`] there.
     ///
     /// # Safety
     /// `bus` must name a mapping this caller made with [`Self::map_ptr`] or [`Self::map_phys`] on
@@ -210,15 +220,19 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         safe: bool,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
-        if let Some(done) = self.trusted_unmap(dev, bus, len) {
+        if let Some(done) = self.trusted_unmap(dev, bus, len, dir, safe) {
             return done;
         }
         if self.strict_domain(dev, bus)?.is_some() {
             return self.strict_unmap(dev, bus, len, dir, attrs, safe);
         }
         let Some((i, off)) = self.locate(dev, bus) else {
-            // Not in any pool: a direct mapping on a path that has them (nothing to undo), else junk.
+            // Not in any pool: a direct mapping on a path that has them (nothing to undo but the raw
+            // face's record, which must match the claim), else junk.
             if matches!(dev.path, DmaPath::Direct | DmaPath::BounceAboveMask) || dev.direct_private() {
+                if !safe {
+                    self.raw_direct_unmap(dev, bus, len, dir)?;
+                }
                 self.stats.unmapped();
                 return Ok(());
             }
@@ -336,14 +350,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         safe: bool,
     ) -> Result<(), DmaError> {
         self.check_device(dev)?;
-        if let Some(done) = self.trusted_sync(dev, bus, offset, len) {
+        if let Some(done) = self.trusted_sync(dev, bus, offset, len, dir, safe) {
             return done;
         }
         let found = match self.strict_domain(dev, bus)? {
             Some(info) => self.strict_record(dev, info, bus, false).map(|(i, rec, _)| Some((i, rec)))?,
             None => self.record(dev, bus, false)?,
         };
-        let Some((i, rec)) = found else { return Ok(()) };
+        let Some((i, rec)) = found else {
+            // A direct mapping: nothing to copy; the raw face's claim is checked against its record.
+            return if safe { Ok(()) } else { self.raw_sync_check(dev, bus, offset, len, dir) };
+        };
         let pool = self.pools.get(i).ok_or(DmaError::UnknownMapping(bus))?;
         self.check_owner(dev, bus, safe, &rec)?;
         if rec.dir != dir {

@@ -12,6 +12,7 @@
 
 use core::sync::atomic::Ordering;
 
+use super::raw_records::{RawRecords, Ticket};
 use super::Original;
 use crate::addr::BusAddr;
 use crate::device::Device;
@@ -49,13 +50,20 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                     return self.iommu_map(dev, orig, len, dir, attrs);
                 }
             }
-            return self.trusted_iommu_map(dev, phys.0, end, dir);
+            let ticket = self.raw_reserve(orig.safe)?;
+            let mapped = self.trusted_iommu_map(dev, phys.0, end, dir);
+            if let Some(t) = ticket {
+                match mapped {
+                    Ok(bus) => self.raw.fill(t, dev, bus, len, dir),
+                    Err(_) => self.raw.free(t),
+                }
+            }
+            return mapped;
         }
         let trust = self.platform.device_trust().ok_or(DmaError::TrustUnavailable)?;
         let bus = trust.private_bus_addr(phys);
         if dev.config.dma_mask.covers(bus.0, len as u64) {
-            self.stats.mapped(false);
-            return Ok(bus);
+            return self.direct_mapped(dev, orig.safe, bus, len, dir);
         }
         // Beyond the device's mask: bounced like an untrusted device's buffer.
         let growing = self.growth.growing.load(core::sync::atomic::Ordering::Relaxed);
@@ -80,7 +88,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             return Err(DmaError::Iommu(IommuError::NoWindow));
         }
         let base = phys & !(page - 1);
-        let npages = (end - base).div_ceil(page);
+        let npages = (end - base).div_ceil(page.max(1)); // a power of two: never 0
         let span = npages.checked_mul(page).ok_or(DmaError::Overflow)?;
         // The bus address keeps the page offset (in the data offset) and the `min_align_mask` bits
         // above it (the range's alignment phase), as strict mappings do.
@@ -131,17 +139,28 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// Unmap an accepted device's private mapping: entries first, then the range. `None` when `bus`
     /// is not one (the caller routes it as any other mapping).
+    ///
+    /// A `Mapping` (`safe`) is its own record; a raw claim must match the raw record exactly (the
+    /// address the map returned, its size and direction), and a private range no raw record names
+    /// is a `Mapping`'s ([`DmaError::OwnedByMapping`]).
     pub(crate) fn trusted_unmap(
         &self,
         dev: &Device,
         bus: BusAddr,
         len: usize,
+        dir: DmaDirection,
+        safe: bool,
     ) -> Option<Result<(), DmaError>> {
-        let r = match self.trusted_range(dev, bus, len)? {
+        let r = match self.trusted_range(dev, bus, if safe { len } else { 0 })? {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
-        Some((|| {
+        let ticket =
+            match self.trusted_raw_claim(dev, bus, &r, safe, |raw| raw.check(dev, bus, len, dir, true)) {
+                Ok(t) => t,
+                Err(e) => return Some(Err(e)),
+            };
+        let done = (|| {
             let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::UnknownMapping(bus))?;
             let info = dev.domain.and_then(|d| self.domain_info(d)).ok_or(DmaError::UnknownMapping(bus))?;
             let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
@@ -155,7 +174,44 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             slot.live_mappings.fetch_sub(1, Ordering::Relaxed);
             self.stats.unmapped();
             Ok(())
-        })())
+        })();
+        if let Some(t) = ticket {
+            match done {
+                Ok(()) => self.raw.free(t),
+                Err(_) => self.raw.unclaim(t),
+            }
+        }
+        Some(done)
+    }
+
+    /// The raw face's claim on the private range `r` at `bus`, checked by `check` against the raw
+    /// records (`None` for the safe face). A range no raw record names is a `Mapping`'s.
+    fn trusted_raw_claim(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        r: &BusRange,
+        safe: bool,
+        check: impl FnOnce(&RawRecords<'m>) -> Result<Ticket, DmaError>,
+    ) -> Result<Option<Ticket>, DmaError> {
+        if safe {
+            return Ok(None);
+        }
+        match check(&self.raw) {
+            Ok(t) => Ok(Some(t)),
+            Err(DmaError::UnknownMapping(_)) if !self.raw.any_within(dev, r.start, r.end()) => {
+                self.stats.fail(FailureKind::Mismatch);
+                Err(DmaError::OwnedByMapping(bus))
+            }
+            Err(e) => {
+                self.stats.fail(if matches!(e, DmaError::UnknownMapping(_)) {
+                    FailureKind::UnknownMapping
+                } else {
+                    FailureKind::Mismatch
+                });
+                Err(e)
+            }
+        }
     }
 
     /// Sync of an accepted device's private mapping: the device works on the buffer itself, so
@@ -166,11 +222,22 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         bus: BusAddr,
         offset: usize,
         len: usize,
+        dir: DmaDirection,
+        safe: bool,
     ) -> Option<Result<(), DmaError>> {
         let r = match self.trusted_range(dev, bus, 0)? {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
+        if !safe {
+            // The raw record says exactly what was mapped: its address, direction and length.
+            let claim =
+                self.trusted_raw_claim(dev, bus, &r, false, |raw| raw.check(dev, bus, len, dir, false));
+            if let Err(e) = claim {
+                return Some(Err(e));
+            }
+            return Some(self.raw_sync_check(dev, bus, offset, len, dir));
+        }
         let off = bus.0 - r.start;
         let end = off.checked_add(offset as u64).and_then(|x| x.checked_add(len as u64));
         Some(if end.is_some_and(|e| e <= r.len) {

@@ -85,6 +85,33 @@ pub fn size_label(bytes: u64) -> String {
     }
 }
 
+/// `v` in hex with `_` every 4 digits, zero-padded to 8 digits below 4 GiB and to 16 above
+/// (`0x0080_0000`, `0x0000_0008_0000_0000`): long addresses read at a glance.
+pub fn grouped_hex(v: u64) -> String {
+    let digits = if v > u64::from(u32::MAX) { 16 } else { 8 };
+    let raw = format!("{v:0digits$x}");
+    let groups: Vec<&str> = raw.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap_or("?")).collect();
+    format!("0x{}", groups.join("_"))
+}
+
+/// `text` with every `0x` number of more than 4 digits written by [`grouped_hex`].
+pub fn group_hex_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 2..].bytes().take_while(u8::is_ascii_hexdigit).count();
+        let word = &rest[at..at + 2 + digits];
+        match u64::from_str_radix(&word[2..], 16) {
+            Ok(v) if digits > 4 => out.push_str(&grouped_hex(v)),
+            _ => out.push_str(word),
+        }
+        rest = &rest[at + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

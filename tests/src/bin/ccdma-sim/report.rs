@@ -150,8 +150,22 @@ fn pools_on_bus(layer: &Layer, dev: Option<&Device>) -> Vec<String> {
         .collect()
 }
 
-pub fn refused(layer: &Layer, e: &DmaError, verdict: Verdict) -> String {
+/// `alias_bit`: the bit the platform sets in every shared bus address (Arm CCA's alias), if any.
+pub fn refused(layer: &Layer, e: &DmaError, verdict: Verdict, alias_bit: Option<u32>) -> String {
     let mut out = format!("  REFUSED   {e}\n");
+    if let (DmaError::NoPath { mask, .. }, Some(bit)) = (e, alias_bit) {
+        if mask.bits() <= bit {
+            let _ = writeln!(
+                out,
+                "  why       Arm CCA: a device reaches shared memory through the alias, the IPA with bit {bit} \
+                 ({}) set, so every pool's bus address lies above a mask of {} bits: give the device a mask of \
+                 at least {} bits",
+                crate::num::grouped_hex(1u64 << bit),
+                mask.bits(),
+                bit + 1
+            );
+        }
+    }
     let pools = pools_on_bus(layer, None);
     let pools = if pools.is_empty() { "none".to_string() } else { pools.join(", ") };
     let _ = writeln!(out, "  pools     {pools}");
@@ -176,6 +190,14 @@ pub fn attached(layer: &Layer, dev: &Device) -> String {
     let mut out = String::new();
     let path = layer.path_of(dev);
     match layer.path_reason(dev) {
+        Some(reason @ ccdma::PathReason::StrictPolicy) => writeln!(
+            out,
+            "  path      {}: {reason}\n  why       strict: every map enters the buffer's pages into the device's \
+             IOMMU window and every unmap clears them, so the device reaches only buffers live for it; the cost \
+             is hypercalls (H_PUT_TCE / H_STUFF_TCE) on every map and unmap; --iommu premapped enters the pools \
+             once at attach instead (no hypercall per transfer, the device reaches all of every pool)",
+            path.name()
+        ),
         Some(reason) => writeln!(out, "  path      {}: {reason}", path.name()),
         None => writeln!(out, "  path      {}", path.name()),
     }

@@ -5,6 +5,11 @@
 //! band: reserved ranges (page 0 among them), the pools, a live coherent buffer and a live mapping,
 //! each a `<rect>` carrying `data-kind`, `data-start` and `data-end` (hex), listed with their addresses
 //! under the band. The regions come from the layer (`windows_of`, `bus_ranges_of`, `pool_bus_of`).
+//!
+//! Readability (issue 22): a band's caption sits above its bar; pools alternate shades so adjacent
+//! ones stay apart; an item narrower than a few pixels is drawn wider and full height (it is not a
+//! divider), and the band zooms (repeatedly) into each cluster of such items until they are readable;
+//! zoomed copies carry `data-zoom-kind/start/end`. Addresses in text are grouped 4 digits at a time.
 
 use ccdma::iommu::RangeKind;
 use ccdma::{Device, DmaLayer};
@@ -12,7 +17,7 @@ use ccdma_hv_model::Hypervisor;
 use svg::node::element::{Group, Line, Rectangle, Text};
 use svg::Document;
 
-use crate::num::human;
+use crate::num::{grouped_hex as gx, human};
 use crate::workload::bus_ranges;
 
 const WIDTH: f64 = 1100.0;
@@ -63,7 +68,7 @@ fn range_kind(kind: RangeKind) -> (&'static str, String) {
 }
 
 fn region(kind: &'static str, start: u64, end: u64, what: &str) -> Region {
-    Region { kind, start, end, label: format!("{what}: {start:#x}..{end:#x} ({})", human(end - start)) }
+    Region { kind, start, end, label: format!("{what}: {}..{} ({})", gx(start), gx(end), human(end - start)) }
 }
 
 impl DeviceDrawing {
@@ -77,20 +82,47 @@ impl DeviceDrawing {
         let path = layer.path_of(dev);
         let mask = dev.config().dma_mask;
         let title = format!("device {name} ({}-bit mask): {}", mask.bits(), path.name());
-        let (window, ddw) = layer.windows_of(dev);
         let mut regions: Vec<Region> = Vec::new();
-        for r in bus_ranges(layer, dev) {
+        // The device's pools: bus range and the guest physical address behind it.
+        // Behind an IOMMU only a pool premapped into a window has a bus range of its own (strict
+        // entries are per mapping).
+        let ranges = bus_ranges(layer, dev);
+        let premapped: Vec<usize> = ranges
+            .iter()
+            .filter_map(
+                |r| if let RangeKind::Premap { pool } = r.kind { Some(usize::from(pool)) } else { None },
+            )
+            .collect();
+        let (window, ddw) = layer.windows_of(dev);
+        let iommu = window.is_some() || ddw.is_some();
+        let pools: Vec<(usize, u64, u64, u64)> = dev
+            .pool_indices()
+            .filter(|i| !iommu || premapped.contains(i))
+            .filter_map(|i| {
+                let (p, own) = layer.pool(i)?;
+                let bus = layer.pool_bus_of(dev, i).unwrap_or(own).0;
+                Some((i, bus, bus + p.len() as u64, p.phys().0))
+            })
+            .collect();
+        let phys_of = |bus: u64| pools.iter().find(|p| p.1 <= bus && bus < p.2).map(|p| p.3 + (bus - p.1));
+        let with_phys = |what: String, bus: u64| match phys_of(bus) {
+            Some(phys) => format!("{what} (phys {})", gx(phys)),
+            None => what,
+        };
+        for r in ranges {
             let (kind, what) = range_kind(r.kind);
             let what =
                 if r.start == 0 && kind == "reserved" { "page 0 (reserved)".to_string() } else { what };
-            regions.push(region(kind, r.start, r.end(), &what));
+            let mut reg = region(kind, r.start, r.end(), &what);
+            reg.label = with_phys(reg.label, r.start);
+            regions.push(reg);
         }
         let mut frames = Vec::new();
         for (kind, w) in [("window", window), ("ddw", ddw)] {
             if let Some(w) = w {
                 let what = format!(
                     "{} LIOBN {:#x}, {} IOMMU pages",
-                    kind.to_uppercase(),
+                    if kind == "ddw" { "DDW (dynamic DMA window)" } else { "default DMA WINDOW" },
                     w.liobn,
                     human(w.page_size())
                 );
@@ -102,14 +134,18 @@ impl DeviceDrawing {
             for i in dev.pool_indices() {
                 let Some((p, own)) = layer.pool(i) else { continue };
                 let bus = layer.pool_bus_of(dev, i).unwrap_or(own).0;
-                regions.push(region("pool", bus, bus + p.len() as u64, &format!("pool #{i}")));
+                let mut reg = region("pool", bus, bus + p.len() as u64, &format!("pool #{i}"));
+                reg.label = format!("{} (phys {})", reg.label, gx(p.phys().0));
+                regions.push(reg);
             }
         }
         for l in live {
             let inside_own_range =
                 regions.iter().any(|r| r.kind == l.kind && r.start <= l.bus && l.bus < r.end);
             if !inside_own_range {
-                regions.push(region(l.kind, l.bus, l.bus + l.len, &format!("live {}", l.kind)));
+                let mut reg = region(l.kind, l.bus, l.bus + l.len, &format!("live {}", l.kind));
+                reg.label = with_phys(reg.label, l.bus);
+                regions.push(reg);
             }
         }
         if frames.is_empty() {
@@ -132,8 +168,52 @@ impl DeviceDrawing {
             b.regions.sort_by_key(|r| (r.start, r.end));
         }
         let mask_end = 1u64.checked_shl(mask.bits()).filter(|_| mask.bits() < 64);
-        DeviceDrawing { title, mask_end, bands, notes: Vec::new() }
+        let notes = pool_notes(layer, dev, mask.bits(), mask_end, iommu.then_some(&premapped[..]));
+        DeviceDrawing { title, mask_end, bands, notes }
     }
+}
+
+/// Why the device sees which pools, one line per pool of the layer.
+fn pool_notes(
+    layer: &DmaLayer<'static, &'static Hypervisor>,
+    dev: &Device,
+    bits: u32,
+    mask_end: Option<u64>,
+    premapped: Option<&[usize]>,
+) -> Vec<String> {
+    let iommu = premapped.is_some();
+    let seen: Vec<usize> = dev.pool_indices().filter(|i| premapped.is_none_or(|p| p.contains(i))).collect();
+    let path = layer.path_of(dev).name();
+    let mut notes = Vec::new();
+    for i in 0..ccdma::MAX_POOLS {
+        let Some((p, own)) = layer.pool(i) else { continue };
+        let len = p.len() as u64;
+        let phys = gx(p.phys().0);
+        let note = if seen.contains(&i) {
+            let bus = layer.pool_bus_of(dev, i).unwrap_or(own).0;
+            let how = if iommu {
+                format!("premapped into its window at bus {}", gx(bus))
+            } else {
+                format!("its bus range {}..{} lies below the mask", gx(bus), gx(bus + len))
+            };
+            format!("sees pool #{i} (phys {phys}): {how}")
+        } else if !iommu && mask_end.is_some_and(|m| own.0 + len > m) {
+            let end = gx(own.0 + len);
+            format!("does not see pool #{i} (phys {phys}): its bus end {end} lies beyond the {bits}-bit mask")
+        } else if iommu && path.contains("strict") {
+            format!(
+                "does not see pool #{i} (phys {phys}) as premapped: on {path} each mapping gets IOMMU entries of its own"
+            )
+        } else if iommu {
+            format!(
+                "does not see pool #{i} (phys {phys}): it does not fit its window below the {bits}-bit mask"
+            )
+        } else {
+            format!("does not see pool #{i} (phys {phys}): not among the pools it was attached with")
+        };
+        notes.push(note);
+    }
+    notes
 }
 
 impl DeviceDrawing {
@@ -155,45 +235,90 @@ fn color(kind: &str) -> &'static str {
     }
 }
 
-fn rect(r: &Region, x: f64, y: f64, w: f64, h: f64) -> Rectangle {
-    Rectangle::new()
-        .set("x", format!("{x:.2}"))
-        .set("y", y)
-        .set("width", format!("{w:.2}"))
-        .set("height", h)
-        .set("fill", color(r.kind))
-        .set("stroke", "#333333")
-        .set("stroke-width", 0.5)
-        .set("data-kind", r.kind)
-        .set("data-start", format!("{:#x}", r.start))
-        .set("data-end", format!("{:#x}", r.end))
+/// Pools alternate shades of green by their position in the band, so two pools that touch stay two.
+const POOL_SHADES: [&str; 3] = ["#4caf50", "#a5d6a7", "#2e7d32"];
+
+/// The fill of each region of a band (pools by their order in the band).
+fn fills(regions: &[Region]) -> Vec<&'static str> {
+    let mut pools = 0;
+    regions
+        .iter()
+        .map(|r| {
+            if r.kind == "pool" {
+                pools += 1;
+                POOL_SHADES[(pools - 1) % POOL_SHADES.len()]
+            } else {
+                color(r.kind)
+            }
+        })
+        .collect()
 }
+
+/// Narrower than this on a bar, an item is drawn this wide, full height, and zoomed into.
+const MIN_PX: f64 = 4.0;
+/// Zoom bars a band may add.
+const MAX_ZOOMS: usize = 5;
 
 fn text(x: f64, y: f64, size: u32, content: String) -> Text {
     Text::new(content).set("x", x).set("y", y).set("font-family", "monospace").set("font-size", size)
 }
 
-/// One bar: `frame` across the full width, its regions on top (the largest first, so small ones stay
-/// visible), a dashed line where the device's mask ends. Only the main bar (`data = true`) carries the
-/// `data-*` attributes a reader (or the test) takes the ranges from.
-fn bar(frame: &Region, regions: &[Region], mask_end: Option<u64>, y: f64, data: bool) -> Group {
+/// One bar showing `view` (bus addresses) across the full width: `frame` behind, the regions on top
+/// (the largest first, so small ones stay visible; an item under `MIN_PX` is widened to it and drawn
+/// full height, so it does not read as a divider between pools), a dashed line where the device's
+/// mask ends. The main bar (`zoom = false`) carries `data-kind/start/end`, zooms `data-zoom-*`.
+fn bar(
+    frame: &Region,
+    view: (u64, u64),
+    regions: &[Region],
+    fill: &[&'static str],
+    mask_end: Option<u64>,
+    y: f64,
+    zoom: bool,
+) -> Group {
     let scale_w = WIDTH - 2.0 * LEFT;
-    let span = (frame.end - frame.start) as f64;
-    let x_of = |a: u64| LEFT + (a.clamp(frame.start, frame.end) - frame.start) as f64 / span * scale_w;
-    let plain = |r: Rectangle| if data { r } else { r.set("class", "zoom") };
-    let whole =
-        if data { rect(frame, LEFT, y, scale_w, BAR) } else { zoom_rect(frame, LEFT, y, scale_w, BAR) };
-    let mut g = Group::new().add(whole);
-    let mut order: Vec<&Region> = regions.iter().filter(|r| r.start < frame.end).collect();
-    order.sort_by_key(|r| std::cmp::Reverse(r.end - r.start));
-    for r in order {
+    let span = (view.1 - view.0) as f64;
+    let x_of = |a: u64| LEFT + (a.clamp(view.0, view.1) - view.0) as f64 / span * scale_w;
+    let attrs = |r: Rectangle, reg: &Region| {
+        let (k, s, e) = if zoom {
+            ("data-zoom-kind", "data-zoom-start", "data-zoom-end")
+        } else {
+            ("data-kind", "data-start", "data-end")
+        };
+        r.set(k, reg.kind).set(s, format!("{:#x}", reg.start)).set(e, format!("{:#x}", reg.end))
+    };
+    let shape = |x: f64, y: f64, w: f64, h: f64, fill: &str| {
+        Rectangle::new()
+            .set("x", format!("{x:.2}"))
+            .set("y", y)
+            .set("width", format!("{w:.2}"))
+            .set("height", h)
+            .set("fill", fill)
+            .set("stroke", "#333333")
+            .set("stroke-width", 0.5)
+    };
+    let mut g =
+        Group::new().set("class", "bar").add(attrs(shape(LEFT, y, scale_w, BAR, color(frame.kind)), frame));
+    let mut order: Vec<(&Region, &str)> = regions
+        .iter()
+        .zip(fill.iter().copied())
+        .filter(|(r, _)| r.start < view.1 && r.end > view.0)
+        .collect();
+    // Largest first; among equals, reserved ranges last (on top): page 0 never hides under a mapping.
+    order.sort_by_key(|(r, _)| {
+        (std::cmp::Reverse(r.end.min(view.1) - r.start.max(view.0)), r.kind == "reserved")
+    });
+    for (r, fill) in order {
         let x = x_of(r.start);
-        let w = (x_of(r.end) - x).max(1.5);
-        let shape =
-            if data { rect(r, x, y + 3.0, w, BAR - 6.0) } else { zoom_rect(r, x, y + 3.0, w, BAR - 6.0) };
-        g = g.add(plain(shape));
+        let w = x_of(r.end) - x;
+        let s = if w < MIN_PX {
+            shape(x.min(LEFT + scale_w - MIN_PX), y, MIN_PX, BAR, fill)
+        } else {
+            shape(x, y + 3.0, w, BAR - 6.0, fill)
+        };
+        g = g.add(attrs(s, r));
     }
-    if let Some(m) = mask_end.filter(|&m| frame.start < m && m < frame.end) {
+    if let Some(m) = mask_end.filter(|&m| view.0 < m && m < view.1) {
         let x = x_of(m);
         let line = Line::new()
             .set("x1", format!("{x:.2}"))
@@ -202,71 +327,101 @@ fn bar(frame: &Region, regions: &[Region], mask_end: Option<u64>, y: f64, data: 
             .set("y2", y + BAR + 4.0)
             .set("stroke", "#000000")
             .set("stroke-dasharray", "3,2");
-        g = g.add(line).add(text(x + 3.0, y - 2.0, 10, format!("mask end {m:#x}")));
+        g = g.add(line).add(text(x + 3.0, y + BAR - 7.0, 10, format!("mask end {}", gx(m))));
     }
     g
 }
 
-/// A region drawn without its `data-*` attributes (zoomed copies).
-fn zoom_rect(r: &Region, x: f64, y: f64, w: f64, h: f64) -> Rectangle {
-    Rectangle::new()
-        .set("x", format!("{x:.2}"))
-        .set("y", y)
-        .set("width", format!("{w:.2}"))
-        .set("height", h)
-        .set("fill", color(r.kind))
-        .set("stroke", "#333333")
-        .set("stroke-width", 0.5)
+/// The views to zoom into: in `view`, the items narrower than `MIN_PX` grouped into clusters (items
+/// closer than 40 px join), each cluster widened by its own span on both sides (at least a page) and
+/// zoomed into again while something in it stays too narrow. At most `MAX_ZOOMS` views.
+fn zooms(view: (u64, u64), regions: &[Region], out: &mut Vec<(u64, u64)>) {
+    let scale_w = WIDTH - 2.0 * LEFT;
+    let span = view.1 - view.0;
+    let px = |len: u64| len as f64 / span as f64 * scale_w;
+    let mut small: Vec<(u64, u64)> = regions
+        .iter()
+        .filter(|r| r.start < view.1 && r.end > view.0)
+        .map(|r| (r.start.max(view.0), r.end.min(view.1)))
+        .filter(|&(s, e)| px(e - s) < MIN_PX)
+        .collect();
+    small.sort();
+    let mut clusters: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in small {
+        match clusters.last_mut() {
+            Some(c) if px(s.saturating_sub(c.1)) < 40.0 => c.1 = c.1.max(e),
+            _ => clusters.push((s, e)),
+        }
+    }
+    for (s, e) in clusters {
+        if out.len() >= MAX_ZOOMS {
+            return;
+        }
+        let pad = (e - s).max(0x1000);
+        let z = (s.saturating_sub(pad).max(view.0) & !0xfff, e.saturating_add(pad).min(view.1));
+        // Only a real magnification is worth a bar.
+        if (z.1 - z.0).saturating_mul(4) > span {
+            continue;
+        }
+        out.push(z);
+        zooms(z, regions, out);
+    }
 }
 
-/// When the regions in the lowest eighth of a band are small against it, the extent to zoom into.
-fn zoom_extent(b: &Band) -> Option<u64> {
-    let span = b.frame.end - b.frame.start;
-    let low_end = b.regions.iter().map(|r| r.end - b.frame.start).filter(|&e| e <= span / 8).max()?;
-    let zoom = low_end.checked_next_power_of_two()?;
-    (zoom <= span / 8).then_some(zoom)
-}
+/// The legend's explanation of the IOMMU words the captions use.
+const IOMMU_WORDS: [&str; 2] = [
+    "LIOBN = logical I/O bus number: the hypervisor's handle for one DMA window (its table of IOMMU entries, TCEs).",
+    "DDW = dynamic DMA window: a second, large window a 64-bit device asks for (ibm,create-pe-dma-window), high on the bus with large pages.",
+];
 
 /// The drawing of every device, one under the other.
 pub fn render(devices: &[DeviceDrawing]) -> String {
     let mut y = 24.0;
     let title = "ccdma-sim: bus address space per device (each band on its own scale)";
     let mut body = Group::new().add(text(LEFT, y, 14, title.into()));
+    if devices.iter().flat_map(|d| &d.bands).any(|b| b.frame.kind == "window" || b.frame.kind == "ddw") {
+        for w in IOMMU_WORDS {
+            y += LINE;
+            body = body.add(text(LEFT, y, 11, w.into()));
+        }
+    }
     for d in devices {
-        y += 30.0;
+        y += 34.0;
         let mut g = Group::new().set("class", "device").add(text(LEFT, y, 13, d.title.clone()));
         for b in &d.bands {
-            y += 14.0;
-            let mut band =
-                Group::new().set("class", "band").add(bar(&b.frame, &b.regions, d.mask_end, y, true));
-            y += BAR + LINE;
-            band = band.add(text(LEFT, y, 12, b.frame.label.clone()));
-            let zoom = zoom_extent(b);
-            if let Some(zoom) = zoom {
-                let frame = Region { end: b.frame.start + zoom, ..b.frame.clone() };
-                y += 12.0;
-                band = band.add(bar(&frame, &b.regions, d.mask_end, y, false));
-                y += BAR + LINE;
-                let label = format!("zoom: the first {} ({:#x}..{:#x})", human(zoom), frame.start, frame.end);
-                band = band.add(text(LEFT, y, 12, label));
+            let fill = fills(&b.regions);
+            // Caption first, then its bar, zooms (each captioned above), then the key.
+            y += LINE + 8.0;
+            let mut band = Group::new().set("class", "band").add(text(LEFT, y, 12, b.frame.label.clone()));
+            y += 6.0;
+            let view = (b.frame.start, b.frame.end);
+            band = band.add(bar(&b.frame, view, &b.regions, &fill, d.mask_end, y, false));
+            y += BAR;
+            let mut views = Vec::new();
+            zooms(view, &b.regions, &mut views);
+            for (n, &z) in views.iter().enumerate() {
+                y += LINE + 4.0;
+                let label = format!("zoom {}: {}..{} ({})", n + 1, gx(z.0), gx(z.1), human(z.1 - z.0));
+                band = band.add(text(LEFT, y, 11, label));
+                y += 5.0;
+                band = band.add(bar(&b.frame, z, &b.regions, &fill, d.mask_end, y, true));
+                y += BAR;
             }
-            for r in &b.regions {
+            y += 4.0;
+            for (r, f) in b.regions.iter().zip(&fill) {
                 y += LINE;
                 let key = Rectangle::new()
                     .set("x", LEFT + 10.0)
                     .set("y", y - 10.0)
                     .set("width", 10)
                     .set("height", 10);
-                // The key lists the whole band; say which entries the zoomed bar does not show.
-                let outside = zoom.is_some_and(|z| r.start >= b.frame.start + z);
-                let label = if outside { format!("{} (beyond the zoom)", r.label) } else { r.label.clone() };
-                band = band.add(key.set("fill", color(r.kind))).add(text(LEFT + 26.0, y, 12, label));
+                band = band.add(key.set("fill", *f)).add(text(LEFT + 26.0, y, 12, r.label.clone()));
             }
             g = g.add(band);
         }
         for n in &d.notes {
-            y += LINE + 4.0;
-            g = g.add(text(LEFT, y, 12, n.clone()));
+            y += LINE;
+            g = g.add(text(LEFT, y, 12, crate::num::group_hex_in(n)));
         }
         body = body.add(g);
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ccdma::iommu::BusRange;
 use ccdma::{Device, DeviceConfig, DmaError, DmaLayer, DmaMask, IommuConfig, PhysAddr, PoolConfig};
-use ccdma_hv_model::{CallKind, HvConfig, Hypervisor, Region, TceConfig, PAGE};
+use ccdma_hv_model::{CallKind, HvConfig, Hypervisor, Personality, Region, TceConfig, PAGE};
 use ccdma_tests::{meta_for, model};
 
 use crate::args::Options;
@@ -177,7 +177,8 @@ pub fn run(opts: &Options) -> Result<bool, String> {
             Ok(dev) => dev,
             Err(e) => {
                 let verdict = if expected_refusal { Verdict::RefusedAsExpected } else { Verdict::Failed };
-                out += &report::refused(&sim.layer, &e, verdict);
+                let alias_bit = (opts.confidential && opts.personality == Personality::Cca).then_some(47);
+                out += &report::refused(&sim.layer, &e, verdict, alias_bit);
                 if !expected_refusal {
                     failures.push(format!("device {} refused", spec.name));
                 }
