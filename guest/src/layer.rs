@@ -39,6 +39,7 @@ use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, SlotMeta};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
+use crate::stale_slot::StaleSlotPolicy;
 use crate::stats::{FailureKind, Stats, StatsSnapshot};
 use crate::stream::raw_records::RawRecords;
 use crate::tracker::Tracker;
@@ -67,6 +68,8 @@ pub struct DmaLayer<'m, P: Platform> {
     pub(crate) tracker: Tracker,
     /// Ids of the attached devices (no two attachments share one).
     pub(crate) device_ids: DeviceIds,
+    /// What to-device `SKIP_CPU_SYNC` slots hold (None: by confidentiality; see [`crate::stale_slot`]).
+    pub(crate) stale_slots: Option<StaleSlotPolicy>,
     /// Records of raw-face mappings on paths without pool slots (direct, trusted).
     pub(crate) raw: RawRecords<'m>,
 }
@@ -87,6 +90,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             iommu_counters: IommuCounters::default(),
             tracker: Tracker::default(),
             device_ids: DeviceIds::new(),
+            stale_slots: None,
             raw: RawRecords::new(),
         }
     }

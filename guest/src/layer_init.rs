@@ -48,6 +48,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 iommu_counters: _,
                 tracker: _,
                 device_ids: _,
+                stale_slots: _,
                 raw: _,
             } = l;
         };
@@ -67,6 +68,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             addr_of_mut!((*p).iommu_counters).write(IommuCounters::default());
             addr_of_mut!((*p).tracker).write(Tracker::default());
             addr_of_mut!((*p).device_ids).write(DeviceIds::new());
+            addr_of_mut!((*p).stale_slots).write(None);
             addr_of_mut!((*p).raw).write(const { RawRecords::new() });
         }
         // SAFETY: every field was initialised above.

@@ -50,7 +50,7 @@ impl LivePools {
         }
     }
 
-    fn read<T>(&self, f: impl Fn(usize) -> T) -> T {
+    fn read<T>(&self, mut f: impl FnMut(usize) -> T) -> T {
         loop {
             let s1 = self.seq.load(Ordering::Acquire);
             if s1 & 1 == 0 {
@@ -95,17 +95,43 @@ impl LivePools {
         mask: Option<DmaMask>,
         reserve: bool,
     ) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
-        let s = self.snapshot();
+        self.read(|n| {
+            let mut bases = [BusAddr(0); MAX_POOLS];
+            let order = self.scan(n, mask, reserve, |i, base| bases[i] = BusAddr(base));
+            (order, bases)
+        })
+    }
+
+    /// [`Self::order_for`] without the bases: what a map needs (it asks [`Self::base_of`] for the
+    /// one pool it allocated from).
+    pub(crate) fn order(&self, mask: Option<DmaMask>, reserve: bool) -> PoolOrder {
+        self.read(|n| self.scan(n, mask, reserve, |_, _| {}))
+    }
+
+    /// The pools in place (no copy of the arrays: the map path reads them once per map), each
+    /// pool's index and base given to `each`. Inside a read section: values may be torn (the sequence
+    /// check then discards them), so nothing here may overflow or index out of bounds on any value.
+    #[inline(always)]
+    fn scan(
+        &self,
+        n: usize,
+        mask: Option<DmaMask>,
+        reserve: bool,
+        mut each: impl FnMut(usize, u64),
+    ) -> PoolOrder {
+        let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
         let mut order = PoolOrder::EMPTY;
-        for i in s.order.iter() {
-            if !reserve && s.reserve & (1 << i) != 0 {
-                continue;
-            }
-            if mask.is_none_or(|m| m.covers(s.bases[i].0, s.sizes[i])) {
+        for k in self.order.iter().take(n) {
+            let i = k.load(Ordering::Relaxed) as usize % MAX_POOLS;
+            let base = self.base[i].load(Ordering::Relaxed);
+            each(i, base);
+            if skip & (1 << i) == 0
+                && mask.is_none_or(|m| m.covers(base, self.size[i].load(Ordering::Relaxed)))
+            {
                 order.push(i);
             }
         }
-        (order, s.bases)
+        order
     }
 
     /// The pool whose range holds `bus`, and the offset into it: a binary search.
@@ -133,11 +159,14 @@ impl LivePools {
         })
     }
 
-    /// Where pool `i` sits, if it is in the view.
+    /// Where pool `i` sits, if it is in the view (read in place: once per map).
     pub(crate) fn base_of(&self, i: usize) -> Option<BusAddr> {
-        let s = self.snapshot();
-        let found = s.order.iter().any(|k| k == i);
-        found.then_some(s.bases[i])
+        let base = self.base.get(i)?;
+        self.read(|n| {
+            let found =
+                self.order.get(..n).unwrap_or(&[]).iter().any(|k| k.load(Ordering::Relaxed) as usize == i);
+            found.then(|| BusAddr(base.load(Ordering::Relaxed)))
+        })
     }
 
     /// Add pool `i` at `base` (bytes `size`). Single writer (see the module docs).
@@ -264,5 +293,36 @@ mod tests {
         // depends on scheduling (a busy machine can starve them all), so only the settled state is
         // asserted: the writer's last insert is found.
         assert!(l.find(0x1800).is_some());
+    }
+
+    /// The map path's in-place reads (`order`, `base_of`) under a writer that moves a pool between
+    /// a low base and one at the top of the bus: every answer is one of the consistent ones.
+    #[test]
+    fn in_place_reads_under_a_writer_are_consistent() {
+        use core::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let l = Arc::new(LivePools::new());
+        let top = u64::MAX - 0x7ff;
+        l.insert(0, BusAddr(0x1000), 0x1000, false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (l, stop) = (Arc::clone(&l), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    l.insert(0, BusAddr(top), 0x1000, false);
+                    l.insert(0, BusAddr(0x1000), 0x1000, true);
+                }
+            })
+        };
+        let mask = DmaMask::new(32).unwrap();
+        let rounds = if cfg!(miri) { 300 } else { 1_000_000 };
+        for _ in 0..rounds {
+            let order: Vec<_> = l.order(Some(mask), false).iter().collect();
+            assert!(order.is_empty() || order == [0], "{order:?}");
+            let base = l.base_of(0).unwrap();
+            assert!(base == BusAddr(top) || base == BusAddr(0x1000));
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
     }
 }

@@ -138,7 +138,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     ) {
         let skip = attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
         let copy = !skip && (dir.device_reads() || attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN));
-        if !copy {
+        if !copy && !self.leaves_stale_slot(dir) {
             // SAFETY: the run was just allocated for us and holds `g.len` bytes from `data_off`.
             unsafe { core::ptr::write_bytes(pool.cpu_at(data_off as usize), 0, g.len as usize) };
         }

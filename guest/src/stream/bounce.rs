@@ -190,14 +190,17 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) {
-        // A to-device mapping that skips the CPU sync is still zeroed: until the driver's
-        // `sync_for_device` the device would otherwise read whatever an earlier mapping (of another
-        // device, perhaps) left in the slot.
+        // A to-device mapping that skips the CPU sync is zeroed unless the layer's stale-slot policy
+        // leaves it (crate::stale_slot): until the driver's `sync_for_device` the device reads
+        // whatever an earlier mapping (of another device, perhaps) left in the slot.
         let copy = if dir.device_reads() {
             !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
         } else {
             attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN) && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
         };
+        if !copy && self.leaves_stale_slot(dir) {
+            return;
+        }
         if copy {
             // SAFETY: `orig` is valid for `len` bytes (map contract); the slot run is ours alone and
             // holds `len` bytes from `slot`; pool memory never overlaps a caller's buffer.

@@ -159,8 +159,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
             _ => {
-                let (order, _) =
-                    self.plain.order_for(Some(mask), self.growth.growing.load(Ordering::Relaxed));
+                let order = self.plain.order(Some(mask), self.growth.growing.load(Ordering::Relaxed));
                 self.bounce_map(dev, &order, orig, len, dir, attrs)
             }
         }

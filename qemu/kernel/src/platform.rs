@@ -122,6 +122,13 @@ impl Platform for QemuPlatform {
         true
     }
 
+    /// The CPU running the caller: this kernel runs on one CPU (the bootstrap processor: it starts
+    /// no application processor), so always 0. A kernel with several CPUs would return its own
+    /// per-CPU index from per-CPU data (GS base), not from CPUID (a VM exit per map).
+    fn cpu_hint(&self) -> Option<usize> {
+        Some(0)
+    }
+
     /// Save RFLAGS and disable interrupts (`local_irq_save`).
     fn mask_interrupts(&self) -> ccdma::InterruptState {
         let flags: u64;

@@ -136,6 +136,13 @@ impl Platform for PseriesPlatform {
         true
     }
 
+    /// The CPU running the caller: this kernel runs on one CPU (the boot thread: it makes no
+    /// `start-cpu` RTAS call), so always 0. A kernel with several CPUs would return its own per-CPU
+    /// index from per-CPU data (as Linux's paca), not from an instruction the hypervisor may trap.
+    fn cpu_hint(&self) -> Option<usize> {
+        Some(0)
+    }
+
     /// Clear MSR[EE] and return whether it was set (`local_irq_save`).
     fn mask_interrupts(&self) -> ccdma::InterruptState {
         let msr: u64;

@@ -1077,6 +1077,12 @@ impl Runner {
         }
         let view = if direct {
             content.clone()
+        } else if attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
+            && dir == DmaDirection::ToDevice
+            && self.layer.stale_slot_policy() == ccdma::StaleSlotPolicy::Leave
+        {
+            // The slot holds what its last mapping left (issue 21: shared already); unchanged until a sync.
+            self.model_dev(slot).read(bus, len).unwrap_or_else(|f| panic!("device read refused: {f}"))
         } else if attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
             vec![0; len]
         } else if dir.device_reads() || attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN) {
