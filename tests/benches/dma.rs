@@ -210,8 +210,8 @@ impl Bench {
         // The case column is as wide as the longest case, so new rows never break the alignment.
         let w = self.rows.iter().map(|r| r.case.len()).max().unwrap_or(0).max(4);
         println!(
-            "{:<w$} {:>7} {:>9} {:>17} {:>9} {:>19} {}",
-            "case", "size", "median ns", "min..max ns", "yard ns", "x yardstick (range)", "yardstick"
+            "{:<w$} {:>7} {:>9} {:>17} {:>9} {:>19} yardstick",
+            "case", "size", "median ns", "min..max ns", "yard ns", "x yardstick (range)"
         );
         let mut rows: Vec<&Row> = self.rows.iter().collect();
         rows.sort_by_key(|r| r.bytes);
