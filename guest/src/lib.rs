@@ -160,6 +160,7 @@ pub mod sg;
 pub mod sharing;
 pub mod sizing;
 pub mod stale_slot;
+mod stale_slot_setting;
 pub mod stats;
 pub mod storage;
 pub(crate) mod stream;

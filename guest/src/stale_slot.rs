@@ -7,7 +7,7 @@
 //! the mapping per map, so by default it is skipped there ([`StaleSlotPolicy::Leave`]). In a guest
 //! whose pools are private (no memory encryption: bouncing only for a device's DMA mask) an earlier
 //! mapping's bytes are private data another device should not see, so the default zero-fills
-//! ([`StaleSlotPolicy::ZeroFill`]). [`DmaLayer::set_stale_slot_policy`] overrides the default.
+//! ([`StaleSlotPolicy::ZeroFill`]). [`crate::DmaLayer::set_stale_slot_policy`] overrides the default.
 //!
 //! The policy covers to-device slots only. A slot the device may write (from-device, bidirectional)
 //! is always initialised (zeroes, or the original on request: DESIGN.md), since it is copied to the
@@ -24,10 +24,6 @@
 //! assert_eq!(layer.stale_slot_policy(), StaleSlotPolicy::ZeroFill);
 //! ```
 
-use crate::direction::DmaDirection;
-use crate::layer::DmaLayer;
-use crate::platform::Platform;
-
 /// What a to-device bounce slot mapped with `SKIP_CPU_SYNC` holds until `sync_for_device` (see the
 /// module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,29 +34,4 @@ pub enum StaleSlotPolicy {
     /// Leave the slot as its last mapping left it: no memset per map. The default in a confidential
     /// guest, whose pools the host can read anyway.
     Leave,
-}
-
-impl<P: Platform> DmaLayer<'_, P> {
-    /// The layer's policy for to-device `SKIP_CPU_SYNC` slots: the one set with
-    /// [`Self::set_stale_slot_policy`], else [`StaleSlotPolicy::Leave`] in a confidential guest and
-    /// [`StaleSlotPolicy::ZeroFill`] otherwise.
-    pub fn stale_slot_policy(&self) -> StaleSlotPolicy {
-        self.stale_slots.unwrap_or(if self.platform.is_confidential() {
-            StaleSlotPolicy::Leave
-        } else {
-            StaleSlotPolicy::ZeroFill
-        })
-    }
-
-    /// Set the policy for to-device `SKIP_CPU_SYNC` slots (see [`crate::stale_slot`]).
-    pub fn set_stale_slot_policy(&mut self, policy: StaleSlotPolicy) {
-        self.stale_slots = Some(policy);
-    }
-
-    /// True when a slot just allocated for a `dir` mapping that skips the CPU copy is left as it was
-    /// (to-device only: a slot the device may write is copied to the guest later).
-    #[inline]
-    pub(crate) fn leaves_stale_slot(&self, dir: DmaDirection) -> bool {
-        dir == DmaDirection::ToDevice && self.stale_slot_policy() == StaleSlotPolicy::Leave
-    }
 }
