@@ -83,9 +83,12 @@ check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt"
 check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/minimal.txt")" 1792 2048
 # Raised by issue 18 item 2 (raw claims checked on every path: raw records for direct and trusted
 # mappings): .text minimal 52,423 -> 55,400, full 99,213 -> 103,087, panicking 120 -> 121 (an
-# outlined trusted-IOMMU map; no new panic site). Lower them again when a change allows.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 55500 24576
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 103500 65536
-check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 121 0
+# outlined trusted-IOMMU map; no new panic site). Raised again by the stale-slot policy (issue 21),
+# the longer errors of issue 22 and the DDW at bus 0 (issue 19): minimal 55,400 -> 55,899, full
+# 103,087 -> 103,590; panicking fell 121 -> 117, its ceiling with it. Lower them again when a
+# change allows.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 56000 24576
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 103700 65536
+check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 117 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
 echo "budgets.sh: every figure within its ceiling"
