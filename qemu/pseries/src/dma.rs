@@ -6,13 +6,14 @@
 //! bookkeeping and a check of every bus address against QEMU's TCE table and the ledger.
 
 use ccdma::iommu::BusRange;
+use ccdma::storage::{CellInitError, LayerCell};
 use ccdma::{BusAddr, DmaLayer, IommuConfig, PhysAddr, PoolConfig, SlotMeta, TceBatching};
 use ccdma_qemu_common::binding::KernelDma;
 use ccdma_qemu_common::memory::{SlotBitmap, StaticRegion, TakeOnce, PAGE_SIZE};
 pub use ccdma_qemu_common::setup::{PoolInfo, SetupError};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use spin::{Mutex, Once};
+use spin::Mutex;
 
 use crate::config::Batching;
 use crate::platform::{PseriesPlatform, PLATFORM};
@@ -29,7 +30,7 @@ pub const POOL_SIZE: usize = 4 << 20;
 /// Slot metadata entries per pool.
 const POOL_SLOTS: usize = POOL_SIZE / 2048;
 
-static LAYER: Once<Layer> = Once::new();
+static LAYER: LayerCell<&'static PseriesPlatform> = LayerCell::new();
 
 /// Bus-range storage of the IOMMU path (split between the domains).
 static BUS_RANGES: TakeOnce<[BusRange; 8 * 256]> = TakeOnce::new([BusRange::EMPTY; 8 * 256]);
@@ -45,49 +46,49 @@ static HIGH_META: TakeOnce<[SlotMeta; POOL_SLOTS]> = TakeOnce::new([SlotMeta::EM
 /// but through a window) and the coherent pages just below it, and turns the IOMMU path on. The
 /// pool's pages (and the list pages `batching` asks for) become shared (ultravisor) here.
 pub fn init(iommu: IommuConfig, batching: Batching) -> Result<(PoolInfo, &'static Layer), SetupError> {
-    let mut layer = Layer::new(&PLATFORM);
     let top = PLATFORM.ledger().ram_end();
     let phys = top.saturating_sub(POOL_SIZE as u64) & !((2 << 20) - 1);
     let coherent = phys - COHERENT_BYTES as u64;
     if coherent < 1 << 32 || !PLATFORM.ledger().is_ram(coherent, (POOL_SIZE + COHERENT_BYTES) as u64) {
         return Err(SetupError::NoHighRam);
     }
-    let meta = HIGH_META.take().ok_or(SetupError::AlreadyInitialised)?;
-    // SAFETY: the top of RAM above 4 GiB is used by nothing else in this kernel (image, stack and
-    // statics live below 16 MiB) and the layer lives for the rest of the run.
-    unsafe { layer.add_pool(PhysAddr(phys), POOL_SIZE, meta, PoolConfig::default()) }
-        .map_err(SetupError::Pool)?;
-    COHERENT_BASE.store(coherent, Ordering::Relaxed);
-    // Pool growth: RAM just below the coherent pages (2 MiB aligned), before any device attaches so
-    // every DDW keeps room for grown pools.
-    let grow_base = (coherent & !((2 << 20) - 1)).saturating_sub(crate::growth::SOURCE_BYTES);
-    if grow_base >= 1 << 32
-        && PLATFORM.ledger().is_ram(grow_base, crate::growth::SOURCE_BYTES)
-        && crate::growth::init(grow_base)
-    {
-        layer.enable_growth(&crate::growth::SOURCE, crate::growth::config()).map_err(SetupError::Pool)?;
-    }
-    let ranges = BUS_RANGES.take().ok_or(SetupError::AlreadyInitialised)?;
-    if LIST_PAGE_TAKEN.swap(true, Ordering::AcqRel) {
-        return Err(SetupError::AlreadyInitialised);
-    }
-    let first = PhysAddr(LIST_PAGE.phys_range().start);
-    let batching = match batching {
-        Batching::PerEntry => TceBatching::PerEntry,
-        Batching::PerCpu => TceBatching::PerCpuPages { first, count: LIST_PAGES },
-        Batching::SharedPage => TceBatching::SharedPage(first),
-    };
-    // SAFETY: LIST_PAGE is used by nothing but the layer, handed over once (the flag above).
-    unsafe { layer.enable_iommu(iommu.with_batching(batching), ranges) }.map_err(SetupError::Pool)?;
-    let mut fresh = false;
-    let layer = LAYER.call_once(|| {
-        fresh = true;
-        layer
+    // Built and configured inside LAYER (`LayerCell::init_with`): no stack frame holds the layer,
+    // and a failed set-up gives its shared pools back.
+    let built = LAYER.init_with(&PLATFORM, |layer| {
+        let meta = HIGH_META.take().ok_or(SetupError::AlreadyInitialised)?;
+        // SAFETY: the top of RAM above 4 GiB is used by nothing else in this kernel (image, stack and
+        // statics live below 16 MiB) and the layer lives for the rest of the run.
+        unsafe { layer.add_pool(PhysAddr(phys), POOL_SIZE, meta, PoolConfig::default()) }
+            .map_err(SetupError::Pool)?;
+        COHERENT_BASE.store(coherent, Ordering::Relaxed);
+        // Pool growth: RAM just below the coherent pages (2 MiB aligned), before any device attaches
+        // so every DDW keeps room for grown pools.
+        let grow_base = (coherent & !((2 << 20) - 1)).saturating_sub(crate::growth::SOURCE_BYTES);
+        if grow_base >= 1 << 32
+            && PLATFORM.ledger().is_ram(grow_base, crate::growth::SOURCE_BYTES)
+            && crate::growth::init(grow_base)
+        {
+            layer.enable_growth(&crate::growth::SOURCE, crate::growth::config()).map_err(SetupError::Pool)?;
+        }
+        let ranges = BUS_RANGES.take().ok_or(SetupError::AlreadyInitialised)?;
+        if LIST_PAGE_TAKEN.swap(true, Ordering::AcqRel) {
+            return Err(SetupError::AlreadyInitialised);
+        }
+        let first = PhysAddr(LIST_PAGE.phys_range().start);
+        let batching = match batching {
+            Batching::PerEntry => TceBatching::PerEntry,
+            Batching::PerCpu => TceBatching::PerCpuPages { first, count: LIST_PAGES },
+            Batching::SharedPage => TceBatching::SharedPage(first),
+        };
+        // SAFETY: LIST_PAGE is used by nothing but the layer, handed over once (the flag above).
+        unsafe { layer.enable_iommu(iommu.with_batching(batching), ranges) }.map_err(SetupError::Pool)?;
+        Ok(())
     });
-    if !fresh {
-        return Err(SetupError::AlreadyInitialised);
+    match built {
+        Ok(layer) => Ok((PoolInfo { phys, len: POOL_SIZE }, layer)),
+        Err(CellInitError::Occupied) => Err(SetupError::AlreadyInitialised),
+        Err(CellInitError::Configure(e)) => Err(e),
     }
-    Ok((PoolInfo { phys, len: POOL_SIZE }, layer))
 }
 
 /// The layer; panics if [`init`] has not run (a kernel bug: devices are only set up after it).
