@@ -1,5 +1,6 @@
 //! The driver proper (UEFI only).
 
+use ccdma::storage::{CellInitError, LayerCell};
 use ccdma::{
     BusAddr, CoherentBuffer, Device, DeviceConfig, DmaAttrs, DmaLayer, DmaMask, MemorySharing,
     PartialSharing, PhysAddr, PhysMemory, Platform, PoolConfig, SharingErrorKind, SlotMeta,
@@ -160,8 +161,11 @@ impl Platform for UefiPlatform {
 
 type Layer = DmaLayer<'static, &'static UefiPlatform>;
 
+/// Built and configured in place (`LayerCell::init_with`): no stack frame holds the layer.
+static LAYER: LayerCell<&'static UefiPlatform> = LayerCell::new();
+
 struct Dma {
-    layer: Layer,
+    layer: &'static Layer,
     /// 32-bit and 64-bit devices.
     narrow: Device,
     wide: Device,
@@ -322,10 +326,18 @@ fn init() -> Result<(), &'static str> {
     }
     // SAFETY: the pages are ours for the driver's life (never freed) and were initialised above.
     let meta: &'static mut [SlotMeta] = unsafe { core::slice::from_raw_parts_mut(meta_ptr, slots) };
-    let mut layer = Layer::new(&PLATFORM);
-    // SAFETY: the pool pages were allocated from boot services for this layer alone and are never
-    // freed; the layer lives for the driver's life (static).
-    unsafe { layer.add_pool(PhysAddr(pool), POOL_BYTES, meta, POOL_CONFIG) }.map_err(|_| "pool refused")?;
+    let layer = LAYER
+        .init_with(&PLATFORM, |layer| {
+            // SAFETY: the pool pages were allocated from boot services for this layer alone and are
+            // never freed; the layer lives for the driver's life (static).
+            unsafe { layer.add_pool(PhysAddr(pool), POOL_BYTES, meta, POOL_CONFIG) }
+                .map(|_index| ())
+                .map_err(|_| "pool refused")
+        })
+        .map_err(|e| match e {
+            CellInitError::Occupied => "the driver's layer is initialised already",
+            CellInitError::Configure(why) => why,
+        })?;
     let mask = |bits| DmaMask::new(bits).map_err(|_| "mask");
     let narrow = layer.attach(DeviceConfig::new(32, mask(32)?)).map_err(|_| "32-bit attach refused")?;
     let wide = layer.attach(DeviceConfig::new(64, mask(64)?)).map_err(|_| "64-bit attach refused")?;
