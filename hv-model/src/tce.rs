@@ -743,12 +743,8 @@ impl TceCalls for Hypervisor {
         let _ = device;
         let inj = self.tce_enter(CallKind::DdwRemove);
         let mut st = self.iommu.state.lock().unwrap();
-        match inj {
-            Some(Injection::Fail(c))
-            | Some(Injection::Busy(c))
-            | Some(Injection::Partial { code: c, .. }) => return c,
-            Some(Injection::LieSuccess) => return 0,
-            _ => {}
+        if let Some(status) = injected_rtas_status(&inj) {
+            return status;
         }
         // Like QEMU (rtas_ibm_remove_pe_dma_window): the window is named by its LIOBN alone (any
         // device, any bridge may remove it), the default window included. When the last
@@ -770,12 +766,8 @@ impl TceCalls for Hypervisor {
     fn ddw_reset(&self, device: u32) -> i64 {
         let inj = self.tce_enter(CallKind::DdwReset);
         let mut st = self.iommu.state.lock().unwrap();
-        match inj {
-            Some(Injection::Fail(c))
-            | Some(Injection::Busy(c))
-            | Some(Injection::Partial { code: c, .. }) => return c,
-            Some(Injection::LieSuccess) => return 0,
-            _ => {}
+        if let Some(status) = injected_rtas_status(&inj) {
+            return status;
         }
         // Like QEMU (rtas_ibm_reset_pe_dma_window, spapr_phb_dma_reset): every DDW of the bridge is
         // removed and the default window comes back with no entry.
@@ -785,5 +777,17 @@ impl TceCalls for Hypervisor {
         }
         st.reset_pe(pe, device);
         0
+    }
+}
+
+/// The status an injected fault makes an RTAS window call (remove, reset) return at once: the
+/// failure's code, or 0 for a lie of success; `None` to run the call.
+fn injected_rtas_status(inj: &Option<Injection>) -> Option<i64> {
+    match inj {
+        Some(Injection::Fail(c)) | Some(Injection::Busy(c)) | Some(Injection::Partial { code: c, .. }) => {
+            Some(*c)
+        }
+        Some(Injection::LieSuccess) => Some(0),
+        _ => None,
     }
 }
