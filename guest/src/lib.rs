@@ -147,6 +147,7 @@ pub mod diagnostics;
 pub mod direction;
 pub mod error;
 pub mod growth;
+pub(crate) mod footprint;
 mod interrupts;
 pub mod iommu;
 pub mod layer;

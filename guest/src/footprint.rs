@@ -1,0 +1,60 @@
+//! Where a layer's bytes go: `size_of` of each part of [`DmaLayer`](crate::DmaLayer), for the
+//! budgets script and the docs (`cargo test --release -p ccdma --lib footprint -- --nocapture`).
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use core::mem::size_of;
+    use core::ptr::NonNull;
+
+    use crate::{MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform};
+
+    struct Flat;
+    impl MemorySharing for Flat {
+        fn share(&self, _: PhysAddr, _: u64) -> Result<(), PartialSharing> {
+            Ok(())
+        }
+        fn unshare(&self, _: PhysAddr, _: u64) -> Result<(), PartialSharing> {
+            Ok(())
+        }
+    }
+    // SAFETY: never answers with memory.
+    unsafe impl PhysMemory for Flat {
+        fn cpu_ptr(&self, _: PhysAddr, _: usize) -> Option<NonNull<u8>> {
+            None
+        }
+        fn virt_to_phys(&self, _: *const u8, _: usize) -> Option<PhysAddr> {
+            None
+        }
+        fn ram_end(&self) -> PhysAddr {
+            PhysAddr(0)
+        }
+    }
+    impl Platform for Flat {
+        fn is_confidential(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn print_layer_parts() {
+        let parts: &[(&str, usize)] = &[
+            ("PoolTable", size_of::<crate::growth::table::PoolTable<'static>>()),
+            ("BouncePool", size_of::<crate::pool::BouncePool<'static>>()),
+            ("LivePools", size_of::<crate::growth::live::LivePools>()),
+            ("Growth", size_of::<crate::growth::state::Growth<'static>>()),
+            ("Stats", size_of::<crate::stats::Stats>()),
+            ("Option<Iommu>", size_of::<Option<crate::iommu::domain::Iommu<'static>>>()),
+            ("DomainSlot", size_of::<crate::iommu::domain::DomainSlot<'static>>()),
+            ("IommuCounters", size_of::<crate::iommu::counters::IommuCounters>()),
+            ("Tracker", size_of::<crate::tracker::Tracker>()),
+            ("DeviceIds", size_of::<crate::device_ids::DeviceIds>()),
+            ("RawRecords", size_of::<crate::stream::raw_records::RawRecords<'static>>()),
+            ("Option<StaleSlotPolicy>", size_of::<Option<crate::stale_slot::StaleSlotPolicy>>()),
+            ("DmaLayer<&platform>", size_of::<crate::DmaLayer<'static, &'static Flat>>()),
+        ];
+        for (n, s) in parts {
+            std::println!("{n:28} {s:6}");
+        }
+    }
+}
