@@ -51,10 +51,12 @@ mod tests {
             ("DeviceIds", size_of::<crate::device_ids::DeviceIds>()),
             ("RawRecords", size_of::<crate::stream::raw_records::RawRecords<'static>>()),
             ("Option<StaleSlotPolicy>", size_of::<Option<crate::stale_slot::StaleSlotPolicy>>()),
-            ("DmaLayer<&platform>", size_of::<crate::DmaLayer<'static, &'static Flat>>()),
+            ("DmaLayer<P> (8 pools, 16 domains)", size_of::<crate::DmaLayer<'static, &'static Flat>>()),
+            ("DmaLayer<P, 1, 0>", size_of::<crate::DmaLayer<'static, &'static Flat, 1, 0>>()),
+            ("DmaLayer<P, 2, 4>", size_of::<crate::DmaLayer<'static, &'static Flat, 2, 4>>()),
         ];
         for (n, s) in parts {
-            std::println!("{n:28} {s:6}");
+            std::println!("{n:36} {s:6}");
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::platform::Platform;
 use crate::pool_set::PoolOrder;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Enable the IOMMU path for devices the platform puts behind one ([`Platform::tce`]).
     ///
     /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
@@ -43,7 +43,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if self.iommu.is_some() {
             return Err(DmaError::IommuAlreadyEnabled);
         }
-        if cfg.max_domains == 0 || cfg.max_domains > MAX_DOMAINS {
+        if cfg.max_domains == 0 || cfg.max_domains > DOMAINS {
             return Err(DmaError::InvalidMaxDomains(cfg.max_domains));
         }
         let per = ranges.len() / cfg.max_domains;
@@ -60,7 +60,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             const {
                 Iommu {
                     cfg: IommuConfig::premapped(),
-                    domains: [const { None }; MAX_DOMAINS],
+                    domains: [const { None }; DOMAINS],
                     list: None,
                     reservations: Mutex::new(([(0, 0); MAX_GLOBAL_RESERVATIONS], 0)),
                 }

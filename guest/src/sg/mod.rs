@@ -354,7 +354,7 @@ impl Item {
         (self.d + self.len).div_ceil(page)
     }
 }
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Map a scatter-gather list with the default options (coalescing on, no P2P topology).
     /// Returns the number `n` of DMA segments, written into the first `n` entries
     /// ([`SgEntry::dma_segment`], [`dma_segments`]).

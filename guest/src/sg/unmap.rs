@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Free the runs a list holds (entries not yet reset).
     pub(super) fn release_runs(&self, list: &[SgEntry<'_>]) {
         for e in list {

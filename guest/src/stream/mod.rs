@@ -38,7 +38,7 @@ pub(crate) struct Original {
     pub safe: bool,
 }
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Map by physical address (raw face). Returns the bus address for the device.
     ///
     /// # Safety
