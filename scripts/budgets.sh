@@ -6,9 +6,12 @@
 #
 # Builds ccdma-ffi's staticlib for x86_64-unknown-none (nightly: -Z emit-stack-sizes; opt-level s,
 # panics abort, the crate's spinning panic handler), links it freestanding with ld --gc-sections and
-# --no-undefined twice: "minimal" (feature log-off: no log statements) keeps init, add_pool, attach,
-# map, unmap and detach; "full" (log statements in) keeps every export. scripts/budgets.py reads each image: .text, functions that can reach the panic
-# handler (call graph from objdump), the largest frames and the deepest chain per entry point.
+# --no-undefined three times: "minimal" (feature log-off: no log statements) keeps init, add_pool,
+# attach, map, unmap and detach; "full" (log statements in) keeps every export; "firmware-minimal" is
+# "minimal" built without ccdma's optional parts (growth, trusted devices, scatter-gather, the PAPR
+# TCE writer, the native IOMMU backend: ffi's feature `full` off). scripts/budgets.py reads each
+# image: .text, functions that can reach the panic handler (call graph from objdump), the largest
+# frames and the deepest chain per entry point.
 # Installs what it needs (nightly, the target, binutils) on a fresh Debian 12 machine.
 #
 # Ceilings: the AIM column is issue 20's target; CEIL is what the test fails above. A ceiling above
@@ -41,9 +44,11 @@ build() { # build FEATURES: the staticlib into target/budgets-FEATURES; prints i
     echo "$dir/x86_64-unknown-none/release/libccdma_ffi.a"
 }
 # Full: everything, log statements in. Minimal: log compiled out (firmware without a logger).
-LIB_FULL=$(build panic-handler)
-LIB_MIN=$(build panic-handler,log-off)
-OUT=$ROOT/target/budgets-panic-handler
+# Firmware-minimal: log out and every optional part of ccdma out.
+LIB_FULL=$(build panic-handler,full)
+LIB_MIN=$(build panic-handler,log-off,full)
+LIB_FW=$(build panic-handler,log-off)
+OUT=$ROOT/target/budgets-panic-handler-full
 MINIMAL=(ccdma_layer_init ccdma_add_pool ccdma_attach ccdma_map ccdma_unmap ccdma_detach)
 mapfile -t ALL < <(nm -g --defined-only "$LIB_FULL" 2>/dev/null | awk '$2 == "T" && $3 ~ /^ccdma_/ {print $3}' | sort -u)
 link() { # link NAME LIB SYMBOL...: a freestanding image keeping those exports
@@ -54,6 +59,7 @@ link() { # link NAME LIB SYMBOL...: a freestanding image keeping those exports
         -o "$OUT/$name.elf" "$lib" || die "freestanding link of the $name image failed"
 }
 link minimal "$LIB_MIN" "${MINIMAL[@]}"
+link firmware-minimal "$LIB_FW" "${MINIMAL[@]}"
 link full "$LIB_FULL" "${ALL[@]}"
 
 entries=$(IFS=,; echo "${MINIMAL[*]}")
@@ -61,6 +67,9 @@ py_list=()
 [[ $LIST == yes ]] && py_list=(--list-panicking)
 echo "== minimal image, log compiled out (${MINIMAL[*]})"
 python3 scripts/budgets.py "$OUT/minimal.elf" --entries "$entries" "${py_list[@]}" | tee "$OUT/minimal.txt"
+echo
+echo "== firmware-minimal image: minimal without growth, trusted devices, scatter-gather, IOMMU backends"
+python3 scripts/budgets.py "$OUT/firmware-minimal.elf" --entries "$entries" | tee "$OUT/firmware-minimal.txt"
 echo
 echo "== full image (${#ALL[@]} exports)"
 python3 scripts/budgets.py "$OUT/full.elf" --entries "ccdma_map_sg,ccdma_alloc_coherent,ccdma_enable_iommu" |

@@ -112,6 +112,10 @@ pub const CCDMA_ERR_IOMMU: c_int = -10;
 /// Trusted device I/O: the guest is not confidential or the platform table has no `accept`, or the
 /// trusted platform refused to accept (or failed to revoke) the device.
 pub const CCDMA_ERR_TRUST: c_int = -11;
+/// The call needs a part of ccdma this build of the library left out (a Cargo feature of the
+/// `ccdma` crate: `growth`, `trusted-devices`, `scatter-gather`, `papr-tce`, `native-iommu`).
+/// Nothing changed.
+pub const CCDMA_ERR_UNSUPPORTED: c_int = -12;
 
 /// The error code of a `DmaError` (one per family; exhaustive, so a new variant must be placed).
 fn code(e: &DmaError) -> c_int {
@@ -167,6 +171,7 @@ fn code(e: &DmaError) -> c_int {
         E::IommuAlreadyEnabled | E::IommuNotEnabled | E::Iommu(_) | E::P2pUnsupported { .. } => {
             CCDMA_ERR_IOMMU
         }
+        E::FeatureDisabled { .. } => CCDMA_ERR_UNSUPPORTED,
     }
 }
 

@@ -20,6 +20,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// when the platform says no ([`DmaError::AcceptRefused`]). A deferred device is attached to its
     /// IOMMU domain here (its mappings need the window).
     pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::TRUSTED, "trusted-devices")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         if dev.trust.is_accepted() {

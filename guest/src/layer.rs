@@ -325,6 +325,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// [`Self::attach`] once the id is registered.
     fn attach_registered(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let confidential = self.platform.is_confidential();
+        if confidential {
+            self.require_iommu_backend(config.id)?;
+        }
         if confidential && self.backend().is_some_and(|b| b.behind_iommu(config.id)) {
             return self.attach_iommu(config);
         }

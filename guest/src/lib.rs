@@ -153,6 +153,7 @@ pub mod iommu;
 pub mod layer;
 mod layer_init;
 pub mod mapping;
+mod parts;
 pub mod path;
 pub mod platform;
 pub mod pool;

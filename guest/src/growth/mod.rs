@@ -78,6 +78,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// a DDW made before growth was enabled may have no room for them (the device then maps from the
     /// pools it has, and a pool-full report says `Unreachable`).
     pub fn enable_growth(&mut self, source: &'m dyn MemorySource, cfg: GrowthConfig) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::GROWTH, "growth")?;
         if self.growth.source.is_some() {
             return Err(DmaError::GrowthAlreadyEnabled);
         }
@@ -144,7 +145,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             _ => false,
         };
         let first = attempt();
-        if self.growth.source.is_none() {
+        if !crate::parts::GROWTH || self.growth.source.is_none() {
             if matches!(first, Err(DmaError::PoolExhausted { .. })) {
                 self.report_full(dev, len, GrowthVerdict::Disabled);
             }

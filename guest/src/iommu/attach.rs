@@ -40,6 +40,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         cfg: IommuConfig,
         ranges: &'m mut [BusRange],
     ) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::IOMMU, "papr-tce")?;
         if self.iommu.is_some() {
             return Err(DmaError::IommuAlreadyEnabled);
         }
@@ -101,6 +102,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     }
 
     pub(crate) fn slot(&self, d: DomainRef) -> Option<&DomainSlot<'m>> {
+        if !crate::parts::IOMMU {
+            return None;
+        }
         self.iommu.as_ref()?.domains.get(d.index as usize)?.as_ref()
     }
 
@@ -112,10 +116,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
     /// The mechanism for this operation: PAPR calls through the entry writer, else a native backend.
     pub(crate) fn backend(&self) -> Option<Backend<'_>> {
-        if let Some(calls) = self.platform.tce() {
+        if let Some(calls) = self.platform.tce().filter(|_| crate::parts::PAPR_TCE) {
             return Some(Backend::Tce(calls, self.tce_writer(calls)));
         }
-        self.platform.iommu_backend().map(|b| Backend::Native(b, &self.iommu_counters))
+        self.platform
+            .iommu_backend()
+            .filter(|_| crate::parts::NATIVE_IOMMU)
+            .map(|b| Backend::Native(b, &self.iommu_counters))
     }
 
     pub(crate) fn tce_writer<'a>(&'a self, calls: &'a dyn TceCalls) -> TceWriter<'a> {

@@ -378,6 +378,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         attrs: DmaAttrs,
         opts: &SgOptions<'_>,
     ) -> Result<usize, DmaError> {
+        crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         if list.is_empty() {

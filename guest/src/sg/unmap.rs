@@ -37,6 +37,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
