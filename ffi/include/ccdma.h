@@ -123,6 +123,13 @@
 #define CCDMA_ERR_TRUST -11
 
 /**
+ * The call needs a part of ccdma this build of the library left out (a Cargo feature of the
+ * `ccdma` crate: `growth`, `trusted-devices`, `scatter-gather`, `papr-tce`, `native-iommu`).
+ * Nothing changed.
+ */
+#define CCDMA_ERR_UNSUPPORTED -12
+
+/**
  * Bytes of memory for a `ccdma_layer` (an upper bound; `ccdma_layer_size()` is the exact size).
  */
 #define CCDMA_LAYER_SIZE 32768

@@ -154,6 +154,8 @@ pub mod layer;
 mod layer_init;
 pub mod mapping;
 mod parts;
+#[cfg(test)]
+mod parts_tests;
 pub mod path;
 pub mod platform;
 pub mod pool;
