@@ -135,6 +135,14 @@
 #define CCDMA_LAYER_SIZE 32768
 
 /**
+ * Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` (one pool; no
+ * IOMMU domain, or four with feature `native-iommu`): firmware that links such a library may
+ * reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little memory with
+ * `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
+ */
+#define CCDMA_SMALL_LAYER_SIZE 8192
+
+/**
  * Alignment of a `ccdma_layer`.
  */
 #define CCDMA_LAYER_ALIGN 128

@@ -345,7 +345,8 @@ pub enum DmaError {
     /// The call needs a part of ccdma this build left out: `feature` names the Cargo feature of the
     /// `ccdma` crate that brings it back (see "Features" in the crate docs). Nothing changed.
     FeatureDisabled {
-        /// The Cargo feature, e.g. `"growth"`.
+        /// The Cargo feature, e.g. `"growth"` (`"papr-tce or native-iommu"`: either brings the IOMMU
+        /// path back).
         feature: &'static str,
     },
 }

@@ -153,7 +153,7 @@ fn the_iommu_left_out_is_refused_by_name() {
     let ranges = vec![crate::iommu::BusRange::EMPTY; 8].leak();
     // SAFETY: no list page.
     let e = unsafe { layer.enable_iommu(crate::IommuConfig::premapped(), ranges) };
-    assert_eq!(e, Err(crate::DmaError::FeatureDisabled { feature: "papr-tce" }));
+    assert_eq!(e, Err(crate::DmaError::FeatureDisabled { feature: "papr-tce or native-iommu" }));
     // A device the platform puts behind its IOMMU would fault on shared bus addresses: refused, and
     // its id stays free; a device outside the IOMMU is served.
     let e = layer.attach(DeviceConfig::new(9, DmaMask::BITS_32)).map(|_| ());

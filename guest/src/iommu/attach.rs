@@ -40,7 +40,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         cfg: IommuConfig,
         ranges: &'m mut [BusRange],
     ) -> Result<(), DmaError> {
-        crate::parts::require(crate::parts::IOMMU, "papr-tce")?;
+        crate::parts::require(crate::parts::IOMMU, "papr-tce or native-iommu")?;
         if self.iommu.is_some() {
             return Err(DmaError::IommuAlreadyEnabled);
         }
