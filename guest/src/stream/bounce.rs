@@ -116,7 +116,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             // room: a request that can never fit is `TooLarge`, not a transient exhaustion.
             let span = align_mask + slot;
             let seg = pool.max_mapping() as u64;
-            let phase = if span <= seg && seg % span == 0 {
+            let phase = if span <= seg && seg.checked_rem(span) == Some(0) {
                 (align_bits.wrapping_sub(pool.phys().0) & (span - 1)) as usize
             } else {
                 0
