@@ -2,7 +2,7 @@
 # Footprint figures of ccdma as C firmware links it, checked against ceilings.
 #
 #   bash scripts/budgets.sh            build, print the figures, fail above a ceiling
-#   bash scripts/budgets.sh --list     also name every function that can reach the panic handler
+#   bash scripts/budgets.sh --list     also name, per image, the functions that call a panic directly
 #
 # Builds ccdma-ffi's staticlib for x86_64-unknown-none (nightly: -Z emit-stack-sizes; opt-level s,
 # panics abort, the crate's spinning panic handler), links it freestanding with ld --gc-sections and
@@ -63,7 +63,7 @@ echo "== minimal image, log compiled out (${MINIMAL[*]})"
 python3 scripts/budgets.py "$OUT/minimal.elf" --entries "$entries" "${py_list[@]}" | tee "$OUT/minimal.txt"
 echo
 echo "== full image (${#ALL[@]} exports)"
-python3 scripts/budgets.py "$OUT/full.elf" --entries "ccdma_map_sg,ccdma_alloc_coherent,ccdma_enable_iommu" |
+python3 scripts/budgets.py "$OUT/full.elf" --entries "ccdma_map_sg,ccdma_alloc_coherent,ccdma_enable_iommu" "${py_list[@]}" |
     tee "$OUT/full.txt"
 layer=$(awk '/#define CCDMA_LAYER_SIZE/ {print $3}' ffi/include/ccdma.h)
 
