@@ -5,6 +5,8 @@
 
 use std::mem::{size_of, MaybeUninit};
 
+use ccdma::storage::LayerCell;
+
 use ccdma::iommu::MAX_DOMAINS;
 use ccdma::{
     DeviceConfig, DmaError, DmaLayer, DmaMask, DmaPath, IommuConfig, PhysAddr, PoolConfig, SlotMeta,
@@ -113,5 +115,28 @@ fn a_layer_without_domains_refuses_the_iommu_and_one_with_them_uses_them() {
         m.unmap().unwrap();
         two.detach(d).unwrap();
     }
+    assert_no_faults(hv);
+}
+
+#[test]
+fn a_small_layer_cell_builds_in_place_and_maps() {
+    static CELL: LayerCell<Plat, 1, 0> = LayerCell::new();
+    assert!(size_of::<LayerCell<Plat, 1, 0>>() <= SMALL_LAYER_BYTES + 128);
+    let hv = model(HvConfig::pseries(6 * GIB));
+    let layer = CELL
+        .init_with(hv, |layer| {
+            let meta = vec![SlotMeta::EMPTY; 512].leak();
+            // SAFETY: the model never hands this range out; the layer owns it from here.
+            unsafe { layer.add_pool(PhysAddr(MID_POOL), MIB as usize, meta, PoolConfig::default()) }
+                .map(|_| ())
+        })
+        .unwrap();
+    let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
+    let d = hv.add_device(1, 32);
+    let m = layer.on(&dev).map_to_device(&[3u8; 100]).unwrap();
+    assert_eq!(d.read(m.bus_addr().0, 100).unwrap(), [3u8; 100]);
+    m.unmap().unwrap();
+    layer.detach(dev).unwrap();
+    assert_eq!(layer.stats().slots_in_use, 0);
     assert_no_faults(hv);
 }
