@@ -133,6 +133,10 @@ fn scatter_gather_left_out_is_refused_by_name() {
     let mut list = [crate::sg::SgEntry::to_device(&data)];
     let e = layer.map_sg(&dev, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE);
     assert_eq!(e, Err(crate::DmaError::FeatureDisabled { feature: "scatter-gather" }));
+    let off = Err(crate::DmaError::FeatureDisabled { feature: "scatter-gather" });
+    assert_eq!(layer.unmap_sg(&dev, &mut list, DmaDirection::ToDevice, DmaAttrs::NONE), off);
+    assert_eq!(layer.sync_sg_for_cpu(&dev, &mut list, DmaDirection::ToDevice), off);
+    assert_eq!(layer.sync_sg_for_device(&dev, &mut list, DmaDirection::ToDevice), off);
     assert_eq!(layer.stats().slots_in_use, 0);
 }
 

@@ -83,6 +83,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         list: &mut [SgEntry<'_>],
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
@@ -102,6 +103,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         list: &mut [SgEntry<'_>],
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
