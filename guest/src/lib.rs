@@ -180,6 +180,7 @@ pub mod layer;
 mod layer_init;
 pub mod mapping;
 mod parts;
+mod parts_attach;
 #[cfg(test)]
 mod parts_tests;
 pub mod path;

@@ -14,8 +14,6 @@
 //! the tests of that state are constant too, so the map and unmap paths lose those branches.
 
 use crate::error::DmaError;
-use crate::layer::DmaLayer;
-use crate::platform::Platform;
 
 /// Pool growth and shrinking (`growth`).
 pub(crate) const GROWTH: bool = cfg!(feature = "growth");
@@ -37,24 +35,5 @@ pub(crate) const fn require(on: bool, feature: &'static str) -> Result<(), DmaEr
         Ok(())
     } else {
         Err(DmaError::FeatureDisabled { feature })
-    }
-}
-
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
-    /// Refuse (at attach) a device the platform puts behind an IOMMU whose backend this build left
-    /// out: bounced through shared bus addresses it would fault, so it gets no path at all.
-    pub(crate) fn require_iommu_backend(&self, device: u32) -> Result<(), DmaError> {
-        let tce = self.platform.tce();
-        if !PAPR_TCE && tce.is_some_and(|t| t.behind_iommu(device)) {
-            return require(false, "papr-tce");
-        }
-        let tce_serves = PAPR_TCE && tce.is_some();
-        if !NATIVE_IOMMU
-            && !tce_serves
-            && self.platform.iommu_backend().is_some_and(|b| b.default_window(device).is_some())
-        {
-            return require(false, "native-iommu");
-        }
-        Ok(())
     }
 }
