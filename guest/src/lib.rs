@@ -151,8 +151,9 @@
 //! and changes nothing, and a device the platform puts behind a left-out IOMMU is refused at
 //! attach. Its code leaves the image (cut by constants at the part's entry points, not by `#[cfg]`;
 //! see `parts.rs`). Also: `debug-tracker` (off by default) and `log-off`. The C library's "minimal"
-//! image (init, add_pool, attach, map, unmap, detach; log compiled out) has 55,549 bytes of `.text`
-//! with every part and 22,704 without (`bash scripts/budgets.sh`, x86_64-unknown-none, opt-level s).
+//! image (init, add_pool, attach, map, unmap, detach; log compiled out) has 55,420 bytes of `.text`
+//! with every part and 22,510 without (x86_64-unknown-none, opt-level s; `bash scripts/budgets.sh`,
+//! each part's cost: `bash scripts/parts-text.sh`).
 //!
 //! The layer's size is set by its capacities, `DmaLayer<'m, P, POOLS, DOMAINS>` (defaults
 //! [`MAX_POOLS`] and [`iommu::MAX_DOMAINS`]): 28,672 bytes by default, 6,016 for one pool and no
