@@ -52,6 +52,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
                 raw: _,
             } = l;
         };
+        const { assert!(DOMAINS <= crate::iommu::MAX_DOMAINS, "a layer holds at most MAX_DOMAINS IOMMU domains") };
         let p = place.as_mut_ptr();
         // SAFETY: `p` is valid for writes of a whole `Self` (it comes from `&mut MaybeUninit<Self>`);
         // each write goes to one field through `addr_of_mut!`, making no reference to uninitialised
