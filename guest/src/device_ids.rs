@@ -6,43 +6,55 @@
 //! registers the id and refuses one already registered; a completed detach releases it. A device
 //! dropped without detach keeps its id (as it keeps its IOMMU domain): it is leaked, not ended.
 //!
-//! Fixed capacity ([`MAX_DEVICES`]), no allocator; attach and detach only, never the map path.
+//! Fixed capacity ([`DEVICES_PER_POOL`] per pool slot of the layer's capacity: [`MAX_DEVICES`] in
+//! the default layer, 8 in `DmaLayer<P, 1, 0>`), no allocator; attach and detach only, never the
+//! map path.
 
 use spin::Mutex;
 
 use crate::error::DmaError;
 
-/// Devices one layer can have attached at once.
-pub const MAX_DEVICES: usize = 64;
+/// Devices the default layer (`MAX_POOLS` pool slots) can have attached at once: the most any layer
+/// can.
+pub const MAX_DEVICES: usize = DEVICES_PER_POOL * crate::pool_set::MAX_POOLS;
 
-pub(crate) struct DeviceIds {
-    table: Mutex<IdTable>,
+/// Devices a layer can have attached at once per pool slot of its capacity (`POOLS`).
+pub const DEVICES_PER_POOL: usize = 8;
+
+const _: () = assert!(MAX_DEVICES <= u64::BITS as usize, "the used mask is a u64");
+
+pub(crate) struct DeviceIds<const POOLS: usize> {
+    table: Mutex<IdTable<POOLS>>,
 }
 
-struct IdTable {
-    ids: [u32; MAX_DEVICES],
-    /// Bit `i` set: `ids[i]` is attached.
+struct IdTable<const POOLS: usize> {
+    ids: [[u32; DEVICES_PER_POOL]; POOLS],
+    /// Bit `i` set: id `i` (in `ids` flattened) is attached.
     used: u64,
 }
 
-impl DeviceIds {
+impl<const POOLS: usize> DeviceIds<POOLS> {
+    /// Devices this table holds.
+    const CAPACITY: usize = DEVICES_PER_POOL * POOLS;
+
     pub(crate) const fn new() -> Self {
-        DeviceIds { table: Mutex::new(IdTable { ids: [0; MAX_DEVICES], used: 0 }) }
+        const { assert!(POOLS <= crate::pool_set::MAX_POOLS, "a layer holds at most MAX_POOLS pools") };
+        DeviceIds { table: Mutex::new(IdTable { ids: [[0; DEVICES_PER_POOL]; POOLS], used: 0 }) }
     }
 
     /// Register `id`; refused when it is attached already or the table is full.
     pub(crate) fn register(&self, id: u32) -> Result<(), DmaError> {
         let mut t = self.table.lock();
         let mut free = None;
-        for (i, &known) in t.ids.iter().enumerate() {
+        for (i, &known) in t.ids.as_flattened().iter().enumerate() {
             if t.used & (1 << i) == 0 {
                 free = free.or(Some(i));
             } else if known == id {
                 return Err(DmaError::DeviceIdInUse(id));
             }
         }
-        let i = free.ok_or(DmaError::TooManyDevices { max: MAX_DEVICES })?;
-        if let Some(slot) = t.ids.get_mut(i) {
+        let i = free.ok_or(DmaError::TooManyDevices { max: Self::CAPACITY })?;
+        if let Some(slot) = t.ids.as_flattened_mut().get_mut(i) {
             *slot = id;
         }
         t.used |= 1 << i;
@@ -53,7 +65,12 @@ impl DeviceIds {
     pub(crate) fn release(&self, id: u32) {
         let mut t = self.table.lock();
         let used = t.used;
-        if let Some(i) = t.ids.iter().enumerate().position(|(i, &known)| used & (1 << i) != 0 && known == id)
+        if let Some(i) = t
+            .ids
+            .as_flattened()
+            .iter()
+            .enumerate()
+            .position(|(i, &known)| used & (1 << i) != 0 && known == id)
         {
             t.used &= !(1 << i);
         }
@@ -66,7 +83,7 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_released() {
-        let ids = DeviceIds::new();
+        let ids = DeviceIds::<{ crate::pool_set::MAX_POOLS }>::new();
         ids.register(5).unwrap();
         assert_eq!(ids.register(5), Err(DmaError::DeviceIdInUse(5)));
         ids.register(0).unwrap();
@@ -78,5 +95,16 @@ mod tests {
         assert_eq!(ids.register(7), Err(DmaError::TooManyDevices { max: MAX_DEVICES }));
         ids.release(100);
         ids.register(7).unwrap();
+    }
+
+    #[test]
+    fn one_pool_slot_holds_eight() {
+        let ids = DeviceIds::<1>::new();
+        for id in 0..DEVICES_PER_POOL as u32 {
+            ids.register(id).unwrap();
+        }
+        assert_eq!(ids.register(99), Err(DmaError::TooManyDevices { max: DEVICES_PER_POOL }));
+        ids.release(3);
+        ids.register(99).unwrap();
     }
 }

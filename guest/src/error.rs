@@ -117,13 +117,15 @@ pub enum DmaError {
     /// A device with this id is attached to the layer already (detach it first): the platform
     /// knows a device by its id, so two attachments would share its window and its acceptance.
     DeviceIdInUse(u32),
-    /// The layer has [`crate::device_ids::MAX_DEVICES`] devices attached.
+    /// The layer has all the devices attached it can hold
+    /// ([`crate::device_ids::DEVICES_PER_POOL`] per pool slot: [`crate::device_ids::MAX_DEVICES`] in
+    /// the default layer).
     TooManyDevices {
         /// Devices a layer can have attached at once.
         max: usize,
     },
     /// A raw-face map on a path without pool slots (direct, trusted) found every raw record in use
-    /// ([`crate::RAW_RECORDS`] in the layer plus what [`crate::DmaLayer::add_raw_records`] lent).
+    /// ([`crate::RAW_RECORDS_PER_POOL`] per pool slot in the layer plus what [`crate::DmaLayer::add_raw_records`] lent).
     RawRecordsFull {
         /// Raw records the layer has.
         capacity: usize,

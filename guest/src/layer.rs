@@ -62,8 +62,8 @@ pub struct DmaLayer<'m, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAI
     pub(crate) plain: LivePools,
     /// Growing and shrinking (off until `enable_growth`); its lock orders every change of a pool
     /// set or window.
-    pub(crate) growth: Growth<'m>,
-    pub(crate) stats: Stats,
+    pub(crate) growth: Growth<'m, POOLS>,
+    pub(crate) stats: Stats<POOLS>,
     pub(crate) id: u32,
     /// Source of device serials (never 0).
     pub(crate) next_serial: AtomicU32,
@@ -74,11 +74,11 @@ pub struct DmaLayer<'m, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAI
     /// The misuse tracker (feature `debug-tracker`; an empty value without it).
     pub(crate) tracker: Tracker,
     /// Ids of the attached devices (no two attachments share one).
-    pub(crate) device_ids: DeviceIds,
+    pub(crate) device_ids: DeviceIds<POOLS>,
     /// What to-device `SKIP_CPU_SYNC` slots hold (None: by confidentiality; see [`crate::stale_slot`]).
     pub(crate) stale_slots: Option<StaleSlotPolicy>,
     /// Records of raw-face mappings on paths without pool slots (direct, trusted).
-    pub(crate) raw: RawRecords<'m>,
+    pub(crate) raw: RawRecords<'m, POOLS>,
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {

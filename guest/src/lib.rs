@@ -180,6 +180,7 @@ pub mod iommu;
 pub mod layer;
 mod layer_init;
 pub mod mapping;
+mod off_counter;
 mod parts;
 mod parts_attach;
 #[cfg(test)]
@@ -223,5 +224,5 @@ pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
 pub use pool_set::MAX_POOLS;
 pub use stale_slot::StaleSlotPolicy;
 pub use stats::{FailureKind, StatsSnapshot};
-pub use stream::raw_records::{RawRecord, RAW_RECORDS};
+pub use stream::raw_records::{RawRecord, RAW_RECORDS, RAW_RECORDS_PER_POOL};
 pub use trust::{DeviceTrust, TrustState};

@@ -1,6 +1,7 @@
 //! Counters. All relaxed atomics: they are for reports and tests, never for decisions.
 //!
-//! The counters every map and unmap bumps are spread over `SHARDS` cache lines, summed when read,
+//! The counters every map and unmap bumps are spread over `SHARDS` cache lines (one per pool slot of
+//! the layer's capacity: 8 in the default layer, 1 in `DmaLayer<P, 1, 0>`), summed when read,
 //! so CPUs mapping at the same time do not pull one line back and forth. The layer has no CPU number
 //! to index them by (the platform gives none), so a shard is picked from the address of the
 //! caller's stack: threads and CPUs run on different stacks, so concurrent callers mostly land on
@@ -54,9 +55,6 @@ pub enum FailureKind {
 
 const KINDS: usize = 10;
 
-/// Lines the per-operation counters are spread over (a power of two).
-pub(crate) const SHARDS: usize = 8;
-
 /// The counters of the hot path, one cache line's worth.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -68,23 +66,31 @@ struct Shard {
     bytes_from_device: AtomicU64,
 }
 
-/// Live counters of a layer instance.
-#[derive(Debug, Default)]
-pub struct Stats {
+/// Live counters of a layer instance, the hot ones spread over `SHARDS` lines (the layer's `POOLS`:
+/// a small configuration has few CPUs to spread over and little room). With no shard (`POOLS` 0)
+/// maps and unmaps are not counted.
+#[derive(Debug)]
+pub struct Stats<const SHARDS: usize = { crate::pool_set::MAX_POOLS }> {
     hot: [Shard; SHARDS],
     quarantined_pages: AtomicU64,
     shared_pages: AtomicU64,
     failures: [AtomicU64; KINDS],
 }
 
-impl Stats {
+impl<const SHARDS: usize> Default for Stats<SHARDS> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const SHARDS: usize> Stats<SHARDS> {
     /// Every counter zero (what `Default` gives), as a `const fn`: a layer built in place
     /// ([`DmaLayer::init_in`](crate::DmaLayer::init_in)) writes it straight into its field.
     // Named constants of atomics are what `[C; N]` needs here: each use is a fresh zeroed value
     // (never a shared one), and unlike `const {}` blocks they let the optimiser write the whole
     // value in place (`scripts/budgets.sh`: `DmaLayer::init_in` 760 B of frame, 1,272 B otherwise).
     #[allow(clippy::declare_interior_mutable_const)]
-    pub(crate) const fn new() -> Stats {
+    pub(crate) const fn new() -> Self {
         const ZERO: AtomicU64 = AtomicU64::new(0);
         const SHARD: Shard = Shard {
             maps: ZERO,
@@ -197,34 +203,43 @@ impl StatsSnapshot {
     }
 }
 
-impl Stats {
+impl<const SHARDS: usize> Stats<SHARDS> {
     pub(crate) fn fail(&self, kind: FailureKind) -> u64 {
         self.failures[kind as usize].fetch_add(1, Ordering::Relaxed) + 1
     }
     /// The caller's shard: from its stack address (16 KiB granules, folded), see the module docs.
+    /// `None` only with no shard at all. `SHARDS` is a constant of each layer type, so the index is
+    /// a mask for a power of two (the default 8) and the bounds check folds away.
     #[inline]
-    fn shard(&self) -> &Shard {
+    fn shard(&self) -> Option<&Shard> {
         let probe = 0u8;
         let a = core::ptr::addr_of!(probe) as usize;
-        &self.hot[((a >> 14) ^ (a >> 21)) & (SHARDS - 1)]
+        self.hot.get(((a >> 14) ^ (a >> 21)) % SHARDS.max(1))
     }
     pub(crate) fn mapped(&self, bounced: bool) {
-        let s = self.shard();
-        s.maps.fetch_add(1, Ordering::Relaxed);
-        if bounced {
-            s.bounced_maps.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = self.shard() {
+            s.maps.fetch_add(1, Ordering::Relaxed);
+            if bounced {
+                s.bounced_maps.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     pub(crate) fn unmapped(&self) {
-        self.shard().unmaps.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = self.shard() {
+            s.unmaps.fetch_add(1, Ordering::Relaxed);
+        }
     }
     pub(crate) fn to_device(&self, bytes: usize) {
-        self.shard().bytes_to_device.fetch_add(bytes as u64, Ordering::Relaxed);
+        if let Some(s) = self.shard() {
+            s.bytes_to_device.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
     }
     // Named after the direction the bytes moved, like `to_device`; not a conversion.
     #[allow(clippy::wrong_self_convention)]
     pub(crate) fn from_device(&self, bytes: usize) {
-        self.shard().bytes_from_device.fetch_add(bytes as u64, Ordering::Relaxed);
+        if let Some(s) = self.shard() {
+            s.bytes_from_device.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
     }
     pub(crate) fn quarantine(&self, pages: u64) {
         self.quarantined_pages.fetch_add(pages, Ordering::Relaxed);
@@ -271,7 +286,7 @@ mod tests {
     /// Counts bumped from several threads (several stacks, so several shards) sum exactly.
     #[test]
     fn shards_sum_exactly() {
-        let stats = Stats::default();
+        let stats = Stats::<8>::default();
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {

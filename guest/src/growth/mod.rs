@@ -212,7 +212,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// left behind but what could not be made private again (kept out of the source, counted).
     pub(crate) fn grow_one(
         &self,
-        g: &mut GrowState,
+        g: &mut GrowState<POOLS>,
         limit: u64,
         reserve: bool,
     ) -> Result<usize, GrowthVerdict> {
@@ -221,7 +221,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let src = self.growth.source.ok_or(GrowthVerdict::Disabled)?;
         let len = if reserve { cfg.reserve_bytes } else { cfg.pool_bytes };
         let (npools, bytes) = g.totals();
-        let free = (0..MAX_POOLS).find(|&i| self.pools.is_empty(i));
+        let free = (0..g.grown.len()).find(|&i| self.pools.is_empty(i));
         let within = bytes.checked_add(len as u64).is_some_and(|total| total <= cfg.max_total_bytes);
         let (Some(i), true) = (free, npools < cfg.max_pools && within) else {
             c.refused.fetch_add(1, Ordering::Relaxed);
@@ -300,7 +300,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             return fail(GrowthVerdict::WindowFailed);
         }
         self.plain.insert(i, self.platform.shared_bus_addr(phys), len as u64, reserve);
-        g.grown[i] = Some(Grown { phys, len, meta: MetaPtr(meta), slots, reserve, idle: 0 });
+        g.set_grown(i, Some(Grown { phys, len, meta: MetaPtr(meta), slots, reserve, idle: 0 }));
         self.pools.publish(i);
         c.grown.fetch_add(1, Ordering::Relaxed);
         let now = c.bytes_now.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
@@ -316,7 +316,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// out of the source for good.
     pub(crate) fn undo_share(
         &self,
-        g: &mut GrowState,
+        g: &mut GrowState<POOLS>,
         phys: PhysAddr,
         len: usize,
         meta: MetaPtr,

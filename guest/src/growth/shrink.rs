@@ -11,7 +11,6 @@ use crate::addr::PAGE_SIZE;
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
-use crate::pool_set::MAX_POOLS;
 
 /// What removing one pool did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,8 +36,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let hysteresis = self.growth.cfg.idle_ticks.max(1);
         let mut g = self.growth.lock.lock();
         let mut returned = 0;
-        for i in 0..MAX_POOLS {
-            let Some(mut grown) = g.grown[i] else { continue };
+        for i in 0..g.grown.len() {
+            let Some(mut grown) = g.grown_at(i) else { continue };
             if grown.reserve || !self.pools.is_active(i) {
                 continue;
             }
@@ -46,7 +45,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             // The reference is dropped before any removal waits for the pool's users.
             let busy = self.pools.get(i).is_none_or(|p| p.slots_in_use() != 0);
             grown.idle = if touched || busy { 0 } else { grown.idle + 1 };
-            g.grown[i] = Some(grown);
+            g.set_grown(i, Some(grown));
             if grown.idle >= hysteresis && self.remove_grown(&mut g, i) == Removed::Returned {
                 returned += 1;
             }
@@ -59,8 +58,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let _masked = self.masked();
         let mut g = self.growth.lock.lock();
         let mut result = Ok(());
-        for i in 0..MAX_POOLS {
-            if g.grown[i].is_none() {
+        for i in 0..g.grown.len() {
+            if g.grown_at(i).is_none() {
                 continue;
             }
             match self.remove_grown(&mut g, i) {
@@ -79,8 +78,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
     /// Drain, wait, check, take out of every window, unshare, hand back. The caller holds the growth
     /// lock as `g`.
-    fn remove_grown(&self, g: &mut GrowState, i: usize) -> Removed {
-        let Some(grown) = g.grown[i] else { return Removed::Busy };
+    fn remove_grown(&self, g: &mut GrowState<POOLS>, i: usize) -> Removed {
+        let Some(grown) = g.grown_at(i) else { return Removed::Busy };
         let c = &self.growth.counters;
         if !self.pools.drain(i) {
             return Removed::Busy;
@@ -95,7 +94,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             return Removed::Busy;
         }
         self.plain.remove(i);
-        g.grown[i] = None;
+        g.set_grown(i, None);
         c.bytes_now.fetch_sub(grown.len as u64, Ordering::Relaxed);
         // A failed set-up may have left entries naming the pool in a domain that no longer records
         // them (`pin_pools`); otherwise every entry is in some domain's record and is cleared here.

@@ -3,7 +3,7 @@
 //! depending on the growth logic that drives it.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64};
+use core::sync::atomic::AtomicBool;
 
 use spin::Mutex;
 
@@ -32,31 +32,78 @@ pub(crate) struct Grown {
     pub idle: u32,
 }
 
+/// The pools taken from the source, by pool index: one entry per pool slot of the layer's capacity
+/// (`POOLS`) with the `growth` feature, none without it (nothing is ever grown then).
+pub(crate) struct GrownSlots<const POOLS: usize>(
+    #[cfg(feature = "growth")] [Option<Grown>; POOLS],
+    #[cfg(not(feature = "growth"))] [Option<Grown>; 0],
+);
+
+impl<const POOLS: usize> GrownSlots<POOLS> {
+    const fn new() -> Self {
+        #[cfg(feature = "growth")]
+        return GrownSlots([None; POOLS]);
+        #[cfg(not(feature = "growth"))]
+        return GrownSlots([]);
+    }
+}
+
+impl<const POOLS: usize> core::ops::Deref for GrownSlots<POOLS> {
+    type Target = [Option<Grown>];
+    fn deref(&self) -> &[Option<Grown>] {
+        &self.0
+    }
+}
+
+impl<const POOLS: usize> core::ops::DerefMut for GrownSlots<POOLS> {
+    fn deref_mut(&mut self) -> &mut [Option<Grown>] {
+        &mut self.0
+    }
+}
+
 /// What the growth lock guards: the pools taken from the source.
-pub(crate) struct GrowState {
-    pub grown: [Option<Grown>; MAX_POOLS],
+pub(crate) struct GrowState<const POOLS: usize> {
+    /// Indexed by pool index; checked access (`get`): it may be shorter than the pool table.
+    pub grown: GrownSlots<POOLS>,
     /// Bytes kept from the source for good (quarantined).
     pub kept_bytes: u64,
 }
 
-impl GrowState {
+impl<const POOLS: usize> GrowState<POOLS> {
+    /// The grown pool at index `i`, if any.
+    pub(crate) fn grown_at(&self, i: usize) -> Option<Grown> {
+        self.grown.get(i).copied().flatten()
+    }
+    /// Record (or clear) the grown pool at index `i`; an index with no entry changes nothing.
+    pub(crate) fn set_grown(&mut self, i: usize, g: Option<Grown>) {
+        if let Some(slot) = self.grown.get_mut(i) {
+            *slot = g;
+        }
+    }
+
     pub(crate) fn totals(&self) -> (usize, u64) {
         let g = self.grown.iter().flatten();
         (g.clone().count(), g.map(|p| p.len as u64).sum::<u64>() + self.kept_bytes)
     }
 }
 
+/// A growth counter: no bytes without the `growth` feature (nothing grows then).
+#[cfg(feature = "growth")]
+pub(crate) type GrowthCounter = core::sync::atomic::AtomicU64;
+#[cfg(not(feature = "growth"))]
+pub(crate) type GrowthCounter = crate::off_counter::OffCounter;
+
 /// Counters of growth and shrinking.
 #[derive(Default)]
 pub(crate) struct GrowthCounters {
-    pub grown: AtomicU64,
-    pub shrunk: AtomicU64,
-    pub refused: AtomicU64,
-    pub failed: AtomicU64,
-    pub quarantined_pools: AtomicU64,
-    pub bytes_now: AtomicU64,
-    pub bytes_peak: AtomicU64,
-    pub reserve_maps: AtomicU64,
+    pub grown: GrowthCounter,
+    pub shrunk: GrowthCounter,
+    pub refused: GrowthCounter,
+    pub failed: GrowthCounter,
+    pub quarantined_pools: GrowthCounter,
+    pub bytes_now: GrowthCounter,
+    pub bytes_peak: GrowthCounter,
+    pub reserve_maps: GrowthCounter,
 }
 
 /// A snapshot of the growth counters ([`DmaLayer::growth_stats`](crate::DmaLayer::growth_stats)).
@@ -87,8 +134,8 @@ pub struct GrowthStats {
 }
 
 /// The growth part of a layer.
-pub(crate) struct Growth<'m> {
-    pub lock: Mutex<GrowState>,
+pub(crate) struct Growth<'m, const POOLS: usize> {
+    pub lock: Mutex<GrowState<POOLS>>,
     /// True while a pool is being added: maps may use reserve pools.
     pub growing: AtomicBool,
     pub source: Option<&'m dyn MemorySource>,
@@ -97,10 +144,10 @@ pub(crate) struct Growth<'m> {
     pub last_full: Mutex<Option<PoolFullReport>>,
 }
 
-impl<'m> Growth<'m> {
+impl<'m, const POOLS: usize> Growth<'m, POOLS> {
     pub(crate) fn new() -> Self {
         Growth {
-            lock: Mutex::new(GrowState { grown: [None; MAX_POOLS], kept_bytes: 0 }),
+            lock: Mutex::new(GrowState { grown: GrownSlots::new(), kept_bytes: 0 }),
             growing: AtomicBool::new(false),
             source: None,
             cfg: GrowthConfig::new(PAGE_SIZE as usize, 0),

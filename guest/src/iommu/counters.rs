@@ -2,32 +2,40 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// Live counters of the IOMMU path (relaxed atomics, for reports and tests).
+/// A counter of the IOMMU backends: no bytes when both (`papr-tce`, `native-iommu`) are compiled
+/// out (no IOMMU path exists then).
+#[cfg(any(feature = "papr-tce", feature = "native-iommu"))]
+pub(crate) type IommuCounter = AtomicU64;
+#[cfg(not(any(feature = "papr-tce", feature = "native-iommu")))]
+pub(crate) type IommuCounter = crate::off_counter::OffCounter;
+
+/// Live counters of the IOMMU path (relaxed atomics, for reports and tests). Those of coherent
+/// buffers and quarantined ranges count without an IOMMU too.
 #[derive(Debug, Default)]
 pub(crate) struct IommuCounters {
-    pub put_tce: AtomicU64,
-    pub get_tce: AtomicU64,
-    pub put_indirect: AtomicU64,
-    pub stuff_tce: AtomicU64,
-    pub ddw_query: AtomicU64,
-    pub ddw_create: AtomicU64,
-    pub ddw_remove: AtomicU64,
-    pub entries_written: AtomicU64,
-    pub entries_cleared: AtomicU64,
-    pub live_tces: AtomicU64,
-    pub busy_retries: AtomicU64,
-    pub verify_failures: AtomicU64,
+    pub put_tce: IommuCounter,
+    pub get_tce: IommuCounter,
+    pub put_indirect: IommuCounter,
+    pub stuff_tce: IommuCounter,
+    pub ddw_query: IommuCounter,
+    pub ddw_create: IommuCounter,
+    pub ddw_remove: IommuCounter,
+    pub entries_written: IommuCounter,
+    pub entries_cleared: IommuCounter,
+    pub live_tces: IommuCounter,
+    pub busy_retries: IommuCounter,
+    pub verify_failures: IommuCounter,
     pub quarantined_ranges: AtomicU64,
-    pub leaked_windows: AtomicU64,
-    pub strict_maps: AtomicU64,
+    pub leaked_windows: IommuCounter,
+    pub strict_maps: IommuCounter,
     pub coherent_buffers: AtomicU64,
     pub coherent_pages: AtomicU64,
-    pub deferred_attaches: AtomicU64,
-    pub native_maps: AtomicU64,
-    pub native_unmaps: AtomicU64,
-    pub list_page_busy: AtomicU64,
-    pub list_page_fallbacks: AtomicU64,
-    pub list_page_waits: AtomicU64,
+    pub deferred_attaches: IommuCounter,
+    pub native_maps: IommuCounter,
+    pub native_unmaps: IommuCounter,
+    pub list_page_busy: IommuCounter,
+    pub list_page_fallbacks: IommuCounter,
+    pub list_page_waits: IommuCounter,
     /// Entries that could not be cleared may name pool pages: the pools must stay shared for good.
     pub pools_pinned: AtomicBool,
     /// Which pools (bit `i`: pool index `i`) entries that could not be cleared may name, when the
@@ -104,29 +112,29 @@ impl IommuCounters {
     pub(crate) fn snapshot(&self) -> IommuStatsSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         IommuStatsSnapshot {
-            put_tce: l(&self.put_tce),
-            get_tce: l(&self.get_tce),
-            put_indirect: l(&self.put_indirect),
-            stuff_tce: l(&self.stuff_tce),
-            ddw_query: l(&self.ddw_query),
-            ddw_create: l(&self.ddw_create),
-            ddw_remove: l(&self.ddw_remove),
-            entries_written: l(&self.entries_written),
-            entries_cleared: l(&self.entries_cleared),
-            live_tces: l(&self.live_tces),
-            busy_retries: l(&self.busy_retries),
-            verify_failures: l(&self.verify_failures),
+            put_tce: self.put_tce.load(Ordering::Relaxed),
+            get_tce: self.get_tce.load(Ordering::Relaxed),
+            put_indirect: self.put_indirect.load(Ordering::Relaxed),
+            stuff_tce: self.stuff_tce.load(Ordering::Relaxed),
+            ddw_query: self.ddw_query.load(Ordering::Relaxed),
+            ddw_create: self.ddw_create.load(Ordering::Relaxed),
+            ddw_remove: self.ddw_remove.load(Ordering::Relaxed),
+            entries_written: self.entries_written.load(Ordering::Relaxed),
+            entries_cleared: self.entries_cleared.load(Ordering::Relaxed),
+            live_tces: self.live_tces.load(Ordering::Relaxed),
+            busy_retries: self.busy_retries.load(Ordering::Relaxed),
+            verify_failures: self.verify_failures.load(Ordering::Relaxed),
             quarantined_ranges: l(&self.quarantined_ranges),
-            leaked_windows: l(&self.leaked_windows),
-            strict_maps: l(&self.strict_maps),
+            leaked_windows: self.leaked_windows.load(Ordering::Relaxed),
+            strict_maps: self.strict_maps.load(Ordering::Relaxed),
             coherent_buffers: l(&self.coherent_buffers),
             coherent_pages: l(&self.coherent_pages),
-            deferred_attaches: l(&self.deferred_attaches),
-            native_maps: l(&self.native_maps),
-            native_unmaps: l(&self.native_unmaps),
-            list_page_busy: l(&self.list_page_busy),
-            list_page_fallbacks: l(&self.list_page_fallbacks),
-            list_page_waits: l(&self.list_page_waits),
+            deferred_attaches: self.deferred_attaches.load(Ordering::Relaxed),
+            native_maps: self.native_maps.load(Ordering::Relaxed),
+            native_unmaps: self.native_unmaps.load(Ordering::Relaxed),
+            list_page_busy: self.list_page_busy.load(Ordering::Relaxed),
+            list_page_fallbacks: self.list_page_fallbacks.load(Ordering::Relaxed),
+            list_page_waits: self.list_page_waits.load(Ordering::Relaxed),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! is busy it gets none and writes its entry with `H_PUT_TCE` (counted), so no CPU waits on another.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::calls::TCE_LIST_ENTRIES;
 use super::config::MAX_LIST_PAGES;
@@ -100,7 +100,7 @@ impl ListPages {
     }
 }
 
-fn bump(c: &AtomicU64) {
+fn bump(c: &super::counters::IommuCounter) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -4,7 +4,9 @@
 //! answers retried a bounded number of times; entries read back where the [`VerifyPolicy`] asks,
 //! because a hypervisor may report success without acting.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
+
+use super::counters::IommuCounter;
 
 use super::calls::hcall::{is_busy, H_SUCCESS};
 use super::calls::{TceCalls, TCE_LIST_ENTRIES, TCE_STUFF_BATCH};
@@ -31,13 +33,13 @@ pub(crate) struct TceWriter<'a> {
     pub cpu: Option<usize>,
 }
 
-fn bump(c: &AtomicU64, n: u64) {
+fn bump(c: &IommuCounter, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
 impl TceWriter<'_> {
     /// Run one call, retrying busy answers.
-    fn retry(&self, counter: &AtomicU64, mut call: impl FnMut() -> i64) -> Result<(), IommuError> {
+    fn retry(&self, counter: &IommuCounter, mut call: impl FnMut() -> i64) -> Result<(), IommuError> {
         let mut attempt = 0;
         loop {
             bump(counter, 1);

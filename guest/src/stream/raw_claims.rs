@@ -13,7 +13,8 @@ impl<'m, P: crate::platform::Platform, const POOLS: usize, const DOMAINS: usize>
     crate::layer::DmaLayer<'m, P, POOLS, DOMAINS>
 {
     /// Lend the layer storage for more raw-face mappings on paths without pool slots (direct,
-    /// bounce-above-mask's direct part, trusted devices) than the [`RAW_RECORDS`] it holds itself.
+    /// bounce-above-mask's direct part, trusted devices) than the [`RAW_RECORDS_PER_POOL`] per pool
+    /// slot it holds itself ([`RAW_RECORDS`] in the default layer).
     /// Each record is 24 bytes; a raw map there fails with [`DmaError::RawRecordsFull`] when all are
     /// in use. Lending again replaces the storage lent before, refused (the new storage handed back
     /// in the error) while a record in it is live.

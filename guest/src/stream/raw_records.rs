@@ -4,7 +4,8 @@
 //! (device, exact address, size, direction) are checked against it, as bounced mappings are
 //! checked against their slot's record, so a wrong claim is an error that changes nothing.
 //!
-//! Fixed capacity, no allocator: [`RAW_RECORDS`] records in the layer, plus whatever storage the
+//! Fixed capacity, no allocator: [`RAW_RECORDS`] records in the default layer
+//! ([`RAW_RECORDS_PER_POOL`] per pool slot: `DmaLayer<P, 1, 0>` holds 4), plus whatever storage the
 //! caller lends with [`DmaLayer::add_raw_records`](crate::DmaLayer::add_raw_records). A raw map on
 //! one of these paths when every record is in use fails with [`DmaError::RawRecordsFull`] and maps
 //! nothing. Safe-face mappings ([`crate::Mapping`]) take no record (the `Mapping` is its own), and
@@ -18,8 +19,13 @@ use crate::device::Device;
 use crate::direction::DmaDirection;
 use crate::error::DmaError;
 
-/// Raw-face mappings on record-less paths the layer holds records for without caller storage.
-pub const RAW_RECORDS: usize = 32;
+/// Raw-face mappings on record-less paths the default layer (`MAX_POOLS` pool slots) holds records
+/// for without caller storage.
+pub const RAW_RECORDS: usize = RAW_RECORDS_PER_POOL * crate::pool_set::MAX_POOLS;
+
+/// Records a layer holds inline per pool slot of its capacity (`POOLS`): a smaller configuration
+/// holds fewer, and lends more with [`DmaLayer::add_raw_records`](crate::DmaLayer::add_raw_records).
+pub const RAW_RECORDS_PER_POOL: usize = 4;
 
 /// One raw mapping on a path without pool slots (storage for
 /// [`DmaLayer::add_raw_records`](crate::DmaLayer::add_raw_records): `[RawRecord::EMPTY; N]`).
@@ -58,34 +64,40 @@ impl Default for RawRecord {
 #[must_use]
 pub(crate) struct Ticket(usize);
 
-struct Table<'m> {
-    inline: [RawRecord; RAW_RECORDS],
+struct Table<'m, const POOLS: usize> {
+    inline: [[RawRecord; RAW_RECORDS_PER_POOL]; POOLS],
     lent: &'m mut [RawRecord],
 }
 
-impl Table<'_> {
+impl<const POOLS: usize> Table<'_, POOLS> {
+    const INLINE: usize = RAW_RECORDS_PER_POOL * POOLS;
     fn get_mut(&mut self, i: usize) -> Option<&mut RawRecord> {
-        match i.checked_sub(RAW_RECORDS) {
-            None => self.inline.get_mut(i),
+        match i.checked_sub(Self::INLINE) {
+            None => self.inline.as_flattened_mut().get_mut(i),
             Some(j) => self.lent.get_mut(j),
         }
     }
     fn iter(&self) -> impl Iterator<Item = (usize, &RawRecord)> {
-        self.inline.iter().chain(self.lent.iter()).enumerate()
+        self.inline.as_flattened().iter().chain(self.lent.iter()).enumerate()
     }
     fn capacity(&self) -> usize {
-        RAW_RECORDS + self.lent.len()
+        Self::INLINE + self.lent.len()
     }
 }
 
-/// The layer's raw records.
-pub(crate) struct RawRecords<'m> {
-    table: Mutex<Table<'m>>,
+/// The layer's raw records: [`RAW_RECORDS_PER_POOL`] inline per pool slot (`POOLS`).
+pub(crate) struct RawRecords<'m, const POOLS: usize> {
+    table: Mutex<Table<'m, POOLS>>,
 }
 
-impl<'m> RawRecords<'m> {
+impl<'m, const POOLS: usize> RawRecords<'m, POOLS> {
     pub(crate) const fn new() -> Self {
-        RawRecords { table: Mutex::new(Table { inline: [RawRecord::EMPTY; RAW_RECORDS], lent: &mut [] }) }
+        RawRecords {
+            table: Mutex::new(Table {
+                inline: [[RawRecord::EMPTY; RAW_RECORDS_PER_POOL]; POOLS],
+                lent: &mut [],
+            }),
+        }
     }
 
     /// Lend more storage; what was lent before is kept if it holds live records (`Err` hands the new

@@ -192,7 +192,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         bus: BusAddr,
         r: &BusRange,
         safe: bool,
-        check: impl FnOnce(&RawRecords<'m>) -> Result<Ticket, DmaError>,
+        check: impl FnOnce(&RawRecords<'m, POOLS>) -> Result<Ticket, DmaError>,
     ) -> Result<Option<Ticket>, DmaError> {
         if safe {
             return Ok(None);
