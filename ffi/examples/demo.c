@@ -53,6 +53,20 @@ static unsigned violations, shares, unshares, failures;
         int rc_ = (call);                                                                              \
         if (rc_ != CCDMA_OK) FAIL("%s = %d (%s)", #call, rc_, ccdma_strerror(rc_));                   \
     } while (0)
+/* A set-up step the rest of the demo builds on (a layer, its pools, its devices): on failure the
+ * demo stops here, with a message and exit status 1, rather than run on with handles that were never
+ * made (a library built with `small-layer` holds one pool: the second add_pool fails). */
+#define STOP(...)                                                                                      \
+    do {                                                                                               \
+        FAIL(__VA_ARGS__);                                                                             \
+        printf("STOPPED: a set-up step failed; %u failures\n", failures);                              \
+        return 1;                                                                                      \
+    } while (0)
+#define REQUIRE(call)                                                                                  \
+    do {                                                                                               \
+        int rc_ = (call);                                                                              \
+        if (rc_ != CCDMA_OK) STOP("%s = %d (%s)", #call, rc_, ccdma_strerror(rc_));                   \
+    } while (0)
 
 /* The region holding [phys, phys + len), or NULL. */
 static struct region *find(uint64_t phys, uint64_t len) {
@@ -343,12 +357,12 @@ int main(void) {
     /* Argument checks answer with codes. */
     if (ccdma_layer_init(NULL, sizeof layer_mem, &platform) != CCDMA_ERR_NULL) FAIL("null layer memory accepted");
     if (ccdma_layer_init(layer_mem, 16, &platform) != CCDMA_ERR_MEMORY) FAIL("short layer memory accepted");
-    CHECK(ccdma_layer_init(layer_mem, sizeof layer_mem, &platform));
+    REQUIRE(ccdma_layer_init(layer_mem, sizeof layer_mem, &platform));
     struct ccdma_layer *layer = (struct ccdma_layer *)layer_mem;
 
     int hi = ccdma_add_pool(layer, HIGH_PHYS, POOL_LEN, meta_high, sizeof meta_high);
     int lo = ccdma_add_pool(layer, LOW_PHYS, POOL_LEN, meta_low, sizeof meta_low);
-    if (hi < 0 || lo < 0) FAIL("add_pool: %s / %s", ccdma_strerror(hi), ccdma_strerror(lo));
+    if (hi < 0 || lo < 0) STOP("add_pool: %s / %s", ccdma_strerror(hi), ccdma_strerror(lo));
     printf("pools: #%d at %#llx, #%d at %#llx, %u KiB each; shared now: %d %d\n", hi, HIGH_PHYS, lo, LOW_PHYS,
            POOL_LEN / 1024, page_state(HIGH_PHYS), page_state(LOW_PHYS + POOL_LEN - PAGE));
     static _Alignas(CCDMA_SLOT_META_ALIGN) uint8_t meta_x[4 * PAGE / CCDMA_SLOT_SIZE * CCDMA_SLOT_META_SIZE];
@@ -358,7 +372,7 @@ int main(void) {
     unsigned masks[3] = {24, 32, 64};
     struct ccdma_device *devs[3];
     for (int d = 0; d < 3; d++) {
-        CHECK(ccdma_attach(layer, dev_mem[d], sizeof dev_mem[d], 10 + d, masks[d]));
+        REQUIRE(ccdma_attach(layer, dev_mem[d], sizeof dev_mem[d], 10 + d, masks[d]));
         devs[d] = (struct ccdma_device *)dev_mem[d];
     }
     static _Alignas(CCDMA_DEVICE_ALIGN) uint8_t tiny[CCDMA_DEVICE_SIZE];
@@ -517,13 +531,13 @@ int main(void) {
     /* The same guest behind an IOMMU written in C, strict: entries per mapping, by direction. */
     struct ccdma_iommu iommu = {.ctx = NULL, .window = io_window, .map = io_map, .unmap = io_unmap};
     platform.iommu = &iommu;
-    CHECK(ccdma_layer_init(layer_mem, sizeof layer_mem, &platform));
-    if (ccdma_add_pool(layer, LOW_PHYS, POOL_LEN, meta_low, sizeof meta_low) < 0) FAIL("add_pool");
-    if (ccdma_add_pool(layer, HIGH_PHYS, POOL_LEN, meta_high, sizeof meta_high) < 0) FAIL("add_pool");
-    CHECK(ccdma_enable_iommu(layer, CCDMA_IOMMU_STRICT, 2, range_mem, sizeof range_mem));
+    REQUIRE(ccdma_layer_init(layer_mem, sizeof layer_mem, &platform));
+    if (ccdma_add_pool(layer, LOW_PHYS, POOL_LEN, meta_low, sizeof meta_low) < 0) STOP("add_pool");
+    if (ccdma_add_pool(layer, HIGH_PHYS, POOL_LEN, meta_high, sizeof meta_high) < 0) STOP("add_pool");
+    REQUIRE(ccdma_enable_iommu(layer, CCDMA_IOMMU_STRICT, 2, range_mem, sizeof range_mem));
     uint32_t io_ids[2] = {20, 21};
     unsigned io_masks[2] = {32, 64};
-    for (int d = 0; d < 2; d++) CHECK(ccdma_attach(layer, dev_mem[d], sizeof dev_mem[d], io_ids[d], io_masks[d]));
+    for (int d = 0; d < 2; d++) REQUIRE(ccdma_attach(layer, dev_mem[d], sizeof dev_mem[d], io_ids[d], io_masks[d]));
     for (int d = 0; d < 2; d++) {
         for (int k = 0; k < 2; k++) {
             int dir = dirs[k];
@@ -568,10 +582,10 @@ int main(void) {
     if (ccdma_layer_init(layer_mem, sizeof layer_mem, &platform) != CCDMA_ERR_NULL)
         FAIL("accept without revoke accepted");
     platform.revoke = t_revoke;
-    CHECK(ccdma_layer_init(layer_mem, sizeof layer_mem, &platform));
-    if (ccdma_add_pool(layer, LOW_PHYS, POOL_LEN, meta_low, sizeof meta_low) < 0) FAIL("add_pool");
-    CHECK(ccdma_attach(layer, dev_mem[0], sizeof dev_mem[0], TRUSTED_ID, 64));
-    CHECK(ccdma_attach(layer, dev_mem[1], sizeof dev_mem[1], TRUSTED_ID + 1, 64));
+    REQUIRE(ccdma_layer_init(layer_mem, sizeof layer_mem, &platform));
+    if (ccdma_add_pool(layer, LOW_PHYS, POOL_LEN, meta_low, sizeof meta_low) < 0) STOP("add_pool");
+    REQUIRE(ccdma_attach(layer, dev_mem[0], sizeof dev_mem[0], TRUSTED_ID, 64));
+    REQUIRE(ccdma_attach(layer, dev_mem[1], sizeof dev_mem[1], TRUSTED_ID + 1, 64));
     const char *path_before = path_of(layer, devs[0]);
     uint64_t tphys = 0, tbus = 0;
     uint8_t *tb = alloc_private(len, &tphys);
