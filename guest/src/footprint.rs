@@ -56,6 +56,7 @@ mod tests {
     fn print_layer_parts() {
         let parts: &[(&str, usize)] = &[
             ("PoolTable", size_of::<crate::growth::table::PoolTable<'static>>()),
+            ("PoolTable<1>", size_of::<crate::growth::table::PoolTable<'static, 1>>()),
             ("BouncePool", size_of::<crate::pool::BouncePool<'static>>()),
             ("LivePools", size_of::<crate::growth::live::LivePools>()),
             ("Growth<8>", size_of::<crate::growth::state::Growth<'static, 8>>()),
@@ -63,6 +64,7 @@ mod tests {
             ("Stats<8>", size_of::<crate::stats::Stats<8>>()),
             ("Stats<1>", size_of::<crate::stats::Stats<1>>()),
             ("Option<Iommu>", size_of::<Option<crate::iommu::domain::Iommu<'static>>>()),
+            ("Option<Iommu<0>>", size_of::<Option<crate::iommu::domain::Iommu<'static, 0>>>()),
             ("DomainSlot", size_of::<crate::iommu::domain::DomainSlot<'static>>()),
             ("IommuCounters", size_of::<crate::iommu::counters::IommuCounters>()),
             ("Tracker", size_of::<crate::tracker::Tracker>()),

@@ -10,7 +10,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
     /// The last "pool full" failure, if any.
     pub fn last_pool_full(&self) -> Option<PoolFullReport> {
         let _masked = self.masked();
-        *self.growth.last_full.lock()
+        self.growth.last_full.lock().map(|r| r.report())
     }
 
     pub(crate) fn report_full(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
@@ -31,6 +31,6 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
             r.npools += 1;
         }
         log::warn!("ccdma: {r}");
-        *self.growth.last_full.lock() = Some(r);
+        *self.growth.last_full.lock() = Some(crate::growth::state::LastFull::of(&r));
     }
 }

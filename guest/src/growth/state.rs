@@ -9,7 +9,7 @@ use spin::Mutex;
 
 use super::source::{GrowthConfig, MemorySource};
 use crate::addr::{PhysAddr, PAGE_SIZE};
-use crate::diagnostics::PoolFullReport;
+use crate::diagnostics::{GrowthVerdict, PoolFill, PoolFullReport};
 use crate::pool::SlotMeta;
 use crate::pool_set::MAX_POOLS;
 
@@ -133,6 +133,37 @@ pub struct GrowthStats {
     pub waited_maps: u64,
 }
 
+/// The last "pool full" report as the layer keeps it: one fill per pool slot of its capacity
+/// (`POOLS`), made a [`PoolFullReport`] when read.
+#[derive(Clone, Copy)]
+pub(crate) struct LastFull<const POOLS: usize> {
+    pub device: u32,
+    pub len: usize,
+    pub fills: [PoolFill; POOLS],
+    pub npools: usize,
+    pub growth: GrowthVerdict,
+}
+
+impl<const POOLS: usize> LastFull<POOLS> {
+    /// The report: the fills kept, the rest of its `MAX_POOLS` entries empty.
+    pub(crate) fn report(&self) -> PoolFullReport {
+        let mut pools = [PoolFill::default(); crate::pool_set::MAX_POOLS];
+        for (o, f) in pools.iter_mut().zip(&self.fills) {
+            *o = *f;
+        }
+        PoolFullReport { device: self.device, len: self.len, pools, npools: self.npools, growth: self.growth }
+    }
+
+    /// What the layer keeps of `r` (its first `POOLS` fills: a layer has no more pools).
+    pub(crate) fn of(r: &PoolFullReport) -> Self {
+        let mut fills = [PoolFill::default(); POOLS];
+        for (o, f) in fills.iter_mut().zip(&r.pools) {
+            *o = *f;
+        }
+        LastFull { device: r.device, len: r.len, fills, npools: r.npools.min(POOLS), growth: r.growth }
+    }
+}
+
 /// The growth part of a layer.
 pub(crate) struct Growth<'m, const POOLS: usize> {
     pub lock: Mutex<GrowState<POOLS>>,
@@ -141,7 +172,7 @@ pub(crate) struct Growth<'m, const POOLS: usize> {
     pub source: Option<&'m dyn MemorySource>,
     pub cfg: GrowthConfig,
     pub counters: GrowthCounters,
-    pub last_full: Mutex<Option<PoolFullReport>>,
+    pub last_full: Mutex<Option<LastFull<POOLS>>>,
 }
 
 impl<'m, const POOLS: usize> Growth<'m, POOLS> {
