@@ -84,7 +84,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         }
         cfg.validate()?;
         self.growth.source = Some(source);
-        self.growth.cfg = cfg;
+        self.growth.cfg.set(cfg);
         if cfg.reserve_bytes > 0 {
             let mut g = self.growth.lock.lock();
             if let Err(v) = self.grow_one(&mut g, u64::MAX, true) {
@@ -216,7 +216,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         limit: u64,
         reserve: bool,
     ) -> Result<usize, GrowthVerdict> {
-        let cfg = self.growth.cfg;
+        let cfg = *self.growth.cfg;
         let c = &self.growth.counters;
         let src = self.growth.source.ok_or(GrowthVerdict::Disabled)?;
         let len = if reserve { cfg.reserve_bytes } else { cfg.pool_bytes };

@@ -164,13 +164,47 @@ impl<const POOLS: usize> LastFull<POOLS> {
     }
 }
 
+/// The growth configuration `enable_growth` set; without the `growth` feature nothing can set one,
+/// and this holds no bytes (it reads as the default).
+#[derive(Clone, Copy)]
+pub(crate) struct GrowthCfg(#[cfg(feature = "growth")] GrowthConfig);
+
+/// What a layer that never enabled growth reads.
+const NO_GROWTH: GrowthConfig = GrowthConfig::new(PAGE_SIZE as usize, 0);
+
+impl GrowthCfg {
+    const fn new() -> Self {
+        GrowthCfg(
+            #[cfg(feature = "growth")]
+            NO_GROWTH,
+        )
+    }
+    /// Set by `enable_growth` (which refuses without the feature before calling this).
+    pub(crate) fn set(&mut self, _cfg: GrowthConfig) {
+        #[cfg(feature = "growth")]
+        {
+            self.0 = _cfg;
+        }
+    }
+}
+
+impl core::ops::Deref for GrowthCfg {
+    type Target = GrowthConfig;
+    fn deref(&self) -> &GrowthConfig {
+        #[cfg(feature = "growth")]
+        return &self.0;
+        #[cfg(not(feature = "growth"))]
+        return &NO_GROWTH;
+    }
+}
+
 /// The growth part of a layer.
 pub(crate) struct Growth<'m, const POOLS: usize> {
     pub lock: Mutex<GrowState<POOLS>>,
     /// True while a pool is being added: maps may use reserve pools.
     pub growing: AtomicBool,
     pub source: Option<&'m dyn MemorySource>,
-    pub cfg: GrowthConfig,
+    pub cfg: GrowthCfg,
     pub counters: GrowthCounters,
     pub last_full: Mutex<Option<LastFull<POOLS>>>,
 }
@@ -181,7 +215,7 @@ impl<'m, const POOLS: usize> Growth<'m, POOLS> {
             lock: Mutex::new(GrowState { grown: GrownSlots::new(), kept_bytes: 0 }),
             growing: AtomicBool::new(false),
             source: None,
-            cfg: GrowthConfig::new(PAGE_SIZE as usize, 0),
+            cfg: GrowthCfg::new(),
             counters: GrowthCounters::default(),
             last_full: Mutex::new(None),
         }
