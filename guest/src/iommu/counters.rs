@@ -12,6 +12,8 @@ pub(crate) struct IommuCounters {
     pub ddw_query: AtomicU64,
     pub ddw_create: AtomicU64,
     pub ddw_remove: AtomicU64,
+    pub ddw_reset: AtomicU64,
+    pub default_removed: AtomicU64,
     pub entries_written: AtomicU64,
     pub entries_cleared: AtomicU64,
     pub live_tces: AtomicU64,
@@ -59,6 +61,11 @@ pub struct IommuStatsSnapshot {
     pub ddw_create: u64,
     /// DDW removals.
     pub ddw_remove: u64,
+    /// `ibm,reset-pe-dma-window` calls: a window left over at attach (a kexec) removed, or a
+    /// removed default window brought back at the last detach.
+    pub ddw_reset: u64,
+    /// Default windows removed so a 64-bit device's DDW could be created (no window was left).
+    pub default_removed: u64,
     /// Entries written (successful writes only).
     pub entries_written: u64,
     /// Entries cleared.
@@ -111,6 +118,8 @@ impl IommuCounters {
             ddw_query: l(&self.ddw_query),
             ddw_create: l(&self.ddw_create),
             ddw_remove: l(&self.ddw_remove),
+            ddw_reset: l(&self.ddw_reset),
+            default_removed: l(&self.default_removed),
             entries_written: l(&self.entries_written),
             entries_cleared: l(&self.entries_cleared),
             live_tces: l(&self.live_tces),
