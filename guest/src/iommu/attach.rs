@@ -198,6 +198,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         config: DeviceConfig,
     ) -> Result<Device, DmaError> {
         let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
+        if slot.accepted.load(Ordering::Relaxed) {
+            // It would reach the accepted device's private pages through the shared windows.
+            self.stats.fail(FailureKind::NoPath);
+            log::warn!("ccdma: device {:#x} refused: its endpoint serves an accepted device", config.id);
+            return Err(DmaError::Iommu(IommuError::EndpointShared { devices: 1 }));
+        }
         match slot.state.load(Ordering::Acquire) {
             READY => {
                 let info = slot.info_unchecked();
@@ -243,6 +249,20 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             DETACHING => Err(DmaError::DetachIncomplete),
             _ => Err(DmaError::NotAttached),
         }
+    }
+
+    /// Mark the device's domain as serving an accepted device (`on`), refused while other devices
+    /// share its endpoint: they would reach its private pages. Taken back with `on == false`.
+    pub(crate) fn mark_accepted(&self, dev: &Device, on: bool) -> Result<(), DmaError> {
+        let (Some(iommu), Some(d)) = (self.iommu.as_ref(), dev.domain) else { return Ok(()) };
+        let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
+        let _attaching = iommu.attach_lock.lock();
+        let users = slot.users.load(Ordering::Relaxed);
+        if on && users > 1 {
+            return Err(DmaError::Iommu(IommuError::EndpointShared { devices: users - 1 }));
+        }
+        slot.accepted.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The narrowest mask and widest `min_align_mask` of the domain's devices, `config` included.
@@ -399,6 +419,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         // Pool growth and shrinking change windows too: one at a time.
         let _pools = self.growth.lock.lock();
         let free = |slot: &DomainSlot<'m>| {
+            slot.accepted.store(false, Ordering::Relaxed);
             slot.live.clear();
             slot.space.lock().clear();
             slot.users.store(0, Ordering::Relaxed);

@@ -26,7 +26,7 @@
 //! is between endpoints (put devices that must not reach each other on different host bridges).
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use spin::Mutex;
 
@@ -86,6 +86,9 @@ pub(crate) struct DomainSlot<'m> {
     pub endpoint: AtomicU64,
     /// Devices attached to the domain (changed under [`Iommu::attach_lock`]); the last detach frees it.
     pub users: AtomicU32,
+    /// A device of the domain is accepted (its entries may name private pages): no other device may
+    /// join (changed under [`Iommu::attach_lock`]).
+    pub accepted: AtomicBool,
     info: UnsafeCell<DomainInfo>,
     pub space: Mutex<BusSpace<'m>>,
     /// Streaming mappings live now (premapped and strict), so detach can refuse while any is.
@@ -115,6 +118,7 @@ impl<'m> DomainSlot<'m> {
             device: AtomicU32::new(0),
             endpoint: AtomicU64::new(0),
             users: AtomicU32::new(0),
+            accepted: AtomicBool::new(false),
             info: UnsafeCell::new(DomainInfo::EMPTY),
             space: Mutex::new(BusSpace::new(storage)),
             live_mappings: AtomicU64::new(0),
