@@ -149,7 +149,8 @@ impl<'m> DomainSlot<'m> {
         self.state.store(READY, Ordering::Release);
     }
 
-    /// The set-up result while the caller holds the slot in READY-and-detaching or SETUP.
+    /// The set-up result while the caller holds the slot in READY-and-detaching or SETUP, or holds
+    /// the attach lock and saw the slot READY (only a detach, which takes that lock, frees it).
     pub(crate) fn info_unchecked(&self) -> DomainInfo {
         // SAFETY: callers are the detaching CPU (the slot is READY and no mapping is live), the
         // set-up CPU, or the holder of the growth lock (which set-up and detach take, so `publish`

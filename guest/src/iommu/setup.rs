@@ -9,7 +9,7 @@ use super::backend::Backend;
 use super::bus_space::{BusSpace, RangeKind};
 use super::calls::{DdwQuery, DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
 use super::config::IommuPolicy;
-use super::domain::{DomainInfo, DomainSlot};
+use super::domain::{DomainInfo, DomainSlot, READY};
 use super::error::IommuError;
 use super::window::{window_below, WindowGeometry};
 use crate::addr::BusAddr;
@@ -252,6 +252,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let mut default = default;
         let mut reset_at_detach = false;
         if q.windows_available == 0 {
+            if self.window_used_elsewhere(slot, default) {
+                // The platform partitions one endpoint into several domains (`TceCalls::endpoint`):
+                // the default window is not this domain's to reset or remove.
+                return Err(DdwOutcome::NoneAvailable);
+            }
             (q, default, reset_at_detach) = self.make_room(tce, id, default)?;
         }
         // The largest page every pool's start and length are multiples of.
@@ -366,6 +371,18 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             pools,
             pool_bus,
             reset_at_detach,
+        })
+    }
+
+    /// True when another domain set up already uses `default` (by LIOBN): a platform that splits one
+    /// endpoint between domains. Runs under the attach lock, so no READY domain changes meanwhile.
+    fn window_used_elsewhere(&self, slot: &DomainSlot<'m>, default: Option<WindowGeometry>) -> bool {
+        let (Some(iommu), Some(win)) = (self.iommu.as_ref(), default) else { return false };
+        iommu.domains.iter().flatten().filter(|d| !core::ptr::eq(*d, slot)).any(|d| {
+            d.state.load(Ordering::Acquire) == READY && {
+                let info = d.info_unchecked();
+                [info.dynamic, info.ddw].iter().flatten().any(|w| w.liobn == win.liobn)
+            }
         })
     }
 

@@ -4,10 +4,15 @@
 //! ultravisor: an entry that grants access must name only shared pages ([`Tce::check_entries`]).
 //!
 //! QEMU gives each PCI host bridge one partitionable endpoint: all devices on the bridge share its
-//! default window (one TCE table, one LIOBN) and its one dynamic window. ccdma keeps a bus space
-//! per device, so the kernel gives each device its own slice of the default window and reports the
-//! rest of the window as reserved for it ([`TceCalls::reserved_range`]): no two devices' entries
-//! can land on the same bus address.
+//! default window (one TCE table, one LIOBN) and its one dynamic window. ccdma keeps one domain (one
+//! bus space, one set-up for the narrowest mask) per endpoint ([`TceCalls::endpoint`]). This kernel
+//! puts devices of very different masks on one bridge (a 64-bit blk on the DDW next to 32-bit and
+//! 21-bit devices on the default window), which one shared domain would serve only on the narrowest
+//! mask's path. So it partitions the endpoint itself: each device gets its own slice of the default
+//! window, reports the rest of the window as reserved for it ([`TceCalls::reserved_range`]) and is an
+//! endpoint of its own to ccdma; no two devices' entries can land on the same bus address. Devices
+//! registered into a group ([`Tce::register_in_group`]) share one ccdma domain instead, as PAPR
+//! shares the windows: the group's first device's slice and windows serve them all.
 
 use ccdma::iommu::hcall::{H_GET_TCE, H_PUT_TCE, H_PUT_TCE_INDIRECT, H_STUFF_TCE};
 use ccdma::iommu::{DdwQuery, TceCalls, WindowGeometry};
@@ -63,6 +68,8 @@ pub struct Counters {
 struct Registered {
     id: u32,
     slice: (u64, u64),
+    /// The endpoint ccdma keys its domain by: the device alone, or a group sharing one domain.
+    endpoint: u64,
 }
 
 /// The bridge's IOMMU as ccdma sees it.
@@ -120,14 +127,37 @@ impl Tce {
         if *count == MAX_DEVICES {
             return false;
         }
-        list[*count] = Some(Registered { id, slice: (start, end) });
+        list[*count] = Some(Registered { id, slice: (start, end), endpoint: 1 << 32 | u64::from(id) });
         *count += 1;
         true
     }
 
-    fn slice_of(&self, id: u32) -> Option<(u64, u64)> {
+    /// Registers device `id` into group `group`: one ccdma domain for the group's devices, with the
+    /// slice of the group's first device (`start`, `end` of later ones are ignored).
+    pub fn register_in_group(&self, id: u32, start: u64, end: u64, group: u32) -> bool {
+        let endpoint = 2 << 32 | u64::from(group);
+        let first = {
+            let guard = self.devices.lock();
+            guard.0[..guard.1].iter().flatten().find(|d| d.endpoint == endpoint).map(|d| d.slice)
+        };
+        let (start, end) = first.unwrap_or((start, end));
+        if !self.register(id, start, end) {
+            return false;
+        }
+        let mut guard = self.devices.lock();
+        if let Some(d) = guard.0.iter_mut().flatten().find(|d| d.id == id) {
+            d.endpoint = endpoint;
+        }
+        true
+    }
+
+    fn registered(&self, id: u32) -> Option<Registered> {
         let guard = self.devices.lock();
-        guard.0[..guard.1].iter().flatten().find(|d| d.id == id).map(|d| d.slice)
+        guard.0[..guard.1].iter().flatten().find(|d| d.id == id).copied()
+    }
+
+    fn slice_of(&self, id: u32) -> Option<(u64, u64)> {
+        self.registered(id).map(|d| d.slice)
     }
 
     /// The dynamic window, if one was created: (LIOBN, start, size, page shift).
@@ -228,6 +258,10 @@ impl TceCalls for Tce {
             size: bridge.window_size,
             page_shift: DEFAULT_PAGE_SHIFT,
         })
+    }
+
+    fn endpoint(&self, device: u32) -> u64 {
+        self.registered(device).map_or(1 << 32 | u64::from(device), |d| d.endpoint)
     }
 
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
