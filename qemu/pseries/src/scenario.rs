@@ -223,6 +223,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         checks::run_bench(report, managed, baseline, "ccdma + TCE");
     }
     fidelity::probe(report, &bridge);
+    crate::detach::check(report, &mut pci, &mut machine.blk, slice_of(slot::BLK));
     summary::check_tces(report);
     summary::check_batching(report, config);
     summary::check_ledger(report, &machine);
