@@ -202,7 +202,8 @@ configure_pseries() {
         -device "virtio-rng-pci,addr=0x05,$MANAGED"
         -device "virtio-rng-pci,addr=0x06,$MANAGED"
         -drive "file=$dir/bench.img,format=raw,if=none,id=bench"
-        -device virtio-blk-pci,drive=bench,addr=0x07,disable-legacy=on)
+        -device virtio-blk-pci,drive=bench,addr=0x07,disable-legacy=on
+        -device "virtio-rng-pci,addr=0x08,$MANAGED")
 }
 
 # Attributes every access QEMU's IOMMU rejected (guest_errors log $2) and every virtio device QEMU

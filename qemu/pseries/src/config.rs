@@ -144,4 +144,7 @@ pub mod slot {
     pub const RNG_TINY: u8 = 6;
     /// virtio-blk outside ccdma and the IOMMU (no `iommu_platform`): the benchmark's baseline.
     pub const BENCH: u8 = 7;
+    /// virtio-rng with a 64-bit mask, a second 64-bit device on the bridge whose windows the blk
+    /// used up: it shares the blk's ccdma domain (and DDW).
+    pub const RNG64: u8 = 8;
 }

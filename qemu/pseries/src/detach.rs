@@ -1,6 +1,8 @@
-//! `iommu.detach` (issue 19): the blk, on the bridge's DDW, is detached from ccdma and attached
-//! again. Its driver is dropped first (no HAL call can run), the binding gives its `Device` back, and
-//! `DmaLayer::detach` clears its entries and removes the DDW. The check then reads QEMU's tables:
+//! `iommu.detach` (issue 19): the rng64, which shares the blk's domain (and DDW), is detached first:
+//! the domain stays, the DDW too, and the blk still reads. Then the blk, the domain's last device,
+//! is detached from ccdma and attached again. Each driver is dropped first (no HAL call can run), the
+//! binding gives its `Device` back, and `DmaLayer::detach` counts the device out, or (the last one)
+//! clears the domain's entries and removes the DDW. The check then reads QEMU's tables:
 //! the DDW's LIOBN no longer answers `H_GET_TCE`, and no entry of the blk's slice of the default
 //! window is left. ccdma removed no default window here (other devices use it), so none is reset. The
 //! device is then attached again (a new DDW), its driver brought up, and sector 0 read back.
@@ -18,7 +20,7 @@ use crate::config::slot;
 use crate::dma::{KernelBinding, Observed};
 use crate::pci::{self, PciBus};
 use crate::platform::PLATFORM;
-use crate::scenario::BlkBinding;
+use crate::scenario::{BlkBinding, Rng, Rng64Binding};
 
 /// Live entries (granting access) in `[start, end)` of the default window.
 fn live_in(start: u64, end: u64) -> u64 {
@@ -28,12 +30,46 @@ fn live_in(start: u64, end: u64) -> u64 {
         as u64
 }
 
-/// Detach the blk, check what is left in QEMU's tables, attach it again and read from it.
-pub fn check(report: &mut Report, pci: &mut PciBus, blk: &mut Option<Blk<Observed<BlkBinding>>>, slice: (u64, u64)) {
+/// Sector 0 of the blk, read: whether it holds the runner's signature.
+fn reads_signature(driver: &mut Blk<Observed<BlkBinding>>) -> Result<bool, &'static str> {
+    BlkRequest::new(1)
+        .and_then(|request| blkio::read(driver, request, 0, IO_TIMEOUT))
+        .map(|mut request| request.data().starts_with(DISK_SIGNATURE))
+        .map_err(|_| "read failed")
+}
+
+/// The rng64 shares the blk's domain: detached first, the DDW must stay (the blk still uses it).
+/// `None` when there is no rng64; else whether the DDW stayed and the blk still reads.
+fn detach_sharer(blk: &mut Option<Blk<Observed<BlkBinding>>>, rng64: &mut Option<Rng<Rng64Binding>>) -> Option<Result<bool, &'static str>> {
+    rng64.as_ref()?;
+    let before = PLATFORM.tce_calls().ddw();
+    drop(rng64.take());
+    // SAFETY: the rng64's driver is dropped above and nothing else drives its binding.
+    if unsafe { binding::detach::<Rng64Binding>() }.is_err() {
+        return Some(Err("rng64's detach refused"));
+    }
+    let kept = PLATFORM.tce_calls().ddw() == before
+        && before.is_none_or(|(liobn, start, _, _)| PLATFORM.tce_calls().read_entry(liobn, start).is_some());
+    Some(match blk.as_mut().map(reads_signature) {
+        Some(Ok(true)) => Ok(kept),
+        _ => Err("the blk stopped working when the rng64 left"),
+    })
+}
+
+/// Detach the rng64 (the domain stays), then the blk (the DDW goes), check what is left in QEMU's
+/// tables, attach the blk again and read from it.
+pub fn check(
+    report: &mut Report,
+    pci: &mut PciBus,
+    blk: &mut Option<Blk<Observed<BlkBinding>>>,
+    rng64: &mut Option<Rng<Rng64Binding>>,
+    slice: (u64, u64),
+) {
     let Some(device) = BlkBinding::slot().get() else { return };
     let (id, config) = (device.config().id, *device.config());
     let path = device.path();
     let ddw = PLATFORM.tce_calls().ddw();
+    let sharer = detach_sharer(blk, rng64);
     // The driver goes first: dropping it takes its queues back (coherent buffers freed) and no
     // HAL call of the binding can run after.
     drop(blk.take());
@@ -49,28 +85,40 @@ pub fn check(report: &mut Report, pci: &mut PciBus, blk: &mut Option<Blk<Observe
         None => true,
     };
     let left = live_in(slice.0, slice.1);
-    let reattached = reattach(report, pci, config);
-    let (read, again) = match reattached {
+    let (read, again) = match reattach(report, pci, config) {
         Ok(mut driver) => {
-            let read = BlkRequest::new(1)
-                .and_then(|request| blkio::read(&mut driver, request, 0, IO_TIMEOUT))
-                .map(|mut request| request.data().starts_with(DISK_SIGNATURE));
+            let read = reads_signature(&mut driver);
             *blk = Some(driver);
-            (read.map_err(|_| "read failed"), PLATFORM.tce_calls().ddw())
+            (read, PLATFORM.tce_calls().ddw())
         }
         Err(error) => (Err(error), None),
     };
-    let ok = ddw_gone && left == 0 && read == Ok(true) && (ddw.is_none() || again.is_some());
+    let ok = sharer.is_none_or(|s| s == Ok(true))
+        && ddw_gone
+        && left == 0
+        && read == Ok(true)
+        && (ddw.is_none() || again.is_some());
+    let hex = |d: Option<(u32, u64, u64, u32)>| crate::show::Hex(d.map(|d| d.0));
     report.expect(
         "iommu.detach",
         ok,
         format_args!(
-            "blk {id:#x} ({}) detached: DDW {} {}, {left} entries left in its default-window slice, default \
-             window kept (others use it); attached again: DDW {}, sector 0 {}",
+            "rng64 detached first: {}; blk {id:#x} ({}) detached: DDW {} {}, {left} entries left in its \
+             default-window slice, default window kept (others use it); attached again: DDW {}, sector 0 {}",
+            match sharer {
+                None => "no rng64",
+                Some(Ok(true)) => "DDW kept, the blk still reads",
+                Some(Ok(false)) => "DDW GONE while the blk used it",
+                Some(Err(e)) => e,
+            },
             path.name(),
-            crate::show::Hex(ddw.map(|d| d.0)),
-            if ddw_gone { "removed (H_GET_TCE refused)" } else { "STILL THERE" },
-            crate::show::Hex(again.map(|d| d.0)),
+            hex(ddw),
+            match (ddw, ddw_gone) {
+                (None, _) => "(none)",
+                (Some(_), true) => "removed (H_GET_TCE refused)",
+                (Some(_), false) => "STILL THERE",
+            },
+            hex(again),
             match read {
                 Ok(true) => "read back with the signature",
                 Ok(false) => "read back WITHOUT the signature",

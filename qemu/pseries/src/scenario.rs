@@ -55,6 +55,12 @@ dma_binding!(
     PseriesDma
 );
 dma_binding!(
+    /// virtio-rng, 64-bit mask, on the blk's endpoint: it shares the blk's domain and DDW.
+    Rng64Binding,
+    "rng64",
+    PseriesDma
+);
+dma_binding!(
     /// virtio-rng whose mask (12 bits) leaves no room for anything: attach refused.
     RngTinyBinding,
     "rng-tiny",
@@ -93,6 +99,7 @@ pub struct Machine {
     blk: Option<Blk<Observed<BlkBinding>>>,
     rng: Option<Rng<RngBinding>>,
     rng_low: Option<Rng<RngLowBinding>>,
+    rng64: Option<Rng<Rng64Binding>>,
     net_a: Option<Nic<Observed<NetABinding>>>,
     net_b: Option<Nic<Observed<NetBBinding>>>,
     bench: Option<Blk<DirectHal>>,
@@ -181,6 +188,9 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         mask_low,
         VirtioRng::new,
     );
+    machine.rng64 =
+        open_managed::<Rng64Binding, _, _>(report, &mut pci, slot::RNG64, config, mask64, VirtioRng::new);
+    check_shared_ddw(report);
     machine.tiny_refused = check_refused::<RngTinyBinding>(report, &mut pci, slot::RNG_TINY, mask_tiny);
     machine.bench = open_bench(report, &mut pci);
     announce_windows(&bridge);
@@ -201,6 +211,9 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     }
     if let Some(rng) = machine.rng_low.as_mut() {
         checks::check_rng(report, "rng-low", rng);
+    }
+    if let Some(rng) = machine.rng64.as_mut() {
+        checks::check_rng(report, "rng64", rng);
     }
     if let (Some(a), Some(b)) = (machine.net_a.as_mut(), machine.net_b.as_mut()) {
         checks::check_net(report, a, b);
@@ -223,7 +236,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         checks::run_bench(report, managed, baseline, "ccdma + TCE");
     }
     fidelity::probe(report, &bridge);
-    crate::detach::check(report, &mut pci, &mut machine.blk, slice_of(slot::BLK));
+    crate::detach::check(report, &mut pci, &mut machine.blk, &mut machine.rng64, slice_of(slot::BLK));
     summary::check_tces(report);
     summary::check_batching(report, config);
     summary::check_ledger(report, &machine);
@@ -301,6 +314,40 @@ impl fmt::Display for BridgeNote<'_> {
     }
 }
 
+/// The 64-bit devices share one ccdma domain, as PAPR shares the bridge's windows: the first one's
+/// slice and DDW serve both (see [`crate::tce`]).
+fn group_of(slot: u8) -> Option<u32> {
+    matches!(slot, slot::BLK | slot::RNG64).then_some(1)
+}
+
+/// `iommu.shared_ddw`: the second 64-bit device joined the blk's domain: the same path and windows,
+/// and its attach made no DDW call (the bridge has no window left: QEMU's query says 0 available).
+fn check_shared_ddw(report: &mut Report) {
+    let (Some(blk), Some(rng)) = (BlkBinding::slot().get(), Rng64Binding::slot().get()) else { return };
+    let layer = crate::dma::layer();
+    let (windows, shared) = (layer.windows_of(blk), layer.windows_of(rng));
+    let stats = layer.iommu_stats();
+    let ok = blk.path() == rng.path() && windows == shared && stats.ddw_create <= 1;
+    let liobn = |w: Option<ccdma::iommu::WindowGeometry>| crate::show::Hex(w.map(|w| w.liobn));
+    report.expect(
+        "iommu.shared_ddw",
+        ok,
+        format_args!(
+            "rng64 {:#x} shares blk {:#x}'s domain: path {} (blk {}), DDW {} (blk {}); {} DDW created, {} queried, \
+             {} removed in all",
+            rng.config().id,
+            blk.config().id,
+            rng.path().name(),
+            blk.path().name(),
+            liobn(shared.1),
+            liobn(windows.1),
+            stats.ddw_create,
+            stats.ddw_query,
+            stats.ddw_remove
+        ),
+    );
+}
+
 /// Lists the functions on the bridge.
 fn survey(report: &mut Report, pci: &PciBus) {
     let mut count = 0;
@@ -353,7 +400,10 @@ where
     let transport = transport::managed(report, B::NAME, PciTransport::new(pci.cam(), function))?;
     let id = pci::config_address(function);
     let (start, end) = slice_of(slot);
-    PLATFORM.tce_calls().register(id, start, end);
+    match group_of(slot) {
+        Some(group) => PLATFORM.tce_calls().register_in_group(id, start, end, group),
+        None => PLATFORM.tce_calls().register(id, start, end),
+    };
     let expected = expected_path(config, mask);
     let what = format_args!("{function}, {mask} mask, default-window slice {start:#x}..{end:#x}");
     attach_checked::<B>(report, DeviceConfig::new(id, mask), expected, what)?;
