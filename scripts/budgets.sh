@@ -89,9 +89,12 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # change allows. Issue 20, no panic paths outside guest/src/pool: panicking 117 -> 73 (every
 # function left reaches the panic handler only through guest/src/pool); .text full 103,590 ->
 # 104,575, raised for log's `kv` feature (+1,050: without it log's log_impl keeps a panic that
-# every log statement reaches).
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 56000 24576
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 104600 65536
+# every log statement reaches). Issue 19, one IOMMU domain per partitionable endpoint (join, the
+# serve check, a DDW when no window is left, the kexec reset, undoing at the last detach, the accept
+# guard): minimal 55,684 -> 60,294, full 104,575 -> 110,655 (bash scripts/budgets.sh at main and at
+# the pe branch); only attach and detach grow, map and unmap are unchanged.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 60400 24576
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 110700 65536
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 73 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
 echo "budgets.sh: every figure within its ceiling"
