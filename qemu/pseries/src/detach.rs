@@ -26,8 +26,10 @@ use crate::scenario::{BlkBinding, Rng, Rng64Binding};
 fn live_in(start: u64, end: u64) -> u64 {
     let tce = PLATFORM.tce_calls();
     let Some((liobn, _, _, shift)) = tce.default_geometry() else { return 0 };
-    (start..end).step_by(1 << shift).filter(|&at| tce.read_entry(liobn, at).is_some_and(|e| e & 3 != 0)).count()
-        as u64
+    (start..end)
+        .step_by(1 << shift)
+        .filter(|&at| tce.read_entry(liobn, at).is_some_and(|e| e & 3 != 0))
+        .count() as u64
 }
 
 /// Sector 0 of the blk, read: whether it holds the runner's signature.
@@ -40,7 +42,10 @@ fn reads_signature(driver: &mut Blk<Observed<BlkBinding>>) -> Result<bool, &'sta
 
 /// The rng64 shares the blk's domain: detached first, the DDW must stay (the blk still uses it).
 /// `None` when there is no rng64; else whether the DDW stayed and the blk still reads.
-fn detach_sharer(blk: &mut Option<Blk<Observed<BlkBinding>>>, rng64: &mut Option<Rng<Rng64Binding>>) -> Option<Result<bool, &'static str>> {
+fn detach_sharer(
+    blk: &mut Option<Blk<Observed<BlkBinding>>>,
+    rng64: &mut Option<Rng<Rng64Binding>>,
+) -> Option<Result<bool, &'static str>> {
     rng64.as_ref()?;
     let before = PLATFORM.tce_calls().ddw();
     drop(rng64.take());

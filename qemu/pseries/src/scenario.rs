@@ -61,6 +61,12 @@ dma_binding!(
     PseriesDma
 );
 dma_binding!(
+    /// virtio-rng, 32-bit mask, on a second host bridge: an endpoint (and windows) of its own.
+    RngB1Binding,
+    "rng-b1",
+    PseriesDma
+);
+dma_binding!(
     /// virtio-rng whose mask (12 bits) leaves no room for anything: attach refused.
     RngTinyBinding,
     "rng-tiny",
@@ -100,6 +106,7 @@ pub struct Machine {
     rng: Option<Rng<RngBinding>>,
     rng_low: Option<Rng<RngLowBinding>>,
     rng64: Option<Rng<Rng64Binding>>,
+    rng_b1: Option<Rng<RngB1Binding>>,
     net_a: Option<Nic<Observed<NetABinding>>>,
     net_b: Option<Nic<Observed<NetBBinding>>>,
     bench: Option<Blk<DirectHal>>,
@@ -193,6 +200,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     check_shared_ddw(report);
     machine.tiny_refused = check_refused::<RngTinyBinding>(report, &mut pci, slot::RNG_TINY, mask_tiny);
     machine.bench = open_bench(report, &mut pci);
+    machine.rng_b1 = open_second_bridge(report, tree, config, &bridge);
     announce_windows(&bridge);
     check_ddw_pages(report, config);
 
@@ -214,6 +222,9 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     }
     if let Some(rng) = machine.rng64.as_mut() {
         checks::check_rng(report, "rng64", rng);
+    }
+    if let Some(rng) = machine.rng_b1.as_mut() {
+        checks::check_rng(report, "rng-b1", rng);
     }
     if let (Some(a), Some(b)) = (machine.net_a.as_mut(), machine.net_b.as_mut()) {
         checks::check_net(report, a, b);
@@ -346,6 +357,65 @@ fn check_shared_ddw(report: &mut Report) {
             stats.ddw_remove
         ),
     );
+}
+
+/// `pci.bridge1` (configuration `pseries`): a 32-bit virtio-rng on a second PCI host bridge
+/// (`-device spapr-pci-host-bridge,index=1`), slot 1. It is a partitionable endpoint of its own: its
+/// own BUID, default window (LIOBN) and ccdma domain; ccdma's pool is entered into that window.
+fn open_second_bridge(
+    report: &mut Report,
+    tree: &Tree,
+    config: &Config,
+    main: &Bridge,
+) -> Option<Rng<RngB1Binding>> {
+    let Some(bridge) = tree.bridge1 else {
+        if config.name == "pseries" {
+            report.fail("pci.bridge1", "no second PCI host bridge in the device tree");
+        }
+        return None;
+    };
+    let mut pci = PciBus::new(&bridge)?;
+    // The transport maps the BARs through this bridge's memory windows; the main bridge's come back
+    // right after.
+    let opened = function_at(report, &mut pci, 1, RngB1Binding::NAME).and_then(|function| {
+        let transport =
+            transport::managed(report, RngB1Binding::NAME, PciTransport::new(pci.cam(), function));
+        Some((function, transport?))
+    });
+    pci::use_windows_of(main);
+    let (function, transport) = opened?;
+    let id = pci::config_address(function) | crate::tce::OTHER_BRIDGE;
+    PLATFORM.tce_calls().register_on_bridge(id, bridge);
+    let mask = DmaMask::BITS_32;
+    let what = format_args!("bridge {:#x} {function}, {mask} mask", bridge.buid);
+    let device = attach_checked::<RngB1Binding>(
+        report,
+        DeviceConfig::new(id, mask),
+        expected_path(config, mask),
+        what,
+    )?;
+    let layer = crate::dma::layer();
+    let window = layer.windows_of(device).0;
+    let pool_bus = layer.pool_bus_of(device, 0);
+    let entry = pool_bus.and_then(|bus| PLATFORM.tce_calls().read_entry(bridge.liobn, bus.0));
+    let separate = bridge.buid != main.buid && bridge.liobn != main.liobn;
+    let ok = separate && window.is_some_and(|w| w.liobn == bridge.liobn) && entry.is_some_and(|e| e & 3 != 0);
+    report.expect(
+        "pci.bridge1",
+        ok,
+        format_args!(
+            "second bridge BUID {:#x} (main {:#x}), default window LIOBN {:#x} (main {:#x}); rng-b1's window \
+             {}, pool at bus {} there with entry {}",
+            bridge.buid,
+            main.buid,
+            bridge.liobn,
+            main.liobn,
+            crate::show::Hex(window.map(|w| w.liobn)),
+            crate::show::Hex(pool_bus.map(|b| b.0)),
+            crate::show::Hex(entry)
+        ),
+    );
+    init_checked::<RngB1Binding, _, _>(report, VirtioRng::new(transport))
 }
 
 /// Lists the functions on the bridge.

@@ -70,7 +70,13 @@ struct Registered {
     slice: (u64, u64),
     /// The endpoint ccdma keys its domain by: the device alone, or a group sharing one domain.
     endpoint: u64,
+    /// The bridge it sits on, when not the main one.
+    bridge: Option<Bridge>,
 }
+
+/// Device ids of devices on another bridge than the main one carry this bit above the RTAS
+/// configuration address (`bus << 16 | devfn << 8`), which alone does not tell bridges apart.
+pub const OTHER_BRIDGE: u32 = 1 << 24;
 
 /// The bridge's IOMMU as ccdma sees it.
 pub struct Tce {
@@ -127,7 +133,8 @@ impl Tce {
         if *count == MAX_DEVICES {
             return false;
         }
-        list[*count] = Some(Registered { id, slice: (start, end), endpoint: 1 << 32 | u64::from(id) });
+        list[*count] =
+            Some(Registered { id, slice: (start, end), endpoint: 1 << 32 | u64::from(id), bridge: None });
         *count += 1;
         true
     }
@@ -149,6 +156,34 @@ impl Tce {
             d.endpoint = endpoint;
         }
         true
+    }
+
+    /// Registers device `id` (tagged [`OTHER_BRIDGE`]) on `bridge`, a host bridge of its own: its
+    /// endpoint is the bridge's, its slice the bridge's whole default window.
+    pub fn register_on_bridge(&self, id: u32, bridge: Bridge) -> bool {
+        let (start, end) = (bridge.window_start, bridge.window_start + bridge.window_size);
+        if !self.register(id, start, end) {
+            return false;
+        }
+        let mut guard = self.devices.lock();
+        if let Some(d) = guard.0.iter_mut().flatten().find(|d| d.id == id) {
+            (d.endpoint, d.bridge) = (3 << 32 | bridge.buid, Some(bridge));
+        }
+        true
+    }
+
+    /// The bridge device `id` sits on.
+    fn bridge_of(&self, id: u32) -> Option<Bridge> {
+        self.registered(id).and_then(|d| d.bridge).or_else(|| self.bridge())
+    }
+
+    /// The windows device `id` translates through: (LIOBN, start, size, page shift) of its bridge's
+    /// default window and, on the main bridge, the DDW.
+    pub fn windows_of(&self, id: u32) -> [Option<(u32, u64, u64, u32)>; 2] {
+        match self.registered(id).and_then(|d| d.bridge) {
+            Some(b) => [Some((b.liobn, b.window_start, b.window_size, DEFAULT_PAGE_SHIFT)), None],
+            None => [self.default_geometry(), self.ddw()],
+        }
     }
 
     fn registered(&self, id: u32) -> Option<Registered> {
@@ -224,7 +259,12 @@ impl Tce {
     /// Scans the whole default window and the dynamic window with `H_GET_TCE`: live entries
     /// and how many of them name pages that are not shared.
     pub fn scan_live(&self) -> (u64, u64) {
-        let windows = [self.default_geometry(), self.ddw()];
+        let other = {
+            let guard = self.devices.lock();
+            guard.0[..guard.1].iter().flatten().find_map(|d| d.bridge)
+        };
+        let other = other.map(|b| (b.liobn, b.window_start, b.window_size, DEFAULT_PAGE_SHIFT));
+        let windows = [self.default_geometry(), self.ddw(), other];
         let (mut live, mut bad) = (0, 0);
         for (liobn, start, size, shift) in windows.into_iter().flatten() {
             let page = 1u64 << shift;
@@ -243,15 +283,15 @@ impl Tce {
 
     /// The RTAS arguments naming the device's PE: config address, BUID high, BUID low.
     fn pe_args(&self, device: u32) -> Option<[u32; 3]> {
-        let bridge = self.bridge()?;
-        Some([device, (bridge.buid >> 32) as u32, bridge.buid as u32])
+        let bridge = self.bridge_of(device)?;
+        Some([device & !OTHER_BRIDGE, (bridge.buid >> 32) as u32, bridge.buid as u32])
     }
 }
 
 impl TceCalls for Tce {
     fn default_window(&self, device: u32) -> Option<WindowGeometry> {
         self.slice_of(device)?;
-        let bridge = self.bridge()?;
+        let bridge = self.bridge_of(device)?;
         Some(WindowGeometry {
             liobn: bridge.liobn,
             start: bridge.window_start,
@@ -266,7 +306,7 @@ impl TceCalls for Tce {
 
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
         let (start, end) = self.slice_of(device)?;
-        let bridge = self.bridge()?;
+        let bridge = self.bridge_of(device)?;
         let window_end = bridge.window_start + bridge.window_size;
         let below = (start > bridge.window_start).then(|| (bridge.window_start, start - bridge.window_start));
         let above = (end < window_end).then(|| (end, window_end - end));
@@ -326,7 +366,7 @@ impl TceCalls for Tce {
     }
 
     fn ddw_query(&self, device: u32) -> Result<DdwQuery, i64> {
-        let Some([query, _, _]) = self.bridge().and_then(|b| b.ddw) else { return Ok(NO_WINDOWS) };
+        let Some([query, _, _]) = self.bridge_of(device).and_then(|b| b.ddw) else { return Ok(NO_WINDOWS) };
         self.counters.ddw_query.fetch_add(1, Ordering::Relaxed);
         let args = self.pe_args(device).ok_or(RTAS_FAILED)?;
         // status, windows available, largest block (pages), page sizes, migration
@@ -338,7 +378,9 @@ impl TceCalls for Tce {
     }
 
     fn ddw_create(&self, device: u32, page_shift: u32, window_shift: u32) -> Result<WindowGeometry, i64> {
-        let Some([_, create, _]) = self.bridge().and_then(|b| b.ddw) else { return Err(RTAS_FAILED) };
+        let Some([_, create, _]) = self.bridge_of(device).and_then(|b| b.ddw) else {
+            return Err(RTAS_FAILED);
+        };
         self.counters.ddw_create.fetch_add(1, Ordering::Relaxed);
         let [a, b, c] = self.pe_args(device).ok_or(RTAS_FAILED)?;
         // status, LIOBN, start high, start low
