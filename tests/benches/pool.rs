@@ -235,14 +235,19 @@ fn interleaved_churn(rounds: usize, batch: Duration) {
     for round in 0..rounds {
         let seed = 7 + round as u64;
         let mut row = Vec::new();
+        let mut fails = Vec::new();
+        let fail = |fails: u64, ops: u64| format!("{:.1}", fails as f64 / ops.max(1) as f64 * 100.0);
         for pct in [50, 90] {
             let mut c = Churn::new(Ccdma(g.pool()), slots_of(m64), pct, seed);
             row.push(measure(batch, &mut || c.op()));
+            fails.push(fail(c.fails, c.ops));
             c.clear();
             let mut b = Churn::new(Buddy::new(m64 as usize), slots_of(m64), pct, seed);
             row.push(measure(batch, &mut || b.op()));
+            fails.push(fail(b.fails, b.ops));
             let mut l = Churn::new(LayerRuns::new(g, core::mem::take(&mut bufs)), slots_of(m64), pct, seed);
             row.push(measure(batch, &mut || l.op()));
+            fails.push(fail(l.fails, l.ops));
             l.clear();
             bufs = l.runs.free_bufs;
         }
@@ -256,14 +261,22 @@ fn interleaved_churn(rounds: usize, batch: Duration) {
         l90.push(row[5] / row[4]);
         println!(
             "round {round}: {}",
-            names.iter().zip(&row).map(|(n, v)| format!("{n} {v:.0} ns")).collect::<Vec<_>>().join(", ")
+            names
+                .iter()
+                .zip(&row)
+                .zip(&fails)
+                .map(|((n, v), f)| format!("{n} {v:.0} ns ({f} % fail)"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let mmm = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[0], v[v.len() / 2], v[v.len() - 1])
     };
-    println!("\nchurn, 64 MiB, log-uniform 2 KiB..256 KiB, one free + one alloc per op, {rounds} rounds (ns/op)");
+    println!(
+        "\nchurn, 64 MiB, log-uniform 2 KiB..256 KiB, one free + one alloc per op, {rounds} rounds (ns/op)"
+    );
     println!("{:<28} {:>8} {:>8} {:>8}", "row", "min", "median", "max");
     for (n, v) in names.iter().zip(t.iter_mut()) {
         let (a, m, b) = mmm(v);
