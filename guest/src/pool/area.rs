@@ -8,8 +8,9 @@ use super::*;
 /// four to a word (node 1, the root, is `top`).
 pub(super) struct AreaState<'m> {
     pub(super) meta: &'m mut [SlotMeta],
-    /// Slots of this area (`meta.len()`).
-    pub(super) len: usize,
+    /// The front (`front.rs`): the mask of non-empty lists, the slots they hold, whether the area
+    /// has a front at all.
+    pub(super) front: u64,
     /// Slots per segment (no run crosses one).
     pub(super) seg: usize,
     /// Slots per chunk (a tree leaf): whole segments, at least 64 slots unless the area is shorter.
@@ -74,7 +75,7 @@ impl<'m> AreaState<'m> {
     pub(super) const fn empty() -> AreaState<'m> {
         AreaState {
             meta: &mut [],
-            len: 0,
+            front: 0,
             seg: 1,
             chunk: 1,
             seg_shift: 0,
@@ -99,7 +100,7 @@ impl<'m> AreaState<'m> {
         }
         let mut a = AreaState {
             meta,
-            len,
+            front: 0,
             seg,
             chunk,
             chunks,
@@ -119,6 +120,11 @@ impl<'m> AreaState<'m> {
         }
         a.init_front();
         a
+    }
+
+    /// Slots of this area.
+    pub(super) fn len(&self) -> usize {
+        self.meta.len()
     }
 
     /// Bookkeeping word `w` (0, all used, past the metadata: never the case for a word the
@@ -195,7 +201,7 @@ impl<'m> AreaState<'m> {
     /// The longest free run inside one segment of chunk `c`.
     pub(super) fn chunk_longest(&self, c: usize) -> usize {
         let lo = c * self.chunk;
-        let hi = (lo + self.chunk).min(self.len);
+        let hi = (lo + self.chunk).min(self.len());
         let mut best = 0;
         let mut s = lo;
         while s < hi {
@@ -240,7 +246,7 @@ impl<'m> AreaState<'m> {
     /// The free run around `[i, i + n)` (free now) inside its segment: its start and end.
     pub(super) fn run_around(&self, i: usize, n: usize) -> (usize, usize) {
         let seg_lo = i - rem(i, self.seg, self.seg_shift);
-        let seg_hi = (seg_lo + self.seg).min(self.len);
+        let seg_hi = (seg_lo + self.seg).min(self.len());
         let end = self.next_bit(i + n, seg_hi, false);
         // Backwards from `i` to the last used slot of the segment before it.
         let mut start = i;
@@ -344,7 +350,7 @@ impl<'m> AreaState<'m> {
         period: usize,
     ) -> Option<(usize, (usize, usize))> {
         let lo = c * self.chunk;
-        let hi = (lo + self.chunk).min(self.len);
+        let hi = (lo + self.chunk).min(self.len());
         let mut s = lo;
         while s < hi {
             let e = (s + self.seg).min(hi);
@@ -375,8 +381,8 @@ impl<'m> AreaState<'m> {
         if period > self.chunk {
             // Candidates sparser than chunks: at most one per chunk, tried directly.
             let mut i = first;
-            while i < self.len {
-                let seg_end = ((div(i, self.seg, self.seg_shift) + 1) * self.seg).min(self.len);
+            while i < self.len() {
+                let seg_end = ((div(i, self.seg, self.seg_shift) + 1) * self.seg).min(self.len());
                 if i + n <= seg_end && self.next_bit(i, i + n, false) == i + n {
                     return Some((i, self.run_around(i, n)));
                 }
@@ -413,7 +419,7 @@ impl<'m> AreaState<'m> {
             return;
         }
         let lo = c * self.chunk;
-        if self.chunk == self.seg && (a, b) == (lo, (lo + self.chunk).min(self.len)) {
+        if self.chunk == self.seg && (a, b) == (lo, (lo + self.chunk).min(self.len())) {
             // The chunk is one segment and was wholly free: what is left of it are the two pieces
             // around the new run, no scan needed (the common case of a lightly used pool).
             self.set_leaf(c, (i - a).max(b - i - n));
@@ -519,7 +525,7 @@ impl<'m> Area<'m> {
     /// are free for the counters.
     pub(super) fn publish(&self, st: &AreaState<'_>, taken: usize, freed: usize) {
         self.summary.store(st.summary(), Ordering::Relaxed);
-        let used = st.len.saturating_sub(st.free + st.cached());
+        let used = st.len().saturating_sub(st.free + st.cached());
         self.used.store(used, Ordering::Relaxed);
         if taken > freed && used > self.high.load(Ordering::Relaxed) {
             self.high.store(used, Ordering::Relaxed);

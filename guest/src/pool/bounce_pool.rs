@@ -115,7 +115,7 @@ impl<'m> BouncePool<'m> {
             rest = tail;
             let st =
                 if head.is_empty() { AreaState::empty() } else { AreaState::new(head, cfg.max_run_slots) };
-            if st.len != 0 {
+            if st.len() != 0 {
                 count += 1;
             }
             area.summary.store(st.summary(), Ordering::Relaxed);
@@ -293,8 +293,11 @@ impl<'m> BouncePool<'m> {
         let last = count.checked_sub(1)?;
         let start = first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(last);
         let bit = class_bit(n);
+        // Whether the third pass has anything to do: an area the second skipped because another
+        // CPU held it, or whose tree failed while its front held runs.
+        let mut again = false;
         for pass in 0..3 {
-            if pass == 0 && bit == 0 {
+            if (pass == 0 && bit == 0) || (pass == 2 && !again) {
                 continue;
             }
             for k in 0..count {
@@ -305,20 +308,26 @@ impl<'m> BouncePool<'m> {
                     continue;
                 }
                 let guard = if pass < 2 { area.state.try_lock() } else { Some(area.state.lock()) };
-                let Some(mut st) = guard else { continue };
+                let Some(mut st) = guard else {
+                    again = true;
+                    continue;
+                };
                 let base = a * self.area_slots;
                 // The front first: a run of exactly `n` freed lately, if its start is aligned.
                 let area_phys = self.phys.0 + ((base as u64) << self.slot_shift);
                 let aligned = |i: usize| {
                     (area_phys + ((i as u64) << self.slot_shift)) & req.align_mask == req.align_bits
                 };
-                let i = match st.front_pop(n, aligned) {
+                // (The second pass follows the first, which looked at every front that lists `n`.)
+                let listed = if pass == 1 && bit != 0 { None } else { st.front_pop(n, aligned) };
+                let i = match listed {
                     Some(i) => i,
                     None if pass == 0 => continue,
                     None => {
                         let mut found = self.find_run(&st, base, req);
                         // No tree can (this is the last pass): give this one the front's runs and
                         // look again, so the front never refuses what the pool could give.
+                        again |= st.cached() != 0;
                         if found.is_none() && pass == 2 && st.front_flush() {
                             found = self.find_run(&st, base, req);
                             if found.is_none() {
@@ -355,7 +364,7 @@ impl<'m> BouncePool<'m> {
         base: usize,
         req: RunRequest,
     ) -> Option<(usize, (usize, usize))> {
-        let n = area.len;
+        let n = area.len();
         if n < req.nslots {
             return None;
         }

@@ -108,9 +108,9 @@ fn random_against_a_model() {
                 let mut best = 0;
                 for c in 0..st.chunks {
                     let lo = c * st.chunk;
-                    for s0 in (lo..(lo + st.chunk).min(st.len)).step_by(st.seg) {
+                    for s0 in (lo..(lo + st.chunk).min(st.len())).step_by(st.seg) {
                         let mut run = 0;
-                        for k in s0..(s0 + st.seg).min(st.len) {
+                        for k in s0..(s0 + st.seg).min(st.len()) {
                             run = if st.meta[k / 64].word >> (k % 64) & 1 == 1 { run + 1 } else { 0 };
                             best = best.max(run);
                         }
