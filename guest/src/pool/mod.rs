@@ -245,6 +245,8 @@ mod area;
 mod bounce_pool;
 mod front;
 #[cfg(test)]
+mod front_tests;
+#[cfg(test)]
 mod tests;
 
 pub use bounce_pool::BouncePool;
