@@ -376,7 +376,8 @@ impl<'m> BouncePool<'m> {
         let want = req.align_bits;
         // Index (inside the area) of the first candidate.
         let span = (period as u64) << self.slot_shift;
-        let phase = if span.is_power_of_two() { area_phys & (span - 1) } else { area_phys % span };
+        let phase =
+            if span.is_power_of_two() { area_phys & (span - 1) } else { area_phys.checked_rem(span)? };
         let first_addr = area_phys - phase + want;
         let first_addr = if first_addr < area_phys { first_addr + span } else { first_addr };
         let first = ((first_addr - area_phys) >> self.slot_shift) as usize;

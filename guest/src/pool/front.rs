@@ -9,10 +9,12 @@
 //! exact sizes, segments (a freed run was inside one) and alignment (checked on every reuse) hold as
 //! they do for runs from the tree.
 //!
-//! Bounds: the lists hold at most an eighth of the area's slots and never more than the tree has
-//! free, so a front cannot starve the tree. A request the tree cannot meet flushes the front (every
-//! listed run back to the tree, merged with its neighbours) and searches again, so the front never
-//! refuses what the pool could give. Listed slots are free for [`super::BouncePool::slots_in_use`]
+//! Bounds: the lists hold at most a quarter of the area's slots and half of what the tree has free,
+//! so a front cannot starve the tree. A request no tree can meet flushes the fronts (every listed
+//! run back to its tree, merged with its neighbours) and searches again, so the front never refuses
+//! what the pool could give. (The allocation's passes: the fronts listing `n`, no lock waited
+//! for; the trees, no lock waited for; then, only when an area was busy or its tree failed beside a
+//! non-empty front, every area locked, its front flushed before it is given up.) Listed slots are free for [`super::BouncePool::slots_in_use`]
 //! and the high-water mark. A flush merges listed runs with the free runs around them, so while the
 //! front holds anything the area's published longest run is a bound of what a flush could make
 //! (its segment length at most): the lock-free refusal never skips an area that could serve, and

@@ -26,9 +26,9 @@
 //! In front of the tree each area keeps its recently freed runs by exact size (`front.rs`): a free
 //! of `n` slots pushes the run on the area's list of `n`-slot runs instead of giving it back to the
 //! bitmap and tree, and an allocation of `n` slots whose alignment the list's first run meets takes
-//! it, with no search. The lists hold at most an eighth of the area and never more slots than the
-//! tree has free; a request the tree cannot meet gives every listed run back to it and searches
-//! again, so the front never refuses a request the pool could meet. Listed runs are free for
+//! it, with no search, from whichever area lists one. The lists hold at most a quarter of the area
+//! and half of the slots its tree has free; a request no tree can meet gives every listed run back
+//! to its tree and searches again, so the front never refuses a request the pool could meet. Listed runs are free for
 //! `slots_in_use` and the high-water mark, and the lists live in the area's own metadata words, so
 //! building a pool (`BouncePool::init`) empties them.
 //!
