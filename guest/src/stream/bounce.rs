@@ -116,7 +116,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             // room: a request that can never fit is `TooLarge`, not a transient exhaustion.
             let span = align_mask + slot;
             let seg = pool.max_mapping() as u64;
-            let phase = if span <= seg && seg % span == 0 {
+            // `span` is a power of two (`min_align` and the page bits are `2^n - 1` masks, `slot` a power
+            // of two): a mask test, no division (none by 0 either).
+            let phase = if span.is_power_of_two() && span <= seg && seg & (span - 1) == 0 {
                 (align_bits.wrapping_sub(pool.phys().0) & (span - 1)) as usize
             } else {
                 0
