@@ -112,7 +112,11 @@ fn the_front_never_refuses_what_the_pool_could_give() {
     assert_eq!(listed(&p), 0);
     assert_eq!(p.slots_in_use(), 128);
     p.free(whole, 128);
-    // Several areas: the runs listed in one area merge only there.
+    // Several areas: the runs listed in one area merge only there. (Not under Miri: a minute of
+    // bitmap walks that the single area above has checked already.)
+    if cfg!(miri) {
+        return;
+    }
     let meta = vec![SlotMeta::EMPTY; 1024].leak();
     let p = pool_over(0x40_0000, meta, cfg(128, 4));
     let runs: Vec<usize> = (0..512).map(|_| p.alloc(req(2, 1, 0), head(2)).unwrap()).collect();
@@ -134,7 +138,8 @@ fn the_front_is_bounded() {
     let big = p.alloc(req(CLASSES + 1, 1, 0), head(CLASSES + 1)).unwrap();
     p.free(big, CLASSES + 1);
     assert_eq!(listed(&p), 0, "longer than the classes: the tree");
-    let runs: Vec<usize> = (0..400).map(|_| p.alloc(req(2, 1, 0), head(2)).unwrap()).collect();
+    let runs: Vec<usize> =
+        (0..if cfg!(miri) { 150 } else { 400 }).map(|_| p.alloc(req(2, 1, 0), head(2)).unwrap()).collect();
     for &i in &runs {
         p.free(i, 2);
     }
