@@ -109,8 +109,12 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # ceilings lowered to minimal 55,420 and full 104,207 (the layer's capacities as const generics).
 check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 55500 24576
 check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 22300 24576
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 104300 65536
-check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 36 0
-check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 73 0
+# Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
+# non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
+# panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
+# 104,879: the full ceiling raised for the front (+579 over 104,300).
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 104900 65536
+check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
+check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
 echo "budgets.sh: every figure within its ceiling"
