@@ -9,7 +9,7 @@ use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
 
-impl<P: Platform> DmaLayer<'_, P> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
     /// The list pages `batching` names, checked, zeroed and (in a confidential guest) shared; `None`
     /// for [`TceBatching::PerEntry`]. A failed share rolls back (quarantining what it cannot) and
     /// leaves nothing shared.

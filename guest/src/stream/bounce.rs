@@ -38,7 +38,7 @@ pub(crate) struct BounceRun {
     pub run_len: usize,
 }
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Bounce into one of `order`'s pools; the bus address is the pool's place in the device's view.
     pub(crate) fn bounce_map(
         &self,
