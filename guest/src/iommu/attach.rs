@@ -507,6 +507,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     }
 
     /// Reserve `[start, start + len)` in one device's windows (it must be attached, not deferred).
+    /// Devices sharing its partitionable endpoint share those windows, and the reservation.
     pub fn reserve_bus_range_for(&self, dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
         let _masked = self.masked();
         self.check_device(dev)?;
