@@ -346,10 +346,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         domain: Option<DomainRef>,
     ) -> Device {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let place = self.placement(&config, &pools);
         Device {
             config,
             path,
             pools,
+            place,
             layer: self.id,
             serial,
             domain,

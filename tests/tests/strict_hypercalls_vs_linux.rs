@@ -14,7 +14,8 @@ use ccdma_hv_model::{CallKind, HvConfig, PageState, Region, TceConfig};
 use ccdma_tests::*;
 
 const SIZES: [usize; 6] = [4096, 8192, 16 << 10, 64 << 10, 128 << 10, 256 << 10];
-const KINDS: [CallKind; 4] = [CallKind::PutTce, CallKind::PutTceIndirect, CallKind::StuffTce, CallKind::GetTce];
+const KINDS: [CallKind; 4] =
+    [CallKind::PutTce, CallKind::PutTceIndirect, CallKind::StuffTce, CallKind::GetTce];
 
 fn linux(bytes: usize) -> u64 {
     (bytes / 4096) as u64 + 1
@@ -63,11 +64,8 @@ fn counts(cfg: IommuConfig) -> Vec<u64> {
 }
 
 fn show(name: &str, got: &[u64]) {
-    let row: Vec<String> = SIZES
-        .iter()
-        .zip(got)
-        .map(|(&b, n)| format!("{} KiB: {n} (Linux {})", b / 1024, linux(b)))
-        .collect();
+    let row: Vec<String> =
+        SIZES.iter().zip(got).map(|(&b, n)| format!("{} KiB: {n} (Linux {})", b / 1024, linux(b))).collect();
     println!("{name:<28} {}", row.join(", "));
 }
 
@@ -78,7 +76,12 @@ fn the_strict_default_never_costs_more_than_linux_and_8x_less_from_64_kib() {
     for (&b, &n) in SIZES.iter().zip(&got) {
         assert!(n <= linux(b), "{} KiB: {n} hypercalls, Linux {}", b / 1024, linux(b));
         if b >= 64 << 10 {
-            assert!(8 * n <= linux(b), "{} KiB: {n} hypercalls, not 8x fewer than Linux's {}", b / 1024, linux(b));
+            assert!(
+                8 * n <= linux(b),
+                "{} KiB: {n} hypercalls, not 8x fewer than Linux's {}",
+                b / 1024,
+                linux(b)
+            );
         }
     }
     assert_eq!(got, [2, 2, 2, 2, 2, 2]);
