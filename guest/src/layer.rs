@@ -392,7 +392,12 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     fn lowest_pool_bus_end(&self) -> u64 {
         let s = self.plain.snapshot();
-        s.order.iter().map(|i| s.bases[i].0 + s.sizes[i]).min().unwrap_or(0)
+        // Checked: an index out of range is skipped, a pool at the top of the bus saturates.
+        s.order
+            .iter()
+            .filter_map(|i| Some(s.bases.get(i)?.0.saturating_add(*s.sizes.get(i)?)))
+            .min()
+            .unwrap_or(0)
     }
 
     /// The pools a device without an IOMMU reaches now, best first (reserve pools included).

@@ -139,10 +139,11 @@ impl LivePools {
         self.read(|n| {
             // `order` is by base, highest first: the candidate is the first pool whose base <= bus.
             let (mut lo, mut hi) = (0, n);
+            // Indices are checked (`get`): `n <= MAX_POOLS` always, but no path may panic.
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                let i = self.order[mid].load(Ordering::Relaxed) as usize % MAX_POOLS;
-                if self.base[i].load(Ordering::Relaxed) > bus {
+                let i = self.order.get(mid)?.load(Ordering::Relaxed) as usize % MAX_POOLS;
+                if self.base.get(i)?.load(Ordering::Relaxed) > bus {
                     lo = mid + 1;
                 } else {
                     hi = mid;
@@ -151,11 +152,11 @@ impl LivePools {
             if lo == n {
                 return None;
             }
-            let i = self.order[lo].load(Ordering::Relaxed) as usize % MAX_POOLS;
+            let i = self.order.get(lo)?.load(Ordering::Relaxed) as usize % MAX_POOLS;
             // Values read here may be torn (a writer moved pool `i` since the search read its
             // base): checked, so a torn read yields None, which the sequence check then discards.
-            let off = bus.checked_sub(self.base[i].load(Ordering::Relaxed))?;
-            (off < self.size[i].load(Ordering::Relaxed)).then_some((i, off))
+            let off = bus.checked_sub(self.base.get(i)?.load(Ordering::Relaxed))?;
+            (off < self.size.get(i)?.load(Ordering::Relaxed)).then_some((i, off))
         })
     }
 
@@ -169,33 +170,39 @@ impl LivePools {
         })
     }
 
-    /// Add pool `i` at `base` (bytes `size`). Single writer (see the module docs).
+    /// Add pool `i` at `base` (bytes `size`). Single writer (see the module docs). `i` is a pool
+    /// index (`< MAX_POOLS`), and the view holds each index once, so the order never outgrows its
+    /// array; both are checked anyway (no panic path): an index out of range changes nothing.
     pub(crate) fn insert(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
+        let (Some(base_cell), Some(size_cell)) = (self.base.get(i), self.size.get(i)) else { return };
         let s = self.snapshot();
         let mut idx: [u8; MAX_POOLS] = [0; MAX_POOLS];
         let mut n = 0;
+        let mut push = |v: usize| {
+            if let Some(slot) = idx.get_mut(n) {
+                *slot = v as u8;
+                n += 1;
+            }
+        };
         let mut placed = false;
         for k in s.order.iter() {
             if k == i {
                 continue;
             }
-            if !placed && s.bases[k].0 < base.0 {
-                idx[n] = i as u8;
-                n += 1;
+            if !placed && s.bases.get(k).is_some_and(|b| b.0 < base.0) {
+                push(i);
                 placed = true;
             }
-            idx[n] = k as u8;
-            n += 1;
+            push(k);
         }
-        if !placed && n < MAX_POOLS {
-            idx[n] = i as u8;
-            n += 1;
+        if !placed {
+            push(i);
         }
         self.write(|| {
-            self.base[i].store(base.0, Ordering::Relaxed);
-            self.size[i].store(size, Ordering::Relaxed);
-            for (k, &v) in idx[..n].iter().enumerate() {
-                self.order[k].store(v, Ordering::Relaxed);
+            base_cell.store(base.0, Ordering::Relaxed);
+            size_cell.store(size, Ordering::Relaxed);
+            for (cell, &v) in self.order.iter().zip(idx.iter().take(n)) {
+                cell.store(v, Ordering::Relaxed);
             }
             self.len.store(n as u8, Ordering::Relaxed);
             let bit = 1u32 << i;
@@ -212,8 +219,8 @@ impl LivePools {
         }
         self.write(|| {
             let mut n = 0;
-            for k in s.order.iter().filter(|&k| k != i) {
-                self.order[n].store(k as u8, Ordering::Relaxed);
+            for (cell, k) in self.order.iter().zip(s.order.iter().filter(|&k| k != i)) {
+                cell.store(k as u8, Ordering::Relaxed);
                 n += 1;
             }
             self.len.store(n as u8, Ordering::Relaxed);

@@ -122,8 +122,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let reserve = self.plain.snapshot().reserve;
         slot.live.clear();
         for i in info.pools.iter() {
-            if let Some(pool) = self.pools.get(i) {
-                slot.live.insert(i, info.pool_bus[i], pool.len() as u64, reserve & (1 << i) != 0);
+            // `info.pools` names pool indices (`< MAX_POOLS`): checked rather than indexed.
+            if let (Some(pool), Some(&bus)) = (self.pools.get(i), info.pool_bus.get(i)) {
+                slot.live.insert(i, bus, pool.len() as u64, reserve & (1 << i) != 0);
             }
         }
     }

@@ -393,7 +393,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     pub fn pool_bus_of(&self, dev: &Device, pool: usize) -> Option<BusAddr> {
         let (order, bus) = self.pool_view(dev, false)?;
         let found = order.iter().any(|i| i == pool);
-        found.then(|| bus[pool])
+        // Checked: `pool` is the caller's; one in the order is below MAX_POOLS, but no panic path.
+        bus.get(pool).copied().filter(|_| found)
     }
 
     /// The used bus ranges of a device's windows (reservations, premapped pools, mappings, coherent

@@ -174,7 +174,10 @@ impl ListGuard<'_> {
 
 impl Drop for ListGuard<'_> {
     fn drop(&mut self) {
-        self.pages.busy[self.index].store(false, Ordering::Release);
+        // `index` was checked when the page was taken (`try_take`); `get` keeps a panic out anyway.
+        if let Some(busy) = self.pages.busy.get(self.index) {
+            busy.store(false, Ordering::Release);
+        }
     }
 }
 

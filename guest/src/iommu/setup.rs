@@ -129,7 +129,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         }
         if let Some(iommu) = &self.iommu {
             let g = iommu.reservations.lock();
-            for &(start, len) in &g.0[..g.1] {
+            for &(start, len) in g.0.iter().take(g.1) {
                 space.reserve(start, len)?;
             }
         }
@@ -152,7 +152,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let mut pool_bus = [BusAddr(0); MAX_POOLS];
         for (i, pool) in self.pools.iter() {
             let (phys, len) = (pool.phys().0, pool.len() as u64);
-            if phys % page != 0 || len % page != 0 || lo >= hi {
+            // `page` is never 0 (set-up refused an unusable default window); checked all the same.
+            if phys.checked_rem(page) != Some(0) || len.checked_rem(page) != Some(0) || lo >= hi {
                 continue;
             }
             let kind = RangeKind::Premap { pool: i as u8 };
@@ -173,7 +174,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 return Err(DmaError::Iommu(f.err));
             }
             pools.push(i);
-            pool_bus[i] = BusAddr(bus);
+            // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
+            if let Some(at) = pool_bus.get_mut(i) {
+                *at = BusAddr(bus);
+            }
         }
         if pools.is_empty() {
             return Ok(None);
@@ -345,7 +349,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 return Err(outcome);
             }
             pools.push(i);
-            pool_bus[i] = BusAddr(bus);
+            // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
+            if let Some(at) = pool_bus.get_mut(i) {
+                *at = BusAddr(bus);
+            }
             off += len;
         }
         pools.sort_by_bus(&pool_bus);

@@ -351,6 +351,10 @@ struct Item {
 
 impl Item {
     fn npages(&self, page: u64) -> u64 {
+        // `page` is never 0 (`window_layout` refuses a window whose page size is); 0 pages then.
+        if page == 0 {
+            return 0;
+        }
         (self.d + self.len).div_ceil(page)
     }
 }

@@ -24,7 +24,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         let page = view.run_page();
         let mut largest = 0u64;
         for pi in view.pools.iter() {
-            let Some(pool) = self.pools.get_for_alloc(pi) else { continue };
+            // `pi` is a pool index (`< MAX_POOLS`): checked rather than indexed.
+            let (Some(pool), Some(&pool_bus)) = (self.pools.get_for_alloc(pi), view.pool_bus.get(pi)) else {
+                continue;
+            };
             let slot = pool.slot_size() as u64;
             let unit = slot.max(page);
             let lead = bits & (unit - 1);
@@ -41,8 +44,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             let req = if page > 0 {
                 RunRequest { nslots: nslots as usize, align_mask: (unit - 1) & !(slot - 1), align_bits: 0 }
             } else {
-                let Some(align) = run_alignment(lim, bits, g.len, view.pool_bus[pi].0, pool.len() as u64)
-                else {
+                let Some(align) = run_alignment(lim, bits, g.len, pool_bus.0, pool.len() as u64) else {
                     continue;
                 };
                 let align_mask = (align - 1) & !(slot - 1);
@@ -52,10 +54,10 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 continue;
             };
             let run_off = (index as u64) << slot.trailing_zeros();
-            let start = view.pool_bus[pi].0 + run_off + lead;
+            let start = pool_bus.0 + run_off + lead;
             // The pool cannot be removed while the run lives: where the device's view puts it now
             // must be where the list's snapshot did (else that index was shrunk and regrown since).
-            let moved = page == 0 && self.view_base(view, pi) != Some(view.pool_bus[pi]);
+            let moved = page == 0 && self.view_base(view, pi) != Some(pool_bus);
             let misplaced = if moved {
                 true
             } else if page > 0 {
@@ -84,7 +86,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 }
             }
             let head = RunHead { nslots: nslots as u16, lead: lead as u32 };
-            let bus_base = if page > 0 { None } else { Some(view.pool_bus[pi].0) };
+            let bus_base = if page > 0 { None } else { Some(pool_bus.0) };
             self.fill_group(list, g, &pool, pi, bus_base, run_off + lead, head, dir, attrs);
             return Ok(());
         }

@@ -63,7 +63,8 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         while let Some((item, next)) = self.next_item(list, at, view, page, lim) {
             let p = place_item(cursor, &item, lim, page).unwrap_or(cursor);
             let data_bus = base + p + item.d;
-            for e in list[item.first..next].iter_mut() {
+            // `next_item` gives `first < next <= list.len()`; checked rather than sliced.
+            for e in list.get_mut(item.first..next).unwrap_or_default() {
                 match &mut e.place {
                     Place::Bounced { bus, pool_off, .. } => *bus = BusAddr(data_bus + (*pool_off - item.key)),
                     Place::Window { bus, .. } => *bus = BusAddr(data_bus),
@@ -116,7 +117,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         for start in [hint.get(), 0] {
             let mut at = start;
             while let Some((item, next)) = self.next_item(list, at, view, page, lim) {
-                let first_page = list[item.first].mapped_at()?.0 - item.d;
+                let first_page = list.get(item.first)?.mapped_at()?.0 - item.d;
                 if bus < first_page {
                     break;
                 }

@@ -70,8 +70,10 @@ impl Rule {
         // No run crosses a segment (`seg` bytes from the pool's start), so a run whose alignment
         // puts its first candidate `phase` bytes into every segment has that much less room: a
         // request that can never fit is `TooLarge`, not a transient exhaustion.
+        // `span` is a power of two (`min_align` and the page bits are `2^n - 1` masks, `slot` a power
+        // of two): a mask test, no division (none by 0 either).
         let span = align_mask.wrapping_add(slot);
-        let phase = if span != 0 && span <= seg && seg % span == 0 {
+        let phase = if span.is_power_of_two() && span <= seg && seg & (span - 1) == 0 {
             (align_bits.wrapping_sub(phys) & (span - 1)) as usize
         } else {
             0
@@ -107,13 +109,13 @@ impl Placement {
     /// Rules for `min_align` in pools of `slot`-byte slots and `seg`-byte segments (both powers of two
     /// in every pool; anything else gets no rules, and the general route).
     pub(crate) fn new(min_align: u64, slot: u64, seg: u64) -> Placement {
-        if !slot.is_power_of_two() || seg < slot {
+        if !slot.is_power_of_two() {
             return Placement::default();
         }
         let class = |page_bits: u64| {
             let align_mask = (min_align | page_bits) & !(slot - 1);
             let span = align_mask.wrapping_add(slot);
-            let whole = span != 0 && span <= seg && seg % span == 0;
+            let whole = span.is_power_of_two() && span <= seg && seg & (span - 1) == 0;
             Class { align_mask, keep: min_align & align_mask, phase_mask: if whole { span - 1 } else { 0 } }
         };
         Placement { slot, seg, off_mask: min_align & (slot - 1), class: [class(0), class(PAGE_SIZE - 1)] }
