@@ -149,9 +149,9 @@ mod tests {
         let masks = [0u64, 0x7, 0x1ff, 0x7ff, 0xfff, 0x1fff, 0xffff, 0x3_ffff, u64::MAX >> 1, u64::MAX];
         let geometries =
             [(2048u64, 256u64 << 10), (4096, 256 << 10), (512, 64 << 10), (2048, 2048), (8192, 24 << 10)];
-        let bases = [0u64, 0x1000, 0x80_0000, 0x1_0000_0800, 0x3000];
-        let lens = [1usize, 100, 2048, 4095, 4096, 4097, 65536, 300_000];
-        let addrs = [0u64, 0x123, 0xfff, 0x1000, 0x1_2345, 0xdead_b000, u64::MAX - 5];
+        let bases = [0u64, 0x1_0000_0800, 0x3000];
+        let lens = [100usize, 4095, 4096, 65536, 300_000];
+        let addrs = [0u64, 0x123, 0x1_2345, u64::MAX - 5];
         for m in masks {
             for (slot, seg) in geometries {
                 let p = Placement::new(m, slot, seg);
