@@ -123,9 +123,24 @@
 #define CCDMA_ERR_TRUST -11
 
 /**
+ * The call needs a part of ccdma this build of the library left out (a Cargo feature of the
+ * `ccdma` crate: `growth`, `trusted-devices`, `scatter-gather`, `papr-tce`, `native-iommu`).
+ * Nothing changed.
+ */
+#define CCDMA_ERR_UNSUPPORTED -12
+
+/**
  * Bytes of memory for a `ccdma_layer` (an upper bound; `ccdma_layer_size()` is the exact size).
  */
 #define CCDMA_LAYER_SIZE 32768
+
+/**
+ * Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` (one pool; no
+ * IOMMU domain, or four with feature `native-iommu`): firmware that links such a library may
+ * reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little memory with
+ * `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
+ */
+#define CCDMA_SMALL_LAYER_SIZE 8192
 
 /**
  * Alignment of a `ccdma_layer`.

@@ -112,6 +112,10 @@ pub const CCDMA_ERR_IOMMU: c_int = -10;
 /// Trusted device I/O: the guest is not confidential or the platform table has no `accept`, or the
 /// trusted platform refused to accept (or failed to revoke) the device.
 pub const CCDMA_ERR_TRUST: c_int = -11;
+/// The call needs a part of ccdma this build of the library left out (a Cargo feature of the
+/// `ccdma` crate: `growth`, `trusted-devices`, `scatter-gather`, `papr-tce`, `native-iommu`).
+/// Nothing changed.
+pub const CCDMA_ERR_UNSUPPORTED: c_int = -12;
 
 /// The error code of a `DmaError` (one per family; exhaustive, so a new variant must be placed).
 fn code(e: &DmaError) -> c_int {
@@ -167,6 +171,7 @@ fn code(e: &DmaError) -> c_int {
         E::IommuAlreadyEnabled | E::IommuNotEnabled | E::Iommu(_) | E::P2pUnsupported { .. } => {
             CCDMA_ERR_IOMMU
         }
+        E::FeatureDisabled { .. } => CCDMA_ERR_UNSUPPORTED,
     }
 }
 
@@ -445,8 +450,18 @@ impl Platform for CPlatform {
 /// for the stated size.
 pub struct ccdma_layer {
     tag: Tag,
-    inner: DmaLayer<'static, CPlatform>,
+    inner: DmaLayer<'static, CPlatform, LAYER_POOLS, LAYER_DOMAINS>,
 }
+
+/// Pools a layer holds: ccdma's most, or one with feature `small-layer`.
+const LAYER_POOLS: usize = if cfg!(feature = "small-layer") { 1 } else { ccdma::MAX_POOLS };
+/// IOMMU domains a layer holds: ccdma's most, or with feature `small-layer` four when the native
+/// IOMMU backend is in the build and none otherwise.
+const LAYER_DOMAINS: usize = match (cfg!(feature = "small-layer"), cfg!(feature = "native-iommu")) {
+    (false, _) => ccdma::iommu::MAX_DOMAINS,
+    (true, true) => 4,
+    (true, false) => 0,
+};
 
 /// An attached device (opaque; [`CCDMA_DEVICE_SIZE`] bytes aligned to [`CCDMA_DEVICE_ALIGN`]).
 pub struct ccdma_device {
@@ -462,6 +477,11 @@ pub struct ccdma_coherent {
 
 /// Bytes of memory for a `ccdma_layer` (an upper bound; `ccdma_layer_size()` is the exact size).
 pub const CCDMA_LAYER_SIZE: usize = 32768;
+/// Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` (one pool; no
+/// IOMMU domain, or four with feature `native-iommu`): firmware that links such a library may
+/// reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little memory with
+/// `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
+pub const CCDMA_SMALL_LAYER_SIZE: usize = 8192;
 /// Alignment of a `ccdma_layer`.
 pub const CCDMA_LAYER_ALIGN: usize = 128;
 /// Bytes of memory for a `ccdma_device`.
@@ -497,6 +517,7 @@ pub const CCDMA_BIDIRECTIONAL: c_int = 3;
 // The header's numbers bound the real layouts (checked at compile time).
 const _: () = {
     assert!(size_of::<ccdma_layer>() <= CCDMA_LAYER_SIZE && align_of::<ccdma_layer>() <= CCDMA_LAYER_ALIGN);
+    assert!(!cfg!(feature = "small-layer") || size_of::<ccdma_layer>() <= CCDMA_SMALL_LAYER_SIZE);
     assert!(
         size_of::<ccdma_device>() <= CCDMA_DEVICE_SIZE && align_of::<ccdma_device>() <= CCDMA_DEVICE_ALIGN
     );
@@ -580,7 +601,7 @@ pub unsafe extern "C" fn ccdma_layer_init(
     // the `inner` field as uninitialised memory of its own type (same layout).
     let inner = unsafe {
         &mut *core::ptr::addr_of_mut!((*layer).inner)
-            .cast::<core::mem::MaybeUninit<DmaLayer<'static, CPlatform>>>()
+            .cast::<core::mem::MaybeUninit<DmaLayer<'static, CPlatform, LAYER_POOLS, LAYER_DOMAINS>>>()
     };
     DmaLayer::init_in(inner, p);
     // SAFETY: as above; the tag goes last, so the handle is live only once the layer is whole.

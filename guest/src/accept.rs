@@ -11,7 +11,7 @@ use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::trust::TrustState;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Accept `dev` for direct access to private memory, on the platform's word
     /// ([`DeviceTrust::accept_device`](crate::DeviceTrust::accept_device)). Accepting an accepted device does nothing.
     ///
@@ -20,6 +20,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// when the platform says no ([`DmaError::AcceptRefused`]). A deferred device is attached to its
     /// IOMMU domain here (its mappings need the window).
     pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::TRUSTED, "trusted-devices")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         if dev.trust.is_accepted() {

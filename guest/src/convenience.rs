@@ -42,52 +42,59 @@ use crate::coherent::{CoherentBuffer, FreeError};
 use crate::device::Device;
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
+use crate::iommu::MAX_DOMAINS;
 use crate::layer::DmaLayer;
 use crate::mapping::Mapping;
 use crate::platform::Platform;
+use crate::pool_set::MAX_POOLS;
 use crate::sg::SgEntry;
 
 /// One device's calls on one layer, with default attributes. Made by [`DmaLayer::on`]; a pair of
 /// references, so it is `Copy` and costs nothing to make per call or keep in a driver.
-pub struct DeviceDma<'a, 'm, P: Platform> {
-    layer: &'a DmaLayer<'m, P>,
+pub struct DeviceDma<'a, 'm, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAINS: usize = MAX_DOMAINS>
+{
+    layer: &'a DmaLayer<'m, P, POOLS, DOMAINS>,
     dev: &'a Device,
 }
 
-impl<P: Platform> Clone for DeviceDma<'_, '_, P> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Clone for DeviceDma<'_, '_, P, POOLS, DOMAINS> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<P: Platform> Copy for DeviceDma<'_, '_, P> {}
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Copy for DeviceDma<'_, '_, P, POOLS, DOMAINS> {}
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// The short forms of `dev`'s calls: no device argument, no attributes (see [`DeviceDma`]).
-    pub fn on<'a>(&'a self, dev: &'a Device) -> DeviceDma<'a, 'm, P> {
+    pub fn on<'a>(&'a self, dev: &'a Device) -> DeviceDma<'a, 'm, P, POOLS, DOMAINS> {
         DeviceDma { layer: self, dev }
     }
 }
 
-impl<'a, 'm, P: Platform> DeviceDma<'a, 'm, P> {
+impl<'a, 'm, P: Platform, const POOLS: usize, const DOMAINS: usize> DeviceDma<'a, 'm, P, POOLS, DOMAINS> {
     /// The device these calls are for.
     pub fn device(&self) -> &'a Device {
         self.dev
     }
 
     /// The layer these calls go to.
-    pub fn layer(&self) -> &'a DmaLayer<'m, P> {
+    pub fn layer(&self) -> &'a DmaLayer<'m, P, POOLS, DOMAINS> {
         self.layer
     }
 
     /// [`DmaLayer::map_to_device`] without attributes: lend `buf` for the device to read.
     #[track_caller]
-    pub fn map_to_device(&self, buf: &'a [u8]) -> Result<Mapping<'a, 'm, P>, DmaError> {
+    pub fn map_to_device(&self, buf: &'a [u8]) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS>, DmaError> {
         self.layer.map_to_device(self.dev, buf, DmaAttrs::NONE)
     }
 
     /// [`DmaLayer::map`] without attributes: lend `buf` to the device in any direction.
     #[track_caller]
-    pub fn map(&self, buf: &'a mut [u8], dir: DmaDirection) -> Result<Mapping<'a, 'm, P>, DmaError> {
+    pub fn map(
+        &self,
+        buf: &'a mut [u8],
+        dir: DmaDirection,
+    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS>, DmaError> {
         self.layer.map(self.dev, buf, dir, DmaAttrs::NONE)
     }
 

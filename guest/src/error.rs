@@ -342,6 +342,13 @@ pub enum DmaError {
         /// The platform's status.
         status: i64,
     },
+    /// The call needs a part of ccdma this build left out: `feature` names the Cargo feature of the
+    /// `ccdma` crate that brings it back (see "Features" in the crate docs). Nothing changed.
+    FeatureDisabled {
+        /// The Cargo feature, e.g. `"growth"` (`"papr-tce or native-iommu"`: either brings the IOMMU
+        /// path back).
+        feature: &'static str,
+    },
 }
 
 impl DmaError {
@@ -405,6 +412,7 @@ impl DmaError {
             DmaError::AcceptRefused { .. } => "AcceptRefused",
             DmaError::RevokeRefused { .. } => "RevokeRefused",
             DmaError::RawRecordsFull { .. } => "RawRecordsFull",
+            DmaError::FeatureDisabled { .. } => "FeatureDisabled",
             _ => "DmaError",
         }
     }
@@ -543,6 +551,9 @@ impl fmt::Display for DmaError {
                 write!(f, "scatter-gather list not mapped (or not as this layer mapped it)")
             }
             DmaError::TrustUnavailable => write!(f, "the platform offers no trusted device I/O"),
+            DmaError::FeatureDisabled { feature } => {
+                write!(f, "this build of ccdma leaves out feature `{feature}`, which the call needs")
+            }
             DmaError::AcceptRefused { device, status } => {
                 write!(f, "the platform refused to accept device {device:#x} (status {status})")
             }

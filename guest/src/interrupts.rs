@@ -20,7 +20,7 @@ impl<P: Platform> Drop for Masked<'_, P> {
     }
 }
 
-impl<P: Platform> DmaLayer<'_, P> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
     /// Mask interrupts until the guard drops.
     #[inline(always)]
     pub(crate) fn masked(&self) -> Masked<'_, P> {

@@ -35,6 +35,7 @@ use crate::growth::state::Growth;
 use crate::growth::table::{PoolRef, PoolTable};
 use crate::iommu::counters::IommuCounters;
 use crate::iommu::domain::{DomainRef, Iommu};
+use crate::iommu::MAX_DOMAINS;
 use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, SlotMeta};
@@ -47,10 +48,16 @@ use crate::tracker::Tracker;
 pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// The DMA layer: pools, devices, statistics.
-pub struct DmaLayer<'m, P: Platform> {
+///
+/// `POOLS` (at most [`MAX_POOLS`]) and `DOMAINS` (at most [`MAX_DOMAINS`]) are the layer's
+/// capacities: pool slots (fixed and grown) and IOMMU domains. They set its size; the defaults are
+/// the most the layer supports. A firmware with one pool and no IOMMU builds
+/// `DmaLayer<'m, P, 1, 0>` (with [`DmaLayer::with_capacity`] or in place with
+/// [`DmaLayer::init_in`]); `cargo test -p ccdma --lib footprint -- --nocapture` prints the sizes.
+pub struct DmaLayer<'m, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAINS: usize = MAX_DOMAINS> {
     pub(crate) platform: P,
     /// Every pool, by index (fixed ones from `add_pool`, grown ones from the memory source).
-    pub(crate) pools: PoolTable<'m>,
+    pub(crate) pools: PoolTable<'m, POOLS>,
     /// The pools as devices without an IOMMU see them (shared bus addresses), sorted by bus.
     pub(crate) plain: LivePools,
     /// Growing and shrinking (off until `enable_growth`); its lock orders every change of a pool
@@ -61,7 +68,7 @@ pub struct DmaLayer<'m, P: Platform> {
     /// Source of device serials (never 0).
     pub(crate) next_serial: AtomicU32,
     /// The IOMMU path, once enabled (`enable_iommu`).
-    pub(crate) iommu: Option<Iommu<'m>>,
+    pub(crate) iommu: Option<Iommu<'m, DOMAINS>>,
     /// Counters of the IOMMU path and coherent buffers.
     pub(crate) iommu_counters: IommuCounters,
     /// The misuse tracker (feature `debug-tracker`; an empty value without it).
@@ -75,9 +82,21 @@ pub struct DmaLayer<'m, P: Platform> {
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
-    /// A layer with no pools yet, by value (~27 KiB: firmware with a small stack builds it in place
-    /// with [`DmaLayer::init_in`] or [`LayerCell::init_with`](crate::storage::LayerCell::init_with)).
+    /// A layer with no pools yet and the largest capacities, by value (~28 KiB: firmware with a
+    /// small stack builds it in place with [`DmaLayer::init_in`] or
+    /// [`LayerCell::init_with`](crate::storage::LayerCell::init_with); a smaller configuration is
+    /// [`DmaLayer::with_capacity`]).
     pub fn new(platform: P) -> Self {
+        Self::with_capacity(platform)
+    }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+    /// A layer with no pools yet, by value, with the capacities of its type:
+    /// `DmaLayer::<_, 1, 0>::with_capacity(platform)` holds one pool and no IOMMU domain. A
+    /// capacity above [`MAX_POOLS`] or [`MAX_DOMAINS`] does not compile.
+    pub fn with_capacity(platform: P) -> Self {
+        const { assert!(DOMAINS <= MAX_DOMAINS, "a layer holds at most MAX_DOMAINS IOMMU domains") };
         DmaLayer {
             platform,
             pools: PoolTable::new(),
@@ -131,7 +150,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         meta: &'m mut [SlotMeta],
         cfg: PoolConfig,
     ) -> Result<usize, DmaError> {
-        let Some(i) = (0..MAX_POOLS).find(|&i| self.pools.is_empty(i)) else {
+        let Some(i) = (0..POOLS).find(|&i| self.pools.is_empty(i)) else {
             return Err(DmaError::TooManyPools);
         };
         cfg.validate()?;
@@ -311,6 +330,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     /// [`Self::attach`] once the id is registered.
     fn attach_registered(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let confidential = self.platform.is_confidential();
+        if confidential {
+            self.require_iommu_backend(config.id)?;
+        }
         if confidential && self.backend().is_some_and(|b| b.behind_iommu(config.id)) {
             return self.attach_iommu(config);
         }

@@ -27,7 +27,7 @@ use crate::stats::Stats;
 use crate::stream::raw_records::RawRecords;
 use crate::tracker::Tracker;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Build a layer with no pools in `place` and return it: the same layer as [`DmaLayer::new`],
     /// written field by field into the caller's memory (a `static`, a `LayerCell`, C memory), so the
     /// stack never holds the whole layer (`scripts/budgets.sh` checks the frames). Whatever `place`
@@ -52,6 +52,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 raw: _,
             } = l;
         };
+        const { assert!(DOMAINS <= crate::iommu::MAX_DOMAINS, "a layer holds at most MAX_DOMAINS IOMMU domains") };
         let p = place.as_mut_ptr();
         // SAFETY: `p` is valid for writes of a whole `Self` (it comes from `&mut MaybeUninit<Self>`);
         // each write goes to one field through `addr_of_mut!`, making no reference to uninitialised

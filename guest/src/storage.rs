@@ -28,9 +28,11 @@ use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
+use crate::iommu::MAX_DOMAINS;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::SlotMeta;
+use crate::pool_set::MAX_POOLS;
 
 /// Slot metadata for one pool of `SLOTS` slots, in a `static`. [`PoolStorage::take`] hands it out
 /// once, as the `&'static mut` that [`DmaLayer::add_pool`] takes.
@@ -70,10 +72,16 @@ impl<const SLOTS: usize> Default for PoolStorage<SLOTS> {
 
 /// A place in a `static` where a configured layer is frozen: after [`LayerCell::init`] every CPU
 /// shares it as `&'static DmaLayer` (pools are added and the IOMMU enabled before, through `&mut`).
-pub struct LayerCell<P: Platform + 'static> {
+/// `POOLS` and `DOMAINS` are the layer's capacities ([`DmaLayer`]): `LayerCell<P, 1, 0>` holds a
+/// one-pool layer without IOMMU domains.
+pub struct LayerCell<
+    P: Platform + 'static,
+    const POOLS: usize = MAX_POOLS,
+    const DOMAINS: usize = MAX_DOMAINS,
+> {
     /// 0: empty, 1: being written, 2: holds the layer.
     state: AtomicU8,
-    layer: UnsafeCell<MaybeUninit<DmaLayer<'static, P>>>,
+    layer: UnsafeCell<MaybeUninit<DmaLayer<'static, P, POOLS, DOMAINS>>>,
 }
 
 const EMPTY: u8 = 0;
@@ -83,9 +91,14 @@ const READY: u8 = 2;
 // SAFETY: the layer is written once, by the CPU that moved the state EMPTY -> WRITING, and read only
 // after an acquire load saw READY (stored with release after the write); from then on it is only
 // shared, which `DmaLayer: Sync` allows. Moving it in from another CPU needs `Send`.
-unsafe impl<P: Platform + 'static> Sync for LayerCell<P> where DmaLayer<'static, P>: Send + Sync {}
+unsafe impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize> Sync
+    for LayerCell<P, POOLS, DOMAINS>
+where
+    DmaLayer<'static, P, POOLS, DOMAINS>: Send + Sync,
+{
+}
 
-impl<P: Platform + 'static> LayerCell<P> {
+impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize> LayerCell<P, POOLS, DOMAINS> {
     /// An empty cell.
     pub const fn new() -> Self {
         LayerCell { state: AtomicU8::new(EMPTY), layer: UnsafeCell::new(MaybeUninit::uninit()) }
@@ -96,8 +109,8 @@ impl<P: Platform + 'static> LayerCell<P> {
     #[allow(clippy::result_large_err)] // the layer comes back by value: there is no allocator
     pub fn init(
         &'static self,
-        layer: DmaLayer<'static, P>,
-    ) -> Result<&'static DmaLayer<'static, P>, DmaLayer<'static, P>> {
+        layer: DmaLayer<'static, P, POOLS, DOMAINS>,
+    ) -> Result<&'static DmaLayer<'static, P, POOLS, DOMAINS>, DmaLayer<'static, P, POOLS, DOMAINS>> {
         if self.state.compare_exchange(EMPTY, WRITING, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(layer);
         }
@@ -139,8 +152,8 @@ impl<P: Platform + 'static> LayerCell<P> {
     pub fn init_with<E>(
         &'static self,
         platform: P,
-        configure: impl FnOnce(&mut DmaLayer<'static, P>) -> Result<(), E>,
-    ) -> Result<&'static DmaLayer<'static, P>, CellInitError<E>> {
+        configure: impl FnOnce(&mut DmaLayer<'static, P, POOLS, DOMAINS>) -> Result<(), E>,
+    ) -> Result<&'static DmaLayer<'static, P, POOLS, DOMAINS>, CellInitError<E>> {
         if self.state.compare_exchange(EMPTY, WRITING, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(CellInitError::Occupied);
         }
@@ -162,7 +175,7 @@ impl<P: Platform + 'static> LayerCell<P> {
     }
 
     /// The frozen layer, once initialised.
-    pub fn get(&'static self) -> Option<&'static DmaLayer<'static, P>> {
+    pub fn get(&'static self) -> Option<&'static DmaLayer<'static, P, POOLS, DOMAINS>> {
         if self.state.load(Ordering::Acquire) != READY {
             return None;
         }
@@ -180,7 +193,9 @@ pub enum CellInitError<E> {
     Configure(E),
 }
 
-impl<P: Platform + 'static> Default for LayerCell<P> {
+impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize> Default
+    for LayerCell<P, POOLS, DOMAINS>
+{
     fn default() -> Self {
         Self::new()
     }

@@ -71,13 +71,14 @@ use crate::pool::SlotMeta;
 use crate::pool_set::MAX_POOLS;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Let the layer grow from `source` under `cfg` (see [`crate::growth`]). With a reserve, the
     /// reserve pool is taken, shared and added now. Call it before attaching devices: a DDW created
     /// at a device's set-up keeps bus room (and an IOMMU page size) for the pools growth may add, so
     /// a DDW made before growth was enabled may have no room for them (the device then maps from the
     /// pools it has, and a pool-full report says `Unreachable`).
     pub fn enable_growth(&mut self, source: &'m dyn MemorySource, cfg: GrowthConfig) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::GROWTH, "growth")?;
         if self.growth.source.is_some() {
             return Err(DmaError::GrowthAlreadyEnabled);
         }
@@ -145,7 +146,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             _ => false,
         };
         let first = attempt();
-        if self.growth.source.is_none() {
+        if !crate::parts::GROWTH || self.growth.source.is_none() {
             if matches!(first, Err(DmaError::PoolExhausted { .. })) {
                 self.report_full(dev, len, GrowthVerdict::Disabled);
             }

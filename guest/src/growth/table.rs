@@ -48,8 +48,8 @@ struct Slot<'m> {
 }
 
 /// The pools of one layer, by index.
-pub(crate) struct PoolTable<'m> {
-    slots: [Slot<'m>; MAX_POOLS],
+pub(crate) struct PoolTable<'m, const N: usize = MAX_POOLS> {
+    slots: [Slot<'m>; N],
 }
 
 // SAFETY: a slot's `pool` is written only (a) through `&mut self`, or (b) by the one grower (the
@@ -57,9 +57,9 @@ pub(crate) struct PoolTable<'m> {
 // REMOVING, states in which no reader dereferences it (readers check the state in the same atomic
 // value that counts them, and REMOVING is entered only when that count is zero). It is read only
 // while a reader is counted in an admitting state, or while FIXED. `BouncePool` itself is Sync.
-unsafe impl Sync for PoolTable<'_> {}
+unsafe impl<const N: usize> Sync for PoolTable<'_, N> {}
 // SAFETY: the table owns its pools; `BouncePool` is Send.
-unsafe impl Send for PoolTable<'_> {}
+unsafe impl<const N: usize> Send for PoolTable<'_, N> {}
 
 /// A pool in use by this CPU: while it lives the pool cannot be removed.
 pub struct PoolRef<'a, 'm> {
@@ -89,11 +89,12 @@ impl core::fmt::Debug for PoolRef<'_, '_> {
     }
 }
 
-impl<'m> PoolTable<'m> {
+impl<'m, const N: usize> PoolTable<'m, N> {
     /// An empty table. A `const fn` of constant parts: the optimiser writes it straight into its
     /// destination (no table-sized temporary on the stack; `scripts/budgets.sh` checks the frames).
     #[inline]
     pub(crate) const fn new() -> Self {
+        const { assert!(N <= MAX_POOLS, "a layer holds at most MAX_POOLS pools") };
         PoolTable {
             slots: [const {
                 Slot {
@@ -101,7 +102,7 @@ impl<'m> PoolTable<'m> {
                     touched: AtomicBool::new(false),
                     pool: UnsafeCell::new(None),
                 }
-            }; MAX_POOLS],
+            }; N],
         }
     }
 
@@ -165,7 +166,7 @@ impl<'m> PoolTable<'m> {
 
     /// Every usable pool with its index (FIXED, ACTIVE, DRAINING).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, PoolRef<'_, 'm>)> + '_ {
-        (0..MAX_POOLS).filter_map(|i| self.get(i).map(|p| (i, p)))
+        (0..N).filter_map(|i| self.get(i).map(|p| (i, p)))
     }
 
     /// True when slot `i` holds no pool and may take one.
@@ -201,7 +202,7 @@ impl<'m> PoolTable<'m> {
 
     /// Take every FIXED pool out (through `&mut self`: no reader exists), dropping it in place;
     /// yields where each one was.
-    pub(crate) fn take_fixed(&mut self) -> impl Iterator<Item = (PhysAddr, usize)> + use<'_, 'm> {
+    pub(crate) fn take_fixed(&mut self) -> impl Iterator<Item = (PhysAddr, usize)> + use<'_, 'm, N> {
         self.slots.iter_mut().filter_map(|s| {
             if state(*s.word.get_mut()) != FIXED {
                 return None;

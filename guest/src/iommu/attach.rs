@@ -23,7 +23,7 @@ use crate::platform::Platform;
 use crate::pool_set::PoolOrder;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Enable the IOMMU path for devices the platform puts behind one ([`Platform::tce`]).
     ///
     /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
@@ -40,10 +40,11 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         cfg: IommuConfig,
         ranges: &'m mut [BusRange],
     ) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::IOMMU, "papr-tce or native-iommu")?;
         if self.iommu.is_some() {
             return Err(DmaError::IommuAlreadyEnabled);
         }
-        if cfg.max_domains == 0 || cfg.max_domains > MAX_DOMAINS {
+        if cfg.max_domains == 0 || cfg.max_domains > DOMAINS {
             return Err(DmaError::InvalidMaxDomains(cfg.max_domains));
         }
         let per = ranges.len() / cfg.max_domains;
@@ -60,7 +61,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
             const {
                 Iommu {
                     cfg: IommuConfig::premapped(),
-                    domains: [const { None }; MAX_DOMAINS],
+                    domains: [const { None }; DOMAINS],
                     list: None,
                     reservations: Mutex::new(([(0, 0); MAX_GLOBAL_RESERVATIONS], 0)),
                 }
@@ -101,6 +102,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 
     pub(crate) fn slot(&self, d: DomainRef) -> Option<&DomainSlot<'m>> {
+        if !crate::parts::IOMMU {
+            return None;
+        }
         self.iommu.as_ref()?.domains.get(d.index as usize)?.as_ref()
     }
 
@@ -112,10 +116,13 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
 
     /// The mechanism for this operation: PAPR calls through the entry writer, else a native backend.
     pub(crate) fn backend(&self) -> Option<Backend<'_>> {
-        if let Some(calls) = self.platform.tce() {
+        if let Some(calls) = self.platform.tce().filter(|_| crate::parts::PAPR_TCE) {
             return Some(Backend::Tce(calls, self.tce_writer(calls)));
         }
-        self.platform.iommu_backend().map(|b| Backend::Native(b, &self.iommu_counters))
+        self.platform
+            .iommu_backend()
+            .filter(|_| crate::parts::NATIVE_IOMMU)
+            .map(|b| Backend::Native(b, &self.iommu_counters))
     }
 
     pub(crate) fn tce_writer<'a>(&'a self, calls: &'a dyn TceCalls) -> TceWriter<'a> {

@@ -124,9 +124,9 @@ impl<'m> DomainSlot<'m> {
 }
 
 /// The IOMMU part of a layer.
-pub(crate) struct Iommu<'m> {
+pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS> {
     pub cfg: IommuConfig,
-    pub domains: [Option<DomainSlot<'m>>; MAX_DOMAINS],
+    pub domains: [Option<DomainSlot<'m>>; D],
     pub list: Option<ListPages>,
     /// Reservations applied to every domain set up later (and to those live when they were made).
     pub reservations: Mutex<([(u64, u64); MAX_GLOBAL_RESERVATIONS], usize)>,

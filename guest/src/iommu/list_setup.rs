@@ -10,9 +10,8 @@ use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::{NewHead, Owner, RunRequest};
-use crate::MAX_POOLS;
 
-impl<P: Platform> DmaLayer<'_, P> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
     /// The list pages `batching` names, checked, zeroed and (in a confidential guest) shared; `None`
     /// for [`TceBatching::PerEntry`]. A failed share rolls back (quarantining what it cannot) and
     /// leaves nothing shared.
@@ -54,11 +53,11 @@ impl<P: Platform> DmaLayer<'_, P> {
         if count == 0 || count > MAX_LIST_PAGES {
             return Err(DmaError::InvalidListPages(count));
         }
-        if !self.platform.tce().is_some_and(|c| c.indirect_available()) {
+        if !crate::parts::PAPR_TCE || !self.platform.tce().is_some_and(|c| c.indirect_available()) {
             return Ok(None);
         }
         let len = count * PAGE_SIZE as usize;
-        for i in 0..MAX_POOLS {
+        for i in 0..POOLS {
             let Some(pool) = self.pools.fixed(i) else { continue };
             let slot = pool.slot_size();
             if len > pool.max_mapping() || !pool.phys().is_page_aligned() {

@@ -4,7 +4,7 @@
 use super::pack::can_join;
 use super::*;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Classify and place every entry, lay out the window range (IOMMU paths), emit the segments.
     pub(super) fn build_sg(
         &self,

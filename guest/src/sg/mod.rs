@@ -358,7 +358,7 @@ impl Item {
         (self.d + self.len).div_ceil(page)
     }
 }
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Map a scatter-gather list with the default options (coalescing on, no P2P topology).
     /// Returns the number `n` of DMA segments, written into the first `n` entries
     /// ([`SgEntry::dma_segment`], [`dma_segments`]).
@@ -382,6 +382,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         attrs: DmaAttrs,
         opts: &SgOptions<'_>,
     ) -> Result<usize, DmaError> {
+        crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         if list.is_empty() {

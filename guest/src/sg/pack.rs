@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Allocate one run for a group, copy (or clear) its bytes and record every entry's place.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn place_group(

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Free the runs a list holds (entries not yet reset).
     pub(super) fn release_runs(&self, list: &[SgEntry<'_>]) {
         for e in list {
@@ -37,6 +37,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
@@ -82,6 +83,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         list: &mut [SgEntry<'_>],
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
@@ -101,6 +103,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         list: &mut [SgEntry<'_>],
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;

@@ -53,7 +53,7 @@ fn area_hint(serial: u32) -> usize {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize
 }
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Bounce into one of `order`'s pools; the bus address is the pool's place in the device's view.
     pub(crate) fn bounce_map(
         &self,

@@ -39,7 +39,7 @@ pub(crate) struct Original {
     pub safe: bool,
 }
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Map by physical address (raw face). Returns the bus address for the device.
     ///
     /// # Safety
@@ -144,7 +144,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
         if dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED) && orig.phys.is_some() {
             return self.trusted_map(dev, orig, len, dir, attrs);
         }
-        if dev.domain.is_some() {
+        if crate::parts::IOMMU && dev.domain.is_some() {
             return self.iommu_map(dev, orig, len, dir, attrs);
         }
         let mask = dev.config.dma_mask;
@@ -259,7 +259,7 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
                 pool.free(rec.index, rec.nslots);
             }
         }
-        if dev.domain.is_some() {
+        if crate::parts::IOMMU && dev.domain.is_some() {
             self.iommu_unmapped(dev);
         }
         self.stats.unmapped();

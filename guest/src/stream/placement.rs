@@ -10,7 +10,7 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool_set::PoolOrder;
 
-impl<P: Platform> DmaLayer<'_, P> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
     /// A device's placement rules for the geometry of the first pool of `pools` (at attach).
     pub(crate) fn placement(&self, config: &DeviceConfig, pools: &PoolOrder) -> Placement {
         let first = pools.iter().find_map(|i| self.pools.get(i));

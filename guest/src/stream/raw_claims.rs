@@ -9,7 +9,9 @@ use crate::direction::DmaDirection;
 use crate::error::DmaError;
 use crate::stats::FailureKind;
 
-impl<'m, P: crate::platform::Platform> crate::layer::DmaLayer<'m, P> {
+impl<'m, P: crate::platform::Platform, const POOLS: usize, const DOMAINS: usize>
+    crate::layer::DmaLayer<'m, P, POOLS, DOMAINS>
+{
     /// Lend the layer storage for more raw-face mappings on paths without pool slots (direct,
     /// bounce-above-mask's direct part, trusted devices) than the [`RAW_RECORDS`] it holds itself.
     /// Each record is 24 bytes; a raw map there fails with [`DmaError::RawRecordsFull`] when all are
@@ -31,7 +33,9 @@ impl<'m, P: crate::platform::Platform> crate::layer::DmaLayer<'m, P> {
     }
 }
 
-impl<P: crate::platform::Platform> crate::layer::DmaLayer<'_, P> {
+impl<P: crate::platform::Platform, const POOLS: usize, const DOMAINS: usize>
+    crate::layer::DmaLayer<'_, P, POOLS, DOMAINS>
+{
     /// Count a refused claim by its kind.
     fn raw_refused(&self, e: DmaError) -> DmaError {
         let kind = match e {

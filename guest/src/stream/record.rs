@@ -15,7 +15,7 @@ use crate::pool::SlotRecord;
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Find the pool holding bus address `bus` for this device and the pool offset.
     /// A binary search over the device's pools sorted by bus address.
     pub(crate) fn locate(&self, dev: &Device, bus: BusAddr) -> Option<(usize, u64)> {

@@ -22,7 +22,7 @@ use crate::platform::Platform;
 use crate::pool::SlotRecord;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform> DmaLayer<'m, P> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Map on an IOMMU path (attaching a deferred device first).
     pub(crate) fn iommu_map(
         &self,

@@ -1,0 +1,142 @@
+//! Issue 20: a layer sized by its configuration. `DmaLayer<'m, P, POOLS, DOMAINS>` holds `POOLS`
+//! pool slots and `DOMAINS` IOMMU domains; the defaults (`MAX_POOLS`, `MAX_DOMAINS`) are today's
+//! layer. The small configuration (one pool, no IOMMU) is checked against the size the docs claim
+//! and must map and unmap against the modelled hypervisor like the default one.
+
+use std::mem::{size_of, MaybeUninit};
+
+use ccdma::storage::LayerCell;
+
+use ccdma::iommu::MAX_DOMAINS;
+use ccdma::{
+    DeviceConfig, DmaError, DmaLayer, DmaMask, DmaPath, IommuConfig, PhysAddr, PoolConfig, SlotMeta,
+    MAX_POOLS,
+};
+use ccdma_hv_model::{HvConfig, Hypervisor, Region, TceConfig};
+use ccdma_tests::{assert_no_faults, model, pattern, GIB, MIB, MID_POOL};
+
+type Plat = &'static Hypervisor;
+/// One pool, no IOMMU domain: what a small firmware links.
+type Small = DmaLayer<'static, Plat, 1, 0>;
+
+/// The figure `guest/src/layer.rs` and `scripts/budgets.sh` state for `DmaLayer<P, 1, 0>` with a
+/// reference as the platform (run `cargo test --release -p ccdma --lib footprint -- --nocapture`
+/// for the parts).
+const SMALL_LAYER_BYTES: usize = 6144;
+
+#[test]
+fn the_small_configuration_is_no_larger_than_claimed() {
+    let small = size_of::<Small>();
+    let full = size_of::<DmaLayer<'static, Plat>>();
+    assert!(small <= SMALL_LAYER_BYTES, "DmaLayer<P, 1, 0> is {small} bytes, claimed <= {SMALL_LAYER_BYTES}");
+    // The default is unchanged: the most pools and domains.
+    assert_eq!(full, size_of::<DmaLayer<'static, Plat, MAX_POOLS, MAX_DOMAINS>>());
+    assert!(full >= 4 * small, "default {full} bytes against small {small}");
+}
+
+#[test]
+fn the_small_configuration_maps_and_unmaps_against_the_model() {
+    let hv = model(HvConfig::pseries(6 * GIB));
+    let place: &'static mut MaybeUninit<Small> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let layer = DmaLayer::init_in(place, hv);
+    let meta = vec![SlotMeta::EMPTY; PoolConfig::default().slots_for(MIB as usize)].leak();
+    // SAFETY: the model never hands this range out; the layer owns it from here.
+    let i = unsafe { layer.add_pool(PhysAddr(MID_POOL), MIB as usize, meta, PoolConfig::default()) };
+    assert_eq!(i, Ok(0));
+    assert_eq!(hv.shared_pages(), MIB / 4096);
+    // A second pool has no slot: refused before anything is shared.
+    let meta = vec![SlotMeta::EMPTY; 512].leak();
+    // SAFETY: as above (refused, so never used).
+    let e =
+        unsafe { layer.add_pool(PhysAddr(MID_POOL + 2 * MIB), MIB as usize, meta, PoolConfig::default()) };
+    assert_eq!(e, Err(DmaError::TooManyPools));
+    assert_eq!(hv.shared_pages(), MIB / 4096);
+
+    let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
+    assert_eq!(dev.path(), DmaPath::BounceAlways);
+    let d = hv.add_device(1, 32);
+    let phys = hv.alloc(8192, Region::High);
+    // SAFETY: fresh allocation, only this slice of it.
+    let buf = unsafe { hv.slice_mut(phys, 8192) };
+    let data = pattern(8192, 7);
+    buf.copy_from_slice(&data);
+    let m = layer.on(&dev).map_to_device(buf).unwrap();
+    assert_eq!(d.read(m.bus_addr().0, 8192).unwrap(), data);
+    assert_eq!(layer.stats().slots_in_use, 4);
+    m.unmap().unwrap();
+    // The raw face too.
+    // SAFETY: the buffer is this program's until the unmap below.
+    let bus = unsafe { layer.on(&dev).map_phys(PhysAddr(phys), 512, ccdma::DmaDirection::ToDevice) }.unwrap();
+    assert_eq!(d.read(bus.0, 512).unwrap(), data[..512]);
+    // SAFETY: this program's raw mapping of `dev`, unmapped once.
+    unsafe { layer.on(&dev).unmap(bus, 512, ccdma::DmaDirection::ToDevice) }.unwrap();
+    assert_eq!(layer.stats().slots_in_use, 0);
+    layer.detach(dev).unwrap();
+    layer.release_pools().unwrap();
+    assert_eq!(hv.shared_pages(), 0);
+    assert_no_faults(hv);
+}
+
+#[test]
+fn a_layer_without_domains_refuses_the_iommu_and_one_with_them_uses_them() {
+    let hv = model(HvConfig::pseries(64 * MIB));
+    hv.enable_iommu(TceConfig::default());
+    let mut small = Small::with_capacity(hv);
+    let ranges = vec![Default::default(); 4].leak();
+    // SAFETY: no list page (per-entry calls).
+    let e = unsafe { small.enable_iommu(IommuConfig::premapped(), ranges) };
+    assert_eq!(e, Err(DmaError::InvalidMaxDomains(IommuConfig::premapped().max_domains)));
+
+    // Two domains: a third device finds none.
+    let mut two = DmaLayer::<'static, Plat, 1, 2>::with_capacity(hv);
+    let meta = vec![SlotMeta::EMPTY; 512].leak();
+    // SAFETY: the model never hands this range out; the layer owns it from here.
+    unsafe { two.add_pool(PhysAddr(0x80_0000), MIB as usize, meta, PoolConfig::default()) }.unwrap();
+    let ranges = vec![Default::default(); 8].leak();
+    // SAFETY: no list page (per-entry calls).
+    unsafe { two.enable_iommu(IommuConfig::premapped().with_max_domains(2), ranges) }.unwrap();
+    let e = {
+        let ranges = vec![Default::default(); 12].leak();
+        let mut three = DmaLayer::<'static, Plat, 1, 2>::with_capacity(hv);
+        // SAFETY: no list page.
+        unsafe { three.enable_iommu(IommuConfig::premapped().with_max_domains(3), ranges) }
+    };
+    assert_eq!(e, Err(DmaError::InvalidMaxDomains(3)));
+    let devs: Vec<_> = (1..=2)
+        .map(|id| {
+            hv.add_iommu_device(id, 32);
+            two.attach(DeviceConfig::new(id, DmaMask::BITS_32)).unwrap()
+        })
+        .collect();
+    hv.add_iommu_device(3, 32);
+    assert!(two.attach(DeviceConfig::new(3, DmaMask::BITS_32)).is_err());
+    for d in devs {
+        let m = two.on(&d).map_to_device(&[1u8; 64]).unwrap();
+        m.unmap().unwrap();
+        two.detach(d).unwrap();
+    }
+    assert_no_faults(hv);
+}
+
+#[test]
+fn a_small_layer_cell_builds_in_place_and_maps() {
+    static CELL: LayerCell<Plat, 1, 0> = LayerCell::new();
+    assert!(size_of::<LayerCell<Plat, 1, 0>>() <= SMALL_LAYER_BYTES + 128);
+    let hv = model(HvConfig::pseries(6 * GIB));
+    let layer = CELL
+        .init_with(hv, |layer| {
+            let meta = vec![SlotMeta::EMPTY; 512].leak();
+            // SAFETY: the model never hands this range out; the layer owns it from here.
+            unsafe { layer.add_pool(PhysAddr(MID_POOL), MIB as usize, meta, PoolConfig::default()) }
+                .map(|_| ())
+        })
+        .unwrap();
+    let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
+    let d = hv.add_device(1, 32);
+    let m = layer.on(&dev).map_to_device(&[3u8; 100]).unwrap();
+    assert_eq!(d.read(m.bus_addr().0, 100).unwrap(), [3u8; 100]);
+    m.unmap().unwrap();
+    layer.detach(dev).unwrap();
+    assert_eq!(layer.stats().slots_in_use, 0);
+    assert_no_faults(hv);
+}
