@@ -122,7 +122,7 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # 104,879 -> 105,663 (+784): a device's placement rules worked out at attach (Placement::new ~200,
 # the lookup beside the general route in bounce_alloc ~190, a Device 72 bytes larger to move),
 # alloc_near for maps without a CPU hint, and (full) the strict default's list pages from a pool.
-# After merging pe and strict together (20:10): minimal 58,840, full 111,199.
+# pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199.
 check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 111300 65536
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
