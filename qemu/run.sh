@@ -202,7 +202,12 @@ configure_pseries() {
         -device "virtio-rng-pci,addr=0x05,$MANAGED"
         -device "virtio-rng-pci,addr=0x06,$MANAGED"
         -drive "file=$dir/bench.img,format=raw,if=none,id=bench"
-        -device virtio-blk-pci,drive=bench,addr=0x07,disable-legacy=on)
+        -device virtio-blk-pci,drive=bench,addr=0x07,disable-legacy=on
+        -device "virtio-rng-pci,addr=0x08,$MANAGED")
+    # A second host bridge (its own partitionable endpoint) with a virtio-rng at slot 1.
+    [[ $name == pseries ]] && MACHINE_ARGS+=(-device spapr-pci-host-bridge,index=1,id=phb1
+        -device "virtio-rng-pci,bus=phb1.0,addr=0x01,$MANAGED")
+    return 0
 }
 
 # Attributes every access QEMU's IOMMU rejected (guest_errors log $2) and every virtio device QEMU

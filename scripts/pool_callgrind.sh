@@ -13,6 +13,7 @@ fi
 out=$(mktemp -d)
 printf '%-16s %14s\n' case "Ir per op"
 cases=${CASES:-"churn10-ccdma churn50-ccdma churn90-ccdma churn10-buddy churn50-buddy churn90-buddy churn50-linked
+    lchurn50-ccdma lchurn90-ccdma
     churn50-ccdma-16m churn50-ccdma-1g fail16-ccdma fail64-ccdma fail1g-ccdma fail64-buddy
     map4k-to map4k-from map64k-to map64k-from"}
 for case in $cases; do

@@ -17,7 +17,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     ///
     /// Refused, nothing changed: while the device has anything live ([`DmaError::Busy`]); when the
     /// guest is not confidential or the platform has no trusted I/O ([`DmaError::TrustUnavailable`]);
-    /// when the platform says no ([`DmaError::AcceptRefused`]). A deferred device is attached to its
+    /// when the platform says no ([`DmaError::AcceptRefused`]); when the device shares its IOMMU
+    /// endpoint with other attached devices ([`IommuError::EndpointShared`](crate::IommuError::EndpointShared)):
+    /// they would reach its private pages. A deferred device is attached to its
     /// IOMMU domain here (its mappings need the window).
     pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::TRUSTED, "trusted-devices")?;
@@ -57,8 +59,12 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let PathChoice::Trusted(path, reason) = path::choose(&facts) else {
             return Err(DmaError::TrustUnavailable);
         };
+        // Devices sharing its IOMMU endpoint would reach its private pages: refused while it does not
+        // have the endpoint to itself, and no other device joins while it is accepted.
+        self.mark_accepted(dev, true)?;
         trust.accept_device(dev.config.id).map_err(|status| {
             log::warn!("ccdma: the platform refused to accept device {:#x} ({status})", dev.config.id);
+            let _ = self.mark_accepted(dev, false);
             DmaError::AcceptRefused { device: dev.config.id, status }
         })?;
         dev.trust = TrustState::Accepted;
@@ -91,6 +97,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
                 }
                 self.clear_private_leftovers(dev)?;
                 dev.trust = TrustState::RevokePending;
+                // No entry of the endpoint names its private pages any more: others may join.
+                let _ = self.mark_accepted(dev, false);
             }
         }
         let trust = self.platform.device_trust().ok_or(DmaError::TrustUnavailable)?;

@@ -30,6 +30,7 @@ use crate::addr::DmaMask;
 use crate::iommu::domain::DomainRef;
 use crate::path::DmaPath;
 use crate::pool_set::PoolOrder;
+use crate::stream::placement::Placement;
 use crate::trust::TrustState;
 
 /// A device's DMA limits and trust, as its driver declares them.
@@ -151,6 +152,8 @@ pub struct Device {
     pub(crate) trust: TrustState,
     /// Diagnostics: most live mappings and lists at once, and failed maps.
     pub(crate) peaks: DevicePeaks,
+    /// Bounce placement rules for its first pool's geometry, worked out at attach.
+    pub(crate) place: Placement,
 }
 
 /// Per-device diagnostics ([`Device::peaks`]).

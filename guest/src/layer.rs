@@ -199,13 +199,16 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// Tear down every pool: unshare its memory (quarantining pages that cannot be made private);
     /// grown pools go back to the memory source. Fails with nothing changed while any mapping is live.
     pub fn release_pools(&mut self) -> Result<(), DmaError> {
-        if self.pools().any(|p| p.slots_in_use() != 0) {
-            return Err(DmaError::Busy { live: self.pools().map(|p| p.slots_in_use() as u64).sum() });
+        // List pages taken from a pool (`TceBatching::PoolPages`) are no mapping: given back below.
+        let live = self.pools().map(|p| p.slots_in_use() as u64).sum::<u64>() - self.list_pool_slots() as u64;
+        if live != 0 {
+            return Err(DmaError::Busy { live });
         }
         // A device window may still translate to the pools: they must stay shared until it is gone.
         if self.iommu_in_use() {
             return Err(DmaError::DomainsInUse);
         }
+        self.drop_pool_list_pages();
         let mut result = self.shrink_all();
         let confidential = self.platform.is_confidential();
         let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
@@ -253,6 +256,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             s.slots_in_use += p.slots_in_use() as u64;
             s.slots_high_water += p.high_water() as u64;
         }
+        // List pages taken from a pool are not mappings.
+        s.slots_in_use = s.slots_in_use.saturating_sub(self.list_pool_slots() as u64);
         s
     }
 
@@ -363,10 +368,12 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         domain: Option<DomainRef>,
     ) -> Device {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let place = self.placement(&config, &pools);
         Device {
             config,
             path,
             pools,
+            place,
             layer: self.id,
             serial,
             domain,

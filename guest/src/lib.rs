@@ -215,7 +215,10 @@ pub use diagnostics::{GrowthVerdict, PoolFullReport};
 pub use direction::{DmaAttrs, DmaDirection};
 pub use error::{DmaError, IommuError, Refused, SharingErrorKind};
 pub use growth::{GrowthConfig, GrowthStats, MemorySource, PoolRef};
-pub use iommu::{IommuConfig, IommuPolicy, IommuStatsSnapshot, TceBatching, TceCalls, VerifyPolicy};
+pub use iommu::{
+    IommuConfig, IommuPolicy, IommuStatsSnapshot, TceBatching, TceCalls, VerifyPolicy,
+    DEFAULT_POOL_LIST_PAGES,
+};
 pub use layer::DmaLayer;
 pub use mapping::Mapping;
 pub use path::{DdwOutcome, DmaPath, PathReason};

@@ -525,6 +525,13 @@ impl TceCalls for Hypervisor {
         self.iommu.enabled() && self.iommu.state.lock().unwrap().dev_pe.contains_key(&device)
     }
 
+    fn endpoint(&self, device: u32) -> u64 {
+        // The host bridge's endpoint, stable whatever happens to its windows (like the bridge's BUID
+        // a pseries kernel reads from the device tree).
+        let st = self.iommu.state.lock().unwrap();
+        st.pe_of(device).map_or(1 << 32 | u64::from(device), |pe| 2 << 32 | u64::from(pe))
+    }
+
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
         let st = self.iommu.state.lock().unwrap();
         st.pe_of(device)?;

@@ -14,6 +14,10 @@
 //! The pool is driven through its benchmark hooks (`BouncePool::bench_alloc` / `bench_free`: the
 //! allocator alone, no bytes copied); the map+unmap rows go through the whole layer.
 //!
+//! `CCDMA_CHURN_ROUNDS=5 cargo bench -p ccdma-tests --bench pool` times only the churn rows at 50 and
+//! 90 %, interleaved round by round, the layer's map+unmap (to-device, `SKIP_CPU_SYNC`) among them,
+//! with min/median/max over the rounds (see `interleaved_churn`).
+//!
 //! Instruction counts: `CCDMA_CG=<case> valgrind --tool=callgrind --toggle-collect='*cg_measured*'
 //! target/release/deps/pool-<hash>` runs one case a fixed number of times with only the measured loop
 //! collected; `scripts/pool_callgrind.sh` does every case and prints instructions per operation.
@@ -149,6 +153,145 @@ impl Runs for LinkedList {
         // SAFETY: `handle` came from `allocate_first_fit` with this layout and is freed once.
         unsafe { self.heap.deallocate(NonNull::new(handle as *mut u8).unwrap(), layout(nslots)) }
     }
+}
+
+/// The layer as an allocator: map (to-device, `SKIP_CPU_SYNC`: no byte copied, no fill) of a buffer
+/// of `nslots` slots through the raw face, unmap by bus address. Each live mapping has a buffer of
+/// its own (256 KiB, reused after its unmap); the handle is an index into `live`.
+struct LayerRuns {
+    g: &'static Guest,
+    live: Vec<(u64, u64)>,
+    free_handles: Vec<usize>,
+    free_bufs: Vec<u64>,
+}
+impl LayerRuns {
+    /// Over `g`, reusing the buffers in `bufs` before asking the model for more.
+    fn new(g: &'static Guest, bufs: Vec<u64>) -> LayerRuns {
+        LayerRuns { g, live: Vec::new(), free_handles: Vec::new(), free_bufs: bufs }
+    }
+}
+impl Runs for LayerRuns {
+    fn alloc(&mut self, nslots: usize) -> Option<usize> {
+        let buf = self.free_bufs.pop().unwrap_or_else(|| self.g.hv.alloc(256 << 10, Region::High));
+        let len = nslots * SLOT;
+        // SAFETY: `buf` is this bench's own model RAM, mapped by no other live mapping (each live
+        // mapping keeps its buffer until its unmap).
+        let r = unsafe {
+            self.g.layer.map_phys(
+                &self.g.dev,
+                ccdma::PhysAddr(buf),
+                len,
+                DmaDirection::ToDevice,
+                DmaAttrs::SKIP_CPU_SYNC,
+            )
+        };
+        let Ok(bus) = r else {
+            self.free_bufs.push(buf);
+            return None;
+        };
+        let h = match self.free_handles.pop() {
+            Some(h) => {
+                self.live[h] = (bus.0, buf);
+                h
+            }
+            None => {
+                self.live.push((bus.0, buf));
+                self.live.len() - 1
+            }
+        };
+        Some(h)
+    }
+    fn free(&mut self, handle: usize, nslots: usize) {
+        let (bus, buf) = self.live[handle];
+        // SAFETY: a mapping this bench made with `map_phys` above on this device, unmapped once.
+        unsafe {
+            self.g.layer.unmap(
+                &self.g.dev,
+                ccdma::BusAddr(bus),
+                nslots * SLOT,
+                DmaDirection::ToDevice,
+                DmaAttrs::SKIP_CPU_SYNC,
+            )
+        }
+        .expect("unmap");
+        self.free_handles.push(handle);
+        self.free_bufs.push(buf);
+    }
+}
+
+/// `CCDMA_CHURN_ROUNDS=<rounds>`: the churn rows only, interleaved (ccdma, buddy and the layer timed
+/// one after the other in every round, so load on a shared machine hits all of them alike), each a
+/// fresh 64 MiB pool or heap filled from the same seed; per row min/median/max over the rounds, and
+/// the ratios buddy / ccdma per round. The layer row maps to-device with `SKIP_CPU_SYNC` through the
+/// raw face (no bytes copied, no fill): the allocator plus the layer's bookkeeping.
+fn interleaved_churn(rounds: usize, batch: Duration) {
+    let m64 = 64 * MIB;
+    let g = leak_guest(m64);
+    let names = ["pool 50 %", "buddy 50 %", "layer 50 %", "pool 90 %", "buddy 90 %", "layer 90 %"];
+    let mut t: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let (mut r50, mut r90, mut l50, mut l90) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut bufs = Vec::new();
+    println!("load average at start: {}", load());
+    for round in 0..rounds {
+        let seed = 7 + round as u64;
+        let mut row = Vec::new();
+        let mut fails = Vec::new();
+        let fail = |fails: u64, ops: u64| format!("{:.1}", fails as f64 / ops.max(1) as f64 * 100.0);
+        for pct in [50, 90] {
+            let mut c = Churn::new(Ccdma(g.pool()), slots_of(m64), pct, seed);
+            row.push(measure(batch, &mut || c.op()));
+            fails.push(fail(c.fails, c.ops));
+            c.clear();
+            let mut b = Churn::new(Buddy::new(m64 as usize), slots_of(m64), pct, seed);
+            row.push(measure(batch, &mut || b.op()));
+            fails.push(fail(b.fails, b.ops));
+            let mut l = Churn::new(LayerRuns::new(g, core::mem::take(&mut bufs)), slots_of(m64), pct, seed);
+            row.push(measure(batch, &mut || l.op()));
+            fails.push(fail(l.fails, l.ops));
+            l.clear();
+            bufs = l.runs.free_bufs;
+        }
+        assert_eq!(g.pool().slots_in_use(), 0);
+        for (k, v) in row.iter().enumerate() {
+            t[k].push(*v);
+        }
+        r50.push(row[1] / row[0]);
+        r90.push(row[4] / row[3]);
+        l50.push(row[2] / row[1]);
+        l90.push(row[5] / row[4]);
+        println!(
+            "round {round}: {}",
+            names
+                .iter()
+                .zip(&row)
+                .zip(&fails)
+                .map(|((n, v), f)| format!("{n} {v:.0} ns ({f} % fail)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mmm = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    println!(
+        "\nchurn, 64 MiB, log-uniform 2 KiB..256 KiB, one free + one alloc per op, {rounds} rounds (ns/op)"
+    );
+    println!("{:<28} {:>8} {:>8} {:>8}", "row", "min", "median", "max");
+    for (n, v) in names.iter().zip(t.iter_mut()) {
+        let (a, m, b) = mmm(v);
+        println!("{n:<28} {a:>8.0} {m:>8.0} {b:>8.0}");
+    }
+    for (n, v) in [
+        ("buddy / pool at 50 %", &mut r50),
+        ("buddy / pool at 90 %", &mut r90),
+        ("layer / buddy at 50 %", &mut l50),
+        ("layer / buddy at 90 %", &mut l90),
+    ] {
+        let (a, m, b) = mmm(v);
+        println!("{n:<28} {a:>8.2} {m:>8.2} {b:>8.2}");
+    }
+    println!("load average at end: {}", load());
 }
 
 /// A churn workload over one allocator: the live runs and the random source.
@@ -308,6 +451,12 @@ fn callgrind(case: &str) {
             let mut c = Churn::new(Buddy::new(m64 as usize), slots_of(m64), pct, 1);
             run(20_000, &mut || c.op());
         }
+        "lchurn50-ccdma" | "lchurn90-ccdma" => {
+            let pct = case[6..8].parse().unwrap();
+            let g = leak_guest(m64);
+            let mut c = Churn::new(LayerRuns::new(g, Vec::new()), slots_of(m64), pct, 1);
+            run(20_000, &mut || c.op());
+        }
         "churn50-linked" => {
             let mut c = Churn::new(LinkedList::new(m64 as usize), slots_of(m64), 50, 1);
             run(2_000, &mut || c.op());
@@ -353,6 +502,10 @@ fn main() {
     }
     let ms = std::env::var("CCDMA_BENCH_BATCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let batch = Duration::from_millis(ms);
+    if let Some(rounds) = std::env::var("CCDMA_CHURN_ROUNDS").ok().and_then(|v| v.parse().ok()) {
+        interleaved_churn(rounds, batch);
+        return;
+    }
     println!("ccdma bounce pool under churn and failure (batch {ms} ms, median of {BATCHES} batches)");
     println!("load average at start: {}", load());
 

@@ -1,10 +1,10 @@
 //! Issue 19: QEMU's pseries machine puts every device of a PCI host bridge on one partitionable
-//! endpoint: one default window and one DDW, one bus space, shared. ccdma keeps a bus space per
-//! device; two devices on one bridge must still never be handed the same bus address of the shared
-//! window (or one device's map overwrites the other's entry, and one unmap clears the other's).
+//! endpoint: one default window and one DDW, one bus space, shared. Two devices on one bridge must
+//! never be handed the same bus address of the shared window (or one device's map overwrites the other's entry, and one unmap clears the other's).
 //!
-//! Known defect, not fixed yet (the bus space is per device): the test is ignored so CI stays green
-//! and documents the failure; run with `--ignored` to see it.
+//! ccdma keys its IOMMU domains by partitionable endpoint: the devices of a bridge share one domain,
+//! one bus space, counted by the devices attached. Before that fix the first test failed with "one
+//! bus address for two live maps of one bridge".
 
 mod iommu_support;
 
@@ -13,7 +13,6 @@ use ccdma_tests::*;
 use iommu_support::*;
 
 #[test]
-#[ignore = "issue 19: ccdma's per-device bus spaces collide in a bridge-wide window"]
 fn two_devices_on_one_bridge_never_share_a_bus_address() {
     let g = iommu_guest(Opts::new(IommuPolicy::Strict));
     g.hv.add_iommu_device_on_bridge(1, 32, 7);

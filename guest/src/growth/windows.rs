@@ -42,7 +42,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
                     continue;
                 }
                 DmaPath::IommuDdw => match info.ddw {
-                    Some(w) => (w, w.start, w.end(), w.page_size(), 0),
+                    // Below the narrowest mask of the endpoint's devices (a DDW at bus 0 may serve a
+                    // 32-bit device that joined).
+                    Some(w) => {
+                        let bits = slot.mask.load(Ordering::Relaxed) as u32;
+                        let Ok(mask) = DmaMask::new(bits) else { continue };
+                        let (lo, hi) = window_below(&w, mask);
+                        (w, lo, hi, w.page_size(), 0)
+                    }
                     None => continue,
                 },
                 DmaPath::IommuPremapped => match info.dynamic {

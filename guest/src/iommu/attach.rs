@@ -14,7 +14,7 @@ use super::domain::{DomainInfo, DomainRef, DomainSlot, Iommu, CLAIMED, DETACHING
 use super::error::IommuError;
 use super::tce::TceWriter;
 use super::window::WindowGeometry;
-use crate::addr::BusAddr;
+use crate::addr::{BusAddr, DmaMask};
 use crate::device::{Device, DeviceConfig};
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
@@ -64,6 +64,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
                     domains: [const { None }; DOMAINS],
                     list: None,
                     reservations: Mutex::new(([(0, 0); MAX_GLOBAL_RESERVATIONS], 0)),
+                    attach_lock: Mutex::new(()),
                 }
             },
         );
@@ -136,8 +137,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         }
     }
 
-    /// Attach a device that sits behind the IOMMU: claim a domain and, unless the device is deferred,
-    /// set its windows up now.
+    /// Attach a device that sits behind the IOMMU: join the domain of its partitionable endpoint when
+    /// another attached device holds one (see `domain.rs`, "One domain per partitionable endpoint"),
+    /// else claim a free domain and, unless the device is deferred, set its windows up now.
     pub(crate) fn attach_iommu(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let Some(iommu) = &self.iommu else {
             self.stats.fail(FailureKind::NoPath);
@@ -147,6 +149,17 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             );
             return Err(DmaError::IommuNotEnabled);
         };
+        let endpoint = self.backend().map_or(1 << 33 | u64::from(config.id), |b| b.endpoint(config.id));
+        let _attaching = iommu.attach_lock.lock();
+        // Under the attach lock no domain is in SETUP: set-up and detach take the lock too.
+        let shared = iommu.domains.iter().enumerate().find_map(|(i, d)| {
+            let d = d.as_ref()?;
+            let live = d.state.load(Ordering::Acquire) != FREE && d.users.load(Ordering::Relaxed) != 0;
+            (live && d.endpoint.load(Ordering::Relaxed) == endpoint).then_some((i, d))
+        });
+        if let Some((index, slot)) = shared {
+            return self.join_domain(index, slot, config);
+        }
         let claimed = iommu.domains.iter().enumerate().find_map(|(i, d)| {
             let d = d.as_ref()?;
             d.state.compare_exchange(FREE, CLAIMED, Ordering::AcqRel, Ordering::Relaxed).ok()?;
@@ -157,6 +170,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             return Err(DmaError::NoFreeDomain { domains: iommu.domains.iter().flatten().count() });
         };
         slot.device.store(config.id, Ordering::Relaxed);
+        slot.endpoint.store(endpoint, Ordering::Relaxed);
+        slot.users.store(1, Ordering::Relaxed);
         slot.mask.store(config.dma_mask.bits() as u64, Ordering::Relaxed);
         slot.min_align.store(config.min_align_mask, Ordering::Relaxed);
         let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
@@ -165,18 +180,127 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             log::debug!("ccdma: device {:#x} ({}) -> IOMMU attach deferred", config.id, config.dma_mask);
             return Ok(dev);
         }
-        match self.run_setup(slot, &config).unwrap_or(Err(DmaError::NotAttached)) {
+        match self.run_setup_locked(slot, &config).unwrap_or(Err(DmaError::NotAttached)) {
             Ok(info) => {
                 dev.path = info.path;
                 dev.pools = info.pools;
                 Ok(dev)
             }
             Err(e) => {
+                slot.users.store(0, Ordering::Relaxed);
                 slot.generation.fetch_add(1, Ordering::Relaxed);
                 slot.state.store(FREE, Ordering::Release);
                 Err(e)
             }
         }
+    }
+
+    /// A second (third, ...) device of an endpoint joins the endpoint's domain. Runs under the attach
+    /// lock. A domain set up already must serve the device as it is; one still waiting for a deferred
+    /// set-up narrows its mask so the set-up serves every device attached by then.
+    fn join_domain(
+        &self,
+        index: usize,
+        slot: &DomainSlot<'m>,
+        config: DeviceConfig,
+    ) -> Result<Device, DmaError> {
+        let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
+        if slot.accepted.load(Ordering::Relaxed) {
+            // It would reach the accepted device's private pages through the shared windows.
+            self.stats.fail(FailureKind::NoPath);
+            log::warn!("ccdma: device {:#x} refused: its endpoint serves an accepted device", config.id);
+            return Err(DmaError::Iommu(IommuError::EndpointShared { devices: 1 }));
+        }
+        match slot.state.load(Ordering::Acquire) {
+            READY => {
+                let info = slot.info_unchecked();
+                if let Err(e) = self.domain_serves(slot, &info, &config) {
+                    self.stats.fail(FailureKind::NoPath);
+                    log::warn!(
+                        "ccdma: device {:#x} ({}) cannot share its endpoint's windows: {e}",
+                        config.id,
+                        config.dma_mask
+                    );
+                    return Err(DmaError::Iommu(e));
+                }
+                self.narrow_domain(slot, &config);
+                slot.users.fetch_add(1, Ordering::Relaxed);
+                log::info!(
+                    "ccdma: device {:#x} ({}) -> {} (shares its endpoint's windows)",
+                    config.id,
+                    config.dma_mask,
+                    info.path.name()
+                );
+                Ok(self.new_device(config, info.path, info.pools, Some(domain)))
+            }
+            CLAIMED => {
+                self.narrow_domain(slot, &config);
+                slot.users.fetch_add(1, Ordering::Relaxed);
+                let mut dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
+                if config.deferred_attach {
+                    return Ok(dev);
+                }
+                match self.run_setup_locked(slot, &config).unwrap_or(Err(DmaError::NotAttached)) {
+                    Ok(info) => {
+                        dev.path = info.path;
+                        dev.pools = info.pools;
+                        Ok(dev)
+                    }
+                    Err(e) => {
+                        // The deferred devices already attached keep the domain (still CLAIMED).
+                        slot.users.fetch_sub(1, Ordering::Relaxed);
+                        Err(e)
+                    }
+                }
+            }
+            DETACHING => Err(DmaError::DetachIncomplete),
+            _ => Err(DmaError::NotAttached),
+        }
+    }
+
+    /// Mark the device's domain as serving an accepted device (`on`), refused while other devices
+    /// share its endpoint: they would reach its private pages. Taken back with `on == false`.
+    pub(crate) fn mark_accepted(&self, dev: &Device, on: bool) -> Result<(), DmaError> {
+        let (Some(iommu), Some(d)) = (self.iommu.as_ref(), dev.domain) else { return Ok(()) };
+        let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
+        let _attaching = iommu.attach_lock.lock();
+        let users = slot.users.load(Ordering::Relaxed);
+        if on && users > 1 {
+            return Err(DmaError::Iommu(IommuError::EndpointShared { devices: users - 1 }));
+        }
+        slot.accepted.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The narrowest mask and widest `min_align_mask` of the domain's devices, `config` included.
+    fn narrow_domain(&self, slot: &DomainSlot<'m>, config: &DeviceConfig) {
+        slot.mask.fetch_min(config.dma_mask.bits() as u64, Ordering::Relaxed);
+        slot.min_align.fetch_or(config.min_align_mask, Ordering::Relaxed);
+    }
+
+    /// `Ok` when a set-up domain serves a joining device as it is: every premapped pool (default
+    /// window or DDW) below its mask with the `min_align_mask` bits it needs, or, strict, some of
+    /// the window below its mask.
+    fn domain_serves(
+        &self,
+        slot: &DomainSlot<'m>,
+        info: &DomainInfo,
+        config: &DeviceConfig,
+    ) -> Result<(), IommuError> {
+        let max = config.dma_mask.max_addr();
+        if info.path == DmaPath::IommuStrict {
+            let win = info.dynamic.ok_or(IommuError::NoWindow)?;
+            let (lo, hi) = super::window::window_below(&win, config.dma_mask);
+            return if lo < hi { Ok(()) } else { Err(IommuError::EndpointOutOfReach { end: win.end() }) };
+        }
+        let space = slot.space.lock();
+        for r in space.ranges().iter().filter(|r| matches!(r.kind, RangeKind::Premap { .. })) {
+            let beyond = r.end().checked_sub(1).is_none_or(|last| last > max);
+            if beyond || (r.start ^ r.phys) & config.min_align_mask != 0 {
+                return Err(IommuError::EndpointOutOfReach { end: r.end() });
+            }
+        }
+        Ok(())
     }
 
     /// The domain of a device about to map or allocate: set up now if the device is deferred.
@@ -225,9 +349,20 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         }
     }
 
-    /// Move the slot CLAIMED -> SETUP, set it up, publish (READY) or go back to CLAIMED. `None` when
-    /// the slot was not CLAIMED (another CPU is setting it up).
+    /// [`Self::run_setup_locked`] under the attach lock.
     fn run_setup(
+        &self,
+        slot: &DomainSlot<'m>,
+        config: &DeviceConfig,
+    ) -> Option<Result<DomainInfo, DmaError>> {
+        let _attaching = self.iommu.as_ref()?.attach_lock.lock();
+        self.run_setup_locked(slot, config)
+    }
+
+    /// Move the slot CLAIMED -> SETUP, set it up for the narrowest mask of its devices, publish
+    /// (READY) or go back to CLAIMED. `None` when the slot was not CLAIMED (set up already). The
+    /// caller holds the attach lock.
+    fn run_setup_locked(
         &self,
         slot: &DomainSlot<'m>,
         config: &DeviceConfig,
@@ -236,6 +371,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         // or added after and entered by the grower.
         let _pools = self.growth.lock.lock();
         slot.state.compare_exchange(CLAIMED, SETUP, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        // Every device attached to the domain by now is served: the narrowest mask, the widest
+        // alignment (one device alone: its own).
+        let narrowest = DmaMask::new(slot.mask.load(Ordering::Relaxed) as u32).unwrap_or(config.dma_mask);
+        let config = &DeviceConfig {
+            dma_mask: narrowest,
+            min_align_mask: slot.min_align.load(Ordering::Relaxed),
+            ..*config
+        };
         Some(match self.setup_domain(slot, config) {
             Ok(info) => {
                 log::info!(
@@ -259,22 +402,34 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         })
     }
 
-    /// Detach a device from its domain: its IOMMU entries are cleared and its windows removed
-    /// (`DmaLayer::detach` has checked that nothing of it is live). Refused, nothing changed, while
-    /// the domain has live ranges. When clearing fails part way the domain is left DETACHING: its
-    /// window no longer holds every pool, so maps refuse ([`DmaError::DetachIncomplete`]) until a
+    /// Detach a device from its domain. Another device of the endpoint still attached keeps the
+    /// domain: this one is only counted out (`DmaLayer::detach` has checked that nothing of it is
+    /// live). The last device clears the entries and removes the windows the set-up created (or
+    /// resets the endpoint, when the set-up removed its default window). Refused, nothing changed,
+    /// while the domain has live ranges. When clearing fails part way the domain is left DETACHING:
+    /// its window no longer holds every pool, so maps refuse ([`DmaError::DetachIncomplete`]) until a
     /// retried detach completes; nothing of the device is live, so nothing else can go wrong.
     pub(crate) fn detach_domain(&self, dev: &Device) -> Result<(), DmaError> {
         let Some(d) = dev.domain else { return Ok(()) };
+        let iommu = self.iommu.as_ref().ok_or(DmaError::NotAttached)?;
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
+        let _attaching = iommu.attach_lock.lock();
         if slot.generation.load(Ordering::Relaxed) != d.generation {
             return Err(DmaError::NotAttached);
+        }
+        if slot.users.load(Ordering::Relaxed) > 1 && slot.state.load(Ordering::Acquire) != FREE {
+            // Others of the endpoint still use the windows (and their entries): only this device
+            // goes. The domain keeps the narrowest mask it was set up for.
+            slot.users.fetch_sub(1, Ordering::Relaxed);
+            return Ok(());
         }
         // Pool growth and shrinking change windows too: one at a time.
         let _pools = self.growth.lock.lock();
         let free = |slot: &DomainSlot<'m>| {
+            slot.accepted.store(false, Ordering::Relaxed);
             slot.live.clear();
             slot.space.lock().clear();
+            slot.users.store(0, Ordering::Relaxed);
             slot.generation.fetch_add(1, Ordering::Relaxed);
             slot.state.store(FREE, Ordering::Release);
         };
@@ -315,13 +470,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             log::warn!("ccdma: detach of device {:#x} failed clearing its window ({e:?})", dev.config.id);
             return Err(DmaError::Iommu(e));
         }
-        if let Some(win) = info.ddw {
-            self.iommu_counters.ddw_remove.fetch_add(1, Ordering::Relaxed);
-            if tce.ddw_remove(dev.config.id, win.liobn) != 0 {
-                self.iommu_counters.leaked_windows.fetch_add(1, Ordering::Relaxed);
-                log::warn!("ccdma: removing DDW {:#x} of device {:#x} failed", win.liobn, dev.config.id);
-            }
-        }
+        self.undo_windows(&tce, dev.config.id, &info);
         free(slot);
         Ok(())
     }
@@ -358,6 +507,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     }
 
     /// Reserve `[start, start + len)` in one device's windows (it must be attached, not deferred).
+    /// Devices sharing its partitionable endpoint share those windows, and the reservation.
     pub fn reserve_bus_range_for(&self, dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
         let _masked = self.masked();
         self.check_device(dev)?;

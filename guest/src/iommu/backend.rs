@@ -151,6 +151,14 @@ impl Backend<'_> {
             Backend::Native(b, _) => b.default_window(device).is_some(),
         }
     }
+    /// The key of the device's domain: its partitionable endpoint on PAPR; a native backend gives
+    /// every device a domain of its own.
+    pub(crate) fn endpoint(&self, device: u32) -> u64 {
+        match self {
+            Backend::Tce(t, _) => t.endpoint(device),
+            Backend::Native(..) => 1 << 33 | u64::from(device),
+        }
+    }
     pub(crate) fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
         match self {
             Backend::Tce(t, _) => t.reserved_range(device, index),
@@ -178,6 +186,13 @@ impl Backend<'_> {
         match self {
             Backend::Tce(t, _) => t.ddw_remove(device, liobn),
             Backend::Native(b, _) => b.ddw_remove(device, liobn),
+        }
+    }
+    /// `ibm,reset-pe-dma-window`: a native backend has none (-3).
+    pub(crate) fn ddw_reset(&self, device: u32) -> i64 {
+        match self {
+            Backend::Tce(t, _) => t.ddw_reset(device),
+            Backend::Native(..) => -3,
         }
     }
 

@@ -125,6 +125,16 @@ pub trait TceCalls: Sync {
     fn behind_iommu(&self, device: u32) -> bool {
         self.default_window(device).is_some()
     }
+    /// The partitionable endpoint the device sits on: devices with equal answers share every window
+    /// (one default window, one DDW, one TCE table each), so ccdma gives them one domain and one bus
+    /// space. QEMU's pseries machine has one endpoint per PCI host bridge. The default names the
+    /// endpoint by its default window's LIOBN (devices sharing a LIOBN share a table by definition),
+    /// and a device without a default window by its id alone; a platform on which a default window
+    /// can be gone (removed for a DDW at bus 0, or by a kernel before a kexec) overrides it with
+    /// something stable, such as the host bridge's BUID.
+    fn endpoint(&self, device: u32) -> u64 {
+        self.default_window(device).map_or(1 << 32 | u64::from(device), |w| u64::from(w.liobn))
+    }
     /// The `index`-th bus range of the device's windows that must never be handed out (MSI doorbells,
     /// host-bridge windows, firmware ranges), as `(start, len)`; `None` past the last.
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {

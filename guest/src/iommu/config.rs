@@ -52,6 +52,7 @@ pub const MAX_LIST_PAGES: usize = 64;
 ///
 /// | choice | shared for the layer's life | map `n` entries | clear | CPUs wait on each other |
 /// |---|---|---|---|---|
+/// | `PoolPages` (strict default) | nothing new: `count` pages of a pool, shared already | `H_PUT_TCE_INDIRECT` per 512 | `H_STUFF_TCE` per 512 | never (try-lock, fall back) |
 /// | `PerEntry` | nothing | `n` x `H_PUT_TCE` | `H_STUFF_TCE` per 512 | never |
 /// | `PerCpuPages` | `count` list pages | `H_PUT_TCE_INDIRECT` per 512 | `H_STUFF_TCE` per 512 | never (try-lock, fall back) |
 /// | `SharedPage` | 1 list page | `H_PUT_TCE_INDIRECT` per 512 | `H_STUFF_TCE` per 512 | yes: one lock for every indirect call |
@@ -66,6 +67,20 @@ pub const MAX_LIST_PAGES: usize = 64;
 /// choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TceBatching {
+    /// The default of [`IommuConfig::strict`]: `count` (1..=[`MAX_LIST_PAGES`]) per-CPU list pages
+    /// taken, at [`crate::DmaLayer::enable_iommu`], as one page-aligned slot run of the first fixed
+    /// pool that has one, and given back to it at `disable_iommu` (or
+    /// [`crate::DmaLayer::release_pools`]). The pool is shared with the host already, so this shares
+    /// nothing new and needs no page from the caller; the host can rewrite a page while a batch is
+    /// in it, which gives it nothing: it programs the IOMMU from that page anyway. The run counts
+    /// nowhere in [`crate::StatsSnapshot::slots_in_use`] and keeps its pool from shrinking. Taken
+    /// like [`TceBatching::PerCpuPages`] (try-lock, next free page, else `H_PUT_TCE`). When no pool
+    /// has the run at enable, or the platform has no `H_PUT_TCE_INDIRECT` (or a native IOMMU),
+    /// nothing is taken and entries go one `H_PUT_TCE` each, as [`TceBatching::PerEntry`].
+    PoolPages {
+        /// Pages, one per CPU that maps concurrently.
+        count: usize,
+    },
     /// No list page at all, as Linux does in a secure guest: one `H_PUT_TCE` per entry to map,
     /// `H_STUFF_TCE` (one per 512 entries) to clear. Shares nothing beyond the pools and coherent
     /// buffers; costs one hypercall per IOMMU page mapped.
@@ -110,9 +125,15 @@ pub struct IommuConfig {
     pub batching: TceBatching,
 }
 
+/// List pages of [`IommuConfig::strict`]'s default batching ([`TceBatching::PoolPages`]): 8 KiB of
+/// the first pool.
+pub const DEFAULT_POOL_LIST_PAGES: usize = 2;
+
 impl IommuConfig {
     /// Premapped, read-back of the ends of every call, DDW allowed, 8 domains, no list page (one
-    /// `H_PUT_TCE` per entry: [`TceBatching::PerEntry`]).
+    /// `H_PUT_TCE` per entry: [`TceBatching::PerEntry`]). Entering a pool costs these calls once, at
+    /// attach; a device that falls back to strict entries pays them per mapping, as
+    /// [`IommuConfig::strict`]'s table says for per-entry with read-back.
     pub const fn premapped() -> IommuConfig {
         IommuConfig {
             policy: IommuPolicy::Premapped,
@@ -122,9 +143,35 @@ impl IommuConfig {
             batching: TceBatching::PerEntry,
         }
     }
-    /// As [`IommuConfig::premapped`] with the strict policy.
+    /// The strict policy with the batching and read-back that never cost more hypercalls than
+    /// Linux in a secure guest (one `H_PUT_TCE` per entry, one `H_STUFF_TCE` to clear: `n + 1`):
+    /// list pages from the pool ([`TceBatching::PoolPages`], [`DEFAULT_POOL_LIST_PAGES`]) and no
+    /// read-back ([`VerifyPolicy::Off`]); DDW allowed, 8 domains.
+    ///
+    /// Hypercalls per map+unmap of `n` 4 KiB IOMMU pages (`n <= 512`; each further 512 adds one
+    /// call of each kind; `tests/tests/strict_hypercalls_vs_linux.rs` pins them):
+    ///
+    /// | configuration | 4 KiB | 64 KiB | 256 KiB | `n` |
+    /// |---|---|---|---|---|
+    /// | Linux, secure guest | 2 | 17 | 65 | `n + 1` |
+    /// | this default (`PoolPages`, `Off`) | 2 | 2 | 2 | 2 |
+    /// | `.with_verify(VerifyPolicy::Ends)` | 4 | 6 | 6 | 6 (`n = 1`: 4) |
+    /// | `.with_verify(VerifyPolicy::All)` | 4 | 34 | 130 | `2n + 2` |
+    /// | `.with_batching(TceBatching::PerEntry)` | 2 | 17 | 65 | `n + 1` |
+    /// | `PerEntry` + `Ends` (the default before issue 21) | 4 | 35 | 131 | `2n + 3` (`n = 1`: 4) |
+    ///
+    /// Read-back (`H_GET_TCE`) catches a hypervisor that reports success without writing an entry
+    /// (the device then fails its DMA) or without clearing one (the device keeps reaching a slot in
+    /// shared memory, which the host can reach anyway): it guards against a faulty hypervisor, not a
+    /// hostile one, so it is an option. A failed write or clear is rolled back and reported whatever
+    /// the read-back.
     pub const fn strict() -> IommuConfig {
-        IommuConfig { policy: IommuPolicy::Strict, ..IommuConfig::premapped() }
+        IommuConfig {
+            policy: IommuPolicy::Strict,
+            verify: VerifyPolicy::Off,
+            batching: TceBatching::PoolPages { count: DEFAULT_POOL_LIST_PAGES },
+            ..IommuConfig::premapped()
+        }
     }
     /// Builder: one indirect list page for the whole layer ([`TceBatching::SharedPage`]).
     pub const fn with_list_page(mut self, page: PhysAddr) -> Self {
@@ -137,10 +184,10 @@ impl IommuConfig {
         self
     }
     /// The list page(s) the layer shares: `(first, count)`, contiguous; `None` for
-    /// [`TceBatching::PerEntry`].
+    /// [`TceBatching::PerEntry`] and [`TceBatching::PoolPages`] (which shares nothing new).
     pub const fn list_pages(&self) -> Option<(PhysAddr, usize)> {
         match self.batching {
-            TceBatching::PerEntry => None,
+            TceBatching::PerEntry | TceBatching::PoolPages { .. } => None,
             TceBatching::SharedPage(p) => Some((p, 1)),
             TceBatching::PerCpuPages { first, count } => Some((first, count)),
         }

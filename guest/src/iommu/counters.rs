@@ -20,6 +20,8 @@ pub(crate) struct IommuCounters {
     pub ddw_query: IommuCounter,
     pub ddw_create: IommuCounter,
     pub ddw_remove: IommuCounter,
+    pub ddw_reset: IommuCounter,
+    pub default_removed: IommuCounter,
     pub entries_written: IommuCounter,
     pub entries_cleared: IommuCounter,
     pub live_tces: IommuCounter,
@@ -67,6 +69,11 @@ pub struct IommuStatsSnapshot {
     pub ddw_create: u64,
     /// DDW removals.
     pub ddw_remove: u64,
+    /// `ibm,reset-pe-dma-window` calls: a window left over at attach (a kexec) removed, or a
+    /// removed default window brought back at the last detach.
+    pub ddw_reset: u64,
+    /// Default windows removed so a 64-bit device's DDW could be created (no window was left).
+    pub default_removed: u64,
     /// Entries written (successful writes only).
     pub entries_written: u64,
     /// Entries cleared.
@@ -119,6 +126,8 @@ impl IommuCounters {
             ddw_query: self.ddw_query.load(Ordering::Relaxed),
             ddw_create: self.ddw_create.load(Ordering::Relaxed),
             ddw_remove: self.ddw_remove.load(Ordering::Relaxed),
+            ddw_reset: self.ddw_reset.load(Ordering::Relaxed),
+            default_removed: self.default_removed.load(Ordering::Relaxed),
             entries_written: self.entries_written.load(Ordering::Relaxed),
             entries_cleared: self.entries_cleared.load(Ordering::Relaxed),
             live_tces: self.live_tces.load(Ordering::Relaxed),

@@ -1,12 +1,32 @@
-//! Per-device IOMMU state: the windows a device got, where each pool sits on its bus, the bus-address
+//! Per-endpoint IOMMU state: the windows the devices of one partitionable endpoint got, where each pool sits on its bus, the bus-address
 //! allocator, and the counters of the whole IOMMU path.
 //!
 //! A domain slot goes FREE -> CLAIMED (attach; a deferred device stays here until its first map or
 //! allocation) -> SETUP (one CPU programs the windows) -> READY. Its [`DomainInfo`] is written once in
 //! SETUP and only read afterwards, so the map hot path reads it with one acquire load and no lock.
+//!
+//! # One domain per partitionable endpoint
+//!
+//! PAPR translates per partitionable endpoint (PE), not per device: QEMU's pseries machine has one PE
+//! per PCI host bridge, with one default window and one DDW (one TCE table each) that every device
+//! on the bridge translates through. A domain is therefore keyed by the endpoint
+//! ([`TceCalls::endpoint`](super::calls::TceCalls::endpoint)) and counts the devices attached to it
+//! (`users`): the second device on a bridge joins the first one's domain, its windows, pools and one
+//! bus space, so no two devices are ever handed the same bus address of a shared window. The
+//! windows are set up once, for the narrowest mask of the devices attached by then (a deferred
+//! device set up later sees every mask that joined before); a device joining a domain already set
+//! up must reach all of it, or its attach fails with
+//! [`IommuError::EndpointOutOfReach`](super::error::IommuError::EndpointOutOfReach) and nothing
+//! changes. Detach of one device leaves the domain to the others; the last detach clears the
+//! windows and removes (or resets) what the set-up created.
+//!
+//! **Isolation.** Devices behind one endpoint reach each other's entries: every entry of the shared
+//! windows translates for every device on the bridge. ccdma's per-device records (which mapping a
+//! device made, which device may unmap it) are bookkeeping, not a wall; the only wall PAPR offers
+//! is between endpoints (put devices that must not reach each other on different host bridges).
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use spin::Mutex;
 
@@ -19,7 +39,7 @@ use crate::growth::live::LivePools;
 use crate::path::{DmaPath, PathReason};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 
-/// What set-up decided for one device; written once, then read only.
+/// What set-up decided for one endpoint's devices; written once, then read only.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DomainInfo {
     pub path: DmaPath,
@@ -31,6 +51,9 @@ pub(crate) struct DomainInfo {
     pub pools: PoolOrder,
     /// Where each premapped pool starts on the device's bus.
     pub pool_bus: [BusAddr; MAX_POOLS],
+    /// The set-up removed the endpoint's default window (no window was left for the DDW, as Linux
+    /// does) or reset the endpoint: the last detach resets it so the default window comes back.
+    pub reset_at_detach: bool,
 }
 
 impl DomainInfo {
@@ -41,6 +64,7 @@ impl DomainInfo {
         dynamic: None,
         pools: PoolOrder::EMPTY,
         pool_bus: [BusAddr(0); MAX_POOLS],
+        reset_at_detach: false,
     };
 }
 
@@ -52,12 +76,19 @@ pub(crate) const READY: u8 = 3;
 /// detach moves it on.
 pub(crate) const DETACHING: u8 = 4;
 
-/// One device's IOMMU state.
+/// One partitionable endpoint's IOMMU state, shared by the devices attached to it.
 pub(crate) struct DomainSlot<'m> {
     pub state: AtomicU8,
     /// Bumped at every detach so a stale copy of a `Device` cannot reach the slot's next owner.
     pub generation: AtomicU32,
     pub device: AtomicU32,
+    /// The endpoint the domain serves ([`TceCalls::endpoint`](super::calls::TceCalls::endpoint)).
+    pub endpoint: AtomicU64,
+    /// Devices attached to the domain (changed under [`Iommu::attach_lock`]); the last detach frees it.
+    pub users: AtomicU32,
+    /// A device of the domain is accepted (its entries may name private pages): no other device may
+    /// join (changed under [`Iommu::attach_lock`]).
+    pub accepted: AtomicBool,
     info: UnsafeCell<DomainInfo>,
     pub space: Mutex<BusSpace<'m>>,
     /// Streaming mappings live now (premapped and strict), so detach can refuse while any is.
@@ -65,7 +96,8 @@ pub(crate) struct DomainSlot<'m> {
     /// The pools the device maps from now and where each sits on its bus: filled at set-up, then
     /// changed only by pool growth and shrinking (under the layer's growth lock).
     pub live: LivePools,
-    /// The device's DMA mask and `min_align_mask` (for entering grown pools below the mask).
+    /// The narrowest DMA mask and the widest `min_align_mask` of the devices attached (set-up and
+    /// grown pools are placed for them).
     pub mask: AtomicU64,
     pub min_align: AtomicU64,
 }
@@ -84,6 +116,9 @@ impl<'m> DomainSlot<'m> {
             state: AtomicU8::new(FREE),
             generation: AtomicU32::new(0),
             device: AtomicU32::new(0),
+            endpoint: AtomicU64::new(0),
+            users: AtomicU32::new(0),
+            accepted: AtomicBool::new(false),
             info: UnsafeCell::new(DomainInfo::EMPTY),
             space: Mutex::new(BusSpace::new(storage)),
             live_mappings: AtomicU64::new(0),
@@ -114,7 +149,8 @@ impl<'m> DomainSlot<'m> {
         self.state.store(READY, Ordering::Release);
     }
 
-    /// The set-up result while the caller holds the slot in READY-and-detaching or SETUP.
+    /// The set-up result while the caller holds the slot in READY-and-detaching or SETUP, or holds
+    /// the attach lock and saw the slot READY (only a detach, which takes that lock, frees it).
     pub(crate) fn info_unchecked(&self) -> DomainInfo {
         // SAFETY: callers are the detaching CPU (the slot is READY and no mapping is live), the
         // set-up CPU, or the holder of the growth lock (which set-up and detach take, so `publish`
@@ -130,6 +166,9 @@ pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS> {
     pub list: Option<ListPages>,
     /// Reservations applied to every domain set up later (and to those live when they were made).
     pub reservations: Mutex<([(u64, u64); MAX_GLOBAL_RESERVATIONS], usize)>,
+    /// Serialises finding or claiming an endpoint's domain, setting it up and detaching from it, so
+    /// two devices of one endpoint never claim two domains and a set-up never races a join.
+    pub attach_lock: Mutex<()>,
 }
 
 /// A device's handle on its domain slot.

@@ -42,6 +42,23 @@ pub enum IommuError {
     ReservationConflict,
     /// The window cannot be created.
     NoWindow,
+    /// The device sits on a partitionable endpoint whose windows other attached devices already set
+    /// up, and its mask cannot reach all that the endpoint's domain uses (a premapped pool or DDW up
+    /// to `end`, or no part of the default window): attach failed, nothing changed. Attach the
+    /// narrowest-mask device first, or attach them deferred so the set-up sees every mask.
+    EndpointOutOfReach {
+        /// One past the highest bus address the device would have to reach.
+        end: u64,
+    },
+    /// The device would share its partitionable endpoint with an accepted device: every device of
+    /// an endpoint reaches every entry of its windows, so an accepted device's private pages would
+    /// be open to the others. Accepting a device that shares its endpoint with `devices` other
+    /// attached devices, or attaching a device to the endpoint of an accepted one, is refused;
+    /// nothing changed.
+    EndpointShared {
+        /// Other devices attached to the endpoint (accept), or 1 (the accepted device, at attach).
+        devices: u32,
+    },
     /// Entries could not be written and then not cleared either: the bus range, and the memory it
     /// names, are quarantined (never reused). For a coherent buffer its pages stay shared: the caller
     /// must never use them again.
@@ -63,6 +80,14 @@ impl fmt::Display for IommuError {
             IommuError::BusSpaceExhausted => write!(f, "no free bus range below the mask"),
             IommuError::ReservationConflict => write!(f, "reservation overlaps a live mapping"),
             IommuError::NoWindow => write!(f, "no window"),
+            IommuError::EndpointShared { devices } => write!(
+                f,
+                "the device's endpoint is shared with {devices} other device(s) and one side is accepted: \
+                 they would reach its private pages"
+            ),
+            IommuError::EndpointOutOfReach { end } => {
+                write!(f, "the shared endpoint's windows reach up to {end:#x}, beyond the device's mask")
+            }
             IommuError::Quarantined { bus } => write!(f, "entries at {bus} stuck; range quarantined"),
         }
     }

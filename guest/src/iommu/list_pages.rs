@@ -25,13 +25,36 @@ pub(crate) enum ListMode {
     PerCpu,
 }
 
-/// The list pages of a layer: `count` contiguous pages, zeroed and shared at `enable_iommu`.
+/// The list pages of a layer: `count` contiguous pages, zeroed and shared at `enable_iommu`, or a
+/// slot run of a fixed pool (shared already) taken there.
 pub(crate) struct ListPages {
     first: PhysAddr,
     cpu: NonNull<u8>,
     count: usize,
     mode: ListMode,
+    pooled: Option<PoolRun>,
     busy: [AtomicBool; MAX_LIST_PAGES],
+}
+
+/// The slot run of a fixed pool that holds a layer's list pages
+/// ([`TceBatching::PoolPages`](super::config::TceBatching::PoolPages)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolRun {
+    /// Pool index.
+    pub pool: usize,
+    /// Head slot of the run.
+    pub index: usize,
+    /// Slots of the run.
+    pub nslots: usize,
+}
+
+/// Where a layer's list pages are, for giving them back at `disable_iommu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ListRange {
+    pub first: PhysAddr,
+    pub count: usize,
+    /// Taken from a pool: freed back to it, never unshared.
+    pub pooled: Option<PoolRun>,
 }
 
 // SAFETY: the pages belong to the layer for its whole life (the caller handed them over at
@@ -47,12 +70,30 @@ impl ListPages {
     /// guest RAM `[first, first + count * 4 KiB)`, that the layer owns alone for as long as the
     /// `ListPages` lives.
     pub(crate) unsafe fn new(first: PhysAddr, cpu: NonNull<u8>, count: usize, mode: ListMode) -> ListPages {
-        ListPages { first, cpu, count, mode, busy: [const { AtomicBool::new(false) }; MAX_LIST_PAGES] }
+        ListPages {
+            first,
+            cpu,
+            count,
+            mode,
+            pooled: None,
+            busy: [const { AtomicBool::new(false) }; MAX_LIST_PAGES],
+        }
     }
 
-    /// The first page and how many there are.
-    pub(crate) fn range(&self) -> (PhysAddr, usize) {
-        (self.first, self.count)
+    /// The pages are the slot run `run` of a fixed pool.
+    pub(crate) fn in_pool(mut self, run: PoolRun) -> ListPages {
+        self.pooled = Some(run);
+        self
+    }
+
+    /// Where the pages are.
+    pub(crate) fn range(&self) -> ListRange {
+        ListRange { first: self.first, count: self.count, pooled: self.pooled }
+    }
+
+    /// Pool slots the pages hold (0 unless taken from a pool).
+    pub(crate) fn pool_slots(&self) -> usize {
+        self.pooled.map_or(0, |r| r.nslots)
     }
 
     fn try_take(&self, i: usize) -> Option<ListGuard<'_>> {

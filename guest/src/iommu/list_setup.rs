@@ -3,11 +3,13 @@
 //! that the domain (which holds the pages) does not depend on the layer.
 
 use super::config::{TceBatching, MAX_LIST_PAGES};
-use super::list_pages::{ListMode, ListPages};
+use super::list_pages::{ListMode, ListPages, ListRange, PoolRun};
 use crate::addr::{PhysAddr, PAGE_SIZE};
+use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
+use crate::pool::{NewHead, Owner, RunRequest};
 
 impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
     /// The list pages `batching` names, checked, zeroed and (in a confidential guest) shared; `None`
@@ -16,6 +18,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
     pub(crate) fn enable_list_pages(&self, batching: TceBatching) -> Result<Option<ListPages>, DmaError> {
         let (first, count, mode) = match batching {
             TceBatching::PerEntry => return Ok(None),
+            TceBatching::PoolPages { count } => return self.pool_list_pages(count),
             TceBatching::SharedPage(p) => (p, 1, ListMode::Shared),
             TceBatching::PerCpuPages { first, count } => (first, count, ListMode::PerCpu),
         };
@@ -42,13 +45,88 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
         Ok(Some(unsafe { ListPages::new(first, cpu, count, mode) }))
     }
 
-    /// Make the list pages private again (`disable_iommu`); what cannot be is quarantined.
-    pub(crate) fn release_list_pages(&self, range: Option<(PhysAddr, usize)>) -> Result<(), DmaError> {
+    /// [`TceBatching::PoolPages`]: `count` pages as one page-aligned slot run of the first fixed pool
+    /// that has one (shared already: nothing is shared here), recorded for no device (serial 0,
+    /// which no device has, so no unmap can claim it). `Ok(None)` (entries go one by one) when the
+    /// platform has no `H_PUT_TCE_INDIRECT` or no pool has the run.
+    fn pool_list_pages(&self, count: usize) -> Result<Option<ListPages>, DmaError> {
+        if count == 0 || count > MAX_LIST_PAGES {
+            return Err(DmaError::InvalidListPages(count));
+        }
+        if !crate::parts::PAPR_TCE || !self.platform.tce().is_some_and(|c| c.indirect_available()) {
+            return Ok(None);
+        }
+        let len = count * PAGE_SIZE as usize;
+        for i in 0..POOLS {
+            let Some(pool) = self.pools.fixed(i) else { continue };
+            let slot = pool.slot_size();
+            if len > pool.max_mapping() || !pool.phys().is_page_aligned() {
+                continue;
+            }
+            let nslots = len.div_ceil(slot);
+            let align_mask = (PAGE_SIZE - 1) & !(slot as u64 - 1);
+            let req = RunRequest { nslots, align_mask, align_bits: 0 };
+            let head = NewHead {
+                offset: 0,
+                len,
+                dir: DmaDirection::ToDevice,
+                attrs: DmaAttrs::NONE,
+                orig: core::ptr::null_mut(),
+                owner: Owner { device: 0, safe: false },
+            };
+            let Some(index) = pool.alloc(req, head) else { continue };
+            let off = index * slot;
+            let first = PhysAddr(pool.phys().0 + off as u64);
+            let cpu = pool.cpu_at(off);
+            let run = PoolRun { pool: i, index, nslots };
+            let Some(cpu) = core::ptr::NonNull::new(cpu)
+                .filter(|c| first.is_page_aligned() && c.as_ptr().align_offset(8) == 0)
+            else {
+                pool.free(index, nslots);
+                continue;
+            };
+            // SAFETY: the run was just allocated, ours alone, `len` bytes from `cpu`.
+            unsafe { core::ptr::write_bytes(cpu.as_ptr(), 0, len) };
+            // SAFETY: the run is the layer's until `release_list_pages` frees it (`disable_iommu`, or
+            // `release_pools`, which drops the pages first); its CPU mapping is u64-aligned (checked);
+            // `count` was checked.
+            let pages = unsafe { ListPages::new(first, cpu, count, ListMode::PerCpu) };
+            log::debug!("ccdma: {count} TCE list page(s) at {first} in pool {i}");
+            return Ok(Some(pages.in_pool(run)));
+        }
+        log::info!("ccdma: no pool has {count} page-aligned list page(s): TCEs written one by one");
+        Ok(None)
+    }
+
+    /// Give the list pages back (`disable_iommu`): a pool's run to its pool; the caller's pages made
+    /// private again, what cannot be quarantined.
+    pub(crate) fn release_list_pages(&self, range: Option<ListRange>) -> Result<(), DmaError> {
         match range {
-            Some((first, count)) if self.platform.is_confidential() => {
+            Some(ListRange { pooled: Some(run), .. }) => {
+                if let Some(pool) = self.pools.fixed(run.pool) {
+                    pool.free(run.index, run.nslots);
+                }
+                Ok(())
+            }
+            Some(ListRange { first, count, pooled: None }) if self.platform.is_confidential() => {
                 self.unshare_pages(first, count as u64)
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Pool slots the list pages hold ([`TceBatching::PoolPages`]): not mappings, so not in
+    /// `slots_in_use`.
+    pub(crate) fn list_pool_slots(&self) -> usize {
+        self.iommu.as_ref().and_then(|i| i.list.as_ref()).map_or(0, |l| l.pool_slots())
+    }
+
+    /// `release_pools`: give list pages taken from a pool back first (entries then go one by one).
+    pub(crate) fn drop_pool_list_pages(&mut self) {
+        let Some(iommu) = self.iommu.as_mut() else { return };
+        if iommu.list.as_ref().is_some_and(|l| l.pool_slots() != 0) {
+            let range = iommu.list.take().map(|l| l.range());
+            let _ = self.release_list_pages(range);
         }
     }
 }

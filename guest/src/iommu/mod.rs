@@ -67,7 +67,8 @@ pub use calls::{
     hcall, DdwQuery, TceCalls, DDW_PAGE_SIZES, TCE_LIST_ENTRIES, TCE_PCI_READ, TCE_PCI_WRITE, TCE_STUFF_BATCH,
 };
 pub use config::{
-    IommuConfig, IommuPolicy, TceBatching, VerifyPolicy, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS, MAX_LIST_PAGES,
+    IommuConfig, IommuPolicy, TceBatching, VerifyPolicy, DEFAULT_POOL_LIST_PAGES, MAX_DOMAINS,
+    MAX_GLOBAL_RESERVATIONS, MAX_LIST_PAGES,
 };
 pub use counters::IommuStatsSnapshot;
 pub use error::{IommuError, PutFailure};

@@ -7,9 +7,9 @@ use core::sync::atomic::Ordering;
 
 use super::backend::Backend;
 use super::bus_space::{BusSpace, RangeKind};
-use super::calls::{DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
+use super::calls::{DdwQuery, DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
 use super::config::IommuPolicy;
-use super::domain::{DomainInfo, DomainSlot};
+use super::domain::{DomainInfo, DomainSlot, READY};
 use super::error::IommuError;
 use super::window::{window_below, WindowGeometry};
 use crate::addr::BusAddr;
@@ -96,6 +96,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
                         dynamic: Some(win),
                         pools,
                         pool_bus: [BusAddr(0); MAX_POOLS],
+                        reset_at_detach: false,
                     });
                 }
                 _ => {
@@ -190,6 +191,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             dynamic: Some(win),
             pools,
             pool_bus,
+            reset_at_detach: false,
         }))
     }
 
@@ -250,9 +252,16 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let id = config.id;
         let c = &self.iommu_counters;
         c.ddw_query.fetch_add(1, Ordering::Relaxed);
-        let q = tce.ddw_query(id).map_err(DdwOutcome::QueryFailed)?;
+        let mut q = tce.ddw_query(id).map_err(DdwOutcome::QueryFailed)?;
+        let mut default = default;
+        let mut reset_at_detach = false;
         if q.windows_available == 0 {
-            return Err(DdwOutcome::NoneAvailable);
+            if self.window_used_elsewhere(slot, default) {
+                // The platform partitions one endpoint into several domains (`TceCalls::endpoint`):
+                // the default window is not this domain's to reset or remove.
+                return Err(DdwOutcome::NoneAvailable);
+            }
+            (q, default, reset_at_detach) = self.make_room(tce, id, default)?;
         }
         // The largest page every pool's start and length are multiples of.
         let align =
@@ -281,13 +290,18 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             return Err(DdwOutcome::TooSmall);
         }
         c.ddw_create.fetch_add(1, Ordering::Relaxed);
-        let win = tce.ddw_create(id, shift, window_shift).map_err(DdwOutcome::CreateFailed)?;
-        let remove = |outcome: DdwOutcome| {
-            c.ddw_remove.fetch_add(1, Ordering::Relaxed);
-            if tce.ddw_remove(id, win.liobn) != 0 {
-                c.leaked_windows.fetch_add(1, Ordering::Relaxed);
-                log::warn!("ccdma: removing DDW {:#x} of device {id:#x} failed", win.liobn);
+        let win = match tce.ddw_create(id, shift, window_shift) {
+            Ok(win) => win,
+            Err(rc) => {
+                if reset_at_detach {
+                    self.restore_default(tce, id);
+                }
+                return Err(DdwOutcome::CreateFailed(rc));
             }
+        };
+        let info = DomainInfo { ddw: Some(win), dynamic: default, reset_at_detach, ..DomainInfo::EMPTY };
+        let remove = |outcome: DdwOutcome| {
+            self.undo_windows(tce, id, &info);
             outcome
         };
         // The window's geometry is an allegation: it must be what was asked for and below the mask.
@@ -363,6 +377,101 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             dynamic: default,
             pools,
             pool_bus,
+            reset_at_detach,
         })
+    }
+
+    /// True when another domain set up already uses `default` (by LIOBN): a platform that splits one
+    /// endpoint between domains. Runs under the attach lock, so no READY domain changes meanwhile.
+    fn window_used_elsewhere(&self, slot: &DomainSlot<'m>, default: Option<WindowGeometry>) -> bool {
+        let (Some(iommu), Some(win)) = (self.iommu.as_ref(), default) else { return false };
+        iommu.domains.iter().flatten().filter(|d| !core::ptr::eq(*d, slot)).any(|d| {
+            d.state.load(Ordering::Acquire) == READY && {
+                let info = d.info_unchecked();
+                [info.dynamic, info.ddw].iter().flatten().any(|w| w.liobn == win.liobn)
+            }
+        })
+    }
+
+    /// The endpoint has no window left for a DDW (`windows_available` 0). Only the domain's own
+    /// devices use the endpoint's windows (a domain is per endpoint, and this one is being set up),
+    /// so, as Linux does:
+    /// 1. reset the endpoint when the platform offers it: a DDW left over from before a kexec (or by
+    ///    firmware) is removed, the default window comes back empty; then ask again;
+    /// 2. still none: remove the default window; the DDW then takes its place (QEMU puts it at bus 0
+    ///    with the default window's LIOBN), and the last detach resets the endpoint to bring the
+    ///    default window back.
+    ///
+    /// Returns the new answer, the default window now, and whether the last detach must reset.
+    /// Every failure puts back what it changed (or counts a leaked window when it cannot).
+    fn make_room(
+        &self,
+        tce: &Backend<'_>,
+        id: u32,
+        default: Option<WindowGeometry>,
+    ) -> Result<(DdwQuery, Option<WindowGeometry>, bool), DdwOutcome> {
+        let c = &self.iommu_counters;
+        let mut default = default;
+        c.ddw_reset.fetch_add(1, Ordering::Relaxed);
+        if tce.ddw_reset(id) == 0 {
+            default = tce.default_window(id).filter(|w| w.is_usable());
+            c.ddw_query.fetch_add(1, Ordering::Relaxed);
+            let q = tce.ddw_query(id).map_err(DdwOutcome::QueryFailed)?;
+            if q.windows_available > 0 {
+                log::info!("ccdma: device {id:#x}: endpoint reset, a window left over was removed");
+                return Ok((q, default, false));
+            }
+        }
+        let Some(win) = default else { return Err(DdwOutcome::NoneAvailable) };
+        c.default_removed.fetch_add(1, Ordering::Relaxed);
+        if tce.ddw_remove(id, win.liobn) != 0 {
+            // Still there (or the platform cannot tell): nothing changed that needs undoing.
+            return Err(DdwOutcome::NoneAvailable);
+        }
+        log::info!("ccdma: device {id:#x}: default window {:#x} removed to make room for a DDW", win.liobn);
+        c.ddw_query.fetch_add(1, Ordering::Relaxed);
+        match tce.ddw_query(id) {
+            Ok(q) if q.windows_available > 0 => Ok((q, None, true)),
+            Ok(_) => {
+                self.restore_default(tce, id);
+                Err(DdwOutcome::NoneAvailable)
+            }
+            Err(rc) => {
+                self.restore_default(tce, id);
+                Err(DdwOutcome::QueryFailed(rc))
+            }
+        }
+    }
+
+    /// Bring back the default window the set-up removed (reset the endpoint); counted leaked when
+    /// the platform refuses.
+    fn restore_default(&self, tce: &Backend<'_>, id: u32) {
+        let c = &self.iommu_counters;
+        c.ddw_reset.fetch_add(1, Ordering::Relaxed);
+        if tce.ddw_reset(id) != 0 || tce.default_window(id).is_none() {
+            c.leaked_windows.fetch_add(1, Ordering::Relaxed);
+            log::warn!("ccdma: device {id:#x}: the default window could not be brought back");
+        }
+    }
+
+    /// Take down what a set-up created in the windows (the domain's entries are cleared already): the
+    /// DDW is removed and, when the set-up removed the default window, the endpoint reset so it comes
+    /// back (QEMU brings it back by itself when its last DDW goes; the reset is then skipped).
+    /// Failures are counted in `leaked_windows`.
+    pub(crate) fn undo_windows(&self, tce: &Backend<'_>, id: u32, info: &DomainInfo) {
+        let c = &self.iommu_counters;
+        let mut removed = true;
+        if let Some(win) = info.ddw {
+            c.ddw_remove.fetch_add(1, Ordering::Relaxed);
+            removed = tce.ddw_remove(id, win.liobn) == 0;
+            if !removed && !info.reset_at_detach {
+                c.leaked_windows.fetch_add(1, Ordering::Relaxed);
+                log::warn!("ccdma: removing DDW {:#x} of device {id:#x} failed", win.liobn);
+            }
+        }
+        if info.reset_at_detach && (!removed || tce.default_window(id).is_none()) {
+            // The reset removes the DDW too, if its removal failed.
+            self.restore_default(tce, id);
+        }
     }
 }

@@ -8,8 +8,9 @@ use super::*;
 /// four to a word (node 1, the root, is `top`).
 pub(super) struct AreaState<'m> {
     pub(super) meta: &'m mut [SlotMeta],
-    /// Slots of this area (`meta.len()`).
-    pub(super) len: usize,
+    /// The front (`front.rs`): the mask of non-empty lists, the slots they hold, whether the area
+    /// has a front at all.
+    pub(super) front: u64,
     /// Slots per segment (no run crosses one).
     pub(super) seg: usize,
     /// Slots per chunk (a tree leaf): whole segments, at least 64 slots unless the area is shorter.
@@ -43,6 +44,8 @@ pub(super) struct AreaState<'m> {
 /// one or two slots): the area's own metadata always has room and `PoolConfig::slots_for` stays one
 /// entry per slot.
 pub(super) const fn area_geometry(len: usize, seg: usize) -> (usize, usize, usize, usize) {
+    // `seg` is at least 1 (`PoolConfig::validate`); said again so no divide can see a zero.
+    let seg = if seg == 0 { 1 } else { seg };
     let chunk = if seg >= 64 { seg } else { seg * 64usize.div_ceil(seg) };
     let chunks = len.div_ceil(chunk);
     let mut width = 1;
@@ -72,7 +75,7 @@ impl<'m> AreaState<'m> {
     pub(super) const fn empty() -> AreaState<'m> {
         AreaState {
             meta: &mut [],
-            len: 0,
+            front: 0,
             seg: 1,
             chunk: 1,
             seg_shift: 0,
@@ -97,7 +100,7 @@ impl<'m> AreaState<'m> {
         }
         let mut a = AreaState {
             meta,
-            len,
+            front: 0,
             seg,
             chunk,
             chunks,
@@ -115,13 +118,21 @@ impl<'m> AreaState<'m> {
         for c in 0..chunks {
             a.update_leaf(c);
         }
+        a.init_front();
         a
     }
 
+    /// Slots of this area.
+    pub(super) fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Bookkeeping word `w` (0, all used, past the metadata: never the case for a word the
+    /// geometry names).
     pub(super) fn word(&self, w: usize) -> u64 {
         #[cfg(test)]
         self.visited.set(self.visited.get() + 1);
-        self.meta[w].word
+        self.meta.get(w).map_or(0, |m| m.word)
     }
 
     /// First index in `[from, hi)` whose bit is `free` (1 = free), or `hi`.
@@ -152,7 +163,8 @@ impl<'m> AreaState<'m> {
             let (w, b) = (k / 64, k % 64);
             let m = (end - k).min(64 - b);
             let mask = if m == 64 { !0 } else { ((1u64 << m) - 1) << b };
-            let word = &mut self.meta[w].word;
+            let Some(entry) = self.meta.get_mut(w) else { return };
+            let word = &mut entry.word;
             debug_assert!(
                 if free { *word & mask == 0 } else { *word & mask == mask },
                 "run freed or taken twice"
@@ -181,14 +193,15 @@ impl<'m> AreaState<'m> {
         }
         let k = v - 1;
         let shift = 16 * (k % 4);
-        let word = &mut self.meta[self.tree_base + k / 4].word;
-        *word = (*word & !(0xffff << shift)) | ((x as u64) << shift);
+        if let Some(entry) = self.meta.get_mut(self.tree_base + k / 4) {
+            entry.word = (entry.word & !(0xffff << shift)) | ((x as u64) << shift);
+        }
     }
 
     /// The longest free run inside one segment of chunk `c`.
     pub(super) fn chunk_longest(&self, c: usize) -> usize {
         let lo = c * self.chunk;
-        let hi = (lo + self.chunk).min(self.len);
+        let hi = (lo + self.chunk).min(self.len());
         let mut best = 0;
         let mut s = lo;
         while s < hi {
@@ -233,7 +246,7 @@ impl<'m> AreaState<'m> {
     /// The free run around `[i, i + n)` (free now) inside its segment: its start and end.
     pub(super) fn run_around(&self, i: usize, n: usize) -> (usize, usize) {
         let seg_lo = i - rem(i, self.seg, self.seg_shift);
-        let seg_hi = (seg_lo + self.seg).min(self.len);
+        let seg_hi = (seg_lo + self.seg).min(self.len());
         let end = self.next_bit(i + n, seg_hi, false);
         // Backwards from `i` to the last used slot of the segment before it.
         let mut start = i;
@@ -337,7 +350,7 @@ impl<'m> AreaState<'m> {
         period: usize,
     ) -> Option<(usize, (usize, usize))> {
         let lo = c * self.chunk;
-        let hi = (lo + self.chunk).min(self.len);
+        let hi = (lo + self.chunk).min(self.len());
         let mut s = lo;
         while s < hi {
             let e = (s + self.seg).min(hi);
@@ -368,8 +381,8 @@ impl<'m> AreaState<'m> {
         if period > self.chunk {
             // Candidates sparser than chunks: at most one per chunk, tried directly.
             let mut i = first;
-            while i < self.len {
-                let seg_end = ((div(i, self.seg, self.seg_shift) + 1) * self.seg).min(self.len);
+            while i < self.len() {
+                let seg_end = ((div(i, self.seg, self.seg_shift) + 1) * self.seg).min(self.len());
                 if i + n <= seg_end && self.next_bit(i, i + n, false) == i + n {
                     return Some((i, self.run_around(i, n)));
                 }
@@ -406,7 +419,7 @@ impl<'m> AreaState<'m> {
             return;
         }
         let lo = c * self.chunk;
-        if self.chunk == self.seg && (a, b) == (lo, (lo + self.chunk).min(self.len)) {
+        if self.chunk == self.seg && (a, b) == (lo, (lo + self.chunk).min(self.len())) {
             // The chunk is one segment and was wholly free: what is left of it are the two pieces
             // around the new run, no scan needed (the common case of a lightly used pool).
             self.set_leaf(c, (i - a).max(b - i - n));
@@ -436,21 +449,22 @@ pub(super) fn shift_of(d: usize) -> u32 {
     }
 }
 
-/// `x / d`, a shift when `shift` (from [`shift_of`]) says `d` is a power of two.
+/// `x / d`, a shift when `shift` (from [`shift_of`]) says `d` is a power of two (0 for `d == 0`,
+/// which no geometry has).
 pub(super) fn div(x: usize, d: usize, shift: u32) -> usize {
     if shift == NO_SHIFT {
-        x / d
+        x.checked_div(d).unwrap_or(0)
     } else {
-        x >> shift
+        x >> (shift & (usize::BITS - 1))
     }
 }
 
 /// `x % d`, as [`div`].
 pub(super) fn rem(x: usize, d: usize, shift: u32) -> usize {
     if shift == NO_SHIFT {
-        x % d
+        x.checked_rem(d).unwrap_or(0)
     } else {
-        x & (d - 1)
+        x & d.wrapping_sub(1)
     }
 }
 
@@ -469,7 +483,11 @@ pub(super) fn align_up(a: usize, first: usize, period: usize) -> usize {
     if a <= first {
         return first;
     }
-    let r = if period.is_power_of_two() { (a - first) & (period - 1) } else { (a - first) % period };
+    let r = if period.is_power_of_two() {
+        (a - first) & (period - 1)
+    } else {
+        (a - first).checked_rem(period).unwrap_or(0)
+    };
     if r == 0 {
         a
     } else {
@@ -481,9 +499,10 @@ pub(super) fn align_up(a: usize, first: usize, period: usize) -> usize {
 #[repr(align(128))]
 pub(super) struct Area<'m> {
     pub(super) state: Mutex<AreaState<'m>>,
-    /// The area's longest free run (the tree's root), published after every change: an area that
-    /// cannot serve a request is skipped without taking its lock.
-    pub(super) longest: AtomicUsize,
+    /// The area's longest free run (the tree's root, or a bound while its front lists runs) and
+    /// the sizes its front lists ([`super::front::summary`]), published after every change: an
+    /// area that cannot serve a request is skipped without taking its lock.
+    pub(super) summary: AtomicU64,
     /// Slots allocated now.
     pub(super) used: AtomicUsize,
     /// Most slots allocated at once in this area.
@@ -494,17 +513,19 @@ impl<'m> Area<'m> {
     pub(super) const fn empty() -> Area<'m> {
         Area {
             state: Mutex::new(AreaState::empty()),
-            longest: AtomicUsize::new(0),
+            summary: AtomicU64::new(0),
             used: AtomicUsize::new(0),
             high: AtomicUsize::new(0),
         }
     }
 
     /// Publish the summary and counters after a change made under the lock (`taken` or `freed`
-    /// slots). Plain stores, no read-modify-write: only the lock holder writes them.
+    /// slots). Plain stores, no read-modify-write: only the lock holder writes them. The longest
+    /// run is a bound of what a flush of the front could make (see `front.rs`); the front's slots
+    /// are free for the counters.
     pub(super) fn publish(&self, st: &AreaState<'_>, taken: usize, freed: usize) {
-        self.longest.store(st.top, Ordering::Relaxed);
-        let used = st.len - st.free;
+        self.summary.store(st.summary(), Ordering::Relaxed);
+        let used = st.len().saturating_sub(st.free + st.cached());
         self.used.store(used, Ordering::Relaxed);
         if taken > freed && used > self.high.load(Ordering::Relaxed) {
             self.high.store(used, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! `BouncePool`: the areas of one pool of shared memory, allocation across them, and the records.
 
 use super::area::*;
+use super::front::class_bit;
 use super::*;
 
 /// A pool of shared bounce memory.
@@ -91,7 +92,8 @@ impl<'m> BouncePool<'m> {
         if !phys.is_page_aligned() || len == 0 || len as u64 % PAGE_SIZE != 0 {
             return Err(DmaError::Unaligned { addr: phys.0 | len as u64, align: PAGE_SIZE });
         }
-        let nslots = len / cfg.slot_size;
+        // A power of two (validated): a shift, no divide.
+        let nslots = len >> cfg.slot_size.trailing_zeros();
         if nslots == 0 {
             return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
         }
@@ -99,10 +101,12 @@ impl<'m> BouncePool<'m> {
         let Some(meta) = meta.get_mut(..nslots) else {
             return Err(DmaError::MetadataTooSmall { needed: nslots, provided });
         };
-        // Areas are whole segments so no run crosses an area either.
-        let segs = nslots.div_ceil(cfg.max_run_slots);
-        let area_count = cfg.areas.min(segs);
-        let area_slots = segs.div_ceil(area_count) * cfg.max_run_slots;
+        // Areas are whole segments so no run crosses an area either. (`max(1)`: both are at least
+        // 1 after `validate`; said again so no divide can see a zero.)
+        let max_run = cfg.max_run_slots.max(1);
+        let segs = nslots.div_ceil(max_run);
+        let area_count = cfg.areas.min(segs).max(1);
+        let area_slots = segs.div_ceil(area_count) * max_run;
         let mut rest = meta;
         let mut count = 0;
         for area in self.areas.iter_mut() {
@@ -111,10 +115,10 @@ impl<'m> BouncePool<'m> {
             rest = tail;
             let st =
                 if head.is_empty() { AreaState::empty() } else { AreaState::new(head, cfg.max_run_slots) };
-            if st.len != 0 {
+            if st.len() != 0 {
                 count += 1;
             }
-            area.longest.store(st.top, Ordering::Relaxed);
+            area.summary.store(st.summary(), Ordering::Relaxed);
             area.used.store(0, Ordering::Relaxed);
             area.high.store(0, Ordering::Relaxed);
             *area.state.get_mut() = st;
@@ -132,13 +136,19 @@ impl<'m> BouncePool<'m> {
         Ok(())
     }
 
-    /// The area holding global slot `index`.
-    fn area_of(&self, index: usize) -> usize {
-        div(index, self.area_slots, self.area_shift)
+    /// The area holding global slot `index` and `index`'s position inside it (`None` past the
+    /// pool's slots).
+    fn area_at(&self, index: usize) -> Option<(&Area<'m>, usize)> {
+        if index >= self.nslots {
+            return None;
+        }
+        let area = self.areas.get(div(index, self.area_slots, self.area_shift))?;
+        Some((area, rem(index, self.area_slots, self.area_shift)))
     }
-    /// `index`'s position inside its area.
-    fn in_area(&self, index: usize) -> usize {
-        rem(index, self.area_slots, self.area_shift)
+
+    /// The areas in use.
+    fn used_areas(&self) -> impl Iterator<Item = &Area<'m>> {
+        self.areas.iter().take(self.area_count)
     }
 
     /// First physical address.
@@ -167,13 +177,13 @@ impl<'m> BouncePool<'m> {
     }
     /// Slots allocated now (the sum of the areas' counters).
     pub fn slots_in_use(&self) -> usize {
-        self.areas[..self.area_count].iter().map(|a| a.used.load(Ordering::Relaxed)).sum()
+        self.used_areas().map(|a| a.used.load(Ordering::Relaxed)).sum()
     }
     /// Most slots ever allocated at once: the sum of each area's own peak, kept per area so no map
     /// touches a line every CPU shares. Exact with one area; with several an upper bound (the areas
     /// may have peaked at different times).
     pub fn high_water(&self) -> usize {
-        self.areas[..self.area_count].iter().map(|a| a.high.load(Ordering::Relaxed)).sum()
+        self.used_areas().map(|a| a.high.load(Ordering::Relaxed)).sum()
     }
     /// Number of areas (locks).
     pub fn areas(&self) -> usize {
@@ -222,13 +232,9 @@ impl<'m> BouncePool<'m> {
     /// changed) for any other index. One lock, as [`Self::release_or_free`].
     #[doc(hidden)]
     pub fn bench_free(&self, index: usize) -> bool {
-        if index >= self.nslots {
-            return false;
-        }
-        let area = &self.areas[self.area_of(index)];
-        let i = self.in_area(index);
+        let Some((area, i)) = self.area_at(index) else { return false };
         let mut st = area.state.lock();
-        let head = &st.meta[i];
+        let Some(head) = st.meta.get(i) else { return false };
         if head.state() != HEAD || head.attrs != BENCH_RUN || head.owner != 0 {
             return false;
         }
@@ -277,24 +283,66 @@ impl<'m> BouncePool<'m> {
         }
         let (Ok(offset), Ok(len)) = (u32::try_from(new.offset), u32::try_from(new.len)) else { return None };
         // Start where the last allocation that had to move on found room: a lone CPU keeps reusing
-        // the same (cache-hot) area; CPUs that collide move on to other areas. An area whose longest
-        // free run is too short is skipped without its lock. The first pass skips areas another CPU
-        // holds; the second waits.
+        // the same (cache-hot) area; CPUs that collide move on to other areas. A first pass takes a
+        // run of exactly `n` slots from the front of the first area whose published mask lists one
+        // (no tree search; areas another CPU holds are skipped). Then the trees: an area whose
+        // longest free run is too short is skipped without its lock; the second pass skips areas
+        // another CPU holds, the third waits, and flushes an area's front into its tree before it
+        // gives the area up.
         let count = self.area_count;
-        let start = first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(count - 1);
-        for pass in 0..2 {
+        let last = count.checked_sub(1)?;
+        let start = first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(last);
+        let bit = class_bit(n);
+        // Whether the third pass has anything to do: an area the second skipped because another
+        // CPU held it, or whose tree failed while its front held runs.
+        let mut again = false;
+        for pass in 0..3 {
+            if (pass == 0 && bit == 0) || (pass == 2 && !again) {
+                continue;
+            }
             for k in 0..count {
                 let a = if start + k >= count { start + k - count } else { start + k };
-                let area = &self.areas[a];
-                if area.longest.load(Ordering::Relaxed) < n {
+                let Some(area) = self.areas.get(a) else { continue };
+                let summary = area.summary.load(Ordering::Relaxed);
+                if if pass == 0 { summary & bit == 0 } else { ((summary & 0xffff) as usize) < n } {
                     continue;
                 }
-                let guard = if pass == 0 { area.state.try_lock() } else { Some(area.state.lock()) };
-                let Some(mut st) = guard else { continue };
+                let guard = if pass < 2 { area.state.try_lock() } else { Some(area.state.lock()) };
+                let Some(mut st) = guard else {
+                    again = true;
+                    continue;
+                };
                 let base = a * self.area_slots;
-                let Some((i, run)) = self.find_run(&st, base, req) else { continue };
-                st.take(i, n, run);
-                let head = &mut st.meta[i];
+                // The front first: a run of exactly `n` freed lately, if its start is aligned.
+                let area_phys = self.phys.0 + ((base as u64) << self.slot_shift);
+                let aligned = |i: usize| {
+                    (area_phys + ((i as u64) << self.slot_shift)) & req.align_mask == req.align_bits
+                };
+                // (The second pass follows the first, which looked at every front that lists `n`.)
+                let listed = if pass == 1 && bit != 0 { None } else { st.front_pop(n, aligned) };
+                let i = match listed {
+                    Some(i) => i,
+                    None if pass == 0 => continue,
+                    None => {
+                        let mut found = self.find_run(&st, base, req);
+                        // No tree can (this is the last pass): give this one the front's runs and
+                        // look again, so the front never refuses what the pool could give.
+                        again |= st.cached() != 0;
+                        if found.is_none() && pass == 2 && st.front_flush() {
+                            found = self.find_run(&st, base, req);
+                            if found.is_none() {
+                                area.publish(&st, 0, 0);
+                            }
+                        }
+                        let Some((i, run)) = found else { continue };
+                        st.take(i, n, run);
+                        if a != start && first.is_none() {
+                            self.next_area.store(a, Ordering::Relaxed);
+                        }
+                        i
+                    }
+                };
+                let Some(head) = st.meta.get_mut(i) else { continue };
                 head.state_dir = HEAD | (new.dir as u8) << 4;
                 head.nslots = n as u16;
                 head.offset = offset;
@@ -303,10 +351,6 @@ impl<'m> BouncePool<'m> {
                 head.attrs = attr_bits;
                 head.orig = new.orig as usize;
                 area.publish(&st, n, 0);
-                drop(st);
-                if a != start && first.is_none() {
-                    self.next_area.store(a, Ordering::Relaxed);
-                }
                 return Some(base + i);
             }
         }
@@ -320,7 +364,7 @@ impl<'m> BouncePool<'m> {
         base: usize,
         req: RunRequest,
     ) -> Option<(usize, (usize, usize))> {
-        let n = area.len;
+        let n = area.len();
         if n < req.nslots {
             return None;
         }
@@ -332,7 +376,8 @@ impl<'m> BouncePool<'m> {
         let want = req.align_bits;
         // Index (inside the area) of the first candidate.
         let span = (period as u64) << self.slot_shift;
-        let phase = if span.is_power_of_two() { area_phys & (span - 1) } else { area_phys % span };
+        let phase =
+            if span.is_power_of_two() { area_phys & (span - 1) } else { area_phys.checked_rem(span)? };
         let first_addr = area_phys - phase + want;
         let first_addr = if first_addr < area_phys { first_addr + span } else { first_addr };
         let first = ((first_addr - area_phys) >> self.slot_shift) as usize;
@@ -365,14 +410,11 @@ impl<'m> BouncePool<'m> {
     }
 
     fn lookup_at(&self, index: usize, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {
-        if index >= self.nslots {
-            return None;
-        }
-        let mut st = self.areas[self.area_of(index)].state.lock();
-        let i = self.in_area(index);
+        let (area, i) = self.area_at(index)?;
+        let mut st = area.state.lock();
         let rec = self.record_of(&st, index, i, off, sg)?;
         if release {
-            st.meta[i].set_state(RELEASING);
+            st.meta.get_mut(i)?.set_state(RELEASING);
         }
         Some(rec)
     }
@@ -387,7 +429,7 @@ impl<'m> BouncePool<'m> {
         off: u64,
         sg: bool,
     ) -> Option<SlotRecord> {
-        let head = &st.meta[i];
+        let head = st.meta.get(i)?;
         if head.state() != HEAD
             || ((index as u64) << self.slot_shift) + u64::from(head.offset) != off
             || (head.attrs & SG_RUN != 0) != sg
@@ -428,18 +470,14 @@ impl<'m> BouncePool<'m> {
         check: impl FnOnce(&SlotRecord) -> Result<(), E>,
         copy_back: impl FnOnce(&SlotRecord) -> bool,
     ) -> Option<Result<Taken, E>> {
-        if index >= self.nslots {
-            return None;
-        }
-        let area = &self.areas[self.area_of(index)];
-        let i = self.in_area(index);
+        let (area, i) = self.area_at(index)?;
         let mut st = area.state.lock();
         let rec = self.record_of(&st, index, i, off, sg)?;
         if let Err(e) = check(&rec) {
             return Some(Err(e));
         }
         if copy_back(&rec) {
-            st.meta[i].set_state(RELEASING);
+            st.meta.get_mut(i)?.set_state(RELEASING);
             return Some(Ok(Taken::Released(rec)));
         }
         self.free_locked(area, &mut st, i, rec.nslots);
@@ -451,14 +489,14 @@ impl<'m> BouncePool<'m> {
     /// and different cache lines. For a platform that can name the current CPU.
     pub(crate) fn alloc_near(&self, req: RunRequest, head: NewHead, cpu: usize) -> Option<usize> {
         let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
-        self.alloc_from(req, head, bits, Some(cpu % self.area_count))
+        self.alloc_from(req, head, bits, Some(cpu.checked_rem(self.area_count).unwrap_or(0)))
     }
 
     /// Undo a `lookup(.., true)` that the caller decided not to complete.
     pub(crate) fn unrelease(&self, index: usize) {
-        let mut st = self.areas[self.area_of(index)].state.lock();
-        let head = &mut st.meta[self.in_area(index)];
-        if head.state() == RELEASING {
+        let Some((area, i)) = self.area_at(index) else { return };
+        let mut st = area.state.lock();
+        if let Some(head) = st.meta.get_mut(i).filter(|h| h.state() == RELEASING) {
             head.set_state(HEAD);
         }
     }
@@ -466,8 +504,8 @@ impl<'m> BouncePool<'m> {
     /// Every live run of the pool (locks one area at a time, so a concurrent map or unmap may or may
     /// not be seen).
     pub fn for_each_live(&self, mut f: impl FnMut(LiveRun)) {
-        for a in 0..self.area_count {
-            let st = self.areas[a].state.lock();
+        for (a, area) in self.used_areas().enumerate() {
+            let st = area.state.lock();
             for (i, m) in st.meta.iter().enumerate() {
                 if !matches!(m.state(), HEAD | RELEASING | ORPHANED) {
                     continue;
@@ -491,27 +529,41 @@ impl<'m> BouncePool<'m> {
     /// the unmap could not complete): forget the original, keep the run allocated and refuse it to
     /// every face, so no later call copies into memory whose borrow has ended.
     pub(crate) fn orphan(&self, index: usize) {
-        let mut st = self.areas[self.area_of(index)].state.lock();
-        let head = &mut st.meta[self.in_area(index)];
-        head.orig = 0;
-        head.set_state(ORPHANED);
+        let Some((area, i)) = self.area_at(index) else { return };
+        let mut st = area.state.lock();
+        // Only a live head: a free or listed slot never becomes allocated for good.
+        if let Some(head) = st.meta.get_mut(i).filter(|h| matches!(h.state(), HEAD | RELEASING)) {
+            head.orig = 0;
+            head.set_state(ORPHANED);
+        }
     }
 
-    /// Free a run previously returned by `alloc` (its head released by `lookup`).
+    /// Free a run previously returned by `alloc` (its head live, or released by `lookup`), of
+    /// `nslots` slots. Anything else (no such head, another length, freed already) changes nothing:
+    /// a run is never freed twice, nor a head that is not one.
     pub(crate) fn free(&self, index: usize, nslots: usize) {
-        let area = &self.areas[self.area_of(index)];
+        let Some((area, i)) = self.area_at(index) else { return };
         let mut st = area.state.lock();
-        self.free_locked(area, &mut st, self.in_area(index), nslots);
+        let live = st
+            .meta
+            .get(i)
+            .is_some_and(|h| matches!(h.state(), HEAD | RELEASING) && h.nslots as usize == nslots);
+        if live {
+            self.free_locked(area, &mut st, i, nslots);
+        }
     }
 
     /// Free the run at area index `i`: only its head's record is cleared (the other slots were never
-    /// written), then its bitmap bits and one leaf of the tree.
+    /// written); the run goes to the area's front, or else back to its bitmap bits and one leaf of
+    /// the tree.
     fn free_locked(&self, area: &Area<'_>, st: &mut AreaState<'_>, i: usize, nslots: usize) {
-        let head = &mut st.meta[i];
+        let Some(head) = st.meta.get_mut(i) else { return };
         head.set_state(FREE);
         head.orig = 0;
         head.len = 0;
-        st.give(i, nslots);
+        if !st.front_push(i, nslots) {
+            st.give(i, nslots);
+        }
         area.publish(st, 0, nslots);
     }
 }

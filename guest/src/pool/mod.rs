@@ -23,6 +23,15 @@
 //! the run's bitmap bits, one leaf and its ancestors (O(log chunks)); the run's other slots are never
 //! touched. Usage counters are per area, on the area's own cache line, summed when read.
 //!
+//! In front of the tree each area keeps its recently freed runs by exact size (`front.rs`): a free
+//! of `n` slots pushes the run on the area's list of `n`-slot runs instead of giving it back to the
+//! bitmap and tree, and an allocation of `n` slots whose alignment the list's first run meets takes
+//! it, with no search, from whichever area lists one. The lists hold at most a quarter of the area
+//! and half of the slots its tree has free; a request no tree can meet gives every listed run back
+//! to its tree and searches again, so the front never refuses a request the pool could meet. Listed runs are free for
+//! `slots_in_use` and the high-water mark, and the lists live in the area's own metadata words, so
+//! building a pool (`BouncePool::init`) empties them.
+//!
 //! ```
 //! # use ccdma::*;
 //! # use ccdma_hv_model::{HvConfig, Hypervisor, Region};
@@ -48,7 +57,7 @@
 //! ```
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
@@ -67,6 +76,9 @@ const HEAD: u8 = 1;
 const RELEASING: u8 = 3;
 /// A head whose owner is gone while its unmap could not complete: allocated for good, no original.
 const ORPHANED: u8 = 4;
+/// The head of a freed run held by its area's front (`front.rs`) for reuse at the same size: free
+/// for every count and every face (no record), still marked used in the bitmap and the tree.
+const CACHED: u8 = 5;
 /// Head `attrs` bit (above the `DmaAttrs` bits) marking a scatter-gather run: several originals
 /// packed in one run, described by the list (see `sg.rs`), not by the head's one `orig`. The
 /// single-mapping face must never unmap or sync such a run, nor the list face a single mapping.
@@ -231,6 +243,9 @@ pub(crate) struct RunRequest {
 
 mod area;
 mod bounce_pool;
+mod front;
+#[cfg(test)]
+mod front_tests;
 #[cfg(test)]
 mod tests;
 

@@ -1,7 +1,7 @@
 //! Bounce runs: a run of pool slots placed so the bits the device needs are preserved, filled per
 //! direction at map, copied back once at unmap.
 
-use crate::addr::{BusAddr, PAGE_SIZE};
+use crate::addr::BusAddr;
 use crate::device::Device;
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
@@ -11,6 +11,7 @@ use crate::pool::{BouncePool, NewHead, Owner, RunRequest, SlotRecord};
 use crate::pool_set::PoolOrder;
 use crate::stats::{should_warn, FailureKind};
 
+use super::placement::Rule;
 use super::Original;
 
 /// How a bounce run is placed in its pool.
@@ -36,6 +37,20 @@ pub(crate) struct BounceRun {
     pub data_off: usize,
     /// Bytes of the run.
     pub run_len: usize,
+}
+
+/// Where a map starts looking when the platform names no CPU ([`Platform::cpu_hint`] `None`):
+/// a hash of the caller's stack address (each thread has its own stack, and a thread's own maps find
+/// it at the same depth, so a lone thread keeps to one cache-hot area) and the device's serial. Two
+/// threads mapping at once then start on different areas, and rarely wait on one lock, as they do
+/// with a CPU hint. Only a hint: any area is correct.
+#[inline(always)]
+fn area_hint(serial: u32) -> usize {
+    let probe = 0u8;
+    let stack = core::ptr::addr_of!(probe).addr();
+    // Thread stacks lie megabytes apart; bits below 16 KiB vary with the call depth only.
+    let key = (stack >> 14) as u64 ^ u64::from(serial).rotate_left(32);
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize
 }
 
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
@@ -89,41 +104,16 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         for i in order.iter() {
             let Some(pool) = self.pools.get_for_alloc(i) else { continue };
             let slot = pool.slot_size() as u64;
-            let unit = slot.max(iommu_page.unwrap_or(0));
-            let offset = (orig_addr & min_align & (unit - 1)) as usize;
-            let max_run = match iommu_page {
-                Some(page) => pool.max_mapping() & !(page as usize - 1),
-                None => pool.max_mapping(),
-            };
-            // Mappings of a page or more start on a page (as SWIOTLB does), except for the bits the
-            // device needs preserved; strict mappings always start on an IOMMU page, the preserved bits
-            // below it going into the offset.
-            let page_bits = if iommu_page.is_some() {
-                unit - 1
-            } else if len as u64 >= PAGE_SIZE {
-                PAGE_SIZE - 1
-            } else {
-                0
-            };
-            let align_mask = (min_align | page_bits) & !(slot - 1);
-            let align_bits = if iommu_page.is_some() {
-                orig_addr & min_align & align_mask & !(unit - 1)
-            } else {
-                orig_addr & min_align & align_mask
-            };
-            // No run crosses a segment (`max_mapping` bytes from the pool's start), so a run whose
-            // alignment puts its first candidate `phase` bytes into every segment has that much less
-            // room: a request that can never fit is `TooLarge`, not a transient exhaustion.
-            let span = align_mask + slot;
             let seg = pool.max_mapping() as u64;
-            // `span` is a power of two (`min_align` and the page bits are `2^n - 1` masks, `slot` a power
-            // of two): a mask test, no division (none by 0 either).
-            let phase = if span.is_power_of_two() && span <= seg && seg & (span - 1) == 0 {
-                (align_bits.wrapping_sub(pool.phys().0) & (span - 1)) as usize
-            } else {
-                0
-            };
-            let max_run = max_run.saturating_sub(phase);
+            let phys = pool.phys().0;
+            // The device's rules for this pool's geometry, worked out at attach; else the general
+            // route (strict runs, a pool of another geometry).
+            let rule = match iommu_page {
+                None => dev.place.lookup(slot, seg, phys, len, orig_addr),
+                Some(_) => None,
+            }
+            .unwrap_or_else(|| Rule::general(min_align, slot, seg, phys, iommu_page, len, orig_addr));
+            let Rule { offset, max_run, align_mask, align_bits } = rule;
             largest = largest.max(max_run.saturating_sub(offset));
             // Longer than any run of this pool: skip before any arithmetic on `len` can overflow.
             if len > max_run {
@@ -141,10 +131,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             let req = RunRequest { nslots, align_mask, align_bits };
             let owner = Owner { device: dev.serial, safe: orig.safe };
             let head = NewHead { offset, len, dir, attrs, orig: orig.cpu, owner };
-            let placed = match self.platform.cpu_hint() {
-                Some(cpu) => pool.alloc_near(req, head, cpu),
-                None => pool.alloc(req, head),
-            };
+            let cpu = self.platform.cpu_hint().unwrap_or_else(|| area_hint(dev.serial));
+            let placed = pool.alloc_near(req, head, cpu);
             let Some(index) = placed else { continue };
             let run_off = index << pool.slot_size().trailing_zeros();
             let run_len = nslots * slot as usize;

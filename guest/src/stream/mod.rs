@@ -10,6 +10,7 @@
 //! `check_record` -> copy back -> `BouncePool::free` (strict: entries cleared first).
 
 pub(crate) mod bounce;
+pub(crate) mod placement;
 pub(crate) mod raw_claims;
 pub(crate) mod raw_records;
 pub(crate) mod record;

@@ -8,9 +8,11 @@
 
 use ccdma::virtio_hal::{dma_direction, CcdmaHal, HalBinding, HalFailure};
 use ccdma::{BusAddr, Device, DmaError, DmaLayer, PhysAddr, Platform};
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use spin::{Mutex, Once};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use spin::Mutex;
 use virtio_drivers::{BufferDirection, Hal, PhysAddr as VirtioAddr};
 
 use crate::memory;
@@ -149,6 +151,74 @@ impl DeviceStats {
     }
 }
 
+/// Where a binding keeps its device handle: set once at attach, read by every HAL call, and taken
+/// back (unsafely: no HAL call may run) to detach the device. A `spin::Once` cannot give the handle
+/// back, so a kernel could never detach a device it drove through a binding.
+pub struct DeviceCell {
+    /// `EMPTY`, `WRITING`, `FULL`.
+    state: AtomicU8,
+    device: UnsafeCell<MaybeUninit<Device>>,
+}
+
+const EMPTY: u8 = 0;
+const WRITING: u8 = 1;
+const FULL: u8 = 2;
+
+// SAFETY: the device is written once by the CPU that moved the state EMPTY -> WRITING (a
+// compare-exchange makes it unique) and published with a release store of FULL; it is read only
+// after an acquire load saw FULL, and moved out only by `take`, whose caller guarantees no reader.
+unsafe impl Sync for DeviceCell {}
+
+impl DeviceCell {
+    /// No device.
+    pub const fn new() -> Self {
+        Self { state: AtomicU8::new(EMPTY), device: UnsafeCell::new(MaybeUninit::uninit()) }
+    }
+
+    /// The device, once attached (and until taken back).
+    pub fn get(&self) -> Option<&Device> {
+        if self.state.load(Ordering::Acquire) != FULL {
+            return None;
+        }
+        // SAFETY: FULL was published after the write and nothing moves the device out while a
+        // reference may live (`take`'s contract).
+        Some(unsafe { (*self.device.get()).assume_init_ref() })
+    }
+
+    /// Keeps `device`; a cell that holds one already hands the new one back.
+    pub fn set(&self, device: Device) -> Result<&Device, Device> {
+        if self.state.compare_exchange(EMPTY, WRITING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return Err(device);
+        }
+        // SAFETY: this CPU won EMPTY -> WRITING: no one else reads or writes the cell.
+        let stored: *const Device = unsafe { (*self.device.get()).write(device) };
+        self.state.store(FULL, Ordering::Release);
+        // SAFETY: just written and published; only `take` moves it out, under its contract.
+        Ok(unsafe { &*stored })
+    }
+
+    /// Takes the device back (to detach it); `None` when the cell is empty.
+    ///
+    /// # Safety
+    /// No reference from [`DeviceCell::get`] (or the binding's `device()`) may be alive, and no HAL
+    /// call of the binding may run until this returns: the device's driver is gone (dropped, which
+    /// resets the device) and nothing else uses the binding.
+    pub unsafe fn take(&self) -> Option<Device> {
+        self.state.compare_exchange(FULL, WRITING, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        // SAFETY: FULL: the device was written; the caller guarantees no reader, and WRITING keeps
+        // `get` and `set` away until EMPTY is stored.
+        let device = unsafe { (*self.device.get()).assume_init_read() };
+        self.state.store(EMPTY, Ordering::Release);
+        Some(device)
+    }
+}
+
+impl Default for DeviceCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A [`HalBinding`] with the kernel's bookkeeping.
 pub trait KernelBinding: HalBinding<Platform = &'static <Self::Dma as KernelDma>::Platform> {
     /// The kernel's ccdma instance.
@@ -158,7 +228,7 @@ pub trait KernelBinding: HalBinding<Platform = &'static <Self::Dma as KernelDma>
     /// The device's bookkeeping.
     fn stats() -> &'static DeviceStats;
     /// Where the binding keeps its device handle.
-    fn slot() -> &'static Once<Device>;
+    fn slot() -> &'static DeviceCell;
 }
 
 /// Declares a binding type `$name` for one device of kernel `$dma` (a [`KernelDma`]), reported as
@@ -170,7 +240,7 @@ macro_rules! dma_binding {
         pub struct $name;
 
         const _: () = {
-            static DEVICE: ::spin::Once<::ccdma::Device> = ::spin::Once::new();
+            static DEVICE: $crate::binding::DeviceCell = $crate::binding::DeviceCell::new();
             static STATS: $crate::binding::DeviceStats = $crate::binding::DeviceStats::new();
             static COHERENT: [::ccdma::virtio_hal::CoherentSlot; 8] =
                 [const { ::ccdma::virtio_hal::CoherentSlot::new() }; 8];
@@ -222,7 +292,7 @@ macro_rules! dma_binding {
                     &STATS
                 }
 
-                fn slot() -> &'static ::spin::Once<::ccdma::Device> {
+                fn slot() -> &'static $crate::binding::DeviceCell {
                     &DEVICE
                 }
             }
@@ -240,10 +310,33 @@ pub fn record_failure(stats: &DeviceStats, label: &str, failure: HalFailure) {
 }
 
 /// Attaches the device of binding `B` to the layer with `config` and records its handle. A
-/// device behind the IOMMU must be registered with the platform first.
+/// device behind the IOMMU must be registered with the platform first. A binding that holds a
+/// device already is refused (the new attach is undone).
 pub fn attach<B: KernelBinding>(config: ccdma::DeviceConfig) -> Result<&'static Device, DmaError> {
-    let device = <B::Dma as KernelDma>::layer().attach(config)?;
-    Ok(B::slot().call_once(|| device))
+    let layer = <B::Dma as KernelDma>::layer();
+    let device = layer.attach(config)?;
+    B::slot().set(device).map_err(|again| {
+        if let Err(refused) = layer.detach(again) {
+            log::error!("{}: a second attach could not be undone: {}", B::NAME, refused.error);
+        }
+        DmaError::DeviceIdInUse(config.id)
+    })
+}
+
+/// Detaches binding `B`'s device from the layer; on refusal the handle goes back into the binding.
+///
+/// # Safety
+/// As [`DeviceCell::take`]: the device's driver is gone and no HAL call of `B` runs meanwhile.
+pub unsafe fn detach<B: KernelBinding>() -> Result<(), DmaError> {
+    // SAFETY: the caller's contract.
+    let device = unsafe { B::slot().take() }.ok_or(DmaError::NotAttached)?;
+    <B::Dma as KernelDma>::layer().detach(device).map_err(|refused| {
+        let error = refused.error;
+        if B::slot().set(refused.value).is_err() {
+            log::error!("{}: the refused device could not be kept", B::NAME);
+        }
+        error
+    })
 }
 
 /// The HAL of binding `B`'s device: ccdma's [`CcdmaHal`] plus the kernel's bookkeeping and its

@@ -41,6 +41,8 @@ pub struct Tree {
     pub bootargs_len: usize,
     /// The first PCI host bridge, if any.
     pub bridge: Option<Bridge>,
+    /// The second PCI host bridge (`-device spapr-pci-host-bridge,index=1`), if any.
+    pub bridge1: Option<Bridge>,
 }
 
 fn u64_of(hi: u32, lo: u32) -> u64 {
@@ -56,6 +58,7 @@ impl Tree {
             bootargs: [0; 256],
             bootargs_len: 0,
             bridge: None,
+            bridge1: None,
         };
         if let Some(chosen) = of::find(b"/chosen\0") {
             let len = of::getprop(chosen, b"bootargs\0", &mut tree.bootargs).unwrap_or(0);
@@ -68,6 +71,7 @@ impl Tree {
             match of::name(node, &mut name) {
                 "memory" => tree.add_memory(node),
                 "pci" if tree.bridge.is_none() => tree.bridge = Some(read_bridge(node)),
+                "pci" if tree.bridge1.is_none() => tree.bridge1 = Some(read_bridge(node)),
                 _ => {}
             }
         }

@@ -79,6 +79,7 @@ pub fn init(iommu: IommuConfig, batching: Batching) -> Result<(PoolInfo, &'stati
             Batching::PerEntry => TceBatching::PerEntry,
             Batching::PerCpu => TceBatching::PerCpuPages { first, count: LIST_PAGES },
             Batching::SharedPage => TceBatching::SharedPage(first),
+            Batching::PoolPages => TceBatching::PoolPages { count: ccdma::DEFAULT_POOL_LIST_PAGES },
         };
         // SAFETY: LIST_PAGE is used by nothing but the layer, handed over once (the flag above).
         unsafe { layer.enable_iommu(iommu.with_batching(batching), ranges) }.map_err(SetupError::Pool)?;

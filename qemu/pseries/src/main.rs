@@ -15,6 +15,7 @@ mod clock;
 mod config;
 mod console;
 mod containment;
+mod detach;
 mod devtree;
 mod dma;
 mod fidelity;

@@ -20,6 +20,13 @@ pub fn cpu_address_of(pci: u64) -> u64 {
     pci.wrapping_add(OFFSETS[window].load(Ordering::Relaxed))
 }
 
+/// Makes [`cpu_address_of`] answer for `bridge`'s memory windows (each bridge maps PCI memory
+/// addresses to CPU addresses of its own): set while a transport of one of its devices is opened.
+pub fn use_windows_of(bridge: &Bridge) {
+    OFFSETS[0].store(bridge.mem64.map_or(0, |(pci, cpu, _)| cpu.wrapping_sub(pci)), Ordering::Relaxed);
+    OFFSETS[1].store(bridge.mem32.map_or(0, |(pci, cpu, _)| cpu.wrapping_sub(pci)), Ordering::Relaxed);
+}
+
 /// Configuration access to one bridge through RTAS.
 pub struct RtasCam {
     buid: u64,
@@ -76,8 +83,7 @@ impl PciBus {
             RtasCam { buid: bridge.buid, read: tokens.read_pci_config?, write: tokens.write_pci_config? };
         let window =
             |w: Option<(u64, u64, u64)>| w.map(|(pci, _, size)| Window { next: pci, end: pci + size });
-        OFFSETS[0].store(bridge.mem64.map_or(0, |(pci, cpu, _)| cpu.wrapping_sub(pci)), Ordering::Relaxed);
-        OFFSETS[1].store(bridge.mem32.map_or(0, |(pci, cpu, _)| cpu.wrapping_sub(pci)), Ordering::Relaxed);
+        use_windows_of(bridge);
         let second = RtasCam { buid: cam.buid, read: cam.read, write: cam.write };
         Some(Self {
             root: PciRoot::new(cam),

@@ -40,7 +40,20 @@ impl PseriesPlatform {
     /// The TCE behind bus address `bus` as the hypervisor's table holds it (`None` outside both
     /// windows).
     pub fn entry_of(&self, bus: u64) -> Option<u64> {
-        let windows = [self.tce.default_geometry(), self.tce.ddw()];
+        self.entry_for(None, bus)
+    }
+
+    /// The windows of `device`'s bridge (`None`: the main bridge's default window and DDW).
+    fn windows_for(&self, device: Option<u32>) -> [Option<(u32, u64, u64, u32)>; 2] {
+        match device {
+            Some(id) => self.tce.windows_of(id),
+            None => [self.tce.default_geometry(), self.tce.ddw()],
+        }
+    }
+
+    /// [`Self::entry_of`] through the windows of `device`'s bridge (`None`: the main bridge's).
+    fn entry_for(&self, device: Option<u32>, bus: u64) -> Option<u64> {
+        let windows = self.windows_for(device);
         let (liobn, start, _, shift) =
             windows.into_iter().flatten().find(|&(_, start, size, _)| bus >= start && bus - start < size)?;
         let page = 1u64 << shift;
@@ -49,12 +62,12 @@ impl PseriesPlatform {
 
     /// Where bus address `bus` leads, from the hypervisor's own table: `Some(Some(phys))` for a
     /// valid entry, `Some(None)` for none, `None` outside both windows.
-    pub fn translate(&self, bus: u64) -> Option<Option<u64>> {
-        let windows = [self.tce.default_geometry(), self.tce.ddw()];
+    pub fn translate(&self, device: Option<u32>, bus: u64) -> Option<Option<u64>> {
+        let windows = self.windows_for(device);
         let (_, start, _, shift) =
             windows.into_iter().flatten().find(|&(_, start, size, _)| bus >= start && bus - start < size)?;
         let page = 1u64 << shift;
-        let entry = self.entry_of(bus)?;
+        let entry = self.entry_for(device, bus)?;
         Some((entry & 3 != 0).then(|| (entry & !(page - 1) & !3) + (bus - start) % page))
     }
 
@@ -66,7 +79,7 @@ impl PseriesPlatform {
         let mut at = bus.0;
         while at < end {
             let piece = (PAGE - at % PAGE).min(end - at);
-            let phys = match self.translate(at) {
+            let phys = match self.translate(Some(device), at) {
                 Some(Some(phys)) => phys,
                 _ => {
                     self.ledger().violation(Violation::DeviceGivenUnmapped { device, bus: at });
@@ -84,17 +97,17 @@ impl PseriesPlatform {
 }
 
 impl KernelPlatform for PseriesPlatform {
-    fn device_phys(&self, _device: u32, bus: u64) -> Option<u64> {
-        // One bridge, one table: the hypervisor's table says where any device's bus address leads.
-        self.translate(bus).flatten()
+    fn device_phys(&self, device: u32, bus: u64) -> Option<u64> {
+        // The hypervisor's table of the device's bridge says where its bus address leads.
+        self.translate(Some(device), bus).flatten()
     }
 
     fn check_device_address(&self, device: u32, bus: BusAddr, len: usize) -> bool {
         PseriesPlatform::check_device_address(self, device, bus, len)
     }
 
-    fn entry_of(&self, _device: u32, bus: u64) -> Option<u64> {
-        PseriesPlatform::entry_of(self, bus)
+    fn entry_of(&self, device: u32, bus: u64) -> Option<u64> {
+        self.entry_for(Some(device), bus)
     }
 }
 

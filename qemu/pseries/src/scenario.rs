@@ -55,6 +55,18 @@ dma_binding!(
     PseriesDma
 );
 dma_binding!(
+    /// virtio-rng, 64-bit mask, on the blk's endpoint: it shares the blk's domain and DDW.
+    Rng64Binding,
+    "rng64",
+    PseriesDma
+);
+dma_binding!(
+    /// virtio-rng, 32-bit mask, on a second host bridge: an endpoint (and windows) of its own.
+    RngB1Binding,
+    "rng-b1",
+    PseriesDma
+);
+dma_binding!(
     /// virtio-rng whose mask (12 bits) leaves no room for anything: attach refused.
     RngTinyBinding,
     "rng-tiny",
@@ -93,6 +105,8 @@ pub struct Machine {
     blk: Option<Blk<Observed<BlkBinding>>>,
     rng: Option<Rng<RngBinding>>,
     rng_low: Option<Rng<RngLowBinding>>,
+    rng64: Option<Rng<Rng64Binding>>,
+    rng_b1: Option<Rng<RngB1Binding>>,
     net_a: Option<Nic<Observed<NetABinding>>>,
     net_b: Option<Nic<Observed<NetBBinding>>>,
     bench: Option<Blk<DirectHal>>,
@@ -181,8 +195,12 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         mask_low,
         VirtioRng::new,
     );
+    machine.rng64 =
+        open_managed::<Rng64Binding, _, _>(report, &mut pci, slot::RNG64, config, mask64, VirtioRng::new);
+    check_shared_ddw(report);
     machine.tiny_refused = check_refused::<RngTinyBinding>(report, &mut pci, slot::RNG_TINY, mask_tiny);
     machine.bench = open_bench(report, &mut pci);
+    machine.rng_b1 = open_second_bridge(report, tree, config, &bridge);
     announce_windows(&bridge);
     check_ddw_pages(report, config);
 
@@ -201,6 +219,12 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     }
     if let Some(rng) = machine.rng_low.as_mut() {
         checks::check_rng(report, "rng-low", rng);
+    }
+    if let Some(rng) = machine.rng64.as_mut() {
+        checks::check_rng(report, "rng64", rng);
+    }
+    if let Some(rng) = machine.rng_b1.as_mut() {
+        checks::check_rng(report, "rng-b1", rng);
     }
     if let (Some(a), Some(b)) = (machine.net_a.as_mut(), machine.net_b.as_mut()) {
         checks::check_net(report, a, b);
@@ -223,6 +247,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
         checks::run_bench(report, managed, baseline, "ccdma + TCE");
     }
     fidelity::probe(report, &bridge);
+    crate::detach::check(report, &mut pci, &mut machine.blk, &mut machine.rng64, slice_of(slot::BLK));
     summary::check_tces(report);
     summary::check_batching(report, config);
     summary::check_ledger(report, &machine);
@@ -300,6 +325,99 @@ impl fmt::Display for BridgeNote<'_> {
     }
 }
 
+/// The 64-bit devices share one ccdma domain, as PAPR shares the bridge's windows: the first one's
+/// slice and DDW serve both (see [`crate::tce`]).
+fn group_of(slot: u8) -> Option<u32> {
+    matches!(slot, slot::BLK | slot::RNG64).then_some(1)
+}
+
+/// `iommu.shared_ddw`: the second 64-bit device joined the blk's domain: the same path and windows,
+/// and its attach made no DDW call (the bridge has no window left: QEMU's query says 0 available).
+fn check_shared_ddw(report: &mut Report) {
+    let (Some(blk), Some(rng)) = (BlkBinding::slot().get(), Rng64Binding::slot().get()) else { return };
+    let layer = crate::dma::layer();
+    let (windows, shared) = (layer.windows_of(blk), layer.windows_of(rng));
+    let stats = layer.iommu_stats();
+    let ok = blk.path() == rng.path() && windows == shared && stats.ddw_create <= 1;
+    let liobn = |w: Option<ccdma::iommu::WindowGeometry>| crate::show::Hex(w.map(|w| w.liobn));
+    report.expect(
+        "iommu.shared_ddw",
+        ok,
+        format_args!(
+            "rng64 {:#x} shares blk {:#x}'s domain: path {} (blk {}), DDW {} (blk {}); {} DDW created, {} queried, \
+             {} removed in all",
+            rng.config().id,
+            blk.config().id,
+            rng.path().name(),
+            blk.path().name(),
+            liobn(shared.1),
+            liobn(windows.1),
+            stats.ddw_create,
+            stats.ddw_query,
+            stats.ddw_remove
+        ),
+    );
+}
+
+/// `pci.bridge1` (configuration `pseries`): a 32-bit virtio-rng on a second PCI host bridge
+/// (`-device spapr-pci-host-bridge,index=1`), slot 1. It is a partitionable endpoint of its own: its
+/// own BUID, default window (LIOBN) and ccdma domain; ccdma's pool is entered into that window.
+fn open_second_bridge(
+    report: &mut Report,
+    tree: &Tree,
+    config: &Config,
+    main: &Bridge,
+) -> Option<Rng<RngB1Binding>> {
+    let Some(bridge) = tree.bridge1 else {
+        if config.name == "pseries" {
+            report.fail("pci.bridge1", "no second PCI host bridge in the device tree");
+        }
+        return None;
+    };
+    let mut pci = PciBus::new(&bridge)?;
+    // The transport maps the BARs through this bridge's memory windows; the main bridge's come back
+    // right after.
+    let opened = function_at(report, &mut pci, 1, RngB1Binding::NAME).and_then(|function| {
+        let transport =
+            transport::managed(report, RngB1Binding::NAME, PciTransport::new(pci.cam(), function));
+        Some((function, transport?))
+    });
+    pci::use_windows_of(main);
+    let (function, transport) = opened?;
+    let id = pci::config_address(function) | crate::tce::OTHER_BRIDGE;
+    PLATFORM.tce_calls().register_on_bridge(id, bridge);
+    let mask = DmaMask::BITS_32;
+    let what = format_args!("bridge {:#x} {function}, {mask} mask", bridge.buid);
+    let device = attach_checked::<RngB1Binding>(
+        report,
+        DeviceConfig::new(id, mask),
+        expected_path(config, mask),
+        what,
+    )?;
+    let layer = crate::dma::layer();
+    let window = layer.windows_of(device).0;
+    let pool_bus = layer.pool_bus_of(device, 0);
+    let entry = pool_bus.and_then(|bus| PLATFORM.tce_calls().read_entry(bridge.liobn, bus.0));
+    let separate = bridge.buid != main.buid && bridge.liobn != main.liobn;
+    let ok = separate && window.is_some_and(|w| w.liobn == bridge.liobn) && entry.is_some_and(|e| e & 3 != 0);
+    report.expect(
+        "pci.bridge1",
+        ok,
+        format_args!(
+            "second bridge BUID {:#x} (main {:#x}), default window LIOBN {:#x} (main {:#x}); rng-b1's window \
+             {}, pool at bus {} there with entry {}",
+            bridge.buid,
+            main.buid,
+            bridge.liobn,
+            main.liobn,
+            crate::show::Hex(window.map(|w| w.liobn)),
+            crate::show::Hex(pool_bus.map(|b| b.0)),
+            crate::show::Hex(entry)
+        ),
+    );
+    init_checked::<RngB1Binding, _, _>(report, VirtioRng::new(transport))
+}
+
 /// Lists the functions on the bridge.
 fn survey(report: &mut Report, pci: &PciBus) {
     let mut count = 0;
@@ -352,7 +470,10 @@ where
     let transport = transport::managed(report, B::NAME, PciTransport::new(pci.cam(), function))?;
     let id = pci::config_address(function);
     let (start, end) = slice_of(slot);
-    PLATFORM.tce_calls().register(id, start, end);
+    match group_of(slot) {
+        Some(group) => PLATFORM.tce_calls().register_in_group(id, start, end, group),
+        None => PLATFORM.tce_calls().register(id, start, end),
+    };
     let expected = expected_path(config, mask);
     let what = format_args!("{function}, {mask} mask, default-window slice {start:#x}..{end:#x}");
     attach_checked::<B>(report, DeviceConfig::new(id, mask), expected, what)?;

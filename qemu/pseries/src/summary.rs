@@ -81,7 +81,7 @@ pub fn check_batching(report: &mut Report, config: &Config) {
     let ok = match config.batching {
         Batching::PerEntry => indirect == 0,
         // Premapped, the pool's 2048 entries in the default window go in full 512-entry lists.
-        Batching::PerCpu | Batching::SharedPage => {
+        Batching::PerCpu | Batching::SharedPage | Batching::PoolPages => {
             indirect > 0
                 && unshared == 0
                 && over == 0

@@ -4,10 +4,15 @@
 //! ultravisor: an entry that grants access must name only shared pages ([`Tce::check_entries`]).
 //!
 //! QEMU gives each PCI host bridge one partitionable endpoint: all devices on the bridge share its
-//! default window (one TCE table, one LIOBN) and its one dynamic window. ccdma keeps a bus space
-//! per device, so the kernel gives each device its own slice of the default window and reports the
-//! rest of the window as reserved for it ([`TceCalls::reserved_range`]): no two devices' entries
-//! can land on the same bus address.
+//! default window (one TCE table, one LIOBN) and its one dynamic window. ccdma keeps one domain (one
+//! bus space, one set-up for the narrowest mask) per endpoint ([`TceCalls::endpoint`]). This kernel
+//! puts devices of very different masks on one bridge (a 64-bit blk on the DDW next to 32-bit and
+//! 21-bit devices on the default window), which one shared domain would serve only on the narrowest
+//! mask's path. So it partitions the endpoint itself: each device gets its own slice of the default
+//! window, reports the rest of the window as reserved for it ([`TceCalls::reserved_range`]) and is an
+//! endpoint of its own to ccdma; no two devices' entries can land on the same bus address. Devices
+//! registered into a group ([`Tce::register_in_group`]) share one ccdma domain instead, as PAPR
+//! shares the windows: the group's first device's slice and windows serve them all.
 
 use ccdma::iommu::hcall::{H_GET_TCE, H_PUT_TCE, H_PUT_TCE_INDIRECT, H_STUFF_TCE};
 use ccdma::iommu::{DdwQuery, TceCalls, WindowGeometry};
@@ -63,7 +68,15 @@ pub struct Counters {
 struct Registered {
     id: u32,
     slice: (u64, u64),
+    /// The endpoint ccdma keys its domain by: the device alone, or a group sharing one domain.
+    endpoint: u64,
+    /// The bridge it sits on, when not the main one.
+    bridge: Option<Bridge>,
 }
+
+/// Device ids of devices on another bridge than the main one carry this bit above the RTAS
+/// configuration address (`bus << 16 | devfn << 8`), which alone does not tell bridges apart.
+pub const OTHER_BRIDGE: u32 = 1 << 24;
 
 /// The bridge's IOMMU as ccdma sees it.
 pub struct Tce {
@@ -120,14 +133,66 @@ impl Tce {
         if *count == MAX_DEVICES {
             return false;
         }
-        list[*count] = Some(Registered { id, slice: (start, end) });
+        list[*count] =
+            Some(Registered { id, slice: (start, end), endpoint: 1 << 32 | u64::from(id), bridge: None });
         *count += 1;
         true
     }
 
-    fn slice_of(&self, id: u32) -> Option<(u64, u64)> {
+    /// Registers device `id` into group `group`: one ccdma domain for the group's devices, with the
+    /// slice of the group's first device (`start`, `end` of later ones are ignored).
+    pub fn register_in_group(&self, id: u32, start: u64, end: u64, group: u32) -> bool {
+        let endpoint = 2 << 32 | u64::from(group);
+        let first = {
+            let guard = self.devices.lock();
+            guard.0[..guard.1].iter().flatten().find(|d| d.endpoint == endpoint).map(|d| d.slice)
+        };
+        let (start, end) = first.unwrap_or((start, end));
+        if !self.register(id, start, end) {
+            return false;
+        }
+        let mut guard = self.devices.lock();
+        if let Some(d) = guard.0.iter_mut().flatten().find(|d| d.id == id) {
+            d.endpoint = endpoint;
+        }
+        true
+    }
+
+    /// Registers device `id` (tagged [`OTHER_BRIDGE`]) on `bridge`, a host bridge of its own: its
+    /// endpoint is the bridge's, its slice the bridge's whole default window.
+    pub fn register_on_bridge(&self, id: u32, bridge: Bridge) -> bool {
+        let (start, end) = (bridge.window_start, bridge.window_start + bridge.window_size);
+        if !self.register(id, start, end) {
+            return false;
+        }
+        let mut guard = self.devices.lock();
+        if let Some(d) = guard.0.iter_mut().flatten().find(|d| d.id == id) {
+            (d.endpoint, d.bridge) = (3 << 32 | bridge.buid, Some(bridge));
+        }
+        true
+    }
+
+    /// The bridge device `id` sits on.
+    fn bridge_of(&self, id: u32) -> Option<Bridge> {
+        self.registered(id).and_then(|d| d.bridge).or_else(|| self.bridge())
+    }
+
+    /// The windows device `id` translates through: (LIOBN, start, size, page shift) of its bridge's
+    /// default window and, on the main bridge, the DDW.
+    pub fn windows_of(&self, id: u32) -> [Option<(u32, u64, u64, u32)>; 2] {
+        match self.registered(id).and_then(|d| d.bridge) {
+            Some(b) => [Some((b.liobn, b.window_start, b.window_size, DEFAULT_PAGE_SHIFT)), None],
+            None => [self.default_geometry(), self.ddw()],
+        }
+    }
+
+    fn registered(&self, id: u32) -> Option<Registered> {
         let guard = self.devices.lock();
-        guard.0[..guard.1].iter().flatten().find(|d| d.id == id).map(|d| d.slice)
+        guard.0[..guard.1].iter().flatten().find(|d| d.id == id).copied()
+    }
+
+    fn slice_of(&self, id: u32) -> Option<(u64, u64)> {
+        self.registered(id).map(|d| d.slice)
     }
 
     /// The dynamic window, if one was created: (LIOBN, start, size, page shift).
@@ -194,7 +259,12 @@ impl Tce {
     /// Scans the whole default window and the dynamic window with `H_GET_TCE`: live entries
     /// and how many of them name pages that are not shared.
     pub fn scan_live(&self) -> (u64, u64) {
-        let windows = [self.default_geometry(), self.ddw()];
+        let other = {
+            let guard = self.devices.lock();
+            guard.0[..guard.1].iter().flatten().find_map(|d| d.bridge)
+        };
+        let other = other.map(|b| (b.liobn, b.window_start, b.window_size, DEFAULT_PAGE_SHIFT));
+        let windows = [self.default_geometry(), self.ddw(), other];
         let (mut live, mut bad) = (0, 0);
         for (liobn, start, size, shift) in windows.into_iter().flatten() {
             let page = 1u64 << shift;
@@ -213,15 +283,15 @@ impl Tce {
 
     /// The RTAS arguments naming the device's PE: config address, BUID high, BUID low.
     fn pe_args(&self, device: u32) -> Option<[u32; 3]> {
-        let bridge = self.bridge()?;
-        Some([device, (bridge.buid >> 32) as u32, bridge.buid as u32])
+        let bridge = self.bridge_of(device)?;
+        Some([device & !OTHER_BRIDGE, (bridge.buid >> 32) as u32, bridge.buid as u32])
     }
 }
 
 impl TceCalls for Tce {
     fn default_window(&self, device: u32) -> Option<WindowGeometry> {
         self.slice_of(device)?;
-        let bridge = self.bridge()?;
+        let bridge = self.bridge_of(device)?;
         Some(WindowGeometry {
             liobn: bridge.liobn,
             start: bridge.window_start,
@@ -230,9 +300,13 @@ impl TceCalls for Tce {
         })
     }
 
+    fn endpoint(&self, device: u32) -> u64 {
+        self.registered(device).map_or(1 << 32 | u64::from(device), |d| d.endpoint)
+    }
+
     fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
         let (start, end) = self.slice_of(device)?;
-        let bridge = self.bridge()?;
+        let bridge = self.bridge_of(device)?;
         let window_end = bridge.window_start + bridge.window_size;
         let below = (start > bridge.window_start).then(|| (bridge.window_start, start - bridge.window_start));
         let above = (end < window_end).then(|| (end, window_end - end));
@@ -292,7 +366,7 @@ impl TceCalls for Tce {
     }
 
     fn ddw_query(&self, device: u32) -> Result<DdwQuery, i64> {
-        let Some([query, _, _]) = self.bridge().and_then(|b| b.ddw) else { return Ok(NO_WINDOWS) };
+        let Some([query, _, _]) = self.bridge_of(device).and_then(|b| b.ddw) else { return Ok(NO_WINDOWS) };
         self.counters.ddw_query.fetch_add(1, Ordering::Relaxed);
         let args = self.pe_args(device).ok_or(RTAS_FAILED)?;
         // status, windows available, largest block (pages), page sizes, migration
@@ -304,7 +378,9 @@ impl TceCalls for Tce {
     }
 
     fn ddw_create(&self, device: u32, page_shift: u32, window_shift: u32) -> Result<WindowGeometry, i64> {
-        let Some([_, create, _]) = self.bridge().and_then(|b| b.ddw) else { return Err(RTAS_FAILED) };
+        let Some([_, create, _]) = self.bridge_of(device).and_then(|b| b.ddw) else {
+            return Err(RTAS_FAILED);
+        };
         self.counters.ddw_create.fetch_add(1, Ordering::Relaxed);
         let [a, b, c] = self.pe_args(device).ok_or(RTAS_FAILED)?;
         // status, LIOBN, start high, start low
