@@ -140,7 +140,7 @@
  * reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little memory with
  * `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
  */
-#define CCDMA_SMALL_LAYER_SIZE 5632
+#define CCDMA_SMALL_LAYER_SIZE 5760
 
 /**
  * Alignment of a `ccdma_layer`.

@@ -481,7 +481,7 @@ pub const CCDMA_LAYER_SIZE: usize = 32768;
 /// IOMMU domain, or four with feature `native-iommu`): firmware that links such a library may
 /// reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little memory with
 /// `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
-pub const CCDMA_SMALL_LAYER_SIZE: usize = 5632;
+pub const CCDMA_SMALL_LAYER_SIZE: usize = 5760;
 /// Alignment of a `ccdma_layer`.
 pub const CCDMA_LAYER_ALIGN: usize = 128;
 /// Bytes of memory for a `ccdma_device`.

@@ -5,20 +5,20 @@
 //! | part | bytes | note |
 //! |---|---|---|
 //! | `PoolTable` | 18,432 | `POOLS` (8) slots of 2,304: a `BouncePool` (2,176, 16 areas) and its state |
-//! | `Option<Iommu>` | 6,808 | `DOMAINS` (16) domain slots of 400, list pages, reservations (280 with 0) |
+//! | `Option<Iommu>` | 6,976 | `DOMAINS` (16) domain slots of 408, list pages, reservations (320 with 0) |
 //! | `Stats` | 1,152 | one 128-byte shard of hot counters per pool slot (8), the rest once |
 //! | `RawRecords` | 792 | 4 records of raw mappings per pool slot, used in place |
 //! | `Growth` | 720 | grown-pool state per pool slot, counters, config, last pool-full report, lock |
 //! | `DeviceIds` | 272 | 8 attached device ids per pool slot (64) |
-//! | `IommuCounters` | 200 | 40 without `papr-tce` and `native-iommu` |
+//! | `IommuCounters` | 216 | 40 without `papr-tce` and `native-iommu` |
 //! | `LivePools` | 152 | bus view of the pools |
 //! | the rest | ~150 | platform, ids, policy |
-//! | `DmaLayer<P>` | 28,672 | 8 pools, 16 domains (the default) |
-//! | `DmaLayer<P, 2, 4>` | 7,936 | |
-//! | `DmaLayer<P, 1, 0>` | 3,712 | `PoolTable<1>` 2,304, `Iommu<0>` 280, `Growth` 272, `Stats` 256 |
-//! | `DmaLayer<P, 1, 0>`, no default features | 3,328 | `Growth` 96, `IommuCounters` 40 |
+//! | `DmaLayer<P>` | 28,800 | 8 pools, 16 domains (the default) |
+//! | `DmaLayer<P, 2, 4>` | 8,064 | |
+//! | `DmaLayer<P, 1, 0>` | 3,712 | `PoolTable<1>` 2,304, `Iommu<0>` 320, `Growth` 272, `Stats` 256 |
+//! | `DmaLayer<P, 1, 0>`, no default features | 3,456 | `Growth` 96, `IommuCounters` 40 |
 //!
-//! In `DmaLayer<P, 1, 0>` the rest is `IommuCounters` 200, `LivePools` 152, `RawRecords` 120 and
+//! In `DmaLayer<P, 1, 0>` the rest is `IommuCounters` 216, `LivePools` 152, `RawRecords` 120 and
 //! `DeviceIds` 48.
 
 #[cfg(test)]
