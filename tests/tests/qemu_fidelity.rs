@@ -228,9 +228,12 @@ fn removing_the_default_window_frees_bus_zero_for_the_ddw_like_qemu() {
 }
 
 #[test]
-fn removing_the_last_window_brings_the_default_window_back_empty_like_qemu() {
-    // QEMU 7.2: when the bridge's last active window is removed, the bridge is reset
-    // (spapr_phb_dma_reset): the default window is back, with no entry.
+fn removing_the_last_window_brings_the_default_window_back_empty_like_lopapr() {
+    // LoPAPR: removing the last window of a PE, when it is not the default window, restores the
+    // default window (later QEMU: spapr_phb_dma_reset from ibm,remove-pe-dma-window). Debian's
+    // QEMU 7.2 does not: the pseries kernel's check qemu.bridge_windows sees 2 windows available and
+    // no table at the default LIOBN afterwards. The model follows LoPAPR; ccdma relies on neither
+    // (its detach resets an endpoint whose default window it removed).
     let hv = qemu_like();
     let def = hv.default_window(1).unwrap();
     assert_eq!(hv.ddw_remove(1, def.liobn), 0);
