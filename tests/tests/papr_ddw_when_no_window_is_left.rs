@@ -195,3 +195,31 @@ fn a_fault_at_any_call_of_making_room_loses_nothing() {
     }
     assert!(runs >= 6, "only {runs} faults planned");
 }
+
+/// Debian's QEMU 7.2 does not bring the default window back when the last window of an endpoint
+/// is removed (the pseries kernel's check `qemu.bridge_windows` saw it; LoPAPR asks for it). ccdma's
+/// detach resets an endpoint whose default window it removed, so the default window is back either
+/// way, and a 32-bit device attached afterwards works through it.
+#[test]
+fn the_default_window_comes_back_at_detach_on_a_platform_that_does_not_restore_it() {
+    let opts = Opts { reserved: &[], ..Opts::new(IommuPolicy::Premapped) };
+    let g = iommu_guest(opts);
+    g.hv.enable_iommu(TceConfig {
+        ddw_windows: 0,
+        restore_default_on_last_remove: false,
+        ..tce_config(&opts)
+    });
+    g.hv.add_iommu_device_on_bridge(1, 64, BRIDGE);
+    g.hv.add_iommu_device_on_bridge(2, 32, BRIDGE);
+    let default = g.hv.default_window(1).unwrap();
+    let dev = g.layer.attach(cfg(1, 64)).unwrap();
+    assert_eq!(g.layer.windows_of(&dev).1.map(|w| w.start), Some(0), "the DDW in the default's place");
+    map_reads_back(&g, &dev);
+    g.layer.detach(dev).unwrap();
+    assert_default_window_only(&g, default);
+    let low = g.layer.attach(cfg(2, 32)).unwrap();
+    assert!(matches!(low.path(), DmaPath::IommuPremapped | DmaPath::IommuStrict), "{:?}", low.path());
+    map_reads_back(&g, &low);
+    g.layer.detach(low).unwrap();
+    assert_no_faults(g.hv);
+}

@@ -456,7 +456,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
     /// Take down what a set-up created in the windows (the domain's entries are cleared already): the
     /// DDW is removed and, when the set-up removed the default window, the endpoint reset so it comes
-    /// back (QEMU brings it back by itself when its last DDW goes; the reset is then skipped).
+    /// back (LoPAPR platforms and QEMU after 7.2 bring it back by themselves when the last window goes,
+    /// and the reset is then skipped; QEMU 7.2 does not).
     /// Failures are counted in `leaked_windows`.
     pub(crate) fn undo_windows(&self, tce: &Backend<'_>, id: u32, info: &DomainInfo) {
         let c = &self.iommu_counters;
