@@ -227,13 +227,8 @@ fn the_default_window_comes_back_at_detach_on_a_platform_that_does_not_restore_i
 /// An endpoint left with no window at all (a kernel before a kexec removed its default window and
 /// its DDW on QEMU 7.2, which does not bring the default back): a 32-bit device still gets a window
 /// it reaches, and its detach leaves the endpoint with its default window.
-///
-/// Not yet: attach refuses with a clear `NoIommuPath` (nothing is mapped or leaked). The fix, a
-/// reset of the endpoint when a device that cannot use a DDW finds no default window, must not
-/// reset an endpoint whose DDW another domain uses on a platform that splits one endpoint between
-/// domains (as the pseries kernel does), and with no default window ccdma cannot tell by LIOBN.
+/// ccdma resets the endpoint, which brings the default window back.
 #[test]
-#[ignore = "known gap (issue 19): an endpoint left with no window refuses a 32-bit device"]
 fn a_32_bit_device_on_an_endpoint_left_with_no_window_gets_one() {
     let opts = Opts { reserved: &[], ..Opts::new(IommuPolicy::Premapped) };
     let g = iommu_guest(opts);
@@ -244,7 +239,32 @@ fn a_32_bit_device_on_an_endpoint_left_with_no_window_gets_one() {
     assert!(g.hv.tce_tables().is_empty());
     let dev = g.layer.attach(cfg(1, 32)).unwrap();
     assert!(format!("{:?}", dev.path()).starts_with("Iommu"), "{:?}", dev.path());
+    assert_eq!(g.layer.iommu_stats().ddw_reset, 1);
     map_reads_back(&g, &dev);
     g.layer.detach(dev).unwrap();
+    assert_default_window_only(&g, default);
+    assert_no_faults(g.hv);
+}
+
+/// The same endpoint while another domain has a DDW: no reset (on a platform that splits one
+/// endpoint between domains that DDW could be this endpoint's), a clear refusal, nothing changed.
+#[test]
+fn no_reset_of_a_window_less_endpoint_while_another_domain_has_a_ddw() {
+    let opts = Opts { reserved: &[], ..Opts::new(IommuPolicy::Premapped) };
+    let g = iommu_guest(opts);
+    g.hv.enable_iommu(TceConfig { restore_default_on_last_remove: false, ..tce_config(&opts) });
+    g.hv.add_iommu_device_on_bridge(1, 32, BRIDGE);
+    g.hv.add_iommu_device_on_bridge(2, 64, BRIDGE + 1);
+    let other = g.layer.attach(cfg(2, 64)).unwrap();
+    assert_eq!(other.path(), DmaPath::IommuDdw);
+    let default = g.hv.default_window(1).unwrap();
+    assert_eq!(g.hv.ddw_remove(1, default.liobn), 0);
+    let tables = g.hv.tce_tables();
+    let err = g.layer.attach(cfg(1, 32)).unwrap_err();
+    assert!(matches!(err, ccdma::DmaError::NoIommuPath { .. }), "{err:?}");
+    assert_eq!(g.layer.iommu_stats().ddw_reset, 0);
+    assert_eq!(g.hv.tce_tables(), tables, "nothing changed");
+    map_reads_back(&g, &other);
+    g.layer.detach(other).unwrap();
     assert_no_faults(g.hv);
 }
