@@ -65,6 +65,10 @@ pub struct TceConfig {
     /// page_shift)` instead of the geometry asked for, however absurd (page shifts of 64 and more,
     /// unaligned starts, empty windows). `None`: as asked.
     pub ddw_reported: Option<(u64, u64, u32)>,
+    /// Removing the last window of an endpoint, when it is not the default window, brings the
+    /// default window back, empty: what LoPAPR asks and later QEMU does. `false`: Debian's QEMU 7.2,
+    /// which leaves the endpoint with no window (the pseries kernel's check `qemu.bridge_windows`).
+    pub restore_default_on_last_remove: bool,
 }
 
 impl Default for TceConfig {
@@ -85,6 +89,7 @@ impl Default for TceConfig {
             ddw_windows: 1,
             max_entries_per_table: None,
             ddw_reported: None,
+            restore_default_on_last_remove: true,
         }
     }
 }
@@ -755,8 +760,9 @@ impl TceCalls for Hypervisor {
         }
         // Like QEMU (rtas_ibm_remove_pe_dma_window): the window is named by its LIOBN alone (any
         // device, any bridge may remove it), the default window included. When the last
-        // non-default window of the bridge goes and no window is left, the bridge is reset: its
-        // default window comes back, empty (as the issue-19 probes of QEMU 7.2 saw).
+        // non-default window of the bridge goes and no window is left, LoPAPR (and QEMU after 7.2)
+        // reset the bridge: its default window comes back, empty. QEMU 7.2 does not
+        // (`restore_default_on_last_remove`).
         let Some((pe, owner, ddw)) = st.tables.get(&liobn).map(|t| (t.pe, t.device, t.ddw)) else {
             return RTAS_PARAMETER_ERROR;
         };
@@ -764,7 +770,7 @@ impl TceCalls for Hypervisor {
             return RTAS_PARAMETER_ERROR;
         }
         st.tables.remove(&liobn);
-        if ddw && st.active(pe) == 0 {
+        if ddw && st.active(pe) == 0 && st.cfg.restore_default_on_last_remove {
             st.reset_pe(pe, owner);
         }
         0

@@ -1249,6 +1249,7 @@ fn run_geo(case: &GeoCase) -> Result<(), TestCaseError> {
         ddw_windows: case.ddw_windows,
         max_entries_per_table: case.max_entries,
         ddw_reported: case.ddw_reported,
+        restore_default_on_last_remove: true,
     };
     let g = guest_with(kind, tce, VerifyPolicy::Ends);
     let b0 = base(&g);

@@ -195,3 +195,76 @@ fn a_fault_at_any_call_of_making_room_loses_nothing() {
     }
     assert!(runs >= 6, "only {runs} faults planned");
 }
+
+/// Debian's QEMU 7.2 does not bring the default window back when the last window of an endpoint
+/// is removed (the pseries kernel's check `qemu.bridge_windows` saw it; LoPAPR asks for it). ccdma's
+/// detach resets an endpoint whose default window it removed, so the default window is back either
+/// way, and a 32-bit device attached afterwards works through it.
+#[test]
+fn the_default_window_comes_back_at_detach_on_a_platform_that_does_not_restore_it() {
+    let opts = Opts { reserved: &[], ..Opts::new(IommuPolicy::Premapped) };
+    let g = iommu_guest(opts);
+    g.hv.enable_iommu(TceConfig {
+        ddw_windows: 0,
+        restore_default_on_last_remove: false,
+        ..tce_config(&opts)
+    });
+    g.hv.add_iommu_device_on_bridge(1, 64, BRIDGE);
+    g.hv.add_iommu_device_on_bridge(2, 32, BRIDGE);
+    let default = g.hv.default_window(1).unwrap();
+    let dev = g.layer.attach(cfg(1, 64)).unwrap();
+    assert_eq!(g.layer.windows_of(&dev).1.map(|w| w.start), Some(0), "the DDW in the default's place");
+    map_reads_back(&g, &dev);
+    g.layer.detach(dev).unwrap();
+    assert_default_window_only(&g, default);
+    let low = g.layer.attach(cfg(2, 32)).unwrap();
+    assert!(matches!(low.path(), DmaPath::IommuPremapped | DmaPath::IommuStrict), "{:?}", low.path());
+    map_reads_back(&g, &low);
+    g.layer.detach(low).unwrap();
+    assert_no_faults(g.hv);
+}
+
+/// An endpoint left with no window at all (a kernel before a kexec removed its default window and
+/// its DDW on QEMU 7.2, which does not bring the default back): a 32-bit device still gets a window
+/// it reaches, and its detach leaves the endpoint with its default window.
+/// ccdma resets the endpoint, which brings the default window back.
+#[test]
+fn a_32_bit_device_on_an_endpoint_left_with_no_window_gets_one() {
+    let opts = Opts { reserved: &[], ..Opts::new(IommuPolicy::Premapped) };
+    let g = iommu_guest(opts);
+    g.hv.enable_iommu(TceConfig { restore_default_on_last_remove: false, ..tce_config(&opts) });
+    g.hv.add_iommu_device_on_bridge(1, 32, BRIDGE);
+    let default = g.hv.default_window(1).unwrap();
+    assert_eq!(g.hv.ddw_remove(1, default.liobn), 0);
+    assert!(g.hv.tce_tables().is_empty());
+    let dev = g.layer.attach(cfg(1, 32)).unwrap();
+    assert!(format!("{:?}", dev.path()).starts_with("Iommu"), "{:?}", dev.path());
+    assert_eq!(g.layer.iommu_stats().ddw_reset, 1);
+    map_reads_back(&g, &dev);
+    g.layer.detach(dev).unwrap();
+    assert_default_window_only(&g, default);
+    assert_no_faults(g.hv);
+}
+
+/// The same endpoint while another domain has a DDW: no reset (on a platform that splits one
+/// endpoint between domains that DDW could be this endpoint's), a clear refusal, nothing changed.
+#[test]
+fn no_reset_of_a_window_less_endpoint_while_another_domain_has_a_ddw() {
+    let opts = Opts { reserved: &[], ..Opts::new(IommuPolicy::Premapped) };
+    let g = iommu_guest(opts);
+    g.hv.enable_iommu(TceConfig { restore_default_on_last_remove: false, ..tce_config(&opts) });
+    g.hv.add_iommu_device_on_bridge(1, 32, BRIDGE);
+    g.hv.add_iommu_device_on_bridge(2, 64, BRIDGE + 1);
+    let other = g.layer.attach(cfg(2, 64)).unwrap();
+    assert_eq!(other.path(), DmaPath::IommuDdw);
+    let default = g.hv.default_window(1).unwrap();
+    assert_eq!(g.hv.ddw_remove(1, default.liobn), 0);
+    let tables = g.hv.tce_tables();
+    let err = g.layer.attach(cfg(1, 32)).unwrap_err();
+    assert!(matches!(err, ccdma::DmaError::NoIommuPath { .. }), "{err:?}");
+    assert_eq!(g.layer.iommu_stats().ddw_reset, 0);
+    assert_eq!(g.hv.tce_tables(), tables, "nothing changed");
+    map_reads_back(&g, &other);
+    g.layer.detach(other).unwrap();
+    assert_no_faults(g.hv);
+}

@@ -34,7 +34,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let iommu = self.iommu.as_ref().ok_or(DmaError::NotAttached)?;
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let id = config.id;
-        let default = tce.default_window(id);
+        let mut default = tce.default_window(id);
+        let ddw_wanted = iommu.cfg.use_ddw && config.dma_mask.bits() == 64 && self.pools.occupied() > 0;
+        if default.is_none() && !ddw_wanted {
+            default = self.bring_back_default(slot, &tce, id);
+        }
         if let Some(win) = &default {
             if !win.is_usable() {
                 let (start, size, page_shift) = (win.start, win.size, win.page_shift);
@@ -51,7 +55,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let mut facts = IommuFacts {
             premapped: iommu.cfg.policy == IommuPolicy::Premapped,
             ddw: DdwOutcome::NotTried,
-            ddw_wanted: iommu.cfg.use_ddw && mask.bits() == 64 && self.pools.occupied() > 0,
+            ddw_wanted,
             pool_fits_default: default.is_some(),
             default_has_room: room,
         };
@@ -381,6 +385,39 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         })
     }
 
+    /// An endpoint with no window at all (a kernel before a kexec removed them; QEMU 7.2 does not
+    /// bring the default window back when the last window goes) for a device that can only use the
+    /// default window: reset the endpoint, which brings the default window back, empty. Not when
+    /// another domain set up already has a DDW: on a platform that splits one endpoint between
+    /// domains that DDW may be this endpoint's (with no default window there is no LIOBN to tell by),
+    /// and the reset would take it away. Returns the default window after the attempt.
+    fn bring_back_default(
+        &self,
+        slot: &DomainSlot<'m>,
+        tce: &Backend<'_>,
+        id: u32,
+    ) -> Option<WindowGeometry> {
+        let iommu = self.iommu.as_ref()?;
+        let ddw_elsewhere = iommu
+            .domains
+            .iter()
+            .flatten()
+            .filter(|d| !core::ptr::eq(*d, slot))
+            .any(|d| d.state.load(Ordering::Acquire) == READY && d.info_unchecked().ddw.is_some());
+        if ddw_elsewhere {
+            return None;
+        }
+        self.iommu_counters.ddw_reset.fetch_add(1, Ordering::Relaxed);
+        if tce.ddw_reset(id) != 0 {
+            return None;
+        }
+        let default = tce.default_window(id);
+        if default.is_some() {
+            log::info!("ccdma: device {id:#x}: endpoint without a window reset, its default window is back");
+        }
+        default
+    }
+
     /// True when another domain set up already uses `default` (by LIOBN): a platform that splits one
     /// endpoint between domains. Runs under the attach lock, so no READY domain changes meanwhile.
     fn window_used_elsewhere(&self, slot: &DomainSlot<'m>, default: Option<WindowGeometry>) -> bool {
@@ -456,7 +493,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
     /// Take down what a set-up created in the windows (the domain's entries are cleared already): the
     /// DDW is removed and, when the set-up removed the default window, the endpoint reset so it comes
-    /// back (QEMU brings it back by itself when its last DDW goes; the reset is then skipped).
+    /// back (LoPAPR platforms and QEMU after 7.2 bring it back by themselves when the last window goes,
+    /// and the reset is then skipped; QEMU 7.2 does not).
     /// Failures are counted in `leaked_windows`.
     pub(crate) fn undo_windows(&self, tce: &Backend<'_>, id: u32, info: &DomainInfo) {
         let c = &self.iommu_counters;

@@ -2,7 +2,7 @@
 //! direction at map, copied back once at unmap.
 
 use crate::addr::BusAddr;
-use crate::device::Device;
+use crate::device::{Device, DeviceConfig};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
@@ -11,7 +11,7 @@ use crate::pool::{BouncePool, NewHead, Owner, RunRequest, SlotRecord};
 use crate::pool_set::PoolOrder;
 use crate::stats::{should_warn, FailureKind};
 
-use super::placement::Rule;
+use super::placement::{Placement, Rule};
 use super::Original;
 
 /// How a bounce run is placed in its pool.
@@ -216,5 +216,17 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         // `offset + len <= rec.len`; the run is live and ours.
         unsafe { core::ptr::copy_nonoverlapping(slot, rec.orig.add(offset), len) };
         self.stats.from_device(len);
+    }
+}
+
+// In this file rather than placement.rs: `device` imports `Placement`, so placement.rs imports
+// nothing that imports `device` (scripts/import-cycles.py).
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+    /// A device's placement rules for the geometry of the first pool of `pools` (at attach).
+    pub(crate) fn placement(&self, config: &DeviceConfig, pools: &PoolOrder) -> Placement {
+        let first = pools.iter().find_map(|i| self.pools.get(i));
+        first.map_or(Placement::default(), |p| {
+            Placement::new(config.min_align_mask, p.slot_size() as u64, p.max_mapping() as u64)
+        })
     }
 }

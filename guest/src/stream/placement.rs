@@ -5,20 +5,6 @@
 //! and strict IOMMU runs take the general route, [`Rule::general`], with the same results.
 
 use crate::addr::PAGE_SIZE;
-use crate::device::DeviceConfig;
-use crate::layer::DmaLayer;
-use crate::platform::Platform;
-use crate::pool_set::PoolOrder;
-
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
-    /// A device's placement rules for the geometry of the first pool of `pools` (at attach).
-    pub(crate) fn placement(&self, config: &DeviceConfig, pools: &PoolOrder) -> Placement {
-        let first = pools.iter().find_map(|i| self.pools.get(i));
-        first.map_or(Placement::default(), |p| {
-            Placement::new(config.min_align_mask, p.slot_size() as u64, p.max_mapping() as u64)
-        })
-    }
-}
 
 /// How one run may be placed in one pool, for one buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

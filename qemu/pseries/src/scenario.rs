@@ -374,6 +374,7 @@ fn open_second_bridge(
         }
         return None;
     };
+    crate::fidelity::probe_window_life_cycle(report, &bridge);
     let mut pci = PciBus::new(&bridge)?;
     // The transport maps the BARs through this bridge's memory windows; the main bridge's come back
     // right after.
