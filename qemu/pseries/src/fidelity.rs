@@ -85,6 +85,11 @@ fn probe_ddw(show: &mut impl FnMut(&str, i64), bridge: &Bridge) {
         show("ddw_query.page_sizes", i64::from(sizes));
         show("ddw_query.migration", i64::from(migration));
     }
+    // A configuration address with no device behind it (slot 31): QEMU answers for the bridge the
+    // BUID names (the model names devices, not addresses: tests/tests/qemu_fidelity.rs says why).
+    if let Some([status, ..]) = rtas::call::<5>(query, &[0xF800, pe[1], pe[2]]) {
+        show("ddw_query.unknown_address", i64::from(status as i32));
+    }
     if create == 0 {
         return;
     }
