@@ -224,15 +224,22 @@ fn the_default_window_comes_back_at_detach_on_a_platform_that_does_not_restore_i
     assert_no_faults(g.hv);
 }
 
+/// A guest on a platform that, like QEMU 7.2, does not bring the default window back when the last
+/// window of an endpoint goes.
+fn qemu_7_2_guest() -> IommuGuest {
+    let opts = Opts { reserved: &[], ..Opts::new(IommuPolicy::Premapped) };
+    let g = iommu_guest(opts);
+    g.hv.enable_iommu(TceConfig { restore_default_on_last_remove: false, ..tce_config(&opts) });
+    g
+}
+
 /// An endpoint left with no window at all (a kernel before a kexec removed its default window and
 /// its DDW on QEMU 7.2, which does not bring the default back): a 32-bit device still gets a window
 /// it reaches, and its detach leaves the endpoint with its default window.
 /// ccdma resets the endpoint, which brings the default window back.
 #[test]
 fn a_32_bit_device_on_an_endpoint_left_with_no_window_gets_one() {
-    let opts = Opts { reserved: &[], ..Opts::new(IommuPolicy::Premapped) };
-    let g = iommu_guest(opts);
-    g.hv.enable_iommu(TceConfig { restore_default_on_last_remove: false, ..tce_config(&opts) });
+    let g = qemu_7_2_guest();
     g.hv.add_iommu_device_on_bridge(1, 32, BRIDGE);
     let default = g.hv.default_window(1).unwrap();
     assert_eq!(g.hv.ddw_remove(1, default.liobn), 0);
@@ -250,9 +257,7 @@ fn a_32_bit_device_on_an_endpoint_left_with_no_window_gets_one() {
 /// endpoint between domains that DDW could be this endpoint's), a clear refusal, nothing changed.
 #[test]
 fn no_reset_of_a_window_less_endpoint_while_another_domain_has_a_ddw() {
-    let opts = Opts { reserved: &[], ..Opts::new(IommuPolicy::Premapped) };
-    let g = iommu_guest(opts);
-    g.hv.enable_iommu(TceConfig { restore_default_on_last_remove: false, ..tce_config(&opts) });
+    let g = qemu_7_2_guest();
     g.hv.add_iommu_device_on_bridge(1, 32, BRIDGE);
     g.hv.add_iommu_device_on_bridge(2, 64, BRIDGE + 1);
     let other = g.layer.attach(cfg(2, 64)).unwrap();
