@@ -175,24 +175,30 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         slot.mask.store(config.dma_mask.bits() as u64, Ordering::Relaxed);
         slot.min_align.store(config.min_align_mask, Ordering::Relaxed);
         let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
-        let mut dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
+        let dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
         if config.deferred_attach {
             log::debug!("ccdma: device {:#x} ({}) -> IOMMU attach deferred", config.id, config.dma_mask);
             return Ok(dev);
         }
-        match self.run_setup_locked(slot, &config).unwrap_or(Err(DmaError::NotAttached)) {
-            Ok(info) => {
-                dev.path = info.path;
-                dev.pools = info.pools;
-                Ok(dev)
-            }
-            Err(e) => {
-                slot.users.store(0, Ordering::Relaxed);
-                slot.generation.fetch_add(1, Ordering::Relaxed);
-                slot.state.store(FREE, Ordering::Release);
-                Err(e)
-            }
-        }
+        self.set_up_now(slot, &config, dev).inspect_err(|_| {
+            slot.users.store(0, Ordering::Relaxed);
+            slot.generation.fetch_add(1, Ordering::Relaxed);
+            slot.state.store(FREE, Ordering::Release);
+        })
+    }
+
+    /// Run the domain's set-up now (the device is not deferred) and give the device its path and
+    /// pools; the caller undoes its claim on an error.
+    fn set_up_now(
+        &self,
+        slot: &DomainSlot<'m>,
+        config: &DeviceConfig,
+        mut dev: Device,
+    ) -> Result<Device, DmaError> {
+        let info = self.run_setup_locked(slot, config).unwrap_or(Err(DmaError::NotAttached))?;
+        dev.path = info.path;
+        dev.pools = info.pools;
+        Ok(dev)
     }
 
     /// A second (third, ...) device of an endpoint joins the endpoint's domain. Runs under the attach
@@ -236,22 +242,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             CLAIMED => {
                 self.narrow_domain(slot, &config);
                 slot.users.fetch_add(1, Ordering::Relaxed);
-                let mut dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
+                let dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
                 if config.deferred_attach {
                     return Ok(dev);
                 }
-                match self.run_setup_locked(slot, &config).unwrap_or(Err(DmaError::NotAttached)) {
-                    Ok(info) => {
-                        dev.path = info.path;
-                        dev.pools = info.pools;
-                        Ok(dev)
-                    }
-                    Err(e) => {
-                        // The deferred devices already attached keep the domain (still CLAIMED).
-                        slot.users.fetch_sub(1, Ordering::Relaxed);
-                        Err(e)
-                    }
-                }
+                // On an error the deferred devices already attached keep the domain (still CLAIMED).
+                self.set_up_now(slot, &config, dev).inspect_err(|_| {
+                    slot.users.fetch_sub(1, Ordering::Relaxed);
+                })
             }
             DETACHING => Err(DmaError::DetachIncomplete),
             _ => Err(DmaError::NotAttached),
