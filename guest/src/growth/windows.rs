@@ -27,7 +27,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         reserve: bool,
     ) -> Result<(), bool> {
         let Some(iommu) = &self.iommu else { return Ok(()) };
-        let Some(tce) = self.backend() else { return Ok(()) };
+        let Some(tce) = self.premap_backend() else { return Ok(()) };
         let len = len as u64;
         for slot in iommu.domains.iter().flatten() {
             if slot.state.load(Ordering::Acquire) != READY {

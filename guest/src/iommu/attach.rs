@@ -126,12 +126,22 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             .map(|b| Backend::Native(b, &self.iommu_counters))
     }
 
+    /// [`Self::backend`] for the calls that enter a pool into a window for good (premapped set-up,
+    /// growth): read back as [`VerifyPolicy::entering_pools`] says.
+    pub(crate) fn premap_backend(&self) -> Option<Backend<'_>> {
+        let mut b = self.backend()?;
+        if let (Backend::Tce(_, w), Some(i)) = (&mut b, &self.iommu) {
+            w.verify = i.cfg.verify.entering_pools();
+        }
+        Some(b)
+    }
+
     pub(crate) fn tce_writer<'a>(&'a self, calls: &'a dyn TceCalls) -> TceWriter<'a> {
         let iommu = self.iommu.as_ref();
         TceWriter {
             calls,
             list: iommu.and_then(|i| i.list.as_ref()),
-            verify: iommu.map_or(VerifyPolicy::All, |i| i.cfg.verify),
+            verify: iommu.map_or(VerifyPolicy::All, |i| i.cfg.verify.per_mapping()),
             counters: &self.iommu_counters,
             cpu: iommu.and_then(|i| i.list.as_ref()).and_then(|_| self.platform.cpu_hint()),
         }

@@ -40,6 +40,28 @@ pub enum VerifyPolicy {
     Ends,
     /// Every entry.
     All,
+    /// [`VerifyPolicy::Ends`] for the calls that enter a pool into a window for good (premapped
+    /// attach, pool growth: once per pool and device), [`VerifyPolicy::Off`] for entries written per
+    /// mapping (a device that falls back to strict entries, coherent buffers): the default of
+    /// [`IommuConfig::premapped`], so that a fallback device pays what Linux pays.
+    Premap,
+}
+
+impl VerifyPolicy {
+    /// The policy for entries written per mapping.
+    pub(crate) const fn per_mapping(self) -> VerifyPolicy {
+        match self {
+            VerifyPolicy::Premap => VerifyPolicy::Off,
+            v => v,
+        }
+    }
+    /// The policy for the calls that enter a pool into a window for good.
+    pub(crate) const fn entering_pools(self) -> VerifyPolicy {
+        match self {
+            VerifyPolicy::Premap => VerifyPolicy::Ends,
+            v => v,
+        }
+    }
 }
 
 /// Most per-CPU list pages [`TceBatching::PerCpuPages`] takes.
@@ -130,14 +152,31 @@ pub struct IommuConfig {
 pub const DEFAULT_POOL_LIST_PAGES: usize = 2;
 
 impl IommuConfig {
-    /// Premapped, read-back of the ends of every call, DDW allowed, 8 domains, no list page (one
-    /// `H_PUT_TCE` per entry: [`TceBatching::PerEntry`]). Entering a pool costs these calls once, at
-    /// attach; a device that falls back to strict entries pays them per mapping, as
-    /// [`IommuConfig::strict`]'s table says for per-entry with read-back.
+    /// Premapped, DDW allowed, 8 domains; read-back of the ends of the calls that enter a pool into
+    /// a window ([`VerifyPolicy::Premap`]: once per pool and device, at attach or growth), none per
+    /// mapping; no list page (one `H_PUT_TCE` per entry: [`TceBatching::PerEntry`]).
+    ///
+    /// A device whose window cannot hold a pool below its mask (and that gets no DDW) falls back to
+    /// strict entries per mapping. With these defaults it pays what Linux pays in a secure guest,
+    /// never more. Hypercalls per map+unmap of `n` 4 KiB IOMMU pages on such a device
+    /// (`n <= 512`; each further 512 adds one `H_STUFF_TCE`, and one `H_PUT_TCE_INDIRECT` when
+    /// batched; `tests/tests/premapped_fallback_vs_linux.rs` pins them):
+    ///
+    /// | configuration | 4 KiB | 64 KiB | 256 KiB | `n` |
+    /// |---|---|---|---|---|
+    /// | Linux, secure guest | 2 | 17 | 65 | `n + 1` |
+    /// | this default (`PerEntry`, `Premap`) | 2 | 17 | 65 | `n + 1` |
+    /// | `.with_batching(TceBatching::PoolPages { count: DEFAULT_POOL_LIST_PAGES })` | 2 | 2 | 2 | 2 |
+    /// | `.with_verify(VerifyPolicy::Ends)` (paranoid; the default before issue 21) | 4 | 35 | 131 | `2n + 3` (`n = 1`: 4) |
+    /// | `.with_verify(VerifyPolicy::All)` (paranoid) | 4 | 49 | 193 | `3n + 1` |
+    ///
+    /// `PoolPages` takes its 8 KiB of the first pool at `enable_iommu` whether or not a device
+    /// ever falls back, which is why it is not the premapped default. `Ends` and `All` also read
+    /// back every entering of a pool and every clear.
     pub const fn premapped() -> IommuConfig {
         IommuConfig {
             policy: IommuPolicy::Premapped,
-            verify: VerifyPolicy::Ends,
+            verify: VerifyPolicy::Premap,
             use_ddw: true,
             max_domains: 8,
             batching: TceBatching::PerEntry,

@@ -32,7 +32,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         config: &DeviceConfig,
     ) -> Result<DomainInfo, DmaError> {
         let iommu = self.iommu.as_ref().ok_or(DmaError::NotAttached)?;
-        let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
+        let tce = self.premap_backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let id = config.id;
         let mut default = tce.default_window(id);
         let ddw_wanted = iommu.cfg.use_ddw && config.dma_mask.bits() == 64 && self.pools.occupied() > 0;

@@ -86,7 +86,8 @@ impl TceWriter<'_> {
         };
         match self.verify {
             VerifyPolicy::Off => Ok(()),
-            VerifyPolicy::Ends => {
+            // Resolved by the caller (`per_mapping`, `entering_pools`); read back if it was not.
+            VerifyPolicy::Ends | VerifyPolicy::Premap => {
                 read(0)?;
                 if n > 1 {
                     read(n - 1)?;
