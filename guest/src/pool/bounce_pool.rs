@@ -249,8 +249,9 @@ impl<'m> BouncePool<'m> {
         self.alloc_tagged(req, head, bits)
     }
 
-    /// [`Self::alloc`] for a scatter-gather run: `offset`/`len` span the packed segments; the
+    /// [`Self::alloc_near`] for a scatter-gather run: `offset`/`len` span the packed segments; the
     /// originals are recorded in the list itself.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn alloc_sg(
         &self,
         req: RunRequest,
@@ -259,10 +260,11 @@ impl<'m> BouncePool<'m> {
         dir: DmaDirection,
         attrs: DmaAttrs,
         device: u32,
+        cpu: usize,
     ) -> Option<usize> {
         let owner = Owner { device, safe: false };
         let head = NewHead { offset, len, dir, attrs, orig: core::ptr::null_mut(), owner };
-        self.alloc_tagged(req, head, attrs.bits() | SG_RUN)
+        self.alloc_from(req, head, attrs.bits() | SG_RUN, Some(cpu.checked_rem(self.area_count).unwrap_or(0)))
     }
 
     fn alloc_tagged(&self, req: RunRequest, new: NewHead, attr_bits: u8) -> Option<usize> {

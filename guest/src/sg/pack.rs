@@ -23,6 +23,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let bits = g.orig0 & lim.min_align;
         let page = view.run_page();
         let mut largest = 0u64;
+        // The area to start in, as a single map picks it: the caller's CPU, else a hash of its stack.
+        let cpu = self.platform.cpu_hint().unwrap_or_else(|| crate::stream::bounce::area_hint(dev.serial));
         for pi in view.pools.iter() {
             // `pi` is a pool index (`< MAX_POOLS`): checked rather than indexed.
             let (Some(pool), Some(&pool_bus)) = (self.pools.get_for_alloc(pi), view.pool_bus.get(pi)) else {
@@ -50,7 +52,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
                 let align_mask = (align - 1) & !(slot - 1);
                 RunRequest { nslots: nslots as usize, align_mask, align_bits: bits & align_mask }
             };
-            let Some(index) = pool.alloc_sg(req, 0, data_end as usize, dir, attrs, dev.serial) else {
+            let Some(index) = pool.alloc_sg(req, 0, data_end as usize, dir, attrs, dev.serial, cpu) else {
                 continue;
             };
             let run_off = (index as u64) << slot.trailing_zeros();

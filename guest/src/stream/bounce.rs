@@ -45,7 +45,7 @@ pub(crate) struct BounceRun {
 /// threads mapping at once then start on different areas, and rarely wait on one lock, as they do
 /// with a CPU hint. Only a hint: any area is correct.
 #[inline(always)]
-fn area_hint(serial: u32) -> usize {
+pub(crate) fn area_hint(serial: u32) -> usize {
     let probe = 0u8;
     let stack = core::ptr::addr_of!(probe).addr();
     // Thread stacks lie megabytes apart; bits below 16 KiB vary with the call depth only.
