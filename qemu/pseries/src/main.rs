@@ -18,6 +18,7 @@ mod containment;
 mod detach;
 mod devtree;
 mod dma;
+mod fallback;
 mod fidelity;
 mod growth;
 mod hcall;

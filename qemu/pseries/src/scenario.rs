@@ -16,7 +16,7 @@ use ccdma_qemu_common::{blk::Blk, println};
 use core::fmt;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 
-use crate::config::{slot, Config};
+use crate::config::{slot, Batching, Config};
 use crate::devtree::{Bridge, Tree};
 use crate::dma::{self, KernelBinding, Observed, PseriesDma};
 use crate::pci::{self, PciBus};
@@ -149,8 +149,12 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     let iommu = match config.policy {
         IommuPolicy::Premapped => IommuConfig::premapped(),
         IommuPolicy::Strict => IommuConfig::strict(),
-    }
-    .with_verify(VerifyPolicy::Ends);
+    };
+    // Per-entry batching (`pseries-no-ddw`) runs premapped's own defaults, read-back included
+    // (`VerifyPolicy::Premap`): what a device falling back to strict pays (`ccdma.fallback_calls`).
+    // The others read back the ends of every call.
+    let read_back = config.batching != Batching::PerEntry;
+    let iommu = if read_back { iommu.with_verify(VerifyPolicy::Ends) } else { iommu };
     match dma::init(iommu, config.batching) {
         Ok((pool, _)) => report.expect(
             "ccdma.pool",
@@ -219,6 +223,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) -> Machine {
     }
     if let Some(rng) = machine.rng_low.as_mut() {
         checks::check_rng(report, "rng-low", rng);
+        crate::fallback::check::<RngLowBinding>(report, !read_back);
     }
     if let Some(rng) = machine.rng64.as_mut() {
         checks::check_rng(report, "rng64", rng);
