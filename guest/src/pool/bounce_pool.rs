@@ -303,6 +303,12 @@ impl<'m> BouncePool<'m> {
                 continue;
             }
             for k in 0..count {
+                // A caller that names its area (its CPU's) takes only that area's front first, then
+                // that area's tree: a run another CPU just freed would pull it into that CPU's area
+                // (its lock and lines) for good. The other areas' fronts come in the second pass.
+                if pass == 0 && k > 0 && first.is_some() {
+                    break;
+                }
                 let a = if start + k >= count { start + k - count } else { start + k };
                 let Some(area) = self.areas.get(a) else { continue };
                 let summary = area.summary.load(Ordering::Relaxed);
@@ -320,8 +326,10 @@ impl<'m> BouncePool<'m> {
                 let aligned = |i: usize| {
                     (area_phys + ((i as u64) << self.slot_shift)) & req.align_mask == req.align_bits
                 };
-                // (The second pass follows the first, which looked at every front that lists `n`.)
-                let listed = if pass == 1 && bit != 0 { None } else { st.front_pop(n, aligned) };
+                // (The second pass follows the first, which looked at every front that lists `n`, or
+                // at the named area's only.)
+                let seen = k == 0 || first.is_none();
+                let listed = if pass == 1 && bit != 0 && seen { None } else { st.front_pop(n, aligned) };
                 let i = match listed {
                     Some(i) => i,
                     None if pass == 0 => continue,
