@@ -124,8 +124,9 @@ pub trait Platform: MemorySharing + PhysMemory + Sync {
     }
     /// The number of the CPU running the caller, when the platform can tell cheaply. Pools start their
     /// search at that CPU's area (as Linux does), so CPUs mapping at once take different locks and
-    /// cache lines. `None` (the default): start in an area hashed from the caller's stack address and
-    /// the device, so threads still spread over the areas (less evenly than CPUs do).
+    /// cache lines. Single maps and scatter-gather lists alike. `None` (the default): start in an
+    /// area picked from the caller's stack address, so threads on neighbouring stacks start in
+    /// different areas (less evenly than CPUs do).
     fn cpu_hint(&self) -> Option<usize> {
         None
     }

@@ -207,13 +207,13 @@ impl<const SHARDS: usize> Stats<SHARDS> {
     pub(crate) fn fail(&self, kind: FailureKind) -> u64 {
         self.failures[kind as usize].fetch_add(1, Ordering::Relaxed) + 1
     }
-    /// The caller's shard: from its stack address ([`shard_of`]), see the module docs.
+    /// The caller's shard: from its stack address ([`stack_slot`]), see the module docs.
     /// `None` only with no shard at all. `SHARDS` is a constant of each layer type, so the index is
     /// a mask for a power of two (the default 8) and the bounds check folds away.
     #[inline]
     fn shard(&self) -> Option<&Shard> {
         let probe = 0u8;
-        self.hot.get(shard_of(core::ptr::addr_of!(probe) as usize) % SHARDS.max(1))
+        self.hot.get(stack_slot(core::ptr::addr_of!(probe) as usize) % SHARDS.max(1))
     }
     pub(crate) fn mapped(&self, bounced: bool) {
         if let Some(s) = self.shard() {
@@ -276,12 +276,14 @@ pub(crate) fn should_warn(count: u64) -> bool {
     count.is_power_of_two()
 }
 
-/// The shard of a caller whose stack is at `a`, before the modulo: the 16 KiB granule plus the 2 MiB
-/// one. A sum, not a XOR: the stack one below differs by 1 to 3 (mod 8) whether stacks lie 16 or 32
-/// KiB apart (kernel stacks) or 2 or 8 MiB and a guard page apart (Rust and C threads), so two
-/// neighbours never share a line; a XOR of the two lets a borrow in both cancel out.
+/// A slot for a caller whose stack is at `a` (a stats shard, the start area of a map without a CPU
+/// hint), before the modulo: the 16 KiB granule plus the 2 MiB one. A sum, not a XOR: the stack one
+/// below differs by 1 to 3 (mod 4 and mod 8) whether stacks lie 16 or 32 KiB apart (kernel stacks)
+/// or 2 MiB and a guard page apart (Rust threads), and by 4 to 6 (mod 8) 8 MiB and a guard page
+/// apart (C threads), so neighbours never share a line; a XOR of the two lets a borrow in both
+/// cancel out.
 #[inline(always)]
-fn shard_of(a: usize) -> usize {
+pub(crate) fn stack_slot(a: usize) -> usize {
     (a >> 14).wrapping_add(a >> 21)
 }
 
@@ -291,18 +293,21 @@ mod tests {
 
     use super::*;
 
-    /// Neighbouring stacks never share a shard, wherever the stacks lie and at whatever depth the
-    /// caller is: 16 and 32 KiB kernel stacks, the 2 MiB of a Rust thread and the 8 MiB of a C
-    /// thread (each with its 4 KiB guard page). Two threads that shared one (the XOR fold did, for
-    /// the threads bench's stacks) pulled every map's counter line back and forth: two threads
-    /// mapped more slowly than one (issue 21).
+    /// Neighbouring stacks never share a slot (of 8 stats shards; of 4 areas, the default, but for
+    /// 8 MiB stacks), wherever the stacks lie and at whatever depth the caller is: 16 and 32 KiB
+    /// kernel stacks, the 2 MiB of a Rust thread and the 8 MiB of a C thread (each with its 4 KiB
+    /// guard page). Two threads sharing one pull one line back and forth on every map (issue 21;
+    /// the XOR fold failed this for 16 KiB stacks, the multiplying hash of the no-hint start area
+    /// put the threads bench's two threads in one area in one process of four).
     #[test]
     fn neighbouring_stacks_get_different_shards() {
-        let spacings = [16 << 10, 32 << 10, (2 << 20) + 4096, (8 << 20) + 4096];
-        for d in spacings {
+        let spacings = [(16 << 10, 4), (32 << 10, 4), ((2 << 20) + 4096, 4), ((8 << 20) + 4096, 8)];
+        for (d, slots) in spacings {
             for top in (0x7f00_0000_0000usize..).step_by(4096 + 8 * 37).take(20_000) {
-                let (a, b) = (shard_of(top) % 8, shard_of(top - d) % 8);
-                assert_ne!(a, b, "stacks {d:#x} apart at {top:#x} share shard {a}");
+                for m in [slots, 8] {
+                    let (a, b) = (stack_slot(top) % m, stack_slot(top - d) % m);
+                    assert_ne!(a, b, "stacks {d:#x} apart at {top:#x} share slot {a} of {m}");
+                }
             }
         }
     }

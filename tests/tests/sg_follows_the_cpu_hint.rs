@@ -1,7 +1,7 @@
 //! Issue 21: a scatter-gather list's bounce run starts in the area of the caller's CPU, as a single
-//! map does (`Platform::cpu_hint`; without one, the area hashed from the caller's stack and the
-//! device serial). Before, every list started where the last allocation found room: area 0 for all
-//! of them, whatever the CPU, so CPUs mapping lists at once took one lock.
+//! map does (`Platform::cpu_hint`; without one, the area picked from the caller's stack). Before,
+//! every list started where the last allocation found room: area 0 for all of them, whatever the
+//! CPU, so CPUs mapping lists at once took one lock.
 //!
 //! The area a list's run landed in is read from the bus address of its first entry.
 

@@ -24,7 +24,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let page = view.run_page();
         let mut largest = 0u64;
         // The area to start in, as a single map picks it: the caller's CPU, else a hash of its stack.
-        let cpu = self.platform.cpu_hint().unwrap_or_else(|| crate::stream::bounce::area_hint(dev.serial));
+        let cpu = self.platform.cpu_hint().unwrap_or_else(crate::stream::bounce::area_hint);
         for pi in view.pools.iter() {
             // `pi` is a pool index (`< MAX_POOLS`): checked rather than indexed.
             let (Some(pool), Some(&pool_bus)) = (self.pools.get_for_alloc(pi), view.pool_bus.get(pi)) else {

@@ -40,17 +40,14 @@ pub(crate) struct BounceRun {
 }
 
 /// Where a map starts looking when the platform names no CPU ([`Platform::cpu_hint`] `None`):
-/// a hash of the caller's stack address (each thread has its own stack, and a thread's own maps find
-/// it at the same depth, so a lone thread keeps to one cache-hot area) and the device's serial. Two
-/// threads mapping at once then start on different areas, and rarely wait on one lock, as they do
-/// with a CPU hint. Only a hint: any area is correct.
+/// a slot of the caller's stack address (each thread has its own stack, and a thread's own maps find
+/// it at the same depth, so a lone thread keeps to one cache-hot area, whichever device it maps
+/// for). Threads on neighbouring stacks start in different areas (`stats::stack_slot`), and do not
+/// wait on one lock, as with a CPU hint. Only a hint: any area is correct.
 #[inline(always)]
-pub(crate) fn area_hint(serial: u32) -> usize {
+pub(crate) fn area_hint() -> usize {
     let probe = 0u8;
-    let stack = core::ptr::addr_of!(probe).addr();
-    // Thread stacks lie megabytes apart; bits below 16 KiB vary with the call depth only.
-    let key = (stack >> 14) as u64 ^ u64::from(serial).rotate_left(32);
-    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize
+    crate::stats::stack_slot(core::ptr::addr_of!(probe).addr())
 }
 
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
@@ -131,7 +128,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             let req = RunRequest { nslots, align_mask, align_bits };
             let owner = Owner { device: dev.serial, safe: orig.safe };
             let head = NewHead { offset, len, dir, attrs, orig: orig.cpu, owner };
-            let cpu = self.platform.cpu_hint().unwrap_or_else(|| area_hint(dev.serial));
+            let cpu = self.platform.cpu_hint().unwrap_or_else(area_hint);
             let placed = pool.alloc_near(req, head, cpu);
             let Some(index) = placed else { continue };
             let run_off = index << pool.slot_size().trailing_zeros();
