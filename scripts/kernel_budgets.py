@@ -220,12 +220,17 @@ def main():
 
     def category(sym):
         n, crate = names[sym], owner(names[sym])
+        kernel_types = any(k + "::" in n for k in KERNEL_CRATES)
         cats = []
-        if crate == CCDMA:
+        if crate == CCDMA or (crate in ("core", "alloc") and "ccdma::" in n and not kernel_types):
             cats.append("ccdma")
         if crate == FFI or sym.startswith("ccdma_"):
             cats.append("ffi")
-        if crate in KERNEL_CRATES:
+        # The kernel's own code: its crates, other crates' code instantiated for their types, and
+        # its unmangled Rust functions (kmain, ...; C code has no .stack_sizes entry).
+        if crate in KERNEL_CRATES or (crate not in (CCDMA, FFI) and kernel_types) or (
+            not sym.startswith(("_R", "ccdma_")) and crate == n
+        ):
             cats.append("kernel")
         if (crate in KERNEL_CRATES and SETUP_KERNEL.search(n)) or (
             (crate in (CCDMA, FFI) or sym.startswith("ccdma_")) and SETUP_CCDMA.search(n)

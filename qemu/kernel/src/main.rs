@@ -86,7 +86,7 @@ extern "C" fn kmain(start_info_phys: u32) -> ! {
     report.pass("boot.config", format_args!("configuration {}", config.name));
 
     // The devices stay alive until the machine stops: see `scenario::Machine`.
-    let _machine = scenario::run(&mut report, &start_info, &config);
+    scenario::run(&mut report, &start_info, &config);
     report.finish()
 }
 
