@@ -112,7 +112,10 @@ pub fn check<B: KernelBinding, H: Hal, R: KernelBinding, RH: Hal, RT: Transport>
     blk: &mut Blk<H>,
     rng: Option<&mut VirtioRng<RH, RT>>,
 ) {
-    let layer = dma::layer();
+    let layer = match dma::layer() {
+        Ok(layer) => layer,
+        Err(error) => return report.fail("growth.windows", error),
+    };
     let Some(dev) = B::slot().get() else { return };
     let fill = PhysAddr(FILL.phys_range().start);
     let attrs = DmaAttrs::SKIP_CPU_SYNC;

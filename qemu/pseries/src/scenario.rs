@@ -356,7 +356,8 @@ fn group_of(slot: u8) -> Option<u32> {
 /// and its attach made no DDW call (the bridge has no window left: QEMU's query says 0 available).
 fn check_shared_ddw(report: &mut Report) {
     let (Some(blk), Some(rng)) = (BlkBinding::slot().get(), Rng64Binding::slot().get()) else { return };
-    let layer = crate::dma::layer();
+    // Both attached: the layer is there.
+    let Ok(layer) = crate::dma::layer() else { return };
     let (windows, shared) = (layer.windows_of(blk), layer.windows_of(rng));
     let stats = layer.iommu_stats();
     let ok = blk.path() == rng.path() && windows == shared && stats.ddw_create <= 1;
@@ -419,7 +420,7 @@ fn open_second_bridge(
         expected_path(config, mask),
         what,
     )?;
-    let layer = crate::dma::layer();
+    let layer = crate::dma::layer().ok()?;
     let window = layer.windows_of(device).0;
     let pool_bus = layer.pool_bus_of(device, 0);
     let entry = pool_bus.and_then(|bus| PLATFORM.tce_calls().read_entry(bridge.liobn, bus.0));
@@ -523,12 +524,16 @@ fn check_refused<B: KernelBinding>(report: &mut Report, pci: &mut PciBus, slot: 
             );
             false
         }
-        Err(error) => {
+        Err(dma::AttachError::Refused(error)) => {
             report.pass(
                 format_args!("{}.attach_refused", B::NAME),
                 format_args!("{function}, {mask} mask: attach refused: {error}"),
             );
             true
+        }
+        Err(error @ dma::AttachError::NoLayer) => {
+            report.fail(format_args!("{}.attach_refused", B::NAME), error);
+            false
         }
     }
 }

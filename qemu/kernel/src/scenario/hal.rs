@@ -23,7 +23,13 @@ pub(super) fn check_refused_share(report: &mut Report, blk: &mut FaultBlk, endpo
     const NAME: &str = "hal.refused_share";
     const LEN: usize = 4096;
     const SEED: u64 = 0x0ff1_0ad0;
-    let layer = dma::layer();
+    let layer = match dma::layer() {
+        Ok(layer) => layer,
+        Err(error) => {
+            report.fail(NAME, error);
+            return 0;
+        }
+    };
     let failures_before = layer.stats().total_failures();
     let Some(device) = BlkFaultBinding::slot().get() else {
         report.fail(NAME, "no containment blk");

@@ -31,10 +31,11 @@ pub(super) fn check_windows(report: &mut Report) {
             return;
         };
         let id = device.config().id;
+        let Ok(layer) = dma::layer() else {
+            return;
+        };
         let pools: [(u64, u64); 2] = core::array::from_fn(|i| {
-            dma::layer()
-                .pool(i)
-                .map_or((0, 0), |(pool, _)| (pool.phys().0, pool.phys().0 + pool.len() as u64))
+            layer.pool(i).map_or((0, 0), |(pool, _)| (pool.phys().0, pool.phys().0 + pool.len() as u64))
         });
         let coherent = dma::coherent_area();
         PLATFORM.iommu().for_each_entry(id, |_bus, len, real, _perms| {

@@ -113,6 +113,8 @@ pub fn run(report: &mut Report, start_info: &StartInfo, config: &TestConfig) {
     boot::check_timer(report);
     ledger::set_ram(start_info);
 
+    boot::check_before_init(report);
+
     let mut pci = PciBus::q35();
     let found = survey::survey(report, &pci, config);
     if !survey::start_iommu(report, &mut pci, &found, config) || !boot::init_pools(report, config) {
