@@ -6,12 +6,11 @@ use ccdma_qemu_common::attach::{attach_checked, init_checked};
 use ccdma_qemu_common::checks::{self, Bounced};
 use ccdma_qemu_common::direct::DirectHal;
 use ccdma_qemu_common::held::Held;
-use ccdma_qemu_common::net::{NetError, Nic};
+use ccdma_qemu_common::net::Nic;
 use ccdma_qemu_common::report::Report;
 use ccdma_qemu_common::rng::VirtioRng;
 use ccdma_qemu_common::transport::{self, PlatformAccessTransport};
 use ccdma_qemu_common::virtio::blk::VirtioBlk;
-use ccdma_qemu_common::virtio::net::VirtioNet;
 use ccdma_qemu_common::virtio::pci::PciTransport;
 use ccdma_qemu_common::{blk::Blk, println};
 use core::fmt;
@@ -203,12 +202,10 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) {
         open_managed::<BlkBinding, _, _>(report, &mut pci, slot::BLK, config, mask64, VirtioBlk::new);
     machine.rng =
         open_managed::<RngBinding, _, _>(report, &mut pci, slot::RNG, config, mask32, VirtioRng::new);
-    machine.net_a = open_managed::<NetABinding, _, _>(report, &mut pci, slot::NET_A, config, mask32, |t| {
-        VirtioNet::new(t).map_err(NetError::from).and_then(Nic::new)
-    });
-    machine.net_b = open_managed::<NetBBinding, _, _>(report, &mut pci, slot::NET_B, config, mask32, |t| {
-        VirtioNet::new(t).map_err(NetError::from).and_then(Nic::new)
-    });
+    machine.net_a =
+        open_managed::<NetABinding, _, _>(report, &mut pci, slot::NET_A, config, mask32, Nic::open);
+    machine.net_b =
+        open_managed::<NetBBinding, _, _>(report, &mut pci, slot::NET_B, config, mask32, Nic::open);
     machine.rng_low = open_managed::<RngLowBinding, _, _>(
         report,
         &mut pci,

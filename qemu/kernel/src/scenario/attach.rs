@@ -4,7 +4,6 @@
 use ccdma::{DeviceConfig, DmaMask, DmaPath};
 use ccdma_qemu_common::attach::{attach_checked, init_checked};
 use ccdma_qemu_common::virtio::blk::VirtioBlk;
-use ccdma_qemu_common::virtio::net::VirtioNet;
 use core::fmt;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 
@@ -51,14 +50,12 @@ pub(super) fn open_devices(
             open_managed::<RngBinding, _, _>(report, pci, function, config.iommu, mask32, VirtioRng::new);
     }
     if let Some(function) = found.net_a {
-        devices.net_a = open_managed::<NetABinding, _, _>(report, pci, function, config.iommu, mask32, |t| {
-            VirtioNet::new(t).map_err(crate::net::NetError::from).and_then(Nic::new)
-        });
+        devices.net_a =
+            open_managed::<NetABinding, _, _>(report, pci, function, config.iommu, mask32, Nic::open);
     }
     if let Some(function) = found.net_b {
-        devices.net_b = open_managed::<NetBBinding, _, _>(report, pci, function, config.iommu, mask64, |t| {
-            VirtioNet::new(t).map_err(crate::net::NetError::from).and_then(Nic::new)
-        });
+        devices.net_b =
+            open_managed::<NetBBinding, _, _>(report, pci, function, config.iommu, mask64, Nic::open);
     }
     if let Some(function) = found.bench {
         devices.bench = open_bench(report, pci, function);
