@@ -64,7 +64,9 @@ extern "C" fn kmain(start_info_phys: u32) -> ! {
     println!("ccdma test kernel");
 
     let mut report = Report::default();
-    let start_info = match StartInfo::parse(u64::from(start_info_phys)) {
+    // Borrowed out of the result, not moved: one copy of the 1 KiB start info in this frame.
+    let parsed = StartInfo::parse(u64::from(start_info_phys));
+    let start_info = match &parsed {
         Ok(start_info) => start_info,
         Err(error) => {
             report.fail("boot.start_info", error);

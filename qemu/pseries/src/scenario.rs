@@ -10,7 +10,6 @@ use ccdma_qemu_common::net::Nic;
 use ccdma_qemu_common::report::Report;
 use ccdma_qemu_common::rng::VirtioRng;
 use ccdma_qemu_common::transport::{self, PlatformAccessTransport};
-use ccdma_qemu_common::virtio::blk::VirtioBlk;
 use ccdma_qemu_common::virtio::pci::PciTransport;
 use ccdma_qemu_common::{blk::Blk, println};
 use core::fmt;
@@ -198,8 +197,7 @@ pub fn run(report: &mut Report, tree: &Tree, config: &Config) {
     let mask64 = DmaMask::BITS_64;
     let mask_low = DmaMask::new(LOW_MASK_BITS).unwrap_or(mask32);
     let mask_tiny = DmaMask::new(TINY_MASK_BITS).unwrap_or(mask32);
-    machine.blk =
-        open_managed::<BlkBinding, _, _>(report, &mut pci, slot::BLK, config, mask64, VirtioBlk::new);
+    machine.blk = open_managed::<BlkBinding, _, _>(report, &mut pci, slot::BLK, config, mask64, Blk::open);
     machine.rng =
         open_managed::<RngBinding, _, _>(report, &mut pci, slot::RNG, config, mask32, VirtioRng::new);
     machine.net_a =
@@ -548,7 +546,7 @@ fn open_bench(report: &mut Report, pci: &mut PciBus) -> Option<Blk<DirectHal>> {
             return None;
         }
     };
-    match VirtioBlk::new(transport) {
+    match Blk::open(transport) {
         Ok(blk) => Some(blk),
         Err(error) => {
             report.fail("bench-blk.init", error);

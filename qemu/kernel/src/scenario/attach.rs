@@ -3,10 +3,10 @@
 
 use ccdma::{DeviceConfig, DmaMask, DmaPath};
 use ccdma_qemu_common::attach::{attach_checked, init_checked};
-use ccdma_qemu_common::virtio::blk::VirtioBlk;
 use core::fmt;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 
+use crate::blk::Blk;
 use crate::config::{IommuMode, TestConfig};
 use crate::dma::KernelBinding;
 use crate::net::Nic;
@@ -33,17 +33,11 @@ pub(super) fn open_devices(
     let mask64 = DmaMask::BITS_64;
     if let Some(function) = found.blk {
         devices.blk =
-            open_managed::<BlkBinding, _, _>(report, pci, function, config.iommu, mask64, VirtioBlk::new);
+            open_managed::<BlkBinding, _, _>(report, pci, function, config.iommu, mask64, Blk::open);
     }
     if let Some(function) = found.blk_fault {
-        devices.blk_fault = open_managed::<BlkFaultBinding, _, _>(
-            report,
-            pci,
-            function,
-            config.iommu,
-            mask64,
-            VirtioBlk::new,
-        );
+        devices.blk_fault =
+            open_managed::<BlkFaultBinding, _, _>(report, pci, function, config.iommu, mask64, Blk::open);
     }
     if let Some(function) = found.rng {
         devices.rng =
@@ -133,7 +127,7 @@ fn open_bench(report: &mut Report, pci: &mut PciBus, function: DeviceFunction) -
             return None;
         }
     };
-    match VirtioBlk::new(transport) {
+    match Blk::open(transport) {
         Ok(blk) => {
             report.pass(
                 "bench-blk.init",
