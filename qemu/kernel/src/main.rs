@@ -88,7 +88,7 @@ extern "C" fn kmain(start_info_phys: u32) -> ! {
     report.pass("boot.config", format_args!("configuration {}", config.name));
 
     // The devices stay alive until the machine stops: see `scenario::Machine`.
-    scenario::run(&mut report, &start_info, &config);
+    scenario::run(&mut report, start_info, &config);
     report.finish()
 }
 

@@ -476,10 +476,9 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
         // SAFETY: as above.
         let events = unsafe { Self::queue_into(addr_of_mut!((*this).events), &mut transport, EVENT_QUEUE) };
         let buffers = events.and_then(|()| {
-            DmaPage::new().map_err(|error| {
+            DmaPage::new().inspect_err(|_| {
                 // SAFETY: the events queue was written just above; dropped once, here.
                 unsafe { core::ptr::drop_in_place(addr_of_mut!((*this).events)) };
-                error
             })
         });
         let buffers = match buffers {
