@@ -92,11 +92,12 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # 2,032 pseries). After issue 20's kernel fixes (devices, the virtio-iommu, NIC and blk drivers
 # built in place in statics or leaked memory; fill tables and the bus map's scratch in statics):
 # x86 set-up 1,928 (VirtioIommu::queue_into), kernel 1,928; pseries set-up 624, kernel 1,808
-# (containment::check_broken_recovery). The .text ceilings leave ~2 % for other work; lower them
-# when a change allows.
+# (containment::check_broken_recovery); ccdma's .text x86 235,276 (+3,278: the kernels' open_managed
+# no longer inlined changes what of ccdma is inlined there), pseries 197,128. The .text ceilings
+# leave ~2 % for other work; lower them when a change allows.
 # .text: issue 20's aim is one non-generic core with thin generic shells; no byte figure is given,
 # so the aim column for a per-platform copy reads 16 KiB (a shell, not a second layer).
-check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 236000 236000
+check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 240000 240000
 check "x86: ccdma .text for the kernel's QemuPlatform" "$(inst x86 ccdma_test_kernel::platform::QemuPlatform)" 70500 16384
 check "x86: ccdma .text for ffi's CPlatform (second copy)" "$(inst x86 ccdma_ffi::CPlatform)" 94500 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
