@@ -8,6 +8,7 @@
 
 use ccdma::iommu::hcall::H_HARDWARE;
 use ccdma::iommu::{BusRange, DEFAULT_POOL_LIST_PAGES};
+use ccdma::sg::SgEntry;
 use ccdma::{
     DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, IommuConfig, PhysAddr, PoolConfig,
     TceBatching, VerifyPolicy,
@@ -112,6 +113,40 @@ fn the_fallback_options_cost_what_the_docs_say() {
     let all = counts(pre.with_verify(VerifyPolicy::All));
     show("+ read-back of every entry", &all);
     assert_eq!(all, SIZES.map(|b| 2 * linux(b) + n(b) - n(b).div_ceil(512)));
+}
+
+/// A scatter-gather list on the fallback device gets one bus range for the whole list: its `n`
+/// entries and one clear per 512. Linux maps each segment on its own (its entries, and a clear per
+/// segment at unmap): `n + segments`.
+#[test]
+fn a_list_on_the_fallback_device_costs_no_more_than_linux() {
+    let hv = hv();
+    let mut layer = layer(hv, IommuConfig::premapped());
+    let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
+    assert_eq!(dev.path(), DmaPath::IommuStrict);
+    let (dir, attrs) = (DmaDirection::ToDevice, DmaAttrs::NONE);
+    for (segs, len) in [(3usize, 20usize << 10), (8, 64 << 10), (16, 4096)] {
+        let bufs: Vec<u64> = (0..segs).map(|_| hv.alloc(len as u64, Region::High)).collect();
+        for (k, &b) in bufs.iter().enumerate() {
+            hv.memory().write(b, &pattern(len, k as u64));
+        }
+        // SAFETY: the test's own buffers, left alone until the list is unmapped.
+        let mut list: Vec<SgEntry> =
+            bufs.iter().map(|&b| unsafe { SgEntry::phys(PhysAddr(b), len) }).collect();
+        let before = total(hv);
+        layer.map_sg(&dev, &mut list, dir, attrs).unwrap();
+        for (k, e) in list.iter().enumerate() {
+            let bus = e.mapped_at().unwrap().0;
+            assert_eq!(hv.device(1).read(bus, len).unwrap(), pattern(len, k as u64));
+        }
+        layer.unmap_sg(&dev, &mut list, dir, attrs).unwrap();
+        let got = total(hv) - before;
+        let pages = (segs * len / 4096) as u64;
+        println!("list of {segs} x {} KiB: {got} hypercalls (Linux {})", len >> 10, pages + segs as u64);
+        assert!(got <= pages + 1, "{segs} x {len}: {got} hypercalls, {pages} entries");
+    }
+    assert_clean(hv, &layer, "lists");
+    layer.detach(dev).unwrap();
 }
 
 /// The premapped pool entry itself (a device whose window holds the pool) still reads back the ends
