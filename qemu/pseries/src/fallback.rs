@@ -18,7 +18,10 @@ const SIZES: [usize; 3] = [4096, 16 << 10, 64 << 10];
 
 /// Map and unmap `SIZES` on `B`'s device when it fell back to strict; `held` asks for Linux's price.
 pub fn check<B: KernelBinding>(report: &mut Report, held: bool) {
-    let layer = dma::layer();
+    let layer = match dma::layer() {
+        Ok(layer) => layer,
+        Err(error) => return report.fail("ccdma.fallback_calls", error),
+    };
     let Some(dev) = B::slot().get() else { return };
     if dev.path() != DmaPath::IommuStrict {
         return;
