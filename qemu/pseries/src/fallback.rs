@@ -47,8 +47,8 @@ pub fn check<B: KernelBinding>(report: &mut Report, held: bool) {
         "ccdma.fallback_calls",
         ok,
         format_args!(
-            "{} falls back to strict entries: {} / {} / {} hypercalls per 4 / 16 / 64 KiB map+unmap \
-             (Linux 2 / 5 / 17){}",
+            "{} maps through strict entries (a fallback under the premapped policy): {} / {} / {} \
+             hypercalls per 4 / 16 / 64 KiB map+unmap (Linux 2 / 5 / 17){}",
             B::NAME,
             got[0],
             got[1],
