@@ -155,7 +155,7 @@
 //! with every part and 22,510 without (x86_64-unknown-none, opt-level s; `bash scripts/budgets.sh`,
 //! each part's cost: `bash scripts/parts-text.sh`).
 //!
-//! The layer's size is set by its capacities, `DmaLayer<'m, P, POOLS, DOMAINS>` (defaults
+//! The layer's size is set by its capacities, `DmaLayer<'m, P, POOLS, DOMAINS, AREAS>` (defaults
 //! [`MAX_POOLS`] and [`iommu::MAX_DOMAINS`]): 28,800 bytes by default, 3,712 for one pool and no
 //! IOMMU domain (3,456 without the default features; `DmaLayer<'m, P, 1, 0>`, built with
 //! [`DmaLayer::with_capacity`] or in place with `DmaLayer::init_in`). `cargo test --release -p ccdma --lib footprint -- --nocapture` prints

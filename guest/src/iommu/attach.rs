@@ -23,7 +23,9 @@ use crate::platform::Platform;
 use crate::pool_set::PoolOrder;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Enable the IOMMU path for devices the platform puts behind one ([`Platform::tce`]).
     ///
     /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
