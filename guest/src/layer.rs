@@ -49,11 +49,14 @@ pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// The DMA layer: pools, devices, statistics.
 ///
-/// `POOLS` (at most [`MAX_POOLS`]) and `DOMAINS` (at most [`MAX_DOMAINS`]) are the layer's
-/// capacities: pool slots (fixed and grown) and IOMMU domains. They set its size; the defaults are
-/// the most the layer supports. A firmware with one pool and no IOMMU builds
-/// `DmaLayer<'m, P, 1, 0>` (with [`DmaLayer::with_capacity`] or in place with
-/// [`DmaLayer::init_in`]); `cargo test -p ccdma --lib footprint -- --nocapture` prints the sizes.
+/// `POOLS` (at most [`MAX_POOLS`]), `DOMAINS` (at most [`MAX_DOMAINS`]) and `AREAS` (1..=
+/// [`MAX_AREAS`]) are the layer's capacities: pool slots (fixed and grown), IOMMU domains (and as
+/// many global bus reservations), and areas (locks) per pool, a pool asking more
+/// ([`PoolConfig::areas`]) getting `AREAS`. They set its size; the defaults are the most the layer
+/// supports. A firmware with one pool and no IOMMU builds `DmaLayer<'m, P, 1, 0, 2>` (1,792 bytes
+/// on x86_64, 8 devices; with [`DmaLayer::with_capacity`] or in place with
+/// [`DmaLayer::init_in`]); `cargo test --release -p ccdma --lib footprint -- --nocapture` prints
+/// the sizes. A capacity outside its range does not compile.
 pub struct DmaLayer<
     'm,
     P: Platform,

@@ -72,8 +72,8 @@ impl<const SLOTS: usize> Default for PoolStorage<SLOTS> {
 
 /// A place in a `static` where a configured layer is frozen: after [`LayerCell::init`] every CPU
 /// shares it as `&'static DmaLayer` (pools are added and the IOMMU enabled before, through `&mut`).
-/// `POOLS` and `DOMAINS` are the layer's capacities ([`DmaLayer`]): `LayerCell<P, 1, 0>` holds a
-/// one-pool layer without IOMMU domains.
+/// `POOLS`, `DOMAINS` and `AREAS` are the layer's capacities ([`DmaLayer`]):
+/// `LayerCell<P, 1, 0, 2>` holds a one-pool layer of two areas without IOMMU domains.
 pub struct LayerCell<
     P: Platform + 'static,
     const POOLS: usize = MAX_POOLS,

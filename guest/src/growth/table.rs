@@ -95,6 +95,7 @@ impl<'m, const N: usize, const A: usize> PoolTable<'m, N, A> {
     #[inline]
     pub(crate) const fn new() -> Self {
         const { assert!(N <= MAX_POOLS, "a layer holds at most MAX_POOLS pools") };
+        const { assert!(A >= 1 && A <= MAX_AREAS, "a pool has 1..=MAX_AREAS areas (a layer's AREAS)") };
         PoolTable {
             slots: [const {
                 Slot {
