@@ -121,7 +121,7 @@ fn the_fallback_options_cost_what_the_docs_say() {
 #[test]
 fn a_list_on_the_fallback_device_costs_no_more_than_linux() {
     let hv = hv();
-    let mut layer = layer(hv, IommuConfig::premapped());
+    let layer = layer(hv, IommuConfig::premapped());
     let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
     assert_eq!(dev.path(), DmaPath::IommuStrict);
     let (dir, attrs) = (DmaDirection::ToDevice, DmaAttrs::NONE);
