@@ -21,6 +21,14 @@ pub struct BouncePool<'m> {
     pub(super) next_area: AtomicUsize,
 }
 
+/// The head record's words an allocation writes besides the request's own.
+#[derive(Clone, Copy)]
+struct HeadWords {
+    offset: u32,
+    len: u32,
+    attr_bits: u8,
+}
+
 /// What [`BouncePool::release_or_free`] did with a mapping it found.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Taken {
@@ -282,29 +290,89 @@ impl<'m> BouncePool<'m> {
             return None;
         }
         let (Ok(offset), Ok(len)) = (u32::try_from(new.offset), u32::try_from(new.len)) else { return None };
-        // Start where the last allocation that had to move on found room: a lone CPU keeps reusing
-        // the same (cache-hot) area; CPUs that collide move on to other areas. A first pass takes a
-        // run of exactly `n` slots from the front of the first area whose published mask lists one
-        // (no tree search; areas another CPU holds are skipped). Then the trees: an area whose
-        // longest free run is too short is skipped without its lock; the second pass skips areas
-        // another CPU holds, the third waits, and flushes an area's front into its tree before it
-        // gives the area up.
+        let rec = HeadWords { offset, len, attr_bits };
+        // The first pass, in a few loads per area: a run of exactly `n` slots from the front of
+        // the first area (from where the search starts) whose published mask lists one, whose
+        // lock is free and whose listed run's start meets the alignment. No tree search.
         let count = self.area_count;
-        let last = count.checked_sub(1)?;
-        let start = first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(last);
+        let start =
+            first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(count.checked_sub(1)?);
+        let bit = class_bit(n);
+        if bit != 0 {
+            for k in 0..count {
+                let a = if start + k >= count { start + k - count } else { start + k };
+                let Some(area) = self.areas.get(a) else { continue };
+                if area.summary.load(Ordering::Relaxed) & bit == 0 {
+                    continue;
+                }
+                let Some(mut st) = area.state.try_lock() else { continue };
+                let base = a * self.area_slots;
+                let aligned = |i: usize| {
+                    (self.phys.0 + (((base + i) as u64) << self.slot_shift)) & req.align_mask
+                        == req.align_bits
+                };
+                if let Some(i) = st.front_pop(n, aligned) {
+                    return self.record(area, &mut st, base, i, n, &new, rec);
+                }
+            }
+        }
+        self.alloc_search(req, new, rec, first, start)
+    }
+
+    /// Write the head record of the run just taken at area index `i` and publish the area.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        area: &Area<'_>,
+        st: &mut AreaState<'_>,
+        base: usize,
+        i: usize,
+        n: usize,
+        new: &NewHead,
+        rec: HeadWords,
+    ) -> Option<usize> {
+        let head = st.meta.get_mut(i)?;
+        head.state_dir = HEAD | (new.dir as u8) << 4;
+        head.nslots = n as u16;
+        head.offset = rec.offset;
+        head.len = rec.len;
+        head.owner = new.owner.device;
+        head.attrs = rec.attr_bits;
+        head.orig = new.orig as usize;
+        area.publish(st, n, 0);
+        Some(base + i)
+    }
+
+    /// [`Self::alloc_from`] past its common case: every area, fronts first, then the trees.
+    #[inline(never)]
+    fn alloc_search(
+        &self,
+        req: RunRequest,
+        new: NewHead,
+        rec: HeadWords,
+        first: Option<usize>,
+        start: usize,
+    ) -> Option<usize> {
+        let n = req.nslots;
+        // Start where the last allocation that had to move on found room: a lone CPU keeps reusing
+        // the same (cache-hot) area; CPUs that collide move on to other areas. The first pass (the
+        // fronts, in `alloc_from`) is done. Then the trees: an area whose longest free run is too
+        // short is skipped without its lock; the second pass skips areas another CPU holds, the
+        // third waits, and flushes an area's front into its tree before it gives the area up.
+        let count = self.area_count;
         let bit = class_bit(n);
         // Whether the third pass has anything to do: an area the second skipped because another
         // CPU held it, or whose tree failed while its front held runs.
         let mut again = false;
-        for pass in 0..3 {
-            if (pass == 0 && bit == 0) || (pass == 2 && !again) {
+        for pass in 1..3 {
+            if pass == 2 && !again {
                 continue;
             }
             for k in 0..count {
                 let a = if start + k >= count { start + k - count } else { start + k };
                 let Some(area) = self.areas.get(a) else { continue };
-                let summary = area.summary.load(Ordering::Relaxed);
-                if if pass == 0 { summary & bit == 0 } else { ((summary & 0xffff) as usize) < n } {
+                if ((area.summary.load(Ordering::Relaxed) & 0xffff) as usize) < n {
                     continue;
                 }
                 let guard = if pass < 2 { area.state.try_lock() } else { Some(area.state.lock()) };
@@ -322,7 +390,6 @@ impl<'m> BouncePool<'m> {
                 let listed = if pass == 1 && bit != 0 { None } else { st.front_pop(n, aligned) };
                 let i = match listed {
                     Some(i) => i,
-                    None if pass == 0 => continue,
                     None => {
                         let mut found = self.find_run(&st, base, req);
                         // No tree can (this is the last pass): give this one the front's runs and
@@ -342,16 +409,9 @@ impl<'m> BouncePool<'m> {
                         i
                     }
                 };
-                let Some(head) = st.meta.get_mut(i) else { continue };
-                head.state_dir = HEAD | (new.dir as u8) << 4;
-                head.nslots = n as u16;
-                head.offset = offset;
-                head.len = len;
-                head.owner = new.owner.device;
-                head.attrs = attr_bits;
-                head.orig = new.orig as usize;
-                area.publish(&st, n, 0);
-                return Some(base + i);
+                if let Some(got) = self.record(area, &mut st, base, i, n, &new, rec) {
+                    return Some(got);
+                }
             }
         }
         None
