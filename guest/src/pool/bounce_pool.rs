@@ -21,14 +21,6 @@ pub struct BouncePool<'m> {
     pub(super) next_area: AtomicUsize,
 }
 
-/// The head record's words an allocation writes besides the request's own.
-#[derive(Clone, Copy)]
-struct HeadWords {
-    offset: u32,
-    len: u32,
-    attr_bits: u8,
-}
-
 /// What [`BouncePool::release_or_free`] did with a mapping it found.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Taken {
@@ -290,89 +282,67 @@ impl<'m> BouncePool<'m> {
             return None;
         }
         let (Ok(offset), Ok(len)) = (u32::try_from(new.offset), u32::try_from(new.len)) else { return None };
-        let rec = HeadWords { offset, len, attr_bits };
-        // The first pass, in a few loads per area: a run of exactly `n` slots from the front of
-        // the first area (from where the search starts) whose published mask lists one, whose
-        // lock is free and whose listed run's start meets the alignment. No tree search.
         let count = self.area_count;
         let start =
             first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(count.checked_sub(1)?);
-        let bit = class_bit(n);
-        if bit != 0 {
-            for k in 0..count {
-                let a = if start + k >= count { start + k - count } else { start + k };
-                let Some(area) = self.areas.get(a) else { continue };
-                if area.summary.load(Ordering::Relaxed) & bit == 0 {
-                    continue;
-                }
-                let Some(mut st) = area.state.try_lock() else { continue };
-                let base = a * self.area_slots;
-                let aligned = |i: usize| {
-                    (self.phys.0 + (((base + i) as u64) << self.slot_shift)) & req.align_mask
-                        == req.align_bits
-                };
-                if let Some(i) = st.front_pop(n, aligned) {
-                    return self.record(area, &mut st, base, i, n, &new, rec);
-                }
+        // The common case in a few loads: the area the search starts in (a CPU's own, or where
+        // the last allocation that moved on found room) lists a run of exactly `n` whose start
+        // meets the alignment, and its lock is free. Anything else: the passes below.
+        let listed = self.areas.get(start).and_then(|area| {
+            if area.summary.load(Ordering::Relaxed) & class_bit(n) == 0 {
+                return None;
             }
-        }
-        self.alloc_search(req, new, rec, first, start)
-    }
-
-    /// Write the head record of the run just taken at area index `i` and publish the area.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        area: &Area<'_>,
-        st: &mut AreaState<'_>,
-        base: usize,
-        i: usize,
-        n: usize,
-        new: &NewHead,
-        rec: HeadWords,
-    ) -> Option<usize> {
+            let mut st = area.state.try_lock()?;
+            let i = st.front_pop(n, self.aligned(start * self.area_slots, req))?;
+            Some((start, st, i))
+        });
+        let (a, mut st, i) = match listed {
+            Some(got) => got,
+            None => self.alloc_search(req, first, start)?,
+        };
+        let area = self.areas.get(a)?;
         let head = st.meta.get_mut(i)?;
         head.state_dir = HEAD | (new.dir as u8) << 4;
         head.nslots = n as u16;
-        head.offset = rec.offset;
-        head.len = rec.len;
+        head.offset = offset;
+        head.len = len;
         head.owner = new.owner.device;
-        head.attrs = rec.attr_bits;
+        head.attrs = attr_bits;
         head.orig = new.orig as usize;
-        area.publish(st, n, 0);
-        Some(base + i)
+        area.publish(&st, n, 0);
+        Some(a * self.area_slots + i)
     }
 
-    /// [`Self::alloc_from`] past its common case: every area, fronts first, then the trees.
-    #[inline(never)]
+    /// [`Self::alloc_from`] past its common case: the fronts that list `n`, then the trees. The
+    /// area taken from, its lock held, and the run's index in it.
     fn alloc_search(
         &self,
         req: RunRequest,
-        new: NewHead,
-        rec: HeadWords,
         first: Option<usize>,
         start: usize,
-    ) -> Option<usize> {
+    ) -> Option<(usize, spin::MutexGuard<'_, AreaState<'m>>, usize)> {
         let n = req.nslots;
         // Start where the last allocation that had to move on found room: a lone CPU keeps reusing
-        // the same (cache-hot) area; CPUs that collide move on to other areas. The first pass (the
-        // fronts, in `alloc_from`) is done. Then the trees: an area whose longest free run is too
-        // short is skipped without its lock; the second pass skips areas another CPU holds, the
-        // third waits, and flushes an area's front into its tree before it gives the area up.
+        // the same (cache-hot) area; CPUs that collide move on to other areas. A first pass takes a
+        // run of exactly `n` slots from the front of the first area whose published mask lists one
+        // (no tree search; areas another CPU holds are skipped). Then the trees: an area whose
+        // longest free run is too short is skipped without its lock; the second pass skips areas
+        // another CPU holds, the third waits, and flushes an area's front into its tree before it
+        // gives the area up.
         let count = self.area_count;
         let bit = class_bit(n);
         // Whether the third pass has anything to do: an area the second skipped because another
         // CPU held it, or whose tree failed while its front held runs.
         let mut again = false;
-        for pass in 1..3 {
-            if pass == 2 && !again {
+        for pass in 0..3 {
+            if (pass == 0 && bit == 0) || (pass == 2 && !again) {
                 continue;
             }
             for k in 0..count {
                 let a = if start + k >= count { start + k - count } else { start + k };
                 let Some(area) = self.areas.get(a) else { continue };
-                if ((area.summary.load(Ordering::Relaxed) & 0xffff) as usize) < n {
+                let summary = area.summary.load(Ordering::Relaxed);
+                if if pass == 0 { summary & bit == 0 } else { ((summary & 0xffff) as usize) < n } {
                     continue;
                 }
                 let guard = if pass < 2 { area.state.try_lock() } else { Some(area.state.lock()) };
@@ -382,39 +352,40 @@ impl<'m> BouncePool<'m> {
                 };
                 let base = a * self.area_slots;
                 // The front first: a run of exactly `n` freed lately, if its start is aligned.
-                let area_phys = self.phys.0 + ((base as u64) << self.slot_shift);
-                let aligned = |i: usize| {
-                    (area_phys + ((i as u64) << self.slot_shift)) & req.align_mask == req.align_bits
-                };
                 // (The second pass follows the first, which looked at every front that lists `n`.)
-                let listed = if pass == 1 && bit != 0 { None } else { st.front_pop(n, aligned) };
-                let i = match listed {
-                    Some(i) => i,
-                    None => {
-                        let mut found = self.find_run(&st, base, req);
-                        // No tree can (this is the last pass): give this one the front's runs and
-                        // look again, so the front never refuses what the pool could give.
-                        again |= st.cached() != 0;
-                        if found.is_none() && pass == 2 && st.front_flush() {
-                            found = self.find_run(&st, base, req);
-                            if found.is_none() {
-                                area.publish(&st, 0, 0);
-                            }
-                        }
-                        let Some((i, run)) = found else { continue };
-                        st.take(i, n, run);
-                        if a != start && first.is_none() {
-                            self.next_area.store(a, Ordering::Relaxed);
-                        }
-                        i
-                    }
-                };
-                if let Some(got) = self.record(area, &mut st, base, i, n, &new, rec) {
-                    return Some(got);
+                let listed =
+                    if pass == 1 && bit != 0 { None } else { st.front_pop(n, self.aligned(base, req)) };
+                if let Some(i) = listed {
+                    return Some((a, st, i));
                 }
+                if pass == 0 {
+                    continue;
+                }
+                let mut found = self.find_run(&st, base, req);
+                // No tree can (this is the last pass): give this one the front's runs and look
+                // again, so the front never refuses what the pool could give.
+                again |= st.cached() != 0;
+                if found.is_none() && pass == 2 && st.front_flush() {
+                    found = self.find_run(&st, base, req);
+                    if found.is_none() {
+                        area.publish(&st, 0, 0);
+                    }
+                }
+                let Some((i, run)) = found else { continue };
+                st.take(i, n, run);
+                if a != start && first.is_none() {
+                    self.next_area.store(a, Ordering::Relaxed);
+                }
+                return Some((a, st, i));
             }
         }
         None
+    }
+
+    /// Whether a run at index `i` of the area at global slot `base` meets `req`'s alignment.
+    fn aligned(&self, base: usize, req: RunRequest) -> impl Fn(usize) -> bool {
+        let (phys, shift) = (self.phys.0, self.slot_shift);
+        move |i| (phys + (((base + i) as u64) << shift)) & req.align_mask == req.align_bits
     }
 
     /// A run for `req` in the area at global slot `base` (area index, and the free run holding it).
