@@ -270,10 +270,9 @@ fn misaligned_runs_cost_one_scan_per_qualifying_chunk() {
     assert!(words <= chunks * (32 * 4 + 16), "{words}");
 }
 
-/// Alignments sparser than a chunk (one candidate slot per 512 here, chunks of 128; Miri: one
-/// pool of 512 slots, 5 s): every run
+/// Alignments sparser than a chunk (one candidate slot per 512 here, chunks of 128): every run
 /// handed out meets the bits and lies in free slots inside one segment, and a refusal comes only
-/// when no candidate of the model is free, in a fragmented pool.
+/// when no candidate of the model is free, in a fragmented pool. (Miri: 512 slots, 5 s.)
 #[test]
 fn alignments_sparser_than_chunks() {
     let (slots, phys) = (if cfg!(miri) { 512 } else { 2048 }, 0x100_0000);
