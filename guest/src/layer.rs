@@ -24,28 +24,20 @@
 //! # Ok::<(), ccdma::DmaError>(())
 //! ```
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 
 use crate::addr::{pages_spanned, BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, DeviceConfig};
-use crate::device_ids::DeviceIds;
 use crate::error::{DmaError, Refused};
-use crate::growth::live::LivePools;
-use crate::growth::state::Growth;
-use crate::growth::table::{PoolRef, PoolTable};
-use crate::iommu::counters::IommuCounters;
-use crate::iommu::domain::{DomainRef, Iommu};
+use crate::growth::table::PoolRef;
+use crate::iommu::domain::DomainRef;
 use crate::iommu::MAX_DOMAINS;
+use crate::layer_core::{Cold, ColdMut, LayerCore};
 use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, SlotMeta};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
-use crate::stale_slot::StaleSlotPolicy;
-use crate::stats::{FailureKind, Stats, StatsSnapshot};
-use crate::stream::raw_records::RawRecords;
-use crate::tracker::Tracker;
-
-pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
+use crate::stats::{FailureKind, StatsSnapshot};
 
 /// The DMA layer: pools, devices, statistics.
 ///
@@ -54,31 +46,26 @@ pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 /// the most the layer supports. A firmware with one pool and no IOMMU builds
 /// `DmaLayer<'m, P, 1, 0>` (with [`DmaLayer::with_capacity`] or in place with
 /// [`DmaLayer::init_in`]); `cargo test -p ccdma --lib footprint -- --nocapture` prints the sizes.
+///
+/// The layer is its platform `P` beside a [`LayerCore`] (everything else; it derefs to it). The
+/// streaming calls (map, unmap, sync) are generic over `P` and small, so that the platform's hooks
+/// inline into them; the cold paths (attach, detach, IOMMU set-up, growth, coherent buffers, accept)
+/// run on the core over `&dyn Platform` and are compiled once per capacity, not once per platform
+/// type (see [`crate::layer_core`]).
 pub struct DmaLayer<'m, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAINS: usize = MAX_DOMAINS> {
+    /// Everything but the platform.
+    pub(crate) core: LayerCore<'m, POOLS, DOMAINS>,
     pub(crate) platform: P,
-    /// Every pool, by index (fixed ones from `add_pool`, grown ones from the memory source).
-    pub(crate) pools: PoolTable<'m, POOLS>,
-    /// The pools as devices without an IOMMU see them (shared bus addresses), sorted by bus.
-    pub(crate) plain: LivePools,
-    /// Growing and shrinking (off until `enable_growth`); its lock orders every change of a pool
-    /// set or window.
-    pub(crate) growth: Growth<'m, POOLS>,
-    pub(crate) stats: Stats<POOLS>,
-    pub(crate) id: u32,
-    /// Source of device serials (never 0).
-    pub(crate) next_serial: AtomicU32,
-    /// The IOMMU path, once enabled (`enable_iommu`).
-    pub(crate) iommu: Option<Iommu<'m, DOMAINS>>,
-    /// Counters of the IOMMU path and coherent buffers.
-    pub(crate) iommu_counters: IommuCounters,
-    /// The misuse tracker (feature `debug-tracker`; an empty value without it).
-    pub(crate) tracker: Tracker,
-    /// Ids of the attached devices (no two attachments share one).
-    pub(crate) device_ids: DeviceIds<POOLS>,
-    /// What to-device `SKIP_CPU_SYNC` slots hold (None: by confidentiality; see [`crate::stale_slot`]).
-    pub(crate) stale_slots: Option<StaleSlotPolicy>,
-    /// Records of raw-face mappings on paths without pool slots (direct, trusted).
-    pub(crate) raw: RawRecords<'m, POOLS>,
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> core::ops::Deref
+    for DmaLayer<'m, P, POOLS, DOMAINS>
+{
+    type Target = LayerCore<'m, POOLS, DOMAINS>;
+    #[inline(always)]
+    fn deref(&self) -> &Self::Target {
+        &self.core
+    }
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -97,26 +84,24 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// capacity above [`MAX_POOLS`] or [`MAX_DOMAINS`] does not compile.
     pub fn with_capacity(platform: P) -> Self {
         const { assert!(DOMAINS <= MAX_DOMAINS, "a layer holds at most MAX_DOMAINS IOMMU domains") };
-        DmaLayer {
-            platform,
-            pools: PoolTable::new(),
-            plain: LivePools::new(),
-            growth: Growth::new(),
-            stats: Stats::default(),
-            id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
-            next_serial: AtomicU32::new(1),
-            iommu: None,
-            iommu_counters: IommuCounters::default(),
-            tracker: Tracker::default(),
-            device_ids: DeviceIds::new(),
-            stale_slots: None,
-            raw: RawRecords::new(),
-        }
+        DmaLayer { platform, core: LayerCore::new() }
+    }
+
+    /// The layer as its cold paths see it: the core and the platform as `&dyn Platform`.
+    #[inline(always)]
+    pub(crate) fn cold(&self) -> Cold<'_, 'm, POOLS, DOMAINS> {
+        Cold { core: &self.core, platform: &self.platform }
+    }
+
+    /// [`Self::cold`] with the core borrowed mutably.
+    #[inline(always)]
+    pub(crate) fn cold_mut(&mut self) -> ColdMut<'_, 'm, POOLS, DOMAINS> {
+        ColdMut { core: &mut self.core, platform: &self.platform }
     }
 
     /// The misuse tracker (feature `debug-tracker`).
     #[cfg(feature = "debug-tracker")]
-    pub fn tracker(&self) -> &Tracker {
+    pub fn tracker(&self) -> &crate::tracker::Tracker {
         &self.tracker
     }
 
@@ -177,7 +162,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         }
         // Built in its table slot, in place: a pool is ~2.4 KiB, too much for a firmware frame.
         // SAFETY: the caller guarantees the range is ours for 'm; the platform gave its CPU mapping.
-        let built = self.pools.set_fixed_with(i, |pool| unsafe { pool.init(phys, cpu, len, meta, cfg) });
+        let built = self.core.pools.set_fixed_with(i, |pool| unsafe { pool.init(phys, cpu, len, meta, cfg) });
         match built.map_err(|e| e.unwrap_or(DmaError::TooManyPools)) {
             Ok(()) => {
                 let bus = self.platform.shared_bus_addr(phys);
@@ -213,7 +198,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let confidential = self.platform.is_confidential();
         let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
             let mut out = [None; MAX_POOLS];
-            for (o, p) in out.iter_mut().zip(self.pools.take_fixed()) {
+            for (o, p) in out.iter_mut().zip(self.core.pools.take_fixed()) {
                 *o = Some(p);
             }
             out

@@ -178,6 +178,7 @@ pub mod growth;
 mod interrupts;
 pub mod iommu;
 pub mod layer;
+pub mod layer_core;
 mod layer_init;
 pub mod mapping;
 mod off_counter;
@@ -220,6 +221,7 @@ pub use iommu::{
     DEFAULT_POOL_LIST_PAGES,
 };
 pub use layer::DmaLayer;
+pub use layer_core::LayerCore;
 pub use mapping::Mapping;
 pub use path::{DdwOutcome, DmaPath, PathReason};
 pub use platform::{BusEncoding, InterruptState, MemorySharing, PartialSharing, PhysMemory, Platform};

@@ -83,13 +83,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             return Err(DmaError::GrowthAlreadyEnabled);
         }
         cfg.validate()?;
-        self.growth.source = Some(source);
-        self.growth.cfg.set(cfg);
+        self.core.growth.source = Some(source);
+        self.core.growth.cfg.set(cfg);
         if cfg.reserve_bytes > 0 {
             let mut g = self.growth.lock.lock();
             if let Err(v) = self.grow_one(&mut g, u64::MAX, true) {
                 drop(g);
-                self.growth.source = None;
+                self.core.growth.source = None;
                 return Err(DmaError::GrowthFailed(v));
             }
         }

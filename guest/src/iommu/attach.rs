@@ -57,7 +57,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let list = self.enable_list_pages(cfg.batching)?;
         // Built in place, one domain at a time: the whole IOMMU part is ~14 KiB, too much for a
         // firmware frame (`scripts/budgets.sh` checks the frames).
-        let iommu = self.iommu.insert(
+        let iommu = self.core.iommu.insert(
             const {
                 Iommu {
                     cfg: IommuConfig::premapped(),
@@ -88,7 +88,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             return Err(DmaError::DomainsInUse);
         }
         let list = iommu.list.as_ref().map(|l| l.range());
-        self.iommu = None;
+        self.core.iommu = None;
         self.release_list_pages(list)
     }
 

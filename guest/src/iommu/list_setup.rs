@@ -123,7 +123,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
 
     /// `release_pools`: give list pages taken from a pool back first (entries then go one by one).
     pub(crate) fn drop_pool_list_pages(&mut self) {
-        let Some(iommu) = self.iommu.as_mut() else { return };
+        let Some(iommu) = self.core.iommu.as_mut() else { return };
         if iommu.list.as_ref().is_some_and(|l| l.pool_slots() != 0) {
             let range = iommu.list.take().map(|l| l.range());
             let _ = self.release_list_pages(range);
