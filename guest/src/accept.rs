@@ -7,21 +7,14 @@ use crate::device::Device;
 use crate::error::DmaError;
 use crate::iommu::bus_space::RangeKind;
 use crate::layer::DmaLayer;
+use crate::layer_core::Cold;
 use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::trust::TrustState;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
-    /// Accept `dev` for direct access to private memory, on the platform's word
-    /// ([`DeviceTrust::accept_device`](crate::DeviceTrust::accept_device)). Accepting an accepted device does nothing.
-    ///
-    /// Refused, nothing changed: while the device has anything live ([`DmaError::Busy`]); when the
-    /// guest is not confidential or the platform has no trusted I/O ([`DmaError::TrustUnavailable`]);
-    /// when the platform says no ([`DmaError::AcceptRefused`]); when the device shares its IOMMU
-    /// endpoint with other attached devices ([`IommuError::EndpointShared`](crate::IommuError::EndpointShared)):
-    /// they would reach its private pages. A deferred device is attached to its
-    /// IOMMU domain here (its mappings need the window).
-    pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+    /// [`DmaLayer::accept`], over the platform as `&dyn Platform`.
+    pub(crate) fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::TRUSTED, "trusted-devices")?;
         let _masked = self.masked();
         self.check_device(dev)?;
@@ -72,17 +65,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         Ok(())
     }
 
-    /// Revoke `dev`'s acceptance: it is untrusted again (its buffers bounce on its attach-time path).
-    /// Revoking an untrusted device does nothing.
-    ///
-    /// Refused, nothing changed, while the device has anything live ([`DmaError::Busy`]) or when an
-    /// entry of its window that may name private memory (left by a mapping whose entries could not
-    /// be cleared) still cannot be cleared ([`DmaError::Iommu`]): no untrusted device ever has a
-    /// private page in its window. If the platform's own revoke fails the layer still treats the
-    /// device as untrusted ([`TrustState::RevokePending`]: its buffers bounce) and says so
-    /// ([`DmaError::RevokeRefused`]); the next `revoke` or [`DmaLayer::detach`] asks the platform
-    /// again, and detach is refused until the platform confirms.
-    pub fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
+    /// [`DmaLayer::revoke`], over the platform as `&dyn Platform`.
+    pub(crate) fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
         let _masked = self.masked();
         self.check_device(dev)?;
         match dev.trust {
@@ -135,5 +119,34 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             })?;
             slot.space.lock().free(r.start, r.len, r.kind);
         }
+    }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+    /// Accept `dev` for direct access to private memory, on the platform's word
+    /// ([`DeviceTrust::accept_device`](crate::DeviceTrust::accept_device)). Accepting an accepted device does nothing.
+    ///
+    /// Refused, nothing changed: while the device has anything live ([`DmaError::Busy`]); when the
+    /// guest is not confidential or the platform has no trusted I/O ([`DmaError::TrustUnavailable`]);
+    /// when the platform says no ([`DmaError::AcceptRefused`]); when the device shares its IOMMU
+    /// endpoint with other attached devices ([`IommuError::EndpointShared`](crate::IommuError::EndpointShared)):
+    /// they would reach its private pages. A deferred device is attached to its
+    /// IOMMU domain here (its mappings need the window).
+    pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
+        self.cold().accept(dev)
+    }
+
+    /// Revoke `dev`'s acceptance: it is untrusted again (its buffers bounce on its attach-time path).
+    /// Revoking an untrusted device does nothing.
+    ///
+    /// Refused, nothing changed, while the device has anything live ([`DmaError::Busy`]) or when an
+    /// entry of its window that may name private memory (left by a mapping whose entries could not
+    /// be cleared) still cannot be cleared ([`DmaError::Iommu`]): no untrusted device ever has a
+    /// private page in its window. If the platform's own revoke fails the layer still treats the
+    /// device as untrusted ([`TrustState::RevokePending`]: its buffers bounce) and says so
+    /// ([`DmaError::RevokeRefused`]); the next `revoke` or [`DmaLayer::detach`] asks the platform
+    /// again, and detach is refused until the platform confirms.
+    pub fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
+        self.cold().revoke(dev)
     }
 }

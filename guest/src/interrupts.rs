@@ -5,15 +5,16 @@
 //! on every return path. With the default (empty) hooks both calls inline to nothing.
 
 use crate::layer::DmaLayer;
+use crate::layer_core::Cold;
 use crate::platform::{InterruptState, Platform};
 
 /// Interrupts masked on this CPU until dropped.
-pub(crate) struct Masked<'a, P: Platform> {
+pub(crate) struct Masked<'a, P: Platform + ?Sized> {
     platform: &'a P,
     saved: InterruptState,
 }
 
-impl<P: Platform> Drop for Masked<'_, P> {
+impl<P: Platform + ?Sized> Drop for Masked<'_, P> {
     #[inline(always)]
     fn drop(&mut self) {
         self.platform.restore_interrupts(self.saved);
@@ -25,5 +26,13 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
     #[inline(always)]
     pub(crate) fn masked(&self) -> Masked<'_, P> {
         Masked { platform: &self.platform, saved: self.platform.mask_interrupts() }
+    }
+}
+
+impl<'a, const POOLS: usize, const DOMAINS: usize> Cold<'a, '_, POOLS, DOMAINS> {
+    /// Mask interrupts until the guard drops (the platform's hooks, called through `dyn`).
+    #[inline(always)]
+    pub(crate) fn masked(&self) -> Masked<'a, dyn Platform + 'a> {
+        Masked { platform: self.platform, saved: self.platform.mask_interrupts() }
     }
 }

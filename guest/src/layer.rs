@@ -105,19 +105,6 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         &self.tracker
     }
 
-    /// The index of a pool (fixed or grown) that overlaps `[phys, end)`.
-    pub(crate) fn pool_overlapping(&self, phys: PhysAddr, end: u64) -> Option<usize> {
-        self.pools
-            .iter()
-            .find(|(_, p)| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end)
-            .map(|(i, _)| i)
-    }
-
-    /// The platform.
-    pub fn platform(&self) -> &P {
-        &self.platform
-    }
-
     /// Add a pool over `[phys, phys + len)` with metadata in `meta` (at least `cfg.slots_for(len)`
     /// entries). In a confidential guest the memory is shared here; if sharing fails part way, what was
     /// shared is made private again (or quarantined) and the error says so.
@@ -135,83 +122,49 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         meta: &'m mut [SlotMeta],
         cfg: PoolConfig,
     ) -> Result<usize, DmaError> {
-        let Some(i) = (0..POOLS).find(|&i| self.pools.is_empty(i)) else {
-            return Err(DmaError::TooManyPools);
-        };
-        cfg.validate()?;
-        let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
-        if !phys.is_page_aligned() || len as u64 % PAGE_SIZE != 0 {
-            let addr = if phys.is_page_aligned() { end } else { phys.0 };
-            return Err(DmaError::Unaligned { addr, align: PAGE_SIZE });
-        }
-        // Checked before anything is shared: a pool must hold one slot at least.
-        if len < cfg.slot_size {
-            return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
-        }
-        if let Some(pool) = self.pool_overlapping(phys, end) {
-            return Err(DmaError::PoolOverlap { pool });
-        }
-        let needed = cfg.slots_for(len);
-        if meta.len() < needed {
-            return Err(DmaError::MetadataTooSmall { needed, provided: meta.len() });
-        }
-        let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NoCpuMapping(phys))?;
-        let pages = len as u64 / PAGE_SIZE;
-        if self.platform.is_confidential() {
-            self.share_pages(phys, pages)?;
-        }
-        // Built in its table slot, in place: a pool is ~2.4 KiB, too much for a firmware frame.
-        // SAFETY: the caller guarantees the range is ours for 'm; the platform gave its CPU mapping.
-        let built = self.core.pools.set_fixed_with(i, |pool| unsafe { pool.init(phys, cpu, len, meta, cfg) });
-        match built.map_err(|e| e.unwrap_or(DmaError::TooManyPools)) {
-            Ok(()) => {
-                let bus = self.platform.shared_bus_addr(phys);
-                self.plain.insert(i, bus, len as u64, false);
-                log::debug!("ccdma: pool {i}: {len:#x} bytes at {phys}, bus {bus}");
-                Ok(i)
-            }
-            Err(e) => {
-                if self.platform.is_confidential() {
-                    // Config errors were checked above, so this is unreachable in practice; still give
-                    // the pages back.
-                    let _ = self.unshare_pages(phys, pages);
-                }
-                Err(e)
-            }
-        }
+        // SAFETY: the caller keeps this call's contract, which is the core's.
+        unsafe { self.cold_mut().add_pool(phys, len, meta, cfg) }
     }
 
     /// Tear down every pool: unshare its memory (quarantining pages that cannot be made private);
     /// grown pools go back to the memory source. Fails with nothing changed while any mapping is live.
     pub fn release_pools(&mut self) -> Result<(), DmaError> {
-        // List pages taken from a pool (`TceBatching::PoolPages`) are no mapping: given back below.
-        let live = self.pools().map(|p| p.slots_in_use() as u64).sum::<u64>() - self.list_pool_slots() as u64;
-        if live != 0 {
-            return Err(DmaError::Busy { live });
-        }
-        // A device window may still translate to the pools: they must stay shared until it is gone.
-        if self.iommu_in_use() {
-            return Err(DmaError::DomainsInUse);
-        }
-        self.drop_pool_list_pages();
-        let mut result = self.shrink_all();
-        let confidential = self.platform.is_confidential();
-        let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
-            let mut out = [None; MAX_POOLS];
-            for (o, p) in out.iter_mut().zip(self.core.pools.take_fixed()) {
-                *o = Some(p);
-            }
-            out
-        };
-        self.plain.clear();
-        for (phys, len) in fixed.into_iter().flatten() {
-            if confidential {
-                if let Err(e) = self.unshare_pages(phys, len as u64 / PAGE_SIZE) {
-                    result = Err(e);
-                }
-            }
-        }
-        result
+        self.cold_mut().release_pools()
+    }
+
+    /// Attach a device: choose its path, or fail naming its mask and the pools.
+    pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+        self.cold().attach(config)
+    }
+
+    /// Detach a device. Refused while it has live mappings, lists or coherent buffers
+    /// ([`DmaError::Busy`]), or when its IOMMU entries cannot be cleared: the device comes back in
+    /// the error, still attached, and detach can be retried. A detach that failed part way leaves the
+    /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes. An accepted
+    /// device is revoked first ([`DmaLayer::revoke`]), so the platform never keeps trusting a device
+    /// the guest has let go.
+    pub fn detach(&self, dev: Device) -> Result<(), Refused<Device>> {
+        self.cold().detach(dev)
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+}
+
+/// Number of pages a physical range spans (re-exported for platform code).
+pub fn span_pages(phys: PhysAddr, len: usize) -> u64 {
+    pages_spanned(phys.0, len as u64)
+}
+
+impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS> {
+    /// The index of a pool (fixed or grown) that overlaps `[phys, end)`.
+    pub(crate) fn pool_overlapping(&self, phys: PhysAddr, end: u64) -> Option<usize> {
+        self.pools
+            .iter()
+            .find(|(_, p)| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end)
+            .map(|(i, _)| i)
     }
 
     /// The pools (fixed and grown), by index. Each item holds its pool in place (a grown pool is not
@@ -246,6 +199,30 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         s
     }
 
+    fn lowest_pool_bus_end(&self) -> u64 {
+        let s = self.plain.snapshot();
+        // Checked: an index out of range is skipped, a pool at the top of the bus saturates.
+        s.order
+            .iter()
+            .filter_map(|i| Some(s.bases.get(i)?.0.saturating_add(*s.sizes.get(i)?)))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The pools a device without an IOMMU reaches now, best first (reserve pools included).
+    pub(crate) fn reachable_pools(&self, config: &DeviceConfig) -> PoolOrder {
+        self.plain.order_for(Some(config.dma_mask), true).0
+    }
+
+    pub(crate) fn check_device(&self, dev: &Device) -> Result<(), DmaError> {
+        if dev.layer != self.id {
+            return Err(DmaError::NotAttached);
+        }
+        Ok(())
+    }
+}
+
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// Share pages; on failure roll back what was shared and quarantine what cannot be rolled back.
     pub(crate) fn share_pages(&self, phys: PhysAddr, pages: u64) -> Result<(), DmaError> {
         match self.platform.share(phys, pages) {
@@ -295,8 +272,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         }
     }
 
-    /// Attach a device: choose its path, or fail naming its mask and the pools.
-    pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+    /// [`DmaLayer::attach`], over the platform as `&dyn Platform`.
+    pub(crate) fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let _masked = self.masked();
         let m = config.min_align_mask;
         // 2^n - 1, and below 4 GiB: no device needs more, and it bounds every alignment sum later.
@@ -368,13 +345,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         }
     }
 
-    /// Detach a device. Refused while it has live mappings, lists or coherent buffers
-    /// ([`DmaError::Busy`]), or when its IOMMU entries cannot be cleared: the device comes back in
-    /// the error, still attached, and detach can be retried. A detach that failed part way leaves the
-    /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes. An accepted
-    /// device is revoked first ([`DmaLayer::revoke`]), so the platform never keeps trusting a device
-    /// the guest has let go.
-    pub fn detach(&self, mut dev: Device) -> Result<(), Refused<Device>> {
+    /// [`DmaLayer::detach`], over the platform as `&dyn Platform`.
+    pub(crate) fn detach(&self, mut dev: Device) -> Result<(), Refused<Device>> {
         let _masked = self.masked();
         if let Err(error) = self.check_device(&dev) {
             return Err(Refused { value: dev, error });
@@ -396,31 +368,95 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         log::debug!("ccdma: device {:#x} (#{}) detached", dev.config.id, dev.serial);
         Ok(())
     }
-
-    fn lowest_pool_bus_end(&self) -> u64 {
-        let s = self.plain.snapshot();
-        // Checked: an index out of range is skipped, a pool at the top of the bus saturates.
-        s.order
-            .iter()
-            .filter_map(|i| Some(s.bases.get(i)?.0.saturating_add(*s.sizes.get(i)?)))
-            .min()
-            .unwrap_or(0)
-    }
-
-    /// The pools a device without an IOMMU reaches now, best first (reserve pools included).
-    pub(crate) fn reachable_pools(&self, config: &DeviceConfig) -> PoolOrder {
-        self.plain.order_for(Some(config.dma_mask), true).0
-    }
-
-    pub(crate) fn check_device(&self, dev: &Device) -> Result<(), DmaError> {
-        if dev.layer != self.id {
-            return Err(DmaError::NotAttached);
-        }
-        Ok(())
-    }
 }
 
-/// Number of pages a physical range spans (re-exported for platform code).
-pub fn span_pages(phys: PhysAddr, len: usize) -> u64 {
-    pages_spanned(phys.0, len as u64)
+impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAINS> {
+    /// [`DmaLayer::add_pool`], over the platform as `&dyn Platform`.
+    ///
+    /// # Safety
+    /// As [`DmaLayer::add_pool`].
+    pub(crate) unsafe fn add_pool(
+        &mut self,
+        phys: PhysAddr,
+        len: usize,
+        meta: &'m mut [SlotMeta],
+        cfg: PoolConfig,
+    ) -> Result<usize, DmaError> {
+        let Some(i) = (0..POOLS).find(|&i| self.pools.is_empty(i)) else {
+            return Err(DmaError::TooManyPools);
+        };
+        cfg.validate()?;
+        let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
+        if !phys.is_page_aligned() || len as u64 % PAGE_SIZE != 0 {
+            let addr = if phys.is_page_aligned() { end } else { phys.0 };
+            return Err(DmaError::Unaligned { addr, align: PAGE_SIZE });
+        }
+        // Checked before anything is shared: a pool must hold one slot at least.
+        if len < cfg.slot_size {
+            return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
+        }
+        if let Some(pool) = self.pool_overlapping(phys, end) {
+            return Err(DmaError::PoolOverlap { pool });
+        }
+        let needed = cfg.slots_for(len);
+        if meta.len() < needed {
+            return Err(DmaError::MetadataTooSmall { needed, provided: meta.len() });
+        }
+        let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NoCpuMapping(phys))?;
+        let pages = len as u64 / PAGE_SIZE;
+        if self.platform.is_confidential() {
+            self.cold().share_pages(phys, pages)?;
+        }
+        // Built in its table slot, in place: a pool is ~2.4 KiB, too much for a firmware frame.
+        // SAFETY: the caller guarantees the range is ours for 'm; the platform gave its CPU mapping.
+        let built = self.core.pools.set_fixed_with(i, |pool| unsafe { pool.init(phys, cpu, len, meta, cfg) });
+        match built.map_err(|e| e.unwrap_or(DmaError::TooManyPools)) {
+            Ok(()) => {
+                let bus = self.platform.shared_bus_addr(phys);
+                self.plain.insert(i, bus, len as u64, false);
+                log::debug!("ccdma: pool {i}: {len:#x} bytes at {phys}, bus {bus}");
+                Ok(i)
+            }
+            Err(e) => {
+                if self.platform.is_confidential() {
+                    // Config errors were checked above, so this is unreachable in practice; still give
+                    // the pages back.
+                    let _ = self.cold().unshare_pages(phys, pages);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`DmaLayer::release_pools`], over the platform as `&dyn Platform`.
+    pub(crate) fn release_pools(&mut self) -> Result<(), DmaError> {
+        // List pages taken from a pool (`TceBatching::PoolPages`) are no mapping: given back below.
+        let live = self.pools().map(|p| p.slots_in_use() as u64).sum::<u64>() - self.list_pool_slots() as u64;
+        if live != 0 {
+            return Err(DmaError::Busy { live });
+        }
+        // A device window may still translate to the pools: they must stay shared until it is gone.
+        if self.iommu_in_use() {
+            return Err(DmaError::DomainsInUse);
+        }
+        self.drop_pool_list_pages();
+        let mut result = self.cold().shrink_all();
+        let confidential = self.platform.is_confidential();
+        let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
+            let mut out = [None; MAX_POOLS];
+            for (o, p) in out.iter_mut().zip(self.core.pools.take_fixed()) {
+                *o = Some(p);
+            }
+            out
+        };
+        self.plain.clear();
+        for (phys, len) in fixed.into_iter().flatten() {
+            if confidential {
+                if let Err(e) = self.cold().unshare_pages(phys, len as u64 / PAGE_SIZE) {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
 }

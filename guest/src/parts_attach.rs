@@ -2,11 +2,10 @@
 //! constants so that they stay a leaf of the import graph).
 
 use crate::error::DmaError;
-use crate::layer::DmaLayer;
+use crate::layer_core::Cold;
 use crate::parts::{require, NATIVE_IOMMU, PAPR_TCE};
-use crate::platform::Platform;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// Refuse (at attach) a device the platform puts behind an IOMMU whose backend this build left
     /// out: bounced through shared bus addresses it would fault, so it gets no path at all.
     pub(crate) fn require_iommu_backend(&self, device: u32) -> Result<(), DmaError> {

@@ -10,6 +10,7 @@ use super::GrowState;
 use crate::addr::PAGE_SIZE;
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
+use crate::layer_core::Cold;
 use crate::platform::Platform;
 
 /// What removing one pool did.
@@ -23,12 +24,9 @@ enum Removed {
     Quarantined,
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
-    /// One tick of the caller's clock (see [`GrowthConfig::idle_ticks`](super::GrowthConfig)): every
-    /// grown pool (not the reserve) that had no live slot and no allocation attempt since the last
-    /// tick counts one more idle tick, and those idle for long enough are removed. Returns how many
-    /// were handed back.
-    pub fn growth_tick(&self) -> usize {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+    /// [`DmaLayer::growth_tick`], over the platform as `&dyn Platform`.
+    pub(crate) fn growth_tick(&self) -> usize {
         let _masked = self.masked();
         if self.growth.source.is_none() {
             return 0;
@@ -53,8 +51,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         returned
     }
 
-    /// Remove every grown pool now, reserve included (teardown). `Busy` if one still has live slots.
-    pub fn shrink_all(&self) -> Result<(), DmaError> {
+    /// [`DmaLayer::shrink_all`], over the platform as `&dyn Platform`.
+    pub(crate) fn shrink_all(&self) -> Result<(), DmaError> {
         let _masked = self.masked();
         let mut g = self.growth.lock.lock();
         let mut result = Ok(());
@@ -121,5 +119,20 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         c.shrunk.fetch_add(1, Ordering::Relaxed);
         log::info!("ccdma: pool {i} ({:#x} bytes at {}) idle: handed back", grown.len, grown.phys);
         Removed::Returned
+    }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+    /// One tick of the caller's clock (see [`GrowthConfig::idle_ticks`](super::GrowthConfig)): every
+    /// grown pool (not the reserve) that had no live slot and no allocation attempt since the last
+    /// tick counts one more idle tick, and those idle for long enough are removed. Returns how many
+    /// were handed back.
+    pub fn growth_tick(&self) -> usize {
+        self.cold().growth_tick()
+    }
+
+    /// Remove every grown pool now, reserve included (teardown). `Busy` if one still has live slots.
+    pub fn shrink_all(&self) -> Result<(), DmaError> {
+        self.cold().shrink_all()
     }
 }

@@ -9,11 +9,10 @@ use crate::iommu::bus_space::RangeKind;
 use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
 use crate::iommu::domain::{DomainSlot, READY};
 use crate::iommu::window::window_below;
-use crate::layer::DmaLayer;
+use crate::layer_core::Cold;
 use crate::path::DmaPath;
-use crate::platform::Platform;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// Enter pool `i` (`[phys, phys + len)`) into every READY domain: strict domains take it as it
     /// is; premapped ones get it in their DDW, or in their default window below their mask, when it
     /// fits (a domain whose window has no room simply does not see it). On a failure every entry made

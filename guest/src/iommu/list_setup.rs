@@ -7,11 +7,10 @@ use super::list_pages::{ListMode, ListPages, ListRange, PoolRun};
 use crate::addr::{PhysAddr, PAGE_SIZE};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
-use crate::layer::DmaLayer;
-use crate::platform::Platform;
+use crate::layer_core::{Cold, ColdMut, LayerCore};
 use crate::pool::{NewHead, Owner, RunRequest};
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// The list pages `batching` names, checked, zeroed and (in a confidential guest) shared; `None`
     /// for [`TceBatching::PerEntry`]. A failed share rolls back (quarantining what it cannot) and
     /// leaves nothing shared.
@@ -114,19 +113,23 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
             _ => Ok(()),
         }
     }
+}
 
+impl<const POOLS: usize, const DOMAINS: usize> LayerCore<'_, POOLS, DOMAINS> {
     /// Pool slots the list pages hold ([`TceBatching::PoolPages`]): not mappings, so not in
     /// `slots_in_use`.
     pub(crate) fn list_pool_slots(&self) -> usize {
         self.iommu.as_ref().and_then(|i| i.list.as_ref()).map_or(0, |l| l.pool_slots())
     }
+}
 
+impl<const POOLS: usize, const DOMAINS: usize> ColdMut<'_, '_, POOLS, DOMAINS> {
     /// `release_pools`: give list pages taken from a pool back first (entries then go one by one).
     pub(crate) fn drop_pool_list_pages(&mut self) {
         let Some(iommu) = self.core.iommu.as_mut() else { return };
         if iommu.list.as_ref().is_some_and(|l| l.pool_slots() != 0) {
             let range = iommu.list.take().map(|l| l.range());
-            let _ = self.release_list_pages(range);
+            let _ = self.cold().release_list_pages(range);
         }
     }
 }

@@ -4,10 +4,9 @@
 
 use super::window::WindowGeometry;
 use crate::error::DmaError;
-use crate::layer::DmaLayer;
-use crate::platform::Platform;
+use crate::layer_core::Cold;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// `Ok` when some pool (or a pool growth may add) has runs of at least one IOMMU page of `win`.
     pub(crate) fn strict_window_serves(&self, win: &WindowGeometry) -> Result<(), DmaError> {
         let page = win.page_size();
