@@ -7,7 +7,7 @@ use crate::device::Device;
 use crate::error::DmaError;
 use crate::iommu::bus_space::RangeKind;
 use crate::layer::DmaLayer;
-use crate::layer_core::Cold;
+use crate::layer_core::{Cold, FullCold};
 use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::trust::TrustState;
@@ -133,7 +133,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// they would reach its private pages. A deferred device is attached to its
     /// IOMMU domain here (its mappings need the window).
     pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
-        self.cold().accept(dev)
+        match self.cold().as_full() {
+            Some(c) => accept_once(c, dev),
+            None => self.cold().accept(dev),
+        }
     }
 
     /// Revoke `dev`'s acceptance: it is untrusted again (its buffers bounce on its attach-time path).
@@ -147,6 +150,23 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// ([`DmaError::RevokeRefused`]); the next `revoke` or [`DmaLayer::detach`] asks the platform
     /// again, and detach is refused until the platform confirms.
     pub fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
-        self.cold().revoke(dev)
+        match self.cold().as_full() {
+            Some(c) => revoke_once(c, dev),
+            None => self.cold().revoke(dev),
+        }
     }
+}
+
+/// [`DmaLayer::accept`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn accept_once(c: FullCold<'_, '_>, dev: &mut Device) -> Result<(), DmaError> {
+    c.accept(dev)
+}
+
+/// [`DmaLayer::revoke`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn revoke_once(c: FullCold<'_, '_>, dev: &mut Device) -> Result<(), DmaError> {
+    c.revoke(dev)
 }

@@ -37,7 +37,7 @@ use crate::iommu::bus_space::RangeKind;
 use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
 use crate::iommu::window::window_below;
 use crate::layer::DmaLayer;
-use crate::layer_core::Cold;
+use crate::layer_core::{Cold, FullCold};
 use crate::platform::Platform;
 use crate::stats::FailureKind;
 
@@ -421,7 +421,12 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         pages: u64,
     ) -> Result<CoherentBuffer, DmaError> {
         // SAFETY: the caller keeps this call's contract, which is the core's.
-        unsafe { self.cold().alloc_coherent(dev, phys, pages) }
+        unsafe {
+            match self.cold().as_full() {
+                Some(c) => alloc_coherent_once(c, dev, phys, pages),
+                None => self.cold().alloc_coherent(dev, phys, pages),
+            }
+        }
     }
 
     /// [`Self::alloc_coherent`] with attributes. For a device the platform has accepted
@@ -440,7 +445,12 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         attrs: DmaAttrs,
     ) -> Result<CoherentBuffer, DmaError> {
         // SAFETY: the caller keeps this call's contract, which is the core's.
-        unsafe { self.cold().alloc_coherent_attrs(dev, phys, pages, attrs) }
+        unsafe {
+            match self.cold().as_full() {
+                Some(c) => alloc_coherent_attrs_once(c, dev, phys, pages, attrs),
+                None => self.cold().alloc_coherent_attrs(dev, phys, pages, attrs),
+            }
+        }
     }
 
     /// Free a coherent buffer: its window entries are cleared, then its pages are made private again.
@@ -449,6 +459,49 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// pages are quarantined ([`FreeError::Quarantined`]: never reuse them).
     #[track_caller]
     pub fn free_coherent(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
-        self.cold().free_coherent(dev, buf)
+        match self.cold().as_full() {
+            Some(c) => free_coherent_once(c, dev, buf),
+            None => self.cold().free_coherent(dev, buf),
+        }
     }
+}
+
+/// [`DmaLayer::alloc_coherent`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+///
+/// # Safety
+/// As [`DmaLayer::alloc_coherent`].
+#[inline(never)]
+unsafe fn alloc_coherent_once(
+    c: FullCold<'_, '_>,
+    dev: &Device,
+    phys: PhysAddr,
+    pages: u64,
+) -> Result<CoherentBuffer, DmaError> {
+    // SAFETY: the caller keeps this call's contract.
+    unsafe { c.alloc_coherent(dev, phys, pages) }
+}
+
+/// [`DmaLayer::alloc_coherent_attrs`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+///
+/// # Safety
+/// As [`DmaLayer::alloc_coherent_attrs`].
+#[inline(never)]
+unsafe fn alloc_coherent_attrs_once(
+    c: FullCold<'_, '_>,
+    dev: &Device,
+    phys: PhysAddr,
+    pages: u64,
+    attrs: DmaAttrs,
+) -> Result<CoherentBuffer, DmaError> {
+    // SAFETY: the caller keeps this call's contract.
+    unsafe { c.alloc_coherent_attrs(dev, phys, pages, attrs) }
+}
+
+/// [`DmaLayer::free_coherent`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn free_coherent_once(c: FullCold<'_, '_>, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
+    c.free_coherent(dev, buf)
 }

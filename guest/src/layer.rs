@@ -32,7 +32,7 @@ use crate::error::{DmaError, Refused};
 use crate::growth::table::PoolRef;
 use crate::iommu::domain::DomainRef;
 use crate::iommu::MAX_DOMAINS;
-use crate::layer_core::{Cold, ColdMut, LayerCore};
+use crate::layer_core::{Cold, ColdMut, FullCold, FullColdMut, LayerCore};
 use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, SlotMeta};
@@ -123,18 +123,29 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         cfg: PoolConfig,
     ) -> Result<usize, DmaError> {
         // SAFETY: the caller keeps this call's contract, which is the core's.
-        unsafe { self.cold_mut().add_pool(phys, len, meta, cfg) }
+        unsafe {
+            match self.cold_mut().into_full() {
+                Ok(c) => add_pool_once(c, phys, len, meta, cfg),
+                Err(mut c) => c.add_pool(phys, len, meta, cfg),
+            }
+        }
     }
 
     /// Tear down every pool: unshare its memory (quarantining pages that cannot be made private);
     /// grown pools go back to the memory source. Fails with nothing changed while any mapping is live.
     pub fn release_pools(&mut self) -> Result<(), DmaError> {
-        self.cold_mut().release_pools()
+        match self.cold_mut().into_full() {
+            Ok(c) => release_pools_once(c),
+            Err(mut c) => c.release_pools(),
+        }
     }
 
     /// Attach a device: choose its path, or fail naming its mask and the pools.
     pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
-        self.cold().attach(config)
+        match self.cold().as_full() {
+            Some(c) => attach_once(c, config),
+            None => self.cold().attach(config),
+        }
     }
 
     /// Detach a device. Refused while it has live mappings, lists or coherent buffers
@@ -144,7 +155,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// device is revoked first ([`DmaLayer::revoke`]), so the platform never keeps trusting a device
     /// the guest has let go.
     pub fn detach(&self, dev: Device) -> Result<(), Refused<Device>> {
-        self.cold().detach(dev)
+        match self.cold().as_full() {
+            Some(c) => detach_once(c, dev),
+            None => self.cold().detach(dev),
+        }
     }
 
     /// The platform.
@@ -459,4 +473,42 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
         }
         result
     }
+}
+
+/// [`DmaLayer::add_pool`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+///
+/// # Safety
+/// As [`DmaLayer::add_pool`].
+#[inline(never)]
+unsafe fn add_pool_once<'m>(
+    mut c: FullColdMut<'_, 'm>,
+    phys: PhysAddr,
+    len: usize,
+    meta: &'m mut [SlotMeta],
+    cfg: PoolConfig,
+) -> Result<usize, DmaError> {
+    // SAFETY: the caller keeps this call's contract.
+    unsafe { c.add_pool(phys, len, meta, cfg) }
+}
+
+/// [`DmaLayer::release_pools`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn release_pools_once(mut c: FullColdMut<'_, '_>) -> Result<(), DmaError> {
+    c.release_pools()
+}
+
+/// [`DmaLayer::attach`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn attach_once(c: FullCold<'_, '_>, config: DeviceConfig) -> Result<Device, DmaError> {
+    c.attach(config)
+}
+
+/// [`DmaLayer::detach`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn detach_once(c: FullCold<'_, '_>, dev: Device) -> Result<(), Refused<Device>> {
+    c.detach(dev)
 }

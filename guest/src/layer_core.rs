@@ -10,6 +10,13 @@
 //! platform as `&dyn Platform`. Those are compiled once per capacity (`POOLS`, `DOMAINS`); the
 //! layer's public methods of the same names are one-line shells that build the view and call them.
 //! A platform call on a cold path costs one indirect call, next to hypercalls and locks.
+//!
+//! Compiled once per capacity *per crate*, though: Rust compiles a generic function in every crate
+//! that uses it, so a program whose layers are used from two crates (the x86 test kernel and the
+//! C interface it links) would still carry two copies of `Cold<8, 16>`. So the shells of the
+//! default capacities (`MAX_POOLS`, `MAX_DOMAINS`, the kernels' and the C interface's) call
+//! non-generic functions of this crate ([`Cold::as_full`], the `*_once` functions beside the
+//! shells): compiled here, once, whoever calls them.
 
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -18,9 +25,11 @@ use crate::device_ids::DeviceIds;
 use crate::growth::live::LivePools;
 use crate::growth::state::Growth;
 use crate::growth::table::PoolTable;
+use crate::iommu::config::MAX_DOMAINS;
 use crate::iommu::counters::IommuCounters;
 use crate::iommu::domain::Iommu;
 use crate::platform::Platform;
+use crate::pool_set::MAX_POOLS;
 use crate::stale_slot::StaleSlotPolicy;
 use crate::stats::Stats;
 use crate::stream::raw_records::RawRecords;
@@ -90,6 +99,40 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> Deref for Cold<'_, 'm, POOLS,
     #[inline(always)]
     fn deref(&self) -> &Self::Target {
         self.core
+    }
+}
+
+/// A [`Cold`] of the default capacities: what the `*_once` functions take.
+pub(crate) type FullCold<'a, 'm> = Cold<'a, 'm, MAX_POOLS, MAX_DOMAINS>;
+/// A [`ColdMut`] of the default capacities.
+pub(crate) type FullColdMut<'a, 'm> = ColdMut<'a, 'm, MAX_POOLS, MAX_DOMAINS>;
+
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+    /// This view as the default capacities' type when those are its capacities (decided at compile
+    /// time): the shells then call a `*_once` function, compiled in this crate only.
+    #[inline(always)]
+    pub(crate) fn as_full(self) -> Option<FullCold<'a, 'm>> {
+        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS {
+            // SAFETY: with equal capacities `Self` and `FullCold` are the same type; `Cold` is `Copy`.
+            Some(unsafe { *(&self as *const Self).cast::<FullCold<'a, 'm>>() })
+        } else {
+            None
+        }
+    }
+}
+
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> ColdMut<'a, 'm, POOLS, DOMAINS> {
+    /// [`Cold::as_full`] for the mutable view: `Err(self)` for other capacities.
+    #[inline(always)]
+    pub(crate) fn into_full(self) -> Result<FullColdMut<'a, 'm>, Self> {
+        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS {
+            let me = core::mem::ManuallyDrop::new(self);
+            // SAFETY: with equal capacities `Self` and `FullColdMut` are the same type; the value is
+            // moved out of `me`, which is never used again.
+            Ok(unsafe { core::ptr::read((&*me as *const Self).cast::<FullColdMut<'a, 'm>>()) })
+        } else {
+            Err(self)
+        }
     }
 }
 

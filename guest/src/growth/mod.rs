@@ -66,7 +66,7 @@ use crate::diagnostics::GrowthVerdict;
 use crate::error::DmaError;
 use crate::iommu::domain::{DomainInfo, DomainSlot};
 use crate::layer::DmaLayer;
-use crate::layer_core::{Cold, ColdMut, LayerCore};
+use crate::layer_core::{Cold, ColdMut, FullCold, FullColdMut, LayerCore};
 use crate::platform::Platform;
 use crate::pool::SlotMeta;
 use crate::pool_set::MAX_POOLS;
@@ -206,7 +206,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// a DDW made before growth was enabled may have no room for them (the device then maps from the
     /// pools it has, and a pool-full report says `Unreachable`).
     pub fn enable_growth(&mut self, source: &'m dyn MemorySource, cfg: GrowthConfig) -> Result<(), DmaError> {
-        self.cold_mut().enable_growth(source, cfg)
+        match self.cold_mut().into_full() {
+            Ok(c) => enable_growth_once(c, source, cfg),
+            Err(mut c) => c.enable_growth(source, cfg),
+        }
     }
 
     /// The growth counters.
@@ -235,6 +238,32 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 }
 
 impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
+    /// `grow_one`, through the default capacities' copy when those are this layer's (see
+    /// [`Cold::as_full`]): `grow_and_retry` is generic over its result, so compiled by its callers.
+    fn grow_one_any(
+        &self,
+        g: &mut GrowState<POOLS>,
+        limit: u64,
+        reserve: bool,
+    ) -> Result<usize, GrowthVerdict> {
+        match self.as_full() {
+            Some(c) => {
+                // SAFETY: `as_full` is `Some` only when `POOLS == MAX_POOLS`: the same type.
+                let g = unsafe { &mut *(g as *mut GrowState<POOLS>).cast::<GrowState<MAX_POOLS>>() };
+                grow_one_once(c, g, limit, reserve)
+            }
+            None => self.grow_one(g, limit, reserve),
+        }
+    }
+
+    /// `report_full`, through the default capacities' copy when those are this layer's.
+    fn report_full_any(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
+        match self.as_full() {
+            Some(c) => report_full_once(c, dev, len, growth),
+            None => self.report_full(dev, len, growth),
+        }
+    }
+
     /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`.
     #[inline(never)]
     pub(crate) fn grow_and_retry<T>(
@@ -253,7 +282,7 @@ impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
         };
         if !crate::parts::GROWTH || self.growth.source.is_none() {
             if matches!(first, Err(DmaError::PoolExhausted { .. })) {
-                self.report_full(dev, len, GrowthVerdict::Disabled);
+                self.report_full_any(dev, len, GrowthVerdict::Disabled);
             }
             return first;
         }
@@ -269,7 +298,7 @@ impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
             match self.growth.lock.try_lock() {
                 Some(mut g) => {
                     self.growth.growing.store(true, Ordering::Relaxed);
-                    let grown = self.grow_one(&mut g, limit, false);
+                    let grown = self.grow_one_any(&mut g, limit, false);
                     self.growth.growing.store(false, Ordering::Relaxed);
                     drop(g);
                     match grown {
@@ -302,7 +331,7 @@ impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
         }
         // The attempts left the counting to here (`growth_will_retry`).
         self.stats.fail(FailureKind::PoolExhausted);
-        self.report_full(dev, len, verdict);
+        self.report_full_any(dev, len, verdict);
         Err(DmaError::PoolExhausted { len })
     }
 }
@@ -376,4 +405,32 @@ impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
             waited_maps: c.reserve_maps.load(Ordering::Relaxed),
         }
     }
+}
+
+/// [`DmaLayer::enable_growth`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn enable_growth_once<'m>(
+    mut c: FullColdMut<'_, 'm>,
+    source: &'m dyn MemorySource,
+    cfg: GrowthConfig,
+) -> Result<(), DmaError> {
+    c.enable_growth(source, cfg)
+}
+
+/// `Cold::grow_one` of the default capacities, compiled in this crate only.
+#[inline(never)]
+fn grow_one_once(
+    c: FullCold<'_, '_>,
+    g: &mut GrowState<MAX_POOLS>,
+    limit: u64,
+    reserve: bool,
+) -> Result<usize, GrowthVerdict> {
+    c.grow_one(g, limit, reserve)
+}
+
+/// `Cold::report_full` of the default capacities, compiled in this crate only.
+#[inline(never)]
+fn report_full_once(c: FullCold<'_, '_>, dev: &Device, len: usize, growth: GrowthVerdict) {
+    c.report_full(dev, len, growth)
 }

@@ -10,7 +10,7 @@ use super::GrowState;
 use crate::addr::PAGE_SIZE;
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
-use crate::layer_core::Cold;
+use crate::layer_core::{Cold, FullCold};
 use crate::platform::Platform;
 
 /// What removing one pool did.
@@ -128,11 +128,31 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// tick counts one more idle tick, and those idle for long enough are removed. Returns how many
     /// were handed back.
     pub fn growth_tick(&self) -> usize {
-        self.cold().growth_tick()
+        match self.cold().as_full() {
+            Some(c) => growth_tick_once(c),
+            None => self.cold().growth_tick(),
+        }
     }
 
     /// Remove every grown pool now, reserve included (teardown). `Busy` if one still has live slots.
     pub fn shrink_all(&self) -> Result<(), DmaError> {
-        self.cold().shrink_all()
+        match self.cold().as_full() {
+            Some(c) => shrink_all_once(c),
+            None => self.cold().shrink_all(),
+        }
     }
+}
+
+/// [`DmaLayer::growth_tick`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn growth_tick_once(c: FullCold<'_, '_>) -> usize {
+    c.growth_tick()
+}
+
+/// [`DmaLayer::shrink_all`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn shrink_all_once(c: FullCold<'_, '_>) -> Result<(), DmaError> {
+    c.shrink_all()
 }

@@ -17,7 +17,7 @@ use crate::addr::{BusAddr, DmaMask};
 use crate::device::{Device, DeviceConfig};
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
-use crate::layer_core::{Cold, ColdMut, LayerCore};
+use crate::layer_core::{Cold, ColdMut, FullCold, FullColdMut, LayerCore};
 use crate::path::{DmaPath, PathReason};
 use crate::platform::Platform;
 use crate::pool_set::PoolOrder;
@@ -488,7 +488,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
         match self.core.attached_or_deferred(dev)? {
             Ok(info) => Ok(info),
-            Err((slot, d)) => self.cold().attach_deferred(slot, d, dev),
+            Err((slot, d)) => match self.cold().as_full() {
+                Some(c) => attach_deferred_once(c, slot, d, dev),
+                None => self.cold().attach_deferred(slot, d, dev),
+            },
         }
     }
 
@@ -509,13 +512,21 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         ranges: &'m mut [BusRange],
     ) -> Result<(), DmaError> {
         // SAFETY: the caller keeps this call's contract, which is the core's.
-        unsafe { self.cold_mut().enable_iommu(cfg, ranges) }
+        unsafe {
+            match self.cold_mut().into_full() {
+                Ok(c) => enable_iommu_once(c, cfg, ranges),
+                Err(mut c) => c.enable_iommu(cfg, ranges),
+            }
+        }
     }
 
     /// Turn the IOMMU path off again: every device must be detached. The list pages are made private
     /// again (quarantined if that fails).
     pub fn disable_iommu(&mut self) -> Result<(), DmaError> {
-        self.cold_mut().disable_iommu()
+        match self.cold_mut().into_full() {
+            Ok(c) => disable_iommu_once(c),
+            Err(mut c) => c.disable_iommu(),
+        }
     }
 
     /// Reserve `[start, start + len)` of bus space in every device's windows, now and for devices
@@ -656,4 +667,38 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS>
         // Checked: `pool` is the caller's; one in the order is below MAX_POOLS, but no panic path.
         bus.get(pool).copied().filter(|_| found)
     }
+}
+
+/// [`DmaLayer::enable_iommu`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+///
+/// # Safety
+/// As [`DmaLayer::enable_iommu`].
+#[inline(never)]
+unsafe fn enable_iommu_once<'m>(
+    mut c: FullColdMut<'_, 'm>,
+    cfg: IommuConfig,
+    ranges: &'m mut [BusRange],
+) -> Result<(), DmaError> {
+    // SAFETY: the caller keeps this call's contract.
+    unsafe { c.enable_iommu(cfg, ranges) }
+}
+
+/// [`DmaLayer::disable_iommu`] of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+#[inline(never)]
+fn disable_iommu_once(mut c: FullColdMut<'_, '_>) -> Result<(), DmaError> {
+    c.disable_iommu()
+}
+
+/// `Cold::attach_deferred` of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`]): a deferred device's set-up at its first map.
+#[inline(never)]
+fn attach_deferred_once<'s, 'm>(
+    c: FullCold<'s, 'm>,
+    slot: &'s DomainSlot<'m>,
+    d: DomainRef,
+    dev: &Device,
+) -> Result<&'s DomainInfo, DmaError> {
+    c.attach_deferred(slot, d, dev)
 }
