@@ -233,6 +233,12 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         if first.is_ok() {
             return first;
         }
+        if !crate::parts::GROWTH || self.growth.source.is_none() {
+            if matches!(first, Err(DmaError::PoolExhausted { .. })) {
+                self.cold().report_full_any(dev, len, GrowthVerdict::Disabled);
+            }
+            return first;
+        }
         self.cold().grow_and_retry(dev, len, first, &mut attempt)
     }
 }
@@ -257,14 +263,14 @@ impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
     }
 
     /// `report_full`, through the default capacities' copy when those are this layer's.
-    fn report_full_any(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
+    pub(crate) fn report_full_any(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
         match self.as_full() {
             Some(c) => report_full_once(c, dev, len, growth),
             None => self.report_full(dev, len, growth),
         }
     }
 
-    /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`.
+    /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`, growth enabled.
     #[inline(never)]
     pub(crate) fn grow_and_retry<T>(
         &self,
@@ -280,12 +286,6 @@ impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
             }
             _ => false,
         };
-        if !crate::parts::GROWTH || self.growth.source.is_none() {
-            if matches!(first, Err(DmaError::PoolExhausted { .. })) {
-                self.report_full_any(dev, len, GrowthVerdict::Disabled);
-            }
-            return first;
-        }
         if !helps(&first) {
             return first;
         }
