@@ -114,7 +114,7 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # full 104,879 -> 110,911 (bash scripts/budgets.sh at main and at the pe branch merged with it); no
 # new panic path. Attach and detach grow; the map hot path does not (its deepest chain, through a
 # deferred set-up, reaches 3,024).
-# Issue 20, one copy of the code (guest/src/layer_core.rs: the cold paths over `&dyn Platform`,
+# Issue 20, one copy of the code (guest/src/layer.rs, Cold: the cold paths over `dyn Platform`,
 # compiled once per capacity instead of once per platform type): minimal 58,279 -> 60,238, fw-min
 # 21,085 -> 23,043, full 110,847 -> 114,143. A one-platform staticlib pays for the platform's vtable
 # (every Platform method of CPlatform kept, and the IOMMU and trust vtables it hands out), platform

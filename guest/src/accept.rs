@@ -7,14 +7,14 @@ use crate::device::Device;
 use crate::error::DmaError;
 use crate::iommu::bus_space::RangeKind;
 use crate::layer::DmaLayer;
-use crate::layer_core::{Cold, FullCold};
+use crate::layer::{Cold, FullCold};
 use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::trust::TrustState;
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// [`DmaLayer::accept`], over the platform as `&dyn Platform`.
-    pub(crate) fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
+    pub(crate) fn accept_dyn(&self, dev: &mut Device) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::TRUSTED, "trusted-devices")?;
         let _masked = self.masked();
         self.check_device(dev)?;
@@ -66,7 +66,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 
     /// [`DmaLayer::revoke`], over the platform as `&dyn Platform`.
-    pub(crate) fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
+    pub(crate) fn revoke_dyn(&self, dev: &mut Device) -> Result<(), DmaError> {
         let _masked = self.masked();
         self.check_device(dev)?;
         match dev.trust {
@@ -135,7 +135,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
         match self.cold().as_full() {
             Some(c) => accept_once(c, dev),
-            None => self.cold().accept(dev),
+            None => self.cold().accept_dyn(dev),
         }
     }
 
@@ -152,21 +152,21 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     pub fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
         match self.cold().as_full() {
             Some(c) => revoke_once(c, dev),
-            None => self.cold().revoke(dev),
+            None => self.cold().revoke_dyn(dev),
         }
     }
 }
 
 /// [`DmaLayer::accept`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
-fn accept_once(c: FullCold<'_, '_>, dev: &mut Device) -> Result<(), DmaError> {
-    c.accept(dev)
+fn accept_once(c: &FullCold<'_, '_>, dev: &mut Device) -> Result<(), DmaError> {
+    c.accept_dyn(dev)
 }
 
 /// [`DmaLayer::revoke`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
-fn revoke_once(c: FullCold<'_, '_>, dev: &mut Device) -> Result<(), DmaError> {
-    c.revoke(dev)
+fn revoke_once(c: &FullCold<'_, '_>, dev: &mut Device) -> Result<(), DmaError> {
+    c.revoke_dyn(dev)
 }

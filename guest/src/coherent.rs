@@ -37,7 +37,7 @@ use crate::iommu::bus_space::RangeKind;
 use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
 use crate::iommu::window::window_below;
 use crate::layer::DmaLayer;
-use crate::layer_core::{Cold, FullCold};
+use crate::layer::{Cold, FullCold};
 use crate::platform::Platform;
 use crate::stats::FailureKind;
 
@@ -172,14 +172,14 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     /// # Safety
     /// As [`DmaLayer::alloc_coherent`].
     #[track_caller]
-    pub(crate) unsafe fn alloc_coherent(
+    pub(crate) unsafe fn alloc_coherent_dyn(
         &self,
         dev: &Device,
         phys: PhysAddr,
         pages: u64,
     ) -> Result<CoherentBuffer, DmaError> {
         // SAFETY: the caller's contract is this function's.
-        unsafe { self.alloc_coherent_attrs(dev, phys, pages, DmaAttrs::NONE) }
+        unsafe { self.alloc_coherent_attrs_dyn(dev, phys, pages, DmaAttrs::NONE) }
     }
 
     /// [`DmaLayer::alloc_coherent_attrs`], over the platform as `&dyn Platform`.
@@ -187,7 +187,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     /// # Safety
     /// As [`DmaLayer::alloc_coherent_attrs`].
     #[track_caller]
-    pub(crate) unsafe fn alloc_coherent_attrs(
+    pub(crate) unsafe fn alloc_coherent_attrs_dyn(
         &self,
         dev: &Device,
         phys: PhysAddr,
@@ -338,7 +338,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
 
     /// [`DmaLayer::free_coherent`], over the platform as `&dyn Platform`.
     #[track_caller]
-    pub(crate) fn free_coherent(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
+    pub(crate) fn free_coherent_dyn(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
         let _masked = self.masked();
         let refuse = |buf, error| Err(FreeError::Refused(Refused { value: buf, error }));
         if let Err(e) = self.check_device(dev) {
@@ -424,7 +424,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         unsafe {
             match self.cold().as_full() {
                 Some(c) => alloc_coherent_once(c, dev, phys, pages),
-                None => self.cold().alloc_coherent(dev, phys, pages),
+                None => self.cold().alloc_coherent_dyn(dev, phys, pages),
             }
         }
     }
@@ -448,7 +448,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         unsafe {
             match self.cold().as_full() {
                 Some(c) => alloc_coherent_attrs_once(c, dev, phys, pages, attrs),
-                None => self.cold().alloc_coherent_attrs(dev, phys, pages, attrs),
+                None => self.cold().alloc_coherent_attrs_dyn(dev, phys, pages, attrs),
             }
         }
     }
@@ -461,47 +461,47 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     pub fn free_coherent(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
         match self.cold().as_full() {
             Some(c) => free_coherent_once(c, dev, buf),
-            None => self.cold().free_coherent(dev, buf),
+            None => self.cold().free_coherent_dyn(dev, buf),
         }
     }
 }
 
 /// [`DmaLayer::alloc_coherent`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 ///
 /// # Safety
 /// As [`DmaLayer::alloc_coherent`].
 #[inline(never)]
 unsafe fn alloc_coherent_once(
-    c: FullCold<'_, '_>,
+    c: &FullCold<'_, '_>,
     dev: &Device,
     phys: PhysAddr,
     pages: u64,
 ) -> Result<CoherentBuffer, DmaError> {
     // SAFETY: the caller keeps this call's contract.
-    unsafe { c.alloc_coherent(dev, phys, pages) }
+    unsafe { c.alloc_coherent_dyn(dev, phys, pages) }
 }
 
 /// [`DmaLayer::alloc_coherent_attrs`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 ///
 /// # Safety
 /// As [`DmaLayer::alloc_coherent_attrs`].
 #[inline(never)]
 unsafe fn alloc_coherent_attrs_once(
-    c: FullCold<'_, '_>,
+    c: &FullCold<'_, '_>,
     dev: &Device,
     phys: PhysAddr,
     pages: u64,
     attrs: DmaAttrs,
 ) -> Result<CoherentBuffer, DmaError> {
     // SAFETY: the caller keeps this call's contract.
-    unsafe { c.alloc_coherent_attrs(dev, phys, pages, attrs) }
+    unsafe { c.alloc_coherent_attrs_dyn(dev, phys, pages, attrs) }
 }
 
 /// [`DmaLayer::free_coherent`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
-fn free_coherent_once(c: FullCold<'_, '_>, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
-    c.free_coherent(dev, buf)
+fn free_coherent_once(c: &FullCold<'_, '_>, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
+    c.free_coherent_dyn(dev, buf)
 }

@@ -13,14 +13,10 @@
 //! | `IommuCounters` | 216 | 40 without `papr-tce` and `native-iommu` |
 //! | `LivePools` | 152 | bus view of the pools |
 //! | the rest | ~150 | platform, ids, policy |
-//! | `DmaLayer<P>` | 28,928 | 8 pools, 16 domains (the default) |
-//! | `DmaLayer<P, 2, 4>` | 8,192 | |
-//! | `DmaLayer<P, 1, 0>` | 3,840 | `PoolTable<1>` 2,304, `Iommu<0>` 320, `Growth` 272, `Stats` 256 |
+//! | `DmaLayer<P>` | 28,800 | 8 pools, 16 domains (the default) |
+//! | `DmaLayer<P, 2, 4>` | 8,064 | |
+//! | `DmaLayer<P, 1, 0>` | 3,712 | `PoolTable<1>` 2,304, `Iommu<0>` 320, `Growth` 272, `Stats` 256 |
 //! | `DmaLayer<P, 1, 0>`, no default features | 3,456 | `Growth` 96, `IommuCounters` 40 |
-//!
-//! Each figure holds one 128-byte unit (the layer's alignment) more than the parts need: the
-//! platform sits beside the [`LayerCore`](crate::LayerCore), after its padding (the price of
-//! compiling the cold paths once per capacity, not per platform type; see `layer_core.rs`).
 //!
 //! In `DmaLayer<P, 1, 0>` the rest is `IommuCounters` 216, `LivePools` 152, `RawRecords` 120 and
 //! `DeviceIds` 48.

@@ -4,8 +4,8 @@
 //! [`Platform::mask_interrupts`] runs now and [`Platform::restore_interrupts`] when the guard drops,
 //! on every return path. With the default (empty) hooks both calls inline to nothing.
 
+use crate::layer::Cold;
 use crate::layer::DmaLayer;
-use crate::layer_core::Cold;
 use crate::platform::{InterruptState, Platform};
 
 /// Interrupts masked on this CPU until dropped.
@@ -32,7 +32,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
 impl<'a, const POOLS: usize, const DOMAINS: usize> Cold<'a, '_, POOLS, DOMAINS> {
     /// Mask interrupts until the guard drops (the platform's hooks, called through `dyn`).
     #[inline(always)]
-    pub(crate) fn masked(&self) -> Masked<'a, dyn Platform + 'a> {
-        Masked { platform: self.platform, saved: self.platform.mask_interrupts() }
+    pub(crate) fn masked(&self) -> Masked<'_, dyn Platform + 'a> {
+        Masked { platform: &self.platform, saved: self.platform.mask_interrupts() }
     }
 }

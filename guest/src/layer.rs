@@ -24,20 +24,31 @@
 //! # Ok::<(), ccdma::DmaError>(())
 //! ```
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::addr::{pages_spanned, BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, DeviceConfig};
+use crate::device_ids::DeviceIds;
 use crate::error::{DmaError, Refused};
+use crate::growth::live::LivePools;
+use crate::growth::state::Growth;
 use crate::growth::table::PoolRef;
+use crate::growth::table::PoolTable;
+use crate::iommu::counters::IommuCounters;
 use crate::iommu::domain::DomainRef;
+use crate::iommu::domain::Iommu;
 use crate::iommu::MAX_DOMAINS;
-use crate::layer_core::{Cold, ColdMut, FullCold, FullColdMut, LayerCore};
 use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, SlotMeta};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
+use crate::stale_slot::StaleSlotPolicy;
+use crate::stats::Stats;
 use crate::stats::{FailureKind, StatsSnapshot};
+use crate::stream::raw_records::RawRecords;
+use crate::tracker::Tracker;
+
+pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// The DMA layer: pools, devices, statistics.
 ///
@@ -47,24 +58,78 @@ use crate::stats::{FailureKind, StatsSnapshot};
 /// `DmaLayer<'m, P, 1, 0>` (with [`DmaLayer::with_capacity`] or in place with
 /// [`DmaLayer::init_in`]); `cargo test -p ccdma --lib footprint -- --nocapture` prints the sizes.
 ///
-/// The layer is its platform `P` beside a [`LayerCore`] (everything else; it derefs to it). The
-/// streaming calls (map, unmap, sync) are generic over `P` and small, so that the platform's hooks
-/// inline into them; the cold paths (attach, detach, IOMMU set-up, growth, coherent buffers, accept)
-/// run on the core over `&dyn Platform` and are compiled once per capacity, not once per platform
-/// type (see [`crate::layer_core`]).
-pub struct DmaLayer<'m, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAINS: usize = MAX_DOMAINS> {
-    /// Everything but the platform.
-    pub(crate) core: LayerCore<'m, POOLS, DOMAINS>,
+/// One copy of the code: the platform is the last field, so a `&DmaLayer<'m, P, ..>` is also a
+/// `&DmaLayer<'m, dyn Platform, ..>` (an unsizing coercion, no copy). The streaming calls (map,
+/// unmap, sync) are generic over `P` and small, so that the platform's hooks inline into them; the
+/// cold paths (attach, detach, IOMMU set-up, growth, coherent buffers, accept) are methods of the
+/// `dyn Platform` layer, compiled once per capacity whatever the number of platform types; the
+/// public calls of the same names here are one-line shells (see "One copy of the code" in
+/// ARCHITECTURE.md). `P` is `?Sized` only for that view: a layer is built over a sized platform.
+pub struct DmaLayer<
+    'm,
+    P: Platform + ?Sized,
+    const POOLS: usize = MAX_POOLS,
+    const DOMAINS: usize = MAX_DOMAINS,
+> {
+    /// Every pool, by index (fixed ones from `add_pool`, grown ones from the memory source).
+    pub(crate) pools: PoolTable<'m, POOLS>,
+    /// The pools as devices without an IOMMU see them (shared bus addresses), sorted by bus.
+    pub(crate) plain: LivePools,
+    /// Growing and shrinking (off until `enable_growth`); its lock orders every change of a pool
+    /// set or window.
+    pub(crate) growth: Growth<'m, POOLS>,
+    pub(crate) stats: Stats<POOLS>,
+    pub(crate) id: u32,
+    /// Source of device serials (never 0).
+    pub(crate) next_serial: AtomicU32,
+    /// The IOMMU path, once enabled (`enable_iommu`).
+    pub(crate) iommu: Option<Iommu<'m, DOMAINS>>,
+    /// Counters of the IOMMU path and coherent buffers.
+    pub(crate) iommu_counters: IommuCounters,
+    /// The misuse tracker (feature `debug-tracker`; an empty value without it).
+    pub(crate) tracker: Tracker,
+    /// Ids of the attached devices (no two attachments share one).
+    pub(crate) device_ids: DeviceIds<POOLS>,
+    /// What to-device `SKIP_CPU_SYNC` slots hold (None: by confidentiality; see [`crate::stale_slot`]).
+    pub(crate) stale_slots: Option<StaleSlotPolicy>,
+    /// Records of raw-face mappings on paths without pool slots (direct, trusted).
+    pub(crate) raw: RawRecords<'m, POOLS>,
+    /// The platform: last, so that the layer unsizes to `Cold` (`P: ?Sized`).
     pub(crate) platform: P,
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> core::ops::Deref
-    for DmaLayer<'m, P, POOLS, DOMAINS>
-{
-    type Target = LayerCore<'m, POOLS, DOMAINS>;
+/// A layer as its cold paths see it: the platform as a trait object (see [`DmaLayer`]).
+pub(crate) type Cold<'a, 'm, const POOLS: usize, const DOMAINS: usize> =
+    DmaLayer<'m, dyn Platform + 'a, POOLS, DOMAINS>;
+
+/// A [`Cold`] layer of the default capacities: what the `*_once` functions take.
+pub(crate) type FullCold<'a, 'm> = Cold<'a, 'm, MAX_POOLS, MAX_DOMAINS>;
+
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+    /// This layer as the default capacities' type when those are its capacities (decided at
+    /// compile time). Rust compiles a generic function in every crate that uses it, so a program
+    /// whose layer is used from two crates (the x86 test kernel and the C interface it links)
+    /// would carry two copies of the cold paths; the shells of the default capacities call
+    /// non-generic `*_once` functions instead, compiled in this crate only.
     #[inline(always)]
-    fn deref(&self) -> &Self::Target {
-        &self.core
+    pub(crate) fn as_full(&self) -> Option<&FullCold<'a, 'm>> {
+        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS {
+            // SAFETY: with equal capacities both are the same type (same metadata: the vtable).
+            Some(unsafe { &*(self as *const Self as *const FullCold<'a, 'm>) })
+        } else {
+            None
+        }
+    }
+
+    /// [`Self::as_full`] for a layer borrowed mutably.
+    #[inline(always)]
+    pub(crate) fn as_full_mut(&mut self) -> Option<&mut FullCold<'a, 'm>> {
+        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS {
+            // SAFETY: as in `as_full`; the borrow is moved into the result.
+            Some(unsafe { &mut *(self as *mut Self as *mut FullCold<'a, 'm>) })
+        } else {
+            None
+        }
     }
 }
 
@@ -84,19 +149,33 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// capacity above [`MAX_POOLS`] or [`MAX_DOMAINS`] does not compile.
     pub fn with_capacity(platform: P) -> Self {
         const { assert!(DOMAINS <= MAX_DOMAINS, "a layer holds at most MAX_DOMAINS IOMMU domains") };
-        DmaLayer { platform, core: LayerCore::new() }
+        DmaLayer {
+            pools: PoolTable::new(),
+            plain: LivePools::new(),
+            growth: Growth::new(),
+            stats: Stats::default(),
+            id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
+            next_serial: AtomicU32::new(1),
+            iommu: None,
+            iommu_counters: IommuCounters::default(),
+            tracker: Tracker::default(),
+            device_ids: DeviceIds::new(),
+            stale_slots: None,
+            raw: RawRecords::new(),
+            platform,
+        }
     }
 
-    /// The layer as its cold paths see it: the core and the platform as `&dyn Platform`.
+    /// The layer as its cold paths see it: the platform as `dyn Platform` (no copy).
     #[inline(always)]
-    pub(crate) fn cold(&self) -> Cold<'_, 'm, POOLS, DOMAINS> {
-        Cold { core: &self.core, platform: &self.platform }
+    pub(crate) fn cold(&self) -> &Cold<'_, 'm, POOLS, DOMAINS> {
+        self
     }
 
-    /// [`Self::cold`] with the core borrowed mutably.
+    /// [`Self::cold`], borrowed mutably.
     #[inline(always)]
-    pub(crate) fn cold_mut(&mut self) -> ColdMut<'_, 'm, POOLS, DOMAINS> {
-        ColdMut { core: &mut self.core, platform: &self.platform }
+    pub(crate) fn cold_mut(&mut self) -> &mut Cold<'_, 'm, POOLS, DOMAINS> {
+        self
     }
 
     /// The misuse tracker (feature `debug-tracker`).
@@ -124,9 +203,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     ) -> Result<usize, DmaError> {
         // SAFETY: the caller keeps this call's contract, which is the core's.
         unsafe {
-            match self.cold_mut().into_full() {
-                Ok(c) => add_pool_once(c, phys, len, meta, cfg),
-                Err(mut c) => c.add_pool(phys, len, meta, cfg),
+            match self.cold_mut().as_full_mut() {
+                Some(c) => add_pool_once(c, phys, len, meta, cfg),
+                None => self.cold_mut().add_pool_dyn(phys, len, meta, cfg),
             }
         }
     }
@@ -134,9 +213,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// Tear down every pool: unshare its memory (quarantining pages that cannot be made private);
     /// grown pools go back to the memory source. Fails with nothing changed while any mapping is live.
     pub fn release_pools(&mut self) -> Result<(), DmaError> {
-        match self.cold_mut().into_full() {
-            Ok(c) => release_pools_once(c),
-            Err(mut c) => c.release_pools(),
+        match self.cold_mut().as_full_mut() {
+            Some(c) => release_pools_once(c),
+            None => self.cold_mut().release_pools_dyn(),
         }
     }
 
@@ -144,7 +223,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         match self.cold().as_full() {
             Some(c) => attach_once(c, config),
-            None => self.cold().attach(config),
+            None => self.cold().attach_dyn(config),
         }
     }
 
@@ -157,7 +236,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     pub fn detach(&self, dev: Device) -> Result<(), Refused<Device>> {
         match self.cold().as_full() {
             Some(c) => detach_once(c, dev),
-            None => self.cold().detach(dev),
+            None => self.cold().detach_dyn(dev),
         }
     }
 
@@ -172,7 +251,7 @@ pub fn span_pages(phys: PhysAddr, len: usize) -> u64 {
     pages_spanned(phys.0, len as u64)
 }
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS> {
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// The index of a pool (fixed or grown) that overlaps `[phys, end)`.
     pub(crate) fn pool_overlapping(&self, phys: PhysAddr, end: u64) -> Option<usize> {
         self.pools
@@ -287,7 +366,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 
     /// [`DmaLayer::attach`], over the platform as `&dyn Platform`.
-    pub(crate) fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+    pub(crate) fn attach_dyn(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let _masked = self.masked();
         let m = config.min_align_mask;
         // 2^n - 1, and below 4 GiB: no device needs more, and it bounds every alignment sum later.
@@ -360,7 +439,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 
     /// [`DmaLayer::detach`], over the platform as `&dyn Platform`.
-    pub(crate) fn detach(&self, mut dev: Device) -> Result<(), Refused<Device>> {
+    pub(crate) fn detach_dyn(&self, mut dev: Device) -> Result<(), Refused<Device>> {
         let _masked = self.masked();
         if let Err(error) = self.check_device(&dev) {
             return Err(Refused { value: dev, error });
@@ -370,7 +449,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
             crate::tracker::report_leaks(&self.tracker, &dev);
             return Err(Refused { value: dev, error: DmaError::Busy { live } });
         }
-        if let Err(error) = self.revoke(&mut dev) {
+        if let Err(error) = self.revoke_dyn(&mut dev) {
             return Err(Refused { value: dev, error });
         }
         if dev.domain.is_some() {
@@ -384,12 +463,12 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 }
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAINS> {
+impl<'m, const POOLS: usize, const DOMAINS: usize> Cold<'_, 'm, POOLS, DOMAINS> {
     /// [`DmaLayer::add_pool`], over the platform as `&dyn Platform`.
     ///
     /// # Safety
     /// As [`DmaLayer::add_pool`].
-    pub(crate) unsafe fn add_pool(
+    pub(crate) unsafe fn add_pool_dyn(
         &mut self,
         phys: PhysAddr,
         len: usize,
@@ -419,11 +498,11 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
         let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NoCpuMapping(phys))?;
         let pages = len as u64 / PAGE_SIZE;
         if self.platform.is_confidential() {
-            self.cold().share_pages(phys, pages)?;
+            self.share_pages(phys, pages)?;
         }
         // Built in its table slot, in place: a pool is ~2.4 KiB, too much for a firmware frame.
         // SAFETY: the caller guarantees the range is ours for 'm; the platform gave its CPU mapping.
-        let built = self.core.pools.set_fixed_with(i, |pool| unsafe { pool.init(phys, cpu, len, meta, cfg) });
+        let built = self.pools.set_fixed_with(i, |pool| unsafe { pool.init(phys, cpu, len, meta, cfg) });
         match built.map_err(|e| e.unwrap_or(DmaError::TooManyPools)) {
             Ok(()) => {
                 let bus = self.platform.shared_bus_addr(phys);
@@ -435,7 +514,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
                 if self.platform.is_confidential() {
                     // Config errors were checked above, so this is unreachable in practice; still give
                     // the pages back.
-                    let _ = self.cold().unshare_pages(phys, pages);
+                    let _ = self.unshare_pages(phys, pages);
                 }
                 Err(e)
             }
@@ -443,7 +522,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
     }
 
     /// [`DmaLayer::release_pools`], over the platform as `&dyn Platform`.
-    pub(crate) fn release_pools(&mut self) -> Result<(), DmaError> {
+    pub(crate) fn release_pools_dyn(&mut self) -> Result<(), DmaError> {
         // List pages taken from a pool (`TceBatching::PoolPages`) are no mapping: given back below.
         let live = self.pools().map(|p| p.slots_in_use() as u64).sum::<u64>() - self.list_pool_slots() as u64;
         if live != 0 {
@@ -454,11 +533,11 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
             return Err(DmaError::DomainsInUse);
         }
         self.drop_pool_list_pages();
-        let mut result = self.cold().shrink_all();
+        let mut result = self.shrink_all_dyn();
         let confidential = self.platform.is_confidential();
         let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
             let mut out = [None; MAX_POOLS];
-            for (o, p) in out.iter_mut().zip(self.core.pools.take_fixed()) {
+            for (o, p) in out.iter_mut().zip(self.pools.take_fixed()) {
                 *o = Some(p);
             }
             out
@@ -466,7 +545,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
         self.plain.clear();
         for (phys, len) in fixed.into_iter().flatten() {
             if confidential {
-                if let Err(e) = self.cold().unshare_pages(phys, len as u64 / PAGE_SIZE) {
+                if let Err(e) = self.unshare_pages(phys, len as u64 / PAGE_SIZE) {
                     result = Err(e);
                 }
             }
@@ -476,39 +555,39 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
 }
 
 /// [`DmaLayer::add_pool`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 ///
 /// # Safety
 /// As [`DmaLayer::add_pool`].
 #[inline(never)]
 unsafe fn add_pool_once<'m>(
-    mut c: FullColdMut<'_, 'm>,
+    c: &mut FullCold<'_, 'm>,
     phys: PhysAddr,
     len: usize,
     meta: &'m mut [SlotMeta],
     cfg: PoolConfig,
 ) -> Result<usize, DmaError> {
     // SAFETY: the caller keeps this call's contract.
-    unsafe { c.add_pool(phys, len, meta, cfg) }
+    unsafe { c.add_pool_dyn(phys, len, meta, cfg) }
 }
 
 /// [`DmaLayer::release_pools`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
-fn release_pools_once(mut c: FullColdMut<'_, '_>) -> Result<(), DmaError> {
-    c.release_pools()
+fn release_pools_once(c: &mut FullCold<'_, '_>) -> Result<(), DmaError> {
+    c.release_pools_dyn()
 }
 
 /// [`DmaLayer::attach`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
-fn attach_once(c: FullCold<'_, '_>, config: DeviceConfig) -> Result<Device, DmaError> {
-    c.attach(config)
+fn attach_once(c: &FullCold<'_, '_>, config: DeviceConfig) -> Result<Device, DmaError> {
+    c.attach_dyn(config)
 }
 
 /// [`DmaLayer::detach`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
-fn detach_once(c: FullCold<'_, '_>, dev: Device) -> Result<(), Refused<Device>> {
-    c.detach(dev)
+fn detach_once(c: &FullCold<'_, '_>, dev: Device) -> Result<(), Refused<Device>> {
+    c.detach_dyn(dev)
 }

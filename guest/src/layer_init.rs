@@ -21,8 +21,7 @@ use crate::growth::live::LivePools;
 use crate::growth::state::Growth;
 use crate::growth::table::PoolTable;
 use crate::iommu::counters::IommuCounters;
-use crate::layer::DmaLayer;
-use crate::layer_core::{LayerCore, NEXT_LAYER_ID};
+use crate::layer::{DmaLayer, NEXT_LAYER_ID};
 use crate::platform::Platform;
 use crate::stats::Stats;
 use crate::stream::raw_records::RawRecords;
@@ -37,8 +36,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         // Every field is written below: this pattern names them all, so a new field fails to compile
         // here until it is initialised too.
         let _all_fields = |l: Self| {
-            let DmaLayer { platform: _, core } = l;
-            let LayerCore {
+            let DmaLayer {
+                platform: _,
                 pools: _,
                 plain: _,
                 growth: _,
@@ -51,7 +50,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
                 device_ids: _,
                 stale_slots: _,
                 raw: _,
-            } = core;
+            } = l;
         };
         const { assert!(DOMAINS <= crate::iommu::MAX_DOMAINS, "a layer holds at most MAX_DOMAINS IOMMU domains") };
         let p = place.as_mut_ptr();
@@ -60,18 +59,18 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         // memory; the pattern above shows every field is written.
         unsafe {
             addr_of_mut!((*p).platform).write(platform);
-            addr_of_mut!((*p).core.pools).write(PoolTable::new());
-            addr_of_mut!((*p).core.plain).write(LivePools::new());
-            addr_of_mut!((*p).core.growth).write(Growth::new());
-            addr_of_mut!((*p).core.stats).write(Stats::new());
-            addr_of_mut!((*p).core.id).write(NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed));
-            addr_of_mut!((*p).core.next_serial).write(AtomicU32::new(1));
-            addr_of_mut!((*p).core.iommu).write(None);
-            addr_of_mut!((*p).core.iommu_counters).write(IommuCounters::default());
-            addr_of_mut!((*p).core.tracker).write(Tracker::default());
-            addr_of_mut!((*p).core.device_ids).write(DeviceIds::new());
-            addr_of_mut!((*p).core.stale_slots).write(None);
-            addr_of_mut!((*p).core.raw).write(const { RawRecords::new() });
+            addr_of_mut!((*p).pools).write(PoolTable::new());
+            addr_of_mut!((*p).plain).write(LivePools::new());
+            addr_of_mut!((*p).growth).write(Growth::new());
+            addr_of_mut!((*p).stats).write(Stats::new());
+            addr_of_mut!((*p).id).write(NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed));
+            addr_of_mut!((*p).next_serial).write(AtomicU32::new(1));
+            addr_of_mut!((*p).iommu).write(None);
+            addr_of_mut!((*p).iommu_counters).write(IommuCounters::default());
+            addr_of_mut!((*p).tracker).write(Tracker::default());
+            addr_of_mut!((*p).device_ids).write(DeviceIds::new());
+            addr_of_mut!((*p).stale_slots).write(None);
+            addr_of_mut!((*p).raw).write(const { RawRecords::new() });
         }
         // SAFETY: every field was initialised above.
         unsafe { place.assume_init_mut() }

@@ -156,7 +156,7 @@
 //! each part's cost: `bash scripts/parts-text.sh`).
 //!
 //! The layer's size is set by its capacities, `DmaLayer<'m, P, POOLS, DOMAINS>` (defaults
-//! [`MAX_POOLS`] and [`iommu::MAX_DOMAINS`]): 28,928 bytes by default, 3,840 for one pool and no
+//! [`MAX_POOLS`] and [`iommu::MAX_DOMAINS`]): 28,800 bytes by default, 3,712 for one pool and no
 //! IOMMU domain (3,456 without the default features; `DmaLayer<'m, P, 1, 0>`, built with
 //! [`DmaLayer::with_capacity`] or in place with `DmaLayer::init_in`). `cargo test --release -p ccdma --lib footprint -- --nocapture` prints
 //! the parts; `tests/tests/layer_size.rs` checks the small figure.
@@ -178,7 +178,6 @@ pub mod growth;
 mod interrupts;
 pub mod iommu;
 pub mod layer;
-pub mod layer_core;
 mod layer_init;
 pub mod mapping;
 mod off_counter;
@@ -221,7 +220,6 @@ pub use iommu::{
     DEFAULT_POOL_LIST_PAGES,
 };
 pub use layer::DmaLayer;
-pub use layer_core::LayerCore;
 pub use mapping::Mapping;
 pub use path::{DdwOutcome, DmaPath, PathReason};
 pub use platform::{BusEncoding, InterruptState, MemorySharing, PartialSharing, PhysMemory, Platform};

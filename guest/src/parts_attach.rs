@@ -2,7 +2,7 @@
 //! constants so that they stay a leaf of the import graph).
 
 use crate::error::DmaError;
-use crate::layer_core::Cold;
+use crate::layer::Cold;
 use crate::parts::{require, NATIVE_IOMMU, PAPR_TCE};
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {

@@ -20,7 +20,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
 
     /// Set the policy for to-device `SKIP_CPU_SYNC` slots (see [`crate::stale_slot`]).
     pub fn set_stale_slot_policy(&mut self, policy: StaleSlotPolicy) {
-        self.core.stale_slots = Some(policy);
+        self.stale_slots = Some(policy);
     }
 
     /// True when a slot just allocated for a `dir` mapping that skips the CPU copy is left as it was

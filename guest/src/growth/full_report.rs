@@ -2,14 +2,14 @@
 
 use crate::device::Device;
 use crate::diagnostics::{GrowthVerdict, PoolFill, PoolFullReport};
+use crate::layer::Cold;
 use crate::layer::DmaLayer;
-use crate::layer_core::Cold;
 use crate::platform::Platform;
 use crate::pool_set::MAX_POOLS;
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// [`DmaLayer::last_pool_full`], over the platform as `&dyn Platform`.
-    pub(crate) fn last_pool_full(&self) -> Option<PoolFullReport> {
+    pub(crate) fn last_pool_full_dyn(&self) -> Option<PoolFullReport> {
         let _masked = self.masked();
         self.growth.last_full.lock().map(|r| r.report())
     }
@@ -39,6 +39,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// The last "pool full" failure, if any.
     pub fn last_pool_full(&self) -> Option<PoolFullReport> {
-        self.cold().last_pool_full()
+        self.cold().last_pool_full_dyn()
     }
 }

@@ -66,7 +66,7 @@ use crate::diagnostics::GrowthVerdict;
 use crate::error::DmaError;
 use crate::iommu::domain::{DomainInfo, DomainSlot};
 use crate::layer::DmaLayer;
-use crate::layer_core::{Cold, ColdMut, FullCold, FullColdMut, LayerCore};
+use crate::layer::{Cold, FullCold};
 use crate::platform::Platform;
 use crate::pool::SlotMeta;
 use crate::pool_set::MAX_POOLS;
@@ -206,15 +206,15 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// a DDW made before growth was enabled may have no room for them (the device then maps from the
     /// pools it has, and a pool-full report says `Unreachable`).
     pub fn enable_growth(&mut self, source: &'m dyn MemorySource, cfg: GrowthConfig) -> Result<(), DmaError> {
-        match self.cold_mut().into_full() {
-            Ok(c) => enable_growth_once(c, source, cfg),
-            Err(mut c) => c.enable_growth(source, cfg),
+        match self.cold_mut().as_full_mut() {
+            Some(c) => enable_growth_once(c, source, cfg),
+            None => self.cold_mut().enable_growth_dyn(source, cfg),
         }
     }
 
     /// The growth counters.
     pub fn growth_stats(&self) -> GrowthStats {
-        self.cold().growth_stats()
+        self.cold().growth_stats_dyn()
     }
 }
 
@@ -336,7 +336,7 @@ impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
     }
 }
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS> {
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// True when a map of `len` bytes that finds no room is retried by [`DmaLayer::with_growth`] (which
     /// then counts the failure, if it stays one), so the allocation paths do not count it.
     pub(crate) fn growth_will_retry(&self, len: usize) -> bool {
@@ -357,9 +357,9 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS>
     }
 }
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAINS> {
+impl<'m, const POOLS: usize, const DOMAINS: usize> Cold<'_, 'm, POOLS, DOMAINS> {
     /// [`DmaLayer::enable_growth`], over the platform as `&dyn Platform`.
-    pub(crate) fn enable_growth(
+    pub(crate) fn enable_growth_dyn(
         &mut self,
         source: &'m dyn MemorySource,
         cfg: GrowthConfig,
@@ -369,13 +369,13 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
             return Err(DmaError::GrowthAlreadyEnabled);
         }
         cfg.validate()?;
-        self.core.growth.source = Some(source);
-        self.core.growth.cfg.set(cfg);
+        self.growth.source = Some(source);
+        self.growth.cfg.set(cfg);
         if cfg.reserve_bytes > 0 {
             let mut g = self.growth.lock.lock();
-            if let Err(v) = self.cold().grow_one(&mut g, u64::MAX, true) {
+            if let Err(v) = self.grow_one(&mut g, u64::MAX, true) {
                 drop(g);
-                self.core.growth.source = None;
+                self.growth.source = None;
                 return Err(DmaError::GrowthFailed(v));
             }
         }
@@ -385,7 +385,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
 
 impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
     /// [`DmaLayer::growth_stats`], over the platform as `&dyn Platform`.
-    pub(crate) fn growth_stats(&self) -> GrowthStats {
+    pub(crate) fn growth_stats_dyn(&self) -> GrowthStats {
         let _masked = self.masked();
         let c = &self.growth.counters;
         let (pools, kept_bytes) = {
@@ -408,20 +408,20 @@ impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
 }
 
 /// [`DmaLayer::enable_growth`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
 fn enable_growth_once<'m>(
-    mut c: FullColdMut<'_, 'm>,
+    c: &mut FullCold<'_, 'm>,
     source: &'m dyn MemorySource,
     cfg: GrowthConfig,
 ) -> Result<(), DmaError> {
-    c.enable_growth(source, cfg)
+    c.enable_growth_dyn(source, cfg)
 }
 
 /// `Cold::grow_one` of the default capacities, compiled in this crate only.
 #[inline(never)]
 fn grow_one_once(
-    c: FullCold<'_, '_>,
+    c: &FullCold<'_, '_>,
     g: &mut GrowState<MAX_POOLS>,
     limit: u64,
     reserve: bool,
@@ -431,6 +431,6 @@ fn grow_one_once(
 
 /// `Cold::report_full` of the default capacities, compiled in this crate only.
 #[inline(never)]
-fn report_full_once(c: FullCold<'_, '_>, dev: &Device, len: usize, growth: GrowthVerdict) {
+fn report_full_once(c: &FullCold<'_, '_>, dev: &Device, len: usize, growth: GrowthVerdict) {
     c.report_full(dev, len, growth)
 }

@@ -10,7 +10,7 @@ use super::GrowState;
 use crate::addr::PAGE_SIZE;
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
-use crate::layer_core::{Cold, FullCold};
+use crate::layer::{Cold, FullCold};
 use crate::platform::Platform;
 
 /// What removing one pool did.
@@ -26,7 +26,7 @@ enum Removed {
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// [`DmaLayer::growth_tick`], over the platform as `&dyn Platform`.
-    pub(crate) fn growth_tick(&self) -> usize {
+    pub(crate) fn growth_tick_dyn(&self) -> usize {
         let _masked = self.masked();
         if self.growth.source.is_none() {
             return 0;
@@ -52,7 +52,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 
     /// [`DmaLayer::shrink_all`], over the platform as `&dyn Platform`.
-    pub(crate) fn shrink_all(&self) -> Result<(), DmaError> {
+    pub(crate) fn shrink_all_dyn(&self) -> Result<(), DmaError> {
         let _masked = self.masked();
         let mut g = self.growth.lock.lock();
         let mut result = Ok(());
@@ -130,7 +130,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     pub fn growth_tick(&self) -> usize {
         match self.cold().as_full() {
             Some(c) => growth_tick_once(c),
-            None => self.cold().growth_tick(),
+            None => self.cold().growth_tick_dyn(),
         }
     }
 
@@ -138,21 +138,21 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     pub fn shrink_all(&self) -> Result<(), DmaError> {
         match self.cold().as_full() {
             Some(c) => shrink_all_once(c),
-            None => self.cold().shrink_all(),
+            None => self.cold().shrink_all_dyn(),
         }
     }
 }
 
 /// [`DmaLayer::growth_tick`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
-fn growth_tick_once(c: FullCold<'_, '_>) -> usize {
-    c.growth_tick()
+fn growth_tick_once(c: &FullCold<'_, '_>) -> usize {
+    c.growth_tick_dyn()
 }
 
 /// [`DmaLayer::shrink_all`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
-fn shrink_all_once(c: FullCold<'_, '_>) -> Result<(), DmaError> {
-    c.shrink_all()
+fn shrink_all_once(c: &FullCold<'_, '_>) -> Result<(), DmaError> {
+    c.shrink_all_dyn()
 }

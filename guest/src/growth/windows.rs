@@ -9,7 +9,7 @@ use crate::iommu::bus_space::RangeKind;
 use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
 use crate::iommu::domain::{DomainSlot, READY};
 use crate::iommu::window::window_below;
-use crate::layer_core::Cold;
+use crate::layer::Cold;
 use crate::path::DmaPath;
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {

@@ -17,18 +17,18 @@ use crate::addr::{BusAddr, DmaMask};
 use crate::device::{Device, DeviceConfig};
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
-use crate::layer_core::{Cold, ColdMut, FullCold, FullColdMut, LayerCore};
+use crate::layer::{Cold, FullCold};
 use crate::path::{DmaPath, PathReason};
 use crate::platform::Platform;
 use crate::pool_set::PoolOrder;
 use crate::stats::FailureKind;
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAINS> {
+impl<'m, const POOLS: usize, const DOMAINS: usize> Cold<'_, 'm, POOLS, DOMAINS> {
     /// [`DmaLayer::enable_iommu`], over the platform as `&dyn Platform`.
     ///
     /// # Safety
     /// As [`DmaLayer::enable_iommu`].
-    pub(crate) unsafe fn enable_iommu(
+    pub(crate) unsafe fn enable_iommu_dyn(
         &mut self,
         cfg: IommuConfig,
         ranges: &'m mut [BusRange],
@@ -47,10 +47,10 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
                 provided: ranges.len(),
             });
         }
-        let list = self.cold().enable_list_pages(cfg.batching)?;
+        let list = self.enable_list_pages(cfg.batching)?;
         // Built in place, one domain at a time: the whole IOMMU part is ~14 KiB, too much for a
         // firmware frame (`scripts/budgets.sh` checks the frames).
-        let iommu = self.core.iommu.insert(
+        let iommu = self.iommu.insert(
             const {
                 Iommu {
                     cfg: IommuConfig::premapped(),
@@ -74,21 +74,21 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> ColdMut<'_, 'm, POOLS, DOMAIN
     }
 
     /// [`DmaLayer::disable_iommu`], over the platform as `&dyn Platform`.
-    pub(crate) fn disable_iommu(&mut self) -> Result<(), DmaError> {
+    pub(crate) fn disable_iommu_dyn(&mut self) -> Result<(), DmaError> {
         let Some(iommu) = &self.iommu else { return Ok(()) };
         if iommu.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE) {
             return Err(DmaError::DomainsInUse);
         }
         let list = iommu.list.as_ref().map(|l| l.range());
-        self.core.iommu = None;
-        self.cold().release_list_pages(list)
+        self.iommu = None;
+        self.release_list_pages(list)
     }
 }
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// The mechanism for this operation (see [`backend_of`]).
-    pub(crate) fn backend(&self) -> Option<Backend<'a>> {
-        backend_of(self.core, self.platform)
+    pub(crate) fn backend(&self) -> Option<Backend<'_>> {
+        backend_of(self)
     }
 
     /// Attach a device that sits behind the IOMMU: join the domain of its partitionable endpoint when
@@ -256,8 +256,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 
     /// The domain of a device about to allocate: set up now if the device is deferred.
-    pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&'a DomainInfo, DmaError> {
-        match self.core.attached_or_deferred(dev)? {
+    pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
+        match self.attached_or_deferred(dev)? {
             Ok(info) => Ok(info),
             Err((slot, d)) => self.attach_deferred(slot, d, dev),
         }
@@ -419,7 +419,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 
     /// [`DmaLayer::reserve_bus_range`], over the platform as `&dyn Platform`.
-    pub(crate) fn reserve_bus_range(&self, start: u64, len: u64) -> Result<(), DmaError> {
+    pub(crate) fn reserve_bus_range_dyn(&self, start: u64, len: u64) -> Result<(), DmaError> {
         let _masked = self.masked();
         let iommu = self.iommu.as_ref().ok_or(DmaError::IommuNotEnabled)?;
         let mut global = iommu.reservations.lock();
@@ -448,7 +448,12 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 
     /// [`DmaLayer::reserve_bus_range_for`], over the platform as `&dyn Platform`.
-    pub(crate) fn reserve_bus_range_for(&self, dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
+    pub(crate) fn reserve_bus_range_for_dyn(
+        &self,
+        dev: &Device,
+        start: u64,
+        len: u64,
+    ) -> Result<(), DmaError> {
         let _masked = self.masked();
         self.check_device(dev)?;
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
@@ -459,7 +464,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 
     /// [`DmaLayer::bus_ranges_of`], over the platform as `&dyn Platform`.
-    pub(crate) fn bus_ranges_of(&self, dev: &Device, out: &mut [BusRange]) -> usize {
+    pub(crate) fn bus_ranges_of_dyn(&self, dev: &Device, out: &mut [BusRange]) -> usize {
         let _masked = self.masked();
         let Some(slot) = dev.domain.and_then(|d| self.slot(d)) else { return 0 };
         let space = slot.space.lock();
@@ -470,7 +475,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 
     /// [`DmaLayer::live_bus_ranges`], over the platform as `&dyn Platform`.
-    pub(crate) fn live_bus_ranges(&self) -> usize {
+    pub(crate) fn live_bus_ranges_dyn(&self) -> usize {
         let _masked = self.masked();
         self.iommu.as_ref().map_or(0, |i| i.domains.iter().flatten().map(|d| d.space.lock().live()).sum())
     }
@@ -480,13 +485,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// The mechanism for this operation (see [`backend_of`]), the platform's calls inlined.
     #[inline]
     pub(crate) fn backend(&self) -> Option<Backend<'_>> {
-        backend_of(&self.core, &self.platform)
+        backend_of(self)
     }
 
     /// The domain of a device about to map or allocate: set up now if the device is deferred.
     #[inline]
     pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
-        match self.core.attached_or_deferred(dev)? {
+        match self.attached_or_deferred(dev)? {
             Ok(info) => Ok(info),
             Err((slot, d)) => match self.cold().as_full() {
                 Some(c) => attach_deferred_once(c, slot, d, dev),
@@ -513,9 +518,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     ) -> Result<(), DmaError> {
         // SAFETY: the caller keeps this call's contract, which is the core's.
         unsafe {
-            match self.cold_mut().into_full() {
-                Ok(c) => enable_iommu_once(c, cfg, ranges),
-                Err(mut c) => c.enable_iommu(cfg, ranges),
+            match self.cold_mut().as_full_mut() {
+                Some(c) => enable_iommu_once(c, cfg, ranges),
+                None => self.cold_mut().enable_iommu_dyn(cfg, ranges),
             }
         }
     }
@@ -523,9 +528,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// Turn the IOMMU path off again: every device must be detached. The list pages are made private
     /// again (quarantined if that fails).
     pub fn disable_iommu(&mut self) -> Result<(), DmaError> {
-        match self.cold_mut().into_full() {
-            Ok(c) => disable_iommu_once(c),
-            Err(mut c) => c.disable_iommu(),
+        match self.cold_mut().as_full_mut() {
+            Some(c) => disable_iommu_once(c),
+            None => self.cold_mut().disable_iommu_dyn(),
         }
     }
 
@@ -533,28 +538,28 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// attached later. Fails with [`IommuError::ReservationConflict`] (nothing changed) when a live
     /// mapping of any device overlaps it.
     pub fn reserve_bus_range(&self, start: u64, len: u64) -> Result<(), DmaError> {
-        self.cold().reserve_bus_range(start, len)
+        self.cold().reserve_bus_range_dyn(start, len)
     }
 
     /// Reserve `[start, start + len)` in one device's windows (it must be attached, not deferred).
     /// Devices sharing its partitionable endpoint share those windows, and the reservation.
     pub fn reserve_bus_range_for(&self, dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
-        self.cold().reserve_bus_range_for(dev, start, len)
+        self.cold().reserve_bus_range_for_dyn(dev, start, len)
     }
 
     /// The used bus ranges of a device's windows (reservations, premapped pools, mappings, coherent
     /// buffers, quarantined ranges), copied into `out`; returns how many there are.
     pub fn bus_ranges_of(&self, dev: &Device, out: &mut [BusRange]) -> usize {
-        self.cold().bus_ranges_of(dev, out)
+        self.cold().bus_ranges_of_dyn(dev, out)
     }
 
     /// Live bus ranges (strict mappings and coherent buffers) over all domains.
     pub fn live_bus_ranges(&self) -> usize {
-        self.cold().live_bus_ranges()
+        self.cold().live_bus_ranges_dyn()
     }
 }
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS> {
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// `ensure_attached`'s fast part: the device's domain when it is set up, or the slot and
     /// reference a deferred device sets up now (`Err`).
     #[inline]
@@ -639,9 +644,9 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS>
 /// (`dyn Platform`) share one source.
 #[inline]
 pub(crate) fn backend_of<'a, 'm: 'a, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize>(
-    core: &'a LayerCore<'m, POOLS, DOMAINS>,
-    platform: &'a P,
+    core: &'a DmaLayer<'m, P, POOLS, DOMAINS>,
 ) -> Option<Backend<'a>> {
+    let platform = &core.platform;
     if let Some(calls) = platform.tce().filter(|_| crate::parts::PAPR_TCE) {
         let iommu = core.iommu.as_ref();
         let writer = TceWriter {
@@ -659,7 +664,7 @@ pub(crate) fn backend_of<'a, 'm: 'a, P: Platform + ?Sized, const POOLS: usize, c
         .map(|b| Backend::Native(b, &core.iommu_counters))
 }
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS> {
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Where pool `pool` starts on the device's bus (per device when premapped in its window).
     pub fn pool_bus_of(&self, dev: &Device, pool: usize) -> Option<BusAddr> {
         let (order, bus) = self.pool_view(dev, false)?;
@@ -670,32 +675,32 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS>
 }
 
 /// [`DmaLayer::enable_iommu`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 ///
 /// # Safety
 /// As [`DmaLayer::enable_iommu`].
 #[inline(never)]
 unsafe fn enable_iommu_once<'m>(
-    mut c: FullColdMut<'_, 'm>,
+    c: &mut FullCold<'_, 'm>,
     cfg: IommuConfig,
     ranges: &'m mut [BusRange],
 ) -> Result<(), DmaError> {
     // SAFETY: the caller keeps this call's contract.
-    unsafe { c.enable_iommu(cfg, ranges) }
+    unsafe { c.enable_iommu_dyn(cfg, ranges) }
 }
 
 /// [`DmaLayer::disable_iommu`] of the default capacities, compiled in this crate only (see
-/// [`Cold::as_full`](crate::layer_core::Cold::as_full)).
+/// `Cold::as_full`).
 #[inline(never)]
-fn disable_iommu_once(mut c: FullColdMut<'_, '_>) -> Result<(), DmaError> {
-    c.disable_iommu()
+fn disable_iommu_once(c: &mut FullCold<'_, '_>) -> Result<(), DmaError> {
+    c.disable_iommu_dyn()
 }
 
 /// `Cold::attach_deferred` of the default capacities, compiled in this crate only (see
 /// [`Cold::as_full`]): a deferred device's set-up at its first map.
 #[inline(never)]
 fn attach_deferred_once<'s, 'm>(
-    c: FullCold<'s, 'm>,
+    c: &FullCold<'s, 'm>,
     slot: &'s DomainSlot<'m>,
     d: DomainRef,
     dev: &Device,

@@ -7,7 +7,8 @@ use super::list_pages::{ListMode, ListPages, ListRange, PoolRun};
 use crate::addr::{PhysAddr, PAGE_SIZE};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
-use crate::layer_core::{Cold, ColdMut, LayerCore};
+use crate::layer::{Cold, DmaLayer};
+use crate::platform::Platform;
 use crate::pool::{NewHead, Owner, RunRequest};
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
@@ -115,7 +116,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 }
 
-impl<const POOLS: usize, const DOMAINS: usize> LayerCore<'_, POOLS, DOMAINS> {
+impl<P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
     /// Pool slots the list pages hold ([`TceBatching::PoolPages`]): not mappings, so not in
     /// `slots_in_use`.
     pub(crate) fn list_pool_slots(&self) -> usize {
@@ -123,13 +124,13 @@ impl<const POOLS: usize, const DOMAINS: usize> LayerCore<'_, POOLS, DOMAINS> {
     }
 }
 
-impl<const POOLS: usize, const DOMAINS: usize> ColdMut<'_, '_, POOLS, DOMAINS> {
+impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
     /// `release_pools`: give list pages taken from a pool back first (entries then go one by one).
     pub(crate) fn drop_pool_list_pages(&mut self) {
-        let Some(iommu) = self.core.iommu.as_mut() else { return };
+        let Some(iommu) = self.iommu.as_mut() else { return };
         if iommu.list.as_ref().is_some_and(|l| l.pool_slots() != 0) {
             let range = iommu.list.take().map(|l| l.range());
-            let _ = self.cold().release_list_pages(range);
+            let _ = self.release_list_pages(range);
         }
     }
 }

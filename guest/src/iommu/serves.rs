@@ -4,7 +4,7 @@
 
 use super::window::WindowGeometry;
 use crate::error::DmaError;
-use crate::layer_core::Cold;
+use crate::layer::Cold;
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
     /// `Ok` when some pool (or a pool growth may add) has runs of at least one IOMMU page of `win`.

@@ -15,7 +15,7 @@ use super::window::{window_below, WindowGeometry};
 use crate::addr::BusAddr;
 use crate::device::DeviceConfig;
 use crate::error::DmaError;
-use crate::layer_core::Cold;
+use crate::layer::Cold;
 use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts, PathReason};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;

@@ -6,7 +6,6 @@ use crate::device::{Device, DeviceConfig};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
-use crate::layer_core::LayerCore;
 use crate::platform::Platform;
 use crate::pool::{BouncePool, NewHead, Owner, RunRequest, SlotRecord};
 use crate::pool_set::PoolOrder;
@@ -222,7 +221,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
 // In this file rather than placement.rs: `device` imports `Placement`, so placement.rs imports
 // nothing that imports `device` (scripts/import-cycles.py).
-impl<const POOLS: usize, const DOMAINS: usize> LayerCore<'_, POOLS, DOMAINS> {
+impl<P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
     /// A device's placement rules for the geometry of the first pool of `pools` (at attach).
     pub(crate) fn placement(&self, config: &DeviceConfig, pools: &PoolOrder) -> Placement {
         let first = pools.iter().find_map(|i| self.pools.get(i));

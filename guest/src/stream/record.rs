@@ -8,13 +8,14 @@ use crate::device::Device;
 use crate::direction::DmaDirection;
 use crate::error::DmaError;
 use crate::growth::live::LivePools;
-use crate::layer_core::LayerCore;
+use crate::layer::DmaLayer;
 use crate::path::DmaPath;
+use crate::platform::Platform;
 use crate::pool::SlotRecord;
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> LayerCore<'m, POOLS, DOMAINS> {
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Find the pool holding bus address `bus` for this device and the pool offset.
     /// A binary search over the device's pools sorted by bus address.
     pub(crate) fn locate(&self, dev: &Device, bus: BusAddr) -> Option<(usize, u64)> {
