@@ -12,7 +12,9 @@ use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::trust::TrustState;
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// [`DmaLayer::accept`], over the platform as `&dyn Platform`.
     pub(crate) fn accept_dyn(&self, dev: &mut Device) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::TRUSTED, "trusted-devices")?;
@@ -122,7 +124,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Accept `dev` for direct access to private memory, on the platform's word
     /// ([`DeviceTrust::accept_device`](crate::DeviceTrust::accept_device)). Accepting an accepted device does nothing.
     ///

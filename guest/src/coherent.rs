@@ -166,7 +166,9 @@ impl CoherentBuffer {
     }
 }
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// [`DmaLayer::alloc_coherent`], over the platform as `&dyn Platform`.
     ///
     /// # Safety
@@ -402,7 +404,9 @@ impl From<FreeError> for DmaError {
     }
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Make `pages` pages at `phys` a coherent buffer for `dev`: zeroed, shared (confidential guest),
     /// entered into the device's window below its coherent mask (IOMMU). A deferred device is attached
     /// here. On failure nothing stays shared or mapped, except pages the error names: entries that

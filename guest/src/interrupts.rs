@@ -21,7 +21,9 @@ impl<P: Platform + ?Sized> Drop for Masked<'_, P> {
     }
 }
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// Mask interrupts until the guard drops.
     #[inline(always)]
     pub(crate) fn masked(&self) -> Masked<'_, P> {
@@ -29,7 +31,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOL
     }
 }
 
-impl<'a, const POOLS: usize, const DOMAINS: usize> Cold<'a, '_, POOLS, DOMAINS> {
+impl<'a, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'a, '_, POOLS, DOMAINS, AREAS> {
     /// Mask interrupts until the guard drops (the platform's hooks, called through `dyn`).
     #[inline(always)]
     pub(crate) fn masked(&self) -> Masked<'_, dyn Platform + 'a> {

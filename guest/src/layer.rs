@@ -40,7 +40,7 @@ use crate::iommu::domain::Iommu;
 use crate::iommu::MAX_DOMAINS;
 use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
-use crate::pool::{BouncePool, PoolConfig, SlotMeta};
+use crate::pool::{BouncePool, PoolConfig, SlotMeta, MAX_AREAS};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stale_slot::StaleSlotPolicy;
 use crate::stats::Stats;
@@ -52,11 +52,14 @@ pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// The DMA layer: pools, devices, statistics.
 ///
-/// `POOLS` (at most [`MAX_POOLS`]) and `DOMAINS` (at most [`MAX_DOMAINS`]) are the layer's
-/// capacities: pool slots (fixed and grown) and IOMMU domains. They set its size; the defaults are
-/// the most the layer supports. A firmware with one pool and no IOMMU builds
-/// `DmaLayer<'m, P, 1, 0>` (with [`DmaLayer::with_capacity`] or in place with
-/// [`DmaLayer::init_in`]); `cargo test -p ccdma --lib footprint -- --nocapture` prints the sizes.
+/// `POOLS` (at most [`MAX_POOLS`]), `DOMAINS` (at most [`MAX_DOMAINS`]) and `AREAS` (1..=
+/// [`MAX_AREAS`]) are the layer's capacities: pool slots (fixed and grown), IOMMU domains (and as
+/// many global bus reservations), and areas (locks) per pool, a pool asking more
+/// ([`PoolConfig::areas`]) getting `AREAS`. They set its size; the defaults are the most the layer
+/// supports. A firmware with one pool and no IOMMU builds `DmaLayer<'m, P, 1, 0, 2>` (1,792 bytes
+/// on x86_64, 8 devices; with [`DmaLayer::with_capacity`] or in place with
+/// [`DmaLayer::init_in`]); `cargo test --release -p ccdma --lib footprint -- --nocapture` prints
+/// the sizes. A capacity outside its range does not compile.
 ///
 /// One copy of the code: the platform is the last field, so a `&DmaLayer<'m, P, ..>` is also a
 /// `&DmaLayer<'m, dyn Platform, ..>` (an unsizing coercion, no copy). The streaming calls (map,
@@ -70,9 +73,10 @@ pub struct DmaLayer<
     P: Platform + ?Sized,
     const POOLS: usize = MAX_POOLS,
     const DOMAINS: usize = MAX_DOMAINS,
+    const AREAS: usize = MAX_AREAS,
 > {
     /// Every pool, by index (fixed ones from `add_pool`, grown ones from the memory source).
-    pub(crate) pools: PoolTable<'m, POOLS>,
+    pub(crate) pools: PoolTable<'m, POOLS, AREAS>,
     /// The pools as devices without an IOMMU see them (shared bus addresses), sorted by bus.
     pub(crate) plain: LivePools,
     /// Growing and shrinking (off until `enable_growth`); its lock orders every change of a pool
@@ -99,13 +103,15 @@ pub struct DmaLayer<
 }
 
 /// A layer as its cold paths see it: the platform as a trait object (see [`DmaLayer`]).
-pub(crate) type Cold<'a, 'm, const POOLS: usize, const DOMAINS: usize> =
-    DmaLayer<'m, dyn Platform + 'a, POOLS, DOMAINS>;
+pub(crate) type Cold<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> =
+    DmaLayer<'m, dyn Platform + 'a, POOLS, DOMAINS, AREAS>;
 
 /// A [`Cold`] layer of the default capacities: what the `*_once` functions take.
-pub(crate) type FullCold<'a, 'm> = Cold<'a, 'm, MAX_POOLS, MAX_DOMAINS>;
+pub(crate) type FullCold<'a, 'm> = Cold<'a, 'm, MAX_POOLS, MAX_DOMAINS, MAX_AREAS>;
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// This layer as the default capacities' type when those are its capacities (decided at
     /// compile time). Rust compiles a generic function in every crate that uses it, so a program
     /// whose layer is used from two crates (the x86 test kernel and the C interface it links)
@@ -113,7 +119,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     /// non-generic `*_once` functions instead, compiled in this crate only.
     #[inline(always)]
     pub(crate) fn as_full(&self) -> Option<&FullCold<'a, 'm>> {
-        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS {
+        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS && AREAS == MAX_AREAS {
             // SAFETY: with equal capacities both are the same type (same metadata: the vtable).
             Some(unsafe { &*(self as *const Self as *const FullCold<'a, 'm>) })
         } else {
@@ -124,7 +130,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     /// [`Self::as_full`] for a layer borrowed mutably.
     #[inline(always)]
     pub(crate) fn as_full_mut(&mut self) -> Option<&mut FullCold<'a, 'm>> {
-        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS {
+        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS && AREAS == MAX_AREAS {
             // SAFETY: as in `as_full`; the borrow is moved into the result.
             Some(unsafe { &mut *(self as *mut Self as *mut FullCold<'a, 'm>) })
         } else {
@@ -143,7 +149,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// A layer with no pools yet, by value, with the capacities of its type:
     /// `DmaLayer::<_, 1, 0>::with_capacity(platform)` holds one pool and no IOMMU domain. A
     /// capacity above [`MAX_POOLS`] or [`MAX_DOMAINS`] does not compile.
@@ -168,13 +176,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
     /// The layer as its cold paths see it: the platform as `dyn Platform` (no copy).
     #[inline(always)]
-    pub(crate) fn cold(&self) -> &Cold<'_, 'm, POOLS, DOMAINS> {
+    pub(crate) fn cold(&self) -> &Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
         self
     }
 
     /// [`Self::cold`], borrowed mutably.
     #[inline(always)]
-    pub(crate) fn cold_mut(&mut self) -> &mut Cold<'_, 'm, POOLS, DOMAINS> {
+    pub(crate) fn cold_mut(&mut self) -> &mut Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
         self
     }
 
@@ -251,7 +259,9 @@ pub fn span_pages(phys: PhysAddr, len: usize) -> u64 {
     pages_spanned(phys.0, len as u64)
 }
 
-impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// The index of a pool (fixed or grown) that overlaps `[phys, end)`.
     pub(crate) fn pool_overlapping(&self, phys: PhysAddr, end: u64) -> Option<usize> {
         self.pools
@@ -262,20 +272,20 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLaye
 
     /// The pools (fixed and grown), by index. Each item holds its pool in place (a grown pool is not
     /// removed while the item lives): do not keep them.
-    pub fn pools(&self) -> impl Iterator<Item = PoolRef<'_, 'm>> + '_ {
+    pub fn pools(&self) -> impl Iterator<Item = PoolRef<'_, 'm, AREAS>> + '_ {
         self.pools.iter().map(|(_, p)| p)
     }
 
     /// Fixed pool `i` (added with [`Self::add_pool`]) and its bus base for devices without an IOMMU.
     /// Grown pools: [`Self::pool_ref`].
-    pub fn pool(&self, i: usize) -> Option<(&BouncePool<'m>, BusAddr)> {
+    pub fn pool(&self, i: usize) -> Option<(&BouncePool<'m, AREAS>, BusAddr)> {
         let pool = self.pools.fixed(i)?;
         Some((pool, self.plain.base_of(i).unwrap_or(BusAddr(0))))
     }
 
     /// Pool `i`, fixed or grown, and its bus base for devices without an IOMMU. The reference holds
     /// the pool in place: do not keep it.
-    pub fn pool_ref(&self, i: usize) -> Option<(PoolRef<'_, 'm>, BusAddr)> {
+    pub fn pool_ref(&self, i: usize) -> Option<(PoolRef<'_, 'm, AREAS>, BusAddr)> {
         let pool = self.pools.get(i)?;
         Some((pool, self.plain.base_of(i).unwrap_or(BusAddr(0))))
     }
@@ -315,7 +325,9 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLaye
     }
 }
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// Share pages; on failure roll back what was shared and quarantine what cannot be rolled back.
     pub(crate) fn share_pages(&self, phys: PhysAddr, pages: u64) -> Result<(), DmaError> {
         match self.platform.share(phys, pages) {
@@ -463,7 +475,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 }
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> Cold<'_, 'm, POOLS, DOMAINS> {
+impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
     /// [`DmaLayer::add_pool`], over the platform as `&dyn Platform`.
     ///
     /// # Safety

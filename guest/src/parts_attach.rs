@@ -5,7 +5,9 @@ use crate::error::DmaError;
 use crate::layer::Cold;
 use crate::parts::{require, NATIVE_IOMMU, PAPR_TCE};
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// Refuse (at attach) a device the platform puts behind an IOMMU whose backend this build left
     /// out: bounced through shared bus addresses it would fault, so it gets no path at all.
     pub(crate) fn require_iommu_backend(&self, device: u32) -> Result<(), DmaError> {

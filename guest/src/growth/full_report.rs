@@ -7,7 +7,9 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool_set::MAX_POOLS;
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// [`DmaLayer::last_pool_full`], over the platform as `&dyn Platform`.
     pub(crate) fn last_pool_full_dyn(&self) -> Option<PoolFullReport> {
         let _masked = self.masked();
@@ -36,7 +38,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// The last "pool full" failure, if any.
     pub fn last_pool_full(&self) -> Option<PoolFullReport> {
         self.cold().last_pool_full_dyn()

@@ -72,7 +72,9 @@ use crate::pool::SlotMeta;
 use crate::pool_set::MAX_POOLS;
 use crate::stats::FailureKind;
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// Add one pool from the source (the caller holds the growth lock as `g`). On failure nothing is
     /// left behind but what could not be made private again (kept out of the source, counted).
     pub(crate) fn grow_one(
@@ -199,7 +201,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Let the layer grow from `source` under `cfg` (see [`crate::growth`]). With a reserve, the
     /// reserve pool is taken, shared and added now. Call it before attaching devices: a DDW created
     /// at a device's set-up keeps bus room (and an IOMMU page size) for the pools growth may add, so
@@ -218,7 +222,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     }
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Run `attempt` (a map of `len` bytes for `dev`); when every pool is full, grow and try again,
     /// as the growth policy allows. A final exhaustion is reported ([`Self::last_pool_full`]).
     /// The first attempt and its checks inline here; growing and retrying is [`Cold::grow_and_retry`].
@@ -243,7 +249,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     }
 }
 
-impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// `grow_one`, through the default capacities' copy when those are this layer's (see
     /// [`Cold::as_full`]): `grow_and_retry` is generic over its result, so compiled by its callers.
     fn grow_one_any(
@@ -336,7 +342,9 @@ impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
     }
 }
 
-impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// True when a map of `len` bytes that finds no room is retried by [`DmaLayer::with_growth`] (which
     /// then counts the failure, if it stays one), so the allocation paths do not count it.
     pub(crate) fn growth_will_retry(&self, len: usize) -> bool {
@@ -357,7 +365,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLaye
     }
 }
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> Cold<'_, 'm, POOLS, DOMAINS> {
+impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
     /// [`DmaLayer::enable_growth`], over the platform as `&dyn Platform`.
     pub(crate) fn enable_growth_dyn(
         &mut self,
@@ -383,7 +391,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> Cold<'_, 'm, POOLS, DOMAINS> 
     }
 }
 
-impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// [`DmaLayer::growth_stats`], over the platform as `&dyn Platform`.
     pub(crate) fn growth_stats_dyn(&self) -> GrowthStats {
         let _masked = self.masked();

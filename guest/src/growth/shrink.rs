@@ -24,7 +24,9 @@ enum Removed {
     Quarantined,
 }
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// [`DmaLayer::growth_tick`], over the platform as `&dyn Platform`.
     pub(crate) fn growth_tick_dyn(&self) -> usize {
         let _masked = self.masked();
@@ -122,7 +124,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// One tick of the caller's clock (see [`GrowthConfig::idle_ticks`](super::GrowthConfig)): every
     /// grown pool (not the reserve) that had no live slot and no allocation attempt since the last
     /// tick counts one more idle tick, and those idle for long enough are removed. Returns how many

@@ -12,7 +12,9 @@ use crate::iommu::window::window_below;
 use crate::layer::Cold;
 use crate::path::DmaPath;
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// Enter pool `i` (`[phys, phys + len)`) into every READY domain: strict domains take it as it
     /// is; premapped ones get it in their DDW, or in their default window below their mask, when it
     /// fits (a domain whose window has no room simply does not see it). On a failure every entry made

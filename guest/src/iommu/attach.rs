@@ -7,7 +7,7 @@ use spin::Mutex;
 
 use super::backend::Backend;
 use super::bus_space::{BusRange, BusSpace, RangeKind};
-use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS};
+use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS};
 use super::counters::IommuStatsSnapshot;
 use super::domain::{DomainInfo, DomainRef, DomainSlot, Iommu, CLAIMED, DETACHING, FREE, READY, SETUP};
 use super::error::IommuError;
@@ -23,7 +23,7 @@ use crate::platform::Platform;
 use crate::pool_set::PoolOrder;
 use crate::stats::FailureKind;
 
-impl<'m, const POOLS: usize, const DOMAINS: usize> Cold<'_, 'm, POOLS, DOMAINS> {
+impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
     /// [`DmaLayer::enable_iommu`], over the platform as `&dyn Platform`.
     ///
     /// # Safety
@@ -56,7 +56,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> Cold<'_, 'm, POOLS, DOMAINS> 
                     cfg: IommuConfig::premapped(),
                     domains: [const { None }; DOMAINS],
                     list: None,
-                    reservations: Mutex::new(([(0, 0); MAX_GLOBAL_RESERVATIONS], 0)),
+                    reservations: Mutex::new(([(0, 0); DOMAINS], 0)),
                     attach_lock: Mutex::new(()),
                 }
             },
@@ -85,7 +85,9 @@ impl<'m, const POOLS: usize, const DOMAINS: usize> Cold<'_, 'm, POOLS, DOMAINS> 
     }
 }
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// The mechanism for this operation (see [`backend_of`]).
     pub(crate) fn backend(&self) -> Option<Backend<'_>> {
         backend_of(self)
@@ -423,7 +425,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
         let _masked = self.masked();
         let iommu = self.iommu.as_ref().ok_or(DmaError::IommuNotEnabled)?;
         let mut global = iommu.reservations.lock();
-        if global.1 == MAX_GLOBAL_RESERVATIONS {
+        if global.1 >= DOMAINS {
             return Err(DmaError::Iommu(IommuError::BusSpaceExhausted));
         }
         // Lock every domain's space (in index order) so the check and the change are one step.
@@ -442,8 +444,10 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
             g.reserve(start, len)?;
         }
         let n = global.1;
-        global.0[n] = (start, len);
-        global.1 += 1;
+        if let Some(r) = global.0.get_mut(n) {
+            *r = (start, len);
+            global.1 += 1;
+        }
         Ok(())
     }
 
@@ -481,7 +485,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// The mechanism for this operation (see [`backend_of`]), the platform's calls inlined.
     #[inline]
     pub(crate) fn backend(&self) -> Option<Backend<'_>> {
@@ -536,7 +542,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
     /// Reserve `[start, start + len)` of bus space in every device's windows, now and for devices
     /// attached later. Fails with [`IommuError::ReservationConflict`] (nothing changed) when a live
-    /// mapping of any device overlaps it.
+    /// mapping of any device overlaps it, and with [`IommuError::BusSpaceExhausted`] when the layer
+    /// keeps `DOMAINS` of them already (one per domain slot,
+    /// [`MAX_GLOBAL_RESERVATIONS`](super::config::MAX_GLOBAL_RESERVATIONS) by default).
     pub fn reserve_bus_range(&self, start: u64, len: u64) -> Result<(), DmaError> {
         self.cold().reserve_bus_range_dyn(start, len)
     }
@@ -559,7 +567,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     }
 }
 
-impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// `ensure_attached`'s fast part: the device's domain when it is set up, or the slot and
     /// reference a deferred device sets up now (`Err`).
     #[inline]
@@ -643,8 +653,15 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLaye
 /// Generic over the platform so that the streaming path (a concrete `P`) and the cold paths
 /// (`dyn Platform`) share one source.
 #[inline]
-pub(crate) fn backend_of<'a, 'm: 'a, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize>(
-    core: &'a DmaLayer<'m, P, POOLS, DOMAINS>,
+pub(crate) fn backend_of<
+    'a,
+    'm: 'a,
+    P: Platform + ?Sized,
+    const POOLS: usize,
+    const DOMAINS: usize,
+    const AREAS: usize,
+>(
+    core: &'a DmaLayer<'m, P, POOLS, DOMAINS, AREAS>,
 ) -> Option<Backend<'a>> {
     let platform = &core.platform;
     if let Some(calls) = platform.tce().filter(|_| crate::parts::PAPR_TCE) {
@@ -664,7 +681,9 @@ pub(crate) fn backend_of<'a, 'm: 'a, P: Platform + ?Sized, const POOLS: usize, c
         .map(|b| Backend::Native(b, &core.iommu_counters))
 }
 
-impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Where pool `pool` starts on the device's bus (per device when premapped in its window).
     pub fn pool_bus_of(&self, dev: &Device, pool: usize) -> Option<BusAddr> {
         let (order, bus) = self.pool_view(dev, false)?;

@@ -11,7 +11,9 @@ use crate::layer::{Cold, DmaLayer};
 use crate::platform::Platform;
 use crate::pool::{NewHead, Owner, RunRequest};
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// The list pages `batching` names, checked, zeroed and (in a confidential guest) shared; `None`
     /// for [`TceBatching::PerEntry`]. A failed share rolls back (quarantining what it cannot) and
     /// leaves nothing shared.
@@ -116,7 +118,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAI
     }
 }
 
-impl<P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// Pool slots the list pages hold ([`TceBatching::PoolPages`]): not mappings, so not in
     /// `slots_in_use`.
     pub(crate) fn list_pool_slots(&self) -> usize {
@@ -124,7 +128,7 @@ impl<P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_
     }
 }
 
-impl<const POOLS: usize, const DOMAINS: usize> Cold<'_, '_, POOLS, DOMAINS> {
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// `release_pools`: give list pages taken from a pool back first (entries then go one by one).
     pub(crate) fn drop_pool_list_pages(&mut self) {
         let Some(iommu) = self.iommu.as_mut() else { return };

@@ -6,7 +6,9 @@ use super::window::WindowGeometry;
 use crate::error::DmaError;
 use crate::layer::Cold;
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// `Ok` when some pool (or a pool growth may add) has runs of at least one IOMMU page of `win`.
     pub(crate) fn strict_window_serves(&self, win: &WindowGeometry) -> Result<(), DmaError> {
         let page = win.page_size();

@@ -23,7 +23,9 @@ use crate::stats::FailureKind;
 /// Most reserved ranges one device's windows may have from the platform.
 const MAX_PLATFORM_RESERVATIONS: usize = 4096;
 
-impl<'a, 'm, const POOLS: usize, const DOMAINS: usize> Cold<'a, 'm, POOLS, DOMAINS> {
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// Choose the path and program the windows. Runs with the slot held in SETUP.
     pub(crate) fn setup_domain(
         &self,
