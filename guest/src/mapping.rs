@@ -61,13 +61,15 @@ use crate::iommu::MAX_DOMAINS;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool_set::MAX_POOLS;
-use crate::stream::Original;
+use crate::stream::{Original, PoolAt};
 
 /// A live streaming mapping of a borrowed buffer.
 pub struct Mapping<'a, 'm, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAINS: usize = MAX_DOMAINS> {
     layer: &'a DmaLayer<'m, P, POOLS, DOMAINS>,
     dev: &'a Device,
     bus: BusAddr,
+    /// Where its bounce run lies (unmap goes there without a search); `None` on other paths.
+    at: Option<PoolAt>,
     buf: *mut u8,
     len: usize,
     dir: DmaDirection,
@@ -128,8 +130,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         let phys = self.translate_for(dev, ptr, len);
         // The buffer is borrowed for 'a by the returned mapping; the record is marked as the
         // mapping's, so only the mapping can end it, and it forgets `ptr` before the borrow ends.
-        let bus = self.map_original(dev, Original { cpu: ptr, phys, safe: true }, len, dir, attrs)?;
-        Ok(Mapping { layer: self, dev, bus, buf: ptr, len, dir, attrs, _buf: PhantomData })
+        let m = self.map_original(dev, Original { cpu: ptr, phys, safe: true }, len, dir, attrs)?;
+        Ok(Mapping { layer: self, dev, bus: m.bus, at: m.at, buf: ptr, len, dir, attrs, _buf: PhantomData })
     }
 }
 
@@ -186,7 +188,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Mapping<'_, '_, P, P
     #[track_caller]
     pub fn unmap(self) -> Result<(), Refused<Self>> {
         let this = ManuallyDrop::new(self);
-        match this.layer.unmap_as(this.dev, this.bus, this.len, this.dir, this.attrs, true) {
+        match this.layer.unmap_mapping(this.dev, this.bus, this.at, this.len, this.dir, this.attrs) {
             Ok(()) => Ok(()),
             Err(error) => Err(Refused { value: ManuallyDrop::into_inner(this), error }),
         }
@@ -208,7 +210,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> fmt::Debug
 
 impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Drop for Mapping<'_, '_, P, POOLS, DOMAINS> {
     fn drop(&mut self) {
-        if let Err(e) = self.layer.unmap_as(self.dev, self.bus, self.len, self.dir, self.attrs, true) {
+        if let Err(e) = self.layer.unmap_mapping(self.dev, self.bus, self.at, self.len, self.dir, self.attrs) {
             log::error!("ccdma: unmap on drop of {} failed: {e}", self.bus);
             // The borrow ends now: the record must forget the buffer before it does.
             self.layer.orphan(self.dev, self.bus);

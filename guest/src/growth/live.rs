@@ -102,12 +102,6 @@ impl LivePools {
         })
     }
 
-    /// [`Self::order_for`] without the bases: what a map needs (it asks [`Self::base_of`] for the
-    /// one pool it allocated from).
-    pub(crate) fn order(&self, mask: Option<DmaMask>, reserve: bool) -> PoolOrder {
-        self.read(|n| self.scan(n, mask, reserve, |_, _| {}))
-    }
-
     /// The pools in place (no copy of the arrays: the map path reads them once per map), each
     /// pool's index and base given to `each`. Inside a read section: values may be torn (the sequence
     /// check then discards them), so nothing here may overflow or index out of bounds on any value.
@@ -167,6 +161,29 @@ impl LivePools {
             let found =
                 self.order.get(..n).unwrap_or(&[]).iter().any(|k| k.load(Ordering::Relaxed) as usize == i);
             found.then(|| BusAddr(base.load(Ordering::Relaxed)))
+        })
+    }
+
+    /// The pools a map tries, best first, read in place as it goes (no copy of the arrays, no retry
+    /// loop): [`Candidates::base`] then tells whether the view stayed as read.
+    #[inline(always)]
+    pub(crate) fn candidates(&self, mask: Option<DmaMask>, reserve: bool) -> Candidates<'_> {
+        let seq = self.seq.load(Ordering::Acquire);
+        let n = (self.len.load(Ordering::Relaxed) as usize).min(MAX_POOLS);
+        let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
+        Candidates { live: self, seq, n, k: 0, mask, reserve, skip, base: 0 }
+    }
+
+    /// Where pool `i` sits if the view offers it to a map with this `mask` and `reserve` now
+    /// (consistently read): what [`Candidates::base`] falls back to when the view changed.
+    fn base_if_offered(&self, i: usize, mask: Option<DmaMask>, reserve: bool) -> Option<BusAddr> {
+        self.read(|n| {
+            let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
+            let listed = self.order.get(..n).unwrap_or(&[]).iter().any(|k| k.load(Ordering::Relaxed) as usize == i);
+            let base = self.base.get(i)?.load(Ordering::Relaxed);
+            let size = self.size.get(i)?.load(Ordering::Relaxed);
+            let offered = listed && skip & (1 << i) == 0 && mask.is_none_or(|m| m.covers(base, size));
+            offered.then_some(BusAddr(base))
         })
     }
 
@@ -238,6 +255,57 @@ impl LivePools {
     }
 }
 
+/// The pools of one view a map tries, in order, read in place from the view's atomics as the
+/// iteration goes ([`LivePools::candidates`]). Values may be torn while a writer is inside (a pool
+/// index is only a hint: the pool table checks it); the sequence number read first tells afterwards
+/// whether they were.
+pub(crate) struct Candidates<'a> {
+    live: &'a LivePools,
+    seq: u32,
+    n: usize,
+    k: usize,
+    mask: Option<DmaMask>,
+    reserve: bool,
+    skip: u32,
+    /// Bus base of the pool last yielded.
+    base: u64,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        while self.k < self.n {
+            let i = self.live.order.get(self.k)?.load(Ordering::Relaxed) as usize % MAX_POOLS;
+            self.k += 1;
+            let base = self.live.base.get(i)?.load(Ordering::Relaxed);
+            if self.skip & (1 << i) == 0
+                && self.mask.is_none_or(|m| m.covers(base, self.live.size.get(i).map_or(0, |s| s.load(Ordering::Relaxed))))
+            {
+                self.base = base;
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+impl Candidates<'_> {
+    /// Where pool `i`, the one last yielded and now holding a live run (so it stays in the view
+    /// until the run is freed), sits in the view: the base read with it when no writer has touched
+    /// the view since the candidates were read (one load), else the view's consistent answer now,
+    /// `None` if the view no longer offers it to this map (mask, reserve).
+    #[inline(always)]
+    pub(crate) fn base(&self, i: usize) -> Option<BusAddr> {
+        fence(Ordering::Acquire);
+        if self.seq & 1 == 0 && self.live.seq.load(Ordering::Relaxed) == self.seq {
+            return Some(BusAddr(self.base));
+        }
+        self.live.base_if_offered(i, self.mask, self.reserve)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -302,7 +370,7 @@ mod tests {
         assert!(l.find(0x1800).is_some());
     }
 
-    /// The map path's in-place reads (`order`, `base_of`) under a writer that moves a pool between
+    /// The map path's in-place reads (`candidates`, `base_of`) under a writer that moves a pool between
     /// a low base and one at the top of the bus: every answer is one of the consistent ones.
     #[test]
     fn in_place_reads_under_a_writer_are_consistent() {
@@ -324,8 +392,17 @@ mod tests {
         let mask = DmaMask::new(32).unwrap();
         let rounds = if cfg!(miri) { 300 } else { 1_000_000 };
         for _ in 0..rounds {
-            let order: Vec<_> = l.order(Some(mask), false).iter().collect();
+            let mut c = l.candidates(Some(mask), false);
+            let order: Vec<_> = c.by_ref().collect();
             assert!(order.is_empty() || order == [0], "{order:?}");
+            // Once the writer runs the view never offers pool 0 to this map (beyond the mask at the
+            // top, a reserve pool below): a torn read may yield it, but then the base given is the
+            // one the view had when it did offer it (set up below the mask), or none.
+            if !order.is_empty() {
+                if let Some(base) = c.base(0) {
+                    assert_eq!(base, BusAddr(0x1000));
+                }
+            }
             let base = l.base_of(0).unwrap();
             assert!(base == BusAddr(top) || base == BusAddr(0x1000));
         }

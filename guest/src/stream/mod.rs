@@ -39,6 +39,29 @@ pub(crate) struct Original {
     pub safe: bool,
 }
 
+/// What a map made: the bus address, and for a bounce run where it lies, so the unmap of a
+/// [`crate::Mapping`] goes there without a search.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mapped {
+    pub bus: BusAddr,
+    pub at: Option<PoolAt>,
+}
+
+impl Mapped {
+    /// A mapping with no pool run of its own to go back to (direct, trusted, strict).
+    pub(crate) fn elsewhere(bus: BusAddr) -> Mapped {
+        Mapped { bus, at: None }
+    }
+}
+
+/// A bounce run's pool and the offset of its data in the pool: what finding its bus address in the
+/// device's view gives back (`locate`), the pool's place in that view not moving while the run lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolAt {
+    pub pool: u8,
+    pub off: u64,
+}
+
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
     /// Map by physical address (raw face). Returns the bus address for the device.
     ///
@@ -66,7 +89,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             return Err(DmaError::ZeroLength);
         }
         let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NotTranslatable)?;
-        self.map_original(dev, Original { cpu: cpu.as_ptr(), phys: Some(phys), safe: false }, len, dir, attrs)
+        let orig = Original { cpu: cpu.as_ptr(), phys: Some(phys), safe: false };
+        self.map_original(dev, orig, len, dir, attrs).map(|m| m.bus)
     }
 
     /// Map a CPU buffer (raw face, for HALs such as virtio-drivers').
@@ -88,7 +112,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     ) -> Result<BusAddr, DmaError> {
         self.check_device(dev)?;
         let phys = self.translate_for(dev, ptr, len);
-        self.map_original(dev, Original { cpu: ptr, phys, safe: false }, len, dir, attrs)
+        self.map_original(dev, Original { cpu: ptr, phys, safe: false }, len, dir, attrs).map(|m| m.bus)
     }
 
     /// The physical address of a CPU buffer, when the device's path needs it. Bounce-always needs it
@@ -106,6 +130,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// Map an original for the safe or raw face; counts the device's live mappings and tells the
     /// tracker (feature `debug-tracker`).
     #[track_caller]
+    #[inline]
     pub(crate) fn map_original(
         &self,
         dev: &Device,
@@ -113,10 +138,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<BusAddr, DmaError> {
+    ) -> Result<Mapped, DmaError> {
         let _masked = self.masked();
-        let bus = match self.with_growth(dev, len, || self.map_route(dev, orig, len, dir, attrs)) {
-            Ok(bus) => bus,
+        let mapped = match self.with_growth(dev, len, || self.map_route(dev, orig, len, dir, attrs)) {
+            Ok(m) => m,
             Err(e) => {
                 dev.map_failed();
                 return Err(e);
@@ -124,10 +149,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         };
         dev.live_inc(LiveKind::Mapping);
         let site = core::panic::Location::caller();
-        crate::tracker::mapped(&self.tracker, dev, bus, len, dir, TrackedKind::Mapping, site);
-        Ok(bus)
+        crate::tracker::mapped(&self.tracker, dev, mapped.bus, len, dir, TrackedKind::Mapping, site);
+        Ok(mapped)
     }
 
+    #[inline]
     fn map_route(
         &self,
         dev: &Device,
@@ -135,14 +161,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<BusAddr, DmaError> {
+    ) -> Result<Mapped, DmaError> {
         if len == 0 {
             return Err(DmaError::ZeroLength);
         }
         // An accepted device maps private buffers in place; a buffer with no physical address (not
         // guest RAM) is bounced as for an untrusted device.
         if dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED) && orig.phys.is_some() {
-            return self.trusted_map(dev, orig, len, dir, attrs);
+            return self.trusted_map(dev, orig, len, dir, attrs).map(Mapped::elsewhere);
         }
         if crate::parts::IOMMU && dev.domain.is_some() {
             return self.iommu_map(dev, orig, len, dir, attrs);
@@ -154,15 +180,15 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
                 Err(DmaError::NotTranslatable)
             }
             (DmaPath::Direct | DmaPath::BounceAboveMask, Some(p)) if mask.covers(p.0, len as u64) => {
-                self.direct_mapped(dev, orig.safe, BusAddr(p.0), len, dir)
+                self.direct_mapped(dev, orig.safe, BusAddr(p.0), len, dir).map(Mapped::elsewhere)
             }
             (DmaPath::Direct, Some(p)) => {
                 self.stats.fail(FailureKind::BeyondMask);
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
             _ => {
-                let order = self.plain.order(Some(mask), self.growth.growing.load(Ordering::Relaxed));
-                self.bounce_map(dev, &order, orig, len, dir, attrs)
+                let reserve = self.growth.growing.load(Ordering::Relaxed);
+                self.bounce_map(dev, &self.plain, Some(mask), reserve, orig, len, dir, attrs)
             }
         }
     }
@@ -241,7 +267,58 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             self.stats.fail(FailureKind::UnknownMapping);
             return Err(DmaError::UnknownMapping(bus));
         };
-        let pool = self.pools.get(i).ok_or(DmaError::UnknownMapping(bus))?;
+        self.unmap_in_pool(dev, bus, PoolAt { pool: i as u8, off }, len, dir, attrs, safe)
+    }
+
+    /// Unmap a [`crate::Mapping`] (safe face): a bounce run goes straight to the pool and offset
+    /// its map recorded (`at`), everything else the way of [`Self::unmap_as`].
+    ///
+    /// What the record lets this skip, and why nothing is lost: `check_device` (the mapping was made
+    /// on this layer and device, both fixed for its life, and map checked them); the trusted and
+    /// strict routes (`at` is recorded only for bounce runs of the plain and premapped views, and a
+    /// device's domain cannot change while it has live mappings: detach refuses); `locate` (it
+    /// would find exactly `at`: the map computed the bus address as the pool's base in the device's
+    /// view plus `at.off`, and that base does not move while the run lives). The pool still checks
+    /// the head at `at` against the claim, as for the raw face.
+    #[track_caller]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn unmap_mapping(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        at: Option<PoolAt>,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        let Some(at) = at else { return self.unmap_as(dev, bus, len, dir, attrs, true) };
+        let _masked = self.masked();
+        let result = self.unmap_in_pool(dev, bus, at, len, dir, attrs, true);
+        let site = core::panic::Location::caller();
+        crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
+        if result.is_ok() {
+            dev.live_dec(LiveKind::Mapping);
+        }
+        result
+    }
+
+    /// Unmap the bounce run whose data is at `at`: check the claim against the pool's record, copy
+    /// back per direction, free.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn unmap_in_pool(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        at: PoolAt,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        safe: bool,
+    ) -> Result<(), DmaError> {
+        let PoolAt { pool: i, off } = at;
+        let pool = self.pools.get(i as usize).ok_or(DmaError::UnknownMapping(bus))?;
         // One area lock: the record is checked and, when nothing is to be copied out, freed at once;
         // otherwise released, copied out of (outside the lock), then freed.
         let check = |rec: &SlotRecord| self.check_record(dev, bus, safe, rec, len, dir);
