@@ -140,17 +140,39 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         attrs: DmaAttrs,
     ) -> Result<Mapped, DmaError> {
         let _masked = self.masked();
-        let mapped = match self.with_growth(dev, len, || self.map_route(dev, orig, len, dir, attrs)) {
+        // The first attempt inline; growth (and the report of a full pool) only after a failure.
+        let mapped = match self.map_route(dev, orig, len, dir, attrs) {
             Ok(m) => m,
-            Err(e) => {
-                dev.map_failed();
-                return Err(e);
-            }
+            Err(e) => self.map_retry(dev, orig, len, dir, attrs, e)?,
         };
         dev.live_inc(LiveKind::Mapping);
         let site = core::panic::Location::caller();
         crate::tracker::mapped(&self.tracker, dev, mapped.bus, len, dir, TrackedKind::Mapping, site);
         Ok(mapped)
+    }
+
+    /// After a first attempt failed with `first`: what [`Self::with_growth`] makes of it (grow and
+    /// retry, report a full pool), and the device's count of failed maps.
+    #[cold]
+    #[inline(never)]
+    fn map_retry(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        first: DmaError,
+    ) -> Result<Mapped, DmaError> {
+        let mut first = Some(first);
+        let result = self.with_growth(dev, len, || match first.take() {
+            Some(e) => Err(e),
+            None => self.map_route(dev, orig, len, dir, attrs),
+        });
+        if result.is_err() {
+            dev.map_failed();
+        }
+        result
     }
 
     #[inline]
