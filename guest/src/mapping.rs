@@ -210,7 +210,8 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> fmt::Debug
 
 impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Drop for Mapping<'_, '_, P, POOLS, DOMAINS> {
     fn drop(&mut self) {
-        if let Err(e) = self.layer.unmap_mapping(self.dev, self.bus, self.at, self.len, self.dir, self.attrs) {
+        if let Err(e) = self.layer.unmap_mapping(self.dev, self.bus, self.at, self.len, self.dir, self.attrs)
+        {
             log::error!("ccdma: unmap on drop of {} failed: {e}", self.bus);
             // The borrow ends now: the record must forget the buffer before it does.
             self.layer.orphan(self.dev, self.bus);

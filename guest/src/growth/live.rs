@@ -179,7 +179,8 @@ impl LivePools {
     fn base_if_offered(&self, i: usize, mask: Option<DmaMask>, reserve: bool) -> Option<BusAddr> {
         self.read(|n| {
             let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
-            let listed = self.order.get(..n).unwrap_or(&[]).iter().any(|k| k.load(Ordering::Relaxed) as usize == i);
+            let listed =
+                self.order.get(..n).unwrap_or(&[]).iter().any(|k| k.load(Ordering::Relaxed) as usize == i);
             let base = self.base.get(i)?.load(Ordering::Relaxed);
             let size = self.size.get(i)?.load(Ordering::Relaxed);
             let offered = listed && skip & (1 << i) == 0 && mask.is_none_or(|m| m.covers(base, size));
@@ -281,7 +282,9 @@ impl Iterator for Candidates<'_> {
             self.k += 1;
             let base = self.live.base.get(i)?.load(Ordering::Relaxed);
             if self.skip & (1 << i) == 0
-                && self.mask.is_none_or(|m| m.covers(base, self.live.size.get(i).map_or(0, |s| s.load(Ordering::Relaxed))))
+                && self.mask.is_none_or(|m| {
+                    m.covers(base, self.live.size.get(i).map_or(0, |s| s.load(Ordering::Relaxed)))
+                })
             {
                 self.base = base;
                 return Some(i);

@@ -115,16 +115,21 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         self.map_original(dev, Original { cpu: ptr, phys, safe: false }, len, dir, attrs).map(|m| m.bus)
     }
 
-    /// The physical address of a CPU buffer, when the device's path needs it. Bounce-always needs it
-    /// only for `min_align_mask` bits above the page offset (the page offset is the same in the
-    /// virtual address), so the translation is skipped otherwise.
+    /// The physical address of a CPU buffer, when the device's path needs it. A path that always
+    /// bounces (without an IOMMU, premapped or strict) needs it only for `min_align_mask` bits above
+    /// the page offset (the page offset is the same in the virtual address: the run's placement
+    /// reads `orig.phys.map_or(orig.cpu, ..)` for those bits alone), so the translation is skipped
+    /// otherwise. Direct paths, bounce-above-mask and accepted devices always translate.
+    #[inline]
     pub(crate) fn translate_for(&self, dev: &Device, ptr: *mut u8, len: usize) -> Option<PhysAddr> {
-        match dev.path {
-            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE && !dev.trust.is_accepted() => {
-                None
-            }
-            _ => self.platform.virt_to_phys(ptr, len),
+        let bounces = matches!(
+            dev.path,
+            DmaPath::BounceAlways | DmaPath::IommuDdw | DmaPath::IommuPremapped | DmaPath::IommuStrict
+        );
+        if bounces && dev.config.min_align_mask < PAGE_SIZE && !dev.trust.is_accepted() {
+            return None;
         }
+        self.platform.virt_to_phys(ptr, len)
     }
 
     /// Map an original for the safe or raw face; counts the device's live mappings and tells the

@@ -32,8 +32,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<Mapped, DmaError> {
-        let info = self.ensure_attached(dev)?;
-        let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
+        let d = dev.domain.ok_or(DmaError::NotAttached)?;
+        let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
+        // Set up already (every map but a deferred device's first): one look at the slot.
+        let info = match slot.info(d.generation) {
+            Some(info) => info,
+            None => self.ensure_attached(dev)?,
+        };
         let mapped = match info.path {
             DmaPath::IommuStrict => Mapped::elsewhere(self.strict_map(dev, info, orig, len, dir, attrs)?),
             _ => {
