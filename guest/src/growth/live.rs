@@ -171,21 +171,7 @@ impl LivePools {
         let seq = self.seq.load(Ordering::Acquire);
         let n = (self.len.load(Ordering::Relaxed) as usize).min(MAX_POOLS);
         let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
-        Candidates { live: self, seq, n, k: 0, mask, reserve, skip, base: 0 }
-    }
-
-    /// Where pool `i` sits if the view offers it to a map with this `mask` and `reserve` now
-    /// (consistently read): what [`Candidates::base`] falls back to when the view changed.
-    fn base_if_offered(&self, i: usize, mask: Option<DmaMask>, reserve: bool) -> Option<BusAddr> {
-        self.read(|n| {
-            let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
-            let listed =
-                self.order.get(..n).unwrap_or(&[]).iter().any(|k| k.load(Ordering::Relaxed) as usize == i);
-            let base = self.base.get(i)?.load(Ordering::Relaxed);
-            let size = self.size.get(i)?.load(Ordering::Relaxed);
-            let offered = listed && skip & (1 << i) == 0 && mask.is_none_or(|m| m.covers(base, size));
-            offered.then_some(BusAddr(base))
-        })
+        Candidates { live: self, seq, n, k: 0, mask, skip, base: 0 }
     }
 
     /// Add pool `i` at `base` (bytes `size`). Single writer (see the module docs). `i` is a pool
@@ -266,7 +252,6 @@ pub(crate) struct Candidates<'a> {
     n: usize,
     k: usize,
     mask: Option<DmaMask>,
-    reserve: bool,
     skip: u32,
     /// Bus base of the pool last yielded.
     base: u64,
@@ -295,17 +280,25 @@ impl Iterator for Candidates<'_> {
 }
 
 impl Candidates<'_> {
-    /// Where pool `i`, the one last yielded and now holding a live run (so it stays in the view
-    /// until the run is freed), sits in the view: the base read with it when no writer has touched
-    /// the view since the candidates were read (one load), else the view's consistent answer now,
-    /// `None` if the view no longer offers it to this map (mask, reserve).
+    /// Where pool `i`, the one last yielded and now holding a live run at `[off, off + len)` (so it
+    /// stays in the view until the run is freed), sits in the view: the base read with it when no
+    /// writer has touched the view since the candidates were read (one load); else the view's
+    /// consistent answer now, if the run's bus range is still below the mask (a torn read may have
+    /// yielded a pool the view never offered this map). `None`: the run cannot be used.
     #[inline(always)]
-    pub(crate) fn base(&self, i: usize) -> Option<BusAddr> {
+    pub(crate) fn base(&self, i: usize, off: usize, len: usize) -> Option<BusAddr> {
         fence(Ordering::Acquire);
         if self.seq & 1 == 0 && self.live.seq.load(Ordering::Relaxed) == self.seq {
             return Some(BusAddr(self.base));
         }
-        self.live.base_if_offered(i, self.mask, self.reserve)
+        self.base_now(i, off, len)
+    }
+
+    #[cold]
+    fn base_now(&self, i: usize, off: usize, len: usize) -> Option<BusAddr> {
+        let base = self.live.base_of(i)?;
+        let start = base.0.checked_add(off as u64)?;
+        self.mask.is_none_or(|m| m.covers(start, len as u64)).then_some(base)
     }
 }
 
@@ -398,11 +391,10 @@ mod tests {
             let mut c = l.candidates(Some(mask), false);
             let order: Vec<_> = c.by_ref().collect();
             assert!(order.is_empty() || order == [0], "{order:?}");
-            // Once the writer runs the view never offers pool 0 to this map (beyond the mask at the
-            // top, a reserve pool below): a torn read may yield it, but then the base given is the
-            // one the view had when it did offer it (set up below the mask), or none.
+            // A torn read may yield pool 0 while it sits beyond the mask at the top: a run there
+            // is then refused a base, never given one the device cannot reach.
             if !order.is_empty() {
-                if let Some(base) = c.base(0) {
+                if let Some(base) = c.base(0, 0x800, 0x800) {
                     assert_eq!(base, BusAddr(0x1000));
                 }
             }

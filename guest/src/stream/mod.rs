@@ -4,10 +4,13 @@
 //! IOMMU entries ([`strict`]). The guest's own record of each mapping ([`record`]) is what unmap and
 //! sync trust; nothing a device or caller alleges later.
 //!
-//! One map: `map_ptr`/`Mapping` -> `map_original` (live count, tracker) -> `map_route` (path) ->
-//! `bounce_map` / `strict_map` -> `bounce_alloc` (pool run, fill) -> bus address.
-//! One unmap: `unmap`/`Mapping::unmap` -> `unmap_as` -> `unmap_route` -> `record` (claim) ->
-//! `check_record` -> copy back -> `BouncePool::free` (strict: entries cleared first).
+//! One map: `map_ptr`/`Mapping` -> `map_original` (live count, tracker) -> `map_bounce` (the paths
+//! that bounce, first attempt) or `map_route` (every path, and growth's retries) -> `bounce_map` /
+//! `strict_map` -> `bounce_in_view` (the device's pool view read in place, pool run, fill) -> bus
+//! address; a `Mapping` keeps the run's pool and offset ([`PoolAt`]).
+//! One unmap: `unmap`/`Mapping::unmap` -> `unmap_as` -> `unmap_route` -> `locate` or, for a
+//! `Mapping` of a bounce run, straight to its recorded pool and offset (`unmap_mapping`) ->
+//! `unmap_in_pool`: `check_record` -> copy back -> free (strict: entries cleared first).
 
 pub(crate) mod bounce;
 pub(crate) mod placement;
@@ -135,7 +138,6 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// Map an original for the safe or raw face; counts the device's live mappings and tells the
     /// tracker (feature `debug-tracker`).
     #[track_caller]
-    #[inline]
     pub(crate) fn map_original(
         &self,
         dev: &Device,
@@ -145,10 +147,25 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         attrs: DmaAttrs,
     ) -> Result<Mapped, DmaError> {
         let _masked = self.masked();
-        // The first attempt inline; growth (and the report of a full pool) only after a failure.
-        let mapped = match self.map_route(dev, orig, len, dir, attrs) {
-            Ok(m) => m,
-            Err(e) => self.map_retry(dev, orig, len, dir, attrs, e)?,
+        // The paths that bounce (the common case) make their first attempt here, inline; every
+        // other path, and growth after a first attempt that found no room, go through the route
+        // (which would choose the same mechanism for the same device and buffer).
+        let first = self.map_bounce(dev, orig, len, dir, attrs);
+        let mapped = match first {
+            Some(Ok(m)) => m,
+            mut first => {
+                let attempt = || match first.take() {
+                    Some(result) => result,
+                    None => self.map_route(dev, orig, len, dir, attrs),
+                };
+                match self.with_growth(dev, len, attempt) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        dev.map_failed();
+                        return Err(e);
+                    }
+                }
+            }
         };
         dev.live_inc(LiveKind::Mapping);
         let site = core::panic::Location::caller();
@@ -156,31 +173,32 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         Ok(mapped)
     }
 
-    /// After a first attempt failed with `first`: what [`Self::with_growth`] makes of it (grow and
-    /// retry, report a full pool), and the device's count of failed maps.
-    #[cold]
-    #[inline(never)]
-    fn map_retry(
+    /// The first attempt of a map on a path that bounces: untrusted devices (accepted ones map in
+    /// place) without an IOMMU on the bounce-always path, or behind one (premapped or strict); `None`
+    /// for every other case, which [`Self::map_route`] routes. For these cases the route makes the
+    /// very same call, so this is only a shorter way to it.
+    #[inline(always)]
+    fn map_bounce(
         &self,
         dev: &Device,
         orig: Original,
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-        first: DmaError,
-    ) -> Result<Mapped, DmaError> {
-        let mut first = Some(first);
-        let result = self.with_growth(dev, len, || match first.take() {
-            Some(e) => Err(e),
-            None => self.map_route(dev, orig, len, dir, attrs),
-        });
-        if result.is_err() {
-            dev.map_failed();
+    ) -> Option<Result<Mapped, DmaError>> {
+        if len == 0 || dev.trust.is_accepted() {
+            return None;
         }
-        result
+        if crate::parts::IOMMU && dev.domain.is_some() {
+            return Some(self.iommu_map(dev, orig, len, dir, attrs));
+        }
+        if dev.path != DmaPath::BounceAlways {
+            return None;
+        }
+        let reserve = self.growth.growing.load(Ordering::Relaxed);
+        Some(self.bounce_map(dev, &self.plain, Some(dev.config.dma_mask), reserve, orig, len, dir, attrs))
     }
 
-    #[inline]
     fn map_route(
         &self,
         dev: &Device,

@@ -89,8 +89,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         if page == 0 {
             return Err(DmaError::Iommu(IommuError::NoWindow));
         }
-        let (order, _) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
-        let run = self.bounce_alloc(dev, order.iter(), orig, len, dir, attrs, RunAlign::IommuPages(page))?;
+        // The domain's pools, read in place as premapped maps read them (the base is not needed: the
+        // run gets a bus range of its own below).
+        let reserve = self.growth.growing.load(Ordering::Relaxed);
+        let align = RunAlign::IommuPages(page);
+        let (run, _) = self.bounce_in_view(dev, &slot.live, None, reserve, orig, len, dir, attrs, align)?;
         let pool = self.pools.get(run.pool).ok_or(DmaError::NotAttached)?;
         let slot_size = pool.slot_size();
         let nslots = run.run_len / slot_size;
