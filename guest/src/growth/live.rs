@@ -366,6 +366,37 @@ mod tests {
         assert!(l.find(0x1800).is_some());
     }
 
+    /// A map reads its candidate pools in place; when the view changed before it asks for the base
+    /// of the pool it allocated from, the base is read again and the run's bus range checked
+    /// against the mask: never a base the device cannot reach. Deterministic: the "writer" runs
+    /// between the two steps.
+    #[test]
+    fn a_view_changed_under_a_map_is_read_again_and_checked_against_the_mask() {
+        let l = LivePools::new();
+        let mask = DmaMask::new(32).unwrap();
+        l.insert(0, BusAddr(0x1000), 0x1000, false);
+        // Unchanged: the base read with the pool.
+        let mut c = l.candidates(Some(mask), false);
+        assert_eq!(c.next(), Some(0));
+        assert_eq!(c.base(0, 0x800, 0x800), Some(BusAddr(0x1000)));
+        // Moved below the mask: the new base.
+        let mut c = l.candidates(Some(mask), false);
+        assert_eq!(c.next(), Some(0));
+        l.insert(0, BusAddr(0x8000), 0x1000, false);
+        assert_eq!(c.base(0, 0x800, 0x800), Some(BusAddr(0x8000)));
+        // Moved to the top of the bus, beyond the mask: refused.
+        let mut c = l.candidates(Some(mask), false);
+        assert_eq!(c.next(), Some(0));
+        l.insert(0, BusAddr(u64::MAX - 0xfff), 0x1000, false);
+        assert_eq!(c.base(0, 0x800, 0x800), None);
+        // Gone from the view: refused.
+        l.insert(0, BusAddr(0x1000), 0x1000, false);
+        let mut c = l.candidates(Some(mask), false);
+        assert_eq!(c.next(), Some(0));
+        l.remove(0);
+        assert_eq!(c.base(0, 0, 0x800), None);
+    }
+
     /// The map path's in-place reads (`candidates`, `base_of`) under a writer that moves a pool between
     /// a low base and one at the top of the bus: every answer is one of the consistent ones.
     #[test]
