@@ -99,7 +99,11 @@ build_kernel() {
     # rustflags) is only found relative to the working directory.
     local locked=()
     [[ -n ${CI:-} ]] && locked=(--locked)
-    (cd "$KERNEL_DIR" && cargo build --release --quiet "${locked[@]}") || die "kernel build failed"
+    # -Z emit-stack-sizes (RUSTC_BOOTSTRAP on the stable toolchain, for this flag alone; appended to
+    # the config's rustflags): every function's frame size in a .stack_sizes section, which
+    # scripts/kernel-budgets.sh reads from this very build. It changes no code.
+    (cd "$KERNEL_DIR" && RUSTC_BOOTSTRAP=1 cargo build --release --quiet "${locked[@]}" \
+        --config 'build.rustflags=["-Z", "emit-stack-sizes"]') || die "kernel build failed"
 }
 
 # Builds the pseries kernel for target $1 with Debian's toolchain: /usr/bin first on PATH (rustup's

@@ -144,4 +144,12 @@ else
     echo "qemu/run.sh not present yet: QEMU suite skipped"
 fi
 
+step "kernel budgets: ccdma's .text per instance, frames and a map's chain in both kernels (~2 s)"
+# Reads the kernels the QEMU suite just built (their builds carry v0 names and .stack_sizes).
+if [[ $RUN_QEMU == yes && -f qemu/run.sh ]]; then
+    bash scripts/kernel-budgets.sh --no-build
+else
+    echo "skipped (--no-qemu)"
+fi
+
 step "all checks passed"

@@ -450,11 +450,14 @@ impl Platform for CPlatform {
 /// for the stated size.
 pub struct ccdma_layer {
     tag: Tag,
-    inner: DmaLayer<'static, CPlatform, LAYER_POOLS, LAYER_DOMAINS>,
+    inner: DmaLayer<'static, CPlatform, LAYER_POOLS, LAYER_DOMAINS, LAYER_AREAS>,
 }
 
 /// Pools a layer holds: ccdma's most, or one with feature `small-layer`.
 const LAYER_POOLS: usize = if cfg!(feature = "small-layer") { 1 } else { ccdma::MAX_POOLS };
+/// Areas (locks) a pool of the layer has at most: ccdma's most, or two with feature `small-layer`
+/// (a pool asking more, as `ccdma_add_pool`'s four do, gets two: fewer locks, the same slots).
+const LAYER_AREAS: usize = if cfg!(feature = "small-layer") { 2 } else { ccdma::MAX_AREAS };
 /// IOMMU domains a layer holds: ccdma's most, or with feature `small-layer` four when the native
 /// IOMMU backend is in the build and none otherwise.
 const LAYER_DOMAINS: usize = match (cfg!(feature = "small-layer"), cfg!(feature = "native-iommu")) {
@@ -477,11 +480,15 @@ pub struct ccdma_coherent {
 
 /// Bytes of memory for a `ccdma_layer` (an upper bound; `ccdma_layer_size()` is the exact size).
 pub const CCDMA_LAYER_SIZE: usize = 32768;
-/// Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` (one pool; no
-/// IOMMU domain, or four with feature `native-iommu`): firmware that links such a library may
-/// reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little memory with
-/// `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
-pub const CCDMA_SMALL_LAYER_SIZE: usize = 5760;
+/// Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` (one pool of
+/// at most two areas; no IOMMU domain, or four with feature `native-iommu`): firmware that links such
+/// a library may reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little
+/// memory with `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
+pub const CCDMA_SMALL_LAYER_SIZE: usize = 3840;
+/// Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` and without
+/// `native-iommu` (one pool of at most two areas, no IOMMU domain): enough for such a library, as
+/// `CCDMA_SMALL_LAYER_SIZE` is for any `small-layer` build.
+pub const CCDMA_SMALL_LAYER_NO_IOMMU_SIZE: usize = 1792;
 /// Alignment of a `ccdma_layer`.
 pub const CCDMA_LAYER_ALIGN: usize = 128;
 /// Bytes of memory for a `ccdma_device`.
@@ -518,6 +525,12 @@ pub const CCDMA_BIDIRECTIONAL: c_int = 3;
 const _: () = {
     assert!(size_of::<ccdma_layer>() <= CCDMA_LAYER_SIZE && align_of::<ccdma_layer>() <= CCDMA_LAYER_ALIGN);
     assert!(!cfg!(feature = "small-layer") || size_of::<ccdma_layer>() <= CCDMA_SMALL_LAYER_SIZE);
+    assert!(
+        !cfg!(feature = "small-layer")
+            || cfg!(feature = "native-iommu")
+            || size_of::<ccdma_layer>() <= CCDMA_SMALL_LAYER_NO_IOMMU_SIZE
+    );
+    assert!(CCDMA_SMALL_LAYER_NO_IOMMU_SIZE <= CCDMA_SMALL_LAYER_SIZE);
     assert!(
         size_of::<ccdma_device>() <= CCDMA_DEVICE_SIZE && align_of::<ccdma_device>() <= CCDMA_DEVICE_ALIGN
     );
@@ -601,7 +614,7 @@ pub unsafe extern "C" fn ccdma_layer_init(
     // the `inner` field as uninitialised memory of its own type (same layout).
     let inner = unsafe {
         &mut *core::ptr::addr_of_mut!((*layer).inner)
-            .cast::<core::mem::MaybeUninit<DmaLayer<'static, CPlatform, LAYER_POOLS, LAYER_DOMAINS>>>()
+            .cast::<core::mem::MaybeUninit<DmaLayer<'static, CPlatform, LAYER_POOLS, LAYER_DOMAINS, LAYER_AREAS>>>()
     };
     DmaLayer::init_in(inner, p);
     // SAFETY: as above; the tag goes last, so the handle is live only once the layer is whole.

@@ -11,7 +11,9 @@ use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::trust::TrustState;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Accept `dev` for direct access to private memory, on the platform's word
     /// ([`DeviceTrust::accept_device`](crate::DeviceTrust::accept_device)). Accepting an accepted device does nothing.
     ///

@@ -165,7 +165,9 @@ impl CoherentBuffer {
     }
 }
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// Make `pages` pages at `phys` a coherent buffer for `dev`: zeroed, shared (confidential guest),
     /// entered into the device's window below its coherent mask (IOMMU). A deferred device is attached
     /// here. On failure nothing stays shared or mapped, except pages the error names: entries that

@@ -46,45 +46,64 @@ use crate::iommu::MAX_DOMAINS;
 use crate::layer::DmaLayer;
 use crate::mapping::Mapping;
 use crate::platform::Platform;
+use crate::pool::MAX_AREAS;
 use crate::pool_set::MAX_POOLS;
 use crate::sg::SgEntry;
 
 /// One device's calls on one layer, with default attributes. Made by [`DmaLayer::on`]; a pair of
 /// references, so it is `Copy` and costs nothing to make per call or keep in a driver.
-pub struct DeviceDma<'a, 'm, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAINS: usize = MAX_DOMAINS>
-{
-    layer: &'a DmaLayer<'m, P, POOLS, DOMAINS>,
+pub struct DeviceDma<
+    'a,
+    'm,
+    P: Platform,
+    const POOLS: usize = MAX_POOLS,
+    const DOMAINS: usize = MAX_DOMAINS,
+    const AREAS: usize = MAX_AREAS,
+> {
+    layer: &'a DmaLayer<'m, P, POOLS, DOMAINS, AREAS>,
     dev: &'a Device,
 }
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Clone for DeviceDma<'_, '_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Clone
+    for DeviceDma<'_, '_, P, POOLS, DOMAINS, AREAS>
+{
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Copy for DeviceDma<'_, '_, P, POOLS, DOMAINS> {}
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Copy
+    for DeviceDma<'_, '_, P, POOLS, DOMAINS, AREAS>
+{
+}
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// The short forms of `dev`'s calls: no device argument, no attributes (see [`DeviceDma`]).
-    pub fn on<'a>(&'a self, dev: &'a Device) -> DeviceDma<'a, 'm, P, POOLS, DOMAINS> {
+    pub fn on<'a>(&'a self, dev: &'a Device) -> DeviceDma<'a, 'm, P, POOLS, DOMAINS, AREAS> {
         DeviceDma { layer: self, dev }
     }
 }
 
-impl<'a, 'm, P: Platform, const POOLS: usize, const DOMAINS: usize> DeviceDma<'a, 'm, P, POOLS, DOMAINS> {
+impl<'a, 'm, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DeviceDma<'a, 'm, P, POOLS, DOMAINS, AREAS>
+{
     /// The device these calls are for.
     pub fn device(&self) -> &'a Device {
         self.dev
     }
 
     /// The layer these calls go to.
-    pub fn layer(&self) -> &'a DmaLayer<'m, P, POOLS, DOMAINS> {
+    pub fn layer(&self) -> &'a DmaLayer<'m, P, POOLS, DOMAINS, AREAS> {
         self.layer
     }
 
     /// [`DmaLayer::map_to_device`] without attributes: lend `buf` for the device to read.
     #[track_caller]
-    pub fn map_to_device(&self, buf: &'a [u8]) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS>, DmaError> {
+    pub fn map_to_device(
+        &self,
+        buf: &'a [u8],
+    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS, AREAS>, DmaError> {
         self.layer.map_to_device(self.dev, buf, DmaAttrs::NONE)
     }
 
@@ -94,7 +113,7 @@ impl<'a, 'm, P: Platform, const POOLS: usize, const DOMAINS: usize> DeviceDma<'a
         &self,
         buf: &'a mut [u8],
         dir: DmaDirection,
-    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS>, DmaError> {
+    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS, AREAS>, DmaError> {
         self.layer.map(self.dev, buf, dir, DmaAttrs::NONE)
     }
 

@@ -4,8 +4,8 @@
 //!
 //! | part | bytes | note |
 //! |---|---|---|
-//! | `PoolTable` | 18,432 | `POOLS` (8) slots of 2,304: a `BouncePool` (2,176, 16 areas) and its state |
-//! | `Option<Iommu>` | 6,976 | `DOMAINS` (16) domain slots of 408, list pages, reservations (320 with 0) |
+//! | `PoolTable` | 18,432 | `POOLS` (8) slots of 2,304: a `BouncePool` (2,176: 128 + `AREAS` (16) areas of 128) and its state (128) |
+//! | `Option<Iommu>` | 7,104 | `DOMAINS` (16) domain slots of 408 and a global reservation each (16); config 40, list pages 128 |
 //! | `Stats` | 1,152 | one 128-byte shard of hot counters per pool slot (8), the rest once |
 //! | `RawRecords` | 792 | 4 records of raw mappings per pool slot, used in place |
 //! | `Growth` | 720 | grown-pool state per pool slot, counters, config, last pool-full report, lock |
@@ -13,13 +13,19 @@
 //! | `IommuCounters` | 216 | 40 without `papr-tce` and `native-iommu` |
 //! | `LivePools` | 152 | bus view of the pools |
 //! | the rest | ~150 | platform, ids, policy |
-//! | `DmaLayer<P>` | 28,800 | 8 pools, 16 domains (the default) |
-//! | `DmaLayer<P, 2, 4>` | 8,064 | |
-//! | `DmaLayer<P, 1, 0>` | 3,712 | `PoolTable<1>` 2,304, `Iommu<0>` 320, `Growth` 272, `Stats` 256 |
-//! | `DmaLayer<P, 1, 0>`, no default features | 3,456 | `Growth` 96, `IommuCounters` 40 |
+//! | `DmaLayer<P>` | 28,928 | 8 pools of 16 areas, 16 domains (the default) |
+//! | `DmaLayer<P, 2, 4>` | 7,936 | 16 areas |
+//! | `DmaLayer<P, 1, 0>` | 3,584 | `PoolTable<1>` 2,304, `Growth` 272, `Stats` 256, `Iommu<0>` 192 |
+//! | `DmaLayer<P, 1, 0, 4>` | 2,048 | `PoolTable<1, 4>` 768 |
+//! | `DmaLayer<P, 1, 0, 2>` | 1,792 | `PoolTable<1, 2>` 512 (the small layer `tests/tests/layer_size.rs` pins; 8 devices) |
+//! | `DmaLayer<P, 1, 0, 1>` | 1,664 | |
+//! | `DmaLayer<P, 1, 4, 2>` | 3,584 | four domains of 408 and four global reservations |
+//! | `DmaLayer<P, 1, 0, 2>`, no default features | 1,536 | `Growth` 96, `IommuCounters` 40 |
 //!
-//! In `DmaLayer<P, 1, 0>` the rest is `IommuCounters` 216, `LivePools` 152, `RawRecords` 120 and
-//! `DeviceIds` 48.
+//! In `DmaLayer<P, 1, 0, 2>` the rest is `IommuCounters` 216, `Iommu<0>` 192 (its config and list
+//! pages: a part that is 0 bytes when `DOMAINS` is 0 and the same otherwise is no type stable Rust
+//! can name without a bound on every `impl`), `LivePools` 152, `RawRecords` 120 and `DeviceIds` 48.
+//! Sizes go in steps of 128 (the areas' and the stats shards' cache-line alignment).
 
 #[cfg(test)]
 mod tests {
@@ -69,6 +75,8 @@ mod tests {
             ("Stats<1>", size_of::<crate::stats::Stats<1>>()),
             ("Option<Iommu>", size_of::<Option<crate::iommu::domain::Iommu<'static>>>()),
             ("Option<Iommu<0>>", size_of::<Option<crate::iommu::domain::Iommu<'static, 0>>>()),
+            ("IommuConfig", size_of::<crate::iommu::IommuConfig>()),
+            ("Option<ListPages>", size_of::<Option<crate::iommu::list_pages::ListPages>>()),
             ("DomainSlot", size_of::<crate::iommu::domain::DomainSlot<'static>>()),
             ("IommuCounters", size_of::<crate::iommu::counters::IommuCounters>()),
             ("Tracker", size_of::<crate::tracker::Tracker>()),
@@ -79,6 +87,14 @@ mod tests {
             ("Option<StaleSlotPolicy>", size_of::<Option<crate::stale_slot::StaleSlotPolicy>>()),
             ("DmaLayer<P> (8 pools, 16 domains)", size_of::<crate::DmaLayer<'static, &'static Flat>>()),
             ("DmaLayer<P, 1, 0>", size_of::<crate::DmaLayer<'static, &'static Flat, 1, 0>>()),
+            ("BouncePool<'_, 1>", size_of::<crate::pool::BouncePool<'static, 1>>()),
+            ("BouncePool<'_, 4>", size_of::<crate::pool::BouncePool<'static, 4>>()),
+            ("PoolTable<1, 2>", size_of::<crate::growth::table::PoolTable<'static, 1, 2>>()),
+            ("PoolTable<1, 4>", size_of::<crate::growth::table::PoolTable<'static, 1, 4>>()),
+            ("DmaLayer<P, 1, 0, 1>", size_of::<crate::DmaLayer<'static, &'static Flat, 1, 0, 1>>()),
+            ("DmaLayer<P, 1, 0, 2>", size_of::<crate::DmaLayer<'static, &'static Flat, 1, 0, 2>>()),
+            ("DmaLayer<P, 1, 0, 4>", size_of::<crate::DmaLayer<'static, &'static Flat, 1, 0, 4>>()),
+            ("DmaLayer<P, 1, 4, 2>", size_of::<crate::DmaLayer<'static, &'static Flat, 1, 4, 2>>()),
             ("DmaLayer<P, 2, 4>", size_of::<crate::DmaLayer<'static, &'static Flat, 2, 4>>()),
         ];
         for (n, s) in parts {

@@ -20,7 +20,9 @@ impl<P: Platform> Drop for Masked<'_, P> {
     }
 }
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// Mask interrupts until the guard drops.
     #[inline(always)]
     pub(crate) fn masked(&self) -> Masked<'_, P> {

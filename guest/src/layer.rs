@@ -38,7 +38,7 @@ use crate::iommu::domain::{DomainRef, Iommu};
 use crate::iommu::MAX_DOMAINS;
 use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
-use crate::pool::{BouncePool, PoolConfig, SlotMeta};
+use crate::pool::{BouncePool, PoolConfig, SlotMeta, MAX_AREAS};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stale_slot::StaleSlotPolicy;
 use crate::stats::{FailureKind, Stats, StatsSnapshot};
@@ -49,15 +49,24 @@ pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// The DMA layer: pools, devices, statistics.
 ///
-/// `POOLS` (at most [`MAX_POOLS`]) and `DOMAINS` (at most [`MAX_DOMAINS`]) are the layer's
-/// capacities: pool slots (fixed and grown) and IOMMU domains. They set its size; the defaults are
-/// the most the layer supports. A firmware with one pool and no IOMMU builds
-/// `DmaLayer<'m, P, 1, 0>` (with [`DmaLayer::with_capacity`] or in place with
-/// [`DmaLayer::init_in`]); `cargo test -p ccdma --lib footprint -- --nocapture` prints the sizes.
-pub struct DmaLayer<'m, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAINS: usize = MAX_DOMAINS> {
+/// `POOLS` (at most [`MAX_POOLS`]), `DOMAINS` (at most [`MAX_DOMAINS`]) and `AREAS` (1..=
+/// [`MAX_AREAS`]) are the layer's capacities: pool slots (fixed and grown), IOMMU domains (and as
+/// many global bus reservations), and areas (locks) per pool, a pool asking more
+/// ([`PoolConfig::areas`]) getting `AREAS`. They set its size; the defaults are the most the layer
+/// supports. A firmware with one pool and no IOMMU builds `DmaLayer<'m, P, 1, 0, 2>` (1,792 bytes
+/// on x86_64, 8 devices; with [`DmaLayer::with_capacity`] or in place with
+/// [`DmaLayer::init_in`]); `cargo test --release -p ccdma --lib footprint -- --nocapture` prints
+/// the sizes. A capacity outside its range does not compile.
+pub struct DmaLayer<
+    'm,
+    P: Platform,
+    const POOLS: usize = MAX_POOLS,
+    const DOMAINS: usize = MAX_DOMAINS,
+    const AREAS: usize = MAX_AREAS,
+> {
     pub(crate) platform: P,
     /// Every pool, by index (fixed ones from `add_pool`, grown ones from the memory source).
-    pub(crate) pools: PoolTable<'m, POOLS>,
+    pub(crate) pools: PoolTable<'m, POOLS, AREAS>,
     /// The pools as devices without an IOMMU see them (shared bus addresses), sorted by bus.
     pub(crate) plain: LivePools,
     /// Growing and shrinking (off until `enable_growth`); its lock orders every change of a pool
@@ -91,7 +100,9 @@ impl<'m, P: Platform> DmaLayer<'m, P> {
     }
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// A layer with no pools yet, by value, with the capacities of its type:
     /// `DmaLayer::<_, 1, 0>::with_capacity(platform)` holds one pool and no IOMMU domain. A
     /// capacity above [`MAX_POOLS`] or [`MAX_DOMAINS`] does not compile.
@@ -231,20 +242,20 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
     /// The pools (fixed and grown), by index. Each item holds its pool in place (a grown pool is not
     /// removed while the item lives): do not keep them.
-    pub fn pools(&self) -> impl Iterator<Item = PoolRef<'_, 'm>> + '_ {
+    pub fn pools(&self) -> impl Iterator<Item = PoolRef<'_, 'm, AREAS>> + '_ {
         self.pools.iter().map(|(_, p)| p)
     }
 
     /// Fixed pool `i` (added with [`Self::add_pool`]) and its bus base for devices without an IOMMU.
     /// Grown pools: [`Self::pool_ref`].
-    pub fn pool(&self, i: usize) -> Option<(&BouncePool<'m>, BusAddr)> {
+    pub fn pool(&self, i: usize) -> Option<(&BouncePool<'m, AREAS>, BusAddr)> {
         let pool = self.pools.fixed(i)?;
         Some((pool, self.plain.base_of(i).unwrap_or(BusAddr(0))))
     }
 
     /// Pool `i`, fixed or grown, and its bus base for devices without an IOMMU. The reference holds
     /// the pool in place: do not keep it.
-    pub fn pool_ref(&self, i: usize) -> Option<(PoolRef<'_, 'm>, BusAddr)> {
+    pub fn pool_ref(&self, i: usize) -> Option<(PoolRef<'_, 'm, AREAS>, BusAddr)> {
         let pool = self.pools.get(i)?;
         Some((pool, self.plain.base_of(i).unwrap_or(BusAddr(0))))
     }

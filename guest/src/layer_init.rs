@@ -27,7 +27,9 @@ use crate::stats::Stats;
 use crate::stream::raw_records::RawRecords;
 use crate::tracker::Tracker;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Build a layer with no pools in `place` and return it: the same layer as [`DmaLayer::new`],
     /// written field by field into the caller's memory (a `static`, a `LayerCell`, C memory), so the
     /// stack never holds the whole layer (`scripts/budgets.sh` checks the frames). Whatever `place`

@@ -155,11 +155,13 @@
 //! with every part and 22,510 without (x86_64-unknown-none, opt-level s; `bash scripts/budgets.sh`,
 //! each part's cost: `bash scripts/parts-text.sh`).
 //!
-//! The layer's size is set by its capacities, `DmaLayer<'m, P, POOLS, DOMAINS>` (defaults
-//! [`MAX_POOLS`] and [`iommu::MAX_DOMAINS`]): 28,800 bytes by default, 3,712 for one pool and no
-//! IOMMU domain (3,456 without the default features; `DmaLayer<'m, P, 1, 0>`, built with
-//! [`DmaLayer::with_capacity`] or in place with `DmaLayer::init_in`). `cargo test --release -p ccdma --lib footprint -- --nocapture` prints
-//! the parts; `tests/tests/layer_size.rs` checks the small figure.
+//! The layer's size is set by its capacities, `DmaLayer<'m, P, POOLS, DOMAINS, AREAS>` (pool slots,
+//! IOMMU domains, areas per pool; defaults [`MAX_POOLS`], [`iommu::MAX_DOMAINS`], [`MAX_AREAS`]):
+//! 28,928 bytes by default, 1,792 for one pool of two areas and no IOMMU domain
+//! (`DmaLayer<'m, P, 1, 0, 2>`; 1,536 without the default features; 2,048 with four areas), built
+//! with [`DmaLayer::with_capacity`] or in place with `DmaLayer::init_in` (x86_64, a reference as the
+//! platform). `cargo test --release -p ccdma --lib footprint -- --nocapture` prints the parts;
+//! `tests/tests/layer_size.rs` checks the small figure.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
 
@@ -223,7 +225,7 @@ pub use layer::DmaLayer;
 pub use mapping::Mapping;
 pub use path::{DdwOutcome, DmaPath, PathReason};
 pub use platform::{BusEncoding, InterruptState, MemorySharing, PartialSharing, PhysMemory, Platform};
-pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta};
+pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta, MAX_AREAS};
 pub use pool_set::MAX_POOLS;
 pub use stale_slot::StaleSlotPolicy;
 pub use stats::{FailureKind, StatsSnapshot};

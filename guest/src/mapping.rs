@@ -60,12 +60,20 @@ use crate::error::{DmaError, Refused};
 use crate::iommu::MAX_DOMAINS;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
+use crate::pool::MAX_AREAS;
 use crate::pool_set::MAX_POOLS;
 use crate::stream::{Original, PoolAt};
 
 /// A live streaming mapping of a borrowed buffer.
-pub struct Mapping<'a, 'm, P: Platform, const POOLS: usize = MAX_POOLS, const DOMAINS: usize = MAX_DOMAINS> {
-    layer: &'a DmaLayer<'m, P, POOLS, DOMAINS>,
+pub struct Mapping<
+    'a,
+    'm,
+    P: Platform,
+    const POOLS: usize = MAX_POOLS,
+    const DOMAINS: usize = MAX_DOMAINS,
+    const AREAS: usize = MAX_AREAS,
+> {
+    layer: &'a DmaLayer<'m, P, POOLS, DOMAINS, AREAS>,
     dev: &'a Device,
     bus: BusAddr,
     /// Where its bounce run lies (unmap goes there without a search); `None` on other paths.
@@ -79,17 +87,19 @@ pub struct Mapping<'a, 'm, P: Platform, const POOLS: usize = MAX_POOLS, const DO
 
 // SAFETY: a mapping is a unique borrow of a `[u8]` (Send) plus references to a `Sync` layer and
 // device; moving it to another CPU moves the borrow with it.
-unsafe impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Send
-    for Mapping<'_, '_, P, POOLS, DOMAINS>
+unsafe impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Send
+    for Mapping<'_, '_, P, POOLS, DOMAINS, AREAS>
 {
 }
 // SAFETY: `&Mapping` only reads the buffer (`buffer`) and the record; every mutation takes `&mut`.
-unsafe impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Sync
-    for Mapping<'_, '_, P, POOLS, DOMAINS>
+unsafe impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Sync
+    for Mapping<'_, '_, P, POOLS, DOMAINS, AREAS>
 {
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Map `buf` for the device to read (`ToDevice`). The buffer stays borrowed until the mapping ends.
     #[track_caller]
     pub fn map_to_device<'a>(
@@ -97,7 +107,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         dev: &'a Device,
         buf: &'a [u8],
         attrs: DmaAttrs,
-    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS>, DmaError> {
+    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS, AREAS>, DmaError> {
         // A to-device mapping never writes its original (no copy back, sync for the CPU copies
         // nothing), so the shared borrow suffices.
         self.map_buffer(dev, buf.as_ptr().cast_mut(), buf.len(), DmaDirection::ToDevice, attrs)
@@ -111,7 +121,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         buf: &'a mut [u8],
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS>, DmaError> {
+    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS, AREAS>, DmaError> {
         self.map_buffer(dev, buf.as_mut_ptr(), buf.len(), dir, attrs)
     }
 
@@ -123,7 +133,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS>, DmaError> {
+    ) -> Result<Mapping<'a, 'm, P, POOLS, DOMAINS, AREAS>, DmaError> {
         self.check_device(dev)?;
         // Bounce-always needs the physical address only for `min_align_mask` bits above the page
         // offset; the translation is skipped otherwise (as in `map_ptr`).
@@ -135,7 +145,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     }
 }
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Mapping<'_, '_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Mapping<'_, '_, P, POOLS, DOMAINS, AREAS>
+{
     /// The address the device uses.
     pub fn bus_addr(&self) -> BusAddr {
         self.bus
@@ -195,8 +207,8 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Mapping<'_, '_, P, P
     }
 }
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> fmt::Debug
-    for Mapping<'_, '_, P, POOLS, DOMAINS>
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> fmt::Debug
+    for Mapping<'_, '_, P, POOLS, DOMAINS, AREAS>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mapping")
@@ -208,7 +220,9 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize> fmt::Debug
     }
 }
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> Drop for Mapping<'_, '_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Drop
+    for Mapping<'_, '_, P, POOLS, DOMAINS, AREAS>
+{
     fn drop(&mut self) {
         if let Err(e) = self.layer.unmap_mapping(self.dev, self.bus, self.at, self.len, self.dir, self.attrs)
         {

@@ -6,7 +6,9 @@ use crate::layer::DmaLayer;
 use crate::parts::{require, NATIVE_IOMMU, PAPR_TCE};
 use crate::platform::Platform;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// Refuse (at attach) a device the platform puts behind an IOMMU whose backend this build left
     /// out: bounced through shared bus addresses it would fault, so it gets no path at all.
     pub(crate) fn require_iommu_backend(&self, device: u32) -> Result<(), DmaError> {

@@ -6,7 +6,9 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::stale_slot::StaleSlotPolicy;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// The layer's policy for to-device `SKIP_CPU_SYNC` slots: the one set with
     /// [`Self::set_stale_slot_policy`], else [`StaleSlotPolicy::Leave`] in a confidential guest and
     /// [`StaleSlotPolicy::ZeroFill`] otherwise.

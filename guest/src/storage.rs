@@ -31,7 +31,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use crate::iommu::MAX_DOMAINS;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
-use crate::pool::SlotMeta;
+use crate::pool::{SlotMeta, MAX_AREAS};
 use crate::pool_set::MAX_POOLS;
 
 /// Slot metadata for one pool of `SLOTS` slots, in a `static`. [`PoolStorage::take`] hands it out
@@ -72,16 +72,17 @@ impl<const SLOTS: usize> Default for PoolStorage<SLOTS> {
 
 /// A place in a `static` where a configured layer is frozen: after [`LayerCell::init`] every CPU
 /// shares it as `&'static DmaLayer` (pools are added and the IOMMU enabled before, through `&mut`).
-/// `POOLS` and `DOMAINS` are the layer's capacities ([`DmaLayer`]): `LayerCell<P, 1, 0>` holds a
-/// one-pool layer without IOMMU domains.
+/// `POOLS`, `DOMAINS` and `AREAS` are the layer's capacities ([`DmaLayer`]):
+/// `LayerCell<P, 1, 0, 2>` holds a one-pool layer of two areas without IOMMU domains.
 pub struct LayerCell<
     P: Platform + 'static,
     const POOLS: usize = MAX_POOLS,
     const DOMAINS: usize = MAX_DOMAINS,
+    const AREAS: usize = MAX_AREAS,
 > {
     /// 0: empty, 1: being written, 2: holds the layer.
     state: AtomicU8,
-    layer: UnsafeCell<MaybeUninit<DmaLayer<'static, P, POOLS, DOMAINS>>>,
+    layer: UnsafeCell<MaybeUninit<DmaLayer<'static, P, POOLS, DOMAINS, AREAS>>>,
 }
 
 const EMPTY: u8 = 0;
@@ -91,14 +92,16 @@ const READY: u8 = 2;
 // SAFETY: the layer is written once, by the CPU that moved the state EMPTY -> WRITING, and read only
 // after an acquire load saw READY (stored with release after the write); from then on it is only
 // shared, which `DmaLayer: Sync` allows. Moving it in from another CPU needs `Send`.
-unsafe impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize> Sync
-    for LayerCell<P, POOLS, DOMAINS>
+unsafe impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Sync
+    for LayerCell<P, POOLS, DOMAINS, AREAS>
 where
-    DmaLayer<'static, P, POOLS, DOMAINS>: Send + Sync,
+    DmaLayer<'static, P, POOLS, DOMAINS, AREAS>: Send + Sync,
 {
 }
 
-impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize> LayerCell<P, POOLS, DOMAINS> {
+impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    LayerCell<P, POOLS, DOMAINS, AREAS>
+{
     /// An empty cell.
     pub const fn new() -> Self {
         LayerCell { state: AtomicU8::new(EMPTY), layer: UnsafeCell::new(MaybeUninit::uninit()) }
@@ -109,8 +112,11 @@ impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize> LayerCell<
     #[allow(clippy::result_large_err)] // the layer comes back by value: there is no allocator
     pub fn init(
         &'static self,
-        layer: DmaLayer<'static, P, POOLS, DOMAINS>,
-    ) -> Result<&'static DmaLayer<'static, P, POOLS, DOMAINS>, DmaLayer<'static, P, POOLS, DOMAINS>> {
+        layer: DmaLayer<'static, P, POOLS, DOMAINS, AREAS>,
+    ) -> Result<
+        &'static DmaLayer<'static, P, POOLS, DOMAINS, AREAS>,
+        DmaLayer<'static, P, POOLS, DOMAINS, AREAS>,
+    > {
         if self.state.compare_exchange(EMPTY, WRITING, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(layer);
         }
@@ -152,8 +158,8 @@ impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize> LayerCell<
     pub fn init_with<E>(
         &'static self,
         platform: P,
-        configure: impl FnOnce(&mut DmaLayer<'static, P, POOLS, DOMAINS>) -> Result<(), E>,
-    ) -> Result<&'static DmaLayer<'static, P, POOLS, DOMAINS>, CellInitError<E>> {
+        configure: impl FnOnce(&mut DmaLayer<'static, P, POOLS, DOMAINS, AREAS>) -> Result<(), E>,
+    ) -> Result<&'static DmaLayer<'static, P, POOLS, DOMAINS, AREAS>, CellInitError<E>> {
         if self.state.compare_exchange(EMPTY, WRITING, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(CellInitError::Occupied);
         }
@@ -175,7 +181,7 @@ impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize> LayerCell<
     }
 
     /// The frozen layer, once initialised.
-    pub fn get(&'static self) -> Option<&'static DmaLayer<'static, P, POOLS, DOMAINS>> {
+    pub fn get(&'static self) -> Option<&'static DmaLayer<'static, P, POOLS, DOMAINS, AREAS>> {
         if self.state.load(Ordering::Acquire) != READY {
             return None;
         }
@@ -193,8 +199,8 @@ pub enum CellInitError<E> {
     Configure(E),
 }
 
-impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize> Default
-    for LayerCell<P, POOLS, DOMAINS>
+impl<P: Platform + 'static, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Default
+    for LayerCell<P, POOLS, DOMAINS, AREAS>
 {
     fn default() -> Self {
         Self::new()

@@ -6,7 +6,9 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool_set::MAX_POOLS;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// The last "pool full" failure, if any.
     pub fn last_pool_full(&self) -> Option<PoolFullReport> {
         let _masked = self.masked();

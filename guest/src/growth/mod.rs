@@ -71,7 +71,9 @@ use crate::pool::SlotMeta;
 use crate::pool_set::MAX_POOLS;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Let the layer grow from `source` under `cfg` (see [`crate::growth`]). With a reserve, the
     /// reserve pool is taken, shared and added now. Call it before attaching devices: a DDW created
     /// at a device's set-up keeps bus room (and an IOMMU page size) for the pools growth may add, so

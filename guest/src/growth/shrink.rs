@@ -23,7 +23,9 @@ enum Removed {
     Quarantined,
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// One tick of the caller's clock (see [`GrowthConfig::idle_ticks`](super::GrowthConfig)): every
     /// grown pool (not the reserve) that had no live slot and no allocation attempt since the last
     /// tick counts one more idle tick, and those idle for long enough are removed. Returns how many

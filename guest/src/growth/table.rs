@@ -19,7 +19,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::addr::PhysAddr;
-use crate::pool::BouncePool;
+use crate::pool::{BouncePool, MAX_AREAS};
 use crate::pool_set::MAX_POOLS;
 
 const EMPTY: u32 = 0;
@@ -40,16 +40,16 @@ const fn state(word: u32) -> u32 {
     word >> SHIFT
 }
 
-struct Slot<'m> {
+struct Slot<'m, const A: usize> {
     word: AtomicU32,
     /// Set by every allocation attempt in a grown pool; the idle tick clears it.
     touched: AtomicBool,
-    pool: UnsafeCell<Option<BouncePool<'m>>>,
+    pool: UnsafeCell<Option<BouncePool<'m, A>>>,
 }
 
-/// The pools of one layer, by index.
-pub(crate) struct PoolTable<'m, const N: usize = MAX_POOLS> {
-    slots: [Slot<'m>; N],
+/// The pools of one layer, by index: `N` pool slots of pools of at most `A` areas.
+pub(crate) struct PoolTable<'m, const N: usize = MAX_POOLS, const A: usize = MAX_AREAS> {
+    slots: [Slot<'m, A>; N],
 }
 
 // SAFETY: a slot's `pool` is written only (a) through `&mut self`, or (b) by the one grower (the
@@ -57,25 +57,25 @@ pub(crate) struct PoolTable<'m, const N: usize = MAX_POOLS> {
 // REMOVING, states in which no reader dereferences it (readers check the state in the same atomic
 // value that counts them, and REMOVING is entered only when that count is zero). It is read only
 // while a reader is counted in an admitting state, or while FIXED. `BouncePool` itself is Sync.
-unsafe impl<const N: usize> Sync for PoolTable<'_, N> {}
+unsafe impl<const N: usize, const A: usize> Sync for PoolTable<'_, N, A> {}
 // SAFETY: the table owns its pools; `BouncePool` is Send.
-unsafe impl<const N: usize> Send for PoolTable<'_, N> {}
+unsafe impl<const N: usize, const A: usize> Send for PoolTable<'_, N, A> {}
 
 /// A pool in use by this CPU: while it lives the pool cannot be removed.
-pub struct PoolRef<'a, 'm> {
-    pool: &'a BouncePool<'m>,
+pub struct PoolRef<'a, 'm, const A: usize = MAX_AREAS> {
+    pool: &'a BouncePool<'m, A>,
     /// The word to leave through (None: a FIXED pool, never removed while the layer is shared).
     word: Option<&'a AtomicU32>,
 }
 
-impl<'m> core::ops::Deref for PoolRef<'_, 'm> {
-    type Target = BouncePool<'m>;
-    fn deref(&self) -> &BouncePool<'m> {
+impl<'m, const A: usize> core::ops::Deref for PoolRef<'_, 'm, A> {
+    type Target = BouncePool<'m, A>;
+    fn deref(&self) -> &BouncePool<'m, A> {
         self.pool
     }
 }
 
-impl Drop for PoolRef<'_, '_> {
+impl<const A: usize> Drop for PoolRef<'_, '_, A> {
     fn drop(&mut self) {
         if let Some(w) = self.word {
             w.fetch_sub(1, Ordering::Release);
@@ -83,18 +83,19 @@ impl Drop for PoolRef<'_, '_> {
     }
 }
 
-impl core::fmt::Debug for PoolRef<'_, '_> {
+impl<const A: usize> core::fmt::Debug for PoolRef<'_, '_, A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "PoolRef({}, {:#x} bytes)", self.pool.phys(), self.pool.len())
     }
 }
 
-impl<'m, const N: usize> PoolTable<'m, N> {
+impl<'m, const N: usize, const A: usize> PoolTable<'m, N, A> {
     /// An empty table. A `const fn` of constant parts: the optimiser writes it straight into its
     /// destination (no table-sized temporary on the stack; `scripts/budgets.sh` checks the frames).
     #[inline]
     pub(crate) const fn new() -> Self {
         const { assert!(N <= MAX_POOLS, "a layer holds at most MAX_POOLS pools") };
+        const { assert!(A >= 1 && A <= MAX_AREAS, "a pool has 1..=MAX_AREAS areas (a layer's AREAS)") };
         PoolTable {
             slots: [const {
                 Slot {
@@ -106,7 +107,7 @@ impl<'m, const N: usize> PoolTable<'m, N> {
         }
     }
 
-    fn enter(&self, i: usize, alloc: bool) -> Option<PoolRef<'_, 'm>> {
+    fn enter(&self, i: usize, alloc: bool) -> Option<PoolRef<'_, 'm, A>> {
         let slot = self.slots.get(i)?;
         let w = slot.word.load(Ordering::Acquire);
         if state(w) == FIXED {
@@ -144,18 +145,18 @@ impl<'m, const N: usize> PoolTable<'m, N> {
 
     /// Pool `i` for a lookup (unmap, sync, statistics): FIXED, ACTIVE or DRAINING.
     #[inline]
-    pub(crate) fn get(&self, i: usize) -> Option<PoolRef<'_, 'm>> {
+    pub(crate) fn get(&self, i: usize) -> Option<PoolRef<'_, 'm, A>> {
         self.enter(i, false)
     }
 
     /// Pool `i` for a new allocation: FIXED or ACTIVE (a draining pool takes nothing new).
     #[inline]
-    pub(crate) fn get_for_alloc(&self, i: usize) -> Option<PoolRef<'_, 'm>> {
+    pub(crate) fn get_for_alloc(&self, i: usize) -> Option<PoolRef<'_, 'm, A>> {
         self.enter(i, true)
     }
 
     /// Pool `i` if it is FIXED: borrowed for as long as the layer.
-    pub(crate) fn fixed(&self, i: usize) -> Option<&BouncePool<'m>> {
+    pub(crate) fn fixed(&self, i: usize) -> Option<&BouncePool<'m, A>> {
         let slot = self.slots.get(i)?;
         if state(slot.word.load(Ordering::Acquire)) != FIXED {
             return None;
@@ -165,7 +166,7 @@ impl<'m, const N: usize> PoolTable<'m, N> {
     }
 
     /// Every usable pool with its index (FIXED, ACTIVE, DRAINING).
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, PoolRef<'_, 'm>)> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, PoolRef<'_, 'm, A>)> + '_ {
         (0..N).filter_map(|i| self.get(i).map(|p| (i, p)))
     }
 
@@ -184,7 +185,7 @@ impl<'m, const N: usize> PoolTable<'m, N> {
     pub(crate) fn set_fixed_with<E>(
         &mut self,
         i: usize,
-        init: impl FnOnce(&mut BouncePool<'m>) -> Result<(), E>,
+        init: impl FnOnce(&mut BouncePool<'m, A>) -> Result<(), E>,
     ) -> Result<(), Option<E>> {
         let Some(slot) = self.slots.get_mut(i) else { return Err(None) };
         if state(*slot.word.get_mut()) != EMPTY {
@@ -202,7 +203,7 @@ impl<'m, const N: usize> PoolTable<'m, N> {
 
     /// Take every FIXED pool out (through `&mut self`: no reader exists), dropping it in place;
     /// yields where each one was.
-    pub(crate) fn take_fixed(&mut self) -> impl Iterator<Item = (PhysAddr, usize)> + use<'_, 'm, N> {
+    pub(crate) fn take_fixed(&mut self) -> impl Iterator<Item = (PhysAddr, usize)> + use<'_, 'm, N, A> {
         self.slots.iter_mut().filter_map(|s| {
             if state(*s.word.get_mut()) != FIXED {
                 return None;
@@ -224,7 +225,7 @@ impl<'m, const N: usize> PoolTable<'m, N> {
     pub(crate) unsafe fn install_with<E>(
         &self,
         i: usize,
-        init: impl FnOnce(&mut BouncePool<'m>) -> Result<(), E>,
+        init: impl FnOnce(&mut BouncePool<'m, A>) -> Result<(), E>,
     ) -> Result<(), Option<E>> {
         let Some(slot) = self.slots.get(i) else { return Err(None) };
         let ok = slot

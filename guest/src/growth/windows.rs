@@ -13,7 +13,9 @@ use crate::layer::DmaLayer;
 use crate::path::DmaPath;
 use crate::platform::Platform;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Enter pool `i` (`[phys, phys + len)`) into every READY domain: strict domains take it as it
     /// is; premapped ones get it in their DDW, or in their default window below their mask, when it
     /// fits (a domain whose window has no room simply does not see it). On a failure every entry made

@@ -8,7 +8,7 @@ use spin::Mutex;
 use super::backend::Backend;
 use super::bus_space::{BusRange, BusSpace, RangeKind};
 use super::calls::TceCalls;
-use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS};
+use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS};
 use super::counters::IommuStatsSnapshot;
 use super::domain::{DomainInfo, DomainRef, DomainSlot, Iommu, CLAIMED, DETACHING, FREE, READY, SETUP};
 use super::error::IommuError;
@@ -23,7 +23,9 @@ use crate::platform::Platform;
 use crate::pool_set::PoolOrder;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Enable the IOMMU path for devices the platform puts behind one ([`Platform::tce`]).
     ///
     /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
@@ -63,7 +65,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
                     cfg: IommuConfig::premapped(),
                     domains: [const { None }; DOMAINS],
                     list: None,
-                    reservations: Mutex::new(([(0, 0); MAX_GLOBAL_RESERVATIONS], 0)),
+                    reservations: Mutex::new(([(0, 0); DOMAINS], 0)),
                     attach_lock: Mutex::new(()),
                 }
             },
@@ -475,12 +477,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
     /// Reserve `[start, start + len)` of bus space in every device's windows, now and for devices
     /// attached later. Fails with [`IommuError::ReservationConflict`] (nothing changed) when a live
-    /// mapping of any device overlaps it.
+    /// mapping of any device overlaps it, and with [`IommuError::BusSpaceExhausted`] when the layer
+    /// keeps `DOMAINS` of them already (one per domain slot,
+    /// [`MAX_GLOBAL_RESERVATIONS`](super::config::MAX_GLOBAL_RESERVATIONS) by default).
     pub fn reserve_bus_range(&self, start: u64, len: u64) -> Result<(), DmaError> {
         let _masked = self.masked();
         let iommu = self.iommu.as_ref().ok_or(DmaError::IommuNotEnabled)?;
         let mut global = iommu.reservations.lock();
-        if global.1 == MAX_GLOBAL_RESERVATIONS {
+        if global.1 >= DOMAINS {
             return Err(DmaError::Iommu(IommuError::BusSpaceExhausted));
         }
         // Lock every domain's space (in index order) so the check and the change are one step.
@@ -499,8 +503,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
             g.reserve(start, len)?;
         }
         let n = global.1;
-        global.0[n] = (start, len);
-        global.1 += 1;
+        if let Some(r) = global.0.get_mut(n) {
+            *r = (start, len);
+            global.1 += 1;
+        }
         Ok(())
     }
 

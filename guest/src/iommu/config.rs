@@ -106,8 +106,10 @@ pub enum TceBatching {
 
 /// Most devices (domains) with IOMMU state one layer can serve.
 pub const MAX_DOMAINS: usize = 16;
-/// Most reservations [`crate::DmaLayer::reserve_bus_range`] keeps for domains created later.
-pub const MAX_GLOBAL_RESERVATIONS: usize = 8;
+/// Most reservations [`crate::DmaLayer::reserve_bus_range`] keeps for domains created later: one
+/// per domain slot of the layer (its `DOMAINS` capacity), so this many in the default layer and none
+/// in a layer that can have no domain.
+pub const MAX_GLOBAL_RESERVATIONS: usize = MAX_DOMAINS;
 
 /// IOMMU configuration of a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use spin::Mutex;
 
 use super::bus_space::{BusRange, BusSpace};
-use super::config::{IommuConfig, MAX_DOMAINS, MAX_GLOBAL_RESERVATIONS};
+use super::config::{IommuConfig, MAX_DOMAINS};
 use super::list_pages::ListPages;
 use super::window::WindowGeometry;
 use crate::addr::BusAddr;
@@ -164,8 +164,10 @@ pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS> {
     pub cfg: IommuConfig,
     pub domains: [Option<DomainSlot<'m>>; D],
     pub list: Option<ListPages>,
-    /// Reservations applied to every domain set up later (and to those live when they were made).
-    pub reservations: Mutex<([(u64, u64); MAX_GLOBAL_RESERVATIONS], usize)>,
+    /// Reservations applied to every domain set up later (and to those live when they were made):
+    /// one per domain slot ([`super::config::MAX_GLOBAL_RESERVATIONS`] in the default layer; none,
+    /// and no bytes, in a layer that can have no domain).
+    pub reservations: Mutex<([(u64, u64); D], usize)>,
     /// Serialises finding or claiming an endpoint's domain, setting it up and detaching from it, so
     /// two devices of one endpoint never claim two domains and a set-up never races a join.
     pub attach_lock: Mutex<()>,

@@ -11,7 +11,9 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::{NewHead, Owner, RunRequest};
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// The list pages `batching` names, checked, zeroed and (in a confidential guest) shared; `None`
     /// for [`TceBatching::PerEntry`]. A failed share rolls back (quarantining what it cannot) and
     /// leaves nothing shared.

@@ -7,7 +7,9 @@ use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// `Ok` when some pool (or a pool growth may add) has runs of at least one IOMMU page of `win`.
     pub(crate) fn strict_window_serves(&self, win: &WindowGeometry) -> Result<(), DmaError> {
         let page = win.page_size();

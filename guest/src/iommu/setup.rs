@@ -24,7 +24,9 @@ use crate::stats::FailureKind;
 /// Most reserved ranges one device's windows may have from the platform.
 const MAX_PLATFORM_RESERVATIONS: usize = 4096;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Choose the path and program the windows. Runs with the slot held in SETUP.
     pub(crate) fn setup_domain(
         &self,

@@ -4,8 +4,10 @@ use super::area::*;
 use super::front::class_bit;
 use super::*;
 
-/// A pool of shared bounce memory.
-pub struct BouncePool<'m> {
+/// A pool of shared bounce memory, of at most `AREAS` areas (1..=[`MAX_AREAS`]; the layer's
+/// capacity, see [`crate::DmaLayer`]): each area is a cache line or more of lock and counters, so a
+/// small firmware layer holds fewer.
+pub struct BouncePool<'m, const AREAS: usize = MAX_AREAS> {
     pub(super) phys: PhysAddr,
     pub(super) cpu: NonNull<u8>,
     pub(super) len: usize,
@@ -16,7 +18,7 @@ pub struct BouncePool<'m> {
     /// log2 of `area_slots` when a power of two (see [`shift_of`]).
     pub(super) area_shift: u32,
     pub(super) area_count: usize,
-    pub(super) areas: [Area<'m>; MAX_AREAS],
+    pub(super) areas: [Area<'m>; AREAS],
     /// Where the last allocation that had to move on found room (written only then).
     pub(super) next_area: AtomicUsize,
 }
@@ -33,14 +35,15 @@ pub(crate) enum Taken {
 // SAFETY: the CPU pointer names memory the pool owns for its whole life (the caller handed it over at
 // construction); every slot run is written by the one holder of its allocation, and the metadata is
 // behind the area locks.
-unsafe impl Send for BouncePool<'_> {}
+unsafe impl<const AREAS: usize> Send for BouncePool<'_, AREAS> {}
 // SAFETY: as above; shared access goes through the area locks and atomics.
-unsafe impl Sync for BouncePool<'_> {}
+unsafe impl<const AREAS: usize> Sync for BouncePool<'_, AREAS> {}
 
-impl<'m> BouncePool<'m> {
+impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// A pool of no slots: the value a pool is built in place from ([`Self::init`]). A `const fn`
     /// of constant parts, so the optimiser writes it straight into its destination.
-    pub(crate) const fn empty() -> BouncePool<'m> {
+    pub(crate) const fn empty() -> BouncePool<'m, AREAS> {
+        const { assert!(AREAS >= 1 && AREAS <= MAX_AREAS, "a pool has 1..=MAX_AREAS areas") };
         BouncePool {
             phys: PhysAddr(0),
             cpu: NonNull::dangling(),
@@ -51,7 +54,7 @@ impl<'m> BouncePool<'m> {
             area_slots: 0,
             area_shift: 0,
             area_count: 0,
-            areas: [const { Area::empty() }; MAX_AREAS],
+            areas: [const { Area::empty() }; AREAS],
             next_area: AtomicUsize::new(0),
         }
     }
@@ -68,7 +71,7 @@ impl<'m> BouncePool<'m> {
         len: usize,
         meta: &'m mut [SlotMeta],
         cfg: PoolConfig,
-    ) -> Result<BouncePool<'m>, DmaError> {
+    ) -> Result<BouncePool<'m, AREAS>, DmaError> {
         let mut pool = Self::empty();
         // SAFETY: the caller keeps `init`'s contract.
         unsafe { pool.init(phys, cpu, len, meta, cfg) }?;
@@ -105,7 +108,7 @@ impl<'m> BouncePool<'m> {
         // 1 after `validate`; said again so no divide can see a zero.)
         let max_run = cfg.max_run_slots.max(1);
         let segs = nslots.div_ceil(max_run);
-        let area_count = cfg.areas.min(segs).max(1);
+        let area_count = cfg.areas.min(AREAS).min(segs).max(1);
         let area_slots = segs.div_ceil(area_count) * max_run;
         let mut rest = meta;
         let mut count = 0;

@@ -65,7 +65,8 @@ use crate::addr::{PhysAddr, PAGE_SIZE};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
 
-/// Most areas one pool can have.
+/// Most areas one pool can have: the default of a layer's `AREAS` capacity (see
+/// [`DmaLayer`](crate::DmaLayer)). Each area takes 128 bytes of the layer per pool slot.
 pub const MAX_AREAS: usize = 16;
 
 /// Slot state, kept in [`SlotMeta`].
@@ -139,7 +140,11 @@ pub struct PoolConfig {
     pub slot_size: usize,
     /// Longest run of slots one mapping may take (<= 4096). Default 128 (256 KiB with 2 KiB slots).
     pub max_run_slots: usize,
-    /// Number of independently locked areas (1..=[`MAX_AREAS`]). Default 4.
+    /// Number of independently locked areas (1..=[`MAX_AREAS`]; 0 or more is
+    /// [`DmaError::InvalidAreas`]). Default 4. A request, like the segment count: a pool gets at
+    /// most one area per segment and at most its layer's `AREAS` capacity (the last parameter of
+    /// [`DmaLayer`](crate::DmaLayer)), and a larger request is clamped, not refused, since fewer
+    /// areas cost only lock contention, never a mapping ([`BouncePool::areas`] says how many it got).
     pub areas: usize,
 }
 

@@ -4,7 +4,9 @@
 use super::pack::can_join;
 use super::*;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Classify and place every entry, lay out the window range (IOMMU paths), emit the segments.
     pub(super) fn build_sg(
         &self,

@@ -358,7 +358,9 @@ impl Item {
         (self.d + self.len).div_ceil(page)
     }
 }
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Map a scatter-gather list with the default options (coalescing on, no P2P topology).
     /// Returns the number `n` of DMA segments, written into the first `n` entries
     /// ([`SgEntry::dma_segment`], [`dma_segments`]).

@@ -70,7 +70,9 @@ pub struct P2pSegment {
     pub len: usize,
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Resolve and place one peer-to-peer segment. P2P memory is never bounced.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn place_p2p(

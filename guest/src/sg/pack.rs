@@ -3,7 +3,9 @@
 
 use super::*;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Allocate one run for a group, copy (or clear) its bytes and record every entry's place.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn place_group(
@@ -130,7 +132,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
         &self,
         list: &mut [SgEntry<'_>],
         g: Group,
-        pool: &crate::pool::BouncePool<'_>,
+        pool: &crate::pool::BouncePool<'_, AREAS>,
         pi: usize,
         bus_base: Option<u64>,
         data_off: u64,

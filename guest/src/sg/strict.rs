@@ -3,7 +3,9 @@
 
 use super::*;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// IOMMU paths: one bus range for every strict run and host-bridge P2P segment of the list, their
     /// entries written in one batch. `Ok(None)` when the list has nothing for the window (no
     /// allocation, no hypercall).

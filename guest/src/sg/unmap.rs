@@ -3,7 +3,9 @@
 
 use super::*;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Free the runs a list holds (entries not yet reset).
     pub(super) fn release_runs(&self, list: &[SgEntry<'_>]) {
         for e in list {

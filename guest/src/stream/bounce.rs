@@ -54,7 +54,9 @@ fn area_hint(serial: u32) -> usize {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Bounce into one of the pools `view` offers a map with `mask` (`reserve`: reserve pools too);
     /// the bus address is the pool's place in `view`, the device's view.
     #[allow(clippy::too_many_arguments)]
@@ -236,7 +238,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
     /// the guest reads each shared byte once, whatever the device does meanwhile.
     pub(crate) fn copy_to_original(
         &self,
-        pool: &BouncePool<'_>,
+        pool: &BouncePool<'_, AREAS>,
         rec: &SlotRecord,
         offset: usize,
         len: usize,
@@ -251,7 +253,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, 
 
 // In this file rather than placement.rs: `device` imports `Placement`, so placement.rs imports
 // nothing that imports `device` (scripts/import-cycles.py).
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'_, P, POOLS, DOMAINS> {
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// A device's placement rules for the geometry of the first pool of `pools` (at attach).
     pub(crate) fn placement(&self, config: &DeviceConfig, pools: &PoolOrder) -> Placement {
         let first = pools.iter().find_map(|i| self.pools.get(i));

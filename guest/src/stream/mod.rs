@@ -65,7 +65,9 @@ pub(crate) struct PoolAt {
     pub off: u64,
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Map by physical address (raw face). Returns the bus address for the device.
     ///
     /// # Safety

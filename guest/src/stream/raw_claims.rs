@@ -9,8 +9,8 @@ use crate::direction::DmaDirection;
 use crate::error::DmaError;
 use crate::stats::FailureKind;
 
-impl<'m, P: crate::platform::Platform, const POOLS: usize, const DOMAINS: usize>
-    crate::layer::DmaLayer<'m, P, POOLS, DOMAINS>
+impl<'m, P: crate::platform::Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    crate::layer::DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
     /// Lend the layer storage for more raw-face mappings on paths without pool slots (direct,
     /// bounce-above-mask's direct part, trusted devices) than the [`RAW_RECORDS_PER_POOL`] per pool
@@ -34,8 +34,8 @@ impl<'m, P: crate::platform::Platform, const POOLS: usize, const DOMAINS: usize>
     }
 }
 
-impl<P: crate::platform::Platform, const POOLS: usize, const DOMAINS: usize>
-    crate::layer::DmaLayer<'_, P, POOLS, DOMAINS>
+impl<P: crate::platform::Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    crate::layer::DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
 {
     /// Count a refused claim by its kind.
     fn raw_refused(&self, e: DmaError) -> DmaError {

@@ -15,7 +15,9 @@ use crate::pool::SlotRecord;
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Find the pool holding bus address `bus` for this device and the pool offset.
     /// A binary search over the device's pools sorted by bus address.
     pub(crate) fn locate(&self, dev: &Device, bus: BusAddr) -> Option<(usize, u64)> {

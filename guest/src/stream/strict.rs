@@ -22,7 +22,9 @@ use crate::platform::Platform;
 use crate::pool::SlotRecord;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Map on an IOMMU path (attaching a deferred device first).
     pub(crate) fn iommu_map(
         &self,

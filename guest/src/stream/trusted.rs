@@ -25,7 +25,9 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize> DmaLayer<'m, P, POOLS, DOMAINS> {
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Map a private buffer in place for an accepted device.
     pub(crate) fn trusted_map(
         &self,

@@ -23,7 +23,9 @@ impl<'a, B: KernelBinding> Reason<'a, B> {
 
 impl<B: KernelBinding> fmt::Display for Reason<'_, B> {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let layer = <B::Dma as KernelDma>::layer();
+        let Ok(layer) = <B::Dma as KernelDma>::layer() else {
+            return write!(f, "{}", self.0.path().name());
+        };
         match layer.path_reason(self.0).or_else(|| PathReason::of_plain(self.0.path())) {
             Some(reason) => write!(f, "{reason}"),
             None => write!(f, "{}", self.0.path().name()),

@@ -37,14 +37,42 @@ pub trait KernelDma: 'static {
     type Platform: KernelPlatform;
     /// A bus address no device can reach, handed out when ccdma refuses a mapping.
     const UNREACHABLE_BUS: BusAddr;
-    /// The layer.
-    fn layer() -> &'static DmaLayer<'static, &'static Self::Platform>;
+    /// The layer, once the kernel's `dma::init` built it; [`NoLayer`] before.
+    fn layer() -> Result<&'static DmaLayer<'static, &'static Self::Platform>, NoLayer>;
     /// The platform.
     fn platform() -> &'static Self::Platform;
     /// `pages` pages for a coherent buffer, owned by the caller until [`KernelDma::free_pages`].
     fn alloc_pages(pages: usize) -> Option<PhysAddr>;
     /// Gives pages from [`KernelDma::alloc_pages`] back.
     fn free_pages(phys: PhysAddr, pages: usize);
+}
+
+/// The layer was used before the kernel's `dma::init` built it (a kernel bug, reported as an error).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct NoLayer;
+
+impl core::fmt::Display for NoLayer {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        write!(f, "the DMA layer was used before dma::init built it")
+    }
+}
+
+/// Why [`attach`] gave no device.
+#[derive(Clone, Copy, Debug)]
+pub enum AttachError {
+    /// No layer yet.
+    NoLayer,
+    /// ccdma refused the attach (or the binding holds a device already: `DeviceIdInUse`).
+    Refused(DmaError),
+}
+
+impl core::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            Self::NoLayer => write!(f, "{NoLayer}"),
+            Self::Refused(error) => write!(f, "{error}"),
+        }
+    }
 }
 
 /// What one device's HAL did, for the report.
@@ -252,7 +280,10 @@ macro_rules! dma_binding {
                 type Platform = &'static <$dma as $crate::binding::KernelDma>::Platform;
 
                 fn layer() -> &'static ::ccdma::DmaLayer<'static, Self::Platform> {
+                    // A HAL serves a device attached through `attach`, which needs the layer: a
+                    // missing layer here is the HAL used before the attach, as in `device`.
                     <$dma as $crate::binding::KernelDma>::layer()
+                        .expect(concat!($label, ": HAL used before the device was attached"))
                 }
 
                 fn device() -> &'static ::ccdma::Device {
@@ -312,14 +343,14 @@ pub fn record_failure(stats: &DeviceStats, label: &str, failure: HalFailure) {
 /// Attaches the device of binding `B` to the layer with `config` and records its handle. A
 /// device behind the IOMMU must be registered with the platform first. A binding that holds a
 /// device already is refused (the new attach is undone).
-pub fn attach<B: KernelBinding>(config: ccdma::DeviceConfig) -> Result<&'static Device, DmaError> {
-    let layer = <B::Dma as KernelDma>::layer();
-    let device = layer.attach(config)?;
+pub fn attach<B: KernelBinding>(config: ccdma::DeviceConfig) -> Result<&'static Device, AttachError> {
+    let layer = <B::Dma as KernelDma>::layer().map_err(|NoLayer| AttachError::NoLayer)?;
+    let device = layer.attach(config).map_err(AttachError::Refused)?;
     B::slot().set(device).map_err(|again| {
         if let Err(refused) = layer.detach(again) {
             log::error!("{}: a second attach could not be undone: {}", B::NAME, refused.error);
         }
-        DmaError::DeviceIdInUse(config.id)
+        AttachError::Refused(DmaError::DeviceIdInUse(config.id))
     })
 }
 
@@ -328,9 +359,11 @@ pub fn attach<B: KernelBinding>(config: ccdma::DeviceConfig) -> Result<&'static 
 /// # Safety
 /// As [`DeviceCell::take`]: the device's driver is gone and no HAL call of `B` runs meanwhile.
 pub unsafe fn detach<B: KernelBinding>() -> Result<(), DmaError> {
+    // No layer: no device was ever attached to it.
+    let layer = <B::Dma as KernelDma>::layer().map_err(|NoLayer| DmaError::NotAttached)?;
     // SAFETY: the caller's contract.
     let device = unsafe { B::slot().take() }.ok_or(DmaError::NotAttached)?;
-    <B::Dma as KernelDma>::layer().detach(device).map_err(|refused| {
+    layer.detach(device).map_err(|refused| {
         let error = refused.error;
         if B::slot().set(refused.value).is_err() {
             log::error!("{}: the refused device could not be kept", B::NAME);

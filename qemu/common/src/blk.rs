@@ -17,7 +17,41 @@ use crate::virtio::blk::{BlkReq, BlkResp, VirtioBlk, SECTOR_SIZE};
 use crate::virtio::pci::PciTransport;
 
 /// The virtio-blk driver as this kernel uses it: DMA through `H`, `ACCESS_PLATFORM` acknowledged.
-pub type Blk<H> = VirtioBlk<H, PlatformAccessTransport<PciTransport>>;
+pub type BlkDevice<H> = VirtioBlk<H, PlatformAccessTransport<PciTransport>>;
+
+/// A [`BlkDevice`] built in place in leaked memory by [`Blk::open`] (1.4 KiB: no stack frame holds
+/// it, nor moves it between a `Result` and an `Option`); dropped (the device reset) with the handle.
+/// Dereferences to the driver.
+pub struct Blk<H: Hal + 'static>(&'static mut BlkDevice<H>);
+
+impl<H: Hal + 'static> Blk<H> {
+    /// Brings the virtio-blk device on `transport` up, in leaked memory.
+    pub fn open(transport: PlatformAccessTransport<PciTransport>) -> virtio_drivers::Result<Self> {
+        let place = memory::leak_uninit::<BlkDevice<H>>().ok_or(virtio_drivers::Error::DmaError)?;
+        BlkDevice::<H>::init_in(place, transport).map(Blk)
+    }
+}
+
+impl<H: Hal + 'static> core::ops::Deref for Blk<H> {
+    type Target = BlkDevice<H>;
+    fn deref(&self) -> &BlkDevice<H> {
+        self.0
+    }
+}
+
+impl<H: Hal + 'static> core::ops::DerefMut for Blk<H> {
+    fn deref_mut(&mut self) -> &mut BlkDevice<H> {
+        self.0
+    }
+}
+
+impl<H: Hal + 'static> Drop for Blk<H> {
+    fn drop(&mut self) {
+        // SAFETY: `open` built the driver in leaked memory for this handle alone; it is dropped
+        // once, here, and nothing reaches it afterwards (the leaked bytes are never handed out again).
+        unsafe { core::ptr::drop_in_place::<BlkDevice<H>>(&mut *self.0) };
+    }
+}
 
 /// The buffers of one request. The data buffer can be larger than one transfer: the transfer
 /// uses `buffer[range]`, so one buffer serves requests of many sizes and alignments.

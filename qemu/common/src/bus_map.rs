@@ -17,6 +17,13 @@ use crate::println;
 const MAX_LINES: usize = 14;
 /// Used ranges read per device.
 const MAX_RANGES: usize = 64;
+/// Lines kept per device.
+const LINES: usize = 48;
+
+/// The lines and bus ranges of the device being printed: statics, not stack (2,304 and 2,048 bytes
+/// of frame; scripts/kernel-budgets.sh). The map is printed from one CPU, one device at a time.
+static SCRATCH: spin::Mutex<([Line; LINES], [BusRange; MAX_RANGES])> =
+    spin::Mutex::new(([Line::NONE; LINES], [BusRange::EMPTY; MAX_RANGES]));
 
 /// What one line of the map shows.
 #[derive(Clone, Copy)]
@@ -100,7 +107,12 @@ fn dir_name(dir: DmaDirection) -> &'static str {
 
 /// The map's lines for one device, sorted by address (a pool before the live runs inside it).
 /// Returns how many lines there are and how many used ranges did not fit the buffer.
-fn lines_of<P: Platform>(layer: &DmaLayer<'_, P>, dev: &ccdma::Device, out: &mut [Line]) -> (usize, usize) {
+fn lines_of<P: Platform>(
+    layer: &DmaLayer<'_, P>,
+    dev: &ccdma::Device,
+    out: &mut [Line],
+    ranges: &mut [BusRange; MAX_RANGES],
+) -> (usize, usize) {
     let mut n = 0;
     let mut push = |line: Line| {
         if let Some(slot) = out.get_mut(n) {
@@ -108,8 +120,7 @@ fn lines_of<P: Platform>(layer: &DmaLayer<'_, P>, dev: &ccdma::Device, out: &mut
         }
         n += 1;
     };
-    let mut ranges = [BusRange::EMPTY; MAX_RANGES];
-    let used = layer.bus_ranges_of(dev, &mut ranges);
+    let used = layer.bus_ranges_of(dev, ranges);
     for r in &ranges[..used.min(MAX_RANGES)] {
         let phys = (!matches!(r.kind, RangeKind::Reserved)).then_some(r.phys);
         push(Line { start: r.start, len: r.len, phys, what: What::Range(r.kind) });
@@ -142,7 +153,14 @@ fn lines_of<P: Platform>(layer: &DmaLayer<'_, P>, dev: &ccdma::Device, out: &mut
 
 fn sort(out: &mut [Line], n: usize, used: usize) -> (usize, usize) {
     let shown = n.min(out.len());
-    out[..shown].sort_unstable_by_key(|l| (l.start, l.depth()));
+    // Insertion sort: a few dozen lines, and core's sorts keep a scratch of elements on the stack.
+    for i in 1..shown {
+        let mut j = i;
+        while j > 0 && (out[j - 1].start, out[j - 1].depth()) > (out[j].start, out[j].depth()) {
+            out.swap(j - 1, j);
+            j -= 1;
+        }
+    }
     (n, used.saturating_sub(MAX_RANGES))
 }
 
@@ -167,11 +185,13 @@ impl fmt::Display for Window {
 /// Prints the map of binding `B`'s device (nothing if it was never attached).
 pub fn print_device<B: KernelBinding>() {
     let Some(dev) = B::slot().get() else { return };
-    let layer = <B::Dma as KernelDma>::layer();
+    // An attached device implies the layer; without one there is nothing to print.
+    let Ok(layer) = <B::Dma as KernelDma>::layer() else { return };
     let path = layer.path_of(dev);
     println!("  {:<9} {:>2}-bit  {}", B::NAME, dev.config().dma_mask.bits(), path.name());
-    let mut lines = [Line::NONE; 48];
-    let (n, ranges_left) = lines_of(layer, dev, &mut lines);
+    let mut scratch = SCRATCH.lock();
+    let (lines, ranges) = &mut *scratch;
+    let (n, ranges_left) = lines_of(layer, dev, lines, ranges);
     let lines = &lines[..n.min(lines.len())];
     let mut printed = 0;
     let mut show = |line: &Line| {

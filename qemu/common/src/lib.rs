@@ -16,6 +16,7 @@ pub mod bus_map;
 pub mod checks;
 pub mod console;
 pub mod direct;
+pub mod held;
 pub mod ledger;
 pub mod memory;
 pub mod net;

@@ -5,7 +5,7 @@
 //! so a pointer into the kernel's image is also its physical address.
 
 use core::cell::UnsafeCell;
-use core::mem::{align_of, size_of};
+use core::mem::{align_of, size_of, MaybeUninit};
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
@@ -144,6 +144,14 @@ pub fn leak_value<T>(value: T) -> Option<&'static mut T> {
         ptr.write(value);
         Some(&mut *ptr)
     }
+}
+
+/// Room for one `T` in the leaked region, to build it there in place (no copy of it on a stack).
+pub fn leak_uninit<T>() -> Option<&'static mut MaybeUninit<T>> {
+    let bytes = leak_bytes(size_of::<T>().max(1), align_of::<T>())?;
+    // SAFETY: `bytes` is exclusively ours for the rest of the run, large enough and aligned for
+    // `T` (`leak_bytes` honoured `align_of::<T>()`); a `MaybeUninit<T>` may hold any bytes.
+    Some(unsafe { &mut *bytes.as_mut_ptr().cast::<MaybeUninit<T>>() })
 }
 
 /// A value in `.bss` that can be borrowed mutably exactly once, for the kernel's lifetime (pool

@@ -66,17 +66,31 @@ impl fmt::Display for NetError {
 }
 
 /// One NIC with its posted receive buffers and a transmit buffer.
-pub struct Nic<H: Hal> {
-    device: NetDevice<H>,
+pub struct Nic<H: Hal + 'static> {
+    /// Built in place in leaked memory by [`Nic::open`] (2.5 KiB: no stack frame holds it);
+    /// dropped (the device reset) with the NIC.
+    device: &'static mut NetDevice<H>,
     /// Posted receive buffers, with the token each was posted under.
     rx: [Option<(u16, &'static mut [u8])>; RX_BUFFERS],
     tx: Option<&'static mut [u8]>,
     broken: bool,
 }
 
-impl<H: Hal> Nic<H> {
-    /// Wraps an initialised device and posts its receive buffers.
-    pub fn new(device: NetDevice<H>) -> Result<Self, NetError> {
+impl<H: Hal + 'static> Drop for Nic<H> {
+    fn drop(&mut self) {
+        // SAFETY: `open` built the device in leaked memory for this NIC alone; it is dropped once,
+        // here, and nothing reaches it afterwards (the leaked bytes are never handed out again).
+        unsafe { core::ptr::drop_in_place::<NetDevice<H>>(&mut *self.device) };
+    }
+}
+
+impl<H: Hal + 'static> Nic<H> {
+    /// Brings the virtio-net device on `transport` up (in leaked memory) and posts its receive
+    /// buffers.
+    pub fn open(transport: PlatformAccessTransport<PciTransport>) -> Result<Self, NetError> {
+        let place = memory::leak_uninit::<NetDevice<H>>().ok_or(NetError::OutOfMemory)?;
+        let device = NetDevice::<H>::init_in(place, transport)?;
+        // From here a failure drops the NIC, which drops (resets) the device.
         let mut nic = Self { device, rx: [const { None }; RX_BUFFERS], tx: None, broken: false };
         nic.tx = Some(memory::leak_bytes(BUFFER_LEN, 64).ok_or(NetError::OutOfMemory)?);
         for slot in 0..RX_BUFFERS {

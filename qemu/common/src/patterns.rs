@@ -42,6 +42,16 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     (a.len() != b.len()).then_some(len)
 }
 
+/// Index of the first byte of `buffer` that differs from the pattern of `seed`, with no scratch
+/// buffer: each 8-byte word of the pattern is computed where it is compared (no stack copy of the
+/// buffer's length).
+pub fn first_difference_from(buffer: &[u8], seed: u64) -> Option<usize> {
+    buffer.chunks(8).enumerate().find_map(|(index, chunk)| {
+        let word = mix(seed ^ (index as u64).wrapping_mul(0x1000_0000_01b3)).to_le_bytes();
+        chunk.iter().zip(word).position(|(&a, b)| a != b).map(|i| index * 8 + i)
+    })
+}
+
 /// Index of the first byte of `buffer` that differs from the pattern of `seed`, using `scratch`
 /// (at least as long as `buffer`) for the expected bytes.
 pub fn check(buffer: &[u8], seed: u64, scratch: &mut [u8]) -> Option<usize> {

@@ -13,7 +13,13 @@ use crate::report::Report;
 /// Returns the failures the layer counted meanwhile (the refusal is one, on purpose), for the
 /// kernel's leak check.
 pub fn check_refused_share<B: KernelBinding>(report: &mut Report, ledger: &PageLedger) -> u64 {
-    let layer = <B::Dma as KernelDma>::layer();
+    let layer = match <B::Dma as KernelDma>::layer() {
+        Ok(layer) => layer,
+        Err(error) => {
+            report.fail("sharing.refused", error);
+            return 0;
+        }
+    };
     let (shared_before, failures_before) = (ledger.stats().shared_pages, layer.stats().total_failures());
     let coherent_before = B::stats().coherent_pages.load(Ordering::Relaxed);
 

@@ -20,7 +20,9 @@
 use ccdma::iommu::hcall::{H_HARDWARE, H_PARAMETER};
 use ccdma::iommu::{DdwQuery, IommuBackend, PutFailure, WindowGeometry, TCE_PCI_READ, TCE_PCI_WRITE};
 use ccdma::IommuError as CcdmaIommuError;
+use ccdma_qemu_common::held::Held;
 use core::fmt;
+use core::mem::MaybeUninit;
 use spin::Mutex;
 use virtio_drivers::transport::pci::PciTransport;
 
@@ -95,7 +97,8 @@ struct Live {
 }
 
 struct Backend {
-    driver: Driver,
+    /// In [`DRIVER`]: built there in place, for good.
+    driver: &'static mut Driver,
     endpoints: [Option<Endpoint>; MAX_ENDPOINTS],
     windows: [Option<Window>; MAX_WINDOWS],
     live: &'static mut [Option<Live>; MAX_LIVE],
@@ -120,6 +123,14 @@ pub struct VirtioIommuBackend {
 }
 
 static LIVE: crate::dma::TakeOnce<[Option<Live>; MAX_LIVE]> = crate::dma::TakeOnce::new([None; MAX_LIVE]);
+
+/// Where the driver is built ([`driver_space`]): no stack frame holds it.
+static DRIVER: Held<MaybeUninit<Driver>> = Held::new(MaybeUninit::uninit());
+
+/// The memory to build the virtio-iommu driver in (`Driver::init_in`), the first time; `None` after.
+pub fn driver_space() -> Option<&'static mut MaybeUninit<Driver>> {
+    DRIVER.take()
+}
 
 /// The platform already has an IOMMU.
 #[derive(Debug)]
@@ -152,9 +163,9 @@ impl VirtioIommuBackend {
         Self { state: Mutex::new(None) }
     }
 
-    /// Takes over the initialised driver (bypass already off). Fails, dropping (resetting) the
-    /// driver, if the backend already has one.
-    pub fn install(&self, driver: Driver) -> Result<(), AlreadyInstalled> {
+    /// Takes over the initialised driver (bypass already off). Fails if the backend already has
+    /// one (the driver is left as it is).
+    pub fn install(&self, driver: &'static mut Driver) -> Result<(), AlreadyInstalled> {
         let mut state = self.state.lock();
         if state.is_some() {
             return Err(AlreadyInstalled);

@@ -64,7 +64,9 @@ extern "C" fn kmain(start_info_phys: u32) -> ! {
     println!("ccdma test kernel");
 
     let mut report = Report::default();
-    let start_info = match StartInfo::parse(u64::from(start_info_phys)) {
+    // Borrowed out of the result, not moved: one copy of the 1 KiB start info in this frame.
+    let parsed = StartInfo::parse(u64::from(start_info_phys));
+    let start_info = match &parsed {
         Ok(start_info) => start_info,
         Err(error) => {
             report.fail("boot.start_info", error);
@@ -86,7 +88,7 @@ extern "C" fn kmain(start_info_phys: u32) -> ! {
     report.pass("boot.config", format_args!("configuration {}", config.name));
 
     // The devices stay alive until the machine stops: see `scenario::Machine`.
-    let _machine = scenario::run(&mut report, &start_info, &config);
+    scenario::run(&mut report, start_info, &config);
     report.finish()
 }
 

@@ -18,7 +18,8 @@
 
 use core::fmt;
 use core::marker::PhantomData;
-use core::ptr::NonNull;
+use core::mem::MaybeUninit;
+use core::ptr::{addr_of_mut, NonNull};
 use core::time::Duration;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
@@ -439,7 +440,12 @@ impl<H: Hal> Drop for DmaPage<H> {
 impl<H: Hal, T: Transport> VirtioIommu<H, T> {
     /// Initialises the device: negotiates features, reads its geometry, sets up both queues and
     /// posts every event buffer. Bypass is left as the device had it; see [`Self::set_bypass`].
-    pub fn new(mut transport: T) -> Result<Self, IommuError> {
+    ///
+    /// Built in `place` (caller memory: a static in this kernel), so no stack frame holds the
+    /// driver (1,520 bytes; `new` and its caller held it twice: 3,512 and 6,424 bytes of frame).
+    /// On an error after the driver was built there, it is dropped again (device reset, page
+    /// returned) and `place` is left uninitialised.
+    pub fn init_in(place: &mut MaybeUninit<Self>, mut transport: T) -> Result<&mut Self, IommuError> {
         if transport.device_type() != DeviceType::IOMMU {
             return Err(IommuError::NotAnIommu);
         }
@@ -462,29 +468,75 @@ impl<H: Hal, T: Transport> VirtioIommu<H, T> {
         }
 
         let config = read_config(&transport, negotiated)?;
-        let requests = VirtQueue::new(&mut transport, REQUEST_QUEUE, false, false)?;
-        let events = VirtQueue::new(&mut transport, EVENT_QUEUE, false, false)?;
-        let buffers = DmaPage::new()?;
-
-        let mut iommu = Self {
-            transport,
-            requests,
-            events,
-            buffers,
-            event_tokens: [None; EVENT_BUFFERS],
-            config,
-            negotiated,
-            next_domain: u64::from(config.domain_start),
-            requests_broken: false,
-            events_broken: false,
+        // Field by field, the queues straight into their place: a `Self` value, or a queue held
+        // here, would be one more copy in this frame (624 bytes a queue).
+        let this = place.as_mut_ptr();
+        // SAFETY: a field of `place`: aligned, valid for writes, holding nothing yet.
+        unsafe { Self::queue_into(addr_of_mut!((*this).requests), &mut transport, REQUEST_QUEUE) }?;
+        // SAFETY: as above.
+        let events = unsafe { Self::queue_into(addr_of_mut!((*this).events), &mut transport, EVENT_QUEUE) };
+        let buffers = events.and_then(|()| {
+            DmaPage::new().inspect_err(|_| {
+                // SAFETY: the events queue was written just above; dropped once, here.
+                unsafe { core::ptr::drop_in_place(addr_of_mut!((*this).events)) };
+            })
+        });
+        let buffers = match buffers {
+            Ok(buffers) => buffers,
+            Err(error) => {
+                // SAFETY: the requests queue was written above; dropped once, here.
+                unsafe { core::ptr::drop_in_place(addr_of_mut!((*this).requests)) };
+                return Err(error);
+            }
         };
-        for index in 0..EVENT_BUFFERS {
-            iommu.post_event_buffer(index)?;
+        // SAFETY: `this` points to `place`: aligned and valid for writes of a `Self`. Each field
+        // not written above is written once here, so the whole value is initialised after it.
+        unsafe {
+            addr_of_mut!((*this).transport).write(transport);
+            addr_of_mut!((*this).buffers).write(buffers);
+            addr_of_mut!((*this).event_tokens).write([None; EVENT_BUFFERS]);
+            addr_of_mut!((*this).config).write(config);
+            addr_of_mut!((*this).negotiated).write(negotiated);
+            addr_of_mut!((*this).next_domain).write(u64::from(config.domain_start));
+            addr_of_mut!((*this).requests_broken).write(false);
+            addr_of_mut!((*this).events_broken).write(false);
         }
-        iommu.transport.set_status(features_ok | DeviceStatus::DRIVER_OK);
-        // Buffers may be posted before DRIVER_OK but the device may only be notified after it.
-        iommu.transport.notify(EVENT_QUEUE);
-        Ok(iommu)
+        // SAFETY: every field was written just above.
+        let iommu = unsafe { place.assume_init_mut() };
+        let posted = (0..EVENT_BUFFERS).try_for_each(|index| iommu.post_event_buffer(index));
+        if posted.is_ok() {
+            iommu.transport.set_status(features_ok | DeviceStatus::DRIVER_OK);
+            // Buffers may be posted before DRIVER_OK but the device may only be notified after it.
+            iommu.transport.notify(EVENT_QUEUE);
+        }
+        match posted {
+            // SAFETY: written just above and not dropped since.
+            Ok(()) => Ok(unsafe { place.assume_init_mut() }),
+            Err(error) => {
+                // SAFETY: written just above and not dropped since; the only reference to it
+                // (`iommu`) is no longer used, and the caller gets an error, not the driver.
+                unsafe { place.assume_init_drop() };
+                Err(error)
+            }
+        }
+    }
+
+    /// Sets up virtqueue `index` straight into `slot`. Not inlined: the queue's value (624 bytes)
+    /// is in this frame only.
+    ///
+    /// # Safety
+    ///
+    /// `slot` is aligned and valid for writes of a queue; what it held is overwritten, not dropped.
+    #[inline(never)]
+    unsafe fn queue_into(
+        slot: *mut VirtQueue<H, QUEUE_SIZE>,
+        transport: &mut T,
+        index: u16,
+    ) -> Result<(), IommuError> {
+        let queue = VirtQueue::new(transport, index, false, false)?;
+        // SAFETY: the caller's contract.
+        unsafe { slot.write(queue) };
+        Ok(())
     }
 
     /// The device's geometry.

@@ -13,7 +13,6 @@ use ccdma_qemu_common::blk::{self as blkio, Blk, BlkRequest};
 use ccdma_qemu_common::checks::{DISK_SIGNATURE, IO_TIMEOUT};
 use ccdma_qemu_common::report::Report;
 use ccdma_qemu_common::transport;
-use ccdma_qemu_common::virtio::blk::VirtioBlk;
 use ccdma_qemu_common::virtio::pci::PciTransport;
 
 use crate::config::slot;
@@ -146,5 +145,5 @@ fn reattach(
     binding::attach::<BlkBinding>(config).map_err(|_| "attach refused")?;
     let transport =
         transport::managed(report, "blk", PciTransport::new(pci.cam(), function)).ok_or("no transport")?;
-    VirtioBlk::new(transport).map_err(|_| "driver did not come up")
+    Blk::open(transport).map_err(|_| "driver did not come up")
 }

@@ -92,9 +92,9 @@ pub fn init(iommu: IommuConfig, batching: Batching) -> Result<(PoolInfo, &'stati
     }
 }
 
-/// The layer; panics if [`init`] has not run (a kernel bug: devices are only set up after it).
-pub fn layer() -> &'static Layer {
-    LAYER.get().expect("DMA layer used before dma::init")
+/// The layer, once [`init`] built it; [`NoLayer`] before, an error the caller reports (no panic).
+pub fn layer() -> Result<&'static Layer, NoLayer> {
+    LAYER.get().ok_or(NoLayer)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ pub fn free_pages(phys: PhysAddr, pages: usize) {
 // ---------------------------------------------------------------------------------------------
 // The bindings (common crate) reach this kernel's instance through `PseriesDma`.
 
-pub use ccdma_qemu_common::binding::{attach, KernelBinding, Observed};
+pub use ccdma_qemu_common::binding::{attach, AttachError, KernelBinding, NoLayer, Observed};
 
 /// This kernel's ccdma instance, for the bindings declared with `ccdma_qemu_common::dma_binding!`.
 pub struct PseriesDma;
@@ -137,7 +137,7 @@ impl KernelDma for PseriesDma {
     type Platform = PseriesPlatform;
     const UNREACHABLE_BUS: BusAddr = UNREACHABLE_BUS;
 
-    fn layer() -> &'static Layer {
+    fn layer() -> Result<&'static Layer, NoLayer> {
         layer()
     }
 

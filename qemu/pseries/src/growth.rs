@@ -102,6 +102,9 @@ unsafe impl MemorySource for KernelSource {
 /// A buffer the fill mappings name (to-device, CPU sync skipped: nothing is read from it).
 static FILL: StaticRegion<{ 256 << 10 }> = StaticRegion::new();
 
+/// The fill mappings of [`check`].
+static HELD: Mutex<[Option<(ccdma::BusAddr, usize)>; 2100]> = Mutex::new([None; 2100]);
+
 /// Fill the fixed pool, so blk's next request can only go to a grown pool; read the disk signature
 /// through it; let go, and check the grown pool goes back with its window entries cleared.
 pub fn check<B: KernelBinding, H: Hal, R: KernelBinding, RH: Hal, RT: Transport>(
@@ -109,11 +112,15 @@ pub fn check<B: KernelBinding, H: Hal, R: KernelBinding, RH: Hal, RT: Transport>
     blk: &mut Blk<H>,
     rng: Option<&mut VirtioRng<RH, RT>>,
 ) {
-    let layer = dma::layer();
+    let layer = match dma::layer() {
+        Ok(layer) => layer,
+        Err(error) => return report.fail("growth.windows", error),
+    };
     let Some(dev) = B::slot().get() else { return };
     let fill = PhysAddr(FILL.phys_range().start);
     let attrs = DmaAttrs::SKIP_CPU_SYNC;
-    let mut held: [Option<(ccdma::BusAddr, usize)>; 2100] = [None; 2100];
+    // The fill mappings live in a static, not in this frame (50 KB).
+    let mut held = HELD.lock();
     let mut n = 0;
     let live_tces = layer.iommu_stats().live_tces;
     // Fill every fixed pool: large runs first, then single slots, until no fixed slot is free.
@@ -189,9 +196,9 @@ pub fn check<B: KernelBinding, H: Hal, R: KernelBinding, RH: Hal, RT: Transport>
             layer.stats().total_failures()
         ),
     );
-    for (bus, len) in held.iter().flatten() {
-        // SAFETY: each is a mapping made above on `dev`, unmapped once.
-        let _ = unsafe { layer.unmap(dev, *bus, *len, DmaDirection::ToDevice, attrs) };
+    for (bus, len) in held.iter_mut().filter_map(Option::take) {
+        // SAFETY: each is a mapping made above on `dev`, unmapped once (taken out of `held`).
+        let _ = unsafe { layer.unmap(dev, bus, len, DmaDirection::ToDevice, attrs) };
     }
     let mut returned = 0;
     for _ in 0..=config().idle_ticks {

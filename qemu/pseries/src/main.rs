@@ -74,7 +74,7 @@ extern "C" fn kmain() -> ! {
     };
     report.pass("boot.config", format_args!("configuration {} (command line {cmdline:?})", config.name));
     // The devices stay alive until the machine stops: see `scenario::Machine`.
-    let _machine = scenario::run(&mut report, &tree, &config);
+    scenario::run(&mut report, &tree, &config);
     report.finish()
 }
 

@@ -60,7 +60,10 @@ pub fn check_tces(report: &mut Report) {
         format_args!("{checked} entries read back with H_GET_TCE after ccdma wrote them; {bad} granted a page not shared"),
     );
     let (live, bad_live) = PLATFORM.tce_calls().scan_live();
-    let ccdma_live = dma::layer().iommu_stats().live_tces;
+    let ccdma_live = match dma::layer() {
+        Ok(layer) => layer.iommu_stats().live_tces,
+        Err(error) => return report.fail("uv.tce_tables", error),
+    };
     report.expect(
         "uv.tce_tables",
         bad_live == 0 && live == ccdma_live,
@@ -77,7 +80,10 @@ pub fn check_batching(report: &mut Report, config: &Config) {
     let unshared = c.unshared_lists.load(Ordering::Relaxed);
     let most = c.indirect_most.load(Ordering::Relaxed);
     let over = c.indirect_over_512.load(Ordering::Relaxed);
-    let i = dma::layer().iommu_stats();
+    let i = match dma::layer() {
+        Ok(layer) => layer.iommu_stats(),
+        Err(error) => return report.fail("ccdma.batching", error),
+    };
     let ok = match config.batching {
         Batching::PerEntry => indirect == 0,
         // Premapped, the pool's 2048 entries in the default window go in full 512-entry lists.
@@ -104,7 +110,10 @@ pub fn check_batching(report: &mut Report, config: &Config) {
 /// The ledger agrees with ccdma; every mapping but the posted receive buffers was unmapped.
 pub fn check_ledger(report: &mut Report, machine: &Machine) {
     let ledger = PLATFORM.ledger().stats();
-    let layer = dma::layer().stats();
+    let layer = match dma::layer() {
+        Ok(layer) => layer.stats(),
+        Err(error) => return report.fail("ledger.consistent", error),
+    };
     report.expect(
         "ledger.consistent",
         ledger.violations == 0 && ledger.shared_pages == layer.shared_pages,
@@ -211,8 +220,11 @@ pub fn print(config: &Config) {
     bus_map::print_device::<NetABinding>();
     bus_map::print_device::<NetBBinding>();
     bus_map::print_device::<RngLowBinding>();
-    println!("{}", LayerTotals(&dma::layer().stats()));
-    let i = dma::layer().iommu_stats();
+    let Ok(layer) = dma::layer() else {
+        return println!("ccdma: no layer (dma::init did not build it)");
+    };
+    println!("{}", LayerTotals(&layer.stats()));
+    let i = layer.iommu_stats();
     println!(
         "ccdma TCE entries: {} written, {} cleared, {} live; {} strict maps",
         i.entries_written, i.entries_cleared, i.live_tces, i.strict_maps

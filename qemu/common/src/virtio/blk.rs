@@ -1,6 +1,8 @@
 //! virtio-blk (virtio 1.x, 5.2) over [`LeQueue`]: non-blocking sector reads and writes, with the
 //! request header in little-endian.
 
+use core::mem::MaybeUninit;
+use core::ptr::addr_of_mut;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 use virtio_drivers::{Error, Hal, Result};
 
@@ -51,7 +53,10 @@ pub struct VirtioBlk<H: Hal, T: Transport> {
 
 impl<H: Hal, T: Transport> VirtioBlk<H, T> {
     /// Initialises the device (VERSION_1 plus whatever the transport adds).
-    pub fn new(mut transport: T) -> Result<Self> {
+    ///
+    /// Built in `place` (caller memory): no stack frame holds the driver (1.4 KiB: its queue's
+    /// bookkeeping). On an error `place` is left uninitialised.
+    pub fn init_in(place: &mut MaybeUninit<Self>, mut transport: T) -> Result<&mut Self> {
         if transport.device_type() != DeviceType::Block {
             return Err(Error::InvalidParam);
         }
@@ -66,9 +71,17 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
             return Err(Error::Unsupported);
         }
         let capacity = u64::from_le_bytes(transport.read_config_space::<[u8; 8]>(0)?);
-        let queue = LeQueue::new(&mut transport, 0)?;
+        let this = place.as_mut_ptr();
+        // SAFETY: a field of `place`: aligned, valid for writes, holding nothing yet.
+        unsafe { LeQueue::init_at(addr_of_mut!((*this).queue), &mut transport, 0) }?;
         transport.set_status(features_ok | DeviceStatus::DRIVER_OK);
-        Ok(Self { transport, queue, capacity })
+        // SAFETY: the fields not written above, each once: every field is initialised after this.
+        unsafe {
+            addr_of_mut!((*this).transport).write(transport);
+            addr_of_mut!((*this).capacity).write(capacity);
+        }
+        // SAFETY: every field was written above.
+        Ok(unsafe { place.assume_init_mut() })
     }
 
     /// Sectors on the disk.

@@ -1,6 +1,8 @@
 //! virtio-net (virtio 1.x, 5.1) over [`LeQueue`]: raw frames behind the 12-byte header that
 //! `VERSION_1` implies, no offloads.
 
+use core::mem::MaybeUninit;
+use core::ptr::addr_of_mut;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 use virtio_drivers::{Error, Hal, Result};
 
@@ -23,8 +25,10 @@ pub struct VirtioNet<H: Hal, T: Transport, const SIZE: usize> {
 }
 
 impl<H: Hal, T: Transport, const SIZE: usize> VirtioNet<H, T, SIZE> {
-    /// Initialises the device.
-    pub fn new(mut transport: T) -> Result<Self> {
+    /// Initialises the device, built in `place` (caller memory): no stack frame holds the driver
+    /// (2.5 KiB with 16-descriptor queues) or either of its queues but while it is set up. On an
+    /// error `place` is left uninitialised and what was set up is dropped again.
+    pub fn init_in(place: &mut MaybeUninit<Self>, mut transport: T) -> Result<&mut Self> {
         if transport.device_type() != DeviceType::Network {
             return Err(Error::InvalidParam);
         }
@@ -39,10 +43,24 @@ impl<H: Hal, T: Transport, const SIZE: usize> VirtioNet<H, T, SIZE> {
             return Err(Error::Unsupported);
         }
         let mac = transport.read_config_space::<[u8; 6]>(0)?;
-        let rx = LeQueue::new(&mut transport, RX)?;
-        let tx = LeQueue::new(&mut transport, TX)?;
+        let this = place.as_mut_ptr();
+        // SAFETY: a field of `place`: aligned, valid for writes, holding nothing yet.
+        unsafe { LeQueue::init_at(addr_of_mut!((*this).rx), &mut transport, RX) }?;
+        // SAFETY: as above.
+        if let Err(error) = unsafe { LeQueue::init_at(addr_of_mut!((*this).tx), &mut transport, TX) } {
+            // SAFETY: the receive queue was written just above; dropped once, here.
+            unsafe { core::ptr::drop_in_place(addr_of_mut!((*this).rx)) };
+            return Err(error);
+        }
         transport.set_status(features_ok | DeviceStatus::DRIVER_OK);
-        Ok(Self { transport, rx, tx, mac })
+        // SAFETY: fields of `place` not written yet, each written once; with the queues above,
+        // every field is initialised after this.
+        unsafe {
+            addr_of_mut!((*this).transport).write(transport);
+            addr_of_mut!((*this).mac).write(mac);
+        }
+        // SAFETY: every field was written above.
+        Ok(unsafe { place.assume_init_mut() })
     }
 
     /// The MAC address.

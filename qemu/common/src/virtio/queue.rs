@@ -4,7 +4,7 @@
 //! the queue is dropped, after its owner reset the device), each buffer through `share`/`unshare`.
 
 use core::marker::PhantomData;
-use core::ptr::NonNull;
+use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{fence, Ordering};
 use virtio_drivers::transport::Transport;
 use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr, Result, PAGE_SIZE};
@@ -42,8 +42,37 @@ impl<H: Hal, const SIZE: usize> LeQueue<H, SIZE> {
     const USED: usize = (Self::AVAIL + 6 + 2 * SIZE).next_multiple_of(4);
     const BYTES: usize = Self::USED + 6 + 8 * SIZE;
 
-    /// Sets up queue `queue` of the device behind `transport`.
-    pub fn new<T: Transport>(transport: &mut T, queue: u16) -> Result<Self> {
+    /// Sets up queue `queue` of the device behind `transport` straight into `slot`: no copy of the
+    /// queue (1.2 KiB at 16 descriptors: its chain bookkeeping) in any stack frame.
+    ///
+    /// # Safety
+    /// `slot` is aligned and valid for writes of a queue; what it held is overwritten, not dropped.
+    /// On `Ok` it holds an initialised queue; on `Err` it is left as it was.
+    pub unsafe fn init_at<T: Transport>(slot: *mut Self, transport: &mut T, queue: u16) -> Result<()> {
+        let (ring_bus, ring) = Self::set_up(transport, queue)?;
+        // SAFETY: `slot` is valid for writes (the caller's contract); each field is written once.
+        // `chains` and `chain_len` are integers, for which all-zero bytes are the value `new` gives.
+        unsafe {
+            addr_of_mut!((*slot).ring).write(ring);
+            addr_of_mut!((*slot).ring_bus).write(ring_bus);
+            addr_of_mut!((*slot).queue).write(queue);
+            addr_of_mut!((*slot).free_head).write(0);
+            let free_next = addr_of_mut!((*slot).free_next).cast::<u16>();
+            for i in 0..SIZE {
+                free_next.add(i).write((i + 1) as u16);
+            }
+            addr_of_mut!((*slot).free_count).write(SIZE);
+            addr_of_mut!((*slot).avail_idx).write(0);
+            addr_of_mut!((*slot).last_used).write(0);
+            addr_of_mut!((*slot).chains).write_bytes(0, 1);
+            addr_of_mut!((*slot).chain_len).write_bytes(0, 1);
+            addr_of_mut!((*slot)._hal).write(PhantomData);
+        }
+        Ok(())
+    }
+
+    /// Checks the queue can be set up, allocates its ring page and hands the ring to the device.
+    fn set_up<T: Transport>(transport: &mut T, queue: u16) -> Result<(PhysAddr, NonNull<u8>)> {
         if !SIZE.is_power_of_two() || Self::BYTES > PAGE_SIZE || SIZE > u16::MAX as usize {
             return Err(Error::InvalidParam);
         }
@@ -57,10 +86,6 @@ impl<H: Hal, const SIZE: usize> LeQueue<H, SIZE> {
         if ring_bus == 0 {
             return Err(Error::DmaError);
         }
-        let mut free_next = [0; SIZE];
-        for (i, next) in free_next.iter_mut().enumerate() {
-            *next = (i + 1) as u16;
-        }
         transport.queue_set(
             queue,
             SIZE as u32,
@@ -68,6 +93,16 @@ impl<H: Hal, const SIZE: usize> LeQueue<H, SIZE> {
             ring_bus + Self::AVAIL as u64,
             ring_bus + Self::USED as u64,
         );
+        Ok((ring_bus, ring))
+    }
+
+    /// Sets up queue `queue` of the device behind `transport`.
+    pub fn new<T: Transport>(transport: &mut T, queue: u16) -> Result<Self> {
+        let (ring_bus, ring) = Self::set_up(transport, queue)?;
+        let mut free_next = [0; SIZE];
+        for (i, next) in free_next.iter_mut().enumerate() {
+            *next = (i + 1) as u16;
+        }
         Ok(Self {
             ring,
             ring_bus,

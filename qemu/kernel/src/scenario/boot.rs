@@ -1,15 +1,17 @@
 //! What the kernel starts from: the RAM map firmware gave (RAM above 4 GiB reachable through the
 //! boot map), the HPET that bounds every wait, and ccdma's pools placed in that RAM.
 
+use ccdma::{DeviceConfig, DmaMask};
+use ccdma_qemu_common::binding::{attach, AttachError};
 use core::fmt;
 
 use crate::config::TestConfig;
-use crate::dma::{self, PoolPlacement};
+use crate::dma::{self, KernelBinding, NoLayer, PoolPlacement};
 use crate::report::Report;
 use crate::start_info::StartInfo;
 use crate::{boot, memory, time};
 
-use super::FOUR_GIB;
+use super::{RngBinding, FOUR_GIB};
 
 /// RAM layout from firmware; RAM above 4 GiB, if any, must be reachable through the boot map.
 pub(super) fn check_memory(report: &mut Report, start_info: &StartInfo) {
@@ -61,6 +63,19 @@ pub(super) fn check_timer(report: &mut Report) {
 
 /// Sets up the layer with its pools where this configuration puts them (above 4 GiB, both sides,
 /// or the only RAM there is) and reports them. False when the layer could not start.
+/// `dma.before_init`: before `dma::init` the layer is an error, not a panic: `dma::layer()` answers
+/// `NoLayer` and a binding's attach is refused with it (nothing attached, the binding left empty).
+pub(super) fn check_before_init(report: &mut Report) {
+    let layer = dma::layer().err();
+    let attach = attach::<RngBinding>(DeviceConfig::new(0, DmaMask::BITS_32)).err();
+    let empty = RngBinding::slot().get().is_none();
+    report.expect(
+        "dma.before_init",
+        layer == Some(NoLayer) && matches!(attach, Some(AttachError::NoLayer)) && empty,
+        format_args!("before dma::init: layer {layer:?}, attach {attach:?}, binding empty: {empty}"),
+    );
+}
+
 pub(super) fn init_pools(report: &mut Report, config: &TestConfig) -> bool {
     let placement = match (config.high_ram, config.iommu.present()) {
         (false, _) => PoolPlacement::Low,

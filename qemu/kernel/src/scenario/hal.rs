@@ -13,6 +13,9 @@ use crate::{memory, patterns};
 use super::iommu::{drain_faults, wait_for_fault, BLOCKED_REQUEST_GRACE};
 use super::{BlkFaultBinding, FaultBlk};
 
+/// The filler mappings of [`check_refused_share`].
+static HELD: spin::Mutex<[(ccdma::BusAddr, usize); 512]> = spin::Mutex::new([(ccdma::BusAddr(0), 0); 512]);
+
 /// With every pool slot the device can reach taken, `share` is refused: the device is given the
 /// unreachable bus address, its access faults at the IOMMU, the buffer stays as it was and the
 /// kernel goes on. Returns the failures the check provoked on purpose (for the leak check).
@@ -20,7 +23,13 @@ pub(super) fn check_refused_share(report: &mut Report, blk: &mut FaultBlk, endpo
     const NAME: &str = "hal.refused_share";
     const LEN: usize = 4096;
     const SEED: u64 = 0x0ff1_0ad0;
-    let layer = dma::layer();
+    let layer = match dma::layer() {
+        Ok(layer) => layer,
+        Err(error) => {
+            report.fail(NAME, error);
+            return 0;
+        }
+    };
     let failures_before = layer.stats().total_failures();
     let Some(device) = BlkFaultBinding::slot().get() else {
         report.fail(NAME, "no containment blk");
@@ -32,7 +41,8 @@ pub(super) fn check_refused_share(report: &mut Report, blk: &mut FaultBlk, endpo
         return 0;
     };
     // Take every slot the device reaches: runs of 256 KiB, then smaller ones down to one slot.
-    let mut held = [(ccdma::BusAddr(0), 0usize); 512];
+    // The filler mappings live in a static, not in this frame (8 KiB).
+    let mut held = HELD.lock();
     let mut count = 0;
     let mut size = 256 << 10;
     while size >= 2048 && count < held.len() {
@@ -88,8 +98,7 @@ pub(super) fn check_refused_share(report: &mut Report, blk: &mut FaultBlk, endpo
     let faults = PLATFORM.iommu().counters().faults - faults_before;
     // SAFETY: the buffer is leaked and its request is over: nothing writes it any more.
     let now = unsafe { core::slice::from_raw_parts(private, LEN) };
-    let mut scratch = [0u8; LEN];
-    let unchanged = patterns::check(now, SEED, &mut scratch).is_none();
+    let unchanged = patterns::first_difference_from(now, SEED).is_none();
     report.expect(
         NAME,
         refused > 0 && reported && unchanged,

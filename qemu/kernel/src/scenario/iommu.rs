@@ -31,10 +31,11 @@ pub(super) fn check_windows(report: &mut Report) {
             return;
         };
         let id = device.config().id;
+        let Ok(layer) = dma::layer() else {
+            return;
+        };
         let pools: [(u64, u64); 2] = core::array::from_fn(|i| {
-            dma::layer()
-                .pool(i)
-                .map_or((0, 0), |(pool, _)| (pool.phys().0, pool.phys().0 + pool.len() as u64))
+            layer.pool(i).map_or((0, 0), |(pool, _)| (pool.phys().0, pool.phys().0 + pool.len() as u64))
         });
         let coherent = dma::coherent_area();
         PLATFORM.iommu().for_each_entry(id, |_bus, len, real, _perms| {
@@ -121,8 +122,7 @@ pub(super) fn check_containment(report: &mut Report, blk: &mut FaultBlk, endpoin
     // that can no longer reach it): nothing writes it any more. Reading it is the point: it must
     // be unchanged.
     let now = unsafe { core::slice::from_raw_parts(private, LEN) };
-    let mut scratch = [0u8; LEN];
-    let unchanged = patterns::check(now, SEED, &mut scratch).is_none();
+    let unchanged = patterns::first_difference_from(now, SEED).is_none();
     drain_faults();
     let fault =
         PLATFORM.iommu().faults_since(faults_before).into_iter().flatten().find(|fault| at_buffer(fault));
@@ -224,8 +224,7 @@ pub(super) fn check_direction(
     // SAFETY: the buffer is leaked and its request is over (completed or abandoned): nothing
     // writes it any more.
     let now = unsafe { core::slice::from_raw_parts(private, LEN) };
-    let mut scratch = [0u8; LEN];
-    let unchanged = patterns::check(now, SEED, &mut scratch).is_none();
+    let unchanged = patterns::first_difference_from(now, SEED).is_none();
     // Premapped: the slot (shared pool memory, freed but not reused yet) holds what the device
     // wrote: the runner's signature at the start of the containment disk.
     let slot_written = slot.and_then(|phys| memory::ptr_of(phys, DISK_SIGNATURE.len())).is_some_and(|ptr| {

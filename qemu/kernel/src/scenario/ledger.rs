@@ -23,8 +23,12 @@ pub(super) fn set_ram(start_info: &StartInfo) {
 /// was ever given an address outside shared memory.
 pub(super) fn check_ledger(report: &mut Report, devices: &Machine, expected_failures: u64) {
     let ledger = PLATFORM.ledger().stats();
-    let layer = dma::layer().stats();
-    let coherent = dma::layer().iommu_stats().coherent_pages;
+    let layer = match dma::layer() {
+        Ok(layer) => layer,
+        Err(error) => return report.fail("ledger.consistent", error),
+    };
+    let coherent = layer.iommu_stats().coherent_pages;
+    let layer = layer.stats();
     report.expect(
         "ledger.consistent",
         ledger.violations == 0 && ledger.shared_pages == layer.shared_pages,

@@ -52,7 +52,10 @@ pub(super) fn print_summary(config: &TestConfig, found: &Found) {
     bus_map::print_device::<RngBinding>();
     bus_map::print_device::<NetABinding>();
     bus_map::print_device::<NetBBinding>();
-    println!("{}", LayerTotals(&dma::layer().stats()));
+    let Ok(layer) = dma::layer() else {
+        return println!("ccdma: no layer (dma::init did not build it)");
+    };
+    println!("{}", LayerTotals(&layer.stats()));
     let l = PLATFORM.ledger().stats();
     println!(
         "ledger: {} pages shared now, {} share and {} unshare calls, {} violations",
@@ -62,7 +65,7 @@ pub(super) fn print_summary(config: &TestConfig, found: &Found) {
         println!("IOMMU: none; faults caught: none possible");
         return;
     }
-    let i = dma::layer().iommu_stats();
+    let i = layer.iommu_stats();
     println!(
         "ccdma IOMMU (native virtio-iommu backend): {} range maps, {} range unmaps, {} DDW created; {} pages mapped, {} unmapped, {} live; {} strict maps",
         i.native_maps, i.native_unmaps, i.ddw_create, i.entries_written, i.entries_cleared, i.live_tces, i.strict_maps

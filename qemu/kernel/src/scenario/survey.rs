@@ -102,7 +102,11 @@ pub(super) fn start_iommu(report: &mut Report, pci: &mut PciBus, found: &Found, 
 
 /// Brings the virtio-iommu up: features, geometry, bypass off (unattached endpoints fault from
 /// now on), and the driver's own error paths.
-fn init_iommu(report: &mut Report, pci: &mut PciBus, function: DeviceFunction) -> Option<Driver> {
+fn init_iommu(
+    report: &mut Report,
+    pci: &mut PciBus,
+    function: DeviceFunction,
+) -> Option<&'static mut Driver> {
     let transport = match pci.virtio_transport(function) {
         Ok(transport) => transport,
         Err(error) => {
@@ -110,7 +114,11 @@ fn init_iommu(report: &mut Report, pci: &mut PciBus, function: DeviceFunction) -
             return None;
         }
     };
-    let mut iommu = match Driver::new(transport) {
+    let Some(space) = crate::iommu::driver_space() else {
+        report.fail("iommu.init", "the driver's memory is taken: the IOMMU was brought up before");
+        return None;
+    };
+    let iommu = match Driver::init_in(space, transport) {
         Ok(iommu) => iommu,
         Err(error) => {
             report.fail("iommu.init", format_args!("{error}"));
