@@ -97,12 +97,16 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # leave ~2 % for other work; lower them when a change allows.
 # .text: issue 20's aim is one non-generic core with thin generic shells; no byte figure is given,
 # so the aim column for a per-platform copy reads 16 KiB (a shell, not a second layer).
+# Issue 21's hot path (hot helper; bash scripts/kernel-budgets.sh at main 6fc9552 and at hot merged
+# with it): x86 QemuPlatform 69,496 -> 70,511, pseries PseriesPlatform 85,876 -> 86,400, pseries
+# chains map_ptr 4,848 -> 4,976 and blk share 5,488 -> 5,664 (the first map attempt inline beside the
+# route, see scripts/budgets.sh); those ceilings raised by as much.
 check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 240000 240000
-check "x86: ccdma .text for the kernel's QemuPlatform" "$(inst x86 ccdma_test_kernel::platform::QemuPlatform)" 70500 16384
+check "x86: ccdma .text for the kernel's QemuPlatform" "$(inst x86 ccdma_test_kernel::platform::QemuPlatform)" 71600 16384
 check "x86: ccdma .text for ffi's CPlatform (second copy)" "$(inst x86 ccdma_ffi::CPlatform)" 94500 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 201000 201000
-check "pseries: ccdma .text for PseriesPlatform" "$(inst pseries ccdma_pseries_kernel::platform::PseriesPlatform)" 86500 16384
+check "pseries: ccdma .text for PseriesPlatform" "$(inst pseries ccdma_pseries_kernel::platform::PseriesPlatform)" 87100 16384
 check "x86: largest frame, DMA set-up" "$(fig x86 max_frame_setup)" 2048 2048
 check "pseries: largest frame, DMA set-up" "$(fig pseries max_frame_setup)" 2048 2048
 check "x86: largest frame, ccdma (guest/)" "$(fig x86 max_frame_ccdma)" 2048 2048
@@ -111,8 +115,8 @@ check "x86: largest frame, ffi/" "$(fig x86 max_frame_ffi)" 2048 2048
 check "x86: largest frame, kernel + qemu/common" "$(fig x86 max_frame_kernel)" 2048 2048
 check "pseries: largest frame, kernel + qemu/common" "$(fig pseries max_frame_kernel)" 2048 2048
 check "x86: deepest chain of DmaLayer::map_ptr" "$(fig x86 chain_map_ptr)" 4096 4096
-check "pseries: deepest chain of DmaLayer::map_ptr" "$(fig pseries chain_map_ptr)" 5120 4096
+check "pseries: deepest chain of DmaLayer::map_ptr" "$(fig pseries chain_map_ptr)" 5248 4096
 check "x86: deepest chain of a blk share (HAL map)" "$(fig x86 chain_share)" 4608 4096
-check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 5632 4096
+check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 5808 4096
 [[ $FAILED -eq 0 ]] || fail "a figure is above its ceiling"
 echo "kernel-budgets.sh: every figure within its ceiling"
