@@ -363,6 +363,11 @@ impl<'m> AreaState<'m> {
                         if start + n <= b {
                             return Some((start, (a, b)));
                         }
+                        if start + n > e {
+                            // Later runs' aligned starts are later still: none fits here (sparse
+                            // alignments skip a segment after one look).
+                            break;
+                        }
                     }
                     a = self.next_bit(b, e, true);
                 }
@@ -376,18 +381,6 @@ impl<'m> AreaState<'m> {
     /// its start and the free run that holds it.
     pub(super) fn find(&self, n: usize, first: usize, period: usize) -> Option<(usize, (usize, usize))> {
         if self.top < n || self.free < n {
-            return None;
-        }
-        if period > self.chunk {
-            // Candidates sparser than chunks: at most one per chunk, tried directly.
-            let mut i = first;
-            while i < self.len() {
-                let seg_end = ((div(i, self.seg, self.seg_shift) + 1) * self.seg).min(self.len());
-                if i + n <= seg_end && self.next_bit(i, i + n, false) == i + n {
-                    return Some((i, self.run_around(i, n)));
-                }
-                i = i.checked_add(period)?;
-            }
             return None;
         }
         // A free run of n + period - 1 holds an aligned run of n: once a chunk with a run of n fails
