@@ -108,6 +108,10 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # treatment of layer.rs if it matters.
 # .text: issue 20's aim is one non-generic core with thin generic shells; no byte figure is given,
 # so the aim column for a per-platform copy reads 16 KiB (a shell, not a second layer).
+# Issue 21's hot path (hot helper; bash scripts/kernel-budgets.sh at main 6fc9552 and at hot merged
+# with it): x86 QemuPlatform 69,496 -> 70,511, pseries PseriesPlatform 85,876 -> 86,400, pseries
+# chains map_ptr 4,848 -> 4,976 and blk share 5,488 -> 5,664 (the first map attempt inline beside the
+# route, see scripts/budgets.sh); those ceilings raised by as much.
 check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 192900 240000
 check "x86: ccdma .text for the kernel's QemuPlatform" "$(inst x86 ccdma_test_kernel::platform::QemuPlatform)" 16300 16384
 check "x86: ccdma .text for ffi's CPlatform (second copy)" "$(inst x86 ccdma_ffi::CPlatform)" 40800 16384
@@ -122,8 +126,8 @@ check "x86: largest frame, ffi/" "$(fig x86 max_frame_ffi)" 2048 2048
 check "x86: largest frame, kernel + qemu/common" "$(fig x86 max_frame_kernel)" 2048 2048
 check "pseries: largest frame, kernel + qemu/common" "$(fig pseries max_frame_kernel)" 2048 2048
 check "x86: deepest chain of DmaLayer::map_ptr" "$(fig x86 chain_map_ptr)" 4096 4096
-check "pseries: deepest chain of DmaLayer::map_ptr" "$(fig pseries chain_map_ptr)" 5120 4096
+check "pseries: deepest chain of DmaLayer::map_ptr" "$(fig pseries chain_map_ptr)" 5248 4096
 check "x86: deepest chain of a blk share (HAL map)" "$(fig x86 chain_share)" 4608 4096
-check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 5632 4096
+check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 5808 4096
 [[ $FAILED -eq 0 ]] || fail "a figure is above its ceiling"
 echo "kernel-budgets.sh: every figure within its ceiling"
