@@ -100,7 +100,10 @@ check "CCDMA_LAYER_SIZE (what C reserves)" "$layer" 32768 2048
 check "CCDMA_SMALL_LAYER_SIZE (small-layer, any build)" "$small_layer" 3840 3840
 check "CCDMA_SMALL_LAYER_NO_IOMMU_SIZE (no domain)" "$small_plain" 1792 2048
 check "largest frame, full image" "$(fig max_frame "$OUT/full.txt")" 1280 2048
-check "deepest chain of ccdma_map (growth in)" "$(fig chain_ccdma_map "$OUT/minimal.txt")" 3072 4096
+# Issue 21's hot path (hot helper; bash scripts/budgets.sh at main 6fc9552 and at hot merged with it):
+# 2,976 -> 3,072, the first map attempt inline beside the route (map_ptr's frame holds both); the
+# ceiling raised by as much (3,072 -> 3,168), still below the aim.
+check "deepest chain of ccdma_map (growth in)" "$(fig chain_ccdma_map "$OUT/minimal.txt")" 3168 4096
 check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt")" 2048 2048
 check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/minimal.txt")" 1792 2048
 # Raised by issue 18 item 2 (raw claims checked on every path: raw records for direct and trusted
@@ -119,8 +122,22 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # full 104,879 -> 110,911 (bash scripts/budgets.sh at main and at the pe branch merged with it); no
 # new panic path. Attach and detach grow; the map hot path does not (its deepest chain, through a
 # deferred set-up, reaches 3,024).
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 58500 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 21200 24576
+# Issue 20, one copy of the code (guest/src/layer.rs, Cold: the cold paths run on the layer over
+# `dyn Platform`, compiled once per capacity instead of once per platform type), measured against
+# main cbd26a6: minimal 57,561 -> 60,458, fw-min 20,913 -> 21,979, full 110,335 -> 114,559. A
+# one-platform staticlib pays for the platform's vtable (every Platform method of CPlatform kept
+# out of line, with the IOMMU and trust vtables it hands out), platform calls no longer inlined
+# into the cold paths, and the shells; the x86 kernel, whose layer is used with two platform types
+# from two crates, sheds ~50 KB of ccdma .text (bash scripts/kernel-budgets.sh).
+# Issue 21's hot path (hot helper; bash scripts/budgets.sh at main 6fc9552 and at hot merged with
+# it): minimal 57,656 -> 59,023, fw-min 20,950 -> 21,798, full 110,239 -> 111,631, each ceiling
+# raised by as much (measured before the merge, 695aaf8 -> hot: the same within 150). Where: the
+# first map attempt inline in map_ptr beside the route in with_growth's closure (+767, +323), the run placed and its
+# base checked in one function shared with strict maps (bounce_in_view, +404 over bounce_alloc and
+# bounce_map), a Mapping's unmap by its recorded pool and offset (unmap_in_pool shared with the raw
+# face's unmap_route: -34), the pool view read in place (Candidates; order and base_of's copies gone).
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 60500 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 22000 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
@@ -132,7 +149,7 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 111200 65536
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 114600 65536
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"

@@ -95,14 +95,29 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # (containment::check_broken_recovery); ccdma's .text x86 235,276 (+3,278: the kernels' open_managed
 # no longer inlined changes what of ccdma is inlined there), pseries 197,128. The .text ceilings
 # leave ~2 % for other work; lower them when a change allows.
+# Issue 20, one copy of the code (the cold paths on DmaLayer<dyn Platform>, once per capacity, in
+# ccdma alone; the virtio HAL's coherent calls once, not once per binding): x86 ccdma .text 235,276
+# -> 182,661 (QemuPlatform 68,842 -> 15,867, ffi's CPlatform 92,562 -> 39,972: what is left per
+# platform is the streaming path, and scatter-gather for C; per HAL binding 4,402 -> 2,218),
+# pseries 197,128 -> 179,640 (per binding 6,724 -> 2,888). A one-platform image gains nothing from
+# the shared cold paths and pays for them (the platform's vtable, public entries such as shrink_all
+# no longer inlined into their one caller): pseries +7,144 before the HAL change.
+# After merging the AREAS capacity and the pool's fronts (main cbd26a6): x86 189,106, pseries
+# 181,480. BouncePool<AREAS> is generic now, so each crate that uses it compiles its own copy: x86
+# carries alloc_from three times (ccdma, the kernel, ffi: +4,150), one more case for the `*_once`
+# treatment of layer.rs if it matters.
 # .text: issue 20's aim is one non-generic core with thin generic shells; no byte figure is given,
 # so the aim column for a per-platform copy reads 16 KiB (a shell, not a second layer).
-check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 240000 240000
-check "x86: ccdma .text for the kernel's QemuPlatform" "$(inst x86 ccdma_test_kernel::platform::QemuPlatform)" 70500 16384
-check "x86: ccdma .text for ffi's CPlatform (second copy)" "$(inst x86 ccdma_ffi::CPlatform)" 94500 16384
+# Issue 21's hot path (hot helper; bash scripts/kernel-budgets.sh at main 6fc9552 and at hot merged
+# with it): x86 QemuPlatform 69,496 -> 70,511, pseries PseriesPlatform 85,876 -> 86,400, pseries
+# chains map_ptr 4,848 -> 4,976 and blk share 5,488 -> 5,664 (the first map attempt inline beside the
+# route, see scripts/budgets.sh); those ceilings raised by as much.
+check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 192900 240000
+check "x86: ccdma .text for the kernel's QemuPlatform" "$(inst x86 ccdma_test_kernel::platform::QemuPlatform)" 16300 16384
+check "x86: ccdma .text for ffi's CPlatform (second copy)" "$(inst x86 ccdma_ffi::CPlatform)" 40800 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
-check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 201000 201000
-check "pseries: ccdma .text for PseriesPlatform" "$(inst pseries ccdma_pseries_kernel::platform::PseriesPlatform)" 86500 16384
+check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 183300 201000
+check "pseries: ccdma .text for PseriesPlatform" "$(inst pseries ccdma_pseries_kernel::platform::PseriesPlatform)" 18400 16384
 check "x86: largest frame, DMA set-up" "$(fig x86 max_frame_setup)" 2048 2048
 check "pseries: largest frame, DMA set-up" "$(fig pseries max_frame_setup)" 2048 2048
 check "x86: largest frame, ccdma (guest/)" "$(fig x86 max_frame_ccdma)" 2048 2048
@@ -111,8 +126,8 @@ check "x86: largest frame, ffi/" "$(fig x86 max_frame_ffi)" 2048 2048
 check "x86: largest frame, kernel + qemu/common" "$(fig x86 max_frame_kernel)" 2048 2048
 check "pseries: largest frame, kernel + qemu/common" "$(fig pseries max_frame_kernel)" 2048 2048
 check "x86: deepest chain of DmaLayer::map_ptr" "$(fig x86 chain_map_ptr)" 4096 4096
-check "pseries: deepest chain of DmaLayer::map_ptr" "$(fig pseries chain_map_ptr)" 5120 4096
+check "pseries: deepest chain of DmaLayer::map_ptr" "$(fig pseries chain_map_ptr)" 5248 4096
 check "x86: deepest chain of a blk share (HAL map)" "$(fig x86 chain_share)" 4608 4096
-check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 5632 4096
+check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 5808 4096
 [[ $FAILED -eq 0 ]] || fail "a figure is above its ceiling"
 echo "kernel-budgets.sh: every figure within its ceiling"

@@ -7,23 +7,16 @@ use crate::device::Device;
 use crate::error::DmaError;
 use crate::iommu::bus_space::RangeKind;
 use crate::layer::DmaLayer;
+use crate::layer::{Cold, FullCold};
 use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::trust::TrustState;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
-    /// Accept `dev` for direct access to private memory, on the platform's word
-    /// ([`DeviceTrust::accept_device`](crate::DeviceTrust::accept_device)). Accepting an accepted device does nothing.
-    ///
-    /// Refused, nothing changed: while the device has anything live ([`DmaError::Busy`]); when the
-    /// guest is not confidential or the platform has no trusted I/O ([`DmaError::TrustUnavailable`]);
-    /// when the platform says no ([`DmaError::AcceptRefused`]); when the device shares its IOMMU
-    /// endpoint with other attached devices ([`IommuError::EndpointShared`](crate::IommuError::EndpointShared)):
-    /// they would reach its private pages. A deferred device is attached to its
-    /// IOMMU domain here (its mappings need the window).
-    pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
+    /// [`DmaLayer::accept`], over the platform as `&dyn Platform`.
+    pub(crate) fn accept_dyn(&self, dev: &mut Device) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::TRUSTED, "trusted-devices")?;
         let _masked = self.masked();
         self.check_device(dev)?;
@@ -74,17 +67,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Ok(())
     }
 
-    /// Revoke `dev`'s acceptance: it is untrusted again (its buffers bounce on its attach-time path).
-    /// Revoking an untrusted device does nothing.
-    ///
-    /// Refused, nothing changed, while the device has anything live ([`DmaError::Busy`]) or when an
-    /// entry of its window that may name private memory (left by a mapping whose entries could not
-    /// be cleared) still cannot be cleared ([`DmaError::Iommu`]): no untrusted device ever has a
-    /// private page in its window. If the platform's own revoke fails the layer still treats the
-    /// device as untrusted ([`TrustState::RevokePending`]: its buffers bounce) and says so
-    /// ([`DmaError::RevokeRefused`]); the next `revoke` or [`DmaLayer::detach`] asks the platform
-    /// again, and detach is refused until the platform confirms.
-    pub fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
+    /// [`DmaLayer::revoke`], over the platform as `&dyn Platform`.
+    pub(crate) fn revoke_dyn(&self, dev: &mut Device) -> Result<(), DmaError> {
         let _masked = self.masked();
         self.check_device(dev)?;
         match dev.trust {
@@ -138,4 +122,55 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             slot.space.lock().free(r.start, r.len, r.kind);
         }
     }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// Accept `dev` for direct access to private memory, on the platform's word
+    /// ([`DeviceTrust::accept_device`](crate::DeviceTrust::accept_device)). Accepting an accepted device does nothing.
+    ///
+    /// Refused, nothing changed: while the device has anything live ([`DmaError::Busy`]); when the
+    /// guest is not confidential or the platform has no trusted I/O ([`DmaError::TrustUnavailable`]);
+    /// when the platform says no ([`DmaError::AcceptRefused`]); when the device shares its IOMMU
+    /// endpoint with other attached devices ([`IommuError::EndpointShared`](crate::IommuError::EndpointShared)):
+    /// they would reach its private pages. A deferred device is attached to its
+    /// IOMMU domain here (its mappings need the window).
+    pub fn accept(&self, dev: &mut Device) -> Result<(), DmaError> {
+        match self.cold().as_full() {
+            Some(c) => accept_once(c, dev),
+            None => self.cold().accept_dyn(dev),
+        }
+    }
+
+    /// Revoke `dev`'s acceptance: it is untrusted again (its buffers bounce on its attach-time path).
+    /// Revoking an untrusted device does nothing.
+    ///
+    /// Refused, nothing changed, while the device has anything live ([`DmaError::Busy`]) or when an
+    /// entry of its window that may name private memory (left by a mapping whose entries could not
+    /// be cleared) still cannot be cleared ([`DmaError::Iommu`]): no untrusted device ever has a
+    /// private page in its window. If the platform's own revoke fails the layer still treats the
+    /// device as untrusted ([`TrustState::RevokePending`]: its buffers bounce) and says so
+    /// ([`DmaError::RevokeRefused`]); the next `revoke` or [`DmaLayer::detach`] asks the platform
+    /// again, and detach is refused until the platform confirms.
+    pub fn revoke(&self, dev: &mut Device) -> Result<(), DmaError> {
+        match self.cold().as_full() {
+            Some(c) => revoke_once(c, dev),
+            None => self.cold().revoke_dyn(dev),
+        }
+    }
+}
+
+/// [`DmaLayer::accept`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn accept_once(c: &FullCold<'_, '_>, dev: &mut Device) -> Result<(), DmaError> {
+    c.accept_dyn(dev)
+}
+
+/// [`DmaLayer::revoke`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn revoke_once(c: &FullCold<'_, '_>, dev: &mut Device) -> Result<(), DmaError> {
+    c.revoke_dyn(dev)
 }

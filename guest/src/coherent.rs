@@ -37,6 +37,7 @@ use crate::iommu::bus_space::RangeKind;
 use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
 use crate::iommu::window::window_below;
 use crate::layer::DmaLayer;
+use crate::layer::{Cold, FullCold};
 use crate::platform::Platform;
 use crate::stats::FailureKind;
 
@@ -165,39 +166,30 @@ impl CoherentBuffer {
     }
 }
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
-    /// Make `pages` pages at `phys` a coherent buffer for `dev`: zeroed, shared (confidential guest),
-    /// entered into the device's window below its coherent mask (IOMMU). A deferred device is attached
-    /// here. On failure nothing stays shared or mapped, except pages the error names: entries that
-    /// would not clear ([`IommuError::Quarantined`]: the whole buffer stays shared) or pages that
-    /// would not become private again ([`DmaError::CoherentQuarantined`]: those pages). Never use
-    /// such pages again.
+    /// [`DmaLayer::alloc_coherent`], over the platform as `&dyn Platform`.
     ///
     /// # Safety
-    /// `[phys, phys + pages * 4 KiB)` must be guest RAM that the caller owns and does not otherwise use
-    /// until `free_coherent` succeeds (forever if it reports the pages quarantined).
+    /// As [`DmaLayer::alloc_coherent`].
     #[track_caller]
-    pub unsafe fn alloc_coherent(
+    pub(crate) unsafe fn alloc_coherent_dyn(
         &self,
         dev: &Device,
         phys: PhysAddr,
         pages: u64,
     ) -> Result<CoherentBuffer, DmaError> {
         // SAFETY: the caller's contract is this function's.
-        unsafe { self.alloc_coherent_attrs(dev, phys, pages, DmaAttrs::NONE) }
+        unsafe { self.alloc_coherent_attrs_dyn(dev, phys, pages, DmaAttrs::NONE) }
     }
 
-    /// [`Self::alloc_coherent`] with attributes. For a device the platform has accepted
-    /// ([`crate::TrustState::Accepted`]) the buffer stays private (entered into its window, or used
-    /// by its private address) unless `attrs` holds [`DmaAttrs::CC_SHARED`]; for every other device
-    /// this is `alloc_coherent`.
+    /// [`DmaLayer::alloc_coherent_attrs`], over the platform as `&dyn Platform`.
     ///
     /// # Safety
-    /// As for [`Self::alloc_coherent`].
+    /// As [`DmaLayer::alloc_coherent_attrs`].
     #[track_caller]
-    pub unsafe fn alloc_coherent_attrs(
+    pub(crate) unsafe fn alloc_coherent_attrs_dyn(
         &self,
         dev: &Device,
         phys: PhysAddr,
@@ -346,12 +338,9 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         Ok(BusAddr(bus))
     }
 
-    /// Free a coherent buffer: its window entries are cleared, then its pages are made private again.
-    /// Refused with the buffer handed back ([`FreeError::Refused`]) when it belongs to another device
-    /// or layer, or when clearing fails (retry later); if unsharing fails the buffer is gone and its
-    /// pages are quarantined ([`FreeError::Quarantined`]: never reuse them).
+    /// [`DmaLayer::free_coherent`], over the platform as `&dyn Platform`.
     #[track_caller]
-    pub fn free_coherent(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
+    pub(crate) fn free_coherent_dyn(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
         let _masked = self.masked();
         let refuse = |buf, error| Err(FreeError::Refused(Refused { value: buf, error }));
         if let Err(e) = self.check_device(dev) {
@@ -413,4 +402,110 @@ impl From<FreeError> for DmaError {
     fn from(e: FreeError) -> DmaError {
         *e.error()
     }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// Make `pages` pages at `phys` a coherent buffer for `dev`: zeroed, shared (confidential guest),
+    /// entered into the device's window below its coherent mask (IOMMU). A deferred device is attached
+    /// here. On failure nothing stays shared or mapped, except pages the error names: entries that
+    /// would not clear ([`IommuError::Quarantined`]: the whole buffer stays shared) or pages that
+    /// would not become private again ([`DmaError::CoherentQuarantined`]: those pages). Never use
+    /// such pages again.
+    ///
+    /// # Safety
+    /// `[phys, phys + pages * 4 KiB)` must be guest RAM that the caller owns and does not otherwise use
+    /// until `free_coherent` succeeds (forever if it reports the pages quarantined).
+    #[track_caller]
+    pub unsafe fn alloc_coherent(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        pages: u64,
+    ) -> Result<CoherentBuffer, DmaError> {
+        // SAFETY: the caller keeps this call's contract, which is the core's.
+        unsafe {
+            match self.cold().as_full() {
+                Some(c) => alloc_coherent_once(c, dev, phys, pages),
+                None => self.cold().alloc_coherent_dyn(dev, phys, pages),
+            }
+        }
+    }
+
+    /// [`Self::alloc_coherent`] with attributes. For a device the platform has accepted
+    /// ([`crate::TrustState::Accepted`]) the buffer stays private (entered into its window, or used
+    /// by its private address) unless `attrs` holds [`DmaAttrs::CC_SHARED`]; for every other device
+    /// this is `alloc_coherent`.
+    ///
+    /// # Safety
+    /// As for [`Self::alloc_coherent`].
+    #[track_caller]
+    pub unsafe fn alloc_coherent_attrs(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        pages: u64,
+        attrs: DmaAttrs,
+    ) -> Result<CoherentBuffer, DmaError> {
+        // SAFETY: the caller keeps this call's contract, which is the core's.
+        unsafe {
+            match self.cold().as_full() {
+                Some(c) => alloc_coherent_attrs_once(c, dev, phys, pages, attrs),
+                None => self.cold().alloc_coherent_attrs_dyn(dev, phys, pages, attrs),
+            }
+        }
+    }
+
+    /// Free a coherent buffer: its window entries are cleared, then its pages are made private again.
+    /// Refused with the buffer handed back ([`FreeError::Refused`]) when it belongs to another device
+    /// or layer, or when clearing fails (retry later); if unsharing fails the buffer is gone and its
+    /// pages are quarantined ([`FreeError::Quarantined`]: never reuse them).
+    #[track_caller]
+    pub fn free_coherent(&self, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
+        match self.cold().as_full() {
+            Some(c) => free_coherent_once(c, dev, buf),
+            None => self.cold().free_coherent_dyn(dev, buf),
+        }
+    }
+}
+
+/// [`DmaLayer::alloc_coherent`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+///
+/// # Safety
+/// As [`DmaLayer::alloc_coherent`].
+#[inline(never)]
+unsafe fn alloc_coherent_once(
+    c: &FullCold<'_, '_>,
+    dev: &Device,
+    phys: PhysAddr,
+    pages: u64,
+) -> Result<CoherentBuffer, DmaError> {
+    // SAFETY: the caller keeps this call's contract.
+    unsafe { c.alloc_coherent_dyn(dev, phys, pages) }
+}
+
+/// [`DmaLayer::alloc_coherent_attrs`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+///
+/// # Safety
+/// As [`DmaLayer::alloc_coherent_attrs`].
+#[inline(never)]
+unsafe fn alloc_coherent_attrs_once(
+    c: &FullCold<'_, '_>,
+    dev: &Device,
+    phys: PhysAddr,
+    pages: u64,
+    attrs: DmaAttrs,
+) -> Result<CoherentBuffer, DmaError> {
+    // SAFETY: the caller keeps this call's contract.
+    unsafe { c.alloc_coherent_attrs_dyn(dev, phys, pages, attrs) }
+}
+
+/// [`DmaLayer::free_coherent`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn free_coherent_once(c: &FullCold<'_, '_>, dev: &Device, buf: CoherentBuffer) -> Result<(), FreeError> {
+    c.free_coherent_dyn(dev, buf)
 }

@@ -32,16 +32,19 @@ use crate::device_ids::DeviceIds;
 use crate::error::{DmaError, Refused};
 use crate::growth::live::LivePools;
 use crate::growth::state::Growth;
-use crate::growth::table::{PoolRef, PoolTable};
+use crate::growth::table::PoolRef;
+use crate::growth::table::PoolTable;
 use crate::iommu::counters::IommuCounters;
-use crate::iommu::domain::{DomainRef, Iommu};
+use crate::iommu::domain::DomainRef;
+use crate::iommu::domain::Iommu;
 use crate::iommu::MAX_DOMAINS;
 use crate::path::{self, DmaPath, PathChoice, PathFacts};
 use crate::platform::Platform;
 use crate::pool::{BouncePool, PoolConfig, SlotMeta, MAX_AREAS};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stale_slot::StaleSlotPolicy;
-use crate::stats::{FailureKind, Stats, StatsSnapshot};
+use crate::stats::Stats;
+use crate::stats::{FailureKind, StatsSnapshot};
 use crate::stream::raw_records::RawRecords;
 use crate::tracker::Tracker;
 
@@ -57,14 +60,21 @@ pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 /// on x86_64, 8 devices; with [`DmaLayer::with_capacity`] or in place with
 /// [`DmaLayer::init_in`]); `cargo test --release -p ccdma --lib footprint -- --nocapture` prints
 /// the sizes. A capacity outside its range does not compile.
+///
+/// One copy of the code: the platform is the last field, so a `&DmaLayer<'m, P, ..>` is also a
+/// `&DmaLayer<'m, dyn Platform, ..>` (an unsizing coercion, no copy). The streaming calls (map,
+/// unmap, sync) are generic over `P` and small, so that the platform's hooks inline into them; the
+/// cold paths (attach, detach, IOMMU set-up, growth, coherent buffers, accept) are methods of the
+/// `dyn Platform` layer, compiled once per capacity whatever the number of platform types; the
+/// public calls of the same names here are one-line shells (see "One copy of the code" in
+/// ARCHITECTURE.md). `P` is `?Sized` only for that view: a layer is built over a sized platform.
 pub struct DmaLayer<
     'm,
-    P: Platform,
+    P: Platform + ?Sized,
     const POOLS: usize = MAX_POOLS,
     const DOMAINS: usize = MAX_DOMAINS,
     const AREAS: usize = MAX_AREAS,
 > {
-    pub(crate) platform: P,
     /// Every pool, by index (fixed ones from `add_pool`, grown ones from the memory source).
     pub(crate) pools: PoolTable<'m, POOLS, AREAS>,
     /// The pools as devices without an IOMMU see them (shared bus addresses), sorted by bus.
@@ -88,6 +98,45 @@ pub struct DmaLayer<
     pub(crate) stale_slots: Option<StaleSlotPolicy>,
     /// Records of raw-face mappings on paths without pool slots (direct, trusted).
     pub(crate) raw: RawRecords<'m, POOLS>,
+    /// The platform: last, so that the layer unsizes to `Cold` (`P: ?Sized`).
+    pub(crate) platform: P,
+}
+
+/// A layer as its cold paths see it: the platform as a trait object (see [`DmaLayer`]).
+pub(crate) type Cold<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> =
+    DmaLayer<'m, dyn Platform + 'a, POOLS, DOMAINS, AREAS>;
+
+/// A [`Cold`] layer of the default capacities: what the `*_once` functions take.
+pub(crate) type FullCold<'a, 'm> = Cold<'a, 'm, MAX_POOLS, MAX_DOMAINS, MAX_AREAS>;
+
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
+    /// This layer as the default capacities' type when those are its capacities (decided at
+    /// compile time). Rust compiles a generic function in every crate that uses it, so a program
+    /// whose layer is used from two crates (the x86 test kernel and the C interface it links)
+    /// would carry two copies of the cold paths; the shells of the default capacities call
+    /// non-generic `*_once` functions instead, compiled in this crate only.
+    #[inline(always)]
+    pub(crate) fn as_full(&self) -> Option<&FullCold<'a, 'm>> {
+        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS && AREAS == MAX_AREAS {
+            // SAFETY: with equal capacities both are the same type (same metadata: the vtable).
+            Some(unsafe { &*(self as *const Self as *const FullCold<'a, 'm>) })
+        } else {
+            None
+        }
+    }
+
+    /// [`Self::as_full`] for a layer borrowed mutably.
+    #[inline(always)]
+    pub(crate) fn as_full_mut(&mut self) -> Option<&mut FullCold<'a, 'm>> {
+        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS && AREAS == MAX_AREAS {
+            // SAFETY: as in `as_full`; the borrow is moved into the result.
+            Some(unsafe { &mut *(self as *mut Self as *mut FullCold<'a, 'm>) })
+        } else {
+            None
+        }
+    }
 }
 
 impl<'m, P: Platform> DmaLayer<'m, P> {
@@ -109,7 +158,6 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub fn with_capacity(platform: P) -> Self {
         const { assert!(DOMAINS <= MAX_DOMAINS, "a layer holds at most MAX_DOMAINS IOMMU domains") };
         DmaLayer {
-            platform,
             pools: PoolTable::new(),
             plain: LivePools::new(),
             growth: Growth::new(),
@@ -122,26 +170,26 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             device_ids: DeviceIds::new(),
             stale_slots: None,
             raw: RawRecords::new(),
+            platform,
         }
+    }
+
+    /// The layer as its cold paths see it: the platform as `dyn Platform` (no copy).
+    #[inline(always)]
+    pub(crate) fn cold(&self) -> &Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
+        self
+    }
+
+    /// [`Self::cold`], borrowed mutably.
+    #[inline(always)]
+    pub(crate) fn cold_mut(&mut self) -> &mut Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
+        self
     }
 
     /// The misuse tracker (feature `debug-tracker`).
     #[cfg(feature = "debug-tracker")]
-    pub fn tracker(&self) -> &Tracker {
+    pub fn tracker(&self) -> &crate::tracker::Tracker {
         &self.tracker
-    }
-
-    /// The index of a pool (fixed or grown) that overlaps `[phys, end)`.
-    pub(crate) fn pool_overlapping(&self, phys: PhysAddr, end: u64) -> Option<usize> {
-        self.pools
-            .iter()
-            .find(|(_, p)| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end)
-            .map(|(i, _)| i)
-    }
-
-    /// The platform.
-    pub fn platform(&self) -> &P {
-        &self.platform
     }
 
     /// Add a pool over `[phys, phys + len)` with metadata in `meta` (at least `cfg.slots_for(len)`
@@ -161,48 +209,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         meta: &'m mut [SlotMeta],
         cfg: PoolConfig,
     ) -> Result<usize, DmaError> {
-        let Some(i) = (0..POOLS).find(|&i| self.pools.is_empty(i)) else {
-            return Err(DmaError::TooManyPools);
-        };
-        cfg.validate()?;
-        let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
-        if !phys.is_page_aligned() || len as u64 % PAGE_SIZE != 0 {
-            let addr = if phys.is_page_aligned() { end } else { phys.0 };
-            return Err(DmaError::Unaligned { addr, align: PAGE_SIZE });
-        }
-        // Checked before anything is shared: a pool must hold one slot at least.
-        if len < cfg.slot_size {
-            return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
-        }
-        if let Some(pool) = self.pool_overlapping(phys, end) {
-            return Err(DmaError::PoolOverlap { pool });
-        }
-        let needed = cfg.slots_for(len);
-        if meta.len() < needed {
-            return Err(DmaError::MetadataTooSmall { needed, provided: meta.len() });
-        }
-        let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NoCpuMapping(phys))?;
-        let pages = len as u64 / PAGE_SIZE;
-        if self.platform.is_confidential() {
-            self.share_pages(phys, pages)?;
-        }
-        // Built in its table slot, in place: a pool is ~2.4 KiB, too much for a firmware frame.
-        // SAFETY: the caller guarantees the range is ours for 'm; the platform gave its CPU mapping.
-        let built = self.pools.set_fixed_with(i, |pool| unsafe { pool.init(phys, cpu, len, meta, cfg) });
-        match built.map_err(|e| e.unwrap_or(DmaError::TooManyPools)) {
-            Ok(()) => {
-                let bus = self.platform.shared_bus_addr(phys);
-                self.plain.insert(i, bus, len as u64, false);
-                log::debug!("ccdma: pool {i}: {len:#x} bytes at {phys}, bus {bus}");
-                Ok(i)
-            }
-            Err(e) => {
-                if self.platform.is_confidential() {
-                    // Config errors were checked above, so this is unreachable in practice; still give
-                    // the pages back.
-                    let _ = self.unshare_pages(phys, pages);
-                }
-                Err(e)
+        // SAFETY: the caller keeps this call's contract, which is the core's.
+        unsafe {
+            match self.cold_mut().as_full_mut() {
+                Some(c) => add_pool_once(c, phys, len, meta, cfg),
+                None => self.cold_mut().add_pool_dyn(phys, len, meta, cfg),
             }
         }
     }
@@ -210,34 +221,53 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// Tear down every pool: unshare its memory (quarantining pages that cannot be made private);
     /// grown pools go back to the memory source. Fails with nothing changed while any mapping is live.
     pub fn release_pools(&mut self) -> Result<(), DmaError> {
-        // List pages taken from a pool (`TceBatching::PoolPages`) are no mapping: given back below.
-        let live = self.pools().map(|p| p.slots_in_use() as u64).sum::<u64>() - self.list_pool_slots() as u64;
-        if live != 0 {
-            return Err(DmaError::Busy { live });
+        match self.cold_mut().as_full_mut() {
+            Some(c) => release_pools_once(c),
+            None => self.cold_mut().release_pools_dyn(),
         }
-        // A device window may still translate to the pools: they must stay shared until it is gone.
-        if self.iommu_in_use() {
-            return Err(DmaError::DomainsInUse);
+    }
+
+    /// Attach a device: choose its path, or fail naming its mask and the pools.
+    pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+        match self.cold().as_full() {
+            Some(c) => attach_once(c, config),
+            None => self.cold().attach_dyn(config),
         }
-        self.drop_pool_list_pages();
-        let mut result = self.shrink_all();
-        let confidential = self.platform.is_confidential();
-        let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
-            let mut out = [None; MAX_POOLS];
-            for (o, p) in out.iter_mut().zip(self.pools.take_fixed()) {
-                *o = Some(p);
-            }
-            out
-        };
-        self.plain.clear();
-        for (phys, len) in fixed.into_iter().flatten() {
-            if confidential {
-                if let Err(e) = self.unshare_pages(phys, len as u64 / PAGE_SIZE) {
-                    result = Err(e);
-                }
-            }
+    }
+
+    /// Detach a device. Refused while it has live mappings, lists or coherent buffers
+    /// ([`DmaError::Busy`]), or when its IOMMU entries cannot be cleared: the device comes back in
+    /// the error, still attached, and detach can be retried. A detach that failed part way leaves the
+    /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes. An accepted
+    /// device is revoked first ([`DmaLayer::revoke`]), so the platform never keeps trusting a device
+    /// the guest has let go.
+    pub fn detach(&self, dev: Device) -> Result<(), Refused<Device>> {
+        match self.cold().as_full() {
+            Some(c) => detach_once(c, dev),
+            None => self.cold().detach_dyn(dev),
         }
-        result
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+}
+
+/// Number of pages a physical range spans (re-exported for platform code).
+pub fn span_pages(phys: PhysAddr, len: usize) -> u64 {
+    pages_spanned(phys.0, len as u64)
+}
+
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// The index of a pool (fixed or grown) that overlaps `[phys, end)`.
+    pub(crate) fn pool_overlapping(&self, phys: PhysAddr, end: u64) -> Option<usize> {
+        self.pools
+            .iter()
+            .find(|(_, p)| phys.0 < p.phys().0 + p.len() as u64 && p.phys().0 < end)
+            .map(|(i, _)| i)
     }
 
     /// The pools (fixed and grown), by index. Each item holds its pool in place (a grown pool is not
@@ -272,6 +302,32 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         s
     }
 
+    fn lowest_pool_bus_end(&self) -> u64 {
+        let s = self.plain.snapshot();
+        // Checked: an index out of range is skipped, a pool at the top of the bus saturates.
+        s.order
+            .iter()
+            .filter_map(|i| Some(s.bases.get(i)?.0.saturating_add(*s.sizes.get(i)?)))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The pools a device without an IOMMU reaches now, best first (reserve pools included).
+    pub(crate) fn reachable_pools(&self, config: &DeviceConfig) -> PoolOrder {
+        self.plain.order_for(Some(config.dma_mask), true).0
+    }
+
+    pub(crate) fn check_device(&self, dev: &Device) -> Result<(), DmaError> {
+        if dev.layer != self.id {
+            return Err(DmaError::NotAttached);
+        }
+        Ok(())
+    }
+}
+
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
     /// Share pages; on failure roll back what was shared and quarantine what cannot be rolled back.
     pub(crate) fn share_pages(&self, phys: PhysAddr, pages: u64) -> Result<(), DmaError> {
         match self.platform.share(phys, pages) {
@@ -321,8 +377,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
     }
 
-    /// Attach a device: choose its path, or fail naming its mask and the pools.
-    pub fn attach(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+    /// [`DmaLayer::attach`], over the platform as `&dyn Platform`.
+    pub(crate) fn attach_dyn(&self, config: DeviceConfig) -> Result<Device, DmaError> {
         let _masked = self.masked();
         let m = config.min_align_mask;
         // 2^n - 1, and below 4 GiB: no device needs more, and it bounds every alignment sum later.
@@ -394,13 +450,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
     }
 
-    /// Detach a device. Refused while it has live mappings, lists or coherent buffers
-    /// ([`DmaError::Busy`]), or when its IOMMU entries cannot be cleared: the device comes back in
-    /// the error, still attached, and detach can be retried. A detach that failed part way leaves the
-    /// device mapping nothing ([`DmaError::DetachIncomplete`]) until a retry completes. An accepted
-    /// device is revoked first ([`DmaLayer::revoke`]), so the platform never keeps trusting a device
-    /// the guest has let go.
-    pub fn detach(&self, mut dev: Device) -> Result<(), Refused<Device>> {
+    /// [`DmaLayer::detach`], over the platform as `&dyn Platform`.
+    pub(crate) fn detach_dyn(&self, mut dev: Device) -> Result<(), Refused<Device>> {
         let _masked = self.masked();
         if let Err(error) = self.check_device(&dev) {
             return Err(Refused { value: dev, error });
@@ -410,7 +461,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             crate::tracker::report_leaks(&self.tracker, &dev);
             return Err(Refused { value: dev, error: DmaError::Busy { live } });
         }
-        if let Err(error) = self.revoke(&mut dev) {
+        if let Err(error) = self.revoke_dyn(&mut dev) {
             return Err(Refused { value: dev, error });
         }
         if dev.domain.is_some() {
@@ -422,31 +473,133 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         log::debug!("ccdma: device {:#x} (#{}) detached", dev.config.id, dev.serial);
         Ok(())
     }
+}
 
-    fn lowest_pool_bus_end(&self) -> u64 {
-        let s = self.plain.snapshot();
-        // Checked: an index out of range is skipped, a pool at the top of the bus saturates.
-        s.order
-            .iter()
-            .filter_map(|i| Some(s.bases.get(i)?.0.saturating_add(*s.sizes.get(i)?)))
-            .min()
-            .unwrap_or(0)
-    }
-
-    /// The pools a device without an IOMMU reaches now, best first (reserve pools included).
-    pub(crate) fn reachable_pools(&self, config: &DeviceConfig) -> PoolOrder {
-        self.plain.order_for(Some(config.dma_mask), true).0
-    }
-
-    pub(crate) fn check_device(&self, dev: &Device) -> Result<(), DmaError> {
-        if dev.layer != self.id {
-            return Err(DmaError::NotAttached);
+impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
+    /// [`DmaLayer::add_pool`], over the platform as `&dyn Platform`.
+    ///
+    /// # Safety
+    /// As [`DmaLayer::add_pool`].
+    pub(crate) unsafe fn add_pool_dyn(
+        &mut self,
+        phys: PhysAddr,
+        len: usize,
+        meta: &'m mut [SlotMeta],
+        cfg: PoolConfig,
+    ) -> Result<usize, DmaError> {
+        let Some(i) = (0..POOLS).find(|&i| self.pools.is_empty(i)) else {
+            return Err(DmaError::TooManyPools);
+        };
+        cfg.validate()?;
+        let end = phys.0.checked_add(len as u64).ok_or(DmaError::Overflow)?;
+        if !phys.is_page_aligned() || len as u64 % PAGE_SIZE != 0 {
+            let addr = if phys.is_page_aligned() { end } else { phys.0 };
+            return Err(DmaError::Unaligned { addr, align: PAGE_SIZE });
         }
-        Ok(())
+        // Checked before anything is shared: a pool must hold one slot at least.
+        if len < cfg.slot_size {
+            return Err(DmaError::PoolTooSmall { len, slot_size: cfg.slot_size });
+        }
+        if let Some(pool) = self.pool_overlapping(phys, end) {
+            return Err(DmaError::PoolOverlap { pool });
+        }
+        let needed = cfg.slots_for(len);
+        if meta.len() < needed {
+            return Err(DmaError::MetadataTooSmall { needed, provided: meta.len() });
+        }
+        let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NoCpuMapping(phys))?;
+        let pages = len as u64 / PAGE_SIZE;
+        if self.platform.is_confidential() {
+            self.share_pages(phys, pages)?;
+        }
+        // Built in its table slot, in place: a pool is ~2.4 KiB, too much for a firmware frame.
+        // SAFETY: the caller guarantees the range is ours for 'm; the platform gave its CPU mapping.
+        let built = self.pools.set_fixed_with(i, |pool| unsafe { pool.init(phys, cpu, len, meta, cfg) });
+        match built.map_err(|e| e.unwrap_or(DmaError::TooManyPools)) {
+            Ok(()) => {
+                let bus = self.platform.shared_bus_addr(phys);
+                self.plain.insert(i, bus, len as u64, false);
+                log::debug!("ccdma: pool {i}: {len:#x} bytes at {phys}, bus {bus}");
+                Ok(i)
+            }
+            Err(e) => {
+                if self.platform.is_confidential() {
+                    // Config errors were checked above, so this is unreachable in practice; still give
+                    // the pages back.
+                    let _ = self.unshare_pages(phys, pages);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`DmaLayer::release_pools`], over the platform as `&dyn Platform`.
+    pub(crate) fn release_pools_dyn(&mut self) -> Result<(), DmaError> {
+        // List pages taken from a pool (`TceBatching::PoolPages`) are no mapping: given back below.
+        let live = self.pools().map(|p| p.slots_in_use() as u64).sum::<u64>() - self.list_pool_slots() as u64;
+        if live != 0 {
+            return Err(DmaError::Busy { live });
+        }
+        // A device window may still translate to the pools: they must stay shared until it is gone.
+        if self.iommu_in_use() {
+            return Err(DmaError::DomainsInUse);
+        }
+        self.drop_pool_list_pages();
+        let mut result = self.shrink_all_dyn();
+        let confidential = self.platform.is_confidential();
+        let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
+            let mut out = [None; MAX_POOLS];
+            for (o, p) in out.iter_mut().zip(self.pools.take_fixed()) {
+                *o = Some(p);
+            }
+            out
+        };
+        self.plain.clear();
+        for (phys, len) in fixed.into_iter().flatten() {
+            if confidential {
+                if let Err(e) = self.unshare_pages(phys, len as u64 / PAGE_SIZE) {
+                    result = Err(e);
+                }
+            }
+        }
+        result
     }
 }
 
-/// Number of pages a physical range spans (re-exported for platform code).
-pub fn span_pages(phys: PhysAddr, len: usize) -> u64 {
-    pages_spanned(phys.0, len as u64)
+/// [`DmaLayer::add_pool`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+///
+/// # Safety
+/// As [`DmaLayer::add_pool`].
+#[inline(never)]
+unsafe fn add_pool_once<'m>(
+    c: &mut FullCold<'_, 'm>,
+    phys: PhysAddr,
+    len: usize,
+    meta: &'m mut [SlotMeta],
+    cfg: PoolConfig,
+) -> Result<usize, DmaError> {
+    // SAFETY: the caller keeps this call's contract.
+    unsafe { c.add_pool_dyn(phys, len, meta, cfg) }
+}
+
+/// [`DmaLayer::release_pools`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn release_pools_once(c: &mut FullCold<'_, '_>) -> Result<(), DmaError> {
+    c.release_pools_dyn()
+}
+
+/// [`DmaLayer::attach`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn attach_once(c: &FullCold<'_, '_>, config: DeviceConfig) -> Result<Device, DmaError> {
+    c.attach_dyn(config)
+}
+
+/// [`DmaLayer::detach`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn detach_once(c: &FullCold<'_, '_>, dev: Device) -> Result<(), Refused<Device>> {
+    c.detach_dyn(dev)
 }

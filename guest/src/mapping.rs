@@ -62,7 +62,7 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::MAX_AREAS;
 use crate::pool_set::MAX_POOLS;
-use crate::stream::Original;
+use crate::stream::{Original, PoolAt};
 
 /// A live streaming mapping of a borrowed buffer.
 pub struct Mapping<
@@ -76,6 +76,8 @@ pub struct Mapping<
     layer: &'a DmaLayer<'m, P, POOLS, DOMAINS, AREAS>,
     dev: &'a Device,
     bus: BusAddr,
+    /// Where its bounce run lies (unmap goes there without a search); `None` on other paths.
+    at: Option<PoolAt>,
     buf: *mut u8,
     len: usize,
     dir: DmaDirection,
@@ -138,8 +140,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let phys = self.translate_for(dev, ptr, len);
         // The buffer is borrowed for 'a by the returned mapping; the record is marked as the
         // mapping's, so only the mapping can end it, and it forgets `ptr` before the borrow ends.
-        let bus = self.map_original(dev, Original { cpu: ptr, phys, safe: true }, len, dir, attrs)?;
-        Ok(Mapping { layer: self, dev, bus, buf: ptr, len, dir, attrs, _buf: PhantomData })
+        let m = self.map_original(dev, Original { cpu: ptr, phys, safe: true }, len, dir, attrs)?;
+        Ok(Mapping { layer: self, dev, bus: m.bus, at: m.at, buf: ptr, len, dir, attrs, _buf: PhantomData })
     }
 }
 
@@ -198,7 +200,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     #[track_caller]
     pub fn unmap(self) -> Result<(), Refused<Self>> {
         let this = ManuallyDrop::new(self);
-        match this.layer.unmap_as(this.dev, this.bus, this.len, this.dir, this.attrs, true) {
+        match this.layer.unmap_mapping(this.dev, this.bus, this.at, this.len, this.dir, this.attrs) {
             Ok(()) => Ok(()),
             Err(error) => Err(Refused { value: ManuallyDrop::into_inner(this), error }),
         }
@@ -222,7 +224,8 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> 
     for Mapping<'_, '_, P, POOLS, DOMAINS, AREAS>
 {
     fn drop(&mut self) {
-        if let Err(e) = self.layer.unmap_as(self.dev, self.bus, self.len, self.dir, self.attrs, true) {
+        if let Err(e) = self.layer.unmap_mapping(self.dev, self.bus, self.at, self.len, self.dir, self.attrs)
+        {
             log::error!("ccdma: unmap on drop of {} failed: {e}", self.bus);
             // The borrow ends now: the record must forget the buffer before it does.
             self.layer.orphan(self.dev, self.bus);

@@ -2,12 +2,11 @@
 //! constants so that they stay a leaf of the import graph).
 
 use crate::error::DmaError;
-use crate::layer::DmaLayer;
+use crate::layer::Cold;
 use crate::parts::{require, NATIVE_IOMMU, PAPR_TCE};
-use crate::platform::Platform;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
     /// Refuse (at attach) a device the platform puts behind an IOMMU whose backend this build left
     /// out: bounced through shared bus addresses it would fault, so it gets no path at all.

@@ -59,7 +59,9 @@ const KINDS: usize = 10;
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Shard {
-    maps: AtomicU64,
+    /// Maps that did not bounce (the snapshot's `maps` adds `bounced_maps`: a bounced map bumps
+    /// one counter, not two).
+    direct_maps: AtomicU64,
     unmaps: AtomicU64,
     bounced_maps: AtomicU64,
     bytes_to_device: AtomicU64,
@@ -93,7 +95,7 @@ impl<const SHARDS: usize> Stats<SHARDS> {
     pub(crate) const fn new() -> Self {
         const ZERO: AtomicU64 = AtomicU64::new(0);
         const SHARD: Shard = Shard {
-            maps: ZERO,
+            direct_maps: ZERO,
             unmaps: ZERO,
             bounced_maps: ZERO,
             bytes_to_device: ZERO,
@@ -217,10 +219,8 @@ impl<const SHARDS: usize> Stats<SHARDS> {
     }
     pub(crate) fn mapped(&self, bounced: bool) {
         if let Some(s) = self.shard() {
-            s.maps.fetch_add(1, Ordering::Relaxed);
-            if bounced {
-                s.bounced_maps.fetch_add(1, Ordering::Relaxed);
-            }
+            let counter = if bounced { &s.bounced_maps } else { &s.direct_maps };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
     pub(crate) fn unmapped(&self) {
@@ -256,7 +256,7 @@ impl<const SHARDS: usize> Stats<SHARDS> {
         }
         let sum = |f: fn(&Shard) -> &AtomicU64| self.hot.iter().map(|s| f(s).load(Ordering::Relaxed)).sum();
         StatsSnapshot {
-            maps: sum(|s| &s.maps),
+            maps: sum(|s| &s.direct_maps) + sum(|s| &s.bounced_maps),
             unmaps: sum(|s| &s.unmaps),
             bounced_maps: sum(|s| &s.bounced_maps),
             bytes_to_device: sum(|s| &s.bytes_to_device),

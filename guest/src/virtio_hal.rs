@@ -129,7 +129,7 @@ use crate::device::Device;
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
 use crate::error::IommuError;
-use crate::layer::DmaLayer;
+use crate::layer::{DmaLayer, FullCold};
 use crate::platform::Platform;
 
 /// A request the HAL could not serve. Reported to [`HalBinding::failed`]; what virtio-drivers sees
@@ -332,10 +332,40 @@ pub fn last_failure() -> Option<HalFailure> {
 
 /// Keep `failure` for [`last_failure`], then hand it to the binding.
 fn report<B: HalBinding>(failure: HalFailure) {
+    record(failure);
+    B::failed(failure);
+}
+
+/// Keep `failure` for [`last_failure`] (never waits).
+fn record(failure: HalFailure) {
     if let Some(mut last) = LAST_FAILURE.try_lock() {
         *last = Some(failure);
     }
-    B::failed(failure);
+}
+
+/// What of a binding the coherent calls use, as values: `alloc` and `free` take it and are compiled
+/// once in this crate, not once per binding (a kernel has one binding per device).
+#[derive(Clone, Copy)]
+struct Pages {
+    /// The layer, over `dyn Platform` (a binding's layer has the default capacities).
+    layer: &'static FullCold<'static, 'static>,
+    device: &'static Device,
+    slots: &'static [CoherentSlot],
+    alloc_pages: fn(usize) -> Option<PhysAddr>,
+    free_pages: unsafe fn(PhysAddr, usize),
+}
+
+impl Pages {
+    #[inline]
+    fn of<B: HalBinding>() -> Pages {
+        Pages {
+            layer: B::layer(),
+            device: B::device(),
+            slots: B::coherent_slots(),
+            alloc_pages: B::alloc_pages,
+            free_pages: B::free_pages,
+        }
+    }
 }
 
 /// The `virtio_drivers::Hal` of the device named by `B`.
@@ -351,35 +381,35 @@ fn pages_reusable(error: &DmaError) -> bool {
     }
 }
 
-/// A coherent buffer of `pages` pages for `B`'s device, recorded in one of its slots.
-fn alloc<B: HalBinding>(pages: usize) -> Result<(BusAddr, NonNull<u8>), AllocFailure> {
-    let layer = B::layer();
-    let device = B::device();
+/// A coherent buffer of `pages` pages for the binding's device, recorded in one of its slots.
+fn alloc(b: Pages, pages: usize) -> Result<(BusAddr, NonNull<u8>), AllocFailure> {
+    let layer = b.layer;
+    let device = b.device;
     // Claim a record first: running out of records must not cost a sharing call.
-    let slot = B::coherent_slots().iter().find_map(|slot| {
+    let slot = b.slots.iter().find_map(|slot| {
         let record = slot.0.try_lock()?;
         record.is_none().then_some(record)
     });
     let Some(mut record) = slot else {
         return Err(AllocFailure::NoRecord);
     };
-    let phys = B::alloc_pages(pages).ok_or(AllocFailure::NoPages)?;
+    let phys = (b.alloc_pages)(pages).ok_or(AllocFailure::NoPages)?;
     // SAFETY: the binding hands these pages over for the buffer's life (`alloc_pages` contract);
     // they go back to it only after `free_coherent` made them private again.
-    let buffer = match unsafe { layer.alloc_coherent(device, phys, pages as u64) } {
+    let buffer = match unsafe { layer.alloc_coherent_dyn(device, phys, pages as u64) } {
         Ok(buffer) => buffer,
         Err(error) => {
             if pages_reusable(&error) {
                 // SAFETY: exactly what `alloc_pages` returned; the layer left them private.
-                unsafe { B::free_pages(phys, pages) };
+                unsafe { (b.free_pages)(phys, pages) };
             }
             return Err(AllocFailure::Layer(error));
         }
     };
     if buffer.bus_addr().0 == 0 {
-        if layer.free_coherent(device, buffer).is_ok() {
+        if layer.free_coherent_dyn(device, buffer).is_ok() {
             // SAFETY: as above: private again, unused.
-            unsafe { B::free_pages(phys, pages) };
+            unsafe { (b.free_pages)(phys, pages) };
         }
         return Err(AllocFailure::AtBusZero);
     }
@@ -389,8 +419,8 @@ fn alloc<B: HalBinding>(pages: usize) -> Result<(BusAddr, NonNull<u8>), AllocFai
 }
 
 /// Releases the recorded coherent buffer at `bus`/`cpu` of `pages` pages.
-fn free<B: HalBinding>(bus: BusAddr, cpu: NonNull<u8>, pages: usize) -> Result<(), DmaError> {
-    let found = B::coherent_slots().iter().find_map(|slot| {
+fn free(b: Pages, bus: BusAddr, cpu: NonNull<u8>, pages: usize) -> Result<(), DmaError> {
+    let found = b.slots.iter().find_map(|slot| {
         let mut record = slot.0.lock();
         let matches = record
             .as_ref()
@@ -403,11 +433,11 @@ fn free<B: HalBinding>(bus: BusAddr, cpu: NonNull<u8>, pages: usize) -> Result<(
     });
     let (slot, buffer) = found.ok_or(DmaError::UnknownMapping(bus))?;
     let phys = buffer.phys();
-    match B::layer().free_coherent(B::device(), buffer) {
+    match b.layer.free_coherent_dyn(b.device, buffer) {
         Ok(()) => {
             // SAFETY: the pages came from `alloc_pages` for this buffer, are private again and no
             // longer used by anyone (virtio-drivers' `dma_dealloc` contract).
-            unsafe { B::free_pages(phys, pages) };
+            unsafe { (b.free_pages)(phys, pages) };
             Ok(())
         }
         // Not released and still live: keep its record (it stays out of use; a later dealloc of the
@@ -438,7 +468,7 @@ pub const fn dma_direction(direction: BufferDirection) -> DmaDirection {
 // copies back only through the layer's own record of a mapping of the same length and direction.
 unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (VirtioAddr, NonNull<u8>) {
-        match alloc::<B>(pages) {
+        match alloc(Pages::of::<B>(), pages) {
             Ok((bus, cpu)) => (bus.0, cpu),
             Err(cause) => {
                 report::<B>(HalFailure::Alloc { cause, pages });
@@ -449,7 +479,7 @@ unsafe impl<B: HalBinding> Hal for CcdmaHal<B> {
 
     unsafe fn dma_dealloc(paddr: VirtioAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
         let bus = BusAddr(paddr);
-        if let Err(error) = free::<B>(bus, vaddr, pages) {
+        if let Err(error) = free(Pages::of::<B>(), bus, vaddr, pages) {
             report::<B>(HalFailure::Dealloc { error, bus, pages });
         }
         // Always 0: virtio-drivers panics on anything else (see the module documentation).

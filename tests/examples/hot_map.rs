@@ -9,23 +9,37 @@
 //! ```
 //!
 //! (`(Ir(2000) - Ir(1000)) / 1000` is one map+unmap plus one memcpy; `MODE` `map` or `memcpy` runs only
-//! that loop, to split the two.) `MODE` `skip` maps with `SKIP_CPU_SYNC` instead.
+//! that loop, to split the two.) `MODE` `skip` maps with `SKIP_CPU_SYNC` instead; `ddw` maps through
+//! the modelled TCE IOMMU, the pool premapped in a 64-bit device's DDW (the bench's premapped row).
 
 use std::hint::black_box;
 
-use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, PoolConfig};
-use ccdma_hv_model::{HvConfig, Region};
-use ccdma_tests::{add_pool, model, pattern, GIB, HIGH_POOL, MIB};
+use ccdma::iommu::BusRange;
+use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, IommuConfig, PoolConfig};
+use ccdma_hv_model::{HvConfig, Region, TceConfig};
+use ccdma_tests::{add_pool, model, pattern, GIB, HIGH_POOL, MIB, MID_POOL};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let mode = args.next().unwrap_or_else(|| "both".into());
     let hv = model(HvConfig::pseries(6 * GIB));
+    let ddw = mode == "ddw";
+    if ddw {
+        hv.enable_iommu(TceConfig::default());
+        hv.add_iommu_device(1, 64);
+    }
     let mut layer = DmaLayer::new(hv);
-    add_pool(&mut layer, HIGH_POOL, 16 * MIB, PoolConfig::default()).expect("pool");
+    // As the bench's fixtures: the IOMMU one has its pool at 256 MiB.
+    add_pool(&mut layer, if ddw { MID_POOL } else { HIGH_POOL }, 16 * MIB, PoolConfig::default())
+        .expect("pool");
+    if ddw {
+        let cfg = IommuConfig { max_domains: 1, ..IommuConfig::premapped() };
+        // SAFETY: no list page is named by a premapped configuration; the ranges are a fresh allocation.
+        unsafe { layer.enable_iommu(cfg, vec![BusRange::EMPTY; 256].leak()) }.expect("iommu");
+    }
     let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_64)).expect("attach");
-    assert_eq!(dev.path(), DmaPath::BounceAlways);
+    assert_eq!(dev.path(), if ddw { DmaPath::IommuDdw } else { DmaPath::BounceAlways });
     // Page-aligned, and not a multiple of 1 GiB from the pool's slots (see benches/dma.rs).
     let skew = (1 << 20) + 5 * 4096;
     let buf = hv.alloc(4096 + skew, Region::High) + skew;
@@ -40,7 +54,7 @@ fn main() {
             m.unmap().expect("unmap");
         }
     }
-    if mode != "map" && mode != "skip" {
+    if mode != "map" && mode != "skip" && mode != "ddw" {
         let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
         // SAFETY: non-zero sizes; freed below with the same layout.
         let (src, dst) = unsafe { (std::alloc::alloc_zeroed(layout), std::alloc::alloc_zeroed(layout)) };

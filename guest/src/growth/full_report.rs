@@ -2,15 +2,16 @@
 
 use crate::device::Device;
 use crate::diagnostics::{GrowthVerdict, PoolFill, PoolFullReport};
+use crate::layer::Cold;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool_set::MAX_POOLS;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
-    /// The last "pool full" failure, if any.
-    pub fn last_pool_full(&self) -> Option<PoolFullReport> {
+    /// [`DmaLayer::last_pool_full`], over the platform as `&dyn Platform`.
+    pub(crate) fn last_pool_full_dyn(&self) -> Option<PoolFullReport> {
         let _masked = self.masked();
         self.growth.last_full.lock().map(|r| r.report())
     }
@@ -34,5 +35,14 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         }
         log::warn!("ccdma: {r}");
         *self.growth.last_full.lock() = Some(crate::growth::state::LastFull::of(&r));
+    }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// The last "pool full" failure, if any.
+    pub fn last_pool_full(&self) -> Option<PoolFullReport> {
+        self.cold().last_pool_full_dyn()
     }
 }

@@ -102,12 +102,6 @@ impl LivePools {
         })
     }
 
-    /// [`Self::order_for`] without the bases: what a map needs (it asks [`Self::base_of`] for the
-    /// one pool it allocated from).
-    pub(crate) fn order(&self, mask: Option<DmaMask>, reserve: bool) -> PoolOrder {
-        self.read(|n| self.scan(n, mask, reserve, |_, _| {}))
-    }
-
     /// The pools in place (no copy of the arrays: the map path reads them once per map), each
     /// pool's index and base given to `each`. Inside a read section: values may be torn (the sequence
     /// check then discards them), so nothing here may overflow or index out of bounds on any value.
@@ -168,6 +162,16 @@ impl LivePools {
                 self.order.get(..n).unwrap_or(&[]).iter().any(|k| k.load(Ordering::Relaxed) as usize == i);
             found.then(|| BusAddr(base.load(Ordering::Relaxed)))
         })
+    }
+
+    /// The pools a map tries, best first, read in place as it goes (no copy of the arrays, no retry
+    /// loop): [`Candidates::base`] then tells whether the view stayed as read.
+    #[inline(always)]
+    pub(crate) fn candidates(&self, mask: Option<DmaMask>, reserve: bool) -> Candidates<'_> {
+        let seq = self.seq.load(Ordering::Acquire);
+        let n = (self.len.load(Ordering::Relaxed) as usize).min(MAX_POOLS);
+        let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
+        Candidates { live: self, seq, n, k: 0, mask, skip, base: 0 }
     }
 
     /// Add pool `i` at `base` (bytes `size`). Single writer (see the module docs). `i` is a pool
@@ -238,6 +242,66 @@ impl LivePools {
     }
 }
 
+/// The pools of one view a map tries, in order, read in place from the view's atomics as the
+/// iteration goes ([`LivePools::candidates`]). Values may be torn while a writer is inside (a pool
+/// index is only a hint: the pool table checks it); the sequence number read first tells afterwards
+/// whether they were.
+pub(crate) struct Candidates<'a> {
+    live: &'a LivePools,
+    seq: u32,
+    n: usize,
+    k: usize,
+    mask: Option<DmaMask>,
+    skip: u32,
+    /// Bus base of the pool last yielded.
+    base: u64,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        while self.k < self.n {
+            let i = self.live.order.get(self.k)?.load(Ordering::Relaxed) as usize % MAX_POOLS;
+            self.k += 1;
+            let base = self.live.base.get(i)?.load(Ordering::Relaxed);
+            if self.skip & (1 << i) == 0
+                && self.mask.is_none_or(|m| {
+                    m.covers(base, self.live.size.get(i).map_or(0, |s| s.load(Ordering::Relaxed)))
+                })
+            {
+                self.base = base;
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+impl Candidates<'_> {
+    /// Where pool `i`, the one last yielded and now holding a live run at `[off, off + len)` (so it
+    /// stays in the view until the run is freed), sits in the view: the base read with it when no
+    /// writer has touched the view since the candidates were read (one load); else the view's
+    /// consistent answer now, if the run's bus range is still below the mask (a torn read may have
+    /// yielded a pool the view never offered this map). `None`: the run cannot be used.
+    #[inline(always)]
+    pub(crate) fn base(&self, i: usize, off: usize, len: usize) -> Option<BusAddr> {
+        fence(Ordering::Acquire);
+        if self.seq & 1 == 0 && self.live.seq.load(Ordering::Relaxed) == self.seq {
+            return Some(BusAddr(self.base));
+        }
+        self.base_now(i, off, len)
+    }
+
+    #[cold]
+    fn base_now(&self, i: usize, off: usize, len: usize) -> Option<BusAddr> {
+        let base = self.live.base_of(i)?;
+        let start = base.0.checked_add(off as u64)?;
+        self.mask.is_none_or(|m| m.covers(start, len as u64)).then_some(base)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -302,7 +366,38 @@ mod tests {
         assert!(l.find(0x1800).is_some());
     }
 
-    /// The map path's in-place reads (`order`, `base_of`) under a writer that moves a pool between
+    /// A map reads its candidate pools in place; when the view changed before it asks for the base
+    /// of the pool it allocated from, the base is read again and the run's bus range checked
+    /// against the mask: never a base the device cannot reach. Deterministic: the "writer" runs
+    /// between the two steps.
+    #[test]
+    fn a_view_changed_under_a_map_is_read_again_and_checked_against_the_mask() {
+        let l = LivePools::new();
+        let mask = DmaMask::new(32).unwrap();
+        l.insert(0, BusAddr(0x1000), 0x1000, false);
+        // Unchanged: the base read with the pool.
+        let mut c = l.candidates(Some(mask), false);
+        assert_eq!(c.next(), Some(0));
+        assert_eq!(c.base(0, 0x800, 0x800), Some(BusAddr(0x1000)));
+        // Moved below the mask: the new base.
+        let mut c = l.candidates(Some(mask), false);
+        assert_eq!(c.next(), Some(0));
+        l.insert(0, BusAddr(0x8000), 0x1000, false);
+        assert_eq!(c.base(0, 0x800, 0x800), Some(BusAddr(0x8000)));
+        // Moved to the top of the bus, beyond the mask: refused.
+        let mut c = l.candidates(Some(mask), false);
+        assert_eq!(c.next(), Some(0));
+        l.insert(0, BusAddr(u64::MAX - 0xfff), 0x1000, false);
+        assert_eq!(c.base(0, 0x800, 0x800), None);
+        // Gone from the view: refused.
+        l.insert(0, BusAddr(0x1000), 0x1000, false);
+        let mut c = l.candidates(Some(mask), false);
+        assert_eq!(c.next(), Some(0));
+        l.remove(0);
+        assert_eq!(c.base(0, 0, 0x800), None);
+    }
+
+    /// The map path's in-place reads (`candidates`, `base_of`) under a writer that moves a pool between
     /// a low base and one at the top of the bus: every answer is one of the consistent ones.
     #[test]
     fn in_place_reads_under_a_writer_are_consistent() {
@@ -324,8 +419,16 @@ mod tests {
         let mask = DmaMask::new(32).unwrap();
         let rounds = if cfg!(miri) { 300 } else { 1_000_000 };
         for _ in 0..rounds {
-            let order: Vec<_> = l.order(Some(mask), false).iter().collect();
+            let mut c = l.candidates(Some(mask), false);
+            let order: Vec<_> = c.by_ref().collect();
             assert!(order.is_empty() || order == [0], "{order:?}");
+            // A torn read may yield pool 0 while it sits beyond the mask at the top: a run there
+            // is then refused a base, never given one the device cannot reach.
+            if !order.is_empty() {
+                if let Some(base) = c.base(0, 0x800, 0x800) {
+                    assert_eq!(base, BusAddr(0x1000));
+                }
+            }
             let base = l.base_of(0).unwrap();
             assert!(base == BusAddr(top) || base == BusAddr(0x1000));
         }

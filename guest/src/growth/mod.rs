@@ -66,150 +66,15 @@ use crate::diagnostics::GrowthVerdict;
 use crate::error::DmaError;
 use crate::iommu::domain::{DomainInfo, DomainSlot};
 use crate::layer::DmaLayer;
+use crate::layer::{Cold, FullCold};
 use crate::platform::Platform;
 use crate::pool::SlotMeta;
 use crate::pool_set::MAX_POOLS;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
-    /// Let the layer grow from `source` under `cfg` (see [`crate::growth`]). With a reserve, the
-    /// reserve pool is taken, shared and added now. Call it before attaching devices: a DDW created
-    /// at a device's set-up keeps bus room (and an IOMMU page size) for the pools growth may add, so
-    /// a DDW made before growth was enabled may have no room for them (the device then maps from the
-    /// pools it has, and a pool-full report says `Unreachable`).
-    pub fn enable_growth(&mut self, source: &'m dyn MemorySource, cfg: GrowthConfig) -> Result<(), DmaError> {
-        crate::parts::require(crate::parts::GROWTH, "growth")?;
-        if self.growth.source.is_some() {
-            return Err(DmaError::GrowthAlreadyEnabled);
-        }
-        cfg.validate()?;
-        self.growth.source = Some(source);
-        self.growth.cfg.set(cfg);
-        if cfg.reserve_bytes > 0 {
-            let mut g = self.growth.lock.lock();
-            if let Err(v) = self.grow_one(&mut g, u64::MAX, true) {
-                drop(g);
-                self.growth.source = None;
-                return Err(DmaError::GrowthFailed(v));
-            }
-        }
-        Ok(())
-    }
-
-    /// The growth counters.
-    pub fn growth_stats(&self) -> GrowthStats {
-        let _masked = self.masked();
-        let c = &self.growth.counters;
-        let (pools, kept_bytes) = {
-            let g = self.growth.lock.lock();
-            (g.totals().0, g.kept_bytes)
-        };
-        GrowthStats {
-            pools: pools as u64,
-            kept_bytes,
-            bytes: c.bytes_now.load(Ordering::Relaxed),
-            bytes_peak: c.bytes_peak.load(Ordering::Relaxed),
-            grown: c.grown.load(Ordering::Relaxed),
-            shrunk: c.shrunk.load(Ordering::Relaxed),
-            refused: c.refused.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            quarantined_pools: c.quarantined_pools.load(Ordering::Relaxed),
-            waited_maps: c.reserve_maps.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Load a freshly set-up domain's pool set (the set-up CPU holds the growth lock).
-    pub(crate) fn fill_live(&self, slot: &DomainSlot<'m>, info: &DomainInfo) {
-        let reserve = self.plain.snapshot().reserve;
-        slot.live.clear();
-        for i in info.pools.iter() {
-            // `info.pools` names pool indices (`< MAX_POOLS`): checked rather than indexed.
-            if let (Some(pool), Some(&bus)) = (self.pools.get(i), info.pool_bus.get(i)) {
-                slot.live.insert(i, bus, pool.len() as u64, reserve & (1 << i) != 0);
-            }
-        }
-    }
-
-    /// Run `attempt` (a map of `len` bytes for `dev`); when every pool is full, grow and try again,
-    /// as the growth policy allows. A final exhaustion is reported ([`Self::last_pool_full`]).
-    pub(crate) fn with_growth<T>(
-        &self,
-        dev: &Device,
-        len: usize,
-        mut attempt: impl FnMut() -> Result<T, DmaError>,
-    ) -> Result<T, DmaError> {
-        // Too large for the pools there are (none, perhaps) but not for a grown one: growth helps too.
-        let helps = |r: &Result<T, DmaError>| match r {
-            Err(DmaError::PoolExhausted { len }) | Err(DmaError::TooLarge { len, .. }) => {
-                self.growth_will_retry(*len)
-            }
-            _ => false,
-        };
-        let first = attempt();
-        if !crate::parts::GROWTH || self.growth.source.is_none() {
-            if matches!(first, Err(DmaError::PoolExhausted { .. })) {
-                self.report_full(dev, len, GrowthVerdict::Disabled);
-            }
-            return first;
-        }
-        if !helps(&first) {
-            return first;
-        }
-        let limit = match dev.domain {
-            None => dev.config.dma_mask.max_addr(),
-            Some(_) => u64::MAX,
-        };
-        let mut verdict = GrowthVerdict::LimitReached;
-        for _ in 0..MAX_POOLS {
-            match self.growth.lock.try_lock() {
-                Some(mut g) => {
-                    self.growth.growing.store(true, Ordering::Relaxed);
-                    let grown = self.grow_one(&mut g, limit, false);
-                    self.growth.growing.store(false, Ordering::Relaxed);
-                    drop(g);
-                    match grown {
-                        Ok(i) => {
-                            if !self.pool_view(dev, true).is_some_and(|(o, _)| o.iter().any(|k| k == i)) {
-                                verdict = GrowthVerdict::Unreachable;
-                                break;
-                            }
-                        }
-                        Err(v) => {
-                            verdict = v;
-                            break;
-                        }
-                    }
-                }
-                None => {
-                    // Another CPU is adding a pool (or setting a device up): the reserve may serve
-                    // this map now; otherwise wait for that CPU and try its pool.
-                    if let ok @ Ok(_) = attempt() {
-                        self.growth.counters.reserve_maps.fetch_add(1, Ordering::Relaxed);
-                        return ok;
-                    }
-                    drop(self.growth.lock.lock());
-                }
-            }
-            let r = attempt();
-            if !helps(&r) {
-                return r;
-            }
-        }
-        // The attempts left the counting to here (`growth_will_retry`).
-        self.stats.fail(FailureKind::PoolExhausted);
-        self.report_full(dev, len, verdict);
-        Err(DmaError::PoolExhausted { len })
-    }
-
-    /// True when a map of `len` bytes that finds no room is retried by [`Self::with_growth`] (which
-    /// then counts the failure, if it stays one), so the allocation paths do not count it.
-    pub(crate) fn growth_will_retry(&self, len: usize) -> bool {
-        let cfg = &self.growth.cfg;
-        self.growth.source.is_some() && len <= cfg.pool.max_run_slots * cfg.pool.slot_size
-    }
-
     /// Add one pool from the source (the caller holds the growth lock as `g`). On failure nothing is
     /// left behind but what could not be made private again (kept out of the source, counted).
     pub(crate) fn grow_one(
@@ -334,4 +199,246 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             self.growth.counters.quarantined_pools.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// Let the layer grow from `source` under `cfg` (see [`crate::growth`]). With a reserve, the
+    /// reserve pool is taken, shared and added now. Call it before attaching devices: a DDW created
+    /// at a device's set-up keeps bus room (and an IOMMU page size) for the pools growth may add, so
+    /// a DDW made before growth was enabled may have no room for them (the device then maps from the
+    /// pools it has, and a pool-full report says `Unreachable`).
+    pub fn enable_growth(&mut self, source: &'m dyn MemorySource, cfg: GrowthConfig) -> Result<(), DmaError> {
+        match self.cold_mut().as_full_mut() {
+            Some(c) => enable_growth_once(c, source, cfg),
+            None => self.cold_mut().enable_growth_dyn(source, cfg),
+        }
+    }
+
+    /// The growth counters.
+    pub fn growth_stats(&self) -> GrowthStats {
+        self.cold().growth_stats_dyn()
+    }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// Run `attempt` (a map of `len` bytes for `dev`); when every pool is full, grow and try again,
+    /// as the growth policy allows. A final exhaustion is reported ([`Self::last_pool_full`]).
+    /// The first attempt and its checks inline here; growing and retrying is [`Cold::grow_and_retry`].
+    #[inline]
+    pub(crate) fn with_growth<T>(
+        &self,
+        dev: &Device,
+        len: usize,
+        mut attempt: impl FnMut() -> Result<T, DmaError>,
+    ) -> Result<T, DmaError> {
+        let first = attempt();
+        if first.is_ok() {
+            return first;
+        }
+        if !crate::parts::GROWTH || self.growth.source.is_none() {
+            if matches!(first, Err(DmaError::PoolExhausted { .. })) {
+                self.cold().report_full_any(dev, len, GrowthVerdict::Disabled);
+            }
+            return first;
+        }
+        self.cold().grow_and_retry(dev, len, first, &mut attempt)
+    }
+}
+
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
+    /// `grow_one`, through the default capacities' copy when those are this layer's (see
+    /// [`Cold::as_full`]): `grow_and_retry` is generic over its result, so compiled by its callers.
+    fn grow_one_any(
+        &self,
+        g: &mut GrowState<POOLS>,
+        limit: u64,
+        reserve: bool,
+    ) -> Result<usize, GrowthVerdict> {
+        match self.as_full() {
+            Some(c) => {
+                // SAFETY: `as_full` is `Some` only when `POOLS == MAX_POOLS`: the same type.
+                let g = unsafe { &mut *(g as *mut GrowState<POOLS>).cast::<GrowState<MAX_POOLS>>() };
+                grow_one_once(c, g, limit, reserve)
+            }
+            None => self.grow_one(g, limit, reserve),
+        }
+    }
+
+    /// `report_full`, through the default capacities' copy when those are this layer's.
+    pub(crate) fn report_full_any(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
+        match self.as_full() {
+            Some(c) => report_full_once(c, dev, len, growth),
+            None => self.report_full(dev, len, growth),
+        }
+    }
+
+    /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`, growth enabled.
+    #[inline(never)]
+    pub(crate) fn grow_and_retry<T>(
+        &self,
+        dev: &Device,
+        len: usize,
+        first: Result<T, DmaError>,
+        attempt: &mut dyn FnMut() -> Result<T, DmaError>,
+    ) -> Result<T, DmaError> {
+        // Too large for the pools there are (none, perhaps) but not for a grown one: growth helps too.
+        let helps = |r: &Result<T, DmaError>| match r {
+            Err(DmaError::PoolExhausted { len }) | Err(DmaError::TooLarge { len, .. }) => {
+                self.growth_will_retry(*len)
+            }
+            _ => false,
+        };
+        if !helps(&first) {
+            return first;
+        }
+        let limit = match dev.domain {
+            None => dev.config.dma_mask.max_addr(),
+            Some(_) => u64::MAX,
+        };
+        let mut verdict = GrowthVerdict::LimitReached;
+        for _ in 0..MAX_POOLS {
+            match self.growth.lock.try_lock() {
+                Some(mut g) => {
+                    self.growth.growing.store(true, Ordering::Relaxed);
+                    let grown = self.grow_one_any(&mut g, limit, false);
+                    self.growth.growing.store(false, Ordering::Relaxed);
+                    drop(g);
+                    match grown {
+                        Ok(i) => {
+                            if !self.pool_view(dev, true).is_some_and(|(o, _)| o.iter().any(|k| k == i)) {
+                                verdict = GrowthVerdict::Unreachable;
+                                break;
+                            }
+                        }
+                        Err(v) => {
+                            verdict = v;
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    // Another CPU is adding a pool (or setting a device up): the reserve may serve
+                    // this map now; otherwise wait for that CPU and try its pool.
+                    if let ok @ Ok(_) = attempt() {
+                        self.growth.counters.reserve_maps.fetch_add(1, Ordering::Relaxed);
+                        return ok;
+                    }
+                    drop(self.growth.lock.lock());
+                }
+            }
+            let r = attempt();
+            if !helps(&r) {
+                return r;
+            }
+        }
+        // The attempts left the counting to here (`growth_will_retry`).
+        self.stats.fail(FailureKind::PoolExhausted);
+        self.report_full_any(dev, len, verdict);
+        Err(DmaError::PoolExhausted { len })
+    }
+}
+
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// True when a map of `len` bytes that finds no room is retried by [`DmaLayer::with_growth`] (which
+    /// then counts the failure, if it stays one), so the allocation paths do not count it.
+    pub(crate) fn growth_will_retry(&self, len: usize) -> bool {
+        let cfg = &self.growth.cfg;
+        self.growth.source.is_some() && len <= cfg.pool.max_run_slots * cfg.pool.slot_size
+    }
+
+    /// Load a freshly set-up domain's pool set (the set-up CPU holds the growth lock).
+    pub(crate) fn fill_live(&self, slot: &DomainSlot<'m>, info: &DomainInfo) {
+        let reserve = self.plain.snapshot().reserve;
+        slot.live.clear();
+        for i in info.pools.iter() {
+            // `info.pools` names pool indices (`< MAX_POOLS`): checked rather than indexed.
+            if let (Some(pool), Some(&bus)) = (self.pools.get(i), info.pool_bus.get(i)) {
+                slot.live.insert(i, bus, pool.len() as u64, reserve & (1 << i) != 0);
+            }
+        }
+    }
+}
+
+impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
+    /// [`DmaLayer::enable_growth`], over the platform as `&dyn Platform`.
+    pub(crate) fn enable_growth_dyn(
+        &mut self,
+        source: &'m dyn MemorySource,
+        cfg: GrowthConfig,
+    ) -> Result<(), DmaError> {
+        crate::parts::require(crate::parts::GROWTH, "growth")?;
+        if self.growth.source.is_some() {
+            return Err(DmaError::GrowthAlreadyEnabled);
+        }
+        cfg.validate()?;
+        self.growth.source = Some(source);
+        self.growth.cfg.set(cfg);
+        if cfg.reserve_bytes > 0 {
+            let mut g = self.growth.lock.lock();
+            if let Err(v) = self.grow_one(&mut g, u64::MAX, true) {
+                drop(g);
+                self.growth.source = None;
+                return Err(DmaError::GrowthFailed(v));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
+    /// [`DmaLayer::growth_stats`], over the platform as `&dyn Platform`.
+    pub(crate) fn growth_stats_dyn(&self) -> GrowthStats {
+        let _masked = self.masked();
+        let c = &self.growth.counters;
+        let (pools, kept_bytes) = {
+            let g = self.growth.lock.lock();
+            (g.totals().0, g.kept_bytes)
+        };
+        GrowthStats {
+            pools: pools as u64,
+            kept_bytes,
+            bytes: c.bytes_now.load(Ordering::Relaxed),
+            bytes_peak: c.bytes_peak.load(Ordering::Relaxed),
+            grown: c.grown.load(Ordering::Relaxed),
+            shrunk: c.shrunk.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            quarantined_pools: c.quarantined_pools.load(Ordering::Relaxed),
+            waited_maps: c.reserve_maps.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// [`DmaLayer::enable_growth`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn enable_growth_once<'m>(
+    c: &mut FullCold<'_, 'm>,
+    source: &'m dyn MemorySource,
+    cfg: GrowthConfig,
+) -> Result<(), DmaError> {
+    c.enable_growth_dyn(source, cfg)
+}
+
+/// `Cold::grow_one` of the default capacities, compiled in this crate only.
+#[inline(never)]
+fn grow_one_once(
+    c: &FullCold<'_, '_>,
+    g: &mut GrowState<MAX_POOLS>,
+    limit: u64,
+    reserve: bool,
+) -> Result<usize, GrowthVerdict> {
+    c.grow_one(g, limit, reserve)
+}
+
+/// `Cold::report_full` of the default capacities, compiled in this crate only.
+#[inline(never)]
+fn report_full_once(c: &FullCold<'_, '_>, dev: &Device, len: usize, growth: GrowthVerdict) {
+    c.report_full(dev, len, growth)
 }

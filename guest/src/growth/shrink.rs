@@ -10,6 +10,7 @@ use super::GrowState;
 use crate::addr::PAGE_SIZE;
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
+use crate::layer::{Cold, FullCold};
 use crate::platform::Platform;
 
 /// What removing one pool did.
@@ -23,14 +24,11 @@ enum Removed {
     Quarantined,
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
-    /// One tick of the caller's clock (see [`GrowthConfig::idle_ticks`](super::GrowthConfig)): every
-    /// grown pool (not the reserve) that had no live slot and no allocation attempt since the last
-    /// tick counts one more idle tick, and those idle for long enough are removed. Returns how many
-    /// were handed back.
-    pub fn growth_tick(&self) -> usize {
+    /// [`DmaLayer::growth_tick`], over the platform as `&dyn Platform`.
+    pub(crate) fn growth_tick_dyn(&self) -> usize {
         let _masked = self.masked();
         if self.growth.source.is_none() {
             return 0;
@@ -55,8 +53,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         returned
     }
 
-    /// Remove every grown pool now, reserve included (teardown). `Busy` if one still has live slots.
-    pub fn shrink_all(&self) -> Result<(), DmaError> {
+    /// [`DmaLayer::shrink_all`], over the platform as `&dyn Platform`.
+    pub(crate) fn shrink_all_dyn(&self) -> Result<(), DmaError> {
         let _masked = self.masked();
         let mut g = self.growth.lock.lock();
         let mut result = Ok(());
@@ -124,4 +122,41 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         log::info!("ccdma: pool {i} ({:#x} bytes at {}) idle: handed back", grown.len, grown.phys);
         Removed::Returned
     }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// One tick of the caller's clock (see [`GrowthConfig::idle_ticks`](super::GrowthConfig)): every
+    /// grown pool (not the reserve) that had no live slot and no allocation attempt since the last
+    /// tick counts one more idle tick, and those idle for long enough are removed. Returns how many
+    /// were handed back.
+    pub fn growth_tick(&self) -> usize {
+        match self.cold().as_full() {
+            Some(c) => growth_tick_once(c),
+            None => self.cold().growth_tick_dyn(),
+        }
+    }
+
+    /// Remove every grown pool now, reserve included (teardown). `Busy` if one still has live slots.
+    pub fn shrink_all(&self) -> Result<(), DmaError> {
+        match self.cold().as_full() {
+            Some(c) => shrink_all_once(c),
+            None => self.cold().shrink_all_dyn(),
+        }
+    }
+}
+
+/// [`DmaLayer::growth_tick`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn growth_tick_once(c: &FullCold<'_, '_>) -> usize {
+    c.growth_tick_dyn()
+}
+
+/// [`DmaLayer::shrink_all`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn shrink_all_once(c: &FullCold<'_, '_>) -> Result<(), DmaError> {
+    c.shrink_all_dyn()
 }

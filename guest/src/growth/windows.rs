@@ -9,12 +9,11 @@ use crate::iommu::bus_space::RangeKind;
 use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
 use crate::iommu::domain::{DomainSlot, READY};
 use crate::iommu::window::window_below;
-use crate::layer::DmaLayer;
+use crate::layer::Cold;
 use crate::path::DmaPath;
-use crate::platform::Platform;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
     /// Enter pool `i` (`[phys, phys + len)`) into every READY domain: strict domains take it as it
     /// is; premapped ones get it in their DDW, or in their default window below their mask, when it

@@ -7,7 +7,6 @@ use spin::Mutex;
 
 use super::backend::Backend;
 use super::bus_space::{BusRange, BusSpace, RangeKind};
-use super::calls::TceCalls;
 use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS};
 use super::counters::IommuStatsSnapshot;
 use super::domain::{DomainInfo, DomainRef, DomainSlot, Iommu, CLAIMED, DETACHING, FREE, READY, SETUP};
@@ -18,26 +17,18 @@ use crate::addr::{BusAddr, DmaMask};
 use crate::device::{Device, DeviceConfig};
 use crate::error::DmaError;
 use crate::layer::DmaLayer;
+use crate::layer::{Cold, FullCold};
 use crate::path::{DmaPath, PathReason};
 use crate::platform::Platform;
 use crate::pool_set::PoolOrder;
 use crate::stats::FailureKind;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
-{
-    /// Enable the IOMMU path for devices the platform puts behind one ([`Platform::tce`]).
-    ///
-    /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
-    /// (each domain's share bounds its live strict mappings, coherent buffers and reservations).
-    /// The list pages of `cfg.batching` ([`TceBatching`](super::config::TceBatching)), if any, are
-    /// zeroed and shared here, once (a failed share is rolled back and nothing is enabled).
+impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 'm, POOLS, DOMAINS, AREAS> {
+    /// [`DmaLayer::enable_iommu`], over the platform as `&dyn Platform`.
     ///
     /// # Safety
-    /// The list pages of `cfg.batching`, if any (the page of `SharedPage`, the `count` contiguous
-    /// pages from `first` of `PerCpuPages`), must be guest RAM that nothing else uses for as long as
-    /// the layer lives.
-    pub unsafe fn enable_iommu(
+    /// As [`DmaLayer::enable_iommu`].
+    pub(crate) unsafe fn enable_iommu_dyn(
         &mut self,
         cfg: IommuConfig,
         ranges: &'m mut [BusRange],
@@ -82,9 +73,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Ok(())
     }
 
-    /// Turn the IOMMU path off again: every device must be detached. The list pages are made private
-    /// again (quarantined if that fails).
-    pub fn disable_iommu(&mut self) -> Result<(), DmaError> {
+    /// [`DmaLayer::disable_iommu`], over the platform as `&dyn Platform`.
+    pub(crate) fn disable_iommu_dyn(&mut self) -> Result<(), DmaError> {
         let Some(iommu) = &self.iommu else { return Ok(()) };
         if iommu.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE) {
             return Err(DmaError::DomainsInUse);
@@ -93,39 +83,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         self.iommu = None;
         self.release_list_pages(list)
     }
+}
 
-    /// True when some device holds an IOMMU domain, or entries that could not be cleared may still
-    /// name pool pages (pools must stay shared while either is so).
-    pub(crate) fn iommu_in_use(&self) -> bool {
-        self.iommu_counters.pools_pinned.load(Ordering::Relaxed)
-            || self
-                .iommu
-                .as_ref()
-                .is_some_and(|i| i.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE))
-    }
-
-    pub(crate) fn slot(&self, d: DomainRef) -> Option<&DomainSlot<'m>> {
-        if !crate::parts::IOMMU {
-            return None;
-        }
-        self.iommu.as_ref()?.domains.get(d.index as usize)?.as_ref()
-    }
-
-    /// The set-up result of a domain, if it is set up (never attaches).
-    #[inline]
-    pub(crate) fn domain_info(&self, d: DomainRef) -> Option<&DomainInfo> {
-        self.slot(d)?.info(d.generation)
-    }
-
-    /// The mechanism for this operation: PAPR calls through the entry writer, else a native backend.
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
+{
+    /// The mechanism for this operation (see [`backend_of`]).
     pub(crate) fn backend(&self) -> Option<Backend<'_>> {
-        if let Some(calls) = self.platform.tce().filter(|_| crate::parts::PAPR_TCE) {
-            return Some(Backend::Tce(calls, self.tce_writer(calls)));
-        }
-        self.platform
-            .iommu_backend()
-            .filter(|_| crate::parts::NATIVE_IOMMU)
-            .map(|b| Backend::Native(b, &self.iommu_counters))
+        backend_of(self)
     }
 
     /// [`Self::backend`] for the calls that enter a pool into a window for good (premapped set-up,
@@ -136,17 +101,6 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             w.verify = i.cfg.verify.entering_pools();
         }
         Some(b)
-    }
-
-    pub(crate) fn tce_writer<'a>(&'a self, calls: &'a dyn TceCalls) -> TceWriter<'a> {
-        let iommu = self.iommu.as_ref();
-        TceWriter {
-            calls,
-            list: iommu.and_then(|i| i.list.as_ref()),
-            verify: iommu.map_or(VerifyPolicy::All, |i| i.cfg.verify.per_mapping()),
-            counters: &self.iommu_counters,
-            cpu: iommu.and_then(|i| i.list.as_ref()).and_then(|_| self.platform.cpu_hint()),
-        }
     }
 
     /// Attach a device that sits behind the IOMMU: join the domain of its partitionable endpoint when
@@ -313,26 +267,17 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Ok(())
     }
 
-    /// The domain of a device about to map or allocate: set up now if the device is deferred.
-    #[inline]
+    /// The domain of a device about to allocate: set up now if the device is deferred.
     pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
-        let d = dev.domain.ok_or(DmaError::NotAttached)?;
-        let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
-        if let Some(info) = slot.info(d.generation) {
-            return Ok(info);
+        match self.attached_or_deferred(dev)? {
+            Ok(info) => Ok(info),
+            Err((slot, d)) => self.attach_deferred(slot, d, dev),
         }
-        if slot.state.load(Ordering::Acquire) == DETACHING {
-            return Err(DmaError::DetachIncomplete);
-        }
-        if !dev.config.deferred_attach {
-            return Err(DmaError::NotAttached);
-        }
-        self.attach_deferred(slot, d, dev)
     }
 
     #[cold]
-    fn attach_deferred<'s>(
-        &'s self,
+    pub(crate) fn attach_deferred<'s>(
+        &self,
         slot: &'s DomainSlot<'m>,
         d: DomainRef,
         dev: &Device,
@@ -485,12 +430,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Ok(())
     }
 
-    /// Reserve `[start, start + len)` of bus space in every device's windows, now and for devices
-    /// attached later. Fails with [`IommuError::ReservationConflict`] (nothing changed) when a live
-    /// mapping of any device overlaps it, and with [`IommuError::BusSpaceExhausted`] when the layer
-    /// keeps `DOMAINS` of them already (one per domain slot,
-    /// [`MAX_GLOBAL_RESERVATIONS`](super::config::MAX_GLOBAL_RESERVATIONS) by default).
-    pub fn reserve_bus_range(&self, start: u64, len: u64) -> Result<(), DmaError> {
+    /// [`DmaLayer::reserve_bus_range`], over the platform as `&dyn Platform`.
+    pub(crate) fn reserve_bus_range_dyn(&self, start: u64, len: u64) -> Result<(), DmaError> {
         let _masked = self.masked();
         let iommu = self.iommu.as_ref().ok_or(DmaError::IommuNotEnabled)?;
         let mut global = iommu.reservations.lock();
@@ -520,9 +461,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Ok(())
     }
 
-    /// Reserve `[start, start + len)` in one device's windows (it must be attached, not deferred).
-    /// Devices sharing its partitionable endpoint share those windows, and the reservation.
-    pub fn reserve_bus_range_for(&self, dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
+    /// [`DmaLayer::reserve_bus_range_for`], over the platform as `&dyn Platform`.
+    pub(crate) fn reserve_bus_range_for_dyn(
+        &self,
+        dev: &Device,
+        start: u64,
+        len: u64,
+    ) -> Result<(), DmaError> {
         let _masked = self.masked();
         self.check_device(dev)?;
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
@@ -530,6 +475,154 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         slot.info(d.generation).ok_or(DmaError::NotAttached)?;
         slot.space.lock().reserve(start, len)?;
         Ok(())
+    }
+
+    /// [`DmaLayer::bus_ranges_of`], over the platform as `&dyn Platform`.
+    pub(crate) fn bus_ranges_of_dyn(&self, dev: &Device, out: &mut [BusRange]) -> usize {
+        let _masked = self.masked();
+        let Some(slot) = dev.domain.and_then(|d| self.slot(d)) else { return 0 };
+        let space = slot.space.lock();
+        for (o, r) in out.iter_mut().zip(space.ranges()) {
+            *o = *r;
+        }
+        space.ranges().len()
+    }
+
+    /// [`DmaLayer::live_bus_ranges`], over the platform as `&dyn Platform`.
+    pub(crate) fn live_bus_ranges_dyn(&self) -> usize {
+        let _masked = self.masked();
+        self.iommu.as_ref().map_or(0, |i| i.domains.iter().flatten().map(|d| d.space.lock().live()).sum())
+    }
+}
+
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// The mechanism for this operation (see [`backend_of`]), the platform's calls inlined.
+    #[inline]
+    pub(crate) fn backend(&self) -> Option<Backend<'_>> {
+        backend_of(self)
+    }
+
+    /// The domain of a device about to map or allocate: set up now if the device is deferred.
+    #[inline]
+    pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
+        match self.attached_or_deferred(dev)? {
+            Ok(info) => Ok(info),
+            Err((slot, d)) => match self.cold().as_full() {
+                Some(c) => attach_deferred_once(c, slot, d, dev),
+                None => self.cold().attach_deferred(slot, d, dev),
+            },
+        }
+    }
+
+    /// Enable the IOMMU path for devices the platform puts behind one ([`Platform::tce`]).
+    ///
+    /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
+    /// (each domain's share bounds its live strict mappings, coherent buffers and reservations).
+    /// The list pages of `cfg.batching` ([`TceBatching`](super::config::TceBatching)), if any, are
+    /// zeroed and shared here, once (a failed share is rolled back and nothing is enabled).
+    ///
+    /// # Safety
+    /// The list pages of `cfg.batching`, if any (the page of `SharedPage`, the `count` contiguous
+    /// pages from `first` of `PerCpuPages`), must be guest RAM that nothing else uses for as long as
+    /// the layer lives.
+    pub unsafe fn enable_iommu(
+        &mut self,
+        cfg: IommuConfig,
+        ranges: &'m mut [BusRange],
+    ) -> Result<(), DmaError> {
+        // SAFETY: the caller keeps this call's contract, which is the core's.
+        unsafe {
+            match self.cold_mut().as_full_mut() {
+                Some(c) => enable_iommu_once(c, cfg, ranges),
+                None => self.cold_mut().enable_iommu_dyn(cfg, ranges),
+            }
+        }
+    }
+
+    /// Turn the IOMMU path off again: every device must be detached. The list pages are made private
+    /// again (quarantined if that fails).
+    pub fn disable_iommu(&mut self) -> Result<(), DmaError> {
+        match self.cold_mut().as_full_mut() {
+            Some(c) => disable_iommu_once(c),
+            None => self.cold_mut().disable_iommu_dyn(),
+        }
+    }
+
+    /// Reserve `[start, start + len)` of bus space in every device's windows, now and for devices
+    /// attached later. Fails with [`IommuError::ReservationConflict`] (nothing changed) when a live
+    /// mapping of any device overlaps it, and with [`IommuError::BusSpaceExhausted`] when the layer
+    /// keeps `DOMAINS` of them already (one per domain slot,
+    /// [`MAX_GLOBAL_RESERVATIONS`](super::config::MAX_GLOBAL_RESERVATIONS) by default).
+    pub fn reserve_bus_range(&self, start: u64, len: u64) -> Result<(), DmaError> {
+        self.cold().reserve_bus_range_dyn(start, len)
+    }
+
+    /// Reserve `[start, start + len)` in one device's windows (it must be attached, not deferred).
+    /// Devices sharing its partitionable endpoint share those windows, and the reservation.
+    pub fn reserve_bus_range_for(&self, dev: &Device, start: u64, len: u64) -> Result<(), DmaError> {
+        self.cold().reserve_bus_range_for_dyn(dev, start, len)
+    }
+
+    /// The used bus ranges of a device's windows (reservations, premapped pools, mappings, coherent
+    /// buffers, quarantined ranges), copied into `out`; returns how many there are.
+    pub fn bus_ranges_of(&self, dev: &Device, out: &mut [BusRange]) -> usize {
+        self.cold().bus_ranges_of_dyn(dev, out)
+    }
+
+    /// Live bus ranges (strict mappings and coherent buffers) over all domains.
+    pub fn live_bus_ranges(&self) -> usize {
+        self.cold().live_bus_ranges_dyn()
+    }
+}
+
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// `ensure_attached`'s fast part: the device's domain when it is set up, or the slot and
+    /// reference a deferred device sets up now (`Err`).
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn attached_or_deferred(
+        &self,
+        dev: &Device,
+    ) -> Result<Result<&DomainInfo, (&DomainSlot<'m>, DomainRef)>, DmaError> {
+        let d = dev.domain.ok_or(DmaError::NotAttached)?;
+        let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
+        if let Some(info) = slot.info(d.generation) {
+            return Ok(Ok(info));
+        }
+        if slot.state.load(Ordering::Acquire) == DETACHING {
+            return Err(DmaError::DetachIncomplete);
+        }
+        if !dev.config.deferred_attach {
+            return Err(DmaError::NotAttached);
+        }
+        Ok(Err((slot, d)))
+    }
+
+    /// True when some device holds an IOMMU domain, or entries that could not be cleared may still
+    /// name pool pages (pools must stay shared while either is so).
+    pub(crate) fn iommu_in_use(&self) -> bool {
+        self.iommu_counters.pools_pinned.load(Ordering::Relaxed)
+            || self
+                .iommu
+                .as_ref()
+                .is_some_and(|i| i.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE))
+    }
+
+    pub(crate) fn slot(&self, d: DomainRef) -> Option<&DomainSlot<'m>> {
+        if !crate::parts::IOMMU {
+            return None;
+        }
+        self.iommu.as_ref()?.domains.get(d.index as usize)?.as_ref()
+    }
+
+    /// The set-up result of a domain, if it is set up (never attaches).
+    #[inline]
+    pub(crate) fn domain_info(&self, d: DomainRef) -> Option<&DomainInfo> {
+        self.slot(d)?.info(d.generation)
     }
 
     /// The path of a device now (for a deferred device: [`DmaPath::IommuDeferred`] until its first map
@@ -560,6 +653,48 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dev.domain.and_then(|d| self.domain_info(d)).map_or((None, None), |i| (i.dynamic, i.ddw))
     }
 
+    /// A snapshot of the IOMMU counters.
+    pub fn iommu_stats(&self) -> IommuStatsSnapshot {
+        self.iommu_counters.snapshot()
+    }
+}
+
+/// The mechanism for this operation: PAPR calls through the entry writer, else a native backend.
+/// Generic over the platform so that the streaming path (a concrete `P`) and the cold paths
+/// (`dyn Platform`) share one source.
+#[inline]
+pub(crate) fn backend_of<
+    'a,
+    'm: 'a,
+    P: Platform + ?Sized,
+    const POOLS: usize,
+    const DOMAINS: usize,
+    const AREAS: usize,
+>(
+    core: &'a DmaLayer<'m, P, POOLS, DOMAINS, AREAS>,
+) -> Option<Backend<'a>> {
+    let platform = &core.platform;
+    if let Some(calls) = platform.tce().filter(|_| crate::parts::PAPR_TCE) {
+        let iommu = core.iommu.as_ref();
+        let writer = TceWriter {
+            calls,
+            list: iommu.and_then(|i| i.list.as_ref()),
+            // Per mapping (`VerifyPolicy::Premap` reads back only entering pools: `premap_backend`).
+            verify: iommu.map_or(VerifyPolicy::All, |i| i.cfg.verify.per_mapping()),
+            counters: &core.iommu_counters,
+            cpu: iommu.and_then(|i| i.list.as_ref()).and_then(|_| platform.cpu_hint()),
+        };
+        return Some(Backend::Tce(calls, writer));
+    }
+    platform
+        .iommu_backend()
+        .filter(|_| crate::parts::NATIVE_IOMMU)
+        .map(|b| Backend::Native(b, &core.iommu_counters))
+}
+
+impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
     /// Where pool `pool` starts on the device's bus (per device when premapped in its window).
     pub fn pool_bus_of(&self, dev: &Device, pool: usize) -> Option<BusAddr> {
         let (order, bus) = self.pool_view(dev, false)?;
@@ -567,27 +702,38 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // Checked: `pool` is the caller's; one in the order is below MAX_POOLS, but no panic path.
         bus.get(pool).copied().filter(|_| found)
     }
+}
 
-    /// The used bus ranges of a device's windows (reservations, premapped pools, mappings, coherent
-    /// buffers, quarantined ranges), copied into `out`; returns how many there are.
-    pub fn bus_ranges_of(&self, dev: &Device, out: &mut [BusRange]) -> usize {
-        let _masked = self.masked();
-        let Some(slot) = dev.domain.and_then(|d| self.slot(d)) else { return 0 };
-        let space = slot.space.lock();
-        for (o, r) in out.iter_mut().zip(space.ranges()) {
-            *o = *r;
-        }
-        space.ranges().len()
-    }
+/// [`DmaLayer::enable_iommu`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+///
+/// # Safety
+/// As [`DmaLayer::enable_iommu`].
+#[inline(never)]
+unsafe fn enable_iommu_once<'m>(
+    c: &mut FullCold<'_, 'm>,
+    cfg: IommuConfig,
+    ranges: &'m mut [BusRange],
+) -> Result<(), DmaError> {
+    // SAFETY: the caller keeps this call's contract.
+    unsafe { c.enable_iommu_dyn(cfg, ranges) }
+}
 
-    /// A snapshot of the IOMMU counters.
-    pub fn iommu_stats(&self) -> IommuStatsSnapshot {
-        self.iommu_counters.snapshot()
-    }
+/// [`DmaLayer::disable_iommu`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn disable_iommu_once(c: &mut FullCold<'_, '_>) -> Result<(), DmaError> {
+    c.disable_iommu_dyn()
+}
 
-    /// Live bus ranges (strict mappings and coherent buffers) over all domains.
-    pub fn live_bus_ranges(&self) -> usize {
-        let _masked = self.masked();
-        self.iommu.as_ref().map_or(0, |i| i.domains.iter().flatten().map(|d| d.space.lock().live()).sum())
-    }
+/// `Cold::attach_deferred` of the default capacities, compiled in this crate only (see
+/// [`Cold::as_full`]): a deferred device's set-up at its first map.
+#[inline(never)]
+fn attach_deferred_once<'s, 'm>(
+    c: &FullCold<'s, 'm>,
+    slot: &'s DomainSlot<'m>,
+    d: DomainRef,
+    dev: &Device,
+) -> Result<&'s DomainInfo, DmaError> {
+    c.attach_deferred(slot, d, dev)
 }

@@ -7,12 +7,12 @@ use super::list_pages::{ListMode, ListPages, ListRange, PoolRun};
 use crate::addr::{PhysAddr, PAGE_SIZE};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
-use crate::layer::DmaLayer;
+use crate::layer::{Cold, DmaLayer};
 use crate::platform::Platform;
 use crate::pool::{NewHead, Owner, RunRequest};
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
     /// The list pages `batching` names, checked, zeroed and (in a confidential guest) shared; `None`
     /// for [`TceBatching::PerEntry`]. A failed share rolls back (quarantining what it cannot) and
@@ -116,13 +116,19 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             _ => Ok(()),
         }
     }
+}
 
+impl<P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
     /// Pool slots the list pages hold ([`TceBatching::PoolPages`]): not mappings, so not in
     /// `slots_in_use`.
     pub(crate) fn list_pool_slots(&self) -> usize {
         self.iommu.as_ref().and_then(|i| i.list.as_ref()).map_or(0, |l| l.pool_slots())
     }
+}
 
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// `release_pools`: give list pages taken from a pool back first (entries then go one by one).
     pub(crate) fn drop_pool_list_pages(&mut self) {
         let Some(iommu) = self.iommu.as_mut() else { return };

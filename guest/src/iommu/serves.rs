@@ -4,11 +4,10 @@
 
 use super::window::WindowGeometry;
 use crate::error::DmaError;
-use crate::layer::DmaLayer;
-use crate::platform::Platform;
+use crate::layer::Cold;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
     /// `Ok` when some pool (or a pool growth may add) has runs of at least one IOMMU page of `win`.
     pub(crate) fn strict_window_serves(&self, win: &WindowGeometry) -> Result<(), DmaError> {

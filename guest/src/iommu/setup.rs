@@ -15,17 +15,16 @@ use super::window::{window_below, WindowGeometry};
 use crate::addr::BusAddr;
 use crate::device::DeviceConfig;
 use crate::error::DmaError;
-use crate::layer::DmaLayer;
+use crate::layer::Cold;
 use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts, PathReason};
-use crate::platform::Platform;
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;
 
 /// Most reserved ranges one device's windows may have from the platform.
 const MAX_PLATFORM_RESERVATIONS: usize = 4096;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
     /// Choose the path and program the windows. Runs with the slot held in SETUP.
     pub(crate) fn setup_domain(

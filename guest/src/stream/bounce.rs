@@ -1,10 +1,11 @@
 //! Bounce runs: a run of pool slots placed so the bits the device needs are preserved, filled per
 //! direction at map, copied back once at unmap.
 
-use crate::addr::BusAddr;
+use crate::addr::{BusAddr, DmaMask};
 use crate::device::{Device, DeviceConfig};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
+use crate::growth::live::{Candidates, LivePools};
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::{BouncePool, NewHead, Owner, RunRequest, SlotRecord};
@@ -12,7 +13,7 @@ use crate::pool_set::PoolOrder;
 use crate::stats::{should_warn, FailureKind};
 
 use super::placement::{Placement, Rule};
-use super::Original;
+use super::{Mapped, Original, PoolAt};
 
 /// How a bounce run is placed in its pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,40 +54,69 @@ pub(crate) fn area_hint() -> usize {
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
-    /// Bounce into one of `order`'s pools; the bus address is the pool's place in the device's view.
+    /// Bounce into one of the pools `view` offers a map with `mask` (`reserve`: reserve pools too);
+    /// the bus address is the pool's place in `view`, the device's view.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn bounce_map(
         &self,
         dev: &Device,
-        order: &PoolOrder,
+        view: &LivePools,
+        mask: Option<DmaMask>,
+        reserve: bool,
         orig: Original,
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<BusAddr, DmaError> {
-        let run = self.bounce_alloc(dev, order, orig, len, dir, attrs, RunAlign::Slots)?;
+    ) -> Result<Mapped, DmaError> {
+        let (run, base) =
+            self.bounce_in_view(dev, view, mask, reserve, orig, len, dir, attrs, RunAlign::Slots)?;
+        self.stats.mapped(true);
+        let off = (run.run_off + run.data_off) as u64;
+        Ok(Mapped { bus: BusAddr(base.0 + off), at: Some(PoolAt { pool: run.pool as u8, off }) })
+    }
+
+    /// A run placed per `align` in one of the pools `view` offers (see [`Self::bounce_map`]), filled,
+    /// and its pool's base in `view`. The pools are read in place as they are tried
+    /// ([`LivePools::candidates`]), no copy of the view. The one caller of [`Self::bounce_alloc`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bounce_in_view(
+        &self,
+        dev: &Device,
+        view: &LivePools,
+        mask: Option<DmaMask>,
+        reserve: bool,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        align: RunAlign,
+    ) -> Result<(BounceRun, BusAddr), DmaError> {
+        let mut pools = view.candidates(mask, reserve);
+        let run = self.bounce_alloc(dev, &mut pools, orig, len, dir, attrs, align)?;
         // The pool cannot be removed while the run lives, so where the device's view puts it now is
-        // right; a snapshot taken before the map may predate a shrink and a regrowth at this index.
-        let Some(base) = self.live_pools(dev).and_then(|l| l.base_of(run.pool)) else {
+        // right: the base read with the pool if the view has not changed since, else read again.
+        let Some(base) = pools.base(run.pool, run.run_off, run.run_len) else {
             if let Some(pool) = self.pools.get(run.pool) {
                 pool.free(run.index, run.run_len / pool.slot_size());
             }
             self.stats.fail(FailureKind::PoolExhausted);
             return Err(DmaError::PoolExhausted { len });
         };
-        self.stats.mapped(true);
-        Ok(BusAddr(base.0 + (run.run_off + run.data_off) as u64))
+        Ok((run, base))
     }
 
-    /// Allocate a slot run in the first of `order`'s pools that has one and fill it per direction.
+    /// Allocate a slot run in the first of `pools` (one view's, read in place) that has one and fill
+    /// it per direction.
     ///
     /// With [`RunAlign::IommuPages`] (strict IOMMU mappings) the run starts on an IOMMU page and covers
     /// whole IOMMU pages, the bytes around the data zeroed, so no page the device can reach holds
     /// another mapping's bytes or stale pool data.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn bounce_alloc(
+    #[inline]
+    fn bounce_alloc(
         &self,
         dev: &Device,
-        order: &PoolOrder,
+        pools: &mut Candidates<'_>,
         orig: Original,
         len: usize,
         dir: DmaDirection,
@@ -100,7 +130,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let min_align = dev.config.min_align_mask;
         let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
         let mut largest = 0;
-        for i in order.iter() {
+        for i in pools {
             let Some(pool) = self.pools.get_for_alloc(i) else { continue };
             let slot = pool.slot_size() as u64;
             let seg = pool.max_mapping() as u64;
@@ -220,7 +250,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
 
 // In this file rather than placement.rs: `device` imports `Placement`, so placement.rs imports
 // nothing that imports `device` (scripts/import-cycles.py).
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+impl<P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
 {
     /// A device's placement rules for the geometry of the first pool of `pools` (at attach).

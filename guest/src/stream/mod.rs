@@ -4,10 +4,13 @@
 //! IOMMU entries ([`strict`]). The guest's own record of each mapping ([`record`]) is what unmap and
 //! sync trust; nothing a device or caller alleges later.
 //!
-//! One map: `map_ptr`/`Mapping` -> `map_original` (live count, tracker) -> `map_route` (path) ->
-//! `bounce_map` / `strict_map` -> `bounce_alloc` (pool run, fill) -> bus address.
-//! One unmap: `unmap`/`Mapping::unmap` -> `unmap_as` -> `unmap_route` -> `record` (claim) ->
-//! `check_record` -> copy back -> `BouncePool::free` (strict: entries cleared first).
+//! One map: `map_ptr`/`Mapping` -> `map_original` (live count, tracker) -> `map_bounce` (the paths
+//! that bounce, first attempt) or `map_route` (every path, and growth's retries) -> `bounce_map` /
+//! `strict_map` -> `bounce_in_view` (the device's pool view read in place, pool run, fill) -> bus
+//! address; a `Mapping` keeps the run's pool and offset ([`PoolAt`]).
+//! One unmap: `unmap`/`Mapping::unmap` -> `unmap_as` -> `unmap_route` -> `locate` or, for a
+//! `Mapping` of a bounce run, straight to its recorded pool and offset (`unmap_mapping`) ->
+//! `unmap_in_pool`: `check_record` -> copy back -> free (strict: entries cleared first).
 
 pub(crate) mod bounce;
 pub(crate) mod placement;
@@ -39,6 +42,29 @@ pub(crate) struct Original {
     pub safe: bool,
 }
 
+/// What a map made: the bus address, and for a bounce run where it lies, so the unmap of a
+/// [`crate::Mapping`] goes there without a search.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mapped {
+    pub bus: BusAddr,
+    pub at: Option<PoolAt>,
+}
+
+impl Mapped {
+    /// A mapping with no pool run of its own to go back to (direct, trusted, strict).
+    pub(crate) fn elsewhere(bus: BusAddr) -> Mapped {
+        Mapped { bus, at: None }
+    }
+}
+
+/// A bounce run's pool and the offset of its data in the pool: what finding its bus address in the
+/// device's view gives back (`locate`), the pool's place in that view not moving while the run lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolAt {
+    pub pool: u8,
+    pub off: u64,
+}
+
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
@@ -68,7 +94,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return Err(DmaError::ZeroLength);
         }
         let cpu = self.platform.cpu_ptr(phys, len).ok_or(DmaError::NotTranslatable)?;
-        self.map_original(dev, Original { cpu: cpu.as_ptr(), phys: Some(phys), safe: false }, len, dir, attrs)
+        let orig = Original { cpu: cpu.as_ptr(), phys: Some(phys), safe: false };
+        self.map_original(dev, orig, len, dir, attrs).map(|m| m.bus)
     }
 
     /// Map a CPU buffer (raw face, for HALs such as virtio-drivers').
@@ -90,19 +117,24 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     ) -> Result<BusAddr, DmaError> {
         self.check_device(dev)?;
         let phys = self.translate_for(dev, ptr, len);
-        self.map_original(dev, Original { cpu: ptr, phys, safe: false }, len, dir, attrs)
+        self.map_original(dev, Original { cpu: ptr, phys, safe: false }, len, dir, attrs).map(|m| m.bus)
     }
 
-    /// The physical address of a CPU buffer, when the device's path needs it. Bounce-always needs it
-    /// only for `min_align_mask` bits above the page offset (the page offset is the same in the
-    /// virtual address), so the translation is skipped otherwise.
+    /// The physical address of a CPU buffer, when the device's path needs it. A path that always
+    /// bounces (without an IOMMU, premapped or strict) needs it only for `min_align_mask` bits above
+    /// the page offset (the page offset is the same in the virtual address: the run's placement
+    /// reads `orig.phys.map_or(orig.cpu, ..)` for those bits alone), so the translation is skipped
+    /// otherwise. Direct paths, bounce-above-mask and accepted devices always translate.
+    #[inline]
     pub(crate) fn translate_for(&self, dev: &Device, ptr: *mut u8, len: usize) -> Option<PhysAddr> {
-        match dev.path {
-            DmaPath::BounceAlways if dev.config.min_align_mask < PAGE_SIZE && !dev.trust.is_accepted() => {
-                None
-            }
-            _ => self.platform.virt_to_phys(ptr, len),
+        let bounces = matches!(
+            dev.path,
+            DmaPath::BounceAlways | DmaPath::IommuDdw | DmaPath::IommuPremapped | DmaPath::IommuStrict
+        );
+        if bounces && dev.config.min_align_mask < PAGE_SIZE && !dev.trust.is_accepted() {
+            return None;
         }
+        self.platform.virt_to_phys(ptr, len)
     }
 
     /// Map an original for the safe or raw face; counts the device's live mappings and tells the
@@ -115,19 +147,58 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<BusAddr, DmaError> {
+    ) -> Result<Mapped, DmaError> {
         let _masked = self.masked();
-        let bus = match self.with_growth(dev, len, || self.map_route(dev, orig, len, dir, attrs)) {
-            Ok(bus) => bus,
-            Err(e) => {
-                dev.map_failed();
-                return Err(e);
+        // The paths that bounce (the common case) make their first attempt here, inline; every
+        // other path, and growth after a first attempt that found no room, go through the route
+        // (which would choose the same mechanism for the same device and buffer).
+        let first = self.map_bounce(dev, orig, len, dir, attrs);
+        let mapped = match first {
+            Some(Ok(m)) => m,
+            mut first => {
+                let attempt = || match first.take() {
+                    Some(result) => result,
+                    None => self.map_route(dev, orig, len, dir, attrs),
+                };
+                match self.with_growth(dev, len, attempt) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        dev.map_failed();
+                        return Err(e);
+                    }
+                }
             }
         };
         dev.live_inc(LiveKind::Mapping);
         let site = core::panic::Location::caller();
-        crate::tracker::mapped(&self.tracker, dev, bus, len, dir, TrackedKind::Mapping, site);
-        Ok(bus)
+        crate::tracker::mapped(&self.tracker, dev, mapped.bus, len, dir, TrackedKind::Mapping, site);
+        Ok(mapped)
+    }
+
+    /// The first attempt of a map on a path that bounces: untrusted devices (accepted ones map in
+    /// place) without an IOMMU on the bounce-always path, or behind one (premapped or strict); `None`
+    /// for every other case, which [`Self::map_route`] routes. For these cases the route makes the
+    /// very same call, so this is only a shorter way to it.
+    #[inline(always)]
+    fn map_bounce(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Option<Result<Mapped, DmaError>> {
+        if len == 0 || dev.trust.is_accepted() {
+            return None;
+        }
+        if crate::parts::IOMMU && dev.domain.is_some() {
+            return Some(self.iommu_map(dev, orig, len, dir, attrs));
+        }
+        if dev.path != DmaPath::BounceAlways {
+            return None;
+        }
+        let reserve = self.growth.growing.load(Ordering::Relaxed);
+        Some(self.bounce_map(dev, &self.plain, Some(dev.config.dma_mask), reserve, orig, len, dir, attrs))
     }
 
     fn map_route(
@@ -137,14 +208,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<BusAddr, DmaError> {
+    ) -> Result<Mapped, DmaError> {
         if len == 0 {
             return Err(DmaError::ZeroLength);
         }
         // An accepted device maps private buffers in place; a buffer with no physical address (not
         // guest RAM) is bounced as for an untrusted device.
         if dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED) && orig.phys.is_some() {
-            return self.trusted_map(dev, orig, len, dir, attrs);
+            return self.trusted_map(dev, orig, len, dir, attrs).map(Mapped::elsewhere);
         }
         if crate::parts::IOMMU && dev.domain.is_some() {
             return self.iommu_map(dev, orig, len, dir, attrs);
@@ -156,15 +227,15 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 Err(DmaError::NotTranslatable)
             }
             (DmaPath::Direct | DmaPath::BounceAboveMask, Some(p)) if mask.covers(p.0, len as u64) => {
-                self.direct_mapped(dev, orig.safe, BusAddr(p.0), len, dir)
+                self.direct_mapped(dev, orig.safe, BusAddr(p.0), len, dir).map(Mapped::elsewhere)
             }
             (DmaPath::Direct, Some(p)) => {
                 self.stats.fail(FailureKind::BeyondMask);
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
             _ => {
-                let order = self.plain.order(Some(mask), self.growth.growing.load(Ordering::Relaxed));
-                self.bounce_map(dev, &order, orig, len, dir, attrs)
+                let reserve = self.growth.growing.load(Ordering::Relaxed);
+                self.bounce_map(dev, &self.plain, Some(mask), reserve, orig, len, dir, attrs)
             }
         }
     }
@@ -243,7 +314,58 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             self.stats.fail(FailureKind::UnknownMapping);
             return Err(DmaError::UnknownMapping(bus));
         };
-        let pool = self.pools.get(i).ok_or(DmaError::UnknownMapping(bus))?;
+        self.unmap_in_pool(dev, bus, PoolAt { pool: i as u8, off }, len, dir, attrs, safe)
+    }
+
+    /// Unmap a [`crate::Mapping`] (safe face): a bounce run goes straight to the pool and offset
+    /// its map recorded (`at`), everything else the way of [`Self::unmap_as`].
+    ///
+    /// What the record lets this skip, and why nothing is lost: `check_device` (the mapping was made
+    /// on this layer and device, both fixed for its life, and map checked them); the trusted and
+    /// strict routes (`at` is recorded only for bounce runs of the plain and premapped views, and a
+    /// device's domain cannot change while it has live mappings: detach refuses); `locate` (it
+    /// would find exactly `at`: the map computed the bus address as the pool's base in the device's
+    /// view plus `at.off`, and that base does not move while the run lives). The pool still checks
+    /// the head at `at` against the claim, as for the raw face.
+    #[track_caller]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn unmap_mapping(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        at: Option<PoolAt>,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        let Some(at) = at else { return self.unmap_as(dev, bus, len, dir, attrs, true) };
+        let _masked = self.masked();
+        let result = self.unmap_in_pool(dev, bus, at, len, dir, attrs, true);
+        let site = core::panic::Location::caller();
+        crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
+        if result.is_ok() {
+            dev.live_dec(LiveKind::Mapping);
+        }
+        result
+    }
+
+    /// Unmap the bounce run whose data is at `at`: check the claim against the pool's record, copy
+    /// back per direction, free.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn unmap_in_pool(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        at: PoolAt,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        safe: bool,
+    ) -> Result<(), DmaError> {
+        let PoolAt { pool: i, off } = at;
+        let pool = self.pools.get(i as usize).ok_or(DmaError::UnknownMapping(bus))?;
         // One area lock: the record is checked and, when nothing is to be copied out, freed at once;
         // otherwise released, copied out of (outside the lock), then freed.
         let check = |rec: &SlotRecord| self.check_record(dev, bus, safe, rec, len, dir);

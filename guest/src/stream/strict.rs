@@ -6,7 +6,7 @@
 use core::sync::atomic::Ordering;
 
 use super::bounce::RunAlign;
-use super::Original;
+use super::{Mapped, Original};
 use crate::addr::BusAddr;
 use crate::device::Device;
 use crate::direction::{DmaAttrs, DmaDirection};
@@ -33,19 +33,24 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<BusAddr, DmaError> {
-        let info = self.ensure_attached(dev)?;
-        let bus = match info.path {
-            DmaPath::IommuStrict => self.strict_map(dev, info, orig, len, dir, attrs)?,
+    ) -> Result<Mapped, DmaError> {
+        let d = dev.domain.ok_or(DmaError::NotAttached)?;
+        let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
+        // Set up already (every map but a deferred device's first): one look at the slot.
+        let info = match slot.info(d.generation) {
+            Some(info) => info,
+            None => self.ensure_attached(dev)?,
+        };
+        let mapped = match info.path {
+            DmaPath::IommuStrict => Mapped::elsewhere(self.strict_map(dev, info, orig, len, dir, attrs)?),
             _ => {
-                let (order, _) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
-                self.bounce_map(dev, &order, orig, len, dir, attrs)?
+                // Premapped: the pools as the domain's window holds them.
+                let reserve = self.growth.growing.load(Ordering::Relaxed);
+                self.bounce_map(dev, &slot.live, None, reserve, orig, len, dir, attrs)?
             }
         };
-        if let Some(slot) = dev.domain.and_then(|d| self.slot(d)) {
-            slot.live_mappings.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(bus)
+        slot.live_mappings.fetch_add(1, Ordering::Relaxed);
+        Ok(mapped)
     }
 
     /// A premapped mapping of this device ended.
@@ -86,8 +91,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         if page == 0 {
             return Err(DmaError::Iommu(IommuError::NoWindow));
         }
-        let (order, _) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
-        let run = self.bounce_alloc(dev, &order, orig, len, dir, attrs, RunAlign::IommuPages(page))?;
+        // The domain's pools, read in place as premapped maps read them (the base is not needed: the
+        // run gets a bus range of its own below).
+        let reserve = self.growth.growing.load(Ordering::Relaxed);
+        let align = RunAlign::IommuPages(page);
+        let (run, _) = self.bounce_in_view(dev, &slot.live, None, reserve, orig, len, dir, attrs, align)?;
         let pool = self.pools.get(run.pool).ok_or(DmaError::NotAttached)?;
         let slot_size = pool.slot_size();
         let nslots = run.run_len / slot_size;

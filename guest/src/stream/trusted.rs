@@ -49,7 +49,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 // reaches the private bytes around it.
                 let page = self.ensure_attached(dev)?.dynamic.map_or(0, |w| w.page_size());
                 if page == 0 || (phys.0 | len as u64) & (page - 1) != 0 {
-                    return self.iommu_map(dev, orig, len, dir, attrs);
+                    return self.iommu_map(dev, orig, len, dir, attrs).map(|m| m.bus);
                 }
             }
             let ticket = self.raw_reserve(orig.safe)?;
@@ -69,8 +69,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
         // Beyond the device's mask: bounced like an untrusted device's buffer.
         let growing = self.growth.growing.load(core::sync::atomic::Ordering::Relaxed);
-        let (order, _) = self.plain.order_for(Some(dev.config.dma_mask), growing);
-        self.bounce_map(dev, &order, orig, len, dir, attrs)
+        let mask = Some(dev.config.dma_mask);
+        self.bounce_map(dev, &self.plain, mask, growing, orig, len, dir, attrs).map(|m| m.bus)
     }
 
     fn trusted_iommu_map(
