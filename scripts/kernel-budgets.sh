@@ -112,12 +112,15 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # with it): x86 QemuPlatform 69,496 -> 70,511, pseries PseriesPlatform 85,876 -> 86,400, pseries
 # chains map_ptr 4,848 -> 4,976 and blk share 5,488 -> 5,664 (the first map attempt inline beside the
 # route, see scripts/budgets.sh); those ceilings raised by as much.
+# Both merged (main a07a505): x86 188,611 (QemuPlatform 17,143, CPlatform 41,379), pseries 181,640
+# (PseriesPlatform 18,864), pseries blk share chain 5,824: hot's inline first attempt on top of the
+# one-copy layer; those ceilings raised to the figures plus ~1 %.
 check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 192900 240000
-check "x86: ccdma .text for the kernel's QemuPlatform" "$(inst x86 ccdma_test_kernel::platform::QemuPlatform)" 16300 16384
-check "x86: ccdma .text for ffi's CPlatform (second copy)" "$(inst x86 ccdma_ffi::CPlatform)" 40800 16384
+check "x86: ccdma .text for the kernel's QemuPlatform" "$(inst x86 ccdma_test_kernel::platform::QemuPlatform)" 17300 16384
+check "x86: ccdma .text for ffi's CPlatform (second copy)" "$(inst x86 ccdma_ffi::CPlatform)" 41800 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 183300 201000
-check "pseries: ccdma .text for PseriesPlatform" "$(inst pseries ccdma_pseries_kernel::platform::PseriesPlatform)" 18400 16384
+check "pseries: ccdma .text for PseriesPlatform" "$(inst pseries ccdma_pseries_kernel::platform::PseriesPlatform)" 19100 16384
 check "x86: largest frame, DMA set-up" "$(fig x86 max_frame_setup)" 2048 2048
 check "pseries: largest frame, DMA set-up" "$(fig pseries max_frame_setup)" 2048 2048
 check "x86: largest frame, ccdma (guest/)" "$(fig x86 max_frame_ccdma)" 2048 2048
@@ -128,6 +131,6 @@ check "pseries: largest frame, kernel + qemu/common" "$(fig pseries max_frame_ke
 check "x86: deepest chain of DmaLayer::map_ptr" "$(fig x86 chain_map_ptr)" 4096 4096
 check "pseries: deepest chain of DmaLayer::map_ptr" "$(fig pseries chain_map_ptr)" 5248 4096
 check "x86: deepest chain of a blk share (HAL map)" "$(fig x86 chain_share)" 4608 4096
-check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 5808 4096
+check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 5900 4096
 [[ $FAILED -eq 0 ]] || fail "a figure is above its ceiling"
 echo "kernel-budgets.sh: every figure within its ceiling"

@@ -104,7 +104,7 @@ class Elf:
 
 def demangle(names):
     out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
-    return {n: re.sub(r"\[[0-9a-f]{16}\]", "", d) for n, d in zip(names, out.splitlines())}
+    return {n: re.sub(r"\[[0-9a-f]{1,16}\]", "", d) for n, d in zip(names, out.splitlines())}
 
 
 def owner(name):
