@@ -192,6 +192,7 @@ def main():
     ap.add_argument("--objdump", default="objdump")
     ap.add_argument("--chain", action="append", default=[], help="NAME=REGEX on demangled names")
     ap.add_argument("--top", type=int, default=6)
+    ap.add_argument("--whole", action="store_true", help="print every frame of each chain, one a line")
     args = ap.parse_args()
 
     elf = Elf(args.elf)
@@ -262,6 +263,8 @@ def main():
         rows.append(f"  {key:<12} {total:>6} B  {len(chain):>2} frames{note}: " +
                     " > ".join(f"{short(names.get(f, f), 60)} ({frame.get(f, 0)})" for f in chain[:5]) +
                     (" > ..." if len(chain) > 5 else ""))
+        if args.whole:
+            rows.extend(f"      {frame.get(f, 0):>6}  {short(names.get(f, f), 150)}" for f in chain)
 
     for crate, title in ((CCDMA, "ccdma (guest/)"), (FFI, "ffi/")):
         if not totals[crate]:

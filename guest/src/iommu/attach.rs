@@ -161,7 +161,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         config: &DeviceConfig,
         mut dev: Device,
     ) -> Result<Device, DmaError> {
-        let info = self.run_setup_locked(slot, config).unwrap_or(Err(DmaError::NotAttached))?;
+        self.run_setup_locked(slot, config).unwrap_or(Err(DmaError::NotAttached))?;
+        // Under the attach lock: the generation the set-up published is the slot's now.
+        let info = slot.info(slot.generation.load(Ordering::Relaxed)).ok_or(DmaError::NotAttached)?;
         dev.path = info.path;
         dev.pools = info.pools;
         Ok(dev)
@@ -292,7 +294,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     // Another CPU started the set-up first: wait for it.
                     None => continue,
                     Some(Err(e)) => return Err(e),
-                    Some(Ok(_)) => {
+                    Some(Ok(())) => {
                         self.iommu_counters.deferred_attaches.fetch_add(1, Ordering::Relaxed);
                         log::debug!("ccdma: deferred device {:#x} attached at first use", dev.config.id);
                         return slot.info(d.generation).ok_or(DmaError::NotAttached);
@@ -305,23 +307,15 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     }
 
     /// [`Self::run_setup_locked`] under the attach lock.
-    fn run_setup(
-        &self,
-        slot: &DomainSlot<'m>,
-        config: &DeviceConfig,
-    ) -> Option<Result<DomainInfo, DmaError>> {
+    fn run_setup(&self, slot: &DomainSlot<'m>, config: &DeviceConfig) -> Option<Result<(), DmaError>> {
         let _attaching = self.iommu.as_ref()?.attach_lock.lock();
         self.run_setup_locked(slot, config)
     }
 
     /// Move the slot CLAIMED -> SETUP, set it up for the narrowest mask of its devices, publish
-    /// (READY) or go back to CLAIMED. `None` when the slot was not CLAIMED (set up already). The
-    /// caller holds the attach lock.
-    fn run_setup_locked(
-        &self,
-        slot: &DomainSlot<'m>,
-        config: &DeviceConfig,
-    ) -> Option<Result<DomainInfo, DmaError>> {
+    /// (READY; the result is then [`DomainSlot::info`]) or go back to CLAIMED. `None` when the slot
+    /// was not CLAIMED (set up already). The caller holds the attach lock.
+    fn run_setup_locked(&self, slot: &DomainSlot<'m>, config: &DeviceConfig) -> Option<Result<(), DmaError>> {
         // Set-up and pool growth exclude each other: a pool is either in the set the set-up enters,
         // or added after and entered by the grower.
         let _pools = self.growth.lock.lock();
@@ -334,27 +328,34 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             min_align_mask: slot.min_align.load(Ordering::Relaxed),
             ..*config
         };
-        Some(match self.setup_domain(slot, config) {
+        let result = self.setup_domain(slot, config);
+        Some(self.finish_setup(slot, config, result))
+    }
+
+    /// Publish a set-up's result (READY) or give the slot back (CLAIMED). Out of line: its logging
+    /// and copies stay off the frame that calls into the set-up (a map's deepest chain, issue 20).
+    #[inline(never)]
+    fn finish_setup(
+        &self,
+        slot: &DomainSlot<'m>,
+        config: &DeviceConfig,
+        result: Result<DomainInfo, DmaError>,
+    ) -> Result<(), DmaError> {
+        match result {
             Ok(info) => {
-                log::info!(
-                    "ccdma: device {:#x} ({}) -> {} ({})",
-                    config.id,
-                    config.dma_mask,
-                    info.path.name(),
-                    info.reason
-                );
+                log_set_up(config, &info);
                 self.fill_live(slot, &info);
-                slot.publish(info);
-                Ok(info)
+                slot.publish(&info);
+                Ok(())
             }
             Err(e) => {
                 slot.space.lock().clear();
                 slot.state.store(CLAIMED, Ordering::Release);
                 self.stats.fail(FailureKind::NoPath);
-                log::warn!("ccdma: IOMMU attach of device {:#x} failed: {e}", config.id);
+                log_set_up_failed(config, &e);
                 Err(e)
             }
-        })
+        }
     }
 
     /// Detach a device from its domain. Another device of the endpoint still attached keeps the
@@ -513,6 +514,34 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 Some(c) => attach_deferred_once(c, slot, d, dev),
                 None => self.cold().attach_deferred(slot, d, dev),
             },
+        }
+    }
+
+    /// The domain of a device about to map, never set up here: [`DmaError::NotAttached`] for a
+    /// deferred device not set up yet (`map_original` sets it up, [`Self::set_up_deferred`], and
+    /// tries again).
+    #[inline]
+    pub(crate) fn attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
+        self.attached_or_deferred(dev)?.map_err(|_| DmaError::NotAttached)
+    }
+
+    /// A map's set-up of a deferred device's domain (its first map): `Ok(true)` when the domain is
+    /// set up (now, or by another CPU meanwhile: the map tries again), `Ok(false)` when the device
+    /// has no domain to set up (the map's attempt reports what is wrong). Out of line,
+    /// called before a map's attempts, so the set-up's frames are not under the attempts' (issue 20).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn set_up_deferred(&self, dev: &Device) -> Result<bool, DmaError> {
+        match self.attached_or_deferred(dev) {
+            Ok(Err((slot, d))) => {
+                match self.cold().as_full() {
+                    Some(c) => attach_deferred_once(c, slot, d, dev),
+                    None => self.cold().attach_deferred(slot, d, dev),
+                }?;
+                Ok(true)
+            }
+            Ok(Ok(_)) => Ok(true),
+            Err(_) => Ok(false),
         }
     }
 
@@ -736,4 +765,24 @@ fn attach_deferred_once<'s, 'm>(
     dev: &Device,
 ) -> Result<&'s DomainInfo, DmaError> {
     c.attach_deferred(slot, d, dev)
+}
+
+/// `finish_setup`'s log line, out of line: its formatting stays off the frame that fills the live
+/// pools (the deepest chain of a deferred device's first map, issue 20).
+#[inline(never)]
+fn log_set_up(config: &DeviceConfig, info: &DomainInfo) {
+    log::info!(
+        "ccdma: device {:#x} ({}) -> {} ({})",
+        config.id,
+        config.dma_mask,
+        info.path.name(),
+        info.reason
+    );
+}
+
+/// `finish_setup`'s log line for a failed set-up, out of line as [`log_set_up`].
+#[cold]
+#[inline(never)]
+fn log_set_up_failed(config: &DeviceConfig, e: &DmaError) {
+    log::warn!("ccdma: IOMMU attach of device {:#x} failed: {e}", config.id);
 }

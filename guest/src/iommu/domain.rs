@@ -142,10 +142,10 @@ impl<'m> DomainSlot<'m> {
     }
 
     /// Publish the set-up result. Only the CPU holding the slot in SETUP may call this.
-    pub(crate) fn publish(&self, info: DomainInfo) {
+    pub(crate) fn publish(&self, info: &DomainInfo) {
         // SAFETY: the caller holds the slot in SETUP (won the compare-exchange), so no one reads or
         // writes `info` concurrently.
-        unsafe { *self.info.get() = info };
+        unsafe { *self.info.get() = *info };
         self.state.store(READY, Ordering::Release);
     }
 

@@ -156,6 +156,23 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let mapped = match first {
             Some(Ok(m)) => m,
             mut first => {
+                // A deferred device's first map: its domain is set up here, once, and the map goes
+                // the route (the attempts never set up: the set-up's frames stay off the growth
+                // retry's chain, issue 20). Maps of a set-up domain never come here for it.
+                if crate::parts::IOMMU
+                    && dev.domain.is_some()
+                    && len != 0
+                    && matches!(first, None | Some(Err(DmaError::NotAttached)))
+                {
+                    match self.set_up_deferred(dev) {
+                        Ok(true) => first = None,
+                        Ok(false) => {}
+                        Err(e) => {
+                            dev.map_failed();
+                            return Err(e);
+                        }
+                    }
+                }
                 let attempt = || match first.take() {
                     Some(result) => result,
                     None => self.map_route(dev, orig, len, dir, attrs),

@@ -36,10 +36,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     ) -> Result<Mapped, DmaError> {
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
-        // Set up already (every map but a deferred device's first): one look at the slot.
+        // Set up already (every map but a deferred device's first, which `map_original` sets up
+        // and retries): one look at the slot.
         let info = match slot.info(d.generation) {
             Some(info) => info,
-            None => self.ensure_attached(dev)?,
+            None => self.attached(dev)?,
         };
         let mapped = match info.path {
             DmaPath::IommuStrict => Mapped::elsewhere(self.strict_map(dev, info, orig, len, dir, attrs)?),

@@ -47,7 +47,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 // An entry exposes its whole IOMMU page: a buffer that does not cover whole pages
                 // is bounced (Linux dma-iommu's choice for untrusted devices), so the device never
                 // reaches the private bytes around it.
-                let page = self.ensure_attached(dev)?.dynamic.map_or(0, |w| w.page_size());
+                let page = self.attached(dev)?.dynamic.map_or(0, |w| w.page_size());
                 if page == 0 || (phys.0 | len as u64) & (page - 1) != 0 {
                     return self.iommu_map(dev, orig, len, dir, attrs).map(|m| m.bus);
                 }
@@ -80,7 +80,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         end: u64,
         dir: DmaDirection,
     ) -> Result<BusAddr, DmaError> {
-        let info = self.ensure_attached(dev)?;
+        // `map_original` set a deferred device's domain up before this attempt.
+        let info = self.attached(dev)?;
         let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
