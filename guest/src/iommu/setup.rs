@@ -27,6 +27,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
     /// Choose the path and program the windows. Runs with the slot held in SETUP.
+    #[inline(never)]
     pub(crate) fn setup_domain(
         &self,
         slot: &DomainSlot<'m>,
@@ -114,7 +115,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     }
 
     /// Start a domain's bus space: the platform's reserved ranges and the layer-wide reservations.
-    #[inline(never)]
     pub(crate) fn init_space(
         &self,
         space: &mut BusSpace<'m>,
@@ -204,7 +204,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// Clear and forget the premapped ranges of a domain (set-up failed, or detach), one by one. Stops
     /// at the first range whose clearing fails, leaving it (and those after it) recorded, so a retry
     /// continues where this one stopped.
-    #[inline(never)]
     pub(crate) fn unwind_premaps(
         &self,
         slot: &DomainSlot<'m>,
@@ -233,7 +232,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// Premapped entries of a domain whose set-up failed could not be cleared: they may name pool
     /// pages for good, so the ranges are counted quarantined and the pools can never be made private
     /// again (`release_pools` refuses).
-    #[inline(never)]
     pub(crate) fn pin_pools(&self, slot: &DomainSlot<'m>) {
         let (mut stuck, mut pools) = (0usize, 0u64);
         for r in slot.space.lock().ranges() {
@@ -395,7 +393,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// another domain set up already has a DDW: on a platform that splits one endpoint between
     /// domains that DDW may be this endpoint's (with no default window there is no LIOBN to tell by),
     /// and the reset would take it away. Returns the default window after the attempt.
-    #[inline(never)]
     fn bring_back_default(
         &self,
         slot: &DomainSlot<'m>,
@@ -425,7 +422,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
 
     /// True when another domain set up already uses `default` (by LIOBN): a platform that splits one
     /// endpoint between domains. Runs under the attach lock, so no READY domain changes meanwhile.
-    #[inline(never)]
     fn window_used_elsewhere(&self, slot: &DomainSlot<'m>, default: Option<WindowGeometry>) -> bool {
         let (Some(iommu), Some(win)) = (self.iommu.as_ref(), default) else { return false };
         iommu.domains.iter().flatten().filter(|d| !core::ptr::eq(*d, slot)).any(|d| {
@@ -447,7 +443,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     ///
     /// Returns the new answer, the default window now, and whether the last detach must reset.
     /// Every failure puts back what it changed (or counts a leaked window when it cannot).
-    #[inline(never)]
     fn make_room(
         &self,
         tce: &Backend<'_>,
@@ -489,7 +484,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
 
     /// Bring back the default window the set-up removed (reset the endpoint); counted leaked when
     /// the platform refuses.
-    #[inline(never)]
     fn restore_default(&self, tce: &Backend<'_>, id: u32) {
         let c = &self.iommu_counters;
         c.ddw_reset.fetch_add(1, Ordering::Relaxed);
@@ -504,7 +498,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// back (LoPAPR platforms and QEMU after 7.2 bring it back by themselves when the last window goes,
     /// and the reset is then skipped; QEMU 7.2 does not).
     /// Failures are counted in `leaked_windows`.
-    #[inline(never)]
     pub(crate) fn undo_windows(&self, tce: &Backend<'_>, id: u32, info: &DomainInfo) {
         let c = &self.iommu_counters;
         let mut removed = true;
