@@ -29,8 +29,9 @@ pub struct BouncePool<'m, const AREAS: usize = MAX_AREAS> {
 /// What [`BouncePool::release_or_free`] did with a mapping it found.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Taken {
-    /// The run is free again (nothing had to be copied out of it first).
-    Freed(SlotRecord),
+    /// The run is free again (nothing had to be copied out of it first). No copy of the record:
+    /// the caller's check saw it, and nothing is left to do with it.
+    Freed,
     /// The head is released (as by `lookup(.., true)`): copy out of the run, then [`BouncePool::free`].
     Released(SlotRecord),
 }
@@ -533,7 +534,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             return Some(Ok(Taken::Released(rec)));
         }
         self.free_locked(area, &mut st, i, rec.nslots);
-        Some(Ok(Taken::Freed(rec)))
+        Some(Ok(Taken::Freed))
     }
 
     /// The area a map of CPU `cpu` (any number) starts in: `cpu` modulo the areas when their count
