@@ -18,8 +18,8 @@ pub struct BouncePool<'m, const AREAS: usize = MAX_AREAS> {
     /// log2 of `area_slots` when a power of two (see [`shift_of`]).
     pub(super) area_shift: u32,
     pub(super) area_count: usize,
-    /// `area_count` rounded up to a power of two, less one: a CPU number to its area without a
-    /// division ([`Self::area_of_cpu`]).
+    /// `area_count` rounded up to a power of two, less one (all ones for no area): a CPU number
+    /// to its area without a division ([`Self::area_of_cpu`]).
     pub(super) area_mask: usize,
     pub(super) areas: [Area<'m>; AREAS],
     /// Where the last allocation that had to move on found room (written only then).
@@ -140,7 +140,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         self.area_slots = area_slots;
         self.area_shift = shift_of(area_slots);
         self.area_count = count;
-        self.area_mask = count.checked_next_power_of_two().unwrap_or(1).wrapping_sub(1);
+        self.area_mask = usize::MAX.checked_shr(count.wrapping_sub(1).leading_zeros()).unwrap_or(0);
         *self.next_area.get_mut() = 0;
         Ok(())
     }
@@ -542,7 +542,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// compare, no division on the hot path: `area_mask + 1 < 2 * area_count`, so one subtraction
     /// is enough). Only a hint: any area is correct.
     #[inline]
-    fn area_of_cpu(&self, cpu: usize) -> usize {
+    pub(super) fn area_of_cpu(&self, cpu: usize) -> usize {
         let a = cpu & self.area_mask;
         if a >= self.area_count {
             a.wrapping_sub(self.area_count)

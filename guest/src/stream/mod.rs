@@ -345,7 +345,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let site = core::panic::Location::caller();
         crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
         if result.is_ok() {
-            dev.live_dec(LiveKind::Mapping);
+            dev.live_dec_inline(LiveKind::Mapping);
         }
         result
     }
