@@ -58,15 +58,12 @@ def section_bytes(elf, name):
     return start or 0, bytes(data)
 
 
-def stack_sizes(elf):
-    """{address: frame bytes} from .stack_sizes: (u64 address, ULEB128 size) pairs."""
-    try:
-        _, data = section_bytes(elf, ".stack_sizes")
-    except subprocess.CalledProcessError:
-        return {}
+def stack_size_pairs(data, endian="<"):
+    """{address: frame bytes} from a .stack_sizes section's bytes: (u64 address, ULEB128 size)
+    pairs (scripts/kernel_budgets.py reads its big-endian kernels with this too)."""
     sizes, i = {}, 0
     while i + 8 <= len(data):
-        addr = int.from_bytes(data[i:i + 8], "little")
+        addr = int.from_bytes(data[i:i + 8], "little" if endian == "<" else "big")
         i += 8
         size, shift = 0, 0
         while i < len(data):
@@ -78,6 +75,15 @@ def stack_sizes(elf):
                 break
         sizes[addr] = size
     return sizes
+
+
+def stack_sizes(elf):
+    """{address: frame bytes} of the image's .stack_sizes section."""
+    try:
+        _, data = section_bytes(elf, ".stack_sizes")
+    except subprocess.CalledProcessError:
+        return {}
+    return stack_size_pairs(data)
 
 
 def functions(elf):

@@ -137,8 +137,10 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # bounce_map), a Mapping's unmap by its recorded pool and offset (unmap_in_pool shared with the raw
 # face's unmap_route: -34), the pool view read in place (Candidates; order and base_of's copies gone).
 # Both merged (main a07a505): minimal 61,684, fw-min 22,806, full 115,791: the two raises add up.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 61800 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 22900 24576
+# Issue 21, hot2 helper (bash scripts/budgets.sh at bb0a0b3 and at hot2): minimal 61,741 -> 61,728,
+# fw-min 22,833 -> 22,786, full 115,887 -> 115,887; minimal and fw-min ceilings lowered by as much.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 61787 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 22853 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full

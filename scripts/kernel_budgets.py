@@ -31,6 +31,9 @@ import subprocess
 import sys
 from collections import defaultdict
 
+# The ELF-independent parts are budgets.py's (the C staticlib's figures): one copy.
+from budgets import deepest, short, stack_size_pairs
+
 CCDMA = "ccdma"
 FFI = "ccdma_ffi"
 KERNEL_CRATES = ("ccdma_test_kernel", "ccdma_pseries_kernel", "ccdma_qemu_common")
@@ -82,24 +85,9 @@ class Elf:
         return funcs
 
     def stack_sizes(self):
-        """{address: frame bytes} from .stack_sizes: (u64 address, ULEB128 size) pairs."""
+        """{address: frame bytes} from .stack_sizes."""
         s = self.section(".stack_sizes")
-        if s is None:
-            return {}
-        data, sizes, i = self.bytes_of(s), {}, 0
-        while i + 8 <= len(data):
-            (addr,) = struct.unpack_from(self.e + "Q", data, i)
-            i += 8
-            size, shift = 0, 0
-            while i < len(data):
-                b = data[i]
-                i += 1
-                size |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
-            sizes[addr] = size
-        return sizes
+        return {} if s is None else stack_size_pairs(self.bytes_of(s), self.e)
 
 
 def demangle(names):
@@ -152,38 +140,6 @@ def call_graph(tool, elf_path, by_addr):
         if re.search(r"\t(call|jmp)\s+\*|\tbctrl?\b", line):
             indirect[current] += 1
     return graph, indirect
-
-
-def deepest(graph, frame, entry):
-    memo, cycles = {}, set()
-    sys.setrecursionlimit(100000)
-
-    def walk(f, stack):
-        if f in memo:
-            return memo[f]
-        if f in stack:
-            cycles.add(f)
-            return (0, [])
-        stack.add(f)
-        best = (0, [])
-        for c in graph.get(f, ()):
-            got = walk(c, stack)
-            if got[0] > best[0]:
-                best = got
-        stack.discard(f)
-        memo[f] = (frame.get(f, 0) + best[0], [f] + best[1])
-        return memo[f]
-
-    total, chain = walk(entry, set())
-    return total, chain, cycles
-
-
-def short(name, width=118):
-    """The head (what it is) and the tail (which method) of a long name."""
-    if len(name) <= width:
-        return name
-    head = (width - 5) // 2
-    return name[:head] + " ... " + name[-(width - 5 - head):]
 
 
 def main():
@@ -257,7 +213,7 @@ def main():
             continue
         if graph is None:
             graph, _ = call_graph(args.objdump, args.elf, by_addr)
-        total, chain, cycles = deepest(graph, frame, hits[0])
+        total, chain, cycles, _ = deepest(graph, frame, hits[0])
         print(f"chain_{key} {total}")
         note = f", {len(cycles)} cycle(s) cut" if cycles else ""
         rows.append(f"  {key:<12} {total:>6} B  {len(chain):>2} frames{note}: " +
@@ -271,7 +227,7 @@ def main():
             continue
         print(f"\n{title} .text per instance (bytes, by the types from other crates in the names):")
         for key, size in sorted(groups[crate].items(), key=lambda kv: -kv[1])[:12]:
-            print(f"  {size:>7}  {short(key)}")
+            print(f"  {size:>7}  {short(key, 118)}")
         rest = sorted(groups[crate].items(), key=lambda kv: -kv[1])[12:]
         if rest:
             print(f"  {sum(s for _, s in rest):>7}  ({len(rest)} more instances)")
@@ -280,7 +236,7 @@ def main():
         if tops[c]:
             print(f"\nlargest frames, {title} (.stack_sizes, bytes):")
             for size, sym in sorted(tops[c], reverse=True)[: args.top]:
-                print(f"  {size:>6}  {short(names[sym])}")
+                print(f"  {size:>6}  {short(names[sym], 118)}")
     if rows:
         print("\ndeepest chains of frames (direct calls only):")
         print("\n".join(rows))

@@ -214,6 +214,12 @@ impl Device {
     /// One live object ended. Saturating: a raw-face caller that breaks its contract on a path
     /// without records (direct) must not wrap the count and hide live mappings.
     pub(crate) fn live_dec(&self, kind: LiveKind) {
+        self.live_dec_inline(kind);
+    }
+    /// [`Self::live_dec`] inlined, for the unmap hot path only (a call and its frame saved; the
+    /// other callers share the outlined copy, which keeps the images' .text down).
+    #[inline(always)]
+    pub(crate) fn live_dec_inline(&self, kind: LiveKind) {
         let _ =
             self.live[kind as usize].fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }

@@ -29,7 +29,7 @@ fn guest(confidential: bool, policy: Option<StaleSlotPolicy>) -> Guest {
         layer.set_stale_slot_policy(p);
     }
     // One area: a list and a single mapping start in the same place whatever the CPU hint (a map
-    // without one starts in an area hashed from its stack, a list where the last one found room).
+    // or a list without one starts in an area picked from its stack).
     add_pool(&mut layer, MID_POOL, MIB, PoolConfig { areas: 1, ..PoolConfig::default() }).expect("pool");
     hv.add_device(1, 32);
     let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).expect("attach");

@@ -18,6 +18,9 @@ pub struct BouncePool<'m, const AREAS: usize = MAX_AREAS> {
     /// log2 of `area_slots` when a power of two (see [`shift_of`]).
     pub(super) area_shift: u32,
     pub(super) area_count: usize,
+    /// `area_count` rounded up to a power of two, less one (all ones for no area): a CPU number
+    /// to its area without a division ([`Self::area_of_cpu`]).
+    pub(super) area_mask: usize,
     pub(super) areas: [Area<'m>; AREAS],
     /// Where the last allocation that had to move on found room (written only then).
     pub(super) next_area: AtomicUsize,
@@ -26,8 +29,9 @@ pub struct BouncePool<'m, const AREAS: usize = MAX_AREAS> {
 /// What [`BouncePool::release_or_free`] did with a mapping it found.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Taken {
-    /// The run is free again (nothing had to be copied out of it first).
-    Freed(SlotRecord),
+    /// The run is free again (nothing had to be copied out of it first). No copy of the record:
+    /// the caller's check saw it, and nothing is left to do with it.
+    Freed,
     /// The head is released (as by `lookup(.., true)`): copy out of the run, then [`BouncePool::free`].
     Released(SlotRecord),
 }
@@ -54,6 +58,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             area_slots: 0,
             area_shift: 0,
             area_count: 0,
+            area_mask: 0,
             areas: [const { Area::empty() }; AREAS],
             next_area: AtomicUsize::new(0),
         }
@@ -135,6 +140,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         self.area_slots = area_slots;
         self.area_shift = shift_of(area_slots);
         self.area_count = count;
+        self.area_mask = usize::MAX.checked_shr(count.wrapping_sub(1).leading_zeros()).unwrap_or(0);
         *self.next_area.get_mut() = 0;
         Ok(())
     }
@@ -267,7 +273,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     ) -> Option<usize> {
         let owner = Owner { device, safe: false };
         let head = NewHead { offset, len, dir, attrs, orig: core::ptr::null_mut(), owner };
-        self.alloc_from(req, head, attrs.bits() | SG_RUN, Some(cpu.checked_rem(self.area_count).unwrap_or(0)))
+        self.alloc_from(req, head, attrs.bits() | SG_RUN, Some(self.area_of_cpu(cpu)))
     }
 
     fn alloc_tagged(&self, req: RunRequest, new: NewHead, attr_bits: u8) -> Option<usize> {
@@ -528,15 +534,29 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             return Some(Ok(Taken::Released(rec)));
         }
         self.free_locked(area, &mut st, i, rec.nslots);
-        Some(Ok(Taken::Freed(rec)))
+        Some(Ok(Taken::Freed))
     }
 
-    /// [`Self::alloc`] starting at the area of CPU `cpu` (any number: taken modulo the areas), as
+    /// The area a map of CPU `cpu` (any number) starts in: `cpu` modulo the areas when their count
+    /// is a power of two, else the low bits of `cpu` folded once onto the areas (a mask and a
+    /// compare, no division on the hot path: `area_mask + 1 < 2 * area_count`, so one subtraction
+    /// is enough). Only a hint: any area is correct.
+    #[inline]
+    pub(super) fn area_of_cpu(&self, cpu: usize) -> usize {
+        let a = cpu & self.area_mask;
+        if a >= self.area_count {
+            a.wrapping_sub(self.area_count)
+        } else {
+            a
+        }
+    }
+
+    /// [`Self::alloc`] starting at the area of CPU `cpu` (any number: see [`Self::area_of_cpu`]), as
     /// Linux picks a CPU's own area first: CPUs that map at the same time start on different locks
     /// and different cache lines. For a platform that can name the current CPU.
     pub(crate) fn alloc_near(&self, req: RunRequest, head: NewHead, cpu: usize) -> Option<usize> {
         let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
-        self.alloc_from(req, head, bits, Some(cpu.checked_rem(self.area_count).unwrap_or(0)))
+        self.alloc_from(req, head, bits, Some(self.area_of_cpu(cpu)))
     }
 
     /// Undo a `lookup(.., true)` that the caller decided not to complete.

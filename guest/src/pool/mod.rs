@@ -247,6 +247,8 @@ pub(crate) struct RunRequest {
 }
 
 mod area;
+#[cfg(test)]
+mod area_hint_tests;
 mod bounce_pool;
 mod front;
 #[cfg(test)]

@@ -362,7 +362,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let site = core::panic::Location::caller();
         crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
         if result.is_ok() {
-            dev.live_dec(LiveKind::Mapping);
+            dev.live_dec_inline(LiveKind::Mapping);
         }
         result
     }
@@ -394,7 +394,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 return Err(DmaError::UnknownMapping(bus));
             }
             Some(Err(e)) => return Err(e),
-            Some(Ok(Taken::Freed(rec))) => debug_assert_eq!(rec.len, len, "freed after the check passed"),
+            Some(Ok(Taken::Freed)) => {}
             Some(Ok(Taken::Released(rec))) => {
                 self.copy_to_original(&pool, &rec, 0, rec.len);
                 pool.free(rec.index, rec.nslots);
