@@ -115,6 +115,14 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # Both merged (main a07a505): x86 188,611 (QemuPlatform 17,143, CPlatform 41,379), pseries 181,640
 # (PseriesPlatform 18,864), pseries blk share chain 5,824: hot's inline first attempt on top of the
 # one-copy layer; those ceilings raised to the figures plus ~1 %.
+# Issue 20, a map's deepest chain (chain helper; bash scripts/kernel-budgets.sh at main 7d27fcb and
+# at chain merged with it): a deferred device's domain set-up runs from map_original before the
+# map's attempts (DmaLayer::set_up_deferred), no longer under the growth retry's frames (grow_and_retry
+# 304 > map_original's closure 448 > iommu_map 464); the attempts only look (`attached`);
+# setup_domain out of line and run_setup_locked returns no DomainInfo copy (its log lines and the
+# publishing in finish_setup, beside setup_domain rather than above it). map_ptr x86 3,616 -> 2,928,
+# pseries 5,136 -> 3,776; blk share x86 3,856 -> 3,168, pseries 5,824 -> 4,464 (its two HAL frames,
+# 688, sit above map_ptr). Ceilings: the figures plus ~2 %.
 check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 192900 240000
 check "x86: ccdma .text for the kernel's QemuPlatform" "$(inst x86 ccdma_test_kernel::platform::QemuPlatform)" 17300 16384
 check "x86: ccdma .text for ffi's CPlatform (second copy)" "$(inst x86 ccdma_ffi::CPlatform)" 41800 16384
@@ -128,9 +136,9 @@ check "pseries: largest frame, ccdma (guest/)" "$(fig pseries max_frame_ccdma)" 
 check "x86: largest frame, ffi/" "$(fig x86 max_frame_ffi)" 2048 2048
 check "x86: largest frame, kernel + qemu/common" "$(fig x86 max_frame_kernel)" 2048 2048
 check "pseries: largest frame, kernel + qemu/common" "$(fig pseries max_frame_kernel)" 2048 2048
-check "x86: deepest chain of DmaLayer::map_ptr" "$(fig x86 chain_map_ptr)" 4096 4096
-check "pseries: deepest chain of DmaLayer::map_ptr" "$(fig pseries chain_map_ptr)" 5248 4096
-check "x86: deepest chain of a blk share (HAL map)" "$(fig x86 chain_share)" 4608 4096
-check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 5900 4096
+check "x86: deepest chain of DmaLayer::map_ptr" "$(fig x86 chain_map_ptr)" 2990 4096
+check "pseries: deepest chain of DmaLayer::map_ptr" "$(fig pseries chain_map_ptr)" 3856 4096
+check "x86: deepest chain of a blk share (HAL map)" "$(fig x86 chain_share)" 3232 4096
+check "pseries: deepest chain of a blk share (HAL map)" "$(fig pseries chain_share)" 4560 4096
 [[ $FAILED -eq 0 ]] || fail "a figure is above its ceiling"
 echo "kernel-budgets.sh: every figure within its ceiling"
