@@ -140,7 +140,7 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # Issue 21, hot2 helper (bash scripts/budgets.sh at bb0a0b3 and at hot2): minimal 61,741 -> 61,728,
 # fw-min 22,833 -> 22,786, full 115,887 -> 115,887; minimal and fw-min ceilings lowered by as much.
 # Issue 20, a map's deepest chain (chain helper; bash scripts/budgets.sh at main 7d27fcb and at chain
-# merged with it): minimal 61,728 -> 62,177 (+449), fw-min 22,786 -> 22,786, full 115,887 -> 116,607
+# merged with it): minimal 61,728 -> 62,193 (+465), fw-min 22,786 -> 22,786, full 115,887 -> 116,607
 # (+720): the deferred set-up called from map_original before the attempts (set_up_deferred +242,
 # map_ptr +211, finish_setup and its two log lines out of line), less in iommu_map, its closure and
 # trusted_iommu_map (-400); the rest is LLVM inlining ListPages::acquire into put_entries now (+246)

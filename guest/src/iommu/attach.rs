@@ -296,7 +296,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     Some(Err(e)) => return Err(e),
                     Some(Ok(())) => {
                         self.iommu_counters.deferred_attaches.fetch_add(1, Ordering::Relaxed);
-                        log::debug!("ccdma: deferred device {:#x} attached at first use", dev.config.id);
+                        log_deferred_attached(dev.config.id);
                         return slot.info(d.generation).ok_or(DmaError::NotAttached);
                     }
                 },
@@ -785,4 +785,10 @@ fn log_set_up(config: &DeviceConfig, info: &DomainInfo) {
 #[inline(never)]
 fn log_set_up_failed(config: &DeviceConfig, e: &DmaError) {
     log::warn!("ccdma: IOMMU attach of device {:#x} failed: {e}", config.id);
+}
+
+/// `attach_deferred`'s log line, out of line as [`log_set_up`].
+#[inline(never)]
+fn log_deferred_attached(id: u32) {
+    log::debug!("ccdma: deferred device {id:#x} attached at first use");
 }
