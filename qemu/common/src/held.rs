@@ -4,34 +4,24 @@
 //! pointers, so they are not `Send` and [`TakeOnce`](crate::memory::TakeOnce) cannot keep them.
 //! Both kernels run on one CPU: the value is only ever reached from it.
 
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use crate::memory::TakeOnce;
 
-/// A value handed out once as a `&'static mut`, for a single-CPU kernel.
-pub struct Held<T> {
-    taken: AtomicBool,
-    value: UnsafeCell<T>,
-}
+/// A value handed out once as a `&'static mut`, for a single-CPU kernel: [`TakeOnce`] without its
+/// `Send` bound (the hand-out once is `TakeOnce`'s; only the claim to be `Sync` is this type's).
+pub struct Held<T>(TakeOnce<T>);
 
-// SAFETY: the value is reached only through `take`, which hands out one `&mut` ever (the flag);
-// the kernels that use this run on one CPU, so the value never moves between threads.
+// SAFETY: the value is reached only through `take`, which hands out one `&mut` ever (TakeOnce's
+// flag); the kernels that use this run on one CPU, so the value never moves between threads.
 unsafe impl<T> Sync for Held<T> {}
 
 impl<T> Held<T> {
     /// Wraps `value` (a `const`: it lives in `.bss`/`.data`, not on a stack).
     pub const fn new(value: T) -> Self {
-        Self { taken: AtomicBool::new(false), value: UnsafeCell::new(value) }
+        Self(TakeOnce::new(value))
     }
 
     /// The value, the first time; `None` after.
-    // The `&mut` comes out of the `UnsafeCell`, handed out once (the flag), not out of `&self`.
-    #[allow(clippy::mut_from_ref)]
     pub fn take(&'static self) -> Option<&'static mut T> {
-        if self.taken.swap(true, Ordering::AcqRel) {
-            return None;
-        }
-        // SAFETY: the flag was clear, so this is the only reference ever created, and `self` is
-        // `'static`.
-        Some(unsafe { &mut *self.value.get() })
+        self.0.take()
     }
 }
