@@ -20,11 +20,7 @@ const SIZES: [usize; 6] = [4096, 8192, 16 << 10, 64 << 10, 128 << 10, 256 << 10]
 const KINDS: [CallKind; 4] =
     [CallKind::PutTce, CallKind::PutTceIndirect, CallKind::StuffTce, CallKind::GetTce];
 
-/// Linux in a secure guest: `H_PUT_TCE` per entry, `H_STUFF_TCE` per 512 entries.
-fn linux(bytes: usize) -> u64 {
-    let n = (bytes / 4096) as u64;
-    n + n.div_ceil(512)
-}
+use ccdma_tests::linux_secure_guest_calls as linux;
 
 /// A model whose default window (8 MiB) cannot hold the 16 MiB pool: a 32-bit device (no DDW)
 /// falls back to strict entries under the premapped policy.
@@ -86,9 +82,7 @@ fn counts(cfg: IommuConfig) -> Vec<u64> {
 }
 
 fn show(name: &str, got: &[u64]) {
-    let row: Vec<String> =
-        SIZES.iter().zip(got).map(|(&b, n)| format!("{} KiB: {n} (Linux {})", b / 1024, linux(b))).collect();
-    println!("{name:<34} {}", row.join(", "));
+    ccdma_tests::show_vs_linux(name, &SIZES, got);
 }
 
 #[test]

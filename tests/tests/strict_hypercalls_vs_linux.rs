@@ -17,9 +17,7 @@ const SIZES: [usize; 6] = [4096, 8192, 16 << 10, 64 << 10, 128 << 10, 256 << 10]
 const KINDS: [CallKind; 4] =
     [CallKind::PutTce, CallKind::PutTceIndirect, CallKind::StuffTce, CallKind::GetTce];
 
-fn linux(bytes: usize) -> u64 {
-    (bytes / 4096) as u64 + 1
-}
+use ccdma_tests::linux_secure_guest_calls as linux;
 
 /// TCE hypercalls of one to-device map+unmap per size, for a 32-bit device (strict below 4 GiB, the
 /// pool above), after checking the model saw nothing wrong.
@@ -64,9 +62,7 @@ fn counts(cfg: IommuConfig) -> Vec<u64> {
 }
 
 fn show(name: &str, got: &[u64]) {
-    let row: Vec<String> =
-        SIZES.iter().zip(got).map(|(&b, n)| format!("{} KiB: {n} (Linux {})", b / 1024, linux(b))).collect();
-    println!("{name:<28} {}", row.join(", "));
+    ccdma_tests::show_vs_linux(name, &SIZES, got);
 }
 
 #[test]
