@@ -221,19 +221,8 @@ pub unsafe extern "C" fn ccdma_sync_sg_for_cpu(
     n: usize,
     dir: c_int,
 ) -> c_int {
-    // SAFETY: null or the caller's handles (contract).
-    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
-        Ok(both) => both,
-        Err(e) => return e,
-    };
-    let Some(dir) = direction(dir) else {
-        return CCDMA_ERR_INVALID;
-    };
-    // SAFETY: the caller's list memory (contract), checked live.
-    match unsafe { handle::list(dev, entries, n) } {
-        Ok((_, list)) => result(layer.inner.sync_sg_for_cpu(&dev.inner, list, dir)),
-        Err(e) => e,
-    }
+    // SAFETY: the same contract.
+    unsafe { crate::list_call(layer, dev, entries, n, dir, crate::ListCall::ForCpu) }
 }
 
 /// Make the CPU's writes to the buffers of a mapped list visible to the device.
@@ -248,17 +237,6 @@ pub unsafe extern "C" fn ccdma_sync_sg_for_device(
     n: usize,
     dir: c_int,
 ) -> c_int {
-    // SAFETY: null or the caller's handles (contract).
-    let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
-        Ok(both) => both,
-        Err(e) => return e,
-    };
-    let Some(dir) = direction(dir) else {
-        return CCDMA_ERR_INVALID;
-    };
-    // SAFETY: the caller's list memory (contract), checked live.
-    match unsafe { handle::list(dev, entries, n) } {
-        Ok((_, list)) => result(layer.inner.sync_sg_for_device(&dev.inner, list, dir)),
-        Err(e) => e,
-    }
+    // SAFETY: the same contract.
+    unsafe { crate::list_call(layer, dev, entries, n, dir, crate::ListCall::ForDevice) }
 }

@@ -64,7 +64,7 @@ use handle::{Kind, Tag};
 
 use ccdma::sg::SgEntry;
 use ccdma::{
-    CoherentBuffer, Device, DeviceConfig, DmaDirection, DmaError, DmaLayer, DmaMask, FreeError,
+    CoherentBuffer, Device, DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, FreeError,
     MemorySharing, PartialSharing, PhysAddr, PhysMemory, Platform, PoolConfig, SharingErrorKind, SlotMeta,
 };
 
@@ -936,19 +936,55 @@ pub unsafe extern "C" fn ccdma_unmap_sg_attrs(
     dir: c_int,
     attrs_bits: c_int,
 ) -> c_int {
+    // SAFETY: the same contract.
+    unsafe { list_call(layer, dev, entries, n, dir, ListCall::Unmap(attrs_bits)) }
+}
+
+/// What [`list_call`] does with a mapped list.
+#[derive(Clone, Copy)]
+pub(crate) enum ListCall {
+    /// `ccdma_unmap_sg_attrs`, with these attribute bits.
+    Unmap(c_int),
+    /// `ccdma_sync_sg_for_cpu`.
+    ForCpu,
+    /// `ccdma_sync_sg_for_device`.
+    ForDevice,
+}
+
+/// The unmap and the syncs of a mapped list: one copy of their handle checks.
+///
+/// # Safety
+/// As for `ccdma_unmap_sg` (for a sync the list stays mapped).
+#[inline(never)]
+pub(crate) unsafe fn list_call(
+    layer: *const ccdma_layer,
+    dev: *const ccdma_device,
+    entries: *mut c_void,
+    n: usize,
+    dir: c_int,
+    call: ListCall,
+) -> c_int {
     // SAFETY: null or the caller's handles (contract).
     let (layer, dev) = match unsafe { handle::layer_dev(layer, dev) } {
         Ok(both) => both,
         Err(e) => return e,
     };
-    let (Some(dir), Some(attrs)) = (direction(dir), attrs::attrs(attrs_bits)) else {
+    let attrs = match call {
+        ListCall::Unmap(bits) => attrs::attrs(bits),
+        ListCall::ForCpu | ListCall::ForDevice => Some(DmaAttrs::NONE),
+    };
+    let (Some(dir), Some(attrs)) = (direction(dir), attrs) else {
         return CCDMA_ERR_INVALID;
     };
     // SAFETY: the caller's list memory (contract), checked live.
     match unsafe { handle::list(dev, entries, n) } {
         Ok((head, list)) => {
-            let r = result(layer.inner.unmap_sg(&dev.inner, list, dir, attrs));
-            if r == CCDMA_OK {
+            let r = result(match call {
+                ListCall::Unmap(_) => layer.inner.unmap_sg(&dev.inner, list, dir, attrs),
+                ListCall::ForCpu => layer.inner.sync_sg_for_cpu(&dev.inner, list, dir),
+                ListCall::ForDevice => layer.inner.sync_sg_for_device(&dev.inner, list, dir),
+            });
+            if r == CCDMA_OK && matches!(call, ListCall::Unmap(_)) {
                 head.tag = Tag::DEAD;
             }
             r

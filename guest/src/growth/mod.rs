@@ -235,23 +235,32 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         len: usize,
         mut attempt: impl FnMut() -> Result<T, DmaError>,
     ) -> Result<T, DmaError> {
-        let first = attempt();
-        if first.is_ok() {
-            return first;
-        }
+        let first = match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
         if !crate::parts::GROWTH || self.growth.source.is_none() {
-            if matches!(first, Err(DmaError::PoolExhausted { .. })) {
+            if matches!(first, DmaError::PoolExhausted { .. }) {
                 self.cold().report_full_any(dev, len, GrowthVerdict::Disabled);
             }
-            return first;
+            return Err(first);
         }
-        self.cold().grow_and_retry(dev, len, first, &mut attempt)
+        // The retries go through one copy of `grow_and_retry` whatever `T` is: an attempt that
+        // succeeds leaves its result here.
+        let mut out = None;
+        let grown = self.cold().grow_and_retry(dev, len, first, &mut || attempt().map(|v| out = Some(v)));
+        match (grown, out) {
+            (Ok(()), Some(v)) => Ok(v),
+            (Err(e), _) => Err(e),
+            // `grow_and_retry` is `Ok` only after an attempt that was (and stored its result).
+            (Ok(()), None) => Err(DmaError::PoolExhausted { len }),
+        }
     }
 }
 
 impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// `grow_one`, through the default capacities' copy when those are this layer's (see
-    /// [`Cold::as_full`]): `grow_and_retry` is generic over its result, so compiled by its callers.
+    /// [`Cold::as_full`]): `grow_and_retry` is compiled per layer type.
     fn grow_one_any(
         &self,
         g: &mut GrowState<POOLS>,
@@ -276,22 +285,24 @@ impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, 
         }
     }
 
-    /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`, growth enabled.
+    /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`, growth enabled. Not
+    /// generic: `attempt` keeps its own result, so every caller's retries share this one copy.
     #[inline(never)]
-    pub(crate) fn grow_and_retry<T>(
+    pub(crate) fn grow_and_retry(
         &self,
         dev: &Device,
         len: usize,
-        first: Result<T, DmaError>,
-        attempt: &mut dyn FnMut() -> Result<T, DmaError>,
-    ) -> Result<T, DmaError> {
+        first: DmaError,
+        attempt: &mut dyn FnMut() -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
         // Too large for the pools there are (none, perhaps) but not for a grown one: growth helps too.
-        let helps = |r: &Result<T, DmaError>| match r {
+        let helps = |r: &Result<(), DmaError>| match r {
             Err(DmaError::PoolExhausted { len }) | Err(DmaError::TooLarge { len, .. }) => {
                 self.growth_will_retry(*len)
             }
             _ => false,
         };
+        let first = Err(first);
         if !helps(&first) {
             return first;
         }

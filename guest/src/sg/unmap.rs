@@ -39,12 +39,64 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
+        self.list_op(dev, list, dir, ListOp::Unmap(attrs))
+    }
+
+    /// Make device writes visible in the originals of every bounced entry.
+    pub fn sync_sg_for_cpu(
+        &self,
+        dev: &Device,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        self.list_op(dev, list, dir, ListOp::ForCpu)
+    }
+
+    /// Make CPU writes to the originals visible to the device (for directions in which the device
+    /// reads, or mappings made with `PRESERVE_UNWRITTEN`).
+    pub fn sync_sg_for_device(
+        &self,
+        dev: &Device,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        self.list_op(dev, list, dir, ListOp::ForDevice)
+    }
+
+    /// An unmap or sync of a mapped list: the checks they share (device, list, every run, with a
+    /// claim for an unmap), then the operation. One copy for the three calls.
+    #[inline(never)]
+    fn list_op(
+        &self,
+        dev: &Device,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+        op: ListOp,
+    ) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;
-        self.check_runs(&view, list, dir, true)?;
+        let preserve = self.check_runs(&view, list, dir, matches!(op, ListOp::Unmap(_)))?;
+        match op {
+            ListOp::Unmap(attrs) => return self.unmap_claimed(dev, &view, list, dir, attrs),
+            ListOp::ForCpu if dir.device_writes() => self.copy_runs(list, false),
+            ListOp::ForDevice if dir.device_reads() || preserve => self.copy_runs(list, true),
+            ListOp::ForCpu | ListOp::ForDevice => {}
+        }
+        Ok(())
+    }
+
+    /// [`Self::unmap_sg`] once `check_runs` has checked and claimed every run of the list.
+    fn unmap_claimed(
+        &self,
+        dev: &Device,
+        view: &View,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
         let range = list.first().and_then(|e| e.tag.range);
         if let (Some((start, len)), Some(win)) = (range, view.window) {
             // Entries go first: from here on the device cannot touch the runs, so the copy back reads
@@ -63,7 +115,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             }
         }
         if dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
-            self.copy_back(list);
+            self.copy_runs(list, false);
         }
         self.count_segments(list, false);
         if let Some(slot) = view.domain.and_then(|d| self.slot(d)) {
@@ -78,67 +130,25 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Ok(())
     }
 
-    /// Make device writes visible in the originals of every bounced entry.
-    pub fn sync_sg_for_cpu(
-        &self,
-        dev: &Device,
-        list: &mut [SgEntry<'_>],
-        dir: DmaDirection,
-    ) -> Result<(), DmaError> {
-        crate::parts::require(crate::parts::SG, "scatter-gather")?;
-        let _masked = self.masked();
-        self.check_device(dev)?;
-        self.check_list_device(dev, list)?;
-        let view = self.settled_view(dev)?;
-        self.check_runs(&view, list, dir, false)?;
-        if dir.device_writes() {
-            self.copy_back(list);
-        }
-        Ok(())
-    }
-
-    /// Make CPU writes to the originals visible to the device (for directions in which the device
-    /// reads, or mappings made with `PRESERVE_UNWRITTEN`).
-    pub fn sync_sg_for_device(
-        &self,
-        dev: &Device,
-        list: &mut [SgEntry<'_>],
-        dir: DmaDirection,
-    ) -> Result<(), DmaError> {
-        crate::parts::require(crate::parts::SG, "scatter-gather")?;
-        let _masked = self.masked();
-        self.check_device(dev)?;
-        self.check_list_device(dev, list)?;
-        let view = self.settled_view(dev)?;
-        let preserve = self.check_runs(&view, list, dir, false)?;
-        if !(dir.device_reads() || preserve) {
-            return Ok(());
-        }
-        for e in list.iter() {
-            if let Place::Bounced { pool, pool_off, cpu, .. } = e.place {
-                if let Some(p) = self.pools.get(pool as usize) {
-                    let len = e.src.len();
-                    // SAFETY: `check_runs` proved `[pool_off, pool_off + len)` lies in a live run of
-                    // this list; the original is valid for `len` bytes while the entry is mapped.
-                    unsafe { core::ptr::copy_nonoverlapping(cpu, p.cpu_at(pool_off as usize), len) };
-                    self.stats.to_device(len);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Copy every bounced entry's bytes from its run to its original: one pass, each shared byte read
-    /// once, lengths from the entry (the guest's record), never from the device.
-    pub(super) fn copy_back(&self, list: &[SgEntry<'_>]) {
+    /// Copy every bounced entry's bytes between its run and its original (`to_device`: original to
+    /// run; else run to original): one pass, each shared byte read once, lengths from the entry (the
+    /// guest's record), never from the device.
+    pub(super) fn copy_runs(&self, list: &[SgEntry<'_>], to_device: bool) {
         for e in list {
             if let Place::Bounced { pool, pool_off, cpu, .. } = e.place {
                 if let Some(p) = self.pools.get(pool as usize) {
                     let len = e.src.len();
+                    let run = p.cpu_at(pool_off as usize);
+                    let (from, to) = if to_device { (cpu, run) } else { (run, cpu) };
                     // SAFETY: `check_runs` proved `[pool_off, pool_off + len)` lies in a live run of
-                    // this list; the original is valid for writes of `len` bytes while it is mapped.
-                    unsafe { core::ptr::copy_nonoverlapping(p.cpu_at(pool_off as usize), cpu, len) };
-                    self.stats.from_device(len);
+                    // this list; the original is valid for reads and writes of `len` bytes while the
+                    // entry is mapped; pool memory never overlaps a caller's buffer.
+                    unsafe { core::ptr::copy_nonoverlapping(from, to, len) };
+                    if to_device {
+                        self.stats.to_device(len);
+                    } else {
+                        self.stats.from_device(len);
+                    }
                 }
             }
         }
@@ -259,4 +269,15 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         close(&mut run)?;
         Ok(preserve)
     }
+}
+
+/// What [`DmaLayer::list_op`] does with a list once checked.
+#[derive(Clone, Copy)]
+enum ListOp {
+    /// Unmap it, with these attributes.
+    Unmap(DmaAttrs),
+    /// Sync it for the CPU.
+    ForCpu,
+    /// Sync it for the device.
+    ForDevice,
 }
