@@ -20,97 +20,118 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let lim = Limits::of(dev.config())?;
         let span = self.pool_span(view);
         let mut group: Option<Group> = None;
-        for i in 0..list.len() {
-            let src = list[i].src;
-            let len = src.len();
-            if len == 0 {
-                return Err(DmaError::ZeroLength);
-            }
-            if len as u64 > lim.max_seg {
-                self.stats.fail(FailureKind::TooLarge);
-                return Err(DmaError::SegmentLimit { index: i, len });
-            }
-            let (cpu, phys) = match src {
-                Source::P2p(seg) => {
-                    if let Some(g) = group.take() {
-                        self.place_group(dev, view, list, g, &lim, dir, attrs)?;
-                    }
-                    self.place_p2p(dev, view, list, i, seg, &lim, opts)?;
-                    continue;
-                }
-                Source::Cpu { ptr, writable, .. } => {
-                    if dir.device_writes() && !writable {
-                        self.stats.fail(FailureKind::Invalid);
-                        return Err(DmaError::WrongDirection);
-                    }
-                    let phys = self.cpu_phys(view, &lim, ptr, len);
-                    (Some(ptr), phys)
-                }
-                Source::Phys { phys, .. } => (None, Some(phys)),
+        // One pass, and one past the end to place the last group: each entry is classified, the
+        // group open so far is placed when this entry does not join it (one call site for every
+        // case), then the entry is placed or opens a group.
+        for i in 0..=list.len() {
+            let step = match list.get_mut(i) {
+                Some(e) => self.classify(view, &lim, i, e, dir)?,
+                None => Step::End,
             };
-            let direct = match view.path {
-                DmaPath::Direct => {
-                    let Some(p) = phys else {
-                        self.stats.fail(FailureKind::Invalid);
-                        return Err(DmaError::NotTranslatable);
-                    };
-                    if !lim.mask.covers(p.0, len as u64) {
-                        self.stats.fail(FailureKind::BeyondMask);
-                        return Err(DmaError::BeyondMask { addr: p.0, mask: lim.mask });
-                    }
-                    if !lim.within_boundary(p.0, len as u64) {
-                        self.stats.fail(FailureKind::TooLarge);
-                        return Err(DmaError::SegmentLimit { index: i, len });
-                    }
-                    Some(p)
-                }
-                // Below the mask and inside a boundary block: the device can use it as it is.
-                DmaPath::BounceAboveMask => phys.filter(|p| lim.direct_ok(p.0, len as u64)),
-                // Every other path bounces everything.
-                _ => None,
-            };
-            if let Some(p) = direct {
-                if let Some(g) = group.take() {
-                    self.place_group(dev, view, list, g, &lim, dir, attrs)?;
-                }
-                list[i].place = Place::Direct { bus: BusAddr(p.0) };
-                continue;
-            }
-            // Bounce: the CPU side of the original, and the address whose low bits the device needs.
-            let cpu = match (cpu, phys) {
-                (Some(c), _) => c,
-                (None, Some(p)) => match self.platform.cpu_ptr(p, len) {
-                    Some(c) => c.as_ptr(),
-                    None => {
-                        self.stats.fail(FailureKind::Invalid);
-                        return Err(DmaError::NotTranslatable);
-                    }
-                },
-                (None, None) => return Err(DmaError::NotTranslatable),
-            };
-            let orig = phys.map_or(cpu as u64, |p| p.0);
-            list[i].place = Place::Pending { cpu };
             if let Some(g) = &mut group {
-                if opts.coalesce && can_join(g, orig, len as u64, &lim, span) {
-                    g.count += 1;
-                    g.len += len as u64;
-                    continue;
+                if let Step::Bounce { orig, len } = step {
+                    if opts.coalesce && can_join(g, orig, len as u64, &lim, span) {
+                        g.count += 1;
+                        g.len += len as u64;
+                        continue;
+                    }
                 }
             }
             if let Some(g) = group.take() {
                 self.place_group(dev, view, list, g, &lim, dir, attrs)?;
             }
-            if !lim.boundary_allows(orig & lim.min_align, len as u64) {
-                self.stats.fail(FailureKind::TooLarge);
-                return Err(DmaError::SegmentLimit { index: i, len });
+            let place = match step {
+                Step::End => break,
+                Step::P2p(seg) => self.place_p2p(dev, view, i, seg, &lim, opts)?,
+                Step::Direct(p) => Place::Direct { bus: BusAddr(p.0) },
+                Step::Bounce { orig, len } => {
+                    if !lim.boundary_allows(orig & lim.min_align, len as u64) {
+                        self.stats.fail(FailureKind::TooLarge);
+                        return Err(DmaError::SegmentLimit { index: i, len });
+                    }
+                    group = Some(Group { start: i, count: 1, orig0: orig, len: len as u64 });
+                    continue;
+                }
+            };
+            if let Some(e) = list.get_mut(i) {
+                e.place = place;
             }
-            group = Some(Group { start: i, count: 1, orig0: orig, len: len as u64 });
-        }
-        if let Some(g) = group.take() {
-            self.place_group(dev, view, list, g, &lim, dir, attrs)?;
         }
         let range = self.window_layout(view, list, &lim, dir)?;
         Ok((self.emit_segments(view, list, &lim, opts.coalesce), range))
+    }
+
+    /// What entry `i` of the list is (its device limits and path checked): a P2P segment, memory the
+    /// device uses as it is, or bytes to bounce (then marked pending, with the address whose
+    /// `min_align_mask` bits the copy keeps).
+    #[inline(never)]
+    fn classify(
+        &self,
+        view: &View,
+        lim: &Limits,
+        i: usize,
+        e: &mut SgEntry<'_>,
+        dir: DmaDirection,
+    ) -> Result<Step, DmaError> {
+        let src = e.src;
+        let len = src.len();
+        if len == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        if len as u64 > lim.max_seg {
+            self.stats.fail(FailureKind::TooLarge);
+            return Err(DmaError::SegmentLimit { index: i, len });
+        }
+        let (cpu, phys) = match src {
+            Source::P2p(seg) => return Ok(Step::P2p(seg)),
+            Source::Cpu { ptr, writable, .. } => {
+                if dir.device_writes() && !writable {
+                    self.stats.fail(FailureKind::Invalid);
+                    return Err(DmaError::WrongDirection);
+                }
+                let phys = self.cpu_phys(view, lim, ptr, len);
+                (Some(ptr), phys)
+            }
+            Source::Phys { phys, .. } => (None, Some(phys)),
+        };
+        let direct = match view.path {
+            DmaPath::Direct => {
+                let Some(p) = phys else {
+                    self.stats.fail(FailureKind::Invalid);
+                    return Err(DmaError::NotTranslatable);
+                };
+                if !lim.mask.covers(p.0, len as u64) {
+                    self.stats.fail(FailureKind::BeyondMask);
+                    return Err(DmaError::BeyondMask { addr: p.0, mask: lim.mask });
+                }
+                if !lim.within_boundary(p.0, len as u64) {
+                    self.stats.fail(FailureKind::TooLarge);
+                    return Err(DmaError::SegmentLimit { index: i, len });
+                }
+                Some(p)
+            }
+            // Below the mask and inside a boundary block: the device can use it as it is.
+            DmaPath::BounceAboveMask => phys.filter(|p| lim.direct_ok(p.0, len as u64)),
+            // Every other path bounces everything.
+            _ => None,
+        };
+        if let Some(p) = direct {
+            return Ok(Step::Direct(p));
+        }
+        // Bounce: the CPU side of the original, and the address whose low bits the device needs.
+        let cpu = match (cpu, phys) {
+            (Some(c), _) => c,
+            (None, Some(p)) => match self.platform.cpu_ptr(p, len) {
+                Some(c) => c.as_ptr(),
+                None => {
+                    self.stats.fail(FailureKind::Invalid);
+                    return Err(DmaError::NotTranslatable);
+                }
+            },
+            (None, None) => return Err(DmaError::NotTranslatable),
+        };
+        e.place = Place::Pending { cpu };
+        Ok(Step::Bounce { orig: phys.map_or(cpu as u64, |p| p.0), len })
     }
 
     /// The physical address of a CPU buffer, where the path needs it: to use it directly, or for
@@ -172,4 +193,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
         span
     }
+}
+
+/// One entry, classified by [`DmaLayer::classify`] (or the end of the list).
+#[derive(Clone, Copy)]
+enum Step {
+    P2p(P2pSegment),
+    Direct(PhysAddr),
+    Bounce { orig: u64, len: usize },
+    End,
 }

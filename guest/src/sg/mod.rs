@@ -415,7 +415,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             None => self.plain_view(dev, true),
             Some(d) => {
                 let info = self.ensure_attached(dev)?;
-                let (pools, pool_bus) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
+                let (pools, pool_bus) = self.cold().pool_view(dev, true).ok_or(DmaError::NotAttached)?;
                 View { path: info.path, pools, pool_bus, window: info.dynamic, domain: Some(d) }
             }
         };

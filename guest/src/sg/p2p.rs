@@ -73,18 +73,16 @@ pub struct P2pSegment {
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
-    /// Resolve and place one peer-to-peer segment. P2P memory is never bounced.
-    #[allow(clippy::too_many_arguments)]
+    /// Resolve one peer-to-peer segment (entry `i`): where it goes. P2P memory is never bounced.
     pub(super) fn place_p2p(
         &self,
         dev: &Device,
         view: &View,
-        list: &mut [SgEntry<'_>],
         i: usize,
         seg: P2pSegment,
         lim: &Limits,
         opts: &SgOptions<'_>,
-    ) -> Result<(), DmaError> {
+    ) -> Result<Place, DmaError> {
         let client = dev.config().id;
         let route = match opts.p2p {
             Some(t) => t.p2p_route(seg.provider, client, seg.bar, seg.len),
@@ -98,8 +96,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             P2pRoute::BusAddress(bus) => (bus, Place::P2pBus { bus }),
             // Behind an IOMMU the range gets entries like any mapping (in the list's window range).
             P2pRoute::ThroughHostBridge if view.window.is_some() => {
-                list[i].place = Place::Window { bus: BusAddr(0), phys: seg.bar };
-                return Ok(());
+                return Ok(Place::Window { bus: BusAddr(0), phys: seg.bar });
             }
             // Without an IOMMU the host bridge routes the BAR's CPU physical address itself.
             P2pRoute::ThroughHostBridge => (BusAddr(seg.bar.0), Place::Direct { bus: BusAddr(seg.bar.0) }),
@@ -112,7 +109,6 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             self.stats.fail(FailureKind::TooLarge);
             return Err(DmaError::SegmentLimit { index: i, len: seg.len });
         }
-        list[i].place = place;
-        Ok(())
+        Ok(place)
     }
 }

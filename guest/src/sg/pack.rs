@@ -8,6 +8,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
 {
     /// Allocate one run for a group, copy (or clear) its bytes and record every entry's place.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     pub(super) fn place_group(
         &self,
         dev: &Device,

@@ -157,7 +157,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let space = slot.space.lock();
         let r = space.find(bus.0).filter(|r| r.kind == RangeKind::Mapping).ok_or_else(unknown)?;
         // The run starts at the range's first page; the data `bus - start` into it.
-        let (order, _) = self.pool_view(dev, false).ok_or_else(unknown)?;
+        let (order, _) = self.cold().pool_view(dev, false).ok_or_else(unknown)?;
         let found = order.iter().find_map(|i| {
             let pool = self.pools.get(i)?;
             let off = r.phys.checked_sub(pool.phys().0)?;
