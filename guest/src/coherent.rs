@@ -219,7 +219,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         let share = self.platform.is_confidential() && private_bus.is_none();
         let mask = dev.config.coherent_mask;
         // The window (and so the checks) first, so a refusal costs no sharing call.
-        let iommu = match dev.domain {
+        // The window behind an IOMMU, else the bus address the device uses (worked out once).
+        let (iommu, plain_bus) = match dev.domain {
             Some(_) => {
                 let info = self.ensure_attached(dev)?;
                 let win = info.dynamic.ok_or(DmaError::Iommu(IommuError::NoWindow))?;
@@ -228,7 +229,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 {
                     return Err(DmaError::CoherentUnaligned { page: win.page_size() });
                 }
-                Some(win)
+                (Some(win), BusAddr(0))
             }
             None => {
                 let bus = match private_bus {
@@ -240,7 +241,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     self.stats.fail(FailureKind::BeyondMask);
                     return Err(DmaError::BeyondMask { addr: bus.0, mask });
                 }
-                None
+                (None, bus)
             }
         };
         // SAFETY: the caller hands the pages over (contract above); zeroing them first keeps whatever
@@ -253,11 +254,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             unsafe { core::ptr::write_bytes(cpu.as_ptr(), 0, bytes as usize) };
         }
         let bus = match iommu {
-            None => match private_bus {
-                Some(bus) => bus,
-                None if share => self.platform.shared_bus_addr(phys),
-                None => BusAddr(phys.0),
-            },
+            None => plain_bus,
             Some(win) => match self.coherent_enter(dev, win, phys, bytes, private) {
                 Ok(bus) => bus,
                 Err(e @ DmaError::Iommu(IommuError::Quarantined { .. })) => {
@@ -322,14 +319,10 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             tce.put(&win, bus, phys.0, npages, perm)
         };
         if let Err(f) = put {
-            self.stats.fail(FailureKind::Iommu);
-            if f.clean {
-                slot.space.lock().free(bus, bytes, RangeKind::Coherent);
-            } else {
+            self.put_failed(slot, bus, bytes, RangeKind::Coherent, f.clean);
+            if !f.clean {
                 // Entries may still name the pages. Making them private would leave a window entry on
                 // private memory: the range and the pages are quarantined instead.
-                slot.space.lock().quarantine(bus);
-                self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
                 log::warn!("ccdma: coherent buffer at {phys} quarantined after {:?}", f.err);
                 return Err(DmaError::Iommu(IommuError::Quarantined { bus: BusAddr(bus) }));
             }

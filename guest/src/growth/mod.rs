@@ -239,22 +239,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        if !crate::parts::GROWTH || self.growth.source.is_none() {
-            if matches!(first, DmaError::PoolExhausted { .. }) {
-                self.cold().report_full_any(dev, len, GrowthVerdict::Disabled);
-            }
-            return Err(first);
-        }
-        // The retries go through one copy of `grow_and_retry` whatever `T` is: an attempt that
-        // succeeds leaves its result here.
+        // The rest goes through one copy of `grow_and_retry` whatever `T` is: an attempt that
+        // succeeds leaves its result here (`grow_and_retry` is `Ok` only after one did).
         let mut out = None;
-        let grown = self.cold().grow_and_retry(dev, len, first, &mut || attempt().map(|v| out = Some(v)));
-        match (grown, out) {
-            (Ok(()), Some(v)) => Ok(v),
-            (Err(e), _) => Err(e),
-            // `grow_and_retry` is `Ok` only after an attempt that was (and stored its result).
-            (Ok(()), None) => Err(DmaError::PoolExhausted { len }),
-        }
+        self.cold().grow_and_retry(dev, len, first, &mut || attempt().map(|v| out = Some(v)))?;
+        out.ok_or(DmaError::PoolExhausted { len })
     }
 }
 
@@ -285,7 +274,7 @@ impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, 
         }
     }
 
-    /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`, growth enabled. Not
+    /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`. Not
     /// generic: `attempt` keeps its own result, so every caller's retries share this one copy.
     #[inline(never)]
     pub(crate) fn grow_and_retry(
@@ -295,6 +284,12 @@ impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, 
         first: DmaError,
         attempt: &mut dyn FnMut() -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
+        if !crate::parts::GROWTH || self.growth.source.is_none() {
+            if matches!(first, DmaError::PoolExhausted { .. }) {
+                self.report_full_any(dev, len, GrowthVerdict::Disabled);
+            }
+            return Err(first);
+        }
         // Too large for the pools there are (none, perhaps) but not for a grown one: growth helps too.
         let helps = |r: &Result<(), DmaError>| match r {
             Err(DmaError::PoolExhausted { len }) | Err(DmaError::TooLarge { len, .. }) => {

@@ -22,7 +22,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         if page == 0 {
             return Err(DmaError::Iommu(IommuError::NoWindow));
         }
-        // Where each item goes, as offsets from the range's start.
+        // Where each item goes, as offsets from the range's start: every entry's bus address is its
+        // offset until the range is allocated (one pass lays out and records).
         let mut cursor = 0u64;
         let mut first_phys = None;
         let mut at = 0;
@@ -32,6 +33,15 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 return Err(DmaError::SegmentLimit { index: item.first, len: item.len as usize });
             };
             first_phys.get_or_insert(item.phys);
+            let data = p + item.d;
+            // `next_item` gives `first < next <= list.len()`; checked rather than sliced.
+            for e in list.get_mut(item.first..next).unwrap_or_default() {
+                match &mut e.place {
+                    Place::Bounced { bus, pool_off, .. } => *bus = BusAddr(data + (*pool_off - item.key)),
+                    Place::Window { bus, .. } => *bus = BusAddr(data),
+                    _ => {}
+                }
+            }
             cursor = p + item.npages(page) * page;
             at = next;
         }
@@ -59,22 +69,15 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 return Err(DmaError::Iommu(e));
             }
         };
-        // Every entry's bus address, from the same layout.
-        let mut cursor = 0u64;
-        let mut at = 0;
-        while let Some((item, next)) = self.next_item(list, at, view, page, lim) {
-            let p = place_item(cursor, &item, lim, page).unwrap_or(cursor);
-            let data_bus = base + p + item.d;
-            // `next_item` gives `first < next <= list.len()`; checked rather than sliced.
-            for e in list.get_mut(item.first..next).unwrap_or_default() {
-                match &mut e.place {
-                    Place::Bounced { bus, pool_off, .. } => *bus = BusAddr(data_bus + (*pool_off - item.key)),
-                    Place::Window { bus, .. } => *bus = BusAddr(data_bus),
-                    _ => {}
-                }
+        // Every offset recorded above becomes a bus address: the entries of the items (strict runs,
+        // host-bridge P2P segments), exactly those `next_item` walks.
+        let strict = view.strict();
+        for e in list.iter_mut() {
+            match &mut e.place {
+                Place::Bounced { bus, .. } if strict => bus.0 += base,
+                Place::Window { bus, .. } => bus.0 += base,
+                _ => {}
             }
-            cursor = p + item.npages(page) * page;
-            at = next;
         }
         let perm = tce_perm(dir);
         let hint = Cell::new(0usize);
@@ -85,14 +88,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 .map_or(0, |phys| phys | perm)
         };
         if let Err(f) = tce.put_entries(&win, base, span >> win.page_shift, &entry) {
-            self.stats.fail(FailureKind::Iommu);
-            if f.clean {
-                slot.space.lock().free(base, span, RangeKind::SgList);
-            } else {
+            self.cold().put_failed(slot, base, span, RangeKind::SgList, f.clean);
+            if !f.clean {
                 // Entries may still point at the runs: neither they nor the range are ever reused
                 // (the runs stay allocated, forgotten by the list; the range is quarantined).
-                slot.space.lock().quarantine(base);
-                self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
                 for e in list.iter_mut() {
                     if matches!(e.place, Place::Bounced { .. }) {
                         e.place = Place::Unmapped;

@@ -8,21 +8,25 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
 {
     /// Free the runs a list holds (entries not yet reset).
     pub(super) fn release_runs(&self, list: &[SgEntry<'_>]) {
-        for e in list {
-            if let Place::Bounced { pool, pool_off, run: Some(h), .. } = e.place {
-                if let Some(p) = self.pools.get(pool as usize) {
-                    p.free(p.index_of_offset(pool_off - h.lead as u64), h.nslots as usize);
-                }
-            }
-        }
+        self.each_run(list, list.len(), true);
     }
 
     /// Undo the claims `check_runs` made on the runs of `list[..upto]`.
     pub(super) fn unclaim(&self, list: &[SgEntry<'_>], upto: usize) {
+        self.each_run(list, upto, false);
+    }
+
+    /// Free (`free`) or unclaim every run of `list[..upto]`: one walk for both.
+    fn each_run(&self, list: &[SgEntry<'_>], upto: usize, free: bool) {
         for e in list.iter().take(upto) {
             if let Place::Bounced { pool, pool_off, run: Some(h), .. } = e.place {
                 if let Some(p) = self.pools.get(pool as usize) {
-                    p.unrelease(p.index_of_offset(pool_off - h.lead as u64));
+                    let index = p.index_of_offset(pool_off - h.lead as u64);
+                    if free {
+                        p.free(index, h.nslots as usize);
+                    } else {
+                        p.unrelease(index);
+                    }
                 }
             }
         }

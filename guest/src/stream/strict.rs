@@ -13,10 +13,10 @@ use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
 use crate::iommu::bus_space::{BusRange, RangeKind};
 use crate::iommu::calls::tce_perm;
-use crate::iommu::domain::DomainInfo;
+use crate::iommu::domain::{DomainInfo, DomainSlot};
 use crate::iommu::error::IommuError;
 use crate::iommu::window::window_below;
-use crate::layer::DmaLayer;
+use crate::layer::{Cold, DmaLayer};
 use crate::path::DmaPath;
 use crate::platform::Platform;
 use crate::pool::SlotRecord;
@@ -121,17 +121,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             }
         };
         if let Err(f) = tce.put(&win, bus, run_phys, npages, tce_perm(dir)) {
+            self.cold().put_failed(slot, bus, npages * page, RangeKind::Mapping, f.clean);
             if f.clean {
-                slot.space.lock().free(bus, npages * page, RangeKind::Mapping);
                 pool.free(run.index, nslots);
             } else {
                 // Entries may still point at the run: neither the bus range nor the slots are ever
                 // reused (the slots stay allocated, the range is quarantined).
-                slot.space.lock().quarantine(bus);
-                self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
                 self.iommu_counters.pools_pinned.store(true, Ordering::Relaxed);
             }
-            self.stats.fail(FailureKind::Iommu);
             return Err(DmaError::Iommu(f.err));
         }
         self.iommu_counters.strict_maps.fetch_add(1, Ordering::Relaxed);
@@ -206,5 +203,28 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         pool.free(rec.index, rec.nslots);
         self.stats.unmapped();
         Ok(())
+    }
+}
+
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
+    /// Entries for the bus range at `bus` (`span` bytes of `kind`) could not all be written: an IOMMU
+    /// failure is counted; a `clean` failure (no entry left) frees the range, any other quarantines
+    /// it for good (entries may still name its pages). One copy for every path that enters a range.
+    #[inline(never)]
+    pub(crate) fn put_failed(
+        &self,
+        slot: &DomainSlot<'_>,
+        bus: u64,
+        span: u64,
+        kind: RangeKind,
+        clean: bool,
+    ) {
+        self.stats.fail(FailureKind::Iommu);
+        if clean {
+            slot.space.lock().free(bus, span, kind);
+        } else {
+            slot.space.lock().quarantine(bus);
+            self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

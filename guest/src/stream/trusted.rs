@@ -12,7 +12,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::raw_records::{RawRecords, Ticket};
+use super::raw_records::Ticket;
 use super::Original;
 use crate::addr::BusAddr;
 use crate::device::Device;
@@ -106,15 +106,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         })?;
         // Private pages: one call per entry, never through the shared list page.
         if let Err(f) = tce.put_private(&win, bus, base, npages, tce_perm(dir)) {
-            if f.clean {
-                slot.space.lock().free(bus, span, RangeKind::Private);
-            } else {
-                // Entries may still name the private pages: the range is never reused, and revoke
-                // clears it before the device is untrusted again.
-                slot.space.lock().quarantine(bus);
-                self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
-            }
-            self.stats.fail(FailureKind::Iommu);
+            // Entries that may still name the private pages keep the range quarantined: revoke clears
+            // it before the device is untrusted again.
+            self.cold().put_failed(slot, bus, span, RangeKind::Private, f.clean);
             return Err(DmaError::Iommu(f.err));
         }
         slot.live_mappings.fetch_add(1, Ordering::Relaxed);
@@ -158,11 +152,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
-        let ticket =
-            match self.trusted_raw_claim(dev, bus, &r, safe, |raw| raw.check(dev, bus, len, dir, true)) {
-                Ok(t) => t,
-                Err(e) => return Some(Err(e)),
-            };
+        let ticket = match self.trusted_raw_claim(dev, bus, &r, safe, len, dir, true) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
         let done = (|| {
             let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::UnknownMapping(bus))?;
             let info = dev.domain.and_then(|d| self.domain_info(d)).ok_or(DmaError::UnknownMapping(bus))?;
@@ -187,20 +180,24 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Some(done)
     }
 
-    /// The raw face's claim on the private range `r` at `bus`, checked by `check` against the raw
-    /// records (`None` for the safe face). A range no raw record names is a `Mapping`'s.
+    /// The raw face's claim on the private range `r` at `bus` (`len`, `dir`), checked against the
+    /// raw records and claimed for release with `claim` (`None` for the safe face). A range no raw
+    /// record names is a `Mapping`'s. One copy for unmap and sync (no closure per caller).
+    #[allow(clippy::too_many_arguments)]
     fn trusted_raw_claim(
         &self,
         dev: &Device,
         bus: BusAddr,
         r: &BusRange,
         safe: bool,
-        check: impl FnOnce(&RawRecords<'m, POOLS>) -> Result<Ticket, DmaError>,
+        len: usize,
+        dir: DmaDirection,
+        claim: bool,
     ) -> Result<Option<Ticket>, DmaError> {
         if safe {
             return Ok(None);
         }
-        match check(&self.raw) {
+        match self.raw.check(dev, bus, len, dir, claim) {
             Ok(t) => Ok(Some(t)),
             Err(DmaError::UnknownMapping(_)) if !self.raw.any_within(dev, r.start, r.end()) => {
                 self.stats.fail(FailureKind::Mismatch);
@@ -234,8 +231,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         };
         if !safe {
             // The raw record says exactly what was mapped: its address, direction and length.
-            let claim =
-                self.trusted_raw_claim(dev, bus, &r, false, |raw| raw.check(dev, bus, len, dir, false));
+            let claim = self.trusted_raw_claim(dev, bus, &r, false, len, dir, false);
             if let Err(e) = claim {
                 return Some(Err(e));
             }
