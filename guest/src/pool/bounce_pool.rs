@@ -281,7 +281,10 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     }
 
     /// Allocate, trying area `first` first (else where the last allocation that moved on found room).
-    fn alloc_from(
+    /// Callers go through [`Self::alloc_from`] (`once.rs`), which takes the default capacity's
+    /// copy in ccdma.
+    #[inline(always)]
+    pub(super) fn alloc_from_any(
         &self,
         req: RunRequest,
         new: NewHead,
@@ -462,7 +465,14 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         self.lookup_at(self.index_of_offset(off), off, release, sg)
     }
 
-    fn lookup_at(&self, index: usize, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {
+    #[inline(always)]
+    pub(super) fn lookup_at_any(
+        &self,
+        index: usize,
+        off: u64,
+        release: bool,
+        sg: bool,
+    ) -> Option<SlotRecord> {
         let (area, i) = self.area_at(index)?;
         let mut st = area.state.lock();
         let rec = self.record_of(&st, index, i, off, sg)?;
@@ -560,7 +570,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     }
 
     /// Undo a `lookup(.., true)` that the caller decided not to complete.
-    pub(crate) fn unrelease(&self, index: usize) {
+    #[inline(always)]
+    pub(super) fn unrelease_any(&self, index: usize) {
         let Some((area, i)) = self.area_at(index) else { return };
         let mut st = area.state.lock();
         if let Some(head) = st.meta.get_mut(i).filter(|h| h.state() == RELEASING) {
@@ -595,7 +606,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// A released head whose buffer must never be written again (its `Mapping` was dropped while
     /// the unmap could not complete): forget the original, keep the run allocated and refuse it to
     /// every face, so no later call copies into memory whose borrow has ended.
-    pub(crate) fn orphan(&self, index: usize) {
+    #[inline(always)]
+    pub(super) fn orphan_any(&self, index: usize) {
         let Some((area, i)) = self.area_at(index) else { return };
         let mut st = area.state.lock();
         // Only a live head: a free or listed slot never becomes allocated for good.
@@ -608,7 +620,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// Free a run previously returned by `alloc` (its head live, or released by `lookup`), of
     /// `nslots` slots. Anything else (no such head, another length, freed already) changes nothing:
     /// a run is never freed twice, nor a head that is not one.
-    pub(crate) fn free(&self, index: usize, nslots: usize) {
+    #[inline(always)]
+    pub(super) fn free_any(&self, index: usize, nslots: usize) {
         let Some((area, i)) = self.area_at(index) else { return };
         let mut st = area.state.lock();
         let live = st

@@ -253,6 +253,7 @@ mod bounce_pool;
 mod front;
 #[cfg(test)]
 mod front_tests;
+mod once;
 #[cfg(test)]
 mod tests;
 
