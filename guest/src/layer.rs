@@ -248,6 +248,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
     }
 
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        match self.cold().as_full() {
+            Some(c) => stats_once(c),
+            None => self.cold().stats_dyn(),
+        }
+    }
+
     /// The platform.
     pub fn platform(&self) -> &P {
         &self.platform
@@ -290,8 +298,8 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
         Some((pool, self.plain.base_of(i).unwrap_or(BusAddr(0))))
     }
 
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> StatsSnapshot {
+    /// [`DmaLayer::stats`]'s body (on the `dyn Platform` layer: it calls no platform hook).
+    pub(crate) fn stats_dyn(&self) -> StatsSnapshot {
         let mut s = self.stats.snapshot();
         for p in self.pools() {
             s.slots_in_use += p.slots_in_use() as u64;
@@ -595,6 +603,13 @@ fn release_pools_once(c: &mut FullCold<'_, '_>) -> Result<(), DmaError> {
 #[inline(never)]
 fn attach_once(c: &FullCold<'_, '_>, config: DeviceConfig) -> Result<Device, DmaError> {
     c.attach_dyn(config)
+}
+
+/// [`DmaLayer::stats`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn stats_once(c: &FullCold<'_, '_>) -> StatsSnapshot {
+    c.stats_dyn()
 }
 
 /// [`DmaLayer::detach`] of the default capacities, compiled in this crate only (see

@@ -579,9 +579,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         }
     }
 
-    /// Every live run of the pool (locks one area at a time, so a concurrent map or unmap may or may
-    /// not be seen).
-    pub fn for_each_live(&self, mut f: impl FnMut(LiveRun)) {
+    /// [`Self::for_each_live`]'s body: one copy per capacity, whatever the closure.
+    pub(super) fn for_each_live_any(&self, f: &mut dyn FnMut(LiveRun)) {
         for (a, area) in self.used_areas().enumerate() {
             let st = area.state.lock();
             for (i, m) in st.meta.iter().enumerate() {

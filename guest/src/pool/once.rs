@@ -26,6 +26,16 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         }
     }
 
+    /// Every live run of the pool (locks one area at a time, so a concurrent map or unmap may or may
+    /// not be seen). Not a hot path: the closure is called through `dyn`, so its body is compiled
+    /// once per capacity (in ccdma alone for the default one), not once per closure.
+    pub fn for_each_live(&self, mut f: impl FnMut(LiveRun)) {
+        match self.as_full() {
+            Some(p) => for_each_live_once(p, &mut f),
+            None => self.for_each_live_any(&mut f),
+        }
+    }
+
     /// [`Self::alloc_from_any`].
     #[inline(always)]
     pub(super) fn alloc_from(
@@ -104,6 +114,10 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     fn free_other(&self, index: usize, nslots: usize) {
         self.free_any(index, nslots)
     }
+}
+
+fn for_each_live_once(p: &FullPool<'_>, f: &mut dyn FnMut(LiveRun)) {
+    p.for_each_live_any(f)
 }
 
 fn alloc_from_once(
