@@ -104,7 +104,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         result
     }
 
-    fn clear_pool_range(&self, slot: &DomainSlot<'m>, i: usize) -> Result<(), ()> {
+    fn clear_pool_range(&self, slot: &DomainSlot<'m, POOLS>, i: usize) -> Result<(), ()> {
         let kind = RangeKind::Premap { pool: i as u8 };
         let Some(r) = slot.space.lock().ranges().iter().copied().find(|r| r.kind == kind) else {
             return Ok(());

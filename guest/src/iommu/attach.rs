@@ -157,7 +157,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// pools; the caller undoes its claim on an error.
     fn set_up_now(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         config: &DeviceConfig,
         mut dev: Device,
     ) -> Result<Device, DmaError> {
@@ -175,7 +175,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     fn join_domain(
         &self,
         index: usize,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         config: DeviceConfig,
     ) -> Result<Device, DmaError> {
         let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
@@ -239,7 +239,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     }
 
     /// The narrowest mask and widest `min_align_mask` of the domain's devices, `config` included.
-    fn narrow_domain(&self, slot: &DomainSlot<'m>, config: &DeviceConfig) {
+    fn narrow_domain(&self, slot: &DomainSlot<'m, POOLS>, config: &DeviceConfig) {
         slot.mask.fetch_min(config.dma_mask.bits() as u64, Ordering::Relaxed);
         slot.min_align.fetch_or(config.min_align_mask, Ordering::Relaxed);
     }
@@ -249,7 +249,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// the window below its mask.
     fn domain_serves(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         info: &DomainInfo,
         config: &DeviceConfig,
     ) -> Result<(), IommuError> {
@@ -280,7 +280,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     #[cold]
     pub(crate) fn attach_deferred<'s>(
         &self,
-        slot: &'s DomainSlot<'m>,
+        slot: &'s DomainSlot<'m, POOLS>,
         d: DomainRef,
         dev: &Device,
     ) -> Result<&'s DomainInfo, DmaError> {
@@ -307,7 +307,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     }
 
     /// [`Self::run_setup_locked`] under the attach lock.
-    fn run_setup(&self, slot: &DomainSlot<'m>, config: &DeviceConfig) -> Option<Result<(), DmaError>> {
+    fn run_setup(&self, slot: &DomainSlot<'m, POOLS>, config: &DeviceConfig) -> Option<Result<(), DmaError>> {
         let _attaching = self.iommu.as_ref()?.attach_lock.lock();
         self.run_setup_locked(slot, config)
     }
@@ -315,7 +315,11 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// Move the slot CLAIMED -> SETUP, set it up for the narrowest mask of its devices, publish
     /// (READY; the result is then [`DomainSlot::info`]) or go back to CLAIMED. `None` when the slot
     /// was not CLAIMED (set up already). The caller holds the attach lock.
-    fn run_setup_locked(&self, slot: &DomainSlot<'m>, config: &DeviceConfig) -> Option<Result<(), DmaError>> {
+    fn run_setup_locked(
+        &self,
+        slot: &DomainSlot<'m, POOLS>,
+        config: &DeviceConfig,
+    ) -> Option<Result<(), DmaError>> {
         // Set-up and pool growth exclude each other: a pool is either in the set the set-up enters,
         // or added after and entered by the grower.
         let _pools = self.growth.lock.lock();
@@ -337,7 +341,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     #[inline(never)]
     fn finish_setup(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         config: &DeviceConfig,
         result: Result<DomainInfo, DmaError>,
     ) -> Result<(), DmaError> {
@@ -381,7 +385,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         }
         // Pool growth and shrinking change windows too: one at a time.
         let _pools = self.growth.lock.lock();
-        let free = |slot: &DomainSlot<'m>| {
+        let free = |slot: &DomainSlot<'m, POOLS>| {
             slot.accepted.store(false, Ordering::Relaxed);
             slot.live.clear();
             slot.space.lock().clear();
@@ -510,9 +514,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
         match self.attached_or_deferred(dev)? {
             Ok(info) => Ok(info),
-            Err((slot, d)) => match self.cold().as_full() {
-                Some(c) => attach_deferred_once(c, slot, d, dev),
-                None => self.cold().attach_deferred(slot, d, dev),
+            Err((slot, d)) => match (self.cold().as_full(), slot.as_full()) {
+                (Some(c), Some(s)) => attach_deferred_once(c, s, d, dev),
+                _ => self.cold().attach_deferred(slot, d, dev),
             },
         }
     }
@@ -534,9 +538,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn set_up_deferred(&self, dev: &Device) -> Result<bool, DmaError> {
         match self.attached_or_deferred(dev) {
             Ok(Err((slot, d))) => {
-                match self.cold().as_full() {
-                    Some(c) => attach_deferred_once(c, slot, d, dev),
-                    None => self.cold().attach_deferred(slot, d, dev),
+                match (self.cold().as_full(), slot.as_full()) {
+                    (Some(c), Some(s)) => attach_deferred_once(c, s, d, dev),
+                    _ => self.cold().attach_deferred(slot, d, dev),
                 }?;
                 Ok(true)
             }
@@ -616,7 +620,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
     pub(crate) fn attached_or_deferred(
         &self,
         dev: &Device,
-    ) -> Result<Result<&DomainInfo, (&DomainSlot<'m>, DomainRef)>, DmaError> {
+    ) -> Result<Result<&DomainInfo, (&DomainSlot<'m, POOLS>, DomainRef)>, DmaError> {
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
         if let Some(info) = slot.info(d.generation) {
@@ -641,7 +645,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
                 .is_some_and(|i| i.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE))
     }
 
-    pub(crate) fn slot(&self, d: DomainRef) -> Option<&DomainSlot<'m>> {
+    pub(crate) fn slot(&self, d: DomainRef) -> Option<&DomainSlot<'m, POOLS>> {
         if !crate::parts::IOMMU {
             return None;
         }

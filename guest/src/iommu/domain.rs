@@ -77,7 +77,7 @@ pub(crate) const READY: u8 = 3;
 pub(crate) const DETACHING: u8 = 4;
 
 /// One partitionable endpoint's IOMMU state, shared by the devices attached to it.
-pub(crate) struct DomainSlot<'m> {
+pub(crate) struct DomainSlot<'m, const N: usize = MAX_POOLS> {
     pub state: AtomicU8,
     /// Bumped at every detach so a stale copy of a `Device` cannot reach the slot's next owner.
     pub generation: AtomicU32,
@@ -95,7 +95,7 @@ pub(crate) struct DomainSlot<'m> {
     pub live_mappings: AtomicU64,
     /// The pools the device maps from now and where each sits on its bus: filled at set-up, then
     /// changed only by pool growth and shrinking (under the layer's growth lock).
-    pub live: LivePools,
+    pub live: LivePools<N>,
     /// The narrowest DMA mask and the widest `min_align_mask` of the devices attached (set-up and
     /// grown pools are placed for them).
     pub mask: AtomicU64,
@@ -105,13 +105,13 @@ pub(crate) struct DomainSlot<'m> {
 // SAFETY: `info` is written only by the CPU that moved the state CLAIMED -> SETUP (a compare-exchange
 // makes it unique) and read only after an acquire load saw READY, which the writer published with a
 // release store after the write; the rest is atomics and a lock.
-unsafe impl Sync for DomainSlot<'_> {}
+unsafe impl<const N: usize> Sync for DomainSlot<'_, N> {}
 // SAFETY: the slot owns its data; the range storage is a unique borrow.
-unsafe impl Send for DomainSlot<'_> {}
+unsafe impl<const N: usize> Send for DomainSlot<'_, N> {}
 
-impl<'m> DomainSlot<'m> {
+impl<'m, const N: usize> DomainSlot<'m, N> {
     /// A FREE slot over `storage`, written into `slot` in place (no frame holds the whole `Iommu`).
-    pub(crate) fn init_in(slot: &mut Option<DomainSlot<'m>>, storage: &'m mut [BusRange]) {
+    pub(crate) fn init_in(slot: &mut Option<DomainSlot<'m, N>>, storage: &'m mut [BusRange]) {
         *slot = Some(DomainSlot {
             state: AtomicU8::new(FREE),
             generation: AtomicU32::new(0),
@@ -126,6 +126,18 @@ impl<'m> DomainSlot<'m> {
             mask: AtomicU64::new(0),
             min_align: AtomicU64::new(0),
         });
+    }
+
+    /// This slot as the default capacity's type when that is its capacity (decided at compile time;
+    /// see `Cold::as_full`).
+    #[inline(always)]
+    pub(crate) fn as_full(&self) -> Option<&DomainSlot<'m>> {
+        if N == MAX_POOLS {
+            // SAFETY: with `N == MAX_POOLS` both are the same type.
+            Some(unsafe { &*(self as *const Self as *const DomainSlot<'m>) })
+        } else {
+            None
+        }
     }
 
     /// The set-up result, once READY.
@@ -159,10 +171,10 @@ impl<'m> DomainSlot<'m> {
     }
 }
 
-/// The IOMMU part of a layer.
-pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS> {
+/// The IOMMU part of a layer of `N` pool slots.
+pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS, const N: usize = MAX_POOLS> {
     pub cfg: IommuConfig,
-    pub domains: [Option<DomainSlot<'m>>; D],
+    pub domains: [Option<DomainSlot<'m, N>>; D],
     pub list: Option<ListPages>,
     /// Reservations applied to every domain set up later (and to those live when they were made):
     /// one per domain slot ([`super::config::MAX_GLOBAL_RESERVATIONS`] in the default layer; none,

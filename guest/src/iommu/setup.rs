@@ -30,7 +30,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     #[inline(never)]
     pub(crate) fn setup_domain(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         config: &DeviceConfig,
     ) -> Result<DomainInfo, DmaError> {
         let iommu = self.iommu.as_ref().ok_or(DmaError::NotAttached)?;
@@ -146,7 +146,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// Enter each pool that fits below the mask into the default window. `Ok(None)`: none fits.
     pub(crate) fn premap_default(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         tce: &Backend<'_>,
         config: &DeviceConfig,
         win: WindowGeometry,
@@ -206,7 +206,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// continues where this one stopped.
     pub(crate) fn unwind_premaps(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         tce: &Backend<'_>,
         default: Option<WindowGeometry>,
         ddw: Option<WindowGeometry>,
@@ -232,7 +232,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// Premapped entries of a domain whose set-up failed could not be cleared: they may name pool
     /// pages for good, so the ranges are counted quarantined and the pools can never be made private
     /// again (`release_pools` refuses).
-    pub(crate) fn pin_pools(&self, slot: &DomainSlot<'m>) {
+    pub(crate) fn pin_pools(&self, slot: &DomainSlot<'m, POOLS>) {
         let (mut stuck, mut pools) = (0usize, 0u64);
         for r in slot.space.lock().ranges() {
             if let RangeKind::Premap { pool } = r.kind {
@@ -250,7 +250,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// Create a DDW holding only the pools (largest IOMMU page their alignment allows) and enter them.
     pub(crate) fn setup_ddw(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         tce: &Backend<'_>,
         config: &DeviceConfig,
         default: Option<WindowGeometry>,
@@ -395,7 +395,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// and the reset would take it away. Returns the default window after the attempt.
     fn bring_back_default(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         tce: &Backend<'_>,
         id: u32,
     ) -> Option<WindowGeometry> {
@@ -422,7 +422,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
 
     /// True when another domain set up already uses `default` (by LIOBN): a platform that splits one
     /// endpoint between domains. Runs under the attach lock, so no READY domain changes meanwhile.
-    fn window_used_elsewhere(&self, slot: &DomainSlot<'m>, default: Option<WindowGeometry>) -> bool {
+    fn window_used_elsewhere(&self, slot: &DomainSlot<'m, POOLS>, default: Option<WindowGeometry>) -> bool {
         let (Some(iommu), Some(win)) = (self.iommu.as_ref(), default) else { return false };
         iommu.domains.iter().flatten().filter(|d| !core::ptr::eq(*d, slot)).any(|d| {
             d.state.load(Ordering::Acquire) == READY && {
