@@ -87,7 +87,8 @@ impl<const N: usize> LivePools<N> {
     }
 
     /// Everything, consistently.
-    pub(crate) fn snapshot(&self) -> PoolsSnapshot {
+    #[inline(always)]
+    fn snapshot_any(&self) -> PoolsSnapshot {
         self.read(|n| {
             let mut order = PoolOrder::EMPTY;
             let mut bases = [BusAddr(0); MAX_POOLS];
@@ -115,11 +116,8 @@ impl<const N: usize> LivePools<N> {
 
     /// The allocation order (highest bus range first) of the pools that lie wholly below `mask`
     /// (all with `None`), with reserve pools only when `reserve` is true, and every pool's base.
-    pub(crate) fn order_for(
-        &self,
-        mask: Option<DmaMask>,
-        reserve: bool,
-    ) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+    #[inline(always)]
+    fn order_for_any(&self, mask: Option<DmaMask>, reserve: bool) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
         self.read(|n| {
             let mut bases = [BusAddr(0); MAX_POOLS];
             let order = self.scan(n, mask, reserve, |i, base| bases[i] = BusAddr(base));
@@ -153,7 +151,8 @@ impl<const N: usize> LivePools<N> {
     }
 
     /// The pool whose range holds `bus`, and the offset into it: a binary search.
-    pub(crate) fn find(&self, bus: u64) -> Option<(usize, u64)> {
+    #[inline(always)]
+    fn find_any(&self, bus: u64) -> Option<(usize, u64)> {
         self.read(|n| {
             // `order` is by base, highest first: the candidate is the first pool whose base <= bus.
             let (mut lo, mut hi) = (0, n);
@@ -179,7 +178,8 @@ impl<const N: usize> LivePools<N> {
     }
 
     /// Where pool `i` sits, if it is in the view (read in place: once per map).
-    pub(crate) fn base_of(&self, i: usize) -> Option<BusAddr> {
+    #[inline(always)]
+    fn base_of_any(&self, i: usize) -> Option<BusAddr> {
         let base = self.base.get(i)?;
         self.read(|n| {
             let found =
@@ -202,7 +202,8 @@ impl<const N: usize> LivePools<N> {
     /// Add pool `i` at `base` (bytes `size`). Single writer (see the module docs). `i` is a pool
     /// index (`< N`), and the view holds each index once, so the order never outgrows its
     /// array; both are checked anyway (no panic path): an index out of range changes nothing.
-    pub(crate) fn insert(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
+    #[inline(always)]
+    fn insert_any(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
         let (Some(base_cell), Some(size_cell)) = (self.base.get(i), self.size.get(i)) else { return };
         let s = self.snapshot();
         let mut idx: [u8; MAX_POOLS] = [0; MAX_POOLS];
@@ -241,7 +242,8 @@ impl<const N: usize> LivePools<N> {
     }
 
     /// Remove pool `i`; true when it was there. Single writer.
-    pub(crate) fn remove(&self, i: usize) -> bool {
+    #[inline(always)]
+    fn remove_any(&self, i: usize) -> bool {
         let s = self.snapshot();
         if !s.order.iter().any(|k| k == i) {
             return false;
@@ -325,6 +327,132 @@ impl<const N: usize> Candidates<'_, N> {
         let start = base.0.checked_add(off as u64)?;
         self.mask.is_none_or(|m| m.covers(start, len as u64)).then_some(base)
     }
+}
+
+/// One copy of the view's out-of-line code for the default capacity (`MAX_POOLS` pool slots), as
+/// the pool's (`pool/once.rs`): a generic function is compiled in every crate that uses it, so the
+/// calls below are shells that call a non-generic `*_once` function (compiled in ccdma alone) for
+/// the default `N`, and a generic `*_other` one (once per crate) for another; the bodies (`*_any`)
+/// are inlined into those two. Decided at compile time: the same one call as a plain method.
+type FullView = LivePools<MAX_POOLS>;
+
+impl<const N: usize> LivePools<N> {
+    #[inline(always)]
+    fn as_full(&self) -> Option<&FullView> {
+        if N == MAX_POOLS {
+            // SAFETY: with `N == MAX_POOLS` both are the same type.
+            Some(unsafe { &*(self as *const Self as *const FullView) })
+        } else {
+            None
+        }
+    }
+
+    /// Everything, consistently.
+    #[inline(always)]
+    pub(crate) fn snapshot(&self) -> PoolsSnapshot {
+        match self.as_full() {
+            Some(v) => snapshot_once(v),
+            None => self.snapshot_other(),
+        }
+    }
+
+    /// The allocation order (highest bus range first) of the pools that lie wholly below `mask`
+    /// (all with `None`), with reserve pools only when `reserve` is true, and every pool's base.
+    #[inline(always)]
+    pub(crate) fn order_for(
+        &self,
+        mask: Option<DmaMask>,
+        reserve: bool,
+    ) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+        match self.as_full() {
+            Some(v) => order_for_once(v, mask, reserve),
+            None => self.order_for_other(mask, reserve),
+        }
+    }
+
+    /// The pool whose range holds `bus`, and the offset into it: a binary search.
+    #[inline(always)]
+    pub(crate) fn find(&self, bus: u64) -> Option<(usize, u64)> {
+        match self.as_full() {
+            Some(v) => find_once(v, bus),
+            None => self.find_other(bus),
+        }
+    }
+
+    /// Where pool `i` sits, if it is in the view.
+    #[inline(always)]
+    pub(crate) fn base_of(&self, i: usize) -> Option<BusAddr> {
+        match self.as_full() {
+            Some(v) => base_of_once(v, i),
+            None => self.base_of_other(i),
+        }
+    }
+
+    /// Add pool `i` at `base` (bytes `size`); single writer ([`Self::insert_any`]).
+    #[inline(always)]
+    pub(crate) fn insert(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
+        match self.as_full() {
+            Some(v) => insert_once(v, i, base, size, reserve),
+            None => self.insert_other(i, base, size, reserve),
+        }
+    }
+
+    /// Remove pool `i`; true when it was there. Single writer.
+    #[inline(always)]
+    pub(crate) fn remove(&self, i: usize) -> bool {
+        match self.as_full() {
+            Some(v) => remove_once(v, i),
+            None => self.remove_other(i),
+        }
+    }
+
+    fn snapshot_other(&self) -> PoolsSnapshot {
+        self.snapshot_any()
+    }
+
+    fn order_for_other(&self, mask: Option<DmaMask>, reserve: bool) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+        self.order_for_any(mask, reserve)
+    }
+
+    fn find_other(&self, bus: u64) -> Option<(usize, u64)> {
+        self.find_any(bus)
+    }
+
+    fn base_of_other(&self, i: usize) -> Option<BusAddr> {
+        self.base_of_any(i)
+    }
+
+    fn insert_other(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
+        self.insert_any(i, base, size, reserve)
+    }
+
+    fn remove_other(&self, i: usize) -> bool {
+        self.remove_any(i)
+    }
+}
+
+fn snapshot_once(v: &FullView) -> PoolsSnapshot {
+    v.snapshot_any()
+}
+
+fn order_for_once(v: &FullView, mask: Option<DmaMask>, reserve: bool) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+    v.order_for_any(mask, reserve)
+}
+
+fn find_once(v: &FullView, bus: u64) -> Option<(usize, u64)> {
+    v.find_any(bus)
+}
+
+fn base_of_once(v: &FullView, i: usize) -> Option<BusAddr> {
+    v.base_of_any(i)
+}
+
+fn insert_once(v: &FullView, i: usize, base: BusAddr, size: u64, reserve: bool) {
+    v.insert_any(i, base, size, reserve)
+}
+
+fn remove_once(v: &FullView, i: usize) -> bool {
+    v.remove_any(i)
 }
 
 #[cfg(test)]
