@@ -147,8 +147,14 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # map_ptr +211, finish_setup and its two log lines out of line), less in iommu_map, its closure and
 # trusted_iommu_map (-400); the rest is LLVM inlining ListPages::acquire into put_entries now (+246)
 # and, full, IommuError's Debug no longer shared (+382). Ceilings raised by as much.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 62236 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 22853 24576
+# Issue 20, once helper (bash scripts/budgets.sh at c09f38a and at its branch): pool and stats once
+# first (minimal 61,908 -> 61,876, full 116,431 -> 116,383), then LivePools sized by POOLS: fw-min
+# (one pool) 22,800 -> 22,119, but minimal 61,876 -> 62,502 and full 116,383 -> 117,039: the view's
+# calls once (+~100, its bodies generic now) and, +~380, LLVM no longer inlining RawRecords' chained
+# iterators (any_within, reserve: code this change does not touch, moved between codegen units).
+# Minimal and full ceilings raised by as much, fw-min's lowered.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 62560 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 22200 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
@@ -160,7 +166,7 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 116620 65536
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 117100 65536
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"

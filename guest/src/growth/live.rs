@@ -64,6 +64,9 @@ impl<const N: usize> LivePools<N> {
         }
     }
 
+    /// Inlined into each caller (a closure of its own each): at `opt-level = "s"` it would stay a
+    /// function per closure beside the caller.
+    #[inline(always)]
     fn read<T>(&self, mut f: impl FnMut(usize) -> T) -> T {
         loop {
             let s1 = self.seq.load(Ordering::Acquire);
@@ -79,6 +82,7 @@ impl<const N: usize> LivePools<N> {
         }
     }
 
+    #[inline(always)]
     fn write(&self, f: impl FnOnce()) {
         self.seq.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::Release);
