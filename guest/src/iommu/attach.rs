@@ -328,24 +328,29 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             min_align_mask: slot.min_align.load(Ordering::Relaxed),
             ..*config
         };
-        let result = self.setup_domain(slot, config);
-        Some(self.finish_setup(slot, config, result))
+        // SAFETY: this CPU moved the slot CLAIMED -> SETUP just above and holds the growth lock
+        // (and the attach lock, the caller's); the result is touched only through this reference
+        // until `finish_setup` publishes it.
+        let info = unsafe { slot.info_in_setup() };
+        let result = self.setup_domain(slot, config, info);
+        Some(self.finish_setup(slot, config, info, result))
     }
 
     /// Publish a set-up's result (READY) or give the slot back (CLAIMED). Out of line: its logging
-    /// and copies stay off the frame that calls into the set-up (a map's deepest chain, issue 20).
+    /// stays off the frame that calls into the set-up (a map's deepest chain, issue 20).
     #[inline(never)]
     fn finish_setup(
         &self,
         slot: &DomainSlot<'m>,
         config: &DeviceConfig,
-        result: Result<DomainInfo, DmaError>,
+        info: &DomainInfo,
+        result: Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         match result {
-            Ok(info) => {
-                log_set_up(config, &info);
-                self.fill_live(slot, &info);
-                slot.publish(&info);
+            Ok(()) => {
+                log_set_up(config, info);
+                self.fill_live(slot, info);
+                slot.publish();
                 Ok(())
             }
             Err(e) => {

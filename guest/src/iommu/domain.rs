@@ -141,11 +141,24 @@ impl<'m> DomainSlot<'m> {
         Some(unsafe { &*self.info.get() })
     }
 
-    /// Publish the set-up result. Only the CPU holding the slot in SETUP may call this.
-    pub(crate) fn publish(&self, info: &DomainInfo) {
-        // SAFETY: the caller holds the slot in SETUP (won the compare-exchange), so no one reads or
-        // writes `info` concurrently.
-        unsafe { *self.info.get() = *info };
+    /// The set-up result being written, in place: set-up fills it field by field rather than
+    /// building copies on its frames (a deferred device's first map runs it, issue 20's stack
+    /// budget), then [`Self::publish`] makes it readable.
+    ///
+    /// # Safety
+    /// The caller holds the slot in SETUP (won the CLAIMED -> SETUP compare-exchange) and the
+    /// growth lock, and makes no other reference to the slot's result (`info`, `info_unchecked`)
+    /// while the one returned lives. Every other reader checks READY first or holds a lock the
+    /// set-up holds (the attach lock, the growth lock), so none reads it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn info_in_setup(&self) -> &mut DomainInfo {
+        // SAFETY: as the contract says: the caller is the only one to touch `info` now.
+        unsafe { &mut *self.info.get() }
+    }
+
+    /// Publish the set-up result written through [`Self::info_in_setup`]. Only the CPU holding the
+    /// slot in SETUP may call this, after its last use of that reference.
+    pub(crate) fn publish(&self) {
         self.state.store(READY, Ordering::Release);
     }
 

@@ -17,7 +17,6 @@ use crate::device::DeviceConfig;
 use crate::error::DmaError;
 use crate::layer::Cold;
 use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts, PathReason};
-use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;
 
 /// Most reserved ranges one device's windows may have from the platform.
@@ -26,13 +25,16 @@ const MAX_PLATFORM_RESERVATIONS: usize = 4096;
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
-    /// Choose the path and program the windows. Runs with the slot held in SETUP.
+    /// Choose the path and program the windows, writing the result into `info` (the slot's, in
+    /// place: no copy of it on the set-up's frames; complete when this returns `Ok`). Runs with the
+    /// slot held in SETUP.
     #[inline(never)]
     pub(crate) fn setup_domain(
         &self,
         slot: &DomainSlot<'m>,
         config: &DeviceConfig,
-    ) -> Result<DomainInfo, DmaError> {
+        info: &mut DomainInfo,
+    ) -> Result<(), DmaError> {
         let iommu = self.iommu.as_ref().ok_or(DmaError::NotAttached)?;
         let tce = self.premap_backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let id = config.id;
@@ -70,16 +72,16 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 accepted: false,
             };
             match (path::choose(&all), default) {
-                (PathChoice::TryDdw, _) => match self.setup_ddw(slot, &tce, config, default) {
-                    Ok(info) => return Ok(info),
+                (PathChoice::TryDdw, _) => match self.setup_ddw(slot, &tce, config, default, info) {
+                    Ok(()) => return Ok(()),
                     Err(outcome) => {
                         log::info!("ccdma: device {id:#x}: {outcome}; falling back to the default window");
                         facts.ddw = outcome;
                     }
                 },
                 (PathChoice::DefaultWindow(_), Some(win)) => {
-                    if let Some(info) = self.premap_default(slot, &tce, config, win, facts.ddw)? {
-                        return Ok(info);
+                    if self.premap_default(slot, &tce, config, win, facts.ddw, info)? {
+                        return Ok(());
                     }
                     log::info!(
                         "ccdma: device {id:#x}: no pool fits the default window [{:#x}, {:#x}) below mask {mask}; \
@@ -91,19 +93,16 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 }
                 (PathChoice::Strict(reason), Some(win)) => {
                     self.strict_window_serves(&win)?;
-                    let mut pools = PoolOrder::EMPTY;
-                    for (i, _) in self.pools.iter() {
-                        pools.push(i);
-                    }
-                    return Ok(DomainInfo {
+                    *info = DomainInfo {
                         path: DmaPath::IommuStrict,
                         reason,
-                        ddw: None,
                         dynamic: Some(win),
-                        pools,
-                        pool_bus: [BusAddr(0); MAX_POOLS],
-                        reset_at_detach: false,
-                    });
+                        ..DomainInfo::EMPTY
+                    };
+                    for (i, _) in self.pools.iter() {
+                        info.pools.push(i);
+                    }
+                    return Ok(());
                 }
                 _ => {
                     let window = default.map_or((0, 0), |w| (w.start, w.end()));
@@ -143,7 +142,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         Ok(())
     }
 
-    /// Enter each pool that fits below the mask into the default window. `Ok(None)`: none fits.
+    /// Enter each pool that fits below the mask into the default window, the result into `info`.
+    /// `Ok(false)`: none fits.
     pub(crate) fn premap_default(
         &self,
         slot: &DomainSlot<'m>,
@@ -151,12 +151,17 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         config: &DeviceConfig,
         win: WindowGeometry,
         ddw: DdwOutcome,
-    ) -> Result<Option<DomainInfo>, DmaError> {
+        info: &mut DomainInfo,
+    ) -> Result<bool, DmaError> {
         let (lo, hi) = window_below(&win, config.dma_mask);
         let writer = tce;
         let page = win.page_size();
-        let mut pools = PoolOrder::EMPTY;
-        let mut pool_bus = [BusAddr(0); MAX_POOLS];
+        *info = DomainInfo {
+            path: DmaPath::IommuPremapped,
+            reason: PathReason::DefaultWindow(ddw),
+            dynamic: Some(win),
+            ..DomainInfo::EMPTY
+        };
         for (i, pool) in self.pools.iter() {
             let (phys, len) = (pool.phys().0, pool.len() as u64);
             // `page` is never 0 (set-up refused an unusable default window); checked all the same.
@@ -180,25 +185,17 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 self.stats.fail(FailureKind::Iommu);
                 return Err(DmaError::Iommu(f.err));
             }
-            pools.push(i);
+            info.pools.push(i);
             // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
-            if let Some(at) = pool_bus.get_mut(i) {
+            if let Some(at) = info.pool_bus.get_mut(i) {
                 *at = BusAddr(bus);
             }
         }
-        if pools.is_empty() {
-            return Ok(None);
+        if info.pools.is_empty() {
+            return Ok(false);
         }
-        pools.sort_by_bus(&pool_bus);
-        Ok(Some(DomainInfo {
-            path: DmaPath::IommuPremapped,
-            reason: PathReason::DefaultWindow(ddw),
-            ddw: None,
-            dynamic: Some(win),
-            pools,
-            pool_bus,
-            reset_at_detach: false,
-        }))
+        info.pools.sort_by_bus(&info.pool_bus);
+        Ok(true)
     }
 
     /// Clear and forget the premapped ranges of a domain (set-up failed, or detach), one by one. Stops
@@ -247,14 +244,16 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         log::error!("ccdma: {stuck} premapped ranges could not be cleared; the pools stay shared for good");
     }
 
-    /// Create a DDW holding only the pools (largest IOMMU page their alignment allows) and enter them.
+    /// Create a DDW holding only the pools (largest IOMMU page their alignment allows) and enter
+    /// them, the result into `info`.
     pub(crate) fn setup_ddw(
         &self,
         slot: &DomainSlot<'m>,
         tce: &Backend<'_>,
         config: &DeviceConfig,
         default: Option<WindowGeometry>,
-    ) -> Result<DomainInfo, DdwOutcome> {
+        info: &mut DomainInfo,
+    ) -> Result<(), DdwOutcome> {
         let id = config.id;
         let c = &self.iommu_counters;
         c.ddw_query.fetch_add(1, Ordering::Relaxed);
@@ -305,10 +304,13 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 return Err(DdwOutcome::CreateFailed(rc));
             }
         };
-        let info = DomainInfo { ddw: Some(win), dynamic: default, reset_at_detach, ..DomainInfo::EMPTY };
-        let remove = |outcome: DdwOutcome| {
-            self.undo_windows(tce, id, &info);
-            outcome
+        *info = DomainInfo {
+            path: DmaPath::IommuDdw,
+            reason: PathReason::Ddw,
+            ddw: Some(win),
+            dynamic: default,
+            reset_at_detach,
+            ..DomainInfo::EMPTY
         };
         // The window's geometry is an allegation: it must be what was asked for and below the mask.
         let overlaps_default = default.is_some_and(|d| win.start < d.end() && d.start < win.end());
@@ -318,11 +320,10 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             || overlaps_default
             || !config.dma_mask.covers(win.start, total)
         {
-            return Err(remove(DdwOutcome::BadWindow));
+            self.undo_windows(tce, id, info);
+            return Err(DdwOutcome::BadWindow);
         }
         let writer = tce;
-        let mut pools = PoolOrder::EMPTY;
-        let mut pool_bus = [BusAddr(0); MAX_POOLS];
         // A window at bus 0 starts its pools one IOMMU page in: bus address 0 is never a mapping.
         let mut off = if win.start == 0 { win.page_size() } else { 0 };
         for (i, pool) in self.pools.iter() {
@@ -354,7 +355,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     .map(|r| r.len >> shift)
                     .sum();
                 let leaked = c.leaked_windows.load(Ordering::Relaxed);
-                let outcome = remove(DdwOutcome::PremapFailed(e));
+                self.undo_windows(tce, id, info);
+                let outcome = DdwOutcome::PremapFailed(e);
                 if c.leaked_windows.load(Ordering::Relaxed) == leaked {
                     c.live_tces.fetch_sub(entries, Ordering::Relaxed);
                     let mut space = slot.space.lock();
@@ -368,23 +370,15 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 }
                 return Err(outcome);
             }
-            pools.push(i);
+            info.pools.push(i);
             // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
-            if let Some(at) = pool_bus.get_mut(i) {
+            if let Some(at) = info.pool_bus.get_mut(i) {
                 *at = BusAddr(bus);
             }
             off += len;
         }
-        pools.sort_by_bus(&pool_bus);
-        Ok(DomainInfo {
-            path: DmaPath::IommuDdw,
-            reason: PathReason::Ddw,
-            ddw: Some(win),
-            dynamic: default,
-            pools,
-            pool_bus,
-            reset_at_detach,
-        })
+        info.pools.sort_by_bus(&info.pool_bus);
+        Ok(())
     }
 
     /// An endpoint with no window at all (a kernel before a kexec removed them; QEMU 7.2 does not
