@@ -12,7 +12,7 @@ use super::config::IommuPolicy;
 use super::domain::{DomainInfo, DomainSlot, READY};
 use super::error::IommuError;
 use super::window::{window_below, WindowGeometry};
-use crate::addr::BusAddr;
+use crate::addr::{BusAddr, DmaMask};
 use crate::device::DeviceConfig;
 use crate::error::DmaError;
 use crate::layer::Cold;
@@ -75,7 +75,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 (PathChoice::TryDdw, _) => match self.setup_ddw(slot, &tce, config, default, info) {
                     Ok(()) => return Ok(()),
                     Err(outcome) => {
-                        log::info!("ccdma: device {id:#x}: {outcome}; falling back to the default window");
+                        log_ddw_fallback(id, &outcome);
                         facts.ddw = outcome;
                     }
                 },
@@ -83,12 +83,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     if self.premap_default(slot, &tce, config, win, facts.ddw, info)? {
                         return Ok(());
                     }
-                    log::info!(
-                        "ccdma: device {id:#x}: no pool fits the default window [{:#x}, {:#x}) below mask {mask}; \
-                         strict mappings",
-                        win.start,
-                        win.end()
-                    );
+                    log_no_pool_fits(id, &win, mask);
                     facts.pool_fits_default = false;
                 }
                 (PathChoice::Strict(reason), Some(win)) => {
@@ -144,6 +139,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
 
     /// Enter each pool that fits below the mask into the default window, the result into `info`.
     /// `Ok(false)`: none fits.
+    /// Out of line, as [`Self::setup_ddw`]: only one of the two set-ups' frames is on the stack.
+    #[inline(never)]
     pub(crate) fn premap_default(
         &self,
         slot: &DomainSlot<'m>,
@@ -245,7 +242,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     }
 
     /// Create a DDW holding only the pools (largest IOMMU page their alignment allows) and enter
-    /// them, the result into `info`.
+    /// them, the result into `info`. Out of line: its frame is on the stack only while it runs,
+    /// not under the default-window set-up too (a deferred device's first map, issue 20).
+    #[inline(never)]
     pub(crate) fn setup_ddw(
         &self,
         slot: &DomainSlot<'m>,
@@ -451,7 +450,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             c.ddw_query.fetch_add(1, Ordering::Relaxed);
             let q = tce.ddw_query(id).map_err(DdwOutcome::QueryFailed)?;
             if q.windows_available > 0 {
-                log::info!("ccdma: device {id:#x}: endpoint reset, a window left over was removed");
+                log_make_room(id, None);
                 return Ok((q, default, false));
             }
         }
@@ -461,7 +460,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             // Still there (or the platform cannot tell): nothing changed that needs undoing.
             return Err(DdwOutcome::NoneAvailable);
         }
-        log::info!("ccdma: device {id:#x}: default window {:#x} removed to make room for a DDW", win.liobn);
+        log_make_room(id, Some(win.liobn));
         c.ddw_query.fetch_add(1, Ordering::Relaxed);
         match tce.ddw_query(id) {
             Ok(q) if q.windows_available > 0 => Ok((q, None, true)),
@@ -506,6 +505,38 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         if info.reset_at_detach && (!removed || tce.default_window(id).is_none()) {
             // The reset removes the DDW too, if its removal failed.
             self.restore_default(tce, id);
+        }
+    }
+}
+
+// The set-up's log lines, out of line: their formatting stays off the set-up's frames (a deferred
+// device's first map runs the set-up: a map's deepest chain, issue 20).
+
+#[cold]
+#[inline(never)]
+fn log_ddw_fallback(id: u32, outcome: &DdwOutcome) {
+    log::info!("ccdma: device {id:#x}: {outcome}; falling back to the default window");
+}
+
+#[cold]
+#[inline(never)]
+fn log_no_pool_fits(id: u32, win: &WindowGeometry, mask: DmaMask) {
+    log::info!(
+        "ccdma: device {id:#x}: no pool fits the default window [{:#x}, {:#x}) below mask {mask}; strict mappings",
+        win.start,
+        win.end()
+    );
+}
+
+/// `make_room`'s: the endpoint reset removed a window left over (`None`), or the default window
+/// (its LIOBN) was removed.
+#[cold]
+#[inline(never)]
+fn log_make_room(id: u32, removed_default: Option<u32>) {
+    match removed_default {
+        None => log::info!("ccdma: device {id:#x}: endpoint reset, a window left over was removed"),
+        Some(liobn) => {
+            log::info!("ccdma: device {id:#x}: default window {liobn:#x} removed to make room for a DDW")
         }
     }
 }
