@@ -10,7 +10,7 @@ use super::bus_space::{BusSpace, RangeKind};
 use super::calls::{DdwQuery, DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
 use super::config::IommuPolicy;
 use super::domain::{DomainInfo, DomainSlot, READY};
-use super::error::IommuError;
+use super::error::{IommuError, PutFailure};
 use super::window::{window_below, WindowGeometry};
 use crate::addr::{BusAddr, DmaMask};
 use crate::device::DeviceConfig;
@@ -18,6 +18,28 @@ use crate::error::DmaError;
 use crate::layer::Cold;
 use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts, PathReason};
 use crate::stats::FailureKind;
+
+/// What [`Cold::premap_pool`] enters: `pages` entries of window `win` for `[phys, phys + len)`, at
+/// a bus range within `[lo, hi)` aligned to `align` at offset `phase`.
+#[derive(Clone, Copy)]
+pub(crate) struct PremapAt {
+    pub win: WindowGeometry,
+    pub lo: u64,
+    pub hi: u64,
+    pub align: u64,
+    pub phase: u64,
+    pub phys: u64,
+    pub len: u64,
+    pub pages: u64,
+}
+
+/// Why [`Cold::premap_pool`] entered nothing.
+pub(crate) enum PremapFailed {
+    /// No bus range fits (nothing changed).
+    NoRoom(IommuError),
+    /// Writing the entries failed (the range is freed again if `clean`).
+    Put(PutFailure),
+}
 
 /// Most reserved ranges one device's windows may have from the platform.
 const MAX_PLATFORM_RESERVATIONS: usize = 4096;
@@ -151,7 +173,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         info: &mut DomainInfo,
     ) -> Result<bool, DmaError> {
         let (lo, hi) = window_below(&win, config.dma_mask);
-        let writer = tce;
         let page = win.page_size();
         *info = DomainInfo {
             path: DmaPath::IommuPremapped,
@@ -165,23 +186,23 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             if phys.checked_rem(page) != Some(0) || len.checked_rem(page) != Some(0) || lo >= hi {
                 continue;
             }
-            let kind = RangeKind::Premap { pool: i as u8 };
             // The pool's bus base keeps every `min_align_mask` bit of its physical address (slots are
             // placed by physical address), so a mapping's bus address keeps the bits the device needs.
             let align = page.max(config.min_align_mask + 1);
             let phase = phys & (align - 1) & !(page - 1);
-            let Ok(bus) = slot.space.lock().alloc(len, align, phase, lo, hi, kind, phys) else { continue };
-            if let Err(f) = writer.put(&win, bus, phys, len / page, TCE_PCI_READ | TCE_PCI_WRITE) {
-                if f.clean {
-                    slot.space.lock().free(bus, len, kind);
+            let at = PremapAt { win, lo, hi, align, phase, phys, len, pages: len / page };
+            let bus = match self.premap_pool(slot, tce, &at, i) {
+                Ok(bus) => bus,
+                Err(PremapFailed::NoRoom(_)) => continue,
+                Err(PremapFailed::Put(f)) => {
+                    // Unclean, the range stays recorded as premapped and this unwinding retries it.
+                    if self.unwind_premaps(slot, tce, Some(win), None).is_err() {
+                        self.pin_pools(slot);
+                    }
+                    self.stats.fail(FailureKind::Iommu);
+                    return Err(DmaError::Iommu(f.err));
                 }
-                // Unclean, the range stays recorded as premapped and the unwinding below retries it.
-                if self.unwind_premaps(slot, tce, Some(win), None).is_err() {
-                    self.pin_pools(slot);
-                }
-                self.stats.fail(FailureKind::Iommu);
-                return Err(DmaError::Iommu(f.err));
-            }
+            };
             info.pools.push(i);
             // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
             if let Some(at) = info.pool_bus.get_mut(i) {
@@ -193,6 +214,31 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         }
         info.pools.sort_by_bus(&info.pool_bus);
         Ok(true)
+    }
+
+    /// Enter pool `i` into a window for good, as `at` says, at a bus range allocated in the domain's
+    /// space and recorded as the pool's premapped range.
+    /// On a failed entry write the range is freed again when the failure was clean; unclean, it
+    /// stays recorded for the caller's unwinding. One copy for the default-window and DDW set-ups
+    /// and for growth (`enter_windows`).
+    #[inline(never)]
+    pub(crate) fn premap_pool(
+        &self,
+        slot: &DomainSlot<'m>,
+        tce: &Backend<'_>,
+        at: &PremapAt,
+        i: usize,
+    ) -> Result<u64, PremapFailed> {
+        let kind = RangeKind::Premap { pool: i as u8 };
+        let bus = slot.space.lock().alloc(at.len, at.align, at.phase, at.lo, at.hi, kind, at.phys);
+        let bus = bus.map_err(PremapFailed::NoRoom)?;
+        if let Err(f) = tce.put(&at.win, bus, at.phys, at.pages, TCE_PCI_READ | TCE_PCI_WRITE) {
+            if f.clean {
+                slot.space.lock().free(bus, at.len, kind);
+            }
+            return Err(PremapFailed::Put(f));
+        }
+        Ok(bus)
     }
 
     /// Clear and forget the premapped ranges of a domain (set-up failed, or detach), one by one. Stops
@@ -322,26 +368,18 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             self.undo_windows(tce, id, info);
             return Err(DdwOutcome::BadWindow);
         }
-        let writer = tce;
         // A window at bus 0 starts its pools one IOMMU page in: bus address 0 is never a mapping.
         let mut off = if win.start == 0 { win.page_size() } else { 0 };
         for (i, pool) in self.pools.iter() {
             let (phys, len) = (pool.phys().0, pool.len() as u64);
             let bus = win.start + off;
-            let kind = RangeKind::Premap { pool: i as u8 };
-            let placed = slot.space.lock().alloc(len, win.page_size(), 0, bus, bus + len, kind, phys);
-            let result = match placed {
-                Ok(_) => {
-                    writer.put(&win, bus, phys, len >> shift, TCE_PCI_READ | TCE_PCI_WRITE).map_err(|f| {
-                        // Unclean, the range stays recorded as premapped for the unwinding below.
-                        if f.clean {
-                            slot.space.lock().free(bus, len, kind);
-                        }
-                        f.err
-                    })
-                }
-                Err(e) => Err(e),
-            };
+            let (align, pages) = (win.page_size(), len >> shift);
+            let at = PremapAt { win, lo: bus, hi: bus + len, align, phase: 0, phys, len, pages };
+            // Unclean, a failed range stays recorded as premapped for the unwinding below.
+            let result = self.premap_pool(slot, tce, &at, i).map_err(|e| match e {
+                PremapFailed::NoRoom(e) => e,
+                PremapFailed::Put(f) => f.err,
+            });
             if let Err(e) = result {
                 // Removing the window destroys its table; only if that fails are the entries cleared
                 // one by one (and if that fails too, they may stay for good).
