@@ -8,7 +8,6 @@ mod iommu_support;
 
 use ccdma::{DmaAttrs, DmaDirection, IommuPolicy, PhysAddr, VerifyPolicy};
 use ccdma_hv_model::{CallKind, Region};
-use ccdma_tests::*;
 use iommu_support::*;
 
 fn strict(verify: VerifyPolicy) -> IommuGuest {
