@@ -313,9 +313,14 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             }
             (q, default, reset_at_detach) = self.make_room(tce, id, default)?;
         }
-        // The largest page every pool's start and length are multiples of.
-        let align =
-            self.pools().map(|p| p.phys().0.trailing_zeros().min((p.len() as u64).trailing_zeros())).min();
+        // The largest page every pool's start and length are multiples of, and the pools' bytes (one
+        // pass over the pools).
+        let (mut align, mut pooled) = (None, 0u64);
+        for p in self.pools() {
+            let a = p.phys().0.trailing_zeros().min((p.len() as u64).trailing_zeros());
+            align = Some(align.map_or(a, |m: u32| m.min(a)));
+            pooled += p.len() as u64;
+        }
         // Pools grown later must fit the window's pages too.
         let align = align.unwrap_or(0).min(self.growth.page_shift_limit());
         let shift = DDW_PAGE_SIZES
@@ -324,7 +329,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             .filter(|&s| s <= align && q.supports_shift(s))
             .max()
             .ok_or(DdwOutcome::NoPageSize)?;
-        let pooled: u64 = self.pools().map(|p| p.len() as u64).sum();
         // Without a default window the DDW may sit at bus 0 (QEMU puts it there), whose first page
         // is never handed out: room for that page too.
         let skip = if default.is_none() { 1u64 << shift } else { 0 };
@@ -381,31 +385,23 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 PremapFailed::Put(f) => f.err,
             });
             if let Err(e) = result {
-                // Removing the window destroys its table; only if that fails are the entries cleared
-                // one by one (and if that fails too, they may stay for good).
-                let entries: u64 = slot
-                    .space
-                    .lock()
-                    .ranges()
-                    .iter()
-                    .filter(|r| matches!(r.kind, RangeKind::Premap { .. }))
-                    .map(|r| r.len >> shift)
-                    .sum();
+                // Removing the window destroys its table (and its entries: no longer live, and
+                // their ranges forgotten); only if that fails are the entries cleared one by one
+                // (and if that fails too, they may stay for good).
                 let leaked = c.leaked_windows.load(Ordering::Relaxed);
                 self.undo_windows(tce, id, info);
-                let outcome = DdwOutcome::PremapFailed(e);
                 if c.leaked_windows.load(Ordering::Relaxed) == leaked {
-                    c.live_tces.fetch_sub(entries, Ordering::Relaxed);
                     let mut space = slot.space.lock();
                     while let Some(r) =
                         space.ranges().iter().copied().find(|r| matches!(r.kind, RangeKind::Premap { .. }))
                     {
+                        c.live_tces.fetch_sub(r.len >> shift, Ordering::Relaxed);
                         space.free(r.start, r.len, r.kind);
                     }
                 } else if self.unwind_premaps(slot, tce, None, Some(win)).is_err() {
                     self.pin_pools(slot);
                 }
-                return Err(outcome);
+                return Err(DdwOutcome::PremapFailed(e));
             }
             info.pools.push(i);
             // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
