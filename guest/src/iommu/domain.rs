@@ -68,6 +68,22 @@ impl DomainInfo {
     };
 }
 
+impl DomainInfo {
+    /// Start a set-up's result in place: its path, why, its windows, no pool yet. Out of line: the
+    /// three set-up variants share one copy of the stores (issue 20's code budget).
+    #[inline(never)]
+    pub(crate) fn start(
+        &mut self,
+        path: DmaPath,
+        reason: PathReason,
+        ddw: Option<WindowGeometry>,
+        dynamic: Option<WindowGeometry>,
+        reset_at_detach: bool,
+    ) {
+        *self = DomainInfo { path, reason, ddw, dynamic, reset_at_detach, ..DomainInfo::EMPTY };
+    }
+}
+
 pub(crate) const FREE: u8 = 0;
 pub(crate) const CLAIMED: u8 = 1;
 pub(crate) const SETUP: u8 = 2;

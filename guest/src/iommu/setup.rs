@@ -110,12 +110,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 }
                 (PathChoice::Strict(reason), Some(win)) => {
                     self.strict_window_serves(&win)?;
-                    *info = DomainInfo {
-                        path: DmaPath::IommuStrict,
-                        reason,
-                        dynamic: Some(win),
-                        ..DomainInfo::EMPTY
-                    };
+                    info.start(DmaPath::IommuStrict, reason, None, Some(win), false);
                     for (i, _) in self.pools.iter() {
                         info.pools.push(i);
                     }
@@ -174,12 +169,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     ) -> Result<bool, DmaError> {
         let (lo, hi) = window_below(&win, config.dma_mask);
         let page = win.page_size();
-        *info = DomainInfo {
-            path: DmaPath::IommuPremapped,
-            reason: PathReason::DefaultWindow(ddw),
-            dynamic: Some(win),
-            ..DomainInfo::EMPTY
-        };
+        info.start(DmaPath::IommuPremapped, PathReason::DefaultWindow(ddw), None, Some(win), false);
         for (i, pool) in self.pools.iter() {
             let (phys, len) = (pool.phys().0, pool.len() as u64);
             // `page` is never 0 (set-up refused an unusable default window); checked all the same.
@@ -353,14 +343,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 return Err(DdwOutcome::CreateFailed(rc));
             }
         };
-        *info = DomainInfo {
-            path: DmaPath::IommuDdw,
-            reason: PathReason::Ddw,
-            ddw: Some(win),
-            dynamic: default,
-            reset_at_detach,
-            ..DomainInfo::EMPTY
-        };
+        info.start(DmaPath::IommuDdw, PathReason::Ddw, Some(win), default, reset_at_detach);
         // The window's geometry is an allegation: it must be what was asked for and below the mask.
         let overlaps_default = default.is_some_and(|d| win.start < d.end() && d.start < win.end());
         if win.page_shift != shift
