@@ -435,6 +435,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         Ok(self.new_device(config, path, pools, None))
     }
 
+    /// Inlined always: plain attach builds the device in place; the IOMMU paths share one copy
+    /// through `new_domain_device` (iommu/attach.rs).
+    #[inline(always)]
     pub(crate) fn new_device(
         &self,
         config: DeviceConfig,

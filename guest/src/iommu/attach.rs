@@ -141,7 +141,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         slot.mask.store(config.dma_mask.bits() as u64, Ordering::Relaxed);
         slot.min_align.store(config.min_align_mask, Ordering::Relaxed);
         let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
-        let dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
+        let dev = self.new_domain_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, domain);
         if config.deferred_attach {
             log::debug!("ccdma: device {:#x} ({}) -> IOMMU attach deferred", config.id, config.dma_mask);
             return Ok(dev);
@@ -205,12 +205,12 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     config.dma_mask,
                     info.path.name()
                 );
-                Ok(self.new_device(config, info.path, info.pools, Some(domain)))
+                Ok(self.new_domain_device(config, info.path, info.pools, domain))
             }
             CLAIMED => {
                 self.narrow_domain(slot, &config);
                 slot.users.fetch_add(1, Ordering::Relaxed);
-                let dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
+                let dev = self.new_domain_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, domain);
                 if config.deferred_attach {
                     return Ok(dev);
                 }
@@ -222,6 +222,19 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             DETACHING => Err(DmaError::DetachIncomplete),
             _ => Err(DmaError::NotAttached),
         }
+    }
+
+    /// [`Self::new_device`] for a device with a domain, out of line: one copy for the three
+    /// IOMMU attach paths rather than the whole `Device` built inline at each (~1 KB of `.text`).
+    #[inline(never)]
+    fn new_domain_device(
+        &self,
+        config: DeviceConfig,
+        path: DmaPath,
+        pools: PoolOrder,
+        domain: DomainRef,
+    ) -> Device {
+        self.new_device(config, path, pools, Some(domain))
     }
 
     /// Mark the device's domain as serving an accepted device (`on`), refused while other devices
@@ -332,24 +345,29 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             min_align_mask: slot.min_align.load(Ordering::Relaxed),
             ..*config
         };
-        let result = self.setup_domain(slot, config);
-        Some(self.finish_setup(slot, config, result))
+        // SAFETY: this CPU moved the slot CLAIMED -> SETUP just above and holds the growth lock
+        // (and the attach lock, the caller's); the result is touched only through this reference
+        // until `finish_setup` publishes it.
+        let info = unsafe { slot.info_in_setup() };
+        let result = self.setup_domain(slot, config, info);
+        Some(self.finish_setup(slot, config, info, result))
     }
 
     /// Publish a set-up's result (READY) or give the slot back (CLAIMED). Out of line: its logging
-    /// and copies stay off the frame that calls into the set-up (a map's deepest chain, issue 20).
+    /// stays off the frame that calls into the set-up (a map's deepest chain, issue 20).
     #[inline(never)]
     fn finish_setup(
         &self,
         slot: &DomainSlot<'m, POOLS>,
         config: &DeviceConfig,
-        result: Result<DomainInfo, DmaError>,
+        info: &DomainInfo,
+        result: Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         match result {
-            Ok(info) => {
-                log_set_up(config, &info);
-                self.fill_live(slot, &info);
-                slot.publish(&info);
+            Ok(()) => {
+                log_set_up(config, info);
+                self.fill_live(slot, info);
+                slot.publish();
                 Ok(())
             }
             Err(e) => {

@@ -68,6 +68,22 @@ impl DomainInfo {
     };
 }
 
+impl DomainInfo {
+    /// Start a set-up's result in place: its path, why, its windows, no pool yet. Out of line: the
+    /// three set-up variants share one copy of the stores (issue 20's code budget).
+    #[inline(never)]
+    pub(crate) fn start(
+        &mut self,
+        path: DmaPath,
+        reason: PathReason,
+        ddw: Option<WindowGeometry>,
+        dynamic: Option<WindowGeometry>,
+        reset_at_detach: bool,
+    ) {
+        *self = DomainInfo { path, reason, ddw, dynamic, reset_at_detach, ..DomainInfo::EMPTY };
+    }
+}
+
 pub(crate) const FREE: u8 = 0;
 pub(crate) const CLAIMED: u8 = 1;
 pub(crate) const SETUP: u8 = 2;
@@ -153,11 +169,24 @@ impl<'m, const N: usize> DomainSlot<'m, N> {
         Some(unsafe { &*self.info.get() })
     }
 
-    /// Publish the set-up result. Only the CPU holding the slot in SETUP may call this.
-    pub(crate) fn publish(&self, info: &DomainInfo) {
-        // SAFETY: the caller holds the slot in SETUP (won the compare-exchange), so no one reads or
-        // writes `info` concurrently.
-        unsafe { *self.info.get() = *info };
+    /// The set-up result being written, in place: set-up fills it field by field rather than
+    /// building copies on its frames (a deferred device's first map runs it, issue 20's stack
+    /// budget), then [`Self::publish`] makes it readable.
+    ///
+    /// # Safety
+    /// The caller holds the slot in SETUP (won the CLAIMED -> SETUP compare-exchange) and the
+    /// growth lock, and makes no other reference to the slot's result (`info`, `info_unchecked`)
+    /// while the one returned lives. Every other reader checks READY first or holds a lock the
+    /// set-up holds (the attach lock, the growth lock), so none reads it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn info_in_setup(&self) -> &mut DomainInfo {
+        // SAFETY: as the contract says: the caller is the only one to touch `info` now.
+        unsafe { &mut *self.info.get() }
+    }
+
+    /// Publish the set-up result written through [`Self::info_in_setup`]. Only the CPU holding the
+    /// slot in SETUP may call this, after its last use of that reference.
+    pub(crate) fn publish(&self) {
         self.state.store(READY, Ordering::Release);
     }
 
