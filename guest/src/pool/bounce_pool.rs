@@ -296,20 +296,35 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         let count = self.area_count;
         let start =
             first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(count.checked_sub(1)?);
-        // The common case in a few loads: the area the search starts in (a CPU's own, or where
-        // the last allocation that moved on found room) lists a run of exactly `n` whose start
-        // meets the alignment, and its lock is free. Anything else: the passes below.
-        let listed = self.areas.get(start).and_then(|area| {
-            if area.summary.load(Ordering::Relaxed) & class_bit(n) == 0 {
-                return None;
+        // The common case in a few loads: the first area from the start (a CPU's own, or where
+        // the last allocation that moved on found room; with a CPU named, that area only) whose
+        // published mask lists a run of exactly `n`, when that run's start meets the alignment and
+        // the area's lock is free. Anything else: the passes below, which skip the fronts when no
+        // area listed `n` here.
+        let bit = class_bit(n);
+        let tries = if first.is_some() { 1 } else { count };
+        let mut listing = None;
+        if bit != 0 {
+            for k in 0..tries {
+                let a = if start + k >= count { start + k - count } else { start + k };
+                if self.areas.get(a).is_some_and(|area| area.summary.load(Ordering::Relaxed) & bit != 0) {
+                    listing = Some(a);
+                    break;
+                }
             }
-            let mut st = area.state.try_lock()?;
-            let i = st.front_pop(n, self.aligned(start * self.area_slots, req))?;
-            Some((start, st, i))
-        });
+        }
+        let mut listed = None;
+        if let Some(area) = listing.and_then(|a| self.areas.get(a)) {
+            if let Some(mut st) = area.state.try_lock() {
+                let a = listing.unwrap_or(0);
+                if let Some(i) = st.front_pop(n, self.aligned(a * self.area_slots, req)) {
+                    listed = Some((a, st, i));
+                }
+            }
+        }
         let (a, mut st, i) = match listed {
             Some(got) => got,
-            None => self.alloc_search(req, first, start)?,
+            None => self.alloc_search(req, first, start, listing.is_some())?,
         };
         let area = self.areas.get(a)?;
         let head = st.meta.get_mut(i)?;
@@ -325,12 +340,15 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     }
 
     /// [`Self::alloc_from`] past its common case: the fronts that list `n`, then the trees. The
-    /// area taken from, its lock held, and the run's index in it.
+    /// area taken from, its lock held, and the run's index in it. Out of line, so the common case
+    /// saves and restores only the registers it uses.
+    #[inline(never)]
     fn alloc_search(
         &self,
         req: RunRequest,
         first: Option<usize>,
         start: usize,
+        listed_somewhere: bool,
     ) -> Option<(usize, spin::MutexGuard<'_, AreaState<'m>>, usize)> {
         let n = req.nslots;
         // Start where the last allocation that had to move on found room: a lone CPU keeps reusing
@@ -346,7 +364,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         // CPU held it, or whose tree failed while its front held runs.
         let mut again = false;
         for pass in 0..3 {
-            if (pass == 0 && bit == 0) || (pass == 2 && !again) {
+            if (pass == 0 && !listed_somewhere) || (pass == 2 && !again) {
                 continue;
             }
             for k in 0..count {

@@ -48,6 +48,7 @@ const OFF: u64 = 1 << 63;
 
 /// An area's published word: `longest` (a bound of the longest run it can give, < 2^16) and the
 /// mask of its non-empty lists (bit `n - 1` for runs of `n` slots) above it.
+#[inline(always)]
 pub(super) fn summary(longest: usize, mask: u64) -> u64 {
     (longest.min(0xffff) as u64) | (mask & MASK) << 16
 }
@@ -64,6 +65,7 @@ pub(super) fn class_bit(n: usize) -> u64 {
 
 impl AreaState<'_> {
     /// Word index of the list head of runs of `n` slots (`1 <= n <= CLASSES`).
+    #[inline(always)]
     fn list_at(&self, n: usize) -> usize {
         self.tree_base + self.leaves + n - 1
     }
@@ -76,12 +78,14 @@ impl AreaState<'_> {
     }
 
     /// Slots held by the front (allocated in the bitmap, free for the counters).
+    #[inline(always)]
     pub(super) fn cached(&self) -> usize {
         (self.front >> SLOTS_SHIFT) as usize & SLOTS_MAX
     }
 
     /// At least the longest free run a flush could leave: the tree's when the front is empty;
     /// otherwise listed runs may merge with free ones around them, within one segment.
+    #[inline(always)]
     pub(super) fn longest_bound(&self) -> usize {
         let cached = self.cached();
         if cached == 0 {
@@ -92,11 +96,13 @@ impl AreaState<'_> {
     }
 
     /// What [`super::area::Area::publish`] stores: [`summary`] of this area now.
+    #[inline(always)]
     pub(super) fn summary(&self) -> u64 {
         summary(self.longest_bound(), self.front)
     }
 
     /// The first listed run of exactly `n` slots, if `fits` accepts its start: its index.
+    #[inline(always)]
     pub(super) fn front_pop(&mut self, n: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
         if n.wrapping_sub(1) >= CLASSES {
             return None;
@@ -105,6 +111,7 @@ impl AreaState<'_> {
     }
 
     /// Take the first listed run of `n` slots (`1 <= n <= CLASSES`) if `fits` accepts its start.
+    #[inline(always)]
     fn take_listed(&mut self, n: usize, fits: &impl Fn(usize) -> bool) -> Option<usize> {
         let k = n.wrapping_sub(1);
         if self.front >> k & 1 == 0 {
@@ -136,6 +143,7 @@ impl AreaState<'_> {
 
     /// List the run `[i, i + n)` (its head's record cleared already) instead of freeing it in the
     /// bitmap; false, and nothing changed, when it does not fit the front's bounds.
+    #[inline(always)]
     pub(super) fn front_push(&mut self, i: usize, n: usize) -> bool {
         let listed = self.cached() + n;
         let cap = (self.len() >> 2).min(self.free >> 1).min(SLOTS_MAX);
@@ -148,6 +156,7 @@ impl AreaState<'_> {
 
     /// Put `[i, i + n)` (`1 <= n <= CLASSES`, allocated in the bitmap, no live record) first on
     /// its list.
+    #[inline(always)]
     fn list(&mut self, i: usize, n: usize) {
         let k = n.wrapping_sub(1);
         let at = self.list_at(n);
