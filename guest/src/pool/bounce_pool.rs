@@ -299,8 +299,10 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         // The common case in a few loads: the first area from the start (a CPU's own, or where
         // the last allocation that moved on found room; with a CPU named, that area only) whose
         // published mask lists a run of exactly `n`, when that run's start meets the alignment and
-        // the area's lock is free. Anything else: the passes below, which skip the fronts when no
-        // area listed `n` here.
+        // the area's lock is free. Anything else: the passes of `alloc_search`, which skip the
+        // fronts when no area listed `n` here. The same loads say whether any area has room for
+        // `n` (its longest run, or a bound of it while its front lists runs): when none has, the
+        // request is refused here, one load per area and no lock.
         let bit = class_bit(n);
         let tries = if first.is_some() { 1 } else { count };
         let mut listing = None;
@@ -324,6 +326,15 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         }
         let (a, mut st, i) = match listed {
             Some(got) => got,
+            None if listing.is_none()
+                && !self
+                    .areas
+                    .iter()
+                    .take(count)
+                    .any(|area| (area.summary.load(Ordering::Relaxed) & 0xffff) as usize >= n) =>
+            {
+                return None
+            }
             None => self.alloc_search(req, first, start, listing.is_some())?,
         };
         let area = self.areas.get(a)?;

@@ -9,8 +9,8 @@
 //! exact sizes, segments (a freed run was inside one) and alignment (checked on every reuse) hold as
 //! they do for runs from the tree.
 //!
-//! Bounds: the lists hold at most a quarter of the area's slots and half of what the tree has free,
-//! so a front cannot starve the tree. A request no tree can meet flushes the fronts (every listed
+//! Bounds: the lists hold at most a quarter of the area's slots and no more than the tree has free
+//! (at most half of the area's free slots), so a front cannot starve the tree. A request no tree can meet flushes the fronts (every listed
 //! run back to its tree, merged with its neighbours) and searches again, so the front never refuses
 //! what the pool could give. (The allocation's passes: the fronts listing `n`, no lock waited
 //! for; the trees, no lock waited for; then, only when an area was busy or its tree failed beside a
@@ -146,7 +146,7 @@ impl AreaState<'_> {
     #[inline(always)]
     pub(super) fn front_push(&mut self, i: usize, n: usize) -> bool {
         let listed = self.cached() + n;
-        let cap = (self.len() >> 2).min(self.free >> 1).min(SLOTS_MAX);
+        let cap = (self.len() >> 2).min(self.free).min(SLOTS_MAX);
         if n.wrapping_sub(1) >= CLASSES || n > self.seg || listed > cap || self.front & OFF != 0 {
             return false;
         }
