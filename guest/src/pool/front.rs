@@ -12,9 +12,10 @@
 //! Bounds: the lists hold at most a quarter of the area's slots and no more than the tree has free
 //! (at most half of the area's free slots), so a front cannot starve the tree. A request no tree can meet flushes the fronts (every listed
 //! run back to its tree, merged with its neighbours) and searches again, so the front never refuses
-//! what the pool could give. (The allocation's passes: the fronts listing `n`, no lock waited
-//! for; the trees, no lock waited for; then, only when an area was busy or its tree failed beside a
-//! non-empty front, every area locked, its front flushed before it is given up.) Listed slots are free for [`super::BouncePool::slots_in_use`]
+//! what the pool could give. (The allocation: the first area whose published mask lists `n`, no
+//! lock waited for; then each area with room, its front then its tree, no lock waited for; then,
+//! only when an area was busy or its tree failed beside a non-empty front, every area locked, its
+//! front flushed before it is given up.) Listed slots are free for [`super::BouncePool::slots_in_use`]
 //! and the high-water mark. A flush merges listed runs with the free runs around them, so while the
 //! front holds anything the area's published longest run is a bound of what a flush could make
 //! (its segment length at most): the lock-free refusal never skips an area that could serve, and
@@ -85,7 +86,7 @@ impl AreaState<'_> {
 
     /// At least the longest free run a flush could leave: the tree's when the front is empty;
     /// otherwise listed runs may merge with free ones around them, within one segment.
-    #[inline(always)]
+    #[inline]
     pub(super) fn longest_bound(&self) -> usize {
         let cached = self.cached();
         if cached == 0 {
@@ -96,13 +97,13 @@ impl AreaState<'_> {
     }
 
     /// What [`super::area::Area::publish`] stores: [`summary`] of this area now.
-    #[inline(always)]
+    #[inline]
     pub(super) fn summary(&self) -> u64 {
         summary(self.longest_bound(), self.front)
     }
 
     /// The first listed run of exactly `n` slots, if `fits` accepts its start: its index.
-    #[inline(always)]
+    #[inline(never)]
     pub(super) fn front_pop(&mut self, n: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
         if n.wrapping_sub(1) >= CLASSES {
             return None;
@@ -111,7 +112,7 @@ impl AreaState<'_> {
     }
 
     /// Take the first listed run of `n` slots (`1 <= n <= CLASSES`) if `fits` accepts its start.
-    #[inline(always)]
+    #[inline]
     fn take_listed(&mut self, n: usize, fits: &impl Fn(usize) -> bool) -> Option<usize> {
         let k = n.wrapping_sub(1);
         if self.front >> k & 1 == 0 {
@@ -143,7 +144,7 @@ impl AreaState<'_> {
 
     /// List the run `[i, i + n)` (its head's record cleared already) instead of freeing it in the
     /// bitmap; false, and nothing changed, when it does not fit the front's bounds.
-    #[inline(always)]
+    #[inline]
     pub(super) fn front_push(&mut self, i: usize, n: usize) -> bool {
         let listed = self.cached() + n;
         let cap = (self.len() >> 2).min(self.free).min(SLOTS_MAX);
@@ -156,7 +157,7 @@ impl AreaState<'_> {
 
     /// Put `[i, i + n)` (`1 <= n <= CLASSES`, allocated in the bitmap, no live record) first on
     /// its list.
-    #[inline(always)]
+    #[inline]
     fn list(&mut self, i: usize, n: usize) {
         let k = n.wrapping_sub(1);
         let at = self.list_at(n);
