@@ -152,8 +152,8 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # 41,032), pseries 180,696 (PseriesPlatform 18,776 -> 17,320). Then LivePools sized by POOLS, with
 # its out-of-line calls once too: x86 183,948 (QemuPlatform 15,816, CPlatform 41,090), pseries
 # 180,132 (PseriesPlatform 17,316). Ceilings: the figures plus ~2 %.
-# Both merged (main 84e287e and once): x86 ccdma .text 178,549 (QemuPlatform 15,816, CPlatform
-# 41,090), pseries 170,360 (PseriesPlatform 17,316); ceilings the figures plus ~2 %.
+# Both merged (main 17d41b0 and once): x86 ccdma .text 178,745 (QemuPlatform 15,746, CPlatform
+# 41,020), pseries 170,676 (PseriesPlatform 17,244); ceilings the figures plus ~2 %.
 check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 182100 240000
 check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 16200 16384
 check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 41800 16384
