@@ -235,21 +235,23 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         len: usize,
         mut attempt: impl FnMut() -> Result<T, DmaError>,
     ) -> Result<T, DmaError> {
-        let first = match attempt() {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        // The rest goes through one copy of `grow_and_retry` whatever `T` is: an attempt that
-        // succeeds leaves its result here (`grow_and_retry` is `Ok` only after one did).
-        let mut out = None;
-        self.cold().grow_and_retry(dev, len, first, &mut || attempt().map(|v| out = Some(v)))?;
-        out.ok_or(DmaError::PoolExhausted { len })
+        let first = attempt();
+        if first.is_ok() {
+            return first;
+        }
+        if !crate::parts::GROWTH || self.growth.source.is_none() {
+            if matches!(first, Err(DmaError::PoolExhausted { .. })) {
+                self.cold().report_full_any(dev, len, GrowthVerdict::Disabled);
+            }
+            return first;
+        }
+        self.cold().grow_and_retry(dev, len, first, &mut attempt)
     }
 }
 
 impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// `grow_one`, through the default capacities' copy when those are this layer's (see
-    /// [`Cold::as_full`]): `grow_and_retry` is compiled per layer type.
+    /// [`Cold::as_full`]): `grow_and_retry` is generic over its result, so compiled by its callers.
     fn grow_one_any(
         &self,
         g: &mut GrowState<POOLS>,
@@ -274,30 +276,22 @@ impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, 
         }
     }
 
-    /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`. Not
-    /// generic: `attempt` keeps its own result, so every caller's retries share this one copy.
+    /// [`DmaLayer::with_growth`] after a first attempt that failed with `first`, growth enabled.
     #[inline(never)]
-    pub(crate) fn grow_and_retry(
+    pub(crate) fn grow_and_retry<T>(
         &self,
         dev: &Device,
         len: usize,
-        first: DmaError,
-        attempt: &mut dyn FnMut() -> Result<(), DmaError>,
-    ) -> Result<(), DmaError> {
-        if !crate::parts::GROWTH || self.growth.source.is_none() {
-            if matches!(first, DmaError::PoolExhausted { .. }) {
-                self.report_full_any(dev, len, GrowthVerdict::Disabled);
-            }
-            return Err(first);
-        }
+        first: Result<T, DmaError>,
+        attempt: &mut dyn FnMut() -> Result<T, DmaError>,
+    ) -> Result<T, DmaError> {
         // Too large for the pools there are (none, perhaps) but not for a grown one: growth helps too.
-        let helps = |r: &Result<(), DmaError>| match r {
+        let helps = |r: &Result<T, DmaError>| match r {
             Err(DmaError::PoolExhausted { len }) | Err(DmaError::TooLarge { len, .. }) => {
                 self.growth_will_retry(*len)
             }
             _ => false,
         };
-        let first = Err(first);
         if !helps(&first) {
             return first;
         }

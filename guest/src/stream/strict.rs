@@ -213,7 +213,7 @@ impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, 
     #[inline(never)]
     pub(crate) fn put_failed(
         &self,
-        slot: &DomainSlot<'_>,
+        slot: &DomainSlot<'_, POOLS>,
         bus: u64,
         span: u64,
         kind: RangeKind,
