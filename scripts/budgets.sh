@@ -99,7 +99,7 @@ echo "== budgets (bytes unless named; ceilings in scripts/budgets.sh)"
 check "CCDMA_LAYER_SIZE (what C reserves)" "$layer" 32768 2048
 # ffi's small-layer: one pool of at most two areas (ccdma's AREAS), and four IOMMU domains with
 # native-iommu (CCDMA_SMALL_LAYER_SIZE, any small-layer build: 3,200 B with every part) or none
-# (CCDMA_SMALL_LAYER_NO_IOMMU_SIZE: 1,664 B, the firmware-minimal library's layer); compile-time
+# (CCDMA_SMALL_LAYER_NO_IOMMU_SIZE: 2,048 B, any build without native-iommu); compile-time
 # assertions in ffi/src/lib.rs hold each build under its macro. Stats, raw records, device ids and
 # growth state follow the pool count and the features (8,192 -> 5,760); then the pool's areas
 # (16 -> 2: 2,176 -> 512 B a pool) and the IOMMU's global reservations (one per domain: none without
