@@ -89,6 +89,10 @@ cargo test "${LOCKED[@]}" --quiet --release -p ccdma --lib --no-default-features
 for part in growth trusted-devices scatter-gather papr-tce native-iommu; do
     cargo check "${LOCKED[@]}" --quiet -p ccdma --no-default-features --features "$part"
 done
+# ffi's small layer with every part but native-iommu must fit CCDMA_SMALL_LAYER_NO_IOMMU_SIZE
+# (compile-time assertion in ffi/src/lib.rs); one check, ~5 s cold, ~1 s warm.
+cargo check "${LOCKED[@]}" --quiet -p ccdma-ffi --no-default-features \
+    --features std,small-layer,growth,trusted-devices,scatter-gather,papr-tce
 
 if [[ $RUN_QEMU == yes && -f qemu/common/Cargo.toml ]]; then
     step "cargo clippy in qemu/common (the kernels' shared crate, built for the host) -- -D warnings"

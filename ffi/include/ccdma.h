@@ -144,10 +144,10 @@
 
 /**
  * Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` and without
- * `native-iommu` (one pool of at most two areas, no IOMMU domain): enough for such a library, as
- * `CCDMA_SMALL_LAYER_SIZE` is for any `small-layer` build.
+ * `native-iommu` (one pool of at most two areas, no IOMMU domain): enough for any such library
+ * (every other part included), as `CCDMA_SMALL_LAYER_SIZE` is for any `small-layer` build.
  */
-#define CCDMA_SMALL_LAYER_NO_IOMMU_SIZE 1664
+#define CCDMA_SMALL_LAYER_NO_IOMMU_SIZE 2048
 
 /**
  * Alignment of a `ccdma_layer`.

@@ -486,9 +486,9 @@ pub const CCDMA_LAYER_SIZE: usize = 32768;
 /// memory with `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
 pub const CCDMA_SMALL_LAYER_SIZE: usize = 3200;
 /// Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` and without
-/// `native-iommu` (one pool of at most two areas, no IOMMU domain): enough for such a library, as
-/// `CCDMA_SMALL_LAYER_SIZE` is for any `small-layer` build.
-pub const CCDMA_SMALL_LAYER_NO_IOMMU_SIZE: usize = 1664;
+/// `native-iommu` (one pool of at most two areas, no IOMMU domain): enough for any such library
+/// (every other part included), as `CCDMA_SMALL_LAYER_SIZE` is for any `small-layer` build.
+pub const CCDMA_SMALL_LAYER_NO_IOMMU_SIZE: usize = 2048;
 /// Alignment of a `ccdma_layer`.
 pub const CCDMA_LAYER_ALIGN: usize = 128;
 /// Bytes of memory for a `ccdma_device`.
