@@ -127,8 +127,10 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
                 count += 1;
             }
             area.summary.store(st.summary(), Ordering::Relaxed);
-            area.used.store(0, Ordering::Relaxed);
             area.high.store(0, Ordering::Relaxed);
+            area.live.store(0, Ordering::Relaxed);
+            area.maps.store(0, Ordering::Relaxed);
+            area.to_device.store(0, Ordering::Relaxed);
             *area.state.get_mut() = st;
         }
         self.phys = phys;
@@ -184,15 +186,15 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     pub fn max_mapping(&self) -> usize {
         self.max_run << self.slot_shift
     }
-    /// Slots allocated now (the sum of the areas' counters).
+    /// Slots allocated now (each area's count read under its lock, one area at a time).
     pub fn slots_in_use(&self) -> usize {
-        self.used_areas().map(|a| a.used.load(Ordering::Relaxed)).sum()
+        self.used_areas().map(|a| a.used()).sum()
     }
     /// Most slots ever allocated at once: the sum of each area's own peak, kept per area so no map
     /// touches a line every CPU shares. Exact with one area; with several an upper bound (the areas
     /// may have peaked at different times).
     pub fn high_water(&self) -> usize {
-        self.used_areas().map(|a| a.high.load(Ordering::Relaxed)).sum()
+        self.used_areas().map(|a| a.high.load(Ordering::Relaxed) as usize).sum()
     }
     /// Number of areas (locks).
     pub fn areas(&self) -> usize {
@@ -320,6 +322,9 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         head.owner = new.owner.device;
         head.attrs = attr_bits;
         head.orig = new.orig as usize;
+        if attr_bits & COUNTED != 0 {
+            area.count_map(&st, if attr_bits & COPIED != 0 { new.len } else { 0 });
+        }
         area.publish(&st, n, 0);
         Some(a * self.area_slots + i)
     }
@@ -498,6 +503,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             attrs: DmaAttrs::from_bits_truncate(head.attrs),
             orig: head.orig as *mut u8,
             owner: Owner { device: head.owner, safe: head.attrs & SAFE_FACE != 0 },
+            counted: head.attrs & COUNTED != 0,
         })
     }
 
@@ -557,6 +563,49 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     pub(crate) fn alloc_near(&self, req: RunRequest, head: NewHead, cpu: usize) -> Option<usize> {
         let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
         self.alloc_from(req, head, bits, Some(self.area_of_cpu(cpu)))
+    }
+
+    /// [`Self::alloc_near`] for a run the pool counts for the layer's statistics ([`COUNTED`]): a
+    /// map now, with `head.len` bytes to the device when `copied`, and an unmap when it is freed.
+    /// Counted under the area lock the allocation holds anyway: no shared counter is touched.
+    #[inline]
+    pub(crate) fn alloc_counted(
+        &self,
+        req: RunRequest,
+        head: NewHead,
+        cpu: usize,
+        copied: bool,
+    ) -> Option<usize> {
+        let bits = head.attrs.bits()
+            | if head.owner.safe { SAFE_FACE } else { 0 }
+            | COUNTED
+            | if copied { COPIED } else { 0 };
+        self.alloc_from(req, head, bits, Some(self.area_of_cpu(cpu)))
+    }
+
+    /// What this pool counted ([`Self::alloc_counted`]), summed over its areas.
+    pub(crate) fn tally(&self) -> PoolTally {
+        self.used_areas().map(|a| a.tally()).fold(PoolTally::default(), |t, a| PoolTally {
+            maps: t.maps.wrapping_add(a.maps),
+            unmaps: t.unmaps.wrapping_add(a.unmaps),
+            to_device: t.to_device.wrapping_add(a.to_device),
+        })
+    }
+
+    /// [`Self::free`] for a run whose map failed after its allocation: a counted run's map is taken
+    /// back as well, so neither a map nor an unmap is left counted.
+    pub(crate) fn free_unmapped(&self, index: usize, nslots: usize) {
+        let Some((area, i)) = self.area_at(index) else { return };
+        let mut st = area.state.lock();
+        let Some(h) = st.meta.get(i) else { return };
+        if !(matches!(h.state(), HEAD | RELEASING) && h.nslots as usize == nslots) {
+            return;
+        }
+        if h.attrs & COUNTED != 0 {
+            let bytes = if h.attrs & COPIED != 0 { h.len as usize } else { 0 };
+            area.uncount_map(&st, bytes);
+        }
+        self.free_locked(area, &mut st, i, nslots);
     }
 
     /// Undo a `lookup(.., true)` that the caller decided not to complete.
@@ -628,8 +677,13 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         head.set_state(FREE);
         head.orig = 0;
         head.len = 0;
+        // The next allocation writes `attrs` afresh; a free head is never freed again.
+        let counted = head.attrs & COUNTED != 0;
         if !st.front_push(i, nslots) {
             st.give(i, nslots);
+        }
+        if counted {
+            area.count_unmap(st);
         }
         area.publish(st, 0, nslots);
     }

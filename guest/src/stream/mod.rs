@@ -385,7 +385,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let pool = self.pools.get(i as usize).ok_or(DmaError::UnknownMapping(bus))?;
         // One area lock: the record is checked and, when nothing is to be copied out, freed at once;
         // otherwise released, copied out of (outside the lock), then freed.
-        let check = |rec: &SlotRecord| self.check_record(dev, bus, safe, rec, len, dir);
+        // A run its pool counted (every run a plain or premapped map makes) counts its unmap when
+        // freed, under the area lock; any other is counted on the layer's shards below.
+        let counted = core::cell::Cell::new(false);
+        let check = |rec: &SlotRecord| {
+            counted.set(rec.counted);
+            self.check_record(dev, bus, safe, rec, len, dir)
+        };
         let copy_back =
             |rec: &SlotRecord| rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
         match pool.release_or_free(off, check, copy_back) {
@@ -403,7 +409,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         if crate::parts::IOMMU && dev.domain.is_some() {
             self.iommu_unmapped(dev);
         }
-        self.stats.unmapped();
+        if !counted.get() {
+            self.stats.unmapped();
+        }
         Ok(())
     }
 
