@@ -32,6 +32,8 @@ pub(crate) enum Taken {
     /// The run is free again (nothing had to be copied out of it first). No copy of the record:
     /// the caller's check saw it, and nothing is left to do with it.
     Freed,
+    /// As `Freed`, for a run its pool counted ([`COUNTED`]): the unmap is counted already.
+    FreedCounted,
     /// The head is released (as by `lookup(.., true)`): copy out of the run, then [`BouncePool::free`].
     Released(SlotRecord),
 }
@@ -323,7 +325,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         head.attrs = attr_bits;
         head.orig = new.orig as usize;
         if attr_bits & COUNTED != 0 {
-            area.count_map(&st, if attr_bits & COPIED != 0 { new.len } else { 0 });
+            area.count_map(&st, if new.dir.fills_by_copy(new.attrs) { new.len } else { 0 });
         }
         area.publish(&st, n, 0);
         Some(a * self.area_slots + i)
@@ -540,7 +542,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             return Some(Ok(Taken::Released(rec)));
         }
         self.free_locked(area, &mut st, i, rec.nslots);
-        Some(Ok(Taken::Freed))
+        Some(Ok(if rec.counted { Taken::FreedCounted } else { Taken::Freed }))
     }
 
     /// The area a map of CPU `cpu` (any number) starts in: `cpu` modulo the areas when their count
@@ -559,27 +561,28 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
 
     /// [`Self::alloc`] starting at the area of CPU `cpu` (any number: see [`Self::area_of_cpu`]), as
     /// Linux picks a CPU's own area first: CPUs that map at the same time start on different locks
-    /// and different cache lines. For a platform that can name the current CPU.
+    /// and different cache lines. For a platform that can name the current CPU. The layer maps
+    /// through [`Self::alloc_counted`] (this, with the run counted or not); the tests use this.
+    #[cfg(test)]
     pub(crate) fn alloc_near(&self, req: RunRequest, head: NewHead, cpu: usize) -> Option<usize> {
-        let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
-        self.alloc_from(req, head, bits, Some(self.area_of_cpu(cpu)))
+        self.alloc_counted(req, head, cpu, false)
     }
 
-    /// [`Self::alloc_near`] for a run the pool counts for the layer's statistics ([`COUNTED`]): a
-    /// map now, with `head.len` bytes to the device when `copied`, and an unmap when it is freed.
-    /// Counted under the area lock the allocation holds anyway: no shared counter is touched.
+    /// [`Self::alloc_near`] for a run the pool counts for the layer's statistics ([`COUNTED`]) when
+    /// `counted`: a map now, with `head.len` bytes to the device when the map fills the run by
+    /// copy ([`DmaDirection::fills_by_copy`]), and an unmap when it is freed. Counted under the area lock the allocation holds anyway: no shared counter is
+    /// touched.
     #[inline]
     pub(crate) fn alloc_counted(
         &self,
         req: RunRequest,
         head: NewHead,
         cpu: usize,
-        copied: bool,
+        counted: bool,
     ) -> Option<usize> {
         let bits = head.attrs.bits()
             | if head.owner.safe { SAFE_FACE } else { 0 }
-            | COUNTED
-            | if copied { COPIED } else { 0 };
+            | if counted { COUNTED } else { 0 };
         self.alloc_from(req, head, bits, Some(self.area_of_cpu(cpu)))
     }
 
@@ -602,7 +605,9 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             return;
         }
         if h.attrs & COUNTED != 0 {
-            let bytes = if h.attrs & COPIED != 0 { h.len as usize } else { 0 };
+            let dir = DmaDirection::from_bits(h.dir()).unwrap_or(DmaDirection::ToDevice);
+            let copied = dir.fills_by_copy(DmaAttrs::from_bits_truncate(h.attrs));
+            let bytes = if copied { h.len as usize } else { 0 };
             area.uncount_map(&st, bytes);
         }
         self.free_locked(area, &mut st, i, nslots);

@@ -92,9 +92,6 @@ const SAFE_FACE: u8 = 0x40;
 /// shared counter. Plain and premapped bounce maps set it; strict, scatter-gather and list-page runs
 /// do not (their paths count on the layer's shards).
 const COUNTED: u8 = 0x20;
-/// Head `attrs` bit beside [`COUNTED`]: the map copied the head's `len` bytes into the run (bytes to
-/// the device).
-const COPIED: u8 = 0x10;
 /// Head `attrs` of a run made by the benchmark hook [`BouncePool::bench_alloc`] (no device owns it).
 const BENCH_RUN: u8 = SG_RUN | SAFE_FACE;
 

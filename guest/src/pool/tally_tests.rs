@@ -38,7 +38,8 @@ fn counted_runs_are_maps_then_unmaps() {
     let meta = vec![SlotMeta::EMPTY; 1024].leak();
     let p = pool_over(meta, 4);
     let a = p.alloc_counted(REQ, head(3000), 0, true).unwrap();
-    let b = p.alloc_counted(REQ, head(4000), 3, false).unwrap();
+    let skip = NewHead { attrs: DmaAttrs::SKIP_CPU_SYNC, ..head(4000) };
+    let b = p.alloc_counted(REQ, skip, 3, true).unwrap();
     assert_ne!(a / 256, b / 256, "two areas count");
     assert_eq!(p.tally(), tally(2, 0, 3000));
     p.free(a, 2);

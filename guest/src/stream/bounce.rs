@@ -40,19 +40,6 @@ pub(crate) struct BounceRun {
     pub run_len: usize,
 }
 
-/// True when a new slot run is filled with a copy of the original ([`DmaLayer::fill_slot`]), false
-/// when it is zeroed or left. A to-device mapping that skips the CPU sync is zeroed unless the layer's
-/// stale-slot policy leaves it (crate::stale_slot): until the driver's `sync_for_device` the device
-/// reads whatever an earlier mapping (of another device, perhaps) left in the slot.
-#[inline(always)]
-pub(crate) fn fill_copies(dir: DmaDirection, attrs: DmaAttrs) -> bool {
-    if dir.device_reads() {
-        !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
-    } else {
-        attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN) && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
-    }
-}
-
 /// Where a map starts looking when the platform names no CPU ([`Platform::cpu_hint`] `None`):
 /// a slot of the caller's stack address (each thread has its own stack, and a thread's own maps find
 /// it at the same depth, so a lone thread keeps to one cache-hot area, whichever device it maps
@@ -176,11 +163,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             let cpu = self.platform.cpu_hint().unwrap_or_else(area_hint);
             // Runs in slots (plain and premapped maps) are counted by their pool, map and bytes
             // in, under the area lock (`bounce_map` counts nothing); strict runs on the shards.
-            let copies = fill_copies(dir, attrs);
-            let placed = match iommu_page {
-                None => pool.alloc_counted(req, head, cpu, copies),
-                Some(_) => pool.alloc_near(req, head, cpu),
-            };
+            let placed = pool.alloc_counted(req, head, cpu, iommu_page.is_none());
             let Some(index) = placed else { continue };
             let run_off = index << pool.slot_size().trailing_zeros();
             let run_len = nslots * slot as usize;
@@ -230,7 +213,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         attrs: DmaAttrs,
         count: bool,
     ) {
-        let copy = fill_copies(dir, attrs);
+        let copy = dir.fills_by_copy(attrs);
         if !copy && self.leaves_stale_slot(dir) {
             return;
         }
