@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """ccdma's code and stack figures inside a test kernel image (qemu/kernel, qemu/pseries).
 
-    python3 scripts/kernel_budgets.py ELF [--objdump TOOL] [--chain NAME=REGEX]... [--top N]
+    python3 scripts/kernel_budgets.py ELF [--objdump TOOL] [--chain NAME=REGEX]... [--instance TYPE]...
+                                          [--top N]
 
 ELF is a kernel as qemu/run.sh builds it: `-C symbol-mangling-version=v0` (demangled names carry
 their type parameters) and `-Z emit-stack-sizes` (LLVM's frame size of every function compiled with
@@ -18,10 +19,13 @@ figures. Prints `key value` lines, then tables:
   ccdma and ffi), of ccdma (guest/), of ffi/, and of the kernel's own code (kernel + common);
 - chain_<NAME>: the deepest chain of frames through direct calls from the function matching REGEX
   (indirect calls are not followed; cycles are cut).
+- instance TYPE BYTES: ccdma's bytes for each instance named with --instance (as in the table).
+  A named instance with no function at all is an error (exit status 1): a renamed type would
+  otherwise read as 0 bytes and pass every ceiling.
 
 Reads the ELF itself (either byte order, 64-bit); disassembles with TOOL (objdump of the target's
-binutils) for the call graph; demangles with c++filt. Exit status 0; ceilings are the shell
-script's job.
+binutils) for the call graph; demangles with c++filt. Exit status 0 unless an --instance has no
+function; ceilings are the shell script's job.
 """
 
 import argparse
@@ -147,6 +151,8 @@ def main():
     ap.add_argument("elf")
     ap.add_argument("--objdump", default="objdump")
     ap.add_argument("--chain", action="append", default=[], help="NAME=REGEX on demangled names")
+    ap.add_argument("--instance", action="append", default=[],
+                    help="TYPE (as in the per-instance table) that must have ccdma code: its bytes")
     ap.add_argument("--top", type=int, default=6)
     ap.add_argument("--whole", action="store_true", help="print every frame of each chain, one a line")
     args = ap.parse_args()
@@ -174,6 +180,9 @@ def main():
     print(f"ffi_text {totals[FFI]}")
     print(f"functions {len(funcs)}")
     print(f"with_frame {len(frame)}")
+    missing = [t for t in args.instance if not groups[CCDMA].get(t)]
+    for t in args.instance:
+        print(f"instance {t} {groups[CCDMA].get(t, 0)}")
 
     def category(sym):
         n, crate = names[sym], owner(names[sym])
@@ -240,6 +249,9 @@ def main():
     if rows:
         print("\ndeepest chains of frames (direct calls only):")
         print("\n".join(rows))
+    if missing:
+        sys.exit(f"kernel_budgets.py: no ccdma function instantiated for {', '.join(missing)}: a type renamed, "
+                 "or names without v0 mangling? (the instances present are in the table above)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What each optional part of ccdma (guest/src/parts.rs) costs in the C staticlib: `.text` of the
 # "minimal" image (init, add_pool, attach, map, unmap, detach; log compiled out) and of the "full"
-# image (every export), built as scripts/budgets.sh builds them (x86_64-unknown-none, opt-level s,
-# ld --gc-sections), once with every part but one and once with that part alone.
+# image (every export), built as scripts/budgets.sh builds them (x86_64-unknown-none, the `firmware`
+# profile, ld --gc-sections), once with every part but one and once with that part alone.
 #
 #   bash scripts/parts-text.sh        ~2 min cold on 2 cores (20 staticlib builds); not in test.sh
 #
@@ -14,10 +14,10 @@ PARTS=(growth trusted-devices scatter-gather papr-tce native-iommu)
 MINIMAL=(ccdma_layer_init ccdma_add_pool ccdma_attach ccdma_map ccdma_unmap ccdma_detach)
 build() { # build FEATURES DIR: the staticlib's path
     local dir=$ROOT/target/parts-text-$2
-    (cd ffi && CARGO_TARGET_DIR=$dir CARGO_PROFILE_RELEASE_OPT_LEVEL=s cargo +nightly rustc --quiet \
-        --release --target x86_64-unknown-none --no-default-features --features "$1" \
+    (cd ffi && CARGO_TARGET_DIR=$dir cargo +nightly rustc --quiet \
+        --profile firmware --target x86_64-unknown-none --no-default-features --features "$1" \
         --crate-type staticlib) >&2
-    echo "$dir/x86_64-unknown-none/release/libccdma_ffi.a"
+    echo "$dir/x86_64-unknown-none/firmware/libccdma_ffi.a"
 }
 text() { # text LIB SYMBOL...: .text of a freestanding link keeping those exports
     local lib=$1 req=() out

@@ -110,7 +110,7 @@ bash scripts/miri.sh
 step "a 30 s coverage-guided fuzz run of the API against the model (scripts/fuzz.sh; build ~1-2 min cold)"
 bash scripts/fuzz.sh 30
 
-step "footprint budgets: C staticlib for x86_64-unknown-none (nightly -Z emit-stack-sizes; ~1 min cold)"
+step "footprint budgets: C staticlib for x86_64-unknown-none, firmware profile (nightly -Z emit-stack-sizes; ~15 s cold)"
 bash scripts/budgets.sh
 
 step "ccdma-sim runs (every transfer verified by the model; non-zero exit on any failure)"

@@ -5,7 +5,7 @@
 # unmap, detach, fini), "all exports" keeps every ccdma_* function (-u for each).
 #
 #   bash ffi/examples/firmware.sh            # release profile (opt-level 3)
-#   OPT=s bash ffi/examples/firmware.sh      # opt-level "s", fat LTO, one codegen unit
+#   OPT=s bash ffi/examples/firmware.sh      # the `firmware` profile: opt-level "s", fat LTO, one codegen unit
 #
 # Needs: rustup target add x86_64-unknown-none; gcc and binutils (ld, size, nm).
 set -euo pipefail
@@ -14,12 +14,17 @@ TARGET=${TARGET:-x86_64-unknown-none}
 OPT=${OPT:-3}
 OUT=${OUT:-target/ccdma-firmware}
 mkdir -p "$OUT"
+PROFILE=release
 if [ "$OPT" != 3 ]; then
-    export CARGO_PROFILE_RELEASE_OPT_LEVEL="$OPT" CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
+    # The workspace's firmware profile (Cargo.toml), at the opt-level asked for.
+    PROFILE=firmware
+    export CARGO_PROFILE_FIRMWARE_OPT_LEVEL="$OPT"
 fi
-cargo build -q -p ccdma-ffi --release --target "$TARGET" --no-default-features --features panic-handler \
-    --target-dir "$OUT/cargo-opt-$OPT"
-LIB="$OUT/cargo-opt-$OPT/$TARGET/release/libccdma_ffi.a"
+# `cargo rustc --crate-type staticlib`, not `cargo build`: ccdma-ffi is also an rlib, and cargo
+# drops the profile's LTO for a crate built as an rlib too.
+cargo rustc -q -p ccdma-ffi --profile "$PROFILE" --target "$TARGET" --no-default-features --features panic-handler \
+    --target-dir "$OUT/cargo-opt-$OPT" --crate-type staticlib
+LIB="$OUT/cargo-opt-$OPT/$TARGET/$PROFILE/libccdma_ffi.a"
 CFLAGS=(-std=c99 -pedantic -Wall -Wextra -Werror -Os -ffreestanding -nostdinc
     -isystem "$(gcc -print-file-name=include)" -fno-pic -fno-pie -mno-red-zone -fno-stack-protector
     -ffunction-sections -fdata-sections -I ffi/include)

@@ -140,14 +140,14 @@
  * a library may reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little
  * memory with `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
  */
-#define CCDMA_SMALL_LAYER_SIZE 3840
+#define CCDMA_SMALL_LAYER_SIZE 3200
 
 /**
  * Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` and without
  * `native-iommu` (one pool of at most two areas, no IOMMU domain): enough for such a library, as
  * `CCDMA_SMALL_LAYER_SIZE` is for any `small-layer` build.
  */
-#define CCDMA_SMALL_LAYER_NO_IOMMU_SIZE 1792
+#define CCDMA_SMALL_LAYER_NO_IOMMU_SIZE 1664
 
 /**
  * Alignment of a `ccdma_layer`.

@@ -484,11 +484,11 @@ pub const CCDMA_LAYER_SIZE: usize = 32768;
 /// at most two areas; no IOMMU domain, or four with feature `native-iommu`): firmware that links such
 /// a library may reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little
 /// memory with `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
-pub const CCDMA_SMALL_LAYER_SIZE: usize = 3840;
+pub const CCDMA_SMALL_LAYER_SIZE: usize = 3200;
 /// Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` and without
 /// `native-iommu` (one pool of at most two areas, no IOMMU domain): enough for such a library, as
 /// `CCDMA_SMALL_LAYER_SIZE` is for any `small-layer` build.
-pub const CCDMA_SMALL_LAYER_NO_IOMMU_SIZE: usize = 1792;
+pub const CCDMA_SMALL_LAYER_NO_IOMMU_SIZE: usize = 1664;
 /// Alignment of a `ccdma_layer`.
 pub const CCDMA_LAYER_ALIGN: usize = 128;
 /// Bytes of memory for a `ccdma_device`.

@@ -5,26 +5,26 @@
 //! | part | bytes | note |
 //! |---|---|---|
 //! | `PoolTable` | 18,432 | `POOLS` (8) slots of 2,304: a `BouncePool` (2,176: 128 + `AREAS` (16) areas of 128) and its state (128) |
-//! | `Option<Iommu>` | 7,104 | `DOMAINS` (16) domain slots of 408 and a global reservation each (16); config 40, list pages 128 |
+//! | `Option<Iommu>` | 6,976 | `DOMAINS` (16) domain slots of 400 (280 in a one-pool layer: its `LivePools<1>`) and a global reservation each (16); config 40, list pages 128 |
 //! | `Stats` | 1,152 | one 128-byte shard of hot counters per pool slot (8), the rest once |
 //! | `RawRecords` | 792 | 4 records of raw mappings per pool slot, used in place |
 //! | `Growth` | 720 | grown-pool state per pool slot, counters, config, last pool-full report, lock |
 //! | `DeviceIds` | 272 | 8 attached device ids per pool slot (64) |
 //! | `IommuCounters` | 216 | 40 without `papr-tce` and `native-iommu` |
-//! | `LivePools` | 152 | bus view of the pools |
+//! | `LivePools` | 144 | bus view of the pools, sized by `POOLS` (24 for one pool) |
 //! | the rest | ~150 | platform, ids, policy |
-//! | `DmaLayer<P>` | 28,928 | 8 pools of 16 areas, 16 domains (the default) |
-//! | `DmaLayer<P, 2, 4>` | 7,936 | 16 areas |
-//! | `DmaLayer<P, 1, 0>` | 3,584 | `PoolTable<1>` 2,304, `Growth` 272, `Stats` 256, `Iommu<0>` 192 |
-//! | `DmaLayer<P, 1, 0, 4>` | 2,048 | `PoolTable<1, 4>` 768 |
-//! | `DmaLayer<P, 1, 0, 2>` | 1,792 | `PoolTable<1, 2>` 512 (the small layer `tests/tests/layer_size.rs` pins; 8 devices) |
-//! | `DmaLayer<P, 1, 0, 1>` | 1,664 | |
-//! | `DmaLayer<P, 1, 4, 2>` | 3,584 | four domains of 408 and four global reservations |
-//! | `DmaLayer<P, 1, 0, 2>`, no default features | 1,536 | `Growth` 96, `IommuCounters` 40 |
+//! | `DmaLayer<P>` | 28,800 | 8 pools of 16 areas, 16 domains (the default) |
+//! | `DmaLayer<P, 2, 4>` | 7,424 | 16 areas |
+//! | `DmaLayer<P, 1, 0>` | 3,456 | `PoolTable<1>` 2,304, `Growth` 272, `Stats` 256, `Iommu<0>` 192 |
+//! | `DmaLayer<P, 1, 0, 4>` | 1,920 | `PoolTable<1, 4>` 768 |
+//! | `DmaLayer<P, 1, 0, 2>` | 1,664 | `PoolTable<1, 2>` 512 (the small layer `tests/tests/layer_size.rs` pins; 8 devices) |
+//! | `DmaLayer<P, 1, 0, 1>` | 1,536 | |
+//! | `DmaLayer<P, 1, 4, 2>` | 2,944 | four domains of 280 and four global reservations |
+//! | `DmaLayer<P, 1, 0, 2>`, no default features | 1,408 | `Growth` 96, `IommuCounters` 40 |
 //!
 //! In `DmaLayer<P, 1, 0, 2>` the rest is `IommuCounters` 216, `Iommu<0>` 192 (its config and list
 //! pages: a part that is 0 bytes when `DOMAINS` is 0 and the same otherwise is no type stable Rust
-//! can name without a bound on every `impl`), `LivePools` 152, `RawRecords` 120 and `DeviceIds` 48.
+//! can name without a bound on every `impl`), `RawRecords` 120, `DeviceIds` 48 and `LivePools<1>` 24.
 //! Sizes go in steps of 128 (the areas' and the stats shards' cache-line alignment).
 
 #[cfg(test)]
@@ -69,6 +69,7 @@ mod tests {
             ("PoolTable<1>", size_of::<crate::growth::table::PoolTable<'static, 1>>()),
             ("BouncePool", size_of::<crate::pool::BouncePool<'static>>()),
             ("LivePools", size_of::<crate::growth::live::LivePools>()),
+            ("LivePools<1>", size_of::<crate::growth::live::LivePools<1>>()),
             ("Growth<8>", size_of::<crate::growth::state::Growth<'static, 8>>()),
             ("Growth<1>", size_of::<crate::growth::state::Growth<'static, 1>>()),
             ("Stats<8>", size_of::<crate::stats::Stats<8>>()),
@@ -78,6 +79,7 @@ mod tests {
             ("IommuConfig", size_of::<crate::iommu::IommuConfig>()),
             ("Option<ListPages>", size_of::<Option<crate::iommu::list_pages::ListPages>>()),
             ("DomainSlot", size_of::<crate::iommu::domain::DomainSlot<'static>>()),
+            ("DomainSlot<1>", size_of::<crate::iommu::domain::DomainSlot<'static, 1>>()),
             ("IommuCounters", size_of::<crate::iommu::counters::IommuCounters>()),
             ("Tracker", size_of::<crate::tracker::Tracker>()),
             ("DeviceIds<8>", size_of::<crate::device_ids::DeviceIds<8>>()),

@@ -56,7 +56,7 @@ pub(crate) static NEXT_LAYER_ID: AtomicU32 = AtomicU32::new(1);
 /// [`MAX_AREAS`]) are the layer's capacities: pool slots (fixed and grown), IOMMU domains (and as
 /// many global bus reservations), and areas (locks) per pool, a pool asking more
 /// ([`PoolConfig::areas`]) getting `AREAS`. They set its size; the defaults are the most the layer
-/// supports. A firmware with one pool and no IOMMU builds `DmaLayer<'m, P, 1, 0, 2>` (1,792 bytes
+/// supports. A firmware with one pool and no IOMMU builds `DmaLayer<'m, P, 1, 0, 2>` (1,664 bytes
 /// on x86_64, 8 devices; with [`DmaLayer::with_capacity`] or in place with
 /// [`DmaLayer::init_in`]); `cargo test --release -p ccdma --lib footprint -- --nocapture` prints
 /// the sizes. A capacity outside its range does not compile.
@@ -78,7 +78,7 @@ pub struct DmaLayer<
     /// Every pool, by index (fixed ones from `add_pool`, grown ones from the memory source).
     pub(crate) pools: PoolTable<'m, POOLS, AREAS>,
     /// The pools as devices without an IOMMU see them (shared bus addresses), sorted by bus.
-    pub(crate) plain: LivePools,
+    pub(crate) plain: LivePools<POOLS>,
     /// Growing and shrinking (off until `enable_growth`); its lock orders every change of a pool
     /// set or window.
     pub(crate) growth: Growth<'m, POOLS>,
@@ -87,7 +87,7 @@ pub struct DmaLayer<
     /// Source of device serials (never 0).
     pub(crate) next_serial: AtomicU32,
     /// The IOMMU path, once enabled (`enable_iommu`).
-    pub(crate) iommu: Option<Iommu<'m, DOMAINS>>,
+    pub(crate) iommu: Option<Iommu<'m, DOMAINS, POOLS>>,
     /// Counters of the IOMMU path and coherent buffers.
     pub(crate) iommu_counters: IommuCounters,
     /// The misuse tracker (feature `debug-tracker`; an empty value without it).
@@ -248,6 +248,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
     }
 
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        match self.cold().as_full() {
+            Some(c) => stats_once(c),
+            None => self.cold().stats_dyn(),
+        }
+    }
+
     /// The platform.
     pub fn platform(&self) -> &P {
         &self.platform
@@ -290,8 +298,8 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
         Some((pool, self.plain.base_of(i).unwrap_or(BusAddr(0))))
     }
 
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> StatsSnapshot {
+    /// [`DmaLayer::stats`]'s body (on the `dyn Platform` layer: it calls no platform hook).
+    pub(crate) fn stats_dyn(&self) -> StatsSnapshot {
         let mut s = self.stats.snapshot();
         for p in self.pools() {
             s.slots_in_use += p.slots_in_use() as u64;
@@ -432,6 +440,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         Ok(self.new_device(config, path, pools, None))
     }
 
+    /// Inlined always: plain attach builds the device in place; the IOMMU paths share one copy
+    /// through `new_domain_device` (iommu/attach.rs).
+    #[inline(always)]
     pub(crate) fn new_device(
         &self,
         config: DeviceConfig,
@@ -607,6 +618,13 @@ fn release_pools_once(c: &mut FullCold<'_, '_>) -> Result<(), DmaError> {
 #[inline(never)]
 fn attach_once(c: &FullCold<'_, '_>, config: DeviceConfig) -> Result<Device, DmaError> {
     c.attach_dyn(config)
+}
+
+/// [`DmaLayer::stats`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+#[inline(never)]
+fn stats_once(c: &FullCold<'_, '_>) -> StatsSnapshot {
+    c.stats_dyn()
 }
 
 /// [`DmaLayer::detach`] of the default capacities, compiled in this crate only (see

@@ -157,8 +157,8 @@
 //!
 //! The layer's size is set by its capacities, `DmaLayer<'m, P, POOLS, DOMAINS, AREAS>` (pool slots,
 //! IOMMU domains, areas per pool; defaults [`MAX_POOLS`], [`iommu::MAX_DOMAINS`], [`MAX_AREAS`]):
-//! 28,928 bytes by default, 1,792 for one pool of two areas and no IOMMU domain
-//! (`DmaLayer<'m, P, 1, 0, 2>`; 1,536 without the default features; 2,048 with four areas), built
+//! 28,800 bytes by default, 1,664 for one pool of two areas and no IOMMU domain
+//! (`DmaLayer<'m, P, 1, 0, 2>`; 1,408 without the default features; 1,920 with four areas), built
 //! with [`DmaLayer::with_capacity`] or in place with `DmaLayer::init_in` (x86_64, a reference as the
 //! platform). `cargo test --release -p ccdma --lib footprint -- --nocapture` prints the parts;
 //! `tests/tests/layer_size.rs` checks the small figure.

@@ -21,6 +21,11 @@
 //! much CPU the machine gives, which is what a busy machine still lets one read. The devices sit
 //! on cache lines of their own, as two devices of a kernel do.
 //!
+//! `THREADS_POOLS=mixed`: thread 0's device (64-bit) maps from the fixed pool (above 4 GiB), thread
+//! 1's (32-bit) from a pool the layer grew below 4 GiB at set-up, so every map and unmap of thread 1
+//! counts itself in and out of its pool's slot word (a fixed pool's is only read): what packing the
+//! pool slots' words on one line would cost (issue 20).
+//!
 //! `THREADS_ROUNDS` and `THREADS_OPS` override the rounds (9) and operations per thread per run
 //! (200,000). `THREADS_PROFILE=hint` (or `nohint`, or `one`: one thread with a hint) runs that one
 //! case and prints (wall, CPU) ns per operation, for `perf record`.
@@ -34,8 +39,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, PoolConfig};
-use ccdma_hv_model::{HvConfig, Hypervisor, Region};
+use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, GrowthConfig, PoolConfig};
+use ccdma_hv_model::{HvConfig, Hypervisor, ModelSource, Region};
 use ccdma_tests::{add_pool, model, pattern, GIB, HIGH_POOL, MIB};
 
 /// The machine must give two threads of copying this many times one thread's throughput before the
@@ -80,8 +85,15 @@ impl Guest {
         let hv = model(HvConfig::pseries(6 * GIB));
         let mut layer = DmaLayer::new(hv);
         add_pool(&mut layer, HIGH_POOL, 64 * MIB, PoolConfig::default()).expect("pool");
+        let mixed = std::env::var("THREADS_POOLS").is_ok_and(|v| v == "mixed");
+        if mixed {
+            let src = Box::leak(Box::new(ModelSource::new(hv, 0x2000_0000, 64 * MIB)));
+            layer.enable_growth(src, GrowthConfig::new(16 * MIB as usize, 2)).expect("growth");
+        }
+        // Mixed: the second device reaches only the pools below 4 GiB, which growth adds.
+        let mask = |k: u32| if mixed && k == 1 { DmaMask::BITS_32 } else { DmaMask::BITS_64 };
         let devs: Vec<Lines> = (0..2)
-            .map(|k| Lines(layer.attach(DeviceConfig::new(10 + k, DmaMask::BITS_64)).expect("attach")))
+            .map(|k| Lines(layer.attach(DeviceConfig::new(10 + k, mask(k))).expect("attach")))
             .collect();
         assert!(devs.iter().all(|d| d.0.path() == DmaPath::BounceAlways));
         let bufs = (0..2)
@@ -93,7 +105,19 @@ impl Guest {
                 phys
             })
             .collect();
-        Guest { layer, hv, devs, bufs }
+        let g = Guest { layer, hv, devs, bufs };
+        if mixed {
+            // One map grows the second device's pool; it stays (nothing ticks).
+            // SAFETY: the device's own buffer; this slice is the only one alive.
+            let buf = unsafe { g.hv.slice_mut(g.bufs[1], 4096) };
+            g.layer
+                .map(&g.devs[1].0, buf, DmaDirection::ToDevice, DmaAttrs::NONE)
+                .expect("grows")
+                .unmap()
+                .unwrap();
+            assert_eq!(g.layer.growth_stats().pools, 1, "one grown pool");
+        }
+        g
     }
 }
 

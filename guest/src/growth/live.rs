@@ -6,21 +6,31 @@
 //! Written by one CPU at a time (the holder of the layer's growth lock, or the CPU setting a domain
 //! up), read by any: a sequence lock over atomics, so a reader that raced a writer simply reads again.
 
-use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::addr::{BusAddr, DmaMask};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 
-/// One view's pools (see the module docs).
-pub(crate) struct LivePools {
+/// One view's pools (see the module docs), of a layer of `N` pool slots (its `POOLS` capacity: a
+/// small layer's views are small). What they return is sized by [`MAX_POOLS`] (values on the
+/// stack, not parts of the layer).
+pub(crate) struct LivePools<const N: usize = MAX_POOLS> {
     seq: AtomicU32,
-    len: AtomicU8,
+    /// The number of pools in `order` (low byte) and the pools kept in reserve (high byte: bit `i`
+    /// for pool `i`, `i < N <= MAX_POOLS <= 8`), allocated from only while a pool is being added.
+    /// One word: a map reads both with one load, and a one-pool view is 24 bytes.
+    len_reserve: AtomicU16,
     /// Pool indices, highest bus base first.
-    order: [AtomicU8; MAX_POOLS],
-    base: [AtomicU64; MAX_POOLS],
-    size: [AtomicU64; MAX_POOLS],
-    /// Pools kept in reserve: allocated from only while a pool is being added.
-    reserve: AtomicU32,
+    order: [AtomicU8; N],
+    base: [AtomicU64; N],
+    size: [AtomicU64; N],
+}
+
+const _: () = assert!(MAX_POOLS <= 8, "LivePools::len_reserve has a reserve bit per pool slot");
+
+/// [`LivePools::len_reserve`] of `len` pools, `reserve` those kept in reserve.
+const fn len_reserve(len: usize, reserve: u8) -> u16 {
+    (len as u8) as u16 | (reserve as u16) << 8
 }
 
 /// A consistent copy of a [`LivePools`].
@@ -32,29 +42,36 @@ pub(crate) struct PoolsSnapshot {
     pub reserve: u32,
 }
 
-impl Default for LivePools {
+impl<const N: usize> Default for LivePools<N> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl LivePools {
+impl<const N: usize> LivePools<N> {
+    /// `N`, or 1 for a layer of no pool slot: what a pool index read from `order` (which may be
+    /// torn) is reduced modulo, so it indexes nothing out of range (a mask for the default 8).
+    const MODULUS: usize = if N == 0 { 1 } else { N };
+
     pub(crate) const fn new() -> Self {
+        const { assert!(N <= MAX_POOLS, "a layer holds at most MAX_POOLS pools") };
         LivePools {
             seq: AtomicU32::new(0),
-            len: AtomicU8::new(0),
-            order: [const { AtomicU8::new(0) }; MAX_POOLS],
-            base: [const { AtomicU64::new(0) }; MAX_POOLS],
-            size: [const { AtomicU64::new(0) }; MAX_POOLS],
-            reserve: AtomicU32::new(0),
+            len_reserve: AtomicU16::new(0),
+            order: [const { AtomicU8::new(0) }; N],
+            base: [const { AtomicU64::new(0) }; N],
+            size: [const { AtomicU64::new(0) }; N],
         }
     }
 
+    /// Inlined into each caller (a closure of its own each): at `opt-level = "s"` it would stay a
+    /// function per closure beside the caller.
+    #[inline(always)]
     fn read<T>(&self, mut f: impl FnMut(usize) -> T) -> T {
         loop {
             let s1 = self.seq.load(Ordering::Acquire);
             if s1 & 1 == 0 {
-                let n = (self.len.load(Ordering::Relaxed) as usize).min(MAX_POOLS);
+                let n = (self.len_reserve.load(Ordering::Relaxed) as u8 as usize).min(N);
                 let out = f(n);
                 fence(Ordering::Acquire);
                 if self.seq.load(Ordering::Relaxed) == s1 {
@@ -65,6 +82,7 @@ impl LivePools {
         }
     }
 
+    #[inline(always)]
     fn write(&self, f: impl FnOnce()) {
         self.seq.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::Release);
@@ -73,28 +91,37 @@ impl LivePools {
     }
 
     /// Everything, consistently.
-    pub(crate) fn snapshot(&self) -> PoolsSnapshot {
+    #[inline(always)]
+    fn snapshot_any(&self) -> PoolsSnapshot {
         self.read(|n| {
             let mut order = PoolOrder::EMPTY;
             let mut bases = [BusAddr(0); MAX_POOLS];
             let mut sizes = [0; MAX_POOLS];
-            for k in 0..n {
-                let i = self.order[k].load(Ordering::Relaxed) as usize % MAX_POOLS;
+            for k in self.order.iter().take(n) {
+                let i = k.load(Ordering::Relaxed) as usize % Self::MODULUS;
+                // Checked (`i < N <= MAX_POOLS`), so no panic path.
+                let (Some(b), Some(z), Some(base), Some(size)) =
+                    (bases.get_mut(i), sizes.get_mut(i), self.base.get(i), self.size.get(i))
+                else {
+                    continue;
+                };
                 order.push(i);
-                bases[i] = BusAddr(self.base[i].load(Ordering::Relaxed));
-                sizes[i] = self.size[i].load(Ordering::Relaxed);
+                *b = BusAddr(base.load(Ordering::Relaxed));
+                *z = size.load(Ordering::Relaxed);
             }
-            PoolsSnapshot { order, bases, sizes, reserve: self.reserve.load(Ordering::Relaxed) }
+            PoolsSnapshot {
+                order,
+                bases,
+                sizes,
+                reserve: u32::from(self.len_reserve.load(Ordering::Relaxed) >> 8),
+            }
         })
     }
 
     /// The allocation order (highest bus range first) of the pools that lie wholly below `mask`
     /// (all with `None`), with reserve pools only when `reserve` is true, and every pool's base.
-    pub(crate) fn order_for(
-        &self,
-        mask: Option<DmaMask>,
-        reserve: bool,
-    ) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+    #[inline(always)]
+    fn order_for_any(&self, mask: Option<DmaMask>, reserve: bool) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
         self.read(|n| {
             let mut bases = [BusAddr(0); MAX_POOLS];
             let order = self.scan(n, mask, reserve, |i, base| bases[i] = BusAddr(base));
@@ -113,15 +140,14 @@ impl LivePools {
         reserve: bool,
         mut each: impl FnMut(usize, u64),
     ) -> PoolOrder {
-        let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
+        let skip = if reserve { 0 } else { u32::from(self.len_reserve.load(Ordering::Relaxed) >> 8) };
         let mut order = PoolOrder::EMPTY;
         for k in self.order.iter().take(n) {
-            let i = k.load(Ordering::Relaxed) as usize % MAX_POOLS;
-            let base = self.base[i].load(Ordering::Relaxed);
+            let i = k.load(Ordering::Relaxed) as usize % Self::MODULUS;
+            let (Some(base), Some(size)) = (self.base.get(i), self.size.get(i)) else { continue };
+            let base = base.load(Ordering::Relaxed);
             each(i, base);
-            if skip & (1 << i) == 0
-                && mask.is_none_or(|m| m.covers(base, self.size[i].load(Ordering::Relaxed)))
-            {
+            if skip & (1 << i) == 0 && mask.is_none_or(|m| m.covers(base, size.load(Ordering::Relaxed))) {
                 order.push(i);
             }
         }
@@ -129,14 +155,15 @@ impl LivePools {
     }
 
     /// The pool whose range holds `bus`, and the offset into it: a binary search.
-    pub(crate) fn find(&self, bus: u64) -> Option<(usize, u64)> {
+    #[inline(always)]
+    fn find_any(&self, bus: u64) -> Option<(usize, u64)> {
         self.read(|n| {
             // `order` is by base, highest first: the candidate is the first pool whose base <= bus.
             let (mut lo, mut hi) = (0, n);
-            // Indices are checked (`get`): `n <= MAX_POOLS` always, but no path may panic.
+            // Indices are checked (`get`): `n <= N` always, but no path may panic.
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                let i = self.order.get(mid)?.load(Ordering::Relaxed) as usize % MAX_POOLS;
+                let i = self.order.get(mid)?.load(Ordering::Relaxed) as usize % Self::MODULUS;
                 if self.base.get(i)?.load(Ordering::Relaxed) > bus {
                     lo = mid + 1;
                 } else {
@@ -146,7 +173,7 @@ impl LivePools {
             if lo == n {
                 return None;
             }
-            let i = self.order.get(lo)?.load(Ordering::Relaxed) as usize % MAX_POOLS;
+            let i = self.order.get(lo)?.load(Ordering::Relaxed) as usize % Self::MODULUS;
             // Values read here may be torn (a writer moved pool `i` since the search read its
             // base): checked, so a torn read yields None, which the sequence check then discards.
             let off = bus.checked_sub(self.base.get(i)?.load(Ordering::Relaxed))?;
@@ -155,7 +182,8 @@ impl LivePools {
     }
 
     /// Where pool `i` sits, if it is in the view (read in place: once per map).
-    pub(crate) fn base_of(&self, i: usize) -> Option<BusAddr> {
+    #[inline(always)]
+    fn base_of_any(&self, i: usize) -> Option<BusAddr> {
         let base = self.base.get(i)?;
         self.read(|n| {
             let found =
@@ -167,17 +195,19 @@ impl LivePools {
     /// The pools a map tries, best first, read in place as it goes (no copy of the arrays, no retry
     /// loop): [`Candidates::base`] then tells whether the view stayed as read.
     #[inline(always)]
-    pub(crate) fn candidates(&self, mask: Option<DmaMask>, reserve: bool) -> Candidates<'_> {
+    pub(crate) fn candidates(&self, mask: Option<DmaMask>, reserve: bool) -> Candidates<'_, N> {
         let seq = self.seq.load(Ordering::Acquire);
-        let n = (self.len.load(Ordering::Relaxed) as usize).min(MAX_POOLS);
-        let skip = if reserve { 0 } else { self.reserve.load(Ordering::Relaxed) };
+        let lr = self.len_reserve.load(Ordering::Relaxed);
+        let n = (lr as u8 as usize).min(N);
+        let skip = if reserve { 0 } else { u32::from(lr >> 8) };
         Candidates { live: self, seq, n, k: 0, mask, skip, base: 0 }
     }
 
     /// Add pool `i` at `base` (bytes `size`). Single writer (see the module docs). `i` is a pool
-    /// index (`< MAX_POOLS`), and the view holds each index once, so the order never outgrows its
+    /// index (`< N`), and the view holds each index once, so the order never outgrows its
     /// array; both are checked anyway (no panic path): an index out of range changes nothing.
-    pub(crate) fn insert(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
+    #[inline(always)]
+    fn insert_any(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
         let (Some(base_cell), Some(size_cell)) = (self.base.get(i), self.size.get(i)) else { return };
         let s = self.snapshot();
         let mut idx: [u8; MAX_POOLS] = [0; MAX_POOLS];
@@ -208,15 +238,16 @@ impl LivePools {
             for (cell, &v) in self.order.iter().zip(idx.iter().take(n)) {
                 cell.store(v, Ordering::Relaxed);
             }
-            self.len.store(n as u8, Ordering::Relaxed);
-            let bit = 1u32 << i;
-            let r = self.reserve.load(Ordering::Relaxed);
-            self.reserve.store(if reserve { r | bit } else { r & !bit }, Ordering::Relaxed);
+            let bit = 1u8.checked_shl(i as u32).unwrap_or(0);
+            let r = (self.len_reserve.load(Ordering::Relaxed) >> 8) as u8;
+            let r = if reserve { r | bit } else { r & !bit };
+            self.len_reserve.store(len_reserve(n, r), Ordering::Relaxed);
         });
     }
 
     /// Remove pool `i`; true when it was there. Single writer.
-    pub(crate) fn remove(&self, i: usize) -> bool {
+    #[inline(always)]
+    fn remove_any(&self, i: usize) -> bool {
         let s = self.snapshot();
         if !s.order.iter().any(|k| k == i) {
             return false;
@@ -227,8 +258,9 @@ impl LivePools {
                 cell.store(k as u8, Ordering::Relaxed);
                 n += 1;
             }
-            self.len.store(n as u8, Ordering::Relaxed);
-            self.reserve.fetch_and(!(1u32 << i), Ordering::Relaxed);
+            let r = (self.len_reserve.load(Ordering::Relaxed) >> 8) as u8;
+            let r = r & !1u8.checked_shl(i as u32).unwrap_or(0);
+            self.len_reserve.store(len_reserve(n, r), Ordering::Relaxed);
         });
         true
     }
@@ -236,8 +268,7 @@ impl LivePools {
     /// Forget every pool. Single writer.
     pub(crate) fn clear(&self) {
         self.write(|| {
-            self.len.store(0, Ordering::Relaxed);
-            self.reserve.store(0, Ordering::Relaxed);
+            self.len_reserve.store(0, Ordering::Relaxed);
         });
     }
 }
@@ -246,8 +277,8 @@ impl LivePools {
 /// iteration goes ([`LivePools::candidates`]). Values may be torn while a writer is inside (a pool
 /// index is only a hint: the pool table checks it); the sequence number read first tells afterwards
 /// whether they were.
-pub(crate) struct Candidates<'a> {
-    live: &'a LivePools,
+pub(crate) struct Candidates<'a, const N: usize = MAX_POOLS> {
+    live: &'a LivePools<N>,
     seq: u32,
     n: usize,
     k: usize,
@@ -257,13 +288,13 @@ pub(crate) struct Candidates<'a> {
     base: u64,
 }
 
-impl Iterator for Candidates<'_> {
+impl<const N: usize> Iterator for Candidates<'_, N> {
     type Item = usize;
 
     #[inline(always)]
     fn next(&mut self) -> Option<usize> {
         while self.k < self.n {
-            let i = self.live.order.get(self.k)?.load(Ordering::Relaxed) as usize % MAX_POOLS;
+            let i = self.live.order.get(self.k)?.load(Ordering::Relaxed) as usize % LivePools::<N>::MODULUS;
             self.k += 1;
             let base = self.live.base.get(i)?.load(Ordering::Relaxed);
             if self.skip & (1 << i) == 0
@@ -279,7 +310,7 @@ impl Iterator for Candidates<'_> {
     }
 }
 
-impl Candidates<'_> {
+impl<const N: usize> Candidates<'_, N> {
     /// Where pool `i`, the one last yielded and now holding a live run at `[off, off + len)` (so it
     /// stays in the view until the run is freed), sits in the view: the base read with it when no
     /// writer has touched the view since the candidates were read (one load); else the view's
@@ -302,6 +333,132 @@ impl Candidates<'_> {
     }
 }
 
+/// One copy of the view's out-of-line code for the default capacity (`MAX_POOLS` pool slots), as
+/// the pool's (`pool/once.rs`): a generic function is compiled in every crate that uses it, so the
+/// calls below are shells that call a non-generic `*_once` function (compiled in ccdma alone) for
+/// the default `N`, and a generic `*_other` one (once per crate) for another; the bodies (`*_any`)
+/// are inlined into those two. Decided at compile time: the same one call as a plain method.
+type FullView = LivePools<MAX_POOLS>;
+
+impl<const N: usize> LivePools<N> {
+    #[inline(always)]
+    fn as_full(&self) -> Option<&FullView> {
+        if N == MAX_POOLS {
+            // SAFETY: with `N == MAX_POOLS` both are the same type.
+            Some(unsafe { &*(self as *const Self as *const FullView) })
+        } else {
+            None
+        }
+    }
+
+    /// Everything, consistently.
+    #[inline(always)]
+    pub(crate) fn snapshot(&self) -> PoolsSnapshot {
+        match self.as_full() {
+            Some(v) => snapshot_once(v),
+            None => self.snapshot_other(),
+        }
+    }
+
+    /// The allocation order (highest bus range first) of the pools that lie wholly below `mask`
+    /// (all with `None`), with reserve pools only when `reserve` is true, and every pool's base.
+    #[inline(always)]
+    pub(crate) fn order_for(
+        &self,
+        mask: Option<DmaMask>,
+        reserve: bool,
+    ) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+        match self.as_full() {
+            Some(v) => order_for_once(v, mask, reserve),
+            None => self.order_for_other(mask, reserve),
+        }
+    }
+
+    /// The pool whose range holds `bus`, and the offset into it: a binary search.
+    #[inline(always)]
+    pub(crate) fn find(&self, bus: u64) -> Option<(usize, u64)> {
+        match self.as_full() {
+            Some(v) => find_once(v, bus),
+            None => self.find_other(bus),
+        }
+    }
+
+    /// Where pool `i` sits, if it is in the view.
+    #[inline(always)]
+    pub(crate) fn base_of(&self, i: usize) -> Option<BusAddr> {
+        match self.as_full() {
+            Some(v) => base_of_once(v, i),
+            None => self.base_of_other(i),
+        }
+    }
+
+    /// Add pool `i` at `base` (bytes `size`); single writer ([`Self::insert_any`]).
+    #[inline(always)]
+    pub(crate) fn insert(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
+        match self.as_full() {
+            Some(v) => insert_once(v, i, base, size, reserve),
+            None => self.insert_other(i, base, size, reserve),
+        }
+    }
+
+    /// Remove pool `i`; true when it was there. Single writer.
+    #[inline(always)]
+    pub(crate) fn remove(&self, i: usize) -> bool {
+        match self.as_full() {
+            Some(v) => remove_once(v, i),
+            None => self.remove_other(i),
+        }
+    }
+
+    fn snapshot_other(&self) -> PoolsSnapshot {
+        self.snapshot_any()
+    }
+
+    fn order_for_other(&self, mask: Option<DmaMask>, reserve: bool) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+        self.order_for_any(mask, reserve)
+    }
+
+    fn find_other(&self, bus: u64) -> Option<(usize, u64)> {
+        self.find_any(bus)
+    }
+
+    fn base_of_other(&self, i: usize) -> Option<BusAddr> {
+        self.base_of_any(i)
+    }
+
+    fn insert_other(&self, i: usize, base: BusAddr, size: u64, reserve: bool) {
+        self.insert_any(i, base, size, reserve)
+    }
+
+    fn remove_other(&self, i: usize) -> bool {
+        self.remove_any(i)
+    }
+}
+
+fn snapshot_once(v: &FullView) -> PoolsSnapshot {
+    v.snapshot_any()
+}
+
+fn order_for_once(v: &FullView, mask: Option<DmaMask>, reserve: bool) -> (PoolOrder, [BusAddr; MAX_POOLS]) {
+    v.order_for_any(mask, reserve)
+}
+
+fn find_once(v: &FullView, bus: u64) -> Option<(usize, u64)> {
+    v.find_any(bus)
+}
+
+fn base_of_once(v: &FullView, i: usize) -> Option<BusAddr> {
+    v.base_of_any(i)
+}
+
+fn insert_once(v: &FullView, i: usize, base: BusAddr, size: u64, reserve: bool) {
+    v.insert_any(i, base, size, reserve)
+}
+
+fn remove_once(v: &FullView, i: usize) -> bool {
+    v.remove_any(i)
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -310,7 +467,7 @@ mod tests {
 
     #[test]
     fn sorted_by_base_and_found_by_binary_search() {
-        let l = LivePools::new();
+        let l = LivePools::<MAX_POOLS>::new();
         l.insert(2, BusAddr(0x3000), 0x1000, false);
         l.insert(0, BusAddr(0x1000), 0x1000, false);
         l.insert(5, BusAddr(0x8000), 0x2000, true);
@@ -338,7 +495,7 @@ mod tests {
     fn a_torn_read_of_a_reused_index_does_not_overflow() {
         use core::sync::atomic::AtomicBool;
         use std::sync::Arc;
-        let l = Arc::new(LivePools::new());
+        let l = Arc::new(LivePools::<MAX_POOLS>::new());
         l.insert(0, BusAddr(0x1000), 0x1000, false);
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
@@ -372,7 +529,7 @@ mod tests {
     /// between the two steps.
     #[test]
     fn a_view_changed_under_a_map_is_read_again_and_checked_against_the_mask() {
-        let l = LivePools::new();
+        let l = LivePools::<MAX_POOLS>::new();
         let mask = DmaMask::new(32).unwrap();
         l.insert(0, BusAddr(0x1000), 0x1000, false);
         // Unchanged: the base read with the pool.
@@ -403,7 +560,7 @@ mod tests {
     fn in_place_reads_under_a_writer_are_consistent() {
         use core::sync::atomic::AtomicBool;
         use std::sync::Arc;
-        let l = Arc::new(LivePools::new());
+        let l = Arc::new(LivePools::<MAX_POOLS>::new());
         let top = u64::MAX - 0x7ff;
         l.insert(0, BusAddr(0x1000), 0x1000, false);
         let stop = Arc::new(AtomicBool::new(false));

@@ -353,7 +353,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
     }
 
     /// Load a freshly set-up domain's pool set (the set-up CPU holds the growth lock).
-    pub(crate) fn fill_live(&self, slot: &DomainSlot<'m>, info: &DomainInfo) {
+    pub(crate) fn fill_live(&self, slot: &DomainSlot<'m, POOLS>, info: &DomainInfo) {
         let reserve = self.plain.snapshot().reserve;
         slot.live.clear();
         for i in info.pools.iter() {

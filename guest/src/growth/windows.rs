@@ -6,8 +6,8 @@ use core::sync::atomic::Ordering;
 
 use crate::addr::{BusAddr, DmaMask, PhysAddr};
 use crate::iommu::bus_space::RangeKind;
-use crate::iommu::calls::{TCE_PCI_READ, TCE_PCI_WRITE};
 use crate::iommu::domain::{DomainSlot, READY};
+use crate::iommu::setup::{PremapAt, PremapFailed};
 use crate::iommu::window::window_below;
 use crate::layer::Cold;
 use crate::path::DmaPath;
@@ -36,7 +36,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 continue;
             }
             let info = slot.info_unchecked();
-            let kind = RangeKind::Premap { pool: i as u8 };
             let (win, lo, hi, align, phase) = match info.path {
                 DmaPath::IommuStrict => {
                     slot.live.insert(i, BusAddr(0), len, reserve);
@@ -77,14 +76,15 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             if lo >= hi {
                 continue;
             }
-            let Ok(bus) = slot.space.lock().alloc(len, align, phase, lo, hi, kind, phys.0) else { continue };
-            if let Err(f) = tce.put(&win, bus, phys.0, pages, TCE_PCI_READ | TCE_PCI_WRITE) {
-                if f.clean {
-                    slot.space.lock().free(bus, len, kind);
+            let at = PremapAt { win, lo, hi, align, phase, phys: phys.0, len, pages };
+            let bus = match self.premap_pool(slot, &tce, &at, i) {
+                Ok(bus) => bus,
+                Err(PremapFailed::NoRoom(_)) => continue,
+                Err(PremapFailed::Put(f)) => {
+                    let cleared = self.leave_windows(i).is_ok();
+                    return Err(f.clean && cleared);
                 }
-                let cleared = self.leave_windows(i).is_ok();
-                return Err(f.clean && cleared);
-            }
+            };
             slot.live.insert(i, BusAddr(bus), len, reserve);
         }
         Ok(())
@@ -104,7 +104,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         result
     }
 
-    fn clear_pool_range(&self, slot: &DomainSlot<'m>, i: usize) -> Result<(), ()> {
+    fn clear_pool_range(&self, slot: &DomainSlot<'m, POOLS>, i: usize) -> Result<(), ()> {
         let kind = RangeKind::Premap { pool: i as u8 };
         let Some(r) = slot.space.lock().ranges().iter().copied().find(|r| r.kind == kind) else {
             return Ok(());

@@ -141,7 +141,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         slot.mask.store(config.dma_mask.bits() as u64, Ordering::Relaxed);
         slot.min_align.store(config.min_align_mask, Ordering::Relaxed);
         let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
-        let dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
+        let dev = self.new_domain_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, domain);
         if config.deferred_attach {
             log::debug!("ccdma: device {:#x} ({}) -> IOMMU attach deferred", config.id, config.dma_mask);
             return Ok(dev);
@@ -157,7 +157,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// pools; the caller undoes its claim on an error.
     fn set_up_now(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         config: &DeviceConfig,
         mut dev: Device,
     ) -> Result<Device, DmaError> {
@@ -175,7 +175,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     fn join_domain(
         &self,
         index: usize,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         config: DeviceConfig,
     ) -> Result<Device, DmaError> {
         let domain = DomainRef { index: index as u8, generation: slot.generation.load(Ordering::Relaxed) };
@@ -205,12 +205,12 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     config.dma_mask,
                     info.path.name()
                 );
-                Ok(self.new_device(config, info.path, info.pools, Some(domain)))
+                Ok(self.new_domain_device(config, info.path, info.pools, domain))
             }
             CLAIMED => {
                 self.narrow_domain(slot, &config);
                 slot.users.fetch_add(1, Ordering::Relaxed);
-                let dev = self.new_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, Some(domain));
+                let dev = self.new_domain_device(config, DmaPath::IommuDeferred, PoolOrder::EMPTY, domain);
                 if config.deferred_attach {
                     return Ok(dev);
                 }
@@ -222,6 +222,19 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             DETACHING => Err(DmaError::DetachIncomplete),
             _ => Err(DmaError::NotAttached),
         }
+    }
+
+    /// [`Self::new_device`] for a device with a domain, out of line: one copy for the three
+    /// IOMMU attach paths rather than the whole `Device` built inline at each (~1 KB of `.text`).
+    #[inline(never)]
+    fn new_domain_device(
+        &self,
+        config: DeviceConfig,
+        path: DmaPath,
+        pools: PoolOrder,
+        domain: DomainRef,
+    ) -> Device {
+        self.new_device(config, path, pools, Some(domain))
     }
 
     /// Mark the device's domain as serving an accepted device (`on`), refused while other devices
@@ -239,7 +252,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     }
 
     /// The narrowest mask and widest `min_align_mask` of the domain's devices, `config` included.
-    fn narrow_domain(&self, slot: &DomainSlot<'m>, config: &DeviceConfig) {
+    fn narrow_domain(&self, slot: &DomainSlot<'m, POOLS>, config: &DeviceConfig) {
         slot.mask.fetch_min(config.dma_mask.bits() as u64, Ordering::Relaxed);
         slot.min_align.fetch_or(config.min_align_mask, Ordering::Relaxed);
     }
@@ -249,7 +262,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// the window below its mask.
     fn domain_serves(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         info: &DomainInfo,
         config: &DeviceConfig,
     ) -> Result<(), IommuError> {
@@ -280,7 +293,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     #[cold]
     pub(crate) fn attach_deferred<'s>(
         &self,
-        slot: &'s DomainSlot<'m>,
+        slot: &'s DomainSlot<'m, POOLS>,
         d: DomainRef,
         dev: &Device,
     ) -> Result<&'s DomainInfo, DmaError> {
@@ -307,7 +320,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     }
 
     /// [`Self::run_setup_locked`] under the attach lock.
-    fn run_setup(&self, slot: &DomainSlot<'m>, config: &DeviceConfig) -> Option<Result<(), DmaError>> {
+    fn run_setup(&self, slot: &DomainSlot<'m, POOLS>, config: &DeviceConfig) -> Option<Result<(), DmaError>> {
         let _attaching = self.iommu.as_ref()?.attach_lock.lock();
         self.run_setup_locked(slot, config)
     }
@@ -315,7 +328,11 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// Move the slot CLAIMED -> SETUP, set it up for the narrowest mask of its devices, publish
     /// (READY; the result is then [`DomainSlot::info`]) or go back to CLAIMED. `None` when the slot
     /// was not CLAIMED (set up already). The caller holds the attach lock.
-    fn run_setup_locked(&self, slot: &DomainSlot<'m>, config: &DeviceConfig) -> Option<Result<(), DmaError>> {
+    fn run_setup_locked(
+        &self,
+        slot: &DomainSlot<'m, POOLS>,
+        config: &DeviceConfig,
+    ) -> Option<Result<(), DmaError>> {
         // Set-up and pool growth exclude each other: a pool is either in the set the set-up enters,
         // or added after and entered by the grower.
         let _pools = self.growth.lock.lock();
@@ -328,24 +345,29 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             min_align_mask: slot.min_align.load(Ordering::Relaxed),
             ..*config
         };
-        let result = self.setup_domain(slot, config);
-        Some(self.finish_setup(slot, config, result))
+        // SAFETY: this CPU moved the slot CLAIMED -> SETUP just above and holds the growth lock
+        // (and the attach lock, the caller's); the result is touched only through this reference
+        // until `finish_setup` publishes it.
+        let info = unsafe { slot.info_in_setup() };
+        let result = self.setup_domain(slot, config, info);
+        Some(self.finish_setup(slot, config, info, result))
     }
 
     /// Publish a set-up's result (READY) or give the slot back (CLAIMED). Out of line: its logging
-    /// and copies stay off the frame that calls into the set-up (a map's deepest chain, issue 20).
+    /// stays off the frame that calls into the set-up (a map's deepest chain, issue 20).
     #[inline(never)]
     fn finish_setup(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         config: &DeviceConfig,
-        result: Result<DomainInfo, DmaError>,
+        info: &DomainInfo,
+        result: Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         match result {
-            Ok(info) => {
-                log_set_up(config, &info);
-                self.fill_live(slot, &info);
-                slot.publish(&info);
+            Ok(()) => {
+                log_set_up(config, info);
+                self.fill_live(slot, info);
+                slot.publish();
                 Ok(())
             }
             Err(e) => {
@@ -381,7 +403,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         }
         // Pool growth and shrinking change windows too: one at a time.
         let _pools = self.growth.lock.lock();
-        let free = |slot: &DomainSlot<'m>| {
+        let free = |slot: &DomainSlot<'m, POOLS>| {
             slot.accepted.store(false, Ordering::Relaxed);
             slot.live.clear();
             slot.space.lock().clear();
@@ -510,9 +532,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
         match self.attached_or_deferred(dev)? {
             Ok(info) => Ok(info),
-            Err((slot, d)) => match self.cold().as_full() {
-                Some(c) => attach_deferred_once(c, slot, d, dev),
-                None => self.cold().attach_deferred(slot, d, dev),
+            Err((slot, d)) => match (self.cold().as_full(), slot.as_full()) {
+                (Some(c), Some(s)) => attach_deferred_once(c, s, d, dev),
+                _ => self.cold().attach_deferred(slot, d, dev),
             },
         }
     }
@@ -534,9 +556,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn set_up_deferred(&self, dev: &Device) -> Result<bool, DmaError> {
         match self.attached_or_deferred(dev) {
             Ok(Err((slot, d))) => {
-                match self.cold().as_full() {
-                    Some(c) => attach_deferred_once(c, slot, d, dev),
-                    None => self.cold().attach_deferred(slot, d, dev),
+                match (self.cold().as_full(), slot.as_full()) {
+                    (Some(c), Some(s)) => attach_deferred_once(c, s, d, dev),
+                    _ => self.cold().attach_deferred(slot, d, dev),
                 }?;
                 Ok(true)
             }
@@ -616,7 +638,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
     pub(crate) fn attached_or_deferred(
         &self,
         dev: &Device,
-    ) -> Result<Result<&DomainInfo, (&DomainSlot<'m>, DomainRef)>, DmaError> {
+    ) -> Result<Result<&DomainInfo, (&DomainSlot<'m, POOLS>, DomainRef)>, DmaError> {
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
         if let Some(info) = slot.info(d.generation) {
@@ -641,7 +663,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
                 .is_some_and(|i| i.domains.iter().flatten().any(|d| d.state.load(Ordering::Acquire) != FREE))
     }
 
-    pub(crate) fn slot(&self, d: DomainRef) -> Option<&DomainSlot<'m>> {
+    pub(crate) fn slot(&self, d: DomainRef) -> Option<&DomainSlot<'m, POOLS>> {
         if !crate::parts::IOMMU {
             return None;
         }

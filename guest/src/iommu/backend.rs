@@ -138,6 +138,7 @@ pub(crate) enum Backend<'a> {
 }
 
 impl Backend<'_> {
+    #[inline(never)]
     pub(crate) fn default_window(&self, device: u32) -> Option<WindowGeometry> {
         match self {
             Backend::Tce(t, _) => t.default_window(device),
@@ -145,6 +146,7 @@ impl Backend<'_> {
         }
     }
     /// The device sits behind this IOMMU (a TCE device may have lost its default window).
+    #[inline(never)]
     pub(crate) fn behind_iommu(&self, device: u32) -> bool {
         match self {
             Backend::Tce(t, _) => t.behind_iommu(device),
@@ -153,24 +155,28 @@ impl Backend<'_> {
     }
     /// The key of the device's domain: its partitionable endpoint on PAPR; a native backend gives
     /// every device a domain of its own.
+    #[inline(never)]
     pub(crate) fn endpoint(&self, device: u32) -> u64 {
         match self {
             Backend::Tce(t, _) => t.endpoint(device),
             Backend::Native(..) => 1 << 33 | u64::from(device),
         }
     }
+    #[inline(never)]
     pub(crate) fn reserved_range(&self, device: u32, index: usize) -> Option<(u64, u64)> {
         match self {
             Backend::Tce(t, _) => t.reserved_range(device, index),
             Backend::Native(b, _) => b.reserved_range(device, index),
         }
     }
+    #[inline(never)]
     pub(crate) fn ddw_query(&self, device: u32) -> Result<DdwQuery, i64> {
         match self {
             Backend::Tce(t, _) => t.ddw_query(device),
             Backend::Native(b, _) => b.ddw_query(device),
         }
     }
+    #[inline(never)]
     pub(crate) fn ddw_create(
         &self,
         device: u32,
@@ -182,6 +188,7 @@ impl Backend<'_> {
             Backend::Native(b, _) => b.ddw_create(device, page_shift, window_shift),
         }
     }
+    #[inline(never)]
     pub(crate) fn ddw_remove(&self, device: u32, liobn: u32) -> i64 {
         match self {
             Backend::Tce(t, _) => t.ddw_remove(device, liobn),
@@ -189,6 +196,7 @@ impl Backend<'_> {
         }
     }
     /// `ibm,reset-pe-dma-window`: a native backend has none (-3).
+    #[inline(never)]
     pub(crate) fn ddw_reset(&self, device: u32) -> i64 {
         match self {
             Backend::Tce(t, _) => t.ddw_reset(device),

@@ -68,6 +68,22 @@ impl DomainInfo {
     };
 }
 
+impl DomainInfo {
+    /// Start a set-up's result in place: its path, why, its windows, no pool yet. Out of line: the
+    /// three set-up variants share one copy of the stores (issue 20's code budget).
+    #[inline(never)]
+    pub(crate) fn start(
+        &mut self,
+        path: DmaPath,
+        reason: PathReason,
+        ddw: Option<WindowGeometry>,
+        dynamic: Option<WindowGeometry>,
+        reset_at_detach: bool,
+    ) {
+        *self = DomainInfo { path, reason, ddw, dynamic, reset_at_detach, ..DomainInfo::EMPTY };
+    }
+}
+
 pub(crate) const FREE: u8 = 0;
 pub(crate) const CLAIMED: u8 = 1;
 pub(crate) const SETUP: u8 = 2;
@@ -77,7 +93,7 @@ pub(crate) const READY: u8 = 3;
 pub(crate) const DETACHING: u8 = 4;
 
 /// One partitionable endpoint's IOMMU state, shared by the devices attached to it.
-pub(crate) struct DomainSlot<'m> {
+pub(crate) struct DomainSlot<'m, const N: usize = MAX_POOLS> {
     pub state: AtomicU8,
     /// Bumped at every detach so a stale copy of a `Device` cannot reach the slot's next owner.
     pub generation: AtomicU32,
@@ -95,7 +111,7 @@ pub(crate) struct DomainSlot<'m> {
     pub live_mappings: AtomicU64,
     /// The pools the device maps from now and where each sits on its bus: filled at set-up, then
     /// changed only by pool growth and shrinking (under the layer's growth lock).
-    pub live: LivePools,
+    pub live: LivePools<N>,
     /// The narrowest DMA mask and the widest `min_align_mask` of the devices attached (set-up and
     /// grown pools are placed for them).
     pub mask: AtomicU64,
@@ -105,13 +121,13 @@ pub(crate) struct DomainSlot<'m> {
 // SAFETY: `info` is written only by the CPU that moved the state CLAIMED -> SETUP (a compare-exchange
 // makes it unique) and read only after an acquire load saw READY, which the writer published with a
 // release store after the write; the rest is atomics and a lock.
-unsafe impl Sync for DomainSlot<'_> {}
+unsafe impl<const N: usize> Sync for DomainSlot<'_, N> {}
 // SAFETY: the slot owns its data; the range storage is a unique borrow.
-unsafe impl Send for DomainSlot<'_> {}
+unsafe impl<const N: usize> Send for DomainSlot<'_, N> {}
 
-impl<'m> DomainSlot<'m> {
+impl<'m, const N: usize> DomainSlot<'m, N> {
     /// A FREE slot over `storage`, written into `slot` in place (no frame holds the whole `Iommu`).
-    pub(crate) fn init_in(slot: &mut Option<DomainSlot<'m>>, storage: &'m mut [BusRange]) {
+    pub(crate) fn init_in(slot: &mut Option<DomainSlot<'m, N>>, storage: &'m mut [BusRange]) {
         *slot = Some(DomainSlot {
             state: AtomicU8::new(FREE),
             generation: AtomicU32::new(0),
@@ -128,6 +144,18 @@ impl<'m> DomainSlot<'m> {
         });
     }
 
+    /// This slot as the default capacity's type when that is its capacity (decided at compile time;
+    /// see `Cold::as_full`).
+    #[inline(always)]
+    pub(crate) fn as_full(&self) -> Option<&DomainSlot<'m>> {
+        if N == MAX_POOLS {
+            // SAFETY: with `N == MAX_POOLS` both are the same type.
+            Some(unsafe { &*(self as *const Self as *const DomainSlot<'m>) })
+        } else {
+            None
+        }
+    }
+
     /// The set-up result, once READY.
     #[inline]
     pub(crate) fn info(&self, generation: u32) -> Option<&DomainInfo> {
@@ -141,11 +169,24 @@ impl<'m> DomainSlot<'m> {
         Some(unsafe { &*self.info.get() })
     }
 
-    /// Publish the set-up result. Only the CPU holding the slot in SETUP may call this.
-    pub(crate) fn publish(&self, info: &DomainInfo) {
-        // SAFETY: the caller holds the slot in SETUP (won the compare-exchange), so no one reads or
-        // writes `info` concurrently.
-        unsafe { *self.info.get() = *info };
+    /// The set-up result being written, in place: set-up fills it field by field rather than
+    /// building copies on its frames (a deferred device's first map runs it, issue 20's stack
+    /// budget), then [`Self::publish`] makes it readable.
+    ///
+    /// # Safety
+    /// The caller holds the slot in SETUP (won the CLAIMED -> SETUP compare-exchange) and the
+    /// growth lock, and makes no other reference to the slot's result (`info`, `info_unchecked`)
+    /// while the one returned lives. Every other reader checks READY first or holds a lock the
+    /// set-up holds (the attach lock, the growth lock), so none reads it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn info_in_setup(&self) -> &mut DomainInfo {
+        // SAFETY: as the contract says: the caller is the only one to touch `info` now.
+        unsafe { &mut *self.info.get() }
+    }
+
+    /// Publish the set-up result written through [`Self::info_in_setup`]. Only the CPU holding the
+    /// slot in SETUP may call this, after its last use of that reference.
+    pub(crate) fn publish(&self) {
         self.state.store(READY, Ordering::Release);
     }
 
@@ -159,10 +200,10 @@ impl<'m> DomainSlot<'m> {
     }
 }
 
-/// The IOMMU part of a layer.
-pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS> {
+/// The IOMMU part of a layer of `N` pool slots.
+pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS, const N: usize = MAX_POOLS> {
     pub cfg: IommuConfig,
-    pub domains: [Option<DomainSlot<'m>>; D],
+    pub domains: [Option<DomainSlot<'m, N>>; D],
     pub list: Option<ListPages>,
     /// Reservations applied to every domain set up later (and to those live when they were made):
     /// one per domain slot ([`super::config::MAX_GLOBAL_RESERVATIONS`] in the default layer; none,

@@ -10,15 +10,36 @@ use super::bus_space::{BusSpace, RangeKind};
 use super::calls::{DdwQuery, DDW_PAGE_SIZES, TCE_PCI_READ, TCE_PCI_WRITE};
 use super::config::IommuPolicy;
 use super::domain::{DomainInfo, DomainSlot, READY};
-use super::error::IommuError;
+use super::error::{IommuError, PutFailure};
 use super::window::{window_below, WindowGeometry};
-use crate::addr::BusAddr;
+use crate::addr::{BusAddr, DmaMask};
 use crate::device::DeviceConfig;
 use crate::error::DmaError;
 use crate::layer::Cold;
 use crate::path::{self, DdwOutcome, DmaPath, IommuFacts, PathChoice, PathFacts, PathReason};
-use crate::pool_set::{PoolOrder, MAX_POOLS};
 use crate::stats::FailureKind;
+
+/// What [`Cold::premap_pool`] enters: `pages` entries of window `win` for `[phys, phys + len)`, at
+/// a bus range within `[lo, hi)` aligned to `align` at offset `phase`.
+#[derive(Clone, Copy)]
+pub(crate) struct PremapAt {
+    pub win: WindowGeometry,
+    pub lo: u64,
+    pub hi: u64,
+    pub align: u64,
+    pub phase: u64,
+    pub phys: u64,
+    pub len: u64,
+    pub pages: u64,
+}
+
+/// Why [`Cold::premap_pool`] entered nothing.
+pub(crate) enum PremapFailed {
+    /// No bus range fits (nothing changed).
+    NoRoom(IommuError),
+    /// Writing the entries failed (the range is freed again if `clean`).
+    Put(PutFailure),
+}
 
 /// Most reserved ranges one device's windows may have from the platform.
 const MAX_PLATFORM_RESERVATIONS: usize = 4096;
@@ -26,13 +47,16 @@ const MAX_PLATFORM_RESERVATIONS: usize = 4096;
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
-    /// Choose the path and program the windows. Runs with the slot held in SETUP.
+    /// Choose the path and program the windows, writing the result into `info` (the slot's, in
+    /// place: no copy of it on the set-up's frames; complete when this returns `Ok`). Runs with the
+    /// slot held in SETUP.
     #[inline(never)]
     pub(crate) fn setup_domain(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         config: &DeviceConfig,
-    ) -> Result<DomainInfo, DmaError> {
+        info: &mut DomainInfo,
+    ) -> Result<(), DmaError> {
         let iommu = self.iommu.as_ref().ok_or(DmaError::NotAttached)?;
         let tce = self.premap_backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let id = config.id;
@@ -70,40 +94,27 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 accepted: false,
             };
             match (path::choose(&all), default) {
-                (PathChoice::TryDdw, _) => match self.setup_ddw(slot, &tce, config, default) {
-                    Ok(info) => return Ok(info),
+                (PathChoice::TryDdw, _) => match self.setup_ddw(slot, &tce, config, default, info) {
+                    Ok(()) => return Ok(()),
                     Err(outcome) => {
-                        log::info!("ccdma: device {id:#x}: {outcome}; falling back to the default window");
+                        log_ddw_fallback(id, &outcome);
                         facts.ddw = outcome;
                     }
                 },
                 (PathChoice::DefaultWindow(_), Some(win)) => {
-                    if let Some(info) = self.premap_default(slot, &tce, config, win, facts.ddw)? {
-                        return Ok(info);
+                    if self.premap_default(slot, &tce, config, win, facts.ddw, info)? {
+                        return Ok(());
                     }
-                    log::info!(
-                        "ccdma: device {id:#x}: no pool fits the default window [{:#x}, {:#x}) below mask {mask}; \
-                         strict mappings",
-                        win.start,
-                        win.end()
-                    );
+                    log_no_pool_fits(id, &win, mask);
                     facts.pool_fits_default = false;
                 }
                 (PathChoice::Strict(reason), Some(win)) => {
                     self.strict_window_serves(&win)?;
-                    let mut pools = PoolOrder::EMPTY;
+                    info.start(DmaPath::IommuStrict, reason, None, Some(win), false);
                     for (i, _) in self.pools.iter() {
-                        pools.push(i);
+                        info.pools.push(i);
                     }
-                    return Ok(DomainInfo {
-                        path: DmaPath::IommuStrict,
-                        reason,
-                        ddw: None,
-                        dynamic: Some(win),
-                        pools,
-                        pool_bus: [BusAddr(0); MAX_POOLS],
-                        reset_at_detach: false,
-                    });
+                    return Ok(());
                 }
                 _ => {
                     let window = default.map_or((0, 0), |w| (w.start, w.end()));
@@ -143,62 +154,81 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         Ok(())
     }
 
-    /// Enter each pool that fits below the mask into the default window. `Ok(None)`: none fits.
+    /// Enter each pool that fits below the mask into the default window, the result into `info`.
+    /// `Ok(false)`: none fits.
+    /// Out of line, as [`Self::setup_ddw`]: only one of the two set-ups' frames is on the stack.
+    #[inline(never)]
     pub(crate) fn premap_default(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         tce: &Backend<'_>,
         config: &DeviceConfig,
         win: WindowGeometry,
         ddw: DdwOutcome,
-    ) -> Result<Option<DomainInfo>, DmaError> {
+        info: &mut DomainInfo,
+    ) -> Result<bool, DmaError> {
         let (lo, hi) = window_below(&win, config.dma_mask);
-        let writer = tce;
         let page = win.page_size();
-        let mut pools = PoolOrder::EMPTY;
-        let mut pool_bus = [BusAddr(0); MAX_POOLS];
+        info.start(DmaPath::IommuPremapped, PathReason::DefaultWindow(ddw), None, Some(win), false);
         for (i, pool) in self.pools.iter() {
             let (phys, len) = (pool.phys().0, pool.len() as u64);
             // `page` is never 0 (set-up refused an unusable default window); checked all the same.
             if phys.checked_rem(page) != Some(0) || len.checked_rem(page) != Some(0) || lo >= hi {
                 continue;
             }
-            let kind = RangeKind::Premap { pool: i as u8 };
             // The pool's bus base keeps every `min_align_mask` bit of its physical address (slots are
             // placed by physical address), so a mapping's bus address keeps the bits the device needs.
             let align = page.max(config.min_align_mask + 1);
             let phase = phys & (align - 1) & !(page - 1);
-            let Ok(bus) = slot.space.lock().alloc(len, align, phase, lo, hi, kind, phys) else { continue };
-            if let Err(f) = writer.put(&win, bus, phys, len / page, TCE_PCI_READ | TCE_PCI_WRITE) {
-                if f.clean {
-                    slot.space.lock().free(bus, len, kind);
+            let at = PremapAt { win, lo, hi, align, phase, phys, len, pages: len / page };
+            let bus = match self.premap_pool(slot, tce, &at, i) {
+                Ok(bus) => bus,
+                Err(PremapFailed::NoRoom(_)) => continue,
+                Err(PremapFailed::Put(f)) => {
+                    // Unclean, the range stays recorded as premapped and this unwinding retries it.
+                    if self.unwind_premaps(slot, tce, Some(win), None).is_err() {
+                        self.pin_pools(slot);
+                    }
+                    self.stats.fail(FailureKind::Iommu);
+                    return Err(DmaError::Iommu(f.err));
                 }
-                // Unclean, the range stays recorded as premapped and the unwinding below retries it.
-                if self.unwind_premaps(slot, tce, Some(win), None).is_err() {
-                    self.pin_pools(slot);
-                }
-                self.stats.fail(FailureKind::Iommu);
-                return Err(DmaError::Iommu(f.err));
-            }
-            pools.push(i);
+            };
+            info.pools.push(i);
             // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
-            if let Some(at) = pool_bus.get_mut(i) {
+            if let Some(at) = info.pool_bus.get_mut(i) {
                 *at = BusAddr(bus);
             }
         }
-        if pools.is_empty() {
-            return Ok(None);
+        if info.pools.is_empty() {
+            return Ok(false);
         }
-        pools.sort_by_bus(&pool_bus);
-        Ok(Some(DomainInfo {
-            path: DmaPath::IommuPremapped,
-            reason: PathReason::DefaultWindow(ddw),
-            ddw: None,
-            dynamic: Some(win),
-            pools,
-            pool_bus,
-            reset_at_detach: false,
-        }))
+        info.pools.sort_by_bus(&info.pool_bus);
+        Ok(true)
+    }
+
+    /// Enter pool `i` into a window for good, as `at` says, at a bus range allocated in the domain's
+    /// space and recorded as the pool's premapped range.
+    /// On a failed entry write the range is freed again when the failure was clean; unclean, it
+    /// stays recorded for the caller's unwinding. One copy for the default-window and DDW set-ups
+    /// and for growth (`enter_windows`).
+    #[inline(never)]
+    pub(crate) fn premap_pool(
+        &self,
+        slot: &DomainSlot<'m, POOLS>,
+        tce: &Backend<'_>,
+        at: &PremapAt,
+        i: usize,
+    ) -> Result<u64, PremapFailed> {
+        let kind = RangeKind::Premap { pool: i as u8 };
+        let bus = slot.space.lock().alloc(at.len, at.align, at.phase, at.lo, at.hi, kind, at.phys);
+        let bus = bus.map_err(PremapFailed::NoRoom)?;
+        if let Err(f) = tce.put(&at.win, bus, at.phys, at.pages, TCE_PCI_READ | TCE_PCI_WRITE) {
+            if f.clean {
+                slot.space.lock().free(bus, at.len, kind);
+            }
+            return Err(PremapFailed::Put(f));
+        }
+        Ok(bus)
     }
 
     /// Clear and forget the premapped ranges of a domain (set-up failed, or detach), one by one. Stops
@@ -206,7 +236,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// continues where this one stopped.
     pub(crate) fn unwind_premaps(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         tce: &Backend<'_>,
         default: Option<WindowGeometry>,
         ddw: Option<WindowGeometry>,
@@ -232,7 +262,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// Premapped entries of a domain whose set-up failed could not be cleared: they may name pool
     /// pages for good, so the ranges are counted quarantined and the pools can never be made private
     /// again (`release_pools` refuses).
-    pub(crate) fn pin_pools(&self, slot: &DomainSlot<'m>) {
+    pub(crate) fn pin_pools(&self, slot: &DomainSlot<'m, POOLS>) {
         let (mut stuck, mut pools) = (0usize, 0u64);
         for r in slot.space.lock().ranges() {
             if let RangeKind::Premap { pool } = r.kind {
@@ -247,14 +277,18 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         log::error!("ccdma: {stuck} premapped ranges could not be cleared; the pools stay shared for good");
     }
 
-    /// Create a DDW holding only the pools (largest IOMMU page their alignment allows) and enter them.
+    /// Create a DDW holding only the pools (largest IOMMU page their alignment allows) and enter
+    /// them, the result into `info`. Out of line: its frame is on the stack only while it runs,
+    /// not under the default-window set-up too (a deferred device's first map, issue 20).
+    #[inline(never)]
     pub(crate) fn setup_ddw(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         tce: &Backend<'_>,
         config: &DeviceConfig,
         default: Option<WindowGeometry>,
-    ) -> Result<DomainInfo, DdwOutcome> {
+        info: &mut DomainInfo,
+    ) -> Result<(), DdwOutcome> {
         let id = config.id;
         let c = &self.iommu_counters;
         c.ddw_query.fetch_add(1, Ordering::Relaxed);
@@ -269,9 +303,14 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             }
             (q, default, reset_at_detach) = self.make_room(tce, id, default)?;
         }
-        // The largest page every pool's start and length are multiples of.
-        let align =
-            self.pools().map(|p| p.phys().0.trailing_zeros().min((p.len() as u64).trailing_zeros())).min();
+        // The largest page every pool's start and length are multiples of, and the pools' bytes (one
+        // pass over the pools).
+        let (mut align, mut pooled) = (None, 0u64);
+        for p in self.pools() {
+            let a = p.phys().0.trailing_zeros().min((p.len() as u64).trailing_zeros());
+            align = Some(align.map_or(a, |m: u32| m.min(a)));
+            pooled += p.len() as u64;
+        }
         // Pools grown later must fit the window's pages too.
         let align = align.unwrap_or(0).min(self.growth.page_shift_limit());
         let shift = DDW_PAGE_SIZES
@@ -280,7 +319,6 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             .filter(|&s| s <= align && q.supports_shift(s))
             .max()
             .ok_or(DdwOutcome::NoPageSize)?;
-        let pooled: u64 = self.pools().map(|p| p.len() as u64).sum();
         // Without a default window the DDW may sit at bus 0 (QEMU puts it there), whose first page
         // is never handed out: room for that page too.
         let skip = if default.is_none() { 1u64 << shift } else { 0 };
@@ -305,11 +343,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 return Err(DdwOutcome::CreateFailed(rc));
             }
         };
-        let info = DomainInfo { ddw: Some(win), dynamic: default, reset_at_detach, ..DomainInfo::EMPTY };
-        let remove = |outcome: DdwOutcome| {
-            self.undo_windows(tce, id, &info);
-            outcome
-        };
+        info.start(DmaPath::IommuDdw, PathReason::Ddw, Some(win), default, reset_at_detach);
         // The window's geometry is an allegation: it must be what was asked for and below the mask.
         let overlaps_default = default.is_some_and(|d| win.start < d.end() && d.start < win.end());
         if win.page_shift != shift
@@ -318,73 +352,49 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             || overlaps_default
             || !config.dma_mask.covers(win.start, total)
         {
-            return Err(remove(DdwOutcome::BadWindow));
+            self.undo_windows(tce, id, info);
+            return Err(DdwOutcome::BadWindow);
         }
-        let writer = tce;
-        let mut pools = PoolOrder::EMPTY;
-        let mut pool_bus = [BusAddr(0); MAX_POOLS];
         // A window at bus 0 starts its pools one IOMMU page in: bus address 0 is never a mapping.
         let mut off = if win.start == 0 { win.page_size() } else { 0 };
         for (i, pool) in self.pools.iter() {
             let (phys, len) = (pool.phys().0, pool.len() as u64);
             let bus = win.start + off;
-            let kind = RangeKind::Premap { pool: i as u8 };
-            let placed = slot.space.lock().alloc(len, win.page_size(), 0, bus, bus + len, kind, phys);
-            let result = match placed {
-                Ok(_) => {
-                    writer.put(&win, bus, phys, len >> shift, TCE_PCI_READ | TCE_PCI_WRITE).map_err(|f| {
-                        // Unclean, the range stays recorded as premapped for the unwinding below.
-                        if f.clean {
-                            slot.space.lock().free(bus, len, kind);
-                        }
-                        f.err
-                    })
-                }
-                Err(e) => Err(e),
-            };
+            let (align, pages) = (win.page_size(), len >> shift);
+            let at = PremapAt { win, lo: bus, hi: bus + len, align, phase: 0, phys, len, pages };
+            // Unclean, a failed range stays recorded as premapped for the unwinding below.
+            let result = self.premap_pool(slot, tce, &at, i).map_err(|e| match e {
+                PremapFailed::NoRoom(e) => e,
+                PremapFailed::Put(f) => f.err,
+            });
             if let Err(e) = result {
-                // Removing the window destroys its table; only if that fails are the entries cleared
-                // one by one (and if that fails too, they may stay for good).
-                let entries: u64 = slot
-                    .space
-                    .lock()
-                    .ranges()
-                    .iter()
-                    .filter(|r| matches!(r.kind, RangeKind::Premap { .. }))
-                    .map(|r| r.len >> shift)
-                    .sum();
+                // Removing the window destroys its table (and its entries: no longer live, and
+                // their ranges forgotten); only if that fails are the entries cleared one by one
+                // (and if that fails too, they may stay for good).
                 let leaked = c.leaked_windows.load(Ordering::Relaxed);
-                let outcome = remove(DdwOutcome::PremapFailed(e));
+                self.undo_windows(tce, id, info);
                 if c.leaked_windows.load(Ordering::Relaxed) == leaked {
-                    c.live_tces.fetch_sub(entries, Ordering::Relaxed);
                     let mut space = slot.space.lock();
                     while let Some(r) =
                         space.ranges().iter().copied().find(|r| matches!(r.kind, RangeKind::Premap { .. }))
                     {
+                        c.live_tces.fetch_sub(r.len >> shift, Ordering::Relaxed);
                         space.free(r.start, r.len, r.kind);
                     }
                 } else if self.unwind_premaps(slot, tce, None, Some(win)).is_err() {
                     self.pin_pools(slot);
                 }
-                return Err(outcome);
+                return Err(DdwOutcome::PremapFailed(e));
             }
-            pools.push(i);
+            info.pools.push(i);
             // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
-            if let Some(at) = pool_bus.get_mut(i) {
+            if let Some(at) = info.pool_bus.get_mut(i) {
                 *at = BusAddr(bus);
             }
             off += len;
         }
-        pools.sort_by_bus(&pool_bus);
-        Ok(DomainInfo {
-            path: DmaPath::IommuDdw,
-            reason: PathReason::Ddw,
-            ddw: Some(win),
-            dynamic: default,
-            pools,
-            pool_bus,
-            reset_at_detach,
-        })
+        info.pools.sort_by_bus(&info.pool_bus);
+        Ok(())
     }
 
     /// An endpoint with no window at all (a kernel before a kexec removed them; QEMU 7.2 does not
@@ -395,7 +405,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// and the reset would take it away. Returns the default window after the attempt.
     fn bring_back_default(
         &self,
-        slot: &DomainSlot<'m>,
+        slot: &DomainSlot<'m, POOLS>,
         tce: &Backend<'_>,
         id: u32,
     ) -> Option<WindowGeometry> {
@@ -422,7 +432,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
 
     /// True when another domain set up already uses `default` (by LIOBN): a platform that splits one
     /// endpoint between domains. Runs under the attach lock, so no READY domain changes meanwhile.
-    fn window_used_elsewhere(&self, slot: &DomainSlot<'m>, default: Option<WindowGeometry>) -> bool {
+    fn window_used_elsewhere(&self, slot: &DomainSlot<'m, POOLS>, default: Option<WindowGeometry>) -> bool {
         let (Some(iommu), Some(win)) = (self.iommu.as_ref(), default) else { return false };
         iommu.domains.iter().flatten().filter(|d| !core::ptr::eq(*d, slot)).any(|d| {
             d.state.load(Ordering::Acquire) == READY && {
@@ -457,7 +467,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             c.ddw_query.fetch_add(1, Ordering::Relaxed);
             let q = tce.ddw_query(id).map_err(DdwOutcome::QueryFailed)?;
             if q.windows_available > 0 {
-                log::info!("ccdma: device {id:#x}: endpoint reset, a window left over was removed");
+                log_make_room(id, None);
                 return Ok((q, default, false));
             }
         }
@@ -467,7 +477,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             // Still there (or the platform cannot tell): nothing changed that needs undoing.
             return Err(DdwOutcome::NoneAvailable);
         }
-        log::info!("ccdma: device {id:#x}: default window {:#x} removed to make room for a DDW", win.liobn);
+        log_make_room(id, Some(win.liobn));
         c.ddw_query.fetch_add(1, Ordering::Relaxed);
         match tce.ddw_query(id) {
             Ok(q) if q.windows_available > 0 => Ok((q, None, true)),
@@ -512,6 +522,38 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         if info.reset_at_detach && (!removed || tce.default_window(id).is_none()) {
             // The reset removes the DDW too, if its removal failed.
             self.restore_default(tce, id);
+        }
+    }
+}
+
+// The set-up's log lines, out of line: their formatting stays off the set-up's frames (a deferred
+// device's first map runs the set-up: a map's deepest chain, issue 20).
+
+#[cold]
+#[inline(never)]
+fn log_ddw_fallback(id: u32, outcome: &DdwOutcome) {
+    log::info!("ccdma: device {id:#x}: {outcome}; falling back to the default window");
+}
+
+#[cold]
+#[inline(never)]
+fn log_no_pool_fits(id: u32, win: &WindowGeometry, mask: DmaMask) {
+    log::info!(
+        "ccdma: device {id:#x}: no pool fits the default window [{:#x}, {:#x}) below mask {mask}; strict mappings",
+        win.start,
+        win.end()
+    );
+}
+
+/// `make_room`'s: the endpoint reset removed a window left over (`None`), or the default window
+/// (its LIOBN) was removed.
+#[cold]
+#[inline(never)]
+fn log_make_room(id: u32, removed_default: Option<u32>) {
+    match removed_default {
+        None => log::info!("ccdma: device {id:#x}: endpoint reset, a window left over was removed"),
+        Some(liobn) => {
+            log::info!("ccdma: device {id:#x}: default window {liobn:#x} removed to make room for a DDW")
         }
     }
 }

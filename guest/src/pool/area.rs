@@ -123,6 +123,7 @@ impl<'m> AreaState<'m> {
     }
 
     /// Slots of this area.
+    #[inline(always)]
     pub(super) fn len(&self) -> usize {
         self.meta.len()
     }
@@ -538,10 +539,17 @@ impl<'m> Area<'m> {
         }
     }
 
+    /// [`Self::publish`] after a change that took and freed nothing (a flush), out of line.
+    #[inline(never)]
+    pub(super) fn publish_outlined(&self, st: &AreaState<'_>) {
+        self.publish(st, 0, 0);
+    }
+
     /// Publish the summary and counters after a change made under the lock (`taken` or `freed`
     /// slots). Plain stores, no read-modify-write: only the lock holder writes them. The longest
     /// run is a bound of what a flush of the front could make (see `front.rs`); the front's slots
     /// are free for the counters.
+    #[inline]
     pub(super) fn publish(&self, st: &AreaState<'_>, taken: usize, freed: usize) {
         self.summary.store(st.summary(), Ordering::Relaxed);
         if taken > freed {

@@ -285,7 +285,10 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     }
 
     /// Allocate, trying area `first` first (else where the last allocation that moved on found room).
-    fn alloc_from(
+    /// Callers go through [`Self::alloc_from`] (`once.rs`), which takes the default capacity's
+    /// copy in ccdma.
+    #[inline(always)]
+    pub(super) fn alloc_from_any(
         &self,
         req: RunRequest,
         new: NewHead,
@@ -300,19 +303,44 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         let count = self.area_count;
         let start =
             first.unwrap_or_else(|| self.next_area.load(Ordering::Relaxed)).min(count.checked_sub(1)?);
-        // The common case in a few loads: the area the search starts in (a CPU's own, or where
-        // the last allocation that moved on found room) lists a run of exactly `n` whose start
-        // meets the alignment, and its lock is free. Anything else: the passes below.
-        let listed = self.areas.get(start).and_then(|area| {
-            if area.summary.load(Ordering::Relaxed) & class_bit(n) == 0 {
-                return None;
+        // The common case in a few loads: the first area from the start (a CPU's own, or where
+        // the last allocation that moved on found room; with a CPU named, that area only) whose
+        // published mask lists a run of exactly `n`, when that run's start meets the alignment and
+        // the area's lock is free. Anything else: `alloc_search`, unless no area has room for `n`
+        // (its longest run, or a bound of it while its front lists runs): then the request is
+        // refused here, one load per area and no lock.
+        let bit = class_bit(n);
+        let tries = if first.is_some() { 1 } else { count };
+        let mut listing = None;
+        if bit != 0 {
+            for k in 0..tries {
+                let a = if start + k >= count { start + k - count } else { start + k };
+                if self.areas.get(a).is_some_and(|area| area.summary.load(Ordering::Relaxed) & bit != 0) {
+                    listing = Some(a);
+                    break;
+                }
             }
-            let mut st = area.state.try_lock()?;
-            let i = st.front_pop(n, self.aligned(start * self.area_slots, req))?;
-            Some((start, st, i))
-        });
+        }
+        let mut listed = None;
+        if let Some(area) = listing.and_then(|a| self.areas.get(a)) {
+            if let Some(mut st) = area.state.try_lock() {
+                let a = listing.unwrap_or(0);
+                if let Some(i) = st.front_pop(n, self.aligned(a * self.area_slots, req)) {
+                    listed = Some((a, st, i));
+                }
+            }
+        }
         let (a, mut st, i) = match listed {
             Some(got) => got,
+            None if listing.is_none()
+                && !self
+                    .areas
+                    .iter()
+                    .take(count)
+                    .any(|area| (area.summary.load(Ordering::Relaxed) & 0xffff) as usize >= n) =>
+            {
+                return None
+            }
             None => self.alloc_search(req, first, start)?,
         };
         let area = self.areas.get(a)?;
@@ -331,8 +359,9 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         Some(a * self.area_slots + i)
     }
 
-    /// [`Self::alloc_from`] past its common case: the fronts that list `n`, then the trees. The
-    /// area taken from, its lock held, and the run's index in it.
+    /// [`Self::alloc_from`] past its common case (which looked for a front listing `n` already):
+    /// each area's front, then its tree. The area taken from, its lock held, and the run's index
+    /// in it.
     fn alloc_search(
         &self,
         req: RunRequest,
@@ -341,63 +370,42 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     ) -> Option<(usize, spin::MutexGuard<'_, AreaState<'m>>, usize)> {
         let n = req.nslots;
         // Start where the last allocation that had to move on found room: a lone CPU keeps reusing
-        // the same (cache-hot) area; CPUs that collide move on to other areas. A first pass takes a
-        // run of exactly `n` slots from the front of the first area whose published mask lists one
-        // (no tree search; areas another CPU holds are skipped). Then the trees: an area whose
-        // longest free run is too short is skipped without its lock; the second pass skips areas
-        // another CPU holds, the third waits, and flushes an area's front into its tree before it
-        // gives the area up.
+        // the same (cache-hot) area; CPUs that collide move on to other areas. An area whose
+        // longest free run (or its bound while the front lists runs) is too short is skipped
+        // without its lock; in the others, a run of exactly `n` from the front if its start is
+        // aligned, else the tree. The first pass skips areas another CPU holds, the second waits,
+        // and flushes an area's front into its tree before it gives the area up.
         let count = self.area_count;
-        let bit = class_bit(n);
-        // Whether the third pass has anything to do: an area the second skipped because another
+        // Whether the second pass has anything to do: an area the first skipped because another
         // CPU held it, or whose tree failed while its front held runs.
         let mut again = false;
-        for pass in 0..3 {
-            if (pass == 0 && bit == 0) || (pass == 2 && !again) {
-                continue;
+        for wait in [false, true] {
+            if wait && !again {
+                break;
             }
             for k in 0..count {
-                // A caller that names its area (its CPU's) takes only that area's front first, then
-                // that area's tree: a run another CPU just freed would pull it into that CPU's area
-                // (its lock and lines) for good. The other areas' fronts come in the second pass.
-                if pass == 0 && k > 0 && first.is_some() {
-                    break;
-                }
                 let a = if start + k >= count { start + k - count } else { start + k };
                 let Some(area) = self.areas.get(a) else { continue };
-                let summary = area.summary.load(Ordering::Relaxed);
-                if if pass == 0 { summary & bit == 0 } else { ((summary & 0xffff) as usize) < n } {
+                if ((area.summary.load(Ordering::Relaxed) & 0xffff) as usize) < n {
                     continue;
                 }
-                let guard = if pass < 2 { area.state.try_lock() } else { Some(area.state.lock()) };
+                let guard = if wait { Some(area.state.lock()) } else { area.state.try_lock() };
                 let Some(mut st) = guard else {
                     again = true;
                     continue;
                 };
                 let base = a * self.area_slots;
-                // The front first: a run of exactly `n` freed lately, if its start is aligned.
-                // (The second pass follows the first, which looked at every front that lists `n`, or
-                // at the named area's only.)
-                let seen = k == 0 || first.is_none();
-                let listed = if pass == 1 && bit != 0 && seen {
-                    None
-                } else {
-                    st.front_pop(n, self.aligned(base, req))
-                };
-                if let Some(i) = listed {
+                if let Some(i) = st.front_pop(n, self.aligned(base, req)) {
                     return Some((a, st, i));
-                }
-                if pass == 0 {
-                    continue;
                 }
                 let mut found = self.find_run(&st, base, req);
                 // No tree can (this is the last pass): give this one the front's runs and look
                 // again, so the front never refuses what the pool could give.
                 again |= st.cached() != 0;
-                if found.is_none() && pass == 2 && st.front_flush() {
+                if found.is_none() && wait && st.front_flush() {
                     found = self.find_run(&st, base, req);
                     if found.is_none() {
-                        area.publish(&st, 0, 0);
+                        area.publish_outlined(&st);
                     }
                 }
                 let Some((i, run)) = found else { continue };
@@ -469,7 +477,14 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         self.lookup_at(self.index_of_offset(off), off, release, sg)
     }
 
-    fn lookup_at(&self, index: usize, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {
+    #[inline(always)]
+    pub(super) fn lookup_at_any(
+        &self,
+        index: usize,
+        off: u64,
+        release: bool,
+        sg: bool,
+    ) -> Option<SlotRecord> {
         let (area, i) = self.area_at(index)?;
         let mut st = area.state.lock();
         let rec = self.record_of(&st, index, i, off, sg)?;
@@ -614,7 +629,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     }
 
     /// Undo a `lookup(.., true)` that the caller decided not to complete.
-    pub(crate) fn unrelease(&self, index: usize) {
+    #[inline(always)]
+    pub(super) fn unrelease_any(&self, index: usize) {
         let Some((area, i)) = self.area_at(index) else { return };
         let mut st = area.state.lock();
         if let Some(head) = st.meta.get_mut(i).filter(|h| h.state() == RELEASING) {
@@ -622,9 +638,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         }
     }
 
-    /// Every live run of the pool (locks one area at a time, so a concurrent map or unmap may or may
-    /// not be seen).
-    pub fn for_each_live(&self, mut f: impl FnMut(LiveRun)) {
+    /// [`Self::for_each_live`]'s body: one copy per capacity, whatever the closure.
+    pub(super) fn for_each_live_any(&self, f: &mut dyn FnMut(LiveRun)) {
         for (a, area) in self.used_areas().enumerate() {
             let st = area.state.lock();
             for (i, m) in st.meta.iter().enumerate() {
@@ -649,7 +664,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// A released head whose buffer must never be written again (its `Mapping` was dropped while
     /// the unmap could not complete): forget the original, keep the run allocated and refuse it to
     /// every face, so no later call copies into memory whose borrow has ended.
-    pub(crate) fn orphan(&self, index: usize) {
+    #[inline(always)]
+    pub(super) fn orphan_any(&self, index: usize) {
         let Some((area, i)) = self.area_at(index) else { return };
         let mut st = area.state.lock();
         // Only a live head: a free or listed slot never becomes allocated for good.
@@ -662,7 +678,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// Free a run previously returned by `alloc` (its head live, or released by `lookup`), of
     /// `nslots` slots. Anything else (no such head, another length, freed already) changes nothing:
     /// a run is never freed twice, nor a head that is not one.
-    pub(crate) fn free(&self, index: usize, nslots: usize) {
+    #[inline(always)]
+    pub(super) fn free_any(&self, index: usize, nslots: usize) {
         let Some((area, i)) = self.area_at(index) else { return };
         let mut st = area.state.lock();
         let live = st

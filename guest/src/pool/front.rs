@@ -9,12 +9,13 @@
 //! exact sizes, segments (a freed run was inside one) and alignment (checked on every reuse) hold as
 //! they do for runs from the tree.
 //!
-//! Bounds: the lists hold at most a quarter of the area's slots and half of what the tree has free,
-//! so a front cannot starve the tree. A request no tree can meet flushes the fronts (every listed
+//! Bounds: the lists hold at most a quarter of the area's slots and no more than the tree has free
+//! (at most half of the area's free slots), so a front cannot starve the tree. A request no tree can meet flushes the fronts (every listed
 //! run back to its tree, merged with its neighbours) and searches again, so the front never refuses
-//! what the pool could give. (The allocation's passes: the fronts listing `n`, no lock waited
-//! for; the trees, no lock waited for; then, only when an area was busy or its tree failed beside a
-//! non-empty front, every area locked, its front flushed before it is given up.) Listed slots are free for [`super::BouncePool::slots_in_use`]
+//! what the pool could give. (The allocation: the first area whose published mask lists `n`, no
+//! lock waited for; then each area with room, its front then its tree, no lock waited for; then,
+//! only when an area was busy or its tree failed beside a non-empty front, every area locked, its
+//! front flushed before it is given up.) Listed slots are free for [`super::BouncePool::slots_in_use`]
 //! and the high-water mark. A flush merges listed runs with the free runs around them, so while the
 //! front holds anything the area's published longest run is a bound of what a flush could make
 //! (its segment length at most): the lock-free refusal never skips an area that could serve, and
@@ -48,6 +49,7 @@ const OFF: u64 = 1 << 63;
 
 /// An area's published word: `longest` (a bound of the longest run it can give, < 2^16) and the
 /// mask of its non-empty lists (bit `n - 1` for runs of `n` slots) above it.
+#[inline(always)]
 pub(super) fn summary(longest: usize, mask: u64) -> u64 {
     (longest.min(0xffff) as u64) | (mask & MASK) << 16
 }
@@ -64,6 +66,7 @@ pub(super) fn class_bit(n: usize) -> u64 {
 
 impl AreaState<'_> {
     /// Word index of the list head of runs of `n` slots (`1 <= n <= CLASSES`).
+    #[inline(always)]
     fn list_at(&self, n: usize) -> usize {
         self.tree_base + self.leaves + n - 1
     }
@@ -76,12 +79,14 @@ impl AreaState<'_> {
     }
 
     /// Slots held by the front (allocated in the bitmap, free for the counters).
+    #[inline(always)]
     pub(super) fn cached(&self) -> usize {
         (self.front >> SLOTS_SHIFT) as usize & SLOTS_MAX
     }
 
     /// At least the longest free run a flush could leave: the tree's when the front is empty;
     /// otherwise listed runs may merge with free ones around them, within one segment.
+    #[inline]
     pub(super) fn longest_bound(&self) -> usize {
         let cached = self.cached();
         if cached == 0 {
@@ -92,11 +97,13 @@ impl AreaState<'_> {
     }
 
     /// What [`super::area::Area::publish`] stores: [`summary`] of this area now.
+    #[inline]
     pub(super) fn summary(&self) -> u64 {
         summary(self.longest_bound(), self.front)
     }
 
     /// The first listed run of exactly `n` slots, if `fits` accepts its start: its index.
+    #[inline(never)]
     pub(super) fn front_pop(&mut self, n: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
         if n.wrapping_sub(1) >= CLASSES {
             return None;
@@ -105,6 +112,7 @@ impl AreaState<'_> {
     }
 
     /// Take the first listed run of `n` slots (`1 <= n <= CLASSES`) if `fits` accepts its start.
+    #[inline]
     fn take_listed(&mut self, n: usize, fits: &impl Fn(usize) -> bool) -> Option<usize> {
         let k = n.wrapping_sub(1);
         if self.front >> k & 1 == 0 {
@@ -136,9 +144,10 @@ impl AreaState<'_> {
 
     /// List the run `[i, i + n)` (its head's record cleared already) instead of freeing it in the
     /// bitmap; false, and nothing changed, when it does not fit the front's bounds.
+    #[inline]
     pub(super) fn front_push(&mut self, i: usize, n: usize) -> bool {
         let listed = self.cached() + n;
-        let cap = (self.len() >> 2).min(self.free >> 1).min(SLOTS_MAX);
+        let cap = (self.len() >> 2).min(self.free).min(SLOTS_MAX);
         if n.wrapping_sub(1) >= CLASSES || n > self.seg || listed > cap || self.front & OFF != 0 {
             return false;
         }
@@ -148,6 +157,7 @@ impl AreaState<'_> {
 
     /// Put `[i, i + n)` (`1 <= n <= CLASSES`, allocated in the bitmap, no live record) first on
     /// its list.
+    #[inline]
     fn list(&mut self, i: usize, n: usize) {
         let k = n.wrapping_sub(1);
         let at = self.list_at(n);

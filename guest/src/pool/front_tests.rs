@@ -98,11 +98,13 @@ fn the_front_never_refuses_what_the_pool_could_give() {
     let meta = vec![SlotMeta::EMPTY; 256].leak();
     let p = pool_over(0x10_0000, meta, cfg(128, 1));
     let runs: Vec<usize> = (0..128).map(|_| p.alloc(req(2, 1, 0), head(2)).unwrap()).collect();
-    // Free everything, the two segments in turn: the first frees go to the tree, later ones are
-    // listed, in both segments.
+    // Free everything, the two segments in turn, which segment first alternating from pair to
+    // pair: while the front has room, frees alternate between the tree and the front (it holds
+    // no more than the tree has free), so both segments keep listed runs.
     for k in 0..64 {
-        p.free(runs[k], 2);
-        p.free(runs[64 + k], 2);
+        let (a, b) = if k % 2 == 0 { (k, 64 + k) } else { (64 + k, k) };
+        p.free(runs[a], 2);
+        p.free(runs[b], 2);
     }
     assert!(listed(&p) > 0, "some runs are listed");
     assert!(p.areas[0].state.lock().top < 128, "no whole segment in the tree");
@@ -144,7 +146,7 @@ fn the_front_is_bounded() {
         p.free(i, 2);
     }
     let st = p.areas[0].state.lock();
-    assert!(st.cached() <= st.len() / 4 && st.cached() <= st.free / 2, "{} listed", st.cached());
+    assert!(st.cached() <= st.len() / 4 && st.cached() <= st.free, "{} listed", st.cached());
 }
 
 /// A pool built again over the same metadata (a released pool whose storage is reused, a pool

@@ -27,7 +27,7 @@
 //! of `n` slots pushes the run on the area's list of `n`-slot runs instead of giving it back to the
 //! bitmap and tree, and an allocation of `n` slots whose alignment the list's first run meets takes
 //! it, with no search, from whichever area lists one. The lists hold at most a quarter of the area
-//! and half of the slots its tree has free; a request no tree can meet gives every listed run back
+//! and no more slots than its tree has free; a request no tree can meet gives every listed run back
 //! to its tree and searches again, so the front never refuses a request the pool could meet. Listed runs are free for
 //! `slots_in_use` and the high-water mark, and the lists live in the area's own metadata words, so
 //! building a pool (`BouncePool::init`) empties them.
@@ -268,7 +268,10 @@ mod area_hint_tests;
 mod bounce_pool;
 mod front;
 #[cfg(test)]
+mod front_cap_tests;
+#[cfg(test)]
 mod front_tests;
+mod once;
 #[cfg(test)]
 mod tally_tests;
 #[cfg(test)]

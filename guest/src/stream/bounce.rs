@@ -60,7 +60,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn bounce_map(
         &self,
         dev: &Device,
-        view: &LivePools,
+        view: &LivePools<POOLS>,
         mask: Option<DmaMask>,
         reserve: bool,
         orig: Original,
@@ -82,7 +82,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn bounce_in_view(
         &self,
         dev: &Device,
-        view: &LivePools,
+        view: &LivePools<POOLS>,
         mask: Option<DmaMask>,
         reserve: bool,
         orig: Original,
@@ -116,7 +116,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     fn bounce_alloc(
         &self,
         dev: &Device,
-        pools: &mut Candidates<'_>,
+        pools: &mut Candidates<'_, POOLS>,
         orig: Original,
         len: usize,
         dir: DmaDirection,

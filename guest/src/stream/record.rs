@@ -44,7 +44,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
     }
 
     /// The live pool set a device's bus addresses are looked up in.
-    pub(crate) fn live_pools(&self, dev: &Device) -> Option<&LivePools> {
+    pub(crate) fn live_pools(&self, dev: &Device) -> Option<&LivePools<POOLS>> {
         match dev.domain {
             None => Some(&self.plain),
             Some(d) => {
