@@ -47,6 +47,19 @@ impl DmaDirection {
     pub const fn device_writes(self) -> bool {
         matches!(self, DmaDirection::FromDevice | DmaDirection::Bidirectional)
     }
+    /// True when a bounce run mapped this way with `attrs` is filled with a copy of the original
+    /// (the bytes a map counts as sent to the device); otherwise it is zeroed or left. A to-device
+    /// mapping that skips the CPU sync is zeroed unless the layer's stale-slot policy leaves it
+    /// (crate::stale_slot): until the driver's `sync_for_device` the device reads whatever an earlier
+    /// mapping (of another device, perhaps) left in the slot.
+    #[inline(always)]
+    pub(crate) const fn fills_by_copy(self, attrs: DmaAttrs) -> bool {
+        if attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
+            false
+        } else {
+            self.device_reads() || attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN)
+        }
+    }
     pub(crate) const fn from_bits(v: u8) -> Option<DmaDirection> {
         match v {
             1 => Some(DmaDirection::ToDevice),

@@ -304,6 +304,11 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
         for p in self.pools() {
             s.slots_in_use += p.slots_in_use() as u64;
             s.slots_high_water += p.high_water() as u64;
+            let t = p.tally();
+            s.maps = s.maps.wrapping_add(t.maps);
+            s.bounced_maps = s.bounced_maps.wrapping_add(t.maps);
+            s.unmaps = s.unmaps.wrapping_add(t.unmaps);
+            s.bytes_to_device = s.bytes_to_device.wrapping_add(t.to_device);
         }
         // List pages taken from a pool are not mappings.
         s.slots_in_use = s.slots_in_use.saturating_sub(self.list_pool_slots() as u64);
@@ -558,6 +563,13 @@ impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 
         self.drop_pool_list_pages();
         let mut result = self.shrink_all_dyn();
         let confidential = self.platform.is_confidential();
+        // What the fixed pools counted stays in the statistics (grown ones handed theirs over as
+        // they left).
+        for i in 0..POOLS {
+            if let Some(p) = self.pools.fixed(i) {
+                self.stats.absorb(p.tally());
+            }
+        }
         let fixed: [Option<(PhysAddr, usize)>; MAX_POOLS] = {
             let mut out = [None; MAX_POOLS];
             for (o, p) in out.iter_mut().zip(self.pools.take_fixed()) {

@@ -68,7 +68,10 @@ struct Shard {
     bytes_from_device: AtomicU64,
 }
 
-/// Live counters of a layer instance, the hot ones spread over `SHARDS` lines (the layer's `POOLS`:
+/// Live counters of a layer instance. A plain or premapped bounce map and its unmap are counted by
+/// the pool area they use, under the area lock they take anyway (no read-modify-write: see
+/// `crate::pool::PoolTally`); the layer's snapshot adds those, and a pool that leaves hands them
+/// here ([`Self::absorb`]). The other hot ones are spread over `SHARDS` lines (the layer's `POOLS`:
 /// a small configuration has few CPUs to spread over and little room). With no shard (`POOLS` 0)
 /// maps and unmaps are not counted.
 #[derive(Debug)]
@@ -238,6 +241,15 @@ impl<const SHARDS: usize> Stats<SHARDS> {
     pub(crate) fn from_device(&self, bytes: usize) {
         if let Some(s) = self.shard() {
             s.bytes_from_device.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+    /// Keep what a pool counted ([`crate::pool::PoolTally`]) when the pool leaves the layer: its
+    /// areas' counters go with it. Read-modify-writes, once per pool removed.
+    pub(crate) fn absorb(&self, t: crate::pool::PoolTally) {
+        if let Some(s) = self.hot.first() {
+            s.bounced_maps.fetch_add(t.maps, Ordering::Relaxed);
+            s.unmaps.fetch_add(t.unmaps, Ordering::Relaxed);
+            s.bytes_to_device.fetch_add(t.to_device, Ordering::Relaxed);
         }
     }
     pub(crate) fn quarantine(&self, pages: u64) {

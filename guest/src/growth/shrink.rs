@@ -89,9 +89,15 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         // them could find it REMOVING.
         let settled = self.pools.wait_users(i);
         let busy = !settled || self.pools.get(i).is_none_or(|p| p.slots_in_use() != 0);
+        // With no slot in use and no allocation able to start, the pool's counts are final.
+        let tally = self.pools.get(i).map(|p| p.tally());
         if busy || !self.pools.exclusive(i) {
             self.pools.undrain(i);
             return Removed::Busy;
+        }
+        // Leaving the layer (taken or quarantined below): its counts stay in the statistics.
+        if let Some(t) = tally {
+            self.stats.absorb(t);
         }
         self.plain.remove(i);
         g.set_grown(i, None);

@@ -489,7 +489,8 @@ pub(super) fn align_up(a: usize, first: usize, period: usize) -> usize {
     }
 }
 
-/// An area: its lock and, on the same cache line, the counters read without it.
+/// An area: its lock and, on the same cache line, the counters read without it. 128 bytes (pinned
+/// below): the layer holds `POOLS * AREAS` of them.
 #[repr(align(128))]
 pub(super) struct Area<'m> {
     pub(super) state: Mutex<AreaState<'m>>,
@@ -497,10 +498,33 @@ pub(super) struct Area<'m> {
     /// the sizes its front lists ([`super::front::summary`]), published after every change: an
     /// area that cannot serve a request is skipped without taking its lock.
     pub(super) summary: AtomicU64,
-    /// Slots allocated now.
-    pub(super) used: AtomicUsize,
-    /// Most slots allocated at once in this area.
-    pub(super) high: AtomicUsize,
+    /// Most slots allocated at once in this area (saturating; the slots in use now are read under
+    /// the lock, [`Self::used`]).
+    pub(super) high: AtomicU32,
+    /// Counted runs ([`super::COUNTED`]) live now (wrapping; never more than the area's slots).
+    pub(super) live: AtomicU32,
+    /// Counted runs ever allocated: the maps of the layer's statistics made here.
+    pub(super) maps: AtomicU64,
+    /// Bytes copied in at those maps.
+    pub(super) to_device: AtomicU64,
+}
+
+impl AreaState<'_> {
+    /// Slots allocated (the front's listed runs are free for the counters).
+    pub(super) fn used(&self) -> usize {
+        self.len().saturating_sub(self.free + self.cached())
+    }
+}
+
+// The layer's size is C's reservation (`CCDMA_LAYER_SIZE`, `CCDMA_SMALL_LAYER_SIZE`): an area is
+// one 128-byte line, counters included (tests add a field to the state, hence `not(test)`).
+#[cfg(not(test))]
+const _: () = assert!(core::mem::size_of::<Area<'static>>() == 128);
+
+/// Plain add by the lock holder (the only writer): a load and a store, no read-modify-write.
+#[inline(always)]
+fn bump64(c: &AtomicU64, by: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
 }
 
 impl<'m> Area<'m> {
@@ -508,8 +532,10 @@ impl<'m> Area<'m> {
         Area {
             state: Mutex::new(AreaState::empty()),
             summary: AtomicU64::new(0),
-            used: AtomicUsize::new(0),
-            high: AtomicUsize::new(0),
+            high: AtomicU32::new(0),
+            live: AtomicU32::new(0),
+            maps: AtomicU64::new(0),
+            to_device: AtomicU64::new(0),
         }
     }
 
@@ -526,10 +552,49 @@ impl<'m> Area<'m> {
     #[inline]
     pub(super) fn publish(&self, st: &AreaState<'_>, taken: usize, freed: usize) {
         self.summary.store(st.summary(), Ordering::Relaxed);
-        let used = st.len().saturating_sub(st.free + st.cached());
-        self.used.store(used, Ordering::Relaxed);
-        if taken > freed && used > self.high.load(Ordering::Relaxed) {
-            self.high.store(used, Ordering::Relaxed);
+        if taken > freed {
+            let used = u32::try_from(st.used()).unwrap_or(u32::MAX);
+            if used > self.high.load(Ordering::Relaxed) {
+                self.high.store(used, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Slots allocated now (takes the lock: for reports and the shrink's idle check).
+    pub(super) fn used(&self) -> usize {
+        self.state.lock().used()
+    }
+
+    /// Count a map of `bytes` copied in, under the lock (the caller holds it: `_st`).
+    #[inline(always)]
+    pub(super) fn count_map(&self, _st: &AreaState<'_>, bytes: usize) {
+        bump64(&self.maps, 1);
+        bump64(&self.to_device, bytes as u64);
+        self.live.store(self.live.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Count the end of a counted run, under the lock (`_st`).
+    #[inline(always)]
+    pub(super) fn count_unmap(&self, _st: &AreaState<'_>) {
+        self.live.store(self.live.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
+    }
+
+    /// Take back a map counted by [`Self::count_map`] that did not happen (its run is freed with
+    /// [`Self::count_unmap`] as well), under the lock (`_st`).
+    pub(super) fn uncount_map(&self, _st: &AreaState<'_>, bytes: usize) {
+        bump64(&self.maps, u64::MAX);
+        bump64(&self.to_device, (bytes as u64).wrapping_neg());
+    }
+
+    /// The area's maps, unmaps and bytes in (read without the lock: a map or unmap running meanwhile
+    /// may be seen in one counter and not yet the other; never more unmaps than maps).
+    pub(super) fn tally(&self) -> PoolTally {
+        let live = u64::from(self.live.load(Ordering::Relaxed));
+        let maps = self.maps.load(Ordering::Relaxed);
+        PoolTally {
+            maps,
+            unmaps: maps.saturating_sub(live),
+            to_device: self.to_device.load(Ordering::Relaxed),
         }
     }
 }

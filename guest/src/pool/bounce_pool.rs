@@ -32,6 +32,8 @@ pub(crate) enum Taken {
     /// The run is free again (nothing had to be copied out of it first). No copy of the record:
     /// the caller's check saw it, and nothing is left to do with it.
     Freed,
+    /// As `Freed`, for a run its pool counted ([`COUNTED`]): the unmap is counted already.
+    FreedCounted,
     /// The head is released (as by `lookup(.., true)`): copy out of the run, then [`BouncePool::free`].
     Released(SlotRecord),
 }
@@ -127,8 +129,10 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
                 count += 1;
             }
             area.summary.store(st.summary(), Ordering::Relaxed);
-            area.used.store(0, Ordering::Relaxed);
             area.high.store(0, Ordering::Relaxed);
+            area.live.store(0, Ordering::Relaxed);
+            area.maps.store(0, Ordering::Relaxed);
+            area.to_device.store(0, Ordering::Relaxed);
             *area.state.get_mut() = st;
         }
         self.phys = phys;
@@ -184,15 +188,15 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     pub fn max_mapping(&self) -> usize {
         self.max_run << self.slot_shift
     }
-    /// Slots allocated now (the sum of the areas' counters).
+    /// Slots allocated now (each area's count read under its lock, one area at a time).
     pub fn slots_in_use(&self) -> usize {
-        self.used_areas().map(|a| a.used.load(Ordering::Relaxed)).sum()
+        self.used_areas().map(|a| a.used()).sum()
     }
     /// Most slots ever allocated at once: the sum of each area's own peak, kept per area so no map
     /// touches a line every CPU shares. Exact with one area; with several an upper bound (the areas
     /// may have peaked at different times).
     pub fn high_water(&self) -> usize {
-        self.used_areas().map(|a| a.high.load(Ordering::Relaxed)).sum()
+        self.used_areas().map(|a| a.high.load(Ordering::Relaxed) as usize).sum()
     }
     /// Number of areas (locks).
     pub fn areas(&self) -> usize {
@@ -348,6 +352,9 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         head.owner = new.owner.device;
         head.attrs = attr_bits;
         head.orig = new.orig as usize;
+        if attr_bits & COUNTED != 0 {
+            area.count_map(&st, if new.dir.fills_by_copy(new.attrs) { new.len } else { 0 });
+        }
         area.publish(&st, n, 0);
         Some(a * self.area_slots + i)
     }
@@ -513,6 +520,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             attrs: DmaAttrs::from_bits_truncate(head.attrs),
             orig: head.orig as *mut u8,
             owner: Owner { device: head.owner, safe: head.attrs & SAFE_FACE != 0 },
+            counted: head.attrs & COUNTED != 0,
         })
     }
 
@@ -549,7 +557,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             return Some(Ok(Taken::Released(rec)));
         }
         self.free_locked(area, &mut st, i, rec.nslots);
-        Some(Ok(Taken::Freed))
+        Some(Ok(if rec.counted { Taken::FreedCounted } else { Taken::Freed }))
     }
 
     /// The area a map of CPU `cpu` (any number) starts in: `cpu` modulo the areas when their count
@@ -568,10 +576,56 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
 
     /// [`Self::alloc`] starting at the area of CPU `cpu` (any number: see [`Self::area_of_cpu`]), as
     /// Linux picks a CPU's own area first: CPUs that map at the same time start on different locks
-    /// and different cache lines. For a platform that can name the current CPU.
+    /// and different cache lines. For a platform that can name the current CPU. The layer maps
+    /// through [`Self::alloc_counted`] (this, with the run counted or not); the tests use this.
+    #[cfg(test)]
     pub(crate) fn alloc_near(&self, req: RunRequest, head: NewHead, cpu: usize) -> Option<usize> {
-        let bits = head.attrs.bits() | if head.owner.safe { SAFE_FACE } else { 0 };
+        self.alloc_counted(req, head, cpu, false)
+    }
+
+    /// [`Self::alloc_near`] for a run the pool counts for the layer's statistics ([`COUNTED`]) when
+    /// `counted`: a map now, with `head.len` bytes to the device when the map fills the run by
+    /// copy ([`DmaDirection::fills_by_copy`]), and an unmap when it is freed. Counted under the area lock the allocation holds anyway: no shared counter is
+    /// touched.
+    #[inline]
+    pub(crate) fn alloc_counted(
+        &self,
+        req: RunRequest,
+        head: NewHead,
+        cpu: usize,
+        counted: bool,
+    ) -> Option<usize> {
+        let bits = head.attrs.bits()
+            | if head.owner.safe { SAFE_FACE } else { 0 }
+            | if counted { COUNTED } else { 0 };
         self.alloc_from(req, head, bits, Some(self.area_of_cpu(cpu)))
+    }
+
+    /// What this pool counted ([`Self::alloc_counted`]), summed over its areas.
+    pub(crate) fn tally(&self) -> PoolTally {
+        self.used_areas().map(|a| a.tally()).fold(PoolTally::default(), |t, a| PoolTally {
+            maps: t.maps.wrapping_add(a.maps),
+            unmaps: t.unmaps.wrapping_add(a.unmaps),
+            to_device: t.to_device.wrapping_add(a.to_device),
+        })
+    }
+
+    /// [`Self::free`] for a run whose map failed after its allocation: a counted run's map is taken
+    /// back as well, so neither a map nor an unmap is left counted.
+    pub(crate) fn free_unmapped(&self, index: usize, nslots: usize) {
+        let Some((area, i)) = self.area_at(index) else { return };
+        let mut st = area.state.lock();
+        let Some(h) = st.meta.get(i) else { return };
+        if !(matches!(h.state(), HEAD | RELEASING) && h.nslots as usize == nslots) {
+            return;
+        }
+        if h.attrs & COUNTED != 0 {
+            let dir = DmaDirection::from_bits(h.dir()).unwrap_or(DmaDirection::ToDevice);
+            let copied = dir.fills_by_copy(DmaAttrs::from_bits_truncate(h.attrs));
+            let bytes = if copied { h.len as usize } else { 0 };
+            area.uncount_map(&st, bytes);
+        }
+        self.free_locked(area, &mut st, i, nslots);
     }
 
     /// Undo a `lookup(.., true)` that the caller decided not to complete.
@@ -645,8 +699,13 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         head.set_state(FREE);
         head.orig = 0;
         head.len = 0;
+        // The next allocation writes `attrs` afresh; a free head is never freed again.
+        let counted = head.attrs & COUNTED != 0;
         if !st.front_push(i, nslots) {
             st.give(i, nslots);
+        }
+        if counted {
+            area.count_unmap(st);
         }
         area.publish(st, 0, nslots);
     }

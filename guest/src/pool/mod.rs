@@ -57,7 +57,7 @@
 //! ```
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
@@ -87,6 +87,11 @@ const SG_RUN: u8 = 0x80;
 /// Head `attrs` bit marking a mapping owned by a [`crate::Mapping`] (the safe face): the raw face
 /// refuses to unmap or sync it, so no raw call can write a buffer whose borrow the `Mapping` holds.
 const SAFE_FACE: u8 = 0x40;
+/// Head `attrs` bit marking a run its pool counts for the layer's statistics (a map at allocation, an
+/// unmap when it is freed: [`BouncePool::alloc_counted`], [`PoolTally`]), so the hot path bumps no
+/// shared counter. Plain and premapped bounce maps set it; strict, scatter-gather and list-page runs
+/// do not (their paths count on the layer's shards).
+const COUNTED: u8 = 0x20;
 /// Head `attrs` of a run made by the benchmark hook [`BouncePool::bench_alloc`] (no device owns it).
 const BENCH_RUN: u8 = SG_RUN | SAFE_FACE;
 
@@ -201,6 +206,17 @@ pub(crate) struct SlotRecord {
     pub orig: *mut u8,
     /// Who the mapping belongs to.
     pub owner: Owner,
+    /// Counted by its pool ([`COUNTED`]): freeing it counts its unmap there.
+    pub counted: bool,
+}
+
+/// What a pool counted for the layer's statistics ([`BouncePool::tally`]): the maps of its counted
+/// runs, those of them freed again (unmaps), and the bytes copied in at those maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PoolTally {
+    pub maps: u64,
+    pub unmaps: u64,
+    pub to_device: u64,
 }
 
 /// One live run of a pool, for tools and tests ([`BouncePool::for_each_live`]).
@@ -256,6 +272,8 @@ mod front_cap_tests;
 #[cfg(test)]
 mod front_tests;
 mod once;
+#[cfg(test)]
+mod tally_tests;
 #[cfg(test)]
 mod tests;
 

@@ -68,9 +68,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<Mapped, DmaError> {
+        // Counted by the pool, under the area lock the allocation takes anyway (`alloc_counted`).
         let (run, base) =
             self.bounce_in_view(dev, view, mask, reserve, orig, len, dir, attrs, RunAlign::Slots)?;
-        self.stats.mapped(true);
         let off = (run.run_off + run.data_off) as u64;
         Ok(Mapped { bus: BusAddr(base.0 + off), at: Some(PoolAt { pool: run.pool as u8, off }) })
     }
@@ -97,7 +97,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // right: the base read with the pool if the view has not changed since, else read again.
         let Some(base) = pools.base(run.pool, run.run_off, run.run_len) else {
             if let Some(pool) = self.pools.get(run.pool) {
-                pool.free(run.index, run.run_len / pool.slot_size());
+                pool.free_unmapped(run.index, run.run_len / pool.slot_size());
             }
             self.stats.fail(FailureKind::PoolExhausted);
             return Err(DmaError::PoolExhausted { len });
@@ -161,11 +161,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             let owner = Owner { device: dev.serial, safe: orig.safe };
             let head = NewHead { offset, len, dir, attrs, orig: orig.cpu, owner };
             let cpu = self.platform.cpu_hint().unwrap_or_else(area_hint);
-            let placed = pool.alloc_near(req, head, cpu);
+            // Runs in slots (plain and premapped maps) are counted by their pool, map and bytes
+            // in, under the area lock (`bounce_map` counts nothing); strict runs on the shards.
+            let placed = pool.alloc_counted(req, head, cpu, iommu_page.is_none());
             let Some(index) = placed else { continue };
             let run_off = index << pool.slot_size().trailing_zeros();
             let run_len = nslots * slot as usize;
-            self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs);
+            self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs, iommu_page.is_some());
             if iommu_page.is_some() {
                 // SAFETY: `[run_off, run_off + run_len)` is the run just allocated, ours alone.
                 unsafe {
@@ -200,7 +202,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
 
     /// Initialise a freshly allocated slot run: the original for data going to the device, zeroes (or
     /// the original, on request) for data coming from it, so neither stale pool data can reach the guest
-    /// nor private bytes the host.
+    /// nor private bytes the host. `count`: add the bytes copied to the statistics (a run its pool
+    /// counted has them counted already).
     pub(crate) fn fill_slot(
         &self,
         slot: *mut u8,
@@ -208,15 +211,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
+        count: bool,
     ) {
-        // A to-device mapping that skips the CPU sync is zeroed unless the layer's stale-slot policy
-        // leaves it (crate::stale_slot): until the driver's `sync_for_device` the device reads
-        // whatever an earlier mapping (of another device, perhaps) left in the slot.
-        let copy = if dir.device_reads() {
-            !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
-        } else {
-            attrs.contains(DmaAttrs::PRESERVE_UNWRITTEN) && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC)
-        };
+        let copy = dir.fills_by_copy(attrs);
         if !copy && self.leaves_stale_slot(dir) {
             return;
         }
@@ -224,7 +221,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             // SAFETY: `orig` is valid for `len` bytes (map contract); the slot run is ours alone and
             // holds `len` bytes from `slot`; pool memory never overlaps a caller's buffer.
             unsafe { core::ptr::copy_nonoverlapping(orig, slot, len) };
-            self.stats.to_device(len);
+            if count {
+                self.stats.to_device(len);
+            }
         } else {
             // SAFETY: as above, for the slot run.
             unsafe { core::ptr::write_bytes(slot, 0, len) };

@@ -388,22 +388,28 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let check = |rec: &SlotRecord| self.check_record(dev, bus, safe, rec, len, dir);
         let copy_back =
             |rec: &SlotRecord| rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
-        match pool.release_or_free(off, check, copy_back) {
+        // A run its pool counted (every run a plain or premapped map makes) counts its unmap when
+        // freed, under the area lock; any other is counted on the layer's shards below.
+        let counted = match pool.release_or_free(off, check, copy_back) {
             None => {
                 self.stats.fail(FailureKind::UnknownMapping);
                 return Err(DmaError::UnknownMapping(bus));
             }
             Some(Err(e)) => return Err(e),
-            Some(Ok(Taken::Freed)) => {}
+            Some(Ok(Taken::Freed)) => false,
+            Some(Ok(Taken::FreedCounted)) => true,
             Some(Ok(Taken::Released(rec))) => {
                 self.copy_to_original(&pool, &rec, 0, rec.len);
                 pool.free(rec.index, rec.nslots);
+                rec.counted
             }
-        }
+        };
         if crate::parts::IOMMU && dev.domain.is_some() {
             self.iommu_unmapped(dev);
         }
-        self.stats.unmapped();
+        if !counted {
+            self.stats.unmapped();
+        }
         Ok(())
     }
 
