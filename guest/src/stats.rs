@@ -71,7 +71,7 @@ struct Shard {
 /// Live counters of a layer instance. A plain or premapped bounce map and its unmap are counted by
 /// the pool area they use, under the area lock they take anyway (no read-modify-write: see
 /// `crate::pool::PoolTally`); the layer's snapshot adds those, and a pool that leaves hands them
-/// here ([`Self::absorb`]). The other hot ones are spread over `SHARDS` lines (the layer's `POOLS`:
+/// here (`Stats::absorb`). The other hot ones are spread over `SHARDS` lines (the layer's `POOLS`:
 /// a small configuration has few CPUs to spread over and little room). With no shard (`POOLS` 0)
 /// maps and unmaps are not counted.
 #[derive(Debug)]
