@@ -158,7 +158,10 @@ check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 182100 240000
 check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 16200 16384
 check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 41800 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
-check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 173800 201000
+# After merging sgsize and atom (lead; fresh-clone CI at 6937492+1): pseries ccdma .text 170,676 ->
+# 179,320 while x86 fell to 181,416; not yet split between the two merges (atom's per-area stats
+# are the likelier: its counters inline into each pool call). Ceiling raised to the figure + ~1 %.
+check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 181100 201000
 check "pseries: ccdma .text for PseriesPlatform" "$PPC_INST" 17700 16384
 check "x86: largest frame, DMA set-up" "$(fig x86 max_frame_setup)" 2048 2048
 check "pseries: largest frame, DMA set-up" "$(fig pseries max_frame_setup)" 2048 2048
