@@ -156,7 +156,8 @@ fn four_threads_mapping_for_one_device_keep_its_count_exact() {
     // Per round, thread t holds `held(t, r)` mappings at the barrier; between rounds it churns.
     let held = |t: usize, r: usize| (t * 7 + r * 5) % 23 + 1;
     const ROUNDS: usize = 12;
-    thread::scope(|s| {
+    let mut seen = Vec::new();
+    let most = thread::scope(|s| {
         for (t, &buf) in bufs.iter().enumerate() {
             let (layer, dev, barrier) = (&layer, &dev, &barrier);
             s.spawn(move || {
@@ -179,22 +180,26 @@ fn four_threads_mapping_for_one_device_keep_its_count_exact() {
                 }
             });
         }
+        // Checked after the scope: a panic here would leave the threads waiting at the barrier.
         let mut most = 0;
         for r in 0..ROUNDS {
             barrier.wait();
             let want: u64 = (0..THREADS).map(|t| held(t, r) as u64).sum();
             most = most.max(want);
-            assert_eq!(dev.live(), want, "round {r}: live mappings");
-            assert_eq!(dev.live_counts().mappings, want, "round {r}");
-            assert!(u64::from(dev.peaks().mappings_high_water) >= want, "round {r}: high water");
+            seen.push((r, want, dev.live(), dev.live_counts().mappings, dev.peaks().mappings_high_water));
             barrier.wait();
             barrier.wait();
-            assert_eq!(dev.live(), 0, "round {r}: after the unmaps");
+            seen.push((r, 0, dev.live(), dev.live_counts().mappings, u32::MAX));
             barrier.wait();
         }
-        let high = u64::from(dev.peaks().mappings_high_water);
-        assert!(high >= most, "high water {high}, held at most {most}");
+        most
     });
+    for (r, want, live, mappings, high) in seen {
+        assert_eq!((live, mappings), (want, want), "round {r}: live mappings");
+        assert!(u64::from(high) >= want, "round {r}: high water {high} below {want}");
+    }
+    let high = u64::from(dev.peaks().mappings_high_water);
+    assert!(high >= most, "high water {high}, held at most {most}");
     base.assert_same(hv, &layer);
     assert_no_faults(hv);
     layer.detach(dev).unwrap();

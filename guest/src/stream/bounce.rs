@@ -13,7 +13,7 @@ use crate::pool_set::PoolOrder;
 use crate::stats::{should_warn, FailureKind};
 
 use super::placement::{Placement, Rule};
-use super::{Mapped, Original, PoolAt};
+use super::{Mapped, Original, PoolAt, RunWord};
 
 /// How a bounce run is placed in its pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub(crate) struct BounceRun {
     pub data_off: usize,
     /// Bytes of the run.
     pub run_len: usize,
+    /// Counted among the device's live mappings by its pool ([`Device::home_live`]).
+    pub dev_counted: bool,
 }
 
 /// Where a map starts looking when the platform names no CPU ([`Platform::cpu_hint`] `None`):
@@ -72,7 +74,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let (run, base) =
             self.bounce_in_view(dev, view, mask, reserve, orig, len, dir, attrs, RunAlign::Slots)?;
         let off = (run.run_off + run.data_off) as u64;
-        Ok(Mapped { bus: BusAddr(base.0 + off), at: Some(PoolAt { pool: run.pool as u8, off }) })
+        let at = PoolAt { pool: run.pool as u8, off };
+        Ok(Mapped { bus: BusAddr(base.0 + off), run: RunWord::new(at, run.dev_counted) })
     }
 
     /// A run placed per `align` in one of the pools `view` offers (see [`Self::bounce_map`]), filled,
@@ -97,7 +100,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // right: the base read with the pool if the view has not changed since, else read again.
         let Some(base) = pools.base(run.pool, run.run_off, run.run_len) else {
             if let Some(pool) = self.pools.get(run.pool) {
-                pool.free_unmapped(run.index, run.run_len / pool.slot_size());
+                pool.free_unmapped(run.index, run.run_len / pool.slot_size(), &dev.home_live);
             }
             self.stats.fail(FailureKind::PoolExhausted);
             return Err(DmaError::PoolExhausted { len });
@@ -163,8 +166,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             let cpu = self.platform.cpu_hint().unwrap_or_else(area_hint);
             // Runs in slots (plain and premapped maps) are counted by their pool, map and bytes
             // in, under the area lock (`bounce_map` counts nothing); strict runs on the shards.
-            let placed = pool.alloc_counted(req, head, cpu, iommu_page.is_none());
+            // In the device's home pool the pool counts them among its live mappings too.
+            let home = iommu_page.is_none() && dev.home.counts_pool(i, pool.areas());
+            let placed =
+                pool.alloc_counted(req, head, cpu, iommu_page.is_none(), home.then_some(&dev.home_live));
             let Some(index) = placed else { continue };
+            if home {
+                dev.mapped_at_home(pool.areas());
+            }
             let run_off = index << pool.slot_size().trailing_zeros();
             let run_len = nslots * slot as usize;
             self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs, iommu_page.is_some());
@@ -175,7 +184,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                     core::ptr::write_bytes(pool.cpu_at(run_off + offset + len), 0, run_len - offset - len);
                 }
             }
-            return Ok(BounceRun { pool: i, index, run_off, data_off: offset, run_len });
+            return Ok(BounceRun { pool: i, index, run_off, data_off: offset, run_len, dev_counted: home });
         }
         if self.growth_will_retry(len) {
             // Growth tries again, and counts the failure if it stays one.
