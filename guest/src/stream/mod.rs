@@ -273,7 +273,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // An accepted device maps private buffers in place; a buffer with no physical address (not
         // guest RAM) is bounced as for an untrusted device.
         if dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED) && orig.phys.is_some() {
-            return self.trusted_map(dev, orig, len, dir, attrs).map(Mapped::elsewhere);
+            return self.trusted_map(dev, orig, len, dir, attrs);
         }
         if crate::parts::IOMMU && dev.domain.is_some() {
             return self.iommu_map(dev, orig, len, dir, attrs);
