@@ -2,10 +2,10 @@
 
 use crate::device::Device;
 use crate::diagnostics::{GrowthVerdict, PoolFill, PoolFullReport};
+use crate::growth::state::LastFull;
 use crate::layer::Cold;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
-use crate::pool_set::MAX_POOLS;
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     Cold<'a, 'm, POOLS, DOMAINS, AREAS>
@@ -16,25 +16,25 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         self.growth.last_full.lock().map(|r| r.report())
     }
 
+    /// Record (and log) a "pool full" report: the fills written straight into the layer's record
+    /// (one per pool slot of its capacity), the report's text made only when warnings are logged.
     pub(crate) fn report_full(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
-        let mut r = PoolFullReport {
-            device: dev.config.id,
-            len,
-            pools: [PoolFill::default(); MAX_POOLS],
-            npools: 0,
-            growth,
-        };
-        for ((i, p), fill) in self.pools.iter().zip(r.pools.iter_mut()) {
+        let mut fills = [PoolFill::default(); POOLS];
+        let mut npools = 0;
+        for ((i, p), fill) in self.pools.iter().zip(fills.iter_mut()) {
             *fill = PoolFill {
                 index: i as u8,
                 slots: p.slots() as u32,
                 in_use: p.slots_in_use() as u32,
                 bytes: p.len() as u64,
             };
-            r.npools += 1;
+            npools += 1;
         }
-        log::warn!("ccdma: {r}");
-        *self.growth.last_full.lock() = Some(crate::growth::state::LastFull::of(&r));
+        let last = LastFull { device: dev.config.id, len, fills, npools, growth };
+        if log::log_enabled!(log::Level::Warn) {
+            log::warn!("ccdma: {}", last.report());
+        }
+        *self.growth.last_full.lock() = Some(last);
     }
 }
 
