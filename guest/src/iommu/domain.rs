@@ -35,40 +35,63 @@ use super::config::{IommuConfig, MAX_DOMAINS};
 use super::list_pages::ListPages;
 use super::window::WindowGeometry;
 use crate::addr::BusAddr;
+use crate::error::DmaError;
 use crate::growth::live::LivePools;
 use crate::path::{DmaPath, PathReason};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 
-/// What set-up decided for one endpoint's devices; written once, then read only.
+/// What set-up decided for one endpoint's devices; written once, then read only. Part of each domain
+/// slot, so its pool arrays are sized by the layer's pool slots (`N`, its `POOLS`).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct DomainInfo {
+pub(crate) struct DomainInfo<const N: usize = MAX_POOLS> {
     pub path: DmaPath,
     pub reason: PathReason,
     pub ddw: Option<WindowGeometry>,
     /// The window for per-mapping entries and coherent buffers (the default window).
     pub dynamic: Option<WindowGeometry>,
     /// Pools the device maps from, best first.
-    pub pools: PoolOrder,
-    /// Where each premapped pool starts on the device's bus.
-    pub pool_bus: [BusAddr; MAX_POOLS],
+    pub pools: PoolOrder<N>,
+    /// Where each premapped pool starts on the device's bus, by pool index.
+    pub pool_bus: [BusAddr; N],
     /// The set-up removed the endpoint's default window (no window was left for the DDW, as Linux
     /// does) or reset the endpoint: the last detach resets it so the default window comes back.
     pub reset_at_detach: bool,
 }
 
-impl DomainInfo {
-    pub(crate) const EMPTY: DomainInfo = DomainInfo {
+impl<const N: usize> DomainInfo<N> {
+    pub(crate) const EMPTY: DomainInfo<N> = DomainInfo {
         path: DmaPath::IommuDeferred,
         reason: PathReason::StrictPolicy,
         ddw: None,
         dynamic: None,
         pools: PoolOrder::EMPTY,
-        pool_bus: [BusAddr(0); MAX_POOLS],
+        pool_bus: [BusAddr(0); N],
         reset_at_detach: false,
     };
 }
 
 impl DomainInfo {
+    /// A `*_once` function's result (the default capacity's type) as the type of its generic
+    /// caller's layer of `N` pool slots (see `DomainSlot::as_full`): the same value when `N` is the
+    /// default, which is the only case a caller passes one (decided at compile time); for another
+    /// `N`, [`DmaError::NotAttached`]. The whole `Result` at once, so the default's is passed
+    /// through unchanged (no code: converting the `Ok` alone rebuilt the error on the map path).
+    #[inline(always)]
+    pub(crate) fn sized<const N: usize>(
+        r: Result<&DomainInfo, DmaError>,
+    ) -> Result<&DomainInfo<N>, DmaError> {
+        if N == MAX_POOLS {
+            // SAFETY: with `N == MAX_POOLS` both are the same type; `Result<&_, DmaError>` is `Copy`.
+            unsafe {
+                *(&r as *const Result<&DomainInfo, DmaError> as *const Result<&DomainInfo<N>, DmaError>)
+            }
+        } else {
+            Err(DmaError::NotAttached)
+        }
+    }
+}
+
+impl<const N: usize> DomainInfo<N> {
     /// Start a set-up's result in place: its path, why, its windows, no pool yet. Out of line: the
     /// three set-up variants share one copy of the stores (issue 20's code budget).
     #[inline(never)]
@@ -105,7 +128,7 @@ pub(crate) struct DomainSlot<'m, const N: usize = MAX_POOLS> {
     /// A device of the domain is accepted (its entries may name private pages): no other device may
     /// join (changed under [`Iommu::attach_lock`]).
     pub accepted: AtomicBool,
-    info: UnsafeCell<DomainInfo>,
+    info: UnsafeCell<DomainInfo<N>>,
     pub space: Mutex<BusSpace<'m>>,
     /// Streaming mappings live now (premapped and strict), so detach can refuse while any is.
     pub live_mappings: AtomicU64,
@@ -158,7 +181,7 @@ impl<'m, const N: usize> DomainSlot<'m, N> {
 
     /// The set-up result, once READY.
     #[inline]
-    pub(crate) fn info(&self, generation: u32) -> Option<&DomainInfo> {
+    pub(crate) fn info(&self, generation: u32) -> Option<&DomainInfo<N>> {
         if self.state.load(Ordering::Acquire) != READY
             || self.generation.load(Ordering::Relaxed) != generation
         {
@@ -179,7 +202,7 @@ impl<'m, const N: usize> DomainSlot<'m, N> {
     /// while the one returned lives. Every other reader checks READY first or holds a lock the
     /// set-up holds (the attach lock, the growth lock), so none reads it meanwhile.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn info_in_setup(&self) -> &mut DomainInfo {
+    pub(crate) unsafe fn info_in_setup(&self) -> &mut DomainInfo<N> {
         // SAFETY: as the contract says: the caller is the only one to touch `info` now.
         unsafe { &mut *self.info.get() }
     }
@@ -192,7 +215,7 @@ impl<'m, const N: usize> DomainSlot<'m, N> {
 
     /// The set-up result while the caller holds the slot in READY-and-detaching or SETUP, or holds
     /// the attach lock and saw the slot READY (only a detach, which takes that lock, frees it).
-    pub(crate) fn info_unchecked(&self) -> DomainInfo {
+    pub(crate) fn info_unchecked(&self) -> DomainInfo<N> {
         // SAFETY: callers are the detaching CPU (the slot is READY and no mapping is live), the
         // set-up CPU, or the holder of the growth lock (which set-up and detach take, so `publish`
         // cannot run meanwhile).
