@@ -103,7 +103,12 @@ impl<const N: usize> DomainInfo<N> {
         dynamic: Option<WindowGeometry>,
         reset_at_detach: bool,
     ) {
-        *self = DomainInfo { path, reason, ddw, dynamic, reset_at_detach, ..DomainInfo::EMPTY };
+        // Field by field, not `..DomainInfo::EMPTY`: for a generic `N` that copies the constant from
+        // memory (+32 B on ppc64) where this stores zeros.
+        (self.path, self.reason, self.ddw, self.dynamic) = (path, reason, ddw, dynamic);
+        self.reset_at_detach = reset_at_detach;
+        self.pools = PoolOrder::EMPTY;
+        self.pool_bus = [BusAddr(0); N];
     }
 }
 
