@@ -198,9 +198,12 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # 82,581 (+1,024). Ceilings set to these: the time per pair is worth the bytes.
 # Issue 20, dinfo2 helper (bash scripts/budgets.sh at main 7657c8b and at dinfo2): DomainInfo sized
 # by POOLS is the same code for the default; DomainInfo::start's stores field by field (not
-# `..EMPTY`): minimal 54,917 -> 54,885, full 82,581 -> 82,549, fw-min unchanged.
+# `..EMPTY`): minimal 54,917 -> 54,885, full 82,581 -> 82,549, fw-min unchanged. Then atom's cold
+# paths out of line (Area::used, BouncePool::tally; release_pools sums the fixed pools' tallies
+# before one absorb; scripts/kernel-budgets.sh has the pseries split): full 82,549 -> 82,485,
+# fw-min 18,917 -> 18,901, minimal unchanged.
 check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 54885 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18917 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18901 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
@@ -212,7 +215,7 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 82549 65536
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 82485 65536
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
