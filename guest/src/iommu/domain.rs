@@ -248,3 +248,48 @@ pub(crate) struct DomainRef {
     pub index: u8,
     pub generation: u32,
 }
+
+#[cfg(test)]
+mod sized_tests {
+    //! The two casts between a result sized by `N` and the default one (`DomainInfo::sized`,
+    //! `PoolOrder::widen`) are taken only for the default `N`; for another `N` they convert (or
+    //! refuse). Run under Miri by `scripts/miri.sh` (the integration tests that use them cannot be).
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn a_default_result_passes_through_and_another_size_is_refused() {
+        let mut info = DomainInfo::EMPTY;
+        info.start(DmaPath::IommuPremapped, PathReason::StrictPolicy, None, None, true);
+        info.pools.push(3);
+        info.pools.push(1);
+        info.pool_bus[3] = BusAddr(0x3000);
+        let same = DomainInfo::sized::<MAX_POOLS>(Ok(&info)).unwrap();
+        assert!(core::ptr::eq(same, &info));
+        assert_eq!(same.pool_bus[3], BusAddr(0x3000));
+        assert_eq!(
+            DomainInfo::sized::<MAX_POOLS>(Err(DmaError::Busy { live: 2 })).err(),
+            Some(DmaError::Busy { live: 2 })
+        );
+        assert_eq!(DomainInfo::sized::<1>(Ok(&info)).err(), Some(DmaError::NotAttached));
+    }
+
+    #[test]
+    fn a_pool_order_widens_to_the_default_size() {
+        let mut full = PoolOrder::<MAX_POOLS>::EMPTY;
+        let mut two = PoolOrder::<2>::EMPTY;
+        for i in [1, 0, 5] {
+            full.push(i);
+            two.push(i);
+        }
+        assert_eq!(full.widen(), full);
+        assert_eq!(two.iter().collect::<std::vec::Vec<_>>(), [1, 0], "a third pool has no room");
+        assert_eq!(two.widen().iter().collect::<std::vec::Vec<_>>(), [1, 0]);
+        let mut bus = [BusAddr(0x100), BusAddr(0x200)];
+        two.sort_by_bus(&bus);
+        assert_eq!(two.iter().collect::<std::vec::Vec<_>>(), [1, 0]);
+        bus.reverse();
+        two.sort_by_bus(&bus);
+        assert_eq!(two.iter().collect::<std::vec::Vec<_>>(), [0, 1]);
+    }
+}
