@@ -522,7 +522,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
         if offset.checked_add(len).is_none_or(|end| end > rec.len) {
             self.stats.fail(FailureKind::OutOfRange);
-            return Err(DmaError::OutOfRange { offset, len, mapped: rec.len });
+            return Err(DmaError::OutOfRange { offset, mapped: rec.len });
         }
         if for_cpu {
             if rec.dir.device_writes() {
