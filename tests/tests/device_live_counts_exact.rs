@@ -57,8 +57,8 @@ fn map_one<'a>(
 fn unmap_one(layer: &Layer, dev: &ccdma::Device, h: Held<'_>) {
     match h {
         Held::Safe(m) => m.unmap().map_err(|r| r.error).expect("unmap"),
-        // SAFETY: a raw mapping made by `map_one` on `dev`, unmapped once.
         Held::Raw { bus, len, dir } => {
+            // SAFETY: a raw mapping made by `map_one` on `dev`, unmapped once.
             unsafe { layer.unmap(dev, bus, len, dir, DmaAttrs::NONE) }.expect("raw unmap")
         }
     }
