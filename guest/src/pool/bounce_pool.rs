@@ -313,12 +313,14 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         let tries = if first.is_some() { 1 } else { count };
         let mut listing = None;
         if bit != 0 {
-            for k in 0..tries {
-                let a = if start + k >= count { start + k - count } else { start + k };
-                if self.areas.get(a).is_some_and(|area| area.summary.load(Ordering::Relaxed) & bit != 0) {
+            let mut a = start;
+            for _ in 0..tries {
+                let Some(area) = self.areas.get(a) else { break };
+                if area.summary.load(Ordering::Relaxed) & bit != 0 {
                     listing = Some(a);
                     break;
                 }
+                a = if a + 1 == count { 0 } else { a + 1 };
             }
         }
         let mut listed = None;
