@@ -408,7 +408,6 @@ impl<'m> AreaState<'m> {
     pub(super) fn take(&mut self, i: usize, n: usize, (a, b): (usize, usize)) {
         self.set_bits(i, n, false);
         self.free -= n;
-        self.count_free(i, n, false);
         let c = div(i, self.chunk, self.chunk_shift);
         if b - a < self.node(self.leaves + c) {
             return;
@@ -427,7 +426,6 @@ impl<'m> AreaState<'m> {
     pub(super) fn give(&mut self, i: usize, n: usize) {
         self.set_bits(i, n, true);
         self.free += n;
-        self.count_free(i, n, true);
         let (a, b) = self.run_around(i, n);
         self.raise_leaf(div(i, self.chunk, self.chunk_shift), b - a);
     }
@@ -545,14 +543,6 @@ impl<'m> Area<'m> {
     #[inline(never)]
     pub(super) fn publish_outlined(&self, st: &AreaState<'_>) {
         self.publish(st, 0, 0);
-    }
-
-    /// Publish the summary with `bound` (at least the longest run a flush of the front could
-    /// leave, [`AreaState::merge_bound`]) for its longest run, out of line: the refusal path.
-    #[inline(never)]
-    pub(super) fn publish_bound(&self, st: &AreaState<'_>, bound: usize) {
-        let longest = st.top.max(bound).min(st.longest_bound());
-        self.summary.store(super::front::summary(longest, st.front), Ordering::Relaxed);
     }
 
     /// Publish the summary and counters after a change made under the lock (`taken` or `freed`

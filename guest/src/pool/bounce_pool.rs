@@ -381,9 +381,6 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         // Whether the second pass has anything to do: an area the first skipped because another
         // CPU held it, or whose tree failed while its front held runs.
         let mut again = false;
-        // Areas the first pass searched (front and tree) and found nothing in: the second pass
-        // only decides whether to flush their fronts.
-        let mut searched = 0u32;
         for wait in [false, true] {
             if wait && !again {
                 break;
@@ -400,28 +397,17 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
                     continue;
                 };
                 let base = a * self.area_slots;
-                let mut found = None;
-                if !wait || searched >> a & 1 == 0 {
-                    if let Some(i) = st.front_pop(n, self.aligned(base, req)) {
-                        return Some((a, st, i));
-                    }
-                    found = self.find_run(&st, base, req);
-                    searched |= 1 << a;
+                if let Some(i) = st.front_pop(n, self.aligned(base, req)) {
+                    return Some((a, st, i));
                 }
+                let mut found = self.find_run(&st, base, req);
                 // No tree can (this is the last pass): give this one the front's runs and look
-                // again, so the front never refuses what the pool could give, unless no segment
-                // holds `n` free and listed slots together (no merge could make the run). The
-                // bound is published: the same request is refused without a lock next time.
+                // again, so the front never refuses what the pool could give.
                 again |= st.cached() != 0;
-                if found.is_none() && wait && st.cached() != 0 {
-                    let bound = st.merge_bound();
-                    if bound >= n && st.front_flush() {
-                        found = self.find_run(&st, base, req);
-                        if found.is_none() {
-                            area.publish_outlined(&st);
-                        }
-                    } else {
-                        area.publish_bound(&st, bound);
+                if found.is_none() && wait && st.front_flush() {
+                    found = self.find_run(&st, base, req);
+                    if found.is_none() {
+                        area.publish_outlined(&st);
                     }
                 }
                 let Some((i, run)) = found else { continue };

@@ -72,20 +72,10 @@ impl AreaState<'_> {
     }
 
     /// Set up an empty front (the metadata is all [`SlotMeta::EMPTY`]); none when the spare words
-    /// after the tree cannot hold every list head and the per-segment counts (`flush_bound.rs`).
+    /// after the tree cannot hold every list head.
     pub(super) fn init_front(&mut self) {
         let spare = self.len().saturating_sub(self.tree_base + self.leaves);
-        let counts = Self::count_words(self.len(), self.seg);
-        self.front = if spare >= CLASSES + counts { 0 } else { OFF };
-        if self.front_on() {
-            self.init_counts();
-        }
-    }
-
-    /// Whether this area has a front (and its per-segment free counts).
-    #[inline(always)]
-    pub(super) fn front_on(&self) -> bool {
-        self.front & OFF == 0
+        self.front = if spare >= CLASSES { 0 } else { OFF };
     }
 
     /// Slots held by the front (allocated in the bitmap, free for the counters).
@@ -181,23 +171,6 @@ impl AreaState<'_> {
         }
         let listed = (self.cached() + n) as u64;
         self.front = (self.front | 1 << k) & MASK | listed << SLOTS_SHIFT;
-    }
-
-    /// The mask of non-empty lists (bit `n - 1` for runs of `n` slots).
-    pub(super) fn front_mask(&self) -> u64 {
-        self.front & MASK
-    }
-
-    /// The link to the first run of the list of `n`-slot runs (`index + 1`, 0 for none).
-    pub(super) fn list_first(&self, n: usize) -> usize {
-        self.meta.get(self.list_at(n)).map_or(0, |m| m.word as usize)
-    }
-
-    /// The link after the listed `n`-slot run at `i`; `None` when `i` is not one (a broken list).
-    #[inline]
-    pub(super) fn listed_next(&self, i: usize, n: usize) -> Option<usize> {
-        let head = self.meta.get(i)?;
-        (head.state() == CACHED && head.nslots as usize == n).then_some(head.orig)
     }
 
     /// Give every listed run back to the bitmap and tree. Returns whether there was any.

@@ -266,9 +266,6 @@ mod area;
 #[cfg(test)]
 mod area_hint_tests;
 mod bounce_pool;
-mod flush_bound;
-#[cfg(test)]
-mod flush_bound_tests;
 mod front;
 #[cfg(test)]
 mod front_cap_tests;
