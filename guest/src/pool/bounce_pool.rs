@@ -397,8 +397,10 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
                     continue;
                 };
                 let base = a * self.area_slots;
-                if let Some(i) = st.front_pop(n, self.aligned(base, req)) {
-                    return Some((a, st, i));
+                if st.lists(n) {
+                    if let Some(i) = st.front_pop(n, self.aligned(base, req)) {
+                        return Some((a, st, i));
+                    }
                 }
                 let mut found = self.find_run(&st, base, req);
                 // No tree can (this is the last pass): give this one the front's runs and look
@@ -435,7 +437,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         req: RunRequest,
     ) -> Option<(usize, (usize, usize))> {
         let n = area.len();
-        if n < req.nslots {
+        // (`find` checks the longest run too, but only after the candidates' arithmetic below.)
+        if n < req.nslots || area.top < req.nslots {
             return None;
         }
         // Candidate indices are those whose address matches the alignment bits: an arithmetic
