@@ -342,7 +342,13 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     Cold<'a, 'm, POOLS, DOMAINS, AREAS>
 {
     /// Share pages; on failure roll back what was shared and quarantine what cannot be rolled back.
+    /// A request of `2^32` pages (16 TiB) or more is refused before anything is shared: the sharing
+    /// errors count pages in a `u32` (`DmaError` stays 24 bytes), and every later unshare names
+    /// pages this accepted.
     pub(crate) fn share_pages(&self, phys: PhysAddr, pages: u64) -> Result<(), DmaError> {
+        if pages > u64::from(u32::MAX) {
+            return Err(DmaError::Overflow);
+        }
         match self.platform.share(phys, pages) {
             Ok(()) => {
                 self.stats.shared(pages);
@@ -363,7 +369,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     "ccdma: sharing {pages} pages at {phys} failed ({:?}); {quarantined} quarantined",
                     partial.kind
                 );
-                Err(DmaError::SharingFailed { phys, pages, quarantined, kind: partial.kind })
+                // `quarantined <= done <= pages <= u32::MAX` (checked above).
+                Err(DmaError::SharingFailed { phys, quarantined: quarantined as u32, kind: partial.kind })
             }
         }
     }
@@ -385,6 +392,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     "ccdma: unsharing {pages} pages at {phys} failed ({:?}); {quarantined} quarantined",
                     partial.kind
                 );
+                // Every unshare names pages share_pages accepted (at most u32::MAX of them); should
+                // one not, the count saturates rather than wraps.
+                let quarantined = u32::try_from(quarantined).unwrap_or(u32::MAX);
                 Err(DmaError::UnsharingFailed { phys, quarantined, kind: partial.kind })
             }
         }

@@ -107,7 +107,8 @@ pub(crate) struct DomainSlot<'m, const N: usize = MAX_POOLS> {
     pub accepted: AtomicBool,
     info: UnsafeCell<DomainInfo>,
     pub space: Mutex<BusSpace<'m>>,
-    /// Streaming mappings live now (premapped and strict), so detach can refuse while any is.
+    /// Strict, trusted and list mappings live now, so detach can refuse while any is (premapped
+    /// mappings are counted by their device alone: `DmaLayer::premapped_view`).
     pub live_mappings: AtomicU64,
     /// The pools the device maps from now and where each sits on its bus: filled at set-up, then
     /// changed only by pool growth and shrinking (under the layer's growth lock).

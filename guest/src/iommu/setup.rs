@@ -118,8 +118,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 }
                 _ => {
                     let window = default.map_or((0, 0), |w| (w.start, w.end()));
-                    let pools = self.pools.occupied();
-                    return Err(DmaError::NoIommuPath { mask, pools, window, ddw: facts.ddw });
+                    // At most MAX_POOLS (8): the layer's const assertion.
+                    let pools = self.pools.occupied() as u8;
+                    return Err(DmaError::NoIommuPath { mask, pools, window, ddw: facts.ddw.step() });
                 }
             }
         }
