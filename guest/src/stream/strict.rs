@@ -86,7 +86,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
 
     /// The device's domain info when it maps strictly; `Ok(None)` off the strict path; an error when
     /// the device has a domain that is not set up (unmap and sync never attach).
-    pub(crate) fn strict_domain(&self, dev: &Device, bus: BusAddr) -> Result<Option<&DomainInfo>, DmaError> {
+    pub(crate) fn strict_domain(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+    ) -> Result<Option<&DomainInfo<POOLS>>, DmaError> {
         let Some(d) = dev.domain else { return Ok(None) };
         match self.domain_info(d) {
             Some(i) if i.path == DmaPath::IommuStrict => Ok(Some(i)),
@@ -101,7 +105,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     fn strict_map(
         &self,
         dev: &Device,
-        info: &DomainInfo,
+        info: &DomainInfo<POOLS>,
         orig: Original,
         len: usize,
         dir: DmaDirection,
@@ -165,7 +169,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn strict_record(
         &self,
         dev: &Device,
-        _info: &DomainInfo,
+        _info: &DomainInfo<POOLS>,
         bus: BusAddr,
         release: bool,
     ) -> Result<(usize, SlotRecord, BusRange), DmaError> {
