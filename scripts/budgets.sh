@@ -193,7 +193,10 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # counted per pool area under the area lock (three atomic RMWs per pair fewer; 4 KiB to-device
 # 4.50x -> 3.87x memcpy): minimal -> 54,917 (+560), fw-min 18,549 -> 18,917 (+368), full ->
 # 82,581 (+1,024). Ceilings set to these: the time per pair is worth the bytes.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 54917 24576
+# Issue 20, lock helper (bash scripts/budgets.sh at main 7657c8b and at each step of lock): ffi's
+# `full` leaves ccdma's `papr-tce` out (C cannot reach the TCE writer; LLVM could not see that
+# CPlatform's tce() is always None): minimal 54,917 -> 54,437, full 82,581 -> 81,893.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 54437 24576
 check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18917 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
@@ -206,7 +209,7 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 82581 65536
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 81893 65536
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
