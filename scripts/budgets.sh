@@ -121,7 +121,11 @@ check "largest frame, full image" "$(fig max_frame "$OUT/full.txt")" 880 2048
 # 2,976 -> 3,072, the first map attempt inline beside the route (map_ptr's frame holds both); the
 # ceiling raised by as much (3,072 -> 3,168), still below the aim.
 check "deepest chain of ccdma_map (growth in)" "$(fig chain_ccdma_map "$OUT/minimal.txt")" 2180 4096
-check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt")" 880 2048
+# Raised 880 -> 912 by the lock helper's ColdLock for the IOMMU bus space (bash scripts/budgets.sh at
+# main 7657c8b and at lock): the chain runs through a strict unmap's strict_record, whose frame LLVM
+# lays out 48 B larger (216 -> 264) with the same instructions around the same inline acquire; 272 B
+# of .text for 48 B of stack on a strict unmap, far below the aim.
+check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt")" 912 2048
 check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/minimal.txt")" 880 2048
 # Raised by issue 18 item 2 (raw claims checked on every path: raw records for direct and trusted
 # mappings): .text minimal 52,423 -> 55,400, full 99,213 -> 103,087, panicking 120 -> 121 (an
@@ -195,9 +199,16 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # 82,581 (+1,024). Ceilings set to these: the time per pair is worth the bytes.
 # Issue 20, lock helper (bash scripts/budgets.sh at main 7657c8b and at each step of lock): ffi's
 # `full` leaves ccdma's `papr-tce` out (C cannot reach the TCE writer; LLVM could not see that
-# CPlatform's tce() is always None): minimal 54,917 -> 54,437, full 82,581 -> 81,893.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 54437 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18917 24576
+# CPlatform's tce() is always None): minimal 54,917 -> 54,437, full 82,581 -> 81,893. Then the
+# cold locks (IOMMU bus space, reservations, attach lock, growth lock, last-full report, device ids)
+# as ColdLock, whose acquire is one out-of-line function (guest/src/cold_lock.rs; the strict and
+# trusted map/unmap sites keep an inline acquire), and the cold calls' interrupt masking through two
+# out-of-line hooks over dyn Platform (ColdMasked, guest/src/interrupts.rs): minimal 54,437 ->
+# 54,357, fw-min 18,917 -> 18,821, full 81,893 -> 81,589. Less than the ~2.6 KB last session's
+# reading suggested: an inline acquire is ~20 B, and a call in its place costs the caller registers
+# held across it (attach_once, detach_once, setup_domain grow by 20-50 B each).
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 54357 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18821 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
@@ -209,7 +220,7 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 81893 65536
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 81589 65536
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"

@@ -3,7 +3,7 @@
 
 use core::sync::atomic::Ordering;
 
-use spin::Mutex;
+use crate::cold_lock::ColdLock as Mutex;
 
 use super::backend::Backend;
 use super::bus_space::{BusRange, BusSpace, RangeKind};
@@ -462,7 +462,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             return Err(DmaError::Iommu(IommuError::BusSpaceExhausted));
         }
         // Lock every domain's space (in index order) so the check and the change are one step.
-        let mut guards: [Option<spin::MutexGuard<'_, BusSpace<'m>>>; MAX_DOMAINS] = Default::default();
+        let mut guards: [Option<crate::cold_lock::ColdGuard<'_, BusSpace<'m>>>; MAX_DOMAINS] =
+            Default::default();
         for (g, d) in guards.iter_mut().zip(iommu.domains.iter()) {
             if let Some(d) = d {
                 if d.state.load(Ordering::Acquire) == READY {

@@ -385,7 +385,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         opts: &SgOptions<'_>,
     ) -> Result<usize, DmaError> {
         crate::parts::require(crate::parts::SG, "scatter-gather")?;
-        let _masked = self.masked();
+        let _masked = self.masked_cold();
         self.check_device(dev)?;
         if list.is_empty() {
             return Err(DmaError::ZeroLength);

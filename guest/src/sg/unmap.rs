@@ -78,7 +78,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         op: ListOp,
     ) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::SG, "scatter-gather")?;
-        let _masked = self.masked();
+        let _masked = self.masked_cold();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;
