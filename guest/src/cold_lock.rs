@@ -71,10 +71,12 @@ impl<T> ColdLock<T> {
     /// The lock if it is free now, else `None` (never spins).
     #[inline]
     pub(crate) fn try_lock(&self) -> Option<ColdGuard<'_, T>> {
-        self.locked
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-            .then_some(self.guard())
+        // A guard only once the flag is ours: made and dropped on a refusal, it would release the
+        // holder's lock.
+        match self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => Some(self.guard()),
+            Err(_) => None,
+        }
     }
 }
 
@@ -119,6 +121,9 @@ mod tests {
             let mut g = l.lock();
             *g += 1;
             assert!(l.try_lock().is_none(), "held: a second taker must not get it");
+            // A refused try_lock must leave the holder's lock alone (a guard made and dropped on the
+            // refusal would release it).
+            assert!(l.try_lock().is_none(), "a refused try_lock released the lock");
         }
         assert_eq!(*l.try_lock().expect("released at drop"), 6);
         assert_eq!(*l.lock(), 6);
