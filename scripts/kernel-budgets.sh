@@ -154,14 +154,27 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # 180,132 (PseriesPlatform 17,316). Ceilings: the figures plus ~2 %.
 # Both merged (main 17d41b0 and once): x86 ccdma .text 178,745 (QemuPlatform 15,746, CPlatform
 # 41,020), pseries 170,676 (PseriesPlatform 17,244); ceilings the figures plus ~2 %.
-check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 182100 240000
-check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 16200 16384
-check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 41800 16384
+# Issue 20, lock helper (bash scripts/kernel-budgets.sh at main 7657c8b and at lock): why pseries
+# rose 170,676 -> 179,320. Measured at each merge (pseries kernel built by qemu/run.sh's
+# build_pseries, scripts/kernel_budgets.py): once merged 170,676 (59b265f), sgsize 170,204
+# (657b199), dinfo 170,204 (cb69711), atom 179,320 (ebfafdc); on atom's own base 183,176 ->
+# 191,912 at its first commit (2ce5e7b, stats per pool area). The cause: BouncePool::tally (the
+# pool's 16 areas' counters summed) inlined into release_pools, remove_grown and stats, and in the
+# pseries kernel (opt-level 3) shrink_all_dyn's loop over the 8 grown slots unrolled with
+# remove_grown's busy check in every copy (shrink_all_dyn 4,156 -> 6,724 B, remove_grown 1,944 ->
+# 3,260, release_pools_once +2,748). The x86 C image (opt s) unrolls nothing: +1,024 there.
+# Fixed: tally out of line, the loop's body one out-of-line shrink_one. With this helper's cold
+# locks, masking and slot look-ups as well: x86 181,416 -> 177,096 (CPlatform 40,487 -> 39,928,
+# QemuPlatform 15,737 -> 15,730), pseries 179,320 -> 169,140 (PseriesPlatform 16,904 -> 16,932).
+# Ceilings: the figures rounded up to the next 100 (~0.1 %), those above unchanged.
+check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 177100 240000
+check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 15800 16384
+check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 40000 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 # After merging sgsize and atom (lead; fresh-clone CI at 6937492+1): pseries ccdma .text 170,676 ->
 # 179,320 while x86 fell to 181,416; not yet split between the two merges (atom's per-area stats
 # are the likelier: its counters inline into each pool call). Ceiling raised to the figure + ~1 %.
-check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 181100 201000
+check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 169200 201000
 check "pseries: ccdma .text for PseriesPlatform" "$PPC_INST" 17700 16384
 check "x86: largest frame, DMA set-up" "$(fig x86 max_frame_setup)" 2048 2048
 check "pseries: largest frame, DMA set-up" "$(fig pseries max_frame_setup)" 2048 2048

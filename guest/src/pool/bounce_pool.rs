@@ -602,6 +602,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     }
 
     /// What this pool counted ([`Self::alloc_counted`]), summed over its areas.
+    #[inline(never)]
     pub(crate) fn tally(&self) -> PoolTally {
         self.used_areas().map(|a| a.tally()).fold(PoolTally::default(), |t, a| PoolTally {
             maps: t.maps.wrapping_add(a.maps),
