@@ -269,16 +269,13 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                         if let Err(DmaError::UnsharingFailed { quarantined, kind, .. }) =
                             self.unshare_pages(phys, pages)
                         {
-                            let cause = match e {
-                                DmaError::Iommu(cause) => cause,
-                                _ => IommuError::NoWindow,
-                            };
-                            let first = PhysAddr(phys.0 + (pages - quarantined.min(pages)) * PAGE_SIZE);
+                            // The cause (`e`) is logged here, not carried: DmaError stays 24 bytes.
+                            let first =
+                                PhysAddr(phys.0 + (pages - u64::from(quarantined).min(pages)) * PAGE_SIZE);
                             log::error!("ccdma: coherent allocation failed ({e}); {quarantined} pages from {first} quarantined");
                             return Err(DmaError::CoherentQuarantined {
                                 phys: first,
                                 pages: quarantined,
-                                cause,
                                 kind,
                             });
                         }

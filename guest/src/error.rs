@@ -30,22 +30,66 @@ use core::fmt;
 
 use crate::addr::{BusAddr, DmaMask, InvalidMask, PhysAddr};
 pub use crate::iommu::error::IommuError;
-use crate::path::DdwOutcome;
+use crate::path::DdwStep;
 
-/// Why a sharing or unsharing call failed (as reported by the platform).
+/// A status code as the platform returned it: a hypervisor's, ultravisor's or firmware's return
+/// value (PAPR's small negative `H_*`/`U_*` codes, TDX's 64-bit statuses with their high bits, a
+/// GHCB's or RSI's code) or an instruction's (`PVALIDATE`'s). All 64 bits are kept.
+///
+/// Stored unaligned (`repr(packed)`: 8 bytes, alignment 1) so that a [`SharingErrorKind`] is 9 bytes
+/// and the [`DmaError`] carrying one stays 24 bytes (every `Result<_, DmaError>` of the layer is
+/// moved through `?`). Read it by value: `code.0`, `i64::from(code)`, or match it
+/// (`SharingErrorKind::Hypervisor(StatusCode(-4))`). `Debug` prints the number alone.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C, packed)]
+pub struct StatusCode(pub i64);
+
+impl fmt::Debug for StatusCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = self.0;
+        fmt::Debug::fmt(&code, f)
+    }
+}
+
+impl From<i64> for StatusCode {
+    fn from(code: i64) -> StatusCode {
+        StatusCode(code)
+    }
+}
+
+impl From<i32> for StatusCode {
+    fn from(code: i32) -> StatusCode {
+        StatusCode(code.into())
+    }
+}
+
+impl From<u32> for StatusCode {
+    fn from(code: u32) -> StatusCode {
+        StatusCode(code.into())
+    }
+}
+
+impl From<StatusCode> for i64 {
+    fn from(code: StatusCode) -> i64 {
+        code.0
+    }
+}
+
+/// Why a sharing or unsharing call failed (as reported by the platform). 9 bytes, alignment 1
+/// (its codes are [`StatusCode`]s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SharingErrorKind {
     /// The hypervisor/ultravisor returned an error code.
-    Hypervisor(i64),
+    Hypervisor(StatusCode),
     /// Retries without progress exceeded the bound (TDX `MapGPA` RETRY loop).
     NoProgress,
     /// The call claimed progress it cannot have made (resume address outside the request).
     BadResume,
     /// The page must be accepted after conversion to private and accepting failed.
     AcceptFailed,
-    /// SEV-SNP `PVALIDATE` failed with this code (`FAIL_INPUT` 1, `FAIL_SIZEMISMATCH` 6, ...): the page's
-    /// validation state did not change.
-    ValidateFailed(u32),
+    /// SEV-SNP `PVALIDATE` failed with this code (`FAIL_INPUT` 1, `FAIL_SIZEMISMATCH` 6, ...; the
+    /// instruction's 32-bit code, widened): the page's validation state did not change.
+    ValidateFailed(StatusCode),
     /// SEV-SNP `PVALIDATE` reported no change (rFLAGS.CF): the page was not in the validation state the
     /// guest recorded, which only the hypervisor remapping it behind the guest's back can cause.
     ValidationNoChange,
@@ -54,6 +98,13 @@ pub enum SharingErrorKind {
 }
 
 /// Every error the layer returns.
+///
+/// 24 bytes (a compile-time assertion below keeps it so): every fallible call of the layer returns
+/// it through `?`, so its size is paid in moves and stack on every path, the map/unmap hot path
+/// included. Fields are narrowed only where the value is bounded ([`DmaError::SharingFailed`]'s page
+/// counts: a sharing request is at most `u32::MAX` pages), and the few details that did not fit are
+/// named where they went (the request's own page count, the coherent allocation's first cause, the
+/// DDW attempt's status code).
 ///
 /// `Debug` (what `main() -> Result<_, DmaError>` prints) is the variant's name followed by its
 /// `Display` text in parentheses, so addresses read in hex there too.
@@ -91,7 +142,8 @@ pub enum DmaError {
         align: u64,
     },
     /// A size or address computation that would overflow (a length near `usize::MAX`, a range that
-    /// wraps the address space).
+    /// wraps the address space), or a request to share `2^32` pages (16 TiB) or more at once (the
+    /// sharing errors count pages in a `u32`).
     Overflow,
     /// A `min_align_mask` that is not `2^n - 1` below 4 GiB.
     InvalidMinAlignMask(u64),
@@ -191,27 +243,28 @@ pub enum DmaError {
     /// The platform has no CPU mapping for a physical range.
     NoCpuMapping(PhysAddr),
     /// Sharing pages with the hypervisor failed; everything shared by this call was rolled back
-    /// (or quarantined when rolling back failed too).
+    /// (or quarantined when rolling back failed too). The request's length is the caller's own
+    /// (`add_pool`'s `len`, `alloc_coherent`'s `pages`, ...), so it is not repeated here.
     SharingFailed {
         /// The first page of the request.
         phys: PhysAddr,
-        /// Pages the request covered.
-        pages: u64,
-        /// Pages that could not be made private again and are quarantined.
-        quarantined: u64,
+        /// Pages that could not be made private again and are quarantined (at most the request's
+        /// pages, which are at most `u32::MAX`: a larger request is refused with
+        /// [`DmaError::Overflow`] before anything is shared).
+        quarantined: u32,
         /// What the platform reported.
         kind: SharingErrorKind,
     },
     /// A coherent allocation failed (its window entries could not be written) and then its pages
     /// could not all be made private again: `pages` pages from `phys` stay shared, quarantined. The
-    /// caller must never use them again (the host can read them).
+    /// caller must never use them again (the host can read them). Why the entries could not be
+    /// written (an [`IommuError`]) is logged at error level, not kept here: the caller's action is
+    /// the same whatever it was.
     CoherentQuarantined {
         /// The first quarantined page.
         phys: PhysAddr,
-        /// Pages quarantined.
-        pages: u64,
-        /// Why the allocation failed in the first place.
-        cause: IommuError,
+        /// Pages quarantined (at most the allocation's pages: see [`DmaError::SharingFailed`]).
+        pages: u32,
         /// What the platform reported when the pages were to be made private again.
         kind: SharingErrorKind,
     },
@@ -219,8 +272,9 @@ pub enum DmaError {
     UnsharingFailed {
         /// The first page of the request.
         phys: PhysAddr,
-        /// Pages quarantined.
-        quarantined: u64,
+        /// Pages quarantined (the request's last ones; at most the pages once shared, which are at
+        /// most `u32::MAX`: see [`DmaError::SharingFailed`]).
+        quarantined: u32,
         /// What the platform reported.
         kind: SharingErrorKind,
     },
@@ -273,12 +327,11 @@ pub enum DmaError {
         given: crate::direction::DmaDirection,
     },
     /// A sync range outside the mapping.
+    /// (The length given is the caller's own, at the call site, so it is not repeated here.)
     OutOfRange {
         /// Offset given.
         offset: usize,
-        /// Length given.
-        len: usize,
-        /// Mapping length.
+        /// Mapping length (as the layer recorded it, whatever the caller believes).
         mapped: usize,
     },
     /// The operation is not valid for this direction (e.g. syncing a to-device mapping for the CPU).
@@ -291,12 +344,13 @@ pub enum DmaError {
     NoIommuPath {
         /// The device's DMA mask.
         mask: DmaMask,
-        /// Number of pools the layer has.
-        pools: usize,
+        /// Number of pools the layer has (at most [`crate::MAX_POOLS`]).
+        pools: u8,
         /// The default window `[start, end)` (both 0 when the device has none).
         window: (u64, u64),
-        /// Why no dynamic window was used.
-        ddw: DdwOutcome,
+        /// Why no dynamic window was used: the [`crate::DdwOutcome`]'s step; its status code (a failed
+        /// query or create, a failed premap's [`IommuError`]) is logged at info level.
+        ddw: DdwStep,
     },
     /// A peer-to-peer segment the client cannot reach: the PCI topology says P2P between this
     /// provider and client is not supported. Nothing of the list stays mapped.
@@ -494,9 +548,9 @@ impl fmt::Display for DmaError {
             }
             DmaError::TooManyPools => write!(f, "no room for another pool"),
             DmaError::NoCpuMapping(p) => write!(f, "no CPU mapping for {p}"),
-            DmaError::SharingFailed { phys, pages, quarantined, kind } => write!(
+            DmaError::SharingFailed { phys, quarantined, kind } => write!(
                 f,
-                "sharing {pages} pages at {phys} failed ({kind:?}); rolled back, {quarantined} quarantined"
+                "sharing pages from {phys} failed ({kind:?}); rolled back, {quarantined} quarantined"
             ),
             DmaError::UnsharingFailed { phys, quarantined, kind } => {
                 write!(f, "unsharing at {phys} failed ({kind:?}); {quarantined} pages quarantined")
@@ -531,8 +585,8 @@ impl fmt::Display for DmaError {
             DmaError::DirectionMismatch { mapped, given } => {
                 write!(f, "mapping is {mapped:?}, caller said {given:?}")
             }
-            DmaError::OutOfRange { offset, len, mapped } => {
-                write!(f, "range {offset}+{len} outside mapping of {mapped} bytes")
+            DmaError::OutOfRange { offset, mapped } => {
+                write!(f, "range at offset {offset} runs outside the mapping of {mapped} bytes")
             }
             DmaError::WrongDirection => write!(f, "operation not valid for the mapping's direction"),
             DmaError::NotAttached => write!(f, "device not attached to this layer"),
@@ -559,10 +613,11 @@ impl fmt::Display for DmaError {
             DmaError::AcceptRefused { device, status } => {
                 write!(f, "the platform refused to accept device {device:#x} (status {status})")
             }
-            DmaError::CoherentQuarantined { phys, pages, cause, kind } => write!(
+            DmaError::CoherentQuarantined { phys, pages, kind } => write!(
                 f,
-                "coherent allocation failed ({cause}) and {pages} pages from {phys} could not be made private \
-                 again ({kind:?}): they stay shared, quarantined; never use them again"
+                "coherent allocation failed (its window entries; the cause is logged) and {pages} pages from \
+                 {phys} could not be made private again ({kind:?}): they stay shared, quarantined; never use \
+                 them again"
             ),
             DmaError::IommuPageTooLarge { page, max_run } => write!(
                 f,
@@ -635,3 +690,8 @@ impl From<InvalidMask> for DmaError {
         DmaError::InvalidMask { bits: e.bits }
     }
 }
+
+// The size every `Result<_, DmaError>` of the layer pays (see the type's docs). 56 bytes before
+// `StatusCode` and the narrowed fields; CoherentQuarantined, SharingFailed and NoIommuPath set it.
+const _: () = assert!(core::mem::size_of::<DmaError>() <= 24, "DmaError grew beyond 24 bytes");
+const _: () = assert!(core::mem::size_of::<SharingErrorKind>() <= 9, "SharingErrorKind grew beyond 9 bytes");

@@ -194,6 +194,8 @@ pub mod pool;
 pub mod pool_set;
 pub mod sg;
 pub mod sharing;
+#[cfg(test)]
+mod sharing_counts_tests;
 pub mod sizing;
 pub mod stale_slot;
 mod stale_slot_setting;
@@ -216,7 +218,7 @@ pub use convenience::DeviceDma;
 pub use device::{Device, DeviceConfig, DevicePeakCounts, LiveCounts};
 pub use diagnostics::{GrowthVerdict, PoolFullReport};
 pub use direction::{DmaAttrs, DmaDirection};
-pub use error::{DmaError, IommuError, Refused, SharingErrorKind};
+pub use error::{DmaError, IommuError, Refused, SharingErrorKind, StatusCode};
 pub use growth::{GrowthConfig, GrowthStats, MemorySource, PoolRef};
 pub use iommu::{
     IommuConfig, IommuPolicy, IommuStatsSnapshot, TceBatching, TceCalls, VerifyPolicy,
@@ -224,7 +226,7 @@ pub use iommu::{
 };
 pub use layer::DmaLayer;
 pub use mapping::Mapping;
-pub use path::{DdwOutcome, DmaPath, PathReason};
+pub use path::{DdwOutcome, DdwStep, DmaPath, PathReason};
 pub use platform::{BusEncoding, InterruptState, MemorySharing, PartialSharing, PhysMemory, Platform};
 pub use pool::{BouncePool, LiveRun, PoolConfig, SlotMeta, MAX_AREAS};
 pub use pool_set::MAX_POOLS;

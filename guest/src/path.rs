@@ -106,6 +106,60 @@ pub enum DdwOutcome {
     PremapFailed(IommuError),
 }
 
+/// A [`DdwOutcome`] without its status code or [`crate::IommuError`]: the step at which a dynamic
+/// window was given up, one byte ([`crate::DmaError::NoIommuPath`] carries it; the full outcome is
+/// logged when the attempt fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DdwStep {
+    /// [`DdwOutcome::NotTried`].
+    NotTried,
+    /// [`DdwOutcome::QueryFailed`].
+    QueryFailed,
+    /// [`DdwOutcome::NoneAvailable`].
+    NoneAvailable,
+    /// [`DdwOutcome::NoPageSize`].
+    NoPageSize,
+    /// [`DdwOutcome::TooSmall`].
+    TooSmall,
+    /// [`DdwOutcome::CreateFailed`].
+    CreateFailed,
+    /// [`DdwOutcome::BadWindow`].
+    BadWindow,
+    /// [`DdwOutcome::PremapFailed`].
+    PremapFailed,
+}
+
+impl DdwOutcome {
+    /// The step at which the dynamic window was given up.
+    pub const fn step(&self) -> DdwStep {
+        match self {
+            DdwOutcome::NotTried => DdwStep::NotTried,
+            DdwOutcome::QueryFailed(_) => DdwStep::QueryFailed,
+            DdwOutcome::NoneAvailable => DdwStep::NoneAvailable,
+            DdwOutcome::NoPageSize => DdwStep::NoPageSize,
+            DdwOutcome::TooSmall => DdwStep::TooSmall,
+            DdwOutcome::CreateFailed(_) => DdwStep::CreateFailed,
+            DdwOutcome::BadWindow => DdwStep::BadWindow,
+            DdwOutcome::PremapFailed(_) => DdwStep::PremapFailed,
+        }
+    }
+}
+
+impl fmt::Display for DdwStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DdwStep::NotTried => "no DDW attempt",
+            DdwStep::QueryFailed => "DDW query failed (status logged)",
+            DdwStep::NoneAvailable => "no DDW available",
+            DdwStep::NoPageSize => "no DDW page size fits the pools",
+            DdwStep::TooSmall => "largest DDW block too small for the pools",
+            DdwStep::CreateFailed => "DDW creation failed (status logged)",
+            DdwStep::BadWindow => "created DDW unusable",
+            DdwStep::PremapFailed => "premapping into the DDW failed (error logged)",
+        })
+    }
+}
+
 /// Why a device got the path it has (kept for reports; each fallback is also logged once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathReason {

@@ -214,7 +214,7 @@ pub fn run(data: &[u8]) {
                         quarantined: q,
                         ..
                     })) => {
-                        quarantined += q;
+                        quarantined += u64::from(q);
                     }
                     Err(e) => panic!("free_coherent: {e:?}"),
                 }

@@ -27,7 +27,7 @@ fn a_failed_alloc_whose_unshare_fails_names_the_quarantined_pages() {
         }
         assert_eq!(g.layer.stats().quarantined_pages - quarantined_before, pages);
         assert!(
-            matches!(e, DmaError::CoherentQuarantined { phys, pages: n, .. } if phys == PhysAddr(p) && n == pages),
+            matches!(e, DmaError::CoherentQuarantined { phys, pages: n, .. } if phys == PhysAddr(p) && u64::from(n) == pages),
             "{pages} pages: the error must name the quarantined pages, got {e:?}"
         );
         assert!(e.to_string().contains("quarantined"), "{e}");

@@ -18,7 +18,7 @@ fn debug_of_no_iommu_path_shows_the_window_in_hex() {
         mask: DmaMask::BITS_32,
         pools: 2,
         window: (0x1000, 0x8000_0000),
-        ddw: ccdma::path::DdwOutcome::NotTried,
+        ddw: ccdma::path::DdwStep::NotTried,
     };
     let debug = format!("{e:?}");
     assert!(debug.starts_with("NoIommuPath"), "{debug}");

@@ -2,12 +2,15 @@
 //! back fails too), TDX partial progress and retry limits are honoured, a lying hypervisor is contained.
 
 use ccdma::{
-    DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, PhysAddr, PoolConfig, SharingErrorKind,
+    DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, PhysAddr, PoolConfig,
+    SharingErrorKind, StatusCode,
 };
 use ccdma_hv_model::{CallKind, HvConfig, Injection, PageState, Region};
 use ccdma_tests::*;
 
 const POOL_PAGES: u64 = 64;
+/// As the errors count pages (a sharing request is at most `u32::MAX` pages).
+const POOL_PAGES_U32: u32 = POOL_PAGES as u32;
 const POOL_LEN: u64 = POOL_PAGES * 4096;
 
 fn try_pool(
@@ -37,9 +40,8 @@ fn pseries_failed_share_changes_nothing() {
         r,
         Err(DmaError::SharingFailed {
             phys: PhysAddr(MID_POOL),
-            pages: POOL_PAGES,
             quarantined: 0,
-            kind: SharingErrorKind::Hypervisor(-4)
+            kind: SharingErrorKind::Hypervisor(StatusCode(-4))
         })
     );
     assert_all_private(hv);
@@ -66,7 +68,7 @@ fn pseries_rollback_failure_quarantines() {
         hv.calls().inject_next(CallKind::UvUnshare, Injection::Fail(-1));
     });
     // Nothing is known about which pages are shared: all of them are quarantined, never reused.
-    assert!(matches!(r, Err(DmaError::SharingFailed { quarantined: POOL_PAGES, .. })));
+    assert!(matches!(r, Err(DmaError::SharingFailed { quarantined: POOL_PAGES_U32, .. })));
     let s = layer.stats();
     assert_eq!(s.quarantined_pages, POOL_PAGES);
     assert_eq!(s.failures_of(ccdma::FailureKind::Sharing), 1);
@@ -101,7 +103,10 @@ fn pseries_failed_unshare_at_teardown_quarantines() {
     let (hv, mut layer, r) = try_pool(HvConfig::pseries(6 * GIB), |_| {});
     r.unwrap();
     hv.calls().inject_next(CallKind::UvUnshare, Injection::Fail(-1));
-    assert!(matches!(layer.release_pools(), Err(DmaError::UnsharingFailed { quarantined: POOL_PAGES, .. })));
+    assert!(matches!(
+        layer.release_pools(),
+        Err(DmaError::UnsharingFailed { quarantined: POOL_PAGES_U32, .. })
+    ));
     assert_eq!(layer.stats().quarantined_pages, POOL_PAGES);
     assert_eq!(layer.stats().shared_pages, POOL_PAGES, "quarantined pages stay counted as shared");
     assert_eq!(hv.shared_pages(), POOL_PAGES);
@@ -145,7 +150,7 @@ fn tdx_retry_forever_fails_and_quarantines() {
     // Even the rollback stalls: the guest gives up on both and quarantines the whole range.
     assert!(matches!(
         r,
-        Err(DmaError::SharingFailed { kind: SharingErrorKind::NoProgress, quarantined: POOL_PAGES, .. })
+        Err(DmaError::SharingFailed { kind: SharingErrorKind::NoProgress, quarantined: POOL_PAGES_U32, .. })
     ));
     assert_eq!(
         hv.calls().count(CallKind::MapGpa),
@@ -175,7 +180,11 @@ fn tdx_partial_progress_then_error_rolls_back_everything() {
     });
     assert!(matches!(
         r,
-        Err(DmaError::SharingFailed { kind: SharingErrorKind::Hypervisor(-5), quarantined: 0, .. })
+        Err(DmaError::SharingFailed {
+            kind: SharingErrorKind::Hypervisor(StatusCode(-5)),
+            quarantined: 0,
+            ..
+        })
     ));
     assert_all_private(hv);
     assert_eq!(layer.stats().shared_pages, 0);
@@ -188,7 +197,7 @@ fn tdx_accept_failure_quarantines_the_rest() {
     hv.calls().inject_at(CallKind::Accept, 11, Injection::Fail(-9));
     match layer.release_pools() {
         Err(DmaError::UnsharingFailed { quarantined, kind: SharingErrorKind::AcceptFailed, .. }) => {
-            assert_eq!(quarantined, POOL_PAGES - 10)
+            assert_eq!(u64::from(quarantined), POOL_PAGES - 10)
         }
         r => panic!("unexpected {r:?}"),
     }

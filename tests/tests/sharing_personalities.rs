@@ -7,7 +7,7 @@ use ccdma::sharing::snp::{PageOp, SnpCalls, VMGEXIT_PSC_MAX_COUNT};
 use ccdma::sharing::tdx::TdxCalls;
 use ccdma::{
     DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, PhysAddr, PhysMemory, Platform,
-    PoolConfig, SharingErrorKind,
+    PoolConfig, SharingErrorKind, StatusCode,
 };
 use ccdma_hv_model::{
     CallKind, HvConfig, Hypervisor, Injection, PageState, Personality, Region, CCA_IPA_BITS, SNP_C_BIT,
@@ -182,7 +182,11 @@ fn snp_lying_page_state_change_is_caught_by_pvalidate() {
     assert!(
         matches!(
             e,
-            DmaError::UnsharingFailed { quarantined: 64, kind: SharingErrorKind::ValidateFailed(1), .. }
+            DmaError::UnsharingFailed {
+                quarantined: 64,
+                kind: SharingErrorKind::ValidateFailed(StatusCode(1)),
+                ..
+            }
         ),
         "{e:?}"
     );

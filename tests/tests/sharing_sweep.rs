@@ -113,7 +113,7 @@ impl Run {
         self.failed.push(format!("{name}: {e}"));
         if let DmaError::SharingFailed { quarantined, .. } | DmaError::UnsharingFailed { quarantined, .. } = e
         {
-            self.reported_quarantined += quarantined;
+            self.reported_quarantined += u64::from(*quarantined);
         }
     }
 }

@@ -455,7 +455,7 @@ fn detach_revokes_and_accept_attaches_a_deferred_device() {
     g.hv.device(ACCEPTED).write(m.bus_addr().0 + 10, b"xyz").unwrap();
     m.sync_for_cpu(10, 3).unwrap();
     assert_eq!(&m.buffer()[10..13], b"xyz");
-    assert_eq!(m.sync_for_cpu(4000, 200), Err(DmaError::OutOfRange { offset: 4000, len: 200, mapped: 4096 }));
+    assert_eq!(m.sync_for_cpu(4000, 200), Err(DmaError::OutOfRange { offset: 4000, mapped: 4096 }));
     m.unmap().unwrap();
     g.layer.detach(dev).unwrap();
     assert!(!g.hv.is_accepted(ACCEPTED), "detach revoked it at the platform");

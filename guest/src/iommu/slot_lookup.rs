@@ -32,7 +32,7 @@ fn slot_of<'a, 'm, const D: usize, const N: usize>(
 fn info_of<'a, const D: usize, const N: usize>(
     iommu: &'a Option<Iommu<'_, D, N>>,
     d: DomainRef,
-) -> Option<&'a DomainInfo> {
+) -> Option<&'a DomainInfo<N>> {
     slot_of(iommu, d)?.info(d.generation)
 }
 
@@ -47,7 +47,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
 
     /// [`Self::domain_info`] for a cold path (one out-of-line copy).
     #[inline(always)]
-    pub(crate) fn domain_info_cold(&self, d: DomainRef) -> Option<&DomainInfo> {
+    pub(crate) fn domain_info_cold(&self, d: DomainRef) -> Option<&DomainInfo<POOLS>> {
         info_of(&self.iommu, d)
     }
 }
@@ -60,7 +60,7 @@ pub(crate) fn info_or_deferred<'s, 'm, const N: usize>(
     slot: &'s DomainSlot<'m, N>,
     d: DomainRef,
     dev: &Device,
-) -> Result<Result<&'s DomainInfo, (&'s DomainSlot<'m, N>, DomainRef)>, DmaError> {
+) -> Result<Result<&'s DomainInfo<N>, (&'s DomainSlot<'m, N>, DomainRef)>, DmaError> {
     if let Some(info) = slot.info(d.generation) {
         return Ok(Ok(info));
     }

@@ -30,7 +30,7 @@
 //! ```
 
 use crate::addr::{PhysAddr, PAGE_SIZE};
-use crate::error::SharingErrorKind;
+use crate::error::{SharingErrorKind, StatusCode};
 use crate::platform::{MemorySharing, PartialSharing};
 
 /// SMC function id of `RSI_IPA_STATE_SET`.
@@ -126,7 +126,7 @@ impl<R: RsiCalls> CcaSharing<R> {
         while cur < end {
             let r = self.calls.ipa_state_set(cur, end, ripas, flags);
             if r.status != RSI_SUCCESS {
-                return Err((cur, SharingErrorKind::Hypervisor(r.status as i64)));
+                return Err((cur, SharingErrorKind::Hypervisor(StatusCode(r.status as i64))));
             }
             if r.new_base < cur || r.new_base > end || r.new_base % PAGE_SIZE != 0 {
                 return Err((cur, SharingErrorKind::BadResume));

@@ -15,7 +15,7 @@
 //! ```
 
 use crate::addr::{PhysAddr, PAGE_SHIFT};
-use crate::error::SharingErrorKind;
+use crate::error::{SharingErrorKind, StatusCode};
 use crate::platform::{MemorySharing, PartialSharing};
 
 /// Ultracall number of `UV_SHARE_PAGE`.
@@ -58,13 +58,15 @@ impl<U: Ultracalls> MemorySharing for UltravisorSharing<U> {
     fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
         match self.calls.uv_share_page(phys.0 >> PAGE_SHIFT, pages) {
             U_SUCCESS => Ok(()),
-            rc => Err(PartialSharing { pages_done: pages, kind: SharingErrorKind::Hypervisor(rc) }),
+            rc => {
+                Err(PartialSharing { pages_done: pages, kind: SharingErrorKind::Hypervisor(StatusCode(rc)) })
+            }
         }
     }
     fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
         match self.calls.uv_unshare_page(phys.0 >> PAGE_SHIFT, pages) {
             U_SUCCESS => Ok(()),
-            rc => Err(PartialSharing { pages_done: 0, kind: SharingErrorKind::Hypervisor(rc) }),
+            rc => Err(PartialSharing { pages_done: 0, kind: SharingErrorKind::Hypervisor(StatusCode(rc)) }),
         }
     }
 }

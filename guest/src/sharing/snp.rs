@@ -40,7 +40,7 @@
 //! ```
 
 use crate::addr::{PhysAddr, PAGE_SHIFT, PAGE_SIZE};
-use crate::error::SharingErrorKind;
+use crate::error::{SharingErrorKind, StatusCode};
 use crate::platform::{MemorySharing, PartialSharing};
 
 /// Entries one GHCB PSC request can hold (GHCB specification; Linux's `VMGEXIT_PSC_MAX_COUNT`).
@@ -186,7 +186,7 @@ impl<S: SnpCalls> SnpSharing<S> {
         if pages == 1 {
             return match self.calls.psc_msr(gfn, op) {
                 0 => Ok(()),
-                rc => Err((0, SharingErrorKind::Hypervisor(rc as i64))),
+                rc => Err((0, SharingErrorKind::Hypervisor(StatusCode(rc as i64)))),
             };
         }
         let mut desc =
@@ -212,7 +212,10 @@ impl<S: SnpCalls> SnpSharing<S> {
                     return Err((done + u64::from(cur), SharingErrorKind::BadResume));
                 }
                 if rc != 0 {
-                    return Err((done + u64::from(h.cur_entry), SharingErrorKind::Hypervisor(rc as i64)));
+                    return Err((
+                        done + u64::from(h.cur_entry),
+                        SharingErrorKind::Hypervisor(StatusCode(rc as i64)),
+                    ));
                 }
                 if h.cur_entry == cur {
                     stalls += 1;
@@ -240,7 +243,7 @@ impl<S: SnpCalls> MemorySharing for SnpSharing<S> {
                 PvalidateStatus::Fail(code) => {
                     return Err(PartialSharing {
                         pages_done: i,
-                        kind: SharingErrorKind::ValidateFailed(code),
+                        kind: SharingErrorKind::ValidateFailed(code.into()),
                     })
                 }
                 // The page was not validated: someone changed it. Include it in the rollback, which
@@ -271,7 +274,7 @@ impl<S: SnpCalls> MemorySharing for SnpSharing<S> {
         for i in 0..confirmed {
             let kind = match self.calls.pvalidate(phys.0.wrapping_add(i * PAGE_SIZE), true) {
                 PvalidateStatus::Success => continue,
-                PvalidateStatus::Fail(code) => SharingErrorKind::ValidateFailed(code),
+                PvalidateStatus::Fail(code) => SharingErrorKind::ValidateFailed(code.into()),
                 PvalidateStatus::NoChange => SharingErrorKind::ValidationNoChange,
             };
             return Err(PartialSharing { pages_done: i, kind });

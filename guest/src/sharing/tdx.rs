@@ -16,7 +16,7 @@
 //! ```
 
 use crate::addr::{PhysAddr, PAGE_SIZE};
-use crate::error::SharingErrorKind;
+use crate::error::{SharingErrorKind, StatusCode};
 use crate::platform::{MemorySharing, PartialSharing};
 
 /// What one `MapGPA` call answered.
@@ -70,7 +70,7 @@ impl<T: TdxCalls> TdxSharing<T> {
         while cur < end {
             match self.calls.map_gpa(cur, end - cur, shared) {
                 MapGpaStatus::Success => cur = end,
-                MapGpaStatus::Error(rc) => return Err((cur, SharingErrorKind::Hypervisor(rc))),
+                MapGpaStatus::Error(rc) => return Err((cur, SharingErrorKind::Hypervisor(StatusCode(rc)))),
                 MapGpaStatus::Retry { resume } => {
                     // The resume address is an allegation: it must be page aligned, inside the
                     // request, and not behind where this call started.

@@ -7,7 +7,7 @@ use std::vec::Vec;
 use super::cca::{CcaSharing, IpaStateSet, Ripas, RsiCalls, RsiResponse, RSI_SUCCESS};
 use super::snp::{PageOp, PscDesc, PscHeader, PvalidateStatus, SnpCalls, SnpSharing};
 use crate::addr::PhysAddr;
-use crate::error::SharingErrorKind;
+use crate::error::{SharingErrorKind, StatusCode};
 use crate::platform::{MemorySharing, PartialSharing};
 
 /// A GHCB hypervisor whose answer to each PSC call is scripted: it sets the header it is given and
@@ -123,7 +123,7 @@ fn cca_new_base_allegations_are_refused() {
     );
     assert_eq!(
         cca(&[(RSI_SUCCESS, base + 4096, Accept), (1, 0, Accept)]).share(PhysAddr(base), 4),
-        Err(PartialSharing { pages_done: 1, kind: SharingErrorKind::Hypervisor(1) })
+        Err(PartialSharing { pages_done: 1, kind: SharingErrorKind::Hypervisor(StatusCode(1)) })
     );
     // A rejection after the whole range changed leaves nothing undone.
     assert_eq!(cca(&[(RSI_SUCCESS, base + 4 * 4096, Reject)]).share(PhysAddr(base), 4), Ok(()));

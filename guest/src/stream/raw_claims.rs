@@ -101,7 +101,7 @@ impl<P: crate::platform::Platform, const POOLS: usize, const DOMAINS: usize, con
         let t = self.raw.check(dev, bus, len, dir, false).map_err(|e| self.raw_refused(e))?;
         let mapped = self.raw.len_of(t);
         if offset.checked_add(len).is_none_or(|end| end > mapped) {
-            return Err(self.raw_refused(DmaError::OutOfRange { offset, len, mapped }));
+            return Err(self.raw_refused(DmaError::OutOfRange { offset, mapped }));
         }
         Ok(())
     }

@@ -243,7 +243,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             Ok(())
         } else {
             self.stats.fail(FailureKind::OutOfRange);
-            Err(DmaError::OutOfRange { offset, len, mapped: (r.len - off) as usize })
+            Err(DmaError::OutOfRange { offset, mapped: (r.len - off) as usize })
         })
     }
 }

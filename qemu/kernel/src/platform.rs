@@ -82,14 +82,14 @@ impl MemorySharing for QemuPlatform {
     fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
         self.ledger.convert(phys.0, pages, true).map_err(|(pages_done, _)| PartialSharing {
             pages_done,
-            kind: SharingErrorKind::Hypervisor(REFUSED),
+            kind: SharingErrorKind::Hypervisor(REFUSED.into()),
         })
     }
 
     fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
         self.ledger.convert(phys.0, pages, false).map_err(|(pages_done, _)| PartialSharing {
             pages_done,
-            kind: SharingErrorKind::Hypervisor(REFUSED),
+            kind: SharingErrorKind::Hypervisor(REFUSED.into()),
         })
     }
 }

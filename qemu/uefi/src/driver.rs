@@ -88,14 +88,14 @@ impl MemorySharing for UefiPlatform {
         self.ledger
             .lock()
             .share(phys.0, pages)
-            .map_err(|_| PartialSharing { pages_done: 0, kind: SharingErrorKind::Hypervisor(REFUSED) })
+            .map_err(|_| PartialSharing { pages_done: 0, kind: SharingErrorKind::Hypervisor(REFUSED.into()) })
     }
 
     fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
         self.ledger
             .lock()
             .unshare(phys.0, pages)
-            .map_err(|_| PartialSharing { pages_done: 0, kind: SharingErrorKind::Hypervisor(REFUSED) })
+            .map_err(|_| PartialSharing { pages_done: 0, kind: SharingErrorKind::Hypervisor(REFUSED.into()) })
     }
 }
 
