@@ -126,12 +126,11 @@ check "largest frame, full image" "$(fig max_frame "$OUT/full.txt")" 880 2048
 # Issue 20, DmaError 56 -> 24 bytes (err helper; bash scripts/budgets.sh at main 7657c8b and at err):
 # every Result<_, DmaError> a frame holds shrinks: ccdma_map's chain 2,128 -> 1,920, ccdma_unmap's
 # 864 -> 768 (ccdma_attach's 2,488 -> 2,328); ceilings lowered to the figures plus ~2 %.
-check "deepest chain of ccdma_map (growth in)" "$(fig chain_ccdma_map "$OUT/minimal.txt")" 1960 4096
-# Raised 784 -> 816 by the lock helper (bash scripts/budgets.sh at main 0ecf3c3 and at lock merged
-# with it: 768 -> 816): the chain runs through a strict unmap's strict_record, whose frame LLVM lays
-# out 48 B larger with ColdLock's inline acquire of the bus space than with spin's (same
-# instructions); the bus space as ColdLock saves ~270 B of .text (full), the stack far below the aim.
-check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt")" 816 2048
+# Lock helper (bash scripts/budgets.sh at main 0ecf3c3 and at lock): with the TCE writer out of the
+# C image, ccdma_map's chain 1,904 -> 1,768 (its deepest path ran through the writer's batches);
+# ceiling lowered to the figure plus ~2 %.
+check "deepest chain of ccdma_map (growth in)" "$(fig chain_ccdma_map "$OUT/minimal.txt")" 1800 4096
+check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt")" 784 2048
 check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/minimal.txt")" 880 2048
 # Raised by issue 18 item 2 (raw claims checked on every path: raw records for direct and trusted
 # mappings): .text minimal 52,423 -> 55,400, full 99,213 -> 103,087, panicking 120 -> 121 (an
@@ -238,8 +237,11 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # keep theirs inline): full -> 81,301. BusSpace::ranges with a bound the compiler can see (13
 # inlined copies lose a branch): minimal -> 54,309, full -> 81,237; pin_pools cold (+16).
 # Merged with main 0ecf3c3 (err, premap, dinfo2): minimal 54,133 -> 53,541, fw-min 19,061 -> 18,965,
-# full 80,901 -> 79,573. Ceilings set to these.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 53541 24576
+# full 80,901 -> 79,573. Then the TCE writer's three entries (put_entries, put_private, clear in
+# iommu/backend.rs) test `papr-tce`: a C image (no `papr-tce` since ffi's `full` leaves it out)
+# drops the writer, which stayed although no Backend::Tce is ever made there: minimal 53,541 ->
+# 50,965, full 79,573 -> 76,997 (fw-min unchanged: no IOMMU at all). Ceilings set to these.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 50965 24576
 check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18965 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
@@ -252,7 +254,12 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 79573 65536
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 76997 65536
+# Issue 20, lock helper: the PAPR TCE entry writer is unreachable from C (ffi's `full` leaves
+# `papr-tce` out; the writer's entries in iommu/backend.rs test the part), so no function of it may
+# stay in the full image (7 stayed, ~2.3 KB, before those tests: a Backend reaching an out-of-line
+# function hid that its Tce variant is never made).
+check "TCE writer functions in the full image" "$(nm -C "$OUT/full.elf" | grep -c 'TceWriter' || true)" 0 0
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
