@@ -104,3 +104,61 @@ fn default_window_joined_device_last() {
 fn default_window_deferred_device_last() {
     run(32, DmaPath::IommuPremapped, true);
 }
+
+/// A layer of fewer pool slots than the default (its domains' set-up results sized by `POOLS`, its
+/// calls through the generic code rather than the default capacity's out-of-line copies): the same
+/// two routes in one DDW domain, the same refusals.
+#[test]
+fn a_two_pool_layer_holds_its_windows_by_the_device_counts() {
+    use ccdma::{IommuConfig, SlotMeta};
+    type Two = ccdma::DmaLayer<'static, &'static ccdma_hv_model::Hypervisor, 2, 2, 2>;
+    let hv = model(ccdma_hv_model::HvConfig::pseries(6 * GIB));
+    hv.enable_iommu(ccdma_hv_model::TceConfig::default());
+    let mut layer = Box::new(Two::with_capacity(hv));
+    for phys in [LOW_POOL, HIGH_POOL] {
+        let meta = vec![SlotMeta::EMPTY; 512].leak();
+        // SAFETY: the model never hands these ranges out; the layer owns them from here.
+        unsafe { layer.add_pool(PhysAddr(phys), MIB as usize, meta, ccdma::PoolConfig::default()) }.unwrap();
+    }
+    let ranges = vec![Default::default(); 64].leak();
+    // SAFETY: no list page (per-entry calls).
+    unsafe { layer.enable_iommu(IommuConfig::premapped().with_max_domains(2), ranges) }.unwrap();
+    hv.add_iommu_device_on_bridge(1, 64, BRIDGE);
+    hv.add_iommu_device_on_bridge(2, 64, BRIDGE);
+    let map = |dev: &ccdma::Device, seed: u64| {
+        let phys = hv.alloc(4096, Region::High);
+        hv.memory().write(phys, &pattern(4096, seed));
+        // SAFETY: a fresh allocation of this test, untouched until the mapping ends.
+        unsafe { layer.map_phys(dev, PhysAddr(phys), 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }
+            .unwrap()
+            .0
+    };
+    let unmap = |dev: &ccdma::Device, bus: u64| {
+        // SAFETY: a raw mapping this test made on `dev`, unmapped once.
+        unsafe { layer.unmap(dev, BusAddr(bus), 4096, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap()
+    };
+    let a = layer.attach(DeviceConfig::new(1, DmaMask::BITS_64).with_deferred_attach(true)).unwrap();
+    let bus_a = map(&a, 1);
+    let b = layer.attach(DeviceConfig::new(2, DmaMask::BITS_64)).unwrap();
+    assert_eq!((a.path(), b.path()), (DmaPath::IommuDeferred, DmaPath::IommuDdw));
+    let bus_b = map(&b, 2);
+    let base = hv.tce_counters();
+    assert_eq!(base.ddws, 1);
+    // The deferred device goes first (refused while its mapping lives), the joined one holds on.
+    let a = layer.detach(a).unwrap_err().value;
+    unmap(&a, bus_a);
+    layer.detach(a).unwrap();
+    let r = layer.detach(b).unwrap_err();
+    assert_eq!(r.error, DmaError::Busy { live: 1 });
+    let b = r.value;
+    assert_eq!(hv.tce_counters().live_entries, base.live_entries, "a detach changed the window");
+    assert_eq!(hv.device(2).read(bus_b, 4096).unwrap(), pattern(4096, 2), "b's mapping lost");
+    unmap(&b, bus_b);
+    layer.detach(b).unwrap();
+    let t = hv.tce_counters();
+    assert_eq!((t.live_entries, t.ddws), (0, 0), "the last detach left entries or windows: {t:?}");
+    assert_eq!(layer.stats().slots_in_use, 0);
+    layer.disable_iommu().unwrap();
+    layer.release_pools().unwrap();
+    assert_no_faults(hv);
+}
