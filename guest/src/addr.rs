@@ -157,19 +157,13 @@ impl DmaMask {
 
     /// Highest address the device can emit.
     pub const fn max_addr(self) -> u64 {
-        if self.bits >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.bits) - 1
-        }
+        // `bits` is 13..=64 (`new`), so the shift is 0..=51; masked anyway, so no shift overflows.
+        u64::MAX >> (64u32.wrapping_sub(self.bits as u32) & 63)
     }
 
     /// True when `[start, start + len)` lies at or below the mask (and does not wrap).
     pub const fn covers(self, start: u64, len: u64) -> bool {
-        if len == 0 {
-            return start <= self.max_addr();
-        }
-        match start.checked_add(len - 1) {
+        match start.checked_add(len.saturating_sub(1)) {
             Some(last) => last <= self.max_addr(),
             None => false,
         }
