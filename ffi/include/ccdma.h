@@ -140,7 +140,7 @@
  * a library may reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little
  * memory with `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
  */
-#define CCDMA_SMALL_LAYER_SIZE 3200
+#define CCDMA_SMALL_LAYER_SIZE 2944
 
 /**
  * Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` and without

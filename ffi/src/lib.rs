@@ -484,7 +484,7 @@ pub const CCDMA_LAYER_SIZE: usize = 32768;
 /// at most two areas; no IOMMU domain, or four with feature `native-iommu`): firmware that links such
 /// a library may reserve this instead of `CCDMA_LAYER_SIZE` (`ccdma_layer_init` refuses too little
 /// memory with `CCDMA_ERR_MEMORY`, so a mismatch is caught at init).
-pub const CCDMA_SMALL_LAYER_SIZE: usize = 3200;
+pub const CCDMA_SMALL_LAYER_SIZE: usize = 2944;
 /// Bytes of memory for a `ccdma_layer` of a library built with feature `small-layer` and without
 /// `native-iommu` (one pool of at most two areas, no IOMMU domain): enough for any such library
 /// (every other part included), as `CCDMA_SMALL_LAYER_SIZE` is for any `small-layer` build.

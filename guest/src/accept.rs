@@ -35,7 +35,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             let info = self.ensure_attached(dev)?;
             // Its private mappings get entries in the window for per-mapping entries.
             info.dynamic.ok_or(DmaError::Iommu(crate::IommuError::NoWindow))?;
-            (dev.path, dev.pools) = (info.path, info.pools);
+            (dev.path, dev.pools) = (info.path, info.pools.widen());
             iommu = Some(IommuFacts {
                 premapped: info.path != DmaPath::IommuStrict,
                 ddw: DdwOutcome::NotTried,

@@ -5,7 +5,7 @@
 //! | part | bytes | note |
 //! |---|---|---|
 //! | `PoolTable` | 18,432 | `POOLS` (8) slots of 2,304: a `BouncePool` (2,176: 128 + `AREAS` (16) areas of 128) and its state (128) |
-//! | `Option<Iommu>` | 6,976 | `DOMAINS` (16) domain slots of 400 (280 in a one-pool layer: its `LivePools<1>`) and a global reservation each (16); config 40, list pages 128 |
+//! | `Option<Iommu>` | 6,976 | `DOMAINS` (16) domain slots of 400 (216 in a one-pool layer: its `LivePools<1>` and its set-up result, `DomainInfo<1>`) and a global reservation each (16); config 40, list pages 128 |
 //! | `Stats` | 1,152 | one 128-byte shard of hot counters per pool slot (8), the rest once |
 //! | `RawRecords` | 792 | 4 records of raw mappings per pool slot, used in place |
 //! | `Growth` | 720 | grown-pool state per pool slot, counters, config, last pool-full report, lock |
@@ -14,12 +14,12 @@
 //! | `LivePools` | 144 | bus view of the pools, sized by `POOLS` (24 for one pool) |
 //! | the rest | ~150 | platform, ids, policy |
 //! | `DmaLayer<P>` | 28,800 | 8 pools of 16 areas, 16 domains (the default) |
-//! | `DmaLayer<P, 2, 4>` | 7,424 | 16 areas |
+//! | `DmaLayer<P, 2, 4>` | 7,168 | 16 areas |
 //! | `DmaLayer<P, 1, 0>` | 3,456 | `PoolTable<1>` 2,304, `Growth` 272, `Stats` 256, `Iommu<0>` 192 |
 //! | `DmaLayer<P, 1, 0, 4>` | 1,920 | `PoolTable<1, 4>` 768 |
 //! | `DmaLayer<P, 1, 0, 2>` | 1,664 | `PoolTable<1, 2>` 512 (the small layer `tests/tests/layer_size.rs` pins; 8 devices) |
 //! | `DmaLayer<P, 1, 0, 1>` | 1,536 | |
-//! | `DmaLayer<P, 1, 4, 2>` | 2,944 | four domains of 280 and four global reservations |
+//! | `DmaLayer<P, 1, 4, 2>` | 2,688 | four domains of 216 and four global reservations (`tests/tests/layer_size_domains_follow_pools.rs` pins it) |
 //! | `DmaLayer<P, 1, 0, 2>`, no default features | 1,408 | `Growth` 96, `IommuCounters` 40 |
 //!
 //! In `DmaLayer<P, 1, 0, 2>` the rest is `IommuCounters` 216, `Iommu<0>` 192 (its config and list

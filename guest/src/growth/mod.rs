@@ -353,11 +353,11 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
     }
 
     /// Load a freshly set-up domain's pool set (the set-up CPU holds the growth lock).
-    pub(crate) fn fill_live(&self, slot: &DomainSlot<'m, POOLS>, info: &DomainInfo) {
+    pub(crate) fn fill_live(&self, slot: &DomainSlot<'m, POOLS>, info: &DomainInfo<POOLS>) {
         let reserve = self.plain.snapshot().reserve;
         slot.live.clear();
         for i in info.pools.iter() {
-            // `info.pools` names pool indices (`< MAX_POOLS`): checked rather than indexed.
+            // `info.pools` names pool indices (`< POOLS`): checked rather than indexed.
             if let (Some(pool), Some(&bus)) = (self.pools.get(i), info.pool_bus.get(i)) {
                 slot.live.insert(i, bus, pool.len() as u64, reserve & (1 << i) != 0);
             }

@@ -165,7 +165,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         // Under the attach lock: the generation the set-up published is the slot's now.
         let info = slot.info(slot.generation.load(Ordering::Relaxed)).ok_or(DmaError::NotAttached)?;
         dev.path = info.path;
-        dev.pools = info.pools;
+        dev.pools = info.pools.widen();
         Ok(dev)
     }
 
@@ -205,7 +205,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                     config.dma_mask,
                     info.path.name()
                 );
-                Ok(self.new_domain_device(config, info.path, info.pools, domain))
+                Ok(self.new_domain_device(config, info.path, info.pools.widen(), domain))
             }
             CLAIMED => {
                 self.narrow_domain(slot, &config);
@@ -263,7 +263,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     fn domain_serves(
         &self,
         slot: &DomainSlot<'m, POOLS>,
-        info: &DomainInfo,
+        info: &DomainInfo<POOLS>,
         config: &DeviceConfig,
     ) -> Result<(), IommuError> {
         let max = config.dma_mask.max_addr();
@@ -283,7 +283,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     }
 
     /// The domain of a device about to allocate: set up now if the device is deferred.
-    pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
+    pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo<POOLS>, DmaError> {
         match self.attached_or_deferred(dev)? {
             Ok(info) => Ok(info),
             Err((slot, d)) => self.attach_deferred(slot, d, dev),
@@ -296,7 +296,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         slot: &'s DomainSlot<'m, POOLS>,
         d: DomainRef,
         dev: &Device,
-    ) -> Result<&'s DomainInfo, DmaError> {
+    ) -> Result<&'s DomainInfo<POOLS>, DmaError> {
         loop {
             if slot.generation.load(Ordering::Relaxed) != d.generation {
                 return Err(DmaError::NotAttached);
@@ -360,7 +360,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         &self,
         slot: &DomainSlot<'m, POOLS>,
         config: &DeviceConfig,
-        info: &DomainInfo,
+        info: &DomainInfo<POOLS>,
         result: Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         match result {
@@ -529,11 +529,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
 
     /// The domain of a device about to map or allocate: set up now if the device is deferred.
     #[inline]
-    pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
+    pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo<POOLS>, DmaError> {
         match self.attached_or_deferred(dev)? {
             Ok(info) => Ok(info),
             Err((slot, d)) => match (self.cold().as_full(), slot.as_full()) {
-                (Some(c), Some(s)) => attach_deferred_once(c, s, d, dev),
+                (Some(c), Some(s)) => DomainInfo::sized(attach_deferred_once(c, s, d, dev)),
                 _ => self.cold().attach_deferred(slot, d, dev),
             },
         }
@@ -543,7 +543,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// deferred device not set up yet (`map_original` sets it up, [`Self::set_up_deferred`], and
     /// tries again).
     #[inline]
-    pub(crate) fn attached(&self, dev: &Device) -> Result<&DomainInfo, DmaError> {
+    pub(crate) fn attached(&self, dev: &Device) -> Result<&DomainInfo<POOLS>, DmaError> {
         self.attached_or_deferred(dev)?.map_err(|_| DmaError::NotAttached)
     }
 
@@ -557,9 +557,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         match self.attached_or_deferred(dev) {
             Ok(Err((slot, d))) => {
                 match (self.cold().as_full(), slot.as_full()) {
-                    (Some(c), Some(s)) => attach_deferred_once(c, s, d, dev),
-                    _ => self.cold().attach_deferred(slot, d, dev),
-                }?;
+                    (Some(c), Some(s)) => {
+                        attach_deferred_once(c, s, d, dev)?;
+                    }
+                    _ => {
+                        self.cold().attach_deferred(slot, d, dev)?;
+                    }
+                }
                 Ok(true)
             }
             Ok(Ok(_)) => Ok(true),
@@ -638,7 +642,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
     pub(crate) fn attached_or_deferred(
         &self,
         dev: &Device,
-    ) -> Result<Result<&DomainInfo, (&DomainSlot<'m, POOLS>, DomainRef)>, DmaError> {
+    ) -> Result<Result<&DomainInfo<POOLS>, (&DomainSlot<'m, POOLS>, DomainRef)>, DmaError> {
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
         if let Some(info) = slot.info(d.generation) {
@@ -672,7 +676,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
 
     /// The set-up result of a domain, if it is set up (never attaches).
     #[inline]
-    pub(crate) fn domain_info(&self, d: DomainRef) -> Option<&DomainInfo> {
+    pub(crate) fn domain_info(&self, d: DomainRef) -> Option<&DomainInfo<POOLS>> {
         self.slot(d)?.info(d.generation)
     }
 
@@ -792,7 +796,7 @@ fn attach_deferred_once<'s, 'm>(
 /// `finish_setup`'s log line, out of line: its formatting stays off the frame that fills the live
 /// pools (the deepest chain of a deferred device's first map, issue 20).
 #[inline(never)]
-fn log_set_up(config: &DeviceConfig, info: &DomainInfo) {
+fn log_set_up<const N: usize>(config: &DeviceConfig, info: &DomainInfo<N>) {
     log::info!(
         "ccdma: device {:#x} ({}) -> {} ({})",
         config.id,

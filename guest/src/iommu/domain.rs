@@ -35,40 +35,63 @@ use super::config::{IommuConfig, MAX_DOMAINS};
 use super::list_pages::ListPages;
 use super::window::WindowGeometry;
 use crate::addr::BusAddr;
+use crate::error::DmaError;
 use crate::growth::live::LivePools;
 use crate::path::{DmaPath, PathReason};
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 
-/// What set-up decided for one endpoint's devices; written once, then read only.
+/// What set-up decided for one endpoint's devices; written once, then read only. Part of each domain
+/// slot, so its pool arrays are sized by the layer's pool slots (`N`, its `POOLS`).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct DomainInfo {
+pub(crate) struct DomainInfo<const N: usize = MAX_POOLS> {
     pub path: DmaPath,
     pub reason: PathReason,
     pub ddw: Option<WindowGeometry>,
     /// The window for per-mapping entries and coherent buffers (the default window).
     pub dynamic: Option<WindowGeometry>,
     /// Pools the device maps from, best first.
-    pub pools: PoolOrder,
-    /// Where each premapped pool starts on the device's bus.
-    pub pool_bus: [BusAddr; MAX_POOLS],
+    pub pools: PoolOrder<N>,
+    /// Where each premapped pool starts on the device's bus, by pool index.
+    pub pool_bus: [BusAddr; N],
     /// The set-up removed the endpoint's default window (no window was left for the DDW, as Linux
     /// does) or reset the endpoint: the last detach resets it so the default window comes back.
     pub reset_at_detach: bool,
 }
 
-impl DomainInfo {
-    pub(crate) const EMPTY: DomainInfo = DomainInfo {
+impl<const N: usize> DomainInfo<N> {
+    pub(crate) const EMPTY: DomainInfo<N> = DomainInfo {
         path: DmaPath::IommuDeferred,
         reason: PathReason::StrictPolicy,
         ddw: None,
         dynamic: None,
         pools: PoolOrder::EMPTY,
-        pool_bus: [BusAddr(0); MAX_POOLS],
+        pool_bus: [BusAddr(0); N],
         reset_at_detach: false,
     };
 }
 
 impl DomainInfo {
+    /// A `*_once` function's result (the default capacity's type) as the type of its generic
+    /// caller's layer of `N` pool slots (see `DomainSlot::as_full`): the same value when `N` is the
+    /// default, which is the only case a caller passes one (decided at compile time); for another
+    /// `N`, [`DmaError::NotAttached`]. The whole `Result` at once, so the default's is passed
+    /// through unchanged (no code: converting the `Ok` alone rebuilt the error on the map path).
+    #[inline(always)]
+    pub(crate) fn sized<const N: usize>(
+        r: Result<&DomainInfo, DmaError>,
+    ) -> Result<&DomainInfo<N>, DmaError> {
+        if N == MAX_POOLS {
+            // SAFETY: with `N == MAX_POOLS` both are the same type; `Result<&_, DmaError>` is `Copy`.
+            unsafe {
+                *(&r as *const Result<&DomainInfo, DmaError> as *const Result<&DomainInfo<N>, DmaError>)
+            }
+        } else {
+            Err(DmaError::NotAttached)
+        }
+    }
+}
+
+impl<const N: usize> DomainInfo<N> {
     /// Start a set-up's result in place: its path, why, its windows, no pool yet. Out of line: the
     /// three set-up variants share one copy of the stores (issue 20's code budget).
     #[inline(never)]
@@ -80,7 +103,12 @@ impl DomainInfo {
         dynamic: Option<WindowGeometry>,
         reset_at_detach: bool,
     ) {
-        *self = DomainInfo { path, reason, ddw, dynamic, reset_at_detach, ..DomainInfo::EMPTY };
+        // Field by field, not `..DomainInfo::EMPTY`: for a generic `N` that copies the constant from
+        // memory (+32 B on ppc64) where this stores zeros.
+        (self.path, self.reason, self.ddw, self.dynamic) = (path, reason, ddw, dynamic);
+        self.reset_at_detach = reset_at_detach;
+        self.pools = PoolOrder::EMPTY;
+        self.pool_bus = [BusAddr(0); N];
     }
 }
 
@@ -105,9 +133,10 @@ pub(crate) struct DomainSlot<'m, const N: usize = MAX_POOLS> {
     /// A device of the domain is accepted (its entries may name private pages): no other device may
     /// join (changed under [`Iommu::attach_lock`]).
     pub accepted: AtomicBool,
-    info: UnsafeCell<DomainInfo>,
+    info: UnsafeCell<DomainInfo<N>>,
     pub space: Mutex<BusSpace<'m>>,
-    /// Streaming mappings live now (premapped and strict), so detach can refuse while any is.
+    /// Strict, trusted and list mappings live now, so detach can refuse while any is (premapped
+    /// mappings are counted by their device alone: `DmaLayer::premapped_view`).
     pub live_mappings: AtomicU64,
     /// The pools the device maps from now and where each sits on its bus: filled at set-up, then
     /// changed only by pool growth and shrinking (under the layer's growth lock).
@@ -158,7 +187,7 @@ impl<'m, const N: usize> DomainSlot<'m, N> {
 
     /// The set-up result, once READY.
     #[inline]
-    pub(crate) fn info(&self, generation: u32) -> Option<&DomainInfo> {
+    pub(crate) fn info(&self, generation: u32) -> Option<&DomainInfo<N>> {
         if self.state.load(Ordering::Acquire) != READY
             || self.generation.load(Ordering::Relaxed) != generation
         {
@@ -179,7 +208,7 @@ impl<'m, const N: usize> DomainSlot<'m, N> {
     /// while the one returned lives. Every other reader checks READY first or holds a lock the
     /// set-up holds (the attach lock, the growth lock), so none reads it meanwhile.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn info_in_setup(&self) -> &mut DomainInfo {
+    pub(crate) unsafe fn info_in_setup(&self) -> &mut DomainInfo<N> {
         // SAFETY: as the contract says: the caller is the only one to touch `info` now.
         unsafe { &mut *self.info.get() }
     }
@@ -192,7 +221,7 @@ impl<'m, const N: usize> DomainSlot<'m, N> {
 
     /// The set-up result while the caller holds the slot in READY-and-detaching or SETUP, or holds
     /// the attach lock and saw the slot READY (only a detach, which takes that lock, frees it).
-    pub(crate) fn info_unchecked(&self) -> DomainInfo {
+    pub(crate) fn info_unchecked(&self) -> DomainInfo<N> {
         // SAFETY: callers are the detaching CPU (the slot is READY and no mapping is live), the
         // set-up CPU, or the holder of the growth lock (which set-up and detach take, so `publish`
         // cannot run meanwhile).
@@ -219,4 +248,49 @@ pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS, const N: usize = MAX_P
 pub(crate) struct DomainRef {
     pub index: u8,
     pub generation: u32,
+}
+
+#[cfg(test)]
+mod sized_tests {
+    //! The two casts between a result sized by `N` and the default one (`DomainInfo::sized`,
+    //! `PoolOrder::widen`) are taken only for the default `N`; for another `N` they convert (or
+    //! refuse). Run under Miri by `scripts/miri.sh` (the integration tests that use them cannot be).
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn a_default_result_passes_through_and_another_size_is_refused() {
+        let mut info = DomainInfo::EMPTY;
+        info.start(DmaPath::IommuPremapped, PathReason::StrictPolicy, None, None, true);
+        info.pools.push(3);
+        info.pools.push(1);
+        info.pool_bus[3] = BusAddr(0x3000);
+        let same = DomainInfo::sized::<MAX_POOLS>(Ok(&info)).unwrap();
+        assert!(core::ptr::eq(same, &info));
+        assert_eq!(same.pool_bus[3], BusAddr(0x3000));
+        assert_eq!(
+            DomainInfo::sized::<MAX_POOLS>(Err(DmaError::Busy { live: 2 })).err(),
+            Some(DmaError::Busy { live: 2 })
+        );
+        assert_eq!(DomainInfo::sized::<1>(Ok(&info)).err(), Some(DmaError::NotAttached));
+    }
+
+    #[test]
+    fn a_pool_order_widens_to_the_default_size() {
+        let mut full = PoolOrder::<MAX_POOLS>::EMPTY;
+        let mut two = PoolOrder::<2>::EMPTY;
+        for i in [1, 0, 5] {
+            full.push(i);
+            two.push(i);
+        }
+        assert_eq!(full.widen(), full);
+        assert_eq!(two.iter().collect::<std::vec::Vec<_>>(), [1, 0], "a third pool has no room");
+        assert_eq!(two.widen().iter().collect::<std::vec::Vec<_>>(), [1, 0]);
+        let mut bus = [BusAddr(0x100), BusAddr(0x200)];
+        two.sort_by_bus(&bus);
+        assert_eq!(two.iter().collect::<std::vec::Vec<_>>(), [1, 0]);
+        bus.reverse();
+        two.sort_by_bus(&bus);
+        assert_eq!(two.iter().collect::<std::vec::Vec<_>>(), [0, 1]);
+    }
 }

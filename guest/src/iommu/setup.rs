@@ -55,7 +55,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         &self,
         slot: &DomainSlot<'m, POOLS>,
         config: &DeviceConfig,
-        info: &mut DomainInfo,
+        info: &mut DomainInfo<POOLS>,
     ) -> Result<(), DmaError> {
         let iommu = self.iommu.as_ref().ok_or(DmaError::NotAttached)?;
         let tce = self.premap_backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
@@ -166,7 +166,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         config: &DeviceConfig,
         win: WindowGeometry,
         ddw: DdwOutcome,
-        info: &mut DomainInfo,
+        info: &mut DomainInfo<POOLS>,
     ) -> Result<bool, DmaError> {
         let (lo, hi) = window_below(&win, config.dma_mask);
         let page = win.page_size();
@@ -195,7 +195,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 }
             };
             info.pools.push(i);
-            // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
+            // `i < POOLS` (a pool table index): checked rather than indexed, so no panic path.
             if let Some(at) = info.pool_bus.get_mut(i) {
                 *at = BusAddr(bus);
             }
@@ -288,7 +288,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         tce: &Backend<'_>,
         config: &DeviceConfig,
         default: Option<WindowGeometry>,
-        info: &mut DomainInfo,
+        info: &mut DomainInfo<POOLS>,
     ) -> Result<(), DdwOutcome> {
         let id = config.id;
         let c = &self.iommu_counters;
@@ -388,7 +388,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 return Err(DdwOutcome::PremapFailed(e));
             }
             info.pools.push(i);
-            // `i < MAX_POOLS` (a pool table index): checked rather than indexed, so no panic path.
+            // `i < POOLS` (a pool table index): checked rather than indexed, so no panic path.
             if let Some(at) = info.pool_bus.get_mut(i) {
                 *at = BusAddr(bus);
             }
@@ -509,7 +509,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// back (LoPAPR platforms and QEMU after 7.2 bring it back by themselves when the last window goes,
     /// and the reset is then skipped; QEMU 7.2 does not).
     /// Failures are counted in `leaked_windows`.
-    pub(crate) fn undo_windows(&self, tce: &Backend<'_>, id: u32, info: &DomainInfo) {
+    pub(crate) fn undo_windows(&self, tce: &Backend<'_>, id: u32, info: &DomainInfo<POOLS>) {
         let c = &self.iommu_counters;
         let mut removed = true;
         if let Some(win) = info.ddw {

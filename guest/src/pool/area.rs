@@ -560,7 +560,10 @@ impl<'m> Area<'m> {
         }
     }
 
-    /// Slots allocated now (takes the lock: for reports and the shrink's idle check).
+    /// Slots allocated now (takes the lock: for reports and the shrink's idle check). Out of line:
+    /// inlined, its lock's loop went into every caller's loop over the areas (pseries kernel: +~5 KB
+    /// of .text in release_pools, shrink_all and remove_grown).
+    #[inline(never)]
     pub(super) fn used(&self) -> usize {
         self.state.lock().used()
     }

@@ -601,13 +601,11 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         self.alloc_from(req, head, bits, Some(self.area_of_cpu(cpu)))
     }
 
-    /// What this pool counted ([`Self::alloc_counted`]), summed over its areas.
+    /// What this pool counted ([`Self::alloc_counted`]), summed over its areas. Out of line: read
+    /// by the statistics and by pools leaving the layer, never on a map.
+    #[inline(never)]
     pub(crate) fn tally(&self) -> PoolTally {
-        self.used_areas().map(|a| a.tally()).fold(PoolTally::default(), |t, a| PoolTally {
-            maps: t.maps.wrapping_add(a.maps),
-            unmaps: t.unmaps.wrapping_add(a.unmaps),
-            to_device: t.to_device.wrapping_add(a.to_device),
-        })
+        self.used_areas().map(|a| a.tally()).fold(PoolTally::default(), PoolTally::plus)
     }
 
     /// [`Self::free`] for a run whose map failed after its allocation: a counted run's map is taken

@@ -219,6 +219,17 @@ pub(crate) struct PoolTally {
     pub to_device: u64,
 }
 
+impl PoolTally {
+    /// Both tallies together (wrapping, as the counters do).
+    pub(crate) fn plus(self, o: PoolTally) -> PoolTally {
+        PoolTally {
+            maps: self.maps.wrapping_add(o.maps),
+            unmaps: self.unmaps.wrapping_add(o.unmaps),
+            to_device: self.to_device.wrapping_add(o.to_device),
+        }
+    }
+}
+
 /// One live run of a pool, for tools and tests ([`BouncePool::for_each_live`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveRun {

@@ -209,7 +209,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return None;
         }
         if crate::parts::IOMMU && dev.domain.is_some() {
-            return Some(self.iommu_map(dev, orig, len, dir, attrs));
+            // Premapped: the pools as the domain's window holds them (no mask: the window holds
+            // only pools the device reaches). Strict, deferred or not-ready domains go out of line.
+            let Some(view) = self.premapped_view(dev) else {
+                return Some(self.iommu_map(dev, orig, len, dir, attrs));
+            };
+            let reserve = self.growth.growing.load(Ordering::Relaxed);
+            return Some(self.bounce_map(dev, view, None, reserve, orig, len, dir, attrs));
         }
         if dev.path != DmaPath::BounceAlways {
             return None;
@@ -404,9 +410,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 rec.counted
             }
         };
-        if crate::parts::IOMMU && dev.domain.is_some() {
-            self.iommu_unmapped(dev);
-        }
+        // A premapped run is counted live by its device alone (see `premapped_view`).
         if !counted {
             self.stats.unmapped();
         }

@@ -11,6 +11,7 @@ use crate::addr::BusAddr;
 use crate::device::Device;
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::DmaError;
+use crate::growth::live::LivePools;
 use crate::iommu::bus_space::{BusRange, RangeKind};
 use crate::iommu::calls::tce_perm;
 use crate::iommu::domain::{DomainInfo, DomainSlot};
@@ -42,28 +43,54 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             Some(info) => info,
             None => self.attached(dev)?,
         };
-        let mapped = match info.path {
-            DmaPath::IommuStrict => Mapped::elsewhere(self.strict_map(dev, info, orig, len, dir, attrs)?),
-            _ => {
-                // Premapped: the pools as the domain's window holds them.
-                let reserve = self.growth.growing.load(Ordering::Relaxed);
-                self.bounce_map(dev, &slot.live, None, reserve, orig, len, dir, attrs)?
+        match info.path {
+            DmaPath::IommuStrict => {
+                let bus = self.strict_map(dev, info, orig, len, dir, attrs)?;
+                slot.live_mappings.fetch_add(1, Ordering::Relaxed);
+                Ok(Mapped::elsewhere(bus))
             }
-        };
-        slot.live_mappings.fetch_add(1, Ordering::Relaxed);
-        Ok(mapped)
+            _ => {
+                // Premapped (a deferred device's, or a map that found the domain not READY first):
+                // the pools as the domain's window holds them, as `premapped_view`'s maps.
+                let reserve = self.growth.growing.load(Ordering::Relaxed);
+                self.bounce_map(dev, &slot.live, None, reserve, orig, len, dir, attrs)
+            }
+        }
     }
 
-    /// A premapped mapping of this device ended.
-    pub(crate) fn iommu_unmapped(&self, dev: &Device) {
-        if let Some(slot) = dev.domain.and_then(|d| self.slot(d)) {
-            slot.live_mappings.fetch_sub(1, Ordering::Relaxed);
+    /// The pools a device attached on a premapped path maps from: its domain's window, read in
+    /// place, when the domain is READY in the device's generation; `None` for every other case
+    /// (strict, deferred until its first map, a detach left incomplete), which [`Self::iommu_map`]
+    /// handles. The path was fixed when the device attached (a deferred device keeps
+    /// `IommuDeferred` and always goes out of line), and one domain's set-up result never changes
+    /// while a device of it is attached, so the device's path is the domain's.
+    ///
+    /// A premapped mapping is counted live by its device only ([`Device::live`]), not also by its
+    /// domain (`DomainSlot::live_mappings`: two atomic read-modify-writes per map+unmap saved).
+    /// Nothing is lost: a domain is taken down only by the detach of its last device, and
+    /// `detach` refuses a device with anything live before it reaches the domain. A device is
+    /// move-only and `detach` consumes it, so no map of it runs meanwhile, and every other device
+    /// of the domain was detached before (its own count zero) or was never detached (then the
+    /// domain keeps a user and is never taken down). Pinned by
+    /// `tests/tests/premapped_detach_counts_by_device.rs`.
+    #[inline(always)]
+    pub(crate) fn premapped_view(&self, dev: &Device) -> Option<&LivePools<POOLS>> {
+        if !matches!(dev.path, DmaPath::IommuDdw | DmaPath::IommuPremapped) {
+            return None;
         }
+        let d = dev.domain?;
+        let slot = self.slot(d)?;
+        slot.info(d.generation)?;
+        Some(&slot.live)
     }
 
     /// The device's domain info when it maps strictly; `Ok(None)` off the strict path; an error when
     /// the device has a domain that is not set up (unmap and sync never attach).
-    pub(crate) fn strict_domain(&self, dev: &Device, bus: BusAddr) -> Result<Option<&DomainInfo>, DmaError> {
+    pub(crate) fn strict_domain(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+    ) -> Result<Option<&DomainInfo<POOLS>>, DmaError> {
         let Some(d) = dev.domain else { return Ok(None) };
         match self.domain_info(d) {
             Some(i) if i.path == DmaPath::IommuStrict => Ok(Some(i)),
@@ -78,7 +105,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     fn strict_map(
         &self,
         dev: &Device,
-        info: &DomainInfo,
+        info: &DomainInfo<POOLS>,
         orig: Original,
         len: usize,
         dir: DmaDirection,
@@ -142,7 +169,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn strict_record(
         &self,
         dev: &Device,
-        _info: &DomainInfo,
+        _info: &DomainInfo<POOLS>,
         bus: BusAddr,
         release: bool,
     ) -> Result<(usize, SlotRecord, BusRange), DmaError> {
