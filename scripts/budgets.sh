@@ -9,9 +9,10 @@
 # crate's spinning panic handler; nightly for -Z emit-stack-sizes; ~4 s a build cold, the script
 # ~12 s cold on 2 cores), links it freestanding with ld --gc-sections and
 # --no-undefined three times: "minimal" (feature log-off: no log statements) keeps init, add_pool,
-# attach, map, unmap and detach; "full" (log statements in) keeps every export; "firmware-minimal" is
-# "minimal" built without ccdma's optional parts (growth, trusted devices, scatter-gather, the PAPR
-# TCE writer, the native IOMMU backend: ffi's feature `full` off) and with a one-pool layer (ffi's
+# attach, map, unmap and detach; "full" (log statements in) keeps every export; both with ffi's
+# feature `full`: every part of ccdma C can use (not growth: no export enables it, ffi/Cargo.toml);
+# "firmware-minimal" is "minimal" built without ccdma's optional parts (trusted devices,
+# scatter-gather, the PAPR TCE writer, the native IOMMU backend: ffi's feature `full` off) and with a one-pool layer (ffi's
 # feature `small-layer`: CCDMA_SMALL_LAYER_SIZE). scripts/budgets.py reads each
 # image: .text, functions that can reach the panic handler (call graph from objdump), the largest
 # frames and the deepest chain per entry point.
