@@ -157,8 +157,11 @@ impl DmaMask {
 
     /// Highest address the device can emit.
     pub const fn max_addr(self) -> u64 {
-        // `bits` is 13..=64 (`new`), so the shift is 0..=51; masked anyway, so no shift overflows.
-        u64::MAX >> (64u32.wrapping_sub(self.bits as u32) & 63)
+        if self.bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.bits) - 1
+        }
     }
 
     /// True when `[start, start + len)` lies at or below the mask (and does not wrap).

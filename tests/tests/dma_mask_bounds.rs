@@ -1,4 +1,4 @@
-//! `DmaMask::max_addr` and `DmaMask::covers` (written branch-light for code size, issue 20) against
+//! `DmaMask::max_addr` and `DmaMask::covers` (one checked add, for code size: issue 20) against
 //! their definitions, for every mask `DmaMask::new` accepts and the edges of each.
 
 use ccdma::DmaMask;
