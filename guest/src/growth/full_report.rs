@@ -2,10 +2,10 @@
 
 use crate::device::Device;
 use crate::diagnostics::{GrowthVerdict, PoolFill, PoolFullReport};
+use crate::growth::state::LastFull;
 use crate::layer::Cold;
 use crate::layer::DmaLayer;
 use crate::platform::Platform;
-use crate::pool_set::MAX_POOLS;
 
 impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     Cold<'a, 'm, POOLS, DOMAINS, AREAS>
@@ -16,15 +16,12 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         self.growth.last_full.lock().map(|r| r.report())
     }
 
+    /// Kept as the layer's `LastFull` directly (its `POOLS` fills), no `MAX_POOLS` report built and
+    /// copied into it: one copy of the fills fewer (`bash scripts/budgets.sh`, issue 20).
     pub(crate) fn report_full(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
-        let mut r = PoolFullReport {
-            device: dev.config.id,
-            len,
-            pools: [PoolFill::default(); MAX_POOLS],
-            npools: 0,
-            growth,
-        };
-        for ((i, p), fill) in self.pools.iter().zip(r.pools.iter_mut()) {
+        let mut r =
+            LastFull { device: dev.config.id, len, fills: [PoolFill::default(); POOLS], npools: 0, growth };
+        for ((i, p), fill) in self.pools.iter().zip(r.fills.iter_mut()) {
             *fill = PoolFill {
                 index: i as u8,
                 slots: p.slots() as u32,
@@ -33,8 +30,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             };
             r.npools += 1;
         }
-        log::warn!("ccdma: {r}");
-        *self.growth.last_full.lock() = Some(crate::growth::state::LastFull::of(&r));
+        log::warn!("ccdma: {}", r.report());
+        *self.growth.last_full.lock() = Some(r);
     }
 }
 

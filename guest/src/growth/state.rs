@@ -153,15 +153,6 @@ impl<const POOLS: usize> LastFull<POOLS> {
         }
         PoolFullReport { device: self.device, len: self.len, pools, npools: self.npools, growth: self.growth }
     }
-
-    /// What the layer keeps of `r` (its first `POOLS` fills: a layer has no more pools).
-    pub(crate) fn of(r: &PoolFullReport) -> Self {
-        let mut fills = [PoolFill::default(); POOLS];
-        for (o, f) in fills.iter_mut().zip(&r.pools) {
-            *o = *f;
-        }
-        LastFull { device: r.device, len: r.len, fills, npools: r.npools.min(POOLS), growth: r.growth }
-    }
 }
 
 /// The growth configuration `enable_growth` set; without the `growth` feature nothing can set one,

@@ -313,12 +313,14 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         let tries = if first.is_some() { 1 } else { count };
         let mut listing = None;
         if bit != 0 {
-            for k in 0..tries {
-                let a = if start + k >= count { start + k - count } else { start + k };
-                if self.areas.get(a).is_some_and(|area| area.summary.load(Ordering::Relaxed) & bit != 0) {
+            let mut a = start;
+            for _ in 0..tries {
+                let Some(area) = self.areas.get(a) else { break };
+                if area.summary.load(Ordering::Relaxed) & bit != 0 {
                     listing = Some(a);
                     break;
                 }
+                a = if a + 1 == count { 0 } else { a + 1 };
             }
         }
         let mut listed = None;
@@ -395,8 +397,10 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
                     continue;
                 };
                 let base = a * self.area_slots;
-                if let Some(i) = st.front_pop(n, self.aligned(base, req)) {
-                    return Some((a, st, i));
+                if st.lists(n) {
+                    if let Some(i) = st.front_pop(n, self.aligned(base, req)) {
+                        return Some((a, st, i));
+                    }
                 }
                 let mut found = self.find_run(&st, base, req);
                 // No tree can (this is the last pass): give this one the front's runs and look
@@ -433,7 +437,8 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         req: RunRequest,
     ) -> Option<(usize, (usize, usize))> {
         let n = area.len();
-        if n < req.nslots {
+        // (`find` checks the longest run too, but only after the candidates' arithmetic below.)
+        if n < req.nslots || area.top < req.nslots {
             return None;
         }
         // Candidate indices are those whose address matches the alignment bits: an arithmetic

@@ -78,6 +78,13 @@ impl AreaState<'_> {
         self.front = if spare >= CLASSES { 0 } else { OFF };
     }
 
+    /// Whether the front lists a run of `n` slots (a load and a test, before [`Self::front_pop`]'s
+    /// call).
+    #[inline(always)]
+    pub(super) fn lists(&self, n: usize) -> bool {
+        n.wrapping_sub(1) < CLASSES && self.front >> (n - 1) & 1 != 0
+    }
+
     /// Slots held by the front (allocated in the bitmap, free for the counters).
     #[inline(always)]
     pub(super) fn cached(&self) -> usize {

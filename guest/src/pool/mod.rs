@@ -284,6 +284,8 @@ mod front_cap_tests;
 mod front_tests;
 mod once;
 #[cfg(test)]
+mod search_front_tests;
+#[cfg(test)]
 mod tally_tests;
 #[cfg(test)]
 mod tests;

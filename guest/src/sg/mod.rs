@@ -448,6 +448,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     }
 
     /// A device without an IOMMU: its pools now (reserve ones for lookups, or while a pool is added).
+    /// Out of line: its two callers (map, and unmap/sync's settled view) each inlined the pool
+    /// table's read (full image -64 B, `bash scripts/budgets.sh`).
+    #[inline(never)]
     fn plain_view(&self, dev: &Device, for_alloc: bool) -> View {
         let reserve = !for_alloc || self.growth.growing.load(Ordering::Relaxed);
         let (pools, pool_bus) = self.plain.order_for(Some(dev.config.dma_mask), reserve);
