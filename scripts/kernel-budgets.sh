@@ -154,9 +154,9 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # 180,132 (PseriesPlatform 17,316). Ceilings: the figures plus ~2 %.
 # Both merged (main 17d41b0 and once): x86 ccdma .text 178,745 (QemuPlatform 15,746, CPlatform
 # 41,020), pseries 170,676 (PseriesPlatform 17,244); ceilings the figures plus ~2 %.
-check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 177100 240000
-check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 16200 16384
-check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 41800 16384
+check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 171500 240000
+check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 15000 16384
+check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 38000 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 # After merging sgsize and atom (lead; fresh-clone CI at 6937492+1): pseries ccdma .text 170,676 ->
 # 179,320 while x86 fell to 181,416. Split (dinfo2 helper; the pseries kernel built at each merge,
@@ -173,7 +173,15 @@ check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 # and alloc_from (+80), Area::used out of line. Merged with main 6ba39f4 (err's 24-byte DmaError,
 # premap): x86 175,328 (QemuPlatform 14,857, CPlatform 39,619), pseries 167,864 (PseriesPlatform
 # 16,232). Ceilings: the figures + ~1 %.
-check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 169500 201000
+# Issue 20, lock helper (bash scripts/kernel-budgets.sh at main 32db47a and at lock merged with it;
+# it found the same split independently, bisecting the pseries kernel at 59b265f, 657b199,
+# cb69711, ebfafdc, 2ce5e7b): in the pseries kernel (opt-level 3) shrink_all_dyn's loop over the 8
+# grown slots was also unrolled with remove_grown's busy check in every copy; its body is one
+# out-of-line shrink_one now. With the cold paths' locks (ColdLock), interrupt masking (ColdMasked)
+# and domain slot look-ups (slot_lookup.rs) out of line as well: x86 173,904 -> 171,467
+# (QemuPlatform 14,841 -> 14,986, CPlatform 38,686 -> 37,921), pseries 167,812 -> 163,448
+# (PseriesPlatform 16,188 -> 16,216). Ceilings: the figures rounded up to the next 100.
+check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 163500 201000
 check "pseries: ccdma .text for PseriesPlatform" "$PPC_INST" 17700 16384
 check "x86: largest frame, DMA set-up" "$(fig x86 max_frame_setup)" 2048 2048
 check "pseries: largest frame, DMA set-up" "$(fig pseries max_frame_setup)" 2048 2048

@@ -166,10 +166,7 @@ impl DmaMask {
 
     /// True when `[start, start + len)` lies at or below the mask (and does not wrap).
     pub const fn covers(self, start: u64, len: u64) -> bool {
-        if len == 0 {
-            return start <= self.max_addr();
-        }
-        match start.checked_add(len - 1) {
+        match start.checked_add(len.saturating_sub(1)) {
             Some(last) => last <= self.max_addr(),
             None => false,
         }

@@ -299,7 +299,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         bytes: u64,
         private: bool,
     ) -> Result<BusAddr, DmaError> {
-        let slot = dev.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
+        let slot = dev.domain.and_then(|d| self.slot_cold(d)).ok_or(DmaError::NotAttached)?;
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let page = win.page_size();
         let (lo, hi) = window_below(&win, dev.config.coherent_mask);
@@ -371,9 +371,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             self.stats.fail(FailureKind::UnknownMapping);
             DmaError::UnknownMapping(buf.bus)
         };
-        let info = self.domain_info(d).ok_or_else(unknown)?;
+        let info = self.domain_info_cold(d).ok_or_else(unknown)?;
         let win = info.dynamic.ok_or_else(unknown)?;
-        let slot = self.slot(d).ok_or_else(unknown)?;
+        let slot = self.slot_cold(d).ok_or_else(unknown)?;
         let r = slot.space.lock().find(buf.bus.0).ok_or_else(unknown)?;
         if r.kind != RangeKind::Coherent || r.start != buf.bus.0 || r.phys != buf.phys.0 || r.len != bytes {
             return Err(unknown());

@@ -10,7 +10,7 @@
 //! the default layer, 8 in `DmaLayer<P, 1, 0>`), no allocator; attach and detach only, never the
 //! map path.
 
-use spin::Mutex;
+use crate::cold_lock::ColdLock as Mutex;
 
 use crate::error::DmaError;
 

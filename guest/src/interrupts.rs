@@ -3,6 +3,12 @@
 //! Every call that can take a lock opens with `let _masked = self.masked();`: the platform's
 //! [`Platform::mask_interrupts`] runs now and [`Platform::restore_interrupts`] when the guard drops,
 //! on every return path. With the default (empty) hooks both calls inline to nothing.
+//!
+//! The map/unmap/sync entries (`DmaLayer::masked`) inline both hooks. The cold calls (attach,
+//! detach, accept, coherent buffers, growth, reservations: every [`Cold`] entry) and the
+//! scatter-gather entries (`DmaLayer::masked_cold`) call two out-of-line, non-generic functions
+//! over `&dyn Platform` instead: one copy of each hook's call in the image, not one per call site.
+//! Same contract: masked before the first lock, restored when the guard drops.
 
 use crate::layer::Cold;
 use crate::layer::DmaLayer;
@@ -31,10 +37,55 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     }
 }
 
-impl<'a, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'a, '_, POOLS, DOMAINS, AREAS> {
-    /// Mask interrupts until the guard drops (the platform's hooks, called through `dyn`).
+/// Interrupts masked on this CPU until dropped; both hooks called out of line (cold paths).
+pub(crate) struct ColdMasked<'a> {
+    platform: &'a dyn Platform,
+    saved: InterruptState,
+}
+
+/// [`Platform::mask_interrupts`] through `dyn`: one copy for every cold call site.
+#[inline(never)]
+fn mask_dyn(platform: &dyn Platform) -> InterruptState {
+    platform.mask_interrupts()
+}
+
+/// [`Platform::restore_interrupts`] through `dyn`: one copy for every cold call site.
+#[inline(never)]
+fn restore_dyn(platform: &dyn Platform, saved: InterruptState) {
+    platform.restore_interrupts(saved)
+}
+
+impl<'a> ColdMasked<'a> {
+    /// Mask interrupts until the guard drops.
     #[inline(always)]
-    pub(crate) fn masked(&self) -> Masked<'_, dyn Platform + 'a> {
-        Masked { platform: &self.platform, saved: self.platform.mask_interrupts() }
+    fn new(platform: &'a dyn Platform) -> Self {
+        ColdMasked { platform, saved: mask_dyn(platform) }
+    }
+}
+
+impl Drop for ColdMasked<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        restore_dyn(self.platform, self.saved);
+    }
+}
+
+impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
+{
+    /// Mask interrupts until the guard drops, the hooks called out of line: for entries off the
+    /// single map/unmap path (scatter-gather lists).
+    #[inline(always)]
+    pub(crate) fn masked_cold(&self) -> ColdMasked<'_> {
+        ColdMasked::new(&self.platform)
+    }
+}
+
+impl<'a, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'a, '_, POOLS, DOMAINS, AREAS> {
+    /// Mask interrupts until the guard drops (the platform's hooks, called through `dyn`, out of
+    /// line).
+    #[inline(always)]
+    pub(crate) fn masked(&self) -> ColdMasked<'_> {
+        ColdMasked::new(&self.platform)
     }
 }

@@ -169,6 +169,7 @@ mod accept;
 pub mod addr;
 pub mod coherent;
 pub mod coherent_access;
+mod cold_lock;
 pub mod convenience;
 pub mod device;
 pub mod device_ids;

@@ -16,25 +16,25 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         self.growth.last_full.lock().map(|r| r.report())
     }
 
-    /// Record (and log) a "pool full" report: the fills written straight into the layer's record
-    /// (one per pool slot of its capacity), the report's text made only when warnings are logged.
+    /// Kept as the layer's `LastFull` directly (its `POOLS` fills), no `MAX_POOLS` report built and
+    /// copied into it: one copy of the fills fewer (`bash scripts/budgets.sh`, issue 20).
     pub(crate) fn report_full(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
-        let mut fills = [PoolFill::default(); POOLS];
-        let mut npools = 0;
-        for ((i, p), fill) in self.pools.iter().zip(fills.iter_mut()) {
+        let mut r =
+            LastFull { device: dev.config.id, len, fills: [PoolFill::default(); POOLS], npools: 0, growth };
+        for ((i, p), fill) in self.pools.iter().zip(r.fills.iter_mut()) {
             *fill = PoolFill {
                 index: i as u8,
                 slots: p.slots() as u32,
                 in_use: p.slots_in_use() as u32,
                 bytes: p.len() as u64,
             };
-            npools += 1;
+            r.npools += 1;
         }
-        let last = LastFull { device: dev.config.id, len, fills, npools, growth };
+        // The report's text (a MAX_POOLS copy) only when warnings are logged.
         if log::log_enabled!(log::Level::Warn) {
-            log::warn!("ccdma: {}", last.report());
+            log::warn!("ccdma: {}", r.report());
         }
-        *self.growth.last_full.lock() = Some(last);
+        *self.growth.last_full.lock() = Some(r);
     }
 }
 

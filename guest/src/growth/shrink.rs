@@ -59,21 +59,31 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         let mut g = self.growth.lock.lock();
         let mut result = Ok(());
         for i in 0..g.grown.len() {
-            if g.grown_at(i).is_none() {
-                continue;
-            }
-            match self.remove_grown(&mut g, i) {
-                Removed::Returned => {}
-                Removed::Busy => {
-                    let live = self.pools.get(i).map_or(1, |p| p.slots_in_use() as u64);
-                    result = Err(DmaError::Busy { live });
-                }
-                Removed::Quarantined => {
-                    result = Err(DmaError::GrowthFailed(crate::growth::verdict::GrowthVerdict::WindowFailed));
-                }
+            if let Err(e) = self.shrink_one(&mut g, i) {
+                result = Err(e);
             }
         }
         result
+    }
+
+    /// [`Self::shrink_all_dyn`] for grown slot `i` (nothing when it holds no pool). Out of line: an
+    /// optimiser that unrolls the loop above over the slots (the pseries kernel, opt-level 3) would
+    /// copy all of this into each iteration.
+    #[inline(never)]
+    fn shrink_one(&self, g: &mut GrowState<POOLS>, i: usize) -> Result<(), DmaError> {
+        if g.grown_at(i).is_none() {
+            return Ok(());
+        }
+        match self.remove_grown(g, i) {
+            Removed::Returned => Ok(()),
+            Removed::Busy => {
+                let live = self.pools.get(i).map_or(1, |p| p.slots_in_use() as u64);
+                Err(DmaError::Busy { live })
+            }
+            Removed::Quarantined => {
+                Err(DmaError::GrowthFailed(crate::growth::verdict::GrowthVerdict::WindowFailed))
+            }
+        }
     }
 
     /// Drain, wait, check, take out of every window, unshare, hand back. The caller holds the growth

@@ -5,7 +5,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicBool;
 
-use spin::Mutex;
+use crate::cold_lock::ColdLock as Mutex;
 
 use super::source::{GrowthConfig, MemorySource};
 use crate::addr::{PhysAddr, PAGE_SIZE};

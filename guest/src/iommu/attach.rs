@@ -3,7 +3,7 @@
 
 use core::sync::atomic::Ordering;
 
-use spin::Mutex;
+use crate::cold_lock::ColdLock as Mutex;
 
 use super::backend::Backend;
 use super::bus_space::{BusRange, BusSpace, RangeKind};
@@ -462,7 +462,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             return Err(DmaError::Iommu(IommuError::BusSpaceExhausted));
         }
         // Lock every domain's space (in index order) so the check and the change are one step.
-        let mut guards: [Option<spin::MutexGuard<'_, BusSpace<'m>>>; MAX_DOMAINS] = Default::default();
+        let mut guards: [Option<crate::cold_lock::ColdGuard<'_, BusSpace<'m>>>; MAX_DOMAINS] =
+            Default::default();
         for (g, d) in guards.iter_mut().zip(iommu.domains.iter()) {
             if let Some(d) = d {
                 if d.state.load(Ordering::Acquire) == READY {
@@ -494,7 +495,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         let _masked = self.masked();
         self.check_device(dev)?;
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
-        let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
+        let slot = self.slot_cold(d).ok_or(DmaError::NotAttached)?;
         slot.info(d.generation).ok_or(DmaError::NotAttached)?;
         slot.space.lock().reserve(start, len)?;
         Ok(())
@@ -503,7 +504,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// [`DmaLayer::bus_ranges_of`], over the platform as `&dyn Platform`.
     pub(crate) fn bus_ranges_of_dyn(&self, dev: &Device, out: &mut [BusRange]) -> usize {
         let _masked = self.masked();
-        let Some(slot) = dev.domain.and_then(|d| self.slot(d)) else { return 0 };
+        let Some(slot) = dev.domain.and_then(|d| self.slot_cold(d)) else { return 0 };
         let space = slot.space.lock();
         for (o, r) in out.iter_mut().zip(space.ranges()) {
             *o = *r;
@@ -645,16 +646,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
     ) -> Result<Result<&DomainInfo<POOLS>, (&DomainSlot<'m, POOLS>, DomainRef)>, DmaError> {
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
-        if let Some(info) = slot.info(d.generation) {
-            return Ok(Ok(info));
-        }
-        if slot.state.load(Ordering::Acquire) == DETACHING {
-            return Err(DmaError::DetachIncomplete);
-        }
-        if !dev.config.deferred_attach {
-            return Err(DmaError::NotAttached);
-        }
-        Ok(Err((slot, d)))
+        super::slot_lookup::info_or_deferred(slot, d, dev)
     }
 
     /// True when some device holds an IOMMU domain, or entries that could not be cleared may still
@@ -688,7 +680,7 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
         }
         match dev.domain {
             None => dev.path,
-            Some(d) => self.domain_info(d).map_or(DmaPath::IommuDeferred, |i| i.path),
+            Some(d) => self.domain_info_cold(d).map_or(DmaPath::IommuDeferred, |i| i.path),
         }
     }
 
@@ -699,13 +691,13 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
         }
         match dev.domain {
             None => PathReason::of_plain(dev.path),
-            Some(d) => self.domain_info(d).map(|i| i.reason),
+            Some(d) => self.domain_info_cold(d).map(|i| i.reason),
         }
     }
 
     /// The windows of a device: (the window for per-mapping entries and coherent buffers, the DDW).
     pub fn windows_of(&self, dev: &Device) -> (Option<WindowGeometry>, Option<WindowGeometry>) {
-        dev.domain.and_then(|d| self.domain_info(d)).map_or((None, None), |i| (i.dynamic, i.ddw))
+        dev.domain.and_then(|d| self.domain_info_cold(d)).map_or((None, None), |i| (i.dynamic, i.ddw))
     }
 
     /// A snapshot of the IOMMU counters.

@@ -137,6 +137,11 @@ pub(crate) enum Backend<'a> {
     Native(&'a dyn IommuBackend, &'a IommuCounters),
 }
 
+/// What the entry writer's calls answer in a build without `papr-tce`, where `backend_of` never makes
+/// a [`Backend::Tce`]: the constant test lets the optimiser drop the writer from such an image (it
+/// cannot see that the variant is never made when a `Backend` reaches an out-of-line function).
+const NO_PAPR: IommuError = IommuError::Hcall(super::calls::hcall::H_FUNCTION);
+
 impl Backend<'_> {
     #[inline(never)]
     pub(crate) fn default_window(&self, device: u32) -> Option<WindowGeometry> {
@@ -229,6 +234,7 @@ impl Backend<'_> {
         perm: u64,
     ) -> Result<(), PutFailure> {
         match self {
+            Backend::Tce(..) if !crate::parts::PAPR_TCE => Err(PutFailure { err: NO_PAPR, clean: true }),
             Backend::Tce(_, w) => {
                 let per_entry = TceWriter { list: None, ..*w };
                 per_entry.put_entries(win, bus, npages, &|i: u64| (phys + (i << win.page_shift)) | perm)
@@ -246,6 +252,7 @@ impl Backend<'_> {
         entry: &dyn Fn(u64) -> u64,
     ) -> Result<(), PutFailure> {
         match self {
+            Backend::Tce(..) if !crate::parts::PAPR_TCE => Err(PutFailure { err: NO_PAPR, clean: true }),
             Backend::Tce(_, w) => w.put_entries(win, bus, npages, entry),
             Backend::Native(b, c) => {
                 c.count_native_map(npages);
@@ -261,6 +268,7 @@ impl Backend<'_> {
     /// Clear `npages` pages from `bus`.
     pub(crate) fn clear(&self, win: &WindowGeometry, bus: u64, npages: u64) -> Result<(), IommuError> {
         match self {
+            Backend::Tce(..) if !crate::parts::PAPR_TCE => Err(NO_PAPR),
             Backend::Tce(_, w) => w.clear(win, bus, npages),
             Backend::Native(b, c) => {
                 c.count_native_unmap();

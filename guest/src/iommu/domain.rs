@@ -28,7 +28,7 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use spin::Mutex;
+use crate::cold_lock::ColdLock as Mutex;
 
 use super::bus_space::{BusRange, BusSpace};
 use super::config::{IommuConfig, MAX_DOMAINS};

@@ -16,8 +16,12 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
 {
     /// The list pages `batching` names, checked, zeroed and (in a confidential guest) shared; `None`
     /// for [`TceBatching::PerEntry`]. A failed share rolls back (quarantining what it cannot) and
-    /// leaves nothing shared.
+    /// leaves nothing shared. Without `papr-tce` nothing writes TCE lists (a native backend maps
+    /// ranges itself): `None`, whatever `batching` says, and no page is taken or shared.
     pub(crate) fn enable_list_pages(&self, batching: TceBatching) -> Result<Option<ListPages>, DmaError> {
+        if !crate::parts::PAPR_TCE {
+            return Ok(None);
+        }
         let (first, count, mode) = match batching {
             TceBatching::PerEntry => return Ok(None),
             TceBatching::PoolPages { count } => return self.pool_list_pages(count),

@@ -60,6 +60,7 @@ pub mod window;
 pub(crate) mod attach;
 mod serves;
 pub(crate) mod setup;
+mod slot_lookup;
 
 pub use crate::path::{DdwOutcome, PathReason};
 pub use backend::IommuBackend;

@@ -262,7 +262,10 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
 
     /// Premapped entries of a domain whose set-up failed could not be cleared: they may name pool
     /// pages for good, so the ranges are counted quarantined and the pools can never be made private
-    /// again (`release_pools` refuses).
+    /// again (`release_pools` refuses). Out of line (a failure's path): its log line's frame stays
+    /// off the set-ups that call it (a deferred device's first map runs them).
+    #[cold]
+    #[inline(never)]
     pub(crate) fn pin_pools(&self, slot: &DomainSlot<'m, POOLS>) {
         let (mut stuck, mut pools) = (0usize, 0u64);
         for r in slot.space.lock().ranges() {

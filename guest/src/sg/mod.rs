@@ -385,7 +385,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         opts: &SgOptions<'_>,
     ) -> Result<usize, DmaError> {
         crate::parts::require(crate::parts::SG, "scatter-gather")?;
-        let _masked = self.masked();
+        let _masked = self.masked_cold();
         self.check_device(dev)?;
         if list.is_empty() {
             return Err(DmaError::ZeroLength);
@@ -432,7 +432,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                     e.tag = ListTag { index, ..tag };
                 }
                 self.count_segments(list, true);
-                if let Some(slot) = view.domain.and_then(|d| self.slot(d)) {
+                if let Some(slot) = view.domain.and_then(|d| self.slot_cold(d)) {
                     // Detach waits for the list like for any mapping.
                     slot.live_mappings.fetch_add(1, Ordering::Relaxed);
                 }
@@ -448,6 +448,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     }
 
     /// A device without an IOMMU: its pools now (reserve ones for lookups, or while a pool is added).
+    /// Out of line: its two callers (map, and unmap/sync's settled view) each inlined the pool
+    /// table's read (full image -64 B, `bash scripts/budgets.sh`).
+    #[inline(never)]
     fn plain_view(&self, dev: &Device, for_alloc: bool) -> View {
         let reserve = !for_alloc || self.growth.growing.load(Ordering::Relaxed);
         let (pools, pool_bus) = self.plain.order_for(Some(dev.config.dma_mask), reserve);
@@ -458,7 +461,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     fn settled_view(&self, dev: &Device) -> Result<View, DmaError> {
         match dev.domain {
             None => Ok(self.plain_view(dev, false)),
-            Some(d) => match (self.domain_info(d), self.slot(d)) {
+            Some(d) => match (self.domain_info_cold(d), self.slot_cold(d)) {
                 (Some(info), Some(slot)) => {
                     let (pools, pool_bus) = slot.live.order_for(None, true);
                     Ok(View { path: info.path, pools, pool_bus, window: info.dynamic, domain: Some(d) })

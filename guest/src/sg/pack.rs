@@ -124,7 +124,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     fn view_base(&self, view: &View, pi: usize) -> Option<BusAddr> {
         match view.domain {
             None => self.plain.base_of(pi),
-            Some(d) => self.slot(d)?.live.base_of(pi),
+            Some(d) => self.slot_cold(d)?.live.base_of(pi),
         }
     }
 

@@ -59,7 +59,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             let need = span.checked_next_power_of_two().unwrap_or(1 << 63);
             align = align.max(need.min(lim.boundary.saturating_add(1)));
         }
-        let slot = view.domain.and_then(|d| self.slot(d)).ok_or(DmaError::NotAttached)?;
+        let slot = view.domain.and_then(|d| self.slot_cold(d)).ok_or(DmaError::NotAttached)?;
         let tce = self.backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let placed = slot.space.lock().alloc(span, align, 0, lo, hi, RangeKind::SgList, first_phys);
         let base = match placed {

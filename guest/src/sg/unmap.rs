@@ -78,7 +78,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         op: ListOp,
     ) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::SG, "scatter-gather")?;
-        let _masked = self.masked();
+        let _masked = self.masked_cold();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;
@@ -122,7 +122,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             self.copy_runs(list, false);
         }
         self.count_segments(list, false);
-        if let Some(slot) = view.domain.and_then(|d| self.slot(d)) {
+        if let Some(slot) = view.domain.and_then(|d| self.slot_cold(d)) {
             if let Some((start, len)) = range {
                 slot.space.lock().free(start, len, RangeKind::SgList);
             }
@@ -224,7 +224,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return Err(not_mapped);
         }
         if let Some((start, len)) = tag.range {
-            let slot = view.domain.and_then(|d| self.slot(d)).ok_or(not_mapped)?;
+            let slot = view.domain.and_then(|d| self.slot_cold(d)).ok_or(not_mapped)?;
             let found = slot.space.lock().find(start);
             if !found.is_some_and(|r| r.start == start && r.len == len && r.kind == RangeKind::SgList) {
                 return Err(DmaError::UnknownMapping(BusAddr(start)));

@@ -71,6 +71,9 @@ struct Table<'m, const POOLS: usize> {
 
 impl<const POOLS: usize> Table<'_, POOLS> {
     const INLINE: usize = RAW_RECORDS_PER_POOL * POOLS;
+    /// Out of line: five callers each inlined the split between inline and lent records (minimal,
+    /// full -48 B, firmware-minimal -64: `bash scripts/budgets.sh`, issue 20).
+    #[inline(never)]
     fn get_mut(&mut self, i: usize) -> Option<&mut RawRecord> {
         match i.checked_sub(Self::INLINE) {
             None => self.inline.as_flattened_mut().get_mut(i),

@@ -138,7 +138,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let phase = orig_addr & min_align & !(unit - 1) & (align - 1);
         let (lo, hi) = window_below(&win, dev.config.dma_mask);
         let placed =
-            slot.space.lock().alloc(npages * page, align, phase, lo, hi, RangeKind::Mapping, run_phys);
+            slot.space.lock_inline().alloc(npages * page, align, phase, lo, hi, RangeKind::Mapping, run_phys);
         let bus = match placed {
             Ok(b) => b,
             Err(e) => {
@@ -178,7 +178,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             DmaError::UnknownMapping(bus)
         };
         let slot = dev.domain.and_then(|d| self.slot(d)).ok_or_else(unknown)?;
-        let space = slot.space.lock();
+        let space = slot.space.lock_inline();
         let r = space.find(bus.0).filter(|r| r.kind == RangeKind::Mapping).ok_or_else(unknown)?;
         // The run starts at the range's first page; the data `bus - start` into it.
         let (order, _) = self.cold().pool_view(dev, false).ok_or_else(unknown)?;
@@ -224,7 +224,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             self.copy_to_original(&pool, &rec, 0, rec.len);
         }
         if let Some(slot) = dev.domain.and_then(|d| self.slot(d)) {
-            slot.space.lock().free(r.start, r.len, RangeKind::Mapping);
+            slot.space.lock_inline().free(r.start, r.len, RangeKind::Mapping);
             slot.live_mappings.fetch_sub(1, Ordering::Relaxed);
         }
         pool.free(rec.index, rec.nslots);
@@ -248,9 +248,9 @@ impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, 
     ) {
         self.stats.fail(FailureKind::Iommu);
         if clean {
-            slot.space.lock().free(bus, span, kind);
+            slot.space.lock_inline().free(bus, span, kind);
         } else {
-            slot.space.lock().quarantine(bus);
+            slot.space.lock_inline().quarantine(bus);
             self.iommu_counters.quarantined_ranges.fetch_add(1, Ordering::Relaxed);
         }
     }

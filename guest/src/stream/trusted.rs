@@ -100,7 +100,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let align = page.max(min_align.wrapping_add(1));
         let phase = base & min_align & (align - 1);
         let (lo, hi) = window_below(&win, dev.config.dma_mask);
-        let placed = slot.space.lock().alloc(span, align, phase, lo, hi, RangeKind::Private, base);
+        let placed = slot.space.lock_inline().alloc(span, align, phase, lo, hi, RangeKind::Private, base);
         let bus = placed.map_err(|e| {
             self.stats.fail(FailureKind::Iommu);
             DmaError::Iommu(e)
@@ -124,7 +124,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return None;
         }
         let slot = self.slot(dev.domain?)?;
-        let r = slot.space.lock().find(bus.0).filter(|r| r.kind == RangeKind::Private)?;
+        let r = slot.space.lock_inline().find(bus.0).filter(|r| r.kind == RangeKind::Private)?;
         let off = bus.0 - r.start;
         let fits = off.checked_add(len as u64).is_some_and(|e| e <= r.len);
         Some(if fits {
@@ -167,7 +167,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 log::warn!("ccdma: unmap of private mapping {bus} failed clearing its entries ({e:?}); kept");
                 return Err(DmaError::Iommu(e));
             }
-            slot.space.lock().free(r.start, r.len, RangeKind::Private);
+            slot.space.lock_inline().free(r.start, r.len, RangeKind::Private);
             slot.live_mappings.fetch_sub(1, Ordering::Relaxed);
             self.stats.unmapped();
             Ok(())
