@@ -520,6 +520,10 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// and the reset is then skipped; QEMU 7.2 does not).
     /// Failures are counted in `leaked_windows`.
     pub(crate) fn undo_windows(&self, tce: &Backend<'_>, id: u32, info: &DomainInfo<POOLS>) {
+        // Only a DDW set-up makes either (`info.ddw`, `reset_at_detach`): none without the part.
+        if !crate::parts::DDW {
+            return;
+        }
         let c = &self.iommu_counters;
         let mut removed = true;
         if let Some(win) = info.ddw {
