@@ -136,7 +136,10 @@ check "largest frame, full image" "$(fig max_frame "$OUT/full.txt")" 744 2048
 # Lock helper (bash scripts/budgets.sh at main 32db47a and at lock merged with it): with the TCE
 # writer out of the C image (its deepest path ran through the writer's batches) ccdma_map's chain
 # falls to 1,608; ceiling the figure plus ~2 %.
-check "deepest chain of ccdma_map" "$(fig chain_ccdma_map "$OUT/minimal.txt")" 1640 2048
+# text3 helper (bash scripts/budgets.sh at main cc82295 and at text3): without ccdma's `ddw` part
+# (ffi never enables it) the DDW set-up leaves the deferred attach under a map: 1,608 -> 1,576;
+# ceiling the figure plus ~2 %.
+check "deepest chain of ccdma_map" "$(fig chain_ccdma_map "$OUT/minimal.txt")" 1608 2048
 check "deepest chain of ccdma_unmap" "$(fig chain_ccdma_unmap "$OUT/minimal.txt")" 784 2048
 check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/minimal.txt")" 400 2048
 # Raised by issue 18 item 2 (raw claims checked on every path: raw records for direct and trusted
@@ -266,13 +269,23 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # the writer uses) not set up without `papr-tce` (iommu/list_setup.rs): full 76,997 -> 76,389.
 # Merged with main 32db47a (text2's growth out of ffi's `full`, churn90): minimal 49,269 -> 46,053,
 # fw-min 18,805 -> 18,709, full 73,461 -> 69,045. Ceilings set to these.
+# Issue 20, text3 helper (bash scripts/budgets.sh at main cc82295 and at text3): dynamic DMA windows
+# as ccdma's part `ddw` (default on), which ffi never enables (C IOMMUs have no DDW calls and ffi
+# sets the IOMMU config's DDW off, so the set-up could never run; LLVM could not see it: the flag
+# is read from layer memory): setup_ddw and make_room leave the image, minimal 46,053 -> 42,693,
+# full 69,045 -> 65,701 (fw-min unchanged: no IOMMU); then undo_windows (the DDW's removal and the
+# endpoint reset at detach, which only a DDW set-up asks for) tests the part too: minimal 42,405,
+# full 65,413, below the aim. Ceilings set to these. Tried and dropped:
+# Stats::fail `#[cold] #[inline(never)]` grew minimal +1,136, full +1,808 (a call with its
+# arguments, 13-17 B, replaces a 9 B `lock incq disp32(reg)` at each of 74 sites, and clobbers
+# registers); PoolOrder::used bounded by `min(N)` -16/-32 but fw-min +16.
 # Issue 21, hot helper (bash scripts/budgets.sh at main 7657c8b and at hot before its merges): a
 # device's mappings in its home pool counted per area by the pool (no atomic RMW per map or unmap):
 # minimal -80, fw-min +784 (free_unmapped out of line, the counters' sum in live_inc), full 0; the
 # plain map in a function of its own (bounce_map; strict keeps bounce_in_view): minimal and full
-# +848. Merged with main cc82295: minimal 46,053 -> 46,853, fw-min 18,709 -> 19,621, full 69,045 ->
-# 70,021. Ceilings set to these.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 46853 24576
+# +848. Merged with main 82e0fb1: minimal 42,405 -> 43,221, fw-min 18,709 -> 19,621, full 65,413 ->
+# 66,389 (above issue 20's 65,536 again). Ceilings set to these.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 43221 24576
 check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 19621 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
@@ -285,12 +298,16 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 70021 65536
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 66389 65536
 # Issue 20, lock helper: the PAPR TCE entry writer is unreachable from C (ffi's `full` leaves
 # `papr-tce` out; the writer's entries in iommu/backend.rs test the part), so no function of it may
 # stay in the full image (7 stayed, ~2.3 KB, before those tests: a Backend reaching an out-of-line
 # function hid that its Tce variant is never made).
 check "TCE writer functions in the full image" "$(nm -C "$OUT/full.elf" | grep -c 'TceWriter' || true)" 0 0
+# Issue 20, text3 helper: ffi never enables ccdma's `ddw` part (C IOMMUs have no DDW calls), so the
+# DDW set-up may not stay in the full image (setup_ddw and make_room, ~3.3 KB, stayed before
+# setup_domain and undo_windows tested the part: the config's DDW flag is read from layer memory).
+check "DDW set-up functions in the full image" "$(nm -C "$OUT/full.elf" | grep -cE 'setup_ddw|make_room' || true)" 0 0
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"

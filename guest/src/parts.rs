@@ -25,6 +25,8 @@ pub(crate) const SG: bool = cfg!(feature = "scatter-gather");
 pub(crate) const PAPR_TCE: bool = cfg!(feature = "papr-tce");
 /// The native IOMMU backend (`native-iommu`): devices behind `Platform::iommu_backend`.
 pub(crate) const NATIVE_IOMMU: bool = cfg!(feature = "native-iommu");
+/// Dynamic DMA windows (`ddw`): a DDW set-up when `IommuConfig::with_ddw` asks for one.
+pub(crate) const DDW: bool = cfg!(feature = "ddw");
 /// Any IOMMU path at all.
 pub(crate) const IOMMU: bool = PAPR_TCE || NATIVE_IOMMU;
 

@@ -238,7 +238,7 @@ impl IommuConfig {
         self.verify = verify;
         self
     }
-    /// Builder: DDW use.
+    /// Builder: DDW use (a build without ccdma's `ddw` feature never tries one: the default window).
     pub const fn with_ddw(mut self, use_ddw: bool) -> Self {
         self.use_ddw = use_ddw;
         self

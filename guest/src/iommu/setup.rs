@@ -61,7 +61,10 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         let tce = self.premap_backend().ok_or(DmaError::Iommu(IommuError::NoWindow))?;
         let id = config.id;
         let mut default = tce.default_window(id);
-        let ddw_wanted = iommu.cfg.use_ddw && config.dma_mask.bits() == 64 && self.pools.occupied() > 0;
+        let ddw_wanted = crate::parts::DDW
+            && iommu.cfg.use_ddw
+            && config.dma_mask.bits() == 64
+            && self.pools.occupied() > 0;
         if default.is_none() && !ddw_wanted {
             default = self.bring_back_default(slot, &tce, id);
         }
@@ -94,13 +97,17 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 accepted: false,
             };
             match (path::choose(&all), default) {
-                (PathChoice::TryDdw, _) => match self.setup_ddw(slot, &tce, config, default, info) {
-                    Ok(()) => return Ok(()),
-                    Err(outcome) => {
-                        log_ddw_fallback(id, &outcome);
-                        facts.ddw = outcome;
+                // Never chosen without the `ddw` part (`ddw_wanted` is false then); the test lets the
+                // optimiser see it and drop the DDW set-up (C builds: bash scripts/budgets.sh).
+                (PathChoice::TryDdw, _) if crate::parts::DDW => {
+                    match self.setup_ddw(slot, &tce, config, default, info) {
+                        Ok(()) => return Ok(()),
+                        Err(outcome) => {
+                            log_ddw_fallback(id, &outcome);
+                            facts.ddw = outcome;
+                        }
                     }
-                },
+                }
                 (PathChoice::DefaultWindow(_), Some(win)) => {
                     if self.premap_default(slot, &tce, config, win, facts.ddw, info)? {
                         return Ok(());
@@ -513,6 +520,10 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// and the reset is then skipped; QEMU 7.2 does not).
     /// Failures are counted in `leaked_windows`.
     pub(crate) fn undo_windows(&self, tce: &Backend<'_>, id: u32, info: &DomainInfo<POOLS>) {
+        // Only a DDW set-up makes either (`info.ddw`, `reset_at_detach`): none without the part.
+        if !crate::parts::DDW {
+            return;
+        }
         let c = &self.iommu_counters;
         let mut removed = true;
         if let Some(win) = info.ddw {
