@@ -279,8 +279,14 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # Stats::fail `#[cold] #[inline(never)]` grew minimal +1,136, full +1,808 (a call with its
 # arguments, 13-17 B, replaces a 9 B `lock incq disp32(reg)` at each of 74 sites, and clobbers
 # registers); PoolOrder::used bounded by `min(N)` -16/-32 but fw-min +16.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 42405 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18709 24576
+# Issue 21, hot helper (bash scripts/budgets.sh at main 7657c8b and at hot before its merges): a
+# device's mappings in its home pool counted per area by the pool (no atomic RMW per map or unmap):
+# minimal -80, fw-min +784 (free_unmapped out of line, the counters' sum in live_inc), full 0; the
+# plain map in a function of its own (bounce_map; strict keeps bounce_in_view): minimal and full
+# +848. Merged with main 82e0fb1: minimal 42,405 -> 43,221, fw-min 18,709 -> 19,621, full 65,413 ->
+# 66,389 (above issue 20's 65,536 again). Ceilings set to these.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 43221 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 19621 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
@@ -292,7 +298,7 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 65413 65536
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 66389 65536
 # Issue 20, lock helper: the PAPR TCE entry writer is unreachable from C (ffi's `full` leaves
 # `papr-tce` out; the writer's entries in iommu/backend.rs test the part), so no function of it may
 # stay in the full image (7 stayed, ~2.3 KB, before those tests: a Backend reaching an out-of-line
