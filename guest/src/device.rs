@@ -173,7 +173,11 @@ pub(crate) struct DevicePeaks {
 /// A device's high-water marks and failures ([`Device::peaks`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DevicePeakCounts {
-    /// Most streaming mappings live at once.
+    /// Most streaming mappings live at once. Exact when one CPU at a time maps and unmaps for the
+    /// device. With several CPUs at once it is a sum of per-area counters read one after another
+    /// (counting them is what keeps atomics off the map path), so it can be off by the maps and
+    /// unmaps that ran during that read, in either direction. Detach's `Busy` count is always
+    /// exact (see `Device::live`).
     pub mappings_high_water: u32,
     /// Most scatter-gather lists live at once.
     pub lists_high_water: u32,
