@@ -154,9 +154,15 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # 180,132 (PseriesPlatform 17,316). Ceilings: the figures plus ~2 %.
 # Both merged (main 17d41b0 and once): x86 ccdma .text 178,745 (QemuPlatform 15,746, CPlatform
 # 41,020), pseries 170,676 (PseriesPlatform 17,244); ceilings the figures plus ~2 %.
-check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 171500 240000
-check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 15000 16384
-check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 38000 16384
+# Issue 21, hot helper (device live count per home-pool area, RunWord, bounce_map; Device 160 ->
+# 192 B), merged at main 66d0e77 (bash scripts/kernel-budgets.sh): x86 171,467 -> 174,706
+# (QemuPlatform 14,986 -> 16,418, CPlatform 37,921 -> 39,215), pseries 163,448 -> 165,444
+# (PseriesPlatform 16,216 -> 17,328). Then the refused bounce's error built by one refused_error
+# generic over the pool count only, not once per platform (lead): x86 174,447 (QemuPlatform 16,079,
+# CPlatform 38,969), PseriesPlatform 16,876. Ceilings: the figures rounded up to the next 100.
+check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 174500 240000
+check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 16100 16384
+check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 39000 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 # After merging sgsize and atom (lead; fresh-clone CI at 6937492+1): pseries ccdma .text 170,676 ->
 # 179,320 while x86 fell to 181,416. Split (dinfo2 helper; the pseries kernel built at each merge,
@@ -181,8 +187,8 @@ check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 # and domain slot look-ups (slot_lookup.rs) out of line as well: x86 173,904 -> 171,467
 # (QemuPlatform 14,841 -> 14,986, CPlatform 38,686 -> 37,921), pseries 167,812 -> 163,448
 # (PseriesPlatform 16,188 -> 16,216). Ceilings: the figures rounded up to the next 100.
-check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 163500 201000
-check "pseries: ccdma .text for PseriesPlatform" "$PPC_INST" 17700 16384
+check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 165500 201000
+check "pseries: ccdma .text for PseriesPlatform" "$PPC_INST" 16900 16384
 check "x86: largest frame, DMA set-up" "$(fig x86 max_frame_setup)" 2048 2048
 check "pseries: largest frame, DMA set-up" "$(fig pseries max_frame_setup)" 2048 2048
 check "x86: largest frame, ccdma (guest/)" "$(fig x86 max_frame_ccdma)" 2048 2048

@@ -10,7 +10,7 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::{BouncePool, NewHead, Owner, RunRequest, SlotRecord};
 use crate::pool_set::PoolOrder;
-use crate::stats::{should_warn, FailureKind};
+use crate::stats::{should_warn, FailureKind, Stats};
 
 use super::placement::{Placement, Rule};
 use super::{Mapped, Original, PoolAt, RunWord};
@@ -219,30 +219,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     }
 
     /// The error of a bounce that no pool could place (`largest`: the longest run any of them
-    /// offered), counted and warned about unless growth will try again.
-    #[cold]
-    #[inline(never)]
+    /// offered), counted and warned about unless growth will try again. The work is in
+    /// [`refused_error`], generic over the pool count only: one copy whatever the platform type.
+    #[inline(always)]
     fn bounce_refused(&self, dev: &Device, len: usize, largest: usize, attrs: DmaAttrs) -> DmaError {
-        if self.growth_will_retry(len) {
-            // Growth tries again, and counts the failure if it stays one.
-            return if largest < len {
-                DmaError::TooLarge { len, max: largest }
-            } else {
-                DmaError::PoolExhausted { len }
-            };
-        }
-        if largest < len {
-            self.stats.fail(FailureKind::TooLarge);
-            return DmaError::TooLarge { len, max: largest };
-        }
-        let n = self.stats.fail(FailureKind::PoolExhausted);
-        if !attrs.contains(DmaAttrs::NO_WARN) && should_warn(n) {
-            log::warn!(
-                "ccdma: bounce pool exhausted mapping {len} bytes for device {:#x} ({n} failures so far)",
-                dev.config.id
-            );
-        }
-        DmaError::PoolExhausted { len }
+        refused_error(&self.stats, self.growth_will_retry(len), dev.config.id, len, largest, attrs)
     }
 
     /// Initialise a freshly allocated slot run: the original for data going to the device, zeroes (or
@@ -304,4 +285,36 @@ impl<P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS
             Placement::new(config.min_align_mask, p.slot_size() as u64, p.max_mapping() as u64)
         })
     }
+}
+
+/// [`DmaLayer::bounce_refused`]'s body: the error, counted and warned about unless growth will try
+/// again (`will_retry`: it counts the failure if it stays one).
+#[cold]
+#[inline(never)]
+fn refused_error<const POOLS: usize>(
+    stats: &Stats<POOLS>,
+    will_retry: bool,
+    dev_id: u32,
+    len: usize,
+    largest: usize,
+    attrs: DmaAttrs,
+) -> DmaError {
+    if will_retry {
+        return if largest < len {
+            DmaError::TooLarge { len, max: largest }
+        } else {
+            DmaError::PoolExhausted { len }
+        };
+    }
+    if largest < len {
+        stats.fail(FailureKind::TooLarge);
+        return DmaError::TooLarge { len, max: largest };
+    }
+    let n = stats.fail(FailureKind::PoolExhausted);
+    if !attrs.contains(DmaAttrs::NO_WARN) && should_warn(n) {
+        log::warn!(
+            "ccdma: bounce pool exhausted mapping {len} bytes for device {dev_id:#x} ({n} failures so far)"
+        );
+    }
+    DmaError::PoolExhausted { len }
 }
