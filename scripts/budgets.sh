@@ -279,8 +279,11 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # Stats::fail `#[cold] #[inline(never)]` grew minimal +1,136, full +1,808 (a call with its
 # arguments, 13-17 B, replaces a 9 B `lock incq disp32(reg)` at each of 74 sites, and clobbers
 # registers); PoolOrder::used bounded by `min(N)` -16/-32 but fw-min +16.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 42405 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18709 24576
+# Issue 20, text4 helper (bash scripts/budgets.sh at main 82e0fb1 and after each step): ccdma's
+# `pool-full-report` part (default on) left out of ffi (no export reads the last "pool full"
+# record): minimal 42,405 -> 41,893, fw-min 18,709 -> 18,373; full below. Ceilings set to these.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 41893 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18373 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
@@ -292,7 +295,10 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 65413 65536
+# Issue 20, text4 helper: the C sg shims call `map_sg_cpu` (CPU-buffer entries only; the physical
+# and P2P entry code is not linked), full 65,413 -> 65,285; then ffi without `pool-full-report`,
+# full -> 64,693. Ceiling set to this.
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 64693 65536
 # Issue 20, lock helper: the PAPR TCE entry writer is unreachable from C (ffi's `full` leaves
 # `papr-tce` out; the writer's entries in iommu/backend.rs test the part), so no function of it may
 # stay in the full image (7 stayed, ~2.3 KB, before those tests: a Backend reaching an out-of-line
@@ -304,5 +310,8 @@ check "TCE writer functions in the full image" "$(nm -C "$OUT/full.elf" | grep -
 check "DDW set-up functions in the full image" "$(nm -C "$OUT/full.elf" | grep -cE 'setup_ddw|make_room' || true)" 0 0
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
+# Issue 20, text4 helper: no C export reads the last "pool full" record, so ffi leaves ccdma's
+# `pool-full-report` part out and its recording may not stay (report_full_once, 407 B, at 82e0fb1).
+check "pool-full report functions in the full image" "$(nm -C "$OUT/full.elf" | grep -c 'report_full' || true)" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
 echo "budgets.sh: every figure within its ceiling"
