@@ -281,9 +281,11 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # registers); PoolOrder::used bounded by `min(N)` -16/-32 but fw-min +16.
 # Issue 20, text4 helper (bash scripts/budgets.sh at main 82e0fb1 and after each step): ccdma's
 # `pool-full-report` part (default on) left out of ffi (no export reads the last "pool full"
-# record): minimal 42,405 -> 41,893, fw-min 18,709 -> 18,373; full below. Ceilings set to these.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 41893 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18373 24576
+# record): minimal 42,405 -> 41,893, fw-min 18,709 -> 18,373; full below. Then ccdma's `stats`
+# part (default on; the layer's own counters, bumped at ~74 failure sites and on every map) left out
+# of ffi (no export reads them): minimal -> 40,917, fw-min -> 17,861. Ceilings set to these.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 40917 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 17861 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
@@ -297,8 +299,8 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
 # Issue 20, text4 helper: the C sg shims call `map_sg_cpu` (CPU-buffer entries only; the physical
 # and P2P entry code is not linked), full 65,413 -> 65,285; then ffi without `pool-full-report`,
-# full -> 64,693. Ceiling set to this.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 64693 65536
+# full -> 64,693; then ffi without `stats`, full -> 62,933. Ceiling set to this.
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 62933 65536
 # Issue 20, lock helper: the PAPR TCE entry writer is unreachable from C (ffi's `full` leaves
 # `papr-tce` out; the writer's entries in iommu/backend.rs test the part), so no function of it may
 # stay in the full image (7 stayed, ~2.3 KB, before those tests: a Backend reaching an out-of-line

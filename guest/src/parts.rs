@@ -29,6 +29,8 @@ pub(crate) const NATIVE_IOMMU: bool = cfg!(feature = "native-iommu");
 pub(crate) const DDW: bool = cfg!(feature = "ddw");
 /// The last "pool full" record (`pool-full-report`): [`DmaLayer::last_pool_full`](crate::DmaLayer::last_pool_full).
 pub(crate) const POOL_FULL_REPORT: bool = cfg!(feature = "pool-full-report");
+/// The layer's counters (`stats`): [`DmaLayer::stats`](crate::DmaLayer::stats) beyond the pools' own.
+pub(crate) const STATS: bool = cfg!(feature = "stats");
 /// Any IOMMU path at all.
 pub(crate) const IOMMU: bool = PAPR_TCE || NATIVE_IOMMU;
 
