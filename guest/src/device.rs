@@ -29,6 +29,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use crate::addr::DmaMask;
 use crate::iommu::domain::DomainRef;
 use crate::path::DmaPath;
+use crate::pool::{AreaLive, HomePool};
 use crate::pool_set::PoolOrder;
 use crate::stream::placement::Placement;
 use crate::trust::TrustState;
@@ -145,8 +146,14 @@ pub struct Device {
     pub(crate) serial: u32,
     /// The device's IOMMU domain, on IOMMU paths.
     pub(crate) domain: Option<DomainRef>,
-    /// Live mappings, lists and coherent buffers (detach refuses while non-zero).
+    /// Live mappings, lists and coherent buffers (detach refuses while non-zero), but for the
+    /// mappings its home pool counts (`home_live`).
     pub(crate) live: [AtomicU32; 3],
+    /// Its mappings in its home pool (the first its runs were counted in), counted per area by the
+    /// pool under the area locks (`pool/dev_live.rs`): no atomic read-modify-write per map or unmap.
+    pub(crate) home_live: AreaLive,
+    /// Which pool `home_live` counts.
+    pub(crate) home: HomePool,
     /// Untrusted, or accepted by the platform (changed only by `accept`/`revoke`, which take
     /// `&mut Device`).
     pub(crate) trust: TrustState,
@@ -166,7 +173,11 @@ pub(crate) struct DevicePeaks {
 /// A device's high-water marks and failures ([`Device::peaks`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DevicePeakCounts {
-    /// Most streaming mappings live at once.
+    /// Most streaming mappings live at once. Exact when one CPU at a time maps and unmaps for the
+    /// device. With several CPUs at once it is a sum of per-area counters read one after another
+    /// (counting them is what keeps atomics off the map path), so it can be off by the maps and
+    /// unmaps that ran during that read, in either direction. Detach's `Busy` count is always
+    /// exact (see `Device::live`).
     pub mappings_high_water: u32,
     /// Most scatter-gather lists live at once.
     pub lists_high_water: u32,
@@ -179,21 +190,43 @@ impl Device {
     pub fn serial(&self) -> u32 {
         self.serial
     }
-    /// Mappings, scatter-gather lists and coherent buffers of this device live now.
+    /// Mappings, scatter-gather lists and coherent buffers of this device live now. Exact whenever
+    /// none of them is made or ended meanwhile (a detach, which takes the device by value, always
+    /// sees an exact count); while other CPUs map and unmap for it, each of its mappings counts
+    /// once its map has returned and stops counting when its unmap returns (or sooner).
     pub fn live(&self) -> u64 {
-        self.live.iter().map(|c| u64::from(c.load(Ordering::Acquire))).sum()
+        self.live.iter().map(|c| u64::from(c.load(Ordering::Acquire))).sum::<u64>()
+            + self.home_live.sum(AreaLive::AREAS)
     }
     /// The same, by kind.
     pub fn live_counts(&self) -> LiveCounts {
         let n = |k: LiveKind| u64::from(self.live[k as usize].load(Ordering::Acquire));
         LiveCounts {
-            mappings: n(LiveKind::Mapping),
+            mappings: n(LiveKind::Mapping) + self.home_live.sum(AreaLive::AREAS),
             lists: n(LiveKind::List),
             coherent: n(LiveKind::Coherent),
         }
     }
     pub(crate) fn live_inc(&self, kind: LiveKind) {
-        let n = self.live[kind as usize].fetch_add(1, Ordering::AcqRel) + 1;
+        let mut n = u64::from(self.live[kind as usize].fetch_add(1, Ordering::AcqRel)) + 1;
+        if kind == LiveKind::Mapping && self.home.is_set() {
+            n += self.home_live.sum(AreaLive::AREAS);
+        }
+        self.note_peak(kind, n);
+    }
+    /// A mapping its home pool counted (`home_live`) was made: the high-water mark, with that
+    /// pool's `areas` counters.
+    #[inline]
+    pub(crate) fn mapped_at_home(&self, areas: usize) {
+        let n = u64::from(self.live[LiveKind::Mapping as usize].load(Ordering::Acquire))
+            + self.home_live.sum(areas);
+        self.note_peak(LiveKind::Mapping, n);
+    }
+    /// Raise the high-water mark of `kind` to `n` live (exact with one CPU mapping for the device;
+    /// with several, the counts added up may be read at slightly different times).
+    #[inline(always)]
+    fn note_peak(&self, kind: LiveKind, n: u64) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
         if let Some(h) = self.peaks.high.get(kind as usize) {
             if h.load(Ordering::Relaxed) < n {
                 h.fetch_max(n, Ordering::Relaxed);

@@ -471,6 +471,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             serial,
             domain,
             live: Default::default(),
+            home_live: Default::default(),
+            home: Default::default(),
             peaks: Default::default(),
             trust: crate::trust::TrustState::Untrusted,
         }

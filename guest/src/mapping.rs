@@ -62,7 +62,7 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::MAX_AREAS;
 use crate::pool_set::MAX_POOLS;
-use crate::stream::{Original, PoolAt};
+use crate::stream::{Original, RunWord};
 
 /// A live streaming mapping of a borrowed buffer.
 pub struct Mapping<
@@ -76,8 +76,9 @@ pub struct Mapping<
     layer: &'a DmaLayer<'m, P, POOLS, DOMAINS, AREAS>,
     dev: &'a Device,
     bus: BusAddr,
-    /// Where its bounce run lies (unmap goes there without a search); `None` on other paths.
-    at: Option<PoolAt>,
+    /// Where its bounce run lies (unmap goes there without a search; none on other paths), and
+    /// whether its device's live count has it already.
+    run: RunWord,
     buf: *mut u8,
     len: usize,
     dir: DmaDirection,
@@ -141,7 +142,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // The buffer is borrowed for 'a by the returned mapping; the record is marked as the
         // mapping's, so only the mapping can end it, and it forgets `ptr` before the borrow ends.
         let m = self.map_original(dev, Original { cpu: ptr, phys, safe: true }, len, dir, attrs)?;
-        Ok(Mapping { layer: self, dev, bus: m.bus, at: m.at, buf: ptr, len, dir, attrs, _buf: PhantomData })
+        Ok(Mapping { layer: self, dev, bus: m.bus, run: m.run, buf: ptr, len, dir, attrs, _buf: PhantomData })
     }
 }
 
@@ -200,7 +201,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     #[track_caller]
     pub fn unmap(self) -> Result<(), Refused<Self>> {
         let this = ManuallyDrop::new(self);
-        match this.layer.unmap_mapping(this.dev, this.bus, this.at, this.len, this.dir, this.attrs) {
+        match this.layer.unmap_mapping(this.dev, this.bus, this.run, this.len, this.dir, this.attrs) {
             Ok(()) => Ok(()),
             Err(error) => Err(Refused { value: ManuallyDrop::into_inner(this), error }),
         }
@@ -224,7 +225,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> 
     for Mapping<'_, '_, P, POOLS, DOMAINS, AREAS>
 {
     fn drop(&mut self) {
-        if let Err(e) = self.layer.unmap_mapping(self.dev, self.bus, self.at, self.len, self.dir, self.attrs)
+        if let Err(e) = self.layer.unmap_mapping(self.dev, self.bus, self.run, self.len, self.dir, self.attrs)
         {
             log::error!("ccdma: unmap on drop of {} failed: {e}", self.bus);
             // The borrow ends now: the record must forget the buffer before it does.

@@ -10,12 +10,16 @@
 //!
 //! (`(Ir(2000) - Ir(1000)) / 1000` is one map+unmap plus one memcpy; `MODE` `map` or `memcpy` runs only
 //! that loop, to split the two.) `MODE` `skip` maps with `SKIP_CPU_SYNC` instead; `ddw` maps through
-//! the modelled TCE IOMMU, the pool premapped in a 64-bit device's DDW (the bench's premapped row).
+//! the modelled TCE IOMMU, the pool premapped in a 64-bit device's DDW (the bench's premapped row);
+//! `full` makes N 4 KiB maps that are refused, the pool held full by raw 256 KiB mappings (the
+//! bench's "refused" row).
 
 use std::hint::black_box;
 
 use ccdma::iommu::BusRange;
-use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, IommuConfig, PoolConfig};
+use ccdma::{
+    DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, IommuConfig, PhysAddr, PoolConfig,
+};
 use ccdma_hv_model::{HvConfig, Region, TceConfig};
 use ccdma_tests::{add_pool, model, pattern, GIB, HIGH_POOL, MIB, MID_POOL};
 
@@ -45,7 +49,38 @@ fn main() {
     let buf = hv.alloc(4096 + skew, Region::High) + skew;
     hv.memory().write(buf, &pattern(4096, 3));
     let attrs = if mode == "skip" { DmaAttrs::SKIP_CPU_SYNC } else { DmaAttrs::NONE };
-    if mode != "memcpy" {
+    if mode == "full" {
+        let run = 256 << 10;
+        let held = hv.alloc(16 * MIB, Region::High);
+        let mut live = Vec::new();
+        loop {
+            let phys = PhysAddr(held + (live.len() * run) as u64);
+            // SAFETY: a fresh private allocation kept untouched until these mappings end; each
+            // mapping lends a different 256 KiB of it.
+            match unsafe { layer.map_phys(&dev, phys, run, DmaDirection::ToDevice, DmaAttrs::NO_WARN) } {
+                Ok(b) => live.push(b),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..n {
+            // SAFETY: the program's own buffer; the map fails, so nothing is lent.
+            let r = unsafe {
+                layer.map_phys(
+                    &dev,
+                    PhysAddr(black_box(buf)),
+                    4096,
+                    DmaDirection::ToDevice,
+                    DmaAttrs::NO_WARN,
+                )
+            };
+            assert!(black_box(r).is_err());
+        }
+        for b in live {
+            // SAFETY: a raw mapping made above, unmapped once.
+            unsafe { layer.unmap(&dev, b, run, DmaDirection::ToDevice, DmaAttrs::NONE) }.expect("unmap");
+        }
+    }
+    if mode != "memcpy" && mode != "full" {
         for _ in 0..n {
             // SAFETY: the buffer is a fresh allocation of this program; this slice is the only view.
             let b = unsafe { hv.slice_mut(buf, 4096) };
@@ -54,7 +89,7 @@ fn main() {
             m.unmap().expect("unmap");
         }
     }
-    if mode != "map" && mode != "skip" && mode != "ddw" {
+    if mode != "map" && mode != "skip" && mode != "ddw" && mode != "full" {
         let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
         // SAFETY: non-zero sizes; freed below with the same layout.
         let (src, dst) = unsafe { (std::alloc::alloc_zeroed(layout), std::alloc::alloc_zeroed(layout)) };

@@ -30,7 +30,10 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             };
             r.npools += 1;
         }
-        log::warn!("ccdma: {}", r.report());
+        // The report's text (a MAX_POOLS copy) only when warnings are logged.
+        if log::log_enabled!(log::Level::Warn) {
+            log::warn!("ccdma: {}", r.report());
+        }
         *self.growth.last_full.lock() = Some(r);
     }
 }

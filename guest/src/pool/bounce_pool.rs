@@ -1,6 +1,7 @@
 //! `BouncePool`: the areas of one pool of shared memory, allocation across them, and the records.
 
 use super::area::*;
+use super::dev_live::AreaLive;
 use super::front::class_bit;
 use super::*;
 
@@ -30,11 +31,12 @@ pub struct BouncePool<'m, const AREAS: usize = MAX_AREAS> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Taken {
     /// The run is free again (nothing had to be copied out of it first). No copy of the record:
-    /// the caller's check saw it, and nothing is left to do with it.
-    Freed,
-    /// As `Freed`, for a run its pool counted ([`COUNTED`]): the unmap is counted already.
-    FreedCounted,
+    /// the caller's check saw it, and nothing is left to do with it. `counted`: a run its pool
+    /// counted ([`COUNTED`]), the unmap counted already; `dev`: its device's live count
+    /// ([`AreaLive`]) taken down already.
+    Freed { counted: bool, dev: bool },
     /// The head is released (as by `lookup(.., true)`): copy out of the run, then [`BouncePool::free`].
+    /// Its device's live count is taken down already when `dev_counted`.
     Released(SlotRecord),
 }
 
@@ -152,11 +154,17 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// The area holding global slot `index` and `index`'s position inside it (`None` past the
     /// pool's slots).
     fn area_at(&self, index: usize) -> Option<(&Area<'m>, usize)> {
+        self.area_numbered(index).map(|(_, area, i)| (area, i))
+    }
+
+    /// [`Self::area_at`] with the area's number.
+    #[inline(always)]
+    fn area_numbered(&self, index: usize) -> Option<(usize, &Area<'m>, usize)> {
         if index >= self.nslots {
             return None;
         }
-        let area = self.areas.get(div(index, self.area_slots, self.area_shift))?;
-        Some((area, rem(index, self.area_slots, self.area_shift)))
+        let a = div(index, self.area_slots, self.area_shift);
+        Some((a, self.areas.get(a)?, rem(index, self.area_slots, self.area_shift)))
     }
 
     /// The areas in use.
@@ -277,16 +285,16 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     ) -> Option<usize> {
         let owner = Owner { device, safe: false };
         let head = NewHead { offset, len, dir, attrs, orig: core::ptr::null_mut(), owner };
-        self.alloc_from(req, head, attrs.bits() | SG_RUN, Some(self.area_of_cpu(cpu)))
+        self.alloc_from(req, head, attrs.bits() | SG_RUN, Some(self.area_of_cpu(cpu)), None)
     }
 
     fn alloc_tagged(&self, req: RunRequest, new: NewHead, attr_bits: u8) -> Option<usize> {
-        self.alloc_from(req, new, attr_bits, None)
+        self.alloc_from(req, new, attr_bits, None, None)
     }
 
-    /// Allocate, trying area `first` first (else where the last allocation that moved on found room).
-    /// Callers go through [`Self::alloc_from`] (`once.rs`), which takes the default capacity's
-    /// copy in ccdma.
+    /// Allocate, trying area `first` first (else where the last allocation that moved on found room);
+    /// with `live`, the run is counted there for its device ([`AreaLive`]). Callers go through
+    /// [`Self::alloc_from`] (`once.rs`), which takes the default capacity's copy in ccdma.
     #[inline(always)]
     pub(super) fn alloc_from_any(
         &self,
@@ -294,6 +302,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         new: NewHead,
         attr_bits: u8,
         first: Option<usize>,
+        live: Option<&AreaLive>,
     ) -> Option<usize> {
         let n = req.nslots;
         if n == 0 || n > self.max_run {
@@ -352,8 +361,11 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         head.offset = offset;
         head.len = len;
         head.owner = new.owner.device;
-        head.attrs = attr_bits;
+        head.attrs = attr_bits | if live.is_some() { DEV_COUNTED } else { 0 };
         head.orig = new.orig as usize;
+        if let Some(live) = live {
+            live.up(a, &st);
+        }
         if attr_bits & COUNTED != 0 {
             area.count_map(&st, if new.dir.fills_by_copy(new.attrs) { new.len } else { 0 });
         }
@@ -526,6 +538,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             orig: head.orig as *mut u8,
             owner: Owner { device: head.owner, safe: head.attrs & SAFE_FACE != 0 },
             counted: head.attrs & COUNTED != 0,
+            dev_counted: head.attrs & DEV_COUNTED != 0,
         })
     }
 
@@ -533,14 +546,27 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// refuse it (nothing changes then), and free the run at once when `copy_back` says nothing has
     /// to be read out of it first; otherwise release the head as `lookup(off, true)` does, and the
     /// caller copies and then calls [`Self::free`] (the copy stays outside the lock). `None`: no
-    /// such mapping.
+    /// such mapping. A run counted for its device ([`AreaLive`]) is taken off `live` (the device
+    /// `check` accepted as its owner) either way.
+    pub(crate) fn release_or_free_for<E>(
+        &self,
+        off: u64,
+        live: &AreaLive,
+        check: impl FnOnce(&SlotRecord) -> Result<(), E>,
+        copy_back: impl FnOnce(&SlotRecord) -> bool,
+    ) -> Option<Result<Taken, E>> {
+        self.take_at(self.index_of_offset(off), off, false, live, check, copy_back)
+    }
+
+    /// [`Self::release_or_free_for`] of a run no device counts (the pool's own tests).
+    #[cfg(test)]
     pub(crate) fn release_or_free<E>(
         &self,
         off: u64,
         check: impl FnOnce(&SlotRecord) -> Result<(), E>,
         copy_back: impl FnOnce(&SlotRecord) -> bool,
     ) -> Option<Result<Taken, E>> {
-        self.take_at(self.index_of_offset(off), off, false, check, copy_back)
+        self.release_or_free_for(off, &AreaLive::default(), check, copy_back)
     }
 
     fn take_at<E>(
@@ -548,21 +574,23 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         index: usize,
         off: u64,
         sg: bool,
+        live: &AreaLive,
         check: impl FnOnce(&SlotRecord) -> Result<(), E>,
         copy_back: impl FnOnce(&SlotRecord) -> bool,
     ) -> Option<Result<Taken, E>> {
-        let (area, i) = self.area_at(index)?;
+        let (a, area, i) = self.area_numbered(index)?;
         let mut st = area.state.lock();
         let rec = self.record_of(&st, index, i, off, sg)?;
         if let Err(e) = check(&rec) {
             return Some(Err(e));
         }
+        let dev = live.down_if_counted(a, rec.dev_counted, &st);
         if copy_back(&rec) {
             st.meta.get_mut(i)?.set_state(RELEASING);
             return Some(Ok(Taken::Released(rec)));
         }
         self.free_locked(area, &mut st, i, rec.nslots);
-        Some(Ok(if rec.counted { Taken::FreedCounted } else { Taken::Freed }))
+        Some(Ok(Taken::Freed { counted: rec.counted, dev }))
     }
 
     /// The area a map of CPU `cpu` (any number) starts in: `cpu` modulo the areas when their count
@@ -585,13 +613,13 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// through [`Self::alloc_counted`] (this, with the run counted or not); the tests use this.
     #[cfg(test)]
     pub(crate) fn alloc_near(&self, req: RunRequest, head: NewHead, cpu: usize) -> Option<usize> {
-        self.alloc_counted(req, head, cpu, false)
+        self.alloc_counted(req, head, cpu, false, None)
     }
 
     /// [`Self::alloc_near`] for a run the pool counts for the layer's statistics ([`COUNTED`]) when
     /// `counted`: a map now, with `head.len` bytes to the device when the map fills the run by
     /// copy ([`DmaDirection::fills_by_copy`]), and an unmap when it is freed. Counted under the area lock the allocation holds anyway: no shared counter is
-    /// touched.
+    /// touched. With `live` the run is counted for its device as well ([`AreaLive`]).
     #[inline]
     pub(crate) fn alloc_counted(
         &self,
@@ -599,11 +627,12 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         head: NewHead,
         cpu: usize,
         counted: bool,
+        live: Option<&AreaLive>,
     ) -> Option<usize> {
         let bits = head.attrs.bits()
             | if head.owner.safe { SAFE_FACE } else { 0 }
             | if counted { COUNTED } else { 0 };
-        self.alloc_from(req, head, bits, Some(self.area_of_cpu(cpu)))
+        self.alloc_from(req, head, bits, Some(self.area_of_cpu(cpu)), live)
     }
 
     /// What this pool counted ([`Self::alloc_counted`]), summed over its areas. Out of line: read
@@ -614,14 +643,15 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     }
 
     /// [`Self::free`] for a run whose map failed after its allocation: a counted run's map is taken
-    /// back as well, so neither a map nor an unmap is left counted.
-    pub(crate) fn free_unmapped(&self, index: usize, nslots: usize) {
-        let Some((area, i)) = self.area_at(index) else { return };
+    /// back as well, so neither a map nor an unmap is left counted (its device's count too, `live`).
+    pub(crate) fn free_unmapped(&self, index: usize, nslots: usize, live: &AreaLive) {
+        let Some((a, area, i)) = self.area_numbered(index) else { return };
         let mut st = area.state.lock();
         let Some(h) = st.meta.get(i) else { return };
         if !(matches!(h.state(), HEAD | RELEASING) && h.nslots as usize == nslots) {
             return;
         }
+        live.down_if_counted(a, h.attrs & DEV_COUNTED != 0, &st);
         if h.attrs & COUNTED != 0 {
             let dir = DmaDirection::from_bits(h.dir()).unwrap_or(DmaDirection::ToDevice);
             let copied = dir.fills_by_copy(DmaAttrs::from_bits_truncate(h.attrs));

@@ -92,6 +92,10 @@ const SAFE_FACE: u8 = 0x40;
 /// shared counter. Plain and premapped bounce maps set it; strict, scatter-gather and list-page runs
 /// do not (their paths count on the layer's shards).
 const COUNTED: u8 = 0x20;
+/// Head `attrs` bit marking a run its device counts among its live mappings in the pool's areas
+/// ([`AreaLive`], `dev_live.rs`): set and cleared under the area lock, so `Device::live` needs no
+/// read-modify-write on the hot path. Above the `DmaAttrs` bits (0..=3).
+const DEV_COUNTED: u8 = 0x10;
 /// Head `attrs` of a run made by the benchmark hook [`BouncePool::bench_alloc`] (no device owns it).
 const BENCH_RUN: u8 = SG_RUN | SAFE_FACE;
 
@@ -208,6 +212,9 @@ pub(crate) struct SlotRecord {
     pub owner: Owner,
     /// Counted by its pool ([`COUNTED`]): freeing it counts its unmap there.
     pub counted: bool,
+    /// Counted among its device's live mappings by the pool ([`DEV_COUNTED`]): taken down already
+    /// when a release handed this record out.
+    pub dev_counted: bool,
 }
 
 /// What a pool counted for the layer's statistics ([`BouncePool::tally`]): the maps of its counted
@@ -277,6 +284,7 @@ mod area;
 #[cfg(test)]
 mod area_hint_tests;
 mod bounce_pool;
+mod dev_live;
 mod front;
 #[cfg(test)]
 mod front_cap_tests;
@@ -292,3 +300,4 @@ mod tests;
 
 pub use bounce_pool::BouncePool;
 pub(crate) use bounce_pool::Taken;
+pub(crate) use dev_live::{AreaLive, HomePool};

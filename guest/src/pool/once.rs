@@ -9,6 +9,7 @@
 //! bodies (`*_any`) are inlined into exactly two functions, the `*_once` one and the generic
 //! `*_other` one (the copy of another capacity, one per crate as before).
 
+use super::dev_live::AreaLive;
 use super::*;
 
 /// A pool of the default capacity: what the `*_once` functions take.
@@ -44,10 +45,11 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         new: NewHead,
         attr_bits: u8,
         first: Option<usize>,
+        live: Option<&AreaLive>,
     ) -> Option<usize> {
         match self.as_full() {
-            Some(p) => alloc_from_once(p, req, new, attr_bits, first),
-            None => self.alloc_from_other(req, new, attr_bits, first),
+            Some(p) => alloc_from_once(p, req, new, attr_bits, first, live),
+            None => self.alloc_from_other(req, new, attr_bits, first, live),
         }
     }
 
@@ -95,8 +97,9 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         new: NewHead,
         attr_bits: u8,
         first: Option<usize>,
+        live: Option<&AreaLive>,
     ) -> Option<usize> {
-        self.alloc_from_any(req, new, attr_bits, first)
+        self.alloc_from_any(req, new, attr_bits, first, live)
     }
 
     fn lookup_at_other(&self, index: usize, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {
@@ -126,8 +129,9 @@ fn alloc_from_once(
     new: NewHead,
     attr_bits: u8,
     first: Option<usize>,
+    live: Option<&AreaLive>,
 ) -> Option<usize> {
-    p.alloc_from_any(req, new, attr_bits, first)
+    p.alloc_from_any(req, new, attr_bits, first, live)
 }
 
 fn lookup_at_once(p: &FullPool<'_>, index: usize, off: u64, release: bool, sg: bool) -> Option<SlotRecord> {

@@ -37,9 +37,9 @@ fn tally(maps: u64, unmaps: u64, to_device: u64) -> PoolTally {
 fn counted_runs_are_maps_then_unmaps() {
     let meta = vec![SlotMeta::EMPTY; 1024].leak();
     let p = pool_over(meta, 4);
-    let a = p.alloc_counted(REQ, head(3000), 0, true).unwrap();
+    let a = p.alloc_counted(REQ, head(3000), 0, true, None).unwrap();
     let skip = NewHead { attrs: DmaAttrs::SKIP_CPU_SYNC, ..head(4000) };
-    let b = p.alloc_counted(REQ, skip, 3, true).unwrap();
+    let b = p.alloc_counted(REQ, skip, 3, true, None).unwrap();
     assert_ne!(a / 256, b / 256, "two areas count");
     assert_eq!(p.tally(), tally(2, 0, 3000));
     p.free(a, 2);
@@ -63,15 +63,15 @@ fn counted_runs_are_maps_then_unmaps() {
 fn a_map_that_failed_after_its_allocation_counts_nothing() {
     let meta = vec![SlotMeta::EMPTY; 512].leak();
     let p = pool_over(meta, 2);
-    let a = p.alloc_counted(REQ, head(1500), 1, true).unwrap();
-    p.free_unmapped(a, 2);
+    let a = p.alloc_counted(REQ, head(1500), 1, true, None).unwrap();
+    p.free_unmapped(a, 2, &AreaLive::default());
     assert_eq!(p.tally(), tally(0, 0, 0));
     assert_eq!(p.slots_in_use(), 0);
     // Freed already: nothing to take back.
-    p.free_unmapped(a, 2);
+    p.free_unmapped(a, 2, &AreaLive::default());
     assert_eq!(p.tally(), tally(0, 0, 0));
     // Not counted: freed, nothing taken back.
     let c = p.alloc_near(REQ, head(100), 1).unwrap();
-    p.free_unmapped(c, 2);
+    p.free_unmapped(c, 2, &AreaLive::default());
     assert_eq!((p.tally(), p.slots_in_use()), (tally(0, 0, 0), 0));
 }

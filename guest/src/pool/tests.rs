@@ -180,7 +180,7 @@ fn head_only_and_release_or_free() {
     p.free(i, 4);
     let j = p.alloc(req(4, 1, 0), head(4)).unwrap();
     let r: Option<Result<Taken, ()>> = p.release_or_free((j * SLOT) as u64, |_| Ok(()), |_| false);
-    assert!(matches!(r, Some(Ok(Taken::Freed))));
+    assert!(matches!(r, Some(Ok(Taken::Freed { counted: false, dev: false }))));
     assert_eq!(p.slots_in_use(), 0);
     assert!(p.release_or_free::<()>((j * SLOT) as u64, |_| Ok(()), |_| false).is_none());
 }
@@ -193,7 +193,7 @@ fn cpu_hint() {
     let r = p.alloc_near(req(3, 1, 0), head(3), 6).unwrap();
     assert_eq!(r / 128, 2, "CPU 6 of 4 areas starts at area 2");
     let got = p.release_or_free::<()>((r * SLOT) as u64, |_| Ok(()), |_| false);
-    assert!(matches!(got, Some(Ok(Taken::Freed))));
+    assert!(matches!(got, Some(Ok(Taken::Freed { counted: false, dev: false }))));
     assert_eq!(p.slots_in_use(), 0);
 }
 

@@ -13,13 +13,12 @@ use crate::pool_set::PoolOrder;
 use crate::stats::{should_warn, FailureKind};
 
 use super::placement::{Placement, Rule};
-use super::{Mapped, Original, PoolAt};
+use super::{Mapped, Original, PoolAt, RunWord};
 
-/// How a bounce run is placed in its pool.
+/// How a strict bounce run is placed in its pool ([`DmaLayer::bounce_in_view`]; a run in slots,
+/// where a mapping of a page or more starts on a page as SWIOTLB does, is [`DmaLayer::bounce_map`]'s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RunAlign {
-    /// In slots; a mapping of a page or more starts on a page (as SWIOTLB does).
-    Slots,
     /// Strict IOMMU mappings: whole IOMMU pages of this size, the padding around the data zeroed, so
     /// no page the device can reach holds another mapping's bytes.
     IommuPages(u64),
@@ -55,7 +54,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
     /// Bounce into one of the pools `view` offers a map with `mask` (`reserve`: reserve pools too);
-    /// the bus address is the pool's place in `view`, the device's view.
+    /// the bus address is the pool's place in `view`, the device's view. A run in slots
+    /// ([`RunAlign::Slots`]): what [`Self::bounce_in_view`] does for it, written for this case alone
+    /// (plain and premapped maps, the hot path): no IOMMU-page arithmetic, the run's place and the
+    /// bus address worked out once, the failure's report out of line.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn bounce_map(
         &self,
@@ -68,11 +70,64 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<Mapped, DmaError> {
-        // Counted by the pool, under the area lock the allocation takes anyway (`alloc_counted`).
-        let (run, base) =
-            self.bounce_in_view(dev, view, mask, reserve, orig, len, dir, attrs, RunAlign::Slots)?;
-        let off = (run.run_off + run.data_off) as u64;
-        Ok(Mapped { bus: BusAddr(base.0 + off), at: Some(PoolAt { pool: run.pool as u8, off }) })
+        let mut pools = view.candidates(mask, reserve);
+        let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
+        let mut largest = 0;
+        while let Some(i) = pools.next() {
+            let Some(pool) = self.pools.get_for_alloc(i) else { continue };
+            let slot = pool.slot_size();
+            let (seg, phys) = (pool.max_mapping() as u64, pool.phys().0);
+            // The device's rules for this pool's geometry, worked out at attach; else the general
+            // route (a pool of another geometry).
+            let Rule { offset, max_run, align_mask, align_bits } =
+                dev.place.lookup(slot as u64, seg, phys, len, orig_addr).unwrap_or_else(|| {
+                    Rule::general(dev.config.min_align_mask, slot as u64, seg, phys, None, len, orig_addr)
+                });
+            let room = max_run.saturating_sub(offset);
+            largest = largest.max(room);
+            // Longer than any run of this pool (checked before any arithmetic on `len`).
+            if len > room {
+                continue;
+            }
+            let total = offset + len;
+            let nslots = total.div_ceil(slot);
+            if nslots * slot > max_run.max(slot) {
+                continue;
+            }
+            let req = RunRequest { nslots, align_mask, align_bits };
+            let owner = Owner { device: dev.serial, safe: orig.safe };
+            let head = NewHead { offset, len, dir, attrs, orig: orig.cpu, owner };
+            let cpu = self.platform.cpu_hint().unwrap_or_else(area_hint);
+            // Counted by the pool, map and bytes in, under the area lock the allocation takes
+            // anyway; in the device's home pool among its live mappings too.
+            let home = dev.home.counts_pool(i, pool.areas());
+            let Some(index) = pool.alloc_counted(req, head, cpu, true, home.then_some(&dev.home_live)) else {
+                continue;
+            };
+            if home {
+                dev.mapped_at_home(pool.areas());
+            }
+            let run_off = index << slot.trailing_zeros();
+            let data = run_off + offset;
+            self.fill_slot(pool.cpu_at(data), orig.cpu, len, dir, attrs, false);
+            // The pool cannot be removed while the run lives, so where the device's view puts it now
+            // is right: the base read with the pool if the view has not changed since, else read again.
+            let Some(base) = pools.base(i, run_off, nslots * slot) else {
+                pool.free_unmapped(index, nslots, &dev.home_live);
+                return Err(self.lost_view(len));
+            };
+            let at = PoolAt { pool: i as u8, off: data as u64 };
+            return Ok(Mapped { bus: BusAddr(base.0 + data as u64), run: RunWord::new(at, home) });
+        }
+        Err(self.bounce_refused(dev, len, largest, attrs))
+    }
+
+    /// A run placed in a pool the device's view no longer offers (a torn read of the view): freed by
+    /// the caller, counted as an exhaustion.
+    #[cold]
+    fn lost_view(&self, len: usize) -> DmaError {
+        self.stats.fail(FailureKind::PoolExhausted);
+        DmaError::PoolExhausted { len }
     }
 
     /// A run placed per `align` in one of the pools `view` offers (see [`Self::bounce_map`]), filled,
@@ -97,10 +152,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // right: the base read with the pool if the view has not changed since, else read again.
         let Some(base) = pools.base(run.pool, run.run_off, run.run_len) else {
             if let Some(pool) = self.pools.get(run.pool) {
-                pool.free_unmapped(run.index, run.run_len / pool.slot_size());
+                pool.free_unmapped(run.index, run.run_len / pool.slot_size(), &dev.home_live);
             }
-            self.stats.fail(FailureKind::PoolExhausted);
-            return Err(DmaError::PoolExhausted { len });
+            return Err(self.lost_view(len));
         };
         Ok((run, base))
     }
@@ -108,7 +162,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// Allocate a slot run in the first of `pools` (one view's, read in place) that has one and fill
     /// it per direction.
     ///
-    /// With [`RunAlign::IommuPages`] (strict IOMMU mappings) the run starts on an IOMMU page and covers
+    /// The run ([`RunAlign::IommuPages`], strict IOMMU mappings) starts on an IOMMU page and covers
     /// whole IOMMU pages, the bytes around the data zeroed, so no page the device can reach holds
     /// another mapping's bytes or stale pool data.
     #[allow(clippy::too_many_arguments)]
@@ -123,10 +177,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         attrs: DmaAttrs,
         align: RunAlign,
     ) -> Result<BounceRun, DmaError> {
-        let iommu_page = match align {
-            RunAlign::Slots => None,
-            RunAlign::IommuPages(page) => Some(page),
-        };
+        let RunAlign::IommuPages(page) = align;
         let min_align = dev.config.min_align_mask;
         let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
         let mut largest = 0;
@@ -135,13 +186,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             let slot = pool.slot_size() as u64;
             let seg = pool.max_mapping() as u64;
             let phys = pool.phys().0;
-            // The device's rules for this pool's geometry, worked out at attach; else the general
-            // route (strict runs, a pool of another geometry).
-            let rule = match iommu_page {
-                None => dev.place.lookup(slot, seg, phys, len, orig_addr),
-                Some(_) => None,
-            }
-            .unwrap_or_else(|| Rule::general(min_align, slot, seg, phys, iommu_page, len, orig_addr));
+            let rule = Rule::general(min_align, slot, seg, phys, Some(page), len, orig_addr);
             let Rule { offset, max_run, align_mask, align_bits } = rule;
             largest = largest.max(max_run.saturating_sub(offset));
             // Longer than any run of this pool: skip before any arithmetic on `len` can overflow.
@@ -149,10 +194,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 continue;
             }
             let Some(total) = offset.checked_add(len) else { continue };
-            let run_bytes = match iommu_page {
-                Some(page) => total.next_multiple_of(page as usize),
-                None => total,
-            };
+            let run_bytes = total.next_multiple_of(page as usize);
             let nslots = run_bytes.div_ceil(slot as usize);
             if nslots * slot as usize > max_run.max(slot as usize) || total > max_run {
                 continue;
@@ -161,34 +203,37 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             let owner = Owner { device: dev.serial, safe: orig.safe };
             let head = NewHead { offset, len, dir, attrs, orig: orig.cpu, owner };
             let cpu = self.platform.cpu_hint().unwrap_or_else(area_hint);
-            // Runs in slots (plain and premapped maps) are counted by their pool, map and bytes
-            // in, under the area lock (`bounce_map` counts nothing); strict runs on the shards.
-            let placed = pool.alloc_counted(req, head, cpu, iommu_page.is_none());
-            let Some(index) = placed else { continue };
+            // Strict runs are counted on the layer's shards (`fill_slot`), and on the device.
+            let Some(index) = pool.alloc_counted(req, head, cpu, false, None) else { continue };
             let run_off = index << pool.slot_size().trailing_zeros();
             let run_len = nslots * slot as usize;
-            self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs, iommu_page.is_some());
-            if iommu_page.is_some() {
-                // SAFETY: `[run_off, run_off + run_len)` is the run just allocated, ours alone.
-                unsafe {
-                    core::ptr::write_bytes(pool.cpu_at(run_off), 0, offset);
-                    core::ptr::write_bytes(pool.cpu_at(run_off + offset + len), 0, run_len - offset - len);
-                }
+            self.fill_slot(pool.cpu_at(run_off + offset), orig.cpu, len, dir, attrs, true);
+            // SAFETY: `[run_off, run_off + run_len)` is the run just allocated, ours alone.
+            unsafe {
+                core::ptr::write_bytes(pool.cpu_at(run_off), 0, offset);
+                core::ptr::write_bytes(pool.cpu_at(run_off + offset + len), 0, run_len - offset - len);
             }
             return Ok(BounceRun { pool: i, index, run_off, data_off: offset, run_len });
         }
+        Err(self.bounce_refused(dev, len, largest, attrs))
+    }
+
+    /// The error of a bounce that no pool could place (`largest`: the longest run any of them
+    /// offered), counted and warned about unless growth will try again.
+    #[cold]
+    #[inline(never)]
+    fn bounce_refused(&self, dev: &Device, len: usize, largest: usize, attrs: DmaAttrs) -> DmaError {
         if self.growth_will_retry(len) {
             // Growth tries again, and counts the failure if it stays one.
-            let e = if largest < len {
+            return if largest < len {
                 DmaError::TooLarge { len, max: largest }
             } else {
                 DmaError::PoolExhausted { len }
             };
-            return Err(e);
         }
         if largest < len {
             self.stats.fail(FailureKind::TooLarge);
-            return Err(DmaError::TooLarge { len, max: largest });
+            return DmaError::TooLarge { len, max: largest };
         }
         let n = self.stats.fail(FailureKind::PoolExhausted);
         if !attrs.contains(DmaAttrs::NO_WARN) && should_warn(n) {
@@ -197,7 +242,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 dev.config.id
             );
         }
-        Err(DmaError::PoolExhausted { len })
+        DmaError::PoolExhausted { len }
     }
 
     /// Initialise a freshly allocated slot run: the original for data going to the device, zeroes (or

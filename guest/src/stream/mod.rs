@@ -43,17 +43,56 @@ pub(crate) struct Original {
 }
 
 /// What a map made: the bus address, and for a bounce run where it lies, so the unmap of a
-/// [`crate::Mapping`] goes there without a search.
+/// [`crate::Mapping`] goes there without a search. Two words: results copied through the map's
+/// frames cost store-forwarding stalls when larger (a third word cost the premapped 4 KiB
+/// map+unmap ~17 ns, the plain one ~3 ns: RESULTS.md).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Mapped {
     pub bus: BusAddr,
-    pub at: Option<PoolAt>,
+    pub run: RunWord,
 }
 
 impl Mapped {
     /// A mapping with no pool run of its own to go back to (direct, trusted, strict).
     pub(crate) fn elsewhere(bus: BusAddr) -> Mapped {
-        Mapped { bus, at: None }
+        Mapped { bus, run: RunWord::ELSEWHERE }
+    }
+}
+
+/// A bounce run's [`PoolAt`] (if any) and whether its device's live count has it already (its home
+/// pool counted it, `Device::home_live`), in one word: the offset in bits 0..48, the pool in bits
+/// 48..56, the count in bit 63; no run: bits 0..63 all set. A run whose offset does not fit is
+/// recorded as none (its unmap then finds it by address, as the raw face's does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RunWord(u64);
+
+impl RunWord {
+    const COUNTED: u64 = 1 << 63;
+    const NONE: u64 = Self::COUNTED - 1;
+    const OFF_BITS: u32 = 48;
+    /// No pool run, not counted.
+    pub(crate) const ELSEWHERE: RunWord = RunWord(Self::NONE);
+
+    #[inline(always)]
+    pub(crate) fn new(at: PoolAt, counted: bool) -> RunWord {
+        let c = if counted { Self::COUNTED } else { 0 };
+        if at.off >> Self::OFF_BITS != 0 {
+            return RunWord(Self::NONE | c);
+        }
+        RunWord(u64::from(at.pool) << Self::OFF_BITS | at.off | c)
+    }
+
+    #[inline(always)]
+    pub(crate) fn at(self) -> Option<PoolAt> {
+        let v = self.0 & !Self::COUNTED;
+        (v != Self::NONE)
+            .then_some(PoolAt { pool: (v >> Self::OFF_BITS) as u8, off: v & ((1 << Self::OFF_BITS) - 1) })
+    }
+
+    /// The device's live count has the mapping already.
+    #[inline(always)]
+    pub(crate) fn counted(self) -> bool {
+        self.0 & Self::COUNTED != 0
     }
 }
 
@@ -186,7 +225,9 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 }
             }
         };
-        dev.live_inc(LiveKind::Mapping);
+        if !mapped.run.counted() {
+            dev.live_inc(LiveKind::Mapping);
+        }
         let site = core::panic::Location::caller();
         crate::tracker::mapped(&self.tracker, dev, mapped.bus, len, dir, TrackedKind::Mapping, site);
         Ok(mapped)
@@ -238,7 +279,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // An accepted device maps private buffers in place; a buffer with no physical address (not
         // guest RAM) is bounced as for an untrusted device.
         if dev.trust.is_accepted() && !attrs.contains(DmaAttrs::CC_SHARED) && orig.phys.is_some() {
-            return self.trusted_map(dev, orig, len, dir, attrs).map(Mapped::elsewhere);
+            return self.trusted_map(dev, orig, len, dir, attrs);
         }
         if crate::parts::IOMMU && dev.domain.is_some() {
             return self.iommu_map(dev, orig, len, dir, attrs);
@@ -299,15 +340,18 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         safe: bool,
     ) -> Result<(), DmaError> {
         let _masked = self.masked();
-        let result = self.unmap_route(dev, bus, len, dir, attrs, safe);
+        let routed = self.unmap_route(dev, bus, len, dir, attrs, safe);
+        let result = routed.map(|_| ());
         let site = core::panic::Location::caller();
         crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
-        if result.is_ok() {
+        if matches!(routed, Ok(false)) {
             dev.live_dec(LiveKind::Mapping);
         }
         result
     }
 
+    /// The unmap's route; `Ok(true)` when it took the device's live count down itself (a bounce
+    /// run: [`Self::unmap_in_pool`]).
     fn unmap_route(
         &self,
         dev: &Device,
@@ -316,13 +360,13 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dir: DmaDirection,
         attrs: DmaAttrs,
         safe: bool,
-    ) -> Result<(), DmaError> {
+    ) -> Result<bool, DmaError> {
         self.check_device(dev)?;
         if let Some(done) = self.trusted_unmap(dev, bus, len, dir, safe) {
-            return done;
+            return done.map(|()| false);
         }
         if self.strict_domain(dev, bus)?.is_some() {
-            return self.strict_unmap(dev, bus, len, dir, attrs, safe);
+            return self.strict_unmap(dev, bus, len, dir, attrs, safe).map(|()| false);
         }
         let Some((i, off)) = self.locate(dev, bus) else {
             // Not in any pool: a direct mapping on a path that has them (nothing to undo but the raw
@@ -332,12 +376,12 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                     self.raw_direct_unmap(dev, bus, len, dir)?;
                 }
                 self.stats.unmapped();
-                return Ok(());
+                return Ok(false);
             }
             self.stats.fail(FailureKind::UnknownMapping);
             return Err(DmaError::UnknownMapping(bus));
         };
-        self.unmap_in_pool(dev, bus, PoolAt { pool: i as u8, off }, len, dir, attrs, safe)
+        self.unmap_in_pool(dev, bus, PoolAt { pool: i as u8, off }, len, dir, attrs, safe).map(|()| true)
     }
 
     /// Unmap a [`crate::Mapping`] (safe face): a bounce run goes straight to the pool and offset
@@ -357,24 +401,22 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         &self,
         dev: &Device,
         bus: BusAddr,
-        at: Option<PoolAt>,
+        run: RunWord,
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
-        let Some(at) = at else { return self.unmap_as(dev, bus, len, dir, attrs, true) };
+        let Some(at) = run.at() else { return self.unmap_as(dev, bus, len, dir, attrs, true) };
         let _masked = self.masked();
         let result = self.unmap_in_pool(dev, bus, at, len, dir, attrs, true);
         let site = core::panic::Location::caller();
         crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
-        if result.is_ok() {
-            dev.live_dec_inline(LiveKind::Mapping);
-        }
         result
     }
 
     /// Unmap the bounce run whose data is at `at`: check the claim against the pool's record, copy
-    /// back per direction, free.
+    /// back per direction, free; the device's live count taken down (by the pool for a run of its
+    /// home pool, `Device::home_live`).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn unmap_in_pool(
@@ -396,20 +438,22 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             |rec: &SlotRecord| rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
         // A run its pool counted (every run a plain or premapped map makes) counts its unmap when
         // freed, under the area lock; any other is counted on the layer's shards below.
-        let counted = match pool.release_or_free(off, check, copy_back) {
+        let (counted, dev_counted) = match pool.release_or_free_for(off, &dev.home_live, check, copy_back) {
             None => {
                 self.stats.fail(FailureKind::UnknownMapping);
                 return Err(DmaError::UnknownMapping(bus));
             }
             Some(Err(e)) => return Err(e),
-            Some(Ok(Taken::Freed)) => false,
-            Some(Ok(Taken::FreedCounted)) => true,
+            Some(Ok(Taken::Freed { counted, dev })) => (counted, dev),
             Some(Ok(Taken::Released(rec))) => {
                 self.copy_to_original(&pool, &rec, 0, rec.len);
                 pool.free(rec.index, rec.nslots);
-                rec.counted
+                (rec.counted, rec.dev_counted)
             }
         };
+        if !dev_counted {
+            dev.live_dec(LiveKind::Mapping);
+        }
         // A premapped run is counted live by its device alone (see `premapped_view`).
         if !counted {
             self.stats.unmapped();

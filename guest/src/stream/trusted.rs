@@ -13,7 +13,7 @@
 use core::sync::atomic::Ordering;
 
 use super::raw_records::Ticket;
-use super::Original;
+use super::{Mapped, Original};
 use crate::addr::BusAddr;
 use crate::device::Device;
 use crate::direction::{DmaAttrs, DmaDirection};
@@ -28,7 +28,8 @@ use crate::stats::FailureKind;
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
-    /// Map a private buffer in place for an accepted device.
+    /// Map a private buffer in place for an accepted device (or bounce it: then the run's place and
+    /// its home pool's count come back in the [`Mapped`]).
     pub(crate) fn trusted_map(
         &self,
         dev: &Device,
@@ -36,7 +37,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<BusAddr, DmaError> {
+    ) -> Result<Mapped, DmaError> {
         let Some(phys) = orig.phys else {
             self.stats.fail(FailureKind::Invalid);
             return Err(DmaError::NotTranslatable);
@@ -49,7 +50,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 // reaches the private bytes around it.
                 let page = self.attached(dev)?.dynamic.map_or(0, |w| w.page_size());
                 if page == 0 || (phys.0 | len as u64) & (page - 1) != 0 {
-                    return self.iommu_map(dev, orig, len, dir, attrs).map(|m| m.bus);
+                    return self.iommu_map(dev, orig, len, dir, attrs);
                 }
             }
             let ticket = self.raw_reserve(orig.safe)?;
@@ -60,17 +61,17 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                     Err(_) => self.raw.free(t),
                 }
             }
-            return mapped;
+            return mapped.map(Mapped::elsewhere);
         }
         let trust = self.platform.device_trust().ok_or(DmaError::TrustUnavailable)?;
         let bus = trust.private_bus_addr(phys);
         if dev.config.dma_mask.covers(bus.0, len as u64) {
-            return self.direct_mapped(dev, orig.safe, bus, len, dir);
+            return self.direct_mapped(dev, orig.safe, bus, len, dir).map(Mapped::elsewhere);
         }
         // Beyond the device's mask: bounced like an untrusted device's buffer.
         let growing = self.growth.growing.load(core::sync::atomic::Ordering::Relaxed);
         let mask = Some(dev.config.dma_mask);
-        self.bounce_map(dev, &self.plain, mask, growing, orig, len, dir, attrs).map(|m| m.bus)
+        self.bounce_map(dev, &self.plain, mask, growing, orig, len, dir, attrs)
     }
 
     fn trusted_iommu_map(
