@@ -285,8 +285,15 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # plain map in a function of its own (bounce_map; strict keeps bounce_in_view): minimal and full
 # +848. Merged with main 82e0fb1: minimal 42,405 -> 43,221, fw-min 18,709 -> 19,621, full 65,413 ->
 # 66,389 (above issue 20's 65,536 again). Ceilings set to these.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 43221 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 19621 24576
+# Issue 20, text4 helper (bash scripts/budgets.sh at main 82e0fb1 and after each step): ccdma's
+# `pool-full-report` part (default on) left out of ffi (no export reads the last "pool full"
+# record): minimal 42,405 -> 41,893, fw-min 18,709 -> 18,373; full below. Then ccdma's `stats`
+# part (default on; the layer's own counters, bumped at ~74 failure sites and on every map) left out
+# of ffi (no export reads them): minimal -> 40,917, fw-min -> 17,861. Ceilings set to these.
+# text4 merged with main c050ff8 (hot): minimal 43,221 -> 41,973, fw-min 19,621 -> 18,821, full
+# 66,389 -> 64,085 (issue 20's 65,536 met again, 1,451 B to spare). Ceilings set to these.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 41973 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 18821 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
@@ -298,7 +305,10 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # pe and strict merged together (bash scripts/budgets.sh): minimal 58,840, full 111,199; then the
 # reset of an endpoint left with no window (bring_back_default): minimal 59,061, full 111,775; then
 # the small helper (stats, raw records, device ids per pool slot): minimal 58,399, fw-min 21,085, full 111,151.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 66389 65536
+# Issue 20, text4 helper: the C sg shims call `map_sg_cpu` (CPU-buffer entries only; the physical
+# and P2P entry code is not linked), full 65,413 -> 65,285; then ffi without `pool-full-report`,
+# full -> 64,693; then ffi without `stats`, full -> 62,933. Ceiling set to this.
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 64085 65536
 # Issue 20, lock helper: the PAPR TCE entry writer is unreachable from C (ffi's `full` leaves
 # `papr-tce` out; the writer's entries in iommu/backend.rs test the part), so no function of it may
 # stay in the full image (7 stayed, ~2.3 KB, before those tests: a Backend reaching an out-of-line
@@ -310,5 +320,8 @@ check "TCE writer functions in the full image" "$(nm -C "$OUT/full.elf" | grep -
 check "DDW set-up functions in the full image" "$(nm -C "$OUT/full.elf" | grep -cE 'setup_ddw|make_room' || true)" 0 0
 check "functions reaching the panic handler, fw-min" "$(fig panicking "$OUT/firmware-minimal.txt")" 0 0
 check "functions reaching the panic handler, full" "$(fig panicking "$OUT/full.txt")" 0 0
+# Issue 20, text4 helper: no C export reads the last "pool full" record, so ffi leaves ccdma's
+# `pool-full-report` part out and its recording may not stay (report_full_once, 407 B, at 82e0fb1).
+check "pool-full report functions in the full image" "$(nm -C "$OUT/full.elf" | grep -c 'report_full' || true)" 0 0
 [[ $FAILED -eq 0 ]] || die "a figure is above its ceiling"
 echo "budgets.sh: every figure within its ceiling"

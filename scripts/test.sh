@@ -86,7 +86,7 @@ step "ccdma without its optional parts (clippy, unit tests) and with each alone 
 # without them check that each left-out call answers FeatureDisabled and the bounce path still works.
 cargo clippy "${LOCKED[@]}" --quiet -p ccdma --all-targets --no-default-features -- -D warnings
 cargo test "${LOCKED[@]}" --quiet --release -p ccdma --lib --no-default-features parts_tests
-for part in growth trusted-devices scatter-gather papr-tce native-iommu ddw; do
+for part in growth trusted-devices scatter-gather papr-tce native-iommu ddw pool-full-report stats; do
     cargo check "${LOCKED[@]}" --quiet -p ccdma --no-default-features --features "$part"
 done
 # ffi's small layer with every part but native-iommu must fit CCDMA_SMALL_LAYER_NO_IOMMU_SIZE

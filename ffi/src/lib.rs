@@ -888,7 +888,7 @@ pub unsafe extern "C" fn ccdma_map_sg_attrs(
     }
     // SAFETY: `n` entries just initialised in memory the caller lends until `ccdma_unmap_sg`.
     let inner: &mut [SgEntry<'static>] = unsafe { core::slice::from_raw_parts_mut(list, n) };
-    match layer.inner.map_sg(&dev.inner, inner, dir, attrs) {
+    match layer.inner.map_sg_cpu(&dev.inner, inner, dir, attrs) {
         Ok(count) => {
             for (i, seg) in ccdma::sg::dma_segments(inner.get(..count).unwrap_or(&[])).enumerate() {
                 // SAFETY: `segs` has room for `n >= count` segments (contract).

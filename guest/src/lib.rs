@@ -147,6 +147,8 @@
 //! | `papr-tce` | devices behind [`Platform::tce`] (pseries) |
 //! | `native-iommu` | devices behind [`Platform::iommu_backend`] (virtio-iommu and the like) |
 //! | `ddw` | dynamic DMA windows over the pools; without it a device whose config asks for one ([`IommuConfig::with_ddw`]) uses the default window, as when the backend has no DDW calls |
+//! | `pool-full-report` | the last "pool full" record, [`DmaLayer::last_pool_full`]; without it that is always `None` (the map fails the same way) |
+//! | `stats` | the layer's own counters in [`DmaLayer::stats`] (failures by kind, direct maps, bytes from the device, shared and quarantined pages); without it they read 0 (the pools' counts stay) |
 //!
 //! A part left out keeps its API: the call answers [`DmaError::FeatureDisabled`] naming the feature
 //! and changes nothing, and a device the platform puts behind a left-out IOMMU is refused at

@@ -27,6 +27,10 @@ pub(crate) const PAPR_TCE: bool = cfg!(feature = "papr-tce");
 pub(crate) const NATIVE_IOMMU: bool = cfg!(feature = "native-iommu");
 /// Dynamic DMA windows (`ddw`): a DDW set-up when `IommuConfig::with_ddw` asks for one.
 pub(crate) const DDW: bool = cfg!(feature = "ddw");
+/// The last "pool full" record (`pool-full-report`): [`DmaLayer::last_pool_full`](crate::DmaLayer::last_pool_full).
+pub(crate) const POOL_FULL_REPORT: bool = cfg!(feature = "pool-full-report");
+/// The layer's counters (`stats`): [`DmaLayer::stats`](crate::DmaLayer::stats) beyond the pools' own.
+pub(crate) const STATS: bool = cfg!(feature = "stats");
 /// Any IOMMU path at all.
 pub(crate) const IOMMU: bool = PAPR_TCE || NATIVE_IOMMU;
 

@@ -166,3 +166,51 @@ fn the_iommu_left_out_is_refused_by_name() {
     layer.detach(dev).unwrap();
     assert_eq!(plat.shared.load(core::sync::atomic::Ordering::Relaxed), POOL / 4096);
 }
+
+#[cfg(not(feature = "pool-full-report"))]
+#[test]
+fn pool_full_report_left_out_keeps_no_record() {
+    let layer = layer(ram(false));
+    let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
+    let mut live = std::vec::Vec::new();
+    let e = loop {
+        // SAFETY: bytes 0x1000..0x11000 of the RAM are this test's until the unmaps below.
+        match unsafe {
+            layer.map_phys(&dev, PhysAddr(0x1000), 64 << 10, DmaDirection::ToDevice, DmaAttrs::NONE)
+        } {
+            Ok(bus) => live.push(bus),
+            Err(e) => break e,
+        }
+    };
+    // The map fails as with the part; no record is kept.
+    assert_eq!(e, crate::DmaError::PoolExhausted { len: 64 << 10 });
+    assert_eq!(live.len(), (POOL >> 16) as usize);
+    assert!(layer.last_pool_full().is_none());
+    for bus in live {
+        // SAFETY: mapped above, unmapped once.
+        unsafe { layer.unmap(&dev, bus, 64 << 10, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
+    }
+    assert_eq!(layer.stats().slots_in_use, 0);
+}
+
+#[cfg(not(feature = "stats"))]
+#[test]
+fn stats_left_out_count_nothing_but_the_pools() {
+    let layer = layer(ram(false));
+    let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
+    // SAFETY: bytes 0x1000..0x1200 of the RAM are this test's until the unmap.
+    let bus =
+        unsafe { layer.map_phys(&dev, PhysAddr(0x1000), 512, DmaDirection::FromDevice, DmaAttrs::NONE) };
+    let bus = bus.unwrap();
+    // SAFETY: too long for the pool: refused, nothing mapped.
+    let e = unsafe {
+        layer.map_phys(&dev, PhysAddr(0x1000), 2 * POOL as usize, DmaDirection::ToDevice, DmaAttrs::NONE)
+    };
+    assert!(e.is_err());
+    let s = layer.stats();
+    assert_eq!((s.slots_in_use, s.bounced_maps), (1, 1), "the pools' own counts stay");
+    assert_eq!((s.total_failures(), s.shared_pages, s.bytes_from_device), (0, 0, 0), "{s}");
+    // SAFETY: this test's raw mapping, unmapped once.
+    unsafe { layer.unmap(&dev, bus, 512, DmaDirection::FromDevice, DmaAttrs::NONE) }.unwrap();
+    assert_eq!(layer.stats().slots_in_use, 0);
+}

@@ -78,7 +78,8 @@ fn the_largest_request_reports_every_quarantined_page() {
         layer.cold().share_pages(PhysAddr(0x1000), pages),
         Err(DmaError::SharingFailed { phys: PhysAddr(0x1000), quarantined: u32::MAX, kind: REFUSED })
     );
-    assert_eq!(layer.stats().quarantined_pages, pages);
+    // Counted with the `stats` part (without it the counter reads 0).
+    assert_eq!(layer.stats().quarantined_pages, if crate::parts::STATS { pages } else { 0 });
     assert_eq!(
         layer.cold().unshare_pages(PhysAddr(0x1000), pages),
         Err(DmaError::UnsharingFailed { phys: PhysAddr(0x1000), quarantined: u32::MAX, kind: REFUSED })

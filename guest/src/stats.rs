@@ -209,7 +209,11 @@ impl StatsSnapshot {
 }
 
 impl<const SHARDS: usize> Stats<SHARDS> {
+    /// Without the `stats` part nothing is counted: 1, every failure is a first (warned).
     pub(crate) fn fail(&self, kind: FailureKind) -> u64 {
+        if !crate::parts::STATS {
+            return 1;
+        }
         self.failures[kind as usize].fetch_add(1, Ordering::Relaxed) + 1
     }
     /// The caller's shard: from its stack address ([`stack_slot`]), see the module docs.
@@ -221,17 +225,26 @@ impl<const SHARDS: usize> Stats<SHARDS> {
         self.hot.get(stack_slot(core::ptr::addr_of!(probe) as usize) % SHARDS.max(1))
     }
     pub(crate) fn mapped(&self, bounced: bool) {
+        if !crate::parts::STATS {
+            return;
+        }
         if let Some(s) = self.shard() {
             let counter = if bounced { &s.bounced_maps } else { &s.direct_maps };
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
     pub(crate) fn unmapped(&self) {
+        if !crate::parts::STATS {
+            return;
+        }
         if let Some(s) = self.shard() {
             s.unmaps.fetch_add(1, Ordering::Relaxed);
         }
     }
     pub(crate) fn to_device(&self, bytes: usize) {
+        if !crate::parts::STATS {
+            return;
+        }
         if let Some(s) = self.shard() {
             s.bytes_to_device.fetch_add(bytes as u64, Ordering::Relaxed);
         }
@@ -239,6 +252,9 @@ impl<const SHARDS: usize> Stats<SHARDS> {
     // Named after the direction the bytes moved, like `to_device`; not a conversion.
     #[allow(clippy::wrong_self_convention)]
     pub(crate) fn from_device(&self, bytes: usize) {
+        if !crate::parts::STATS {
+            return;
+        }
         if let Some(s) = self.shard() {
             s.bytes_from_device.fetch_add(bytes as u64, Ordering::Relaxed);
         }
@@ -246,6 +262,9 @@ impl<const SHARDS: usize> Stats<SHARDS> {
     /// Keep what a pool counted ([`crate::pool::PoolTally`]) when the pool leaves the layer: its
     /// areas' counters go with it. Read-modify-writes, once per pool removed.
     pub(crate) fn absorb(&self, t: crate::pool::PoolTally) {
+        if !crate::parts::STATS {
+            return;
+        }
         if let Some(s) = self.hot.first() {
             s.bounced_maps.fetch_add(t.maps, Ordering::Relaxed);
             s.unmaps.fetch_add(t.unmaps, Ordering::Relaxed);
@@ -253,12 +272,21 @@ impl<const SHARDS: usize> Stats<SHARDS> {
         }
     }
     pub(crate) fn quarantine(&self, pages: u64) {
+        if !crate::parts::STATS {
+            return;
+        }
         self.quarantined_pages.fetch_add(pages, Ordering::Relaxed);
     }
     pub(crate) fn shared(&self, pages: u64) {
+        if !crate::parts::STATS {
+            return;
+        }
         self.shared_pages.fetch_add(pages, Ordering::Relaxed);
     }
     pub(crate) fn unshared(&self, pages: u64) {
+        if !crate::parts::STATS {
+            return;
+        }
         self.shared_pages.fetch_sub(pages, Ordering::Relaxed);
     }
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
@@ -327,6 +355,7 @@ mod tests {
     }
 
     /// Counts bumped from several threads (several stacks, so several shards) sum exactly.
+    #[cfg(feature = "stats")]
     #[test]
     fn shards_sum_exactly() {
         let stats = Stats::<8>::default();

@@ -41,7 +41,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
-    /// The last "pool full" failure, if any.
+    /// The last "pool full" failure, if any (always `None` without the `pool-full-report` part).
     pub fn last_pool_full(&self) -> Option<PoolFullReport> {
         self.cold().last_pool_full_dyn()
     }

@@ -269,7 +269,11 @@ impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, 
     }
 
     /// `report_full`, through the default capacities' copy when those are this layer's.
+    /// Nothing without the `pool-full-report` part.
     pub(crate) fn report_full_any(&self, dev: &Device, len: usize, growth: GrowthVerdict) {
+        if !crate::parts::POOL_FULL_REPORT {
+            return;
+        }
         match self.as_full() {
             Some(c) => report_full_once(c, dev, len, growth),
             None => self.report_full(dev, len, growth),

@@ -8,7 +8,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
     /// Classify and place every entry, lay out the window range (IOMMU paths), emit the segments.
-    pub(super) fn build_sg(
+    pub(super) fn build_sg<const CPU_ONLY: bool>(
         &self,
         dev: &Device,
         view: &View,
@@ -25,7 +25,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // case), then the entry is placed or opens a group.
         for i in 0..=list.len() {
             let step = match list.get_mut(i) {
-                Some(e) => self.classify(view, &lim, i, e, dir)?,
+                Some(e) => self.classify::<CPU_ONLY>(view, &lim, i, e, dir)?,
                 None => Step::End,
             };
             if let Some(g) = &mut group {
@@ -42,6 +42,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             }
             let place = match step {
                 Step::End => break,
+                Step::P2p(_) if CPU_ONLY => return Err(DmaError::NotTranslatable),
                 Step::P2p(seg) => self.place_p2p(dev, view, i, seg, &lim, opts)?,
                 Step::Direct(p) => Place::Direct { bus: BusAddr(p.0) },
                 Step::Bounce { orig, len } => {
@@ -65,7 +66,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// device uses as it is, or bytes to bounce (then marked pending, with the address whose
     /// `min_align_mask` bits the copy keeps).
     #[inline(never)]
-    fn classify(
+    fn classify<const CPU_ONLY: bool>(
         &self,
         view: &View,
         lim: &Limits,
@@ -83,7 +84,6 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return Err(DmaError::SegmentLimit { index: i, len });
         }
         let (cpu, phys) = match src {
-            Source::P2p(seg) => return Ok(Step::P2p(seg)),
             Source::Cpu { ptr, writable, .. } => {
                 if dir.device_writes() && !writable {
                     self.stats.fail(FailureKind::Invalid);
@@ -92,6 +92,12 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 let phys = self.cpu_phys(view, lim, ptr, len);
                 (Some(ptr), phys)
             }
+            // `map_sg_cpu`: no physical-range or P2P code (`place_p2p`, `cpu_ptr`) is linked.
+            _ if CPU_ONLY => {
+                self.stats.fail(FailureKind::Invalid);
+                return Err(DmaError::NotTranslatable);
+            }
+            Source::P2p(seg) => return Ok(Step::P2p(seg)),
             Source::Phys { phys, .. } => (None, Some(phys)),
         };
         let direct = match view.path {

@@ -384,6 +384,33 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         attrs: DmaAttrs,
         opts: &SgOptions<'_>,
     ) -> Result<usize, DmaError> {
+        self.map_sg_checked::<false>(dev, list, dir, attrs, opts)
+    }
+
+    /// [`Self::map_sg`] for a list of CPU buffers only ([`SgEntry::new`], [`SgEntry::to_device`],
+    /// [`SgEntry::from_raw`]): a physical-range or P2P entry is refused with
+    /// [`DmaError::NotTranslatable`] (nothing mapped, the list as it was). The same result as
+    /// `map_sg` for such a list; a caller that never builds the other kinds (the C library) links
+    /// none of their code (full C image -128 B, `bash scripts/budgets.sh`, issue 20).
+    pub fn map_sg_cpu(
+        &self,
+        dev: &Device,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<usize, DmaError> {
+        self.map_sg_checked::<true>(dev, list, dir, attrs, &SgOptions::default())
+    }
+
+    /// [`Self::map_sg_with`]; with `CPU_ONLY` only CPU-buffer entries are accepted.
+    fn map_sg_checked<const CPU_ONLY: bool>(
+        &self,
+        dev: &Device,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        opts: &SgOptions<'_>,
+    ) -> Result<usize, DmaError> {
         crate::parts::require(crate::parts::SG, "scatter-gather")?;
         let _masked = self.masked_cold();
         self.check_device(dev)?;
@@ -395,7 +422,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return Err(DmaError::SgListState { mapped: true });
         }
         let total = list.iter().fold(0usize, |t, e| t.saturating_add(e.len()));
-        let result = self.with_growth(dev, total, || self.map_sg_once(dev, list, dir, attrs, opts));
+        let result =
+            self.with_growth(dev, total, || self.map_sg_once::<CPU_ONLY>(dev, list, dir, attrs, opts));
         if result.is_err() {
             dev.map_failed();
         }
@@ -403,7 +431,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     }
 
     /// One attempt at [`Self::map_sg_with`] with the pools of now.
-    fn map_sg_once(
+    fn map_sg_once<const CPU_ONLY: bool>(
         &self,
         dev: &Device,
         list: &mut [SgEntry<'_>],
@@ -419,7 +447,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 View { path: info.path, pools, pool_bus, window: info.dynamic, domain: Some(d) }
             }
         };
-        match self.build_sg(dev, &view, list, dir, attrs, opts) {
+        match self.build_sg::<CPU_ONLY>(dev, &view, list, dir, attrs, opts) {
             Ok((n, range)) => {
                 let tag = ListTag {
                     list: NEXT_LIST.fetch_add(1, Ordering::Relaxed),
