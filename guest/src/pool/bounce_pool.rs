@@ -589,10 +589,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             st.meta.get_mut(i)?.set_state(RELEASING);
             return Some(Ok(Taken::Released(rec)));
         }
-        // The run listed in the area's front inline (the common case), else the whole free out of line.
-        if !self.free_to_front(area, &mut st, i, rec.nslots) {
-            self.free_locked(area, &mut st, i, rec.nslots);
-        }
+        self.free_locked(area, &mut st, i, rec.nslots);
         Some(Ok(Taken::Freed { counted: rec.counted, dev }))
     }
 
@@ -730,26 +727,6 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
     /// Free the run at area index `i`: only its head's record is cleared (the other slots were never
     /// written); the run goes to the area's front, or else back to its bitmap bits and one leaf of
     /// the tree.
-    /// [`Self::free_locked`] of a run the area's front lists, inline (the unmap's common case: no
-    /// call, -14 callgrind instructions per 4 KiB map+unmap); false, and only the head's record
-    /// cleared (as `free_locked` clears it again), when the front does not take it.
-    #[inline(always)]
-    fn free_to_front(&self, area: &Area<'_>, st: &mut AreaState<'_>, i: usize, nslots: usize) -> bool {
-        let Some(head) = st.meta.get_mut(i) else { return false };
-        head.set_state(FREE);
-        head.orig = 0;
-        head.len = 0;
-        let counted = head.attrs & COUNTED != 0;
-        if !st.front_push(i, nslots) {
-            return false;
-        }
-        if counted {
-            area.count_unmap(st);
-        }
-        area.publish(st, 0, nslots);
-        true
-    }
-
     fn free_locked(&self, area: &Area<'_>, st: &mut AreaState<'_>, i: usize, nslots: usize) {
         let Some(head) = st.meta.get_mut(i) else { return };
         head.set_state(FREE);
