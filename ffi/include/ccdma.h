@@ -123,9 +123,10 @@
 #define CCDMA_ERR_TRUST -11
 
 /**
- * The call needs a part of ccdma this build of the library left out (a Cargo feature of the
- * `ccdma` crate: `growth`, `trusted-devices`, `scatter-gather`, `papr-tce`, `native-iommu`).
- * Nothing changed.
+ * The call needs a part of ccdma this build of the library left out (a Cargo feature of
+ * `ccdma-ffi`, passed on to `ccdma`: `growth`, `trusted-devices`, `scatter-gather`, `papr-tce`,
+ * `native-iommu`; ccdma's `ddw`, `pool-full-report` and `stats` are never on in this library and
+ * no call needs them). Nothing changed.
  */
 #define CCDMA_ERR_UNSUPPORTED -12
 

@@ -112,9 +112,10 @@ pub const CCDMA_ERR_IOMMU: c_int = -10;
 /// Trusted device I/O: the guest is not confidential or the platform table has no `accept`, or the
 /// trusted platform refused to accept (or failed to revoke) the device.
 pub const CCDMA_ERR_TRUST: c_int = -11;
-/// The call needs a part of ccdma this build of the library left out (a Cargo feature of the
-/// `ccdma` crate: `growth`, `trusted-devices`, `scatter-gather`, `papr-tce`, `native-iommu`).
-/// Nothing changed.
+/// The call needs a part of ccdma this build of the library left out (a Cargo feature of
+/// `ccdma-ffi`, passed on to `ccdma`: `growth`, `trusted-devices`, `scatter-gather`, `papr-tce`,
+/// `native-iommu`; ccdma's `ddw`, `pool-full-report` and `stats` are never on in this library and
+/// no call needs them). Nothing changed.
 pub const CCDMA_ERR_UNSUPPORTED: c_int = -12;
 
 /// The error code of a `DmaError` (one per family; exhaustive, so a new variant must be placed).

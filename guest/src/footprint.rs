@@ -1,6 +1,9 @@
 //! Where a layer's bytes go: `size_of` of each part of [`DmaLayer`](crate::DmaLayer)
-//! (`cargo test --release -p ccdma --lib footprint -- --nocapture`; x86_64, a reference as the
-//! platform):
+//! (x86_64, a reference as the platform; main daf1766). The figures below are a user's build:
+//! `size_of` in a program that depends on ccdma. `cargo test --release -p ccdma --lib footprint --
+//! --nocapture` prints the same parts as built for the crate's own tests, where each area carries a
+//! test-only counter and takes 256 bytes, not 128 (`BouncePool` 4,224, `DmaLayer<P>` 45,184,
+//! `DmaLayer<P, 1, 0, 2>` 1,920); the parts without areas print the same.
 //!
 //! | part | bytes | note |
 //! |---|---|---|

@@ -153,18 +153,25 @@
 //! A part left out keeps its API: the call answers [`DmaError::FeatureDisabled`] naming the feature
 //! and changes nothing, and a device the platform puts behind a left-out IOMMU is refused at
 //! attach. Its code leaves the image (cut by constants at the part's entry points, not by `#[cfg]`;
-//! see `parts.rs`). Also: `debug-tracker` (off by default) and `log-off`. The C library's "minimal"
-//! image (init, add_pool, attach, map, unmap, detach; log compiled out) has 55,420 bytes of `.text`
-//! with every part and 22,510 without (x86_64-unknown-none, opt-level s; `bash scripts/budgets.sh`,
-//! each part's cost: `bash scripts/parts-text.sh`).
+//! see `parts.rs`). Also: `debug-tracker` (off by default) and `log-off`. The C library (ccdma-ffi)
+//! turns on only what C can reach: its `full` feature is `trusted-devices`, `scatter-gather` and
+//! `native-iommu`; `growth` and `papr-tce` are features of it outside `full` (no export enables
+//! growth; the C platform has no TCE calls), and it never turns on `ddw`, `pool-full-report` or
+//! `stats` (no C IOMMU has DDW calls; no export reads the record or the counters). Its "minimal"
+//! image (init, add_pool, attach, map, unmap, detach; log compiled out) has 41,989 bytes of `.text`
+//! with `full` and 18,821 with no part and one pool (x86_64-unknown-none, opt-level s, main
+//! daf1766; `bash scripts/budgets.sh`; each part's cost: `bash scripts/parts-text.sh`).
 //!
 //! The layer's size is set by its capacities, `DmaLayer<'m, P, POOLS, DOMAINS, AREAS>` (pool slots,
 //! IOMMU domains, areas per pool; defaults [`MAX_POOLS`], [`iommu::MAX_DOMAINS`], [`MAX_AREAS`]):
 //! 28,800 bytes by default, 1,664 for one pool of two areas and no IOMMU domain
 //! (`DmaLayer<'m, P, 1, 0, 2>`; 1,408 without the default features; 1,920 with four areas), built
 //! with [`DmaLayer::with_capacity`] or in place with `DmaLayer::init_in` (x86_64, a reference as the
-//! platform). `cargo test --release -p ccdma --lib footprint -- --nocapture` prints the parts;
-//! `tests/tests/layer_size.rs` checks the small figure.
+//! platform; main daf1766: `size_of` in a program that depends on ccdma, as a user builds it;
+//! `tests/tests/layer_size.rs` checks the small figure). `cargo test --release -p ccdma --lib
+//! footprint -- --nocapture` prints the parts, but as built for the crate's own tests, where each
+//! area carries a test-only counter (256 bytes, not 128): 45,184 by default, 1,920 for
+//! `DmaLayer<'m, P, 1, 0, 2>`.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
 

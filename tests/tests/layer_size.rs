@@ -180,3 +180,28 @@ fn the_small_configuration_by_value_serves_four_devices() {
     assert_eq!(hv.shared_pages(), 0);
     assert_no_faults(hv);
 }
+
+/// The sizes a user of the crate gets (this crate's tests build ccdma without its test-only
+/// fields, unlike `cargo test -p ccdma --lib footprint`, whose pool areas carry a test counter).
+/// Printed for the docs: `cargo test --release -p ccdma-tests --test layer_size -- --nocapture
+/// sizes_a_user_gets`. The bounds are the figures the docs state.
+#[test]
+fn sizes_a_user_gets() {
+    let rows: [(&str, usize, usize); 7] = [
+        (
+            "DmaLayer<P> (default: 8 pools, 16 domains, 16 areas)",
+            size_of::<DmaLayer<'static, Plat>>(),
+            28_800,
+        ),
+        ("DmaLayer<P, 1, 0, 4>", size_of::<DmaLayer<'static, Plat, 1, 0, 4>>(), 1_920),
+        ("DmaLayer<P, 1, 0, 2>", size_of::<Small>(), SMALL_LAYER_BYTES),
+        ("DmaLayer<P, 1, 4, 2>", size_of::<DmaLayer<'static, Plat, 1, 4, 2>>(), 2_688),
+        ("DmaError", size_of::<DmaError>(), 24),
+        ("Result<BusAddr, DmaError>", size_of::<Result<ccdma::BusAddr, DmaError>>(), 24),
+        ("Device", size_of::<ccdma::Device>(), 192),
+    ];
+    for (name, bytes, bound) in rows {
+        println!("{name:<56} {bytes:>6} bytes (docs: <= {bound})");
+        assert!(bytes <= bound, "{name} is {bytes} bytes, the docs say <= {bound}");
+    }
+}
