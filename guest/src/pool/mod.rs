@@ -299,5 +299,5 @@ mod tally_tests;
 mod tests;
 
 pub use bounce_pool::BouncePool;
-pub(crate) use bounce_pool::Taken;
+pub(crate) use bounce_pool::{Claim, Taken};
 pub(crate) use dev_live::{AreaLive, HomePool};

@@ -29,7 +29,7 @@ use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::path::DmaPath;
 use crate::platform::Platform;
-use crate::pool::{SlotRecord, Taken};
+use crate::pool::{Claim, SlotRecord, Taken};
 use crate::stats::FailureKind;
 use crate::tracker::TrackedKind;
 
@@ -433,17 +433,16 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let pool = self.pools.get(i as usize).ok_or(DmaError::UnknownMapping(bus))?;
         // One area lock: the record is checked and, when nothing is to be copied out, freed at once;
         // otherwise released, copied out of (outside the lock), then freed.
-        let check = |rec: &SlotRecord| self.check_record(dev, bus, safe, rec, len, dir);
-        let copy_back =
-            |rec: &SlotRecord| rec.dir.device_writes() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
+        let claim =
+            Claim { device: dev.serial, safe, len, dir, sync: !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) };
         // A run its pool counted (every run a plain or premapped map makes) counts its unmap when
         // freed, under the area lock; any other is counted on the layer's shards below.
-        let (counted, dev_counted) = match pool.release_or_free_for(off, &dev.home_live, check, copy_back) {
+        let (counted, dev_counted) = match pool.release_or_free_claimed(off, &dev.home_live, &claim) {
             None => {
                 self.stats.fail(FailureKind::UnknownMapping);
                 return Err(DmaError::UnknownMapping(bus));
             }
-            Some(Err(e)) => return Err(e),
+            Some(Err(rec)) => return Err(self.refused_claim(dev, bus, safe, &rec, len, dir)),
             Some(Ok(Taken::Freed { counted, dev })) => (counted, dev),
             Some(Ok(Taken::Released(rec))) => {
                 self.copy_to_original(&pool, &rec, 0, rec.len);
@@ -459,6 +458,26 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             self.stats.unmapped();
         }
         Ok(())
+    }
+
+    /// The error of a claim the pool refused ([`Self::unmap_in_pool`]): [`Self::check_record`]'s,
+    /// which counts it. Out of line: never on a good unmap.
+    #[cold]
+    #[inline(never)]
+    fn refused_claim(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        safe: bool,
+        rec: &SlotRecord,
+        len: usize,
+        dir: DmaDirection,
+    ) -> DmaError {
+        match self.check_record(dev, bus, safe, rec, len, dir) {
+            Err(e) => e,
+            // Not reached: the pool refuses exactly what `check_record` refuses.
+            Ok(()) => DmaError::UnknownMapping(bus),
+        }
     }
 
     /// A `Mapping` is gone but its unmap could not complete (strict entries that would not clear):
