@@ -199,6 +199,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// entries that will not clear) the mapping comes back unchanged inside the error, the buffer
     /// still borrowed: retry, or drop it (which gives the slots up for good).
     #[track_caller]
+    #[inline]
     pub fn unmap(self) -> Result<(), Refused<Self>> {
         let this = ManuallyDrop::new(self);
         match this.layer.unmap_mapping(this.dev, this.bus, this.run, this.len, this.dir, this.attrs) {

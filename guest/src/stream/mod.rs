@@ -29,7 +29,7 @@ use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::path::DmaPath;
 use crate::platform::Platform;
-use crate::pool::{Claim, SlotRecord, Taken};
+use crate::pool::{BouncePool, Claim, SlotRecord, Taken};
 use crate::stats::FailureKind;
 use crate::tracker::TrackedKind;
 
@@ -395,7 +395,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// view plus `at.off`, and that base does not move while the run lives). The pool still checks
     /// the head at `at` against the claim, as for the raw face.
     #[track_caller]
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn unmap_mapping(
         &self,
@@ -408,7 +408,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     ) -> Result<(), DmaError> {
         let Some(at) = run.at() else { return self.unmap_as(dev, bus, len, dir, attrs, true) };
         let _masked = self.masked();
-        let result = self.unmap_in_pool(dev, bus, at, len, dir, attrs, true);
+        let result = self.unmap_owned_run(dev, bus, at, len, dir, attrs);
         let site = core::panic::Location::caller();
         crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
         result
@@ -458,6 +458,74 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             self.stats.unmapped();
         }
         Ok(())
+    }
+
+    /// [`Self::unmap_in_pool`] for a [`crate::Mapping`] (`unmap_mapping`), inline in its caller:
+    /// the common end (the run freed, and counted by its pool for the layer and for its device)
+    /// returns at once; any other (an error, a copy back, a count the pool did not take) goes to
+    /// [`Self::unmap_settle`] out of line, which does what `unmap_in_pool` does with it.
+    #[inline(always)]
+    fn unmap_owned_run(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        at: PoolAt,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        let Some(pool) = self.pools.get(at.pool as usize) else { return Err(DmaError::UnknownMapping(bus)) };
+        let claim = Claim {
+            device: dev.serial,
+            safe: true,
+            len,
+            dir,
+            sync: !attrs.contains(DmaAttrs::SKIP_CPU_SYNC),
+        };
+        match pool.release_or_free_claimed(at.off, &dev.home_live, &claim) {
+            Some(Ok(Taken::Freed { counted: true, dev: true })) => Ok(()),
+            taken => self.unmap_settle(dev, bus, &pool, taken, true, len, dir),
+        }
+    }
+
+    /// A bounce run's unmap past the pool's answer (`taken`), out of line: see [`Self::unmap_owned_run`].
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn unmap_settle(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        pool: &BouncePool<'m, AREAS>,
+        taken: Option<Result<Taken, SlotRecord>>,
+        safe: bool,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        let (counted, dev_counted) = match taken {
+            None => return Err(self.unknown_run(bus)),
+            Some(Err(rec)) => return Err(self.refused_claim(dev, bus, safe, &rec, len, dir)),
+            Some(Ok(Taken::Freed { counted, dev })) => (counted, dev),
+            Some(Ok(Taken::Released(rec))) => {
+                self.copy_to_original(pool, &rec, 0, rec.len);
+                pool.free(rec.index, rec.nslots);
+                (rec.counted, rec.dev_counted)
+            }
+        };
+        if !dev_counted {
+            dev.live_dec(LiveKind::Mapping);
+        }
+        if !counted {
+            self.stats.unmapped();
+        }
+        Ok(())
+    }
+
+    /// An unmap whose recorded pool holds no such mapping, counted.
+    #[cold]
+    #[inline(never)]
+    fn unknown_run(&self, bus: BusAddr) -> DmaError {
+        self.stats.fail(FailureKind::UnknownMapping);
+        DmaError::UnknownMapping(bus)
     }
 
     /// The error of a claim the pool refused ([`Self::unmap_in_pool`]): [`Self::check_record`]'s,
