@@ -127,6 +127,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     }
 
     #[track_caller]
+    #[inline(always)]
     fn map_buffer<'a>(
         &'a self,
         dev: &'a Device,
@@ -141,7 +142,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let phys = self.translate_for(dev, ptr, len);
         // The buffer is borrowed for 'a by the returned mapping; the record is marked as the
         // mapping's, so only the mapping can end it, and it forgets `ptr` before the borrow ends.
-        let m = self.map_original(dev, Original { cpu: ptr, phys, safe: true }, len, dir, attrs)?;
+        let m = self.map_original_inline(dev, Original { cpu: ptr, phys, safe: true }, len, dir, attrs)?;
         Ok(Mapping { layer: self, dev, bus: m.bus, run: m.run, buf: ptr, len, dir, attrs, _buf: PhantomData })
     }
 }

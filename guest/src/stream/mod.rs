@@ -42,6 +42,9 @@ pub(crate) struct Original {
     pub safe: bool,
 }
 
+/// A map's first attempt ([`DmaLayer::map_bounce`]): `None` when the path does not bounce.
+type FirstAttempt = Option<Result<Mapped, DmaError>>;
+
 /// What a map made: the bus address, and for a bounce run where it lies, so the unmap of a
 /// [`crate::Mapping`] goes there without a search. Two words: results copied through the map's
 /// frames cost store-forwarding stalls when larger (a third word cost the premapped 4 KiB
@@ -231,6 +234,74 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let site = core::panic::Location::caller();
         crate::tracker::mapped(&self.tracker, dev, mapped.bus, len, dir, TrackedKind::Mapping, site);
         Ok(mapped)
+    }
+
+    /// [`Self::map_original`] for the safe face's map (`map_buffer`), inline there: the first
+    /// attempt of a bounce ([`Self::map_bounce`]) and its success in line, everything past a first
+    /// attempt that did not map out of line ([`Self::map_again`]). (The raw faces keep
+    /// `map_original` out of line, with its retry in it: that is the shorter way for a refused map.)
+    #[track_caller]
+    #[inline(always)]
+    pub(crate) fn map_original_inline(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<Mapped, DmaError> {
+        let _masked = self.masked();
+        // The paths that bounce (the common case) make their first attempt here, inline; every
+        // other path, and growth after a first attempt that found no room, go through the route
+        // (which would choose the same mechanism for the same device and buffer).
+        let first = self.map_bounce(dev, orig, len, dir, attrs);
+        let mapped = match first {
+            Some(Ok(m)) => m,
+            first => self.map_again(dev, orig, len, dir, attrs, first)?,
+        };
+        if !mapped.run.counted() {
+            dev.live_inc(LiveKind::Mapping);
+        }
+        let site = core::panic::Location::caller();
+        crate::tracker::mapped(&self.tracker, dev, mapped.bus, len, dir, TrackedKind::Mapping, site);
+        Ok(mapped)
+    }
+
+    /// A map past a first attempt (`first`) that did not map: a deferred device's domain set up,
+    /// the route, growth; a failure counted on the device. What `map_original` does past its first
+    /// attempt, for [`Self::map_original_inline`].
+    #[inline(never)]
+    fn map_again(
+        &self,
+        dev: &Device,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        mut first: FirstAttempt,
+    ) -> Result<Mapped, DmaError> {
+        // A deferred device's first map: its domain is set up here, once, and the map goes
+        // the route (the attempts never set up: the set-up's frames stay off the growth
+        // retry's chain, issue 20). Maps of a set-up domain never come here for it.
+        if crate::parts::IOMMU
+            && dev.domain.is_some()
+            && len != 0
+            && matches!(first, None | Some(Err(DmaError::NotAttached)))
+        {
+            match self.set_up_deferred(dev) {
+                Ok(true) => first = None,
+                Ok(false) => {}
+                Err(e) => {
+                    dev.map_failed();
+                    return Err(e);
+                }
+            }
+        }
+        let attempt = || match first.take() {
+            Some(result) => result,
+            None => self.map_route(dev, orig, len, dir, attrs),
+        };
+        self.with_growth(dev, len, attempt).inspect_err(|_| dev.map_failed())
     }
 
     /// The first attempt of a map on a path that bounces: untrusted devices (accepted ones map in
