@@ -62,7 +62,7 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::MAX_AREAS;
 use crate::pool_set::MAX_POOLS;
-use crate::stream::{Original, RunWord};
+use crate::stream::{MapRequest, Original, RunWord};
 
 /// A live streaming mapping of a borrowed buffer.
 pub struct Mapping<
@@ -142,7 +142,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let phys = self.translate_for(dev, ptr, len);
         // The buffer is borrowed for 'a by the returned mapping; the record is marked as the
         // mapping's, so only the mapping can end it, and it forgets `ptr` before the borrow ends.
-        let m = self.map_original_inline(dev, Original { cpu: ptr, phys, safe: true }, len, dir, attrs)?;
+        let m = self.map_original_inline(
+            dev,
+            &MapRequest { orig: Original { cpu: ptr, phys, safe: true }, len, dir, attrs },
+        )?;
         Ok(Mapping { layer: self, dev, bus: m.bus, run: m.run, buf: ptr, len, dir, attrs, _buf: PhantomData })
     }
 }

@@ -20,8 +20,6 @@ pub(crate) mod record;
 pub(crate) mod strict;
 pub(crate) mod trusted;
 
-use core::sync::atomic::Ordering;
-
 use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, LiveKind};
 use crate::direction::{DmaAttrs, DmaDirection};
@@ -40,6 +38,16 @@ pub(crate) struct Original {
     pub phys: Option<PhysAddr>,
     /// True when a [`crate::Mapping`] owns the mapping (the raw face then refuses it).
     pub safe: bool,
+}
+
+/// A map as the bounce path takes it ([`DmaLayer::bounce_map`]), by reference: built once by the
+/// face's first attempt, not copied again into each frame.
+#[derive(Clone, Copy)]
+pub(crate) struct MapRequest {
+    pub orig: Original,
+    pub len: usize,
+    pub dir: DmaDirection,
+    pub attrs: DmaAttrs,
 }
 
 /// A map's first attempt ([`DmaLayer::map_bounce`]): `None` when the path does not bounce.
@@ -194,7 +202,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // The paths that bounce (the common case) make their first attempt here, inline; every
         // other path, and growth after a first attempt that found no room, go through the route
         // (which would choose the same mechanism for the same device and buffer).
-        let first = self.map_bounce(dev, orig, len, dir, attrs);
+        let first = self.map_bounce(dev, &MapRequest { orig, len, dir, attrs });
         let mapped = match first {
             Some(Ok(m)) => m,
             mut first => {
@@ -242,28 +250,21 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// `map_original` out of line, with its retry in it: that is the shorter way for a refused map.)
     #[track_caller]
     #[inline(always)]
-    pub(crate) fn map_original_inline(
-        &self,
-        dev: &Device,
-        orig: Original,
-        len: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-    ) -> Result<Mapped, DmaError> {
+    pub(crate) fn map_original_inline(&self, dev: &Device, req: &MapRequest) -> Result<Mapped, DmaError> {
         let _masked = self.masked();
         // The paths that bounce (the common case) make their first attempt here, inline; every
         // other path, and growth after a first attempt that found no room, go through the route
         // (which would choose the same mechanism for the same device and buffer).
-        let first = self.map_bounce(dev, orig, len, dir, attrs);
+        let first = self.map_bounce(dev, req);
         let mapped = match first {
             Some(Ok(m)) => m,
-            first => self.map_again(dev, orig, len, dir, attrs, first)?,
+            first => self.map_again(dev, req, first)?,
         };
         if !mapped.run.counted() {
             dev.live_inc(LiveKind::Mapping);
         }
         let site = core::panic::Location::caller();
-        crate::tracker::mapped(&self.tracker, dev, mapped.bus, len, dir, TrackedKind::Mapping, site);
+        crate::tracker::mapped(&self.tracker, dev, mapped.bus, req.len, req.dir, TrackedKind::Mapping, site);
         Ok(mapped)
     }
 
@@ -271,15 +272,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// the route, growth; a failure counted on the device. What `map_original` does past its first
     /// attempt, for [`Self::map_original_inline`].
     #[inline(never)]
-    fn map_again(
-        &self,
-        dev: &Device,
-        orig: Original,
-        len: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-        mut first: FirstAttempt,
-    ) -> Result<Mapped, DmaError> {
+    fn map_again(&self, dev: &Device, req: &MapRequest, mut first: FirstAttempt) -> Result<Mapped, DmaError> {
+        let MapRequest { orig, len, dir, attrs } = *req;
         // A deferred device's first map: its domain is set up here, once, and the map goes
         // the route (the attempts never set up: the set-up's frames stay off the growth
         // retry's chain, issue 20). Maps of a set-up domain never come here for it.
@@ -309,31 +303,22 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// for every other case, which [`Self::map_route`] routes. For these cases the route makes the
     /// very same call, so this is only a shorter way to it.
     #[inline(always)]
-    fn map_bounce(
-        &self,
-        dev: &Device,
-        orig: Original,
-        len: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-    ) -> Option<Result<Mapped, DmaError>> {
-        if len == 0 || dev.trust.is_accepted() {
+    fn map_bounce(&self, dev: &Device, req: &MapRequest) -> Option<Result<Mapped, DmaError>> {
+        if req.len == 0 || dev.trust.is_accepted() {
             return None;
         }
         if crate::parts::IOMMU && dev.domain.is_some() {
             // Premapped: the pools as the domain's window holds them (no mask: the window holds
             // only pools the device reaches). Strict, deferred or not-ready domains go out of line.
             let Some(view) = self.premapped_view(dev) else {
-                return Some(self.iommu_map(dev, orig, len, dir, attrs));
+                return Some(self.iommu_map(dev, req.orig, req.len, req.dir, req.attrs));
             };
-            let reserve = self.growth.growing.load(Ordering::Relaxed);
-            return Some(self.bounce_map(dev, view, None, reserve, orig, len, dir, attrs));
+            return Some(self.bounce_map(dev, view, None, req));
         }
         if dev.path != DmaPath::BounceAlways {
             return None;
         }
-        let reserve = self.growth.growing.load(Ordering::Relaxed);
-        Some(self.bounce_map(dev, &self.plain, Some(dev.config.dma_mask), reserve, orig, len, dir, attrs))
+        Some(self.bounce_map(dev, &self.plain, Some(dev.config.dma_mask), req))
     }
 
     fn map_route(
@@ -368,10 +353,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 self.stats.fail(FailureKind::BeyondMask);
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
-            _ => {
-                let reserve = self.growth.growing.load(Ordering::Relaxed);
-                self.bounce_map(dev, &self.plain, Some(mask), reserve, orig, len, dir, attrs)
-            }
+            _ => self.bounce_map(dev, &self.plain, Some(mask), &MapRequest { orig, len, dir, attrs }),
         }
     }
 
