@@ -55,13 +55,42 @@ pub(crate) fn area_hint() -> usize {
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
-    /// Bounce `req` into one of the pools `view` offers a map with `mask` (reserve pools too while
-    /// growth runs);
-    /// the bus address is the pool's place in `view`, the device's view. A run in slots
-    /// ([`RunAlign::Slots`]): what [`Self::bounce_in_view`] does for it, written for this case alone
-    /// (plain and premapped maps, the hot path): no IOMMU-page arithmetic, the run's place and the
-    /// bus address worked out once, the failure's report out of line.
+    /// Bounce into one of the pools `view` offers a map with `mask` (reserve pools too while
+    /// growth runs); the bus address is the pool's place in `view`, the device's view. A run in
+    /// slots: what [`Self::bounce_in_view`] does for it, written for this case alone (plain and
+    /// premapped maps, the hot path): no IOMMU-page arithmetic, the run's place and the bus address
+    /// worked out once, the failure's report out of line. The raw faces' and the routes' copy, the
+    /// request by value (the shortest code where the layer's calls are inlined into one, as C's).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn bounce_map(
+        &self,
+        dev: &Device,
+        view: &LivePools<POOLS>,
+        mask: Option<DmaMask>,
+        orig: Original,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<Mapped, DmaError> {
+        self.bounce_map_in(dev, view, mask, &MapRequest { orig, len, dir, attrs })
+    }
+
+    /// [`Self::bounce_map`] for the safe face's first attempt (`map_original_inline`), the request
+    /// by reference: built once in the caller's frame, not copied into this call's arguments.
+    #[inline(never)]
+    pub(crate) fn bounce_map_req(
+        &self,
+        dev: &Device,
+        view: &LivePools<POOLS>,
+        mask: Option<DmaMask>,
+        req: &MapRequest,
+    ) -> Result<Mapped, DmaError> {
+        self.bounce_map_in(dev, view, mask, req)
+    }
+
+    /// The body of both.
+    #[inline(always)]
+    fn bounce_map_in(
         &self,
         dev: &Device,
         view: &LivePools<POOLS>,

@@ -202,7 +202,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // The paths that bounce (the common case) make their first attempt here, inline; every
         // other path, and growth after a first attempt that found no room, go through the route
         // (which would choose the same mechanism for the same device and buffer).
-        let first = self.map_bounce(dev, &MapRequest { orig, len, dir, attrs });
+        let req = &MapRequest { orig, len, dir, attrs };
+        let first = self.map_bounce::<false>(dev, req);
         let mapped = match first {
             Some(Ok(m)) => m,
             mut first => {
@@ -255,7 +256,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // The paths that bounce (the common case) make their first attempt here, inline; every
         // other path, and growth after a first attempt that found no room, go through the route
         // (which would choose the same mechanism for the same device and buffer).
-        let first = self.map_bounce(dev, req);
+        let first = self.map_bounce::<true>(dev, req);
         let mapped = match first {
             Some(Ok(m)) => m,
             first => self.map_again(dev, req, first)?,
@@ -303,22 +304,36 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// for every other case, which [`Self::map_route`] routes. For these cases the route makes the
     /// very same call, so this is only a shorter way to it.
     #[inline(always)]
-    fn map_bounce(&self, dev: &Device, req: &MapRequest) -> Option<Result<Mapped, DmaError>> {
+    fn map_bounce<const BY_REF: bool>(
+        &self,
+        dev: &Device,
+        req: &MapRequest,
+    ) -> Option<Result<Mapped, DmaError>> {
         if req.len == 0 || dev.trust.is_accepted() {
             return None;
         }
+        let MapRequest { orig, len, dir, attrs } = *req;
         if crate::parts::IOMMU && dev.domain.is_some() {
             // Premapped: the pools as the domain's window holds them (no mask: the window holds
             // only pools the device reaches). Strict, deferred or not-ready domains go out of line.
             let Some(view) = self.premapped_view(dev) else {
-                return Some(self.iommu_map(dev, req.orig, req.len, req.dir, req.attrs));
+                return Some(self.iommu_map(dev, orig, len, dir, attrs));
             };
-            return Some(self.bounce_map(dev, view, None, req));
+            return Some(if BY_REF {
+                self.bounce_map_req(dev, view, None, req)
+            } else {
+                self.bounce_map(dev, view, None, orig, len, dir, attrs)
+            });
         }
         if dev.path != DmaPath::BounceAlways {
             return None;
         }
-        Some(self.bounce_map(dev, &self.plain, Some(dev.config.dma_mask), req))
+        let mask = Some(dev.config.dma_mask);
+        Some(if BY_REF {
+            self.bounce_map_req(dev, &self.plain, mask, req)
+        } else {
+            self.bounce_map(dev, &self.plain, mask, orig, len, dir, attrs)
+        })
     }
 
     fn map_route(
@@ -353,7 +368,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 self.stats.fail(FailureKind::BeyondMask);
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
-            _ => self.bounce_map(dev, &self.plain, Some(mask), &MapRequest { orig, len, dir, attrs }),
+            _ => self.bounce_map(dev, &self.plain, Some(mask), orig, len, dir, attrs),
         }
     }
 

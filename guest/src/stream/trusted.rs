@@ -70,7 +70,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
         // Beyond the device's mask: bounced like an untrusted device's buffer.
         let mask = Some(dev.config.dma_mask);
-        self.bounce_map(dev, &self.plain, mask, &super::MapRequest { orig, len, dir, attrs })
+        self.bounce_map(dev, &self.plain, mask, orig, len, dir, attrs)
     }
 
     fn trusted_iommu_map(
