@@ -17,8 +17,9 @@ use log_support::{capture, with_all};
 /// RTAS "parameter error": what a failed `ibm,create-pe-dma-window` answers.
 const RTAS_PARAMETER_ERROR: i64 = -3;
 
-/// A 64-bit device on an endpoint without a default window (a kernel before a kexec removed it):
-/// after a failed DDW attempt nothing is left to fall back to, and the attach fails `NoIommuPath`.
+/// A 64-bit device on an endpoint without a default window (a kernel before a kexec removed it) whose
+/// reset fails (so the default window stays away): after a failed DDW attempt nothing is left to
+/// fall back to, and the attach fails `NoIommuPath`.
 #[test]
 fn a_failed_ddw_attempts_status_is_logged_when_the_error_keeps_only_its_step() {
     let cases = [
@@ -42,6 +43,7 @@ fn a_failed_ddw_attempts_status_is_logged_when_the_error_keeps_only_its_step() {
         g.hv.add_iommu_device(1, 64);
         let default = g.hv.default_window(1).unwrap();
         assert_eq!(g.hv.ddw_remove(1, default.liobn), 0);
+        g.hv.calls().inject_next(CallKind::DdwReset, Injection::Fail(H_HARDWARE));
         g.hv.calls().inject_next(call, injection);
         let (result, records) = capture(|| g.layer.attach(DeviceConfig::new(1, DmaMask::BITS_64)));
         let err = result.unwrap_err();
