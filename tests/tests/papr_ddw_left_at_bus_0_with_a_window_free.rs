@@ -32,13 +32,6 @@ fn leftover_at_bus_0() -> (IommuGuest, WindowGeometry) {
     (g, default)
 }
 
-fn map_reads_back(g: &IommuGuest, dev: &ccdma::Device) {
-    let data = pattern(6000, 9);
-    let m = g.layer.on(dev).map_to_device(&data).unwrap();
-    assert_eq!(g.hv.device(dev.config().id).read(m.bus_addr().0, data.len()).unwrap(), data);
-    m.unmap().map_err(|r| r.error).unwrap();
-}
-
 #[test]
 fn a_64_bit_device_removes_a_ddw_left_at_bus_0_and_detach_leaves_the_default_window() {
     let (g, default) = leftover_at_bus_0();
