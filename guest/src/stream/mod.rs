@@ -4,13 +4,17 @@
 //! IOMMU entries ([`strict`]). The guest's own record of each mapping ([`record`]) is what unmap and
 //! sync trust; nothing a device or caller alleges later.
 //!
-//! One map: `map_ptr`/`Mapping` -> `map_original` (live count, tracker) -> `map_bounce` (the paths
-//! that bounce, first attempt) or `map_route` (every path, and growth's retries) -> `bounce_map` /
+//! One map: `map_ptr` -> `map_original` (live count, tracker; `Mapping`: `map_original_inline`, its
+//! retry `map_again` out of line) -> `map_bounce` (the paths that bounce, first attempt; a
+//! `MapRequest` by reference for `Mapping`, `bounce_map_req`) or `map_route` (every path, and
+//! growth's retries) -> `bounce_map` /
 //! `strict_map` -> `bounce_in_view` (the device's pool view read in place, pool run, fill) -> bus
 //! address; a `Mapping` keeps the run's pool and offset ([`PoolAt`]).
 //! One unmap: `unmap`/`Mapping::unmap` -> `unmap_as` -> `unmap_route` -> `locate` or, for a
-//! `Mapping` of a bounce run, straight to its recorded pool and offset (`unmap_mapping`) ->
-//! `unmap_in_pool`: `check_record` -> copy back -> free (strict: entries cleared first).
+//! `Mapping` of a bounce run, straight to its recorded pool and offset (`unmap_mapping`, inline:
+//! `unmap_owned_run`, the rest in `unmap_settle`) -> `unmap_in_pool`: the pool checks the claim
+//! (`release_or_free_claimed`; `check_record` names a refusal) -> copy back -> free (strict: entries
+//! cleared first).
 
 pub(crate) mod bounce;
 pub(crate) mod placement;
