@@ -58,6 +58,7 @@ pub mod tce;
 pub mod window;
 
 pub(crate) mod attach;
+pub(crate) mod code;
 mod serves;
 pub(crate) mod setup;
 mod slot_lookup;
