@@ -21,9 +21,12 @@
 //! to an unknown function: in a one-platform image (the C library) the compiler still resolves
 //! every platform call of the set-up. Measured on the full C image (`bash scripts/budgets.sh`):
 //! entries taking the `dyn` layer, 65,669 B (the C platform's whole vtable kept, its calls
-//! indirect); shims taking `&Cold`, 65,621; shims taking the address, 65,221 (main: 64,997).
+//! indirect); shims taking `&Cold`, 65,621; shims taking the address, 65,221 as a `*const ()`,
+//! 65,157 as a `NonNull` (main: 64,997). Each platform pays its shims (`bash
+//! scripts/kernel-budgets.sh`: QemuPlatform +112, PseriesPlatform +316).
 
 use core::marker::PhantomData;
+use core::ptr::NonNull;
 
 use super::config::MAX_DOMAINS;
 use super::domain::{DomainRef, DomainSlot};
@@ -37,7 +40,10 @@ use crate::pool_set::MAX_POOLS;
 /// The IOMMU path's cold entries for a layer of these capacities (see the module docs). Each takes
 /// the layer by its address alone: a `&Cold` argument would hand the platform's vtable to an unknown
 /// function, and a one-platform image would then keep the whole vtable and every platform call of
-/// the cold paths indirect (the module docs' figures).
+/// the cold paths indirect (the module docs' figures). A `NonNull`, not a raw pointer: the shims'
+/// `as_full` then knows its answer is `Some` for the default capacities (with `*const ()` each shim
+/// kept a null test and a second copy of its cold function, compiled in the platform's crate: +5 KB
+/// of ccdma in the x86 kernel, `bash scripts/kernel-budgets.sh`).
 ///
 /// Contract of every entry: `layer` is the address of a live `DmaLayer` over the platform type the
 /// table was built for ([`CodeFor`]) and of these capacities, borrowed for the call.
@@ -48,12 +54,12 @@ pub(crate) struct IommuCode<
     const AREAS: usize = MAX_AREAS,
 > {
     /// Attach a device behind the IOMMU (the path is enabled): `Cold::attach_enabled`.
-    pub attach: unsafe fn(layer: *const (), DeviceConfig) -> Result<Device, DmaError>,
+    pub attach: unsafe fn(layer: NonNull<()>, DeviceConfig) -> Result<Device, DmaError>,
     /// Detach a device from its domain: `Cold::detach_domain`.
-    pub detach: unsafe fn(layer: *const (), &Device) -> Result<(), DmaError>,
+    pub detach: unsafe fn(layer: NonNull<()>, &Device) -> Result<(), DmaError>,
     /// Set up a deferred device's domain (its first map): `Cold::attach_deferred`.
     pub set_up: for<'l, 'm> unsafe fn(
-        layer: *const (),
+        layer: NonNull<()>,
         &'l DomainSlot<'m, POOLS>,
         DomainRef,
         &Device,
@@ -95,24 +101,24 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
 /// for 'l.
 #[inline(always)]
 unsafe fn as_layer<'l, 'm, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>(
-    layer: *const (),
+    layer: NonNull<()>,
 ) -> &'l DmaLayer<'m, P, POOLS, DOMAINS, AREAS> {
     // SAFETY: the caller's contract.
-    unsafe { &*layer.cast::<DmaLayer<'m, P, POOLS, DOMAINS, AREAS>>() }
+    unsafe { layer.cast::<DmaLayer<'m, P, POOLS, DOMAINS, AREAS>>().as_ref() }
 }
 
 /// The address an entry of [`IommuCode`] takes: the layer's, without the platform's vtable.
 #[inline(always)]
 pub(crate) fn addr<const POOLS: usize, const DOMAINS: usize, const AREAS: usize>(
     c: &Cold<'_, '_, POOLS, DOMAINS, AREAS>,
-) -> *const () {
-    (c as *const Cold<'_, '_, POOLS, DOMAINS, AREAS>).cast::<()>()
+) -> NonNull<()> {
+    NonNull::from(c).cast::<()>()
 }
 
 /// # Safety
 /// [`IommuCode`]'s contract, for `P`.
 unsafe fn attach<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>(
-    layer: *const (),
+    layer: NonNull<()>,
     config: DeviceConfig,
 ) -> Result<Device, DmaError> {
     // SAFETY: this function's contract.
@@ -126,7 +132,7 @@ unsafe fn attach<P: Platform, const POOLS: usize, const DOMAINS: usize, const AR
 /// # Safety
 /// [`IommuCode`]'s contract, for `P`.
 unsafe fn detach<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>(
-    layer: *const (),
+    layer: NonNull<()>,
     dev: &Device,
 ) -> Result<(), DmaError> {
     // SAFETY: this function's contract.
@@ -143,7 +149,7 @@ unsafe fn detach<P: Platform, const POOLS: usize, const DOMAINS: usize, const AR
 /// # Safety
 /// [`IommuCode`]'s contract, for `P`.
 unsafe fn set_up<'l, 'm, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>(
-    layer: *const (),
+    layer: NonNull<()>,
     slot: &'l DomainSlot<'m, POOLS>,
     d: DomainRef,
     dev: &Device,
