@@ -59,6 +59,8 @@ pub mod window;
 
 pub(crate) mod attach;
 pub(crate) mod code;
+#[cfg(all(test, feature = "native-iommu"))]
+mod code_tests;
 mod serves;
 pub(crate) mod setup;
 mod slot_lookup;
