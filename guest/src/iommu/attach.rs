@@ -1,16 +1,18 @@
 //! Enabling the IOMMU path, attaching devices to windows (path selection per DESIGN.md section 6),
 //! deferred attach, detach, and bus-range reservations.
 
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use crate::cold_lock::ColdLock as Mutex;
 
 use super::backend::Backend;
 use super::bus_space::{BusRange, BusSpace, RangeKind};
-use super::code::{CodeFor, IommuCode};
 use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS};
 use super::counters::IommuStatsSnapshot;
-use super::domain::{DomainInfo, DomainRef, DomainSlot, Iommu, CLAIMED, DETACHING, FREE, READY, SETUP};
+use super::domain::{
+    DomainInfo, DomainRef, DomainSlot, Iommu, IommuCode, CLAIMED, DETACHING, FREE, READY, SETUP,
+};
 use super::error::IommuError;
 use super::tce::TceWriter;
 use super::window::WindowGeometry;
@@ -124,7 +126,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         let Some(code) = iommu.code else { return Err(DmaError::IommuNotEnabled) };
         // SAFETY: `enable_iommu` of this layer stored the table, built for the layer's own platform
         // type and capacities (a layer's type never changes); `self` is that layer.
-        unsafe { (code.attach)(super::code::addr(self), config) }
+        unsafe { (code.attach)(NonNull::from(self).cast(), config) }
     }
 
     /// [`Self::attach_iommu`] once the path is enabled (reached through [`IommuCode`]).
@@ -577,38 +579,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 let code = self.iommu.as_ref().and_then(|i| i.code).ok_or(DmaError::NotAttached)?;
                 // SAFETY: `enable_iommu` of this layer stored the table, built for its platform
                 // type `P` and capacities; `self.cold()` is this layer.
-                unsafe { (code.set_up)(super::code::addr(self.cold()), slot, d, dev)? };
+                unsafe { (code.set_up)(NonNull::from(self.cold()).cast(), slot, d, dev)? };
                 Ok(true)
             }
             Ok(Ok(_)) => Ok(true),
             Err(_) => Ok(false),
-        }
-    }
-
-    /// Enable the IOMMU path for devices the platform puts behind one ([`Platform::tce`]).
-    ///
-    /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
-    /// (each domain's share bounds its live strict mappings, coherent buffers and reservations).
-    /// The list pages of `cfg.batching` ([`TceBatching`](super::config::TceBatching)), if any, are
-    /// zeroed and shared here, once (a failed share is rolled back and nothing is enabled).
-    ///
-    /// # Safety
-    /// The list pages of `cfg.batching`, if any (the page of `SharedPage`, the `count` contiguous
-    /// pages from `first` of `PerCpuPages`), must be guest RAM that nothing else uses for as long as
-    /// the layer lives.
-    pub unsafe fn enable_iommu(
-        &mut self,
-        cfg: IommuConfig,
-        ranges: &'m mut [BusRange],
-    ) -> Result<(), DmaError> {
-        // SAFETY: the caller keeps this call's contract, which is the core's.
-        unsafe {
-            // The IOMMU path's cold code, named here alone (`code.rs`).
-            let code = const { &CodeFor::<P, POOLS, DOMAINS, AREAS>::CODE };
-            match (self.cold_mut().as_full_mut(), IommuCode::as_full(code)) {
-                (Some(c), Some(code)) => enable_iommu_once(c, cfg, ranges, code),
-                _ => self.cold_mut().enable_iommu_dyn(cfg, ranges, code),
-            }
         }
     }
 
@@ -764,22 +739,6 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
         // Checked: `pool` is the caller's; one in the order is below MAX_POOLS, but no panic path.
         bus.get(pool).copied().filter(|_| found)
     }
-}
-
-/// [`DmaLayer::enable_iommu`] of the default capacities, compiled in this crate only (see
-/// `Cold::as_full`).
-///
-/// # Safety
-/// As [`DmaLayer::enable_iommu`].
-#[inline(never)]
-unsafe fn enable_iommu_once<'m>(
-    c: &mut FullCold<'_, 'm>,
-    cfg: IommuConfig,
-    ranges: &'m mut [BusRange],
-    code: &'static IommuCode,
-) -> Result<(), DmaError> {
-    // SAFETY: the caller keeps this call's contract.
-    unsafe { c.enable_iommu_dyn(cfg, ranges, code) }
 }
 
 /// [`DmaLayer::disable_iommu`] of the default capacities, compiled in this crate only (see

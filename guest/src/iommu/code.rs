@@ -28,57 +28,13 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
-use super::config::MAX_DOMAINS;
-use super::domain::{DomainRef, DomainSlot};
+use super::bus_space::BusRange;
+use super::config::IommuConfig;
+use super::domain::{DomainRef, DomainSlot, IommuCode};
 use crate::device::{Device, DeviceConfig};
 use crate::error::DmaError;
 use crate::layer::{Cold, DmaLayer, FullCold};
 use crate::platform::Platform;
-use crate::pool::MAX_AREAS;
-use crate::pool_set::MAX_POOLS;
-
-/// The IOMMU path's cold entries for a layer of these capacities (see the module docs). Each takes
-/// the layer by its address alone: a `&Cold` argument would hand the platform's vtable to an unknown
-/// function, and a one-platform image would then keep the whole vtable and every platform call of
-/// the cold paths indirect (the module docs' figures). A `NonNull`, not a raw pointer: the shims'
-/// `as_full` then knows its answer is `Some` for the default capacities (with `*const ()` each shim
-/// kept a null test and a second copy of its cold function, compiled in the platform's crate: +5 KB
-/// of ccdma in the x86 kernel, `bash scripts/kernel-budgets.sh`).
-///
-/// Contract of every entry: `layer` is the address of a live `DmaLayer` over the platform type the
-/// table was built for ([`CodeFor`]) and of these capacities, borrowed for the call.
-#[allow(clippy::type_complexity)]
-pub(crate) struct IommuCode<
-    const POOLS: usize = MAX_POOLS,
-    const DOMAINS: usize = MAX_DOMAINS,
-    const AREAS: usize = MAX_AREAS,
-> {
-    /// Attach a device behind the IOMMU (the path is enabled): `Cold::attach_enabled`.
-    pub attach: unsafe fn(layer: NonNull<()>, DeviceConfig) -> Result<Device, DmaError>,
-    /// Detach a device from its domain: `Cold::detach_domain`.
-    pub detach: unsafe fn(layer: NonNull<()>, &Device) -> Result<(), DmaError>,
-    /// Set up a deferred device's domain (its first map): `Cold::attach_deferred`.
-    pub set_up: for<'l, 'm> unsafe fn(
-        layer: NonNull<()>,
-        &'l DomainSlot<'m, POOLS>,
-        DomainRef,
-        &Device,
-    ) -> Result<(), DmaError>,
-}
-
-impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> IommuCode<POOLS, DOMAINS, AREAS> {
-    /// This table as the default capacities' type when those are its capacities (see
-    /// `Cold::as_full`).
-    #[inline(always)]
-    pub(crate) fn as_full(code: &'static Self) -> Option<&'static IommuCode> {
-        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS && AREAS == MAX_AREAS {
-            // SAFETY: with equal capacities both are the same type.
-            Some(unsafe { &*(code as *const Self).cast::<IommuCode>() })
-        } else {
-            None
-        }
-    }
-}
 
 /// The table for layers over `P`.
 pub(crate) struct CodeFor<P, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>(PhantomData<P>);
@@ -187,4 +143,53 @@ impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 
         // type and capacities (a layer's type never changes); `self` is that layer.
         unsafe { (code.detach)(addr(self), dev) }
     }
+}
+
+/// `enable_iommu` lives here, beside the table it names, so that `attach.rs` (which the table's
+/// shims call) does not name the table's constructor: no import cycle between the two files.
+impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
+{
+    /// Enable the IOMMU path for devices the platform puts behind one ([`Platform::tce`]).
+    ///
+    /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
+    /// (each domain's share bounds its live strict mappings, coherent buffers and reservations).
+    /// The list pages of `cfg.batching` ([`TceBatching`](super::config::TceBatching)), if any, are
+    /// zeroed and shared here, once (a failed share is rolled back and nothing is enabled).
+    ///
+    /// # Safety
+    /// The list pages of `cfg.batching`, if any (the page of `SharedPage`, the `count` contiguous
+    /// pages from `first` of `PerCpuPages`), must be guest RAM that nothing else uses for as long as
+    /// the layer lives.
+    pub unsafe fn enable_iommu(
+        &mut self,
+        cfg: IommuConfig,
+        ranges: &'m mut [BusRange],
+    ) -> Result<(), DmaError> {
+        // SAFETY: the caller keeps this call's contract, which is the core's.
+        unsafe {
+            // The IOMMU path's cold code, named here alone (this file).
+            let code = const { &CodeFor::<P, POOLS, DOMAINS, AREAS>::CODE };
+            match (self.cold_mut().as_full_mut(), IommuCode::as_full(code)) {
+                (Some(c), Some(code)) => enable_iommu_once(c, cfg, ranges, code),
+                _ => self.cold_mut().enable_iommu_dyn(cfg, ranges, code),
+            }
+        }
+    }
+}
+
+/// [`DmaLayer::enable_iommu`] of the default capacities, compiled in this crate only (see
+/// `Cold::as_full`).
+///
+/// # Safety
+/// As [`DmaLayer::enable_iommu`].
+#[inline(never)]
+unsafe fn enable_iommu_once<'m>(
+    c: &mut FullCold<'_, 'm>,
+    cfg: IommuConfig,
+    ranges: &'m mut [BusRange],
+    code: &'static IommuCode,
+) -> Result<(), DmaError> {
+    // SAFETY: the caller keeps this call's contract.
+    unsafe { c.enable_iommu_dyn(cfg, ranges, code) }
 }

@@ -51,6 +51,7 @@ pub mod calls;
 pub mod config;
 pub(crate) mod counters;
 pub(crate) mod domain;
+pub(crate) mod domain_ref;
 pub mod error;
 pub(crate) mod list_pages;
 mod list_setup;
