@@ -27,7 +27,7 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::addr::DmaMask;
-use crate::iommu::domain::DomainRef;
+use crate::iommu::domain_ref::DomainRef;
 use crate::path::DmaPath;
 use crate::pool::{AreaLive, HomePool};
 use crate::pool_set::PoolOrder;

@@ -1,6 +1,7 @@
 //! Enabling the IOMMU path, attaching devices to windows (path selection per DESIGN.md section 6),
 //! deferred attach, detach, and bus-range reservations.
 
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use crate::cold_lock::ColdLock as Mutex;
@@ -9,7 +10,9 @@ use super::backend::Backend;
 use super::bus_space::{BusRange, BusSpace, RangeKind};
 use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS};
 use super::counters::IommuStatsSnapshot;
-use super::domain::{DomainInfo, DomainRef, DomainSlot, Iommu, CLAIMED, DETACHING, FREE, READY, SETUP};
+use super::domain::{
+    DomainInfo, DomainRef, DomainSlot, Iommu, IommuCode, CLAIMED, DETACHING, FREE, READY, SETUP,
+};
 use super::error::IommuError;
 use super::tce::TceWriter;
 use super::window::WindowGeometry;
@@ -27,11 +30,13 @@ impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 
     /// [`DmaLayer::enable_iommu`], over the platform as `&dyn Platform`.
     ///
     /// # Safety
-    /// As [`DmaLayer::enable_iommu`].
+    /// As [`DmaLayer::enable_iommu`]; `code` is the table of this layer's platform type
+    /// (`CodeFor::<P, ..>::CODE`, `code.rs`): the IOMMU path's cold calls go through it.
     pub(crate) unsafe fn enable_iommu_dyn(
         &mut self,
         cfg: IommuConfig,
         ranges: &'m mut [BusRange],
+        code: &'static IommuCode<POOLS, DOMAINS, AREAS>,
     ) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::IOMMU, "papr-tce or native-iommu")?;
         if self.iommu.is_some() {
@@ -53,6 +58,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 
         let iommu = self.iommu.insert(
             const {
                 Iommu {
+                    code: None,
                     cfg: IommuConfig::premapped(),
                     domains: [const { None }; DOMAINS],
                     list: None,
@@ -61,6 +67,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 
                 }
             },
         );
+        iommu.code = Some(code);
         iommu.cfg = cfg;
         iommu.list = list;
         let mut rest = ranges;
@@ -115,6 +122,16 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             );
             return Err(DmaError::IommuNotEnabled);
         };
+        // Through the table `enable_iommu` stored: only it names the code below (`code.rs`).
+        let Some(code) = iommu.code else { return Err(DmaError::IommuNotEnabled) };
+        // SAFETY: `enable_iommu` of this layer stored the table, built for the layer's own platform
+        // type and capacities (a layer's type never changes); `self` is that layer.
+        unsafe { (code.attach)(NonNull::from(self).cast(), config) }
+    }
+
+    /// [`Self::attach_iommu`] once the path is enabled (reached through [`IommuCode`]).
+    pub(crate) fn attach_enabled(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+        let Some(iommu) = &self.iommu else { return Err(DmaError::IommuNotEnabled) };
         let endpoint = self.backend().map_or(1 << 33 | u64::from(config.id), |b| b.endpoint(config.id));
         let _attaching = iommu.attach_lock.lock();
         // Under the attach lock no domain is in SETUP: set-up and detach take the lock too.
@@ -557,43 +574,16 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn set_up_deferred(&self, dev: &Device) -> Result<bool, DmaError> {
         match self.attached_or_deferred(dev) {
             Ok(Err((slot, d))) => {
-                match (self.cold().as_full(), slot.as_full()) {
-                    (Some(c), Some(s)) => {
-                        attach_deferred_once(c, s, d, dev)?;
-                    }
-                    _ => {
-                        self.cold().attach_deferred(slot, d, dev)?;
-                    }
-                }
+                // A slot was found, so the path is enabled; its set-up through the table
+                // `enable_iommu` stored (`code.rs`).
+                let code = self.iommu.as_ref().and_then(|i| i.code).ok_or(DmaError::NotAttached)?;
+                // SAFETY: `enable_iommu` of this layer stored the table, built for its platform
+                // type `P` and capacities; `self.cold()` is this layer.
+                unsafe { (code.set_up)(NonNull::from(self.cold()).cast(), slot, d, dev)? };
                 Ok(true)
             }
             Ok(Ok(_)) => Ok(true),
             Err(_) => Ok(false),
-        }
-    }
-
-    /// Enable the IOMMU path for devices the platform puts behind one ([`Platform::tce`]).
-    ///
-    /// `ranges` is the bus-range storage of every domain, split evenly between `cfg.max_domains`
-    /// (each domain's share bounds its live strict mappings, coherent buffers and reservations).
-    /// The list pages of `cfg.batching` ([`TceBatching`](super::config::TceBatching)), if any, are
-    /// zeroed and shared here, once (a failed share is rolled back and nothing is enabled).
-    ///
-    /// # Safety
-    /// The list pages of `cfg.batching`, if any (the page of `SharedPage`, the `count` contiguous
-    /// pages from `first` of `PerCpuPages`), must be guest RAM that nothing else uses for as long as
-    /// the layer lives.
-    pub unsafe fn enable_iommu(
-        &mut self,
-        cfg: IommuConfig,
-        ranges: &'m mut [BusRange],
-    ) -> Result<(), DmaError> {
-        // SAFETY: the caller keeps this call's contract, which is the core's.
-        unsafe {
-            match self.cold_mut().as_full_mut() {
-                Some(c) => enable_iommu_once(c, cfg, ranges),
-                None => self.cold_mut().enable_iommu_dyn(cfg, ranges),
-            }
         }
     }
 
@@ -751,21 +741,6 @@ impl<'m, P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const A
     }
 }
 
-/// [`DmaLayer::enable_iommu`] of the default capacities, compiled in this crate only (see
-/// `Cold::as_full`).
-///
-/// # Safety
-/// As [`DmaLayer::enable_iommu`].
-#[inline(never)]
-unsafe fn enable_iommu_once<'m>(
-    c: &mut FullCold<'_, 'm>,
-    cfg: IommuConfig,
-    ranges: &'m mut [BusRange],
-) -> Result<(), DmaError> {
-    // SAFETY: the caller keeps this call's contract.
-    unsafe { c.enable_iommu_dyn(cfg, ranges) }
-}
-
 /// [`DmaLayer::disable_iommu`] of the default capacities, compiled in this crate only (see
 /// `Cold::as_full`).
 #[inline(never)]
@@ -776,7 +751,7 @@ fn disable_iommu_once(c: &mut FullCold<'_, '_>) -> Result<(), DmaError> {
 /// `Cold::attach_deferred` of the default capacities, compiled in this crate only (see
 /// [`Cold::as_full`]): a deferred device's set-up at its first map.
 #[inline(never)]
-fn attach_deferred_once<'s, 'm>(
+pub(super) fn attach_deferred_once<'s, 'm>(
     c: &FullCold<'s, 'm>,
     slot: &'s DomainSlot<'m>,
     d: DomainRef,

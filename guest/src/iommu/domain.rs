@@ -26,18 +26,22 @@
 //! is between endpoints (put devices that must not reach each other on different host bridges).
 
 use core::cell::UnsafeCell;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::cold_lock::ColdLock as Mutex;
 
 use super::bus_space::{BusRange, BusSpace};
 use super::config::{IommuConfig, MAX_DOMAINS};
+pub(crate) use super::domain_ref::DomainRef;
 use super::list_pages::ListPages;
 use super::window::WindowGeometry;
 use crate::addr::BusAddr;
+use crate::device::{Device, DeviceConfig};
 use crate::error::DmaError;
 use crate::growth::live::LivePools;
 use crate::path::{DmaPath, PathReason};
+use crate::pool::MAX_AREAS;
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 
 /// What set-up decided for one endpoint's devices; written once, then read only. Part of each domain
@@ -229,8 +233,60 @@ impl<'m, const N: usize> DomainSlot<'m, N> {
     }
 }
 
+/// The IOMMU path's cold entries for a layer of these capacities (see the module docs). Each takes
+/// the layer by its address alone: a `&Cold` argument would hand the platform's vtable to an unknown
+/// function, and a one-platform image would then keep the whole vtable and every platform call of
+/// the cold paths indirect (the module docs' figures). A `NonNull`, not a raw pointer: the shims'
+/// `as_full` then knows its answer is `Some` for the default capacities (with `*const ()` each shim
+/// kept a null test and a second copy of its cold function, compiled in the platform's crate: +5 KB
+/// of ccdma in the x86 kernel, `bash scripts/kernel-budgets.sh`).
+///
+/// Contract of every entry: `layer` is the address of a live `DmaLayer` over the platform type the
+/// table was built for ([`CodeFor`]) and of these capacities, borrowed for the call.
+#[allow(clippy::type_complexity)]
+pub(crate) struct IommuCode<
+    const POOLS: usize = MAX_POOLS,
+    const DOMAINS: usize = MAX_DOMAINS,
+    const AREAS: usize = MAX_AREAS,
+> {
+    /// Attach a device behind the IOMMU (the path is enabled): `Cold::attach_enabled`.
+    pub attach: unsafe fn(layer: NonNull<()>, DeviceConfig) -> Result<Device, DmaError>,
+    /// Detach a device from its domain: `Cold::detach_domain`.
+    pub detach: unsafe fn(layer: NonNull<()>, &Device) -> Result<(), DmaError>,
+    /// Set up a deferred device's domain (its first map): `Cold::attach_deferred`.
+    pub set_up: for<'l, 'm> unsafe fn(
+        layer: NonNull<()>,
+        &'l DomainSlot<'m, POOLS>,
+        DomainRef,
+        &Device,
+    ) -> Result<(), DmaError>,
+}
+
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> IommuCode<POOLS, DOMAINS, AREAS> {
+    /// This table as the default capacities' type when those are its capacities (see
+    /// `Cold::as_full`).
+    #[inline(always)]
+    pub(crate) fn as_full(code: &'static Self) -> Option<&'static IommuCode> {
+        if POOLS == MAX_POOLS && DOMAINS == MAX_DOMAINS && AREAS == MAX_AREAS {
+            // SAFETY: with equal capacities both are the same type.
+            Some(unsafe { &*(code as *const Self).cast::<IommuCode>() })
+        } else {
+            None
+        }
+    }
+}
+
 /// The IOMMU part of a layer of `N` pool slots.
-pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS, const N: usize = MAX_POOLS> {
+pub(crate) struct Iommu<
+    'm,
+    const D: usize = MAX_DOMAINS,
+    const N: usize = MAX_POOLS,
+    const A: usize = MAX_AREAS,
+> {
+    /// The IOMMU path's cold code (attach, detach, a deferred set-up), named only by
+    /// `enable_iommu`: a program that never enables the path does not link it (`code.rs`). Set
+    /// before `enable_iommu` returns.
+    pub code: Option<&'static IommuCode<N, D, A>>,
     pub cfg: IommuConfig,
     pub domains: [Option<DomainSlot<'m, N>>; D],
     pub list: Option<ListPages>,
@@ -241,13 +297,6 @@ pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS, const N: usize = MAX_P
     /// Serialises finding or claiming an endpoint's domain, setting it up and detaching from it, so
     /// two devices of one endpoint never claim two domains and a set-up never races a join.
     pub attach_lock: Mutex<()>,
-}
-
-/// A device's handle on its domain slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct DomainRef {
-    pub index: u8,
-    pub generation: u32,
 }
 
 #[cfg(test)]

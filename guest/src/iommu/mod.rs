@@ -51,6 +51,7 @@ pub mod calls;
 pub mod config;
 pub(crate) mod counters;
 pub(crate) mod domain;
+pub(crate) mod domain_ref;
 pub mod error;
 pub(crate) mod list_pages;
 mod list_setup;
@@ -58,6 +59,9 @@ pub mod tce;
 pub mod window;
 
 pub(crate) mod attach;
+pub(crate) mod code;
+#[cfg(all(test, feature = "native-iommu"))]
+mod code_tests;
 mod serves;
 pub(crate) mod setup;
 mod slot_lookup;
