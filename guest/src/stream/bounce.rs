@@ -61,7 +61,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// premapped maps, the hot path): no IOMMU-page arithmetic, the run's place and the bus address
     /// worked out once, the failure's report out of line. The raw faces' and the routes' copy, the
     /// request by value (the shortest code where the layer's calls are inlined into one, as C's).
+    /// Never inline: its body is `bounce_map_in`'s, which each caller would otherwise copy (the
+    /// kernels' route and `iommu_map`, ~2 KiB each per platform).
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     pub(crate) fn bounce_map(
         &self,
         dev: &Device,
