@@ -4,6 +4,8 @@ use ccdma::{DmaLayer, PhysAddr, PoolConfig, SlotMeta};
 use ccdma_hv_model::{HvConfig, Hypervisor};
 
 pub mod fuzz_ops;
+pub mod hooked;
+pub mod release_stats;
 pub mod timing;
 
 /// 1 GiB.

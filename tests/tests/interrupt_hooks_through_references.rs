@@ -5,64 +5,29 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ccdma::{
-    DeviceConfig, DmaLayer, DmaMask, InterruptState, MemorySharing, PartialSharing, PhysAddr, PhysMemory,
-    Platform, PoolConfig, SlotMeta,
-};
-use ccdma_hv_model::{HvConfig, Hypervisor};
+use ccdma::{DeviceConfig, DmaMask, InterruptState};
+use ccdma_tests::hooked::{hooked_layer, InterruptHooks};
 
-/// The model, plus interrupt hooks that count.
+/// Interrupt hooks that count.
+#[derive(Default)]
 struct Counting {
-    hv: Hypervisor,
     masks: AtomicU64,
     restores: AtomicU64,
 }
 
-impl MemorySharing for Counting {
-    fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
-        self.hv.share(phys, pages)
-    }
-    fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
-        self.hv.unshare(phys, pages)
-    }
-}
-
-// SAFETY: every call is forwarded to the model, whose implementation keeps the contract.
-unsafe impl PhysMemory for Counting {
-    fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<std::ptr::NonNull<u8>> {
-        self.hv.cpu_ptr(phys, len)
-    }
-    fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr> {
-        self.hv.virt_to_phys(ptr, len)
-    }
-    fn ram_end(&self) -> PhysAddr {
-        self.hv.ram_end()
-    }
-}
-
-impl Platform for Counting {
-    fn is_confidential(&self) -> bool {
-        self.hv.is_confidential()
-    }
-    fn mask_interrupts(&self) -> InterruptState {
+impl InterruptHooks for Counting {
+    fn mask(&self) -> InterruptState {
         InterruptState(self.masks.fetch_add(1, Ordering::Relaxed) as usize)
     }
-    fn restore_interrupts(&self, _: InterruptState) {
+    fn restore(&self, _: InterruptState) {
         self.restores.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 #[test]
 fn a_layer_over_a_reference_masks_interrupts_through_the_platform() {
-    let plat: &'static Counting = Box::leak(Box::new(Counting {
-        hv: Hypervisor::new(HvConfig::pseries(64 << 20)),
-        masks: AtomicU64::new(0),
-        restores: AtomicU64::new(0),
-    }));
-    let mut layer: DmaLayer<'static, &'static Counting> = DmaLayer::new(plat);
-    let meta = vec![SlotMeta::EMPTY; 512].leak();
-    // SAFETY: the model never hands this range out; the layer owns it from here.
-    unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, meta, PoolConfig::default()) }.unwrap();
+    let (plat, layer) = hooked_layer(Counting::default());
+    let plat = &plat.hooks;
     let dev = layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap();
     let before = plat.masks.load(Ordering::Relaxed);
     let buf = [7u8; 256];

@@ -7,15 +7,12 @@
 use std::sync::Mutex;
 
 use ccdma::sg::SgEntry;
-use ccdma::{
-    DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, InterruptState, MemorySharing, PartialSharing,
-    PhysAddr, PhysMemory, Platform, PoolConfig, SlotMeta,
-};
-use ccdma_hv_model::{HvConfig, Hypervisor};
+use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaMask, InterruptState, PhysAddr};
+use ccdma_tests::hooked::{hooked_layer, InterruptHooks};
 
-/// The model, plus interrupt hooks that hand out distinct states and check each restore.
+/// Interrupt hooks that hand out distinct states and check each restore.
+#[derive(Default)]
 struct Nesting {
-    hv: Hypervisor,
     log: Mutex<Hooks>,
 }
 
@@ -29,33 +26,8 @@ struct Hooks {
     wrong: u64,
 }
 
-impl MemorySharing for Nesting {
-    fn share(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
-        self.hv.share(phys, pages)
-    }
-    fn unshare(&self, phys: PhysAddr, pages: u64) -> Result<(), PartialSharing> {
-        self.hv.unshare(phys, pages)
-    }
-}
-
-// SAFETY: every call is forwarded to the model, whose implementation keeps the contract.
-unsafe impl PhysMemory for Nesting {
-    fn cpu_ptr(&self, phys: PhysAddr, len: usize) -> Option<std::ptr::NonNull<u8>> {
-        self.hv.cpu_ptr(phys, len)
-    }
-    fn virt_to_phys(&self, ptr: *const u8, len: usize) -> Option<PhysAddr> {
-        self.hv.virt_to_phys(ptr, len)
-    }
-    fn ram_end(&self) -> PhysAddr {
-        self.hv.ram_end()
-    }
-}
-
-impl Platform for Nesting {
-    fn is_confidential(&self) -> bool {
-        self.hv.is_confidential()
-    }
-    fn mask_interrupts(&self) -> InterruptState {
+impl InterruptHooks for Nesting {
+    fn mask(&self) -> InterruptState {
         let mut h = self.log.lock().unwrap();
         h.next += 1;
         let s = 0x1000 + h.next;
@@ -63,7 +35,7 @@ impl Platform for Nesting {
         h.masks += 1;
         InterruptState(s)
     }
-    fn restore_interrupts(&self, saved: InterruptState) {
+    fn restore(&self, saved: InterruptState) {
         let mut h = self.log.lock().unwrap();
         if h.open.pop() != Some(saved.0) {
             h.wrong += 1;
@@ -84,14 +56,8 @@ fn masks_and_restores<T>(plat: &Nesting, what: &str, call: impl FnOnce() -> T) -
 
 #[test]
 fn every_cold_call_masks_and_restores_what_its_mask_returned() {
-    let plat: &'static Nesting = Box::leak(Box::new(Nesting {
-        hv: Hypervisor::new(HvConfig::pseries(64 << 20)),
-        log: Mutex::new(Hooks::default()),
-    }));
-    let mut layer: DmaLayer<'static, &'static Nesting> = DmaLayer::new(plat);
-    let meta = vec![SlotMeta::EMPTY; 512].leak();
-    // SAFETY: the model never hands this range out; the layer owns it from here.
-    unsafe { layer.add_pool(PhysAddr(0x80_0000), 1 << 20, meta, PoolConfig::default()) }.unwrap();
+    let (plat, layer) = hooked_layer(Nesting::default());
+    let plat = &plat.hooks;
 
     let dev =
         masks_and_restores(plat, "attach", || layer.attach(DeviceConfig::new(1, DmaMask::BITS_32)).unwrap());

@@ -44,14 +44,6 @@ fn assert_default_window_only(g: &IommuGuest, default: WindowGeometry) {
     assert_eq!(g.layer.live_bus_ranges(), 0);
 }
 
-/// A map through the device reads back.
-fn map_reads_back(g: &IommuGuest, dev: &ccdma::Device) {
-    let data = pattern(6000, 9);
-    let m = g.layer.on(dev).map_to_device(&data).unwrap();
-    assert_eq!(g.hv.device(dev.config().id).read(m.bus_addr().0, data.len()).unwrap(), data);
-    m.unmap().map_err(|r| r.error).unwrap();
-}
-
 #[test]
 fn with_no_window_left_the_default_window_makes_room_for_the_ddw_and_comes_back_at_detach() {
     let g = guest(0);

@@ -8,7 +8,7 @@ use ccdma::iommu::hcall::{H_PARAMETER, H_SUCCESS};
 use ccdma::iommu::{TceCalls, TCE_PCI_READ, TCE_PCI_WRITE};
 use ccdma::PhysAddr;
 use ccdma_hv_model::tce::{RTAS_HARDWARE_ERROR, RTAS_PARAMETER_ERROR};
-use ccdma_hv_model::{HvConfig, Hypervisor, PageState, Region, TceConfig};
+use ccdma_hv_model::{CallKind, HvConfig, Hypervisor, Injection, PageState, Region, TceConfig};
 use ccdma_tests::*;
 
 mod iommu_support;
@@ -279,13 +279,16 @@ fn ccdma_uses_a_ddw_at_bus_0_when_the_default_window_is_gone() {
     // On QEMU a DDW made after the default window's removal (by firmware, or by a kernel before a
     // kexec) sits at bus 0 with the default LIOBN. ccdma must take bus 0 as a window start like any
     // other (never as "no window"), keep bus address 0 itself out of every mapping (drivers read 0
-    // as "none"), and still fit its pools.
+    // as "none"), and still fit its pools. (ccdma first resets an endpoint without a default window,
+    // which brings it back and removes any DDW left over: here the reset fails, so the DDW ccdma
+    // creates lands at bus 0.)
     use ccdma::{DmaPath, IommuPolicy};
     let opts = iommu_support::Opts { reserved: &[], ..iommu_support::Opts::new(IommuPolicy::Premapped) };
     let g = iommu_support::iommu_guest(opts);
     g.hv.add_iommu_device(2, 64);
     let def = g.hv.default_window(2).unwrap();
     assert_eq!(g.hv.ddw_remove(2, def.liobn), 0);
+    g.hv.calls().inject_next(CallKind::DdwReset, Injection::Fail(RTAS_HARDWARE_ERROR));
     let dev = g.layer.attach(ccdma::DeviceConfig::new(2, ccdma::DmaMask::BITS_64)).unwrap();
     assert_eq!(dev.path(), DmaPath::IommuDdw);
     let (dynamic, ddw) = g.layer.windows_of(&dev);

@@ -3,13 +3,10 @@
 //! atomic read-modify-writes in all rather than three a pool: issue 20's code budget). Every
 //! pool's counts must survive, whichever pools the maps used.
 
-use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, PoolConfig, StatsSnapshot};
-use ccdma_hv_model::{HvConfig, Region};
+use ccdma::{DmaAttrs, DmaDirection, DmaLayer, PoolConfig};
+use ccdma_hv_model::HvConfig;
+use ccdma_tests::release_stats::{hold_maps, narrow_and_wide, pool_counts as counts, unmap_held};
 use ccdma_tests::*;
-
-fn counts(s: &StatsSnapshot) -> [u64; 5] {
-    [s.maps, s.bounced_maps, s.unmaps, s.bytes_to_device, s.bytes_from_device]
-}
 
 #[test]
 fn counts_of_every_released_pool_stay() {
@@ -20,32 +17,17 @@ fn counts_of_every_released_pool_stay() {
     add_pool(&mut layer, HIGH_POOL, MIB, PoolConfig::default()).unwrap();
     // A 24-bit device reaches the low pool only; a 64-bit one takes the highest first, then the
     // others as it fills them.
-    let low = layer.attach(DeviceConfig::new(1, DmaMask::new(24).unwrap())).unwrap();
-    let wide = layer.attach(DeviceConfig::new(2, DmaMask::BITS_64)).unwrap();
-    hv.add_device(1, 24);
-    hv.add_device(2, 64);
-    let buf = hv.alloc(64 * 1024, Region::Low);
+    let (low, wide, buf) = narrow_and_wide(hv, &layer);
     // SAFETY: a fresh allocation of the model, used only here.
     let b = unsafe { hv.slice_mut(buf, 64 * 1024) };
     for _ in 0..2 {
         layer.map(&low, &mut b[..4096], DmaDirection::ToDevice, DmaAttrs::NONE).unwrap().unmap().unwrap();
     }
     // 40 maps of 64 KiB held at once: more than one 1 MiB pool holds, so several pools count.
-    let held: Vec<_> = (0..40)
-        .map(|_| {
-            // SAFETY: the same private buffer mapped to-device many times: the device only reads.
-            unsafe {
-                layer.map_phys(&wide, ccdma::PhysAddr(buf), 64 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE)
-            }
-            .unwrap()
-        })
-        .collect();
+    let held = hold_maps(&layer, &wide, buf, 40);
     let used = layer.pools().filter(|p| p.slots_in_use() > 0).count();
     assert_eq!(used, 3, "the maps spread over every pool");
-    for bus in held {
-        // SAFETY: this program's raw mapping, unmapped once.
-        unsafe { layer.unmap(&wide, bus, 64 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
-    }
+    unmap_held(&layer, &wide, held);
     let before = counts(&layer.stats());
     assert_eq!(before, [42, 42, 42, 2 * 4096 + 40 * 64 * 1024, 0]);
     layer.detach(low).unwrap();

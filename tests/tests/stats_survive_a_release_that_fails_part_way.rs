@@ -8,13 +8,10 @@
 //! Fail-first (checked once by mutation): with the summed tally absorbed only when the release
 //! succeeds, the counts of every pool are lost here.
 
-use ccdma::{DeviceConfig, DmaAttrs, DmaDirection, DmaError, DmaLayer, DmaMask, PoolConfig, StatsSnapshot};
-use ccdma_hv_model::{CallKind, HvConfig, Injection, Region};
+use ccdma::{DmaAttrs, DmaDirection, DmaError, DmaLayer, PoolConfig};
+use ccdma_hv_model::{CallKind, HvConfig, Injection};
+use ccdma_tests::release_stats::{hold_maps, narrow_and_wide, pool_counts as counts, unmap_held};
 use ccdma_tests::*;
-
-fn counts(s: &StatsSnapshot) -> [u64; 5] {
-    [s.maps, s.bounced_maps, s.unmaps, s.bytes_to_device, s.bytes_from_device]
-}
 
 #[test]
 fn counts_stay_exactly_once_when_a_pool_will_not_become_private() {
@@ -24,31 +21,16 @@ fn counts_stay_exactly_once_when_a_pool_will_not_become_private() {
     add_pool(&mut layer, HIGH_POOL, MIB, PoolConfig::default()).unwrap();
     let shared_pools = hv.shared_pages();
     assert_eq!(shared_pools, 2 * MIB / 4096);
-    let low = layer.attach(DeviceConfig::new(1, DmaMask::new(24).unwrap())).unwrap();
-    let wide = layer.attach(DeviceConfig::new(2, DmaMask::BITS_64)).unwrap();
-    hv.add_device(1, 24);
-    hv.add_device(2, 64);
-    let buf = hv.alloc(64 * 1024, Region::Low);
+    let (low, wide, buf) = narrow_and_wide(hv, &layer);
     // SAFETY: a fresh allocation of the model, used only here.
     let b = unsafe { hv.slice_mut(buf, 64 * 1024) };
     for _ in 0..3 {
         layer.map(&low, &mut b[..4096], DmaDirection::FromDevice, DmaAttrs::NONE).unwrap().unmap().unwrap();
     }
     // 20 maps of 64 KiB held at once: more than one 1 MiB pool holds, so both pools count.
-    let held: Vec<_> = (0..20)
-        .map(|_| {
-            // SAFETY: the same private buffer mapped to-device many times: the device only reads.
-            unsafe {
-                layer.map_phys(&wide, ccdma::PhysAddr(buf), 64 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE)
-            }
-            .unwrap()
-        })
-        .collect();
+    let held = hold_maps(&layer, &wide, buf, 20);
     assert_eq!(layer.pools().filter(|p| p.slots_in_use() > 0).count(), 2, "both pools used");
-    for bus in held {
-        // SAFETY: this program's raw mapping, unmapped once.
-        unsafe { layer.unmap(&wide, bus, 64 * 1024, DmaDirection::ToDevice, DmaAttrs::NONE) }.unwrap();
-    }
+    unmap_held(&layer, &wide, held);
     let before = counts(&layer.stats());
     assert_eq!(before, [23, 23, 23, 20 * 64 * 1024, 3 * 4096]);
     layer.detach(low).unwrap();

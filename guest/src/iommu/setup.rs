@@ -65,7 +65,12 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             && iommu.cfg.use_ddw
             && config.dma_mask.bits() == 64
             && self.pools.occupied() > 0;
-        if default.is_none() && !ddw_wanted {
+        // No default window: a kernel before a kexec removed it, maybe leaving a DDW in its place
+        // (at bus 0, with entries of its own) that PAPR has no call to find, or QEMU 7.2 left the
+        // endpoint with no window. The reset removes any DDW and brings the default window back,
+        // whether or not this device then asks for a DDW (with a window free, the DDW set-up alone
+        // would never reset: issue 19's leftover, tests/tests/papr_ddw_left_at_bus_0_with_a_window_free.rs).
+        if default.is_none() {
             default = self.bring_back_default(slot, &tce, id);
         }
         if let Some(win) = &default {
@@ -408,9 +413,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
         Ok(())
     }
 
-    /// An endpoint with no window at all (a kernel before a kexec removed them; QEMU 7.2 does not
-    /// bring the default window back when the last window goes) for a device that can only use the
-    /// default window: reset the endpoint, which brings the default window back, empty. Not when
+    /// An endpoint without its default window (a kernel before a kexec removed it, maybe creating a
+    /// DDW in its place; QEMU 7.2 does not bring the default window back when the last window goes):
+    /// reset the endpoint, which removes every DDW and brings the default window back, empty. Not when
     /// another domain set up already has a DDW: on a platform that splits one endpoint between
     /// domains that DDW may be this endpoint's (with no default window there is no LIOBN to tell by),
     /// and the reset would take it away. Returns the default window after the attempt.

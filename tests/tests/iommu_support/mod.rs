@@ -136,3 +136,11 @@ pub fn expected_path(opts: &Opts, bits: u32) -> DmaPath {
         }
     }
 }
+
+/// A map through the device reads back (6,000 bytes to the device, read by the model's device).
+pub fn map_reads_back(g: &IommuGuest, dev: &ccdma::Device) {
+    let data = pattern(6000, 9);
+    let m = g.layer.on(dev).map_to_device(&data).unwrap();
+    assert_eq!(g.hv.device(dev.config().id).read(m.bus_addr().0, data.len()).unwrap(), data);
+    m.unmap().map_err(|r| r.error).unwrap();
+}
