@@ -428,12 +428,14 @@ impl<'m> AreaState<'m> {
         }
     }
 
-    /// Give back `[i, i + n)`: the merged free run around it may raise the chunk's leaf, nothing else.
-    pub(super) fn give(&mut self, i: usize, n: usize) {
+    /// Give back `[i, i + n)`: the merged free run around it may raise the chunk's leaf, nothing
+    /// else. Returns that run's length.
+    pub(super) fn give(&mut self, i: usize, n: usize) -> usize {
         self.set_bits(i, n, true);
         self.free += n;
         let (a, b) = self.run_around(i, n);
         self.raise_leaf(div(i, self.chunk, self.chunk_shift), b - a);
+        b - a
     }
 }
 
