@@ -278,6 +278,7 @@ impl<'m> AreaState<'m> {
     /// Set chunk `c`'s leaf to `x` (its exact longest run) and fix the ancestors that change. One
     /// word per level: a node's value is the largest lane of its children's word, so the parent
     /// changes only when that largest lane does, and the parent's own word is read only then.
+    #[inline(never)]
     pub(super) fn set_leaf(&mut self, c: usize, x: usize) {
         let (mut v, mut x) = (self.leaves + c, x);
         while v > 0 {
