@@ -12,7 +12,8 @@ does all of that). Prints, one `key value` per line then tables:
   (`rust_begin_unwind`) through direct calls and jumps (objdump's call graph);
 - the largest frames (from `.stack_sizes`: LLVM's own figure per function);
 - per entry point, the deepest chain of frames through direct calls (indirect calls cannot be
-  followed and are counted; a cycle is cut at its back edge and reported).
+  followed and are counted, except those named with --indirect; a cycle is cut at its back edge
+  and reported).
 
 Exit status 0; judging the figures against budgets is scripts/budgets.sh's job.
 """
@@ -183,6 +184,9 @@ def main():
     ap.add_argument("--entries", default="", help="comma-separated entry points for the chain table")
     ap.add_argument("--top", type=int, default=8, help="rows of the largest-frames table")
     ap.add_argument("--list-panicking", action="store_true", help="name every function that can panic")
+    ap.add_argument("--indirect", action="append", default=[], metavar="FROM>TO",
+                    help="an indirect call the chains follow: every function whose demangled name holds FROM "
+                         "may call every one whose name holds TO (repeatable)")
     args = ap.parse_args()
 
     funcs = functions(args.elf)
@@ -190,6 +194,14 @@ def main():
     frame = {by_addr[a]: s for a, s in stack_sizes(args.elf).items() if a in by_addr}
     graph, indirect = call_graph(args.elf, by_addr)
     names = demangle(sorted(set(funcs) | set(graph)))
+    # Indirect calls known by construction (a table of functions the code calls through): the chains
+    # follow them, the panic count needs no hint (it looks at every function in the image).
+    for pair in args.indirect:
+        src, _, dst = pair.partition(">")
+        callees = {f for f in graph if dst in names.get(f, f)}
+        for f in list(graph):
+            if src in names.get(f, f):
+                graph[f] |= callees - {f}
 
     text = 0
     for line in run("size", "-A", args.elf).splitlines():

@@ -165,8 +165,18 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # closures over the layer's type), its front free inline there: x86 173,654 -> 173,450
 # (QemuPlatform 16,079 -> 15,320, CPlatform 38,176 -> 37,564), pseries 165,444 -> 166,036
 # (PseriesPlatform 16,876 -> 16,196). Ceilings: the figures rounded up to the next 100.
-check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 173500 240000
-check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 15400 16384
+# Issue 20, min20 helper (bash scripts/kernel-budgets.sh at main 14b19c8 and at min20 merged with
+# it): the IOMMU path's cold code reached through a table enable_iommu stores (guest/src/iommu/
+# code.rs; the C library's minimal image drops it, scripts/budgets.sh) costs each platform three
+# small shims that see the layer as DmaLayer<P> again (the platform's vtable stays a constant there:
+# without them the C full image keeps its whole vtable, +400 B) and the cold functions split out of
+# attach_once/detach_once: x86 173,421 -> 173,585 (QemuPlatform 15,320 -> 15,432, CPlatform 37,564
+# -> 37,568), pseries 165,976 -> 167,240 (PseriesPlatform 16,196 -> 16,512: shims 292, the deferred
+# set-up's dispatch 24; above issue 20's 16,384 again; non-generic +940, attach_enabled and
+# detach_domain out of attach_once and detach_once at opt-level 3). Ceilings: the figures rounded
+# up to the next 100.
+check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 173600 240000
+check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 15500 16384
 check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 37600 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 # After merging sgsize and atom (lead; fresh-clone CI at 6937492+1): pseries ccdma .text 170,676 ->
@@ -192,8 +202,8 @@ check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 # and domain slot look-ups (slot_lookup.rs) out of line as well: x86 173,904 -> 171,467
 # (QemuPlatform 14,841 -> 14,986, CPlatform 38,686 -> 37,921), pseries 167,812 -> 163,448
 # (PseriesPlatform 16,188 -> 16,216). Ceilings: the figures rounded up to the next 100.
-check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 166100 201000
-check "pseries: ccdma .text for PseriesPlatform" "$PPC_INST" 16200 16384
+check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 167300 201000
+check "pseries: ccdma .text for PseriesPlatform" "$PPC_INST" 16600 16384
 check "x86: largest frame, DMA set-up" "$(fig x86 max_frame_setup)" 2048 2048
 check "pseries: largest frame, DMA set-up" "$(fig pseries max_frame_setup)" 2048 2048
 check "x86: largest frame, ccdma (guest/)" "$(fig x86 max_frame_ccdma)" 2048 2048

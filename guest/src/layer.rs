@@ -87,7 +87,7 @@ pub struct DmaLayer<
     /// Source of device serials (never 0).
     pub(crate) next_serial: AtomicU32,
     /// The IOMMU path, once enabled (`enable_iommu`).
-    pub(crate) iommu: Option<Iommu<'m, DOMAINS, POOLS>>,
+    pub(crate) iommu: Option<Iommu<'m, DOMAINS, POOLS, AREAS>>,
     /// Counters of the IOMMU path and coherent buffers.
     pub(crate) iommu_counters: IommuCounters,
     /// The misuse tracker (feature `debug-tracker`; an empty value without it).
@@ -493,7 +493,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             return Err(Refused { value: dev, error });
         }
         if dev.domain.is_some() {
-            if let Err(error) = self.detach_domain(&dev) {
+            if let Err(error) = self.detach_domain_by_code(&dev) {
                 return Err(Refused { value: dev, error });
             }
         }

@@ -7,6 +7,7 @@ use crate::cold_lock::ColdLock as Mutex;
 
 use super::backend::Backend;
 use super::bus_space::{BusRange, BusSpace, RangeKind};
+use super::code::{CodeFor, IommuCode};
 use super::config::{IommuConfig, VerifyPolicy, MAX_DOMAINS};
 use super::counters::IommuStatsSnapshot;
 use super::domain::{DomainInfo, DomainRef, DomainSlot, Iommu, CLAIMED, DETACHING, FREE, READY, SETUP};
@@ -27,11 +28,13 @@ impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 
     /// [`DmaLayer::enable_iommu`], over the platform as `&dyn Platform`.
     ///
     /// # Safety
-    /// As [`DmaLayer::enable_iommu`].
+    /// As [`DmaLayer::enable_iommu`]; `code` is the table of this layer's platform type
+    /// (`CodeFor::<P, ..>::CODE`, `code.rs`): the IOMMU path's cold calls go through it.
     pub(crate) unsafe fn enable_iommu_dyn(
         &mut self,
         cfg: IommuConfig,
         ranges: &'m mut [BusRange],
+        code: &'static IommuCode<POOLS, DOMAINS, AREAS>,
     ) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::IOMMU, "papr-tce or native-iommu")?;
         if self.iommu.is_some() {
@@ -53,6 +56,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 
         let iommu = self.iommu.insert(
             const {
                 Iommu {
+                    code: None,
                     cfg: IommuConfig::premapped(),
                     domains: [const { None }; DOMAINS],
                     list: None,
@@ -61,6 +65,7 @@ impl<'m, const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, 
                 }
             },
         );
+        iommu.code = Some(code);
         iommu.cfg = cfg;
         iommu.list = list;
         let mut rest = ranges;
@@ -115,6 +120,16 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             );
             return Err(DmaError::IommuNotEnabled);
         };
+        // Through the table `enable_iommu` stored: only it names the code below (`code.rs`).
+        let Some(code) = iommu.code else { return Err(DmaError::IommuNotEnabled) };
+        // SAFETY: `enable_iommu` of this layer stored the table, built for the layer's own platform
+        // type and capacities (a layer's type never changes); `self` is that layer.
+        unsafe { (code.attach)(super::code::addr(self), config) }
+    }
+
+    /// [`Self::attach_iommu`] once the path is enabled (reached through [`IommuCode`]).
+    pub(crate) fn attach_enabled(&self, config: DeviceConfig) -> Result<Device, DmaError> {
+        let Some(iommu) = &self.iommu else { return Err(DmaError::IommuNotEnabled) };
         let endpoint = self.backend().map_or(1 << 33 | u64::from(config.id), |b| b.endpoint(config.id));
         let _attaching = iommu.attach_lock.lock();
         // Under the attach lock no domain is in SETUP: set-up and detach take the lock too.
@@ -557,14 +572,12 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     pub(crate) fn set_up_deferred(&self, dev: &Device) -> Result<bool, DmaError> {
         match self.attached_or_deferred(dev) {
             Ok(Err((slot, d))) => {
-                match (self.cold().as_full(), slot.as_full()) {
-                    (Some(c), Some(s)) => {
-                        attach_deferred_once(c, s, d, dev)?;
-                    }
-                    _ => {
-                        self.cold().attach_deferred(slot, d, dev)?;
-                    }
-                }
+                // A slot was found, so the path is enabled; its set-up through the table
+                // `enable_iommu` stored (`code.rs`).
+                let code = self.iommu.as_ref().and_then(|i| i.code).ok_or(DmaError::NotAttached)?;
+                // SAFETY: `enable_iommu` of this layer stored the table, built for its platform
+                // type `P` and capacities; `self.cold()` is this layer.
+                unsafe { (code.set_up)(super::code::addr(self.cold()), slot, d, dev)? };
                 Ok(true)
             }
             Ok(Ok(_)) => Ok(true),
@@ -590,9 +603,11 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     ) -> Result<(), DmaError> {
         // SAFETY: the caller keeps this call's contract, which is the core's.
         unsafe {
-            match self.cold_mut().as_full_mut() {
-                Some(c) => enable_iommu_once(c, cfg, ranges),
-                None => self.cold_mut().enable_iommu_dyn(cfg, ranges),
+            // The IOMMU path's cold code, named here alone (`code.rs`).
+            let code = const { &CodeFor::<P, POOLS, DOMAINS, AREAS>::CODE };
+            match (self.cold_mut().as_full_mut(), IommuCode::as_full(code)) {
+                (Some(c), Some(code)) => enable_iommu_once(c, cfg, ranges, code),
+                _ => self.cold_mut().enable_iommu_dyn(cfg, ranges, code),
             }
         }
     }
@@ -761,9 +776,10 @@ unsafe fn enable_iommu_once<'m>(
     c: &mut FullCold<'_, 'm>,
     cfg: IommuConfig,
     ranges: &'m mut [BusRange],
+    code: &'static IommuCode,
 ) -> Result<(), DmaError> {
     // SAFETY: the caller keeps this call's contract.
-    unsafe { c.enable_iommu_dyn(cfg, ranges) }
+    unsafe { c.enable_iommu_dyn(cfg, ranges, code) }
 }
 
 /// [`DmaLayer::disable_iommu`] of the default capacities, compiled in this crate only (see
@@ -776,7 +792,7 @@ fn disable_iommu_once(c: &mut FullCold<'_, '_>) -> Result<(), DmaError> {
 /// `Cold::attach_deferred` of the default capacities, compiled in this crate only (see
 /// [`Cold::as_full`]): a deferred device's set-up at its first map.
 #[inline(never)]
-fn attach_deferred_once<'s, 'm>(
+pub(super) fn attach_deferred_once<'s, 'm>(
     c: &FullCold<'s, 'm>,
     slot: &'s DomainSlot<'m>,
     d: DomainRef,

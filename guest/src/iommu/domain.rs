@@ -31,6 +31,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use crate::cold_lock::ColdLock as Mutex;
 
 use super::bus_space::{BusRange, BusSpace};
+use super::code::IommuCode;
 use super::config::{IommuConfig, MAX_DOMAINS};
 use super::list_pages::ListPages;
 use super::window::WindowGeometry;
@@ -38,6 +39,7 @@ use crate::addr::BusAddr;
 use crate::error::DmaError;
 use crate::growth::live::LivePools;
 use crate::path::{DmaPath, PathReason};
+use crate::pool::MAX_AREAS;
 use crate::pool_set::{PoolOrder, MAX_POOLS};
 
 /// What set-up decided for one endpoint's devices; written once, then read only. Part of each domain
@@ -230,7 +232,16 @@ impl<'m, const N: usize> DomainSlot<'m, N> {
 }
 
 /// The IOMMU part of a layer of `N` pool slots.
-pub(crate) struct Iommu<'m, const D: usize = MAX_DOMAINS, const N: usize = MAX_POOLS> {
+pub(crate) struct Iommu<
+    'm,
+    const D: usize = MAX_DOMAINS,
+    const N: usize = MAX_POOLS,
+    const A: usize = MAX_AREAS,
+> {
+    /// The IOMMU path's cold code (attach, detach, a deferred set-up), named only by
+    /// `enable_iommu`: a program that never enables the path does not link it (`code.rs`). Set
+    /// before `enable_iommu` returns.
+    pub code: Option<&'static IommuCode<N, D, A>>,
     pub cfg: IommuConfig,
     pub domains: [Option<DomainSlot<'m, N>>; D],
     pub list: Option<ListPages>,

@@ -58,6 +58,9 @@ pub mod tce;
 pub mod window;
 
 pub(crate) mod attach;
+pub(crate) mod code;
+#[cfg(all(test, feature = "native-iommu"))]
+mod code_tests;
 mod serves;
 pub(crate) mod setup;
 mod slot_lookup;

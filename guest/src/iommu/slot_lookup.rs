@@ -17,8 +17,8 @@ use crate::platform::Platform;
 
 /// [`DmaLayer::slot`] out of line: the slot `d` names, if the layer has an IOMMU and the slot exists.
 #[inline(never)]
-fn slot_of<'a, 'm, const D: usize, const N: usize>(
-    iommu: &'a Option<Iommu<'m, D, N>>,
+fn slot_of<'a, 'm, const D: usize, const N: usize, const A: usize>(
+    iommu: &'a Option<Iommu<'m, D, N, A>>,
     d: DomainRef,
 ) -> Option<&'a DomainSlot<'m, N>> {
     if !crate::parts::IOMMU {
@@ -29,8 +29,8 @@ fn slot_of<'a, 'm, const D: usize, const N: usize>(
 
 /// [`DmaLayer::domain_info`] out of line: the set-up result of `d`'s slot, if it is set up.
 #[inline(never)]
-fn info_of<'a, const D: usize, const N: usize>(
-    iommu: &'a Option<Iommu<'_, D, N>>,
+fn info_of<'a, const D: usize, const N: usize, const A: usize>(
+    iommu: &'a Option<Iommu<'_, D, N, A>>,
     d: DomainRef,
 ) -> Option<&'a DomainInfo<N>> {
     slot_of(iommu, d)?.info(d.generation)
