@@ -26,6 +26,7 @@
 use std::alloc::Layout;
 use std::hint::black_box;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ccdma::{BouncePool, DeviceConfig, DmaAttrs, DmaDirection, DmaLayer, DmaMask, DmaPath, PoolConfig};
@@ -133,6 +134,35 @@ impl Runs for Buddy {
     }
 }
 
+/// [`Buddy`] behind a spin lock taken and released around every call, as a pool shared between
+/// CPUs holds it (buddy_system_allocator's own `LockedHeap` is a `spin::Mutex<Heap>`): the bounce
+/// pool takes its area's lock on every call, `Buddy` above takes none.
+struct LockedBuddy {
+    lock: &'static AtomicBool,
+    buddy: Buddy,
+}
+impl LockedBuddy {
+    fn new(bytes: usize) -> LockedBuddy {
+        LockedBuddy { lock: Box::leak(Box::new(AtomicBool::new(false))), buddy: Buddy::new(bytes) }
+    }
+    fn locked<T>(&mut self, f: impl FnOnce(&mut Buddy) -> T) -> T {
+        while self.lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            std::hint::spin_loop();
+        }
+        let r = f(&mut self.buddy);
+        self.lock.store(false, Ordering::Release);
+        r
+    }
+}
+impl Runs for LockedBuddy {
+    fn alloc(&mut self, nslots: usize) -> Option<usize> {
+        self.locked(|b| b.alloc(nslots))
+    }
+    fn free(&mut self, handle: usize, nslots: usize) {
+        self.locked(|b| b.free(handle, nslots))
+    }
+}
+
 struct LinkedList {
     heap: linked_list_allocator::Heap,
     _arena: Arena,
@@ -230,6 +260,8 @@ fn interleaved_churn(rounds: usize, batch: Duration) {
     let names = ["pool 50 %", "buddy 50 %", "layer 50 %", "pool 90 %", "buddy 90 %", "layer 90 %"];
     let mut t: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let (mut r50, mut r90, mut l50, mut l90) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Buddy behind a lock taken per call (`LockedBuddy`), and its ratio to the pool, per percentage.
+    let (mut locked, mut k50, mut k90): ([Vec<f64>; 2], _, _) = (Default::default(), Vec::new(), Vec::new());
     let mut bufs = Vec::new();
     println!("load average at start: {}", load());
     for round in 0..rounds {
@@ -245,6 +277,10 @@ fn interleaved_churn(rounds: usize, batch: Duration) {
             let mut b = Churn::new(Buddy::new(m64 as usize), slots_of(m64), pct, seed);
             row.push(measure(batch, &mut || b.op()));
             fails.push(fail(b.fails, b.ops));
+            let mut b = Churn::new(LockedBuddy::new(m64 as usize), slots_of(m64), pct, seed);
+            let v = measure(batch, &mut || b.op());
+            locked[usize::from(pct == 90)].push(v);
+            (if pct == 90 { &mut k90 } else { &mut k50 }).push(v / row[row.len() - 2]);
             let mut l = Churn::new(LayerRuns::new(g, core::mem::take(&mut bufs)), slots_of(m64), pct, seed);
             row.push(measure(batch, &mut || l.op()));
             fails.push(fail(l.fails, l.ops));
@@ -282,11 +318,17 @@ fn interleaved_churn(rounds: usize, batch: Duration) {
         let (a, m, b) = mmm(v);
         println!("{n:<28} {a:>8.0} {m:>8.0} {b:>8.0}");
     }
+    for (n, v) in ["buddy locked 50 %", "buddy locked 90 %"].iter().zip(locked.iter_mut()) {
+        let (a, m, b) = mmm(v);
+        println!("{n:<28} {a:>8.0} {m:>8.0} {b:>8.0}");
+    }
     for (n, v) in [
         ("buddy / pool at 50 %", &mut r50),
         ("buddy / pool at 90 %", &mut r90),
         ("layer / buddy at 50 %", &mut l50),
         ("layer / buddy at 90 %", &mut l90),
+        ("buddy locked / pool at 50 %", &mut k50),
+        ("buddy locked / pool at 90 %", &mut k90),
     ] {
         let (a, m, b) = mmm(v);
         println!("{n:<28} {a:>8.2} {m:>8.2} {b:>8.2}");
@@ -432,7 +474,8 @@ fn cg_measured(n: u64, op: &mut dyn FnMut()) {
 /// `CCDMA_CG=<case>`: run one case `n` times for callgrind; print the case and `n`.
 fn callgrind(case: &str) {
     let run = |n: u64, op: &mut dyn FnMut()| {
-        for _ in 0..200.min(n) {
+        let warm = std::env::var("CCDMA_CG_WARM").ok().and_then(|v| v.parse().ok()).unwrap_or(200.min(n));
+        for _ in 0..warm {
             op();
         }
         cg_measured(n, op);
@@ -445,11 +488,20 @@ fn callgrind(case: &str) {
             let g = leak_guest(m64);
             let mut c = Churn::new(Ccdma(g.pool()), slots_of(m64), pct, 1);
             run(20_000, &mut || c.op());
+            let live: usize = c.live.iter().map(|r| r.1).sum();
+            eprintln!("live {} slots, fails {} of {}", live, c.fails, c.ops);
+        }
+        "churn50-buddylock" | "churn90-buddylock" => {
+            let pct = case[5..7].parse().unwrap();
+            let mut c = Churn::new(LockedBuddy::new(m64 as usize), slots_of(m64), pct, 1);
+            run(20_000, &mut || c.op());
         }
         "churn10-buddy" | "churn50-buddy" | "churn90-buddy" => {
             let pct = case[5..7].parse().unwrap();
             let mut c = Churn::new(Buddy::new(m64 as usize), slots_of(m64), pct, 1);
             run(20_000, &mut || c.op());
+            let live: usize = c.live.iter().map(|r| r.1).sum();
+            eprintln!("live {} slots, fails {} of {}", live, c.fails, c.ops);
         }
         "lchurn50-ccdma" | "lchurn90-ccdma" => {
             let pct = case[6..8].parse().unwrap();

@@ -40,12 +40,13 @@ pub(crate) struct ListPages {
 /// ([`TceBatching::PoolPages`](super::config::TceBatching::PoolPages)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PoolRun {
-    /// Pool index.
-    pub pool: usize,
     /// Head slot of the run.
     pub index: usize,
-    /// Slots of the run.
-    pub nslots: usize,
+    /// Slots of the run (at most `MAX_LIST_PAGES` pages').
+    pub nslots: u32,
+    /// Pool index. With `nslots`, narrow so that `ListPages` fits in 120 bytes: a layer with no
+    /// IOMMU domain still holds an `Iommu` (`DmaLayer<P, 1, 0, 2>` 1,664 bytes, `layer_size.rs`).
+    pub pool: u8,
 }
 
 /// Where a layer's list pages are, for giving them back at `disable_iommu`.
@@ -93,7 +94,7 @@ impl ListPages {
 
     /// Pool slots the pages hold (0 unless taken from a pool).
     pub(crate) fn pool_slots(&self) -> usize {
-        self.pooled.map_or(0, |r| r.nslots)
+        self.pooled.map_or(0, |r| r.nslots as usize)
     }
 
     fn try_take(&self, i: usize) -> Option<ListGuard<'_>> {

@@ -70,6 +70,9 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
                 continue;
             }
             let nslots = len.div_ceil(slot);
+            // Both fit (`count` <= MAX_LIST_PAGES, and a layer has far fewer than 256 pools); a
+            // layer whose do not gets no list pages from this pool.
+            let (Ok(pool_u8), Ok(nslots_u32)) = (u8::try_from(i), u32::try_from(nslots)) else { continue };
             let align_mask = (PAGE_SIZE - 1) & !(slot as u64 - 1);
             let req = RunRequest { nslots, align_mask, align_bits: 0 };
             let head = NewHead {
@@ -84,7 +87,7 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
             let off = index * slot;
             let first = PhysAddr(pool.phys().0 + off as u64);
             let cpu = pool.cpu_at(off);
-            let run = PoolRun { pool: i, index, nslots };
+            let run = PoolRun { index, nslots: nslots_u32, pool: pool_u8 };
             let Some(cpu) = core::ptr::NonNull::new(cpu)
                 .filter(|c| first.is_page_aligned() && c.as_ptr().align_offset(8) == 0)
             else {
@@ -109,8 +112,8 @@ impl<'a, 'm, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     pub(crate) fn release_list_pages(&self, range: Option<ListRange>) -> Result<(), DmaError> {
         match range {
             Some(ListRange { pooled: Some(run), .. }) => {
-                if let Some(pool) = self.pools.fixed(run.pool) {
-                    pool.free(run.index, run.nslots);
+                if let Some(pool) = self.pools.fixed(run.pool.into()) {
+                    pool.free(run.index, run.nslots as usize);
                 }
                 Ok(())
             }

@@ -187,18 +187,6 @@ impl<'m> AreaState<'m> {
         ((self.word(self.tree_base + k / 4) >> (16 * (k % 4))) & 0xffff) as usize
     }
 
-    pub(super) fn set_node(&mut self, v: usize, x: usize) {
-        if v == 0 {
-            self.top = x;
-            return;
-        }
-        let k = v - 1;
-        let shift = 16 * (k % 4);
-        if let Some(entry) = self.meta.get_mut(self.tree_base + k / 4) {
-            entry.word = (entry.word & !(0xffff << shift)) | ((x as u64) << shift);
-        }
-    }
-
     /// The longest free run inside one segment of chunk `c`.
     pub(super) fn chunk_longest(&self, c: usize) -> usize {
         let lo = c * self.chunk;
@@ -265,19 +253,20 @@ impl<'m> AreaState<'m> {
     }
 
     /// Chunk `c`'s leaf grew to `x` (a merged free run): raise it and the ancestors below `x`.
+    /// One word per level: each node's lane is raised in place, up to the first that is `x` or more.
     pub(super) fn raise_leaf(&mut self, c: usize, x: usize) {
         let mut v = self.leaves + c;
-        if self.node(v) >= x {
-            return;
-        }
-        self.set_node(v, x);
         while v > 0 {
-            v = (v - 1) / 4;
-            if self.node(v) >= x {
-                break;
+            let k = v - 1;
+            let shift = 16 * (k % 4);
+            let Some(word) = self.tree_word_mut(k / 4) else { return };
+            if (*word >> shift & 0xffff) as usize >= x {
+                return;
             }
-            self.set_node(v, x);
+            *word = (*word & !(0xffff << shift)) | (x as u64) << shift;
+            v = k / 4;
         }
+        self.top = self.top.max(x);
     }
 
     /// Recompute chunk `c`'s leaf and the ancestors that change.
@@ -286,21 +275,37 @@ impl<'m> AreaState<'m> {
         self.set_leaf(c, x);
     }
 
-    /// Set chunk `c`'s leaf to `x` (its exact longest run) and fix the ancestors that change.
+    /// Set chunk `c`'s leaf to `x` (its exact longest run) and fix the ancestors that change. One
+    /// word per level: a node's value is the largest lane of its children's word, so the parent
+    /// changes only when that largest lane does, and the parent's own word is read only then.
+    #[inline(never)]
     pub(super) fn set_leaf(&mut self, c: usize, x: usize) {
-        let mut v = self.leaves + c;
-        if self.node(v) == x {
-            return;
-        }
-        self.set_node(v, x);
+        let (mut v, mut x) = (self.leaves + c, x);
         while v > 0 {
-            v = (v - 1) / 4;
-            let m = max_lane(self.word(self.tree_base + v));
-            if self.node(v) == m {
-                break;
+            let k = v - 1;
+            let shift = 16 * (k % 4);
+            let Some(word) = self.tree_word_mut(k / 4) else { return };
+            let old = *word;
+            if (old >> shift & 0xffff) as usize == x {
+                return;
             }
-            self.set_node(v, m);
+            let new = (old & !(0xffff << shift)) | (x as u64) << shift;
+            *word = new;
+            let m = max_lane(new);
+            if m == max_lane(old) {
+                return;
+            }
+            (v, x) = (k / 4, m);
         }
+        self.top = x;
+    }
+
+    /// The tree word holding the children of node `p` (for the update of one of them).
+    #[inline(always)]
+    fn tree_word_mut(&mut self, p: usize) -> Option<&mut u64> {
+        #[cfg(test)]
+        self.visited.set(self.visited.get() + 1);
+        self.meta.get_mut(self.tree_base + p).map(|m| &mut m.word)
     }
 
     /// The lowest chunk at or after `from` whose leaf is at least `want`: up the tree while the
@@ -311,10 +316,12 @@ impl<'m> AreaState<'m> {
             return None;
         }
         let mut v = self.leaves + from;
-        if v == 0 {
-            return Some(0);
+        // From the first chunk (every search's first look): straight down from the root, whose
+        // value `top` is at least `want`; the climb below would read the levels on the way up first.
+        if from == 0 {
+            v = 0;
         }
-        loop {
+        while v != 0 {
             // `v` and its right siblings (one word); a node past the end of its level is never
             // reached: the climb below moves right only inside a level.
             let (group, lane) = ((v - 1) / 4, (v - 1) % 4);
@@ -422,12 +429,14 @@ impl<'m> AreaState<'m> {
         }
     }
 
-    /// Give back `[i, i + n)`: the merged free run around it may raise the chunk's leaf, nothing else.
-    pub(super) fn give(&mut self, i: usize, n: usize) {
+    /// Give back `[i, i + n)`: the merged free run around it may raise the chunk's leaf, nothing
+    /// else. Returns that run's length.
+    pub(super) fn give(&mut self, i: usize, n: usize) -> usize {
         self.set_bits(i, n, true);
         self.free += n;
         let (a, b) = self.run_around(i, n);
         self.raise_leaf(div(i, self.chunk, self.chunk_shift), b - a);
+        b - a
     }
 }
 

@@ -434,7 +434,9 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
                 // No tree can (this is the last pass): give this one the front's runs and look
                 // again, so the front never refuses what the pool could give.
                 again |= st.cached() != 0;
-                if found.is_none() && wait && st.front_flush() {
+                // A run of `n` plus the alignment's stride less one holds an aligned run of `n`.
+                let want = n.saturating_add((req.align_mask >> self.slot_shift) as usize);
+                if found.is_none() && wait && st.front_flush(want) {
                     found = self.find_run(&st, base, req);
                     if found.is_none() {
                         area.publish_outlined(&st);

@@ -180,21 +180,26 @@ impl AreaState<'_> {
         self.front = (self.front | 1 << k) & MASK | listed << SLOTS_SHIFT;
     }
 
-    /// Give every listed run back to the bitmap and tree. Returns whether there was any.
-    pub(super) fn front_flush(&mut self) -> bool {
+    /// Give listed runs back to the bitmap and tree, the longest sizes first, until one merges
+    /// into a free run of `want` slots or more (with `want` past a segment: every listed run).
+    /// Returns whether there was any. The runs still listed after an early stop are runs the
+    /// request did not need: a run of `want` holds the request at any alignment (`want` is its
+    /// length plus the alignment's stride less one), and they stay for hits at their sizes.
+    #[inline(never)]
+    pub(super) fn front_flush(&mut self, want: usize) -> bool {
         if self.cached() == 0 {
             return false;
         }
-        let mut mask = self.front & MASK;
+        let (mut mask, mut listed) = (self.front & MASK, self.cached());
         while mask != 0 {
-            let n = mask.trailing_zeros() as usize + 1;
-            mask &= mask - 1;
+            let k = 63 - mask.leading_zeros() as usize;
+            let n = k + 1;
             let at = self.list_at(n);
             let Some(m) = self.meta.get_mut(at) else { break };
             let mut link = core::mem::take(&mut m.word) as usize;
-            // A list is never longer than the area; the bound keeps a broken one from looping.
-            let mut steps = self.len();
-            while let (Some(i), true) = (link.checked_sub(1), steps > 0) {
+            // The lists hold `listed` slots; the bound keeps a broken list from looping (a broken
+            // list is dropped where it breaks: its runs stay allocated, never handed out).
+            while let (Some(i), true) = (link.checked_sub(1), listed >= n) {
                 let Some(head) = self.meta.get_mut(i) else { break };
                 if head.state() != CACHED || head.nslots as usize != n {
                     break;
@@ -202,9 +207,17 @@ impl AreaState<'_> {
                 link = head.orig;
                 head.orig = 0;
                 head.set_state(FREE);
-                self.give(i, n);
-                steps -= 1;
+                listed -= n;
+                if self.give(i, n) >= want {
+                    // Made: the rest of this list and the shorter sizes stay listed.
+                    if let Some(m) = self.meta.get_mut(at) {
+                        m.word = link as u64;
+                    }
+                    self.front = mask & !(u64::from(link == 0) << k) | (listed as u64) << SLOTS_SHIFT;
+                    return true;
+                }
             }
+            mask &= !(1 << k);
         }
         self.front = 0;
         true

@@ -285,6 +285,8 @@ mod area;
 mod area_hint_tests;
 mod bounce_pool;
 mod dev_live;
+#[cfg(test)]
+mod flush_stop_tests;
 mod front;
 #[cfg(test)]
 mod front_cap_tests;
