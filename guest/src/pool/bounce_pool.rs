@@ -594,21 +594,23 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         let mut st = area.state.lock();
         let head = st.meta.get(i)?;
         // The common case read off the head, no record built: a live head of one mapping (not a
-        // list's) at `off` whose owner, face, size and direction are the claim's. Anything else
-        // is `record_of`'s and the check's, out of line, with their answers (`claim_refused`).
+        // list's) at `off` whose owner, face, size and direction are the claim's.
         let face = if claim.safe { SAFE_FACE } else { 0 };
         let ok = head.state_dir == HEAD | (claim.dir as u8) << 4
             && head.attrs & (SG_RUN | SAFE_FACE) == face
             && head.owner == claim.device
             && head.len as usize == claim.len
             && ((index as u64) << self.slot_shift) + u64::from(head.offset) == off;
-        if !ok {
-            return self.claim_refused(&st, index, i, off);
-        }
+        // The record is built for two cases only, in one place: a refused claim (handed back;
+        // `None` when no live single-mapping head is at `off` at all) and a run to copy out of.
         let (nslots, attrs) = (head.nslots as usize, head.attrs);
-        let dev = live.down_if_counted(a, attrs & DEV_COUNTED != 0, &st);
-        if claim.sync && claim.dir.device_writes() {
+        // The device's count taken down for a claim that holds, either way it ends.
+        let dev = ok && live.down_if_counted(a, attrs & DEV_COUNTED != 0, &st);
+        if !ok || claim.sync && claim.dir.device_writes() {
             let rec = self.record_of(&st, index, i, off, false)?;
+            if !ok {
+                return Some(Err(rec));
+            }
             st.meta.get_mut(i)?.set_state(RELEASING);
             return Some(Ok(Taken::Released(rec)));
         }
@@ -617,20 +619,6 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
             self.free_locked(area, &mut st, i, nslots);
         }
         Some(Ok(Taken::Freed { counted: attrs & COUNTED != 0, dev }))
-    }
-
-    /// [`Self::release_or_free_claimed`]'s answer for a head that is not the claim's: `None` when
-    /// no live single-mapping head is at `off`, else the record (the claim mismatched it).
-    #[cold]
-    #[inline(never)]
-    fn claim_refused(
-        &self,
-        st: &AreaState<'_>,
-        index: usize,
-        i: usize,
-        off: u64,
-    ) -> Option<Result<Taken, SlotRecord>> {
-        self.record_of(st, index, i, off, false).map(Err)
     }
 
     /// [`Self::release_or_free_for`] of a run no device counts (the pool's own tests).
@@ -816,7 +804,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         head.orig = 0;
         head.len = 0;
         let counted = head.attrs & COUNTED != 0;
-        if !st.front_push(i, nslots) {
+        if !st.front_push_inline(i, nslots) {
             return false;
         }
         if counted {
