@@ -62,7 +62,7 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::pool::MAX_AREAS;
 use crate::pool_set::MAX_POOLS;
-use crate::stream::{Original, RunWord};
+use crate::stream::{MapRequest, Original, RunWord};
 
 /// A live streaming mapping of a borrowed buffer.
 pub struct Mapping<
@@ -127,6 +127,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     }
 
     #[track_caller]
+    #[inline(always)]
     fn map_buffer<'a>(
         &'a self,
         dev: &'a Device,
@@ -141,7 +142,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let phys = self.translate_for(dev, ptr, len);
         // The buffer is borrowed for 'a by the returned mapping; the record is marked as the
         // mapping's, so only the mapping can end it, and it forgets `ptr` before the borrow ends.
-        let m = self.map_original(dev, Original { cpu: ptr, phys, safe: true }, len, dir, attrs)?;
+        let m = self.map_original_inline(
+            dev,
+            &MapRequest { orig: Original { cpu: ptr, phys, safe: true }, len, dir, attrs },
+        )?;
         Ok(Mapping { layer: self, dev, bus: m.bus, run: m.run, buf: ptr, len, dir, attrs, _buf: PhantomData })
     }
 }
@@ -199,6 +203,7 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     /// entries that will not clear) the mapping comes back unchanged inside the error, the buffer
     /// still borrowed: retry, or drop it (which gives the slots up for good).
     #[track_caller]
+    #[inline]
     pub fn unmap(self) -> Result<(), Refused<Self>> {
         let this = ManuallyDrop::new(self);
         match this.layer.unmap_mapping(this.dev, this.bus, this.run, this.len, this.dir, this.attrs) {

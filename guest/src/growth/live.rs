@@ -322,14 +322,22 @@ impl<const N: usize> Candidates<'_, N> {
         if self.seq & 1 == 0 && self.live.seq.load(Ordering::Relaxed) == self.seq {
             return Some(BusAddr(self.base));
         }
-        self.base_now(i, off, len)
+        Self::base_now(self.live, self.mask, i, off, len)
     }
 
+    /// [`Self::base`] read again. Given the view and mask, not `&self`: the iterator stays in
+    /// registers in its caller's loop (no address of it is taken).
     #[cold]
-    fn base_now(&self, i: usize, off: usize, len: usize) -> Option<BusAddr> {
-        let base = self.live.base_of(i)?;
+    fn base_now(
+        live: &LivePools<N>,
+        mask: Option<DmaMask>,
+        i: usize,
+        off: usize,
+        len: usize,
+    ) -> Option<BusAddr> {
+        let base = live.base_of(i)?;
         let start = base.0.checked_add(off as u64)?;
-        self.mask.is_none_or(|m| m.covers(start, len as u64)).then_some(base)
+        mask.is_none_or(|m| m.covers(start, len as u64)).then_some(base)
     }
 }
 

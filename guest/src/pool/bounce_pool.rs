@@ -589,19 +589,36 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         live: &AreaLive,
         claim: &Claim,
     ) -> Option<Result<Taken, SlotRecord>> {
-        let check = |rec: &SlotRecord| {
-            let ok = rec.owner.device == claim.device
-                && rec.owner.safe == claim.safe
-                && rec.len == claim.len
-                && rec.dir == claim.dir;
-            if ok {
-                Ok(())
-            } else {
-                Err(*rec)
+        let index = self.index_of_offset(off);
+        let (a, area, i) = self.area_numbered(index)?;
+        let mut st = area.state.lock();
+        let head = st.meta.get(i)?;
+        // The common case read off the head, no record built: a live head of one mapping (not a
+        // list's) at `off` whose owner, face, size and direction are the claim's.
+        let face = if claim.safe { SAFE_FACE } else { 0 };
+        let ok = head.state_dir == HEAD | (claim.dir as u8) << 4
+            && head.attrs & (SG_RUN | SAFE_FACE) == face
+            && head.owner == claim.device
+            && head.len as usize == claim.len
+            && ((index as u64) << self.slot_shift) + u64::from(head.offset) == off;
+        // The record is built for two cases only, in one place: a refused claim (handed back;
+        // `None` when no live single-mapping head is at `off` at all) and a run to copy out of.
+        let (nslots, attrs) = (head.nslots as usize, head.attrs);
+        // The device's count taken down for a claim that holds, either way it ends.
+        let dev = ok && live.down_if_counted(a, attrs & DEV_COUNTED != 0, &st);
+        if !ok || claim.sync && claim.dir.device_writes() {
+            let rec = self.record_of(&st, index, i, off, false)?;
+            if !ok {
+                return Some(Err(rec));
             }
-        };
-        let copy_back = |rec: &SlotRecord| claim.sync && rec.dir.device_writes();
-        self.take_at(self.index_of_offset(off), off, false, live, check, copy_back)
+            st.meta.get_mut(i)?.set_state(RELEASING);
+            return Some(Ok(Taken::Released(rec)));
+        }
+        // The run listed in the area's front inline (the common case), else the whole free out of line.
+        if !self.free_to_front(area, &mut st, i, nslots) {
+            self.free_locked(area, &mut st, i, nslots);
+        }
+        Some(Ok(Taken::Freed { counted: attrs & COUNTED != 0, dev }))
     }
 
     /// [`Self::release_or_free_for`] of a run no device counts (the pool's own tests).
@@ -615,6 +632,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         self.release_or_free_for(off, &AreaLive::default(), check, copy_back)
     }
 
+    #[cfg(test)]
     fn take_at<E>(
         &self,
         index: usize,
@@ -786,7 +804,7 @@ impl<'m, const AREAS: usize> BouncePool<'m, AREAS> {
         head.orig = 0;
         head.len = 0;
         let counted = head.attrs & COUNTED != 0;
-        if !st.front_push(i, nslots) {
+        if !st.front_push_inline(i, nslots) {
             return false;
         }
         if counted {

@@ -1,6 +1,8 @@
 //! Bounce runs: a run of pool slots placed so the bits the device needs are preserved, filled per
 //! direction at map, copied back once at unmap.
 
+use core::sync::atomic::Ordering;
+
 use crate::addr::{BusAddr, DmaMask};
 use crate::device::{Device, DeviceConfig};
 use crate::direction::{DmaAttrs, DmaDirection};
@@ -13,7 +15,7 @@ use crate::pool_set::PoolOrder;
 use crate::stats::{should_warn, FailureKind, Stats};
 
 use super::placement::{Placement, Rule};
-use super::{Mapped, Original, PoolAt, RunWord};
+use super::{MapRequest, Mapped, Original, PoolAt, RunWord};
 
 /// How a strict bounce run is placed in its pool ([`DmaLayer::bounce_in_view`]; a run in slots,
 /// where a mapping of a page or more starts on a page as SWIOTLB does, is [`DmaLayer::bounce_map`]'s).
@@ -53,23 +55,54 @@ pub(crate) fn area_hint() -> usize {
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
-    /// Bounce into one of the pools `view` offers a map with `mask` (`reserve`: reserve pools too);
-    /// the bus address is the pool's place in `view`, the device's view. A run in slots
-    /// ([`RunAlign::Slots`]): what [`Self::bounce_in_view`] does for it, written for this case alone
-    /// (plain and premapped maps, the hot path): no IOMMU-page arithmetic, the run's place and the
-    /// bus address worked out once, the failure's report out of line.
+    /// Bounce into one of the pools `view` offers a map with `mask` (reserve pools too while
+    /// growth runs); the bus address is the pool's place in `view`, the device's view. A run in
+    /// slots: what [`Self::bounce_in_view`] does for it, written for this case alone (plain and
+    /// premapped maps, the hot path): no IOMMU-page arithmetic, the run's place and the bus address
+    /// worked out once, the failure's report out of line. The raw faces' and the routes' copy, the
+    /// request by value (the shortest code where the layer's calls are inlined into one, as C's).
+    /// Never inline: its body is `bounce_map_in`'s, which each caller would otherwise copy (the
+    /// kernels' route and `iommu_map`, ~2 KiB each per platform).
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     pub(crate) fn bounce_map(
         &self,
         dev: &Device,
         view: &LivePools<POOLS>,
         mask: Option<DmaMask>,
-        reserve: bool,
         orig: Original,
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<Mapped, DmaError> {
+        self.bounce_map_in(dev, view, mask, &MapRequest { orig, len, dir, attrs })
+    }
+
+    /// [`Self::bounce_map`] for the safe face's first attempt (`map_original_inline`), the request
+    /// by reference: built once in the caller's frame, not copied into this call's arguments.
+    #[inline(never)]
+    pub(crate) fn bounce_map_req(
+        &self,
+        dev: &Device,
+        view: &LivePools<POOLS>,
+        mask: Option<DmaMask>,
+        req: &MapRequest,
+    ) -> Result<Mapped, DmaError> {
+        self.bounce_map_in(dev, view, mask, req)
+    }
+
+    /// The body of both.
+    #[inline(always)]
+    fn bounce_map_in(
+        &self,
+        dev: &Device,
+        view: &LivePools<POOLS>,
+        mask: Option<DmaMask>,
+        req: &MapRequest,
+    ) -> Result<Mapped, DmaError> {
+        let MapRequest { orig, len, dir, attrs } = *req;
+        // Reserve pools too while growth runs.
+        let reserve = self.growth.growing.load(Ordering::Relaxed);
         let mut pools = view.candidates(mask, reserve);
         let orig_addr = orig.phys.map_or(orig.cpu as u64, |p| p.0);
         let mut largest = 0;

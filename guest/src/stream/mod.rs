@@ -4,13 +4,17 @@
 //! IOMMU entries ([`strict`]). The guest's own record of each mapping ([`record`]) is what unmap and
 //! sync trust; nothing a device or caller alleges later.
 //!
-//! One map: `map_ptr`/`Mapping` -> `map_original` (live count, tracker) -> `map_bounce` (the paths
-//! that bounce, first attempt) or `map_route` (every path, and growth's retries) -> `bounce_map` /
+//! One map: `map_ptr` -> `map_original` (live count, tracker; `Mapping`: `map_original_inline`, its
+//! retry `map_again` out of line) -> `map_bounce` (the paths that bounce, first attempt; a
+//! `MapRequest` by reference for `Mapping`, `bounce_map_req`) or `map_route` (every path, and
+//! growth's retries) -> `bounce_map` /
 //! `strict_map` -> `bounce_in_view` (the device's pool view read in place, pool run, fill) -> bus
 //! address; a `Mapping` keeps the run's pool and offset ([`PoolAt`]).
 //! One unmap: `unmap`/`Mapping::unmap` -> `unmap_as` -> `unmap_route` -> `locate` or, for a
-//! `Mapping` of a bounce run, straight to its recorded pool and offset (`unmap_mapping`) ->
-//! `unmap_in_pool`: `check_record` -> copy back -> free (strict: entries cleared first).
+//! `Mapping` of a bounce run, straight to its recorded pool and offset (`unmap_mapping`, inline:
+//! `unmap_owned_run`, the rest in `unmap_settle`) -> `unmap_in_pool`: the pool checks the claim
+//! (`release_or_free_claimed`; `check_record` names a refusal) -> copy back -> free (strict: entries
+//! cleared first).
 
 pub(crate) mod bounce;
 pub(crate) mod placement;
@@ -20,8 +24,6 @@ pub(crate) mod record;
 pub(crate) mod strict;
 pub(crate) mod trusted;
 
-use core::sync::atomic::Ordering;
-
 use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, LiveKind};
 use crate::direction::{DmaAttrs, DmaDirection};
@@ -29,7 +31,7 @@ use crate::error::DmaError;
 use crate::layer::DmaLayer;
 use crate::path::DmaPath;
 use crate::platform::Platform;
-use crate::pool::{Claim, SlotRecord, Taken};
+use crate::pool::{BouncePool, Claim, SlotRecord, Taken};
 use crate::stats::FailureKind;
 use crate::tracker::TrackedKind;
 
@@ -41,6 +43,19 @@ pub(crate) struct Original {
     /// True when a [`crate::Mapping`] owns the mapping (the raw face then refuses it).
     pub safe: bool,
 }
+
+/// A map as the bounce path takes it ([`DmaLayer::bounce_map`]), by reference: built once by the
+/// face's first attempt, not copied again into each frame.
+#[derive(Clone, Copy)]
+pub(crate) struct MapRequest {
+    pub orig: Original,
+    pub len: usize,
+    pub dir: DmaDirection,
+    pub attrs: DmaAttrs,
+}
+
+/// A map's first attempt ([`DmaLayer::map_bounce`]): `None` when the path does not bounce.
+type FirstAttempt = Option<Result<Mapped, DmaError>>;
 
 /// What a map made: the bus address, and for a bounce run where it lies, so the unmap of a
 /// [`crate::Mapping`] goes there without a search. Two words: results copied through the map's
@@ -191,7 +206,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         // The paths that bounce (the common case) make their first attempt here, inline; every
         // other path, and growth after a first attempt that found no room, go through the route
         // (which would choose the same mechanism for the same device and buffer).
-        let first = self.map_bounce(dev, orig, len, dir, attrs);
+        let req = &MapRequest { orig, len, dir, attrs };
+        let first = self.map_bounce::<false>(dev, req);
         let mapped = match first {
             Some(Ok(m)) => m,
             mut first => {
@@ -233,36 +249,95 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Ok(mapped)
     }
 
+    /// [`Self::map_original`] for the safe face's map (`map_buffer`), inline there: the first
+    /// attempt of a bounce ([`Self::map_bounce`]) and its success in line, everything past a first
+    /// attempt that did not map out of line ([`Self::map_again`]). (The raw faces keep
+    /// `map_original` out of line, with its retry in it: that is the shorter way for a refused map.)
+    #[track_caller]
+    #[inline(always)]
+    pub(crate) fn map_original_inline(&self, dev: &Device, req: &MapRequest) -> Result<Mapped, DmaError> {
+        let _masked = self.masked();
+        // The paths that bounce (the common case) make their first attempt here, inline; every
+        // other path, and growth after a first attempt that found no room, go through the route
+        // (which would choose the same mechanism for the same device and buffer).
+        let first = self.map_bounce::<true>(dev, req);
+        let mapped = match first {
+            Some(Ok(m)) => m,
+            first => self.map_again(dev, req, first)?,
+        };
+        if !mapped.run.counted() {
+            dev.live_inc(LiveKind::Mapping);
+        }
+        let site = core::panic::Location::caller();
+        crate::tracker::mapped(&self.tracker, dev, mapped.bus, req.len, req.dir, TrackedKind::Mapping, site);
+        Ok(mapped)
+    }
+
+    /// A map past a first attempt (`first`) that did not map: a deferred device's domain set up,
+    /// the route, growth; a failure counted on the device. What `map_original` does past its first
+    /// attempt, for [`Self::map_original_inline`].
+    #[inline(never)]
+    fn map_again(&self, dev: &Device, req: &MapRequest, mut first: FirstAttempt) -> Result<Mapped, DmaError> {
+        let MapRequest { orig, len, dir, attrs } = *req;
+        // A deferred device's first map: its domain is set up here, once, and the map goes
+        // the route (the attempts never set up: the set-up's frames stay off the growth
+        // retry's chain, issue 20). Maps of a set-up domain never come here for it.
+        if crate::parts::IOMMU
+            && dev.domain.is_some()
+            && len != 0
+            && matches!(first, None | Some(Err(DmaError::NotAttached)))
+        {
+            match self.set_up_deferred(dev) {
+                Ok(true) => first = None,
+                Ok(false) => {}
+                Err(e) => {
+                    dev.map_failed();
+                    return Err(e);
+                }
+            }
+        }
+        let attempt = || match first.take() {
+            Some(result) => result,
+            None => self.map_route(dev, orig, len, dir, attrs),
+        };
+        self.with_growth(dev, len, attempt).inspect_err(|_| dev.map_failed())
+    }
+
     /// The first attempt of a map on a path that bounces: untrusted devices (accepted ones map in
     /// place) without an IOMMU on the bounce-always path, or behind one (premapped or strict); `None`
     /// for every other case, which [`Self::map_route`] routes. For these cases the route makes the
     /// very same call, so this is only a shorter way to it.
     #[inline(always)]
-    fn map_bounce(
+    fn map_bounce<const BY_REF: bool>(
         &self,
         dev: &Device,
-        orig: Original,
-        len: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
+        req: &MapRequest,
     ) -> Option<Result<Mapped, DmaError>> {
-        if len == 0 || dev.trust.is_accepted() {
+        if req.len == 0 || dev.trust.is_accepted() {
             return None;
         }
+        let MapRequest { orig, len, dir, attrs } = *req;
         if crate::parts::IOMMU && dev.domain.is_some() {
             // Premapped: the pools as the domain's window holds them (no mask: the window holds
             // only pools the device reaches). Strict, deferred or not-ready domains go out of line.
             let Some(view) = self.premapped_view(dev) else {
                 return Some(self.iommu_map(dev, orig, len, dir, attrs));
             };
-            let reserve = self.growth.growing.load(Ordering::Relaxed);
-            return Some(self.bounce_map(dev, view, None, reserve, orig, len, dir, attrs));
+            return Some(if BY_REF {
+                self.bounce_map_req(dev, view, None, req)
+            } else {
+                self.bounce_map(dev, view, None, orig, len, dir, attrs)
+            });
         }
         if dev.path != DmaPath::BounceAlways {
             return None;
         }
-        let reserve = self.growth.growing.load(Ordering::Relaxed);
-        Some(self.bounce_map(dev, &self.plain, Some(dev.config.dma_mask), reserve, orig, len, dir, attrs))
+        let mask = Some(dev.config.dma_mask);
+        Some(if BY_REF {
+            self.bounce_map_req(dev, &self.plain, mask, req)
+        } else {
+            self.bounce_map(dev, &self.plain, mask, orig, len, dir, attrs)
+        })
     }
 
     fn map_route(
@@ -297,10 +372,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 self.stats.fail(FailureKind::BeyondMask);
                 Err(DmaError::BeyondMask { addr: p.0, mask })
             }
-            _ => {
-                let reserve = self.growth.growing.load(Ordering::Relaxed);
-                self.bounce_map(dev, &self.plain, Some(mask), reserve, orig, len, dir, attrs)
-            }
+            _ => self.bounce_map(dev, &self.plain, Some(mask), orig, len, dir, attrs),
         }
     }
 
@@ -395,7 +467,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// view plus `at.off`, and that base does not move while the run lives). The pool still checks
     /// the head at `at` against the claim, as for the raw face.
     #[track_caller]
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn unmap_mapping(
         &self,
@@ -408,7 +480,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     ) -> Result<(), DmaError> {
         let Some(at) = run.at() else { return self.unmap_as(dev, bus, len, dir, attrs, true) };
         let _masked = self.masked();
-        let result = self.unmap_in_pool(dev, bus, at, len, dir, attrs, true);
+        let result = self.unmap_owned_run(dev, bus, at, len, dir, attrs);
         let site = core::panic::Location::caller();
         crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
         result
@@ -458,6 +530,74 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             self.stats.unmapped();
         }
         Ok(())
+    }
+
+    /// [`Self::unmap_in_pool`] for a [`crate::Mapping`] (`unmap_mapping`), inline in its caller:
+    /// the common end (the run freed, and counted by its pool for the layer and for its device)
+    /// returns at once; any other (an error, a copy back, a count the pool did not take) goes to
+    /// [`Self::unmap_settle`] out of line, which does what `unmap_in_pool` does with it.
+    #[inline(always)]
+    fn unmap_owned_run(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        at: PoolAt,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        let Some(pool) = self.pools.get(at.pool as usize) else { return Err(DmaError::UnknownMapping(bus)) };
+        let claim = Claim {
+            device: dev.serial,
+            safe: true,
+            len,
+            dir,
+            sync: !attrs.contains(DmaAttrs::SKIP_CPU_SYNC),
+        };
+        match pool.release_or_free_claimed(at.off, &dev.home_live, &claim) {
+            Some(Ok(Taken::Freed { counted: true, dev: true })) => Ok(()),
+            taken => self.unmap_settle(dev, bus, &pool, taken, true, len, dir),
+        }
+    }
+
+    /// A bounce run's unmap past the pool's answer (`taken`), out of line: see [`Self::unmap_owned_run`].
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn unmap_settle(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        pool: &BouncePool<'m, AREAS>,
+        taken: Option<Result<Taken, SlotRecord>>,
+        safe: bool,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        let (counted, dev_counted) = match taken {
+            None => return Err(self.unknown_run(bus)),
+            Some(Err(rec)) => return Err(self.refused_claim(dev, bus, safe, &rec, len, dir)),
+            Some(Ok(Taken::Freed { counted, dev })) => (counted, dev),
+            Some(Ok(Taken::Released(rec))) => {
+                self.copy_to_original(pool, &rec, 0, rec.len);
+                pool.free(rec.index, rec.nslots);
+                (rec.counted, rec.dev_counted)
+            }
+        };
+        if !dev_counted {
+            dev.live_dec(LiveKind::Mapping);
+        }
+        if !counted {
+            self.stats.unmapped();
+        }
+        Ok(())
+    }
+
+    /// An unmap whose recorded pool holds no such mapping, counted.
+    #[cold]
+    #[inline(never)]
+    fn unknown_run(&self, bus: BusAddr) -> DmaError {
+        self.stats.fail(FailureKind::UnknownMapping);
+        DmaError::UnknownMapping(bus)
     }
 
     /// The error of a claim the pool refused ([`Self::unmap_in_pool`]): [`Self::check_record`]'s,

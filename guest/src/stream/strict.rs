@@ -52,8 +52,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             _ => {
                 // Premapped (a deferred device's, or a map that found the domain not READY first):
                 // the pools as the domain's window holds them, as `premapped_view`'s maps.
-                let reserve = self.growth.growing.load(Ordering::Relaxed);
-                self.bounce_map(dev, &slot.live, None, reserve, orig, len, dir, attrs)
+                self.bounce_map(dev, &slot.live, None, orig, len, dir, attrs)
             }
         }
     }

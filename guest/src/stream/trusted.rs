@@ -69,9 +69,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return self.direct_mapped(dev, orig.safe, bus, len, dir).map(Mapped::elsewhere);
         }
         // Beyond the device's mask: bounced like an untrusted device's buffer.
-        let growing = self.growth.growing.load(core::sync::atomic::Ordering::Relaxed);
         let mask = Some(dev.config.dma_mask);
-        self.bounce_map(dev, &self.plain, mask, growing, orig, len, dir, attrs)
+        self.bounce_map(dev, &self.plain, mask, orig, len, dir, attrs)
     }
 
     fn trusted_iommu_map(
