@@ -323,8 +323,12 @@ check "deepest chain of ccdma_layer_init" "$(fig chain_ccdma_layer_init "$OUT/mi
 # the tree's search from the root and its leaf updates one word per level, set_leaf out of line, a
 # refusal's flush that stops once the run is made (out of line): minimal 34,357 -> 34,261, fw-min
 # 19,509 -> 19,301, full 65,157 -> 65,061. Ceilings set to these.
-check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 34261 24576
-check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 19301 24576
+# Issue 21, hot4 helper (bash scripts/budgets.sh at main ad33ba3 and at the merge eaa3bdc): the
+# unmap's claim checked on the head, one record builder, bounce_map never inline (the safe face's
+# inline map is Rust-only): minimal 34,261 -> 33,941, fw-min 19,301 -> 19,125, full 65,045 ->
+# 64,741. Ceilings set to these.
+check ".text, minimal image (opt s)" "$(fig text "$OUT/minimal.txt")" 33941 24576
+check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal.txt")" 19125 24576
 # Issue 20 in guest/src/pool (checked access, no divide by a value the compiler cannot see is
 # non-zero) with issue 21's pool front (freed runs listed by size, guest/src/pool/front.rs):
 # panicking 36 -> 0 (fw-min) and 73 -> 0 (full); .text minimal 53,967, fw-min 21,120, full
@@ -339,7 +343,7 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # Issue 20, text4 helper: the C sg shims call `map_sg_cpu` (CPU-buffer entries only; the physical
 # and P2P entry code is not linked), full 65,413 -> 65,285; then ffi without `pool-full-report`,
 # full -> 64,693; then ffi without `stats`, full -> 62,933. Ceiling set to this.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 65061 65536
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 64741 65536
 # Issue 20, lock helper: the PAPR TCE entry writer is unreachable from C (ffi's `full` leaves
 # `papr-tce` out; the writer's entries in iommu/backend.rs test the part), so no function of it may
 # stay in the full image (7 stayed, ~2.3 KB, before those tests: a Backend reaching an out-of-line

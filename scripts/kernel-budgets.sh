@@ -175,9 +175,13 @@ echo "== kernel budgets (bytes; ceilings in scripts/kernel-budgets.sh)"
 # set-up's dispatch 24; above issue 20's 16,384 again; non-generic +940, attach_enabled and
 # detach_domain out of attach_once and detach_once at opt-level 3). Ceilings: the figures rounded
 # up to the next 100.
-check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 173600 240000
-check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 15500 16384
-check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 37600 16384
+# Issue 21, hot4 helper (bash scripts/kernel-budgets.sh at the merge eaa3bdc): bounce_map never
+# inline (it had been copied into the kernels' route and iommu_map): x86 172,994 (QemuPlatform
+# 15,143, CPlatform 37,315), pseries 167,144 (PseriesPlatform 16,344: issue 20's 16,384 met again).
+# Ceilings: the figures rounded up to the next 100, PseriesPlatform at the aim.
+check "x86: ccdma .text (guest/)" "$(fig x86 ccdma_text)" 173000 240000
+check "x86: ccdma .text for the kernel's QemuPlatform" "$X86_INST" 15200 16384
+check "x86: ccdma .text for ffi's CPlatform (second copy)" "$C_INST" 37400 16384
 check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 # After merging sgsize and atom (lead; fresh-clone CI at 6937492+1): pseries ccdma .text 170,676 ->
 # 179,320 while x86 fell to 181,416. Split (dinfo2 helper; the pseries kernel built at each merge,
@@ -202,8 +206,8 @@ check "x86: ffi .text (the C interface)" "$(fig x86 ffi_text)" 6000 6000
 # and domain slot look-ups (slot_lookup.rs) out of line as well: x86 173,904 -> 171,467
 # (QemuPlatform 14,841 -> 14,986, CPlatform 38,686 -> 37,921), pseries 167,812 -> 163,448
 # (PseriesPlatform 16,188 -> 16,216). Ceilings: the figures rounded up to the next 100.
-check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 167300 201000
-check "pseries: ccdma .text for PseriesPlatform" "$PPC_INST" 16600 16384
+check "pseries: ccdma .text (guest/)" "$(fig pseries ccdma_text)" 167200 201000
+check "pseries: ccdma .text for PseriesPlatform" "$PPC_INST" 16384 16384
 check "x86: largest frame, DMA set-up" "$(fig x86 max_frame_setup)" 2048 2048
 check "pseries: largest frame, DMA set-up" "$(fig pseries max_frame_setup)" 2048 2048
 check "x86: largest frame, ccdma (guest/)" "$(fig x86 max_frame_ccdma)" 2048 2048
