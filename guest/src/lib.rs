@@ -158,9 +158,9 @@
 //! `native-iommu`; `growth` and `papr-tce` are features of it outside `full` (no export enables
 //! growth; the C platform has no TCE calls), and it never turns on `ddw`, `pool-full-report` or
 //! `stats` (no C IOMMU has DDW calls; no export reads the record or the counters). Its "minimal"
-//! image (init, add_pool, attach, map, unmap, detach; log compiled out) has 34,357 bytes of `.text`
-//! with `full` (42,821 at main 0d56481, before the IOMMU path's cold code went behind the table
-//! `enable_iommu` stores, `iommu/code.rs`) and 19,509 with no part and one pool
+//! image (init, add_pool, attach, map, unmap, detach; log compiled out) has 33,941 bytes of `.text`
+//! with `full` at main eaa3bdc (42,821 at main 0d56481, before the IOMMU path's cold code went
+//! behind the table `enable_iommu` stores, `iommu/code.rs`) and 19,125 with no part and one pool
 //! (x86_64-unknown-none, opt-level s; `bash scripts/budgets.sh`; each part's cost: `bash
 //! scripts/parts-text.sh`).
 //!
