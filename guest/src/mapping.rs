@@ -206,10 +206,13 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     #[inline]
     pub fn unmap(self) -> Result<(), Refused<Self>> {
         let this = ManuallyDrop::new(self);
-        match this.layer.unmap_mapping(this.dev, this.bus, this.run, this.len, this.dir, this.attrs) {
+        // The result tested on each way out (`unmap_mapping_then`), not merged first.
+        let (layer, dev, bus, run, len, dir, attrs) =
+            (this.layer, this.dev, this.bus, this.run, this.len, this.dir, this.attrs);
+        layer.unmap_mapping_then(dev, bus, run, len, dir, attrs, |result| match result {
             Ok(()) => Ok(()),
             Err(error) => Err(Refused { value: ManuallyDrop::into_inner(this), error }),
-        }
+        })
     }
 }
 

@@ -12,7 +12,7 @@
 //! address; a `Mapping` keeps the run's pool and offset ([`PoolAt`]).
 //! One unmap: `unmap`/`Mapping::unmap` -> `unmap_as` -> `unmap_route` -> `locate` or, for a
 //! `Mapping` of a bounce run, straight to its recorded pool and offset (`unmap_mapping`, inline:
-//! `unmap_owned_run`, the rest in `unmap_settle`) -> `unmap_in_pool`: the pool checks the claim
+//! `unmap_mapping_then`, the rest in `unmap_settle`) -> `unmap_in_pool`: the pool checks the claim
 //! (`release_or_free_claimed`; `check_record` names a refusal) -> copy back -> free (strict: entries
 //! cleared first).
 
@@ -478,12 +478,54 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
-        let Some(at) = run.at() else { return self.unmap_as(dev, bus, len, dir, attrs, true) };
+        self.unmap_mapping_then(dev, bus, run, len, dir, attrs, |result| result)
+    }
+
+    /// [`Self::unmap_mapping`], its result handed to `then` on each way out, so that the common end
+    /// gives `then` a constant `Ok(())` where it is: no result of the out-of-line ways merged with
+    /// it in memory and copied before `then` (`Mapping::unmap`) tests it.
+    #[track_caller]
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn unmap_mapping_then<R>(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        run: RunWord,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        then: impl FnOnce(Result<(), DmaError>) -> R,
+    ) -> R {
+        let Some(at) = run.at() else { return then(self.unmap_as(dev, bus, len, dir, attrs, true)) };
         let _masked = self.masked();
-        let result = self.unmap_owned_run(dev, bus, at, len, dir, attrs);
         let site = core::panic::Location::caller();
-        crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
-        result
+        let tracked = |result: Result<(), DmaError>| {
+            crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
+            result
+        };
+        let Some(pool) = self.pools.get(at.pool as usize) else {
+            return then(tracked(Err(DmaError::UnknownMapping(bus))));
+        };
+        let claim = Claim {
+            device: dev.serial,
+            safe: true,
+            len,
+            dir,
+            sync: !attrs.contains(DmaAttrs::SKIP_CPU_SYNC),
+        };
+        // The common end (the run freed, and counted by its pool for the layer and for its device)
+        // returns at once; any other (an error, a copy back, a count the pool did not take) goes to
+        // `unmap_settle`, out of line, which does what `unmap_in_pool` does with it.
+        let result = match pool.release_or_free_claimed(at.off, &dev.home_live, &claim) {
+            Some(Ok(Taken::Freed { counted: true, dev: true })) => {
+                drop(pool);
+                return then(tracked(Ok(())));
+            }
+            taken => self.unmap_settle(dev, bus, &pool, taken, true, len, dir),
+        };
+        drop(pool);
+        then(tracked(result))
     }
 
     /// Unmap the bounce run whose data is at `at`: check the claim against the pool's record, copy
@@ -532,35 +574,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Ok(())
     }
 
-    /// [`Self::unmap_in_pool`] for a [`crate::Mapping`] (`unmap_mapping`), inline in its caller:
-    /// the common end (the run freed, and counted by its pool for the layer and for its device)
-    /// returns at once; any other (an error, a copy back, a count the pool did not take) goes to
-    /// [`Self::unmap_settle`] out of line, which does what `unmap_in_pool` does with it.
-    #[inline(always)]
-    fn unmap_owned_run(
-        &self,
-        dev: &Device,
-        bus: BusAddr,
-        at: PoolAt,
-        len: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-    ) -> Result<(), DmaError> {
-        let Some(pool) = self.pools.get(at.pool as usize) else { return Err(DmaError::UnknownMapping(bus)) };
-        let claim = Claim {
-            device: dev.serial,
-            safe: true,
-            len,
-            dir,
-            sync: !attrs.contains(DmaAttrs::SKIP_CPU_SYNC),
-        };
-        match pool.release_or_free_claimed(at.off, &dev.home_live, &claim) {
-            Some(Ok(Taken::Freed { counted: true, dev: true })) => Ok(()),
-            taken => self.unmap_settle(dev, bus, &pool, taken, true, len, dir),
-        }
-    }
-
-    /// A bounce run's unmap past the pool's answer (`taken`), out of line: see [`Self::unmap_owned_run`].
+    /// A bounce run's unmap past the pool's answer (`taken`), out of line: see [`Self::unmap_mapping_then`].
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn unmap_settle(
