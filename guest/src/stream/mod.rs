@@ -321,6 +321,10 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             // Premapped: the pools as the domain's window holds them (no mask: the window holds
             // only pools the device reaches). Strict, deferred or not-ready domains go out of line.
             let Some(view) = self.premapped_view(dev) else {
+                // The safe face's original read in place: a copy made for this call was hoisted
+                // above the test of the domain, made on every map. The raw faces' as it was (their
+                // refused map is shorter with the copy).
+                let orig = if BY_REF { &req.orig } else { &orig };
                 return Some(self.iommu_map(dev, orig, len, dir, attrs));
             };
             return Some(if BY_REF {
@@ -357,7 +361,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return self.trusted_map(dev, orig, len, dir, attrs);
         }
         if crate::parts::IOMMU && dev.domain.is_some() {
-            return self.iommu_map(dev, orig, len, dir, attrs);
+            return self.iommu_map(dev, &orig, len, dir, attrs);
         }
         let mask = dev.config.dma_mask;
         match (dev.path, orig.phys) {
