@@ -255,22 +255,48 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// `map_original` out of line, with its retry in it: that is the shorter way for a refused map.)
     #[track_caller]
     #[inline(always)]
-    pub(crate) fn map_original_inline(&self, dev: &Device, req: &MapRequest) -> Result<Mapped, DmaError> {
+    pub(crate) fn map_original_inline<R>(
+        &self,
+        dev: &Device,
+        req: &MapRequest,
+        ok: impl Fn(Mapped) -> R,
+        err: impl Fn(DmaError) -> R,
+    ) -> R {
         let _masked = self.masked();
+        let site = core::panic::Location::caller();
+        let done = |mapped: Mapped| {
+            if !mapped.run.counted() {
+                dev.live_inc(LiveKind::Mapping);
+            }
+            crate::tracker::mapped(
+                &self.tracker,
+                dev,
+                mapped.bus,
+                req.len,
+                req.dir,
+                TrackedKind::Mapping,
+                site,
+            );
+            ok(mapped)
+        };
+        let again = |first: FirstAttempt| match self.map_again(dev, req, first) {
+            Ok(m) => done(m),
+            Err(e) => err(e),
+        };
         // The paths that bounce (the common case) make their first attempt here, inline; every
         // other path, and growth after a first attempt that found no room, go through the route
-        // (which would choose the same mechanism for the same device and buffer).
-        let first = self.map_bounce::<true>(dev, req);
-        let mapped = match first {
-            Some(Ok(m)) => m,
-            first => self.map_again(dev, req, first)?,
-        };
-        if !mapped.run.counted() {
-            dev.live_inc(LiveKind::Mapping);
-        }
-        let site = core::panic::Location::caller();
-        crate::tracker::mapped(&self.tracker, dev, mapped.bus, req.len, req.dir, TrackedKind::Mapping, site);
-        Ok(mapped)
+        // (which would choose the same mechanism for the same device and buffer). Each attempt's
+        // result is tested where its call wrote it and ends in `ok` or `err` there (merged first,
+        // the results were copied in memory before the test).
+        self.map_bounce_then::<true, _>(
+            dev,
+            req,
+            |first| match first {
+                Ok(m) => done(m),
+                first => again(Some(first)),
+            },
+            || again(None),
+        )
     }
 
     /// A map past a first attempt (`first`) that did not map: a deferred device's domain set up,
@@ -313,8 +339,22 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dev: &Device,
         req: &MapRequest,
     ) -> Option<Result<Mapped, DmaError>> {
+        self.map_bounce_then::<BY_REF, _>(dev, req, Some, || None)
+    }
+
+    /// [`Self::map_bounce`], an attempt's result handed to `then` where its call wrote it, `none`
+    /// called where there is none: `map_original_inline` tests each result in place, not wrapped
+    /// in an `Option` and merged with the others in memory first (each a copy before the test).
+    #[inline(always)]
+    fn map_bounce_then<const BY_REF: bool, R>(
+        &self,
+        dev: &Device,
+        req: &MapRequest,
+        then: impl FnOnce(Result<Mapped, DmaError>) -> R,
+        none: impl FnOnce() -> R,
+    ) -> R {
         if req.len == 0 || dev.trust.is_accepted() {
-            return None;
+            return none();
         }
         let MapRequest { orig, len, dir, attrs } = *req;
         if crate::parts::IOMMU && dev.domain.is_some() {
@@ -325,19 +365,19 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 // above the test of the domain, made on every map. The raw faces' as it was (their
                 // refused map is shorter with the copy).
                 let orig = if BY_REF { &req.orig } else { &orig };
-                return Some(self.iommu_map(dev, orig, len, dir, attrs));
+                return then(self.iommu_map(dev, orig, len, dir, attrs));
             };
-            return Some(if BY_REF {
+            return then(if BY_REF {
                 self.bounce_map_req(dev, view, None, req)
             } else {
                 self.bounce_map(dev, view, None, orig, len, dir, attrs)
             });
         }
         if dev.path != DmaPath::BounceAlways {
-            return None;
+            return none();
         }
         let mask = Some(dev.config.dma_mask);
-        Some(if BY_REF {
+        then(if BY_REF {
             self.bounce_map_req(dev, &self.plain, mask, req)
         } else {
             self.bounce_map(dev, &self.plain, mask, orig, len, dir, attrs)
