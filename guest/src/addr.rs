@@ -24,6 +24,7 @@
 //! ```
 
 use core::fmt;
+use core::num::NonZeroU8;
 
 /// The CPU page size the layer shares and unshares in (4 KiB on every supported platform).
 pub const PAGE_SIZE: u64 = 4096;
@@ -125,21 +126,26 @@ impl fmt::Display for BusAddr {
 /// accepting them only defers the failure to the first I/O.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DmaMask {
-    bits: u8,
+    /// Never zero (13..=64): the niche makes an `Option<DmaMask>` one byte, one argument register.
+    bits: NonZeroU8,
 }
 
 impl DmaMask {
     /// A 64-bit mask.
-    pub const BITS_64: DmaMask = DmaMask { bits: 64 };
+    pub const BITS_64: DmaMask = DmaMask { bits: NonZeroU8::MIN.saturating_add(63) };
     /// A 32-bit mask.
-    pub const BITS_32: DmaMask = DmaMask { bits: 32 };
+    pub const BITS_32: DmaMask = DmaMask { bits: NonZeroU8::MIN.saturating_add(31) };
 
     /// A mask of `bits` address bits.
     pub const fn new(bits: u32) -> Result<DmaMask, InvalidMask> {
         if bits > 64 || bits <= PAGE_SHIFT {
             return Err(InvalidMask { bits });
         }
-        Ok(DmaMask { bits: bits as u8 })
+        match NonZeroU8::new(bits as u8) {
+            Some(bits) => Ok(DmaMask { bits }),
+            // Not reached: 13..=64 here.
+            None => Err(InvalidMask { bits }),
+        }
     }
 
     /// A mask given as its value (`DMA_BIT_MASK(n)` style); the value must be `2^n - 1`.
@@ -152,15 +158,16 @@ impl DmaMask {
 
     /// Number of address bits.
     pub const fn bits(self) -> u32 {
-        self.bits as u32
+        self.bits.get() as u32
     }
 
     /// Highest address the device can emit.
     pub const fn max_addr(self) -> u64 {
-        if self.bits >= 64 {
+        let bits = self.bits.get();
+        if bits >= 64 {
             u64::MAX
         } else {
-            (1u64 << self.bits) - 1
+            (1u64 << bits) - 1
         }
     }
 

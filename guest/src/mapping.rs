@@ -142,11 +142,24 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let phys = self.translate_for(dev, ptr, len);
         // The buffer is borrowed for 'a by the returned mapping; the record is marked as the
         // mapping's, so only the mapping can end it, and it forgets `ptr` before the borrow ends.
-        let m = self.map_original_inline(
+        self.map_original_inline(
             dev,
             &MapRequest { orig: Original { cpu: ptr, phys, safe: true }, len, dir, attrs },
-        )?;
-        Ok(Mapping { layer: self, dev, bus: m.bus, run: m.run, buf: ptr, len, dir, attrs, _buf: PhantomData })
+            |m| {
+                Ok(Mapping {
+                    layer: self,
+                    dev,
+                    bus: m.bus,
+                    run: m.run,
+                    buf: ptr,
+                    len,
+                    dir,
+                    attrs,
+                    _buf: PhantomData,
+                })
+            },
+            Err,
+        )
     }
 }
 
@@ -206,10 +219,13 @@ impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     #[inline]
     pub fn unmap(self) -> Result<(), Refused<Self>> {
         let this = ManuallyDrop::new(self);
-        match this.layer.unmap_mapping(this.dev, this.bus, this.run, this.len, this.dir, this.attrs) {
+        // The result tested on each way out (`unmap_mapping_then`), not merged first.
+        let (layer, dev, bus, run, len, dir, attrs) =
+            (this.layer, this.dev, this.bus, this.run, this.len, this.dir, this.attrs);
+        layer.unmap_mapping_then(dev, bus, run, len, dir, attrs, |result| match result {
             Ok(()) => Ok(()),
             Err(error) => Err(Refused { value: ManuallyDrop::into_inner(this), error }),
-        }
+        })
     }
 }
 

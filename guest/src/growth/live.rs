@@ -337,7 +337,10 @@ impl<const N: usize> Candidates<'_, N> {
     ) -> Option<BusAddr> {
         let base = live.base_of(i)?;
         let start = base.0.checked_add(off as u64)?;
-        mask.is_none_or(|m| m.covers(start, len as u64)).then_some(base)
+        match mask {
+            Some(m) if !m.covers(start, len as u64) => None,
+            _ => Some(base),
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! address; a `Mapping` keeps the run's pool and offset ([`PoolAt`]).
 //! One unmap: `unmap`/`Mapping::unmap` -> `unmap_as` -> `unmap_route` -> `locate` or, for a
 //! `Mapping` of a bounce run, straight to its recorded pool and offset (`unmap_mapping`, inline:
-//! `unmap_owned_run`, the rest in `unmap_settle`) -> `unmap_in_pool`: the pool checks the claim
+//! `unmap_mapping_then`, the rest in `unmap_settle`) -> `unmap_in_pool`: the pool checks the claim
 //! (`release_or_free_claimed`; `check_record` names a refusal) -> copy back -> free (strict: entries
 //! cleared first).
 
@@ -255,22 +255,48 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// `map_original` out of line, with its retry in it: that is the shorter way for a refused map.)
     #[track_caller]
     #[inline(always)]
-    pub(crate) fn map_original_inline(&self, dev: &Device, req: &MapRequest) -> Result<Mapped, DmaError> {
+    pub(crate) fn map_original_inline<R>(
+        &self,
+        dev: &Device,
+        req: &MapRequest,
+        ok: impl Fn(Mapped) -> R,
+        err: impl Fn(DmaError) -> R,
+    ) -> R {
         let _masked = self.masked();
+        let site = core::panic::Location::caller();
+        let done = |mapped: Mapped| {
+            if !mapped.run.counted() {
+                dev.live_inc(LiveKind::Mapping);
+            }
+            crate::tracker::mapped(
+                &self.tracker,
+                dev,
+                mapped.bus,
+                req.len,
+                req.dir,
+                TrackedKind::Mapping,
+                site,
+            );
+            ok(mapped)
+        };
+        let again = |first: FirstAttempt| match self.map_again(dev, req, first) {
+            Ok(m) => done(m),
+            Err(e) => err(e),
+        };
         // The paths that bounce (the common case) make their first attempt here, inline; every
         // other path, and growth after a first attempt that found no room, go through the route
-        // (which would choose the same mechanism for the same device and buffer).
-        let first = self.map_bounce::<true>(dev, req);
-        let mapped = match first {
-            Some(Ok(m)) => m,
-            first => self.map_again(dev, req, first)?,
-        };
-        if !mapped.run.counted() {
-            dev.live_inc(LiveKind::Mapping);
-        }
-        let site = core::panic::Location::caller();
-        crate::tracker::mapped(&self.tracker, dev, mapped.bus, req.len, req.dir, TrackedKind::Mapping, site);
-        Ok(mapped)
+        // (which would choose the same mechanism for the same device and buffer). Each attempt's
+        // result is tested where its call wrote it and ends in `ok` or `err` there (merged first,
+        // the results were copied in memory before the test).
+        self.map_bounce_then::<true, _>(
+            dev,
+            req,
+            |first| match first {
+                Ok(m) => done(m),
+                first => again(Some(first)),
+            },
+            || again(None),
+        )
     }
 
     /// A map past a first attempt (`first`) that did not map: a deferred device's domain set up,
@@ -313,27 +339,45 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dev: &Device,
         req: &MapRequest,
     ) -> Option<Result<Mapped, DmaError>> {
+        self.map_bounce_then::<BY_REF, _>(dev, req, Some, || None)
+    }
+
+    /// [`Self::map_bounce`], an attempt's result handed to `then` where its call wrote it, `none`
+    /// called where there is none: `map_original_inline` tests each result in place, not wrapped
+    /// in an `Option` and merged with the others in memory first (each a copy before the test).
+    #[inline(always)]
+    fn map_bounce_then<const BY_REF: bool, R>(
+        &self,
+        dev: &Device,
+        req: &MapRequest,
+        then: impl FnOnce(Result<Mapped, DmaError>) -> R,
+        none: impl FnOnce() -> R,
+    ) -> R {
         if req.len == 0 || dev.trust.is_accepted() {
-            return None;
+            return none();
         }
         let MapRequest { orig, len, dir, attrs } = *req;
         if crate::parts::IOMMU && dev.domain.is_some() {
             // Premapped: the pools as the domain's window holds them (no mask: the window holds
             // only pools the device reaches). Strict, deferred or not-ready domains go out of line.
             let Some(view) = self.premapped_view(dev) else {
-                return Some(self.iommu_map(dev, orig, len, dir, attrs));
+                // The safe face's original read in place: a copy made for this call was hoisted
+                // above the test of the domain, made on every map. The raw faces' as it was (their
+                // refused map is shorter with the copy).
+                let orig = if BY_REF { &req.orig } else { &orig };
+                return then(self.iommu_map(dev, orig, len, dir, attrs));
             };
-            return Some(if BY_REF {
+            return then(if BY_REF {
                 self.bounce_map_req(dev, view, None, req)
             } else {
                 self.bounce_map(dev, view, None, orig, len, dir, attrs)
             });
         }
         if dev.path != DmaPath::BounceAlways {
-            return None;
+            return none();
         }
         let mask = Some(dev.config.dma_mask);
-        Some(if BY_REF {
+        then(if BY_REF {
             self.bounce_map_req(dev, &self.plain, mask, req)
         } else {
             self.bounce_map(dev, &self.plain, mask, orig, len, dir, attrs)
@@ -357,7 +401,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return self.trusted_map(dev, orig, len, dir, attrs);
         }
         if crate::parts::IOMMU && dev.domain.is_some() {
-            return self.iommu_map(dev, orig, len, dir, attrs);
+            return self.iommu_map(dev, &orig, len, dir, attrs);
         }
         let mask = dev.config.dma_mask;
         match (dev.path, orig.phys) {
@@ -478,12 +522,54 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
-        let Some(at) = run.at() else { return self.unmap_as(dev, bus, len, dir, attrs, true) };
+        self.unmap_mapping_then(dev, bus, run, len, dir, attrs, |result| result)
+    }
+
+    /// [`Self::unmap_mapping`], its result handed to `then` on each way out, so that the common end
+    /// gives `then` a constant `Ok(())` where it is: no result of the out-of-line ways merged with
+    /// it in memory and copied before `then` (`Mapping::unmap`) tests it.
+    #[track_caller]
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn unmap_mapping_then<R>(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        run: RunWord,
+        len: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        then: impl FnOnce(Result<(), DmaError>) -> R,
+    ) -> R {
+        let Some(at) = run.at() else { return then(self.unmap_as(dev, bus, len, dir, attrs, true)) };
         let _masked = self.masked();
-        let result = self.unmap_owned_run(dev, bus, at, len, dir, attrs);
         let site = core::panic::Location::caller();
-        crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
-        result
+        let tracked = |result: Result<(), DmaError>| {
+            crate::tracker::unmapped(&self.tracker, dev, bus, TrackedKind::Mapping, &result, site);
+            result
+        };
+        let Some(pool) = self.pools.get(at.pool as usize) else {
+            return then(tracked(Err(DmaError::UnknownMapping(bus))));
+        };
+        let claim = Claim {
+            device: dev.serial,
+            safe: true,
+            len,
+            dir,
+            sync: !attrs.contains(DmaAttrs::SKIP_CPU_SYNC),
+        };
+        // The common end (the run freed, and counted by its pool for the layer and for its device)
+        // returns at once; any other (an error, a copy back, a count the pool did not take) goes to
+        // `unmap_settle`, out of line, which does what `unmap_in_pool` does with it.
+        let result = match pool.release_or_free_claimed(at.off, &dev.home_live, &claim) {
+            Some(Ok(Taken::Freed { counted: true, dev: true })) => {
+                drop(pool);
+                return then(tracked(Ok(())));
+            }
+            taken => self.unmap_settle(dev, bus, &pool, taken, true, len, dir),
+        };
+        drop(pool);
+        then(tracked(result))
     }
 
     /// Unmap the bounce run whose data is at `at`: check the claim against the pool's record, copy
@@ -532,35 +618,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         Ok(())
     }
 
-    /// [`Self::unmap_in_pool`] for a [`crate::Mapping`] (`unmap_mapping`), inline in its caller:
-    /// the common end (the run freed, and counted by its pool for the layer and for its device)
-    /// returns at once; any other (an error, a copy back, a count the pool did not take) goes to
-    /// [`Self::unmap_settle`] out of line, which does what `unmap_in_pool` does with it.
-    #[inline(always)]
-    fn unmap_owned_run(
-        &self,
-        dev: &Device,
-        bus: BusAddr,
-        at: PoolAt,
-        len: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-    ) -> Result<(), DmaError> {
-        let Some(pool) = self.pools.get(at.pool as usize) else { return Err(DmaError::UnknownMapping(bus)) };
-        let claim = Claim {
-            device: dev.serial,
-            safe: true,
-            len,
-            dir,
-            sync: !attrs.contains(DmaAttrs::SKIP_CPU_SYNC),
-        };
-        match pool.release_or_free_claimed(at.off, &dev.home_live, &claim) {
-            Some(Ok(Taken::Freed { counted: true, dev: true })) => Ok(()),
-            taken => self.unmap_settle(dev, bus, &pool, taken, true, len, dir),
-        }
-    }
-
-    /// A bounce run's unmap past the pool's answer (`taken`), out of line: see [`Self::unmap_owned_run`].
+    /// A bounce run's unmap past the pool's answer (`taken`), out of line: see [`Self::unmap_mapping_then`].
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn unmap_settle(

@@ -26,15 +26,18 @@ use crate::stats::FailureKind;
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
-    /// Map on an IOMMU path (attaching a deferred device first).
+    /// Map on an IOMMU path (attaching a deferred device first). The original by reference: by
+    /// value, the safe face's inline map copied it on every map, the copy hoisted above its test
+    /// of the domain (the Rust ABI passes it by address either way).
     pub(crate) fn iommu_map(
         &self,
         dev: &Device,
-        orig: Original,
+        orig: &Original,
         len: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<Mapped, DmaError> {
+        let orig = *orig;
         let d = dev.domain.ok_or(DmaError::NotAttached)?;
         let slot = self.slot(d).ok_or(DmaError::NotAttached)?;
         // Set up already (every map but a deferred device's first, which `map_original` sets up

@@ -50,7 +50,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
                 // reaches the private bytes around it.
                 let page = self.attached(dev)?.dynamic.map_or(0, |w| w.page_size());
                 if page == 0 || (phys.0 | len as u64) & (page - 1) != 0 {
-                    return self.iommu_map(dev, orig, len, dir, attrs);
+                    return self.iommu_map(dev, &orig, len, dir, attrs);
                 }
             }
             let ticket = self.raw_reserve(orig.safe)?;
