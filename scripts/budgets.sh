@@ -343,7 +343,11 @@ check ".text, firmware-minimal image (opt s)" "$(fig text "$OUT/firmware-minimal
 # Issue 20, text4 helper: the C sg shims call `map_sg_cpu` (CPU-buffer entries only; the physical
 # and P2P entry code is not linked), full 65,413 -> 65,285; then ffi without `pool-full-report`,
 # full -> 64,693; then ffi without `stats`, full -> 62,933. Ceiling set to this.
-check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 64741 65536
+# Issue 20, cplat helper (bash scripts/budgets.sh at main 9ee5373 and at cplat merged with it):
+# scatter-gather on the dyn Platform layer (the kernels' per-platform copies shrink,
+# scripts/kernel-budgets.sh); the entry writer's closure captures the pool table, not the dyn layer,
+# so LTO still folds the platform's vtable away here: full 64,677 -> 64,661. Ceiling set to this.
+check ".text, full image (opt s)" "$(fig text "$OUT/full.txt")" 64661 65536
 # Issue 20, lock helper: the PAPR TCE entry writer is unreachable from C (ffi's `full` leaves
 # `papr-tce` out; the writer's entries in iommu/backend.rs test the part), so no function of it may
 # stay in the full image (7 stayed, ~2.3 KB, before those tests: a Backend reaching an out-of-line

@@ -5,9 +5,8 @@
 //! on every return path. With the default (empty) hooks both calls inline to nothing.
 //!
 //! The map/unmap/sync entries (`DmaLayer::masked`) inline both hooks. The cold calls (attach,
-//! detach, accept, coherent buffers, growth, reservations: every [`Cold`] entry) and the
-//! scatter-gather entries (`DmaLayer::masked_cold`) call two out-of-line, non-generic functions
-//! over `&dyn Platform` instead: one copy of each hook's call in the image, not one per call site.
+//! detach, accept, coherent buffers, growth, reservations, scatter-gather lists: every [`Cold`]
+//! entry) call two out-of-line, non-generic functions over `&dyn Platform` instead: one copy of each hook's call in the image, not one per call site.
 //! Same contract: masked before the first lock, restored when the guard drops.
 
 use crate::layer::Cold;
@@ -67,17 +66,6 @@ impl Drop for ColdMasked<'_> {
     #[inline(always)]
     fn drop(&mut self) {
         restore_dyn(self.platform, self.saved);
-    }
-}
-
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
-{
-    /// Mask interrupts until the guard drops, the hooks called out of line: for entries off the
-    /// single map/unmap path (scatter-gather lists).
-    #[inline(always)]
-    pub(crate) fn masked_cold(&self) -> ColdMasked<'_> {
-        ColdMasked::new(&self.platform)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::layer::DmaLayer;
 use crate::platform::Platform;
 use crate::stale_slot::StaleSlotPolicy;
 
-impl<P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
+impl<P: Platform + ?Sized, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'_, P, POOLS, DOMAINS, AREAS>
 {
     /// The layer's policy for to-device `SKIP_CPU_SYNC` slots: the one set with

@@ -250,6 +250,27 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
 }
 
 impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
+    /// [`DmaLayer::with_growth`] on the `dyn Platform` layer (scatter-gather lists).
+    #[inline]
+    pub(crate) fn with_growth_cold<T>(
+        &self,
+        dev: &Device,
+        len: usize,
+        mut attempt: impl FnMut() -> Result<T, DmaError>,
+    ) -> Result<T, DmaError> {
+        let first = attempt();
+        if first.is_ok() {
+            return first;
+        }
+        if !crate::parts::GROWTH || self.growth.source.is_none() {
+            if matches!(first, Err(DmaError::PoolExhausted { .. })) {
+                self.report_full_any(dev, len, GrowthVerdict::Disabled);
+            }
+            return first;
+        }
+        self.grow_and_retry(dev, len, first, &mut attempt)
+    }
+
     /// `grow_one`, through the default capacities' copy when those are this layer's (see
     /// [`Cold::as_full`]): `grow_and_retry` is generic over its result, so compiled by its callers.
     fn grow_one_any(

@@ -545,18 +545,6 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         backend_of(self)
     }
 
-    /// The domain of a device about to map or allocate: set up now if the device is deferred.
-    #[inline]
-    pub(crate) fn ensure_attached(&self, dev: &Device) -> Result<&DomainInfo<POOLS>, DmaError> {
-        match self.attached_or_deferred(dev)? {
-            Ok(info) => Ok(info),
-            Err((slot, d)) => match (self.cold().as_full(), slot.as_full()) {
-                (Some(c), Some(s)) => DomainInfo::sized(attach_deferred_once(c, s, d, dev)),
-                _ => self.cold().attach_deferred(slot, d, dev),
-            },
-        }
-    }
-
     /// The domain of a device about to map, never set up here: [`DmaError::NotAttached`] for a
     /// deferred device not set up yet (`map_original` sets it up, [`Self::set_up_deferred`], and
     /// tries again).
@@ -620,6 +608,22 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     /// Live bus ranges (strict mappings and coherent buffers) over all domains.
     pub fn live_bus_ranges(&self) -> usize {
         self.cold().live_bus_ranges_dyn()
+    }
+}
+
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
+    /// [`Self::ensure_attached`] for callers compiled in other crates (scatter-gather lists: generic
+    /// over the capacities only, so compiled by the crate that maps a list): the deferred set-up
+    /// through the default capacities' copy, compiled in this crate only.
+    #[inline]
+    pub(crate) fn ensure_attached_any(&self, dev: &Device) -> Result<&DomainInfo<POOLS>, DmaError> {
+        match self.attached_or_deferred(dev)? {
+            Ok(info) => Ok(info),
+            Err((slot, d)) => match (self.as_full(), slot.as_full()) {
+                (Some(c), Some(s)) => DomainInfo::sized(attach_deferred_once(c, s, d, dev)),
+                _ => self.attach_deferred(slot, d, dev),
+            },
+        }
     }
 }
 

@@ -4,9 +4,7 @@
 use super::pack::can_join;
 use super::*;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
-{
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// Classify and place every entry, lay out the window range (IOMMU paths), emit the segments.
     pub(super) fn build_sg<const CPU_ONLY: bool>(
         &self,

@@ -65,11 +65,12 @@ use crate::addr::{BusAddr, PhysAddr, PAGE_SIZE};
 use crate::device::{Device, LiveKind};
 use crate::direction::{DmaAttrs, DmaDirection};
 use crate::error::{DmaError, IommuError};
+use crate::growth::table::PoolTable;
 use crate::iommu::bus_space::RangeKind;
 use crate::iommu::calls::tce_perm;
 use crate::iommu::domain::DomainRef;
 use crate::iommu::window::{window_below, WindowGeometry};
-use crate::layer::DmaLayer;
+use crate::layer::{Cold, DmaLayer};
 use crate::path::DmaPath;
 use crate::platform::Platform;
 use crate::pool::RunRequest;
@@ -384,7 +385,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         attrs: DmaAttrs,
         opts: &SgOptions<'_>,
     ) -> Result<usize, DmaError> {
-        self.map_sg_checked::<false>(dev, list, dir, attrs, opts)
+        self.cold().map_sg_checked::<false>(dev, list, dir, attrs, opts)
     }
 
     /// [`Self::map_sg`] for a list of CPU buffers only ([`SgEntry::new`], [`SgEntry::to_device`],
@@ -399,10 +400,14 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<usize, DmaError> {
-        self.map_sg_checked::<true>(dev, list, dir, attrs, &SgOptions::default())
+        self.cold().map_sg_checked::<true>(dev, list, dir, attrs, &SgOptions::default())
     }
+}
 
-    /// [`Self::map_sg_with`]; with `CPU_ONLY` only CPU-buffer entries are accepted.
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
+    /// [`DmaLayer::map_sg_with`]; with `CPU_ONLY` only CPU-buffer entries are accepted. Out of
+    /// line: not copied into the public shells, which are compiled per platform type.
+    #[inline(never)]
     fn map_sg_checked<const CPU_ONLY: bool>(
         &self,
         dev: &Device,
@@ -412,7 +417,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         opts: &SgOptions<'_>,
     ) -> Result<usize, DmaError> {
         crate::parts::require(crate::parts::SG, "scatter-gather")?;
-        let _masked = self.masked_cold();
+        let _masked = self.masked();
         self.check_device(dev)?;
         if list.is_empty() {
             return Err(DmaError::ZeroLength);
@@ -422,8 +427,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
             return Err(DmaError::SgListState { mapped: true });
         }
         let total = list.iter().fold(0usize, |t, e| t.saturating_add(e.len()));
-        let result =
-            self.with_growth(dev, total, || self.map_sg_once::<CPU_ONLY>(dev, list, dir, attrs, opts));
+        let result = self
+            .with_growth_cold(dev, total, || self.map_sg_attempt::<CPU_ONLY>(dev, list, dir, attrs, opts));
         if result.is_err() {
             dev.map_failed();
         }
@@ -431,7 +436,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     }
 
     /// One attempt at [`Self::map_sg_with`] with the pools of now.
-    fn map_sg_once<const CPU_ONLY: bool>(
+    fn map_sg_attempt<const CPU_ONLY: bool>(
         &self,
         dev: &Device,
         list: &mut [SgEntry<'_>],
@@ -442,8 +447,8 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let view = match dev.domain {
             None => self.plain_view(dev, true),
             Some(d) => {
-                let info = self.ensure_attached(dev)?;
-                let (pools, pool_bus) = self.cold().pool_view(dev, true).ok_or(DmaError::NotAttached)?;
+                let info = self.ensure_attached_any(dev)?;
+                let (pools, pool_bus) = self.pool_view(dev, true).ok_or(DmaError::NotAttached)?;
                 View { path: info.path, pools, pool_bus, window: info.dynamic, domain: Some(d) }
             }
         };

@@ -70,9 +70,7 @@ pub struct P2pSegment {
     pub len: usize,
 }
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
-{
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// Resolve one peer-to-peer segment (entry `i`): where it goes. P2P memory is never bounced.
     pub(super) fn place_p2p(
         &self,

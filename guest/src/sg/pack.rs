@@ -3,9 +3,7 @@
 
 use super::*;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
-{
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// Allocate one run for a group, copy (or clear) its bytes and record every entry's place.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
@@ -183,35 +181,58 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         page: u64,
         lim: &Limits,
     ) -> Option<(Item, usize)> {
-        let strict = view.strict();
-        let mut i = from;
-        while let Some(e) = list.get(i) {
-            match e.place {
-                Place::Bounced { pool, pool_off, run: Some(_), .. } if strict => {
-                    let data_phys = self.pools.get(pool as usize)?.phys().0 + pool_off;
-                    let d = data_phys & (page - 1);
-                    let mut len = e.src.len() as u64;
-                    let mut j = i + 1;
-                    while let Some(n) =
-                        list.get(j).filter(|n| matches!(n.place, Place::Bounced { run: None, .. }))
-                    {
-                        len += n.src.len() as u64;
-                        j += 1;
-                    }
-                    let bits = self.orig_addr(view, lim, &e.src) & lim.min_align;
-                    return Some((Item { first: i, phys: data_phys - d, d, len, bits, key: pool_off }, j));
-                }
-                Place::Window { phys, .. } => {
-                    let d = phys.0 & (page - 1);
-                    let len = e.src.len() as u64;
-                    let bits = phys.0 & lim.min_align;
-                    return Some((Item { first: i, phys: phys.0 - d, d, len, bits, key: 0 }, i + 1));
-                }
-                _ => i += 1,
-            }
+        let (mut item, next, run) = next_item_of(&self.pools, list, from, view, page, lim)?;
+        if let Some(src) = run {
+            item.bits = self.orig_addr(view, lim, src) & lim.min_align;
         }
-        None
+        Some((item, next))
     }
+}
+
+/// [`Cold::next_item`] without the `min_align` bits of a bounce run's original (0 there, the run's
+/// first input returned instead: only the layout needs them, and they take a platform call): what
+/// the entry writer's closure walks, so it captures the pool table, not the `dyn Platform` layer
+/// (the platform's vtable stays a constant that a one-platform image folds away).
+#[allow(clippy::type_complexity)]
+pub(super) fn next_item_of<'l, const POOLS: usize, const AREAS: usize>(
+    pools: &PoolTable<'_, POOLS, AREAS>,
+    list: &'l [SgEntry<'_>],
+    from: usize,
+    view: &View,
+    page: u64,
+    lim: &Limits,
+) -> Option<(Item, usize, Option<&'l Source>)> {
+    let strict = view.strict();
+    let mut i = from;
+    while let Some(e) = list.get(i) {
+        match e.place {
+            Place::Bounced { pool, pool_off, run: Some(_), .. } if strict => {
+                let data_phys = pools.get(pool as usize)?.phys().0 + pool_off;
+                let d = data_phys & (page - 1);
+                let mut len = e.src.len() as u64;
+                let mut j = i + 1;
+                while let Some(n) =
+                    list.get(j).filter(|n| matches!(n.place, Place::Bounced { run: None, .. }))
+                {
+                    len += n.src.len() as u64;
+                    j += 1;
+                }
+                return Some((
+                    Item { first: i, phys: data_phys - d, d, len, bits: 0, key: pool_off },
+                    j,
+                    Some(&e.src),
+                ));
+            }
+            Place::Window { phys, .. } => {
+                let d = phys.0 & (page - 1);
+                let len = e.src.len() as u64;
+                let bits = phys.0 & lim.min_align;
+                return Some((Item { first: i, phys: phys.0 - d, d, len, bits, key: 0 }, i + 1, None));
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// May an input whose original starts at `orig` and is `len` long join `g`, keeping the stream

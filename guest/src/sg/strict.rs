@@ -1,11 +1,10 @@
 //! The strict IOMMU layout of a list: one bus range for the whole list, the runs placed in it (holes
 //! where `min_align_mask` or the boundary ask for them), their entries entered in one batch.
 
+use super::pack::next_item_of;
 use super::*;
 
-impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
-    DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
-{
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// IOMMU paths: one bus range for every strict run and host-bridge P2P segment of the list, their
     /// entries written in one batch. `Ok(None)` when the list has nothing for the window (no
     /// allocation, no hypercall).
@@ -83,12 +82,15 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         let hint = Cell::new(0usize);
         let settled: &[SgEntry<'_>] = list;
         // Holes between items get empty entries: the device faults there.
+        // The closure captures the pool table, not `self`: a `dyn Platform` layer behind the
+        // writer's `&dyn Fn` would keep the platform's whole vtable in a one-platform image.
+        let pools = &self.pools;
         let entry = |k: u64| {
-            self.window_entry(settled, &hint, base + (k << win.page_shift), view, page, lim)
+            window_entry(pools, settled, &hint, base + (k << win.page_shift), view, page, lim)
                 .map_or(0, |phys| phys | perm)
         };
         if let Err(f) = tce.put_entries(&win, base, span >> win.page_shift, &entry) {
-            self.cold().put_failed(slot, base, span, RangeKind::SgList, f.clean);
+            self.put_failed(slot, base, span, RangeKind::SgList, f.clean);
             if !f.clean {
                 // Entries may still point at the runs: neither they nor the range are ever reused
                 // (the runs stay allocated, forgotten by the list; the range is quarantined).
@@ -102,38 +104,39 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
         Ok(Some((base, span)))
     }
+}
 
-    /// The physical page the list maps at bus page `bus` (`None` for a hole).
-    pub(super) fn window_entry(
-        &self,
-        list: &[SgEntry<'_>],
-        hint: &Cell<usize>,
-        bus: u64,
-        view: &View,
-        page: u64,
-        lim: &Limits,
-    ) -> Option<u64> {
-        // Items lie in increasing bus order; entries are asked for mostly in order, so start at the
-        // last item found and fall back to the start once.
-        for start in [hint.get(), 0] {
-            let mut at = start;
-            while let Some((item, next)) = self.next_item(list, at, view, page, lim) {
-                let first_page = list.get(item.first)?.mapped_at()?.0 - item.d;
-                if bus < first_page {
-                    break;
-                }
-                if bus < first_page + item.npages(page) * page {
-                    hint.set(item.first);
-                    return Some(item.phys + (bus - first_page));
-                }
-                at = next;
-            }
-            if start == 0 {
+/// The physical page the list maps at bus page `bus` (`None` for a hole).
+#[allow(clippy::too_many_arguments)]
+fn window_entry<const POOLS: usize, const AREAS: usize>(
+    pools: &PoolTable<'_, POOLS, AREAS>,
+    list: &[SgEntry<'_>],
+    hint: &Cell<usize>,
+    bus: u64,
+    view: &View,
+    page: u64,
+    lim: &Limits,
+) -> Option<u64> {
+    // Items lie in increasing bus order; entries are asked for mostly in order, so start at the
+    // last item found and fall back to the start once.
+    for start in [hint.get(), 0] {
+        let mut at = start;
+        while let Some((item, next, _)) = next_item_of(pools, list, at, view, page, lim) {
+            let first_page = list.get(item.first)?.mapped_at()?.0 - item.d;
+            if bus < first_page {
                 break;
             }
+            if bus < first_page + item.npages(page) * page {
+                hint.set(item.first);
+                return Some(item.phys + (bus - first_page));
+            }
+            at = next;
         }
-        None
+        if start == 0 {
+            break;
+        }
     }
+    None
 }
 
 /// Where an item goes in the list's window range: the first IOMMU-page offset at or after `cursor`

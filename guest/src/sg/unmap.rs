@@ -6,6 +6,43 @@ use super::*;
 impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usize>
     DmaLayer<'m, P, POOLS, DOMAINS, AREAS>
 {
+    /// Unmap a list mapped by [`Self::map_sg`]: IOMMU entries cleared first, then device writes copied
+    /// back per the guest's own record of each entry (never per a length from the device), runs and
+    /// bus range freed; P2P bus-address and direct entries skipped. `dir` must be the mapping's. A
+    /// list that is not mapped as this layer mapped it is an error and changes nothing.
+    pub fn unmap_sg(
+        &self,
+        dev: &Device,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        self.cold().list_op(dev, list, dir, ListOp::Unmap(attrs))
+    }
+
+    /// Make device writes visible in the originals of every bounced entry.
+    pub fn sync_sg_for_cpu(
+        &self,
+        dev: &Device,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        self.cold().list_op(dev, list, dir, ListOp::ForCpu)
+    }
+
+    /// Make CPU writes to the originals visible to the device (for directions in which the device
+    /// reads, or mappings made with `PRESERVE_UNWRITTEN`).
+    pub fn sync_sg_for_device(
+        &self,
+        dev: &Device,
+        list: &mut [SgEntry<'_>],
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        self.cold().list_op(dev, list, dir, ListOp::ForDevice)
+    }
+}
+
+impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
     /// Free the runs a list holds (entries not yet reset).
     pub(super) fn release_runs(&self, list: &[SgEntry<'_>]) {
         self.each_run(list, list.len(), true);
@@ -32,41 +69,6 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         }
     }
 
-    /// Unmap a list mapped by [`Self::map_sg`]: IOMMU entries cleared first, then device writes copied
-    /// back per the guest's own record of each entry (never per a length from the device), runs and
-    /// bus range freed; P2P bus-address and direct entries skipped. `dir` must be the mapping's. A
-    /// list that is not mapped as this layer mapped it is an error and changes nothing.
-    pub fn unmap_sg(
-        &self,
-        dev: &Device,
-        list: &mut [SgEntry<'_>],
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-    ) -> Result<(), DmaError> {
-        self.list_op(dev, list, dir, ListOp::Unmap(attrs))
-    }
-
-    /// Make device writes visible in the originals of every bounced entry.
-    pub fn sync_sg_for_cpu(
-        &self,
-        dev: &Device,
-        list: &mut [SgEntry<'_>],
-        dir: DmaDirection,
-    ) -> Result<(), DmaError> {
-        self.list_op(dev, list, dir, ListOp::ForCpu)
-    }
-
-    /// Make CPU writes to the originals visible to the device (for directions in which the device
-    /// reads, or mappings made with `PRESERVE_UNWRITTEN`).
-    pub fn sync_sg_for_device(
-        &self,
-        dev: &Device,
-        list: &mut [SgEntry<'_>],
-        dir: DmaDirection,
-    ) -> Result<(), DmaError> {
-        self.list_op(dev, list, dir, ListOp::ForDevice)
-    }
-
     /// An unmap or sync of a mapped list: the checks they share (device, list, every run, with a
     /// claim for an unmap), then the operation. One copy for the three calls.
     #[inline(never)]
@@ -78,7 +80,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         op: ListOp,
     ) -> Result<(), DmaError> {
         crate::parts::require(crate::parts::SG, "scatter-gather")?;
-        let _masked = self.masked_cold();
+        let _masked = self.masked();
         self.check_device(dev)?;
         self.check_list_device(dev, list)?;
         let view = self.settled_view(dev)?;
@@ -275,7 +277,7 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
     }
 }
 
-/// What [`DmaLayer::list_op`] does with a list once checked.
+/// What `list_op` does with a list once checked.
 #[derive(Clone, Copy)]
 enum ListOp {
     /// Unmap it, with these attributes.
