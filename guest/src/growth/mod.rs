@@ -233,24 +233,17 @@ impl<'m, P: Platform, const POOLS: usize, const DOMAINS: usize, const AREAS: usi
         &self,
         dev: &Device,
         len: usize,
-        mut attempt: impl FnMut() -> Result<T, DmaError>,
+        attempt: impl FnMut() -> Result<T, DmaError>,
     ) -> Result<T, DmaError> {
-        let first = attempt();
-        if first.is_ok() {
-            return first;
-        }
-        if !crate::parts::GROWTH || self.growth.source.is_none() {
-            if matches!(first, Err(DmaError::PoolExhausted { .. })) {
-                self.cold().report_full_any(dev, len, GrowthVerdict::Disabled);
-            }
-            return first;
-        }
-        self.cold().grow_and_retry(dev, len, first, &mut attempt)
+        // One body for both layers: the `dyn` view's fields are the same, and its calls
+        // (`report_full_any`, `grow_and_retry`) were made through it already.
+        self.cold().with_growth_cold(dev, len, attempt)
     }
 }
 
 impl<const POOLS: usize, const DOMAINS: usize, const AREAS: usize> Cold<'_, '_, POOLS, DOMAINS, AREAS> {
-    /// [`DmaLayer::with_growth`] on the `dyn Platform` layer (scatter-gather lists).
+    /// [`DmaLayer::with_growth`] on the `dyn Platform` layer (scatter-gather lists, and the body of
+    /// `with_growth` itself).
     #[inline]
     pub(crate) fn with_growth_cold<T>(
         &self,
